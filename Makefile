@@ -1,0 +1,41 @@
+# ambit: the entry point. `make` builds, `make test` runs every test, `make demo` runs the main
+# job, `make SAN=address test` builds and tests with AddressSanitizer + UBSan.
+SAN ?=
+BUILD_TYPE ?= RelWithDebInfo
+ifeq ($(SAN),address)
+BUILD_DIR ?= build-asan
+CMAKE_EXTRA := -DAMBIT_SANITIZE=ON
+else ifeq ($(SAN),)
+BUILD_DIR ?= build
+CMAKE_EXTRA :=
+else
+$(error SAN=$(SAN) is not supported; use SAN=address)
+endif
+JOBS ?= $(shell nproc)
+CCACHE := $(shell command -v ccache 2>/dev/null)
+ifneq ($(CCACHE),)
+CMAKE_EXTRA += -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache
+endif
+
+.PHONY: all setup configure build test demo bench clean
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+$(BUILD_DIR)/CMakeCache.txt: | setup
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_EXTRA)
+
+configure: setup $(BUILD_DIR)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300 $(CTEST_ARGS)
+
+demo: build
+	bash scripts/demo.sh $(BUILD_DIR)
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,34 @@
+#include "agent/bpf/orig_dst.h"
+
+#include <errno.h>
+
+#include <cstring>
+
+#include "abi/redirect.h"
+#include "absl/strings/str_cat.h"
+#include "bpf/bpf.h"
+
+namespace ambit::bpf {
+
+absl::StatusOr<OriginalDestination> TakeOriginalDestination(int map_fd, uint64_t netns_cookie,
+                                                            const SocketAddress& client) {
+  ambit_conn_key key{};
+  key.netns_cookie = netns_cookie;
+  std::memcpy(key.src_addr, client.ip.bytes().data(), 16);
+  key.src_port = client.port;
+  ambit_sockaddr value{};
+  if (bpf_map_lookup_and_delete_elem(map_fd, &key, &value) < 0) {
+    if (errno == ENOENT) {
+      return absl::NotFoundError(
+          absl::StrCat("no original destination recorded for ", client.ToString()));
+    }
+    return absl::ErrnoToStatus(errno, "read ambit_orig_dst");
+  }
+  OriginalDestination out;
+  out.address.ip = IpAddress::FromBytes(value.addr);
+  out.address.port = value.port;
+  out.family = value.family;
+  return out;
+}
+
+}  // namespace ambit::bpf

@@ -1,0 +1,267 @@
+#include "agent/bpf/redirector.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "abi/redirect.h"
+#include "absl/strings/str_cat.h"
+#include "agent/bpf/skeleton.h"
+#include "agent/common/log.h"
+#include "agent/common/status.h"
+#include "bpf/bpf.h"
+#include "inbound.skel.h"
+#include "redirect.skel.h"
+
+AMBIT_BPF_SKELETON(ambit_redirect)
+AMBIT_BPF_SKELETON(ambit_inbound)
+
+namespace ambit::bpf {
+namespace {
+
+constexpr const char* kComponent = "bpf";
+
+int LibbpfPrint(enum libbpf_print_level level, const char* format, va_list args) {
+  char buf[4096];
+  vsnprintf(buf, sizeof buf, format, args);
+  std::string text(buf);
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (level == LIBBPF_WARN) {
+    AMBIT_LOG(kComponent, Warning) << "libbpf: " << text;
+  } else {
+    AMBIT_LOG(kComponent, Debug) << "libbpf: " << text;
+  }
+  return 0;
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("create ", path, ": ", ec.message()));
+  chmod(path.c_str(), 0700);
+  return absl::OkStatus();
+}
+
+bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// Pins every map of obj under root by its name; existing pins are re-used by libbpf at load.
+absl::Status PinMaps(bpf_object* obj, const std::string& root) {
+  bpf_map* map;
+  bpf_object__for_each_map(map, obj) {
+    std::string name = bpf_map__name(map);
+    if (name.find('.') != std::string::npos) continue;  // .rodata and friends
+    if (bpf_map__set_pin_path(map, (root + "/" + name).c_str()) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("set pin path for map ", name));
+    }
+  }
+  return absl::OkStatus();
+}
+
+ProgramInfo Describe(int prog_fd, std::string attached_to) {
+  bpf_prog_info info{};
+  uint32_t len = sizeof info;
+  ProgramInfo out;
+  out.attached_to = std::move(attached_to);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) == 0) {
+    out.name = info.name;
+    out.id = info.id;
+    out.verified_insns = info.verified_insns;
+  }
+  return out;
+}
+
+}  // namespace
+
+struct Redirector::State {
+  RedirectConfig config;
+  Skeleton<ambit_redirect> skel;
+  UniqueFd pods_map, listeners_map, ports_map, cidrs_map;
+  std::vector<LinkPtr> links;
+  std::vector<ProgramInfo> programs;
+};
+
+Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Redirector::~Redirector() = default;
+
+absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfig& config) {
+  libbpf_set_print(LibbpfPrint);
+  AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/links"));
+  AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/pods"));
+
+  AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_redirect>::Open());
+  skel->rodata->ambit_mark = config.socket_mark;
+  skel->rodata->ambit_agent_cgroup = config.agent_cgroup_id;
+  AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, config.pin_root));
+  AMBIT_RETURN_IF_ERROR(skel.Load());
+
+  UniqueFd cgroup(open(config.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("open cgroup ", config.cgroup_path,
+                                                   " (the --cgroup attach point)"));
+  }
+
+  auto state = std::make_unique<State>(State{config, std::move(skel), {}, {}, {}, {}, {}, {}});
+  auto& s = *state;
+  bool reused = false;
+  struct {
+    bpf_program* prog;
+    const char* pin;
+  } progs[] = {
+      {s.skel->progs.ambit_connect4, "connect4"},
+      {s.skel->progs.ambit_connect6, "connect6"},
+      {s.skel->progs.ambit_sockops, "sockops"},
+      {s.skel->progs.ambit_getpeername4, "getpeername4"},
+      {s.skel->progs.ambit_getpeername6, "getpeername6"},
+  };
+  for (const auto& p : progs) {
+    std::string pin = absl::StrCat(config.pin_root, "/links/", p.pin);
+    LinkPtr link;
+    if (Exists(pin)) {
+      // A previous run attached this hook: swap our program into its link (atomic for new
+      // connections) instead of attaching a second copy.
+      link.reset(bpf_link__open(pin.c_str()));
+      if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
+      if (bpf_link__update_program(link.get(), p.prog) != 0) {
+        return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ", pin));
+      }
+      reused = true;
+    } else {
+      link.reset(bpf_program__attach_cgroup(p.prog, cgroup.get()));
+      if (!link) {
+        return absl::ErrnoToStatus(
+            errno, absl::StrCat("attach ", p.pin, " to cgroup ", config.cgroup_path));
+      }
+      if (bpf_link__pin(link.get(), pin.c_str()) != 0) {
+        return absl::ErrnoToStatus(errno, absl::StrCat("pin link ", pin));
+      }
+    }
+    s.programs.push_back(Describe(bpf_program__fd(p.prog), "cgroup " + config.cgroup_path));
+    s.links.push_back(std::move(link));
+  }
+  auto dup_map = [](bpf_map* m) { return UniqueFd(fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3)); };
+  s.pods_map = dup_map(s.skel->maps.ambit_pods);
+  s.listeners_map = dup_map(s.skel->maps.ambit_listeners);
+  s.ports_map = dup_map(s.skel->maps.ambit_ports);
+  s.cidrs_map = dup_map(s.skel->maps.ambit_cidrs);
+  UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
+  auto redirector = std::unique_ptr<Redirector>(new Redirector(std::move(state)));
+  redirector->orig_dst_map_ = std::move(orig);
+  redirector->reused_links_ = reused;
+  return redirector;
+}
+
+absl::Status Redirector::Cleanup(const std::string& pin_root) {
+  if (!Exists(pin_root)) return absl::OkStatus();
+  std::error_code ec;
+  // Removing the last reference to a pinned link detaches its program.
+  std::filesystem::remove_all(pin_root, ec);
+  if (ec) return absl::InternalError(absl::StrCat("remove ", pin_root, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,
+                                   int plain_fd, int hbone_fd) {
+  if (slot >= AMBIT_MAX_PODS) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no free pod slot (at most ", AMBIT_MAX_PODS, " pods per node)"));
+  }
+  auto& s = *state_;
+  uint32_t plain_key = slot * AMBIT_LISTENER_KINDS + AMBIT_LISTENER_PLAIN;
+  uint32_t hbone_key = slot * AMBIT_LISTENER_KINDS + AMBIT_LISTENER_HBONE;
+  uint64_t plain = plain_fd, hbone = hbone_fd;
+  if (bpf_map_update_elem(s.listeners_map.get(), &plain_key, &plain, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, "add plaintext-inbound listener to ambit_listeners");
+  }
+  if (bpf_map_update_elem(s.listeners_map.get(), &hbone_key, &hbone, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, "add HBONE listener to ambit_listeners");
+  }
+
+  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_inbound>::Open());
+  skel->rodata->pod_slot = slot;
+  AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, s.config.pin_root));
+  AMBIT_RETURN_IF_ERROR(skel.Load());
+  LinkPtr link;
+  if (Exists(pin)) {
+    link.reset(bpf_link__open(pin.c_str()));
+    if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
+    if (bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("update sk_lookup program in ", pin));
+    }
+  } else {
+    link.reset(bpf_program__attach_netns(skel->progs.ambit_sk_lookup, netns_fd));
+    if (!link) return absl::ErrnoToStatus(errno, "attach sk_lookup to pod network namespace");
+    if (bpf_link__pin(link.get(), pin.c_str()) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("pin link ", pin));
+    }
+  }
+  if (s.programs.size() < 6) {
+    s.programs.push_back(
+        Describe(bpf_program__fd(skel->progs.ambit_sk_lookup), "netns of each enrolled pod"));
+  }
+
+  ambit_pod_info info{slot, 0};
+  if (bpf_map_update_elem(s.pods_map.get(), &netns_cookie, &info, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, "add pod to ambit_pods");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
+  auto& s = *state_;
+  absl::Status status;
+  if (bpf_map_delete_elem(s.pods_map.get(), &netns_cookie) < 0 && errno != ENOENT) {
+    status.Update(absl::ErrnoToStatus(errno, "remove pod from ambit_pods"));
+  }
+  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  if (unlink(pin.c_str()) < 0 && errno != ENOENT) {
+    status.Update(absl::ErrnoToStatus(errno, absl::StrCat("unpin ", pin)));
+  }
+  for (uint32_t kind = 0; kind < AMBIT_LISTENER_KINDS; ++kind) {
+    uint32_t key = slot * AMBIT_LISTENER_KINDS + kind;
+    if (bpf_map_delete_elem(s.listeners_map.get(), &key) < 0 && errno != ENOENT) {
+      status.Update(absl::ErrnoToStatus(errno, "remove listener from ambit_listeners"));
+    }
+  }
+  return status;
+}
+
+absl::StatusOr<std::map<uint64_t, uint32_t>> Redirector::EnrolledPods() const {
+  std::map<uint64_t, uint32_t> out;
+  uint64_t key, next;
+  uint64_t* prev = nullptr;
+  while (bpf_map_get_next_key(state_->pods_map.get(), prev, &next) == 0) {
+    ambit_pod_info info;
+    if (bpf_map_lookup_elem(state_->pods_map.get(), &next, &info) == 0) out[next] = info.slot;
+    key = next;
+    prev = &key;
+  }
+  return out;
+}
+
+absl::Status Redirector::SetPortFlags(uint16_t port, uint8_t flags) {
+  uint32_t key = port;
+  if (bpf_map_update_elem(state_->ports_map.get(), &key, &flags, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("set bypass flags for port ", port));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Redirector::AddBypassCidr(const Cidr& cidr) {
+  ambit_cidr_key key{};
+  key.prefixlen = cidr.prefix_len;
+  std::memcpy(key.addr, cidr.base.bytes().data(), 16);
+  uint8_t one = 1;
+  if (bpf_map_update_elem(state_->cidrs_map.get(), &key, &one, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("add bypass CIDR ", cidr.ToString()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<ProgramInfo> Redirector::Programs() const { return state_->programs; }
+
+}  // namespace ambit::bpf

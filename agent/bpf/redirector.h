@@ -1,0 +1,66 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/common/ip_address.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit::bpf {
+
+struct RedirectConfig {
+  std::string pin_root;     // /sys/fs/bpf/ambit/<instance>
+  std::string cgroup_path;  // cgroup-v2 directory the programs attach to
+  uint32_t socket_mark = 0;       // SO_MARK of ambit's own sockets: never redirected
+  uint64_t agent_cgroup_id = 0;   // processes directly in this cgroup are never redirected
+};
+
+struct ProgramInfo {
+  std::string name;
+  uint32_t id = 0;
+  uint32_t verified_insns = 0;
+  std::string attached_to;
+};
+
+// The redirect programs of one agent instance: attached once at the cgroup, their links and maps
+// pinned under pin_root so that a restarted agent re-opens them (swapping in its own programs)
+// instead of attaching a second copy, and live connections keep their state. Not thread-safe;
+// owned by ambitd's control thread.
+class Redirector {
+ public:
+  static absl::StatusOr<std::unique_ptr<Redirector>> Open(const RedirectConfig& config);
+  // Detaches and removes everything pinned under pin_root.
+  static absl::Status Cleanup(const std::string& pin_root);
+
+  ~Redirector();
+
+  // Steers the pod's traffic: inbound listeners into the sockmap, the pod into ambit_pods (which
+  // turns on outbound redirection), and an sk_lookup link on its netns (re-used if pinned).
+  absl::Status EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd, int plain_fd,
+                         int hbone_fd);
+  // Stops steering; connections already redirected are not touched.
+  absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot);
+  // Pods enrolled by this or an earlier run: netns cookie -> slot.
+  absl::StatusOr<std::map<uint64_t, uint32_t>> EnrolledPods() const;
+
+  absl::Status SetPortFlags(uint16_t port, uint8_t flags);
+  absl::Status AddBypassCidr(const Cidr& cidr);
+
+  int orig_dst_map_fd() const { return orig_dst_map_.get(); }
+  // True when the cgroup links were found pinned and re-used.
+  bool reused_links() const { return reused_links_; }
+  std::vector<ProgramInfo> Programs() const;
+
+ private:
+  struct State;
+  explicit Redirector(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+  UniqueFd orig_dst_map_;
+  bool reused_links_ = false;
+};
+
+}  // namespace ambit::bpf

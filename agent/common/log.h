@@ -1,0 +1,44 @@
+#pragma once
+
+// Leveled, per-component logging to stderr. abseil 20220623 (Debian 12) predates absl/log, and
+// glog would bring its own flags and global state into both processes; this is the small subset
+// ambit needs: a level per component, changeable at run time, one line per event.
+
+#include <atomic>
+#include <sstream>
+#include <string>
+#include <string_view>
+
+namespace ambit::log {
+
+enum class Level { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
+
+// Sets the level for one component ("" = the default for components without their own).
+// Thread-safe.
+void SetLevel(std::string_view component, Level level);
+bool Enabled(std::string_view component, Level level);
+
+class Line {
+ public:
+  Line(std::string_view component, Level level) : component_(component), level_(level) {}
+  ~Line();
+  template <typename T>
+  Line& operator<<(const T& v) {
+    out_ << v;
+    return *this;
+  }
+
+ private:
+  std::string_view component_;
+  Level level_;
+  std::ostringstream out_;
+};
+
+bool ParseLevel(std::string_view text, Level* level);
+
+}  // namespace ambit::log
+
+#define AMBIT_LOG(component, level)                                              \
+  if (!::ambit::log::Enabled(component, ::ambit::log::Level::k##level)) {        \
+  } else                                                                         \
+    ::ambit::log::Line(component, ::ambit::log::Level::k##level)

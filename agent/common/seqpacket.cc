@@ -1,0 +1,80 @@
+#include "agent/common/seqpacket.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace ambit {
+
+absl::Status SendPacket(int sock, const std::string& data, const std::vector<int>& fds) {
+  if (data.size() > kMaxPacketBytes || fds.size() > kMaxPacketFds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("control message too large: ", data.size(), " bytes, ", fds.size(), " fds"));
+  }
+  iovec iov{const_cast<char*>(data.data()), data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  std::vector<char> control;
+  if (!fds.empty()) {
+    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  while (true) {
+    ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    if (n >= 0) return absl::OkStatus();
+    if (errno == EINTR) continue;
+    return absl::ErrnoToStatus(errno, "sendmsg on control channel");
+  }
+}
+
+absl::StatusOr<Packet> ReceivePacket(int sock) {
+  Packet packet;
+  packet.data.resize(kMaxPacketBytes);
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * (kMaxPacketFds + 3)));
+  iovec iov{packet.data.data(), packet.data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  ssize_t n;
+  do {
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return absl::ErrnoToStatus(errno, "recvmsg on control channel");
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      packet.fds.emplace_back(fd);
+    }
+  }
+  if (msg.msg_flags & MSG_CTRUNC) {
+    return absl::ResourceExhaustedError("control message carried more fds than allowed");
+  }
+  if (msg.msg_flags & MSG_TRUNC) return absl::DataLossError("control message truncated");
+  if (n == 0 && packet.fds.empty()) return absl::UnavailableError("control channel closed by peer");
+  packet.data.resize(n);
+  return packet;
+}
+
+absl::StatusOr<std::pair<UniqueFd, UniqueFd>> SeqpacketPair() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    return absl::ErrnoToStatus(errno, "socketpair(SOCK_SEQPACKET)");
+  }
+  return std::make_pair(UniqueFd(sv[0]), UniqueFd(sv[1]));
+}
+
+}  // namespace ambit

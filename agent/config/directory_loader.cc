@@ -1,0 +1,164 @@
+#include "agent/config/directory_loader.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <iterator>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit::config {
+namespace {
+
+// Larger than any sane hand-written or `kubectl get` file; protects the agent's memory.
+constexpr size_t kMaxFileSize = 16 << 20;
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) return absl::ErrnoToStatus(errno, "open");
+  struct stat st;
+  if (::fstat(fd.get(), &st) < 0) return absl::ErrnoToStatus(errno, "stat");
+  if (!S_ISREG(st.st_mode)) return absl::FailedPreconditionError("not a regular file");
+  if (static_cast<size_t>(st.st_size) > kMaxFileSize) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("larger than ", kMaxFileSize >> 20, " MiB; split it into several files"));
+  }
+  std::string content;
+  char buf[65536];
+  while (true) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, "read");
+    }
+    if (n == 0) break;
+    content.append(buf, static_cast<size_t>(n));
+    if (content.size() > kMaxFileSize) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("larger than ", kMaxFileSize >> 20, " MiB; split it into several files"));
+    }
+  }
+  return content;
+}
+
+}  // namespace
+
+bool IsConfigFileName(std::string_view name) {
+  if (name.empty() || name.front() == '.') return false;
+  return name.ends_with(".yaml") || name.ends_with(".yml");
+}
+
+DirectoryLoader::DirectoryLoader(std::string dir) : dir_(std::move(dir)) {}
+
+LoadResult DirectoryLoader::Load() {
+  namespace fs = std::filesystem;
+  LoadResult result;
+  std::map<std::string, std::string> owners;  // object id -> file it is taken from
+
+  std::vector<std::string> names;
+  std::error_code ec;
+  fs::directory_iterator it(dir_, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (!IsConfigFileName(name)) continue;
+    std::error_code type_ec;
+    if (!it->is_regular_file(type_ec)) continue;  // subdirectories, dangling symlinks
+    names.push_back(std::move(name));
+  }
+  if (ec) {
+    result.errors.push_back(
+        {dir_, "", "",
+         absl::StrCat("cannot read the config directory: ", ec.message(),
+                      files_.empty() ? "" : "; the last loaded configuration stays in force")});
+    for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
+    return result;
+  }
+  std::sort(names.begin(), names.end());
+
+  // Forget deleted files.
+  for (auto f = files_.begin(); f != files_.end();) {
+    f = std::binary_search(names.begin(), names.end(), f->first) ? std::next(f) : files_.erase(f);
+  }
+
+  for (const std::string& name : names) {
+    FileObjects& current = files_[name];
+    absl::StatusOr<std::string> content = ReadFile(absl::StrCat(dir_, "/", name));
+    if (!content.ok()) {
+      result.errors.push_back(
+          {name, "", "",
+           absl::StrCat("cannot read: ", content.status().message(),
+                        current.empty() ? "" : "; its last good objects stay in force")});
+      Merge(name, current, &result, &owners);
+      continue;
+    }
+    ParsedFile parsed = ParseConfigFile(name, *content);
+    std::move(parsed.errors.begin(), parsed.errors.end(), std::back_inserter(result.errors));
+    if (parsed.unparseable) {
+      if (!current.empty()) {
+        result.errors.push_back({name, "", "",
+                                 "the file's last good objects stay in force until it is fixed",
+                                 /*warning=*/true});
+      }
+      Merge(name, current, &result, &owners);
+      continue;
+    }
+    FileObjects next;
+    for (ParsedObject& object : parsed.objects) {
+      if (!next.emplace(object.id, std::move(object.object)).second) {
+        result.errors.push_back(
+            {name, object.id, "", "defined twice in this file; the first definition is used"});
+      }
+    }
+    for (const std::string& id : parsed.rejected_ids) {
+      if (next.contains(id)) continue;
+      auto old = current.find(id);
+      if (old == current.end()) continue;
+      next.emplace(id, std::move(old->second));
+      result.errors.push_back(
+          {name, id, "", "is invalid; its last good version stays in force", /*warning=*/true});
+    }
+    current = std::move(next);
+    Merge(name, current, &result, &owners);
+  }
+  return result;
+}
+
+void DirectoryLoader::Merge(const std::string& file, const FileObjects& objects, LoadResult* result,
+                            std::map<std::string, std::string>* owners) const {
+  state::ClusterState& state = result->state;
+  for (const auto& [id, object] : objects) {
+    auto [owner, inserted] = owners->emplace(id, file);
+    if (!inserted) {
+      result->errors.push_back({file, id, "",
+                                absl::StrCat("is also defined in ", owner->second, "; the one in ",
+                                             owner->second, " is used")});
+      continue;
+    }
+    std::visit(
+        [&state](const auto& o) {
+          using T = std::decay_t<decltype(o)>;
+          if constexpr (std::is_same_v<T, state::Pod>) {
+            state.pods[o.Key()] = o;
+          } else if constexpr (std::is_same_v<T, state::Namespace>) {
+            state.namespaces[o.name] = o;
+          } else if constexpr (std::is_same_v<T, state::Service>) {
+            state.services[o.Key()] = o;
+          } else {
+            static_assert(std::is_same_v<T, state::MeshConfig>);
+            state.mesh = o;
+          }
+        },
+        object);
+  }
+}
+
+}  // namespace ambit::config

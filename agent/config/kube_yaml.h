@@ -1,0 +1,49 @@
+#pragma once
+
+// Converts the YAML of one configuration file into model objects. Two kinds of file:
+//  - Kubernetes objects (`kubectl get -o yaml` output, or hand-written manifests): one or more
+//    documents separated by `---`, each an object or a `kind: List` with `items:`. Pod, Namespace,
+//    Service and the ConfigMap `istio` (whose data.mesh holds a MeshConfig, as Istio stores it)
+//    are read; other kinds are reported as warnings and ignored.
+//  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`.
+// Each object is validated on its own: a bad one is reported with its file, object and field and
+// left out, the others still apply. Thread-safe: no shared state.
+
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "agent/config/error.h"
+#include "agent/state/model.h"
+
+namespace ambit::config {
+
+using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig>;
+
+struct ParsedObject {
+  // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",
+  // "Service default/web", "MeshConfig".
+  std::string id;
+  ConfigObject object;
+};
+
+struct ParsedFile {
+  std::vector<ParsedObject> objects;      // the valid objects, in file order
+  std::vector<std::string> rejected_ids;  // ids of objects present in the file but invalid
+  std::vector<ConfigError> errors;        // errors and warnings, in file order
+  bool unparseable = false;               // not YAML at all: nothing in the file applies
+};
+
+// True for the file names that hold a MeshConfig: mesh.yaml, mesh.yml.
+bool IsMeshFileName(std::string_view file_name);
+
+// Parses one file's content. file_name (without directory) goes into errors and source_file, and
+// selects the mesh format (IsMeshFileName) or Kubernetes objects.
+ParsedFile ParseConfigFile(std::string_view file_name, std::string_view content);
+
+// The two formats, regardless of the file name.
+ParsedFile ParseKubeYaml(std::string_view file_name, std::string_view content);
+ParsedFile ParseMeshYaml(std::string_view file_name, std::string_view content);
+
+}  // namespace ambit::config

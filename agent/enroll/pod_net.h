@@ -1,0 +1,37 @@
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit::enroll {
+
+// The listeners ambit keeps inside one pod's network namespace. ambitd creates and owns them and
+// hands duplicates to the data plane, so they outlive a data-plane restart: SYNs wait in the
+// backlog until the new data plane accepts.
+struct PodListeners {
+  UniqueFd outbound_v4;    // 127.0.0.1:15001
+  UniqueFd outbound_v6;    // [::1]:15001; absent when the pod has no IPv6
+  UniqueFd inbound_plain;  // [::]:15006, dual-stack
+  UniqueFd hbone;          // [::]:15008, dual-stack
+};
+
+struct PodNetOptions {
+  uint32_t socket_mark = 0x539;  // SO_MARK of the data plane's delivery sockets
+  uint32_t route_table = 133;    // table holding "local 0/0 dev lo" for marked replies
+  uint32_t rule_priority = 32000;
+  int backlog = 4096;
+};
+
+// Creates the listeners inside the namespace. Fails with a message naming the listener when the
+// pod's loopback is down or a port is taken by the application.
+absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOptions& options);
+
+// Lets the data plane deliver inbound connections with the client's own source address (DESIGN.md
+// section 4): tcp_fwmark_accept=1, and "ip rule fwmark MARK lookup TABLE" with
+// "local 0.0.0.0/0 dev lo table TABLE" (and the IPv6 pair), so the application's replies to a
+// transparent socket come back to it instead of leaving the pod. Idempotent.
+absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options);
+
+}  // namespace ambit::enroll

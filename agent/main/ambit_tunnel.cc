@@ -1,0 +1,43 @@
+// ambit-tunnel: the data plane (DESIGN.md section 1). Started and supervised by ambitd.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "agent/common/log.h"
+#include "agent/tunnel/control.h"
+
+ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (required)");
+ABSL_FLAG(int, workers, 2, "worker threads");
+ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of every socket the data plane opens");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("ambit data plane; started by ambitd");
+  absl::ParseCommandLine(argc, argv);
+  ambit::log::Level level;
+  if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::cerr << "ambit-tunnel: --log-level must be debug, info, warn or error\n";
+    return 2;
+  }
+  ambit::log::SetLevel("", level);
+  ambit::tunnel::TunnelOptions options;
+  options.control_socket = absl::GetFlag(FLAGS_control_socket);
+  options.workers = std::max(1, absl::GetFlag(FLAGS_workers));
+  options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  if (options.control_socket.empty()) {
+    std::cerr << "ambit-tunnel: --control-socket is required\n";
+    return 2;
+  }
+  auto tunnel = ambit::tunnel::Tunnel::Create(options);
+  if (!tunnel.ok()) {
+    AMBIT_LOG("tunnel", Error) << "not starting: " << tunnel.status().message();
+    return 1;
+  }
+  auto status = (*tunnel)->Run();
+  if (!status.ok()) {
+    AMBIT_LOG("tunnel", Error) << status.message();
+    return 1;
+  }
+  return 0;
+}

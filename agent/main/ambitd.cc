@@ -1,0 +1,117 @@
+// ambitd: the node agent's control half (DESIGN.md section 1).
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "agent/common/log.h"
+#include "agent/node/agent.h"
+
+ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
+          "directory of Kubernetes-shaped YAML (Pods, Namespaces, Services, mesh.yaml); watched");
+ABSL_FLAG(std::string, node_name, "", "this node's name (spec.nodeName of local pods); "
+                                      "default: $NODE_NAME, else the host name");
+ABSL_FLAG(std::string, instance, "default",
+          "instance name: BPF pins live under <bpffs>/ambit/<instance>, state under "
+          "/run/ambit/<instance>; lets several agents share one kernel");
+ABSL_FLAG(std::string, cgroup, "",
+          "cgroup-v2 directory the redirect programs attach to (default: the cgroup-v2 root)");
+ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf", "bpffs mount point (mounted if absent)");
+ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
+ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
+ABSL_FLAG(int, tunnel_workers, 2, "data-plane worker threads");
+ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of ambit's own sockets");
+ABSL_FLAG(std::string, bypass_ports, "", "outbound destination ports never redirected (a,b,c)");
+ABSL_FLAG(std::string, inbound_bypass_ports, "", "inbound ports never redirected (a,b,c)");
+ABSL_FLAG(std::string, bypass_cidrs, "", "outbound destination CIDRs never redirected");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(bool, cleanup, false,
+          "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit");
+
+namespace {
+
+bool ParsePorts(const std::string& text, const char* flag, std::vector<uint16_t>* out) {
+  for (absl::string_view p : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int port;
+    if (!absl::SimpleAtoi(p, &port) || port < 1 || port > 65535) {
+      std::cerr << "ambitd: --" << flag << ": '" << p << "' is not a port (1-65535)\n";
+      return false;
+    }
+    out->push_back(static_cast<uint16_t>(port));
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("ambit node agent. Usage: ambitd --config-dir DIR [flags]");
+  absl::ParseCommandLine(argc, argv);
+  ambit::log::Level level;
+  if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::cerr << "ambitd: --log-level must be debug, info, warn or error\n";
+    return 2;
+  }
+  ambit::log::SetLevel("", level);
+
+  ambit::node::AgentOptions options;
+  options.config_dir = absl::GetFlag(FLAGS_config_dir);
+  options.node_name = absl::GetFlag(FLAGS_node_name);
+  if (options.node_name.empty() && getenv("NODE_NAME") != nullptr) {
+    options.node_name = getenv("NODE_NAME");
+  }
+  if (options.node_name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    options.node_name = host;
+  }
+  options.instance = absl::GetFlag(FLAGS_instance);
+  options.cgroup_path = absl::GetFlag(FLAGS_cgroup);
+  options.bpffs = absl::GetFlag(FLAGS_bpffs);
+  options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
+  options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  options.tunnel_args = {"--workers", std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
+                         "--socket-mark", std::to_string(options.socket_mark), "--log-level",
+                         absl::GetFlag(FLAGS_log_level)};
+  if (!ParsePorts(absl::GetFlag(FLAGS_bypass_ports), "bypass-ports",
+                  &options.outbound_bypass_ports) ||
+      !ParsePorts(absl::GetFlag(FLAGS_inbound_bypass_ports), "inbound-bypass-ports",
+                  &options.inbound_bypass_ports)) {
+    return 2;
+  }
+  for (absl::string_view c :
+       absl::StrSplit(absl::GetFlag(FLAGS_bypass_cidrs), ',', absl::SkipEmpty())) {
+    auto cidr = ambit::Cidr::Parse(c);
+    if (!cidr.ok()) {
+      std::cerr << "ambitd: --bypass-cidrs: " << cidr.status().message() << "\n";
+      return 2;
+    }
+    options.outbound_bypass_cidrs.push_back(*cidr);
+  }
+
+  if (absl::GetFlag(FLAGS_cleanup)) {
+    auto status = ambit::node::Agent::Cleanup(options);
+    if (!status.ok()) {
+      std::cerr << "ambitd: cleanup: " << status.message() << "\n";
+      return 1;
+    }
+    return 0;
+  }
+
+  auto agent = ambit::node::Agent::Create(options);
+  if (!agent.ok()) {
+    AMBIT_LOG("agent", Error) << "not starting: " << agent.status().message();
+    return 1;
+  }
+  auto status = (*agent)->Run();
+  if (!status.ok()) {
+    AMBIT_LOG("agent", Error) << status.message();
+    return 1;
+  }
+  return 0;
+}

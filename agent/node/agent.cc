@@ -1,0 +1,402 @@
+#include "agent/node/agent.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/bpf/kernel.h"
+#include "agent/common/log.h"
+#include "agent/common/netns.h"
+#include "agent/common/status.h"
+#include "bpf/abi/redirect.h"
+
+namespace ambit::node {
+namespace {
+
+constexpr const char* kComponent = "agent";
+enum : uint64_t {
+  kTagSignal = 1,
+  kTagConfig,
+  kTagDataPlaneExit,
+  kTagDataPlaneControl,
+  kTagRestartTimer,
+  kTagRetryTimer,
+};
+constexpr int64_t kMaxBackoffMs = 10000;
+constexpr int64_t kRetryMs = 2000;
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    return absl::ErrnoToStatus(errno, "epoll_ctl(ADD)");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> IpStrings(const state::Pod& pod) {
+  std::vector<std::string> out;
+  for (const auto& ip : pod.ips) out.push_back(ip.ToString());
+  return out;
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options) : options_(std::move(options)) {
+  pod_net_.socket_mark = options_.socket_mark;
+}
+
+Agent::~Agent() = default;
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
+  auto agent = std::unique_ptr<Agent>(new Agent(std::move(options)));
+  AMBIT_RETURN_IF_ERROR(agent->Init());
+  return agent;
+}
+
+absl::Status Agent::Init() {
+  if (geteuid() != 0) {
+    return absl::PermissionDeniedError(
+        "ambitd must run as root: it loads BPF programs and enters pod network namespaces");
+  }
+  std::vector<std::string> missing = bpf::MissingKernelFeatures();
+  if (!missing.empty()) {
+    for (const auto& m : missing) AMBIT_LOG(kComponent, Error) << m;
+    return absl::FailedPreconditionError(
+        absl::StrCat(missing.size(), " kernel feature(s) missing (listed above); not starting"));
+  }
+  AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs));
+  if (options_.cgroup_path.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(options_.cgroup_path, bpf::FindCgroup2Mount());
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options_.resolved_run_dir(), ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("create ", options_.resolved_run_dir(), ": ", ec.message()));
+  }
+  chmod(options_.resolved_run_dir().c_str(), 0700);
+
+  bpf::RedirectConfig rc;
+  rc.pin_root = options_.pin_root();
+  rc.cgroup_path = options_.cgroup_path;
+  rc.socket_mark = options_.socket_mark;
+  // Processes directly in the agent's own cgroup are the agent; never when that is the root,
+  // which would exempt every process placed there.
+  auto mount = bpf::FindCgroup2Mount();
+  if (mount.ok()) {
+    auto own = bpf::OwnCgroupPath(*mount);
+    if (own.ok() && *own != *mount && *own != *mount + "/") {
+      auto id = bpf::CgroupId(*own);
+      if (id.ok()) rc.agent_cgroup_id = *id;
+    }
+  }
+  AMBIT_ASSIGN_OR_RETURN(redirector_, bpf::Redirector::Open(rc));
+  AMBIT_LOG(kComponent, Info) << (redirector_->reused_links() ? "re-opened pinned" : "attached")
+                              << " redirect programs at cgroup " << options_.cgroup_path
+                              << " (pins under " << rc.pin_root << ")";
+  for (const auto& p : redirector_->Programs()) {
+    AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
+                                << " verified_insns=" << p.verified_insns;
+  }
+  std::map<uint16_t, uint8_t> ports;
+  for (uint16_t p : options_.outbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_OUT;
+  for (uint16_t p : options_.inbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_IN;
+  for (const auto& [port, flags] : ports) {
+    AMBIT_RETURN_IF_ERROR(redirector_->SetPortFlags(port, flags));
+  }
+  for (const auto& c : options_.outbound_bypass_cidrs) {
+    AMBIT_RETURN_IF_ERROR(redirector_->AddBypassCidr(c));
+  }
+  AMBIT_ASSIGN_OR_RETURN(pinned_slots_, redirector_->EnrolledPods());
+
+  AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
+
+  epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  signal_fd_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC));
+  restart_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  retry_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!epoll_ || !signal_fd_ || !restart_timer_ || !retry_timer_) {
+    return absl::ErrnoToStatus(errno, "create agent event loop");
+  }
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), signal_fd_.get(), kTagSignal));
+  if (source_->fd() >= 0) AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), source_->fd(), kTagConfig));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), restart_timer_.get(), kTagRestartTimer));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), retry_timer_.get(), kTagRetryTimer));
+
+  std::string binary = options_.tunnel_binary;
+  if (binary.empty()) {
+    binary = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "ambit-tunnel");
+  }
+  dataplane_ = std::make_unique<supervisor::DataPlane>(
+      supervisor::DataPlane::Options{binary, options_.control_socket(), options_.tunnel_args});
+  AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
+  Apply(source_->Current());
+  return absl::OkStatus();
+}
+
+absl::Status Agent::ConnectDataPlane() {
+  AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
+  dataplane_started_ms_ = NowMs();
+  for (auto& pod : handed_back) {
+    uint64_t cookie = pod.netns_cookie;
+    handed_back_.emplace(cookie, std::move(pod));
+  }
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->pidfd(), kTagDataPlaneExit));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->control_fd(), kTagDataPlaneControl));
+  AMBIT_RETURN_IF_ERROR(dataplane_->SendMaps(redirector_->orig_dst_map_fd()));
+  // A fresh data plane knows nothing: send every pod enrolled so far.
+  for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
+  if (snapshot_version_ > 0) SendSnapshot();
+  return absl::OkStatus();
+}
+
+void Agent::Apply(config::LoadResult result) {
+  for (const auto& e : result.errors) {
+    if (e.warning) {
+      AMBIT_LOG("config", Warning) << e.ToString();
+    } else {
+      AMBIT_LOG("config", Error) << e.ToString() << " (object skipped; last good version kept)";
+    }
+  }
+  state_ = std::move(result.state);
+  Reconcile();
+}
+
+uint32_t Agent::FreeSlot() const {
+  std::set<uint32_t> used;
+  for (const auto& [uid, p] : enrolled_) used.insert(p.slot);
+  for (const auto& [cookie, slot] : pinned_slots_) used.insert(slot);
+  uint32_t slot = 0;
+  while (used.count(slot)) ++slot;
+  return slot;
+}
+
+void Agent::Reconcile() {
+  std::map<std::string, const state::Pod*> desired;
+  for (const auto& [uid, pod] : state_.pods) {
+    if (state::IsEnrolled(pod, options_.node_name)) desired[pod.Key()] = &pod;
+  }
+  std::vector<std::string> gone;
+  for (const auto& [uid, e] : enrolled_) {
+    auto it = desired.find(uid);
+    if (it == desired.end() || it->second->netns_path != e.pod.netns_path) gone.push_back(uid);
+  }
+  for (const auto& uid : gone) Unenroll(uid);
+  failed_.clear();
+  for (const auto& [uid, pod] : desired) {
+    auto it = enrolled_.find(uid);
+    if (it != enrolled_.end()) {
+      it->second.pod = *pod;
+      continue;
+    }
+    auto status = Enroll(*pod);
+    if (!status.ok()) {
+      failed_[uid] = std::string(status.message());
+      AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
+                                   << "): " << status.message() << "; retrying";
+    }
+  }
+  // Whatever an earlier run left that is no longer wanted: stop steering it.
+  for (const auto& [cookie, slot] : pinned_slots_) {
+    (void)redirector_->RemovePod(cookie, slot);
+    AMBIT_LOG(kComponent, Info) << "removed stale enrollment netns_cookie=" << cookie;
+  }
+  pinned_slots_.clear();
+  for (auto& [cookie, pod] : handed_back_) {
+    if (dataplane_->connected()) (void)dataplane_->SendRemovePod(pod.uid);
+  }
+  handed_back_.clear();
+  if (!failed_.empty()) ArmTimer(retry_timer_.get(), kRetryMs);
+  SendSnapshot();
+}
+
+absl::Status Agent::Enroll(const state::Pod& pod) {
+  EnrolledPod e;
+  e.pod = pod;
+  AMBIT_ASSIGN_OR_RETURN(e.netns, OpenNetns(pod.netns_path));
+  AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
+  bool adopted = false;
+  auto hb = handed_back_.find(e.netns_cookie);
+  auto pinned = pinned_slots_.find(e.netns_cookie);
+  if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.inbound_plain &&
+      hb->second.hbone && pinned != pinned_slots_.end()) {
+    // The running data plane still holds this pod's listeners: keep them, so connections
+    // waiting in their backlogs and live connections are untouched.
+    e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
+    e.listeners.outbound_v6 = std::move(hb->second.outbound_v6);
+    e.listeners.inbound_plain = std::move(hb->second.inbound_plain);
+    e.listeners.hbone = std::move(hb->second.hbone);
+    e.slot = pinned->second;
+    adopted = true;
+  } else {
+    e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
+    AMBIT_ASSIGN_OR_RETURN(e.listeners, enroll::CreatePodListeners(e.netns.get(), pod_net_));
+  }
+  if (hb != handed_back_.end()) handed_back_.erase(hb);
+  if (pinned != pinned_slots_.end()) pinned_slots_.erase(pinned);
+  AMBIT_RETURN_IF_ERROR(enroll::ConfigurePodRouting(e.netns.get(), pod_net_));
+  AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(),
+                                               e.listeners.inbound_plain.get(),
+                                               e.listeners.hbone.get()));
+  if (!adopted && dataplane_->connected()) AMBIT_RETURN_IF_ERROR(SendPod(e));
+  AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
+                              << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
+                              << " slot=" << e.slot << " ips=" << absl::StrJoin(IpStrings(pod), ",");
+  enrolled_.emplace(pod.Key(), std::move(e));
+  return absl::OkStatus();
+}
+
+void Agent::Unenroll(const std::string& uid) {
+  auto it = enrolled_.find(uid);
+  if (it == enrolled_.end()) return;
+  auto status = redirector_->RemovePod(it->second.netns_cookie, it->second.slot);
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
+  }
+  if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
+  AMBIT_LOG(kComponent, Info) << "removed pod " << uid;
+  enrolled_.erase(it);
+}
+
+absl::Status Agent::SendPod(const EnrolledPod& e) {
+  supervisor::PodDescriptor d;
+  d.uid = e.pod.Key();
+  d.namespace_name = e.pod.namespace_name;
+  d.name = e.pod.name;
+  d.service_account = e.pod.service_account;
+  d.netns_cookie = e.netns_cookie;
+  d.ips = IpStrings(e.pod);
+  d.netns = e.netns.get();
+  d.outbound_v4 = e.listeners.outbound_v4.get();
+  d.outbound_v6 = e.listeners.outbound_v6.get();
+  d.inbound_plain = e.listeners.inbound_plain.get();
+  d.hbone = e.listeners.hbone.get();
+  return dataplane_->SendAddPod(d);
+}
+
+void Agent::SendSnapshot() {
+  if (!dataplane_->connected()) return;
+  std::vector<supervisor::WorkloadDescriptor> workloads;
+  for (const auto& [key, pod] : state_.pods) {
+    workloads.push_back({pod.Key(), pod.namespace_name, pod.name, pod.service_account,
+                         pod.node_name, IpStrings(pod), enrolled_.count(pod.Key()) > 0});
+  }
+  ++snapshot_version_;
+  auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
+                                         options_.socket_mark, workloads);
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "send snapshot to data plane: " << status.message();
+  }
+}
+
+void Agent::ArmTimer(int fd, int64_t ms) {
+  itimerspec its{};
+  its.it_value.tv_sec = ms / 1000;
+  its.it_value.tv_nsec = (ms % 1000) * 1000000 + 1;
+  timerfd_settime(fd, 0, &its, nullptr);
+}
+
+void Agent::OnDataPlaneExit() {
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->pidfd(), nullptr);
+  if (dataplane_->control_fd() >= 0) {
+    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->control_fd(), nullptr);
+  }
+  pid_t pid = dataplane_->pid();
+  std::string how = dataplane_->Reap();
+  // A data plane that ran for a while earns a quick restart; one that keeps dying backs off.
+  if (NowMs() - dataplane_started_ms_ > 30000) restart_backoff_ms_ = 100;
+  ++restarts_;
+  AMBIT_LOG(kComponent, Error) << "data plane pid=" << pid << " " << how << "; restart #"
+                               << restarts_ << " in " << restart_backoff_ms_
+                               << "ms (listeners stay open; new connections wait in backlog)";
+  ArmTimer(restart_timer_.get(), restart_backoff_ms_);
+  restart_backoff_ms_ = std::min(restart_backoff_ms_ * 2, kMaxBackoffMs);
+}
+
+absl::Status Agent::Run() {
+  epoll_event events[16];
+  while (true) {
+    int n = epoll_wait(epoll_.get(), events, 16, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, "epoll_wait");
+    }
+    for (int i = 0; i < n; ++i) {
+      uint64_t expirations;
+      switch (events[i].data.u64) {
+        case kTagSignal:
+          AMBIT_LOG(kComponent, Info)
+              << "agent stopping; data plane pid=" << dataplane_->pid()
+              << " and BPF programs stay in place for the next agent (ambitd --cleanup removes)";
+          return absl::OkStatus();
+        case kTagConfig:
+          if (auto result = source_->Poll()) Apply(std::move(*result));
+          break;
+        case kTagRetryTimer:
+          (void)!read(retry_timer_.get(), &expirations, sizeof expirations);
+          if (!failed_.empty()) Reconcile();
+          break;
+        case kTagDataPlaneExit:
+          OnDataPlaneExit();
+          break;
+        case kTagDataPlaneControl:
+          if (!dataplane_->connected()) break;
+          if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
+            // The process exit (pidfd) drives the restart; here just stop reading.
+            epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->control_fd(), nullptr);
+          }
+          break;
+        case kTagRestartTimer: {
+          (void)!read(restart_timer_.get(), &expirations, sizeof expirations);
+          auto status = ConnectDataPlane();
+          if (!status.ok()) {
+            AMBIT_LOG(kComponent, Error) << "restart data plane: " << status.message();
+            if (dataplane_->pidfd() >= 0) {
+              OnDataPlaneExit();
+            } else {
+              ArmTimer(restart_timer_.get(), restart_backoff_ms_);
+              restart_backoff_ms_ = std::min(restart_backoff_ms_ * 2, kMaxBackoffMs);
+            }
+          }
+          break;
+        }
+      }
+    }
+  }
+}
+
+absl::Status Agent::Cleanup(const AgentOptions& options) {
+  absl::Status status = supervisor::DataPlane::StopRunning(options.control_socket());
+  status.Update(bpf::Redirector::Cleanup(options.pin_root()));
+  std::error_code ec;
+  std::filesystem::remove_all(options.resolved_run_dir(), ec);
+  AMBIT_LOG(kComponent, Info) << "removed BPF pins under " << options.pin_root() << " and "
+                              << options.resolved_run_dir();
+  return status;
+}
+
+}  // namespace ambit::node

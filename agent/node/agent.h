@@ -1,0 +1,95 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/bpf/redirector.h"
+#include "agent/common/ip_address.h"
+#include "agent/common/unique_fd.h"
+#include "agent/config/source.h"
+#include "agent/enroll/pod_net.h"
+#include "agent/state/model.h"
+#include "agent/supervisor/dataplane.h"
+
+namespace ambit::node {
+
+struct AgentOptions {
+  std::string node_name;
+  std::string config_dir;
+  std::string instance = "default";
+  std::string cgroup_path;      // attach point; empty: the cgroup-v2 root
+  std::string bpffs = "/sys/fs/bpf";
+  std::string run_dir;          // empty: /run/ambit/<instance>
+  std::string tunnel_binary;    // empty: ambit-tunnel next to ambitd
+  std::vector<std::string> tunnel_args;
+  uint32_t socket_mark = 0x539;
+  std::vector<uint16_t> outbound_bypass_ports;
+  std::vector<uint16_t> inbound_bypass_ports;
+  std::vector<Cidr> outbound_bypass_cidrs;
+
+  std::string pin_root() const { return bpffs + "/ambit/" + instance; }
+  std::string resolved_run_dir() const {
+    return run_dir.empty() ? "/run/ambit/" + instance : run_dir;
+  }
+  std::string control_socket() const { return resolved_run_dir() + "/dataplane.sock"; }
+};
+
+// ambitd's control loop: one thread, one epoll set. Watches the configuration, enrolls and
+// removes pods (listeners, routing, BPF), and supervises the data plane, restarting it with
+// back-off when it dies. Not thread-safe.
+class Agent {
+ public:
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
+  ~Agent();
+  // Runs until SIGTERM/SIGINT. The data plane and the BPF programs stay in place on exit, so a
+  // restarted agent picks up where this one left off.
+  absl::Status Run();
+  // Stops the data plane, detaches and unpins every BPF object of the instance.
+  static absl::Status Cleanup(const AgentOptions& options);
+
+ private:
+  struct EnrolledPod {
+    state::Pod pod;
+    UniqueFd netns;
+    uint64_t netns_cookie = 0;
+    uint32_t slot = 0;
+    enroll::PodListeners listeners;
+  };
+
+  explicit Agent(AgentOptions options);
+  absl::Status Init();
+  absl::Status ConnectDataPlane();
+  void Apply(config::LoadResult result);
+  void Reconcile();
+  absl::Status Enroll(const state::Pod& pod);
+  void Unenroll(const std::string& uid);
+  absl::Status SendPod(const EnrolledPod& pod);
+  void SendSnapshot();
+  void OnDataPlaneExit();
+  void ArmTimer(int fd, int64_t ms);
+  uint32_t FreeSlot() const;
+
+  AgentOptions options_;
+  std::unique_ptr<bpf::Redirector> redirector_;
+  std::unique_ptr<config::ConfigSource> source_;
+  std::unique_ptr<supervisor::DataPlane> dataplane_;
+  enroll::PodNetOptions pod_net_;
+  state::ClusterState state_;
+  std::map<std::string, EnrolledPod> enrolled_;
+  // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.
+  std::map<uint64_t, uint32_t> pinned_slots_;
+  std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
+  std::map<std::string, std::string> failed_;  // uid -> last enroll error
+  uint64_t snapshot_version_ = 0;
+  UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_;
+  int64_t restart_backoff_ms_ = 100;
+  int64_t dataplane_started_ms_ = 0;
+  int restarts_ = 0;
+};
+
+}  // namespace ambit::node

@@ -1,0 +1,268 @@
+#include "agent/supervisor/dataplane.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
+#include "agent/common/seqpacket.h"
+#include "agent/common/status.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+extern char** environ;
+
+namespace ambit::supervisor {
+namespace {
+
+namespace pb = ::ambit::dataplane::v1;
+constexpr const char* kComponent = "supervisor";
+
+pb::Envelope NewEnvelope() {
+  pb::Envelope env;
+  env.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  return env;
+}
+
+absl::Status SendEnvelope(int fd, const pb::Envelope& env, const std::vector<int>& fds) {
+  std::string bytes;
+  env.SerializeToString(&bytes);
+  return SendPacket(fd, bytes, fds);
+}
+
+// Blocks for one message, at most timeout_ms.
+absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int fd,
+                                                                            int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  int rc = poll(&p, 1, timeout_ms);
+  if (rc == 0) return absl::DeadlineExceededError("data plane did not answer in time");
+  if (rc < 0) return absl::ErrnoToStatus(errno, "poll control channel");
+  AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(fd));
+  pb::Envelope env;
+  if (!env.ParseFromString(packet.data)) return absl::DataLossError("undecodable control message");
+  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data plane speaks control protocol ", env.protocol_version(), ", this agent ",
+        static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; restart the data plane"));
+  }
+  return std::make_pair(std::move(env), std::move(packet.fds));
+}
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+}  // namespace
+
+DataPlane::~DataPlane() = default;
+
+absl::StatusOr<UniqueFd> DataPlane::TryConnect() {
+  UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (options_.control_socket.size() >= sizeof sun.sun_path) {
+    return absl::InvalidArgumentError("control socket path too long");
+  }
+  strcpy(sun.sun_path, options_.control_socket.c_str());
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("connect ", options_.control_socket));
+  }
+  return fd;
+}
+
+absl::Status DataPlane::Spawn() {
+  std::vector<std::string> args = {options_.binary, "--control-socket", options_.control_socket};
+  args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Its own session: a signal to the agent's process group (Ctrl-C, a supervisor stopping the
+  // agent for an upgrade) must not take the data plane and its live connections with it.
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  pid_t pid;
+  int rc = posix_spawn(&pid, options_.binary.c_str(), nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return absl::ErrnoToStatus(rc, absl::StrCat("start data plane ", options_.binary));
+  pid_ = pid;
+  is_child_ = true;
+  pidfd_ = UniqueFd(PidfdOpen(pid));
+  AMBIT_LOG(kComponent, Info) << "started data plane " << options_.binary << " pid=" << pid;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
+  control_.Reset();
+  auto existing = TryConnect();
+  if (existing.ok()) {
+    control_ = std::move(*existing);
+    is_child_ = false;
+  } else {
+    AMBIT_RETURN_IF_ERROR(Spawn());
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (true) {
+      auto fd = TryConnect();
+      if (fd.ok()) {
+        control_ = std::move(*fd);
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("data plane pid=", pid_, " did not open ", options_.control_socket,
+                         " within 10s; see its log above"));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(control_.get(), 5000));
+  if (!hello.first.has_hello()) return absl::DataLossError("data plane did not say hello");
+  if (!is_child_) {
+    pid_ = hello.first.hello().pid();
+    pidfd_ = UniqueFd(PidfdOpen(pid_));
+    if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
+    AMBIT_LOG(kComponent, Info) << "re-attached to running data plane pid=" << pid_ << " serving "
+                                << hello.first.hello().pod_count() << " pods";
+  }
+  std::vector<HandedBackPod> pods;
+  for (uint32_t i = 0; i < hello.first.hello().pod_count(); ++i) {
+    AMBIT_ASSIGN_OR_RETURN(auto msg, ReadEnvelope(control_.get(), 5000));
+    if (!msg.first.has_add_pod()) return absl::DataLossError("expected a handed-back pod");
+    const auto& p = msg.first.add_pod();
+    HandedBackPod pod;
+    pod.uid = p.uid();
+    pod.namespace_name = p.namespace_();
+    pod.name = p.name();
+    pod.service_account = p.service_account();
+    pod.netns_cookie = p.netns_cookie();
+    for (int j = 0; j < p.fds_size() && j < static_cast<int>(msg.second.size()); ++j) {
+      UniqueFd& fd = msg.second[j];
+      switch (p.fds(j)) {
+        case pb::FD_ROLE_NETNS: pod.netns = std::move(fd); break;
+        case pb::FD_ROLE_OUTBOUND_V4: pod.outbound_v4 = std::move(fd); break;
+        case pb::FD_ROLE_OUTBOUND_V6: pod.outbound_v6 = std::move(fd); break;
+        case pb::FD_ROLE_INBOUND_PLAIN: pod.inbound_plain = std::move(fd); break;
+        case pb::FD_ROLE_HBONE: pod.hbone = std::move(fd); break;
+        default: break;
+      }
+    }
+    pods.push_back(std::move(pod));
+  }
+  return pods;
+}
+
+std::string DataPlane::Reap() {
+  control_.Reset();
+  pidfd_.Reset();
+  std::string how = "exited";
+  if (is_child_) {
+    int status = 0;
+    if (waitpid(pid_, &status, 0) == pid_) {
+      if (WIFEXITED(status)) how = absl::StrCat("exited with status ", WEXITSTATUS(status));
+      if (WIFSIGNALED(status)) how = absl::StrCat("killed by signal ", WTERMSIG(status));
+    }
+  }
+  pid_ = -1;
+  return how;
+}
+
+absl::Status DataPlane::StopRunning(const std::string& control_socket) {
+  DataPlane probe(Options{"", control_socket, {}});
+  auto fd = probe.TryConnect();
+  if (!fd.ok()) return absl::OkStatus();  // nothing running
+  probe.control_ = std::move(*fd);
+  AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(probe.control_.get(), 5000));
+  pid_t pid = hello.first.hello().pid();
+  UniqueFd pidfd(PidfdOpen(pid));
+  if (!pidfd) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
+  if (syscall(SYS_pidfd_send_signal, pidfd.get(), SIGTERM, nullptr, 0) < 0) {
+    return absl::ErrnoToStatus(errno, "signal the data plane");
+  }
+  pollfd p{pidfd.get(), POLLIN, 0};
+  if (poll(&p, 1, 5000) == 0) {
+    syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+  }
+  AMBIT_LOG(kComponent, Info) << "stopped data plane pid=" << pid;
+  return absl::OkStatus();
+}
+
+absl::Status DataPlane::OnControlReadable() {
+  AMBIT_ASSIGN_OR_RETURN(auto msg, ReadEnvelope(control_.get(), 0));
+  if (msg.first.has_ack()) {
+    acked_version_ = msg.first.ack().version();
+    AMBIT_LOG(kComponent, Debug) << "data plane applied snapshot " << acked_version_;
+  } else if (msg.first.has_nack()) {
+    AMBIT_LOG(kComponent, Warning) << "data plane rejected snapshot " << msg.first.nack().version()
+                                   << ": " << msg.first.nack().error();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DataPlane::SendMaps(int orig_dst_map_fd) {
+  auto env = NewEnvelope();
+  env.mutable_maps()->add_fds(pb::FD_ROLE_ORIG_DST_MAP);
+  return SendEnvelope(control_.get(), env, {orig_dst_map_fd});
+}
+
+absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
+  auto env = NewEnvelope();
+  auto* p = env.mutable_add_pod();
+  p->set_uid(pod.uid);
+  p->set_namespace_(pod.namespace_name);
+  p->set_name(pod.name);
+  p->set_service_account(pod.service_account);
+  p->set_netns_cookie(pod.netns_cookie);
+  for (const auto& ip : pod.ips) p->add_ips(ip);
+  std::vector<int> fds;
+  auto add = [&](int fd, pb::FdRole role) {
+    if (fd < 0) return;
+    fds.push_back(fd);
+    p->add_fds(role);
+  };
+  add(pod.netns, pb::FD_ROLE_NETNS);
+  add(pod.outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
+  add(pod.outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
+  add(pod.inbound_plain, pb::FD_ROLE_INBOUND_PLAIN);
+  add(pod.hbone, pb::FD_ROLE_HBONE);
+  return SendEnvelope(control_.get(), env, fds);
+}
+
+absl::Status DataPlane::SendRemovePod(const std::string& uid) {
+  auto env = NewEnvelope();
+  env.mutable_remove_pod()->set_uid(uid);
+  return SendEnvelope(control_.get(), env, {});
+}
+
+absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_domain,
+                                     uint32_t mark,
+                                     const std::vector<WorkloadDescriptor>& workloads) {
+  auto env = NewEnvelope();
+  auto* s = env.mutable_snapshot();
+  s->set_version(version);
+  s->set_trust_domain(trust_domain);
+  s->set_socket_mark(mark);
+  for (const auto& w : workloads) {
+    auto* pw = s->add_workloads();
+    pw->set_uid(w.uid);
+    pw->set_namespace_(w.namespace_name);
+    pw->set_name(w.name);
+    pw->set_service_account(w.service_account);
+    pw->set_node(w.node);
+    pw->set_enrolled_here(w.enrolled_here);
+    for (const auto& ip : w.ips) pw->add_ips(ip);
+  }
+  return SendEnvelope(control_.get(), env, {});
+}
+
+}  // namespace ambit::supervisor

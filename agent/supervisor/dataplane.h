@@ -1,0 +1,85 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit::supervisor {
+
+// A pod the running data plane already serves, handed back with its descriptors when the agent
+// (re)connects.
+struct HandedBackPod {
+  std::string uid, namespace_name, name, service_account;
+  uint64_t netns_cookie = 0;
+  UniqueFd netns, outbound_v4, outbound_v6, inbound_plain, hbone;
+};
+
+// What the agent tells the data plane about one enrolled pod. Descriptors are borrowed.
+struct PodDescriptor {
+  std::string uid, namespace_name, name, service_account;
+  uint64_t netns_cookie = 0;
+  std::vector<std::string> ips;
+  int netns = -1, outbound_v4 = -1, outbound_v6 = -1, inbound_plain = -1, hbone = -1;
+};
+
+struct WorkloadDescriptor {
+  std::string uid, namespace_name, name, service_account, node;
+  std::vector<std::string> ips;
+  bool enrolled_here = false;
+};
+
+// ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it
+// outlives an agent restart), re-attaches to one that is already running, watches it through a
+// pidfd, and speaks the control protocol. Not thread-safe; owned by the control thread.
+class DataPlane {
+ public:
+  struct Options {
+    std::string binary;          // path of ambit-tunnel
+    std::string control_socket;  // where the data plane listens for the agent
+    std::vector<std::string> extra_args;
+  };
+  explicit DataPlane(Options options) : options_(std::move(options)) {}
+  ~DataPlane();
+
+  // Attaches to a data plane already serving control_socket, or starts one. Returns the pods a
+  // running data plane handed back (empty for a fresh one).
+  absl::StatusOr<std::vector<HandedBackPod>> Connect();
+  // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
+  static absl::Status StopRunning(const std::string& control_socket);
+
+  bool connected() const { return control_.valid(); }
+  pid_t pid() const { return pid_; }
+  int pidfd() const { return pidfd_.get(); }
+  int control_fd() const { return control_.get(); }
+  // Reaps the exited process; returns a description of how it ended.
+  std::string Reap();
+  // Reads one message (acks, nacks); an error means the session is over.
+  absl::Status OnControlReadable();
+
+  absl::Status SendMaps(int orig_dst_map_fd);
+  absl::Status SendAddPod(const PodDescriptor& pod);
+  absl::Status SendRemovePod(const std::string& uid);
+  absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,
+                            const std::vector<WorkloadDescriptor>& workloads);
+  uint64_t acked_version() const { return acked_version_; }
+
+ private:
+  absl::StatusOr<UniqueFd> TryConnect();
+  absl::Status Spawn();
+
+  Options options_;
+  UniqueFd control_;
+  UniqueFd pidfd_;
+  pid_t pid_ = -1;
+  bool is_child_ = false;
+  uint64_t acked_version_ = 0;
+};
+
+}  // namespace ambit::supervisor

@@ -1,0 +1,286 @@
+#include "agent/tunnel/connection.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/bpf/orig_dst.h"
+#include "agent/common/log.h"
+#include "agent/common/netns.h"
+
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19
+#endif
+
+namespace ambit::tunnel {
+namespace {
+
+constexpr const char* kComponent = "tunnel";
+
+// Closes with RST instead of FIN: the peer learns the connection failed, not that it ended.
+void CloseWithReset(UniqueFd& fd) {
+  if (!fd) return;
+  linger lg{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  fd.Reset();
+}
+
+absl::StatusOr<SocketAddress> Peer(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    return absl::ErrnoToStatus(errno, "getpeername");
+  }
+  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+absl::StatusOr<SocketAddress> Local(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    return absl::ErrnoToStatus(errno, "getsockname");
+  }
+  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+// Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
+// starts connecting to dst. With source set, binds to it transparently (inbound delivery with
+// the client's own address).
+absl::StatusOr<std::pair<UniqueFd, bool>> ConnectFromPod(const Worker& worker, const Pod& pod,
+                                                         const SocketAddress& dst,
+                                                         const SocketAddress* source) {
+  const auto& settings = worker.settings();
+  int family = dst.ip.family();
+  auto sock = SocketInNetns(pod.netns.get(), settings.host_netns, family,
+                            SOCK_STREAM | SOCK_NONBLOCK);
+  if (!sock.ok()) return sock.status();
+  int fd = sock->get();
+  uint32_t mark = settings.socket_mark;
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
+    return absl::ErrnoToStatus(errno, "SO_MARK on upstream socket");
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (source != nullptr) {
+    int level = family == AF_INET ? SOL_IP : SOL_IPV6;
+    int opt = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
+    if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
+      return absl::ErrnoToStatus(errno, "IP_TRANSPARENT on delivery socket (needs CAP_NET_ADMIN)");
+    }
+    SocketAddress src{source->ip, 0};
+    sockaddr_storage ss;
+    socklen_t len = src.ToSockaddr(&ss);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("bind delivery socket to ", src.ToString()));
+    }
+  }
+  sockaddr_storage ss;
+  socklen_t len = dst.ToSockaddr(&ss);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) {
+    return std::make_pair(std::move(*sock), false);
+  }
+  if (errno != EINPROGRESS) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", dst.ToString()));
+  }
+  return std::make_pair(std::move(*sock), true);
+}
+
+// IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
+void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
+  auto peer = Peer(client.get());
+  if (!peer.ok()) return;
+  auto orig = bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod->netns_cookie, *peer);
+  if (!orig.ok()) {
+    // Fail closed: without the original destination there is nowhere safe to send the bytes.
+    AMBIT_LOG(kComponent, Warning) << "outbound pod=" << pod->uid << " src=" << peer->ToString()
+                                   << ": " << orig.status().message() << "; connection reset";
+    CloseWithReset(client);
+    return;
+  }
+  std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
+                                          " orig_dst=", orig->address.ToString());
+  AMBIT_LOG(kComponent, Info) << description << " mode=passthrough";
+  auto conn = std::make_unique<Connection>(worker, description, std::move(client));
+  auto upstream = ConnectFromPod(worker, *pod, orig->address, nullptr);
+  Connection* raw = conn.get();
+  worker.Adopt(std::move(conn));
+  if (!upstream.ok()) {
+    raw->Abort(std::string(upstream.status().message()));
+    return;
+  }
+  raw->StartRelay(std::move(upstream->first), upstream->second);
+}
+
+void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
+  auto peer = Peer(client.get());
+  auto local = Local(client.get());
+  if (!peer.ok() || !local.ok()) return;
+  // No PeerAuthentication is configured yet: Istio's default, PERMISSIVE, delivers plaintext.
+  std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
+                                         " dst=", local->ToString());
+  AMBIT_LOG(kComponent, Info) << description << " mode=plaintext policy=PERMISSIVE";
+  auto conn = std::make_unique<Connection>(worker, description, std::move(client));
+  Connection* raw = conn.get();
+  worker.Adopt(std::move(conn));
+  auto upstream = ConnectFromPod(worker, *pod, *local, &*peer);
+  if (!upstream.ok()) {
+    raw->Abort(std::string(upstream.status().message()));
+    return;
+  }
+  raw->StartRelay(std::move(upstream->first), upstream->second);
+}
+
+}  // namespace
+
+void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
+                    UniqueFd client) {
+  switch (kind) {
+    case ListenerKind::kOutbound:
+      HandleOutbound(worker, std::move(pod), std::move(client));
+      return;
+    case ListenerKind::kInboundPlain:
+      HandleInboundPlain(worker, std::move(pod), std::move(client));
+      return;
+    case ListenerKind::kHbone: {
+      auto peer = Peer(client.get());
+      auto local = Local(client.get());
+      AMBIT_LOG(kComponent, Warning)
+          << "hbone pod=" << pod->uid << " src=" << (peer.ok() ? peer->ToString() : "?")
+          << " dst=" << (local.ok() ? local->ToString() : "?")
+          << ": mTLS termination is not available in this build; connection reset";
+      CloseWithReset(client);
+      return;
+    }
+  }
+}
+
+Connection::Connection(Worker& worker, std::string description, UniqueFd downstream)
+    : worker_(worker), description_(std::move(description)) {
+  fds_[0] = std::move(downstream);
+  for (int i = 0; i < 2; ++i) {
+    sides_[i].conn = this;
+    sides_[i].index = i;
+  }
+}
+
+Connection::~Connection() = default;
+
+void Connection::StartRelay(UniqueFd upstream, bool connect_in_progress) {
+  fds_[1] = std::move(upstream);
+  connecting_ = connect_in_progress;
+  for (int i = 0; i < 2; ++i) {
+    auto status = worker_.Watch(fds_[i].get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                &sides_[i]);
+    if (!status.ok()) {
+      ResetBoth(std::string(status.message()));
+      return;
+    }
+  }
+  if (!connecting_) Pump();
+}
+
+void Connection::Abort(const std::string& reason) {
+  AMBIT_LOG(kComponent, Warning) << description_ << ": " << reason << "; connection reset";
+  ResetBoth(reason);
+}
+
+void Connection::Side::OnEvents(uint32_t events) { conn->OnEvents(index, events); }
+
+void Connection::OnEvents(int side, uint32_t events) {
+  if (done_) return;
+  if (connecting_) {
+    if (side != 1) return;  // client bytes wait in the kernel until upstream is ready
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fds_[1].get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      Abort(absl::StrCat("upstream connect failed: ", strerror(err)));
+      return;
+    }
+    if (!(events & EPOLLOUT)) return;
+    connecting_ = false;
+  }
+  Pump();
+}
+
+bool Connection::Flow(int from, bool* progressed) {
+  Direction& d = dirs_[from];
+  int src = fds_[from].get();
+  int dst = fds_[1 - from].get();
+  const size_t cap = worker_.settings().relay_buffer;
+  if (!d.eof && d.tail < cap) {
+    if (!d.buf) d.buf = std::make_unique<char[]>(cap);
+    ssize_t n = read(src, d.buf.get() + d.tail, cap - d.tail);
+    if (n > 0) {
+      d.tail += n;
+      *progressed = true;
+    } else if (n == 0) {
+      d.eof = true;
+      *progressed = true;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      return false;
+    }
+  }
+  if (d.head < d.tail) {
+    ssize_t n = send(dst, d.buf.get() + d.head, d.tail - d.head, MSG_NOSIGNAL);
+    if (n > 0) {
+      d.head += n;
+      bytes_[from] += n;
+      *progressed = true;
+      if (d.head == d.tail) {
+        d.head = d.tail = 0;
+        d.buf.reset();  // idle connections hold no buffer
+      }
+    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      return false;
+    }
+  }
+  if (d.eof && d.head == d.tail && !d.shut) {
+    shutdown(dst, SHUT_WR);  // forward the FIN, keep the other direction open
+    d.shut = true;
+    *progressed = true;
+  }
+  return true;
+}
+
+void Connection::Pump() {
+  bool progressed = true;
+  while (progressed && !done_) {
+    progressed = false;
+    for (int from = 0; from < 2; ++from) {
+      if (!Flow(from, &progressed)) {
+        ResetBoth(absl::StrCat(from == 0 ? "downstream" : "upstream", " error: ",
+                               strerror(errno)));
+        return;
+      }
+    }
+  }
+  if (dirs_[0].shut && dirs_[1].shut) Finish();
+}
+
+void Connection::ResetBoth(const std::string& reason) {
+  if (done_) return;
+  AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  for (auto& fd : fds_) {
+    if (fd) worker_.Unwatch(fd.get());
+    CloseWithReset(fd);
+  }
+  done_ = true;
+  worker_.Retire(this);
+}
+
+void Connection::Finish() {
+  AMBIT_LOG(kComponent, Debug) << description_ << " closed sent=" << bytes_[0]
+                               << " received=" << bytes_[1];
+  for (auto& fd : fds_) {
+    if (fd) worker_.Unwatch(fd.get());
+    fd.Reset();
+  }
+  done_ = true;
+  worker_.Retire(this);
+}
+
+}  // namespace ambit::tunnel

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "agent/common/ip_address.h"
+#include "agent/common/unique_fd.h"
+#include "agent/tunnel/pod_table.h"
+#include "agent/tunnel/worker.h"
+
+namespace ambit::tunnel {
+
+// Handles a freshly accepted connection on one of a pod's listeners. Worker-thread only.
+void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
+                    UniqueFd client);
+
+// A TCP byte relay between two sockets: full duplex, half-close forwarded as FIN, a reset on one
+// side forwarded as a reset, bounded buffers (a full buffer stops reading: back-pressure).
+// Lives on one worker; deleted through Worker::Retire.
+class Connection {
+ public:
+  Connection(Worker& worker, std::string description, UniqueFd downstream);
+  ~Connection();
+
+  // Connects upstream (non-blocking, already issued) and relays once it completes.
+  void StartRelay(UniqueFd upstream, bool connect_in_progress);
+  // Closes the downstream with a reset and retires.
+  void Abort(const std::string& reason);
+
+ private:
+  struct Side : EventHandler {
+    Connection* conn;
+    int index;
+    void OnEvents(uint32_t events) override;
+  };
+  struct Direction {
+    std::unique_ptr<char[]> buf;
+    size_t head = 0, tail = 0;
+    bool eof = false;       // source sent FIN
+    bool shut = false;      // FIN forwarded to sink
+  };
+
+  void OnEvents(int side, uint32_t events);
+  void Pump();
+  // Moves bytes from fds_[from] to fds_[1 - from]; false on a fatal error.
+  bool Flow(int from, bool* progressed);
+  void ResetBoth(const std::string& reason);
+  void Finish();
+
+  Worker& worker_;
+  std::string description_;
+  UniqueFd fds_[2];  // 0: downstream (accepted), 1: upstream
+  Side sides_[2];
+  Direction dirs_[2];  // dirs_[i]: bytes read from fds_[i]
+  bool connecting_ = false;
+  bool done_ = false;
+  uint64_t bytes_[2] = {0, 0};
+};
+
+}  // namespace ambit::tunnel

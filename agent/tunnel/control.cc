@@ -1,0 +1,264 @@
+#include "agent/tunnel/control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
+#include "agent/common/seqpacket.h"
+#include "agent/common/status.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::tunnel {
+namespace {
+
+namespace pb = ::ambit::dataplane::v1;
+constexpr const char* kComponent = "tunnel";
+enum : uint64_t { kTagListen = 1, kTagController = 2, kTagSignal = 3 };
+
+absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev) < 0) return absl::ErrnoToStatus(errno, "epoll_ctl");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& options) {
+  auto t = std::unique_ptr<Tunnel>(new Tunnel(options));
+  t->host_netns_ = UniqueFd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!t->host_netns_) return absl::ErrnoToStatus(errno, "open /proc/self/ns/net");
+
+  t->listen_fd_ = UniqueFd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!t->listen_fd_) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (options.control_socket.size() >= sizeof sun.sun_path) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--control-socket path too long: ", options.control_socket));
+  }
+  strcpy(sun.sun_path, options.control_socket.c_str());
+  unlink(options.control_socket.c_str());
+  mode_t old = umask(0077);  // root-only: the socket hands out listeners and netns fds
+  int rc = bind(t->listen_fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+  umask(old);
+  if (rc < 0) return absl::ErrnoToStatus(errno, absl::StrCat("bind ", options.control_socket));
+  if (listen(t->listen_fd_.get(), 4) < 0) return absl::ErrnoToStatus(errno, "listen");
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);  // before workers start, so they inherit the mask
+  signal(SIGPIPE, SIG_IGN);
+  t->signal_fd_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC));
+  t->epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  if (!t->signal_fd_ || !t->epoll_) return absl::ErrnoToStatus(errno, "signalfd/epoll");
+  AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->listen_fd_.get(), kTagListen));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->signal_fd_.get(), kTagSignal));
+  return t;
+}
+
+Tunnel::~Tunnel() {
+  for (auto& w : workers_) w->Stop();
+  for (auto& w : workers_) w->Join();
+  if (listen_fd_) unlink(options_.control_socket.c_str());
+}
+
+absl::Status Tunnel::Run() {
+  AMBIT_LOG(kComponent, Info) << "data plane pid=" << getpid() << " waiting for the agent on "
+                              << options_.control_socket;
+  epoll_event events[8];
+  while (true) {
+    int n = epoll_wait(epoll_.get(), events, 8, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, "epoll_wait");
+    }
+    for (int i = 0; i < n; ++i) {
+      switch (events[i].data.u64) {
+        case kTagSignal:
+          AMBIT_LOG(kComponent, Info) << "data plane stopping on signal";
+          return absl::OkStatus();
+        case kTagListen: {
+          UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+          if (fd) {
+            auto status = OnControllerConnected(std::move(fd));
+            if (!status.ok()) {
+              AMBIT_LOG(kComponent, Warning) << "agent session failed: " << status.message();
+            }
+          }
+          break;
+        }
+        case kTagController: {
+          auto status = OnControlMessage();
+          if (!status.ok()) {
+            AMBIT_LOG(kComponent, Info)
+                << "agent session ended: " << status.message()
+                << "; serving the last configuration";
+            epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, controller_.get(), nullptr);
+            controller_.Reset();
+          }
+          break;
+        }
+      }
+    }
+  }
+}
+
+absl::Status Tunnel::Send(const pb::Envelope& env, const std::vector<int>& fds) {
+  std::string bytes;
+  env.SerializeToString(&bytes);
+  return SendPacket(controller_.get(), bytes, fds);
+}
+
+absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
+  if (controller_) {
+    AMBIT_LOG(kComponent, Info) << "a new agent connected; replacing the previous session";
+    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, controller_.get(), nullptr);
+  }
+  controller_ = std::move(fd);
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), controller_.get(), kTagController));
+  pb::Envelope hello;
+  hello.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  hello.mutable_hello()->set_pid(getpid());
+  hello.mutable_hello()->set_pod_count(pods_.size());
+  hello.mutable_hello()->set_snapshot_version(snapshot_version_);
+  AMBIT_RETURN_IF_ERROR(Send(hello, {}));
+  // Hand every pod back so a restarted agent adopts the live listeners instead of re-creating.
+  for (const auto& [uid, pod] : pods_) {
+    pb::Envelope env;
+    env.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+    auto* p = env.mutable_add_pod();
+    p->set_uid(pod->uid);
+    p->set_namespace_(pod->namespace_name);
+    p->set_name(pod->name);
+    p->set_service_account(pod->service_account);
+    p->set_netns_cookie(pod->netns_cookie);
+    for (const auto& ip : pod->ips) p->add_ips(ip.ToString());
+    std::vector<int> fds;
+    auto add = [&](const UniqueFd& fd, pb::FdRole role) {
+      if (!fd) return;
+      fds.push_back(fd.get());
+      p->add_fds(role);
+    };
+    add(pod->netns, pb::FD_ROLE_NETNS);
+    add(pod->outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
+    add(pod->outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
+    add(pod->inbound_plain, pb::FD_ROLE_INBOUND_PLAIN);
+    add(pod->hbone, pb::FD_ROLE_HBONE);
+    AMBIT_RETURN_IF_ERROR(Send(env, fds));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Tunnel::OnControlMessage() {
+  AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(controller_.get()));
+  pb::Envelope env;
+  if (!env.ParseFromString(packet.data)) {
+    return absl::DataLossError("undecodable control message");
+  }
+  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("agent speaks control protocol ", env.protocol_version(), ", this data plane ",
+                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; upgrade one of them"));
+  }
+  return HandleEnvelope(env, std::move(packet.fds));
+}
+
+absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map) {
+  orig_dst_map_ = std::move(orig_dst_map);
+  auto settings = std::make_shared<DataPlaneSettings>();
+  settings->socket_mark = options_.socket_mark;
+  settings->host_netns = host_netns_.get();
+  settings->orig_dst_map = orig_dst_map_.get();
+  settings_ = settings;
+  for (int i = 0; i < options_.workers; ++i) {
+    AMBIT_ASSIGN_OR_RETURN(auto w, Worker::Create(i, settings_));
+    w->Start();
+    workers_.push_back(std::move(w));
+  }
+  for (const auto& [uid, pod] : pods_) {
+    for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
+  }
+  AMBIT_LOG(kComponent, Info) << "data plane started " << workers_.size() << " workers";
+  return absl::OkStatus();
+}
+
+absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueFd> fds) {
+  switch (env.body_case()) {
+    case pb::Envelope::kMaps: {
+      if (!workers_.empty()) return absl::OkStatus();  // same pinned map as before
+      for (int i = 0; i < env.maps().fds_size() && i < static_cast<int>(fds.size()); ++i) {
+        if (env.maps().fds(i) == pb::FD_ROLE_ORIG_DST_MAP) return StartWorkers(std::move(fds[i]));
+      }
+      return absl::InvalidArgumentError("maps message without the ambit_orig_dst map");
+    }
+    case pb::Envelope::kAddPod: {
+      const auto& p = env.add_pod();
+      if (p.fds_size() != static_cast<int>(fds.size())) {
+        return absl::InvalidArgumentError(absl::StrCat("add_pod ", p.uid(), " lists ",
+                                                       p.fds_size(), " fds but carried ",
+                                                       fds.size()));
+      }
+      auto pod = std::make_shared<Pod>();
+      pod->uid = p.uid();
+      pod->namespace_name = p.namespace_();
+      pod->name = p.name();
+      pod->service_account = p.service_account();
+      pod->netns_cookie = p.netns_cookie();
+      for (const auto& ip : p.ips()) {
+        auto parsed = IpAddress::Parse(ip);
+        if (parsed.ok()) pod->ips.push_back(*parsed);
+      }
+      for (int i = 0; i < p.fds_size(); ++i) {
+        switch (p.fds(i)) {
+          case pb::FD_ROLE_NETNS: pod->netns = std::move(fds[i]); break;
+          case pb::FD_ROLE_OUTBOUND_V4: pod->outbound_v4 = std::move(fds[i]); break;
+          case pb::FD_ROLE_OUTBOUND_V6: pod->outbound_v6 = std::move(fds[i]); break;
+          case pb::FD_ROLE_INBOUND_PLAIN: pod->inbound_plain = std::move(fds[i]); break;
+          case pb::FD_ROLE_HBONE: pod->hbone = std::move(fds[i]); break;
+          default: break;
+        }
+      }
+      if (!pod->netns || !pod->outbound_v4) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("add_pod ", p.uid(), " lacks its netns or outbound listener"));
+      }
+      std::shared_ptr<const Pod> shared = pod;
+      pods_[shared->uid] = shared;
+      for (auto& w : workers_) w->Post([shared](Worker& worker) { worker.AddPod(shared); });
+      AMBIT_LOG(kComponent, Info) << "serving pod " << shared->uid
+                                  << " netns_cookie=" << shared->netns_cookie;
+      return absl::OkStatus();
+    }
+    case pb::Envelope::kRemovePod: {
+      std::string uid = env.remove_pod().uid();
+      pods_.erase(uid);
+      for (auto& w : workers_) w->Post([uid](Worker& worker) { worker.RemovePod(uid); });
+      AMBIT_LOG(kComponent, Info) << "stopped serving pod " << uid;
+      return absl::OkStatus();
+    }
+    case pb::Envelope::kSnapshot: {
+      snapshot_version_ = env.snapshot().version();
+      pb::Envelope ack;
+      ack.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+      ack.mutable_ack()->set_version(snapshot_version_);
+      return Send(ack, {});
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
+  }
+}
+
+}  // namespace ambit::tunnel

@@ -1,0 +1,51 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/common/unique_fd.h"
+#include "agent/tunnel/pod_table.h"
+#include "agent/tunnel/worker.h"
+
+namespace ambit::dataplane::v1 {
+class Envelope;
+}
+
+namespace ambit::tunnel {
+
+struct TunnelOptions {
+  std::string control_socket;  // unix SOCK_SEQPACKET path ambitd connects to
+  int workers = 2;
+  uint32_t socket_mark = 0x539;
+};
+
+// The data plane's main thread: serves the control socket, keeps the pod table, and owns the
+// workers. A controller (ambitd) that goes away leaves the data plane serving its last
+// configuration; the next controller to connect is handed back every pod with its descriptors.
+class Tunnel {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tunnel>> Create(const TunnelOptions& options);
+  ~Tunnel();
+  // Runs until SIGTERM/SIGINT.
+  absl::Status Run();
+
+ private:
+  explicit Tunnel(TunnelOptions options) : options_(std::move(options)) {}
+  absl::Status OnControllerConnected(UniqueFd fd);
+  absl::Status OnControlMessage();
+  absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
+  absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
+  absl::Status StartWorkers(UniqueFd orig_dst_map);
+
+  TunnelOptions options_;
+  UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_;
+  std::shared_ptr<const DataPlaneSettings> settings_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<std::string, std::shared_ptr<const Pod>> pods_;
+  uint64_t snapshot_version_ = 0;
+};
+
+}  // namespace ambit::tunnel

@@ -1,0 +1,39 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/common/ip_address.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit::tunnel {
+
+// One enrolled pod as the data plane knows it, with the descriptors ambitd handed over.
+// Immutable once built; shared by workers through shared_ptr<const Pod>.
+struct Pod {
+  std::string uid;  // namespace/name
+  std::string namespace_name;
+  std::string name;
+  std::string service_account;
+  uint64_t netns_cookie = 0;
+  std::vector<IpAddress> ips;
+  UniqueFd netns;
+  UniqueFd outbound_v4, outbound_v6, inbound_plain, hbone;
+};
+
+enum class ListenerKind { kOutbound, kInboundPlain, kHbone };
+
+const char* ListenerKindName(ListenerKind kind);
+
+// Settings every worker needs; fixed for the process lifetime.
+struct DataPlaneSettings {
+  uint32_t socket_mark = 0x539;
+  int host_netns = -1;       // fd of the data plane's own network namespace
+  int orig_dst_map = -1;     // fd of the pinned ambit_orig_dst map
+  size_t relay_buffer = 64 * 1024;
+};
+
+}  // namespace ambit::tunnel

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The one definition of every map key and value shared by ambit's redirect programs and the
+ * agent. Included by BPF C (after <linux/bpf.h>) and by C++.
+ *
+ * Addresses are always 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so both families
+ * share one key layout.
+ */
+#ifndef AMBIT_BPF_ABI_REDIRECT_H
+#define AMBIT_BPF_ABI_REDIRECT_H
+
+#include <linux/types.h>
+
+#define AMBIT_OUTBOUND_PORT 15001 /* tunnel listener for redirected outbound connections */
+#define AMBIT_INBOUND_PLAIN_PORT 15006 /* plaintext that reached a pod */
+#define AMBIT_HBONE_PORT 15008 /* mTLS tunnel (HBONE) */
+
+#define AMBIT_MAX_PODS 1024
+#define AMBIT_MAX_ORIG_DST 65536
+#define AMBIT_MAX_CIDRS 256
+
+/* Listener kinds in ambit_listeners: key = pod slot * AMBIT_LISTENER_KINDS + kind. */
+enum ambit_listener_kind {
+	AMBIT_LISTENER_PLAIN = 0,
+	AMBIT_LISTENER_HBONE = 1,
+	AMBIT_LISTENER_KINDS = 2,
+};
+
+/* ambit_ports values: which directions skip redirection for a port. */
+enum ambit_port_flags {
+	AMBIT_PORT_BYPASS_OUT = 1 << 0,
+	AMBIT_PORT_BYPASS_IN = 1 << 1,
+};
+
+/* ambit_pods value: one enrolled pod, keyed by its netns cookie (__u64). */
+struct ambit_pod_info {
+	__u32 slot; /* index of the pod's listeners in ambit_listeners */
+	__u32 flags; /* reserved */
+};
+
+/* An address and port as the application dialled them. */
+struct ambit_sockaddr {
+	__u8 addr[16]; /* IPv4-mapped for IPv4 */
+	__u16 port; /* host byte order */
+	__u16 family; /* AF_INET or AF_INET6: the socket's own family */
+	__u32 pad;
+};
+
+/* ambit_orig_dst key: the redirected connection as the tunnel sees it after accept(). */
+struct ambit_conn_key {
+	__u64 netns_cookie;
+	__u8 src_addr[16]; /* IPv4-mapped for IPv4 */
+	__u16 src_port; /* host byte order */
+	__u16 pad0;
+	__u32 pad1;
+};
+
+/* ambit_cidrs key: an LPM prefix over the 16-byte mapped address. */
+struct ambit_cidr_key {
+	__u32 prefixlen; /* in bits over addr; IPv4 /n is 96 + n */
+	__u8 addr[16];
+};
+
+#endif /* AMBIT_BPF_ABI_REDIRECT_H */

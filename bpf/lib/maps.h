@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps shared by ambit's programs. The agent pins each one under
+ * /sys/fs/bpf/ambit/<instance>/<map name> and re-opens it on restart, so every map here survives
+ * an agent restart; pinning is set from userspace (bpf_map__set_pin_path), not here, so test
+ * objects can include this header without pinning anything.
+ */
+#ifndef AMBIT_BPF_LIB_MAPS_H
+#define AMBIT_BPF_LIB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "abi/redirect.h"
+
+/* netns cookie -> enrolled pod; written by ambitd on enroll/remove. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AMBIT_MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct ambit_pod_info);
+} ambit_pods SEC(".maps");
+
+/* per-socket original destination of a redirected connect(); written by connect4/6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ambit_sockaddr);
+} ambit_sk_dst SEC(".maps");
+
+/* {netns cookie, source} -> original destination; written by sockops, read and deleted by the
+ * tunnel after accept(). LRU so entries of connections that never reach the tunnel age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AMBIT_MAX_ORIG_DST);
+	__type(key, struct ambit_conn_key);
+	__type(value, struct ambit_sockaddr);
+} ambit_orig_dst SEC(".maps");
+
+/* port -> enum ambit_port_flags; written by ambitd from its bypass configuration. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} ambit_ports SEC(".maps");
+
+/* destination prefix -> 1: outbound connections that skip the tunnel; written by ambitd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, AMBIT_MAX_CIDRS);
+	__type(key, struct ambit_cidr_key);
+	__type(value, __u8);
+} ambit_cidrs SEC(".maps");
+
+/* pod slot * AMBIT_LISTENER_KINDS + kind -> the pod's inbound listener socket; written by ambitd,
+ * which owns the listeners. A closed listener leaves the map, and sk_lookup then drops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, AMBIT_MAX_PODS * AMBIT_LISTENER_KINDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ambit_listeners SEC(".maps");
+
+#endif /* AMBIT_BPF_LIB_MAPS_H */

@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Inbound steering for one enrolled pod, attached to that pod's netns with sk_lookup: a TCP SYN
+ * to port 15008 goes to the HBONE listener, any other port to the plaintext-inbound listener,
+ * where PeerAuthentication decides. With the listener gone the SYN is dropped, so plaintext
+ * never reaches the application by accident.
+ *
+ * sk_lookup programs cannot read their netns cookie, so the agent loads one instance per pod with
+ * that pod's slot in pod_slot; every instance shares the pinned maps.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lib/decision.h"
+
+const volatile __u32 pod_slot = 0;
+
+SEC("sk_lookup")
+int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	__u8 local[16];
+	struct bpf_sock *sk;
+	__u32 key;
+	long err;
+	int kind;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->family == AF_INET) {
+		ambit_addr_from_v4(local, ctx->local_ip4);
+	} else {
+		__u32 ip6[4] = {AMBIT_CTX_READ(ctx->local_ip6[0]), AMBIT_CTX_READ(ctx->local_ip6[1]), AMBIT_CTX_READ(ctx->local_ip6[2]),
+				AMBIT_CTX_READ(ctx->local_ip6[3])};
+		ambit_addr_from_v6(local, ip6);
+	}
+	kind = ambit_inbound_kind(ctx->ingress_ifindex, local, (__u16)ctx->local_port);
+	if (kind < 0)
+		return SK_PASS;
+	key = pod_slot * AMBIT_LISTENER_KINDS + kind;
+	sk = bpf_map_lookup_elem(&ambit_listeners, &key);
+	if (!sk)
+		return SK_DROP;
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Outbound redirection for enrolled pods: connect4/6 send TCP to the tunnel's listener inside the
+ * pod's own netns and remember the original destination; sockops publishes it under the
+ * connection's source address for the tunnel; getpeername4/6 show the application what it dialled.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lib/decision.h"
+
+/* SO_MARK on the tunnel's own sockets. */
+const volatile __u32 ambit_mark = 0;
+/* cgroup id of the agent's processes (0: none). */
+const volatile __u64 ambit_agent_cgroup = 0;
+const volatile __u16 ambit_outbound_port = AMBIT_OUTBOUND_PORT;
+
+static __always_inline int ambit_is_agent(struct bpf_sock *sk)
+{
+	if (ambit_mark != 0 && sk->mark == ambit_mark)
+		return 1;
+	return ambit_agent_cgroup != 0 && bpf_get_current_cgroup_id() == ambit_agent_cgroup;
+}
+
+/* Common part of connect4/6: 1 to redirect (dst recorded), 0 to leave alone, -1 to refuse. */
+static __always_inline int ambit_outbound(struct bpf_sock_addr *ctx, const struct ambit_sockaddr *dst)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct ambit_sockaddr *stored;
+	__u64 cookie;
+
+	if (!sk || ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return 0;
+	cookie = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&ambit_pods, &cookie))
+		return 0;
+	if (ambit_is_agent(sk) || ambit_outbound_bypass(dst))
+		return 0;
+	stored = bpf_sk_storage_get(&ambit_sk_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!stored)
+		return -1; /* fail closed: never let an enrolled pod's traffic skip the tunnel */
+	*stored = *dst;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int ambit_connect4(struct bpf_sock_addr *ctx)
+{
+	struct ambit_sockaddr dst = {};
+	int verdict;
+
+	ambit_addr_from_v4(dst.addr, ctx->user_ip4);
+	dst.port = bpf_ntohs((__u16)ctx->user_port);
+	dst.family = AF_INET;
+	verdict = ambit_outbound(ctx, &dst);
+	if (verdict < 0)
+		return 0;
+	if (verdict > 0) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+		ctx->user_port = bpf_htons(ambit_outbound_port);
+	}
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int ambit_connect6(struct bpf_sock_addr *ctx)
+{
+	struct ambit_sockaddr dst = {};
+	__u32 ip6[4];
+	int verdict;
+
+	ip6[0] = AMBIT_CTX_READ(ctx->user_ip6[0]);
+	ip6[1] = AMBIT_CTX_READ(ctx->user_ip6[1]);
+	ip6[2] = AMBIT_CTX_READ(ctx->user_ip6[2]);
+	ip6[3] = AMBIT_CTX_READ(ctx->user_ip6[3]);
+	ambit_addr_from_v6(dst.addr, ip6);
+	dst.port = bpf_ntohs((__u16)ctx->user_port);
+	dst.family = AF_INET6;
+	verdict = ambit_outbound(ctx, &dst);
+	if (verdict < 0)
+		return 0;
+	if (verdict > 0) {
+		if (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff)) {
+			/* IPv4-mapped destination on a dual-stack socket: the IPv4 listener. */
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+		} else {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = 0;
+			ctx->user_ip6[3] = bpf_htonl(1);
+		}
+		ctx->user_port = bpf_htons(ambit_outbound_port);
+	}
+	return 1;
+}
+
+SEC("sockops")
+int ambit_sockops(struct bpf_sock_ops *skops)
+{
+	struct ambit_conn_key key = {};
+	struct ambit_sockaddr *dst;
+	struct bpf_sock *sk;
+
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+	dst = bpf_sk_storage_get(&ambit_sk_dst, sk, 0, 0);
+	if (!dst)
+		return 1;
+	key.netns_cookie = bpf_get_netns_cookie(skops);
+	if (skops->family == AF_INET) {
+		ambit_addr_from_v4(key.src_addr, skops->local_ip4);
+	} else {
+		__u32 ip6[4] = {AMBIT_CTX_READ(skops->local_ip6[0]), AMBIT_CTX_READ(skops->local_ip6[1]), AMBIT_CTX_READ(skops->local_ip6[2]),
+				AMBIT_CTX_READ(skops->local_ip6[3])};
+		ambit_addr_from_v6(key.src_addr, ip6);
+	}
+	key.src_port = (__u16)skops->local_port;
+	/* If this fails the tunnel finds no entry and resets the connection (fail closed). */
+	bpf_map_update_elem(&ambit_orig_dst, &key, dst, BPF_ANY);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int ambit_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct ambit_sockaddr *dst;
+	__u32 ip4;
+
+	if (!ctx->sk)
+		return 1;
+	dst = bpf_sk_storage_get(&ambit_sk_dst, ctx->sk, 0, 0);
+	if (!dst || dst->family != AF_INET)
+		return 1;
+	__builtin_memcpy(&ip4, dst->addr + 12, 4);
+	ctx->user_ip4 = ip4;
+	ctx->user_port = bpf_htons(dst->port);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int ambit_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct ambit_sockaddr *dst;
+	__u32 ip6[4];
+
+	if (!ctx->sk)
+		return 1;
+	dst = bpf_sk_storage_get(&ambit_sk_dst, ctx->sk, 0, 0);
+	if (!dst || dst->family != AF_INET6)
+		return 1;
+	__builtin_memcpy(ip6, dst->addr, 16);
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+	ctx->user_port = bpf_htons(dst->port);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

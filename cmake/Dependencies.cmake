@@ -1,0 +1,26 @@
+# Every dependency comes from Debian packages installed by scripts/setup.sh.
+find_package(PkgConfig REQUIRED)
+find_package(absl REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(GTest REQUIRED)
+find_package(Threads REQUIRED)
+pkg_check_modules(LIBBPF REQUIRED IMPORTED_TARGET libbpf)
+pkg_check_modules(NGHTTP2 REQUIRED IMPORTED_TARGET libnghttp2)
+pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++)
+pkg_check_modules(LIBNL REQUIRED IMPORTED_TARGET libnl-3.0 libnl-route-3.0)
+
+find_program(CLANG clang REQUIRED)
+find_program(BPFTOOL bpftool PATHS /usr/sbin /sbin REQUIRED)
+find_program(PROTOC protoc REQUIRED)
+
+# Debian's BoringSSL (android-libboringssl-dev) lives beside the system OpenSSL under its own
+# directories. Only data-plane targets may link it (DESIGN.md section 1).
+set(BORINGSSL_LIBDIR /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/android)
+if(NOT EXISTS ${BORINGSSL_LIBDIR}/libssl.so)
+  message(FATAL_ERROR "BoringSSL not found in ${BORINGSSL_LIBDIR}: run scripts/setup.sh")
+endif()
+add_library(boringssl INTERFACE)
+target_include_directories(boringssl SYSTEM INTERFACE /usr/include/android)
+target_link_libraries(boringssl INTERFACE ${BORINGSSL_LIBDIR}/libssl.so ${BORINGSSL_LIBDIR}/libcrypto.so)
+target_link_options(boringssl INTERFACE -Wl,-rpath,${BORINGSSL_LIBDIR})

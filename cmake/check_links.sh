@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# check_links.sh BINARY data-plane|control-plane
+set -euo pipefail
+bin=$1 side=$2
+libs=$(ldd "$bin")
+case "$side" in
+  data-plane)
+    if grep -Eq 'libgrpc|libgpr\.|/libssl\.so\.3|/libcrypto\.so\.3' <<<"$libs"; then
+      echo "error: data-plane binary $(basename "$bin") loads gRPC or OpenSSL (DESIGN.md section 1):" >&2
+      grep -E 'libgrpc|libgpr\.|libssl\.so\.3|libcrypto\.so\.3' <<<"$libs" >&2
+      rm -f "$bin"; exit 1
+    fi ;;
+  control-plane)
+    if grep -q '/android/' <<<"$libs"; then
+      echo "error: control-plane binary $(basename "$bin") loads BoringSSL (DESIGN.md section 1):" >&2
+      grep '/android/' <<<"$libs" >&2
+      rm -f "$bin"; exit 1
+    fi ;;
+  *) echo "check_links.sh: unknown side $side" >&2; exit 2 ;;
+esac

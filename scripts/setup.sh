@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ambit needs to build, test and run its demo. Idempotent: when
+# everything is present it only asks dpkg, which takes well under a second.
+set -euo pipefail
+
+packages=(
+  # build
+  cmake make g++ ccache pkg-config clang llvm
+  # BPF
+  libbpf-dev bpftool libelf-dev zlib1g-dev
+  # data plane
+  android-libboringssl-dev libnghttp2-dev
+  # control plane
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  # config
+  libyaml-cpp-dev
+  # netlink (pod routing rules)
+  libnl-3-dev libnl-route-3-dev
+  # tests and demo
+  googletest libgtest-dev libgmock-dev iproute2 tcpdump python3 curl socat openssl
+  ncat procps
+)
+
+missing=()
+while read -r name status; do
+  [ "$status" = "installed" ] || missing+=("$name")
+done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}" 2>/dev/null || true)
+# dpkg-query prints nothing for a package it has never heard of.
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: missing packages: ${missing[*]}; run as root (or install them) first" >&2
+  exit 1
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,304 @@
+#include "agent/config/directory_loader.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/unit/config/temp_dir.h"
+
+namespace ambit::config {
+namespace {
+
+using ::ambit::testing::TempDir;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+std::string Pod(const std::string& name, const std::string& ip, const std::string& ns = "default") {
+  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  namespace: " + ns +
+         "\nstatus:\n  podIP: \"" + ip + "\"\n";
+}
+
+std::vector<std::string> PodKeys(const LoadResult& r) {
+  std::vector<std::string> out;
+  for (const auto& [key, pod] : r.state.pods) out.push_back(key);
+  return out;
+}
+
+std::vector<ConfigError> Errors(const LoadResult& r) {
+  std::vector<ConfigError> out;
+  for (const ConfigError& e : r.errors) {
+    if (!e.warning) out.push_back(e);
+  }
+  return out;
+}
+
+std::string Describe(const LoadResult& r) {
+  std::string out;
+  for (const ConfigError& e : r.errors) out += e.ToString() + "\n";
+  return out;
+}
+
+TEST(DirectoryLoaderTest, ConfigFileNames) {
+  EXPECT_TRUE(IsConfigFileName("pods.yaml"));
+  EXPECT_TRUE(IsConfigFileName("10-pods.yml"));
+  EXPECT_FALSE(IsConfigFileName(".pods.yaml"));
+  EXPECT_FALSE(IsConfigFileName(".#pods.yaml"));
+  EXPECT_FALSE(IsConfigFileName("pods.yaml~"));
+  EXPECT_FALSE(IsConfigFileName(".pods.yaml.swp"));
+  EXPECT_FALSE(IsConfigFileName("pods.yaml.swp"));
+  EXPECT_FALSE(IsConfigFileName("pods.json"));
+  EXPECT_FALSE(IsConfigFileName("..data"));
+  EXPECT_FALSE(IsConfigFileName(""));
+}
+
+TEST(DirectoryLoaderTest, ReadsConfigFilesAndSkipsTheRest) {
+  TempDir dir;
+  dir.Write("b.yaml", Pod("b", "198.18.0.2"));
+  dir.Write("a.yml", Pod("a", "198.18.0.1"));
+  dir.Write(".#a.yml", Pod("lock", "198.18.0.3"));
+  dir.Write("a.yml~", Pod("backup", "198.18.0.4"));
+  dir.Write(".a.yml.swp", "binary junk: [");
+  dir.Write("notes.txt", "not yaml: [");
+  ASSERT_EQ(::mkdir(dir.PathOf("sub.yaml").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("missing", dir.PathOf("dangling.yaml").c_str()), 0);
+
+  DirectoryLoader loader(dir.path());
+  LoadResult r = loader.Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_FALSE(r.HasErrors());
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a", "default/b"));
+  EXPECT_EQ(r.state.pods.at("default/a").source_file, "a.yml");
+  EXPECT_EQ(r.state.mesh, state::MeshConfig());
+}
+
+TEST(DirectoryLoaderTest, FollowsSymlinksLikeAConfigMapMount) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.PathOf("..2024_01_01").c_str(), 0755), 0);
+  dir.Write("..2024_01_01/pods.yaml", Pod("web", "198.18.0.1"));
+  ASSERT_EQ(::symlink("..2024_01_01", dir.PathOf("..data").c_str()), 0);
+  ASSERT_EQ(::symlink("..data/pods.yaml", dir.PathOf("pods.yaml").c_str()), 0);
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/web"));
+}
+
+TEST(DirectoryLoaderTest, BadObjectIsReportedAndTheRestApplies) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1") + "---\n" + Pod("db", "x"));
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1)) << Describe(r);
+  EXPECT_TRUE(r.HasErrors());
+  EXPECT_EQ(r.errors[0].file, "pods.yaml");
+  EXPECT_EQ(r.errors[0].object, "Pod default/db");
+  EXPECT_EQ(r.errors[0].field, "status.podIP");
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/web"));
+}
+
+TEST(DirectoryLoaderTest, UnparseableFileKeepsItsLastGoodPods) {
+  TempDir dir;
+  dir.Write("a.yaml", Pod("a", "198.18.0.1") + "---\n" + Pod("a2", "198.18.0.2"));
+  dir.Write("b.yaml", Pod("b", "198.18.0.3"));
+  DirectoryLoader loader(dir.path());
+  ASSERT_THAT(PodKeys(loader.Load()), ElementsAre("default/a", "default/a2", "default/b"));
+
+  dir.Write("a.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n");
+  dir.Write("b.yaml", Pod("b", "198.18.0.4"));
+  LoadResult r = loader.Load();
+  ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_EQ(r.errors[0].file, "a.yaml");
+  EXPECT_THAT(r.errors[0].message, HasSubstr("not valid YAML"));
+  EXPECT_THAT(Describe(r), HasSubstr("last good objects stay in force"));
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a", "default/a2", "default/b"));
+  EXPECT_EQ(r.state.pods.at("default/b").ips[0].ToString(), "198.18.0.4");  // b still updates
+
+  // Still broken on the next load: still the last good version.
+  EXPECT_THAT(PodKeys(loader.Load()), ElementsAre("default/a", "default/a2", "default/b"));
+
+  // Fixed: the new content applies.
+  dir.Write("a.yaml", Pod("a3", "198.18.0.5"));
+  r = loader.Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a3", "default/b"));
+}
+
+TEST(DirectoryLoaderTest, FirstLoadOfAnUnparseableFileHasNothingToKeep) {
+  TempDir dir;
+  dir.Write("a.yaml", "key: [unclosed\n");
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1)) << Describe(r);
+  EXPECT_GT(r.errors[0].line, 0);
+  EXPECT_THAT(r.state.pods, IsEmpty());
+}
+
+TEST(DirectoryLoaderTest, ObjectThatBecomesInvalidKeepsItsLastGoodVersion) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1") + "---\n" + Pod("db", "198.18.0.2"));
+  DirectoryLoader loader(dir.path());
+  ASSERT_THAT(PodKeys(loader.Load()), ElementsAre("default/db", "default/web"));
+
+  dir.Write("pods.yaml", Pod("web", "not-an-ip") + "---\n" + Pod("db", "198.18.0.3"));
+  LoadResult r = loader.Load();
+  ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_EQ(r.errors[0].object, "Pod default/web");
+  EXPECT_EQ(r.errors[0].field, "status.podIP");
+  EXPECT_THAT(Describe(r), HasSubstr("Pod default/web: is invalid; its last good version"));
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/db", "default/web"));
+  EXPECT_EQ(r.state.pods.at("default/web").ips[0].ToString(), "198.18.0.1");
+  EXPECT_EQ(r.state.pods.at("default/db").ips[0].ToString(), "198.18.0.3");
+
+  // Removed from the file while invalid: gone.
+  dir.Write("pods.yaml", Pod("db", "198.18.0.3"));
+  EXPECT_THAT(PodKeys(loader.Load()), ElementsAre("default/db"));
+}
+
+TEST(DirectoryLoaderTest, NewInvalidObjectIsDropped) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1"));
+  DirectoryLoader loader(dir.path());
+  loader.Load();
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1") + "---\n" + Pod("new", "bad"));
+  LoadResult r = loader.Load();
+  EXPECT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/web"));
+}
+
+TEST(DirectoryLoaderTest, DeletedFileRemovesItsObjects) {
+  TempDir dir;
+  dir.Write("a.yaml", Pod("a", "198.18.0.1"));
+  dir.Write("b.yaml", Pod("b", "198.18.0.2"));
+  DirectoryLoader loader(dir.path());
+  ASSERT_THAT(PodKeys(loader.Load()), ElementsAre("default/a", "default/b"));
+  dir.Remove("a.yaml");
+  LoadResult r = loader.Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/b"));
+
+  // A deleted file's memory is gone too: broken content under the same name keeps nothing.
+  dir.Write("a.yaml", "{{{");
+  EXPECT_THAT(PodKeys(loader.Load()), ElementsAre("default/b"));
+}
+
+TEST(DirectoryLoaderTest, DuplicateObjectsFirstFileWins) {
+  TempDir dir;
+  dir.Write("20-more.yaml", Pod("web", "198.18.0.2") + "---\n" + Pod("other", "198.18.0.3"));
+  dir.Write("10-pods.yaml", Pod("web", "198.18.0.1"));
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1)) << Describe(r);
+  EXPECT_EQ(r.errors[0].file, "20-more.yaml");
+  EXPECT_EQ(r.errors[0].object, "Pod default/web");
+  EXPECT_FALSE(r.errors[0].warning);
+  EXPECT_EQ(r.errors[0].ToString(),
+            "20-more.yaml: Pod default/web: is also defined in 10-pods.yaml; the one in "
+            "10-pods.yaml is used");
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/other", "default/web"));
+  EXPECT_EQ(r.state.pods.at("default/web").source_file, "10-pods.yaml");
+  EXPECT_EQ(r.state.pods.at("default/web").ips[0].ToString(), "198.18.0.1");
+}
+
+TEST(DirectoryLoaderTest, DuplicateWithinOneFileFirstWins) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1") + "---\n" + Pod("web", "198.18.0.2"));
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1)) << Describe(r);
+  EXPECT_THAT(r.errors[0].message, HasSubstr("defined twice in this file"));
+  EXPECT_EQ(r.state.pods.at("default/web").ips[0].ToString(), "198.18.0.1");
+}
+
+TEST(DirectoryLoaderTest, SameNameInOtherNamespaceOrKindIsNoDuplicate) {
+  TempDir dir;
+  dir.Write("a.yaml", Pod("web", "198.18.0.1") + "---\n" + Pod("web", "198.18.0.2", "prod") +
+                          "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n" +
+                          "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n");
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/web", "prod/web"));
+  EXPECT_THAT(r.state.services, SizeIs(1));
+  EXPECT_THAT(r.state.namespaces, SizeIs(1));
+}
+
+TEST(DirectoryLoaderTest, MeshYamlDefaultsAndOverrides) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1"));
+  DirectoryLoader loader(dir.path());
+  LoadResult r = loader.Load();
+  EXPECT_EQ(r.state.mesh.trust_domain, "cluster.local");
+  EXPECT_EQ(r.state.mesh.root_namespace, "istio-system");
+
+  dir.Write("mesh.yaml", "trustDomain: example.org\nextensionProviders: []\n");
+  r = loader.Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_EQ(r.state.mesh.trust_domain, "example.org");
+  EXPECT_EQ(r.state.mesh.root_namespace, "istio-system");
+
+  // An invalid mesh keeps the last good one.
+  dir.Write("mesh.yaml", "trustDomain: \"not valid\"\n");
+  r = loader.Load();
+  EXPECT_TRUE(r.HasErrors());
+  EXPECT_EQ(r.state.mesh.trust_domain, "example.org");
+
+  // Deleted: back to the defaults.
+  dir.Remove("mesh.yaml");
+  r = loader.Load();
+  EXPECT_THAT(r.errors, IsEmpty()) << Describe(r);
+  EXPECT_EQ(r.state.mesh, state::MeshConfig());
+}
+
+TEST(DirectoryLoaderTest, MeshInTwoPlacesIsADuplicate) {
+  TempDir dir;
+  dir.Write("mesh.yaml", "trustDomain: first.example\n");
+  dir.Write("zz-istio.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
+            "data:\n  mesh: 'trustDomain: second.example'\n");
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1)) << Describe(r);
+  EXPECT_EQ(r.errors[0].file, "zz-istio.yaml");
+  EXPECT_THAT(r.errors[0].message, HasSubstr("mesh.yaml"));
+  EXPECT_EQ(r.state.mesh.trust_domain, "first.example");
+}
+
+TEST(DirectoryLoaderTest, UnknownKindsAreWarningsOnly) {
+  TempDir dir;
+  dir.Write("policy.yaml",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n");
+  LoadResult r = DirectoryLoader(dir.path()).Load();
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_TRUE(r.errors[0].warning);
+  EXPECT_FALSE(r.HasErrors());
+}
+
+TEST(DirectoryLoaderTest, MissingDirectoryIsAnErrorNotACrash) {
+  TempDir dir;
+  LoadResult r = DirectoryLoader(dir.PathOf("nope")).Load();
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].file, dir.PathOf("nope"));
+  EXPECT_THAT(r.errors[0].message, HasSubstr("cannot read the config directory"));
+  EXPECT_THAT(r.state.pods, IsEmpty());
+
+  dir.Write("not-a-dir", "x");
+  r = DirectoryLoader(dir.PathOf("not-a-dir")).Load();
+  EXPECT_TRUE(r.HasErrors());
+}
+
+TEST(DirectoryLoaderTest, DirectoryThatDisappearsKeepsTheLastConfiguration) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.PathOf("conf").c_str(), 0755), 0);
+  dir.Write("conf/pods.yaml", Pod("web", "198.18.0.1"));
+  DirectoryLoader loader(dir.PathOf("conf"));
+  ASSERT_THAT(PodKeys(loader.Load()), ElementsAre("default/web"));
+  dir.Remove("conf/pods.yaml");
+  ASSERT_EQ(::rmdir(dir.PathOf("conf").c_str()), 0);
+  LoadResult r = loader.Load();
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_THAT(r.errors[0].message, HasSubstr("stays in force"));
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/web"));
+}
+
+}  // namespace
+}  // namespace ambit::config
