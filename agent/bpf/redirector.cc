@@ -94,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
 
   AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_redirect>::Open());
   skel->rodata->ambit_mark = config.socket_mark;
+  skel->rodata->ambit_delivery_mark = config.delivery_mark;
   skel->rodata->ambit_agent_cgroup = config.agent_cgroup_id;
   AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, config.pin_root));
   AMBIT_RETURN_IF_ERROR(skel.Load());
@@ -148,8 +149,10 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   s.ports_map = dup_map(s.skel->maps.ambit_ports);
   s.cidrs_map = dup_map(s.skel->maps.ambit_cidrs);
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
+  UniqueFd deliver = dup_map(s.skel->maps.ambit_deliver);
   auto redirector = std::unique_ptr<Redirector>(new Redirector(std::move(state)));
   redirector->orig_dst_map_ = std::move(orig);
+  redirector->deliver_map_ = std::move(deliver);
   redirector->reused_links_ = reused;
   return redirector;
 }

@@ -15,7 +15,8 @@ namespace ambit::bpf {
 struct RedirectConfig {
   std::string pin_root;     // /sys/fs/bpf/ambit/<instance>
   std::string cgroup_path;  // cgroup-v2 directory the programs attach to
-  uint32_t socket_mark = 0;       // SO_MARK of ambit's own sockets: never redirected
+  uint32_t socket_mark = 0;       // SO_MARK of ambit's outbound sockets: never redirected
+  uint32_t delivery_mark = 0;     // SO_MARK of ambit's inbound delivery sockets: same
   uint64_t agent_cgroup_id = 0;   // processes directly in this cgroup are never redirected
 };
 
@@ -51,6 +52,7 @@ class Redirector {
   absl::Status AddBypassCidr(const Cidr& cidr);
 
   int orig_dst_map_fd() const { return orig_dst_map_.get(); }
+  int deliver_map_fd() const { return deliver_map_.get(); }
   // True when the cgroup links were found pinned and re-used.
   bool reused_links() const { return reused_links_; }
   std::vector<ProgramInfo> Programs() const;
@@ -60,6 +62,7 @@ class Redirector {
   explicit Redirector(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
   UniqueFd orig_dst_map_;
+  UniqueFd deliver_map_;
   bool reused_links_ = false;
 };
 

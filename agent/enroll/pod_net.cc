@@ -95,7 +95,7 @@ absl::Status AddRuleAndRoute(nl_sock* sock, int family, const PodNetOptions& o) 
   std::unique_ptr<rtnl_rule, RuleDeleter> rule(rtnl_rule_alloc());
   rtnl_rule_set_family(rule.get(), family);
   rtnl_rule_set_prio(rule.get(), o.rule_priority);
-  rtnl_rule_set_mark(rule.get(), o.socket_mark);
+  rtnl_rule_set_mark(rule.get(), o.delivery_mark);
   rtnl_rule_set_mask(rule.get(), 0xffffffff);
   rtnl_rule_set_table(rule.get(), o.route_table);
   rtnl_rule_set_action(rule.get(), FR_ACT_TO_TBL);

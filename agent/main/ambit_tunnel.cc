@@ -4,6 +4,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/tunnel/control.h"
 
@@ -14,7 +15,9 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ambit data plane; started by ambitd");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   ambit::log::Level level;
   if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     std::cerr << "ambit-tunnel: --log-level must be debug, info, warn or error\n";

@@ -8,6 +8,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/node/agent.h"
 
@@ -50,7 +51,9 @@ bool ParsePorts(const std::string& text, const char* flag, std::vector<uint16_t>
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ambit node agent. Usage: ambitd --config-dir DIR [flags]");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   ambit::log::Level level;
   if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     std::cerr << "ambitd: --log-level must be debug, info, warn or error\n";

@@ -60,7 +60,7 @@ std::vector<std::string> IpStrings(const state::Pod& pod) {
 }  // namespace
 
 Agent::Agent(AgentOptions options) : options_(std::move(options)) {
-  pod_net_.socket_mark = options_.socket_mark;
+  pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
 }
 
 Agent::~Agent() = default;
@@ -98,6 +98,7 @@ absl::Status Agent::Init() {
   rc.pin_root = options_.pin_root();
   rc.cgroup_path = options_.cgroup_path;
   rc.socket_mark = options_.socket_mark;
+  rc.delivery_mark = DeliveryMark(options_.socket_mark);
   // Processes directly in the agent's own cgroup are the agent; never when that is the root,
   // which would exempt every process placed there.
   auto mount = bpf::FindCgroup2Mount();
@@ -167,7 +168,8 @@ absl::Status Agent::ConnectDataPlane() {
   }
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->pidfd(), kTagDataPlaneExit));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->control_fd(), kTagDataPlaneControl));
-  AMBIT_RETURN_IF_ERROR(dataplane_->SendMaps(redirector_->orig_dst_map_fd()));
+  AMBIT_RETURN_IF_ERROR(dataplane_->SendMaps(redirector_->orig_dst_map_fd(),
+                                                  redirector_->deliver_map_fd()));
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
   if (snapshot_version_ > 0) SendSnapshot();

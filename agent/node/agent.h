@@ -18,6 +18,10 @@
 
 namespace ambit::node {
 
+// Inbound delivery sockets carry their own mark, one above the outbound mark: the pod's
+// fwmark rule must catch replies to delivery sockets and nothing the tunnel sends outbound.
+inline uint32_t DeliveryMark(uint32_t socket_mark) { return socket_mark + 1; }
+
 struct AgentOptions {
   std::string node_name;
   std::string config_dir;

@@ -63,7 +63,7 @@ class DataPlane {
   // Reads one message (acks, nacks); an error means the session is over.
   absl::Status OnControlReadable();
 
-  absl::Status SendMaps(int orig_dst_map_fd);
+  absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);
   absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,

@@ -6,8 +6,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
-#include "agent/bpf/orig_dst.h"
+#include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
 
@@ -46,19 +48,25 @@ absl::StatusOr<SocketAddress> Local(int fd) {
   return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
 }
 
+struct Upstream {
+  UniqueFd fd;
+  bool in_progress = false;
+  std::optional<SocketAddress> delivery_source;  // listed in ambit_deliver until connected
+};
+
 // Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
 // starts connecting to dst. With source set, binds to it transparently (inbound delivery with
-// the client's own address).
-absl::StatusOr<std::pair<UniqueFd, bool>> ConnectFromPod(const Worker& worker, const Pod& pod,
-                                                         const SocketAddress& dst,
-                                                         const SocketAddress* source) {
+// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
+absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
+                                        const SocketAddress& dst, const SocketAddress* source) {
+  Upstream up;
   const auto& settings = worker.settings();
   int family = dst.ip.family();
   auto sock = SocketInNetns(pod.netns.get(), settings.host_netns, family,
                             SOCK_STREAM | SOCK_NONBLOCK);
   if (!sock.ok()) return sock.status();
   int fd = sock->get();
-  uint32_t mark = settings.socket_mark;
+  uint32_t mark = source != nullptr ? settings.delivery_mark : settings.socket_mark;
   if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
     return absl::ErrnoToStatus(errno, "SO_MARK on upstream socket");
   }
@@ -76,16 +84,23 @@ absl::StatusOr<std::pair<UniqueFd, bool>> ConnectFromPod(const Worker& worker, c
     if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("bind delivery socket to ", src.ToString()));
     }
+    auto bound = Local(fd);
+    if (!bound.ok()) return bound.status();
+    auto status = bpf::AllowDelivery(settings.deliver_map, *bound, dst);
+    if (!status.ok()) return status;
+    up.delivery_source = *bound;
   }
+  up.fd = std::move(*sock);
   sockaddr_storage ss;
   socklen_t len = dst.ToSockaddr(&ss);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) {
-    return std::make_pair(std::move(*sock), false);
-  }
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) return up;
   if (errno != EINPROGRESS) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", dst.ToString()));
+    int saved = errno;
+    if (up.delivery_source) bpf::ForgetDelivery(settings.deliver_map, *up.delivery_source, dst);
+    return absl::ErrnoToStatus(saved, absl::StrCat("connect to ", dst.ToString()));
   }
-  return std::make_pair(std::move(*sock), true);
+  up.in_progress = true;
+  return up;
 }
 
 // IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
@@ -111,7 +126,7 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
     raw->Abort(std::string(upstream.status().message()));
     return;
   }
-  raw->StartRelay(std::move(upstream->first), upstream->second);
+  raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
 }
 
 void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
@@ -130,7 +145,8 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
     raw->Abort(std::string(upstream.status().message()));
     return;
   }
-  raw->StartRelay(std::move(upstream->first), upstream->second);
+  raw->SetDeliveryEntry(*upstream->delivery_source, *local);
+  raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
 }
 
 }  // namespace
@@ -166,11 +182,22 @@ Connection::Connection(Worker& worker, std::string description, UniqueFd downstr
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() { ForgetDelivery(); }
+
+void Connection::SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst) {
+  delivery_ = std::make_pair(src, dst);
+}
+
+void Connection::ForgetDelivery() {
+  if (!delivery_) return;
+  bpf::ForgetDelivery(worker_.settings().deliver_map, delivery_->first, delivery_->second);
+  delivery_.reset();
+}
 
 void Connection::StartRelay(UniqueFd upstream, bool connect_in_progress) {
   fds_[1] = std::move(upstream);
   connecting_ = connect_in_progress;
+  if (!connecting_) ForgetDelivery();
   for (int i = 0; i < 2; ++i) {
     auto status = worker_.Watch(fds_[i].get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                                 &sides_[i]);
@@ -196,6 +223,7 @@ void Connection::OnEvents(int side, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(fds_[1].get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || (events & EPOLLOUT)) ForgetDelivery();  // the SYN is past sk_lookup
     if (err != 0) {
       Abort(absl::StrCat("upstream connect failed: ", strerror(err)));
       return;

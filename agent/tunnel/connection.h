@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/common/ip_address.h"
@@ -24,6 +25,8 @@ class Connection {
 
   // Connects upstream (non-blocking, already issued) and relays once it completes.
   void StartRelay(UniqueFd upstream, bool connect_in_progress);
+  // The delivery entry (bpf::AllowDelivery) to remove once the upstream connect completes.
+  void SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst);
   // Closes the downstream with a reset and retires.
   void Abort(const std::string& reason);
 
@@ -41,6 +44,7 @@ class Connection {
   };
 
   void OnEvents(int side, uint32_t events);
+  void ForgetDelivery();
   void Pump();
   // Moves bytes from fds_[from] to fds_[1 - from]; false on a fatal error.
   bool Flow(int from, bool* progressed);
@@ -55,6 +59,7 @@ class Connection {
   bool connecting_ = false;
   bool done_ = false;
   uint64_t bytes_[2] = {0, 0};
+  std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
 };
 
 }  // namespace ambit::tunnel

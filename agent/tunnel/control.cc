@@ -175,12 +175,15 @@ absl::Status Tunnel::OnControlMessage() {
   return HandleEnvelope(env, std::move(packet.fds));
 }
 
-absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map) {
+absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   orig_dst_map_ = std::move(orig_dst_map);
+  deliver_map_ = std::move(deliver_map);
   auto settings = std::make_shared<DataPlaneSettings>();
   settings->socket_mark = options_.socket_mark;
+  settings->delivery_mark = options_.socket_mark + 1;  // see DeliveryMark() in ambitd
   settings->host_netns = host_netns_.get();
   settings->orig_dst_map = orig_dst_map_.get();
+  settings->deliver_map = deliver_map_.get();
   settings_ = settings;
   for (int i = 0; i < options_.workers; ++i) {
     AMBIT_ASSIGN_OR_RETURN(auto w, Worker::Create(i, settings_));
@@ -198,10 +201,15 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
   switch (env.body_case()) {
     case pb::Envelope::kMaps: {
       if (!workers_.empty()) return absl::OkStatus();  // same pinned map as before
+      UniqueFd orig_dst, deliver;
       for (int i = 0; i < env.maps().fds_size() && i < static_cast<int>(fds.size()); ++i) {
-        if (env.maps().fds(i) == pb::FD_ROLE_ORIG_DST_MAP) return StartWorkers(std::move(fds[i]));
+        if (env.maps().fds(i) == pb::FD_ROLE_ORIG_DST_MAP) orig_dst = std::move(fds[i]);
+        if (env.maps().fds(i) == pb::FD_ROLE_DELIVER_MAP) deliver = std::move(fds[i]);
       }
-      return absl::InvalidArgumentError("maps message without the ambit_orig_dst map");
+      if (!orig_dst || !deliver) {
+        return absl::InvalidArgumentError("maps message lacks ambit_orig_dst or ambit_deliver");
+      }
+      return StartWorkers(std::move(orig_dst), std::move(deliver));
     }
     case pb::Envelope::kAddPod: {
       const auto& p = env.add_pod();

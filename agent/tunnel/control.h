@@ -38,10 +38,10 @@ class Tunnel {
   absl::Status OnControlMessage();
   absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
   absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
-  absl::Status StartWorkers(UniqueFd orig_dst_map);
+  absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map);
 
   TunnelOptions options_;
-  UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_;
+  UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, std::shared_ptr<const Pod>> pods_;

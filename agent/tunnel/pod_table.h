@@ -30,9 +30,11 @@ const char* ListenerKindName(ListenerKind kind);
 
 // Settings every worker needs; fixed for the process lifetime.
 struct DataPlaneSettings {
-  uint32_t socket_mark = 0x539;
+  uint32_t socket_mark = 0x539;    // outbound sockets
+  uint32_t delivery_mark = 0x53a;  // inbound delivery sockets (the pod routes replies by it)
   int host_netns = -1;       // fd of the data plane's own network namespace
   int orig_dst_map = -1;     // fd of the pinned ambit_orig_dst map
+  int deliver_map = -1;      // fd of the pinned ambit_deliver map
   size_t relay_buffer = 64 * 1024;
 };
 

@@ -18,6 +18,7 @@
 #define AMBIT_MAX_PODS 1024
 #define AMBIT_MAX_ORIG_DST 65536
 #define AMBIT_MAX_CIDRS 256
+#define AMBIT_MAX_DELIVER 16384
 
 /* Listener kinds in ambit_listeners: key = pod slot * AMBIT_LISTENER_KINDS + kind. */
 enum ambit_listener_kind {
@@ -53,6 +54,16 @@ struct ambit_conn_key {
 	__u16 src_port; /* host byte order */
 	__u16 pad0;
 	__u32 pad1;
+};
+
+/* ambit_deliver key: one connection the tunnel is opening to an application inside the pod.
+ * Such a SYN is indistinguishable from outside traffic in sk_lookup (same addresses, ingress
+ * ifindex of the pod's interface, no mark visible), so the tunnel lists it here while it connects. */
+struct ambit_tuple_key {
+	__u8 src_addr[16]; /* IPv4-mapped for IPv4 */
+	__u8 dst_addr[16];
+	__u16 src_port; /* host byte order */
+	__u16 dst_port; /* host byte order */
 };
 
 /* ambit_cidrs key: an LPM prefix over the 16-byte mapped address. */

@@ -37,13 +37,17 @@ static __always_inline int ambit_outbound_bypass(const struct ambit_sockaddr *ds
 
 /*
  * Which listener an inbound TCP SYN in an enrolled pod goes to: an enum ambit_listener_kind, or
- * -1 to leave the connection alone (loopback, or a bypassed port).
+ * -1 to leave the connection alone (loopback, the tunnel's own delivery, or a bypassed port).
  */
-static __always_inline int ambit_inbound_kind(__u32 ingress_ifindex, const __u8 local[16],
-					      __u16 local_port)
+static __always_inline int ambit_inbound_kind(__u32 ingress_ifindex,
+					      const struct ambit_tuple_key *tuple)
 {
-	if (ingress_ifindex == AMBIT_LOOPBACK_IFINDEX || ambit_addr_is_loopback_or_any(local))
+	__u16 local_port = tuple->dst_port;
+
+	if (ingress_ifindex == AMBIT_LOOPBACK_IFINDEX || ambit_addr_is_loopback_or_any(tuple->dst_addr))
 		return -1;
+	if (bpf_map_lookup_elem(&ambit_deliver, tuple))
+		return -1; /* the tunnel delivering to the application */
 	__u32 port = local_port;
 	__u8 *flags = bpf_map_lookup_elem(&ambit_ports, &port);
 	if (flags && (*flags & AMBIT_PORT_BYPASS_IN))

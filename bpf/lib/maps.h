@@ -55,6 +55,15 @@ struct {
 	__type(value, __u8);
 } ambit_cidrs SEC(".maps");
 
+/* connections the tunnel is opening to applications (tuple -> 1); written and deleted by the
+ * tunnel around each connect(); sk_lookup leaves them alone. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AMBIT_MAX_DELIVER);
+	__type(key, struct ambit_tuple_key);
+	__type(value, __u8);
+} ambit_deliver SEC(".maps");
+
 /* pod slot * AMBIT_LISTENER_KINDS + kind -> the pod's inbound listener socket; written by ambitd,
  * which owns the listeners. A closed listener leaves the map, and sk_lookup then drops. */
 struct {

@@ -20,7 +20,7 @@ const volatile __u32 pod_slot = 0;
 SEC("sk_lookup")
 int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 {
-	__u8 local[16];
+	struct ambit_tuple_key tuple = {};
 	struct bpf_sock *sk;
 	__u32 key;
 	long err;
@@ -29,13 +29,19 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	if (ctx->family == AF_INET) {
-		ambit_addr_from_v4(local, ctx->local_ip4);
+		ambit_addr_from_v4(tuple.dst_addr, ctx->local_ip4);
+		ambit_addr_from_v4(tuple.src_addr, ctx->remote_ip4);
 	} else {
-		__u32 ip6[4] = {AMBIT_CTX_READ(ctx->local_ip6[0]), AMBIT_CTX_READ(ctx->local_ip6[1]), AMBIT_CTX_READ(ctx->local_ip6[2]),
-				AMBIT_CTX_READ(ctx->local_ip6[3])};
-		ambit_addr_from_v6(local, ip6);
+		__u32 l6[4] = {AMBIT_CTX_READ(ctx->local_ip6[0]), AMBIT_CTX_READ(ctx->local_ip6[1]),
+			       AMBIT_CTX_READ(ctx->local_ip6[2]), AMBIT_CTX_READ(ctx->local_ip6[3])};
+		__u32 r6[4] = {AMBIT_CTX_READ(ctx->remote_ip6[0]), AMBIT_CTX_READ(ctx->remote_ip6[1]),
+			       AMBIT_CTX_READ(ctx->remote_ip6[2]), AMBIT_CTX_READ(ctx->remote_ip6[3])};
+		ambit_addr_from_v6(tuple.dst_addr, l6);
+		ambit_addr_from_v6(tuple.src_addr, r6);
 	}
-	kind = ambit_inbound_kind(ctx->ingress_ifindex, local, (__u16)ctx->local_port);
+	tuple.dst_port = (__u16)ctx->local_port;
+	tuple.src_port = bpf_ntohs(AMBIT_CTX_READ(ctx->remote_port));
+	kind = ambit_inbound_kind(ctx->ingress_ifindex, &tuple);
 	if (kind < 0)
 		return SK_PASS;
 	key = pod_slot * AMBIT_LISTENER_KINDS + kind;

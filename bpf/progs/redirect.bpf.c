@@ -11,15 +11,19 @@
 
 #include "lib/decision.h"
 
-/* SO_MARK on the tunnel's own sockets. */
+/* SO_MARK on the tunnel's own outbound sockets, and on its inbound delivery sockets (a second
+ * mark, because the pod routes replies to delivery sockets back to the tunnel by that mark). */
 const volatile __u32 ambit_mark = 0;
+const volatile __u32 ambit_delivery_mark = 0;
 /* cgroup id of the agent's processes (0: none). */
 const volatile __u64 ambit_agent_cgroup = 0;
 const volatile __u16 ambit_outbound_port = AMBIT_OUTBOUND_PORT;
 
 static __always_inline int ambit_is_agent(struct bpf_sock *sk)
 {
-	if (ambit_mark != 0 && sk->mark == ambit_mark)
+	__u32 mark = sk->mark;
+
+	if (mark != 0 && (mark == ambit_mark || mark == ambit_delivery_mark))
 		return 1;
 	return ambit_agent_cgroup != 0 && bpf_get_current_cgroup_id() == ambit_agent_cgroup;
 }
@@ -118,8 +122,8 @@ int ambit_sockops(struct bpf_sock_ops *skops)
 	if (skops->family == AF_INET) {
 		ambit_addr_from_v4(key.src_addr, skops->local_ip4);
 	} else {
-		__u32 ip6[4] = {AMBIT_CTX_READ(skops->local_ip6[0]), AMBIT_CTX_READ(skops->local_ip6[1]), AMBIT_CTX_READ(skops->local_ip6[2]),
-				AMBIT_CTX_READ(skops->local_ip6[3])};
+		__u32 ip6[4] = {AMBIT_CTX_READ(skops->local_ip6[0]), AMBIT_CTX_READ(skops->local_ip6[1]),
+				AMBIT_CTX_READ(skops->local_ip6[2]), AMBIT_CTX_READ(skops->local_ip6[3])};
 		ambit_addr_from_v6(key.src_addr, ip6);
 	}
 	key.src_port = (__u16)skops->local_port;

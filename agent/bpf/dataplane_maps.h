@@ -7,6 +7,8 @@
 
 namespace ambit::bpf {
 
+// Maps the data plane uses (look-ups, and the short-lived delivery entries); it loads nothing.
+
 // Reads (and deletes) the original destination the sockops program recorded for a redirected
 // connection, keyed by {netns cookie, client address}. Used by the data plane.
 struct OriginalDestination {
@@ -15,5 +17,12 @@ struct OriginalDestination {
 };
 absl::StatusOr<OriginalDestination> TakeOriginalDestination(int map_fd, uint64_t netns_cookie,
                                                             const SocketAddress& client);
+
+// Lists a connection the data plane is about to open to an application inside a pod, so the
+// pod's sk_lookup program lets its SYN through to the application instead of steering it back
+// to ambit. Forget it as soon as the connect completes: a stale entry would let a later
+// connection with the same addresses and ports skip ambit.
+absl::Status AllowDelivery(int map_fd, const SocketAddress& src, const SocketAddress& dst);
+void ForgetDelivery(int map_fd, const SocketAddress& src, const SocketAddress& dst);
 
 }  // namespace ambit::bpf

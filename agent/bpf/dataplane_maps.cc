@@ -1,4 +1,4 @@
-#include "agent/bpf/orig_dst.h"
+#include "agent/bpf/dataplane_maps.h"
 
 #include <errno.h>
 
@@ -29,6 +29,31 @@ absl::StatusOr<OriginalDestination> TakeOriginalDestination(int map_fd, uint64_t
   out.address.port = value.port;
   out.family = value.family;
   return out;
+}
+
+namespace {
+ambit_tuple_key TupleKey(const SocketAddress& src, const SocketAddress& dst) {
+  ambit_tuple_key key{};
+  std::memcpy(key.src_addr, src.ip.bytes().data(), 16);
+  std::memcpy(key.dst_addr, dst.ip.bytes().data(), 16);
+  key.src_port = src.port;
+  key.dst_port = dst.port;
+  return key;
+}
+}  // namespace
+
+absl::Status AllowDelivery(int map_fd, const SocketAddress& src, const SocketAddress& dst) {
+  ambit_tuple_key key = TupleKey(src, dst);
+  uint8_t one = 1;
+  if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, "add delivery entry to ambit_deliver");
+  }
+  return absl::OkStatus();
+}
+
+void ForgetDelivery(int map_fd, const SocketAddress& src, const SocketAddress& dst) {
+  ambit_tuple_key key = TupleKey(src, dst);
+  bpf_map_delete_elem(map_fd, &key);
 }
 
 }  // namespace ambit::bpf
