@@ -136,6 +136,9 @@ class Agent:
         return self.proc
 
     def stop(self):
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -175,7 +178,7 @@ class Agent:
         os.rename(tmp, path)
 
     def tunnel_pid(self):
-        out = run("pgrep", "-f", f"--control-socket {self.run_dir}/dataplane.sock",
+        out = run("pgrep", "-f", "--", f"--control-socket {self.run_dir}/dataplane.sock",
                   check=False).stdout.split()
         return int(out[0]) if out else None
 
