@@ -23,10 +23,11 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-$(BUILD_DIR)/CMakeCache.txt: | setup
+# The generated Makefile marks a completed configure (a failed one leaves a cache but no Makefile).
+$(BUILD_DIR)/Makefile: | setup
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_EXTRA)
 
-configure: setup $(BUILD_DIR)/CMakeCache.txt
+configure: setup $(BUILD_DIR)/Makefile
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
