@@ -5,6 +5,8 @@ find_package(Protobuf REQUIRED)
 find_package(yaml-cpp REQUIRED)
 find_package(GTest REQUIRED)
 find_package(Threads REQUIRED)
+# OpenSSL 3 is gRPC's TLS library: control-plane code only (the CA, the CA API).
+find_package(OpenSSL REQUIRED)
 pkg_check_modules(LIBBPF REQUIRED IMPORTED_TARGET libbpf)
 pkg_check_modules(NGHTTP2 REQUIRED IMPORTED_TARGET libnghttp2)
 pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++)

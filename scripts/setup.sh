@@ -11,14 +11,15 @@ packages=(
   # data plane
   android-libboringssl-dev libnghttp2-dev
   # control plane
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libssl-dev
+  nlohmann-json3-dev
   # config
   libyaml-cpp-dev
   # netlink (pod routing rules)
   libnl-3-dev libnl-route-3-dev
   # tests and demo
   googletest libgtest-dev libgmock-dev iproute2 tcpdump python3 curl socat openssl
-  ncat procps
+  ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2
 )
 
 missing=()

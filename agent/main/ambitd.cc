@@ -8,6 +8,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/node/agent.h"
@@ -30,6 +31,24 @@ ABSL_FLAG(std::string, bypass_ports, "", "outbound destination ports never redir
 ABSL_FLAG(std::string, inbound_bypass_ports, "", "inbound ports never redirected (a,b,c)");
 ABSL_FLAG(std::string, bypass_cidrs, "", "outbound destination CIDRs never redirected");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(std::string, ca_state_dir, "",
+          "where the built-in CA keeps its generated root (default /var/lib/ambit/<instance>)");
+ABSL_FLAG(std::string, cacerts_dir, "",
+          "operator CA material in Istio's cacerts layout (ca-cert.pem, ca-key.pem, "
+          "root-cert.pem, cert-chain.pem); the built-in CA signs with it");
+ABSL_FLAG(std::string, ca_address, "",
+          "external Istio-compatible CA (host:port) instead of the built-in one");
+ABSL_FLAG(std::string, ca_root_cert, "", "PEM roots of the external CA (with --ca-address)");
+ABSL_FLAG(std::string, ca_token_file, "",
+          "bearer token file for the external CA (with --ca-address)");
+ABSL_FLAG(std::string, ca_listen, "",
+          "serve istio.v1.auth.IstioCertificateService on host:port for other nodes (off by "
+          "default; needs --ca-tokens)");
+ABSL_FLAG(std::string, ca_tokens, "",
+          "file of '<token> <node-name>' lines: which node each CA caller speaks for");
+ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24), "lifetime of workload certificates");
+ABSL_FLAG(std::string, admin_socket, "",
+          "admin API unix socket (default /run/ambit/admin.sock, or under --run-dir)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit");
 
@@ -81,6 +100,19 @@ int main(int argc, char** argv) {
   options.tunnel_args = {"--workers", std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
                          "--socket-mark", std::to_string(options.socket_mark), "--log-level",
                          absl::GetFlag(FLAGS_log_level)};
+  options.ca_state_dir = absl::GetFlag(FLAGS_ca_state_dir);
+  options.cacerts_dir = absl::GetFlag(FLAGS_cacerts_dir);
+  options.ca_address = absl::GetFlag(FLAGS_ca_address);
+  options.ca_root_cert = absl::GetFlag(FLAGS_ca_root_cert);
+  options.ca_token_file = absl::GetFlag(FLAGS_ca_token_file);
+  options.ca_listen = absl::GetFlag(FLAGS_ca_listen);
+  options.ca_tokens = absl::GetFlag(FLAGS_ca_tokens);
+  options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
+  options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  if (!options.ca_address.empty() && options.ca_root_cert.empty()) {
+    std::cerr << "ambitd: --ca-address needs --ca-root-cert (the roots to trust)\n";
+    return 2;
+  }
   if (!ParsePorts(absl::GetFlag(FLAGS_bypass_ports), "bypass-ports",
                   &options.outbound_bypass_ports) ||
       !ParsePorts(absl::GetFlag(FLAGS_inbound_bypass_ports), "inbound-bypass-ports",

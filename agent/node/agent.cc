@@ -17,7 +17,9 @@
 #include "agent/bpf/kernel.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
+#include "agent/ca/certificate_authority.h"
 #include "agent/common/status.h"
+#include "agent/issuance/pem_info.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -31,6 +33,7 @@ enum : uint64_t {
   kTagDataPlaneControl,
   kTagRestartTimer,
   kTagRetryTimer,
+  kTagCompletions,
 };
 constexpr int64_t kMaxBackoffMs = 10000;
 constexpr int64_t kRetryMs = 2000;
@@ -147,6 +150,8 @@ absl::Status Agent::Init() {
   if (source_->fd() >= 0) AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), source_->fd(), kTagConfig));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), restart_timer_.get(), kTagRestartTimer));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), retry_timer_.get(), kTagRetryTimer));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), completions_.fd(), kTagCompletions));
+  AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   std::string binary = options_.tunnel_binary;
   if (binary.empty()) {
@@ -154,6 +159,10 @@ absl::Status Agent::Init() {
   }
   dataplane_ = std::make_unique<supervisor::DataPlane>(
       supervisor::DataPlane::Options{binary, options_.control_socket(), options_.tunnel_args});
+  dataplane_->on_csr_request = [this](supervisor::CsrRequest r) { OnCsrRequest(std::move(r)); };
+  dataplane_->on_certificate_report = [this](std::vector<supervisor::CertificateState> c) {
+    OnCertificateReport(std::move(c));
+  };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
   Apply(source_->Current());
   return absl::OkStatus();
@@ -170,6 +179,7 @@ absl::Status Agent::ConnectDataPlane() {
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->control_fd(), kTagDataPlaneControl));
   AMBIT_RETURN_IF_ERROR(dataplane_->SendMaps(redirector_->orig_dst_map_fd(),
                                                   redirector_->deliver_map_fd()));
+  AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
   if (snapshot_version_ > 0) SendSnapshot();
@@ -185,6 +195,11 @@ void Agent::Apply(config::LoadResult result) {
     }
   }
   state_ = std::move(result.state);
+  std::map<std::string, std::set<std::string>> by_node;
+  for (const auto& [key, pod] : state_.pods) {
+    by_node[pod.node_name].insert(state::SpiffeId(state_.mesh, pod));
+  }
+  entitlements_->Update(std::move(by_node));
   Reconcile();
 }
 
@@ -290,6 +305,7 @@ absl::Status Agent::SendPod(const EnrolledPod& e) {
   d.namespace_name = e.pod.namespace_name;
   d.name = e.pod.name;
   d.service_account = e.pod.service_account;
+  d.spiffe_id = state::SpiffeId(state_.mesh, e.pod);
   d.netns_cookie = e.netns_cookie;
   d.ips = IpStrings(e.pod);
   d.netns = e.netns.get();
@@ -365,6 +381,9 @@ absl::Status Agent::Run() {
         case kTagDataPlaneExit:
           OnDataPlaneExit();
           break;
+        case kTagCompletions:
+          completions_.Drain();
+          break;
         case kTagDataPlaneControl:
           if (!dataplane_->connected()) break;
           if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
@@ -389,6 +408,110 @@ absl::Status Agent::Run() {
       }
     }
   }
+}
+
+absl::Status Agent::InitCertificates() {
+  entitlements_ = std::make_shared<issuance::Entitlements>();
+  admin_state_ = std::make_shared<admin::AdminState>();
+  signing_thread_ = std::make_unique<BackgroundThread>();
+  if (!options_.ca_address.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(signer_, issuance::MakeRemoteSigner({options_.ca_address,
+                                                                options_.ca_root_cert,
+                                                                options_.ca_token_file}));
+  } else {
+    ca::CaOptions o;
+    o.state_dir = options_.resolved_ca_state_dir();
+    o.cacerts_dir = options_.cacerts_dir;
+    o.default_leaf_ttl = options_.cert_ttl;
+    AMBIT_ASSIGN_OR_RETURN(auto created, ca::CertificateAuthority::Create(o));
+    std::shared_ptr<const ca::CertificateAuthority> ca = std::move(created);
+    if (!options_.ca_listen.empty()) {
+      AMBIT_ASSIGN_OR_RETURN(
+          ca_server_, issuance::CaServer::Start({options_.ca_listen, options_.ca_tokens},
+                                                ca, entitlements_));
+    }
+    signer_ = issuance::MakeLocalSigner(std::move(ca));
+  }
+  AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
+  PublishCertificates();
+  AMBIT_ASSIGN_OR_RETURN(admin_server_, admin::AdminServer::Start(
+                                            options_.resolved_admin_socket(), admin_state_));
+  return absl::OkStatus();
+}
+
+void Agent::OnCsrRequest(supervisor::CsrRequest request) {
+  // The data plane may only have certificates for pods enrolled here.
+  bool entitled = false;
+  for (const auto& [uid, e] : enrolled_) {
+    if (state::SpiffeId(state_.mesh, e.pod) == request.identity) entitled = true;
+  }
+  if (!entitled) {
+    AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity
+                                   << ": no enrolled pod on this node has that identity";
+    (void)dataplane_->SendCsrResponse(
+        request.request_id,
+        absl::PermissionDeniedError("no enrolled pod on this node has identity " +
+                                    request.identity));
+    return;
+  }
+  absl::Duration ttl = options_.cert_ttl;
+  signing_thread_->Post([this, request = std::move(request), ttl] {
+    auto chain = signer_->Sign(request.csr_pem, request.identity, ttl);
+    completions_.Post([this, id = request.request_id, identity = request.identity,
+                       chain = std::move(chain)] {
+      if (!chain.ok()) {
+        AMBIT_LOG(kComponent, Warning) << "signing " << identity << " failed: "
+                                       << chain.status().message();
+      } else {
+        AMBIT_LOG(kComponent, Info) << "signed certificate for " << identity;
+      }
+      if (dataplane_->connected()) (void)dataplane_->SendCsrResponse(id, chain);
+    });
+  });
+}
+
+void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs) {
+  for (const auto& c : certs) {
+    bool changed = true;
+    for (const auto& old : cert_states_) {
+      if (old.identity == c.identity && old.state == c.state && old.serial_hex == c.serial_hex) {
+        changed = false;
+      }
+    }
+    if (changed) {
+      AMBIT_LOG(kComponent, Info) << "certificate " << c.identity << " " << c.state
+                                  << (c.serial_hex.empty() ? "" : " serial=" + c.serial_hex)
+                                  << (c.last_error.empty() ? "" : ": " + c.last_error);
+    }
+  }
+  cert_states_ = std::move(certs);
+  PublishCertificates();
+}
+
+void Agent::PublishCertificates() {
+  ambit::admin::v1::ListCertificatesResponse resp;
+  resp.set_ca(signer_->Description());
+  for (const auto& c : cert_states_) {
+    auto* out = resp.add_certificates();
+    out->set_identity(c.identity);
+    out->set_state(c.state);
+    out->set_serial(c.serial_hex);
+    out->mutable_not_before()->set_unix_seconds(c.not_before_unix);
+    out->mutable_not_after()->set_unix_seconds(c.not_after_unix);
+    out->set_issuer(c.issuer);
+    out->set_last_error(c.last_error);
+    out->set_pods(c.refs);
+  }
+  for (const auto& pem : signer_->TrustBundle()) {
+    auto info = issuance::DescribeCertificate(pem);
+    if (!info.ok()) continue;
+    auto* root = resp.add_trust_bundle();
+    root->set_subject(info->subject);
+    root->set_serial(info->serial_hex);
+    root->mutable_not_after()->set_unix_seconds(absl::ToUnixSeconds(info->not_after));
+    root->set_sha256_fingerprint(info->sha256_fingerprint);
+  }
+  admin_state_->SetCertificates(std::move(resp));
 }
 
 absl::Status Agent::Cleanup(const AgentOptions& options) {

@@ -8,9 +8,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "agent/admin/admin_server.h"
 #include "agent/bpf/redirector.h"
 #include "agent/common/ip_address.h"
+#include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
+#include "agent/issuance/ca_server.h"
+#include "agent/issuance/signer.h"
 #include "agent/config/source.h"
 #include "agent/enroll/pod_net.h"
 #include "agent/state/model.h"
@@ -36,9 +41,26 @@ struct AgentOptions {
   std::vector<uint16_t> inbound_bypass_ports;
   std::vector<Cidr> outbound_bypass_cidrs;
 
+  // Certificates. The built-in CA keeps its root under ca_state_dir (default
+  // /var/lib/ambit/<instance>), or signs with an operator's intermediate from cacerts_dir;
+  // ca_address switches to an external Istio-compatible CA instead.
+  std::string ca_state_dir;
+  std::string cacerts_dir;
+  std::string ca_address, ca_root_cert, ca_token_file;
+  std::string ca_listen, ca_tokens;  // serve the CA API to other nodes
+  absl::Duration cert_ttl = absl::Hours(24);
+  std::string admin_socket;  // empty: <run dir>/admin.sock
+
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
-    return run_dir.empty() ? "/run/ambit/" + instance : run_dir;
+    if (!run_dir.empty()) return run_dir;
+    return instance == "default" ? "/run/ambit" : "/run/ambit/" + instance;
+  }
+  std::string resolved_admin_socket() const {
+    return admin_socket.empty() ? resolved_run_dir() + "/admin.sock" : admin_socket;
+  }
+  std::string resolved_ca_state_dir() const {
+    return ca_state_dir.empty() ? "/var/lib/ambit/" + instance : ca_state_dir;
   }
   std::string control_socket() const { return resolved_run_dir() + "/dataplane.sock"; }
 };
@@ -67,6 +89,10 @@ class Agent {
 
   explicit Agent(AgentOptions options);
   absl::Status Init();
+  absl::Status InitCertificates();
+  void OnCsrRequest(supervisor::CsrRequest request);
+  void OnCertificateReport(std::vector<supervisor::CertificateState> certs);
+  void PublishCertificates();
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
@@ -82,6 +108,14 @@ class Agent {
   std::unique_ptr<bpf::Redirector> redirector_;
   std::unique_ptr<config::ConfigSource> source_;
   std::unique_ptr<supervisor::DataPlane> dataplane_;
+  std::unique_ptr<issuance::Signer> signer_;
+  std::shared_ptr<issuance::Entitlements> entitlements_;
+  std::unique_ptr<issuance::CaServer> ca_server_;
+  std::shared_ptr<admin::AdminState> admin_state_;
+  std::unique_ptr<admin::AdminServer> admin_server_;
+  std::vector<supervisor::CertificateState> cert_states_;
+  TaskQueue completions_;  // results of background work, run on the control thread
+  std::unique_ptr<BackgroundThread> signing_thread_;
   enroll::PodNetOptions pod_net_;
   state::ClusterState state_;
   std::map<std::string, EnrolledPod> enrolled_;

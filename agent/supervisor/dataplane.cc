@@ -205,6 +205,16 @@ absl::Status DataPlane::OnControlReadable() {
   } else if (msg.first.has_nack()) {
     AMBIT_LOG(kComponent, Warning) << "data plane rejected snapshot " << msg.first.nack().version()
                                    << ": " << msg.first.nack().error();
+  } else if (msg.first.has_csr_request()) {
+    const auto& r = msg.first.csr_request();
+    if (on_csr_request) on_csr_request({r.request_id(), r.identity(), r.csr_pem()});
+  } else if (msg.first.has_certificate_report()) {
+    std::vector<CertificateState> certs;
+    for (const auto& c : msg.first.certificate_report().certificates()) {
+      certs.push_back({c.identity(), c.state(), c.serial_hex(), c.issuer(), c.last_error(),
+                       c.not_before_unix(), c.not_after_unix(), c.refs()});
+    }
+    if (on_certificate_report) on_certificate_report(std::move(certs));
   }
   return absl::OkStatus();
 }
@@ -224,6 +234,7 @@ absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   p->set_name(pod.name);
   p->set_service_account(pod.service_account);
   p->set_netns_cookie(pod.netns_cookie);
+  p->set_spiffe_id(pod.spiffe_id);
   for (const auto& ip : pod.ips) p->add_ips(ip);
   std::vector<int> fds;
   auto add = [&](int fd, pb::FdRole role) {
@@ -263,6 +274,25 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
     pw->set_enrolled_here(w.enrolled_here);
     for (const auto& ip : w.ips) pw->add_ips(ip);
   }
+  return SendEnvelope(control_.get(), env, {});
+}
+
+absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
+                                        const absl::StatusOr<std::vector<std::string>>& chain) {
+  auto env = NewEnvelope();
+  auto* r = env.mutable_csr_response();
+  r->set_request_id(request_id);
+  if (chain.ok()) {
+    for (const auto& pem : *chain) r->add_chain_pem(pem);
+  } else {
+    r->set_error(std::string(chain.status().message()));
+  }
+  return SendEnvelope(control_.get(), env, {});
+}
+
+absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots) {
+  auto env = NewEnvelope();
+  for (const auto& pem : roots) env.mutable_trust_bundle()->add_root_pem(pem);
   return SendEnvelope(control_.get(), env, {});
 }
 

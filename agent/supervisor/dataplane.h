@@ -3,6 +3,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,10 +24,24 @@ struct HandedBackPod {
 
 // What the agent tells the data plane about one enrolled pod. Descriptors are borrowed.
 struct PodDescriptor {
-  std::string uid, namespace_name, name, service_account;
+  std::string uid, namespace_name, name, service_account, spiffe_id;
   uint64_t netns_cookie = 0;
   std::vector<std::string> ips;
   int netns = -1, outbound_v4 = -1, outbound_v6 = -1, inbound_plain = -1, hbone = -1;
+};
+
+// A CSR the data plane asks the agent to get signed.
+struct CsrRequest {
+  uint64_t request_id = 0;
+  std::string identity;
+  std::string csr_pem;
+};
+
+// One certificate as the data plane reports it.
+struct CertificateState {
+  std::string identity, state, serial_hex, issuer, last_error;
+  int64_t not_before_unix = 0, not_after_unix = 0;
+  int refs = 0;
 };
 
 struct WorkloadDescriptor {
@@ -60,7 +75,10 @@ class DataPlane {
   int control_fd() const { return control_.get(); }
   // Reaps the exited process; returns a description of how it ended.
   std::string Reap();
-  // Reads one message (acks, nacks); an error means the session is over.
+  // What the data plane asks of or tells the agent, delivered from OnControlReadable.
+  std::function<void(CsrRequest)> on_csr_request;
+  std::function<void(std::vector<CertificateState>)> on_certificate_report;
+  // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
 
   absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
@@ -68,6 +86,8 @@ class DataPlane {
   absl::Status SendRemovePod(const std::string& uid);
   absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,
                             const std::vector<WorkloadDescriptor>& workloads);
+  absl::Status SendCsrResponse(uint64_t request_id, const absl::StatusOr<std::vector<std::string>>& chain);
+  absl::Status SendTrustBundle(const std::vector<std::string>& roots);
   uint64_t acked_version() const { return acked_version_; }
 
  private:

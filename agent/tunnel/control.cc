@@ -7,10 +7,12 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/clock.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/status.h"
@@ -21,7 +23,7 @@ namespace {
 
 namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "tunnel";
-enum : uint64_t { kTagListen = 1, kTagController = 2, kTagSignal = 3 };
+enum : uint64_t { kTagListen = 1, kTagController = 2, kTagSignal = 3, kTagCertTimer = 4 };
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
   epoll_event ev{};
@@ -65,6 +67,10 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   if (!t->signal_fd_ || !t->epoll_) return absl::ErrnoToStatus(errno, "signalfd/epoll");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->listen_fd_.get(), kTagListen));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->signal_fd_.get(), kTagSignal));
+  t->cert_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!t->cert_timer_) return absl::ErrnoToStatus(errno, "timerfd_create");
+  AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->cert_timer_.get(), kTagCertTimer));
+  t->certs_ = std::make_unique<tls::CertManager>(t.get(), &RealClock::Get());
   return t;
 }
 
@@ -107,11 +113,18 @@ absl::Status Tunnel::Run() {
                 << "; serving the last configuration";
             epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, controller_.get(), nullptr);
             controller_.Reset();
+            OnControllerGone();
           }
+          break;
+        }
+        case kTagCertTimer: {
+          uint64_t expirations;
+          (void)!read(cert_timer_.get(), &expirations, sizeof expirations);
           break;
         }
       }
     }
+    AfterEvent();
   }
 }
 
@@ -134,6 +147,7 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
   hello.mutable_hello()->set_pod_count(pods_.size());
   hello.mutable_hello()->set_snapshot_version(snapshot_version_);
   AMBIT_RETURN_IF_ERROR(Send(hello, {}));
+  last_report_.clear();  // the new agent gets a full certificate report
   // Hand every pod back so a restarted agent adopts the live listeners instead of re-creating.
   for (const auto& [uid, pod] : pods_) {
     pb::Envelope env;
@@ -144,6 +158,7 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
     p->set_name(pod->name);
     p->set_service_account(pod->service_account);
     p->set_netns_cookie(pod->netns_cookie);
+    p->set_spiffe_id(pod->spiffe_id);
     for (const auto& ip : pod->ips) p->add_ips(ip.ToString());
     std::vector<int> fds;
     auto add = [&](const UniqueFd& fd, pb::FdRole role) {
@@ -223,6 +238,7 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       pod->namespace_name = p.namespace_();
       pod->name = p.name();
       pod->service_account = p.service_account();
+      pod->spiffe_id = p.spiffe_id();
       pod->netns_cookie = p.netns_cookie();
       for (const auto& ip : p.ips()) {
         auto parsed = IpAddress::Parse(ip);
@@ -243,6 +259,13 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
             absl::StrCat("add_pod ", p.uid(), " lacks its netns or outbound listener"));
       }
       std::shared_ptr<const Pod> shared = pod;
+      auto previous = pods_.find(shared->uid);
+      if (previous == pods_.end() || previous->second->spiffe_id != shared->spiffe_id) {
+        if (!shared->spiffe_id.empty()) certs_->AddRef(shared->spiffe_id);
+        if (previous != pods_.end() && !previous->second->spiffe_id.empty()) {
+          certs_->Release(previous->second->spiffe_id);
+        }
+      }
       pods_[shared->uid] = shared;
       for (auto& w : workers_) w->Post([shared](Worker& worker) { worker.AddPod(shared); });
       AMBIT_LOG(kComponent, Info) << "serving pod " << shared->uid
@@ -251,7 +274,11 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     }
     case pb::Envelope::kRemovePod: {
       std::string uid = env.remove_pod().uid();
-      pods_.erase(uid);
+      auto it = pods_.find(uid);
+      if (it != pods_.end()) {
+        if (!it->second->spiffe_id.empty()) certs_->Release(it->second->spiffe_id);
+        pods_.erase(it);
+      }
       for (auto& w : workers_) w->Post([uid](Worker& worker) { worker.RemovePod(uid); });
       AMBIT_LOG(kComponent, Info) << "stopped serving pod " << uid;
       return absl::OkStatus();
@@ -263,10 +290,96 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       ack.mutable_ack()->set_version(snapshot_version_);
       return Send(ack, {});
     }
+    case pb::Envelope::kCsrResponse: {
+      const auto& r = env.csr_response();
+      if (!outstanding_csrs_.erase(r.request_id())) return absl::OkStatus();  // superseded
+      if (!r.error().empty()) {
+        certs_->OnSigned(r.request_id(), absl::UnavailableError(r.error()));
+      } else {
+        certs_->OnSigned(r.request_id(),
+                         std::vector<std::string>(r.chain_pem().begin(), r.chain_pem().end()));
+      }
+      return absl::OkStatus();
+    }
+    case pb::Envelope::kTrustBundle: {
+      trust_bundle_.assign(env.trust_bundle().root_pem().begin(),
+                           env.trust_bundle().root_pem().end());
+      AMBIT_LOG(kComponent, Info) << "trust bundle: " << trust_bundle_.size() << " root(s)";
+      return absl::OkStatus();
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
   }
+}
+
+void Tunnel::RequestSigning(uint64_t request_id, const std::string& identity,
+                            const std::string& csr_pem) {
+  if (!controller_) {
+    failed_csrs_.emplace_back(request_id,
+                              absl::UnavailableError("no agent connected to sign the CSR"));
+    return;
+  }
+  pb::Envelope env;
+  env.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  auto* r = env.mutable_csr_request();
+  r->set_request_id(request_id);
+  r->set_identity(identity);
+  r->set_csr_pem(csr_pem);
+  auto status = Send(env, {});
+  if (!status.ok()) {
+    failed_csrs_.emplace_back(request_id, status);
+    return;
+  }
+  outstanding_csrs_.insert(request_id);
+}
+
+void Tunnel::OnControllerGone() {
+  // Answers to these can no longer arrive; let the certificate manager retry with back-off.
+  for (uint64_t id : outstanding_csrs_) {
+    failed_csrs_.emplace_back(id, absl::UnavailableError("agent went away before answering"));
+  }
+  outstanding_csrs_.clear();
+}
+
+void Tunnel::AfterEvent() {
+  while (!failed_csrs_.empty()) {
+    auto failed = std::move(failed_csrs_);
+    failed_csrs_.clear();
+    for (auto& [id, status] : failed) certs_->OnSigned(id, status);
+  }
+  certs_->Tick();
+  // The timer is armed for the next deadline; Tick above ran whatever was due.
+  absl::Time next = certs_->NextDeadline();
+  itimerspec its{};
+  if (next != absl::InfiniteFuture()) {
+    absl::Duration in = std::max(next - absl::Now(), absl::Milliseconds(1));
+    its.it_value.tv_sec = absl::ToInt64Seconds(in);
+    its.it_value.tv_nsec = absl::ToInt64Nanoseconds(in - absl::Seconds(its.it_value.tv_sec));
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+  }
+  timerfd_settime(cert_timer_.get(), 0, &its, nullptr);
+
+  if (!controller_) return;
+  pb::Envelope report;
+  report.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  for (const auto& c : certs_->Statuses()) {
+    auto* s = report.mutable_certificate_report()->add_certificates();
+    s->set_identity(c.identity);
+    s->set_state(tls::CertStateName(c.state));
+    s->set_serial_hex(c.serial_hex);
+    s->set_issuer(c.issuer);
+    s->set_last_error(c.last_error);
+    s->set_refs(c.refs);
+    if (c.not_before != absl::InfinitePast()) s->set_not_before_unix(absl::ToUnixSeconds(c.not_before));
+    if (c.not_after != absl::InfinitePast()) s->set_not_after_unix(absl::ToUnixSeconds(c.not_after));
+  }
+  report.mutable_certificate_report();  // an empty report is still a report
+  std::string bytes;
+  report.SerializeToString(&bytes);
+  if (bytes == last_report_) return;
+  last_report_ = bytes;
+  (void)Send(report, {});
 }
 
 }  // namespace ambit::tunnel

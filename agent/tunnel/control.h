@@ -1,6 +1,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/pod_table.h"
+#include "agent/tls/cert_manager.h"
 #include "agent/tunnel/worker.h"
 
 namespace ambit::dataplane::v1 {
@@ -25,7 +27,7 @@ struct TunnelOptions {
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the
 // workers. A controller (ambitd) that goes away leaves the data plane serving its last
 // configuration; the next controller to connect is handed back every pod with its descriptors.
-class Tunnel {
+class Tunnel : public tls::CsrSigner {
  public:
   static absl::StatusOr<std::unique_ptr<Tunnel>> Create(const TunnelOptions& options);
   ~Tunnel();
@@ -39,6 +41,12 @@ class Tunnel {
   absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
   absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
   absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map);
+  // tls::CsrSigner: CSRs go up the control channel; answers come back as csr_response.
+  void RequestSigning(uint64_t request_id, const std::string& identity,
+                      const std::string& csr_pem) override;
+  // Runs certificate work that is due and tells the agent when any certificate changed.
+  void AfterEvent();
+  void OnControllerGone();
 
   TunnelOptions options_;
   UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
@@ -46,6 +54,13 @@ class Tunnel {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, std::shared_ptr<const Pod>> pods_;
   uint64_t snapshot_version_ = 0;
+  std::unique_ptr<tls::CertManager> certs_;
+  UniqueFd cert_timer_;
+  std::set<uint64_t> outstanding_csrs_;
+  // Requests that could not be sent: failed from the event loop, never re-entrantly.
+  std::vector<std::pair<uint64_t, absl::Status>> failed_csrs_;
+  std::string last_report_;
+  std::vector<std::string> trust_bundle_;
 };
 
 }  // namespace ambit::tunnel

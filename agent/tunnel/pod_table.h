@@ -18,6 +18,7 @@ struct Pod {
   std::string namespace_name;
   std::string name;
   std::string service_account;
+  std::string spiffe_id;
   uint64_t netns_cookie = 0;
   std::vector<IpAddress> ips;
   UniqueFd netns;

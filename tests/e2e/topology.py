@@ -118,6 +118,8 @@ class Agent:
         self.instance = instance
         self.config_dir = os.path.join(topo.workdir, f"config-{node}")
         self.run_dir = os.path.join(topo.workdir, f"run-{node}")
+        self.ca_dir = os.path.join(topo.workdir, f"ca-{node}")
+        self.admin_socket = os.path.join(self.run_dir, "admin.sock")
         self.log_path = log_path
         self.proc = None
         os.makedirs(self.config_dir, exist_ok=True)
@@ -125,7 +127,8 @@ class Agent:
     def argv(self, *extra):
         return [str(build_dir() / "agent/main/ambitd"), "--config-dir", self.config_dir,
                 "--node-name", self.node, "--instance", self.instance,
-                "--cgroup", self.topo.cgroup_root, "--run-dir", self.run_dir] + list(extra)
+                "--cgroup", self.topo.cgroup_root, "--run-dir", self.run_dir,
+                "--ca-state-dir", self.ca_dir] + list(extra)
 
     def start(self, *extra, wait_pods=()):
         self.log = open(self.log_path, "a")

@@ -1,0 +1,78 @@
+#include <grpcpp/grpcpp.h>
+
+#include "absl/time/time.h"
+#include "agent/cli/admin_client.h"
+#include "agent/cli/commands.h"
+
+namespace ambit::cli {
+namespace {
+
+std::string Rfc3339(int64_t unix_seconds) {
+  if (unix_seconds == 0) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(unix_seconds),
+                          absl::UTCTimeZone());
+}
+
+absl::Status ListCertificates(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  grpc::ClientContext call;
+  call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  ambit::admin::v1::ListCertificatesResponse resp;
+  grpc::Status status = (*stub)->ListCertificates(&call, {}, &resp);
+  if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
+
+  Value certs = Value::MakeList();
+  for (const auto& c : resp.certificates()) {
+    certs.Append(Value::Object({
+        {"identity", c.identity()},
+        {"state", c.state()},
+        {"serial", c.serial()},
+        {"notBefore", Rfc3339(c.not_before().unix_seconds())},
+        {"notAfter", Rfc3339(c.not_after().unix_seconds())},
+        {"issuer", c.issuer()},
+        {"pods", c.pods()},
+        {"error", c.last_error()},
+    }));
+  }
+  Value roots = Value::MakeList();
+  for (const auto& r : resp.trust_bundle()) {
+    roots.Append(Value::Object({
+        {"subject", r.subject()},
+        {"serial", r.serial()},
+        {"notAfter", Rfc3339(r.not_after().unix_seconds())},
+        {"sha256Fingerprint", r.sha256_fingerprint()},
+    }));
+  }
+  if (ctx.output_format() == OutputFormat::kTable) {
+    // Two tables for people: the workload certificates, then the roots they chain to.
+    if (certs.as_list().empty()) {
+      ctx.out() << "No workload certificates (no enrolled pods).\n";
+    } else {
+      ctx.Print(certs);
+    }
+    ctx.out() << "\nCA: " << resp.ca() << "\nTrust bundle:\n";
+    ctx.Print(roots);
+    return absl::OkStatus();
+  }
+  ctx.Print(Value::Object({{"ca", resp.ca()}, {"certificates", certs}, {"trustBundle", roots}}));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Command CertsCommand() {
+  return Command{
+      .name = "certs",
+      .summary = "List workload certificates and the trust bundle",
+      .description =
+          "Lists the certificate of every identity enrolled on this node (state: pending,\n"
+          "valid, renewing, expired or failed; serial; validity; issuer; pods using it) and\n"
+          "the roots in the trust bundle. Private keys never leave the data plane and are\n"
+          "never shown.",
+      .examples = "ambitctl certs\nambitctl certs -o json",
+      .run = ListCertificates,
+  };
+}
+
+}  // namespace ambit::cli

@@ -1,0 +1,64 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace ambit::ca {
+class CertificateAuthority;
+}
+
+namespace ambit::issuance {
+
+// Which identities each node may obtain: the SPIFFE IDs of the pods scheduled on it. Written by
+// the control thread on every configuration change, read by CA request threads. Thread-safe.
+class Entitlements {
+ public:
+  void Update(std::map<std::string, std::set<std::string>> identities_by_node);
+  // OK, or PERMISSION_DENIED naming the node and identity.
+  absl::Status Check(const std::string& node, const std::string& identity) const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::set<std::string>> by_node_ ABSL_GUARDED_BY(mu_);
+};
+
+struct CaServerOptions {
+  std::string listen;       // host:port; port 0 picks a free one
+  std::string tokens_file;  // lines "<token> <node-name>"; '#' starts a comment
+  std::vector<std::string> serving_names = {"ambit-ca", "localhost"};
+};
+
+// Serves istio.v1.auth.IstioCertificateService/CreateCertificate over gRPC with TLS, as istiod
+// does. A caller authenticates with "authorization: Bearer <token>"; its token names its node,
+// and it may only obtain identities of pods on that node. Malformed or oversized CSRs are
+// INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer unchecked.
+class CaServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<CaServer>> Start(
+      const CaServerOptions& options, std::shared_ptr<const ca::CertificateAuthority> ca,
+      std::shared_ptr<const Entitlements> entitlements);
+  ~CaServer();
+  int port() const { return port_; }
+
+ private:
+  class Service;
+  CaServer() = default;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+// The URI SANs a PEM CSR asks for (parsing only; the CA verifies the signature).
+absl::StatusOr<std::vector<std::string>> RequestedUris(const std::string& csr_pem);
+
+}  // namespace ambit::issuance

@@ -1,0 +1,131 @@
+#include "agent/issuance/signer.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "agent/ca/certificate_authority.h"
+#include "istio/v1/auth/ca.grpc.pb.h"
+
+namespace ambit::issuance {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class LocalSigner final : public Signer {
+ public:
+  explicit LocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca) : ca_(std::move(ca)) {}
+  absl::StatusOr<std::vector<std::string>> Sign(const std::string& csr_pem,
+                                                const std::string& identity,
+                                                absl::Duration ttl) override {
+    return ca_->Sign(csr_pem, identity, ttl);
+  }
+  std::vector<std::string> TrustBundle() const override { return ca_->TrustBundle(); }
+  std::string Description() const override {
+    return absl::StrCat("built-in CA (", ca_->IssuerName(), ")");
+  }
+
+ private:
+  std::shared_ptr<const ca::CertificateAuthority> ca_;
+};
+
+class RemoteSigner final : public Signer {
+ public:
+  RemoteSigner(RemoteCaOptions options, std::string roots, std::string token)
+      : options_(std::move(options)), roots_(std::move(roots)), token_(std::move(token)) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = roots_;
+    channel_ = grpc::CreateChannel(options_.address, grpc::SslCredentials(ssl));
+    stub_ = istio::v1::auth::IstioCertificateService::NewStub(channel_);
+  }
+
+  absl::StatusOr<std::vector<std::string>> Sign(const std::string& csr_pem,
+                                                const std::string& identity,
+                                                absl::Duration ttl) override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     absl::ToChronoMilliseconds(options_.timeout));
+    if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+    istio::v1::auth::IstioCertificateRequest req;
+    req.set_csr(csr_pem);
+    req.set_validity_duration(absl::ToInt64Seconds(ttl));
+    istio::v1::auth::IstioCertificateResponse resp;
+    grpc::Status status = stub_->CreateCertificate(&ctx, req, &resp);
+    if (!status.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          absl::StrCat("external CA ", options_.address, " refused ", identity,
+                                       ": ", status.error_message()));
+    }
+    if (resp.cert_chain().empty()) {
+      return absl::DataLossError(
+          absl::StrCat("external CA ", options_.address, " returned an empty chain"));
+    }
+    std::vector<std::string> chain;
+    // Some CAs return one PEM bundle in a single element; normalise to one cert per element.
+    for (const auto& element : resp.cert_chain()) {
+      for (auto& pem : SplitPemCertificates(element)) chain.push_back(std::move(pem));
+    }
+    return chain;
+  }
+  std::vector<std::string> TrustBundle() const override { return SplitPemCertificates(roots_); }
+  std::string Description() const override {
+    return absl::StrCat("external CA at ", options_.address);
+  }
+
+ private:
+  RemoteCaOptions options_;
+  std::string roots_;
+  std::string token_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<istio::v1::auth::IstioCertificateService::Stub> stub_;
+};
+
+}  // namespace
+
+std::vector<std::string> SplitPemCertificates(const std::string& bundle) {
+  static constexpr absl::string_view kBegin = "-----BEGIN CERTIFICATE-----";
+  static constexpr absl::string_view kEnd = "-----END CERTIFICATE-----";
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (true) {
+    size_t b = bundle.find(kBegin.data(), pos, kBegin.size());
+    if (b == std::string::npos) break;
+    size_t e = bundle.find(kEnd.data(), b, kEnd.size());
+    if (e == std::string::npos) break;
+    e += kEnd.size();
+    out.push_back(bundle.substr(b, e - b) + "\n");
+    pos = e;
+  }
+  return out;
+}
+
+std::unique_ptr<Signer> MakeLocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca) {
+  return std::make_unique<LocalSigner>(std::move(ca));
+}
+
+absl::StatusOr<std::unique_ptr<Signer>> MakeRemoteSigner(const RemoteCaOptions& options) {
+  auto roots = ReadFile(options.root_cert_file, "external CA root certificate");
+  if (!roots.ok()) return roots.status();
+  if (SplitPemCertificates(*roots).empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.root_cert_file, ": no PEM certificate found (--ca-root-cert)"));
+  }
+  std::string token;
+  if (!options.token_file.empty()) {
+    auto t = ReadFile(options.token_file, "CA token file");
+    if (!t.ok()) return t.status();
+    token = std::string(absl::StripAsciiWhitespace(*t));
+  }
+  return std::unique_ptr<Signer>(new RemoteSigner(options, std::move(*roots), std::move(token)));
+}
+
+}  // namespace ambit::issuance

@@ -1,0 +1,45 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ambit::ca {
+class CertificateAuthority;
+}
+
+namespace ambit::issuance {
+
+// Where this node's workload certificates come from: the built-in CA or an external one speaking
+// Istio's CA API. Thread-safe. Sign may block (a network round trip); call it off the control
+// thread.
+class Signer {
+ public:
+  virtual ~Signer() = default;
+  // Returns the chain, leaf first, for a CSR asking for exactly `identity`.
+  virtual absl::StatusOr<std::vector<std::string>> Sign(const std::string& csr_pem,
+                                                        const std::string& identity,
+                                                        absl::Duration ttl) = 0;
+  // Roots peers' certificates must chain to (PEM; several during a root rotation).
+  virtual std::vector<std::string> TrustBundle() const = 0;
+  // "built-in CA" or "external CA at HOST:PORT", for operators.
+  virtual std::string Description() const = 0;
+};
+
+std::unique_ptr<Signer> MakeLocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca);
+
+struct RemoteCaOptions {
+  std::string address;         // host:port of an Istio-compatible CA
+  std::string root_cert_file;  // PEM roots: to verify the CA's TLS and as the trust bundle
+  std::string token_file;      // bearer token sent as "authorization: Bearer <token>"
+  absl::Duration timeout = absl::Seconds(10);
+};
+absl::StatusOr<std::unique_ptr<Signer>> MakeRemoteSigner(const RemoteCaOptions& options);
+
+// Splits a PEM bundle into its certificates.
+std::vector<std::string> SplitPemCertificates(const std::string& bundle);
+
+}  // namespace ambit::issuance
