@@ -13,7 +13,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from topology import Topology, run  # noqa: E402
+from topology import Topology, build_dir, run  # noqa: E402
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
@@ -60,6 +60,18 @@ def main():
              run("bpftool", "cgroup", "show", t.cgroup_root).stdout)
         pins = pathlib.Path(f"/sys/fs/bpf/ambit/{agent.instance}")
         show(f"ls -R {pins}", run("ls", "-R", str(pins)).stdout)
+
+        step("Each enrolled identity got an X.509 SVID: keys made inside ambit-tunnel, signed by "
+             "ambitd's built-in CA")
+        ctl = str(build_dir() / "agent/cli/ambitctl")
+        for _ in range(50):
+            certs = run(ctl, "certs", "--admin-socket", agent.admin_socket, check=False).stdout
+            if certs.count(" valid ") >= 2:
+                break
+            time.sleep(0.1)
+        show("ambitctl certs", certs)
+        show("ambitctl id parse spiffe://cluster.local/ns/frontend/sa/web",
+             run(ctl, "id", "parse", "spiffe://cluster.local/ns/frontend/sa/web").stdout)
 
         step("Starting an HTTP server in backend/api and capturing the wire between pods")
         server = api.popen(["/usr/bin/python3", "-m", "http.server", "8080", "--bind", "::"],

@@ -31,6 +31,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -56,9 +57,15 @@ class TlsContext {
  public:
   enum class Role { kClient, kServer };
 
+  // `svid` is the certificate and key to present (its identity must be a SPIFFE ID of
+  // `trust_domain`); `roots` (a reference is taken; the store is not modified) verifies peers.
+  static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(Role role,
+                                                                  const tls::CertifiedKey& svid,
+                                                                  X509_STORE* roots,
+                                                                  std::string trust_domain);
+
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
-  ~TlsContext();
 
   Role role() const { return role_; }
   // Our own SPIFFE ID, as presented in the SVID.
@@ -72,11 +79,12 @@ class TlsContext {
   absl::StatusOr<bssl::UniquePtr<SSL>> NewSsl(int fd, const std::string& expected_peer) const;
 
  private:
-  friend absl::StatusOr<std::shared_ptr<const TlsContext>> MakeContext(Role,
-                                                                       const tls::CertifiedKey&,
-                                                                       X509_STORE*, std::string);
   TlsContext(Role role, bssl::UniquePtr<SSL_CTX> ctx, std::string identity,
-             std::string trust_domain);
+             std::string trust_domain)
+      : role_(role),
+        ctx_(std::move(ctx)),
+        identity_(std::move(identity)),
+        trust_domain_(std::move(trust_domain)) {}
 
   const Role role_;
   bssl::UniquePtr<SSL_CTX> ctx_;
@@ -84,8 +92,7 @@ class TlsContext {
   const std::string trust_domain_;
 };
 
-// `svid` is the certificate and key to present (its identity must be a SPIFFE ID of
-// `trust_domain`); `roots` (reference taken, not modified) verifies peers.
+// TlsContext::Create for each role.
 absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(const tls::CertifiedKey& svid,
                                                                     X509_STORE* roots,
                                                                     std::string trust_domain);

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/bpf/kernel.h"
@@ -495,7 +496,7 @@ void Agent::PublishCertificates() {
     auto* out = resp.add_certificates();
     out->set_identity(c.identity);
     out->set_state(c.state);
-    out->set_serial(c.serial_hex);
+    out->set_serial(absl::AsciiStrToUpper(c.serial_hex));  // as openssl prints serials
     out->mutable_not_before()->set_unix_seconds(c.not_before_unix);
     out->mutable_not_after()->set_unix_seconds(c.not_after_unix);
     out->set_issuer(c.issuer);
