@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/bpf/kernel.h"
@@ -321,12 +322,48 @@ void Agent::SendSnapshot() {
   if (!dataplane_->connected()) return;
   std::vector<supervisor::WorkloadDescriptor> workloads;
   for (const auto& [key, pod] : state_.pods) {
-    workloads.push_back({pod.Key(), pod.namespace_name, pod.name, pod.service_account,
-                         pod.node_name, IpStrings(pod), enrolled_.count(pod.Key()) > 0});
+    supervisor::WorkloadDescriptor w;
+    w.uid = pod.Key();
+    w.namespace_name = pod.namespace_name;
+    w.name = pod.name;
+    w.service_account = pod.service_account;
+    w.node = pod.node_name;
+    w.spiffe_id = state::SpiffeId(state_.mesh, pod);
+    w.ips = IpStrings(pod);
+    w.enrolled_here = enrolled_.count(pod.Key()) > 0;
+    // A pod that names its netns is captured by the ambit agent on its own node.
+    w.in_mesh = !pod.netns_path.empty();
+    w.labels = pod.labels;
+    workloads.push_back(std::move(w));
+  }
+  std::vector<supervisor::ServiceDescriptor> services;
+  for (const auto& [key, svc] : state_.services) {
+    supervisor::ServiceDescriptor d;
+    d.namespace_name = svc.namespace_name;
+    d.name = svc.name;
+    for (const auto& ip : svc.cluster_ips) d.cluster_ips.push_back(ip.ToString());
+    for (const auto& p : svc.ports) {
+      uint32_t target = 0;
+      // Named target ports would need container port names, which pods here do not carry.
+      if (!absl::SimpleAtoi(p.target_port, &target)) target = p.target_port.empty() ? p.port : 0;
+      d.ports.push_back({p.port, target, p.protocol});
+    }
+    if (!svc.selector.empty()) {
+      for (const auto& [pk, pod] : state_.pods) {
+        if (pod.namespace_name != svc.namespace_name) continue;
+        bool match = true;
+        for (const auto& [k, v] : svc.selector) {
+          auto it = pod.labels.find(k);
+          if (it == pod.labels.end() || it->second != v) match = false;
+        }
+        if (match) d.endpoints.push_back(pod.Key());
+      }
+    }
+    services.push_back(std::move(d));
   }
   ++snapshot_version_;
   auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
-                                         options_.socket_mark, workloads);
+                                         options_.socket_mark, workloads, services);
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "send snapshot to data plane: " << status.message();
   }

@@ -258,7 +258,8 @@ absl::Status DataPlane::SendRemovePod(const std::string& uid) {
 
 absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_domain,
                                      uint32_t mark,
-                                     const std::vector<WorkloadDescriptor>& workloads) {
+                                     const std::vector<WorkloadDescriptor>& workloads,
+                                     const std::vector<ServiceDescriptor>& services) {
   auto env = NewEnvelope();
   auto* s = env.mutable_snapshot();
   s->set_version(version);
@@ -272,7 +273,23 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
     pw->set_service_account(w.service_account);
     pw->set_node(w.node);
     pw->set_enrolled_here(w.enrolled_here);
+    pw->set_spiffe_id(w.spiffe_id);
+    pw->set_in_mesh(w.in_mesh);
     for (const auto& ip : w.ips) pw->add_ips(ip);
+    for (const auto& [k, v] : w.labels) (*pw->mutable_labels())[k] = v;
+  }
+  for (const auto& svc : services) {
+    auto* ps = s->add_services();
+    ps->set_namespace_(svc.namespace_name);
+    ps->set_name(svc.name);
+    for (const auto& ip : svc.cluster_ips) ps->add_cluster_ips(ip);
+    for (const auto& p : svc.ports) {
+      auto* pp = ps->add_ports();
+      pp->set_port(p.port);
+      pp->set_target_port(p.target_port);
+      pp->set_protocol(p.protocol);
+    }
+    for (const auto& e : svc.endpoints) ps->add_endpoints(e);
   }
   return SendEnvelope(control_.get(), env, {});
 }

@@ -45,9 +45,22 @@ struct CertificateState {
 };
 
 struct WorkloadDescriptor {
-  std::string uid, namespace_name, name, service_account, node;
+  std::string uid, namespace_name, name, service_account, node, spiffe_id;
   std::vector<std::string> ips;
   bool enrolled_here = false;
+  bool in_mesh = false;
+  std::map<std::string, std::string> labels;
+};
+
+struct ServiceDescriptor {
+  struct Port {
+    uint32_t port = 0, target_port = 0;
+    std::string protocol;
+  };
+  std::string namespace_name, name;
+  std::vector<std::string> cluster_ips;
+  std::vector<Port> ports;
+  std::vector<std::string> endpoints;  // workload uids
 };
 
 // ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it
@@ -85,7 +98,8 @@ class DataPlane {
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);
   absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,
-                            const std::vector<WorkloadDescriptor>& workloads);
+                            const std::vector<WorkloadDescriptor>& workloads,
+                            const std::vector<ServiceDescriptor>& services);
   absl::Status SendCsrResponse(uint64_t request_id, const absl::StatusOr<std::vector<std::string>>& chain);
   absl::Status SendTrustBundle(const std::vector<std::string>& roots);
   uint64_t acked_version() const { return acked_version_; }

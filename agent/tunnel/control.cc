@@ -208,6 +208,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   for (const auto& [uid, pod] : pods_) {
     for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
   }
+  for (auto& w : workers_) w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
   AMBIT_LOG(kComponent, Info) << "data plane started " << workers_.size() << " workers";
   return absl::OkStatus();
 }
@@ -285,6 +286,10 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     }
     case pb::Envelope::kSnapshot: {
       snapshot_version_ = env.snapshot().version();
+      snapshot_ = MeshSnapshot::FromProto(env.snapshot());
+      for (auto& w : workers_) {
+        w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
+      }
       pb::Envelope ack;
       ack.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
       ack.mutable_ack()->set_version(snapshot_version_);

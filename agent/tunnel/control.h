@@ -54,6 +54,7 @@ class Tunnel : public tls::CsrSigner {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, std::shared_ptr<const Pod>> pods_;
   uint64_t snapshot_version_ = 0;
+  std::shared_ptr<const MeshSnapshot> snapshot_ = std::make_shared<const MeshSnapshot>();
   std::unique_ptr<tls::CertManager> certs_;
   UniqueFd cert_timer_;
   std::set<uint64_t> outstanding_csrs_;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/common/unique_fd.h"
+#include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
 
 namespace ambit::tunnel {
@@ -45,6 +46,9 @@ class Worker {
 
   // Worker-thread only.
   void AddPod(std::shared_ptr<const Pod> pod);
+  void SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) { snapshot_ = std::move(snapshot); }
+  // Never null: an empty snapshot until the first configuration arrives.
+  const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
   void RemovePod(const std::string& uid);
   absl::Status Watch(int fd, uint32_t events, EventHandler* handler);
   void Unwatch(int fd);
@@ -64,6 +68,7 @@ class Worker {
 
   const int index_;
   std::shared_ptr<const DataPlaneSettings> settings_;
+  std::shared_ptr<const MeshSnapshot> snapshot_ = std::make_shared<const MeshSnapshot>();
   UniqueFd epoll_;
   UniqueFd wake_;
   std::thread thread_;

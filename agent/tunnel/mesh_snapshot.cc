@@ -1,0 +1,90 @@
+#include "agent/tunnel/mesh_snapshot.h"
+
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::tunnel {
+
+std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
+    const ambit::dataplane::v1::Snapshot& s) {
+  auto snap = std::make_shared<MeshSnapshot>();
+  snap->version_ = s.version();
+  snap->trust_domain_ = s.trust_domain();
+  absl::flat_hash_map<std::string, std::shared_ptr<const WorkloadInfo>> by_uid;
+  for (const auto& w : s.workloads()) {
+    auto info = std::make_shared<WorkloadInfo>();
+    info->uid = w.uid();
+    info->namespace_name = w.namespace_();
+    info->name = w.name();
+    info->service_account = w.service_account();
+    info->spiffe_id = w.spiffe_id();
+    info->node = w.node();
+    info->enrolled_here = w.enrolled_here();
+    info->in_mesh = w.in_mesh();
+    info->labels.insert(w.labels().begin(), w.labels().end());
+    for (const auto& text : w.ips()) {
+      auto ip = IpAddress::Parse(text);
+      if (ip.ok()) info->ips.push_back(*ip);
+    }
+    for (const auto& ip : info->ips) snap->workloads_[ip] = info;
+    by_uid[info->uid] = info;
+  }
+  for (const auto& svc : s.services()) {
+    auto info = std::make_shared<ServiceInfo>();
+    info->namespace_name = svc.namespace_();
+    info->name = svc.name();
+    for (const auto& p : svc.ports()) {
+      if (p.port() > 0 && p.port() < 65536 && p.target_port() < 65536) {
+        info->target_ports[static_cast<uint16_t>(p.port())] =
+            static_cast<uint16_t>(p.target_port());
+      }
+    }
+    for (const auto& uid : svc.endpoints()) {
+      auto it = by_uid.find(uid);
+      if (it != by_uid.end()) info->endpoints.push_back(it->second);
+    }
+    for (const auto& text : svc.cluster_ips()) {
+      auto ip = IpAddress::Parse(text);
+      if (!ip.ok()) continue;
+      info->cluster_ips.push_back(*ip);
+      snap->services_[*ip] = info;
+    }
+  }
+  return snap;
+}
+
+std::shared_ptr<const WorkloadInfo> MeshSnapshot::WorkloadByIp(const IpAddress& ip) const {
+  auto it = workloads_.find(ip);
+  return it == workloads_.end() ? nullptr : it->second;
+}
+
+Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick) const {
+  Route route;
+  route.target = dst;
+  if (auto w = WorkloadByIp(dst.ip); w != nullptr) {
+    if (w->in_mesh) {
+      route.kind = Route::Kind::kHbone;
+      route.workload = std::move(w);
+    }
+    return route;
+  }
+  auto svc = services_.find(dst.ip);
+  if (svc == services_.end()) return route;
+  const ServiceInfo& s = *svc->second;
+  auto port = s.target_ports.find(dst.port);
+  if (port == s.target_ports.end() || port->second == 0 || s.endpoints.empty()) return route;
+  const auto& endpoint = s.endpoints[pick % s.endpoints.size()];
+  // Same family as the destination the application dialled.
+  for (const auto& ip : endpoint->ips) {
+    if (ip.is_v4() != dst.ip.is_v4()) continue;
+    route.service = &s;
+    route.target = SocketAddress{ip, port->second};
+    if (endpoint->in_mesh) {
+      route.kind = Route::Kind::kHbone;
+      route.workload = endpoint;
+    }
+    return route;
+  }
+  return route;
+}
+
+}  // namespace ambit::tunnel
