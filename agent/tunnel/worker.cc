@@ -1,7 +1,6 @@
 #include "agent/tunnel/worker.h"
 
 #include <errno.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -53,26 +52,30 @@ class Worker::ListenerHandler : public EventHandler {
   int fd_;
 };
 
+// Runs posted tasks when the task queue's eventfd fires.
+class Worker::TaskHandler : public EventHandler {
+ public:
+  explicit TaskHandler(TaskQueue& tasks) : tasks_(tasks) {}
+  void OnEvents(uint32_t) override { tasks_.Drain(); }
+
+ private:
+  TaskQueue& tasks_;
+};
+
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     int index, std::shared_ptr<const DataPlaneSettings> settings) {
-  UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll) return absl::ErrnoToStatus(errno, "epoll_create1");
-  UniqueFd wake(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!wake) return absl::ErrnoToStatus(errno, "eventfd");
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.ptr = nullptr;  // the wake-up fd
-  if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, wake.get(), &ev) < 0) {
-    return absl::ErrnoToStatus(errno, "epoll_ctl(eventfd)");
-  }
-  return std::unique_ptr<Worker>(
-      new Worker(index, std::move(settings), std::move(epoll), std::move(wake)));
+  auto loop = EpollLoop::Create();
+  if (!loop.ok()) return loop.status();
+  auto worker = std::unique_ptr<Worker>(new Worker(index, std::move(settings), std::move(*loop)));
+  worker->task_handler_ = std::make_unique<TaskHandler>(worker->tasks_);
+  auto status = worker->loop_->Watch(worker->tasks_.fd(), EPOLLIN, worker->task_handler_.get());
+  if (!status.ok()) return status;
+  return worker;
 }
 
-Worker::Worker(int index, std::shared_ptr<const DataPlaneSettings> settings, UniqueFd epoll,
-               UniqueFd wake)
-    : index_(index), settings_(std::move(settings)), epoll_(std::move(epoll)),
-      wake_(std::move(wake)) {}
+Worker::Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
+               std::unique_ptr<EpollLoop> loop)
+    : index_(index), settings_(std::move(settings)), loop_(std::move(loop)) {}
 
 Worker::~Worker() {
   Stop();
@@ -80,60 +83,17 @@ Worker::~Worker() {
 }
 
 void Worker::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] { loop_->Run(); });
 }
 
-void Worker::Stop() {
-  stop_.store(true);
-  uint64_t one = 1;
-  (void)!write(wake_.get(), &one, sizeof one);
-}
+void Worker::Stop() { loop_->Stop(); }
 
 void Worker::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
 void Worker::Post(std::function<void(Worker&)> fn) {
-  {
-    absl::MutexLock lock(&mu_);
-    tasks_.push_back(std::move(fn));
-  }
-  uint64_t one = 1;
-  (void)!write(wake_.get(), &one, sizeof one);
-}
-
-void Worker::DrainTasks() {
-  uint64_t n;
-  (void)!read(wake_.get(), &n, sizeof n);
-  std::deque<std::function<void(Worker&)>> tasks;
-  {
-    absl::MutexLock lock(&mu_);
-    tasks.swap(tasks_);
-  }
-  for (auto& t : tasks) t(*this);
-}
-
-void Worker::Run() {
-  epoll_event events[128];
-  while (!stop_.load()) {
-    int n = epoll_wait(epoll_.get(), events, 128, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      AMBIT_LOG(kComponent, Error) << "worker " << index_ << ": epoll_wait: " << strerror(errno);
-      return;
-    }
-    for (int i = 0; i < n; ++i) {
-      auto* handler = static_cast<EventHandler*>(events[i].data.ptr);
-      if (handler == nullptr) {
-        DrainTasks();
-      } else {
-        handler->OnEvents(events[i].events);
-      }
-    }
-    for (Connection* c : retired_) connections_.erase(c);
-    retired_.clear();
-    retired_listeners_.clear();
-  }
+  tasks_.Post([this, fn = std::move(fn)] { fn(*this); });
 }
 
 void Worker::AddPod(std::shared_ptr<const Pod> pod) {
@@ -162,24 +122,15 @@ void Worker::RemovePod(const std::string& uid) {
   if (it == listeners_.end()) return;
   for (auto& l : it->second) {
     Unwatch(l->fd());
-    retired_listeners_.push_back(std::move(l));
+    // Events of this batch may still name the handler: free it after the batch.
+    loop_->Defer([handler = std::shared_ptr<ListenerHandler>(std::move(l))] {});
   }
   listeners_.erase(it);
 }
 
-absl::Status Worker::Watch(int fd, uint32_t events, EventHandler* handler) {
-  epoll_event ev{};
-  ev.events = events;
-  ev.data.ptr = handler;
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
-    return absl::ErrnoToStatus(errno, "epoll_ctl(ADD)");
-  }
-  return absl::OkStatus();
+void Worker::Retire(Connection* conn) {
+  loop_->Defer([this, conn] { connections_.erase(conn); });
 }
-
-void Worker::Unwatch(int fd) { epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr); }
-
-void Worker::Retire(Connection* conn) { retired_.push_back(conn); }
 
 void Worker::Adopt(std::unique_ptr<Connection> conn) {
   Connection* raw = conn.get();

@@ -13,6 +13,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/common/epoll_loop.h"
+#include "agent/common/event_loop.h"
+#include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
@@ -21,14 +24,7 @@ namespace ambit::tunnel {
 
 class Connection;
 
-// Something registered in a worker's epoll set.
-class EventHandler {
- public:
-  virtual ~EventHandler() = default;
-  virtual void OnEvents(uint32_t events) = 0;
-};
-
-// One data-plane thread with its own epoll loop. Every connection lives on exactly one worker and
+// One data-plane thread with its own event loop. Every connection lives on exactly one worker and
 // is touched only by it; the only cross-thread entry is Post(), used for configuration changes.
 class Worker {
  public:
@@ -50,8 +46,11 @@ class Worker {
   // Never null: an empty snapshot until the first configuration arrives.
   const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
   void RemovePod(const std::string& uid);
-  absl::Status Watch(int fd, uint32_t events, EventHandler* handler);
-  void Unwatch(int fd);
+  EventLoop& loop() { return *loop_; }
+  absl::Status Watch(int fd, uint32_t events, EventHandler* handler) {
+    return loop_->Watch(fd, events, handler);
+  }
+  void Unwatch(int fd) { loop_->Unwatch(fd); }
   // Deletes the connection after the current batch of events.
   void Retire(Connection* conn);
   const DataPlaneSettings& settings() const { return *settings_; }
@@ -61,25 +60,20 @@ class Worker {
 
  private:
   class ListenerHandler;
-  Worker(int index, std::shared_ptr<const DataPlaneSettings> settings, UniqueFd epoll,
-         UniqueFd wake);
-  void Run();
-  void DrainTasks();
+  class TaskHandler;
+  Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
+         std::unique_ptr<EpollLoop> loop);
 
   const int index_;
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::shared_ptr<const MeshSnapshot> snapshot_ = std::make_shared<const MeshSnapshot>();
-  UniqueFd epoll_;
-  UniqueFd wake_;
+  std::unique_ptr<EpollLoop> loop_;
+  TaskQueue tasks_;  // Post() from other threads; drained on the loop
+  std::unique_ptr<TaskHandler> task_handler_;
   std::thread thread_;
-  std::atomic<bool> stop_{false};
-  absl::Mutex mu_;
-  std::deque<std::function<void(Worker&)>> tasks_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, std::vector<std::unique_ptr<ListenerHandler>>> listeners_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
-  std::vector<Connection*> retired_;
-  // Listener handlers removed mid-batch; freed after it, as events may still name them.
-  std::vector<std::unique_ptr<ListenerHandler>> retired_listeners_;
+
 };
 
 }  // namespace ambit::tunnel
