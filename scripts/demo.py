@@ -56,8 +56,8 @@ def main():
             print("  " + line)
 
         step("The BPF programs in the kernel: five cgroup hooks, one sk_lookup link per pod")
-        show(f"bpftool cgroup show {t.cgroup_root}",
-             run("bpftool", "cgroup", "show", t.cgroup_root).stdout)
+        show(f"bpftool cgroup show {agent.cgroup}",
+             run("bpftool", "cgroup", "show", agent.cgroup).stdout)
         pins = pathlib.Path(f"/sys/fs/bpf/ambit/{agent.instance}")
         show(f"ls -R {pins}", run("ls", "-R", str(pins)).stdout)
 

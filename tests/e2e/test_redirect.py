@@ -242,7 +242,7 @@ class RestartTest(unittest.TestCase):
         cli.stdin.write("one\n")
         cli.stdin.flush()
         self.assertEqual(cli.stdout.readline().strip(), "echo one")
-        programs_before = cgroup_programs(self.topo.cgroup_root)
+        programs_before = cgroup_programs(self.agent.cgroup)
         self.assertEqual(len(programs_before), 5, programs_before)
         tunnel = self.agent.tunnel_pid()
 
@@ -258,7 +258,7 @@ class RestartTest(unittest.TestCase):
         cli.stdin.flush()
         self.assertEqual(cli.stdout.readline().strip(), "echo two")
         self.assertEqual(self.agent.tunnel_pid(), tunnel)
-        programs_after = cgroup_programs(self.topo.cgroup_root)
+        programs_after = cgroup_programs(self.agent.cgroup)
         self.assertEqual(len(programs_after), 5, programs_after)
         # New connections still go through ambit.
         srv2 = start_server(self.b, "0.0.0.0", 6061)

@@ -59,7 +59,8 @@ class Pod:
         self.netns = f"{topo.prefix}-{name}"
         self.ip4 = f"198.18.{topo.subnet}.{index}"
         self.ip6 = f"2001:2:0:{topo.subnet:x}::{index:x}"
-        self.cgroup = os.path.join(topo.cgroup_root, name)
+        # One cgroup subtree per simulated node, as each node's agent attaches to its own.
+        self.cgroup = os.path.join(topo.cgroup_root, node, name)
         self.netns_path = f"/var/run/netns/{self.netns}"
 
     def popen(self, argv, in_cgroup=True, **kw):
@@ -117,6 +118,8 @@ class Agent:
         self.node = node
         self.instance = instance
         self.config_dir = os.path.join(topo.workdir, f"config-{node}")
+        self.cgroup = os.path.join(topo.cgroup_root, node)
+        os.makedirs(self.cgroup, exist_ok=True)
         self.run_dir = os.path.join(topo.workdir, f"run-{node}")
         self.ca_dir = os.path.join(topo.workdir, f"ca-{node}")
         self.admin_socket = os.path.join(self.run_dir, "admin.sock")
@@ -127,7 +130,7 @@ class Agent:
     def argv(self, *extra):
         return [str(build_dir() / "agent/main/ambitd"), "--config-dir", self.config_dir,
                 "--node-name", self.node, "--instance", self.instance,
-                "--cgroup", self.topo.cgroup_root, "--run-dir", self.run_dir,
+                "--cgroup", self.cgroup, "--run-dir", self.run_dir,
                 "--ca-state-dir", self.ca_dir] + list(extra)
 
     def start(self, *extra, wait_pods=()):
@@ -266,6 +269,8 @@ class Topology:
         for pod in self.pods.values():
             run("ip", "netns", "del", pod.netns, check=False)
             self._remove_cgroup(pod.cgroup)
+        for node in {p.node for p in self.pods.values()} | {a.node for a in self.agents}:
+            self._remove_cgroup(os.path.join(self.cgroup_root, node))
         if self._up:
             run("ip", "netns", "del", self.wire, check=False)
         self._remove_cgroup(self.cgroup_root)
