@@ -50,6 +50,22 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return content;
 }
 
+// A PeerAuthentication with a workload selector in the root namespace is valid but never applies
+// (istiod ignores it; see authz/peer_authentication.h). Only known once every file, including the
+// one holding the MeshConfig, is merged.
+void WarnIgnoredPolicies(LoadResult* result) {
+  const std::string& root = result->state.mesh.root_namespace;
+  for (const auto& [key, pa] : result->security.peer_authentications) {
+    if (pa.namespace_name != root || !pa.IsWorkloadLevel()) continue;
+    result->errors.push_back(
+        {pa.source_file, absl::StrCat("PeerAuthentication ", key), "spec.selector",
+         absl::StrCat("a policy with a workload selector in the root namespace (", root,
+                      ") is ignored, as in Istio: move it to the workload's namespace, or drop "
+                      "the selector to make it mesh-wide"),
+         /*warning=*/true});
+  }
+}
+
 }  // namespace
 
 bool IsConfigFileName(std::string_view name) {
@@ -80,6 +96,7 @@ LoadResult DirectoryLoader::Load() {
          absl::StrCat("cannot read the config directory: ", ec.message(),
                       files_.empty() ? "" : "; the last loaded configuration stays in force")});
     for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
+    WarnIgnoredPolicies(&result);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -129,12 +146,14 @@ LoadResult DirectoryLoader::Load() {
     current = std::move(next);
     Merge(name, current, &result, &owners);
   }
+  WarnIgnoredPolicies(&result);
   return result;
 }
 
 void DirectoryLoader::Merge(const std::string& file, const FileObjects& objects, LoadResult* result,
                             std::map<std::string, std::string>* owners) const {
   state::ClusterState& state = result->state;
+  SecurityConfig& security = result->security;
   for (const auto& [id, object] : objects) {
     auto [owner, inserted] = owners->emplace(id, file);
     if (!inserted) {
@@ -144,9 +163,11 @@ void DirectoryLoader::Merge(const std::string& file, const FileObjects& objects,
       continue;
     }
     std::visit(
-        [&state](const auto& o) {
+        [&state, &security](const auto& o) {
           using T = std::decay_t<decltype(o)>;
-          if constexpr (std::is_same_v<T, state::Pod>) {
+          if constexpr (std::is_same_v<T, authz::PeerAuthentication>) {
+            security.peer_authentications[o.Key()] = o;
+          } else if constexpr (std::is_same_v<T, state::Pod>) {
             state.pods[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, state::Namespace>) {
             state.namespaces[o.name] = o;

@@ -2,13 +2,17 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "agent/config/validation.h"
 
 namespace ambit::config {
@@ -454,9 +458,18 @@ class FileParser {
       if (kind == "Service") return ParseService(doc, where);
       if (kind == "ConfigMap") return ParseConfigMap(doc, where);
     }
+    const bool security =
+        api_version == "security.istio.io/v1" || api_version == "security.istio.io/v1beta1";
+    if (security && kind == "PeerAuthentication") return ParsePeerAuthentication(doc, where);
     const bool namespaced =
         !PeekString(Get(doc, "metadata").value_or(YAML::Node()), "namespace").empty();
     Reporter r(file_, Identify(kind, doc, where, namespaced).display, &out_->errors);
+    if (security && (kind == "AuthorizationPolicy" || kind == "RequestAuthentication")) {
+      r.Warning(doc, "",
+                absl::StrCat("kind ", kind, " (apiVersion ", api_version,
+                             ") is not supported yet; ignored"));
+      return;
+    }
     r.Warning(doc, "",
               absl::StrCat("kind ", kind, " (apiVersion ", api_version,
                            ") is not supported by this source; ignored"));
@@ -681,6 +694,129 @@ class FileParser {
     r.set_fixed_line(mark.is_null() ? 0 : mark.line + 1);
     ParseMeshFields(r, node, "data.mesh", mesh);
     r.set_fixed_line(0);
+  }
+
+  // PeerAuthentication, validated as istiod's ValidatePeerAuthentication and the CRD schema do.
+  void ParsePeerAuthentication(const YAML::Node& doc, const std::string& where) {
+    const Identity who = Identify("PeerAuthentication", doc, where, true);
+    Reporter r(file_, who.display, &out_->errors);
+    Metadata m = ParseMetadata(r, doc, NameRule::kDns1123Subdomain, /*namespaced=*/true);
+    authz::PeerAuthentication pa;
+    pa.name = std::move(m.name);
+    pa.namespace_name = std::move(m.namespace_name);
+    pa.source_file = std::string(file_);
+    pa.creation_time = ParseCreationTimestamp(r, doc);
+    if (auto spec = GetMap(r, doc, "spec", "")) ParsePeerAuthenticationSpec(r, *spec, &pa);
+    Finish(r, who.id, std::move(pa));
+  }
+
+  // Reports every key of map not in known as an unknown field: the CRD's schema has no other
+  // fields, and a misspelt one (`mtl:`, `portLevelMTLS:`) silently weakens a security policy.
+  static void RejectUnknownFields(Reporter& r, const YAML::Node& map, std::string_view path,
+                                  std::initializer_list<std::string_view> known,
+                                  std::string_view hint) {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      if (!it->first.IsScalar()) {
+        r.Error(it->first, path, "keys must be strings");
+        continue;
+      }
+      const std::string& key = it->first.Scalar();
+      if (std::find(known.begin(), known.end(), key) == known.end()) {
+        r.Error(it->first, Join(path, key), absl::StrCat("unknown field; ", ToAbsl(hint)));
+      }
+    }
+  }
+
+  // metadata.creationTimestamp (RFC 3339). Absent: InfinitePast, as Go's zero time in istiod.
+  static absl::Time ParseCreationTimestamp(Reporter& r, const YAML::Node& doc) {
+    const YAML::Node meta = Get(doc, "metadata").value_or(YAML::Node());
+    std::optional<std::string> text = GetString(r, meta, "creationTimestamp", "metadata");
+    if (!text) return absl::InfinitePast();
+    absl::Time t;
+    std::string err;
+    if (!absl::ParseTime(absl::RFC3339_full, *text, &t, &err)) {
+      r.Error(*Get(meta, "creationTimestamp"), "metadata.creationTimestamp",
+              absl::StrCat("'", *text, "' is not an RFC 3339 time such as 2024-05-01T12:00:00Z"));
+      return absl::InfinitePast();
+    }
+    return t;
+  }
+
+  // A PeerAuthentication.MutualTLS map ({mode: STRICT}) at path; UNSET when mode is absent.
+  static authz::MtlsMode ParseMutualTls(Reporter& r, const YAML::Node& map,
+                                        const std::string& path) {
+    RejectUnknownFields(r, map, path, {"mode"}, "the only field here is mode");
+    std::optional<std::string> name = GetString(r, map, "mode", path);
+    if (!name) return authz::MtlsMode::kUnset;
+    std::optional<authz::MtlsMode> mode = authz::ParseMtlsMode(*name);
+    if (!mode) {
+      r.Error(
+          *Get(map, "mode"), path + ".mode",
+          absl::StrCat("'", *name, "' is not a mode: use UNSET, STRICT, PERMISSIVE or DISABLE"));
+      return authz::MtlsMode::kUnset;
+    }
+    return *mode;
+  }
+
+  static void ParsePeerAuthenticationSpec(Reporter& r, const YAML::Node& spec,
+                                          authz::PeerAuthentication* pa) {
+    RejectUnknownFields(r, spec, "spec", {"selector", "mtls", "portLevelMtls"},
+                        "PeerAuthentication's spec has selector, mtls and portLevelMtls");
+    if (auto selector = GetMap(r, spec, "selector", "spec")) {
+      pa->has_selector = true;
+      RejectUnknownFields(r, *selector, "spec.selector", {"matchLabels"},
+                          "a workload selector has only matchLabels");
+      pa->selector = GetStringMap(r, *selector, "matchLabels", "spec.selector");
+      const YAML::Node at = Get(*selector, "matchLabels").value_or(*selector);
+      for (const auto& [key, value] : pa->selector) {
+        const std::string field = absl::StrCat("spec.selector.matchLabels[", key, "]");
+        // istiod's validateWorkloadSelector: no empty keys, no wildcards.
+        if (key.empty()) r.Error(at, field, "label keys must not be empty");
+        if (absl::StrContains(key, "*") || absl::StrContains(value, "*")) {
+          r.Error(at, field,
+                  absl::StrCat("wildcards are not supported in selectors ('", key, "=", value,
+                               "'): labels match exactly"));
+        }
+      }
+      if (pa->selector.empty()) {
+        r.Warning(*selector, "spec.selector",
+                  "has no matchLabels, so the policy applies to the whole namespace as if it had "
+                  "no selector (as in Istio)");
+      }
+    }
+    if (auto mtls = GetMap(r, spec, "mtls", "spec"))
+      pa->mode = ParseMutualTls(r, *mtls, "spec.mtls");
+    if (auto ports = GetMap(r, spec, "portLevelMtls", "spec")) {
+      if (ports->size() == 0) {
+        r.Error(*ports, "spec.portLevelMtls",
+                "is empty: list at least one port (e.g. 8080: {mode: DISABLE}) or remove it");
+      }
+      for (auto it = ports->begin(); it != ports->end(); ++it) {
+        const std::string field = absl::StrCat(
+            "spec.portLevelMtls[", it->first.IsScalar() ? it->first.Scalar() : "?", "]");
+        std::optional<uint16_t> port = ParsePortNumber(r, it->first, field);
+        if (!it->second.IsMap()) {
+          // A null value has no useful position of its own: point at its key.
+          r.Error(it->second.IsNull() ? it->first : it->second, field,
+                  it->second.IsNull()
+                      ? std::string("must not be empty: give a mode, e.g. {mode: DISABLE}")
+                      : absl::StrCat("must be a map with a mode (e.g. {mode: DISABLE}), not ",
+                                     TypeName(it->second)));
+          continue;
+        }
+        authz::MtlsMode mode = ParseMutualTls(r, it->second, field);
+        if (port && !pa->port_level.emplace(*port, mode).second) {
+          r.Error(it->first, field, absl::StrCat("port ", *port, " is listed twice"));
+        }
+      }
+      // istiod: "mesh/namespace peer authentication cannot have port level mTLS"; the reference:
+      // port-level settings "only apply when a workload selector is specified".
+      if (!pa->IsWorkloadLevel()) {
+        r.Error(*ports, "spec.portLevelMtls",
+                "requires a workload selector with matchLabels (spec.selector.matchLabels): "
+                "istiod rejects portLevelMtls in mesh-wide and namespace-wide policies");
+      }
+    }
   }
 
   std::string_view file_;

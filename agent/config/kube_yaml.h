@@ -3,8 +3,10 @@
 // Converts the YAML of one configuration file into model objects. Two kinds of file:
 //  - Kubernetes objects (`kubectl get -o yaml` output, or hand-written manifests): one or more
 //    documents separated by `---`, each an object or a `kind: List` with `items:`. Pod, Namespace,
-//    Service and the ConfigMap `istio` (whose data.mesh holds a MeshConfig, as Istio stores it)
-//    are read; other kinds are reported as warnings and ignored.
+//    Service, the ConfigMap `istio` (whose data.mesh holds a MeshConfig, as Istio stores it) and
+//    PeerAuthentication (security.istio.io/v1 and v1beta1, validated as istiod does: unknown
+//    spec fields, bad modes and ports, portLevelMtls without a selector are errors) are read;
+//    other kinds are reported as warnings and ignored.
 //  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`.
 // Each object is validated on its own: a bad one is reported with its file, object and field and
 // left out, the others still apply. Thread-safe: no shared state.
@@ -14,16 +16,18 @@
 #include <variant>
 #include <vector>
 
+#include "agent/authz/peer_authentication.h"
 #include "agent/config/error.h"
 #include "agent/state/model.h"
 
 namespace ambit::config {
 
-using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig>;
+using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
+                                  authz::PeerAuthentication>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",
-  // "Service default/web", "MeshConfig".
+  // "Service default/web", "MeshConfig", "PeerAuthentication foo/default".
   std::string id;
   ConfigObject object;
 };

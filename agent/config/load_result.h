@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "agent/config/error.h"
+#include "agent/config/security_config.h"
 #include "agent/state/model.h"
 
 namespace ambit::config {
@@ -11,6 +12,7 @@ namespace ambit::config {
 // objects are left out (or kept at their last good version), never half-applied.
 struct LoadResult {
   state::ClusterState state;
+  SecurityConfig security;          // PeerAuthentication (see security_config.h)
   std::vector<ConfigError> errors;  // errors and warnings, in file order
 
   // True when some entry in errors is an error rather than a warning.

@@ -265,8 +265,8 @@ TEST(DirectoryLoaderTest, MeshInTwoPlacesIsADuplicate) {
 TEST(DirectoryLoaderTest, UnknownKindsAreWarningsOnly) {
   TempDir dir;
   dir.Write("policy.yaml",
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
-            "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n");
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+            "metadata: {name: default, namespace: istio-system}\nspec: {host: '*.local'}\n");
   LoadResult r = DirectoryLoader(dir.path()).Load();
   ASSERT_THAT(r.errors, SizeIs(1));
   EXPECT_TRUE(r.errors[0].warning);

@@ -1,0 +1,206 @@
+// TLS for HBONE: TLS 1.3 + ALPN h2 + mutual SVIDs, and every way a peer is refused.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "agent/hbone/session.h"
+#include "agent/hbone/tls_context.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/unit/hbone/hbone_fixture.h"
+
+namespace ambit::hbone::testing {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+class HandshakeTest : public HboneFixture {};
+
+TEST_F(HandshakeTest, MutualTls13WithAlpnH2AndSpiffeIds) {
+  StartServer();
+  auto client = Dial();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(Run([&] { return client->established() && server_->established == 1; }));
+
+  const SSL* ssl = client->ssl();
+  EXPECT_EQ(SSL_version(ssl), TLS1_3_VERSION);
+  const uint8_t* alpn;
+  unsigned alpn_len;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(alpn), alpn_len), "h2");
+  uint16_t cipher = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(ssl));
+  EXPECT_TRUE(cipher == 0x1301 || cipher == 0x1302) << SSL_get_cipher(ssl);
+
+  EXPECT_EQ(client->peer_identity(), kServerId);
+  auto from_ssl = PeerSpiffeId(ssl);
+  ASSERT_TRUE(from_ssl.ok()) << from_ssl.status();
+  EXPECT_EQ(*from_ssl, kServerId);
+
+  ASSERT_EQ(server_->sessions.size(), 1u);
+  EXPECT_EQ(server_->sessions[0]->peer_identity(), kClientId);
+  auto client_id = PeerSpiffeId(server_->sessions[0]->ssl());
+  ASSERT_TRUE(client_id.ok()) << client_id.status();
+  EXPECT_EQ(*client_id, kClientId);
+  EXPECT_EQ(server_->stats.sessions_established, 1u);
+  EXPECT_EQ(client->stats().sessions_established, 1u);
+}
+
+TEST_F(HandshakeTest, ClientRefusesServerWithWrongIdentity) {
+  StartServer();
+  const std::string expected = "spiffe://cluster.local/ns/default/sa/somebody-else";
+  auto client = Dial(expected);
+  ASSERT_NE(client, nullptr);
+  TestStream* stream = Open(*client);  // queued before the handshake; must fail with it
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_EQ(client_events_.close_status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(client_events_.close_status.message(),
+              AllOf(HasSubstr("server identity mismatch"), HasSubstr(expected),
+                    HasSubstr(kServerId)));
+  EXPECT_EQ(client->stats().identity_mismatch, 1u);
+  EXPECT_EQ(stream->reset, kConnectError);
+  EXPECT_FALSE(server_->closed[0].ok());
+  EXPECT_TRUE(server_->requests.empty());
+}
+
+TEST_F(HandshakeTest, ClientRefusesServerFromAnotherRoot) {
+  auto other = TestPki::Create("another root");
+  ASSERT_TRUE(other.ok());
+  auto svid = (*other)->Mint(kServerId);
+  ASSERT_TRUE(svid.ok());
+  // The server trusts our root, but presents a certificate of the other one.
+  auto ctx = MakeServerContext(*svid, pki_->store(), kTrustDomain);
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  StartServer({}, *ctx);
+  auto client = Dial();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_EQ(client_events_.close_status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(client_events_.close_status.message(), HasSubstr("trust bundle"));
+  EXPECT_EQ(client->stats().untrusted_peer, 1u);
+}
+
+TEST_F(HandshakeTest, ServerRefusesClientWithoutCertificate) {
+  StartServer();
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), {});
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_EQ((*raw)->error(), "TLSV1_ALERT_CERTIFICATE_REQUIRED");
+  EXPECT_EQ(server_->stats.no_client_cert, 1u);
+  EXPECT_EQ(server_->closed[0].code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("no certificate"));
+}
+
+TEST_F(HandshakeTest, ServerRefusesClientOfAnotherTrustDomain) {
+  StartServer();
+  const std::string foreign = "spiffe://evil.example/ns/default/sa/client";
+  auto svid = pki_->Mint(kClientId, foreign);  // same root, other trust domain
+  ASSERT_TRUE(svid.ok());
+  RawTlsClient::Options options;
+  options.svid = &*svid;
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->stats.untrusted_peer, 1u);
+  EXPECT_THAT(server_->closed[0].message(),
+              AllOf(HasSubstr(foreign), HasSubstr(kServerId), HasSubstr("trust domain")));
+  EXPECT_FALSE((*raw)->error().empty());
+}
+
+TEST_F(HandshakeTest, ServerRefusesClientFromUntrustedRoot) {
+  StartServer();
+  auto other = TestPki::Create("another root");
+  ASSERT_TRUE(other.ok());
+  auto svid = (*other)->Mint(kClientId);
+  ASSERT_TRUE(svid.ok());
+  RawTlsClient::Options options;
+  options.svid = &*svid;
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->stats.untrusted_peer, 1u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("does not verify against the trust bundle"));
+  EXPECT_EQ((*raw)->error(), "TLSV1_ALERT_UNKNOWN_CA");
+}
+
+TEST_F(HandshakeTest, ServerRefusesClientOfferingOtherProtocols) {
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  options.alpn = {"http/1.1"};
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_FALSE((*raw)->handshake_done());
+  EXPECT_EQ((*raw)->error(), "TLSV1_ALERT_NO_APPLICATION_PROTOCOL");
+  EXPECT_EQ(server_->stats.no_alpn, 1u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("without h2"));
+}
+
+TEST_F(HandshakeTest, ServerRefusesClientWithoutAlpn) {
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  options.alpn = {};
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_FALSE((*raw)->handshake_done());
+  EXPECT_EQ((*raw)->error(), "TLSV1_ALERT_NO_APPLICATION_PROTOCOL");
+  EXPECT_EQ(server_->stats.no_alpn, 1u);
+}
+
+TEST_F(HandshakeTest, AcceptsAWellBehavedRawClient) {
+  // The raw client is only useful if it can pass when nothing is wrong.
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return server_->established == 1; }));
+  EXPECT_EQ(server_->sessions[0]->peer_identity(), kClientId);
+}
+
+TEST_F(HandshakeTest, HandshakeTimesOut) {
+  // A listener nobody accepts from: the kernel completes the TCP handshake, nobody speaks TLS.
+  UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(listener.get(), 4), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  auto fd = ConnectLoopback(ntohs(addr.sin_port));
+  ASSERT_TRUE(fd.ok());
+  SessionOptions options;
+  options.handshake_timeout = absl::Milliseconds(200);
+  auto client = HboneSession::CreateClient(loop_.get(), *std::move(fd), client_ctx_, kServerId,
+                                           &client_events_, options);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }, absl::Seconds(5)));
+  EXPECT_EQ(client_events_.close_status.code(), absl::StatusCode::kDeadlineExceeded)
+      << client_events_.close_status;
+  EXPECT_EQ((*client)->stats().tls_failures, 1u);
+}
+
+TEST(TlsContextTest, RefusesIdentityOutsideTrustDomain) {
+  auto pki = TestPki::Create();
+  ASSERT_TRUE(pki.ok());
+  auto svid = (*pki)->Mint(kServerId);
+  ASSERT_TRUE(svid.ok());
+  auto ctx = MakeServerContext(*svid, (*pki)->store(), "other.domain");
+  EXPECT_EQ(ctx.status().code(), absl::StatusCode::kInvalidArgument);
+  auto client = MakeClientContext(*svid, (*pki)->store(), kTrustDomain);
+  ASSERT_TRUE(client.ok());
+  EXPECT_FALSE((*client)->NewSsl(0, "").ok());  // a client must name whom it expects
+}
+
+}  // namespace
+}  // namespace ambit::hbone::testing

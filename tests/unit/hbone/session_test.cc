@@ -1,0 +1,375 @@
+// HBONE streams over real loopback TCP + TLS, both ends on one EpollLoop.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "agent/hbone/session.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/unit/hbone/hbone_fixture.h"
+
+namespace ambit::hbone::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr size_t kMiB = 1 << 20;
+
+class SessionTest : public HboneFixture {
+ protected:
+  // Server streams answer 200 and, when `payload_for` gives bytes for the request's port, send
+  // them and half-close.
+  void ServeWith(std::function<std::string(uint16_t port)> payload_for, bool close = true) {
+    server_->on_connect = [this, payload_for, close](HboneSession& session, StreamId id,
+                                                     const ConnectRequest& request) {
+      auto stream = std::make_unique<TestStream>();
+      stream->session = &session;
+      stream->id = id;
+      TestStream* raw = stream.get();
+      server_->streams.push_back(std::move(stream));
+      EXPECT_TRUE(session.Respond(id, 200).ok());
+      std::string payload = payload_for(request.destination.port);
+      if (!payload.empty() || close) raw->Send(std::move(payload), close);
+      return raw;
+    };
+  }
+};
+
+TEST_F(SessionTest, ConnectCarriesAuthorityHeadersAndIdentity) {
+  StartServer();
+  auto client = Dial();
+  ConnectHeaders headers{"for=\"198.18.0.1:43210\"", "k8s.namespace.name=default",
+                         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"};
+  TestStream* stream = Open(*client, "198.18.0.2:8080", headers);
+  ASSERT_TRUE(Run([&] { return stream->status != 0; }));
+  EXPECT_EQ(stream->status, 200);
+  ASSERT_EQ(server_->requests.size(), 1u);
+  const ConnectRequest& request = server_->requests[0];
+  EXPECT_EQ(request.authority, "198.18.0.2:8080");
+  EXPECT_EQ(request.destination.ToString(), "198.18.0.2:8080");
+  EXPECT_EQ(request.headers.forwarded, headers.forwarded);
+  EXPECT_EQ(request.headers.baggage, headers.baggage);
+  EXPECT_EQ(request.headers.traceparent, headers.traceparent);
+  EXPECT_EQ(request.peer_identity, kClientId);
+  EXPECT_EQ(client->active_streams(), 1u);
+}
+
+TEST_F(SessionTest, OneMiBEachWayWithChecksums) {
+  StartServer();
+  const std::string down = RandomBytes(kMiB, 1);
+  const std::string up = RandomBytes(kMiB, 2);
+  ServeWith([&](uint16_t) { return down; });
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  stream->Send(up, /*then_close=*/true);  // before the 200: buffered, sent with the request
+  ASSERT_TRUE(Run([&] {
+    return stream->done() && !server_->streams.empty() && server_->streams[0]->done();
+  }));
+  TestStream* server_stream = server_->streams[0].get();
+  EXPECT_TRUE(stream->closed);
+  EXPECT_TRUE(server_stream->closed);
+  EXPECT_EQ(Sha256Hex(stream->received), Sha256Hex(down));
+  EXPECT_EQ(Sha256Hex(server_stream->received), Sha256Hex(up));
+  EXPECT_TRUE(stream->end_stream);
+  EXPECT_TRUE(server_stream->end_stream);
+  ASSERT_TRUE(Run([&] { return client->active_streams() == 0 && client_events_.idle == 1; }));
+}
+
+TEST_F(SessionTest, ClientHalfClosesFirstServerKeepsSending) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string(); }, /*close=*/false);
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  stream->Send("request", /*then_close=*/true);
+  ASSERT_TRUE(Run([&] { return !server_->streams.empty() && server_->streams[0]->end_stream; }));
+  TestStream* server_stream = server_->streams[0].get();
+  EXPECT_EQ(server_stream->received, "request");
+  EXPECT_FALSE(stream->end_stream);
+  // The client's half is closed; the server's still carries data.
+  const std::string reply = RandomBytes(300 << 10, 3);
+  server_stream->Send(reply, /*then_close=*/false);
+  ASSERT_TRUE(Run([&] { return stream->received.size() == reply.size(); }));
+  EXPECT_EQ(stream->received, reply);
+  EXPECT_FALSE(stream->end_stream);
+  EXPECT_FALSE(stream->done());
+  server_->streams[0]->Send("bye", /*then_close=*/true);
+  ASSERT_TRUE(Run([&] { return stream->done() && server_stream->done(); }));
+  EXPECT_TRUE(stream->end_stream);
+  EXPECT_TRUE(stream->closed);
+  EXPECT_TRUE(server_stream->closed);
+}
+
+TEST_F(SessionTest, ServerHalfClosesFirstClientKeepsSending) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string("greeting"); }, /*close=*/true);
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->end_stream; }));
+  EXPECT_EQ(stream->received, "greeting");
+  TestStream* server_stream = server_->streams[0].get();
+  EXPECT_FALSE(server_stream->end_stream);
+  const std::string upload = RandomBytes(300 << 10, 4);
+  stream->Send(upload, /*then_close=*/false);
+  ASSERT_TRUE(Run([&] { return server_stream->received.size() == upload.size(); }));
+  EXPECT_EQ(server_stream->received, upload);
+  EXPECT_FALSE(server_stream->end_stream);
+  stream->Send("", /*then_close=*/true);
+  ASSERT_TRUE(Run([&] { return stream->done() && server_stream->done(); }));
+  EXPECT_TRUE(server_stream->end_stream);
+  EXPECT_TRUE(stream->closed);
+  EXPECT_TRUE(server_stream->closed);
+}
+
+TEST_F(SessionTest, ClientResetReachesServer) {
+  StartServer();
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
+  client->Reset(stream->id, kCancel);
+  ASSERT_TRUE(Run([&] { return server_->streams[0]->done(); }));
+  EXPECT_EQ(server_->streams[0]->reset, kCancel);
+  EXPECT_FALSE(stream->done());  // our own reset is silent
+  ASSERT_TRUE(Run([&] { return client->active_streams() == 0; }));
+  // The session still serves.
+  TestStream* again = Open(*client);
+  ASSERT_TRUE(Run([&] { return again->status == 200; }));
+}
+
+TEST_F(SessionTest, ServerResetReachesClient) {
+  StartServer();
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
+  ASSERT_EQ(server_->sessions.size(), 1u);
+  server_->sessions[0]->Reset(server_->streams[0]->id, kConnectError);
+  ASSERT_TRUE(Run([&] { return stream->done(); }));
+  EXPECT_EQ(stream->reset, kConnectError);
+}
+
+TEST_F(SessionTest, ErrorStatusesEndTheStreamOnly) {
+  StartServer();
+  server_->on_connect = [](HboneSession& session, StreamId id,
+                           const ConnectRequest& request) -> StreamObserver* {
+    if (request.destination.port == 401) {
+      EXPECT_TRUE(session.Respond(id, 401).ok());
+    }
+    return nullptr;  // no response yet: 503
+  };
+  auto client = Dial();
+  TestStream* denied = Open(*client, "127.0.0.1:401");
+  TestStream* failed = Open(*client, "127.0.0.1:502");
+  denied->Send("data the server never sees", true);
+  ASSERT_TRUE(Run([&] {
+    return denied->status != 0 && failed->status != 0 && client->active_streams() == 0;
+  }));
+  EXPECT_EQ(denied->status, 401);
+  EXPECT_EQ(failed->status, 503);
+  EXPECT_FALSE(denied->done());
+  ASSERT_EQ(server_->sessions.size(), 1u);
+  ASSERT_TRUE(Run([&] { return server_->sessions[0]->active_streams() == 0; }));
+  EXPECT_TRUE(client->established());
+}
+
+TEST_F(SessionTest, SlowReaderDoesNotStallOtherStreams) {
+  StartServer();
+  // Five readers that never consume: 5 x 4 MiB stream windows exceed the 16 MiB connection
+  // window, so this passes only if the connection window is not what holds them back.
+  const std::string big = RandomBytes(4 * kMiB + kMiB / 2, 5);
+  const std::string small = RandomBytes(kMiB, 6);
+  ServeWith([&](uint16_t port) { return port == 1 ? big : small; });
+  auto client = Dial();
+  std::vector<TestStream*> stalled;
+  for (int i = 0; i < 5; ++i) {
+    stalled.push_back(Open(*client, "127.0.0.1:1"));
+    stalled.back()->auto_consume = false;
+  }
+  ASSERT_TRUE(Run([&] {
+    for (TestStream* s : stalled) {
+      if (s->received.size() < 4 * kMiB) return false;
+    }
+    return true;
+  }));
+  TestStream* fast = Open(*client, "127.0.0.1:2");
+  ASSERT_TRUE(Run([&] { return fast->done(); }));
+  EXPECT_TRUE(fast->closed);
+  EXPECT_EQ(Sha256Hex(fast->received), Sha256Hex(small));
+  for (TestStream* s : stalled) {
+    EXPECT_EQ(s->received.size(), 4 * kMiB);  // exactly one stream window, not a byte more
+    EXPECT_FALSE(s->done());
+  }
+  // Consuming releases them.
+  for (TestStream* s : stalled) s->auto_consume = true;
+  for (TestStream* s : stalled) s->ConsumeAll();
+  ASSERT_TRUE(Run([&] {
+    for (TestStream* s : stalled) {
+      if (!s->end_stream) return false;
+    }
+    return true;
+  }));
+  for (TestStream* s : stalled) EXPECT_EQ(Sha256Hex(s->received), Sha256Hex(big));
+}
+
+TEST_F(SessionTest, BackPressureBoundsWhatWriteTakes) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string(); }, /*close=*/false);
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
+  server_->streams[0]->auto_consume = false;
+  // The server never consumes: 4 MiB window + the 256 KiB send buffer + what sits in socket and
+  // TLS buffers is all the client can ever push.
+  const std::string flood = RandomBytes(16 * kMiB, 7);
+  stream->Send(flood, false);
+  Run([] { return false; }, absl::Milliseconds(500));
+  EXPECT_FALSE(stream->all_sent());
+  EXPECT_LE(client->buffered(stream->id), SessionOptions().stream_send_buffer);
+  EXPECT_EQ(server_->streams[0]->received.size(), 4 * kMiB);
+  int writable_before = stream->writable_calls;
+  server_->streams[0]->auto_consume = true;
+  server_->streams[0]->ConsumeAll();
+  ASSERT_TRUE(Run([&] { return stream->writable_calls > writable_before; }));
+}
+
+TEST_F(SessionTest, StreamsBeyondTheLimitAreRefused) {
+  StartServer();
+  SessionOptions options;
+  options.assumed_peer_max_streams = 1000;  // behave like a client that ignores the limit
+  auto client = Dial(kServerId, options);
+  std::vector<TestStream*> streams;
+  for (int i = 0; i < 150; ++i) streams.push_back(Open(*client));
+  ASSERT_TRUE(Run([&] {
+    for (TestStream* s : streams) {
+      if (s->status == 0 && !s->done()) return false;
+    }
+    return true;
+  }));
+  int ok = 0;
+  int refused = 0;
+  for (TestStream* s : streams) {
+    if (s->status == 200) ++ok;
+    if (s->reset == kRefusedStream) ++refused;
+  }
+  EXPECT_EQ(ok, 100);
+  EXPECT_EQ(refused, 50);
+  EXPECT_EQ(server_->stats.refused_streams, 50u);
+  EXPECT_EQ(server_->requests.size(), 100u);
+  EXPECT_TRUE(client->established());
+  EXPECT_FALSE(client->can_open_stream());  // 100 open, at the server's limit
+}
+
+TEST_F(SessionTest, CanOpenStreamFollowsTheServerLimit) {
+  SessionOptions server_options;
+  server_options.max_concurrent_streams = 2;
+  StartServer(server_options);
+  auto client = Dial();
+  EXPECT_TRUE(client->can_open_stream());
+  TestStream* a = Open(*client);
+  ASSERT_TRUE(Run([&] { return a->status == 200; }));
+  EXPECT_TRUE(client->can_open_stream());
+  TestStream* b = Open(*client);
+  ASSERT_TRUE(Run([&] { return b->status == 200; }));
+  EXPECT_FALSE(client->can_open_stream());
+  // A third waits in nghttp2's queue until a slot frees.
+  TestStream* c = Open(*client);
+  Run([] { return false; }, absl::Milliseconds(200));
+  EXPECT_EQ(c->status, 0);
+  client->Reset(a->id);
+  ASSERT_TRUE(Run([&] { return c->status == 200; }));
+}
+
+TEST_F(SessionTest, OversizedHeaderListFailsOnlyItsStream) {
+  StartServer();
+  SessionOptions options;
+  options.max_header_list_bytes = kMiB;  // let this client send what the server refuses
+  auto client = Dial(kServerId, options);
+  ConnectHeaders huge{std::string(30 << 10, 'f'), std::string(30 << 10, 'b'),
+                      std::string(30 << 10, 't')};
+  TestStream* big = Open(*client, "127.0.0.1:8080", huge);
+  TestStream* fine = Open(*client);
+  ASSERT_TRUE(Run([&] { return big->status != 0 && fine->status != 0; }));
+  EXPECT_EQ(big->status, 431);
+  EXPECT_EQ(fine->status, 200);
+  EXPECT_EQ(server_->stats.oversized_headers, 1u);
+  EXPECT_EQ(server_->requests.size(), 1u);
+  TestStream* after = Open(*client);
+  ASSERT_TRUE(Run([&] { return after->status == 200; }));
+  EXPECT_TRUE(client->established());
+}
+
+TEST_F(SessionTest, SingleHeaderFieldOverNghttp2LimitEndsTheSession) {
+  // nghttp2's HPACK decoder refuses any single field over 64 KiB as a compression error: a
+  // connection error, not a stream error. Documented in session.h.
+  StartServer();
+  SessionOptions options;
+  options.max_header_list_bytes = kMiB;
+  auto client = Dial(kServerId, options);
+  ConnectHeaders huge{"", std::string(100 << 10, 'b'), ""};
+  TestStream* big = Open(*client, "127.0.0.1:8080", huge);
+  ASSERT_TRUE(Run([&] { return big->done() && client_events_.closed; }));
+  EXPECT_FALSE(client_events_.close_status.ok());
+  ASSERT_EQ(server_->closed.size(), 1u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("GOAWAY"));
+  EXPECT_EQ(server_->stats.protocol_errors, 1u);
+}
+
+TEST_F(SessionTest, ShutdownEndsGracefullyAfterStreams) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string("x"); });
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->end_stream; }));
+  client->Shutdown();
+  EXPECT_FALSE(client->can_open_stream());
+  EXPECT_FALSE(client->Connect("127.0.0.1:1", {}, stream).ok());
+  // The open stream still finishes; then both sides close cleanly.
+  stream->Send("", true);
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_TRUE(stream->closed);
+  EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
+  EXPECT_TRUE(server_->closed[0].ok()) << server_->closed[0];
+}
+
+TEST_F(SessionTest, ServerGoingAwayResetsStreamsItNeverSaw) {
+  StartServer();
+  auto client = Dial();
+  TestStream* first = Open(*client);
+  ASSERT_TRUE(Run([&] { return first->status == 200; }));
+  server_->sessions[0]->Shutdown();
+  ASSERT_TRUE(Run([&] { return !client->can_open_stream(); }));
+  EXPECT_FALSE(client->Connect("127.0.0.1:1", {}, first).ok());
+  first->Send("", true);
+  server_->streams[0]->Send("", true);
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_TRUE(first->closed);
+  EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
+}
+
+TEST_F(SessionTest, PeerDisappearingResetsOpenStreams) {
+  StartServer();
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
+  server_->sessions.clear();  // the server process "dies": its socket closes
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_EQ(stream->reset, kConnectError);
+  EXPECT_FALSE(client_events_.close_status.ok());
+}
+
+TEST_F(SessionTest, ManySessionsShareStats) {
+  StartServer();
+  HboneStats stats;
+  SessionOptions options;
+  options.stats = &stats;
+  ClientEvents e1, e2;
+  auto c1 = Dial(kServerId, options, nullptr, &e1);
+  auto c2 = Dial(kServerId, options, nullptr, &e2);
+  ASSERT_TRUE(Run([&] { return e1.established && e2.established; }));
+  EXPECT_EQ(stats.sessions_established, 2u);
+  EXPECT_EQ(server_->stats.sessions_established, 2u);
+}
+
+}  // namespace
+}  // namespace ambit::hbone::testing
