@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
@@ -197,6 +198,7 @@ void Agent::Apply(config::LoadResult result) {
     }
   }
   state_ = std::move(result.state);
+  security_ = std::move(result.security);
   std::map<std::string, std::set<std::string>> by_node;
   for (const auto& [key, pod] : state_.pods) {
     by_node[pod.node_name].insert(state::SpiffeId(state_.mesh, pod));
@@ -334,6 +336,23 @@ void Agent::SendSnapshot() {
     // A pod that names its netns is captured by the ambit agent on its own node.
     w.in_mesh = !pod.netns_path.empty();
     w.labels = pod.labels;
+    if (w.enrolled_here) {
+      auto policies = security_.PeerAuthenticationList();
+      auto base = authz::ResolveMtlsMode(policies, state_.mesh.root_namespace, pod.namespace_name,
+                                         pod.labels, 0);
+      w.mtls_mode = std::string(authz::MtlsModeName(base.mode));
+      w.mtls_policy = base.policy;
+      // Only ports some portLevelMtls names can differ from the workload's mode.
+      for (const auto& policy : policies) {
+        for (const auto& [port, mode] : policy.port_level) {
+          auto d = authz::ResolveMtlsMode(policies, state_.mesh.root_namespace,
+                                          pod.namespace_name, pod.labels, port);
+          if (d.mode != base.mode) {
+            w.port_modes[port] = {std::string(authz::MtlsModeName(d.mode)), d.policy};
+          }
+        }
+      }
+    }
     workloads.push_back(std::move(w));
   }
   std::vector<supervisor::ServiceDescriptor> services;

@@ -118,6 +118,7 @@ class Agent {
   std::unique_ptr<BackgroundThread> signing_thread_;
   enroll::PodNetOptions pod_net_;
   state::ClusterState state_;
+  config::SecurityConfig security_;
   std::map<std::string, EnrolledPod> enrolled_;
   // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.
   std::map<uint64_t, uint32_t> pinned_slots_;

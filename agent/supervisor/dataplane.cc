@@ -57,6 +57,12 @@ absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int 
   return std::make_pair(std::move(env), std::move(packet.fds));
 }
 
+pb::MtlsMode ToProtoMode(const std::string& mode) {
+  if (mode == "STRICT") return pb::MTLS_MODE_STRICT;
+  if (mode == "DISABLE") return pb::MTLS_MODE_DISABLE;
+  return pb::MTLS_MODE_PERMISSIVE;
+}
+
 int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
 }  // namespace
@@ -277,6 +283,15 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
     pw->set_in_mesh(w.in_mesh);
     for (const auto& ip : w.ips) pw->add_ips(ip);
     for (const auto& [k, v] : w.labels) (*pw->mutable_labels())[k] = v;
+    if (!w.mtls_mode.empty()) {
+      auto* m = pw->mutable_mtls();
+      m->set_mode(ToProtoMode(w.mtls_mode));
+      m->set_policy(w.mtls_policy);
+      for (const auto& [port, mp] : w.port_modes) {
+        (*m->mutable_port_modes())[port] = ToProtoMode(mp.first);
+        (*m->mutable_port_policies())[port] = mp.second;
+      }
+    }
   }
   for (const auto& svc : services) {
     auto* ps = s->add_services();

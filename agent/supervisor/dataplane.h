@@ -50,6 +50,11 @@ struct WorkloadDescriptor {
   bool enrolled_here = false;
   bool in_mesh = false;
   std::map<std::string, std::string> labels;
+  // PeerAuthentication for this workload: "STRICT", "PERMISSIVE" or "DISABLE" for every port,
+  // except those listed in port_modes.
+  std::string mtls_mode;
+  std::string mtls_policy;
+  std::map<uint32_t, std::pair<std::string, std::string>> port_modes;  // port -> {mode, policy}
 };
 
 struct ServiceDescriptor {

@@ -129,17 +129,48 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
 }
 
+// PeerAuthentication for plaintext that reached a pod: STRICT refuses it, PERMISSIVE and DISABLE
+// deliver it. OK, or PermissionDenied saying which policy refused.
+absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress& local,
+                              std::string* mode_text) {
+  auto workload = snapshot.WorkloadByIp(local.ip);
+  MtlsPolicy defaults;
+  const MtlsPolicy& policy = workload != nullptr ? workload->mtls : defaults;
+  auto [mode, name] = policy.ForPort(local.port);
+  *mode_text = absl::StrCat("mtls=", MtlsModeName(mode), " policy=",
+                            name.empty() ? "default" : name);
+  if (mode == MtlsMode::kStrict) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "plaintext refused: PeerAuthentication ", name.empty() ? "(default)" : name,
+        " requires mTLS (STRICT) on port ", local.port));
+  }
+  return absl::OkStatus();
+}
+
 void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
   auto peer = Peer(client.get());
   auto local = Local(client.get());
   if (!peer.ok() || !local.ok()) return;
-  // No PeerAuthentication is configured yet: Istio's default, PERMISSIVE, delivers plaintext.
   std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
                                          " dst=", local->ToString());
-  AMBIT_LOG(kComponent, Info) << description << " mode=plaintext policy=PERMISSIVE";
+  std::string mode;
+  auto allowed = PlaintextAllowed(*worker.snapshot(), *local, &mode);
+  if (!allowed.ok()) {
+    worker.counters().plaintext_refused++;
+    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode << ": "
+                                   << allowed.message() << "; connection reset";
+    CloseWithReset(client);
+    return;
+  }
+  AMBIT_LOG(kComponent, Info) << description << " mode=plaintext " << mode;
   auto conn = std::make_unique<Connection>(worker, description, std::move(client));
   Connection* raw = conn.get();
   worker.Adopt(std::move(conn));
+  // Re-decided on every policy change: a port that becomes STRICT closes this connection.
+  raw->SetRecheck([local = *local](const MeshSnapshot& snapshot) {
+    std::string ignored;
+    return PlaintextAllowed(snapshot, local, &ignored);
+  });
   auto upstream = ConnectFromPod(worker, *pod, *local, &*peer);
   if (!upstream.ok()) {
     raw->Abort(std::string(upstream.status().message()));
@@ -183,6 +214,16 @@ Connection::Connection(Worker& worker, std::string description, UniqueFd downstr
 }
 
 Connection::~Connection() { ForgetDelivery(); }
+
+void Connection::Recheck(const MeshSnapshot& snapshot) {
+  if (!recheck_ || done_) return;
+  absl::Status status = recheck_(snapshot);
+  if (status.ok()) return;
+  AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
+                                 << status.message();
+  worker_.counters().closed_by_policy++;
+  ResetBoth(std::string(status.message()));
+}
 
 void Connection::SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst) {
   delivery_ = std::make_pair(src, dst);

@@ -1,11 +1,14 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
+#include "absl/status/status.h"
+#include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tunnel/worker.h"
 
@@ -27,6 +30,12 @@ class Connection {
   void StartRelay(UniqueFd upstream, bool connect_in_progress);
   // The delivery entry (bpf::AllowDelivery) to remove once the upstream connect completes.
   void SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst);
+  // A policy check to repeat whenever the configuration changes; a failing check resets the
+  // connection.
+  void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
+    recheck_ = std::move(check);
+  }
+  void Recheck(const MeshSnapshot& snapshot);
   // Closes the downstream with a reset and retires.
   void Abort(const std::string& reason);
 
@@ -60,6 +69,7 @@ class Connection {
   bool done_ = false;
   uint64_t bytes_[2] = {0, 0};
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
+  std::function<absl::Status(const MeshSnapshot&)> recheck_;
 };
 
 }  // namespace ambit::tunnel

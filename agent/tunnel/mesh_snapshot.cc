@@ -3,6 +3,24 @@
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
+namespace {
+MtlsMode ModeFromProto(ambit::dataplane::v1::MtlsMode m) {
+  switch (m) {
+    case ambit::dataplane::v1::MTLS_MODE_STRICT: return MtlsMode::kStrict;
+    case ambit::dataplane::v1::MTLS_MODE_DISABLE: return MtlsMode::kDisable;
+    default: return MtlsMode::kPermissive;
+  }
+}
+}  // namespace
+
+const char* MtlsModeName(MtlsMode mode) {
+  switch (mode) {
+    case MtlsMode::kStrict: return "STRICT";
+    case MtlsMode::kPermissive: return "PERMISSIVE";
+    case MtlsMode::kDisable: return "DISABLE";
+  }
+  return "?";
+}
 
 std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
     const ambit::dataplane::v1::Snapshot& s) {
@@ -21,6 +39,17 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
     info->enrolled_here = w.enrolled_here();
     info->in_mesh = w.in_mesh();
     info->labels.insert(w.labels().begin(), w.labels().end());
+    if (w.has_mtls()) {
+      info->mtls.mode = ModeFromProto(w.mtls().mode());
+      info->mtls.policy = w.mtls().policy();
+      for (const auto& [port, mode] : w.mtls().port_modes()) {
+        if (port == 0 || port > 65535) continue;
+        auto pol = w.mtls().port_policies().find(port);
+        info->mtls.ports[static_cast<uint16_t>(port)] = {
+            ModeFromProto(static_cast<ambit::dataplane::v1::MtlsMode>(mode)),
+            pol == w.mtls().port_policies().end() ? std::string() : pol->second};
+      }
+    }
     for (const auto& text : w.ips()) {
       auto ip = IpAddress::Parse(text);
       if (ip.ok()) info->ips.push_back(*ip);

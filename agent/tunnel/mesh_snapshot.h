@@ -15,6 +15,21 @@ class Snapshot;
 
 namespace ambit::tunnel {
 
+enum class MtlsMode { kStrict, kPermissive, kDisable };
+const char* MtlsModeName(MtlsMode mode);
+
+// PeerAuthentication as resolved by the agent for one local workload.
+struct MtlsPolicy {
+  MtlsMode mode = MtlsMode::kPermissive;  // Istio's default when nothing is configured
+  std::string policy;                     // namespace/name; empty: the default
+  std::map<uint16_t, std::pair<MtlsMode, std::string>> ports;  // portLevelMtls overrides
+
+  std::pair<MtlsMode, std::string> ForPort(uint16_t port) const {
+    auto it = ports.find(port);
+    return it == ports.end() ? std::make_pair(mode, policy) : it->second;
+  }
+};
+
 // A pod anywhere in the cluster, as the data plane needs it for routing and policy.
 struct WorkloadInfo {
   std::string uid;  // namespace/name
@@ -23,6 +38,7 @@ struct WorkloadInfo {
   std::map<std::string, std::string> labels;
   bool enrolled_here = false;
   bool in_mesh = false;  // captured by ambit on its node: reachable over HBONE
+  MtlsPolicy mtls;       // meaningful for pods enrolled here
 };
 
 struct ServiceInfo {

@@ -128,6 +128,13 @@ void Worker::RemovePod(const std::string& uid) {
   listeners_.erase(it);
 }
 
+void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
+  snapshot_ = std::move(snapshot);
+  std::vector<Connection*> live;
+  for (const auto& [raw, conn] : connections_) live.push_back(raw);
+  for (Connection* c : live) c->Recheck(*snapshot_);
+}
+
 void Worker::Retire(Connection* conn) {
   loop_->Defer([this, conn] { connections_.erase(conn); });
 }

@@ -42,7 +42,14 @@ class Worker {
 
   // Worker-thread only.
   void AddPod(std::shared_ptr<const Pod> pod);
-  void SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) { snapshot_ = std::move(snapshot); }
+  // Installs a new configuration and re-decides every live connection under it.
+  void SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot);
+  // Per-worker counters; summed by whoever reports them. Worker-thread only.
+  struct Counters {
+    uint64_t plaintext_refused = 0;
+    uint64_t closed_by_policy = 0;
+  };
+  Counters& counters() { return counters_; }
   // Never null: an empty snapshot until the first configuration arrives.
   const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
   void RemovePod(const std::string& uid);
@@ -73,6 +80,7 @@ class Worker {
   std::thread thread_;
   std::unordered_map<std::string, std::vector<std::unique_ptr<ListenerHandler>>> listeners_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  Counters counters_;
 
 };
 
