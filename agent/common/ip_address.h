@@ -54,6 +54,7 @@ struct SocketAddress {
   static absl::StatusOr<SocketAddress> Parse(absl::string_view text);
 
   friend bool operator==(const SocketAddress&, const SocketAddress&) = default;
+  friend auto operator<=>(const SocketAddress&, const SocketAddress&) = default;
   template <typename H>
   friend H AbslHashValue(H h, const SocketAddress& a) {
     return H::combine(std::move(h), a.ip, a.port);

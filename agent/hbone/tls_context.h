@@ -105,7 +105,8 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(const tls::C
 absl::StatusOr<std::string> PeerSpiffeId(const SSL* ssl);
 
 // After a failed handshake: which of our checks refused the peer, and the message saying why
-// ("" if none did).
+// ("" if none did). A missing client certificate is read from the error queue, so call these
+// before clearing it.
 PeerCheckFailure PeerCheckFailureOf(const SSL* ssl);
 std::string PeerCheckMessage(const SSL* ssl);
 

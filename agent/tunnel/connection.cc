@@ -12,6 +12,12 @@
 #include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
+#include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/tls_contexts.h"
+#include "agent/tunnel/tunnel_stream.h"
+#include "abi/redirect.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
 
 #ifndef IP_TRANSPARENT
 #define IP_TRANSPARENT 19
@@ -48,59 +54,67 @@ absl::StatusOr<SocketAddress> Local(int fd) {
   return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
 }
 
-struct Upstream {
-  UniqueFd fd;
-  bool in_progress = false;
-  std::optional<SocketAddress> delivery_source;  // listed in ambit_deliver until connected
-};
+uint64_t NextPick() {
+  static thread_local uint64_t n = 0;
+  return n++;
+}
 
-// Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
-// starts connecting to dst. With source set, binds to it transparently (inbound delivery with
-// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
-absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
-                                        const SocketAddress& dst, const SocketAddress* source) {
-  Upstream up;
-  const auto& settings = worker.settings();
-  int family = dst.ip.family();
-  auto sock = SocketInNetns(pod.netns.get(), settings.host_netns, family,
-                            SOCK_STREAM | SOCK_NONBLOCK);
-  if (!sock.ok()) return sock.status();
-  int fd = sock->get();
-  uint32_t mark = source != nullptr ? settings.delivery_mark : settings.socket_mark;
-  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
-    return absl::ErrnoToStatus(errno, "SO_MARK on upstream socket");
+std::string RandomHex(size_t bytes) {
+  static thread_local absl::BitGen gen;
+  std::string out;
+  for (size_t i = 0; i < bytes; ++i) absl::StrAppend(&out, absl::Hex(absl::Uniform<uint8_t>(gen), absl::kZeroPad2));
+  return out;
+}
+
+// A destination in the mesh: an HBONE stream to the destination pod's 15008, from inside the
+// source pod's network namespace, presenting the source pod's certificate.
+void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd client,
+                         const SocketAddress& peer, const Route& route, std::string description) {
+  const WorkloadInfo& dst = *route.workload;
+  absl::StrAppend(&description, " mode=hbone dst_identity=", dst.spiffe_id);
+  auto contexts = worker.tls();
+  const TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
+  if (ctx == nullptr || !ctx->client) {
+    // Fail closed: a workload without a valid certificate gets no mTLS traffic.
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": no valid certificate for " << pod->spiffe_id << " ("
+        << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
+        << "); connection reset";
+    CloseWithReset(client);
+    return;
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (source != nullptr) {
-    int level = family == AF_INET ? SOL_IP : SOL_IPV6;
-    int opt = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
-    if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
-      return absl::ErrnoToStatus(errno, "IP_TRANSPARENT on delivery socket (needs CAP_NET_ADMIN)");
-    }
-    SocketAddress src{source->ip, 0};
-    sockaddr_storage ss;
-    socklen_t len = src.ToSockaddr(&ss);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("bind delivery socket to ", src.ToString()));
-    }
-    auto bound = Local(fd);
-    if (!bound.ok()) return bound.status();
-    auto status = bpf::AllowDelivery(settings.deliver_map, *bound, dst);
-    if (!status.ok()) return status;
-    up.delivery_source = *bound;
+  SocketAddress hbone{route.target.ip, AMBIT_HBONE_PORT};
+  auto session = worker.pool().Get(*pod, ctx->client, dst.spiffe_id, hbone);
+  if (!session.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << session.status().message()
+                                   << "; connection reset";
+    CloseWithReset(client);
+    return;
   }
-  up.fd = std::move(*sock);
-  sockaddr_storage ss;
-  socklen_t len = dst.ToSockaddr(&ss);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) return up;
-  if (errno != EINPROGRESS) {
-    int saved = errno;
-    if (up.delivery_source) bpf::ForgetDelivery(settings.deliver_map, *up.delivery_source, dst);
-    return absl::ErrnoToStatus(saved, absl::StrCat("connect to ", dst.ToString()));
+  // The pod's own address of the destination's family stands for the client in `forwarded`.
+  std::string for_addr = peer.ToString();
+  for (const auto& ip : pod->ips) {
+    if (ip.is_v4() == route.target.ip.is_v4()) for_addr = SocketAddress{ip, peer.port}.ToString();
   }
-  up.in_progress = true;
-  return up;
+  hbone::ConnectHeaders headers;
+  headers.forwarded = absl::StrCat("for=\"", for_addr, "\"");
+  headers.baggage = absl::StrCat("k8s.namespace.name=", pod->namespace_name, ",k8s.pod.name=",
+                                 pod->name, ",service.name=", pod->name);
+  headers.traceparent = absl::StrCat("00-", RandomHex(16), "-", RandomHex(8), "-01");
+  if (route.service != nullptr) {
+    absl::StrAppend(&description, " service=", route.service->namespace_name, "/",
+                    route.service->name, " endpoint=", route.target.ToString());
+  }
+  AMBIT_LOG(kComponent, Info) << description;
+  auto flow = std::make_unique<TunnelStream>(worker, description, std::move(client));
+  TunnelStream* raw = flow.get();
+  worker.Adopt(std::move(flow));
+  auto status = raw->Open(*session, route.target.ToString(), headers);
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << status.message()
+                                   << "; connection reset";
+    raw->OnReset(hbone::kRefusedStream);
+  }
 }
 
 // IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
@@ -117,6 +131,11 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   }
   std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
                                           " orig_dst=", orig->address.ToString());
+  Route route = worker.snapshot()->Resolve(orig->address, NextPick());
+  if (route.kind == Route::Kind::kHbone) {
+    HandleOutboundHbone(worker, pod, std::move(client), *peer, route, std::move(description));
+    return;
+  }
   AMBIT_LOG(kComponent, Info) << description << " mode=passthrough";
   auto conn = std::make_unique<Connection>(worker, description, std::move(client));
   auto upstream = ConnectFromPod(worker, *pod, orig->address, nullptr);
@@ -182,6 +201,56 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
 
 }  // namespace
 
+// Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
+// starts connecting to dst. With source set, binds to it transparently (inbound delivery with
+// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
+absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
+                                        const SocketAddress& dst, const SocketAddress* source) {
+  Upstream up;
+  const auto& settings = worker.settings();
+  int family = dst.ip.family();
+  auto sock = SocketInNetns(pod.netns.get(), settings.host_netns, family,
+                            SOCK_STREAM | SOCK_NONBLOCK);
+  if (!sock.ok()) return sock.status();
+  int fd = sock->get();
+  uint32_t mark = source != nullptr ? settings.delivery_mark : settings.socket_mark;
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
+    return absl::ErrnoToStatus(errno, "SO_MARK on upstream socket");
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (source != nullptr) {
+    int level = family == AF_INET ? SOL_IP : SOL_IPV6;
+    int opt = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
+    if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
+      return absl::ErrnoToStatus(errno, "IP_TRANSPARENT on delivery socket (needs CAP_NET_ADMIN)");
+    }
+    SocketAddress src{source->ip, 0};
+    sockaddr_storage ss;
+    socklen_t len = src.ToSockaddr(&ss);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("bind delivery socket to ", src.ToString()));
+    }
+    auto bound = Local(fd);
+    if (!bound.ok()) return bound.status();
+    auto status = bpf::AllowDelivery(settings.deliver_map, *bound, dst);
+    if (!status.ok()) return status;
+    up.delivery_source = *bound;
+  }
+  up.fd = std::move(*sock);
+  sockaddr_storage ss;
+  socklen_t len = dst.ToSockaddr(&ss);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) return up;
+  if (errno != EINPROGRESS) {
+    int saved = errno;
+    if (up.delivery_source) bpf::ForgetDelivery(settings.deliver_map, *up.delivery_source, dst);
+    return absl::ErrnoToStatus(saved, absl::StrCat("connect to ", dst.ToString()));
+  }
+  up.in_progress = true;
+  return up;
+}
+
+
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
                     UniqueFd client) {
   switch (kind) {
@@ -191,16 +260,9 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
     case ListenerKind::kInboundPlain:
       HandleInboundPlain(worker, std::move(pod), std::move(client));
       return;
-    case ListenerKind::kHbone: {
-      auto peer = Peer(client.get());
-      auto local = Local(client.get());
-      AMBIT_LOG(kComponent, Warning)
-          << "hbone pod=" << pod->uid << " src=" << (peer.ok() ? peer->ToString() : "?")
-          << " dst=" << (local.ok() ? local->ToString() : "?")
-          << ": mTLS termination is not available in this build; connection reset";
-      CloseWithReset(client);
+    case ListenerKind::kHbone:
+      worker.inbound().Accept(std::move(pod), std::move(client));
       return;
-    }
   }
 }
 

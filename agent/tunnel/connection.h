@@ -14,6 +14,19 @@
 
 namespace ambit::tunnel {
 
+// A socket opened from inside a pod's network namespace, connecting (non-blocking) to `dst`.
+struct Upstream {
+  UniqueFd fd;
+  bool in_progress = false;
+  std::optional<SocketAddress> delivery_source;  // listed in ambit_deliver until connected
+};
+
+// Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
+// starts connecting to dst. With source set, binds to it transparently (inbound delivery with
+// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
+absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
+                                        const SocketAddress& dst, const SocketAddress* source);
+
 // Handles a freshly accepted connection on one of a pod's listeners. Worker-thread only.
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
                     UniqueFd client);
@@ -21,10 +34,10 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
 // A TCP byte relay between two sockets: full duplex, half-close forwarded as FIN, a reset on one
 // side forwarded as a reset, bounded buffers (a full buffer stops reading: back-pressure).
 // Lives on one worker; deleted through Worker::Retire.
-class Connection {
+class Connection final : public Flow {
  public:
   Connection(Worker& worker, std::string description, UniqueFd downstream);
-  ~Connection();
+  ~Connection() override;
 
   // Connects upstream (non-blocking, already issued) and relays once it completes.
   void StartRelay(UniqueFd upstream, bool connect_in_progress);
@@ -35,7 +48,7 @@ class Connection {
   void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
     recheck_ = std::move(check);
   }
-  void Recheck(const MeshSnapshot& snapshot);
+  void Recheck(const MeshSnapshot& snapshot) override;
   // Closes the downstream with a reset and retires.
   void Abort(const std::string& reason);
 

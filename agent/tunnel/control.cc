@@ -16,6 +16,9 @@
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/status.h"
+#include "agent/hbone/tls_context.h"
+#include "agent/tls/trust_bundle.h"
+#include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -209,6 +212,9 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
     for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
   }
   for (auto& w : workers_) w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
+  for (auto& w : workers_) {
+    w->Post([tls = tls_for_new_workers_](Worker& worker) { worker.SetTls(tls); });
+  }
   AMBIT_LOG(kComponent, Info) << "data plane started " << workers_.size() << " workers";
   return absl::OkStatus();
 }
@@ -347,6 +353,59 @@ void Tunnel::OnControllerGone() {
   outstanding_csrs_.clear();
 }
 
+void Tunnel::UpdateTlsContexts() {
+  std::string signature = absl::StrCat(trust_bundle_.size(), "|", snapshot_->trust_domain(), "|");
+  for (const auto& pem : trust_bundle_) absl::StrAppend(&signature, pem.size(), ":", pem.substr(pem.size() > 80 ? pem.size() - 80 : 0), "|");
+  auto statuses = certs_->Statuses();
+  for (const auto& c : statuses) {
+    absl::StrAppend(&signature, c.identity, "=", c.serial_hex, "/", tls::CertStateName(c.state), ";");
+  }
+  if (signature == tls_signature_) return;
+  tls_signature_ = signature;
+
+  auto contexts = std::make_shared<TlsContexts>();
+  bssl::UniquePtr<X509_STORE> store;
+  std::string store_error = "no trust bundle from the agent yet";
+  if (!trust_bundle_.empty()) {
+    auto bundle = tls::TrustBundle::Create(trust_bundle_);
+    if (bundle.ok()) {
+      auto s = (*bundle)->NewStore();
+      if (s.ok()) store = std::move(*s);
+      else store_error = std::string(s.status().message());
+    } else {
+      store_error = std::string(bundle.status().message());
+    }
+  }
+  std::string trust_domain = snapshot_->trust_domain().empty() ? "cluster.local"
+                                                               : snapshot_->trust_domain();
+  for (const auto& c : statuses) {
+    auto key = certs_->Get(c.identity);
+    if (key == nullptr) {
+      contexts->missing[c.identity] =
+          absl::StrCat("certificate ", tls::CertStateName(c.state),
+                       c.last_error.empty() ? "" : ": " + c.last_error);
+      continue;
+    }
+    if (!store) {
+      contexts->missing[c.identity] = store_error;
+      continue;
+    }
+    auto client = hbone::MakeClientContext(*key, store.get(), trust_domain);
+    auto server = hbone::MakeServerContext(*key, store.get(), trust_domain);
+    if (!client.ok() || !server.ok()) {
+      contexts->missing[c.identity] = std::string(
+          (!client.ok() ? client.status() : server.status()).message());
+      AMBIT_LOG(kComponent, Error) << "TLS context for " << c.identity << ": "
+                                   << contexts->missing[c.identity];
+      continue;
+    }
+    contexts->by_identity[c.identity] = {std::move(*client), std::move(*server)};
+  }
+  std::shared_ptr<const TlsContexts> shared = std::move(contexts);
+  for (auto& w : workers_) w->Post([shared](Worker& worker) { worker.SetTls(shared); });
+  tls_for_new_workers_ = shared;
+}
+
 void Tunnel::AfterEvent() {
   while (!failed_csrs_.empty()) {
     auto failed = std::move(failed_csrs_);
@@ -354,6 +413,7 @@ void Tunnel::AfterEvent() {
     for (auto& [id, status] : failed) certs_->OnSigned(id, status);
   }
   certs_->Tick();
+  UpdateTlsContexts();
   // The timer is armed for the next deadline; Tick above ran whatever was due.
   absl::Time next = certs_->NextDeadline();
   itimerspec its{};

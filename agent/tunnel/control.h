@@ -10,6 +10,7 @@
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tls/cert_manager.h"
+#include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/worker.h"
 
 namespace ambit::dataplane::v1 {
@@ -47,6 +48,8 @@ class Tunnel : public tls::CsrSigner {
   // Runs certificate work that is due and tells the agent when any certificate changed.
   void AfterEvent();
   void OnControllerGone();
+  // Rebuilds the workers' TLS contexts when a certificate or the trust bundle changed.
+  void UpdateTlsContexts();
 
   TunnelOptions options_;
   UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
@@ -62,6 +65,8 @@ class Tunnel : public tls::CsrSigner {
   std::vector<std::pair<uint64_t, absl::Status>> failed_csrs_;
   std::string last_report_;
   std::vector<std::string> trust_bundle_;
+  std::string tls_signature_;  // what the current TLS contexts were built from
+  std::shared_ptr<const TlsContexts> tls_for_new_workers_;
 };
 
 }  // namespace ambit::tunnel

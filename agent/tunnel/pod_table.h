@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
 
@@ -37,6 +38,8 @@ struct DataPlaneSettings {
   int orig_dst_map = -1;     // fd of the pinned ambit_orig_dst map
   int deliver_map = -1;      // fd of the pinned ambit_deliver map
   size_t relay_buffer = 64 * 1024;
+  size_t max_streams_per_connection = 100;  // then a new HBONE connection opens
+  absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this
 };
 
 }  // namespace ambit::tunnel

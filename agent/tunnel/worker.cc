@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/tunnel/connection.h"
+#include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/tls_contexts.h"
 
 namespace ambit::tunnel {
 namespace {
@@ -75,11 +77,20 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
 
 Worker::Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
                std::unique_ptr<EpollLoop> loop)
-    : index_(index), settings_(std::move(settings)), loop_(std::move(loop)) {}
+    : index_(index), settings_(std::move(settings)), loop_(std::move(loop)) {
+  hbone::SessionOptions options;
+  options.stats = &hbone_stats_;
+  pool_ = std::make_unique<HbonePool>(*this, options, settings_->max_streams_per_connection,
+                                      settings_->idle_timeout);
+  inbound_ = std::make_unique<InboundSessions>(*this, options);
+}
 
 Worker::~Worker() {
   Stop();
   Join();
+  // Flows first: they reference sessions the pool and inbound set own.
+  connections_.clear();
+  listeners_.clear();
 }
 
 void Worker::Start() {
@@ -130,18 +141,18 @@ void Worker::RemovePod(const std::string& uid) {
 
 void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
   snapshot_ = std::move(snapshot);
-  std::vector<Connection*> live;
-  for (const auto& [raw, conn] : connections_) live.push_back(raw);
-  for (Connection* c : live) c->Recheck(*snapshot_);
+  std::vector<Flow*> live;
+  for (const auto& [raw, flow] : connections_) live.push_back(raw);
+  for (Flow* f : live) f->Recheck(*snapshot_);
 }
 
-void Worker::Retire(Connection* conn) {
-  loop_->Defer([this, conn] { connections_.erase(conn); });
+void Worker::Retire(Flow* flow) {
+  loop_->Defer([this, flow] { connections_.erase(flow); });
 }
 
-void Worker::Adopt(std::unique_ptr<Connection> conn) {
-  Connection* raw = conn.get();
-  connections_.emplace(raw, std::move(conn));
+void Worker::Adopt(std::unique_ptr<Flow> flow) {
+  Flow* raw = flow.get();
+  connections_.emplace(raw, std::move(flow));
 }
 
 }  // namespace ambit::tunnel

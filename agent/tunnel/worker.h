@@ -17,12 +17,23 @@
 #include "agent/common/event_loop.h"
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
+#include "agent/hbone/session.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
 
 namespace ambit::tunnel {
 
-class Connection;
+// A unit of work a worker owns: a relayed connection, a tunnel stream. Re-decided when policy
+// changes; deleted through Worker::Retire after the batch of events that ended it.
+class Flow {
+ public:
+  virtual ~Flow() = default;
+  virtual void Recheck(const MeshSnapshot& snapshot) = 0;
+};
+
+struct TlsContexts;
+class HbonePool;
+class InboundSessions;
 
 // One data-plane thread with its own event loop. Every connection lives on exactly one worker and
 // is touched only by it; the only cross-thread entry is Post(), used for configuration changes.
@@ -44,6 +55,12 @@ class Worker {
   void AddPod(std::shared_ptr<const Pod> pod);
   // Installs a new configuration and re-decides every live connection under it.
   void SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot);
+  // TLS contexts of the local identities; null until certificates exist.
+  void SetTls(std::shared_ptr<const TlsContexts> tls) { tls_ = std::move(tls); }
+  const std::shared_ptr<const TlsContexts>& tls() const { return tls_; }
+  HbonePool& pool() { return *pool_; }
+  InboundSessions& inbound() { return *inbound_; }
+  hbone::HboneStats& hbone_stats() { return hbone_stats_; }
   // Per-worker counters; summed by whoever reports them. Worker-thread only.
   struct Counters {
     uint64_t plaintext_refused = 0;
@@ -59,11 +76,11 @@ class Worker {
   }
   void Unwatch(int fd) { loop_->Unwatch(fd); }
   // Deletes the connection after the current batch of events.
-  void Retire(Connection* conn);
+  void Retire(Flow* flow);
   const DataPlaneSettings& settings() const { return *settings_; }
   int index() const { return index_; }
   size_t connection_count() const { return connections_.size(); }
-  void Adopt(std::unique_ptr<Connection> conn);
+  void Adopt(std::unique_ptr<Flow> flow);
 
  private:
   class ListenerHandler;
@@ -79,8 +96,12 @@ class Worker {
   std::unique_ptr<TaskHandler> task_handler_;
   std::thread thread_;
   std::unordered_map<std::string, std::vector<std::unique_ptr<ListenerHandler>>> listeners_;
-  std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  std::unordered_map<Flow*, std::unique_ptr<Flow>> connections_;
   Counters counters_;
+  std::shared_ptr<const TlsContexts> tls_;
+  hbone::HboneStats hbone_stats_;
+  std::unique_ptr<HbonePool> pool_;
+  std::unique_ptr<InboundSessions> inbound_;
 
 };
 

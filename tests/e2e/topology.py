@@ -121,7 +121,9 @@ class Agent:
         self.cgroup = os.path.join(topo.cgroup_root, node)
         os.makedirs(self.cgroup, exist_ok=True)
         self.run_dir = os.path.join(topo.workdir, f"run-{node}")
-        self.ca_dir = os.path.join(topo.workdir, f"ca-{node}")
+        # One trust domain: every agent of a topology signs with the same CA material, as
+        # nodes sharing Istio's cacerts do (the first agent to start generates it).
+        self.ca_dir = os.path.join(topo.workdir, "ca")
         self.admin_socket = os.path.join(self.run_dir, "admin.sock")
         self.log_path = log_path
         self.proc = None

@@ -60,9 +60,9 @@ TEST_F(HandshakeTest, ClientRefusesServerWithWrongIdentity) {
   TestStream* stream = Open(*client);  // queued before the handshake; must fail with it
   ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
   EXPECT_EQ(client_events_.close_status.code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(client_events_.close_status.message(),
-              AllOf(HasSubstr("server identity mismatch"), HasSubstr(expected),
-                    HasSubstr(kServerId)));
+  EXPECT_THAT(
+      client_events_.close_status.message(),
+      AllOf(HasSubstr("server identity mismatch"), HasSubstr(expected), HasSubstr(kServerId)));
   EXPECT_EQ(client->stats().identity_mismatch, 1u);
   EXPECT_EQ(stream->reset, kConnectError);
   EXPECT_FALSE(server_->closed[0].ok());

@@ -36,8 +36,7 @@ class HboneFixture : public ::testing::Test {
     client_ctx_ = *std::move(client_ctx);
   }
 
-  void StartServer(SessionOptions options = {},
-                   std::shared_ptr<const TlsContext> ctx = nullptr) {
+  void StartServer(SessionOptions options = {}, std::shared_ptr<const TlsContext> ctx = nullptr) {
     auto server = TestServer::Create(loop_.get(), ctx != nullptr ? ctx : server_ctx_, options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -51,10 +50,9 @@ class HboneFixture : public ::testing::Test {
     auto fd = ConnectLoopback(server_->port());
     EXPECT_TRUE(fd.ok()) << fd.status();
     if (!fd.ok()) return nullptr;
-    auto session = HboneSession::CreateClient(loop_.get(), *std::move(fd),
-                                              ctx != nullptr ? ctx : client_ctx_, expected,
-                                              events != nullptr ? events : &client_events_,
-                                              options);
+    auto session =
+        HboneSession::CreateClient(loop_.get(), *std::move(fd), ctx != nullptr ? ctx : client_ctx_,
+                                   expected, events != nullptr ? events : &client_events_, options);
     EXPECT_TRUE(session.ok()) << session.status();
     return session.ok() ? *std::move(session) : nullptr;
   }

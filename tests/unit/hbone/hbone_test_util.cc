@@ -51,8 +51,7 @@ absl::StatusOr<tls::CertifiedKey> TestPki::Mint(const std::string& identity,
 absl::Status WritePems(const tls::CertifiedKey& svid, const std::string& root_pem,
                        const std::string& dir) {
   bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  if (!PEM_write_bio_PrivateKey(bio.get(), svid.key.get(), nullptr, nullptr, 0, nullptr,
-                                nullptr)) {
+  if (!PEM_write_bio_PrivateKey(bio.get(), svid.key.get(), nullptr, nullptr, 0, nullptr, nullptr)) {
     return absl::InternalError("writing key PEM");
   }
   const uint8_t* data;
@@ -242,8 +241,7 @@ absl::StatusOr<std::unique_ptr<RawTlsClient>> RawTlsClient::Create(EpollLoop* lo
       wire.push_back(static_cast<char>(proto.size()));
       wire += proto;
     }
-    SSL_CTX_set_alpn_protos(ctx.get(), reinterpret_cast<const uint8_t*>(wire.data()),
-                            wire.size());
+    SSL_CTX_set_alpn_protos(ctx.get(), reinterpret_cast<const uint8_t*>(wire.data()), wire.size());
   }
   AMBIT_ASSIGN_OR_RETURN(UniqueFd fd, ConnectLoopback(port));
   bssl::UniquePtr<SSL> ssl(SSL_new(ctx.get()));

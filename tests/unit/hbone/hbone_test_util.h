@@ -144,11 +144,11 @@ class ClientEvents : public SessionDelegate {
 // An HBONE server on 127.0.0.1:<ephemeral>, accepting on the loop.
 class TestServer : public EventHandler, public SessionDelegate {
  public:
-  using ConnectFn =
-      std::function<StreamObserver*(HboneSession&, StreamId, const ConnectRequest&)>;
+  using ConnectFn = std::function<StreamObserver*(HboneSession&, StreamId, const ConnectRequest&)>;
 
-  static absl::StatusOr<std::unique_ptr<TestServer>> Create(
-      EpollLoop* loop, std::shared_ptr<const TlsContext> ctx, SessionOptions options = {});
+  static absl::StatusOr<std::unique_ptr<TestServer>> Create(EpollLoop* loop,
+                                                            std::shared_ptr<const TlsContext> ctx,
+                                                            SessionOptions options = {});
   ~TestServer() override;
 
   uint16_t port() const { return port_; }
@@ -205,8 +205,7 @@ class RawTlsClient : public EventHandler {
   void OnEvents(uint32_t events) override;
 
  private:
-  RawTlsClient(EpollLoop* loop, UniqueFd fd, bssl::UniquePtr<SSL_CTX> ctx,
-               bssl::UniquePtr<SSL> ssl)
+  RawTlsClient(EpollLoop* loop, UniqueFd fd, bssl::UniquePtr<SSL_CTX> ctx, bssl::UniquePtr<SSL> ssl)
       : loop_(loop), fd_(std::move(fd)), ctx_(std::move(ctx)), ssl_(std::move(ssl)) {}
   void Finish(int ret);
 

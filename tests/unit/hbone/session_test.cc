@@ -1,12 +1,14 @@
 // HBONE streams over real loopback TCP + TLS, both ends on one EpollLoop.
 
+#include "agent/hbone/session.h"
+
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "agent/hbone/session.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/hbone/hbone_fixture.h"
@@ -65,9 +67,8 @@ TEST_F(SessionTest, OneMiBEachWayWithChecksums) {
   auto client = Dial();
   TestStream* stream = Open(*client);
   stream->Send(up, /*then_close=*/true);  // before the 200: buffered, sent with the request
-  ASSERT_TRUE(Run([&] {
-    return stream->done() && !server_->streams.empty() && server_->streams[0]->done();
-  }));
+  ASSERT_TRUE(Run(
+      [&] { return stream->done() && !server_->streams.empty() && server_->streams[0]->done(); }));
   TestStream* server_stream = server_->streams[0].get();
   EXPECT_TRUE(stream->closed);
   EXPECT_TRUE(server_stream->closed);
@@ -162,9 +163,8 @@ TEST_F(SessionTest, ErrorStatusesEndTheStreamOnly) {
   TestStream* denied = Open(*client, "127.0.0.1:401");
   TestStream* failed = Open(*client, "127.0.0.1:502");
   denied->Send("data the server never sees", true);
-  ASSERT_TRUE(Run([&] {
-    return denied->status != 0 && failed->status != 0 && client->active_streams() == 0;
-  }));
+  ASSERT_TRUE(Run(
+      [&] { return denied->status != 0 && failed->status != 0 && client->active_streams() == 0; }));
   EXPECT_EQ(denied->status, 401);
   EXPECT_EQ(failed->status, 503);
   EXPECT_FALSE(denied->done());
@@ -193,6 +193,7 @@ TEST_F(SessionTest, SlowReaderDoesNotStallOtherStreams) {
     return true;
   }));
   TestStream* fast = Open(*client, "127.0.0.1:2");
+  fast->Send("", /*then_close=*/true);
   ASSERT_TRUE(Run([&] { return fast->done(); }));
   EXPECT_TRUE(fast->closed);
   EXPECT_EQ(Sha256Hex(fast->received), Sha256Hex(small));
@@ -366,9 +367,35 @@ TEST_F(SessionTest, ManySessionsShareStats) {
   ClientEvents e1, e2;
   auto c1 = Dial(kServerId, options, nullptr, &e1);
   auto c2 = Dial(kServerId, options, nullptr, &e2);
-  ASSERT_TRUE(Run([&] { return e1.established && e2.established; }));
+  ASSERT_TRUE(Run([&] { return e1.established && e2.established && server_->established == 2; }));
   EXPECT_EQ(stats.sessions_established, 2u);
   EXPECT_EQ(server_->stats.sessions_established, 2u);
+}
+
+// Not a unit test: one thread runs both ends, so this is the CPU cost of client + server.
+// Run with --gtest_also_run_disabled_tests --gtest_filter='*Throughput*'.
+TEST_F(SessionTest, DISABLED_Throughput) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string(); }, /*close=*/false);
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  const std::string chunk = RandomBytes(kMiB, 9);
+  const size_t total = 512 * kMiB;
+  size_t queued = 0;
+  absl::Time start = absl::Now();
+  ASSERT_TRUE(Run(
+      [&] {
+        while (queued < total && stream->all_sent()) {
+          stream->Send(chunk, queued + chunk.size() >= total);
+          queued += chunk.size();
+        }
+        return !server_->streams.empty() && server_->streams[0]->end_stream;
+      },
+      absl::Seconds(120)));
+  absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(server_->streams[0]->received.size(), total);
+  std::cout << "HBONE one stream: " << total / kMiB << " MiB in " << took << " = "
+            << static_cast<double>(total) / kMiB / absl::ToDoubleSeconds(took) << " MiB/s\n";
 }
 
 }  // namespace

@@ -1,0 +1,962 @@
+#include "agent/hbone/session.h"
+
+#include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "agent/common/status.h"
+#include "agent/tls/keys.h"
+
+namespace ambit::hbone {
+namespace {
+
+// Framed bytes gathered before SSL_write: many 16 KiB records per call, bounded memory.
+constexpr size_t kOutBatch = 256 << 10;
+constexpr size_t kReadChunk = 64 << 10;
+constexpr size_t kHeaderFieldOverhead = 32;  // RFC 9113 section 6.5.2
+
+absl::string_view View(const uint8_t* p, size_t n) {
+  return absl::string_view(reinterpret_cast<const char*>(p), n);
+}
+
+nghttp2_nv Nv(absl::string_view name, absl::string_view value) {
+  return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+                    reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
+                    value.size(), NGHTTP2_NV_FLAG_NONE};
+}
+
+}  // namespace
+
+struct HboneSession::Stream {
+  StreamId id = 0;
+  StreamObserver* observer = nullptr;
+  // Send side.
+  std::string send_buf;
+  size_t send_off = 0;
+  bool body_attached = false;  // data provider handed to nghttp2
+  bool deferred = false;       // the provider said NGHTTP2_ERR_DEFERRED
+  bool write_closed = false;   // CloseWrite called
+  bool eof_sent = false;       // END_STREAM framed
+  bool want_writable = false;  // owes OnWritable
+  // Receive side.
+  bool remote_ended = false;
+  size_t header_bytes = 0;
+  bool oversized = false;
+  // Server: the request.
+  std::string method, authority, forwarded, baggage, traceparent;
+  bool responded = false;
+  // Client: the response.
+  int status = 0;
+  bool response_delivered = false;
+  // The owner is done with it (Reset, non-2xx): callbacks stop, data is discarded.
+  bool finished = false;
+
+  size_t buffered() const { return send_buf.size() - send_off; }
+};
+
+// nghttp2's C callbacks, with access to the session's internals.
+struct Nghttp2Callbacks {
+  static HboneSession* Self(void* user_data) { return static_cast<HboneSession*>(user_data); }
+
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (!s->client_ && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      auto stream = std::make_unique<HboneSession::Stream>();
+      stream->id = frame->hd.stream_id;
+      s->streams_[stream->id] = std::move(stream);
+      return 0;
+    }
+    if (HboneSession::Stream* st = s->Find(frame->hd.stream_id)) {
+      st->header_bytes = 0;
+      st->oversized = false;
+      if (s->client_) st->status = 0;
+    }
+    return 0;
+  }
+
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
+                      void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    HboneSession::Stream* st = s->Find(frame->hd.stream_id);
+    if (st == nullptr || st->oversized) return 0;
+    st->header_bytes += namelen + valuelen + kHeaderFieldOverhead;
+    if (st->header_bytes > s->options_.max_header_list_bytes) {
+      // Keep decoding (HPACK state must stay in sync); refuse at the end of the block.
+      st->oversized = true;
+      ++s->stats_->oversized_headers;
+      return 0;
+    }
+    absl::string_view n = View(name, namelen);
+    absl::string_view v = View(value, valuelen);
+    if (s->client_) {
+      if (n == ":status") {
+        int status = 0;
+        st->status = absl::SimpleAtoi(v, &status) ? status : 0;
+      }
+      return 0;
+    }
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: ignored
+    if (n == ":method") {
+      st->method = std::string(v);
+    } else if (n == ":authority") {
+      st->authority = std::string(v);
+    } else if (n == "forwarded") {
+      st->forwarded = std::string(v);
+    } else if (n == "baggage") {
+      st->baggage = std::string(v);
+    } else if (n == "traceparent") {
+      st->traceparent = std::string(v);
+    }
+    return 0;
+  }
+
+  static int OnFrameRecv(nghttp2_session* h2, const nghttp2_frame* frame, void* user_data) {
+    HboneSession* s = Self(user_data);
+    switch (frame->hd.type) {
+      case NGHTTP2_GOAWAY:
+        s->goaway_received_ = true;
+        s->goaway_received_code_ = frame->goaway.error_code;
+        return 0;
+      case NGHTTP2_HEADERS:
+      case NGHTTP2_DATA:
+        break;
+      default:
+        return 0;
+    }
+    StreamId id = frame->hd.stream_id;
+    HboneSession::Stream* st = s->Find(id);
+    if (st == nullptr) return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+      if (!s->client_ && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) st->remote_ended = true;
+        if (st->oversized) {
+          s->SendFinalResponse(*st, 431);
+        } else {
+          s->HandleRequest(*st);
+        }
+        return 0;  // an END_STREAM on the request itself is reported after OnConnect, below
+      }
+      if (s->client_ && !st->response_delivered) {
+        if (st->oversized) {  // the observer hears OnReset(PROTOCOL_ERROR) when it closes
+          nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
+          return 0;
+        }
+        if (st->status >= 100 && st->status < 200) return 0;  // interim
+        st->response_delivered = true;
+        StreamObserver* observer = st->finished ? nullptr : st->observer;
+        bool ok = st->status >= 200 && st->status < 300;
+        if (!ok) {
+          st->finished = true;
+          st->observer = nullptr;
+        }
+        if (observer != nullptr) observer->OnResponse(st->status);
+        st = s->Find(id);
+        if (st == nullptr) return 0;
+        if (!ok) {
+          nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+          return 0;
+        }
+      }
+    }
+    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !st->remote_ended) {
+      st->remote_ended = true;
+      if (!st->finished && st->observer != nullptr) st->observer->OnEndStream();
+    }
+    return 0;
+  }
+
+  static int OnDataChunk(nghttp2_session* h2, uint8_t, int32_t stream_id, const uint8_t* data,
+                         size_t len, void* user_data) {
+    HboneSession* s = Self(user_data);
+    // The connection window is never what holds a slow stream back; its own window is.
+    nghttp2_session_consume_connection(h2, len);
+    HboneSession::Stream* st = s->Find(stream_id);
+    if (st == nullptr || st->finished || st->observer == nullptr) {
+      nghttp2_session_consume_stream(h2, stream_id, len);
+      return 0;
+    }
+    st->observer->OnData(data, len);
+    return 0;
+  }
+
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
+                           void* user_data) {
+    HboneSession* s = Self(user_data);
+    auto it = s->streams_.find(stream_id);
+    if (it == s->streams_.end()) return 0;
+    std::unique_ptr<HboneSession::Stream> st = std::move(it->second);
+    s->Forget(stream_id);
+    if (st->finished || st->observer == nullptr) return 0;
+    if (error_code == NGHTTP2_NO_ERROR && st->eof_sent && st->remote_ended) {
+      st->observer->OnClosed();
+    } else {
+      st->observer->OnReset(error_code);
+    }
+    return 0;
+  }
+
+  static int OnFrameSend(nghttp2_session* h2, const nghttp2_frame* frame, void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+      s->goaway_sent_ = true;
+      s->goaway_sent_code_ = frame->goaway.error_code;
+      if (frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM) {
+        ++s->stats_->floods;
+      } else if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+        ++s->stats_->protocol_errors;
+      }
+      return 0;
+    }
+    // A final non-2xx response to a client still sending: end its side too, so the stream does
+    // not hold a concurrency slot until the client notices. Submitted only now: a queued
+    // RST_STREAM would have cancelled the response.
+    if (!s->client_ && frame->hd.type == NGHTTP2_HEADERS &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      HboneSession::Stream* st = s->Find(frame->hd.stream_id);
+      if (st != nullptr && st->finished && !st->remote_ended) {
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+      }
+    }
+    return 0;
+  }
+
+  static int OnFrameNotSend(nghttp2_session*, const nghttp2_frame* frame, int, void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (frame->hd.type != NGHTTP2_HEADERS || !s->client_) return 0;
+    // A request that never left (GOAWAY received, stream ids exhausted, header block too
+    // large). nghttp2 may or may not close the stream after this; report it once, here.
+    auto it = s->streams_.find(frame->hd.stream_id);
+    if (it == s->streams_.end()) return 0;
+    std::unique_ptr<HboneSession::Stream> st = std::move(it->second);
+    s->Forget(frame->hd.stream_id);
+    if (!st->finished && st->observer != nullptr) st->observer->OnReset(NGHTTP2_REFUSED_STREAM);
+    return 0;
+  }
+
+  static int OnInvalidFrameRecv(nghttp2_session*, const nghttp2_frame* frame, int lib_error_code,
+                                void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) {
+      ++s->stats_->refused_streams;
+    } else if (frame->hd.stream_id != 0) {
+      ++s->stats_->stream_errors;
+    }
+    return 0;
+  }
+
+  static int OnError(nghttp2_session*, int, const char* msg, size_t len, void* user_data) {
+    Self(user_data)->last_h2_error_.assign(msg, len);
+    return 0;
+  }
+
+  static ssize_t ReadLength(nghttp2_session*, uint8_t, int32_t, int32_t session_window,
+                            int32_t stream_window, uint32_t remote_max_frame_size,
+                            void* user_data) {
+    HboneSession* s = Self(user_data);
+    int64_t n = std::min<int64_t>(
+        {remote_max_frame_size, s->options_.max_send_frame_size, session_window, stream_window});
+    return static_cast<ssize_t>(std::max<int64_t>(n, 1));
+  }
+
+  static ssize_t ReadBody(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source*, void* user_data) {
+    HboneSession* s = Self(user_data);
+    HboneSession::Stream* st = s->Find(stream_id);
+    if (st == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t n = std::min(length, st->buffered());
+    if (n > 0) {
+      std::memcpy(buf, st->send_buf.data() + st->send_off, n);
+      st->send_off += n;
+      if (st->send_off == st->send_buf.size()) {
+        st->send_buf.clear();
+        st->send_off = 0;
+      } else if (st->send_off >= st->send_buf.size() / 2) {
+        st->send_buf.erase(0, st->send_off);
+        st->send_off = 0;
+      }
+    }
+    if (st->buffered() == 0 && st->write_closed) {
+      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+      st->eof_sent = true;
+      return static_cast<ssize_t>(n);
+    }
+    if (n == 0) {
+      st->deferred = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    return static_cast<ssize_t>(n);
+  }
+};
+
+HboneSession::HboneSession(EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
+                           bssl::UniquePtr<SSL> ssl, bool client, std::string expected_peer,
+                           SessionDelegate* delegate, SessionOptions options)
+    : loop_(loop),
+      fd_(std::move(fd)),
+      ctx_(std::move(ctx)),
+      ssl_(std::move(ssl)),
+      client_(client),
+      expected_peer_(std::move(expected_peer)),
+      delegate_(delegate),
+      options_(options),
+      stats_(options.stats != nullptr ? options.stats : &own_stats_) {}
+
+HboneSession::~HboneSession() {
+  if (state_ != State::kClosed && fd_.valid()) loop_->Unwatch(fd_.get());
+  if (h2_ != nullptr) nghttp2_session_del(h2_);
+}
+
+absl::StatusOr<std::shared_ptr<HboneSession>> HboneSession::CreateClient(
+    EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
+    std::string expected_server_identity, SessionDelegate* delegate, SessionOptions options) {
+  return Create(loop, std::move(fd), std::move(ctx), /*client=*/true,
+                std::move(expected_server_identity), delegate, options);
+}
+
+absl::StatusOr<std::shared_ptr<HboneSession>> HboneSession::CreateServer(
+    EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx, SessionDelegate* delegate,
+    SessionOptions options) {
+  return Create(loop, std::move(fd), std::move(ctx), /*client=*/false, "", delegate, options);
+}
+
+absl::StatusOr<std::shared_ptr<HboneSession>> HboneSession::Create(
+    EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx, bool client,
+    std::string expected_peer, SessionDelegate* delegate, SessionOptions options) {
+  if (loop == nullptr || delegate == nullptr || ctx == nullptr || !fd.valid()) {
+    return absl::InvalidArgumentError("HBONE session: loop, delegate, context and fd required");
+  }
+  if ((ctx->role() == TlsContext::Role::kClient) != client) {
+    return absl::InvalidArgumentError("HBONE session: TLS context of the wrong role");
+  }
+  AMBIT_ASSIGN_OR_RETURN(bssl::UniquePtr<SSL> ssl, ctx->NewSsl(fd.get(), expected_peer));
+  // A client socket may still be connecting; an accepted one is connected.
+  bool connecting = false;
+  if (client) {
+    sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    if (getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &len) < 0) {
+      if (errno != ENOTCONN) return absl::ErrnoToStatus(errno, "getpeername on HBONE socket");
+      connecting = true;
+    }
+  }
+  std::shared_ptr<HboneSession> session(
+      new HboneSession(loop, std::move(fd), std::move(ctx), std::move(ssl), client,
+                       std::move(expected_peer), delegate, options));
+  AMBIT_RETURN_IF_ERROR(session->Init(connecting));
+  return session;
+}
+
+absl::Status HboneSession::Init(bool connecting) {
+  nghttp2_session_callbacks* cbs;
+  if (nghttp2_session_callbacks_new(&cbs) != 0) return absl::ResourceExhaustedError("nghttp2");
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, Nghttp2Callbacks::OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, Nghttp2Callbacks::OnHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, Nghttp2Callbacks::OnFrameRecv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, Nghttp2Callbacks::OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, Nghttp2Callbacks::OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, Nghttp2Callbacks::OnFrameSend);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, Nghttp2Callbacks::OnFrameNotSend);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
+      cbs, Nghttp2Callbacks::OnInvalidFrameRecv);
+  nghttp2_session_callbacks_set_error_callback2(cbs, Nghttp2Callbacks::OnError);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, Nghttp2Callbacks::ReadLength);
+  nghttp2_option* opt;
+  if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cbs);
+    return absl::ResourceExhaustedError("nghttp2");
+  }
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  nghttp2_option_set_peer_max_concurrent_streams(opt, options_.assumed_peer_max_streams);
+  nghttp2_option_set_max_send_header_block_length(opt, options_.max_header_list_bytes + 4096);
+  nghttp2_option_set_max_outbound_ack(opt, 1000);
+  nghttp2_option_set_max_settings(opt, 32);
+  nghttp2_option_set_max_continuations(opt, 8);
+  nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+  nghttp2_option_set_no_closed_streams(opt, 1);
+  int rv = client_ ? nghttp2_session_client_new2(&h2_, cbs, this, opt)
+                   : nghttp2_session_server_new2(&h2_, cbs, this, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cbs);
+  if (rv != 0) return absl::InternalError(absl::StrCat("nghttp2 session: ", nghttp2_strerror(rv)));
+
+  std::vector<nghttp2_settings_entry> settings = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, options_.stream_window},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, options_.max_frame_size},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, options_.max_header_list_bytes},
+  };
+  if (client_) {
+    settings.push_back({NGHTTP2_SETTINGS_ENABLE_PUSH, 0});
+  } else {
+    settings.push_back({NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options_.max_concurrent_streams});
+  }
+  rv = nghttp2_submit_settings(h2_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
+  if (rv == 0) {
+    rv = nghttp2_session_set_local_window_size(h2_, NGHTTP2_FLAG_NONE, 0,
+                                               static_cast<int32_t>(options_.connection_window));
+  }
+  if (rv != 0)
+    return absl::InvalidArgumentError(absl::StrCat("HTTP/2 settings: ", nghttp2_strerror(rv)));
+
+  read_buf_.resize(kReadChunk);
+  state_ = connecting ? State::kConnecting : State::kHandshaking;
+  interest_ = connecting ? EPOLLOUT : (client_ ? EPOLLIN | EPOLLOUT : EPOLLIN);
+  AMBIT_RETURN_IF_ERROR(loop_->Watch(fd_.get(), interest_, this));
+  std::weak_ptr<HboneSession> weak = weak_from_this();
+  loop_->RunAfter(options_.handshake_timeout, [weak] {
+    std::shared_ptr<HboneSession> s = weak.lock();
+    if (s == nullptr || s->state_ == State::kOpen || s->state_ == State::kClosed) return;
+    s->RunIo([&] {
+      ++s->stats_->tls_failures;
+      s->Close(absl::DeadlineExceededError(
+          absl::StrCat("HBONE handshake with ", s->PeerName(), " did not finish within ",
+                       absl::FormatDuration(s->options_.handshake_timeout))));
+    });
+  });
+  return absl::OkStatus();
+}
+
+std::string HboneSession::PeerName() const {
+  sockaddr_storage storage;
+  socklen_t len = sizeof storage;
+  std::string name = "peer";
+  if (fd_.valid() && getpeername(fd_.get(), reinterpret_cast<sockaddr*>(&storage), &len) == 0) {
+    absl::StatusOr<SocketAddress> addr =
+        SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&storage), len);
+    if (addr.ok()) name = addr->ToString();
+  }
+  if (client_) absl::StrAppend(&name, " (expected ", expected_peer_, ")");
+  return name;
+}
+
+template <typename F>
+void HboneSession::RunIo(F&& f) {
+  std::shared_ptr<HboneSession> self = shared_from_this();  // callbacks may drop the owner's ref
+  bool outer = !in_io_;
+  in_io_ = true;
+  f();
+  if (!outer) return;
+  // Callbacks of one round (OnWritable, OnIdle, ...) may queue more; a few rounds settle it, and
+  // whatever remains is picked up by a deferred flush.
+  for (int round = 0; round < 4 && state_ == State::kOpen; ++round) {
+    dirty_ = false;
+    Flush();
+    CheckDone();
+    if (state_ == State::kOpen && idle_pending_) {
+      idle_pending_ = false;
+      if (streams_.empty()) delegate_->OnIdle(*this);
+    }
+    if (!dirty_) break;
+  }
+  in_io_ = false;
+  if (dirty_ && state_ == State::kOpen) ScheduleFlush();
+}
+
+void HboneSession::ScheduleFlush() {
+  dirty_ = true;
+  if (in_io_ || flush_scheduled_ || state_ != State::kOpen) return;
+  flush_scheduled_ = true;
+  std::weak_ptr<HboneSession> weak = weak_from_this();
+  loop_->Defer([weak] {
+    if (std::shared_ptr<HboneSession> s = weak.lock()) {
+      s->flush_scheduled_ = false;
+      s->RunIo([] {});
+    }
+  });
+}
+
+void HboneSession::OnEvents(uint32_t events) {
+  RunIo([&] {
+    switch (state_) {
+      case State::kConnecting:
+        if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) return;
+        DoConnectDone();
+        if (state_ != State::kHandshaking) return;
+        DoHandshake();
+        return;
+      case State::kHandshaking:
+        DoHandshake();
+        return;
+      case State::kOpen:
+        // After ERR/HUP the next SSL_write fails and closes the session, instead of epoll
+        // reporting the condition forever to a session waiting for EPOLLOUT.
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) write_blocked_ = false;
+        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) DoRead();
+        return;
+      case State::kClosed:
+        return;
+    }
+  });
+}
+
+void HboneSession::DoConnectDone() {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err != 0) {
+    Close(absl::ErrnoToStatus(
+        err, absl::StrCat("connecting to HBONE peer (expected ", expected_peer_, ")")));
+    return;
+  }
+  state_ = State::kHandshaking;
+}
+
+void HboneSession::DoHandshake() {
+  ERR_clear_error();
+  int r = SSL_do_handshake(ssl_.get());
+  if (r == 1) {
+    HandshakeDone();
+    return;
+  }
+  int e = SSL_get_error(ssl_.get(), r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    uint32_t want = e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    if (want != interest_ && loop_->Modify(fd_.get(), want, this).ok()) interest_ = want;
+    return;
+  }
+  HandshakeFailed(e);
+}
+
+void HboneSession::HandshakeFailed(int ssl_error) {
+  PeerCheckFailure failure = PeerCheckFailureOf(ssl_.get());
+  std::string message = PeerCheckMessage(ssl_.get());
+  absl::Status status;
+  switch (failure) {
+    case PeerCheckFailure::kNone:
+      ++stats_->tls_failures;
+      break;
+    case PeerCheckFailure::kNoClientCert:
+      ++stats_->no_client_cert;
+      break;
+    case PeerCheckFailure::kUntrusted:
+    case PeerCheckFailure::kBadIdentity:
+    case PeerCheckFailure::kWrongTrustDomain:
+      ++stats_->untrusted_peer;
+      break;
+    case PeerCheckFailure::kIdentityMismatch:
+      ++stats_->identity_mismatch;
+      break;
+    case PeerCheckFailure::kNoAlpn:
+      ++stats_->no_alpn;
+      break;
+    case PeerCheckFailure::kCipher:
+      ++stats_->bad_cipher;
+      break;
+  }
+  std::string what = absl::StrCat("TLS handshake with ", PeerName(), " failed");
+  if (!message.empty()) {
+    ERR_clear_error();
+    status = absl::PermissionDeniedError(absl::StrCat(what, ": ", message));
+  } else if (ssl_error == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+    status = errno != 0 ? absl::ErrnoToStatus(errno, what)
+                        : absl::UnavailableError(absl::StrCat(what, ": connection closed"));
+  } else {
+    status = tls::SslError(absl::StatusCode::kUnavailable, what);
+  }
+  Close(std::move(status));
+}
+
+void HboneSession::HandshakeDone() {
+  const uint8_t* alpn = nullptr;
+  unsigned alpn_len = 0;
+  SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
+  if (View(alpn, alpn_len) != "h2") {
+    ++stats_->no_alpn;
+    Close(absl::PermissionDeniedError(
+        absl::StrCat("HBONE peer ", PeerName(), " did not negotiate ALPN h2")));
+    return;
+  }
+  absl::StatusOr<std::string> peer = PeerSpiffeId(ssl_.get());
+  if (!peer.ok()) {
+    ++stats_->untrusted_peer;
+    Close(peer.status());
+    return;
+  }
+  if (client_ && *peer != expected_peer_) {  // the verifier already refused this; belt and braces
+    ++stats_->identity_mismatch;
+    Close(absl::PermissionDeniedError(
+        absl::StrCat("server identity mismatch: expected ", expected_peer_, ", got ", *peer)));
+    return;
+  }
+  peer_identity_ = std::move(*peer);
+  state_ = State::kOpen;
+  ++stats_->sessions_established;
+  UpdateInterest();
+  delegate_->OnEstablished(*this);
+  // The last handshake read may have pulled application records into BoringSSL's buffer, where
+  // epoll cannot see them.
+  if (state_ == State::kOpen) DoRead();
+}
+
+void HboneSession::DoRead() {
+  while (state_ == State::kOpen && nghttp2_session_want_read(h2_)) {
+    ERR_clear_error();
+    int n = SSL_read(ssl_.get(), read_buf_.data(), static_cast<int>(read_buf_.size()));
+    if (n > 0) {
+      ssize_t rv = nghttp2_session_mem_recv(h2_, read_buf_.data(), static_cast<size_t>(n));
+      if (rv < 0) {
+        Nghttp2Fatal(static_cast<int>(rv), "processing frames from");
+        return;
+      }
+      continue;
+    }
+    int e = SSL_get_error(ssl_.get(), n);
+    if (e == SSL_ERROR_WANT_READ) return;
+    if (e == SSL_ERROR_WANT_WRITE) {  // a TLS 1.3 KeyUpdate reply is waiting for room
+      write_blocked_ = true;
+      return;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN ||
+        (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && (errno == 0 || errno == ECONNRESET))) {
+      size_t open = streams_.size();
+      if (open == 0) {
+        Close(absl::OkStatus());
+      } else {
+        Close(absl::UnavailableError(absl::StrCat(
+            "HBONE peer ", PeerName(), " closed the connection with ", open, " streams open")));
+      }
+      return;
+    }
+    ++stats_->tls_failures;
+    Close(tls::SslError(absl::StatusCode::kUnavailable,
+                        absl::StrCat("reading from HBONE peer ", PeerName())));
+    return;
+  }
+}
+
+void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
+  uint32_t code = NGHTTP2_PROTOCOL_ERROR;
+  if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+      rv == NGHTTP2_ERR_TOO_MANY_SETTINGS) {
+    ++stats_->floods;
+    code = NGHTTP2_ENHANCE_YOUR_CALM;
+  } else if (rv == NGHTTP2_ERR_CALLBACK_FAILURE || rv == NGHTTP2_ERR_NOMEM) {
+    code = NGHTTP2_INTERNAL_ERROR;
+  } else {
+    ++stats_->protocol_errors;
+  }
+  absl::Status status = absl::UnavailableError(absl::StrCat(
+      "HTTP/2 error ", where, " HBONE peer ", PeerName(), ": ", nghttp2_strerror(rv),
+      last_h2_error_.empty() ? "" : " (", last_h2_error_, last_h2_error_.empty() ? "" : ")"));
+  // Best effort: tell the peer why before closing.
+  if (nghttp2_session_terminate_session(h2_, code) == 0) {
+    const uint8_t* data;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(h2_, &data)) > 0) {
+      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    }
+    if (out_off_ < out_.size()) {
+      SSL_write(ssl_.get(), out_.data() + out_off_, static_cast<int>(out_.size() - out_off_));
+    }
+  }
+  Close(std::move(status));
+}
+
+void HboneSession::Flush() {
+  while (state_ == State::kOpen && !write_blocked_) {
+    bool produced = false;
+    if (out_off_ == out_.size()) {
+      out_.clear();
+      out_off_ = 0;
+    }
+    while (out_.size() - out_off_ < kOutBatch) {
+      const uint8_t* data;
+      ssize_t n = nghttp2_session_mem_send(h2_, &data);
+      if (n < 0) {
+        Nghttp2Fatal(static_cast<int>(n), "framing for");
+        return;
+      }
+      if (n == 0) break;
+      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+      produced = true;
+    }
+    while (out_off_ < out_.size()) {
+      ERR_clear_error();
+      size_t chunk = std::min<size_t>(out_.size() - out_off_, 1 << 30);
+      int w = SSL_write(ssl_.get(), out_.data() + out_off_, static_cast<int>(chunk));
+      if (w > 0) {
+        out_off_ += static_cast<size_t>(w);
+        continue;
+      }
+      int e = SSL_get_error(ssl_.get(), w);
+      if (e == SSL_ERROR_WANT_WRITE) {
+        write_blocked_ = true;
+        break;
+      }
+      ++stats_->tls_failures;
+      Close(e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0
+                ? absl::ErrnoToStatus(errno, absl::StrCat("writing to HBONE peer ", PeerName()))
+                : tls::SslError(absl::StatusCode::kUnavailable,
+                                absl::StrCat("writing to HBONE peer ", PeerName())));
+      return;
+    }
+    if (state_ != State::kOpen) return;
+    // Streams drained into frames may take more bytes now; loop to frame those too.
+    bool notified = NotifyWritable();
+    if (!produced && !notified) break;
+  }
+  UpdateInterest();
+}
+
+bool HboneSession::NotifyWritable() {
+  std::vector<StreamId> ready;
+  for (const auto& [id, st] : streams_) {
+    if (st->want_writable && !st->finished && st->observer != nullptr &&
+        st->buffered() <= options_.stream_send_buffer / 2) {
+      ready.push_back(id);
+    }
+  }
+  for (StreamId id : ready) {
+    Stream* st = Find(id);  // an earlier OnWritable may have reset it
+    if (st == nullptr || st->finished || st->observer == nullptr || !st->want_writable) continue;
+    st->want_writable = false;
+    st->observer->OnWritable();
+  }
+  return !ready.empty();
+}
+
+void HboneSession::UpdateInterest() {
+  if (state_ != State::kOpen) return;
+  uint32_t want = 0;
+  if (nghttp2_session_want_read(h2_)) want |= EPOLLIN;
+  if (write_blocked_) want |= EPOLLOUT;
+  if (want != interest_ && loop_->Modify(fd_.get(), want, this).ok()) interest_ = want;
+}
+
+void HboneSession::CheckDone() {
+  if (state_ != State::kOpen || nghttp2_session_want_read(h2_) || nghttp2_session_want_write(h2_) ||
+      out_off_ < out_.size()) {
+    return;
+  }
+  absl::Status status;
+  if (goaway_sent_ && goaway_sent_code_ != NGHTTP2_NO_ERROR) {
+    status = absl::UnavailableError(
+        absl::StrCat("HTTP/2 error from HBONE peer ", PeerName(), ": sent GOAWAY(",
+                     nghttp2_http2_strerror(goaway_sent_code_), ")",
+                     last_h2_error_.empty() ? "" : ": ", last_h2_error_));
+  } else if (goaway_received_ && goaway_received_code_ != NGHTTP2_NO_ERROR) {
+    status =
+        absl::UnavailableError(absl::StrCat("HBONE peer ", PeerName(), " sent GOAWAY(",
+                                            nghttp2_http2_strerror(goaway_received_code_), ")"));
+  }
+  if (status.ok()) SSL_shutdown(ssl_.get());  // close_notify, best effort
+  Close(std::move(status));
+}
+
+void HboneSession::Close(absl::Status status) {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  loop_->Unwatch(fd_.get());
+  fd_.Reset();
+  ERR_clear_error();
+  std::unordered_map<StreamId, std::unique_ptr<Stream>> streams;
+  streams.swap(streams_);
+  for (auto& [id, st] : streams) {
+    if (!st->finished && st->observer != nullptr) st->observer->OnReset(kConnectError);
+  }
+  delegate_->OnSessionClosed(*this, status);
+}
+
+HboneSession::Stream* HboneSession::Find(StreamId id) const {
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+void HboneSession::Forget(StreamId id) {
+  streams_.erase(id);
+  if (streams_.empty()) idle_pending_ = true;
+  ScheduleFlush();
+}
+
+void HboneSession::HandleRequest(Stream& s) {
+  StreamId id = s.id;
+  if (s.method != "CONNECT") {
+    ++stats_->bad_requests;
+    SendFinalResponse(s, 400);
+    return;
+  }
+  absl::StatusOr<SocketAddress> dest = SocketAddress::Parse(s.authority);
+  if (!dest.ok() || dest->port == 0) {
+    ++stats_->bad_requests;
+    SendFinalResponse(s, 400);
+    return;
+  }
+  ++stats_->streams_opened;
+  ConnectRequest request{
+      s.authority, *dest, {s.forwarded, s.baggage, s.traceparent}, peer_identity_};
+  StreamObserver* observer = delegate_->OnConnect(*this, id, request);
+  Stream* st = Find(id);
+  if (st == nullptr || st->finished) return;
+  if (observer == nullptr) {
+    if (!st->responded) SendFinalResponse(*st, 503);
+    return;
+  }
+  st->observer = observer;
+  if (st->remote_ended) observer->OnEndStream();  // the request carried END_STREAM itself
+}
+
+void HboneSession::SendFinalResponse(Stream& s, int status) {
+  std::string code = absl::StrCat(status);
+  nghttp2_nv nv[] = {Nv(":status", code)};
+  s.responded = true;
+  s.finished = true;
+  s.observer = nullptr;
+  s.send_buf.clear();
+  s.send_off = 0;
+  if (nghttp2_submit_response(h2_, s.id, nv, 1, nullptr) != 0) {
+    nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
+  }
+  ScheduleFlush();
+}
+
+int HboneSession::AttachBody(Stream& s, int status) {
+  nghttp2_data_provider provider{};
+  provider.read_callback = Nghttp2Callbacks::ReadBody;
+  s.body_attached = true;
+  std::string code = absl::StrCat(status);
+  nghttp2_nv nv[] = {Nv(":status", code)};
+  return nghttp2_submit_response(h2_, s.id, nv, 1, &provider);
+}
+
+absl::StatusOr<StreamId> HboneSession::Connect(absl::string_view authority,
+                                               const ConnectHeaders& headers,
+                                               StreamObserver* observer) {
+  if (!client_) return absl::FailedPreconditionError("Connect on a server session");
+  if (observer == nullptr) return absl::InvalidArgumentError("Connect without an observer");
+  if (state_ == State::kClosed) return absl::UnavailableError("HBONE session is closed");
+  if (shutdown_ || goaway_received_) {
+    return absl::UnavailableError("HBONE session is going away");
+  }
+  absl::StatusOr<SocketAddress> dest = SocketAddress::Parse(authority);
+  if (!dest.ok() || dest->port == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CONNECT authority \"", authority, "\" is not ip:port"));
+  }
+  std::vector<nghttp2_nv> nv = {Nv(":method", "CONNECT"), Nv(":authority", authority)};
+  if (!headers.forwarded.empty()) nv.push_back(Nv("forwarded", headers.forwarded));
+  if (!headers.baggage.empty()) nv.push_back(Nv("baggage", headers.baggage));
+  if (!headers.traceparent.empty()) nv.push_back(Nv("traceparent", headers.traceparent));
+  nghttp2_data_provider provider{};
+  provider.read_callback = Nghttp2Callbacks::ReadBody;
+  auto stream = std::make_unique<Stream>();
+  Stream* st = stream.get();
+  int32_t id = nghttp2_submit_request(h2_, nullptr, nv.data(), nv.size(), &provider, nullptr);
+  if (id < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open an HBONE stream: ", nghttp2_strerror(id)));
+  }
+  st->id = id;
+  st->observer = observer;
+  st->body_attached = true;
+  streams_[id] = std::move(stream);
+  ++stats_->streams_opened;
+  ScheduleFlush();
+  return id;
+}
+
+absl::Status HboneSession::Respond(StreamId stream, int status) {
+  if (client_) return absl::FailedPreconditionError("Respond on a client session");
+  Stream* st = Find(stream);
+  if (st == nullptr || st->finished) {
+    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream, " is gone"));
+  }
+  if (st->responded) {
+    return absl::FailedPreconditionError(absl::StrCat("HBONE stream ", stream, " answered"));
+  }
+  if (status < 200 || status > 599) {
+    return absl::InvalidArgumentError(absl::StrCat("bad final status ", status));
+  }
+  if (status >= 300) {
+    SendFinalResponse(*st, status);
+    return absl::OkStatus();
+  }
+  st->responded = true;
+  int rv = AttachBody(*st, status);
+  if (rv != 0) {
+    return absl::InternalError(absl::StrCat("HTTP/2 response: ", nghttp2_strerror(rv)));
+  }
+  ScheduleFlush();
+  return absl::OkStatus();
+}
+
+size_t HboneSession::Write(StreamId stream, const uint8_t* data, size_t len) {
+  Stream* st = Find(stream);
+  if (st == nullptr || st->finished || st->write_closed || state_ == State::kClosed) return 0;
+  size_t room = options_.stream_send_buffer - std::min(options_.stream_send_buffer, st->buffered());
+  size_t n = std::min(room, len);
+  if (n < len) st->want_writable = true;
+  if (n == 0) return 0;
+  st->send_buf.append(reinterpret_cast<const char*>(data), n);
+  if (st->deferred) {
+    st->deferred = false;
+    nghttp2_session_resume_data(h2_, stream);
+  }
+  ScheduleFlush();
+  return n;
+}
+
+void HboneSession::CloseWrite(StreamId stream) {
+  Stream* st = Find(stream);
+  if (st == nullptr || st->finished || st->write_closed || state_ == State::kClosed) return;
+  st->write_closed = true;
+  st->want_writable = false;
+  if (st->deferred) {
+    st->deferred = false;
+    nghttp2_session_resume_data(h2_, stream);
+  }
+  ScheduleFlush();
+}
+
+void HboneSession::Reset(StreamId stream, uint32_t error_code) {
+  Stream* st = Find(stream);
+  if (st == nullptr || st->finished || state_ == State::kClosed) return;
+  st->finished = true;
+  st->observer = nullptr;
+  nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, stream, error_code);
+  ScheduleFlush();
+}
+
+void HboneSession::Consume(StreamId stream, size_t n) {
+  if (state_ == State::kClosed || n == 0) return;
+  nghttp2_session_consume_stream(h2_, stream, n);  // unknown / closed streams: no-op
+  ScheduleFlush();
+}
+
+void HboneSession::Shutdown() {
+  if (state_ == State::kClosed || shutdown_) return;
+  shutdown_ = true;
+  if (state_ != State::kOpen) {
+    RunIo([&] { Close(absl::CancelledError("HBONE session shut down before the handshake")); });
+    return;
+  }
+  int32_t last = client_ ? 0 : nghttp2_session_get_last_proc_stream_id(h2_);
+  nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, nullptr, 0);
+  ScheduleFlush();
+}
+
+bool HboneSession::can_open_stream() const {
+  if (!client_ || state_ == State::kClosed || shutdown_ || goaway_received_ || goaway_sent_) {
+    return false;
+  }
+  if (!nghttp2_session_check_request_allowed(h2_)) return false;
+  uint32_t limit =
+      nghttp2_session_get_remote_settings(h2_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+  return streams_.size() < limit;
+}
+
+size_t HboneSession::buffered(StreamId stream) const {
+  Stream* st = Find(stream);
+  return st == nullptr ? 0 : st->buffered();
+}
+
+}  // namespace ambit::hbone

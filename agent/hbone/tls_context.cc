@@ -1,0 +1,380 @@
+#include "agent/hbone/tls_context.h"
+
+#include <openssl/err.h>
+#include <openssl/tls1.h>
+#include <openssl/x509v3.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "agent/common/status.h"
+#include "agent/identity/spiffe_id.h"
+#include "agent/tls/keys.h"
+
+namespace ambit::hbone {
+namespace {
+
+constexpr uint8_t kAlpnH2[] = {2, 'h', '2'};
+constexpr uint16_t kTlsAes128GcmSha256 = 0x1301;
+constexpr uint16_t kTlsAes256GcmSha384 = 0x1302;
+
+// Per SSL_CTX: what the callbacks need to know about the context, owned by the SSL_CTX (freed
+// with it), so an SSL outliving its TlsContext object still finds it.
+struct CtxState {
+  TlsContext::Role role;
+  std::string identity;
+  std::string trust_domain;
+};
+
+// Per SSL: the identity a client expects, and what our callbacks decided.
+struct ConnState {
+  std::string expected_peer;
+  PeerCheckFailure failure = PeerCheckFailure::kNone;
+  std::string message;
+};
+
+void FreeCtxState(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<CtxState*>(ptr);
+}
+void FreeConnState(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<ConnState*>(ptr);
+}
+
+int CtxIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, FreeCtxState);
+  return index;
+}
+int ConnIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, FreeConnState);
+  return index;
+}
+
+const CtxState* GetCtxState(const SSL* ssl) {
+  return static_cast<const CtxState*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), CtxIndex()));
+}
+ConnState* GetConnState(const SSL* ssl) {
+  return static_cast<ConnState*>(SSL_get_ex_data(ssl, ConnIndex()));
+}
+
+// Records the first failure only: it is the cause, later ones are consequences.
+void Refuse(const SSL* ssl, PeerCheckFailure failure, std::string message) {
+  ConnState* state = GetConnState(ssl);
+  if (state == nullptr || state->failure != PeerCheckFailure::kNone) return;
+  state->failure = failure;
+  state->message = std::move(message);
+}
+
+bool AllowedCipher(const SSL_CIPHER* cipher) {
+  if (cipher == nullptr) return false;
+  uint16_t id = SSL_CIPHER_get_protocol_id(cipher);
+  return id == kTlsAes128GcmSha256 || id == kTlsAes256GcmSha384;
+}
+
+const SSL_CIPHER* NegotiatedCipher(const SSL* ssl) {
+  const SSL_CIPHER* cipher = SSL_get_pending_cipher(ssl);
+  return cipher != nullptr ? cipher : SSL_get_current_cipher(ssl);
+}
+
+// The SPIFFE ID of a peer leaf whose chain has been verified, checked against our context.
+absl::StatusOr<std::string> LeafIdentity(X509* leaf, const CtxState& ours,
+                                         PeerCheckFailure* failure) {
+  *failure = PeerCheckFailure::kBadIdentity;
+  absl::StatusOr<tls::RequestedNames> names = tls::CertSubjectAltNames(leaf);
+  if (!names.ok()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("peer certificate has no readable subjectAltName (we are ", ours.identity,
+                     "): ", names.status().message()));
+  }
+  if (names->uris.size() != 1) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "peer certificate has ", names->uris.size(),
+        " URI subjectAltNames; an X.509 SVID has exactly one (we are ", ours.identity, ")"));
+  }
+  const std::string& uri = names->uris[0];
+  absl::StatusOr<identity::SpiffeId> id = identity::ParseSpiffeId(uri);
+  if (!id.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("peer URI SAN \"", uri,
+                                                    "\" is not a SPIFFE ID (we are ", ours.identity,
+                                                    "): ", id.status().message()));
+  }
+  if (X509_check_ca(leaf) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "peer ", uri, " presented a CA certificate as its leaf (we are ", ours.identity, ")"));
+  }
+  if (id->trust_domain != ours.trust_domain) {
+    *failure = PeerCheckFailure::kWrongTrustDomain;
+    return absl::PermissionDeniedError(absl::StrCat("peer ", uri, " is in trust domain \"",
+                                                    id->trust_domain, "\", not ours (we are ",
+                                                    ours.identity, ")"));
+  }
+  *failure = PeerCheckFailure::kNone;
+  return uri;
+}
+
+// Runs for every certificate of the peer's chain, root first, leaf (depth 0) last.
+int VerifyPeer(int ok, X509_STORE_CTX* store_ctx) {
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  if (ssl == nullptr) return 0;
+  const CtxState* ours = GetCtxState(ssl);
+  ConnState* conn = GetConnState(ssl);
+  if (ours == nullptr || conn == nullptr) return 0;
+  int depth = X509_STORE_CTX_get_error_depth(store_ctx);
+  if (!ok) {
+    int err = X509_STORE_CTX_get_error(store_ctx);
+    Refuse(ssl, PeerCheckFailure::kUntrusted,
+           absl::StrCat("peer certificate chain does not verify against the trust bundle (we are ",
+                        ours->identity, "): ", X509_verify_cert_error_string(err), " at depth ",
+                        depth));
+    return 0;
+  }
+  if (depth != 0) return 1;
+
+  auto refuse = [&](PeerCheckFailure failure, std::string message) {
+    Refuse(ssl, failure, std::move(message));
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  };
+  if (ours->role == TlsContext::Role::kClient && !AllowedCipher(NegotiatedCipher(ssl))) {
+    const SSL_CIPHER* cipher = NegotiatedCipher(ssl);
+    return refuse(PeerCheckFailure::kCipher,
+                  absl::StrCat("server chose cipher suite ",
+                               cipher != nullptr ? SSL_CIPHER_get_name(cipher) : "(none)",
+                               "; only TLS_AES_128_GCM_SHA256 and TLS_AES_256_GCM_SHA384 are "
+                               "allowed"));
+  }
+  PeerCheckFailure failure;
+  absl::StatusOr<std::string> id =
+      LeafIdentity(X509_STORE_CTX_get_current_cert(store_ctx), *ours, &failure);
+  if (!id.ok()) return refuse(failure, std::string(id.status().message()));
+  if (ours->role == TlsContext::Role::kClient && *id != conn->expected_peer) {
+    return refuse(PeerCheckFailure::kIdentityMismatch,
+                  absl::StrCat("server identity mismatch: expected ", conn->expected_peer, ", got ",
+                               *id, " (we are ", ours->identity, ")"));
+  }
+  return 1;
+}
+
+bool OffersAesGcm(const SSL_CLIENT_HELLO* hello) {
+  for (size_t i = 0; i + 1 < hello->cipher_suites_len; i += 2) {
+    uint16_t id = static_cast<uint16_t>(hello->cipher_suites[i] << 8 | hello->cipher_suites[i + 1]);
+    if (id == kTlsAes128GcmSha256 || id == kTlsAes256GcmSha384) return true;
+  }
+  return false;
+}
+
+// Server, before key exchange: refuses what the later callbacks could not refuse cleanly.
+ssl_select_cert_result_t CheckClientHello(const SSL_CLIENT_HELLO* hello) {
+  if (!OffersAesGcm(hello)) {
+    Refuse(hello->ssl, PeerCheckFailure::kCipher,
+           "client offers neither TLS_AES_128_GCM_SHA256 nor TLS_AES_256_GCM_SHA384");
+    return ssl_select_cert_error;
+  }
+  const uint8_t* alpn;
+  size_t alpn_len;
+  // The ALPN callback only runs for clients that send the extension at all.
+  if (!SSL_early_callback_ctx_extension_get(
+          hello, TLSEXT_TYPE_application_layer_protocol_negotiation, &alpn, &alpn_len)) {
+    Refuse(hello->ssl, PeerCheckFailure::kNoAlpn, "client offers no ALPN; HBONE requires h2");
+    SSL_send_fatal_alert(hello->ssl, SSL_AD_NO_APPLICATION_PROTOCOL);
+    return ssl_select_cert_error;
+  }
+  return ssl_select_cert_success;
+}
+
+int SelectAlpn(SSL* ssl, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len,
+               void*) {
+  // The suite is chosen before ALPN runs, so this is the last moment to refuse it with an alert.
+  if (!AllowedCipher(SSL_get_pending_cipher(ssl))) {
+    const SSL_CIPHER* cipher = SSL_get_pending_cipher(ssl);
+    Refuse(ssl, PeerCheckFailure::kCipher,
+           absl::StrCat("negotiated cipher suite ",
+                        cipher != nullptr ? SSL_CIPHER_get_name(cipher) : "(none)",
+                        " is not AES-GCM; h2 refused"));
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
+  std::string offered;
+  for (unsigned i = 0; i < in_len;) {
+    unsigned len = in[i];
+    if (i + 1 + len > in_len) break;
+    absl::string_view proto(reinterpret_cast<const char*>(in + i + 1), len);
+    if (proto == "h2") {
+      *out = in + i + 1;
+      *out_len = 2;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    absl::StrAppend(&offered, offered.empty() ? "" : ",", proto);
+    i += 1 + len;
+  }
+  Refuse(ssl, PeerCheckFailure::kNoAlpn,
+         absl::StrCat("client offers ALPN [", offered, "] without h2"));
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+}  // namespace
+
+const char* PeerCheckFailureName(PeerCheckFailure failure) {
+  switch (failure) {
+    case PeerCheckFailure::kNone:
+      return "none";
+    case PeerCheckFailure::kNoClientCert:
+      return "no_client_cert";
+    case PeerCheckFailure::kUntrusted:
+      return "untrusted";
+    case PeerCheckFailure::kBadIdentity:
+      return "bad_identity";
+    case PeerCheckFailure::kWrongTrustDomain:
+      return "wrong_trust_domain";
+    case PeerCheckFailure::kIdentityMismatch:
+      return "identity_mismatch";
+    case PeerCheckFailure::kNoAlpn:
+      return "no_alpn";
+    case PeerCheckFailure::kCipher:
+      return "cipher";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
+                                                                     const tls::CertifiedKey& svid,
+                                                                     X509_STORE* roots,
+                                                                     std::string trust_domain) {
+  if (roots == nullptr) return absl::InvalidArgumentError("TLS context: no trust bundle");
+  if (svid.key == nullptr || svid.chain.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS context for ", svid.identity, ": no key or certificate"));
+  }
+  AMBIT_RETURN_IF_ERROR(identity::ValidateTrustDomain(trust_domain));
+  AMBIT_ASSIGN_OR_RETURN(identity::SpiffeId own, identity::ParseSpiffeId(svid.identity));
+  if (own.trust_domain != trust_domain) {
+    return absl::InvalidArgumentError(absl::StrCat("TLS context: our identity ", svid.identity,
+                                                   " is not in trust domain ", trust_domain));
+  }
+
+  bssl::UniquePtr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()));
+  if (ctx == nullptr) return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_new");
+  SSL_CTX* c = ctx.get();
+  if (!SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION) ||
+      !SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION)) {
+    return tls::SslError(absl::StatusCode::kInternal, "restricting to TLS 1.3");
+  }
+  if (!SSL_CTX_use_certificate(c, svid.chain[0].get())) {
+    return tls::SslError(absl::StatusCode::kInvalidArgument,
+                         absl::StrCat("using the certificate of ", svid.identity));
+  }
+  for (size_t i = 1; i < svid.chain.size(); ++i) {
+    if (!SSL_CTX_add1_chain_cert(c, svid.chain[i].get())) {
+      return tls::SslError(absl::StatusCode::kInvalidArgument, "adding an intermediate");
+    }
+  }
+  if (!SSL_CTX_use_PrivateKey(c, svid.key.get()) || !SSL_CTX_check_private_key(c)) {
+    return tls::SslError(absl::StatusCode::kInvalidArgument,
+                         absl::StrCat("the key of ", svid.identity, " does not match its leaf"));
+  }
+  X509_STORE_up_ref(roots);
+  SSL_CTX_set_cert_store(c, roots);
+  SSL_CTX_set_verify(
+      c,
+      role == Role::kServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
+      VerifyPeer);
+  // No resumption: every connection proves its identity with a full handshake, and the server
+  // sends no tickets it would have to rotate keys for.
+  SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (role == Role::kClient) {
+    if (SSL_CTX_set_alpn_protos(c, kAlpnH2, sizeof kAlpnH2) != 0) {  // 0 is success here
+      return tls::SslError(absl::StatusCode::kInternal, "setting ALPN");
+    }
+  } else {
+    SSL_CTX_set_num_tickets(c, 0);
+    SSL_CTX_set_select_certificate_cb(c, CheckClientHello);
+    SSL_CTX_set_alpn_select_cb(c, SelectAlpn, nullptr);
+  }
+  auto* state = new CtxState{role, svid.identity, trust_domain};
+  if (!SSL_CTX_set_ex_data(c, CtxIndex(), state)) {
+    delete state;
+    return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_set_ex_data");
+  }
+  return std::shared_ptr<const TlsContext>(
+      new TlsContext(role, std::move(ctx), svid.identity, std::move(trust_domain)));
+}
+
+absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,
+                                                        const std::string& expected_peer) const {
+  if (role_ == Role::kClient && expected_peer.empty()) {
+    return absl::InvalidArgumentError("an HBONE client must name the identity it expects");
+  }
+  bssl::UniquePtr<SSL> ssl(SSL_new(ctx_.get()));
+  if (ssl == nullptr) return tls::SslError(absl::StatusCode::kInternal, "SSL_new");
+  auto* state = new ConnState;
+  if (role_ == Role::kClient) state->expected_peer = expected_peer;
+  if (!SSL_set_ex_data(ssl.get(), ConnIndex(), state)) {
+    delete state;
+    return tls::SslError(absl::StatusCode::kInternal, "SSL_set_ex_data");
+  }
+  if (!SSL_set_fd(ssl.get(), fd)) return tls::SslError(absl::StatusCode::kInternal, "SSL_set_fd");
+  if (role_ == Role::kClient) {
+    SSL_set_connect_state(ssl.get());
+  } else {
+    SSL_set_accept_state(ssl.get());
+  }
+  return ssl;
+}
+
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(const tls::CertifiedKey& svid,
+                                                                    X509_STORE* roots,
+                                                                    std::string trust_domain) {
+  return TlsContext::Create(TlsContext::Role::kServer, svid, roots, std::move(trust_domain));
+}
+
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(const tls::CertifiedKey& svid,
+                                                                    X509_STORE* roots,
+                                                                    std::string trust_domain) {
+  return TlsContext::Create(TlsContext::Role::kClient, svid, roots, std::move(trust_domain));
+}
+
+absl::StatusOr<std::string> PeerSpiffeId(const SSL* ssl) {
+  const CtxState* ours = GetCtxState(ssl);
+  if (ours == nullptr) return absl::FailedPreconditionError("SSL was not made by a TlsContext");
+  if (SSL_in_init(ssl)) return absl::FailedPreconditionError("TLS handshake not finished");
+  bssl::UniquePtr<X509> leaf(SSL_get_peer_certificate(ssl));
+  if (leaf == nullptr) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("peer presented no certificate (we are ", ours->identity, ")"));
+  }
+  long verify = SSL_get_verify_result(ssl);
+  if (verify != X509_V_OK) {
+    return absl::PermissionDeniedError(absl::StrCat("peer certificate not verified (we are ",
+                                                    ours->identity,
+                                                    "): ", X509_verify_cert_error_string(verify)));
+  }
+  PeerCheckFailure failure;
+  return LeafIdentity(leaf.get(), *ours, &failure);
+}
+
+PeerCheckFailure PeerCheckFailureOf(const SSL* ssl) {
+  const ConnState* state = GetConnState(ssl);
+  if (state != nullptr && state->failure != PeerCheckFailure::kNone) return state->failure;
+  uint32_t err = ERR_peek_error();
+  if (ERR_GET_LIB(err) == ERR_LIB_SSL &&
+      ERR_GET_REASON(err) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+    return PeerCheckFailure::kNoClientCert;
+  }
+  return PeerCheckFailure::kNone;
+}
+
+std::string PeerCheckMessage(const SSL* ssl) {
+  const ConnState* state = GetConnState(ssl);
+  if (state != nullptr && !state->message.empty()) return state->message;
+  if (PeerCheckFailureOf(ssl) == PeerCheckFailure::kNoClientCert) {
+    const CtxState* ours = GetCtxState(ssl);
+    return absl::StrCat("client presented no certificate (we are ",
+                        ours != nullptr ? ours->identity : "?", ")");
+  }
+  return "";
+}
+
+}  // namespace ambit::hbone

@@ -1,0 +1,168 @@
+#include "agent/tunnel/hbone_pool.h"
+
+#include <sys/socket.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
+#include "agent/tunnel/connection.h"
+#include "agent/tunnel/tunnel_stream.h"
+#include "agent/tunnel/worker.h"
+
+namespace ambit::tunnel {
+namespace {
+constexpr const char* kComponent = "tunnel";
+
+absl::StatusOr<SocketAddress> LocalOf(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    return absl::ErrnoToStatus(errno, "getsockname");
+  }
+  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+absl::StatusOr<SocketAddress> PeerOf(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    return absl::ErrnoToStatus(errno, "getpeername");
+  }
+  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+}  // namespace
+
+HbonePool::~HbonePool() = default;
+
+absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
+    const Pod& src, const std::shared_ptr<const hbone::TlsContext>& client_ctx,
+    const std::string& dst_identity, const SocketAddress& dst) {
+  Key key{client_ctx->identity(), dst_identity, dst};
+  auto& list = pools_[key];
+  for (const auto& s : list) {
+    // A renewed certificate means a new context: new streams go to a session that presents it.
+    if (&s->tls_context() == client_ctx.get() && s->can_open_stream() &&
+        s->active_streams() < max_streams_) {
+      return s;
+    }
+  }
+  auto up = ConnectFromPod(worker_, src, dst, nullptr);
+  if (!up.ok()) return up.status();
+  auto session = hbone::HboneSession::CreateClient(&worker_.loop(), std::move(up->fd), client_ctx,
+                                                   dst_identity, this, options_);
+  if (!session.ok()) return session.status();
+  keys_[session->get()] = key;
+  list.push_back(*session);
+  AMBIT_LOG(kComponent, Debug) << "new HBONE connection " << client_ctx->identity() << " -> "
+                               << dst_identity << " at " << dst.ToString();
+  return *session;
+}
+
+void HbonePool::OnIdle(hbone::HboneSession& session) {
+  std::weak_ptr<hbone::HboneSession> weak = session.shared_from_this();
+  worker_.loop().RunAfter(idle_timeout_, [weak] {
+    auto s = weak.lock();
+    if (s && !s->closed() && s->active_streams() == 0) s->Shutdown();
+  });
+}
+
+void HbonePool::OnSessionClosed(hbone::HboneSession& session, const absl::Status& status) {
+  auto it = keys_.find(&session);
+  if (it == keys_.end()) return;
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "HBONE connection " << std::get<0>(it->second) << " -> "
+                                   << std::get<1>(it->second) << " at "
+                                   << std::get<2>(it->second).ToString()
+                                   << " closed: " << status.message();
+  }
+  auto& list = pools_[it->second];
+  for (auto s = list.begin(); s != list.end(); ++s) {
+    if (s->get() == &session) {
+      // Dropped after this batch: the session may still be on the call stack.
+      worker_.loop().Defer([keep = std::move(*s)] {});
+      list.erase(s);
+      break;
+    }
+  }
+  if (list.empty()) pools_.erase(it->second);
+  keys_.erase(it);
+}
+
+InboundSessions::~InboundSessions() = default;
+
+void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
+  auto local = LocalOf(fd.get());
+  auto peer = PeerOf(fd.get());
+  if (!local.ok() || !peer.ok()) return;
+  auto contexts = worker_.tls();
+  const TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
+  if (ctx == nullptr || !ctx->server) {
+    // Fail closed: without our own valid certificate we cannot prove who answers.
+    AMBIT_LOG(kComponent, Warning)
+        << "hbone pod=" << pod->uid << " src=" << peer->ToString() << " dst=" << local->ToString()
+        << ": no valid certificate for " << pod->spiffe_id << " ("
+        << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
+        << "); connection reset";
+    linger lg{1, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    return;
+  }
+  auto session = hbone::HboneSession::CreateServer(&worker_.loop(), std::move(fd), ctx->server,
+                                                   this, options_);
+  if (!session.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "hbone pod=" << pod->uid << " src=" << peer->ToString()
+                                   << ": " << session.status().message();
+    return;
+  }
+  sessions_[session->get()] = Entry{*session, std::move(pod), *peer};
+}
+
+hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
+                                                  hbone::StreamId stream,
+                                                  const hbone::ConnectRequest& request) {
+  auto it = sessions_.find(&session);
+  if (it == sessions_.end()) return nullptr;
+  const Entry& e = it->second;
+  const Pod& pod = *e.pod;
+  std::string description =
+      absl::StrCat("inbound pod=", pod.uid, " src=", e.peer.ip.ToString(), " dst=",
+                   request.destination.ToString(), " mode=mtls peer=", request.peer_identity);
+  bool ours = false;
+  for (const auto& ip : pod.ips) ours |= ip == request.destination.ip;
+  if (!ours) {
+    AMBIT_LOG(kComponent, Warning) << description << ": authority " << request.authority
+                                   << " is not this pod; answered 400";
+    (void)session.Respond(stream, 400);
+    return nullptr;
+  }
+  // Deliver from the client pod's own address, so the application sees the real client.
+  SocketAddress source{e.peer.ip, 0};
+  auto up = ConnectFromPod(worker_, pod, request.destination, &source);
+  if (!up.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << up.status().message()
+                                   << "; answered 503";
+    (void)session.Respond(stream, 503);
+    return nullptr;
+  }
+  AMBIT_LOG(kComponent, Info) << description;
+  auto flow = std::make_unique<TunnelStream>(worker_, description, std::move(up->fd));
+  TunnelStream* raw = flow.get();
+  worker_.Adopt(std::move(flow));
+  std::optional<std::pair<SocketAddress, SocketAddress>> delivery;
+  if (up->delivery_source) delivery = std::make_pair(*up->delivery_source, request.destination);
+  raw->Accept(session.shared_from_this(), stream, std::move(delivery));
+  return raw;
+}
+
+void InboundSessions::OnSessionClosed(hbone::HboneSession& session, const absl::Status& status) {
+  auto it = sessions_.find(&session);
+  if (it == sessions_.end()) return;
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "hbone pod=" << it->second.pod->uid
+                                   << " src=" << it->second.peer.ToString()
+                                   << ": session closed: " << status.message();
+  }
+  worker_.loop().Defer([keep = std::move(it->second.session)] {});
+  sessions_.erase(it);
+}
+
+}  // namespace ambit::tunnel

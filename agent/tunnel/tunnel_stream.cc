@@ -1,0 +1,266 @@
+#include "agent/tunnel/tunnel_stream.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/bpf/dataplane_maps.h"
+#include "agent/common/log.h"
+
+namespace ambit::tunnel {
+namespace {
+
+constexpr const char* kComponent = "tunnel";
+constexpr size_t kReadChunk = 64 * 1024;
+
+void ResetSocket(UniqueFd& fd) {
+  if (!fd) return;
+  linger lg{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  fd.Reset();
+}
+
+}  // namespace
+
+TunnelStream::TunnelStream(Worker& worker, std::string description, UniqueFd socket)
+    : worker_(worker), description_(std::move(description)), socket_(std::move(socket)) {}
+
+TunnelStream::~TunnelStream() {
+  ForgetDelivery();
+  if (watching_ && socket_) worker_.Unwatch(socket_.get());
+  if (session_ && !stream_over_ && id_ >= 0) session_->Reset(id_, hbone::kCancel);
+}
+
+absl::Status TunnelStream::Open(std::shared_ptr<hbone::HboneSession> session,
+                                absl::string_view authority, const hbone::ConnectHeaders& headers) {
+  session_ = std::move(session);
+  auto id = session_->Connect(authority, headers, this);
+  if (!id.ok()) return id.status();
+  id_ = *id;
+  return absl::OkStatus();
+}
+
+void TunnelStream::Accept(std::shared_ptr<hbone::HboneSession> session, hbone::StreamId id,
+                          std::optional<std::pair<SocketAddress, SocketAddress>> delivery_entry) {
+  session_ = std::move(session);
+  id_ = id;
+  delivery_ = std::move(delivery_entry);
+  connecting_ = true;
+  auto status = worker_.Watch(socket_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
+  if (!status.ok()) {
+    (void)session_->Respond(id_, 503);
+    stream_over_ = true;
+    Done();
+    return;
+  }
+  watching_ = true;
+}
+
+void TunnelStream::Recheck(const MeshSnapshot& snapshot) {
+  if (!recheck_ || done_) return;
+  absl::Status status = recheck_(snapshot);
+  if (status.ok()) return;
+  AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
+                                 << status.message();
+  worker_.counters().closed_by_policy++;
+  Fail(std::string(status.message()), true);
+}
+
+void TunnelStream::StartRelay() {
+  relaying_ = true;
+  if (!watching_) {
+    auto status = worker_.Watch(socket_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, this);
+    if (!status.ok()) {
+      Fail(std::string(status.message()), true);
+      return;
+    }
+    watching_ = true;
+  }
+  PumpToSocket();
+  PumpToPeer();
+}
+
+void TunnelStream::OnResponse(int status) {
+  if (done_) return;
+  if (status / 100 == 2) {
+    AMBIT_LOG(kComponent, Debug) << description_ << " tunnel up";
+    StartRelay();
+    return;
+  }
+  // The session ends the stream after a non-2xx answer; no further callback comes.
+  stream_over_ = true;
+  AMBIT_LOG(kComponent, Warning) << description_ << ": peer answered " << status
+                                 << (status == 401 ? " (denied by policy)" : "")
+                                 << "; connection reset";
+  Fail(absl::StrCat("peer answered ", status), false);
+}
+
+void TunnelStream::OnData(const uint8_t* data, size_t len) {
+  if (done_) return;
+  to_socket_.append(reinterpret_cast<const char*>(data), len);
+  received_ += len;
+  if (relaying_) PumpToSocket();
+}
+
+void TunnelStream::OnWritable() {
+  blocked_ = false;
+  if (relaying_ && !done_) PumpToPeer();
+}
+
+void TunnelStream::OnEndStream() {
+  peer_end_ = true;
+  if (relaying_ && !done_) PumpToSocket();
+}
+
+void TunnelStream::OnClosed() {
+  stream_over_ = true;
+  peer_end_ = true;
+  if (!done_) MaybeFinish();
+}
+
+void TunnelStream::OnReset(uint32_t error_code) {
+  stream_over_ = true;
+  if (done_) return;
+  if (connecting_) {
+    connecting_ = false;
+  }
+  AMBIT_LOG(kComponent, Debug) << description_ << ": stream reset by peer (code " << error_code
+                               << ")";
+  Fail(absl::StrCat("stream reset, code ", error_code), false);
+}
+
+void TunnelStream::OnEvents(uint32_t events) {
+  if (done_) return;
+  if (connecting_) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(socket_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err == 0 && !(events & EPOLLOUT)) return;
+    ForgetDelivery();  // the SYN is past sk_lookup either way
+    connecting_ = false;
+    if (err != 0) {
+      AMBIT_LOG(kComponent, Warning) << description_ << ": application connect failed: "
+                                     << strerror(err) << "; answered 503";
+      if (!stream_over_) (void)session_->Respond(id_, 503);
+      stream_over_ = true;
+      Done();
+      return;
+    }
+    if (stream_over_) {  // the client gave up meanwhile
+      Fail("client went away", false);
+      return;
+    }
+    (void)session_->Respond(id_, 200);
+    StartRelay();
+    return;
+  }
+  if (!relaying_) return;
+  PumpToSocket();
+  PumpToPeer();
+}
+
+void TunnelStream::PumpToPeer() {
+  while (!done_ && !blocked_ && !sent_end_) {
+    if (to_peer_.empty() && !socket_eof_) {
+      char buf[kReadChunk];
+      ssize_t n = read(socket_.get(), buf, sizeof buf);
+      if (n > 0) {
+        to_peer_.assign(buf, n);
+      } else if (n == 0) {
+        socket_eof_ = true;
+      } else if (errno == EAGAIN || errno == EINTR) {
+        break;
+      } else {
+        Fail(absl::StrCat("socket error: ", strerror(errno)), true);
+        return;
+      }
+    }
+    if (!to_peer_.empty()) {
+      if (stream_over_) {
+        Fail("stream already over", false);
+        return;
+      }
+      size_t taken = session_->Write(id_, to_peer_);
+      sent_ += taken;
+      to_peer_.erase(0, taken);
+      if (!to_peer_.empty()) {
+        blocked_ = true;  // OnWritable resumes
+        return;
+      }
+    }
+    if (socket_eof_ && to_peer_.empty()) {
+      if (!stream_over_) session_->CloseWrite(id_);  // the FIN, as END_STREAM
+      sent_end_ = true;
+    }
+  }
+  MaybeFinish();
+}
+
+void TunnelStream::PumpToSocket() {
+  while (!done_ && to_socket_off_ < to_socket_.size()) {
+    ssize_t n = send(socket_.get(), to_socket_.data() + to_socket_off_,
+                     to_socket_.size() - to_socket_off_, MSG_NOSIGNAL);
+    if (n > 0) {
+      to_socket_off_ += n;
+      // Only bytes the socket took reopen the stream window: a slow reader holds back its own
+      // stream, never the connection.
+      if (!stream_over_) session_->Consume(id_, n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      break;
+    } else {
+      Fail(absl::StrCat("socket error: ", strerror(errno)), true);
+      return;
+    }
+  }
+  if (to_socket_off_ == to_socket_.size()) {
+    to_socket_.clear();
+    to_socket_.shrink_to_fit();  // an idle stream holds no buffer
+    to_socket_off_ = 0;
+    if (peer_end_ && !socket_shut_) {
+      shutdown(socket_.get(), SHUT_WR);  // the peer's END_STREAM, as a FIN
+      socket_shut_ = true;
+    }
+  }
+  MaybeFinish();
+}
+
+void TunnelStream::MaybeFinish() {
+  if (done_ || !stream_over_ || !sent_end_ || !socket_shut_) return;
+  AMBIT_LOG(kComponent, Debug) << description_ << " closed sent=" << sent_
+                               << " received=" << received_;
+  Done();
+}
+
+void TunnelStream::Fail(const std::string& reason, bool reset_stream) {
+  if (done_) return;
+  AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  if (reset_stream && session_ && !stream_over_ && id_ >= 0) {
+    session_->Reset(id_, hbone::kConnectError);
+  }
+  stream_over_ = true;
+  if (watching_) worker_.Unwatch(socket_.get());
+  watching_ = false;
+  ResetSocket(socket_);
+  Done();
+}
+
+void TunnelStream::Done() {
+  if (done_) return;
+  done_ = true;
+  stream_over_ = true;
+  ForgetDelivery();
+  if (watching_ && socket_) worker_.Unwatch(socket_.get());
+  watching_ = false;
+  socket_.Reset();
+  worker_.Retire(this);
+}
+
+void TunnelStream::ForgetDelivery() {
+  if (!delivery_) return;
+  bpf::ForgetDelivery(worker_.settings().deliver_map, delivery_->first, delivery_->second);
+  delivery_.reset();
+}
+
+}  // namespace ambit::tunnel

@@ -1,0 +1,83 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "agent/common/event_loop.h"
+#include "agent/common/ip_address.h"
+#include "agent/common/unique_fd.h"
+#include "agent/hbone/session.h"
+#include "agent/tunnel/worker.h"
+
+namespace ambit::tunnel {
+
+// Joins one TCP socket to one HBONE stream: the application's socket on the outbound side, the
+// connection to the application on the inbound side. Full duplex; a FIN becomes END_STREAM and
+// back; a reset becomes RST_STREAM and back; a full socket or a short Write stops reading the
+// other side (flow control does the rest). Lives on one worker; owned by it as a Flow.
+class TunnelStream final : public Flow, public hbone::StreamObserver, public EventHandler {
+ public:
+  TunnelStream(Worker& worker, std::string description, UniqueFd socket);
+  ~TunnelStream() override;
+
+  // Outbound: opens the CONNECT on `session`; relaying starts on a 200.
+  absl::Status Open(std::shared_ptr<hbone::HboneSession> session, absl::string_view authority,
+                    const hbone::ConnectHeaders& headers);
+  // Inbound: the stream exists; the socket is connecting to the application. Answers 200 once
+  // the connect succeeds (503 if it fails), then relays.
+  void Accept(std::shared_ptr<hbone::HboneSession> session, hbone::StreamId id,
+              std::optional<std::pair<SocketAddress, SocketAddress>> delivery_entry);
+
+  // Re-decided on policy change (see Connection::SetRecheck).
+  void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
+    recheck_ = std::move(check);
+  }
+  void Recheck(const MeshSnapshot& snapshot) override;
+
+  // hbone::StreamObserver
+  void OnResponse(int status) override;
+  void OnData(const uint8_t* data, size_t len) override;
+  void OnWritable() override;
+  void OnEndStream() override;
+  void OnClosed() override;
+  void OnReset(uint32_t error_code) override;
+  // EventHandler (the socket)
+  void OnEvents(uint32_t events) override;
+
+ private:
+  void StartRelay();
+  void PumpToPeer();
+  void PumpToSocket();
+  void MaybeFinish();
+  // Ends everything: RST on the socket, RST_STREAM on the stream (unless the peer ended it).
+  void Fail(const std::string& reason, bool reset_stream);
+  void Done();
+  void ForgetDelivery();
+
+  Worker& worker_;
+  std::string description_;
+  UniqueFd socket_;
+  std::shared_ptr<hbone::HboneSession> session_;
+  hbone::StreamId id_ = -1;
+  bool watching_ = false;
+  bool connecting_ = false;  // inbound: connect to the application in progress
+  bool relaying_ = false;
+  bool blocked_ = false;     // Write was short: wait for OnWritable
+  bool socket_eof_ = false;  // the socket sent FIN
+  bool sent_end_ = false;    // END_STREAM queued
+  bool peer_end_ = false;    // the peer sent END_STREAM
+  bool socket_shut_ = false; // FIN forwarded to the socket
+  bool stream_over_ = false; // OnClosed / OnReset seen: the session forgets the stream
+  bool done_ = false;
+  std::string to_peer_;     // read from the socket, not yet taken by Write
+  std::string to_socket_;   // from the peer, not yet written to the socket
+  size_t to_socket_off_ = 0;
+  uint64_t sent_ = 0, received_ = 0;
+  std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
+  std::function<absl::Status(const MeshSnapshot&)> recheck_;
+};
+
+}  // namespace ambit::tunnel
