@@ -77,7 +77,7 @@ def main():
         server = api.popen(["/usr/bin/python3", "-m", "http.server", "8080", "--bind", "::"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         capture = os.path.join(t.workdir, "wire.pcap")
-        dump = subprocess.Popen(["ip", "netns", "exec", t.wire, "tcpdump", "-i", "br0", "-n",
+        dump = subprocess.Popen(["ip", "netns", "exec", t.wire, "tcpdump", "-i", "br0", "-n", "--immediate-mode",
                                  "-U", "-w", capture, "tcp port 8080"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t.procs.append(dump)

@@ -77,8 +77,8 @@ class Pod:
 
     def run(self, argv, in_cgroup=True, timeout=30, input=None):
         proc = self.popen(argv, in_cgroup=in_cgroup, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, stdin=subprocess.PIPE if input else None,
-                          text=True)
+                          stderr=subprocess.PIPE, stdin=subprocess.PIPE if input is not None else None,
+                          text=True, errors="replace")
         try:
             out, err = proc.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired:
