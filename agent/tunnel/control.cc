@@ -26,6 +26,8 @@ namespace {
 
 namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "tunnel";
+// How long a new pod's listeners wait for its first certificate before being served anyway.
+constexpr absl::Duration kCertGrace = absl::Seconds(10);
 enum : uint64_t { kTagListen = 1, kTagController = 2, kTagSignal = 3, kTagCertTimer = 4 };
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
@@ -209,7 +211,9 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
     workers_.push_back(std::move(w));
   }
   for (const auto& [uid, pod] : pods_) {
-    for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
+    if (!waiting_for_cert_.count(uid)) {
+      for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
+    }
   }
   for (auto& w : workers_) w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
   for (auto& w : workers_) {
@@ -274,13 +278,16 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
         }
       }
       pods_[shared->uid] = shared;
-      for (auto& w : workers_) w->Post([shared](Worker& worker) { worker.AddPod(shared); });
+      // Accepting waits until the pod's certificate is valid (see ServePendingPods): until
+      // then connections wait in the listeners' backlogs instead of failing closed.
+      waiting_for_cert_[shared->uid] = absl::Now();
       AMBIT_LOG(kComponent, Info) << "serving pod " << shared->uid
                                   << " netns_cookie=" << shared->netns_cookie;
       return absl::OkStatus();
     }
     case pb::Envelope::kRemovePod: {
       std::string uid = env.remove_pod().uid();
+      waiting_for_cert_.erase(uid);
       auto it = pods_.find(uid);
       if (it != pods_.end()) {
         if (!it->second->spiffe_id.empty()) certs_->Release(it->second->spiffe_id);
@@ -406,6 +413,33 @@ void Tunnel::UpdateTlsContexts() {
   tls_for_new_workers_ = shared;
 }
 
+void Tunnel::ServePendingPods() {
+  if (workers_.empty()) return;
+  for (auto it = waiting_for_cert_.begin(); it != waiting_for_cert_.end();) {
+    auto pod = pods_.find(it->first);
+    if (pod == pods_.end()) {
+      it = waiting_for_cert_.erase(it);
+      continue;
+    }
+    const auto& p = pod->second;
+    bool ready = p->spiffe_id.empty() || certs_->Get(p->spiffe_id) != nullptr;
+    // Past the grace period the pod is served anyway: passthrough traffic must not wait on a
+    // CA that is down, and mTLS connections then fail closed with the reason logged.
+    bool overdue = absl::Now() - it->second > kCertGrace;
+    if (!ready && !overdue) {
+      ++it;
+      continue;
+    }
+    if (!ready) {
+      AMBIT_LOG(kComponent, Warning) << "pod " << p->uid << " still has no certificate for "
+                                     << p->spiffe_id << " after " << kCertGrace
+                                     << "; serving it (mTLS connections are refused)";
+    }
+    for (auto& w : workers_) w->Post([shared = p](Worker& worker) { worker.AddPod(shared); });
+    it = waiting_for_cert_.erase(it);
+  }
+}
+
 void Tunnel::AfterEvent() {
   while (!failed_csrs_.empty()) {
     auto failed = std::move(failed_csrs_);
@@ -414,8 +448,10 @@ void Tunnel::AfterEvent() {
   }
   certs_->Tick();
   UpdateTlsContexts();
+  ServePendingPods();
   // The timer is armed for the next deadline; Tick above ran whatever was due.
   absl::Time next = certs_->NextDeadline();
+  for (const auto& [uid, since] : waiting_for_cert_) next = std::min(next, since + kCertGrace);
   itimerspec its{};
   if (next != absl::InfiniteFuture()) {
     absl::Duration in = std::max(next - absl::Now(), absl::Milliseconds(1));

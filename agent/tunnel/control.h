@@ -50,6 +50,7 @@ class Tunnel : public tls::CsrSigner {
   void OnControllerGone();
   // Rebuilds the workers' TLS contexts when a certificate or the trust bundle changed.
   void UpdateTlsContexts();
+  void ServePendingPods();
 
   TunnelOptions options_;
   UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
@@ -67,6 +68,7 @@ class Tunnel : public tls::CsrSigner {
   std::vector<std::string> trust_bundle_;
   std::string tls_signature_;  // what the current TLS contexts were built from
   std::shared_ptr<const TlsContexts> tls_for_new_workers_;
+  std::map<std::string, absl::Time> waiting_for_cert_;  // pod uid -> since
 };
 
 }  // namespace ambit::tunnel
