@@ -113,7 +113,7 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
                                    << ": " << session.status().message();
     return;
   }
-  sessions_[session->get()] = Entry{*session, std::move(pod), *peer};
+  sessions_[session->get()] = Entry{*session, std::move(pod), *peer, *local};
 }
 
 hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
@@ -159,6 +159,7 @@ void InboundSessions::OnSessionClosed(hbone::HboneSession& session, const absl::
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "hbone pod=" << it->second.pod->uid
                                    << " src=" << it->second.peer.ToString()
+                                   << " dst=" << it->second.local.ToString()
                                    << ": session closed: " << status.message();
   }
   worker_.loop().Defer([keep = std::move(it->second.session)] {});

@@ -68,7 +68,8 @@ class InboundSessions final : public hbone::SessionDelegate {
   struct Entry {
     std::shared_ptr<hbone::HboneSession> session;
     std::shared_ptr<const Pod> pod;
-    SocketAddress peer;  // the client pod's address: the source the application will see
+    SocketAddress peer;   // the client pod's address: the source the application will see
+    SocketAddress local;  // our 15008 address
   };
   Worker& worker_;
   hbone::SessionOptions options_;

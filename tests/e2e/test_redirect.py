@@ -126,10 +126,12 @@ class RedirectTest(unittest.TestCase):
         src_ip = self.a.ip6 if ":" in dst_ip else self.a.ip4
         self.assertEqual(seen["peer"].replace("::ffff:", ""), src_ip)
         self.assertEqual(seen["local"].replace("::ffff:", ""), dst_ip)
-        # ambit recorded the original destination: one outbound log line names it.
+        # ambit recorded the original destination: one outbound log line names it. b is in the
+        # mesh, so the connection went over mTLS and arrived with a's identity.
         self.agent.wait_log(f"outbound pod=default/a ", count=before + 1)
-        self.agent.wait_log(f"orig_dst={bracket(dst_ip)}:8080 mode=passthrough")
-        self.agent.wait_log(f"inbound pod=default/b src={bracket(src_ip)}:")
+        self.agent.wait_log(f"orig_dst={bracket(dst_ip)}:8080 mode=hbone")
+        self.agent.wait_log(f"inbound pod=default/b src={src_ip} dst={bracket(dst_ip)}:8080 "
+                            f"mode=mtls peer=spiffe://cluster.local/ns/default/sa/default")
 
     def test_outbound_ipv4_reaches_server_through_ambit(self):
         self._outbound(self.b.ip4)
@@ -160,10 +162,13 @@ class RedirectTest(unittest.TestCase):
         for dst in (self.b.ip4, self.b.ip6):
             r = self.c.python(PROBE, dst, 15008, in_cgroup=False)
             probe = json.loads(r.stdout)
-            # Until mTLS lands the HBONE listener resets; what matters is who answered.
-            self.agent.wait_log(f"hbone pod=default/b src={bracket(self.c.ip6 if ':' in dst else self.c.ip4)}:")
-            self.assertIn(f"dst={bracket(dst)}:15008", self.agent.logs())
-            self.assertFalse(probe["ok"] and probe.get("reply"), probe)
+            # The probe speaks plaintext to the TLS listener: the handshake fails, and the log
+            # shows which listener answered.
+            src = bracket(self.c.ip6 if ':' in dst else self.c.ip4)
+            self.agent.wait_log(f"hbone pod=default/b src={src}:")
+            self.agent.wait_log(f"dst={bracket(dst)}:15008: session closed: TLS handshake")
+            # All the plaintext peer ever gets back is a TLS alert record.
+            self.assertTrue(not probe["ok"] or probe["reply"].startswith("\x15\x03"), probe)
 
     def test_missing_listener_drops_syn(self):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))
