@@ -86,8 +86,8 @@ void EpollLoop::Unwatch(int fd) {
 void EpollLoop::Defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
 
 void EpollLoop::RunAfter(absl::Duration d, std::function<void()> fn) {
-  timers_.push_back(Timer{MonotonicNow() + std::max(d, absl::ZeroDuration()), next_timer_seq_++,
-                          std::move(fn)});
+  timers_.push_back(
+      Timer{MonotonicNow() + std::max(d, absl::ZeroDuration()), next_timer_seq_++, std::move(fn)});
   std::push_heap(timers_.begin(), timers_.end(), TimerLater());
 }
 
@@ -101,14 +101,13 @@ bool EpollLoop::RunOnce(absl::Duration timeout) {
   if (stop_.exchange(false)) return false;
   absl::Duration wait = std::max(timeout, absl::ZeroDuration());
   if (!deferred_.empty()) wait = absl::ZeroDuration();
-  if (!timers_.empty()) wait = std::min(wait, std::max(timers_.front().due - MonotonicNow(),
-                                                       absl::ZeroDuration()));
+  if (!timers_.empty())
+    wait = std::min(wait, std::max(timers_.front().due - MonotonicNow(), absl::ZeroDuration()));
   int wait_ms = -1;
   if (wait != absl::InfiniteDuration()) {
     // Round up so a timer due in 0.3 ms does not make us spin with a zero timeout.
-    wait_ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(
-                                                     wait + absl::Microseconds(999)),
-                                                 1 << 30));
+    wait_ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(wait + absl::Microseconds(999)), 1 << 30));
   }
 
   epoll_event events[kMaxEventsPerWait];

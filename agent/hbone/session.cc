@@ -33,14 +33,70 @@ nghttp2_nv Nv(absl::string_view name, absl::string_view value) {
                     value.size(), NGHTTP2_NV_FLAG_NONE};
 }
 
+// A stream's bytes between Write() and framing. DATA frames are written straight from here into
+// the output buffer (NGHTTP2_DATA_FLAG_NO_COPY), so the only copies on the way out are: the
+// caller's bytes into the ring, the ring into the output batch, and BoringSSL's encryption.
+// Storage grows on demand up to the caller's limit and never compacts.
+class ByteRing {
+ public:
+  size_t size() const { return size_; }
+
+  // Appends up to `n` bytes without growing past `limit` bytes held; returns how many.
+  size_t Append(const uint8_t* data, size_t n, size_t limit) {
+    size_t take = std::min(n, limit > size_ ? limit - size_ : 0);
+    if (take == 0) return 0;
+    if (size_ + take > cap_) Grow(size_ + take, limit);
+    size_t tail = (head_ + size_) % cap_;
+    size_t first = std::min(take, cap_ - tail);
+    std::memcpy(buf_.get() + tail, data, first);
+    std::memcpy(buf_.get(), data + first, take - first);
+    size_ += take;
+    return take;
+  }
+
+  // Moves the first `n` (<= size()) bytes to the end of `out`.
+  void PopTo(std::string* out, size_t n) {
+    if (n == 0) return;
+    size_t first = std::min(n, cap_ - head_);
+    out->append(reinterpret_cast<const char*>(buf_.get() + head_), first);
+    out->append(reinterpret_cast<const char*>(buf_.get()), n - first);
+    head_ = (head_ + n) % cap_;
+    size_ -= n;
+    if (size_ == 0) head_ = 0;
+  }
+
+  void Clear() {
+    head_ = 0;
+    size_ = 0;
+  }
+
+ private:
+  void Grow(size_t need, size_t limit) {
+    size_t cap = std::min(limit, std::max({need, cap_ * 2, size_t{16} << 10}));
+    auto buf = std::make_unique<uint8_t[]>(cap);
+    size_t first = std::min(size_, cap_ - head_);
+    if (size_ > 0) {
+      std::memcpy(buf.get(), buf_.get() + head_, first);
+      std::memcpy(buf.get() + first, buf_.get(), size_ - first);
+    }
+    buf_ = std::move(buf);
+    cap_ = cap;
+    head_ = 0;
+  }
+
+  std::unique_ptr<uint8_t[]> buf_;
+  size_t cap_ = 0;
+  size_t head_ = 0;
+  size_t size_ = 0;
+};
+
 }  // namespace
 
 struct HboneSession::Stream {
   StreamId id = 0;
   StreamObserver* observer = nullptr;
   // Send side.
-  std::string send_buf;
-  size_t send_off = 0;
+  ByteRing send;
   bool body_attached = false;  // data provider handed to nghttp2
   bool deferred = false;       // the provider said NGHTTP2_ERR_DEFERRED
   bool write_closed = false;   // CloseWrite called
@@ -59,7 +115,7 @@ struct HboneSession::Stream {
   // The owner is done with it (Reset, non-2xx): callbacks stop, data is discarded.
   bool finished = false;
 
-  size_t buffered() const { return send_buf.size() - send_off; }
+  size_t buffered() const { return send.size(); }
 };
 
 // nghttp2's C callbacks, with access to the session's internals.
@@ -211,6 +267,7 @@ struct Nghttp2Callbacks {
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       s->goaway_sent_ = true;
       s->goaway_sent_code_ = frame->goaway.error_code;
+      if (s->fatal_) return 0;  // Nghttp2Fatal counted it
       if (frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM) {
         ++s->stats_->floods;
       } else if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
@@ -269,33 +326,36 @@ struct Nghttp2Callbacks {
     return static_cast<ssize_t>(std::max<int64_t>(n, 1));
   }
 
-  static ssize_t ReadBody(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
+  // Decides the next DATA frame's length; SendData writes it (no copy into nghttp2's buffer).
+  static ssize_t ReadBody(nghttp2_session*, int32_t stream_id, uint8_t*, size_t length,
                           uint32_t* data_flags, nghttp2_data_source*, void* user_data) {
     HboneSession* s = Self(user_data);
     HboneSession::Stream* st = s->Find(stream_id);
     if (st == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t n = std::min(length, st->buffered());
-    if (n > 0) {
-      std::memcpy(buf, st->send_buf.data() + st->send_off, n);
-      st->send_off += n;
-      if (st->send_off == st->send_buf.size()) {
-        st->send_buf.clear();
-        st->send_off = 0;
-      } else if (st->send_off >= st->send_buf.size() / 2) {
-        st->send_buf.erase(0, st->send_off);
-        st->send_off = 0;
-      }
-    }
-    if (st->buffered() == 0 && st->write_closed) {
+    if (n == st->buffered() && st->write_closed) {
       *data_flags |= NGHTTP2_DATA_FLAG_EOF;
       st->eof_sent = true;
-      return static_cast<ssize_t>(n);
-    }
-    if (n == 0) {
+    } else if (n == 0) {
       st->deferred = true;
       return NGHTTP2_ERR_DEFERRED;
     }
+    if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
     return static_cast<ssize_t>(n);
+  }
+
+  static int SendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
+                      nghttp2_data_source*, void* user_data) {
+    HboneSession* s = Self(user_data);
+    HboneSession::Stream* st = s->Find(frame->hd.stream_id);
+    if (st == nullptr || st->buffered() < length) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    s->out_.append(reinterpret_cast<const char*>(framehd), 9);
+    size_t padlen = frame->data.padlen;  // we never pad, but the frame format allows it
+    if (padlen > 0) s->out_.push_back(static_cast<char>(padlen - 1));
+    st->send.PopTo(&s->out_, length);
+    if (padlen > 1) s->out_.append(padlen - 1, '\0');
+    // Return to Flush once a batch is gathered, to write it before framing more.
+    return s->out_.size() - s->out_off_ >= kOutBatch ? NGHTTP2_ERR_PAUSE : 0;
   }
 };
 
@@ -370,6 +430,7 @@ absl::Status HboneSession::Init(bool connecting) {
   nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
       cbs, Nghttp2Callbacks::OnInvalidFrameRecv);
   nghttp2_session_callbacks_set_error_callback2(cbs, Nghttp2Callbacks::OnError);
+  nghttp2_session_callbacks_set_send_data_callback(cbs, Nghttp2Callbacks::SendData);
   nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, Nghttp2Callbacks::ReadLength);
   nghttp2_option* opt;
   if (nghttp2_option_new(&opt) != 0) {
@@ -635,6 +696,7 @@ void HboneSession::DoRead() {
 }
 
 void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
+  fatal_ = true;
   uint32_t code = NGHTTP2_PROTOCOL_ERROR;
   if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
       rv == NGHTTP2_ERR_TOO_MANY_SETTINGS) {
@@ -663,12 +725,17 @@ void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
 }
 
 void HboneSession::Flush() {
+  // Each pass frames (up to kOutBatch pending), writes, and lets drained streams refill; stop
+  // after a pass that did none of these, or when the socket is full (EPOLLOUT resumes).
   while (state_ == State::kOpen && !write_blocked_) {
-    bool produced = false;
     if (out_off_ == out_.size()) {
       out_.clear();
       out_off_ = 0;
+    } else if (out_off_ >= kOutBatch) {  // never fully drained: keep the buffer bounded
+      out_.erase(0, out_off_);           // (same bytes, moved: SSL_MODE_ACCEPT_MOVING_...)
+      out_off_ = 0;
     }
+    const size_t pending_before = out_.size() - out_off_;
     while (out_.size() - out_off_ < kOutBatch) {
       const uint8_t* data;
       ssize_t n = nghttp2_session_mem_send(h2_, &data);
@@ -678,8 +745,10 @@ void HboneSession::Flush() {
       }
       if (n == 0) break;
       out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
-      produced = true;
     }
+    // DATA frames arrive through SendData, not mem_send's return value: compare sizes.
+    const bool framed = out_.size() - out_off_ > pending_before;
+    const bool wrote = out_off_ < out_.size();
     while (out_off_ < out_.size()) {
       ERR_clear_error();
       size_t chunk = std::min<size_t>(out_.size() - out_off_, 1 << 30);
@@ -703,7 +772,7 @@ void HboneSession::Flush() {
     if (state_ != State::kOpen) return;
     // Streams drained into frames may take more bytes now; loop to frame those too.
     bool notified = NotifyWritable();
-    if (!produced && !notified) break;
+    if (!framed && !wrote && !notified) break;
   }
   UpdateInterest();
 }
@@ -811,8 +880,7 @@ void HboneSession::SendFinalResponse(Stream& s, int status) {
   s.responded = true;
   s.finished = true;
   s.observer = nullptr;
-  s.send_buf.clear();
-  s.send_off = 0;
+  s.send.Clear();
   if (nghttp2_submit_response(h2_, s.id, nv, 1, nullptr) != 0) {
     nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
   }
@@ -896,7 +964,7 @@ size_t HboneSession::Write(StreamId stream, const uint8_t* data, size_t len) {
   size_t n = std::min(room, len);
   if (n < len) st->want_writable = true;
   if (n == 0) return 0;
-  st->send_buf.append(reinterpret_cast<const char*>(data), n);
+  st->send.Append(data, n, options_.stream_send_buffer);
   if (st->deferred) {
     st->deferred = false;
     nghttp2_session_resume_data(h2_, stream);

@@ -42,9 +42,9 @@
 //
 // Thread-safety: a session, its delegate and its observers live on the loop's thread; every call
 // below is made there. Callbacks may call any method of the session (including Connect, Write and
-// Reset on other streams). Never destroy the session inside one of its callbacks unless you hold
-// the shared_ptr elsewhere: the session keeps itself alive while it runs, so dropping your last
-// reference in a callback is fine; it is destroyed when the callback chain returns.
+// Reset on other streams). Dropping the last shared_ptr to the session inside one of its
+// callbacks is safe: a running session holds a reference to itself until the callback chain
+// returns. The delegate must outlive the session; an observer, its stream (see StreamObserver).
 
 #include <cstddef>
 #include <cstdint>
@@ -292,6 +292,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   bool flush_scheduled_ = false;
   bool idle_pending_ = false;
   bool shutdown_ = false;
+  bool fatal_ = false;  // nghttp2 returned a fatal error; GOAWAY is best effort
   bool goaway_sent_ = false;
   bool goaway_received_ = false;
   uint32_t goaway_sent_code_ = 0;

@@ -167,6 +167,67 @@ TEST_F(HandshakeTest, AcceptsAWellBehavedRawClient) {
   EXPECT_EQ(server_->sessions[0]->peer_identity(), kClientId);
 }
 
+std::string Frame(uint32_t length, uint8_t type, uint8_t flags, uint32_t stream,
+                  const std::string& payload) {
+  std::string f = {static_cast<char>(length >> 16), static_cast<char>(length >> 8),
+                   static_cast<char>(length),       static_cast<char>(type),
+                   static_cast<char>(flags),        static_cast<char>(stream >> 24),
+                   static_cast<char>(stream >> 16), static_cast<char>(stream >> 8),
+                   static_cast<char>(stream)};
+  return f + payload;
+}
+
+constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+TEST_F(HandshakeTest, ProtocolErrorGetsGoawayAndIsCounted) {
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  // A SETTINGS frame whose length is not a multiple of 6: FRAME_SIZE_ERROR, a connection error.
+  options.send =
+      std::string(kPreface) + Frame(0, 4, 0, 0, "") + Frame(5, 4, 0, 0, std::string(5, '\0'));
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->stats.protocol_errors, 1u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("GOAWAY(FRAME_SIZE_ERROR)"));
+}
+
+TEST_F(HandshakeTest, PingFloodEndsTheSession) {
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  options.send = std::string(kPreface) + Frame(0, 4, 0, 0, "");
+  for (int i = 0; i < 5000; ++i) options.send += Frame(8, 6, 0, 0, std::string(8, 'p'));
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->stats.floods, 1u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("Flooding was detected"));
+}
+
+TEST_F(HandshakeTest, StreamsBeyondAnAcknowledgedLimitEndTheSession) {
+  // nghttp2 1.52 refuses excess streams with REFUSED_STREAM only while our SETTINGS are
+  // unacknowledged (see SessionTest.StreamsBeyondTheLimitAreRefused); a client that acknowledged
+  // the limit and still exceeds it gets GOAWAY(PROTOCOL_ERROR). Documented in session.h.
+  StartServer();
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  // SETTINGS, then an ACK of the server's SETTINGS (sent as soon as its handshake finished).
+  options.send = std::string(kPreface) + Frame(0, 4, 0, 0, "") + Frame(0, 4, 1, 0, "");
+  // HPACK literals with indexed names: :method (2) CONNECT, :authority (1) 127.0.0.1:80.
+  const std::string block = std::string("\x02\x07") + "CONNECT" + "\x01\x0c" + "127.0.0.1:80";
+  for (uint32_t i = 0; i < 101; ++i) {
+    options.send += Frame(block.size(), 1, 0x4, 2 * i + 1, block);
+  }
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->requests.size(), 100u);
+  EXPECT_THAT(server_->closed[0].message(), HasSubstr("GOAWAY(PROTOCOL_ERROR)"));
+  EXPECT_EQ(server_->stats.protocol_errors, 1u);
+}
+
 TEST_F(HandshakeTest, HandshakeTimesOut) {
   // A listener nobody accepts from: the kernel completes the TCP handshake, nobody speaks TLS.
   UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));

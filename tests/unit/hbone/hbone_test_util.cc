@@ -136,7 +136,8 @@ void TestStream::Pump() {
 }
 
 void TestStream::OnData(const uint8_t* data, size_t len) {
-  received.append(reinterpret_cast<const char*>(data), len);
+  if (keep_data) received.append(reinterpret_cast<const char*>(data), len);
+  received_bytes += len;
   unconsumed += len;
   if (auto_consume) ConsumeAll();
 }
@@ -248,7 +249,7 @@ absl::StatusOr<std::unique_ptr<RawTlsClient>> RawTlsClient::Create(EpollLoop* lo
   SSL_set_fd(ssl.get(), fd.get());
   SSL_set_connect_state(ssl.get());
   std::unique_ptr<RawTlsClient> client(
-      new RawTlsClient(loop, std::move(fd), std::move(ctx), std::move(ssl)));
+      new RawTlsClient(loop, std::move(fd), std::move(ctx), std::move(ssl), options.send));
   AMBIT_RETURN_IF_ERROR(loop->Watch(client->fd_.get(), EPOLLIN | EPOLLOUT, client.get()));
   return client;
 }
@@ -284,10 +285,18 @@ void RawTlsClient::OnEvents(uint32_t) {
       return;
     }
     handshake_done_ = true;
-    static constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    SSL_write(ssl_.get(), kPreface, sizeof kPreface - 1);
-    loop_->Modify(fd_.get(), EPOLLIN, this).IgnoreError();
   }
+  while (!pending_.empty()) {
+    int w = SSL_write(ssl_.get(), pending_.data(), static_cast<int>(pending_.size()));
+    if (w > 0) {
+      pending_.erase(0, static_cast<size_t>(w));
+      continue;
+    }
+    if (SSL_get_error(ssl_.get(), w) != SSL_ERROR_WANT_WRITE) break;  // reading reports it
+    loop_->Modify(fd_.get(), EPOLLIN | EPOLLOUT, this).IgnoreError();
+    return;
+  }
+  loop_->Modify(fd_.get(), EPOLLIN, this).IgnoreError();
   char buf[4096];
   while (true) {
     int r = SSL_read(ssl_.get(), buf, sizeof buf);

@@ -71,8 +71,10 @@ class TestStream : public StreamObserver {
   HboneSession* session = nullptr;
   StreamId id = 0;
   bool auto_consume = true;
+  bool keep_data = true;  // false: count bytes only (received_bytes)
 
   std::string received;
+  size_t received_bytes = 0;
   size_t unconsumed = 0;
   int status = 0;
   bool end_stream = false;
@@ -191,6 +193,8 @@ class RawTlsClient : public EventHandler {
   struct Options {
     const tls::CertifiedKey* svid = nullptr;  // null: no client certificate
     std::vector<std::string> alpn = {"h2"};   // empty: no ALPN extension
+    // Written once the handshake is done (default: just the HTTP/2 client preface).
+    std::string send = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
   };
   static absl::StatusOr<std::unique_ptr<RawTlsClient>> Create(EpollLoop* loop, uint16_t port,
                                                               const Options& options);
@@ -205,14 +209,20 @@ class RawTlsClient : public EventHandler {
   void OnEvents(uint32_t events) override;
 
  private:
-  RawTlsClient(EpollLoop* loop, UniqueFd fd, bssl::UniquePtr<SSL_CTX> ctx, bssl::UniquePtr<SSL> ssl)
-      : loop_(loop), fd_(std::move(fd)), ctx_(std::move(ctx)), ssl_(std::move(ssl)) {}
+  RawTlsClient(EpollLoop* loop, UniqueFd fd, bssl::UniquePtr<SSL_CTX> ctx, bssl::UniquePtr<SSL> ssl,
+               std::string send)
+      : loop_(loop),
+        fd_(std::move(fd)),
+        ctx_(std::move(ctx)),
+        ssl_(std::move(ssl)),
+        pending_(std::move(send)) {}
   void Finish(int ret);
 
   EpollLoop* loop_;
   UniqueFd fd_;
   bssl::UniquePtr<SSL_CTX> ctx_;
   bssl::UniquePtr<SSL> ssl_;
+  std::string pending_;
   bool handshake_done_ = false;
   bool finished_ = false;
   std::string error_;
