@@ -16,6 +16,8 @@ Command RootCommand();
 Command IdCommand();
 // `ambitctl certs`: workload certificates and the trust bundle.
 Command CertsCommand();
+// `ambitctl policy check`: the offline authorization checker.
+Command PolicyCommand();
 // `ambitctl version`.
 Command VersionCommand();
 

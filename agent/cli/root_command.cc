@@ -9,11 +9,12 @@ Command RootCommand() {
       .description =
           "ambitctl inspects and drives ambitd, the ambit node agent, over its admin API\n"
           "(a unix socket, see --admin-socket), and offers offline helpers such as SPIFFE ID\n"
-          "parsing.",
+          "parsing and authorization policy checks.",
       .examples =
           "ambitctl id parse spiffe://cluster.local/ns/default/sa/web -o json\n"
+          "ambitctl policy check --config ./config --request req.yaml\n"
           "ambitctl version",
-      .subcommands = {CertsCommand(), IdCommand(), VersionCommand()},
+      .subcommands = {CertsCommand(), IdCommand(), PolicyCommand(), VersionCommand()},
   };
 }
 

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "agent/common/unique_fd.h"
 
 namespace ambit::config {
@@ -66,6 +67,47 @@ void WarnIgnoredPolicies(LoadResult* result) {
   }
 }
 
+// A CUSTOM AuthorizationPolicy must name an ext_authz provider of the mesh config in force; only
+// known once every file is merged. One that does not is left out, with an error. (istiod instead
+// keeps it and installs a deny-all filter on the workloads it selects; the issue asks for the
+// resource to be rejected like any other invalid one.)
+void CheckCustomProviders(LoadResult* result) {
+  const state::MeshConfig& mesh = result->state.mesh;
+  auto& policies = result->security.authorization_policies;
+  for (auto it = policies.begin(); it != policies.end();) {
+    const authz::Policy& p = it->second;
+    if (p.action != authz::Action::kCustom) {
+      ++it;
+      continue;
+    }
+    const state::ExtensionProvider* provider = mesh.FindExtensionProvider(p.provider);
+    if (provider != nullptr && provider->IsExtAuthz()) {
+      ++it;
+      continue;
+    }
+    std::string message;
+    if (provider != nullptr) {
+      message = absl::StrCat("'", p.provider, "' is a ", provider->kind_name,
+                             " extension provider, not an external authorizer "
+                             "(envoyExtAuthzHttp or envoyExtAuthzGrpc)");
+    } else {
+      std::vector<std::string> names;
+      for (const state::ExtensionProvider& e : mesh.extension_providers) {
+        if (e.IsExtAuthz()) names.push_back(e.name);
+      }
+      message = absl::StrCat(
+          "'", p.provider, "' is not in the mesh config's extensionProviders (",
+          names.empty() ? "it defines no envoyExtAuthzHttp or envoyExtAuthzGrpc provider"
+                        : absl::StrCat("ext_authz providers: ", absl::StrJoin(names, ", ")),
+          ")");
+    }
+    result->errors.push_back({p.source_file, absl::StrCat("AuthorizationPolicy ", it->first),
+                              "spec.provider.name",
+                              absl::StrCat(message, "; the policy is not applied")});
+    it = policies.erase(it);
+  }
+}
+
 }  // namespace
 
 bool IsConfigFileName(std::string_view name) {
@@ -97,6 +139,7 @@ LoadResult DirectoryLoader::Load() {
                       files_.empty() ? "" : "; the last loaded configuration stays in force")});
     for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
     WarnIgnoredPolicies(&result);
+    CheckCustomProviders(&result);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -147,6 +190,7 @@ LoadResult DirectoryLoader::Load() {
     Merge(name, current, &result, &owners);
   }
   WarnIgnoredPolicies(&result);
+  CheckCustomProviders(&result);
   return result;
 }
 
@@ -167,6 +211,8 @@ void DirectoryLoader::Merge(const std::string& file, const FileObjects& objects,
           using T = std::decay_t<decltype(o)>;
           if constexpr (std::is_same_v<T, authz::PeerAuthentication>) {
             security.peer_authentications[o.Key()] = o;
+          } else if constexpr (std::is_same_v<T, authz::Policy>) {
+            security.authorization_policies[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, state::Pod>) {
             state.pods[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, state::Namespace>) {

@@ -19,7 +19,9 @@ bool IsConfigFileName(std::string_view name);
 // version of those objects stays in the state (the error is still reported). A deleted file
 // removes its objects. If the directory itself cannot be read, the error is reported and the
 // previous state stays. A duplicate object (same kind, namespace and name in two files) is an
-// error naming both files; the first by file name wins.
+// error naming both files; the first by file name wins. A CUSTOM AuthorizationPolicy whose
+// provider is not an ext_authz entry of the merged mesh config's extensionProviders is an error
+// and is left out.
 // Not thread-safe; one owner.
 class DirectoryLoader {
  public:

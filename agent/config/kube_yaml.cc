@@ -9,10 +9,12 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/authz/compile.h"
 #include "agent/config/validation.h"
 
 namespace ambit::config {
@@ -305,6 +307,304 @@ std::optional<YAML::Node> GetList(Reporter& r, const YAML::Node& parent, std::st
   return v;
 }
 
+// Reports every key of map not in known as an unknown field: the CRD's schema has no other
+// fields, and a misspelt one (`mtl:`, `notPrincipal:`) silently weakens a security policy.
+void RejectUnknownFields(Reporter& r, const YAML::Node& map, std::string_view path,
+                         std::initializer_list<std::string_view> known, std::string_view hint) {
+  if (!map.IsMap()) return;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    if (!it->first.IsScalar()) {
+      r.Error(it->first, path, "keys must be strings");
+      continue;
+    }
+    const std::string& key = it->first.Scalar();
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      r.Error(it->first, Join(path, key), absl::StrCat("unknown field; ", ToAbsl(hint)));
+    }
+  }
+}
+
+// A list of strings. Absent or null: empty. Unquoted numbers (`ports: [8080]`) are taken as
+// their text, as a string field needs.
+std::vector<std::string> GetStringList(Reporter& r, const YAML::Node& map, std::string_view key,
+                                       std::string_view path) {
+  std::vector<std::string> out;
+  auto v = Get(map, key);
+  if (!v) return out;
+  const std::string field = Join(path, key);
+  if (!v->IsSequence()) {
+    r.Error(*v, field, absl::StrCat("must be a list of strings, not ", TypeName(*v)));
+    return out;
+  }
+  for (size_t i = 0; i < v->size(); ++i) {
+    const YAML::Node item = (*v)[i];
+    if (!item.IsScalar()) {
+      r.Error(item.IsNull() ? *v : item, absl::StrCat(field, "[", i, "]"),
+              absl::StrCat("must be a string, not ", TypeName(item)));
+      continue;
+    }
+    out.push_back(item.Scalar());
+  }
+  return out;
+}
+
+// A boolean field (true/false). Absent: nullopt.
+std::optional<bool> GetBool(Reporter& r, const YAML::Node& map, std::string_view key,
+                            std::string_view path) {
+  auto v = Get(map, key);
+  if (!v) return std::nullopt;
+  if (v->IsScalar()) {
+    const std::string& t = v->Scalar();
+    if (t == "true" || t == "True" || t == "TRUE") return true;
+    if (t == "false" || t == "False" || t == "FALSE") return false;
+  }
+  r.Error(*v, Join(path, key), absl::StrCat("must be true or false, not ", TypeName(*v)));
+  return std::nullopt;
+}
+
+// A protobuf Duration in its JSON form: decimal seconds with an "s" suffix ("10s", "0.25s").
+std::optional<absl::Duration> GetDuration(Reporter& r, const YAML::Node& map, std::string_view key,
+                                          std::string_view path) {
+  auto v = Get(map, key);
+  if (!v) return std::nullopt;
+  auto bad = [&] {
+    r.Error(*v, Join(path, key),
+            absl::StrCat(TypeName(*v),
+                         " is not a duration: write seconds with an s suffix, e.g. 10s or 0.5s"));
+    return std::nullopt;
+  };
+  if (!v->IsScalar()) return bad();
+  std::string text = v->Scalar();
+  if (text.size() < 2 || text.back() != 's') return bad();
+  text.pop_back();
+  bool dot = false;
+  for (char c : text) {
+    if (c == '.' && !dot) {
+      dot = true;
+    } else if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+      return bad();
+    }
+  }
+  double seconds = 0;
+  if (text == "." || !absl::SimpleAtod(text, &seconds) || seconds > 315576000000.0) return bad();
+  return absl::Seconds(seconds);
+}
+
+// The HTTP status codes of Envoy's envoy.type.v3.StatusCode, which istiod requires of
+// statusOnError.
+bool IsEnvoyStatusCode(int64_t code) {
+  static constexpr int kCodes[] = {
+      100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
+      400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421,
+      422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511};
+  return std::find(std::begin(kCodes), std::end(kCodes), code) != std::end(kCodes);
+}
+
+// A hostname as istiod's ValidateFQDN takes it: dot-separated labels of letters, digits and '-'
+// (1 to 63 characters, no leading or trailing '-'), at most 255 characters.
+bool IsFqdn(std::string_view name) {
+  if (name.empty() || name.size() > 255) return false;
+  if (name.back() == '.') name.remove_suffix(1);
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string_view::npos) end = name.size();
+    std::string_view label = name.substr(start, end - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+      return false;
+    }
+    for (char c : label) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-') return false;
+    }
+    start = end + 1;
+  }
+  return true;
+}
+
+// extensionProviders[].envoyExtAuthz{Http,Grpc}.service: "[<namespace>/]<hostname>".
+absl::Status ValidateProviderService(std::string_view service) {
+  if (service.empty()) return absl::InvalidArgumentError("must not be empty");
+  size_t slash = service.find('/');
+  std::string_view host = service;
+  if (slash != std::string_view::npos) {
+    std::string_view ns = service.substr(0, slash);
+    host = service.substr(slash + 1);
+    if (ns != "*" && ns != "." && !ValidateDns1123Label(ns).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", ToAbsl(service), "': the part before '/' must be a namespace (a DNS-1123 label)"));
+    }
+  }
+  if (!IsFqdn(host) && !IpAddress::Parse(ToAbsl(host)).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", ToAbsl(service),
+                     "' is not [<namespace>/]<hostname>, e.g. ext-authz.foo.svc.cluster.local"));
+  }
+  return absl::OkStatus();
+}
+
+constexpr std::string_view kOtherProviderKinds[] = {
+    "zipkin",      "lightstep",     "datadog",    "stackdriver",        "opencensus",
+    "skywalking",  "opentelemetry", "prometheus", "envoyFileAccessLog", "envoyHttpAls",
+    "envoyTcpAls", "envoyOtelAls",  "sds"};
+
+void ParseExtAuthzProvider(Reporter& r, const YAML::Node& n, const std::string& path, bool http,
+                           state::ExtensionProvider* p) {
+  if (!n.IsMap()) {
+    r.Error(n, path, absl::StrCat("must be a map with service and port, not ", TypeName(n)));
+    return;
+  }
+  if (http) {
+    RejectUnknownFields(
+        r, n, path,
+        {"service", "port", "timeout", "pathPrefix", "failOpen", "clearRouteCache", "statusOnError",
+         "includeHeadersInCheck", "includeRequestHeadersInCheck", "includeAdditionalHeadersInCheck",
+         "includeRequestBodyInCheck", "headersToUpstreamOnAllow", "headersToDownstreamOnDeny",
+         "headersToDownstreamOnAllow"},
+        "see Istio's MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationHttpProvider");
+  } else {
+    RejectUnknownFields(
+        r, n, path,
+        {"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError",
+         "includeRequestBodyInCheck"},
+        "see Istio's MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider");
+  }
+  if (auto service = GetString(r, n, "service", path)) {
+    p->service = *service;
+    r.ErrorIf(ValidateProviderService(*service), *Get(n, "service"), path + ".service");
+  } else if (!Get(n, "service")) {
+    r.Error(n, path + ".service", "is required, e.g. service: ext-authz.foo.svc.cluster.local");
+  }
+  if (auto port = Get(n, "port")) {
+    if (auto number = ParsePortNumber(r, *port, path + ".port")) p->port = *number;
+  } else {
+    r.Error(n, path + ".port", "is required (1 to 65535)");
+  }
+  p->timeout = GetDuration(r, n, "timeout", path);
+  p->fail_open = GetBool(r, n, "failOpen", path).value_or(false);
+  p->clear_route_cache = GetBool(r, n, "clearRouteCache", path);
+  if (auto status = GetString(r, n, "statusOnError", path)) {
+    int64_t code = 0;
+    if (!absl::SimpleAtoi(*status, &code) || !IsEnvoyStatusCode(code)) {
+      r.Error(*Get(n, "statusOnError"), path + ".statusOnError",
+              absl::StrCat("'", *status, "' is not an HTTP status code Envoy supports, e.g. 403"));
+    } else {
+      p->status_on_error = static_cast<uint32_t>(code);
+    }
+  }
+  if (auto body = GetMap(r, n, "includeRequestBodyInCheck", path)) {
+    const std::string body_path = path + ".includeRequestBodyInCheck";
+    RejectUnknownFields(r, *body, body_path,
+                        {"maxRequestBytes", "allowPartialMessage", "packAsBytes"},
+                        "the fields are maxRequestBytes, allowPartialMessage and packAsBytes");
+    state::ExtAuthzRequestBody b;
+    if (auto max = Get(*body, "maxRequestBytes")) {
+      uint32_t bytes = 0;
+      if (!max->IsScalar() || !absl::SimpleAtoi(max->Scalar(), &bytes)) {
+        r.Error(*max, body_path + ".maxRequestBytes",
+                absl::StrCat(TypeName(*max), " is not a number of bytes"));
+      }
+      b.max_request_bytes = bytes;
+    }
+    b.allow_partial_message = GetBool(r, *body, "allowPartialMessage", body_path).value_or(false);
+    b.pack_as_bytes = GetBool(r, *body, "packAsBytes", body_path).value_or(false);
+    p->include_request_body_in_check = b;
+  }
+  if (!http) return;
+  if (auto prefix = GetString(r, n, "pathPrefix", path)) {
+    p->path_prefix = *prefix;
+    if (!prefix->empty() && prefix->front() != '/') {
+      r.Error(*Get(n, "pathPrefix"), path + ".pathPrefix",
+              absl::StrCat("'", *prefix, "' must begin with '/', e.g. /check"));
+    }
+  }
+  p->include_request_headers_in_check = GetStringList(r, n, "includeHeadersInCheck", path);
+  for (std::string& h : GetStringList(r, n, "includeRequestHeadersInCheck", path)) {
+    p->include_request_headers_in_check.push_back(std::move(h));
+  }
+  p->include_additional_headers_in_check =
+      GetStringMap(r, n, "includeAdditionalHeadersInCheck", path);
+  p->headers_to_upstream_on_allow = GetStringList(r, n, "headersToUpstreamOnAllow", path);
+  p->headers_to_downstream_on_deny = GetStringList(r, n, "headersToDownstreamOnDeny", path);
+  p->headers_to_downstream_on_allow = GetStringList(r, n, "headersToDownstreamOnAllow", path);
+}
+
+// MeshConfig.extensionProviders, validated as istiod's validateExtensionProvider does: unique,
+// non-empty names, exactly one provider kind each, and for the ext_authz kinds a service, a port,
+// a known statusOnError and a pathPrefix starting with '/'.
+void ParseExtensionProviders(Reporter& r, const YAML::Node& list, const std::string& field,
+                             state::MeshConfig* mesh) {
+  if (!list.IsSequence()) {
+    r.Error(list, field, absl::StrCat("must be a list of providers, not ", TypeName(list)));
+    return;
+  }
+  std::set<std::string> names;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node n = list[i];
+    const std::string path = absl::StrCat(field, "[", i, "]");
+    if (!n.IsMap()) {
+      r.Error(n.IsNull() ? list : n, path,
+              absl::StrCat("must be a map with a name and a provider kind, not ", TypeName(n)));
+      continue;
+    }
+    state::ExtensionProvider p;
+    std::vector<std::string> kinds;
+    bool unknown = false;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      if (!it->first.IsScalar()) {
+        r.Error(it->first, path, "keys must be strings");
+        continue;
+      }
+      const std::string& key = it->first.Scalar();
+      if (key == "name") continue;
+      const bool known = key == "envoyExtAuthzHttp" || key == "envoyExtAuthzGrpc" ||
+                         std::find(std::begin(kOtherProviderKinds), std::end(kOtherProviderKinds),
+                                   key) != std::end(kOtherProviderKinds);
+      if (!known) {
+        r.Error(it->first, Join(path, key),
+                "unknown field; an extension provider has a name and one provider kind such as "
+                "envoyExtAuthzHttp or envoyExtAuthzGrpc");
+        unknown = true;
+        continue;
+      }
+      kinds.push_back(key);
+    }
+    if (auto name = GetString(r, n, "name", path); name && !name->empty()) {
+      p.name = *name;
+      if (!names.insert(*name).second) {
+        r.Error(*Get(n, "name"), path + ".name",
+                absl::StrCat("'", *name, "' names another provider too; names must be unique"));
+      }
+    } else {
+      r.Error(n, path + ".name", "is required and must not be empty");
+    }
+    if (kinds.empty()) {
+      if (unknown) continue;
+      r.Error(n, path,
+              "sets no provider kind: add one, e.g. envoyExtAuthzHttp: {service: ..., port: ...}");
+      continue;
+    }
+    if (kinds.size() > 1) {
+      r.Error(n, path,
+              absl::StrCat("sets ", kinds.size(), " provider kinds (", kinds[0], ", ", kinds[1],
+                           "); a provider has exactly one"));
+      continue;
+    }
+    p.kind_name = kinds[0];
+    if (kinds[0] == "envoyExtAuthzHttp" || kinds[0] == "envoyExtAuthzGrpc") {
+      const bool http = kinds[0] == "envoyExtAuthzHttp";
+      p.kind = http ? state::ExtensionProvider::Kind::kEnvoyExtAuthzHttp
+                    : state::ExtensionProvider::Kind::kEnvoyExtAuthzGrpc;
+      auto node = Get(n, kinds[0]);
+      if (!node) {
+        r.Error(n, Join(path, kinds[0]), "must not be empty: give at least service and port");
+        continue;
+      }
+      ParseExtAuthzProvider(r, *node, Join(path, kinds[0]), http, &p);
+    }
+    mesh->extension_providers.push_back(std::move(p));
+  }
+}
+
 // Reads the MeshConfig fields of node (a map) into mesh. path prefixes field names in errors.
 void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
                      state::MeshConfig* mesh) {
@@ -338,6 +638,29 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
         absl::Status s = ValidateDns1123Label(value);
         r.ErrorIf(s, it->second, field);
         if (s.ok()) mesh->root_namespace = value;
+      }
+    } else if (key == "extensionProviders") {
+      if (!it->second.IsNull()) ParseExtensionProviders(r, it->second, field, mesh);
+    } else if (key == "pathNormalization") {
+      if (it->second.IsNull()) continue;
+      if (!it->second.IsMap()) {
+        r.Error(it->second, field,
+                absl::StrCat("must be a map such as {normalization: MERGE_SLASHES}, not ",
+                             TypeName(it->second)));
+        continue;
+      }
+      RejectUnknownFields(r, it->second, field, {"normalization"},
+                          "the only field here is normalization");
+      if (auto n = GetString(r, it->second, "normalization", field)) {
+        if (*n == "DEFAULT" || *n == "NONE" || *n == "BASE" || *n == "MERGE_SLASHES" ||
+            *n == "DECODE_AND_MERGE_SLASHES") {
+          mesh->path_normalization = *n == "DEFAULT" ? "" : *n;
+        } else {
+          r.Error(*Get(it->second, "normalization"), field + ".normalization",
+                  absl::StrCat("'", *n,
+                               "' is not a normalization: use DEFAULT, NONE, BASE, MERGE_SLASHES "
+                               "or DECODE_AND_MERGE_SLASHES"));
+        }
       }
     } else if (!KnownMeshFields().contains(key)) {
       r.Warning(it->first, field, "unknown MeshConfig field; ignored (check its spelling)");
@@ -461,10 +784,11 @@ class FileParser {
     const bool security =
         api_version == "security.istio.io/v1" || api_version == "security.istio.io/v1beta1";
     if (security && kind == "PeerAuthentication") return ParsePeerAuthentication(doc, where);
+    if (security && kind == "AuthorizationPolicy") return ParseAuthorizationPolicy(doc, where);
     const bool namespaced =
         !PeekString(Get(doc, "metadata").value_or(YAML::Node()), "namespace").empty();
     Reporter r(file_, Identify(kind, doc, where, namespaced).display, &out_->errors);
-    if (security && (kind == "AuthorizationPolicy" || kind == "RequestAuthentication")) {
+    if (security && kind == "RequestAuthentication") {
       r.Warning(doc, "",
                 absl::StrCat("kind ", kind, " (apiVersion ", api_version,
                              ") is not supported yet; ignored"));
@@ -710,23 +1034,6 @@ class FileParser {
     Finish(r, who.id, std::move(pa));
   }
 
-  // Reports every key of map not in known as an unknown field: the CRD's schema has no other
-  // fields, and a misspelt one (`mtl:`, `portLevelMTLS:`) silently weakens a security policy.
-  static void RejectUnknownFields(Reporter& r, const YAML::Node& map, std::string_view path,
-                                  std::initializer_list<std::string_view> known,
-                                  std::string_view hint) {
-    for (auto it = map.begin(); it != map.end(); ++it) {
-      if (!it->first.IsScalar()) {
-        r.Error(it->first, path, "keys must be strings");
-        continue;
-      }
-      const std::string& key = it->first.Scalar();
-      if (std::find(known.begin(), known.end(), key) == known.end()) {
-        r.Error(it->first, Join(path, key), absl::StrCat("unknown field; ", ToAbsl(hint)));
-      }
-    }
-  }
-
   // metadata.creationTimestamp (RFC 3339). Absent: InfinitePast, as Go's zero time in istiod.
   static absl::Time ParseCreationTimestamp(Reporter& r, const YAML::Node& doc) {
     const YAML::Node meta = Get(doc, "metadata").value_or(YAML::Node());
@@ -817,6 +1124,350 @@ class FileParser {
                 "istiod rejects portLevelMtls in mesh-wide and namespace-wide policies");
       }
     }
+  }
+
+  // AuthorizationPolicy, validated as istiod's ValidateAuthorizationPolicy (and the CRD schema)
+  // does: unknown fields, the dry-run annotation, selector/targetRef/targetRefs exclusivity,
+  // target references, DENY and CUSTOM without rules, provider only with CUSTOM, the source and
+  // condition fields CUSTOM does not support; then authz::Compile for CIDRs, ports, empty values,
+  // path templates and condition keys. Whether a CUSTOM policy's provider exists is only known
+  // once the mesh config is merged: DirectoryLoader checks it.
+  void ParseAuthorizationPolicy(const YAML::Node& doc, const std::string& where) {
+    const Identity who = Identify("AuthorizationPolicy", doc, where, true);
+    Reporter r(file_, who.display, &out_->errors);
+    Metadata m = ParseMetadata(r, doc, NameRule::kDns1123Subdomain, /*namespaced=*/true);
+    authz::Policy p;
+    p.name = std::move(m.name);
+    p.namespace_name = std::move(m.namespace_name);
+    p.source_file = std::string(file_);
+    bool single_target_ref = false;
+    std::optional<YAML::Node> spec = GetMap(r, doc, "spec", "");
+    if (spec) ParseAuthorizationPolicySpec(r, *spec, &p, &single_target_ref);
+
+    const std::string dry_run_key(authz::kDryRunAnnotation);
+    if (auto it = m.annotations.find(dry_run_key); it != m.annotations.end()) {
+      const YAML::Node meta = Get(doc, "metadata").value_or(doc);
+      const YAML::Node annotations = Get(meta, "annotations").value_or(meta);
+      const YAML::Node at = Get(annotations, dry_run_key).value_or(annotations);
+      const std::string field = absl::StrCat("metadata.annotations[", dry_run_key, "]");
+      // istiod: strconv.ParseBool, and only for ALLOW and DENY.
+      static constexpr std::string_view kTrue[] = {"1", "t", "T", "TRUE", "true", "True"};
+      static constexpr std::string_view kFalse[] = {"0", "f", "F", "FALSE", "false", "False"};
+      const std::string& v = it->second;
+      if (std::find(std::begin(kTrue), std::end(kTrue), v) != std::end(kTrue)) {
+        p.dry_run = true;
+      } else if (std::find(std::begin(kFalse), std::end(kFalse), v) == std::end(kFalse)) {
+        r.Error(at, field, absl::StrCat("'", v, "' is not a boolean: use \"true\" or \"false\""));
+      }
+      if (p.action != authz::Action::kAllow && p.action != authz::Action::kDeny) {
+        r.Error(at, field,
+                absl::StrCat("dry run is only supported for ALLOW and DENY policies, not ",
+                             authz::ActionName(p.action), " (as in istiod)"));
+      }
+    }
+
+    if (r.errors() == 0) {
+      absl::StatusOr<authz::CompiledPolicy> compiled = authz::Compile(p);
+      if (!compiled.ok()) ReportCompileError(r, doc, compiled.status(), single_target_ref);
+    }
+    Finish(r, who.id, std::move(p));
+  }
+
+  // Compile's messages start with a field path relative to spec ("rules[0].to[0].operation.
+  // ports[1]: ..."); report it as a path in the document, at the line of that field.
+  static void ReportCompileError(Reporter& r, const YAML::Node& doc, const absl::Status& status,
+                                 bool single_target_ref) {
+    const std::string message(status.message());
+    size_t colon = message.find(": ");
+    if (colon == std::string::npos) {
+      r.Error(doc, "spec", message);
+      return;
+    }
+    std::string path = message.substr(0, colon);
+    if (single_target_ref && absl::StartsWith(path, "targetRefs[0]")) {
+      path = absl::StrCat("targetRef", path.substr(std::string("targetRefs[0]").size()));
+    }
+    if (path != "spec" && !absl::StartsWith(path, "spec.") && !absl::StartsWith(path, "metadata")) {
+      path = absl::StrCat("spec.", path);
+    }
+    r.Error(FindByPath(doc, path), path, message.substr(colon + 2));
+  }
+
+  // The node a field path ("spec.rules[0].from[1].source.ipBlocks[2]",
+  // "spec.selector.matchLabels[app.kubernetes.io/name]") names, or the deepest one that exists.
+  static YAML::Node FindByPath(const YAML::Node& doc, std::string_view path) {
+    YAML::Node at = doc;
+    size_t i = 0;
+    while (i < path.size()) {
+      std::string key;
+      bool bracket = path[i] == '[';
+      if (bracket) {
+        size_t close = path.find(']', i);
+        if (close == std::string_view::npos) break;
+        key = std::string(path.substr(i + 1, close - i - 1));
+        i = close + 1;
+      } else {
+        size_t end = path.find_first_of(".[", i);
+        if (end == std::string_view::npos) end = path.size();
+        key = std::string(path.substr(i, end - i));
+        i = end;
+      }
+      if (i < path.size() && path[i] == '.') ++i;
+      YAML::Node next;
+      size_t index = 0;
+      if (bracket && at.IsSequence() && absl::SimpleAtoi(key, &index) && index < at.size()) {
+        next = at[index];
+      } else if (auto v = Get(at, key)) {
+        next = *v;
+      } else {
+        break;
+      }
+      at = next;
+    }
+    return at;
+  }
+
+  static void ParseAuthorizationPolicySpec(Reporter& r, const YAML::Node& spec, authz::Policy* p,
+                                           bool* single_target_ref) {
+    RejectUnknownFields(r, spec, "spec",
+                        {"selector", "targetRef", "targetRefs", "action", "provider", "rules"},
+                        "AuthorizationPolicy's spec has selector, targetRef, targetRefs, action, "
+                        "provider and rules");
+    if (auto action = GetString(r, spec, "action", "spec")) {
+      static constexpr struct {
+        const char* name;
+        authz::Action action;
+      } kActions[] = {{"ALLOW", authz::Action::kAllow},
+                      {"DENY", authz::Action::kDeny},
+                      {"AUDIT", authz::Action::kAudit},
+                      {"CUSTOM", authz::Action::kCustom}};
+      bool found = false;
+      for (const auto& a : kActions) {
+        if (*action == a.name) {
+          p->action = a.action;
+          found = true;
+        }
+      }
+      if (!found) {
+        r.Error(*Get(spec, "action"), "spec.action",
+                absl::StrCat("'", *action, "' is not an action: use ALLOW, DENY, AUDIT or CUSTOM"));
+      }
+    }
+    const bool custom = p->action == authz::Action::kCustom;
+
+    std::optional<YAML::Node> selector = GetMap(r, spec, "selector", "spec");
+    if (selector) {
+      RejectUnknownFields(r, *selector, "spec.selector", {"matchLabels"},
+                          "a workload selector has only matchLabels");
+      p->selector = GetStringMap(r, *selector, "matchLabels", "spec.selector");
+      if (p->selector->empty()) {
+        r.Warning(*selector, "spec.selector",
+                  "has no matchLabels, so the policy applies to every workload in the namespace "
+                  "(istiod warns: workload selector specified without labels)");
+      }
+    }
+    std::optional<YAML::Node> single = GetMap(r, spec, "targetRef", "spec");
+    std::optional<YAML::Node> list = GetList(r, spec, "targetRefs", "spec");
+    if (list && list->size() == 0) list.reset();
+    if (single) {
+      *single_target_ref = true;
+      p->target_refs.push_back(ParseTargetRef(r, *single, "spec.targetRef"));
+    }
+    if (list) {
+      for (size_t i = 0; i < list->size(); ++i) {
+        p->target_refs.push_back(
+            ParseTargetRef(r, (*list)[i], absl::StrCat("spec.targetRefs[", i, "]")));
+      }
+    }
+    const int attachments = (selector ? 1 : 0) + (single ? 1 : 0) + (list ? 1 : 0);
+    if (attachments > 1) {
+      r.Error(spec, "spec",
+              "only one of selector, targetRef and targetRefs may be set (as in istiod): a policy "
+              "attaches either to workloads by label or to a Gateway/Service by reference");
+    }
+
+    std::optional<YAML::Node> provider = GetMap(r, spec, "provider", "spec");
+    if (provider) {
+      RejectUnknownFields(r, *provider, "spec.provider", {"name"},
+                          "the only field here is name (an extensionProviders entry)");
+      if (auto name = GetString(r, *provider, "name", "spec.provider")) p->provider = *name;
+      if (!custom) {
+        r.Error(
+            *provider, "spec.provider",
+            absl::StrCat("is only allowed with action CUSTOM, not ", authz::ActionName(p->action)));
+      }
+    }
+
+    if (auto rules = GetList(r, spec, "rules", "spec"); rules && rules->size() > 0) {
+      p->rules.emplace();
+      for (size_t i = 0; i < rules->size(); ++i) {
+        p->rules->push_back(
+            ParseRule(r, (*rules)[i], *rules, absl::StrCat("spec.rules[", i, "]"), custom));
+      }
+    }
+    if (!p->rules.has_value() &&
+        (p->action == authz::Action::kDeny || p->action == authz::Action::kCustom)) {
+      r.Error(Get(spec, "rules").value_or(spec), "spec.rules",
+              absl::StrCat(authz::ActionName(p->action),
+                           " without rules never matches, so istiod rejects it: add `rules: "
+                           "[{}]` to match every request"));
+    }
+  }
+
+  static authz::TargetRef ParseTargetRef(Reporter& r, const YAML::Node& n,
+                                         const std::string& path) {
+    authz::TargetRef ref;
+    if (!n.IsMap()) {
+      r.Error(n, path, absl::StrCat("must be a map with kind and name, not ", TypeName(n)));
+      return ref;
+    }
+    RejectUnknownFields(r, n, path, {"group", "kind", "name", "namespace"},
+                        "a target reference has group, kind, name and namespace");
+    ref.group = GetString(r, n, "group", path).value_or("");
+    ref.kind = GetString(r, n, "kind", path).value_or("");
+    ref.name = GetString(r, n, "name", path).value_or("");
+    if (auto ns = GetString(r, n, "namespace", path); ns && !ns->empty()) {
+      r.Error(*Get(n, "namespace"), path + ".namespace",
+              "must not be set: cross-namespace references are not supported (as in istiod)");
+    }
+    return ref;
+  }
+
+  static authz::Rule ParseRule(Reporter& r, const YAML::Node& n, const YAML::Node& list,
+                               const std::string& path, bool custom) {
+    authz::Rule rule;
+    if (!n.IsMap()) {
+      r.Error(n.IsNull() ? list : n, path,
+              absl::StrCat("must be a map of from, to and when (`{}` matches every request), not ",
+                           TypeName(n)));
+      return rule;
+    }
+    RejectUnknownFields(r, n, path, {"from", "to", "when"}, "a rule has from, to and when");
+    if (auto from = GetList(r, n, "from", path)) {
+      if (from->size() == 0) {
+        r.Error(*from, path + ".from",
+                "must not be empty (as in istiod): remove it to match any source");
+      }
+      for (size_t j = 0; j < from->size(); ++j) {
+        const std::string entry = absl::StrCat(path, ".from[", j, "]");
+        const YAML::Node e = (*from)[j];
+        if (!e.IsMap()) {
+          r.Error(e.IsNull() ? *from : e, entry,
+                  absl::StrCat("must be a map with a source, not ", TypeName(e)));
+          continue;
+        }
+        RejectUnknownFields(r, e, entry, {"source"}, "a from entry has only source");
+        auto source = GetMap(r, e, "source", entry);
+        if (!source) {
+          r.Error(e, entry + ".source", "is required");
+          continue;
+        }
+        rule.from.push_back(ParseSource(r, *source, entry + ".source", custom));
+      }
+    }
+    if (auto to = GetList(r, n, "to", path)) {
+      if (to->size() == 0) {
+        r.Error(*to, path + ".to",
+                "must not be empty (as in istiod): remove it to match any operation");
+      }
+      for (size_t j = 0; j < to->size(); ++j) {
+        const std::string entry = absl::StrCat(path, ".to[", j, "]");
+        const YAML::Node e = (*to)[j];
+        if (!e.IsMap()) {
+          r.Error(e.IsNull() ? *to : e, entry,
+                  absl::StrCat("must be a map with an operation, not ", TypeName(e)));
+          continue;
+        }
+        RejectUnknownFields(r, e, entry, {"operation"}, "a to entry has only operation");
+        auto op = GetMap(r, e, "operation", entry);
+        if (!op) {
+          r.Error(e, entry + ".operation", "is required");
+          continue;
+        }
+        rule.to.push_back(ParseOperation(r, *op, entry + ".operation"));
+      }
+    }
+    if (auto when = GetList(r, n, "when", path)) {
+      for (size_t k = 0; k < when->size(); ++k) {
+        const std::string entry = absl::StrCat(path, ".when[", k, "]");
+        const YAML::Node e = (*when)[k];
+        if (!e.IsMap()) {
+          r.Error(
+              e.IsNull() ? *when : e, entry,
+              absl::StrCat("must be a map with key and values or notValues, not ", TypeName(e)));
+          continue;
+        }
+        RejectUnknownFields(r, e, entry, {"key", "values", "notValues"},
+                            "a condition has key, values and notValues");
+        authz::Condition c;
+        c.key = GetString(r, e, "key", entry).value_or("");
+        c.values = GetStringList(r, e, "values", entry);
+        c.not_values = GetStringList(r, e, "notValues", entry);
+        // istiod: CUSTOM does not support conditions on the peer or JWT identity.
+        if (custom && (c.key == "source.namespace" || c.key == "source.serviceAccount" ||
+                       c.key == "source.principal" || absl::StartsWith(c.key, "request.auth."))) {
+          r.Error(*Get(e, "key"), entry + ".key",
+                  absl::StrCat("'", c.key, "' is not supported with action CUSTOM (as in istiod)"));
+        }
+        rule.when.push_back(std::move(c));
+      }
+    }
+    return rule;
+  }
+
+  static authz::Source ParseSource(Reporter& r, const YAML::Node& n, const std::string& path,
+                                   bool custom) {
+    RejectUnknownFields(r, n, path,
+                        {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                         "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
+                         "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"},
+                        "see the Source fields of Istio's AuthorizationPolicy reference");
+    authz::Source s;
+    const struct {
+      const char* name;
+      std::vector<std::string>* values;
+      bool custom_ok;
+    } kFields[] = {
+        {"principals", &s.principals, false},
+        {"notPrincipals", &s.not_principals, false},
+        {"requestPrincipals", &s.request_principals, false},
+        {"notRequestPrincipals", &s.not_request_principals, false},
+        {"namespaces", &s.namespaces, false},
+        {"notNamespaces", &s.not_namespaces, false},
+        {"serviceAccounts", &s.service_accounts, false},
+        {"notServiceAccounts", &s.not_service_accounts, false},
+        {"ipBlocks", &s.ip_blocks, true},
+        {"notIpBlocks", &s.not_ip_blocks, true},
+        {"remoteIpBlocks", &s.remote_ip_blocks, true},
+        {"notRemoteIpBlocks", &s.not_remote_ip_blocks, true},
+    };
+    for (const auto& f : kFields) {
+      *f.values = GetStringList(r, n, f.name, path);
+      if (custom && !f.custom_ok && !f.values->empty()) {
+        r.Error(*Get(n, f.name), Join(path, f.name),
+                "is not supported with action CUSTOM (as in istiod): the external authorizer "
+                "sees the identity itself");
+      }
+    }
+    return s;
+  }
+
+  static authz::Operation ParseOperation(Reporter& r, const YAML::Node& n,
+                                         const std::string& path) {
+    RejectUnknownFields(
+        r, n, path,
+        {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"},
+        "see the Operation fields of Istio's AuthorizationPolicy reference");
+    authz::Operation o;
+    o.hosts = GetStringList(r, n, "hosts", path);
+    o.not_hosts = GetStringList(r, n, "notHosts", path);
+    o.ports = GetStringList(r, n, "ports", path);
+    o.not_ports = GetStringList(r, n, "notPorts", path);
+    o.methods = GetStringList(r, n, "methods", path);
+    o.not_methods = GetStringList(r, n, "notMethods", path);
+    o.paths = GetStringList(r, n, "paths", path);
+    o.not_paths = GetStringList(r, n, "notPaths", path);
+    return o;
   }
 
   std::string_view file_;

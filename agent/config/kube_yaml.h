@@ -5,9 +5,13 @@
 //    documents separated by `---`, each an object or a `kind: List` with `items:`. Pod, Namespace,
 //    Service, the ConfigMap `istio` (whose data.mesh holds a MeshConfig, as Istio stores it) and
 //    PeerAuthentication (security.istio.io/v1 and v1beta1, validated as istiod does: unknown
-//    spec fields, bad modes and ports, portLevelMtls without a selector are errors) are read;
-//    other kinds are reported as warnings and ignored.
-//  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`.
+//    spec fields, bad modes and ports, portLevelMtls without a selector are errors) and
+//    AuthorizationPolicy (v1 and v1beta1, validated as istiod's ValidateAuthorizationPolicy, then
+//    authz::Compile; the istio.io/dry-run annotation) are read; other kinds are reported as
+//    warnings and ignored.
+//  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`,
+//    rootNamespace, extensionProviders (envoyExtAuthzHttp/envoyExtAuthzGrpc with Istio's fields)
+//    and pathNormalization.
 // Each object is validated on its own: a bad one is reported with its file, object and field and
 // left out, the others still apply. Thread-safe: no shared state.
 
@@ -16,6 +20,7 @@
 #include <variant>
 #include <vector>
 
+#include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/config/error.h"
 #include "agent/state/model.h"
@@ -23,11 +28,12 @@
 namespace ambit::config {
 
 using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
-                                  authz::PeerAuthentication>;
+                                  authz::PeerAuthentication, authz::Policy>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",
-  // "Service default/web", "MeshConfig", "PeerAuthentication foo/default".
+  // "Service default/web", "MeshConfig", "PeerAuthentication foo/default",
+  // "AuthorizationPolicy foo/allow-sleep".
   std::string id;
   ConfigObject object;
 };

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "agent/authz/compile.h"
+#include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
 
 namespace ambit::config {
@@ -16,6 +18,10 @@ namespace ambit::config {
 struct SecurityConfig {
   // PeerAuthentication by "namespace/name" (authz::PeerAuthentication::Key()).
   std::map<std::string, authz::PeerAuthentication> peer_authentications;
+  // AuthorizationPolicy by "namespace/name" (authz::Policy::Key()). Every one here passed
+  // validation (authz::Compile plus istiod's checks) and, for CUSTOM, names an ext_authz provider
+  // of the mesh config in force.
+  std::map<std::string, authz::Policy> authorization_policies;
 
   // The PeerAuthentications as the list authz::ResolveMtlsMode takes.
   std::vector<authz::PeerAuthentication> PeerAuthenticationList() const {
@@ -24,6 +30,10 @@ struct SecurityConfig {
     for (const auto& [key, policy] : peer_authentications) out.push_back(policy);
     return out;
   }
+
+  // The AuthorizationPolicies compiled, in key order, as authz::Engine::Create takes them. They
+  // were validated when loaded, so none fails; one that did would be left out.
+  std::vector<authz::CompiledPolicy> CompiledAuthorizationPolicies() const;
 
   friend bool operator==(const SecurityConfig&, const SecurityConfig&) = default;
 };

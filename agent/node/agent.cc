@@ -380,9 +380,12 @@ void Agent::SendSnapshot() {
     }
     services.push_back(std::move(d));
   }
+  std::vector<authz::Policy> policies;
+  for (const auto& [key, policy] : security_.authorization_policies) policies.push_back(policy);
   ++snapshot_version_;
   auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
-                                         options_.socket_mark, workloads, services);
+                                         options_.socket_mark, workloads, services, policies,
+                                         state_.mesh.root_namespace);
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "send snapshot to data plane: " << status.message();
   }

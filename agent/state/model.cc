@@ -10,6 +10,13 @@ std::string Pod::Key() const { return absl::StrCat(namespace_name, "/", name); }
 
 std::string Service::Key() const { return absl::StrCat(namespace_name, "/", name); }
 
+const ExtensionProvider* MeshConfig::FindExtensionProvider(std::string_view name) const {
+  for (const ExtensionProvider& p : extension_providers) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
 const Pod* ClusterState::FindPodByIp(const ambit::IpAddress& ip) const {
   for (const auto& [key, pod] : pods) {
     if (std::find(pod.ips.begin(), pod.ips.end(), ip) != pod.ips.end()) return &pod;

@@ -6,10 +6,12 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "agent/common/ip_address.h"
 
 namespace ambit::state {
@@ -65,10 +67,58 @@ struct Service {
   friend bool operator==(const Service&, const Service&) = default;
 };
 
+// MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationRequestBody.
+struct ExtAuthzRequestBody {
+  uint32_t max_request_bytes = 0;
+  bool allow_partial_message = false;
+  bool pack_as_bytes = false;
+
+  friend bool operator==(const ExtAuthzRequestBody&, const ExtAuthzRequestBody&) = default;
+};
+
+// One MeshConfig.extensionProviders entry, as named by AuthorizationPolicy `provider.name`. The
+// two external-authorizer kinds are kept field by field (Istio's JSON names in the comments);
+// other kinds (tracing, logging, metrics) are only named, so that a CUSTOM policy naming one can be
+// told apart from one naming no provider at all.
+struct ExtensionProvider {
+  enum class Kind { kEnvoyExtAuthzHttp, kEnvoyExtAuthzGrpc, kOther };
+
+  std::string name;
+  Kind kind = Kind::kOther;
+  std::string kind_name;  // the YAML key: "envoyExtAuthzHttp", "envoyExtAuthzGrpc", "zipkin", ...
+
+  // envoyExtAuthzHttp and envoyExtAuthzGrpc.
+  std::string service;                      // service: "[<namespace>/]<hostname>"
+  uint16_t port = 0;                        // port
+  std::optional<absl::Duration> timeout;    // timeout; nullopt: Istio's default, 600s
+  bool fail_open = false;                   // failOpen
+  std::optional<bool> clear_route_cache;    // clearRouteCache
+  std::optional<uint32_t> status_on_error;  // statusOnError; nullopt: 403
+  std::optional<ExtAuthzRequestBody> include_request_body_in_check;  // includeRequestBodyInCheck
+  // envoyExtAuthzHttp only.
+  std::string path_prefix;  // pathPrefix
+  // includeRequestHeadersInCheck, plus the deprecated includeHeadersInCheck.
+  std::vector<std::string> include_request_headers_in_check;
+  std::map<std::string, std::string> include_additional_headers_in_check;
+  std::vector<std::string> headers_to_upstream_on_allow;    // headersToUpstreamOnAllow
+  std::vector<std::string> headers_to_downstream_on_deny;   // headersToDownstreamOnDeny
+  std::vector<std::string> headers_to_downstream_on_allow;  // headersToDownstreamOnAllow
+
+  bool IsExtAuthz() const { return kind != Kind::kOther; }
+  friend bool operator==(const ExtensionProvider&, const ExtensionProvider&) = default;
+};
+
 // The subset of Istio's MeshConfig that ambit uses.
 struct MeshConfig {
   std::string trust_domain = "cluster.local";
   std::string root_namespace = "istio-system";
+  std::vector<ExtensionProvider> extension_providers;  // extensionProviders, in file order
+  // pathNormalization.normalization: "" (Istio's default, BASE), "NONE", "BASE", "MERGE_SLASHES"
+  // or "DECODE_AND_MERGE_SLASHES".
+  std::string path_normalization;
+
+  // The provider called `name`, or nullptr.
+  const ExtensionProvider* FindExtensionProvider(std::string_view name) const;
 
   friend bool operator==(const MeshConfig&, const MeshConfig&) = default;
 };

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
+#include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -265,7 +266,9 @@ absl::Status DataPlane::SendRemovePod(const std::string& uid) {
 absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_domain,
                                      uint32_t mark,
                                      const std::vector<WorkloadDescriptor>& workloads,
-                                     const std::vector<ServiceDescriptor>& services) {
+                                     const std::vector<ServiceDescriptor>& services,
+                                     const std::vector<authz::Policy>& authorization_policies,
+                                     const std::string& root_namespace) {
   auto env = NewEnvelope();
   auto* s = env.mutable_snapshot();
   s->set_version(version);
@@ -306,6 +309,10 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
     }
     for (const auto& e : svc.endpoints) ps->add_endpoints(e);
   }
+  for (const auto& policy : authorization_policies) {
+    authz_wire::ToProto(policy, s->add_authorization_policies());
+  }
+  s->set_root_namespace(root_namespace);
   return SendEnvelope(control_.get(), env, {});
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/authz/model.h"
 #include "agent/common/unique_fd.h"
 
 namespace ambit::supervisor {
@@ -104,7 +105,9 @@ class DataPlane {
   absl::Status SendRemovePod(const std::string& uid);
   absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,
                             const std::vector<WorkloadDescriptor>& workloads,
-                            const std::vector<ServiceDescriptor>& services);
+                            const std::vector<ServiceDescriptor>& services,
+                            const std::vector<authz::Policy>& authorization_policies,
+                            const std::string& root_namespace);
   absl::Status SendCsrResponse(uint64_t request_id, const absl::StatusOr<std::vector<std::string>>& chain);
   absl::Status SendTrustBundle(const std::vector<std::string>& roots);
   uint64_t acked_version() const { return acked_version_; }

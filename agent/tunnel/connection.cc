@@ -12,6 +12,7 @@
 #include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
+#include "agent/common/status.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/tunnel_stream.h"
@@ -181,14 +182,25 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
     CloseWithReset(client);
     return;
   }
-  AMBIT_LOG(kComponent, Info) << description << " mode=plaintext " << mode;
+  std::string decided_by;
+  auto authorized = worker.snapshot()->Authorize(*peer, *local, "", &decided_by);
+  if (!authorized.ok()) {
+    worker.counters().denied++;
+    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode
+                                   << " denied: " << authorized.message() << "; connection reset";
+    CloseWithReset(client);
+    return;
+  }
+  AMBIT_LOG(kComponent, Info) << description << " mode=plaintext " << mode
+                              << " allowed_by=" << decided_by;
   auto conn = std::make_unique<Connection>(worker, description, std::move(client));
   Connection* raw = conn.get();
   worker.Adopt(std::move(conn));
   // Re-decided on every policy change: a port that becomes STRICT closes this connection.
-  raw->SetRecheck([local = *local](const MeshSnapshot& snapshot) {
+  raw->SetRecheck([local = *local, peer = *peer](const MeshSnapshot& snapshot) {
     std::string ignored;
-    return PlaintextAllowed(snapshot, local, &ignored);
+    AMBIT_RETURN_IF_ERROR(PlaintextAllowed(snapshot, local, &ignored));
+    return snapshot.Authorize(peer, local, "", nullptr);
   });
   auto upstream = ConnectFromPod(worker, *pod, *local, &*peer);
   if (!upstream.ok()) {

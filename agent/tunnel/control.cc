@@ -300,6 +300,9 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     case pb::Envelope::kSnapshot: {
       snapshot_version_ = env.snapshot().version();
       snapshot_ = MeshSnapshot::FromProto(env.snapshot());
+      for (const auto& error : snapshot_->authz_errors()) {
+        AMBIT_LOG(kComponent, Error) << "snapshot " << snapshot_version_ << ": " << error;
+      }
       for (auto& w : workers_) {
         w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
       }

@@ -134,6 +134,18 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
     (void)session.Respond(stream, 400);
     return nullptr;
   }
+  // Decided before the application sees a byte; denied: 401, as ztunnel answers.
+  std::string decided_by;
+  auto allowed = worker_.snapshot()->Authorize(e.peer, request.destination,
+                                               request.peer_identity, &decided_by);
+  if (!allowed.ok()) {
+    worker_.counters().denied++;
+    AMBIT_LOG(kComponent, Warning) << description << " denied: " << allowed.message()
+                                   << "; answered 401";
+    (void)session.Respond(stream, 401);
+    return nullptr;
+  }
+  absl::StrAppend(&description, " allowed_by=", decided_by);
   // Deliver from the client pod's own address, so the application sees the real client.
   SocketAddress source{e.peer.ip, 0};
   auto up = ConnectFromPod(worker_, pod, request.destination, &source);
@@ -150,6 +162,11 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery;
   if (up->delivery_source) delivery = std::make_pair(*up->delivery_source, request.destination);
   raw->Accept(session.shared_from_this(), stream, std::move(delivery));
+  // Re-decided on every policy change; newly denied streams are closed.
+  raw->SetRecheck([peer = e.peer, dst = request.destination,
+                   principal = request.peer_identity](const MeshSnapshot& snapshot) {
+    return snapshot.Authorize(peer, dst, principal, nullptr);
+  });
   return raw;
 }
 

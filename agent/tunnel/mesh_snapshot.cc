@@ -1,5 +1,9 @@
 #include "agent/tunnel/mesh_snapshot.h"
 
+#include "absl/strings/str_cat.h"
+#include "agent/authz/compile.h"
+#include "agent/authz_wire/policy_proto.h"
+#include "agent/common/log.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -78,7 +82,63 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
       snap->services_[*ip] = info;
     }
   }
+  std::vector<authz::CompiledPolicy> compiled;
+  for (const auto& p : s.authorization_policies()) {
+    auto c = authz::Compile(authz_wire::FromProto(p));
+    if (!c.ok()) {
+      // The agent validated it; a failure here means the two sides disagree. Say so, skip it.
+      snap->authz_errors_.push_back(absl::StrCat("AuthorizationPolicy ", p.namespace_(), "/",
+                                                 p.name(), ": ", c.status().message()));
+      continue;
+    }
+    compiled.push_back(std::move(*c));
+  }
+  authz::EngineOptions options;
+  if (!s.root_namespace().empty()) options.root_namespace = s.root_namespace();
+  auto engine = authz::Engine::Create(std::move(compiled), options);
+  if (engine.ok()) {
+    snap->authz_ = std::move(*engine);
+  } else {
+    snap->authz_errors_.push_back(std::string(engine.status().message()));
+  }
   return snap;
+}
+
+absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
+                                     const SocketAddress& destination,
+                                     const std::string& principal,
+                                     std::string* decided_by) const {
+  auto workload = WorkloadByIp(destination.ip);
+  if (authz_ == nullptr) {
+    // No engine means the configuration could not be turned into one: fail closed.
+    if (!authz_errors_.empty()) {
+      return absl::PermissionDeniedError("authorization policies could not be loaded");
+    }
+    return absl::OkStatus();  // no snapshot yet: nothing configured, Istio allows
+  }
+  authz::Workload target;
+  if (workload != nullptr) {
+    target.namespace_name = workload->namespace_name;
+    target.labels = workload->labels;
+  }
+  authz::Request request;
+  request.layer = authz::Layer::kL4;
+  request.source_principal = principal;
+  request.source_ip = source.ip;
+  request.destination_ip = destination.ip;
+  request.destination_port = destination.port;
+  authz::Decision d = authz_->Evaluate(target, request);
+  for (const auto& dry : d.dry_run) {
+    AMBIT_LOG("authz", Info) << "dry-run " << dry.policy << " for " << source.ToString() << " -> "
+                             << destination.ToString() << ": " << dry.explanation;
+  }
+  for (const auto& audit : d.audits) {
+    AMBIT_LOG("authz", Info) << "audit " << audit.policy << " matched " << source.ToString()
+                             << " -> " << destination.ToString();
+  }
+  if (decided_by != nullptr) *decided_by = d.policy.empty() ? "default" : d.policy;
+  if (d.allowed) return absl::OkStatus();
+  return absl::PermissionDeniedError(d.explanation);
 }
 
 std::shared_ptr<const WorkloadInfo> MeshSnapshot::WorkloadByIp(const IpAddress& ip) const {

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "agent/authz/engine.h"
 #include "agent/common/ip_address.h"
 
 namespace ambit::dataplane::v1 {
@@ -70,11 +72,21 @@ class MeshSnapshot {
   // pod; anything else passes through. `pick` spreads connections over a service's endpoints.
   Route Resolve(const SocketAddress& dst, uint64_t pick) const;
 
+  // AuthorizationPolicy for a connection arriving at a local workload (L4: what the node tunnel
+  // can know). `principal` is the client's verified SPIFFE ID, empty for plaintext. OK, or
+  // PermissionDenied with the explanation (which policy, which rule). AUDIT and dry-run results
+  // are logged, never enforced.
+  absl::Status Authorize(const SocketAddress& source, const SocketAddress& destination,
+                         const std::string& principal, std::string* decided_by) const;
+  const std::vector<std::string>& authz_errors() const { return authz_errors_; }
+
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
   absl::flat_hash_map<IpAddress, std::shared_ptr<const WorkloadInfo>> workloads_;
   absl::flat_hash_map<IpAddress, std::shared_ptr<const ServiceInfo>> services_;
+  std::unique_ptr<authz::Engine> authz_;
+  std::vector<std::string> authz_errors_;
 };
 
 }  // namespace ambit::tunnel

@@ -65,6 +65,7 @@ class Worker {
   struct Counters {
     uint64_t plaintext_refused = 0;
     uint64_t closed_by_policy = 0;
+    uint64_t denied = 0;
   };
   Counters& counters() { return counters_; }
   // Never null: an empty snapshot until the first configuration arrives.

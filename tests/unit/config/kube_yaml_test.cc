@@ -324,8 +324,8 @@ kind: Deployment
 metadata: {name: api, namespace: prod}
 ---
 apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-all, namespace: prod}
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
 spec: {}
 ---
 apiVersion: v1
@@ -341,7 +341,7 @@ metadata: {name: a}
   ASSERT_THAT(warnings, SizeIs(3));
   EXPECT_EQ(warnings[0].object, "Deployment prod/api");
   EXPECT_THAT(warnings[0].message, HasSubstr("kind Deployment (apiVersion apps/v1)"));
-  EXPECT_EQ(warnings[1].object, "AuthorizationPolicy prod/deny-all");
+  EXPECT_EQ(warnings[1].object, "RequestAuthentication prod/jwt");
   EXPECT_EQ(warnings[2].object, "Secret creds");
   EXPECT_THAT(warnings[0].ToString(), HasSubstr("mixed.yaml:1:1: warning: Deployment prod/api"));
   EXPECT_THAT(Ids(parsed), ElementsAre("Pod default/a"));

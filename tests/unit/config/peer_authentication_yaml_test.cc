@@ -225,11 +225,6 @@ metadata: {resourceVersion: ""}
 
 TEST(PeerAuthenticationYamlTest, OtherSecurityKindsAreNotSupportedYet) {
   ParsedFile parsed = ParseKubeYaml("security.yaml", R"(
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-all, namespace: foo}
-spec: {}
----
 apiVersion: security.istio.io/v1beta1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: foo}
@@ -242,13 +237,11 @@ spec: {}
 )");
   EXPECT_THAT(Only(parsed, /*warnings=*/false), IsEmpty()) << Describe(parsed);
   std::vector<ConfigError> warnings = Only(parsed, /*warnings=*/true);
-  ASSERT_THAT(warnings, SizeIs(3)) << Describe(parsed);
-  EXPECT_EQ(warnings[0].object, "AuthorizationPolicy foo/deny-all");
+  ASSERT_THAT(warnings, SizeIs(2)) << Describe(parsed);
+  EXPECT_EQ(warnings[0].object, "RequestAuthentication foo/jwt");
   EXPECT_THAT(warnings[0].message, HasSubstr("not supported yet"));
-  EXPECT_EQ(warnings[1].object, "RequestAuthentication foo/jwt");
-  EXPECT_THAT(warnings[1].message, HasSubstr("not supported yet"));
-  EXPECT_EQ(warnings[2].object, "PeerAuthentication foo/ancient");
-  EXPECT_THAT(warnings[2].message, HasSubstr("apiVersion security.istio.io/v1alpha1"));
+  EXPECT_EQ(warnings[1].object, "PeerAuthentication foo/ancient");
+  EXPECT_THAT(warnings[1].message, HasSubstr("apiVersion security.istio.io/v1alpha1"));
   EXPECT_THAT(parsed.objects, IsEmpty());
 }
 

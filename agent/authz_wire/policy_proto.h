@@ -1,0 +1,14 @@
+#pragma once
+
+// AuthorizationPolicies cross the agent/data-plane boundary as Protobuf; these convert between
+// that edge form and the engine's own model (agent/authz/model.h), losslessly.
+
+#include "agent/authz/model.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::authz_wire {
+
+void ToProto(const authz::Policy& policy, ambit::dataplane::v1::AuthzPolicy* out);
+authz::Policy FromProto(const ambit::dataplane::v1::AuthzPolicy& in);
+
+}  // namespace ambit::authz_wire
