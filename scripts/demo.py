@@ -19,6 +19,25 @@ from topology import Topology, build_dir, run  # noqa: E402
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
 
+ALLOW_ONLY_WEB = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-callers
+  namespace: backend
+spec:
+  selector:
+    matchLabels:
+      app: api
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/frontend/sa/web"]
+    to:
+    - operation:
+        ports: ["8080"]
+"""
+
 STRICT_BACKEND = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata:
@@ -62,20 +81,23 @@ def main():
         step("Two nodes and three pods, each pod in its own network namespace; the bridge "
              "between them is the wire")
         web = t.add_pod("web", namespace="frontend", service_account="web", node="node1")
+        reports = t.add_pod("reports", namespace="frontend", service_account="reports",
+                            node="node1")
         outsider = t.add_pod("outsider", namespace="default", node="node1")
         api = t.add_pod("api", namespace="backend", service_account="api", node="node2")
-        for p in (web, outsider, api):
+        for p in (web, reports, outsider, api):
             print(f"  {p.node}: pod {p.namespace}/{p.name:9} {p.ip4:15} {p.ip6}")
-        print("  frontend/web and backend/api are enrolled (ambit.dev/netns annotation);"
-              " default/outsider is not.")
+        print("  frontend/web, frontend/reports and backend/api are enrolled (ambit.dev/netns"
+              " annotation); default/outsider is not.")
         node1, node2 = t.add_agent("node1"), t.add_agent("node2")
         plain = outsider.yaml().replace(f"    ambit.dev/netns: {outsider.netns_path}\n", "")
         for agent in (node1, node2):
-            agent.write_config("pods.yaml", web.yaml() + "---\n" + api.yaml() + "---\n" + plain)
+            agent.write_config("pods.yaml", "---\n".join(p.yaml() for p in (web, reports, api))
+                               + "---\n" + plain)
 
         step("Starting ambitd on each node: it attaches the redirect programs to the node's pod "
              "cgroup, creates listeners inside each enrolled pod and starts ambit-tunnel")
-        node1.start(wait_pods=[web])
+        node1.start(wait_pods=[web, reports])
         node2.start(wait_pods=[api])
         for line in lines(node1, r"attached|verified_insns|started data plane|enrolled pod"):
             print("  node1 " + line)
@@ -135,6 +157,32 @@ def main():
             print("  node2 " + line)
         show(f"curl http://{api.ip4}:8080/   (in frontend/web: mTLS)",
              curl(web, f"http://{api.ip4}:8080/"))
+
+        step("AuthorizationPolicy: backend/api admits only frontend/web on port 8080; "
+             "frontend/reports is refused before the app sees a byte")
+        node2.write_config("authz.yaml", ALLOW_ONLY_WEB)
+        show("cat authz.yaml", ALLOW_ONLY_WEB)
+        m2 = mark(node2)
+        for _ in range(50):
+            out = curl(reports, f"http://{api.ip4}:8080/")
+            if "HTTP 200" not in out:
+                break
+            time.sleep(0.1)
+        show(f"curl http://{api.ip4}:8080/   (in frontend/reports)", out)
+        for line in lines(node2, r"denied", m2)[:1]:
+            print("  node2 " + line)
+        show(f"curl http://{api.ip4}:8080/   (in frontend/web)", curl(web, f"http://{api.ip4}:8080/"))
+        request = os.path.join(t.workdir, "request.yaml")
+        with open(request, "w") as f:
+            f.write("enforcement: L4\n"
+                    "target: {namespace: backend, labels: {app: api}}\n"
+                    "source: {principal: spiffe://cluster.local/ns/frontend/sa/reports, "
+                    f"ip: {reports.ip4}}}\n"
+                    f"destination: {{ip: {api.ip4}, port: 8080}}\n")
+        show("ambitctl policy check --config <node2 config> --request request.yaml   "
+             "(offline: why was reports refused?)",
+             run(ctl, "policy", "check", "--config", node2.config_dir, "--request", request,
+                 check=False).stdout)
 
         step("Killing ambit-tunnel on node1: ambitd restarts it; its listeners stayed open, so a "
              "request made in the gap waits in the backlog and is served")

@@ -190,6 +190,15 @@ absl::Status Agent::ConnectDataPlane() {
 }
 
 void Agent::Apply(config::LoadResult result) {
+  // What the node tunnel cannot enforce (HTTP attributes at L4), said once per policy.
+  auto engine = config::BuildAuthzEngine(result);
+  if (engine.ok()) {
+    for (const auto& w : (*engine)->LoadWarnings()) {
+      if (logged_authz_warnings_.insert(w).second) {
+        AMBIT_LOG("authz", Warning) << w;
+      }
+    }
+  }
   for (const auto& e : result.errors) {
     if (e.warning) {
       AMBIT_LOG("config", Warning) << e.ToString();

@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,7 @@ class Agent {
   enroll::PodNetOptions pod_net_;
   state::ClusterState state_;
   config::SecurityConfig security_;
+  std::set<std::string> logged_authz_warnings_;
   std::map<std::string, EnrolledPod> enrolled_;
   // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.
   std::map<uint64_t, uint32_t> pinned_slots_;

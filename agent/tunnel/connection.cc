@@ -187,7 +187,7 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   if (!authorized.ok()) {
     worker.counters().denied++;
     AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode
-                                   << " denied: " << authorized.message() << "; connection reset";
+                                   << " " << authorized.message() << "; connection reset";
     CloseWithReset(client);
     return;
   }

@@ -140,7 +140,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
                                                request.peer_identity, &decided_by);
   if (!allowed.ok()) {
     worker_.counters().denied++;
-    AMBIT_LOG(kComponent, Warning) << description << " denied: " << allowed.message()
+    AMBIT_LOG(kComponent, Warning) << description << " " << allowed.message()
                                    << "; answered 401";
     (void)session.Respond(stream, 401);
     return nullptr;

@@ -107,13 +107,17 @@ class AuthorizationTest(unittest.TestCase):
         cls.other = t.add_pod("other", namespace="frontend", service_account="other", node="node1")
         cls.outsider = t.add_pod("outsider", namespace="default", node="node1")
         cls.api = t.add_pod("api", namespace="backend", service_account="api", node="node2")
+        # Same node as api, same identity as `other`: the local path must decide the same way.
+        cls.neighbor = t.add_pod("neighbor", namespace="frontend", service_account="other",
+                                 node="node2")
         cls.n1, cls.n2 = t.add_agent("node1"), t.add_agent("node2")
         plain = cls.outsider.yaml().replace(f"    ambit.dev/netns: {cls.outsider.netns_path}\n", "")
-        pods = "---\n".join(p.yaml() for p in (cls.web, cls.other, cls.api)) + "---\n" + plain
+        pods = "---\n".join(p.yaml() for p in (cls.web, cls.other, cls.api, cls.neighbor))
+        pods += "---\n" + plain
         for agent in (cls.n1, cls.n2):
             agent.write_config("pods.yaml", pods)
         cls.n1.start(wait_pods=[cls.web, cls.other])
-        cls.n2.start(wait_pods=[cls.api])
+        cls.n2.start(wait_pods=[cls.api, cls.neighbor])
         cls.n1.wait_log("certificate spiffe://cluster.local/ns/frontend/sa/other valid")
         cls.n2.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
         cls.server = cls.api.popen(["/usr/bin/python3", "-u", "-c", MULTI_SERVER, "9000", "9001",
@@ -167,6 +171,21 @@ class AuthorizationTest(unittest.TestCase):
         line = [l for l in self.n2.logs().splitlines() if "sa/other denied" in l][-1]
         self.assertIn("answered 401", line)
         self.n2.wait_log("allowed_by=backend/only-web")
+
+    def test_same_node_and_cross_node_decide_alike(self):
+        self.n2.write_config("authz.yaml", ONLY_OTHER)
+        self.wait_probe(self.web, 9000, False)
+        self.assertTrue(self.probe(self.other, 9000))     # other node, allowed identity
+        self.assertTrue(self.probe(self.neighbor, 9000))  # same node, same identity
+        self.n2.write_config("authz.yaml", ONLY_WEB)
+        self.wait_probe(self.other, 9000, False)
+        self.assertFalse(self.probe(self.neighbor, 9000))
+        # Both paths produced the same kind of record: mTLS, the client identity, the decision.
+        logs = self.n2.logs()
+        self.assertIn(f"src={self.neighbor.ip4} dst={self.api.ip4}:9000 mode=mtls "
+                      f"peer=spiffe://cluster.local/ns/frontend/sa/other", logs)
+        self.assertIn(f"src={self.other.ip4} dst={self.api.ip4}:9000 mode=mtls "
+                      f"peer=spiffe://cluster.local/ns/frontend/sa/other", logs)
 
     def test_deny_on_a_port(self):
         self.n2.write_config("authz.yaml", DENY_9001)
