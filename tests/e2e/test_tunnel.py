@@ -254,8 +254,8 @@ print(data.decode())
         srv = self._python_server("spiffe://cluster.local/ns/backend/sa/api", token="t2")
         r = self.a.python(r"""
 import socket, sys
-s = socket.create_connection((sys.argv[1], 7401), timeout=10)
 try:
+    s = socket.create_connection((sys.argv[1], 7401), timeout=10)
     s.sendall(b"secret")
     print(repr(s.recv(100)))
 except OSError as e:

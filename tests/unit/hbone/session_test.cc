@@ -381,33 +381,5 @@ TEST_F(SessionTest, ManySessionsShareStats) {
   EXPECT_EQ(server_->stats.sessions_established, 2u);
 }
 
-// Not a unit test: one thread runs both ends, so this is the CPU cost of client + server.
-// Run with --gtest_also_run_disabled_tests --gtest_filter='*Throughput*'.
-TEST_F(SessionTest, DISABLED_Throughput) {
-  StartServer();
-  ServeWith([](uint16_t) { return std::string(); }, /*close=*/false);
-  auto client = Dial();
-  TestStream* stream = Open(*client);
-  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
-  server_->streams[0]->keep_data = false;
-  const std::string chunk = RandomBytes(kMiB, 9);
-  const size_t total = 512 * kMiB;
-  size_t queued = 0;
-  absl::Time start = absl::Now();
-  ASSERT_TRUE(Run(
-      [&] {
-        while (queued < total && stream->all_sent()) {
-          stream->Send(chunk, queued + chunk.size() >= total);
-          queued += chunk.size();
-        }
-        return !server_->streams.empty() && server_->streams[0]->end_stream;
-      },
-      absl::Seconds(120)));
-  absl::Duration took = absl::Now() - start;
-  EXPECT_EQ(server_->streams[0]->received_bytes, total);
-  std::cout << "HBONE one stream: " << total / kMiB << " MiB in " << took << " = "
-            << static_cast<double>(total) / kMiB / absl::ToDoubleSeconds(took) << " MiB/s\n";
-}
-
 }  // namespace
 }  // namespace ambit::hbone::testing
