@@ -13,36 +13,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from apps import HOLD, MULTI_SERVER  # noqa: E402
 from topology import Topology  # noqa: E402
 
-MULTI_SERVER = r"""
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for port in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", int(port)))
-    s.listen(16)
-    s.setblocking(False)
-    sel.register(s, selectors.EVENT_READ, "listen")
-print("listening", flush=True)
-while True:
-    for key, _ in sel.select():
-        if key.data == "listen":
-            c, peer = key.fileobj.accept()
-            print("accepted", c.getsockname()[1], peer[0], flush=True)
-            sel.register(c, selectors.EVENT_READ, "conn")
-        else:
-            try:
-                data = key.fileobj.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                sel.unregister(key.fileobj)
-                key.fileobj.close()
-            else:
-                key.fileobj.sendall(data)
-"""
 
 PROBE = r"""
 import json, socket, sys
@@ -55,18 +28,6 @@ except Exception as e:
     print(json.dumps({"ok": False, "error": type(e).__name__}))
 """
 
-HOLD = r"""
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-print("connected", flush=True)
-for line in sys.stdin:
-    try:
-        s.sendall(line.encode())
-        data = s.recv(100)
-        print("echo" if data else "closed", flush=True)
-    except OSError as e:
-        print(type(e).__name__, flush=True)
-"""
 
 
 def policy(name, action, rules_yaml, namespace="backend", selector=None):
