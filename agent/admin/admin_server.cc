@@ -22,6 +22,67 @@ pb::ListCertificatesResponse AdminState::Certificates() const {
   return certs_;
 }
 
+#define AMBIT_ADMIN_VIEW(Type, Setter, Getter, member) \
+  void AdminState::Setter(pb::Type value) {            \
+    absl::MutexLock lock(&mu_);                        \
+    member = std::move(value);                         \
+  }                                                    \
+  pb::Type AdminState::Getter() const {                \
+    absl::MutexLock lock(&mu_);                        \
+    return member;                                     \
+  }
+AMBIT_ADMIN_VIEW(ListWorkloadsResponse, SetWorkloads, Workloads, workloads_)
+AMBIT_ADMIN_VIEW(ListPoliciesResponse, SetPolicies, Policies, policies_)
+AMBIT_ADMIN_VIEW(ListServicesResponse, SetServices, Services, services_)
+#undef AMBIT_ADMIN_VIEW
+
+void AdminState::SetBpf(pb::GetBpfResponse bpf, BpfReader reader) {
+  absl::MutexLock lock(&mu_);
+  bpf_ = std::move(bpf);
+  bpf_reader_ = std::move(reader);
+}
+
+pb::GetBpfResponse AdminState::Bpf() const {
+  pb::GetBpfResponse out;
+  BpfReader reader;
+  {
+    absl::MutexLock lock(&mu_);
+    out = bpf_;
+    reader = bpf_reader_;
+  }
+  // Walking map keys takes a syscall per entry: never under the lock.
+  if (reader) reader(&out);
+  return out;
+}
+
+void AdminState::SetCheckEvaluator(std::shared_ptr<const CheckEvaluator> evaluator) {
+  absl::MutexLock lock(&mu_);
+  checker_ = std::move(evaluator);
+}
+
+std::shared_ptr<const CheckEvaluator> AdminState::checker() const {
+  absl::MutexLock lock(&mu_);
+  return checker_;
+}
+
+void AdminState::SetLogLevelHandler(LogLevelHandler handler) {
+  absl::MutexLock lock(&mu_);
+  log_level_handler_ = std::move(handler);
+}
+
+LogLevelHandler AdminState::log_level_handler() const {
+  absl::MutexLock lock(&mu_);
+  return log_level_handler_;
+}
+
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+}  // namespace
+
 class AdminServer::Service final : public pb::Admin::Service {
  public:
   explicit Service(std::shared_ptr<AdminState> state) : state_(std::move(state)) {}
@@ -30,13 +91,51 @@ class AdminServer::Service final : public pb::Admin::Service {
     *resp = state_->Certificates();
     return grpc::Status::OK;
   }
+  grpc::Status ListWorkloads(grpc::ServerContext*, const pb::ListWorkloadsRequest*,
+                             pb::ListWorkloadsResponse* resp) override {
+    *resp = state_->Workloads();
+    return grpc::Status::OK;
+  }
+  grpc::Status ListPolicies(grpc::ServerContext*, const pb::ListPoliciesRequest*,
+                            pb::ListPoliciesResponse* resp) override {
+    *resp = state_->Policies();
+    return grpc::Status::OK;
+  }
+  grpc::Status ListServices(grpc::ServerContext*, const pb::ListServicesRequest*,
+                            pb::ListServicesResponse* resp) override {
+    *resp = state_->Services();
+    return grpc::Status::OK;
+  }
+  grpc::Status GetBpf(grpc::ServerContext*, const pb::GetBpfRequest*,
+                      pb::GetBpfResponse* resp) override {
+    *resp = state_->Bpf();
+    return grpc::Status::OK;
+  }
+  grpc::Status Check(grpc::ServerContext*, const pb::CheckRequest* req,
+                     pb::CheckResponse* resp) override {
+    std::shared_ptr<const CheckEvaluator> checker = state_->checker();
+    if (!checker) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no configuration loaded yet");
+    auto result = checker->Check(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
+  grpc::Status LogLevel(grpc::ServerContext*, const pb::LogLevelRequest* req,
+                        pb::LogLevelResponse* resp) override {
+    LogLevelHandler handler = state_->log_level_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "log levels unavailable");
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
 
  private:
   std::shared_ptr<AdminState> state_;
 };
 
-absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
-    const std::string& socket_path, std::shared_ptr<AdminState> state) {
+absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& socket_path,
+                                                                std::shared_ptr<AdminState> state) {
   auto server = std::unique_ptr<AdminServer>(new AdminServer());
   server->path_ = socket_path;
   server->service_ = std::make_unique<Service>(std::move(state));

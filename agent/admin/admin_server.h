@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -14,6 +15,24 @@ class Server;
 
 namespace ambit::admin {
 
+// Answers `ambitctl check` on a gRPC thread, against the configuration it was built from: an
+// immutable snapshot, replaced whole by the control thread when the configuration or the
+// enrollment changes. Implementations must be thread-safe (they are read-only after construction).
+class CheckEvaluator {
+ public:
+  virtual ~CheckEvaluator() = default;
+  virtual absl::StatusOr<ambit::admin::v1::CheckResponse> Check(
+      const ambit::admin::v1::CheckRequest& request) const = 0;
+};
+
+// Reads what only the kernel knows at the moment of asking (map fill), into a response that
+// already holds the published part. Must be thread-safe: it runs on gRPC threads.
+using BpfReader = std::function<void(ambit::admin::v1::GetBpfResponse*)>;
+
+// Reads or changes ambitd's log levels; runs on gRPC threads (log levels are atomics).
+using LogLevelHandler = std::function<absl::StatusOr<ambit::admin::v1::LogLevelResponse>(
+    const ambit::admin::v1::LogLevelRequest&)>;
+
 // What the admin API reports, published by ambitd's control thread and read by gRPC threads.
 // Holds finished answer messages: this is the API's edge, so Protobuf is the right type here.
 // Thread-safe.
@@ -21,10 +40,30 @@ class AdminState {
  public:
   void SetCertificates(ambit::admin::v1::ListCertificatesResponse certs);
   ambit::admin::v1::ListCertificatesResponse Certificates() const;
+  void SetWorkloads(ambit::admin::v1::ListWorkloadsResponse workloads);
+  ambit::admin::v1::ListWorkloadsResponse Workloads() const;
+  void SetPolicies(ambit::admin::v1::ListPoliciesResponse policies);
+  ambit::admin::v1::ListPoliciesResponse Policies() const;
+  void SetServices(ambit::admin::v1::ListServicesResponse services);
+  ambit::admin::v1::ListServicesResponse Services() const;
+  // The programs and the pin root; maps are read live by the BpfReader.
+  void SetBpf(ambit::admin::v1::GetBpfResponse bpf, BpfReader reader);
+  ambit::admin::v1::GetBpfResponse Bpf() const;
+  void SetCheckEvaluator(std::shared_ptr<const CheckEvaluator> evaluator);
+  std::shared_ptr<const CheckEvaluator> checker() const;
+  void SetLogLevelHandler(LogLevelHandler handler);
+  LogLevelHandler log_level_handler() const;
 
  private:
   mutable absl::Mutex mu_;
   ambit::admin::v1::ListCertificatesResponse certs_ ABSL_GUARDED_BY(mu_);
+  ambit::admin::v1::ListWorkloadsResponse workloads_ ABSL_GUARDED_BY(mu_);
+  ambit::admin::v1::ListPoliciesResponse policies_ ABSL_GUARDED_BY(mu_);
+  ambit::admin::v1::ListServicesResponse services_ ABSL_GUARDED_BY(mu_);
+  ambit::admin::v1::GetBpfResponse bpf_ ABSL_GUARDED_BY(mu_);
+  BpfReader bpf_reader_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const CheckEvaluator> checker_ ABSL_GUARDED_BY(mu_);
+  LogLevelHandler log_level_handler_ ABSL_GUARDED_BY(mu_);
 };
 
 // ambitd's admin API on a unix socket only root can open (mode 0600). No TCP listener.

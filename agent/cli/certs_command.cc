@@ -13,15 +13,9 @@ std::string Rfc3339(int64_t unix_seconds) {
                           absl::UTCTimeZone());
 }
 
-absl::Status ListCertificates(Context& ctx) {
-  auto stub = ConnectAdmin(ctx.admin_socket());
-  if (!stub.ok()) return stub.status();
-  grpc::ClientContext call;
-  call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  ambit::admin::v1::ListCertificatesResponse resp;
-  grpc::Status status = (*stub)->ListCertificates(&call, {}, &resp);
-  if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
+}  // namespace
 
+Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp) {
   Value certs = Value::MakeList();
   for (const auto& c : resp.certificates()) {
     certs.Append(Value::Object({
@@ -44,6 +38,23 @@ absl::Status ListCertificates(Context& ctx) {
         {"sha256Fingerprint", r.sha256_fingerprint()},
     }));
   }
+  return Value::Object({{"ca", resp.ca()}, {"certificates", certs}, {"trustBundle", roots}});
+}
+
+namespace {
+
+absl::Status ListCertificates(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  grpc::ClientContext call;
+  call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  ambit::admin::v1::ListCertificatesResponse resp;
+  grpc::Status status = (*stub)->ListCertificates(&call, {}, &resp);
+  if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
+
+  Value doc = CertificatesValue(resp);
+  const Value& certs = *doc.Find("certificates");
+  const Value& roots = *doc.Find("trustBundle");
   if (ctx.output_format() == OutputFormat::kTable) {
     // Two tables for people: the workload certificates, then the roots they chain to.
     if (certs.as_list().empty()) {
@@ -55,7 +66,7 @@ absl::Status ListCertificates(Context& ctx) {
     ctx.Print(roots);
     return absl::OkStatus();
   }
-  ctx.Print(Value::Object({{"ca", resp.ca()}, {"certificates", certs}, {"trustBundle", roots}}));
+  ctx.Print(doc);
   return absl::OkStatus();
 }
 

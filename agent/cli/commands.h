@@ -4,8 +4,10 @@
 // (<name>_command.cc) and listed once in RootCommand (root_command.cc).
 
 #include "absl/strings/string_view.h"
+#include "agent/admin/explain.h"
 #include "agent/cli/command.h"
 #include "agent/cli/output.h"
+#include "ambit/admin/v1/admin.pb.h"
 
 namespace ambit::cli {
 
@@ -20,6 +22,20 @@ Command CertsCommand();
 Command PolicyCommand();
 // `ambitctl version`.
 Command VersionCommand();
+// Commands that ask the running agent (agent_commands.cc).
+Command WorkloadsCommand();
+Command PoliciesCommand();
+Command CheckLiveCommand();
+Command BpfCommand();
+Command ServicesCommand();
+Command LogCommand();
+Command ConfigDumpCommand();
+
+// What `certs -o json` prints: {ca, certificates, trustBundle}.
+Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp);
+
+// What `policy check -o json` and `check -o json` print for a decision.
+Value DecisionSummaryValue(const admin::DecisionSummary& summary);
 
 // What `ambitctl id parse` prints for `text`, and whether it is valid.
 Value DescribeSpiffeId(absl::string_view text, bool* valid);

@@ -14,7 +14,9 @@ Command RootCommand() {
           "ambitctl id parse spiffe://cluster.local/ns/default/sa/web -o json\n"
           "ambitctl policy check --config ./config --request req.yaml\n"
           "ambitctl version",
-      .subcommands = {CertsCommand(), IdCommand(), PolicyCommand(), VersionCommand()},
+      .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
+                      IdCommand(), LogCommand(), PoliciesCommand(), PolicyCommand(),
+                      ServicesCommand(), VersionCommand(), WorkloadsCommand()},
   };
 }
 

@@ -198,7 +198,9 @@ void Agent::Apply(config::LoadResult result) {
         AMBIT_LOG("authz", Warning) << w;
       }
     }
+    engine_ = std::move(*engine);
   }
+  load_errors_ = result.errors;
   for (const auto& e : result.errors) {
     if (e.warning) {
       AMBIT_LOG("config", Warning) << e.ToString();
@@ -262,6 +264,7 @@ void Agent::Reconcile() {
   handed_back_.clear();
   if (!failed_.empty()) ArmTimer(retry_timer_.get(), kRetryMs);
   SendSnapshot();
+  PublishViews();
 }
 
 absl::Status Agent::Enroll(const state::Pod& pod) {
@@ -503,6 +506,7 @@ absl::Status Agent::InitCertificates() {
   }
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
   PublishCertificates();
+  InitAdminHandlers();
   AMBIT_ASSIGN_OR_RETURN(admin_server_, admin::AdminServer::Start(
                                             options_.resolved_admin_socket(), admin_state_));
   return absl::OkStatus();

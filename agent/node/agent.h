@@ -17,7 +17,9 @@
 #include "agent/common/unique_fd.h"
 #include "agent/issuance/ca_server.h"
 #include "agent/issuance/signer.h"
+#include "agent/config/error.h"
 #include "agent/config/source.h"
+#include "agent/authz/engine.h"
 #include "agent/enroll/pod_net.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -94,6 +96,10 @@ class Agent {
   void OnCsrRequest(supervisor::CsrRequest request);
   void OnCertificateReport(std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
+  // The admin API's views of pods, policies and services, and the `check` snapshot
+  // (admin_views.cc). Called whenever the configuration or the enrollment changes.
+  void PublishViews();
+  void InitAdminHandlers();
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
@@ -120,6 +126,8 @@ class Agent {
   enroll::PodNetOptions pod_net_;
   state::ClusterState state_;
   config::SecurityConfig security_;
+  std::shared_ptr<const authz::Engine> engine_;     // for the admin API; the last one that built
+  std::vector<config::ConfigError> load_errors_;    // of the last load, for the admin API
   std::set<std::string> logged_authz_warnings_;
   std::map<std::string, EnrolledPod> enrolled_;
   // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.

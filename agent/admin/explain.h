@@ -1,0 +1,32 @@
+#pragma once
+
+// How an authorization decision is explained to people, shared by `ambitctl policy check`
+// (offline) and ambitd's answer to `ambitctl check` (live), so both print the same thing.
+// Pure functions, no I/O; thread-safe.
+
+#include <string>
+
+#include "agent/authz/engine.h"
+#include "agent/authz/peer_authentication.h"
+#include "agent/authz/request.h"
+
+namespace ambit::admin {
+
+// The machine-readable part: what `-o json` prints.
+struct DecisionSummary {
+  std::string decision;               // allow, deny, ext_authz
+  std::string provider;               // ext_authz only
+  std::string after_ext_authz_allow;  // ext_authz only: the decision if the provider allows
+  std::string policy;                 // "ns/name" that decided; "" for none
+  std::string reason;
+  std::string mtls_mode;  // STRICT, PERMISSIVE, DISABLE
+};
+
+DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecision& mtls);
+
+// The decision and a trace of every policy that applies, several lines, for the table output.
+std::string ExplainText(const authz::Engine& engine, const authz::Workload& target,
+                        const authz::Request& request, const authz::Decision& d,
+                        const authz::PeerAuthnDecision& mtls);
+
+}  // namespace ambit::admin

@@ -1,0 +1,440 @@
+// ambitctl commands that ask the running agent over its admin API: workloads, policies, check,
+// bpf, services, log and config-dump. Each builds a Value from one admin view; config-dump puts
+// all of them (and the certificates) into one document.
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/cli/admin_client.h"
+#include "agent/cli/commands.h"
+
+namespace ambit::cli {
+namespace {
+
+namespace pb = ::ambit::admin::v1;
+using Stub = pb::Admin::Stub;
+
+template <typename Req, typename Resp>
+absl::StatusOr<Resp> Call(Context& ctx, Stub& stub,
+                          grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                          const Req& req = Req()) {
+  grpc::ClientContext call;
+  call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  Resp resp;
+  grpc::Status status = (stub.*method)(&call, req, &resp);
+  if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
+  return resp;
+}
+
+template <typename Container>
+Value Strings(const Container& items) {
+  Value out = Value::MakeList();
+  for (const auto& s : items) out.Append(Value(std::string(s)));
+  return out;
+}
+
+Value OrNull(const std::string& s) { return s.empty() ? Value() : Value(s); }
+
+// The views. `table`: one line per row, nested parts flattened into text.
+Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
+  Value out = Value::MakeList();
+  for (const auto& w : resp.workloads()) {
+    Value redirect;
+    if (w.has_redirect()) {
+      if (table) {
+        redirect =
+            absl::StrCat("cookie=", w.redirect().netns_cookie(), " slot=", w.redirect().slot(),
+                         " listeners=", absl::StrJoin(w.redirect().listeners(), ","));
+      } else {
+        redirect = Value::Object({{"netnsCookie", w.redirect().netns_cookie()},
+                                  {"slot", w.redirect().slot()},
+                                  {"listeners", Strings(w.redirect().listeners())}});
+      }
+    }
+    Value row = Value::Object({
+        {"namespace", w.namespace_()},
+        {table ? "pod" : "name", w.name()},
+        {"ips", Strings(w.ips())},
+        {"node", w.node()},
+        {"identity", w.identity()},
+        {"role", w.role()},
+        {"mtls", w.mtls_mode()},
+    });
+    if (!table) row.Set("mtlsPolicy", OrNull(w.mtls_policy()));
+    row.Set("redirect", redirect);
+    if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
+    out.Append(std::move(row));
+  }
+  return out;
+}
+
+Value PoliciesValue(const pb::ListPoliciesResponse& resp, bool table) {
+  Value policies = Value::MakeList();
+  for (const auto& p : resp.policies()) {
+    Value row = Value::Object({
+        {"kind", p.kind()},
+        {"namespace", p.namespace_()},
+        {"name", p.name()},
+        {table ? "action/mode" : "action", p.action()},
+        {"scope", p.scope()},
+        {"dryRun", p.dry_run()},
+    });
+    if (!table) {
+      row.Set("provider", OrNull(p.provider()));
+      row.Set("portLevelMtls", Strings(p.port_level()));
+      row.Set("sourceFile", OrNull(p.source_file()));
+      row.Set("warnings", Strings(p.warnings()));
+    } else {
+      row.Set("warnings", static_cast<int64_t>(p.warnings_size()));
+    }
+    policies.Append(std::move(row));
+  }
+  Value rejected = Value::MakeList();
+  Value warnings = Value::MakeList();
+  for (const auto& e : resp.problems()) {
+    if (table) {
+      (e.warning() ? warnings : rejected).Append(Value(e.text()));
+      continue;
+    }
+    (e.warning() ? warnings : rejected)
+        .Append(Value::Object({{"file", e.file()},
+                               {"line", e.line()},
+                               {"object", OrNull(e.object())},
+                               {"field", OrNull(e.field())},
+                               {"message", e.message()},
+                               {"error", e.text()}}));
+  }
+  if (table) {
+    for (const auto& p : resp.policies()) {
+      for (const auto& w : p.warnings()) warnings.Append(Value(w));
+    }
+  }
+  return Value::Object({{"policies", policies}, {"rejected", rejected}, {"warnings", warnings}});
+}
+
+Value ServicesValue(const pb::ListServicesResponse& resp) {
+  Value out = Value::MakeList();
+  for (const auto& s : resp.services()) {
+    Value ports = Value::MakeList();
+    for (const auto& p : s.ports()) {
+      ports.Append(Value(absl::StrCat(p.port(), p.target_port().empty() ? "" : "->",
+                                      p.target_port(), "/", p.protocol())));
+    }
+    out.Append(Value::Object({{"namespace", s.namespace_()},
+                              {"name", s.name()},
+                              {"clusterIps", Strings(s.cluster_ips())},
+                              {"ports", ports},
+                              {"endpoints", Strings(s.endpoints())}}));
+  }
+  return out;
+}
+
+Value BpfValue(const pb::GetBpfResponse& resp) {
+  Value programs = Value::MakeList();
+  for (const auto& p : resp.programs()) {
+    programs.Append(Value::Object({{"name", p.name()},
+                                   {"id", p.id()},
+                                   {"verifiedInsns", p.verified_insns()},
+                                   {"attachedTo", OrNull(p.attached_to())}}));
+  }
+  Value maps = Value::MakeList();
+  for (const auto& m : resp.maps()) {
+    maps.Append(Value::Object({{"name", m.name()},
+                               {"id", m.id()},
+                               {"type", m.type()},
+                               {"entries", m.entries()},
+                               {"maxEntries", m.max_entries()},
+                               {"error", OrNull(m.error())}}));
+  }
+  Value links = Value::MakeList();
+  for (const auto& l : resp.links()) {
+    links.Append(Value::Object(
+        {{"pinned", l.pinned()}, {"id", l.id()}, {"progId", l.prog_id()}, {"type", l.type()}}));
+  }
+  return Value::Object(
+      {{"pinRoot", resp.pin_root()}, {"programs", programs}, {"maps", maps}, {"links", links}});
+}
+
+Value LogLevelsValue(const pb::LogLevelResponse& resp) {
+  Value out = Value::MakeList();
+  for (const auto& l : resp.levels()) {
+    out.Append(Value::Object({{"component", l.component()}, {"level", l.level()}}));
+  }
+  return out;
+}
+
+absl::Status Workloads(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::ListWorkloads);
+  if (!resp.ok()) return resp.status();
+  const bool table = ctx.output_format() == OutputFormat::kTable;
+  if (table && resp->workloads().empty()) {
+    ctx.out() << "No workloads in the configuration.\n";
+    return absl::OkStatus();
+  }
+  ctx.Print(table ? WorkloadsValue(*resp, true)
+                  : Value::Object({{"workloads", WorkloadsValue(*resp, false)}}));
+  return absl::OkStatus();
+}
+
+absl::Status Policies(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::ListPolicies);
+  if (!resp.ok()) return resp.status();
+  const bool table = ctx.output_format() == OutputFormat::kTable;
+  Value v = PoliciesValue(*resp, table);
+  if (!table) {
+    ctx.Print(v);
+    return absl::OkStatus();
+  }
+  if (v.Find("policies")->as_list().empty()) {
+    ctx.out() << "No AuthorizationPolicy or PeerAuthentication in force.\n";
+  } else {
+    ctx.Print(*v.Find("policies"));
+  }
+  if (!v.Find("rejected")->as_list().empty()) {
+    ctx.out() << "\nRejected (not in force):\n";
+    ctx.Print(*v.Find("rejected"));
+  }
+  if (!v.Find("warnings")->as_list().empty()) {
+    ctx.out() << "\nWarnings:\n";
+    ctx.Print(*v.Find("warnings"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Check(Context& ctx) {
+  const std::string& from = ctx.args()[0];
+  const std::string& to_port = ctx.args()[1];
+  size_t colon = to_port.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(to_port.substr(colon + 1), &port) ||
+      port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", to_port, "' is not TO:PORT, e.g. backend/api:8080, 10.0.1.7:8080 or [fd00::7]:8080"));
+  }
+  std::string to = to_port.substr(0, colon);
+  if (to.size() > 2 && to.front() == '[' && to.back() == ']') to = to.substr(1, to.size() - 2);
+  if (from.find('/') == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FROM '", from, "' is not namespace/pod, e.g. default/web"));
+  }
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  pb::CheckRequest req;
+  req.set_from(from);
+  req.set_to(to);
+  req.set_port(port);
+  auto resp = Call(ctx, **stub, &Stub::Check, req);
+  if (!resp.ok()) return resp.status();
+  if (ctx.output_format() == OutputFormat::kTable) {
+    ctx.out() << resp->trace();
+    return absl::OkStatus();
+  }
+  admin::DecisionSummary s{resp->decision(), resp->provider(), resp->after_ext_authz_allow(),
+                           resp->policy(),   resp->reason(),   resp->mtls_mode()};
+  ctx.Print(DecisionSummaryValue(s));
+  return absl::OkStatus();
+}
+
+absl::Status Bpf(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::GetBpf);
+  if (!resp.ok()) return resp.status();
+  Value v = BpfValue(*resp);
+  if (ctx.output_format() != OutputFormat::kTable) {
+    ctx.Print(v);
+    return absl::OkStatus();
+  }
+  ctx.out() << "Pins: " << resp->pin_root() << "\n\nPrograms:\n";
+  ctx.Print(*v.Find("programs"));
+  ctx.out() << "\nMaps:\n";
+  ctx.Print(*v.Find("maps"));
+  ctx.out() << "\nLinks:\n";
+  ctx.Print(*v.Find("links"));
+  return absl::OkStatus();
+}
+
+absl::Status Services(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::ListServices);
+  if (!resp.ok()) return resp.status();
+  if (ctx.output_format() == OutputFormat::kTable) {
+    if (resp->services().empty()) {
+      ctx.out() << "No services in the configuration.\n";
+    } else {
+      ctx.Print(ServicesValue(*resp));
+    }
+    return absl::OkStatus();
+  }
+  ctx.Print(Value::Object({{"services", ServicesValue(*resp)}}));
+  return absl::OkStatus();
+}
+
+absl::Status Log(Context& ctx) {
+  pb::LogLevelRequest req;
+  if (auto c = ctx.flag("component")) req.set_component(*c == "default" ? "" : *c);
+  if (auto l = ctx.flag("level")) {
+    if (l->empty()) return absl::InvalidArgumentError("--level needs a value");
+    req.set_level(*l);
+  }
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::LogLevel, req);
+  if (!resp.ok()) return resp.status();
+  if (ctx.output_format() == OutputFormat::kTable) {
+    ctx.Print(LogLevelsValue(*resp));
+  } else {
+    ctx.Print(Value::Object({{"levels", LogLevelsValue(*resp)}}));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConfigDump(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  Stub& s = **stub;
+  auto certs = Call(ctx, s, &Stub::ListCertificates);
+  if (!certs.ok()) return certs.status();
+  auto workloads = Call(ctx, s, &Stub::ListWorkloads);
+  if (!workloads.ok()) return workloads.status();
+  auto services = Call(ctx, s, &Stub::ListServices);
+  if (!services.ok()) return services.status();
+  auto policies = Call(ctx, s, &Stub::ListPolicies);
+  if (!policies.ok()) return policies.status();
+  auto bpf = Call(ctx, s, &Stub::GetBpf);
+  if (!bpf.ok()) return bpf.status();
+  auto levels = Call(ctx, s, &Stub::LogLevel);
+  if (!levels.ok()) return levels.status();
+  Value doc = Value::Object({
+      {"workloads", WorkloadsValue(*workloads, false)},
+      {"services", ServicesValue(*services)},
+      {"policies", PoliciesValue(*policies, false)},
+      {"certificates", CertificatesValue(*certs)},
+      {"bpf", BpfValue(*bpf)},
+      {"logLevels", LogLevelsValue(*levels)},
+  });
+  // One document for tools: JSON unless YAML was asked for.
+  ctx.out() << Render(
+      doc, ctx.output_format() == OutputFormat::kYaml ? OutputFormat::kYaml : OutputFormat::kJson);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Command WorkloadsCommand() {
+  return Command{
+      .name = "workloads",
+      .summary = "List the pods the agent knows: identity, enrollment, mTLS, redirection",
+      .description =
+          "Lists every pod in the agent's configuration: namespace, pod, IPs, node, SPIFFE\n"
+          "identity, role (enrolled: captured on this node; pending: should be, not yet;\n"
+          "peer: in the mesh on another node; outside: not in the mesh), the workload's mTLS\n"
+          "mode from PeerAuthentication (port-level overrides aside), and for enrolled pods\n"
+          "the redirect state: netns cookie, BPF slot and the listeners open in the pod.",
+      .examples = "ambitctl workloads\nambitctl workloads -o json",
+      .run = Workloads,
+  };
+}
+
+Command PoliciesCommand() {
+  return Command{
+      .name = "policies",
+      .summary = "List the AuthorizationPolicies and PeerAuthentications in force",
+      .description =
+          "Lists every AuthorizationPolicy (action) and PeerAuthentication (mode) in force,\n"
+          "with its scope (mesh-wide, namespace, selector or targetRefs), dry-run, and what\n"
+          "the node tunnel (L4) will not enforce as written; then the resources the last\n"
+          "configuration load rejected, with their errors (they are not in force).",
+      .examples = "ambitctl policies\nambitctl policies -o json",
+      .run = Policies,
+  };
+}
+
+Command CheckLiveCommand() {
+  return Command{
+      .name = "check",
+      .summary = "Ask the running agent what would happen to a connection now",
+      .description =
+          "Evaluates a TCP connection from pod FROM (namespace/pod) to TO:PORT (TO is a pod IP\n"
+          "or namespace/pod) with the policies the agent has in force, at L4 as the node tunnel\n"
+          "does. The source is FROM's SPIFFE identity when FROM is in the mesh, else a\n"
+          "plaintext client. Output as `ambitctl policy check`: a trace for people; -o json\n"
+          "prints {decision, provider, afterExtAuthzAllow, policy, reason, mtls}. Exits 0 for\n"
+          "any decision, 1 when the pods are unknown or the agent cannot be asked.",
+      .args_usage = "FROM TO:PORT",
+      .examples =
+          "ambitctl check default/web backend/api:8080\n"
+          "ambitctl check default/web 10.0.1.7:8080 -o json",
+      .min_args = 2,
+      .max_args = 2,
+      .run = Check,
+  };
+}
+
+Command BpfCommand() {
+  return Command{
+      .name = "bpf",
+      .summary = "Show this agent's BPF programs, links and maps",
+      .description =
+          "Lists the redirect programs of this agent instance (id, verified instructions, where\n"
+          "attached), the links pinned under its pin root, and its pinned maps with the entries\n"
+          "in use (counted by walking the keys) against their maximum.",
+      .examples = "ambitctl bpf\nambitctl bpf -o json",
+      .run = Bpf,
+  };
+}
+
+Command ServicesCommand() {
+  return Command{
+      .name = "services",
+      .summary = "List the services: cluster IPs, ports, endpoints",
+      .description =
+          "Lists every Service in the configuration with its cluster IPs, ports (port->target\n"
+          "/protocol) and the pods its selector picks.",
+      .examples = "ambitctl services\nambitctl services -o json",
+      .run = Services,
+  };
+}
+
+Command LogCommand() {
+  return Command{
+      .name = "log",
+      .summary = "Read or change ambitd's log levels at run time",
+      .description =
+          "Without --level, shows the log level of each component of ambitd (and the default\n"
+          "for components without their own). With --level, sets it for --component, or the\n"
+          "default when no component is named. Changes last until ambitd restarts and do not\n"
+          "reach the data plane (ambit-tunnel).",
+      .examples =
+          "ambitctl log\nambitctl log --level debug --component authz\n"
+          "ambitctl log --level warn",
+      .flags = {{"level", '\0', "LEVEL", "debug, info, warn or error: set this level"},
+                {"component", '\0', "C",
+                 "the component (agent, authz, config, ...); default: all"}},
+      .run = Log,
+  };
+}
+
+Command ConfigDumpCommand() {
+  return Command{
+      .name = "config-dump",
+      .summary = "Everything the agent knows, as one JSON document",
+      .description =
+          "Workloads, services, policies (and rejected resources), certificates, BPF programs\n"
+          "and maps, and log levels, as one JSON document (YAML with -o yaml).",
+      .examples = "ambitctl config-dump > dump.json",
+      .run = ConfigDump,
+  };
+}
+
+}  // namespace ambit::cli

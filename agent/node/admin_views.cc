@@ -1,0 +1,421 @@
+// What the admin API shows of the agent: each view built on the control thread from the state in
+// force and handed to AdminState whole; `check` answered on gRPC threads from an immutable
+// snapshot; BPF map fill read live from the pinned maps.
+
+#include <bpf/bpf.h>
+#include <errno.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "agent/admin/explain.h"
+#include "agent/authz/peer_authentication.h"
+#include "agent/common/log.h"
+#include "agent/config/load_result.h"
+#include "agent/node/agent.h"
+
+namespace ambit::node {
+namespace {
+
+namespace pb = ::ambit::admin::v1;
+
+std::string LabelText(const std::map<std::string, std::string>& labels) {
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : labels) parts.push_back(absl::StrCat(k, "=", v));
+  return absl::StrCat("{", absl::StrJoin(parts, ", "), "}");
+}
+
+// Answers `ambitctl check` against the configuration it was built from.
+class LiveChecker final : public admin::CheckEvaluator {
+ public:
+  LiveChecker(state::ClusterState state, std::vector<authz::PeerAuthentication> peer_authns,
+              std::shared_ptr<const authz::Engine> engine)
+      : state_(std::move(state)),
+        peer_authns_(std::move(peer_authns)),
+        engine_(std::move(engine)) {}
+
+  absl::StatusOr<pb::CheckResponse> Check(const pb::CheckRequest& req) const override {
+    auto from = state_.pods.find(req.from());
+    if (from == state_.pods.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("no pod ", req.from(), " in the configuration (FROM is namespace/pod)"));
+    }
+    if (req.port() < 1 || req.port() > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(req.port(), " is not a port (1 to 65535)"));
+    }
+    const state::Pod* to = nullptr;
+    std::optional<IpAddress> to_ip;
+    if (auto ip = IpAddress::Parse(req.to()); ip.ok()) {
+      to_ip = *ip;
+      to = state_.FindPodByIp(*ip);
+      if (to == nullptr) {
+        return absl::NotFoundError(absl::StrCat(
+            "no pod has address ", req.to(),
+            ": a destination outside the mesh is passed through as plain TCP, no policy applies"));
+      }
+    } else {
+      auto it = state_.pods.find(req.to());
+      if (it == state_.pods.end()) {
+        return absl::NotFoundError(absl::StrCat("no pod ", req.to(),
+                                                " in the configuration (TO is a pod IP or "
+                                                "namespace/pod)"));
+      }
+      to = &it->second;
+      if (!to->ips.empty()) to_ip = to->ips.front();
+    }
+    authz::Workload target;
+    target.namespace_name = to->namespace_name;
+    target.labels = to->labels;
+    authz::Request request;
+    request.layer = authz::Layer::kL4;
+    // Only a pod the mesh captures (it names its netns) connects with its SVID.
+    if (!from->second.netns_path.empty()) {
+      request.source_principal = state::SpiffeId(state_.mesh, from->second);
+    }
+    if (!from->second.ips.empty()) request.source_ip = from->second.ips.front();
+    request.destination_ip = to_ip;
+    request.destination_port = static_cast<uint16_t>(req.port());
+    const authz::Decision d = engine_->Explain(target, request);
+    const authz::PeerAuthnDecision mtls =
+        authz::ResolveMtlsMode(peer_authns_, state_.mesh.root_namespace, target.namespace_name,
+                               target.labels, request.destination_port);
+    const admin::DecisionSummary s = admin::Summarize(d, mtls);
+    pb::CheckResponse resp;
+    resp.set_decision(s.decision);
+    resp.set_provider(s.provider);
+    resp.set_after_ext_authz_allow(s.after_ext_authz_allow);
+    resp.set_policy(s.policy);
+    resp.set_reason(s.reason);
+    resp.set_mtls_mode(s.mtls_mode);
+    resp.set_trace(admin::ExplainText(*engine_, target, request, d, mtls));
+    resp.set_source_principal(request.source_principal);
+    resp.set_destination(to->Key());
+    if (to_ip) resp.set_destination_ip(to_ip->ToString());
+    return resp;
+  }
+
+ private:
+  const state::ClusterState state_;
+  const std::vector<authz::PeerAuthentication> peer_authns_;
+  const std::shared_ptr<const authz::Engine> engine_;
+};
+
+std::string MapTypeName(uint32_t type) {
+  switch (type) {
+    case BPF_MAP_TYPE_HASH:
+      return "hash";
+    case BPF_MAP_TYPE_ARRAY:
+      return "array";
+    case BPF_MAP_TYPE_LRU_HASH:
+      return "lru_hash";
+    case BPF_MAP_TYPE_LPM_TRIE:
+      return "lpm_trie";
+    case BPF_MAP_TYPE_SOCKMAP:
+      return "sockmap";
+    case BPF_MAP_TYPE_SOCKHASH:
+      return "sockhash";
+    case BPF_MAP_TYPE_SK_STORAGE:
+      return "sk_storage";
+    case BPF_MAP_TYPE_PERCPU_HASH:
+      return "percpu_hash";
+    case BPF_MAP_TYPE_PERCPU_ARRAY:
+      return "percpu_array";
+    case BPF_MAP_TYPE_RINGBUF:
+      return "ringbuf";
+    default:
+      return absl::StrCat("type ", type);
+  }
+}
+
+// Fills in the maps and links pinned under the response's pin root. Thread-safe: it only opens
+// pins and reads through fds of its own.
+void ReadPinnedObjects(pb::GetBpfResponse* out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<fs::path> maps;
+  for (const auto& entry : fs::directory_iterator(out->pin_root(), ec)) {
+    if (!entry.is_directory(ec)) maps.push_back(entry.path());
+  }
+  std::sort(maps.begin(), maps.end());
+  for (const auto& path : maps) {
+    auto* m = out->add_maps();
+    m->set_name(path.filename().string());
+    m->set_pinned(path.string());
+    UniqueFd fd(bpf_obj_get(path.c_str()));
+    if (fd.get() < 0) {
+      m->set_error(absl::StrCat("open pin: ", strerror(errno)));
+      continue;
+    }
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0) {
+      m->set_error(absl::StrCat("map info: ", strerror(errno)));
+      continue;
+    }
+    m->set_id(info.id);
+    m->set_type(MapTypeName(info.type));
+    m->set_max_entries(info.max_entries);
+    if (info.type == BPF_MAP_TYPE_SK_STORAGE) {
+      // Socket-local storage has no keys to walk; its size follows the sockets that hold it.
+      m->set_error("entries not countable (per-socket storage)");
+      continue;
+    }
+    if (info.type == BPF_MAP_TYPE_ARRAY || info.type == BPF_MAP_TYPE_SOCKMAP) {
+      // Every index of an array is a key: count the slots in use instead (a sockmap slot holds
+      // a socket, an array slot a non-zero value).
+      std::vector<char> value(std::max<uint32_t>(info.value_size, 8));
+      uint64_t used = 0;
+      for (uint32_t i = 0; i < info.max_entries; ++i) {
+        std::fill(value.begin(), value.end(), 0);
+        if (bpf_map_lookup_elem(fd.get(), &i, value.data()) != 0) continue;
+        if (info.type == BPF_MAP_TYPE_SOCKMAP ||
+            std::any_of(value.begin(), value.end(), [](char c) { return c != 0; })) {
+          ++used;
+        }
+      }
+      m->set_entries(used);
+      continue;
+    }
+    std::vector<char> key(std::max<uint32_t>(info.key_size, 1)), next(key.size());
+    uint64_t count = 0;
+    const void* prev = nullptr;
+    // Capped: a hash map that changes while it is walked may restart from its first key.
+    while (count <= static_cast<uint64_t>(info.max_entries) &&
+           bpf_map_get_next_key(fd.get(), prev, next.data()) == 0) {
+      ++count;
+      key.swap(next);
+      prev = key.data();
+    }
+    if (errno != ENOENT && count == 0) {
+      m->set_error(absl::StrCat("walk keys: ", strerror(errno)));
+    }
+    m->set_entries(std::min<uint64_t>(count, info.max_entries));
+  }
+  for (const char* dir : {"links", "pods"}) {
+    std::vector<fs::path> links;
+    for (const auto& entry : fs::directory_iterator(fs::path(out->pin_root()) / dir, ec)) {
+      links.push_back(entry.path());
+    }
+    std::sort(links.begin(), links.end());
+    for (const auto& path : links) {
+      auto* l = out->add_links();
+      l->set_pinned(path.string());
+      UniqueFd fd(bpf_obj_get(path.c_str()));
+      if (fd.get() < 0) continue;
+      bpf_link_info info{};
+      uint32_t len = sizeof info;
+      if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0) continue;
+      l->set_id(info.id);
+      l->set_prog_id(info.prog_id);
+      l->set_type(info.type == BPF_LINK_TYPE_CGROUP  ? "cgroup"
+                  : info.type == BPF_LINK_TYPE_NETNS ? "netns"
+                                                     : absl::StrCat("type ", info.type));
+    }
+  }
+}
+
+std::string LevelName(log::Level level) {
+  switch (level) {
+    case log::Level::kDebug:
+      return "debug";
+    case log::Level::kInfo:
+      return "info";
+    case log::Level::kWarning:
+      return "warn";
+    case log::Level::kError:
+      return "error";
+  }
+  return "?";
+}
+
+std::string EffectiveLevel(const std::string& component) {
+  for (log::Level l : {log::Level::kDebug, log::Level::kInfo, log::Level::kWarning}) {
+    if (log::Enabled(component, l)) return LevelName(l);
+  }
+  return LevelName(log::Level::kError);
+}
+
+// ambitd's components, and any other a user set a level for.
+class LogLevels {
+ public:
+  absl::StatusOr<pb::LogLevelResponse> Handle(const pb::LogLevelRequest& req) {
+    absl::MutexLock lock(&mu_);
+    if (!req.level().empty()) {
+      log::Level level;
+      if (!log::ParseLevel(req.level(), &level)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("'", req.level(), "' is not a log level: debug, info, warn or error"));
+      }
+      log::SetLevel(req.component(), level);
+      if (!req.component().empty()) components_.insert(req.component());
+      AMBIT_LOG("admin", Info) << "log level of "
+                               << (req.component().empty() ? "default" : req.component())
+                               << " set to " << LevelName(level);
+    }
+    pb::LogLevelResponse resp;
+    auto add = [&resp](const std::string& c) {
+      auto* l = resp.add_levels();
+      l->set_component(c.empty() ? "default" : c);
+      l->set_level(EffectiveLevel(c));
+    };
+    if (!req.component().empty()) {
+      add(req.component());
+    } else {
+      add("");
+      for (const auto& c : components_) add(c);
+    }
+    return resp;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {"admin", "agent",  "authz",     "bpf",
+                                                            "ca",    "config", "supervisor"};
+};
+
+}  // namespace
+
+void Agent::InitAdminHandlers() {
+  pb::GetBpfResponse bpf;
+  bpf.set_pin_root(options_.pin_root());
+  for (const auto& p : redirector_->Programs()) {
+    auto* out = bpf.add_programs();
+    out->set_name(p.name);
+    out->set_id(p.id);
+    out->set_verified_insns(p.verified_insns);
+    out->set_attached_to(p.attached_to);
+  }
+  admin_state_->SetBpf(std::move(bpf), ReadPinnedObjects);
+  auto levels = std::make_shared<LogLevels>();
+  admin_state_->SetLogLevelHandler(
+      [levels](const pb::LogLevelRequest& req) { return levels->Handle(req); });
+}
+
+void Agent::PublishViews() {
+  const auto peer_authns = security_.PeerAuthenticationList();
+
+  pb::ListWorkloadsResponse workloads;
+  for (const auto& [key, pod] : state_.pods) {
+    auto* w = workloads.add_workloads();
+    w->set_namespace_(pod.namespace_name);
+    w->set_name(pod.name);
+    for (const auto& ip : pod.ips) w->add_ips(ip.ToString());
+    w->set_node(pod.node_name);
+    w->set_identity(state::SpiffeId(state_.mesh, pod));
+    auto e = enrolled_.find(key);
+    if (e != enrolled_.end()) {
+      w->set_role("enrolled");
+      auto* r = w->mutable_redirect();
+      r->set_netns_cookie(e->second.netns_cookie);
+      r->set_slot(e->second.slot);
+      const auto& l = e->second.listeners;
+      if (l.outbound_v4) r->add_listeners("outbound-v4");
+      if (l.outbound_v6) r->add_listeners("outbound-v6");
+      if (l.inbound_plain) r->add_listeners("inbound-plain");
+      if (l.hbone) r->add_listeners("hbone");
+    } else if (!pod.netns_path.empty()) {
+      w->set_role(pod.node_name == options_.node_name ? "pending" : "peer");
+    } else {
+      w->set_role("outside");
+    }
+    if (auto f = failed_.find(key); f != failed_.end()) w->set_enroll_error(f->second);
+    auto mtls = authz::ResolveMtlsMode(peer_authns, state_.mesh.root_namespace, pod.namespace_name,
+                                       pod.labels, 0);
+    w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
+    w->set_mtls_policy(mtls.policy);
+  }
+  admin_state_->SetWorkloads(std::move(workloads));
+
+  pb::ListPoliciesResponse policies;
+  const std::string& root = state_.mesh.root_namespace;
+  for (const auto& [key, p] : security_.authorization_policies) {
+    auto* out = policies.add_policies();
+    out->set_kind("AuthorizationPolicy");
+    out->set_namespace_(p.namespace_name);
+    out->set_name(p.name);
+    out->set_action(std::string(authz::ActionName(p.action)));
+    out->set_provider(p.provider);
+    if (!p.target_refs.empty()) {
+      std::vector<std::string> refs;
+      for (const auto& r : p.target_refs) refs.push_back(absl::StrCat(r.kind, "/", r.name));
+      out->set_scope(absl::StrCat("targetRefs ", absl::StrJoin(refs, ", ")));
+    } else if (p.selector.has_value() && !p.selector->empty()) {
+      out->set_scope(absl::StrCat("selector ", LabelText(*p.selector)));
+    } else {
+      out->set_scope(p.namespace_name == root ? "mesh-wide" : "namespace");
+    }
+    out->set_dry_run(p.dry_run);
+    out->set_source_file(p.source_file);
+    if (engine_) {
+      for (const auto& w : engine_->LoadWarnings()) {
+        if (absl::StartsWith(w, key + ":")) out->add_warnings(w);
+      }
+    }
+  }
+  for (const auto& [key, p] : security_.peer_authentications) {
+    auto* out = policies.add_policies();
+    out->set_kind("PeerAuthentication");
+    out->set_namespace_(p.namespace_name);
+    out->set_name(p.name);
+    out->set_action(std::string(authz::MtlsModeName(p.mode)));
+    if (!p.selector.empty()) {
+      out->set_scope(absl::StrCat("selector ", LabelText(p.selector)));
+    } else {
+      out->set_scope(p.namespace_name == root ? "mesh-wide" : "namespace");
+    }
+    for (const auto& [port, mode] : p.port_level) {
+      out->add_port_level(absl::StrCat(port, "=", authz::MtlsModeName(mode)));
+    }
+    out->set_source_file(p.source_file);
+  }
+  for (const auto& e : load_errors_) {
+    auto* out = policies.add_problems();
+    out->set_file(e.file);
+    out->set_line(e.line);
+    out->set_object(e.object);
+    out->set_field(e.field);
+    out->set_message(e.message);
+    out->set_warning(e.warning);
+    out->set_text(e.ToString());
+  }
+  admin_state_->SetPolicies(std::move(policies));
+
+  pb::ListServicesResponse services;
+  for (const auto& [key, svc] : state_.services) {
+    auto* out = services.add_services();
+    out->set_namespace_(svc.namespace_name);
+    out->set_name(svc.name);
+    for (const auto& ip : svc.cluster_ips) out->add_cluster_ips(ip.ToString());
+    for (const auto& p : svc.ports) {
+      auto* port = out->add_ports();
+      port->set_name(p.name);
+      port->set_port(p.port);
+      port->set_target_port(p.target_port);
+      port->set_protocol(p.protocol);
+    }
+    if (svc.selector.empty()) continue;
+    for (const auto& [pk, pod] : state_.pods) {
+      if (pod.namespace_name != svc.namespace_name) continue;
+      bool match = true;
+      for (const auto& [k, v] : svc.selector) {
+        auto it = pod.labels.find(k);
+        if (it == pod.labels.end() || it->second != v) match = false;
+      }
+      if (match) out->add_endpoints(pod.Key());
+    }
+  }
+  admin_state_->SetServices(std::move(services));
+
+  if (engine_) {
+    admin_state_->SetCheckEvaluator(
+        std::make_shared<const LiveChecker>(state_, peer_authns, engine_));
+  }
+}
+
+}  // namespace ambit::node

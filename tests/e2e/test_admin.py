@@ -1,0 +1,263 @@
+"""End to end: ambitctl against a running ambitd (issue 6, admin API and CLI).
+
+One agent, two enrolled pods, a Service, a STRICT PeerAuthentication, a DENY policy, an AUDIT
+policy (which the node tunnel cannot enforce: a load warning) and a rejected policy. Every command
+is run in JSON form with its content checked against the topology, and in table form for its
+headers; and against a socket where no agent runs.
+"""
+
+import json
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topology import Topology, build_dir, run  # noqa: E402
+
+AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
+
+POLICIES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-9001
+  namespace: backend
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        ports: ["9001"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-all
+  namespace: backend
+spec:
+  selector:
+    matchLabels:
+      app: b
+  action: AUDIT
+  rules:
+  - {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: bad-policy
+  namespace: backend
+spec:
+  action: BOGUS
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: strict
+  namespace: backend
+spec:
+  mtls:
+    mode: STRICT
+"""
+
+
+class AdminTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.topo = Topology("adm")
+        cls.topo.__enter__()
+        t = cls.topo
+        cls.a = t.add_pod("a", namespace="default", service_account="web")
+        cls.b = t.add_pod("b", namespace="backend", service_account="api")
+        cls.agent = t.add_agent()
+        t.write_pods(cls.agent, [cls.a, cls.b])
+        cls.agent.write_config("services.yaml", f"""\
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: backend
+spec:
+  clusterIP: 198.18.{t.subnet}.200
+  selector:
+    app: b
+  ports:
+  - name: http
+    port: 80
+    targetPort: 9000
+""")
+        cls.agent.write_config("policies.yaml", POLICIES)
+        cls.agent.start(wait_pods=[cls.a, cls.b])
+        cls.agent.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def ctl(self, *args, ok=True):
+        r = run(AMBITCTL, *args, "--admin-socket", self.agent.admin_socket, check=False)
+        if ok:
+            self.assertEqual(r.returncode, 0, f"ambitctl {' '.join(args)}: {r.stderr}")
+        return r
+
+    def json(self, *args):
+        return json.loads(self.ctl(*args, "-o", "json").stdout)
+
+    def workload(self, doc, namespace, name):
+        for w in doc["workloads"]:
+            if w["namespace"] == namespace and w["name"] == name:
+                return w
+        self.fail(f"no workload {namespace}/{name} in {doc}")
+
+    def test_workloads(self):
+        doc = self.json("workloads")
+        a = self.workload(doc, "default", "a")
+        b = self.workload(doc, "backend", "b")
+        self.assertEqual(a["ips"], [self.a.ip4, self.a.ip6])
+        self.assertEqual(b["ips"], [self.b.ip4, self.b.ip6])
+        self.assertEqual(a["identity"], "spiffe://cluster.local/ns/default/sa/web")
+        self.assertEqual(b["identity"], "spiffe://cluster.local/ns/backend/sa/api")
+        for w in (a, b):
+            self.assertEqual(w["node"], "node1")
+            self.assertEqual(w["role"], "enrolled")
+            self.assertGreater(w["redirect"]["netnsCookie"], 0)
+            self.assertIn("hbone", w["redirect"]["listeners"])
+            self.assertIn("inbound-plain", w["redirect"]["listeners"])
+            self.assertIn("outbound-v4", w["redirect"]["listeners"])
+        self.assertNotEqual(a["redirect"]["slot"], b["redirect"]["slot"])
+        self.assertEqual(a["mtls"], "PERMISSIVE")
+        self.assertIsNone(a["mtlsPolicy"])
+        self.assertEqual(b["mtls"], "STRICT")
+        self.assertEqual(b["mtlsPolicy"], "backend/strict")
+        table = self.ctl("workloads").stdout
+        header = table.splitlines()[0].split()
+        for col in ("NAMESPACE", "POD", "IPS", "NODE", "IDENTITY", "ROLE", "MTLS", "REDIRECT"):
+            self.assertIn(col, header)
+        self.assertIn(self.b.ip4, table)
+
+    def test_policies(self):
+        doc = self.json("policies")
+        by_name = {(p["kind"], p["namespace"], p["name"]): p for p in doc["policies"]}
+        deny = by_name[("AuthorizationPolicy", "backend", "no-9001")]
+        self.assertEqual(deny["action"], "DENY")
+        self.assertEqual(deny["scope"], "namespace")
+        self.assertFalse(deny["dryRun"])
+        self.assertEqual(deny["warnings"], [])
+        audit = by_name[("AuthorizationPolicy", "backend", "audit-all")]
+        self.assertEqual(audit["action"], "AUDIT")
+        self.assertEqual(audit["scope"], "selector {app=b}")
+        self.assertTrue(any("not enforced by the node tunnel" in w for w in audit["warnings"]),
+                        audit)
+        pa = by_name[("PeerAuthentication", "backend", "strict")]
+        self.assertEqual(pa["action"], "STRICT")
+        self.assertEqual(pa["scope"], "namespace")
+        self.assertNotIn(("AuthorizationPolicy", "backend", "bad-policy"), by_name)
+        rejected = [r for r in doc["rejected"] if "bad-policy" in r["error"]]
+        self.assertTrue(rejected, doc["rejected"])
+        self.assertIn("BOGUS", rejected[0]["error"])
+        self.assertEqual(rejected[0]["file"], "policies.yaml")
+        table = self.ctl("policies").stdout
+        for col in ("KIND", "NAMESPACE", "NAME", "SCOPE"):
+            self.assertIn(col, table.splitlines()[0])
+        self.assertIn("Rejected (not in force):", table)
+        self.assertIn("bad-policy", table)
+
+    def test_check(self):
+        denied = self.json("check", "default/a", "backend/b:9001")
+        self.assertEqual(denied["decision"], "deny")
+        self.assertEqual(denied["policy"], "backend/no-9001")
+        self.assertEqual(denied["mtls"], {"mode": "STRICT", "plaintext": "reject"})
+        allowed = self.json("check", "default/a", f"{self.b.ip4}:9000")
+        self.assertEqual(allowed["decision"], "allow")
+        self.assertIsNone(allowed["policy"])
+        v6 = self.json("check", "default/a", f"[{self.b.ip6}]:9001")
+        self.assertEqual(v6["policy"], "backend/no-9001")
+        # The same shape as the offline checker's JSON.
+        self.assertEqual(set(denied), {"decision", "provider", "afterExtAuthzAllow", "policy",
+                                       "reason", "mtls"})
+        table = self.ctl("check", "default/a", "backend/b:9001").stdout
+        self.assertIn("decision: deny", table)
+        self.assertIn("policy:   backend/no-9001", table)
+        self.assertIn("from spiffe://cluster.local/ns/default/sa/web", table)
+        r = self.ctl("check", "default/nope", "backend/b:9001", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no pod default/nope", r.stderr)
+        r = self.ctl("check", "default/a", "backend/b", ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("is not TO:PORT", r.stderr)
+
+    def test_bpf(self):
+        doc = self.json("bpf")
+        self.assertTrue(doc["pinRoot"].endswith("/ambit/" + self.agent.instance))
+        self.assertTrue(doc["programs"])
+        for p in doc["programs"]:
+            self.assertGreater(p["id"], 0)
+            self.assertGreater(p["verifiedInsns"], 0)
+        maps = {m["name"]: m for m in doc["maps"]}
+        self.assertIn("ambit_pods", maps)
+        self.assertEqual(maps["ambit_pods"]["entries"], 2)  # the two enrolled pods
+        self.assertGreater(maps["ambit_pods"]["maxEntries"], 2)
+        # A sockmap slot in use per inbound listener: plaintext and HBONE of each pod.
+        self.assertEqual(maps["ambit_listeners"]["entries"], 4)
+        self.assertEqual(maps["ambit_listeners"]["type"], "sockmap")
+        self.assertTrue(any(l["type"] == "netns" for l in doc["links"]), doc["links"])
+        table = self.ctl("bpf").stdout
+        self.assertIn("VERIFIED INSNS", table)
+        self.assertIn("MAX ENTRIES", table)
+
+    def test_services(self):
+        doc = self.json("services")
+        svc = [s for s in doc["services"] if s["name"] == "api"][0]
+        self.assertEqual(svc["namespace"], "backend")
+        self.assertEqual(svc["clusterIps"], [f"198.18.{self.topo.subnet}.200"])
+        self.assertEqual(svc["ports"], ["80->9000/TCP"])
+        self.assertEqual(svc["endpoints"], ["backend/b"])
+        header = self.ctl("services").stdout.splitlines()[0]
+        for col in ("NAMESPACE", "NAME", "CLUSTER IPS", "PORTS", "ENDPOINTS"):
+            self.assertIn(col, header)
+
+    def test_log_levels(self):
+        levels = {l["component"]: l["level"] for l in self.json("log")["levels"]}
+        self.assertEqual(levels["default"], "info")
+        self.ctl("log", "--level", "debug", "--component", "authz")
+        levels = {l["component"]: l["level"] for l in self.json("log")["levels"]}
+        self.assertEqual(levels["authz"], "debug")
+        self.assertEqual(levels["agent"], "info")
+        self.agent.wait_log("log level of authz set to debug")
+        self.ctl("log", "--level", "info", "--component", "authz")
+        r = self.ctl("log", "--level", "loud", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not a log level", r.stderr)
+        self.assertIn("COMPONENT", self.ctl("log").stdout.splitlines()[0])
+
+    def test_config_dump(self):
+        deadline = time.time() + 10
+        while True:
+            doc = json.loads(self.ctl("config-dump").stdout)
+            ids = {c["identity"] for c in doc["certificates"]["certificates"]}
+            if len(ids) == 2 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(ids, {"spiffe://cluster.local/ns/default/sa/web",
+                               "spiffe://cluster.local/ns/backend/sa/api"})
+        self.assertEqual({w["name"] for w in doc["workloads"]}, {"a", "b"})
+        self.assertIn("no-9001", {p["name"] for p in doc["policies"]["policies"]})
+        self.assertEqual(doc["services"][0]["name"], "api")
+        self.assertTrue(doc["bpf"]["programs"])
+        self.assertTrue(doc["logLevels"])
+
+    def test_help_and_agent_not_running(self):
+        missing = os.path.join(self.topo.workdir, "no-agent.sock")
+        for cmd in (["workloads"], ["policies"], ["check", "default/a", "backend/b:80"], ["bpf"],
+                    ["services"], ["log"], ["config-dump"]):
+            h = run(AMBITCTL, *cmd[:1], "--help", check=False)
+            self.assertEqual(h.returncode, 0, h.stderr)
+            self.assertIn("Usage", h.stdout + h.stderr)
+            r = run(AMBITCTL, *cmd, "--admin-socket", missing, check=False)
+            self.assertEqual(r.returncode, 1, f"{cmd}: {r.stdout} {r.stderr}")
+            self.assertIn("ambitd is not running here", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
