@@ -103,6 +103,8 @@ def main():
             print("  node1 " + line)
         show(f"bpftool cgroup show {node1.cgroup}",
              run("bpftool", "cgroup", "show", node1.cgroup).stdout)
+        show("ambitctl workloads   (node1)",
+             run(ctl, "workloads", "--admin-socket", node1.admin_socket, check=False).stdout)
 
         step("Every enrolled identity holds an X.509 SVID: its key was made inside ambit-tunnel, "
              "only the CSR went to ambitd's CA")
@@ -179,8 +181,11 @@ def main():
                     "source: {principal: spiffe://cluster.local/ns/frontend/sa/reports, "
                     f"ip: {reports.ip4}}}\n"
                     f"destination: {{ip: {api.ip4}, port: 8080}}\n")
+        show("ambitctl check frontend/reports backend/api:8080   (asks node2's running agent)",
+             run(ctl, "check", "frontend/reports", "backend/api:8080", "--admin-socket",
+                 node2.admin_socket, check=False).stdout)
         show("ambitctl policy check --config <node2 config> --request request.yaml   "
-             "(offline: why was reports refused?)",
+             "(offline: the same engine, no agent needed)",
              run(ctl, "policy", "check", "--config", node2.config_dir, "--request", request,
                  check=False).stdout)
 
