@@ -38,5 +38,10 @@ test: build
 demo: build
 	bash scripts/demo.sh $(BUILD_DIR)
 
+# Every benchmark under bench/ (bench/README.md): tables on stdout, JSON in bench/results/.
+bench: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target benchmarks
+	bash bench/run.sh $(BUILD_DIR)
+
 clean:
 	rm -rf build build-asan

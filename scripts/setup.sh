@@ -20,6 +20,8 @@ packages=(
   # tests and demo
   googletest libgtest-dev libgmock-dev iproute2 tcpdump python3 curl socat openssl
   ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2
+  # benchmarks
+  iperf3
 )
 
 missing=()

@@ -1,11 +1,21 @@
 #include "agent/authz/engine.h"
 
 #include <algorithm>
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,15 +32,44 @@ using internal::CompiledRule;
 using internal::Field;
 using internal::StringPattern;
 
-// The request's attributes as policies see them, computed once per evaluation.
+// The peer's namespace and service account, pointing into Request::source_principal.
+struct PeerView {
+  absl::string_view namespace_name;
+  absl::string_view service_account;
+};
+
+// ParseSpiffeId (request.h) without allocating: spiffe://<td>/ns/<ns>/sa/<sa>, nothing else.
+std::optional<PeerView> ParsePeer(absl::string_view uri) {
+  if (!absl::ConsumePrefix(&uri, "spiffe://")) return std::nullopt;
+  absl::string_view parts[5];
+  size_t n = 0;
+  while (true) {
+    if (n == 5) return std::nullopt;  // a sixth part follows
+    const size_t slash = uri.find('/');
+    if (slash == absl::string_view::npos) {
+      parts[n++] = uri;
+      break;
+    }
+    parts[n++] = uri.substr(0, slash);
+    uri.remove_prefix(slash + 1);
+  }
+  if (n != 5 || parts[1] != "ns" || parts[3] != "sa" || parts[0].empty() || parts[2].empty() ||
+      parts[4].empty()) {
+    return std::nullopt;
+  }
+  return PeerView{parts[2], parts[4]};
+}
+
+// The request's attributes as policies see them, computed once per evaluation. Views into the
+// request: a decision on a connection copies none of its strings.
 struct View {
   View(const Request& r, Layer l) : req(r), layer(l) {}
 
   const Request& req;
   Layer layer;
   bool has_principal = false;
-  std::string principal;  // without "spiffe://"
-  std::optional<SpiffeId> peer;
+  absl::string_view principal;  // without "spiffe://"
+  std::optional<PeerView> peer;
   std::optional<IpAddress> remote_ip;
   std::optional<std::string> path;  // normalized (L7)
   bool has_jwt = false;
@@ -46,9 +85,9 @@ View MakeView(const Request& r, std::optional<std::string> path) {
   // Istio matches principals without the spiffe:// scheme; anything else never matches.
   if (absl::ConsumePrefix(&principal, "spiffe://") && !principal.empty()) {
     v.has_principal = true;
-    v.principal = std::string(principal);
+    v.principal = principal;
   }
-  v.peer = ParseSpiffeId(r.source_principal);
+  v.peer = ParsePeer(r.source_principal);
   v.remote_ip = r.remote_ip.has_value() ? r.remote_ip : r.source_ip;
   v.path = std::move(path);
   if (r.auth.has_value()) {
@@ -98,9 +137,31 @@ std::string QuoteList(const std::vector<std::string>& values) {
 bool AnyString(const std::vector<StringPattern>& patterns, absl::string_view value,
                bool ignore_case = false) {
   for (const StringPattern& p : patterns) {
-    if (p.Matches(value, ignore_case)) return true;
+    // Exact values (most principals and namespaces) compared here: no call per value.
+    if (p.kind == StringPattern::Kind::kExact && !ignore_case) {
+      if (value == p.text) return true;
+    } else if (p.Matches(value, ignore_case)) {
+      return true;
+    }
   }
   return false;
+}
+
+void AppendQuoteList(std::string* out, const std::vector<std::string>& values) {
+  out->push_back('[');
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out->append(", ");
+    out->push_back('"');
+    out->append(values[i]);
+    out->push_back('"');
+  }
+  out->push_back(']');
+}
+
+uint64_t BigEndianWord(const uint8_t* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return std::endian::native == std::endian::big ? w : __builtin_bswap64(w);
 }
 
 bool AnyCidr(const std::vector<Cidr>& cidrs, const std::optional<IpAddress>& ip) {
@@ -109,6 +170,17 @@ bool AnyCidr(const std::vector<Cidr>& cidrs, const std::optional<IpAddress>& ip)
     if (c.Contains(*ip)) return true;
   }
   return false;
+}
+
+// internal::IsL4Attr as a table, read once per field on the hot path.
+bool IsL4(Attr attr) {
+  static constexpr size_t kAttrs = static_cast<size_t>(Attr::kPath) + 1;
+  static const std::array<bool, kAttrs> kTable = [] {
+    std::array<bool, kAttrs> t{};
+    for (size_t i = 0; i < kAttrs; ++i) t[i] = internal::IsL4Attr(static_cast<Attr>(i));
+    return t;
+  }();
+  return kTable[static_cast<size_t>(attr)];
 }
 
 // A header-style match: "*" means present, even with an empty value.
@@ -267,86 +339,133 @@ std::string DescribeActual(const Field& f, const View& v) {
   return f.label;
 }
 
-bool FieldMatches(const Field& f, const View& v, std::string* why) {
-  bool any = AnyValueMatches(f, v);
-  bool ok = f.negated ? !any : any;
-  if (why != nullptr) {
-    const char* verb = f.negated ? (ok ? " matched none of " : " matched ")
-                                 : (ok ? " matched " : " did not match ");
-    *why = absl::StrCat(DescribeActual(f, v), verb, f.name, " ", QuoteList(f.raw));
+// DescribeActual appended to `out`, without temporaries for the attributes a connection has.
+// Plain appends: for a few short pieces they cost a fraction of StrAppend's.
+void AppendActual(std::string* out, const Field& f, const View& v) {
+  const Request& r = v.req;
+  auto quoted = [out, &f](absl::string_view value) {
+    out->append(f.label);
+    out->append(" \"");
+    out->append(value.data(), value.size());
+    out->push_back('"');
+  };
+  switch (f.attr) {
+    case Attr::kSourcePrincipal:
+      if (v.has_principal) return quoted(v.principal);
+      break;
+    case Attr::kSourceNamespace:
+      if (v.peer.has_value()) return quoted(v.peer->namespace_name);
+      break;
+    case Attr::kDestinationPort: {
+      char digits[8];
+      const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), r.destination_port);
+      out->append(f.label);
+      out->push_back(' ');
+      out->append(digits, end);
+      return;
+    }
+    case Attr::kHost:
+      return quoted(r.host);
+    case Attr::kMethod:
+      return quoted(r.method);
+    case Attr::kPath:
+      if (v.path.has_value()) return quoted(*v.path);
+      break;
+    default:
+      break;
   }
-  return ok;
+  out->append(DescribeActual(f, v));
 }
 
-// On success `why` lists what matched; on failure it says what did not.
-bool ClauseMatches(const Clause& c, const View& v, std::string* why) {
+bool FieldMatches(const Field& f, const View& v) {
+  bool any = AnyValueMatches(f, v);
+  return f.negated ? !any : any;
+}
+
+// Appends why field `f` matched (`ok`) or not.
+void AppendField(std::string* out, const Field& f, const View& v, bool ok) {
+  const char* verb =
+      f.negated ? (ok ? " matched none of " : " matched ") : (ok ? " matched " : " did not match ");
+  AppendActual(out, f, v);
+  out->append(verb);
+  out->append(f.name);
+  out->push_back(' ');
+  AppendQuoteList(out, f.raw);
+}
+
+// The explaining matchers append to `out`: on success what matched, on failure why not. Text
+// appended before the call is kept, so an explanation is built in one buffer.
+bool ClauseMatches(const Clause& c, const View& v, std::string* out) {
   const bool l4 = v.layer == Layer::kL4;
   if (l4 && !c.has_l4_field) {
-    if (why != nullptr) {
-      *why = absl::StrCat(c.path, " uses only HTTP attributes (",
-                          absl::StrJoin(c.http_fields, ", "), "), so it never matches at L4");
-    }
+    absl::StrAppend(out, c.path, " uses only HTTP attributes (", absl::StrJoin(c.http_fields, ", "),
+                    "), so it never matches at L4");
     return false;
   }
-  std::vector<std::string> parts;
+  const size_t start = out->size();
+  bool first = true;
   for (const Field& f : c.fields) {
-    if (l4 && !internal::IsL4Attr(f.attr)) continue;
-    std::string d;
-    if (!FieldMatches(f, v, why != nullptr ? &d : nullptr)) {
-      if (why != nullptr) *why = absl::StrCat(c.path, ": ", d);
+    if (l4 && !IsL4(f.attr)) continue;
+    const bool ok = FieldMatches(f, v);
+    if (!ok) {
+      out->resize(start);  // on failure only the failing field is described
+      absl::StrAppend(out, c.path, ": ");
+      AppendField(out, f, v, false);
       return false;
     }
-    if (why != nullptr) parts.push_back(std::move(d));
+    if (!first) out->append(", ");
+    AppendField(out, f, v, true);
+    first = false;
   }
-  if (why != nullptr) *why = absl::StrJoin(parts, ", ");
   return true;
 }
 
-bool RuleMatches(const CompiledRule& rule, Action action, const View& v, std::string* why) {
+bool RuleMatches(const CompiledRule& rule, Action action, const View& v, std::string* out) {
   const bool l4 = v.layer == Layer::kL4;
   if (l4 && action == Action::kAllow && rule.uses_http) {
-    if (why != nullptr) {
-      *why = absl::StrCat("it uses HTTP attributes (", absl::StrJoin(rule.http_fields, ", "),
-                          "), so the node tunnel (L4) ignores it");
-    }
+    absl::StrAppend(out, "it uses HTTP attributes (", absl::StrJoin(rule.http_fields, ", "),
+                    "), so the node tunnel (L4) ignores it");
     return false;
   }
   if (rule.from.empty() && rule.to.empty() && rule.when.empty()) {
-    if (why != nullptr) *why = "the rule is empty and matches every request";
+    out->append("the rule is empty and matches every request");
     return true;
   }
-  std::vector<std::string> parts;
+  // What matched is appended part by part, joined with ", "; a failure replaces it all.
+  const size_t start = out->size();
+  bool first_part = true;
   auto one_of = [&](const std::vector<Clause>& clauses, absl::string_view what) {
     if (clauses.empty()) return true;
-    std::vector<std::string> failures;
-    for (const Clause& c : clauses) {
-      std::string d;
-      if (ClauseMatches(c, v, why != nullptr ? &d : nullptr)) {
-        if (why != nullptr) parts.push_back(std::move(d));
+    std::string failures;  // joined with "; "
+    for (size_t i = 0; i < clauses.size(); ++i) {
+      const size_t before = out->size();
+      if (!first_part) out->append(", ");
+      const size_t clause_start = out->size();
+      if (ClauseMatches(clauses[i], v, out)) {
+        first_part = false;
         return true;
       }
-      if (why != nullptr) failures.push_back(std::move(d));
+      if (i > 0) failures.append("; ");
+      failures.append(*out, clause_start);
+      out->resize(before);
     }
-    if (why != nullptr) {
-      *why = absl::StrCat("no ", what, " entry matched (", absl::StrJoin(failures, "; "), ")");
-    }
+    out->resize(start);
+    absl::StrAppend(out, "no ", what, " entry matched (", failures, ")");
     return false;
   };
   if (!one_of(rule.from, "from") || !one_of(rule.to, "to")) return false;
   for (const Clause& c : rule.when) {
-    std::string d;
-    if (!ClauseMatches(c, v, why != nullptr ? &d : nullptr)) {
-      if (why != nullptr) *why = std::move(d);
+    if (!first_part) out->append(", ");
+    const size_t clause_start = out->size();
+    if (!ClauseMatches(c, v, out)) {
+      out->erase(start, clause_start - start);  // only the failing condition is described
       return false;
     }
-    if (why != nullptr) parts.push_back(std::move(d));
+    first_part = false;
   }
-  if (why != nullptr) {
-    *why = absl::StrJoin(parts, ", ");
-    if (l4 && rule.uses_http) {
-      absl::StrAppend(
-          why, " (at L4 its HTTP fields are ignored: ", absl::StrJoin(rule.http_fields, ", "), ")");
-    }
+  if (l4 && rule.uses_http) {
+    absl::StrAppend(
+        out, " (at L4 its HTTP fields are ignored: ", absl::StrJoin(rule.http_fields, ", "), ")");
   }
   return true;
 }
@@ -354,25 +473,23 @@ bool RuleMatches(const CompiledRule& rule, Action action, const View& v, std::st
 struct PolicyResult {
   bool matched = false;
   int rule_index = -1;
-  std::string why;                 // explain: what matched, or why nothing did
-  std::vector<std::string> notes;  // explain: one line per rule evaluated
+  std::string why;                 // what matched, or why nothing did
+  std::vector<std::string> notes;  // one line per rule evaluated
 };
 
-PolicyResult MatchPolicy(const CompiledPolicy& p, const View& v, bool explain) {
+// Every rule up to the first that matches, explained (dry-run reports and Explain's trace).
+PolicyResult ExplainPolicy(const CompiledPolicy& p, const View& v) {
   PolicyResult out;
   const internal::CompiledPolicyData& data = p.data();
   if (data.rules.empty()) {
-    if (explain) {
-      out.why = "it has no rules, so it never matches";
-      out.notes.push_back(out.why);
-    }
+    out.why = "it has no rules, so it never matches";
+    out.notes.push_back(out.why);
     return out;
   }
   for (size_t i = 0; i < data.rules.size(); ++i) {
     std::string why;
-    bool m = RuleMatches(data.rules[i], data.policy.action, v, explain ? &why : nullptr);
-    if (explain)
-      out.notes.push_back(absl::StrCat("rule ", i, m ? " matched: " : " no match: ", why));
+    bool m = RuleMatches(data.rules[i], data.policy.action, v, &why);
+    out.notes.push_back(absl::StrCat("rule ", i, m ? " matched: " : " no match: ", why));
     if (m) {
       out.matched = true;
       out.rule_index = static_cast<int>(i);
@@ -380,7 +497,7 @@ PolicyResult MatchPolicy(const CompiledPolicy& p, const View& v, bool explain) {
       return out;
     }
   }
-  if (explain) out.why = absl::StrJoin(out.notes, "; ");
+  out.why = absl::StrJoin(out.notes, "; ");
   return out;
 }
 
@@ -391,31 +508,282 @@ bool HasHttpRules(const CompiledPolicy& p) {
   return false;
 }
 
-// DENY, then ALLOW, over `policies` (already in order).
-Verdict DenyThenAllow(const std::vector<const CompiledPolicy*>& policies, const View& v) {
-  for (const CompiledPolicy* p : policies) {
-    if (p->policy().action != Action::kDeny) continue;
-    if (!MatchPolicy(*p, v, false).matched) continue;
-    PolicyResult r = MatchPolicy(*p, v, true);
-    return {false, DecisionReason::kDenyMatched, p->Key(), r.rule_index,
-            absl::StrCat("denied by DENY policy ", p->Key(), " rule ", r.rule_index, ": ", r.why)};
+// ---- Precompiled matchers ----------------------------------------------------------------------
+// RuleMatches without explanations, with the L4 reduction decided once per snapshot: rules that
+// can never match at a layer are gone, clauses keep only the fields that layer reads, CIDRs have
+// their masks ready (Cidr::Contains as two masked 64-bit compares). RuleMatches stays the
+// reference: it explains the rule these pick, and Explain's trace uses it alone.
+
+struct FastCidr {
+  bool v4 = false;
+  uint64_t high = 0;  // the base, masked
+  uint64_t low = 0;
+  uint64_t high_mask = 0;
+  uint64_t low_mask = 0;
+};
+
+FastCidr MakeFastCidr(const Cidr& c) {
+  FastCidr f;
+  f.v4 = c.base.is_v4();
+  const int bits = std::clamp(c.prefix_len, 0, 128);
+  f.high_mask = bits >= 64 ? ~uint64_t{0} : bits == 0 ? 0 : ~uint64_t{0} << (64 - bits);
+  f.low_mask = bits >= 128 ? ~uint64_t{0} : bits <= 64 ? 0 : ~uint64_t{0} << (128 - bits);
+  f.high = BigEndianWord(c.base.bytes().data()) & f.high_mask;
+  f.low = BigEndianWord(c.base.bytes().data() + 8) & f.low_mask;
+  return f;
+}
+
+// An address split the way FastCidr compares it, once per decision.
+struct FastIp {
+  bool present = false;
+  bool v4 = false;
+  uint64_t high = 0;
+  uint64_t low = 0;
+};
+
+FastIp MakeFastIp(const std::optional<IpAddress>& ip) {
+  FastIp f;
+  if (!ip.has_value()) return f;
+  f.present = true;
+  f.v4 = ip->is_v4();
+  f.high = BigEndianWord(ip->bytes().data());
+  f.low = BigEndianWord(ip->bytes().data() + 8);
+  return f;
+}
+
+bool AnyFastCidr(const std::vector<FastCidr>& cidrs, const FastIp& ip) {
+  if (!ip.present) return false;
+  for (const FastCidr& c : cidrs) {
+    if (c.v4 == ip.v4 && (ip.high & c.high_mask) == c.high && (ip.low & c.low_mask) == c.low) {
+      return true;
+    }
   }
+  return false;
+}
+
+struct FastField {
+  const Field* field = nullptr;
+  std::vector<FastCidr> cidrs;  // source.ip, remote.ip, destination.ip
+};
+
+struct FastClause {
+  std::vector<FastField> fields;  // all must match
+};
+
+struct FastRule {
+  int index = 0;                 // in the policy's rules
+  std::vector<FastClause> from;  // one must match (if any)
+  std::vector<FastClause> to;    // one must match (if any)
+  std::vector<FastClause> when;  // all must match
+};
+
+// The request as the precompiled matchers read it.
+struct FastView {
+  const View& view;
+  FastIp source_ip;
+  FastIp remote_ip;
+  FastIp destination_ip;
+};
+
+FastView MakeFastView(const View& v) {
+  return {v, MakeFastIp(v.req.source_ip), MakeFastIp(v.remote_ip),
+          MakeFastIp(v.req.destination_ip)};
+}
+
+bool FastFieldMatches(const FastField& f, const FastView& fv) {
+  bool any;
+  switch (f.field->attr) {
+    case Attr::kSourceIp:
+      any = AnyFastCidr(f.cidrs, fv.source_ip);
+      break;
+    case Attr::kRemoteIp:
+      any = AnyFastCidr(f.cidrs, fv.remote_ip);
+      break;
+    case Attr::kDestinationIp:
+      any = AnyFastCidr(f.cidrs, fv.destination_ip);
+      break;
+    default:
+      any = AnyValueMatches(*f.field, fv.view);
+      break;
+  }
+  return f.field->negated ? !any : any;
+}
+
+bool FastClauseMatches(const FastClause& c, const FastView& fv) {
+  for (const FastField& f : c.fields) {
+    if (!FastFieldMatches(f, fv)) return false;
+  }
+  return true;
+}
+
+bool FastRuleMatches(const FastRule& r, const FastView& fv) {
+  auto one_of = [&fv](const std::vector<FastClause>& clauses) {
+    if (clauses.empty()) return true;
+    for (const FastClause& c : clauses) {
+      if (FastClauseMatches(c, fv)) return true;
+    }
+    return false;
+  };
+  if (!one_of(r.from) || !one_of(r.to)) return false;
+  for (const FastClause& c : r.when) {
+    if (!FastClauseMatches(c, fv)) return false;
+  }
+  return true;
+}
+
+// A clause as ClauseMatches evaluates it at `layer`; nullopt when it never matches there.
+std::optional<FastClause> CompileClause(const Clause& c, Layer layer) {
+  const bool l4 = layer == Layer::kL4;
+  if (l4 && !c.has_l4_field) return std::nullopt;
+  FastClause out;
+  for (const Field& f : c.fields) {
+    if (l4 && !IsL4(f.attr)) continue;
+    FastField fast;
+    fast.field = &f;
+    for (const Cidr& cidr : f.cidrs) fast.cidrs.push_back(MakeFastCidr(cidr));
+    out.fields.push_back(std::move(fast));
+  }
+  return out;
+}
+
+// The rules of `p` that can match at `layer`, as RuleMatches evaluates them there.
+std::vector<FastRule> CompileRules(const CompiledPolicy& p, Layer layer) {
+  std::vector<FastRule> out;
+  const internal::CompiledPolicyData& data = p.data();
+  for (size_t i = 0; i < data.rules.size(); ++i) {
+    const CompiledRule& rule = data.rules[i];
+    if (layer == Layer::kL4 && data.policy.action == Action::kAllow && rule.uses_http) continue;
+    FastRule fast;
+    fast.index = static_cast<int>(i);
+    // One of `from` (and of `to`) must match: clauses that never do are dropped, and a list left
+    // empty that was not empty means the rule never matches. Every `when` must match.
+    bool possible = true;
+    auto one_of = [&](const std::vector<Clause>& clauses, std::vector<FastClause>* dst) {
+      for (const Clause& c : clauses) {
+        if (std::optional<FastClause> fc = CompileClause(c, layer)) dst->push_back(*std::move(fc));
+      }
+      if (!clauses.empty() && dst->empty()) possible = false;
+    };
+    one_of(rule.from, &fast.from);
+    one_of(rule.to, &fast.to);
+    for (const Clause& c : rule.when) {
+      std::optional<FastClause> fc = CompileClause(c, layer);
+      if (!fc.has_value()) {
+        possible = false;
+        break;
+      }
+      fast.when.push_back(*std::move(fc));
+    }
+    if (possible) out.push_back(std::move(fast));
+  }
+  return out;
+}
+
+// One policy and what a decision reads about it. It holds its own reference to the compiled
+// policy (the FastFields point into it), so an Index never points into an Engine.
+struct PolicyEntry {
+  CompiledPolicy policy;
+  std::string key;  // "namespace/name"
+  Action action = Action::kAllow;
+  bool dry_run = false;
+  bool http_rules = false;  // some rule uses HTTP attributes
+  std::vector<FastRule> l4_rules;
+  std::vector<FastRule> l7_rules;
+};
+
+PolicyEntry MakePolicyEntry(const CompiledPolicy& c) {
+  const Policy& p = c.policy();
+  return PolicyEntry{.policy = c,
+                     .key = p.Key(),
+                     .action = p.action,
+                     .dry_run = p.dry_run,
+                     .http_rules = HasHttpRules(c),
+                     .l4_rules = CompileRules(c, Layer::kL4),
+                     .l7_rules = CompileRules(c, Layer::kL7)};
+}
+
+// MatchPolicy without explanations: the index of the first matching rule, -1 when none does.
+int FirstMatchingRule(const PolicyEntry& p, const FastView& fv) {
+  for (const FastRule& r : fv.view.layer == Layer::kL4 ? p.l4_rules : p.l7_rules) {
+    if (FastRuleMatches(r, fv)) return r.index;
+  }
+  return -1;
+}
+
+// What ExplainPolicy(p, v).why says when rule `rule` is the first that matches, appended to
+// `out`: only that rule is explained, so an allowed or denied connection pays for one
+// explanation, built in one buffer.
+void AppendMatchedRule(std::string* out, const PolicyEntry& p, int rule, const View& v) {
+  RuleMatches(p.policy.data().rules[rule], p.action, v, out);
+}
+
+std::string ExplainMatchedRule(const PolicyEntry& p, int rule, const View& v) {
+  std::string why;
+  AppendMatchedRule(&why, p, rule, v);
+  return why;
+}
+
+// "<what> <key> rule <rule>: <why it matched>".
+std::string Matched(absl::string_view what, const PolicyEntry& p, int rule, const View& v) {
+  std::string out;
+  out.reserve(256);
+  absl::StrAppend(&out, what, p.key, " rule ", rule, ": ");
+  AppendMatchedRule(&out, p, rule, v);
+  return out;
+}
+
+using Applicable = absl::InlinedVector<const PolicyEntry*, 32>;  // in evaluation order
+
+// Which kinds of policy are among the applicable ones, so a decision skips the passes it needs
+// not make.
+struct ApplicableKinds {
+  bool dry_run = false;
+  bool custom = false;  // enforced CUSTOM
+  bool audit = false;   // enforced AUDIT
+};
+
+ApplicableKinds KindsOf(const Applicable& policies) {
+  ApplicableKinds k;
+  for (const PolicyEntry* p : policies) {
+    if (p->dry_run) {
+      k.dry_run = true;
+    } else if (p->action == Action::kCustom) {
+      k.custom = true;
+    } else if (p->action == Action::kAudit) {
+      k.audit = true;
+    }
+  }
+  return k;
+}
+
+// DENY, then ALLOW, over `policies`; dry-run ones only with `with_dry_run`.
+Verdict DenyThenAllow(const Applicable& policies, bool with_dry_run, const FastView& fv) {
+  const View& v = fv.view;
+  for (const PolicyEntry* p : policies) {
+    if (p->action != Action::kDeny || (p->dry_run && !with_dry_run)) continue;
+    const int rule = FirstMatchingRule(*p, fv);
+    if (rule < 0) continue;
+    return {false, DecisionReason::kDenyMatched, p->key, rule,
+            Matched("denied by DENY policy ", *p, rule, v)};
+  }
+  int count = 0;
   int allow_count = 0;
   int deny_count = 0;
   bool l4_dropped = false;
-  for (const CompiledPolicy* p : policies) {
-    if (p->policy().action == Action::kDeny) ++deny_count;
-    if (p->policy().action != Action::kAllow) continue;
+  for (const PolicyEntry* p : policies) {
+    if (p->dry_run && !with_dry_run) continue;
+    ++count;
+    if (p->action == Action::kDeny) ++deny_count;
+    if (p->action != Action::kAllow) continue;
     ++allow_count;
-    if (v.layer == Layer::kL4 && HasHttpRules(*p)) l4_dropped = true;
-    if (!MatchPolicy(*p, v, false).matched) continue;
-    PolicyResult r = MatchPolicy(*p, v, true);
-    return {
-        true, DecisionReason::kAllowMatched, p->Key(), r.rule_index,
-        absl::StrCat("allowed by ALLOW policy ", p->Key(), " rule ", r.rule_index, ": ", r.why)};
+    if (v.layer == Layer::kL4 && p->http_rules) l4_dropped = true;
+    const int rule = FirstMatchingRule(*p, fv);
+    if (rule < 0) continue;
+    return {true, DecisionReason::kAllowMatched, p->key, rule,
+            Matched("allowed by ALLOW policy ", *p, rule, v)};
   }
   if (allow_count == 0) {
-    const char* why = policies.empty() ? "allowed: no authorization policy applies to this workload"
+    const char* why = count == 0 ? "allowed: no authorization policy applies to this workload"
                       : deny_count == 0
                           ? "allowed: no ALLOW or DENY policy applies to this workload"
                           : "allowed: no DENY policy matched and no ALLOW policy applies to this "
@@ -434,16 +802,168 @@ std::string TargetKey(absl::string_view ns, absl::string_view kind, absl::string
   return absl::StrCat(ns, "/", kind, "/", name);
 }
 
-bool SelectorMatches(const Policy& p, const Workload& w) {
-  if (!p.selector.has_value()) return true;
-  for (const auto& [key, value] : *p.selector) {
-    auto it = w.labels.find(key);
-    if (it == w.labels.end() || it->second != value) return false;
+// matchLabels (non-empty), its keys numbered per namespace: NamespaceIndex::label_keys.
+using Selector = std::vector<std::pair<size_t, std::string>>;
+
+// The workload's value of each label key the namespace's selectors use (null: no such label),
+// looked up once per decision rather than once per selector. A pod has a handful of labels, so a
+// scan beats the tree's string comparisons.
+void ResolveLabels(const std::vector<std::string>& keys, const Workload& w,
+                   absl::InlinedVector<const std::string*, 8>* values) {
+  constexpr size_t kScanLimit = 8;
+  values->assign(keys.size(), nullptr);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (w.labels.size() <= kScanLimit) {
+      for (const auto& [k, v] : w.labels) {
+        if (k == keys[i]) {
+          (*values)[i] = &v;
+          break;
+        }
+      }
+    } else if (auto it = w.labels.find(keys[i]); it != w.labels.end()) {
+      (*values)[i] = &it->second;
+    }
+  }
+}
+
+// Every pair is among the workload's labels.
+bool SelectorMatches(const Selector& selector,
+                     const absl::InlinedVector<const std::string*, 8>& values) {
+  for (const auto& [key, value] : selector) {
+    if (values[key] == nullptr || *values[key] != value) return false;
   }
   return true;
 }
 
+// A policy without targetRefs that applies in a namespace when its selector matches.
+struct Candidate {
+  const PolicyEntry* entry = nullptr;
+  int32_t selector = -1;  // into NamespaceIndex::selectors; -1: none (or matchLabels: {})
+};
+
+// The candidates for workloads of one namespace: its own policies and the root namespace's,
+// merged in evaluation order, so a decision neither looks up two lists nor sorts. Each distinct
+// matchLabels is tested once per decision, however many policies share it.
+struct NamespaceIndex {
+  std::vector<Candidate> candidates;     // L7 (without a waypoint): every action
+  std::vector<Candidate> l4_candidates;  // L4: ALLOW and DENY only
+  std::vector<Selector> selectors;
+  std::vector<std::string> label_keys;  // every key the selectors use
+};
+
 }  // namespace
+
+// Built once per snapshot from the engine's policies; read-only afterwards.
+struct Engine::Index {
+  std::vector<PolicyEntry> entries;  // parallel to policies_
+  // For every namespace of by_namespace_; workloads of any other namespace use root_only.
+  std::unordered_map<std::string, NamespaceIndex> namespaces;
+  NamespaceIndex root_only;
+
+  static std::shared_ptr<const Index> Build(const Engine& engine);
+  NamespaceIndex BuildNamespace(const Engine& engine, const std::vector<size_t>* own) const;
+  void Collect(const Engine& engine, const Workload& target, Layer layer, Applicable* out) const;
+};
+
+std::shared_ptr<const Engine::Index> Engine::Index::Build(const Engine& engine) {
+  auto index = std::make_shared<Index>();
+  index->entries.reserve(engine.policies_.size());
+  for (const CompiledPolicy& c : engine.policies_) index->entries.push_back(MakePolicyEntry(c));
+  for (const auto& [ns, own] : engine.by_namespace_) {
+    index->namespaces.emplace(ns, index->BuildNamespace(engine, &own));
+  }
+  index->root_only = index->BuildNamespace(engine, nullptr);
+  return index;
+}
+
+NamespaceIndex Engine::Index::BuildNamespace(const Engine& engine,
+                                             const std::vector<size_t>* own) const {
+  const std::string& root = engine.options_.root_namespace;
+  std::vector<size_t> indexes;
+  if (own != nullptr) indexes = *own;
+  const bool is_root = own != nullptr && !own->empty() &&
+                       engine.policies_[own->front()].policy().namespace_name == root;
+  if (!is_root) {
+    if (auto it = engine.by_namespace_.find(root); it != engine.by_namespace_.end()) {
+      indexes.insert(indexes.end(), it->second.begin(), it->second.end());
+    }
+  }
+  std::sort(indexes.begin(), indexes.end());
+  indexes.erase(std::unique(indexes.begin(), indexes.end()), indexes.end());
+
+  NamespaceIndex out;
+  std::map<std::map<std::string, std::string>, int32_t> selector_ids;
+  std::map<std::string, size_t> key_ids;
+  for (size_t i : indexes) {
+    const PolicyEntry& e = entries[i];
+    Candidate c;
+    c.entry = &e;
+    const auto& selector = e.policy.policy().selector;
+    if (selector.has_value() && !selector->empty()) {
+      auto [it, added] =
+          selector_ids.emplace(*selector, static_cast<int32_t>(out.selectors.size()));
+      if (added) {
+        Selector pairs;
+        for (const auto& [key, value] : *selector) {
+          auto [k, new_key] = key_ids.emplace(key, out.label_keys.size());
+          if (new_key) out.label_keys.push_back(key);
+          pairs.emplace_back(k->second, value);
+        }
+        out.selectors.push_back(std::move(pairs));
+      }
+      c.selector = it->second;
+    }
+    out.candidates.push_back(c);
+    if (e.action == Action::kAllow || e.action == Action::kDeny) out.l4_candidates.push_back(c);
+  }
+  return out;
+}
+
+void Engine::Index::Collect(const Engine& engine, const Workload& target, Layer layer,
+                            Applicable* out) const {
+  if (layer == Layer::kL7 && target.waypoint.has_value()) {
+    std::vector<size_t> indexes;
+    auto add = [&](const std::string& key) {
+      auto it = engine.by_target_.find(key);
+      if (it != engine.by_target_.end()) {
+        indexes.insert(indexes.end(), it->second.begin(), it->second.end());
+      }
+    };
+    const WaypointRef& w = *target.waypoint;
+    add(TargetKey(w.namespace_name, "Gateway", w.name));
+    add(TargetKey(engine.options_.root_namespace, "GatewayClass", kWaypointGatewayClass));
+    for (const ServiceRef& s : w.services) {
+      add(TargetKey(s.namespace_name, "Service", s.name));
+      add(TargetKey(s.namespace_name, "ServiceEntry", s.name));
+    }
+    std::sort(indexes.begin(), indexes.end());
+    indexes.erase(std::unique(indexes.begin(), indexes.end()), indexes.end());
+    for (size_t i : indexes) out->push_back(&entries[i]);
+    return;
+  }
+
+  auto it = namespaces.find(target.namespace_name);
+  const NamespaceIndex& index = it != namespaces.end() ? it->second : root_only;
+  absl::InlinedVector<const std::string*, 8> labels;
+  ResolveLabels(index.label_keys, target, &labels);
+  // Bit s of `tested`: selector s has been tested; of `matched`: its result. Selectors past the
+  // 64th are tested every time they come up.
+  uint64_t tested = 0;
+  uint64_t matched = 0;
+  for (const Candidate& c : layer == Layer::kL4 ? index.l4_candidates : index.candidates) {
+    if (c.selector >= 64) {
+      if (!SelectorMatches(index.selectors[c.selector], labels)) continue;
+    } else if (c.selector >= 0) {
+      const uint64_t bit = uint64_t{1} << c.selector;
+      if ((tested & bit) == 0) {
+        tested |= bit;
+        if (SelectorMatches(index.selectors[c.selector], labels)) matched |= bit;
+      }
+      if ((matched & bit) == 0) continue;
+    }
+    out->push_back(c.entry);
+  }
+}
 
 absl::string_view DecisionReasonName(DecisionReason reason) {
   switch (reason) {
@@ -535,41 +1055,17 @@ Engine::Engine(std::vector<CompiledPolicy> policies, EngineOptions options)
     std::sort(list.begin(), list.end());
     list.erase(std::unique(list.begin(), list.end()), list.end());
   }
+
+  index_ = Index::Build(*this);
 }
 
 std::vector<const CompiledPolicy*> Engine::ApplicablePolicies(const Workload& target,
                                                               Layer layer) const {
-  std::vector<size_t> indexes;
-  auto add = [&indexes](const std::map<std::string, std::vector<size_t>>& index,
-                        const std::string& key) {
-    auto it = index.find(key);
-    if (it != index.end()) indexes.insert(indexes.end(), it->second.begin(), it->second.end());
-  };
-  if (layer == Layer::kL7 && target.waypoint.has_value()) {
-    const WaypointRef& w = *target.waypoint;
-    add(by_target_, TargetKey(w.namespace_name, "Gateway", w.name));
-    add(by_target_, TargetKey(options_.root_namespace, "GatewayClass", kWaypointGatewayClass));
-    for (const ServiceRef& s : w.services) {
-      add(by_target_, TargetKey(s.namespace_name, "Service", s.name));
-      add(by_target_, TargetKey(s.namespace_name, "ServiceEntry", s.name));
-    }
-  } else {
-    add(by_namespace_, target.namespace_name);
-    if (target.namespace_name != options_.root_namespace) {
-      add(by_namespace_, options_.root_namespace);
-    }
-  }
-  std::sort(indexes.begin(), indexes.end());
-  indexes.erase(std::unique(indexes.begin(), indexes.end()), indexes.end());
-
+  Applicable applicable;
+  index_->Collect(*this, target, layer, &applicable);
   std::vector<const CompiledPolicy*> out;
-  const bool waypoint = layer == Layer::kL7 && target.waypoint.has_value();
-  for (size_t i : indexes) {
-    const Policy& p = policies_[i].policy();
-    if (!waypoint && !SelectorMatches(p, target)) continue;
-    if (layer == Layer::kL4 && p.action != Action::kAllow && p.action != Action::kDeny) continue;
-    out.push_back(&policies_[i]);
-  }
+  out.reserve(applicable.size());
+  for (const PolicyEntry* e : applicable) out.push_back(&e->policy);
   return out;
 }
 
@@ -597,78 +1093,80 @@ Decision Engine::Run(const Workload& target, const Request& request, bool trace)
   }
   const View v = MakeView(request, std::move(path));
 
-  std::vector<const CompiledPolicy*> applicable = ApplicablePolicies(target, request.layer);
-  std::vector<const CompiledPolicy*> enforced;
-  bool any_dry_run = false;
-  for (const CompiledPolicy* p : applicable) {
-    if (p->policy().dry_run) {
-      any_dry_run = true;
-    } else {
-      enforced.push_back(p);
-    }
-  }
+  const FastView fv = MakeFastView(v);
+  Applicable all;
+  index_->Collect(*this, target, request.layer, &all);
+  const ApplicableKinds kinds = KindsOf(all);
 
-  const Verdict verdict = DenyThenAllow(enforced, v);
-  const CompiledPolicy* custom = nullptr;
-  for (const CompiledPolicy* p : enforced) {
-    if (p->policy().action == Action::kCustom && MatchPolicy(*p, v, false).matched) {
-      custom = p;
-      break;
+  Verdict verdict = DenyThenAllow(all, /*with_dry_run=*/false, fv);
+  const PolicyEntry* custom = nullptr;
+  int custom_rule = -1;
+  if (kinds.custom) {
+    for (const PolicyEntry* e : all) {
+      if (e->dry_run || e->action != Action::kCustom) continue;
+      custom_rule = FirstMatchingRule(*e, fv);
+      if (custom_rule >= 0) {
+        custom = e;
+        break;
+      }
     }
   }
   if (custom != nullptr) {
-    PolicyResult r = MatchPolicy(*custom, v, true);
+    const std::string why = ExplainMatchedRule(*custom, custom_rule, v);
+    const std::string& provider = custom->policy.policy().provider;
     d.allowed = false;
     d.reason = DecisionReason::kExtAuthzRequired;
-    d.policy = custom->Key();
-    d.rule_index = r.rule_index;
-    d.ext_authz =
-        ExtAuthzRequirement{custom->policy().provider, custom->Key(), r.rule_index, verdict};
-    d.explanation =
-        absl::StrCat("CUSTOM policy ", custom->Key(), " rule ", r.rule_index, " matched (", r.why,
-                     "): ext_authz provider ", Quote(custom->policy().provider),
-                     " decides; if it allows: ", verdict.explanation);
+    d.policy = custom->key;
+    d.rule_index = custom_rule;
+    d.ext_authz = ExtAuthzRequirement{provider, custom->key, custom_rule, verdict};
+    d.explanation = absl::StrCat("CUSTOM policy ", custom->key, " rule ", custom_rule, " matched (",
+                                 why, "): ext_authz provider ", Quote(provider),
+                                 " decides; if it allows: ", verdict.explanation);
   } else {
     d.allowed = verdict.allowed;
     d.reason = verdict.reason;
-    d.policy = verdict.policy;
+    d.policy = std::move(verdict.policy);
     d.rule_index = verdict.rule_index;
-    d.explanation = verdict.explanation;
+    d.explanation = std::move(verdict.explanation);
   }
 
-  for (const CompiledPolicy* p : enforced) {
-    if (p->policy().action != Action::kAudit) continue;
-    PolicyResult r = MatchPolicy(*p, v, true);
-    if (r.matched) d.audits.push_back({p->Key(), Action::kAudit, r.rule_index, r.why});
+  if (kinds.audit) {
+    for (const PolicyEntry* e : all) {
+      if (e->dry_run || e->action != Action::kAudit) continue;
+      const int rule = FirstMatchingRule(*e, fv);
+      if (rule >= 0) {
+        d.audits.push_back({e->key, Action::kAudit, rule, ExplainMatchedRule(*e, rule, v)});
+      }
+    }
   }
 
-  if (any_dry_run) {
-    for (const CompiledPolicy* p : applicable) {
-      if (!p->policy().dry_run) continue;
-      PolicyResult r = MatchPolicy(*p, v, true);
-      const Action action = p->policy().action;
+  if (kinds.dry_run) {
+    for (const PolicyEntry* e : all) {
+      if (!e->dry_run) continue;
+      PolicyResult r = ExplainPolicy(e->policy, v);
+      const Action action = e->action;
       std::string what;
       if (!r.matched) {
-        what = absl::StrCat(ActionName(action), " policy ", p->Key(),
+        what = absl::StrCat(ActionName(action), " policy ", e->key,
                             " (dry run) did not match: ", r.why);
       } else {
         const char* effect = action == Action::kDeny    ? "would deny"
                              : action == Action::kAllow ? "would allow"
                              : action == Action::kAudit ? "would audit"
                                                         : "would call ext_authz";
-        what = absl::StrCat(ActionName(action), " policy ", p->Key(), " (dry run) rule ",
+        what = absl::StrCat(ActionName(action), " policy ", e->key, " (dry run) rule ",
                             r.rule_index, " ", effect, ": ", r.why);
       }
-      d.dry_run.push_back({p->Key(), action, r.matched, r.rule_index, std::move(what)});
+      d.dry_run.push_back({e->key, action, r.matched, r.rule_index, std::move(what)});
     }
-    d.dry_run_allowed = DenyThenAllow(applicable, v).allowed;
+    d.dry_run_allowed = DenyThenAllow(all, /*with_dry_run=*/true, fv).allowed;
   }
 
   if (trace) {
-    for (const CompiledPolicy* p : applicable) {
-      PolicyResult r = MatchPolicy(*p, v, true);
-      d.trace.push_back({p->Key(), p->policy().action, p->policy().dry_run, r.matched, r.rule_index,
-                         std::move(r.notes)});
+    for (const PolicyEntry* e : all) {
+      PolicyResult r = ExplainPolicy(e->policy, v);
+      d.trace.push_back(
+          {e->key, e->action, e->dry_run, r.matched, r.rule_index, std::move(r.notes)});
     }
   }
   return d;

@@ -155,6 +155,10 @@ class Engine {
   const EngineOptions& options() const { return options_; }
 
  private:
+  // engine.cc: per-namespace candidate lists and precompiled matchers, built once in the
+  // constructor from the members below and read-only afterwards.
+  struct Index;
+
   Engine(std::vector<CompiledPolicy> policies, EngineOptions options);
   Decision Run(const Workload& target, const Request& request, bool trace) const;
 
@@ -165,6 +169,7 @@ class Engine {
   // Policies with targetRefs, by "<namespace>/<kind>/<name>".
   std::map<std::string, std::vector<size_t>> by_target_;
   std::vector<std::string> warnings_;
+  std::shared_ptr<const Index> index_;
 };
 
 }  // namespace ambit::authz

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every benchmark under bench/ against an existing build (`make bench` builds the
+# `benchmarks` target first). Each prints its table and writes bench/results/<name>.json.
+# Usage: bench/run.sh [BUILD_DIR]   (default: build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=${1:-build}
+mkdir -p bench/results
+
+# Authorization decisions (bench/README.md): 9 cases x (1 warm-up + 7 repetitions) x <= 200 ms.
+"$build_dir/bench/authz_bench" --json=bench/results/authz.json
+
+# Network: B0 plain TCP, B1 a plain relay pair, T ambit (eBPF redirect + HBONE) on two simulated
+# nodes, interleaved, 3 repetitions (bench/net/README.md). Needs root.
+/usr/bin/python3 bench/net/run.py --build-dir "$build_dir" --json bench/results/net.json
