@@ -154,8 +154,14 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
 absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress& local,
                               std::string* mode_text) {
   auto workload = snapshot.WorkloadByIp(local.ip);
-  MtlsPolicy defaults;
-  const MtlsPolicy& policy = workload != nullptr ? workload->mtls : defaults;
+  if (workload == nullptr) {
+    // A pod we serve but the configuration does not describe: its policies are unknown.
+    *mode_text = "mtls=unknown";
+    return absl::PermissionDeniedError(absl::StrCat(
+        "refused: ", local.ip.ToString(), " is not in configuration snapshot ",
+        snapshot.version(), " (its policies are unknown)"));
+  }
+  const MtlsPolicy& policy = workload->mtls;
   auto [mode, name] = policy.ForPort(local.port);
   *mode_text = absl::StrCat("mtls=", MtlsModeName(mode), " policy=",
                             name.empty() ? "default" : name);

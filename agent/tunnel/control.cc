@@ -417,7 +417,9 @@ void Tunnel::UpdateTlsContexts() {
 }
 
 void Tunnel::ServePendingPods() {
-  if (workers_.empty()) return;
+  // Nothing is served before the configuration: without it every policy would read as "none
+  // configured" and plaintext to a STRICT pod would be delivered (fail open).
+  if (workers_.empty() || snapshot_version_ == 0) return;
   for (auto it = waiting_for_cert_.begin(); it != waiting_for_cert_.end();) {
     auto pod = pods_.find(it->first);
     if (pod == pods_.end()) {
@@ -425,6 +427,12 @@ void Tunnel::ServePendingPods() {
       continue;
     }
     const auto& p = pod->second;
+    // The snapshot must know the pod too: its policies are looked up by its address.
+    bool known = p->ips.empty() || snapshot_->WorkloadByIp(p->ips.front()) != nullptr;
+    if (!known) {
+      ++it;
+      continue;
+    }
     bool ready = p->spiffe_id.empty() || certs_->Get(p->spiffe_id) != nullptr;
     // Past the grace period the pod is served anyway: passthrough traffic must not wait on a
     // CA that is down, and mTLS connections then fail closed with the reason logged.

@@ -36,7 +36,9 @@ HbonePool::~HbonePool() = default;
 absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
     const Pod& src, const std::shared_ptr<const hbone::TlsContext>& client_ctx,
     const std::string& dst_identity, const SocketAddress& dst) {
-  Key key{client_ctx->identity(), dst_identity, dst};
+  // Per source pod: the connection is opened from that pod's netns, so the server sees (and
+  // authorizes and delivers from) that pod's address.
+  Key key{src.uid, dst_identity, dst};
   auto& list = pools_[key];
   for (const auto& s : list) {
     // A renewed certificate means a new context: new streams go to a session that presents it.

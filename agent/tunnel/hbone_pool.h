@@ -17,7 +17,7 @@ namespace ambit::tunnel {
 
 class Worker;
 
-// Outbound HBONE connections of one worker, shared by streams with the same (source identity,
+// Outbound HBONE connections of one worker, shared by streams with the same (source pod,
 // destination identity, destination address), up to a stream limit each; an idle connection
 // closes after a timeout. Worker-thread only.
 class HbonePool final : public hbone::SessionDelegate {

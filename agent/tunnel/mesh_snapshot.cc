@@ -93,6 +93,9 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
     }
     compiled.push_back(std::move(*c));
   }
+  // One policy the data plane cannot compile makes every decision unknowable (a dropped DENY
+  // allows, a dropped ALLOW opens the workload): build no engine, so Authorize fails closed.
+  if (!snap->authz_errors_.empty()) return snap;
   authz::EngineOptions options;
   if (!s.root_namespace().empty()) options.root_namespace = s.root_namespace();
   auto engine = authz::Engine::Create(std::move(compiled), options);
@@ -109,6 +112,11 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
                                      const std::string& principal,
                                      std::string* decided_by) const {
   auto workload = WorkloadByIp(destination.ip);
+  if (workload == nullptr) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "denied: ", destination.ip.ToString(), " is not in configuration snapshot ", version_,
+        " (its policies are unknown)"));
+  }
   if (authz_ == nullptr) {
     // No engine means the configuration could not be turned into one: fail closed.
     if (!authz_errors_.empty()) {
@@ -117,10 +125,8 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
     return absl::OkStatus();  // no snapshot yet: nothing configured, Istio allows
   }
   authz::Workload target;
-  if (workload != nullptr) {
-    target.namespace_name = workload->namespace_name;
-    target.labels = workload->labels;
-  }
+  target.namespace_name = workload->namespace_name;
+  target.labels = workload->labels;
   authz::Request request;
   request.layer = authz::Layer::kL4;
   request.source_principal = principal;
