@@ -31,6 +31,25 @@ def require_root():
         sys.exit(1)
 
 
+def _become_subreaper():
+    """Data planes outlive the agent that started them (by design, for upgrades); when a test
+    stops an agent, its ambit-tunnel is re-parented to us instead of to init, so that close() can
+    reap it once it is stopped and no zombie is left behind."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap_orphans():
+    for _ in range(50):
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.02)
+
+
 def cgroup2_mount():
     with open("/proc/self/mounts") as f:
         for line in f:
@@ -196,6 +215,7 @@ class Topology:
 
     def __init__(self, name="t"):
         require_root()
+        _become_subreaper()
         self.prefix = f"amb{os.getpid() % 100000}{name}"[:12]
         self.subnet = (os.getpid() % 200) + 1  # 198.18.<subnet>.0/24 inside this topology
         self.wire = f"{self.prefix}-wire"
@@ -277,6 +297,7 @@ class Topology:
             run("ip", "netns", "del", self.wire, check=False)
         self._remove_cgroup(self.cgroup_root)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        _reap_orphans()
 
     @staticmethod
     def _remove_cgroup(path):
