@@ -167,14 +167,14 @@ Policy NamespacePolicy(int j, int k) {
                         selector);
     case 3:
       return MakePolicy(ns, absl::StrCat(name, "-deny-lab"), Action::kDeny,
-                        {Rule{.from = {{.ip_blocks = {"10.99.0.0/16"}}}},
+                        {Rule{.from = {{.ip_blocks = {"198.18.224.0/20"}}}},
                          Rule{.from = {{.principals = {"cluster.local/ns/lab/*"}}}}},
                         selector);
     default:
       return MakePolicy(ns, absl::StrCat(name, "-allow-batch"), Action::kAllow,
                         {Rule{.from = {{.service_accounts = {absl::StrCat(Ns(j + 4), "/batch")}}},
                               .to = {{.ports = {"8080", "8081"}}},
-                              .when = {{.key = "source.ip", .not_values = {"10.250.0.0/16"}}}}},
+                              .when = {{.key = "source.ip", .not_values = {"198.18.240.0/20"}}}}},
                         selector);
   }
 }
@@ -210,13 +210,13 @@ std::vector<Scenario> Scenarios() {
   Request typical;
   typical.layer = Layer::kL4;
   typical.source_principal = absl::StrCat("spiffe://", Client(1));
-  typical.source_ip = Ip("10.0.1.5");
-  typical.destination_ip = Ip("10.0.0.7");
+  typical.source_ip = Ip("198.18.1.5");
+  typical.destination_ip = Ip("198.18.0.7");
   typical.destination_port = 8080;
 
   Request worst = typical;
   worst.source_principal = absl::StrCat("spiffe://", Client(400));
-  worst.source_ip = Ip("10.0.9.9");
+  worst.source_ip = Ip("198.18.9.9");
   worst.destination_port = 7777;
 
   Request l7 = typical;

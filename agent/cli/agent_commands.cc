@@ -218,7 +218,7 @@ absl::Status Check(Context& ctx) {
   if (colon == std::string::npos || !absl::SimpleAtoi(to_port.substr(colon + 1), &port) ||
       port < 1 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "'", to_port, "' is not TO:PORT, e.g. backend/api:8080, 10.0.1.7:8080 or [fd00::7]:8080"));
+        "'", to_port, "' is not TO:PORT, e.g. backend/api:8080, 198.18.1.7:8080 or [2001:2::7]:8080"));
   }
   std::string to = to_port.substr(0, colon);
   if (to.size() > 2 && to.front() == '[' && to.back() == ']') to = to.substr(1, to.size() - 2);
@@ -374,7 +374,7 @@ Command CheckLiveCommand() {
       .args_usage = "FROM TO:PORT",
       .examples =
           "ambitctl check default/web backend/api:8080\n"
-          "ambitctl check default/web 10.0.1.7:8080 -o json",
+          "ambitctl check default/web 198.18.1.7:8080 -o json",
       .min_args = 2,
       .max_args = 2,
       .run = Check,

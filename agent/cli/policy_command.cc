@@ -315,7 +315,7 @@ class RequestParser {
       }
       req.sni = String(*dest, "sni", "destination.sni").value_or("");
     } else {
-      Error(doc, "destination", "is required, e.g. destination: {ip: 10.0.1.7, port: 8080}");
+      Error(doc, "destination", "is required, e.g. destination: {ip: 198.18.1.7, port: 8080}");
     }
 
     if (auto http = Map(doc, "http", "http")) {
@@ -510,8 +510,8 @@ Command CheckCommand() {
           "           waypoint: {name: waypoint, services: [{name: httpbin}]}}  # optional, L7\n"
           "  source: {principal: spiffe://cluster.local/ns/bar/sa/sleep,        # absent: "
           "plaintext\n"
-          "           ip: 10.0.0.5, remoteIp: 203.0.113.9}\n"
-          "  destination: {ip: 10.0.1.7, port: 8080, sni: httpbin.foo}\n"
+          "           ip: 198.18.0.5, remoteIp: 203.0.113.9}\n"
+          "  destination: {ip: 198.18.1.7, port: 8080, sni: httpbin.foo}\n"
           "  http: {host: httpbin.foo, method: GET, path: \"/get?x=1\", headers: {x-token: "
           "admin}}\n"
           "  auth: {principal: https://issuer.example.com/user-1,                # L7 JWT, "

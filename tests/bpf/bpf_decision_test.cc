@@ -209,7 +209,7 @@ struct InboundRow {
 };
 
 TEST_F(DecisionTest, InboundKindByPortInterfaceAndAddress) {
-  const std::string src = "10.0.0.2", dst = "10.0.0.5";
+  const std::string src = "198.18.0.2", dst = "198.18.0.5";
   std::vector<InboundRow> rows = {
       {"hbone", kPodIfindex, Tuple(src, 40000, dst, 15008), AMBIT_LISTENER_HBONE},
       {"app 80", kPodIfindex, Tuple(src, 40000, dst, 80), AMBIT_LISTENER_PLAIN},
@@ -234,18 +234,18 @@ TEST_F(DecisionTest, InboundKindByPortInterfaceAndAddress) {
 }
 
 TEST_F(DecisionTest, InboundLeavesTunnelDeliveryAlone) {
-  ambit_tuple_key delivered = Tuple("10.0.0.2", 40000, "10.0.0.5", 8080);
+  ambit_tuple_key delivered = Tuple("198.18.0.2", 40000, "198.18.0.5", 8080);
   uint8_t one = 1;
   ASSERT_EQ(
       bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY), 0)
       << strerror(errno);
   std::vector<InboundRow> rows = {
       {"delivered tuple", kPodIfindex, delivered, -1},
-      {"other source port", kPodIfindex, Tuple("10.0.0.2", 40001, "10.0.0.5", 8080),
+      {"other source port", kPodIfindex, Tuple("198.18.0.2", 40001, "198.18.0.5", 8080),
        AMBIT_LISTENER_PLAIN},
-      {"other source address", kPodIfindex, Tuple("10.0.0.3", 40000, "10.0.0.5", 8080),
+      {"other source address", kPodIfindex, Tuple("198.18.0.3", 40000, "198.18.0.5", 8080),
        AMBIT_LISTENER_PLAIN},
-      {"other destination port", kPodIfindex, Tuple("10.0.0.2", 40000, "10.0.0.5", 8081),
+      {"other destination port", kPodIfindex, Tuple("198.18.0.2", 40000, "198.18.0.5", 8081),
        AMBIT_LISTENER_PLAIN},
   };
   for (const auto& r : rows) {
@@ -258,12 +258,12 @@ TEST_F(DecisionTest, InboundPortBypassIsPerDirection) {
   SetPortFlags(8080, AMBIT_PORT_BYPASS_OUT);
   SetPortFlags(9443, AMBIT_PORT_BYPASS_OUT | AMBIT_PORT_BYPASS_IN);
   std::vector<InboundRow> rows = {
-      {"bypass in", kPodIfindex, Tuple("10.0.0.2", 40000, "10.0.0.5", 9090), -1},
+      {"bypass in", kPodIfindex, Tuple("198.18.0.2", 40000, "198.18.0.5", 9090), -1},
       {"bypass in v6", kPodIfindex, Tuple("2001:db8::2", 40000, "2001:db8::5", 9090), -1},
-      {"bypass in and out", kPodIfindex, Tuple("10.0.0.2", 40000, "10.0.0.5", 9443), -1},
-      {"bypass out only", kPodIfindex, Tuple("10.0.0.2", 40000, "10.0.0.5", 8080),
+      {"bypass in and out", kPodIfindex, Tuple("198.18.0.2", 40000, "198.18.0.5", 9443), -1},
+      {"bypass out only", kPodIfindex, Tuple("198.18.0.2", 40000, "198.18.0.5", 8080),
        AMBIT_LISTENER_PLAIN},
-      {"neighbour port", kPodIfindex, Tuple("10.0.0.2", 40000, "10.0.0.5", 9091),
+      {"neighbour port", kPodIfindex, Tuple("198.18.0.2", 40000, "198.18.0.5", 9091),
        AMBIT_LISTENER_PLAIN},
   };
   for (const auto& r : rows) {
@@ -370,7 +370,7 @@ class SkLookupTest : public BpfTest {
 };
 
 TEST_F(SkLookupTest, DropsWhenListenerMissing) {
-  auto r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40000, "10.0.0.5", 8080));
+  auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", 8080));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_DROP)) << "plaintext must not reach the app";
   EXPECT_EQ(r->cookie, 0u);
@@ -381,13 +381,13 @@ TEST_F(SkLookupTest, SelectsPlainListenerForAppPort) {
   UniqueFd plain = Listen(AF_INET, AMBIT_LISTENER_PLAIN, &cookie);
   ASSERT_FALSE(HasFailure());
   for (uint16_t port : {80, 8080, 15006}) {
-    auto r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40000, "10.0.0.5", port));
+    auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", port));
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS)) << "port " << port;
     EXPECT_EQ(r->cookie, cookie) << "port " << port << ": not the plaintext listener";
   }
   // HBONE goes to its own listener, which is missing: dropped, not sent to the plain one.
-  auto r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40000, "10.0.0.5", AMBIT_HBONE_PORT));
+  auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", AMBIT_HBONE_PORT));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_DROP));
   EXPECT_EQ(r->cookie, 0u);
@@ -398,7 +398,7 @@ TEST_F(SkLookupTest, SelectsHboneListenerForPort15008) {
   UniqueFd plain = Listen(AF_INET, AMBIT_LISTENER_PLAIN, &plain_cookie);
   UniqueFd hbone = Listen(AF_INET, AMBIT_LISTENER_HBONE, &hbone_cookie);
   ASSERT_FALSE(HasFailure());
-  auto r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40000, "10.0.0.5", AMBIT_HBONE_PORT));
+  auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", AMBIT_HBONE_PORT));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
   EXPECT_EQ(r->cookie, hbone_cookie);
@@ -418,7 +418,7 @@ TEST_F(SkLookupTest, LeavesUdpAlone) {
   uint64_t cookie = 0;
   UniqueFd plain = Listen(AF_INET, AMBIT_LISTENER_PLAIN, &cookie);
   ASSERT_FALSE(HasFailure());
-  auto r = Run(V4(IPPROTO_UDP, "10.0.0.2", 40000, "10.0.0.5", 53));
+  auto r = Run(V4(IPPROTO_UDP, "198.18.0.2", 40000, "198.18.0.5", 53));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
   EXPECT_EQ(r->cookie, 0u);
@@ -450,16 +450,16 @@ TEST_F(SkLookupTest, LeavesTunnelDeliveryAlone) {
   ASSERT_FALSE(HasFailure());
   // The tunnel lists its delivery connection with ports in host byte order; the program must
   // build the same key from the SYN (whose remote_port is in network byte order).
-  ambit_tuple_key delivered = Tuple("10.0.0.2", 40000, "10.0.0.5", 8080);
+  ambit_tuple_key delivered = Tuple("198.18.0.2", 40000, "198.18.0.5", 8080);
   uint8_t one = 1;
   ASSERT_EQ(
       bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY), 0)
       << strerror(errno);
-  auto r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40000, "10.0.0.5", 8080));
+  auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", 8080));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
   EXPECT_EQ(r->cookie, 0u) << "the tunnel's own delivery was steered to the listener";
-  r = Run(V4(IPPROTO_TCP, "10.0.0.2", 40001, "10.0.0.5", 8080));
+  r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40001, "198.18.0.5", 8080));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
   EXPECT_EQ(r->cookie, cookie);

@@ -145,7 +145,7 @@ def service(name="httpbin"):
 
 # ---- Requests ----------------------------------------------------------------------------------
 
-def l4(principal=SLEEP, ip="10.0.0.5", dip="10.0.1.7", port=8080, ns="foo", labels=None,
+def l4(principal=SLEEP, ip="198.18.0.5", dip="198.18.1.7", port=8080, ns="foo", labels=None,
        waypoint=None, remote=None, sni=None):
     req = {"enforcement": "L4",
            "target": {"namespace": ns, "labels": {"app": "httpbin"} if labels is None else labels},
@@ -278,7 +278,7 @@ row("second_rule_matches", [allow("a", src(namespaces=["x"]), src(namespaces=["b
 row("from_entries_are_ored",
     [allow("a", {"from": [{"source": {"namespaces": ["x"]}},
                           {"source": {"principals": [SLEEP_P]}}]})], l4(), "allow", "foo/a")
-row("source_fields_are_anded", [allow("a", src(namespaces=["bar"], ipBlocks=["10.9.0.0/16"]))],
+row("source_fields_are_anded", [allow("a", src(namespaces=["bar"], ipBlocks=["198.18.192.0/20"]))],
     l4(), "deny", None)
 row("values_are_ored", [allow("a", src(principals=["cluster.local/ns/x/sa/y", SLEEP_P]))], l4(),
     "allow", "foo/a")
@@ -289,7 +289,7 @@ row("root_deny_and_namespace_allow", [deny("d", src(namespaces=["bar"]), ns="ist
 row("rule_parts_are_anded", [allow("a", rule(src(namespaces=["bar"]), op(ports=["9090"])))], l4(),
     "deny", None)
 row("rule_parts_all_match", [allow("a", rule(src(namespaces=["bar"]), op(ports=["8080"]),
-                                             when("destination.ip", ["10.0.1.0/24"])))],
+                                             when("destination.ip", ["198.18.1.0/24"])))],
     l4(), "allow", "foo/a")
 
 # B. Source fields (reference: Source; negation; wildcards; plaintext has no identity).
@@ -338,31 +338,31 @@ row("not_service_accounts_deny_self", [deny("d", src(notServiceAccounts=["bar/sl
     "allow", None)
 row("service_accounts_plaintext", [allow("a", src(serviceAccounts=["bar/sleep"]))],
     l4(principal=None), "deny", None)
-row("ip_blocks_cidr", [allow("a", src(ipBlocks=["10.0.0.0/16"]))], l4(), "allow", "foo/a")
-row("ip_blocks_single_ip", [allow("a", src(ipBlocks=["10.0.0.5"]))], l4(), "allow", "foo/a")
-row("ip_blocks_no_match", [allow("a", src(ipBlocks=["10.1.0.0/16"]))], l4(), "deny", None)
-row("ip_blocks_ipv6", [allow("a", src(ipBlocks=["fd00::/8"]))], l4(ip="fd00::5", dip="fd00::7"),
+row("ip_blocks_cidr", [allow("a", src(ipBlocks=["198.18.0.0/17"]))], l4(), "allow", "foo/a")
+row("ip_blocks_single_ip", [allow("a", src(ipBlocks=["198.18.0.5"]))], l4(), "allow", "foo/a")
+row("ip_blocks_no_match", [allow("a", src(ipBlocks=["198.18.128.0/18"]))], l4(), "deny", None)
+row("ip_blocks_ipv6", [allow("a", src(ipBlocks=["2001:2:0:ff00::/56"]))], l4(ip="2001:2:0:ff00::5", dip="2001:2::7"),
     "allow", "foo/a")
-row("ip_blocks_ipv4_cidr_ipv6_source", [allow("a", src(ipBlocks=["10.0.0.0/8"]))],
-    l4(ip="fd00::5", dip="fd00::7"), "deny", None)
+row("ip_blocks_ipv4_cidr_ipv6_source", [allow("a", src(ipBlocks=["198.18.0.0/16"]))],
+    l4(ip="2001:2:0:ff00::5", dip="2001:2::7"), "deny", None)
 row("deny_ip_block_docs", [deny("deny-ip", src(ipBlocks=["1.2.3.4"]))], l4(ip="1.2.3.4"), "deny",
     "foo/deny-ip")
 row("deny_ip_block_other_ip", [deny("deny-ip", src(ipBlocks=["1.2.3.4"]))], l4(), "allow", None)
-row("deny_not_ip_blocks_outside", [deny("d", src(notIpBlocks=["10.0.0.0/8"]))],
+row("deny_not_ip_blocks_outside", [deny("d", src(notIpBlocks=["198.18.0.0/16"]))],
     l4(ip="192.0.2.1"), "deny", "foo/d")
-row("deny_not_ip_blocks_inside", [deny("d", src(notIpBlocks=["10.0.0.0/8"]))], l4(), "allow",
+row("deny_not_ip_blocks_inside", [deny("d", src(notIpBlocks=["198.18.0.0/16"]))], l4(), "allow",
     None)
 row("remote_ip_blocks_l7", [allow("a", src(remoteIpBlocks=["203.0.113.0/24"]))],
     l7(remote="203.0.113.9"), "allow", "foo/a")
 row("remote_ip_defaults_to_source_ip_no_match", [allow("a", src(remoteIpBlocks=["203.0.113.0/24"]))],
     l7(), "deny", None)
-row("remote_ip_defaults_to_source_ip_match", [allow("a", src(remoteIpBlocks=["10.0.0.0/8"]))],
+row("remote_ip_defaults_to_source_ip_match", [allow("a", src(remoteIpBlocks=["198.18.0.0/16"]))],
     l7(), "allow", "foo/a")
 row("deny_not_remote_ip_blocks", [deny("d", src(notRemoteIpBlocks=["203.0.113.0/24"]))],
     l7(remote="198.51.100.1"), "deny", "foo/d")
 row("deny_not_remote_ip_blocks_inside", [deny("d", src(notRemoteIpBlocks=["203.0.113.0/24"]))],
     l7(remote="203.0.113.1"), "allow", None)
-row("remote_ip_blocks_dropped_at_l4", [allow("a", src(remoteIpBlocks=["10.0.0.0/8"]))], l4(),
+row("remote_ip_blocks_dropped_at_l4", [allow("a", src(remoteIpBlocks=["198.18.0.0/16"]))], l4(),
     "deny", None)
 row("request_principals_exact", [allow("a", src(requestPrincipals=["https://issuer.example.com/user-1"]))],
     l7(auth=jwt()), "allow", "foo/a")
@@ -551,13 +551,13 @@ row("header_values_and_not_values_excluded",
     "deny", None)
 row("header_user_agent_deny", [deny("d", when("request.headers[User-Agent]", ["curl/*"]))],
     l7(headers={"user-agent": "curl/8.5.0"}), "deny", "foo/d")
-row("condition_source_ip_l4", [allow("a", when("source.ip", ["10.0.0.0/24"]))], l4(), "allow",
+row("condition_source_ip_l4", [allow("a", when("source.ip", ["198.18.0.0/24"]))], l4(), "allow",
     "foo/a")
-row("condition_source_ip_not_values", [allow("a", when("source.ip", not_values=["10.0.0.5"]))],
+row("condition_source_ip_not_values", [allow("a", when("source.ip", not_values=["198.18.0.5"]))],
     l4(), "deny", None)
 row("condition_remote_ip", [allow("a", when("remote.ip", ["203.0.113.9"]))],
     l7(remote="203.0.113.9"), "allow", "foo/a")
-row("condition_remote_ip_dropped_at_l4", [allow("a", when("remote.ip", ["10.0.0.5"]))], l4(),
+row("condition_remote_ip_dropped_at_l4", [allow("a", when("remote.ip", ["198.18.0.5"]))], l4(),
     "deny", None)
 row("condition_source_namespace", [allow("a", when("source.namespace", ["bar"]))], l4(), "allow",
     "foo/a")
@@ -613,9 +613,9 @@ row("claims_not_values_excluded",
     l7(auth=jwt(groups=["admins", "banned"])), "deny", None)
 row("claims_without_jwt", [allow("a", when("request.auth.claims[groups]", ["admins"]))], l7(),
     "deny", None)
-row("condition_destination_ip", [allow("a", when("destination.ip", ["10.0.1.7"]))], l4(),
+row("condition_destination_ip", [allow("a", when("destination.ip", ["198.18.1.7"]))], l4(),
     "allow", "foo/a")
-row("condition_destination_ip_no_match", [allow("a", when("destination.ip", ["10.0.1.8"]))],
+row("condition_destination_ip_no_match", [allow("a", when("destination.ip", ["198.18.1.8"]))],
     l4(), "deny", None)
 row("condition_destination_port", [allow("a", when("destination.port", ["8080"]))], l4(),
     "allow", "foo/a")
@@ -669,7 +669,7 @@ row("l4_audit_not_enforced", [audit("log", ALL)], l4(), "allow", None,
 row("l4_target_refs_not_applied", [deny("d", ALL, target_refs=[gateway()])], l4(), "allow", None)
 row("l4_allow_when_l4_conditions", [allow("a", when("destination.port", ["8080"]))], l4(),
     "allow", "foo/a")
-row("l4_ip_blocks_and_ports", [allow("a", rule(src(ipBlocks=["10.0.0.0/8"]), op(ports=["8080"])))],
+row("l4_ip_blocks_and_ports", [allow("a", rule(src(ipBlocks=["198.18.0.0/16"]), op(ports=["8080"])))],
     l4(), "allow", "foo/a")
 
 # F. Waypoints (L7 with targetRefs).
@@ -764,7 +764,7 @@ row("custom_without_mesh_rejected", [custom("ext", "ext-authz-http", ALL)], l7()
 row("custom_with_principals_rejected",
     [custom("ext", "ext-authz-http", src(principals=[SLEEP_P]))], l7(), "allow", None, mesh=MESH,
     stderr=["spec.rules[0].from[0].source.principals", "not supported with action CUSTOM"])
-row("custom_with_ip_blocks", [custom("ext", "ext-authz-http", src(ipBlocks=["10.0.0.0/8"]))],
+row("custom_with_ip_blocks", [custom("ext", "ext-authz-http", src(ipBlocks=["198.18.0.0/16"]))],
     l7(), "ext_authz", "foo/ext", provider="ext-authz-http", after="allow", mesh=MESH)
 row("custom_with_header_condition",
     [custom("ext", "ext-authz-http", when("request.headers[x-ext-authz]", ["allow"]))],
@@ -816,7 +816,7 @@ row("mtls_plaintext_allow_principals_refused", [allow("a", src(principals=[SLEEP
 
 # K. Config problems: the bad resource is skipped with file, resource and field; the rest apply.
 row("bad_cidr_skipped_good_applies",
-    [deny("bad", src(ipBlocks=["10.0.0.0/33"])), allow("good", src(namespaces=["bar"]))], l4(),
+    [deny("bad", src(ipBlocks=["198.18.0.0/33"])), allow("good", src(namespaces=["bar"]))], l4(),
     "allow", "foo/good",
     stderr=["policies.yaml:", "AuthorizationPolicy foo/bad",
             "spec.rules[0].from[0].source.ipBlocks[0]", "(skipped)"])
@@ -939,9 +939,9 @@ class PolicyCheckErrors(unittest.TestCase):
                    "field target.namespace: is required")
 
     def test_bad_source_ip(self):
-        self.check("target: {namespace: foo}\nsource: {ip: 10.0.0.300}\n"
+        self.check("target: {namespace: foo}\nsource: {ip: 198.18.0.300}\n"
                    "destination: {port: 80}\n",
-                   "req.yaml:2: field source.ip: '10.0.0.300' is not an IPv4 or IPv6 address")
+                   "req.yaml:2: field source.ip: '198.18.0.300' is not an IPv4 or IPv6 address")
 
     def test_bad_port(self):
         self.check("target: {namespace: foo}\ndestination: {port: 70000}\n",

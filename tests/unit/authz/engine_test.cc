@@ -104,13 +104,13 @@ Rule When(std::string key, Strings values, Strings not_values = {}) {
 
 IpAddress Ip(absl::string_view text) { return *IpAddress::Parse(text); }
 
-// An HBONE connection from `principal` (empty: plaintext) to httpbin at 10.0.1.7:<port>.
+// An HBONE connection from `principal` (empty: plaintext) to httpbin at 198.18.1.7:<port>.
 Request Tcp(std::string principal = kSleep, uint16_t port = 8080) {
   Request r;
   r.layer = Layer::kL4;
   r.source_principal = std::move(principal);
-  r.source_ip = Ip("10.0.0.5");
-  r.destination_ip = Ip("10.0.1.7");
+  r.source_ip = Ip("198.18.0.5");
+  r.destination_ip = Ip("198.18.1.7");
   r.destination_port = port;
   return r;
 }
@@ -358,16 +358,16 @@ std::vector<Row> Rows() {
         kNoAllow),
 
       // -- ipBlocks / notIpBlocks / remoteIpBlocks -----------------------------------------------
-      R("ip_blocks_cidr", {Allow("foo/ip", {From({.ip_blocks = {"10.0.0.0/24"}})})}, Tcp(),
+      R("ip_blocks_cidr", {Allow("foo/ip", {From({.ip_blocks = {"198.18.0.0/24"}})})}, Tcp(),
         kAllowed, "foo/ip", kAllowMatched),
-      R("ip_blocks_single_address", {Allow("foo/ip", {From({.ip_blocks = {"10.0.0.5"}})})}, Tcp(),
+      R("ip_blocks_single_address", {Allow("foo/ip", {From({.ip_blocks = {"198.18.0.5"}})})}, Tcp(),
         kAllowed, "foo/ip", kAllowMatched),
-      R("ip_blocks_mismatch", {Allow("foo/ip", {From({.ip_blocks = {"192.168.0.0/16"}})})}, Tcp(),
+      R("ip_blocks_mismatch", {Allow("foo/ip", {From({.ip_blocks = {"198.19.0.0/16"}})})}, Tcp(),
         kDenied, "", kNoAllow),
-      R("not_ip_blocks_inside", {Deny("foo/ip", {From({.not_ip_blocks = {"10.0.0.0/8"}})})}, Tcp(),
+      R("not_ip_blocks_inside", {Deny("foo/ip", {From({.not_ip_blocks = {"198.18.0.0/16"}})})}, Tcp(),
         kAllowed, "", kDefaultAllow),
-      R("not_ip_blocks_outside", {Deny("foo/ip", {From({.not_ip_blocks = {"10.0.0.0/8"}})})},
-        With(Tcp(), [](Request& r) { r.source_ip = Ip("192.168.1.1"); }), kDenied, "foo/ip",
+      R("not_ip_blocks_outside", {Deny("foo/ip", {From({.not_ip_blocks = {"198.18.0.0/16"}})})},
+        With(Tcp(), [](Request& r) { r.source_ip = Ip("198.19.1.1"); }), kDenied, "foo/ip",
         kDenyMatched),
       R("ip_blocks_ipv6", {Allow("foo/ip", {From({.ip_blocks = {"2001:db8::/64"}})})},
         With(Tcp(), [](Request& r) { r.source_ip = Ip("2001:db8::5"); }), kAllowed, "foo/ip",
@@ -379,9 +379,9 @@ std::vector<Row> Rows() {
         With(Http(), [](Request& r) { r.remote_ip = Ip("203.0.113.9"); }), kAllowed, "foo/rip",
         kAllowMatched),
       R("remote_ip_defaults_to_source_ip",
-        {Allow("foo/rip", {From({.remote_ip_blocks = {"10.0.0.5"}})})}, Http(), kAllowed, "foo/rip",
+        {Allow("foo/rip", {From({.remote_ip_blocks = {"198.18.0.5"}})})}, Http(), kAllowed, "foo/rip",
         kAllowMatched),
-      R("not_remote_ip_blocks", {Deny("foo/rip", {From({.not_remote_ip_blocks = {"10.0.0.0/8"}})})},
+      R("not_remote_ip_blocks", {Deny("foo/rip", {From({.not_remote_ip_blocks = {"198.18.0.0/16"}})})},
         With(Http(), [](Request& r) { r.remote_ip = Ip("203.0.113.9"); }), kDenied, "foo/rip",
         kDenyMatched),
 
@@ -417,13 +417,13 @@ std::vector<Row> Rows() {
       R("from_to_when_all_match",
         {Allow("foo/r", {Rule{.from = {bar},
                               .to = {{.ports = {"8080"}}},
-                              .when = {Cond("source.ip", {"10.0.0.0/16"})}}})},
+                              .when = {Cond("source.ip", {"198.18.0.0/17"})}}})},
         Tcp(), kAllowed, "foo/r", kAllowMatched),
 
       // -- L4 conditions -------------------------------------------------------------------------
-      R("when_source_ip", {Allow("foo/c", {When("source.ip", {"10.0.0.0/24"})})}, Tcp(), kAllowed,
+      R("when_source_ip", {Allow("foo/c", {When("source.ip", {"198.18.0.0/24"})})}, Tcp(), kAllowed,
         "foo/c", kAllowMatched),
-      R("when_source_ip_not_values", {Allow("foo/c", {When("source.ip", {}, {"10.0.0.5"})})}, Tcp(),
+      R("when_source_ip_not_values", {Allow("foo/c", {When("source.ip", {}, {"198.18.0.5"})})}, Tcp(),
         kDenied, "", kNoAllow),
       R("when_source_namespace", {Allow("foo/c", {When("source.namespace", {"bar"})})}, Tcp(),
         kAllowed, "foo/c", kAllowMatched),
@@ -433,9 +433,9 @@ std::vector<Row> Rows() {
       R("when_source_principal_plaintext_not_values",
         {Allow("foo/c", {When("source.principal", {}, {"*"})})}, Plaintext(), kAllowed, "foo/c",
         kAllowMatched),
-      R("when_destination_ip", {Allow("foo/c", {When("destination.ip", {"10.0.1.0/24"})})}, Tcp(),
+      R("when_destination_ip", {Allow("foo/c", {When("destination.ip", {"198.18.1.0/24"})})}, Tcp(),
         kAllowed, "foo/c", kAllowMatched),
-      R("when_destination_ip_mismatch", {Allow("foo/c", {When("destination.ip", {"10.9.9.9"})})},
+      R("when_destination_ip_mismatch", {Allow("foo/c", {When("destination.ip", {"198.18.201.9"})})},
         Tcp(), kDenied, "", kNoAllow),
       R("when_destination_port", {Allow("foo/c", {When("destination.port", {"80", "8080"})})},
         Tcp(), kAllowed, "foo/c", kAllowMatched),
@@ -866,13 +866,13 @@ TEST(EngineExplanationTest, AllowListsEveryMatchedField) {
   auto engine =
       MakeEngine({Allow("foo/a", {Rule{.from = {{.principals = {"*"}, .not_namespaces = {"x"}}},
                                        .to = {{.ports = {"8080"}}},
-                                       .when = {Cond("source.ip", {"10.0.0.0/8"})}}})});
+                                       .when = {Cond("source.ip", {"198.18.0.0/16"})}}})});
   Decision d = engine->Evaluate(Httpbin(), Tcp());
   EXPECT_EQ(d.explanation,
             "allowed by ALLOW policy foo/a rule 0: source.principal "
             "\"cluster.local/ns/bar/sa/sleep\" matched principals [\"*\"], source.namespace "
             "\"bar\" matched none of notNamespaces [\"x\"], destination.port 8080 matched ports "
-            "[\"8080\"], source.ip 10.0.0.5 matched values [\"10.0.0.0/8\"]");
+            "[\"8080\"], source.ip 198.18.0.5 matched values [\"198.18.0.0/16\"]");
 }
 
 TEST(EngineExplanationTest, PlaintextIsNamed) {
@@ -1124,7 +1124,7 @@ std::vector<CompileRow> CompileRows() {
   return {
       C("bad_cidr",
         Allow("foo/a", {Rule{.from = {{.namespaces = {"bar"}},
-                                      {.ip_blocks = {"10.0.0.0/8", "::1", "1.2.3.4/33"}}}}}),
+                                      {.ip_blocks = {"198.18.0.0/16", "::1", "1.2.3.4/33"}}}}}),
         "rules[0].from[1].source.ipBlocks[2]: '1.2.3.4/33' is not a valid CIDR"),
       C("bad_not_ip_block", Allow("foo/a", {From({.not_ip_blocks = {"nope"}})}),
         "rules[0].from[0].source.notIpBlocks[0]: 'nope' is not a valid CIDR"),
@@ -1150,7 +1150,7 @@ std::vector<CompileRow> CompileRows() {
         "rules[0].when[0].key: must not be empty"),
       C("condition_without_values", Allow("foo/a", {When("source.ip", {})}),
         "rules[0].when[0]: at least one of values or notValues must be set for key source.ip"),
-      C("condition_bad_ip", Allow("foo/a", {When("destination.ip", {"10.0.0.1", "nope"})}),
+      C("condition_bad_ip", Allow("foo/a", {When("destination.ip", {"198.18.0.1", "nope"})}),
         "rules[0].when[0].values[1]: 'nope' is not a valid IP address or CIDR"),
       C("condition_bad_port", Allow("foo/a", {When("destination.port", {}, {"99999"})}),
         "rules[0].when[0].notValues[0]: '99999' is not a valid port (0-65535)"),
@@ -1243,7 +1243,7 @@ TEST(CompileTest, AcceptsEveryDocumentedConditionKey) {
         "source.principal", "request.auth.principal", "request.auth.audiences",
         "request.auth.presenter", "request.auth.claims[iss]", "request.auth.claims[a][b][c]",
         "destination.ip", "destination.port", "connection.sni"}) {
-    std::string value = absl::StrContains(key, "ip")     ? "10.0.0.0/8"
+    std::string value = absl::StrContains(key, "ip")     ? "198.18.0.0/16"
                         : absl::StrContains(key, "port") ? "443"
                                                          : "x";
     auto c = Compile(Allow("foo/a", {When(key, {value})}));

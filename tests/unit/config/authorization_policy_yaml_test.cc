@@ -95,8 +95,8 @@ spec:
         notRequestPrincipals: ["*/blocked"]
         namespaces: ["dev"]
         notNamespaces: ["prod"]
-        ipBlocks: ["10.0.0.0/8", "1.2.3.4"]
-        notIpBlocks: ["10.1.0.0/16"]
+        ipBlocks: ["198.18.0.0/16", "1.2.3.4"]
+        notIpBlocks: ["198.18.128.0/18"]
         remoteIpBlocks: ["203.0.113.0/24"]
         notRemoteIpBlocks: ["203.0.113.7"]
     - source:
@@ -141,8 +141,8 @@ spec:
                           .not_request_principals = {"*/blocked"},
                           .namespaces = {"dev"},
                           .not_namespaces = {"prod"},
-                          .ip_blocks = {"10.0.0.0/8", "1.2.3.4"},
-                          .not_ip_blocks = {"10.1.0.0/16"},
+                          .ip_blocks = {"198.18.0.0/16", "1.2.3.4"},
+                          .not_ip_blocks = {"198.18.128.0/18"},
                           .remote_ip_blocks = {"203.0.113.0/24"},
                           .not_remote_ip_blocks = {"203.0.113.7"}},
                    Source{.service_accounts = {"bar/sleep", "curl"},
@@ -288,7 +288,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"BadCidr", "  rules:\n  - from:\n    - source: {ipBlocks: [\"1.2.3.4/33\"]}\n",
                 "spec.rules[0].from[0].source.ipBlocks[0]", "not a valid CIDR"},
         BadCase{"BadRemoteIp",
-                "  rules:\n  - from:\n    - source: {notRemoteIpBlocks: [\"10.0.0.0/8\", "
+                "  rules:\n  - from:\n    - source: {notRemoteIpBlocks: [\"198.18.0.0/16\", "
                 "\"nope\"]}\n",
                 "spec.rules[0].from[0].source.notRemoteIpBlocks[1]", "not a valid CIDR"},
         BadCase{"BadConditionIp", "  rules:\n  - when:\n    - {key: destination.ip, values: [x]}\n",
@@ -623,7 +623,7 @@ TEST(AuthorizationPolicyLoaderTest, InvalidEditKeepsTheLastGoodPolicy) {
   TempDir dir;
   const std::string good =
       Ap("  action: DENY\n  rules:\n  - from:\n    - source: {ipBlocks: "
-         "[\"10.0.0.0/8\"]}\n");
+         "[\"198.18.0.0/16\"]}\n");
   dir.Write("authz.yaml", good);
   DirectoryLoader loader(dir.path());
   LoadResult first = loader.Load();
@@ -631,7 +631,7 @@ TEST(AuthorizationPolicyLoaderTest, InvalidEditKeepsTheLastGoodPolicy) {
   ASSERT_THAT(PolicyKeys(first), ElementsAre("foo/p"));
 
   dir.Write("authz.yaml", Ap("  action: DENY\n  rules:\n  - from:\n    - source: {ipBlocks: "
-                             "[\"10.0.0.0/88\"]}\n"));
+                             "[\"198.18.0.0/88\"]}\n"));
   LoadResult second = loader.Load();
   EXPECT_TRUE(second.HasErrors());
   EXPECT_EQ(second.security.authorization_policies, first.security.authorization_policies);
@@ -642,7 +642,7 @@ TEST(AuthorizationPolicyLoaderTest, InvalidEditKeepsTheLastGoodPolicy) {
   auto engine = BuildAuthzEngine(second);
   ASSERT_TRUE(engine.ok()) << engine.status();
   authz::Request req;
-  req.source_ip = *IpAddress::Parse("10.1.2.3");
+  req.source_ip = *IpAddress::Parse("198.18.130.3");
   req.destination_port = 80;
   authz::Decision d = (*engine)->Evaluate(InNamespace("foo"), req);
   EXPECT_FALSE(d.allowed);

@@ -31,7 +31,7 @@ std::vector<ValidCase> ValidCases() {
       {"spiffe://abcdefghijklmnopqrstuvwxyz0123456789.-_",
        "abcdefghijklmnopqrstuvwxyz0123456789.-_", ""},
       {"spiffe://trust_domain_name.example.com", "trust_domain_name.example.com", ""},
-      {"spiffe://192.168.1.1/svc", "192.168.1.1", "/svc"},
+      {"spiffe://198.19.1.1/svc", "198.19.1.1", "/svc"},
       // Paths are case-sensitive and allow upper case; only "." and ".." are relative segments.
       {"spiffe://example.org/ABCxyz/0123456789/.-_", "example.org", "/ABCxyz/0123456789/.-_"},
       {"spiffe://example.org/.../.a/a./..b", "example.org", "/.../.a/a./..b"},
