@@ -12,6 +12,7 @@
 #include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
+#include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/tls_contexts.h"
@@ -28,32 +29,6 @@ namespace ambit::tunnel {
 namespace {
 
 constexpr const char* kComponent = "tunnel";
-
-// Closes with RST instead of FIN: the peer learns the connection failed, not that it ended.
-void CloseWithReset(UniqueFd& fd) {
-  if (!fd) return;
-  linger lg{1, 0};
-  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  fd.Reset();
-}
-
-absl::StatusOr<SocketAddress> Peer(int fd) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
-    return absl::ErrnoToStatus(errno, "getpeername");
-  }
-  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-}
-
-absl::StatusOr<SocketAddress> Local(int fd) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
-    return absl::ErrnoToStatus(errno, "getsockname");
-  }
-  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-}
 
 uint64_t NextPick() {
   static thread_local uint64_t n = 0;
@@ -120,7 +95,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
 
 // IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
 void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
-  auto peer = Peer(client.get());
+  auto peer = PeerAddress(client.get());
   if (!peer.ok()) return;
   auto orig = bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod->netns_cookie, *peer);
   if (!orig.ok()) {
@@ -174,8 +149,8 @@ absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress&
 }
 
 void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
-  auto peer = Peer(client.get());
-  auto local = Local(client.get());
+  auto peer = PeerAddress(client.get());
+  auto local = LocalAddress(client.get());
   if (!peer.ok() || !local.ok()) return;
   std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
                                          " dst=", local->ToString());
@@ -249,7 +224,7 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
     if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("bind delivery socket to ", src.ToString()));
     }
-    auto bound = Local(fd);
+    auto bound = LocalAddress(fd);
     if (!bound.ok()) return bound.status();
     auto status = bpf::AllowDelivery(settings.deliver_map, *bound, dst);
     if (!status.ok()) return status;

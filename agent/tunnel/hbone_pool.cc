@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
+#include "agent/common/socket_util.h"
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/tunnel_stream.h"
 #include "agent/tunnel/worker.h"
@@ -12,23 +13,6 @@ namespace ambit::tunnel {
 namespace {
 constexpr const char* kComponent = "tunnel";
 
-absl::StatusOr<SocketAddress> LocalOf(int fd) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
-    return absl::ErrnoToStatus(errno, "getsockname");
-  }
-  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-}
-
-absl::StatusOr<SocketAddress> PeerOf(int fd) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
-    return absl::ErrnoToStatus(errno, "getpeername");
-  }
-  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-}
 }  // namespace
 
 HbonePool::~HbonePool() = default;
@@ -92,8 +76,8 @@ void HbonePool::OnSessionClosed(hbone::HboneSession& session, const absl::Status
 InboundSessions::~InboundSessions() = default;
 
 void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
-  auto local = LocalOf(fd.get());
-  auto peer = PeerOf(fd.get());
+  auto local = LocalAddress(fd.get());
+  auto peer = PeerAddress(fd.get());
   if (!local.ok() || !peer.ok()) return;
   auto contexts = worker_.tls();
   const TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
@@ -104,8 +88,7 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
         << ": no valid certificate for " << pod->spiffe_id << " ("
         << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
         << "); connection reset";
-    linger lg{1, 0};
-    setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    CloseWithReset(fd);
     return;
   }
   auto session = hbone::HboneSession::CreateServer(&worker_.loop(), std::move(fd), ctx->server,

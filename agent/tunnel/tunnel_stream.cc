@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
+#include "agent/common/socket_util.h"
 
 namespace ambit::tunnel {
 namespace {
@@ -15,12 +16,6 @@ namespace {
 constexpr const char* kComponent = "tunnel";
 constexpr size_t kReadChunk = 64 * 1024;
 
-void ResetSocket(UniqueFd& fd) {
-  if (!fd) return;
-  linger lg{1, 0};
-  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  fd.Reset();
-}
 
 }  // namespace
 
@@ -242,7 +237,7 @@ void TunnelStream::Fail(const std::string& reason, bool reset_stream) {
   stream_over_ = true;
   if (watching_) worker_.Unwatch(socket_.get());
   watching_ = false;
-  ResetSocket(socket_);
+  CloseWithReset(socket_);
   Done();
 }
 
