@@ -12,6 +12,8 @@ ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (requ
 ABSL_FLAG(int, workers, 2, "worker threads");
 ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of every socket the data plane opens");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(std::string, access_log_format, "text",
+          "one line per connection when it closes: text (key=value), json, or off");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ambit data plane; started by ambitd");
@@ -24,10 +26,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   ambit::log::SetLevel("", level);
+  std::string access_log = absl::GetFlag(FLAGS_access_log_format);
+  if (access_log != "text" && access_log != "json" && access_log != "off") {
+    std::cerr << "ambit-tunnel: --access-log-format must be text, json or off\n";
+    return 2;
+  }
+  if (access_log == "off") ambit::log::SetLevel("access", ambit::log::Level::kWarning);
   ambit::tunnel::TunnelOptions options;
   options.control_socket = absl::GetFlag(FLAGS_control_socket);
   options.workers = std::max(1, absl::GetFlag(FLAGS_workers));
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  options.access_log_json = access_log == "json";
   if (options.control_socket.empty()) {
     std::cerr << "ambit-tunnel: --control-socket is required\n";
     return 2;

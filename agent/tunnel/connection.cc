@@ -48,6 +48,17 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
                          const SocketAddress& peer, const Route& route, std::string description) {
   const WorkloadInfo& dst = *route.workload;
   absl::StrAppend(&description, " mode=hbone dst_identity=", dst.spiffe_id);
+  FlowRecord record;
+  record.direction = FlowDirection::kOutbound;
+  record.pod = pod->uid;
+  record.mode = "hbone";
+  record.mtls = true;
+  record.source = PeerOf(*pod, peer);
+  record.destination = PeerOf(*worker.snapshot(), route.target, dst.spiffe_id);
+  if (route.service != nullptr) {
+    record.destination.service =
+        absl::StrCat(route.service->namespace_name, "/", route.service->name);
+  }
   auto contexts = worker.tls();
   const TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
   if (ctx == nullptr || !ctx->client) {
@@ -57,6 +68,9 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
         << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
         << "); connection reset";
     CloseWithReset(client);
+    worker.Refuse(std::move(record),
+                  FlowEnd{false, "CONNECT", absl::StrCat("no valid certificate for ",
+                                                         pod->spiffe_id)});
     return;
   }
   SocketAddress hbone{route.target.ip, AMBIT_HBONE_PORT};
@@ -65,6 +79,8 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
     AMBIT_LOG(kComponent, Warning) << description << ": " << session.status().message()
                                    << "; connection reset";
     CloseWithReset(client);
+    worker.Refuse(std::move(record),
+                  FlowEnd{false, "CONNECT", std::string(session.status().message())});
     return;
   }
   // The pod's own address of the destination's family stands for the client in `forwarded`.
@@ -84,6 +100,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   AMBIT_LOG(kComponent, Info) << description;
   auto flow = std::make_unique<TunnelStream>(worker, description, std::move(client));
   TunnelStream* raw = flow.get();
+  flow->record() = std::move(record);
   worker.Adopt(std::move(flow));
   auto status = raw->Open(*session, route.target.ToString(), headers);
   if (!status.ok()) {
@@ -114,6 +131,12 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   }
   AMBIT_LOG(kComponent, Info) << description << " mode=passthrough";
   auto conn = std::make_unique<Connection>(worker, description, std::move(client));
+  FlowRecord& record = conn->record();
+  record.direction = FlowDirection::kOutbound;
+  record.pod = pod->uid;
+  record.mode = "passthrough";
+  record.source = PeerOf(*pod, *peer);
+  record.destination = PeerOf(*worker.snapshot(), orig->address, "");
   auto upstream = ConnectFromPod(worker, *pod, orig->address, nullptr);
   Connection* raw = conn.get();
   worker.Adopt(std::move(conn));
@@ -127,7 +150,7 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
 // PeerAuthentication for plaintext that reached a pod: STRICT refuses it, PERMISSIVE and DISABLE
 // deliver it. OK, or PermissionDenied saying which policy refused.
 absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress& local,
-                              std::string* mode_text) {
+                              std::string* mode_text, std::string* policy_name = nullptr) {
   auto workload = snapshot.WorkloadByIp(local.ip);
   if (workload == nullptr) {
     // A pod we serve but the configuration does not describe: its policies are unknown.
@@ -138,6 +161,7 @@ absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress&
   }
   const MtlsPolicy& policy = workload->mtls;
   auto [mode, name] = policy.ForPort(local.port);
+  if (policy_name != nullptr) *policy_name = name.empty() ? "default" : name;
   *mode_text = absl::StrCat("mtls=", MtlsModeName(mode), " policy=",
                             name.empty() ? "default" : name);
   if (mode == MtlsMode::kStrict) {
@@ -154,27 +178,39 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   if (!peer.ok() || !local.ok()) return;
   std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
                                          " dst=", local->ToString());
+  FlowRecord record;
+  record.direction = FlowDirection::kInbound;
+  record.pod = pod->uid;
+  record.mode = "plaintext";
+  record.source = PeerOf(*worker.snapshot(), *peer, "");
+  record.destination = PeerOf(*pod, *local);
   std::string mode;
-  auto allowed = PlaintextAllowed(*worker.snapshot(), *local, &mode);
+  auto allowed = PlaintextAllowed(*worker.snapshot(), *local, &mode, &record.policy);
   if (!allowed.ok()) {
     worker.counters().plaintext_refused++;
+    worker.metrics().Decision(false);
     AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode << ": "
                                    << allowed.message() << "; connection reset";
     CloseWithReset(client);
+    worker.Refuse(std::move(record), FlowEnd{true, "DENY", std::string(allowed.message())});
     return;
   }
   std::string decided_by;
   auto authorized = worker.snapshot()->Authorize(*peer, *local, "", &decided_by);
+  worker.metrics().Decision(authorized.ok());
+  record.policy = decided_by;
   if (!authorized.ok()) {
     worker.counters().denied++;
     AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode
                                    << " " << authorized.message() << "; connection reset";
     CloseWithReset(client);
+    worker.Refuse(std::move(record), FlowEnd{true, "DENY", std::string(authorized.message())});
     return;
   }
   AMBIT_LOG(kComponent, Info) << description << " mode=plaintext " << mode
                               << " allowed_by=" << decided_by;
   auto conn = std::make_unique<Connection>(worker, description, std::move(client));
+  conn->record() = std::move(record);
   Connection* raw = conn.get();
   worker.Adopt(std::move(conn));
   // Re-decided on every policy change: a port that becomes STRICT closes this connection.
@@ -193,6 +229,27 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
 }
 
 }  // namespace
+
+FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
+  FlowPeer p;
+  p.workload = pod.name;
+  p.namespace_name = pod.namespace_name;
+  p.principal = pod.spiffe_id;
+  p.address = address;
+  return p;
+}
+
+FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
+                std::string principal) {
+  FlowPeer p;
+  p.address = address;
+  p.principal = std::move(principal);
+  if (auto w = snapshot.WorkloadByIp(address.ip)) {
+    p.workload = w->name;
+    p.namespace_name = w->namespace_name;
+  }
+  return p;
+}
 
 // Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
 // starts connecting to dst. With source set, binds to it transparently (inbound delivery with
@@ -277,6 +334,7 @@ void Connection::Recheck(const MeshSnapshot& snapshot) {
   AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
                                  << status.message();
   worker_.counters().closed_by_policy++;
+  SetEnd("DENY", absl::StrCat("closed after a policy change: ", status.message()), true);
   ResetBoth(std::string(status.message()));
 }
 
@@ -307,6 +365,7 @@ void Connection::StartRelay(UniqueFd upstream, bool connect_in_progress) {
 
 void Connection::Abort(const std::string& reason) {
   AMBIT_LOG(kComponent, Warning) << description_ << ": " << reason << "; connection reset";
+  SetEnd("CONNECT", reason);
   ResetBoth(reason);
 }
 
@@ -388,6 +447,7 @@ void Connection::Pump() {
 void Connection::ResetBoth(const std::string& reason) {
   if (done_) return;
   AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  SetEnd("-", reason);
   for (auto& fd : fds_) {
     if (fd) worker_.Unwatch(fd.get());
     CloseWithReset(fd);

@@ -27,6 +27,12 @@ struct Upstream {
 absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
                                         const SocketAddress& dst, const SocketAddress* source);
 
+// A local pod as one end of a flow.
+FlowPeer PeerOf(const Pod& pod, const SocketAddress& address);
+// The workload at `address` as the snapshot knows it (only the address when it is unknown).
+FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
+                std::string principal);
+
 // Handles a freshly accepted connection on one of a pod's listeners. Worker-thread only.
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
                     UniqueFd client);
@@ -49,6 +55,10 @@ class Connection final : public Flow {
     recheck_ = std::move(check);
   }
   void Recheck(const MeshSnapshot& snapshot) override;
+  void Bytes(uint64_t* from_client, uint64_t* to_client) const override {
+    *from_client = bytes_[0];
+    *to_client = bytes_[1];
+  }
   // Closes the downstream with a reset and retires.
   void Abort(const std::string& reason);
 

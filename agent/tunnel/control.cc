@@ -11,8 +11,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <future>
+
 #include "absl/strings/str_cat.h"
 #include "agent/common/clock.h"
+#include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/status.h"
@@ -28,7 +31,34 @@ namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "tunnel";
 // How long a new pod's listeners wait for its first certificate before being served anyway.
 constexpr absl::Duration kCertGrace = absl::Seconds(10);
-enum : uint64_t { kTagListen = 1, kTagController = 2, kTagSignal = 3, kTagCertTimer = 4 };
+enum : uint64_t {
+  kTagListen = 1,
+  kTagController = 2,
+  kTagSignal = 3,
+  kTagCertTimer = 4,
+  kTagStats = 5,
+};
+// How long one stats exchange may take, each way, and how long workers have to answer.
+constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
+
+// A root-only unix listening socket at `path` (any stale file there is replaced).
+absl::StatusOr<UniqueFd> ListenUnix(const std::string& path, int type) {
+  UniqueFd fd(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sun.sun_path) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
+  }
+  strcpy(sun.sun_path, path.c_str());
+  unlink(path.c_str());
+  mode_t old = umask(0077);  // root-only: the sockets hand out listeners, netns fds, flows
+  int rc = bind(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+  umask(old);
+  if (rc < 0) return absl::ErrnoToStatus(errno, absl::StrCat("bind ", path));
+  if (listen(fd.get(), 4) < 0) return absl::ErrnoToStatus(errno, absl::StrCat("listen ", path));
+  return fd;
+}
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
   epoll_event ev{};
@@ -45,21 +75,9 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   t->host_netns_ = UniqueFd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
   if (!t->host_netns_) return absl::ErrnoToStatus(errno, "open /proc/self/ns/net");
 
-  t->listen_fd_ = UniqueFd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!t->listen_fd_) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (options.control_socket.size() >= sizeof sun.sun_path) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--control-socket path too long: ", options.control_socket));
-  }
-  strcpy(sun.sun_path, options.control_socket.c_str());
-  unlink(options.control_socket.c_str());
-  mode_t old = umask(0077);  // root-only: the socket hands out listeners and netns fds
-  int rc = bind(t->listen_fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-  umask(old);
-  if (rc < 0) return absl::ErrnoToStatus(errno, absl::StrCat("bind ", options.control_socket));
-  if (listen(t->listen_fd_.get(), 4) < 0) return absl::ErrnoToStatus(errno, "listen");
+  AMBIT_ASSIGN_OR_RETURN(t->listen_fd_, ListenUnix(options.control_socket, SOCK_SEQPACKET));
+  AMBIT_ASSIGN_OR_RETURN(t->stats_fd_,
+                         ListenUnix(StatsSocketFor(options.control_socket), SOCK_STREAM));
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -72,6 +90,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   if (!t->signal_fd_ || !t->epoll_) return absl::ErrnoToStatus(errno, "signalfd/epoll");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->listen_fd_.get(), kTagListen));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->signal_fd_.get(), kTagSignal));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->stats_fd_.get(), kTagStats));
   t->cert_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!t->cert_timer_) return absl::ErrnoToStatus(errno, "timerfd_create");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->cert_timer_.get(), kTagCertTimer));
@@ -83,6 +102,7 @@ Tunnel::~Tunnel() {
   for (auto& w : workers_) w->Stop();
   for (auto& w : workers_) w->Join();
   if (listen_fd_) unlink(options_.control_socket.c_str());
+  if (stats_fd_) unlink(StatsSocketFor(options_.control_socket).c_str());
 }
 
 absl::Status Tunnel::Run() {
@@ -120,6 +140,11 @@ absl::Status Tunnel::Run() {
             controller_.Reset();
             OnControllerGone();
           }
+          break;
+        }
+        case kTagStats: {
+          UniqueFd fd(accept4(stats_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+          if (fd) ServeStats(std::move(fd));
           break;
         }
         case kTagCertTimer: {
@@ -195,6 +220,48 @@ absl::Status Tunnel::OnControlMessage() {
   return HandleEnvelope(env, std::move(packet.fds));
 }
 
+void Tunnel::ServeStats(UniqueFd client) {
+  // The main thread only does control work, so answering inline is fine; every wait is bounded.
+  auto request_bytes = ReadFramed(client.get(), 1 << 16, kStatsTimeout);
+  if (!request_bytes.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "stats request: " << request_bytes.status().message();
+    return;
+  }
+  pb::StatsRequest request;
+  if (!request.ParseFromString(*request_bytes)) {
+    AMBIT_LOG(kComponent, Warning) << "stats request: not a StatsRequest";
+    return;
+  }
+  pb::StatsResponse response;
+  response.set_snapshot_version(snapshot_version_);
+  response.set_started_unix(absl::ToUnixSeconds(started_));
+  response.set_pid(getpid());
+  // Each worker fills its own part on its own thread; a worker that does not answer in time is
+  // left out (its part is dropped with its promise, never written into `response`).
+  std::vector<std::future<std::shared_ptr<pb::StatsResponse>>> parts;
+  for (auto& w : workers_) {
+    auto promise = std::make_shared<std::promise<std::shared_ptr<pb::StatsResponse>>>();
+    parts.push_back(promise->get_future());
+    w->Post([promise, request](Worker& worker) {
+      auto part = std::make_shared<pb::StatsResponse>();
+      worker.CollectStats(request.connections(), request.metrics(), part.get());
+      promise->set_value(std::move(part));
+    });
+  }
+  auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(kStatsTimeout);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i].wait_until(deadline) != std::future_status::ready) {
+      AMBIT_LOG(kComponent, Warning) << "stats: worker " << i << " did not answer in time";
+      continue;
+    }
+    response.MergeFrom(*parts[i].get());
+  }
+  auto status = WriteFramed(client.get(), response.SerializeAsString(), kStatsTimeout);
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "stats answer: " << status.message();
+  }
+}
+
 absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   orig_dst_map_ = std::move(orig_dst_map);
   deliver_map_ = std::move(deliver_map);
@@ -204,6 +271,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   settings->host_netns = host_netns_.get();
   settings->orig_dst_map = orig_dst_map_.get();
   settings->deliver_map = deliver_map_.get();
+  settings->access_log_json = options_.access_log_json;
   settings_ = settings;
   for (int i = 0; i < options_.workers; ++i) {
     AMBIT_ASSIGN_OR_RETURN(auto w, Worker::Create(i, settings_));

@@ -23,6 +23,7 @@ struct TunnelOptions {
   std::string control_socket;  // unix SOCK_SEQPACKET path ambitd connects to
   int workers = 2;
   uint32_t socket_mark = 0x539;
+  bool access_log_json = false;
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the
@@ -51,8 +52,12 @@ class Tunnel : public tls::CsrSigner {
   // Rebuilds the workers' TLS contexts when a certificate or the trust bundle changed.
   void UpdateTlsContexts();
   void ServePendingPods();
+  // Answers one request on the stats socket (see StatsRequest in dataplane.proto).
+  void ServeStats(UniqueFd client);
 
   TunnelOptions options_;
+  UniqueFd stats_fd_;  // <run dir>/dataplane-stats.sock
+  absl::Time started_ = absl::Now();
   UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -111,23 +111,36 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   std::string description =
       absl::StrCat("inbound pod=", pod.uid, " src=", e.peer.ip.ToString(), " dst=",
                    request.destination.ToString(), " mode=mtls peer=", request.peer_identity);
+  FlowRecord record;
+  record.direction = FlowDirection::kInbound;
+  record.pod = pod.uid;
+  record.mode = "hbone";
+  record.mtls = true;
+  record.source = PeerOf(*worker_.snapshot(), e.peer, request.peer_identity);
+  record.destination = PeerOf(pod, request.destination);
   bool ours = false;
   for (const auto& ip : pod.ips) ours |= ip == request.destination.ip;
   if (!ours) {
     AMBIT_LOG(kComponent, Warning) << description << ": authority " << request.authority
                                    << " is not this pod; answered 400";
     (void)session.Respond(stream, 400);
+    worker_.Refuse(std::move(record),
+                   FlowEnd{false, "CONNECT", absl::StrCat("authority ", request.authority,
+                                                          " is not this pod (answered 400)")});
     return nullptr;
   }
   // Decided before the application sees a byte; denied: 401, as ztunnel answers.
   std::string decided_by;
   auto allowed = worker_.snapshot()->Authorize(e.peer, request.destination,
                                                request.peer_identity, &decided_by);
+  worker_.metrics().Decision(allowed.ok());
+  record.policy = decided_by;
   if (!allowed.ok()) {
     worker_.counters().denied++;
     AMBIT_LOG(kComponent, Warning) << description << " " << allowed.message()
                                    << "; answered 401";
     (void)session.Respond(stream, 401);
+    worker_.Refuse(std::move(record), FlowEnd{true, "DENY", std::string(allowed.message())});
     return nullptr;
   }
   absl::StrAppend(&description, " allowed_by=", decided_by);
@@ -138,11 +151,14 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
     AMBIT_LOG(kComponent, Warning) << description << ": " << up.status().message()
                                    << "; answered 503";
     (void)session.Respond(stream, 503);
+    worker_.Refuse(std::move(record),
+                   FlowEnd{false, "CONNECT", std::string(up.status().message())});
     return nullptr;
   }
   AMBIT_LOG(kComponent, Info) << description;
   auto flow = std::make_unique<TunnelStream>(worker_, description, std::move(up->fd));
   TunnelStream* raw = flow.get();
+  flow->record() = std::move(record);
   worker_.Adopt(std::move(flow));
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery;
   if (up->delivery_source) delivery = std::make_pair(*up->delivery_source, request.destination);

@@ -40,6 +40,7 @@ struct DataPlaneSettings {
   size_t relay_buffer = 64 * 1024;
   size_t max_streams_per_connection = 100;  // then a new HBONE connection opens
   absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this
+  bool access_log_json = false;  // access-log lines as JSON objects instead of key=value text
 };
 
 }  // namespace ambit::tunnel

@@ -60,6 +60,7 @@ void TunnelStream::Recheck(const MeshSnapshot& snapshot) {
   AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
                                  << status.message();
   worker_.counters().closed_by_policy++;
+  SetEnd("DENY", absl::StrCat("closed after a policy change: ", status.message()), true);
   Fail(std::string(status.message()), true);
 }
 
@@ -89,6 +90,11 @@ void TunnelStream::OnResponse(int status) {
   AMBIT_LOG(kComponent, Warning) << description_ << ": peer answered " << status
                                  << (status == 401 ? " (denied by policy)" : "")
                                  << "; connection reset";
+  if (status == 401) {
+    SetEnd("DENY", "the destination's policy denied the connection (HBONE 401)", true);
+  } else {
+    SetEnd("CONNECT", absl::StrCat("the destination answered ", status));
+  }
   Fail(absl::StrCat("peer answered ", status), false);
 }
 
@@ -138,6 +144,7 @@ void TunnelStream::OnEvents(uint32_t events) {
     if (err != 0) {
       AMBIT_LOG(kComponent, Warning) << description_ << ": application connect failed: "
                                      << strerror(err) << "; answered 503";
+      SetEnd("CONNECT", absl::StrCat("application connect failed: ", strerror(err)));
       if (!stream_over_) (void)session_->Respond(id_, 503);
       stream_over_ = true;
       Done();
@@ -231,6 +238,7 @@ void TunnelStream::MaybeFinish() {
 void TunnelStream::Fail(const std::string& reason, bool reset_stream) {
   if (done_) return;
   AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  SetEnd("-", reason);
   if (reset_stream && session_ && !stream_over_ && id_ >= 0) {
     session_->Reset(id_, hbone::kConnectError);
   }

@@ -36,6 +36,12 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
     recheck_ = std::move(check);
   }
   void Recheck(const MeshSnapshot& snapshot) override;
+  // The socket is the client's on the outbound side and the server's on the inbound side.
+  void Bytes(uint64_t* from_client, uint64_t* to_client) const override {
+    bool outbound = record().direction == FlowDirection::kOutbound;
+    *from_client = outbound ? sent_ : received_;
+    *to_client = outbound ? received_ : sent_;
+  }
 
   // hbone::StreamObserver
   void OnResponse(int status) override;

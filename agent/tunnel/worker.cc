@@ -11,10 +11,12 @@
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/tls_contexts.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
 namespace {
 constexpr const char* kComponent = "tunnel";
+constexpr const char* kAccessLog = "access";
 }
 
 const char* ListenerKindName(ListenerKind kind) {
@@ -153,12 +155,81 @@ void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
 }
 
 void Worker::Retire(Flow* flow) {
+  if (flow->retired_) return;
+  flow->retired_ = true;
+  FlowEnd end = flow->end_;
+  flow->Bytes(&end.bytes_from_client, &end.bytes_to_client);
+  metrics_.Closed(flow->record_, end);
+  if (log::Enabled(kAccessLog, log::Level::kInfo)) {
+    AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, absl::Now(),
+                                                 settings_->access_log_json);
+  }
   loop_->Defer([this, flow] { connections_.erase(flow); });
 }
 
 void Worker::Adopt(std::unique_ptr<Flow> flow) {
   Flow* raw = flow.get();
+  // Ids are unique in the process: the worker's index in the top bits.
+  raw->record_.id = (static_cast<uint64_t>(index_) << 48) | next_flow_++;
+  raw->record_.start = absl::Now();
+  metrics_.Opened(raw->record_);
   connections_.emplace(raw, std::move(flow));
+}
+
+void Worker::Refuse(FlowRecord record, FlowEnd end) {
+  record.start = absl::Now();
+  metrics_.Refused(record, end);
+  if (log::Enabled(kAccessLog, log::Level::kInfo)) {
+    AMBIT_LOG(kAccessLog, Info) << AccessLogLine(record, end, record.start,
+                                                 settings_->access_log_json);
+  }
+}
+
+void Worker::CollectStats(bool connections, bool metrics,
+                          ambit::dataplane::v1::StatsResponse* out) {
+  std::vector<FlowMetrics::Live> live;
+  live.reserve(connections_.size());
+  for (const auto& [raw, flow] : connections_) {
+    if (flow->retired_) continue;  // already counted as closed
+    FlowMetrics::Live l{&flow->record_, 0, 0};
+    flow->Bytes(&l.from_client, &l.to_client);
+    live.push_back(l);
+    if (connections) ToProto(flow->record_, l.from_client, l.to_client, index_, out->add_flows());
+  }
+  if (!metrics) return;
+  metrics_.AppendTo(live, out);
+  auto counter = [&](const char* name, std::initializer_list<std::pair<const char*, const char*>>
+                                           labels, uint64_t value) {
+    auto* c = out->add_counters();
+    c->set_name(name);
+    for (const auto& [k, v] : labels) {
+      auto* l = c->add_labels();
+      l->set_name(k);
+      l->set_value(v);
+    }
+    c->set_value(value);
+  };
+  const hbone::HboneStats& h = hbone_stats_;
+  counter("ambit_hbone_handshakes_total", {{"result", "ok"}}, h.sessions_established);
+  const std::pair<const char*, uint64_t> failures[] = {
+      {"tls_error", h.tls_failures},          {"no_client_certificate", h.no_client_cert},
+      {"untrusted_peer", h.untrusted_peer},   {"identity_mismatch", h.identity_mismatch},
+      {"no_alpn_h2", h.no_alpn},              {"cipher_not_allowed", h.bad_cipher},
+  };
+  for (const auto& [reason, n] : failures) {
+    counter("ambit_hbone_handshake_failures_total", {{"reason", reason}}, n);
+  }
+  const std::pair<const char*, uint64_t> errors[] = {
+      {"protocol_error", h.protocol_errors},   {"stream_error", h.stream_errors},
+      {"flood", h.floods},                     {"refused_stream", h.refused_streams},
+      {"oversized_headers", h.oversized_headers}, {"bad_request", h.bad_requests},
+  };
+  for (const auto& [reason, n] : errors) {
+    counter("ambit_hbone_errors_total", {{"reason", reason}}, n);
+  }
+  counter("ambit_hbone_streams_opened_total", {}, h.streams_opened);
+  counter("ambit_plaintext_refused_total", {}, counters_.plaintext_refused);
+  counter("ambit_connections_closed_by_policy_total", {}, counters_.closed_by_policy);
 }
 
 }  // namespace ambit::tunnel

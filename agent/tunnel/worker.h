@@ -18,6 +18,7 @@
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/hbone/session.h"
+#include "agent/tunnel/flow_stats.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
 
@@ -29,6 +30,26 @@ class Flow {
  public:
   virtual ~Flow() = default;
   virtual void Recheck(const MeshSnapshot& snapshot) = 0;
+  // Bytes relayed so far from the client toward the server, and back to the client.
+  virtual void Bytes(uint64_t* from_client, uint64_t* to_client) const = 0;
+
+  // Who talks to whom and what allowed it; filled before Worker::Adopt.
+  FlowRecord& record() { return record_; }
+  const FlowRecord& record() const { return record_; }
+  // Why the flow is ending, for its access-log line and metrics; the first reason given wins.
+  void SetEnd(std::string flags, std::string reason, bool denied = false) {
+    if (!end_.reason.empty() || end_.denied) return;
+    end_.flags = std::move(flags);
+    end_.reason = std::move(reason);
+    end_.denied = denied;
+  }
+  const FlowEnd& end() const { return end_; }
+
+ private:
+  friend class Worker;
+  FlowRecord record_;
+  FlowEnd end_;
+  bool retired_ = false;
 };
 
 struct TlsContexts;
@@ -68,6 +89,11 @@ class Worker {
     uint64_t denied = 0;
   };
   Counters& counters() { return counters_; }
+  FlowMetrics& metrics() { return metrics_; }
+  // A connection refused before any byte was relayed: counted and access-logged.
+  void Refuse(FlowRecord record, FlowEnd end);
+  // Fills the parts of a stats answer this worker holds. Worker-thread only.
+  void CollectStats(bool connections, bool metrics, ambit::dataplane::v1::StatsResponse* out);
   // Never null: an empty snapshot until the first configuration arrives.
   const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
   void RemovePod(const std::string& uid);
@@ -76,11 +102,13 @@ class Worker {
     return loop_->Watch(fd, events, handler);
   }
   void Unwatch(int fd) { loop_->Unwatch(fd); }
-  // Deletes the connection after the current batch of events.
+  // Ends the flow's accounting (metrics, access log) and deletes it after the current batch of
+  // events. Idempotent.
   void Retire(Flow* flow);
   const DataPlaneSettings& settings() const { return *settings_; }
   int index() const { return index_; }
   size_t connection_count() const { return connections_.size(); }
+  // Takes ownership of a flow whose record() is filled: gives it an id and counts it opened.
   void Adopt(std::unique_ptr<Flow> flow);
 
  private:
@@ -99,11 +127,12 @@ class Worker {
   std::unordered_map<std::string, std::vector<std::unique_ptr<ListenerHandler>>> listeners_;
   std::unordered_map<Flow*, std::unique_ptr<Flow>> connections_;
   Counters counters_;
+  FlowMetrics metrics_;
+  uint64_t next_flow_ = 1;
   std::shared_ptr<const TlsContexts> tls_;
   hbone::HboneStats hbone_stats_;
   std::unique_ptr<HbonePool> pool_;
   std::unique_ptr<InboundSessions> inbound_;
-
 };
 
 }  // namespace ambit::tunnel

@@ -1,0 +1,99 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "agent/common/ip_address.h"
+
+namespace ambit::dataplane::v1 {
+class StatsResponse;
+class FlowStat;
+}  // namespace ambit::dataplane::v1
+
+namespace ambit::tunnel {
+
+// One end of a connection as metrics, access logs and `ambitctl connections` name it.
+struct FlowPeer {
+  std::string workload;        // pod name; empty when not a known workload
+  std::string namespace_name;
+  std::string principal;       // SPIFFE ID; empty when unauthenticated
+  std::string service;         // destination only: namespace/name of the Service dialled
+  std::optional<SocketAddress> address;
+};
+
+enum class FlowDirection { kOutbound, kInbound };
+
+// What is known about a connection when it is accepted and decided. The reporter is this node:
+// "source" for connections leaving a local pod, "destination" for connections reaching one.
+struct FlowRecord {
+  uint64_t id = 0;  // unique within the data plane process; set by Worker::Adopt
+  FlowDirection direction = FlowDirection::kOutbound;
+  std::string pod;   // the local pod, namespace/name
+  std::string mode;  // hbone, passthrough, plaintext
+  bool mtls = false;
+  FlowPeer source, destination;
+  std::string policy;  // the policy that decided (namespace/name), "default", or empty
+  absl::Time start;
+  // Istio's labels without response_flags, rendered once when the flow opens.
+  std::string series;
+};
+
+// How a connection ended.
+struct FlowEnd {
+  bool denied = false;       // refused or closed by policy
+  std::string flags = "-";   // Istio response_flags: "-", "DENY", "CONNECT"
+  std::string reason;        // in words; empty for a clean close
+  uint64_t bytes_from_client = 0;
+  uint64_t bytes_to_client = 0;
+};
+
+// One access-log line for a connection that ended: text (key=value, values with spaces quoted)
+// or a JSON object. Never contains key material: identities and addresses only.
+std::string AccessLogLine(const FlowRecord& record, const FlowEnd& end, absl::Time now,
+                          bool json);
+
+// Istio's TCP metrics and ambit's decision counters for one worker. Worker-thread only: the
+// worker updates it when a connection opens and closes (never per byte; live byte counts are
+// read from the connections when stats are collected), and answers collection requests on its
+// own thread, so nothing here takes a lock.
+class FlowMetrics {
+ public:
+  void Opened(FlowRecord& record);
+  void Closed(const FlowRecord& record, const FlowEnd& end);
+  // A connection refused before it was relayed: opened and closed at once.
+  void Refused(FlowRecord& record, const FlowEnd& end);
+  void Decision(bool allowed) { ++(allowed ? allowed_ : denied_); }
+
+  // Adds this worker's series to `out`, with `live` (a live flow's current bytes) counted in.
+  struct Live {
+    const FlowRecord* record;
+    uint64_t from_client, to_client;
+  };
+  void AppendTo(const std::vector<Live>& live, ambit::dataplane::v1::StatsResponse* out) const;
+
+  // Istio's label names, in the order series are rendered.
+  static const std::vector<std::string>& LabelNames();
+
+ private:
+  struct Series {
+    uint64_t opened = 0, closed = 0, sent = 0, received = 0;
+  };
+  Series& At(const std::string& series, const std::string& flags);
+
+  // Key: series labels + '\x1f' + response_flags.
+  absl::flat_hash_map<std::string, Series> series_;
+  uint64_t allowed_ = 0, denied_ = 0;
+};
+
+// Fills a FlowStat (for `ambitctl connections`) from a live flow.
+void ToProto(const FlowRecord& record, uint64_t from_client, uint64_t to_client, int worker,
+             ambit::dataplane::v1::FlowStat* out);
+
+const char* FlowDirectionName(FlowDirection direction);
+
+}  // namespace ambit::tunnel
