@@ -17,6 +17,8 @@ packages=(
   libyaml-cpp-dev
   # netlink (pod routing rules)
   libnl-3-dev libnl-route-3-dev
+  # metrics and readiness endpoints (HTTP/1.1, ambitd)
+  libmicrohttpd-dev
   # tests and demo
   googletest libgtest-dev libgmock-dev iproute2 tcpdump python3 curl socat openssl
   ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2

@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "ambit/admin/v1/admin.grpc.pb.h"
@@ -75,6 +78,58 @@ LogLevelHandler AdminState::log_level_handler() const {
   return log_level_handler_;
 }
 
+void AdminState::SetStatsFetcher(StatsFetcher fetcher) {
+  absl::MutexLock lock(&mu_);
+  stats_fetcher_ = std::move(fetcher);
+}
+
+StatsFetcher AdminState::stats_fetcher() const {
+  absl::MutexLock lock(&mu_);
+  return stats_fetcher_;
+}
+
+void AdminState::SetHealth(NodeHealth health) {
+  absl::MutexLock lock(&mu_);
+  health_ = std::move(health);
+}
+
+NodeHealth AdminState::Health() const {
+  absl::MutexLock lock(&mu_);
+  return health_;
+}
+
+pb::ListConnectionsResponse ConnectionsFromStats(const ambit::dataplane::v1::StatsResponse& stats,
+                                                 const std::string& pod, absl::Time now) {
+  pb::ListConnectionsResponse out;
+  auto end = [](const ambit::dataplane::v1::FlowPeer& p, pb::ConnectionEnd* o) {
+    if (!p.workload().empty()) o->set_workload(absl::StrCat(p.namespace_(), "/", p.workload()));
+    o->set_identity(p.principal());
+    o->set_address(p.address());
+    o->set_service(p.service());
+  };
+  for (const auto& f : stats.flows()) {
+    if (!pod.empty() && f.pod() != pod) continue;
+    pb::Connection* c = out.add_connections();
+    c->set_id(f.id());
+    c->set_direction(f.direction());
+    c->set_pod(f.pod());
+    c->set_mode(f.mode());
+    c->set_mtls(f.mtls());
+    end(f.source(), c->mutable_source());
+    end(f.destination(), c->mutable_destination());
+    c->set_policy(f.policy());
+    c->set_bytes_sent(f.bytes_from_client());
+    c->set_bytes_received(f.bytes_to_client());
+    c->set_age_ms(std::max<int64_t>(0, absl::ToUnixMillis(now) - f.start_unix_ms()));
+  }
+  std::sort(out.mutable_connections()->begin(), out.mutable_connections()->end(),
+            [](const pb::Connection& a, const pb::Connection& b) {
+              return std::make_tuple(a.pod(), a.direction(), a.id()) <
+                     std::make_tuple(b.pod(), b.direction(), b.id());
+            });
+  return out;
+}
+
 namespace {
 
 grpc::Status ToGrpc(const absl::Status& s) {
@@ -127,6 +182,15 @@ class AdminServer::Service final : public pb::Admin::Service {
     auto result = handler(*req);
     if (!result.ok()) return ToGrpc(result.status());
     *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
+  grpc::Status ListConnections(grpc::ServerContext*, const pb::ListConnectionsRequest* req,
+                               pb::ListConnectionsResponse* resp) override {
+    StatsFetcher fetch = state_->stats_fetcher();
+    if (!fetch) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "data plane not started");
+    auto stats = fetch(true, false);
+    if (!stats.ok()) return ToGrpc(stats.status());
+    *resp = ConnectionsFromStats(*stats, req->pod(), absl::Now());
     return grpc::Status::OK;
   }
 

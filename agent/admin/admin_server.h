@@ -7,7 +7,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "ambit/admin/v1/admin.pb.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace grpc {
 class Server;
@@ -33,6 +35,22 @@ using BpfReader = std::function<void(ambit::admin::v1::GetBpfResponse*)>;
 using LogLevelHandler = std::function<absl::StatusOr<ambit::admin::v1::LogLevelResponse>(
     const ambit::admin::v1::LogLevelRequest&)>;
 
+// Asks the data plane for its live connections and/or counters (see DataPlane::FetchStats).
+// Thread-safe.
+using StatsFetcher = std::function<absl::StatusOr<ambit::dataplane::v1::StatsResponse>(
+    bool connections, bool metrics)>;
+
+// What readiness and ambitd's own metrics need, published by the control thread.
+struct NodeHealth {
+  bool bpf_attached = false;
+  bool dataplane_connected = false;
+  uint64_t dataplane_restarts = 0;
+  // Every enrolled pod (namespace/name) and the identity it needs a certificate for.
+  std::vector<std::pair<std::string, std::string>> enrolled;
+  int enroll_failures = 0;  // pods this node should enroll but could not
+  bool config_loaded = false;
+};
+
 // What the admin API reports, published by ambitd's control thread and read by gRPC threads.
 // Holds finished answer messages: this is the API's edge, so Protobuf is the right type here.
 // Thread-safe.
@@ -53,6 +71,10 @@ class AdminState {
   std::shared_ptr<const CheckEvaluator> checker() const;
   void SetLogLevelHandler(LogLevelHandler handler);
   LogLevelHandler log_level_handler() const;
+  void SetStatsFetcher(StatsFetcher fetcher);
+  StatsFetcher stats_fetcher() const;
+  void SetHealth(NodeHealth health);
+  NodeHealth Health() const;
 
  private:
   mutable absl::Mutex mu_;
@@ -64,7 +86,14 @@ class AdminState {
   BpfReader bpf_reader_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const CheckEvaluator> checker_ ABSL_GUARDED_BY(mu_);
   LogLevelHandler log_level_handler_ ABSL_GUARDED_BY(mu_);
+  StatsFetcher stats_fetcher_ ABSL_GUARDED_BY(mu_);
+  NodeHealth health_ ABSL_GUARDED_BY(mu_);
 };
+
+// The connections a stats answer lists, as `ambitctl connections` shows them; `pod` (namespace/
+// name) keeps only that local pod's.
+ambit::admin::v1::ListConnectionsResponse ConnectionsFromStats(
+    const ambit::dataplane::v1::StatsResponse& stats, const std::string& pod, absl::Time now);
 
 // ambitd's admin API on a unix socket only root can open (mode 0600). No TCP listener.
 class AdminServer {

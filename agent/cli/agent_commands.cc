@@ -168,6 +168,87 @@ Value LogLevelsValue(const pb::LogLevelResponse& resp) {
   return out;
 }
 
+std::string Age(int64_t ms) {
+  if (ms < 1000) return absl::StrCat(ms, "ms");
+  int64_t s = ms / 1000;
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrCat(s / 60, "m", s % 60, "s");
+  return absl::StrCat(s / 3600, "h", (s % 3600) / 60, "m");
+}
+
+Value EndValue(const pb::ConnectionEnd& e, bool table) {
+  if (table) {
+    std::string who = e.workload().empty() ? e.address() : e.workload();
+    if (!e.service().empty()) absl::StrAppend(&who, " (svc ", e.service(), ")");
+    return who;
+  }
+  return Value::Object({{"workload", OrNull(e.workload())},
+                        {"identity", OrNull(e.identity())},
+                        {"address", e.address()},
+                        {"service", OrNull(e.service())}});
+}
+
+Value ConnectionsValue(const pb::ListConnectionsResponse& resp, bool table) {
+  Value out = Value::MakeList();
+  for (const auto& c : resp.connections()) {
+    if (table) {
+      // The identity shown is the peer's: who the local pod talks to, as mTLS proved it.
+      const pb::ConnectionEnd& peer = c.direction() == "outbound" ? c.destination() : c.source();
+      out.Append(Value::Object({
+          {"pod", c.pod()},
+          {"direction", c.direction()},
+          {"source", EndValue(c.source(), true)},
+          {"destination", EndValue(c.destination(), true)},
+          {"peer identity", peer.identity().empty() ? "-" : peer.identity()},
+          {"security", c.mtls() ? "mTLS" : "plaintext"},
+          {"policy", c.policy().empty() ? "-" : c.policy()},
+          {"sent", c.bytes_sent()},
+          {"received", c.bytes_received()},
+          {"age", Age(c.age_ms())},
+      }));
+      continue;
+    }
+    out.Append(Value::Object({
+        {"id", absl::StrCat(c.id())},
+        {"pod", c.pod()},
+        {"direction", c.direction()},
+        {"mode", c.mode()},
+        {"security", c.mtls() ? "mutual_tls" : "none"},
+        {"source", EndValue(c.source(), false)},
+        {"destination", EndValue(c.destination(), false)},
+        {"policy", OrNull(c.policy())},
+        {"bytesSent", c.bytes_sent()},
+        {"bytesReceived", c.bytes_received()},
+        {"ageMs", c.age_ms()},
+    }));
+  }
+  return out;
+}
+
+absl::Status Connections(Context& ctx) {
+  pb::ListConnectionsRequest req;
+  if (auto pod = ctx.flag("pod")) {
+    if (pod->find('/') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pod \"", *pod, "\": expected NAMESPACE/NAME"));
+    }
+    req.set_pod(*pod);
+  }
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::ListConnections, req);
+  if (!resp.ok()) return resp.status();
+  const bool table = ctx.output_format() == OutputFormat::kTable;
+  if (table && resp->connections().empty()) {
+    ctx.out() << (req.pod().empty() ? "No live connections.\n"
+                                    : absl::StrCat("No live connections of ", req.pod(), ".\n"));
+    return absl::OkStatus();
+  }
+  ctx.Print(table ? ConnectionsValue(*resp, true)
+                  : Value::Object({{"connections", ConnectionsValue(*resp, false)}}));
+  return absl::OkStatus();
+}
+
 absl::Status Workloads(Context& ctx) {
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
@@ -343,6 +424,25 @@ Command WorkloadsCommand() {
           "the redirect state: netns cookie, BPF slot and the listeners open in the pod.",
       .examples = "ambitctl workloads\nambitctl workloads -o json",
       .run = Workloads,
+  };
+}
+
+Command ConnectionsCommand() {
+  return Command{
+      .name = "connections",
+      .summary = "List live connections: who to whom, identities, mTLS, policy, bytes, age",
+      .description =
+          "Lists the data plane's live connections: the local pod, direction (outbound: leaving\n"
+          "it; inbound: reaching it), source and destination workload (or address) and\n"
+          "SPIFFE identity, whether the connection crosses the wire in mTLS (HBONE) or\n"
+          "plaintext, the policy that allowed it, bytes each way (sent: from the client,\n"
+          "received: back to it) and age. Connections that were refused are not live; their\n"
+          "access-log lines and `ambitctl check` say why.",
+      .examples =
+          "ambitctl connections\nambitctl connections --pod default/web\n"
+          "ambitctl connections -o json",
+      .flags = {{"pod", '\0', "NS/NAME", "only connections of this local pod"}},
+      .run = Connections,
   };
 }
 

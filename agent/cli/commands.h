@@ -24,6 +24,7 @@ Command PolicyCommand();
 Command VersionCommand();
 // Commands that ask the running agent (agent_commands.cc).
 Command WorkloadsCommand();
+Command ConnectionsCommand();
 Command PoliciesCommand();
 Command CheckLiveCommand();
 Command BpfCommand();

@@ -49,6 +49,12 @@ ABSL_FLAG(std::string, ca_tokens, "",
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24), "lifetime of workload certificates");
 ABSL_FLAG(std::string, admin_socket, "",
           "admin API unix socket (default /run/ambit/admin.sock, or under --run-dir)");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
+          "ip:port of the Prometheus endpoint (/metrics); empty: off");
+ABSL_FLAG(std::string, readiness_address, "0.0.0.0:15021",
+          "ip:port of the readiness endpoint (/healthz/ready); empty: off");
+ABSL_FLAG(std::string, access_log_format, "text",
+          "the data plane's line per closed connection: text, json or off");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit");
 
@@ -109,6 +115,10 @@ int main(int argc, char** argv) {
   options.ca_tokens = absl::GetFlag(FLAGS_ca_tokens);
   options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.readiness_address = absl::GetFlag(FLAGS_readiness_address);
+  options.tunnel_args.push_back("--access-log-format");
+  options.tunnel_args.push_back(absl::GetFlag(FLAGS_access_log_format));
   if (!options.ca_address.empty() && options.ca_root_cert.empty()) {
     std::cerr << "ambitd: --ca-address needs --ca-root-cert (the roots to trust)\n";
     return 2;

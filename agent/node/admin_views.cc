@@ -295,6 +295,23 @@ void Agent::InitAdminHandlers() {
   auto levels = std::make_shared<LogLevels>();
   admin_state_->SetLogLevelHandler(
       [levels](const pb::LogLevelRequest& req) { return levels->Handle(req); });
+  admin_state_->SetStatsFetcher([socket = options_.control_socket()](bool connections,
+                                                                    bool metrics) {
+    return supervisor::DataPlane::FetchStats(socket, connections, metrics);
+  });
+}
+
+void Agent::PublishHealth() {
+  admin::NodeHealth h;
+  h.bpf_attached = redirector_ != nullptr && !redirector_->Programs().empty();
+  h.dataplane_connected = dataplane_ != nullptr && dataplane_->connected();
+  h.dataplane_restarts = restarts_;
+  for (const auto& [uid, e] : enrolled_) {
+    h.enrolled.emplace_back(uid, state::SpiffeId(state_.mesh, e.pod));
+  }
+  h.enroll_failures = static_cast<int>(failed_.size());
+  h.config_loaded = snapshot_version_ > 0;
+  admin_state_->SetHealth(std::move(h));
 }
 
 void Agent::PublishViews() {
@@ -416,6 +433,7 @@ void Agent::PublishViews() {
     admin_state_->SetCheckEvaluator(
         std::make_shared<const LiveChecker>(state_, peer_authns, engine_));
   }
+  PublishHealth();
 }
 
 }  // namespace ambit::node

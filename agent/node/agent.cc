@@ -168,6 +168,10 @@ absl::Status Agent::Init() {
   };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
   Apply(source_->Current());
+  PublishHealth();
+  AMBIT_ASSIGN_OR_RETURN(telemetry_,
+                         admin::TelemetryServer::Start(options_.metrics_address,
+                                                       options_.readiness_address, admin_state_));
   return absl::OkStatus();
 }
 
@@ -186,6 +190,7 @@ absl::Status Agent::ConnectDataPlane() {
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
   if (snapshot_version_ > 0) SendSnapshot();
+  PublishHealth();
   return absl::OkStatus();
 }
 
@@ -425,6 +430,7 @@ void Agent::OnDataPlaneExit() {
                                << "ms (listeners stay open; new connections wait in backlog)";
   ArmTimer(restart_timer_.get(), restart_backoff_ms_);
   restart_backoff_ms_ = std::min(restart_backoff_ms_ * 2, kMaxBackoffMs);
+  PublishHealth();
 }
 
 absl::Status Agent::Run() {
@@ -559,6 +565,7 @@ void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs)
   }
   cert_states_ = std::move(certs);
   PublishCertificates();
+  PublishHealth();
 }
 
 void Agent::PublishCertificates() {

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "agent/admin/admin_server.h"
+#include "agent/admin/telemetry_server.h"
 #include "agent/bpf/redirector.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/task_queue.h"
@@ -53,6 +54,8 @@ struct AgentOptions {
   std::string ca_listen, ca_tokens;  // serve the CA API to other nodes
   absl::Duration cert_ttl = absl::Hours(24);
   std::string admin_socket;  // empty: <run dir>/admin.sock
+  std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
+  std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
 
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
@@ -100,6 +103,8 @@ class Agent {
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
   void PublishViews();
   void InitAdminHandlers();
+  // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
+  void PublishHealth();
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
@@ -120,6 +125,7 @@ class Agent {
   std::unique_ptr<issuance::CaServer> ca_server_;
   std::shared_ptr<admin::AdminState> admin_state_;
   std::unique_ptr<admin::AdminServer> admin_server_;
+  std::unique_ptr<admin::TelemetryServer> telemetry_;
   std::vector<supervisor::CertificateState> cert_states_;
   TaskQueue completions_;  // results of background work, run on the control thread
   std::unique_ptr<BackgroundThread> signing_thread_;

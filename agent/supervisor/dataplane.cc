@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
 #include "agent/authz_wire/policy_proto.h"
@@ -182,6 +183,32 @@ std::string DataPlane::Reap() {
   }
   pid_ = -1;
   return how;
+}
+
+absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
+    const std::string& control_socket, bool connections, bool metrics) {
+  std::string path = StatsSocketFor(control_socket);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sun.sun_path) return absl::InvalidArgumentError("path too long");
+  strcpy(sun.sun_path, path.c_str());
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("data plane not reachable at ", path, ": ", strerror(errno)));
+  }
+  ambit::dataplane::v1::StatsRequest request;
+  request.set_connections(connections);
+  request.set_metrics(metrics);
+  constexpr absl::Duration kTimeout = absl::Seconds(5);
+  AMBIT_RETURN_IF_ERROR(WriteFramed(fd.get(), request.SerializeAsString(), kTimeout));
+  AMBIT_ASSIGN_OR_RETURN(std::string bytes, ReadFramed(fd.get(), 256 << 20, kTimeout));
+  ambit::dataplane::v1::StatsResponse response;
+  if (!response.ParseFromString(bytes)) {
+    return absl::DataLossError("data plane sent a malformed stats answer");
+  }
+  return response;
 }
 
 absl::Status DataPlane::StopRunning(const std::string& control_socket) {

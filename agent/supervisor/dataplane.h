@@ -13,6 +13,10 @@
 #include "agent/authz/model.h"
 #include "agent/common/unique_fd.h"
 
+namespace ambit::dataplane::v1 {
+class StatsResponse;
+}
+
 namespace ambit::supervisor {
 
 // A pod the running data plane already serves, handed back with its descriptors when the agent
@@ -87,6 +91,10 @@ class DataPlane {
   absl::StatusOr<std::vector<HandedBackPod>> Connect();
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   static absl::Status StopRunning(const std::string& control_socket);
+  // Asks the data plane serving control_socket for its live connections and counters, through
+  // its stats socket. Thread-safe (its own connection per call); bounded by a few seconds.
+  static absl::StatusOr<ambit::dataplane::v1::StatsResponse> FetchStats(
+      const std::string& control_socket, bool connections, bool metrics);
 
   bool connected() const { return control_.valid(); }
   pid_t pid() const { return pid_; }

@@ -131,6 +131,14 @@ class Pod:
         ] + ips) + "\n"
 
 
+def free_port():
+    """A loopback TCP port nothing listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Agent:
     def __init__(self, topo, node, instance, log_path):
         self.topo = topo
@@ -146,13 +154,38 @@ class Agent:
         self.admin_socket = os.path.join(self.run_dir, "admin.sock")
         self.log_path = log_path
         self.proc = None
+        # Several agents share the host's network namespace here: each serves metrics and
+        # readiness on its own loopback port instead of 15020/15021 on every address.
+        self.metrics_port = free_port()
+        self.readiness_port = free_port()
         os.makedirs(self.config_dir, exist_ok=True)
 
     def argv(self, *extra):
         return [str(build_dir() / "agent/main/ambitd"), "--config-dir", self.config_dir,
                 "--node-name", self.node, "--instance", self.instance,
                 "--cgroup", self.cgroup, "--run-dir", self.run_dir,
-                "--ca-state-dir", self.ca_dir] + list(extra)
+                "--ca-state-dir", self.ca_dir,
+                "--metrics-address", f"127.0.0.1:{self.metrics_port}",
+                "--readiness-address", f"127.0.0.1:{self.readiness_port}"] + list(extra)
+
+    def http_get(self, port, path, timeout=5):
+        """(status, body) of GET http://127.0.0.1:port/path."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def metrics(self):
+        status, body = self.http_get(self.metrics_port, "/metrics")
+        assert status == 200, f"/metrics answered {status}: {body}"
+        return body
+
+    def ready(self):
+        return self.http_get(self.readiness_port, "/healthz/ready")
 
     def start(self, *extra, wait_pods=()):
         self.log = open(self.log_path, "a")
