@@ -396,6 +396,10 @@ absl::Status ConfigDump(Context& ctx) {
   if (!bpf.ok()) return bpf.status();
   auto levels = Call(ctx, s, &Stub::LogLevel);
   if (!levels.ok()) return levels.status();
+  // Connections come from the data plane: a dump still works while it restarts.
+  auto connections = Call(ctx, s, &Stub::ListConnections);
+  Value conns = connections.ok() ? ConnectionsValue(*connections, false)
+                                 : Value(std::string(connections.status().message()));
   Value doc = Value::Object({
       {"workloads", WorkloadsValue(*workloads, false)},
       {"services", ServicesValue(*services)},
@@ -403,6 +407,7 @@ absl::Status ConfigDump(Context& ctx) {
       {"certificates", CertificatesValue(*certs)},
       {"bpf", BpfValue(*bpf)},
       {"logLevels", LogLevelsValue(*levels)},
+      {"connections", conns},
   });
   // One document for tools: JSON unless YAML was asked for.
   ctx.out() << Render(
@@ -531,7 +536,8 @@ Command ConfigDumpCommand() {
       .summary = "Everything the agent knows, as one JSON document",
       .description =
           "Workloads, services, policies (and rejected resources), certificates, BPF programs\n"
-          "and maps, and log levels, as one JSON document (YAML with -o yaml).",
+          "and maps, log levels and live connections, as one JSON document (YAML with -o\n"
+          "yaml). When the data plane cannot be asked, connections holds the reason.",
       .examples = "ambitctl config-dump > dump.json",
       .run = ConfigDump,
   };

@@ -42,6 +42,16 @@ std::string RandomHex(size_t bytes) {
   return out;
 }
 
+// The client's address as the pod knows itself: an outbound connection reaches the tunnel from
+// the pod's loopback (the redirect's target), so its source is the pod's own address of the
+// destination's family, with the client's port.
+SocketAddress PodSide(const Pod& pod, const SocketAddress& peer, const IpAddress& dst) {
+  for (const auto& ip : pod.ips) {
+    if (ip.is_v4() == dst.is_v4()) return SocketAddress{ip, peer.port};
+  }
+  return peer;
+}
+
 // A destination in the mesh: an HBONE stream to the destination pod's 15008, from inside the
 // source pod's network namespace, presenting the source pod's certificate.
 void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd client,
@@ -53,7 +63,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   record.pod = pod->uid;
   record.mode = "hbone";
   record.mtls = true;
-  record.source = PeerOf(*pod, peer);
+  record.source = PeerOf(*pod, PodSide(*pod, peer, route.target.ip));
   record.destination = PeerOf(*worker.snapshot(), route.target, dst.spiffe_id);
   if (route.service != nullptr) {
     record.destination.service =
@@ -84,10 +94,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
     return;
   }
   // The pod's own address of the destination's family stands for the client in `forwarded`.
-  std::string for_addr = peer.ToString();
-  for (const auto& ip : pod->ips) {
-    if (ip.is_v4() == route.target.ip.is_v4()) for_addr = SocketAddress{ip, peer.port}.ToString();
-  }
+  std::string for_addr = PodSide(*pod, peer, route.target.ip).ToString();
   hbone::ConnectHeaders headers;
   headers.forwarded = absl::StrCat("for=\"", for_addr, "\"");
   headers.baggage = absl::StrCat("k8s.namespace.name=", pod->namespace_name, ",k8s.pod.name=",
@@ -135,7 +142,7 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   record.direction = FlowDirection::kOutbound;
   record.pod = pod->uid;
   record.mode = "passthrough";
-  record.source = PeerOf(*pod, *peer);
+  record.source = PeerOf(*pod, PodSide(*pod, *peer, orig->address.ip));
   record.destination = PeerOf(*worker.snapshot(), orig->address, "");
   auto upstream = ConnectFromPod(worker, *pod, orig->address, nullptr);
   Connection* raw = conn.get();

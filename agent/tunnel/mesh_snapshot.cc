@@ -142,7 +142,9 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
     AMBIT_LOG("authz", Info) << "audit " << audit.policy << " matched " << source.ToString()
                              << " -> " << destination.ToString();
   }
-  if (decided_by != nullptr) *decided_by = d.policy.empty() ? "default" : d.policy;
+  // "default": nothing applied and Istio allows; a denial without a policy (no ALLOW matched)
+  // names none, its explanation says why.
+  if (decided_by != nullptr) *decided_by = !d.policy.empty() ? d.policy : d.allowed ? "default" : "";
   if (d.allowed) return absl::OkStatus();
   return absl::PermissionDeniedError(d.explanation);
 }
