@@ -1,0 +1,131 @@
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "agent/admin/prometheus.h"
+#include "agent/admin/telemetry_server.h"
+
+namespace ambit::admin {
+namespace {
+
+namespace pb = ::ambit::admin::v1;
+namespace dp = ::ambit::dataplane::v1;
+
+TEST(PrometheusText, GroupsFamiliesSumsDuplicatesAndEscapes) {
+  PrometheusText p;
+  p.Add("x_total", "counter", "X.", {{"a", "1"}}, 2);
+  p.Add("y", "gauge", "Y.", {}, 1.5);
+  p.Add("x_total", "counter", "X.", {{"a", "1"}}, 3);
+  p.Add("x_total", "counter", "X.", {{"a", "q\"\\\n"}}, 1);
+  EXPECT_EQ(p.Render(),
+            "# HELP x_total X.\n# TYPE x_total counter\n"
+            "x_total{a=\"1\"} 5\n"
+            "x_total{a=\"q\\\"\\\\\\n\"} 1\n"
+            "# HELP y Y.\n# TYPE y gauge\ny 1.5\n");
+}
+
+std::shared_ptr<AdminState> HealthyNode(absl::Time now) {
+  auto state = std::make_shared<AdminState>();
+  NodeHealth h;
+  h.bpf_attached = true;
+  h.dataplane_connected = true;
+  h.config_loaded = true;
+  h.enrolled = {{"default/web", "spiffe://cluster.local/ns/default/sa/web"}};
+  state->SetHealth(h);
+  pb::ListCertificatesResponse certs;
+  auto* c = certs.add_certificates();
+  c->set_identity("spiffe://cluster.local/ns/default/sa/web");
+  c->set_state("valid");
+  c->mutable_not_after()->set_unix_seconds(absl::ToUnixSeconds(now + absl::Hours(2)));
+  state->SetCertificates(certs);
+  return state;
+}
+
+TEST(Readiness, ReadyWhenAttachedConnectedAndEveryPodHasAValidCertificate) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  EXPECT_TRUE(ReadinessProblems(*state, now).empty());
+
+  NodeHealth h = state->Health();
+  h.enrolled.push_back({"default/db", "spiffe://cluster.local/ns/default/sa/db"});
+  h.dataplane_connected = false;
+  state->SetHealth(h);
+  auto problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0], "the data plane is not connected");
+  EXPECT_EQ(problems[1],
+            "pod default/db: no certificate for spiffe://cluster.local/ns/default/sa/db yet");
+}
+
+TEST(Readiness, AnExpiredCertificateIsNotReady) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  auto problems = ReadinessProblems(*state, now + absl::Hours(3));
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(problems[0], "pod default/web: certificate for")) << problems[0];
+}
+
+TEST(Telemetry, EndpointsAnswerAndTheDataPlanesCountersAreRendered) {
+  absl::Time now = absl::Now();
+  auto state = HealthyNode(now);
+  state->SetStatsFetcher([](bool connections, bool metrics) -> absl::StatusOr<dp::StatsResponse> {
+    EXPECT_FALSE(connections);
+    EXPECT_TRUE(metrics);
+    dp::StatsResponse r;
+    for (int worker = 0; worker < 2; ++worker) {  // the same series from two workers: summed
+      auto* t = r.add_tcp();
+      auto* l = t->add_labels();
+      l->set_name("reporter");
+      l->set_value("destination");
+      t->set_opened(2);
+      t->set_received_bytes(100);
+      auto* c = r.add_counters();
+      c->set_name("ambit_policy_decisions_total");
+      auto* cl = c->add_labels();
+      cl->set_name("result");
+      cl->set_value("deny");
+      c->set_value(1);
+    }
+    return r;
+  });
+  // Start with no listeners: the answers are what the HTTP handler serves.
+  auto server = TelemetryServer::Start("", "", state);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto metrics = (*server)->Metrics("/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_TRUE(absl::StartsWith(metrics.content_type, "text/plain; version=0.0.4"));
+  const std::string& body = metrics.body;
+  EXPECT_TRUE(absl::StrContains(body, "istio_tcp_connections_opened_total{reporter=\"destination\"} 4\n")) << body;
+  EXPECT_TRUE(absl::StrContains(body, "istio_tcp_received_bytes_total{reporter=\"destination\"} 200\n"));
+  EXPECT_TRUE(absl::StrContains(body, "ambit_policy_decisions_total{result=\"deny\"} 2\n"));
+  EXPECT_TRUE(absl::StrContains(body, "ambit_dataplane_up 1\n"));
+  EXPECT_TRUE(absl::StrContains(body, "ambit_ready 1\n"));
+  EXPECT_TRUE(absl::StrContains(
+      body, "ambit_certificate_expiry_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"} "));
+  EXPECT_EQ((*server)->Metrics("/").status, 404);
+  EXPECT_EQ((*server)->Readiness("/healthz/ready").status, 200);
+
+  // The data plane unreachable: metrics still answer, saying so; readiness follows health.
+  state->SetStatsFetcher([](bool, bool) -> absl::StatusOr<dp::StatsResponse> {
+    return absl::UnavailableError("down");
+  });
+  NodeHealth h = state->Health();
+  h.dataplane_connected = false;
+  state->SetHealth(h);
+  metrics = (*server)->Metrics("/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_TRUE(absl::StrContains(metrics.body, "ambit_dataplane_up 0\n"));
+  auto ready = (*server)->Readiness("/healthz/ready");
+  EXPECT_EQ(ready.status, 503);
+  EXPECT_EQ(ready.body, "not ready: the data plane is not connected\n");
+}
+
+TEST(Telemetry, ABadListenAddressIsAClearError) {
+  auto server = TelemetryServer::Start("not-an-address", "", std::make_shared<AdminState>());
+  ASSERT_FALSE(server.ok());
+  EXPECT_TRUE(absl::StrContains(server.status().message(), "metrics: bad listen address "
+                                                           "\"not-an-address\""))
+      << server.status();
+}
+
+}  // namespace
+}  // namespace ambit::admin
