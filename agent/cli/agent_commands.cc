@@ -514,12 +514,13 @@ Command ServicesCommand() {
 Command LogCommand() {
   return Command{
       .name = "log",
-      .summary = "Read or change ambitd's log levels at run time",
+      .summary = "Read or change log levels at run time (ambitd and the data plane)",
       .description =
-          "Without --level, shows the log level of each component of ambitd (and the default\n"
-          "for components without their own). With --level, sets it for --component, or the\n"
-          "default when no component is named. Changes last until ambitd restarts and do not\n"
-          "reach the data plane (ambit-tunnel).",
+          "Without --level, shows the log level of each component (and the default for\n"
+          "components without their own). With --level, sets it for --component, or the\n"
+          "default when no component is named, in ambitd and in the data plane (ambit-tunnel:\n"
+          "tunnel, access, hbone, tls). `--component access --level warn` silences the\n"
+          "access log. Changes last until the process restarts.",
       .examples =
           "ambitctl log\nambitctl log --level debug --component authz\n"
           "ambitctl log --level warn",

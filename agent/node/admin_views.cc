@@ -242,8 +242,11 @@ std::string EffectiveLevel(const std::string& component) {
 }
 
 // ambitd's components, and any other a user set a level for.
+// ambitd's levels, and the data plane's: a change is applied to both processes (components of
+// the same name share a level; the data plane's own are tunnel, access, hbone, tls).
 class LogLevels {
  public:
+  explicit LogLevels(std::string control_socket) : control_socket_(std::move(control_socket)) {}
   absl::StatusOr<pb::LogLevelResponse> Handle(const pb::LogLevelRequest& req) {
     absl::MutexLock lock(&mu_);
     if (!req.level().empty()) {
@@ -257,6 +260,14 @@ class LogLevels {
       AMBIT_LOG("admin", Info) << "log level of "
                                << (req.component().empty() ? "default" : req.component())
                                << " set to " << LevelName(level);
+      ambit::dataplane::v1::StatsRequest forward;
+      forward.set_set_log_component(req.component());
+      forward.set_set_log_level(req.level());
+      auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
+      if (!sent.ok()) {
+        AMBIT_LOG("admin", Warning) << "log level not passed to the data plane: "
+                                    << sent.status().message();
+      }
     }
     pb::LogLevelResponse resp;
     auto add = [&resp](const std::string& c) {
@@ -274,9 +285,11 @@ class LogLevels {
   }
 
  private:
+  const std::string control_socket_;
   absl::Mutex mu_;
-  std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {"admin", "agent",  "authz",     "bpf",
-                                                            "ca",    "config", "supervisor"};
+  std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {
+      "access", "admin", "agent", "authz",  "bpf",        "ca",
+      "config", "hbone", "tls",   "tunnel", "supervisor", "telemetry"};
 };
 
 }  // namespace
@@ -292,12 +305,15 @@ void Agent::InitAdminHandlers() {
     out->set_attached_to(p.attached_to);
   }
   admin_state_->SetBpf(std::move(bpf), ReadPinnedObjects);
-  auto levels = std::make_shared<LogLevels>();
+  auto levels = std::make_shared<LogLevels>(options_.control_socket());
   admin_state_->SetLogLevelHandler(
       [levels](const pb::LogLevelRequest& req) { return levels->Handle(req); });
   admin_state_->SetStatsFetcher([socket = options_.control_socket()](bool connections,
                                                                     bool metrics) {
-    return supervisor::DataPlane::FetchStats(socket, connections, metrics);
+    ambit::dataplane::v1::StatsRequest request;
+    request.set_connections(connections);
+    request.set_metrics(metrics);
+    return supervisor::DataPlane::FetchStats(socket, request);
   });
 }
 

@@ -186,7 +186,7 @@ std::string DataPlane::Reap() {
 }
 
 absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
-    const std::string& control_socket, bool connections, bool metrics) {
+    const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
   std::string path = StatsSocketFor(control_socket);
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
@@ -198,9 +198,6 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
     return absl::UnavailableError(
         absl::StrCat("data plane not reachable at ", path, ": ", strerror(errno)));
   }
-  ambit::dataplane::v1::StatsRequest request;
-  request.set_connections(connections);
-  request.set_metrics(metrics);
   constexpr absl::Duration kTimeout = absl::Seconds(5);
   AMBIT_RETURN_IF_ERROR(WriteFramed(fd.get(), request.SerializeAsString(), kTimeout));
   AMBIT_ASSIGN_OR_RETURN(std::string bytes, ReadFramed(fd.get(), 256 << 20, kTimeout));

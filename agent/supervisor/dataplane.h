@@ -14,6 +14,7 @@
 #include "agent/common/unique_fd.h"
 
 namespace ambit::dataplane::v1 {
+class StatsRequest;
 class StatsResponse;
 }
 
@@ -91,10 +92,11 @@ class DataPlane {
   absl::StatusOr<std::vector<HandedBackPod>> Connect();
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   static absl::Status StopRunning(const std::string& control_socket);
-  // Asks the data plane serving control_socket for its live connections and counters, through
-  // its stats socket. Thread-safe (its own connection per call); bounded by a few seconds.
+  // Asks the data plane serving control_socket for its live connections and counters (and
+  // passes it log-level changes), through its stats socket. Thread-safe (its own connection per
+  // call); bounded by a few seconds.
   static absl::StatusOr<ambit::dataplane::v1::StatsResponse> FetchStats(
-      const std::string& control_socket, bool connections, bool metrics);
+      const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request);
 
   bool connected() const { return control_.valid(); }
   pid_t pid() const { return pid_; }

@@ -232,6 +232,16 @@ void Tunnel::ServeStats(UniqueFd client) {
     AMBIT_LOG(kComponent, Warning) << "stats request: not a StatsRequest";
     return;
   }
+  if (!request.set_log_level().empty()) {
+    log::Level level;
+    if (log::ParseLevel(request.set_log_level(), &level)) {
+      log::SetLevel(request.set_log_component(), level);
+      AMBIT_LOG(kComponent, Info) << "log level of "
+                                  << (request.set_log_component().empty()
+                                          ? "default" : request.set_log_component())
+                                  << " set to " << request.set_log_level();
+    }
+  }
   pb::StatsResponse response;
   response.set_snapshot_version(snapshot_version_);
   response.set_started_unix(absl::ToUnixSeconds(started_));
