@@ -1,9 +1,11 @@
 #include "agent/hbone/session.h"
 
 #include <nghttp2/nghttp2.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -20,7 +22,18 @@ namespace {
 
 // Framed bytes gathered before SSL_write: many 16 KiB records per call, bounded memory.
 constexpr size_t kOutBatch = 256 << 10;
-constexpr size_t kReadChunk = 64 << 10;
+// Plaintext gathered from several TLS records before nghttp2 parses it: a DATA frame (up to the
+// peer's frame size) then reaches the observer in one piece instead of one piece per 16 KiB
+// record, so the tunnel writes it to the app with one send() instead of one per record.
+constexpr size_t kReadChunk = 128 << 10;
+// TLS records gathered by WireBio before it asks to send them.
+constexpr size_t kWireBatch = 256 << 10;
+// Output buffers grown past this are released after a flush that sent less than this (the
+// session is not streaming bulk any more).
+constexpr size_t kKeepOutputBuffer = 32 << 10;
+// A pop smaller than this leaves a stream that is not streaming bulk: its emptied send ring is
+// released rather than kept (idle streams hold no buffer).
+constexpr size_t kKeepRingAfterPop = 16 << 10;
 constexpr size_t kHeaderFieldOverhead = 32;  // RFC 9113 section 6.5.2
 
 absl::string_view View(const uint8_t* p, size_t n) {
@@ -54,7 +67,8 @@ class ByteRing {
     return take;
   }
 
-  // Moves the first `n` (<= size()) bytes to the end of `out`.
+  // Moves the first `n` (<= size()) bytes to the end of `out`. Emptied by a small pop, the
+  // storage is released: a stream between small messages, or idle, holds none.
   void PopTo(std::string* out, size_t n) {
     if (n == 0) return;
     size_t first = std::min(n, cap_ - head_);
@@ -62,12 +76,16 @@ class ByteRing {
     out->append(reinterpret_cast<const char*>(buf_.get()), n - first);
     head_ = (head_ + n) % cap_;
     size_ -= n;
-    if (size_ == 0) head_ = 0;
+    if (size_ == 0) {
+      head_ = 0;
+      if (n < kKeepRingAfterPop) Release();
+    }
   }
 
   void Clear() {
     head_ = 0;
     size_ = 0;
+    Release();
   }
 
  private:
@@ -84,11 +102,55 @@ class ByteRing {
     head_ = 0;
   }
 
+  void Release() {
+    buf_.reset();
+    cap_ = 0;
+  }
+
   std::unique_ptr<uint8_t[]> buf_;
   size_t cap_ = 0;
   size_t head_ = 0;
   size_t size_ = 0;
 };
+
+// The plaintext buffer DoRead fills: one per thread, not one per session. What SSL_read puts
+// there is handed to nghttp2, whose callbacks deliver it (observers copy or write what they
+// keep) before DoRead returns, so the sessions of a loop can share it instead of each holding
+// kReadChunk while idle. A nested use (a callback that makes another session read) gets a
+// buffer of its own.
+class ReadBufferLease {
+ public:
+  ReadBufferLease() {
+    if (!shared_.busy) {
+      shared_.busy = true;
+      leased_ = true;
+      if (!shared_.buf) shared_.buf = std::make_unique<uint8_t[]>(kReadChunk);
+      data_ = shared_.buf.get();
+    } else {
+      own_ = std::make_unique<uint8_t[]>(kReadChunk);
+      data_ = own_.get();
+    }
+  }
+  ~ReadBufferLease() {
+    if (leased_) shared_.busy = false;
+  }
+  ReadBufferLease(const ReadBufferLease&) = delete;
+  ReadBufferLease& operator=(const ReadBufferLease&) = delete;
+
+  uint8_t* data() const { return data_; }
+  static constexpr size_t size() { return kReadChunk; }
+
+ private:
+  struct Shared {
+    std::unique_ptr<uint8_t[]> buf;
+    bool busy = false;
+  };
+  static thread_local Shared shared_;
+  bool leased_ = false;
+  std::unique_ptr<uint8_t[]> own_;
+  uint8_t* data_ = nullptr;
+};
+thread_local ReadBufferLease::Shared ReadBufferLease::shared_;
 
 }  // namespace
 
@@ -359,6 +421,65 @@ struct Nghttp2Callbacks {
   }
 };
 
+// The session's BIO. BoringSSL hands each sealed TLS record (at most 16 KiB) to its BIO at once;
+// a socket BIO makes that one send() per record, and one packet train through veth, bridge and
+// the peer's stack per record. This BIO gathers the records of a flush in wire_out_ (one copy of
+// the ciphertext, cache-hot) and SendWire() sends up to kWireBatch with one send(). Reads go to
+// the socket directly. Hand-written because BoringSSL offers no writev/cork of records and no
+// buffering BIO of its own (BIO_f_buffer is OpenSSL's).
+struct WireBio {
+  static BIO_METHOD* Method() {
+    static BIO_METHOD* const method = [] {
+      BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbone wire");
+      if (m != nullptr) {
+        BIO_meth_set_write(m, Write);
+        BIO_meth_set_read(m, Read);
+        BIO_meth_set_ctrl(m, Ctrl);
+      }
+      return m;
+    }();
+    return method;
+  }
+
+  static HboneSession* Self(BIO* bio) { return static_cast<HboneSession*>(BIO_get_data(bio)); }
+
+  static int Write(BIO* bio, const char* data, int len) {
+    HboneSession* s = Self(bio);
+    BIO_clear_retry_flags(bio);
+    if (len <= 0) return 0;
+    if (s->wire_off_ == s->wire_out_.size()) {
+      s->wire_out_.clear();
+      s->wire_off_ = 0;
+    }
+    if (s->wire_out_.size() - s->wire_off_ >= kWireBatch) {  // full: SendWire first
+      BIO_set_retry_write(bio);
+      return -1;
+    }
+    if (s->wire_off_ >= kWireBatch) {  // never drained: keep the buffer bounded
+      s->wire_out_.erase(0, s->wire_off_);
+      s->wire_off_ = 0;
+    }
+    s->wire_out_.append(data, static_cast<size_t>(len));
+    return len;
+  }
+
+  static int Read(BIO* bio, char* out, int len) {
+    HboneSession* s = Self(bio);
+    BIO_clear_retry_flags(bio);
+    if (!s->fd_.valid()) {
+      errno = EBADF;
+      return -1;
+    }
+    ssize_t n = read(s->fd_.get(), out, static_cast<size_t>(len));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      BIO_set_retry_read(bio);
+    }
+    return static_cast<int>(n);
+  }
+
+  static long Ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+};
+
 HboneSession::HboneSession(EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
                            bssl::UniquePtr<SSL> ssl, bool client, std::string expected_peer,
                            SessionDelegate* delegate, SessionOptions options)
@@ -469,7 +590,13 @@ absl::Status HboneSession::Init(bool connecting) {
   if (rv != 0)
     return absl::InvalidArgumentError(absl::StrCat("HTTP/2 settings: ", nghttp2_strerror(rv)));
 
-  read_buf_.resize(kReadChunk);
+  BIO_METHOD* method = WireBio::Method();
+  BIO* bio = method != nullptr ? BIO_new(method) : nullptr;
+  if (bio == nullptr) return absl::ResourceExhaustedError("HBONE session: BIO_new");
+  BIO_set_data(bio, this);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by the SSL from here
+
   state_ = connecting ? State::kConnecting : State::kHandshaking;
   interest_ = connecting ? EPOLLOUT : (client_ ? EPOLLIN | EPOLLOUT : EPOLLIN);
   AMBIT_RETURN_IF_ERROR(loop_->Watch(fd_.get(), interest_, this));
@@ -546,6 +673,7 @@ void HboneSession::OnEvents(uint32_t events) {
         DoHandshake();
         return;
       case State::kHandshaking:
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) write_blocked_ = false;
         DoHandshake();
         return;
       case State::kOpen:
@@ -575,13 +703,16 @@ void HboneSession::DoConnectDone() {
 void HboneSession::DoHandshake() {
   ERR_clear_error();
   int r = SSL_do_handshake(ssl_.get());
+  int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_.get(), r);
+  int saved_errno = errno;  // HandshakeFailed reads it; a send() below may change it
+  if (!SendWire()) return;  // the flight (or alert) the handshake produced
+  errno = saved_errno;
   if (r == 1) {
     HandshakeDone();
     return;
   }
-  int e = SSL_get_error(ssl_.get(), r);
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    uint32_t want = e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    uint32_t want = e == SSL_ERROR_WANT_READ && !write_blocked_ ? EPOLLIN : EPOLLIN | EPOLLOUT;
     if (want != interest_ && loop_->Modify(fd_.get(), want, this).ok()) interest_ = want;
     return;
   }
@@ -661,24 +792,47 @@ void HboneSession::HandshakeDone() {
 
 void HboneSession::DoRead() {
   while (state_ == State::kOpen && nghttp2_session_want_read(h2_)) {
-    ERR_clear_error();
-    int n = SSL_read(ssl_.get(), read_buf_.data(), static_cast<int>(read_buf_.size()));
-    if (n > 0) {
-      ssize_t rv = nghttp2_session_mem_recv(h2_, read_buf_.data(), static_cast<size_t>(n));
+    // Gather the plaintext of every record already readable (up to the buffer), then parse it
+    // at once; see kReadChunk. How the reading stopped is settled after the parse, so that the
+    // bytes before a close_notify or an error are still delivered.
+    ReadBufferLease buf;
+    size_t got = 0;
+    int e = SSL_ERROR_NONE;
+    bool peer_closed = false;
+    absl::Status failure;
+    while (got < buf.size()) {
+      ERR_clear_error();
+      int n = SSL_read(ssl_.get(), buf.data() + got, static_cast<int>(buf.size() - got));
+      if (n > 0) {
+        got += static_cast<size_t>(n);
+        continue;
+      }
+      e = SSL_get_error(ssl_.get(), n);
+      if (e == SSL_ERROR_ZERO_RETURN ||
+          (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 &&
+           (errno == 0 || errno == ECONNRESET))) {
+        peer_closed = true;
+      } else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        failure = tls::SslError(absl::StatusCode::kUnavailable,
+                                absl::StrCat("reading from HBONE peer ", PeerName()));
+      }
+      break;
+    }
+    if (got > 0) {
+      ssize_t rv = nghttp2_session_mem_recv(h2_, buf.data(), got);
       if (rv < 0) {
         Nghttp2Fatal(static_cast<int>(rv), "processing frames from");
         return;
       }
-      continue;
+      if (state_ != State::kOpen) return;
     }
-    int e = SSL_get_error(ssl_.get(), n);
+    if (e == SSL_ERROR_NONE) continue;  // the buffer filled up: there may be more
     if (e == SSL_ERROR_WANT_READ) return;
     if (e == SSL_ERROR_WANT_WRITE) {  // a TLS 1.3 KeyUpdate reply is waiting for room
       write_blocked_ = true;
       return;
     }
-    if (e == SSL_ERROR_ZERO_RETURN ||
-        (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && (errno == 0 || errno == ECONNRESET))) {
+    if (peer_closed) {
       size_t open = streams_.size();
       if (open == 0) {
         Close(absl::OkStatus());
@@ -689,8 +843,7 @@ void HboneSession::DoRead() {
       return;
     }
     ++stats_->tls_failures;
-    Close(tls::SslError(absl::StatusCode::kUnavailable,
-                        absl::StrCat("reading from HBONE peer ", PeerName())));
+    Close(std::move(failure));
     return;
   }
 }
@@ -724,7 +877,44 @@ void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
   Close(std::move(status));
 }
 
+bool HboneSession::SendWire() {
+  while (wire_off_ < wire_out_.size()) {
+    ssize_t n = send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_,
+                     MSG_NOSIGNAL);
+    if (n > 0) {
+      wire_off_ += static_cast<size_t>(n);
+      wire_sent_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      write_blocked_ = true;
+      return true;
+    }
+    ++stats_->tls_failures;
+    Close(absl::ErrnoToStatus(errno, absl::StrCat("writing to HBONE peer ", PeerName())));
+    return false;
+  }
+  wire_out_.clear();
+  wire_off_ = 0;
+  return true;
+}
+
+void HboneSession::ReleaseIdleBuffers(size_t sent) {
+  if (sent >= kKeepOutputBuffer) return;  // streaming: keep them
+  if (out_off_ == out_.size() && out_.capacity() > kKeepOutputBuffer) {
+    std::string().swap(out_);
+    out_off_ = 0;
+  }
+  if (wire_off_ == wire_out_.size() && wire_out_.capacity() > kKeepOutputBuffer) {
+    std::string().swap(wire_out_);
+    wire_off_ = 0;
+  }
+}
+
 void HboneSession::Flush() {
+  const size_t sent_before = wire_sent_;
+  if (!SendWire()) return;
   // Each pass frames (up to kOutBatch pending), writes, and lets drained streams refill; stop
   // after a pass that did none of these, or when the socket is full (EPOLLOUT resumes).
   while (state_ == State::kOpen && !write_blocked_) {
@@ -758,9 +948,10 @@ void HboneSession::Flush() {
         continue;
       }
       int e = SSL_get_error(ssl_.get(), w);
-      if (e == SSL_ERROR_WANT_WRITE) {
-        write_blocked_ = true;
-        break;
+      if (e == SSL_ERROR_WANT_WRITE) {  // WireBio holds a batch: send it, then go on
+        if (!SendWire()) return;
+        if (write_blocked_) break;
+        continue;
       }
       ++stats_->tls_failures;
       Close(e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0
@@ -769,11 +960,13 @@ void HboneSession::Flush() {
                                 absl::StrCat("writing to HBONE peer ", PeerName())));
       return;
     }
-    if (state_ != State::kOpen) return;
+    if (state_ != State::kOpen || !SendWire()) return;
     // Streams drained into frames may take more bytes now; loop to frame those too.
     bool notified = NotifyWritable();
     if (!framed && !wrote && !notified) break;
   }
+  if (state_ != State::kOpen) return;
+  ReleaseIdleBuffers(wire_sent_ - sent_before);
   UpdateInterest();
 }
 
@@ -825,6 +1018,12 @@ void HboneSession::CheckDone() {
 void HboneSession::Close(absl::Status status) {
   if (state_ == State::kClosed) return;
   state_ = State::kClosed;
+  if (wire_off_ < wire_out_.size()) {  // an alert, GOAWAY or close_notify: best effort
+    send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_,
+         MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  wire_out_.clear();
+  wire_off_ = 0;
   loop_->Unwatch(fd_.get());
   fd_.Reset();
   ERR_clear_error();

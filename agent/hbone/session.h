@@ -236,6 +236,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   enum class State { kConnecting, kHandshaking, kOpen, kClosed };
   struct Stream;
   friend struct Nghttp2Callbacks;
+  friend struct WireBio;
 
   HboneSession(EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
                bssl::UniquePtr<SSL> ssl, bool client, std::string expected_peer,
@@ -254,6 +255,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   void HandshakeFailed(int ssl_error);
   void DoRead();
   void Flush();
+  bool SendWire();  // false if a send error closed the session
+  void ReleaseIdleBuffers(size_t sent);
   bool NotifyWritable();  // true if any observer was told
   void CheckDone();
   void UpdateInterest();
@@ -286,7 +289,9 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   bool write_blocked_ = false;
   std::string out_;  // framed bytes waiting for SSL_write
   size_t out_off_ = 0;
-  std::vector<uint8_t> read_buf_;
+  std::string wire_out_;  // TLS records waiting for send() (see WireBio)
+  size_t wire_off_ = 0;
+  size_t wire_sent_ = 0;  // bytes sent, ever (for ReleaseIdleBuffers)
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)
   bool flush_scheduled_ = false;
