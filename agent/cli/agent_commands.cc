@@ -66,6 +66,8 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
         {"mtls", w.mtls_mode()},
     });
     if (!table) row.Set("mtlsPolicy", OrNull(w.mtls_policy()));
+    row.Set("waypoint", table ? Value(w.waypoint().empty() ? "-" : w.waypoint())
+                              : OrNull(w.waypoint()));
     row.Set("redirect", redirect);
     if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
     out.Append(std::move(row));
@@ -425,8 +427,9 @@ Command WorkloadsCommand() {
           "Lists every pod in the agent's configuration: namespace, pod, IPs, node, SPIFFE\n"
           "identity, role (enrolled: captured on this node; pending: should be, not yet;\n"
           "peer: in the mesh on another node; outside: not in the mesh), the workload's mTLS\n"
-          "mode from PeerAuthentication (port-level overrides aside), and for enrolled pods\n"
-          "the redirect state: netns cookie, BPF slot and the listeners open in the pod.",
+          "mode from PeerAuthentication (port-level overrides aside), the waypoint it uses\n"
+          "(istio.io/use-waypoint), and for enrolled pods the redirect state: netns cookie,\n"
+          "BPF slot and the listeners open in the pod.",
       .examples = "ambitctl workloads\nambitctl workloads -o json",
       .run = Workloads,
   };

@@ -330,6 +330,27 @@ void Agent::PublishHealth() {
   admin_state_->SetHealth(std::move(h));
 }
 
+namespace {
+
+// Istio's waypoint binding: the pod's istio.io/use-waypoint label, else its namespace's; "none"
+// on the pod opts out of a namespace waypoint. istio.io/use-waypoint-namespace names another
+// namespace for the waypoint.
+std::string Waypoint(const state::ClusterState& state, const state::Pod& pod) {
+  const std::map<std::string, std::string>* labels = &pod.labels;
+  if (!labels->count("istio.io/use-waypoint")) {
+    auto ns = state.namespaces.find(pod.namespace_name);
+    if (ns == state.namespaces.end()) return "";
+    labels = &ns->second.labels;
+  }
+  auto it = labels->find("istio.io/use-waypoint");
+  if (it == labels->end() || it->second.empty() || it->second == "none") return "";
+  auto ns = labels->find("istio.io/use-waypoint-namespace");
+  return absl::StrCat(ns != labels->end() && !ns->second.empty() ? ns->second : pod.namespace_name,
+                      "/", it->second);
+}
+
+}  // namespace
+
 void Agent::PublishViews() {
   const auto peer_authns = security_.PeerAuthenticationList();
 
@@ -362,6 +383,7 @@ void Agent::PublishViews() {
                                        pod.labels, 0);
     w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
     w->set_mtls_policy(mtls.policy);
+    w->set_waypoint(Waypoint(state_, pod));
   }
   admin_state_->SetWorkloads(std::move(workloads));
 

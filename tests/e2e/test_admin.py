@@ -88,6 +88,14 @@ spec:
     targetPort: 9000
 """)
         cls.agent.write_config("policies.yaml", POLICIES)
+        cls.agent.write_config("namespaces.yaml", """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: backend
+  labels:
+    istio.io/use-waypoint: backend-waypoint
+""")
         cls.agent.start(wait_pods=[cls.a, cls.b])
         cls.agent.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
 
@@ -130,9 +138,12 @@ spec:
         self.assertIsNone(a["mtlsPolicy"])
         self.assertEqual(b["mtls"], "STRICT")
         self.assertEqual(b["mtlsPolicy"], "backend/strict")
+        self.assertEqual(b["waypoint"], "backend/backend-waypoint")  # the namespace's label
+        self.assertIsNone(a["waypoint"])
         table = self.ctl("workloads").stdout
         header = table.splitlines()[0].split()
-        for col in ("NAMESPACE", "POD", "IPS", "NODE", "IDENTITY", "ROLE", "MTLS", "REDIRECT"):
+        for col in ("NAMESPACE", "POD", "IPS", "NODE", "IDENTITY", "ROLE", "MTLS", "WAYPOINT",
+                    "REDIRECT"):
             self.assertIn(col, header)
         self.assertIn(self.b.ip4, table)
 
