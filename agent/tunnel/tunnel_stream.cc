@@ -100,8 +100,20 @@ void TunnelStream::OnResponse(int status) {
 
 void TunnelStream::OnData(const uint8_t* data, size_t len) {
   if (done_) return;
-  to_socket_.append(reinterpret_cast<const char*>(data), len);
   received_ += len;
+  if (relaying_ && to_socket_off_ == to_socket_.size()) {
+    // Nothing queued: hand the bytes straight to the socket and keep only what it refuses.
+    ssize_t n = send(socket_.get(), data, len, MSG_NOSIGNAL);
+    if (n > 0) {
+      if (!stream_over_) session_->Consume(id_, n);
+      data += n;
+      len -= n;
+    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      Fail(absl::StrCat("socket error: ", strerror(errno)), true);
+      return;
+    }
+  }
+  if (len > 0) to_socket_.append(reinterpret_cast<const char*>(data), len);
   if (relaying_) PumpToSocket();
 }
 
@@ -169,7 +181,19 @@ void TunnelStream::PumpToPeer() {
       char buf[kReadChunk];
       ssize_t n = read(socket_.get(), buf, sizeof buf);
       if (n > 0) {
-        to_peer_.assign(buf, n);
+        if (stream_over_) {
+          Fail("stream already over", false);
+          return;
+        }
+        // Straight into the stream; only what it cannot take now waits in to_peer_.
+        size_t taken = session_->Write(id_, absl::string_view(buf, n));
+        sent_ += taken;
+        if (taken < static_cast<size_t>(n)) {
+          to_peer_.assign(buf + taken, n - taken);
+          blocked_ = true;  // OnWritable resumes
+          return;
+        }
+        continue;
       } else if (n == 0) {
         socket_eof_ = true;
       } else if (errno == EAGAIN || errno == EINTR) {
@@ -191,6 +215,7 @@ void TunnelStream::PumpToPeer() {
         blocked_ = true;  // OnWritable resumes
         return;
       }
+      std::string().swap(to_peer_);  // an idle stream holds no buffer
     }
     if (socket_eof_ && to_peer_.empty()) {
       if (!stream_over_) session_->CloseWrite(id_);  // the FIN, as END_STREAM
