@@ -20,7 +20,12 @@ absl::StatusOr<std::unique_ptr<ambit::admin::v1::Admin::Stub>> ConnectAdmin(
     return absl::PermissionDeniedError(
         absl::StrCat("cannot open ", socket_path, ": the admin API is root-only"));
   }
-  auto channel = grpc::CreateChannel("unix:" + socket_path, grpc::InsecureChannelCredentials());
+  // A node with tens of thousands of live connections answers `connections` with more than
+  // gRPC's default 4 MiB.
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  auto channel = grpc::CreateCustomChannel("unix:" + socket_path,
+                                           grpc::InsecureChannelCredentials(), args);
   return ambit::admin::v1::Admin::NewStub(channel);
 }
 
