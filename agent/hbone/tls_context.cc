@@ -284,6 +284,10 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
   SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Peers' certificates are held once per distinct certificate, not once per connection: the
+  // connections of a pool (and of every client with the same identity) share the bytes.
+  static CRYPTO_BUFFER_POOL* const kCertificatePool = CRYPTO_BUFFER_POOL_new();
+  SSL_CTX_set0_buffer_pool(c, kCertificatePool);
   if (role == Role::kClient) {
     if (SSL_CTX_set_alpn_protos(c, kAlpnH2, sizeof kAlpnH2) != 0) {  // 0 is success here
       return tls::SslError(absl::StatusCode::kInternal, "setting ALPN");
@@ -316,6 +320,10 @@ absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,
     return tls::SslError(absl::StatusCode::kInternal, "SSL_set_ex_data");
   }
   if (!SSL_set_fd(ssl.get(), fd)) return tls::SslError(absl::StatusCode::kInternal, "SSL_set_fd");
+  // A pooled connection lives long after its handshake: drop the per-connection copy of the
+  // certificate, key and verification configuration once the handshake is done (TLS 1.3 has no
+  // renegotiation that would need it again).
+  SSL_set_shed_handshake_config(ssl.get(), 1);
   if (role_ == Role::kClient) {
     SSL_set_connect_state(ssl.get());
   } else {
