@@ -463,18 +463,58 @@ struct WireBio {
     return len;
   }
 
+  // BoringSSL reads each record as a 5-byte header, then its body, then the next header: three
+  // read()s per small record, the last one EAGAIN. A header read here reads ahead up to
+  // kReadAhead bytes (a whole small record, usually), and a read that came back short means the
+  // socket is empty until the next epoll event (the fd is level-triggered, so anything that
+  // arrives, a FIN included, is reported again). Body reads larger than kReadAhead go straight
+  // into BoringSSL's buffer, so bulk data is not copied again.
+  static constexpr size_t kReadAhead = 2048;
+
   static int Read(BIO* bio, char* out, int len) {
     HboneSession* s = Self(bio);
     BIO_clear_retry_flags(bio);
+    if (len <= 0) return 0;
+    size_t want = static_cast<size_t>(len);
+    if (s->wire_in_off_ < s->wire_in_.size()) {
+      size_t n = std::min(want, s->wire_in_.size() - s->wire_in_off_);
+      memcpy(out, s->wire_in_.data() + s->wire_in_off_, n);
+      s->wire_in_off_ += n;
+      if (s->wire_in_off_ == s->wire_in_.size()) {
+        std::string().swap(s->wire_in_);  // idle sessions hold no read-ahead
+        s->wire_in_off_ = 0;
+      }
+      return static_cast<int>(n);
+    }
     if (!s->fd_.valid()) {
       errno = EBADF;
       return -1;
     }
-    ssize_t n = read(s->fd_.get(), out, static_cast<size_t>(len));
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    if (s->wire_drained_) {
       BIO_set_retry_read(bio);
+      return -1;
     }
-    return static_cast<int>(n);
+    if (want > kReadAhead) {
+      ssize_t n = read(s->fd_.get(), out, want);
+      if (n > 0 && static_cast<size_t>(n) < want) s->wire_drained_ = true;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        BIO_set_retry_read(bio);
+      }
+      return static_cast<int>(n);
+    }
+    char ahead[kReadAhead];
+    ssize_t n = read(s->fd_.get(), ahead, sizeof ahead);
+    if (n <= 0) {
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        BIO_set_retry_read(bio);
+      }
+      return static_cast<int>(n);
+    }
+    if (static_cast<size_t>(n) < sizeof ahead) s->wire_drained_ = true;
+    size_t give = std::min(want, static_cast<size_t>(n));
+    memcpy(out, ahead, give);
+    if (give < static_cast<size_t>(n)) s->wire_in_.assign(ahead + give, n - give);
+    return static_cast<int>(give);
   }
 
   static long Ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
@@ -664,6 +704,7 @@ void HboneSession::ScheduleFlush() {
 }
 
 void HboneSession::OnEvents(uint32_t events) {
+  wire_drained_ = false;  // an event: the socket may hold bytes again
   RunIo([&] {
     switch (state_) {
       case State::kConnecting:
@@ -680,7 +721,10 @@ void HboneSession::OnEvents(uint32_t events) {
         // After ERR/HUP the next SSL_write fails and closes the session, instead of epoll
         // reporting the condition forever to a session waiting for EPOLLOUT.
         if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) write_blocked_ = false;
-        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) DoRead();
+        // Records already read ahead are not visible to epoll: read them too.
+        if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) || wire_in_off_ < wire_in_.size()) {
+          DoRead();
+        }
         return;
       case State::kClosed:
         return;

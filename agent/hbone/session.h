@@ -291,6 +291,9 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t out_off_ = 0;
   std::string wire_out_;  // TLS records waiting for send() (see WireBio)
   size_t wire_off_ = 0;
+  std::string wire_in_;   // read ahead of BoringSSL's record-header reads (see WireBio::Read)
+  size_t wire_in_off_ = 0;
+  bool wire_drained_ = false;  // a short read emptied the socket since the last epoll event
   size_t wire_sent_ = 0;  // bytes sent, ever (for ReleaseIdleBuffers)
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)

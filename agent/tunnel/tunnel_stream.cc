@@ -146,6 +146,8 @@ void TunnelStream::OnReset(uint32_t error_code) {
 
 void TunnelStream::OnEvents(uint32_t events) {
   if (done_) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) drained_ = false;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) closing_ = true;
   if (connecting_) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -178,8 +180,12 @@ void TunnelStream::OnEvents(uint32_t events) {
 void TunnelStream::PumpToPeer() {
   while (!done_ && !blocked_ && !sent_end_) {
     if (to_peer_.empty() && !socket_eof_) {
+      // A short read emptied the socket; with edge-triggered epoll, new bytes bring a new event.
+      // (Not once the peer closed: its FIN may sit behind the bytes without an edge of its own.)
+      if (drained_) break;
       char buf[kReadChunk];
       ssize_t n = read(socket_.get(), buf, sizeof buf);
+      if (n > 0 && static_cast<size_t>(n) < sizeof buf && !closing_) drained_ = true;
       if (n > 0) {
         if (stream_over_) {
           Fail("stream already over", false);

@@ -78,6 +78,8 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   bool socket_shut_ = false; // FIN forwarded to the socket
   bool stream_over_ = false; // OnClosed / OnReset seen: the session forgets the stream
   bool done_ = false;
+  bool drained_ = false;     // a short read emptied the socket: wait for the next EPOLLIN
+  bool closing_ = false;     // EPOLLRDHUP/HUP/ERR seen: read until EOF, never stop early
   std::string to_peer_;     // read from the socket, not yet taken by Write
   std::string to_socket_;   // from the peer, not yet written to the socket
   size_t to_socket_off_ = 0;
