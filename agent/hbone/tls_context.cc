@@ -1,11 +1,19 @@
 #include "agent/hbone/tls_context.h"
 
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/tls1.h>
 #include <openssl/x509v3.h>
 
 #include <cstring>
+#include <ctime>
 #include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -22,10 +30,38 @@ constexpr uint16_t kTlsAes256GcmSha384 = 0x1302;
 
 // Per SSL_CTX: what the callbacks need to know about the context, owned by the SSL_CTX (freed
 // with it), so an SSL outliving its TlsContext object still finds it.
+// Peer chains whose signatures already verified against this context's trust store, keyed by
+// the SHA-256 of the DER of every certificate the peer sent, with the time the first certificate
+// of the verified chain (root included) expires. A peer that reconnects with the same SVID
+// (every pooled connection a workload opens, every reconnect) skips one ECDSA verification of its
+// chain, the most expensive step of a server's full handshake with Debian's BoringSSL; it still
+// proves its key with CertificateVerify, and its leaf still goes through every identity check.
+// A trust-bundle change builds a new context, and with it an empty cache. Bounded; thread-safe
+// (the contexts are shared by the workers).
+class VerifiedChains {
+ public:
+  static constexpr size_t kMaxEntries = 4096;
+  bool Contains(const std::string& key, absl::Time now) const {
+    absl::MutexLock lock(&mu_);
+    auto it = chains_.find(key);
+    return it != chains_.end() && it->second.first <= now && now < it->second.second;
+  }
+  void Add(std::string key, absl::Time not_before, absl::Time not_after) {
+    absl::MutexLock lock(&mu_);
+    if (chains_.size() >= kMaxEntries) chains_.clear();  // churn of identities: start over
+    chains_[std::move(key)] = {not_before, not_after};
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::pair<absl::Time, absl::Time>> chains_ ABSL_GUARDED_BY(mu_);
+};
+
 struct CtxState {
   TlsContext::Role role;
   std::string identity;
   std::string trust_domain;
+  mutable VerifiedChains verified;
 };
 
 // Per SSL: the identity a client expects, and what our callbacks decided.
@@ -113,6 +149,9 @@ absl::StatusOr<std::string> LeafIdentity(X509* leaf, const CtxState& ours,
   return uri;
 }
 
+int CheckLeaf(SSL* ssl, const CtxState& ours, ConnState& conn, X509* leaf,
+              X509_STORE_CTX* store_ctx);
+
 // Runs for every certificate of the peer's chain, root first, leaf (depth 0) last.
 int VerifyPeer(int ok, X509_STORE_CTX* store_ctx) {
   auto* ssl = static_cast<SSL*>(
@@ -131,7 +170,84 @@ int VerifyPeer(int ok, X509_STORE_CTX* store_ctx) {
     return 0;
   }
   if (depth != 0) return 1;
+  return CheckLeaf(ssl, *ours, *conn, X509_STORE_CTX_get_current_cert(store_ctx), store_ctx);
+}
 
+// SHA-256 over the DER of the certificates the peer sent (leaf first): the VerifiedChains key.
+std::string ChainKey(X509_STORE_CTX* store_ctx) {
+  SHA256_CTX sha;
+  SHA256_Init(&sha);
+  auto add = [&](X509* cert) {
+    uint8_t* der = nullptr;
+    int len = i2d_X509(cert, &der);
+    if (len <= 0) return false;
+    uint8_t len_be[4] = {static_cast<uint8_t>(len >> 24), static_cast<uint8_t>(len >> 16),
+                         static_cast<uint8_t>(len >> 8), static_cast<uint8_t>(len)};
+    SHA256_Update(&sha, len_be, sizeof len_be);
+    SHA256_Update(&sha, der, static_cast<size_t>(len));
+    OPENSSL_free(der);
+    return true;
+  };
+  X509* leaf = X509_STORE_CTX_get0_cert(store_ctx);
+  if (leaf == nullptr || !add(leaf)) return "";
+  if (STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store_ctx)) {
+    for (size_t i = 0; i < sk_X509_num(untrusted); ++i) {
+      if (!add(sk_X509_value(untrusted, i))) return "";
+    }
+  }
+  std::string key(SHA256_DIGEST_LENGTH, '\0');
+  SHA256_Final(reinterpret_cast<uint8_t*>(key.data()), &sha);
+  return key;
+}
+
+// The validity window shared by every certificate of a verified chain.
+bool ChainWindow(X509_STORE_CTX* store_ctx, absl::Time* not_before, absl::Time* not_after) {
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store_ctx);
+  if (chain == nullptr || sk_X509_num(chain) == 0) return false;
+  time_t now_t = time(nullptr);
+  bssl::UniquePtr<ASN1_TIME> now(ASN1_TIME_set(nullptr, now_t));
+  if (now == nullptr) return false;
+  absl::Time now_abs = absl::FromTimeT(now_t);
+  *not_before = absl::InfinitePast();
+  *not_after = absl::InfiniteFuture();
+  for (size_t i = 0; i < sk_X509_num(chain); ++i) {
+    X509* cert = sk_X509_value(chain, i);
+    int days, secs;
+    if (!ASN1_TIME_diff(&days, &secs, now.get(), X509_get0_notBefore(cert))) return false;
+    *not_before = std::max(*not_before, now_abs + absl::Hours(24) * days + absl::Seconds(secs));
+    if (!ASN1_TIME_diff(&days, &secs, now.get(), X509_get0_notAfter(cert))) return false;
+    *not_after = std::min(*not_after, now_abs + absl::Hours(24) * days + absl::Seconds(secs));
+  }
+  return true;
+}
+
+// Replaces X509_verify_cert for peers (see VerifiedChains): a chain already verified under this
+// context only repeats the per-connection checks of its leaf.
+int VerifyChain(X509_STORE_CTX* store_ctx, void*) {
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  const CtxState* ours = ssl != nullptr ? GetCtxState(ssl) : nullptr;
+  ConnState* conn = ssl != nullptr ? GetConnState(ssl) : nullptr;
+  if (ours == nullptr || conn == nullptr) return X509_verify_cert(store_ctx);
+  std::string key = ChainKey(store_ctx);
+  if (!key.empty() && ours->verified.Contains(key, absl::Now())) {
+    return CheckLeaf(ssl, *ours, *conn, X509_STORE_CTX_get0_cert(store_ctx), store_ctx);
+  }
+  int ok = X509_verify_cert(store_ctx);
+  absl::Time not_before, not_after;
+  if (ok == 1 && X509_STORE_CTX_get_error(store_ctx) == X509_V_OK && !key.empty() &&
+      ChainWindow(store_ctx, &not_before, &not_after)) {
+    ours->verified.Add(std::move(key), not_before, not_after);
+  }
+  return ok;
+}
+
+// The checks of the peer's leaf that belong to each connection: cipher (client side), SPIFFE
+// identity and trust domain, and the identity the client expects.
+int CheckLeaf(SSL* ssl, const CtxState& ours_ref, ConnState& conn_ref, X509* leaf,
+              X509_STORE_CTX* store_ctx) {
+  const CtxState* ours = &ours_ref;
+  ConnState* conn = &conn_ref;
   auto refuse = [&](PeerCheckFailure failure, std::string message) {
     Refuse(ssl, failure, std::move(message));
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
@@ -146,8 +262,7 @@ int VerifyPeer(int ok, X509_STORE_CTX* store_ctx) {
                                "allowed"));
   }
   PeerCheckFailure failure;
-  absl::StatusOr<std::string> id =
-      LeafIdentity(X509_STORE_CTX_get_current_cert(store_ctx), *ours, &failure);
+  absl::StatusOr<std::string> id = LeafIdentity(leaf, *ours, &failure);
   if (!id.ok()) return refuse(failure, std::string(id.status().message()));
   if (ours->role == TlsContext::Role::kClient && *id != conn->expected_peer) {
     return refuse(PeerCheckFailure::kIdentityMismatch,
@@ -279,6 +394,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
       c,
       role == Role::kServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
       VerifyPeer);
+  SSL_CTX_set_cert_verify_callback(c, VerifyChain, nullptr);
   // No resumption: every connection proves its identity with a full handshake, and the server
   // sends no tickets it would have to rotate keys for.
   SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
@@ -297,7 +413,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
     SSL_CTX_set_select_certificate_cb(c, CheckClientHello);
     SSL_CTX_set_alpn_select_cb(c, SelectAlpn, nullptr);
   }
-  auto* state = new CtxState{role, svid.identity, trust_domain};
+  auto* state = new CtxState{role, svid.identity, trust_domain, {}};
   if (!SSL_CTX_set_ex_data(c, CtxIndex(), state)) {
     delete state;
     return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_set_ex_data");

@@ -69,6 +69,34 @@ TEST_F(HandshakeTest, ClientRefusesServerWithWrongIdentity) {
   EXPECT_TRUE(server_->requests.empty());
 }
 
+// The second handshake with the same certificates skips the chain's signature check (the
+// context remembers verified chains) but never the per-connection checks: a client that expects
+// another identity is still refused, and the session that expects the right one still works.
+TEST_F(HandshakeTest, RememberedChainsStillGetEveryPerConnectionCheck) {
+  StartServer();
+  auto first = Dial();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(Run([&] { return first->established() && server_->established == 1; }));
+  auto second = Dial();
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(Run([&] { return second->established() && server_->established == 2; }));
+  EXPECT_EQ(second->peer_identity(), kServerId);
+  ASSERT_EQ(server_->sessions.size(), 2u);
+  EXPECT_EQ(server_->sessions[1]->peer_identity(), kClientId);
+  auto verified = PeerSpiffeId(server_->sessions[1]->ssl());
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_EQ(SSL_get_verify_result(server_->sessions[1]->ssl()), X509_V_OK);
+
+  const std::string expected = "spiffe://cluster.local/ns/default/sa/somebody-else";
+  ClientEvents events;
+  auto wrong = Dial(expected, {}, nullptr, &events);
+  ASSERT_NE(wrong, nullptr);
+  ASSERT_TRUE(Run([&] { return events.closed; }));
+  EXPECT_EQ(events.close_status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(events.close_status.message(), HasSubstr("server identity mismatch"));
+  EXPECT_EQ(wrong->stats().identity_mismatch, 1u);
+}
+
 TEST_F(HandshakeTest, ClientRefusesServerFromAnotherRoot) {
   auto other = TestPki::Create("another root");
   ASSERT_TRUE(other.ok());
