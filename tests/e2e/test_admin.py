@@ -257,11 +257,12 @@ metadata:
         self.assertEqual(doc["services"][0]["name"], "api")
         self.assertTrue(doc["bpf"]["programs"])
         self.assertTrue(doc["logLevels"])
+        self.assertIsInstance(doc["connections"], list)  # the data plane answered
 
     def test_help_and_agent_not_running(self):
         missing = os.path.join(self.topo.workdir, "no-agent.sock")
         for cmd in (["workloads"], ["policies"], ["check", "default/a", "backend/b:80"], ["bpf"],
-                    ["services"], ["log"], ["config-dump"]):
+                    ["services"], ["log"], ["config-dump"], ["connections"]):
             h = run(AMBITCTL, *cmd[:1], "--help", check=False)
             self.assertEqual(h.returncode, 0, h.stderr)
             self.assertIn("Usage", h.stdout + h.stderr)
