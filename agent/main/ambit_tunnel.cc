@@ -4,6 +4,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/time/time.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/tunnel/control.h"
@@ -12,6 +13,8 @@ ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (requ
 ABSL_FLAG(int, workers, 2, "worker threads");
 ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of every socket the data plane opens");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
+          "how long a pooled HBONE connection with no stream stays open");
 ABSL_FLAG(std::string, access_log_format, "text",
           "one line per connection when it closes: text (key=value), json, or off");
 
@@ -37,6 +40,7 @@ int main(int argc, char** argv) {
   options.workers = std::max(1, absl::GetFlag(FLAGS_workers));
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
   options.access_log_json = access_log == "json";
+  options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   if (options.control_socket.empty()) {
     std::cerr << "ambit-tunnel: --control-socket is required\n";
     return 2;

@@ -53,6 +53,8 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
           "ip:port of the Prometheus endpoint (/metrics); empty: off");
 ABSL_FLAG(std::string, readiness_address, "0.0.0.0:15021",
           "ip:port of the readiness endpoint (/healthz/ready); empty: off");
+ABSL_FLAG(absl::Duration, hbone_idle_timeout, absl::Seconds(30),
+          "how long the data plane keeps a pooled HBONE connection with no stream");
 ABSL_FLAG(std::string, access_log_format, "text",
           "the data plane's line per closed connection: text, json or off");
 ABSL_FLAG(bool, cleanup, false,
@@ -117,6 +119,8 @@ int main(int argc, char** argv) {
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);
+  options.tunnel_args.push_back("--idle-timeout");
+  options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));
   options.tunnel_args.push_back("--access-log-format");
   options.tunnel_args.push_back(absl::GetFlag(FLAGS_access_log_format));
   if (!options.ca_address.empty() && options.ca_root_cert.empty()) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tls/cert_manager.h"
@@ -24,6 +25,7 @@ struct TunnelOptions {
   int workers = 2;
   uint32_t socket_mark = 0x539;
   bool access_log_json = false;
+  absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_util.h"
 #include "agent/tunnel/connection.h"
@@ -44,10 +45,32 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
 }
 
 void HbonePool::OnIdle(hbone::HboneSession& session) {
-  std::weak_ptr<hbone::HboneSession> weak = session.shared_from_this();
-  worker_.loop().RunAfter(idle_timeout_, [weak] {
+  if (keys_.find(&session) == keys_.end()) return;
+  IdleState& state = idle_[&session];
+  state.since = absl::Now();
+  if (state.armed) return;  // the pending timer measures from `since`
+  state.armed = true;
+  ArmIdleTimer(session.shared_from_this(), idle_timeout_);
+}
+
+void HbonePool::ArmIdleTimer(std::weak_ptr<hbone::HboneSession> weak, absl::Duration after) {
+  // The pool outlives every timer that runs: the worker's loop stops before the pool goes.
+  worker_.loop().RunAfter(after, [this, weak] {
     auto s = weak.lock();
-    if (s && !s->closed() && s->active_streams() == 0) s->Shutdown();
+    if (s == nullptr || s->closed()) return;
+    auto it = idle_.find(s.get());
+    if (it == idle_.end()) return;
+    if (s->active_streams() > 0) {  // busy again: OnIdle arms a new timer when it empties
+      it->second.armed = false;
+      return;
+    }
+    absl::Duration idle_for = absl::Now() - it->second.since;
+    if (idle_for >= idle_timeout_) {
+      it->second.armed = false;
+      s->Shutdown();
+      return;
+    }
+    ArmIdleTimer(weak, idle_timeout_ - idle_for);
   });
 }
 
@@ -71,6 +94,7 @@ void HbonePool::OnSessionClosed(hbone::HboneSession& session, const absl::Status
   }
   if (list.empty()) pools_.erase(it->second);
   keys_.erase(it);
+  idle_.erase(&session);
 }
 
 InboundSessions::~InboundSessions() = default;

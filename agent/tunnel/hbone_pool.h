@@ -41,12 +41,22 @@ class HbonePool final : public hbone::SessionDelegate {
 
  private:
   using Key = std::tuple<std::string, std::string, SocketAddress>;
+  // One idle timer per session at a time: it fires idle_timeout after the session last became
+  // idle (re-armed for the remainder when the session was busy meanwhile), so connection churn
+  // never piles up timers.
+  struct IdleState {
+    absl::Time since;
+    bool armed = false;
+  };
+  void ArmIdleTimer(std::weak_ptr<hbone::HboneSession> session, absl::Duration after);
+
   Worker& worker_;
   hbone::SessionOptions options_;
   size_t max_streams_;
   absl::Duration idle_timeout_;
   std::map<Key, std::vector<std::shared_ptr<hbone::HboneSession>>> pools_;
   std::unordered_map<hbone::HboneSession*, Key> keys_;
+  std::unordered_map<hbone::HboneSession*, IdleState> idle_;
 };
 
 // Inbound HBONE connections (port 15008) of one worker: keeps each session alive, knows which

@@ -365,3 +365,57 @@ except OSError as e:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PoolIdleTest(unittest.TestCase):
+    """A pooled HBONE connection closes --hbone-idle-timeout after its last stream ended, never
+    while a stream is open, and connection churn does not keep it alive past that."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.topo = Topology("pi")
+        cls.topo.__enter__()
+        t = cls.topo
+        cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+        cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
+        cls.n1, cls.n2 = t.add_agent("node1"), t.add_agent("node2")
+        for agent in (cls.n1, cls.n2):
+            t.write_pods(agent, [cls.a, cls.b])
+        cls.n1.start("--hbone-idle-timeout", "1s", wait_pods=[cls.a])
+        cls.n2.start(wait_pods=[cls.b])
+        cls.n1.wait_log(f"certificate {WEB} valid")
+        cls.n2.wait_log(f"certificate {API} valid")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def hbone_connections(self):
+        r = self.a.run(["ss", "-Htn", "state", "established", "( dport = :15008 )"],
+                       in_cgroup=False)
+        return len([l for l in r.stdout.splitlines() if l.strip()])
+
+    def exchange(self, port, hold_s=0.0):
+        srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, str(port), "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(srv)
+        cli = self.a.popen(["/usr/bin/python3", "-c", CLIENT, self.b.ip4, str(port), "10", "10"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.assertEqual(cli.stdout.readline().split(), ["done", "10"])
+        return srv, cli
+
+    def test_idle_timeout(self):
+        srv, cli = self.exchange(7200)
+        time.sleep(2.5)  # busy for longer than the idle timeout
+        self.assertEqual(self.hbone_connections(), 1)
+        cli.communicate("close\n", timeout=30)
+        srv.wait(timeout=30)
+        for i in range(5):  # churn: short streams on the same pooled connection
+            srv, cli = self.exchange(7201 + i)
+            cli.communicate("close\n", timeout=30)
+            srv.wait(timeout=30)
+            self.assertEqual(self.hbone_connections(), 1)
+        deadline = time.time() + 10
+        while self.hbone_connections() != 0:
+            self.assertLess(time.time(), deadline, "the idle pooled connection stayed open")
+            time.sleep(0.1)
