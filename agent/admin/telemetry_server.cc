@@ -57,7 +57,9 @@ absl::StatusOr<MHD_Daemon*> Serve(const std::string& address, Endpoint* endpoint
   }
   sockaddr_storage ss;
   parsed->ToSockaddr(&ss);
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+  // A thread per connection: a scrape waiting on the data plane never holds up another one.
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                   MHD_USE_ERROR_LOG;
   if (!parsed->ip.is_v4()) flags |= MHD_USE_IPv6;
   MHD_Daemon* d = MHD_start_daemon(
       flags, parsed->port, nullptr, nullptr, &Handle, endpoint, MHD_OPTION_SOCK_ADDR,

@@ -9,8 +9,8 @@ namespace ambit {
 
 // Length-prefixed messages on a blocking stream socket: a 4-byte little-endian length, then the
 // bytes. Used where one message can outgrow a SOCK_SEQPACKET datagram (the data plane's stats
-// answer lists every live connection). Both calls give up after `timeout` and refuse messages
-// above `max_bytes`.
+// answer lists every live connection). Each call gives up once `timeout` has passed in all
+// (not per read or write), and ReadFramed refuses messages above `max_bytes`.
 absl::Status WriteFramed(int fd, const std::string& message, absl::Duration timeout);
 absl::StatusOr<std::string> ReadFramed(int fd, size_t max_bytes, absl::Duration timeout);
 

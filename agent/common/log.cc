@@ -5,6 +5,8 @@
 
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -12,11 +14,16 @@
 namespace ambit::log {
 namespace {
 
-absl::Mutex mu;
-std::map<std::string, Level, std::less<>>* levels ABSL_GUARDED_BY(mu) = nullptr;
+using LevelMap = std::map<std::string, Level, std::less<>>;
+
+absl::Mutex mu;  // serializes level changes
+// The per-component levels, read without a lock on every log statement (data-path threads
+// included): a change publishes a new immutable table. Every table published stays alive, since
+// a reader may still hold the previous one; changes are rare (start-up flags, an operator's
+// `ambitctl log`), so this costs a few hundred bytes per change.
+std::atomic<const LevelMap*> levels{nullptr};
+std::vector<std::unique_ptr<LevelMap>>* tables ABSL_GUARDED_BY(mu) = nullptr;
 std::atomic<int> default_level{static_cast<int>(Level::kInfo)};
-// Set when any component has its own level, so the common case reads one atomic.
-std::atomic<bool> has_overrides{false};
 
 const char* Name(Level level) {
   switch (level) {
@@ -36,16 +43,18 @@ void SetLevel(std::string_view component, Level level) {
     return;
   }
   absl::MutexLock lock(&mu);
-  if (levels == nullptr) levels = new std::map<std::string, Level, std::less<>>();
-  (*levels)[std::string(component)] = level;
-  has_overrides.store(true, std::memory_order_release);
+  if (tables == nullptr) tables = new std::vector<std::unique_ptr<LevelMap>>();
+  const LevelMap* current = levels.load(std::memory_order_acquire);
+  auto next = std::make_unique<LevelMap>(current != nullptr ? *current : LevelMap());
+  (*next)[std::string(component)] = level;
+  levels.store(next.get(), std::memory_order_release);
+  tables->push_back(std::move(next));
 }
 
 bool Enabled(std::string_view component, Level level) {
-  if (has_overrides.load(std::memory_order_acquire)) {
-    absl::MutexLock lock(&mu);
-    auto it = levels->find(component);
-    if (it != levels->end()) return level >= it->second;
+  if (const LevelMap* m = levels.load(std::memory_order_acquire)) {
+    auto it = m->find(component);
+    if (it != m->end()) return level >= it->second;
   }
   return static_cast<int>(level) >= default_level.load(std::memory_order_relaxed);
 }

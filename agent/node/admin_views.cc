@@ -248,18 +248,21 @@ class LogLevels {
  public:
   explicit LogLevels(std::string control_socket) : control_socket_(std::move(control_socket)) {}
   absl::StatusOr<pb::LogLevelResponse> Handle(const pb::LogLevelRequest& req) {
-    absl::MutexLock lock(&mu_);
     if (!req.level().empty()) {
       log::Level level;
       if (!log::ParseLevel(req.level(), &level)) {
         return absl::InvalidArgumentError(
             absl::StrCat("'", req.level(), "' is not a log level: debug, info, warn or error"));
       }
-      log::SetLevel(req.component(), level);
-      if (!req.component().empty()) components_.insert(req.component());
+      {
+        absl::MutexLock lock(&mu_);
+        log::SetLevel(req.component(), level);
+        if (!req.component().empty()) components_.insert(req.component());
+      }
       AMBIT_LOG("admin", Info) << "log level of "
                                << (req.component().empty() ? "default" : req.component())
                                << " set to " << LevelName(level);
+      // Outside the lock: the data plane may take a moment to answer.
       ambit::dataplane::v1::StatsRequest forward;
       forward.set_set_log_component(req.component());
       forward.set_set_log_level(req.level());
@@ -269,6 +272,7 @@ class LogLevels {
                                     << sent.status().message();
       }
     }
+    absl::MutexLock lock(&mu_);
     pb::LogLevelResponse resp;
     auto add = [&resp](const std::string& c) {
       auto* l = resp.add_levels();

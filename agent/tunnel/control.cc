@@ -261,8 +261,12 @@ void Tunnel::ServeStats(UniqueFd client) {
   auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(kStatsTimeout);
   for (size_t i = 0; i < parts.size(); ++i) {
     if (parts[i].wait_until(deadline) != std::future_status::ready) {
-      AMBIT_LOG(kComponent, Warning) << "stats: worker " << i << " did not answer in time";
-      continue;
+      // All workers or no answer: totals missing one worker's part would look like a counter
+      // reset to Prometheus. The client sees the connection close and reports the data plane
+      // as unavailable for this scrape.
+      AMBIT_LOG(kComponent, Warning) << "stats: worker " << i
+                                     << " did not answer in time; no answer sent";
+      return;
     }
     response.MergeFrom(*parts[i].get());
   }
