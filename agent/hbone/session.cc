@@ -749,7 +749,23 @@ void HboneSession::DoHandshake() {
   int r = SSL_do_handshake(ssl_.get());
   int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_.get(), r);
   int saved_errno = errno;  // HandshakeFailed reads it; a send() below may change it
-  if (!SendWire()) return;  // the flight (or alert) the handshake produced
+  if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+    // Refused or failed: the alert is sent if it can be, but the refusal is what gets counted
+    // and reported, also when the peer is already gone and the alert cannot be sent.
+    while (wire_off_ < wire_out_.size()) {
+      ssize_t n = send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        wire_off_ += static_cast<size_t>(n);
+      } else if (!(n < 0 && errno == EINTR)) {
+        break;
+      }
+    }
+    errno = saved_errno;
+    HandshakeFailed(e);
+    return;
+  }
+  if (!SendWire()) return;  // the flight the handshake produced
   errno = saved_errno;
   if (r == 1) {
     HandshakeDone();
