@@ -258,6 +258,7 @@ class LogLevels {
         absl::MutexLock lock(&mu_);
         log::SetLevel(req.component(), level);
         if (!req.component().empty()) components_.insert(req.component());
+        changed_[req.component()] = req.level();
       }
       AMBIT_LOG("admin", Info) << "log level of "
                                << (req.component().empty() ? "default" : req.component())
@@ -288,9 +289,32 @@ class LogLevels {
     return resp;
   }
 
+  // Passes every level changed at run time to a data plane that started after the change (it
+  // starts from --log-level). Control thread; the data plane answers at once when it is up.
+  void Reapply() {
+    std::map<std::string, std::string> changed;
+    {
+      absl::MutexLock lock(&mu_);
+      changed = changed_;
+    }
+    for (const auto& [component, level] : changed) {
+      ambit::dataplane::v1::StatsRequest forward;
+      forward.set_set_log_component(component);
+      forward.set_set_log_level(level);
+      auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
+      if (!sent.ok()) {
+        AMBIT_LOG("admin", Warning) << "log level of "
+                                    << (component.empty() ? "default" : component)
+                                    << " not passed to the data plane: "
+                                    << sent.status().message();
+      }
+    }
+  }
+
  private:
   const std::string control_socket_;
   absl::Mutex mu_;
+  std::map<std::string, std::string> changed_ ABSL_GUARDED_BY(mu_);  // component -> level
   std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {
       "access", "admin", "agent", "authz",  "bpf",        "ca",
       "config", "hbone", "tls",   "tunnel", "supervisor", "telemetry"};
@@ -312,6 +336,7 @@ void Agent::InitAdminHandlers() {
   auto levels = std::make_shared<LogLevels>(options_.control_socket());
   admin_state_->SetLogLevelHandler(
       [levels](const pb::LogLevelRequest& req) { return levels->Handle(req); });
+  reapply_log_levels_ = [levels] { levels->Reapply(); };
   admin_state_->SetStatsFetcher([socket = options_.control_socket()](bool connections,
                                                                     bool metrics) {
     ambit::dataplane::v1::StatsRequest request;

@@ -190,6 +190,7 @@ absl::Status Agent::ConnectDataPlane() {
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
   if (snapshot_version_ > 0) SendSnapshot();
+  if (reapply_log_levels_) reapply_log_levels_();
   PublishHealth();
   return absl::OkStatus();
 }

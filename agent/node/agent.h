@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -126,6 +127,7 @@ class Agent {
   std::shared_ptr<admin::AdminState> admin_state_;
   std::unique_ptr<admin::AdminServer> admin_server_;
   std::unique_ptr<admin::TelemetryServer> telemetry_;
+  std::function<void()> reapply_log_levels_;  // run-time log levels, for a new data plane
   std::vector<supervisor::CertificateState> cert_states_;
   TaskQueue completions_;  // results of background work, run on the control thread
   std::unique_ptr<BackgroundThread> signing_thread_;

@@ -10,6 +10,7 @@ logs, exactly. A connection to b:9001 must show as denied, with the denying poli
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -334,6 +335,23 @@ except OSError as e:
             cli.communicate("close\n", timeout=30)
             srv.wait(timeout=30)
             self.n2.wait_log(" access: ", count=before2 + 1)
+            time.sleep(0.3)
+            self.assertEqual(self.n1.logs().count(" access: "), before1)
+            # A data plane that restarts gets the level again from ambitd.
+            started = self.n1.logs().count("started data plane")
+            applied = self.n1.logs().count("log level of access set to warn")
+            os.kill(self.n1.tunnel_pid(), signal.SIGKILL)
+            self.n1.wait_log("started data plane", count=started + 1)
+            self.n1.wait_log("log level of access set to warn", count=applied + 1)
+            before1 = self.n1.logs().count(" access: ")
+            srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, "7002", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_listening(srv)
+            cli = self.a.popen(["/usr/bin/python3", "-c", CLIENT, self.b.ip4, "7002", "10", "10"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            cli.communicate("close\n", timeout=30)
+            srv.wait(timeout=30)
+            self.n2.wait_log(" access: ", count=before2 + 2)
             time.sleep(0.3)
             self.assertEqual(self.n1.logs().count(" access: "), before1)
         finally:
