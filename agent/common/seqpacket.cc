@@ -4,6 +4,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace ambit {
@@ -38,7 +40,17 @@ absl::Status SendPacket(int sock, const std::string& data, const std::vector<int
 
 absl::StatusOr<Packet> ReceivePacket(int sock) {
   Packet packet;
-  packet.data.resize(kMaxPacketBytes);
+  // The next packet's length first (MSG_PEEK | MSG_TRUNC reports a datagram's full length), so
+  // a small message takes a small buffer: a fixed kMaxPacketBytes buffer was zero-filled for
+  // every message and, once freed, kept 4 MiB of heap resident in each process.
+  char probe;
+  ssize_t length;
+  do {
+    length = recv(sock, &probe, 1, MSG_PEEK | MSG_TRUNC);
+  } while (length < 0 && errno == EINTR);
+  if (length < 0) return absl::ErrnoToStatus(errno, "recv on control channel");
+  // One byte more than the limit lets recvmsg flag an oversized packet as truncated.
+  packet.data.resize(std::clamp<size_t>(static_cast<size_t>(length), 1, kMaxPacketBytes + 1));
   std::vector<char> control(CMSG_SPACE(sizeof(int) * (kMaxPacketFds + 3)));
   iovec iov{packet.data.data(), packet.data.size()};
   msghdr msg{};
