@@ -263,15 +263,7 @@ class LogLevels {
       AMBIT_LOG("admin", Info) << "log level of "
                                << (req.component().empty() ? "default" : req.component())
                                << " set to " << LevelName(level);
-      // Outside the lock: the data plane may take a moment to answer.
-      ambit::dataplane::v1::StatsRequest forward;
-      forward.set_set_log_component(req.component());
-      forward.set_set_log_level(req.level());
-      auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
-      if (!sent.ok()) {
-        AMBIT_LOG("admin", Warning) << "log level not passed to the data plane: "
-                                    << sent.status().message();
-      }
+      Forward(req.component(), req.level());  // outside the lock: the data plane may be slow
     }
     absl::MutexLock lock(&mu_);
     pb::LogLevelResponse resp;
@@ -297,21 +289,21 @@ class LogLevels {
       absl::MutexLock lock(&mu_);
       changed = changed_;
     }
-    for (const auto& [component, level] : changed) {
-      ambit::dataplane::v1::StatsRequest forward;
-      forward.set_set_log_component(component);
-      forward.set_set_log_level(level);
-      auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
-      if (!sent.ok()) {
-        AMBIT_LOG("admin", Warning) << "log level of "
-                                    << (component.empty() ? "default" : component)
-                                    << " not passed to the data plane: "
-                                    << sent.status().message();
-      }
-    }
+    for (const auto& [component, level] : changed) Forward(component, level);
   }
 
  private:
+  void Forward(const std::string& component, const std::string& level) {
+    ambit::dataplane::v1::StatsRequest forward;
+    forward.set_set_log_component(component);
+    forward.set_set_log_level(level);
+    auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
+    if (!sent.ok()) {
+      AMBIT_LOG("admin", Warning) << "log level of " << (component.empty() ? "default" : component)
+                                  << " not passed to the data plane: " << sent.status().message();
+    }
+  }
+
   const std::string control_socket_;
   absl::Mutex mu_;
   std::map<std::string, std::string> changed_ ABSL_GUARDED_BY(mu_);  // component -> level
@@ -483,15 +475,8 @@ void Agent::PublishViews() {
       port->set_target_port(p.target_port);
       port->set_protocol(p.protocol);
     }
-    if (svc.selector.empty()) continue;
     for (const auto& [pk, pod] : state_.pods) {
-      if (pod.namespace_name != svc.namespace_name) continue;
-      bool match = true;
-      for (const auto& [k, v] : svc.selector) {
-        auto it = pod.labels.find(k);
-        if (it == pod.labels.end() || it->second != v) match = false;
-      }
-      if (match) out->add_endpoints(pod.Key());
+      if (state::Selects(svc, pod)) out->add_endpoints(pod.Key());
     }
   }
   admin_state_->SetServices(std::move(services));

@@ -167,8 +167,7 @@ absl::Status Agent::Init() {
     OnCertificateReport(std::move(c));
   };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
-  Apply(source_->Current());
-  PublishHealth();
+  Apply(source_->Current());  // publishes the views and the health readiness reads
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
                          admin::TelemetryServer::Start(options_.metrics_address,
                                                        options_.readiness_address, admin_state_));
@@ -385,16 +384,8 @@ void Agent::SendSnapshot() {
       if (!absl::SimpleAtoi(p.target_port, &target)) target = p.target_port.empty() ? p.port : 0;
       d.ports.push_back({p.port, target, p.protocol});
     }
-    if (!svc.selector.empty()) {
-      for (const auto& [pk, pod] : state_.pods) {
-        if (pod.namespace_name != svc.namespace_name) continue;
-        bool match = true;
-        for (const auto& [k, v] : svc.selector) {
-          auto it = pod.labels.find(k);
-          if (it == pod.labels.end() || it->second != v) match = false;
-        }
-        if (match) d.endpoints.push_back(pod.Key());
-      }
+    for (const auto& [pk, pod] : state_.pods) {
+      if (state::Selects(svc, pod)) d.endpoints.push_back(pod.Key());
     }
     services.push_back(std::move(d));
   }

@@ -33,4 +33,13 @@ std::string SpiffeId(const MeshConfig& mesh, const Pod& pod) {
                       pod.service_account);
 }
 
+bool Selects(const Service& svc, const Pod& pod) {
+  if (svc.selector.empty() || pod.namespace_name != svc.namespace_name) return false;
+  for (const auto& [k, v] : svc.selector) {
+    auto it = pod.labels.find(k);
+    if (it == pod.labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
 }  // namespace ambit::state

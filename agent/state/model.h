@@ -142,4 +142,8 @@ bool IsEnrolled(const Pod& pod, std::string_view node_name);
 // The SPIFFE identity, spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
 std::string SpiffeId(const MeshConfig& mesh, const Pod& pod);
 
+// Whether `svc`'s selector picks `pod` (same namespace, every selector label equal). A Service
+// without a selector picks no pod.
+bool Selects(const Service& svc, const Pod& pod);
+
 }  // namespace ambit::state

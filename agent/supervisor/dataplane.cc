@@ -6,7 +6,6 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
+#include "agent/common/socket_util.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
@@ -72,18 +72,7 @@ int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 
 DataPlane::~DataPlane() = default;
 
 absl::StatusOr<UniqueFd> DataPlane::TryConnect() {
-  UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (options_.control_socket.size() >= sizeof sun.sun_path) {
-    return absl::InvalidArgumentError("control socket path too long");
-  }
-  strcpy(sun.sun_path, options_.control_socket.c_str());
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("connect ", options_.control_socket));
-  }
-  return fd;
+  return ConnectUnix(options_.control_socket, SOCK_SEQPACKET);
 }
 
 absl::Status DataPlane::Spawn() {
@@ -187,20 +176,13 @@ std::string DataPlane::Reap() {
 
 absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
     const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
-  std::string path = StatsSocketFor(control_socket);
-  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sun.sun_path) return absl::InvalidArgumentError("path too long");
-  strcpy(sun.sun_path, path.c_str());
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("data plane not reachable at ", path, ": ", strerror(errno)));
+  auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
+  if (!fd.ok()) {
+    return absl::UnavailableError(absl::StrCat("data plane not reachable: ", fd.status().message()));
   }
   constexpr absl::Duration kTimeout = absl::Seconds(5);
-  AMBIT_RETURN_IF_ERROR(WriteFramed(fd.get(), request.SerializeAsString(), kTimeout));
-  AMBIT_ASSIGN_OR_RETURN(std::string bytes, ReadFramed(fd.get(), 256 << 20, kTimeout));
+  AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), kTimeout));
+  AMBIT_ASSIGN_OR_RETURN(std::string bytes, ReadFramed(fd->get(), 256 << 20, kTimeout));
   ambit::dataplane::v1::StatsResponse response;
   if (!response.ParseFromString(bytes)) {
     return absl::DataLossError("data plane sent a malformed stats answer");

@@ -6,9 +6,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/timerfd.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <future>
@@ -18,6 +16,7 @@
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
+#include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/hbone/tls_context.h"
 #include "agent/tls/trust_bundle.h"
@@ -41,24 +40,6 @@ enum : uint64_t {
 // How long one stats exchange may take, each way, and how long workers have to answer.
 constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
 
-// A root-only unix listening socket at `path` (any stale file there is replaced).
-absl::StatusOr<UniqueFd> ListenUnix(const std::string& path, int type) {
-  UniqueFd fd(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sun.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  }
-  strcpy(sun.sun_path, path.c_str());
-  unlink(path.c_str());
-  mode_t old = umask(0077);  // root-only: the sockets hand out listeners, netns fds, flows
-  int rc = bind(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-  umask(old);
-  if (rc < 0) return absl::ErrnoToStatus(errno, absl::StrCat("bind ", path));
-  if (listen(fd.get(), 4) < 0) return absl::ErrnoToStatus(errno, absl::StrCat("listen ", path));
-  return fd;
-}
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
   epoll_event ev{};
