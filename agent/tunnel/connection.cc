@@ -324,7 +324,7 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
 }
 
 Connection::Connection(Worker& worker, std::string description, UniqueFd downstream)
-    : worker_(worker), description_(std::move(description)) {
+    : tunnel::Flow(std::move(description)), worker_(worker) {
   fds_[0] = std::move(downstream);
   for (int i = 0; i < 2; ++i) {
     sides_[i].conn = this;
@@ -333,17 +333,6 @@ Connection::Connection(Worker& worker, std::string description, UniqueFd downstr
 }
 
 Connection::~Connection() { ForgetDelivery(); }
-
-void Connection::Recheck(const MeshSnapshot& snapshot) {
-  if (!recheck_ || done_) return;
-  absl::Status status = recheck_(snapshot);
-  if (status.ok()) return;
-  AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
-                                 << status.message();
-  worker_.counters().closed_by_policy++;
-  SetEnd("DENY", absl::StrCat("closed after a policy change: ", status.message()), true);
-  ResetBoth(std::string(status.message()));
-}
 
 void Connection::SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst) {
   delivery_ = std::make_pair(src, dst);
@@ -371,7 +360,7 @@ void Connection::StartRelay(UniqueFd upstream, bool connect_in_progress) {
 }
 
 void Connection::Abort(const std::string& reason) {
-  AMBIT_LOG(kComponent, Warning) << description_ << ": " << reason << "; connection reset";
+  AMBIT_LOG(kComponent, Warning) << description() << ": " << reason << "; connection reset";
   SetEnd("CONNECT", reason);
   ResetBoth(reason);
 }
@@ -453,7 +442,7 @@ void Connection::Pump() {
 
 void Connection::ResetBoth(const std::string& reason) {
   if (done_) return;
-  AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  AMBIT_LOG(kComponent, Debug) << description() << " reset: " << reason;
   SetEnd("-", reason);
   for (auto& fd : fds_) {
     if (fd) worker_.Unwatch(fd.get());
@@ -464,7 +453,7 @@ void Connection::ResetBoth(const std::string& reason) {
 }
 
 void Connection::Finish() {
-  AMBIT_LOG(kComponent, Debug) << description_ << " closed sent=" << bytes_[0]
+  AMBIT_LOG(kComponent, Debug) << description() << " closed sent=" << bytes_[0]
                                << " received=" << bytes_[1];
   for (auto& fd : fds_) {
     if (fd) worker_.Unwatch(fd.get());

@@ -49,12 +49,7 @@ class Connection final : public Flow {
   void StartRelay(UniqueFd upstream, bool connect_in_progress);
   // The delivery entry (bpf::AllowDelivery) to remove once the upstream connect completes.
   void SetDeliveryEntry(const SocketAddress& src, const SocketAddress& dst);
-  // A policy check to repeat whenever the configuration changes; a failing check resets the
-  // connection.
-  void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
-    recheck_ = std::move(check);
-  }
-  void Recheck(const MeshSnapshot& snapshot) override;
+  void Reset(const std::string& reason) override { ResetBoth(reason); }
   void Bytes(uint64_t* from_client, uint64_t* to_client) const override {
     *from_client = bytes_[0];
     *to_client = bytes_[1];
@@ -84,7 +79,6 @@ class Connection final : public Flow {
   void Finish();
 
   Worker& worker_;
-  std::string description_;
   UniqueFd fds_[2];  // 0: downstream (accepted), 1: upstream
   Side sides_[2];
   Direction dirs_[2];  // dirs_[i]: bytes read from fds_[i]
@@ -92,7 +86,6 @@ class Connection final : public Flow {
   bool done_ = false;
   uint64_t bytes_[2] = {0, 0};
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
-  std::function<absl::Status(const MeshSnapshot&)> recheck_;
 };
 
 }  // namespace ambit::tunnel

@@ -20,7 +20,7 @@ constexpr size_t kReadChunk = 64 * 1024;
 }  // namespace
 
 TunnelStream::TunnelStream(Worker& worker, std::string description, UniqueFd socket)
-    : worker_(worker), description_(std::move(description)), socket_(std::move(socket)) {}
+    : Flow(std::move(description)), worker_(worker), socket_(std::move(socket)) {}
 
 TunnelStream::~TunnelStream() {
   ForgetDelivery();
@@ -53,17 +53,6 @@ void TunnelStream::Accept(std::shared_ptr<hbone::HboneSession> session, hbone::S
   watching_ = true;
 }
 
-void TunnelStream::Recheck(const MeshSnapshot& snapshot) {
-  if (!recheck_ || done_) return;
-  absl::Status status = recheck_(snapshot);
-  if (status.ok()) return;
-  AMBIT_LOG(kComponent, Warning) << description_ << ": closed after a policy change: "
-                                 << status.message();
-  worker_.counters().closed_by_policy++;
-  SetEnd("DENY", absl::StrCat("closed after a policy change: ", status.message()), true);
-  Fail(std::string(status.message()), true);
-}
-
 void TunnelStream::StartRelay() {
   relaying_ = true;
   if (!watching_) {
@@ -81,13 +70,13 @@ void TunnelStream::StartRelay() {
 void TunnelStream::OnResponse(int status) {
   if (done_) return;
   if (status / 100 == 2) {
-    AMBIT_LOG(kComponent, Debug) << description_ << " tunnel up";
+    AMBIT_LOG(kComponent, Debug) << description() << " tunnel up";
     StartRelay();
     return;
   }
   // The session ends the stream after a non-2xx answer; no further callback comes.
   stream_over_ = true;
-  AMBIT_LOG(kComponent, Warning) << description_ << ": peer answered " << status
+  AMBIT_LOG(kComponent, Warning) << description() << ": peer answered " << status
                                  << (status == 401 ? " (denied by policy)" : "")
                                  << "; connection reset";
   if (status == 401) {
@@ -139,7 +128,7 @@ void TunnelStream::OnReset(uint32_t error_code) {
   if (connecting_) {
     connecting_ = false;
   }
-  AMBIT_LOG(kComponent, Debug) << description_ << ": stream reset by peer (code " << error_code
+  AMBIT_LOG(kComponent, Debug) << description() << ": stream reset by peer (code " << error_code
                                << ")";
   Fail(absl::StrCat("stream reset, code ", error_code), false);
 }
@@ -156,7 +145,7 @@ void TunnelStream::OnEvents(uint32_t events) {
     ForgetDelivery();  // the SYN is past sk_lookup either way
     connecting_ = false;
     if (err != 0) {
-      AMBIT_LOG(kComponent, Warning) << description_ << ": application connect failed: "
+      AMBIT_LOG(kComponent, Warning) << description() << ": application connect failed: "
                                      << strerror(err) << "; answered 503";
       SetEnd("CONNECT", absl::StrCat("application connect failed: ", strerror(err)));
       if (!stream_over_) (void)session_->Respond(id_, 503);
@@ -178,28 +167,19 @@ void TunnelStream::OnEvents(uint32_t events) {
 }
 
 void TunnelStream::PumpToPeer() {
+  char buf[kReadChunk];
   while (!done_ && !blocked_ && !sent_end_) {
-    if (to_peer_.empty() && !socket_eof_) {
+    // What goes to the stream next: what it refused last time, else a fresh read (straight from
+    // the read buffer: only what the stream cannot take now is kept, in to_peer_).
+    absl::string_view chunk = to_peer_;
+    if (chunk.empty() && !socket_eof_) {
       // A short read emptied the socket; with edge-triggered epoll, new bytes bring a new event.
       // (Not once the peer closed: its FIN may sit behind the bytes without an edge of its own.)
       if (drained_) break;
-      char buf[kReadChunk];
       ssize_t n = read(socket_.get(), buf, sizeof buf);
-      if (n > 0 && static_cast<size_t>(n) < sizeof buf && !closing_) drained_ = true;
       if (n > 0) {
-        if (stream_over_) {
-          Fail("stream already over", false);
-          return;
-        }
-        // Straight into the stream; only what it cannot take now waits in to_peer_.
-        size_t taken = session_->Write(id_, absl::string_view(buf, n));
-        sent_ += taken;
-        if (taken < static_cast<size_t>(n)) {
-          to_peer_.assign(buf + taken, n - taken);
-          blocked_ = true;  // OnWritable resumes
-          return;
-        }
-        continue;
+        if (static_cast<size_t>(n) < sizeof buf && !closing_) drained_ = true;
+        chunk = absl::string_view(buf, n);
       } else if (n == 0) {
         socket_eof_ = true;
       } else if (errno == EAGAIN || errno == EINTR) {
@@ -209,21 +189,22 @@ void TunnelStream::PumpToPeer() {
         return;
       }
     }
-    if (!to_peer_.empty()) {
+    if (!chunk.empty()) {
       if (stream_over_) {
         Fail("stream already over", false);
         return;
       }
-      size_t taken = session_->Write(id_, to_peer_);
+      size_t taken = session_->Write(id_, chunk);
       sent_ += taken;
-      to_peer_.erase(0, taken);
-      if (!to_peer_.empty()) {
+      if (taken < chunk.size()) {
+        to_peer_ = std::string(chunk.substr(taken));
         blocked_ = true;  // OnWritable resumes
         return;
       }
       std::string().swap(to_peer_);  // an idle stream holds no buffer
+      continue;
     }
-    if (socket_eof_ && to_peer_.empty()) {
+    if (socket_eof_) {
       if (!stream_over_) session_->CloseWrite(id_);  // the FIN, as END_STREAM
       sent_end_ = true;
     }
@@ -261,14 +242,14 @@ void TunnelStream::PumpToSocket() {
 
 void TunnelStream::MaybeFinish() {
   if (done_ || !stream_over_ || !sent_end_ || !socket_shut_) return;
-  AMBIT_LOG(kComponent, Debug) << description_ << " closed sent=" << sent_
+  AMBIT_LOG(kComponent, Debug) << description() << " closed sent=" << sent_
                                << " received=" << received_;
   Done();
 }
 
 void TunnelStream::Fail(const std::string& reason, bool reset_stream) {
   if (done_) return;
-  AMBIT_LOG(kComponent, Debug) << description_ << " reset: " << reason;
+  AMBIT_LOG(kComponent, Debug) << description() << " reset: " << reason;
   SetEnd("-", reason);
   if (reset_stream && session_ && !stream_over_ && id_ >= 0) {
     session_->Reset(id_, hbone::kConnectError);

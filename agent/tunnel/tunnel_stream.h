@@ -31,11 +31,7 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   void Accept(std::shared_ptr<hbone::HboneSession> session, hbone::StreamId id,
               std::optional<std::pair<SocketAddress, SocketAddress>> delivery_entry);
 
-  // Re-decided on policy change (see Connection::SetRecheck).
-  void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
-    recheck_ = std::move(check);
-  }
-  void Recheck(const MeshSnapshot& snapshot) override;
+  void Reset(const std::string& reason) override { Fail(reason, true); }
   // The socket is the client's on the outbound side and the server's on the inbound side.
   void Bytes(uint64_t* from_client, uint64_t* to_client) const override {
     bool outbound = record().direction == FlowDirection::kOutbound;
@@ -64,7 +60,6 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   void ForgetDelivery();
 
   Worker& worker_;
-  std::string description_;
   UniqueFd socket_;
   std::shared_ptr<hbone::HboneSession> session_;
   hbone::StreamId id_ = -1;
@@ -85,7 +80,6 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   size_t to_socket_off_ = 0;
   uint64_t sent_ = 0, received_ = 0;
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
-  std::function<absl::Status(const MeshSnapshot&)> recheck_;
 };
 
 }  // namespace ambit::tunnel

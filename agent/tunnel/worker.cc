@@ -151,7 +151,16 @@ void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
   snapshot_ = std::move(snapshot);
   std::vector<Flow*> live;
   for (const auto& [raw, flow] : connections_) live.push_back(raw);
-  for (Flow* f : live) f->Recheck(*snapshot_);
+  for (Flow* f : live) {
+    if (f->retired_ || !f->recheck_) continue;
+    absl::Status status = f->recheck_(*snapshot_);
+    if (status.ok()) continue;
+    std::string reason = absl::StrCat("closed after a policy change: ", status.message());
+    AMBIT_LOG(kComponent, Warning) << f->description() << ": " << reason;
+    counters_.closed_by_policy++;
+    f->SetEnd("DENY", reason, true);
+    f->Reset(reason);
+  }
 }
 
 void Worker::Retire(Flow* flow) {
@@ -160,10 +169,9 @@ void Worker::Retire(Flow* flow) {
   FlowEnd end = flow->end_;
   flow->Bytes(&end.bytes_from_client, &end.bytes_to_client);
   metrics_.Closed(flow->record_, end);
-  if (log::Enabled(kAccessLog, log::Level::kInfo)) {
-    AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, absl::Now(),
-                                                 settings_->access_log_json);
-  }
+  // AMBIT_LOG builds the line only when the access log is on.
+  AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, absl::Now(),
+                                               settings_->access_log_json);
   loop_->Defer([this, flow] { connections_.erase(flow); });
 }
 
@@ -179,10 +187,8 @@ void Worker::Adopt(std::unique_ptr<Flow> flow) {
 void Worker::Refuse(FlowRecord record, FlowEnd end) {
   record.start = absl::Now();
   metrics_.Refused(record, end);
-  if (log::Enabled(kAccessLog, log::Level::kInfo)) {
-    AMBIT_LOG(kAccessLog, Info) << AccessLogLine(record, end, record.start,
-                                                 settings_->access_log_json);
-  }
+  AMBIT_LOG(kAccessLog, Info) << AccessLogLine(record, end, record.start,
+                                               settings_->access_log_json);
 }
 
 void Worker::CollectStats(bool connections, bool metrics,

@@ -28,8 +28,17 @@ namespace ambit::tunnel {
 // changes; deleted through Worker::Retire after the batch of events that ended it.
 class Flow {
  public:
+  explicit Flow(std::string description) : description_(std::move(description)) {}
   virtual ~Flow() = default;
-  virtual void Recheck(const MeshSnapshot& snapshot) = 0;
+  // A policy check the worker repeats whenever the configuration changes; a failing check
+  // closes the flow with resets (Worker::SetSnapshot).
+  void SetRecheck(std::function<absl::Status(const MeshSnapshot&)> check) {
+    recheck_ = std::move(check);
+  }
+  // Closes both sides with a reset; `reason` in words. Idempotent.
+  virtual void Reset(const std::string& reason) = 0;
+  // Who and what, for log lines.
+  const std::string& description() const { return description_; }
   // Bytes relayed so far from the client toward the server, and back to the client.
   virtual void Bytes(uint64_t* from_client, uint64_t* to_client) const = 0;
 
@@ -47,6 +56,8 @@ class Flow {
 
  private:
   friend class Worker;
+  std::string description_;
+  std::function<absl::Status(const MeshSnapshot&)> recheck_;
   FlowRecord record_;
   FlowEnd end_;
   bool retired_ = false;
