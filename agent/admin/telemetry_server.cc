@@ -78,22 +78,25 @@ absl::StatusOr<std::unique_ptr<TelemetryServer>> TelemetryServer::Start(
     const std::string& metrics_address, const std::string& readiness_address,
     std::shared_ptr<AdminState> state) {
   auto server = std::unique_ptr<TelemetryServer>(new TelemetryServer(std::move(state)));
-  if (!metrics_address.empty()) {
-    auto d = Serve(metrics_address, server->metrics_endpoint_.get());
+  struct Listener {
+    const std::string& address;
+    Endpoint* endpoint;
+    MHD_Daemon** daemon;
+    const char* what;
+    const char* path;
+  };
+  for (const Listener& l :
+       {Listener{metrics_address, server->metrics_endpoint_.get(), &server->metrics_, "metrics",
+                 "/metrics"},
+        Listener{readiness_address, server->readiness_endpoint_.get(), &server->readiness_,
+                 "readiness", "/healthz/ready"}}) {
+    if (l.address.empty()) continue;
+    auto d = Serve(l.address, l.endpoint);
     if (!d.ok()) {
-      return absl::Status(d.status().code(), absl::StrCat("metrics: ", d.status().message()));
+      return absl::Status(d.status().code(), absl::StrCat(l.what, ": ", d.status().message()));
     }
-    server->metrics_ = *d;
-    AMBIT_LOG(kComponent, Info) << "metrics on http://" << metrics_address << "/metrics";
-  }
-  if (!readiness_address.empty()) {
-    auto d = Serve(readiness_address, server->readiness_endpoint_.get());
-    if (!d.ok()) {
-      return absl::Status(d.status().code(), absl::StrCat("readiness: ", d.status().message()));
-    }
-    server->readiness_ = *d;
-    AMBIT_LOG(kComponent, Info) << "readiness on http://" << readiness_address
-                                << "/healthz/ready";
+    *l.daemon = *d;
+    AMBIT_LOG(kComponent, Info) << l.what << " on http://" << l.address << l.path;
   }
   return server;
 }

@@ -149,7 +149,7 @@ absl::StatusOr<std::string> LeafIdentity(X509* leaf, const CtxState& ours,
   return uri;
 }
 
-int CheckLeaf(SSL* ssl, const CtxState& ours, ConnState& conn, X509* leaf,
+int CheckLeaf(SSL* ssl, const CtxState& ours, const ConnState& conn, X509* leaf,
               X509_STORE_CTX* store_ctx);
 
 // Runs for every certificate of the peer's chain, root first, leaf (depth 0) last.
@@ -244,16 +244,14 @@ int VerifyChain(X509_STORE_CTX* store_ctx, void*) {
 
 // The checks of the peer's leaf that belong to each connection: cipher (client side), SPIFFE
 // identity and trust domain, and the identity the client expects.
-int CheckLeaf(SSL* ssl, const CtxState& ours_ref, ConnState& conn_ref, X509* leaf,
+int CheckLeaf(SSL* ssl, const CtxState& ours, const ConnState& conn, X509* leaf,
               X509_STORE_CTX* store_ctx) {
-  const CtxState* ours = &ours_ref;
-  ConnState* conn = &conn_ref;
   auto refuse = [&](PeerCheckFailure failure, std::string message) {
     Refuse(ssl, failure, std::move(message));
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   };
-  if (ours->role == TlsContext::Role::kClient && !AllowedCipher(NegotiatedCipher(ssl))) {
+  if (ours.role == TlsContext::Role::kClient && !AllowedCipher(NegotiatedCipher(ssl))) {
     const SSL_CIPHER* cipher = NegotiatedCipher(ssl);
     return refuse(PeerCheckFailure::kCipher,
                   absl::StrCat("server chose cipher suite ",
@@ -262,12 +260,12 @@ int CheckLeaf(SSL* ssl, const CtxState& ours_ref, ConnState& conn_ref, X509* lea
                                "allowed"));
   }
   PeerCheckFailure failure;
-  absl::StatusOr<std::string> id = LeafIdentity(leaf, *ours, &failure);
+  absl::StatusOr<std::string> id = LeafIdentity(leaf, ours, &failure);
   if (!id.ok()) return refuse(failure, std::string(id.status().message()));
-  if (ours->role == TlsContext::Role::kClient && *id != conn->expected_peer) {
+  if (ours.role == TlsContext::Role::kClient && *id != conn.expected_peer) {
     return refuse(PeerCheckFailure::kIdentityMismatch,
-                  absl::StrCat("server identity mismatch: expected ", conn->expected_peer, ", got ",
-                               *id, " (we are ", ours->identity, ")"));
+                  absl::StrCat("server identity mismatch: expected ", conn.expected_peer, ", got ",
+                               *id, " (we are ", ours.identity, ")"));
   }
   return 1;
 }

@@ -42,10 +42,6 @@ std::vector<std::string> SeriesValues(const FlowRecord& r) {
 
 std::string Address(const FlowPeer& p) { return p.address ? p.address->ToString() : ""; }
 
-std::string Duration(absl::Duration d) {
-  return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
-}
-
 // Text values are quoted when they hold anything but [A-Za-z0-9./:_@%[]-] (reasons in words).
 std::string TextValue(const std::string& v) {
   if (v.empty()) return "-";
@@ -77,8 +73,16 @@ const char* FlowDirectionName(FlowDirection direction) {
 }
 
 std::string AccessLogLine(const FlowRecord& r, const FlowEnd& end, absl::Time now, bool json) {
-  std::string decision = end.denied ? "deny" : "allow";
-  std::vector<std::pair<const char*, std::string>> fields = {
+  // Numbers are numbers in JSON; the text form shows every field, "-" for an empty one.
+  struct Field {
+    const char* key;
+    std::string text;
+    std::optional<int64_t> number = std::nullopt;
+    const char* json_key = nullptr;  // when JSON names it differently
+  };
+  int64_t duration_ms = absl::ToInt64Milliseconds(now - r.start);
+  auto count = [](uint64_t n) { return static_cast<int64_t>(n); };
+  const Field fields[] = {
       {"start", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", r.start, absl::UTCTimeZone())},
       {"direction", FlowDirectionName(r.direction)},
       {"mode", r.mode},
@@ -90,34 +94,31 @@ std::string AccessLogLine(const FlowRecord& r, const FlowEnd& end, absl::Time no
       {"dst_identity", r.destination.principal},
       {"dst_service", r.destination.service},
       {"security", r.mtls ? "mutual_tls" : "none"},
-      {"decision", decision},
+      {"decision", end.denied ? "deny" : "allow"},
       {"policy", r.policy},
-      {"bytes_sent", absl::StrCat(end.bytes_from_client)},
-      {"bytes_received", absl::StrCat(end.bytes_to_client)},
-      {"duration", Duration(now - r.start)},
+      {"bytes_sent", absl::StrCat(end.bytes_from_client), count(end.bytes_from_client)},
+      {"bytes_received", absl::StrCat(end.bytes_to_client), count(end.bytes_to_client)},
+      {"duration", absl::StrCat(duration_ms, "ms"), duration_ms, "duration_ms"},
       {"flags", end.flags},
       {"error", end.reason},
   };
   if (json) {
     nlohmann::json j = nlohmann::json::object();
-    for (const auto& [k, v] : fields) {
-      if (std::string_view(k) == "bytes_sent") {
-        j[k] = end.bytes_from_client;
-      } else if (std::string_view(k) == "bytes_received") {
-        j[k] = end.bytes_to_client;
-      } else if (std::string_view(k) == "duration") {
-        j["duration_ms"] = absl::ToInt64Milliseconds(now - r.start);
-      } else if (!v.empty()) {
-        j[k] = v;
+    for (const Field& f : fields) {
+      const char* key = f.json_key != nullptr ? f.json_key : f.key;
+      if (f.number) {
+        j[key] = *f.number;
+      } else if (!f.text.empty()) {
+        j[key] = f.text;
       }
     }
     // Replacement keeps a line a line whatever bytes a reason carries.
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   std::string out;
-  for (const auto& [k, v] : fields) {
+  for (const Field& f : fields) {
     if (!out.empty()) out += ' ';
-    absl::StrAppend(&out, k, "=", TextValue(v));
+    absl::StrAppend(&out, f.key, "=", TextValue(f.text));
   }
   return out;
 }
