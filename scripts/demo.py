@@ -17,7 +17,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from topology import Topology, build_dir, run  # noqa: E402
+from topology import Topology, build_dir, run, strict_peer_authentication  # noqa: E402
 import svid  # noqa: E402
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
@@ -42,15 +42,7 @@ spec:
         ports: ["8080"]
 """
 
-STRICT_BACKEND = """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: strict
-  namespace: backend
-spec:
-  mtls:
-    mode: STRICT
-"""
+STRICT_BACKEND = strict_peer_authentication("backend")
 
 
 FAILURES = []

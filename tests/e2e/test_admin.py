@@ -13,22 +13,12 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import Topology, build_dir, run  # noqa: E402
+from topology import (Topology, build_dir, deny_port_policy, run,  # noqa: E402
+                      strict_peer_authentication)
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 
-POLICIES = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: no-9001
-  namespace: backend
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: ["9001"]
+POLICIES = deny_port_policy("backend", "no-9001", 9001) + """\
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -51,15 +41,7 @@ metadata:
 spec:
   action: BOGUS
 ---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: strict
-  namespace: backend
-spec:
-  mtls:
-    mode: STRICT
-"""
+""" + strict_peer_authentication("backend")
 
 
 class AdminTest(unittest.TestCase):

@@ -17,34 +17,15 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import Topology, build_dir, run, wait_listening  # noqa: E402
+from topology import (Topology, build_dir, deny_port_policy, run,  # noqa: E402
+                      strict_peer_authentication, wait_listening)
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 WEB = "spiffe://cluster.local/ns/default/sa/web"
 API = "spiffe://cluster.local/ns/backend/sa/api"
 
-POLICIES = """\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: strict
-  namespace: backend
-spec:
-  mtls:
-    mode: STRICT
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: no-9001
-  namespace: backend
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: ["9001"]
-"""
+POLICIES = (strict_peer_authentication("backend") + "---\n" +
+            deny_port_policy("backend", "no-9001", 9001))
 
 # Serves `count` connections: reads exactly N bytes (N from an 8-byte header), answers with M
 # bytes, then waits for the client to close.
@@ -88,6 +69,25 @@ print("done", got, flush=True)
 sys.stdin.readline()
 s.close()
 """
+
+def open_exchange(client_pod, server_pod, port):
+    """A server in server_pod and a client in client_pod that sends and reads 10 bytes, then
+    holds its connection open. Returns (server, client); close_exchange ends both."""
+    srv = server_pod.popen(["/usr/bin/python3", "-c", SERVER, str(port), "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_listening(srv)
+    cli = client_pod.popen(["/usr/bin/python3", "-c", CLIENT, server_pod.ip4, str(port), "10",
+                            "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = cli.stdout.readline()
+    if line.split() != ["done", "10"]:
+        raise AssertionError(f"client on port {port}: {line!r}")
+    return srv, cli
+
+
+def close_exchange(srv, cli):
+    cli.communicate("close\n", timeout=30)
+    srv.wait(timeout=30)
+
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -327,13 +327,7 @@ except OSError as e:
             self.n1.wait_log("log level of access set to warn")
             before1 = self.n1.logs().count(" access: ")
             before2 = self.n2.logs().count(" access: ")
-            srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, "7001", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            wait_listening(srv)
-            cli = self.a.popen(["/usr/bin/python3", "-c", CLIENT, self.b.ip4, "7001", "10", "10"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            cli.communicate("close\n", timeout=30)
-            srv.wait(timeout=30)
+            close_exchange(*open_exchange(self.a, self.b, 7001))
             self.n2.wait_log(" access: ", count=before2 + 1)
             time.sleep(0.3)
             self.assertEqual(self.n1.logs().count(" access: "), before1)
@@ -344,13 +338,7 @@ except OSError as e:
             self.n1.wait_log("started data plane", count=started + 1)
             self.n1.wait_log("log level of access set to warn", count=applied + 1)
             before1 = self.n1.logs().count(" access: ")
-            srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, "7002", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            wait_listening(srv)
-            cli = self.a.popen(["/usr/bin/python3", "-c", CLIENT, self.b.ip4, "7002", "10", "10"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            cli.communicate("close\n", timeout=30)
-            srv.wait(timeout=30)
+            close_exchange(*open_exchange(self.a, self.b, 7002))
             self.n2.wait_log(" access: ", count=before2 + 2)
             time.sleep(0.3)
             self.assertEqual(self.n1.logs().count(" access: "), before1)
@@ -413,25 +401,13 @@ class PoolIdleTest(unittest.TestCase):
                        in_cgroup=False)
         return len([l for l in r.stdout.splitlines() if l.strip()])
 
-    def exchange(self, port, hold_s=0.0):
-        srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, str(port), "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_listening(srv)
-        cli = self.a.popen(["/usr/bin/python3", "-c", CLIENT, self.b.ip4, str(port), "10", "10"],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.assertEqual(cli.stdout.readline().split(), ["done", "10"])
-        return srv, cli
-
     def test_idle_timeout(self):
-        srv, cli = self.exchange(7200)
+        held = open_exchange(self.a, self.b, 7200)
         time.sleep(2.5)  # busy for longer than the idle timeout
         self.assertEqual(self.hbone_connections(), 1)
-        cli.communicate("close\n", timeout=30)
-        srv.wait(timeout=30)
+        close_exchange(*held)
         for i in range(5):  # churn: short streams on the same pooled connection
-            srv, cli = self.exchange(7201 + i)
-            cli.communicate("close\n", timeout=30)
-            srv.wait(timeout=30)
+            close_exchange(*open_exchange(self.a, self.b, 7201 + i))
             self.assertEqual(self.hbone_connections(), 1)
         deadline = time.time() + 10
         while self.hbone_connections() != 0:

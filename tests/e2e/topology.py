@@ -131,6 +131,37 @@ class Pod:
         ] + ips) + "\n"
 
 
+def strict_peer_authentication(namespace, name="strict"):
+    """A namespace-wide STRICT PeerAuthentication, as YAML."""
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  mtls:
+    mode: STRICT
+"""
+
+
+def deny_port_policy(namespace, name, port):
+    """A namespace-wide AuthorizationPolicy denying every connection to `port`, as YAML."""
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        ports: ["{port}"]
+"""
+
+
 def free_port():
     """A loopback TCP port nothing listens on right now."""
     import socket
