@@ -32,6 +32,7 @@
 #include "agent/cli/commands.h"
 #include "agent/common/status.h"
 #include "agent/config/directory_loader.h"
+#include "agent/config/kube_yaml.h"
 #include "agent/config/load_result.h"
 
 namespace ambit::cli {
@@ -42,19 +43,6 @@ struct CheckInput {
   authz::Workload target;
   authz::Request request;
 };
-
-std::string TypeName(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Map:
-      return "a map";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Scalar:
-      return absl::StrCat("'", n.Scalar(), "'");
-    default:
-      return "nothing";
-  }
-}
 
 // Reads the request file and collects every problem with it, each naming the field and line.
 class RequestParser {
@@ -136,7 +124,7 @@ class RequestParser {
     auto v = Get(parent, key);
     if (!v) return std::nullopt;
     if (!v->IsMap()) {
-      Error(*v, path, absl::StrCat("must be a map, not ", TypeName(*v)));
+      Error(*v, path, absl::StrCat("must be a map, not ", config::YamlTypeName(*v)));
       return std::nullopt;
     }
     return v;
@@ -147,7 +135,7 @@ class RequestParser {
     auto v = Get(parent, key);
     if (!v) return std::nullopt;
     if (!v->IsScalar()) {
-      Error(*v, path, absl::StrCat("must be a string, not ", TypeName(*v)));
+      Error(*v, path, absl::StrCat("must be a string, not ", config::YamlTypeName(*v)));
       return std::nullopt;
     }
     return v->Scalar();
@@ -178,7 +166,7 @@ class RequestParser {
         out[k] = it->second.Scalar();
       } else {
         Error(it->second, absl::StrCat(path, "[", k, "]"),
-              absl::StrCat("must be a string, not ", TypeName(it->second)));
+              absl::StrCat("must be a string, not ", config::YamlTypeName(it->second)));
       }
     }
     return out;
@@ -220,7 +208,7 @@ class RequestParser {
       Error(doc, "",
             absl::StrCat("expected a map with enforcement, target, source, destination (and for "
                          "L7 http, auth), found ",
-                         TypeName(doc)));
+                         config::YamlTypeName(doc)));
       return;
     }
     Known(doc, "", {"enforcement", "target", "source", "destination", "http", "auth"});
@@ -257,13 +245,13 @@ class RequestParser {
         if (auto services = Get(*w, "services")) {
           if (!services->IsSequence()) {
             Error(*services, "target.waypoint.services",
-                  absl::StrCat("must be a list of {name, namespace}, not ", TypeName(*services)));
+                  absl::StrCat("must be a list of {name, namespace}, not ", config::YamlTypeName(*services)));
           } else {
             for (size_t i = 0; i < services->size(); ++i) {
               const std::string path = absl::StrCat("target.waypoint.services[", i, "]");
               const YAML::Node s = (*services)[i];
               if (!s.IsMap()) {
-                Error(s, path, absl::StrCat("must be a map {name, namespace}, not ", TypeName(s)));
+                Error(s, path, absl::StrCat("must be a map {name, namespace}, not ", config::YamlTypeName(s)));
                 continue;
               }
               Known(s, path, {"name", "namespace"});
@@ -306,7 +294,7 @@ class RequestParser {
         if (!port->IsScalar() || !absl::SimpleAtoi(port->Scalar(), &number) || number < 1 ||
             number > 65535) {
           Error(*port, "destination.port",
-                absl::StrCat(TypeName(*port), " is not a port number (1 to 65535)"));
+                absl::StrCat(config::YamlTypeName(*port), " is not a port number (1 to 65535)"));
         } else {
           req.destination_port = static_cast<uint16_t>(number);
         }
@@ -347,7 +335,7 @@ class RequestParser {
           } else {
             Error(
                 it->second, path,
-                absl::StrCat("must be a string or a list of strings, not ", TypeName(it->second)));
+                absl::StrCat("must be a string or a list of strings, not ", config::YamlTypeName(it->second)));
           }
         }
       }
@@ -367,7 +355,7 @@ class RequestParser {
       if (auto claims = Get(*auth, "claims")) {
         if (!claims->IsMap()) {
           Error(*claims, "auth.claims",
-                absl::StrCat("must be a map (the JWT payload), not ", TypeName(*claims)));
+                absl::StrCat("must be a map (the JWT payload), not ", config::YamlTypeName(*claims)));
         } else {
           jwt.claims = Claim(*claims);
         }
@@ -377,7 +365,7 @@ class RequestParser {
       if (auto aud = Get(*auth, "audiences")) {
         if (!aud->IsSequence()) {
           Error(*aud, "auth.audiences",
-                absl::StrCat("must be a list of strings, not ", TypeName(*aud)));
+                absl::StrCat("must be a list of strings, not ", config::YamlTypeName(*aud)));
         } else {
           for (size_t i = 0; i < aud->size(); ++i) {
             if ((*aud)[i].IsScalar()) jwt.audiences.push_back((*aud)[i].Scalar());

@@ -87,18 +87,6 @@ std::string Join(std::string_view path, std::string_view key) {
   return path.empty() ? std::string(key) : absl::StrCat(ToAbsl(path), ".", ToAbsl(key));
 }
 
-std::string TypeName(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Map:
-      return "a map";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Scalar:
-      return absl::StrCat("'", n.Scalar(), "'");
-    default:
-      return "nothing";
-  }
-}
 
 // The value under key, or nullopt when map is not a map, the key is absent or the value is null
 // (Kubernetes treats an explicit null as unset). Never throws, unlike yaml-cpp's operator[].
@@ -168,7 +156,7 @@ std::optional<std::string> GetString(Reporter& r, const YAML::Node& map, std::st
   auto v = Get(map, key);
   if (!v) return std::nullopt;
   if (!v->IsScalar()) {
-    r.Error(*v, Join(path, key), absl::StrCat("must be a string, not ", TypeName(*v)));
+    r.Error(*v, Join(path, key), absl::StrCat("must be a string, not ", YamlTypeName(*v)));
     return std::nullopt;
   }
   return v->Scalar();
@@ -182,7 +170,7 @@ std::map<std::string, std::string> GetStringMap(Reporter& r, const YAML::Node& m
   if (!v) return out;
   const std::string field = Join(path, key);
   if (!v->IsMap()) {
-    r.Error(*v, field, absl::StrCat("must be a map of strings, not ", TypeName(*v)));
+    r.Error(*v, field, absl::StrCat("must be a map of strings, not ", YamlTypeName(*v)));
     return out;
   }
   for (auto it = v->begin(); it != v->end(); ++it) {
@@ -197,7 +185,7 @@ std::map<std::string, std::string> GetStringMap(Reporter& r, const YAML::Node& m
       out[k] = it->second.Scalar();
     } else {
       r.Error(it->second, absl::StrCat(field, "[", k, "]"),
-              absl::StrCat("must be a string, not ", TypeName(it->second)));
+              absl::StrCat("must be a string, not ", YamlTypeName(it->second)));
     }
   }
   return out;
@@ -219,7 +207,7 @@ void ValidateLabels(Reporter& r, const YAML::Node& parent, const std::string& fi
 std::optional<uint16_t> ParsePortNumber(Reporter& r, const YAML::Node& n, std::string_view field) {
   int64_t value = 0;
   if (!n.IsScalar() || !absl::SimpleAtoi(n.Scalar(), &value) || value < 1 || value > 65535) {
-    r.Error(n, field, absl::StrCat(TypeName(n), " is not a port number (1 to 65535)"));
+    r.Error(n, field, absl::StrCat(YamlTypeName(n), " is not a port number (1 to 65535)"));
     return std::nullopt;
   }
   return static_cast<uint16_t>(value);
@@ -227,7 +215,7 @@ std::optional<uint16_t> ParsePortNumber(Reporter& r, const YAML::Node& n, std::s
 
 std::optional<IpAddress> ParseIp(Reporter& r, const YAML::Node& n, std::string_view field) {
   if (!n.IsScalar()) {
-    r.Error(n, field, absl::StrCat("must be an IP address, not ", TypeName(n)));
+    r.Error(n, field, absl::StrCat("must be an IP address, not ", YamlTypeName(n)));
     return std::nullopt;
   }
   absl::StatusOr<IpAddress> ip = IpAddress::Parse(n.Scalar());
@@ -256,7 +244,7 @@ Metadata ParseMetadata(Reporter& r, const YAML::Node& doc, NameRule rule, bool n
     return m;
   }
   if (!meta->IsMap()) {
-    r.Error(*meta, "metadata", absl::StrCat("must be a map, not ", TypeName(*meta)));
+    r.Error(*meta, "metadata", absl::StrCat("must be a map, not ", YamlTypeName(*meta)));
     return m;
   }
   std::optional<std::string> name = GetString(r, *meta, "name", "metadata");
@@ -290,7 +278,7 @@ std::optional<YAML::Node> GetMap(Reporter& r, const YAML::Node& parent, std::str
   auto v = Get(parent, key);
   if (!v) return std::nullopt;
   if (!v->IsMap()) {
-    r.Error(*v, Join(path, key), absl::StrCat("must be a map, not ", TypeName(*v)));
+    r.Error(*v, Join(path, key), absl::StrCat("must be a map, not ", YamlTypeName(*v)));
     return std::nullopt;
   }
   return v;
@@ -301,7 +289,7 @@ std::optional<YAML::Node> GetList(Reporter& r, const YAML::Node& parent, std::st
   auto v = Get(parent, key);
   if (!v) return std::nullopt;
   if (!v->IsSequence()) {
-    r.Error(*v, Join(path, key), absl::StrCat("must be a list, not ", TypeName(*v)));
+    r.Error(*v, Join(path, key), absl::StrCat("must be a list, not ", YamlTypeName(*v)));
     return std::nullopt;
   }
   return v;
@@ -333,14 +321,14 @@ std::vector<std::string> GetStringList(Reporter& r, const YAML::Node& map, std::
   if (!v) return out;
   const std::string field = Join(path, key);
   if (!v->IsSequence()) {
-    r.Error(*v, field, absl::StrCat("must be a list of strings, not ", TypeName(*v)));
+    r.Error(*v, field, absl::StrCat("must be a list of strings, not ", YamlTypeName(*v)));
     return out;
   }
   for (size_t i = 0; i < v->size(); ++i) {
     const YAML::Node item = (*v)[i];
     if (!item.IsScalar()) {
       r.Error(item.IsNull() ? *v : item, absl::StrCat(field, "[", i, "]"),
-              absl::StrCat("must be a string, not ", TypeName(item)));
+              absl::StrCat("must be a string, not ", YamlTypeName(item)));
       continue;
     }
     out.push_back(item.Scalar());
@@ -358,7 +346,7 @@ std::optional<bool> GetBool(Reporter& r, const YAML::Node& map, std::string_view
     if (t == "true" || t == "True" || t == "TRUE") return true;
     if (t == "false" || t == "False" || t == "FALSE") return false;
   }
-  r.Error(*v, Join(path, key), absl::StrCat("must be true or false, not ", TypeName(*v)));
+  r.Error(*v, Join(path, key), absl::StrCat("must be true or false, not ", YamlTypeName(*v)));
   return std::nullopt;
 }
 
@@ -369,7 +357,7 @@ std::optional<absl::Duration> GetDuration(Reporter& r, const YAML::Node& map, st
   if (!v) return std::nullopt;
   auto bad = [&] {
     r.Error(*v, Join(path, key),
-            absl::StrCat(TypeName(*v),
+            absl::StrCat(YamlTypeName(*v),
                          " is not a duration: write seconds with an s suffix, e.g. 10s or 0.5s"));
     return std::nullopt;
   };
@@ -450,7 +438,7 @@ constexpr std::string_view kOtherProviderKinds[] = {
 void ParseExtAuthzProvider(Reporter& r, const YAML::Node& n, const std::string& path, bool http,
                            state::ExtensionProvider* p) {
   if (!n.IsMap()) {
-    r.Error(n, path, absl::StrCat("must be a map with service and port, not ", TypeName(n)));
+    r.Error(n, path, absl::StrCat("must be a map with service and port, not ", YamlTypeName(n)));
     return;
   }
   if (http) {
@@ -501,7 +489,7 @@ void ParseExtAuthzProvider(Reporter& r, const YAML::Node& n, const std::string& 
       uint32_t bytes = 0;
       if (!max->IsScalar() || !absl::SimpleAtoi(max->Scalar(), &bytes)) {
         r.Error(*max, body_path + ".maxRequestBytes",
-                absl::StrCat(TypeName(*max), " is not a number of bytes"));
+                absl::StrCat(YamlTypeName(*max), " is not a number of bytes"));
       }
       b.max_request_bytes = bytes;
     }
@@ -534,7 +522,7 @@ void ParseExtAuthzProvider(Reporter& r, const YAML::Node& n, const std::string& 
 void ParseExtensionProviders(Reporter& r, const YAML::Node& list, const std::string& field,
                              state::MeshConfig* mesh) {
   if (!list.IsSequence()) {
-    r.Error(list, field, absl::StrCat("must be a list of providers, not ", TypeName(list)));
+    r.Error(list, field, absl::StrCat("must be a list of providers, not ", YamlTypeName(list)));
     return;
   }
   std::set<std::string> names;
@@ -543,7 +531,7 @@ void ParseExtensionProviders(Reporter& r, const YAML::Node& list, const std::str
     const std::string path = absl::StrCat(field, "[", i, "]");
     if (!n.IsMap()) {
       r.Error(n.IsNull() ? list : n, path,
-              absl::StrCat("must be a map with a name and a provider kind, not ", TypeName(n)));
+              absl::StrCat("must be a map with a name and a provider kind, not ", YamlTypeName(n)));
       continue;
     }
     state::ExtensionProvider p;
@@ -613,7 +601,7 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
     r.Error(node, path,
             absl::StrCat("a MeshConfig must be a map of fields (e.g. trustDomain: cluster.local), "
                          "not ",
-                         TypeName(node)));
+                         YamlTypeName(node)));
     return;
   }
   for (auto it = node.begin(); it != node.end(); ++it) {
@@ -626,7 +614,7 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
     if (key == "trustDomain" || key == "rootNamespace") {
       if (it->second.IsNull()) continue;
       if (!it->second.IsScalar()) {
-        r.Error(it->second, field, absl::StrCat("must be a string, not ", TypeName(it->second)));
+        r.Error(it->second, field, absl::StrCat("must be a string, not ", YamlTypeName(it->second)));
         continue;
       }
       const std::string& value = it->second.Scalar();
@@ -646,7 +634,7 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
       if (!it->second.IsMap()) {
         r.Error(it->second, field,
                 absl::StrCat("must be a map such as {normalization: MERGE_SLASHES}, not ",
-                             TypeName(it->second)));
+                             YamlTypeName(it->second)));
         continue;
       }
       RejectUnknownFields(r, it->second, field, {"normalization"},
@@ -755,7 +743,7 @@ class FileParser {
       Error(doc, where,
             absl::StrCat("expected a Kubernetes object (a map with apiVersion, kind and "
                          "metadata), found ",
-                         TypeName(doc)));
+                         YamlTypeName(doc)));
       return;
     }
     std::string api_version = PeekString(doc, "apiVersion");
@@ -857,7 +845,7 @@ class FileParser {
           const std::string field = absl::StrCat("status.podIPs[", i, "]");
           if (!entry.IsMap()) {
             r.Error(entry, field,
-                    absl::StrCat("must be a map with an ip field, not ", TypeName(entry)));
+                    absl::StrCat("must be a map with an ip field, not ", YamlTypeName(entry)));
             continue;
           }
           auto ip_node = Get(entry, "ip");
@@ -937,7 +925,7 @@ class FileParser {
   static std::optional<state::ServicePort> ParseServicePort(Reporter& r, const YAML::Node& n,
                                                             const std::string& field) {
     if (!n.IsMap()) {
-      r.Error(n, field, absl::StrCat("must be a map with a port field, not ", TypeName(n)));
+      r.Error(n, field, absl::StrCat("must be a map with a port field, not ", YamlTypeName(n)));
       return std::nullopt;
     }
     const int errors_before = r.errors();
@@ -964,7 +952,7 @@ class FileParser {
       int64_t number = 0;
       if (!target->IsScalar()) {
         r.Error(*target, target_field,
-                absl::StrCat("must be a port number or name, not ", TypeName(*target)));
+                absl::StrCat("must be a port number or name, not ", YamlTypeName(*target)));
       } else if (absl::SimpleAtoi(target->Scalar(), &number)) {
         if (auto p = ParsePortNumber(r, *target, target_field)) port.target_port = absl::StrCat(*p);
       } else {
@@ -995,7 +983,7 @@ class FileParser {
       if (auto text = Get(*data, "mesh")) {
         if (!text->IsScalar()) {
           r.Error(*text, "data.mesh",
-                  absl::StrCat("must be a string holding MeshConfig YAML, not ", TypeName(*text)));
+                  absl::StrCat("must be a string holding MeshConfig YAML, not ", YamlTypeName(*text)));
         } else {
           ParseEmbeddedMesh(r, *text, &mesh);
         }
@@ -1108,7 +1096,7 @@ class FileParser {
                   it->second.IsNull()
                       ? std::string("must not be empty: give a mode, e.g. {mode: DISABLE}")
                       : absl::StrCat("must be a map with a mode (e.g. {mode: DISABLE}), not ",
-                                     TypeName(it->second)));
+                                     YamlTypeName(it->second)));
           continue;
         }
         authz::MtlsMode mode = ParseMutualTls(r, it->second, field);
@@ -1318,7 +1306,7 @@ class FileParser {
                                          const std::string& path) {
     authz::TargetRef ref;
     if (!n.IsMap()) {
-      r.Error(n, path, absl::StrCat("must be a map with kind and name, not ", TypeName(n)));
+      r.Error(n, path, absl::StrCat("must be a map with kind and name, not ", YamlTypeName(n)));
       return ref;
     }
     RejectUnknownFields(r, n, path, {"group", "kind", "name", "namespace"},
@@ -1339,7 +1327,7 @@ class FileParser {
     if (!n.IsMap()) {
       r.Error(n.IsNull() ? list : n, path,
               absl::StrCat("must be a map of from, to and when (`{}` matches every request), not ",
-                           TypeName(n)));
+                           YamlTypeName(n)));
       return rule;
     }
     RejectUnknownFields(r, n, path, {"from", "to", "when"}, "a rule has from, to and when");
@@ -1353,7 +1341,7 @@ class FileParser {
         const YAML::Node e = (*from)[j];
         if (!e.IsMap()) {
           r.Error(e.IsNull() ? *from : e, entry,
-                  absl::StrCat("must be a map with a source, not ", TypeName(e)));
+                  absl::StrCat("must be a map with a source, not ", YamlTypeName(e)));
           continue;
         }
         RejectUnknownFields(r, e, entry, {"source"}, "a from entry has only source");
@@ -1375,7 +1363,7 @@ class FileParser {
         const YAML::Node e = (*to)[j];
         if (!e.IsMap()) {
           r.Error(e.IsNull() ? *to : e, entry,
-                  absl::StrCat("must be a map with an operation, not ", TypeName(e)));
+                  absl::StrCat("must be a map with an operation, not ", YamlTypeName(e)));
           continue;
         }
         RejectUnknownFields(r, e, entry, {"operation"}, "a to entry has only operation");
@@ -1394,7 +1382,7 @@ class FileParser {
         if (!e.IsMap()) {
           r.Error(
               e.IsNull() ? *when : e, entry,
-              absl::StrCat("must be a map with key and values or notValues, not ", TypeName(e)));
+              absl::StrCat("must be a map with key and values or notValues, not ", YamlTypeName(e)));
           continue;
         }
         RejectUnknownFields(r, e, entry, {"key", "values", "notValues"},
@@ -1518,6 +1506,19 @@ ParsedFile ParseMeshYaml(std::string_view file_name, std::string_view content) {
 ParsedFile ParseConfigFile(std::string_view file_name, std::string_view content) {
   return IsMeshFileName(file_name) ? ParseMeshYaml(file_name, content)
                                    : ParseKubeYaml(file_name, content);
+}
+
+std::string YamlTypeName(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return absl::StrCat("'", n.Scalar(), "'");
+    default:
+      return "nothing";
+  }
 }
 
 }  // namespace ambit::config

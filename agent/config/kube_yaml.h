@@ -25,7 +25,14 @@
 #include "agent/config/error.h"
 #include "agent/state/model.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace ambit::config {
+
+// How error messages name what a YAML node holds: "a map", "a list", "'text'", "nothing".
+std::string YamlTypeName(const YAML::Node& node);
 
 using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
                                   authz::PeerAuthentication, authz::Policy>;
