@@ -27,6 +27,7 @@
 #include "agent/common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/unit/common/temp_dir.h"
 
 namespace ambit::ca {
 namespace {
@@ -37,40 +38,7 @@ using ::testing::SizeIs;
 
 constexpr char kWeb[] = "spiffe://cluster.local/ns/default/sa/web";
 
-// A fresh directory for one test, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = getenv("TMPDIR");
-    std::string tmpl =
-        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/ambit-ca-test-XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp " << tmpl << " failed";
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string PathOf(const std::string& name) const { return path_ + "/" + name; }
-  void Write(const std::string& name, const std::string& content) const {
-    std::ofstream out(PathOf(name), std::ios::binary | std::ios::trunc);
-    out << content;
-    out.close();
-    ASSERT_TRUE(out.good()) << "writing " << PathOf(name);
-  }
-  std::string Read(const std::string& name) const {
-    std::ifstream in(PathOf(name), std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  std::string path_;
-};
+using ::ambit::testing::TempDir;
 
 struct CommandResult {
   int exit_code = -1;

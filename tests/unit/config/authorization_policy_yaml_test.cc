@@ -14,7 +14,7 @@
 #include "agent/config/load_result.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/unit/config/temp_dir.h"
+#include "tests/unit/common/temp_dir.h"
 
 namespace ambit::config {
 namespace {

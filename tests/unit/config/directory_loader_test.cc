@@ -8,7 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/unit/config/temp_dir.h"
+#include "tests/unit/common/temp_dir.h"
 
 namespace ambit::config {
 namespace {

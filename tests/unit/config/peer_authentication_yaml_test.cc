@@ -13,7 +13,7 @@
 #include "agent/config/kube_yaml.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/unit/config/temp_dir.h"
+#include "tests/unit/common/temp_dir.h"
 
 namespace ambit::config {
 namespace {

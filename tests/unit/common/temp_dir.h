@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <system_error>
 
@@ -20,7 +21,7 @@ class TempDir {
   TempDir() {
     const char* base = getenv("TMPDIR");
     std::string tmpl =
-        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/ambit-config-test-XXXXXX";
+        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/ambit-test-XXXXXX";
     if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp " << tmpl << " failed";
     path_ = tmpl;
   }
@@ -45,6 +46,12 @@ class TempDir {
   void WriteAtomically(const std::string& name, const std::string& content) const {
     Write(".tmp-" + name, content);
     ASSERT_EQ(std::rename(PathOf(".tmp-" + name).c_str(), PathOf(name).c_str()), 0);
+  }
+  std::string Read(const std::string& name) const {
+    std::ifstream in(PathOf(name), std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
   }
   void Remove(const std::string& name) const {
     ASSERT_EQ(::unlink(PathOf(name).c_str()), 0) << "unlink " << PathOf(name);
