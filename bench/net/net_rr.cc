@@ -31,7 +31,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/net/tool_util.h"
+
 namespace {
+
+using ambit::bench::NowNs;
+using ambit::bench::RaiseFdLimit;
 
 class UniqueFd {
  public:
@@ -51,20 +56,6 @@ class UniqueFd {
 [[noreturn]] void Die(const char* what) {
   std::fprintf(stderr, "net_rr: %s: %s\n", what, std::strerror(errno));
   std::exit(1);
-}
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-void RaiseFdLimit() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
 }
 
 sockaddr_in Address(const char* ip, const char* port) {

@@ -39,7 +39,12 @@
 #include <thread>
 #include <vector>
 
+#include "bench/net/tool_util.h"
+
 namespace {
+
+using ambit::bench::NowNs;
+using ambit::bench::RaiseFdLimit;
 
 class UniqueFd {
  public:
@@ -78,20 +83,6 @@ constexpr size_t kPrefaceLen = sizeof(kPreface) - 1;
 // SETTINGS with the ACK flag.
 constexpr char kSettingsAck[] = "\x00\x00\x00\x04\x01\x00\x00\x00\x00";
 constexpr size_t kSettingsAckLen = sizeof(kSettingsAck) - 1;
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-void RaiseFdLimit() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "net_tls: %s\n", what.c_str());
