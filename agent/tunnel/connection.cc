@@ -64,7 +64,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   record.mode = "hbone";
   record.mtls = true;
   record.source = PeerOf(*pod, PodSide(*pod, peer, route.target.ip));
-  record.destination = PeerOf(*worker.snapshot(), route.target, dst.spiffe_id);
+  record.destination = PeerOf(dst, route.target);  // the route already names the workload
   if (route.service != nullptr) {
     record.destination.service =
         absl::StrCat(route.service->namespace_name, "/", route.service->name);
@@ -242,6 +242,15 @@ FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
   p.workload = pod.name;
   p.namespace_name = pod.namespace_name;
   p.principal = pod.spiffe_id;
+  p.address = address;
+  return p;
+}
+
+FlowPeer PeerOf(const WorkloadInfo& workload, const SocketAddress& address) {
+  FlowPeer p;
+  p.workload = workload.name;
+  p.namespace_name = workload.namespace_name;
+  p.principal = workload.spiffe_id;
   p.address = address;
   return p;
 }
