@@ -130,6 +130,19 @@ pb::ListConnectionsResponse ConnectionsFromStats(const ambit::dataplane::v1::Sta
   return out;
 }
 
+pb::ConfigGeneration GenerationOf(const NodeHealth& health, absl::Time now) {
+  pb::ConfigGeneration g;
+  g.set_desired(health.desired_generation);
+  g.set_applied(health.applied_generation);
+  if (health.desired_generation != health.applied_generation &&
+      health.pending_since != absl::InfiniteFuture()) {
+    g.set_pending_ms(std::max<int64_t>(0, absl::ToInt64Milliseconds(now - health.pending_since)));
+  }
+  g.set_error(health.generation_error);
+  g.set_fail_closed(health.fail_closed);
+  return g;
+}
+
 namespace {
 
 grpc::Status ToGrpc(const absl::Status& s) {
@@ -149,11 +162,13 @@ class AdminServer::Service final : public pb::Admin::Service {
   grpc::Status ListWorkloads(grpc::ServerContext*, const pb::ListWorkloadsRequest*,
                              pb::ListWorkloadsResponse* resp) override {
     *resp = state_->Workloads();
+    *resp->mutable_generation() = GenerationOf(state_->Health(), absl::Now());
     return grpc::Status::OK;
   }
   grpc::Status ListPolicies(grpc::ServerContext*, const pb::ListPoliciesRequest*,
                             pb::ListPoliciesResponse* resp) override {
     *resp = state_->Policies();
+    *resp->mutable_generation() = GenerationOf(state_->Health(), absl::Now());
     return grpc::Status::OK;
   }
   grpc::Status ListServices(grpc::ServerContext*, const pb::ListServicesRequest*,
@@ -173,6 +188,7 @@ class AdminServer::Service final : public pb::Admin::Service {
     auto result = checker->Check(*req);
     if (!result.ok()) return ToGrpc(result.status());
     *resp = std::move(*result);
+    *resp->mutable_generation() = GenerationOf(state_->Health(), absl::Now());
     return grpc::Status::OK;
   }
   grpc::Status LogLevel(grpc::ServerContext*, const pb::LogLevelRequest* req,

@@ -46,6 +46,10 @@ const std::map<std::string, Known>& DataPlaneCounters() {
        {"counter", "Plaintext connections refused because the port requires mTLS (STRICT)."}},
       {"ambit_connections_closed_by_policy_total",
        {"counter", "Live connections closed because a policy change denied them."}},
+      {"ambit_connections_refused_total",
+       {"counter", "New connections the data plane refused before any policy, by reason."}},
+      {"ambit_snapshots_rejected_total",
+       {"counter", "Configuration snapshots the data plane could not apply."}},
   };
   return *kKnown;
 }
@@ -122,6 +126,16 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats,
         h.dataplane_connected && stats != nullptr ? 1 : 0);
   p.Add("ambit_dataplane_restarts_total", "counter",
         "Data-plane restarts since ambitd started.", {}, static_cast<double>(h.dataplane_restarts));
+  p.Add("ambit_config_generation", "gauge",
+        "Configuration generation: desired (built by ambitd) and applied (acknowledged by the "
+        "data plane).",
+        {{"state", "desired"}}, static_cast<double>(h.desired_generation));
+  p.Add("ambit_config_generation", "gauge", "", {{"state", "applied"}},
+        static_cast<double>(h.applied_generation));
+  p.Add("ambit_dataplane_fail_closed", "gauge",
+        "1 while the data plane refuses new connections because the newest configuration could "
+        "not be applied.",
+        {}, h.fail_closed ? 1 : 0);
   p.Add("ambit_enrolled_pods", "gauge", "Pods enrolled on this node.", {},
         static_cast<double>(h.enrolled.size()));
   p.Add("ambit_enroll_failures", "gauge", "Pods this node should enroll but could not.", {},
@@ -158,6 +172,16 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   if (!h.bpf_attached) problems.push_back("BPF programs are not attached");
   if (!h.dataplane_connected) problems.push_back("the data plane is not connected");
   if (!h.config_loaded) problems.push_back("no configuration loaded yet");
+  if (h.desired_generation != h.applied_generation &&
+      (h.fail_closed || now - h.pending_since > kGenerationGrace)) {
+    problems.push_back(absl::StrCat(
+        "configuration generation ", h.desired_generation, " is not applied (the data plane ",
+        h.applied_generation == 0 ? std::string("has none")
+                                  : absl::StrCat("enforces generation ", h.applied_generation),
+        ", for ", absl::FormatDuration(absl::Trunc(now - h.pending_since, absl::Milliseconds(100))),
+        h.generation_error.empty() ? "" : ": ", h.generation_error, ")",
+        h.fail_closed ? "; new connections are refused" : ""));
+  }
   auto certs = state.Certificates();
   for (const auto& [pod, identity] : h.enrolled) {
     const ambit::admin::v1::Certificate* found = nullptr;

@@ -40,6 +40,30 @@ Value Strings(const Container& items) {
 
 Value OrNull(const std::string& s) { return s.empty() ? Value() : Value(s); }
 
+Value GenerationValue(const pb::ConfigGeneration& g) {
+  return Value::Object({{"desired", static_cast<int64_t>(g.desired())},
+                        {"applied", static_cast<int64_t>(g.applied())},
+                        {"pendingMs", static_cast<int64_t>(g.pending_ms())},
+                        {"error", OrNull(g.error())},
+                        {"failClosed", g.fail_closed()}});
+}
+
+// One line under a table: which generation it shows and whether the data plane enforces it.
+std::string GenerationLine(const pb::ConfigGeneration& g) {
+  if (g.desired() == g.applied()) {
+    return absl::StrCat("Configuration generation ", g.desired(), ", enforced by the data plane.\n");
+  }
+  std::string line = absl::StrCat(
+      "NOT ENFORCED YET: this shows configuration generation ", g.desired(), "; the data plane ",
+      g.applied() == 0 ? std::string("has applied none")
+                       : absl::StrCat("enforces generation ", g.applied()),
+      " (pending ", g.pending_ms(), " ms");
+  if (!g.error().empty()) absl::StrAppend(&line, ": ", g.error());
+  absl::StrAppend(&line, ")");
+  if (g.fail_closed()) absl::StrAppend(&line, "; it refuses new connections until this applies");
+  return line + ".\n";
+}
+
 // The views. `table`: one line per row, nested parts flattened into text.
 Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
   Value out = Value::MakeList();
@@ -258,11 +282,16 @@ absl::Status Workloads(Context& ctx) {
   if (!resp.ok()) return resp.status();
   const bool table = ctx.output_format() == OutputFormat::kTable;
   if (table && resp->workloads().empty()) {
-    ctx.out() << "No workloads in the configuration.\n";
+    ctx.out() << "No workloads in the configuration.\n" << GenerationLine(resp->generation());
     return absl::OkStatus();
   }
-  ctx.Print(table ? WorkloadsValue(*resp, true)
-                  : Value::Object({{"workloads", WorkloadsValue(*resp, false)}}));
+  if (table) {
+    ctx.Print(WorkloadsValue(*resp, true));
+    ctx.out() << "\n" << GenerationLine(resp->generation());
+  } else {
+    ctx.Print(Value::Object({{"workloads", WorkloadsValue(*resp, false)},
+                             {"generation", GenerationValue(resp->generation())}}));
+  }
   return absl::OkStatus();
 }
 
@@ -274,6 +303,7 @@ absl::Status Policies(Context& ctx) {
   const bool table = ctx.output_format() == OutputFormat::kTable;
   Value v = PoliciesValue(*resp, table);
   if (!table) {
+    v.Set("generation", GenerationValue(resp->generation()));
     ctx.Print(v);
     return absl::OkStatus();
   }
@@ -290,6 +320,7 @@ absl::Status Policies(Context& ctx) {
     ctx.out() << "\nWarnings:\n";
     ctx.Print(*v.Find("warnings"));
   }
+  ctx.out() << "\n" << GenerationLine(resp->generation());
   return absl::OkStatus();
 }
 
@@ -319,11 +350,16 @@ absl::Status Check(Context& ctx) {
   if (!resp.ok()) return resp.status();
   if (ctx.output_format() == OutputFormat::kTable) {
     ctx.out() << resp->trace();
+    if (resp->generation().desired() != resp->generation().applied()) {
+      ctx.out() << GenerationLine(resp->generation());
+    }
     return absl::OkStatus();
   }
   admin::DecisionSummary s{resp->decision(), resp->provider(), resp->after_ext_authz_allow(),
                            resp->policy(),   resp->reason(),   resp->mtls_mode()};
-  ctx.Print(DecisionSummaryValue(s));
+  Value v = DecisionSummaryValue(s);
+  v.Set("generation", GenerationValue(resp->generation()));
+  ctx.Print(v);
   return absl::OkStatus();
 }
 

@@ -23,8 +23,8 @@ namespace {
 // Larger than any sane hand-written or `kubectl get` file; protects the agent's memory.
 constexpr size_t kMaxFileSize = 16 << 20;
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+absl::StatusOr<std::string> ReadFile(int dir_fd, const std::string& name) {
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return absl::ErrnoToStatus(errno, "open");
   struct stat st;
   if (::fstat(fd.get(), &st) < 0) return absl::ErrnoToStatus(errno, "stat");
@@ -115,7 +115,8 @@ bool IsConfigFileName(std::string_view name) {
   return name.ends_with(".yaml") || name.ends_with(".yml");
 }
 
-DirectoryLoader::DirectoryLoader(std::string dir) : dir_(std::move(dir)) {}
+DirectoryLoader::DirectoryLoader(std::string dir, uint64_t max_config_bytes)
+    : dir_(std::move(dir)), max_config_bytes_(max_config_bytes) {}
 
 LoadResult DirectoryLoader::Load() {
   namespace fs = std::filesystem;
@@ -149,9 +150,45 @@ LoadResult DirectoryLoader::Load() {
     f = std::binary_search(names.begin(), names.end(), f->first) ? std::next(f) : files_.erase(f);
   }
 
+  for (auto p = parsed_.begin(); p != parsed_.end();) {
+    p = std::binary_search(names.begin(), names.end(), p->first) ? std::next(p) : parsed_.erase(p);
+  }
+
+  UniqueFd dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  uint64_t total = 0;
   for (const std::string& name : names) {
     FileObjects& current = files_[name];
-    absl::StatusOr<std::string> content = ReadFile(absl::StrCat(dir_, "/", name));
+    struct stat st{};
+    bool stat_ok = dir_fd && ::fstatat(dir_fd.get(), name.c_str(), &st, 0) == 0;
+    Stamp stamp;
+    if (stat_ok) {
+      stamp = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+               static_cast<uint64_t>(st.st_size),
+               int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+               int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec};
+      total += stamp.size;
+      if (total > max_config_bytes_) {
+        result.errors.push_back(
+            {name, "", "",
+             absl::StrCat("not read: the config directory may hold at most ",
+                          max_config_bytes_, " bytes of files in all, and this file brings it "
+                          "to ", total,
+                          "; split the configuration across nodes or remove unused objects",
+                          current.empty() ? "" : "; its last good objects stay in force")});
+        Merge(name, current, &result, &owners);
+        continue;
+      }
+    }
+    if (auto cached = parsed_.find(name); stat_ok && cached != parsed_.end() &&
+                                          cached->second.stamp == stamp) {
+      result.errors.insert(result.errors.end(), cached->second.errors.begin(),
+                           cached->second.errors.end());
+      Merge(name, current, &result, &owners);
+      continue;
+    }
+    parsed_.erase(name);
+    size_t errors_before = result.errors.size();
+    absl::StatusOr<std::string> content = ReadFile(dir_fd.get(), name);
     if (!content.ok()) {
       result.errors.push_back(
           {name, "", "",
@@ -186,8 +223,15 @@ LoadResult DirectoryLoader::Load() {
       result.errors.push_back(
           {name, id, "", "is invalid; its last good version stays in force", /*warning=*/true});
     }
+    size_t errors_end = result.errors.size();  // Merge's own errors are made anew each load
     current = std::move(next);
     Merge(name, current, &result, &owners);
+    // Remembered only when the file parsed cleanly as a whole and nothing of an earlier version
+    // was kept: then the same bytes always give the same objects and errors.
+    if (stat_ok && parsed.rejected_ids.empty()) {
+      parsed_[name] = Parsed{stamp, std::vector<ConfigError>(result.errors.begin() + errors_before,
+                                                             result.errors.begin() + errors_end)};
+    }
   }
   WarnIgnoredPolicies(&result);
   CheckCustomProviders(&result);

@@ -1,7 +1,9 @@
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "agent/config/kube_yaml.h"
@@ -21,11 +23,15 @@ bool IsConfigFileName(std::string_view name);
 // previous state stays. A duplicate object (same kind, namespace and name in two files) is an
 // error naming both files; the first by file name wins. A CUSTOM AuthorizationPolicy whose
 // provider is not an ext_authz entry of the merged mesh config's extensionProviders is an error
-// and is left out.
+// and is left out. Files together may hold at most kMaxConfigBytes; the files past that total
+// (by name) are not read, with an error, and their last good objects stay in force.
 // Not thread-safe; one owner.
+// The most a config directory may hold, all files together: about 8 times a 100 000-pod cluster.
+inline constexpr uint64_t kMaxConfigBytes = uint64_t{256} << 20;
+
 class DirectoryLoader {
  public:
-  explicit DirectoryLoader(std::string dir);
+  explicit DirectoryLoader(std::string dir, uint64_t max_config_bytes = kMaxConfigBytes);
 
   LoadResult Load();
   const std::string& dir() const { return dir_; }
@@ -37,8 +43,24 @@ class DirectoryLoader {
   void Merge(const std::string& file, const FileObjects& objects, LoadResult* result,
              std::map<std::string, std::string>* owners) const;
 
+  // What identifies one version of a file without reading it: a rewrite (in place or by
+  // rename) changes the inode, the size or a timestamp.
+  struct Stamp {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    friend bool operator==(const Stamp&, const Stamp&) = default;
+  };
+  // A file parsed earlier and unchanged since: its objects are in files_, its parse errors here,
+  // so a load re-parses only what changed (a large cluster's files take seconds to parse).
+  struct Parsed {
+    Stamp stamp;
+    std::vector<ConfigError> errors;
+  };
+
   std::string dir_;
+  uint64_t max_config_bytes_;
   std::map<std::string, FileObjects> files_;  // by file name, so in load order
+  std::map<std::string, Parsed> parsed_;      // by file name
 };
 
 }  // namespace ambit::config

@@ -17,6 +17,9 @@ ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
           "how long a pooled HBONE connection with no stream stays open");
 ABSL_FLAG(std::string, access_log_format, "text",
           "one line per connection when it closes: text (key=value), json, or off");
+ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
+          "largest configuration snapshot accepted; a larger one is refused and the data plane "
+          "refuses new connections until a smaller one arrives");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ambit data plane; started by ambitd");
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
   options.access_log_json = access_log == "json";
   options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  options.max_snapshot_bytes = absl::GetFlag(FLAGS_max_config_bytes);
   if (options.control_socket.empty()) {
     std::cerr << "ambit-tunnel: --control-socket is required\n";
     return 2;

@@ -57,6 +57,8 @@ ABSL_FLAG(absl::Duration, hbone_idle_timeout, absl::Seconds(30),
           "how long the data plane keeps a pooled HBONE connection with no stream");
 ABSL_FLAG(std::string, access_log_format, "text",
           "the data plane's line per closed connection: text, json or off");
+ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
+          "largest configuration snapshot the data plane accepts (it fails closed above it)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit");
 
@@ -123,6 +125,8 @@ int main(int argc, char** argv) {
   options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));
   options.tunnel_args.push_back("--access-log-format");
   options.tunnel_args.push_back(absl::GetFlag(FLAGS_access_log_format));
+  options.tunnel_args.push_back("--max-config-bytes");
+  options.tunnel_args.push_back(std::to_string(absl::GetFlag(FLAGS_max_config_bytes)));
   if (!options.ca_address.empty() && options.ca_root_cert.empty()) {
     std::cerr << "ambitd: --ca-address needs --ca-root-cert (the roots to trust)\n";
     return 2;

@@ -348,6 +348,21 @@ void Agent::PublishHealth() {
   }
   h.enroll_failures = static_cast<int>(failed_.size());
   h.config_loaded = snapshot_version_ > 0;
+  h.desired_generation = snapshot_version_;
+  h.applied_generation = dataplane_ != nullptr ? dataplane_->acked_version() : 0;
+  health_acked_ = h.applied_generation;
+  health_nacked_ = dataplane_ != nullptr ? dataplane_->nacked_version() : 0;
+  if (h.desired_generation != h.applied_generation) {
+    h.pending_since = generation_pending_since_;
+    if (!delivery_error_.empty()) {
+      h.generation_error = absl::StrCat("not delivered: ", delivery_error_);
+      h.fail_closed = true;
+    } else if (health_nacked_ != 0) {
+      h.generation_error = absl::StrCat("the data plane refused generation ", health_nacked_,
+                                        ": ", dataplane_->nack_error());
+      h.fail_closed = true;
+    }
+  }
   admin_state_->SetHealth(std::move(h));
 }
 

@@ -1,6 +1,7 @@
 #include "agent/node/agent.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -188,7 +189,10 @@ absl::Status Agent::ConnectDataPlane() {
   AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
-  if (snapshot_version_ > 0) SendSnapshot();
+  if (snapshot_version_ > 0) {
+    generation_pending_since_ = absl::Now();  // a new session has applied nothing yet
+    SendSnapshot();
+  }
   if (reapply_log_levels_) reapply_log_levels_();
   PublishHealth();
   return absl::OkStatus();
@@ -391,13 +395,29 @@ void Agent::SendSnapshot() {
   }
   std::vector<authz::Policy> policies;
   for (const auto& [key, policy] : security_.authorization_policies) policies.push_back(policy);
+  if (snapshot_version_ == dataplane_->acked_version() ||
+      generation_pending_since_ == absl::InfiniteFuture()) {
+    generation_pending_since_ = absl::Now();
+  }
   ++snapshot_version_;
   auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
                                          options_.socket_mark, workloads, services, policies,
                                          state_.mesh.root_namespace);
+  delivery_error_.clear();
   if (!status.ok()) {
-    AMBIT_LOG(kComponent, Warning) << "send snapshot to data plane: " << status.message();
+    // The data plane would go on enforcing the previous generation while the admin API shows
+    // this one: tell it to refuse new connections instead, and try again shortly.
+    delivery_error_ = std::string(status.message());
+    AMBIT_LOG(kComponent, Error) << "configuration generation " << snapshot_version_
+                                 << " could not be sent to the data plane: " << delivery_error_
+                                 << "; the data plane fails closed until it is";
+    auto told = dataplane_->SendSnapshotFailed(snapshot_version_, delivery_error_);
+    if (!told.ok()) {
+      AMBIT_LOG(kComponent, Error) << "tell the data plane to fail closed: " << told.message();
+    }
+    ArmTimer(retry_timer_.get(), kRetryMs);
   }
+  PublishHealth();
 }
 
 void Agent::ArmTimer(int fd, int64_t ms) {
@@ -442,11 +462,20 @@ absl::Status Agent::Run() {
               << " and BPF programs stay in place for the next agent (ambitd --cleanup removes)";
           return absl::OkStatus();
         case kTagConfig:
-          if (auto result = source_->Poll()) Apply(std::move(*result));
+          if (auto result = source_->Poll()) {
+            Apply(std::move(*result));
+            // glibc keeps the heap a large configuration used; hand it back, so a node whose
+            // configuration shrank shrinks too.
+            malloc_trim(0);
+          }
           break;
         case kTagRetryTimer:
           (void)!read(retry_timer_.get(), &expirations, sizeof expirations);
-          if (!failed_.empty()) Reconcile();
+          if (!failed_.empty()) {
+            Reconcile();  // sends a snapshot too
+          } else if (!delivery_error_.empty()) {
+            SendSnapshot();
+          }
           break;
         case kTagDataPlaneExit:
           OnDataPlaneExit();
@@ -459,6 +488,13 @@ absl::Status Agent::Run() {
           if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
             // The process exit (pidfd) drives the restart; here just stop reading.
             epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->control_fd(), nullptr);
+          }
+          if (dataplane_->acked_version() == snapshot_version_) {
+            generation_pending_since_ = absl::InfiniteFuture();
+          }
+          if (dataplane_->acked_version() != health_acked_ ||
+              dataplane_->nacked_version() != health_nacked_) {
+            PublishHealth();
           }
           break;
         case kTagRestartTimer: {

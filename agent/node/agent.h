@@ -142,7 +142,10 @@ class Agent {
   std::map<uint64_t, uint32_t> pinned_slots_;
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
   std::map<std::string, std::string> failed_;  // uid -> last enroll error
-  uint64_t snapshot_version_ = 0;
+  uint64_t snapshot_version_ = 0;  // the configuration generation last built
+  absl::Time generation_pending_since_ = absl::InfiniteFuture();
+  std::string delivery_error_;  // why snapshot_version_ could not be sent; "" once it was
+  uint64_t health_acked_ = 0, health_nacked_ = 0;  // as last published
   UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_;
   int64_t restart_backoff_ms_ = 100;
   int64_t dataplane_started_ms_ = 0;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
+#include "agent/common/sealed_file.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/authz_wire/policy_proto.h"
@@ -102,6 +103,8 @@ absl::Status DataPlane::Spawn() {
 
 absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
   control_.Reset();
+  // A new session: what the previous one applied or refused says nothing about this one.
+  nack_error_.clear();
   auto existing = TryConnect();
   if (existing.ok()) {
     control_ = std::move(*existing);
@@ -214,10 +217,17 @@ absl::Status DataPlane::OnControlReadable() {
   AMBIT_ASSIGN_OR_RETURN(auto msg, ReadEnvelope(control_.get(), 0));
   if (msg.first.has_ack()) {
     acked_version_ = msg.first.ack().version();
+    if (nacked_version_ <= acked_version_) {
+      nacked_version_ = 0;
+      nack_error_.clear();
+    }
     AMBIT_LOG(kComponent, Debug) << "data plane applied snapshot " << acked_version_;
   } else if (msg.first.has_nack()) {
-    AMBIT_LOG(kComponent, Warning) << "data plane rejected snapshot " << msg.first.nack().version()
-                                   << ": " << msg.first.nack().error();
+    nacked_version_ = msg.first.nack().version();
+    nack_error_ = msg.first.nack().error();
+    AMBIT_LOG(kComponent, Error) << "data plane could not apply configuration generation "
+                                 << nacked_version_ << ": " << nack_error_
+                                 << "; it refuses new connections until a later one applies";
   } else if (msg.first.has_csr_request()) {
     const auto& r = msg.first.csr_request();
     if (on_csr_request) on_csr_request({r.request_id(), r.identity(), r.csr_pem()});
@@ -275,8 +285,8 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
                                      const std::vector<ServiceDescriptor>& services,
                                      const std::vector<authz::Policy>& authorization_policies,
                                      const std::string& root_namespace) {
-  auto env = NewEnvelope();
-  auto* s = env.mutable_snapshot();
+  pb::Snapshot snapshot;
+  auto* s = &snapshot;
   s->set_version(version);
   s->set_trust_domain(trust_domain);
   s->set_socket_mark(mark);
@@ -319,6 +329,25 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
     authz_wire::ToProto(policy, s->add_authorization_policies());
   }
   s->set_root_namespace(root_namespace);
+  // The snapshot travels in a sealed file, not in the packet: a large cluster's configuration
+  // is many times what one control message can carry.
+  std::string bytes;
+  if (!s->SerializeToString(&bytes)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("configuration generation ", version, " does not serialize (",
+                     s->ByteSizeLong(), " bytes; the wire format stops at 2 GiB)"));
+  }
+  AMBIT_ASSIGN_OR_RETURN(UniqueFd file, CreateSealedFile("ambit-snapshot", bytes));
+  auto ref = NewEnvelope();
+  ref.mutable_snapshot_ref()->set_version(version);
+  ref.mutable_snapshot_ref()->set_size(bytes.size());
+  return SendEnvelope(control_.get(), ref, {file.get()});
+}
+
+absl::Status DataPlane::SendSnapshotFailed(uint64_t version, const std::string& error) {
+  auto env = NewEnvelope();
+  env.mutable_snapshot_failed()->set_version(version);
+  env.mutable_snapshot_failed()->set_error(error);
   return SendEnvelope(control_.get(), env, {});
 }
 

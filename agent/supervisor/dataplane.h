@@ -118,9 +118,16 @@ class DataPlane {
                             const std::vector<ServiceDescriptor>& services,
                             const std::vector<authz::Policy>& authorization_policies,
                             const std::string& root_namespace);
+  // Tells the data plane that configuration generation `version` exists but could not be sent:
+  // it then refuses new connections until a later generation applies (fail closed).
+  absl::Status SendSnapshotFailed(uint64_t version, const std::string& error);
   absl::Status SendCsrResponse(uint64_t request_id, const absl::StatusOr<std::vector<std::string>>& chain);
   absl::Status SendTrustBundle(const std::vector<std::string>& roots);
+  // The newest configuration generation the data plane acknowledged in this session; 0 if none.
   uint64_t acked_version() const { return acked_version_; }
+  // The newest generation it refused, while no later one has been acknowledged; 0 if none.
+  uint64_t nacked_version() const { return nacked_version_; }
+  const std::string& nack_error() const { return nack_error_; }
 
  private:
   absl::StatusOr<UniqueFd> TryConnect();
@@ -132,6 +139,8 @@ class DataPlane {
   pid_t pid_ = -1;
   bool is_child_ = false;
   uint64_t acked_version_ = 0;
+  uint64_t nacked_version_ = 0;
+  std::string nack_error_;
 };
 
 }  // namespace ambit::supervisor

@@ -117,6 +117,25 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   }
 }
 
+void RefuseFailClosed(Worker& worker, const Pod& pod, FlowDirection direction,
+                      UniqueFd client) {
+  worker.counters().refused_fail_closed++;
+  auto peer = PeerAddress(client.get());
+  auto local = LocalAddress(client.get());
+  AMBIT_LOG(kComponent, Warning) << (direction == FlowDirection::kOutbound ? "outbound" : "inbound")
+                                 << " pod=" << pod.uid << " src="
+                                 << (peer.ok() ? peer->ToString() : "?")
+                                 << ": " << worker.fail_closed() << "; connection reset";
+  CloseWithReset(client);
+  FlowRecord record;
+  record.direction = direction;
+  record.pod = pod.uid;
+  record.mode = direction == FlowDirection::kOutbound ? "unknown" : "plaintext";
+  if (peer.ok()) record.source = PeerOf(*worker.snapshot(), *peer, "");
+  if (local.ok()) record.destination = PeerOf(pod, *local);
+  worker.Refuse(std::move(record), FlowEnd{false, "CONNECT", worker.fail_closed()});
+}
+
 // IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
 void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
   auto peer = PeerAddress(client.get());
@@ -319,6 +338,14 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
 
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
                     UniqueFd client) {
+  // HBONE streams are refused one by one in InboundSessions::OnConnect: a pooled session
+  // carries new streams without a new accept.
+  if (!worker.fail_closed().empty() && kind != ListenerKind::kHbone) {
+    RefuseFailClosed(worker, *pod, kind == ListenerKind::kOutbound ? FlowDirection::kOutbound
+                                                                   : FlowDirection::kInbound,
+                     std::move(client));
+    return;
+  }
   switch (kind) {
     case ListenerKind::kOutbound:
       HandleOutbound(worker, std::move(pod), std::move(client));

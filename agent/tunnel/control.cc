@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -15,6 +16,7 @@
 #include "agent/common/clock.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
+#include "agent/common/sealed_file.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
@@ -39,6 +41,7 @@ enum : uint64_t {
 };
 // How long one stats exchange may take, each way, and how long workers have to answer.
 constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
+
 
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
@@ -225,6 +228,13 @@ void Tunnel::ServeStats(UniqueFd client) {
   }
   pb::StatsResponse response;
   response.set_snapshot_version(snapshot_version_);
+  response.set_failed_version(failed_version_);
+  response.set_failed_reason(failed_reason_);
+  if (request.metrics()) {
+    auto* c = response.add_counters();
+    c->set_name("ambit_snapshots_rejected_total");
+    c->set_value(snapshots_rejected_);
+  }
   response.set_started_unix(absl::ToUnixSeconds(started_));
   response.set_pid(getpid());
   // Each worker fills its own part on its own thread; a worker that does not answer in time is
@@ -282,6 +292,11 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   for (auto& w : workers_) w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
   for (auto& w : workers_) {
     w->Post([tls = tls_for_new_workers_](Worker& worker) { worker.SetTls(tls); });
+  }
+  if (!failed_reason_.empty()) {
+    for (auto& w : workers_) {
+      w->Post([reason = failed_reason_](Worker& worker) { worker.SetFailClosed(reason); });
+    }
   }
   AMBIT_LOG(kComponent, Info) << "data plane started " << workers_.size() << " workers";
   return absl::OkStatus();
@@ -361,19 +376,32 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       AMBIT_LOG(kComponent, Info) << "stopped serving pod " << uid;
       return absl::OkStatus();
     }
-    case pb::Envelope::kSnapshot: {
-      snapshot_version_ = env.snapshot().version();
-      snapshot_ = MeshSnapshot::FromProto(env.snapshot());
-      for (const auto& error : snapshot_->authz_errors()) {
-        AMBIT_LOG(kComponent, Error) << "snapshot " << snapshot_version_ << ": " << error;
+    case pb::Envelope::kSnapshot:
+      return ApplySnapshot(env.snapshot());
+    case pb::Envelope::kSnapshotRef: {
+      const auto& ref = env.snapshot_ref();
+      if (fds.size() != 1) {
+        return RefuseSnapshot(ref.version(),
+                              absl::StrCat("the snapshot message carried ", fds.size(),
+                                           " descriptors instead of one sealed file"));
       }
-      for (auto& w : workers_) {
-        w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
+      auto mapping = SealedMapping::Map(fds[0].get(), ref.size(), options_.max_snapshot_bytes);
+      if (!mapping.ok()) return RefuseSnapshot(ref.version(), std::string(mapping.status().message()));
+      pb::Snapshot snapshot;
+      if (!snapshot.ParseFromArray(mapping->bytes().data(),
+                                   static_cast<int>(mapping->bytes().size()))) {
+        return RefuseSnapshot(ref.version(), "the sealed file does not hold a Snapshot message");
       }
-      pb::Envelope ack;
-      ack.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
-      ack.mutable_ack()->set_version(snapshot_version_);
-      return Send(ack, {});
+      if (snapshot.version() != ref.version()) {
+        return RefuseSnapshot(ref.version(),
+                              absl::StrCat("the sealed file holds generation ", snapshot.version()));
+      }
+      return ApplySnapshot(snapshot);
+    }
+    case pb::Envelope::kSnapshotFailed: {
+      const auto& f = env.snapshot_failed();
+      FailClosed(f.version(), absl::StrCat("the agent could not deliver it: ", f.error()));
+      return absl::OkStatus();
     }
     case pb::Envelope::kCsrResponse: {
       const auto& r = env.csr_response();
@@ -395,6 +423,53 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
+  }
+}
+
+absl::Status Tunnel::ApplySnapshot(const pb::Snapshot& snapshot) {
+  snapshot_version_ = snapshot.version();
+  snapshot_ = MeshSnapshot::FromProto(snapshot);
+  for (const auto& error : snapshot_->authz_errors()) {
+    AMBIT_LOG(kComponent, Error) << "snapshot " << snapshot_version_ << ": " << error;
+  }
+  for (auto& w : workers_) {
+    w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
+  }
+  if (failed_version_ != 0 && failed_version_ <= snapshot_version_) {
+    AMBIT_LOG(kComponent, Warning) << "configuration generation " << snapshot_version_
+                                   << " applied; accepting new connections again";
+    failed_version_ = 0;
+    failed_reason_.clear();
+    for (auto& w : workers_) w->Post([](Worker& worker) { worker.SetFailClosed(""); });
+  }
+  pb::Envelope ack;
+  ack.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  ack.mutable_ack()->set_version(snapshot_version_);
+  // The workers free the previous snapshot once they have switched; what it and the decoding
+  // left in glibc's arenas goes back to the kernel here (this runs once per configuration).
+  malloc_trim(0);
+  return Send(ack, {});
+}
+
+absl::Status Tunnel::RefuseSnapshot(uint64_t version, const std::string& error) {
+  ++snapshots_rejected_;
+  FailClosed(version, error);
+  pb::Envelope nack;
+  nack.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  nack.mutable_nack()->set_version(version);
+  nack.mutable_nack()->set_error(error);
+  return Send(nack, {});
+}
+
+void Tunnel::FailClosed(uint64_t version, const std::string& why) {
+  if (version <= snapshot_version_) return;  // a later generation is already in force
+  failed_version_ = version;
+  failed_reason_ = absl::StrCat("configuration generation ", version,
+                                " could not be applied (", why, "); generation ",
+                                snapshot_version_, " is stale, so new connections are refused");
+  AMBIT_LOG(kComponent, Error) << "FAIL CLOSED: " << failed_reason_;
+  for (auto& w : workers_) {
+    w->Post([reason = failed_reason_](Worker& worker) { worker.SetFailClosed(reason); });
   }
 }
 

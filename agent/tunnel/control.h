@@ -16,6 +16,7 @@
 
 namespace ambit::dataplane::v1 {
 class Envelope;
+class Snapshot;
 }
 
 namespace ambit::tunnel {
@@ -26,6 +27,9 @@ struct TunnelOptions {
   uint32_t socket_mark = 0x539;
   bool access_log_json = false;
   absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
+  // The largest configuration snapshot mapped; above it the snapshot is refused (fail closed).
+  // The default is about 100 times what 100 000 peer pods and 10 000 policies take.
+  uint64_t max_snapshot_bytes = uint64_t{1} << 30;
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the
@@ -45,6 +49,14 @@ class Tunnel : public tls::CsrSigner {
   absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
   absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
   absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map);
+  // Installs a configuration on every worker and acks it; lifts a fail-closed state it supersedes.
+  absl::Status ApplySnapshot(const dataplane::v1::Snapshot& snapshot);
+  // Nacks a configuration that cannot be applied, and fails closed.
+  absl::Status RefuseSnapshot(uint64_t version, const std::string& error);
+  // Generation `version` exists but is not in force: every worker refuses new connections until
+  // a generation at least as new applies. Stale enforcement would let a DENY written since go
+  // unenforced and send traffic for pods the old configuration does not know in plaintext.
+  void FailClosed(uint64_t version, const std::string& why);
   // tls::CsrSigner: CSRs go up the control channel; answers come back as csr_response.
   void RequestSigning(uint64_t request_id, const std::string& identity,
                       const std::string& csr_pem) override;
@@ -65,6 +77,9 @@ class Tunnel : public tls::CsrSigner {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, std::shared_ptr<const Pod>> pods_;
   uint64_t snapshot_version_ = 0;
+  uint64_t failed_version_ = 0;  // newest generation that could not be applied; 0 if none
+  std::string failed_reason_;
+  uint64_t snapshots_rejected_ = 0;
   std::shared_ptr<const MeshSnapshot> snapshot_ = std::make_shared<const MeshSnapshot>();
   std::unique_ptr<tls::CertManager> certs_;
   UniqueFd cert_timer_;

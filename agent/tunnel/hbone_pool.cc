@@ -142,6 +142,14 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   record.mtls = true;
   record.source = PeerOf(*worker_.snapshot(), e.peer, request.peer_identity);
   record.destination = PeerOf(pod, request.destination);
+  if (!worker_.fail_closed().empty()) {
+    worker_.counters().refused_fail_closed++;
+    AMBIT_LOG(kComponent, Warning) << description << ": " << worker_.fail_closed()
+                                   << "; answered 503";
+    (void)session.Respond(stream, 503);
+    worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", worker_.fail_closed()});
+    return nullptr;
+  }
   bool ours = false;
   for (const auto& ip : pod.ips) ours |= ip == request.destination.ip;
   if (!ours) {

@@ -236,6 +236,8 @@ void Worker::CollectStats(bool connections, bool metrics,
   counter("ambit_hbone_streams_opened_total", {}, h.streams_opened);
   counter("ambit_plaintext_refused_total", {}, counters_.plaintext_refused);
   counter("ambit_connections_closed_by_policy_total", {}, counters_.closed_by_policy);
+  counter("ambit_connections_refused_total", {{"reason", "configuration_not_applied"}},
+          counters_.refused_fail_closed);
 }
 
 }  // namespace ambit::tunnel

@@ -87,6 +87,10 @@ class Worker {
   void AddPod(std::shared_ptr<const Pod> pod);
   // Installs a new configuration and re-decides every live connection under it.
   void SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot);
+  // Non-empty: the newest configuration is not in force, so every new connection is refused
+  // with this reason (live ones keep running under the last snapshot).
+  void SetFailClosed(std::string reason) { fail_closed_ = std::move(reason); }
+  const std::string& fail_closed() const { return fail_closed_; }
   // TLS contexts of the local identities; null until certificates exist.
   void SetTls(std::shared_ptr<const TlsContexts> tls) { tls_ = std::move(tls); }
   const std::shared_ptr<const TlsContexts>& tls() const { return tls_; }
@@ -98,6 +102,7 @@ class Worker {
     uint64_t plaintext_refused = 0;
     uint64_t closed_by_policy = 0;
     uint64_t denied = 0;
+    uint64_t refused_fail_closed = 0;  // new connections refused while fail_closed() is set
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }
@@ -141,6 +146,7 @@ class Worker {
   FlowMetrics metrics_;
   uint64_t next_flow_ = 1;
   std::shared_ptr<const TlsContexts> tls_;
+  std::string fail_closed_;
   hbone::HboneStats hbone_stats_;
   std::unique_ptr<HbonePool> pool_;
   std::unique_ptr<InboundSessions> inbound_;

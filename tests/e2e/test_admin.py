@@ -155,6 +155,8 @@ metadata:
             self.assertIn(col, table.splitlines()[0])
         self.assertIn("Rejected (not in force):", table)
         self.assertIn("bad-policy", table)
+        self.assertRegex(table, r"Configuration generation \d+, enforced by the data plane")
+        self.assertEqual(doc["generation"]["desired"], doc["generation"]["applied"])
 
     def test_check(self):
         denied = self.json("check", "default/a", "backend/b:9001")
@@ -166,9 +168,14 @@ metadata:
         self.assertIsNone(allowed["policy"])
         v6 = self.json("check", "default/a", f"[{self.b.ip6}]:9001")
         self.assertEqual(v6["policy"], "backend/no-9001")
-        # The same shape as the offline checker's JSON.
+        # The same shape as the offline checker's JSON, plus which configuration generation
+        # decided and whether the data plane enforces it.
         self.assertEqual(set(denied), {"decision", "provider", "afterExtAuthzAllow", "policy",
-                                       "reason", "mtls"})
+                                       "reason", "mtls", "generation"})
+        g = denied["generation"]
+        self.assertEqual(g["desired"], g["applied"])
+        self.assertGreater(g["applied"], 0)
+        self.assertFalse(g["failClosed"])
         table = self.ctl("check", "default/a", "backend/b:9001").stdout
         self.assertIn("decision: deny", table)
         self.assertIn("policy:   backend/no-9001", table)

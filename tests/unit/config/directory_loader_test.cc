@@ -300,5 +300,56 @@ TEST(DirectoryLoaderTest, DirectoryThatDisappearsKeepsTheLastConfiguration) {
   EXPECT_THAT(PodKeys(r), ElementsAre("default/web"));
 }
 
+TEST(DirectoryLoaderTest, UnchangedFilesKeepTheirObjectsAndErrorsAcrossLoads) {
+  TempDir dir;
+  dir.Write("10-pods.yaml", Pod("web", "198.18.0.1"));
+  dir.Write("20-more.yaml", Pod("web", "198.18.0.2") + "---\n" + Pod("bad", "not-an-ip"));
+  DirectoryLoader loader(dir.path());
+  LoadResult first = loader.Load();
+  ASSERT_THAT(Errors(first), SizeIs(2)) << Describe(first);
+  // Only 30-new.yaml is new: the others' objects and errors come back exactly once each.
+  dir.Write("30-new.yaml", Pod("api", "198.18.0.3"));
+  LoadResult second = loader.Load();
+  EXPECT_EQ(Describe(second), Describe(first)) << Describe(second);
+  EXPECT_THAT(PodKeys(second), ElementsAre("default/api", "default/web"));
+  EXPECT_EQ(second.state.pods.at("default/web").ips[0].ToString(), "198.18.0.1");
+}
+
+TEST(DirectoryLoaderTest, FileRewrittenInPlaceWithTheSameSizeIsReadAgain) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1"));
+  DirectoryLoader loader(dir.path());
+  ASSERT_EQ(loader.Load().state.pods.at("default/web").ips[0].ToString(), "198.18.0.1");
+  dir.Write("pods.yaml", Pod("web", "198.18.0.9"));
+  EXPECT_EQ(loader.Load().state.pods.at("default/web").ips[0].ToString(), "198.18.0.9");
+  dir.WriteAtomically("pods.yaml", Pod("web", "198.18.0.7"));
+  EXPECT_EQ(loader.Load().state.pods.at("default/web").ips[0].ToString(), "198.18.0.7");
+}
+
+TEST(DirectoryLoaderTest, TotalSizeCapSkipsLaterFilesAndKeepsTheirLastGoodObjects) {
+  TempDir dir;
+  const std::string a = Pod("a", "198.18.0.1"), b = Pod("b", "198.18.0.2");
+  dir.Write("10-a.yaml", a);
+  dir.Write("20-b.yaml", b);
+  DirectoryLoader loader(dir.path(), a.size() + b.size() + 10);
+  LoadResult r = loader.Load();
+  ASSERT_THAT(Errors(r), IsEmpty()) << Describe(r);
+  // 20-b.yaml grows past the total: it is not read, and its last good pod stays.
+  dir.Write("20-b.yaml", b + "---\n" + Pod("c", "198.18.0.3"));
+  r = loader.Load();
+  ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_EQ(r.errors[0].file, "20-b.yaml");
+  EXPECT_THAT(r.errors[0].message, HasSubstr("may hold at most"));
+  EXPECT_THAT(r.errors[0].message, HasSubstr("its last good objects stay in force"));
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a", "default/b"));
+  // A new file past the total brings nothing.
+  TempDir fresh;
+  fresh.Write("10-a.yaml", a);
+  fresh.Write("20-b.yaml", b);
+  r = DirectoryLoader(fresh.path(), a.size() + 1).Load();
+  ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a"));
+}
+
 }  // namespace
 }  // namespace ambit::config

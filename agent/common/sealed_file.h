@@ -1,0 +1,47 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "agent/common/unique_fd.h"
+
+namespace ambit {
+
+// Bytes handed from one process to another through an anonymous file (memfd) that the sender
+// sealed against writing, shrinking and growing before passing it. The receiver checks the seals
+// itself, so once it has the descriptor the bytes it maps cannot change under it, whatever the
+// sender does next. No size limit but the receiver's: the control channel carries only the
+// descriptor.
+
+// A memfd named `name` (visible in /proc/PID/fd) holding exactly `bytes`, sealed. CLOEXEC.
+absl::StatusOr<UniqueFd> CreateSealedFile(const char* name, absl::string_view bytes);
+
+// A read-only private mapping of a sealed file; unmapped on destruction. Move-only.
+class SealedMapping {
+ public:
+  // Maps fd after checking it is a sealed memfd (write, shrink and grow seals all set) of
+  // exactly expected_size bytes, at most max_size. FailedPrecondition for a file that is not
+  // sealed, InvalidArgument for a size that differs from the one announced, ResourceExhausted
+  // above max_size.
+  static absl::StatusOr<SealedMapping> Map(int fd, uint64_t expected_size, uint64_t max_size);
+
+  SealedMapping(SealedMapping&& other) noexcept;
+  SealedMapping& operator=(SealedMapping&& other) noexcept;
+  SealedMapping(const SealedMapping&) = delete;
+  SealedMapping& operator=(const SealedMapping&) = delete;
+  ~SealedMapping();
+
+  absl::string_view bytes() const {
+    return absl::string_view(static_cast<const char*>(data_), size_);
+  }
+
+ private:
+  SealedMapping(void* data, size_t size) : data_(data), size_(size) {}
+  void Unmap();
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace ambit
