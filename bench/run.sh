@@ -13,3 +13,7 @@ mkdir -p bench/results
 # Network: B0 plain TCP, B1 a plain relay pair, T ambit (eBPF redirect + HBONE) on two simulated
 # nodes, interleaved, 3 repetitions (bench/net/README.md). Needs root.
 /usr/bin/python3 bench/net/run.py --build-dir "$build_dir" --json bench/results/net.json
+
+# Configuration at scale: file write -> enforcement time and memory at 1k/10k/100k peer pods
+# (bench/config/run.py), against a DENY in an empty configuration. Needs root.
+/usr/bin/python3 bench/config/run.py --build-dir "$build_dir" --json bench/results/config.json
