@@ -132,8 +132,10 @@ void Worker::AddPod(std::shared_ptr<const Pod> pod) {
   };
   add(pod->outbound_v4, ListenerKind::kOutbound);
   add(pod->outbound_v6, ListenerKind::kOutbound);
-  add(pod->inbound_plain, ListenerKind::kInboundPlain);
-  add(pod->hbone, ListenerKind::kHbone);
+  add(pod->plain_v4, ListenerKind::kInboundPlain);
+  add(pod->plain_v6, ListenerKind::kInboundPlain);
+  add(pod->hbone_v4, ListenerKind::kHbone);
+  add(pod->hbone_v6, ListenerKind::kHbone);
 }
 
 void Worker::RemovePod(const std::string& uid) {
