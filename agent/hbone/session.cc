@@ -1172,14 +1172,19 @@ bool HboneSession::TakeStreamToken() {
   return true;
 }
 
-void HboneSession::SendFinalResponse(Stream& s, int status) {
+void HboneSession::SendFinalResponse(Stream& s, int status, absl::string_view reason) {
   std::string code = absl::StrCat(status);
-  nghttp2_nv nv[] = {Nv(":status", code)};
+  // A header value is one line of visible text; anything else in the reason becomes a space.
+  std::string text(reason.substr(0, 512));
+  for (char& c : text) {
+    if (c < 0x20 || c == 0x7f) c = ' ';
+  }
+  nghttp2_nv nv[] = {Nv(":status", code), Nv("ambit-error", text)};
   s.responded = true;
   s.finished = true;
   s.observer = nullptr;
   s.send.Clear();
-  if (nghttp2_submit_response(h2_, s.id, nv, 1, nullptr) != 0) {
+  if (nghttp2_submit_response(h2_, s.id, nv, text.empty() ? 1 : 2, nullptr) != 0) {
     nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
   }
   ScheduleFlush();
@@ -1230,7 +1235,7 @@ absl::StatusOr<StreamId> HboneSession::Connect(absl::string_view authority,
   return id;
 }
 
-absl::Status HboneSession::Respond(StreamId stream, int status) {
+absl::Status HboneSession::Respond(StreamId stream, int status, absl::string_view reason) {
   if (client_) return absl::FailedPreconditionError("Respond on a client session");
   Stream* st = Find(stream);
   if (st == nullptr || st->finished) {
@@ -1243,7 +1248,7 @@ absl::Status HboneSession::Respond(StreamId stream, int status) {
     return absl::InvalidArgumentError(absl::StrCat("bad final status ", status));
   }
   if (status >= 300) {
-    SendFinalResponse(*st, status);
+    SendFinalResponse(*st, status, reason);
     return absl::OkStatus();
   }
   st->responded = true;

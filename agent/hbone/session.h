@@ -207,8 +207,9 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   absl::StatusOr<StreamId> Connect(absl::string_view authority, const ConnectHeaders& headers,
                                    StreamObserver* observer);
   // Server: the final status of a CONNECT. 2xx opens the tunnel; anything else ends the stream
-  // (no more callbacks).
-  absl::Status Respond(StreamId stream, int status);
+  // (no more callbacks). A non-empty `reason` on a non-2xx answer goes to the client in the
+  // response header "ambit-error" (one line of text: what refused it, and why).
+  absl::Status Respond(StreamId stream, int status, absl::string_view reason = {});
 
   // Queues up to the free space of the stream's send buffer; returns how much it took (0 for an
   // unknown, reset or write-closed stream). A short count promises one OnWritable() later.
@@ -281,7 +282,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   void Forget(StreamId id);
   void HandleRequest(Stream& s);
   bool TakeStreamToken();  // server: false when the client opened too many failing streams
-  void SendFinalResponse(Stream& s, int status);
+  void SendFinalResponse(Stream& s, int status, absl::string_view reason = {});
   int AttachBody(Stream& s, int status);  // a 2xx response whose body is the stream
 
   EventLoop* const loop_;

@@ -159,7 +159,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
       !target.ok()) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << target.message()
                                    << "; answered 503";
-    (void)session.Respond(stream, 503);
+    (void)session.Respond(stream, 503, target.message());
     worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
     return nullptr;
   }
@@ -184,7 +184,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   if (!up.ok()) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << up.status().message()
                                    << "; answered 503";
-    (void)session.Respond(stream, 503);
+    (void)session.Respond(stream, 503, up.status().message());
     worker_.Refuse(std::move(record),
                    FlowEnd{false, "CONNECT", std::string(up.status().message())});
     return nullptr;

@@ -231,6 +231,7 @@ void Worker::CollectStats(bool connections, bool metrics,
       {"protocol_error", h.protocol_errors},   {"stream_error", h.stream_errors},
       {"flood", h.floods},                     {"refused_stream", h.refused_streams},
       {"oversized_headers", h.oversized_headers}, {"bad_request", h.bad_requests},
+      {"stream_rate_limited", h.stream_rate_limited},
   };
   for (const auto& [reason, n] : errors) {
     counter("ambit_hbone_errors_total", {{"reason", reason}}, n);

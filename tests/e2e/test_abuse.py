@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import Topology, run, wait_listening  # noqa: E402
 import svid  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 IDENTITY_C = "spiffe://cluster.local/ns/default/sa/plain"
 
 # Connects, sends a line, reports how the connection ended and how long that took.
@@ -85,6 +84,39 @@ while not got.endswith(b"\n"):
         break
     got += d
 print(json.dumps({"reply": got.decode()}), flush=True)
+"""
+
+# One CONNECT with a real HTTP/2 client (Python ssl + h2) holding an SVID; prints the status and
+# the "ambit-error" header of the answer.
+ONE_CONNECT = r"""
+import json, os, socket, ssl, sys
+import h2.config, h2.connection, h2.events
+certdir, host, authority = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
+ctx.load_verify_locations(os.path.join(certdir, "root.pem"))
+ctx.check_hostname = False
+ctx.set_alpn_protocols(["h2"])
+tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
+conn = h2.connection.H2Connection(h2.config.H2Configuration(
+    client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
+conn.initiate_connection()
+sid = conn.get_next_available_stream_id()
+conn.send_headers(sid, [(":method", "CONNECT"), (":authority", authority)])
+tls.sendall(conn.data_to_send())
+out = {}
+while "status" not in out:
+    data = tls.recv(65536)
+    if not data:
+        break
+    for ev in conn.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived):
+            headers = {k.decode(): v.decode() for k, v in ev.headers}
+            out["status"] = int(headers[":status"])
+            out["error"] = headers.get("ambit-error", "")
+    tls.sendall(conn.data_to_send())
+print(json.dumps(out), flush=True)
 """
 
 # Rapid reset with a real HTTP/2 client (Python ssl + h2) holding an SVID: opens CONNECT streams
@@ -188,6 +220,13 @@ class AbuseTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.topo.close()
 
+    def metric(self, name):
+        """The value of one sample of the agent's /metrics (0 when absent)."""
+        for line in self.n1.metrics().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0
+
     def own_ports(self):
         return [15001, 15006, 15008, self.n1.metrics_port, self.n1.readiness_port]
 
@@ -196,10 +235,9 @@ class AbuseTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return json.loads(r.stdout)
 
-    def hbone(self, ip, authority, payload="x"):
+    def hbone(self, ip, authority):
         t0 = time.time()
-        r = self.c.run(["/usr/bin/python3", os.path.join(HERE, "hbone_peer.py"), "client",
-                        self.certdir, ip, authority, payload], in_cgroup=False, timeout=60)
+        r = self.c.python(ONE_CONNECT, self.certdir, ip, authority, in_cgroup=False, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
         out = json.loads(r.stdout)
         out["seconds"] = time.time() - t0
@@ -261,6 +299,8 @@ class AbuseTest(unittest.TestCase):
                 seen = self.n1.logs().count(f"dst={authority} mode=")
                 out = self.hbone(ip, authority)
                 self.assertEqual(out.get("status"), 503, f"CONNECT {authority}: {out}")
+                self.assertEqual(out["error"], f"refused: port {port} is one of ambit's own "
+                                 "listeners, never a delivery target")
                 self.assertLess(out["seconds"], 5, f"CONNECT {authority}: {out}")
                 self.n1.wait_log(f"dst={authority} mode=mtls peer={IDENTITY_C}: refused: port "
                                  f"{port} is one of ambit's own listeners, never a delivery "
@@ -291,6 +331,7 @@ class AbuseTest(unittest.TestCase):
             for port in (7001, 7002):
                 out = self.hbone(ip, f"{bracket(ip)}:{port}")
                 self.assertEqual(out.get("status"), 503, f"CONNECT {ip}:{port}: {out}")
+                self.assertEqual(out["error"], "application connect failed: Connection refused")
                 self.assertLess(out["seconds"], 2, f"CONNECT {ip}:{port} took too long")
                 r = self.probe(ip, port, timeout=10)
                 self.assertIn(r["result"], ("reset", "eof"), f"plaintext {ip}:{port}: {r}")
@@ -305,6 +346,8 @@ class AbuseTest(unittest.TestCase):
         attempt = re.compile(rf"dst={re.escape(authority)} mode=mtls peer={IDENTITY_C} "
                              r"allowed_by=")
         before = len(attempt.findall(self.n1.logs()))
+        opened_before = self.metric("ambit_hbone_streams_opened_total")
+        limited_before = self.metric('ambit_hbone_errors_total{reason="stream_rate_limited"}')
         t0 = time.time()
         r = self.c.python(RAPID_RESET, self.certdir, self.b.ip4, authority, 5000,
                           in_cgroup=False, timeout=60)
@@ -321,6 +364,12 @@ class AbuseTest(unittest.TestCase):
         self.assertGreater(attempts, 0, "the attack never reached the tunnel")
         self.assertLessEqual(attempts, bound, f"{attempts} upstream connects in {elapsed:.1f}s")
         self.assertLess(out["sent"], 5000, out)
+        # The data plane's own count of CONNECTs handed on towards an upstream connect.
+        opened = self.metric("ambit_hbone_streams_opened_total") - opened_before
+        self.assertLessEqual(opened, bound, f"{opened} streams opened in {elapsed:.1f}s")
+        self.assertEqual(
+            self.metric('ambit_hbone_errors_total{reason="stream_rate_limited"}') - limited_before,
+            1)
         sink.kill()
         accepted = sink.communicate(timeout=10)[0].count("accepted")
         self.assertLessEqual(accepted, attempts)
