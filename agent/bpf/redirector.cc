@@ -98,6 +98,13 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   skel->rodata->ambit_agent_cgroup = config.agent_cgroup_id;
   AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, config.pin_root));
   AMBIT_RETURN_IF_ERROR(skel.Load());
+  // ambit_listen_v2 replaced ambit_listeners (one dual-stack wildcard listener per kind, which
+  // the data plane's own delivery could reach). The pods' sk_lookup links get the new program
+  // as they are enrolled again; the old map only keeps old sockets alive.
+  std::string legacy_listeners = config.pin_root + "/ambit_listeners";
+  if (unlink(legacy_listeners.c_str()) == 0) {
+    AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
+  }
 
   UniqueFd cgroup(open(config.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cgroup) {
@@ -145,7 +152,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   }
   auto dup_map = [](bpf_map* m) { return UniqueFd(fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3)); };
   s.pods_map = dup_map(s.skel->maps.ambit_pods);
-  s.listeners_map = dup_map(s.skel->maps.ambit_listeners);
+  s.listeners_map = dup_map(s.skel->maps.ambit_listen_v2);
   s.ports_map = dup_map(s.skel->maps.ambit_ports);
   s.cidrs_map = dup_map(s.skel->maps.ambit_cidrs);
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
@@ -167,20 +174,37 @@ absl::Status Redirector::Cleanup(const std::string& pin_root) {
 }
 
 absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,
-                                   int plain_fd, int hbone_fd) {
+                                   const InboundListenerFds& listeners) {
   if (slot >= AMBIT_MAX_PODS) {
     return absl::ResourceExhaustedError(
         absl::StrCat("no free pod slot (at most ", AMBIT_MAX_PODS, " pods per node)"));
   }
   auto& s = *state_;
-  uint32_t plain_key = slot * AMBIT_LISTENER_KINDS + AMBIT_LISTENER_PLAIN;
-  uint32_t hbone_key = slot * AMBIT_LISTENER_KINDS + AMBIT_LISTENER_HBONE;
-  uint64_t plain = plain_fd, hbone = hbone_fd;
-  if (bpf_map_update_elem(s.listeners_map.get(), &plain_key, &plain, BPF_ANY) < 0) {
-    return absl::ErrnoToStatus(errno, "add plaintext-inbound listener to ambit_listeners");
-  }
-  if (bpf_map_update_elem(s.listeners_map.get(), &hbone_key, &hbone, BPF_ANY) < 0) {
-    return absl::ErrnoToStatus(errno, "add HBONE listener to ambit_listeners");
+  struct {
+    int fd;
+    int family_index;
+    int kind;
+    const char* what;
+  } entries[] = {
+      {listeners.plain_v4, 0, AMBIT_LISTENER_PLAIN, "plaintext-inbound listener 127.0.0.1:15006"},
+      {listeners.hbone_v4, 0, AMBIT_LISTENER_HBONE, "HBONE listener 127.0.0.1:15008"},
+      {listeners.plain_v6, 1, AMBIT_LISTENER_PLAIN, "plaintext-inbound listener [::1]:15006"},
+      {listeners.hbone_v6, 1, AMBIT_LISTENER_HBONE, "HBONE listener [::1]:15008"},
+  };
+  for (const auto& e : entries) {
+    uint32_t key = AMBIT_LISTENER_KEY(slot, e.family_index, e.kind);
+    if (e.fd < 0) {
+      // No listener of that family: sk_lookup drops such SYNs rather than leave them to an
+      // ordinary lookup.
+      if (bpf_map_delete_elem(s.listeners_map.get(), &key) < 0 && errno != ENOENT) {
+        return absl::ErrnoToStatus(errno, absl::StrCat("clear ", e.what, " in ambit_listen_v2"));
+      }
+      continue;
+    }
+    uint64_t value = static_cast<uint64_t>(e.fd);
+    if (bpf_map_update_elem(s.listeners_map.get(), &key, &value, BPF_ANY) < 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("add ", e.what, " to ambit_listen_v2"));
+    }
   }
 
   std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
@@ -224,10 +248,12 @@ absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
   if (unlink(pin.c_str()) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, absl::StrCat("unpin ", pin)));
   }
-  for (uint32_t kind = 0; kind < AMBIT_LISTENER_KINDS; ++kind) {
-    uint32_t key = slot * AMBIT_LISTENER_KINDS + kind;
-    if (bpf_map_delete_elem(s.listeners_map.get(), &key) < 0 && errno != ENOENT) {
-      status.Update(absl::ErrnoToStatus(errno, "remove listener from ambit_listeners"));
+  for (uint32_t family_index = 0; family_index < AMBIT_LISTENER_FAMILIES; ++family_index) {
+    for (uint32_t kind = 0; kind < AMBIT_LISTENER_KINDS; ++kind) {
+      uint32_t key = AMBIT_LISTENER_KEY(slot, family_index, kind);
+      if (bpf_map_delete_elem(s.listeners_map.get(), &key) < 0 && errno != ENOENT) {
+        status.Update(absl::ErrnoToStatus(errno, "remove listener from ambit_listen_v2"));
+      }
     }
   }
   return status;

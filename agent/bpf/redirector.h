@@ -31,6 +31,12 @@ struct ProgramInfo {
 // pinned under pin_root so that a restarted agent re-opens them (swapping in its own programs)
 // instead of attaching a second copy, and live connections keep their state. Not thread-safe;
 // owned by ambitd's control thread.
+// A pod's loopback-bound inbound listeners, one per family and kind; -1: absent (a pod without
+// IPv6 has no IPv6 pair).
+struct InboundListenerFds {
+  int plain_v4 = -1, plain_v6 = -1, hbone_v4 = -1, hbone_v6 = -1;
+};
+
 class Redirector {
  public:
   static absl::StatusOr<std::unique_ptr<Redirector>> Open(const RedirectConfig& config);
@@ -41,8 +47,8 @@ class Redirector {
 
   // Steers the pod's traffic: inbound listeners into the sockmap, the pod into ambit_pods (which
   // turns on outbound redirection), and an sk_lookup link on its netns (re-used if pinned).
-  absl::Status EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd, int plain_fd,
-                         int hbone_fd);
+  absl::Status EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,
+                         const InboundListenerFds& listeners);
   // Stops steering; connections already redirected are not touched.
   absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot);
   // Pods enrolled by this or an earlier run: netns cookie -> slot.

@@ -133,14 +133,24 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
                              Listen(AF_INET6, "::1", AMBIT_OUTBOUND_PORT, true, options.backlog,
                                     "outbound listener [::1]:15001"));
     }
-    bool have_v6 = out.outbound_v6.valid();
-    const char* any = have_v6 ? "::" : "0.0.0.0";
-    int family = have_v6 ? AF_INET6 : AF_INET;
-    AMBIT_ASSIGN_OR_RETURN(out.inbound_plain,
-                           Listen(family, any, AMBIT_INBOUND_PLAIN_PORT, false, options.backlog,
-                                  "plaintext-inbound listener :15006"));
-    AMBIT_ASSIGN_OR_RETURN(out.hbone, Listen(family, any, AMBIT_HBONE_PORT, false,
-                                             options.backlog, "HBONE listener :15008"));
+    // Inbound listeners on loopback only: bpf_sk_assign (sk_lookup) steers a pod address's SYNs
+    // to them, and nothing else can reach them. The data plane's own delivery connects to a pod
+    // address, so it finds the application or nothing, never one of these (a delivery to
+    // <pod ip>:15006 would otherwise be accepted by the tunnel again, without end).
+    AMBIT_ASSIGN_OR_RETURN(out.plain_v4,
+                           Listen(AF_INET, "127.0.0.1", AMBIT_INBOUND_PLAIN_PORT, false,
+                                  options.backlog, "plaintext-inbound listener 127.0.0.1:15006"));
+    AMBIT_ASSIGN_OR_RETURN(out.hbone_v4,
+                           Listen(AF_INET, "127.0.0.1", AMBIT_HBONE_PORT, false, options.backlog,
+                                  "HBONE listener 127.0.0.1:15008"));
+    if (out.outbound_v6.valid()) {
+      AMBIT_ASSIGN_OR_RETURN(out.plain_v6,
+                             Listen(AF_INET6, "::1", AMBIT_INBOUND_PLAIN_PORT, true,
+                                    options.backlog, "plaintext-inbound listener [::1]:15006"));
+      AMBIT_ASSIGN_OR_RETURN(out.hbone_v6,
+                             Listen(AF_INET6, "::1", AMBIT_HBONE_PORT, true, options.backlog,
+                                    "HBONE listener [::1]:15008"));
+    }
     return absl::OkStatus();
   }));
   return out;
@@ -149,6 +159,10 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
 absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options) {
   return RunInNetns(netns_fd, [&]() -> absl::Status {
     AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"));
+    // The kernel's own answer to a delivery SYN that finds no listener (a RST) must carry the
+    // SYN's mark too, or it is routed out of the pod towards the client's real address and the
+    // data plane's connect() retries for tens of seconds instead of failing at once.
+    AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv4/fwmark_reflect", "1"));
     std::unique_ptr<nl_sock, NlSockDeleter> sock(nl_socket_alloc());
     if (!sock) return absl::ResourceExhaustedError("allocate netlink socket");
     int err = nl_connect(sock.get(), NETLINK_ROUTE);
@@ -156,6 +170,7 @@ absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options) {
     AMBIT_RETURN_IF_ERROR(AddRuleAndRoute(sock.get(), AF_INET, options));
     // IPv6 may be disabled in the pod; then there is nothing to route.
     if (HasIpv6()) {
+      AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv6/fwmark_reflect", "1"));
       AMBIT_RETURN_IF_ERROR(AddRuleAndRoute(sock.get(), AF_INET6, options));
     }
     return absl::OkStatus();

@@ -13,8 +13,12 @@ namespace ambit::enroll {
 struct PodListeners {
   UniqueFd outbound_v4;    // 127.0.0.1:15001
   UniqueFd outbound_v6;    // [::1]:15001; absent when the pod has no IPv6
-  UniqueFd inbound_plain;  // [::]:15006, dual-stack
-  UniqueFd hbone;          // [::]:15008, dual-stack
+  // Inbound listeners, bound to loopback: only sk_lookup (bpf_sk_assign) brings them a
+  // connection for a pod address. The IPv6 pair is absent when the pod has no IPv6.
+  UniqueFd plain_v4;  // 127.0.0.1:15006
+  UniqueFd plain_v6;  // [::1]:15006
+  UniqueFd hbone_v4;  // 127.0.0.1:15008
+  UniqueFd hbone_v6;  // [::1]:15008
 };
 
 struct PodNetOptions {
@@ -29,7 +33,8 @@ struct PodNetOptions {
 absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOptions& options);
 
 // Lets the data plane deliver inbound connections with the client's own source address (DESIGN.md
-// section 4): tcp_fwmark_accept=1, and "ip rule fwmark MARK lookup TABLE" with
+// section 4): tcp_fwmark_accept=1, fwmark_reflect=1 (a RST for a port without listener comes
+// back to the data plane at once), and "ip rule fwmark MARK lookup TABLE" with
 // "local 0.0.0.0/0 dev lo table TABLE" (and the IPv6 pair), so the application's replies to a
 // transparent socket come back to it instead of leaving the pod. Idempotent.
 absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options);

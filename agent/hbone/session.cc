@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/status.h"
 #include "agent/tls/keys.h"
@@ -176,6 +177,8 @@ struct HboneSession::Stream {
   bool response_delivered = false;
   // The owner is done with it (Reset, non-2xx): callbacks stop, data is discarded.
   bool finished = false;
+  // Server: took a stream-open token, returned on a 2xx answer.
+  bool holds_token = false;
 
   size_t buffered() const { return send.size(); }
 };
@@ -894,7 +897,13 @@ void HboneSession::DoRead() {
     }
     if (peer_closed) {
       size_t open = streams_.size();
-      if (open == 0) {
+      if (goaway_received_ && goaway_received_code_ != NGHTTP2_NO_ERROR) {
+        // The peer said why before closing (e.g. ENHANCE_YOUR_CALM): keep the reason.
+        Close(absl::UnavailableError(absl::StrCat(
+            "HBONE peer ", PeerName(), " sent GOAWAY(",
+            nghttp2_http2_strerror(goaway_received_code_), ") and closed the connection with ",
+            open, " streams open")));
+      } else if (open == 0) {
         Close(absl::OkStatus());
       } else {
         Close(absl::UnavailableError(absl::StrCat(
@@ -1119,6 +1128,21 @@ void HboneSession::HandleRequest(Stream& s) {
     SendFinalResponse(s, 400);
     return;
   }
+  if (!TakeStreamToken()) {
+    // Before the delegate: an abusive client costs no upstream connect from here on.
+    ++stats_->stream_rate_limited;
+    last_h2_error_ = absl::StrCat("more than ", options_.stream_open_burst,
+                                  " CONNECT streams without a 2xx answer (limit ",
+                                  options_.stream_open_rate, "/s)");
+    s.finished = true;
+    s.observer = nullptr;
+    if (nghttp2_session_terminate_session(h2_, NGHTTP2_ENHANCE_YOUR_CALM) != 0) {
+      nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+    }
+    ScheduleFlush();
+    return;
+  }
+  s.holds_token = true;
   ++stats_->streams_opened;
   ConnectRequest request{
       s.authority, *dest, {s.forwarded, s.baggage, s.traceparent}, peer_identity_};
@@ -1133,14 +1157,34 @@ void HboneSession::HandleRequest(Stream& s) {
   if (st->remote_ended) observer->OnEndStream();  // the request carried END_STREAM itself
 }
 
-void HboneSession::SendFinalResponse(Stream& s, int status) {
+bool HboneSession::TakeStreamToken() {
+  absl::Time now = absl::Now();
+  if (stream_tokens_at_ == absl::Time()) {
+    stream_tokens_ = options_.stream_open_burst;
+  } else {
+    double refill = absl::ToDoubleSeconds(now - stream_tokens_at_) * options_.stream_open_rate;
+    stream_tokens_ = std::min<double>(stream_tokens_ + std::max(refill, 0.0),
+                                      options_.stream_open_burst);
+  }
+  stream_tokens_at_ = now;
+  if (stream_tokens_ < 1) return false;
+  stream_tokens_ -= 1;
+  return true;
+}
+
+void HboneSession::SendFinalResponse(Stream& s, int status, absl::string_view reason) {
   std::string code = absl::StrCat(status);
-  nghttp2_nv nv[] = {Nv(":status", code)};
+  // A header value is one line of visible text; anything else in the reason becomes a space.
+  std::string text(reason.substr(0, 512));
+  for (char& c : text) {
+    if (c < 0x20 || c == 0x7f) c = ' ';
+  }
+  nghttp2_nv nv[] = {Nv(":status", code), Nv("ambit-error", text)};
   s.responded = true;
   s.finished = true;
   s.observer = nullptr;
   s.send.Clear();
-  if (nghttp2_submit_response(h2_, s.id, nv, 1, nullptr) != 0) {
+  if (nghttp2_submit_response(h2_, s.id, nv, text.empty() ? 1 : 2, nullptr) != 0) {
     nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
   }
   ScheduleFlush();
@@ -1191,7 +1235,7 @@ absl::StatusOr<StreamId> HboneSession::Connect(absl::string_view authority,
   return id;
 }
 
-absl::Status HboneSession::Respond(StreamId stream, int status) {
+absl::Status HboneSession::Respond(StreamId stream, int status, absl::string_view reason) {
   if (client_) return absl::FailedPreconditionError("Respond on a client session");
   Stream* st = Find(stream);
   if (st == nullptr || st->finished) {
@@ -1204,10 +1248,14 @@ absl::Status HboneSession::Respond(StreamId stream, int status) {
     return absl::InvalidArgumentError(absl::StrCat("bad final status ", status));
   }
   if (status >= 300) {
-    SendFinalResponse(*st, status);
+    SendFinalResponse(*st, status, reason);
     return absl::OkStatus();
   }
   st->responded = true;
+  if (st->holds_token) {
+    st->holds_token = false;
+    stream_tokens_ = std::min<double>(stream_tokens_ + 1, options_.stream_open_burst);
+  }
   int rv = AttachBody(*st, status);
   if (rv != 0) {
     return absl::InternalError(absl::StrCat("HTTP/2 response: ", nghttp2_strerror(rv)));

@@ -38,6 +38,10 @@
 //     decoder limit and ends the whole session with GOAWAY(COMPRESSION_ERROR).
 //   - floods (SETTINGS/PING acks piling up, > 32 SETTINGS entries, rapid RST_STREAM, > 8
 //     CONTINUATION frames) end the session (nghttp2's protections, configured here).
+//   - server: CONNECTs that do not end in a 2xx are rate-limited per connection before the
+//     delegate sees them (SessionOptions::stream_open_burst / stream_open_rate); beyond the limit
+//     the session ends with GOAWAY(ENHANCE_YOUR_CALM). nghttp2's own RST_STREAM limit alone
+//     would let a rapid-reset client cost about 1 000 upstream connects per TLS connection.
 //   - TLS and identity failures end the session; see tls_context.h.
 //
 // Thread-safety: a session, its delegate and its observers live on the loop's thread; every call
@@ -94,6 +98,7 @@ struct HboneStats {
   uint64_t oversized_headers = 0;  // header lists over max_header_list_bytes
   uint64_t bad_requests = 0;       // server: answered 400 (not CONNECT, bad authority)
   uint64_t streams_opened = 0;     // client: Connect calls; server: CONNECTs handed to OnConnect
+  uint64_t stream_rate_limited = 0;  // server: sessions ended for opening streams too fast
 };
 
 struct SessionOptions {
@@ -109,6 +114,14 @@ struct SessionOptions {
   // header blocks we send.
   uint32_t max_header_list_bytes = 64 << 10;
   size_t stream_send_buffer = 256 << 10;  // per stream, bytes accepted by Write not yet framed
+  // Server: how fast a client may open streams that do not succeed, per connection. Each CONNECT
+  // takes a token before the delegate sees it (so before any upstream connect); a 2xx answer gives
+  // it back. The bucket holds `stream_open_burst` tokens and refills at `stream_open_rate` per
+  // second. A client that runs dry (rapid reset: open, RST_STREAM, open again; or a scan of
+  // refused ports) gets GOAWAY(ENHANCE_YOUR_CALM). Streams that succeed cost nothing, so a busy
+  // pooled connection of short-lived tunnels is never limited.
+  uint32_t stream_open_burst = 200;
+  double stream_open_rate = 100;
   absl::Duration handshake_timeout = absl::Seconds(10);
   HboneStats* stats = nullptr;  // null: the session counts on its own
 };
@@ -194,8 +207,9 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   absl::StatusOr<StreamId> Connect(absl::string_view authority, const ConnectHeaders& headers,
                                    StreamObserver* observer);
   // Server: the final status of a CONNECT. 2xx opens the tunnel; anything else ends the stream
-  // (no more callbacks).
-  absl::Status Respond(StreamId stream, int status);
+  // (no more callbacks). A non-empty `reason` on a non-2xx answer goes to the client in the
+  // response header "ambit-error" (one line of text: what refused it, and why).
+  absl::Status Respond(StreamId stream, int status, absl::string_view reason = {});
 
   // Queues up to the free space of the stream's send buffer; returns how much it took (0 for an
   // unknown, reset or write-closed stream). A short count promises one OnWritable() later.
@@ -267,7 +281,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   Stream* Find(StreamId id) const;
   void Forget(StreamId id);
   void HandleRequest(Stream& s);
-  void SendFinalResponse(Stream& s, int status);
+  bool TakeStreamToken();  // server: false when the client opened too many failing streams
+  void SendFinalResponse(Stream& s, int status, absl::string_view reason = {});
   int AttachBody(Stream& s, int status);  // a 2xx response whose body is the stream
 
   EventLoop* const loop_;
@@ -306,6 +321,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   uint32_t goaway_sent_code_ = 0;
   uint32_t goaway_received_code_ = 0;
   std::string last_h2_error_;
+  double stream_tokens_ = 0;  // see SessionOptions::stream_open_burst
+  absl::Time stream_tokens_at_;
 };
 
 }  // namespace ambit::hbone

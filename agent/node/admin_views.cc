@@ -407,8 +407,10 @@ void Agent::PublishViews() {
       const auto& l = e->second.listeners;
       if (l.outbound_v4) r->add_listeners("outbound-v4");
       if (l.outbound_v6) r->add_listeners("outbound-v6");
-      if (l.inbound_plain) r->add_listeners("inbound-plain");
-      if (l.hbone) r->add_listeners("hbone");
+      if (l.plain_v4) r->add_listeners("inbound-plain-v4");
+      if (l.plain_v6) r->add_listeners("inbound-plain-v6");
+      if (l.hbone_v4) r->add_listeners("hbone-v4");
+      if (l.hbone_v6) r->add_listeners("hbone-v6");
     } else if (!pod.netns_path.empty()) {
       w->set_role(pod.node_name == options_.node_name ? "pending" : "peer");
     } else {

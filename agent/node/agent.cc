@@ -64,6 +64,22 @@ std::vector<std::string> IpStrings(const state::Pod& pod) {
   return out;
 }
 
+// The ports of ambit's own HTTP endpoints ("ip:port" or "[ip]:port"; empty: off), which the data
+// plane must never deliver a connection to. The data plane knows 15001/15006/15008 itself.
+std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
+  std::vector<uint16_t> out;
+  for (const std::string& address : {options.metrics_address, options.readiness_address}) {
+    size_t colon = address.rfind(':');
+    uint32_t port = 0;
+    if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+        port == 0 || port > 65535) {
+      continue;
+    }
+    out.push_back(static_cast<uint16_t>(port));
+  }
+  return out;
+}
+
 }  // namespace
 
 Agent::Agent(AgentOptions options) : options_(std::move(options)) {
@@ -284,14 +300,16 @@ absl::Status Agent::Enroll(const state::Pod& pod) {
   bool adopted = false;
   auto hb = handed_back_.find(e.netns_cookie);
   auto pinned = pinned_slots_.find(e.netns_cookie);
-  if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.inbound_plain &&
-      hb->second.hbone && pinned != pinned_slots_.end()) {
+  if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.plain_v4 &&
+      hb->second.hbone_v4 && pinned != pinned_slots_.end()) {
     // The running data plane still holds this pod's listeners: keep them, so connections
     // waiting in their backlogs and live connections are untouched.
     e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
     e.listeners.outbound_v6 = std::move(hb->second.outbound_v6);
-    e.listeners.inbound_plain = std::move(hb->second.inbound_plain);
-    e.listeners.hbone = std::move(hb->second.hbone);
+    e.listeners.plain_v4 = std::move(hb->second.plain_v4);
+    e.listeners.plain_v6 = std::move(hb->second.plain_v6);
+    e.listeners.hbone_v4 = std::move(hb->second.hbone_v4);
+    e.listeners.hbone_v6 = std::move(hb->second.hbone_v6);
     e.slot = pinned->second;
     adopted = true;
   } else {
@@ -301,9 +319,12 @@ absl::Status Agent::Enroll(const state::Pod& pod) {
   if (hb != handed_back_.end()) handed_back_.erase(hb);
   if (pinned != pinned_slots_.end()) pinned_slots_.erase(pinned);
   AMBIT_RETURN_IF_ERROR(enroll::ConfigurePodRouting(e.netns.get(), pod_net_));
-  AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(),
-                                               e.listeners.inbound_plain.get(),
-                                               e.listeners.hbone.get()));
+  bpf::InboundListenerFds inbound;
+  inbound.plain_v4 = e.listeners.plain_v4.get();
+  inbound.plain_v6 = e.listeners.plain_v6.get();
+  inbound.hbone_v4 = e.listeners.hbone_v4.get();
+  inbound.hbone_v6 = e.listeners.hbone_v6.get();
+  AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
   if (!adopted && dataplane_->connected()) AMBIT_RETURN_IF_ERROR(SendPod(e));
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
                               << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
@@ -336,8 +357,10 @@ absl::Status Agent::SendPod(const EnrolledPod& e) {
   d.netns = e.netns.get();
   d.outbound_v4 = e.listeners.outbound_v4.get();
   d.outbound_v6 = e.listeners.outbound_v6.get();
-  d.inbound_plain = e.listeners.inbound_plain.get();
-  d.hbone = e.listeners.hbone.get();
+  d.plain_v4 = e.listeners.plain_v4.get();
+  d.plain_v6 = e.listeners.plain_v6.get();
+  d.hbone_v4 = e.listeners.hbone_v4.get();
+  d.hbone_v6 = e.listeners.hbone_v6.get();
   return dataplane_->SendAddPod(d);
 }
 
@@ -402,7 +425,7 @@ void Agent::SendSnapshot() {
   ++snapshot_version_;
   auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
                                          options_.socket_mark, workloads, services, policies,
-                                         state_.mesh.root_namespace);
+                                         state_.mesh.root_namespace, OwnEndpointPorts(options_));
   delivery_error_.clear();
   if (!status.ok()) {
     // The data plane would go on enforcing the previous generation while the admin API shows

@@ -152,8 +152,10 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
         case pb::FD_ROLE_NETNS: pod.netns = std::move(fd); break;
         case pb::FD_ROLE_OUTBOUND_V4: pod.outbound_v4 = std::move(fd); break;
         case pb::FD_ROLE_OUTBOUND_V6: pod.outbound_v6 = std::move(fd); break;
-        case pb::FD_ROLE_INBOUND_PLAIN: pod.inbound_plain = std::move(fd); break;
-        case pb::FD_ROLE_HBONE: pod.hbone = std::move(fd); break;
+        case pb::FD_ROLE_INBOUND_PLAIN_V4: pod.plain_v4 = std::move(fd); break;
+        case pb::FD_ROLE_INBOUND_PLAIN_V6: pod.plain_v6 = std::move(fd); break;
+        case pb::FD_ROLE_HBONE_V4: pod.hbone_v4 = std::move(fd); break;
+        case pb::FD_ROLE_HBONE_V6: pod.hbone_v6 = std::move(fd); break;
         default: break;
       }
     }
@@ -268,8 +270,10 @@ absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   add(pod.netns, pb::FD_ROLE_NETNS);
   add(pod.outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
   add(pod.outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
-  add(pod.inbound_plain, pb::FD_ROLE_INBOUND_PLAIN);
-  add(pod.hbone, pb::FD_ROLE_HBONE);
+  add(pod.plain_v4, pb::FD_ROLE_INBOUND_PLAIN_V4);
+  add(pod.plain_v6, pb::FD_ROLE_INBOUND_PLAIN_V6);
+  add(pod.hbone_v4, pb::FD_ROLE_HBONE_V4);
+  add(pod.hbone_v6, pb::FD_ROLE_HBONE_V6);
   return SendEnvelope(control_.get(), env, fds);
 }
 
@@ -284,12 +288,14 @@ absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_
                                      const std::vector<WorkloadDescriptor>& workloads,
                                      const std::vector<ServiceDescriptor>& services,
                                      const std::vector<authz::Policy>& authorization_policies,
-                                     const std::string& root_namespace) {
+                                     const std::string& root_namespace,
+                                     const std::vector<uint16_t>& reserved_ports) {
   pb::Snapshot snapshot;
   auto* s = &snapshot;
   s->set_version(version);
   s->set_trust_domain(trust_domain);
   s->set_socket_mark(mark);
+  for (uint16_t port : reserved_ports) s->add_reserved_ports(port);
   for (const auto& w : workloads) {
     auto* pw = s->add_workloads();
     pw->set_uid(w.uid);

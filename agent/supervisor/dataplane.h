@@ -25,7 +25,7 @@ namespace ambit::supervisor {
 struct HandedBackPod {
   std::string uid, namespace_name, name, service_account;
   uint64_t netns_cookie = 0;
-  UniqueFd netns, outbound_v4, outbound_v6, inbound_plain, hbone;
+  UniqueFd netns, outbound_v4, outbound_v6, plain_v4, plain_v6, hbone_v4, hbone_v6;
 };
 
 // What the agent tells the data plane about one enrolled pod. Descriptors are borrowed.
@@ -33,7 +33,8 @@ struct PodDescriptor {
   std::string uid, namespace_name, name, service_account, spiffe_id;
   uint64_t netns_cookie = 0;
   std::vector<std::string> ips;
-  int netns = -1, outbound_v4 = -1, outbound_v6 = -1, inbound_plain = -1, hbone = -1;
+  int netns = -1, outbound_v4 = -1, outbound_v6 = -1;
+  int plain_v4 = -1, plain_v6 = -1, hbone_v4 = -1, hbone_v6 = -1;
 };
 
 // A CSR the data plane asks the agent to get signed.
@@ -117,7 +118,8 @@ class DataPlane {
                             const std::vector<WorkloadDescriptor>& workloads,
                             const std::vector<ServiceDescriptor>& services,
                             const std::vector<authz::Policy>& authorization_policies,
-                            const std::string& root_namespace);
+                            const std::string& root_namespace,
+                            const std::vector<uint16_t>& reserved_ports);
   // Tells the data plane that configuration generation `version` exists but could not be sent:
   // it then refuses new connections until a later generation applies (fail closed).
   absl::Status SendSnapshotFailed(uint64_t version, const std::string& error);

@@ -210,6 +210,14 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   record.mode = "plaintext";
   record.source = PeerOf(*worker.snapshot(), *peer, "");
   record.destination = PeerOf(*pod, *local);
+  // Before policy and before any socket: this destination is never delivered.
+  if (auto target = CheckDeliveryTarget(*worker.snapshot(), *pod, *local); !target.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext: " << target.message()
+                                   << "; connection reset";
+    CloseWithReset(client);
+    worker.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
+    return;
+  }
   std::string mode;
   auto allowed = PlaintextAllowed(*worker.snapshot(), *local, &mode, &record.policy);
   if (!allowed.ok()) {
@@ -286,11 +294,28 @@ FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
   return p;
 }
 
-// Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
-// starts connecting to dst. With source set, binds to it transparently (inbound delivery with
-// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
+absl::Status CheckDeliveryTarget(const MeshSnapshot& snapshot, const Pod& pod,
+                                 const SocketAddress& dst) {
+  bool ours = false;
+  for (const auto& ip : pod.ips) ours |= ip == dst.ip;
+  if (!ours) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refused: ", dst.ip.ToString(), " is not an address of pod ", pod.uid,
+        " (inbound traffic is delivered to the pod's own addresses only)"));
+  }
+  if (snapshot.IsReservedPort(dst.port)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: port ", dst.port,
+                     " is one of ambit's own listeners, never a delivery target"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
                                         const SocketAddress& dst, const SocketAddress* source) {
+  if (source != nullptr) {
+    AMBIT_RETURN_IF_ERROR(CheckDeliveryTarget(*worker.snapshot(), pod, dst));
+  }
   Upstream up;
   const auto& settings = worker.settings();
   int family = dst.ip.family();

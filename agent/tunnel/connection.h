@@ -21,9 +21,16 @@ struct Upstream {
   std::optional<SocketAddress> delivery_source;  // listed in ambit_deliver until connected
 };
 
+// Where inbound traffic may be delivered inside `pod`: one of the pod's own addresses, on a port
+// that is none of ambit's own listeners. OK, or FailedPrecondition with the reason. Anything else
+// would come back into the data plane (a delivery to <pod ip>:15006 is accepted again, and again).
+absl::Status CheckDeliveryTarget(const MeshSnapshot& snapshot, const Pod& pod,
+                                 const SocketAddress& dst);
+
 // Opens a non-blocking socket in the pod's netns, marked so the redirect programs skip it, and
 // starts connecting to dst. With source set, binds to it transparently (inbound delivery with
-// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup.
+// the client's own address) and lists the connection in ambit_deliver for the pod's sk_lookup;
+// such a delivery is refused, before any socket exists, unless CheckDeliveryTarget allows it.
 absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
                                         const SocketAddress& dst, const SocketAddress* source);
 

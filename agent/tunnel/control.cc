@@ -183,8 +183,10 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
     add(pod->netns, pb::FD_ROLE_NETNS);
     add(pod->outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
     add(pod->outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
-    add(pod->inbound_plain, pb::FD_ROLE_INBOUND_PLAIN);
-    add(pod->hbone, pb::FD_ROLE_HBONE);
+    add(pod->plain_v4, pb::FD_ROLE_INBOUND_PLAIN_V4);
+    add(pod->plain_v6, pb::FD_ROLE_INBOUND_PLAIN_V6);
+    add(pod->hbone_v4, pb::FD_ROLE_HBONE_V4);
+    add(pod->hbone_v6, pb::FD_ROLE_HBONE_V6);
     AMBIT_RETURN_IF_ERROR(Send(env, fds));
   }
   return absl::OkStatus();
@@ -339,8 +341,10 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
           case pb::FD_ROLE_NETNS: pod->netns = std::move(fds[i]); break;
           case pb::FD_ROLE_OUTBOUND_V4: pod->outbound_v4 = std::move(fds[i]); break;
           case pb::FD_ROLE_OUTBOUND_V6: pod->outbound_v6 = std::move(fds[i]); break;
-          case pb::FD_ROLE_INBOUND_PLAIN: pod->inbound_plain = std::move(fds[i]); break;
-          case pb::FD_ROLE_HBONE: pod->hbone = std::move(fds[i]); break;
+          case pb::FD_ROLE_INBOUND_PLAIN_V4: pod->plain_v4 = std::move(fds[i]); break;
+          case pb::FD_ROLE_INBOUND_PLAIN_V6: pod->plain_v6 = std::move(fds[i]); break;
+          case pb::FD_ROLE_HBONE_V4: pod->hbone_v4 = std::move(fds[i]); break;
+          case pb::FD_ROLE_HBONE_V6: pod->hbone_v6 = std::move(fds[i]); break;
           default: break;
         }
       }

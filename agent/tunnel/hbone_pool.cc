@@ -161,6 +161,16 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
                                                           " is not this pod (answered 400)")});
     return nullptr;
   }
+  // One of ambit's own ports: never delivered (it would reach the data plane itself), and no
+  // socket is opened for it.
+  if (auto target = CheckDeliveryTarget(*worker_.snapshot(), pod, request.destination);
+      !target.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << target.message()
+                                   << "; answered 503";
+    (void)session.Respond(stream, 503, target.message());
+    worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
+    return nullptr;
+  }
   // Decided before the application sees a byte; denied: 401, as ztunnel answers.
   std::string decided_by;
   auto allowed = worker_.snapshot()->Authorize(e.peer, request.destination,
@@ -182,7 +192,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   if (!up.ok()) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << up.status().message()
                                    << "; answered 503";
-    (void)session.Respond(stream, 503);
+    (void)session.Respond(stream, 503, up.status().message());
     worker_.Refuse(std::move(record),
                    FlowEnd{false, "CONNECT", std::string(up.status().message())});
     return nullptr;

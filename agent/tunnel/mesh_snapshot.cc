@@ -4,6 +4,7 @@
 #include "agent/authz/compile.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/log.h"
+#include "abi/redirect.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -31,6 +32,9 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
   auto snap = std::make_shared<MeshSnapshot>();
   snap->version_ = s.version();
   snap->trust_domain_ = s.trust_domain();
+  for (uint32_t port : s.reserved_ports()) {
+    if (port > 0 && port <= 65535) snap->reserved_ports_.insert(static_cast<uint16_t>(port));
+  }
   absl::flat_hash_map<std::string, std::shared_ptr<const WorkloadInfo>> by_uid;
   for (const auto& w : s.workloads()) {
     auto info = std::make_shared<WorkloadInfo>();
@@ -182,6 +186,11 @@ Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick) const {
     return route;
   }
   return route;
+}
+
+bool MeshSnapshot::IsReservedPort(uint16_t port) const {
+  return port == AMBIT_OUTBOUND_PORT || port == AMBIT_INBOUND_PLAIN_PORT ||
+         port == AMBIT_HBONE_PORT || reserved_ports_.contains(port);
 }
 
 }  // namespace ambit::tunnel

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "agent/authz/engine.h"
 #include "agent/common/ip_address.h"
@@ -80,6 +81,10 @@ class MeshSnapshot {
                          const std::string& principal, std::string* decided_by) const;
   const std::vector<std::string>& authz_errors() const { return authz_errors_; }
 
+  // A port of one of ambit's own listeners (15001, 15006, 15008, and the agent's metrics and
+  // readiness ports): the data plane never delivers a connection there.
+  bool IsReservedPort(uint16_t port) const;
+
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
@@ -87,6 +92,7 @@ class MeshSnapshot {
   absl::flat_hash_map<IpAddress, std::shared_ptr<const ServiceInfo>> services_;
   std::unique_ptr<authz::Engine> authz_;
   std::vector<std::string> authz_errors_;
+  absl::flat_hash_set<uint16_t> reserved_ports_;
 };
 
 }  // namespace ambit::tunnel

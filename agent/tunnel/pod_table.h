@@ -23,7 +23,8 @@ struct Pod {
   uint64_t netns_cookie = 0;
   std::vector<IpAddress> ips;
   UniqueFd netns;
-  UniqueFd outbound_v4, outbound_v6, inbound_plain, hbone;
+  UniqueFd outbound_v4, outbound_v6;
+  UniqueFd plain_v4, plain_v6, hbone_v4, hbone_v6;  // inbound, bound to the pod's loopback
 };
 
 enum class ListenerKind { kOutbound, kInboundPlain, kHbone };

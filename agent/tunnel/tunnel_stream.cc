@@ -148,7 +148,10 @@ void TunnelStream::OnEvents(uint32_t events) {
       AMBIT_LOG(kComponent, Warning) << description() << ": application connect failed: "
                                      << strerror(err) << "; answered 503";
       SetEnd("CONNECT", absl::StrCat("application connect failed: ", strerror(err)));
-      if (!stream_over_) (void)session_->Respond(id_, 503);
+      if (!stream_over_) {
+        (void)session_->Respond(id_, 503,
+                                absl::StrCat("application connect failed: ", strerror(err)));
+      }
       stream_over_ = true;
       Done();
       return;

@@ -132,8 +132,10 @@ void Worker::AddPod(std::shared_ptr<const Pod> pod) {
   };
   add(pod->outbound_v4, ListenerKind::kOutbound);
   add(pod->outbound_v6, ListenerKind::kOutbound);
-  add(pod->inbound_plain, ListenerKind::kInboundPlain);
-  add(pod->hbone, ListenerKind::kHbone);
+  add(pod->plain_v4, ListenerKind::kInboundPlain);
+  add(pod->plain_v6, ListenerKind::kInboundPlain);
+  add(pod->hbone_v4, ListenerKind::kHbone);
+  add(pod->hbone_v6, ListenerKind::kHbone);
 }
 
 void Worker::RemovePod(const std::string& uid) {
@@ -229,6 +231,7 @@ void Worker::CollectStats(bool connections, bool metrics,
       {"protocol_error", h.protocol_errors},   {"stream_error", h.stream_errors},
       {"flood", h.floods},                     {"refused_stream", h.refused_streams},
       {"oversized_headers", h.oversized_headers}, {"bad_request", h.bad_requests},
+      {"stream_rate_limited", h.stream_rate_limited},
   };
   for (const auto& [reason, n] : errors) {
     counter("ambit_hbone_errors_total", {{"reason", reason}}, n);

@@ -20,12 +20,22 @@
 #define AMBIT_MAX_CIDRS 256
 #define AMBIT_MAX_DELIVER 16384
 
-/* Listener kinds in ambit_listeners: key = pod slot * AMBIT_LISTENER_KINDS + kind. */
+/* Listener kinds in ambit_listen_v2. */
 enum ambit_listener_kind {
 	AMBIT_LISTENER_PLAIN = 0,
 	AMBIT_LISTENER_HBONE = 1,
 	AMBIT_LISTENER_KINDS = 2,
 };
+
+/*
+ * The inbound listeners are bound to the pod's loopback (127.0.0.1 and [::1]), so an ordinary
+ * socket lookup for a pod address (the tunnel's own delivery connect, above all) can never reach
+ * one: only sk_lookup's bpf_sk_assign does. A loopback-bound socket takes one family, hence one
+ * listener per family and kind. Family index: 0 IPv4, 1 IPv6.
+ */
+#define AMBIT_LISTENER_FAMILIES 2
+#define AMBIT_LISTENER_KEY(slot, family_index, kind) \
+	(((slot) * AMBIT_LISTENER_FAMILIES + (family_index)) * AMBIT_LISTENER_KINDS + (kind))
 
 /* ambit_ports values: which directions skip redirection for a port. */
 enum ambit_port_flags {
@@ -35,7 +45,7 @@ enum ambit_port_flags {
 
 /* ambit_pods value: one enrolled pod, keyed by its netns cookie (__u64). */
 struct ambit_pod_info {
-	__u32 slot; /* index of the pod's listeners in ambit_listeners */
+	__u32 slot; /* index of the pod's listeners in ambit_listen_v2 */
 	__u32 flags; /* reserved */
 };
 

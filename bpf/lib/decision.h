@@ -44,10 +44,17 @@ static __always_inline int ambit_inbound_kind(__u32 ingress_ifindex,
 {
 	__u16 local_port = tuple->dst_port;
 
-	if (ingress_ifindex == AMBIT_LOOPBACK_IFINDEX || ambit_addr_is_loopback_or_any(tuple->dst_addr))
+	if (ambit_addr_is_loopback_or_any(tuple->dst_addr))
 		return -1;
 	if (bpf_map_lookup_elem(&ambit_deliver, tuple))
 		return -1; /* the tunnel delivering to the application */
+	/*
+	 * The pod talking to one of its own addresses over lo. The HBONE listener is bound to
+	 * loopback, so the tunnel's HBONE connection to its own pod (a pod dialling itself) reaches
+	 * it only through here; everything else stays as the pod sent it.
+	 */
+	if (ingress_ifindex == AMBIT_LOOPBACK_IFINDEX)
+		return local_port == AMBIT_HBONE_PORT ? AMBIT_LISTENER_HBONE : -1;
 	__u32 port = local_port;
 	__u8 *flags = bpf_map_lookup_elem(&ambit_ports, &port);
 	if (flags && (*flags & AMBIT_PORT_BYPASS_IN))

@@ -64,13 +64,15 @@ struct {
 	__type(value, __u8);
 } ambit_deliver SEC(".maps");
 
-/* pod slot * AMBIT_LISTENER_KINDS + kind -> the pod's inbound listener socket; written by ambitd,
- * which owns the listeners. A closed listener leaves the map, and sk_lookup then drops. */
+/* AMBIT_LISTENER_KEY(pod slot, family, kind) -> the pod's loopback-bound inbound listener;
+ * written by ambitd, which owns the listeners. A closed listener leaves the map, and sk_lookup
+ * then drops. _v2: one listener per family (ambit_listeners held one dual-stack wildcard
+ * listener per kind; ambitd removes that pin). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, AMBIT_MAX_PODS * AMBIT_LISTENER_KINDS);
+	__uint(max_entries, AMBIT_MAX_PODS * AMBIT_LISTENER_FAMILIES * AMBIT_LISTENER_KINDS);
 	__type(key, __u32);
 	__type(value, __u64);
-} ambit_listeners SEC(".maps");
+} ambit_listen_v2 SEC(".maps");
 
 #endif /* AMBIT_BPF_LIB_MAPS_H */

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Inbound steering for one enrolled pod, attached to that pod's netns with sk_lookup: a TCP SYN
- * to port 15008 goes to the HBONE listener, any other port to the plaintext-inbound listener,
- * where PeerAuthentication decides. With the listener gone the SYN is dropped, so plaintext
+ * to port 15008 goes to the HBONE listener of its family, any other port to the plaintext-inbound
+ * listener of its family, where PeerAuthentication decides. The listeners are bound to loopback,
+ * so nothing else reaches them from a pod address. With the listener gone the SYN is dropped, so plaintext
  * never reaches the application by accident.
  *
  * sk_lookup programs cannot read their netns cookie, so the agent loads one instance per pod with
@@ -44,8 +45,8 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 	kind = ambit_inbound_kind(ctx->ingress_ifindex, &tuple);
 	if (kind < 0)
 		return SK_PASS;
-	key = pod_slot * AMBIT_LISTENER_KINDS + kind;
-	sk = bpf_map_lookup_elem(&ambit_listeners, &key);
+	key = AMBIT_LISTENER_KEY(pod_slot, ctx->family == AF_INET6 ? 1 : 0, kind);
+	sk = bpf_map_lookup_elem(&ambit_listen_v2, &key);
 	if (!sk)
 		return SK_DROP;
 	err = bpf_sk_assign(ctx, sk, 0);

@@ -222,7 +222,8 @@ TEST_F(DecisionTest, InboundKindByPortInterfaceAndAddress) {
       {"v6 app", kPodIfindex, Tuple("2001:db8::2", 40000, "2001:db8::5", 80),
        AMBIT_LISTENER_PLAIN},
       {"ingress lo", 1, Tuple(src, 40000, dst, 80), -1},
-      {"ingress lo hbone", 1, Tuple(src, 40000, dst, 15008), -1},
+      // A pod dialling itself: the tunnel's HBONE to its own pod address.
+      {"ingress lo hbone", 1, Tuple(dst, 40000, dst, 15008), AMBIT_LISTENER_HBONE},
       {"dst 127.0.0.1", kPodIfindex, Tuple("127.0.0.1", 40000, "127.0.0.1", 80), -1},
       {"dst 127.3.4.5", kPodIfindex, Tuple(src, 40000, "127.3.4.5", 8080), -1},
       {"dst ::1", kPodIfindex, Tuple("::1", 40000, "::1", 80), -1},
@@ -292,7 +293,8 @@ class SkLookupTest : public BpfTest {
 
   ambit_inbound* skel() { return skel_->get(); }
 
-  // A listening TCP socket on loopback port 0 in this process's netns, in ambit_listeners.
+  // A listening TCP socket on loopback port 0 in this process's netns, in ambit_listen_v2 under
+  // its family's key.
   UniqueFd Listen(int family, ambit_listener_kind kind, uint64_t* cookie) {
     UniqueFd fd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     EXPECT_TRUE(fd.valid()) << strerror(errno);
@@ -314,12 +316,12 @@ class SkLookupTest : public BpfTest {
     socklen_t clen = sizeof(*cookie);
     EXPECT_EQ(getsockopt(fd.get(), SOL_SOCKET, SO_COOKIE, cookie, &clen), 0) << strerror(errno);
     EXPECT_NE(*cookie, 0u);
-    uint32_t key = kPodSlot * AMBIT_LISTENER_KINDS + kind;
+    uint32_t key = AMBIT_LISTENER_KEY(kPodSlot, family == AF_INET6 ? 1 : 0, kind);
     uint64_t value = static_cast<uint64_t>(fd.get());
-    EXPECT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_listeners), &key, &value,
+    EXPECT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_listen_v2), &key, &value,
                                   BPF_ANY),
               0)
-        << "ambit_listeners[" << key << "]: " << strerror(errno);
+        << "ambit_listen_v2[" << key << "]: " << strerror(errno);
     return fd;
   }
 
@@ -412,6 +414,28 @@ TEST_F(SkLookupTest, SelectsListenerForIpv6) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
   EXPECT_EQ(r->cookie, cookie);
+}
+
+// The listeners are bound to loopback, one per family: a SYN goes to its own family's listener,
+// and without one it is dropped rather than handed to the other family's socket.
+TEST_F(SkLookupTest, SelectsListenerOfTheSynsFamily) {
+  uint64_t v4_cookie = 0, v6_cookie = 0;
+  UniqueFd v6 = Listen(AF_INET6, AMBIT_LISTENER_PLAIN, &v6_cookie);
+  ASSERT_FALSE(HasFailure());
+  auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", 8080));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_DROP)) << "IPv4 SYN without an IPv4 listener";
+  EXPECT_EQ(r->cookie, 0u);
+  UniqueFd v4 = Listen(AF_INET, AMBIT_LISTENER_PLAIN, &v4_cookie);
+  ASSERT_FALSE(HasFailure());
+  r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", 8080));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(r->cookie, v4_cookie);
+  r = Run(V6(IPPROTO_TCP, "2001:db8::2", 40000, "2001:db8::5", 8080));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(r->cookie, v6_cookie);
 }
 
 TEST_F(SkLookupTest, LeavesUdpAlone) {

@@ -112,9 +112,9 @@ metadata:
             self.assertEqual(w["node"], "node1")
             self.assertEqual(w["role"], "enrolled")
             self.assertGreater(w["redirect"]["netnsCookie"], 0)
-            self.assertIn("hbone", w["redirect"]["listeners"])
-            self.assertIn("inbound-plain", w["redirect"]["listeners"])
-            self.assertIn("outbound-v4", w["redirect"]["listeners"])
+            for listener in ("outbound-v4", "outbound-v6", "inbound-plain-v4",
+                             "inbound-plain-v6", "hbone-v4", "hbone-v6"):
+                self.assertIn(listener, w["redirect"]["listeners"])
         self.assertNotEqual(a["redirect"]["slot"], b["redirect"]["slot"])
         self.assertEqual(a["mtls"], "PERMISSIVE")
         self.assertIsNone(a["mtlsPolicy"])
@@ -198,9 +198,10 @@ metadata:
         self.assertIn("ambit_pods", maps)
         self.assertEqual(maps["ambit_pods"]["entries"], 2)  # the two enrolled pods
         self.assertGreater(maps["ambit_pods"]["maxEntries"], 2)
-        # A sockmap slot in use per inbound listener: plaintext and HBONE of each pod.
-        self.assertEqual(maps["ambit_listeners"]["entries"], 4)
-        self.assertEqual(maps["ambit_listeners"]["type"], "sockmap")
+        # A sockmap slot in use per inbound listener: plaintext and HBONE, IPv4 and IPv6, of
+        # each pod.
+        self.assertEqual(maps["ambit_listen_v2"]["entries"], 8)
+        self.assertEqual(maps["ambit_listen_v2"]["type"], "sockmap")
         self.assertTrue(any(l["type"] == "netns" for l in doc["links"]), doc["links"])
         table = self.ctl("bpf").stdout
         self.assertIn("VERIFIED INSNS", table)

@@ -172,10 +172,12 @@ class RedirectTest(unittest.TestCase):
 
     def test_missing_listener_drops_syn(self):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))
-        pin = f"/sys/fs/bpf/ambit/{self.agent.instance}/ambit_listeners"
+        pin = f"/sys/fs/bpf/ambit/{self.agent.instance}/ambit_listen_v2"
         for ip in (self.d.ip4, self.d.ip6):
             srv = start_server(self.d, "::" if ":" in ip else "0.0.0.0", 7070)
-            key = (slot * 2).to_bytes(4, "little")
+            # AMBIT_LISTENER_KEY(slot, family index, AMBIT_LISTENER_PLAIN)
+            family_index = 1 if ":" in ip else 0
+            key = ((slot * 2 + family_index) * 2).to_bytes(4, "little")
             run("bpftool", "map", "delete", "pinned", pin, "key", *[str(b) for b in key],
                 check=False)
             r = self.c.python(PROBE, ip, 7070, 1.5, in_cgroup=False)

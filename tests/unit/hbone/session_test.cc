@@ -368,6 +368,81 @@ TEST_F(SessionTest, PeerDisappearingResetsOpenStreams) {
   EXPECT_FALSE(client_events_.close_status.ok());
 }
 
+// Rapid reset: each CONNECT is reset by the client before the server answered it (as while the
+// tunnel is still connecting upstream). The delegate, which would connect upstream, sees exactly
+// the burst; the next CONNECT ends the session with GOAWAY(ENHANCE_YOUR_CALM).
+TEST_F(SessionTest, RapidResetIsStoppedBeforeTheDelegate) {
+  SessionOptions server_options;
+  server_options.stream_open_burst = 10;
+  server_options.stream_open_rate = 0.001;  // no refill within the test
+  StartServer(server_options);
+  server_->on_connect = [this](HboneSession& session, StreamId id,
+                               const ConnectRequest&) -> StreamObserver* {
+    auto stream = std::make_unique<TestStream>();  // unanswered, like a pending upstream connect
+    stream->session = &session;
+    stream->id = id;
+    server_->streams.push_back(std::move(stream));
+    return server_->streams.back().get();
+  };
+  auto client = Dial();
+  for (int i = 0; i < 30 && client->can_open_stream(); ++i) {
+    TestStream* stream = Open(*client);
+    ASSERT_TRUE(Run([&] {
+      return server_->requests.size() > static_cast<size_t>(i) || client_events_.closed;
+    }));
+    client->Reset(stream->id, kCancel);
+  }
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_EQ(server_->requests.size(), 10u);
+  EXPECT_EQ(server_->stats.stream_rate_limited, 1u);
+  EXPECT_EQ(server_->stats.floods, 1u);
+  EXPECT_THAT(std::string(client_events_.close_status.message()), HasSubstr("ENHANCE_YOUR_CALM"));
+  ASSERT_TRUE(Run([&] { return !server_->closed.empty(); }));
+  EXPECT_THAT(std::string(server_->closed[0].message()), HasSubstr("more than 10 CONNECT streams"));
+}
+
+// Streams answered 2xx give their token back: a pooled connection carrying many short tunnels
+// one after another is never limited.
+TEST_F(SessionTest, AnsweredStreamsAreNotRateLimited) {
+  SessionOptions server_options;
+  server_options.stream_open_burst = 5;
+  server_options.stream_open_rate = 0.001;
+  StartServer(server_options);
+  ServeWith([](uint16_t) { return std::string("ok"); });
+  auto client = Dial();
+  for (int i = 0; i < 40; ++i) {
+    TestStream* stream = Open(*client);
+    stream->Send("", true);
+    ASSERT_TRUE(Run([&] { return stream->closed || stream->done(); })) << "stream " << i;
+    ASSERT_EQ(stream->status, 200) << "stream " << i;
+  }
+  EXPECT_EQ(server_->requests.size(), 40u);
+  EXPECT_EQ(server_->stats.stream_rate_limited, 0u);
+  EXPECT_FALSE(client_events_.closed);
+}
+
+// Refused streams (503 here; a port scan) are not given back: they are limited like resets.
+TEST_F(SessionTest, FailingStreamsAreRateLimited) {
+  SessionOptions server_options;
+  server_options.stream_open_burst = 5;
+  server_options.stream_open_rate = 0.001;
+  StartServer(server_options);
+  server_->on_connect = [](HboneSession&, StreamId, const ConnectRequest&) -> StreamObserver* {
+    return nullptr;  // 503
+  };
+  auto client = Dial();
+  std::vector<TestStream*> streams;
+  for (int i = 0; i < 8 && client->can_open_stream(); ++i) {
+    streams.push_back(Open(*client));
+    ASSERT_TRUE(Run([&] { return streams.back()->status != 0 || client_events_.closed; }));
+  }
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_EQ(server_->requests.size(), 5u);
+  ASSERT_GE(streams.size(), 6u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(streams[i]->status, 503) << "stream " << i;
+  EXPECT_THAT(std::string(client_events_.close_status.message()), HasSubstr("ENHANCE_YOUR_CALM"));
+}
+
 TEST_F(SessionTest, ManySessionsShareStats) {
   StartServer();
   HboneStats stats;
