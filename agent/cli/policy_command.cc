@@ -61,7 +61,8 @@ class RequestParser {
         hint = "; quote values that contain '?', e.g. path: \"/get?x=1\"";
       }
       return absl::InvalidArgumentError(absl::StrCat(
-          file_, ":", e.mark.line + 1, ":", e.mark.column + 1, ": not valid YAML: ", e.msg, hint));
+          file_, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", config::YamlParseError(e),
+          hint));
     }
     CheckInput in;
     try {

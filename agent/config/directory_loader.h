@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/config/kube_yaml.h"
 #include "agent/config/load_result.h"
 
@@ -21,11 +23,15 @@ bool IsConfigFileName(std::string_view name);
 // previous state stays. A duplicate object (same kind, namespace and name in two files) is an
 // error naming both files; the first by file name wins. A CUSTOM AuthorizationPolicy whose
 // provider is not an ext_authz entry of the merged mesh config's extensionProviders is an error
-// and is left out.
+// and is left out. Two pods claiming one address: the older keeps it (state::IsOlder: the
+// creationTimestamp, else when this loader first saw the pod, then namespace/name), the other is
+// an error naming both pods and files and stays in the state without addresses
+// (ClusterState::ip_conflicts).
 // Not thread-safe; one owner.
 class DirectoryLoader {
  public:
-  explicit DirectoryLoader(std::string dir);
+  // clock stamps when a pod is first seen; it must outlive the loader.
+  explicit DirectoryLoader(std::string dir, const Clock* clock = &RealClock::Get());
 
   LoadResult Load();
   const std::string& dir() const { return dir_; }
@@ -37,8 +43,18 @@ class DirectoryLoader {
   void Merge(const std::string& file, const FileObjects& objects, LoadResult* result,
              std::map<std::string, std::string>* owners) const;
 
+  // Stamps every pod with when it was first seen, then settles address conflicts.
+  void ResolvePodAddresses(LoadResult* result);
+
   std::string dir_;
+  const Clock* clock_;
   std::map<std::string, FileObjects> files_;  // by file name, so in load order
+  struct Sight {
+    absl::Time time;
+    uint64_t load;
+  };
+  std::map<std::string, Sight> first_seen_;  // by Pod::Key(), pods of the last load only
+  uint64_t loads_ = 0;
 };
 
 }  // namespace ambit::config

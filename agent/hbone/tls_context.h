@@ -50,6 +50,7 @@ enum class PeerCheckFailure {
   kIdentityMismatch,  // client: not the identity we expected for this destination
   kNoAlpn,            // the peer did not offer / select "h2"
   kCipher,            // the negotiated suite is not AES-GCM
+  kVersion,           // server: the client offers no TLS 1.3 (counted as a TLS failure)
 };
 const char* PeerCheckFailureName(PeerCheckFailure failure);
 
