@@ -48,10 +48,10 @@ absl::Status ProbeSocket(const std::string& socket_path) {
   switch (err) {
     case EACCES:
     case EPERM:
-      return absl::PermissionDeniedError(absl::StrCat(
-          "permission denied on ambitd's admin socket ", socket_path, " (", DeniedPart(socket_path),
-          " is not accessible to uid ", geteuid(),
-          "): the admin API is root-only; run ambitctl as root, e.g. with sudo"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("permission denied on ambitd's admin socket ", socket_path, " (",
+                       DeniedPart(socket_path), " is not accessible to uid ", geteuid(),
+                       "): the admin API is root-only; run ambitctl as root, e.g. with sudo"));
     case ENOENT:
     case ENOTDIR:
       return absl::UnavailableError(absl::StrCat(
@@ -63,8 +63,8 @@ absl::Status ProbeSocket(const std::string& socket_path) {
           " exists but nothing listens on it: a stopped agent left it behind); start ambitd, or "
           "point --admin-socket at the socket of the instance you want"));
     default:
-      return absl::ErrnoToStatus(err, absl::StrCat("connect to ambitd's admin socket ",
-                                                   socket_path));
+      return absl::ErrnoToStatus(err,
+                                 absl::StrCat("connect to ambitd's admin socket ", socket_path));
   }
 }
 

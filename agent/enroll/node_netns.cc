@@ -47,9 +47,9 @@ absl::StatusOr<NodeNetnsGuard> NodeNetnsGuard::ForThisProcess() {
   if (host.ok()) {
     forbidden.push_back(*std::move(host));
   } else {
-    unchecked = absl::StrCat("the network namespace of PID 1 cannot be identified (",
-                             host.status().message(),
-                             "); only ambitd's own is refused by identity");
+    unchecked =
+        absl::StrCat("the network namespace of PID 1 cannot be identified (",
+                     host.status().message(), "); only ambitd's own is refused by identity");
   }
   return NodeNetnsGuard(std::move(forbidden), std::move(unchecked));
 }

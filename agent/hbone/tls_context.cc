@@ -301,8 +301,7 @@ std::string VersionName(uint16_t version) {
 uint16_t MaxOfferedVersion(const SSL_CLIENT_HELLO* hello) {
   const uint8_t* data;
   size_t len;
-  if (!SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_supported_versions, &data,
-                                            &len)) {
+  if (!SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_supported_versions, &data, &len)) {
     return hello->version;
   }
   if (len < 1 || data[0] != len - 1 || data[0] % 2 != 0) return 0;

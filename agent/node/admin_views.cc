@@ -403,10 +403,9 @@ void Agent::PublishViews() {
     if (auto c = state_.ip_conflicts.find(key); c != state_.ip_conflicts.end()) {
       if (w->role() == "pending") w->set_role("refused");
       w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
-      w->set_enroll_error(
-          absl::StrCat("address ", c->second.ip.ToString(), " is held by the older Pod ",
-                       c->second.holder, " (", c->second.holder_file, ", ", c->second.holder_age,
-                       ")"));
+      w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
+                                       " is held by the older Pod ", c->second.holder, " (",
+                                       c->second.holder_file, ", ", c->second.holder_age, ")"));
     } else if (auto r = refused_.find(key); r != refused_.end()) {
       w->set_role("refused");
       w->set_status("refused: names the node's own network namespace");

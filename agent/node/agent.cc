@@ -301,10 +301,10 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
     *refused = s.code() == absl::StatusCode::kPermissionDenied;
-    return absl::Status(
-        s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": field metadata.annotations[",
-                               std::string(state::kNetnsAnnotation), "]: ", pod.netns_path, ": ",
-                               s.message()));
+    return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
+                                               ": field metadata.annotations[",
+                                               std::string(state::kNetnsAnnotation),
+                                               "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
   bool adopted = false;

@@ -59,7 +59,8 @@ void ResolveIpConflicts(ClusterState* state) {
   for (const auto& [key, pod] : state->pods) {
     if (!pod.ips.empty()) by_age.push_back(&pod);
   }
-  std::sort(by_age.begin(), by_age.end(), [](const Pod* a, const Pod* b) { return IsOlder(*a, *b); });
+  std::sort(by_age.begin(), by_age.end(),
+            [](const Pod* a, const Pod* b) { return IsOlder(*a, *b); });
   std::map<ambit::IpAddress, const Pod*> holders;
   for (const Pod* pod : by_age) {
     const Pod* holder = nullptr;

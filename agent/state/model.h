@@ -51,10 +51,10 @@ bool IsOlder(const Pod& a, const Pod& b);
 
 // A pod left out because another, older pod holds one of its addresses (see ResolveIpConflicts).
 struct IpConflict {
-  ambit::IpAddress ip;           // the first address of the pod that is held by the other
-  std::string holder;            // "namespace/name" of the pod that keeps the address
-  std::string holder_file;       // the file the holder came from
-  std::string holder_age;        // why the holder counts as older, e.g. "created 2024-05-01..."
+  ambit::IpAddress ip;      // the first address of the pod that is held by the other
+  std::string holder;       // "namespace/name" of the pod that keeps the address
+  std::string holder_file;  // the file the holder came from
+  std::string holder_age;   // why the holder counts as older, e.g. "created 2024-05-01..."
 
   // "IP 198.18.0.5 held by prod/web-0".
   std::string Summary() const;

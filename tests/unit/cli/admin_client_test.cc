@@ -73,8 +73,9 @@ TEST(AdminClientTest, SocketClosedToThisUserIsPermissionDenied) {
     close(pipe_fds[0]);
     if (root && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(2);
     auto stub = ConnectAdmin(socket_path);
-    std::string text = stub.ok() ? "ok" : absl::StrCat(static_cast<int>(stub.status().code()), " ",
-                                                       stub.status().message());
+    std::string text = stub.ok() ? "ok"
+                                 : absl::StrCat(static_cast<int>(stub.status().code()), " ",
+                                                stub.status().message());
     (void)!write(pipe_fds[1], text.data(), text.size());
     _exit(0);
   }

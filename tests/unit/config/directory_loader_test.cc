@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "agent/common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "agent/common/clock.h"
 #include "tests/unit/common/temp_dir.h"
 
 namespace ambit::config {
@@ -303,9 +303,8 @@ TEST(DirectoryLoaderTest, DirectoryThatDisappearsKeepsTheLastConfiguration) {
 
 std::string PodCreatedAt(const std::string& name, const std::string& ip, const std::string& ip6,
                          const std::string& created) {
-  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name +
-         "\n  creationTimestamp: \"" + created + "\"\nstatus:\n  podIPs:\n  - ip: \"" + ip +
-         "\"\n  - ip: \"" + ip6 + "\"\n";
+  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  creationTimestamp: \"" +
+         created + "\"\nstatus:\n  podIPs:\n  - ip: \"" + ip + "\"\n  - ip: \"" + ip6 + "\"\n";
 }
 
 // A second pod with another pod's address used to take it over silently (connections to it then

@@ -684,15 +684,15 @@ TEST(KubeYamlTest, FileNameSelectsTheFormat) {
   EXPECT_THAT(parsed.objects, IsEmpty());
 }
 
-
 // Thousands of nested maps or lists: yaml-cpp used to answer "bad file"; the answer must say what
 // is wrong and where, and the parser must stop long before the stack runs out.
 TEST(KubeYamlTest, DeepNestingIsNamedWithItsLine) {
   constexpr int kLevels = 100000;
   std::string block = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n";
   for (int i = 0; i < 2000; ++i) block += std::string(2 * i, ' ') + "k:\n";
-  std::string flow = "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: " + std::string(kLevels, '[') +
-                     std::string(kLevels, ']') + "\n";
+  std::string flow =
+      "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: " + std::string(kLevels, '[') +
+      std::string(kLevels, ']') + "\n";
   for (const auto& [name, text, line] :
        {std::tuple{"block.yaml", block, 0}, std::tuple{"flow.yaml", flow, 4}}) {
     ParsedFile parsed = ParseKubeYaml(name, text);

@@ -19,7 +19,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-UniqueFd Open(const std::string& path) { return UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC)); }
+UniqueFd Open(const std::string& path) {
+  return UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+}
 
 TEST(NodeNetnsGuardTest, ComparesIdentitiesNotPaths) {
   ambit::testing::TempDir dir;
