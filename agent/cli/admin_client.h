@@ -8,8 +8,10 @@
 
 namespace ambit::cli {
 
-// A stub for ambitd's admin API on its unix socket. Fails with a message that says the agent is
-// not running (or the socket is not readable) rather than a bare gRPC error.
+// A stub for ambitd's admin API on its unix socket. Connects once first, so that it fails with a
+// message naming the socket and the cause rather than a bare gRPC error: Unavailable when no
+// agent listens there (no socket, or a stale one), PermissionDenied when the socket or a
+// directory above it is closed to this user.
 absl::StatusOr<std::unique_ptr<ambit::admin::v1::Admin::Stub>> ConnectAdmin(
     const std::string& socket_path);
 

@@ -93,6 +93,7 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
     row.Set("waypoint", table ? Value(w.waypoint().empty() ? "-" : w.waypoint())
                               : OrNull(w.waypoint()));
     row.Set("redirect", redirect);
+    row.Set("status", w.status().empty() ? "ok" : w.status());
     if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
     out.Append(std::move(row));
   }
@@ -462,10 +463,15 @@ Command WorkloadsCommand() {
       .description =
           "Lists every pod in the agent's configuration: namespace, pod, IPs, node, SPIFFE\n"
           "identity, role (enrolled: captured on this node; pending: should be, not yet;\n"
-          "peer: in the mesh on another node; outside: not in the mesh), the workload's mTLS\n"
-          "mode from PeerAuthentication (port-level overrides aside), the waypoint it uses\n"
-          "(istio.io/use-waypoint), and for enrolled pods the redirect state: netns cookie,\n"
-          "BPF slot and the listeners open in the pod.",
+          "refused: should be, but will not be until its configuration changes; peer: in the\n"
+          "mesh on another node; outside: not in the mesh), the workload's mTLS mode from\n"
+          "PeerAuthentication (port-level overrides aside), the waypoint it uses\n"
+          "(istio.io/use-waypoint), for enrolled pods the redirect state (netns cookie, BPF\n"
+          "slot, the listeners open in the pod), and a status: ok, \"conflict: IP x held by\n"
+          "ns/name\" (an older pod holds one of its addresses; the older is the one with the\n"
+          "earlier metadata.creationTimestamp, else the one the agent saw first, then by\n"
+          "namespace/name), \"refused: ...\" (it names the node's own network namespace) or\n"
+          "\"enroll failed; retrying\".",
       .examples = "ambitctl workloads\nambitctl workloads -o json",
       .run = Workloads,
   };

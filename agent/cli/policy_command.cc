@@ -60,8 +60,9 @@ class RequestParser {
       if (!e.mark.is_null() && Char(content, e.mark.line, e.mark.column) == '?') {
         hint = "; quote values that contain '?', e.g. path: \"/get?x=1\"";
       }
-      return absl::InvalidArgumentError(absl::StrCat(
-          file_, ":", e.mark.line + 1, ":", e.mark.column + 1, ": not valid YAML: ", e.msg, hint));
+      return absl::InvalidArgumentError(absl::StrCat(file_, ":", e.mark.line + 1, ":",
+                                                     e.mark.column + 1, ": ",
+                                                     config::YamlParseError(e), hint));
     }
     CheckInput in;
     try {

@@ -115,8 +115,34 @@ bool IsConfigFileName(std::string_view name) {
   return name.ends_with(".yaml") || name.ends_with(".yml");
 }
 
-DirectoryLoader::DirectoryLoader(std::string dir, uint64_t max_config_bytes)
-    : dir_(std::move(dir)), max_config_bytes_(max_config_bytes) {}
+DirectoryLoader::DirectoryLoader(std::string dir, const Clock* clock, uint64_t max_config_bytes)
+    : dir_(std::move(dir)), clock_(clock), max_config_bytes_(max_config_bytes) {}
+
+void DirectoryLoader::ResolvePodAddresses(LoadResult* result) {
+  state::ClusterState& state = result->state;
+  const absl::Time now = clock_->Now();
+  ++loads_;
+  std::map<std::string, Sight> seen;
+  for (auto& [key, pod] : state.pods) {
+    auto old = first_seen_.find(key);
+    const Sight sight = old != first_seen_.end() ? old->second : Sight{now, loads_};
+    pod.first_seen = sight.time;
+    pod.first_seen_load = sight.load;
+    seen.emplace(key, sight);
+  }
+  first_seen_ = std::move(seen);
+  state::ResolveIpConflicts(&state);
+  for (const auto& [key, conflict] : state.ip_conflicts) {
+    const state::Pod& pod = state.pods.at(key);
+    result->errors.push_back(
+        {pod.source_file, absl::StrCat("Pod ", key), "status.podIPs",
+         absl::StrCat("address ", conflict.ip.ToString(), " is also claimed by Pod ",
+                      conflict.holder, " (", conflict.holder_file, "), which is older (",
+                      conflict.holder_age, "); ", key,
+                      " is not enrolled and none of its addresses is routed to it until one of "
+                      "the two changes")});
+  }
+}
 
 LoadResult DirectoryLoader::Load() {
   namespace fs = std::filesystem;
@@ -141,6 +167,7 @@ LoadResult DirectoryLoader::Load() {
     for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
     WarnIgnoredPolicies(&result);
     CheckCustomProviders(&result);
+    ResolvePodAddresses(&result);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -235,6 +262,7 @@ LoadResult DirectoryLoader::Load() {
   }
   WarnIgnoredPolicies(&result);
   CheckCustomProviders(&result);
+  ResolvePodAddresses(&result);
   return result;
 }
 

@@ -6,6 +6,8 @@
 #include <vector>
 #include <string_view>
 
+#include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/config/kube_yaml.h"
 #include "agent/config/load_result.h"
 
@@ -23,15 +25,20 @@ bool IsConfigFileName(std::string_view name);
 // previous state stays. A duplicate object (same kind, namespace and name in two files) is an
 // error naming both files; the first by file name wins. A CUSTOM AuthorizationPolicy whose
 // provider is not an ext_authz entry of the merged mesh config's extensionProviders is an error
-// and is left out. Files together may hold at most kMaxConfigBytes; the files past that total
-// (by name) are not read, with an error, and their last good objects stay in force.
+// and is left out. Two pods claiming one address: the older keeps it (state::IsOlder: the
+// creationTimestamp, else when this loader first saw the pod, then namespace/name), the other is
+// an error naming both pods and files and stays in the state without addresses
+// (ClusterState::ip_conflicts). Files together may hold at most kMaxConfigBytes; the files past
+// that total (by name) are not read, with an error, and their last good objects stay in force.
 // Not thread-safe; one owner.
 // The most a config directory may hold, all files together: about 8 times a 100 000-pod cluster.
 inline constexpr uint64_t kMaxConfigBytes = uint64_t{256} << 20;
 
 class DirectoryLoader {
  public:
-  explicit DirectoryLoader(std::string dir, uint64_t max_config_bytes = kMaxConfigBytes);
+  // clock stamps when a pod is first seen; it must outlive the loader.
+  explicit DirectoryLoader(std::string dir, const Clock* clock = &RealClock::Get(),
+                           uint64_t max_config_bytes = kMaxConfigBytes);
 
   LoadResult Load();
   const std::string& dir() const { return dir_; }
@@ -58,9 +65,18 @@ class DirectoryLoader {
   };
 
   std::string dir_;
+  const Clock* clock_;
   uint64_t max_config_bytes_;
   std::map<std::string, FileObjects> files_;  // by file name, so in load order
   std::map<std::string, Parsed> parsed_;      // by file name
+  // Stamps every pod with when it was first seen, then settles address conflicts.
+  void ResolvePodAddresses(LoadResult* result);
+  struct Sight {
+    absl::Time time;
+    uint64_t load;
+  };
+  std::map<std::string, Sight> first_seen_;  // by Pod::Key(), pods of the last load only
+  uint64_t loads_ = 0;
 };
 
 }  // namespace ambit::config

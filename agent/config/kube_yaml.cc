@@ -1,5 +1,6 @@
 #include "agent/config/kube_yaml.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -667,7 +668,7 @@ class FileParser {
       *docs = YAML::LoadAll(std::string(content));
       return true;
     } catch (const YAML::Exception& e) {
-      ConfigError err{std::string(file_), "", "", absl::StrCat("not valid YAML: ", e.msg)};
+      ConfigError err{std::string(file_), "", "", YamlParseError(e)};
       if (!e.mark.is_null()) {
         err.line = e.mark.line + 1;
         err.column = e.mark.column + 1;
@@ -810,6 +811,9 @@ class FileParser {
     pod.labels = std::move(m.labels);
     pod.annotations = std::move(m.annotations);
     pod.source_file = std::string(file_);
+    if (absl::Time created = ParseCreationTimestamp(r, doc); created != absl::InfinitePast()) {
+      pod.creation_time = created;
+    }
     if (auto it = pod.annotations.find(std::string(state::kNetnsAnnotation));
         it != pod.annotations.end()) {
       pod.netns_path = it->second;
@@ -998,7 +1002,7 @@ class FileParser {
       node = YAML::Load(text.Scalar());
     } catch (const YAML::Exception& e) {
       r.Error(text, "data.mesh",
-              absl::StrCat("not valid YAML: ", e.msg, " (line ", e.mark.line + 1, ", column ",
+              absl::StrCat(YamlParseError(e), " (line ", e.mark.line + 1, ", column ",
                            e.mark.column + 1, " of the embedded text)"));
       return;
     }
@@ -1506,6 +1510,15 @@ ParsedFile ParseMeshYaml(std::string_view file_name, std::string_view content) {
 ParsedFile ParseConfigFile(std::string_view file_name, std::string_view content) {
   return IsMeshFileName(file_name) ? ParseMeshYaml(file_name, content)
                                    : ParseKubeYaml(file_name, content);
+}
+
+std::string YamlParseError(const YAML::Exception& e) {
+  if (const auto* deep = dynamic_cast<const YAML::DeepRecursion*>(&e)) {
+    return absl::StrCat("nesting too deep: maps and lists reach ", deep->depth(),
+                        " levels here, the parser takes at most ", deep->depth() - 1,
+                        " (a Kubernetes or Istio object needs a few dozen at most)");
+  }
+  return absl::StrCat("not valid YAML: ", e.msg);
 }
 
 std::string YamlTypeName(const YAML::Node& n) {

@@ -27,12 +27,19 @@
 
 namespace YAML {
 class Node;
+class Exception;
 }
 
 namespace ambit::config {
 
 // How error messages name what a YAML node holds: "a map", "a list", "'text'", "nothing".
 std::string YamlTypeName(const YAML::Node& node);
+
+// What a parse failure means, without its position: "nesting too deep: ..." when the text nests
+// maps and lists deeper than yaml-cpp's depth guard allows (its parser recurses per level; the
+// guard, checked while parsing, is what keeps a hostile file from exhausting the stack), else
+// "not valid YAML: <parser message>".
+std::string YamlParseError(const YAML::Exception& e);
 
 using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
                                   authz::PeerAuthentication, authz::Policy>;

@@ -788,6 +788,7 @@ void HboneSession::HandshakeFailed(int ssl_error) {
   absl::Status status;
   switch (failure) {
     case PeerCheckFailure::kNone:
+    case PeerCheckFailure::kVersion:
       ++stats_->tls_failures;
       break;
     case PeerCheckFailure::kNoClientCert:

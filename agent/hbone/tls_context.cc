@@ -278,8 +278,56 @@ bool OffersAesGcm(const SSL_CLIENT_HELLO* hello) {
   return false;
 }
 
+// "TLS 1.2" for a protocol version number (RFC 8446 section 4.2.1 numbering).
+std::string VersionName(uint16_t version) {
+  switch (version) {
+    case SSL3_VERSION:
+      return "SSL 3.0";
+    case TLS1_VERSION:
+      return "TLS 1.0";
+    case TLS1_1_VERSION:
+      return "TLS 1.1";
+    case TLS1_2_VERSION:
+      return "TLS 1.2";
+    case TLS1_3_VERSION:
+      return "TLS 1.3";
+  }
+  return absl::StrCat("version 0x", absl::Hex(version, absl::kZeroPad4));
+}
+
+// The highest protocol version a ClientHello offers: its supported_versions extension (RFC 8446
+// section 4.2.1; GREASE values skipped), else its legacy version field, as a TLS 1.2 client
+// sends no such extension. 0 when the extension is malformed.
+uint16_t MaxOfferedVersion(const SSL_CLIENT_HELLO* hello) {
+  const uint8_t* data;
+  size_t len;
+  if (!SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_supported_versions, &data, &len)) {
+    return hello->version;
+  }
+  if (len < 1 || data[0] != len - 1 || data[0] % 2 != 0) return 0;
+  uint16_t best = 0;
+  for (size_t i = 1; i + 1 < len; i += 2) {
+    const uint16_t v = static_cast<uint16_t>(data[i] << 8 | data[i + 1]);
+    const bool grease = (v & 0x0f0f) == 0x0a0a && (v >> 8) == (v & 0xff);
+    // Pre-standard TLS 1.3 drafts (0x7fxx) are not TLS 1.3 either.
+    if (!grease && v <= TLS1_3_VERSION && v > best) best = v;
+  }
+  return best;
+}
+
 // Server, before key exchange: refuses what the later callbacks could not refuse cleanly.
 ssl_select_cert_result_t CheckClientHello(const SSL_CLIENT_HELLO* hello) {
+  // First: a client without TLS 1.3 also lacks the TLS 1.3 suites, and "TLS 1.3 is required"
+  // is what it has to be told.
+  if (const uint16_t max = MaxOfferedVersion(hello); max < TLS1_3_VERSION) {
+    Refuse(hello->ssl, PeerCheckFailure::kVersion,
+           max == 0 ? std::string("client's supported_versions extension is malformed; HBONE "
+                                  "requires TLS 1.3")
+                    : absl::StrCat("TLS 1.3 is required; the client offered ", VersionName(max),
+                                   " at most"));
+    SSL_send_fatal_alert(hello->ssl, SSL_AD_PROTOCOL_VERSION);
+    return ssl_select_cert_error;
+  }
   if (!OffersAesGcm(hello)) {
     Refuse(hello->ssl, PeerCheckFailure::kCipher,
            "client offers neither TLS_AES_128_GCM_SHA256 nor TLS_AES_256_GCM_SHA384");
@@ -346,6 +394,8 @@ const char* PeerCheckFailureName(PeerCheckFailure failure) {
       return "no_alpn";
     case PeerCheckFailure::kCipher:
       return "cipher";
+    case PeerCheckFailure::kVersion:
+      return "version";
   }
   return "unknown";
 }

@@ -15,6 +15,9 @@
 //     no_application_protocol alert (the check RFC 7540 section 9.2.2 puts in the same place);
 //   - client: the certificate verifier refuses the server when the suite it chose is not AES-GCM.
 // Against ztunnel (rustls: AES-GCM suites only) and on hardware with AES, nothing is ever refused.
+// Before the suites, the server checks the version: a ClientHello offering nothing above TLS 1.2
+// lacks the TLS 1.3 suites too, but what it must be told is that TLS 1.3 is required
+// (protocol_version alert, PeerCheckFailure::kVersion).
 //
 // Server certificate selection. The server presents the SVID of the local pod owning the
 // destination IP, so there is one server TlsContext per local identity (a "factory keyed by
@@ -50,6 +53,7 @@ enum class PeerCheckFailure {
   kIdentityMismatch,  // client: not the identity we expected for this destination
   kNoAlpn,            // the peer did not offer / select "h2"
   kCipher,            // the negotiated suite is not AES-GCM
+  kVersion,           // server: the client offers no TLS 1.3 (counted as a TLS failure)
 };
 const char* PeerCheckFailureName(PeerCheckFailure failure);
 

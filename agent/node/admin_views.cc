@@ -417,6 +417,21 @@ void Agent::PublishViews() {
       w->set_role("outside");
     }
     if (auto f = failed_.find(key); f != failed_.end()) w->set_enroll_error(f->second);
+    if (auto c = state_.ip_conflicts.find(key); c != state_.ip_conflicts.end()) {
+      if (w->role() == "pending") w->set_role("refused");
+      w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
+      w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
+                                       " is held by the older Pod ", c->second.holder, " (",
+                                       c->second.holder_file, ", ", c->second.holder_age, ")"));
+    } else if (auto r = refused_.find(key); r != refused_.end()) {
+      w->set_role("refused");
+      w->set_status("refused: names the node's own network namespace");
+      w->set_enroll_error(r->second);
+    } else if (failed_.contains(key)) {
+      w->set_status("enroll failed; retrying");
+    } else {
+      w->set_status("ok");
+    }
     auto mtls = authz::ResolveMtlsMode(peer_authns, state_.mesh.root_namespace, pod.namespace_name,
                                        pod.labels, 0);
     w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
@@ -493,7 +508,7 @@ void Agent::PublishViews() {
       port->set_protocol(p.protocol);
     }
     for (const auto& [pk, pod] : state_.pods) {
-      if (state::Selects(svc, pod)) out->add_endpoints(pod.Key());
+      if (state::Selects(svc, pod) && !state_.HasIpConflict(pk)) out->add_endpoints(pod.Key());
     }
   }
   admin_state_->SetServices(std::move(services));

@@ -105,6 +105,10 @@ absl::Status Agent::Init() {
     return absl::FailedPreconditionError(
         absl::StrCat(missing.size(), " kernel feature(s) missing (listed above); not starting"));
   }
+  AMBIT_ASSIGN_OR_RETURN(node_netns_, enroll::NodeNetnsGuard::ForThisProcess());
+  if (!node_netns_->unchecked().empty()) {
+    AMBIT_LOG(kComponent, Warning) << node_netns_->unchecked();
+  }
   AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs));
   if (options_.cgroup_path.empty()) {
     AMBIT_ASSIGN_OR_RETURN(options_.cgroup_path, bpf::FindCgroup2Mount());
@@ -230,13 +234,18 @@ void Agent::Apply(config::LoadResult result) {
     if (e.warning) {
       AMBIT_LOG("config", Warning) << e.ToString();
     } else {
-      AMBIT_LOG("config", Error) << e.ToString() << " (object skipped; last good version kept)";
+      // An address conflict leaves the pod listed but not enrolled, as its message says.
+      const bool conflict = e.field == "status.podIPs" && e.object.starts_with("Pod ") &&
+                            result.state.HasIpConflict(e.object.substr(4));
+      AMBIT_LOG("config", Error) << e.ToString()
+                                 << (conflict ? "" : " (object skipped; last good version kept)");
     }
   }
   state_ = std::move(result.state);
   security_ = std::move(result.security);
   std::map<std::string, std::set<std::string>> by_node;
   for (const auto& [key, pod] : state_.pods) {
+    if (state_.HasIpConflict(key)) continue;  // enrolled nowhere
     by_node[pod.node_name].insert(state::SpiffeId(state_.mesh, pod));
   }
   entitlements_->Update(std::move(by_node));
@@ -255,7 +264,10 @@ uint32_t Agent::FreeSlot() const {
 void Agent::Reconcile() {
   std::map<std::string, const state::Pod*> desired;
   for (const auto& [uid, pod] : state_.pods) {
-    if (state::IsEnrolled(pod, options_.node_name)) desired[pod.Key()] = &pod;
+    // A pod whose address an older pod holds is not enrolled (the loader reported it).
+    if (state::IsEnrolled(pod, options_.node_name) && !state_.HasIpConflict(uid)) {
+      desired[pod.Key()] = &pod;
+    }
   }
   std::vector<std::string> gone;
   for (const auto& [uid, e] : enrolled_) {
@@ -264,19 +276,29 @@ void Agent::Reconcile() {
   }
   for (const auto& uid : gone) Unenroll(uid);
   failed_.clear();
+  std::map<std::string, std::string> refused;
   for (const auto& [uid, pod] : desired) {
     auto it = enrolled_.find(uid);
     if (it != enrolled_.end()) {
       it->second.pod = *pod;
       continue;
     }
-    auto status = Enroll(*pod);
-    if (!status.ok()) {
+    bool is_refused = false;
+    auto status = Enroll(*pod, &is_refused);
+    if (is_refused) {
+      std::string message(status.message());
+      auto old = refused_.find(uid);
+      if (old == refused_.end() || old->second != message) {
+        AMBIT_LOG(kComponent, Error) << message;
+      }
+      refused.emplace(uid, std::move(message));
+    } else if (!status.ok()) {
       failed_[uid] = std::string(status.message());
       AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
                                    << "): " << status.message() << "; retrying";
     }
   }
+  refused_ = std::move(refused);
   // Whatever an earlier run left that is no longer wanted: stop steering it.
   for (const auto& [cookie, slot] : pinned_slots_) {
     (void)redirector_->RemovePod(cookie, slot);
@@ -292,10 +314,18 @@ void Agent::Reconcile() {
   PublishViews();
 }
 
-absl::Status Agent::Enroll(const state::Pod& pod) {
+absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   EnrolledPod e;
   e.pod = pod;
   AMBIT_ASSIGN_OR_RETURN(e.netns, OpenNetns(pod.netns_path));
+  // Checked on the descriptor that is used from here on, so no path trick can swap it.
+  if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
+    *refused = s.code() == absl::StatusCode::kPermissionDenied;
+    return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
+                                               ": field metadata.annotations[",
+                                               std::string(state::kNetnsAnnotation),
+                                               "]: ", pod.netns_path, ": ", s.message()));
+  }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
   bool adopted = false;
   auto hb = handed_back_.find(e.netns_cookie);
@@ -368,6 +398,9 @@ void Agent::SendSnapshot() {
   if (!dataplane_->connected()) return;
   std::vector<supervisor::WorkloadDescriptor> workloads;
   for (const auto& [key, pod] : state_.pods) {
+    // The data plane indexes workloads by address: a pod that lost its address to an older one
+    // must not be there, or connections to the address would expect the wrong identity.
+    if (state_.HasIpConflict(key)) continue;
     supervisor::WorkloadDescriptor w;
     w.uid = pod.Key();
     w.namespace_name = pod.namespace_name;
@@ -412,7 +445,7 @@ void Agent::SendSnapshot() {
       d.ports.push_back({p.port, target, p.protocol});
     }
     for (const auto& [pk, pod] : state_.pods) {
-      if (state::Selects(svc, pod)) d.endpoints.push_back(pod.Key());
+      if (state::Selects(svc, pod) && !state_.HasIpConflict(pk)) d.endpoints.push_back(pod.Key());
     }
     services.push_back(std::move(d));
   }

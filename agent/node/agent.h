@@ -22,6 +22,7 @@
 #include "agent/config/error.h"
 #include "agent/config/source.h"
 #include "agent/authz/engine.h"
+#include "agent/enroll/node_netns.h"
 #include "agent/enroll/pod_net.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -109,7 +110,8 @@ class Agent {
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
-  absl::Status Enroll(const state::Pod& pod);
+  // *refused: the pod names a namespace it may never have (NodeNetnsGuard); not retried.
+  absl::Status Enroll(const state::Pod& pod, bool* refused);
   void Unenroll(const std::string& uid);
   absl::Status SendPod(const EnrolledPod& pod);
   void SendSnapshot();
@@ -142,6 +144,10 @@ class Agent {
   std::map<uint64_t, uint32_t> pinned_slots_;
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
   std::map<std::string, std::string> failed_;  // uid -> last enroll error
+  // uid -> why the pod is not enrolled and will not be until its configuration changes (it names
+  // the node's own network namespace). Logged once per reason, not retried.
+  std::map<std::string, std::string> refused_;
+  std::optional<enroll::NodeNetnsGuard> node_netns_;
   uint64_t snapshot_version_ = 0;  // the configuration generation last built
   absl::Time generation_pending_since_ = absl::InfiniteFuture();
   std::string delivery_error_;  // why snapshot_version_ could not be sent; "" once it was

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace ambit::state {
 
@@ -19,9 +20,66 @@ const ExtensionProvider* MeshConfig::FindExtensionProvider(std::string_view name
 
 const Pod* ClusterState::FindPodByIp(const ambit::IpAddress& ip) const {
   for (const auto& [key, pod] : pods) {
+    if (HasIpConflict(key)) continue;
     if (std::find(pod.ips.begin(), pod.ips.end(), ip) != pod.ips.end()) return &pod;
   }
   return nullptr;
+}
+
+namespace {
+
+absl::Time Age(const Pod& pod) { return pod.creation_time.value_or(pod.first_seen); }
+
+std::string AgeText(const Pod& pod) {
+  if (pod.creation_time) {
+    return absl::StrCat("created ", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *pod.creation_time,
+                                                     absl::UTCTimeZone()));
+  }
+  if (pod.first_seen == absl::InfinitePast()) return "no creationTimestamp";
+  return absl::StrCat("no creationTimestamp; first seen by this agent ",
+                      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", pod.first_seen, absl::UTCTimeZone()));
+}
+
+}  // namespace
+
+bool IsOlder(const Pod& a, const Pod& b) {
+  const absl::Time age_a = Age(a), age_b = Age(b);
+  if (age_a != age_b) return age_a < age_b;
+  if (a.first_seen_load != b.first_seen_load) return a.first_seen_load < b.first_seen_load;
+  return a.Key() < b.Key();
+}
+
+std::string IpConflict::Summary() const {
+  return absl::StrCat("IP ", ip.ToString(), " held by ", holder);
+}
+
+void ResolveIpConflicts(ClusterState* state) {
+  state->ip_conflicts.clear();
+  std::vector<const Pod*> by_age;
+  for (const auto& [key, pod] : state->pods) {
+    if (!pod.ips.empty()) by_age.push_back(&pod);
+  }
+  std::sort(by_age.begin(), by_age.end(),
+            [](const Pod* a, const Pod* b) { return IsOlder(*a, *b); });
+  std::map<ambit::IpAddress, const Pod*> holders;
+  for (const Pod* pod : by_age) {
+    const Pod* holder = nullptr;
+    const ambit::IpAddress* taken = nullptr;
+    for (const auto& ip : pod->ips) {
+      auto it = holders.find(ip);
+      if (it != holders.end() && it->second != pod) {
+        holder = it->second;
+        taken = &ip;
+        break;
+      }
+    }
+    if (holder != nullptr) {
+      state->ip_conflicts[pod->Key()] =
+          IpConflict{*taken, holder->Key(), holder->source_file, AgeText(*holder)};
+      continue;
+    }
+    for (const auto& ip : pod->ips) holders.emplace(ip, pod);
+  }
 }
 
 bool IsEnrolled(const Pod& pod, std::string_view node_name) {

@@ -30,10 +30,35 @@ struct Pod {
   std::vector<ambit::IpAddress> ips;        // status.podIPs[].ip, else status.podIP
   std::string netns_path;                   // annotation ambit.dev/netns, empty if absent
   std::string source_file;                  // the file (or source) the pod came from
+  // metadata.creationTimestamp; nullopt when absent (hand-written manifests usually have none).
+  std::optional<absl::Time> creation_time;
+  // When this agent first saw the pod, and in which load of the configuration (set by the config
+  // loader; a pod deleted and added again is seen anew). Only used to tell which of two pods
+  // claiming one address came first (IsOlder).
+  absl::Time first_seen = absl::InfinitePast();
+  uint64_t first_seen_load = 0;
 
   // "namespace/name".
   std::string Key() const;
   friend bool operator==(const Pod&, const Pod&) = default;
+};
+
+// Whether a counts as older than b when both claim an address. A pod's age is its
+// metadata.creationTimestamp, else the time this agent first saw it; equal ages go to the pod seen
+// in an earlier load, then to the smaller "namespace/name". A total order: exactly one of
+// IsOlder(a, b) and IsOlder(b, a) holds for two different pods.
+bool IsOlder(const Pod& a, const Pod& b);
+
+// A pod left out because another, older pod holds one of its addresses (see ResolveIpConflicts).
+struct IpConflict {
+  ambit::IpAddress ip;      // the first address of the pod that is held by the other
+  std::string holder;       // "namespace/name" of the pod that keeps the address
+  std::string holder_file;  // the file the holder came from
+  std::string holder_age;   // why the holder counts as older, e.g. "created 2024-05-01..."
+
+  // "IP 198.18.0.5 held by prod/web-0".
+  std::string Summary() const;
+  friend bool operator==(const IpConflict&, const IpConflict&) = default;
 };
 
 struct Namespace {
@@ -129,15 +154,28 @@ struct ClusterState {
   std::map<std::string, Namespace> namespaces;  // by name
   std::map<std::string, Service> services;      // by Service::Key()
 
-  // The pod that owns ip, or nullptr. If several pods claim the address, the first by key wins.
-  // Linear in the number of pods: callers on a hot path build their own index.
+  // Pods that claim an address an older pod holds, by Pod::Key(): they stay listed (so that
+  // `ambitctl workloads` can say why) but own no address, are not enrolled and are not sent to
+  // the data plane. Filled by ResolveIpConflicts.
+  std::map<std::string, IpConflict> ip_conflicts;
+
+  // The pod that owns ip, or nullptr. A pod in ip_conflicts owns no address. Linear in the number
+  // of pods: callers on a hot path build their own index.
   const Pod* FindPodByIp(const ambit::IpAddress& ip) const;
+  // Whether the pod with this key lost an address to an older pod.
+  bool HasIpConflict(const std::string& pod_key) const { return ip_conflicts.contains(pod_key); }
 
   friend bool operator==(const ClusterState&, const ClusterState&) = default;
 };
 
 // True when the pod runs on node_name and names its network namespace (ambit.dev/netns).
 bool IsEnrolled(const Pod& pod, std::string_view node_name);
+
+// Gives every address to one pod: pods are taken oldest first (IsOlder), and a pod that claims an
+// address an older pod already holds gets none of its addresses; it is recorded in
+// state->ip_conflicts instead (which this replaces). Deterministic: the result depends only on
+// the pods, never on the order they were loaded in.
+void ResolveIpConflicts(ClusterState* state);
 
 // The SPIFFE identity, spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
 std::string SpiffeId(const MeshConfig& mesh, const Pod& pod);

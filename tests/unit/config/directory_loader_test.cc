@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/common/temp_dir.h"
@@ -331,7 +332,7 @@ TEST(DirectoryLoaderTest, TotalSizeCapSkipsLaterFilesAndKeepsTheirLastGoodObject
   const std::string a = Pod("a", "198.18.0.1"), b = Pod("b", "198.18.0.2");
   dir.Write("10-a.yaml", a);
   dir.Write("20-b.yaml", b);
-  DirectoryLoader loader(dir.path(), a.size() + b.size() + 10);
+  DirectoryLoader loader(dir.path(), &RealClock::Get(), a.size() + b.size() + 10);
   LoadResult r = loader.Load();
   ASSERT_THAT(Errors(r), IsEmpty()) << Describe(r);
   // 20-b.yaml grows past the total: it is not read, and its last good pod stays.
@@ -346,9 +347,71 @@ TEST(DirectoryLoaderTest, TotalSizeCapSkipsLaterFilesAndKeepsTheirLastGoodObject
   TempDir fresh;
   fresh.Write("10-a.yaml", a);
   fresh.Write("20-b.yaml", b);
-  r = DirectoryLoader(fresh.path(), a.size() + 1).Load();
+  r = DirectoryLoader(fresh.path(), &RealClock::Get(), a.size() + 1).Load();
   ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
   EXPECT_THAT(PodKeys(r), ElementsAre("default/a"));
+
+std::string PodCreatedAt(const std::string& name, const std::string& ip, const std::string& ip6,
+                         const std::string& created) {
+  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  creationTimestamp: \"" +
+         created + "\"\nstatus:\n  podIPs:\n  - ip: \"" + ip + "\"\n  - ip: \"" + ip6 + "\"\n";
+}
+
+// A second pod with another pod's address used to take it over silently (connections to it then
+// expected the newcomer's identity). The pod seen first keeps it, whatever the names.
+TEST(DirectoryLoaderTest, DuplicatePodIpStaysWithThePodSeenFirst) {
+  TempDir dir;
+  FakeClock clock;
+  DirectoryLoader loader(dir.path(), &clock);
+  dir.Write("pods.yaml", Pod("web", "198.18.0.5"));
+  LoadResult first = loader.Load();
+  ASSERT_THAT(Errors(first), IsEmpty()) << Describe(first);
+
+  clock.Advance(absl::Seconds(3));
+  // Sorts first by file and by name: neither may decide.
+  dir.Write("00-late.yaml", Pod("aaa-late", "198.18.0.5"));
+  LoadResult r = loader.Load();
+  const std::vector<ConfigError> errors = Errors(r);
+  ASSERT_THAT(errors, SizeIs(1)) << Describe(r);
+  const ConfigError& e = errors[0];
+  EXPECT_EQ(e.file, "00-late.yaml");
+  EXPECT_EQ(e.object, "Pod default/aaa-late");
+  EXPECT_EQ(e.field, "status.podIPs");
+  EXPECT_THAT(e.message, HasSubstr("198.18.0.5"));
+  EXPECT_THAT(e.message, HasSubstr("Pod default/web (pods.yaml)"));
+  EXPECT_THAT(e.message, HasSubstr("first seen by this agent"));
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/aaa-late", "default/web"));  // still listed
+  ASSERT_TRUE(r.state.HasIpConflict("default/aaa-late"));
+  EXPECT_EQ(r.state.ip_conflicts.at("default/aaa-late").holder, "default/web");
+  EXPECT_EQ(r.state.ip_conflicts.at("default/aaa-late").Summary(),
+            "IP 198.18.0.5 held by default/web");
+  EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("198.18.0.5").value())->name, "web");
+
+  // Reloads keep the decision; removing the holder hands the address over.
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(loader.Load(), r);
+  dir.Remove("pods.yaml");
+  LoadResult after = loader.Load();
+  EXPECT_THAT(Errors(after), IsEmpty()) << Describe(after);
+  EXPECT_EQ(after.state.FindPodByIp(IpAddress::Parse("198.18.0.5").value())->name, "aaa-late");
+}
+
+TEST(DirectoryLoaderTest, DuplicatePodIpGoesToTheEarlierCreationTimestamp) {
+  TempDir dir;
+  FakeClock clock(absl::FromUnixSeconds(1800000000));
+  DirectoryLoader loader(dir.path(), &clock);
+  dir.Write("a.yaml", PodCreatedAt("new", "198.18.0.5", "2001:2::1", "2027-01-01T00:00:00Z"));
+  dir.Write("b.yaml", PodCreatedAt("old", "198.18.0.5", "2001:2::2", "2026-01-01T00:00:00Z"));
+  LoadResult r = loader.Load();
+  ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
+  EXPECT_EQ(Errors(r)[0].file, "a.yaml");
+  EXPECT_EQ(Errors(r)[0].object, "Pod default/new");
+  EXPECT_THAT(Errors(r)[0].message, HasSubstr("Pod default/old (b.yaml)"));
+  EXPECT_THAT(Errors(r)[0].message, HasSubstr("created 2026-01-01T00:00:00Z"));
+  // The loser gets none of its addresses, not even the one nobody else claims.
+  EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("2001:2::1").value()), nullptr);
+  EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("198.18.0.5").value())->name, "old");
+  EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("2001:2::2").value())->name, "old");
 }
 
 }  // namespace

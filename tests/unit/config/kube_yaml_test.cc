@@ -1,6 +1,7 @@
 #include "agent/config/kube_yaml.h"
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -12,6 +13,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::SizeIs;
 using ::testing::UnorderedElementsAre;
@@ -682,5 +684,47 @@ TEST(KubeYamlTest, FileNameSelectsTheFormat) {
   EXPECT_THAT(parsed.objects, IsEmpty());
 }
 
+// Thousands of nested maps or lists: yaml-cpp used to answer "bad file"; the answer must say what
+// is wrong and where, and the parser must stop long before the stack runs out.
+TEST(KubeYamlTest, DeepNestingIsNamedWithItsLine) {
+  constexpr int kLevels = 100000;
+  std::string block = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n";
+  for (int i = 0; i < 2000; ++i) block += std::string(2 * i, ' ') + "k:\n";
+  std::string flow =
+      "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: " + std::string(kLevels, '[') +
+      std::string(kLevels, ']') + "\n";
+  for (const auto& [name, text, line] :
+       {std::tuple{"block.yaml", block, 0}, std::tuple{"flow.yaml", flow, 4}}) {
+    ParsedFile parsed = ParseKubeYaml(name, text);
+    EXPECT_TRUE(parsed.unparseable) << name;
+    ASSERT_THAT(parsed.errors, SizeIs(1)) << name;
+    const ConfigError& e = parsed.errors[0];
+    EXPECT_THAT(e.message, HasSubstr("nesting too deep")) << name;
+    EXPECT_THAT(e.message, Not(HasSubstr("bad file"))) << name;
+    EXPECT_THAT(e.message, Not(HasSubstr("not valid YAML"))) << name;
+    if (line > 0) {
+      EXPECT_EQ(e.line, line) << name;
+    } else {
+      EXPECT_GT(e.line, 400) << name;  // where the limit was reached, not the top of the file
+    }
+    EXPECT_THAT(e.ToString(), HasSubstr(std::string(name) + ":" + std::to_string(e.line) + ":"));
+  }
+  // Nesting far deeper than any real object needs is still read.
+  std::string fine = "apiVersion: example.com/v1\nkind: Thing\nmetadata:\n  name: a\nspec: " +
+                     std::string(100, '[') + std::string(100, ']') + "\n";
+  ParsedFile parsed = ParseKubeYaml("fine.yaml", fine);
+  EXPECT_FALSE(parsed.unparseable) << Describe(parsed);
+}
+
+TEST(KubeYamlTest, DeepNestingInsideTheMeshConfigMapIsNamed) {
+  std::string text =
+      "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\n"
+      "data:\n  mesh: \"" +
+      std::string(5000, '[') + std::string(5000, ']') + "\"\n";
+  ParsedFile parsed = ParseKubeYaml("istio.yaml", text);
+  std::string all = Describe(parsed);
+  EXPECT_THAT(all, HasSubstr("data.mesh"));
+  EXPECT_THAT(all, HasSubstr("nesting too deep"));
+}
 }  // namespace
 }  // namespace ambit::config

@@ -243,12 +243,13 @@ TEST_F(InteropTest, OurClientRefusesPythonServerWithWrongIdentity) {
 
 class OpensslTest : public InteropTest {
  protected:
-  std::unique_ptr<Child> SClient(const std::vector<std::string>& extra) {
+  std::unique_ptr<Child> SClient(const std::vector<std::string>& extra,
+                                 const std::string& version = "-tls1_3") {
     std::vector<std::string> argv = {"/usr/bin/openssl",
                                      "s_client",
                                      "-connect",
                                      absl::StrCat("127.0.0.1:", server_->port()),
-                                     "-tls1_3",
+                                     version,
                                      "-alpn",
                                      "h2",
                                      "-cert",
@@ -301,6 +302,26 @@ TEST_F(OpensslTest, ChaChaOnlyClientIsRefused) {
   EXPECT_EQ(server_->stats.bad_cipher, 1u);
   EXPECT_EQ(server_->established, 0);
   EXPECT_THAT(server_->closed[0].message(), HasSubstr("AES_128_GCM"));
+}
+
+// A TLS 1.2 client offers no TLS 1.3 suites either; it used to be told about the suites. What
+// it lacks is TLS 1.3.
+TEST_F(OpensslTest, Tls12ClientIsToldTls13IsRequired) {
+  if (access("/usr/bin/openssl", X_OK) != 0) GTEST_FAIL() << "openssl not installed";
+  StartServer();
+  ASSERT_TRUE(WritePems(client_svid_, pki_->root_pem(), dir_).ok());
+  auto child = SClient({}, "-tls1_2");
+  ASSERT_NE(child, nullptr);
+  ASSERT_TRUE(Run([&] { return child->Poll() && server_->closed.size() == 1; }, absl::Seconds(20)))
+      << child->output();
+  EXPECT_NE(child->exit_code(), 0) << child->output();
+  EXPECT_THAT(child->output(), HasSubstr("alert protocol version")) << child->output();
+  EXPECT_EQ(server_->established, 0);
+  EXPECT_EQ(server_->stats.tls_failures, 1u);
+  EXPECT_EQ(server_->stats.bad_cipher, 0u);
+  EXPECT_THAT(server_->closed[0].message(),
+              HasSubstr("TLS 1.3 is required; the client offered TLS 1.2 at most"));
+  EXPECT_THAT(server_->closed[0].message(), Not(HasSubstr("GCM")));
 }
 
 }  // namespace
