@@ -26,6 +26,9 @@ struct TunnelOptions {
   uint32_t socket_mark = 0x539;
   bool access_log_json = false;
   absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
+  // hbone::SessionOptions::stream_open_burst / stream_open_rate of inbound HBONE connections.
+  uint32_t failed_stream_burst = 200;
+  double failed_stream_rate = 100;
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the
