@@ -137,19 +137,17 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
     // to them, and nothing else can reach them. The data plane's own delivery connects to a pod
     // address, so it finds the application or nothing, never one of these (a delivery to
     // <pod ip>:15006 would otherwise be accepted by the tunnel again, without end).
-    AMBIT_ASSIGN_OR_RETURN(out.plain_v4,
-                           Listen(AF_INET, "127.0.0.1", AMBIT_INBOUND_PLAIN_PORT, false,
-                                  options.backlog, "plaintext-inbound listener 127.0.0.1:15006"));
-    AMBIT_ASSIGN_OR_RETURN(out.hbone_v4,
-                           Listen(AF_INET, "127.0.0.1", AMBIT_HBONE_PORT, false, options.backlog,
-                                  "HBONE listener 127.0.0.1:15008"));
+    AMBIT_ASSIGN_OR_RETURN(
+        out.plain_v4, Listen(AF_INET, "127.0.0.1", AMBIT_INBOUND_PLAIN_PORT, false, options.backlog,
+                             "plaintext-inbound listener 127.0.0.1:15006"));
+    AMBIT_ASSIGN_OR_RETURN(out.hbone_v4, Listen(AF_INET, "127.0.0.1", AMBIT_HBONE_PORT, false,
+                                                options.backlog, "HBONE listener 127.0.0.1:15008"));
     if (out.outbound_v6.valid()) {
-      AMBIT_ASSIGN_OR_RETURN(out.plain_v6,
-                             Listen(AF_INET6, "::1", AMBIT_INBOUND_PLAIN_PORT, true,
-                                    options.backlog, "plaintext-inbound listener [::1]:15006"));
-      AMBIT_ASSIGN_OR_RETURN(out.hbone_v6,
-                             Listen(AF_INET6, "::1", AMBIT_HBONE_PORT, true, options.backlog,
-                                    "HBONE listener [::1]:15008"));
+      AMBIT_ASSIGN_OR_RETURN(
+          out.plain_v6, Listen(AF_INET6, "::1", AMBIT_INBOUND_PLAIN_PORT, true, options.backlog,
+                               "plaintext-inbound listener [::1]:15006"));
+      AMBIT_ASSIGN_OR_RETURN(out.hbone_v6, Listen(AF_INET6, "::1", AMBIT_HBONE_PORT, true,
+                                                  options.backlog, "HBONE listener [::1]:15008"));
     }
     return absl::OkStatus();
   }));

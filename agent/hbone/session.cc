@@ -13,8 +13,8 @@
 #include <utility>
 
 #include "absl/strings/numbers.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agent/common/status.h"
 #include "agent/tls/keys.h"
 
@@ -900,10 +900,10 @@ void HboneSession::DoRead() {
       size_t open = streams_.size();
       if (goaway_received_ && goaway_received_code_ != NGHTTP2_NO_ERROR) {
         // The peer said why before closing (e.g. ENHANCE_YOUR_CALM): keep the reason.
-        Close(absl::UnavailableError(absl::StrCat(
-            "HBONE peer ", PeerName(), " sent GOAWAY(",
-            nghttp2_http2_strerror(goaway_received_code_), ") and closed the connection with ",
-            open, " streams open")));
+        Close(absl::UnavailableError(absl::StrCat("HBONE peer ", PeerName(), " sent GOAWAY(",
+                                                  nghttp2_http2_strerror(goaway_received_code_),
+                                                  ") and closed the connection with ", open,
+                                                  " streams open")));
       } else if (open == 0) {
         Close(absl::OkStatus());
       } else {
@@ -1164,8 +1164,8 @@ bool HboneSession::TakeStreamToken() {
     stream_tokens_ = options_.stream_open_burst;
   } else {
     double refill = absl::ToDoubleSeconds(now - stream_tokens_at_) * options_.stream_open_rate;
-    stream_tokens_ = std::min<double>(stream_tokens_ + std::max(refill, 0.0),
-                                      options_.stream_open_burst);
+    stream_tokens_ =
+        std::min<double>(stream_tokens_ + std::max(refill, 0.0), options_.stream_open_burst);
   }
   stream_tokens_at_ = now;
   if (stream_tokens_ < 1) return false;

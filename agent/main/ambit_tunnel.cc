@@ -15,6 +15,12 @@ ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of every socket the data plane 
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
           "how long a pooled HBONE connection with no stream stays open");
+ABSL_FLAG(uint32_t, failed_stream_burst, 200,
+          "HBONE CONNECTs per client connection that may fail or be reset before the answer, "
+          "before the rate limit applies");
+ABSL_FLAG(double, failed_stream_rate, 100,
+          "HBONE CONNECTs per second and client connection that may fail or be reset before the "
+          "answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
 ABSL_FLAG(std::string, access_log_format, "text",
           "one line per connection when it closes: text (key=value), json, or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
@@ -45,6 +51,13 @@ int main(int argc, char** argv) {
   options.access_log_json = access_log == "json";
   options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   options.max_snapshot_bytes = absl::GetFlag(FLAGS_max_config_bytes);
+  options.failed_stream_burst = absl::GetFlag(FLAGS_failed_stream_burst);
+  options.failed_stream_rate = absl::GetFlag(FLAGS_failed_stream_rate);
+  if (options.failed_stream_burst < 1 || !(options.failed_stream_rate >= 0)) {
+    std::cerr << "ambit-tunnel: --failed-stream-burst must be at least 1 and "
+                 "--failed-stream-rate at least 0\n";
+    return 2;
+  }
   if (options.control_socket.empty()) {
     std::cerr << "ambit-tunnel: --control-socket is required\n";
     return 2;

@@ -7,6 +7,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "agent/common/flags.h"
@@ -55,6 +56,12 @@ ABSL_FLAG(std::string, readiness_address, "0.0.0.0:15021",
           "ip:port of the readiness endpoint (/healthz/ready); empty: off");
 ABSL_FLAG(absl::Duration, hbone_idle_timeout, absl::Seconds(30),
           "how long the data plane keeps a pooled HBONE connection with no stream");
+ABSL_FLAG(uint32_t, hbone_failed_stream_burst, 200,
+          "HBONE CONNECTs per client connection that may fail or be reset before the answer, "
+          "before the rate limit applies");
+ABSL_FLAG(double, hbone_failed_stream_rate, 100,
+          "HBONE CONNECTs per second and client connection that may fail or be reset before "
+          "the answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
 ABSL_FLAG(std::string, access_log_format, "text",
           "the data plane's line per closed connection: text, json or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
@@ -123,6 +130,10 @@ int main(int argc, char** argv) {
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);
   options.tunnel_args.push_back("--idle-timeout");
   options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));
+  options.tunnel_args.push_back("--failed-stream-burst");
+  options.tunnel_args.push_back(absl::StrCat(absl::GetFlag(FLAGS_hbone_failed_stream_burst)));
+  options.tunnel_args.push_back("--failed-stream-rate");
+  options.tunnel_args.push_back(absl::StrCat(absl::GetFlag(FLAGS_hbone_failed_stream_rate)));
   options.tunnel_args.push_back("--access-log-format");
   options.tunnel_args.push_back(absl::GetFlag(FLAGS_access_log_format));
   options.tunnel_args.push_back("--max-config-bytes");

@@ -212,8 +212,8 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   record.destination = PeerOf(*pod, *local);
   // Before policy and before any socket: this destination is never delivered.
   if (auto target = CheckDeliveryTarget(*worker.snapshot(), *pod, *local); !target.ok()) {
-    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext: " << target.message()
-                                   << "; connection reset";
+    AMBIT_LOG(kComponent, Warning)
+        << description << " mode=plaintext: " << target.message() << "; connection reset";
     CloseWithReset(client);
     worker.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
     return;
@@ -299,14 +299,13 @@ absl::Status CheckDeliveryTarget(const MeshSnapshot& snapshot, const Pod& pod,
   bool ours = false;
   for (const auto& ip : pod.ips) ours |= ip == dst.ip;
   if (!ours) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refused: ", dst.ip.ToString(), " is not an address of pod ", pod.uid,
-        " (inbound traffic is delivered to the pod's own addresses only)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: ", dst.ip.ToString(), " is not an address of pod ", pod.uid,
+                     " (inbound traffic is delivered to the pod's own addresses only)"));
   }
   if (snapshot.IsReservedPort(dst.port)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("refused: port ", dst.port,
-                     " is one of ambit's own listeners, never a delivery target"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refused: port ", dst.port, " is one of ambit's own listeners, never a delivery target"));
   }
   return absl::OkStatus();
 }

@@ -280,6 +280,8 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   settings->deliver_map = deliver_map_.get();
   settings->access_log_json = options_.access_log_json;
   settings->idle_timeout = options_.idle_timeout;
+  settings->failed_stream_burst = options_.failed_stream_burst;
+  settings->failed_stream_rate = options_.failed_stream_rate;
   settings_ = settings;
   for (int i = 0; i < options_.workers; ++i) {
     AMBIT_ASSIGN_OR_RETURN(auto w, Worker::Create(i, settings_));

@@ -30,6 +30,9 @@ struct TunnelOptions {
   // The largest configuration snapshot mapped; above it the snapshot is refused (fail closed).
   // The default is about 100 times what 100 000 peer pods and 10 000 policies take.
   uint64_t max_snapshot_bytes = uint64_t{1} << 30;
+  // hbone::SessionOptions::stream_open_burst / stream_open_rate of inbound HBONE connections.
+  uint32_t failed_stream_burst = 200;
+  double failed_stream_rate = 100;
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the

@@ -165,8 +165,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   // socket is opened for it.
   if (auto target = CheckDeliveryTarget(*worker_.snapshot(), pod, request.destination);
       !target.ok()) {
-    AMBIT_LOG(kComponent, Warning) << description << ": " << target.message()
-                                   << "; answered 503";
+    AMBIT_LOG(kComponent, Warning) << description << ": " << target.message() << "; answered 503";
     (void)session.Respond(stream, 503, target.message());
     worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
     return nullptr;

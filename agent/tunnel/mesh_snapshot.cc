@@ -1,10 +1,10 @@
 #include "agent/tunnel/mesh_snapshot.h"
 
+#include "abi/redirect.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authz/compile.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/log.h"
-#include "abi/redirect.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {

@@ -41,6 +41,10 @@ struct DataPlaneSettings {
   size_t relay_buffer = 64 * 1024;
   size_t max_streams_per_connection = 100;  // then a new HBONE connection opens
   absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this
+  // Inbound HBONE: CONNECTs a client connection may have fail or reset before the answer (see
+  // hbone::SessionOptions::stream_open_burst); then per second; beyond, ENHANCE_YOUR_CALM.
+  uint32_t failed_stream_burst = 200;
+  double failed_stream_rate = 100;
   bool access_log_json = false;  // access-log lines as JSON objects instead of key=value text
 };
 

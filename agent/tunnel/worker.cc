@@ -90,6 +90,8 @@ Worker::Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
   options.stats = &hbone_stats_;
   pool_ = std::make_unique<HbonePool>(*this, options, settings_->max_streams_per_connection,
                                       settings_->idle_timeout);
+  options.stream_open_burst = settings_->failed_stream_burst;
+  options.stream_open_rate = settings_->failed_stream_rate;
   inbound_ = std::make_unique<InboundSessions>(*this, options);
 }
 

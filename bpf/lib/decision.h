@@ -49,9 +49,11 @@ static __always_inline int ambit_inbound_kind(__u32 ingress_ifindex,
 	if (bpf_map_lookup_elem(&ambit_deliver, tuple))
 		return -1; /* the tunnel delivering to the application */
 	/*
-	 * The pod talking to one of its own addresses over lo. The HBONE listener is bound to
-	 * loopback, so the tunnel's HBONE connection to its own pod (a pod dialling itself) reaches
-	 * it only through here; everything else stays as the pod sent it.
+	 * Ingress on lo with a pod address as destination. The kernel reports traffic to the pod's
+	 * own address with the ifindex of the interface holding it (so the rules below apply), but
+	 * should lo show up here, the tunnel's HBONE connection to its own pod (a pod dialling
+	 * itself) still needs the HBONE listener, which is bound to loopback and reachable only
+	 * through sk_lookup. Anything else stays as the pod sent it.
 	 */
 	if (ingress_ifindex == AMBIT_LOOPBACK_IFINDEX)
 		return local_port == AMBIT_HBONE_PORT ? AMBIT_LISTENER_HBONE : -1;

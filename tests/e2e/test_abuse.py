@@ -25,6 +25,7 @@ from topology import Topology, run, wait_listening  # noqa: E402
 import svid  # noqa: E402
 
 IDENTITY_C = "spiffe://cluster.local/ns/default/sa/plain"
+BURST, RATE = 50, 10  # the agent's --hbone-failed-stream-burst / -rate
 
 # Connects, sends a line, reports how the connection ended and how long that took.
 PROBE = r"""
@@ -209,7 +210,11 @@ class AbuseTest(unittest.TestCase):
         cls.n1 = t.add_agent("node1")
         plain = cls.c.yaml().replace(f"    ambit.dev/netns: {cls.c.netns_path}\n", "")
         cls.n1.write_config("pods.yaml", cls.b.yaml() + "---\n" + plain)
-        cls.n1.start("--ca-listen", "127.0.0.1:0", "--ca-tokens", tokens, wait_pods=[cls.b])
+        # A smaller rapid-reset budget than the default (200, then 100/s), so the test also shows
+        # the flags reach the data plane.
+        cls.n1.start("--ca-listen", "127.0.0.1:0", "--ca-tokens", tokens,
+                     "--hbone-failed-stream-burst", str(BURST),
+                     "--hbone-failed-stream-rate", str(RATE), wait_pods=[cls.b])
         cls.n1.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
         cls.certdir = svid.issue(cls.n1, IDENTITY_C, "t1", tempfile.mkdtemp(dir=t.workdir))
         cls.echo = cls.b.popen(["/usr/bin/python3", "-u", "-c", ECHO, "::", "7000"],
@@ -355,12 +360,12 @@ class AbuseTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         out = json.loads(r.stdout)
         self.assertEqual(out["goaway"], 0xb, f"expected GOAWAY(ENHANCE_YOUR_CALM): {out}")
-        self.n1.wait_log("sent GOAWAY(ENHANCE_YOUR_CALM): more than 200 CONNECT streams")
+        self.n1.wait_log(f"sent GOAWAY(ENHANCE_YOUR_CALM): more than {BURST} CONNECT streams")
         time.sleep(0.5)
         attempts = len(attempt.findall(self.n1.logs())) - before
-        # 200 failing streams, plus 100 per second of the attack; without a limit it was
+        # BURST failing streams, plus RATE per second of the attack; without a limit it was
         # about 1 000 per TLS connection.
-        bound = 200 + int(100 * elapsed) + 1
+        bound = BURST + int(RATE * elapsed) + 1
         self.assertGreater(attempts, 0, "the attack never reached the tunnel")
         self.assertLessEqual(attempts, bound, f"{attempts} upstream connects in {elapsed:.1f}s")
         self.assertLess(out["sent"], 5000, out)
