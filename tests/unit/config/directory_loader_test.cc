@@ -350,6 +350,7 @@ TEST(DirectoryLoaderTest, TotalSizeCapSkipsLaterFilesAndKeepsTheirLastGoodObject
   r = DirectoryLoader(fresh.path(), &RealClock::Get(), a.size() + 1).Load();
   ASSERT_THAT(Errors(r), SizeIs(1)) << Describe(r);
   EXPECT_THAT(PodKeys(r), ElementsAre("default/a"));
+}
 
 std::string PodCreatedAt(const std::string& name, const std::string& ip, const std::string& ip6,
                          const std::string& created) {
