@@ -34,15 +34,15 @@ std::string LabelText(const std::map<std::string, std::string>& labels) {
 // Answers `ambitctl check` against the configuration it was built from.
 class LiveChecker final : public admin::CheckEvaluator {
  public:
-  LiveChecker(state::ClusterState state, std::vector<authz::PeerAuthentication> peer_authns,
+  LiveChecker(std::shared_ptr<const state::ClusterState> state, std::vector<authz::PeerAuthentication> peer_authns,
               std::shared_ptr<const authz::Engine> engine)
       : state_(std::move(state)),
         peer_authns_(std::move(peer_authns)),
         engine_(std::move(engine)) {}
 
   absl::StatusOr<pb::CheckResponse> Check(const pb::CheckRequest& req) const override {
-    auto from = state_.pods.find(req.from());
-    if (from == state_.pods.end()) {
+    auto from = state_->pods.find(req.from());
+    if (from == state_->pods.end()) {
       return absl::NotFoundError(
           absl::StrCat("no pod ", req.from(), " in the configuration (FROM is namespace/pod)"));
     }
@@ -53,15 +53,15 @@ class LiveChecker final : public admin::CheckEvaluator {
     std::optional<IpAddress> to_ip;
     if (auto ip = IpAddress::Parse(req.to()); ip.ok()) {
       to_ip = *ip;
-      to = state_.FindPodByIp(*ip);
+      to = state_->FindPodByIp(*ip);
       if (to == nullptr) {
         return absl::NotFoundError(absl::StrCat(
             "no pod has address ", req.to(),
             ": a destination outside the mesh is passed through as plain TCP, no policy applies"));
       }
     } else {
-      auto it = state_.pods.find(req.to());
-      if (it == state_.pods.end()) {
+      auto it = state_->pods.find(req.to());
+      if (it == state_->pods.end()) {
         return absl::NotFoundError(absl::StrCat("no pod ", req.to(),
                                                 " in the configuration (TO is a pod IP or "
                                                 "namespace/pod)"));
@@ -76,14 +76,14 @@ class LiveChecker final : public admin::CheckEvaluator {
     request.layer = authz::Layer::kL4;
     // Only a pod the mesh captures (it names its netns) connects with its SVID.
     if (!from->second.netns_path.empty()) {
-      request.source_principal = state::SpiffeId(state_.mesh, from->second);
+      request.source_principal = state::SpiffeId(state_->mesh, from->second);
     }
     if (!from->second.ips.empty()) request.source_ip = from->second.ips.front();
     request.destination_ip = to_ip;
     request.destination_port = static_cast<uint16_t>(req.port());
     const authz::Decision d = engine_->Explain(target, request);
     const authz::PeerAuthnDecision mtls =
-        authz::ResolveMtlsMode(peer_authns_, state_.mesh.root_namespace, target.namespace_name,
+        authz::ResolveMtlsMode(peer_authns_, state_->mesh.root_namespace, target.namespace_name,
                                target.labels, request.destination_port);
     const admin::DecisionSummary s = admin::Summarize(d, mtls);
     pb::CheckResponse resp;
@@ -101,7 +101,7 @@ class LiveChecker final : public admin::CheckEvaluator {
   }
 
  private:
-  const state::ClusterState state_;
+  const std::shared_ptr<const state::ClusterState> state_;
   const std::vector<authz::PeerAuthentication> peer_authns_;
   const std::shared_ptr<const authz::Engine> engine_;
 };
@@ -344,7 +344,7 @@ void Agent::PublishHealth() {
   h.dataplane_connected = dataplane_ != nullptr && dataplane_->connected();
   h.dataplane_restarts = restarts_;
   for (const auto& [uid, e] : enrolled_) {
-    h.enrolled.emplace_back(uid, state::SpiffeId(state_.mesh, e.pod));
+    h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
   h.enroll_failures = static_cast<int>(failed_.size());
   h.config_loaded = snapshot_version_ > 0;
@@ -391,13 +391,13 @@ void Agent::PublishViews() {
   const auto peer_authns = security_.PeerAuthenticationList();
 
   pb::ListWorkloadsResponse workloads;
-  for (const auto& [key, pod] : state_.pods) {
+  for (const auto& [key, pod] : state_->pods) {
     auto* w = workloads.add_workloads();
     w->set_namespace_(pod.namespace_name);
     w->set_name(pod.name);
     for (const auto& ip : pod.ips) w->add_ips(ip.ToString());
     w->set_node(pod.node_name);
-    w->set_identity(state::SpiffeId(state_.mesh, pod));
+    w->set_identity(state::SpiffeId(state_->mesh, pod));
     auto e = enrolled_.find(key);
     if (e != enrolled_.end()) {
       w->set_role("enrolled");
@@ -417,7 +417,7 @@ void Agent::PublishViews() {
       w->set_role("outside");
     }
     if (auto f = failed_.find(key); f != failed_.end()) w->set_enroll_error(f->second);
-    if (auto c = state_.ip_conflicts.find(key); c != state_.ip_conflicts.end()) {
+    if (auto c = state_->ip_conflicts.find(key); c != state_->ip_conflicts.end()) {
       if (w->role() == "pending") w->set_role("refused");
       w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
       w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
@@ -432,16 +432,16 @@ void Agent::PublishViews() {
     } else {
       w->set_status("ok");
     }
-    auto mtls = authz::ResolveMtlsMode(peer_authns, state_.mesh.root_namespace, pod.namespace_name,
+    auto mtls = authz::ResolveMtlsMode(peer_authns, state_->mesh.root_namespace, pod.namespace_name,
                                        pod.labels, 0);
     w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
     w->set_mtls_policy(mtls.policy);
-    w->set_waypoint(Waypoint(state_, pod));
+    w->set_waypoint(Waypoint(*state_, pod));
   }
   admin_state_->SetWorkloads(std::move(workloads));
 
   pb::ListPoliciesResponse policies;
-  const std::string& root = state_.mesh.root_namespace;
+  const std::string& root = state_->mesh.root_namespace;
   for (const auto& [key, p] : security_.authorization_policies) {
     auto* out = policies.add_policies();
     out->set_kind("AuthorizationPolicy");
@@ -495,7 +495,7 @@ void Agent::PublishViews() {
   admin_state_->SetPolicies(std::move(policies));
 
   pb::ListServicesResponse services;
-  for (const auto& [key, svc] : state_.services) {
+  for (const auto& [key, svc] : state_->services) {
     auto* out = services.add_services();
     out->set_namespace_(svc.namespace_name);
     out->set_name(svc.name);
@@ -507,8 +507,8 @@ void Agent::PublishViews() {
       port->set_target_port(p.target_port);
       port->set_protocol(p.protocol);
     }
-    for (const auto& [pk, pod] : state_.pods) {
-      if (state::Selects(svc, pod) && !state_.HasIpConflict(pk)) out->add_endpoints(pod.Key());
+    for (const auto& [pk, pod] : state_->pods) {
+      if (state::Selects(svc, pod) && !state_->HasIpConflict(pk)) out->add_endpoints(pod.Key());
     }
   }
   admin_state_->SetServices(std::move(services));

@@ -241,12 +241,13 @@ void Agent::Apply(config::LoadResult result) {
                                  << (conflict ? "" : " (object skipped; last good version kept)");
     }
   }
-  state_ = std::move(result.state);
+  // Shared with the admin API's checker instead of copied: a large cluster's pods are held once.
+  state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
   security_ = std::move(result.security);
   std::map<std::string, std::set<std::string>> by_node;
-  for (const auto& [key, pod] : state_.pods) {
-    if (state_.HasIpConflict(key)) continue;  // enrolled nowhere
-    by_node[pod.node_name].insert(state::SpiffeId(state_.mesh, pod));
+  for (const auto& [key, pod] : state_->pods) {
+    if (state_->HasIpConflict(key)) continue;  // enrolled nowhere
+    by_node[pod.node_name].insert(state::SpiffeId(state_->mesh, pod));
   }
   entitlements_->Update(std::move(by_node));
   Reconcile();
@@ -263,9 +264,9 @@ uint32_t Agent::FreeSlot() const {
 
 void Agent::Reconcile() {
   std::map<std::string, const state::Pod*> desired;
-  for (const auto& [uid, pod] : state_.pods) {
+  for (const auto& [uid, pod] : state_->pods) {
     // A pod whose address an older pod holds is not enrolled (the loader reported it).
-    if (state::IsEnrolled(pod, options_.node_name) && !state_.HasIpConflict(uid)) {
+    if (state::IsEnrolled(pod, options_.node_name) && !state_->HasIpConflict(uid)) {
       desired[pod.Key()] = &pod;
     }
   }
@@ -381,7 +382,7 @@ absl::Status Agent::SendPod(const EnrolledPod& e) {
   d.namespace_name = e.pod.namespace_name;
   d.name = e.pod.name;
   d.service_account = e.pod.service_account;
-  d.spiffe_id = state::SpiffeId(state_.mesh, e.pod);
+  d.spiffe_id = state::SpiffeId(state_->mesh, e.pod);
   d.netns_cookie = e.netns_cookie;
   d.ips = IpStrings(e.pod);
   d.netns = e.netns.get();
@@ -397,32 +398,34 @@ absl::Status Agent::SendPod(const EnrolledPod& e) {
 void Agent::SendSnapshot() {
   if (!dataplane_->connected()) return;
   std::vector<supervisor::WorkloadDescriptor> workloads;
-  for (const auto& [key, pod] : state_.pods) {
+  for (const auto& [key, pod] : state_->pods) {
     // The data plane indexes workloads by address: a pod that lost its address to an older one
     // must not be there, or connections to the address would expect the wrong identity.
-    if (state_.HasIpConflict(key)) continue;
+    if (state_->HasIpConflict(key)) continue;
     supervisor::WorkloadDescriptor w;
     w.uid = pod.Key();
     w.namespace_name = pod.namespace_name;
     w.name = pod.name;
     w.service_account = pod.service_account;
     w.node = pod.node_name;
-    w.spiffe_id = state::SpiffeId(state_.mesh, pod);
+    w.spiffe_id = state::SpiffeId(state_->mesh, pod);
     w.ips = IpStrings(pod);
     w.enrolled_here = enrolled_.count(pod.Key()) > 0;
     // A pod that names its netns is captured by the ambit agent on its own node.
     w.in_mesh = !pod.netns_path.empty();
-    w.labels = pod.labels;
     if (w.enrolled_here) {
+      // Labels select the destination of a policy, always a pod of this node: a peer's would
+      // only make the snapshot and the data plane's memory grow with the cluster.
+      w.labels = pod.labels;
       auto policies = security_.PeerAuthenticationList();
-      auto base = authz::ResolveMtlsMode(policies, state_.mesh.root_namespace, pod.namespace_name,
+      auto base = authz::ResolveMtlsMode(policies, state_->mesh.root_namespace, pod.namespace_name,
                                          pod.labels, 0);
       w.mtls_mode = std::string(authz::MtlsModeName(base.mode));
       w.mtls_policy = base.policy;
       // Only ports some portLevelMtls names can differ from the workload's mode.
       for (const auto& policy : policies) {
         for (const auto& [port, mode] : policy.port_level) {
-          auto d = authz::ResolveMtlsMode(policies, state_.mesh.root_namespace,
+          auto d = authz::ResolveMtlsMode(policies, state_->mesh.root_namespace,
                                           pod.namespace_name, pod.labels, port);
           if (d.mode != base.mode) {
             w.port_modes[port] = {std::string(authz::MtlsModeName(d.mode)), d.policy};
@@ -433,7 +436,7 @@ void Agent::SendSnapshot() {
     workloads.push_back(std::move(w));
   }
   std::vector<supervisor::ServiceDescriptor> services;
-  for (const auto& [key, svc] : state_.services) {
+  for (const auto& [key, svc] : state_->services) {
     supervisor::ServiceDescriptor d;
     d.namespace_name = svc.namespace_name;
     d.name = svc.name;
@@ -444,8 +447,8 @@ void Agent::SendSnapshot() {
       if (!absl::SimpleAtoi(p.target_port, &target)) target = p.target_port.empty() ? p.port : 0;
       d.ports.push_back({p.port, target, p.protocol});
     }
-    for (const auto& [pk, pod] : state_.pods) {
-      if (state::Selects(svc, pod) && !state_.HasIpConflict(pk)) d.endpoints.push_back(pod.Key());
+    for (const auto& [pk, pod] : state_->pods) {
+      if (state::Selects(svc, pod) && !state_->HasIpConflict(pk)) d.endpoints.push_back(pod.Key());
     }
     services.push_back(std::move(d));
   }
@@ -456,9 +459,9 @@ void Agent::SendSnapshot() {
     generation_pending_since_ = absl::Now();
   }
   ++snapshot_version_;
-  auto status = dataplane_->SendSnapshot(snapshot_version_, state_.mesh.trust_domain,
+  auto status = dataplane_->SendSnapshot(snapshot_version_, state_->mesh.trust_domain,
                                          options_.socket_mark, workloads, services, policies,
-                                         state_.mesh.root_namespace, OwnEndpointPorts(options_));
+                                         state_->mesh.root_namespace, OwnEndpointPorts(options_));
   delivery_error_.clear();
   if (!status.ok()) {
     // The data plane would go on enforcing the previous generation while the admin API shows
@@ -606,7 +609,7 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
   // The data plane may only have certificates for pods enrolled here.
   bool entitled = false;
   for (const auto& [uid, e] : enrolled_) {
-    if (state::SpiffeId(state_.mesh, e.pod) == request.identity) entitled = true;
+    if (state::SpiffeId(state_->mesh, e.pod) == request.identity) entitled = true;
   }
   if (!entitled) {
     AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity

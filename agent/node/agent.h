@@ -134,7 +134,7 @@ class Agent {
   TaskQueue completions_;  // results of background work, run on the control thread
   std::unique_ptr<BackgroundThread> signing_thread_;
   enroll::PodNetOptions pod_net_;
-  state::ClusterState state_;
+  std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();
   config::SecurityConfig security_;
   std::shared_ptr<const authz::Engine> engine_;     // for the admin API; the last one that built
   std::vector<config::ConfigError> load_errors_;    // of the last load, for the admin API
