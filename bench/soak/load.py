@@ -138,7 +138,8 @@ def main():
     if mode == "server" and len(sys.argv) == 3:
         asyncio.run(serve(int(sys.argv[2])))
     elif mode == "client" and len(sys.argv) == 10:
-        host, port, conns, seconds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+        host, port = sys.argv[2], int(sys.argv[3])
+        conns, seconds = int(sys.argv[4]), float(sys.argv[5])
         ramp, life_min, life_max, ping = (float(x) for x in sys.argv[6:10])
         if conns + 64 > limit:
             sys.exit(f"load.py: {conns} connections do not fit the descriptor limit {limit}")

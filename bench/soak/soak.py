@@ -193,7 +193,8 @@ def main():
     totals = counters.last
     failed = totals.get("connect_failed", 0) + totals.get("broken", 0)
     opened = max(1, totals.get("opened", 0))
-    print(f"\nload: {totals.get('opened', 0)} connections opened ({totals.get('opened', 0) / args.seconds:.0f}/s), "
+    print(f"\nload: {totals.get('opened', 0)} connections opened "
+          f"({totals.get('opened', 0) / args.seconds:.0f}/s), "
           f"{totals.get('round_trips', 0)} round trips, peak {counters.peak_open} open at once, "
           f"{totals.get('connect_failed', 0)} failed to open, {totals.get('broken', 0)} broke "
           f"{totals.get('errors', {})}")
@@ -203,7 +204,8 @@ def main():
     window = [(n, k) for t, n, k in load_open if lo <= t <= hi]
     mean_open = sum(k for _, k in window) / len(window) if window else 0
     print(f"established tunneled connections over the second half: mean {mean_open:.0f}, "
-          f"min {min((k for _, k in window), default=0)}, max {max((k for _, k in window), default=0)}"
+          f"min {min((k for _, k in window), default=0)}, "
+          f"max {max((k for _, k in window), default=0)}"
           f" (the client's own count: mean "
           f"{sum(n for n, _ in window) / max(1, len(window)):.0f})")
     rows, ok = [], True
@@ -213,7 +215,7 @@ def main():
         late = [p for p in points if lo <= p[0] <= hi]
         kib = slope_per_min([(p[0], p[1]) for p in late])
         # Descriptors spike for a sample while a burst of connections turns over; a leak raises
-        # the floor. So the slope of the floor: the minimum of each sample and two neighbours on each side.
+        # the floor. So the slope of the floor: each sample's minimum with two neighbours a side.
         floor = [(late[i][0], min(p[2] for p in late[max(0, i - 2):i + 3]))
                  for i in range(len(late))]
         fds = slope_per_min(floor)

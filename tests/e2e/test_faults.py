@@ -66,7 +66,8 @@ while True:
 # Writes one JSON line per connection (start, end, error or null) to OUT.
 LOOP = r"""
 import json, socket, sys, time
-host, port, seconds, marker, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+marker, out = sys.argv[4], sys.argv[5]
 deadline = time.time() + seconds
 seq = 0
 with open(out, "w", buffering=1) as f:
