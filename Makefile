@@ -45,7 +45,8 @@ bench: configure
 
 # Soak run, not in CI: SOAK_SECONDS (600) of SOAK_CONNS (10 000) tunneled connections with churn;
 # prints the RSS and descriptor slope of every ambit process (bench/soak/soak.py).
-soak: build
+soak: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target ambitd ambit-tunnel
 	/usr/bin/python3 bench/soak/soak.py --build-dir $(BUILD_DIR)
 
 clean:
