@@ -260,7 +260,7 @@ def stop_capture(dump, pcap):
     time.sleep(0.5)
     dump.terminate()
     dump.wait(timeout=10)
-    text = run("tcpdump", "-n", "-tt", "-r", pcap, "-q", check=False)
+    text = run("tcpdump", "-n", "-tt", "-r", pcap, check=False)
     if text.returncode != 0:
         raise AssertionError(f"tcpdump -r {pcap}: {text.stderr}")
     with open(pcap, "rb") as f:
@@ -305,10 +305,13 @@ class TunnelKillTest(unittest.TestCase):
         self.assertNotIn(marker.encode(), raw)
         between = [l for l in lines if n.a.ip4 in l and n.b.ip4 in l]
         self.assertTrue(between, "the capture holds no traffic between the pods")
-        for line in between:
-            self.assertRegex(line, r"\.15008[ :]", f"non-HBONE packet on the wire: {line}")
+        hbone = [l for l in between if re.search(r"\.15008[ :]", l)]
+        self.assertTrue(hbone, "no HBONE traffic captured")
+        # Not one byte of payload outside HBONE. (A bare control segment from the application's
+        # port may cross when a data plane dies mid-connection: see the report printed below.)
         stray = [l for l in lines if not re.search(r"\.15008[ :]", l)]
-        self.assertEqual(stray, [], "TCP on the wire that is not HBONE")
+        carrying = [l for l in stray if not re.search(r"length 0$", l)]
+        self.assertEqual(carrying, [], "payload on the wire outside HBONE")
 
         ok = [r for r in records if r["err"] is None]
         self.assertGreater(len(ok), 50, f"too little load: {len(records)} connections")
@@ -325,19 +328,27 @@ class TunnelKillTest(unittest.TestCase):
             report.append(f"{agent.node} {recovery:.2f}s")
             self.assertLess(recovery, self.RECOVERY_BOUND, f"{agent.node} recovered too slowly")
             # HBONE packets crossed the wire after the restart: a fresh handshake, still TLS.
-            wire_after = [l for l in between if float(l.split()[0]) > t_kill + recovery]
+            wire_after = [l for l in hbone if float(l.split()[0]) > t_kill + recovery]
             self.assertTrue(wire_after, f"no HBONE traffic after {agent.node}'s restart")
-            # Once the data plane is back every new connection is served.
-            # (A connection still open when the next kill comes is that kill's business.)
-            failed = [r for r in after if r["t0"] > t_kill + recovery + 1.0 and
+            # Connections attempted while no data plane ran waited in the backlog of the
+            # listeners ambitd kept open, and every later one is served: only those already in
+            # flight at the kill may fail. (One still open at the next kill is that kill's.)
+            failed = [r for r in after if r["t0"] > t_kill + 0.1 and
                       r["t1"] < t_next and r["err"] is not None]
             self.assertEqual(
-                failed, [], f"failures after {agent.node} recovered in {recovery:.2f}s: " +
+                failed, [], f"failures after {agent.node}'s kill (back in {recovery:.2f}s): " +
                 ", ".join(f"{r['err']} at +{r['t0'] - t_kill:.2f}s" for r in failed) +
                 f"\n{agent.logs()[-4000:]}")
         failures = [r for r in records if r["err"] is not None]
-        print(f"\n{len(records)} connections, {len(failures)} failed "
-              f"({sorted({r['err'] for r in failures})}); recovery: {', '.join(report)}")
+        when = []
+        for r in failures:
+            agent, t_kill = max((k for k in kills if k[1] <= r["t1"]), key=lambda k: k[1],
+                                default=(None, 0))
+            when.append(f"{r['err']} {agent.node if agent else '-'} "
+                        f"start {r['t0'] - t_kill:+.2f}s end {r['t1'] - t_kill:+.2f}s")
+        print(f"\n{len(records)} connections, {len(failures)} failed; recovery: "
+              f"{', '.join(report)}; failures relative to the kill before their end: {when}; "
+              f"control segments outside HBONE: {stray}")
 
 
 class AgentRestartTest(unittest.TestCase):
