@@ -22,8 +22,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "e2e"))
 from apps import MULTI_SERVER  # noqa: E402
-from scale_config import remove_scale_config, rss_kb, write_scale_config  # noqa: E402
-from topology import Topology, build_dir, deny_port_policy  # noqa: E402
+from scale_config import remove_scale_config, write_scale_config  # noqa: E402
+from topology import Topology, build_dir, deny_port_policy, rss_kib  # noqa: E402
 
 PROBE = r"""
 import socket, sys
@@ -91,7 +91,7 @@ def main():
                 wait(lambda: in_sync() and generation(agent)["applied"] > before, "apply")
             applied_s = time.monotonic() - start
             dp = agent.tunnel_pid()
-            rss = (rss_kb(agent.proc.pid), rss_kb(dp))
+            rss = (rss_kib(agent.proc.pid), rss_kib(dp))
             start = time.monotonic()
             agent.write_config("zz-deny.yaml", deny_port_policy("backend", "bench-deny", 9000))
             wait(lambda: not allowed(), "the DENY taking effect")
@@ -101,7 +101,7 @@ def main():
             wait(allowed, "the configuration shrinking back")
             wait(in_sync, "the shrunk configuration applied")
             time.sleep(1)
-            after = (rss_kb(agent.proc.pid), rss_kb(agent.tunnel_pid()))
+            after = (rss_kib(agent.proc.pid), rss_kib(agent.tunnel_pid()))
             return {"peers": peers, "policies": policies, "config_bytes": size,
                     "applied_s": applied_s, "deny_enforced_s": enforced_s,
                     "rss_kib": {"ambitd": rss[0], "ambit-tunnel": rss[1]},

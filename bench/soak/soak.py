@@ -34,6 +34,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from topology import fd_count, rss_kib  # noqa: E402
 LOAD = str(pathlib.Path(__file__).resolve().parent / "load.py")
 PORT = 7070
 FD_LIMIT = 65536
@@ -43,16 +44,8 @@ def env(name, default):
     return type(default)(os.environ.get(name, default))
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def established(pod):

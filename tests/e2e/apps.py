@@ -44,3 +44,15 @@ for line in sys.stdin:
     except OSError as e:
         print(type(e).__name__, flush=True)
 """
+
+# Connects to argv[1]:argv[2], sends a line and expects it echoed; prints {"ok": bool}.
+PROBE = r"""
+import json, socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    s.sendall(b"ping\n")
+    data = s.recv(100)
+    print(json.dumps({"ok": data == b"ping\n"}))
+except Exception as e:
+    print(json.dumps({"ok": False, "error": type(e).__name__}))
+"""

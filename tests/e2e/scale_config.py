@@ -49,11 +49,3 @@ def remove_scale_config(agent):
         if name.startswith("scale-"):
             os.unlink(os.path.join(agent.config_dir, name))
 
-
-def rss_kb(pid):
-    """Resident set size of a process in KiB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0

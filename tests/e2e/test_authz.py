@@ -13,20 +13,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from apps import HOLD, MULTI_SERVER  # noqa: E402
+from apps import HOLD, MULTI_SERVER, PROBE  # noqa: E402
 from topology import Topology  # noqa: E402
 
-
-PROBE = r"""
-import json, socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-    s.sendall(b"ping\n")
-    data = s.recv(100)
-    print(json.dumps({"ok": data == b"ping\n"}))
-except Exception as e:
-    print(json.dumps({"ok": False, "error": type(e).__name__}))
-"""
 
 
 

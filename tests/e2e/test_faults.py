@@ -16,7 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import Topology, build_dir, free_port, run  # noqa: E402
+from topology import Topology, build_dir, fd_count, free_port, rss_kib, run  # noqa: E402
 
 TRUST = "spiffe://cluster.local"
 
@@ -130,16 +130,8 @@ def log_time(line):
     return t.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def ambitctl(agent, *args):

@@ -12,20 +12,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from apps import MULTI_SERVER  # noqa: E402
-from scale_config import remove_scale_config, rss_kb, write_scale_config  # noqa: E402
-from topology import Topology, build_dir, deny_port_policy, run  # noqa: E402
-
-PROBE = r"""
-import json, socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-    s.sendall(b"ping\n")
-    data = s.recv(100)
-    print(json.dumps({"ok": data == b"ping\n"}))
-except Exception as e:
-    print(json.dumps({"ok": False, "error": type(e).__name__}))
-"""
+from apps import MULTI_SERVER, PROBE  # noqa: E402
+from scale_config import remove_scale_config, write_scale_config  # noqa: E402
+from topology import Topology, build_dir, deny_port_policy, rss_kib, run  # noqa: E402
 
 
 class SnapshotCase(unittest.TestCase):
@@ -111,7 +100,7 @@ class LargeConfigTest(SnapshotCase):
             and len(self.ctl_json("policies")["policies"]) >= 10_000, timeout=180)
         applied_s = time.monotonic() - started
         print(f"\n  {size / 1e6:.1f} MB of config applied in {applied_s:.1f}s; RSS ambitd "
-              f"{rss_kb(self.agent.proc.pid)} KiB, ambit-tunnel {rss_kb(self.agent.tunnel_pid())}"
+              f"{rss_kib(self.agent.proc.pid)} KiB, ambit-tunnel {rss_kib(self.agent.tunnel_pid())}"
               " KiB", flush=True)
         workloads = self.ctl_json("workloads")["workloads"]
         self.assertGreaterEqual(len(workloads), 100_002)

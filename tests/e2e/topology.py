@@ -162,6 +162,20 @@ spec:
 """
 
 
+def rss_kib(pid):
+    """Resident set size of a process in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def fd_count(pid):
+    """Open descriptors of a process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def free_port():
     """A loopback TCP port nothing listens on right now."""
     import socket
