@@ -20,6 +20,7 @@
 #include "agent/common/status.h"
 #include "agent/hbone/tls_context.h"
 #include "agent/tls/trust_bundle.h"
+#include "agent/tunnel/control_message.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -189,15 +190,7 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
 
 absl::Status Tunnel::OnControlMessage() {
   AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(controller_.get()));
-  pb::Envelope env;
-  if (!env.ParseFromString(packet.data)) {
-    return absl::DataLossError("undecodable control message");
-  }
-  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("agent speaks control protocol ", env.protocol_version(), ", this data plane ",
-                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; upgrade one of them"));
-  }
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env, DecodeAgentMessage(packet.data, packet.fds.size()));
   return HandleEnvelope(env, std::move(packet.fds));
 }
 

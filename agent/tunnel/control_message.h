@@ -1,0 +1,21 @@
+#pragma once
+
+// Decoding of the control packets ambitd sends the data plane: the only parsing of control-channel
+// bytes on this side, kept apart from Tunnel (control.cc), which acts on what it returns, so the
+// checks can be exercised on their own (tests/fuzz/control_tunnel). Pure; thread-safe.
+
+#include <cstddef>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::tunnel {
+
+// Parses one packet from the agent that came with `fd_count` descriptors (SCM_RIGHTS). Errors:
+// DataLoss for bytes that are not an Envelope, FailedPrecondition for another protocol version,
+// InvalidArgument for a body the agent never sends or descriptors that do not match the body.
+absl::StatusOr<ambit::dataplane::v1::Envelope> DecodeAgentMessage(absl::string_view bytes,
+                                                                  size_t fd_count);
+
+}  // namespace ambit::tunnel
