@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "agent/authz/compile.h"
 #include "agent/config/validation.h"
+#include "agent/config/yaml_limits.h"
 
 namespace ambit::config {
 namespace {
@@ -656,6 +657,11 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
   }
 }
 
+std::string ExcessiveAliasing() {
+  return absl::StrCat("not loaded: its aliases expand to over ", kMaxAliasExpansion,
+                      " nodes (a YAML alias bomb?); write the repeated parts out");
+}
+
 // Parses the documents of one file into out.
 class FileParser {
  public:
@@ -663,6 +669,12 @@ class FileParser {
 
   // Loads all documents; false (and one error) when the text is not YAML.
   bool Load(std::string_view content, std::vector<YAML::Node>* docs) {
+    if (AliasExpansion a = CheckAliasExpansion(content); a.excessive) {
+      out_->errors.push_back({std::string(file_), "", "", ExcessiveAliasing(), false, a.line,
+                              a.column});
+      out_->unparseable = true;
+      return false;
+    }
     try {
       *docs = YAML::LoadAll(std::string(content));
       return true;
@@ -994,6 +1006,10 @@ class FileParser {
 
   static void ParseEmbeddedMesh(Reporter& r, const YAML::Node& text, state::MeshConfig* mesh) {
     YAML::Node node;
+    if (CheckAliasExpansion(text.Scalar()).excessive) {
+      r.Error(text, "data.mesh", ExcessiveAliasing());
+      return;
+    }
     try {
       node = YAML::Load(text.Scalar());
     } catch (const YAML::Exception& e) {
