@@ -12,9 +12,9 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
     return absl::DataLossError("undecodable control message");
   }
   if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data plane speaks control protocol ", env.protocol_version(), ", this agent ",
-        static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; restart the data plane"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("data plane speaks control protocol ", env.protocol_version(), ", this agent ",
+                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; restart the data plane"));
   }
   switch (env.body_case()) {
     case pb::Envelope::kAddPod:  // a pod handed back after a restart, with its listeners

@@ -19,9 +19,8 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
   switch (env.body_case()) {
     case pb::Envelope::kMaps:
       if (static_cast<size_t>(env.maps().fds_size()) != fd_count) {
-        return absl::InvalidArgumentError(absl::StrCat("maps message lists ",
-                                                       env.maps().fds_size(), " fds but carried ",
-                                                       fd_count));
+        return absl::InvalidArgumentError(absl::StrCat("maps message lists ", env.maps().fds_size(),
+                                                       " fds but carried ", fd_count));
       }
       return env;
     case pb::Envelope::kAddPod:

@@ -133,7 +133,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (status.ok()) FUZZ_REQUIRE(resp.levels_size() >= 1);
       // Back to quiet: a fuzzed "debug" must not flood the run with log lines.
       ambit::log::SetLevel("", ambit::log::Level::kError);
-      if (!req.component().empty()) ambit::log::SetLevel(req.component(), ambit::log::Level::kError);
+      if (!req.component().empty())
+        ambit::log::SetLevel(req.component(), ambit::log::Level::kError);
       break;
     }
     default: {

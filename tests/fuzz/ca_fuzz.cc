@@ -18,11 +18,11 @@
 #include "absl/time/time.h"
 #include "agent/ca/certificate_authority.h"
 #include "agent/ca/openssl_util.h"
+#include "agent/common/log.h"
 #include "agent/issuance/ca_server.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/issuance/signer.h"
 #include "tests/fuzz/ca_fixture.h"
-#include "agent/common/log.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

@@ -14,10 +14,10 @@
 #include <string>
 
 #include "agent/authz/peer_authentication.h"
+#include "agent/common/log.h"
 #include "agent/config/directory_loader.h"
 #include "agent/config/kube_yaml.h"
 #include "agent/config/load_result.h"
-#include "agent/common/log.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {
@@ -112,8 +112,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view content = in.Rest();
   const std::string name = mesh ? "mesh.yaml" : "objects.yaml";
 
-  ambit::config::ParsedFile parsed = ambit::config::ParseConfigFile(
-      name, std::string_view(content.data(), content.size()));
+  ambit::config::ParsedFile parsed =
+      ambit::config::ParseConfigFile(name, std::string_view(content.data(), content.size()));
   for (const auto& e : parsed.errors) FUZZ_REQUIRE(e.file == name);
   for (const auto& o : parsed.objects) {
     FUZZ_REQUIRE(!o.id.empty());

@@ -9,12 +9,12 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "agent/common/log.h"
 #include "agent/issuance/ca_server.h"
 #include "agent/issuance/signer.h"
 #include "agent/supervisor/control_message.h"
 #include "agent/supervisor/dataplane.h"
 #include "tests/fuzz/ca_fixture.h"
-#include "agent/common/log.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace pb = ::ambit::dataplane::v1;

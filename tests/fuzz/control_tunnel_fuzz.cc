@@ -12,11 +12,11 @@
 
 #include "agent/common/clock.h"
 #include "agent/common/ip_address.h"
+#include "agent/common/log.h"
 #include "agent/tls/cert_manager.h"
 #include "agent/tls/trust_bundle.h"
 #include "agent/tunnel/control_message.h"
 #include "agent/tunnel/mesh_snapshot.h"
-#include "agent/common/log.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {
@@ -84,8 +84,8 @@ void ExerciseCsrResponse(const pb::CsrResponse& r) {
   if (!r.error().empty()) {
     certs.OnSigned(signer.last_id, absl::UnavailableError(r.error()));
   } else {
-    certs.OnSigned(signer.last_id, std::vector<std::string>(r.chain_pem().begin(),
-                                                            r.chain_pem().end()));
+    certs.OnSigned(signer.last_id,
+                   std::vector<std::string>(r.chain_pem().begin(), r.chain_pem().end()));
   }
   (void)certs.Get(identity);
   (void)certs.Statuses();

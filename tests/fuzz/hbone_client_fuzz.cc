@@ -106,9 +106,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ambit::fuzz::InputTransport* raw = transport.get();
   ambit::hbone::SessionOptions options;
   options.stream_send_buffer = 64 << 10;
-  auto session = HboneSession::CreateWithTransport(&loop, ambit::fuzz::DummyFd(),
-                                                   std::move(transport), /*client=*/true, server,
-                                                   &owner, options);
+  auto session =
+      HboneSession::CreateWithTransport(&loop, ambit::fuzz::DummyFd(), std::move(transport),
+                                        /*client=*/true, server, &owner, options);
   FUZZ_REQUIRE(session.ok());
   owner.session = *std::move(session);
   // Streams 1 and 3 are requested before the handshake (queued), as the tunnel does.

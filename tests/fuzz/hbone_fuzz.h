@@ -11,6 +11,7 @@
 //   [1] chunking: how the bytes arrive (all at once, 1 byte, 7, 64, 1000 per read event).
 //   [2..3] seed of the owner's choices (respond, write, consume, reset, close: see the targets).
 
+#include <openssl/ssl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
@@ -19,8 +20,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <openssl/ssl.h>
 
 #include "agent/common/event_loop.h"
 #include "agent/common/unique_fd.h"

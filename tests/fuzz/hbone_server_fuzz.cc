@@ -139,9 +139,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ambit::fuzz::InputTransport* raw = transport.get();
   ambit::hbone::SessionOptions options;
   options.stream_send_buffer = 64 << 10;
-  auto session = HboneSession::CreateWithTransport(&loop, ambit::fuzz::DummyFd(),
-                                                   std::move(transport), /*client=*/false, "",
-                                                   &owner, options);
+  auto session = HboneSession::CreateWithTransport(
+      &loop, ambit::fuzz::DummyFd(), std::move(transport), /*client=*/false, "", &owner, options);
   FUZZ_REQUIRE(session.ok());
   owner.session_ = *std::move(session);
   ambit::fuzz::Drive(loop, raw, owner.session_, header, [&] { owner.Act(); });

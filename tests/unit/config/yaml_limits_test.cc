@@ -53,9 +53,10 @@ TEST(YamlLimitsTest, CountsWhatAliasesExpandTo) {
 }
 
 TEST(YamlLimitsTest, AnAliasBombIsRefusedWithFileAndLine) {
-  ParsedFile parsed = ParseKubeYaml("bomb.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n"
-                                                 "  name: web\n  labels:\n" +
-                                                     Bomb("    "));
+  ParsedFile parsed = ParseKubeYaml("bomb.yaml",
+                                    "apiVersion: v1\nkind: Pod\nmetadata:\n"
+                                    "  name: web\n  labels:\n" +
+                                        Bomb("    "));
   EXPECT_TRUE(parsed.unparseable);
   EXPECT_THAT(parsed.objects, SizeIs(0));
   ASSERT_THAT(parsed.errors, SizeIs(1));
@@ -73,7 +74,8 @@ TEST(YamlLimitsTest, AnAliasBombInTheEmbeddedMeshConfigIsRefused) {
   ParsedFile parsed = ParseKubeYaml(
       "istio.yaml",
       "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
-      "data:\n  mesh: |\n    " + embedded);
+      "data:\n  mesh: |\n    " +
+          embedded);
   ASSERT_FALSE(parsed.errors.empty());
   EXPECT_EQ(parsed.errors[0].field, "data.mesh");
   EXPECT_THAT(parsed.errors[0].message, HasSubstr("aliases expand"));

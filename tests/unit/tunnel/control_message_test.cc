@@ -53,8 +53,7 @@ TEST(DecodeAgentMessageTest, RefusesGarbageOtherVersionsAndForeignBodies) {
 
   pb::Envelope ack = Current();  // the data plane's own message, never the agent's
   ack.mutable_ack()->set_version(1);
-  EXPECT_EQ(DecodeAgentMessage(Bytes(ack), 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeAgentMessage(Bytes(ack), 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DecodeAgentMessageTest, DescriptorsMustMatchTheBody) {
