@@ -14,9 +14,11 @@ $(error SAN=$(SAN) is not supported; use SAN=address)
 endif
 JOBS ?= $(shell nproc)
 CCACHE := $(shell command -v ccache 2>/dev/null)
+LAUNCHER :=
 ifneq ($(CCACHE),)
-CMAKE_EXTRA += -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache
+LAUNCHER := -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache
 endif
+CMAKE_EXTRA += $(LAUNCHER)
 
 # Fuzzing: clang, ASan + UBSan + libFuzzer, in its own build directory.
 FUZZ_BUILD_DIR ?= build-fuzz
@@ -45,9 +47,12 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300 $(CTEST_ARGS)
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
+# -O1 with line tables: what fuzzing wants (symbolized reports), and a cold build in 5 minutes
+# on 2 cores instead of 10+ at -O2 -g.
 $(FUZZ_BUILD_DIR)/Makefile: | setup
-	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-	  -DAMBIT_FUZZ=ON $(filter -DCMAKE_%_COMPILER_LAUNCHER=%,$(CMAKE_EXTRA))
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD_DIR) -DCMAKE_BUILD_TYPE= \
+	  -DCMAKE_C_FLAGS="-O1 -gline-tables-only" -DCMAKE_CXX_FLAGS="-O1 -gline-tables-only" \
+	  -DAMBIT_FUZZ=ON $(LAUNCHER)
 
 fuzz-build: setup $(FUZZ_BUILD_DIR)/Makefile
 	cmake --build $(FUZZ_BUILD_DIR) -j $(JOBS) --target fuzzers
