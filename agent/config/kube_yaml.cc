@@ -662,6 +662,11 @@ std::string ExcessiveAliasing() {
                       " nodes (a YAML alias bomb?); write the repeated parts out");
 }
 
+std::string RunawayYaml() {
+  return "not loaded: the YAML parser does not come to an end on this text (malformed document "
+         "markers or indentation near this position)";
+}
+
 // Parses the documents of one file into out.
 class FileParser {
  public:
@@ -669,8 +674,9 @@ class FileParser {
 
   // Loads all documents; false (and one error) when the text is not YAML.
   bool Load(std::string_view content, std::vector<YAML::Node>* docs) {
-    if (AliasExpansion a = CheckAliasExpansion(content); a.excessive) {
-      out_->errors.push_back({std::string(file_), "", "", ExcessiveAliasing(), false, a.line,
+    if (AliasExpansion a = CheckAliasExpansion(content); a.excessive || a.runaway) {
+      out_->errors.push_back({std::string(file_), "", "",
+                              a.runaway ? RunawayYaml() : ExcessiveAliasing(), false, a.line,
                               a.column});
       out_->unparseable = true;
       return false;
@@ -1006,8 +1012,8 @@ class FileParser {
 
   static void ParseEmbeddedMesh(Reporter& r, const YAML::Node& text, state::MeshConfig* mesh) {
     YAML::Node node;
-    if (CheckAliasExpansion(text.Scalar()).excessive) {
-      r.Error(text, "data.mesh", ExcessiveAliasing());
+    if (AliasExpansion a = CheckAliasExpansion(text.Scalar()); a.excessive || a.runaway) {
+      r.Error(text, "data.mesh", a.runaway ? RunawayYaml() : ExcessiveAliasing());
       return;
     }
     try {

@@ -19,33 +19,43 @@ class ExpansionCounter final : public YAML::EventHandler {
  public:
   struct Exceeded {};
 
-  void OnDocumentStart(const YAML::Mark&) override {
+  explicit ExpansionCounter(size_t max_events) : events_left_(max_events) {}
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    Event(mark);
     sizes_.clear();
     open_.clear();
   }
   void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t anchor) override { Leaf(anchor); }
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t anchor,
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    Event(mark);
+    Leaf(anchor);
+  }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
                 const std::string&) override {
+    Event(mark);
     Leaf(anchor);
   }
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    Event(mark);
     auto it = sizes_.find(anchor);
     size_t size = it == sizes_.end() ? 1 : it->second;
     expanded_ = std::min(kMaxAliasExpansion + 1, expanded_ + size);
     if (expanded_ > kMaxAliasExpansion) {
-      result_ = {true, mark.line + 1, mark.column + 1};
+      result_ = {true, false, mark.line + 1, mark.column + 1};
       throw Exceeded{};
     }
     Add(size);
   }
-  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t anchor,
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
                        YAML::EmitterStyle::value) override {
+    Event(mark);
     open_.push_back({anchor, 1});
   }
   void OnSequenceEnd() override { Close(); }
-  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t anchor,
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
                   YAML::EmitterStyle::value) override {
+    Event(mark);
     open_.push_back({anchor, 1});
   }
   void OnMapEnd() override { Close(); }
@@ -57,6 +67,11 @@ class ExpansionCounter final : public YAML::EventHandler {
     YAML::anchor_t anchor;
     size_t size;
   };
+  void Event(const YAML::Mark& mark) {
+    if (events_left_-- > 0) return;
+    result_ = {false, true, mark.line + 1, mark.column + 1};
+    throw Exceeded{};
+  }
   void Add(size_t n) {
     if (!open_.empty()) open_.back().size = std::min(kMaxAliasExpansion + 1, open_.back().size + n);
   }
@@ -72,6 +87,7 @@ class ExpansionCounter final : public YAML::EventHandler {
     Add(done.size);
   }
 
+  size_t events_left_;
   std::unordered_map<YAML::anchor_t, size_t> sizes_;
   std::vector<Open> open_;
   size_t expanded_ = 0;
@@ -81,9 +97,8 @@ class ExpansionCounter final : public YAML::EventHandler {
 }  // namespace
 
 AliasExpansion CheckAliasExpansion(std::string_view text) {
-  if (text.find('*') == std::string_view::npos) return {};  // no alias at all
   std::istringstream in{std::string(text)};
-  ExpansionCounter counter;
+  ExpansionCounter counter(4 * text.size() + 64);
   try {
     YAML::Parser parser(in);
     while (parser.HandleNextDocument(counter)) {

@@ -19,12 +19,16 @@ inline constexpr size_t kMaxAliasExpansion = 100000;
 
 struct AliasExpansion {
   bool excessive = false;
-  int line = 0;  // 1-based position of the alias that crossed the limit
+  // yaml-cpp 0.7 loops for ever on some malformed texts, producing empty documents without
+  // consuming input; no text yields more than a few parser events per byte.
+  bool runaway = false;
+  int line = 0;  // 1-based position of the alias (or document) that crossed the limit
   int column = 0;
 };
 
-// Counts the nodes the aliases of `text` expand to, stopping at kMaxAliasExpansion. Text that is
-// not YAML is not excessive: the YAML loader reports it.
+// Counts the nodes the aliases of `text` expand to, stopping at kMaxAliasExpansion, and the
+// parser's events, stopping at a few per byte (`runaway`). Text that is not YAML is neither:
+// the YAML loader reports it.
 AliasExpansion CheckAliasExpansion(std::string_view text);
 
 }  // namespace ambit::config

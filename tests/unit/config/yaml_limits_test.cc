@@ -93,5 +93,35 @@ items:
   EXPECT_THAT(parsed.errors, SizeIs(0));
 }
 
+// yaml-cpp 0.7 emits empty documents for ever on this text (found by tests/fuzz/config_yaml).
+TEST(YamlLimitsTest, TextTheParserNeverFinishesIsRefused) {
+  const std::string text = R"yaml(, namespace: prod}
+spec:
+  clusterIP: 198.19.0.1
+  clusterIPs: [198.19.0.1, "2001:2::1:1"]
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: named, port: 443, targetPort: https}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: prod, labels: {app: web}}
+  status: {podIPs: [{ip: 198.18.0.1}]}
+- prod/allow-nothingind: ConfigMap
+  metadata: {name: other, namespace: prod}
+...
+)yaml";
+  EXPECT_TRUE(CheckAliasExpansion(text).runaway);
+  ParsedFile parsed = ParseKubeYaml("loop.yaml", text);
+  EXPECT_TRUE(parsed.unparseable);
+  ASSERT_THAT(parsed.errors, SizeIs(1));
+  EXPECT_THAT(parsed.errors[0].message, HasSubstr("does not come to an end"));
+  EXPECT_FALSE(CheckAliasExpansion("a: 1\n---\nb: [1, 2]\n...\n---\n").runaway);
+}
+
 }  // namespace
 }  // namespace ambit::config
