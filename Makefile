@@ -1,5 +1,6 @@
 # ambit: the entry point. `make` builds, `make test` runs every test, `make demo` runs the main
-# job, `make SAN=address test` builds and tests with AddressSanitizer + UBSan.
+# job, `make SAN=address test` builds and tests with AddressSanitizer + UBSan, `make fuzz` builds
+# the libFuzzer targets (tests/fuzz/README.md) and runs each for FUZZ_SECONDS.
 SAN ?=
 BUILD_TYPE ?= RelWithDebInfo
 ifeq ($(SAN),address)
@@ -13,11 +14,21 @@ $(error SAN=$(SAN) is not supported; use SAN=address)
 endif
 JOBS ?= $(shell nproc)
 CCACHE := $(shell command -v ccache 2>/dev/null)
+LAUNCHER :=
 ifneq ($(CCACHE),)
-CMAKE_EXTRA += -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache
+LAUNCHER := -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache
 endif
+CMAKE_EXTRA += $(LAUNCHER)
 
-.PHONY: all setup configure build test demo bench soak clean
+# Fuzzing: clang, ASan + UBSan + libFuzzer, in its own build directory.
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 60
+# Empty: every target; else a space-separated list (e.g. FUZZ_TARGETS="hbone_server ca").
+FUZZ_TARGETS ?=
+# What `make test` gives each target: a smoke run that catches a crash on the seeds or near them.
+TEST_FUZZ_SECONDS ?= 5
+
+.PHONY: all setup configure build test demo bench soak clean fuzz fuzz-build
 all: build
 
 setup:
@@ -34,6 +45,20 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300 $(CTEST_ARGS)
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# -O1 with line tables: what fuzzing wants (symbolized reports), and a cold build in 5 minutes
+# on 2 cores instead of 10+ at -O2 -g.
+$(FUZZ_BUILD_DIR)/Makefile: | setup
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD_DIR) -DCMAKE_BUILD_TYPE= \
+	  -DCMAKE_C_FLAGS="-O1 -gline-tables-only" -DCMAKE_CXX_FLAGS="-O1 -gline-tables-only" \
+	  -DAMBIT_FUZZ=ON $(LAUNCHER)
+
+fuzz-build: setup $(FUZZ_BUILD_DIR)/Makefile
+	cmake --build $(FUZZ_BUILD_DIR) -j $(JOBS) --target fuzzers
+
+fuzz: fuzz-build
+	bash tests/fuzz/run_fuzzers.sh $(FUZZ_BUILD_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 demo: build
 	bash scripts/demo.sh $(BUILD_DIR)
@@ -50,4 +75,4 @@ soak: configure
 	/usr/bin/python3 bench/soak/soak.py --build-dir $(BUILD_DIR)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # build
   cmake make g++ ccache pkg-config clang llvm
+  # fuzzing (make fuzz): clang 14's libFuzzer and sanitizer runtimes
+  libclang-rt-14-dev
   # BPF
   libbpf-dev bpftool libelf-dev zlib1g-dev
   # data plane

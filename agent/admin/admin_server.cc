@@ -214,6 +214,10 @@ class AdminServer::Service final : public pb::Admin::Service {
   std::shared_ptr<AdminState> state_;
 };
 
+std::unique_ptr<pb::Admin::Service> AdminServer::NewService(std::shared_ptr<AdminState> state) {
+  return std::make_unique<Service>(std::move(state));
+}
+
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& socket_path,
                                                                 std::shared_ptr<AdminState> state) {
   auto server = std::unique_ptr<AdminServer>(new AdminServer());

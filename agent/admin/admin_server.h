@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ambit/admin/v1/admin.grpc.pb.h"
 #include "ambit/admin/v1/admin.pb.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -114,6 +115,11 @@ class AdminServer {
   static absl::StatusOr<std::unique_ptr<AdminServer>> Start(const std::string& socket_path,
                                                             std::shared_ptr<AdminState> state);
   ~AdminServer();
+
+  // The request handlers Start serves, over `state`; for callers that drive them without a
+  // socket (tests/fuzz/admin_api).
+  static std::unique_ptr<ambit::admin::v1::Admin::Service> NewService(
+      std::shared_ptr<AdminState> state);
 
  private:
   class Service;

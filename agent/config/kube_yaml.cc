@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "agent/authz/compile.h"
 #include "agent/config/validation.h"
+#include "agent/config/yaml_limits.h"
 
 namespace ambit::config {
 namespace {
@@ -657,6 +658,16 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
   }
 }
 
+std::string ExcessiveAliasing() {
+  return absl::StrCat("not loaded: its aliases expand to over ", kMaxAliasExpansion,
+                      " nodes (a YAML alias bomb?); write the repeated parts out");
+}
+
+std::string RunawayYaml() {
+  return "not loaded: the YAML parser does not come to an end on this text (malformed document "
+         "markers or indentation near this position)";
+}
+
 // Parses the documents of one file into out.
 class FileParser {
  public:
@@ -664,6 +675,13 @@ class FileParser {
 
   // Loads all documents; false (and one error) when the text is not YAML.
   bool Load(std::string_view content, std::vector<YAML::Node>* docs) {
+    if (AliasExpansion a = CheckAliasExpansion(content); a.excessive || a.runaway) {
+      out_->errors.push_back({std::string(file_), "", "",
+                              a.runaway ? RunawayYaml() : ExcessiveAliasing(), false, a.line,
+                              a.column});
+      out_->unparseable = true;
+      return false;
+    }
     try {
       *docs = YAML::LoadAll(std::string(content));
       return true;
@@ -998,6 +1016,10 @@ class FileParser {
 
   static void ParseEmbeddedMesh(Reporter& r, const YAML::Node& text, state::MeshConfig* mesh) {
     YAML::Node node;
+    if (AliasExpansion a = CheckAliasExpansion(text.Scalar()); a.excessive || a.runaway) {
+      r.Error(text, "data.mesh", a.runaway ? RunawayYaml() : ExcessiveAliasing());
+      return;
+    }
     try {
       node = YAML::Load(text.Scalar());
     } catch (const YAML::Exception& e) {

@@ -523,13 +523,41 @@ struct WireBio {
   static long Ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
 };
 
+namespace {
+
+// TLS 1.3 through the session's SSL, whose BIO is the WireBio above.
+class TlsTransport final : public SessionTransport {
+ public:
+  explicit TlsTransport(SSL* ssl) : ssl_(ssl) {}
+  int Handshake() override { return SSL_do_handshake(ssl_); }
+  int Read(uint8_t* buf, int len) override { return SSL_read(ssl_, buf, len); }
+  int Write(const uint8_t* data, int len) override { return SSL_write(ssl_, data, len); }
+  int Error(int ret) override { return SSL_get_error(ssl_, ret); }
+  void Shutdown() override { SSL_shutdown(ssl_); }
+  absl::string_view Alpn() override {
+    const uint8_t* alpn = nullptr;
+    unsigned alpn_len = 0;
+    SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+    return View(alpn, alpn_len);
+  }
+  absl::StatusOr<std::string> PeerIdentity() override { return PeerSpiffeId(ssl_); }
+
+ private:
+  SSL* const ssl_;  // owned by the session
+};
+
+}  // namespace
+
 HboneSession::HboneSession(EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
-                           bssl::UniquePtr<SSL> ssl, bool client, std::string expected_peer,
-                           SessionDelegate* delegate, SessionOptions options)
+                           bssl::UniquePtr<SSL> ssl, std::unique_ptr<SessionTransport> transport,
+                           bool client, std::string expected_peer, SessionDelegate* delegate,
+                           SessionOptions options)
     : loop_(loop),
       fd_(std::move(fd)),
       ctx_(std::move(ctx)),
       ssl_(std::move(ssl)),
+      transport_(transport != nullptr ? std::move(transport)
+                                      : std::make_unique<TlsTransport>(ssl_.get())),
       client_(client),
       expected_peer_(std::move(expected_peer)),
       delegate_(delegate),
@@ -575,9 +603,22 @@ absl::StatusOr<std::shared_ptr<HboneSession>> HboneSession::Create(
     }
   }
   std::shared_ptr<HboneSession> session(
-      new HboneSession(loop, std::move(fd), std::move(ctx), std::move(ssl), client,
+      new HboneSession(loop, std::move(fd), std::move(ctx), std::move(ssl), nullptr, client,
                        std::move(expected_peer), delegate, options));
   AMBIT_RETURN_IF_ERROR(session->Init(connecting));
+  return session;
+}
+
+absl::StatusOr<std::shared_ptr<HboneSession>> HboneSession::CreateWithTransport(
+    EventLoop* loop, UniqueFd fd, std::unique_ptr<SessionTransport> transport, bool client,
+    std::string expected_peer, SessionDelegate* delegate, SessionOptions options) {
+  if (loop == nullptr || delegate == nullptr || transport == nullptr || !fd.valid()) {
+    return absl::InvalidArgumentError("HBONE session: loop, delegate, transport and fd required");
+  }
+  std::shared_ptr<HboneSession> session(
+      new HboneSession(loop, std::move(fd), nullptr, nullptr, std::move(transport), client,
+                       std::move(expected_peer), delegate, options));
+  AMBIT_RETURN_IF_ERROR(session->Init(/*connecting=*/false));
   return session;
 }
 
@@ -633,12 +674,14 @@ absl::Status HboneSession::Init(bool connecting) {
   if (rv != 0)
     return absl::InvalidArgumentError(absl::StrCat("HTTP/2 settings: ", nghttp2_strerror(rv)));
 
-  BIO_METHOD* method = WireBio::Method();
-  BIO* bio = method != nullptr ? BIO_new(method) : nullptr;
-  if (bio == nullptr) return absl::ResourceExhaustedError("HBONE session: BIO_new");
-  BIO_set_data(bio, this);
-  BIO_set_init(bio, 1);
-  SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by the SSL from here
+  if (ssl_ != nullptr) {
+    BIO_METHOD* method = WireBio::Method();
+    BIO* bio = method != nullptr ? BIO_new(method) : nullptr;
+    if (bio == nullptr) return absl::ResourceExhaustedError("HBONE session: BIO_new");
+    BIO_set_data(bio, this);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by the SSL from here
+  }
 
   state_ = connecting ? State::kConnecting : State::kHandshaking;
   interest_ = connecting ? EPOLLOUT : (client_ ? EPOLLIN | EPOLLOUT : EPOLLIN);
@@ -749,8 +792,8 @@ void HboneSession::DoConnectDone() {
 
 void HboneSession::DoHandshake() {
   ERR_clear_error();
-  int r = SSL_do_handshake(ssl_.get());
-  int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_.get(), r);
+  int r = transport_->Handshake();
+  int e = r == 1 ? SSL_ERROR_NONE : transport_->Error(r);
   int saved_errno = errno;  // HandshakeFailed reads it; a send() below may change it
   if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
     // Refused or failed: the alert is sent if it can be, but the refusal is what gets counted
@@ -783,8 +826,9 @@ void HboneSession::DoHandshake() {
 }
 
 void HboneSession::HandshakeFailed(int ssl_error) {
-  PeerCheckFailure failure = PeerCheckFailureOf(ssl_.get());
-  std::string message = PeerCheckMessage(ssl_.get());
+  PeerCheckFailure failure =
+      ssl_ != nullptr ? PeerCheckFailureOf(ssl_.get()) : PeerCheckFailure::kNone;
+  std::string message = ssl_ != nullptr ? PeerCheckMessage(ssl_.get()) : "";
   absl::Status status;
   switch (failure) {
     case PeerCheckFailure::kNone:
@@ -823,16 +867,13 @@ void HboneSession::HandshakeFailed(int ssl_error) {
 }
 
 void HboneSession::HandshakeDone() {
-  const uint8_t* alpn = nullptr;
-  unsigned alpn_len = 0;
-  SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
-  if (View(alpn, alpn_len) != "h2") {
+  if (transport_->Alpn() != "h2") {
     ++stats_->no_alpn;
     Close(absl::PermissionDeniedError(
         absl::StrCat("HBONE peer ", PeerName(), " did not negotiate ALPN h2")));
     return;
   }
-  absl::StatusOr<std::string> peer = PeerSpiffeId(ssl_.get());
+  absl::StatusOr<std::string> peer = transport_->PeerIdentity();
   if (!peer.ok()) {
     ++stats_->untrusted_peer;
     Close(peer.status());
@@ -866,12 +907,12 @@ void HboneSession::DoRead() {
     absl::Status failure;
     while (got < buf.size()) {
       ERR_clear_error();
-      int n = SSL_read(ssl_.get(), buf.data() + got, static_cast<int>(buf.size() - got));
+      int n = transport_->Read(buf.data() + got, static_cast<int>(buf.size() - got));
       if (n > 0) {
         got += static_cast<size_t>(n);
         continue;
       }
-      e = SSL_get_error(ssl_.get(), n);
+      e = transport_->Error(n);
       if (e == SSL_ERROR_ZERO_RETURN ||
           (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 &&
            (errno == 0 || errno == ECONNRESET))) {
@@ -941,7 +982,8 @@ void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
       out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
     if (out_off_ < out_.size()) {
-      SSL_write(ssl_.get(), out_.data() + out_off_, static_cast<int>(out_.size() - out_off_));
+      transport_->Write(reinterpret_cast<const uint8_t*>(out_.data()) + out_off_,
+                        static_cast<int>(out_.size() - out_off_));
     }
   }
   Close(std::move(status));
@@ -1012,12 +1054,13 @@ void HboneSession::Flush() {
     while (out_off_ < out_.size()) {
       ERR_clear_error();
       size_t chunk = std::min<size_t>(out_.size() - out_off_, 1 << 30);
-      int w = SSL_write(ssl_.get(), out_.data() + out_off_, static_cast<int>(chunk));
+      int w = transport_->Write(reinterpret_cast<const uint8_t*>(out_.data()) + out_off_,
+                                static_cast<int>(chunk));
       if (w > 0) {
         out_off_ += static_cast<size_t>(w);
         continue;
       }
-      int e = SSL_get_error(ssl_.get(), w);
+      int e = transport_->Error(w);
       if (e == SSL_ERROR_WANT_WRITE) {  // WireBio holds a batch: send it, then go on
         if (!SendWire()) return;
         if (write_blocked_) break;
@@ -1081,7 +1124,7 @@ void HboneSession::CheckDone() {
         absl::UnavailableError(absl::StrCat("HBONE peer ", PeerName(), " sent GOAWAY(",
                                             nghttp2_http2_strerror(goaway_received_code_), ")"));
   }
-  if (status.ok()) SSL_shutdown(ssl_.get());  // close_notify, best effort
+  if (status.ok()) transport_->Shutdown();  // close_notify, best effort
   Close(std::move(status));
 }
 

@@ -164,6 +164,28 @@ class StreamObserver {
 
 class HboneSession;
 
+// The record layer under a session's HTTP/2 frames, in BoringSSL's calling convention (return
+// values, SSL_ERROR_* codes from Error()). CreateClient/CreateServer use TLS 1.3 on the socket;
+// CreateWithTransport takes another one, so the HTTP/2 half (framing, streams, limits, flow
+// control) runs unchanged over bytes that come from elsewhere, e.g. a fuzzer's input.
+class SessionTransport {
+ public:
+  virtual ~SessionTransport() = default;
+  // One handshake step: 1 when finished, otherwise see Error() (as SSL_do_handshake).
+  virtual int Handshake() = 0;
+  // Plaintext from the peer: > 0 bytes read, otherwise see Error() (as SSL_read).
+  virtual int Read(uint8_t* buf, int len) = 0;
+  // Plaintext to the peer: > 0 bytes taken, otherwise see Error() (as SSL_write).
+  virtual int Write(const uint8_t* data, int len) = 0;
+  // The SSL_ERROR_* code for `ret`, the result of the last call above (as SSL_get_error).
+  virtual int Error(int ret) = 0;
+  // Tells the peer nothing more follows (close_notify), best effort.
+  virtual void Shutdown() = 0;
+  // After the handshake: the negotiated ALPN protocol and the peer's verified SPIFFE ID.
+  virtual absl::string_view Alpn() = 0;
+  virtual absl::StatusOr<std::string> PeerIdentity() = 0;
+};
+
 class SessionDelegate {
  public:
   virtual ~SessionDelegate() = default;
@@ -195,6 +217,11 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   static absl::StatusOr<std::shared_ptr<HboneSession>> CreateServer(
       EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
       SessionDelegate* delegate, SessionOptions options = {});
+  // A session whose bytes go through `transport` instead of TLS. `fd` is only watched for
+  // readiness (the transport does the I/O); tls_context() and ssl() are not available.
+  static absl::StatusOr<std::shared_ptr<HboneSession>> CreateWithTransport(
+      EventLoop* loop, UniqueFd fd, std::unique_ptr<SessionTransport> transport, bool client,
+      std::string expected_peer, SessionDelegate* delegate, SessionOptions options = {});
 
   // Closes the connection at once; no callbacks. Prefer Shutdown() for a graceful end.
   ~HboneSession() override;
@@ -253,8 +280,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   friend struct WireBio;
 
   HboneSession(EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx,
-               bssl::UniquePtr<SSL> ssl, bool client, std::string expected_peer,
-               SessionDelegate* delegate, SessionOptions options);
+               bssl::UniquePtr<SSL> ssl, std::unique_ptr<SessionTransport> transport, bool client,
+               std::string expected_peer, SessionDelegate* delegate, SessionOptions options);
   absl::Status Init(bool connecting);
   static absl::StatusOr<std::shared_ptr<HboneSession>> Create(
       EventLoop* loop, UniqueFd fd, std::shared_ptr<const TlsContext> ctx, bool client,
@@ -288,7 +315,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   EventLoop* const loop_;
   UniqueFd fd_;
   const std::shared_ptr<const TlsContext> ctx_;
-  bssl::UniquePtr<SSL> ssl_;
+  bssl::UniquePtr<SSL> ssl_;  // null for a session over another transport
+  const std::unique_ptr<SessionTransport> transport_;
   const bool client_;
   const std::string expected_peer_;
   SessionDelegate* const delegate_;

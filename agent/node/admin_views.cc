@@ -18,6 +18,7 @@
 #include "agent/authz/peer_authentication.h"
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
+#include "agent/node/admin_views.h"
 #include "agent/node/agent.h"
 
 namespace ambit::node {
@@ -314,6 +315,19 @@ class LogLevels {
 
 }  // namespace
 
+std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
+    state::ClusterState state, std::vector<authz::PeerAuthentication> peer_authns,
+    std::shared_ptr<const authz::Engine> engine) {
+  return std::make_shared<const LiveChecker>(std::move(state), std::move(peer_authns),
+                                             std::move(engine));
+}
+
+LogLevelHandlers NewLogLevelHandlers(std::string control_socket) {
+  auto levels = std::make_shared<LogLevels>(std::move(control_socket));
+  return {[levels](const pb::LogLevelRequest& req) { return levels->Handle(req); },
+          [levels] { levels->Reapply(); }};
+}
+
 void Agent::InitAdminHandlers() {
   pb::GetBpfResponse bpf;
   bpf.set_pin_root(options_.pin_root());
@@ -325,10 +339,9 @@ void Agent::InitAdminHandlers() {
     out->set_attached_to(p.attached_to);
   }
   admin_state_->SetBpf(std::move(bpf), ReadPinnedObjects);
-  auto levels = std::make_shared<LogLevels>(options_.control_socket());
-  admin_state_->SetLogLevelHandler(
-      [levels](const pb::LogLevelRequest& req) { return levels->Handle(req); });
-  reapply_log_levels_ = [levels] { levels->Reapply(); };
+  LogLevelHandlers levels = NewLogLevelHandlers(options_.control_socket());
+  admin_state_->SetLogLevelHandler(std::move(levels.handle));
+  reapply_log_levels_ = std::move(levels.reapply);
   admin_state_->SetStatsFetcher([socket = options_.control_socket()](bool connections,
                                                                     bool metrics) {
     ambit::dataplane::v1::StatsRequest request;
@@ -514,8 +527,7 @@ void Agent::PublishViews() {
   admin_state_->SetServices(std::move(services));
 
   if (engine_) {
-    admin_state_->SetCheckEvaluator(
-        std::make_shared<const LiveChecker>(state_, peer_authns, engine_));
+    admin_state_->SetCheckEvaluator(NewCheckEvaluator(state_, peer_authns, engine_));
   }
   PublishHealth();
 }

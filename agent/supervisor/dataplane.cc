@@ -20,6 +20,7 @@
 #include "agent/common/socket_util.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
+#include "agent/supervisor/control_message.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 extern char** environ;
@@ -50,13 +51,8 @@ absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int 
   if (rc == 0) return absl::DeadlineExceededError("data plane did not answer in time");
   if (rc < 0) return absl::ErrnoToStatus(errno, "poll control channel");
   AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(fd));
-  pb::Envelope env;
-  if (!env.ParseFromString(packet.data)) return absl::DataLossError("undecodable control message");
-  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data plane speaks control protocol ", env.protocol_version(), ", this agent ",
-        static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; restart the data plane"));
-  }
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env,
+                         DecodeDataPlaneMessage(packet.data, packet.fds.size()));
   return std::make_pair(std::move(env), std::move(packet.fds));
 }
 

@@ -16,12 +16,12 @@
 #include "agent/common/clock.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
-#include "agent/common/sealed_file.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/hbone/tls_context.h"
 #include "agent/tls/trust_bundle.h"
+#include "agent/tunnel/control_message.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -194,15 +194,7 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
 
 absl::Status Tunnel::OnControlMessage() {
   AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(controller_.get()));
-  pb::Envelope env;
-  if (!env.ParseFromString(packet.data)) {
-    return absl::DataLossError("undecodable control message");
-  }
-  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("agent speaks control protocol ", env.protocol_version(), ", this data plane ",
-                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; upgrade one of them"));
-  }
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env, DecodeAgentMessage(packet.data, packet.fds.size()));
   return HandleEnvelope(env, std::move(packet.fds));
 }
 
@@ -385,24 +377,11 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     case pb::Envelope::kSnapshot:
       return ApplySnapshot(env.snapshot());
     case pb::Envelope::kSnapshotRef: {
-      const auto& ref = env.snapshot_ref();
-      if (fds.size() != 1) {
-        return RefuseSnapshot(ref.version(),
-                              absl::StrCat("the snapshot message carried ", fds.size(),
-                                           " descriptors instead of one sealed file"));
+      auto snapshot = ReadSnapshotFile(env.snapshot_ref(), fds, options_.max_snapshot_bytes);
+      if (!snapshot.ok()) {
+        return RefuseSnapshot(env.snapshot_ref().version(), std::string(snapshot.status().message()));
       }
-      auto mapping = SealedMapping::Map(fds[0].get(), ref.size(), options_.max_snapshot_bytes);
-      if (!mapping.ok()) return RefuseSnapshot(ref.version(), std::string(mapping.status().message()));
-      pb::Snapshot snapshot;
-      if (!snapshot.ParseFromArray(mapping->bytes().data(),
-                                   static_cast<int>(mapping->bytes().size()))) {
-        return RefuseSnapshot(ref.version(), "the sealed file does not hold a Snapshot message");
-      }
-      if (snapshot.version() != ref.version()) {
-        return RefuseSnapshot(ref.version(),
-                              absl::StrCat("the sealed file holds generation ", snapshot.version()));
-      }
-      return ApplySnapshot(snapshot);
+      return ApplySnapshot(*snapshot);
     }
     case pb::Envelope::kSnapshotFailed: {
       const auto& f = env.snapshot_failed();

@@ -21,5 +21,12 @@ expect reject "$grpc" data-plane
 expect reject "$boring" control-plane
 expect ok "$build/agent/main/ambit-tunnel" data-plane
 expect ok "$build/agent/main/ambitd" control-plane
+# The fuzz targets (tests/fuzz) stay on their side too: the HBONE and tunnel ones never link gRPC.
+for t in hbone_server hbone_client control_tunnel; do
+  expect ok "$build/tests/fuzz/fuzz_$t" data-plane
+done
+for t in control_agent ca admin_api config_yaml spiffe_id; do
+  expect ok "$build/tests/fuzz/fuzz_$t" control-plane
+done
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

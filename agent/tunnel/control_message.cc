@@ -1,0 +1,77 @@
+#include "agent/tunnel/control_message.h"
+
+#include "absl/strings/str_cat.h"
+#include "agent/common/sealed_file.h"
+
+namespace ambit::tunnel {
+
+namespace pb = ::ambit::dataplane::v1;
+
+absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t fd_count) {
+  pb::Envelope env;
+  if (!env.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("undecodable control message");
+  }
+  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("agent speaks control protocol ", env.protocol_version(), ", this data plane ",
+                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; upgrade one of them"));
+  }
+  switch (env.body_case()) {
+    case pb::Envelope::kMaps:
+      if (static_cast<size_t>(env.maps().fds_size()) != fd_count) {
+        return absl::InvalidArgumentError(absl::StrCat("maps message lists ", env.maps().fds_size(),
+                                                       " fds but carried ", fd_count));
+      }
+      return env;
+    case pb::Envelope::kAddPod:
+      if (static_cast<size_t>(env.add_pod().fds_size()) != fd_count) {
+        return absl::InvalidArgumentError(absl::StrCat("add_pod ", env.add_pod().uid(), " lists ",
+                                                       env.add_pod().fds_size(),
+                                                       " fds but carried ", fd_count));
+      }
+      return env;
+    case pb::Envelope::kSnapshotRef:
+      // Its one sealed file is checked where the snapshot is applied: a wrong count there is
+      // refused (nacked) and fails closed instead of ending the control session.
+      return env;
+    case pb::Envelope::kRemovePod:
+    case pb::Envelope::kSnapshot:
+    case pb::Envelope::kSnapshotFailed:
+    case pb::Envelope::kCsrResponse:
+    case pb::Envelope::kTrustBundle:
+      if (fd_count != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("control message ", static_cast<int>(env.body_case()), " carried ",
+                         fd_count, " fds; it takes none"));
+      }
+      return env;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
+  }
+}
+
+absl::StatusOr<pb::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,
+                                              const std::vector<UniqueFd>& fds,
+                                              uint64_t max_bytes) {
+  if (fds.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("the snapshot message carried ", fds.size(),
+                                                   " descriptors instead of one sealed file"));
+  }
+  auto mapping = SealedMapping::Map(fds[0].get(), ref.size(), max_bytes);
+  if (!mapping.ok()) return mapping.status();
+  pb::Snapshot snapshot;
+  if (!snapshot.ParseFromArray(mapping->bytes().data(),
+                               static_cast<int>(mapping->bytes().size()))) {
+    return absl::DataLossError("the sealed file does not hold a Snapshot message");
+  }
+  if (snapshot.version() != ref.version()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the sealed file holds generation ", snapshot.version(), ", not ",
+                     ref.version()));
+  }
+  return snapshot;
+}
+
+}  // namespace ambit::tunnel

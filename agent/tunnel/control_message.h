@@ -1,0 +1,31 @@
+#pragma once
+
+// Decoding of the control packets ambitd sends the data plane: the only parsing of control-channel
+// bytes on this side, kept apart from Tunnel (control.cc), which acts on what it returns, so the
+// checks can be exercised on their own (tests/fuzz/control_tunnel). Pure; thread-safe.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "agent/common/unique_fd.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::tunnel {
+
+// Parses one packet from the agent that came with `fd_count` descriptors (SCM_RIGHTS). Errors:
+// DataLoss for bytes that are not an Envelope, FailedPrecondition for another protocol version,
+// InvalidArgument for a body the agent never sends or descriptors that do not match the body.
+absl::StatusOr<ambit::dataplane::v1::Envelope> DecodeAgentMessage(absl::string_view bytes,
+                                                                  size_t fd_count);
+
+// The configuration a snapshot_ref names: its descriptors must be exactly one memfd sealed against
+// writing and resizing, of the announced size and at most max_bytes, holding a Snapshot of the
+// announced version. Any error says what was wrong, for the nack.
+absl::StatusOr<ambit::dataplane::v1::Snapshot> ReadSnapshotFile(
+    const ambit::dataplane::v1::SnapshotRef& ref, const std::vector<UniqueFd>& fds,
+    uint64_t max_bytes);
+
+}  // namespace ambit::tunnel

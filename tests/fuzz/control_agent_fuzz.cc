@@ -1,0 +1,68 @@
+// Control messages from the data plane, as ambitd receives them: DecodeDataPlaneMessage, then what
+// DataPlane and Agent do with each body: a csr_request's CSR goes to the built-in CA's signer (the
+// agent first checks the identity belongs to a pod enrolled on the node; here every one passes),
+// a certificate report becomes the admin API's view.
+// Input: [descriptor count (byte % 4)] [Envelope bytes].
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "agent/common/log.h"
+#include "agent/issuance/ca_server.h"
+#include "agent/issuance/signer.h"
+#include "agent/supervisor/control_message.h"
+#include "agent/supervisor/dataplane.h"
+#include "tests/fuzz/ca_fixture.h"
+#include "tests/fuzz/fuzz_util.h"
+
+namespace pb = ::ambit::dataplane::v1;
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // Rejections are logged as warnings: millions of them would drown the fuzzer's own output.
+  ambit::log::SetLevel("", ambit::log::Level::kError);
+  (void)ambit::fuzz::SharedCa();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static std::unique_ptr<ambit::issuance::Signer> signer =
+      ambit::issuance::MakeLocalSigner(ambit::fuzz::SharedCa());
+  ambit::fuzz::Input in(data, size);
+  size_t fd_count = in.Byte() % 4;
+  auto env = ambit::supervisor::DecodeDataPlaneMessage(in.Rest(), fd_count);
+  if (!env.ok()) {
+    FUZZ_REQUIRE(!env.status().message().empty());
+    return 0;
+  }
+  switch (env->body_case()) {
+    case pb::Envelope::kCsrRequest: {
+      const auto& r = env->csr_request();
+      auto chain = signer->Sign(r.csr_pem(), r.identity(), absl::Hours(1));
+      if (chain.ok()) {
+        // Issued only for exactly what the CSR asked, and a chain to the CA's root.
+        auto uris = ambit::issuance::RequestedUris(r.csr_pem());
+        FUZZ_REQUIRE(uris.ok() && uris->size() == 1 && uris->front() == r.identity());
+        FUZZ_REQUIRE(chain->size() >= 2);
+      }
+      break;
+    }
+    case pb::Envelope::kCertificateReport: {
+      std::vector<ambit::supervisor::CertificateState> certs;
+      for (const auto& c : env->certificate_report().certificates()) {
+        certs.push_back({c.identity(), c.state(), c.serial_hex(), c.issuer(), c.last_error(),
+                         c.not_before_unix(), c.not_after_unix(), c.refs()});
+      }
+      FUZZ_REQUIRE(certs.size() ==
+                   static_cast<size_t>(env->certificate_report().certificates_size()));
+      break;
+    }
+    case pb::Envelope::kAddPod:
+      FUZZ_REQUIRE(static_cast<size_t>(env->add_pod().fds_size()) == fd_count);
+      break;
+    default:
+      break;
+  }
+  return 0;
+}

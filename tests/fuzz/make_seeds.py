@@ -1,0 +1,339 @@
+#!/usr/bin/python3
+"""Regenerates the binary seed corpora of tests/fuzz (HTTP/2 byte streams, control-channel and
+admin protobufs, CSRs and certificates). The YAML and SPIFFE ID seeds are hand-written files.
+Run from anywhere: /usr/bin/python3 tests/fuzz/make_seeds.py. Needs python3-h2,
+python3-cryptography and protoc (all in scripts/setup.sh). Output is deterministic except for the
+key material in the CA seeds."""
+
+import datetime
+import os
+import struct
+import subprocess
+
+import h2.config
+import h2.connection
+import h2.events
+import hpack
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def hbone_header(flags=1, chunk=0, seed=0):
+    return bytes([flags, chunk]) + struct.pack("<H", seed)
+
+
+def frame(ftype, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(
+        ">I", stream) + payload
+
+
+def client_conn():
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False))
+    c.initiate_connection()
+    return c
+
+
+def connect_headers(authority=b"198.18.0.2:8080", extra=True):
+    h = [(b":method", b"CONNECT"), (b":authority", authority)]
+    if extra:
+        h += [(b"forwarded", b'for="198.18.0.1:43210"'),
+              (b"baggage", b"k8s.namespace.name=default,k8s.pod.name=sleep"),
+              (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+    return h
+
+
+def server_seeds():
+    t = "hbone_server"
+    # A tunnel: CONNECT, bytes, half-close; SETTINGS acked.
+    c = client_conn()
+    c.send_headers(1, connect_headers())
+    c.send_data(1, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+    c.end_stream(1)
+    ack = frame(0x4, 0x1, 0, b"")
+    write(t, "connect_data_end", hbone_header(1, 0, 2) + c.data_to_send() + ack)
+    # The same, arriving one byte per read; and in 7-byte reads with the owner answering later.
+    with open(os.path.join(HERE, t, "connect_data_end"), "rb") as f:
+        write(t, "connect_bytewise", hbone_header(1, 1, 5) + f.read()[4:])
+    # Two tunnels, one reset by the client; WINDOW_UPDATE and PING on the connection.
+    c = client_conn()
+    c.send_headers(1, connect_headers())
+    c.send_headers(3, connect_headers(b"[2001:2::10]:443", extra=False))
+    c.send_data(3, b"x" * 1000)
+    c.reset_stream(1)
+    c.increment_flow_control_window(65535)
+    c.ping(b"12345678")
+    write(t, "two_streams_reset", hbone_header(0, 2, 9) + c.data_to_send())
+    # Not CONNECT (400), no authority, a bad authority, port 0.
+    c = client_conn()
+    c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
+                       (b":authority", b"web")], end_stream=True)
+    c.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"not-an-ip:80")])
+    c.send_headers(5, [(b":method", b"CONNECT"), (b":authority", b"198.18.0.2:0")])
+    c.send_headers(7, [(b":method", b"CONNECT")], end_stream=True)
+    write(t, "bad_requests", hbone_header(1, 0, 1) + c.data_to_send())
+    # A header list over 64 KiB (431), then GOAWAY.
+    c = client_conn()
+    c.send_headers(1, connect_headers() + [(b"x-big-%d" % i, b"v" * 1000) for i in range(70)])
+    c.close_connection()
+    write(t, "oversized_headers_goaway", hbone_header(1, 3, 3) + c.data_to_send())
+    # A header block split over CONTINUATION frames (hand-made: h2 never splits).
+    block = hpack.Encoder().encode(connect_headers())
+    c = client_conn()
+    raw = c.data_to_send()
+    half = len(block) // 2
+    raw += frame(0x1, 0x0, 1, block[:half]) + frame(0x9, 0x4, 1, block[half:])
+    raw += frame(0x0, 0x1, 1, b"payload")
+    write(t, "continuation", hbone_header(1, 0, 4) + raw)
+    # Protocol errors: DATA on stream 0, PRIORITY, a padded DATA frame, an unknown frame type.
+    c = client_conn()
+    raw = c.data_to_send()
+    raw += frame(0x1, 0x4, 1, hpack.Encoder().encode(connect_headers()))
+    raw += frame(0x0, 0x8, 1, b"\x03abc\x00\x00\x00")  # padded
+    raw += frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10")  # PRIORITY
+    raw += frame(0xfa, 0x0, 0, b"unknown")
+    raw += frame(0x0, 0x0, 0, b"data on stream zero")
+    write(t, "frames_misc", hbone_header(1, 4, 6) + raw)
+    # Many streams at once (over the advertised 100).
+    c = client_conn()
+    for i in range(110):
+        c.send_headers(1 + 2 * i, connect_headers(b"198.18.0.%d:80" % (i % 250 + 1), False))
+    write(t, "many_streams", hbone_header(1, 0, 7) + c.data_to_send())
+
+
+def client_seeds():
+    t = "hbone_client"
+    def server_for(streams):
+        cli = client_conn()
+        for s in streams:
+            cli.send_headers(s, connect_headers())
+        srv = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            validate_inbound_headers=False))
+        srv.initiate_connection()
+        srv.receive_data(cli.data_to_send())
+        srv.data_to_send()
+        srv.initiate_connection()
+        return srv
+    # 200 then bytes then end; SETTINGS ack.
+    s = server_for([1, 3])
+    s.send_headers(1, [(b":status", b"200")])
+    s.send_data(1, b"HTTP/1.1 200 OK\r\n\r\nhello")
+    s.end_stream(1)
+    s.send_headers(3, [(b":status", b"200")])
+    s.send_data(3, b"y" * 5000)
+    write(t, "ok_data_end", hbone_header(1, 0, 2) + s.data_to_send() + frame(0x4, 0x1, 0, b""))
+    # Deny (401), upstream failure (503), an interim 100 before 200.
+    s = server_for([1, 3])
+    s.send_headers(1, [(b":status", b"401")], end_stream=True)
+    s.send_headers(3, [(b":status", b"100")])
+    s.send_headers(3, [(b":status", b"200")])
+    s.send_data(3, b"after interim")
+    write(t, "deny_and_interim", hbone_header(1, 2, 3) + s.data_to_send())
+    s = server_for([1, 3])
+    s.send_headers(1, [(b":status", b"503")], end_stream=True)
+    s.reset_stream(3, 0x7)
+    s.close_connection(0, last_stream_id=3)
+    write(t, "refused_goaway", hbone_header(0, 1, 4) + s.data_to_send())
+    # A stream limit of 1, a bad status, trailers, a window update; PUSH_PROMISE (not allowed).
+    s = server_for([1])
+    s.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    s.send_headers(1, [(b":status", b"abc")])
+    raw = s.data_to_send()
+    raw += frame(0x1, 0x5, 3, hpack.Encoder().encode([(b":status", b"200")]))
+    raw += frame(0x5, 0x4, 1, b"\x00\x00\x00\x02" + hpack.Encoder().encode(
+        [(b":method", b"GET"), (b":path", b"/")]))
+    raw += frame(0x8, 0x0, 0, b"\x00\x01\x00\x00")
+    write(t, "settings_push_misc", hbone_header(1, 3, 8) + raw)
+
+
+def protoc_encode(message, text):
+    proto = "ambit/dataplane/v1/dataplane.proto" if message.startswith(
+        "ambit.dataplane") else "ambit/admin/v1/admin.proto"
+    return subprocess.run(["protoc", "-I", os.path.join(ROOT, "proto"),
+                           "--encode=" + message, proto], input=text.encode(),
+                          capture_output=True, check=True).stdout
+
+
+def make_ca():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ambit fuzz"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "fuzz root")])
+    now = datetime.datetime(2026, 1, 1)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def csr(uris, dns=(), key=None):
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    names = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns]
+    if names:
+        b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def leaf(ca_key, ca_cert, uri):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime(2026, 1, 1)
+    return pem(x509.CertificateBuilder().subject_name(x509.Name([]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(7)
+               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier(uri)]), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+
+
+def sized(b):
+    return struct.pack("<H", len(b)) + b
+
+
+def ca_seeds(ca_key, ca_cert):
+    t = "ca"
+    write(t, "csr_spiffe", b"\x00" + csr(["spiffe://cluster.local/ns/default/sa/sleep"]))
+    write(t, "csr_two_uris", b"\x00" + csr(["spiffe://cluster.local/ns/a/sa/b",
+                                             "spiffe://cluster.local/ns/c/sa/d"]))
+    write(t, "csr_dns_only", b"\x00" + csr([], ["web.default.svc"]))
+    write(t, "csr_other_domain", b"\x00" + csr(["spiffe://evil.example/ns/a/sa/b"]))
+    write(t, "csr_no_san", b"\x00" + csr([]))
+    write(t, "bundle", b"\x01" + pem(ca_cert) + leaf(ca_key, ca_cert,
+                                                    "spiffe://cluster.local/ns/a/sa/b"))
+    write(t, "key", b"\x01" + key_pem(ca_key))
+    write(t, "cacerts", b"\x02" + sized(pem(ca_cert)) + sized(key_pem(ca_key)) +
+          sized(pem(ca_cert)) + pem(ca_cert))
+    other_key, other = make_ca()
+    write(t, "cacerts_mismatch", b"\x02" + sized(pem(ca_cert)) + sized(key_pem(other_key)) +
+          sized(pem(other)) + pem(ca_cert))
+
+
+def control_seeds(ca_key, ca_cert):
+    env = "ambit.dataplane.v1.Envelope"
+    t = "control_tunnel"
+    write(t, "snapshot", b"\x00" + protoc_encode(env, """
+protocol_version: 2
+snapshot {
+  version: 3 trust_domain: "cluster.local" socket_mark: 1337 root_namespace: "istio-system"
+  workloads { uid: "default/web" namespace: "default" name: "web" service_account: "web"
+    ips: "198.18.0.10" ips: "2001:2::10" node: "node-a" enrolled_here: true in_mesh: true
+    spiffe_id: "spiffe://cluster.local/ns/default/sa/web" labels { key: "app" value: "web" }
+    mtls { mode: MTLS_MODE_STRICT policy: "default/default" port_modes { key: 8081 value: MTLS_MODE_PERMISSIVE } } }
+  workloads { uid: "default/sleep" namespace: "default" name: "sleep" service_account: "sleep"
+    ips: "198.18.0.11" node: "node-b" in_mesh: true spiffe_id: "spiffe://cluster.local/ns/default/sa/sleep" }
+  services { namespace: "default" name: "web" cluster_ips: "198.18.100.1"
+    ports { port: 80 target_port: 8080 protocol: "TCP" } endpoints: "default/web" }
+  authorization_policies { name: "allow-sleep" namespace: "default" action: ALLOW
+    has_selector: true selector { key: "app" value: "web" } has_rules: true
+    rules { from { principals: "cluster.local/ns/default/sa/sleep" ip_blocks: "198.18.0.0/15" }
+            to { ports: "8080" } when { key: "source.ip" values: "198.18.0.11" } } }
+  authorization_policies { name: "deny-9090" namespace: "default" action: DENY has_rules: true
+    rules { to { ports: "9090" not_ports: "1-100" } } }
+  authorization_policies { name: "ext" namespace: "default" action: CUSTOM provider: "ext" has_rules: true rules { } }
+}"""))
+    write(t, "add_pod", b"\x03" + protoc_encode(env, """
+protocol_version: 2
+add_pod { uid: "default/web" namespace: "default" name: "web" service_account: "web"
+  netns_cookie: 4096 ips: "198.18.0.10" ips: "2001:2::10" ips: "bogus"
+  fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 fds: FD_ROLE_HBONE_V4
+  spiffe_id: "spiffe://cluster.local/ns/default/sa/web" }"""))
+    # A snapshot_ref whose sealed file (the fuzz target fills it with the envelope's own bytes)
+    # reads back as a Snapshot of version 2: the envelope's protocol_version is field 1 too.
+    size = 0
+    while True:
+        ref = protoc_encode(env, "protocol_version: 2 snapshot_ref { version: 2 size: %d }" % size)
+        if len(ref) == size:
+            break
+        size = len(ref)
+    write(t, "snapshot_ref", b"\x01" + ref)
+    write(t, "snapshot_ref_wrong_size", b"\x01" + protoc_encode(
+        env, "protocol_version: 2 snapshot_ref { version: 2 size: 4096 }"))
+    write(t, "snapshot_failed", b"\x00" + protoc_encode(
+        env, 'protocol_version: 2 snapshot_failed { version: 9 error: "out of memory" }'))
+    write(t, "maps", b"\x02" + protoc_encode(env, """
+protocol_version: 2 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
+    write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 2 remove_pod { uid: "default/web" }'))
+    write(t, "wrong_version", b"\x00" + protoc_encode(env, 'protocol_version: 1 remove_pod { uid: "x" }'))
+    chain = [leaf(ca_key, ca_cert, "spiffe://cluster.local/ns/fuzz/sa/app").decode(),
+             pem(ca_cert).decode()]
+    text = "protocol_version: 2 csr_response { request_id: 1 %s }" % " ".join(
+        'chain_pem: "%s"' % c.replace("\n", "\\n") for c in chain)
+    write(t, "csr_response", b"\x00" + protoc_encode(env, text))
+    write(t, "csr_error", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_response { request_id: 1 error: "denied" }'))
+    write(t, "trust_bundle", b"\x00" + protoc_encode(env, 'protocol_version: 2 trust_bundle { root_pem: "%s" }' % pem(ca_cert).decode().replace("\n", "\\n")))
+
+    t = "control_agent"
+    c = csr(["spiffe://cluster.local/ns/default/sa/web"]).decode().replace("\n", "\\n")
+    write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
+    write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
+    write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 2 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
+    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 2 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
+    write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 2 ack { version: 3 }"))
+    write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 2 nack { version: 4 error: "bad policy" }'))
+    write(t, "certificate_report", b"\x00" + protoc_encode(env, """
+protocol_version: 2 certificate_report {
+  certificates { identity: "spiffe://cluster.local/ns/default/sa/web" state: "valid" serial_hex: "0a"
+    not_before_unix: 1700000000 not_after_unix: 1700086400 issuer: "O = ambit" refs: 2 }
+  certificates { identity: "spiffe://cluster.local/ns/default/sa/x" state: "failed" last_error: "refused" } }"""))
+
+
+def admin_seeds():
+    t = "admin_api"
+    def req(method, message, text, stats=b""):
+        body = protoc_encode("ambit.admin.v1." + message, text)
+        return bytes([method]) + sized(body) + stats
+    write(t, "check_allowed", req(0, "CheckRequest", 'from: "default/sleep" to: "198.18.0.10" port: 8080'))
+    write(t, "check_pod_name", req(0, "CheckRequest", 'from: "default/sleep" to: "default/web" port: 9090'))
+    write(t, "check_bad_port", req(0, "CheckRequest", 'from: "default/sleep" to: "default/web" port: 70000'))
+    write(t, "check_unknown", req(0, "CheckRequest", 'from: "x/y" to: "2001:2::99" port: 80'))
+    write(t, "log_read", req(1, "LogLevelRequest", ''))
+    write(t, "log_set", req(1, "LogLevelRequest", 'component: "hbone" level: "debug"'))
+    write(t, "log_bad", req(1, "LogLevelRequest", 'component: "" level: "loud"'))
+    stats = protoc_encode("ambit.dataplane.v1.StatsResponse", """
+flows { id: 1 direction: "outbound" pod: "default/sleep" mode: "hbone" mtls: true
+  source { workload: "sleep" namespace: "default" principal: "spiffe://cluster.local/ns/default/sa/sleep" address: "198.18.0.11:43210" }
+  destination { workload: "web" namespace: "default" address: "198.18.0.10:8080" service: "default/web" }
+  policy: "default/allow-sleep" bytes_from_client: 100 bytes_to_client: 2000 start_unix_ms: 1700000000000 }
+flows { id: 2 direction: "inbound" pod: "default/web" mode: "plaintext" start_unix_ms: 9223372036854775807 }
+snapshot_version: 3 pid: 42""")
+    write(t, "connections_all", req(2, "ListConnectionsRequest", '', stats))
+    write(t, "connections_pod", req(2, "ListConnectionsRequest", 'pod: "default/web"', stats))
+
+
+def main():
+    server_seeds()
+    client_seeds()
+    ca_key, ca_cert = make_ca()
+    ca_seeds(ca_key, ca_cert)
+    control_seeds(ca_key, ca_cert)
+    admin_seeds()
+
+
+if __name__ == "__main__":
+    main()

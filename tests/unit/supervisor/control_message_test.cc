@@ -1,0 +1,61 @@
+// ambitd's decoding of control packets from the data plane (agent/supervisor/control_message.h).
+
+#include "agent/supervisor/control_message.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace ambit::supervisor {
+namespace {
+
+namespace pb = ::ambit::dataplane::v1;
+
+pb::Envelope Current() {
+  pb::Envelope env;
+  env.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  return env;
+}
+
+TEST(DecodeDataPlaneMessageTest, AcceptsEachDataPlaneMessage) {
+  pb::Envelope hello = Current();
+  hello.mutable_hello()->set_pod_count(1);
+  EXPECT_TRUE(DecodeDataPlaneMessage(hello.SerializeAsString(), 0).ok());
+
+  pb::Envelope csr = Current();
+  csr.mutable_csr_request()->set_identity("spiffe://cluster.local/ns/a/sa/b");
+  auto decoded = DecodeDataPlaneMessage(csr.SerializeAsString(), 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->csr_request().identity(), "spiffe://cluster.local/ns/a/sa/b");
+
+  pb::Envelope pod = Current();  // a handed-back pod carries its listeners
+  pod.mutable_add_pod()->add_fds(pb::FD_ROLE_NETNS);
+  EXPECT_TRUE(DecodeDataPlaneMessage(pod.SerializeAsString(), 1).ok());
+}
+
+TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
+  EXPECT_EQ(DecodeDataPlaneMessage("\x0a\xff", 0).status().code(), absl::StatusCode::kDataLoss);
+
+  pb::Envelope newer;
+  newer.set_protocol_version(2);
+  newer.mutable_ack()->set_version(1);
+  EXPECT_EQ(DecodeDataPlaneMessage(newer.SerializeAsString(), 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  pb::Envelope snapshot = Current();  // the agent's message
+  snapshot.mutable_snapshot()->set_version(1);
+  EXPECT_EQ(DecodeDataPlaneMessage(snapshot.SerializeAsString(), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  pb::Envelope ack = Current();
+  ack.mutable_ack()->set_version(1);
+  EXPECT_FALSE(DecodeDataPlaneMessage(ack.SerializeAsString(), 2).ok());
+
+  pb::Envelope pod = Current();
+  pod.mutable_add_pod()->add_fds(pb::FD_ROLE_NETNS);
+  pod.mutable_add_pod()->add_fds(pb::FD_ROLE_HBONE);
+  EXPECT_FALSE(DecodeDataPlaneMessage(pod.SerializeAsString(), 1).ok());
+}
+
+}  // namespace
+}  // namespace ambit::supervisor
