@@ -316,7 +316,8 @@ class LogLevels {
 }  // namespace
 
 std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
-    state::ClusterState state, std::vector<authz::PeerAuthentication> peer_authns,
+    std::shared_ptr<const state::ClusterState> state,
+    std::vector<authz::PeerAuthentication> peer_authns,
     std::shared_ptr<const authz::Engine> engine) {
   return std::make_shared<const LiveChecker>(std::move(state), std::move(peer_authns),
                                              std::move(engine));

@@ -18,7 +18,8 @@ namespace ambit::node {
 
 // Answers `ambitctl check` against one configuration. Immutable and thread-safe.
 std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
-    state::ClusterState state, std::vector<authz::PeerAuthentication> peer_authns,
+    std::shared_ptr<const state::ClusterState> state,
+    std::vector<authz::PeerAuthentication> peer_authns,
     std::shared_ptr<const authz::Engine> engine);
 
 // Reads and changes ambitd's log levels; a change is passed on to the data plane serving

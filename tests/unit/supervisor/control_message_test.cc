@@ -53,7 +53,7 @@ TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
 
   pb::Envelope pod = Current();
   pod.mutable_add_pod()->add_fds(pb::FD_ROLE_NETNS);
-  pod.mutable_add_pod()->add_fds(pb::FD_ROLE_HBONE);
+  pod.mutable_add_pod()->add_fds(pb::FD_ROLE_HBONE_V4);
   EXPECT_FALSE(DecodeDataPlaneMessage(pod.SerializeAsString(), 1).ok());
 }
 
