@@ -37,7 +37,7 @@ TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
   EXPECT_EQ(DecodeDataPlaneMessage("\x0a\xff", 0).status().code(), absl::StatusCode::kDataLoss);
 
   pb::Envelope newer;
-  newer.set_protocol_version(2);
+  newer.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT + 1);
   newer.mutable_ack()->set_version(1);
   EXPECT_EQ(DecodeDataPlaneMessage(newer.SerializeAsString(), 0).status().code(),
             absl::StatusCode::kFailedPrecondition);
