@@ -47,5 +47,7 @@ done
 printf '%s\n' "${summary[@]}"
 if [ "${#failed[@]}" -ne 0 ]; then
   echo "fuzz: failed: ${failed[*]}" >&2
-  exit 1
 fi
+# One closing line a CI reader can count.
+echo "fuzz: $((${#summary[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
+[ "${#failed[@]}" -eq 0 ]
