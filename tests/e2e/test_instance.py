@@ -225,7 +225,7 @@ class FailedStartTest(unittest.TestCase):
         # An instance with a capture in place (an earlier agent's, its data plane still running)
         # keeps it when a new agent fails to start.
         self.agent.start()
-        self.agent.wait_log("attached redirect programs")
+        self.agent.wait_log("started data plane")
         tunnel = self.agent.tunnel_pid()
         self.assertIsNotNone(tunnel)
         self.agent.stop()
@@ -247,7 +247,7 @@ class FailedStartTest(unittest.TestCase):
 
     def test_cleanup_reports_what_it_removed(self):
         self.agent.start()
-        self.agent.wait_log("attached redirect programs")
+        self.agent.wait_log("started data plane")
         tunnel = self.agent.tunnel_pid()
         self.agent.stop()
         count = len(pins(self.agent.instance))
