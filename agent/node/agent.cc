@@ -767,6 +767,8 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
       removed.push_back(absl::StrCat("removed ", options.resolved_run_dir()));
     }
   }
+  // The lock file goes with the instance, unless another agent holds it (--force).
+  if (lock.ok()) lock->Remove();
   if (removed.empty()) {
     AMBIT_LOG(kComponent, Info) << "nothing to clean up for instance " << options.instance
                                 << ": no data plane, no BPF pins under " << options.pin_root()

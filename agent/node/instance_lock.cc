@@ -59,17 +59,32 @@ absl::StatusOr<InstanceLock> InstanceLock::Acquire(const std::string& instance) 
   std::filesystem::create_directories(kLockDir, ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", kLockDir, ": ", ec.message()));
   std::string path = PathFor(instance);
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("open lock file ", path));
-  if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
-    if (errno != EWOULDBLOCK) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("lock ", path));
+  UniqueFd fd;
+  // --cleanup unlinks the file while it holds the lock: a lock taken on a file that is no
+  // longer at path is no lock at all, so check and open again (bounded: each retry means some
+  // other process held and removed it in between).
+  for (int attempt = 0;; ++attempt) {
+    fd = UniqueFd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("open lock file ", path));
+    if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+      if (errno != EWOULDBLOCK) {
+        return absl::ErrnoToStatus(errno, absl::StrCat("lock ", path));
+      }
+      pid_t holder = ReadHolder(fd.get());
+      return absl::FailedPreconditionError(absl::StrCat(
+          "instance '", instance, "' is in use by ",
+          holder > 0 ? absl::StrCat("pid ", holder) : std::string("another process"),
+          " (it holds ", path, "); stop that agent first, or pick another --instance"));
     }
-    pid_t holder = ReadHolder(fd.get());
-    return absl::FailedPreconditionError(absl::StrCat(
-        "instance '", instance, "' is in use by ",
-        holder > 0 ? absl::StrCat("pid ", holder) : std::string("another process"),
-        " (it holds ", path, "); stop that agent first, or pick another --instance"));
+    struct stat held, current;
+    if (fstat(fd.get(), &held) == 0 && stat(path.c_str(), &current) == 0 &&
+        held.st_dev == current.st_dev && held.st_ino == current.st_ino) {
+      break;
+    }
+    if (attempt == 10) {
+      return absl::UnavailableError(
+          absl::StrCat("lock file ", path, " keeps being replaced; try again"));
+    }
   }
   std::string pid = absl::StrCat(getpid(), "\n");
   if (ftruncate(fd.get(), 0) < 0 ||
@@ -77,6 +92,12 @@ absl::StatusOr<InstanceLock> InstanceLock::Acquire(const std::string& instance) 
     return absl::ErrnoToStatus(errno, absl::StrCat("write pid to lock file ", path));
   }
   return InstanceLock(std::move(path), std::move(fd));
+}
+
+void InstanceLock::Remove() {
+  // Unlinked before the descriptor closes: whoever opened the old file re-checks and retries.
+  unlink(path_.c_str());
+  fd_.Reset();
 }
 
 }  // namespace ambit::node

@@ -31,6 +31,8 @@ class InstanceLock {
   InstanceLock& operator=(InstanceLock&&) = default;
 
   const std::string& path() const { return path_; }
+  // Releases the lock and removes its file (the instance is gone: --cleanup).
+  void Remove();
 
  private:
   InstanceLock(std::string path, UniqueFd fd) : path_(std::move(path)), fd_(std::move(fd)) {}

@@ -166,7 +166,8 @@ class InstanceLockTest(unittest.TestCase):
         self.assertIn(f"removed {len(self.pins_before)} BPF pins under "
                       f"{pin_root(self.agent.instance)}", out)
         self.assertFalse(os.path.exists(pin_root(self.agent.instance)))
-        self.assertFalse(os.path.exists(self.agent.run_dir))
+        # The running agent still holds the instance: its lock file stays.
+        self.assertTrue(os.path.exists(f"/run/lock/ambit/{self.agent.instance}.lock"))
 
     def test_lock_released_when_agent_stops(self):
         pid = self.agent.proc.pid
@@ -257,6 +258,7 @@ class FailedStartTest(unittest.TestCase):
         self.assertIn(f"stopped data plane pid={tunnel}", out)
         self.assertIn(f"removed {count} BPF pins under {pin_root(self.agent.instance)}", out)
         self.assertIn(f"removed {self.agent.run_dir}", out)
+        self.assertFalse(os.path.exists(f"/run/lock/ambit/{self.agent.instance}.lock"))
         # A second cleanup finds nothing.
         rc, out = ambitd(self.agent.argv("--cleanup"))
         self.assertEqual(rc, 0, out)

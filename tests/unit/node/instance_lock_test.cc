@@ -1,6 +1,7 @@
 #include "agent/node/instance_lock.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -47,6 +48,27 @@ TEST(InstanceLockTest, SecondHolderRefusedWithPidUntilFirstReleases) {
   auto third = InstanceLock::Acquire(instance);
   EXPECT_TRUE(third.ok()) << third.status();
   unlink(path.c_str());
+}
+
+TEST(InstanceLockTest, RemoveFreesTheInstanceWithANewFile) {
+  std::string instance = UniqueInstance("removed");
+  auto path = InstanceLock::PathFor(instance);
+  auto first = InstanceLock::Acquire(instance);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // Opened before the holder removes the file: what a racing agent could still hold.
+  int stale = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(stale, 0);
+  first->Remove();
+  EXPECT_NE(access(path.c_str(), F_OK), 0);
+  auto second = InstanceLock::Acquire(instance);
+  ASSERT_TRUE(second.ok()) << second.status();
+  // The new holder has a new file; the racing one re-checks against it (Acquire).
+  struct stat a, b;
+  ASSERT_EQ(fstat(stale, &a), 0);
+  ASSERT_EQ(stat(path.c_str(), &b), 0);
+  EXPECT_NE(a.st_ino, b.st_ino);
+  close(stale);
+  second->Remove();
 }
 
 TEST(InstanceLockTest, LockIsNotInheritedAcrossExec) {
