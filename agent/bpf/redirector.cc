@@ -89,6 +89,12 @@ Redirector::~Redirector() = default;
 
 absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfig& config) {
   libbpf_set_print(LibbpfPrint);
+  // The attach point first: a wrong --cgroup must fail before anything is pinned.
+  UniqueFd cgroup(open(config.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("open cgroup ", config.cgroup_path,
+                                                   " (the --cgroup attach point)"));
+  }
   AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/links"));
   AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/pods"));
 
@@ -104,12 +110,6 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   std::string legacy_listeners = config.pin_root + "/ambit_listeners";
   if (unlink(legacy_listeners.c_str()) == 0) {
     AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
-  }
-
-  UniqueFd cgroup(open(config.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!cgroup) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("open cgroup ", config.cgroup_path,
-                                                   " (the --cgroup attach point)"));
   }
 
   auto state = std::make_unique<State>(State{config, std::move(skel), {}, {}, {}, {}, {}, {}});
@@ -164,13 +164,24 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   return redirector;
 }
 
-absl::Status Redirector::Cleanup(const std::string& pin_root) {
-  if (!Exists(pin_root)) return absl::OkStatus();
+bool Redirector::HasPinnedLinks(const std::string& pin_root) {
   std::error_code ec;
+  return !std::filesystem::is_empty(pin_root + "/links", ec) && !ec;
+}
+
+absl::StatusOr<uint64_t> Redirector::Cleanup(const std::string& pin_root) {
+  std::error_code ec;
+  if (!std::filesystem::exists(pin_root, ec)) return 0;
+  // Counted first so that the caller reports what was there, not what it asked to remove.
+  uint64_t pins = 0;
+  for (auto it = std::filesystem::recursive_directory_iterator(pin_root, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_directory(ec)) ++pins;
+  }
   // Removing the last reference to a pinned link detaches its program.
   std::filesystem::remove_all(pin_root, ec);
   if (ec) return absl::InternalError(absl::StrCat("remove ", pin_root, ": ", ec.message()));
-  return absl::OkStatus();
+  return pins;
 }
 
 absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,

@@ -40,8 +40,11 @@ struct InboundListenerFds {
 class Redirector {
  public:
   static absl::StatusOr<std::unique_ptr<Redirector>> Open(const RedirectConfig& config);
-  // Detaches and removes everything pinned under pin_root.
-  static absl::Status Cleanup(const std::string& pin_root);
+  // Detaches and removes everything pinned under pin_root; returns how many pinned objects
+  // (links and maps) there were, 0 when pin_root did not exist.
+  static absl::StatusOr<uint64_t> Cleanup(const std::string& pin_root);
+  // True when a run attached programs under pin_root (some agent's capture is in place).
+  static bool HasPinnedLinks(const std::string& pin_root);
 
   ~Redirector();
 

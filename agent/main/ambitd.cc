@@ -67,7 +67,11 @@ ABSL_FLAG(std::string, access_log_format, "text",
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
 ABSL_FLAG(bool, cleanup, false,
-          "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit");
+          "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
+          "refused while an agent of the instance runs (see --force)");
+ABSL_FLAG(bool, force, false,
+          "with --cleanup: clean up even while an agent of the instance runs (its capture and "
+          "enforcement stop)");
 
 namespace {
 
@@ -159,7 +163,7 @@ int main(int argc, char** argv) {
   }
 
   if (absl::GetFlag(FLAGS_cleanup)) {
-    auto status = ambit::node::Agent::Cleanup(options);
+    auto status = ambit::node::Agent::Cleanup(options, absl::GetFlag(FLAGS_force));
     if (!status.ok()) {
       std::cerr << "ambitd: cleanup: " << status.message() << "\n";
       return 1;

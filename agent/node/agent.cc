@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
+#include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
 #include "agent/ca/certificate_authority.h"
@@ -90,7 +91,10 @@ Agent::~Agent() = default;
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   auto agent = std::unique_ptr<Agent>(new Agent(std::move(options)));
-  AMBIT_RETURN_IF_ERROR(agent->Init());
+  if (auto status = agent->Init(); !status.ok()) {
+    agent->RollBackFailedStart();
+    return status;
+  }
   return agent;
 }
 
@@ -99,6 +103,11 @@ absl::Status Agent::Init() {
     return absl::PermissionDeniedError(
         "ambitd must run as root: it loads BPF programs and enters pod network namespaces");
   }
+  // Before anything of the instance is looked at: a second agent must not re-open the first
+  // one's links or remove its enrollments.
+  AMBIT_ASSIGN_OR_RETURN(lock_, InstanceLock::Acquire(options_.instance));
+  fresh_pins_ = !bpf::Redirector::HasPinnedLinks(options_.pin_root());
+  fresh_run_dir_ = !std::filesystem::exists(options_.resolved_run_dir());
   std::vector<std::string> missing = bpf::MissingKernelFeatures();
   if (!missing.empty()) {
     for (const auto& m : missing) AMBIT_LOG(kComponent, Error) << m;
@@ -681,13 +690,93 @@ void Agent::PublishCertificates() {
   admin_state_->SetCertificates(std::move(resp));
 }
 
-absl::Status Agent::Cleanup(const AgentOptions& options) {
-  absl::Status status = supervisor::DataPlane::StopRunning(options.control_socket());
-  status.Update(bpf::Redirector::Cleanup(options.pin_root()));
+void Agent::RollBackFailedStart() {
+  if (!lock_.has_value()) return;  // another agent's instance, or nothing touched
+  std::vector<std::string> removed;
+  if (fresh_pins_) {
+    // The data plane this start may have spawned serves no capture once the pins are gone.
+    if (dataplane_ != nullptr) {
+      if (pid_t pid = dataplane_->Stop(); pid > 0) {
+        removed.push_back(absl::StrCat("data plane pid=", pid));
+      }
+    }
+    dataplane_.reset();
+    redirector_.reset();
+    auto pins = bpf::Redirector::Cleanup(options_.pin_root());
+    if (!pins.ok()) {
+      AMBIT_LOG(kComponent, Error) << "failed start: " << pins.status().message();
+    } else if (*pins > 0) {
+      removed.push_back(absl::StrCat(*pins, " BPF pins under ", options_.pin_root()));
+    }
+  }
+  if (fresh_run_dir_) {
+    admin_server_.reset();
+    std::error_code ec;
+    // Only the entries a start creates: the default run directory is the parent of other
+    // instances' ones, which must survive.
+    std::filesystem::remove(options_.control_socket(), ec);
+    std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
+    std::filesystem::remove(options_.resolved_admin_socket(), ec);
+    if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
+      removed.push_back(options_.resolved_run_dir());
+    } else if (ec) {
+      AMBIT_LOG(kComponent, Warning) << "failed start: could not remove "
+                                     << options_.resolved_run_dir() << ": " << ec.message();
+    }
+  }
+  if (!removed.empty()) {
+    AMBIT_LOG(kComponent, Info) << "failed start: removed what it had created: "
+                                << absl::StrJoin(removed, ", ");
+  }
+}
+
+absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
+  // Held while cleaning, so that no agent starts half-way through.
+  auto lock = InstanceLock::Acquire(options.instance);
+  if (!lock.ok()) {
+    if (!force || absl::IsInvalidArgument(lock.status())) {
+      return absl::Status(lock.status().code(),
+                          absl::StrCat(lock.status().message(),
+                                       absl::IsFailedPrecondition(lock.status())
+                                           ? "; --cleanup --force removes its capture anyway"
+                                           : ""));
+    }
+    AMBIT_LOG(kComponent, Warning) << "--force: cleaning up although " << lock.status().message();
+  }
+  absl::Status status;
+  std::vector<std::string> removed;
+  auto stopped = supervisor::DataPlane::StopRunning(options.control_socket());
+  if (!stopped.ok()) {
+    status.Update(stopped.status());
+  } else if (*stopped > 0) {
+    removed.push_back(absl::StrCat("stopped data plane pid=", *stopped));
+  }
+  auto pins = bpf::Redirector::Cleanup(options.pin_root());
+  if (!pins.ok()) {
+    status.Update(pins.status());
+  } else if (*pins > 0) {
+    removed.push_back(absl::StrCat("removed ", *pins, " BPF pins under ", options.pin_root()));
+  }
   std::error_code ec;
-  std::filesystem::remove_all(options.resolved_run_dir(), ec);
-  AMBIT_LOG(kComponent, Info) << "removed BPF pins under " << options.pin_root() << " and "
-                              << options.resolved_run_dir();
+  if (std::filesystem::exists(options.resolved_run_dir(), ec)) {
+    std::filesystem::remove_all(options.resolved_run_dir(), ec);
+    if (ec) {
+      status.Update(absl::InternalError(
+          absl::StrCat("remove ", options.resolved_run_dir(), ": ", ec.message())));
+    } else {
+      removed.push_back(absl::StrCat("removed ", options.resolved_run_dir()));
+    }
+  }
+  // The lock file goes with the instance, unless another agent holds it (--force).
+  if (lock.ok()) lock->Remove();
+  if (removed.empty()) {
+    AMBIT_LOG(kComponent, Info) << "nothing to clean up for instance " << options.instance
+                                << ": no data plane, no BPF pins under " << options.pin_root()
+                                << ", no " << options.resolved_run_dir();
+  } else {
+    AMBIT_LOG(kComponent, Info) << "cleaned up instance " << options.instance << ": "
+                                << absl::StrJoin(removed, "; ");
+  }
   return status;
 }
 

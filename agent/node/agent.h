@@ -24,6 +24,7 @@
 #include "agent/authz/engine.h"
 #include "agent/enroll/node_netns.h"
 #include "agent/enroll/pod_net.h"
+#include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
 
@@ -83,8 +84,9 @@ class Agent {
   // Runs until SIGTERM/SIGINT. The data plane and the BPF programs stay in place on exit, so a
   // restarted agent picks up where this one left off.
   absl::Status Run();
-  // Stops the data plane, detaches and unpins every BPF object of the instance.
-  static absl::Status Cleanup(const AgentOptions& options);
+  // Stops the data plane, detaches and unpins every BPF object of the instance, and logs what
+  // it found to remove. Refused while an agent of the instance runs, unless force.
+  static absl::Status Cleanup(const AgentOptions& options, bool force);
 
  private:
   struct EnrolledPod {
@@ -97,6 +99,10 @@ class Agent {
 
   explicit Agent(AgentOptions options);
   absl::Status Init();
+  // After Init failed: removes what this start created (the data plane, pins, run directory)
+  // when the instance had nothing in place before, so a failed start leaves no capture that no
+  // agent manages. An instance that was running keeps its pins and data plane.
+  void RollBackFailedStart();
   absl::Status InitCertificates();
   void OnCsrRequest(supervisor::CsrRequest request);
   void OnCertificateReport(std::vector<supervisor::CertificateState> certs);
@@ -120,6 +126,10 @@ class Agent {
   uint32_t FreeSlot() const;
 
   AgentOptions options_;
+  // Held for the agent's lifetime; first, so that it is released last.
+  std::optional<InstanceLock> lock_;
+  bool fresh_pins_ = false;     // no programs were attached for the instance when Init began
+  bool fresh_run_dir_ = false;  // Init created the run directory
   std::unique_ptr<bpf::Redirector> redirector_;
   std::unique_ptr<config::ConfigSource> source_;
   std::unique_ptr<supervisor::DataPlane> dataplane_;

@@ -175,6 +175,20 @@ std::string DataPlane::Reap() {
   return how;
 }
 
+pid_t DataPlane::Stop() {
+  if (!pidfd_) return 0;
+  pid_t pid = pid_;
+  control_.Reset();
+  syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGTERM, nullptr, 0);
+  pollfd p{pidfd_.get(), POLLIN, 0};
+  if (poll(&p, 1, 5000) == 0) {
+    syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  }
+  std::string how = Reap();
+  AMBIT_LOG(kComponent, Info) << "stopped data plane pid=" << pid << " (" << how << ")";
+  return pid;
+}
+
 absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
     const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
   auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
@@ -191,10 +205,10 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
   return response;
 }
 
-absl::Status DataPlane::StopRunning(const std::string& control_socket) {
+absl::StatusOr<pid_t> DataPlane::StopRunning(const std::string& control_socket) {
   DataPlane probe(Options{"", control_socket, {}});
   auto fd = probe.TryConnect();
-  if (!fd.ok()) return absl::OkStatus();  // nothing running
+  if (!fd.ok()) return 0;  // nothing running
   probe.control_ = std::move(*fd);
   AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(probe.control_.get(), 5000));
   pid_t pid = hello.first.hello().pid();
@@ -208,7 +222,7 @@ absl::Status DataPlane::StopRunning(const std::string& control_socket) {
     syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
   }
   AMBIT_LOG(kComponent, Info) << "stopped data plane pid=" << pid;
-  return absl::OkStatus();
+  return pid;
 }
 
 absl::Status DataPlane::OnControlReadable() {

@@ -92,7 +92,8 @@ class DataPlane {
   // running data plane handed back (empty for a fresh one).
   absl::StatusOr<std::vector<HandedBackPod>> Connect();
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
-  static absl::Status StopRunning(const std::string& control_socket);
+  // Returns its PID, or 0 when nothing answered on control_socket.
+  static absl::StatusOr<pid_t> StopRunning(const std::string& control_socket);
   // Asks the data plane serving control_socket for its live connections and counters (and
   // passes it log-level changes), through its stats socket. Thread-safe (its own connection per
   // call); bounded by a few seconds.
@@ -105,6 +106,9 @@ class DataPlane {
   int control_fd() const { return control_.get(); }
   // Reaps the exited process; returns a description of how it ended.
   std::string Reap();
+  // Ends the data plane this object connected to (SIGTERM, SIGKILL after 5s) and reaps it if
+  // it is our child; returns its PID, or 0 when none was connected.
+  pid_t Stop();
   // What the data plane asks of or tells the agent, delivered from OnControlReadable.
   std::function<void(CsrRequest)> on_csr_request;
   std::function<void(std::vector<CertificateState>)> on_certificate_report;
