@@ -353,7 +353,7 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     if (absl::Now() < r->second.deadline) {
       return absl::UnavailableError(absl::StrCat(
           "the data plane has not yet released the listeners of pod ", r->second.uid,
-          " in this network namespace; enrolling once it has"));
+          " in this network namespace (waiting for it)"));
     }
     AMBIT_LOG(kComponent, Warning) << "the data plane did not confirm the removal of pod "
                                    << r->second.uid << " within " << kReleaseTimeout

@@ -7,6 +7,9 @@
   `ambitctl workloads`), the peer's traffic reaches it again, and no bind ever failed with
   "Address already in use". Without the data plane's pod_removed answer, the inbound HBONE
   connection of the peer kept b's listeners open for as long as the peer kept sending.
+- ReenrollTest.test_replaced_pod_waits_for_release: b is replaced in one write by b2 with the
+  same network namespace (and address): b2 waits for the data plane's pod_removed of b instead
+  of racing it for the ports, and is enrolled within a second.
 """
 
 import json
@@ -123,12 +126,12 @@ class ReenrollTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.topo.close()
 
-    def workload_b(self):
+    def workload_b(self, name="b"):
         r = run(AMBITCTL, "workloads", "-o", "json", "--admin-socket", self.n2.admin_socket,
                 check=False)
         self.assertEqual(r.returncode, 0, r.stderr)
         for w in json.loads(r.stdout)["workloads"]:
-            if w["namespace"] == "backend" and w["name"] == "b":
+            if w["namespace"] == "backend" and w["name"] == name:
                 return w
         return None
 
@@ -197,11 +200,43 @@ class ReenrollTest(unittest.TestCase):
                   file=sys.stderr)
             logs = self.n2.logs()
             self.assertNotIn("Address already in use", logs)
-            self.assertNotIn("enroll pod backend/b", logs)  # never failed, never retried
+            self.assertNotIn("enroll pod backend/b (", logs)  # never failed, never retried
         finally:
             sender.stop()
             server.kill()
             server.wait(timeout=10)
+
+    def test_replaced_pod_waits_for_release(self):
+        if (self.workload_b() or {}).get("role") != "enrolled":
+            self.topo.write_pods(self.n2, [self.a, self.b])
+            wait_for(lambda: (self.workload_b() or {}).get("role") == "enrolled",
+                     "b enrolled", 10)
+        self.n2.wait_log(f"certificate {API} valid")
+        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(server)
+        sender = Sender(self.a, self.b.ip4, PORT)
+        try:
+            sender.wait_oks(time.time(), 10, timeout=20)
+            b2 = self.b.yaml().replace("  name: b\n", "  name: b2\n")
+            self.assertIn("name: b2", b2)
+            self.n2.write_config("pods.yaml", "---\n".join([self.a.yaml(), b2]))
+            rewritten = time.time()
+            self.n2.wait_log("enrolled pod backend/b2 ", timeout=5)
+            enrolled_in = time.time() - rewritten
+            self.assertLess(enrolled_in, 1.5, "b2 waited for the retry timer, not pod_removed")
+            wait_for(lambda: (self.workload_b("b2") or {}).get("role") == "enrolled",
+                     "ambitctl workloads to show b2 enrolled", 5)
+            sender.wait_oks(rewritten, 10, timeout=10)
+            print(f"\nb2 enrolled {enrolled_in:.2f}s after the write", file=sys.stderr)
+            logs = self.n2.logs()
+            self.assertIn("has not yet released the listeners of pod backend/b", logs)
+            self.assertNotIn("Address already in use", logs)
+        finally:
+            sender.stop()
+            server.kill()
+            server.wait(timeout=10)
+            self.topo.write_pods(self.n2, [self.a, self.b])
 
 
 if __name__ == "__main__":
