@@ -351,13 +351,13 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
   if (auto r = releasing_.find(e.netns_cookie); r != releasing_.end()) {
     if (absl::Now() < r->second.deadline) {
-      return absl::UnavailableError(absl::StrCat(
-          "the data plane has not yet released the listeners of pod ", r->second.uid,
-          " in this network namespace (waiting for it)"));
+      return absl::UnavailableError(
+          absl::StrCat("the data plane has not yet released the listeners of pod ", r->second.uid,
+                       " in this network namespace (waiting for it)"));
     }
-    AMBIT_LOG(kComponent, Warning) << "the data plane did not confirm the removal of pod "
-                                   << r->second.uid << " within " << kReleaseTimeout
-                                   << "; enrolling pod " << pod.Key() << " in its netns anyway";
+    AMBIT_LOG(kComponent, Warning)
+        << "the data plane did not confirm the removal of pod " << r->second.uid << " within "
+        << kReleaseTimeout << "; enrolling pod " << pod.Key() << " in its netns anyway";
     releasing_.erase(r);
   }
   bool adopted = false;

@@ -44,8 +44,6 @@ constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
 // How long the workers have to drop a removed pod before the removal is answered anyway.
 constexpr absl::Duration kRemoveTimeout = absl::Seconds(2);
 
-
-
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -447,9 +445,9 @@ absl::Status Tunnel::RemovePod(const std::string& uid) {
   auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(kRemoveTimeout);
   for (size_t i = 0; i < dropped.size(); ++i) {
     if (dropped[i].wait_until(deadline) != std::future_status::ready) {
-      AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": worker " << i
-                                     << " did not answer within " << kRemoveTimeout
-                                     << "; its listeners are shut down regardless";
+      AMBIT_LOG(kComponent, Warning)
+          << "remove pod " << uid << ": worker " << i << " did not answer within " << kRemoveTimeout
+          << "; its listeners are shut down regardless";
       break;
     }
   }
@@ -458,8 +456,8 @@ absl::Status Tunnel::RemovePod(const std::string& uid) {
     // holds a descriptor of it, so the agent's new bind (SO_REUSEADDR) of the same port
     // succeeds even if a reference outlived the wait above. Connections still queued in its
     // backlog are reset; they were for a pod that is gone.
-    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4,
-                               &pod->plain_v6, &pod->hbone_v4, &pod->hbone_v6}) {
+    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4, &pod->plain_v6,
+                               &pod->hbone_v4, &pod->hbone_v6}) {
       if (*fd) shutdown(fd->get(), SHUT_RDWR);
     }
     pod.reset();

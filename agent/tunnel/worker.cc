@@ -163,9 +163,7 @@ void Worker::RemovePod(const std::string& uid, std::function<void()> done) {
   if (!done) return;
   // What was released above is freed by deferred calls of this batch; deferred calls queued by
   // those run in the next pass, so `done` goes one pass later still.
-  loop_->Defer([this, done = std::move(done)]() mutable {
-    loop_->Defer(std::move(done));
-  });
+  loop_->Defer([this, done = std::move(done)]() mutable { loop_->Defer(std::move(done)); });
 }
 
 void Worker::DropListeners(const std::string& uid) {
