@@ -10,6 +10,9 @@
 - ReenrollTest.test_replaced_pod_waits_for_release: b is replaced in one write by b2 with the
   same network namespace (and address): b2 waits for the data plane's pod_removed of b instead
   of racing it for the ports, and is enrolled within a second.
+- ReenrollTest.test_sender_pod_removed_closes_its_pooled_connections: a (node1), the sending
+  side, is removed: its pooled HBONE connection closes at once (not after the 30 s idle
+  timeout), nothing listens in it any more, and written back it sends through the mesh again.
 """
 
 import json
@@ -157,6 +160,8 @@ class ReenrollTest(unittest.TestCase):
         return last
 
     def test_removed_pod_with_inbound_traffic_enrolls_again(self):
+        # Runs first (unittest's order is by name): node2 has never enrolled b yet.
+        self.assertIsNone(self.workload_b(), "b is in node2's configuration already")
         tunnel = self.n2.tunnel_pid()
         baseline = self.settled_fd_count(tunnel)
 
@@ -237,6 +242,48 @@ class ReenrollTest(unittest.TestCase):
             server.kill()
             server.wait(timeout=10)
             self.topo.write_pods(self.n2, [self.a, self.b])
+
+    def hbone_connections_from_a(self):
+        r = self.a.run(["ss", "-Htn", "state", "established", "( dport = :15008 )"],
+                       in_cgroup=False)
+        return len([line for line in r.stdout.splitlines() if line.strip()])
+
+    def test_sender_pod_removed_closes_its_pooled_connections(self):
+        if (self.workload_b() or {}).get("role") != "enrolled":
+            self.topo.write_pods(self.n2, [self.a, self.b])
+            wait_for(lambda: (self.workload_b() or {}).get("role") == "enrolled",
+                     "b enrolled", 10)
+        self.n2.wait_log(f"certificate {API} valid")
+        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(server)
+        sender = Sender(self.a, self.b.ip4, PORT)
+        try:
+            sender.wait_oks(time.time(), 10, timeout=20)
+            self.assertEqual(self.hbone_connections_from_a(), 1)
+            enrolled = self.n1.logs().count("enrolled pod default/a ")
+            self.topo.write_pods(self.n1, [self.b])
+            self.n1.wait_log("removed pod default/a")
+            wait_for(lambda: self.hbone_connections_from_a() == 0,
+                     "a's pooled HBONE connection to close", 3)
+            ports = set()
+            for line in self.a.run(["ss", "-Hltn"], in_cgroup=False).stdout.splitlines():
+                ports.add(int(line.split()[3].rsplit(":", 1)[1]))
+            self.assertEqual(ports & {15001, 15006, 15008}, set())
+
+            time.sleep(0.5)
+            self.topo.write_pods(self.n1, [self.a, self.b])
+            rewritten = time.time()
+            self.n1.wait_log("enrolled pod default/a ", count=enrolled + 1, timeout=5)
+            sender.wait_oks(rewritten, 10, timeout=10)
+            wait_for(lambda: self.hbone_connections_from_a() == 1,
+                     "a's traffic in HBONE again", 5)
+            self.assertNotIn("Address already in use", self.n1.logs())
+        finally:
+            sender.stop()
+            server.kill()
+            server.wait(timeout=10)
+            self.topo.write_pods(self.n1, [self.a, self.b])
 
 
 if __name__ == "__main__":
