@@ -42,6 +42,9 @@ enum : uint64_t {
 };
 constexpr int64_t kMaxBackoffMs = 10000;
 constexpr int64_t kRetryMs = 2000;
+// How long a removed pod's netns waits for the data plane's pod_removed before it is enrolled
+// again regardless (the data plane answers within about two seconds).
+constexpr absl::Duration kReleaseTimeout = absl::Seconds(5);
 
 int64_t NowMs() {
   timespec ts;
@@ -196,6 +199,7 @@ absl::Status Agent::Init() {
   dataplane_->on_certificate_report = [this](std::vector<supervisor::CertificateState> c) {
     OnCertificateReport(std::move(c));
   };
+  dataplane_->on_pod_removed = [this](const std::string& uid) { OnPodRemoved(uid); };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
   Apply(source_->Current());  // publishes the views and the health readiness reads
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
@@ -207,6 +211,9 @@ absl::Status Agent::Init() {
 absl::Status Agent::ConnectDataPlane() {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
   dataplane_started_ms_ = NowMs();
+  // A data plane that restarted holds nothing of removed pods; one that stayed up handled the
+  // removals before this session (one socket, in order), and has not re-sent what it dropped.
+  releasing_.clear();
   for (auto& pod : handed_back) {
     uint64_t cookie = pod.netns_cookie;
     handed_back_.emplace(cookie, std::move(pod));
@@ -319,7 +326,21 @@ void Agent::Reconcile() {
     if (dataplane_->connected()) (void)dataplane_->SendRemovePod(pod.uid);
   }
   handed_back_.clear();
-  if (!failed_.empty()) ArmTimer(retry_timer_.get(), kRetryMs);
+  if (!failed_.empty()) {
+    // A pod waiting for a release retries when the release is due at the latest.
+    int64_t retry_ms = kRetryMs;
+    const absl::Time now = absl::Now();
+    for (auto it = releasing_.begin(); it != releasing_.end();) {
+      if (it->second.deadline <= now) {  // no longer holds anything back
+        it = releasing_.erase(it);
+        continue;
+      }
+      retry_ms = std::min<int64_t>(
+          retry_ms, std::max<int64_t>(1, absl::ToInt64Milliseconds(it->second.deadline - now)));
+      ++it;
+    }
+    ArmTimer(retry_timer_.get(), retry_ms);
+  }
   SendSnapshot();
   PublishViews();
 }
@@ -337,6 +358,17 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
                                                "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
+  if (auto r = releasing_.find(e.netns_cookie); r != releasing_.end()) {
+    if (absl::Now() < r->second.deadline) {
+      return absl::UnavailableError(
+          absl::StrCat("the data plane has not yet released the listeners of pod ", r->second.uid,
+                       " in this network namespace (waiting for it)"));
+    }
+    AMBIT_LOG(kComponent, Warning)
+        << "the data plane did not confirm the removal of pod " << r->second.uid << " within "
+        << kReleaseTimeout << "; enrolling pod " << pod.Key() << " in its netns anyway";
+    releasing_.erase(r);
+  }
   bool adopted = false;
   auto hb = handed_back_.find(e.netns_cookie);
   auto pinned = pinned_slots_.find(e.netns_cookie);
@@ -380,9 +412,25 @@ void Agent::Unenroll(const std::string& uid) {
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
   }
-  if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
+  if (dataplane_->connected() && dataplane_->SendRemovePod(uid).ok()) {
+    releasing_[it->second.netns_cookie] = {uid, absl::Now() + kReleaseTimeout};
+  }
   AMBIT_LOG(kComponent, Info) << "removed pod " << uid;
   enrolled_.erase(it);
+}
+
+void Agent::OnPodRemoved(const std::string& uid) {
+  bool waited_on = false;
+  for (auto it = releasing_.begin(); it != releasing_.end();) {
+    if (it->second.uid == uid) {
+      it = releasing_.erase(it);
+      waited_on = true;
+    } else {
+      ++it;
+    }
+  }
+  // A pod waiting for this netns is enrolled now, not at the next retry.
+  if (waited_on && !failed_.empty()) ArmTimer(retry_timer_.get(), 0);
 }
 
 absl::Status Agent::SendPod(const EnrolledPod& e) {

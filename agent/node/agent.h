@@ -119,6 +119,7 @@ class Agent {
   // *refused: the pod names a namespace it may never have (NodeNetnsGuard); not retried.
   absl::Status Enroll(const state::Pod& pod, bool* refused);
   void Unenroll(const std::string& uid);
+  void OnPodRemoved(const std::string& uid);
   absl::Status SendPod(const EnrolledPod& pod);
   void SendSnapshot();
   void OnDataPlaneExit();
@@ -154,6 +155,14 @@ class Agent {
   std::map<uint64_t, uint32_t> pinned_slots_;
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
   std::map<std::string, std::string> failed_;  // uid -> last enroll error
+  // Pods removed from the data plane that has not yet said it released them (pod_removed), by
+  // netns cookie: until then its listeners may still hold the pod's ports, so the same netns is
+  // not enrolled again (bounded by `deadline`, for a data plane that never answers).
+  struct Releasing {
+    std::string uid;
+    absl::Time deadline;
+  };
+  std::map<uint64_t, Releasing> releasing_;
   // uid -> why the pod is not enrolled and will not be until its configuration changes (it names
   // the node's own network namespace). Logged once per reason, not retried.
   std::map<std::string, std::string> refused_;

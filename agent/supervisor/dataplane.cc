@@ -250,6 +250,9 @@ absl::Status DataPlane::OnControlReadable() {
                        c.not_before_unix(), c.not_after_unix(), c.refs()});
     }
     if (on_certificate_report) on_certificate_report(std::move(certs));
+  } else if (msg.first.has_pod_removed()) {
+    AMBIT_LOG(kComponent, Debug) << "data plane released pod " << msg.first.pod_removed().uid();
+    if (on_pod_removed) on_pod_removed(msg.first.pod_removed().uid());
   }
   return absl::OkStatus();
 }

@@ -112,6 +112,8 @@ class DataPlane {
   // What the data plane asks of or tells the agent, delivered from OnControlReadable.
   std::function<void(CsrRequest)> on_csr_request;
   std::function<void(std::vector<CertificateState>)> on_certificate_report;
+  // The data plane has released everything it held for the pod (the answer to SendRemovePod).
+  std::function<void(const std::string& uid)> on_pod_removed;
   // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
 

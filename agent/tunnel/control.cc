@@ -41,8 +41,8 @@ enum : uint64_t {
 };
 // How long one stats exchange may take, each way, and how long workers have to answer.
 constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
-
-
+// How long the workers have to drop a removed pod before the removal is answered anyway.
+constexpr absl::Duration kRemoveTimeout = absl::Seconds(2);
 
 absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
   epoll_event ev{};
@@ -362,18 +362,8 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
                                   << " netns_cookie=" << shared->netns_cookie;
       return absl::OkStatus();
     }
-    case pb::Envelope::kRemovePod: {
-      std::string uid = env.remove_pod().uid();
-      waiting_for_cert_.erase(uid);
-      auto it = pods_.find(uid);
-      if (it != pods_.end()) {
-        if (!it->second->spiffe_id.empty()) certs_->Release(it->second->spiffe_id);
-        pods_.erase(it);
-      }
-      for (auto& w : workers_) w->Post([uid](Worker& worker) { worker.RemovePod(uid); });
-      AMBIT_LOG(kComponent, Info) << "stopped serving pod " << uid;
-      return absl::OkStatus();
-    }
+    case pb::Envelope::kRemovePod:
+      return RemovePod(env.remove_pod().uid());
     case pb::Envelope::kSnapshot:
       return ApplySnapshot(env.snapshot());
     case pb::Envelope::kSnapshotRef: {
@@ -409,6 +399,53 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
   }
+}
+
+absl::Status Tunnel::RemovePod(const std::string& uid) {
+  waiting_for_cert_.erase(uid);
+  std::shared_ptr<const Pod> pod;
+  auto it = pods_.find(uid);
+  if (it != pods_.end()) {
+    pod = std::move(it->second);
+    if (!pod->spiffe_id.empty()) certs_->Release(pod->spiffe_id);
+    pods_.erase(it);
+  }
+  // Every worker drops the pod and says so once what it held is freed. The agent may bind the
+  // same ports in the pod's netns as soon as it reads the answer, so the answer waits (bounded,
+  // like a stats request) for all of them.
+  std::vector<std::future<void>> dropped;
+  for (auto& w : workers_) {
+    auto promise = std::make_shared<std::promise<void>>();
+    dropped.push_back(promise->get_future());
+    w->Post([uid, promise](Worker& worker) {
+      worker.RemovePod(uid, [promise] { promise->set_value(); });
+    });
+  }
+  auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(kRemoveTimeout);
+  for (size_t i = 0; i < dropped.size(); ++i) {
+    if (dropped[i].wait_until(deadline) != std::future_status::ready) {
+      AMBIT_LOG(kComponent, Warning)
+          << "remove pod " << uid << ": worker " << i << " did not answer within " << kRemoveTimeout
+          << "; its listeners are shut down regardless";
+      break;
+    }
+  }
+  if (pod != nullptr) {
+    // A listening socket that is shut down leaves the listening hash at once, whoever still
+    // holds a descriptor of it, so the agent's new bind (SO_REUSEADDR) of the same port
+    // succeeds even if a reference outlived the wait above. Connections still queued in its
+    // backlog are reset; they were for a pod that is gone.
+    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4, &pod->plain_v6,
+                               &pod->hbone_v4, &pod->hbone_v6}) {
+      if (*fd) shutdown(fd->get(), SHUT_RDWR);
+    }
+    pod.reset();
+  }
+  AMBIT_LOG(kComponent, Info) << "stopped serving pod " << uid;
+  pb::Envelope removed;
+  removed.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  removed.mutable_pod_removed()->set_uid(uid);
+  return Send(removed, {});
 }
 
 absl::Status Tunnel::ApplySnapshot(const pb::Snapshot& snapshot) {

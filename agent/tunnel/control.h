@@ -52,6 +52,8 @@ class Tunnel : public tls::CsrSigner {
   absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
   absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
   absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map);
+  // Stops serving the pod on every worker, releases its listeners, and answers pod_removed.
+  absl::Status RemovePod(const std::string& uid);
   // Installs a configuration on every worker and acks it; lifts a fail-closed state it supersedes.
   absl::Status ApplySnapshot(const dataplane::v1::Snapshot& snapshot);
   // Nacks a configuration that cannot be applied, and fails closed.

@@ -44,6 +44,28 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
   return *session;
 }
 
+size_t HbonePool::DropPod(const std::string& src_uid) {
+  std::vector<std::shared_ptr<hbone::HboneSession>> doomed;
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    if (std::get<0>(it->first) != src_uid) {
+      ++it;
+      continue;
+    }
+    for (auto& s : it->second) {
+      keys_.erase(s.get());
+      idle_.erase(s.get());
+      doomed.push_back(std::move(s));
+    }
+    it = pools_.erase(it);
+  }
+  // Forgotten first: a session that closes inside Shutdown finds no entry to touch.
+  for (const auto& s : doomed) s->Shutdown();
+  size_t n = doomed.size();
+  // After the GOAWAY's flush (deferred before this); the destructor closes the socket at once.
+  if (n > 0) worker_.loop().Defer([doomed = std::move(doomed)] {});
+  return n;
+}
+
 void HbonePool::OnIdle(hbone::HboneSession& session) {
   if (keys_.find(&session) == keys_.end()) return;
   IdleState& state = idle_[&session];
@@ -123,6 +145,22 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
     return;
   }
   sessions_[session->get()] = Entry{*session, std::move(pod), *peer, *local};
+}
+
+size_t InboundSessions::DropPod(const std::string& uid) {
+  std::vector<std::shared_ptr<hbone::HboneSession>> doomed;
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->second.pod->uid != uid) {
+      ++it;
+      continue;
+    }
+    doomed.push_back(std::move(it->second.session));
+    it = sessions_.erase(it);
+  }
+  for (const auto& s : doomed) s->Shutdown();
+  size_t n = doomed.size();
+  if (n > 0) worker_.loop().Defer([doomed = std::move(doomed)] {});
+  return n;
 }
 
 hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,

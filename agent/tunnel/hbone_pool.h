@@ -35,6 +35,9 @@ class HbonePool final : public hbone::SessionDelegate {
       const std::string& dst_identity, const SocketAddress& dst);
 
   size_t sessions() const { return keys_.size(); }
+  // Closes every connection opened for `src_uid` (GOAWAY, then the socket once this batch of
+  // events is done); their streams must have been reset already. Returns how many.
+  size_t DropPod(const std::string& src_uid);
 
   void OnIdle(hbone::HboneSession& session) override;
   void OnSessionClosed(hbone::HboneSession& session, const absl::Status& status) override;
@@ -69,6 +72,9 @@ class InboundSessions final : public hbone::SessionDelegate {
 
   // Takes an accepted connection on `pod`'s 15008 listener.
   void Accept(std::shared_ptr<const Pod> pod, UniqueFd fd);
+  // Closes every connection to the pod `uid` (GOAWAY, then the socket once this batch of events
+  // is done) and lets go of the pod; their streams must have been reset already. Returns how many.
+  size_t DropPod(const std::string& uid);
 
   hbone::StreamObserver* OnConnect(hbone::HboneSession& session, hbone::StreamId stream,
                                    const hbone::ConnectRequest& request) override;

@@ -118,7 +118,7 @@ void Worker::Post(std::function<void(Worker&)> fn) {
 }
 
 void Worker::AddPod(std::shared_ptr<const Pod> pod) {
-  RemovePod(pod->uid);
+  DropListeners(pod->uid);
   auto& list = listeners_[pod->uid];
   auto add = [&](const UniqueFd& fd, ListenerKind kind) {
     if (!fd) return;
@@ -140,7 +140,33 @@ void Worker::AddPod(std::shared_ptr<const Pod> pod) {
   add(pod->hbone_v6, ListenerKind::kHbone);
 }
 
-void Worker::RemovePod(const std::string& uid) {
+void Worker::RemovePod(const std::string& uid, std::function<void()> done) {
+  DropListeners(uid);
+  // Live connections hold sessions (and inbound sessions hold the pod): end them first, so the
+  // sessions below are no longer in use when they close.
+  std::vector<Flow*> live;
+  for (const auto& [raw, flow] : connections_) {
+    if (!flow->retired_ && flow->record_.pod == uid) live.push_back(raw);
+  }
+  for (Flow* f : live) {
+    std::string reason = absl::StrCat("pod ", uid, " removed");
+    f->SetEnd("-", reason);
+    f->Reset(reason);
+  }
+  size_t pooled = pool_->DropPod(uid);
+  size_t inbound = inbound_->DropPod(uid);
+  if (!live.empty() || pooled > 0 || inbound > 0) {
+    AMBIT_LOG(kComponent, Info) << "worker " << index_ << ": pod " << uid << " removed: reset "
+                                << live.size() << " connection(s), closed " << pooled
+                                << " pooled and " << inbound << " inbound HBONE connection(s)";
+  }
+  if (!done) return;
+  // What was released above is freed by deferred calls of this batch; deferred calls queued by
+  // those run in the next pass, so `done` goes one pass later still.
+  loop_->Defer([this, done = std::move(done)]() mutable { loop_->Defer(std::move(done)); });
+}
+
+void Worker::DropListeners(const std::string& uid) {
   auto it = listeners_.find(uid);
   if (it == listeners_.end()) return;
   for (auto& l : it->second) {

@@ -112,7 +112,11 @@ class Worker {
   void CollectStats(bool connections, bool metrics, ambit::dataplane::v1::StatsResponse* out);
   // Never null: an empty snapshot until the first configuration arrives.
   const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
-  void RemovePod(const std::string& uid);
+  // Drops everything this worker holds for the pod: stops accepting on its listeners, resets
+  // its live connections (either direction) and closes its pooled outbound and its inbound HBONE
+  // connections. Their last references to the pod, and so to its listener descriptors, go after
+  // the current batch of events; `done` (if set) runs after that.
+  void RemovePod(const std::string& uid, std::function<void()> done = nullptr);
   EventLoop& loop() { return *loop_; }
   absl::Status Watch(int fd, uint32_t events, EventHandler* handler) {
     return loop_->Watch(fd, events, handler);
@@ -130,6 +134,8 @@ class Worker {
  private:
   class ListenerHandler;
   class TaskHandler;
+  // Stops watching the pod's listeners (replaced or removed); its connections are untouched.
+  void DropListeners(const std::string& uid);
   Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
          std::unique_ptr<EpollLoop> loop);
 
