@@ -31,6 +31,11 @@ TEST(DecodeDataPlaneMessageTest, AcceptsEachDataPlaneMessage) {
   pb::Envelope pod = Current();  // a handed-back pod carries its listeners
   pod.mutable_add_pod()->add_fds(pb::FD_ROLE_NETNS);
   EXPECT_TRUE(DecodeDataPlaneMessage(pod.SerializeAsString(), 1).ok());
+
+  pb::Envelope removed = Current();  // a removed pod fully released
+  removed.mutable_pod_removed()->set_uid("default/web");
+  EXPECT_TRUE(DecodeDataPlaneMessage(removed.SerializeAsString(), 0).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(removed.SerializeAsString(), 1).ok());
 }
 
 TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
