@@ -87,12 +87,9 @@ while not got.endswith(b"\n"):
 print(json.dumps({"reply": got.decode()}), flush=True)
 """
 
-# One CONNECT with a real HTTP/2 client (Python ssl + h2) holding an SVID; prints the status and
-# the "ambit-error" header of the answer.
-ONE_CONNECT = r"""
-import json, os, socket, ssl, sys
-import h2.config, h2.connection, h2.events
-certdir, host, authority = sys.argv[1], sys.argv[2], sys.argv[3]
+# An HTTP/2 client over TLS 1.3 to host:15008 presenting the SVID in certdir (`certdir` and
+# `host` set before it): the start of every client program below.
+H2_CLIENT = r"""
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.minimum_version = ssl.TLSVersion.TLSv1_3
 ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
@@ -103,7 +100,15 @@ tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
 conn = h2.connection.H2Connection(h2.config.H2Configuration(
     client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
 conn.initiate_connection()
-sid = conn.get_next_available_stream_id()
+"""
+
+# One CONNECT with a real HTTP/2 client (Python ssl + h2) holding an SVID; prints the status and
+# the "ambit-error" header of the answer.
+ONE_CONNECT = r"""
+import json, os, socket, ssl, sys
+import h2.config, h2.connection, h2.events
+certdir, host, authority = sys.argv[1], sys.argv[2], sys.argv[3]
+""" + H2_CLIENT + r"""sid = conn.get_next_available_stream_id()
 conn.send_headers(sid, [(":method", "CONNECT"), (":authority", authority)])
 tls.sendall(conn.data_to_send())
 out = {}
@@ -127,17 +132,7 @@ RAPID_RESET = r"""
 import json, os, socket, ssl, sys, time
 import h2.config, h2.connection, h2.events, h2.errors
 certdir, host, authority, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
-ctx.load_verify_locations(os.path.join(certdir, "root.pem"))
-ctx.check_hostname = False
-ctx.set_alpn_protocols(["h2"])
-tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
-conn = h2.connection.H2Connection(h2.config.H2Configuration(
-    client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
-conn.initiate_connection()
-tls.sendall(conn.data_to_send())
+""" + H2_CLIENT + r"""tls.sendall(conn.data_to_send())
 out = {"sent": 0, "goaway": None, "closed": False}
 def pump(timeout):
     tls.settimeout(timeout)
