@@ -242,6 +242,21 @@ struct Nghttp2Callbacks {
     return 0;
   }
 
+  // Server, after our GOAWAY: nghttp2 drops the header block of a new stream without a callback,
+  // and the client would wait for an answer that never comes. Noted here, refused after parsing.
+  static int OnBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user_data) {
+    HboneSession* s = Self(user_data);
+    if (s->client_ || s->goaway_last_stream_ < 0 || hd->type != NGHTTP2_HEADERS) return 0;
+    if (hd->stream_id <= s->goaway_last_stream_ || hd->stream_id <= s->last_refused_late_ ||
+        (hd->stream_id & 1) == 0 || s->Find(hd->stream_id) != nullptr) {
+      return 0;
+    }
+    if (s->late_streams_.empty() || s->late_streams_.back() < hd->stream_id) {
+      s->late_streams_.push_back(hd->stream_id);
+    }
+    return 0;
+  }
+
   static int OnFrameRecv(nghttp2_session* h2, const nghttp2_frame* frame, void* user_data) {
     HboneSession* s = Self(user_data);
     switch (frame->hd.type) {
@@ -541,6 +556,12 @@ class TlsTransport final : public SessionTransport {
     return View(alpn, alpn_len);
   }
   absl::StatusOr<std::string> PeerIdentity() override { return PeerSpiffeId(ssl_); }
+  absl::Time PeerNotAfter() override {
+    bssl::UniquePtr<X509> leaf(SSL_get_peer_certificate(ssl_));
+    if (leaf == nullptr) return absl::InfinitePast();  // verified peers always have one
+    absl::StatusOr<tls::CertInfo> info = tls::DescribeCert(leaf.get());
+    return info.ok() ? info->not_after : absl::InfinitePast();
+  }
 
  private:
   SSL* const ssl_;  // owned by the session
@@ -626,6 +647,7 @@ absl::Status HboneSession::Init(bool connecting) {
   nghttp2_session_callbacks* cbs;
   if (nghttp2_session_callbacks_new(&cbs) != 0) return absl::ResourceExhaustedError("nghttp2");
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, Nghttp2Callbacks::OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, Nghttp2Callbacks::OnBeginFrame);
   nghttp2_session_callbacks_set_on_header_callback(cbs, Nghttp2Callbacks::OnHeader);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, Nghttp2Callbacks::OnFrameRecv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, Nghttp2Callbacks::OnDataChunk);
@@ -886,6 +908,7 @@ void HboneSession::HandshakeDone() {
     return;
   }
   peer_identity_ = std::move(*peer);
+  peer_not_after_ = transport_->PeerNotAfter();
   state_ = State::kOpen;
   ++stats_->sessions_established;
   UpdateInterest();
@@ -930,6 +953,7 @@ void HboneSession::DoRead() {
         return;
       }
       if (state_ != State::kOpen) return;
+      RefuseLateStreams();
     }
     if (e == SSL_ERROR_NONE) continue;  // the buffer filled up: there may be more
     if (e == SSL_ERROR_WANT_READ) return;
@@ -1159,8 +1183,31 @@ void HboneSession::Forget(StreamId id) {
   ScheduleFlush();
 }
 
+void HboneSession::RefuseLateStreams() {
+  if (late_streams_.empty()) return;
+  std::vector<StreamId> late;
+  late.swap(late_streams_);
+  for (StreamId id : late) {
+    if (id <= last_refused_late_ || Find(id) != nullptr) continue;  // HandleRequest has it
+    last_refused_late_ = id;
+    ++stats_->refused_streams;
+    nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+  }
+  ScheduleFlush();
+}
+
 void HboneSession::HandleRequest(Stream& s) {
   StreamId id = s.id;
+  if (goaway_last_stream_ >= 0 && id > goaway_last_stream_) {
+    // Opened before the client saw our GOAWAY: refused, never forwarded (safe to retry).
+    ++stats_->refused_streams;
+    last_refused_late_ = std::max(last_refused_late_, id);
+    s.finished = true;
+    s.observer = nullptr;
+    nghttp2_submit_rst_stream(h2_, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+    ScheduleFlush();
+    return;
+  }
   if (s.method != "CONNECT") {
     ++stats_->bad_requests;
     SendFinalResponse(s, 400);
@@ -1359,6 +1406,7 @@ void HboneSession::Shutdown() {
     return;
   }
   int32_t last = client_ ? 0 : nghttp2_session_get_last_proc_stream_id(h2_);
+  if (!client_) goaway_last_stream_ = last;
   nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, nullptr, 0);
   ScheduleFlush();
 }

@@ -184,6 +184,8 @@ class SessionTransport {
   // After the handshake: the negotiated ALPN protocol and the peer's verified SPIFFE ID.
   virtual absl::string_view Alpn() = 0;
   virtual absl::StatusOr<std::string> PeerIdentity() = 0;
+  // After the handshake: when the peer's certificate expires (never, if the transport has none).
+  virtual absl::Time PeerNotAfter() { return absl::InfiniteFuture(); }
 };
 
 class SessionDelegate {
@@ -251,14 +253,22 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   // `n` bytes from OnData were delivered: reopen the stream's flow-control window by that much.
   void Consume(StreamId stream, size_t n);
   // GOAWAY(NO_ERROR): no new streams; the session closes (OnSessionClosed(OK)) once the open
-  // streams end.
+  // streams end. A server's GOAWAY names the last stream it accepted; a CONNECT the client sent
+  // before it saw the GOAWAY is refused with RST_STREAM(REFUSED_STREAM) and never reaches the
+  // delegate.
   void Shutdown();
+  // Shutdown() was called: this side ends the session.
+  bool shutting_down() const { return shutdown_; }
+  // The peer sent GOAWAY: it takes no new streams from us.
+  bool goaway_received() const { return goaway_received_; }
 
   bool is_client() const { return client_; }
   bool established() const { return state_ == State::kOpen; }
   bool closed() const { return state_ == State::kClosed; }
   // The peer's verified SPIFFE ID ("" until established()).
   const std::string& peer_identity() const { return peer_identity_; }
+  // When the peer's certificate expires (absl::InfiniteFuture() until established()).
+  absl::Time peer_not_after() const { return peer_not_after_; }
   const TlsContext& tls_context() const { return *ctx_; }
   // For logging the negotiated version / suite / ALPN; do not do I/O on it.
   const SSL* ssl() const { return ssl_.get(); }
@@ -308,6 +318,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   Stream* Find(StreamId id) const;
   void Forget(StreamId id);
   void HandleRequest(Stream& s);
+  void RefuseLateStreams();
   bool TakeStreamToken();  // server: false when the client opened too many failing streams
   void SendFinalResponse(Stream& s, int status, absl::string_view reason = {});
   int AttachBody(Stream& s, int status);  // a 2xx response whose body is the stream
@@ -327,6 +338,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   State state_ = State::kHandshaking;
   nghttp2_session* h2_ = nullptr;
   std::string peer_identity_;
+  absl::Time peer_not_after_ = absl::InfiniteFuture();
   std::unordered_map<StreamId, std::unique_ptr<Stream>> streams_;
   uint32_t interest_ = 0;
   bool write_blocked_ = false;
@@ -345,6 +357,12 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   bool shutdown_ = false;
   bool fatal_ = false;  // nghttp2 returned a fatal error; GOAWAY is best effort
   bool goaway_sent_ = false;
+  // Server, after Shutdown: the last stream our GOAWAY accepted; later ones are refused. Streams
+  // nghttp2 ignored after the GOAWAY left wait in late_streams_ for their RST_STREAM, sent once
+  // the frames being parsed are done (before that nghttp2 still calls them idle).
+  StreamId goaway_last_stream_ = -1;
+  StreamId last_refused_late_ = 0;
+  std::vector<StreamId> late_streams_;
   bool goaway_received_ = false;
   uint32_t goaway_sent_code_ = 0;
   uint32_t goaway_received_code_ = 0;

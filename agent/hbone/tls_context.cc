@@ -466,8 +466,38 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
     delete state;
     return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_set_ex_data");
   }
+  // Kept to check, when the trust bundle changes, whether sessions made with this context would
+  // still be accepted by peers (CoveredBy).
+  bssl::UniquePtr<STACK_OF(X509)> intermediates(sk_X509_new_null());
+  if (intermediates == nullptr) return tls::SslError(absl::StatusCode::kInternal, "sk_X509_new");
+  for (size_t i = 1; i < svid.chain.size(); ++i) {
+    X509_up_ref(svid.chain[i].get());
+    if (!sk_X509_push(intermediates.get(), svid.chain[i].get())) {
+      X509_free(svid.chain[i].get());
+      return tls::SslError(absl::StatusCode::kInternal, "sk_X509_push");
+    }
+  }
+  X509_up_ref(svid.chain[0].get());
+  bssl::UniquePtr<X509> leaf(svid.chain[0].get());
   return std::shared_ptr<const TlsContext>(
-      new TlsContext(role, std::move(ctx), svid.identity, std::move(trust_domain)));
+      new TlsContext(role, std::move(ctx), svid.identity, std::move(trust_domain), svid.not_after,
+                     std::move(leaf), std::move(intermediates)));
+}
+
+absl::Status TlsContext::CoveredBy(const TlsContext& other, absl::Time now) const {
+  X509_STORE* store = SSL_CTX_get_cert_store(other.ctx_.get());
+  bssl::UniquePtr<X509_STORE_CTX> verify(X509_STORE_CTX_new());
+  if (store == nullptr || verify == nullptr ||
+      !X509_STORE_CTX_init(verify.get(), store, leaf_.get(), intermediates_.get())) {
+    return tls::SslError(absl::StatusCode::kInternal, "preparing a certificate check");
+  }
+  X509_STORE_CTX_set_time(verify.get(), 0, absl::ToTimeT(now));
+  if (X509_verify_cert(verify.get()) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the certificate of ", identity_, " no longer verifies against the trust bundle: ",
+        X509_verify_cert_error_string(X509_STORE_CTX_get_error(verify.get()))));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,

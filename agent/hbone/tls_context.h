@@ -38,6 +38,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "agent/tls/cert_manager.h"
 
 namespace ambit::hbone {
@@ -77,6 +78,12 @@ class TlsContext {
   const std::string& trust_domain() const { return trust_domain_; }
   SSL_CTX* ssl_ctx() const { return ctx_.get(); }
 
+  // When our certificate expires: a session using this context takes no new streams after it.
+  absl::Time not_after() const { return not_after_; }
+  // OK if our certificate chain still verifies against `other`'s trust bundle at `now`: a session
+  // made with this context stays acceptable to peers after the bundle changed. Says why not.
+  absl::Status CoveredBy(const TlsContext& other, absl::Time now) const;
+
   // An SSL for one connection on `fd`, in connect (client) or accept (server) state.
   // `expected_peer` (client: required) is the SPIFFE ID the server must present; a server
   // accepts any identity of the trust domain and ignores it.
@@ -84,16 +91,23 @@ class TlsContext {
 
  private:
   TlsContext(Role role, bssl::UniquePtr<SSL_CTX> ctx, std::string identity,
-             std::string trust_domain)
+             std::string trust_domain, absl::Time not_after, bssl::UniquePtr<X509> leaf,
+             bssl::UniquePtr<STACK_OF(X509)> intermediates)
       : role_(role),
         ctx_(std::move(ctx)),
         identity_(std::move(identity)),
-        trust_domain_(std::move(trust_domain)) {}
+        trust_domain_(std::move(trust_domain)),
+        not_after_(not_after),
+        leaf_(std::move(leaf)),
+        intermediates_(std::move(intermediates)) {}
 
   const Role role_;
   bssl::UniquePtr<SSL_CTX> ctx_;
   const std::string identity_;
   const std::string trust_domain_;
+  const absl::Time not_after_;
+  const bssl::UniquePtr<X509> leaf_;
+  const bssl::UniquePtr<STACK_OF(X509)> intermediates_;
 };
 
 // TlsContext::Create for each role.

@@ -20,6 +20,7 @@
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/hbone/tls_context.h"
+#include "agent/identity/spiffe_id.h"
 #include "agent/tls/trust_bundle.h"
 #include "agent/tunnel/control_message.h"
 #include "agent/tunnel/tls_contexts.h"
@@ -552,20 +553,28 @@ void Tunnel::UpdateTlsContexts() {
   for (const auto& c : statuses) {
     auto key = certs_->Get(c.identity);
     if (key == nullptr) {
-      contexts->missing[c.identity] =
+      contexts->SetMissing(
+          c.identity,
+          c.state == tls::CertState::kExpired ? DrainReason::kExpired : DrainReason::kNoCertificate,
           absl::StrCat("certificate ", tls::CertStateName(c.state),
-                       c.last_error.empty() ? "" : ": " + c.last_error);
+                       c.last_error.empty() ? "" : ": " + c.last_error));
       continue;
     }
     if (!store) {
-      contexts->missing[c.identity] = store_error;
+      contexts->SetMissing(c.identity, DrainReason::kNotTrusted, store_error);
       continue;
     }
     auto client = hbone::MakeClientContext(*key, store.get(), trust_domain);
     auto server = hbone::MakeServerContext(*key, store.get(), trust_domain);
     if (!client.ok() || !server.ok()) {
-      contexts->missing[c.identity] = std::string(
-          (!client.ok() ? client.status() : server.status()).message());
+      // An identity outside the configured trust domain is the common case (the trust domain
+      // changed); sessions established with it must learn that, not just "no certificate".
+      auto id = identity::ParseSpiffeId(c.identity);
+      DrainReason reason = id.ok() && id->trust_domain != trust_domain
+                               ? DrainReason::kOutOfTrustDomain
+                               : DrainReason::kNoCertificate;
+      contexts->SetMissing(c.identity, reason,
+                           std::string((!client.ok() ? client.status() : server.status()).message()));
       AMBIT_LOG(kComponent, Error) << "TLS context for " << c.identity << ": "
                                    << contexts->missing[c.identity];
       continue;

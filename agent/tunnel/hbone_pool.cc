@@ -23,6 +23,13 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
     const std::string& dst_identity, const SocketAddress& dst) {
   // Per source pod: the connection is opened from that pod's netns, so the server sees (and
   // authorizes and delivers from) that pod's address.
+  // Fail closed between the expiry and the main thread's next contexts: a handshake with an
+  // expired certificate would only be refused by the peer.
+  if (worker_.Now() >= client_ctx->not_after()) {
+    return absl::UnavailableError(absl::StrCat("the certificate of ", client_ctx->identity(),
+                                               " expired at ",
+                                               absl::FormatTime(client_ctx->not_after())));
+  }
   Key key{src.uid, dst_identity, dst};
   auto& list = pools_[key];
   for (const auto& s : list) {
@@ -42,6 +49,23 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
   AMBIT_LOG(kComponent, Debug) << "new HBONE connection " << client_ctx->identity() << " -> "
                                << dst_identity << " at " << dst.ToString();
   return *session;
+}
+
+std::vector<SessionEntry> HbonePool::Sessions() const {
+  std::vector<SessionEntry> out;
+  out.reserve(keys_.size());
+  for (const auto& [key, list] : pools_) {
+    for (const auto& s : list) {
+      out.push_back({s, absl::StrCat("outbound pod=", std::get<0>(key), " ",
+                                     s->tls_context().identity(), " -> ", std::get<1>(key),
+                                     " at ", std::get<2>(key).ToString())});
+    }
+  }
+  return out;
+}
+
+void HbonePool::OnEstablished(hbone::HboneSession& session) {
+  worker_.WatchSessionExpiry(session);
 }
 
 size_t HbonePool::DropPod(const std::string& src_uid) {
@@ -127,12 +151,17 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
   if (!local.ok() || !peer.ok()) return;
   auto contexts = worker_.tls();
   const TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
+  std::string why = contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet";
+  if (ctx != nullptr && ctx->server && worker_.Now() >= ctx->server->not_after()) {
+    // Expired a moment ago; the main thread's next contexts will say so too.
+    why = absl::StrCat("certificate expired at ", absl::FormatTime(ctx->server->not_after()));
+    ctx = nullptr;
+  }
   if (ctx == nullptr || !ctx->server) {
     // Fail closed: without our own valid certificate we cannot prove who answers.
     AMBIT_LOG(kComponent, Warning)
         << "hbone pod=" << pod->uid << " src=" << peer->ToString() << " dst=" << local->ToString()
-        << ": no valid certificate for " << pod->spiffe_id << " ("
-        << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
+        << ": no valid certificate for " << pod->spiffe_id << " (" << why
         << "); connection reset";
     CloseWithReset(fd);
     return;
@@ -145,6 +174,22 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
     return;
   }
   sessions_[session->get()] = Entry{*session, std::move(pod), *peer, *local};
+}
+
+std::vector<SessionEntry> InboundSessions::Sessions() const {
+  std::vector<SessionEntry> out;
+  out.reserve(sessions_.size());
+  for (const auto& [raw, e] : sessions_) {
+    out.push_back({e.session, absl::StrCat("inbound pod=", e.pod->uid, " ",
+                                           raw->tls_context().identity(), " <- ",
+                                           raw->peer_identity().empty() ? "?" : raw->peer_identity(),
+                                           " src=", e.peer.ToString())});
+  }
+  return out;
+}
+
+void InboundSessions::OnEstablished(hbone::HboneSession& session) {
+  worker_.WatchSessionExpiry(session);
 }
 
 size_t InboundSessions::DropPod(const std::string& uid) {

@@ -17,6 +17,12 @@ namespace ambit::tunnel {
 
 class Worker;
 
+// A live HBONE session and who it connects, for log lines.
+struct SessionEntry {
+  std::shared_ptr<hbone::HboneSession> session;
+  std::string description;
+};
+
 // Outbound HBONE connections of one worker, shared by streams with the same (source pod,
 // destination identity, destination address), up to a stream limit each; an idle connection
 // closes after a timeout. Worker-thread only.
@@ -35,10 +41,13 @@ class HbonePool final : public hbone::SessionDelegate {
       const std::string& dst_identity, const SocketAddress& dst);
 
   size_t sessions() const { return keys_.size(); }
+  // Every pooled session, draining ones included.
+  std::vector<SessionEntry> Sessions() const;
   // Closes every connection opened for `src_uid` (GOAWAY, then the socket once this batch of
   // events is done); their streams must have been reset already. Returns how many.
   size_t DropPod(const std::string& src_uid);
 
+  void OnEstablished(hbone::HboneSession& session) override;
   void OnIdle(hbone::HboneSession& session) override;
   void OnSessionClosed(hbone::HboneSession& session, const absl::Status& status) override;
 
@@ -75,7 +84,9 @@ class InboundSessions final : public hbone::SessionDelegate {
   // Closes every connection to the pod `uid` (GOAWAY, then the socket once this batch of events
   // is done) and lets go of the pod; their streams must have been reset already. Returns how many.
   size_t DropPod(const std::string& uid);
+  std::vector<SessionEntry> Sessions() const;
 
+  void OnEstablished(hbone::HboneSession& session) override;
   hbone::StreamObserver* OnConnect(hbone::HboneSession& session, hbone::StreamId stream,
                                    const hbone::ConnectRequest& request) override;
   void OnSessionClosed(hbone::HboneSession& session, const absl::Status& status) override;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
 
@@ -46,6 +47,8 @@ struct DataPlaneSettings {
   uint32_t failed_stream_burst = 200;
   double failed_stream_rate = 100;
   bool access_log_json = false;  // access-log lines as JSON objects instead of key=value text
+  // Certificate lifetimes are judged by this clock (tests substitute their own).
+  const Clock* clock = &RealClock::Get();
 };
 
 }  // namespace ambit::tunnel

@@ -10,6 +10,7 @@
 #include "agent/common/log.h"
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/session_drain.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -193,6 +194,62 @@ void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
   }
 }
 
+void Worker::SetTls(std::shared_ptr<const TlsContexts> tls) {
+  tls_ = std::move(tls);
+  CheckSessionCredentials();
+}
+
+void Worker::CheckSessionCredentials() {
+  const absl::Time now = Now();
+  // Draining may close a session at once (and so change the maps being walked): collect first.
+  std::vector<SessionEntry> sessions = pool_->Sessions();
+  for (auto& e : inbound_->Sessions()) sessions.push_back(std::move(e));
+  // The context part of the decision is the same for every session of one context, and may
+  // verify a chain: decided once per context.
+  std::map<const hbone::TlsContext*, DrainDecision> by_context;
+  absl::Time next = absl::InfiniteFuture();
+  for (const SessionEntry& e : sessions) {
+    hbone::HboneSession& s = *e.session;
+    // Already ending (idle, removed pod, or the peer's GOAWAY): nothing new goes to it.
+    if (s.closed() || s.shutting_down() || s.goaway_received()) continue;
+    const hbone::TlsContext& local = s.tls_context();
+    DrainDecision decision = DecideDrain(local, s.peer_not_after(), nullptr, now);
+    if (!decision.drain()) {
+      auto it = by_context.find(&local);
+      if (it == by_context.end()) {
+        it = by_context.emplace(&local, DecideContextDrain(local, tls_.get(), now)).first;
+      }
+      decision = it->second;
+    }
+    if (!decision.drain()) {
+      if (s.established()) next = std::min(next, CredentialDeadline(local, s.peer_not_after()));
+      else next = std::min(next, local.not_after());
+      continue;
+    }
+    ++drained_[decision.reason];
+    AMBIT_LOG(kComponent, Warning)
+        << "HBONE " << e.description << ": draining (" << DrainReasonName(decision.reason)
+        << "): " << decision.detail << "; " << s.active_streams()
+        << " open stream(s) finish, new streams are refused";
+    s.Shutdown();
+  }
+  if (next == absl::InfiniteFuture() || next >= expiry_timer_at_) return;
+  expiry_timer_at_ = next;
+  // A timer per earlier deadline: rare (a new session whose certificate expires first), and one
+  // that fires finds expiry_timer_at_ moved on and only re-checks.
+  loop_->RunAfter(std::max(next - now, absl::Milliseconds(1)), [this, next] {
+    if (expiry_timer_at_ == next) expiry_timer_at_ = absl::InfiniteFuture();
+    CheckSessionCredentials();
+  });
+}
+
+void Worker::WatchSessionExpiry(const hbone::HboneSession& session) {
+  absl::Time deadline = CredentialDeadline(session.tls_context(), session.peer_not_after());
+  if (deadline >= expiry_timer_at_) return;
+  // Deferred: draining from inside the session's own OnEstablished would re-enter it.
+  loop_->Defer([this] { CheckSessionCredentials(); });
+}
+
 void Worker::Retire(Flow* flow) {
   if (flow->retired_) return;
   flow->retired_ = true;
@@ -265,6 +322,13 @@ void Worker::CollectStats(bool connections, bool metrics,
     counter("ambit_hbone_errors_total", {{"reason", reason}}, n);
   }
   counter("ambit_hbone_streams_opened_total", {}, h.streams_opened);
+  for (DrainReason reason : {DrainReason::kExpired, DrainReason::kPeerExpired,
+                             DrainReason::kOutOfTrustDomain, DrainReason::kNotTrusted,
+                             DrainReason::kRemoved, DrainReason::kNoCertificate}) {
+    auto it = drained_.find(reason);
+    counter("ambit_hbone_sessions_drained_total", {{"reason", DrainReasonName(reason)}},
+            it == drained_.end() ? 0 : it->second);
+  }
   counter("ambit_plaintext_refused_total", {}, counters_.plaintext_refused);
   counter("ambit_connections_closed_by_policy_total", {}, counters_.closed_by_policy);
   counter("ambit_connections_refused_total", {{"reason", "configuration_not_applied"}},

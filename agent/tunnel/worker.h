@@ -5,6 +5,7 @@
 #include <atomic>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <thread>
 #include <unordered_map>
@@ -21,6 +22,7 @@
 #include "agent/tunnel/flow_stats.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
+#include "agent/tunnel/tls_contexts.h"
 
 namespace ambit::tunnel {
 
@@ -91,12 +93,21 @@ class Worker {
   // with this reason (live ones keep running under the last snapshot).
   void SetFailClosed(std::string reason) { fail_closed_ = std::move(reason); }
   const std::string& fail_closed() const { return fail_closed_; }
-  // TLS contexts of the local identities; null until certificates exist.
-  void SetTls(std::shared_ptr<const TlsContexts> tls) { tls_ = std::move(tls); }
+  // TLS contexts of the local identities; null until certificates exist. HBONE sessions
+  // established with a context peers would no longer accept are drained (CheckSessionCredentials).
+  void SetTls(std::shared_ptr<const TlsContexts> tls);
   const std::shared_ptr<const TlsContexts>& tls() const { return tls_; }
   HbonePool& pool() { return *pool_; }
   InboundSessions& inbound() { return *inbound_; }
   hbone::HboneStats& hbone_stats() { return hbone_stats_; }
+  // Drains every HBONE session (pooled outbound and inbound) whose own or peer certificate
+  // expired, or whose own was replaced by one peers would not accept (session_drain.h): GOAWAY,
+  // open streams finish, new streams refused. Logged and counted once per session. Then arms a
+  // timer for the next certificate expiry among the sessions left.
+  void CheckSessionCredentials();
+  // A session was established: its certificates' expiry may come before the armed timer.
+  void WatchSessionExpiry(const hbone::HboneSession& session);
+  absl::Time Now() const { return settings_->clock->Now(); }
   // Per-worker counters; summed by whoever reports them. Worker-thread only.
   struct Counters {
     uint64_t plaintext_refused = 0;
@@ -154,6 +165,9 @@ class Worker {
   std::shared_ptr<const TlsContexts> tls_;
   std::string fail_closed_;
   hbone::HboneStats hbone_stats_;
+  // Sessions drained for their certificates, by DrainReason.
+  std::map<DrainReason, uint64_t> drained_;
+  absl::Time expiry_timer_at_ = absl::InfiniteFuture();  // when the armed expiry timer fires
   std::unique_ptr<HbonePool> pool_;
   std::unique_ptr<InboundSessions> inbound_;
 };

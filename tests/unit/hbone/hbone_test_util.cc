@@ -45,6 +45,10 @@ absl::StatusOr<tls::CertifiedKey> TestPki::Mint(const std::string& identity,
   svid.identity = identity;
   svid.key = std::move(key);
   svid.chain = std::move(chain);
+  AMBIT_ASSIGN_OR_RETURN(tls::CertInfo info, tls::DescribeCert(svid.chain[0].get()));
+  svid.not_before = info.not_before;
+  svid.not_after = info.not_after;
+  svid.serial_hex = info.serial_hex;
   return svid;
 }
 

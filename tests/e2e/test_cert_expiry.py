@@ -1,0 +1,270 @@
+"""End to end: a certificate that expires (or stops being acceptable) while an HBONE session made
+with it is still open. A pooled session must not carry new streams past that moment: the side
+whose certificate went bad drains it (GOAWAY, open streams finish) and says why; the next
+connection needs a fresh handshake, which fails closed until a valid certificate exists.
+
+Two simulated nodes (tests/e2e/topology.py) taking certificates from an external CA (a third
+ambitd serving the CA API), with different lifetimes so that only one side's certificate expires.
+A client in pod a opens a new connection every 100-200 ms to pod b, so the pooled session is
+always busy and always reused. Every loop is bounded in count and time; everything is torn down
+on failure too.
+"""
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_faults as faults  # noqa: E402
+from topology import free_port  # noqa: E402
+
+TRUST = faults.TRUST
+WEB = f"{TRUST}/ns/default/sa/web"
+API = f"{TRUST}/ns/backend/sa/api"
+PORT = 7930
+
+# A new connection every 100-200 ms until SECONDS pass: sends "<seq>\n", expects it echoed,
+# closes. One JSON line per connection (start, end, error or null) to OUT.
+PACED = r"""
+import json, random, socket, sys, time
+host, port, seconds, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+deadline = time.time() + seconds
+seq = 0
+with open(out, "w", buffering=1) as f:
+    while time.time() < deadline and seq < 5000:
+        seq += 1
+        payload = f"{seq}\n".encode()
+        t0, err = time.time(), None
+        try:
+            s = socket.create_connection((host, port), timeout=3)
+            try:
+                s.settimeout(3)
+                s.sendall(payload)
+                data = b""
+                while len(data) < len(payload):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if data != payload:
+                    err = f"reply of {len(data)} bytes"
+            finally:
+                s.close()
+        except OSError as e:
+            err = type(e).__name__
+        f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
+        time.sleep(random.uniform(0.1, 0.2))
+"""
+
+
+def not_after(agent):
+    (cert,) = faults.certs(agent)
+    return datetime.datetime.strptime(cert["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def metric(agent, name):
+    total = 0.0
+    for line in agent.metrics().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            key, value = line.rsplit(" ", 1)
+            if key == name or key.startswith(name):
+                total += float(value)
+    return total
+
+
+def drain_lines(agent, reason):
+    return [l for l in agent.logs().splitlines() if f": draining ({reason}): " in l]
+
+
+class ExternalCaNodes:
+    """TwoNodes whose agents take certificates from a CA that can be stopped and restarted."""
+
+    def __init__(self, name, ttl1, ttl2):
+        self.nodes = faults.TwoNodes(name, start=False)
+        try:
+            n, t = self.nodes, self.nodes.topo
+            self.tokens = os.path.join(t.workdir, "ca-tokens")
+            with open(self.tokens, "w") as f:
+                f.write("tok1 node1\ntok2 node2\n")
+            self.ca = t.add_agent("ca")
+            t.write_pods(self.ca, [n.a, n.b])
+            self.ca_port = free_port()
+            self.start_ca()
+            root = os.path.join(self.ca.ca_dir, "ca", "root-cert.pem")
+            for agent, token, pod, ttl in ((n.n1, "tok1", n.a, ttl1), (n.n2, "tok2", n.b, ttl2)):
+                path = os.path.join(t.workdir, f"token-{agent.node}")
+                with open(path, "w") as f:
+                    f.write(token + "\n")
+                agent.start("--ca-address", f"localhost:{self.ca_port}", "--ca-root-cert", root,
+                            "--ca-token-file", path, "--cert-ttl", f"{ttl}s", wait_pods=[pod])
+            n.n1.wait_log(f"certificate {WEB} valid", 30)
+            n.n2.wait_log(f"certificate {API} valid", 30)
+        except BaseException:
+            self.nodes.close()
+            raise
+
+    def start_ca(self):
+        self.ca.start("--ca-listen", f"127.0.0.1:{self.ca_port}", "--ca-tokens", self.tokens)
+        self.ca.wait_log("serving istio.v1.auth.IstioCertificateService", 20)
+
+    def close(self):
+        self.nodes.close()
+
+
+def paced(nodes, seconds, name):
+    out = os.path.join(nodes.topo.workdir, f"paced-{name}.jsonl")
+    proc = nodes.a.popen(["/usr/bin/python3", "-c", PACED, nodes.b.ip4, str(PORT), str(seconds),
+                          out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    nodes.topo.procs.append(proc)
+    return proc, out
+
+
+def paced_results(proc, out, timeout):
+    _, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"client loop failed: {err}")
+    with open(out) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+class ExpiryTest(unittest.TestCase):
+    # The shortest lifetime the tests use (the CA backdates by a minute on top, so renewal is
+    # due a few seconds after issue and an outage soon meets it); the other side lives an hour.
+    SHORT_TTL = 75
+    LONG_TTL = 3600
+    GRACE = 1.0  # seconds after notAfter: the worker's timer, one connection in flight
+    MARGIN = 6.0  # recovery: jitter of the retry, the tunnel's timer, the probe itself
+
+    def expire_under_load(self, env, expiring, ident):
+        """Stops the CA, keeps a client busy across `expiring`'s certificate expiry, and checks
+        that nothing is served after it. Returns (records, expiry time, CA stop time)."""
+        n = env.nodes
+        _, self.echo_out = n.echo_server(PORT)
+        self.assertTrue(n.probe(PORT)["ok"])
+        env.ca.stop()
+        t_stop = time.time()
+        time.sleep(2)  # a renewal in flight when the CA stopped may still land
+        expires = not_after(expiring)
+        self.assertLess(expires - t_stop, self.SHORT_TTL + 1)
+        # The session is pooled from the first connection on, and stays busy until past expiry.
+        proc, out = paced(n, expires - time.time() + 8, expiring.node)
+        records = paced_results(proc, out, expires - time.time() + 60)
+        before = [r for r in records if r["t1"] < expires - 1]
+        after = [r for r in records if r["t0"] > expires + self.GRACE]
+        ok_before = [r for r in before if r["err"] is None]
+        served_after = [r for r in after if r["err"] is None]
+        print(f"\n{len(records)} connections; {len(ok_before)}/{len(before)} served before "
+              f"expiry, {len(served_after)}/{len(after)} after it")
+        self.assertGreater(len(ok_before), 50, "the client loop did not run before expiry")
+        self.assertGreater(len(after), 20, "the client loop did not run past expiry")
+        self.assertEqual(served_after, [],
+                         f"{len(served_after)} connection(s) served after {ident} expired "
+                         f"(first at +{served_after[0]['t0'] - expires:.2f}s)"
+                         if served_after else "")
+        return records, expires, t_stop
+
+    def assert_expired_everywhere(self, agent, ident):
+        (cert,) = faults.certs(agent)
+        self.assertEqual(cert["state"], "expired", cert)
+        status, body = agent.ready()
+        self.assertEqual(status, 503, body)
+        self.assertIn(f"certificate for {ident} is expired", body)
+        self.assertIn("expired", faults.ambitctl(agent, "certs").stdout)
+
+    def test_server_certificate_expires_under_load_then_recovers(self):
+        env = ExternalCaNodes("e", self.LONG_TTL, self.SHORT_TTL)
+        self.addCleanup(env.close)
+        n = env.nodes
+        records, expires, t_stop = self.expire_under_load(env, n.n2, API)
+
+        # The server said why, once per session, and counted it.
+        lines = drain_lines(n.n2, "expired")
+        self.assertTrue(lines, n.n2.logs()[-3000:])
+        self.assertIn(API, lines[0])
+        self.assertIn("inbound pod=backend/", lines[0])
+        self.assertGreaterEqual(metric(n.n2, 'ambit_hbone_sessions_drained_total{reason="expired"}'),
+                                1)
+        self.assertGreaterEqual(faults.log_time(lines[0]), expires - 0.5)
+        self.assert_expired_everywhere(n.n2, API)
+        (cert,) = faults.certs(n.n1)
+        self.assertEqual(cert["state"], "renewing", cert)  # the client's is still good
+
+        # The CA returns: the server's next retry gets a certificate, and the client's next
+        # connection (a fresh handshake) is served. The retry's delay was logged before.
+        t_back = time.time()
+        env.start_ca()
+        lines = [l for l in n.n2.logs().splitlines()
+                 if "certificate request failed (" in l and faults.log_time(l) <= t_back]
+        self.assertTrue(lines, "node2 logged no retry")
+        m = re.search(r"retrying in ([0-9.hms]+)\)", lines[-1])
+        self.assertIsNotNone(m, lines[-1])
+        due = faults.log_time(lines[-1]) + faults.parse_duration(m.group(1))
+        bound = max(0.0, due - t_back) + self.MARGIN
+        faults.wait_for("served again after the CA returned",
+                        lambda: n.probe(PORT, 2)["ok"], bound + 5, 0.2)
+        recovered = time.time() - t_back
+        print(f"CA down {t_back - t_stop:.0f}s; retry due {due - t_back:.1f}s after it returned; "
+              f"first connection served again {recovered:.2f}s after the CA restart")
+        self.assertLessEqual(recovered, bound, "recovery took longer than the logged back-off")
+        self.assertEqual(n.n2.ready()[0], 200)
+
+    def test_client_certificate_expires_under_load(self):
+        env = ExternalCaNodes("f", self.SHORT_TTL, self.LONG_TTL)
+        self.addCleanup(env.close)
+        n = env.nodes
+        self.expire_under_load(env, n.n1, WEB)
+        # The client drains its pooled session for its own expiry; the server, if it saw the
+        # client's certificate expire before the client's GOAWAY arrived, for the peer's.
+        lines = drain_lines(n.n1, "expired")
+        self.assertTrue(lines, n.n1.logs()[-3000:])
+        self.assertIn(f"outbound pod=default/", lines[0])
+        self.assertIn(WEB, lines[0])
+        self.assertGreaterEqual(metric(n.n1, 'ambit_hbone_sessions_drained_total{reason="expired"}'),
+                                1)
+        self.assert_expired_everywhere(n.n1, WEB)
+        # No new handshake with an expired certificate either: refused on the client's side.
+        n.n1.wait_log(f"no valid certificate for {WEB}")
+
+
+class TrustDomainChangeTest(unittest.TestCase):
+    """mesh.yaml's trustDomain changes on the server's node: the identity its inbound sessions
+    were established with is out of the trust domain, and they take no new stream."""
+
+    def test_trust_domain_change_drains_inbound_sessions(self):
+        n = faults.TwoNodes("g")
+        self.addCleanup(n.close)
+        _, echo_out = n.echo_server(PORT)
+        self.assertTrue(n.probe(PORT)["ok"])
+        proc, out = paced(n, 25, "td")
+        time.sleep(6)  # the pooled session is busy
+        t_change = time.time()
+        n.n2.write_config("mesh.yaml", "trustDomain: example.org\n")
+        n.n2.wait_log(": draining (", 15)
+        records = paced_results(proc, out, 60)
+        lines = [l for l in n.n2.logs().splitlines() if ": draining (" in l]
+        reason = re.search(r": draining \(([a-z_]+)\)", lines[0]).group(1)
+        self.assertIn(reason, ("out_of_trust_domain", "removed"), lines[0])
+        self.assertIn(API, lines[0])
+        t_drain = faults.log_time(lines[0])
+        before = [r for r in records if r["t1"] < t_change]
+        after = [r for r in records if r["t0"] > t_drain + 0.5]
+        served_after = [r for r in after if r["err"] is None]
+        print(f"\ntrust domain changed; drained ({reason}) {t_drain - t_change:.2f}s later; "
+              f"{sum(r['err'] is None for r in before)}/{len(before)} served before, "
+              f"{len(served_after)}/{len(after)} after")
+        self.assertGreater(sum(r["err"] is None for r in before), 10)
+        self.assertGreater(len(after), 20)
+        self.assertEqual(served_after, [], "streams served with the old identity after the "
+                                           "trust-domain change")
+        self.assertGreaterEqual(
+            metric(n.n2, f'ambit_hbone_sessions_drained_total{{reason="{reason}"}}'), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
