@@ -48,9 +48,9 @@ absl::Status SigningRateLimiter::Admit(const std::string& node) {
   if (it == nodes_.end()) {
     if (nodes_.size() >= options_.max_nodes) ForgetIdleNodes(now);
     if (nodes_.size() >= options_.max_nodes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "certificate signing rate limit: ", nodes_.size(),
-          " nodes are signing at their limit; retry later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("certificate signing rate limit: ", nodes_.size(),
+                       " nodes are signing at their limit; retry later"));
     }
     it = nodes_.emplace(node, Bucket{options_.node_burst, now}).first;
   }
@@ -58,10 +58,10 @@ absl::Status SigningRateLimiter::Admit(const std::string& node) {
   Refill(mine, options_.node_rate, options_.node_burst, now);
   Refill(total_, options_.total_rate, options_.total_burst, now);
   if (mine.tokens < 1) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "certificate signing rate limit for node ", node, " (", options_.node_rate,
-        " per second, bursts of ", options_.node_burst, ") reached; retry in ",
-        absl::FormatDuration(UntilNextToken(mine.tokens, options_.node_rate))));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("certificate signing rate limit for node ", node, " (", options_.node_rate,
+                     " per second, bursts of ", options_.node_burst, ") reached; retry in ",
+                     absl::FormatDuration(UntilNextToken(mine.tokens, options_.node_rate))));
   }
   if (total_.tokens < 1) {
     return absl::ResourceExhaustedError(absl::StrCat(

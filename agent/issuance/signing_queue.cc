@@ -36,8 +36,8 @@ void SigningQueue::Submit(const std::string& identity, std::string csr_pem, absl
     it->second = Job{std::move(csr_pem), ttl, std::move(done)};
   }
   if (superseded) {
-    superseded(absl::AbortedError(
-        "superseded by a newer certificate request for the same identity"));
+    superseded(
+        absl::AbortedError("superseded by a newer certificate request for the same identity"));
   }
 }
 
@@ -56,10 +56,10 @@ void SigningQueue::Work() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](SigningQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->HasRunnable(); },
-          this));
+          +[](SigningQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->HasRunnable(); }, this));
       if (stop_) return;
-      auto next = std::find_if(order_.begin(), order_.end(), [this](const std::string& id)
+      auto next = std::find_if(order_.begin(), order_.end(),
+                               [this](const std::string& id)
                                    ABSL_NO_THREAD_SAFETY_ANALYSIS { return !running_.count(id); });
       identity = std::move(*next);
       order_.erase(next);

@@ -54,7 +54,7 @@ class SigningQueue {
 
   Signer* const signer_;
   mutable absl::Mutex mu_;
-  std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);      // identities waiting, oldest first
+  std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);       // identities waiting, oldest first
   std::map<std::string, Job> waiting_ ABSL_GUARDED_BY(mu_);  // one per identity
   std::set<std::string> running_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

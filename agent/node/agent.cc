@@ -266,8 +266,8 @@ void Agent::Apply(config::LoadResult result) {
   if (ca_ != nullptr && ca_->trust_domain() != state_->mesh.trust_domain) {
     const std::string previous = ca_->trust_domain();
     if (absl::Status s = ca_->SetTrustDomain(state_->mesh.trust_domain); !s.ok()) {
-      AMBIT_LOG(kComponent, Error) << "built-in CA keeps trust domain " << previous << ": "
-                                   << s.message();
+      AMBIT_LOG(kComponent, Error)
+          << "built-in CA keeps trust domain " << previous << ": " << s.message();
     } else {
       AMBIT_LOG(kComponent, Info) << "built-in CA signs in trust domain "
                                   << state_->mesh.trust_domain << " (was " << previous << ")";
@@ -315,11 +315,11 @@ void Agent::Reconcile() {
       // new key) as soon as it hears of it, and drops the old one.
       const std::string identity = state::SpiffeId(state_->mesh, *pod);
       if (identity != it->second.spiffe_id && dataplane_->connected()) {
-        AMBIT_LOG(kComponent, Info) << "pod " << uid << " identity " << it->second.spiffe_id
-                                    << " -> " << identity;
+        AMBIT_LOG(kComponent, Info)
+            << "pod " << uid << " identity " << it->second.spiffe_id << " -> " << identity;
         if (absl::Status s = SendPod(it->second); !s.ok()) {
-          AMBIT_LOG(kComponent, Error) << "tell the data plane pod " << uid << " is now "
-                                       << identity << ": " << s.message();
+          AMBIT_LOG(kComponent, Error)
+              << "tell the data plane pod " << uid << " is now " << identity << ": " << s.message();
         }
       }
       continue;
@@ -423,8 +423,7 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
   // An adopted pod whose identity changed while no agent ran is sent again, for its new one.
-  if ((!adopted || e.spiffe_id != state::SpiffeId(state_->mesh, pod)) &&
-      dataplane_->connected()) {
+  if ((!adopted || e.spiffe_id != state::SpiffeId(state_->mesh, pod)) && dataplane_->connected()) {
     AMBIT_RETURN_IF_ERROR(SendPod(e));
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
@@ -713,8 +712,8 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
   // The node's own requests count against the built-in CA's limits like other nodes' do.
   if (sign_rate_ != nullptr) {
     if (absl::Status s = sign_rate_->Admit(options_.node_name); !s.ok()) {
-      AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity << ": "
-                                     << s.message();
+      AMBIT_LOG(kComponent, Warning)
+          << "refused CSR for " << request.identity << ": " << s.message();
       (void)dataplane_->SendCsrResponse(request.request_id, s);
       return;
     }
@@ -726,8 +725,8 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
                    [this, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
                      completions_.Post([this, id, identity, chain = std::move(chain)] {
                        if (!chain.ok()) {
-                         AMBIT_LOG(kComponent, Warning) << "signing " << identity << " failed: "
-                                                        << chain.status().message();
+                         AMBIT_LOG(kComponent, Warning)
+                             << "signing " << identity << " failed: " << chain.status().message();
                        } else {
                          AMBIT_LOG(kComponent, Info) << "signed certificate for " << identity;
                        }

@@ -2,9 +2,9 @@
 
 #include <map>
 #include <memory>
-#include <thread>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -156,7 +156,8 @@ TEST(SigningQueueTest, ConcurrencyIsBounded) {
   GateSigner signer;
   Results results;
   std::vector<std::string> ids;
-  for (int i = 0; i < 10; ++i) ids.push_back("spiffe://cluster.local/ns/n/sa/s" + std::to_string(i));
+  for (int i = 0; i < 10; ++i)
+    ids.push_back("spiffe://cluster.local/ns/n/sa/s" + std::to_string(i));
   {
     SigningQueue queue(&signer, 3);
     for (const auto& id : ids) signer.Hang(id);
