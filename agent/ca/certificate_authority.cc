@@ -59,7 +59,7 @@ struct SigningMaterial {
   std::vector<std::string> chain_pem;  // cert, intermediates, root: what follows a leaf
   std::vector<std::string> trust_bundle_pem;
   std::string issuer_name;
-  std::string trust_domain;
+  std::string trust_domain;  // the one Create was given; the CA's current one is its own
   absl::Duration default_ttl;
   absl::Duration max_ttl;
   const Clock* clock = nullptr;
@@ -699,7 +699,7 @@ absl::Status CheckTrustDomain(absl::string_view trust_domain) {
 }  // namespace
 
 CertificateAuthority::CertificateAuthority(std::unique_ptr<const SigningMaterial> material)
-    : material_(std::move(material)) {}
+    : material_(std::move(material)), trust_domain_(material_->trust_domain) {}
 
 CertificateAuthority::~CertificateAuthority() = default;
 
@@ -730,6 +730,18 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Crea
   return absl::WrapUnique(new CertificateAuthority(std::move(material)));
 }
 
+absl::Status CertificateAuthority::SetTrustDomain(absl::string_view trust_domain) {
+  AMBIT_RETURN_IF_ERROR(CheckTrustDomain(trust_domain));
+  absl::MutexLock lock(&mu_);
+  trust_domain_ = std::string(trust_domain);
+  return absl::OkStatus();
+}
+
+std::string CertificateAuthority::trust_domain() const {
+  absl::MutexLock lock(&mu_);
+  return trust_domain_;
+}
+
 absl::StatusOr<std::vector<std::string>> CertificateAuthority::Sign(absl::string_view csr_pem,
                                                                     absl::string_view identity,
                                                                     absl::Duration ttl) const {
@@ -738,7 +750,7 @@ absl::StatusOr<std::vector<std::string>> CertificateAuthority::Sign(absl::string
     return absl::InvalidArgumentError(
         absl::StrCat("CSR is ", csr_pem.size(), " bytes; at most ", kMaxCsrBytes, " are accepted"));
   }
-  AMBIT_RETURN_IF_ERROR(CheckIdentity(identity, m.trust_domain));
+  AMBIT_RETURN_IF_ERROR(CheckIdentity(identity, trust_domain()));
   AMBIT_ASSIGN_OR_RETURN(absl::Duration lifetime, LeafLifetime(m, ttl));
   ERR_clear_error();
   AMBIT_ASSIGN_OR_RETURN(X509ReqPtr csr, internal::ParseCsr(csr_pem));

@@ -11,8 +11,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
 
@@ -25,6 +27,7 @@ struct CaOptions {
   // root-cert.pem, cert-chain.pem). When it holds any of those files it must hold all four, and
   // they take precedence over the state directory.
   std::string cacerts_dir;
+  // The trust domain identities are signed in at first; SetTrustDomain changes it.
   std::string trust_domain = "cluster.local";
   absl::Duration default_leaf_ttl = absl::Hours(24);
   absl::Duration max_leaf_ttl = absl::Hours(24 * 7);
@@ -33,7 +36,8 @@ struct CaOptions {
 
 struct SigningMaterial;  // Defined in certificate_authority.cc.
 
-// Thread-safe: immutable after Create; concurrent calls to Sign and the other methods are fine.
+// Thread-safe: the signing material is immutable after Create; concurrent calls to Sign, the other
+// methods and SetTrustDomain are fine.
 class CertificateAuthority {
  public:
   // Loads the operator's cacerts (verifying that ca-key matches ca-cert, ca-cert is a CA and it
@@ -66,6 +70,12 @@ class CertificateAuthority {
   absl::StatusOr<std::pair<std::string, std::string>> IssueServingCertificate(
       const std::vector<std::string>& dns_names, absl::Duration ttl) const;
 
+  // Identities are signed in `trust_domain` from now on (mesh.yaml's trustDomain changed). The
+  // signing material stays: a root serves any trust domain, as Istio's does across a migration.
+  // InvalidArgument if the name is not a trust domain; the previous one then stays.
+  absl::Status SetTrustDomain(absl::string_view trust_domain);
+  std::string trust_domain() const;
+
   // The signing certificate's subject on one line, e.g. "O = ambit, CN = ambit root CA ...".
   std::string IssuerName() const;
 
@@ -73,6 +83,8 @@ class CertificateAuthority {
   explicit CertificateAuthority(std::unique_ptr<const SigningMaterial> material);
 
   std::unique_ptr<const SigningMaterial> material_;
+  mutable absl::Mutex mu_;
+  std::string trust_domain_ ABSL_GUARDED_BY(mu_);
 };
 
 // For tests and the e2e client side: a fresh P-256 key and a CSR (empty subject) whose

@@ -5,12 +5,14 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/ca/certificate_authority.h"
 #include "agent/common/log.h"
@@ -62,6 +64,23 @@ absl::StatusOr<std::map<std::string, std::string>> LoadTokens(const std::string&
 
 }  // namespace
 
+std::string ListenHost(const std::string& listen) {
+  std::string host;
+  if (absl::StartsWith(listen, "[")) {
+    const size_t close = listen.find(']');
+    if (close == std::string::npos || listen.compare(close + 1, 1, ":") != 0) return "";
+    host = listen.substr(1, close - 1);
+  } else {
+    const size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) return "";
+    host = listen.substr(0, colon);
+    // An unbracketed IPv6 address has no port to split off.
+    if (host.find(':') != std::string::npos) return "";
+  }
+  if (host.empty() || host == "0.0.0.0" || host == "::" || host == "*") return "";
+  return host;
+}
+
 void Entitlements::Update(std::map<std::string, std::set<std::string>> identities_by_node) {
   absl::MutexLock lock(&mu_);
   by_node_ = std::move(identities_by_node);
@@ -110,8 +129,11 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
  public:
   Service(std::shared_ptr<const ca::CertificateAuthority> ca,
           std::shared_ptr<const Entitlements> entitlements,
-          std::map<std::string, std::string> tokens)
-      : ca_(std::move(ca)), entitlements_(std::move(entitlements)), tokens_(std::move(tokens)) {}
+          std::map<std::string, std::string> tokens, std::shared_ptr<SigningRateLimiter> rate)
+      : ca_(std::move(ca)),
+        entitlements_(std::move(entitlements)),
+        tokens_(std::move(tokens)),
+        rate_(std::move(rate)) {}
 
   grpc::Status CreateCertificate(grpc::ServerContext* ctx,
                                  const istio::v1::auth::IstioCertificateRequest* req,
@@ -134,6 +156,12 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     const std::string& identity = (*uris)[0];
     if (auto allowed = entitlements_->Check(*node, identity); !allowed.ok()) {
       return Refuse(peer, *node, allowed);
+    }
+    // After the cheap checks, so that refused requests cost the node none of its rate.
+    if (rate_ != nullptr) {
+      if (auto admitted = rate_->Admit(*node); !admitted.ok()) {
+        return Refuse(peer, *node, admitted);
+      }
     }
     auto chain = ca_->Sign(req->csr(), identity, absl::Seconds(req->validity_duration()));
     if (!chain.ok()) return Refuse(peer, *node, chain.status());
@@ -167,23 +195,31 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
   std::shared_ptr<const ca::CertificateAuthority> ca_;
   std::shared_ptr<const Entitlements> entitlements_;
   std::map<std::string, std::string> tokens_;
+  std::shared_ptr<SigningRateLimiter> rate_;
 };
 
 absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
     const CaServerOptions& options, std::shared_ptr<const ca::CertificateAuthority> ca,
-    std::shared_ptr<const Entitlements> entitlements) {
+    std::shared_ptr<const Entitlements> entitlements, std::shared_ptr<SigningRateLimiter> rate) {
   auto tokens = LoadTokens(options.tokens_file);
   if (!tokens.ok()) return tokens.status();
   if (tokens->empty()) {
     return absl::InvalidArgumentError(
         "--ca-listen needs --ca-tokens: without tokens no caller could be authenticated");
   }
-  auto serving = ca->IssueServingCertificate(options.serving_names, absl::Hours(24 * 365));
+  // Clients check the name they dial against the certificate: the listen host must be in it.
+  std::vector<std::string> names = options.serving_names;
+  if (std::string host = ListenHost(options.listen);
+      !host.empty() && std::find(names.begin(), names.end(), host) == names.end()) {
+    names.push_back(host);
+  }
+  auto serving = ca->IssueServingCertificate(names, absl::Hours(24 * 365));
   if (!serving.ok()) return serving.status();
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({serving->second, serving->first});
   auto server = std::unique_ptr<CaServer>(new CaServer());
-  server->service_ = std::make_unique<Service>(ca, std::move(entitlements), std::move(*tokens));
+  server->service_ =
+      std::make_unique<Service>(ca, std::move(entitlements), std::move(*tokens), std::move(rate));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::SslServerCredentials(ssl), &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxCsrBytes + 4096));
@@ -193,7 +229,8 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot serve the CA API on ", options.listen));
   }
   AMBIT_LOG(kComponent, Info) << "serving istio.v1.auth.IstioCertificateService on "
-                              << options.listen << " (port " << server->port_ << ")";
+                              << options.listen << " with a certificate for "
+                              << absl::StrJoin(names, ", ") << " (port " << server->port_ << ")";
   return server;
 }
 

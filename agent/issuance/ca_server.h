@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/issuance/rate_limit.h"
 
 namespace grpc {
 class Server;
@@ -33,20 +34,29 @@ class Entitlements {
 };
 
 struct CaServerOptions {
-  std::string listen;       // host:port; port 0 picks a free one
+  std::string listen;       // host:port or [v6]:port; port 0 picks a free one
   std::string tokens_file;  // lines "<token> <node-name>"; '#' starts a comment
+  // Names in the serving certificate, besides the listen host (an IP SAN for an address, a DNS
+  // SAN for a name; a wildcard address adds nothing), which clients dialling it check.
   std::vector<std::string> serving_names = {"ambit-ca", "localhost"};
 };
+
+// The host part of a listen address ("10.0.0.1:15012" -> "10.0.0.1", "[::1]:0" -> "::1"), or ""
+// for a wildcard ("0.0.0.0", "::", "[::]", ":port") or something that is not host:port.
+std::string ListenHost(const std::string& listen);
 
 // Serves istio.v1.auth.IstioCertificateService/CreateCertificate over gRPC with TLS, as istiod
 // does. A caller authenticates with "authorization: Bearer <token>"; its token names its node,
 // and it may only obtain identities of pods on that node. Malformed or oversized CSRs are
-// INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer unchecked.
+// INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer unchecked. A node over its
+// signing rate (`rate`, shared with other users of the same CA; null: unlimited) gets
+// RESOURCE_EXHAUSTED saying when to retry.
 class CaServer {
  public:
   static absl::StatusOr<std::unique_ptr<CaServer>> Start(
       const CaServerOptions& options, std::shared_ptr<const ca::CertificateAuthority> ca,
-      std::shared_ptr<const Entitlements> entitlements);
+      std::shared_ptr<const Entitlements> entitlements,
+      std::shared_ptr<SigningRateLimiter> rate = nullptr);
   ~CaServer();
   int port() const { return port_; }
 

@@ -91,6 +91,17 @@ class RemoteSigner final : public Signer {
 
 }  // namespace
 
+absl::Status CheckCertTtl(absl::Duration ttl) {
+  if (ttl < kMinCertTtl) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "certificate lifetime ", absl::FormatDuration(ttl), " is below the minimum of ",
+        absl::FormatDuration(kMinCertTtl),
+        ": certificates are renewed at half of their lifetime, and a shorter one leaves no time "
+        "for a slow CA or a retry"));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<std::string> SplitPemCertificates(const std::string& bundle) {
   static constexpr absl::string_view kBegin = "-----BEGIN CERTIFICATE-----";
   static constexpr absl::string_view kEnd = "-----END CERTIFICATE-----";

@@ -29,6 +29,15 @@ class Signer {
   virtual std::string Description() const = 0;
 };
 
+// The shortest workload certificate lifetime ambitd asks for. The data plane renews at half of
+// what is left, so 60 s leaves 30 s for a renewal: a round trip, an external CA's deadline
+// (RemoteCaOptions::timeout) and a few retries with back-off. Shorter lifetimes buy nothing but
+// signing load and expired certificates when the CA is slow.
+inline constexpr absl::Duration kMinCertTtl = absl::Seconds(60);
+
+// OK, or InvalidArgument saying why `ttl` cannot be the workload certificate lifetime.
+absl::Status CheckCertTtl(absl::Duration ttl);
+
 std::unique_ptr<Signer> MakeLocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca);
 
 struct RemoteCaOptions {

@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
+#include "agent/issuance/signer.h"
 #include "agent/node/agent.h"
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
@@ -47,7 +48,8 @@ ABSL_FLAG(std::string, ca_listen, "",
           "default; needs --ca-tokens)");
 ABSL_FLAG(std::string, ca_tokens, "",
           "file of '<token> <node-name>' lines: which node each CA caller speaks for");
-ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24), "lifetime of workload certificates");
+ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
+          "lifetime of workload certificates (at least 1m; renewed at half of it)");
 ABSL_FLAG(std::string, admin_socket, "",
           "admin API unix socket (default /run/ambit/admin.sock, or under --run-dir)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
@@ -142,6 +144,11 @@ int main(int argc, char** argv) {
   options.tunnel_args.push_back(absl::GetFlag(FLAGS_access_log_format));
   options.tunnel_args.push_back("--max-config-bytes");
   options.tunnel_args.push_back(std::to_string(absl::GetFlag(FLAGS_max_config_bytes)));
+  if (auto ttl = ambit::issuance::CheckCertTtl(options.cert_ttl); !ttl.ok()) {
+    std::cerr << "ambitd: --cert-ttl " << absl::FormatDuration(options.cert_ttl) << ": "
+              << ttl.message() << "\n";
+    return 2;
+  }
   if (!options.ca_address.empty() && options.ca_root_cert.empty()) {
     std::cerr << "ambitd: --ca-address needs --ca-root-cert (the roots to trust)\n";
     return 2;

@@ -42,6 +42,8 @@ enum : uint64_t {
 };
 constexpr int64_t kMaxBackoffMs = 10000;
 constexpr int64_t kRetryMs = 2000;
+// Sign calls at once: a CA that hangs holds up this many identities at most, not all of them.
+constexpr int kMaxSigningInFlight = 4;
 // How long a removed pod's netns waits for the data plane's pod_removed before it is enrolled
 // again regardless (the data plane answers within about two seconds).
 constexpr absl::Duration kReleaseTimeout = absl::Seconds(5);
@@ -102,6 +104,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
 }
 
 absl::Status Agent::Init() {
+  AMBIT_RETURN_IF_ERROR(issuance::CheckCertTtl(options_.cert_ttl));
   if (geteuid() != 0) {
     return absl::PermissionDeniedError(
         "ambitd must run as root: it loads BPF programs and enters pod network namespaces");
@@ -224,7 +227,7 @@ absl::Status Agent::ConnectDataPlane() {
                                                   redirector_->deliver_map_fd()));
   AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
   // A fresh data plane knows nothing: send every pod enrolled so far.
-  for (const auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
+  for (auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
   if (snapshot_version_ > 0) {
     generation_pending_since_ = absl::Now();  // a new session has applied nothing yet
     SendSnapshot();
@@ -260,6 +263,16 @@ void Agent::Apply(config::LoadResult result) {
   // Shared with the admin API's checker instead of copied: a large cluster's pods are held once.
   state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
   security_ = std::move(result.security);
+  if (ca_ != nullptr && ca_->trust_domain() != state_->mesh.trust_domain) {
+    const std::string previous = ca_->trust_domain();
+    if (absl::Status s = ca_->SetTrustDomain(state_->mesh.trust_domain); !s.ok()) {
+      AMBIT_LOG(kComponent, Error)
+          << "built-in CA keeps trust domain " << previous << ": " << s.message();
+    } else {
+      AMBIT_LOG(kComponent, Info) << "built-in CA signs in trust domain "
+                                  << state_->mesh.trust_domain << " (was " << previous << ")";
+    }
+  }
   std::map<std::string, std::set<std::string>> by_node;
   for (const auto& [key, pod] : state_->pods) {
     if (state_->HasIpConflict(key)) continue;  // enrolled nowhere
@@ -298,6 +311,17 @@ void Agent::Reconcile() {
     auto it = enrolled_.find(uid);
     if (it != enrolled_.end()) {
       it->second.pod = *pod;
+      // A new trust domain is a new identity: the data plane requests its certificate (with a
+      // new key) as soon as it hears of it, and drops the old one.
+      const std::string identity = state::SpiffeId(state_->mesh, *pod);
+      if (identity != it->second.spiffe_id && dataplane_->connected()) {
+        AMBIT_LOG(kComponent, Info)
+            << "pod " << uid << " identity " << it->second.spiffe_id << " -> " << identity;
+        if (absl::Status s = SendPod(it->second); !s.ok()) {
+          AMBIT_LOG(kComponent, Error)
+              << "tell the data plane pod " << uid << " is now " << identity << ": " << s.message();
+        }
+      }
       continue;
     }
     bool is_refused = false;
@@ -383,6 +407,7 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     e.listeners.hbone_v4 = std::move(hb->second.hbone_v4);
     e.listeners.hbone_v6 = std::move(hb->second.hbone_v6);
     e.slot = pinned->second;
+    e.spiffe_id = hb->second.spiffe_id;
     adopted = true;
   } else {
     e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
@@ -397,7 +422,10 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   inbound.hbone_v4 = e.listeners.hbone_v4.get();
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
-  if (!adopted && dataplane_->connected()) AMBIT_RETURN_IF_ERROR(SendPod(e));
+  // An adopted pod whose identity changed while no agent ran is sent again, for its new one.
+  if ((!adopted || e.spiffe_id != state::SpiffeId(state_->mesh, pod)) && dataplane_->connected()) {
+    AMBIT_RETURN_IF_ERROR(SendPod(e));
+  }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
                               << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
                               << " slot=" << e.slot << " ips=" << absl::StrJoin(IpStrings(pod), ",");
@@ -433,7 +461,7 @@ void Agent::OnPodRemoved(const std::string& uid) {
   if (waited_on && !failed_.empty()) ArmTimer(retry_timer_.get(), 0);
 }
 
-absl::Status Agent::SendPod(const EnrolledPod& e) {
+absl::Status Agent::SendPod(EnrolledPod& e) {
   supervisor::PodDescriptor d;
   d.uid = e.pod.Key();
   d.namespace_name = e.pod.namespace_name;
@@ -449,7 +477,9 @@ absl::Status Agent::SendPod(const EnrolledPod& e) {
   d.plain_v6 = e.listeners.plain_v6.get();
   d.hbone_v4 = e.listeners.hbone_v4.get();
   d.hbone_v6 = e.listeners.hbone_v6.get();
-  return dataplane_->SendAddPod(d);
+  AMBIT_RETURN_IF_ERROR(dataplane_->SendAddPod(d));
+  e.spiffe_id = std::move(d.spiffe_id);
+  return absl::OkStatus();
 }
 
 void Agent::SendSnapshot() {
@@ -635,7 +665,6 @@ absl::Status Agent::Run() {
 absl::Status Agent::InitCertificates() {
   entitlements_ = std::make_shared<issuance::Entitlements>();
   admin_state_ = std::make_shared<admin::AdminState>();
-  signing_thread_ = std::make_unique<BackgroundThread>();
   if (!options_.ca_address.empty()) {
     AMBIT_ASSIGN_OR_RETURN(signer_, issuance::MakeRemoteSigner({options_.ca_address,
                                                                 options_.ca_root_cert,
@@ -645,15 +674,18 @@ absl::Status Agent::InitCertificates() {
     o.state_dir = options_.resolved_ca_state_dir();
     o.cacerts_dir = options_.cacerts_dir;
     o.default_leaf_ttl = options_.cert_ttl;
-    AMBIT_ASSIGN_OR_RETURN(auto created, ca::CertificateAuthority::Create(o));
-    std::shared_ptr<const ca::CertificateAuthority> ca = std::move(created);
+    AMBIT_ASSIGN_OR_RETURN(ca_, ca::CertificateAuthority::Create(o));
+    sign_rate_ = std::make_shared<issuance::SigningRateLimiter>(&RealClock::Get());
     if (!options_.ca_listen.empty()) {
-      AMBIT_ASSIGN_OR_RETURN(
-          ca_server_, issuance::CaServer::Start({options_.ca_listen, options_.ca_tokens},
-                                                ca, entitlements_));
+      issuance::CaServerOptions server;
+      server.listen = options_.ca_listen;
+      server.tokens_file = options_.ca_tokens;
+      AMBIT_ASSIGN_OR_RETURN(ca_server_,
+                             issuance::CaServer::Start(server, ca_, entitlements_, sign_rate_));
     }
-    signer_ = issuance::MakeLocalSigner(std::move(ca));
+    signer_ = issuance::MakeLocalSigner(ca_);
   }
+  signing_ = std::make_unique<issuance::SigningQueue>(signer_.get(), kMaxSigningInFlight);
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
   PublishCertificates();
   InitAdminHandlers();
@@ -677,20 +709,32 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
                                     request.identity));
     return;
   }
-  absl::Duration ttl = options_.cert_ttl;
-  signing_thread_->Post([this, request = std::move(request), ttl] {
-    auto chain = signer_->Sign(request.csr_pem, request.identity, ttl);
-    completions_.Post([this, id = request.request_id, identity = request.identity,
-                       chain = std::move(chain)] {
-      if (!chain.ok()) {
-        AMBIT_LOG(kComponent, Warning) << "signing " << identity << " failed: "
-                                       << chain.status().message();
-      } else {
-        AMBIT_LOG(kComponent, Info) << "signed certificate for " << identity;
-      }
-      if (dataplane_->connected()) (void)dataplane_->SendCsrResponse(id, chain);
-    });
-  });
+  // The node's own requests count against the built-in CA's limits like other nodes' do.
+  if (sign_rate_ != nullptr) {
+    if (absl::Status s = sign_rate_->Admit(options_.node_name); !s.ok()) {
+      AMBIT_LOG(kComponent, Warning)
+          << "refused CSR for " << request.identity << ": " << s.message();
+      (void)dataplane_->SendCsrResponse(request.request_id, s);
+      return;
+    }
+  }
+  const uint64_t id = request.request_id;
+  const std::string identity = request.identity;
+  AMBIT_LOG(kComponent, Debug) << "signing " << identity << " (request " << id << ")";
+  signing_->Submit(identity, std::move(request.csr_pem), options_.cert_ttl,
+                   [this, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
+                     completions_.Post([this, id, identity, chain = std::move(chain)] {
+                       if (!chain.ok()) {
+                         AMBIT_LOG(kComponent, Warning)
+                             << "signing " << identity << " failed: " << chain.status().message();
+                       } else {
+                         AMBIT_LOG(kComponent, Info) << "signed certificate for " << identity;
+                       }
+                       if (dataplane_->connected()) {
+                         (void)dataplane_->SendCsrResponse(id, chain);
+                       }
+                     });
+                   });
 }
 
 void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs) {

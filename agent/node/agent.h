@@ -18,7 +18,9 @@
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/issuance/ca_server.h"
+#include "agent/issuance/rate_limit.h"
 #include "agent/issuance/signer.h"
+#include "agent/issuance/signing_queue.h"
 #include "agent/config/error.h"
 #include "agent/config/source.h"
 #include "agent/authz/engine.h"
@@ -95,6 +97,8 @@ class Agent {
     uint64_t netns_cookie = 0;
     uint32_t slot = 0;
     enroll::PodListeners listeners;
+    // The identity the data plane serves the pod with; a trust domain change makes it stale.
+    std::string spiffe_id;
   };
 
   explicit Agent(AgentOptions options);
@@ -120,7 +124,7 @@ class Agent {
   absl::Status Enroll(const state::Pod& pod, bool* refused);
   void Unenroll(const std::string& uid);
   void OnPodRemoved(const std::string& uid);
-  absl::Status SendPod(const EnrolledPod& pod);
+  absl::Status SendPod(EnrolledPod& pod);
   void SendSnapshot();
   void OnDataPlaneExit();
   void ArmTimer(int fd, int64_t ms);
@@ -134,6 +138,10 @@ class Agent {
   std::unique_ptr<bpf::Redirector> redirector_;
   std::unique_ptr<config::ConfigSource> source_;
   std::unique_ptr<supervisor::DataPlane> dataplane_;
+  // The built-in CA (null with an external one): its trust domain follows mesh.yaml.
+  std::shared_ptr<ca::CertificateAuthority> ca_;
+  // Shared by the data plane's CSRs and other nodes' requests to the CA API.
+  std::shared_ptr<issuance::SigningRateLimiter> sign_rate_;
   std::unique_ptr<issuance::Signer> signer_;
   std::shared_ptr<issuance::Entitlements> entitlements_;
   std::unique_ptr<issuance::CaServer> ca_server_;
@@ -143,7 +151,8 @@ class Agent {
   std::function<void()> reapply_log_levels_;  // run-time log levels, for a new data plane
   std::vector<supervisor::CertificateState> cert_states_;
   TaskQueue completions_;  // results of background work, run on the control thread
-  std::unique_ptr<BackgroundThread> signing_thread_;
+  // Last of the signing members: destroyed first, while signer_ and completions_ still exist.
+  std::unique_ptr<issuance::SigningQueue> signing_;
   enroll::PodNetOptions pod_net_;
   std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();
   config::SecurityConfig security_;

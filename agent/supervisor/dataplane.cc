@@ -141,6 +141,7 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
     pod.namespace_name = p.namespace_();
     pod.name = p.name();
     pod.service_account = p.service_account();
+    pod.spiffe_id = p.spiffe_id();
     pod.netns_cookie = p.netns_cookie();
     for (int j = 0; j < p.fds_size() && j < static_cast<int>(msg.second.size()); ++j) {
       UniqueFd& fd = msg.second[j];

@@ -24,6 +24,7 @@ namespace ambit::supervisor {
 // (re)connects.
 struct HandedBackPod {
   std::string uid, namespace_name, name, service_account;
+  std::string spiffe_id;  // the identity the data plane serves the pod with
   uint64_t netns_cookie = 0;
   UniqueFd netns, outbound_v4, outbound_v6, plain_v4, plain_v6, hbone_v4, hbone_v6;
 };

@@ -166,9 +166,10 @@ void CertManager::OnSigned(uint64_t request_id,
   entry.backoff = options_.initial_backoff;
   entry.retry_time = absl::InfiniteFuture();
 
-  const absl::Duration lifetime = info->not_after - info->not_before;
+  const absl::Time usable_from = std::max(info->not_before, now);
+  const absl::Duration usable = info->not_after - usable_from;
   const double fraction = std::clamp(options_.renew_at + JitterFraction(), 0.0, 1.0);
-  entry.renew_time = info->not_before + lifetime * fraction;
+  entry.renew_time = std::max(usable_from + usable * fraction, now + options_.min_renew_delay);
   AMBIT_LOG(kLog, Info) << "certificate for " << identity << " serial " << info->serial_hex
                         << " valid until " << absl::FormatTime(info->not_after) << ", renewing at "
                         << absl::FormatTime(entry.renew_time);

@@ -69,11 +69,19 @@ class CsrSigner {
 };
 
 struct CertManagerOptions {
-  // Renew when this fraction of the lifetime has passed...
+  // Renew when this fraction of the usable lifetime has passed...
   double renew_at = 0.5;
-  // ...plus a random fraction of the lifetime in [-jitter/2, +jitter/2], so that pods enrolled
-  // together do not renew together. Back-off delays get the same relative jitter.
+  // ...plus a random fraction of it in [-jitter/2, +jitter/2], so that pods enrolled together do
+  // not renew together. Back-off delays get the same relative jitter.
+  //
+  // The usable lifetime runs from when the certificate arrived (or its notBefore, if later) to
+  // its notAfter. Signers backdate notBefore for peers with slow clocks; counting from notBefore
+  // would spend part of the schedule in the past and, for short lifetimes, renew at once.
   double jitter = 0.1;
+  // Never renew sooner than this after a certificate arrived, whatever lifetime it carries: a
+  // signer that issues nearly expired certificates then costs one request per identity per
+  // interval instead of a request per event loop turn.
+  absl::Duration min_renew_delay = absl::Seconds(5);
   absl::Duration initial_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(5);
   // An answer that has not arrived after this long counts as a failure (ambitd may have

@@ -403,8 +403,9 @@ class CaOutageTest(unittest.TestCase):
     reason in the log, readiness and `ambitctl certs`; when the CA returns, service resumes
     within the back-off the data plane logged."""
 
-    # Lifetime = TTL + the CA's one-minute backdating; renewal at half of it, about 7 s after
-    # issue, so an outage soon meets a renewal and expiry comes TTL after the last issue.
+    # Renewal at half of the TTL (the CA's one-minute backdating does not count), about 37 s
+    # after issue, so an outage meets a renewal well before expiry, which comes TTL after the
+    # last issue.
     TTL_SECONDS = 75
     MARGIN = 6.0  # seconds: jitter of the retry, the tunnel's timer, the probe itself
 

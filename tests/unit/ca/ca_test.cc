@@ -282,6 +282,23 @@ TEST_F(CaTest, RejectsBadLifetimesAndIdentities) {
   EXPECT_EQ(CertificateAuthority::Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(CaTest, TrustDomainChangeSignsTheNewDomainOnly) {
+  auto ca = NewCa();
+  ASSERT_NE(ca, nullptr);
+  const std::string renamed = "spiffe://example.org/ns/default/sa/web";
+  ASSERT_TRUE(ca->SetTrustDomain("example.org").ok());
+  EXPECT_EQ(ca->trust_domain(), "example.org");
+  EXPECT_THAT(SignFor(*ca, renamed), SizeIs(2));
+  auto csr = MakeCsrForTest({kWeb});
+  ASSERT_TRUE(csr.ok());
+  auto old = ca->Sign(csr->first, kWeb, absl::ZeroDuration());
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(old.status().message(), HasSubstr("trust domain example.org"));
+  // Not a trust domain: refused, the current one stays.
+  EXPECT_EQ(ca->SetTrustDomain("Not A Domain").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ca->trust_domain(), "example.org");
+}
+
 // A copy of `csr_pem` with one byte of the signed part changed; the signature no longer matches.
 std::string Tamper(const std::string& csr_pem) {
   internal::X509ReqPtr csr = *internal::ParseCsr(csr_pem);

@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -392,6 +393,93 @@ TEST_F(CertManagerTest, IdentitiesAreIndependentAndListedInOrder) {
   EXPECT_EQ(statuses[1].state, CertState::kValid);
   EXPECT_EQ(manager_->Get(kDb), nullptr);
   EXPECT_NE(manager_->Get(kWeb), nullptr);
+}
+
+// The built-in CA backdates notBefore by a minute for peers with slow clocks.
+constexpr absl::Duration kCaBackdate = absl::Minutes(1);
+
+// A leaf as the built-in CA issues it for `ttl`: valid from a minute ago until ttl from now.
+TestCa::LeafOptions LikeTheCa(absl::Duration ttl) {
+  TestCa::LeafOptions leaf;
+  leaf.backdate = kCaBackdate;
+  leaf.lifetime = ttl + kCaBackdate;
+  return leaf;
+}
+
+TEST_F(CertManagerTest, TwoMinuteLifetimeRenewsAtHalfOfWhatIsLeft) {
+  signer_->set_leaf_options(LikeTheCa(absl::Minutes(2)));
+  const absl::Time issued = clock_.Now();
+  Enroll(kWeb);
+  // Half of the two usable minutes, +- 5%: not half of notBefore..notAfter (a quarter of the
+  // way from issue, as counting from the backdated notBefore gave).
+  const absl::Time renewal = manager_->NextDeadline();
+  EXPECT_GE(renewal, issued + absl::Seconds(54));
+  EXPECT_LE(renewal, issued + absl::Seconds(66));
+}
+
+TEST_F(CertManagerTest, BackdatingDoesNotShortenTheSchedule) {
+  for (absl::Duration backdate : {absl::Minutes(1), absl::Hours(1), absl::Hours(12)}) {
+    Make(Seeded(3));
+    TestCa::LeafOptions leaf;
+    leaf.backdate = backdate;
+    leaf.lifetime = absl::Hours(24) + backdate;
+    signer_->set_leaf_options(leaf);
+    const absl::Time issued = clock_.Now();
+    Enroll(kWeb);
+    const absl::Time renewal = manager_->NextDeadline();
+    EXPECT_GE(renewal, issued + absl::Minutes(648)) << backdate;
+    EXPECT_LE(renewal, issued + absl::Minutes(792)) << backdate;
+  }
+}
+
+// Signs every request at once and steps the clock from deadline to deadline for `span`; returns
+// how many certificates were signed. Bounded, so that a storm shows as a large count.
+size_t SignedWithin(FakeClock& clock, CertManager& manager, FakeCsrSigner& signer,
+                    absl::Duration span) {
+  const absl::Time end = clock.Now() + span;
+  for (int step = 0; step < 10000; ++step) {
+    const absl::Time next = manager.NextDeadline();
+    if (next == absl::InfiniteFuture() || next > end) break;
+    if (next > clock.Now()) clock.Set(next);
+    manager.Tick();
+  }
+  return signer.history().size();
+}
+
+TEST_F(CertManagerTest, MinimumLifetimeSignsAboutTwicePerLifetime) {
+  signer_->set_mode(FakeCsrSigner::Mode::kSign);
+  signer_->set_leaf_options(LikeTheCa(absl::Minutes(1)));
+  manager_->AddRef(kWeb);
+  ASSERT_EQ(State(kWeb), CertState::kValid);
+  // Two lifetimes: the first certificate plus one renewal every ~30 s.
+  const size_t signed_count =
+      SignedWithin(clock_, *manager_, *signer_, absl::Minutes(2) - absl::Seconds(1));
+  EXPECT_GE(signed_count, 4u);
+  EXPECT_LE(signed_count, 5u);
+  EXPECT_EQ(State(kWeb), CertState::kValid);
+}
+
+TEST_F(CertManagerTest, NearlyExpiredCertificatesCannotCauseAStorm) {
+  // A CA that issues what is valid for half a second (or has already expired, by the time it
+  // is checked) is asked once per min_renew_delay or back-off, never in a loop.
+  signer_->set_mode(FakeCsrSigner::Mode::kSign);
+  signer_->set_leaf_options(LikeTheCa(absl::Milliseconds(500)));
+  manager_->AddRef(kWeb);
+  manager_->AddRef(kDb);
+  const size_t signed_count = SignedWithin(clock_, *manager_, *signer_, absl::Seconds(15));
+  // Per identity: no request sooner than the initial back-off (1 s, jittered) after the last,
+  // and after a certificate that was usable, not before min_renew_delay (5 s). Before the fix,
+  // thousands in the same clock tick.
+  EXPECT_GE(signed_count, 4u);
+  EXPECT_LE(signed_count, 2u * 8u);
+  std::map<std::string, absl::Time> last;
+  for (const auto& request : signer_->history()) {
+    auto it = last.find(request.identity);
+    if (it != last.end()) {
+      EXPECT_GE(request.at - it->second, absl::Milliseconds(900));
+    }
+    last[request.identity] = request.at;
+  }
 }
 
 }  // namespace
