@@ -143,6 +143,17 @@ class ReadinessTest(unittest.TestCase):
         n.n1.wait_log("capture check: cgroup program connect4", 5)
         self.assertEqual(n.n2.ready()[0], 200)
 
+    def test_destroyed_listener_is_not_ready(self):
+        n = self.nodes
+        # The kernel ends the pod's plaintext-inbound listeners (sock_destroy, as `ss -K` does):
+        # the data plane still holds their descriptors, but they take no connection any more.
+        r = run("ip", "netns", "exec", n.b.netns, "ss", "-K", "-t", "state", "listening",
+                "sport", "=", ":15006", check=False)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        waited, body = wait_ready(n.n2, 503, "pod backend/b: only 4 of its 6 listeners", timeout=5)
+        print(f"\n503 {waited:.2f}s after the listeners were destroyed: {body.strip()}")
+        self.assertEqual(n.n1.ready()[0], 200)
+
     def test_missing_link_pin_is_not_ready(self):
         n = self.nodes
         pin = os.path.join(self.pin_root(n.n1), "links", "sockops")
