@@ -56,7 +56,27 @@ struct NodeHealth {
   absl::Time pending_since = absl::InfiniteFuture();  // when desired last moved past applied
   std::string generation_error;  // why desired is not applied (refused or not delivered)
   bool fail_closed = false;      // the data plane refuses new connections meanwhile
+  // When the data plane's unanswered heartbeat was sent (InfiniteFuture: none outstanding),
+  // and how long an answer may take before the data plane counts as hung.
+  absl::Time heartbeat_waiting_since = absl::InfiniteFuture();
+  absl::Duration heartbeat_deadline = absl::Seconds(3);
+  // Pods this node should enroll but could not yet, since when, and why.
+  struct EnrollFailure {
+    std::string pod, error;
+    absl::Time since;
+  };
+  std::vector<EnrollFailure> enroll_failing;
+  // Capture programs, links or pins no longer where ambitd put them (checked about once a
+  // second), and enrolled pods whose listeners the data plane's last heartbeat answer lacks.
+  std::vector<std::string> capture_problems;
+  std::vector<std::string> listener_problems;
 };
+
+// True while the data plane's heartbeat answer is overdue as of `now`.
+inline bool DataPlaneUnresponsive(const NodeHealth& health, absl::Time now) {
+  return health.dataplane_connected &&
+         now - health.heartbeat_waiting_since > health.heartbeat_deadline;
+}
 
 // How long a new configuration may go unapplied before readiness turns false. Applying takes
 // milliseconds for ordinary sizes and about a second at 100 000 peer pods.

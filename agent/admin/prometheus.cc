@@ -124,9 +124,15 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats,
     }
   }
   NodeHealth h = state.Health();
+  const bool responsive = h.dataplane_connected && !DataPlaneUnresponsive(h, now);
   p.Add("ambit_dataplane_up", "gauge",
-        "1 when ambitd is connected to a data plane and could read its counters.", {},
-        h.dataplane_connected && stats != nullptr ? 1 : 0);
+        "1 when ambitd is connected to a data plane that answers its heartbeat and could read "
+        "its counters.",
+        {}, responsive && stats != nullptr ? 1 : 0);
+  p.Add("ambit_dataplane_responsive", "gauge",
+        "1 when the data plane answered ambitd's last heartbeat (through every worker thread) "
+        "within the deadline.",
+        {}, responsive ? 1 : 0);
   p.Add("ambit_dataplane_restarts_total", "counter",
         "Data-plane restarts since ambitd started.", {}, static_cast<double>(h.dataplane_restarts));
   p.Add("ambit_config_generation", "gauge",
@@ -174,6 +180,21 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   NodeHealth h = state.Health();
   if (!h.bpf_attached) problems.push_back("BPF programs are not attached");
   if (!h.dataplane_connected) problems.push_back("the data plane is not connected");
+  if (DataPlaneUnresponsive(h, now)) {
+    problems.push_back(absl::StrCat(
+        "the data plane has not answered a heartbeat for ",
+        absl::FormatDuration(absl::Trunc(now - h.heartbeat_waiting_since, absl::Milliseconds(100))),
+        " (deadline ", absl::FormatDuration(h.heartbeat_deadline),
+        "): it or one of its worker threads is stalled; new connections may time out"));
+  }
+  for (const auto& f : h.enroll_failing) {
+    if (now - f.since <= kGenerationGrace) continue;  // a retry may still succeed
+    problems.push_back(absl::StrCat(
+        "pod ", f.pod, " cannot be enrolled (failing for ",
+        absl::FormatDuration(absl::Trunc(now - f.since, absl::Seconds(1))), "): ", f.error));
+  }
+  for (const auto& c : h.capture_problems) problems.push_back(c);
+  for (const auto& l : h.listener_problems) problems.push_back(l);
   if (!h.config_loaded) problems.push_back("no configuration loaded yet");
   if (h.desired_generation != h.applied_generation &&
       (h.fail_closed || now - h.pending_since > kGenerationGrace)) {

@@ -116,7 +116,12 @@ TelemetryServer::Answer TelemetryServer::Metrics(const std::string& path) const 
     return {404, "text/plain", "not found: metrics are at /metrics\n"};
   }
   std::optional<ambit::dataplane::v1::StatsResponse> stats;
-  if (StatsFetcher fetch = state_->stats_fetcher()) {
+  const absl::Time now = absl::Now();
+  // A data plane whose heartbeat is overdue would hold the scrape for the whole stats timeout;
+  // its counters are left out and ambit_dataplane_up says why.
+  if (DataPlaneUnresponsive(state_->Health(), now)) {
+    AMBIT_LOG(kComponent, Debug) << "metrics: data-plane counters skipped: heartbeat overdue";
+  } else if (StatsFetcher fetch = state_->stats_fetcher()) {
     auto fetched = fetch(false, true);
     if (fetched.ok()) {
       stats = std::move(*fetched);
@@ -126,7 +131,7 @@ TelemetryServer::Answer TelemetryServer::Metrics(const std::string& path) const 
     }
   }
   return {200, "text/plain; version=0.0.4; charset=utf-8",
-          RenderMetrics(stats ? &*stats : nullptr, *state_, absl::Now())};
+          RenderMetrics(stats ? &*stats : nullptr, *state_, now)};
 }
 
 TelemetryServer::Answer TelemetryServer::Readiness(const std::string& path) const {

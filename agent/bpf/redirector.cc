@@ -10,6 +10,7 @@
 
 #include "abi/redirect.h"
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/kernel.h"
 #include "agent/bpf/skeleton.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
@@ -81,7 +82,9 @@ struct Redirector::State {
   Skeleton<ambit_redirect> skel;
   UniqueFd pods_map, listeners_map, ports_map, cidrs_map;
   std::vector<LinkPtr> links;
+  std::vector<std::string> link_pins;  // the pin of each of `links`
   std::vector<ProgramInfo> programs;
+  uint64_t cgroup_id = 0;  // of config.cgroup_path; 0 if it could not be read
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -112,7 +115,9 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
     AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
   }
 
-  auto state = std::make_unique<State>(State{config, std::move(skel), {}, {}, {}, {}, {}, {}});
+  auto state =
+      std::make_unique<State>(State{config, std::move(skel), {}, {}, {}, {}, {}, {}, {}, 0});
+  if (auto id = CgroupId(config.cgroup_path); id.ok()) state->cgroup_id = *id;
   auto& s = *state;
   bool reused = false;
   struct {
@@ -149,6 +154,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
     }
     s.programs.push_back(Describe(bpf_program__fd(p.prog), "cgroup " + config.cgroup_path));
     s.links.push_back(std::move(link));
+    s.link_pins.push_back(pin);
   }
   auto dup_map = [](bpf_map* m) { return UniqueFd(fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3)); };
   s.pods_map = dup_map(s.skel->maps.ambit_pods);
@@ -303,5 +309,86 @@ absl::Status Redirector::AddBypassCidr(const Cidr& cidr) {
 }
 
 std::vector<ProgramInfo> Redirector::Programs() const { return state_->programs; }
+
+namespace {
+
+absl::StatusOr<bpf_link_info> LinkInfo(int fd) {
+  bpf_link_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) {
+    return absl::ErrnoToStatus(errno, "read link info");
+  }
+  return info;
+}
+
+}  // namespace
+
+std::vector<std::string> Redirector::VerifyCapture() const {
+  const auto& s = *state_;
+  std::vector<std::string> problems;
+  for (size_t i = 0; i < s.links.size(); ++i) {
+    const std::string& pin = s.link_pins[i];
+    const std::string name = pin.substr(pin.rfind('/') + 1);
+    auto held = LinkInfo(bpf_link__fd(s.links[i].get()));
+    if (!held.ok()) {
+      problems.push_back(absl::StrCat("cgroup program ", name, ": ", held.status().message()));
+      continue;
+    }
+    // A detached cgroup link (bpftool link detach) keeps its descriptor but names no cgroup.
+    if (held->cgroup.cgroup_id == 0 ||
+        (s.cgroup_id != 0 && held->cgroup.cgroup_id != s.cgroup_id)) {
+      problems.push_back(absl::StrCat("cgroup program ", name, " is no longer attached to ",
+                                      s.config.cgroup_path, " (link id ", held->id,
+                                      " was detached): outbound connections are not captured"));
+    }
+    UniqueFd pinned(bpf_obj_get(pin.c_str()));
+    if (!pinned) {
+      problems.push_back(absl::StrCat("pin ", pin, " is gone (", strerror(errno),
+                                      "): the next ambitd start would not find this capture"));
+      continue;
+    }
+    auto info = LinkInfo(pinned.get());
+    if (info.ok() && info->id != held->id) {
+      problems.push_back(absl::StrCat("pin ", pin, " holds link id ", info->id,
+                                      ", not the attached link id ", held->id));
+    }
+  }
+  bpf_map* map;
+  bpf_object__for_each_map(map, s.skel->obj) {
+    std::string name = bpf_map__name(map);
+    if (name.find('.') != std::string::npos) continue;
+    std::string pin = absl::StrCat(s.config.pin_root, "/", name);
+    if (!Exists(pin)) {
+      problems.push_back(absl::StrCat("map pin ", pin,
+                                      " is gone: the next ambitd start would lose its entries"));
+    }
+  }
+  return problems;
+}
+
+absl::Status Redirector::VerifyPod(uint64_t netns_cookie, int netns_fd) const {
+  const auto& s = *state_;
+  ambit_pod_info info;
+  if (bpf_map_lookup_elem(s.pods_map.get(), &netns_cookie, &info) != 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "missing from ambit_pods (netns_cookie=", netns_cookie, "): outbound is not captured"));
+  }
+  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  UniqueFd link(bpf_obj_get(pin.c_str()));
+  if (!link) {
+    // The pin is the link's only holder: without it the program is detached.
+    return absl::ErrnoToStatus(errno, absl::StrCat("sk_lookup link pin ", pin,
+                                                   " is gone: inbound is not captured"));
+  }
+  AMBIT_ASSIGN_OR_RETURN(bpf_link_info l, LinkInfo(link.get()));
+  struct stat st;
+  if (fstat(netns_fd, &st) != 0) return absl::ErrnoToStatus(errno, "stat pod netns");
+  if (l.netns.netns_ino == 0 || l.netns.netns_ino != static_cast<uint32_t>(st.st_ino)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sk_lookup link id ", l.id, " (", pin, ") is no longer attached to the pod's network "
+        "namespace: inbound is not captured"));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace ambit::bpf

@@ -66,6 +66,15 @@ class Redirector {
   bool reused_links() const { return reused_links_; }
   std::vector<ProgramInfo> Programs() const;
 
+  // Checks, changing nothing, that the cgroup programs are still attached where Open attached
+  // them and that their link and map pins exist (another tool may detach a link or delete a
+  // pin: the first ends capture now, the second makes the next ambitd attach a second copy or
+  // lose the maps). One line per finding; empty when all is in place. A few syscalls.
+  std::vector<std::string> VerifyCapture() const;
+  // The same for one enrolled pod: its sk_lookup link is pinned and attached to the network
+  // namespace `netns_fd`, and the pod is in ambit_pods.
+  absl::Status VerifyPod(uint64_t netns_cookie, int netns_fd) const;
+
  private:
   struct State;
   explicit Redirector(std::unique_ptr<State> state);

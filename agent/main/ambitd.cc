@@ -56,6 +56,12 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
           "ip:port of the Prometheus endpoint (/metrics); empty: off");
 ABSL_FLAG(std::string, readiness_address, "0.0.0.0:15021",
           "ip:port of the readiness endpoint (/healthz/ready); empty: off");
+ABSL_FLAG(absl::Duration, dataplane_heartbeat_interval, absl::Seconds(1),
+          "how often ambitd pings the data plane (answered through every worker thread) and "
+          "re-checks that the capture programs and pins are in place");
+ABSL_FLAG(absl::Duration, dataplane_heartbeat_deadline, absl::Seconds(3),
+          "an unanswered heartbeat older than this makes /healthz/ready answer 503 (the data "
+          "plane is reported, not restarted)");
 ABSL_FLAG(absl::Duration, hbone_idle_timeout, absl::Seconds(30),
           "how long the data plane keeps a pooled HBONE connection with no stream");
 ABSL_FLAG(uint32_t, hbone_failed_stream_burst, 200,
@@ -134,6 +140,14 @@ int main(int argc, char** argv) {
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);
+  options.heartbeat_interval = absl::GetFlag(FLAGS_dataplane_heartbeat_interval);
+  options.heartbeat_deadline = absl::GetFlag(FLAGS_dataplane_heartbeat_deadline);
+  if (options.heartbeat_interval < absl::Milliseconds(10) ||
+      options.heartbeat_deadline < options.heartbeat_interval) {
+    std::cerr << "ambitd: --dataplane-heartbeat-interval must be at least 10ms and at most "
+                 "--dataplane-heartbeat-deadline\n";
+    return 2;
+  }
   options.tunnel_args.push_back("--idle-timeout");
   options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));
   options.tunnel_args.push_back("--failed-stream-burst");

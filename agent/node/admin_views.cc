@@ -361,6 +361,17 @@ void Agent::PublishHealth() {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
   h.enroll_failures = static_cast<int>(failed_.size());
+  for (const auto& [uid, error] : failed_) {
+    auto since = failing_since_.find(uid);
+    h.enroll_failing.push_back(
+        {uid, error, since != failing_since_.end() ? since->second : absl::Now()});
+  }
+  if (heartbeat_ != nullptr) {
+    h.heartbeat_waiting_since = heartbeat_->waiting_since();
+    h.heartbeat_deadline = heartbeat_->deadline();
+  }
+  h.capture_problems = capture_problems_;
+  if (dataplane_ != nullptr) h.listener_problems = ListenerProblems();
   h.config_loaded = snapshot_version_ > 0;
   h.desired_generation = snapshot_version_;
   h.applied_generation = dataplane_ != nullptr ? dataplane_->acked_version() : 0;

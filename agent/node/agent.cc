@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -39,6 +40,7 @@ enum : uint64_t {
   kTagRestartTimer,
   kTagRetryTimer,
   kTagCompletions,
+  kTagHeartbeatTimer,
 };
 constexpr int64_t kMaxBackoffMs = 10000;
 constexpr int64_t kRetryMs = 2000;
@@ -182,7 +184,8 @@ absl::Status Agent::Init() {
   signal_fd_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC));
   restart_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   retry_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!epoll_ || !signal_fd_ || !restart_timer_ || !retry_timer_) {
+  heartbeat_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!epoll_ || !signal_fd_ || !restart_timer_ || !retry_timer_ || !heartbeat_timer_) {
     return absl::ErrnoToStatus(errno, "create agent event loop");
   }
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), signal_fd_.get(), kTagSignal));
@@ -190,6 +193,15 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), restart_timer_.get(), kTagRestartTimer));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), retry_timer_.get(), kTagRetryTimer));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), completions_.fd(), kTagCompletions));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), heartbeat_timer_.get(), kTagHeartbeatTimer));
+  {
+    itimerspec its{};
+    its.it_interval = absl::ToTimespec(options_.heartbeat_interval);
+    its.it_value = its.it_interval;
+    timerfd_settime(heartbeat_timer_.get(), 0, &its, nullptr);
+  }
+  heartbeat_ = std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(),
+                                                              options_.heartbeat_deadline);
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   std::string binary = options_.tunnel_binary;
@@ -203,6 +215,7 @@ absl::Status Agent::Init() {
     OnCertificateReport(std::move(c));
   };
   dataplane_->on_pod_removed = [this](const std::string& uid) { OnPodRemoved(uid); };
+  dataplane_->on_pong = [this](supervisor::PongReport r) { OnPong(std::move(r)); };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
   Apply(source_->Current());  // publishes the views and the health readiness reads
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
@@ -214,6 +227,8 @@ absl::Status Agent::Init() {
 absl::Status Agent::ConnectDataPlane() {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
   dataplane_started_ms_ = NowMs();
+  heartbeat_->Reset(dataplane_->heartbeat_supported());
+  last_pong_.reset();
   // A data plane that restarted holds nothing of removed pods; one that stayed up handled the
   // removals before this session (one socket, in order), and has not re-sent what it dropped.
   releasing_.clear();
@@ -305,6 +320,8 @@ void Agent::Reconcile() {
     if (it == desired.end() || it->second->netns_path != e.pod.netns_path) gone.push_back(uid);
   }
   for (const auto& uid : gone) Unenroll(uid);
+  auto previous_failures = std::move(failing_since_);
+  failing_since_.clear();
   failed_.clear();
   std::map<std::string, std::string> refused;
   for (const auto& [uid, pod] : desired) {
@@ -335,6 +352,8 @@ void Agent::Reconcile() {
       refused.emplace(uid, std::move(message));
     } else if (!status.ok()) {
       failed_[uid] = std::string(status.message());
+      auto since = previous_failures.find(uid);
+      failing_since_[uid] = since != previous_failures.end() ? since->second : absl::Now();
       AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
                                    << "): " << status.message() << "; retrying";
     }
@@ -462,6 +481,7 @@ void Agent::OnPodRemoved(const std::string& uid) {
 }
 
 absl::Status Agent::SendPod(EnrolledPod& e) {
+  e.sent_at_seq = heartbeat_->next_seq();
   supervisor::PodDescriptor d;
   d.uid = e.pod.Key();
   d.namespace_name = e.pod.namespace_name;
@@ -580,6 +600,8 @@ void Agent::OnDataPlaneExit() {
   }
   pid_t pid = dataplane_->pid();
   std::string how = dataplane_->Reap();
+  heartbeat_->Reset(false);  // an exited data plane is reported as not connected
+  last_pong_.reset();
   // A data plane that ran for a while earns a quick restart; one that keeps dying backs off.
   if (NowMs() - dataplane_started_ms_ > 30000) restart_backoff_ms_ = 100;
   ++restarts_;
@@ -629,6 +651,10 @@ absl::Status Agent::Run() {
         case kTagCompletions:
           completions_.Drain();
           break;
+        case kTagHeartbeatTimer:
+          (void)!read(heartbeat_timer_.get(), &expirations, sizeof expirations);
+          OnHeartbeatTick();
+          break;
         case kTagDataPlaneControl:
           if (!dataplane_->connected()) break;
           if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
@@ -660,6 +686,98 @@ absl::Status Agent::Run() {
       }
     }
   }
+}
+
+void Agent::OnHeartbeatTick() {
+  if (dataplane_->connected()) {
+    if (auto seq = heartbeat_->NextPing()) {
+      if (auto status = dataplane_->SendPing(*seq); !status.ok()) {
+        AMBIT_LOG(kComponent, Warning) << "heartbeat " << *seq << ": " << status.message();
+      }
+    }
+  }
+  LogHeartbeatChange();
+  std::vector<std::string> problems = CheckCapture();
+  for (const auto& p : problems) {
+    if (std::find(capture_problems_.begin(), capture_problems_.end(), p) ==
+        capture_problems_.end()) {
+      AMBIT_LOG(kComponent, Error) << "capture check: " << p;
+    }
+  }
+  if (!capture_problems_.empty() && problems.empty()) {
+    AMBIT_LOG(kComponent, Info) << "capture check: every program and pin is in place again";
+  }
+  capture_problems_ = std::move(problems);
+  PublishHealth();
+}
+
+void Agent::OnPong(supervisor::PongReport report) {
+  if (!heartbeat_->OnPong(report.seq)) return;  // not the outstanding one
+  last_pong_ = std::move(report);
+  LogHeartbeatChange();
+  PublishHealth();
+}
+
+void Agent::LogHeartbeatChange() {
+  switch (heartbeat_->TakeChange()) {
+    case supervisor::HeartbeatMonitor::Change::kLate:
+      AMBIT_LOG(kComponent, Error)
+          << "data plane pid=" << dataplane_->pid() << " has not answered a heartbeat for "
+          << heartbeat_->deadline()
+          << ": it or one of its worker threads is stalled; not ready until it answers "
+             "(it is left running: a pause may end by itself)";
+      break;
+    case supervisor::HeartbeatMonitor::Change::kAnsweredAgain:
+      AMBIT_LOG(kComponent, Warning) << "data plane pid=" << dataplane_->pid()
+                                     << " answers heartbeats again after "
+                                     << absl::Trunc(heartbeat_->last_silence(),
+                                                    absl::Milliseconds(100));
+      break;
+    case supervisor::HeartbeatMonitor::Change::kNone:
+      break;
+  }
+}
+
+std::vector<std::string> Agent::CheckCapture() const {
+  std::vector<std::string> problems = redirector_->VerifyCapture();
+  for (const auto& [uid, e] : enrolled_) {
+    if (auto status = redirector_->VerifyPod(e.netns_cookie, e.netns.get()); !status.ok()) {
+      problems.push_back(absl::StrCat("pod ", uid, ": ", status.message()));
+    }
+  }
+  return problems;
+}
+
+std::vector<std::string> Agent::ListenerProblems() const {
+  std::vector<std::string> problems;
+  if (!last_pong_.has_value() || !dataplane_->connected()) return problems;
+  std::map<std::string, const supervisor::PodListenerReport*> reported;
+  for (const auto& p : last_pong_->pods) reported[p.uid] = &p;
+  for (const auto& [uid, e] : enrolled_) {
+    if (e.sent_at_seq > last_pong_->seq) continue;  // sent after the ping this answers
+    uint32_t expected = 0;
+    for (const UniqueFd* fd : {&e.listeners.outbound_v4, &e.listeners.outbound_v6,
+                               &e.listeners.plain_v4, &e.listeners.plain_v6,
+                               &e.listeners.hbone_v4, &e.listeners.hbone_v6}) {
+      if (*fd) ++expected;
+    }
+    auto it = reported.find(uid);
+    if (it == reported.end()) {
+      problems.push_back(
+          absl::StrCat("pod ", uid, ": the data plane does not hold its listeners"));
+      continue;
+    }
+    const auto& r = *it->second;
+    if (r.listening < expected) {
+      problems.push_back(absl::StrCat("pod ", uid, ": only ", r.listening, " of its ", expected,
+                                      " listeners are listening in the data plane"));
+    } else if (!r.waiting_for_certificate && r.workers_accepting < last_pong_->workers) {
+      problems.push_back(absl::StrCat("pod ", uid, ": only ", r.workers_accepting, " of ",
+                                      last_pong_->workers,
+                                      " data-plane workers accept its connections"));
+    }
+  }
+  return problems;
 }
 
 absl::Status Agent::InitCertificates() {

@@ -29,6 +29,7 @@
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
+#include "agent/supervisor/heartbeat.h"
 
 namespace ambit::node {
 
@@ -61,6 +62,11 @@ struct AgentOptions {
   std::string admin_socket;  // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
   std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
+  // The heartbeat to the data plane (a ping answered through every worker thread), and how
+  // long an answer may take before readiness reports the data plane as stalled. The same tick
+  // re-checks that the capture programs and pins are in place.
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  absl::Duration heartbeat_deadline = absl::Seconds(3);
 
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
@@ -99,6 +105,9 @@ class Agent {
     enroll::PodListeners listeners;
     // The identity the data plane serves the pod with; a trust domain change makes it stale.
     std::string spiffe_id;
+    // The heartbeat sequence number current when the pod was last sent to the data plane: an
+    // answer to that ping or a later one must list it.
+    uint64_t sent_at_seq = 0;
   };
 
   explicit Agent(AgentOptions options);
@@ -125,6 +134,14 @@ class Agent {
   void Unenroll(const std::string& uid);
   void OnPodRemoved(const std::string& uid);
   absl::Status SendPod(EnrolledPod& pod);
+  // Every heartbeat_interval: a ping if none is outstanding, a log line when the data plane
+  // turns late or answers again, and a fresh capture check for readiness.
+  void OnHeartbeatTick();
+  void OnPong(supervisor::PongReport report);
+  void LogHeartbeatChange();
+  std::vector<std::string> CheckCapture() const;
+  // Enrolled pods whose listeners the last heartbeat answer shows missing or unserved.
+  std::vector<std::string> ListenerProblems() const;
   void SendSnapshot();
   void OnDataPlaneExit();
   void ArmTimer(int fd, int64_t ms);
@@ -180,7 +197,11 @@ class Agent {
   absl::Time generation_pending_since_ = absl::InfiniteFuture();
   std::string delivery_error_;  // why snapshot_version_ could not be sent; "" once it was
   uint64_t health_acked_ = 0, health_nacked_ = 0;  // as last published
-  UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_;
+  std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat_;
+  std::optional<supervisor::PongReport> last_pong_;  // of the current data-plane session
+  std::vector<std::string> capture_problems_;          // as last checked
+  std::map<std::string, absl::Time> failing_since_;    // uid -> first failed enrollment
+  UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_, heartbeat_timer_;
   int64_t restart_backoff_ms_ = 100;
   int64_t dataplane_started_ms_ = 0;
   int restarts_ = 0;

@@ -30,6 +30,7 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
     case pb::Envelope::kCsrRequest:
     case pb::Envelope::kCertificateReport:
     case pb::Envelope::kPodRemoved:
+    case pb::Envelope::kPong:
       if (fd_count != 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("control message ", static_cast<int>(env.body_case()), " carried ",

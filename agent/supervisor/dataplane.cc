@@ -124,6 +124,12 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
   }
   AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(control_.get(), 5000));
   if (!hello.first.has_hello()) return absl::DataLossError("data plane did not say hello");
+  heartbeat_supported_ = hello.first.hello().heartbeat();
+  if (!heartbeat_supported_) {
+    AMBIT_LOG(kComponent, Warning)
+        << "the data plane does not answer heartbeats (an earlier build); readiness cannot "
+           "tell whether it is hung until it is restarted";
+  }
   if (!is_child_) {
     pid_ = hello.first.hello().pid();
     pidfd_ = UniqueFd(PidfdOpen(pid_));
@@ -254,6 +260,16 @@ absl::Status DataPlane::OnControlReadable() {
   } else if (msg.first.has_pod_removed()) {
     AMBIT_LOG(kComponent, Debug) << "data plane released pod " << msg.first.pod_removed().uid();
     if (on_pod_removed) on_pod_removed(msg.first.pod_removed().uid());
+  } else if (msg.first.has_pong()) {
+    const auto& p = msg.first.pong();
+    PongReport report;
+    report.seq = p.seq();
+    report.workers = p.workers();
+    for (const auto& pod : p.pods()) {
+      report.pods.push_back(
+          {pod.uid(), pod.listening(), pod.workers_accepting(), pod.waiting_for_certificate()});
+    }
+    if (on_pong) on_pong(std::move(report));
   }
   return absl::OkStatus();
 }
@@ -289,6 +305,12 @@ absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   add(pod.hbone_v4, pb::FD_ROLE_HBONE_V4);
   add(pod.hbone_v6, pb::FD_ROLE_HBONE_V6);
   return SendEnvelope(control_.get(), env, fds);
+}
+
+absl::Status DataPlane::SendPing(uint64_t seq) {
+  auto env = NewEnvelope();
+  env.mutable_ping()->set_seq(seq);
+  return SendEnvelope(control_.get(), env, {});
 }
 
 absl::Status DataPlane::SendRemovePod(const std::string& uid) {

@@ -65,6 +65,21 @@ struct WorkloadDescriptor {
   std::map<uint32_t, std::pair<std::string, std::string>> port_modes;  // port -> {mode, policy}
 };
 
+// What the data plane holds for one pod, as its answer to a heartbeat says.
+struct PodListenerReport {
+  std::string uid;
+  uint32_t listening = 0;          // listener sockets still listening
+  uint32_t workers_accepting = 0;  // workers that watch all of them
+  bool waiting_for_certificate = false;
+};
+
+// The data plane's answer to ping `seq`, sent once every worker thread had run a task.
+struct PongReport {
+  uint64_t seq = 0;
+  uint32_t workers = 0;
+  std::vector<PodListenerReport> pods;
+};
+
 struct ServiceDescriptor {
   struct Port {
     uint32_t port = 0, target_port = 0;
@@ -115,6 +130,11 @@ class DataPlane {
   std::function<void(std::vector<CertificateState>)> on_certificate_report;
   // The data plane has released everything it held for the pod (the answer to SendRemovePod).
   std::function<void(const std::string& uid)> on_pod_removed;
+  // The answer to SendPing.
+  std::function<void(PongReport)> on_pong;
+  // The data plane of this session answers pings (its hello said so).
+  bool heartbeat_supported() const { return heartbeat_supported_; }
+  absl::Status SendPing(uint64_t seq);
   // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
 
@@ -148,6 +168,7 @@ class DataPlane {
   pid_t pid_ = -1;
   bool is_child_ = false;
   uint64_t acked_version_ = 0;
+  bool heartbeat_supported_ = false;
   uint64_t nacked_version_ = 0;
   std::string nack_error_;
 };

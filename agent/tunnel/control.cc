@@ -39,6 +39,7 @@ enum : uint64_t {
   kTagSignal = 3,
   kTagCertTimer = 4,
   kTagStats = 5,
+  kTagWorkerReplies = 6,
 };
 // How long one stats exchange may take, each way, and how long workers have to answer.
 constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
@@ -76,6 +77,8 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->listen_fd_.get(), kTagListen));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->signal_fd_.get(), kTagSignal));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->stats_fd_.get(), kTagStats));
+  AMBIT_RETURN_IF_ERROR(
+      EpollAdd(t->epoll_.get(), t->worker_replies_.fd(), kTagWorkerReplies));
   t->cert_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!t->cert_timer_) return absl::ErrnoToStatus(errno, "timerfd_create");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->cert_timer_.get(), kTagCertTimer));
@@ -132,6 +135,9 @@ absl::Status Tunnel::Run() {
           if (fd) ServeStats(std::move(fd));
           break;
         }
+        case kTagWorkerReplies:
+          worker_replies_.Drain();
+          break;
         case kTagCertTimer: {
           uint64_t expirations;
           (void)!read(cert_timer_.get(), &expirations, sizeof expirations);
@@ -155,12 +161,14 @@ absl::Status Tunnel::OnControllerConnected(UniqueFd fd) {
     epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, controller_.get(), nullptr);
   }
   controller_ = std::move(fd);
+  ++session_;
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), controller_.get(), kTagController));
   pb::Envelope hello;
   hello.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
   hello.mutable_hello()->set_pid(getpid());
   hello.mutable_hello()->set_pod_count(pods_.size());
   hello.mutable_hello()->set_snapshot_version(snapshot_version_);
+  hello.mutable_hello()->set_heartbeat(true);
   AMBIT_RETURN_IF_ERROR(Send(hello, {}));
   last_report_.clear();  // the new agent gets a full certificate report
   // Hand every pod back so a restarted agent adopts the live listeners instead of re-creating.
@@ -365,6 +373,9 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     }
     case pb::Envelope::kRemovePod:
       return RemovePod(env.remove_pod().uid());
+    case pb::Envelope::kPing:
+      OnPing(env.ping().seq());
+      return absl::OkStatus();
     case pb::Envelope::kSnapshot:
       return ApplySnapshot(env.snapshot());
     case pb::Envelope::kSnapshotRef: {
@@ -399,6 +410,75 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
+  }
+}
+
+struct Tunnel::HeartbeatRound {
+  uint64_t seq = 0;
+  uint64_t session = 0;
+  size_t remaining = 0;
+  // Per worker that answered: the listeners it watches, by pod uid.
+  std::vector<std::unordered_map<std::string, uint32_t>> watched;
+};
+
+void Tunnel::OnPing(uint64_t seq) {
+  auto round = std::make_shared<HeartbeatRound>();
+  round->seq = seq;
+  round->session = session_;
+  round->remaining = workers_.size();
+  if (workers_.empty()) {  // nothing to ask yet (no maps from the agent)
+    SendPong(*round);
+    return;
+  }
+  // The workers' tasks run after whatever each worker had queued, so the answer also proves
+  // their queues move. `this` outlives them: the destructor joins the workers first, and the
+  // replies run only on this thread's loop.
+  for (auto& w : workers_) {
+    w->Post([this, round](Worker& worker) {
+      worker_replies_.Post([this, round, watched = worker.WatchedListeners()]() mutable {
+        round->watched.push_back(std::move(watched));
+        if (--round->remaining == 0) SendPong(*round);
+      });
+    });
+  }
+}
+
+void Tunnel::SendPong(const HeartbeatRound& round) {
+  // A previous session's question: the agent that asked is gone.
+  if (round.session != session_ || !controller_) return;
+  pb::Envelope env;
+  env.set_protocol_version(pb::PROTOCOL_VERSION_CURRENT);
+  auto* pong = env.mutable_pong();
+  pong->set_seq(round.seq);
+  pong->set_workers(static_cast<uint32_t>(round.watched.size()));
+  for (const auto& [uid, pod] : pods_) {
+    uint32_t held = 0, listening = 0;
+    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4,
+                               &pod->plain_v6, &pod->hbone_v4, &pod->hbone_v6}) {
+      if (!*fd) continue;
+      ++held;
+      // A listener someone shut down (or that failed) leaves the listening state: it holds a
+      // descriptor but no longer takes connections.
+      int accepting = 0;
+      socklen_t len = sizeof accepting;
+      if (getsockopt(fd->get(), SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) == 0 && accepting) {
+        ++listening;
+      }
+    }
+    uint32_t workers_accepting = 0;
+    for (const auto& watched : round.watched) {
+      auto it = watched.find(uid);
+      if (it != watched.end() && it->second >= held) ++workers_accepting;
+    }
+    auto* p = pong->add_pods();
+    p->set_uid(uid);
+    p->set_listening(listening);
+    p->set_workers_accepting(workers_accepting);
+    p->set_waiting_for_certificate(waiting_for_cert_.count(uid) > 0);
+  }
+  auto status = Send(env, {});
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "heartbeat answer " << round.seq << ": " << status.message();
   }
 }
 

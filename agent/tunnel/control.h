@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tls/cert_manager.h"
@@ -73,6 +74,11 @@ class Tunnel : public tls::CsrSigner {
   void ServePendingPods();
   // Answers one request on the stats socket (see StatsRequest in dataplane.proto).
   void ServeStats(UniqueFd client);
+  // One heartbeat: every worker runs a task, then the answer goes up. Never waits here, so a
+  // hung worker delays only the answer, and the control thread keeps serving the agent.
+  struct HeartbeatRound;
+  void OnPing(uint64_t seq);
+  void SendPong(const HeartbeatRound& round);
 
   TunnelOptions options_;
   UniqueFd stats_fd_;  // <run dir>/dataplane-stats.sock
@@ -96,6 +102,8 @@ class Tunnel : public tls::CsrSigner {
   std::string tls_signature_;  // what the current TLS contexts were built from
   std::shared_ptr<const TlsContexts> tls_for_new_workers_;
   std::map<std::string, absl::Time> waiting_for_cert_;  // pod uid -> since
+  uint64_t session_ = 0;  // counts agent sessions: an answer is for the session that asked
+  TaskQueue worker_replies_;  // heartbeat replies from the workers, run on this thread
 };
 
 }  // namespace ambit::tunnel

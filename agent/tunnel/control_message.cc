@@ -40,6 +40,7 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
     case pb::Envelope::kSnapshotFailed:
     case pb::Envelope::kCsrResponse:
     case pb::Envelope::kTrustBundle:
+    case pb::Envelope::kPing:
       if (fd_count != 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("control message ", static_cast<int>(env.body_case()), " carried ",

@@ -118,6 +118,12 @@ void Worker::Post(std::function<void(Worker&)> fn) {
   tasks_.Post([this, fn = std::move(fn)] { fn(*this); });
 }
 
+std::unordered_map<std::string, uint32_t> Worker::WatchedListeners() const {
+  std::unordered_map<std::string, uint32_t> out;
+  for (const auto& [uid, list] : listeners_) out[uid] = static_cast<uint32_t>(list.size());
+  return out;
+}
+
 void Worker::AddPod(std::shared_ptr<const Pod> pod) {
   DropListeners(pod->uid);
   auto& list = listeners_[pod->uid];

@@ -128,6 +128,8 @@ class Worker {
   // connections. Their last references to the pod, and so to its listener descriptors, go after
   // the current batch of events; `done` (if set) runs after that.
   void RemovePod(const std::string& uid, std::function<void()> done = nullptr);
+  // The listeners this worker watches, by pod uid (a heartbeat reports them). Worker-thread only.
+  std::unordered_map<std::string, uint32_t> WatchedListeners() const;
   EventLoop& loop() { return *loop_; }
   absl::Status Watch(int fd, uint32_t events, EventHandler* handler) {
     return loop_->Watch(fd, events, handler);

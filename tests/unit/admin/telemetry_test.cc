@@ -64,6 +64,90 @@ TEST(Readiness, AnExpiredCertificateIsNotReady) {
   EXPECT_TRUE(absl::StrContains(problems[0], "pod default/web: certificate for")) << problems[0];
 }
 
+TEST(Readiness, AnOverdueHeartbeatIsNotReadyAndNotResponsive) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.heartbeat_deadline = absl::Seconds(3);
+  h.heartbeat_waiting_since = now - absl::Seconds(2);  // outstanding, within the deadline
+  state->SetHealth(h);
+  EXPECT_TRUE(ReadinessProblems(*state, now).empty());
+  dp::StatsResponse stats;
+  EXPECT_TRUE(absl::StrContains(RenderMetrics(&stats, *state, now), "ambit_dataplane_up 1\n"));
+
+  // The same health read later: readiness is computed at the time of the request, so a data
+  // plane that stopped answering shows even when ambitd published nothing since.
+  auto problems = ReadinessProblems(*state, now + absl::Milliseconds(1500));
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(problems[0], "has not answered a heartbeat for 3.5s (deadline 3s)"))
+      << problems[0];
+  std::string metrics = RenderMetrics(&stats, *state, now + absl::Seconds(5));
+  EXPECT_TRUE(absl::StrContains(metrics, "ambit_dataplane_up 0\n")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "ambit_dataplane_responsive 0\n")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "ambit_ready 0\n")) << metrics;
+
+  h.heartbeat_waiting_since = absl::InfiniteFuture();  // answered
+  state->SetHealth(h);
+  EXPECT_TRUE(ReadinessProblems(*state, now + absl::Seconds(5)).empty());
+}
+
+TEST(Readiness, APodFailingToEnrollPastTheGraceIsNamed) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.enroll_failures = 1;
+  h.enroll_failing.push_back({"default/db", "open netns /run/netns/db: No such file", now});
+  state->SetHealth(h);
+  EXPECT_TRUE(ReadinessProblems(*state, now + kGenerationGrace).empty());
+  auto problems = ReadinessProblems(*state, now + kGenerationGrace + absl::Seconds(1));
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0],
+            "pod default/db cannot be enrolled (failing for 6s): open netns /run/netns/db: No "
+            "such file");
+}
+
+TEST(Readiness, CaptureAndListenerProblemsAreReasons) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.capture_problems = {"cgroup link connect4 is detached"};
+  h.listener_problems = {"pod default/web: the data plane holds 2 of 6 listeners"};
+  state->SetHealth(h);
+  auto problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0], "cgroup link connect4 is detached");
+  EXPECT_EQ(problems[1], "pod default/web: the data plane holds 2 of 6 listeners");
+}
+
+TEST(Telemetry, AStalledDataPlaneIsNotAskedForCounters) {
+  absl::Time now = absl::Now();
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.heartbeat_deadline = absl::Seconds(3);
+  h.heartbeat_waiting_since = now - absl::Seconds(10);
+  state->SetHealth(h);
+  int fetches = 0;
+  state->SetStatsFetcher([&fetches](bool, bool) -> absl::StatusOr<dp::StatsResponse> {
+    ++fetches;  // would block for the stats timeout on a stopped data plane
+    return dp::StatsResponse();
+  });
+  auto server = TelemetryServer::Start("", "", state);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto metrics = (*server)->Metrics("/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_EQ(fetches, 0);
+  EXPECT_TRUE(absl::StrContains(metrics.body, "ambit_dataplane_up 0\n")) << metrics.body;
+  auto ready = (*server)->Readiness("/healthz/ready");
+  EXPECT_EQ(ready.status, 503);
+  EXPECT_TRUE(absl::StrContains(ready.body, "has not answered a heartbeat")) << ready.body;
+
+  h.heartbeat_waiting_since = absl::InfiniteFuture();
+  state->SetHealth(h);
+  metrics = (*server)->Metrics("/metrics");
+  EXPECT_EQ(fetches, 1);
+  EXPECT_TRUE(absl::StrContains(metrics.body, "ambit_dataplane_responsive 1\n")) << metrics.body;
+}
+
 TEST(Telemetry, EndpointsAnswerAndTheDataPlanesCountersAreRendered) {
   absl::Time now = absl::Now();
   auto state = HealthyNode(now);

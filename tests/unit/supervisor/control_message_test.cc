@@ -38,6 +38,25 @@ TEST(DecodeDataPlaneMessageTest, AcceptsEachDataPlaneMessage) {
   EXPECT_FALSE(DecodeDataPlaneMessage(removed.SerializeAsString(), 1).ok());
 }
 
+TEST(DecodeDataPlaneMessageTest, AcceptsAHeartbeatAnswerWithoutDescriptors) {
+  pb::Envelope pong = Current();
+  pong.mutable_pong()->set_seq(7);
+  pong.mutable_pong()->set_workers(2);
+  auto* pod = pong.mutable_pong()->add_pods();
+  pod->set_uid("default/web");
+  pod->set_listening(6);
+  auto decoded = DecodeDataPlaneMessage(pong.SerializeAsString(), 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->pong().seq(), 7u);
+  EXPECT_EQ(decoded->pong().pods(0).listening(), 6u);
+  EXPECT_FALSE(DecodeDataPlaneMessage(pong.SerializeAsString(), 1).ok());
+
+  pb::Envelope ping = Current();  // the agent's half, never sent by the data plane
+  ping.mutable_ping()->set_seq(1);
+  EXPECT_EQ(DecodeDataPlaneMessage(ping.SerializeAsString(), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
   EXPECT_EQ(DecodeDataPlaneMessage("\x0a\xff", 0).status().code(), absl::StatusCode::kDataLoss);
 

@@ -86,5 +86,19 @@ TEST(DecodeAgentMessageTest, DescriptorsMustMatchTheBody) {
   EXPECT_FALSE(DecodeAgentMessage(Bytes(remove), 1).ok());
 }
 
+TEST(DecodeAgentMessageTest, AcceptsAHeartbeatWithoutDescriptors) {
+  pb::Envelope ping = Current();
+  ping.mutable_ping()->set_seq(3);
+  auto decoded = DecodeAgentMessage(Bytes(ping), 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->ping().seq(), 3u);
+  EXPECT_FALSE(DecodeAgentMessage(Bytes(ping), 1).ok());
+
+  pb::Envelope pong = Current();  // the data plane's half, never sent by the agent
+  pong.mutable_pong()->set_seq(3);
+  EXPECT_EQ(DecodeAgentMessage(Bytes(pong), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace ambit::tunnel
