@@ -102,15 +102,15 @@ TEST(MeshSnapshotTest, PeerPodsStaySmall) {
         ->set_node(absl::StrCat("far-", i % 50));
   }
   malloc_trim(0);
-  size_t before = mallinfo2().uordblks;
+  size_t before = mallinfo2().uordblks + mallinfo2().hblkhd;  // heap and mmapped blocks
   auto snapshot = MeshSnapshot::FromProto(s);
   ASSERT_TRUE(snapshot.ok()) << snapshot.status();
-  size_t after = mallinfo2().uordblks;
+  size_t after = mallinfo2().uordblks + mallinfo2().hblkhd;
   double per_peer = static_cast<double>(after - before) / kPeers;
   std::printf("  %.0f bytes per peer pod (sizeof(mesh::Workload) = %zu)\n", per_peer,
               sizeof(mesh::Workload));
-  // The per-peer WorkloadInfo behind a shared_ptr that this replaced took about 560 bytes here.
-  EXPECT_LT(per_peer, 520);
+  // The WorkloadInfo behind a shared_ptr per peer that this replaced took 582 bytes here (489 now).
+  EXPECT_LT(per_peer, 540);
   EXPECT_NE((*snapshot)->WorkloadByIp(*IpAddress::Parse("2001:2:ff::0:2a")), nullptr);
 }
 
