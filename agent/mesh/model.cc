@@ -15,9 +15,12 @@ std::string Service::Key() const { return absl::StrCat(namespace_name, "/", name
 
 absl::string_view ProtocolName(Protocol protocol) {
   switch (protocol) {
-    case Protocol::kTcp: return "TCP";
-    case Protocol::kUdp: return "UDP";
-    case Protocol::kSctp: return "SCTP";
+    case Protocol::kTcp:
+      return "TCP";
+    case Protocol::kUdp:
+      return "UDP";
+    case Protocol::kSctp:
+      return "SCTP";
   }
   return "UNKNOWN";
 }

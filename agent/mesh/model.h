@@ -56,8 +56,8 @@ struct Workload {
   std::string node;
   identity::SpiffeId identity;  // what its certificate proves; the HBONE client checks it
   std::vector<IpAddress> ips;
-  bool enrolled_here = false;   // served by this node's data plane
-  bool in_mesh = false;         // captured by ambit on its node: reachable over HBONE
+  bool enrolled_here = false;  // served by this node's data plane
+  bool in_mesh = false;        // captured by ambit on its node: reachable over HBONE
   // Only for workloads enrolled here (policies select their destination by labels, and
   // PeerAuthentication applies where the connection arrives): a peer's would make the data
   // plane's memory grow with the cluster. mtls is set exactly when enrolled_here.

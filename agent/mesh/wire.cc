@@ -14,8 +14,7 @@ namespace {
 
 namespace pb = ::ambit::dataplane::v1;
 
-absl::Status WorkloadError(absl::string_view key, absl::string_view field,
-                           absl::string_view what) {
+absl::Status WorkloadError(absl::string_view key, absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("workload ", key, ": ", field, ": ", what));
 }
 
@@ -28,10 +27,14 @@ std::string Quoted(absl::string_view text) { return absl::StrCat("'", text, "'")
 // kUnset has no wire form: a resolved mode is always one of the three.
 absl::StatusOr<pb::MtlsMode> ModeToProto(MtlsMode mode) {
   switch (mode) {
-    case MtlsMode::kStrict: return pb::MTLS_MODE_STRICT;
-    case MtlsMode::kPermissive: return pb::MTLS_MODE_PERMISSIVE;
-    case MtlsMode::kDisable: return pb::MTLS_MODE_DISABLE;
-    case MtlsMode::kUnset: break;
+    case MtlsMode::kStrict:
+      return pb::MTLS_MODE_STRICT;
+    case MtlsMode::kPermissive:
+      return pb::MTLS_MODE_PERMISSIVE;
+    case MtlsMode::kDisable:
+      return pb::MTLS_MODE_DISABLE;
+    case MtlsMode::kUnset:
+      break;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("mode ", authz::MtlsModeName(mode), " is not a resolved mode"));
@@ -40,9 +43,12 @@ absl::StatusOr<pb::MtlsMode> ModeToProto(MtlsMode mode) {
 // Takes the raw number: a value this build does not know arrives as itself, not as a default.
 absl::StatusOr<MtlsMode> ModeFromProto(int mode) {
   switch (mode) {
-    case pb::MTLS_MODE_STRICT: return MtlsMode::kStrict;
-    case pb::MTLS_MODE_PERMISSIVE: return MtlsMode::kPermissive;
-    case pb::MTLS_MODE_DISABLE: return MtlsMode::kDisable;
+    case pb::MTLS_MODE_STRICT:
+      return MtlsMode::kStrict;
+    case pb::MTLS_MODE_PERMISSIVE:
+      return MtlsMode::kPermissive;
+    case pb::MTLS_MODE_DISABLE:
+      return MtlsMode::kDisable;
     case pb::MTLS_MODE_UNSPECIFIED:
       return absl::InvalidArgumentError("MTLS_MODE_UNSPECIFIED is not a mode");
   }
@@ -51,18 +57,24 @@ absl::StatusOr<MtlsMode> ModeFromProto(int mode) {
 
 pb::ServiceProtocol ProtocolToProto(Protocol protocol) {
   switch (protocol) {
-    case Protocol::kTcp: return pb::SERVICE_PROTOCOL_TCP;
-    case Protocol::kUdp: return pb::SERVICE_PROTOCOL_UDP;
-    case Protocol::kSctp: return pb::SERVICE_PROTOCOL_SCTP;
+    case Protocol::kTcp:
+      return pb::SERVICE_PROTOCOL_TCP;
+    case Protocol::kUdp:
+      return pb::SERVICE_PROTOCOL_UDP;
+    case Protocol::kSctp:
+      return pb::SERVICE_PROTOCOL_SCTP;
   }
   return pb::SERVICE_PROTOCOL_UNSPECIFIED;
 }
 
 absl::StatusOr<Protocol> ProtocolFromProto(int protocol) {
   switch (protocol) {
-    case pb::SERVICE_PROTOCOL_TCP: return Protocol::kTcp;
-    case pb::SERVICE_PROTOCOL_UDP: return Protocol::kUdp;
-    case pb::SERVICE_PROTOCOL_SCTP: return Protocol::kSctp;
+    case pb::SERVICE_PROTOCOL_TCP:
+      return Protocol::kTcp;
+    case pb::SERVICE_PROTOCOL_UDP:
+      return Protocol::kUdp;
+    case pb::SERVICE_PROTOCOL_SCTP:
+      return Protocol::kSctp;
     case pb::SERVICE_PROTOCOL_UNSPECIFIED:
       return absl::InvalidArgumentError("SERVICE_PROTOCOL_UNSPECIFIED is not a protocol");
   }
@@ -77,8 +89,8 @@ absl::Status ParseIps(const R& texts, std::vector<IpAddress>* out, absl::string_
   for (int i = 0; i < texts.size(); ++i) {
     auto ip = IpAddress::Parse(texts[i]);
     if (!ip.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(owner, " ", key, ": ", field, "[", i, "]: ",
-                                                     Quoted(texts[i]), " is not an IP address"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          owner, " ", key, ": ", field, "[", i, "]: ", Quoted(texts[i]), " is not an IP address"));
     }
     out->push_back(*ip);
   }
@@ -284,9 +296,9 @@ absl::StatusOr<Snapshot> FromProto(const pb::Snapshot& in) {
     AMBIT_ASSIGN_OR_RETURN(Service svc, FromProto(ps));
     for (size_t i = 0; i < svc.endpoints.size(); ++i) {
       if (!keys.contains(svc.endpoints[i])) {
-        return ServiceError(svc.Key(), absl::StrCat("endpoints[", i, "]"),
-                            absl::StrCat(Quoted(svc.endpoints[i]),
-                                         " is not a workload of the snapshot"));
+        return ServiceError(
+            svc.Key(), absl::StrCat("endpoints[", i, "]"),
+            absl::StrCat(Quoted(svc.endpoints[i]), " is not a workload of the snapshot"));
       }
     }
     s.services.push_back(std::move(svc));

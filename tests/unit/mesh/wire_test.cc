@@ -169,56 +169,75 @@ void ExpectRejected(const std::function<void(pb::Snapshot*)>& mutate,
 // A mode one side does not know (a renamed or newer enum value) used to read as PERMISSIVE, so a
 // STRICT workload took plaintext. Now it rejects the snapshot, naming workload and field.
 TEST(MeshWireTest, UnknownOrUnspecifiedMtlsModeIsAnError) {
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(0)->mutable_mtls()->set_mode(static_cast<pb::MtlsMode>(7));
-  }, {"workload backend/api", "mtls.mode", "unknown mode 7"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(0)->mutable_mtls()->set_mode(pb::MTLS_MODE_UNSPECIFIED);
-  }, {"workload backend/api", "mtls.mode", "MTLS_MODE_UNSPECIFIED"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_mode(
-        static_cast<pb::MtlsMode>(9));
-  }, {"workload backend/api", "mtls.ports[8081].mode", "unknown mode 9"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(0)->mutable_mtls()->mutable_ports(1)->set_mode(
-        pb::MTLS_MODE_UNSPECIFIED);
-  }, {"workload backend/api", "mtls.ports[9090].mode"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->set_mode(static_cast<pb::MtlsMode>(7));
+      },
+      {"workload backend/api", "mtls.mode", "unknown mode 7"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->set_mode(pb::MTLS_MODE_UNSPECIFIED);
+      },
+      {"workload backend/api", "mtls.mode", "MTLS_MODE_UNSPECIFIED"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_mode(
+            static_cast<pb::MtlsMode>(9));
+      },
+      {"workload backend/api", "mtls.ports[8081].mode", "unknown mode 9"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(1)->set_mode(
+            pb::MTLS_MODE_UNSPECIFIED);
+      },
+      {"workload backend/api", "mtls.ports[9090].mode"});
 }
 
 TEST(MeshWireTest, UnknownProtocolOrActionIsAnError) {
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_services(0)->mutable_ports(1)->set_protocol(pb::SERVICE_PROTOCOL_UNSPECIFIED);
-  }, {"service backend/api", "ports[1].protocol"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_services(0)->mutable_ports(0)->set_protocol(
-        static_cast<pb::ServiceProtocol>(12));
-  }, {"service backend/api", "ports[0].protocol", "unknown protocol 12"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(1)->set_protocol(pb::SERVICE_PROTOCOL_UNSPECIFIED);
+      },
+      {"service backend/api", "ports[1].protocol"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(0)->set_protocol(
+            static_cast<pb::ServiceProtocol>(12));
+      },
+      {"service backend/api", "ports[0].protocol", "unknown protocol 12"});
   // A DENY whose action a reader does not know must not become ALLOW.
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_authorization_policies(0)->set_action(static_cast<pb::AuthzPolicy::Action>(17));
-  }, {"AuthorizationPolicy backend/deny-9000", "action", "17"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_authorization_policies(0)->set_action(pb::AuthzPolicy::ACTION_UNSPECIFIED);
-  }, {"AuthorizationPolicy backend/deny-9000", "ACTION_UNSPECIFIED"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_authorization_policies(0)->set_action(static_cast<pb::AuthzPolicy::Action>(17));
+      },
+      {"AuthorizationPolicy backend/deny-9000", "action", "17"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_authorization_policies(0)->set_action(pb::AuthzPolicy::ACTION_UNSPECIFIED);
+      },
+      {"AuthorizationPolicy backend/deny-9000", "ACTION_UNSPECIFIED"});
 }
 
 TEST(MeshWireTest, MissingOrInvalidIdentityIsAnError) {
   ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->clear_spiffe_id(); },
                  {"workload frontend/web", "spiffe_id", "missing"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(1)->set_spiffe_id("spiffe://Cluster.local/ns/frontend/sa/web");
-  }, {"workload frontend/web", "spiffe_id", "invalid character"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(1)->set_spiffe_id("cluster.local/ns/frontend/sa/web");
-  }, {"workload frontend/web", "spiffe_id"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(1)->set_spiffe_id("spiffe://Cluster.local/ns/frontend/sa/web");
+      },
+      {"workload frontend/web", "spiffe_id", "invalid character"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(1)->set_spiffe_id("cluster.local/ns/frontend/sa/web");
+      },
+      {"workload frontend/web", "spiffe_id"});
   // The agent cannot send one either.
   Workload w = Peer();
   w.identity = {};
   pb::Workload out;
   absl::Status status = ToProto(w, &out);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(status.message().find("workload frontend/web: identity"), std::string::npos)
-      << status;
+  EXPECT_NE(status.message().find("workload frontend/web: identity"), std::string::npos) << status;
 }
 
 TEST(MeshWireTest, EnrolledWorkloadNeedsItsMtlsPolicy) {
@@ -244,23 +263,28 @@ TEST(MeshWireTest, AddressesPortsAndReferencesAreChecked) {
                  {"workload backend/api", "ips[1]", "'bogus' is not an IP address"});
   ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->set_cluster_ips(0, "1.2.3"); },
                  {"service backend/api", "cluster_ips[0]"});
-  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->add_ips("2001:2::5"); },
-                 {"workload frontend/web", "2001:2::5 is also the address of workload backend/api"});
+  ExpectRejected(
+      [](pb::Snapshot* s) { s->mutable_workloads(1)->add_ips("2001:2::5"); },
+      {"workload frontend/web", "2001:2::5 is also the address of workload backend/api"});
   ExpectRejected([](pb::Snapshot* s) { *s->add_workloads() = s->workloads(1); },
                  {"workload frontend/web"});
   ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->add_endpoints("backend/gone"); },
                  {"service backend/api", "endpoints[1]", "'backend/gone' is not a workload"});
   ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->mutable_ports(0)->set_port(0); },
                  {"service backend/api", "ports[0].port"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_services(0)->mutable_ports(0)->set_target_port(70000);
-  }, {"service backend/api", "ports[0].target_port", "70000"});
-  ExpectRejected([](pb::Snapshot* s) {
-    s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_port(65536);
-  }, {"workload backend/api", "mtls.ports[0].port"});
-  ExpectRejected([](pb::Snapshot* s) {
-    *s->mutable_workloads(0)->mutable_mtls()->add_ports() = s->workloads(0).mtls().ports(0);
-  }, {"workload backend/api", "mtls.ports[8081]", "listed twice"});
+  ExpectRejected(
+      [](pb::Snapshot* s) { s->mutable_services(0)->mutable_ports(0)->set_target_port(70000); },
+      {"service backend/api", "ports[0].target_port", "70000"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_port(65536);
+      },
+      {"workload backend/api", "mtls.ports[0].port"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        *s->mutable_workloads(0)->mutable_mtls()->add_ports() = s->workloads(0).mtls().ports(0);
+      },
+      {"workload backend/api", "mtls.ports[8081]", "listed twice"});
   ExpectRejected([](pb::Snapshot* s) { s->add_reserved_ports(0); }, {"reserved_ports[2]"});
   ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->clear_name(); },
                  {"workload frontend/", "name", "missing"});

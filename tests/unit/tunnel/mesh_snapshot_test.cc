@@ -49,8 +49,7 @@ TEST(MeshSnapshotTest, UnknownMtlsModeRefusesTheSnapshot) {
   for (int mode : {0, 4, 99}) {
     auto refused = MeshSnapshot::FromProto(Local(static_cast<pb::MtlsMode>(mode)));
     ASSERT_FALSE(refused.ok()) << "mode " << mode;
-    EXPECT_NE(refused.status().message().find("workload backend/api: mtls.mode"),
-              std::string::npos)
+    EXPECT_NE(refused.status().message().find("workload backend/api: mtls.mode"), std::string::npos)
         << refused.status();
   }
 }
