@@ -1,5 +1,7 @@
 #include "agent/authz_wire/policy_proto.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace ambit::authz_wire {
 namespace {
 
@@ -79,15 +81,23 @@ void ToProto(const authz::Policy& p, pb::AuthzPolicy* out) {
   out->set_source_file(p.source_file);
 }
 
-authz::Policy FromProto(const pb::AuthzPolicy& in) {
+absl::StatusOr<authz::Policy> FromProto(const pb::AuthzPolicy& in) {
   authz::Policy p;
   p.name = in.name();
   p.namespace_name = in.namespace_();
-  switch (in.action()) {
+  // The raw number: an action this build does not know must not become a default (a DENY read
+  // as ALLOW would open what it closes).
+  switch (static_cast<int>(in.action())) {
+    case pb::AuthzPolicy::ALLOW: p.action = authz::Action::kAllow; break;
     case pb::AuthzPolicy::DENY: p.action = authz::Action::kDeny; break;
     case pb::AuthzPolicy::AUDIT: p.action = authz::Action::kAudit; break;
     case pb::AuthzPolicy::CUSTOM: p.action = authz::Action::kCustom; break;
-    default: p.action = authz::Action::kAllow; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AuthorizationPolicy ", in.namespace_(), "/", in.name(), ": action: ",
+          in.action() == pb::AuthzPolicy::ACTION_UNSPECIFIED
+              ? std::string("ACTION_UNSPECIFIED is not an action")
+              : absl::StrCat("unknown action ", static_cast<int>(in.action()))));
   }
   p.provider = in.provider();
   if (in.has_selector()) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/unique_fd.h"
 
 namespace ambit::enroll {
@@ -22,7 +23,8 @@ struct PodListeners {
 };
 
 struct PodNetOptions {
-  uint32_t delivery_mark = 0x53a;  // SO_MARK of the data plane's inbound delivery sockets
+  // SO_MARK of the data plane's inbound delivery sockets.
+  uint32_t delivery_mark = DeliveryMark(kDefaultSocketMark);
   uint32_t route_table = 133;    // table holding "local 0/0 dev lo" for marked replies
   uint32_t rule_priority = 32000;
   int backlog = 4096;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/issuance/signer.h"
@@ -28,7 +29,7 @@ ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf", "bpffs mount point (mounted if abse
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
 ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
 ABSL_FLAG(int, tunnel_workers, 2, "data-plane worker threads");
-ABSL_FLAG(uint32_t, socket_mark, 0x539, "SO_MARK of ambit's own sockets");
+ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark, "SO_MARK of ambit's own sockets");
 ABSL_FLAG(std::string, bypass_ports, "", "outbound destination ports never redirected (a,b,c)");
 ABSL_FLAG(std::string, inbound_bypass_ports, "", "inbound ports never redirected (a,b,c)");
 ABSL_FLAG(std::string, bypass_cidrs, "", "outbound destination CIDRs never redirected");

@@ -25,6 +25,8 @@
 #include "agent/common/netns.h"
 #include "agent/ca/certificate_authority.h"
 #include "agent/common/status.h"
+#include "agent/identity/spiffe_id.h"
+#include "agent/mesh/model.h"
 #include "agent/issuance/pem_info.h"
 #include "bpf/abi/redirect.h"
 
@@ -502,21 +504,30 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   return absl::OkStatus();
 }
 
-void Agent::SendSnapshot() {
-  if (!dataplane_->connected()) return;
-  std::vector<supervisor::WorkloadDescriptor> workloads;
+absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
+  mesh::Snapshot snapshot;
+  snapshot.version = version;
+  snapshot.trust_domain = state_->mesh.trust_domain;
+  snapshot.root_namespace = state_->mesh.root_namespace;
+  snapshot.reserved_ports = OwnEndpointPorts(options_);
+  const auto peer_authentications = security_.PeerAuthenticationList();
+  snapshot.workloads.reserve(state_->pods.size());
   for (const auto& [key, pod] : state_->pods) {
     // The data plane indexes workloads by address: a pod that lost its address to an older one
     // must not be there, or connections to the address would expect the wrong identity.
     if (state_->HasIpConflict(key)) continue;
-    supervisor::WorkloadDescriptor w;
-    w.uid = pod.Key();
+    mesh::Workload w;
     w.namespace_name = pod.namespace_name;
     w.name = pod.name;
     w.service_account = pod.service_account;
     w.node = pod.node_name;
-    w.spiffe_id = state::SpiffeId(state_->mesh, pod);
-    w.ips = IpStrings(pod);
+    auto id = identity::ParseSpiffeId(state::SpiffeId(state_->mesh, pod));
+    if (!id.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pod ", key, " has no valid SPIFFE identity: ", id.status().message()));
+    }
+    w.identity = *std::move(id);
+    w.ips = pod.ips;
     w.enrolled_here = enrolled_.count(pod.Key()) > 0;
     // A pod that names its netns is captured by the ambit agent on its own node.
     w.in_mesh = !pod.netns_path.empty();
@@ -524,51 +535,61 @@ void Agent::SendSnapshot() {
       // Labels select the destination of a policy, always a pod of this node: a peer's would
       // only make the snapshot and the data plane's memory grow with the cluster.
       w.labels = pod.labels;
-      auto policies = security_.PeerAuthenticationList();
-      auto base = authz::ResolveMtlsMode(policies, state_->mesh.root_namespace, pod.namespace_name,
-                                         pod.labels, 0);
-      w.mtls_mode = std::string(authz::MtlsModeName(base.mode));
-      w.mtls_policy = base.policy;
+      auto base = authz::ResolveMtlsMode(peer_authentications, state_->mesh.root_namespace,
+                                         pod.namespace_name, pod.labels, 0);
+      mesh::MtlsPolicy mtls;
+      mtls.workload = {base.mode, base.policy};
       // Only ports some portLevelMtls names can differ from the workload's mode.
-      for (const auto& policy : policies) {
+      for (const auto& policy : peer_authentications) {
         for (const auto& [port, mode] : policy.port_level) {
-          auto d = authz::ResolveMtlsMode(policies, state_->mesh.root_namespace,
+          if (port == 0 || port > 65535) continue;
+          auto d = authz::ResolveMtlsMode(peer_authentications, state_->mesh.root_namespace,
                                           pod.namespace_name, pod.labels, port);
-          if (d.mode != base.mode) {
-            w.port_modes[port] = {std::string(authz::MtlsModeName(d.mode)), d.policy};
-          }
+          if (d.mode != base.mode) mtls.ports[static_cast<uint16_t>(port)] = {d.mode, d.policy};
         }
       }
+      w.mtls = std::move(mtls);
     }
-    workloads.push_back(std::move(w));
+    snapshot.workloads.push_back(std::move(w));
   }
-  std::vector<supervisor::ServiceDescriptor> services;
   for (const auto& [key, svc] : state_->services) {
-    supervisor::ServiceDescriptor d;
+    mesh::Service d;
     d.namespace_name = svc.namespace_name;
     d.name = svc.name;
-    for (const auto& ip : svc.cluster_ips) d.cluster_ips.push_back(ip.ToString());
+    d.cluster_ips = svc.cluster_ips;
     for (const auto& p : svc.ports) {
       uint32_t target = 0;
       // Named target ports would need container port names, which pods here do not carry.
       if (!absl::SimpleAtoi(p.target_port, &target)) target = p.target_port.empty() ? p.port : 0;
-      d.ports.push_back({p.port, target, p.protocol});
+      if (target > 65535) target = 0;
+      auto protocol = mesh::ParseProtocol(p.protocol);
+      if (!protocol.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat("service ", key, " port ", p.port,
+                                                       ": protocol '", p.protocol,
+                                                       "' is not TCP, UDP or SCTP"));
+      }
+      d.ports.push_back({p.port, static_cast<uint16_t>(target), *protocol});
     }
     for (const auto& [pk, pod] : state_->pods) {
       if (state::Selects(svc, pod) && !state_->HasIpConflict(pk)) d.endpoints.push_back(pod.Key());
     }
-    services.push_back(std::move(d));
+    snapshot.services.push_back(std::move(d));
   }
-  std::vector<authz::Policy> policies;
-  for (const auto& [key, policy] : security_.authorization_policies) policies.push_back(policy);
+  for (const auto& [key, policy] : security_.authorization_policies) {
+    snapshot.authorization_policies.push_back(policy);
+  }
+  return snapshot;
+}
+
+void Agent::SendSnapshot() {
+  if (!dataplane_->connected()) return;
   if (snapshot_version_ == dataplane_->acked_version() ||
       generation_pending_since_ == absl::InfiniteFuture()) {
     generation_pending_since_ = absl::Now();
   }
   ++snapshot_version_;
-  auto status = dataplane_->SendSnapshot(snapshot_version_, state_->mesh.trust_domain,
-                                         options_.socket_mark, workloads, services, policies,
-                                         state_->mesh.root_namespace, OwnEndpointPorts(options_));
+  auto snapshot = BuildSnapshot(snapshot_version_);
+  auto status = snapshot.ok() ? dataplane_->SendSnapshot(*snapshot) : snapshot.status();
   delivery_error_.clear();
   if (!status.ok()) {
     // The data plane would go on enforcing the previous generation while the admin API shows

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/common/socket_mark.h"
 #include "agent/admin/admin_server.h"
 #include "agent/admin/telemetry_server.h"
 #include "agent/bpf/redirector.h"
@@ -26,16 +27,13 @@
 #include "agent/authz/engine.h"
 #include "agent/enroll/node_netns.h"
 #include "agent/enroll/pod_net.h"
+#include "agent/mesh/model.h"
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
 #include "agent/supervisor/heartbeat.h"
 
 namespace ambit::node {
-
-// Inbound delivery sockets carry their own mark, one above the outbound mark: the pod's
-// fwmark rule must catch replies to delivery sockets and nothing the tunnel sends outbound.
-inline uint32_t DeliveryMark(uint32_t socket_mark) { return socket_mark + 1; }
 
 struct AgentOptions {
   std::string node_name;
@@ -46,7 +44,7 @@ struct AgentOptions {
   std::string run_dir;          // empty: /run/ambit/<instance>
   std::string tunnel_binary;    // empty: ambit-tunnel next to ambitd
   std::vector<std::string> tunnel_args;
-  uint32_t socket_mark = 0x539;
+  uint32_t socket_mark = kDefaultSocketMark;
   std::vector<uint16_t> outbound_bypass_ports;
   std::vector<uint16_t> inbound_bypass_ports;
   std::vector<Cidr> outbound_bypass_cidrs;
@@ -142,6 +140,9 @@ class Agent {
   std::vector<std::string> CheckCapture() const;
   // Enrolled pods whose listeners the last heartbeat answer shows missing or unserved.
   std::vector<std::string> ListenerProblems() const;
+  // The configuration the data plane gets as generation `version`: every pod without an address
+  // conflict, every service, every AuthorizationPolicy, and mTLS for the pods enrolled here.
+  absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
   void OnDataPlaneExit();
   void ArmTimer(int fd, int64_t ms);

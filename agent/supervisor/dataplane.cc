@@ -18,8 +18,8 @@
 #include "agent/common/sealed_file.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
-#include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
+#include "agent/mesh/wire.h"
 #include "agent/supervisor/control_message.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -54,12 +54,6 @@ absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int 
   AMBIT_ASSIGN_OR_RETURN(pb::Envelope env,
                          DecodeDataPlaneMessage(packet.data, packet.fds.size()));
   return std::make_pair(std::move(env), std::move(packet.fds));
-}
-
-pb::MtlsMode ToProtoMode(const std::string& mode) {
-  if (mode == "STRICT") return pb::MTLS_MODE_STRICT;
-  if (mode == "DISABLE") return pb::MTLS_MODE_DISABLE;
-  return pb::MTLS_MODE_PERMISSIVE;
 }
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
@@ -319,65 +313,17 @@ absl::Status DataPlane::SendRemovePod(const std::string& uid) {
   return SendEnvelope(control_.get(), env, {});
 }
 
-absl::Status DataPlane::SendSnapshot(uint64_t version, const std::string& trust_domain,
-                                     uint32_t mark,
-                                     const std::vector<WorkloadDescriptor>& workloads,
-                                     const std::vector<ServiceDescriptor>& services,
-                                     const std::vector<authz::Policy>& authorization_policies,
-                                     const std::string& root_namespace,
-                                     const std::vector<uint16_t>& reserved_ports) {
-  pb::Snapshot snapshot;
-  auto* s = &snapshot;
-  s->set_version(version);
-  s->set_trust_domain(trust_domain);
-  s->set_socket_mark(mark);
-  for (uint16_t port : reserved_ports) s->add_reserved_ports(port);
-  for (const auto& w : workloads) {
-    auto* pw = s->add_workloads();
-    pw->set_uid(w.uid);
-    pw->set_namespace_(w.namespace_name);
-    pw->set_name(w.name);
-    pw->set_service_account(w.service_account);
-    pw->set_node(w.node);
-    pw->set_enrolled_here(w.enrolled_here);
-    pw->set_spiffe_id(w.spiffe_id);
-    pw->set_in_mesh(w.in_mesh);
-    for (const auto& ip : w.ips) pw->add_ips(ip);
-    for (const auto& [k, v] : w.labels) (*pw->mutable_labels())[k] = v;
-    if (!w.mtls_mode.empty()) {
-      auto* m = pw->mutable_mtls();
-      m->set_mode(ToProtoMode(w.mtls_mode));
-      m->set_policy(w.mtls_policy);
-      for (const auto& [port, mp] : w.port_modes) {
-        (*m->mutable_port_modes())[port] = ToProtoMode(mp.first);
-        (*m->mutable_port_policies())[port] = mp.second;
-      }
-    }
-  }
-  for (const auto& svc : services) {
-    auto* ps = s->add_services();
-    ps->set_namespace_(svc.namespace_name);
-    ps->set_name(svc.name);
-    for (const auto& ip : svc.cluster_ips) ps->add_cluster_ips(ip);
-    for (const auto& p : svc.ports) {
-      auto* pp = ps->add_ports();
-      pp->set_port(p.port);
-      pp->set_target_port(p.target_port);
-      pp->set_protocol(p.protocol);
-    }
-    for (const auto& e : svc.endpoints) ps->add_endpoints(e);
-  }
-  for (const auto& policy : authorization_policies) {
-    authz_wire::ToProto(policy, s->add_authorization_policies());
-  }
-  s->set_root_namespace(root_namespace);
+absl::Status DataPlane::SendSnapshot(const mesh::Snapshot& snapshot) {
+  const uint64_t version = snapshot.version;
+  pb::Snapshot proto;
+  AMBIT_RETURN_IF_ERROR(mesh::ToProto(snapshot, &proto));
   // The snapshot travels in a sealed file, not in the packet: a large cluster's configuration
   // is many times what one control message can carry.
   std::string bytes;
-  if (!s->SerializeToString(&bytes)) {
+  if (!proto.SerializeToString(&bytes)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("configuration generation ", version, " does not serialize (",
-                     s->ByteSizeLong(), " bytes; the wire format stops at 2 GiB)"));
+                     proto.ByteSizeLong(), " bytes; the wire format stops at 2 GiB)"));
   }
   AMBIT_ASSIGN_OR_RETURN(UniqueFd file, CreateSealedFile("ambit-snapshot", bytes));
   auto ref = NewEnvelope();

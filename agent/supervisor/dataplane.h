@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "agent/authz/model.h"
 #include "agent/common/unique_fd.h"
+#include "agent/mesh/model.h"
 
 namespace ambit::dataplane::v1 {
 class StatsRequest;
@@ -52,19 +52,6 @@ struct CertificateState {
   int refs = 0;
 };
 
-struct WorkloadDescriptor {
-  std::string uid, namespace_name, name, service_account, node, spiffe_id;
-  std::vector<std::string> ips;
-  bool enrolled_here = false;
-  bool in_mesh = false;
-  std::map<std::string, std::string> labels;
-  // PeerAuthentication for this workload: "STRICT", "PERMISSIVE" or "DISABLE" for every port,
-  // except those listed in port_modes.
-  std::string mtls_mode;
-  std::string mtls_policy;
-  std::map<uint32_t, std::pair<std::string, std::string>> port_modes;  // port -> {mode, policy}
-};
-
 // What the data plane holds for one pod, as its answer to a heartbeat says.
 struct PodListenerReport {
   std::string uid;
@@ -78,17 +65,6 @@ struct PongReport {
   uint64_t seq = 0;
   uint32_t workers = 0;
   std::vector<PodListenerReport> pods;
-};
-
-struct ServiceDescriptor {
-  struct Port {
-    uint32_t port = 0, target_port = 0;
-    std::string protocol;
-  };
-  std::string namespace_name, name;
-  std::vector<std::string> cluster_ips;
-  std::vector<Port> ports;
-  std::vector<std::string> endpoints;  // workload uids
 };
 
 // ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it
@@ -141,12 +117,9 @@ class DataPlane {
   absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);
-  absl::Status SendSnapshot(uint64_t version, const std::string& trust_domain, uint32_t mark,
-                            const std::vector<WorkloadDescriptor>& workloads,
-                            const std::vector<ServiceDescriptor>& services,
-                            const std::vector<authz::Policy>& authorization_policies,
-                            const std::string& root_namespace,
-                            const std::vector<uint16_t>& reserved_ports);
+  // Sends one configuration generation (in a sealed file). An error that the snapshot does not
+  // map (agent/mesh/wire.h) or could not be written means the data plane did not get it.
+  absl::Status SendSnapshot(const mesh::Snapshot& snapshot);
   // Tells the data plane that configuration generation `version` exists but could not be sent:
   // it then refuses new connections until a later generation applies (fail closed).
   absl::Status SendSnapshotFailed(uint64_t version, const std::string& error);

@@ -56,8 +56,9 @@ SocketAddress PodSide(const Pod& pod, const SocketAddress& peer, const IpAddress
 // source pod's network namespace, presenting the source pod's certificate.
 void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd client,
                          const SocketAddress& peer, const Route& route, std::string description) {
-  const WorkloadInfo& dst = *route.workload;
-  absl::StrAppend(&description, " mode=hbone dst_identity=", dst.spiffe_id);
+  const mesh::Workload& dst = *route.workload;
+  const std::string dst_identity = dst.identity.ToString();
+  absl::StrAppend(&description, " mode=hbone dst_identity=", dst_identity);
   FlowRecord record;
   record.direction = FlowDirection::kOutbound;
   record.pod = pod->uid;
@@ -84,7 +85,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
     return;
   }
   SocketAddress hbone{route.target.ip, AMBIT_HBONE_PORT};
-  auto session = worker.pool().Get(*pod, ctx->client, dst.spiffe_id, hbone);
+  auto session = worker.pool().Get(*pod, ctx->client, dst_identity, hbone);
   if (!session.ok()) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << session.status().message()
                                    << "; connection reset";
@@ -177,20 +178,23 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
 // deliver it. OK, or PermissionDenied saying which policy refused.
 absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress& local,
                               std::string* mode_text, std::string* policy_name = nullptr) {
-  auto workload = snapshot.WorkloadByIp(local.ip);
-  if (workload == nullptr) {
-    // A pod we serve but the configuration does not describe: its policies are unknown.
+  const mesh::Workload* workload = snapshot.WorkloadByIp(local.ip);
+  if (workload == nullptr || !workload->mtls.has_value()) {
+    // A pod we serve but the configuration does not describe (or not yet as a pod of this node):
+    // its policies are unknown.
     *mode_text = "mtls=unknown";
     return absl::PermissionDeniedError(absl::StrCat(
-        "refused: ", local.ip.ToString(), " is not in configuration snapshot ",
+        "refused: ", local.ip.ToString(), " is not ",
+        workload == nullptr ? "in" : "enrolled here in", " configuration snapshot ",
         snapshot.version(), " (its policies are unknown)"));
   }
-  const MtlsPolicy& policy = workload->mtls;
-  auto [mode, name] = policy.ForPort(local.port);
+  const mesh::MtlsDecision& decision = workload->mtls->ForPort(local.port);
+  const mesh::MtlsMode mode = decision.mode;
+  const std::string& name = decision.policy;
   if (policy_name != nullptr) *policy_name = name.empty() ? "default" : name;
-  *mode_text = absl::StrCat("mtls=", MtlsModeName(mode), " policy=",
+  *mode_text = absl::StrCat("mtls=", authz::MtlsModeName(mode), " policy=",
                             name.empty() ? "default" : name);
-  if (mode == MtlsMode::kStrict) {
+  if (mode == mesh::MtlsMode::kStrict) {
     return absl::PermissionDeniedError(absl::StrCat(
         "plaintext refused: PeerAuthentication ", name.empty() ? "(default)" : name,
         " requires mTLS (STRICT) on port ", local.port));
@@ -273,11 +277,11 @@ FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
   return p;
 }
 
-FlowPeer PeerOf(const WorkloadInfo& workload, const SocketAddress& address) {
+FlowPeer PeerOf(const mesh::Workload& workload, const SocketAddress& address) {
   FlowPeer p;
   p.workload = workload.name;
   p.namespace_name = workload.namespace_name;
-  p.principal = workload.spiffe_id;
+  p.principal = workload.identity.ToString();
   p.address = address;
   return p;
 }
@@ -287,7 +291,7 @@ FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
   FlowPeer p;
   p.address = address;
   p.principal = std::move(principal);
-  if (auto w = snapshot.WorkloadByIp(address.ip)) {
+  if (const mesh::Workload* w = snapshot.WorkloadByIp(address.ip)) {
     p.workload = w->name;
     p.namespace_name = w->namespace_name;
   }

@@ -37,7 +37,7 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
 // A local pod as one end of a flow.
 FlowPeer PeerOf(const Pod& pod, const SocketAddress& address);
 // A workload of the snapshot at `address`, with its identity.
-FlowPeer PeerOf(const WorkloadInfo& workload, const SocketAddress& address);
+FlowPeer PeerOf(const mesh::Workload& workload, const SocketAddress& address);
 // The workload at `address` as the snapshot knows it (only the address when it is unknown).
 FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
                 std::string principal);

@@ -1,3 +1,4 @@
+#include "agent/common/socket_mark.h"
 #include "agent/tunnel/control.h"
 
 #include <errno.h>
@@ -275,7 +276,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   deliver_map_ = std::move(deliver_map);
   auto settings = std::make_shared<DataPlaneSettings>();
   settings->socket_mark = options_.socket_mark;
-  settings->delivery_mark = options_.socket_mark + 1;  // see DeliveryMark() in ambitd
+  settings->delivery_mark = DeliveryMark(options_.socket_mark);
   settings->host_netns = host_netns_.get();
   settings->orig_dst_map = orig_dst_map_.get();
   settings->deliver_map = deliver_map_.get();
@@ -530,8 +531,14 @@ absl::Status Tunnel::RemovePod(const std::string& uid) {
 }
 
 absl::Status Tunnel::ApplySnapshot(const pb::Snapshot& snapshot) {
+  auto mapped = MeshSnapshot::FromProto(snapshot);
+  if (!mapped.ok()) {
+    // Half a configuration is no configuration: a workload whose mTLS mode or identity cannot
+    // be read would otherwise be served by a guess.
+    return RefuseSnapshot(snapshot.version(), std::string(mapped.status().message()));
+  }
   snapshot_version_ = snapshot.version();
-  snapshot_ = MeshSnapshot::FromProto(snapshot);
+  snapshot_ = *std::move(mapped);
   for (const auto& error : snapshot_->authz_errors()) {
     AMBIT_LOG(kComponent, Error) << "snapshot " << snapshot_version_ << ": " << error;
   }
@@ -677,8 +684,10 @@ void Tunnel::ServePendingPods() {
       continue;
     }
     const auto& p = pod->second;
-    // The snapshot must know the pod too: its policies are looked up by its address.
-    bool known = p->ips.empty() || snapshot_->WorkloadByIp(p->ips.front()) != nullptr;
+    // The snapshot must know the pod as one of this node's: its policies (mTLS mode included)
+    // are looked up by its address.
+    const mesh::Workload* w = p->ips.empty() ? nullptr : snapshot_->WorkloadByIp(p->ips.front());
+    bool known = p->ips.empty() || (w != nullptr && w->mtls.has_value());
     if (!known) {
       ++it;
       continue;

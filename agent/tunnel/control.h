@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "agent/common/task_queue.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/unique_fd.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tls/cert_manager.h"
@@ -25,7 +26,7 @@ namespace ambit::tunnel {
 struct TunnelOptions {
   std::string control_socket;  // unix SOCK_SEQPACKET path ambitd connects to
   int workers = 2;
-  uint32_t socket_mark = 0x539;
+  uint32_t socket_mark = kDefaultSocketMark;
   bool access_log_json = false;
   absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
   // The largest configuration snapshot mapped; above it the snapshot is refused (fail closed).

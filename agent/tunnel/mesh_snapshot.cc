@@ -3,96 +3,59 @@
 #include "abi/redirect.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authz/compile.h"
-#include "agent/authz_wire/policy_proto.h"
 #include "agent/common/log.h"
+#include "agent/common/status.h"
+#include "agent/mesh/wire.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
-namespace {
-MtlsMode ModeFromProto(ambit::dataplane::v1::MtlsMode m) {
-  switch (m) {
-    case ambit::dataplane::v1::MTLS_MODE_STRICT: return MtlsMode::kStrict;
-    case ambit::dataplane::v1::MTLS_MODE_DISABLE: return MtlsMode::kDisable;
-    default: return MtlsMode::kPermissive;
-  }
-}
-}  // namespace
 
-const char* MtlsModeName(MtlsMode mode) {
-  switch (mode) {
-    case MtlsMode::kStrict: return "STRICT";
-    case MtlsMode::kPermissive: return "PERMISSIVE";
-    case MtlsMode::kDisable: return "DISABLE";
-  }
-  return "?";
-}
-
-std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
+absl::StatusOr<std::shared_ptr<const MeshSnapshot>> MeshSnapshot::FromProto(
     const ambit::dataplane::v1::Snapshot& s) {
+  AMBIT_ASSIGN_OR_RETURN(mesh::Snapshot snapshot, mesh::FromProto(s));
+  return Create(std::move(snapshot));
+}
+
+std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   auto snap = std::make_shared<MeshSnapshot>();
-  snap->version_ = s.version();
-  snap->trust_domain_ = s.trust_domain();
-  for (uint32_t port : s.reserved_ports()) {
-    if (port > 0 && port <= 65535) snap->reserved_ports_.insert(static_cast<uint16_t>(port));
+  snap->version_ = s.version;
+  snap->trust_domain_ = std::move(s.trust_domain);
+  snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
+  // The records move in whole (no copy per peer); the index points at them.
+  snap->workloads_ = std::move(s.workloads);
+  snap->workloads_.shrink_to_fit();
+  size_t addresses = 0;
+  for (const auto& w : snap->workloads_) addresses += w.ips.size();
+  snap->by_ip_.reserve(addresses);
+  absl::flat_hash_map<std::string, const mesh::Workload*> by_key;
+  by_key.reserve(snap->workloads_.size());
+  for (const auto& w : snap->workloads_) {
+    for (const auto& ip : w.ips) snap->by_ip_[ip] = &w;
+    by_key[w.Key()] = &w;
   }
-  absl::flat_hash_map<std::string, std::shared_ptr<const WorkloadInfo>> by_uid;
-  for (const auto& w : s.workloads()) {
-    auto info = std::make_shared<WorkloadInfo>();
-    info->uid = w.uid();
-    info->namespace_name = w.namespace_();
-    info->name = w.name();
-    info->service_account = w.service_account();
-    info->spiffe_id = w.spiffe_id();
-    info->node = w.node();
-    info->enrolled_here = w.enrolled_here();
-    info->in_mesh = w.in_mesh();
-    info->labels.insert(w.labels().begin(), w.labels().end());
-    if (w.has_mtls()) {
-      info->mtls.mode = ModeFromProto(w.mtls().mode());
-      info->mtls.policy = w.mtls().policy();
-      for (const auto& [port, mode] : w.mtls().port_modes()) {
-        if (port == 0 || port > 65535) continue;
-        auto pol = w.mtls().port_policies().find(port);
-        info->mtls.ports[static_cast<uint16_t>(port)] = {
-            ModeFromProto(static_cast<ambit::dataplane::v1::MtlsMode>(mode)),
-            pol == w.mtls().port_policies().end() ? std::string() : pol->second};
-      }
-    }
-    for (const auto& text : w.ips()) {
-      auto ip = IpAddress::Parse(text);
-      if (ip.ok()) info->ips.push_back(*ip);
-    }
-    for (const auto& ip : info->ips) snap->workloads_[ip] = info;
-    by_uid[info->uid] = info;
-  }
-  for (const auto& svc : s.services()) {
+  for (auto& svc : s.services) {
     auto info = std::make_shared<ServiceInfo>();
-    info->namespace_name = svc.namespace_();
-    info->name = svc.name();
-    for (const auto& p : svc.ports()) {
-      if (p.port() > 0 && p.port() < 65536 && p.target_port() < 65536) {
-        info->target_ports[static_cast<uint16_t>(p.port())] =
-            static_cast<uint16_t>(p.target_port());
-      }
+    info->namespace_name = std::move(svc.namespace_name);
+    info->name = std::move(svc.name);
+    for (const auto& p : svc.ports) {
+      // Connections reaching the data plane are TCP: a UDP or SCTP port routes none of them.
+      if (p.protocol == mesh::Protocol::kTcp) info->target_ports[p.port] = p.target_port;
     }
-    for (const auto& uid : svc.endpoints()) {
-      auto it = by_uid.find(uid);
-      if (it != by_uid.end()) info->endpoints.push_back(it->second);
+    for (const auto& key : svc.endpoints) {
+      auto it = by_key.find(key);
+      if (it != by_key.end()) info->endpoints.push_back(it->second);
     }
-    for (const auto& text : svc.cluster_ips()) {
-      auto ip = IpAddress::Parse(text);
-      if (!ip.ok()) continue;
-      info->cluster_ips.push_back(*ip);
-      snap->services_[*ip] = info;
-    }
+    info->cluster_ips = std::move(svc.cluster_ips);
+    for (const auto& ip : info->cluster_ips) snap->services_[ip] = info;
   }
   std::vector<authz::CompiledPolicy> compiled;
-  for (const auto& p : s.authorization_policies()) {
-    auto c = authz::Compile(authz_wire::FromProto(p));
+  for (const auto& p : s.authorization_policies) {
+    std::string name = absl::StrCat(p.namespace_name, "/", p.name);
+    auto c = authz::Compile(p);
     if (!c.ok()) {
       // The agent validated it; a failure here means the two sides disagree. Say so, skip it.
-      snap->authz_errors_.push_back(absl::StrCat("AuthorizationPolicy ", p.namespace_(), "/",
-                                                 p.name(), ": ", c.status().message()));
+      snap->authz_errors_.push_back(
+          absl::StrCat("AuthorizationPolicy ", name, ": ", c.status().message()));
       continue;
     }
     compiled.push_back(std::move(*c));
@@ -101,7 +64,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::FromProto(
   // allows, a dropped ALLOW opens the workload): build no engine, so Authorize fails closed.
   if (!snap->authz_errors_.empty()) return snap;
   authz::EngineOptions options;
-  if (!s.root_namespace().empty()) options.root_namespace = s.root_namespace();
+  if (!s.root_namespace.empty()) options.root_namespace = s.root_namespace;
   auto engine = authz::Engine::Create(std::move(compiled), options);
   if (engine.ok()) {
     snap->authz_ = std::move(*engine);
@@ -115,7 +78,7 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
                                      const SocketAddress& destination,
                                      const std::string& principal,
                                      std::string* decided_by) const {
-  auto workload = WorkloadByIp(destination.ip);
+  const mesh::Workload* workload = WorkloadByIp(destination.ip);
   if (workload == nullptr) {
     return absl::PermissionDeniedError(absl::StrCat(
         "denied: ", destination.ip.ToString(), " is not in configuration snapshot ", version_,
@@ -153,18 +116,18 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
   return absl::PermissionDeniedError(d.explanation);
 }
 
-std::shared_ptr<const WorkloadInfo> MeshSnapshot::WorkloadByIp(const IpAddress& ip) const {
-  auto it = workloads_.find(ip);
-  return it == workloads_.end() ? nullptr : it->second;
+const mesh::Workload* MeshSnapshot::WorkloadByIp(const IpAddress& ip) const {
+  auto it = by_ip_.find(ip);
+  return it == by_ip_.end() ? nullptr : it->second;
 }
 
 Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick) const {
   Route route;
   route.target = dst;
-  if (auto w = WorkloadByIp(dst.ip); w != nullptr) {
+  if (const mesh::Workload* w = WorkloadByIp(dst.ip); w != nullptr) {
     if (w->in_mesh) {
       route.kind = Route::Kind::kHbone;
-      route.workload = std::move(w);
+      route.workload = w;
     }
     return route;
   }
@@ -173,7 +136,7 @@ Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick) const {
   const ServiceInfo& s = *svc->second;
   auto port = s.target_ports.find(dst.port);
   if (port == s.target_ports.end() || port->second == 0 || s.endpoints.empty()) return route;
-  const auto& endpoint = s.endpoints[pick % s.endpoints.size()];
+  const mesh::Workload* endpoint = s.endpoints[pick % s.endpoints.size()];
   // Same family as the destination the application dialled.
   for (const auto& ip : endpoint->ips) {
     if (ip.is_v4() != dst.ip.is_v4()) continue;

@@ -9,8 +9,10 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "agent/authz/engine.h"
 #include "agent/common/ip_address.h"
+#include "agent/mesh/model.h"
 
 namespace ambit::dataplane::v1 {
 class Snapshot;
@@ -18,57 +20,44 @@ class Snapshot;
 
 namespace ambit::tunnel {
 
-enum class MtlsMode { kStrict, kPermissive, kDisable };
-const char* MtlsModeName(MtlsMode mode);
-
-// PeerAuthentication as resolved by the agent for one local workload.
-struct MtlsPolicy {
-  MtlsMode mode = MtlsMode::kPermissive;  // Istio's default when nothing is configured
-  std::string policy;                     // namespace/name; empty: the default
-  std::map<uint16_t, std::pair<MtlsMode, std::string>> ports;  // portLevelMtls overrides
-
-  std::pair<MtlsMode, std::string> ForPort(uint16_t port) const {
-    auto it = ports.find(port);
-    return it == ports.end() ? std::make_pair(mode, policy) : it->second;
-  }
-};
-
-// A pod anywhere in the cluster, as the data plane needs it for routing and policy.
-struct WorkloadInfo {
-  std::string uid;  // namespace/name
-  std::string namespace_name, name, service_account, spiffe_id, node;
-  std::vector<IpAddress> ips;
-  std::map<std::string, std::string> labels;
-  bool enrolled_here = false;
-  bool in_mesh = false;  // captured by ambit on its node: reachable over HBONE
-  MtlsPolicy mtls;       // meaningful for pods enrolled here
-};
-
+// The routing view of one Service: ports as a map, endpoints as the snapshot's own workloads.
 struct ServiceInfo {
   std::string namespace_name, name;
   std::vector<IpAddress> cluster_ips;
-  std::map<uint16_t, uint16_t> target_ports;  // service port -> pod port
-  std::vector<std::shared_ptr<const WorkloadInfo>> endpoints;
+  std::map<uint16_t, uint16_t> target_ports;  // TCP service port -> pod port
+  std::vector<const mesh::Workload*> endpoints;
 };
 
 // Where an outbound connection goes.
 struct Route {
   enum class Kind { kPassthrough, kHbone };
   Kind kind = Kind::kPassthrough;
-  SocketAddress target;                            // the pod address (a Service IP is resolved)
-  std::shared_ptr<const WorkloadInfo> workload;    // set for kHbone
-  const ServiceInfo* service = nullptr;            // set when dst was a Service IP
+  SocketAddress target;                      // the pod address (a Service IP is resolved)
+  const mesh::Workload* workload = nullptr;  // set for kHbone
+  const ServiceInfo* service = nullptr;      // set when dst was a Service IP
+  // Both pointers are the snapshot's: valid while the MeshSnapshot that resolved them lives.
 };
 
-// The mesh as of one configuration version. Immutable; shared by workers through
-// shared_ptr<const MeshSnapshot>, replaced whole on every update.
+// The mesh as of one configuration version: the shared model (agent/mesh) indexed for the data
+// path. Immutable; shared by workers through shared_ptr<const MeshSnapshot>, replaced whole on
+// every update. Per peer pod it holds the one mesh::Workload record and an index entry per
+// address.
 class MeshSnapshot {
  public:
-  static std::shared_ptr<const MeshSnapshot> FromProto(const ambit::dataplane::v1::Snapshot& s);
+  // The empty configuration (before the first snapshot arrives).
+  MeshSnapshot() = default;
+  // Indexes `snapshot`; an AuthorizationPolicy that does not compile is recorded in
+  // authz_errors() and makes Authorize deny everything.
+  static std::shared_ptr<const MeshSnapshot> Create(mesh::Snapshot snapshot);
+  // Maps (agent/mesh/wire.h) and indexes a snapshot from the wire. An error names what is wrong;
+  // the caller refuses the whole generation.
+  static absl::StatusOr<std::shared_ptr<const MeshSnapshot>> FromProto(
+      const ambit::dataplane::v1::Snapshot& s);
 
   uint64_t version() const { return version_; }
   const std::string& trust_domain() const { return trust_domain_; }
-  std::shared_ptr<const WorkloadInfo> WorkloadByIp(const IpAddress& ip) const;
+  // The workload owning `ip`, or nullptr. Valid while this snapshot lives.
+  const mesh::Workload* WorkloadByIp(const IpAddress& ip) const;
   // A destination that is a mesh pod (directly or behind a Service IP) goes over HBONE to that
   // pod; anything else passes through. `pick` spreads connections over a service's endpoints.
   Route Resolve(const SocketAddress& dst, uint64_t pick) const;
@@ -88,7 +77,9 @@ class MeshSnapshot {
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
-  absl::flat_hash_map<IpAddress, std::shared_ptr<const WorkloadInfo>> workloads_;
+  // Never resized after indexing: the index and services point into it.
+  std::vector<mesh::Workload> workloads_;
+  absl::flat_hash_map<IpAddress, const mesh::Workload*> by_ip_;
   absl::flat_hash_map<IpAddress, std::shared_ptr<const ServiceInfo>> services_;
   std::unique_ptr<authz::Engine> authz_;
   std::vector<std::string> authz_errors_;

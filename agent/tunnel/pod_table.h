@@ -8,6 +8,7 @@
 
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
 
@@ -34,8 +35,8 @@ const char* ListenerKindName(ListenerKind kind);
 
 // Settings every worker needs; fixed for the process lifetime.
 struct DataPlaneSettings {
-  uint32_t socket_mark = 0x539;    // outbound sockets
-  uint32_t delivery_mark = 0x53a;  // inbound delivery sockets (the pod routes replies by it)
+  uint32_t socket_mark = kDefaultSocketMark;                  // outbound sockets
+  uint32_t delivery_mark = DeliveryMark(kDefaultSocketMark);  // inbound delivery sockets
   int host_netns = -1;       // fd of the data plane's own network namespace
   int orig_dst_map = -1;     // fd of the pinned ambit_orig_dst map
   int deliver_map = -1;      // fd of the pinned ambit_deliver map

@@ -1,7 +1,8 @@
 // Control messages from ambitd, as the data plane receives them: DecodeAgentMessage (envelope,
 // protocol version, descriptors against the body), then what Tunnel::HandleEnvelope does with
-// each body short of touching descriptors: a snapshot becomes a MeshSnapshot (workloads, services,
-// compiled AuthorizationPolicies) that routes and authorizes connections; an add_pod's addresses
+// each body short of touching descriptors: a snapshot is mapped to the mesh model (agent/mesh/wire.h;
+// what it accepts must map back to the same model) and becomes a MeshSnapshot (workloads,
+// services, compiled AuthorizationPolicies) that routes and authorizes connections; an add_pod's addresses
 // are parsed and its identity gets a key and a CSR; a csr_response's chain is checked by the
 // CertManager against the request it answers; a trust bundle's roots are loaded.
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
@@ -17,6 +18,7 @@
 #include "agent/tls/trust_bundle.h"
 #include "agent/tunnel/control_message.h"
 #include "agent/common/sealed_file.h"
+#include "agent/mesh/wire.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -34,7 +36,19 @@ class RecordingSigner final : public ambit::tls::CsrSigner {
 };
 
 void ExerciseSnapshot(const pb::Snapshot& s) {
-  auto snapshot = ambit::tunnel::MeshSnapshot::FromProto(s);
+  // The one wire mapping: whatever it accepts maps back to the wire and reads the same.
+  auto model = ambit::mesh::FromProto(s);
+  if (!model.ok()) {
+    FUZZ_REQUIRE(!model.status().message().empty());
+    FUZZ_REQUIRE(!ambit::tunnel::MeshSnapshot::FromProto(s).ok());
+    return;
+  }
+  pb::Snapshot again;
+  FUZZ_REQUIRE(ambit::mesh::ToProto(*model, &again).ok());
+  auto reread = ambit::mesh::FromProto(again);
+  FUZZ_REQUIRE(reread.ok() && *reread == *model);
+  std::shared_ptr<const ambit::tunnel::MeshSnapshot> snapshot =
+      ambit::tunnel::MeshSnapshot::Create(*std::move(model));
   FUZZ_REQUIRE(snapshot != nullptr);
   // Route and authorize a connection to every address the snapshot names, from the first one.
   std::vector<ambit::IpAddress> ips;

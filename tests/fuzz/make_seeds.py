@@ -237,18 +237,20 @@ def ca_seeds(ca_key, ca_cert):
 def control_seeds(ca_key, ca_cert):
     env = "ambit.dataplane.v1.Envelope"
     t = "control_tunnel"
-    write(t, "snapshot", b"\x00" + protoc_encode(env, """
-protocol_version: 2
-snapshot {
-  version: 3 trust_domain: "cluster.local" socket_mark: 1337 root_namespace: "istio-system"
-  workloads { uid: "default/web" namespace: "default" name: "web" service_account: "web"
+    snapshot = """
+  version: 3 trust_domain: "cluster.local" root_namespace: "istio-system"
+  reserved_ports: 15020 reserved_ports: 15021
+  workloads { namespace: "default" name: "web" service_account: "web"
     ips: "198.18.0.10" ips: "2001:2::10" node: "node-a" enrolled_here: true in_mesh: true
     spiffe_id: "spiffe://cluster.local/ns/default/sa/web" labels { key: "app" value: "web" }
-    mtls { mode: MTLS_MODE_STRICT policy: "default/default" port_modes { key: 8081 value: MTLS_MODE_PERMISSIVE } } }
-  workloads { uid: "default/sleep" namespace: "default" name: "sleep" service_account: "sleep"
+    mtls { mode: MTLS_MODE_STRICT policy: "default/default"
+      ports { port: 8081 mode: MTLS_MODE_PERMISSIVE policy: "default/web-8081" }
+      ports { port: 9090 mode: MTLS_MODE_DISABLE policy: "default/web-9090" } } }
+  workloads { namespace: "default" name: "sleep" service_account: "sleep"
     ips: "198.18.0.11" node: "node-b" in_mesh: true spiffe_id: "spiffe://cluster.local/ns/default/sa/sleep" }
   services { namespace: "default" name: "web" cluster_ips: "198.18.100.1"
-    ports { port: 80 target_port: 8080 protocol: "TCP" } endpoints: "default/web" }
+    ports { port: 80 target_port: 8080 protocol: SERVICE_PROTOCOL_TCP }
+    ports { port: 53 target_port: 5353 protocol: SERVICE_PROTOCOL_UDP } endpoints: "default/web" }
   authorization_policies { name: "allow-sleep" namespace: "default" action: ALLOW
     has_selector: true selector { key: "app" value: "web" } has_rules: true
     rules { from { principals: "cluster.local/ns/default/sa/sleep" ip_blocks: "198.18.0.0/15" }
@@ -256,48 +258,76 @@ snapshot {
   authorization_policies { name: "deny-9090" namespace: "default" action: DENY has_rules: true
     rules { to { ports: "9090" not_ports: "1-100" } } }
   authorization_policies { name: "ext" namespace: "default" action: CUSTOM provider: "ext" has_rules: true rules { } }
-}"""))
+"""
+    write(t, "snapshot", b"\x00" + protoc_encode(env, "protocol_version: 3 snapshot {%s}" % snapshot))
+    # Each a value the mapping must refuse (agent/mesh/wire.h), one edit away from the valid one.
+    for name, old, new in [
+            ("snapshot_mode_unspecified", "mode: MTLS_MODE_STRICT", "mode: MTLS_MODE_UNSPECIFIED"),
+            ("snapshot_port_mode_unspecified", "port: 8081 mode: MTLS_MODE_PERMISSIVE", "port: 8081"),
+            ("snapshot_no_identity", 'spiffe_id: "spiffe://cluster.local/ns/default/sa/sleep"', ""),
+            ("snapshot_enrolled_without_mtls", 'mtls { mode: MTLS_MODE_STRICT policy: "default/default"',
+             'labels { mode: MTLS_MODE_STRICT policy: "default/default"'),
+            ("snapshot_protocol_unspecified", "protocol: SERVICE_PROTOCOL_UDP", ""),
+            ("snapshot_action_unspecified", "action: DENY", ""),
+            ("snapshot_bad_ip", 'ips: "198.18.0.11"', 'ips: "198.18.0.311"'),
+            ("snapshot_shared_ip", 'ips: "198.18.0.11"', 'ips: "198.18.0.10"'),
+            ("snapshot_unknown_endpoint", 'endpoints: "default/web"', 'endpoints: "default/gone"')]:
+        assert old in snapshot, name
+        text = snapshot.replace(old, new, 1)
+        if name == "snapshot_enrolled_without_mtls":
+            text = snapshot.replace(
+                'mtls { mode: MTLS_MODE_STRICT policy: "default/default"\n'
+                '      ports { port: 8081 mode: MTLS_MODE_PERMISSIVE policy: "default/web-8081" }\n'
+                '      ports { port: 9090 mode: MTLS_MODE_DISABLE policy: "default/web-9090" } }', "")
+            assert text != snapshot, name
+        write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 3 snapshot {%s}" % text))
+    # Values this build does not know, as a newer agent could send them: raw numbers.
+    snapshot_bytes = protoc_encode(env, "protocol_version: 3 snapshot {%s}" % snapshot)
+    unknown_mode = snapshot_bytes.replace(b"\x08\x01\x12\x0fdefault/default",
+                                          b"\x08\x07\x12\x0fdefault/default")
+    assert unknown_mode != snapshot_bytes
+    write(t, "snapshot_mode_unknown", b"\x00" + unknown_mode)
     write(t, "add_pod", b"\x03" + protoc_encode(env, """
-protocol_version: 2
+protocol_version: 3
 add_pod { uid: "default/web" namespace: "default" name: "web" service_account: "web"
   netns_cookie: 4096 ips: "198.18.0.10" ips: "2001:2::10" ips: "bogus"
   fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 fds: FD_ROLE_HBONE_V4
   spiffe_id: "spiffe://cluster.local/ns/default/sa/web" }"""))
     # A snapshot_ref whose sealed file (the fuzz target fills it with the envelope's own bytes)
-    # reads back as a Snapshot of version 2: the envelope's protocol_version is field 1 too.
+    # reads back as a Snapshot of version 3: the envelope's protocol_version is field 1 too.
     size = 0
     while True:
-        ref = protoc_encode(env, "protocol_version: 2 snapshot_ref { version: 2 size: %d }" % size)
+        ref = protoc_encode(env, "protocol_version: 3 snapshot_ref { version: 3 size: %d }" % size)
         if len(ref) == size:
             break
         size = len(ref)
     write(t, "snapshot_ref", b"\x01" + ref)
     write(t, "snapshot_ref_wrong_size", b"\x01" + protoc_encode(
-        env, "protocol_version: 2 snapshot_ref { version: 2 size: 4096 }"))
+        env, "protocol_version: 3 snapshot_ref { version: 2 size: 4096 }"))
     write(t, "snapshot_failed", b"\x00" + protoc_encode(
-        env, 'protocol_version: 2 snapshot_failed { version: 9 error: "out of memory" }'))
+        env, 'protocol_version: 3 snapshot_failed { version: 9 error: "out of memory" }'))
     write(t, "maps", b"\x02" + protoc_encode(env, """
-protocol_version: 2 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
-    write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 2 remove_pod { uid: "default/web" }'))
+protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
+    write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 3 remove_pod { uid: "default/web" }'))
     write(t, "wrong_version", b"\x00" + protoc_encode(env, 'protocol_version: 1 remove_pod { uid: "x" }'))
     chain = [leaf(ca_key, ca_cert, "spiffe://cluster.local/ns/fuzz/sa/app").decode(),
              pem(ca_cert).decode()]
-    text = "protocol_version: 2 csr_response { request_id: 1 %s }" % " ".join(
+    text = "protocol_version: 3 csr_response { request_id: 1 %s }" % " ".join(
         'chain_pem: "%s"' % c.replace("\n", "\\n") for c in chain)
     write(t, "csr_response", b"\x00" + protoc_encode(env, text))
-    write(t, "csr_error", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_response { request_id: 1 error: "denied" }'))
-    write(t, "trust_bundle", b"\x00" + protoc_encode(env, 'protocol_version: 2 trust_bundle { root_pem: "%s" }' % pem(ca_cert).decode().replace("\n", "\\n")))
+    write(t, "csr_error", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_response { request_id: 1 error: "denied" }'))
+    write(t, "trust_bundle", b"\x00" + protoc_encode(env, 'protocol_version: 3 trust_bundle { root_pem: "%s" }' % pem(ca_cert).decode().replace("\n", "\\n")))
 
     t = "control_agent"
     c = csr(["spiffe://cluster.local/ns/default/sa/web"]).decode().replace("\n", "\\n")
-    write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
-    write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 2 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
-    write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 2 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
-    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 2 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
-    write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 2 ack { version: 3 }"))
-    write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 2 nack { version: 4 error: "bad policy" }'))
+    write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
+    write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
+    write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 3 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
+    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 3 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
+    write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 3 ack { version: 3 }"))
+    write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 3 nack { version: 4 error: "bad policy" }'))
     write(t, "certificate_report", b"\x00" + protoc_encode(env, """
-protocol_version: 2 certificate_report {
+protocol_version: 3 certificate_report {
   certificates { identity: "spiffe://cluster.local/ns/default/sa/web" state: "valid" serial_hex: "0a"
     not_before_unix: 1700000000 not_after_unix: 1700086400 issuer: "O = ambit" refs: 2 }
   certificates { identity: "spiffe://cluster.local/ns/default/sa/x" state: "failed" last_error: "refused" } }"""))

@@ -81,5 +81,19 @@ TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
   EXPECT_FALSE(DecodeDataPlaneMessage(pod.SerializeAsString(), 1).ok());
 }
 
+// A data plane of the previous protocol (2: workloads with uid and string-keyed mTLS maps,
+// socket_mark in the snapshot) would misread every snapshot: the agent refuses its hello and
+// says what to do.
+TEST(DecodeDataPlaneMessageTest, RefusesAnOlderDataPlaneSayingWhy) {
+  pb::Envelope old;
+  old.set_protocol_version(2);
+  old.mutable_hello()->set_pid(42);
+  auto decoded = DecodeDataPlaneMessage(old.SerializeAsString(), 0);
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(decoded.status().message(),
+            "data plane speaks control protocol 2, this agent 3; restart the data plane");
+}
+
 }  // namespace
 }  // namespace ambit::supervisor

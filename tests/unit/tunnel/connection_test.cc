@@ -31,7 +31,9 @@ TEST(CheckDeliveryTargetTest, OwnAddressesOnlyAndNeverAmbitPorts) {
   proto.set_version(1);
   proto.add_reserved_ports(15020);  // the agent's metrics and readiness ports
   proto.add_reserved_ports(15021);
-  auto snapshot = MeshSnapshot::FromProto(proto);
+  auto mapped = MeshSnapshot::FromProto(proto);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  std::shared_ptr<const MeshSnapshot> snapshot = *mapped;
   Pod pod;
   pod.uid = "backend/api";
   pod.ips = {Addr("198.18.0.5", 0).ip, Addr("2001:2::5", 0).ip};

@@ -1,0 +1,35 @@
+#include "agent/mesh/model.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace ambit::mesh {
+
+const MtlsDecision& MtlsPolicy::ForPort(uint16_t port) const {
+  auto it = ports.find(port);
+  return it == ports.end() ? workload : it->second;
+}
+
+std::string Workload::Key() const { return absl::StrCat(namespace_name, "/", name); }
+
+std::string Service::Key() const { return absl::StrCat(namespace_name, "/", name); }
+
+absl::string_view ProtocolName(Protocol protocol) {
+  switch (protocol) {
+    case Protocol::kTcp:
+      return "TCP";
+    case Protocol::kUdp:
+      return "UDP";
+    case Protocol::kSctp:
+      return "SCTP";
+  }
+  return "UNKNOWN";
+}
+
+std::optional<Protocol> ParseProtocol(absl::string_view name) {
+  for (Protocol p : {Protocol::kTcp, Protocol::kUdp, Protocol::kSctp}) {
+    if (name == ProtocolName(p)) return p;
+  }
+  return std::nullopt;
+}
+
+}  // namespace ambit::mesh

@@ -1,0 +1,118 @@
+#pragma once
+
+// One typed model of what ambitd tells the data plane about the mesh: every workload (pod) of the
+// cluster, the services that select them, and the PeerAuthentication resolved for the workloads
+// of this node. ambitd fills it from the cluster state; agent/mesh/wire.h is its only mapping to
+// and from the control channel; ambit-tunnel indexes it (agent/tunnel/mesh_snapshot.h). Adding a
+// field means this file, wire.cc and the code that reads it.
+//
+// Plain value types (no Protobuf, no I/O): thread-compatible. The data plane keeps one Workload
+// per pod of the cluster, so the record stays small: no derived strings (the key is computed),
+// labels and mTLS only for the workloads of this node.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "agent/authz/model.h"
+#include "agent/authz/peer_authentication.h"
+#include "agent/common/ip_address.h"
+#include "agent/identity/spiffe_id.h"
+
+namespace ambit::mesh {
+
+// Istio's PeerAuthentication mode: the one definition is authz's. A resolved mode is never
+// kUnset; the wire mapping refuses it in both directions.
+using authz::MtlsMode;
+
+// The mode in force and the PeerAuthentication that decided it.
+struct MtlsDecision {
+  MtlsMode mode = MtlsMode::kPermissive;  // Istio's default when nothing is configured
+  std::string policy;                     // "namespace/name"; empty: the default
+
+  friend bool operator==(const MtlsDecision&, const MtlsDecision&) = default;
+};
+
+// PeerAuthentication as resolved for one workload: its mode, and the ports a portLevelMtls entry
+// changes.
+struct MtlsPolicy {
+  MtlsDecision workload;
+  std::map<uint16_t, MtlsDecision> ports;
+
+  // What applies to connections to `port` of the workload.
+  const MtlsDecision& ForPort(uint16_t port) const;
+
+  friend bool operator==(const MtlsPolicy&, const MtlsPolicy&) = default;
+};
+
+// A pod anywhere in the cluster.
+struct Workload {
+  std::string namespace_name;
+  std::string name;
+  std::string service_account;
+  std::string node;
+  identity::SpiffeId identity;  // what its certificate proves; the HBONE client checks it
+  std::vector<IpAddress> ips;
+  bool enrolled_here = false;  // served by this node's data plane
+  bool in_mesh = false;        // captured by ambit on its node: reachable over HBONE
+  // Only for workloads enrolled here (policies select their destination by labels, and
+  // PeerAuthentication applies where the connection arrives): a peer's would make the data
+  // plane's memory grow with the cluster. mtls is set exactly when enrolled_here.
+  std::map<std::string, std::string> labels;
+  std::optional<MtlsPolicy> mtls;
+
+  // "namespace/name": the key services name their endpoints by.
+  std::string Key() const;
+
+  friend bool operator==(const Workload&, const Workload&) = default;
+};
+
+// Kubernetes' Service port protocols.
+enum class Protocol { kTcp, kUdp, kSctp };
+
+// "TCP", "UDP", "SCTP".
+absl::string_view ProtocolName(Protocol protocol);
+// The inverse of ProtocolName; exact. nullopt for anything else.
+std::optional<Protocol> ParseProtocol(absl::string_view name);
+
+struct ServicePort {
+  uint16_t port = 0;
+  uint16_t target_port = 0;  // the pod port; 0 when the service names one that cannot be mapped
+  Protocol protocol = Protocol::kTcp;
+
+  friend bool operator==(const ServicePort&, const ServicePort&) = default;
+};
+
+struct Service {
+  std::string namespace_name;
+  std::string name;
+  std::vector<IpAddress> cluster_ips;  // empty for a headless service
+  std::vector<ServicePort> ports;
+  std::vector<std::string> endpoints;  // Workload::Key() of every workload it selects
+
+  // "namespace/name".
+  std::string Key() const;
+
+  friend bool operator==(const Service&, const Service&) = default;
+};
+
+// One configuration generation, whole.
+struct Snapshot {
+  uint64_t version = 0;
+  std::string trust_domain;
+  std::string root_namespace;
+  // Ports of ambit's own listeners besides 15001, 15006 and 15008 (metrics, readiness): the data
+  // plane never delivers a connection to any of them.
+  std::vector<uint16_t> reserved_ports;
+  std::vector<Workload> workloads;
+  std::vector<Service> services;
+  // As validated by the agent; the data plane compiles them.
+  std::vector<authz::Policy> authorization_policies;
+
+  friend bool operator==(const Snapshot&, const Snapshot&) = default;
+};
+
+}  // namespace ambit::mesh

@@ -1,0 +1,30 @@
+#pragma once
+
+// The mesh model (model.h) on the agent/data-plane channel: the one mapping between it and
+// ambit.dataplane.v1's Workload, Service and Snapshot messages. Both directions check what they
+// map, and a value one side does not know is an error, never a default: an mTLS mode, protocol or
+// policy action that is UNSPECIFIED or unknown, an address that does not parse, a workload
+// without a SPIFFE identity, an enrolled workload without its PeerAuthentication. The data plane
+// refuses a snapshot with any such error (nack) and fails closed. Errors name the workload or
+// service and the field. Pure functions: thread-safe.
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "agent/mesh/model.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
+
+namespace ambit::mesh {
+
+absl::Status ToProto(const Workload& workload, ambit::dataplane::v1::Workload* out);
+absl::StatusOr<Workload> FromProto(const ambit::dataplane::v1::Workload& in);
+
+absl::Status ToProto(const Service& service, ambit::dataplane::v1::Service* out);
+absl::StatusOr<Service> FromProto(const ambit::dataplane::v1::Service& in);
+
+// Each part as above; also: workload keys and addresses are unique across the snapshot (an
+// address owned twice would make the expected identity ambiguous), and every service endpoint
+// names a workload of the snapshot.
+absl::Status ToProto(const Snapshot& snapshot, ambit::dataplane::v1::Snapshot* out);
+absl::StatusOr<Snapshot> FromProto(const ambit::dataplane::v1::Snapshot& in);
+
+}  // namespace ambit::mesh

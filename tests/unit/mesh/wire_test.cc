@@ -1,0 +1,304 @@
+#include "agent/mesh/wire.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+
+namespace ambit::mesh {
+namespace {
+
+namespace pb = ::ambit::dataplane::v1;
+
+IpAddress Ip(const std::string& text) {
+  auto ip = IpAddress::Parse(text);
+  EXPECT_TRUE(ip.ok()) << text;
+  return *ip;
+}
+
+identity::SpiffeId Id(const std::string& text) {
+  auto id = identity::ParseSpiffeId(text);
+  EXPECT_TRUE(id.ok()) << text;
+  return *id;
+}
+
+// A workload of this node with every field set to something other than its default.
+Workload Enrolled() {
+  Workload w;
+  w.namespace_name = "backend";
+  w.name = "api";
+  w.service_account = "api-sa";
+  w.node = "node-a";
+  w.identity = Id("spiffe://cluster.local/ns/backend/sa/api-sa");
+  w.ips = {Ip("198.18.0.5"), Ip("2001:2::5")};
+  w.enrolled_here = true;
+  w.in_mesh = true;
+  w.labels = {{"app", "api"}, {"version", "v2"}};
+  MtlsPolicy mtls;
+  mtls.workload = {MtlsMode::kStrict, "backend/strict"};
+  mtls.ports[8081] = {MtlsMode::kPermissive, "backend/open-8081"};
+  mtls.ports[9090] = {MtlsMode::kDisable, "backend/off-9090"};
+  w.mtls = mtls;
+  return w;
+}
+
+Workload Peer() {
+  Workload w;
+  w.namespace_name = "frontend";
+  w.name = "web";
+  w.service_account = "web";
+  w.node = "node-b";
+  w.identity = Id("spiffe://cluster.local/ns/frontend/sa/web");
+  w.ips = {Ip("198.18.0.6")};
+  w.in_mesh = true;
+  return w;
+}
+
+Snapshot Full() {
+  Snapshot s;
+  s.version = 42;
+  s.trust_domain = "cluster.local";
+  s.root_namespace = "istio-system";
+  s.reserved_ports = {15020, 15021};
+  s.workloads = {Enrolled(), Peer()};
+  Service svc;
+  svc.namespace_name = "backend";
+  svc.name = "api";
+  svc.cluster_ips = {Ip("198.18.100.1"), Ip("2001:2::100:1")};
+  svc.ports = {{80, 8080, Protocol::kTcp}, {53, 5353, Protocol::kUdp}, {7, 0, Protocol::kSctp}};
+  svc.endpoints = {"backend/api"};
+  s.services = {svc};
+  authz::Policy policy;
+  policy.name = "deny-9000";
+  policy.namespace_name = "backend";
+  policy.action = authz::Action::kDeny;
+  policy.rules = std::vector<authz::Rule>{authz::Rule{}};
+  policy.rules->front().to.push_back(authz::Operation{});
+  policy.rules->front().to.front().ports = {"9000"};
+  policy.source_file = "deny.yaml";
+  s.authorization_policies = {policy};
+  return s;
+}
+
+// Every field the message type declares is set in `m`: a field added to the proto but not to the
+// mapping leaves its default and fails here.
+void ExpectEveryFieldSet(const google::protobuf::Message& m) {
+  const auto* d = m.GetDescriptor();
+  const auto* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const auto* f = d->field(i);
+    bool set = f->is_repeated() ? r->FieldSize(m, f) > 0 : r->HasField(m, f);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_BOOL && !f->is_repeated()) {
+      set = r->GetBool(m, f);
+    }
+    EXPECT_TRUE(set) << d->full_name() << "." << f->name() << " is not mapped";
+  }
+}
+
+TEST(MeshWireTest, RoundTripKeepsEveryField) {
+  const Snapshot in = Full();
+  pb::Snapshot proto;
+  ASSERT_TRUE(ToProto(in, &proto).ok());
+  ExpectEveryFieldSet(proto);
+  ExpectEveryFieldSet(proto.workloads(0));
+  ExpectEveryFieldSet(proto.workloads(0).mtls());
+  ExpectEveryFieldSet(proto.workloads(0).mtls().ports(0));
+  ExpectEveryFieldSet(proto.services(0));
+  ExpectEveryFieldSet(proto.services(0).ports(0));
+
+  // The wire form of each typed value.
+  const auto& w = proto.workloads(0);
+  EXPECT_EQ(w.spiffe_id(), "spiffe://cluster.local/ns/backend/sa/api-sa");
+  EXPECT_EQ(w.ips(0), "198.18.0.5");
+  EXPECT_EQ(w.ips(1), "2001:2::5");
+  EXPECT_EQ(w.mtls().mode(), pb::MTLS_MODE_STRICT);
+  ASSERT_EQ(w.mtls().ports_size(), 2);
+  EXPECT_EQ(w.mtls().ports(0).port(), 8081u);
+  EXPECT_EQ(w.mtls().ports(0).mode(), pb::MTLS_MODE_PERMISSIVE);
+  EXPECT_EQ(w.mtls().ports(1).mode(), pb::MTLS_MODE_DISABLE);
+  EXPECT_FALSE(proto.workloads(1).has_mtls());
+  EXPECT_EQ(proto.services(0).ports(1).protocol(), pb::SERVICE_PROTOCOL_UDP);
+  EXPECT_EQ(proto.services(0).ports(2).protocol(), pb::SERVICE_PROTOCOL_SCTP);
+  EXPECT_EQ(proto.authorization_policies(0).action(), pb::AuthzPolicy::DENY);
+
+  // Through bytes, as the sealed file carries it.
+  pb::Snapshot parsed;
+  ASSERT_TRUE(parsed.ParseFromString(proto.SerializeAsString()));
+  auto out = FromProto(parsed);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, in);
+  EXPECT_EQ(out->workloads[0].Key(), "backend/api");
+  EXPECT_EQ(out->workloads[0].mtls->ForPort(8081).mode, MtlsMode::kPermissive);
+  EXPECT_EQ(out->workloads[0].mtls->ForPort(8080).mode, MtlsMode::kStrict);
+  EXPECT_EQ(out->workloads[0].mtls->ForPort(8080).policy, "backend/strict");
+}
+
+TEST(MeshWireTest, EveryActionRoundTrips) {
+  for (auto action : {authz::Action::kAllow, authz::Action::kDeny, authz::Action::kAudit,
+                      authz::Action::kCustom}) {
+    Snapshot in = Full();
+    in.authorization_policies[0].action = action;
+    pb::Snapshot proto;
+    ASSERT_TRUE(ToProto(in, &proto).ok());
+    auto out = FromProto(proto);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->authorization_policies[0].action, action);
+  }
+}
+
+// The error for `proto` after `mutate`: it must fail, and its message must contain each of
+// `expected`.
+void ExpectRejected(const std::function<void(pb::Snapshot*)>& mutate,
+                    const std::vector<std::string>& expected) {
+  pb::Snapshot proto;
+  ASSERT_TRUE(ToProto(Full(), &proto).ok());
+  mutate(&proto);
+  auto out = FromProto(proto);
+  ASSERT_FALSE(out.ok()) << "accepted: " << proto.ShortDebugString();
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  for (const auto& text : expected) {
+    EXPECT_NE(out.status().message().find(text), std::string::npos)
+        << "'" << out.status().message() << "' lacks '" << text << "'";
+  }
+}
+
+// A mode one side does not know (a renamed or newer enum value) used to read as PERMISSIVE, so a
+// STRICT workload took plaintext. Now it rejects the snapshot, naming workload and field.
+TEST(MeshWireTest, UnknownOrUnspecifiedMtlsModeIsAnError) {
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->set_mode(static_cast<pb::MtlsMode>(7));
+      },
+      {"workload backend/api", "mtls.mode", "unknown mode 7"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->set_mode(pb::MTLS_MODE_UNSPECIFIED);
+      },
+      {"workload backend/api", "mtls.mode", "MTLS_MODE_UNSPECIFIED"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_mode(
+            static_cast<pb::MtlsMode>(9));
+      },
+      {"workload backend/api", "mtls.ports[8081].mode", "unknown mode 9"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(1)->set_mode(
+            pb::MTLS_MODE_UNSPECIFIED);
+      },
+      {"workload backend/api", "mtls.ports[9090].mode"});
+}
+
+TEST(MeshWireTest, UnknownProtocolOrActionIsAnError) {
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(1)->set_protocol(pb::SERVICE_PROTOCOL_UNSPECIFIED);
+      },
+      {"service backend/api", "ports[1].protocol"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(0)->set_protocol(
+            static_cast<pb::ServiceProtocol>(12));
+      },
+      {"service backend/api", "ports[0].protocol", "unknown protocol 12"});
+  // A DENY whose action a reader does not know must not become ALLOW.
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_authorization_policies(0)->set_action(static_cast<pb::AuthzPolicy::Action>(17));
+      },
+      {"AuthorizationPolicy backend/deny-9000", "action", "17"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_authorization_policies(0)->set_action(pb::AuthzPolicy::ACTION_UNSPECIFIED);
+      },
+      {"AuthorizationPolicy backend/deny-9000", "ACTION_UNSPECIFIED"});
+}
+
+TEST(MeshWireTest, MissingOrInvalidIdentityIsAnError) {
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->clear_spiffe_id(); },
+                 {"workload frontend/web", "spiffe_id", "missing"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(1)->set_spiffe_id("spiffe://Cluster.local/ns/frontend/sa/web");
+      },
+      {"workload frontend/web", "spiffe_id", "invalid character"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(1)->set_spiffe_id("cluster.local/ns/frontend/sa/web");
+      },
+      {"workload frontend/web", "spiffe_id"});
+  // The agent cannot send one either.
+  Workload w = Peer();
+  w.identity = {};
+  pb::Workload out;
+  absl::Status status = ToProto(w, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("workload frontend/web: identity"), std::string::npos) << status;
+}
+
+TEST(MeshWireTest, EnrolledWorkloadNeedsItsMtlsPolicy) {
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(0)->clear_mtls(); },
+                 {"workload backend/api", "mtls", "missing for a workload enrolled here"});
+  Workload w = Enrolled();
+  w.mtls.reset();
+  pb::Workload out;
+  EXPECT_FALSE(ToProto(w, &out).ok());
+  w = Enrolled();
+  w.mtls->workload.mode = MtlsMode::kUnset;  // a mode that was never resolved
+  absl::Status status = ToProto(w, &out);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("mtls.mode"), std::string::npos) << status;
+  w = Enrolled();
+  w.mtls->ports[8081].mode = MtlsMode::kUnset;
+  status = ToProto(w, &out);
+  EXPECT_NE(status.message().find("mtls.ports[8081].mode"), std::string::npos) << status;
+}
+
+TEST(MeshWireTest, AddressesPortsAndReferencesAreChecked) {
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(0)->set_ips(1, "bogus"); },
+                 {"workload backend/api", "ips[1]", "'bogus' is not an IP address"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->set_cluster_ips(0, "1.2.3"); },
+                 {"service backend/api", "cluster_ips[0]"});
+  ExpectRejected(
+      [](pb::Snapshot* s) { s->mutable_workloads(1)->add_ips("2001:2::5"); },
+      {"workload frontend/web", "2001:2::5 is also the address of workload backend/api"});
+  ExpectRejected([](pb::Snapshot* s) { *s->add_workloads() = s->workloads(1); },
+                 {"workload frontend/web"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->add_endpoints("backend/gone"); },
+                 {"service backend/api", "endpoints[1]", "'backend/gone' is not a workload"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->mutable_ports(0)->set_port(0); },
+                 {"service backend/api", "ports[0].port"});
+  ExpectRejected(
+      [](pb::Snapshot* s) { s->mutable_services(0)->mutable_ports(0)->set_target_port(70000); },
+      {"service backend/api", "ports[0].target_port", "70000"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(0)->mutable_mtls()->mutable_ports(0)->set_port(65536);
+      },
+      {"workload backend/api", "mtls.ports[0].port"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        *s->mutable_workloads(0)->mutable_mtls()->add_ports() = s->workloads(0).mtls().ports(0);
+      },
+      {"workload backend/api", "mtls.ports[8081]", "listed twice"});
+  ExpectRejected([](pb::Snapshot* s) { s->add_reserved_ports(0); }, {"reserved_ports[2]"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->clear_name(); },
+                 {"workload frontend/", "name", "missing"});
+}
+
+// A peer's PeerAuthentication is not used by this node: it is not kept.
+TEST(MeshWireTest, PeerMtlsIsNotKept) {
+  pb::Snapshot proto;
+  ASSERT_TRUE(ToProto(Full(), &proto).ok());
+  proto.mutable_workloads(1)->mutable_mtls()->set_mode(pb::MTLS_MODE_STRICT);
+  auto out = FromProto(proto);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->workloads[1].mtls.has_value());
+}
+
+}  // namespace
+}  // namespace ambit::mesh
