@@ -60,6 +60,7 @@ struct AgentOptions {
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
   std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
 
+  // The instance's BPF directory; each ABI version pins in its own v<N> below it.
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
     if (!run_dir.empty()) return run_dir;
