@@ -349,7 +349,7 @@ LogLevelHandlers NewLogLevelHandlers(std::string control_socket) {
           [levels] { levels->Reapply(); }};
 }
 
-void Agent::InitAdminHandlers() {
+void Agent::PublishBpf() {
   pb::GetBpfResponse bpf;
   bpf.set_pin_root(redirector_->pin_root());
   for (const auto& p : redirector_->Programs()) {
@@ -360,6 +360,10 @@ void Agent::InitAdminHandlers() {
     out->set_attached_to(p.attached_to);
   }
   admin_state_->SetBpf(std::move(bpf), ReadPinnedObjects);
+}
+
+void Agent::InitAdminHandlers() {
+  PublishBpf();
   LogLevelHandlers levels = NewLogLevelHandlers(options_.control_socket());
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
@@ -422,6 +426,8 @@ std::string Waypoint(const state::ClusterState& state, const state::Pod& pod) {
 }  // namespace
 
 void Agent::PublishViews() {
+  // The sk_lookup program joins the list when the first pod is enrolled.
+  PublishBpf();
   const auto peer_authns = security_.PeerAuthenticationList();
 
   pb::ListWorkloadsResponse workloads;

@@ -112,6 +112,7 @@ class Agent {
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
   void PublishViews();
   void InitAdminHandlers();
+  void PublishBpf();  // the programs and where they are attached, for ambitctl bpf
   // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
   void PublishHealth();
   absl::Status ConnectDataPlane();
