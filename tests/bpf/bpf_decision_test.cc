@@ -297,6 +297,10 @@ class SkLookupTest : public BpfTest {
   // A listening TCP socket on loopback port 0 in this process's netns, in ambit_listen_v2 under
   // its family's key.
   UniqueFd Listen(int family, ambit_listener_kind kind, uint64_t* cookie) {
+    return ListenUnder(family, family, kind, cookie);
+  }
+  // The same, in the slot of key_family's listener.
+  UniqueFd ListenUnder(int family, int key_family, ambit_listener_kind kind, uint64_t* cookie) {
     UniqueFd fd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     EXPECT_TRUE(fd.valid()) << strerror(errno);
     sockaddr_storage ss{};
@@ -317,7 +321,7 @@ class SkLookupTest : public BpfTest {
     socklen_t clen = sizeof(*cookie);
     EXPECT_EQ(getsockopt(fd.get(), SOL_SOCKET, SO_COOKIE, cookie, &clen), 0) << strerror(errno);
     EXPECT_NE(*cookie, 0u);
-    uint32_t key = AMBIT_LISTENER_KEY(kPodSlot, family == AF_INET6 ? 1 : 0, kind);
+    uint32_t key = AMBIT_LISTENER_KEY(kPodSlot, key_family == AF_INET6 ? 1 : 0, kind);
     uint64_t value = static_cast<uint64_t>(fd.get());
     EXPECT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_listen_v2), &key, &value,
                                   BPF_ANY),
@@ -399,6 +403,20 @@ TEST_F(SkLookupTest, DropsWhenListenerMissing) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_DROP));
   EXPECT_EQ(Drops(AMBIT_DROP_NO_LISTENER), 2u);
+}
+
+// bpf_sk_assign refuses a listener of the other family (EAFNOSUPPORT for an IPv4 socket and an
+// IPv6 SYN): the SYN is dropped, never handed to an ordinary lookup, and the refusal counted.
+TEST_F(SkLookupTest, DropsAndCountsWhenTheKernelRefusesTheListener) {
+  uint64_t cookie = 0;
+  UniqueFd wrong = ListenUnder(AF_INET, AF_INET6, AMBIT_LISTENER_PLAIN, &cookie);
+  ASSERT_FALSE(HasFailure());
+  auto r = Run(V6(IPPROTO_TCP, "2001:db8::2", 40000, "2001:db8::5", 8080));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->verdict, static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(r->cookie, 0u);
+  EXPECT_EQ(Drops(AMBIT_DROP_SK_ASSIGN), 1u);
+  EXPECT_EQ(Drops(AMBIT_DROP_NO_LISTENER), 0u);
 }
 
 // Steering, and leaving a connection alone, are not drops.
