@@ -27,45 +27,23 @@ std::string FormatValue(double v) {
   return absl::StrFormat("%.17g", v);
 }
 
-struct Known {
-  const char* type;
-  const char* help;
-};
-
-// HELP and TYPE of the data plane's counters, by name.
-const std::map<std::string, Known>& DataPlaneCounters() {
-  static const auto* kKnown = new std::map<std::string, Known>{
-      {"ambit_policy_decisions_total",
-       {"counter", "Authorization decisions on connections reaching local pods, by result."}},
-      {"ambit_hbone_handshakes_total", {"counter", "HBONE (mTLS) sessions established."}},
-      {"ambit_hbone_handshake_failures_total",
-       {"counter", "HBONE handshakes that failed, by reason."}},
-      {"ambit_hbone_errors_total", {"counter", "HTTP/2 misbehaviour of HBONE peers, by reason."}},
-      {"ambit_hbone_streams_opened_total", {"counter", "HBONE CONNECT streams opened."}},
-      {"ambit_hbone_sessions_drained_total",
-       {"counter", "HBONE connections that stopped taking new streams because a certificate "
-                   "expired or is no longer accepted, by reason."}},
-      {"ambit_plaintext_refused_total",
-       {"counter", "Plaintext connections refused because the port requires mTLS (STRICT)."}},
-      {"ambit_connections_closed_by_policy_total",
-       {"counter", "Live connections closed because a policy change denied them."}},
-      {"ambit_connections_refused_total",
-       {"counter", "New connections the data plane refused before any policy, by reason."}},
-      {"ambit_snapshots_rejected_total",
-       {"counter", "Configuration snapshots the data plane could not apply."}},
-  };
-  return *kKnown;
-}
-
 }  // namespace
 
-void PrometheusText::Add(const std::string& name, const std::string& type,
-                         const std::string& help, const Labels& labels, double value) {
+void PrometheusText::AddReported(const std::string& name, const Labels& labels, double value) {
+  if (const metrics::Metric* m = metrics::Find(name)) {
+    Add(*m, labels, value);
+    return;
+  }
+  Add(metrics::Metric{name, metrics::Type::kCounter, "Data-plane counter."}, labels, value);
+}
+
+void PrometheusText::Add(const metrics::Metric& metric, const Labels& labels, double value) {
+  std::string name(metric.name);
   auto [it, inserted] = families_.try_emplace(name);
   if (inserted) {
     order_.push_back(name);
-    it->second.type = type;
-    it->second.help = help;
+    it->second.type = metric.type == metrics::Type::kCounter ? "counter" : "gauge";
+    it->second.help = std::string(metric.help);
   }
   std::string rendered;
   for (const auto& [k, v] : labels) {
@@ -91,87 +69,58 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats,
                           const AdminState& state, absl::Time now) {
   PrometheusText p;
   if (stats != nullptr) {
-    struct TcpMetric {
-      const char* name;
-      const char* help;
-      uint64_t (*get)(const ambit::dataplane::v1::TcpSeries&);
+    using ambit::dataplane::v1::TcpSeries;
+    const std::pair<const metrics::Metric*, uint64_t (*)(const TcpSeries&)> tcp[] = {
+        {&metrics::kTcpOpened, [](const TcpSeries& s) { return s.opened(); }},
+        {&metrics::kTcpClosed, [](const TcpSeries& s) { return s.closed(); }},
+        {&metrics::kTcpSentBytes, [](const TcpSeries& s) { return s.sent_bytes(); }},
+        {&metrics::kTcpReceivedBytes, [](const TcpSeries& s) { return s.received_bytes(); }},
     };
-    const TcpMetric tcp[] = {
-        {"istio_tcp_connections_opened_total", "Total TCP connections opened.",
-         [](const ambit::dataplane::v1::TcpSeries& s) { return s.opened(); }},
-        {"istio_tcp_connections_closed_total", "Total TCP connections closed.",
-         [](const ambit::dataplane::v1::TcpSeries& s) { return s.closed(); }},
-        {"istio_tcp_sent_bytes_total", "Bytes sent to the client (the response direction).",
-         [](const ambit::dataplane::v1::TcpSeries& s) { return s.sent_bytes(); }},
-        {"istio_tcp_received_bytes_total",
-         "Bytes received from the client (the request direction).",
-         [](const ambit::dataplane::v1::TcpSeries& s) { return s.received_bytes(); }},
-    };
-    for (const auto& m : tcp) {
+    for (const auto& [metric, get] : tcp) {
       for (const auto& series : stats->tcp()) {
         Labels labels;
         for (const auto& l : series.labels()) labels.emplace_back(l.name(), l.value());
-        p.Add(m.name, "counter", m.help, labels, static_cast<double>(m.get(series)));
+        p.Add(*metric, labels, static_cast<double>(get(series)));
       }
     }
     for (const auto& c : stats->counters()) {
-      auto it = DataPlaneCounters().find(c.name());
-      Known k = it == DataPlaneCounters().end() ? Known{"counter", "Data-plane counter."}
-                                                : it->second;
       Labels labels;
       for (const auto& l : c.labels()) labels.emplace_back(l.name(), l.value());
-      p.Add(c.name(), k.type, k.help, labels, static_cast<double>(c.value()));
+      p.AddReported(c.name(), labels, static_cast<double>(c.value()));
     }
   }
   NodeHealth h = state.Health();
   const bool responsive = h.dataplane_connected && !DataPlaneUnresponsive(h, now);
-  p.Add("ambit_dataplane_up", "gauge",
-        "1 when ambitd is connected to a data plane that answers its heartbeat and could read "
-        "its counters.",
-        {}, responsive && stats != nullptr ? 1 : 0);
-  p.Add("ambit_dataplane_responsive", "gauge",
-        "1 when the data plane answered ambitd's last heartbeat (through every worker thread) "
-        "within the deadline.",
-        {}, responsive ? 1 : 0);
-  p.Add("ambit_dataplane_restarts_total", "counter",
-        "Data-plane restarts since ambitd started.", {}, static_cast<double>(h.dataplane_restarts));
-  p.Add("ambit_config_generation", "gauge",
-        "Configuration generation: desired (built by ambitd) and applied (acknowledged by the "
-        "data plane).",
-        {{"state", "desired"}}, static_cast<double>(h.desired_generation));
-  p.Add("ambit_config_generation", "gauge", "", {{"state", "applied"}},
+  p.Add(metrics::kDataplaneUp, {}, responsive && stats != nullptr ? 1 : 0);
+  p.Add(metrics::kDataplaneResponsive, {}, responsive ? 1 : 0);
+  p.Add(metrics::kDataplaneRestarts, {}, static_cast<double>(h.dataplane_restarts));
+  p.Add(metrics::kConfigGeneration, {{"state", "desired"}},
+        static_cast<double>(h.desired_generation));
+  p.Add(metrics::kConfigGeneration, {{"state", "applied"}},
         static_cast<double>(h.applied_generation));
-  p.Add("ambit_dataplane_fail_closed", "gauge",
-        "1 while the data plane refuses new connections because the newest configuration could "
-        "not be applied.",
-        {}, h.fail_closed ? 1 : 0);
-  p.Add("ambit_enrolled_pods", "gauge", "Pods enrolled on this node.", {},
-        static_cast<double>(h.enrolled.size()));
-  p.Add("ambit_enroll_failures", "gauge", "Pods this node should enroll but could not.", {},
-        h.enroll_failures);
+  p.Add(metrics::kDataplaneFailClosed, {}, h.fail_closed ? 1 : 0);
+  p.Add(metrics::kEnrolledPods, {}, static_cast<double>(h.enrolled.size()));
+  p.Add(metrics::kEnrollFailures, {}, h.enroll_failures);
   const auto certs = state.Certificates();
   for (const auto& c : certs.certificates()) {
     if (c.not_after().unix_seconds() == 0) continue;
-    p.Add("ambit_certificate_expiry_seconds", "gauge",
-          "Seconds until the workload certificate expires (negative: expired).",
-          {{"identity", c.identity()}},
+    p.Add(metrics::kCertificateExpiry, {{"identity", c.identity()}},
           static_cast<double>(c.not_after().unix_seconds() - absl::ToUnixSeconds(now)));
   }
   for (const auto& r : certs.trust_bundle()) {
-    p.Add("ambit_trust_root_expiry_seconds", "gauge", "Seconds until a trusted root expires.",
-          {{"subject", r.subject()}},
+    p.Add(metrics::kTrustRootExpiry, {{"subject", r.subject()}},
           static_cast<double>(r.not_after().unix_seconds() - absl::ToUnixSeconds(now)));
   }
   const auto bpf = state.Bpf();
   for (const auto& m : bpf.maps()) {
     if (!m.error().empty()) continue;
-    p.Add("ambit_bpf_map_entries", "gauge", "Entries in an ambit BPF map.", {{"map", m.name()}},
-          static_cast<double>(m.entries()));
-    p.Add("ambit_bpf_map_max_entries", "gauge", "Capacity of an ambit BPF map.",
-          {{"map", m.name()}}, static_cast<double>(m.max_entries()));
+    p.Add(metrics::kBpfMapEntries, {{"map", m.name()}}, static_cast<double>(m.entries()));
+    p.Add(metrics::kBpfMapMaxEntries, {{"map", m.name()}}, static_cast<double>(m.max_entries()));
   }
-  p.Add("ambit_ready", "gauge", "1 when /healthz/ready answers 200.", {},
-        ReadinessProblems(state, now).empty() ? 1 : 0);
+  for (const auto& d : bpf.drops()) {
+    p.Add(metrics::kBpfDrops, {{"reason", d.reason()}}, static_cast<double>(d.count()));
+  }
+  p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
   return p.Render();
 }
 

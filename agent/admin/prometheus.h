@@ -8,6 +8,7 @@
 
 #include "absl/time/time.h"
 #include "agent/admin/admin_server.h"
+#include "agent/common/metrics.h"
 
 namespace ambit::admin {
 
@@ -19,8 +20,11 @@ using Labels = std::vector<std::pair<std::string, std::string>>;
 // are summed (the data plane reports per worker).
 class PrometheusText {
  public:
-  void Add(const std::string& name, const std::string& type, const std::string& help,
-           const Labels& labels, double value);
+  // One sample of a declared metric (agent/common/metrics.h).
+  void Add(const metrics::Metric& metric, const Labels& labels, double value);
+  // A sample the data plane reported by name: its declaration when there is one, else a
+  // counter with a generic help text (a data plane newer than this ambitd).
+  void AddReported(const std::string& name, const Labels& labels, double value);
   std::string Render() const;
 
  private:

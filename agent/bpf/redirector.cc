@@ -6,9 +6,12 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
+#include <optional>
 
 #include "abi/redirect.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "agent/bpf/kernel.h"
 #include "agent/bpf/skeleton.h"
@@ -49,15 +52,38 @@ absl::Status MakeDirs(const std::string& path) {
 
 bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
+bool IsMapPin(const std::string& name) { return name.find('.') == std::string::npos; }
+
 // Pins every map of obj under root by its name; existing pins are re-used by libbpf at load.
 absl::Status PinMaps(bpf_object* obj, const std::string& root) {
   bpf_map* map;
   bpf_object__for_each_map(map, obj) {
     std::string name = bpf_map__name(map);
-    if (name.find('.') != std::string::npos) continue;  // .rodata and friends
+    if (!IsMapPin(name)) continue;  // .rodata and friends
     if (bpf_map__set_pin_path(map, (root + "/" + name).c_str()) != 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("set pin path for map ", name));
     }
+  }
+  return absl::OkStatus();
+}
+
+// True when the pinned map at path has exactly the definition obj's map asks for, so that the
+// programs of this ABI can use it as it is.
+bool SameDefinition(int fd, bpf_map* map) {
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return false;
+  return info.type == static_cast<uint32_t>(bpf_map__type(map)) &&
+         info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
+         info.max_entries == bpf_map__max_entries(map) &&
+         info.map_flags == bpf_map__map_flags(map);
+}
+
+// Re-pins an open link (or any BPF object) at path, replacing nothing: bpf_link__pin refuses a
+// link that was opened from a pin.
+absl::Status PinFd(int fd, const std::string& path) {
+  if (bpf_obj_pin(fd, path.c_str()) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("pin ", path));
   }
   return absl::OkStatus();
 }
@@ -77,14 +103,51 @@ ProgramInfo Describe(int prog_fd, std::string attached_to) {
 
 }  // namespace
 
+std::string VersionedPinRoot(const std::string& instance_dir) {
+  return absl::StrCat(instance_dir, "/v", AMBIT_ABI_VERSION);
+}
+
+std::vector<PreviousAbi> FindPreviousAbis(const std::string& instance_dir) {
+  namespace fs = std::filesystem;
+  std::vector<PreviousAbi> out;
+  std::error_code ec;
+  bool legacy = false;
+  for (const auto& entry : fs::directory_iterator(instance_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    uint32_t version = 0;
+    if (entry.is_directory(ec) && name.size() > 1 && name[0] == 'v' &&
+        absl::SimpleAtoi(name.substr(1), &version)) {
+      if (version != AMBIT_ABI_VERSION) out.push_back({version, entry.path().string()});
+    } else {
+      legacy = true;  // version 1 pinned maps and links/, pods/ right in the instance directory
+    }
+  }
+  if (legacy) out.push_back({1, instance_dir});
+  std::sort(out.begin(), out.end(),
+            [](const PreviousAbi& a, const PreviousAbi& b) { return a.version > b.version; });
+  return out;
+}
+
 struct Redirector::State {
+  explicit State(Skeleton<ambit_redirect> loaded) : skel(std::move(loaded)) {}
   RedirectConfig config;
+  std::string pin_root;
   Skeleton<ambit_redirect> skel;
-  UniqueFd pods_map, listeners_map, ports_map, cidrs_map;
+  UniqueFd pods_map, listeners_map, ports_map, cidrs_map, drops_map;
   std::vector<LinkPtr> links;
   std::vector<std::string> link_pins;  // the pin of each of `links`
   std::vector<ProgramInfo> programs;
   uint64_t cgroup_id = 0;  // of config.cgroup_path; 0 if it could not be read
+  // Migration from a previous ABI: the newest one's pins, and every old version to remove.
+  std::optional<PreviousAbi> previous;
+  std::vector<PreviousAbi> to_remove;
+  std::vector<std::string> adopted_maps, fresh_maps;
+  struct PendingLink {
+    LinkPtr link;  // opened from the previous ABI's pin
+    bpf_program* prog;
+    std::string pin;  // where this ABI pins it
+  };
+  std::vector<PendingLink> pending_links;
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -98,27 +161,59 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
     return absl::ErrnoToStatus(errno, absl::StrCat("open cgroup ", config.cgroup_path,
                                                    " (the --cgroup attach point)"));
   }
-  AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/links"));
-  AMBIT_RETURN_IF_ERROR(MakeDirs(config.pin_root + "/pods"));
+  const std::string pin_root = VersionedPinRoot(config.instance_dir);
+  std::vector<PreviousAbi> previous = FindPreviousAbis(config.instance_dir);
+  AMBIT_RETURN_IF_ERROR(MakeDirs(pin_root + "/links"));
+  AMBIT_RETURN_IF_ERROR(MakeDirs(pin_root + "/pods"));
 
   AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_redirect>::Open());
   skel->rodata->ambit_mark = config.socket_mark;
   skel->rodata->ambit_delivery_mark = config.delivery_mark;
   skel->rodata->ambit_agent_cgroup = config.agent_cgroup_id;
-  AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, config.pin_root));
+  std::vector<std::string> adopted, fresh;
+  std::vector<std::pair<bpf_map*, std::string>> pin_after_load;
+  bpf_map* map;
+  bpf_object__for_each_map(map, skel->obj) {
+    std::string name = bpf_map__name(map);
+    if (!IsMapPin(name)) continue;
+    std::string pin = pin_root + "/" + name;
+    if (!Exists(pin) && !previous.empty()) {
+      // Maps the previous ABI pinned with this very definition are taken over as they are:
+      // their entries stay valid, and the data plane keeps using the same maps.
+      std::string old_pin = previous.front().root + "/" + name;
+      UniqueFd old(bpf_obj_get(old_pin.c_str()));
+      if (old && SameDefinition(old.get(), map)) {
+        if (bpf_map__reuse_fd(map, old.get()) != 0) {
+          return absl::ErrnoToStatus(errno, absl::StrCat("adopt map ", old_pin));
+        }
+        adopted.push_back(name);
+        pin_after_load.emplace_back(map, pin);
+        continue;
+      }
+      fresh.push_back(name);
+    }
+    if (bpf_map__set_pin_path(map, pin.c_str()) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("set pin path for map ", name));
+    }
+  }
   AMBIT_RETURN_IF_ERROR(skel.Load());
-  // ambit_listen_v2 replaced ambit_listeners (one dual-stack wildcard listener per kind, which
-  // the data plane's own delivery could reach). The pods' sk_lookup links get the new program
-  // as they are enrolled again; the old map only keeps old sockets alive.
-  std::string legacy_listeners = config.pin_root + "/ambit_listeners";
-  if (unlink(legacy_listeners.c_str()) == 0) {
-    AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
+  for (const auto& [m, pin] : pin_after_load) {
+    if (bpf_map__pin(m, pin.c_str()) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("pin adopted map at ", pin));
+    }
   }
 
-  auto state =
-      std::make_unique<State>(State{config, std::move(skel), {}, {}, {}, {}, {}, {}, {}, 0});
+  auto state = std::make_unique<State>(std::move(skel));
   if (auto id = CgroupId(config.cgroup_path); id.ok()) state->cgroup_id = *id;
   auto& s = *state;
+  s.config = config;
+  s.pin_root = pin_root;
+  if (!previous.empty()) {
+    s.previous = previous.front();
+    s.to_remove = previous;
+    s.adopted_maps = std::move(adopted);
+    s.fresh_maps = std::move(fresh);
+  }
   bool reused = false;
   struct {
     bpf_program* prog;
@@ -131,7 +226,9 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       {s.skel->progs.ambit_getpeername6, "getpeername6"},
   };
   for (const auto& p : progs) {
-    std::string pin = absl::StrCat(config.pin_root, "/links/", p.pin);
+    std::string pin = absl::StrCat(pin_root, "/links/", p.pin);
+    std::string old_pin =
+        s.previous ? absl::StrCat(s.previous->root, "/links/", p.pin) : std::string();
     LinkPtr link;
     if (Exists(pin)) {
       // A previous run attached this hook: swap our program into its link (atomic for new
@@ -141,6 +238,14 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       if (bpf_link__update_program(link.get(), p.prog) != 0) {
         return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ", pin));
       }
+      reused = true;
+    } else if (!old_pin.empty() && Exists(old_pin)) {
+      // The previous ABI's hook stays attached with its own programs and maps until every pod
+      // is in this ABI's maps (FinishMigration): swapping now would let an enrolled pod's
+      // connections pass unredirected while its ambit_pods entry is missing.
+      LinkPtr old(bpf_link__open(old_pin.c_str()));
+      if (!old) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", old_pin));
+      s.pending_links.push_back({std::move(old), p.prog, pin});
       reused = true;
     } else {
       link.reset(bpf_program__attach_cgroup(p.prog, cgroup.get()));
@@ -153,14 +258,24 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       }
     }
     s.programs.push_back(Describe(bpf_program__fd(p.prog), "cgroup " + config.cgroup_path));
-    s.links.push_back(std::move(link));
-    s.link_pins.push_back(pin);
+    if (link) {
+      s.links.push_back(std::move(link));
+      s.link_pins.push_back(pin);
+    }
+  }
+  // ambit_listen_v2 replaced ambit_listeners (one dual-stack wildcard listener per kind, which
+  // the data plane's own delivery could reach). The pods' sk_lookup links get the new program
+  // as they are enrolled again; the old map only keeps old sockets alive.
+  std::string legacy_listeners = pin_root + "/ambit_listeners";
+  if (unlink(legacy_listeners.c_str()) == 0) {
+    AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
   }
   auto dup_map = [](bpf_map* m) { return UniqueFd(fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3)); };
   s.pods_map = dup_map(s.skel->maps.ambit_pods);
   s.listeners_map = dup_map(s.skel->maps.ambit_listen_v2);
   s.ports_map = dup_map(s.skel->maps.ambit_ports);
   s.cidrs_map = dup_map(s.skel->maps.ambit_cidrs);
+  s.drops_map = dup_map(s.skel->maps.ambit_drops);
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
   UniqueFd deliver = dup_map(s.skel->maps.ambit_deliver);
   auto redirector = std::unique_ptr<Redirector>(new Redirector(std::move(state)));
@@ -170,12 +285,68 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   return redirector;
 }
 
-bool Redirector::HasPinnedLinks(const std::string& pin_root) {
-  std::error_code ec;
-  return !std::filesystem::is_empty(pin_root + "/links", ec) && !ec;
+absl::Status Redirector::FinishMigration() {
+  auto& s = *state_;
+  if (!s.previous) return absl::OkStatus();
+  for (auto& p : s.pending_links) {
+    if (bpf_link__update_program(p.link.get(), p.prog) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ",
+                                                     bpf_link__pin_path(p.link.get())));
+    }
+    // Pinned under both names until the old tree goes: the link never loses its last pin.
+    if (!Exists(p.pin)) AMBIT_RETURN_IF_ERROR(PinFd(bpf_link__fd(p.link.get()), p.pin));
+    s.links.push_back(std::move(p.link));
+    s.link_pins.push_back(p.pin);
+  }
+  s.pending_links.clear();
+  namespace fs = std::filesystem;
+  for (const auto& old : s.to_remove) {
+    std::error_code ec;
+    if (old.root == s.config.instance_dir) {
+      // Version 1 pinned right in the instance directory, next to the versioned trees.
+      for (const auto& entry : fs::directory_iterator(old.root, ec)) {
+        std::string name = entry.path().filename().string();
+        uint32_t version = 0;
+        if (name.size() > 1 && name[0] == 'v' && absl::SimpleAtoi(name.substr(1), &version)) {
+          continue;
+        }
+        fs::remove_all(entry.path(), ec);
+        if (ec) break;
+      }
+    } else {
+      fs::remove_all(old.root, ec);
+    }
+    if (ec) {
+      return absl::InternalError(absl::StrCat("remove the pins of ABI v", old.version, " under ",
+                                              old.root, ": ", ec.message()));
+    }
+  }
+  s.to_remove.clear();
+  return absl::OkStatus();
+}
+
+uint32_t Redirector::migrated_from() const {
+  return state_->previous ? state_->previous->version : 0;
+}
+std::vector<std::string> Redirector::adopted_maps() const { return state_->adopted_maps; }
+std::vector<std::string> Redirector::fresh_maps() const { return state_->fresh_maps; }
+const std::string& Redirector::pin_root() const { return state_->pin_root; }
+int Redirector::drops_map_fd() const { return state_->drops_map.get(); }
+
+bool Redirector::HasPinnedLinks(const std::string& instance_dir) {
+  auto has_links = [](const std::string& root) {
+    std::error_code ec;
+    return !std::filesystem::is_empty(root + "/links", ec) && !ec;
+  };
+  if (has_links(VersionedPinRoot(instance_dir))) return true;
+  for (const auto& old : FindPreviousAbis(instance_dir)) {
+    if (has_links(old.root)) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<uint64_t> Redirector::Cleanup(const std::string& pin_root) {
+  // pin_root: the instance directory, holding every ABI version's pins.
   std::error_code ec;
   if (!std::filesystem::exists(pin_root, ec)) return 0;
   // Counted first so that the caller reports what was there, not what it asked to remove.
@@ -224,13 +395,25 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
     }
   }
 
-  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  std::string pin = absl::StrCat(s.pin_root, "/pods/", netns_cookie);
   AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_inbound>::Open());
   skel->rodata->pod_slot = slot;
-  AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, s.config.pin_root));
+  AMBIT_RETURN_IF_ERROR(PinMaps(skel->obj, s.pin_root));
   AMBIT_RETURN_IF_ERROR(skel.Load());
   LinkPtr link;
-  if (Exists(pin)) {
+  std::string old_pin =
+      s.previous ? absl::StrCat(s.previous->root, "/pods/", netns_cookie) : std::string();
+  if (!Exists(pin) && !old_pin.empty() && Exists(old_pin)) {
+    // The previous ABI's link on this netns: our program goes into it (its listeners are in
+    // this ABI's map already, above), so inbound steering has no gap.
+    link.reset(bpf_link__open(old_pin.c_str()));
+    if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", old_pin));
+    if (bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("update sk_lookup program in ", old_pin));
+    }
+    AMBIT_RETURN_IF_ERROR(PinFd(bpf_link__fd(link.get()), pin));
+    unlink(old_pin.c_str());
+  } else if (Exists(pin)) {
     link.reset(bpf_link__open(pin.c_str()));
     if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
     if (bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup) != 0) {
@@ -261,10 +444,11 @@ absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
   if (bpf_map_delete_elem(s.pods_map.get(), &netns_cookie) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, "remove pod from ambit_pods"));
   }
-  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  std::string pin = absl::StrCat(s.pin_root, "/pods/", netns_cookie);
   if (unlink(pin.c_str()) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, absl::StrCat("unpin ", pin)));
   }
+  if (s.previous) unlink(absl::StrCat(s.previous->root, "/pods/", netns_cookie).c_str());
   for (uint32_t family_index = 0; family_index < AMBIT_LISTENER_FAMILIES; ++family_index) {
     for (uint32_t kind = 0; kind < AMBIT_LISTENER_KINDS; ++kind) {
       uint32_t key = AMBIT_LISTENER_KEY(slot, family_index, kind);
@@ -356,8 +540,8 @@ std::vector<std::string> Redirector::VerifyCapture() const {
   bpf_map* map;
   bpf_object__for_each_map(map, s.skel->obj) {
     std::string name = bpf_map__name(map);
-    if (name.find('.') != std::string::npos) continue;
-    std::string pin = absl::StrCat(s.config.pin_root, "/", name);
+    if (!IsMapPin(name)) continue;
+    std::string pin = absl::StrCat(s.pin_root, "/", name);
     if (!Exists(pin)) {
       problems.push_back(absl::StrCat("map pin ", pin,
                                       " is gone: the next ambitd start would lose its entries"));
@@ -373,7 +557,7 @@ absl::Status Redirector::VerifyPod(uint64_t netns_cookie, int netns_fd) const {
     return absl::NotFoundError(absl::StrCat(
         "missing from ambit_pods (netns_cookie=", netns_cookie, "): outbound is not captured"));
   }
-  std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
+  std::string pin = absl::StrCat(s.pin_root, "/pods/", netns_cookie);
   UniqueFd link(bpf_obj_get(pin.c_str()));
   if (!link) {
     // The pin is the link's only holder: without it the program is detached.

@@ -13,7 +13,9 @@
 namespace ambit::bpf {
 
 struct RedirectConfig {
-  std::string pin_root;     // /sys/fs/bpf/ambit/<instance>
+  // <bpffs>/ambit/<instance>: this build pins under its v<AMBIT_ABI_VERSION> subdirectory, and
+  // migrates from any other version's pins found here.
+  std::string instance_dir;
   std::string cgroup_path;  // cgroup-v2 directory the programs attach to
   uint32_t socket_mark = 0;       // SO_MARK of ambit's outbound sockets: never redirected
   uint32_t delivery_mark = 0;     // SO_MARK of ambit's inbound delivery sockets: same
@@ -37,14 +39,31 @@ struct InboundListenerFds {
   int plain_v4 = -1, plain_v6 = -1, hbone_v4 = -1, hbone_v6 = -1;
 };
 
+// Where this build pins: <instance_dir>/v<AMBIT_ABI_VERSION>.
+std::string VersionedPinRoot(const std::string& instance_dir);
+
+// The pins of another ABI version found under an instance directory.
+struct PreviousAbi {
+  uint32_t version = 0;
+  std::string root;  // its pin root; for version 1 the instance directory itself
+};
+// Every other version's pins under instance_dir, newest first.
+std::vector<PreviousAbi> FindPreviousAbis(const std::string& instance_dir);
+
 class Redirector {
  public:
+  // Loads this build's programs and pins them under VersionedPinRoot(instance_dir). Pins of a
+  // previous ABI are migrated: each of its maps whose definition is unchanged is adopted as it
+  // is (its entries, and the data plane's handle on it, stay valid), the others start empty and
+  // the agent fills them from its own state; its cgroup links keep running the old programs
+  // until FinishMigration() swaps them.
   static absl::StatusOr<std::unique_ptr<Redirector>> Open(const RedirectConfig& config);
-  // Detaches and removes everything pinned under pin_root; returns how many pinned objects
-  // (links and maps) there were, 0 when pin_root did not exist.
-  static absl::StatusOr<uint64_t> Cleanup(const std::string& pin_root);
-  // True when a run attached programs under pin_root (some agent's capture is in place).
-  static bool HasPinnedLinks(const std::string& pin_root);
+  // Detaches and removes everything pinned under instance_dir (every ABI version); returns how
+  // many pinned objects (links and maps) there were, 0 when instance_dir did not exist.
+  static absl::StatusOr<uint64_t> Cleanup(const std::string& instance_dir);
+  // True when a run of any ABI version attached programs under instance_dir (some agent's
+  // capture is in place).
+  static bool HasPinnedLinks(const std::string& instance_dir);
 
   ~Redirector();
 
@@ -56,6 +75,21 @@ class Redirector {
   absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot);
   // Pods enrolled by this or an earlier run: netns cookie -> slot.
   absl::StatusOr<std::map<uint64_t, uint32_t>> EnrolledPods() const;
+
+  // Completes a migration from a previous ABI once every pod is enrolled in this version's maps:
+  // swaps this build's programs into the old cgroup links (atomic for new connections), pins
+  // the links here and removes every previous version's pins (pods no longer enrolled lose
+  // their sk_lookup link with them). A no-op without a migration.
+  absl::Status FinishMigration();
+  // The ABI version migrated from (0: none), and what became of its maps.
+  uint32_t migrated_from() const;
+  std::vector<std::string> adopted_maps() const;
+  std::vector<std::string> fresh_maps() const;
+
+  // This build's pin root.
+  const std::string& pin_root() const;
+  // The pinned ambit_drops map (per-CPU drop counters).
+  int drops_map_fd() const;
 
   absl::Status SetPortFlags(uint16_t port, uint8_t flags);
   absl::Status AddBypassCidr(const Cidr& cidr);

@@ -183,8 +183,20 @@ Value BpfValue(const pb::GetBpfResponse& resp) {
     links.Append(Value::Object(
         {{"pinned", l.pinned()}, {"id", l.id()}, {"progId", l.prog_id()}, {"type", l.type()}}));
   }
-  return Value::Object(
-      {{"pinRoot", resp.pin_root()}, {"programs", programs}, {"maps", maps}, {"links", links}});
+  Value drops = Value::MakeList();
+  for (const auto& d : resp.drops()) {
+    drops.Append(Value::Object({{"reason", d.reason()},
+                                {"count", d.count()},
+                                {"program", d.program()},
+                                {"meaning", d.meaning()}}));
+  }
+  return Value::Object({{"pinRoot", resp.pin_root()},
+                        {"abiVersion", resp.abi_version()},
+                        {"programs", programs},
+                        {"maps", maps},
+                        {"links", links},
+                        {"drops", drops},
+                        {"dropsError", OrNull(resp.drops_error())}});
 }
 
 Value LogLevelsValue(const pb::LogLevelResponse& resp) {
@@ -374,12 +386,19 @@ absl::Status Bpf(Context& ctx) {
     ctx.Print(v);
     return absl::OkStatus();
   }
-  ctx.out() << "Pins: " << resp->pin_root() << "\n\nPrograms:\n";
+  ctx.out() << "Pins: " << resp->pin_root() << " (ABI v" << resp->abi_version()
+            << ")\n\nPrograms:\n";
   ctx.Print(*v.Find("programs"));
   ctx.out() << "\nMaps:\n";
   ctx.Print(*v.Find("maps"));
   ctx.out() << "\nLinks:\n";
   ctx.Print(*v.Find("links"));
+  ctx.out() << "\nDrops (the programs failed closed):\n";
+  if (!resp->drops_error().empty()) {
+    ctx.out() << "  unavailable: " << resp->drops_error() << "\n";
+  } else {
+    ctx.Print(*v.Find("drops"));
+  }
   return absl::OkStatus();
 }
 
@@ -537,8 +556,10 @@ Command BpfCommand() {
       .summary = "Show this agent's BPF programs, links and maps",
       .description =
           "Lists the redirect programs of this agent instance (id, verified instructions, where\n"
-          "attached), the links pinned under its pin root, and its pinned maps with the entries\n"
-          "in use (counted by walking the keys) against their maximum.",
+          "attached), the links pinned under its pin root, its pinned maps with the entries\n"
+          "in use (counted by walking the keys) against their maximum, and how often the\n"
+          "programs failed closed (dropped or refused a connection), by reason, with what each\n"
+          "reason means.",
       .examples = "ambitctl bpf\nambitctl bpf -o json",
       .run = Bpf,
   };

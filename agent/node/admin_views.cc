@@ -14,7 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "abi/redirect.h"
 #include "agent/admin/explain.h"
+#include "agent/bpf/drops.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
@@ -198,6 +200,24 @@ void ReadPinnedObjects(pb::GetBpfResponse* out) {
     }
     m->set_entries(std::min<uint64_t>(count, info.max_entries));
   }
+  out->set_abi_version(AMBIT_ABI_VERSION);
+  const std::string drops_pin = (fs::path(out->pin_root()) / "ambit_drops").string();
+  UniqueFd drops(bpf_obj_get(drops_pin.c_str()));
+  absl::StatusOr<std::vector<uint64_t>> counts =
+      drops ? bpf::ReadDropCounters(drops.get())
+            : absl::ErrnoToStatus(errno, absl::StrCat("open ", drops_pin));
+  if (!counts.ok()) {
+    out->set_drops_error(std::string(counts.status().message()));
+  } else {
+    const auto& reasons = bpf::DropReasons();
+    for (size_t i = 0; i < reasons.size() && i < counts->size(); ++i) {
+      auto* d = out->add_drops();
+      d->set_reason(reasons[i].name);
+      d->set_program(reasons[i].program);
+      d->set_meaning(reasons[i].meaning);
+      d->set_count((*counts)[i]);
+    }
+  }
   for (const char* dir : {"links", "pods"}) {
     std::vector<fs::path> links;
     for (const auto& entry : fs::directory_iterator(fs::path(out->pin_root()) / dir, ec)) {
@@ -329,9 +349,9 @@ LogLevelHandlers NewLogLevelHandlers(std::string control_socket) {
           [levels] { levels->Reapply(); }};
 }
 
-void Agent::InitAdminHandlers() {
+void Agent::PublishBpf() {
   pb::GetBpfResponse bpf;
-  bpf.set_pin_root(options_.pin_root());
+  bpf.set_pin_root(redirector_->pin_root());
   for (const auto& p : redirector_->Programs()) {
     auto* out = bpf.add_programs();
     out->set_name(p.name);
@@ -340,6 +360,10 @@ void Agent::InitAdminHandlers() {
     out->set_attached_to(p.attached_to);
   }
   admin_state_->SetBpf(std::move(bpf), ReadPinnedObjects);
+}
+
+void Agent::InitAdminHandlers() {
+  PublishBpf();
   LogLevelHandlers levels = NewLogLevelHandlers(options_.control_socket());
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
@@ -413,6 +437,8 @@ std::string Waypoint(const state::ClusterState& state, const state::Pod& pod) {
 }  // namespace
 
 void Agent::PublishViews() {
+  // The sk_lookup program joins the list when the first pod is enrolled.
+  PublishBpf();
   const auto peer_authns = security_.PeerAuthenticationList();
 
   pb::ListWorkloadsResponse workloads;

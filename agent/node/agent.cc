@@ -141,7 +141,7 @@ absl::Status Agent::Init() {
   chmod(options_.resolved_run_dir().c_str(), 0700);
 
   bpf::RedirectConfig rc;
-  rc.pin_root = options_.pin_root();
+  rc.instance_dir = options_.pin_root();
   rc.cgroup_path = options_.cgroup_path;
   rc.socket_mark = options_.socket_mark;
   rc.delivery_mark = DeliveryMark(options_.socket_mark);
@@ -158,7 +158,15 @@ absl::Status Agent::Init() {
   AMBIT_ASSIGN_OR_RETURN(redirector_, bpf::Redirector::Open(rc));
   AMBIT_LOG(kComponent, Info) << (redirector_->reused_links() ? "re-opened pinned" : "attached")
                               << " redirect programs at cgroup " << options_.cgroup_path
-                              << " (pins under " << rc.pin_root << ")";
+                              << " (pins under " << redirector_->pin_root() << ")";
+  if (redirector_->migrated_from() != 0) {
+    AMBIT_LOG(kComponent, Info)
+        << "migrating BPF pins from ABI v" << redirector_->migrated_from() << " to v"
+        << AMBIT_ABI_VERSION << ": maps adopted as they are: "
+        << absl::StrJoin(redirector_->adopted_maps(), ",") << "; maps started empty: "
+        << (redirector_->fresh_maps().empty() ? "none"
+                                              : absl::StrJoin(redirector_->fresh_maps(), ","));
+  }
   for (const auto& p : redirector_->Programs()) {
     AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
                                 << " verified_insns=" << p.verified_insns;
@@ -220,6 +228,12 @@ absl::Status Agent::Init() {
   dataplane_->on_pong = [this](supervisor::PongReport r) { OnPong(std::move(r)); };
   AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
   Apply(source_->Current());  // publishes the views and the health readiness reads
+  if (uint32_t from = redirector_->migrated_from(); from != 0) {
+    // Every pod is in this ABI's maps now (or reported as failing): the cgroup hooks can switch.
+    AMBIT_RETURN_IF_ERROR(redirector_->FinishMigration());
+    AMBIT_LOG(kComponent, Info) << "migrated BPF pins from ABI v" << from << " to v"
+                                << AMBIT_ABI_VERSION << "; removed the old pins";
+  }
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
                          admin::TelemetryServer::Start(options_.metrics_address,
                                                        options_.readiness_address, admin_state_));

@@ -66,6 +66,7 @@ struct AgentOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration heartbeat_deadline = absl::Seconds(3);
 
+  // The instance's BPF directory; each ABI version pins in its own v<N> below it.
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
     if (!run_dir.empty()) return run_dir;
@@ -122,6 +123,7 @@ class Agent {
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
   void PublishViews();
   void InitAdminHandlers();
+  void PublishBpf();  // the programs and where they are attached, for ambitctl bpf
   // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
   void PublishHealth();
   absl::Status ConnectDataPlane();

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/clock.h"
+#include "agent/common/metrics.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/seqpacket.h"
@@ -236,7 +237,7 @@ void Tunnel::ServeStats(UniqueFd client) {
   response.set_failed_reason(failed_reason_);
   if (request.metrics()) {
     auto* c = response.add_counters();
-    c->set_name("ambit_snapshots_rejected_total");
+    c->set_name(std::string(metrics::kSnapshotsRejected.name));
     c->set_value(snapshots_rejected_);
   }
   response.set_started_unix(absl::ToUnixSeconds(started_));

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
+#include "agent/common/metrics.h"
 
 namespace ambit::tunnel {
 namespace {
@@ -196,7 +197,7 @@ void FlowMetrics::AppendTo(const std::vector<Live>& live, pb::StatsResponse* out
   }
   for (auto [result, value] : {std::pair{"allow", allowed_}, std::pair{"deny", denied_}}) {
     pb::CounterValue* c = out->add_counters();
-    c->set_name("ambit_policy_decisions_total");
+    c->set_name(std::string(metrics::kPolicyDecisions.name));
     pb::Label* l = c->add_labels();
     l->set_name("result");
     l->set_value(result);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
+#include "agent/common/metrics.h"
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/session_drain.h"
@@ -297,10 +298,11 @@ void Worker::CollectStats(bool connections, bool metrics,
   }
   if (!metrics) return;
   metrics_.AppendTo(live, out);
-  auto counter = [&](const char* name, std::initializer_list<std::pair<const char*, const char*>>
-                                           labels, uint64_t value) {
+  auto counter = [&](const metrics::Metric& metric,
+                     std::initializer_list<std::pair<const char*, const char*>> labels,
+                     uint64_t value) {
     auto* c = out->add_counters();
-    c->set_name(name);
+    c->set_name(std::string(metric.name));
     for (const auto& [k, v] : labels) {
       auto* l = c->add_labels();
       l->set_name(k);
@@ -309,14 +311,14 @@ void Worker::CollectStats(bool connections, bool metrics,
     c->set_value(value);
   };
   const hbone::HboneStats& h = hbone_stats_;
-  counter("ambit_hbone_handshakes_total", {{"result", "ok"}}, h.sessions_established);
+  counter(metrics::kHboneHandshakes, {{"result", "ok"}}, h.sessions_established);
   const std::pair<const char*, uint64_t> failures[] = {
       {"tls_error", h.tls_failures},          {"no_client_certificate", h.no_client_cert},
       {"untrusted_peer", h.untrusted_peer},   {"identity_mismatch", h.identity_mismatch},
       {"no_alpn_h2", h.no_alpn},              {"cipher_not_allowed", h.bad_cipher},
   };
   for (const auto& [reason, n] : failures) {
-    counter("ambit_hbone_handshake_failures_total", {{"reason", reason}}, n);
+    counter(metrics::kHboneHandshakeFailures, {{"reason", reason}}, n);
   }
   const std::pair<const char*, uint64_t> errors[] = {
       {"protocol_error", h.protocol_errors},   {"stream_error", h.stream_errors},
@@ -325,19 +327,19 @@ void Worker::CollectStats(bool connections, bool metrics,
       {"stream_rate_limited", h.stream_rate_limited},
   };
   for (const auto& [reason, n] : errors) {
-    counter("ambit_hbone_errors_total", {{"reason", reason}}, n);
+    counter(metrics::kHboneErrors, {{"reason", reason}}, n);
   }
-  counter("ambit_hbone_streams_opened_total", {}, h.streams_opened);
+  counter(metrics::kHboneStreamsOpened, {}, h.streams_opened);
   for (DrainReason reason : {DrainReason::kExpired, DrainReason::kPeerExpired,
                              DrainReason::kOutOfTrustDomain, DrainReason::kNotTrusted,
                              DrainReason::kRemoved, DrainReason::kNoCertificate}) {
     auto it = drained_.find(reason);
-    counter("ambit_hbone_sessions_drained_total", {{"reason", DrainReasonName(reason)}},
+    counter(metrics::kHboneSessionsDrained, {{"reason", DrainReasonName(reason)}},
             it == drained_.end() ? 0 : it->second);
   }
-  counter("ambit_plaintext_refused_total", {}, counters_.plaintext_refused);
-  counter("ambit_connections_closed_by_policy_total", {}, counters_.closed_by_policy);
-  counter("ambit_connections_refused_total", {{"reason", "configuration_not_applied"}},
+  counter(metrics::kPlaintextRefused, {}, counters_.plaintext_refused);
+  counter(metrics::kClosedByPolicy, {}, counters_.closed_by_policy);
+  counter(metrics::kConnectionsRefused, {{"reason", "configuration_not_applied"}},
           counters_.refused_fail_closed);
 }
 

@@ -15,6 +15,15 @@
 #define AMBIT_INBOUND_PLAIN_PORT 15006 /* plaintext that reached a pod */
 #define AMBIT_HBONE_PORT 15008 /* mTLS tunnel (HBONE) */
 
+/*
+ * Version of everything ambit pins: map types, keys, values and sizes, and the pin names. Pins
+ * live under <bpffs>/ambit/<instance>/v<AMBIT_ABI_VERSION>/; an agent that finds another
+ * version's pins migrates from them and then removes them (agent/bpf/redirector.cc). Version 1
+ * is the unversioned layout directly under <bpffs>/ambit/<instance>/. Bump on any change to
+ * this file that alters a pinned object, or to the set of pinned maps.
+ */
+#define AMBIT_ABI_VERSION 2
+
 #define AMBIT_MAX_PODS 1024
 #define AMBIT_MAX_ORIG_DST 65536
 #define AMBIT_MAX_CIDRS 256
@@ -36,6 +45,24 @@ enum ambit_listener_kind {
 #define AMBIT_LISTENER_FAMILIES 2
 #define AMBIT_LISTENER_KEY(slot, family_index, kind) \
 	(((slot) * AMBIT_LISTENER_FAMILIES + (family_index)) * AMBIT_LISTENER_KINDS + (kind))
+
+/*
+ * Slots of ambit_drops: every path on which a program fails closed (refuses or drops instead of
+ * steering) counts one here, so a drop is never silent. The agent's table of names and meanings
+ * (agent/bpf/drops.cc) follows this order.
+ */
+enum ambit_drop_reason {
+	/* connect4/6: no socket-local storage for the original destination; connect() refused. */
+	AMBIT_DROP_CONNECT_NO_STORAGE = 0,
+	/* sockops: the original destination could not be published in ambit_orig_dst; the tunnel
+	 * finds no entry and resets the connection. */
+	AMBIT_DROP_ORIG_DST_UPDATE = 1,
+	/* sk_lookup: the pod has no listener of the SYN's family and kind; SYN dropped. */
+	AMBIT_DROP_NO_LISTENER = 2,
+	/* sk_lookup: bpf_sk_assign refused the pod's listener; SYN dropped. */
+	AMBIT_DROP_SK_ASSIGN = 3,
+	AMBIT_DROP_REASONS = 4,
+};
 
 /* ambit_ports values: which directions skip redirection for a port. */
 enum ambit_port_flags {

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Maps shared by ambit's programs. The agent pins each one under
- * /sys/fs/bpf/ambit/<instance>/<map name> and re-opens it on restart, so every map here survives
- * an agent restart; pinning is set from userspace (bpf_map__set_pin_path), not here, so test
- * objects can include this header without pinning anything.
+ * /sys/fs/bpf/ambit/<instance>/v<AMBIT_ABI_VERSION>/<map name> and re-opens it on restart, so
+ * every map here survives an agent restart; pinning is set from userspace
+ * (bpf_map__set_pin_path), not here, so test objects can include this header without pinning
+ * anything.
  */
 #ifndef AMBIT_BPF_LIB_MAPS_H
 #define AMBIT_BPF_LIB_MAPS_H
@@ -74,5 +75,23 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ambit_listen_v2 SEC(".maps");
+
+/* enum ambit_drop_reason -> times a program failed closed for that reason, per CPU; written by
+ * every program, read and summed by ambitd (ambitctl bpf, ambit_bpf_drops_total). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AMBIT_DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ambit_drops SEC(".maps");
+
+/* Per-CPU slot, so a plain increment suffices: programs of these types do not migrate. */
+static __always_inline void ambit_count_drop(__u32 reason)
+{
+	__u64 *count = bpf_map_lookup_elem(&ambit_drops, &reason);
+
+	if (count)
+		*count += 1;
+}
 
 #endif /* AMBIT_BPF_LIB_MAPS_H */

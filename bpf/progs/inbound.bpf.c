@@ -47,11 +47,17 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	key = AMBIT_LISTENER_KEY(pod_slot, ctx->family == AF_INET6 ? 1 : 0, kind);
 	sk = bpf_map_lookup_elem(&ambit_listen_v2, &key);
-	if (!sk)
+	if (!sk) {
+		ambit_count_drop(AMBIT_DROP_NO_LISTENER);
 		return SK_DROP;
+	}
 	err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
-	return err ? SK_DROP : SK_PASS;
+	if (err) {
+		ambit_count_drop(AMBIT_DROP_SK_ASSIGN);
+		return SK_DROP;
+	}
+	return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -43,8 +43,11 @@ static __always_inline int ambit_outbound(struct bpf_sock_addr *ctx, const struc
 	if (ambit_is_agent(sk) || ambit_outbound_bypass(dst))
 		return 0;
 	stored = bpf_sk_storage_get(&ambit_sk_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!stored)
-		return -1; /* fail closed: never let an enrolled pod's traffic skip the tunnel */
+	if (!stored) {
+		/* fail closed: never let an enrolled pod's traffic skip the tunnel */
+		ambit_count_drop(AMBIT_DROP_CONNECT_NO_STORAGE);
+		return -1;
+	}
 	*stored = *dst;
 	return 1;
 }
@@ -128,7 +131,8 @@ int ambit_sockops(struct bpf_sock_ops *skops)
 	}
 	key.src_port = (__u16)skops->local_port;
 	/* If this fails the tunnel finds no entry and resets the connection (fail closed). */
-	bpf_map_update_elem(&ambit_orig_dst, &key, dst, BPF_ANY);
+	if (bpf_map_update_elem(&ambit_orig_dst, &key, dst, BPF_ANY))
+		ambit_count_drop(AMBIT_DROP_ORIG_DST_UPDATE);
 	return 1;
 }
 

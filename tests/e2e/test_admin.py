@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import (Topology, build_dir, deny_port_policy, run,  # noqa: E402
+from topology import (ABI_VERSION, Topology, build_dir, deny_port_policy, run,  # noqa: E402
                       strict_peer_authentication)
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
@@ -189,7 +189,21 @@ metadata:
 
     def test_bpf(self):
         doc = self.json("bpf")
-        self.assertTrue(doc["pinRoot"].endswith("/ambit/" + self.agent.instance))
+        self.assertEqual(doc["pinRoot"], self.agent.pin_root)
+        self.assertEqual(doc["abiVersion"], ABI_VERSION)
+        # Where each program is attached: the cgroup hooks at the test's cgroup, sk_lookup in
+        # the pods' network namespaces.
+        attached = {p["name"]: p["attachedTo"] for p in doc["programs"]}
+        self.assertEqual(attached["ambit_connect4"], f"cgroup {self.agent.cgroup}")
+        self.assertEqual(attached["ambit_sk_lookup"], "netns of each enrolled pod")
+        # Every drop reason, counted and explained, even at zero.
+        self.assertIsNone(doc["dropsError"])
+        drops = {d["reason"]: d for d in doc["drops"]}
+        self.assertEqual(set(drops), {"connect_no_storage", "orig_dst_update_failed",
+                                      "no_listener", "sk_assign_failed"})
+        for d in drops.values():
+            self.assertGreaterEqual(d["count"], 0)
+            self.assertTrue(d["meaning"] and d["program"], d)
         self.assertTrue(doc["programs"])
         for p in doc["programs"]:
             self.assertGreater(p["id"], 0)
@@ -206,6 +220,9 @@ metadata:
         table = self.ctl("bpf").stdout
         self.assertIn("VERIFIED INSNS", table)
         self.assertIn("MAX ENTRIES", table)
+        self.assertIn("Drops (the programs failed closed):", table)
+        self.assertIn("no_listener", table)
+        self.assertIn("MEANING", table)
 
     def test_services(self):
         doc = self.json("services")

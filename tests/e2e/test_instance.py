@@ -17,7 +17,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from apps import MULTI_SERVER  # noqa: E402
-from topology import Topology, free_port, run, strict_peer_authentication  # noqa: E402
+from topology import (ABI_VERSION, Topology, free_port, run,  # noqa: E402
+                      strict_peer_authentication)
 
 # Plaintext from a pod outside the mesh: ok when the echo came back, else the error seen.
 PROBE = r"""
@@ -90,8 +91,9 @@ class InstanceLockTest(unittest.TestCase):
         self.agent.write_config("strict.yaml", strict_peer_authentication("backend"))
         self.wait_probe(False)
         self.pins_before = pins(self.agent.instance)
-        self.assertIn("links/connect4", self.pins_before)
-        self.assertTrue(any(p.startswith("pods/") for p in self.pins_before), self.pins_before)
+        self.assertIn(f"v{ABI_VERSION}/links/connect4", self.pins_before)
+        self.assertTrue(any(p.startswith(f"v{ABI_VERSION}/pods/") for p in self.pins_before),
+                        self.pins_before)
 
     def probe(self):
         r = self.c.python(PROBE, self.b.ip4, PORT, in_cgroup=False)

@@ -14,7 +14,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import CLIENT, SERVER, Topology, run, wait_listening  # noqa: E402
+from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
 
 # Echoes each line back, for connections that stay open across restarts.
 LINE_ECHO = r"""
@@ -170,10 +170,32 @@ class RedirectTest(unittest.TestCase):
             # All the plaintext peer ever gets back is a TLS alert record.
             self.assertTrue(not probe["ok"] or probe["reply"].startswith("\x15\x03"), probe)
 
+    def drops(self):
+        """reason -> count, from `ambitctl bpf -o json` and from /metrics, which must agree."""
+        r = run(str(build_dir() / "agent/cli/ambitctl"), "bpf", "-o", "json", "--admin-socket",
+                self.agent.admin_socket)
+        view = json.loads(r.stdout)
+        self.assertIsNone(view["dropsError"])
+        counts = {d["reason"]: d["count"] for d in view["drops"]}
+        for d in view["drops"]:
+            self.assertTrue(d["meaning"], d)
+        metrics = {}
+        for m in re.finditer(r'^ambit_bpf_drops_total\{reason="([a-z_]+)"\} (\d+)$',
+                             self.agent.metrics(), re.M):
+            metrics[m.group(1)] = int(m.group(2))
+        self.assertEqual(set(metrics), set(counts))
+        for reason, n in metrics.items():
+            # Read a moment apart; a counter only grows.
+            self.assertGreaterEqual(n, counts[reason], reason)
+        return counts
+
     def test_missing_listener_drops_syn(self):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))
-        pin = f"/sys/fs/bpf/ambit/{self.agent.instance}/ambit_listen_v2"
+        pin = f"{self.agent.pin_root}/ambit_listen_v2"
+        self.assertEqual(set(self.drops()), {"connect_no_storage", "orig_dst_update_failed",
+                                             "no_listener", "sk_assign_failed"})
         for ip in (self.d.ip4, self.d.ip6):
+            before = self.drops()
             srv = start_server(self.d, "::" if ":" in ip else "0.0.0.0", 7070)
             # AMBIT_LISTENER_KEY(slot, family index, AMBIT_LISTENER_PLAIN)
             family_index = 1 if ":" in ip else 0
@@ -189,6 +211,11 @@ class RedirectTest(unittest.TestCase):
             srv.kill()
             out, _ = srv.communicate(timeout=5)
             self.assertNotIn("{", out, "the application saw a connection")
+            # The drop is counted, under its own reason and no other.
+            after = self.drops()
+            self.assertGreaterEqual(after["no_listener"], before["no_listener"] + 1, ip)
+            for reason in ("connect_no_storage", "orig_dst_update_failed", "sk_assign_failed"):
+                self.assertEqual(after[reason], before[reason], f"{reason} with {ip}")
 
     def test_processes_outside_enrolled_pods_are_not_redirected(self):
         # In a's netns but outside the pod's cgroup: the programs never run for it.

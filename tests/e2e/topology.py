@@ -6,8 +6,9 @@ takes no part: no routes, no forwarding, nothing that could leak a packet off th
 Addresses come only from 198.18.0.0/15 and 2001:2::/48. Everything is removed on close(), also
 when a test fails; processes are ended by the PIDs this module started.
 
-An agent is ambitd with its own instance name (pins under /sys/fs/bpf/ambit/<instance>), its
-own config directory, and its programs attached to the topology's cgroup, never the host root.
+An agent is ambitd with its own instance name (pins under /sys/fs/bpf/ambit/<instance>/v<ABI>),
+its own config directory, and its programs attached to the topology's cgroup, never the host
+root.
 """
 
 import os
@@ -21,6 +22,18 @@ import tempfile
 import time
 
 CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def _abi_version():
+    """AMBIT_ABI_VERSION from bpf/abi/redirect.h: the v<N> directory this build pins under."""
+    header = pathlib.Path(__file__).resolve().parents[2] / "bpf/abi/redirect.h"
+    for line in header.read_text().splitlines():
+        if line.startswith("#define AMBIT_ABI_VERSION "):
+            return int(line.split()[2])
+    raise AssertionError(f"no AMBIT_ABI_VERSION in {header}")
+
+
+ABI_VERSION = _abi_version()
 
 
 def require_root():
@@ -204,6 +217,16 @@ class Agent:
         self.metrics_port = free_port()
         self.readiness_port = free_port()
         os.makedirs(self.config_dir, exist_ok=True)
+
+    @property
+    def instance_dir(self):
+        """Every ABI version's pins of this agent's instance."""
+        return f"/sys/fs/bpf/ambit/{self.instance}"
+
+    @property
+    def pin_root(self):
+        """Where this build's ambitd pins."""
+        return f"{self.instance_dir}/v{ABI_VERSION}"
 
     def argv(self, *extra):
         return [str(build_dir() / "agent/main/ambitd"), "--config-dir", self.config_dir,

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "agent/admin/prometheus.h"
 #include "agent/admin/telemetry_server.h"
 
@@ -12,10 +14,12 @@ namespace dp = ::ambit::dataplane::v1;
 
 TEST(PrometheusText, GroupsFamiliesSumsDuplicatesAndEscapes) {
   PrometheusText p;
-  p.Add("x_total", "counter", "X.", {{"a", "1"}}, 2);
-  p.Add("y", "gauge", "Y.", {}, 1.5);
-  p.Add("x_total", "counter", "X.", {{"a", "1"}}, 3);
-  p.Add("x_total", "counter", "X.", {{"a", "q\"\\\n"}}, 1);
+  constexpr metrics::Metric kX{"x_total", metrics::Type::kCounter, "X.", {"a"}};
+  constexpr metrics::Metric kY{"y", metrics::Type::kGauge, "Y."};
+  p.Add(kX, {{"a", "1"}}, 2);
+  p.Add(kY, {}, 1.5);
+  p.Add(kX, {{"a", "1"}}, 3);
+  p.Add(kX, {{"a", "q\"\\\n"}}, 1);
   EXPECT_EQ(p.Render(),
             "# HELP x_total X.\n# TYPE x_total counter\n"
             "x_total{a=\"1\"} 5\n"
@@ -209,6 +213,87 @@ TEST(Telemetry, ABadListenAddressIsAClearError) {
   EXPECT_TRUE(absl::StrContains(server.status().message(), "metrics: bad listen address "
                                                            "\"not-an-address\""))
       << server.status();
+}
+
+// Every family on the page comes from one declaration (agent/common/metrics.h), with the label
+// names it declares; the BPF drop counters are among them.
+TEST(Telemetry, EveryFamilyIsDeclaredWithItsLabels) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  pb::GetBpfResponse bpf;
+  auto* m = bpf.add_maps();
+  m->set_name("ambit_pods");
+  m->set_entries(2);
+  m->set_max_entries(1024);
+  for (const auto& [reason, count] :
+       {std::pair{"no_listener", 7}, std::pair{"connect_no_storage", 0}}) {
+    auto* d = bpf.add_drops();
+    d->set_reason(reason);
+    d->set_count(count);
+  }
+  state->SetBpf(bpf, nullptr);
+  dp::StatsResponse stats;
+  for (const char* name : {"ambit_hbone_handshakes_total", "ambit_snapshots_rejected_total",
+                           "ambit_connections_refused_total"}) {
+    auto* c = stats.add_counters();
+    c->set_name(name);
+    const metrics::Metric* decl = metrics::Find(name);
+    ASSERT_NE(decl, nullptr) << name;
+    if (!decl->labels[0].empty()) {
+      auto* l = c->add_labels();
+      l->set_name(std::string(decl->labels[0]));
+      l->set_value("x");
+    }
+    c->set_value(1);
+  }
+  const std::string body = RenderMetrics(&stats, *state, now);
+  EXPECT_TRUE(absl::StrContains(body, "ambit_bpf_drops_total{reason=\"no_listener\"} 7\n")) << body;
+  EXPECT_TRUE(absl::StrContains(body, "ambit_bpf_drops_total{reason=\"connect_no_storage\"} 0\n"));
+  EXPECT_TRUE(absl::StrContains(body, "# TYPE ambit_bpf_drops_total counter\n"));
+  int families = 0;
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (line.empty()) continue;
+    if (absl::ConsumePrefix(&line, "# HELP ")) {
+      std::string name(line.substr(0, line.find(' ')));
+      const metrics::Metric* decl = metrics::Find(name);
+      ASSERT_NE(decl, nullptr) << "undeclared family " << name;
+      EXPECT_EQ(std::string(line.substr(name.size() + 1)), std::string(decl->help)) << name;
+      ++families;
+      continue;
+    }
+    if (absl::StartsWith(line, "#")) continue;
+    size_t brace = line.find('{');
+    std::string name(line.substr(0, std::min(brace, line.find(' '))));
+    const metrics::Metric* decl = metrics::Find(name);
+    ASSERT_NE(decl, nullptr) << "undeclared sample " << line;
+    std::vector<std::string> labels;
+    if (brace != absl::string_view::npos) {
+      absl::string_view rest = line.substr(brace + 1, line.find('}') - brace - 1);
+      for (absl::string_view pair : absl::StrSplit(rest, ',')) {
+        labels.emplace_back(pair.substr(0, pair.find('=')));
+      }
+    }
+    std::vector<std::string> declared;
+    for (auto l : decl->labels) {
+      if (!l.empty()) declared.emplace_back(l);
+    }
+    EXPECT_EQ(labels, declared) << line;
+  }
+  EXPECT_EQ(families, 14);  // the three reported counters and ambitd's eleven
+}
+
+TEST(Telemetry, AnUndeclaredDataPlaneCounterIsStillRendered) {
+  PrometheusText p;
+  p.AddReported("ambit_from_a_newer_tunnel_total", {}, 3);
+  p.AddReported("ambit_plaintext_refused_total", {}, 1);
+  EXPECT_EQ(p.Render(),
+            "# HELP ambit_from_a_newer_tunnel_total Data-plane counter.\n"
+            "# TYPE ambit_from_a_newer_tunnel_total counter\n"
+            "ambit_from_a_newer_tunnel_total 3\n"
+            "# HELP ambit_plaintext_refused_total Plaintext connections refused because the port "
+            "requires mTLS (STRICT).\n"
+            "# TYPE ambit_plaintext_refused_total counter\n"
+            "ambit_plaintext_refused_total 1\n");
 }
 
 }  // namespace

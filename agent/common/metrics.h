@@ -1,0 +1,128 @@
+#pragma once
+
+// Every metric ambit exports, declared once: name, type, help and label names. The data plane
+// reports its counters by these declarations (agent/tunnel), and ambitd's /metrics page renders
+// every family from them (agent/admin/prometheus.cc), so a name or help text lives in one place.
+// Names and labels are part of the interface (dashboards, alerts, tests): never rename one.
+
+#include <array>
+#include <string_view>
+
+namespace ambit::metrics {
+
+enum class Type { kCounter, kGauge };
+
+struct Metric {
+  std::string_view name;
+  Type type;
+  std::string_view help;
+  // Label names every sample carries, in order; empty entries are unused slots.
+  std::array<std::string_view, 2> labels{};
+};
+
+// ---- Data plane (ambit-tunnel), per worker; ambitd sums the workers' samples. ----
+
+// Istio's standard TCP metrics. Their labels are Istio's (reporter, source_workload, ...,
+// connection_security_policy), named by the data plane's flow statistics.
+inline constexpr Metric kTcpOpened{"istio_tcp_connections_opened_total", Type::kCounter,
+                                   "Total TCP connections opened."};
+inline constexpr Metric kTcpClosed{"istio_tcp_connections_closed_total", Type::kCounter,
+                                   "Total TCP connections closed."};
+inline constexpr Metric kTcpSentBytes{"istio_tcp_sent_bytes_total", Type::kCounter,
+                                      "Bytes sent to the client (the response direction)."};
+inline constexpr Metric kTcpReceivedBytes{
+    "istio_tcp_received_bytes_total", Type::kCounter,
+    "Bytes received from the client (the request direction)."};
+
+inline constexpr Metric kPolicyDecisions{
+    "ambit_policy_decisions_total", Type::kCounter,
+    "Authorization decisions on connections reaching local pods, by result.", {"result"}};
+inline constexpr Metric kHboneHandshakes{"ambit_hbone_handshakes_total", Type::kCounter,
+                                         "HBONE (mTLS) sessions established.", {"result"}};
+inline constexpr Metric kHboneHandshakeFailures{"ambit_hbone_handshake_failures_total",
+                                                Type::kCounter,
+                                                "HBONE handshakes that failed, by reason.",
+                                                {"reason"}};
+inline constexpr Metric kHboneErrors{"ambit_hbone_errors_total", Type::kCounter,
+                                     "HTTP/2 misbehaviour of HBONE peers, by reason.", {"reason"}};
+inline constexpr Metric kHboneStreamsOpened{"ambit_hbone_streams_opened_total", Type::kCounter,
+                                            "HBONE CONNECT streams opened."};
+inline constexpr Metric kHboneSessionsDrained{
+    "ambit_hbone_sessions_drained_total", Type::kCounter,
+    "HBONE connections that stopped taking new streams because a certificate expired or is no "
+    "longer accepted, by reason.",
+    {"reason"}};
+inline constexpr Metric kPlaintextRefused{
+    "ambit_plaintext_refused_total", Type::kCounter,
+    "Plaintext connections refused because the port requires mTLS (STRICT)."};
+inline constexpr Metric kClosedByPolicy{
+    "ambit_connections_closed_by_policy_total", Type::kCounter,
+    "Live connections closed because a policy change denied them."};
+inline constexpr Metric kConnectionsRefused{
+    "ambit_connections_refused_total", Type::kCounter,
+    "New connections the data plane refused before any policy, by reason.", {"reason"}};
+inline constexpr Metric kSnapshotsRejected{
+    "ambit_snapshots_rejected_total", Type::kCounter,
+    "Configuration snapshots the data plane could not apply."};
+
+// ---- ambitd ----
+
+inline constexpr Metric kDataplaneUp{
+    "ambit_dataplane_up", Type::kGauge,
+    "1 when ambitd is connected to a data plane that answers its heartbeat and could read its "
+    "counters."};
+inline constexpr Metric kDataplaneResponsive{
+    "ambit_dataplane_responsive", Type::kGauge,
+    "1 when the data plane answered ambitd's last heartbeat (through every worker thread) within "
+    "the deadline."};
+inline constexpr Metric kDataplaneRestarts{"ambit_dataplane_restarts_total", Type::kCounter,
+                                           "Data-plane restarts since ambitd started."};
+inline constexpr Metric kConfigGeneration{
+    "ambit_config_generation", Type::kGauge,
+    "Configuration generation: desired (built by ambitd) and applied (acknowledged by the data "
+    "plane).",
+    {"state"}};
+inline constexpr Metric kDataplaneFailClosed{
+    "ambit_dataplane_fail_closed", Type::kGauge,
+    "1 while the data plane refuses new connections because the newest configuration could not "
+    "be applied."};
+inline constexpr Metric kEnrolledPods{"ambit_enrolled_pods", Type::kGauge,
+                                      "Pods enrolled on this node."};
+inline constexpr Metric kEnrollFailures{"ambit_enroll_failures", Type::kGauge,
+                                        "Pods this node should enroll but could not."};
+inline constexpr Metric kCertificateExpiry{
+    "ambit_certificate_expiry_seconds", Type::kGauge,
+    "Seconds until the workload certificate expires (negative: expired).", {"identity"}};
+inline constexpr Metric kTrustRootExpiry{"ambit_trust_root_expiry_seconds", Type::kGauge,
+                                         "Seconds until a trusted root expires.", {"subject"}};
+inline constexpr Metric kBpfMapEntries{"ambit_bpf_map_entries", Type::kGauge,
+                                       "Entries in an ambit BPF map.", {"map"}};
+inline constexpr Metric kBpfMapMaxEntries{"ambit_bpf_map_max_entries", Type::kGauge,
+                                          "Capacity of an ambit BPF map.", {"map"}};
+inline constexpr Metric kBpfDrops{
+    "ambit_bpf_drops_total", Type::kCounter,
+    "Times ambit's BPF programs failed closed (refused a connect or dropped a SYN), by reason; "
+    "`ambitctl bpf` says what each reason means.",
+    {"reason"}};
+inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
+
+// Every declaration, in the order /metrics lists the families.
+inline constexpr std::array<const Metric*, 27> kAll = {
+    &kTcpOpened,          &kTcpClosed,         &kTcpSentBytes,        &kTcpReceivedBytes,
+    &kPolicyDecisions,    &kHboneHandshakes,   &kHboneHandshakeFailures, &kHboneErrors,
+    &kHboneStreamsOpened, &kHboneSessionsDrained, &kPlaintextRefused,  &kClosedByPolicy,      &kConnectionsRefused,
+    &kSnapshotsRejected,  &kDataplaneUp, &kDataplaneResponsive, &kDataplaneRestarts,   &kConfigGeneration,
+    &kDataplaneFailClosed, &kEnrolledPods,     &kEnrollFailures,      &kCertificateExpiry,
+    &kTrustRootExpiry,    &kBpfMapEntries,     &kBpfMapMaxEntries,    &kBpfDrops,
+    &kReady,
+};
+
+// The declaration of a name, or nullptr.
+constexpr const Metric* Find(std::string_view name) {
+  for (const Metric* m : kAll) {
+    if (m->name == name) return m;
+  }
+  return nullptr;
+}
+
+}  // namespace ambit::metrics
