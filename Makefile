@@ -1,6 +1,8 @@
 # ambit: the entry point. `make` builds, `make test` runs every test, `make demo` runs the main
 # job, `make SAN=address test` builds and tests with AddressSanitizer + UBSan, `make fuzz` builds
-# the libFuzzer targets (tests/fuzz/README.md) and runs each for FUZZ_SECONDS.
+# the libFuzzer targets (tests/fuzz/README.md) and runs each for FUZZ_SECONDS. `make lint` checks
+# the module dependency rule (docs/ARCHITECTURE.md#dependency-rule) and clang-format;
+# `make format` applies clang-format.
 SAN ?=
 BUILD_TYPE ?= RelWithDebInfo
 ifeq ($(SAN),address)
@@ -28,7 +30,7 @@ FUZZ_TARGETS ?=
 # What `make test` gives each target: a smoke run that catches a crash on the seeds or near them.
 TEST_FUZZ_SECONDS ?= 5
 
-.PHONY: all setup configure build test demo bench soak clean fuzz fuzz-build
+.PHONY: all setup configure build test demo bench soak clean fuzz fuzz-build lint format
 all: build
 
 setup:
@@ -46,6 +48,15 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300 $(CTEST_ARGS)
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# The dependency rule first (it names the rule each violation breaks), then formatting of every
+# C++ file; FORMAT_SINCE=REV checks only the C++ files changed since REV.
+lint: setup
+	/usr/bin/python3 scripts/check_deps.py
+	FORMAT_SINCE=$(FORMAT_SINCE) bash scripts/format.sh check
+
+format: setup
+	bash scripts/format.sh apply
 
 # -O1 with line tables: what fuzzing wants (symbolized reports), and a cold build in 5 minutes
 # on 2 cores instead of 10+ at -O2 -g.

@@ -18,7 +18,7 @@ find_program(BPFTOOL bpftool PATHS /usr/sbin /sbin REQUIRED)
 find_program(PROTOC protoc REQUIRED)
 
 # Debian's BoringSSL (android-libboringssl-dev) lives beside the system OpenSSL under its own
-# directories. Only data-plane targets may link it (DESIGN.md section 1).
+# directories. Only data-plane targets may link it (docs/ARCHITECTURE.md#process-split).
 set(BORINGSSL_LIBDIR /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/android)
 if(NOT EXISTS ${BORINGSSL_LIBDIR}/libssl.so)
   message(FATAL_ERROR "BoringSSL not found in ${BORINGSSL_LIBDIR}: run scripts/setup.sh")

@@ -6,13 +6,15 @@ libs=$(ldd "$bin")
 case "$side" in
   data-plane)
     if grep -Eq 'libgrpc|libgpr\.|/libssl\.so\.3|/libcrypto\.so\.3' <<<"$libs"; then
-      echo "error: data-plane binary $(basename "$bin") loads gRPC or OpenSSL (DESIGN.md section 1):" >&2
+      echo "error: data-plane binary $(basename "$bin") loads gRPC or OpenSSL" \
+        "(docs/ARCHITECTURE.md#process-split):" >&2
       grep -E 'libgrpc|libgpr\.|libssl\.so\.3|libcrypto\.so\.3' <<<"$libs" >&2
       rm -f "$bin"; exit 1
     fi ;;
   control-plane)
     if grep -q '/android/' <<<"$libs"; then
-      echo "error: control-plane binary $(basename "$bin") loads BoringSSL (DESIGN.md section 1):" >&2
+      echo "error: control-plane binary $(basename "$bin") loads BoringSSL" \
+        "(docs/ARCHITECTURE.md#process-split):" >&2
       grep '/android/' <<<"$libs" >&2
       rm -f "$bin"; exit 1
     fi ;;

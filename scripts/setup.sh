@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # build
   cmake make g++ ccache pkg-config clang llvm
+  # make lint / make format
+  clang-format
   # fuzzing (make fuzz): clang 14's libFuzzer and sanitizer runtimes
   libclang-rt-14-dev
   # BPF

@@ -1,10 +1,11 @@
 #pragma once
 
-// The built-in certificate authority of ambitd (DESIGN.md section 3): issues X.509 SVIDs for
-// SPIFFE identities from CSRs. Its signing material is either a root it generated itself (kept
+// The built-in certificate authority of ambitd (docs/ARCHITECTURE.md#identity): issues X.509 SVIDs
+// for SPIFFE identities from CSRs. Its signing material is either a root it generated itself (kept
 // under the state directory) or an operator's intermediate in Istio's `cacerts` layout.
 //
-// Control plane only: implemented with OpenSSL 3, never BoringSSL (DESIGN.md section 1).
+// Control plane only: implemented with OpenSSL 3, never BoringSSL
+// (docs/ARCHITECTURE.md#process-split).
 
 #include <memory>
 #include <string>

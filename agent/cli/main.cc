@@ -1,4 +1,4 @@
-// ambitctl: the operator CLI (DESIGN.md section 1). The command tree lives in commands.h.
+// ambitctl: the operator CLI (docs/ARCHITECTURE.md#processes); its command tree is in commands.h.
 #include <iostream>
 #include <string>
 #include <vector>

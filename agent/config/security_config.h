@@ -2,8 +2,8 @@
 
 // The Istio security resources (security.istio.io) in force, converted to authz model types.
 // Carried in LoadResult beside state::ClusterState rather than inside it: dependencies point
-// common <- {state, authz} <- config (DESIGN.md section 7), so state cannot name authz types,
-// while config may. Thread-compatible value type, like ClusterState.
+// common <- {state, authz} <- config (docs/ARCHITECTURE.md#dependency-rule), so state cannot
+// name authz types, while config may. Thread-compatible value type, like ClusterState.
 
 #include <map>
 #include <string>

@@ -12,8 +12,8 @@ namespace ambit::enroll {
 // hands duplicates to the data plane, so they outlive a data-plane restart: SYNs wait in the
 // backlog until the new data plane accepts.
 struct PodListeners {
-  UniqueFd outbound_v4;    // 127.0.0.1:15001
-  UniqueFd outbound_v6;    // [::1]:15001; absent when the pod has no IPv6
+  UniqueFd outbound_v4;  // 127.0.0.1:15001
+  UniqueFd outbound_v6;  // [::1]:15001; absent when the pod has no IPv6
   // Inbound listeners, bound to loopback: only sk_lookup (bpf_sk_assign) brings them a
   // connection for a pod address. The IPv6 pair is absent when the pod has no IPv6.
   UniqueFd plain_v4;  // 127.0.0.1:15006
@@ -34,9 +34,9 @@ struct PodNetOptions {
 // pod's loopback is down or a port is taken by the application.
 absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOptions& options);
 
-// Lets the data plane deliver inbound connections with the client's own source address (DESIGN.md
-// section 4): tcp_fwmark_accept=1, fwmark_reflect=1 (a RST for a port without listener comes
-// back to the data plane at once), and "ip rule fwmark MARK lookup TABLE" with
+// Lets the data plane deliver inbound connections with the client's own source address
+// (docs/ARCHITECTURE.md#hbone): tcp_fwmark_accept=1, fwmark_reflect=1 (a RST for a port without
+// listener comes back to the data plane at once), and "ip rule fwmark MARK lookup TABLE" with
 // "local 0.0.0.0/0 dev lo table TABLE" (and the IPv6 pair), so the application's replies to a
 // transparent socket come back to it instead of leaving the pod. Idempotent.
 absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options);

@@ -1,6 +1,6 @@
 #pragma once
 
-// HBONE sessions (DESIGN.md section 4): one TCP connection, one TLS 1.3 connection (see
+// HBONE sessions (docs/ARCHITECTURE.md#hbone): one TCP connection, one TLS 1.3 connection (see
 // tls_context.h) and one HTTP/2 session (nghttp2), carrying any number of CONNECT tunnels as
 // HTTP/2 streams. Plain RFC 9113 section 8.5 CONNECT as ztunnel speaks it (":method CONNECT" and
 // ":authority" = "ip:port", no ":scheme"/":path"; not RFC 8441), with the headers "forwarded",
@@ -85,19 +85,19 @@ inline constexpr uint32_t kEnhanceYourCalm = 0xb;
 // pass the same object in SessionOptions::stats. Loop thread only.
 struct HboneStats {
   uint64_t sessions_established = 0;
-  uint64_t tls_failures = 0;       // handshake or record errors not listed below, timeouts
-  uint64_t no_client_cert = 0;     // server: client sent no certificate
-  uint64_t untrusted_peer = 0;     // chain not verified, no valid SVID, other trust domain
-  uint64_t identity_mismatch = 0;  // client: server is not who we expected
-  uint64_t no_alpn = 0;            // peer without h2
-  uint64_t bad_cipher = 0;         // negotiated or offered suites not AES-GCM
-  uint64_t protocol_errors = 0;    // sessions ended by an HTTP/2 error of the peer
-  uint64_t stream_errors = 0;      // streams reset for an HTTP/2 error of the peer
-  uint64_t floods = 0;             // sessions ended for flooding (ENHANCE_YOUR_CALM, ...)
-  uint64_t refused_streams = 0;    // server: streams beyond max_concurrent_streams
-  uint64_t oversized_headers = 0;  // header lists over max_header_list_bytes
-  uint64_t bad_requests = 0;       // server: answered 400 (not CONNECT, bad authority)
-  uint64_t streams_opened = 0;     // client: Connect calls; server: CONNECTs handed to OnConnect
+  uint64_t tls_failures = 0;         // handshake or record errors not listed below, timeouts
+  uint64_t no_client_cert = 0;       // server: client sent no certificate
+  uint64_t untrusted_peer = 0;       // chain not verified, no valid SVID, other trust domain
+  uint64_t identity_mismatch = 0;    // client: server is not who we expected
+  uint64_t no_alpn = 0;              // peer without h2
+  uint64_t bad_cipher = 0;           // negotiated or offered suites not AES-GCM
+  uint64_t protocol_errors = 0;      // sessions ended by an HTTP/2 error of the peer
+  uint64_t stream_errors = 0;        // streams reset for an HTTP/2 error of the peer
+  uint64_t floods = 0;               // sessions ended for flooding (ENHANCE_YOUR_CALM, ...)
+  uint64_t refused_streams = 0;      // server: streams beyond max_concurrent_streams
+  uint64_t oversized_headers = 0;    // header lists over max_header_list_bytes
+  uint64_t bad_requests = 0;         // server: answered 400 (not CONNECT, bad authority)
+  uint64_t streams_opened = 0;       // client: Connect calls; server: CONNECTs handed to OnConnect
   uint64_t stream_rate_limited = 0;  // server: sessions ended for opening streams too fast
 };
 
@@ -346,10 +346,10 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t out_off_ = 0;
   std::string wire_out_;  // TLS records waiting for send() (see WireBio)
   size_t wire_off_ = 0;
-  std::string wire_in_;   // read ahead of BoringSSL's record-header reads (see WireBio::Read)
+  std::string wire_in_;  // read ahead of BoringSSL's record-header reads (see WireBio::Read)
   size_t wire_in_off_ = 0;
   bool wire_drained_ = false;  // a short read emptied the socket since the last epoll event
-  size_t wire_sent_ = 0;  // bytes sent, ever (for ReleaseIdleBuffers)
+  size_t wire_sent_ = 0;       // bytes sent, ever (for ReleaseIdleBuffers)
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)
   bool flush_scheduled_ = false;

@@ -1,8 +1,8 @@
 #pragma once
 
-// TLS for HBONE (DESIGN.md section 4), on BoringSSL: TLS 1.3 only, ALPN "h2" required both ways,
-// both sides present X.509 SVIDs, peers verified against the trust bundle and checked to hold a
-// SPIFFE ID of our trust domain (the client also checks it is the exact identity it expects).
+// TLS for HBONE (docs/ARCHITECTURE.md#hbone), on BoringSSL: TLS 1.3 only, ALPN "h2" required both
+// ways, both sides present X.509 SVIDs, peers verified against the trust bundle and checked to hold
+// a SPIFFE ID of our trust domain (the client also checks it is the exact identity it expects).
 //
 // Cipher suites. BoringSSL (this Debian build: API version 17) offers no way to configure the TLS
 // 1.3 suites: SSL_CTX_set_strict_cipher_list only affects TLS 1.2, and neither

@@ -1,4 +1,4 @@
-// ambit-tunnel: the data plane (DESIGN.md section 1). Started and supervised by ambitd.
+// ambit-tunnel: the data plane (docs/ARCHITECTURE.md#processes). Started and supervised by ambitd.
 #include <iostream>
 
 #include "absl/flags/flag.h"

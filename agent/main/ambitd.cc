@@ -1,4 +1,4 @@
-// ambitd: the node agent's control half (DESIGN.md section 1).
+// ambitd: the node agent's control half (docs/ARCHITECTURE.md#processes).
 #include <unistd.h>
 
 #include <iostream>
@@ -18,8 +18,9 @@
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
           "directory of Kubernetes-shaped YAML (Pods, Namespaces, Services, mesh.yaml); watched");
-ABSL_FLAG(std::string, node_name, "", "this node's name (spec.nodeName of local pods); "
-                                      "default: $NODE_NAME, else the host name");
+ABSL_FLAG(std::string, node_name, "",
+          "this node's name (spec.nodeName of local pods); "
+          "default: $NODE_NAME, else the host name");
 ABSL_FLAG(std::string, instance, "default",
           "instance name: BPF pins live under <bpffs>/ambit/<instance>, state under "
           "/run/ambit/<instance>; lets several agents share one kernel");
@@ -127,9 +128,9 @@ int main(int argc, char** argv) {
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
-  options.tunnel_args = {"--workers", std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
-                         "--socket-mark", std::to_string(options.socket_mark), "--log-level",
-                         absl::GetFlag(FLAGS_log_level)};
+  options.tunnel_args = {"--workers",     std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
+                         "--socket-mark", std::to_string(options.socket_mark),
+                         "--log-level",   absl::GetFlag(FLAGS_log_level)};
   options.ca_state_dir = absl::GetFlag(FLAGS_ca_state_dir);
   options.cacerts_dir = absl::GetFlag(FLAGS_cacerts_dir);
   options.ca_address = absl::GetFlag(FLAGS_ca_address);

@@ -16,7 +16,8 @@
 // server's chain is verified against root.pem; its SPIFFE ID is not checked (ambit's own client
 // does that; here only the server's cost matters).
 //
-// BoringSSL, as the data plane uses it (DESIGN.md section 1): never link gRPC or OpenSSL here.
+// BoringSSL, as the data plane uses it (docs/ARCHITECTURE.md#process-split): never link gRPC or
+// OpenSSL here.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -1,4 +1,5 @@
-"""A throw-away node with pods, for ambit's end-to-end tests and demo (DESIGN.md section 8).
+"""A throw-away node with pods, for ambit's end-to-end tests and demo
+(docs/ARCHITECTURE.md#test-topology).
 
 A "pod" is a network namespace with a veth into a bridge and a cgroup-v2 child cgroup holding
 its processes. The bridge lives in a namespace of its own (the "wire"), so the host namespace
