@@ -44,7 +44,14 @@ class RemoteSigner final : public Signer {
       : options_(std::move(options)), roots_(std::move(roots)), token_(std::move(token)) {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = roots_;
-    channel_ = grpc::CreateChannel(options_.address, grpc::SslCredentials(ssl));
+    grpc::ChannelArguments args;
+    // gRPC's own reconnect back-off grows to two minutes while the CA is down: a retry the data
+    // plane scheduled (and logged) would then fail at once, without asking the CA that has
+    // come back. A short cap keeps each retry a real attempt.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    channel_ =
+        grpc::CreateCustomChannel(options_.address, grpc::SslCredentials(ssl), args);
     stub_ = istio::v1::auth::IstioCertificateService::NewStub(channel_);
   }
 
@@ -54,6 +61,9 @@ class RemoteSigner final : public Signer {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() +
                      absl::ToChronoMilliseconds(options_.timeout));
+    // Waits (within the deadline) for a reconnect instead of failing while the channel is in
+    // back-off.
+    ctx.set_wait_for_ready(true);
     if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
     istio::v1::auth::IstioCertificateRequest req;
     req.set_csr(csr_pem);

@@ -227,7 +227,7 @@ class ExternalCaTest(unittest.TestCase):
             # openssl checks the address against the serving certificate's IP SAN.
             r = run("openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", root,
                     "-verify_ip", "127.0.0.1", "-verify_return_error", "-alpn", "h2",
-                    check=False, input="", timeout=15)
+                    check=False, input="", timeout=15, errors="replace")
             self.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
             node2 = t.add_agent("node2")
             t.write_pods(node2, [a, c])
