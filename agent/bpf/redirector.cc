@@ -145,6 +145,7 @@ struct Redirector::State {
     std::string pin;  // where this ABI pins it
   };
   std::vector<PendingLink> pending_links;
+  bool migration_done = false;
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -280,7 +281,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
 
 absl::Status Redirector::FinishMigration() {
   auto& s = *state_;
-  if (!s.previous) return absl::OkStatus();
+  if (!s.previous || s.migration_done) return absl::OkStatus();
   for (auto& p : s.pending_links) {
     if (bpf_link__update_program(p.link.get(), p.prog) != 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ",
@@ -314,8 +315,11 @@ absl::Status Redirector::FinishMigration() {
     }
   }
   s.to_remove.clear();
+  s.migration_done = true;
   return absl::OkStatus();
 }
+
+bool Redirector::migrating() const { return state_->previous && !state_->migration_done; }
 
 uint32_t Redirector::migrated_from() const {
   return state_->previous ? state_->previous->version : 0;

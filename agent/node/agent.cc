@@ -386,8 +386,11 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   bool adopted = false;
   auto hb = handed_back_.find(e.netns_cookie);
   auto pinned = pinned_slots_.find(e.netns_cookie);
+  // Migrating from another ABI whose ambit_pods could not be adopted, no slot is pinned: the
+  // pod takes a new one in this ABI's (empty) maps, and keeps its listeners all the same.
+  const bool slot_known = pinned != pinned_slots_.end() || redirector_->migrating();
   if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.plain_v4 &&
-      hb->second.hbone_v4 && pinned != pinned_slots_.end()) {
+      hb->second.hbone_v4 && slot_known) {
     // The running data plane still holds this pod's listeners: keep them, so connections
     // waiting in their backlogs and live connections are untouched.
     e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
@@ -396,7 +399,7 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     e.listeners.plain_v6 = std::move(hb->second.plain_v6);
     e.listeners.hbone_v4 = std::move(hb->second.hbone_v4);
     e.listeners.hbone_v6 = std::move(hb->second.hbone_v6);
-    e.slot = pinned->second;
+    e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
     adopted = true;
   } else {
     e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
