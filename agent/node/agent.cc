@@ -153,12 +153,13 @@ absl::Status Agent::Init() {
                               << " redirect programs at cgroup " << options_.cgroup_path
                               << " (pins under " << redirector_->pin_root() << ")";
   if (redirector_->migrated_from() != 0) {
-    AMBIT_LOG(kComponent, Info)
-        << "migrating BPF pins from ABI v" << redirector_->migrated_from() << " to v"
-        << AMBIT_ABI_VERSION << ": maps adopted as they are: "
-        << absl::StrJoin(redirector_->adopted_maps(), ",") << "; maps started empty: "
-        << (redirector_->fresh_maps().empty() ? "none"
-                                              : absl::StrJoin(redirector_->fresh_maps(), ","));
+    AMBIT_LOG(kComponent, Info) << "migrating BPF pins from ABI v" << redirector_->migrated_from()
+                                << " to v" << AMBIT_ABI_VERSION << ": maps adopted as they are: "
+                                << absl::StrJoin(redirector_->adopted_maps(), ",")
+                                << "; maps started empty: "
+                                << (redirector_->fresh_maps().empty()
+                                        ? "none"
+                                        : absl::StrJoin(redirector_->fresh_maps(), ","));
   }
   for (const auto& p : redirector_->Programs()) {
     AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
