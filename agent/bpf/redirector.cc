@@ -5,8 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 
@@ -75,8 +75,7 @@ bool SameDefinition(int fd, bpf_map* map) {
   if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return false;
   return info.type == static_cast<uint32_t>(bpf_map__type(map)) &&
          info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
-         info.max_entries == bpf_map__max_entries(map) &&
-         info.map_flags == bpf_map__map_flags(map);
+         info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map);
 }
 
 // Re-pins an open link (or any BPF object) at path, replacing nothing: bpf_link__pin refuses a
@@ -148,6 +147,7 @@ struct Redirector::State {
     std::string pin;  // where this ABI pins it
   };
   std::vector<PendingLink> pending_links;
+  bool migration_done = false;
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -287,11 +287,11 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
 
 absl::Status Redirector::FinishMigration() {
   auto& s = *state_;
-  if (!s.previous) return absl::OkStatus();
+  if (!s.previous || s.migration_done) return absl::OkStatus();
   for (auto& p : s.pending_links) {
     if (bpf_link__update_program(p.link.get(), p.prog) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ",
-                                                     bpf_link__pin_path(p.link.get())));
+      return absl::ErrnoToStatus(
+          errno, absl::StrCat("update program in pinned link ", bpf_link__pin_path(p.link.get())));
     }
     // Pinned under both names until the old tree goes: the link never loses its last pin.
     if (!Exists(p.pin)) AMBIT_RETURN_IF_ERROR(PinFd(bpf_link__fd(p.link.get()), p.pin));
@@ -322,8 +322,11 @@ absl::Status Redirector::FinishMigration() {
     }
   }
   s.to_remove.clear();
+  s.migration_done = true;
   return absl::OkStatus();
 }
+
+bool Redirector::migrating() const { return state_->previous && !state_->migration_done; }
 
 uint32_t Redirector::migrated_from() const {
   return state_->previous ? state_->previous->version : 0;

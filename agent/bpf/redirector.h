@@ -81,6 +81,8 @@ class Redirector {
   // the links here and removes every previous version's pins (pods no longer enrolled lose
   // their sk_lookup link with them). A no-op without a migration.
   absl::Status FinishMigration();
+  // True from Open() until FinishMigration() when there is a previous ABI to migrate from.
+  bool migrating() const;
   // The ABI version migrated from (0: none), and what became of its maps.
   uint32_t migrated_from() const;
   std::vector<std::string> adopted_maps() const;

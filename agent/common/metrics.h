@@ -35,16 +35,22 @@ inline constexpr Metric kTcpReceivedBytes{
     "Bytes received from the client (the request direction)."};
 
 inline constexpr Metric kPolicyDecisions{
-    "ambit_policy_decisions_total", Type::kCounter,
-    "Authorization decisions on connections reaching local pods, by result.", {"result"}};
-inline constexpr Metric kHboneHandshakes{"ambit_hbone_handshakes_total", Type::kCounter,
-                                         "HBONE (mTLS) sessions established.", {"result"}};
+    "ambit_policy_decisions_total",
+    Type::kCounter,
+    "Authorization decisions on connections reaching local pods, by result.",
+    {"result"}};
+inline constexpr Metric kHboneHandshakes{"ambit_hbone_handshakes_total",
+                                         Type::kCounter,
+                                         "HBONE (mTLS) sessions established.",
+                                         {"result"}};
 inline constexpr Metric kHboneHandshakeFailures{"ambit_hbone_handshake_failures_total",
                                                 Type::kCounter,
                                                 "HBONE handshakes that failed, by reason.",
                                                 {"reason"}};
-inline constexpr Metric kHboneErrors{"ambit_hbone_errors_total", Type::kCounter,
-                                     "HTTP/2 misbehaviour of HBONE peers, by reason.", {"reason"}};
+inline constexpr Metric kHboneErrors{"ambit_hbone_errors_total",
+                                     Type::kCounter,
+                                     "HTTP/2 misbehaviour of HBONE peers, by reason.",
+                                     {"reason"}};
 inline constexpr Metric kHboneStreamsOpened{"ambit_hbone_streams_opened_total", Type::kCounter,
                                             "HBONE CONNECT streams opened."};
 inline constexpr Metric kHboneSessionsDrained{
@@ -59,8 +65,10 @@ inline constexpr Metric kClosedByPolicy{
     "ambit_connections_closed_by_policy_total", Type::kCounter,
     "Live connections closed because a policy change denied them."};
 inline constexpr Metric kConnectionsRefused{
-    "ambit_connections_refused_total", Type::kCounter,
-    "New connections the data plane refused before any policy, by reason.", {"reason"}};
+    "ambit_connections_refused_total",
+    Type::kCounter,
+    "New connections the data plane refused before any policy, by reason.",
+    {"reason"}};
 inline constexpr Metric kSnapshotsRejected{
     "ambit_snapshots_rejected_total", Type::kCounter,
     "Configuration snapshots the data plane could not apply."};
@@ -78,7 +86,8 @@ inline constexpr Metric kDataplaneResponsive{
 inline constexpr Metric kDataplaneRestarts{"ambit_dataplane_restarts_total", Type::kCounter,
                                            "Data-plane restarts since ambitd started."};
 inline constexpr Metric kConfigGeneration{
-    "ambit_config_generation", Type::kGauge,
+    "ambit_config_generation",
+    Type::kGauge,
     "Configuration generation: desired (built by ambitd) and applied (acknowledged by the data "
     "plane).",
     {"state"}};
@@ -91,16 +100,21 @@ inline constexpr Metric kEnrolledPods{"ambit_enrolled_pods", Type::kGauge,
 inline constexpr Metric kEnrollFailures{"ambit_enroll_failures", Type::kGauge,
                                         "Pods this node should enroll but could not."};
 inline constexpr Metric kCertificateExpiry{
-    "ambit_certificate_expiry_seconds", Type::kGauge,
-    "Seconds until the workload certificate expires (negative: expired).", {"identity"}};
-inline constexpr Metric kTrustRootExpiry{"ambit_trust_root_expiry_seconds", Type::kGauge,
-                                         "Seconds until a trusted root expires.", {"subject"}};
-inline constexpr Metric kBpfMapEntries{"ambit_bpf_map_entries", Type::kGauge,
-                                       "Entries in an ambit BPF map.", {"map"}};
-inline constexpr Metric kBpfMapMaxEntries{"ambit_bpf_map_max_entries", Type::kGauge,
-                                          "Capacity of an ambit BPF map.", {"map"}};
+    "ambit_certificate_expiry_seconds",
+    Type::kGauge,
+    "Seconds until the workload certificate expires (negative: expired).",
+    {"identity"}};
+inline constexpr Metric kTrustRootExpiry{"ambit_trust_root_expiry_seconds",
+                                         Type::kGauge,
+                                         "Seconds until a trusted root expires.",
+                                         {"subject"}};
+inline constexpr Metric kBpfMapEntries{
+    "ambit_bpf_map_entries", Type::kGauge, "Entries in an ambit BPF map.", {"map"}};
+inline constexpr Metric kBpfMapMaxEntries{
+    "ambit_bpf_map_max_entries", Type::kGauge, "Capacity of an ambit BPF map.", {"map"}};
 inline constexpr Metric kBpfDrops{
-    "ambit_bpf_drops_total", Type::kCounter,
+    "ambit_bpf_drops_total",
+    Type::kCounter,
     "Times ambit's BPF programs failed closed (refused a connect or dropped a SYN), by reason; "
     "`ambitctl bpf` says what each reason means.",
     {"reason"}};
@@ -108,12 +122,32 @@ inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/rea
 
 // Every declaration, in the order /metrics lists the families.
 inline constexpr std::array<const Metric*, 27> kAll = {
-    &kTcpOpened,          &kTcpClosed,         &kTcpSentBytes,        &kTcpReceivedBytes,
-    &kPolicyDecisions,    &kHboneHandshakes,   &kHboneHandshakeFailures, &kHboneErrors,
-    &kHboneStreamsOpened, &kHboneSessionsDrained, &kPlaintextRefused,  &kClosedByPolicy,      &kConnectionsRefused,
-    &kSnapshotsRejected,  &kDataplaneUp, &kDataplaneResponsive, &kDataplaneRestarts,   &kConfigGeneration,
-    &kDataplaneFailClosed, &kEnrolledPods,     &kEnrollFailures,      &kCertificateExpiry,
-    &kTrustRootExpiry,    &kBpfMapEntries,     &kBpfMapMaxEntries,    &kBpfDrops,
+    &kTcpOpened,
+    &kTcpClosed,
+    &kTcpSentBytes,
+    &kTcpReceivedBytes,
+    &kPolicyDecisions,
+    &kHboneHandshakes,
+    &kHboneHandshakeFailures,
+    &kHboneErrors,
+    &kHboneStreamsOpened,
+    &kHboneSessionsDrained,
+    &kPlaintextRefused,
+    &kClosedByPolicy,
+    &kConnectionsRefused,
+    &kSnapshotsRejected,
+    &kDataplaneUp,
+    &kDataplaneResponsive,
+    &kDataplaneRestarts,
+    &kConfigGeneration,
+    &kDataplaneFailClosed,
+    &kEnrolledPods,
+    &kEnrollFailures,
+    &kCertificateExpiry,
+    &kTrustRootExpiry,
+    &kBpfMapEntries,
+    &kBpfMapMaxEntries,
+    &kBpfDrops,
     &kReady,
 };
 

@@ -160,12 +160,13 @@ absl::Status Agent::Init() {
                               << " redirect programs at cgroup " << options_.cgroup_path
                               << " (pins under " << redirector_->pin_root() << ")";
   if (redirector_->migrated_from() != 0) {
-    AMBIT_LOG(kComponent, Info)
-        << "migrating BPF pins from ABI v" << redirector_->migrated_from() << " to v"
-        << AMBIT_ABI_VERSION << ": maps adopted as they are: "
-        << absl::StrJoin(redirector_->adopted_maps(), ",") << "; maps started empty: "
-        << (redirector_->fresh_maps().empty() ? "none"
-                                              : absl::StrJoin(redirector_->fresh_maps(), ","));
+    AMBIT_LOG(kComponent, Info) << "migrating BPF pins from ABI v" << redirector_->migrated_from()
+                                << " to v" << AMBIT_ABI_VERSION << ": maps adopted as they are: "
+                                << absl::StrJoin(redirector_->adopted_maps(), ",")
+                                << "; maps started empty: "
+                                << (redirector_->fresh_maps().empty()
+                                        ? "none"
+                                        : absl::StrJoin(redirector_->fresh_maps(), ","));
   }
   for (const auto& p : redirector_->Programs()) {
     AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
@@ -431,8 +432,11 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   bool adopted = false;
   auto hb = handed_back_.find(e.netns_cookie);
   auto pinned = pinned_slots_.find(e.netns_cookie);
+  // Migrating from another ABI whose ambit_pods could not be adopted, no slot is pinned: the
+  // pod takes a new one in this ABI's (empty) maps, and keeps its listeners all the same.
+  const bool slot_known = pinned != pinned_slots_.end() || redirector_->migrating();
   if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.plain_v4 &&
-      hb->second.hbone_v4 && pinned != pinned_slots_.end()) {
+      hb->second.hbone_v4 && slot_known) {
     // The running data plane still holds this pod's listeners: keep them, so connections
     // waiting in their backlogs and live connections are untouched.
     e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
@@ -441,7 +445,7 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     e.listeners.plain_v6 = std::move(hb->second.plain_v6);
     e.listeners.hbone_v4 = std::move(hb->second.hbone_v4);
     e.listeners.hbone_v6 = std::move(hb->second.hbone_v6);
-    e.slot = pinned->second;
+    e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
     e.spiffe_id = hb->second.spiffe_id;
     adopted = true;
   } else {

@@ -15,9 +15,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/clock.h"
-#include "agent/common/metrics.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
+#include "agent/common/metrics.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"

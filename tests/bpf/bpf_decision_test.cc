@@ -3,14 +3,13 @@
 //
 // Needs root. Without it every test fails with a message; none skips (STYLE.md, Tests).
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <errno.h>
 #include <linux/bpf.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -358,8 +357,7 @@ class SkLookupTest : public BpfTest {
     int cpus = libbpf_num_possible_cpus();
     EXPECT_GT(cpus, 0);
     std::vector<uint64_t> per_cpu(static_cast<size_t>(std::max(cpus, 1)));
-    EXPECT_EQ(bpf_map_lookup_elem(bpf_map__fd(skel()->maps.ambit_drops), &reason,
-                                  per_cpu.data()),
+    EXPECT_EQ(bpf_map_lookup_elem(bpf_map__fd(skel()->maps.ambit_drops), &reason, per_cpu.data()),
               0)
         << strerror(errno);
     uint64_t total = 0;

@@ -11,7 +11,9 @@ old pins, while held connections and a client looping new connections see no err
 Run as root: python3 run.py test_bpf_upgrade.BpfUpgradeTest
 """
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import ABI_VERSION  # noqa: E402
+from topology import ABI_VERSION, build_dir, run  # noqa: E402
 from test_faults import HOLD, TwoNodes, signal_agent  # noqa: E402
 
 PORT = 7900
@@ -34,18 +36,43 @@ def pinned(root):
     return out
 
 
-def make_previous_abi(agent, layout):
-    """Moves the agent's pins to where a previous ABI kept them; returns that root."""
+# Maps of another definition than this build's, as a previous ABI might have pinned them:
+# bpftool map create arguments after the path.
+OTHER_DEFINITION = {
+    "ambit_pods": ["type", "hash", "key", "8", "value", "8", "entries", "64",
+                   "name", "ambit_pods"],
+    "ambit_listen_v2": ["type", "sockmap", "key", "4", "value", "8", "entries", "64",
+                        "name", "ambit_listen_v2"],
+}
+
+
+def make_previous_abi(agent, layout, other_definition=()):
+    """Moves the agent's pins to where a previous ABI kept them; returns that root. The maps
+    named in other_definition are replaced by maps of another size, which the new agent
+    cannot adopt (the old programs keep the maps they hold)."""
     current = agent.pin_root
     if layout == "unversioned":
         # Version 1: maps, links/ and pods/ directly in the instance directory.
         for name in os.listdir(current):
             os.rename(os.path.join(current, name), os.path.join(agent.instance_dir, name))
         os.rmdir(current)
-        return agent.instance_dir
-    old = os.path.join(agent.instance_dir, "v1")
-    os.rename(current, old)
+        old = agent.instance_dir
+    else:
+        old = os.path.join(agent.instance_dir, "v1")
+        os.rename(current, old)
+    # The previous ambit had no drop counters.
+    os.unlink(os.path.join(old, "ambit_drops"))
+    for name in other_definition:
+        os.unlink(os.path.join(old, name))
+        run("bpftool", "map", "create", os.path.join(old, name), *OTHER_DEFINITION[name])
     return old
+
+
+def map_entries(agent):
+    """map name -> entries in use, as `ambitctl bpf` counts them."""
+    r = run(str(build_dir() / "agent/cli/ambitctl"), "bpf", "-o", "json", "--admin-socket",
+            agent.admin_socket)
+    return {m["name"]: m["entries"] for m in json.loads(r.stdout)["maps"]}
 
 
 class BpfUpgradeTest(unittest.TestCase):
@@ -65,7 +92,7 @@ class BpfUpgradeTest(unittest.TestCase):
             self.assertEqual(h.stdout.readline().strip(), f"{word}-{i}",
                              f"held connection {i} broke at {word!r}")
 
-    def upgrade(self, layout):
+    def upgrade(self, layout, other_definition=()):
         n = self.nodes
         _, out = n.echo_server(PORT)
         holds = []
@@ -89,10 +116,8 @@ class BpfUpgradeTest(unittest.TestCase):
             pod_links = {p for p in current if p.startswith("pods/")}
             self.assertEqual(len(pod_links), 1, current)
             signal_agent(agent, signal.SIGTERM)
-            old_root = make_previous_abi(agent, layout)
+            old_root = make_previous_abi(agent, layout, other_definition)
             self.assertFalse(os.path.exists(agent.pin_root))
-            # The previous ambit had no drop counters.
-            os.unlink(os.path.join(old_root, "ambit_drops"))
             self.exchange(holds, f"down-{agent.node}")
 
             adopted = agent.logs().count(f"adopted pod {pod} ")
@@ -100,9 +125,17 @@ class BpfUpgradeTest(unittest.TestCase):
             agent.wait_log(f"adopted pod {pod} ", 20, count=adopted + 1)
             agent.wait_log(f"migrated BPF pins from ABI v1 to v{ABI_VERSION}; removed the old "
                            f"pins", 20)
-            self.assertIn("maps started empty: ambit_drops", agent.logs())
-            self.assertIn("ambit_orig_dst", agent.logs().split("maps adopted as they are: ")[-1]
-                          .split(";")[0])
+            migration = re.findall(r"maps adopted as they are: (\S*); maps started empty: (\S+)",
+                                   agent.logs())[-1]
+            adopted_maps, fresh_maps = set(migration[0].split(",")), set(migration[1].split(","))
+            self.assertEqual(fresh_maps, {"ambit_drops", *other_definition})
+            self.assertIn("ambit_orig_dst", adopted_maps)
+            self.assertFalse(adopted_maps & fresh_maps)
+            # Maps started empty are filled from the agent's own state: its one pod, and the
+            # pod's four listeners (plaintext and HBONE, IPv4 and IPv6).
+            entries = map_entries(agent)
+            self.assertEqual(entries["ambit_pods"], 1)
+            self.assertEqual(entries["ambit_listen_v2"], 4)
             # This ABI's pins in place, the same set as before (the link of the pod included),
             # and nothing of the old ABI left.
             self.assertEqual(pinned(agent.pin_root), current)
@@ -120,6 +153,8 @@ class BpfUpgradeTest(unittest.TestCase):
         self.assertGreater(len(records), 20, "the load barely ran")
         errors = [r for r in records if r["err"]]
         self.assertEqual(errors, [], f"{len(errors)} of {len(records)} connections failed")
+        print(f"\n{layout}: {len(records)} connections while both agents upgraded, none failed; "
+              f"slowest {max(r['t1'] - r['t0'] for r in records) * 1000:.0f} ms")
         for h in holds:
             h.stdin.close()
             h.wait(timeout=10)
@@ -129,6 +164,9 @@ class BpfUpgradeTest(unittest.TestCase):
 
     def test_upgrade_from_v1_directory(self):
         self.upgrade("v1")
+
+    def test_upgrade_rebuilds_maps_it_cannot_adopt(self):
+        self.upgrade("v1", other_definition=("ambit_pods", "ambit_listen_v2"))
 
 
 if __name__ == "__main__":
