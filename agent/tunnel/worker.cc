@@ -252,9 +252,14 @@ void Worker::CheckSessionCredentials() {
 
 void Worker::WatchSessionExpiry(const hbone::HboneSession& session) {
   absl::Time deadline = CredentialDeadline(session.tls_context(), session.peer_not_after());
-  if (deadline >= expiry_timer_at_) return;
-  // Deferred: draining from inside the session's own OnEstablished would re-enter it.
-  loop_->Defer([this] { CheckSessionCredentials(); });
+  if (deadline >= expiry_timer_at_ || check_deferred_) return;
+  // Deferred: draining from inside the session's own OnEstablished would re-enter it. One check
+  // covers every session established in this batch.
+  check_deferred_ = true;
+  loop_->Defer([this] {
+    check_deferred_ = false;
+    CheckSessionCredentials();
+  });
 }
 
 void Worker::Retire(Flow* flow) {

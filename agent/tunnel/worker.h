@@ -170,6 +170,7 @@ class Worker {
   // Sessions drained for their certificates, by DrainReason.
   std::map<DrainReason, uint64_t> drained_;
   absl::Time expiry_timer_at_ = absl::InfiniteFuture();  // when the armed expiry timer fires
+  bool check_deferred_ = false;  // a CheckSessionCredentials is queued for this batch
   std::unique_ptr<HbonePool> pool_;
   std::unique_ptr<InboundSessions> inbound_;
 };

@@ -232,6 +232,156 @@ class ExpiryTest(unittest.TestCase):
         n.n1.wait_log(f"no valid certificate for {WEB}")
 
 
+# An HBONE client we did not write (Python ssl + h2) whose certificate expires while its session
+# is open. Opens stream 1 and echoes a line on it, waits past its certificate's expiry without
+# reading, then opens a new stream and writes another line on stream 1. From then on the frames
+# are read raw (h2 would stop at the GOAWAY): prints the GOAWAY's last stream id, the new
+# stream's RST_STREAM code, and what came back on stream 1.
+LATE_STREAM = r"""
+import json, os, socket, ssl, sys, time
+import h2.config, h2.connection, h2.events
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame
+certdir, host, authority, expires = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
+ctx.load_verify_locations(os.path.join(certdir, "root.pem"))
+ctx.check_hostname = False
+ctx.set_alpn_protocols(["h2"])
+tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
+conn = h2.connection.H2Connection(h2.config.H2Configuration(
+    client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
+conn.initiate_connection()
+first = conn.get_next_available_stream_id()
+conn.send_headers(first, [(":method", "CONNECT"), (":authority", authority)])
+tls.sendall(conn.data_to_send())
+out = {"status": None, "echo": b"", "goaway_last": None, "goaway_code": None, "late": None,
+       "late_rst": None, "echo_after": b""}
+deadline = time.time() + 10
+while out["echo"] != b"one\n" and time.time() < deadline:
+    data = tls.recv(65536)
+    if not data:
+        break
+    for ev in conn.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived):
+            out["status"] = int(dict(ev.headers)[b":status"])
+            conn.send_data(first, b"one\n")
+        elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == first:
+            out["echo"] += ev.data
+            conn.acknowledge_received_data(ev.flow_controlled_length, first)
+    tls.sendall(conn.data_to_send())
+time.sleep(max(0.0, expires + 2 - time.time()))
+late = conn.get_next_available_stream_id()
+out["late"] = late
+conn.send_headers(late, [(":method", "CONNECT"), (":authority", authority)])
+conn.send_data(first, b"two\n")
+tls.sendall(conn.data_to_send())
+buf = bytes(conn.incoming_buffer.data)
+deadline = time.time() + 10
+while time.time() < deadline and (out["late_rst"] is None or out["echo_after"] != b"two\n"):
+    tls.settimeout(0.5)
+    try:
+        data = tls.recv(65536)
+    except (socket.timeout, TimeoutError):
+        continue
+    except OSError:
+        break
+    if not data:
+        break
+    buf += data
+    while len(buf) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
+        if len(buf) < 9 + length:
+            break
+        frame.parse_body(memoryview(buf[9:9 + length]))
+        buf = buf[9 + length:]
+        if isinstance(frame, GoAwayFrame):
+            out["goaway_last"], out["goaway_code"] = frame.last_stream_id, frame.error_code
+        elif isinstance(frame, RstStreamFrame) and frame.stream_id == late:
+            out["late_rst"] = frame.error_code
+        elif isinstance(frame, DataFrame) and frame.stream_id == first:
+            out["echo_after"] += frame.data
+out["echo"], out["echo_after"] = out["echo"].decode(), out["echo_after"].decode()
+print(json.dumps(out), flush=True)
+"""
+
+
+def mint_svid(agent, identity, lifetime, certdir):
+    """An SVID signed with the topology's CA key, valid for `lifetime` seconds from now (the CA
+    API would not issue one this short). Returns its notAfter."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    ca = os.path.join(agent.ca_dir, "ca")
+    root_pem = open(os.path.join(ca, "root-cert.pem"), "rb").read()
+    root = x509.load_pem_x509_certificate(root_pem)
+    root_key = serialization.load_pem_private_key(
+        open(os.path.join(ca, "root-key.pem"), "rb").read(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    expires = now + datetime.timedelta(seconds=lifetime)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(expires)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(identity)]), critical=True)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                         False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(root_key, hashes.SHA256()))
+    os.makedirs(certdir, exist_ok=True)
+    with open(os.path.join(certdir, "cert.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(certdir, "root.pem"), "wb") as f:
+        f.write(root_pem)
+    with open(os.path.join(certdir, "key.pem"), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return expires.timestamp()
+
+
+class PeerExpiryTest(unittest.TestCase):
+    """The client's certificate expires during a long HBONE session to ambit's server: the server
+    sends GOAWAY naming the last stream it accepted, lets that stream go on, and refuses a stream
+    opened afterwards with RST_STREAM(REFUSED_STREAM) instead of forwarding it."""
+
+    LIFETIME = 20  # seconds; a certificate the test signs itself, not one the agent requested
+
+    def test_peer_certificate_expiry_drains_the_session(self):
+        n = faults.TwoNodes("h")
+        self.addCleanup(n.close)
+        _, echo_out = n.echo_server(PORT)
+        certdir = os.path.join(n.topo.workdir, "short-svid")
+        expires = mint_svid(n.n2, WEB, self.LIFETIME, certdir)
+        authority = f"{n.b.ip4}:{PORT}"
+        r = n.a.python(LATE_STREAM, certdir, n.b.ip4, authority, expires, in_cgroup=False,
+                       timeout=self.LIFETIME + 40)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout)
+        print(f"\n{out}")
+        self.assertEqual(out["status"], 200, out)
+        self.assertEqual(out["echo"], "one\n", out)
+        self.assertEqual(out["goaway_code"], 0, out)  # NO_ERROR: a graceful end
+        self.assertEqual(out["goaway_last"], 1, out)
+        self.assertEqual(out["late_rst"], 7, out)  # REFUSED_STREAM
+        self.assertEqual(out["echo_after"], "two\n", "the open stream did not go on")
+        self.assertEqual(n.accepted(echo_out, PORT), 1, "the refused stream reached the app")
+        lines = drain_lines(n.n2, "peer_expired")
+        self.assertTrue(lines, n.n2.logs()[-3000:])
+        self.assertIn(f"<- {WEB}", lines[0])
+        self.assertGreaterEqual(faults.log_time(lines[0]), expires - 0.5)
+        self.assertGreaterEqual(
+            metric(n.n2, 'ambit_hbone_sessions_drained_total{reason="peer_expired"}'), 1)
+
+
 class TrustDomainChangeTest(unittest.TestCase):
     """mesh.yaml's trustDomain changes on the server's node: the identity its inbound sessions
     were established with is out of the trust domain, and they take no new stream."""
