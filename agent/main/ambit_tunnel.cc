@@ -5,9 +5,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
-#include "agent/common/socket_mark.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
+#include "agent/common/socket_mark.h"
 #include "agent/tunnel/control.h"
 
 ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (required)");

@@ -11,11 +11,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "agent/common/socket_mark.h"
 #include "agent/admin/admin_server.h"
 #include "agent/admin/telemetry_server.h"
 #include "agent/bpf/redirector.h"
 #include "agent/common/ip_address.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/issuance/ca_server.h"

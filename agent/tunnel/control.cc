@@ -1,4 +1,3 @@
-#include "agent/common/socket_mark.h"
 #include "agent/tunnel/control.h"
 
 #include <errno.h>

@@ -8,8 +8,8 @@
 
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
-#include "agent/common/socket_mark.h"
 #include "agent/common/ip_address.h"
+#include "agent/common/socket_mark.h"
 #include "agent/common/unique_fd.h"
 
 namespace ambit::tunnel {
