@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "agent/authz/model.h"
 #include "agent/common/unique_fd.h"
+#include "agent/supervisor/heartbeat.h"
 
 namespace ambit::dataplane::v1 {
 class StatsRequest;
@@ -62,21 +63,6 @@ struct WorkloadDescriptor {
   std::string mtls_mode;
   std::string mtls_policy;
   std::map<uint32_t, std::pair<std::string, std::string>> port_modes;  // port -> {mode, policy}
-};
-
-// What the data plane holds for one pod, as its answer to a heartbeat says.
-struct PodListenerReport {
-  std::string uid;
-  uint32_t listening = 0;          // listener sockets still listening
-  uint32_t workers_accepting = 0;  // workers that watch all of them
-  bool waiting_for_certificate = false;
-};
-
-// The data plane's answer to ping `seq`, sent once every worker thread had run a task.
-struct PongReport {
-  uint64_t seq = 0;
-  uint32_t workers = 0;
-  std::vector<PodListenerReport> pods;
 };
 
 struct ServiceDescriptor {
