@@ -138,11 +138,21 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       // connections) instead of attaching a second copy.
       link.reset(bpf_link__open(pin.c_str()));
       if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
-      if (bpf_link__update_program(link.get(), p.prog) != 0) {
-        return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ", pin));
+      int err = bpf_link__update_program(link.get(), p.prog);
+      if (err == -ENOLINK) {
+        // Detached underneath (bpftool link detach): the pin holds a dead link, and capture is
+        // off. Attach anew in its place instead of refusing to start.
+        AMBIT_LOG(kComponent, Warning) << "pinned link " << pin
+                                       << " was detached from its cgroup; attaching again";
+        link.reset();
+        if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
+      } else if (err != 0) {
+        return absl::ErrnoToStatus(-err, absl::StrCat("update program in pinned link ", pin));
+      } else {
+        reused = true;
       }
-      reused = true;
-    } else {
+    }
+    if (!link) {
       link.reset(bpf_program__attach_cgroup(p.prog, cgroup.get()));
       if (!link) {
         return absl::ErrnoToStatus(
@@ -233,10 +243,18 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
   if (Exists(pin)) {
     link.reset(bpf_link__open(pin.c_str()));
     if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
-    if (bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("update sk_lookup program in ", pin));
+    int err = bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup);
+    if (err == -ENOLINK) {
+      // Detached from the pod's netns underneath: attach anew in its place.
+      AMBIT_LOG(kComponent, Warning) << "pinned link " << pin
+                                     << " was detached from the pod's netns; attaching again";
+      link.reset();
+      if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
+    } else if (err != 0) {
+      return absl::ErrnoToStatus(-err, absl::StrCat("update sk_lookup program in ", pin));
     }
-  } else {
+  }
+  if (!link) {
     link.reset(bpf_program__attach_netns(skel->progs.ambit_sk_lookup, netns_fd));
     if (!link) return absl::ErrnoToStatus(errno, "attach sk_lookup to pod network namespace");
     if (bpf_link__pin(link.get(), pin.c_str()) != 0) {

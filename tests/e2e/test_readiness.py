@@ -131,6 +131,25 @@ class ReadinessTest(unittest.TestCase):
         self.assertEqual(len(os.listdir(pods)), 1)
         self.assertTrue(n.probe(port)["ok"])
 
+    def test_detached_sk_lookup_link_is_not_ready(self):
+        n = self.nodes
+        port = 7903
+        n.echo_server(port)
+        pods = os.path.join(self.pin_root(n.n2), "pods")
+        pin = os.path.join(pods, os.listdir(pods)[0])
+        link = json.loads(run("bpftool", "-j", "link", "show", "pinned", pin).stdout)
+        run("bpftool", "link", "detach", "id", str(link["id"]))
+        waited, body = wait_ready(n.n2, 503, "is no longer attached to the pod's network namespace",
+                                  timeout=5)
+        print(f"\n503 {waited:.2f}s after the detach: {body.strip()}")
+        self.assertIn("pod backend/b: sk_lookup link id", body)
+        # A restarted ambitd attaches the pod's link again in place of the dead one.
+        n.n2.stop()
+        n.n2.start(*AGENT_ARGS, wait_pods=[n.b])
+        n.n2.wait_log(f"pinned link {pin} was detached from the pod's netns; attaching again", 10)
+        wait_ready(n.n2, 200, timeout=20)
+        self.assertTrue(n.probe(port)["ok"])
+
     def test_detached_cgroup_program_is_not_ready(self):
         n = self.nodes
         pin = os.path.join(self.pin_root(n.n1), "links", "connect4")
@@ -142,6 +161,18 @@ class ReadinessTest(unittest.TestCase):
         self.assertIn(n.n1.cgroup, body)
         n.n1.wait_log("capture check: cgroup program connect4", 5)
         self.assertEqual(n.n2.ready()[0], 200)
+        # A restarted ambitd finds the dead link pinned and attaches the program again instead
+        # of failing to start; capture and readiness are back.
+        port = 7902
+        n.echo_server(port)
+        n.n1.stop()
+        n.n1.start(*AGENT_ARGS, wait_pods=[n.a])
+        n.n1.wait_log(f"pinned link {pin} was detached from its cgroup; attaching again", 10)
+        wait_ready(n.n1, 200, timeout=20)
+        progs = json.loads(run("bpftool", "-j", "cgroup", "show", n.n1.cgroup).stdout)
+        self.assertEqual(sorted(p["name"] for p in progs).count("ambit_connect4"), 1, progs)
+        self.assertEqual(len(progs), 5, progs)
+        self.assertTrue(n.probe(port)["ok"])
 
     def test_destroyed_listener_is_not_ready(self):
         n = self.nodes
