@@ -142,8 +142,8 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       if (err == -ENOLINK) {
         // Detached underneath (bpftool link detach): the pin holds a dead link, and capture is
         // off. Attach anew in its place instead of refusing to start.
-        AMBIT_LOG(kComponent, Warning) << "pinned link " << pin
-                                       << " was detached from its cgroup; attaching again";
+        AMBIT_LOG(kComponent, Warning)
+            << "pinned link " << pin << " was detached from its cgroup; attaching again";
         link.reset();
         if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
       } else if (err != 0) {
@@ -246,8 +246,8 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
     int err = bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup);
     if (err == -ENOLINK) {
       // Detached from the pod's netns underneath: attach anew in its place.
-      AMBIT_LOG(kComponent, Warning) << "pinned link " << pin
-                                     << " was detached from the pod's netns; attaching again";
+      AMBIT_LOG(kComponent, Warning)
+          << "pinned link " << pin << " was detached from the pod's netns; attaching again";
       link.reset();
       if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
     } else if (err != 0) {
@@ -377,8 +377,8 @@ std::vector<std::string> Redirector::VerifyCapture() const {
     if (name.find('.') != std::string::npos) continue;
     std::string pin = absl::StrCat(s.config.pin_root, "/", name);
     if (!Exists(pin)) {
-      problems.push_back(absl::StrCat("map pin ", pin,
-                                      " is gone: the next ambitd start would lose its entries"));
+      problems.push_back(
+          absl::StrCat("map pin ", pin, " is gone: the next ambitd start would lose its entries"));
     }
   }
   return problems;
@@ -388,23 +388,24 @@ absl::Status Redirector::VerifyPod(uint64_t netns_cookie, int netns_fd) const {
   const auto& s = *state_;
   ambit_pod_info info;
   if (bpf_map_lookup_elem(s.pods_map.get(), &netns_cookie, &info) != 0) {
-    return absl::NotFoundError(absl::StrCat(
-        "missing from ambit_pods (netns_cookie=", netns_cookie, "): outbound is not captured"));
+    return absl::NotFoundError(absl::StrCat("missing from ambit_pods (netns_cookie=", netns_cookie,
+                                            "): outbound is not captured"));
   }
   std::string pin = absl::StrCat(s.config.pin_root, "/pods/", netns_cookie);
   UniqueFd link(bpf_obj_get(pin.c_str()));
   if (!link) {
     // The pin is the link's only holder: without it the program is detached.
-    return absl::ErrnoToStatus(errno, absl::StrCat("sk_lookup link pin ", pin,
-                                                   " is gone: inbound is not captured"));
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("sk_lookup link pin ", pin, " is gone: inbound is not captured"));
   }
   AMBIT_ASSIGN_OR_RETURN(bpf_link_info l, LinkInfo(link.get()));
   struct stat st;
   if (fstat(netns_fd, &st) != 0) return absl::ErrnoToStatus(errno, "stat pod netns");
   if (l.netns.netns_ino == 0 || l.netns.netns_ino != static_cast<uint32_t>(st.st_ino)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "sk_lookup link id ", l.id, " (", pin, ") is no longer attached to the pod's network "
-        "namespace: inbound is not captured"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sk_lookup link id ", l.id, " (", pin,
+                     ") is no longer attached to the pod's network "
+                     "namespace: inbound is not captured"));
   }
   return absl::OkStatus();
 }

@@ -197,8 +197,8 @@ absl::Status Agent::Init() {
     its.it_value = its.it_interval;
     timerfd_settime(heartbeat_timer_.get(), 0, &its, nullptr);
   }
-  heartbeat_ = std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(),
-                                                              options_.heartbeat_deadline);
+  heartbeat_ =
+      std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(), options_.heartbeat_deadline);
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   std::string binary = options_.tunnel_binary;
@@ -698,10 +698,9 @@ void Agent::LogHeartbeatChange() {
              "(it is left running: a pause may end by itself)";
       break;
     case supervisor::HeartbeatMonitor::Change::kAnsweredAgain:
-      AMBIT_LOG(kComponent, Warning) << "data plane pid=" << dataplane_->pid()
-                                     << " answers heartbeats again after "
-                                     << absl::Trunc(heartbeat_->last_silence(),
-                                                    absl::Milliseconds(100));
+      AMBIT_LOG(kComponent, Warning)
+          << "data plane pid=" << dataplane_->pid() << " answers heartbeats again after "
+          << absl::Trunc(heartbeat_->last_silence(), absl::Milliseconds(100));
       break;
     case supervisor::HeartbeatMonitor::Change::kNone:
       break;
@@ -723,9 +722,9 @@ std::vector<std::string> Agent::ListenerProblems() const {
   std::vector<supervisor::ExpectedListeners> pods;
   for (const auto& [uid, e] : enrolled_) {
     supervisor::ExpectedListeners x{uid, 0, e.sent_at_seq};
-    for (const UniqueFd* fd : {&e.listeners.outbound_v4, &e.listeners.outbound_v6,
-                               &e.listeners.plain_v4, &e.listeners.plain_v6,
-                               &e.listeners.hbone_v4, &e.listeners.hbone_v6}) {
+    for (const UniqueFd* fd :
+         {&e.listeners.outbound_v4, &e.listeners.outbound_v6, &e.listeners.plain_v4,
+          &e.listeners.plain_v6, &e.listeners.hbone_v4, &e.listeners.hbone_v6}) {
       if (*fd) ++x.listeners;
     }
     pods.push_back(std::move(x));

@@ -111,7 +111,7 @@ TEST(ListenerProblemsTest, EveryListenerListeningAndWatchedIsFine) {
 
 TEST(ListenerProblemsTest, NamesEachPodAndWhatIsWrong) {
   auto pong = Pong(5, 2,
-                   {{"default/dead", 4, 2, false},      // two listeners no longer listening
+                   {{"default/dead", 4, 2, false},       // two listeners no longer listening
                     {"default/unwatched", 6, 1, false},  // one worker does not accept
                     {"default/new", 6, 0, true}});       // waits for its certificate: fine
   auto problems = ListenerProblems({{"default/dead", 6, 1},
@@ -121,10 +121,12 @@ TEST(ListenerProblemsTest, NamesEachPodAndWhatIsWrong) {
                                     {"default/later", 6, 6}},  // sent after ping 5: not judged
                                    pong);
   ASSERT_EQ(problems.size(), 3u);
-  EXPECT_EQ(problems[0], "pod default/dead: only 4 of its 6 listeners are listening in the data "
-                         "plane");
-  EXPECT_EQ(problems[1], "pod default/unwatched: only 1 of 2 data-plane workers accept its "
-                         "connections");
+  EXPECT_EQ(problems[0],
+            "pod default/dead: only 4 of its 6 listeners are listening in the data "
+            "plane");
+  EXPECT_EQ(problems[1],
+            "pod default/unwatched: only 1 of 2 data-plane workers accept its "
+            "connections");
   EXPECT_EQ(problems[2], "pod default/lost: the data plane does not hold its listeners");
 }
 
