@@ -230,15 +230,25 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
     std::string old_pin =
         s.previous ? absl::StrCat(s.previous->root, "/links/", p.pin) : std::string();
     LinkPtr link;
+    bool pending = false;  // the previous ABI's link, taken over by FinishMigration
     if (Exists(pin)) {
       // A previous run attached this hook: swap our program into its link (atomic for new
       // connections) instead of attaching a second copy.
       link.reset(bpf_link__open(pin.c_str()));
       if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
-      if (bpf_link__update_program(link.get(), p.prog) != 0) {
-        return absl::ErrnoToStatus(errno, absl::StrCat("update program in pinned link ", pin));
+      int err = bpf_link__update_program(link.get(), p.prog);
+      if (err == -ENOLINK) {
+        // Detached underneath (bpftool link detach): the pin holds a dead link, and capture is
+        // off. Attach anew in its place instead of refusing to start.
+        AMBIT_LOG(kComponent, Warning)
+            << "pinned link " << pin << " was detached from its cgroup; attaching again";
+        link.reset();
+        if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
+      } else if (err != 0) {
+        return absl::ErrnoToStatus(-err, absl::StrCat("update program in pinned link ", pin));
+      } else {
+        reused = true;
       }
-      reused = true;
     } else if (!old_pin.empty() && Exists(old_pin)) {
       // The previous ABI's hook stays attached with its own programs and maps until every pod
       // is in this ABI's maps (FinishMigration): swapping now would let an enrolled pod's
@@ -247,7 +257,9 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       if (!old) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", old_pin));
       s.pending_links.push_back({std::move(old), p.prog, pin});
       reused = true;
-    } else {
+      pending = true;
+    }
+    if (!link && !pending) {
       link.reset(bpf_program__attach_cgroup(p.prog, cgroup.get()));
       if (!link) {
         return absl::ErrnoToStatus(
@@ -419,10 +431,18 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
   } else if (Exists(pin)) {
     link.reset(bpf_link__open(pin.c_str()));
     if (!link) return absl::ErrnoToStatus(errno, absl::StrCat("open pinned link ", pin));
-    if (bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("update sk_lookup program in ", pin));
+    int err = bpf_link__update_program(link.get(), skel->progs.ambit_sk_lookup);
+    if (err == -ENOLINK) {
+      // Detached from the pod's netns underneath: attach anew in its place.
+      AMBIT_LOG(kComponent, Warning)
+          << "pinned link " << pin << " was detached from the pod's netns; attaching again";
+      link.reset();
+      if (unlink(pin.c_str()) < 0) return absl::ErrnoToStatus(errno, "unpin " + pin);
+    } else if (err != 0) {
+      return absl::ErrnoToStatus(-err, absl::StrCat("update sk_lookup program in ", pin));
     }
-  } else {
+  }
+  if (!link) {
     link.reset(bpf_program__attach_netns(skel->progs.ambit_sk_lookup, netns_fd));
     if (!link) return absl::ErrnoToStatus(errno, "attach sk_lookup to pod network namespace");
     if (bpf_link__pin(link.get(), pin.c_str()) != 0) {
@@ -546,8 +566,8 @@ std::vector<std::string> Redirector::VerifyCapture() const {
     if (!IsMapPin(name)) continue;
     std::string pin = absl::StrCat(s.pin_root, "/", name);
     if (!Exists(pin)) {
-      problems.push_back(absl::StrCat("map pin ", pin,
-                                      " is gone: the next ambitd start would lose its entries"));
+      problems.push_back(
+          absl::StrCat("map pin ", pin, " is gone: the next ambitd start would lose its entries"));
     }
   }
   return problems;
@@ -557,23 +577,24 @@ absl::Status Redirector::VerifyPod(uint64_t netns_cookie, int netns_fd) const {
   const auto& s = *state_;
   ambit_pod_info info;
   if (bpf_map_lookup_elem(s.pods_map.get(), &netns_cookie, &info) != 0) {
-    return absl::NotFoundError(absl::StrCat(
-        "missing from ambit_pods (netns_cookie=", netns_cookie, "): outbound is not captured"));
+    return absl::NotFoundError(absl::StrCat("missing from ambit_pods (netns_cookie=", netns_cookie,
+                                            "): outbound is not captured"));
   }
   std::string pin = absl::StrCat(s.pin_root, "/pods/", netns_cookie);
   UniqueFd link(bpf_obj_get(pin.c_str()));
   if (!link) {
     // The pin is the link's only holder: without it the program is detached.
-    return absl::ErrnoToStatus(errno, absl::StrCat("sk_lookup link pin ", pin,
-                                                   " is gone: inbound is not captured"));
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("sk_lookup link pin ", pin, " is gone: inbound is not captured"));
   }
   AMBIT_ASSIGN_OR_RETURN(bpf_link_info l, LinkInfo(link.get()));
   struct stat st;
   if (fstat(netns_fd, &st) != 0) return absl::ErrnoToStatus(errno, "stat pod netns");
   if (l.netns.netns_ino == 0 || l.netns.netns_ino != static_cast<uint32_t>(st.st_ino)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "sk_lookup link id ", l.id, " (", pin, ") is no longer attached to the pod's network "
-        "namespace: inbound is not captured"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sk_lookup link id ", l.id, " (", pin,
+                     ") is no longer attached to the pod's network "
+                     "namespace: inbound is not captured"));
   }
   return absl::OkStatus();
 }

@@ -211,8 +211,8 @@ absl::Status Agent::Init() {
     its.it_value = its.it_interval;
     timerfd_settime(heartbeat_timer_.get(), 0, &its, nullptr);
   }
-  heartbeat_ = std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(),
-                                                              options_.heartbeat_deadline);
+  heartbeat_ =
+      std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(), options_.heartbeat_deadline);
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   std::string binary = options_.tunnel_binary;
@@ -767,10 +767,9 @@ void Agent::LogHeartbeatChange() {
              "(it is left running: a pause may end by itself)";
       break;
     case supervisor::HeartbeatMonitor::Change::kAnsweredAgain:
-      AMBIT_LOG(kComponent, Warning) << "data plane pid=" << dataplane_->pid()
-                                     << " answers heartbeats again after "
-                                     << absl::Trunc(heartbeat_->last_silence(),
-                                                    absl::Milliseconds(100));
+      AMBIT_LOG(kComponent, Warning)
+          << "data plane pid=" << dataplane_->pid() << " answers heartbeats again after "
+          << absl::Trunc(heartbeat_->last_silence(), absl::Milliseconds(100));
       break;
     case supervisor::HeartbeatMonitor::Change::kNone:
       break;
@@ -788,35 +787,18 @@ std::vector<std::string> Agent::CheckCapture() const {
 }
 
 std::vector<std::string> Agent::ListenerProblems() const {
-  std::vector<std::string> problems;
-  if (!last_pong_.has_value() || !dataplane_->connected()) return problems;
-  std::map<std::string, const supervisor::PodListenerReport*> reported;
-  for (const auto& p : last_pong_->pods) reported[p.uid] = &p;
+  if (!last_pong_.has_value() || !dataplane_->connected()) return {};
+  std::vector<supervisor::ExpectedListeners> pods;
   for (const auto& [uid, e] : enrolled_) {
-    if (e.sent_at_seq > last_pong_->seq) continue;  // sent after the ping this answers
-    uint32_t expected = 0;
-    for (const UniqueFd* fd : {&e.listeners.outbound_v4, &e.listeners.outbound_v6,
-                               &e.listeners.plain_v4, &e.listeners.plain_v6,
-                               &e.listeners.hbone_v4, &e.listeners.hbone_v6}) {
-      if (*fd) ++expected;
+    supervisor::ExpectedListeners x{uid, 0, e.sent_at_seq};
+    for (const UniqueFd* fd :
+         {&e.listeners.outbound_v4, &e.listeners.outbound_v6, &e.listeners.plain_v4,
+          &e.listeners.plain_v6, &e.listeners.hbone_v4, &e.listeners.hbone_v6}) {
+      if (*fd) ++x.listeners;
     }
-    auto it = reported.find(uid);
-    if (it == reported.end()) {
-      problems.push_back(
-          absl::StrCat("pod ", uid, ": the data plane does not hold its listeners"));
-      continue;
-    }
-    const auto& r = *it->second;
-    if (r.listening < expected) {
-      problems.push_back(absl::StrCat("pod ", uid, ": only ", r.listening, " of its ", expected,
-                                      " listeners are listening in the data plane"));
-    } else if (!r.waiting_for_certificate && r.workers_accepting < last_pong_->workers) {
-      problems.push_back(absl::StrCat("pod ", uid, ": only ", r.workers_accepting, " of ",
-                                      last_pong_->workers,
-                                      " data-plane workers accept its connections"));
-    }
+    pods.push_back(std::move(x));
   }
-  return problems;
+  return supervisor::ListenerProblems(pods, *last_pong_);
 }
 
 absl::Status Agent::InitCertificates() {

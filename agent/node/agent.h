@@ -202,8 +202,8 @@ class Agent {
   uint64_t health_acked_ = 0, health_nacked_ = 0;  // as last published
   std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat_;
   std::optional<supervisor::PongReport> last_pong_;  // of the current data-plane session
-  std::vector<std::string> capture_problems_;          // as last checked
-  std::map<std::string, absl::Time> failing_since_;    // uid -> first failed enrollment
+  std::vector<std::string> capture_problems_;        // as last checked
+  std::map<std::string, absl::Time> failing_since_;  // uid -> first failed enrollment
   UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_, heartbeat_timer_;
   int64_t restart_backoff_ms_ = 100;
   int64_t dataplane_started_ms_ = 0;

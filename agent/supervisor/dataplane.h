@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
+#include "agent/supervisor/heartbeat.h"
 
 namespace ambit::dataplane::v1 {
 class StatsRequest;
@@ -52,19 +53,6 @@ struct CertificateState {
   int refs = 0;
 };
 
-// What the data plane holds for one pod, as its answer to a heartbeat says.
-struct PodListenerReport {
-  std::string uid;
-  uint32_t listening = 0;          // listener sockets still listening
-  uint32_t workers_accepting = 0;  // workers that watch all of them
-  bool waiting_for_certificate = false;
-};
-
-// The data plane's answer to ping `seq`, sent once every worker thread had run a task.
-struct PongReport {
-  uint64_t seq = 0;
-  uint32_t workers = 0;
-  std::vector<PodListenerReport> pods;
 };
 
 // ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it

@@ -1,5 +1,9 @@
 #include "agent/supervisor/heartbeat.h"
 
+#include <map>
+
+#include "absl/strings/str_cat.h"
+
 namespace ambit::supervisor {
 
 void HeartbeatMonitor::Reset(bool supported) {
@@ -46,6 +50,31 @@ HeartbeatMonitor::Change HeartbeatMonitor::TakeChange() {
     return Change::kLate;
   }
   return Change::kNone;
+}
+
+std::vector<std::string> ListenerProblems(const std::vector<ExpectedListeners>& pods,
+                                          const PongReport& pong) {
+  std::map<std::string, const PodListenerReport*> reported;
+  for (const auto& p : pong.pods) reported[p.uid] = &p;
+  std::vector<std::string> problems;
+  for (const auto& pod : pods) {
+    if (pod.sent_at_seq > pong.seq) continue;  // the data plane had not seen it yet
+    auto it = reported.find(pod.uid);
+    if (it == reported.end()) {
+      problems.push_back(
+          absl::StrCat("pod ", pod.uid, ": the data plane does not hold its listeners"));
+      continue;
+    }
+    const PodListenerReport& r = *it->second;
+    if (r.listening < pod.listeners) {
+      problems.push_back(absl::StrCat("pod ", pod.uid, ": only ", r.listening, " of its ",
+                                      pod.listeners, " listeners are listening in the data plane"));
+    } else if (!r.waiting_for_certificate && r.workers_accepting < pong.workers) {
+      problems.push_back(absl::StrCat("pod ", pod.uid, ": only ", r.workers_accepting, " of ",
+                                      pong.workers, " data-plane workers accept its connections"));
+    }
+  }
+  return problems;
 }
 
 }  // namespace ambit::supervisor

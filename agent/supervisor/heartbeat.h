@@ -2,11 +2,42 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
 
 namespace ambit::supervisor {
+
+// What the data plane holds for one pod, as its answer to a heartbeat says.
+struct PodListenerReport {
+  std::string uid;
+  uint32_t listening = 0;          // listener sockets still listening
+  uint32_t workers_accepting = 0;  // workers that watch all of them
+  bool waiting_for_certificate = false;
+};
+
+// The data plane's answer to ping `seq`, sent once every worker thread had run a task.
+struct PongReport {
+  uint64_t seq = 0;
+  uint32_t workers = 0;
+  std::vector<PodListenerReport> pods;
+};
+
+// An enrolled pod as the agent knows it: how many listeners it handed the data plane, and the
+// heartbeat sequence number current when it did.
+struct ExpectedListeners {
+  std::string uid;
+  uint32_t listeners = 0;
+  uint64_t sent_at_seq = 0;
+};
+
+// The enrolled pods whose listeners `pong` shows missing, no longer listening, or not watched by
+// every worker (a pod still waiting for its first certificate is not served yet, rightly). A pod
+// sent after the ping that `pong` answers is not judged by it. One line per pod, naming it.
+std::vector<std::string> ListenerProblems(const std::vector<ExpectedListeners>& pods,
+                                          const PongReport& pong);
 
 // The agent's view of the heartbeat on the control channel: one ping outstanding at a time, and
 // whether its answer is past the deadline. A data plane that is late is reported, never

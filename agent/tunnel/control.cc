@@ -78,8 +78,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->listen_fd_.get(), kTagListen));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->signal_fd_.get(), kTagSignal));
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->stats_fd_.get(), kTagStats));
-  AMBIT_RETURN_IF_ERROR(
-      EpollAdd(t->epoll_.get(), t->worker_replies_.fd(), kTagWorkerReplies));
+  AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->worker_replies_.fd(), kTagWorkerReplies));
   t->cert_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!t->cert_timer_) return absl::ErrnoToStatus(errno, "timerfd_create");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->cert_timer_.get(), kTagCertTimer));
@@ -454,8 +453,8 @@ void Tunnel::SendPong(const HeartbeatRound& round) {
   pong->set_workers(static_cast<uint32_t>(round.watched.size()));
   for (const auto& [uid, pod] : pods_) {
     uint32_t held = 0, listening = 0;
-    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4,
-                               &pod->plain_v6, &pod->hbone_v4, &pod->hbone_v6}) {
+    for (const UniqueFd* fd : {&pod->outbound_v4, &pod->outbound_v6, &pod->plain_v4, &pod->plain_v6,
+                               &pod->hbone_v4, &pod->hbone_v6}) {
       if (!*fd) continue;
       ++held;
       // A listener someone shut down (or that failed) leaves the listening state: it holds a

@@ -103,7 +103,7 @@ class Tunnel : public tls::CsrSigner {
   std::string tls_signature_;  // what the current TLS contexts were built from
   std::shared_ptr<const TlsContexts> tls_for_new_workers_;
   std::map<std::string, absl::Time> waiting_for_cert_;  // pod uid -> since
-  uint64_t session_ = 0;  // counts agent sessions: an answer is for the session that asked
+  uint64_t session_ = 0;      // counts agent sessions: an answer is for the session that asked
   TaskQueue worker_replies_;  // heartbeat replies from the workers, run on this thread
 };
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -107,6 +108,8 @@ Worker::~Worker() {
 
 void Worker::Start() {
   thread_ = std::thread([this] { loop_->Run(); });
+  // Named, so that top -H, gdb and a stuck-thread report can tell workers apart.
+  pthread_setname_np(thread_.native_handle(), absl::StrCat("worker-", index_).c_str());
 }
 
 void Worker::Stop() { loop_->Stop(); }

@@ -6,6 +6,7 @@ Two simulated nodes on one bridge (tests/e2e/topology.py via test_faults.TwoNode
 ambit-tunnel, real BPF, real mTLS. Every wait is bounded; everything is torn down on failure too.
 """
 
+import ctypes
 import json
 import os
 import signal
@@ -28,6 +29,12 @@ def metric(agent, name):
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no {name} in /metrics")
+
+
+def thread_state(pid, tid):
+    """The scheduler state letter of one thread (R, S, t for stopped by a tracer, ...)."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def wait_ready(agent, want_status, needle=None, timeout=15):
@@ -89,6 +96,37 @@ class ReadinessTest(unittest.TestCase):
         self.assertNotIn("restart #", n.n2.logs())
         self.assertTrue(n.probe(port)["ok"])
 
+    def test_one_hung_worker_makes_the_heartbeat_late(self):
+        n = self.nodes
+        port = 7904
+        n.echo_server(port)
+        tunnel = n.n2.tunnel_pid()
+        tids = [int(t) for t in os.listdir(f"/proc/{tunnel}/task")
+                if open(f"/proc/{tunnel}/task/{t}/comm").read().strip() == "worker-1"]
+        self.assertEqual(len(tids), 1, "no data-plane thread named worker-1")
+        tid = tids[0]
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        # Only that thread stops (PTRACE_INTERRUPT of a seized thread): the data plane's control
+        # thread and its other worker run on, as with a worker stuck in a long computation.
+        PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+        self.assertEqual(libc.ptrace(PTRACE_SEIZE, tid, None, None), 0, ctypes.get_errno())
+        try:
+            self.assertEqual(libc.ptrace(PTRACE_INTERRUPT, tid, None, None), 0)
+            os.waitpid(tid, 0x40000000)  # __WALL: until it is stopped
+            self.assertEqual(thread_state(tunnel, tid), "t", "worker-1 is not stopped")
+            waited, body = wait_ready(n.n2, 503, "has not answered a heartbeat", timeout=8)
+            print(f"\nreadiness 503 {waited:.2f}s after worker-1 stopped: {body.strip()}")
+            self.assertLess(waited, DEADLINE_S + 2.0, body)
+            # Only the worker is stopped: the control thread (the main thread) still runs.
+            self.assertIn(thread_state(tunnel, tunnel), ("S", "R"))
+        finally:
+            libc.ptrace(PTRACE_DETACH, tid, None, None)
+        waited, _ = wait_ready(n.n2, 200, timeout=10)
+        print(f"readiness 200 again {waited:.2f}s after worker-1 resumed")
+        self.assertEqual(n.n2.tunnel_pid(), tunnel)
+        self.assertTrue(n.probe(port)["ok"])
+
     def test_pod_that_cannot_be_enrolled_is_named(self):
         n = self.nodes
         t = n.topo
@@ -109,7 +147,7 @@ class ReadinessTest(unittest.TestCase):
         wait_ready(n.n1, 200, timeout=15)
 
     def pin_root(self, agent):
-        return f"/sys/fs/bpf/ambit/{agent.instance}"
+        return agent.pin_root
 
     def test_unpinned_sk_lookup_link_is_not_ready(self):
         n = self.nodes
@@ -131,6 +169,25 @@ class ReadinessTest(unittest.TestCase):
         self.assertEqual(len(os.listdir(pods)), 1)
         self.assertTrue(n.probe(port)["ok"])
 
+    def test_detached_sk_lookup_link_is_not_ready(self):
+        n = self.nodes
+        port = 7903
+        n.echo_server(port)
+        pods = os.path.join(self.pin_root(n.n2), "pods")
+        pin = os.path.join(pods, os.listdir(pods)[0])
+        link = json.loads(run("bpftool", "-j", "link", "show", "pinned", pin).stdout)
+        run("bpftool", "link", "detach", "id", str(link["id"]))
+        waited, body = wait_ready(n.n2, 503, "is no longer attached to the pod's network namespace",
+                                  timeout=5)
+        print(f"\n503 {waited:.2f}s after the detach: {body.strip()}")
+        self.assertIn("pod backend/b: sk_lookup link id", body)
+        # A restarted ambitd attaches the pod's link again in place of the dead one.
+        n.n2.stop()
+        n.n2.start(*AGENT_ARGS, wait_pods=[n.b])
+        n.n2.wait_log(f"pinned link {pin} was detached from the pod's netns; attaching again", 10)
+        wait_ready(n.n2, 200, timeout=20)
+        self.assertTrue(n.probe(port)["ok"])
+
     def test_detached_cgroup_program_is_not_ready(self):
         n = self.nodes
         pin = os.path.join(self.pin_root(n.n1), "links", "connect4")
@@ -142,6 +199,18 @@ class ReadinessTest(unittest.TestCase):
         self.assertIn(n.n1.cgroup, body)
         n.n1.wait_log("capture check: cgroup program connect4", 5)
         self.assertEqual(n.n2.ready()[0], 200)
+        # A restarted ambitd finds the dead link pinned and attaches the program again instead
+        # of failing to start; capture and readiness are back.
+        port = 7902
+        n.echo_server(port)
+        n.n1.stop()
+        n.n1.start(*AGENT_ARGS, wait_pods=[n.a])
+        n.n1.wait_log(f"pinned link {pin} was detached from its cgroup; attaching again", 10)
+        wait_ready(n.n1, 200, timeout=20)
+        progs = json.loads(run("bpftool", "-j", "cgroup", "show", n.n1.cgroup).stdout)
+        self.assertEqual(sorted(p["name"] for p in progs).count("ambit_connect4"), 1, progs)
+        self.assertEqual(len(progs), 5, progs)
+        self.assertTrue(n.probe(port)["ok"])
 
     def test_destroyed_listener_is_not_ready(self):
         n = self.nodes

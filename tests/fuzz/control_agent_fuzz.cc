@@ -1,7 +1,8 @@
 // Control messages from the data plane, as ambitd receives them: DecodeDataPlaneMessage, then what
 // DataPlane and Agent do with each body: a csr_request's CSR goes to the built-in CA's signer (the
 // agent first checks the identity belongs to a pod enrolled on the node; here every one passes),
-// a certificate report becomes the admin API's view.
+// a certificate report becomes the admin API's view, a heartbeat answer is checked against the
+// pods it lists (the readiness listener check).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
 #include <memory>
@@ -61,6 +62,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case pb::Envelope::kAddPod:
       FUZZ_REQUIRE(static_cast<size_t>(env->add_pod().fds_size()) == fd_count);
       break;
+    case pb::Envelope::kPong: {
+      ambit::supervisor::PongReport report;
+      report.seq = env->pong().seq();
+      report.workers = env->pong().workers();
+      std::vector<ambit::supervisor::ExpectedListeners> expected;
+      for (const auto& p : env->pong().pods()) {
+        report.pods.push_back(
+            {p.uid(), p.listening(), p.workers_accepting(), p.waiting_for_certificate()});
+        expected.push_back({p.uid(), 6, report.seq});
+      }
+      expected.push_back({"fuzz/absent", 6, 0});  // never listed: always a problem
+      auto problems = ambit::supervisor::ListenerProblems(expected, report);
+      FUZZ_REQUIRE(!problems.empty() && problems.size() <= expected.size());
+      break;
+    }
     default:
       break;
   }

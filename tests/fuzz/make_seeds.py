@@ -310,6 +310,7 @@ add_pod { uid: "default/web" namespace: "default" name: "web" service_account: "
 protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
     write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 3 remove_pod { uid: "default/web" }'))
     write(t, "wrong_version", b"\x00" + protoc_encode(env, 'protocol_version: 1 remove_pod { uid: "x" }'))
+    write(t, "ping", b"\x00" + protoc_encode(env, "protocol_version: 3 ping { seq: 7 }"))
     chain = [leaf(ca_key, ca_cert, "spiffe://cluster.local/ns/fuzz/sa/app").decode(),
              pem(ca_cert).decode()]
     text = "protocol_version: 3 csr_response { request_id: 1 %s }" % " ".join(
@@ -326,6 +327,10 @@ protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"
     write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 3 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
     write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 3 ack { version: 3 }"))
     write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 3 nack { version: 4 error: "bad policy" }'))
+    write(t, "pong", b"\x00" + protoc_encode(env, """
+protocol_version: 3 pong { seq: 7 workers: 2
+  pods { uid: "default/web" listening: 6 workers_accepting: 2 }
+  pods { uid: "default/db" listening: 4 workers_accepting: 1 waiting_for_certificate: true } }"""))
     write(t, "certificate_report", b"\x00" + protoc_encode(env, """
 protocol_version: 3 certificate_report {
   certificates { identity: "spiffe://cluster.local/ns/default/sa/web" state: "valid" serial_hex: "0a"

@@ -96,5 +96,39 @@ TEST(HeartbeatMonitorTest, ANewSessionForgetsTheOutstandingPing) {
   EXPECT_EQ(hb.TakeChange(), Change::kLate);
 }
 
+PongReport Pong(uint64_t seq, uint32_t workers, std::vector<PodListenerReport> pods) {
+  PongReport p;
+  p.seq = seq;
+  p.workers = workers;
+  p.pods = std::move(pods);
+  return p;
+}
+
+TEST(ListenerProblemsTest, EveryListenerListeningAndWatchedIsFine) {
+  auto pong = Pong(5, 2, {{"default/a", 6, 2, false}, {"default/b", 4, 2, false}});
+  EXPECT_TRUE(ListenerProblems({{"default/a", 6, 1}, {"default/b", 4, 5}}, pong).empty());
+}
+
+TEST(ListenerProblemsTest, NamesEachPodAndWhatIsWrong) {
+  auto pong = Pong(5, 2,
+                   {{"default/dead", 4, 2, false},       // two listeners no longer listening
+                    {"default/unwatched", 6, 1, false},  // one worker does not accept
+                    {"default/new", 6, 0, true}});       // waits for its certificate: fine
+  auto problems = ListenerProblems({{"default/dead", 6, 1},
+                                    {"default/unwatched", 6, 1},
+                                    {"default/new", 6, 4},
+                                    {"default/lost", 6, 2},    // unknown to the data plane
+                                    {"default/later", 6, 6}},  // sent after ping 5: not judged
+                                   pong);
+  ASSERT_EQ(problems.size(), 3u);
+  EXPECT_EQ(problems[0],
+            "pod default/dead: only 4 of its 6 listeners are listening in the data "
+            "plane");
+  EXPECT_EQ(problems[1],
+            "pod default/unwatched: only 1 of 2 data-plane workers accept its "
+            "connections");
+  EXPECT_EQ(problems[2], "pod default/lost: the data plane does not hold its listeners");
+}
+
 }  // namespace
 }  // namespace ambit::supervisor

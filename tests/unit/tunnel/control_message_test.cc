@@ -96,8 +96,7 @@ TEST(DecodeAgentMessageTest, AcceptsAHeartbeatWithoutDescriptors) {
 
   pb::Envelope pong = Current();  // the data plane's half, never sent by the agent
   pong.mutable_pong()->set_seq(3);
-  EXPECT_EQ(DecodeAgentMessage(Bytes(pong), 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeAgentMessage(Bytes(pong), 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
