@@ -43,8 +43,9 @@ const std::map<std::string, Known>& DataPlaneCounters() {
       {"ambit_hbone_errors_total", {"counter", "HTTP/2 misbehaviour of HBONE peers, by reason."}},
       {"ambit_hbone_streams_opened_total", {"counter", "HBONE CONNECT streams opened."}},
       {"ambit_hbone_sessions_drained_total",
-       {"counter", "HBONE connections that stopped taking new streams because a certificate "
-                   "expired or is no longer accepted, by reason."}},
+       {"counter",
+        "HBONE connections that stopped taking new streams because a certificate "
+        "expired or is no longer accepted, by reason."}},
       {"ambit_plaintext_refused_total",
        {"counter", "Plaintext connections refused because the port requires mTLS (STRICT)."}},
       {"ambit_connections_closed_by_policy_total",

@@ -222,8 +222,10 @@ void Worker::CheckSessionCredentials() {
       decision = it->second;
     }
     if (!decision.drain()) {
-      if (s.established()) next = std::min(next, CredentialDeadline(local, s.peer_not_after()));
-      else next = std::min(next, local.not_after());
+      if (s.established())
+        next = std::min(next, CredentialDeadline(local, s.peer_not_after()));
+      else
+        next = std::min(next, local.not_after());
       continue;
     }
     ++drained_[decision.reason];
@@ -327,9 +329,9 @@ void Worker::CollectStats(bool connections, bool metrics,
     counter("ambit_hbone_errors_total", {{"reason", reason}}, n);
   }
   counter("ambit_hbone_streams_opened_total", {}, h.streams_opened);
-  for (DrainReason reason : {DrainReason::kExpired, DrainReason::kPeerExpired,
-                             DrainReason::kOutOfTrustDomain, DrainReason::kNotTrusted,
-                             DrainReason::kRemoved, DrainReason::kNoCertificate}) {
+  for (DrainReason reason :
+       {DrainReason::kExpired, DrainReason::kPeerExpired, DrainReason::kOutOfTrustDomain,
+        DrainReason::kNotTrusted, DrainReason::kRemoved, DrainReason::kNoCertificate}) {
     auto it = drained_.find(reason);
     counter("ambit_hbone_sessions_drained_total", {{"reason", DrainReasonName(reason)}},
             it == drained_.end() ? 0 : it->second);
