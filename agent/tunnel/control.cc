@@ -659,8 +659,9 @@ void Tunnel::UpdateTlsContexts() {
       DrainReason reason = id.ok() && id->trust_domain != trust_domain
                                ? DrainReason::kOutOfTrustDomain
                                : DrainReason::kNoCertificate;
-      contexts->SetMissing(c.identity, reason,
-                           std::string((!client.ok() ? client.status() : server.status()).message()));
+      contexts->SetMissing(
+          c.identity, reason,
+          std::string((!client.ok() ? client.status() : server.status()).message()));
       AMBIT_LOG(kComponent, Error) << "TLS context for " << c.identity << ": "
                                    << contexts->missing[c.identity];
       continue;

@@ -56,17 +56,15 @@ std::vector<SessionEntry> HbonePool::Sessions() const {
   out.reserve(keys_.size());
   for (const auto& [key, list] : pools_) {
     for (const auto& s : list) {
-      out.push_back({s, absl::StrCat("outbound pod=", std::get<0>(key), " ",
-                                     s->tls_context().identity(), " -> ", std::get<1>(key),
-                                     " at ", std::get<2>(key).ToString())});
+      out.push_back(
+          {s, absl::StrCat("outbound pod=", std::get<0>(key), " ", s->tls_context().identity(),
+                           " -> ", std::get<1>(key), " at ", std::get<2>(key).ToString())});
     }
   }
   return out;
 }
 
-void HbonePool::OnEstablished(hbone::HboneSession& session) {
-  worker_.WatchSessionExpiry(session);
-}
+void HbonePool::OnEstablished(hbone::HboneSession& session) { worker_.WatchSessionExpiry(session); }
 
 size_t HbonePool::DropPod(const std::string& src_uid) {
   std::vector<std::shared_ptr<hbone::HboneSession>> doomed;
@@ -161,8 +159,7 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
     // Fail closed: without our own valid certificate we cannot prove who answers.
     AMBIT_LOG(kComponent, Warning)
         << "hbone pod=" << pod->uid << " src=" << peer->ToString() << " dst=" << local->ToString()
-        << ": no valid certificate for " << pod->spiffe_id << " (" << why
-        << "); connection reset";
+        << ": no valid certificate for " << pod->spiffe_id << " (" << why << "); connection reset";
     CloseWithReset(fd);
     return;
   }
@@ -180,10 +177,10 @@ std::vector<SessionEntry> InboundSessions::Sessions() const {
   std::vector<SessionEntry> out;
   out.reserve(sessions_.size());
   for (const auto& [raw, e] : sessions_) {
-    out.push_back({e.session, absl::StrCat("inbound pod=", e.pod->uid, " ",
-                                           raw->tls_context().identity(), " <- ",
-                                           raw->peer_identity().empty() ? "?" : raw->peer_identity(),
-                                           " src=", e.peer.ToString())});
+    out.push_back(
+        {e.session, absl::StrCat("inbound pod=", e.pod->uid, " ", raw->tls_context().identity(),
+                                 " <- ", raw->peer_identity().empty() ? "?" : raw->peer_identity(),
+                                 " src=", e.peer.ToString())});
   }
   return out;
 }

@@ -6,13 +6,20 @@ namespace ambit::tunnel {
 
 const char* DrainReasonName(DrainReason reason) {
   switch (reason) {
-    case DrainReason::kNone: return "none";
-    case DrainReason::kExpired: return "expired";
-    case DrainReason::kPeerExpired: return "peer_expired";
-    case DrainReason::kOutOfTrustDomain: return "out_of_trust_domain";
-    case DrainReason::kNotTrusted: return "not_trusted";
-    case DrainReason::kRemoved: return "removed";
-    case DrainReason::kNoCertificate: return "no_certificate";
+    case DrainReason::kNone:
+      return "none";
+    case DrainReason::kExpired:
+      return "expired";
+    case DrainReason::kPeerExpired:
+      return "peer_expired";
+    case DrainReason::kOutOfTrustDomain:
+      return "out_of_trust_domain";
+    case DrainReason::kNotTrusted:
+      return "not_trusted";
+    case DrainReason::kRemoved:
+      return "removed";
+    case DrainReason::kNoCertificate:
+      return "no_certificate";
   }
   return "?";
 }
@@ -28,8 +35,9 @@ DrainDecision DecideContextDrain(const hbone::TlsContext& local, const TlsContex
       return {DrainReason::kRemoved,
               absl::StrCat("identity ", identity, " has no local workload any more")};
     }
-    return {it->second == DrainReason::kNone ? DrainReason::kNoCertificate : it->second,
-            absl::StrCat("certificate of ", identity, " replaced: ", current->WhyMissing(identity))};
+    return {
+        it->second == DrainReason::kNone ? DrainReason::kNoCertificate : it->second,
+        absl::StrCat("certificate of ", identity, " replaced: ", current->WhyMissing(identity))};
   }
   const auto& now_ctx =
       local.role() == hbone::TlsContext::Role::kClient ? pair->client : pair->server;
@@ -39,8 +47,8 @@ DrainDecision DecideContextDrain(const hbone::TlsContext& local, const TlsContex
   if (now_ctx.get() == &local) return {};
   if (now_ctx->trust_domain() != local.trust_domain()) {
     return {DrainReason::kOutOfTrustDomain,
-            absl::StrCat("identity ", identity, " is out of trust domain ",
-                         now_ctx->trust_domain(), " (established in ", local.trust_domain(), ")")};
+            absl::StrCat("identity ", identity, " is out of trust domain ", now_ctx->trust_domain(),
+                         " (established in ", local.trust_domain(), ")")};
   }
   if (absl::Status covered = local.CoveredBy(*now_ctx, now); !covered.ok()) {
     return {DrainReason::kNotTrusted, std::string(covered.message())};
@@ -51,8 +59,7 @@ DrainDecision DecideContextDrain(const hbone::TlsContext& local, const TlsContex
 DrainDecision DecideDrain(const hbone::TlsContext& local, absl::Time peer_not_after,
                           const TlsContexts* current, absl::Time now) {
   if (now >= local.not_after()) {
-    return {DrainReason::kExpired, absl::StrCat("certificate of ", local.identity(),
-                                                " expired at ",
+    return {DrainReason::kExpired, absl::StrCat("certificate of ", local.identity(), " expired at ",
                                                 absl::FormatTime(local.not_after()))};
   }
   if (now >= peer_not_after) {

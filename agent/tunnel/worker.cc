@@ -232,8 +232,10 @@ void Worker::CheckSessionCredentials() {
       decision = it->second;
     }
     if (!decision.drain()) {
-      if (s.established()) next = std::min(next, CredentialDeadline(local, s.peer_not_after()));
-      else next = std::min(next, local.not_after());
+      if (s.established())
+        next = std::min(next, CredentialDeadline(local, s.peer_not_after()));
+      else
+        next = std::min(next, local.not_after());
       continue;
     }
     ++drained_[decision.reason];
