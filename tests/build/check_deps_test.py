@@ -131,6 +131,10 @@ class CheckDepsTest(unittest.TestCase):
         self.append("agent/common/log.cc", "\n// See docs/ARCHITECTURE.md#no-such-section.\n")
         self.assertViolation("agent/common/log.cc:", "#no-such-section")
 
+    def test_reference_outside_the_repo(self):
+        self.append("agent/tunnel/worker.cc", "\n// See " + "DESIGN" + ".md section 1.\n")
+        self.assertViolation("agent/tunnel/worker.cc:", "outside the repository")
+
 
 if __name__ == "__main__":
     unittest.main()
