@@ -53,8 +53,6 @@ struct CertificateState {
   int refs = 0;
 };
 
-};
-
 // ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it
 // outlives an agent restart), re-attaches to one that is already running, watches it through a
 // pidfd, and speaks the control protocol. Not thread-safe; owned by the control thread.
