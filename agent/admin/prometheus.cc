@@ -12,10 +12,14 @@ std::string Escape(const std::string& v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -58,15 +62,15 @@ std::string PrometheusText::Render() const {
     const Family& f = families_.at(name);
     absl::StrAppend(&out, "# HELP ", name, " ", f.help, "\n# TYPE ", name, " ", f.type, "\n");
     for (const auto& [labels, value] : f.samples) {
-      absl::StrAppend(&out, name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}",
-                      " ", FormatValue(value), "\n");
+      absl::StrAppend(&out, name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ",
+                      FormatValue(value), "\n");
     }
   }
   return out;
 }
 
-std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats,
-                          const AdminState& state, absl::Time now) {
+std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, const AdminState& state,
+                          absl::Time now) {
   PrometheusText p;
   if (stats != nullptr) {
     using ambit::dataplane::v1::TcpSeries;
@@ -166,8 +170,7 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
     } else if ((found->state() != "valid" && found->state() != "renewing") ||
                found->not_after().unix_seconds() <= absl::ToUnixSeconds(now)) {
       problems.push_back(absl::StrCat("pod ", pod, ": certificate for ", identity, " is ",
-                                      found->state(),
-                                      found->last_error().empty() ? "" : ": ",
+                                      found->state(), found->last_error().empty() ? "" : ": ",
                                       found->last_error()));
     }
   }

@@ -38,8 +38,8 @@ class PrometheusText {
 
 // The whole /metrics page: the data plane's counters (`stats`, may be null when the data plane
 // is not reachable) and ambitd's own.
-std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats,
-                          const AdminState& state, absl::Time now);
+std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, const AdminState& state,
+                          absl::Time now);
 
 // Why the node is not ready (empty: ready): BPF attached, data plane connected, and every
 // enrolled pod holding a valid certificate.

@@ -37,11 +37,10 @@ MHD_Result Handle(void* cls, MHD_Connection* connection, const char* url, const 
   if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
     answer = {405, "text/plain", "only GET is served here\n"};
   } else {
-    answer = endpoint->metrics ? endpoint->server->Metrics(url)
-                               : endpoint->server->Readiness(url);
+    answer = endpoint->metrics ? endpoint->server->Metrics(url) : endpoint->server->Readiness(url);
   }
-  MHD_Response* response = MHD_create_response_from_buffer(
-      answer.body.size(), answer.body.data(), MHD_RESPMEM_MUST_COPY);
+  MHD_Response* response = MHD_create_response_from_buffer(answer.body.size(), answer.body.data(),
+                                                           MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;
   MHD_add_response_header(response, "Content-Type", answer.content_type.c_str());
   MHD_Result result = MHD_queue_response(connection, answer.status, response);
@@ -58,16 +57,16 @@ absl::StatusOr<MHD_Daemon*> Serve(const std::string& address, Endpoint* endpoint
   sockaddr_storage ss;
   parsed->ToSockaddr(&ss);
   // A thread per connection: a scrape waiting on the data plane never holds up another one.
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                   MHD_USE_ERROR_LOG;
+  unsigned flags =
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
   if (!parsed->ip.is_v4()) flags |= MHD_USE_IPv6;
-  MHD_Daemon* d = MHD_start_daemon(
-      flags, parsed->port, nullptr, nullptr, &Handle, endpoint, MHD_OPTION_SOCK_ADDR,
-      reinterpret_cast<sockaddr*>(&ss), MHD_OPTION_CONNECTION_LIMIT, 32u,
-      MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+  MHD_Daemon* d = MHD_start_daemon(flags, parsed->port, nullptr, nullptr, &Handle, endpoint,
+                                   MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&ss),
+                                   MHD_OPTION_CONNECTION_LIMIT, 32u, MHD_OPTION_CONNECTION_TIMEOUT,
+                                   10u, MHD_OPTION_END);
   if (d == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address,
-                                               " (in use, or not an address of this host)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " (in use, or not an address of this host)"));
   }
   return d;
 }
@@ -85,11 +84,10 @@ absl::StatusOr<std::unique_ptr<TelemetryServer>> TelemetryServer::Start(
     const char* what;
     const char* path;
   };
-  for (const Listener& l :
-       {Listener{metrics_address, server->metrics_endpoint_.get(), &server->metrics_, "metrics",
-                 "/metrics"},
-        Listener{readiness_address, server->readiness_endpoint_.get(), &server->readiness_,
-                 "readiness", "/healthz/ready"}}) {
+  for (const Listener& l : {Listener{metrics_address, server->metrics_endpoint_.get(),
+                                     &server->metrics_, "metrics", "/metrics"},
+                            Listener{readiness_address, server->readiness_endpoint_.get(),
+                                     &server->readiness_, "readiness", "/healthz/ready"}}) {
     if (l.address.empty()) continue;
     auto d = Serve(l.address, l.endpoint);
     if (!d.ok()) {
@@ -126,8 +124,8 @@ TelemetryServer::Answer TelemetryServer::Metrics(const std::string& path) const 
     if (fetched.ok()) {
       stats = std::move(*fetched);
     } else {
-      AMBIT_LOG(kComponent, Warning) << "metrics: data-plane counters unavailable: "
-                                     << fetched.status().message();
+      AMBIT_LOG(kComponent, Warning)
+          << "metrics: data-plane counters unavailable: " << fetched.status().message();
     }
   }
   return {200, "text/plain; version=0.0.4; charset=utf-8",

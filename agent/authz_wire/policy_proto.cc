@@ -23,10 +23,18 @@ void ToProto(const authz::Policy& p, pb::AuthzPolicy* out) {
   out->set_name(p.name);
   out->set_namespace_(p.namespace_name);
   switch (p.action) {
-    case authz::Action::kAllow: out->set_action(pb::AuthzPolicy::ALLOW); break;
-    case authz::Action::kDeny: out->set_action(pb::AuthzPolicy::DENY); break;
-    case authz::Action::kAudit: out->set_action(pb::AuthzPolicy::AUDIT); break;
-    case authz::Action::kCustom: out->set_action(pb::AuthzPolicy::CUSTOM); break;
+    case authz::Action::kAllow:
+      out->set_action(pb::AuthzPolicy::ALLOW);
+      break;
+    case authz::Action::kDeny:
+      out->set_action(pb::AuthzPolicy::DENY);
+      break;
+    case authz::Action::kAudit:
+      out->set_action(pb::AuthzPolicy::AUDIT);
+      break;
+    case authz::Action::kCustom:
+      out->set_action(pb::AuthzPolicy::CUSTOM);
+      break;
   }
   out->set_provider(p.provider);
   out->set_has_selector(p.selector.has_value());
@@ -88,16 +96,24 @@ absl::StatusOr<authz::Policy> FromProto(const pb::AuthzPolicy& in) {
   // The raw number: an action this build does not know must not become a default (a DENY read
   // as ALLOW would open what it closes).
   switch (static_cast<int>(in.action())) {
-    case pb::AuthzPolicy::ALLOW: p.action = authz::Action::kAllow; break;
-    case pb::AuthzPolicy::DENY: p.action = authz::Action::kDeny; break;
-    case pb::AuthzPolicy::AUDIT: p.action = authz::Action::kAudit; break;
-    case pb::AuthzPolicy::CUSTOM: p.action = authz::Action::kCustom; break;
+    case pb::AuthzPolicy::ALLOW:
+      p.action = authz::Action::kAllow;
+      break;
+    case pb::AuthzPolicy::DENY:
+      p.action = authz::Action::kDeny;
+      break;
+    case pb::AuthzPolicy::AUDIT:
+      p.action = authz::Action::kAudit;
+      break;
+    case pb::AuthzPolicy::CUSTOM:
+      p.action = authz::Action::kCustom;
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "AuthorizationPolicy ", in.namespace_(), "/", in.name(), ": action: ",
-          in.action() == pb::AuthzPolicy::ACTION_UNSPECIFIED
-              ? std::string("ACTION_UNSPECIFIED is not an action")
-              : absl::StrCat("unknown action ", static_cast<int>(in.action()))));
+      return absl::InvalidArgumentError(
+          absl::StrCat("AuthorizationPolicy ", in.namespace_(), "/", in.name(), ": action: ",
+                       in.action() == pb::AuthzPolicy::ACTION_UNSPECIFIED
+                           ? std::string("ACTION_UNSPECIFIED is not an action")
+                           : absl::StrCat("unknown action ", static_cast<int>(in.action()))));
   }
   p.provider = in.provider();
   if (in.has_selector()) {
@@ -116,10 +132,9 @@ absl::StatusOr<authz::Policy> FromProto(const pb::AuthzPolicy& in) {
             Vec(f.not_ip_blocks()), Vec(f.remote_ip_blocks()), Vec(f.not_remote_ip_blocks())});
       }
       for (const auto& t : r.to()) {
-        rule.to.push_back(authz::Operation{Vec(t.hosts()), Vec(t.not_hosts()), Vec(t.ports()),
-                                           Vec(t.not_ports()), Vec(t.methods()),
-                                           Vec(t.not_methods()), Vec(t.paths()),
-                                           Vec(t.not_paths())});
+        rule.to.push_back(authz::Operation{
+            Vec(t.hosts()), Vec(t.not_hosts()), Vec(t.ports()), Vec(t.not_ports()),
+            Vec(t.methods()), Vec(t.not_methods()), Vec(t.paths()), Vec(t.not_paths())});
       }
       for (const auto& w : r.when()) {
         rule.when.push_back(authz::Condition{w.key(), Vec(w.values()), Vec(w.not_values())});

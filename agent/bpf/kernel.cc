@@ -50,10 +50,12 @@ std::vector<std::string> MissingKernelFeatures() {
   };
   need_prog(BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             "kernel lacks BPF cgroup/connect programs: needed to redirect outbound TCP");
-  need_prog(BPF_PROG_TYPE_SOCK_OPS, "kernel lacks BPF sockops programs: needed to record the "
-                                    "original destination of redirected connections");
-  need_prog(BPF_PROG_TYPE_SK_LOOKUP, "kernel lacks BPF sk_lookup (Linux 5.9+): needed to steer "
-                                     "inbound TCP to ambit's listeners");
+  need_prog(BPF_PROG_TYPE_SOCK_OPS,
+            "kernel lacks BPF sockops programs: needed to record the "
+            "original destination of redirected connections");
+  need_prog(BPF_PROG_TYPE_SK_LOOKUP,
+            "kernel lacks BPF sk_lookup (Linux 5.9+): needed to steer "
+            "inbound TCP to ambit's listeners");
   need_map(BPF_MAP_TYPE_SK_STORAGE,
            "kernel lacks BPF socket-local storage (Linux 5.2+): needed to keep destinations");
   need_map(BPF_MAP_TYPE_SOCKMAP, "kernel lacks BPF sockmap: needed to hold inbound listeners");

@@ -158,8 +158,8 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   // The attach point first: a wrong --cgroup must fail before anything is pinned.
   UniqueFd cgroup(open(config.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cgroup) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("open cgroup ", config.cgroup_path,
-                                                   " (the --cgroup attach point)"));
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("open cgroup ", config.cgroup_path, " (the --cgroup attach point)"));
   }
   const std::string pin_root = VersionedPinRoot(config.instance_dir);
   std::vector<PreviousAbi> previous = FindPreviousAbis(config.instance_dir);

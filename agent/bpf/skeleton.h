@@ -15,15 +15,15 @@ namespace ambit::bpf {
 template <typename T>
 struct SkeletonOps;
 
-#define AMBIT_BPF_SKELETON(T)                              \
-  namespace ambit::bpf {                                   \
-  template <>                                              \
-  struct SkeletonOps<T> {                                  \
-    static constexpr const char* kName = #T;               \
-    static T* Open() { return T##__open(); }               \
-    static int Load(T* s) { return T##__load(s); }         \
-    static void Destroy(T* s) { T##__destroy(s); }         \
-  };                                                       \
+#define AMBIT_BPF_SKELETON(T)                      \
+  namespace ambit::bpf {                           \
+  template <>                                      \
+  struct SkeletonOps<T> {                          \
+    static constexpr const char* kName = #T;       \
+    static T* Open() { return T##__open(); }       \
+    static int Load(T* s) { return T##__load(s); } \
+    static void Destroy(T* s) { T##__destroy(s); } \
+  };                                               \
   }
 
 // RAII owner of one opened (and maybe loaded) bpftool skeleton. Move-only.
@@ -39,9 +39,8 @@ class Skeleton {
   }
   absl::Status Load() {
     if (SkeletonOps<T>::Load(skel_.get()) != 0) {
-      return absl::ErrnoToStatus(
-          errno, absl::StrCat("load BPF object ", SkeletonOps<T>::kName,
-                              " (the verifier log above says why)"));
+      return absl::ErrnoToStatus(errno, absl::StrCat("load BPF object ", SkeletonOps<T>::kName,
+                                                     " (the verifier log above says why)"));
     }
     return absl::OkStatus();
   }

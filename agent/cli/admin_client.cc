@@ -77,8 +77,8 @@ absl::StatusOr<std::unique_ptr<ambit::admin::v1::Admin::Stub>> ConnectAdmin(
   // gRPC's default 4 MiB.
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
-  auto channel = grpc::CreateCustomChannel("unix:" + socket_path,
-                                           grpc::InsecureChannelCredentials(), args);
+  auto channel =
+      grpc::CreateCustomChannel("unix:" + socket_path, grpc::InsecureChannelCredentials(), args);
   return ambit::admin::v1::Admin::NewStub(channel);
 }
 

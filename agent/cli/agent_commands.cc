@@ -51,7 +51,8 @@ Value GenerationValue(const pb::ConfigGeneration& g) {
 // One line under a table: which generation it shows and whether the data plane enforces it.
 std::string GenerationLine(const pb::ConfigGeneration& g) {
   if (g.desired() == g.applied()) {
-    return absl::StrCat("Configuration generation ", g.desired(), ", enforced by the data plane.\n");
+    return absl::StrCat("Configuration generation ", g.desired(),
+                        ", enforced by the data plane.\n");
   }
   std::string line = absl::StrCat(
       "NOT ENFORCED YET: this shows configuration generation ", g.desired(), "; the data plane ",
@@ -90,8 +91,8 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
         {"mtls", w.mtls_mode()},
     });
     if (!table) row.Set("mtlsPolicy", OrNull(w.mtls_policy()));
-    row.Set("waypoint", table ? Value(w.waypoint().empty() ? "-" : w.waypoint())
-                              : OrNull(w.waypoint()));
+    row.Set("waypoint",
+            table ? Value(w.waypoint().empty() ? "-" : w.waypoint()) : OrNull(w.waypoint()));
     row.Set("redirect", redirect);
     row.Set("status", w.status().empty() ? "ok" : w.status());
     if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
@@ -345,7 +346,8 @@ absl::Status Check(Context& ctx) {
   if (colon == std::string::npos || !absl::SimpleAtoi(to_port.substr(colon + 1), &port) ||
       port < 1 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "'", to_port, "' is not TO:PORT, e.g. backend/api:8080, 198.18.1.7:8080 or [2001:2::7]:8080"));
+        "'", to_port,
+        "' is not TO:PORT, e.g. backend/api:8080, 198.18.1.7:8080 or [2001:2::7]:8080"));
   }
   std::string to = to_port.substr(0, colon);
   if (to.size() > 2 && to.front() == '[' && to.back() == ']') to = to.substr(1, to.size() - 2);

@@ -246,13 +246,16 @@ class RequestParser {
         if (auto services = Get(*w, "services")) {
           if (!services->IsSequence()) {
             Error(*services, "target.waypoint.services",
-                  absl::StrCat("must be a list of {name, namespace}, not ", config::YamlTypeName(*services)));
+                  absl::StrCat("must be a list of {name, namespace}, not ",
+                               config::YamlTypeName(*services)));
           } else {
             for (size_t i = 0; i < services->size(); ++i) {
               const std::string path = absl::StrCat("target.waypoint.services[", i, "]");
               const YAML::Node s = (*services)[i];
               if (!s.IsMap()) {
-                Error(s, path, absl::StrCat("must be a map {name, namespace}, not ", config::YamlTypeName(s)));
+                Error(
+                    s, path,
+                    absl::StrCat("must be a map {name, namespace}, not ", config::YamlTypeName(s)));
                 continue;
               }
               Known(s, path, {"name", "namespace"});
@@ -334,9 +337,9 @@ class RequestParser {
               req.headers.Add(name, it->second[i].Scalar());
             }
           } else {
-            Error(
-                it->second, path,
-                absl::StrCat("must be a string or a list of strings, not ", config::YamlTypeName(it->second)));
+            Error(it->second, path,
+                  absl::StrCat("must be a string or a list of strings, not ",
+                               config::YamlTypeName(it->second)));
           }
         }
       }
@@ -355,8 +358,9 @@ class RequestParser {
       jwt.principal = String(*auth, "principal", "auth.principal").value_or("");
       if (auto claims = Get(*auth, "claims")) {
         if (!claims->IsMap()) {
-          Error(*claims, "auth.claims",
-                absl::StrCat("must be a map (the JWT payload), not ", config::YamlTypeName(*claims)));
+          Error(
+              *claims, "auth.claims",
+              absl::StrCat("must be a map (the JWT payload), not ", config::YamlTypeName(*claims)));
         } else {
           jwt.claims = Claim(*claims);
         }

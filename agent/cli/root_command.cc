@@ -15,9 +15,8 @@ Command RootCommand() {
           "ambitctl policy check --config ./config --request req.yaml\n"
           "ambitctl version",
       .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
-                      ConnectionsCommand(),
-                      IdCommand(), LogCommand(), PoliciesCommand(), PolicyCommand(),
-                      ServicesCommand(), VersionCommand(), WorkloadsCommand()},
+                      ConnectionsCommand(), IdCommand(), LogCommand(), PoliciesCommand(),
+                      PolicyCommand(), ServicesCommand(), VersionCommand(), WorkloadsCommand()},
   };
 }
 

@@ -22,7 +22,8 @@ absl::Status WaitReady(int fd, short events, absl::Time deadline, const char* wh
       return absl::DeadlineExceededError(absl::StrCat("stats socket ", what, " timed out"));
     }
     pollfd p{fd, events, 0};
-    int n = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left + absl::Microseconds(999))));
+    int n =
+        poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left + absl::Microseconds(999))));
     if (n > 0) return absl::OkStatus();
     if (n < 0 && errno != EINTR) return absl::ErrnoToStatus(errno, "stats socket poll");
   }

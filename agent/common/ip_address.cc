@@ -44,8 +44,7 @@ bool IpAddress::is_v4() const { return std::memcmp(bytes_.data(), kMappedPrefix,
 
 bool IpAddress::is_loopback() const {
   if (is_v4()) return bytes_[12] == 127;
-  static constexpr std::array<uint8_t, 16> kLoop = {0, 0, 0, 0, 0, 0, 0, 0,
-                                                    0, 0, 0, 0, 0, 0, 0, 1};
+  static constexpr std::array<uint8_t, 16> kLoop = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
   return bytes_ == kLoop;
 }
 

@@ -27,10 +27,14 @@ std::atomic<int> default_level{static_cast<int>(Level::kInfo)};
 
 const char* Name(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarning: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarning:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "?";
 }
@@ -60,11 +64,16 @@ bool Enabled(std::string_view component, Level level) {
 }
 
 bool ParseLevel(std::string_view text, Level* level) {
-  if (text == "debug") *level = Level::kDebug;
-  else if (text == "info") *level = Level::kInfo;
-  else if (text == "warn" || text == "warning") *level = Level::kWarning;
-  else if (text == "error") *level = Level::kError;
-  else return false;
+  if (text == "debug")
+    *level = Level::kDebug;
+  else if (text == "info")
+    *level = Level::kInfo;
+  else if (text == "warn" || text == "warning")
+    *level = Level::kWarning;
+  else if (text == "error")
+    *level = Level::kError;
+  else
+    return false;
   return true;
 }
 
@@ -77,8 +86,9 @@ Line::~Line() {
   strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
   std::string text = out_.str();
   // One write per line so lines from several threads never interleave.
-  std::string line = std::string(stamp) + "." + std::to_string(ts.tv_nsec / 1000000 + 1000).substr(1) +
-                     "Z " + Name(level_) + " " + std::string(component_) + ": " + text + "\n";
+  std::string line = std::string(stamp) + "." +
+                     std::to_string(ts.tv_nsec / 1000000 + 1000).substr(1) + "Z " + Name(level_) +
+                     " " + std::string(component_) + ": " + text + "\n";
   (void)!::write(STDERR_FILENO, line.data(), line.size());
 }
 

@@ -38,7 +38,7 @@ bool ParseLevel(std::string_view text, Level* level);
 
 }  // namespace ambit::log
 
-#define AMBIT_LOG(component, level)                                              \
-  if (!::ambit::log::Enabled(component, ::ambit::log::Level::k##level)) {        \
-  } else                                                                         \
+#define AMBIT_LOG(component, level)                                       \
+  if (!::ambit::log::Enabled(component, ::ambit::log::Level::k##level)) { \
+  } else                                                                  \
     ::ambit::log::Line(component, ::ambit::log::Level::k##level)

@@ -54,7 +54,8 @@ inline constexpr Metric kHboneErrors{"ambit_hbone_errors_total",
 inline constexpr Metric kHboneStreamsOpened{"ambit_hbone_streams_opened_total", Type::kCounter,
                                             "HBONE CONNECT streams opened."};
 inline constexpr Metric kHboneSessionsDrained{
-    "ambit_hbone_sessions_drained_total", Type::kCounter,
+    "ambit_hbone_sessions_drained_total",
+    Type::kCounter,
     "HBONE connections that stopped taking new streams because a certificate expired or is no "
     "longer accepted, by reason.",
     {"reason"}};

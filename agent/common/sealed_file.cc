@@ -2,9 +2,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <string.h>
 #include <unistd.h>
 
 #include <utility>
@@ -26,8 +26,8 @@ absl::StatusOr<UniqueFd> CreateSealedFile(const char* name, absl::string_view by
   }
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = pwrite(fd.get(), bytes.data() + done, bytes.size() - done,
-                       static_cast<off_t>(done));
+    ssize_t n =
+        pwrite(fd.get(), bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return absl::ErrnoToStatus(errno, absl::StrCat("write ", name));
     done += static_cast<size_t>(n);

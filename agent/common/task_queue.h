@@ -69,9 +69,8 @@ class BackgroundThread {
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
-            +[](BackgroundThread* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return t->stop_ || !t->jobs_.empty();
-            },
+            +[](BackgroundThread* t)
+                 ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stop_ || !t->jobs_.empty(); },
             this));
         if (jobs_.empty()) return;
         job = std::move(jobs_.front());

@@ -185,7 +185,7 @@ LoadResult DirectoryLoader::Load() {
   uint64_t total = 0;
   for (const std::string& name : names) {
     FileObjects& current = files_[name];
-    struct stat st{};
+    struct stat st {};
     bool stat_ok = dir_fd && ::fstatat(dir_fd.get(), name.c_str(), &st, 0) == 0;
     Stamp stamp;
     if (stat_ok) {
@@ -197,17 +197,17 @@ LoadResult DirectoryLoader::Load() {
       if (total > max_config_bytes_) {
         result.errors.push_back(
             {name, "", "",
-             absl::StrCat("not read: the config directory may hold at most ",
-                          max_config_bytes_, " bytes of files in all, and this file brings it "
-                          "to ", total,
-                          "; split the configuration across nodes or remove unused objects",
+             absl::StrCat("not read: the config directory may hold at most ", max_config_bytes_,
+                          " bytes of files in all, and this file brings it "
+                          "to ",
+                          total, "; split the configuration across nodes or remove unused objects",
                           current.empty() ? "" : "; its last good objects stay in force")});
         Merge(name, current, &result, &owners);
         continue;
       }
     }
-    if (auto cached = parsed_.find(name); stat_ok && cached != parsed_.end() &&
-                                          cached->second.stamp == stamp) {
+    if (auto cached = parsed_.find(name);
+        stat_ok && cached != parsed_.end() && cached->second.stamp == stamp) {
       result.errors.insert(result.errors.end(), cached->second.errors.begin(),
                            cached->second.errors.end());
       Merge(name, current, &result, &owners);

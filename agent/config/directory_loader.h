@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <map>
 #include <string>
-#include <vector>
 #include <string_view>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "agent/common/clock.h"

@@ -89,7 +89,6 @@ std::string Join(std::string_view path, std::string_view key) {
   return path.empty() ? std::string(key) : absl::StrCat(ToAbsl(path), ".", ToAbsl(key));
 }
 
-
 // The value under key, or nullopt when map is not a map, the key is absent or the value is null
 // (Kubernetes treats an explicit null as unset). Never throws, unlike yaml-cpp's operator[].
 std::optional<YAML::Node> Get(const YAML::Node& map, std::string_view key) {
@@ -616,7 +615,8 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
     if (key == "trustDomain" || key == "rootNamespace") {
       if (it->second.IsNull()) continue;
       if (!it->second.IsScalar()) {
-        r.Error(it->second, field, absl::StrCat("must be a string, not ", YamlTypeName(it->second)));
+        r.Error(it->second, field,
+                absl::StrCat("must be a string, not ", YamlTypeName(it->second)));
         continue;
       }
       const std::string& value = it->second.Scalar();
@@ -1004,8 +1004,9 @@ class FileParser {
     if (auto data = GetMap(r, doc, "data", "")) {
       if (auto text = Get(*data, "mesh")) {
         if (!text->IsScalar()) {
-          r.Error(*text, "data.mesh",
-                  absl::StrCat("must be a string holding MeshConfig YAML, not ", YamlTypeName(*text)));
+          r.Error(
+              *text, "data.mesh",
+              absl::StrCat("must be a string holding MeshConfig YAML, not ", YamlTypeName(*text)));
         } else {
           ParseEmbeddedMesh(r, *text, &mesh);
         }
@@ -1406,9 +1407,9 @@ class FileParser {
         const std::string entry = absl::StrCat(path, ".when[", k, "]");
         const YAML::Node e = (*when)[k];
         if (!e.IsMap()) {
-          r.Error(
-              e.IsNull() ? *when : e, entry,
-              absl::StrCat("must be a map with key and values or notValues, not ", YamlTypeName(e)));
+          r.Error(e.IsNull() ? *when : e, entry,
+                  absl::StrCat("must be a map with key and values or notValues, not ",
+                               YamlTypeName(e)));
           continue;
         }
         RejectUnknownFields(r, e, entry, {"key", "values", "notValues"},

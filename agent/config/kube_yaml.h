@@ -28,7 +28,7 @@
 namespace YAML {
 class Node;
 class Exception;
-}
+}  // namespace YAML
 
 namespace ambit::config {
 

@@ -47,9 +47,10 @@ absl::StatusOr<UniqueFd> Listen(int family, const char* addr, uint16_t port, boo
     len = sizeof *sin6;
   }
   if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) < 0) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat("bind ", what, " in pod network namespace (is the pod's loopback up, "
-                                           "and is the port free of the application?)"));
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat("bind ", what,
+                                            " in pod network namespace (is the pod's loopback up, "
+                                            "and is the port free of the application?)"));
   }
   if (listen(fd.get(), backlog) < 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("listen on ", what));
@@ -113,7 +114,7 @@ absl::Status AddRuleAndRoute(nl_sock* sock, int family, const PodNetOptions& o) 
   rtnl_route_set_scope(route.get(), RT_SCOPE_HOST);
   rtnl_route_set_dst(route.get(), dst.get());
   rtnl_nexthop* nh = rtnl_route_nh_alloc();
-  rtnl_route_nh_set_ifindex(nh, 1);  // lo
+  rtnl_route_nh_set_ifindex(nh, 1);         // lo
   rtnl_route_add_nexthop(route.get(), nh);  // the route owns nh from here
   err = rtnl_route_add(sock, route.get(), NLM_F_CREATE | NLM_F_REPLACE);
   if (err < 0) return NlError(err, "add local route to table");
@@ -126,8 +127,8 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
   PodListeners out;
   AMBIT_RETURN_IF_ERROR(RunInNetns(netns_fd, [&]() -> absl::Status {
     AMBIT_ASSIGN_OR_RETURN(out.outbound_v4,
-                           Listen(AF_INET, "127.0.0.1", AMBIT_OUTBOUND_PORT, false,
-                                  options.backlog, "outbound listener 127.0.0.1:15001"));
+                           Listen(AF_INET, "127.0.0.1", AMBIT_OUTBOUND_PORT, false, options.backlog,
+                                  "outbound listener 127.0.0.1:15001"));
     if (HasIpv6()) {
       AMBIT_ASSIGN_OR_RETURN(out.outbound_v6,
                              Listen(AF_INET6, "::1", AMBIT_OUTBOUND_PORT, true, options.backlog,

@@ -25,7 +25,7 @@ struct PodListeners {
 struct PodNetOptions {
   // SO_MARK of the data plane's inbound delivery sockets.
   uint32_t delivery_mark = DeliveryMark(kDefaultSocketMark);
-  uint32_t route_table = 133;    // table holding "local 0/0 dev lo" for marked replies
+  uint32_t route_table = 133;  // table holding "local 0/0 dev lo" for marked replies
   uint32_t rule_priority = 32000;
   int backlog = 4096;
 };

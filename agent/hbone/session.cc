@@ -936,9 +936,8 @@ void HboneSession::DoRead() {
         continue;
       }
       e = transport_->Error(n);
-      if (e == SSL_ERROR_ZERO_RETURN ||
-          (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 &&
-           (errno == 0 || errno == ECONNRESET))) {
+      if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 &&
+                                         (errno == 0 || errno == ECONNRESET))) {
         peer_closed = true;
       } else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
         failure = tls::SslError(absl::StatusCode::kUnavailable,
@@ -1015,8 +1014,8 @@ void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
 
 bool HboneSession::SendWire() {
   while (wire_off_ < wire_out_.size()) {
-    ssize_t n = send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_,
-                     MSG_NOSIGNAL);
+    ssize_t n =
+        send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_, MSG_NOSIGNAL);
     if (n > 0) {
       wire_off_ += static_cast<size_t>(n);
       wire_sent_ += static_cast<size_t>(n);

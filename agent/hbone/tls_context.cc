@@ -11,12 +11,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-
-#include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
 #include "agent/tls/keys.h"

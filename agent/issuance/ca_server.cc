@@ -141,17 +141,17 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     std::string peer = ctx->peer();
     auto node = Authenticate(*ctx);
     if (!node.ok()) {
-      AMBIT_LOG(kComponent, Warning) << "CreateCertificate from " << peer << ": "
-                                     << node.status().message();
+      AMBIT_LOG(kComponent, Warning)
+          << "CreateCertificate from " << peer << ": " << node.status().message();
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(node.status().message()));
     }
     auto uris = RequestedUris(req->csr());
     if (!uris.ok()) return Refuse(peer, *node, uris.status());
     if (uris->size() != 1) {
-      return Refuse(peer, *node,
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "csr must ask for exactly one URI (a SPIFFE ID); it asks for ",
-                        uris->size())));
+      return Refuse(
+          peer, *node,
+          absl::InvalidArgumentError(absl::StrCat(
+              "csr must ask for exactly one URI (a SPIFFE ID); it asks for ", uris->size())));
     }
     const std::string& identity = (*uris)[0];
     if (auto allowed = entitlements_->Check(*node, identity); !allowed.ok()) {
@@ -187,8 +187,8 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
 
   static grpc::Status Refuse(const std::string& peer, const std::string& node,
                              const absl::Status& why) {
-    AMBIT_LOG(kComponent, Warning) << "refused CreateCertificate from node " << node << " ("
-                                   << peer << "): " << why.message();
+    AMBIT_LOG(kComponent, Warning)
+        << "refused CreateCertificate from node " << node << " (" << peer << "): " << why.message();
     return grpc::Status(static_cast<grpc::StatusCode>(why.code()), std::string(why.message()));
   }
 

@@ -33,7 +33,8 @@ absl::StatusOr<CertificateInfo> DescribeCertificate(const std::string& pem) {
   std::unique_ptr<char, OpenSslFree> subject(
       X509_NAME_oneline(X509_get_subject_name(cert.get()), nullptr, 0));
   if (subject) info.subject = subject.get();
-  std::unique_ptr<BIGNUM, BnFree> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr));
+  std::unique_ptr<BIGNUM, BnFree> bn(
+      ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr));
   std::unique_ptr<char, OpenSslFree> hex(bn ? BN_bn2hex(bn.get()) : nullptr);
   if (hex) info.serial_hex = hex.get();
   struct tm tm {};

@@ -50,8 +50,7 @@ class RemoteSigner final : public Signer {
     // come back. A short cap keeps each retry a real attempt.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 1000);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    channel_ =
-        grpc::CreateCustomChannel(options_.address, grpc::SslCredentials(ssl), args);
+    channel_ = grpc::CreateCustomChannel(options_.address, grpc::SslCredentials(ssl), args);
     stub_ = istio::v1::auth::IstioCertificateService::NewStub(channel_);
   }
 

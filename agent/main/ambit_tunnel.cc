@@ -12,7 +12,8 @@
 
 ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (required)");
 ABSL_FLAG(int, workers, 2, "worker threads");
-ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark, "SO_MARK of every socket the data plane opens");
+ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark,
+          "SO_MARK of every socket the data plane opens");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
           "how long a pooled HBONE connection with no stream stays open");

@@ -12,8 +12,8 @@
 #include "absl/time/time.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
-#include "agent/issuance/signer.h"
 #include "agent/common/socket_mark.h"
+#include "agent/issuance/signer.h"
 #include "agent/node/agent.h"
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",

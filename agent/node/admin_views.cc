@@ -2,6 +2,8 @@
 // force and handed to AdminState whole; `check` answered on gRPC threads from an immutable
 // snapshot; BPF map fill read live from the pinned maps.
 
+#include "agent/node/admin_views.h"
+
 #include <bpf/bpf.h>
 #include <errno.h>
 
@@ -9,18 +11,17 @@
 #include <filesystem>
 #include <set>
 
+#include "abi/redirect.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "abi/redirect.h"
 #include "agent/admin/explain.h"
-#include "agent/bpf/drops.h"
 #include "agent/authz/peer_authentication.h"
+#include "agent/bpf/drops.h"
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
-#include "agent/node/admin_views.h"
 #include "agent/node/agent.h"
 
 namespace ambit::node {
@@ -37,7 +38,8 @@ std::string LabelText(const std::map<std::string, std::string>& labels) {
 // Answers `ambitctl check` against the configuration it was built from.
 class LiveChecker final : public admin::CheckEvaluator {
  public:
-  LiveChecker(std::shared_ptr<const state::ClusterState> state, std::vector<authz::PeerAuthentication> peer_authns,
+  LiveChecker(std::shared_ptr<const state::ClusterState> state,
+              std::vector<authz::PeerAuthentication> peer_authns,
               std::shared_ptr<const authz::Engine> engine)
       : state_(std::move(state)),
         peer_authns_(std::move(peer_authns)),
@@ -367,13 +369,13 @@ void Agent::InitAdminHandlers() {
   LogLevelHandlers levels = NewLogLevelHandlers(options_.control_socket());
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
-  admin_state_->SetStatsFetcher([socket = options_.control_socket()](bool connections,
-                                                                    bool metrics) {
-    ambit::dataplane::v1::StatsRequest request;
-    request.set_connections(connections);
-    request.set_metrics(metrics);
-    return supervisor::DataPlane::FetchStats(socket, request);
-  });
+  admin_state_->SetStatsFetcher(
+      [socket = options_.control_socket()](bool connections, bool metrics) {
+        ambit::dataplane::v1::StatsRequest request;
+        request.set_connections(connections);
+        request.set_metrics(metrics);
+        return supervisor::DataPlane::FetchStats(socket, request);
+      });
 }
 
 void Agent::PublishHealth() {
@@ -407,8 +409,8 @@ void Agent::PublishHealth() {
       h.generation_error = absl::StrCat("not delivered: ", delivery_error_);
       h.fail_closed = true;
     } else if (health_nacked_ != 0) {
-      h.generation_error = absl::StrCat("the data plane refused generation ", health_nacked_,
-                                        ": ", dataplane_->nack_error());
+      h.generation_error = absl::StrCat("the data plane refused generation ", health_nacked_, ": ",
+                                        dataplane_->nack_error());
       h.fail_closed = true;
     }
   }

@@ -20,14 +20,14 @@
 #include "absl/strings/str_join.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
+#include "agent/ca/certificate_authority.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
-#include "agent/ca/certificate_authority.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
-#include "agent/mesh/model.h"
 #include "agent/issuance/pem_info.h"
+#include "agent/mesh/model.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -255,8 +255,8 @@ absl::Status Agent::ConnectDataPlane() {
   }
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->pidfd(), kTagDataPlaneExit));
   AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->control_fd(), kTagDataPlaneControl));
-  AMBIT_RETURN_IF_ERROR(dataplane_->SendMaps(redirector_->orig_dst_map_fd(),
-                                                  redirector_->deliver_map_fd()));
+  AMBIT_RETURN_IF_ERROR(
+      dataplane_->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
   AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
   // A fresh data plane knows nothing: send every pod enrolled so far.
   for (auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
@@ -467,7 +467,8 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
                               << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
-                              << " slot=" << e.slot << " ips=" << absl::StrJoin(IpStrings(pod), ",");
+                              << " slot=" << e.slot
+                              << " ips=" << absl::StrJoin(IpStrings(pod), ",");
   enrolled_.emplace(pod.Key(), std::move(e));
   return absl::OkStatus();
 }
@@ -805,9 +806,9 @@ absl::Status Agent::InitCertificates() {
   entitlements_ = std::make_shared<issuance::Entitlements>();
   admin_state_ = std::make_shared<admin::AdminState>();
   if (!options_.ca_address.empty()) {
-    AMBIT_ASSIGN_OR_RETURN(signer_, issuance::MakeRemoteSigner({options_.ca_address,
-                                                                options_.ca_root_cert,
-                                                                options_.ca_token_file}));
+    AMBIT_ASSIGN_OR_RETURN(
+        signer_, issuance::MakeRemoteSigner(
+                     {options_.ca_address, options_.ca_root_cert, options_.ca_token_file}));
   } else {
     ca::CaOptions o;
     o.state_dir = options_.resolved_ca_state_dir();
@@ -828,8 +829,8 @@ absl::Status Agent::InitCertificates() {
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
   PublishCertificates();
   InitAdminHandlers();
-  AMBIT_ASSIGN_OR_RETURN(admin_server_, admin::AdminServer::Start(
-                                            options_.resolved_admin_socket(), admin_state_));
+  AMBIT_ASSIGN_OR_RETURN(admin_server_,
+                         admin::AdminServer::Start(options_.resolved_admin_socket(), admin_state_));
   return absl::OkStatus();
 }
 
@@ -843,9 +844,8 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
     AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity
                                    << ": no enrolled pod on this node has that identity";
     (void)dataplane_->SendCsrResponse(
-        request.request_id,
-        absl::PermissionDeniedError("no enrolled pod on this node has identity " +
-                                    request.identity));
+        request.request_id, absl::PermissionDeniedError(
+                                "no enrolled pod on this node has identity " + request.identity));
     return;
   }
   // The node's own requests count against the built-in CA's limits like other nodes' do.

@@ -13,20 +13,20 @@
 #include "absl/time/time.h"
 #include "agent/admin/admin_server.h"
 #include "agent/admin/telemetry_server.h"
+#include "agent/authz/engine.h"
 #include "agent/bpf/redirector.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
+#include "agent/config/error.h"
+#include "agent/config/source.h"
+#include "agent/enroll/node_netns.h"
+#include "agent/enroll/pod_net.h"
 #include "agent/issuance/ca_server.h"
 #include "agent/issuance/rate_limit.h"
 #include "agent/issuance/signer.h"
 #include "agent/issuance/signing_queue.h"
-#include "agent/config/error.h"
-#include "agent/config/source.h"
-#include "agent/authz/engine.h"
-#include "agent/enroll/node_netns.h"
-#include "agent/enroll/pod_net.h"
 #include "agent/mesh/model.h"
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
@@ -39,10 +39,10 @@ struct AgentOptions {
   std::string node_name;
   std::string config_dir;
   std::string instance = "default";
-  std::string cgroup_path;      // attach point; empty: the cgroup-v2 root
+  std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
   std::string bpffs = "/sys/fs/bpf";
-  std::string run_dir;          // empty: /run/ambit/<instance>
-  std::string tunnel_binary;    // empty: ambit-tunnel next to ambitd
+  std::string run_dir;        // empty: /run/ambit/<instance>
+  std::string tunnel_binary;  // empty: ambit-tunnel next to ambitd
   std::vector<std::string> tunnel_args;
   uint32_t socket_mark = kDefaultSocketMark;
   std::vector<uint16_t> outbound_bypass_ports;
@@ -57,7 +57,7 @@ struct AgentOptions {
   std::string ca_address, ca_root_cert, ca_token_file;
   std::string ca_listen, ca_tokens;  // serve the CA API to other nodes
   absl::Duration cert_ttl = absl::Hours(24);
-  std::string admin_socket;  // empty: <run dir>/admin.sock
+  std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
   std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
   // The heartbeat to the data plane (a ping answered through every worker thread), and how
@@ -176,8 +176,8 @@ class Agent {
   enroll::PodNetOptions pod_net_;
   std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();
   config::SecurityConfig security_;
-  std::shared_ptr<const authz::Engine> engine_;     // for the admin API; the last one that built
-  std::vector<config::ConfigError> load_errors_;    // of the last load, for the admin API
+  std::shared_ptr<const authz::Engine> engine_;   // for the admin API; the last one that built
+  std::vector<config::ConfigError> load_errors_;  // of the last load, for the admin API
   std::set<std::string> logged_authz_warnings_;
   std::map<std::string, EnrolledPod> enrolled_;
   // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.

@@ -73,8 +73,8 @@ absl::StatusOr<InstanceLock> InstanceLock::Acquire(const std::string& instance) 
       pid_t holder = ReadHolder(fd.get());
       return absl::FailedPreconditionError(absl::StrCat(
           "instance '", instance, "' is in use by ",
-          holder > 0 ? absl::StrCat("pid ", holder) : std::string("another process"),
-          " (it holds ", path, "); stop that agent first, or pick another --instance"));
+          holder > 0 ? absl::StrCat("pid ", holder) : std::string("another process"), " (it holds ",
+          path, "); stop that agent first, or pick another --instance"));
     }
     struct stat held, current;
     if (fstat(fd.get(), &held) == 0 && stat(path.c_str(), &current) == 0 &&

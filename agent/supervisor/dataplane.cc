@@ -51,8 +51,7 @@ absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int 
   if (rc == 0) return absl::DeadlineExceededError("data plane did not answer in time");
   if (rc < 0) return absl::ErrnoToStatus(errno, "poll control channel");
   AMBIT_ASSIGN_OR_RETURN(Packet packet, ReceivePacket(fd));
-  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env,
-                         DecodeDataPlaneMessage(packet.data, packet.fds.size()));
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env, DecodeDataPlaneMessage(packet.data, packet.fds.size()));
   return std::make_pair(std::move(env), std::move(packet.fds));
 }
 
@@ -109,9 +108,9 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
         break;
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("data plane pid=", pid_, " did not open ", options_.control_socket,
-                         " within 10s; see its log above"));
+        return absl::DeadlineExceededError(absl::StrCat("data plane pid=", pid_, " did not open ",
+                                                        options_.control_socket,
+                                                        " within 10s; see its log above"));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -146,14 +145,29 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
     for (int j = 0; j < p.fds_size() && j < static_cast<int>(msg.second.size()); ++j) {
       UniqueFd& fd = msg.second[j];
       switch (p.fds(j)) {
-        case pb::FD_ROLE_NETNS: pod.netns = std::move(fd); break;
-        case pb::FD_ROLE_OUTBOUND_V4: pod.outbound_v4 = std::move(fd); break;
-        case pb::FD_ROLE_OUTBOUND_V6: pod.outbound_v6 = std::move(fd); break;
-        case pb::FD_ROLE_INBOUND_PLAIN_V4: pod.plain_v4 = std::move(fd); break;
-        case pb::FD_ROLE_INBOUND_PLAIN_V6: pod.plain_v6 = std::move(fd); break;
-        case pb::FD_ROLE_HBONE_V4: pod.hbone_v4 = std::move(fd); break;
-        case pb::FD_ROLE_HBONE_V6: pod.hbone_v6 = std::move(fd); break;
-        default: break;
+        case pb::FD_ROLE_NETNS:
+          pod.netns = std::move(fd);
+          break;
+        case pb::FD_ROLE_OUTBOUND_V4:
+          pod.outbound_v4 = std::move(fd);
+          break;
+        case pb::FD_ROLE_OUTBOUND_V6:
+          pod.outbound_v6 = std::move(fd);
+          break;
+        case pb::FD_ROLE_INBOUND_PLAIN_V4:
+          pod.plain_v4 = std::move(fd);
+          break;
+        case pb::FD_ROLE_INBOUND_PLAIN_V6:
+          pod.plain_v6 = std::move(fd);
+          break;
+        case pb::FD_ROLE_HBONE_V4:
+          pod.hbone_v4 = std::move(fd);
+          break;
+        case pb::FD_ROLE_HBONE_V6:
+          pod.hbone_v6 = std::move(fd);
+          break;
+        default:
+          break;
       }
     }
     pods.push_back(std::move(pod));
@@ -194,7 +208,8 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
     const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
   auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
   if (!fd.ok()) {
-    return absl::UnavailableError(absl::StrCat("data plane not reachable: ", fd.status().message()));
+    return absl::UnavailableError(
+        absl::StrCat("data plane not reachable: ", fd.status().message()));
   }
   constexpr absl::Duration kTimeout = absl::Seconds(5);
   AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), kTimeout));
@@ -321,9 +336,9 @@ absl::Status DataPlane::SendSnapshot(const mesh::Snapshot& snapshot) {
   // is many times what one control message can carry.
   std::string bytes;
   if (!proto.SerializeToString(&bytes)) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("configuration generation ", version, " does not serialize (",
-                     proto.ByteSizeLong(), " bytes; the wire format stops at 2 GiB)"));
+    return absl::ResourceExhaustedError(absl::StrCat("configuration generation ", version,
+                                                     " does not serialize (", proto.ByteSizeLong(),
+                                                     " bytes; the wire format stops at 2 GiB)"));
   }
   AMBIT_ASSIGN_OR_RETURN(UniqueFd file, CreateSealedFile("ambit-snapshot", bytes));
   auto ref = NewEnvelope();

@@ -17,7 +17,7 @@
 namespace ambit::dataplane::v1 {
 class StatsRequest;
 class StatsResponse;
-}
+}  // namespace ambit::dataplane::v1
 
 namespace ambit::supervisor {
 
@@ -109,7 +109,8 @@ class DataPlane {
   // Tells the data plane that configuration generation `version` exists but could not be sent:
   // it then refuses new connections until a later generation applies (fail closed).
   absl::Status SendSnapshotFailed(uint64_t version, const std::string& error);
-  absl::Status SendCsrResponse(uint64_t request_id, const absl::StatusOr<std::vector<std::string>>& chain);
+  absl::Status SendCsrResponse(uint64_t request_id,
+                               const absl::StatusOr<std::vector<std::string>>& chain);
   absl::Status SendTrustBundle(const std::vector<std::string>& roots);
   // The newest configuration generation the data plane acknowledged in this session; 0 if none.
   uint64_t acked_version() const { return acked_version_; }

@@ -8,7 +8,10 @@
 
 #include <optional>
 
+#include "abi/redirect.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "agent/bpf/dataplane_maps.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
@@ -17,9 +20,6 @@
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/tunnel_stream.h"
-#include "abi/redirect.h"
-#include "absl/random/random.h"
-#include "absl/strings/str_format.h"
 
 #ifndef IP_TRANSPARENT
 #define IP_TRANSPARENT 19
@@ -38,7 +38,8 @@ uint64_t NextPick() {
 std::string RandomHex(size_t bytes) {
   static thread_local absl::BitGen gen;
   std::string out;
-  for (size_t i = 0; i < bytes; ++i) absl::StrAppend(&out, absl::Hex(absl::Uniform<uint8_t>(gen), absl::kZeroPad2));
+  for (size_t i = 0; i < bytes; ++i)
+    absl::StrAppend(&out, absl::Hex(absl::Uniform<uint8_t>(gen), absl::kZeroPad2));
   return out;
 }
 
@@ -79,16 +80,16 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
         << (contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet")
         << "); connection reset";
     CloseWithReset(client);
-    worker.Refuse(std::move(record),
-                  FlowEnd{false, "CONNECT", absl::StrCat("no valid certificate for ",
-                                                         pod->spiffe_id)});
+    worker.Refuse(
+        std::move(record),
+        FlowEnd{false, "CONNECT", absl::StrCat("no valid certificate for ", pod->spiffe_id)});
     return;
   }
   SocketAddress hbone{route.target.ip, AMBIT_HBONE_PORT};
   auto session = worker.pool().Get(*pod, ctx->client, dst_identity, hbone);
   if (!session.ok()) {
-    AMBIT_LOG(kComponent, Warning) << description << ": " << session.status().message()
-                                   << "; connection reset";
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": " << session.status().message() << "; connection reset";
     CloseWithReset(client);
     worker.Refuse(std::move(record),
                   FlowEnd{false, "CONNECT", std::string(session.status().message())});
@@ -98,8 +99,8 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   std::string for_addr = PodSide(*pod, peer, route.target.ip).ToString();
   hbone::ConnectHeaders headers;
   headers.forwarded = absl::StrCat("for=\"", for_addr, "\"");
-  headers.baggage = absl::StrCat("k8s.namespace.name=", pod->namespace_name, ",k8s.pod.name=",
-                                 pod->name, ",service.name=", pod->name);
+  headers.baggage = absl::StrCat("k8s.namespace.name=", pod->namespace_name,
+                                 ",k8s.pod.name=", pod->name, ",service.name=", pod->name);
   headers.traceparent = absl::StrCat("00-", RandomHex(16), "-", RandomHex(8), "-01");
   if (route.service != nullptr) {
     absl::StrAppend(&description, " service=", route.service->namespace_name, "/",
@@ -112,21 +113,20 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   worker.Adopt(std::move(flow));
   auto status = raw->Open(*session, route.target.ToString(), headers);
   if (!status.ok()) {
-    AMBIT_LOG(kComponent, Warning) << description << ": " << status.message()
-                                   << "; connection reset";
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": " << status.message() << "; connection reset";
     raw->OnReset(hbone::kRefusedStream);
   }
 }
 
-void RefuseFailClosed(Worker& worker, const Pod& pod, FlowDirection direction,
-                      UniqueFd client) {
+void RefuseFailClosed(Worker& worker, const Pod& pod, FlowDirection direction, UniqueFd client) {
   worker.counters().refused_fail_closed++;
   auto peer = PeerAddress(client.get());
   auto local = LocalAddress(client.get());
   AMBIT_LOG(kComponent, Warning) << (direction == FlowDirection::kOutbound ? "outbound" : "inbound")
-                                 << " pod=" << pod.uid << " src="
-                                 << (peer.ok() ? peer->ToString() : "?")
-                                 << ": " << worker.fail_closed() << "; connection reset";
+                                 << " pod=" << pod.uid
+                                 << " src=" << (peer.ok() ? peer->ToString() : "?") << ": "
+                                 << worker.fail_closed() << "; connection reset";
   CloseWithReset(client);
   FlowRecord record;
   record.direction = direction;
@@ -141,7 +141,8 @@ void RefuseFailClosed(Worker& worker, const Pod& pod, FlowDirection direction,
 void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
   auto peer = PeerAddress(client.get());
   if (!peer.ok()) return;
-  auto orig = bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod->netns_cookie, *peer);
+  auto orig =
+      bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod->netns_cookie, *peer);
   if (!orig.ok()) {
     // Fail closed: without the original destination there is nowhere safe to send the bytes.
     AMBIT_LOG(kComponent, Warning) << "outbound pod=" << pod->uid << " src=" << peer->ToString()
@@ -150,7 +151,7 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
     return;
   }
   std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
-                                          " orig_dst=", orig->address.ToString());
+                                         " orig_dst=", orig->address.ToString());
   Route route = worker.snapshot()->Resolve(orig->address, NextPick());
   if (route.kind == Route::Kind::kHbone) {
     HandleOutboundHbone(worker, pod, std::move(client), *peer, route, std::move(description));
@@ -183,21 +184,21 @@ absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress&
     // A pod we serve but the configuration does not describe (or not yet as a pod of this node):
     // its policies are unknown.
     *mode_text = "mtls=unknown";
-    return absl::PermissionDeniedError(absl::StrCat(
-        "refused: ", local.ip.ToString(), " is not ",
-        workload == nullptr ? "in" : "enrolled here in", " configuration snapshot ",
-        snapshot.version(), " (its policies are unknown)"));
+    return absl::PermissionDeniedError(absl::StrCat("refused: ", local.ip.ToString(), " is not ",
+                                                    workload == nullptr ? "in" : "enrolled here in",
+                                                    " configuration snapshot ", snapshot.version(),
+                                                    " (its policies are unknown)"));
   }
   const mesh::MtlsDecision& decision = workload->mtls->ForPort(local.port);
   const mesh::MtlsMode mode = decision.mode;
   const std::string& name = decision.policy;
   if (policy_name != nullptr) *policy_name = name.empty() ? "default" : name;
-  *mode_text = absl::StrCat("mtls=", authz::MtlsModeName(mode), " policy=",
-                            name.empty() ? "default" : name);
+  *mode_text =
+      absl::StrCat("mtls=", authz::MtlsModeName(mode), " policy=", name.empty() ? "default" : name);
   if (mode == mesh::MtlsMode::kStrict) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "plaintext refused: PeerAuthentication ", name.empty() ? "(default)" : name,
-        " requires mTLS (STRICT) on port ", local.port));
+    return absl::PermissionDeniedError(
+        absl::StrCat("plaintext refused: PeerAuthentication ", name.empty() ? "(default)" : name,
+                     " requires mTLS (STRICT) on port ", local.port));
   }
   return absl::OkStatus();
 }
@@ -206,8 +207,8 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   auto peer = PeerAddress(client.get());
   auto local = LocalAddress(client.get());
   if (!peer.ok() || !local.ok()) return;
-  std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
-                                         " dst=", local->ToString());
+  std::string description =
+      absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(), " dst=", local->ToString());
   FlowRecord record;
   record.direction = FlowDirection::kInbound;
   record.pod = pod->uid;
@@ -239,8 +240,8 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   record.policy = decided_by;
   if (!authorized.ok()) {
     worker.counters().denied++;
-    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode
-                                   << " " << authorized.message() << "; connection reset";
+    AMBIT_LOG(kComponent, Warning) << description << " mode=plaintext " << mode << " "
+                                   << authorized.message() << "; connection reset";
     CloseWithReset(client);
     worker.Refuse(std::move(record), FlowEnd{true, "DENY", std::string(authorized.message())});
     return;
@@ -286,8 +287,7 @@ FlowPeer PeerOf(const mesh::Workload& workload, const SocketAddress& address) {
   return p;
 }
 
-FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
-                std::string principal) {
+FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address, std::string principal) {
   FlowPeer p;
   p.address = address;
   p.principal = std::move(principal);
@@ -322,8 +322,8 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
   Upstream up;
   const auto& settings = worker.settings();
   int family = dst.ip.family();
-  auto sock = SocketInNetns(pod.netns.get(), settings.host_netns, family,
-                            SOCK_STREAM | SOCK_NONBLOCK);
+  auto sock =
+      SocketInNetns(pod.netns.get(), settings.host_netns, family, SOCK_STREAM | SOCK_NONBLOCK);
   if (!sock.ok()) return sock.status();
   int fd = sock->get();
   uint32_t mark = source != nullptr ? settings.delivery_mark : settings.socket_mark;
@@ -363,15 +363,15 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
   return up;
 }
 
-
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
                     UniqueFd client) {
   // HBONE streams are refused one by one in InboundSessions::OnConnect: a pooled session
   // carries new streams without a new accept.
   if (!worker.fail_closed().empty() && kind != ListenerKind::kHbone) {
-    RefuseFailClosed(worker, *pod, kind == ListenerKind::kOutbound ? FlowDirection::kOutbound
-                                                                   : FlowDirection::kInbound,
-                     std::move(client));
+    RefuseFailClosed(
+        worker, *pod,
+        kind == ListenerKind::kOutbound ? FlowDirection::kOutbound : FlowDirection::kInbound,
+        std::move(client));
     return;
   }
   switch (kind) {
@@ -413,8 +413,8 @@ void Connection::StartRelay(UniqueFd upstream, bool connect_in_progress) {
   connecting_ = connect_in_progress;
   if (!connecting_) ForgetDelivery();
   for (int i = 0; i < 2; ++i) {
-    auto status = worker_.Watch(fds_[i].get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                                &sides_[i]);
+    auto status =
+        worker_.Watch(fds_[i].get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &sides_[i]);
     if (!status.ok()) {
       ResetBoth(std::string(status.message()));
       return;
@@ -495,8 +495,7 @@ void Connection::Pump() {
     progressed = false;
     for (int from = 0; from < 2; ++from) {
       if (!Flow(from, &progressed)) {
-        ResetBoth(absl::StrCat(from == 0 ? "downstream" : "upstream", " error: ",
-                               strerror(errno)));
+        ResetBoth(absl::StrCat(from == 0 ? "downstream" : "upstream", " error: ", strerror(errno)));
         return;
       }
     }

@@ -5,9 +5,9 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
-#include "absl/status/status.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tunnel/worker.h"
@@ -39,8 +39,7 @@ FlowPeer PeerOf(const Pod& pod, const SocketAddress& address);
 // A workload of the snapshot at `address`, with its identity.
 FlowPeer PeerOf(const mesh::Workload& workload, const SocketAddress& address);
 // The workload at `address` as the snapshot knows it (only the address when it is unknown).
-FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address,
-                std::string principal);
+FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address, std::string principal);
 
 // Handles a freshly accepted connection on one of a pod's listeners. Worker-thread only.
 void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind,
@@ -75,8 +74,8 @@ class Connection final : public Flow {
   struct Direction {
     std::unique_ptr<char[]> buf;
     size_t head = 0, tail = 0;
-    bool eof = false;       // source sent FIN
-    bool shut = false;      // FIN forwarded to sink
+    bool eof = false;   // source sent FIN
+    bool shut = false;  // FIN forwarded to sink
   };
 
   void OnEvents(int side, uint32_t events);

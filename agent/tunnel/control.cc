@@ -121,9 +121,8 @@ absl::Status Tunnel::Run() {
         case kTagController: {
           auto status = OnControlMessage();
           if (!status.ok()) {
-            AMBIT_LOG(kComponent, Info)
-                << "agent session ended: " << status.message()
-                << "; serving the last configuration";
+            AMBIT_LOG(kComponent, Info) << "agent session ended: " << status.message()
+                                        << "; serving the last configuration";
             epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, controller_.get(), nullptr);
             controller_.Reset();
             OnControllerGone();
@@ -225,7 +224,8 @@ void Tunnel::ServeStats(UniqueFd client) {
       log::SetLevel(request.set_log_component(), level);
       AMBIT_LOG(kComponent, Info) << "log level of "
                                   << (request.set_log_component().empty()
-                                          ? "default" : request.set_log_component())
+                                          ? "default"
+                                          : request.set_log_component())
                                   << " set to " << request.set_log_level();
     }
   }
@@ -258,8 +258,8 @@ void Tunnel::ServeStats(UniqueFd client) {
       // All workers or no answer: totals missing one worker's part would look like a counter
       // reset to Prometheus. The client sees the connection close and reports the data plane
       // as unavailable for this scrape.
-      AMBIT_LOG(kComponent, Warning) << "stats: worker " << i
-                                     << " did not answer in time; no answer sent";
+      AMBIT_LOG(kComponent, Warning)
+          << "stats: worker " << i << " did not answer in time; no answer sent";
       return;
     }
     response.MergeFrom(*parts[i].get());
@@ -294,7 +294,8 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
       for (auto& w : workers_) w->Post([pod = pod](Worker& worker) { worker.AddPod(pod); });
     }
   }
-  for (auto& w : workers_) w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
+  for (auto& w : workers_)
+    w->Post([snap = snapshot_](Worker& worker) { worker.SetSnapshot(snap); });
   for (auto& w : workers_) {
     w->Post([tls = tls_for_new_workers_](Worker& worker) { worker.SetTls(tls); });
   }
@@ -324,9 +325,8 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     case pb::Envelope::kAddPod: {
       const auto& p = env.add_pod();
       if (p.fds_size() != static_cast<int>(fds.size())) {
-        return absl::InvalidArgumentError(absl::StrCat("add_pod ", p.uid(), " lists ",
-                                                       p.fds_size(), " fds but carried ",
-                                                       fds.size()));
+        return absl::InvalidArgumentError(absl::StrCat("add_pod ", p.uid(), " lists ", p.fds_size(),
+                                                       " fds but carried ", fds.size()));
       }
       auto pod = std::make_shared<Pod>();
       pod->uid = p.uid();
@@ -341,14 +341,29 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       }
       for (int i = 0; i < p.fds_size(); ++i) {
         switch (p.fds(i)) {
-          case pb::FD_ROLE_NETNS: pod->netns = std::move(fds[i]); break;
-          case pb::FD_ROLE_OUTBOUND_V4: pod->outbound_v4 = std::move(fds[i]); break;
-          case pb::FD_ROLE_OUTBOUND_V6: pod->outbound_v6 = std::move(fds[i]); break;
-          case pb::FD_ROLE_INBOUND_PLAIN_V4: pod->plain_v4 = std::move(fds[i]); break;
-          case pb::FD_ROLE_INBOUND_PLAIN_V6: pod->plain_v6 = std::move(fds[i]); break;
-          case pb::FD_ROLE_HBONE_V4: pod->hbone_v4 = std::move(fds[i]); break;
-          case pb::FD_ROLE_HBONE_V6: pod->hbone_v6 = std::move(fds[i]); break;
-          default: break;
+          case pb::FD_ROLE_NETNS:
+            pod->netns = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_OUTBOUND_V4:
+            pod->outbound_v4 = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_OUTBOUND_V6:
+            pod->outbound_v6 = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_INBOUND_PLAIN_V4:
+            pod->plain_v4 = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_INBOUND_PLAIN_V6:
+            pod->plain_v6 = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_HBONE_V4:
+            pod->hbone_v4 = std::move(fds[i]);
+            break;
+          case pb::FD_ROLE_HBONE_V6:
+            pod->hbone_v6 = std::move(fds[i]);
+            break;
+          default:
+            break;
         }
       }
       if (!pod->netns || !pod->outbound_v4) {
@@ -381,7 +396,8 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
     case pb::Envelope::kSnapshotRef: {
       auto snapshot = ReadSnapshotFile(env.snapshot_ref(), fds, options_.max_snapshot_bytes);
       if (!snapshot.ok()) {
-        return RefuseSnapshot(env.snapshot_ref().version(), std::string(snapshot.status().message()));
+        return RefuseSnapshot(env.snapshot_ref().version(),
+                              std::string(snapshot.status().message()));
       }
       return ApplySnapshot(*snapshot);
     }
@@ -573,9 +589,9 @@ absl::Status Tunnel::RefuseSnapshot(uint64_t version, const std::string& error) 
 void Tunnel::FailClosed(uint64_t version, const std::string& why) {
   if (version <= snapshot_version_) return;  // a later generation is already in force
   failed_version_ = version;
-  failed_reason_ = absl::StrCat("configuration generation ", version,
-                                " could not be applied (", why, "); generation ",
-                                snapshot_version_, " is stale, so new connections are refused");
+  failed_reason_ = absl::StrCat("configuration generation ", version, " could not be applied (",
+                                why, "); generation ", snapshot_version_,
+                                " is stale, so new connections are refused");
   AMBIT_LOG(kComponent, Error) << "FAIL CLOSED: " << failed_reason_;
   for (auto& w : workers_) {
     w->Post([reason = failed_reason_](Worker& worker) { worker.SetFailClosed(reason); });
@@ -613,10 +629,13 @@ void Tunnel::OnControllerGone() {
 
 void Tunnel::UpdateTlsContexts() {
   std::string signature = absl::StrCat(trust_bundle_.size(), "|", snapshot_->trust_domain(), "|");
-  for (const auto& pem : trust_bundle_) absl::StrAppend(&signature, pem.size(), ":", pem.substr(pem.size() > 80 ? pem.size() - 80 : 0), "|");
+  for (const auto& pem : trust_bundle_)
+    absl::StrAppend(&signature, pem.size(), ":", pem.substr(pem.size() > 80 ? pem.size() - 80 : 0),
+                    "|");
   auto statuses = certs_->Statuses();
   for (const auto& c : statuses) {
-    absl::StrAppend(&signature, c.identity, "=", c.serial_hex, "/", tls::CertStateName(c.state), ";");
+    absl::StrAppend(&signature, c.identity, "=", c.serial_hex, "/", tls::CertStateName(c.state),
+                    ";");
   }
   if (signature == tls_signature_) return;
   tls_signature_ = signature;
@@ -628,14 +647,16 @@ void Tunnel::UpdateTlsContexts() {
     auto bundle = tls::TrustBundle::Create(trust_bundle_);
     if (bundle.ok()) {
       auto s = (*bundle)->NewStore();
-      if (s.ok()) store = std::move(*s);
-      else store_error = std::string(s.status().message());
+      if (s.ok())
+        store = std::move(*s);
+      else
+        store_error = std::string(s.status().message());
     } else {
       store_error = std::string(bundle.status().message());
     }
   }
-  std::string trust_domain = snapshot_->trust_domain().empty() ? "cluster.local"
-                                                               : snapshot_->trust_domain();
+  std::string trust_domain =
+      snapshot_->trust_domain().empty() ? "cluster.local" : snapshot_->trust_domain();
   for (const auto& c : statuses) {
     auto key = certs_->Get(c.identity);
     if (key == nullptr) {
@@ -662,8 +683,8 @@ void Tunnel::UpdateTlsContexts() {
       contexts->SetMissing(
           c.identity, reason,
           std::string((!client.ok() ? client.status() : server.status()).message()));
-      AMBIT_LOG(kComponent, Error) << "TLS context for " << c.identity << ": "
-                                   << contexts->missing[c.identity];
+      AMBIT_LOG(kComponent, Error)
+          << "TLS context for " << c.identity << ": " << contexts->missing[c.identity];
       continue;
     }
     contexts->by_identity[c.identity] = {std::move(*client), std::move(*server)};
@@ -701,9 +722,9 @@ void Tunnel::ServePendingPods() {
       continue;
     }
     if (!ready) {
-      AMBIT_LOG(kComponent, Warning) << "pod " << p->uid << " still has no certificate for "
-                                     << p->spiffe_id << " after " << kCertGrace
-                                     << "; serving it (mTLS connections are refused)";
+      AMBIT_LOG(kComponent, Warning)
+          << "pod " << p->uid << " still has no certificate for " << p->spiffe_id << " after "
+          << kCertGrace << "; serving it (mTLS connections are refused)";
     }
     for (auto& w : workers_) w->Post([shared = p](Worker& worker) { worker.AddPod(shared); });
     it = waiting_for_cert_.erase(it);
@@ -742,8 +763,10 @@ void Tunnel::AfterEvent() {
     s->set_issuer(c.issuer);
     s->set_last_error(c.last_error);
     s->set_refs(c.refs);
-    if (c.not_before != absl::InfinitePast()) s->set_not_before_unix(absl::ToUnixSeconds(c.not_before));
-    if (c.not_after != absl::InfinitePast()) s->set_not_after_unix(absl::ToUnixSeconds(c.not_after));
+    if (c.not_before != absl::InfinitePast())
+      s->set_not_before_unix(absl::ToUnixSeconds(c.not_before));
+    if (c.not_after != absl::InfinitePast())
+      s->set_not_after_unix(absl::ToUnixSeconds(c.not_after));
   }
   report.mutable_certificate_report();  // an empty report is still a report
   std::string bytes;

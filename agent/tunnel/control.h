@@ -1,25 +1,25 @@
 #pragma once
 
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "agent/common/task_queue.h"
 #include "agent/common/socket_mark.h"
+#include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
-#include "agent/tunnel/pod_table.h"
 #include "agent/tls/cert_manager.h"
+#include "agent/tunnel/pod_table.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/worker.h"
 
 namespace ambit::dataplane::v1 {
 class Envelope;
 class Snapshot;
-}
+}  // namespace ambit::dataplane::v1
 
 namespace ambit::tunnel {
 

@@ -68,9 +68,8 @@ absl::StatusOr<pb::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,
     return absl::DataLossError("the sealed file does not hold a Snapshot message");
   }
   if (snapshot.version() != ref.version()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the sealed file holds generation ", snapshot.version(), ", not ",
-                     ref.version()));
+    return absl::InvalidArgumentError(absl::StrCat("the sealed file holds generation ",
+                                                   snapshot.version(), ", not ", ref.version()));
   }
   return snapshot;
 }

@@ -1,14 +1,13 @@
 #include "agent/tunnel/flow_stats.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cctype>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "ambit/dataplane/v1/dataplane.pb.h"
 #include "agent/common/metrics.h"
+#include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
 namespace {

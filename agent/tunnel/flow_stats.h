@@ -19,10 +19,10 @@ namespace ambit::tunnel {
 
 // One end of a connection as metrics, access logs and `ambitctl connections` name it.
 struct FlowPeer {
-  std::string workload;        // pod name; empty when not a known workload
+  std::string workload;  // pod name; empty when not a known workload
   std::string namespace_name;
-  std::string principal;       // SPIFFE ID; empty when unauthenticated
-  std::string service;         // destination only: namespace/name of the Service dialled
+  std::string principal;  // SPIFFE ID; empty when unauthenticated
+  std::string service;    // destination only: namespace/name of the Service dialled
   std::optional<SocketAddress> address;
 };
 
@@ -45,17 +45,16 @@ struct FlowRecord {
 
 // How a connection ended.
 struct FlowEnd {
-  bool denied = false;       // refused or closed by policy
-  std::string flags = "-";   // Istio response_flags: "-", "DENY", "CONNECT"
-  std::string reason;        // in words; empty for a clean close
+  bool denied = false;      // refused or closed by policy
+  std::string flags = "-";  // Istio response_flags: "-", "DENY", "CONNECT"
+  std::string reason;       // in words; empty for a clean close
   uint64_t bytes_from_client = 0;
   uint64_t bytes_to_client = 0;
 };
 
 // One access-log line for a connection that ended: text (key=value, values with spaces quoted)
 // or a JSON object. Never contains key material: identities and addresses only.
-std::string AccessLogLine(const FlowRecord& record, const FlowEnd& end, absl::Time now,
-                          bool json);
+std::string AccessLogLine(const FlowRecord& record, const FlowEnd& end, absl::Time now, bool json);
 
 // Istio's TCP metrics and ambit's decision counters for one worker. Worker-thread only: the
 // worker updates it when a connection opens and closes (never per byte; live byte counts are

@@ -122,10 +122,9 @@ void HbonePool::OnSessionClosed(hbone::HboneSession& session, const absl::Status
   auto it = keys_.find(&session);
   if (it == keys_.end()) return;
   if (!status.ok()) {
-    AMBIT_LOG(kComponent, Warning) << "HBONE connection " << std::get<0>(it->second) << " -> "
-                                   << std::get<1>(it->second) << " at "
-                                   << std::get<2>(it->second).ToString()
-                                   << " closed: " << status.message();
+    AMBIT_LOG(kComponent, Warning)
+        << "HBONE connection " << std::get<0>(it->second) << " -> " << std::get<1>(it->second)
+        << " at " << std::get<2>(it->second).ToString() << " closed: " << status.message();
   }
   auto& list = pools_[it->second];
   for (auto s = list.begin(); s != list.end(); ++s) {
@@ -212,9 +211,9 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   if (it == sessions_.end()) return nullptr;
   const Entry& e = it->second;
   const Pod& pod = *e.pod;
-  std::string description =
-      absl::StrCat("inbound pod=", pod.uid, " src=", e.peer.ip.ToString(), " dst=",
-                   request.destination.ToString(), " mode=mtls peer=", request.peer_identity);
+  std::string description = absl::StrCat("inbound pod=", pod.uid, " src=", e.peer.ip.ToString(),
+                                         " dst=", request.destination.ToString(),
+                                         " mode=mtls peer=", request.peer_identity);
   FlowRecord record;
   record.direction = FlowDirection::kInbound;
   record.pod = pod.uid;
@@ -224,8 +223,8 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   record.destination = PeerOf(pod, request.destination);
   if (!worker_.fail_closed().empty()) {
     worker_.counters().refused_fail_closed++;
-    AMBIT_LOG(kComponent, Warning) << description << ": " << worker_.fail_closed()
-                                   << "; answered 503";
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": " << worker_.fail_closed() << "; answered 503";
     (void)session.Respond(stream, 503);
     worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", worker_.fail_closed()});
     return nullptr;
@@ -233,12 +232,12 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   bool ours = false;
   for (const auto& ip : pod.ips) ours |= ip == request.destination.ip;
   if (!ours) {
-    AMBIT_LOG(kComponent, Warning) << description << ": authority " << request.authority
-                                   << " is not this pod; answered 400";
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": authority " << request.authority << " is not this pod; answered 400";
     (void)session.Respond(stream, 400);
-    worker_.Refuse(std::move(record),
-                   FlowEnd{false, "CONNECT", absl::StrCat("authority ", request.authority,
-                                                          " is not this pod (answered 400)")});
+    worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT",
+                                              absl::StrCat("authority ", request.authority,
+                                                           " is not this pod (answered 400)")});
     return nullptr;
   }
   // One of ambit's own ports: never delivered (it would reach the data plane itself), and no
@@ -252,14 +251,13 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   }
   // Decided before the application sees a byte; denied: 401, as ztunnel answers.
   std::string decided_by;
-  auto allowed = worker_.snapshot()->Authorize(e.peer, request.destination,
-                                               request.peer_identity, &decided_by);
+  auto allowed = worker_.snapshot()->Authorize(e.peer, request.destination, request.peer_identity,
+                                               &decided_by);
   worker_.metrics().Decision(allowed.ok());
   record.policy = decided_by;
   if (!allowed.ok()) {
     worker_.counters().denied++;
-    AMBIT_LOG(kComponent, Warning) << description << " " << allowed.message()
-                                   << "; answered 401";
+    AMBIT_LOG(kComponent, Warning) << description << " " << allowed.message() << "; answered 401";
     (void)session.Respond(stream, 401);
     worker_.Refuse(std::move(record), FlowEnd{true, "DENY", std::string(allowed.message())});
     return nullptr;
@@ -269,8 +267,8 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
   SocketAddress source{e.peer.ip, 0};
   auto up = ConnectFromPod(worker_, pod, request.destination, &source);
   if (!up.ok()) {
-    AMBIT_LOG(kComponent, Warning) << description << ": " << up.status().message()
-                                   << "; answered 503";
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": " << up.status().message() << "; answered 503";
     (void)session.Respond(stream, 503, up.status().message());
     worker_.Refuse(std::move(record),
                    FlowEnd{false, "CONNECT", std::string(up.status().message())});
@@ -296,10 +294,9 @@ void InboundSessions::OnSessionClosed(hbone::HboneSession& session, const absl::
   auto it = sessions_.find(&session);
   if (it == sessions_.end()) return;
   if (!status.ok()) {
-    AMBIT_LOG(kComponent, Warning) << "hbone pod=" << it->second.pod->uid
-                                   << " src=" << it->second.peer.ToString()
-                                   << " dst=" << it->second.local.ToString()
-                                   << ": session closed: " << status.message();
+    AMBIT_LOG(kComponent, Warning)
+        << "hbone pod=" << it->second.pod->uid << " src=" << it->second.peer.ToString()
+        << " dst=" << it->second.local.ToString() << ": session closed: " << status.message();
   }
   worker_.loop().Defer([keep = std::move(it->second.session)] {});
   sessions_.erase(it);

@@ -30,7 +30,9 @@ class HbonePool final : public hbone::SessionDelegate {
  public:
   HbonePool(Worker& worker, hbone::SessionOptions options, size_t max_streams,
             absl::Duration idle_timeout)
-      : worker_(worker), options_(options), max_streams_(max_streams),
+      : worker_(worker),
+        options_(options),
+        max_streams_(max_streams),
         idle_timeout_(idle_timeout) {}
   ~HbonePool() override;
 

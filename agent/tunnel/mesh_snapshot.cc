@@ -74,15 +74,13 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   return snap;
 }
 
-absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
-                                     const SocketAddress& destination,
-                                     const std::string& principal,
-                                     std::string* decided_by) const {
+absl::Status MeshSnapshot::Authorize(const SocketAddress& source, const SocketAddress& destination,
+                                     const std::string& principal, std::string* decided_by) const {
   const mesh::Workload* workload = WorkloadByIp(destination.ip);
   if (workload == nullptr) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "denied: ", destination.ip.ToString(), " is not in configuration snapshot ", version_,
-        " (its policies are unknown)"));
+    return absl::PermissionDeniedError(absl::StrCat("denied: ", destination.ip.ToString(),
+                                                    " is not in configuration snapshot ", version_,
+                                                    " (its policies are unknown)"));
   }
   if (authz_ == nullptr) {
     // No engine means the configuration could not be turned into one: fail closed.
@@ -111,7 +109,8 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source,
   }
   // "default": nothing applied and Istio allows; a denial without a policy (no ALLOW matched)
   // names none, its explanation says why.
-  if (decided_by != nullptr) *decided_by = !d.policy.empty() ? d.policy : d.allowed ? "default" : "";
+  if (decided_by != nullptr)
+    *decided_by = !d.policy.empty() ? d.policy : d.allowed ? "default" : "";
   if (d.allowed) return absl::OkStatus();
   return absl::PermissionDeniedError(d.explanation);
 }

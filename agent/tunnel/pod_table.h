@@ -37,11 +37,11 @@ const char* ListenerKindName(ListenerKind kind);
 struct DataPlaneSettings {
   uint32_t socket_mark = kDefaultSocketMark;                  // outbound sockets
   uint32_t delivery_mark = DeliveryMark(kDefaultSocketMark);  // inbound delivery sockets
-  int host_netns = -1;       // fd of the data plane's own network namespace
-  int orig_dst_map = -1;     // fd of the pinned ambit_orig_dst map
-  int deliver_map = -1;      // fd of the pinned ambit_deliver map
+  int host_netns = -1;    // fd of the data plane's own network namespace
+  int orig_dst_map = -1;  // fd of the pinned ambit_orig_dst map
+  int deliver_map = -1;   // fd of the pinned ambit_deliver map
   size_t relay_buffer = 64 * 1024;
-  size_t max_streams_per_connection = 100;  // then a new HBONE connection opens
+  size_t max_streams_per_connection = 100;          // then a new HBONE connection opens
   absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this
   // Inbound HBONE: CONNECTs a client connection may have fail or reset before the answer (see
   // hbone::SessionOptions::stream_open_burst); then per second; beyond, ENHANCE_YOUR_CALM.

@@ -16,7 +16,6 @@ namespace {
 constexpr const char* kComponent = "tunnel";
 constexpr size_t kReadChunk = 64 * 1024;
 
-
 }  // namespace
 
 TunnelStream::TunnelStream(Worker& worker, std::string description, UniqueFd socket)
@@ -145,8 +144,8 @@ void TunnelStream::OnEvents(uint32_t events) {
     ForgetDelivery();  // the SYN is past sk_lookup either way
     connecting_ = false;
     if (err != 0) {
-      AMBIT_LOG(kComponent, Warning) << description() << ": application connect failed: "
-                                     << strerror(err) << "; answered 503";
+      AMBIT_LOG(kComponent, Warning)
+          << description() << ": application connect failed: " << strerror(err) << "; answered 503";
       SetEnd("CONNECT", absl::StrCat("application connect failed: ", strerror(err)));
       if (!stream_over_) {
         (void)session_->Respond(id_, 503,

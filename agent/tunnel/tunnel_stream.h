@@ -66,17 +66,17 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   bool watching_ = false;
   bool connecting_ = false;  // inbound: connect to the application in progress
   bool relaying_ = false;
-  bool blocked_ = false;     // Write was short: wait for OnWritable
-  bool socket_eof_ = false;  // the socket sent FIN
-  bool sent_end_ = false;    // END_STREAM queued
-  bool peer_end_ = false;    // the peer sent END_STREAM
-  bool socket_shut_ = false; // FIN forwarded to the socket
-  bool stream_over_ = false; // OnClosed / OnReset seen: the session forgets the stream
+  bool blocked_ = false;      // Write was short: wait for OnWritable
+  bool socket_eof_ = false;   // the socket sent FIN
+  bool sent_end_ = false;     // END_STREAM queued
+  bool peer_end_ = false;     // the peer sent END_STREAM
+  bool socket_shut_ = false;  // FIN forwarded to the socket
+  bool stream_over_ = false;  // OnClosed / OnReset seen: the session forgets the stream
   bool done_ = false;
-  bool drained_ = false;     // a short read emptied the socket: wait for the next EPOLLIN
-  bool closing_ = false;     // EPOLLRDHUP/HUP/ERR seen: read until EOF, never stop early
-  std::string to_peer_;     // read from the socket, not yet taken by Write
-  std::string to_socket_;   // from the peer, not yet written to the socket
+  bool drained_ = false;   // a short read emptied the socket: wait for the next EPOLLIN
+  bool closing_ = false;   // EPOLLRDHUP/HUP/ERR seen: read until EOF, never stop early
+  std::string to_peer_;    // read from the socket, not yet taken by Write
+  std::string to_socket_;  // from the peer, not yet written to the socket
   size_t to_socket_off_ = 0;
   uint64_t sent_ = 0, received_ = 0;
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;

@@ -20,13 +20,16 @@ namespace ambit::tunnel {
 namespace {
 constexpr const char* kComponent = "tunnel";
 constexpr const char* kAccessLog = "access";
-}
+}  // namespace
 
 const char* ListenerKindName(ListenerKind kind) {
   switch (kind) {
-    case ListenerKind::kOutbound: return "outbound";
-    case ListenerKind::kInboundPlain: return "inbound-plaintext";
-    case ListenerKind::kHbone: return "hbone";
+    case ListenerKind::kOutbound:
+      return "outbound";
+    case ListenerKind::kInboundPlain:
+      return "inbound-plaintext";
+    case ListenerKind::kHbone:
+      return "hbone";
   }
   return "?";
 }
@@ -45,8 +48,7 @@ class Worker::ListenerHandler : public EventHandler {
       if (c < 0) {
         if (errno != EAGAIN && errno != ECONNABORTED && errno != EINTR) {
           AMBIT_LOG(kComponent, Warning) << "accept on " << ListenerKindName(kind_)
-                                         << " listener of " << pod_->uid << ": "
-                                         << strerror(errno);
+                                         << " listener of " << pod_->uid << ": " << strerror(errno);
         }
         return;
       }
@@ -136,9 +138,8 @@ void Worker::AddPod(std::shared_ptr<const Pod> pod) {
     auto handler = std::make_unique<ListenerHandler>(*this, pod, kind, fd.get());
     auto status = Watch(fd.get(), EPOLLIN | EPOLLEXCLUSIVE, handler.get());
     if (!status.ok()) {
-      AMBIT_LOG(kComponent, Error) << "worker " << index_ << ": watch "
-                                   << ListenerKindName(kind) << " listener of " << pod->uid
-                                   << ": " << status.message();
+      AMBIT_LOG(kComponent, Error) << "worker " << index_ << ": watch " << ListenerKindName(kind)
+                                   << " listener of " << pod->uid << ": " << status.message();
       return;
     }
     list.push_back(std::move(handler));
@@ -323,26 +324,32 @@ void Worker::CollectStats(bool connections, bool metrics,
   const hbone::HboneStats& h = hbone_stats_;
   counter(metrics::kHboneHandshakes, {{"result", "ok"}}, h.sessions_established);
   const std::pair<const char*, uint64_t> failures[] = {
-      {"tls_error", h.tls_failures},          {"no_client_certificate", h.no_client_cert},
-      {"untrusted_peer", h.untrusted_peer},   {"identity_mismatch", h.identity_mismatch},
-      {"no_alpn_h2", h.no_alpn},              {"cipher_not_allowed", h.bad_cipher},
+      {"tls_error", h.tls_failures},
+      {"no_client_certificate", h.no_client_cert},
+      {"untrusted_peer", h.untrusted_peer},
+      {"identity_mismatch", h.identity_mismatch},
+      {"no_alpn_h2", h.no_alpn},
+      {"cipher_not_allowed", h.bad_cipher},
   };
   for (const auto& [reason, n] : failures) {
     counter(metrics::kHboneHandshakeFailures, {{"reason", reason}}, n);
   }
   const std::pair<const char*, uint64_t> errors[] = {
-      {"protocol_error", h.protocol_errors},   {"stream_error", h.stream_errors},
-      {"flood", h.floods},                     {"refused_stream", h.refused_streams},
-      {"oversized_headers", h.oversized_headers}, {"bad_request", h.bad_requests},
+      {"protocol_error", h.protocol_errors},
+      {"stream_error", h.stream_errors},
+      {"flood", h.floods},
+      {"refused_stream", h.refused_streams},
+      {"oversized_headers", h.oversized_headers},
+      {"bad_request", h.bad_requests},
       {"stream_rate_limited", h.stream_rate_limited},
   };
   for (const auto& [reason, n] : errors) {
     counter(metrics::kHboneErrors, {{"reason", reason}}, n);
   }
   counter(metrics::kHboneStreamsOpened, {}, h.streams_opened);
-  for (DrainReason reason : {DrainReason::kExpired, DrainReason::kPeerExpired,
-                             DrainReason::kOutOfTrustDomain, DrainReason::kNotTrusted,
-                             DrainReason::kRemoved, DrainReason::kNoCertificate}) {
+  for (DrainReason reason :
+       {DrainReason::kExpired, DrainReason::kPeerExpired, DrainReason::kOutOfTrustDomain,
+        DrainReason::kNotTrusted, DrainReason::kRemoved, DrainReason::kNoCertificate}) {
     auto it = drained_.find(reason);
     counter(metrics::kHboneSessionsDrained, {{"reason", DrainReasonName(reason)}},
             it == drained_.end() ? 0 : it->second);

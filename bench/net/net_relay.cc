@@ -7,7 +7,6 @@
 //
 // Prints "listening" once every worker's listener is bound. Runs until killed.
 #include <arpa/inet.h>
-#include <csignal>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -17,12 +16,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <memory>
 #include <string>
-#include <latch>
 #include <thread>
 #include <vector>
 
@@ -76,8 +76,8 @@ struct Pipe {
   std::unique_ptr<char[]> buf = std::make_unique<char[]>(kBufferSize);
   size_t off = 0;
   size_t len = 0;
-  bool eof = false;       // `from` sent FIN
-  bool shut = false;      // FIN forwarded to `to`
+  bool eof = false;   // `from` sent FIN
+  bool shut = false;  // FIN forwarded to `to`
 };
 
 struct Conn;
@@ -183,8 +183,8 @@ void Worker(const sockaddr_in listen_addr, const sockaddr_in target, std::latch*
           c->ep[1] = {c, 1};
           SetNoDelay(cfd);
           SetNoDelay(c->fd[1].get());
-          int r = connect(c->fd[1].get(), reinterpret_cast<const sockaddr*>(&target),
-                          sizeof(target));
+          int r =
+              connect(c->fd[1].get(), reinterpret_cast<const sockaddr*>(&target), sizeof(target));
           if (r < 0 && errno != EINPROGRESS) {
             delete c;
             continue;
@@ -206,8 +206,10 @@ void Worker(const sockaddr_in listen_addr, const sockaddr_in target, std::latch*
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(c.fd[1].get(), SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0) ok = false;
-        else c.connected = true;
+        if (err != 0)
+          ok = false;
+        else
+          c.connected = true;
       }
       if (ok && c.connected) ok = Pump(c, 0) && Pump(c, 1);
       if (events[i].events & (EPOLLERR)) ok = false;
@@ -228,7 +230,8 @@ void Worker(const sockaddr_in listen_addr, const sockaddr_in target, std::latch*
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: net_relay LISTEN_IP LISTEN_PORT TARGET_IP TARGET_PORT [THREADS]\n");
+    std::fprintf(stderr,
+                 "usage: net_relay LISTEN_IP LISTEN_PORT TARGET_IP TARGET_PORT [THREADS]\n");
     return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);  // a reset peer is an error to handle, not a reason to die
@@ -239,7 +242,8 @@ int main(int argc, char** argv) {
   }
   const sockaddr_in listen_addr = Address(argv[1], argv[2]);
   const sockaddr_in target = Address(argv[3], argv[4]);
-  int threads = argc > 5 ? std::atoi(argv[5]) : static_cast<int>(std::thread::hardware_concurrency());
+  int threads =
+      argc > 5 ? std::atoi(argv[5]) : static_cast<int>(std::thread::hardware_concurrency());
   if (threads < 1) threads = 1;
   std::latch bound(threads);
   std::vector<std::thread> workers;

@@ -11,7 +11,6 @@
 //                                               prints "ready" and holds them until stdin
 //                                               closes or SECONDS pass
 #include <arpa/inet.h>
-#include <csignal>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -24,6 +23,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -274,8 +274,8 @@ int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "server" && argc == 3) return Server(argv[2]);
   if (mode == "rr" && argc == 7)
-    return RoundTrips(argv[2], argv[3], std::strtoul(argv[4], nullptr, 10),
-                      std::atol(argv[5]), std::atof(argv[6]));
+    return RoundTrips(argv[2], argv[3], std::strtoul(argv[4], nullptr, 10), std::atol(argv[5]),
+                      std::atof(argv[6]));
   if (mode == "crr" && argc == 6)
     return ConnectRequestResponse(argv[2], argv[3], std::atol(argv[4]), std::atof(argv[5]));
   if (mode == "rate" && argc == 7)

@@ -106,8 +106,7 @@ class DecisionTest : public BpfTest {
   ambit_test_decision* skel() { return skel_->get(); }
 
   void SetPortFlags(uint32_t port, uint8_t flags) {
-    ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_ports), &port, &flags, BPF_ANY),
-              0)
+    ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_ports), &port, &flags, BPF_ANY), 0)
         << "ambit_ports[" << port << "]: " << strerror(errno);
   }
   void AddCidr(const std::string& addr, uint32_t len) {
@@ -121,7 +120,7 @@ class DecisionTest : public BpfTest {
 
   // ambit_outbound_bypass for a connect() to addr:port (the socket family follows the address).
   int Bypass(const std::string& addr, uint16_t port) {
-    union ambit_test_outbound_ctx ctx{};
+    union ambit_test_outbound_ctx ctx {};
     std::memcpy(ctx.in.dst.addr, Addr(addr).b, 16);
     ctx.in.dst.port = port;
     ctx.in.dst.family = IsV4(addr) ? AF_INET : AF_INET6;
@@ -132,7 +131,7 @@ class DecisionTest : public BpfTest {
 
   // ambit_inbound_kind for a SYN arriving on ifindex.
   int Kind(uint32_t ifindex, const ambit_tuple_key& tuple) {
-    union ambit_test_inbound_ctx ctx{};
+    union ambit_test_inbound_ctx ctx {};
     ctx.in.tuple = tuple;
     ctx.in.ingress_ifindex = ifindex;
     auto verdict = RunDecision(skel()->progs.ambit_test_inbound, &ctx, sizeof(ctx));
@@ -152,11 +151,21 @@ struct OutboundRow {
 
 TEST_F(DecisionTest, OutboundLoopbackAndUnspecifiedBypass) {
   std::vector<OutboundRow> rows = {
-      {"127.0.0.1", 80, 1},       {"127.8.9.10", 80, 1},      {"127.255.255.255", 443, 1},
-      {"::1", 80, 1},             {"::ffff:127.0.0.1", 80, 1}, {"::ffff:127.1.2.3", 8080, 1},
-      {"0.0.0.0", 80, 1},         {"::", 80, 1},              {"::ffff:0.0.0.0", 80, 1},
-      {"198.18.0.5", 80, 0},      {"2001:2::5", 443, 0},      {"::ffff:198.18.0.5", 80, 0},
-      {"128.0.0.1", 80, 0},       {"126.255.255.255", 80, 0}, {"::2", 80, 0},
+      {"127.0.0.1", 80, 1},
+      {"127.8.9.10", 80, 1},
+      {"127.255.255.255", 443, 1},
+      {"::1", 80, 1},
+      {"::ffff:127.0.0.1", 80, 1},
+      {"::ffff:127.1.2.3", 8080, 1},
+      {"0.0.0.0", 80, 1},
+      {"::", 80, 1},
+      {"::ffff:0.0.0.0", 80, 1},
+      {"198.18.0.5", 80, 0},
+      {"2001:2::5", 443, 0},
+      {"::ffff:198.18.0.5", 80, 0},
+      {"128.0.0.1", 80, 0},
+      {"126.255.255.255", 80, 0},
+      {"::2", 80, 0},
       {"::127.0.0.1", 80, 0},  // IPv4-compatible, not mapped: not loopback
   };
   for (const auto& r : rows) {
@@ -169,9 +178,9 @@ TEST_F(DecisionTest, OutboundPortBypassIsPerPortAndPerDirection) {
   SetPortFlags(9090, AMBIT_PORT_BYPASS_IN);
   SetPortFlags(9443, AMBIT_PORT_BYPASS_OUT | AMBIT_PORT_BYPASS_IN);
   std::vector<OutboundRow> rows = {
-      {"198.18.0.5", 8080, 1}, {"2001:2::5", 8080, 1}, {"198.18.0.5", 80, 0},
-      {"198.18.0.5", 8081, 0}, {"2001:2::5", 443, 0},  {"198.18.0.5", 9090, 0},
-      {"2001:2::5", 9090, 0},  {"198.18.0.5", 9443, 1}, {"198.18.0.5", 0, 0},
+      {"198.18.0.5", 8080, 1},  {"2001:2::5", 8080, 1},  {"198.18.0.5", 80, 0},
+      {"198.18.0.5", 8081, 0},  {"2001:2::5", 443, 0},   {"198.18.0.5", 9090, 0},
+      {"2001:2::5", 9090, 0},   {"198.18.0.5", 9443, 1}, {"198.18.0.5", 0, 0},
       {"198.18.0.5", 65535, 0},
   };
   for (const auto& r : rows) {
@@ -215,12 +224,10 @@ TEST_F(DecisionTest, InboundKindByPortInterfaceAndAddress) {
       {"app 80", kPodIfindex, Tuple(src, 40000, dst, 80), AMBIT_LISTENER_PLAIN},
       {"app 8080", kPodIfindex, Tuple(src, 40000, dst, 8080), AMBIT_LISTENER_PLAIN},
       {"plain listener port", kPodIfindex, Tuple(src, 40000, dst, 15006), AMBIT_LISTENER_PLAIN},
-      {"outbound listener port", kPodIfindex, Tuple(src, 40000, dst, 15001),
-       AMBIT_LISTENER_PLAIN},
+      {"outbound listener port", kPodIfindex, Tuple(src, 40000, dst, 15001), AMBIT_LISTENER_PLAIN},
       {"v6 hbone", kPodIfindex, Tuple("2001:db8::2", 40000, "2001:db8::5", 15008),
        AMBIT_LISTENER_HBONE},
-      {"v6 app", kPodIfindex, Tuple("2001:db8::2", 40000, "2001:db8::5", 80),
-       AMBIT_LISTENER_PLAIN},
+      {"v6 app", kPodIfindex, Tuple("2001:db8::2", 40000, "2001:db8::5", 80), AMBIT_LISTENER_PLAIN},
       {"ingress lo", 1, Tuple(src, 40000, dst, 80), -1},
       // A pod dialling itself: the tunnel's HBONE to its own pod address.
       {"ingress lo hbone", 1, Tuple(dst, 40000, dst, 15008), AMBIT_LISTENER_HBONE},
@@ -237,8 +244,8 @@ TEST_F(DecisionTest, InboundKindByPortInterfaceAndAddress) {
 TEST_F(DecisionTest, InboundLeavesTunnelDeliveryAlone) {
   ambit_tuple_key delivered = Tuple("198.18.0.2", 40000, "198.18.0.5", 8080);
   uint8_t one = 1;
-  ASSERT_EQ(
-      bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY), 0)
+  ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY),
+            0)
       << strerror(errno);
   std::vector<InboundRow> rows = {
       {"delivered tuple", kPodIfindex, delivered, -1},
@@ -322,8 +329,7 @@ class SkLookupTest : public BpfTest {
     EXPECT_NE(*cookie, 0u);
     uint32_t key = AMBIT_LISTENER_KEY(kPodSlot, key_family == AF_INET6 ? 1 : 0, kind);
     uint64_t value = static_cast<uint64_t>(fd.get());
-    EXPECT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_listen_v2), &key, &value,
-                                  BPF_ANY),
+    EXPECT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_listen_v2), &key, &value, BPF_ANY),
               0)
         << "ambit_listen_v2[" << key << "]: " << strerror(errno);
     return fd;
@@ -532,8 +538,8 @@ TEST_F(SkLookupTest, LeavesTunnelDeliveryAlone) {
   // build the same key from the SYN (whose remote_port is in network byte order).
   ambit_tuple_key delivered = Tuple("198.18.0.2", 40000, "198.18.0.5", 8080);
   uint8_t one = 1;
-  ASSERT_EQ(
-      bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY), 0)
+  ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_deliver), &delivered, &one, BPF_ANY),
+            0)
       << strerror(errno);
   auto r = Run(V4(IPPROTO_TCP, "198.18.0.2", 40000, "198.18.0.5", 8080));
   ASSERT_TRUE(r.ok()) << r.status();

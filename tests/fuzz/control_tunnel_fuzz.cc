@@ -1,10 +1,10 @@
 // Control messages from ambitd, as the data plane receives them: DecodeAgentMessage (envelope,
 // protocol version, descriptors against the body), then what Tunnel::HandleEnvelope does with
-// each body short of touching descriptors: a snapshot is mapped to the mesh model (agent/mesh/wire.h;
-// what it accepts must map back to the same model) and becomes a MeshSnapshot (workloads,
-// services, compiled AuthorizationPolicies) that routes and authorizes connections; an add_pod's addresses
-// are parsed and its identity gets a key and a CSR; a csr_response's chain is checked by the
-// CertManager against the request it answers; a trust bundle's roots are loaded.
+// each body short of touching descriptors: a snapshot is mapped to the mesh model
+// (agent/mesh/wire.h; what it accepts must map back to the same model) and becomes a MeshSnapshot
+// (workloads, services, compiled AuthorizationPolicies) that routes and authorizes connections; an
+// add_pod's addresses are parsed and its identity gets a key and a CSR; a csr_response's chain is
+// checked by the CertManager against the request it answers; a trust bundle's roots are loaded.
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
 #include <memory>
@@ -14,11 +14,11 @@
 #include "agent/common/clock.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/log.h"
+#include "agent/common/sealed_file.h"
+#include "agent/mesh/wire.h"
 #include "agent/tls/cert_manager.h"
 #include "agent/tls/trust_bundle.h"
 #include "agent/tunnel/control_message.h"
-#include "agent/common/sealed_file.h"
-#include "agent/mesh/wire.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "tests/fuzz/fuzz_util.h"
 

@@ -182,13 +182,17 @@ TEST(Telemetry, EndpointsAnswerAndTheDataPlanesCountersAreRendered) {
   EXPECT_EQ(metrics.status, 200);
   EXPECT_TRUE(absl::StartsWith(metrics.content_type, "text/plain; version=0.0.4"));
   const std::string& body = metrics.body;
-  EXPECT_TRUE(absl::StrContains(body, "istio_tcp_connections_opened_total{reporter=\"destination\"} 4\n")) << body;
-  EXPECT_TRUE(absl::StrContains(body, "istio_tcp_received_bytes_total{reporter=\"destination\"} 200\n"));
+  EXPECT_TRUE(
+      absl::StrContains(body, "istio_tcp_connections_opened_total{reporter=\"destination\"} 4\n"))
+      << body;
+  EXPECT_TRUE(
+      absl::StrContains(body, "istio_tcp_received_bytes_total{reporter=\"destination\"} 200\n"));
   EXPECT_TRUE(absl::StrContains(body, "ambit_policy_decisions_total{result=\"deny\"} 2\n"));
   EXPECT_TRUE(absl::StrContains(body, "ambit_dataplane_up 1\n"));
   EXPECT_TRUE(absl::StrContains(body, "ambit_ready 1\n"));
   EXPECT_TRUE(absl::StrContains(
-      body, "ambit_certificate_expiry_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"} "));
+      body,
+      "ambit_certificate_expiry_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"} "));
   EXPECT_EQ((*server)->Metrics("/").status, 404);
   EXPECT_EQ((*server)->Readiness("/healthz/ready").status, 200);
 
@@ -210,8 +214,9 @@ TEST(Telemetry, EndpointsAnswerAndTheDataPlanesCountersAreRendered) {
 TEST(Telemetry, ABadListenAddressIsAClearError) {
   auto server = TelemetryServer::Start("not-an-address", "", std::make_shared<AdminState>());
   ASSERT_FALSE(server.ok());
-  EXPECT_TRUE(absl::StrContains(server.status().message(), "metrics: bad listen address "
-                                                           "\"not-an-address\""))
+  EXPECT_TRUE(absl::StrContains(server.status().message(),
+                                "metrics: bad listen address "
+                                "\"not-an-address\""))
       << server.status();
 }
 

@@ -14,9 +14,7 @@
 namespace ambit::node {
 namespace {
 
-std::string UniqueInstance(const char* what) {
-  return absl::StrCat("unit-", what, "-", getpid());
-}
+std::string UniqueInstance(const char* what) { return absl::StrCat("unit-", what, "-", getpid()); }
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
