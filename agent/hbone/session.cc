@@ -1248,7 +1248,7 @@ void HboneSession::HandleRequest(Stream& s) {
 }
 
 bool HboneSession::TakeStreamToken() {
-  absl::Time now = absl::Now();
+  absl::Time now = options_.clock->Now();
   if (stream_tokens_at_ == absl::Time()) {
     stream_tokens_ = options_.stream_open_burst;
   } else {

@@ -61,6 +61,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/common/event_loop.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
@@ -124,6 +125,8 @@ struct SessionOptions {
   double stream_open_rate = 100;
   absl::Duration handshake_timeout = absl::Seconds(10);
   HboneStats* stats = nullptr;  // null: the session counts on its own
+  // Refills the stream-open bucket; tests move a fake one by hand. Must outlive the session.
+  const Clock* clock = &RealClock::Get();
 };
 
 struct ConnectHeaders {

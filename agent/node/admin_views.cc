@@ -317,13 +317,10 @@ class LogLevels {
 
  private:
   void Forward(const std::string& component, const std::string& level) {
-    ambit::dataplane::v1::StatsRequest forward;
-    forward.set_set_log_component(component);
-    forward.set_set_log_level(level);
-    auto sent = supervisor::DataPlane::FetchStats(control_socket_, forward);
+    auto sent = supervisor::DataPlane::SetLogLevel(control_socket_, component, level);
     if (!sent.ok()) {
       AMBIT_LOG("admin", Warning) << "log level of " << (component.empty() ? "default" : component)
-                                  << " not passed to the data plane: " << sent.status().message();
+                                  << " not passed to the data plane: " << sent.message();
     }
   }
 

@@ -204,8 +204,11 @@ pid_t DataPlane::Stop() {
   return pid;
 }
 
-absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
-    const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
+namespace {
+
+// One exchange on the data plane's stats socket: the request out, the raw answer back.
+absl::StatusOr<std::string> AskStatsSocket(
+    const std::string& control_socket, const ambit::dataplane::v1::StatsSocketRequest& request) {
   auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
   if (!fd.ok()) {
     return absl::UnavailableError(
@@ -213,12 +216,38 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
   }
   constexpr absl::Duration kTimeout = absl::Seconds(5);
   AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), kTimeout));
-  AMBIT_ASSIGN_OR_RETURN(std::string bytes, ReadFramed(fd->get(), 256 << 20, kTimeout));
+  return ReadFramed(fd->get(), 256 << 20, kTimeout);
+}
+
+}  // namespace
+
+absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
+    const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request) {
+  ambit::dataplane::v1::StatsSocketRequest wrapped;
+  *wrapped.mutable_stats() = request;
+  AMBIT_ASSIGN_OR_RETURN(std::string bytes, AskStatsSocket(control_socket, wrapped));
   ambit::dataplane::v1::StatsResponse response;
   if (!response.ParseFromString(bytes)) {
     return absl::DataLossError("data plane sent a malformed stats answer");
   }
   return response;
+}
+
+absl::Status DataPlane::SetLogLevel(const std::string& control_socket, const std::string& component,
+                                    const std::string& level) {
+  ambit::dataplane::v1::StatsSocketRequest request;
+  request.mutable_log_level()->set_component(component);
+  request.mutable_log_level()->set_level(level);
+  AMBIT_ASSIGN_OR_RETURN(std::string bytes, AskStatsSocket(control_socket, request));
+  ambit::dataplane::v1::SetLogLevelResponse response;
+  if (!response.ParseFromString(bytes)) {
+    return absl::DataLossError("data plane sent a malformed log-level answer");
+  }
+  if (!response.error().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data plane refused the log level: ", response.error()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<pid_t> DataPlane::StopRunning(const std::string& control_socket) {

@@ -72,11 +72,15 @@ class DataPlane {
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   // Returns its PID, or 0 when nothing answered on control_socket.
   static absl::StatusOr<pid_t> StopRunning(const std::string& control_socket);
-  // Asks the data plane serving control_socket for its live connections and counters (and
-  // passes it log-level changes), through its stats socket. Thread-safe (its own connection per
-  // call); bounded by a few seconds.
+  // Asks the data plane serving control_socket for its live connections and counters, through
+  // its stats socket. Thread-safe (its own connection per call); bounded by a few seconds.
   static absl::StatusOr<ambit::dataplane::v1::StatsResponse> FetchStats(
       const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request);
+  // Sets the log level of `component` ("" = the default) in the data plane serving
+  // control_socket, through its stats socket. InvalidArgument when the data plane refuses the
+  // level. Thread-safe; bounded by a few seconds.
+  static absl::Status SetLogLevel(const std::string& control_socket, const std::string& component,
+                                  const std::string& level);
 
   bool connected() const { return control_.valid(); }
   pid_t pid() const { return pid_; }

@@ -24,6 +24,7 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/tls/trust_bundle.h"
 #include "agent/tunnel/control_message.h"
+#include "agent/tunnel/control_rules.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -32,8 +33,6 @@ namespace {
 
 namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "tunnel";
-// How long a new pod's listeners wait for its first certificate before being served anyway.
-constexpr absl::Duration kCertGrace = absl::Seconds(10);
 enum : uint64_t {
   kTagListen = 1,
   kTagController = 2,
@@ -59,6 +58,7 @@ absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
 
 absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& options) {
   auto t = std::unique_ptr<Tunnel>(new Tunnel(options));
+  t->started_ = options.clock->Now();
   t->host_netns_ = UniqueFd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
   if (!t->host_netns_) return absl::ErrnoToStatus(errno, "open /proc/self/ns/net");
 
@@ -82,7 +82,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   t->cert_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!t->cert_timer_) return absl::ErrnoToStatus(errno, "timerfd_create");
   AMBIT_RETURN_IF_ERROR(EpollAdd(t->epoll_.get(), t->cert_timer_.get(), kTagCertTimer));
-  t->certs_ = std::make_unique<tls::CertManager>(t.get(), &RealClock::Get());
+  t->certs_ = std::make_unique<tls::CertManager>(t.get(), t->options_.clock);
   return t;
 }
 
@@ -213,22 +213,33 @@ void Tunnel::ServeStats(UniqueFd client) {
     AMBIT_LOG(kComponent, Warning) << "stats request: " << request_bytes.status().message();
     return;
   }
-  pb::StatsRequest request;
-  if (!request.ParseFromString(*request_bytes)) {
-    AMBIT_LOG(kComponent, Warning) << "stats request: not a StatsRequest";
+  auto decoded = DecodeStatsSocketRequest(*request_bytes);
+  if (!decoded.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "stats request: " << decoded.status().message();
+    if (decoded.status().code() == absl::StatusCode::kInvalidArgument) {
+      // Said to the asker too: a refused log level must not read as applied.
+      pb::SetLogLevelResponse refused;
+      refused.set_error(std::string(decoded.status().message()));
+      (void)WriteFramed(client.get(), refused.SerializeAsString(), kStatsTimeout);
+    }
     return;
   }
-  if (!request.set_log_level().empty()) {
+  if (decoded->has_log_level()) {
+    const pb::SetLogLevelRequest& change = decoded->log_level();
     log::Level level;
-    if (log::ParseLevel(request.set_log_level(), &level)) {
-      log::SetLevel(request.set_log_component(), level);
-      AMBIT_LOG(kComponent, Info) << "log level of "
-                                  << (request.set_log_component().empty()
-                                          ? "default"
-                                          : request.set_log_component())
-                                  << " set to " << request.set_log_level();
+    log::ParseLevel(change.level(), &level);  // checked by DecodeStatsSocketRequest
+    log::SetLevel(change.component(), level);
+    AMBIT_LOG(kComponent, Info) << "log level of "
+                                << (change.component().empty() ? "default" : change.component())
+                                << " set to " << change.level();
+    auto status =
+        WriteFramed(client.get(), pb::SetLogLevelResponse().SerializeAsString(), kStatsTimeout);
+    if (!status.ok()) {
+      AMBIT_LOG(kComponent, Warning) << "log level answer: " << status.message();
     }
+    return;
   }
+  const pb::StatsRequest& request = decoded->stats();
   pb::StatsResponse response;
   response.set_snapshot_version(snapshot_version_);
   response.set_failed_version(failed_version_);
@@ -274,6 +285,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   orig_dst_map_ = std::move(orig_dst_map);
   deliver_map_ = std::move(deliver_map);
   auto settings = std::make_shared<DataPlaneSettings>();
+  settings->clock = options_.clock;
   settings->socket_mark = options_.socket_mark;
   settings->delivery_mark = DeliveryMark(options_.socket_mark);
   settings->host_netns = host_netns_.get();
@@ -381,7 +393,7 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       pods_[shared->uid] = shared;
       // Accepting waits until the pod's certificate is valid (see ServePendingPods): until
       // then connections wait in the listeners' backlogs instead of failing closed.
-      waiting_for_cert_[shared->uid] = absl::Now();
+      waiting_for_cert_[shared->uid] = options_.clock->Now();
       AMBIT_LOG(kComponent, Info) << "serving pod " << shared->uid
                                   << " netns_cookie=" << shared->netns_cookie;
       return absl::OkStatus();
@@ -628,10 +640,9 @@ void Tunnel::OnControllerGone() {
 }
 
 void Tunnel::UpdateTlsContexts() {
-  std::string signature = absl::StrCat(trust_bundle_.size(), "|", snapshot_->trust_domain(), "|");
-  for (const auto& pem : trust_bundle_)
-    absl::StrAppend(&signature, pem.size(), ":", pem.substr(pem.size() > 80 ? pem.size() - 80 : 0),
-                    "|");
+  std::string signature =
+      absl::StrCat(snapshot_->trust_domain().size(), ":", snapshot_->trust_domain(), "|",
+                   TrustBundleKey(trust_bundle_), "|");
   auto statuses = certs_->Statuses();
   for (const auto& c : statuses) {
     absl::StrAppend(&signature, c.identity, "=", c.serial_hex, "/", tls::CertStateName(c.state),
@@ -716,7 +727,7 @@ void Tunnel::ServePendingPods() {
     bool ready = p->spiffe_id.empty() || certs_->Get(p->spiffe_id) != nullptr;
     // Past the grace period the pod is served anyway: passthrough traffic must not wait on a
     // CA that is down, and mTLS connections then fail closed with the reason logged.
-    bool overdue = absl::Now() - it->second > kCertGrace;
+    bool overdue = CertGraceOver(it->second, options_.clock->Now());
     if (!ready && !overdue) {
       ++it;
       continue;
@@ -745,7 +756,7 @@ void Tunnel::AfterEvent() {
   for (const auto& [uid, since] : waiting_for_cert_) next = std::min(next, since + kCertGrace);
   itimerspec its{};
   if (next != absl::InfiniteFuture()) {
-    absl::Duration in = std::max(next - absl::Now(), absl::Milliseconds(1));
+    absl::Duration in = std::max(next - options_.clock->Now(), absl::Milliseconds(1));
     its.it_value.tv_sec = absl::ToInt64Seconds(in);
     its.it_value.tv_nsec = absl::ToInt64Nanoseconds(in - absl::Seconds(its.it_value.tv_sec));
     if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;

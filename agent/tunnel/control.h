@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
@@ -35,6 +36,9 @@ struct TunnelOptions {
   // hbone::SessionOptions::stream_open_burst / stream_open_rate of inbound HBONE connections.
   uint32_t failed_stream_burst = 200;
   double failed_stream_rate = 100;
+  // Every time the data plane reads (certificate lifetimes, grace periods, idle timers, flow
+  // start times) comes from this clock, so tests can move it by hand. Must outlive the Tunnel.
+  const Clock* clock = &RealClock::Get();
 };
 
 // The data plane's main thread: serves the control socket, keeps the pod table, and owns the
@@ -73,7 +77,7 @@ class Tunnel : public tls::CsrSigner {
   // Rebuilds the workers' TLS contexts when a certificate or the trust bundle changed.
   void UpdateTlsContexts();
   void ServePendingPods();
-  // Answers one request on the stats socket (see StatsRequest in dataplane.proto).
+  // Answers one request on the stats socket (see StatsSocketRequest in dataplane.proto).
   void ServeStats(UniqueFd client);
   // One heartbeat: every worker runs a task, then the answer goes up. Never waits here, so a
   // hung worker delays only the answer, and the control thread keeps serving the agent.
@@ -82,8 +86,8 @@ class Tunnel : public tls::CsrSigner {
   void SendPong(const HeartbeatRound& round);
 
   TunnelOptions options_;
-  UniqueFd stats_fd_;  // <run dir>/dataplane-stats.sock
-  absl::Time started_ = absl::Now();
+  UniqueFd stats_fd_;   // <run dir>/dataplane-stats.sock
+  absl::Time started_;  // read from options_.clock by Create
   UniqueFd listen_fd_, controller_, epoll_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::vector<std::unique_ptr<Worker>> workers_;

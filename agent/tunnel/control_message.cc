@@ -1,6 +1,7 @@
 #include "agent/tunnel/control_message.h"
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
 #include "agent/common/sealed_file.h"
 
 namespace ambit::tunnel {
@@ -51,6 +52,29 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));
   }
+}
+
+absl::StatusOr<pb::StatsSocketRequest> DecodeStatsSocketRequest(absl::string_view bytes) {
+  pb::StatsSocketRequest request;
+  if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("stats socket: not a StatsSocketRequest");
+  }
+  switch (request.request_case()) {
+    case pb::StatsSocketRequest::kStats:
+      return request;
+    case pb::StatsSocketRequest::kLogLevel: {
+      log::Level level;
+      if (!log::ParseLevel(request.log_level().level(), &level)) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown log level \"",
+                                                       request.log_level().level(),
+                                                       "\"; use debug, info, warn or error"));
+      }
+      return request;
+    }
+    case pb::StatsSocketRequest::REQUEST_NOT_SET:
+      break;
+  }
+  return absl::UnimplementedError("stats socket: the request asks for nothing this build knows");
 }
 
 absl::StatusOr<pb::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,

@@ -21,6 +21,13 @@ namespace ambit::tunnel {
 absl::StatusOr<ambit::dataplane::v1::Envelope> DecodeAgentMessage(absl::string_view bytes,
                                                                   size_t fd_count);
 
+// Parses one request read from the stats socket. Errors: DataLoss for bytes that are not a
+// StatsSocketRequest, Unimplemented for one that asks nothing (a request of a kind this build
+// does not know reads so), InvalidArgument for a log-level change to an unknown level (the only
+// error the asker is answered, with a SetLogLevelResponse).
+absl::StatusOr<ambit::dataplane::v1::StatsSocketRequest> DecodeStatsSocketRequest(
+    absl::string_view bytes);
+
 // The configuration a snapshot_ref names: its descriptors must be exactly one memfd sealed against
 // writing and resizing, of the announced size and at most max_bytes, holding a Snapshot of the
 // announced version. Any error says what was wrong, for the nack.

@@ -3,7 +3,6 @@
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_util.h"
 #include "agent/tunnel/connection.h"
@@ -32,12 +31,21 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
   }
   Key key{src.uid, dst_identity, dst};
   auto& list = pools_[key];
+  const absl::Time now = worker_.Now();
   for (const auto& s : list) {
     // A renewed certificate means a new context: new streams go to a session that presents it.
-    if (&s->tls_context() == client_ctx.get() && s->can_open_stream() &&
-        s->active_streams() < max_streams_) {
-      return s;
+    if (&s->tls_context() != client_ctx.get() || !s->can_open_stream() ||
+        s->active_streams() >= max_streams_) {
+      continue;
     }
+    // Past the idle limit the session is as good as closed (its timer may not have run yet, and
+    // the peer may be closing it too): a stream put on it now could be cut at once.
+    auto idle = idle_.find(s.get());
+    if (s->active_streams() == 0 && idle != idle_.end() &&
+        IdleRemaining(idle->second.since, now, idle_timeout_) <= absl::ZeroDuration()) {
+      continue;
+    }
+    return s;
   }
   auto up = ConnectFromPod(worker_, src, dst, nullptr);
   if (!up.ok()) return up.status();
@@ -91,7 +99,7 @@ size_t HbonePool::DropPod(const std::string& src_uid) {
 void HbonePool::OnIdle(hbone::HboneSession& session) {
   if (keys_.find(&session) == keys_.end()) return;
   IdleState& state = idle_[&session];
-  state.since = absl::Now();
+  state.since = worker_.Now();
   if (state.armed) return;  // the pending timer measures from `since`
   state.armed = true;
   ArmIdleTimer(session.shared_from_this(), idle_timeout_);
@@ -108,13 +116,13 @@ void HbonePool::ArmIdleTimer(std::weak_ptr<hbone::HboneSession> weak, absl::Dura
       it->second.armed = false;
       return;
     }
-    absl::Duration idle_for = absl::Now() - it->second.since;
-    if (idle_for >= idle_timeout_) {
+    absl::Duration remaining = IdleRemaining(it->second.since, worker_.Now(), idle_timeout_);
+    if (remaining <= absl::ZeroDuration()) {
       it->second.armed = false;
       s->Shutdown();
       return;
     }
-    ArmIdleTimer(weak, idle_timeout_ - idle_for);
+    ArmIdleTimer(weak, remaining);
   });
 }
 

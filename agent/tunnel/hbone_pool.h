@@ -17,6 +17,13 @@ namespace ambit::tunnel {
 
 class Worker;
 
+// How much longer a pooled session with no streams, idle since `idle_since`, may stay pooled at
+// `now`. Zero or less: it is past the idle limit, takes no new stream and closes. Pure, so the
+// limit is tested with a clock moved by hand.
+inline absl::Duration IdleRemaining(absl::Time idle_since, absl::Time now, absl::Duration limit) {
+  return limit - (now - idle_since);
+}
+
 // A live HBONE session and who it connects, for log lines.
 struct SessionEntry {
   std::shared_ptr<hbone::HboneSession> session;

@@ -48,7 +48,8 @@ struct DataPlaneSettings {
   uint32_t failed_stream_burst = 200;
   double failed_stream_rate = 100;
   bool access_log_json = false;  // access-log lines as JSON objects instead of key=value text
-  // Certificate lifetimes are judged by this clock (tests substitute their own).
+  // Every time a worker reads (certificate lifetimes, idle timers, flow start and end) comes
+  // from this clock (tests substitute their own).
   const Clock* clock = &RealClock::Get();
 };
 

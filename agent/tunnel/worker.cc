@@ -93,6 +93,7 @@ Worker::Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
     : index_(index), settings_(std::move(settings)), loop_(std::move(loop)) {
   hbone::SessionOptions options;
   options.stats = &hbone_stats_;
+  options.clock = settings_->clock;
   pool_ = std::make_unique<HbonePool>(*this, options, settings_->max_streams_per_connection,
                                       settings_->idle_timeout);
   options.stream_open_burst = settings_->failed_stream_burst;
@@ -275,7 +276,7 @@ void Worker::Retire(Flow* flow) {
   flow->Bytes(&end.bytes_from_client, &end.bytes_to_client);
   metrics_.Closed(flow->record_, end);
   // AMBIT_LOG builds the line only when the access log is on.
-  AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, absl::Now(),
+  AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, Now(),
                                                settings_->access_log_json);
   loop_->Defer([this, flow] { connections_.erase(flow); });
 }
@@ -284,13 +285,13 @@ void Worker::Adopt(std::unique_ptr<Flow> flow) {
   Flow* raw = flow.get();
   // Ids are unique in the process: the worker's index in the top bits.
   raw->record_.id = (static_cast<uint64_t>(index_) << 48) | next_flow_++;
-  raw->record_.start = absl::Now();
+  raw->record_.start = Now();
   metrics_.Opened(raw->record_);
   connections_.emplace(raw, std::move(flow));
 }
 
 void Worker::Refuse(FlowRecord record, FlowEnd end) {
-  record.start = absl::Now();
+  record.start = Now();
   metrics_.Refused(record, end);
   AMBIT_LOG(kAccessLog, Info) << AccessLogLine(record, end, record.start,
                                                settings_->access_log_json);

@@ -5,6 +5,7 @@
 // (workloads, services, compiled AuthorizationPolicies) that routes and authorizes connections; an
 // add_pod's addresses are parsed and its identity gets a key and a CSR; a csr_response's chain is
 // checked by the CertManager against the request it answers; a trust bundle's roots are loaded.
+// The same bytes are also read as a stats-socket request (DecodeStatsSocketRequest).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
 #include <memory>
@@ -118,6 +119,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ambit::fuzz::Input in(data, size);
   size_t fd_count = in.Byte() % 4;
   absl::string_view bytes = in.Rest();
+  // The stats socket's requests come from the same agent: the same bytes read as one of those
+  // decode to a request the tunnel can act on, or to a reason.
+  auto stats = ambit::tunnel::DecodeStatsSocketRequest(bytes);
+  if (stats.ok()) {
+    FUZZ_REQUIRE(stats->has_stats() || stats->has_log_level());
+    ambit::log::Level level;
+    if (stats->has_log_level())
+      FUZZ_REQUIRE(ambit::log::ParseLevel(stats->log_level().level(), &level));
+  } else {
+    FUZZ_REQUIRE(!stats.status().message().empty());
+  }
   auto env = ambit::tunnel::DecodeAgentMessage(bytes, fd_count);
   if (!env.ok()) {
     FUZZ_REQUIRE(!env.status().message().empty());

@@ -311,6 +311,13 @@ protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"
     write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 3 remove_pod { uid: "default/web" }'))
     write(t, "wrong_version", b"\x00" + protoc_encode(env, 'protocol_version: 1 remove_pod { uid: "x" }'))
     write(t, "ping", b"\x00" + protoc_encode(env, "protocol_version: 3 ping { seq: 7 }"))
+    # Stats-socket requests, which the target also decodes (DecodeStatsSocketRequest).
+    stats = "ambit.dataplane.v1.StatsSocketRequest"
+    write(t, "stats_request", b"\x00" + protoc_encode(stats, "stats { connections: true metrics: true }"))
+    write(t, "stats_log_level", b"\x00" + protoc_encode(
+        stats, 'log_level { component: "hbone" level: "debug" }'))
+    write(t, "stats_log_level_unknown", b"\x00" + protoc_encode(
+        stats, 'log_level { level: "verbose" }'))
     chain = [leaf(ca_key, ca_cert, "spiffe://cluster.local/ns/fuzz/sa/app").decode(),
              pem(ca_cert).decode()]
     text = "protocol_version: 3 csr_response { request_id: 1 %s }" % " ".join(

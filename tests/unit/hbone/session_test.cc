@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "agent/common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/hbone/hbone_fixture.h"
@@ -454,6 +455,37 @@ TEST_F(SessionTest, AnsweredStreamsAreNotRateLimited) {
   EXPECT_EQ(server_->requests.size(), 40u);
   EXPECT_EQ(server_->stats.stream_rate_limited, 0u);
   EXPECT_FALSE(client_events_.closed);
+}
+
+// The bucket refills by the session's clock, not the wall clock: with a clock moved by hand the
+// refill is exact, whatever the machine's speed.
+TEST_F(SessionTest, StreamTokensRefillByTheSessionClock) {
+  FakeClock clock;
+  SessionOptions server_options;
+  server_options.stream_open_burst = 3;
+  server_options.stream_open_rate = 1;  // one token per second of `clock`
+  server_options.clock = &clock;
+  StartServer(server_options);
+  server_->on_connect = [](HboneSession&, StreamId, const ConnectRequest&) -> StreamObserver* {
+    return nullptr;  // 503: the token is not given back
+  };
+  auto client = Dial();
+  auto refused = [&](int count) {
+    for (int i = 0; i < count; ++i) {
+      TestStream* stream = Open(*client);
+      ASSERT_TRUE(Run([&] { return stream->status != 0 || client_events_.closed; }));
+      ASSERT_EQ(stream->status, 503) << "stream " << i;
+    }
+  };
+  refused(3);  // the burst
+  clock.Advance(absl::Seconds(2));
+  refused(2);  // two tokens came back, and only two
+  EXPECT_FALSE(client_events_.closed);
+  Open(*client);
+  ASSERT_TRUE(Run([&] { return client_events_.closed; }));
+  EXPECT_EQ(server_->requests.size(), 5u);
+  EXPECT_EQ(server_->stats.stream_rate_limited, 1u);
+  EXPECT_THAT(std::string(client_events_.close_status.message()), HasSubstr("ENHANCE_YOUR_CALM"));
 }
 
 // Refused streams (503 here; a port scan) are not given back: they are limited like resets.

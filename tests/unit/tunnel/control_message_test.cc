@@ -99,5 +99,42 @@ TEST(DecodeAgentMessageTest, AcceptsAHeartbeatWithoutDescriptors) {
   EXPECT_EQ(DecodeAgentMessage(Bytes(pong), 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(DecodeStatsSocketRequestTest, TellsAStatsRequestFromALogLevelChange) {
+  pb::StatsSocketRequest stats;
+  stats.mutable_stats()->set_connections(true);
+  auto decoded = DecodeStatsSocketRequest(stats.SerializeAsString());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(decoded->has_stats());
+  EXPECT_TRUE(decoded->stats().connections());
+
+  pb::StatsSocketRequest change;
+  change.mutable_log_level()->set_component("hbone");
+  change.mutable_log_level()->set_level("debug");
+  decoded = DecodeStatsSocketRequest(change.SerializeAsString());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(decoded->has_log_level());
+  EXPECT_EQ(decoded->log_level().component(), "hbone");
+  EXPECT_EQ(decoded->log_level().level(), "debug");
+}
+
+TEST(DecodeStatsSocketRequestTest, RefusesGarbageEmptyRequestsAndUnknownLevels) {
+  EXPECT_EQ(DecodeStatsSocketRequest("\xff\xff\xff").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeStatsSocketRequest("").status().code(), absl::StatusCode::kUnimplemented);
+
+  pb::StatsSocketRequest change;
+  change.mutable_log_level()->set_level("verbose");
+  auto refused = DecodeStatsSocketRequest(change.SerializeAsString());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("verbose"), std::string::npos);
+}
+
+TEST(DecodeStatsSocketRequestTest, AStatsRequestOfProtocolTwoChangesNoLevel) {
+  // What an agent of protocol version 2 sent: a bare StatsRequest, the level in field 4. The
+  // fields are reserved now, so it asks for nothing this build knows.
+  std::string old_bytes = std::string("\x08\x01", 2) + "\x22\x05" + "debug";
+  auto decoded = DecodeStatsSocketRequest(old_bytes);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kUnimplemented);
+}
+
 }  // namespace
 }  // namespace ambit::tunnel
