@@ -21,6 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from apps import H2_CLIENT  # noqa: E402
 from topology import Topology, run, wait_listening  # noqa: E402
 import svid  # noqa: E402
 
@@ -85,21 +86,6 @@ while not got.endswith(b"\n"):
         break
     got += d
 print(json.dumps({"reply": got.decode()}), flush=True)
-"""
-
-# An HTTP/2 client over TLS 1.3 to host:15008 presenting the SVID in certdir (`certdir` and
-# `host` set before it): the start of every client program below.
-H2_CLIENT = r"""
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
-ctx.load_verify_locations(os.path.join(certdir, "root.pem"))
-ctx.check_hostname = False
-ctx.set_alpn_protocols(["h2"])
-tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
-conn = h2.connection.H2Connection(h2.config.H2Configuration(
-    client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
-conn.initiate_connection()
 """
 
 # One CONNECT with a real HTTP/2 client (Python ssl + h2) holding an SVID; prints the status and

@@ -21,6 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from apps import exchange  # noqa: E402
 from topology import ABI_VERSION, build_dir, run  # noqa: E402
 from test_faults import HOLD, TwoNodes, signal_agent  # noqa: E402
 
@@ -84,14 +85,6 @@ class BpfUpgradeTest(unittest.TestCase):
         self.nodes = TwoNodes("u")
         self.addCleanup(self.nodes.close)
 
-    def exchange(self, holds, word):
-        for i, h in enumerate(holds):
-            h.stdin.write(f"{word}-{i}\n")
-            h.stdin.flush()
-        for i, h in enumerate(holds):
-            self.assertEqual(h.stdout.readline().strip(), f"{word}-{i}",
-                             f"held connection {i} broke at {word!r}")
-
     def upgrade(self, layout, other_definition=()):
         n = self.nodes
         _, out = n.echo_server(PORT)
@@ -102,7 +95,7 @@ class BpfUpgradeTest(unittest.TestCase):
             self.addCleanup(h.kill)
             self.assertEqual(h.stdout.readline().strip(), "connected")
             holds.append(h)
-        self.exchange(holds, "before")
+        exchange(holds, "before")
         runs = n.load(2, PORT, self.LOAD_SECONDS, "up")
         time.sleep(1)
         # Both nodes: a's agent owns the outbound hooks (connect, sockops) that carry the
@@ -118,7 +111,7 @@ class BpfUpgradeTest(unittest.TestCase):
             signal_agent(agent, signal.SIGTERM)
             old_root = make_previous_abi(agent, layout, other_definition)
             self.assertFalse(os.path.exists(agent.pin_root))
-            self.exchange(holds, f"down-{agent.node}")
+            exchange(holds, f"down-{agent.node}")
 
             adopted = agent.logs().count(f"adopted pod {pod} ")
             agent.start()
@@ -145,7 +138,7 @@ class BpfUpgradeTest(unittest.TestCase):
                 self.assertFalse(os.path.exists(old_root))
             # The data plane was adopted, not replaced, and keeps serving.
             self.assertEqual(agent.tunnel_pid(), tunnel)
-            self.exchange(holds, f"after-{agent.node}")
+            exchange(holds, f"after-{agent.node}")
             self.assertTrue(n.probe(PORT)["ok"], f"new connection refused after {agent.node}")
             self.assertEqual(agent.ready()[0], 200, agent.ready())
 

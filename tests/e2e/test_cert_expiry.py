@@ -21,45 +21,13 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_faults as faults  # noqa: E402
+from apps import H2_CLIENT, echo_loop  # noqa: E402
 from topology import free_port  # noqa: E402
 
 TRUST = faults.TRUST
 WEB = f"{TRUST}/ns/default/sa/web"
 API = f"{TRUST}/ns/backend/sa/api"
 PORT = 7930
-
-# A new connection every 100-200 ms until SECONDS pass: sends "<seq>\n", expects it echoed,
-# closes. One JSON line per connection (start, end, error or null) to OUT.
-PACED = r"""
-import json, random, socket, sys, time
-host, port, seconds, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-deadline = time.time() + seconds
-seq = 0
-with open(out, "w", buffering=1) as f:
-    while time.time() < deadline and seq < 5000:
-        seq += 1
-        payload = f"{seq}\n".encode()
-        t0, err = time.time(), None
-        try:
-            s = socket.create_connection((host, port), timeout=3)
-            try:
-                s.settimeout(3)
-                s.sendall(payload)
-                data = b""
-                while len(data) < len(payload):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if data != payload:
-                    err = f"reply of {len(data)} bytes"
-            finally:
-                s.close()
-        except OSError as e:
-            err = type(e).__name__
-        f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
-        time.sleep(random.uniform(0.1, 0.2))
-"""
 
 
 def not_after(agent):
@@ -119,8 +87,9 @@ class ExternalCaNodes:
 
 def paced(nodes, seconds, name):
     out = os.path.join(nodes.topo.workdir, f"paced-{name}.jsonl")
-    proc = nodes.a.popen(["/usr/bin/python3", "-c", PACED, nodes.b.ip4, str(PORT), str(seconds),
-                          out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = nodes.a.popen(echo_loop(nodes.b.ip4, PORT, seconds, name, out, interval=0.1,
+                                   jitter=0.1, timeout=3, max_connections=5000),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     nodes.topo.procs.append(proc)
     return proc, out
 
@@ -242,17 +211,7 @@ import json, os, socket, ssl, sys, time
 import h2.config, h2.connection, h2.events
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame
 certdir, host, authority, expires = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
-ctx.load_verify_locations(os.path.join(certdir, "root.pem"))
-ctx.check_hostname = False
-ctx.set_alpn_protocols(["h2"])
-tls = ctx.wrap_socket(socket.create_connection((host, 15008), timeout=10))
-conn = h2.connection.H2Connection(h2.config.H2Configuration(
-    client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
-conn.initiate_connection()
-first = conn.get_next_available_stream_id()
+""" + H2_CLIENT + r"""first = conn.get_next_available_stream_id()
 conn.send_headers(first, [(":method", "CONNECT"), (":authority", authority)])
 tls.sendall(conn.data_to_send())
 out = {"status": None, "echo": b"", "goaway_last": None, "goaway_code": None, "late": None,

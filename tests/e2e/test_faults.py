@@ -16,6 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from apps import echo_loop, exchange  # noqa: E402
 from topology import Topology, build_dir, fd_count, free_port, rss_kib, run  # noqa: E402
 
 TRUST = "spiffe://cluster.local"
@@ -60,76 +61,6 @@ while True:
         except OSError:
             sel.unregister(key.fileobj)
             key.fileobj.close()
-"""
-
-# Connects in a loop until SECONDS pass: sends "<marker>-<seq>\n", expects it echoed, closes.
-# Writes one JSON line per connection (start, end, error or null) to OUT.
-LOOP = r"""
-import json, socket, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-marker, out = sys.argv[4], sys.argv[5]
-deadline = time.time() + seconds
-seq = 0
-with open(out, "w", buffering=1) as f:
-    while time.time() < deadline and seq < 100000:
-        seq += 1
-        payload = f"{marker}-{seq}\n".encode()
-        t0, err = time.time(), None
-        try:
-            s = socket.create_connection((host, port), timeout=10)
-            try:
-                s.sendall(payload)
-                data = b""
-                while len(data) < len(payload):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if data != payload:
-                    err = f"reply of {len(data)} bytes"
-            finally:
-                s.close()
-        except OSError as e:
-            err = type(e).__name__
-        f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
-        if err:
-            time.sleep(0.05)  # a failing path is retried, not hammered
-"""
-
-# A new connection every 100 ms until STOP exists or SECONDS pass: sends "<marker>-<seq>\n",
-# expects it echoed, closes. Writes one JSON line per connection (start, end, error or null).
-PACED = r"""
-import json, os, socket, sys, time
-host, port, seconds, marker, out, stop = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
-    sys.argv[4], sys.argv[5], sys.argv[6]
-deadline = time.time() + seconds
-next_start = time.time()
-seq = 0
-with open(out, "w", buffering=1) as f:
-    while time.time() < deadline and seq < 5000 and not os.path.exists(stop):
-        seq += 1
-        payload = f"{marker}-{seq}\n".encode()
-        t0, err = time.time(), None
-        try:
-            s = socket.create_connection((host, port), timeout=10)
-            try:
-                s.settimeout(10)
-                s.sendall(payload)
-                data = b""
-                while len(data) < len(payload):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if data != payload:
-                    err = f"reply of {len(data)} bytes"
-            finally:
-                s.close()
-        except OSError as e:
-            err = type(e).__name__
-        f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
-        next_start += 0.1
-        time.sleep(max(0.0, next_start - time.time()))
 """
 
 # One connection per call: {"ok": true} if the line came back.
@@ -265,8 +196,7 @@ class TwoNodes:
         runs = []
         for i in range(clients):
             out = os.path.join(self.topo.workdir, f"load-{port}-{i}-{time.time():.0f}.jsonl")
-            proc = self.a.popen(["/usr/bin/python3", "-c", LOOP, self.b.ip4, str(port),
-                                 str(seconds), f"{marker}{i}", out],
+            proc = self.a.popen(echo_loop(self.b.ip4, port, seconds, f"{marker}{i}", out),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             runs.append((proc, out))
         return runs
@@ -396,14 +326,6 @@ class AgentRestartTest(unittest.TestCase):
         self.nodes = TwoNodes("d")
         self.addCleanup(self.nodes.close)
 
-    def exchange(self, holds, word):
-        for i, h in enumerate(holds):
-            h.stdin.write(f"{word}-{i}\n")
-            h.stdin.flush()
-        for i, h in enumerate(holds):
-            self.assertEqual(h.stdout.readline().strip(), f"{word}-{i}",
-                             f"held connection {i} broke at {word!r}")
-
     def test_restart_keeps_live_connections(self):
         n = self.nodes
         port = 7800
@@ -414,7 +336,7 @@ class AgentRestartTest(unittest.TestCase):
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self.assertEqual(h.stdout.readline().strip(), "connected")
             holds.append(h)
-        self.exchange(holds, "before")
+        exchange(holds, "before")
         tunnels = {a.node: a.tunnel_pid() for a in (n.n1, n.n2)}
         self.assertTrue(all(tunnels.values()), tunnels)
         steps = [(n.n1, signal.SIGTERM), (n.n2, signal.SIGKILL), (n.n1, signal.SIGKILL),
@@ -424,13 +346,13 @@ class AgentRestartTest(unittest.TestCase):
             signal_agent(agent, sig)
             # While ambitd is down the tunnel keeps serving its last configuration: held
             # connections work and a new one is served.
-            self.exchange(holds, f"down-{step}")
+            exchange(holds, f"down-{step}")
             self.assertTrue(n.probe(port)["ok"], f"new connection refused with {step}")
             adopted = f"adopted pod {'default/a' if agent is n.n1 else 'backend/b'} "
             count = agent.logs().count(adopted)
             agent.start()
             agent.wait_log(adopted, 20, count=count + 1)
-            self.exchange(holds, f"after-{step}")
+            exchange(holds, f"after-{step}")
             self.assertTrue(n.probe(port)["ok"], f"new connection refused after {step}")
             # The data plane was adopted, not replaced.
             self.assertEqual(agent.tunnel_pid(), tunnels[agent.node], step)
@@ -479,9 +401,9 @@ class AgentRestartTest(unittest.TestCase):
             self.assertEqual(len(before[node]["cgroup_programs"]), 5, before)
         stop = os.path.join(n.topo.workdir, "storm.stop")
         result = os.path.join(n.topo.workdir, "storm.jsonl")
-        client = n.a.popen(["/usr/bin/python3", "-c", PACED, n.b.ip4, str(port), "180", "storm",
-                            result, stop], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+        client = n.a.popen(echo_loop(n.b.ip4, port, 180, "storm", result, stop=stop, interval=0.1,
+                                     max_connections=5000),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         t_start = time.time()
         downtime = []
         try:
