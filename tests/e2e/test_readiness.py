@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import run  # noqa: E402
-from test_faults import TwoNodes, wait_for  # noqa: E402
+from test_faults import TwoNodes  # noqa: E402
 
 # Short enough to keep the test quick, long enough that a loaded CI machine does not trip it.
 DEADLINE_S = 2
