@@ -275,13 +275,6 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
       s.link_pins.push_back(pin);
     }
   }
-  // ambit_listen_v2 replaced ambit_listeners (one dual-stack wildcard listener per kind, which
-  // the data plane's own delivery could reach). The pods' sk_lookup links get the new program
-  // as they are enrolled again; the old map only keeps old sockets alive.
-  std::string legacy_listeners = pin_root + "/ambit_listeners";
-  if (unlink(legacy_listeners.c_str()) == 0) {
-    AMBIT_LOG(kComponent, Info) << "removed " << legacy_listeners << " (now ambit_listen_v2)";
-  }
   auto dup_map = [](bpf_map* m) { return UniqueFd(fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3)); };
   s.pods_map = dup_map(s.skel->maps.ambit_pods);
   s.listeners_map = dup_map(s.skel->maps.ambit_listen_v2);
