@@ -310,4 +310,18 @@ absl::StatusOr<Snapshot> FromProto(const pb::Snapshot& in) {
   return s;
 }
 
+absl::StatusOr<pb::Envelope> ParseEnvelope(absl::string_view bytes, absl::string_view peer,
+                                           absl::string_view self, absl::string_view advice) {
+  pb::Envelope env;
+  if (!env.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("undecodable control message");
+  }
+  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(peer, " speaks control protocol ", env.protocol_version(), ", this ", self,
+                     " ", static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; ", advice));
+  }
+  return env;
+}
+
 }  // namespace ambit::mesh

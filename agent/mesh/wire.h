@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "agent/mesh/model.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -26,5 +27,13 @@ absl::StatusOr<Service> FromProto(const ambit::dataplane::v1::Service& in);
 // names a workload of the snapshot.
 absl::Status ToProto(const Snapshot& snapshot, ambit::dataplane::v1::Snapshot* out);
 absl::StatusOr<Snapshot> FromProto(const ambit::dataplane::v1::Snapshot& in);
+
+// One control-channel packet: DataLoss if it is no Envelope, FailedPrecondition if it speaks
+// another protocol version, worded as "<peer> speaks control protocol N, this <self> M; <advice>".
+// Each side's decoder then checks which bodies it accepts from the other.
+absl::StatusOr<ambit::dataplane::v1::Envelope> ParseEnvelope(absl::string_view bytes,
+                                                             absl::string_view peer,
+                                                             absl::string_view self,
+                                                             absl::string_view advice);
 
 }  // namespace ambit::mesh

@@ -1,21 +1,16 @@
 #include "agent/supervisor/control_message.h"
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/status.h"
+#include "agent/mesh/wire.h"
 
 namespace ambit::supervisor {
 
 namespace pb = ::ambit::dataplane::v1;
 
 absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, size_t fd_count) {
-  pb::Envelope env;
-  if (!env.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::DataLossError("undecodable control message");
-  }
-  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("data plane speaks control protocol ", env.protocol_version(), ", this agent ",
-                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; restart the data plane"));
-  }
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env, mesh::ParseEnvelope(bytes, "data plane", "agent",
+                                                               "restart the data plane"));
   switch (env.body_case()) {
     case pb::Envelope::kAddPod:  // a pod handed back after a restart, with its listeners
       if (static_cast<size_t>(env.add_pod().fds_size()) != fd_count) {

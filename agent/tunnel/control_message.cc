@@ -3,21 +3,16 @@
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/common/sealed_file.h"
+#include "agent/common/status.h"
+#include "agent/mesh/wire.h"
 
 namespace ambit::tunnel {
 
 namespace pb = ::ambit::dataplane::v1;
 
 absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t fd_count) {
-  pb::Envelope env;
-  if (!env.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::DataLossError("undecodable control message");
-  }
-  if (env.protocol_version() != pb::PROTOCOL_VERSION_CURRENT) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("agent speaks control protocol ", env.protocol_version(), ", this data plane ",
-                     static_cast<int>(pb::PROTOCOL_VERSION_CURRENT), "; upgrade one of them"));
-  }
+  AMBIT_ASSIGN_OR_RETURN(pb::Envelope env,
+                         mesh::ParseEnvelope(bytes, "agent", "data plane", "upgrade one of them"));
   switch (env.body_case()) {
     case pb::Envelope::kMaps:
       if (static_cast<size_t>(env.maps().fds_size()) != fd_count) {
