@@ -159,6 +159,28 @@ class ReenrollTest(unittest.TestCase):
             last = now
         return last
 
+    def ensure_b_enrolled(self):
+        """Puts b back on node2 if an earlier test left it out."""
+        if (self.workload_b() or {}).get("role") != "enrolled":
+            self.topo.write_pods(self.n2, [self.a, self.b])
+            wait_for(lambda: (self.workload_b() or {}).get("role") == "enrolled",
+                     "b enrolled", 10)
+
+    def serve_b(self):
+        """Once b holds its certificate: an echo server in b, and a Sender in a sending to it."""
+        self.n2.wait_log(f"certificate {API} valid")
+        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(server)
+        sender = Sender(self.a, self.b.ip4, PORT)
+        return server, sender
+
+    @staticmethod
+    def stop_serving(server, sender):
+        sender.stop()
+        server.kill()
+        server.wait(timeout=10)
+
     def test_removed_pod_with_inbound_traffic_enrolls_again(self):
         # Runs first (unittest's order is by name): node2 has never enrolled b yet.
         self.assertIsNone(self.workload_b(), "b is in node2's configuration already")
@@ -167,11 +189,7 @@ class ReenrollTest(unittest.TestCase):
 
         self.topo.write_pods(self.n2, [self.a, self.b])
         self.n2.wait_log("enrolled pod backend/b ")
-        self.n2.wait_log(f"certificate {API} valid")
-        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_listening(server)
-        sender = Sender(self.a, self.b.ip4, PORT)
+        server, sender = self.serve_b()
         try:
             start = time.time()
             sender.wait_oks(start, 10, timeout=20)
@@ -207,20 +225,11 @@ class ReenrollTest(unittest.TestCase):
             self.assertNotIn("Address already in use", logs)
             self.assertNotIn("enroll pod backend/b (", logs)  # never failed, never retried
         finally:
-            sender.stop()
-            server.kill()
-            server.wait(timeout=10)
+            self.stop_serving(server, sender)
 
     def test_replaced_pod_waits_for_release(self):
-        if (self.workload_b() or {}).get("role") != "enrolled":
-            self.topo.write_pods(self.n2, [self.a, self.b])
-            wait_for(lambda: (self.workload_b() or {}).get("role") == "enrolled",
-                     "b enrolled", 10)
-        self.n2.wait_log(f"certificate {API} valid")
-        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_listening(server)
-        sender = Sender(self.a, self.b.ip4, PORT)
+        self.ensure_b_enrolled()
+        server, sender = self.serve_b()
         try:
             sender.wait_oks(time.time(), 10, timeout=20)
             b2 = self.b.yaml().replace("  name: b\n", "  name: b2\n")
@@ -238,9 +247,7 @@ class ReenrollTest(unittest.TestCase):
             self.assertIn("has not yet released the listeners of pod backend/b", logs)
             self.assertNotIn("Address already in use", logs)
         finally:
-            sender.stop()
-            server.kill()
-            server.wait(timeout=10)
+            self.stop_serving(server, sender)
             self.topo.write_pods(self.n2, [self.a, self.b])
 
     def hbone_connections_from_a(self):
@@ -249,15 +256,8 @@ class ReenrollTest(unittest.TestCase):
         return len([line for line in r.stdout.splitlines() if line.strip()])
 
     def test_sender_pod_removed_closes_its_pooled_connections(self):
-        if (self.workload_b() or {}).get("role") != "enrolled":
-            self.topo.write_pods(self.n2, [self.a, self.b])
-            wait_for(lambda: (self.workload_b() or {}).get("role") == "enrolled",
-                     "b enrolled", 10)
-        self.n2.wait_log(f"certificate {API} valid")
-        server = self.b.popen(["/usr/bin/python3", "-c", MULTI_SERVER, str(PORT)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_listening(server)
-        sender = Sender(self.a, self.b.ip4, PORT)
+        self.ensure_b_enrolled()
+        server, sender = self.serve_b()
         try:
             sender.wait_oks(time.time(), 10, timeout=20)
             self.assertEqual(self.hbone_connections_from_a(), 1)
@@ -280,9 +280,7 @@ class ReenrollTest(unittest.TestCase):
                      "a's traffic in HBONE again", 5)
             self.assertNotIn("Address already in use", self.n1.logs())
         finally:
-            sender.stop()
-            server.kill()
-            server.wait(timeout=10)
+            self.stop_serving(server, sender)
             self.topo.write_pods(self.n1, [self.a, self.b])
 
 
