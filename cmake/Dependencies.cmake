@@ -27,3 +27,10 @@ add_library(boringssl INTERFACE)
 target_include_directories(boringssl SYSTEM INTERFACE /usr/include/android)
 target_link_libraries(boringssl INTERFACE ${BORINGSSL_LIBDIR}/libssl.so ${BORINGSSL_LIBDIR}/libcrypto.so)
 target_link_options(boringssl INTERFACE -Wl,-rpath,${BORINGSSL_LIBDIR})
+
+# nodejs http-parser (libhttp-parser-dev) for the waypoint's HTTP/1; Debian ships no .pc for it.
+find_path(HTTP_PARSER_INCLUDE_DIR http_parser.h REQUIRED)
+find_library(HTTP_PARSER_LIBRARY http_parser REQUIRED)
+add_library(HttpParser::HttpParser UNKNOWN IMPORTED)
+set_target_properties(HttpParser::HttpParser PROPERTIES IMPORTED_LOCATION ${HTTP_PARSER_LIBRARY}
+  INTERFACE_INCLUDE_DIRECTORIES ${HTTP_PARSER_INCLUDE_DIR})

@@ -28,6 +28,8 @@ packages=(
   ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2
   # benchmarks
   iperf3
+  # waypoint HTTP/1 parser (nodejs http-parser; Debian 12 has no llhttp)
+  libhttp-parser-dev
 )
 
 missing=()

@@ -46,7 +46,9 @@ void PrometheusText::Add(const metrics::Metric& metric, const Labels& labels, do
   auto [it, inserted] = families_.try_emplace(name);
   if (inserted) {
     order_.push_back(name);
-    it->second.type = metric.type == metrics::Type::kCounter ? "counter" : "gauge";
+    it->second.type = metric.type == metrics::Type::kCounter     ? "counter"
+                      : metric.type == metrics::Type::kHistogram ? "histogram"
+                                                                 : "gauge";
     it->second.help = std::string(metric.help);
   }
   std::string rendered;

@@ -10,7 +10,8 @@
 
 namespace ambit::metrics {
 
-enum class Type { kCounter, kGauge };
+// A histogram's samples are rendered as <name>_bucket{le=...}, _sum and _count.
+enum class Type { kCounter, kGauge, kHistogram };
 
 struct Metric {
   std::string_view name;
@@ -74,6 +75,27 @@ inline constexpr Metric kSnapshotsRejected{
     "ambit_snapshots_rejected_total", Type::kCounter,
     "Configuration snapshots the data plane could not apply."};
 
+// ---- L7 waypoint (ambit-waypoint), per process; its own registry (agent/waypoint/metrics.h). ----
+
+// Istio's standard HTTP metrics, one sample set per response code.
+inline constexpr Metric kRequestsTotal{"istio_requests_total",
+                                       Type::kCounter,
+                                       "Requests the waypoint answered or forwarded.",
+                                       {"reporter", "response_code"}};
+inline constexpr Metric kRequestDuration{
+    "istio_request_duration_milliseconds",
+    Type::kHistogram,
+    "Time from the request's first byte to the response's last.",
+    {"reporter", "response_code"}};
+inline constexpr Metric kRequestBytes{"istio_request_bytes",
+                                      Type::kHistogram,
+                                      "Request sizes (headers and body).",
+                                      {"reporter", "response_code"}};
+inline constexpr Metric kResponseBytes{"istio_response_bytes",
+                                       Type::kHistogram,
+                                       "Response sizes (headers and body).",
+                                       {"reporter", "response_code"}};
+
 // ---- ambitd ----
 
 inline constexpr Metric kDataplaneUp{
@@ -122,7 +144,7 @@ inline constexpr Metric kBpfDrops{
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 27> kAll = {
+inline constexpr std::array<const Metric*, 31> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -150,6 +172,10 @@ inline constexpr std::array<const Metric*, 27> kAll = {
     &kBpfMapMaxEntries,
     &kBpfDrops,
     &kReady,
+    &kRequestsTotal,
+    &kRequestDuration,
+    &kRequestBytes,
+    &kResponseBytes,
 };
 
 // The declaration of a name, or nullptr.

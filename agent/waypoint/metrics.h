@@ -1,0 +1,42 @@
+#pragma once
+
+// The waypoint's HTTP metrics (Istio's istio_requests_total, istio_request_duration_milliseconds,
+// istio_request_bytes, istio_response_bytes; declared in agent/common/metrics.h) and their
+// Prometheus text. A registry of its own, separate from ambit-tunnel's counters: the waypoint
+// process exposes it on its own endpoint.
+//
+// Thread-compatible: one registry per worker; a scrape renders on the worker's thread (or sums the
+// workers' renders under their own synchronization).
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace ambit::waypoint {
+
+class HttpMetrics {
+ public:
+  // One finished request (answered locally or by the upstream).
+  void Record(int response_code, double duration_ms, uint64_t request_bytes,
+              uint64_t response_bytes);
+  // Prometheus text exposition format 0.0.4, every family with HELP and TYPE.
+  std::string RenderPrometheus() const;
+
+  uint64_t requests(int response_code) const;
+
+ private:
+  struct Histogram {
+    std::vector<uint64_t> counts;  // per bucket, not cumulative
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  struct Series {
+    uint64_t requests = 0;
+    Histogram duration, request_bytes, response_bytes;
+  };
+  std::map<int, Series> by_code_;
+};
+
+}  // namespace ambit::waypoint

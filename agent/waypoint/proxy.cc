@@ -1,0 +1,222 @@
+#include "agent/waypoint/proxy.h"
+
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "agent/common/log.h"
+#include "agent/waypoint/proxy_internal.h"
+
+namespace ambit::waypoint {
+namespace internal {
+
+constexpr char kH2Preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+constexpr size_t kH2PrefaceLen = sizeof(kH2Preface) - 1;
+// How long a closing connection may take to send what it still has queued.
+constexpr absl::Duration kLingerLimit = absl::Seconds(5);
+
+std::unique_ptr<Exchange> NewExchange(Connection* conn, absl::string_view protocol,
+                                      absl::string_view method, absl::string_view path,
+                                      absl::string_view authority, const HeaderList& headers) {
+  auto ex = std::make_unique<Exchange>();
+  authz::Request& r = ex->ctx.request;
+  r.layer = authz::Layer::kL7;
+  r.source_principal = conn->info().identity;
+  if (conn->info().peer) r.source_ip = conn->info().peer->ip;
+  if (conn->ctx().destination) {
+    r.destination_ip = conn->ctx().destination->ip;
+    r.destination_port = conn->ctx().destination->port;
+  }
+  r.method = std::string(method);
+  r.path = std::string(path);
+  r.host = std::string(authority);
+  for (const auto& [k, v] : headers) r.headers.Add(k, v);
+  RequestLogEntry& log = ex->log;
+  log.start = conn->Now();
+  log.protocol = std::string(protocol);
+  log.method = r.method;
+  log.authority = r.host;
+  log.path = r.path;
+  log.source = conn->info().peer ? conn->info().peer->ToString() : "";
+  log.source_identity = r.source_principal;
+  log.upstream = conn->ctx().upstream ? conn->ctx().upstream->Describe() : "";
+  return ex;
+}
+
+void FinishExchange(Connection* conn, Exchange& ex) {
+  RequestLogEntry& log = ex.log;
+  log.duration = conn->Now() - log.start;
+  log.jwt_principal = ex.ctx.jwt_principal;
+  log.policy = ex.ctx.policy;
+  if (log.details.empty()) log.details = ex.ctx.details;
+  if (!ex.forwarded) log.upstream.clear();
+  const std::string line = AccessLogLine(log);
+  if (conn->ctx().access_log) {
+    conn->ctx().access_log(line);
+  } else {
+    AMBIT_LOG("access", Info) << line;
+  }
+  if (conn->ctx().metrics != nullptr && log.protocol != "tcp") {
+    conn->ctx().metrics->Record(log.status, absl::ToDoubleMilliseconds(log.duration),
+                                log.bytes_received, log.bytes_sent);
+  }
+}
+
+namespace {
+
+class ProxyConnectionImpl final : public Connection,
+                                  public ByteStream::Observer,
+                                  public std::enable_shared_from_this<ProxyConnectionImpl> {
+ public:
+  ProxyConnectionImpl(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream,
+                      DownstreamInfo info, std::function<void()> on_closed)
+      : ctx_(ctx),
+        downstream_(std::move(downstream)),
+        info_(std::move(info)),
+        on_closed_(std::move(on_closed)) {}
+
+  void Start() {
+    self_ = shared_from_this();
+    if (ctx_->options.tcp_only) handler_ = NewTcpHandler(this);
+    downstream_->SetObserver(this);
+    Rearm();
+  }
+
+  // Connection
+  ProxyContext& ctx() override { return *ctx_; }
+  const DownstreamInfo& info() const override { return info_; }
+  ByteStream& downstream() override { return *downstream_; }
+  void Retire(std::unique_ptr<ByteStream> stream) override {
+    if (!stream) return;
+    stream->Close(true);
+    graveyard_.push_back(std::move(stream));
+    ScheduleCleanup();
+  }
+  void Finish(bool abort) override {
+    if (finished_) return;
+    finished_ = true;
+    if (handler_) handler_->Shutdown();
+    if (!abort && downstream_->buffered() > 0) {
+      // The last response is still queued: send it before closing, for a bounded time.
+      downstream_->ShutdownWrite();
+      downstream_->SetReadEnabled(false);
+      return Linger(ctx_->clock->Now() + kLingerLimit);
+    }
+    downstream_->Close(abort);
+    std::shared_ptr<ProxyConnectionImpl> self = std::move(self_);
+    ctx_->loop->Defer([self] {
+      if (self->on_closed_) self->on_closed_();
+    });
+  }
+  void Rearm() override {
+    if (finished_) return;
+    absl::Time due = handler_ ? handler_->NextDeadline()
+                              : ctx_->clock->Now() + ctx_->options.request_headers_timeout;
+    if (due == absl::InfiniteFuture() || due >= timer_due_) return;
+    timer_due_ = due;
+    std::weak_ptr<ProxyConnectionImpl> weak = weak_from_this();
+    ctx_->loop->RunAfter(std::max(due - ctx_->clock->Now(), absl::ZeroDuration()), [weak, due] {
+      auto self = weak.lock();
+      if (!self || self->finished_ || self->timer_due_ != due) return;
+      self->timer_due_ = absl::InfiniteFuture();
+      self->OnTimer();
+    });
+  }
+
+  // ByteStream::Observer for the downstream.
+  void OnData(absl::string_view data) override {
+    if (finished_) return;
+    if (!handler_) {
+      sniff_.append(data.data(), data.size());
+      const size_t n = std::min(sniff_.size(), kH2PrefaceLen);
+      if (sniff_.compare(0, n, kH2Preface, n) == 0) {
+        if (sniff_.size() < kH2PrefaceLen) return;
+        handler_ = NewHttp2Handler(this);
+      } else {
+        handler_ = NewHttp1Handler(this);
+      }
+      std::string buffered = std::move(sniff_);
+      handler_->OnDownstreamData(buffered);
+    } else {
+      handler_->OnDownstreamData(data);
+    }
+    if (!finished_) Rearm();
+  }
+  void OnWritable() override {
+    if (handler_ && !finished_) handler_->OnDownstreamWritable();
+  }
+  void OnEnd() override {
+    if (finished_) return;
+    if (!handler_) return Finish(false);
+    handler_->OnDownstreamEnd();
+  }
+  void OnError(const absl::Status& status) override {
+    AMBIT_LOG("waypoint", Debug) << "downstream " << downstream_->Describe() << ": " << status;
+    if (handler_ && !finished_) handler_->OnDownstreamEnd();
+    Finish(true);
+  }
+
+ private:
+  void OnTimer() {
+    if (!handler_) {
+      // Nothing that looks like HTTP arrived in time.
+      if (ctx_->clock->Now() >= started_ + ctx_->options.request_headers_timeout) {
+        return Finish(false);
+      }
+    } else {
+      handler_->Tick(ctx_->clock->Now());
+    }
+    if (!finished_) Rearm();
+  }
+  void Linger(absl::Time give_up) {
+    std::weak_ptr<ProxyConnectionImpl> weak = weak_from_this();
+    ctx_->loop->RunAfter(absl::Milliseconds(50), [weak, give_up] {
+      auto self = weak.lock();
+      if (!self) return;
+      if (self->downstream_->buffered() > 0 && self->ctx_->clock->Now() < give_up) {
+        return self->Linger(give_up);
+      }
+      self->downstream_->Close(false);
+      std::shared_ptr<ProxyConnectionImpl> keep = std::move(self->self_);
+      self->ctx_->loop->Defer([keep] {
+        if (keep->on_closed_) keep->on_closed_();
+      });
+    });
+  }
+
+  void ScheduleCleanup() {
+    if (cleanup_scheduled_) return;
+    cleanup_scheduled_ = true;
+    std::weak_ptr<ProxyConnectionImpl> weak = weak_from_this();
+    ctx_->loop->Defer([weak] {
+      if (auto self = weak.lock()) {
+        self->graveyard_.clear();
+        self->cleanup_scheduled_ = false;
+      }
+    });
+  }
+
+  ProxyContext* ctx_;
+  std::unique_ptr<ByteStream> downstream_;
+  DownstreamInfo info_;
+  std::function<void()> on_closed_;
+  std::shared_ptr<ProxyConnectionImpl> self_;
+  std::unique_ptr<Handler> handler_;
+  std::string sniff_;
+  std::vector<std::unique_ptr<ByteStream>> graveyard_;
+  bool cleanup_scheduled_ = false;
+  bool finished_ = false;
+  absl::Time timer_due_ = absl::InfiniteFuture();
+  absl::Time started_ = ctx_->clock->Now();
+};
+
+}  // namespace
+}  // namespace internal
+
+void ServeConnection(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream,
+                     DownstreamInfo info, std::function<void()> on_closed) {
+  auto conn = std::make_shared<internal::ProxyConnectionImpl>(ctx, std::move(downstream),
+                                                              std::move(info), std::move(on_closed));
+  conn->Start();
+}
+
+}  // namespace ambit::waypoint

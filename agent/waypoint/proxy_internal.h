@@ -1,0 +1,62 @@
+#pragma once
+
+// Shared pieces of the HTTP/1, HTTP/2 and TCP handlers of proxy.cc. Internal to the module.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "agent/waypoint/access_log.h"
+#include "agent/waypoint/proxy.h"
+
+namespace ambit::waypoint::internal {
+
+// One request from its first byte to its last response byte.
+struct Exchange {
+  RequestContext ctx;
+  RequestLogEntry log;
+  bool forwarded = false;
+};
+
+// The connection as its protocol handler sees it.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  virtual ProxyContext& ctx() = 0;
+  virtual const DownstreamInfo& info() const = 0;
+  virtual ByteStream& downstream() = 0;
+  // Frees a stream after the current event batch (its callbacks may be on the stack).
+  virtual void Retire(std::unique_ptr<ByteStream> stream) = 0;
+  // Closes everything (abort: with a reset) and ends the connection.
+  virtual void Finish(bool abort) = 0;
+  // The handler's deadlines changed.
+  virtual void Rearm() = 0;
+  absl::Time Now() { return ctx().clock->Now(); }
+};
+
+class Handler {
+ public:
+  virtual ~Handler() = default;
+  virtual void OnDownstreamData(absl::string_view data) = 0;
+  virtual void OnDownstreamWritable() = 0;
+  virtual void OnDownstreamEnd() = 0;
+  // The earliest time Tick must run (InfiniteFuture: none).
+  virtual absl::Time NextDeadline() = 0;
+  virtual void Tick(absl::Time now) = 0;
+  // The connection is going away: close upstreams.
+  virtual void Shutdown() = 0;
+};
+
+std::unique_ptr<Handler> NewHttp1Handler(Connection* conn);
+std::unique_ptr<Handler> NewHttp2Handler(Connection* conn);
+std::unique_ptr<Handler> NewTcpHandler(Connection* conn);
+
+// A new exchange with the request attributes filled for the filters.
+std::unique_ptr<Exchange> NewExchange(Connection* conn, absl::string_view protocol,
+                                      absl::string_view method, absl::string_view path,
+                                      absl::string_view authority, const HeaderList& headers);
+// Writes the access-log line and records the metrics.
+void FinishExchange(Connection* conn, Exchange& ex);
+
+}  // namespace ambit::waypoint::internal

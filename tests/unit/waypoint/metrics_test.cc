@@ -1,0 +1,53 @@
+#include "agent/waypoint/metrics.h"
+
+#include "agent/waypoint/access_log.h"
+#include "gtest/gtest.h"
+
+namespace ambit::waypoint {
+namespace {
+
+TEST(HttpMetricsTest, RendersIstioFamiliesByResponseCode) {
+  HttpMetrics m;
+  m.Record(200, 3.0, 100, 2000);
+  m.Record(200, 700.0, 10, 20);
+  m.Record(403, 0.2, 50, 150);
+  EXPECT_EQ(m.requests(200), 2u);
+  const std::string text = m.RenderPrometheus();
+  EXPECT_NE(text.find("# TYPE istio_requests_total counter"), std::string::npos);
+  EXPECT_NE(text.find("istio_requests_total{reporter=\"waypoint\",response_code=\"200\"} 2"),
+            std::string::npos);
+  EXPECT_NE(text.find("# TYPE istio_request_duration_milliseconds histogram"), std::string::npos);
+  // Cumulative buckets: 3 ms is under le=5, 700 ms is not under le=500.
+  EXPECT_NE(text.find("istio_request_duration_milliseconds_bucket{reporter=\"waypoint\","
+                      "response_code=\"200\",le=\"5\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("istio_request_duration_milliseconds_bucket{reporter=\"waypoint\","
+                      "response_code=\"200\",le=\"1000\"} 2"),
+            std::string::npos);
+  EXPECT_NE(text.find("istio_response_bytes_sum{reporter=\"waypoint\",response_code=\"200\"} "
+                      "2020"),
+            std::string::npos);
+  EXPECT_NE(text.find("istio_request_bytes_count{reporter=\"waypoint\",response_code=\"403\"} 1"),
+            std::string::npos);
+}
+
+TEST(AccessLogTest, OneLineWithEveryField) {
+  RequestLogEntry e;
+  e.start = absl::FromUnixSeconds(1800000000);
+  e.protocol = "HTTP/1.1";
+  e.method = "GET";
+  e.authority = "svc:80";
+  e.path = "/a b\r\nforged=1";
+  e.status = 403;
+  e.details = "rbac_access_denied";
+  e.policy = "ns/p";
+  const std::string line = AccessLogLine(e);
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  EXPECT_NE(line.find("path=\"/a b??forged=1\""), std::string::npos) << line;
+  EXPECT_NE(line.find("status=403"), std::string::npos);
+  EXPECT_NE(line.find("jwt_principal=-"), std::string::npos);
+  EXPECT_NE(line.find("policy=ns/p"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ambit::waypoint

@@ -1,0 +1,289 @@
+// The waypoint's HTTP engine on a loopback TCP listener, forwarding to a loopback upstream, with
+// policies from a small file, so real clients (curl, Python http.client and h2, raw sockets) can
+// exercise it before HBONE is wired in. Not a product binary: test_waypoint_http.py drives it.
+//
+// Prints "listening <port>" (and "metrics <port>" with --metrics-listen) on stdout once ready;
+// access-log lines go to stderr. The metrics listener answers every connection with the
+// Prometheus text of istio_requests_total and friends, then closes.
+//
+// Policy file: one AuthorizationPolicy per line, `ACTION name [field=v1,v2 ...]`, where ACTION is
+// ALLOW, DENY, AUDIT or CUSTOM, and a field is one of the rule's source or operation fields
+// (methods, paths, hosts, ports, principals, namespaces, ip_blocks and their not_ forms,
+// provider=NAME for CUSTOM) or `when=<key>:<v1>|<v2>`. Every field lands in one rule; a line
+// without fields is `rules: [{}]`. `#` starts a comment.
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "agent/authz/compile.h"
+#include "agent/authz/engine.h"
+#include "agent/common/epoll_loop.h"
+#include "agent/common/flags.h"
+#include "agent/common/log.h"
+#include "agent/common/socket_util.h"
+#include "agent/common/status.h"
+#include "agent/common/unique_fd.h"
+#include "agent/waypoint/authz_filter.h"
+#include "agent/waypoint/proxy.h"
+#include "agent/waypoint/socket_stream.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:0", "loopback address for downstream clients");
+ABSL_FLAG(std::string, upstream, "", "loopback address of the upstream server");
+ABSL_FLAG(std::string, policy, "", "policy file (see the file comment)");
+ABSL_FLAG(std::string, peer_identity, "",
+          "SPIFFE ID every downstream peer is taken to have (HBONE will provide it)");
+ABSL_FLAG(std::string, namespace_name, "default", "the destination workload's namespace");
+ABSL_FLAG(bool, tcp, false, "the port is declared TCP: L4 policy and byte pass-through");
+ABSL_FLAG(std::string, metrics_listen, "", "loopback address for the metrics text");
+ABSL_FLAG(absl::Duration, idle_timeout, absl::Hours(1), "connection idle timeout");
+ABSL_FLAG(absl::Duration, stream_idle_timeout, absl::Minutes(5), "stream idle timeout");
+ABSL_FLAG(absl::Duration, request_headers_timeout, absl::Seconds(60), "request headers timeout");
+ABSL_FLAG(absl::Duration, request_timeout, absl::ZeroDuration(), "request timeout (0: off)");
+ABSL_FLAG(uint32_t, stream_open_burst, 200, "HTTP/2 stream-open bucket size");
+ABSL_FLAG(double, stream_open_rate, 100, "HTTP/2 stream-open refill per second");
+
+namespace ambit::waypoint {
+namespace {
+
+absl::StatusOr<std::vector<authz::CompiledPolicy>> LoadPolicies(const std::string& path,
+                                                                const std::string& ns) {
+  std::vector<authz::CompiledPolicy> out;
+  if (path.empty()) return out;
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read policy file ", path));
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
+    if (words.empty()) continue;
+    if (words.size() < 2) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": name?"));
+    authz::Policy p;
+    p.namespace_name = ns;
+    p.name = words[1];
+    if (words[0] == "ALLOW") {
+      p.action = authz::Action::kAllow;
+    } else if (words[0] == "DENY") {
+      p.action = authz::Action::kDeny;
+    } else if (words[0] == "AUDIT") {
+      p.action = authz::Action::kAudit;
+    } else if (words[0] == "CUSTOM") {
+      p.action = authz::Action::kCustom;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": unknown action"));
+    }
+    authz::Source src;
+    authz::Operation op;
+    authz::Rule rule;
+    bool has_src = false, has_op = false;
+    for (size_t i = 2; i < words.size(); ++i) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(words[i], absl::MaxSplits('=', 1));
+      std::vector<std::string> vals = absl::StrSplit(kv.second, ',');
+      const std::string& k = kv.first;
+      auto set = [&](std::vector<std::string>& field, bool& flag) {
+        field = vals;
+        flag = true;
+      };
+      if (k == "provider") p.provider = kv.second;
+      else if (k == "methods") set(op.methods, has_op);
+      else if (k == "not_methods") set(op.not_methods, has_op);
+      else if (k == "paths") set(op.paths, has_op);
+      else if (k == "not_paths") set(op.not_paths, has_op);
+      else if (k == "hosts") set(op.hosts, has_op);
+      else if (k == "not_hosts") set(op.not_hosts, has_op);
+      else if (k == "ports") set(op.ports, has_op);
+      else if (k == "not_ports") set(op.not_ports, has_op);
+      else if (k == "principals") set(src.principals, has_src);
+      else if (k == "not_principals") set(src.not_principals, has_src);
+      else if (k == "namespaces") set(src.namespaces, has_src);
+      else if (k == "not_namespaces") set(src.not_namespaces, has_src);
+      else if (k == "ip_blocks") set(src.ip_blocks, has_src);
+      else if (k == "not_ip_blocks") set(src.not_ip_blocks, has_src);
+      else if (k == "request_principals") set(src.request_principals, has_src);
+      else if (k == "when") {
+        std::pair<std::string, std::string> c = absl::StrSplit(kv.second, absl::MaxSplits(':', 1));
+        rule.when.push_back(authz::Condition{c.first, absl::StrSplit(c.second, '|'), {}});
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": unknown field ", k));
+      }
+    }
+    if (has_src) rule.from.push_back(src);
+    if (has_op) rule.to.push_back(op);
+    p.rules = std::vector<authz::Rule>{rule};
+    auto compiled = authz::Compile(p);
+    if (!compiled.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", n, ": ", compiled.status().message()));
+    }
+    out.push_back(std::move(*compiled));
+  }
+  return out;
+}
+
+absl::StatusOr<UniqueFd> Listen(const std::string& addr, uint16_t* port) {
+  AMBIT_ASSIGN_OR_RETURN(SocketAddress a, SocketAddress::Parse(addr));
+  if (!a.ip.is_loopback()) return absl::InvalidArgumentError("only loopback addresses");
+  sockaddr_storage ss{};
+  socklen_t len = a.ToSockaddr(&ss);
+  UniqueFd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::ErrnoToStatus(errno, "socket");
+  int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("bind ", addr));
+  }
+  if (listen(fd.get(), 512) < 0) return absl::ErrnoToStatus(errno, "listen");
+  AMBIT_ASSIGN_OR_RETURN(SocketAddress local, LocalAddress(fd.get()));
+  *port = local.port;
+  return fd;
+}
+
+class Acceptor final : public EventHandler {
+ public:
+  Acceptor(EventLoop* loop, UniqueFd fd, ProxyContext* ctx, std::string identity)
+      : loop_(loop), fd_(std::move(fd)), ctx_(ctx), identity_(std::move(identity)) {}
+  void OnEvents(uint32_t) override {
+    for (int i = 0; i < 64; ++i) {
+      UniqueFd c(accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!c) return;
+      DownstreamInfo info;
+      if (auto peer = PeerAddress(c.get()); peer.ok()) info.peer = *peer;
+      info.identity = identity_;
+      auto stream = SocketStream::Adopt(loop_, std::move(c), info.peer ? info.peer->ToString() : "");
+      ServeConnection(ctx_, std::move(stream), std::move(info), nullptr);
+    }
+  }
+  int fd() const { return fd_.get(); }
+
+ private:
+  EventLoop* loop_;
+  UniqueFd fd_;
+  ProxyContext* ctx_;
+  std::string identity_;
+};
+
+// Answers every connection with the metrics text and closes it.
+class MetricsServer final : public EventHandler {
+ public:
+  MetricsServer(UniqueFd fd, HttpMetrics* metrics) : fd_(std::move(fd)), metrics_(metrics) {}
+  void OnEvents(uint32_t) override {
+    UniqueFd c(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) return;
+    const std::string body = metrics_->RenderPrometheus();
+    const std::string out =
+        absl::StrCat("HTTP/1.0 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n",
+                     "content-length: ", body.size(), "\r\nconnection: close\r\n\r\n", body);
+    size_t off = 0;
+    while (off < out.size()) {
+      ssize_t n = send(c.get(), out.data() + off, out.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+  }
+  int fd() const { return fd_.get(); }
+
+ private:
+  UniqueFd fd_;
+  HttpMetrics* metrics_;
+};
+
+int Main() {
+  signal(SIGPIPE, SIG_IGN);
+  auto upstream = SocketAddress::Parse(absl::GetFlag(FLAGS_upstream));
+  if (!upstream.ok() || !upstream->ip.is_loopback()) {
+    std::cerr << "--upstream must be a loopback ip:port\n";
+    return 2;
+  }
+  const std::string ns = absl::GetFlag(FLAGS_namespace_name);
+  auto policies = LoadPolicies(absl::GetFlag(FLAGS_policy), ns);
+  if (!policies.ok()) {
+    std::cerr << policies.status() << "\n";
+    return 2;
+  }
+  auto engine = authz::Engine::Create(std::move(*policies));
+  if (!engine.ok()) {
+    std::cerr << engine.status() << "\n";
+    return 2;
+  }
+  auto loop = EpollLoop::Create();
+  if (!loop.ok()) {
+    std::cerr << loop.status() << "\n";
+    return 1;
+  }
+  std::shared_ptr<const authz::Engine> shared_engine = std::move(*engine);
+  authz::Workload target{ns, {}, std::nullopt};
+  HttpMetrics metrics;
+  TcpConnector connector(loop->get(), *upstream);
+  ProxyContext ctx;
+  ctx.loop = loop->get();
+  ctx.options.tcp_only = absl::GetFlag(FLAGS_tcp);
+  ctx.options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  ctx.options.stream_idle_timeout = absl::GetFlag(FLAGS_stream_idle_timeout);
+  ctx.options.request_headers_timeout = absl::GetFlag(FLAGS_request_headers_timeout);
+  ctx.options.request_timeout = absl::GetFlag(FLAGS_request_timeout);
+  ctx.options.stream_open_burst = absl::GetFlag(FLAGS_stream_open_burst);
+  ctx.options.stream_open_rate = absl::GetFlag(FLAGS_stream_open_rate);
+  // The JWT authentication filter goes first once it exists; then L7 authorization.
+  ctx.filters.push_back(std::make_shared<AuthzFilter>(shared_engine, target));
+  ctx.engine = shared_engine;
+  ctx.target = target;
+  ctx.upstream = &connector;
+  ctx.destination = *upstream;
+  ctx.metrics = &metrics;
+
+  uint16_t port = 0;
+  auto lfd = Listen(absl::GetFlag(FLAGS_listen), &port);
+  if (!lfd.ok()) {
+    std::cerr << lfd.status() << "\n";
+    return 1;
+  }
+  Acceptor acceptor(loop->get(), std::move(*lfd), &ctx, absl::GetFlag(FLAGS_peer_identity));
+  if (auto s = (*loop)->Watch(acceptor.fd(), EPOLLIN, &acceptor); !s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+  std::unique_ptr<MetricsServer> metrics_server;
+  uint16_t metrics_port = 0;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    auto mfd = Listen(absl::GetFlag(FLAGS_metrics_listen), &metrics_port);
+    if (!mfd.ok()) {
+      std::cerr << mfd.status() << "\n";
+      return 1;
+    }
+    metrics_server = std::make_unique<MetricsServer>(std::move(*mfd), &metrics);
+    (void)(*loop)->Watch(metrics_server->fd(), EPOLLIN, metrics_server.get());
+  }
+  std::cout << "listening " << port << "\n";
+  if (metrics_server) std::cout << "metrics " << metrics_port << "\n";
+  std::cout.flush();
+  (*loop)->Run();
+  return 0;
+}
+
+}  // namespace
+}  // namespace ambit::waypoint
+
+int main(int argc, char** argv) {
+  std::vector<std::string> storage;
+  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  return ambit::waypoint::Main();
+}
