@@ -163,7 +163,8 @@ class Http1Handler final : public Handler, public Http1Sink {
     // Upgrade to h2c is not offered (prior knowledge is); any other Upgrade passes through.
     if (req_.upgrade) {
       const std::string* up = req_.Find("upgrade");
-      if (up == nullptr || absl::StrContains(absl::AsciiStrToLower(*up), "h2c")) req_.upgrade = false;
+      if (up == nullptr || absl::StrContains(absl::AsciiStrToLower(*up), "h2c"))
+        req_.upgrade = false;
     }
     FilterResult r = RunFilters(conn_->ctx().filters, ex_->ctx);
     if (!r.proceed) {
@@ -268,6 +269,10 @@ class Http1Handler final : public Handler, public Http1Sink {
     for (const auto& [k, v] : req_.headers) {
       if (IsHopByHop(k) || NamedInConnection(req_, k)) continue;
       out.emplace_back(k, v);
+    }
+    // HTTP/1.0 may omit Host; the request goes upstream as HTTP/1.1, which requires one.
+    if (req_.Find("host") == nullptr) {
+      out.emplace_back("host", conn_->ctx().upstream->Describe());
     }
     if (req_.chunked) {
       out.emplace_back("transfer-encoding", "chunked");
@@ -393,8 +398,8 @@ class Http1Handler final : public Handler, public Http1Sink {
       if (IsHopByHop(k) || NamedInConnection(head, k)) continue;
       out.emplace_back(k, v);
     }
-    const bool no_body = req_.method == "HEAD" || head.status == 204 || head.status == 304 ||
-                         head.status == 101;
+    const bool no_body =
+        req_.method == "HEAD" || head.status == 204 || head.status == 304 || head.status == 101;
     response_chunked_ = false;
     if (no_body) {
       if (head.content_length) {
@@ -471,8 +476,7 @@ class Http1Handler final : public Handler, public Http1Sink {
     if (!ex_) return;
     if (!details.empty()) ex_->log.details = details;
     ex_->log.status = status;
-    HeaderList h = {{"content-type", "text/plain"},
-                    {"content-length", absl::StrCat(body.size())}};
+    HeaderList h = {{"content-type", "text/plain"}, {"content-length", absl::StrCat(body.size())}};
     for (const auto& kv : extra) h.push_back(kv);
     if (close) h.emplace_back("connection", "close");
     std::string wire = SerializeResponseHead(status, h) + body;

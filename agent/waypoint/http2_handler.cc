@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -286,9 +286,9 @@ class Http2Handler final : public Handler {
   bool TakeToken() {
     const ProxyOptions& o = conn_->ctx().options;
     const absl::Time now = conn_->Now();
-    tokens_ = std::min<double>(o.stream_open_burst,
-                               tokens_ + absl::ToDoubleSeconds(now - last_refill_) *
-                                             o.stream_open_rate);
+    tokens_ =
+        std::min<double>(o.stream_open_burst,
+                         tokens_ + absl::ToDoubleSeconds(now - last_refill_) * o.stream_open_rate);
     last_refill_ = now;
     if (tokens_ < 1) return false;
     tokens_ -= 1;
@@ -312,8 +312,7 @@ class Http2Handler final : public Handler {
   }
 
   static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
-                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
-                      void* user) {
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void* user) {
     Http2Handler* self = Self(user);
     Stream* s = self->Find(frame->hd.stream_id);
     if (s == nullptr || s->ex) return 0;  // trailers are not forwarded
@@ -401,8 +400,8 @@ class Http2Handler final : public Handler {
     return 0;
   }
 
-  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
-                          uint32_t* flags, nghttp2_data_source* source, void* user) {
+  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
+                          nghttp2_data_source* source, void* user) {
     Http2Handler* self = Self(user);
     Stream* s = static_cast<Stream*>(source->ptr);
     const size_t avail = s->body.size() - s->body_pos;
@@ -541,8 +540,8 @@ class Http2Handler final : public Handler {
       s->chunked = true;
       out.emplace_back("transfer-encoding", "chunked");
     }
-    s->parser = std::make_unique<Http1Parser>(Http1Parser::Kind::kResponse, s,
-                                              conn_->ctx().options.limits);
+    s->parser =
+        std::make_unique<Http1Parser>(Http1Parser::Kind::kResponse, s, conn_->ctx().options.limits);
     if (s->method == "HEAD") s->parser->ExpectNoBody();
     s->up = conn_->ctx().upstream->Connect(s);
     s->up->Write(SerializeRequestHead(s->method, s->path, out));

@@ -10,8 +10,8 @@ namespace ambit::waypoint {
 namespace {
 
 // Istio's default buckets: milliseconds for durations, powers of ten for sizes.
-constexpr double kDurationBuckets[] = {0.5,  1,    5,    10,    25,    50,    100,
-                                       250,  500,  1000, 2500,  5000,  10000, 30000,
+constexpr double kDurationBuckets[] = {0.5,   1,      5,      10,      25,     50,    100,
+                                       250,   500,    1000,   2500,    5000,   10000, 30000,
                                        60000, 300000, 600000, 1800000, 3600000};
 constexpr double kSizeBuckets[] = {1, 10, 100, 1000, 10000, 100000, 1e6, 1e7, 1e8, 1e9};
 
@@ -40,7 +40,8 @@ std::string Header(const metrics::Metric& m) {
   const char* type = m.type == metrics::Type::kCounter     ? "counter"
                      : m.type == metrics::Type::kHistogram ? "histogram"
                                                            : "gauge";
-  return absl::StrCat("# HELP ", std::string(m.name), " ", std::string(m.help), "\n# TYPE ", std::string(m.name), " ", type, "\n");
+  return absl::StrCat("# HELP ", std::string(m.name), " ", std::string(m.help), "\n# TYPE ",
+                      std::string(m.name), " ", type, "\n");
 }
 
 std::string Labels(int code) {
@@ -54,10 +55,11 @@ void RenderHistogram(std::string& out, const metrics::Metric& m, int code,
   uint64_t cumulative = 0;
   for (size_t i = 0; i < N; ++i) {
     cumulative += counts.empty() ? 0 : counts[i];
-    absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"", Num(bounds[i]), "\"} ",
-                    cumulative, "\n");
+    absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"", Num(bounds[i]),
+                    "\"} ", cumulative, "\n");
   }
-  absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"+Inf\"} ", count, "\n");
+  absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"+Inf\"} ", count,
+                  "\n");
   absl::StrAppend(&out, std::string(m.name), "_sum{", Labels(code), "} ", Num(sum), "\n");
   absl::StrAppend(&out, std::string(m.name), "_count{", Labels(code), "} ", count, "\n");
 }
@@ -83,7 +85,8 @@ uint64_t HttpMetrics::requests(int code) const {
 std::string HttpMetrics::RenderPrometheus() const {
   std::string out = Header(metrics::kRequestsTotal);
   for (const auto& [code, s] : by_code_) {
-    absl::StrAppend(&out, std::string(metrics::kRequestsTotal.name), "{", Labels(code), "} ", s.requests, "\n");
+    absl::StrAppend(&out, std::string(metrics::kRequestsTotal.name), "{", Labels(code), "} ",
+                    s.requests, "\n");
   }
   out += Header(metrics::kRequestDuration);
   for (const auto& [code, s] : by_code_) {

@@ -212,10 +212,10 @@ class ProxyConnectionImpl final : public Connection,
 }  // namespace
 }  // namespace internal
 
-void ServeConnection(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream,
-                     DownstreamInfo info, std::function<void()> on_closed) {
-  auto conn = std::make_shared<internal::ProxyConnectionImpl>(ctx, std::move(downstream),
-                                                              std::move(info), std::move(on_closed));
+void ServeConnection(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream, DownstreamInfo info,
+                     std::function<void()> on_closed) {
+  auto conn = std::make_shared<internal::ProxyConnectionImpl>(
+      ctx, std::move(downstream), std::move(info), std::move(on_closed));
   conn->Start();
 }
 

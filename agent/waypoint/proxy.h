@@ -91,7 +91,7 @@ class ProxyConnection;
 
 // Starts serving `downstream`. The connection owns itself and ends when both sides are done;
 // `on_closed` (may be empty) runs then, from the loop.
-void ServeConnection(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream,
-                     DownstreamInfo info, std::function<void()> on_closed);
+void ServeConnection(ProxyContext* ctx, std::unique_ptr<ByteStream> downstream, DownstreamInfo info,
+                     std::function<void()> on_closed);
 
 }  // namespace ambit::waypoint

@@ -368,7 +368,67 @@ snapshot_version: 3 pid: 42""")
     write(t, "connections_pod", req(2, "ListConnectionsRequest", 'pod: "default/web"', stats))
 
 
+def waypoint_seeds():
+    """Input layout: tests/fuzz/waypoint_fuzz.h (chunk, upstream mode, full, sized upstream
+    bytes, client bytes)."""
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+    chunked_resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+
+    def seed(chunk, mode, full, upstream, client):
+        return bytes([chunk, mode, full]) + sized(upstream) + client
+
+    t = "waypoint_http1"
+    get = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
+    write(t, "get_keepalive", seed(255, 1, 0, b"", get * 3))
+    write(t, "get_bytewise", seed(0, 2, 0, ok, get))
+    write(t, "post_chunked", seed(7, 2, 0, chunked_resp, b"POST /u HTTP/1.1\r\nHost: a\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n0\r\n\r\n"))
+    write(t, "post_cl_expect", seed(255, 1, 1, b"", b"PUT /d HTTP/1.1\r\nHost: a\r\n"
+                                    b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\nhello"))
+    write(t, "smuggle_cl_te", seed(255, 1, 0, b"", b"POST / HTTP/1.1\r\nHost: a\r\n"
+                                   b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n"))
+    write(t, "obs_fold", seed(255, 1, 0, b"", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"))
+    write(t, "denied_admin", seed(255, 1, 0, b"", b"GET /admin/x HTTP/1.1\r\nHost: a\r\n\r\n" + get))
+    write(t, "custom_delete", seed(255, 1, 0, b"", b"DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"))
+    write(t, "upgrade", seed(255, 3, 0, b"", b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade"
+                             b"\r\nUpgrade: websocket\r\n\r\nraw bytes"))
+    write(t, "connect_fails", seed(255, 0, 0, b"", get))
+    write(t, "upstream_garbage", seed(255, 2, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                                      b"Transfer-Encoding: chunked\r\n\r\n", get))
+    write(t, "head_eof_body", seed(3, 2, 0, b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+                                   b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n" + get))
+    write(t, "http10", seed(255, 2, 0, b"HTTP/1.0 200 OK\r\n\r\nbody", b"GET / HTTP/1.0\r\n\r\n"))
+
+    t = "waypoint_h2c"
+    c = client_conn()
+    c.send_headers(1, [(b":method", b"GET"), (b":path", b"/a"), (b":scheme", b"http"),
+                       (b":authority", b"svc")], end_stream=True)
+    c.send_headers(3, [(b":method", b"POST"), (b":path", b"/admin/x"), (b":scheme", b"http"),
+                       (b":authority", b"svc")])
+    c.send_data(3, b"body", end_stream=True)
+    c.send_headers(5, [(b":method", b"POST"), (b":path", b"/b"), (b":scheme", b"http"),
+                       (b":authority", b"svc"), (b"content-length", b"3")])
+    c.send_data(5, b"abc", end_stream=True)
+    frames = c.data_to_send()[len(PREFACE):]
+    write(t, "three_streams", seed(255, 1, 0, b"", frames))
+    write(t, "three_streams_chunked_upstream", seed(9, 2, 0, chunked_resp, frames))
+    write(t, "connect_fails", seed(255, 0, 1, b"", frames))
+    c = client_conn()
+    for sid in range(1, 80, 2):
+        c.send_headers(sid, [(b":method", b"GET"), (b":path", b"/r"), (b":scheme", b"http"),
+                             (b":authority", b"svc")])
+        c.reset_stream(sid)
+    write(t, "rapid_reset", seed(255, 4, 0, b"", c.data_to_send()[len(PREFACE):]))
+    c = client_conn()
+    c.send_headers(1, [(b":method", b"GET"), (b":path", b"/big"), (b":scheme", b"http"),
+                       (b":authority", b"svc")] + [(b"x-h%d" % i, b"v") for i in range(120)],
+                   end_stream=True)
+    write(t, "too_many_headers", seed(255, 1, 0, b"", c.data_to_send()[len(PREFACE):]))
+
+
 def main():
+    waypoint_seeds()
     server_seeds()
     client_seeds()
     ca_key, ca_cert = make_ca()
