@@ -102,22 +102,38 @@ absl::StatusOr<std::vector<authz::CompiledPolicy>> LoadPolicies(const std::strin
         field = vals;
         flag = true;
       };
-      if (k == "provider") p.provider = kv.second;
-      else if (k == "methods") set(op.methods, has_op);
-      else if (k == "not_methods") set(op.not_methods, has_op);
-      else if (k == "paths") set(op.paths, has_op);
-      else if (k == "not_paths") set(op.not_paths, has_op);
-      else if (k == "hosts") set(op.hosts, has_op);
-      else if (k == "not_hosts") set(op.not_hosts, has_op);
-      else if (k == "ports") set(op.ports, has_op);
-      else if (k == "not_ports") set(op.not_ports, has_op);
-      else if (k == "principals") set(src.principals, has_src);
-      else if (k == "not_principals") set(src.not_principals, has_src);
-      else if (k == "namespaces") set(src.namespaces, has_src);
-      else if (k == "not_namespaces") set(src.not_namespaces, has_src);
-      else if (k == "ip_blocks") set(src.ip_blocks, has_src);
-      else if (k == "not_ip_blocks") set(src.not_ip_blocks, has_src);
-      else if (k == "request_principals") set(src.request_principals, has_src);
+      if (k == "provider")
+        p.provider = kv.second;
+      else if (k == "methods")
+        set(op.methods, has_op);
+      else if (k == "not_methods")
+        set(op.not_methods, has_op);
+      else if (k == "paths")
+        set(op.paths, has_op);
+      else if (k == "not_paths")
+        set(op.not_paths, has_op);
+      else if (k == "hosts")
+        set(op.hosts, has_op);
+      else if (k == "not_hosts")
+        set(op.not_hosts, has_op);
+      else if (k == "ports")
+        set(op.ports, has_op);
+      else if (k == "not_ports")
+        set(op.not_ports, has_op);
+      else if (k == "principals")
+        set(src.principals, has_src);
+      else if (k == "not_principals")
+        set(src.not_principals, has_src);
+      else if (k == "namespaces")
+        set(src.namespaces, has_src);
+      else if (k == "not_namespaces")
+        set(src.not_namespaces, has_src);
+      else if (k == "ip_blocks")
+        set(src.ip_blocks, has_src);
+      else if (k == "not_ip_blocks")
+        set(src.not_ip_blocks, has_src);
+      else if (k == "request_principals")
+        set(src.request_principals, has_src);
       else if (k == "when") {
         std::pair<std::string, std::string> c = absl::StrSplit(kv.second, absl::MaxSplits(':', 1));
         rule.when.push_back(authz::Condition{c.first, absl::StrSplit(c.second, '|'), {}});
@@ -167,7 +183,8 @@ class Acceptor final : public EventHandler {
       DownstreamInfo info;
       if (auto peer = PeerAddress(c.get()); peer.ok()) info.peer = *peer;
       info.identity = identity_;
-      auto stream = SocketStream::Adopt(loop_, std::move(c), info.peer ? info.peer->ToString() : "");
+      auto stream =
+          SocketStream::Adopt(loop_, std::move(c), info.peer ? info.peer->ToString() : "");
       ServeConnection(ctx_, std::move(stream), std::move(info), nullptr);
     }
   }

@@ -54,8 +54,10 @@ TEST(Http1CodecTest, ParsesPipelinedRequestsWithBodies) {
 
 TEST(Http1CodecTest, RefusesAmbiguousFraming) {
   const std::pair<const char*, int> cases[] = {
-      {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
-      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", 400},
+      {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+       400},
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+       400},
       {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400},
       {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1,1\r\n\r\nx", 400},
       {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400},
@@ -87,14 +89,13 @@ TEST(Http1CodecTest, HeaderLimits) {
   limits.max_header_bytes = 200;
   limits.max_headers = 3;
   Recorder r;
-  EXPECT_EQ(ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nX: " + std::string(300, 'a') + "\r\n\r\n",
-                         r, false, limits),
+  EXPECT_EQ(ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nX: " + std::string(300, 'a') + "\r\n\r\n", r,
+                         false, limits),
             431);
-  EXPECT_EQ(ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", r, false,
-                         limits),
-            431);
-  EXPECT_EQ(ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n", r, false, limits),
-            0);
+  EXPECT_EQ(
+      ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", r, false, limits),
+      431);
+  EXPECT_EQ(ParseRequest("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n", r, false, limits), 0);
   // A head that never ends is cut off at the limit, without waiting for its end.
   Recorder r2;
   Http1Parser p(Http1Parser::Kind::kRequest, &r2, limits);
