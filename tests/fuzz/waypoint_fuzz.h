@@ -36,7 +36,10 @@ struct FakeState {
 class FakeStream final : public waypoint::ByteStream {
  public:
   explicit FakeStream(std::shared_ptr<FakeState> state) : state_(std::move(state)) {}
-  ~FakeStream() override { state_->closed = true; state_->observer = nullptr; }
+  ~FakeStream() override {
+    state_->closed = true;
+    state_->observer = nullptr;
+  }
   void SetObserver(Observer* o) override { state_->observer = o; }
   void Write(absl::string_view data) override {
     if (state_->closed) return;
@@ -111,12 +114,15 @@ inline void RunWaypoint(const uint8_t* data, size_t size, bool h2c) {
   ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(ctx.engine, ctx.target));
   ctx.upstream = &connector;
   ctx.metrics = &metrics;
-  ctx.access_log = [](const std::string& line) { FUZZ_REQUIRE(line.find('\n') == std::string::npos); };
+  ctx.access_log = [](const std::string& line) {
+    FUZZ_REQUIRE(line.find('\n') == std::string::npos);
+  };
   bool closed = false;
   auto d = std::make_shared<FakeState>();
   d->report_full = full;
   auto down = std::make_unique<FakeStream>(d);
-  waypoint::ServeConnection(&ctx, std::move(down), waypoint::DownstreamInfo{}, [&] { closed = true; });
+  waypoint::ServeConnection(&ctx, std::move(down), waypoint::DownstreamInfo{},
+                            [&] { closed = true; });
 
   size_t answered = 0;
   auto drive_upstreams = [&] {
@@ -170,8 +176,10 @@ inline void RunWaypoint(const uint8_t* data, size_t size, bool h2c) {
       while (!rest.empty() && !p.error() && !p.upgraded()) {
         const size_t n = p.Feed(rest);
         rest.remove_prefix(n);
-        if (p.paused()) p.Resume();
-        else if (n == 0) break;
+        if (p.paused())
+          p.Resume();
+        else if (n == 0)
+          break;
       }
       FUZZ_REQUIRE(!p.error());
     }
