@@ -18,10 +18,10 @@ struct RequestLogEntry {
   std::string authority;
   std::string path;
   int status = 0;  // 0: no response (connection ended first)
-  // Envoy-style response flags: UAEX (denied by ext_authz / CUSTOM), RBAC? no: Envoy logs
-  // "RBAC_ACCESS_DENIED" in details and no flag; we keep Envoy's short flags where it has them:
-  // UF (upstream connect failure), UC (upstream closed early), DC (downstream closed early),
-  // SI (stream idle timeout), UT (request timeout), DPE (downstream protocol error), URX/-.
+  // Envoy's response flags, where Envoy has one for the case: UF upstream connect failure, UC
+  // upstream closed early, UR upstream reset, UPE upstream protocol error, DC downstream closed
+  // early, DR downstream reset (HTTP/2), DPE downstream protocol error, SI stream idle timeout,
+  // UT request timeout. A policy denial has no flag (as in Envoy); `details` says why.
   std::string flags;
   std::string details;  // why a local answer was given
   absl::Duration duration;

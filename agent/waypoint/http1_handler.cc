@@ -452,6 +452,7 @@ class Http1Handler final : public Handler, public Http1Sink {
   // Both the request and the response are complete.
   void DoneExchange() {
     FinishExchangeNow();
+    last_activity_ = conn_->Now();  // the connection idle timeout counts from here
     RetireParser();
     if (close_after_ || downstream_eof_) return StartClosing();
     if (in_feed_) return;  // Process resumes the parser when Feed returns

@@ -77,6 +77,7 @@ class Http2Handler final : public Handler {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &Http2Handler::OnFrameRecv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &Http2Handler::OnDataChunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, &Http2Handler::OnStreamClose);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, &Http2Handler::OnFrameSend);
     nghttp2_option* opt = nullptr;
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -355,6 +356,19 @@ class Http2Handler final : public Handler {
     return 0;
   }
 
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    Http2Handler* self = Self(user);
+    if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      return 0;
+    }
+    Stream* s = self->Find(frame->hd.stream_id);
+    if (s != nullptr && !s->request_ended) {
+      nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+  }
+
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t id, const uint8_t* data,
                          size_t len, void* user) {
     Http2Handler* self = Self(user);
@@ -383,6 +397,8 @@ class Http2Handler final : public Handler {
     std::unique_ptr<Stream> s = std::move(it->second);
     self->streams_.erase(it);
     self->pending_1xx_.erase(id);
+    // The connection idle timeout counts from the moment no stream is left.
+    if (self->streams_.empty()) self->last_activity_ = self->conn_->Now();
     if (s->response_sent) {
       self->tokens_ += 1;  // a stream answered in full costs nothing
     }
@@ -472,10 +488,8 @@ class Http2Handler final : public Handler {
     s->body_pos = 0;
     s->response_done = true;
     SubmitResponse(s, hs, false);
-    // The request body, if any, is not wanted.
-    if (!s->request_ended) {
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
-    }
+    // The request body, if any, is not wanted: once the answer is out the stream is reset with
+    // NO_ERROR (OnFrameSend), as RFC 9113 8.1 allows; resetting now could overtake the answer.
   }
 
   void UpstreamFailed(Stream* s, const char* flags, const std::string& why, int status) {

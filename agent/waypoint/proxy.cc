@@ -92,25 +92,25 @@ class ProxyConnectionImpl final : public Connection,
     ScheduleCleanup();
   }
   void Finish(bool abort) override {
-    if (finished_) return;
+    if (finished_) {
+      // A reset (or the owner shutting down) ends a linger at once.
+      if (abort && lingering_) Release(true);
+      return;
+    }
     finished_ = true;
     if (handler_) handler_->Shutdown();
     if (!abort && downstream_->buffered() > 0) {
       // The last response is still queued: send it before closing, for a bounded time.
       downstream_->ShutdownWrite();
-      downstream_->SetReadEnabled(false);
+      lingering_ = true;
       return Linger(ctx_->clock->Now() + kLingerLimit);
     }
-    downstream_->Close(abort);
-    std::shared_ptr<ProxyConnectionImpl> self = std::move(self_);
-    ctx_->loop->Defer([self] {
-      if (self->on_closed_) self->on_closed_();
-    });
+    Release(abort);
   }
   void Rearm() override {
     if (finished_) return;
-    absl::Time due = handler_ ? handler_->NextDeadline()
-                              : ctx_->clock->Now() + ctx_->options.request_headers_timeout;
+    // Before the first bytes name a protocol, the connection is idle.
+    absl::Time due = handler_ ? handler_->NextDeadline() : started_ + ctx_->options.idle_timeout;
     if (due == absl::InfiniteFuture() || due >= timer_due_) return;
     timer_due_ = due;
     std::weak_ptr<ProxyConnectionImpl> weak = weak_from_this();
@@ -158,8 +158,8 @@ class ProxyConnectionImpl final : public Connection,
  private:
   void OnTimer() {
     if (!handler_) {
-      // Nothing that looks like HTTP arrived in time.
-      if (ctx_->clock->Now() >= started_ + ctx_->options.request_headers_timeout) {
+      // Not even the first bytes of a request arrived in time.
+      if (ctx_->clock->Now() >= started_ + ctx_->options.idle_timeout) {
         return Finish(false);
       }
     } else {
@@ -172,14 +172,22 @@ class ProxyConnectionImpl final : public Connection,
     ctx_->loop->RunAfter(absl::Milliseconds(50), [weak, give_up] {
       auto self = weak.lock();
       if (!self) return;
+      if (!self->lingering_) return;
       if (self->downstream_->buffered() > 0 && self->ctx_->clock->Now() < give_up) {
         return self->Linger(give_up);
       }
-      self->downstream_->Close(false);
-      std::shared_ptr<ProxyConnectionImpl> keep = std::move(self->self_);
-      self->ctx_->loop->Defer([keep] {
-        if (keep->on_closed_) keep->on_closed_();
-      });
+      self->Release(false);
+    });
+  }
+
+  // Closes the downstream and drops the connection's reference to itself, from the loop.
+  void Release(bool abort) {
+    lingering_ = false;
+    downstream_->Close(abort);
+    std::shared_ptr<ProxyConnectionImpl> self = std::move(self_);
+    if (!self) return;
+    ctx_->loop->Defer([self] {
+      if (self->on_closed_) self->on_closed_();
     });
   }
 
@@ -205,6 +213,7 @@ class ProxyConnectionImpl final : public Connection,
   std::vector<std::unique_ptr<ByteStream>> graveyard_;
   bool cleanup_scheduled_ = false;
   bool finished_ = false;
+  bool lingering_ = false;  // finished, sending what is still queued before closing
   absl::Time timer_due_ = absl::InfiniteFuture();
   absl::Time started_ = ctx_->clock->Now();
 };

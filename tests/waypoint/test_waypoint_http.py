@@ -22,6 +22,7 @@ import unittest
 import h2.config
 import h2.connection
 import h2.events
+import h2.errors
 import h2.exceptions
 
 BUILD = os.environ.get("AMBIT_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
@@ -653,6 +654,32 @@ class TimeoutTest(WaypointTestBase):
                 out += chunk
         self.assertEqual(status_of(out), 408, out)
         self.assertTrue(any("flags=SI" in l for l in self.wp.access_log()), self.wp.stderr())
+
+    def test_h2_stalled_stream_gets_408_and_idle_connection_goaway(self):
+        with socket.create_connection((LOOPBACK, self.wp.port), timeout=TIMEOUT) as s:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            # A request whose body never comes.
+            conn.send_headers(1, [(":method", "POST"), (":path", "/x"), (":scheme", "http"),
+                                  (":authority", "a")])
+            s.sendall(conn.data_to_send())
+            status, goaway = None, None
+            start = time.time()
+            while goaway is None and time.time() - start < 6:
+                data = s.recv(65536)
+                if not data:
+                    break
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        status = dict(ev.headers)[b":status"]
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        goaway = ev
+                s.sendall(conn.data_to_send())
+            self.assertEqual(status, b"408")
+            # Then, with no stream left, the connection idle timeout sends GOAWAY.
+            self.assertIsNotNone(goaway)
+            self.assertEqual(goaway.error_code, h2.errors.ErrorCodes.NO_ERROR)
+            self.assertGreater(time.time() - start, 1.5)
 
     def test_partial_head_gets_408(self):
         out = raw_exchange(self.wp.port, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", timeout=5)
