@@ -220,6 +220,17 @@ int Http1Parser::FinishHead() {
     uint64_t n = 0;
     if (absl::SimpleAtoi(*cl, &n)) h.content_length = n;
   }
+  // http-parser recognizes framing headers with its own matcher (it once took
+  // "Transfer-Encodingr-Encoding" for Transfer-Encoding). The body is framed by what the parser
+  // saw, so its view and ours must agree, or the message is refused as ambiguous.
+  const std::string* te = h.Find("transfer-encoding");
+  const bool our_chunked = te != nullptr && absl::EqualsIgnoreCase(*te, "chunked");
+  const bool parser_cl = (p->flags & F_CONTENTLENGTH) != 0;
+  if (h.chunked != our_chunked || parser_cl != h.content_length.has_value() ||
+      (parser_cl && !h.chunked && p->content_length != *h.content_length)) {
+    Fail(kind_ == Kind::kRequest ? 400 : 502, "ambiguous message framing");
+    return -1;
+  }
   h.keep_alive = http_should_keep_alive(p) != 0;
   if (kind_ == Kind::kRequest) {
     h.upgrade = (p->flags & F_UPGRADE) && (p->flags & F_CONNECTION_UPGRADE);
@@ -289,8 +300,17 @@ std::optional<HttpError> ValidateHeadBlock(absl::string_view block, const Http1L
     if (colon == absl::string_view::npos || colon == 0) {
       return HttpError{400, "header line without a name"};
     }
-    for (char c : line.substr(0, colon)) {
+    const absl::string_view name = line.substr(0, colon);
+    for (char c : name) {
       if (!IsTokenChar(c)) return HttpError{400, "invalid character in a header name"};
+    }
+    // http-parser's name matcher depends on case: it reads "transfer-encodingr-encoding" as
+    // Transfer-Encoding but "Transfer-Encodingr-Encoding" not (found by fuzzing). A name that
+    // merely starts like a framing header could be framing to one server and not to another.
+    for (absl::string_view framing : {"content-length", "transfer-encoding"}) {
+      if (name.size() > framing.size() && absl::StartsWithIgnoreCase(name, framing)) {
+        return HttpError{400, "header name resembling a framing header"};
+      }
     }
     for (char c : line.substr(colon + 1)) {
       const auto u = static_cast<unsigned char>(c);

@@ -181,6 +181,10 @@ inline void RunWaypoint(const uint8_t* data, size_t size, bool h2c) {
         else if (n == 0)
           break;
       }
+      if (p.error()) {
+        std::fprintf(stderr, "upstream bytes (%s):\n%s\n", p.error()->detail.c_str(),
+                     u->written.c_str());
+      }
       FUZZ_REQUIRE(!p.error());
     }
   }

@@ -473,6 +473,13 @@ CUSTOM ext-check provider=opa paths=/ext/*
             self.assertEqual(out.count(b"HTTP/1.1 200"), 2, out)
         self.assertEqual([r["target"] for r in self.upstream.requests], ["/x", "/y"])
 
+    def test_http10_without_host_goes_upstream_with_one(self):
+        out = raw_exchange(self.wp.port, b"GET /old HTTP/1.0\r\n\r\n", timeout=3)
+        self.assertEqual(status_of(out), 200)
+        self.assertIn(b"connection: close", out.lower())
+        req = self.upstream.requests[-1]
+        self.assertEqual(dict(req["headers"]).get("host"), f"{LOOPBACK}:{self.upstream.port}")
+
     def test_upstream_down_is_503(self):
         self.upstream.close()
         with socket.socket() as probe:  # a port nobody listens on
@@ -511,6 +518,8 @@ class SmugglingTest(WaypointTestBase):
          b"0\r\n\r\n"),
         ("te_space_before_colon", 400, b"POST / HTTP/1.1\r\nHost: a\r\n"
          b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("te_name_prefix", 400, b"POST / HTTP/1.1\r\nHost: a\r\n"
+         b"Transfer-Encodingr-Encoding: c: chunked\r\n\r\n0\r\n\r\n"),
         ("obs_fold", 400, b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n"),
         ("obs_fold_te", 400, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n"
          b"\r\n0\r\n\r\n"),

@@ -74,6 +74,10 @@ TEST(Http1CodecTest, RefusesAmbiguousFraming) {
       {"GET http:/x HTTP/1.1\r\nHost: a\r\n\r\n", 400},
       {"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505},
       {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405},
+      // http-parser's name matcher took this for Transfer-Encoding (found by fuzzing).
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encodingr-Encoding: c: chunked\r\n\r\n"
+       "0\r\n\r\n",
+       400},
   };
   for (const auto& [in, want] : cases) {
     for (bool bytewise : {false, true}) {
