@@ -26,6 +26,7 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
+#include "agent/node/enrollment_pass.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -238,7 +239,7 @@ absl::Status Agent::Init() {
 
 absl::Status Agent::ConnectDataPlane() {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
-  restart_.OnStarted(absl::Now());
+  restart_.OnStarted(clock_->Now());
   heartbeat_->Reset(dataplane_->heartbeat_supported());
   last_pong_.reset();
   std::vector<HandedBackInfo> infos;
@@ -257,7 +258,7 @@ absl::Status Agent::ConnectDataPlane() {
   AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
   for (const auto& uid : resend) AMBIT_RETURN_IF_ERROR(SendPod(enrolled_.at(uid)));
   if (generation_.version() > 0) {
-    generation_.OnSessionStart(absl::Now());  // a new session has applied nothing yet
+    generation_.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
     SendSnapshot();
   }
   if (reapply_log_levels_) reapply_log_levels_();
@@ -311,74 +312,52 @@ void Agent::Apply(config::LoadResult result) {
 }
 
 void Agent::Reconcile() {
-  EnrollmentReconciler::Plan plan = enrollment_.Begin(*state_);
-  for (const auto& uid : plan.remove) Unenroll(uid);
-  for (const auto& uid : plan.resend) {
-    EnrolledPod& e = enrolled_.at(uid);
-    e.pod = state_->pods.at(uid);
-    const std::string identity = state::SpiffeId(state_->mesh, e.pod);
-    AMBIT_LOG(kComponent, Info) << "pod " << uid << " identity "
-                                << enrollment_.enrolled().at(uid).spiffe_id << " -> " << identity;
-    if (absl::Status s = SendPod(e); !s.ok()) {
-      AMBIT_LOG(kComponent, Error)
-          << "tell the data plane pod " << uid << " is now " << identity << ": " << s.message();
-    }
-  }
+  std::optional<absl::Time> retry_at = RunEnrollmentPass(enrollment_, *state_, *this, *clock_);
   // Enrolled pods keep their kernel objects and take the configuration's view of the pod.
   for (auto& [uid, e] : enrolled_) {
     if (auto it = state_->pods.find(uid); it != state_->pods.end()) e.pod = it->second;
   }
-  for (const state::Pod* pod : plan.enroll) {
-    bool is_refused = false;
-    auto status = Enroll(*pod, &is_refused);
-    const std::string uid = pod->Key();
-    if (is_refused) {
-      if (enrollment_.OnRefused(uid, std::string(status.message()))) {
-        AMBIT_LOG(kComponent, Error) << status.message();
-      }
-    } else if (!status.ok()) {
-      enrollment_.OnEnrollFailed(uid, std::string(status.message()), absl::Now());
-      AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
-                                   << "): " << status.message() << "; retrying";
-    }
-  }
-  const absl::Time now = absl::Now();
-  EnrollmentReconciler::Finish finish = enrollment_.EndPass(now);
-  for (const auto& [cookie, slot] : finish.stale_slots) {
-    (void)redirector_->RemovePod(cookie, slot);
-    AMBIT_LOG(kComponent, Info) << "removed stale enrollment netns_cookie=" << cookie;
-  }
-  for (const auto& uid : finish.release_handed_back) {
-    if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
-  }
-  handed_back_.clear();
-  if (finish.retry_at.has_value()) ArmRetry(*finish.retry_at - now);
+  if (retry_at.has_value()) ArmRetry(*retry_at - clock_->Now());
   SendSnapshot();
   PublishViews();
 }
 
-absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
+absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
+  opened_.reset();
   EnrolledPod e;
   e.pod = pod;
-  AMBIT_ASSIGN_OR_RETURN(e.netns, OpenNetns(pod.netns_path));
+  auto netns = ambit::OpenNetns(pod.netns_path);
+  if (!netns.ok()) {
+    // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
+    return absl::UnavailableError(netns.status().message());
+  }
+  e.netns = *std::move(netns);
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
-    *refused = s.code() == absl::StatusCode::kPermissionDenied;
     return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
                                                ": field metadata.annotations[",
                                                std::string(state::kNetnsAnnotation),
                                                "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
-  const EnrollmentReconciler::Decision d =
-      enrollment_.Decide(pod.Key(), e.netns_cookie, absl::Now());
-  if (d.kind == EnrollmentReconciler::Decision::kWait) return absl::UnavailableError(d.error);
-  if (!d.warning.empty()) {
-    AMBIT_LOG(kComponent, Warning) << d.warning;
+  const uint64_t cookie = e.netns_cookie;
+  opened_ = std::move(e);
+  return cookie;
+}
+
+absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
+                                         const EnrollmentReconciler::Decision& d, bool send) {
+  if (!opened_.has_value() || opened_->pod.Key() != pod.Key()) {
+    return absl::InternalError(absl::StrCat("pod ", pod.Key(), " was not opened for set-up"));
   }
+  EnrolledPod e = std::move(*opened_);
+  opened_.reset();
   e.slot = d.slot;
+  const bool adopted = d.kind == EnrollmentReconciler::Decision::kAdopt;
   auto hb = handed_back_.find(e.netns_cookie);
-  if (d.kind == EnrollmentReconciler::Decision::kAdopt && hb != handed_back_.end()) {
+  if (adopted && hb != handed_back_.end()) {
+    // The running data plane still holds this pod's listeners: keep them, so connections
+    // waiting in their backlogs and live connections are untouched.
     e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
     e.listeners.outbound_v6 = std::move(hb->second.outbound_v6);
     e.listeners.plain_v4 = std::move(hb->second.plain_v4);
@@ -389,7 +368,6 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     AMBIT_ASSIGN_OR_RETURN(e.listeners, enroll::CreatePodListeners(e.netns.get(), pod_net_));
   }
   if (hb != handed_back_.end()) handed_back_.erase(hb);
-  const bool adopted = d.kind == EnrollmentReconciler::Decision::kAdopt;
   AMBIT_RETURN_IF_ERROR(enroll::ConfigurePodRouting(e.netns.get(), pod_net_));
   bpf::InboundListenerFds inbound;
   inbound.plain_v4 = e.listeners.plain_v4.get();
@@ -397,34 +375,51 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   inbound.hbone_v4 = e.listeners.hbone_v4.get();
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
-  // An adopted pod whose identity changed while no agent ran is sent again, for its new one.
-  std::string told_identity = d.spiffe_id;
-  const std::string identity = state::SpiffeId(state_->mesh, pod);
-  if (EnrollmentReconciler::MustSend(d, identity) && dataplane_->connected()) {
+  // A send that fails leaves the BPF entry in place: its listeners close with `e`, and the
+  // sk_lookup program drops what finds none (closed, not open) until the retry.
+  std::string told;
+  if (send) {
     AMBIT_RETURN_IF_ERROR(SendPod(e));
-    told_identity = identity;
+    told = state::SpiffeId(state_->mesh, pod);
   }
-  enrollment_.OnEnrolled(pod.Key(), {pod.netns_path, e.netns_cookie, e.slot, told_identity});
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
                               << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
                               << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
-  enrolled_.emplace(pod.Key(), std::move(e));
-  return absl::OkStatus();
+  enrolled_.insert_or_assign(pod.Key(), std::move(e));
+  return told;
 }
 
-void Agent::Unenroll(const std::string& uid) {
+absl::StatusOr<std::string> Agent::Resend(const std::string& uid) {
+  EnrolledPod& e = enrolled_.at(uid);
+  e.pod = state_->pods.at(uid);
+  AMBIT_RETURN_IF_ERROR(SendPod(e));
+  return state::SpiffeId(state_->mesh, e.pod);
+}
+
+bool Agent::Remove(const std::string& uid) {
   auto it = enrolled_.find(uid);
-  if (it == enrolled_.end()) return;
+  if (it == enrolled_.end()) return false;
   auto status = redirector_->RemovePod(it->second.netns_cookie, it->second.slot);
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
   }
   const bool told = dataplane_->connected() && dataplane_->SendRemovePod(uid).ok();
-  enrollment_.OnRemoved(uid, told, absl::Now());
-  AMBIT_LOG(kComponent, Info) << "removed pod " << uid;
   enrolled_.erase(it);
+  return told;
 }
+
+void Agent::RemoveStale(uint64_t netns_cookie, uint32_t slot) {
+  (void)redirector_->RemovePod(netns_cookie, slot);
+}
+
+void Agent::ReleaseHandedBack(const std::string& uid) {
+  if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
+}
+
+void Agent::DropHandedBack() { handed_back_.clear(); }
+
+bool Agent::DataPlaneConnected() const { return dataplane_->connected(); }
 
 void Agent::OnPodRemoved(const std::string& uid) {
   // A pod waiting for this netns is enrolled now, not at the next retry.
@@ -532,7 +527,7 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
 
 void Agent::SendSnapshot() {
   if (!dataplane_->connected()) return;
-  const uint64_t version = generation_.Next(dataplane_->acked_version(), absl::Now());
+  const uint64_t version = generation_.Next(dataplane_->acked_version(), clock_->Now());
   auto snapshot = BuildSnapshot(version);
   auto status = snapshot.ok() ? dataplane_->SendSnapshot(*snapshot) : snapshot.status();
   generation_.OnSent(status.ok() ? "" : std::string(status.message()));
@@ -631,7 +626,7 @@ void Agent::OnDataPlaneExit() {
   heartbeat_->Reset(false);  // an exited data plane is reported as not connected
   last_pong_.reset();
   enrollment_.OnDataPlaneExit();
-  const absl::Duration delay = restart_.OnExit(absl::Now());
+  const absl::Duration delay = restart_.OnExit(clock_->Now());
   AMBIT_LOG(kComponent, Error) << "data plane pid=" << pid << " " << how << "; restart #"
                                << restart_.restarts() << " in " << absl::FormatDuration(delay)
                                << " (listeners stay open; new connections wait in backlog)";

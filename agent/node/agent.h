@@ -31,6 +31,7 @@
 #include "agent/mesh/model.h"
 #include "agent/node/dataplane_state.h"
 #include "agent/node/enrollment.h"
+#include "agent/node/enrollment_pass.h"
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -94,10 +95,10 @@ struct AgentOptions {
 // into the agent or read what it publishes. The destructor stops and joins them first, then
 // drops the loop with its pending timers, and only then are the members they touch destroyed,
 // whatever order the members are declared in.
-class Agent {
+class Agent final : private PodHost {
  public:
   static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
-  ~Agent();
+  ~Agent() override;
   // Runs until SIGTERM/SIGINT. The data plane and the BPF programs stay in place on exit, so a
   // restarted agent picks up where this one left off.
   absl::Status Run();
@@ -139,9 +140,17 @@ class Agent {
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
-  // *refused: the pod names a namespace it may never have (NodeNetnsGuard); not retried.
-  absl::Status Enroll(const state::Pod& pod, bool* refused);
-  void Unenroll(const std::string& uid);
+  // PodHost, for RunEnrollmentPass.
+  absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;
+  absl::StatusOr<std::string> SetUp(const state::Pod& pod,
+                                    const EnrollmentReconciler::Decision& decision,
+                                    bool send) override;
+  absl::StatusOr<std::string> Resend(const std::string& uid) override;
+  bool Remove(const std::string& uid) override;
+  void RemoveStale(uint64_t netns_cookie, uint32_t slot) override;
+  void ReleaseHandedBack(const std::string& uid) override;
+  void DropHandedBack() override;
+  bool DataPlaneConnected() const override;
   void OnPodRemoved(const std::string& uid);
   void OnRetryTimer();
   void OnRestartTimer();
@@ -197,7 +206,9 @@ class Agent {
   std::shared_ptr<const authz::Engine> engine_;   // for the admin API; the last one that built
   std::vector<config::ConfigError> load_errors_;  // of the last load, for the admin API
   std::set<std::string> logged_authz_warnings_;
+  const Clock* clock_ = &RealClock::Get();
   std::map<std::string, EnrolledPod> enrolled_;
+  std::optional<EnrolledPod> opened_;  // between OpenNetns and SetUp of a pass
   // Listeners of pods the data plane handed back, until the enrollment pass adopts or drops them.
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
   EnrollmentReconciler enrollment_;

@@ -44,8 +44,7 @@ EnrollmentReconciler::Plan EnrollmentReconciler::Begin(const state::ClusterState
   return plan;
 }
 
-void EnrollmentReconciler::OnRemoved(const std::string& uid, bool told_dataplane,
-                                     absl::Time now) {
+void EnrollmentReconciler::OnRemoved(const std::string& uid, bool told_dataplane, absl::Time now) {
   auto it = enrolled_.find(uid);
   if (it == enrolled_.end()) return;
   if (told_dataplane) {
@@ -67,15 +66,13 @@ uint32_t EnrollmentReconciler::FreeSlot() const {
 }
 
 EnrollmentReconciler::Decision EnrollmentReconciler::Decide(const std::string& uid,
-                                                            uint64_t netns_cookie,
-                                                            absl::Time now) {
+                                                            uint64_t netns_cookie, absl::Time now) {
   Decision d;
   if (auto r = releasing_.find(netns_cookie); r != releasing_.end()) {
     if (now < r->second.deadline) {
       d.kind = Decision::kWait;
-      d.error =
-          absl::StrCat("the data plane has not yet released the listeners of pod ", r->second.uid,
-                       " in this network namespace (waiting for it)");
+      d.error = absl::StrCat("the data plane has not yet released the listeners of pod ",
+                             r->second.uid, " in this network namespace (waiting for it)");
       return d;
     }
     d.warning = absl::StrCat("the data plane did not confirm the removal of pod ", r->second.uid,

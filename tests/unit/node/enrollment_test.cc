@@ -71,8 +71,8 @@ class EnrollmentTest : public ::testing::Test {
 TEST_F(EnrollmentTest, EnrollsOnlyPodsOfThisNodeThatNameANetns) {
   auto outside = MakePod("outside", "198.18.0.3");
   outside.netns_path.clear();
-  auto s = MakeState({MakePod("web", "198.18.0.1"), MakePod("peer", "198.18.0.2", "node-b"),
-                      outside});
+  auto s =
+      MakeState({MakePod("web", "198.18.0.1"), MakePod("peer", "198.18.0.2", "node-b"), outside});
   auto plan = r_.Begin(s);
   EXPECT_THAT(Keys(plan.enroll), ElementsAre("default/web"));
   EXPECT_THAT(plan.remove, IsEmpty());
@@ -173,8 +173,8 @@ TEST_F(EnrollmentTest, StalePinnedSlotsAreRemovedAtTheEndOfThePass) {
   r_.SetPinnedSlots({{100, 0}, {200, 4}}, false);
   r_.Begin(MakeState({}));
   auto finish = r_.EndPass(clock_.Now());
-  EXPECT_THAT(finish.stale_slots,
-              ElementsAre(std::pair<uint64_t, uint32_t>{100, 0}, std::pair<uint64_t, uint32_t>{200, 4}));
+  EXPECT_THAT(finish.stale_slots, ElementsAre(std::pair<uint64_t, uint32_t>{100, 0},
+                                              std::pair<uint64_t, uint32_t>{200, 4}));
   r_.Begin(MakeState({}));
   EXPECT_THAT(r_.EndPass(clock_.Now()).stale_slots, IsEmpty());
 }
