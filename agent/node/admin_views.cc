@@ -379,15 +379,17 @@ void Agent::PublishHealth() {
   admin::NodeHealth h;
   h.bpf_attached = redirector_ != nullptr && !redirector_->Programs().empty();
   h.dataplane_connected = dataplane_ != nullptr && dataplane_->connected();
-  h.dataplane_restarts = restarts_;
+  h.dataplane_restarts = restart_.restarts();
   for (const auto& [uid, e] : enrolled_) {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
-  h.enroll_failures = static_cast<int>(failed_.size());
-  for (const auto& [uid, error] : failed_) {
-    auto since = failing_since_.find(uid);
+  const auto& failed = enrollment_.failed();
+  const auto& failing_since = enrollment_.failing_since();
+  h.enroll_failures = static_cast<int>(failed.size());
+  for (const auto& [uid, error] : failed) {
+    auto since = failing_since.find(uid);
     h.enroll_failing.push_back(
-        {uid, error, since != failing_since_.end() ? since->second : absl::Now()});
+        {uid, error, since != failing_since.end() ? since->second : absl::Now()});
   }
   if (heartbeat_ != nullptr) {
     h.heartbeat_waiting_since = heartbeat_->waiting_since();
@@ -395,15 +397,15 @@ void Agent::PublishHealth() {
   }
   h.capture_problems = capture_problems_;
   if (dataplane_ != nullptr) h.listener_problems = ListenerProblems();
-  h.config_loaded = snapshot_version_ > 0;
-  h.desired_generation = snapshot_version_;
+  h.config_loaded = generation_.version() > 0;
+  h.desired_generation = generation_.version();
   h.applied_generation = dataplane_ != nullptr ? dataplane_->acked_version() : 0;
   health_acked_ = h.applied_generation;
   health_nacked_ = dataplane_ != nullptr ? dataplane_->nacked_version() : 0;
   if (h.desired_generation != h.applied_generation) {
-    h.pending_since = generation_pending_since_;
-    if (!delivery_error_.empty()) {
-      h.generation_error = absl::StrCat("not delivered: ", delivery_error_);
+    h.pending_since = generation_.pending_since();
+    if (generation_.needs_resend()) {
+      h.generation_error = absl::StrCat("not delivered: ", generation_.delivery_error());
       h.fail_closed = true;
     } else if (health_nacked_ != 0) {
       h.generation_error = absl::StrCat("the data plane refused generation ", health_nacked_, ": ",
@@ -466,18 +468,19 @@ void Agent::PublishViews() {
     } else {
       w->set_role("outside");
     }
-    if (auto f = failed_.find(key); f != failed_.end()) w->set_enroll_error(f->second);
+    const auto& failed = enrollment_.failed();
+    if (auto f = failed.find(key); f != failed.end()) w->set_enroll_error(f->second);
     if (auto c = state_->ip_conflicts.find(key); c != state_->ip_conflicts.end()) {
       if (w->role() == "pending") w->set_role("refused");
       w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
       w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
                                        " is held by the older Pod ", c->second.holder, " (",
                                        c->second.holder_file, ", ", c->second.holder_age, ")"));
-    } else if (auto r = refused_.find(key); r != refused_.end()) {
+    } else if (auto r = enrollment_.refused().find(key); r != enrollment_.refused().end()) {
       w->set_role("refused");
       w->set_status("refused: names the node's own network namespace");
       w->set_enroll_error(r->second);
-    } else if (failed_.contains(key)) {
+    } else if (failed.contains(key)) {
       w->set_status("enroll failed; retrying");
     } else {
       w->set_status("ok");

@@ -6,8 +6,6 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,45 +26,27 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
+#include "agent/node/enrollment_pass.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
 namespace {
 
 constexpr const char* kComponent = "agent";
-enum : uint64_t {
-  kTagSignal = 1,
-  kTagConfig,
-  kTagDataPlaneExit,
-  kTagDataPlaneControl,
-  kTagRestartTimer,
-  kTagRetryTimer,
-  kTagCompletions,
-  kTagHeartbeatTimer,
-};
-constexpr int64_t kMaxBackoffMs = 10000;
-constexpr int64_t kRetryMs = 2000;
+// Between attempts to send a generation that could not be sent.
+constexpr absl::Duration kRetryInterval = absl::Seconds(2);
 // Sign calls at once: a CA that hangs holds up this many identities at most, not all of them.
 constexpr int kMaxSigningInFlight = 4;
-// How long a removed pod's netns waits for the data plane's pod_removed before it is enrolled
-// again regardless (the data plane answers within about two seconds).
-constexpr absl::Duration kReleaseTimeout = absl::Seconds(5);
 
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+// Runs a function when its fd is readable.
+class FnHandler final : public EventHandler {
+ public:
+  explicit FnHandler(std::function<void()> fn) : fn_(std::move(fn)) {}
+  void OnEvents(uint32_t) override { fn_(); }
 
-absl::Status EpollAdd(int epoll, int fd, uint64_t tag) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = tag;
-  if (epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev) < 0) {
-    return absl::ErrnoToStatus(errno, "epoll_ctl(ADD)");
-  }
-  return absl::OkStatus();
-}
+ private:
+  std::function<void()> fn_;
+};
 
 std::vector<std::string> IpStrings(const state::Pod& pod) {
   std::vector<std::string> out;
@@ -92,11 +72,24 @@ std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
 
 }  // namespace
 
-Agent::Agent(AgentOptions options) : options_(std::move(options)) {
+Agent::Agent(AgentOptions options)
+    : options_(std::move(options)), enrollment_(EnrollmentReconciler::Options{options_.node_name}) {
   pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
 }
 
-Agent::~Agent() = default;
+Agent::~Agent() {
+  // Threads first: a signing thread's result posts a task naming this agent onto completions_,
+  // the CA API server reads ca_, entitlements_ and sign_rate_, the admin and telemetry servers
+  // read admin_state_. Joined here, nothing runs on another thread when the members go.
+  signing_.reset();
+  ca_server_.reset();
+  admin_server_.reset();
+  telemetry_.reset();
+  // Pending timers name this agent; they are dropped unrun with the loop, before the handlers
+  // and state they would touch.
+  loop_.reset();
+  handlers_.clear();
+}
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   auto agent = std::unique_ptr<Agent>(new Agent(std::move(options)));
@@ -181,11 +174,12 @@ absl::Status Agent::Init() {
   for (const auto& c : options_.outbound_bypass_cidrs) {
     AMBIT_RETURN_IF_ERROR(redirector_->AddBypassCidr(c));
   }
-  AMBIT_ASSIGN_OR_RETURN(pinned_slots_, redirector_->EnrolledPods());
+  AMBIT_ASSIGN_OR_RETURN(auto pinned_slots, redirector_->EnrolledPods());
+  enrollment_.SetPinnedSlots(std::move(pinned_slots), redirector_->migrating());
 
   AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
 
-  epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  AMBIT_ASSIGN_OR_RETURN(loop_, EpollLoop::Create());
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -193,24 +187,26 @@ absl::Status Agent::Init() {
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
   signal_fd_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC));
-  restart_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  retry_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  heartbeat_timer_ = UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!epoll_ || !signal_fd_ || !restart_timer_ || !retry_timer_ || !heartbeat_timer_) {
-    return absl::ErrnoToStatus(errno, "create agent event loop");
+  if (!signal_fd_) return absl::ErrnoToStatus(errno, "signalfd(SIGTERM, SIGINT)");
+  AMBIT_RETURN_IF_ERROR(
+      Watch(signal_fd_.get(), [this] {
+        AMBIT_LOG(kComponent, Info)
+            << "agent stopping; data plane pid=" << dataplane_->pid()
+            << " and BPF programs stay in place for the next agent (ambitd --cleanup removes)";
+        loop_->Stop();
+      }));
+  if (source_->fd() >= 0) {
+    AMBIT_RETURN_IF_ERROR(Watch(source_->fd(), [this] {
+      if (auto result = source_->Poll()) {
+        Apply(std::move(*result));
+        // glibc keeps the heap a large configuration used; hand it back, so a node whose
+        // configuration shrank shrinks too.
+        malloc_trim(0);
+      }
+    }));
   }
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), signal_fd_.get(), kTagSignal));
-  if (source_->fd() >= 0) AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), source_->fd(), kTagConfig));
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), restart_timer_.get(), kTagRestartTimer));
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), retry_timer_.get(), kTagRetryTimer));
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), completions_.fd(), kTagCompletions));
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), heartbeat_timer_.get(), kTagHeartbeatTimer));
-  {
-    itimerspec its{};
-    its.it_interval = absl::ToTimespec(options_.heartbeat_interval);
-    its.it_value = its.it_interval;
-    timerfd_settime(heartbeat_timer_.get(), 0, &its, nullptr);
-  }
+  AMBIT_RETURN_IF_ERROR(Watch(completions_.fd(), [this] { completions_.Drain(); }));
+  ArmHeartbeat();
   heartbeat_ =
       std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(), options_.heartbeat_deadline);
   AMBIT_RETURN_IF_ERROR(InitCertificates());
@@ -243,25 +239,26 @@ absl::Status Agent::Init() {
 
 absl::Status Agent::ConnectDataPlane() {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
-  dataplane_started_ms_ = NowMs();
+  restart_.OnStarted(clock_->Now());
   heartbeat_->Reset(dataplane_->heartbeat_supported());
   last_pong_.reset();
-  // A data plane that restarted holds nothing of removed pods; one that stayed up handled the
-  // removals before this session (one socket, in order), and has not re-sent what it dropped.
-  releasing_.clear();
+  std::vector<HandedBackInfo> infos;
   for (auto& pod : handed_back) {
-    uint64_t cookie = pod.netns_cookie;
+    const uint64_t cookie = pod.netns_cookie;
+    infos.push_back(
+        {pod.uid, pod.spiffe_id, cookie, pod.outbound_v4 && pod.plain_v4 && pod.hbone_v4});
     handed_back_.emplace(cookie, std::move(pod));
   }
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->pidfd(), kTagDataPlaneExit));
-  AMBIT_RETURN_IF_ERROR(EpollAdd(epoll_.get(), dataplane_->control_fd(), kTagDataPlaneControl));
+  // A fresh data plane knows nothing: every pod enrolled so far is sent.
+  const std::vector<std::string> resend = enrollment_.OnSessionStart(std::move(infos));
+  AMBIT_RETURN_IF_ERROR(Watch(dataplane_->pidfd(), [this] { OnDataPlaneExit(); }));
+  AMBIT_RETURN_IF_ERROR(Watch(dataplane_->control_fd(), [this] { OnControlReadable(); }));
   AMBIT_RETURN_IF_ERROR(
       dataplane_->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
   AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
-  // A fresh data plane knows nothing: send every pod enrolled so far.
-  for (auto& [uid, pod] : enrolled_) AMBIT_RETURN_IF_ERROR(SendPod(pod));
-  if (snapshot_version_ > 0) {
-    generation_pending_since_ = absl::Now();  // a new session has applied nothing yet
+  for (const auto& uid : resend) AMBIT_RETURN_IF_ERROR(SendPod(enrolled_.at(uid)));
+  if (generation_.version() > 0) {
+    generation_.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
     SendSnapshot();
   }
   if (reapply_log_levels_) reapply_log_levels_();
@@ -314,129 +311,51 @@ void Agent::Apply(config::LoadResult result) {
   Reconcile();
 }
 
-uint32_t Agent::FreeSlot() const {
-  std::set<uint32_t> used;
-  for (const auto& [uid, p] : enrolled_) used.insert(p.slot);
-  for (const auto& [cookie, slot] : pinned_slots_) used.insert(slot);
-  uint32_t slot = 0;
-  while (used.count(slot)) ++slot;
-  return slot;
-}
-
 void Agent::Reconcile() {
-  std::map<std::string, const state::Pod*> desired;
-  for (const auto& [uid, pod] : state_->pods) {
-    // A pod whose address an older pod holds is not enrolled (the loader reported it).
-    if (state::IsEnrolled(pod, options_.node_name) && !state_->HasIpConflict(uid)) {
-      desired[pod.Key()] = &pod;
-    }
+  std::optional<absl::Time> retry_at = RunEnrollmentPass(enrollment_, *state_, *this, *clock_);
+  // Enrolled pods keep their kernel objects and take the configuration's view of the pod.
+  for (auto& [uid, e] : enrolled_) {
+    if (auto it = state_->pods.find(uid); it != state_->pods.end()) e.pod = it->second;
   }
-  std::vector<std::string> gone;
-  for (const auto& [uid, e] : enrolled_) {
-    auto it = desired.find(uid);
-    if (it == desired.end() || it->second->netns_path != e.pod.netns_path) gone.push_back(uid);
-  }
-  for (const auto& uid : gone) Unenroll(uid);
-  auto previous_failures = std::move(failing_since_);
-  failing_since_.clear();
-  failed_.clear();
-  std::map<std::string, std::string> refused;
-  for (const auto& [uid, pod] : desired) {
-    auto it = enrolled_.find(uid);
-    if (it != enrolled_.end()) {
-      it->second.pod = *pod;
-      // A new trust domain is a new identity: the data plane requests its certificate (with a
-      // new key) as soon as it hears of it, and drops the old one.
-      const std::string identity = state::SpiffeId(state_->mesh, *pod);
-      if (identity != it->second.spiffe_id && dataplane_->connected()) {
-        AMBIT_LOG(kComponent, Info)
-            << "pod " << uid << " identity " << it->second.spiffe_id << " -> " << identity;
-        if (absl::Status s = SendPod(it->second); !s.ok()) {
-          AMBIT_LOG(kComponent, Error)
-              << "tell the data plane pod " << uid << " is now " << identity << ": " << s.message();
-        }
-      }
-      continue;
-    }
-    bool is_refused = false;
-    auto status = Enroll(*pod, &is_refused);
-    if (is_refused) {
-      std::string message(status.message());
-      auto old = refused_.find(uid);
-      if (old == refused_.end() || old->second != message) {
-        AMBIT_LOG(kComponent, Error) << message;
-      }
-      refused.emplace(uid, std::move(message));
-    } else if (!status.ok()) {
-      failed_[uid] = std::string(status.message());
-      auto since = previous_failures.find(uid);
-      failing_since_[uid] = since != previous_failures.end() ? since->second : absl::Now();
-      AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
-                                   << "): " << status.message() << "; retrying";
-    }
-  }
-  refused_ = std::move(refused);
-  // Whatever an earlier run left that is no longer wanted: stop steering it.
-  for (const auto& [cookie, slot] : pinned_slots_) {
-    (void)redirector_->RemovePod(cookie, slot);
-    AMBIT_LOG(kComponent, Info) << "removed stale enrollment netns_cookie=" << cookie;
-  }
-  pinned_slots_.clear();
-  for (auto& [cookie, pod] : handed_back_) {
-    if (dataplane_->connected()) (void)dataplane_->SendRemovePod(pod.uid);
-  }
-  handed_back_.clear();
-  if (!failed_.empty()) {
-    // A pod waiting for a release retries when the release is due at the latest.
-    int64_t retry_ms = kRetryMs;
-    const absl::Time now = absl::Now();
-    for (auto it = releasing_.begin(); it != releasing_.end();) {
-      if (it->second.deadline <= now) {  // no longer holds anything back
-        it = releasing_.erase(it);
-        continue;
-      }
-      retry_ms = std::min<int64_t>(
-          retry_ms, std::max<int64_t>(1, absl::ToInt64Milliseconds(it->second.deadline - now)));
-      ++it;
-    }
-    ArmTimer(retry_timer_.get(), retry_ms);
-  }
+  if (retry_at.has_value()) ArmRetry(*retry_at - clock_->Now());
   SendSnapshot();
   PublishViews();
 }
 
-absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
+absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
+  opened_.reset();
   EnrolledPod e;
   e.pod = pod;
-  AMBIT_ASSIGN_OR_RETURN(e.netns, OpenNetns(pod.netns_path));
+  auto netns = ambit::OpenNetns(pod.netns_path);
+  if (!netns.ok()) {
+    // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
+    return absl::UnavailableError(netns.status().message());
+  }
+  e.netns = *std::move(netns);
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
-    *refused = s.code() == absl::StatusCode::kPermissionDenied;
     return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
                                                ": field metadata.annotations[",
                                                std::string(state::kNetnsAnnotation),
                                                "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
-  if (auto r = releasing_.find(e.netns_cookie); r != releasing_.end()) {
-    if (absl::Now() < r->second.deadline) {
-      return absl::UnavailableError(
-          absl::StrCat("the data plane has not yet released the listeners of pod ", r->second.uid,
-                       " in this network namespace (waiting for it)"));
-    }
-    AMBIT_LOG(kComponent, Warning)
-        << "the data plane did not confirm the removal of pod " << r->second.uid << " within "
-        << kReleaseTimeout << "; enrolling pod " << pod.Key() << " in its netns anyway";
-    releasing_.erase(r);
+  const uint64_t cookie = e.netns_cookie;
+  opened_ = std::move(e);
+  return cookie;
+}
+
+absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
+                                         const EnrollmentReconciler::Decision& d, bool send) {
+  if (!opened_.has_value() || opened_->pod.Key() != pod.Key()) {
+    return absl::InternalError(absl::StrCat("pod ", pod.Key(), " was not opened for set-up"));
   }
-  bool adopted = false;
+  EnrolledPod e = std::move(*opened_);
+  opened_.reset();
+  e.slot = d.slot;
+  const bool adopted = d.kind == EnrollmentReconciler::Decision::kAdopt;
   auto hb = handed_back_.find(e.netns_cookie);
-  auto pinned = pinned_slots_.find(e.netns_cookie);
-  // Migrating from another ABI whose ambit_pods could not be adopted, no slot is pinned: the
-  // pod takes a new one in this ABI's (empty) maps, and keeps its listeners all the same.
-  const bool slot_known = pinned != pinned_slots_.end() || redirector_->migrating();
-  if (hb != handed_back_.end() && hb->second.outbound_v4 && hb->second.plain_v4 &&
-      hb->second.hbone_v4 && slot_known) {
+  if (adopted && hb != handed_back_.end()) {
     // The running data plane still holds this pod's listeners: keep them, so connections
     // waiting in their backlogs and live connections are untouched.
     e.listeners.outbound_v4 = std::move(hb->second.outbound_v4);
@@ -445,15 +364,10 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
     e.listeners.plain_v6 = std::move(hb->second.plain_v6);
     e.listeners.hbone_v4 = std::move(hb->second.hbone_v4);
     e.listeners.hbone_v6 = std::move(hb->second.hbone_v6);
-    e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
-    e.spiffe_id = hb->second.spiffe_id;
-    adopted = true;
   } else {
-    e.slot = pinned != pinned_slots_.end() ? pinned->second : FreeSlot();
     AMBIT_ASSIGN_OR_RETURN(e.listeners, enroll::CreatePodListeners(e.netns.get(), pod_net_));
   }
   if (hb != handed_back_.end()) handed_back_.erase(hb);
-  if (pinned != pinned_slots_.end()) pinned_slots_.erase(pinned);
   AMBIT_RETURN_IF_ERROR(enroll::ConfigurePodRouting(e.netns.get(), pod_net_));
   bpf::InboundListenerFds inbound;
   inbound.plain_v4 = e.listeners.plain_v4.get();
@@ -461,44 +375,55 @@ absl::Status Agent::Enroll(const state::Pod& pod, bool* refused) {
   inbound.hbone_v4 = e.listeners.hbone_v4.get();
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
-  // An adopted pod whose identity changed while no agent ran is sent again, for its new one.
-  if ((!adopted || e.spiffe_id != state::SpiffeId(state_->mesh, pod)) && dataplane_->connected()) {
+  // A send that fails leaves the BPF entry in place: its listeners close with `e`, and the
+  // sk_lookup program drops what finds none (closed, not open) until the retry.
+  std::string told;
+  if (send) {
     AMBIT_RETURN_IF_ERROR(SendPod(e));
+    told = state::SpiffeId(state_->mesh, pod);
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
                               << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
                               << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
-  enrolled_.emplace(pod.Key(), std::move(e));
-  return absl::OkStatus();
+  enrolled_.insert_or_assign(pod.Key(), std::move(e));
+  return told;
 }
 
-void Agent::Unenroll(const std::string& uid) {
+absl::StatusOr<std::string> Agent::Resend(const std::string& uid) {
+  EnrolledPod& e = enrolled_.at(uid);
+  e.pod = state_->pods.at(uid);
+  AMBIT_RETURN_IF_ERROR(SendPod(e));
+  return state::SpiffeId(state_->mesh, e.pod);
+}
+
+bool Agent::Remove(const std::string& uid) {
   auto it = enrolled_.find(uid);
-  if (it == enrolled_.end()) return;
+  if (it == enrolled_.end()) return false;
   auto status = redirector_->RemovePod(it->second.netns_cookie, it->second.slot);
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
   }
-  if (dataplane_->connected() && dataplane_->SendRemovePod(uid).ok()) {
-    releasing_[it->second.netns_cookie] = {uid, absl::Now() + kReleaseTimeout};
-  }
-  AMBIT_LOG(kComponent, Info) << "removed pod " << uid;
+  const bool told = dataplane_->connected() && dataplane_->SendRemovePod(uid).ok();
   enrolled_.erase(it);
+  return told;
 }
 
+void Agent::RemoveStale(uint64_t netns_cookie, uint32_t slot) {
+  (void)redirector_->RemovePod(netns_cookie, slot);
+}
+
+void Agent::ReleaseHandedBack(const std::string& uid) {
+  if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
+}
+
+void Agent::DropHandedBack() { handed_back_.clear(); }
+
+bool Agent::DataPlaneConnected() const { return dataplane_->connected(); }
+
 void Agent::OnPodRemoved(const std::string& uid) {
-  bool waited_on = false;
-  for (auto it = releasing_.begin(); it != releasing_.end();) {
-    if (it->second.uid == uid) {
-      it = releasing_.erase(it);
-      waited_on = true;
-    } else {
-      ++it;
-    }
-  }
   // A pod waiting for this netns is enrolled now, not at the next retry.
-  if (waited_on && !failed_.empty()) ArmTimer(retry_timer_.get(), 0);
+  if (enrollment_.OnPodRemoved(uid)) ArmRetry(absl::ZeroDuration());
 }
 
 absl::Status Agent::SendPod(EnrolledPod& e) {
@@ -519,7 +444,7 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   d.hbone_v4 = e.listeners.hbone_v4.get();
   d.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(dataplane_->SendAddPod(d));
-  e.spiffe_id = std::move(d.spiffe_id);
+  enrollment_.OnSent(d.uid, std::move(d.spiffe_id));
   return absl::OkStatus();
 }
 
@@ -602,130 +527,116 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
 
 void Agent::SendSnapshot() {
   if (!dataplane_->connected()) return;
-  if (snapshot_version_ == dataplane_->acked_version() ||
-      generation_pending_since_ == absl::InfiniteFuture()) {
-    generation_pending_since_ = absl::Now();
-  }
-  ++snapshot_version_;
-  auto snapshot = BuildSnapshot(snapshot_version_);
+  const uint64_t version = generation_.Next(dataplane_->acked_version(), clock_->Now());
+  auto snapshot = BuildSnapshot(version);
   auto status = snapshot.ok() ? dataplane_->SendSnapshot(*snapshot) : snapshot.status();
-  delivery_error_.clear();
+  generation_.OnSent(status.ok() ? "" : std::string(status.message()));
   if (!status.ok()) {
     // The data plane would go on enforcing the previous generation while the admin API shows
     // this one: tell it to refuse new connections instead, and try again shortly.
-    delivery_error_ = std::string(status.message());
-    AMBIT_LOG(kComponent, Error) << "configuration generation " << snapshot_version_
-                                 << " could not be sent to the data plane: " << delivery_error_
+    AMBIT_LOG(kComponent, Error) << "configuration generation " << version
+                                 << " could not be sent to the data plane: "
+                                 << generation_.delivery_error()
                                  << "; the data plane fails closed until it is";
-    auto told = dataplane_->SendSnapshotFailed(snapshot_version_, delivery_error_);
+    auto told = dataplane_->SendSnapshotFailed(version, generation_.delivery_error());
     if (!told.ok()) {
       AMBIT_LOG(kComponent, Error) << "tell the data plane to fail closed: " << told.message();
     }
-    ArmTimer(retry_timer_.get(), kRetryMs);
+    ArmRetry(kRetryInterval);
   }
   PublishHealth();
 }
 
-void Agent::ArmTimer(int fd, int64_t ms) {
-  itimerspec its{};
-  its.it_value.tv_sec = ms / 1000;
-  its.it_value.tv_nsec = (ms % 1000) * 1000000 + 1;
-  timerfd_settime(fd, 0, &its, nullptr);
+absl::Status Agent::Watch(int fd, std::function<void()> fn) {
+  auto handler = std::make_unique<FnHandler>(std::move(fn));
+  AMBIT_RETURN_IF_ERROR(loop_->Watch(fd, EPOLLIN, handler.get()));
+  handlers_[fd] = std::move(handler);
+  return absl::OkStatus();
+}
+
+void Agent::Unwatch(int fd) {
+  if (fd < 0) return;
+  loop_->Unwatch(fd);
+  // The handler may be the one running now: freed after this batch of events.
+  auto it = handlers_.find(fd);
+  if (it == handlers_.end()) return;
+  std::shared_ptr<EventHandler> handler = std::move(it->second);
+  handlers_.erase(it);
+  loop_->Defer([handler] {});
+}
+
+// Timers run on the loop thread, which only runs inside Run(); the loop, and with it every
+// pending timer, is destroyed before the members these read (see ~Agent).
+void Agent::ArmRetry(absl::Duration d) {
+  loop_->RunAfter(d, [this, token = ++retry_timer_] {
+    if (token == retry_timer_) OnRetryTimer();
+  });
+}
+
+void Agent::ArmRestart(absl::Duration d) {
+  loop_->RunAfter(d, [this, token = ++restart_timer_] {
+    if (token == restart_timer_) OnRestartTimer();
+  });
+}
+
+void Agent::ArmHeartbeat() {
+  loop_->RunAfter(options_.heartbeat_interval, [this] {
+    ArmHeartbeat();
+    OnHeartbeatTick();
+  });
+}
+
+void Agent::OnRetryTimer() {
+  if (enrollment_.has_failures()) {
+    Reconcile();  // sends a snapshot too
+  } else if (generation_.needs_resend()) {
+    SendSnapshot();
+  }
+}
+
+void Agent::OnRestartTimer() {
+  auto status = ConnectDataPlane();
+  if (status.ok()) return;
+  AMBIT_LOG(kComponent, Error) << "restart data plane: " << status.message();
+  if (dataplane_->pidfd() >= 0) {
+    OnDataPlaneExit();
+  } else {
+    ArmRestart(restart_.OnStartFailed());
+  }
+}
+
+void Agent::OnControlReadable() {
+  if (!dataplane_->connected()) return;
+  if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
+    // The process exit (pidfd) drives the restart; here just stop reading.
+    Unwatch(dataplane_->control_fd());
+  }
+  generation_.OnAcked(dataplane_->acked_version());
+  if (dataplane_->acked_version() != health_acked_ ||
+      dataplane_->nacked_version() != health_nacked_) {
+    PublishHealth();
+  }
 }
 
 void Agent::OnDataPlaneExit() {
-  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->pidfd(), nullptr);
-  if (dataplane_->control_fd() >= 0) {
-    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->control_fd(), nullptr);
-  }
+  Unwatch(dataplane_->pidfd());
+  Unwatch(dataplane_->control_fd());
   pid_t pid = dataplane_->pid();
   std::string how = dataplane_->Reap();
   heartbeat_->Reset(false);  // an exited data plane is reported as not connected
   last_pong_.reset();
-  // A data plane that ran for a while earns a quick restart; one that keeps dying backs off.
-  if (NowMs() - dataplane_started_ms_ > 30000) restart_backoff_ms_ = 100;
-  ++restarts_;
+  enrollment_.OnDataPlaneExit();
+  const absl::Duration delay = restart_.OnExit(clock_->Now());
   AMBIT_LOG(kComponent, Error) << "data plane pid=" << pid << " " << how << "; restart #"
-                               << restarts_ << " in " << restart_backoff_ms_
-                               << "ms (listeners stay open; new connections wait in backlog)";
-  ArmTimer(restart_timer_.get(), restart_backoff_ms_);
-  restart_backoff_ms_ = std::min(restart_backoff_ms_ * 2, kMaxBackoffMs);
+                               << restart_.restarts() << " in " << absl::FormatDuration(delay)
+                               << " (listeners stay open; new connections wait in backlog)";
+  ArmRestart(delay);
   PublishHealth();
 }
 
 absl::Status Agent::Run() {
-  epoll_event events[16];
-  while (true) {
-    int n = epoll_wait(epoll_.get(), events, 16, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, "epoll_wait");
-    }
-    for (int i = 0; i < n; ++i) {
-      uint64_t expirations;
-      switch (events[i].data.u64) {
-        case kTagSignal:
-          AMBIT_LOG(kComponent, Info)
-              << "agent stopping; data plane pid=" << dataplane_->pid()
-              << " and BPF programs stay in place for the next agent (ambitd --cleanup removes)";
-          return absl::OkStatus();
-        case kTagConfig:
-          if (auto result = source_->Poll()) {
-            Apply(std::move(*result));
-            // glibc keeps the heap a large configuration used; hand it back, so a node whose
-            // configuration shrank shrinks too.
-            malloc_trim(0);
-          }
-          break;
-        case kTagRetryTimer:
-          (void)!read(retry_timer_.get(), &expirations, sizeof expirations);
-          if (!failed_.empty()) {
-            Reconcile();  // sends a snapshot too
-          } else if (!delivery_error_.empty()) {
-            SendSnapshot();
-          }
-          break;
-        case kTagDataPlaneExit:
-          OnDataPlaneExit();
-          break;
-        case kTagCompletions:
-          completions_.Drain();
-          break;
-        case kTagHeartbeatTimer:
-          (void)!read(heartbeat_timer_.get(), &expirations, sizeof expirations);
-          OnHeartbeatTick();
-          break;
-        case kTagDataPlaneControl:
-          if (!dataplane_->connected()) break;
-          if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
-            // The process exit (pidfd) drives the restart; here just stop reading.
-            epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, dataplane_->control_fd(), nullptr);
-          }
-          if (dataplane_->acked_version() == snapshot_version_) {
-            generation_pending_since_ = absl::InfiniteFuture();
-          }
-          if (dataplane_->acked_version() != health_acked_ ||
-              dataplane_->nacked_version() != health_nacked_) {
-            PublishHealth();
-          }
-          break;
-        case kTagRestartTimer: {
-          (void)!read(restart_timer_.get(), &expirations, sizeof expirations);
-          auto status = ConnectDataPlane();
-          if (!status.ok()) {
-            AMBIT_LOG(kComponent, Error) << "restart data plane: " << status.message();
-            if (dataplane_->pidfd() >= 0) {
-              OnDataPlaneExit();
-            } else {
-              ArmTimer(restart_timer_.get(), restart_backoff_ms_);
-              restart_backoff_ms_ = std::min(restart_backoff_ms_ * 2, kMaxBackoffMs);
-            }
-          }
-          break;
-        }
-      }
-    }
-  }
+  loop_->Run();
+  return absl::OkStatus();
 }
 
 void Agent::OnHeartbeatTick() {
@@ -836,16 +747,12 @@ absl::Status Agent::InitCertificates() {
 
 void Agent::OnCsrRequest(supervisor::CsrRequest request) {
   // The data plane may only have certificates for pods enrolled here.
-  bool entitled = false;
-  for (const auto& [uid, e] : enrolled_) {
-    if (state::SpiffeId(state_->mesh, e.pod) == request.identity) entitled = true;
-  }
-  if (!entitled) {
+  std::set<std::string> identities;
+  for (const auto& [uid, e] : enrolled_) identities.insert(state::SpiffeId(state_->mesh, e.pod));
+  if (absl::Status entitled = DecideCsr(request.identity, identities); !entitled.ok()) {
     AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity
                                    << ": no enrolled pod on this node has that identity";
-    (void)dataplane_->SendCsrResponse(
-        request.request_id, absl::PermissionDeniedError(
-                                "no enrolled pod on this node has identity " + request.identity));
+    (void)dataplane_->SendCsrResponse(request.request_id, entitled);
     return;
   }
   // The node's own requests count against the built-in CA's limits like other nodes' do.
@@ -877,18 +784,10 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
 }
 
 void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs) {
-  for (const auto& c : certs) {
-    bool changed = true;
-    for (const auto& old : cert_states_) {
-      if (old.identity == c.identity && old.state == c.state && old.serial_hex == c.serial_hex) {
-        changed = false;
-      }
-    }
-    if (changed) {
-      AMBIT_LOG(kComponent, Info) << "certificate " << c.identity << " " << c.state
-                                  << (c.serial_hex.empty() ? "" : " serial=" + c.serial_hex)
-                                  << (c.last_error.empty() ? "" : ": " + c.last_error);
-    }
+  for (const auto& c : ChangedCertificates(cert_states_, certs)) {
+    AMBIT_LOG(kComponent, Info) << "certificate " << c.identity << " " << c.state
+                                << (c.serial_hex.empty() ? "" : " serial=" + c.serial_hex)
+                                << (c.last_error.empty() ? "" : ": " + c.last_error);
   }
   cert_states_ = std::move(certs);
   PublishCertificates();

@@ -15,6 +15,7 @@
 #include "agent/admin/telemetry_server.h"
 #include "agent/authz/engine.h"
 #include "agent/bpf/redirector.h"
+#include "agent/common/epoll_loop.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
@@ -28,6 +29,9 @@
 #include "agent/issuance/signer.h"
 #include "agent/issuance/signing_queue.h"
 #include "agent/mesh/model.h"
+#include "agent/node/dataplane_state.h"
+#include "agent/node/enrollment.h"
+#include "agent/node/enrollment_pass.h"
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -81,13 +85,20 @@ struct AgentOptions {
   std::string control_socket() const { return resolved_run_dir() + "/dataplane.sock"; }
 };
 
-// ambitd's control loop: one thread, one epoll set. Watches the configuration, enrolls and
+// ambitd's control loop: one thread running an EpollLoop. Watches the configuration, enrolls and
 // removes pods (listeners, routing, BPF), and supervises the data plane, restarting it with
-// back-off when it dies. Not thread-safe.
-class Agent {
+// back-off when it dies. What to do is decided by the reconcilers (EnrollmentReconciler,
+// GenerationTracker, RestartBackoff, DecideCsr); Agent carries their answers out on the kernel,
+// the data plane and the CA. Not thread-safe: everything runs on the thread calling Run().
+//
+// Lifetime: the signing threads, the CA API server and the admin and telemetry servers post
+// into the agent or read what it publishes. The destructor stops and joins them first, then
+// drops the loop with its pending timers, and only then are the members they touch destroyed,
+// whatever order the members are declared in.
+class Agent final : private PodHost {
  public:
   static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
-  ~Agent();
+  ~Agent() override;
   // Runs until SIGTERM/SIGINT. The data plane and the BPF programs stay in place on exit, so a
   // restarted agent picks up where this one left off.
   absl::Status Run();
@@ -96,14 +107,14 @@ class Agent {
   static absl::Status Cleanup(const AgentOptions& options, bool force);
 
  private:
+  // The kernel objects of an enrolled pod; what the reconciler decides with is in
+  // EnrollmentReconciler::enrolled().
   struct EnrolledPod {
     state::Pod pod;
     UniqueFd netns;
     uint64_t netns_cookie = 0;
     uint32_t slot = 0;
     enroll::PodListeners listeners;
-    // The identity the data plane serves the pod with; a trust domain change makes it stale.
-    std::string spiffe_id;
     // The heartbeat sequence number current when the pod was last sent to the data plane: an
     // answer to that ping or a later one must list it.
     uint64_t sent_at_seq = 0;
@@ -129,10 +140,28 @@ class Agent {
   absl::Status ConnectDataPlane();
   void Apply(config::LoadResult result);
   void Reconcile();
-  // *refused: the pod names a namespace it may never have (NodeNetnsGuard); not retried.
-  absl::Status Enroll(const state::Pod& pod, bool* refused);
-  void Unenroll(const std::string& uid);
+  // PodHost, for RunEnrollmentPass.
+  absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;
+  absl::StatusOr<std::string> SetUp(const state::Pod& pod,
+                                    const EnrollmentReconciler::Decision& decision,
+                                    bool send) override;
+  absl::StatusOr<std::string> Resend(const std::string& uid) override;
+  bool Remove(const std::string& uid) override;
+  void RemoveStale(uint64_t netns_cookie, uint32_t slot) override;
+  void ReleaseHandedBack(const std::string& uid) override;
+  void DropHandedBack() override;
+  bool DataPlaneConnected() const override;
   void OnPodRemoved(const std::string& uid);
+  void OnRetryTimer();
+  void OnRestartTimer();
+  void OnControlReadable();
+  // Watches `fd` on the loop, calling `fn` when it is readable.
+  absl::Status Watch(int fd, std::function<void()> fn);
+  void Unwatch(int fd);
+  // Re-arms the one pending timer of its kind: an earlier arming no longer fires.
+  void ArmRetry(absl::Duration d);
+  void ArmRestart(absl::Duration d);
+  void ArmHeartbeat();
   absl::Status SendPod(EnrolledPod& pod);
   // Every heartbeat_interval: a ping if none is outstanding, a log line when the data plane
   // turns late or answers again, and a fresh capture check for readiness.
@@ -147,8 +176,6 @@ class Agent {
   absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
   void OnDataPlaneExit();
-  void ArmTimer(int fd, int64_t ms);
-  uint32_t FreeSlot() const;
 
   AgentOptions options_;
   // Held for the agent's lifetime; first, so that it is released last.
@@ -179,35 +206,25 @@ class Agent {
   std::shared_ptr<const authz::Engine> engine_;   // for the admin API; the last one that built
   std::vector<config::ConfigError> load_errors_;  // of the last load, for the admin API
   std::set<std::string> logged_authz_warnings_;
+  const Clock* clock_ = &RealClock::Get();
   std::map<std::string, EnrolledPod> enrolled_;
-  // Pods a previous agent run enrolled (netns cookie -> slot) and the data plane handed back.
-  std::map<uint64_t, uint32_t> pinned_slots_;
+  std::optional<EnrolledPod> opened_;  // between OpenNetns and SetUp of a pass
+  // Listeners of pods the data plane handed back, until the enrollment pass adopts or drops them.
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
-  std::map<std::string, std::string> failed_;  // uid -> last enroll error
-  // Pods removed from the data plane that has not yet said it released them (pod_removed), by
-  // netns cookie: until then its listeners may still hold the pod's ports, so the same netns is
-  // not enrolled again (bounded by `deadline`, for a data plane that never answers).
-  struct Releasing {
-    std::string uid;
-    absl::Time deadline;
-  };
-  std::map<uint64_t, Releasing> releasing_;
-  // uid -> why the pod is not enrolled and will not be until its configuration changes (it names
-  // the node's own network namespace). Logged once per reason, not retried.
-  std::map<std::string, std::string> refused_;
+  EnrollmentReconciler enrollment_;
+  GenerationTracker generation_;
+  RestartBackoff restart_;
   std::optional<enroll::NodeNetnsGuard> node_netns_;
-  uint64_t snapshot_version_ = 0;  // the configuration generation last built
-  absl::Time generation_pending_since_ = absl::InfiniteFuture();
-  std::string delivery_error_;  // why snapshot_version_ could not be sent; "" once it was
   uint64_t health_acked_ = 0, health_nacked_ = 0;  // as last published
   std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat_;
   std::optional<supervisor::PongReport> last_pong_;  // of the current data-plane session
   std::vector<std::string> capture_problems_;        // as last checked
-  std::map<std::string, absl::Time> failing_since_;  // uid -> first failed enrollment
-  UniqueFd epoll_, signal_fd_, restart_timer_, retry_timer_, heartbeat_timer_;
-  int64_t restart_backoff_ms_ = 100;
-  int64_t dataplane_started_ms_ = 0;
-  int restarts_ = 0;
+  std::unique_ptr<EpollLoop> loop_;
+  UniqueFd signal_fd_;
+  // One per watched fd; an entry outlives its Watch (EventLoop's rule) until Unwatch.
+  std::map<int, std::unique_ptr<EventHandler>> handlers_;
+  // Bumped by each arming; a timer that finds its number stale was re-armed and does nothing.
+  uint64_t retry_timer_ = 0, restart_timer_ = 0;
 };
 
 }  // namespace ambit::node

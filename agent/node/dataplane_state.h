@@ -1,0 +1,89 @@
+#pragma once
+
+// ambitd's decisions about its data plane, apart from the control socket that carries them out:
+// which configuration generation is current and since when it waits (`GenerationTracker`), when
+// an exited data plane is started again (`RestartBackoff`), and which CSRs are signed and which
+// certificate reports are news (`DecideCsr`, `ChangedCertificates`). Pure: no I/O, no threads,
+// every time passed in. Thread-safety: none; one owner thread.
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "agent/supervisor/dataplane.h"
+
+namespace ambit::node {
+
+// The configuration generations sent to the data plane: the version of the last one built, since
+// when the data plane has not applied the current one (readiness), and why it could not be sent.
+class GenerationTracker {
+ public:
+  // A new generation is about to be sent; the data plane has applied `acked`. Returns its version.
+  // Waiting started with the first generation the data plane has not applied, and keeps that
+  // start while later ones follow.
+  uint64_t Next(uint64_t acked, absl::Time now);
+  // The generation could not be sent (""), or was.
+  void OnSent(std::string error) { delivery_error_ = std::move(error); }
+  // The data plane applied `acked`.
+  void OnAcked(uint64_t acked) {
+    if (acked == version_) pending_since_ = absl::InfiniteFuture();
+  }
+  // A new data-plane session has applied nothing yet.
+  void OnSessionStart(absl::Time now) {
+    if (version_ > 0) pending_since_ = now;
+  }
+
+  uint64_t version() const { return version_; }
+  absl::Time pending_since() const { return pending_since_; }
+  const std::string& delivery_error() const { return delivery_error_; }
+  bool needs_resend() const { return !delivery_error_.empty(); }
+
+ private:
+  uint64_t version_ = 0;
+  absl::Time pending_since_ = absl::InfiniteFuture();
+  std::string delivery_error_;
+};
+
+// When an exited data plane is started again: quickly after a long run, backing off (doubling up
+// to a cap) while it keeps dying or cannot be started.
+class RestartBackoff {
+ public:
+  struct Options {
+    absl::Duration initial = absl::Milliseconds(100);
+    absl::Duration max = absl::Seconds(10);
+    absl::Duration healthy_run = absl::Seconds(30);  // a run this long earns a quick restart
+  };
+  RestartBackoff() : RestartBackoff(Options{}) {}
+  explicit RestartBackoff(Options options) : options_(options), next_(options.initial) {}
+
+  void OnStarted(absl::Time now) { started_ = now; }
+  // The data plane exited: the delay before the restart.
+  absl::Duration OnExit(absl::Time now);
+  // A start failed before a process existed to exit: the delay before the next attempt.
+  absl::Duration OnStartFailed() { return Take(); }
+  int restarts() const { return restarts_; }
+
+ private:
+  absl::Duration Take();
+
+  Options options_;
+  absl::Duration next_;
+  absl::Time started_ = absl::InfinitePast();
+  int restarts_ = 0;
+};
+
+// Whether to sign a CSR of the data plane: only for identities of pods enrolled on this node.
+// `enrolled_identities` are theirs. OK, or PERMISSION_DENIED with the reason.
+absl::Status DecideCsr(const std::string& identity,
+                       const std::set<std::string>& enrolled_identities);
+
+// The certificate states in `now` that differ from `before` (new identity, new state or serial):
+// the ones worth a log line.
+std::vector<supervisor::CertificateState> ChangedCertificates(
+    const std::vector<supervisor::CertificateState>& before,
+    const std::vector<supervisor::CertificateState>& now);
+
+}  // namespace ambit::node

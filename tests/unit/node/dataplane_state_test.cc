@@ -1,0 +1,132 @@
+#include "agent/node/dataplane_state.h"
+
+#include "agent/common/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ambit::node {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Field;
+using ::testing::IsEmpty;
+
+TEST(GenerationTrackerTest, WaitingStartsAtTheFirstUnappliedGenerationAndEndsWhenTheLastApplies) {
+  FakeClock clock;
+  GenerationTracker g;
+  EXPECT_EQ(g.version(), 0u);
+  EXPECT_EQ(g.pending_since(), absl::InfiniteFuture());
+  const absl::Time t1 = clock.Now();
+  EXPECT_EQ(g.Next(0, t1), 1u);
+  EXPECT_EQ(g.pending_since(), t1);
+  // A newer generation before the data plane applied the first keeps the older start.
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(g.Next(0, clock.Now()), 2u);
+  EXPECT_EQ(g.pending_since(), t1);
+  g.OnAcked(1);  // not the current one
+  EXPECT_EQ(g.pending_since(), t1);
+  g.OnAcked(2);
+  EXPECT_EQ(g.pending_since(), absl::InfiniteFuture());
+  // The next wait starts anew.
+  clock.Advance(absl::Seconds(1));
+  EXPECT_EQ(g.Next(2, clock.Now()), 3u);
+  EXPECT_EQ(g.pending_since(), clock.Now());
+}
+
+TEST(GenerationTrackerTest, DeliveryErrorAsksForAResendUntilAGenerationGoesOut) {
+  FakeClock clock;
+  GenerationTracker g;
+  g.Next(0, clock.Now());
+  g.OnSent("control socket closed");
+  EXPECT_TRUE(g.needs_resend());
+  EXPECT_EQ(g.delivery_error(), "control socket closed");
+  g.Next(0, clock.Now());
+  g.OnSent("");
+  EXPECT_FALSE(g.needs_resend());
+}
+
+TEST(GenerationTrackerTest, NewSessionWaitsAgainOnlyOnceAGenerationExists) {
+  FakeClock clock;
+  GenerationTracker g;
+  g.OnSessionStart(clock.Now());
+  EXPECT_EQ(g.pending_since(), absl::InfiniteFuture());
+  g.Next(0, clock.Now());
+  g.OnAcked(1);
+  clock.Advance(absl::Minutes(1));
+  g.OnSessionStart(clock.Now());  // a restarted data plane has applied nothing
+  EXPECT_EQ(g.pending_since(), clock.Now());
+  // The re-sent generation keeps that start: the restarted data plane acks nothing yet.
+  g.Next(0, clock.Now() + absl::Seconds(1));
+  EXPECT_EQ(g.pending_since(), clock.Now());
+}
+
+TEST(RestartBackoffTest, DoublesUpToTheCapWhileTheDataPlaneKeepsDying) {
+  FakeClock clock;
+  RestartBackoff b;
+  std::vector<absl::Duration> delays;
+  for (int i = 0; i < 9; ++i) {
+    b.OnStarted(clock.Now());
+    clock.Advance(absl::Seconds(1));
+    delays.push_back(b.OnExit(clock.Now()));
+  }
+  EXPECT_THAT(delays, ElementsAre(absl::Milliseconds(100), absl::Milliseconds(200),
+                                  absl::Milliseconds(400), absl::Milliseconds(800),
+                                  absl::Milliseconds(1600), absl::Milliseconds(3200),
+                                  absl::Milliseconds(6400), absl::Seconds(10), absl::Seconds(10)));
+  EXPECT_EQ(b.restarts(), 9);
+}
+
+TEST(RestartBackoffTest, LongRunEarnsAQuickRestart) {
+  FakeClock clock;
+  RestartBackoff b;
+  for (int i = 0; i < 4; ++i) b.OnExit(clock.Now());
+  b.OnStarted(clock.Now());
+  clock.Advance(absl::Seconds(31));
+  EXPECT_EQ(b.OnExit(clock.Now()), absl::Milliseconds(100));
+}
+
+TEST(RestartBackoffTest, FailedStartsBackOffWithoutCountingRestarts) {
+  RestartBackoff b;
+  EXPECT_EQ(b.OnStartFailed(), absl::Milliseconds(100));
+  EXPECT_EQ(b.OnStartFailed(), absl::Milliseconds(200));
+  EXPECT_EQ(b.restarts(), 0);
+}
+
+TEST(DecideCsrTest, SignsOnlyIdentitiesOfPodsEnrolledHere) {
+  const std::set<std::string> enrolled = {"spiffe://cluster.local/ns/a/sa/web"};
+  EXPECT_TRUE(DecideCsr("spiffe://cluster.local/ns/a/sa/web", enrolled).ok());
+  absl::Status refused = DecideCsr("spiffe://cluster.local/ns/b/sa/db", enrolled);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(refused.message(),
+            "no enrolled pod on this node has identity spiffe://cluster.local/ns/b/sa/db");
+  EXPECT_EQ(DecideCsr("", {}).code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST(ChangedCertificatesTest, ReportsNewIdentitiesStatesAndSerialsOnly) {
+  auto cert = [](std::string identity, std::string state, std::string serial) {
+    supervisor::CertificateState c;
+    c.identity = std::move(identity);
+    c.state = std::move(state);
+    c.serial_hex = std::move(serial);
+    return c;
+  };
+  supervisor::CertificateState a = cert("id-a", "valid", "01");
+  supervisor::CertificateState b = cert("id-b", "pending", "");
+  EXPECT_THAT(ChangedCertificates({a, b}, {a, b}), IsEmpty());
+  supervisor::CertificateState renewed = a;
+  renewed.serial_hex = "02";
+  supervisor::CertificateState issued = b;
+  issued.state = "valid";
+  supervisor::CertificateState c = cert("id-c", "pending", "");
+  EXPECT_THAT(ChangedCertificates({a, b}, {renewed, issued, c}),
+              ElementsAre(Field(&supervisor::CertificateState::serial_hex, "02"),
+                          Field(&supervisor::CertificateState::state, "valid"),
+                          Field(&supervisor::CertificateState::identity, "id-c")));
+  // A changed not_after alone is no news.
+  supervisor::CertificateState later = a;
+  later.not_after_unix = 99;
+  EXPECT_THAT(ChangedCertificates({a}, {later}), IsEmpty());
+}
+
+}  // namespace
+}  // namespace ambit::node
