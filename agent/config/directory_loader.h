@@ -10,6 +10,7 @@
 #include "agent/common/clock.h"
 #include "agent/config/kube_yaml.h"
 #include "agent/config/load_result.h"
+#include "agent/state/pod_pack.h"
 
 namespace ambit::config {
 
@@ -46,8 +47,17 @@ class DirectoryLoader {
  private:
   // The objects of one file that are currently in force, by ParsedObject::id.
   using FileObjects = std::map<std::string, ConfigObject>;
+  // The same, as kept between loads: pods (the bulk of a large cluster) packed, in id order,
+  // everything else as it is.
+  struct KeptObjects {
+    FileObjects objects;  // every kind but Pod
+    state::PodPack pods;
+    bool empty() const { return objects.empty() && pods.empty(); }
+  };
+  static KeptObjects Pack(FileObjects objects);
+  static FileObjects Unpack(const KeptObjects& kept);
 
-  void Merge(const std::string& file, const FileObjects& objects, LoadResult* result,
+  void Merge(const std::string& file, const KeptObjects& kept, LoadResult* result,
              std::map<std::string, std::string>* owners) const;
 
   // What identifies one version of a file without reading it: a rewrite (in place or by
@@ -67,7 +77,7 @@ class DirectoryLoader {
   std::string dir_;
   const Clock* clock_;
   uint64_t max_config_bytes_;
-  std::map<std::string, FileObjects> files_;  // by file name, so in load order
+  std::map<std::string, KeptObjects> files_;  // by file name, so in load order
   std::map<std::string, Parsed> parsed_;      // by file name
   // Stamps every pod with when it was first seen, then settles address conflicts.
   void ResolvePodAddresses(LoadResult* result);

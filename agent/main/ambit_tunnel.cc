@@ -5,6 +5,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
+#include "agent/common/allocator.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_mark.h"
@@ -30,6 +31,7 @@ ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "refuses new connections until a smaller one arrives");
 
 int main(int argc, char** argv) {
+  ambit::FixAllocatorThresholds();
   absl::SetProgramUsageMessage("ambit data plane; started by ambitd");
   std::vector<std::string> arg_storage;
   std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);

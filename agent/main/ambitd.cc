@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "agent/common/allocator.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_mark.h"
@@ -100,6 +101,7 @@ bool ParsePorts(const std::string& text, const char* flag, std::vector<uint16_t>
 }  // namespace
 
 int main(int argc, char** argv) {
+  ambit::FixAllocatorThresholds();
   absl::SetProgramUsageMessage("ambit node agent. Usage: ambitd --config-dir DIR [flags]");
   std::vector<std::string> arg_storage;
   std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);

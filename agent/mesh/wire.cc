@@ -1,13 +1,19 @@
 #include "agent/mesh/wire.h"
 
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 
 namespace ambit::mesh {
 namespace {
@@ -154,6 +160,10 @@ absl::StatusOr<Workload> FromProto(const pb::Workload& in) {
   if (in.namespace_().empty() || in.name().empty()) {
     return WorkloadError(key, in.name().empty() ? "name" : "namespace", "missing");
   }
+  if (absl::StrContains(in.namespace_(), '/')) {
+    // The key "namespace/name" would be ambiguous.
+    return WorkloadError(key, "namespace", "contains '/'");
+  }
   if (in.spiffe_id().empty()) {
     return WorkloadError(key, "spiffe_id", "missing: every workload has a SPIFFE ID");
   }
@@ -244,13 +254,14 @@ absl::StatusOr<Service> FromProto(const pb::Service& in) {
   return s;
 }
 
-absl::Status ToProto(const Snapshot& s, pb::Snapshot* out) {
+namespace {
+
+// Everything of a snapshot but its workloads, which travel and are read one at a time.
+absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   out->set_version(s.version);
   out->set_trust_domain(s.trust_domain);
   out->set_root_namespace(s.root_namespace);
   for (uint16_t port : s.reserved_ports) out->add_reserved_ports(port);
-  out->mutable_workloads()->Reserve(static_cast<int>(s.workloads.size()));
-  for (const auto& w : s.workloads) AMBIT_RETURN_IF_ERROR(ToProto(w, out->add_workloads()));
   for (const auto& svc : s.services) AMBIT_RETURN_IF_ERROR(ToProto(svc, out->add_services()));
   for (const auto& policy : s.authorization_policies) {
     authz_wire::ToProto(policy, out->add_authorization_policies());
@@ -258,56 +269,208 @@ absl::Status ToProto(const Snapshot& s, pb::Snapshot* out) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Snapshot> FromProto(const pb::Snapshot& in) {
-  Snapshot s;
-  s.version = in.version();
-  s.trust_domain = in.trust_domain();
-  s.root_namespace = in.root_namespace();
-  for (int i = 0; i < in.reserved_ports_size(); ++i) {
-    auto port = Port(in.reserved_ports(i), /*zero_allowed=*/false);
-    if (!port.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("reserved_ports[", i, "]: ", port.status().message()));
-    }
-    s.reserved_ports.push_back(*port);
+// Builds a Snapshot workload by workload, checking keys and addresses as they arrive. The
+// indexes hold views of the workloads' own strings instead of copies of their keys: a key per
+// workload would be one more small allocation per peer, freed among the ones the model keeps.
+class SnapshotBuilder {
+ public:
+  // `workloads` is exact: the views point into the vector, which must never reallocate.
+  explicit SnapshotBuilder(size_t workloads) {
+    s_.workloads.reserve(workloads);
+    keys_.reserve(workloads);
+    owner_.reserve(workloads);
   }
-  s.workloads.reserve(in.workloads_size());
-  absl::flat_hash_set<std::string> keys;
-  absl::flat_hash_map<IpAddress, size_t> owner;  // address -> index in s.workloads
-  keys.reserve(in.workloads_size());
-  owner.reserve(in.workloads_size());
-  for (const auto& pw : in.workloads()) {
+
+  absl::Status AddWorkload(const pb::Workload& pw) {
+    if (s_.workloads.size() == s_.workloads.capacity()) {
+      return absl::InternalError("more workloads than counted");
+    }
     AMBIT_ASSIGN_OR_RETURN(Workload w, FromProto(pw));
-    std::string key = w.Key();
     for (const auto& ip : w.ips) {
-      auto [it, inserted] = owner.emplace(ip, s.workloads.size());
+      auto [it, inserted] = owner_.emplace(ip, s_.workloads.size());
       if (!inserted) {
-        return WorkloadError(key, "ips",
+        return WorkloadError(w.Key(), "ips",
                              absl::StrCat(ip.ToString(), " is also the address of workload ",
-                                          s.workloads[it->second].Key()));
+                                          s_.workloads[it->second].Key()));
       }
     }
-    if (!keys.insert(std::move(key)).second) {
-      return WorkloadError(w.Key(), "namespace/name", "listed twice");
+    s_.workloads.push_back(std::move(w));
+    const Workload& kept = s_.workloads.back();
+    if (!keys_.emplace(kept.namespace_name, kept.name).second) {
+      std::string key = kept.Key();
+      // The addresses it claimed are its own again for no one: the snapshot is refused anyway.
+      return WorkloadError(key, "namespace/name", "listed twice");
     }
-    s.workloads.push_back(std::move(w));
+    return absl::OkStatus();
   }
-  for (const auto& ps : in.services()) {
-    AMBIT_ASSIGN_OR_RETURN(Service svc, FromProto(ps));
-    for (size_t i = 0; i < svc.endpoints.size(); ++i) {
-      if (!keys.contains(svc.endpoints[i])) {
-        return ServiceError(
-            svc.Key(), absl::StrCat("endpoints[", i, "]"),
-            absl::StrCat(Quoted(svc.endpoints[i]), " is not a workload of the snapshot"));
+
+  // Everything else comes from `head`; its own workloads, if any, are not read.
+  absl::StatusOr<Snapshot> Finish(const pb::Snapshot& head) && {
+    s_.version = head.version();
+    s_.trust_domain = head.trust_domain();
+    s_.root_namespace = head.root_namespace();
+    for (int i = 0; i < head.reserved_ports_size(); ++i) {
+      auto port = Port(head.reserved_ports(i), /*zero_allowed=*/false);
+      if (!port.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("reserved_ports[", i, "]: ", port.status().message()));
       }
+      s_.reserved_ports.push_back(*port);
     }
-    s.services.push_back(std::move(svc));
+    for (const auto& ps : head.services()) {
+      AMBIT_ASSIGN_OR_RETURN(Service svc, FromProto(ps));
+      for (size_t i = 0; i < svc.endpoints.size(); ++i) {
+        if (!keys_.contains(SplitKey(svc.endpoints[i]))) {
+          return ServiceError(
+              svc.Key(), absl::StrCat("endpoints[", i, "]"),
+              absl::StrCat(Quoted(svc.endpoints[i]), " is not a workload of the snapshot"));
+        }
+      }
+      s_.services.push_back(std::move(svc));
+    }
+    for (const auto& pp : head.authorization_policies()) {
+      AMBIT_ASSIGN_OR_RETURN(authz::Policy policy, authz_wire::FromProto(pp));
+      s_.authorization_policies.push_back(std::move(policy));
+    }
+    return std::move(s_);
   }
-  for (const auto& pp : in.authorization_policies()) {
-    AMBIT_ASSIGN_OR_RETURN(authz::Policy policy, authz_wire::FromProto(pp));
-    s.authorization_policies.push_back(std::move(policy));
+
+ private:
+  using Key = std::pair<absl::string_view, absl::string_view>;  // namespace, name
+
+  // "namespace/name" as the two parts; a namespace never holds '/' (FromProto checks).
+  static Key SplitKey(absl::string_view key) {
+    size_t slash = key.find('/');
+    if (slash == absl::string_view::npos) return {key, absl::string_view()};
+    return {key.substr(0, slash), key.substr(slash + 1)};
   }
-  return s;
+
+  Snapshot s_;
+  absl::flat_hash_set<Key> keys_;
+  absl::flat_hash_map<IpAddress, size_t> owner_;  // address -> index in s_.workloads
+};
+
+}  // namespace
+
+absl::Status ToProto(const Snapshot& s, pb::Snapshot* out) {
+  AMBIT_RETURN_IF_ERROR(HeadToProto(s, out));
+  out->mutable_workloads()->Reserve(static_cast<int>(s.workloads.size()));
+  for (const auto& w : s.workloads) AMBIT_RETURN_IF_ERROR(ToProto(w, out->add_workloads()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Snapshot> FromProto(const pb::Snapshot& in) {
+  SnapshotBuilder builder(in.workloads_size());
+  for (const auto& pw : in.workloads()) AMBIT_RETURN_IF_ERROR(builder.AddWorkload(pw));
+  return std::move(builder).Finish(in);
+}
+
+namespace {
+
+constexpr int kWorkloadsField = pb::Snapshot::kWorkloadsFieldNumber;
+constexpr uint32_t kWorkloadTag =
+    (static_cast<uint32_t>(kWorkloadsField) << 3) |
+    google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+
+void AppendVarint(uint64_t value, std::string* out) {
+  uint8_t buf[10];  // the longest varint
+  uint8_t* end = google::protobuf::io::CodedOutputStream::WriteVarint64ToArray(value, buf);
+  out->append(reinterpret_cast<const char*>(buf), static_cast<size_t>(end - buf));
+}
+
+}  // namespace
+
+absl::Status EncodeSnapshot(const Snapshot& s, std::string* out) {
+  out->clear();
+  pb::Snapshot head;
+  AMBIT_RETURN_IF_ERROR(HeadToProto(s, &head));
+  if (!head.AppendToString(out)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "snapshot ", s.version, " does not serialize (the wire format stops at 2 GiB)"));
+  }
+  // One message, cleared and refilled: its strings keep their buffers, so encoding allocates
+  // nothing per workload besides the output.
+  pb::Workload scratch;
+  std::string one;
+  for (const auto& w : s.workloads) {
+    scratch.Clear();
+    AMBIT_RETURN_IF_ERROR(ToProto(w, &scratch));
+    one.clear();
+    if (!scratch.AppendToString(&one)) {
+      return WorkloadError(w.Key(), "", "does not serialize");
+    }
+    AppendVarint(kWorkloadTag, out);
+    AppendVarint(one.size(), out);
+    out->append(one);
+    if (out->size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+      return absl::ResourceExhaustedError(absl::StrCat("snapshot ", s.version,
+                                                       " does not serialize (over ", out->size(),
+                                                       " bytes; the wire format stops at 2 GiB)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Snapshot> DecodeSnapshot(absl::string_view bytes) {
+  using google::protobuf::internal::WireFormatLite;
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return absl::DataLossError("not a Snapshot message: larger than 2 GiB");
+  }
+  // One pass over the top level: where each workload is, and every other field's bytes, which
+  // parse as an ordinary (small) Snapshot message.
+  std::vector<std::pair<uint32_t, uint32_t>> workloads;  // offset, size
+  std::string head_bytes;
+  {
+    google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                              static_cast<int>(bytes.size()));
+    while (true) {
+      const int start = in.CurrentPosition();
+      const uint32_t tag = in.ReadTag();
+      if (tag == 0) {
+        // The end, or a tag of field 0, which no message has.
+        if (in.CurrentPosition() != start || static_cast<size_t>(start) != bytes.size()) {
+          return absl::DataLossError(
+              absl::StrCat("not a Snapshot message: bad field tag at byte ", start));
+        }
+        break;
+      }
+      if (tag == kWorkloadTag) {
+        uint32_t size = 0;
+        if (!in.ReadVarint32(&size) ||
+            static_cast<size_t>(size) > bytes.size() - static_cast<size_t>(in.CurrentPosition())) {
+          return absl::DataLossError(absl::StrCat("not a Snapshot message: workloads[",
+                                                  workloads.size(), "] is cut short"));
+        }
+        workloads.emplace_back(static_cast<uint32_t>(in.CurrentPosition()), size);
+        if (!in.Skip(static_cast<int>(size))) {
+          return absl::DataLossError("not a Snapshot message: a workload is cut short");
+        }
+        continue;
+      }
+      if (!WireFormatLite::SkipField(&in, tag)) {
+        return absl::DataLossError(
+            absl::StrCat("not a Snapshot message: undecodable field at byte ", start));
+      }
+      head_bytes.append(bytes.data() + start, static_cast<size_t>(in.CurrentPosition() - start));
+    }
+  }
+  pb::Snapshot head;
+  if (!head.ParseFromString(head_bytes)) {
+    return absl::DataLossError("not a Snapshot message: its fields besides workloads do not parse");
+  }
+  SnapshotBuilder builder(workloads.size());
+  // One message, reused: parsing clears it but keeps its strings' buffers, so the only
+  // allocations per workload are the model's own.
+  pb::Workload scratch;
+  for (size_t i = 0; i < workloads.size(); ++i) {
+    const auto [offset, size] = workloads[i];
+    if (!scratch.ParseFromArray(bytes.data() + offset, static_cast<int>(size))) {
+      return absl::DataLossError(
+          absl::StrCat("not a Snapshot message: workloads[", i, "] does not parse"));
+    }
+    AMBIT_RETURN_IF_ERROR(builder.AddWorkload(scratch));
+  }
+  return std::move(builder).Finish(head);
 }
 
 absl::StatusOr<pb::Envelope> ParseEnvelope(absl::string_view bytes, absl::string_view peer,

@@ -8,6 +8,8 @@
 // refuses a snapshot with any such error (nack) and fails closed. Errors name the workload or
 // service and the field. Pure functions: thread-safe.
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -27,6 +29,15 @@ absl::StatusOr<Service> FromProto(const ambit::dataplane::v1::Service& in);
 // names a workload of the snapshot.
 absl::Status ToProto(const Snapshot& snapshot, ambit::dataplane::v1::Snapshot* out);
 absl::StatusOr<Snapshot> FromProto(const ambit::dataplane::v1::Snapshot& in);
+
+// The same mapping straight to and from the serialized Snapshot message that travels in the
+// sealed file, one workload at a time through one reused message: neither side ever holds a
+// whole Snapshot message next to the model. At 100 000 workloads that copy was as large as the
+// model, and its small allocations, freed among the ones the model keeps, left holes the
+// allocator could not give back. The bytes are an ordinary Snapshot message; DecodeSnapshot
+// accepts what parsing it and FromProto accept (DataLoss when the bytes are no Snapshot).
+absl::Status EncodeSnapshot(const Snapshot& snapshot, std::string* out);
+absl::StatusOr<Snapshot> DecodeSnapshot(absl::string_view bytes);
 
 // One control-channel packet: DataLoss if it is no Envelope, FailedPrecondition if it speaks
 // another protocol version, worded as "<peer> speaks control protocol N, this <self> M; <advice>".

@@ -359,15 +359,13 @@ absl::Status DataPlane::SendRemovePod(const std::string& uid) {
 
 absl::Status DataPlane::SendSnapshot(const mesh::Snapshot& snapshot) {
   const uint64_t version = snapshot.version;
-  pb::Snapshot proto;
-  AMBIT_RETURN_IF_ERROR(mesh::ToProto(snapshot, &proto));
   // The snapshot travels in a sealed file, not in the packet: a large cluster's configuration
-  // is many times what one control message can carry.
+  // is many times what one control message can carry. Encoded workload by workload, never as
+  // a whole Snapshot message beside the model (mesh::EncodeSnapshot).
   std::string bytes;
-  if (!proto.SerializeToString(&bytes)) {
-    return absl::ResourceExhaustedError(absl::StrCat("configuration generation ", version,
-                                                     " does not serialize (", proto.ByteSizeLong(),
-                                                     " bytes; the wire format stops at 2 GiB)"));
+  if (absl::Status s = mesh::EncodeSnapshot(snapshot, &bytes); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("configuration generation ", version, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(UniqueFd file, CreateSealedFile("ambit-snapshot", bytes));
   auto ref = NewEnvelope();

@@ -404,14 +404,15 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       OnPing(env.ping().seq());
       return absl::OkStatus();
     case pb::Envelope::kSnapshot:
-      return ApplySnapshot(env.snapshot());
+      return ApplySnapshot(env.snapshot().version(), MeshSnapshot::FromProto(env.snapshot()));
     case pb::Envelope::kSnapshotRef: {
       auto snapshot = ReadSnapshotFile(env.snapshot_ref(), fds, options_.max_snapshot_bytes);
       if (!snapshot.ok()) {
         return RefuseSnapshot(env.snapshot_ref().version(),
                               std::string(snapshot.status().message()));
       }
-      return ApplySnapshot(*snapshot);
+      return ApplySnapshot(env.snapshot_ref().version(),
+                           MeshSnapshot::Create(*std::move(snapshot)));
     }
     case pb::Envelope::kSnapshotFailed: {
       const auto& f = env.snapshot_failed();
@@ -557,14 +558,14 @@ absl::Status Tunnel::RemovePod(const std::string& uid) {
   return Send(removed, {});
 }
 
-absl::Status Tunnel::ApplySnapshot(const pb::Snapshot& snapshot) {
-  auto mapped = MeshSnapshot::FromProto(snapshot);
+absl::Status Tunnel::ApplySnapshot(uint64_t version,
+                                   absl::StatusOr<std::shared_ptr<const MeshSnapshot>> mapped) {
   if (!mapped.ok()) {
     // Half a configuration is no configuration: a workload whose mTLS mode or identity cannot
     // be read would otherwise be served by a guess.
-    return RefuseSnapshot(snapshot.version(), std::string(mapped.status().message()));
+    return RefuseSnapshot(version, std::string(mapped.status().message()));
   }
-  snapshot_version_ = snapshot.version();
+  snapshot_version_ = version;
   snapshot_ = *std::move(mapped);
   for (const auto& error : snapshot_->authz_errors()) {
     AMBIT_LOG(kComponent, Error) << "snapshot " << snapshot_version_ << ": " << error;

@@ -61,7 +61,8 @@ class Tunnel : public tls::CsrSigner {
   // Stops serving the pod on every worker, releases its listeners, and answers pod_removed.
   absl::Status RemovePod(const std::string& uid);
   // Installs a configuration on every worker and acks it; lifts a fail-closed state it supersedes.
-  absl::Status ApplySnapshot(const dataplane::v1::Snapshot& snapshot);
+  absl::Status ApplySnapshot(uint64_t version,
+                             absl::StatusOr<std::shared_ptr<const MeshSnapshot>> mapped);
   // Nacks a configuration that cannot be applied, and fails closed.
   absl::Status RefuseSnapshot(uint64_t version, const std::string& error);
   // Generation `version` exists but is not in force: every worker refuses new connections until

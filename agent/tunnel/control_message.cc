@@ -72,23 +72,26 @@ absl::StatusOr<pb::StatsSocketRequest> DecodeStatsSocketRequest(absl::string_vie
   return absl::UnimplementedError("stats socket: the request asks for nothing this build knows");
 }
 
-absl::StatusOr<pb::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,
-                                              const std::vector<UniqueFd>& fds,
-                                              uint64_t max_bytes) {
+absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,
+                                                const std::vector<UniqueFd>& fds,
+                                                uint64_t max_bytes) {
   if (fds.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat("the snapshot message carried ", fds.size(),
                                                    " descriptors instead of one sealed file"));
   }
   auto mapping = SealedMapping::Map(fds[0].get(), ref.size(), max_bytes);
   if (!mapping.ok()) return mapping.status();
-  pb::Snapshot snapshot;
-  if (!snapshot.ParseFromArray(mapping->bytes().data(),
-                               static_cast<int>(mapping->bytes().size()))) {
-    return absl::DataLossError("the sealed file does not hold a Snapshot message");
+  auto snapshot = mesh::DecodeSnapshot(mapping->bytes());
+  if (!snapshot.ok()) {
+    if (snapshot.status().code() == absl::StatusCode::kDataLoss) {
+      return absl::DataLossError(absl::StrCat("the sealed file does not hold a Snapshot message (",
+                                              snapshot.status().message(), ")"));
+    }
+    return snapshot.status();
   }
-  if (snapshot.version() != ref.version()) {
+  if (snapshot->version != ref.version()) {
     return absl::InvalidArgumentError(absl::StrCat("the sealed file holds generation ",
-                                                   snapshot.version(), ", not ", ref.version()));
+                                                   snapshot->version, ", not ", ref.version()));
   }
   return snapshot;
 }

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/common/unique_fd.h"
+#include "agent/mesh/model.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -30,9 +31,10 @@ absl::StatusOr<ambit::dataplane::v1::StatsSocketRequest> DecodeStatsSocketReques
 
 // The configuration a snapshot_ref names: its descriptors must be exactly one memfd sealed against
 // writing and resizing, of the announced size and at most max_bytes, holding a Snapshot of the
-// announced version. Any error says what was wrong, for the nack.
-absl::StatusOr<ambit::dataplane::v1::Snapshot> ReadSnapshotFile(
-    const ambit::dataplane::v1::SnapshotRef& ref, const std::vector<UniqueFd>& fds,
-    uint64_t max_bytes);
+// announced version, mapped to the mesh model (mesh::DecodeSnapshot, its checks included). Any
+// error says what was wrong, for the nack.
+absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const ambit::dataplane::v1::SnapshotRef& ref,
+                                                const std::vector<UniqueFd>& fds,
+                                                uint64_t max_bytes);
 
 }  // namespace ambit::tunnel

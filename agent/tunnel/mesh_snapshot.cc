@@ -1,5 +1,9 @@
 #include "agent/tunnel/mesh_snapshot.h"
 
+#include <malloc.h>
+
+#include <utility>
+
 #include "abi/redirect.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authz/compile.h"
@@ -16,6 +20,11 @@ absl::StatusOr<std::shared_ptr<const MeshSnapshot>> MeshSnapshot::FromProto(
   return Create(std::move(snapshot));
 }
 
+absl::StatusOr<std::shared_ptr<const MeshSnapshot>> MeshSnapshot::Decode(absl::string_view bytes) {
+  AMBIT_ASSIGN_OR_RETURN(mesh::Snapshot snapshot, mesh::DecodeSnapshot(bytes));
+  return Create(std::move(snapshot));
+}
+
 std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   auto snap = std::make_shared<MeshSnapshot>();
   snap->version_ = s.version;
@@ -27,11 +36,16 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   size_t addresses = 0;
   for (const auto& w : snap->workloads_) addresses += w.ips.size();
   snap->by_ip_.reserve(addresses);
-  absl::flat_hash_map<std::string, const mesh::Workload*> by_key;
-  by_key.reserve(snap->workloads_.size());
   for (const auto& w : snap->workloads_) {
     for (const auto& ip : w.ips) snap->by_ip_[ip] = &w;
-    by_key[w.Key()] = &w;
+  }
+  // Endpoints name workloads by "namespace/name". The index holds views of the records' own
+  // strings (workloads_ no longer moves), not a key string per peer, and only when needed.
+  absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, const mesh::Workload*>
+      by_key;
+  if (!s.services.empty()) {
+    by_key.reserve(snap->workloads_.size());
+    for (const auto& w : snap->workloads_) by_key[{w.namespace_name, w.name}] = &w;
   }
   for (auto& svc : s.services) {
     auto info = std::make_shared<ServiceInfo>();
@@ -41,8 +55,10 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
       // Connections reaching the data plane are TCP: a UDP or SCTP port routes none of them.
       if (p.protocol == mesh::Protocol::kTcp) info->target_ports[p.port] = p.target_port;
     }
-    for (const auto& key : svc.endpoints) {
-      auto it = by_key.find(key);
+    for (const absl::string_view key : svc.endpoints) {
+      const size_t slash = key.find('/');
+      if (slash == absl::string_view::npos) continue;
+      auto it = by_key.find(std::make_pair(key.substr(0, slash), key.substr(slash + 1)));
       if (it != by_key.end()) info->endpoints.push_back(it->second);
     }
     info->cluster_ips = std::move(svc.cluster_ips);
@@ -72,6 +88,18 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
     snap->authz_errors_.push_back(std::string(engine.status().message()));
   }
   return snap;
+}
+
+MeshSnapshot::~MeshSnapshot() {
+  // Below this the memory is small enough to leave to the allocator.
+  constexpr size_t kTrimAtWorkloads = 10000;
+  if (workloads_.size() < kTrimAtWorkloads) return;
+  // Freed first, so the trim sees the pages free.
+  services_ = {};
+  by_ip_ = {};
+  workloads_ = {};
+  authz_.reset();
+  malloc_trim(0);
 }
 
 absl::Status MeshSnapshot::Authorize(const SocketAddress& source, const SocketAddress& destination,

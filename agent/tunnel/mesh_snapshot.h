@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "agent/authz/engine.h"
 #include "agent/common/ip_address.h"
 #include "agent/mesh/model.h"
@@ -46,6 +47,10 @@ class MeshSnapshot {
  public:
   // The empty configuration (before the first snapshot arrives).
   MeshSnapshot() = default;
+  // A large snapshot hands its memory back to the kernel when it goes (malloc_trim): the last
+  // reference is usually a worker's, dropped when it switches to the next snapshot, after the
+  // control thread's own trim has run.
+  ~MeshSnapshot();
   // Indexes `snapshot`; an AuthorizationPolicy that does not compile is recorded in
   // authz_errors() and makes Authorize deny everything.
   static std::shared_ptr<const MeshSnapshot> Create(mesh::Snapshot snapshot);
@@ -53,6 +58,9 @@ class MeshSnapshot {
   // the caller refuses the whole generation.
   static absl::StatusOr<std::shared_ptr<const MeshSnapshot>> FromProto(
       const ambit::dataplane::v1::Snapshot& s);
+  // The same from a serialized Snapshot (mesh::DecodeSnapshot): the form to use for a large
+  // one, which is never held whole as a message.
+  static absl::StatusOr<std::shared_ptr<const MeshSnapshot>> Decode(absl::string_view bytes);
 
   uint64_t version() const { return version_; }
   const std::string& trust_domain() const { return trust_domain_; }

@@ -59,6 +59,8 @@ def main():
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-peers", type=int, default=100_000)
+    ap.add_argument("--only-peers", type=int, action="append",
+                    help="measure only these sizes (repeatable), e.g. --only-peers 100000")
     args = ap.parse_args()
     os.environ["AMBIT_BUILD_DIR"] = os.path.abspath(args.build_dir)
     rows = []
@@ -113,10 +115,13 @@ def main():
         print(f"baseline: a DENY in an empty configuration enforced in {baseline * 1000:.0f} ms "
               f"(median of 3); RSS ambitd {base_rss['ambitd']} KiB, ambit-tunnel "
               f"{base_rss['ambit-tunnel']} KiB")
+        # B/pod: RSS with the configuration in force minus the empty-configuration RSS above,
+        # over the peers. "after": RSS once the configuration shrank back to empty.
         print(f"{'peers':>8} {'policies':>8} {'MB':>6} {'apply s':>8} {'DENY s':>8} "
-              f"{'x base':>7} {'ambitd B/pod':>13} {'tunnel B/pod':>13} {'ambitd after':>13}")
+              f"{'x base':>7} {'ambitd B/pod':>13} {'tunnel B/pod':>13} {'ambitd after':>13} "
+              f"{'tunnel after':>13}")
         for peers, policies in SIZES:
-            if peers > args.max_peers:
+            if peers > args.max_peers or (args.only_peers and peers not in args.only_peers):
                 continue
             r = measure(peers, policies)
             r["deny_ratio_to_baseline"] = r["deny_enforced_s"] / baseline if baseline else None
@@ -127,7 +132,8 @@ def main():
                   f"{r['applied_s']:>8.2f} {r['deny_enforced_s']:>8.2f} "
                   f"{r['deny_ratio_to_baseline']:>7.1f} {per_pod['ambitd']:>13.0f} "
                   f"{per_pod['ambit-tunnel']:>13.0f} "
-                  f"{r['rss_after_shrink_kib']['ambitd']:>10} KiB", flush=True)
+                  f"{r['rss_after_shrink_kib']['ambitd']:>9} KiB "
+                  f"{r['rss_after_shrink_kib']['ambit-tunnel']:>9} KiB", flush=True)
         server.kill()
     if args.json:
         with open(args.json, "w") as f:

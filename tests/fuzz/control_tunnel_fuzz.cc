@@ -42,12 +42,21 @@ void ExerciseSnapshot(const pb::Snapshot& s) {
   if (!model.ok()) {
     FUZZ_REQUIRE(!model.status().message().empty());
     FUZZ_REQUIRE(!ambit::tunnel::MeshSnapshot::FromProto(s).ok());
+    FUZZ_REQUIRE(!ambit::mesh::DecodeSnapshot(s.SerializeAsString()).ok());
     return;
   }
   pb::Snapshot again;
   FUZZ_REQUIRE(ambit::mesh::ToProto(*model, &again).ok());
   auto reread = ambit::mesh::FromProto(again);
   FUZZ_REQUIRE(reread.ok() && *reread == *model);
+  // The streaming forms agree with the message forms: the serialized message decodes to the
+  // same model, and the model encodes to bytes that decode to it again.
+  auto streamed = ambit::mesh::DecodeSnapshot(s.SerializeAsString());
+  FUZZ_REQUIRE(streamed.ok() && *streamed == *model);
+  std::string encoded;
+  FUZZ_REQUIRE(ambit::mesh::EncodeSnapshot(*model, &encoded).ok());
+  auto redecoded = ambit::mesh::DecodeSnapshot(encoded);
+  FUZZ_REQUIRE(redecoded.ok() && *redecoded == *model);
   std::shared_ptr<const ambit::tunnel::MeshSnapshot> snapshot =
       ambit::tunnel::MeshSnapshot::Create(*std::move(model));
   FUZZ_REQUIRE(snapshot != nullptr);
@@ -148,7 +157,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<ambit::UniqueFd> fds;
       fds.push_back(std::move(*file));
       auto snapshot = ambit::tunnel::ReadSnapshotFile(env->snapshot_ref(), fds, 1 << 20);
-      if (snapshot.ok()) ExerciseSnapshot(*snapshot);
+      if (snapshot.ok()) {
+        pb::Snapshot again;
+        FUZZ_REQUIRE(ambit::mesh::ToProto(*snapshot, &again).ok());
+        ExerciseSnapshot(again);
+      }
       break;
     }
     case pb::Envelope::kAddPod:

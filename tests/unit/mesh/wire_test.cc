@@ -6,8 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "google/protobuf/util/message_differencer.h"
 
 namespace ambit::mesh {
 namespace {
@@ -157,12 +159,14 @@ void ExpectRejected(const std::function<void(pb::Snapshot*)>& mutate,
   pb::Snapshot proto;
   ASSERT_TRUE(ToProto(Full(), &proto).ok());
   mutate(&proto);
-  auto out = FromProto(proto);
-  ASSERT_FALSE(out.ok()) << "accepted: " << proto.ShortDebugString();
-  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  for (const auto& text : expected) {
-    EXPECT_NE(out.status().message().find(text), std::string::npos)
-        << "'" << out.status().message() << "' lacks '" << text << "'";
+  // The message form and the streaming form of the same bytes refuse alike.
+  for (const auto& out : {FromProto(proto), DecodeSnapshot(proto.SerializeAsString())}) {
+    ASSERT_FALSE(out.ok()) << "accepted: " << proto.ShortDebugString();
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+    for (const auto& text : expected) {
+      EXPECT_NE(out.status().message().find(text), std::string::npos)
+          << "'" << out.status().message() << "' lacks '" << text << "'";
+    }
   }
 }
 
@@ -288,6 +292,77 @@ TEST(MeshWireTest, AddressesPortsAndReferencesAreChecked) {
   ExpectRejected([](pb::Snapshot* s) { s->add_reserved_ports(0); }, {"reserved_ports[2]"});
   ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->clear_name(); },
                  {"workload frontend/", "name", "missing"});
+  // Keys are "namespace/name": a namespace holding '/' would make one key name two workloads.
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(1)->set_namespace_("front/end"); },
+                 {"workload front/end/web", "namespace", "contains '/'"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_workloads(1)->set_namespace_("backend");
+        s->mutable_workloads(1)->set_name("api");
+      },
+      {"workload backend/api", "namespace/name", "listed twice"});
+}
+
+// The streaming forms write an ordinary Snapshot message and read any: the bytes EncodeSnapshot
+// writes parse to what ToProto builds, and DecodeSnapshot reads ToProto's bytes, in any field
+// order, to the same model.
+TEST(MeshWireTest, StreamingFormsMatchTheMessage) {
+  const Snapshot in = Full();
+  pb::Snapshot proto;
+  ASSERT_TRUE(ToProto(in, &proto).ok());
+  std::string encoded;
+  ASSERT_TRUE(EncodeSnapshot(in, &encoded).ok());
+  pb::Snapshot parsed;
+  ASSERT_TRUE(parsed.ParseFromString(encoded));
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(parsed, proto))
+      << parsed.ShortDebugString() << "\n"
+      << proto.ShortDebugString();
+
+  auto decoded = DecodeSnapshot(proto.SerializeAsString());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, in);
+  decoded = DecodeSnapshot(encoded);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, in);
+
+  // Workloads first, the rest after, and a field this build does not know in between.
+  pb::Snapshot workloads_only, head_only = proto;
+  *workloads_only.mutable_workloads() = proto.workloads();
+  head_only.clear_workloads();
+  const std::string unknown_field = "\xc8\x3e\x07";  // field 1001, varint 7
+  decoded = DecodeSnapshot(workloads_only.SerializeAsString() + unknown_field +
+                           head_only.SerializeAsString());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, in);
+
+  // The empty snapshot is empty bytes.
+  ASSERT_TRUE(EncodeSnapshot(Snapshot{}, &encoded).ok());
+  EXPECT_TRUE(encoded.empty());
+  decoded = DecodeSnapshot("");
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, Snapshot{});
+}
+
+// Bytes that are no Snapshot are DataLoss, whatever part of them is broken.
+TEST(MeshWireTest, DecodeRefusesBytesThatAreNoSnapshot) {
+  std::string good;
+  ASSERT_TRUE(EncodeSnapshot(Full(), &good).ok());
+  for (const std::string& bad : {
+           good.substr(0, good.size() - 3),         // the last workload cut short
+           std::string("\x1a\xff\xff\xff\x0f", 5),  // a workload longer than the bytes
+           std::string("\x00", 1),                  // field number 0
+           std::string("\x1a\x02\x0a\x80", 4),      // a workload whose own field is cut short
+           std::string("\x12\x05"
+                       "ab",
+                       4),          // trust_domain cut short
+           std::string("\x0f", 1),  // wire type 7
+       }) {
+    auto out = DecodeSnapshot(bad);
+    ASSERT_FALSE(out.ok()) << absl::CEscape(bad);
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kDataLoss) << out.status();
+    EXPECT_NE(out.status().message().find("not a Snapshot message"), std::string::npos)
+        << out.status();
+  }
 }
 
 // A peer's PeerAuthentication is not used by this node: it is not kept.
