@@ -424,8 +424,8 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       if (parsed == JwtStatus::kOk) {
         for (const Provider* provider : providers) {
           if (provider->rule->issuer == probe.iss &&
-              std::find(provider->locations.begin(), provider->locations.end(),
-                        found.location) != provider->locations.end()) {
+              std::find(provider->locations.begin(), provider->locations.end(), found.location) !=
+                  provider->locations.end()) {
             chosen = provider;
             break;
           }
@@ -464,8 +464,9 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
   result.checks = allow_missing.checks;
   if (winner != nullptr) {
     if (winner->verified.empty()) {
-      result.reason = "no token in any location the rules read: the request continues "
-                      "unauthenticated (no request principal)";
+      result.reason =
+          "no token in any location the rules read: the request continues "
+          "unauthenticated (no request principal)";
       return result;
     }
     result.checks = winner->checks;
@@ -473,9 +474,9 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     // client: every rule's output headers are removed first.
     for (const Provider* p : providers) {
       if (!p->rule->output_payload_to_header.empty()) {
-        result.header_mutations.push_back(
-            {HeaderMutation::Op::kRemove, absl::AsciiStrToLower(p->rule->output_payload_to_header),
-             ""});
+        result.header_mutations.push_back({HeaderMutation::Op::kRemove,
+                                           absl::AsciiStrToLower(p->rule->output_payload_to_header),
+                                           ""});
       }
       for (const ClaimToHeader& c : p->rule->output_claim_to_headers) {
         result.header_mutations.push_back(
@@ -496,9 +497,9 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     auth.claims = SplitClaims(jwt.claims, *provider->rule);
     result.auth = std::move(auth);
     result.reason = absl::StrCat("valid token from ", winner->checks.front().location.ToString(),
-                                 " (RequestAuthentication ", provider->policy->Key(),
-                                 " jwtRules[", provider->index, "], issuer ",
-                                 provider->rule->issuer, "): principal ", result.auth->principal);
+                                 " (RequestAuthentication ", provider->policy->Key(), " jwtRules[",
+                                 provider->index, "], issuer ", provider->rule->issuer,
+                                 "): principal ", result.auth->principal);
     return result;
   }
 
@@ -528,7 +529,8 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
   std::string path = request.path.substr(0, request.path.find_first_of("?#"));
   result.www_authenticate =
       absl::StrCat("Bearer realm=\"", options_.scheme, "://", request.host, path, "\"");
-  if (status != JwtStatus::kMissing) absl::StrAppend(&result.www_authenticate, ", error=\"invalid_token\"");
+  if (status != JwtStatus::kMissing)
+    absl::StrAppend(&result.www_authenticate, ", error=\"invalid_token\"");
   if (decisive != nullptr) {
     result.reason = absl::StrCat("token from ", decisive->location.ToString());
     if (!decisive->policy.empty()) {

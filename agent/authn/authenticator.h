@@ -80,8 +80,8 @@ struct AuthnResult {
   int http_status = 0;
   JwtStatus status = JwtStatus::kOk;
   std::string body;
-  std::string www_authenticate;  // set with 401 and 403
-  std::optional<authz::JwtAuth> auth;  // the first valid token; nullopt: unauthenticated
+  std::string www_authenticate;                  // set with 401 and 403
+  std::optional<authz::JwtAuth> auth;            // the first valid token; nullopt: unauthenticated
   std::vector<HeaderMutation> header_mutations;  // apply in order when allowed
   // Explanation.
   std::vector<std::string> policies;  // the RequestAuthentications that apply, by key

@@ -141,13 +141,12 @@ std::string CheckKey(const Json& key, Jwk* jwk) {
   if (jwk->kty == "EC") {
     const size_t bytes = CurveBytes(jwk->crv);
     if (bytes == 0) return absl::StrCat("crv '", jwk->crv, "' is not P-256, P-384 or P-521");
-    if (!B64Member(key, "x", &jwk->x) || !B64Member(key, "y", &jwk->y) ||
-        jwk->x.size() != bytes || jwk->y.size() != bytes) {
+    if (!B64Member(key, "x", &jwk->x) || !B64Member(key, "y", &jwk->y) || jwk->x.size() != bytes ||
+        jwk->y.size() != bytes) {
       return absl::StrCat("an EC key on ", jwk->crv, " needs x and y of ", bytes,
                           " bytes in base64url");
     }
-    const absl::string_view want =
-        bytes == 32 ? "ES256" : (bytes == 48 ? "ES384" : "ES512");
+    const absl::string_view want = bytes == 32 ? "ES256" : (bytes == 48 ? "ES384" : "ES512");
     if (!alg.empty() && alg != want) {
       return absl::StrCat("alg '", alg, "' does not fit crv ", jwk->crv, " (", want, ")");
     }
@@ -457,18 +456,18 @@ JwtStatus ParseJwt(absl::string_view token, Jwt* out) {
     if (!sub->is_string()) return JwtStatus::kSubNotString;
     jwt.sub = sub->get_ref<const std::string&>();
   }
-  if (JwtStatus s = TimeClaim(*payload, "iat", JwtStatus::kIatNotInteger,
-                              JwtStatus::kIatOutOfRange, &jwt.iat);
+  if (JwtStatus s = TimeClaim(*payload, "iat", JwtStatus::kIatNotInteger, JwtStatus::kIatOutOfRange,
+                              &jwt.iat);
       s != JwtStatus::kOk) {
     return s;
   }
-  if (JwtStatus s = TimeClaim(*payload, "nbf", JwtStatus::kNbfNotInteger,
-                              JwtStatus::kNbfOutOfRange, &jwt.nbf);
+  if (JwtStatus s = TimeClaim(*payload, "nbf", JwtStatus::kNbfNotInteger, JwtStatus::kNbfOutOfRange,
+                              &jwt.nbf);
       s != JwtStatus::kOk) {
     return s;
   }
-  if (JwtStatus s = TimeClaim(*payload, "exp", JwtStatus::kExpNotInteger,
-                              JwtStatus::kExpOutOfRange, &jwt.exp);
+  if (JwtStatus s = TimeClaim(*payload, "exp", JwtStatus::kExpNotInteger, JwtStatus::kExpOutOfRange,
+                              &jwt.exp);
       s != JwtStatus::kOk) {
     return s;
   }

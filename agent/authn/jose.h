@@ -56,10 +56,18 @@ absl::string_view StatusText(JwtStatus status);
 
 // Signature algorithms of JWS that Envoy accepts. `none` is not one of them.
 enum class Algorithm {
-  kRs256, kRs384, kRs512,
-  kPs256, kPs384, kPs512,
-  kEs256, kEs384, kEs512,
-  kHs256, kHs384, kHs512,
+  kRs256,
+  kRs384,
+  kRs512,
+  kPs256,
+  kPs384,
+  kPs512,
+  kEs256,
+  kEs384,
+  kEs512,
+  kHs256,
+  kHs384,
+  kHs512,
   kEdDsa,
 };
 
@@ -70,10 +78,10 @@ int DigestBits(Algorithm alg);
 
 // One public (or, for `oct`, shared) key of a JWKS, its numbers base64url-decoded.
 struct Jwk {
-  std::string kty;  // "RSA", "EC", "oct" or "OKP"
-  std::string kid;  // empty: none
-  std::string alg;  // empty: none; otherwise a token's alg must equal it
-  std::string crv;  // EC: P-256, P-384, P-521; OKP: Ed25519
+  std::string kty;   // "RSA", "EC", "oct" or "OKP"
+  std::string kid;   // empty: none
+  std::string alg;   // empty: none; otherwise a token's alg must equal it
+  std::string crv;   // EC: P-256, P-384, P-521; OKP: Ed25519
   std::string n, e;  // RSA modulus and exponent, big-endian
   std::string x, y;  // EC coordinates (fixed width) / OKP public key (x)
   std::string k;     // oct secret

@@ -25,7 +25,8 @@ int JwksCache::RefreshDue() {
   // The fetches run without the lock: a slow server never holds up Get on the workers.
   for (const auto& [uri, timeout] : due) {
     absl::StatusOr<std::string> body = fetcher_->Fetch(uri, timeout);
-    absl::StatusOr<Jwks> parsed = body.ok() ? ParseJwks(*body) : absl::StatusOr<Jwks>(body.status());
+    absl::StatusOr<Jwks> parsed =
+        body.ok() ? ParseJwks(*body) : absl::StatusOr<Jwks>(body.status());
     const absl::Time now = clock_->Now();
     absl::MutexLock lock(&mu_);
     Entry& e = entries_[uri];

@@ -111,8 +111,8 @@ class CryptoVerifier final : public SignatureVerifier {
         if (key.kty != "RSA") return false;
         PkeyPtr pkey = FromSpki(SubjectPublicKeyInfo(key));
         if (!pkey || EVP_PKEY_id(pkey.get()) != EVP_PKEY_RSA) return false;
-        const bool pss = alg == Algorithm::kPs256 || alg == Algorithm::kPs384 ||
-                         alg == Algorithm::kPs512;
+        const bool pss =
+            alg == Algorithm::kPs256 || alg == Algorithm::kPs384 || alg == Algorithm::kPs512;
         return DigestVerify(pkey.get(), Digest(alg), pss, input, signature);
       }
       case Algorithm::kEs256:
@@ -146,8 +146,7 @@ class CryptoVerifier final : public SignatureVerifier {
                  &mac_len) == nullptr) {
           return false;
         }
-        return mac_len == signature.size() &&
-               CRYPTO_memcmp(mac, signature.data(), mac_len) == 0;
+        return mac_len == signature.size() && CRYPTO_memcmp(mac, signature.data(), mac_len) == 0;
       }
     }
     return false;
