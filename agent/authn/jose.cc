@@ -201,7 +201,11 @@ std::string DerUnsigned(absl::string_view bytes) {
   return Tlv(0x02, content);
 }
 
-std::string Oid(absl::string_view encoded) { return Tlv(0x06, encoded); }
+// From a literal by its size: OIDs contain zero bytes, which would end a C string early.
+template <size_t N>
+std::string Oid(const char (&encoded)[N]) {
+  return Tlv(0x06, absl::string_view(encoded, N - 1));
+}
 
 std::string NormalizeAudience(absl::string_view aud) {
   if (absl::StartsWith(aud, "http://")) {
@@ -395,7 +399,7 @@ std::string SubjectPublicKeyInfo(const Jwk& key) {
   if (key.kty == "RSA") {
     if (key.n.empty() || key.e.empty()) return "";
     // rsaEncryption 1.2.840.113549.1.1.1, NULL parameters.
-    algorithm = Tlv(0x30, Oid("\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01") + std::string("\x05\x00", 2));
+    algorithm = Tlv(0x30, Oid("\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01") + Tlv(0x05, ""));
     bits = Tlv(0x30, DerUnsigned(key.n) + DerUnsigned(key.e));
   } else if (key.kty == "EC") {
     std::string curve;
