@@ -28,6 +28,8 @@ packages=(
   ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2
   # benchmarks
   iperf3
+  # JWT tests (tokens signed at test time)
+  python3-jwt
 )
 
 missing=()

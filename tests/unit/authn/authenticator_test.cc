@@ -17,9 +17,9 @@
 namespace ambit::authn {
 namespace {
 
+using testing::B64;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::B64;
 using testing::JwksOf;
 using testing::TestKey;
 
@@ -88,8 +88,8 @@ TestKey* AuthenticatorTest::ec_ = nullptr;
 
 TEST_F(AuthenticatorTest, ValidTokenGivesPrincipalAudiencesPresenterAndClaims) {
   auto a = Make({Rule()});
-  AuthnResult r = Bearer(*a, rsa_->Token("RS256", Payload(R"(,"azp":"web","groups":["g"])"),
-                                         "rsa-1"));
+  AuthnResult r =
+      Bearer(*a, rsa_->Token("RS256", Payload(R"(,"azp":"web","groups":["g"])"), "rsa-1"));
   ASSERT_TRUE(r.allowed) << r.reason;
   ASSERT_TRUE(r.auth.has_value());
   EXPECT_EQ(r.auth->principal, "https://issuer.example.com/user-1");
@@ -120,18 +120,17 @@ TEST_F(AuthenticatorTest, KidSelectsTheKeyAndJwkAlgMustEqualTheTokens) {
 TEST_F(AuthenticatorTest, ExpAndNbfWithSkewAnd401Texts) {
   auto a = Make({Rule()});
   const std::string expired = rsa_->Token(
-      "RS256", absl::StrCat(R"({"iss":")", kIssuer, R"(","sub":"u","aud":"api","exp":)", kNow,
-                            "}"));
+      "RS256",
+      absl::StrCat(R"({"iss":")", kIssuer, R"(","sub":"u","aud":"api","exp":)", kNow, "}"));
   EXPECT_TRUE(Bearer(*a, expired, kNow + 60).allowed);
   AuthnResult r = Bearer(*a, expired, kNow + 61);
   EXPECT_FALSE(r.allowed);
   EXPECT_EQ(r.http_status, 401);
   EXPECT_EQ(r.body, "Jwt is expired");
-  EXPECT_EQ(r.www_authenticate,
-            "Bearer realm=\"http://httpbin.foo/get\", error=\"invalid_token\"");
+  EXPECT_EQ(r.www_authenticate, "Bearer realm=\"http://httpbin.foo/get\", error=\"invalid_token\"");
   const std::string early = rsa_->Token(
-      "RS256", absl::StrCat(R"({"iss":")", kIssuer, R"(","sub":"u","aud":"api","nbf":)",
-                            kNow + 100, "}"));
+      "RS256",
+      absl::StrCat(R"({"iss":")", kIssuer, R"(","sub":"u","aud":"api","nbf":)", kNow + 100, "}"));
   EXPECT_EQ(Bearer(*a, early).body, "Jwt not yet valid");
   EXPECT_TRUE(Bearer(*a, early, kNow + 40).allowed);
 }
@@ -139,7 +138,7 @@ TEST_F(AuthenticatorTest, ExpAndNbfWithSkewAnd401Texts) {
 TEST_F(AuthenticatorTest, WrongAudienceIs403) {
   auto a = Make({Rule()});
   AuthnResult r = Bearer(*a, rsa_->Token("RS256", absl::StrCat(R"({"iss":")", kIssuer,
-                                                                R"(","sub":"u","aud":"web"})")));
+                                                               R"(","sub":"u","aud":"web"})")));
   EXPECT_EQ(r.http_status, 403);
   EXPECT_EQ(r.body, "Audiences in Jwt are not allowed");
 }
@@ -210,8 +209,8 @@ TEST_F(AuthenticatorTest, FromHeadersAndParamsReplaceTheDefaults) {
   const std::string token = rsa_->Token("RS256", Payload());
   EXPECT_TRUE(Run(*a, Request({{"x-jwt-assertion", "Token " + token}})).auth.has_value());
   // Envoy finds the prefix anywhere and takes the base64url run after it.
-  EXPECT_TRUE(Run(*a, Request({{"x-jwt-assertion", "v=1 Token " + token + ", more"}}))
-                  .auth.has_value());
+  EXPECT_TRUE(
+      Run(*a, Request({{"x-jwt-assertion", "v=1 Token " + token + ", more"}})).auth.has_value());
   EXPECT_FALSE(Run(*a, Request({{"authorization", "Bearer " + token}})).auth.has_value());
   EXPECT_FALSE(Run(*a, Request({}, "/get?access_token=" + token)).auth.has_value());
 
@@ -275,13 +274,13 @@ TEST_F(AuthenticatorTest, HeaderOutputs) {
                                    {"x-none", "spoofed"},
                                    {"x-jwt-payload", "spoofed"}}));
   ASSERT_TRUE(r.allowed) << r.reason;
-  authz::HeaderMap out = Authenticator::ApplyMutations(
-      Request({{"authorization", "Bearer " + token},
-               {"x-sub", "spoofed"},
-               {"x-none", "spoofed"},
-               {"x-jwt-payload", "spoofed"}})
-          .headers,
-      r.header_mutations);
+  authz::HeaderMap out =
+      Authenticator::ApplyMutations(Request({{"authorization", "Bearer " + token},
+                                             {"x-sub", "spoofed"},
+                                             {"x-none", "spoofed"},
+                                             {"x-jwt-payload", "spoofed"}})
+                                        .headers,
+                                    r.header_mutations);
   EXPECT_EQ(out.Find("authorization"), nullptr);  // forwardOriginalToken: false
   ASSERT_NE(out.Find("x-jwt-payload"), nullptr);
   EXPECT_EQ(*out.Find("x-jwt-payload"), B64(payload));

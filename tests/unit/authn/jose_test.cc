@@ -13,8 +13,8 @@
 namespace ambit::authn {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::B64;
+using ::testing::HasSubstr;
 using testing::JwksOf;
 using testing::TestKey;
 
@@ -26,8 +26,7 @@ bool Verifies(const TestKey& /*signer*/, const std::string& token, const std::st
   if (ParseJwt(token, &jwt) != JwtStatus::kOk) return false;
   absl::StatusOr<Jwks> jwks = ParseJwks(JwksOf({jwk_json}));
   if (!jwks.ok() || jwks->keys.size() != 1) return false;
-  return CryptoSignatureVerifier().Verify(jwks->keys[0], jwt.alg, jwt.signing_input,
-                                          jwt.signature);
+  return CryptoSignatureVerifier().Verify(jwks->keys[0], jwt.alg, jwt.signing_input, jwt.signature);
 }
 
 struct AlgCase {
@@ -120,8 +119,7 @@ TEST(JoseTest, ParseErrorsInEnvoysOrderAndWords) {
   EXPECT_EQ(ParseJwt(h + "." + B64(R"({"exp":"soon"})") + ".c2ln", &jwt),
             JwtStatus::kExpNotInteger);
   EXPECT_EQ(ParseJwt(h + "." + B64(R"({"exp":-5})") + ".c2ln", &jwt), JwtStatus::kExpOutOfRange);
-  EXPECT_EQ(ParseJwt(h + "." + B64(R"({"nbf":1.5})") + ".c2ln", &jwt),
-            JwtStatus::kNbfOutOfRange);
+  EXPECT_EQ(ParseJwt(h + "." + B64(R"({"nbf":1.5})") + ".c2ln", &jwt), JwtStatus::kNbfOutOfRange);
   EXPECT_EQ(ParseJwt(h + "." + B64(R"({"aud":["a",1]})") + ".c2ln", &jwt),
             JwtStatus::kAudNotString);
   EXPECT_EQ(ParseJwt(h + "." + B64("{}") + ".", &jwt), JwtStatus::kSignatureBadBase64);
@@ -160,9 +158,9 @@ TEST(JoseTest, AudiencesIgnoreSchemeAndTrailingSlash) {
 
 TEST(JoseTest, JwksSkipsBadKeysAndFailsWithoutAny) {
   const TestKey rsa = Rsa();
-  absl::StatusOr<Jwks> jwks = ParseJwks(JwksOf(
-      {rsa.Jwk("k1", "RS256"), R"({"kty":"EC","crv":"P-256","x":"AA","y":"AA"})",
-       R"({"kty":"RSA","n":"AQAB","e":"AQAB","alg":"ES256"})", R"({"kty":"XYZ"})", "7"}));
+  absl::StatusOr<Jwks> jwks = ParseJwks(
+      JwksOf({rsa.Jwk("k1", "RS256"), R"({"kty":"EC","crv":"P-256","x":"AA","y":"AA"})",
+              R"({"kty":"RSA","n":"AQAB","e":"AQAB","alg":"ES256"})", R"({"kty":"XYZ"})", "7"}));
   ASSERT_TRUE(jwks.ok()) << jwks.status();
   ASSERT_EQ(jwks->keys.size(), 1u);
   EXPECT_EQ(jwks->keys[0].kid, "k1");
