@@ -30,6 +30,8 @@ packages=(
   iperf3
   # waypoint HTTP/1 parser (nodejs http-parser; Debian 12 has no llhttp)
   libhttp-parser-dev
+  # JWT tests (tokens signed at test time)
+  python3-jwt
 )
 
 missing=()

@@ -1,5 +1,7 @@
 #include "agent/authz/request.h"
 
+#include <cmath>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -7,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -54,6 +57,8 @@ const std::string* ClaimValue::AsString() const {
   return kind_ == Kind::kString ? &string_ : nullptr;
 }
 
+const double* ClaimValue::AsNumber() const { return kind_ == Kind::kNumber ? &number_ : nullptr; }
+
 const ClaimValue::List* ClaimValue::AsList() const {
   return kind_ == Kind::kList ? &list_ : nullptr;
 }
@@ -75,7 +80,10 @@ std::string ClaimValue::ToString() const {
     case Kind::kString:
       return absl::StrCat("\"", string_, "\"");
     case Kind::kNumber:
-      return absl::StrCat(number_);
+      if (std::isfinite(number_) && std::trunc(number_) == number_ && std::fabs(number_) < 1e18) {
+        return absl::StrCat(static_cast<int64_t>(number_));
+      }
+      return absl::StrFormat("%.17g", number_);
     case Kind::kBool:
       return bool_ ? "true" : "false";
     case Kind::kList:

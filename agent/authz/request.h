@@ -41,11 +41,13 @@ class ClaimValue {
   Kind kind() const { return kind_; }
   // Null when the value is not of that kind.
   const std::string* AsString() const;
+  const double* AsNumber() const;
   const List* AsList() const;
   const Object* AsObject() const;
   // The member `key` of an object; null when this is not an object or has no such member.
   const ClaimValue* Find(absl::string_view key) const;
-  // Compact JSON, for explanations.
+  // Compact JSON, for explanations and JWT claim headers. Whole numbers print exactly (an `exp`
+  // of 1800003600 stays 1800003600), others with 17 significant digits.
   std::string ToString() const;
 
   friend bool operator==(const ClaimValue&, const ClaimValue&) = default;

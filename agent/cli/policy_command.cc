@@ -25,7 +25,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/admin/explain.h"
+#include "agent/authn/authenticator.h"
+#include "agent/authn/signature.h"
 #include "agent/authz/engine.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/authz/request.h"
@@ -437,6 +441,88 @@ Value DecisionSummaryValue(const admin::DecisionSummary& s) {
 
 namespace {
 
+absl::StatusOr<absl::Time> NowFlag(Context& ctx) {
+  std::optional<std::string> text = ctx.flag("now");
+  if (!text || text->empty()) return absl::Now();
+  int64_t seconds = 0;
+  if (!absl::SimpleAtoi(*text, &seconds) || seconds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--now '", *text, "' is not a time in UNIX seconds, e.g. --now 1800000000"));
+  }
+  return absl::FromUnixSeconds(seconds);
+}
+
+// A JWT claim as output: JSON types kept.
+Value ClaimOutput(const authz::ClaimValue& c) {
+  switch (c.kind()) {
+    case authz::ClaimValue::Kind::kNull:
+      return Value();
+    case authz::ClaimValue::Kind::kString:
+      return Value(*c.AsString());
+    case authz::ClaimValue::Kind::kBool:
+      return Value(c.ToString() == "true");
+    case authz::ClaimValue::Kind::kNumber: {
+      const double d = *c.AsNumber();
+      if (d == static_cast<double>(static_cast<int64_t>(d)) && d < 9.0e15 && d > -9.0e15) {
+        return Value(static_cast<int64_t>(d));
+      }
+      return Value(d);
+    }
+    case authz::ClaimValue::Kind::kList: {
+      Value list = Value::MakeList();
+      for (const authz::ClaimValue& item : *c.AsList()) list.Append(ClaimOutput(item));
+      return list;
+    }
+    case authz::ClaimValue::Kind::kObject: {
+      Value map = Value::MakeMap();
+      for (const auto& [k, v] : *c.AsObject()) map.Set(k, ClaimOutput(v));
+      return map;
+    }
+  }
+  return Value();
+}
+
+Value AuthnValue(const authn::AuthnResult& r) {
+  return Value::Object({
+      {"result", r.allowed ? "allow" : "reject"},
+      {"status", r.allowed ? Value() : Value(r.http_status)},
+      {"reason", r.reason},
+      {"principal", r.auth ? Value(r.auth->principal) : Value()},
+      {"claims", r.auth ? ClaimOutput(r.auth->claims) : Value()},
+  });
+}
+
+std::string AuthnText(const authn::AuthnResult& r) {
+  std::string out = "authentication (RequestAuthentication):\n";
+  if (r.policies.empty()) {
+    absl::StrAppend(&out, "  no RequestAuthentication applies: the request is not authenticated\n");
+  } else {
+    absl::StrAppend(&out, "  applies: ", absl::StrJoin(r.policies, ", "), "\n");
+  }
+  for (const authn::TokenCheck& c : r.checks) {
+    absl::StrAppend(&out, "  token in ", c.location.ToString());
+    if (!c.policy.empty()) absl::StrAppend(&out, ", rule ", c.policy, " jwtRules[", c.rule, "]");
+    if (!c.issuer.empty()) absl::StrAppend(&out, ", iss ", c.issuer);
+    absl::StrAppend(&out, ": ",
+                    c.status == authn::JwtStatus::kOk ? "valid" : authn::StatusText(c.status));
+    if (!c.detail.empty()) absl::StrAppend(&out, " (", c.detail, ")");
+    absl::StrAppend(&out, "\n");
+  }
+  if (r.allowed) {
+    absl::StrAppend(&out, "  result: allow, ", r.reason, "\n");
+    for (const authn::HeaderMutation& m : r.header_mutations) {
+      absl::StrAppend(
+          &out,
+          "  upstream header: ", m.op == authn::HeaderMutation::Op::kRemove ? "remove " : "set ",
+          m.name, m.op == authn::HeaderMutation::Op::kSet ? absl::StrCat(": ", m.value) : "", "\n");
+    }
+  } else {
+    absl::StrAppend(&out, "  result: reject, HTTP ", r.http_status, " \"", r.body, "\"\n",
+                    "  www-authenticate: ", r.www_authenticate, "\n", "  why: ", r.reason, "\n");
+  }
+  return out;
+}
+
 absl::Status RunCheck(Context& ctx) {
   std::optional<std::string> config_dir = ctx.flag("config");
   std::optional<std::string> request_file = ctx.flag("request");
@@ -470,14 +556,47 @@ absl::Status RunCheck(Context& ctx) {
   }
   AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<authz::Engine> engine, config::BuildAuthzEngine(loaded));
 
-  const authz::Decision d = engine->Explain(in.target, in.request);
   const authz::PeerAuthnDecision mtls = authz::ResolveMtlsMode(
       loaded.security.PeerAuthenticationList(), loaded.state.mesh.root_namespace,
       in.target.namespace_name, in.target.labels, in.request.destination_port);
+
+  // RequestAuthentication applies to an L7 request that carries its raw headers rather than a
+  // pre-validated auth block. A jwksUri is never fetched offline: its tokens are rejected, as
+  // while the key set is unavailable.
+  std::optional<authn::AuthnResult> authn;
+  if (in.request.layer == authz::Layer::kL7 && !in.request.auth.has_value()) {
+    AMBIT_ASSIGN_OR_RETURN(absl::Time now, NowFlag(ctx));
+    AMBIT_ASSIGN_OR_RETURN(
+        std::unique_ptr<authn::Authenticator> authenticator,
+        authn::Authenticator::Create(loaded.security.RequestAuthenticationList(),
+                                     {.root_namespace = loaded.state.mesh.root_namespace},
+                                     &authn::CryptoSignatureVerifier(), /*remote=*/nullptr));
+    authn = authenticator->Authenticate(in.target, in.request, now);
+    if (authn->allowed) in.request.auth = authn->auth;
+  }
+  const bool rejected = authn.has_value() && !authn->allowed;
+
+  const authz::Decision d = engine->Explain(in.target, in.request);
   if (ctx.output_format() == OutputFormat::kTable) {
-    ctx.out() << admin::ExplainText(*engine, in.target, in.request, d, mtls);
+    // The decision line comes first, as without RequestAuthentication.
+    if (rejected) {
+      ctx.out() << "decision: deny (RequestAuthentication rejects the request with HTTP "
+                << authn->http_status << "; authorization policies are not evaluated)\n\n";
+    } else {
+      ctx.out() << admin::ExplainText(*engine, in.target, in.request, d, mtls);
+    }
+    if (authn && (!authn->policies.empty() || rejected)) ctx.out() << "\n" << AuthnText(*authn);
   } else {
-    ctx.Print(DecisionSummaryValue(admin::Summarize(d, mtls)));
+    Value out = DecisionSummaryValue(admin::Summarize(d, mtls));
+    if (rejected) {
+      out.Set("decision", "deny");
+      out.Set("provider", Value());
+      out.Set("afterExtAuthzAllow", Value());
+      out.Set("policy", Value());
+      out.Set("reason", absl::StrCat("RequestAuthentication: ", authn->reason));
+    }
+    out.Set("authn", authn ? AuthnValue(*authn) : Value());
+    ctx.Print(out);
   }
   return absl::OkStatus();
 }
@@ -491,7 +610,12 @@ Command CheckCommand() {
           "as ambitd does and evaluates the request described in FILE with the same engine, at\n"
           "L4 (the node tunnel) or L7 (a waypoint or other HTTP proxy). Prints the decision and a\n"
           "trace of every policy that applies and why it matched or not; -o json prints\n"
-          "{decision, provider, afterExtAuthzAllow, policy, reason, mtls: {mode, plaintext}}.\n"
+          "{decision, provider, afterExtAuthzAllow, policy, reason, mtls: {mode, plaintext},\n"
+          "authn}. At L7 without an auth block, the RequestAuthentications in DIR are applied\n"
+          "to the request's headers and query (Authorization: Bearer, access_token, cookies):\n"
+          "authn: {result: allow|reject, status: 401|403|null, reason, principal, claims}; a\n"
+          "rejected token gives decision deny. jwksUri is not fetched offline (its tokens are\n"
+          "rejected).\n"
           "decision is allow, deny, or ext_authz when a CUSTOM policy hands the request to an\n"
           "external authorizer (afterExtAuthzAllow: the decision if it allows). Problems in DIR\n"
           "are printed as warnings and the valid resources still apply. Exits 0 for any decision,\n"
@@ -509,12 +633,15 @@ Command CheckCommand() {
           "admin}}\n"
           "  auth: {principal: https://issuer.example.com/user-1,                # L7 JWT, "
           "optional\n"
+          "        # (or leave auth out and put the token in http.headers.authorization)\n"
           "         claims: {sub: user-1, groups: [admins]}, audiences: [api], presenter: web}",
       .examples =
           "ambitctl policy check --config /etc/ambit/config --request req.yaml\n"
           "ambitctl policy check --config ./cfg --request req.yaml -o json",
       .flags = {{"config", '\0', "DIR", "the config directory, as ambitd reads it (required)"},
-                {"request", '\0', "FILE", "the request to check, YAML (required)"}},
+                {"request", '\0', "FILE", "the request to check, YAML (required)"},
+                {"now", '\0', "UNIX_SECONDS",
+                 "the time JWT exp/nbf are checked against (default: now)"}},
       .run = RunCheck,
   };
 }

@@ -370,6 +370,8 @@ void DirectoryLoader::Merge(const std::string& file, const KeptObjects& kept, Lo
             security.peer_authentications[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, authz::Policy>) {
             security.authorization_policies[o.Key()] = o;
+          } else if constexpr (std::is_same_v<T, authn::RequestAuthentication>) {
+            security.request_authentications[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, state::Pod>) {
             state.pods[o.Key()] = o;
           } else if constexpr (std::is_same_v<T, state::Namespace>) {

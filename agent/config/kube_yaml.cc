@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/authn/jose.h"
 #include "agent/authz/compile.h"
 #include "agent/config/validation.h"
 #include "agent/config/yaml_limits.h"
@@ -792,15 +793,10 @@ class FileParser {
         api_version == "security.istio.io/v1" || api_version == "security.istio.io/v1beta1";
     if (security && kind == "PeerAuthentication") return ParsePeerAuthentication(doc, where);
     if (security && kind == "AuthorizationPolicy") return ParseAuthorizationPolicy(doc, where);
+    if (security && kind == "RequestAuthentication") return ParseRequestAuthentication(doc, where);
     const bool namespaced =
         !PeekString(Get(doc, "metadata").value_or(YAML::Node()), "namespace").empty();
     Reporter r(file_, Identify(kind, doc, where, namespaced).display, &out_->errors);
-    if (security && kind == "RequestAuthentication") {
-      r.Warning(doc, "",
-                absl::StrCat("kind ", kind, " (apiVersion ", api_version,
-                             ") is not supported yet; ignored"));
-      return;
-    }
     r.Warning(doc, "",
               absl::StrCat("kind ", kind, " (apiVersion ", api_version,
                            ") is not supported by this source; ignored"));
@@ -1483,6 +1479,241 @@ class FileParser {
     o.paths = GetStringList(r, n, "paths", path);
     o.not_paths = GetStringList(r, n, "notPaths", path);
     return o;
+  }
+
+  // RequestAuthentication, validated as istiod's ValidateRequestAuthentication (and the CRD
+  // schema): unknown fields, selector/targetRef/targetRefs exclusivity and target kinds, and per
+  // jwtRule: issuer required, non-empty audiences and locations, an http(s) jwksUri, jwks that
+  // parses as a JWKS with a usable key (authn::ParseJwks), not both jwks and jwksUri, valid
+  // header names for the outputs, a positive timeout.
+  void ParseRequestAuthentication(const YAML::Node& doc, const std::string& where) {
+    const Identity who = Identify("RequestAuthentication", doc, where, true);
+    Reporter r(file_, who.display, &out_->errors);
+    Metadata m = ParseMetadata(r, doc, NameRule::kDns1123Subdomain, /*namespaced=*/true);
+    authn::RequestAuthentication ra;
+    ra.name = std::move(m.name);
+    ra.namespace_name = std::move(m.namespace_name);
+    ra.source_file = std::string(file_);
+    if (auto spec = GetMap(r, doc, "spec", "")) {
+      RejectUnknownFields(r, *spec, "spec", {"selector", "targetRef", "targetRefs", "jwtRules"},
+                          "RequestAuthentication's spec has selector, targetRef, targetRefs and "
+                          "jwtRules");
+      std::optional<YAML::Node> selector = GetMap(r, *spec, "selector", "spec");
+      if (selector) {
+        RejectUnknownFields(r, *selector, "spec.selector", {"matchLabels"},
+                            "a workload selector has only matchLabels");
+        ra.selector = GetStringMap(r, *selector, "matchLabels", "spec.selector");
+        const YAML::Node at = Get(*selector, "matchLabels").value_or(*selector);
+        for (const auto& [key, value] : *ra.selector) {
+          const std::string field = absl::StrCat("spec.selector.matchLabels[", key, "]");
+          if (key.empty()) r.Error(at, field, "label keys must not be empty");
+          if (absl::StrContains(key, "*") || absl::StrContains(value, "*")) {
+            r.Error(at, field, "wildcards are not supported in selectors: labels match exactly");
+          }
+        }
+      }
+      std::optional<YAML::Node> single = GetMap(r, *spec, "targetRef", "spec");
+      std::optional<YAML::Node> list = GetList(r, *spec, "targetRefs", "spec");
+      if (list && list->size() == 0) list.reset();
+      if (single) {
+        ra.target_refs.push_back(ParseTargetRef(r, *single, "spec.targetRef"));
+        CheckAuthnTargetRef(r, *single, ra.target_refs.back(), "spec.targetRef");
+      }
+      if (list) {
+        for (size_t i = 0; i < list->size(); ++i) {
+          const std::string path = absl::StrCat("spec.targetRefs[", i, "]");
+          ra.target_refs.push_back(ParseTargetRef(r, (*list)[i], path));
+          CheckAuthnTargetRef(r, (*list)[i], ra.target_refs.back(), path);
+        }
+      }
+      if ((selector ? 1 : 0) + (single ? 1 : 0) + (list ? 1 : 0) > 1) {
+        r.Error(*spec, "spec",
+                "only one of selector, targetRef and targetRefs may be set (as in istiod)");
+      }
+      if (auto rules = GetList(r, *spec, "jwtRules", "spec")) {
+        for (size_t i = 0; i < rules->size(); ++i) {
+          ra.jwt_rules.push_back(
+              ParseJwtRule(r, (*rules)[i], *rules, absl::StrCat("spec.jwtRules[", i, "]")));
+        }
+      }
+    }
+    Finish(r, who.id, std::move(ra));
+  }
+
+  static void CheckAuthnTargetRef(Reporter& r, const YAML::Node& n, const authz::TargetRef& ref,
+                                  const std::string& path) {
+    const bool gateway_api = ref.group == "gateway.networking.k8s.io";
+    if (ref.name.empty()) r.Error(n, path + ".name", "is required");
+    if (gateway_api && ref.kind == "Gateway") return;
+    if (gateway_api && ref.kind == "GatewayClass") {
+      if (ref.name != authz::kWaypointGatewayClass) {
+        r.Error(n, path + ".name",
+                absl::StrCat("'", ref.name, "': only GatewayClass '", authz::kWaypointGatewayClass,
+                             "' can be targeted"));
+      }
+      return;
+    }
+    if ((ref.group.empty() || ref.group == "core") && ref.kind == "Service") return;
+    if (ref.group == "networking.istio.io" && ref.kind == "ServiceEntry") return;
+    r.Error(n, path,
+            absl::StrCat("unsupported target '", ref.group, "/", ref.kind,
+                         "'; supported: gateway.networking.k8s.io Gateway and GatewayClass, core "
+                         "Service, networking.istio.io ServiceEntry"));
+  }
+
+  // An HTTP header name as istiod's ValidateStrictHTTPHeaderName takes it: an RFC 7230 token.
+  static bool IsHeaderName(std::string_view name) {
+    if (name.empty()) return false;
+    for (char c : name) {
+      const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                      std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+      if (!ok) return false;
+    }
+    return true;
+  }
+
+  static authn::JwtRule ParseJwtRule(Reporter& r, const YAML::Node& n, const YAML::Node& list,
+                                     const std::string& path) {
+    authn::JwtRule rule;
+    if (!n.IsMap()) {
+      r.Error(n.IsNull() ? list : n, path,
+              absl::StrCat("must be a map with at least an issuer, not ", YamlTypeName(n)));
+      return rule;
+    }
+    RejectUnknownFields(r, n, path,
+                        {"issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
+                         "fromCookies", "outputPayloadToHeader", "forwardOriginalToken",
+                         "outputClaimToHeaders", "timeout", "spaceDelimitedClaims"},
+                        "see the JWTRule fields of Istio's RequestAuthentication reference");
+    if (auto issuer = GetString(r, n, "issuer", path)) {
+      rule.issuer = *issuer;
+      const bool bad = std::any_of(issuer->begin(), issuer->end(), [](char c) {
+        return static_cast<unsigned char>(c) <= ' ' || c == 0x7f;
+      });
+      if (issuer->empty()) {
+        r.Error(*Get(n, "issuer"), path + ".issuer", "must not be empty");
+      } else if (bad) {
+        r.Error(*Get(n, "issuer"), path + ".issuer",
+                absl::StrCat("'", *issuer,
+                             "' contains whitespace or control characters; a token's "
+                             "iss could never equal it"));
+      }
+    } else if (!Get(n, "issuer")) {
+      r.Error(n, path + ".issuer", "is required (istiod: issuer must be set)");
+    }
+    rule.audiences = GetStringList(r, n, "audiences", path);
+    for (size_t i = 0; i < rule.audiences.size(); ++i) {
+      if (rule.audiences[i].empty()) {
+        r.Error(*Get(n, "audiences"), absl::StrCat(path, ".audiences[", i, "]"),
+                "must not be empty");
+      }
+    }
+    const std::optional<std::string> uri = GetString(r, n, "jwksUri", path);
+    const std::optional<std::string> jwks = GetString(r, n, "jwks", path);
+    if (uri && !uri->empty()) {
+      rule.jwks_uri = *uri;
+      const bool https = absl::StartsWith(*uri, "https://");
+      const bool http = absl::StartsWith(*uri, "http://");
+      const std::string_view rest = std::string_view(*uri).substr(https ? 8 : (http ? 7 : 0));
+      if (!https && !http) {
+        r.Error(*Get(n, "jwksUri"), path + ".jwksUri",
+                absl::StrCat("'", *uri, "' is not an http:// or https:// URL"));
+      } else if (rest.empty() || rest[0] == '/' || rest.find_first_of(" \t\r\n") != rest.npos) {
+        r.Error(*Get(n, "jwksUri"), path + ".jwksUri",
+                absl::StrCat("'", *uri, "' has no host or contains whitespace"));
+      }
+    }
+    if (jwks && !jwks->empty()) {
+      rule.jwks = *jwks;
+      absl::StatusOr<authn::Jwks> keys = authn::ParseJwks(*jwks);
+      if (!keys.ok()) {
+        r.Error(*Get(n, "jwks"), path + ".jwks", std::string(keys.status().message()));
+      } else {
+        for (const std::string& skipped : keys->skipped) {
+          r.Warning(*Get(n, "jwks"), path + ".jwks",
+                    absl::StrCat(skipped, "; that key is not used"));
+        }
+      }
+    }
+    if (!rule.jwks.empty() && !rule.jwks_uri.empty()) {
+      r.Error(n, path, "set jwks or jwksUri, not both");
+    }
+    if (auto headers = GetList(r, n, "fromHeaders", path)) {
+      for (size_t i = 0; i < headers->size(); ++i) {
+        const std::string entry = absl::StrCat(path, ".fromHeaders[", i, "]");
+        const YAML::Node h = (*headers)[i];
+        if (!h.IsMap()) {
+          r.Error(h.IsNull() ? *headers : h, entry,
+                  absl::StrCat("must be a map {name, prefix}, not ", YamlTypeName(h)));
+          continue;
+        }
+        RejectUnknownFields(r, h, entry, {"name", "prefix"},
+                            "a header location has name and prefix");
+        authn::HeaderLocation loc;
+        loc.name = GetString(r, h, "name", entry).value_or("");
+        loc.prefix = GetString(r, h, "prefix", entry).value_or("");
+        if (loc.name.empty()) {
+          r.Error(h, entry + ".name", "is required (the header carrying the token)");
+        } else if (!IsHeaderName(loc.name)) {
+          r.Error(*Get(h, "name"), entry + ".name",
+                  absl::StrCat("'", loc.name, "' is not a valid HTTP header name"));
+        }
+        rule.from_headers.push_back(std::move(loc));
+      }
+    }
+    rule.from_params = GetStringList(r, n, "fromParams", path);
+    for (size_t i = 0; i < rule.from_params.size(); ++i) {
+      if (rule.from_params[i].empty()) {
+        r.Error(*Get(n, "fromParams"), absl::StrCat(path, ".fromParams[", i, "]"),
+                "must not be empty");
+      }
+    }
+    rule.from_cookies = GetStringList(r, n, "fromCookies", path);
+    for (size_t i = 0; i < rule.from_cookies.size(); ++i) {
+      if (rule.from_cookies[i].empty()) {
+        r.Error(*Get(n, "fromCookies"), absl::StrCat(path, ".fromCookies[", i, "]"),
+                "must not be empty");
+      }
+    }
+    if (auto header = GetString(r, n, "outputPayloadToHeader", path); header && !header->empty()) {
+      rule.output_payload_to_header = *header;
+      if (!IsHeaderName(*header)) {
+        r.Error(*Get(n, "outputPayloadToHeader"), path + ".outputPayloadToHeader",
+                absl::StrCat("'", *header, "' is not a valid HTTP header name"));
+      }
+    }
+    rule.forward_original_token = GetBool(r, n, "forwardOriginalToken", path).value_or(false);
+    if (auto outputs = GetList(r, n, "outputClaimToHeaders", path)) {
+      for (size_t i = 0; i < outputs->size(); ++i) {
+        const std::string entry = absl::StrCat(path, ".outputClaimToHeaders[", i, "]");
+        const YAML::Node o = (*outputs)[i];
+        if (!o.IsMap()) {
+          r.Error(o.IsNull() ? *outputs : o, entry,
+                  absl::StrCat("must be a map {header, claim}, not ", YamlTypeName(o)));
+          continue;
+        }
+        RejectUnknownFields(r, o, entry, {"header", "claim"}, "an output has header and claim");
+        authn::ClaimToHeader c;
+        c.header = GetString(r, o, "header", entry).value_or("");
+        c.claim = GetString(r, o, "claim", entry).value_or("");
+        if (c.header.empty() || c.claim.empty()) {
+          r.Error(o, entry, "header and claim must both be non-empty (as in istiod)");
+        } else if (!IsHeaderName(c.header)) {
+          r.Error(*Get(o, "header"), entry + ".header",
+                  absl::StrCat("'", c.header, "' is not a valid HTTP header name"));
+        }
+        rule.output_claim_to_headers.push_back(std::move(c));
+      }
+    }
+    if (auto timeout = GetDuration(r, n, "timeout", path)) {
+      if (*timeout <= absl::ZeroDuration()) {
+        r.Error(*Get(n, "timeout"), path + ".timeout", "must be longer than 0s");
+      } else {
+        rule.timeout = *timeout;
+      }
+    }
+    rule.space_delimited_claims = GetStringList(r, n, "spaceDelimitedClaims", path);
+    return rule;
   }
 
   std::string_view file_;

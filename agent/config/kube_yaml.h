@@ -7,8 +7,9 @@
 //    PeerAuthentication (security.istio.io/v1 and v1beta1, validated as istiod does: unknown
 //    spec fields, bad modes and ports, portLevelMtls without a selector are errors) and
 //    AuthorizationPolicy (v1 and v1beta1, validated as istiod's ValidateAuthorizationPolicy, then
-//    authz::Compile; the istio.io/dry-run annotation) are read; other kinds are reported as
-//    warnings and ignored.
+//    authz::Compile; the istio.io/dry-run annotation) and RequestAuthentication (v1 and v1beta1,
+//    validated as istiod's ValidateRequestAuthentication; inline jwks parsed) are read; other
+//    kinds are reported as warnings and ignored.
 //  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`,
 //    rootNamespace, extensionProviders (envoyExtAuthzHttp/envoyExtAuthzGrpc with Istio's fields)
 //    and pathNormalization.
@@ -20,6 +21,7 @@
 #include <variant>
 #include <vector>
 
+#include "agent/authn/model.h"
 #include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/config/error.h"
@@ -41,13 +43,14 @@ std::string YamlTypeName(const YAML::Node& node);
 // "not valid YAML: <parser message>".
 std::string YamlParseError(const YAML::Exception& e);
 
-using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
-                                  authz::PeerAuthentication, authz::Policy>;
+using ConfigObject =
+    std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
+                 authz::PeerAuthentication, authz::Policy, authn::RequestAuthentication>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",
   // "Service default/web", "MeshConfig", "PeerAuthentication foo/default",
-  // "AuthorizationPolicy foo/allow-sleep".
+  // "AuthorizationPolicy foo/allow-sleep", "RequestAuthentication foo/jwt".
   std::string id;
   ConfigObject object;
 };

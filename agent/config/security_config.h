@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/authn/model.h"
 #include "agent/authz/compile.h"
 #include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
@@ -22,12 +23,23 @@ struct SecurityConfig {
   // validation (authz::Compile plus istiod's checks) and, for CUSTOM, names an ext_authz provider
   // of the mesh config in force.
   std::map<std::string, authz::Policy> authorization_policies;
+  // RequestAuthentication by "namespace/name" (authn::RequestAuthentication::Key()), each
+  // validated (inline jwks parsed) when loaded.
+  std::map<std::string, authn::RequestAuthentication> request_authentications;
 
   // The PeerAuthentications as the list authz::ResolveMtlsMode takes.
   std::vector<authz::PeerAuthentication> PeerAuthenticationList() const {
     std::vector<authz::PeerAuthentication> out;
     out.reserve(peer_authentications.size());
     for (const auto& [key, policy] : peer_authentications) out.push_back(policy);
+    return out;
+  }
+
+  // The RequestAuthentications as the list authn::Authenticator::Create takes.
+  std::vector<authn::RequestAuthentication> RequestAuthenticationList() const {
+    std::vector<authn::RequestAuthentication> out;
+    out.reserve(request_authentications.size());
+    for (const auto& [key, policy] : request_authentications) out.push_back(policy);
     return out;
   }
 

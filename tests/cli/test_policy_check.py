@@ -13,6 +13,9 @@ Run: AMBIT_BUILD_DIR=/work/main/build python3 tests/cli/test_policy_check.py
 Prints `N passed, M failed` last and exits non-zero when a row fails.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -27,7 +30,7 @@ SLEEP = "spiffe://cluster.local/ns/bar/sa/sleep"
 OTHER = "spiffe://cluster.local/ns/other/sa/client"
 SLEEP_P = "cluster.local/ns/bar/sa/sleep"
 ANY = object()  # "do not check this"
-JSON_KEYS = ["decision", "provider", "afterExtAuthzAllow", "policy", "reason", "mtls"]
+JSON_KEYS = ["decision", "provider", "afterExtAuthzAllow", "policy", "reason", "mtls", "authn"]
 
 
 def ambitctl(*args):
@@ -877,6 +880,10 @@ class PolicyCheckTable(unittest.TestCase):
             self.assertIsInstance(doc["reason"], str)
             self.assertTrue(doc["reason"], out)
             self.assertEqual(doc["mtls"], {"mode": r.mtls[0], "plaintext": r.mtls[1]}, out)
+            if r.request.get("enforcement") != "L7" or "auth" in r.request:
+                self.assertIsNone(doc["authn"], out)  # nothing to authenticate
+            else:
+                self.assertEqual(doc["authn"]["result"], "allow", out)
             if r.stderr:
                 for s in r.stderr:
                     self.assertIn(s, err)
@@ -1051,6 +1058,319 @@ auth: {principal: https://issuer.example.com/user-1, claims: {sub: user-1, group
         self.assertIn("mode: PERMISSIVE", out)
 
 
+# ---- RequestAuthentication (JWT) ---------------------------------------------------------------
+
+ISSUER = "https://issuer.example.com"
+NOW = 1800000000
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class JwtKeys:
+    """Keys made at test time, their JWKS, and tokens signed with python3-jwt."""
+
+    def __init__(self):
+        import jwt as pyjwt  # python3-jwt
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        self.pyjwt = pyjwt
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pub = self.rsa.public_key().public_numbers()
+
+        def be(n):
+            return n.to_bytes((n.bit_length() + 7) // 8, "big")
+        self.jwk = {"kty": "RSA", "kid": "k1", "alg": "RS256", "n": _b64(be(pub.n)),
+                    "e": _b64(be(pub.e))}
+        self.jwks = json.dumps({"keys": [self.jwk]})
+
+    def token(self, key=None, alg="RS256", kid="k1", **claims):
+        payload = {"iss": ISSUER, "sub": "user-1", "aud": "api", "exp": NOW + 3600,
+                   "iat": NOW - 10}
+        payload.update(claims)
+        payload = {k: v for k, v in payload.items() if v is not None}
+        headers = {"kid": kid} if kid else {}
+        return self.pyjwt.encode(payload, key or self.rsa, algorithm=alg, headers=headers)
+
+    def unsigned(self, header, payload):
+        return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}."
+
+    def hmac_token(self, secret, payload):
+        """HS256 with secret (the key-confusion forgery: the RSA public key as HMAC secret)."""
+        signing = (f"{_b64(json.dumps({'alg': 'HS256', 'kid': 'k1'}).encode())}."
+                   f"{_b64(json.dumps(payload).encode())}")
+        mac = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
+        return f"{signing}.{_b64(mac)}"
+
+
+def request_authn(name="jwt", ns="foo", rules=None, target_refs=None, selector=None,
+                  api="security.istio.io/v1"):
+    spec = {"jwtRules": rules or []}
+    if target_refs is not None:
+        spec["targetRefs"] = target_refs
+    if selector is not None:
+        spec["selector"] = {"matchLabels": selector}
+    return json.dumps({"apiVersion": api, "kind": "RequestAuthentication",
+                       "metadata": {"name": name, "namespace": ns}, "spec": spec})
+
+
+class PolicyCheckJwt(unittest.TestCase):
+    """`policy check` with a raw HTTP request: the config's RequestAuthentication applies to the
+    tokens (signed here, at test time) before the AuthorizationPolicies do."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.keys = JwtKeys()
+
+    def setUp(self):
+        self.assertTrue(os.access(AMBITCTL, os.X_OK), f"{AMBITCTL} is not built")
+        self.tmp = tempfile.TemporaryDirectory(prefix="ambit-policy-check-jwt-")
+        self.cfg = os.path.join(self.tmp.name, "config")
+        os.mkdir(self.cfg)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def rule(self, **extra):
+        r = {"issuer": ISSUER, "audiences": ["api"], "jwks": self.keys.jwks}
+        r.update(extra)
+        return r
+
+    def write(self, *docs, require_principal=True):
+        docs = list(docs)
+        if require_principal:
+            docs.append(allow("need-jwt", rule(src(requestPrincipals=[f"{ISSUER}/*"])),
+                              target_refs=[service()]))
+        with open(os.path.join(self.cfg, "policies.yaml"), "w") as f:
+            f.write("\n---\n".join(docs) + "\n")
+
+    def check(self, headers=None, path="/get", method="GET", now=NOW, expect_stderr=False):
+        req = l7(method=method, path=path, headers=headers,
+                 waypoint={"name": "waypoint", "services": [{"name": "httpbin"}]})
+        req_file = os.path.join(self.tmp.name, "req.yaml")
+        with open(req_file, "w") as f:
+            json.dump(req, f)
+        args = ["policy", "check", "--config", self.cfg, "--request", req_file]
+        if now is not None:
+            args += ["--now", str(now)]
+        code, out, err = ambitctl(*args, "-o", "json")
+        self.assertEqual(code, 0, f"stdout: {out}\nstderr: {err}")
+        if not expect_stderr:
+            self.assertEqual(err, "", "unexpected config problems")
+        doc = json.loads(out)
+        self.assertEqual(list(doc), JSON_KEYS, out)
+        code, text, err2 = ambitctl(*args)
+        self.assertEqual(code, 0, err2)
+        self.assertTrue(text.startswith(f"decision: {doc['decision']}"), text)
+        return doc, text, err
+
+    def bearer(self, token):
+        return {"authorization": f"Bearer {token}"}
+
+    def assert_rejected(self, doc, text, status, reason):
+        self.assertEqual(doc["decision"], "deny", doc)
+        self.assertEqual(doc["authn"]["result"], "reject", doc)
+        self.assertEqual(doc["authn"]["status"], status, doc)
+        self.assertIn(reason, doc["authn"]["reason"], doc)
+        self.assertIsNone(doc["authn"]["principal"], doc)
+        self.assertIsNone(doc["policy"], doc)
+        self.assertIn(f"HTTP {status}", text)
+        self.assertIn(f'"{reason}', text)
+        self.assertIn("www-authenticate: Bearer realm=\"http://httpbin.foo/get\"", text)
+
+    def test_valid_token_allows_with_principal_and_claims(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(scope="read write", groups=["a"])))
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertEqual(doc["policy"], "foo/need-jwt", doc)
+        a = doc["authn"]
+        self.assertEqual((a["result"], a["status"]), ("allow", None), doc)
+        self.assertEqual(a["principal"], f"{ISSUER}/user-1", doc)
+        self.assertEqual(a["claims"]["groups"], ["a"], doc)
+        self.assertEqual(a["claims"]["scope"], ["read", "write"], doc)  # split on spaces
+        self.assertEqual(a["claims"]["exp"], NOW + 3600, doc)
+        self.assertIn("applies: foo/jwt", text)
+        self.assertIn('token in header authorization (prefix "Bearer "), rule foo/jwt jwtRules[0]',
+                      text)
+        self.assertIn("upstream header: remove authorization", text)  # forwardOriginalToken off
+
+    def test_claims_drive_authorization_conditions(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]),
+                   allow("admins", rule(when("request.auth.claims[groups]", ["admins"])),
+                         target_refs=[service()]), require_principal=False)
+        doc, _, _ = self.check(self.bearer(self.keys.token(groups=["admins"])))
+        self.assertEqual(doc["decision"], "allow", doc)
+        doc, _, _ = self.check(self.bearer(self.keys.token(groups=["users"])))
+        self.assertEqual(doc["decision"], "deny", doc)
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+
+    def test_expired(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(exp=NOW - 61)))
+        self.assert_rejected(doc, text, 401, "Jwt is expired")
+        self.assertIn('error="invalid_token"', text)
+        # Within Envoy's 60 s clock skew it is still valid.
+        doc, _, _ = self.check(self.bearer(self.keys.token(exp=NOW - 59)))
+        self.assertEqual(doc["decision"], "allow", doc)
+
+    def test_now_flag_sets_the_clock(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        token = self.keys.token(exp=NOW + 100)
+        doc, _, _ = self.check(self.bearer(token), now=NOW)
+        self.assertEqual(doc["decision"], "allow", doc)
+        doc, text, _ = self.check(self.bearer(token), now=NOW + 1000)
+        self.assert_rejected(doc, text, 401, "Jwt is expired")
+        # Without --now the real clock applies: NOW is in the future of today's clock only until
+        # 2027, so use a token that expired in 2001.
+        doc, text, _ = self.check(self.bearer(self.keys.token(exp=1000000000, iat=None)), now=None)
+        self.assert_rejected(doc, text, 401, "Jwt is expired")
+
+    def test_nbf_in_the_future(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(nbf=NOW + 600)))
+        self.assert_rejected(doc, text, 401, "Jwt not yet valid")
+
+    def test_wrong_audience_is_403(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(aud="other")))
+        self.assert_rejected(doc, text, 403, "Audiences in Jwt are not allowed")
+
+    def test_wrong_key(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(key=self.keys.other)))
+        self.assert_rejected(doc, text, 401, "Jwt verification fails")
+
+    def test_unknown_kid(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(kid="nope")))
+        self.assert_rejected(doc, text, 401, "Jwks doesn't have key to match kid or alg from Jwt")
+
+    def test_alg_none_refused(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        token = self.keys.unsigned({"alg": "none", "kid": "k1"},
+                                   {"iss": ISSUER, "sub": "user-1", "aud": "api"})
+        doc, text, _ = self.check(self.bearer(token + "sig"))
+        self.assert_rejected(doc, text, 401, "Jwt header [alg] is not supported")
+
+    def test_hs256_with_the_rsa_key_as_secret_refused(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        payload = {"iss": ISSUER, "sub": "admin", "aud": "api", "exp": NOW + 3600}
+        from cryptography.hazmat.primitives import serialization
+        pem = self.keys.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        n = base64.urlsafe_b64decode(self.keys.jwk["n"] + "==")
+        for secret in (pem, n, self.keys.jwks.encode()):
+            doc, text, _ = self.check(self.bearer(self.keys.hmac_token(secret, payload)))
+            self.assert_rejected(doc, text, 401, "Jwks doesn't have key to match kid or alg")
+
+    def test_hs256_key_confusion_without_key_alg(self):
+        # A JWK without alg does not pin the algorithm: the RSA key must still never be used as
+        # an HMAC secret.
+        jwk = dict(self.keys.jwk)
+        del jwk["alg"]
+        self.write(request_authn(rules=[self.rule(jwks=json.dumps({"keys": [jwk]}))],
+                                 target_refs=[service()]))
+        from cryptography.hazmat.primitives import serialization
+        pem = self.keys.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        token = self.keys.hmac_token(pem, {"iss": ISSUER, "sub": "admin", "aud": "api"})
+        doc, text, _ = self.check(self.bearer(token))
+        self.assert_rejected(doc, text, 401, "Jwt verification fails")
+
+    def test_missing_token_passes_authn_and_requestprincipals_denies(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check({"x-other": "1"})
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+        self.assertIsNone(doc["authn"]["principal"], doc)
+        self.assertEqual(doc["decision"], "deny", doc)
+        self.assertIn("no token in any location", text)
+
+    def test_from_headers_prefix_replaces_the_default(self):
+        self.write(request_authn(
+            rules=[self.rule(fromHeaders=[{"name": "x-jwt-assertion", "prefix": "Token "}])],
+            target_refs=[service()]))
+        token = self.keys.token()
+        doc, text, _ = self.check({"x-jwt-assertion": f"Token {token}"})
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertIn('header x-jwt-assertion (prefix "Token ")', text)
+        # The default Authorization header is no longer read: no token, no principal.
+        doc, _, _ = self.check(self.bearer(token))
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+        self.assertIsNone(doc["authn"]["principal"], doc)
+        self.assertEqual(doc["decision"], "deny", doc)
+        # Without the prefix the header holds no token.
+        doc, _, _ = self.check({"x-jwt-assertion": token})
+        self.assertIsNone(doc["authn"]["principal"], doc)
+
+    def test_from_params(self):
+        self.write(request_authn(rules=[self.rule(fromParams=["my_token"])],
+                                 target_refs=[service()]))
+        token = self.keys.token()
+        doc, text, _ = self.check(path=f"/get?a=1&my_token={token}")
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertIn("query parameter my_token", text)
+        doc, text, _ = self.check(path=f"/get?my_token={self.keys.token(exp=NOW - 100)}")
+        self.assert_rejected(doc, text, 401, "Jwt is expired")
+
+    def test_default_access_token_param(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, _, _ = self.check(path=f"/get?access_token={self.keys.token()}")
+        self.assertEqual(doc["decision"], "allow", doc)
+
+    def test_cookie(self):
+        self.write(request_authn(rules=[self.rule(fromCookies=["session"])],
+                                 target_refs=[service()]))
+        token = self.keys.token()
+        doc, text, _ = self.check({"cookie": f"theme=dark; session={token}"})
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertIn("cookie session", text)
+        doc, text, _ = self.check({"cookie": f"session={self.keys.token(key=self.keys.other)}"})
+        self.assert_rejected(doc, text, 401, "Jwt verification fails")
+
+    def test_unknown_issuer(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        doc, text, _ = self.check(self.bearer(self.keys.token(iss="https://evil.example.com")))
+        self.assert_rejected(doc, text, 401, "Jwt issuer is not configured")
+
+    def test_policy_not_attached_does_not_apply(self):
+        # Attached to another service: this request is not authenticated at all.
+        self.write(request_authn(rules=[self.rule()], target_refs=[service("other")]))
+        doc, _, _ = self.check(self.bearer(self.keys.token(exp=NOW - 1000)))
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+        self.assertIn("no RequestAuthentication applies", doc["authn"]["reason"])
+
+    def test_cors_preflight_skips(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]),
+                   require_principal=False)
+        doc, _, _ = self.check({"origin": "https://app.example.com",
+                                "access-control-request-method": "GET",
+                                "authorization": "Bearer garbage"}, method="OPTIONS")
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+        self.assertIn("CORS preflight", doc["authn"]["reason"])
+
+    def test_bad_request_authentication_is_reported_and_skipped(self):
+        self.write(request_authn(rules=[self.rule(jwks="{not json")], target_refs=[service()]))
+        doc, _, err = self.check(self.bearer(self.keys.token(key=self.keys.other)),
+                                 expect_stderr=True)
+        self.assertIn("RequestAuthentication foo/jwt", err)
+        self.assertIn("spec.jwtRules[0].jwks", err)
+        self.assertIn("not valid JSON", err)
+        # Skipped: no rule applies, so the token is not even looked at.
+        self.assertEqual(doc["authn"]["result"], "allow", doc)
+        self.assertEqual(doc["decision"], "deny", doc)  # and no principal for need-jwt
+
+    def test_bad_now(self):
+        self.write(request_authn(rules=[self.rule()], target_refs=[service()]))
+        req = os.path.join(self.tmp.name, "req.yaml")
+        with open(req, "w") as f:
+            json.dump(l7(headers=self.bearer("x")), f)
+        code, _, err = ambitctl("policy", "check", "--config", self.cfg, "--request", req,
+                                "--now", "yesterday")
+        self.assertEqual(code, 1)
+        self.assertIn("--now 'yesterday' is not a time in UNIX seconds", err)
+
+
 def main():
     suite = unittest.TestSuite()
     loader = unittest.TestLoader()
@@ -1059,6 +1379,7 @@ def main():
     else:
         suite.addTests(loader.loadTestsFromTestCase(PolicyCheckTable))
         suite.addTests(loader.loadTestsFromTestCase(PolicyCheckErrors))
+        suite.addTests(loader.loadTestsFromTestCase(PolicyCheckJwt))
     result = unittest.TextTestRunner(verbosity=1, stream=sys.stdout).run(suite)
     failed = len(result.failures) + len(result.errors)
     print(f"{len(ROWS)} table rows through ambitctl policy check (json and text)")
