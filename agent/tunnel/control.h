@@ -59,8 +59,10 @@ class Tunnel {
  public:
   static absl::StatusOr<std::unique_ptr<Tunnel>> Create(const TunnelOptions& options);
   ~Tunnel();
-  // Runs until SIGTERM/SIGINT.
+  // Runs until SIGTERM/SIGINT or Stop().
   absl::Status Run();
+  // Makes Run return. Thread-safe.
+  void Stop() { loop_->Stop(); }
 
  private:
   class FdWatch;

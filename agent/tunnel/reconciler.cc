@@ -25,8 +25,8 @@ std::string ReportKey(const std::vector<tls::CertStatus>& statuses) {
   for (const auto& c : statuses) {
     absl::StrAppend(&key, c.identity.size(), ":", c.identity, tls::CertStateName(c.state), "|",
                     c.serial_hex, "|", c.issuer, "|", c.last_error.size(), ":", c.last_error,
-                    c.refs, "|", absl::FormatTime(c.not_before), "|",
-                    absl::FormatTime(c.not_after), ";");
+                    c.refs, "|", absl::FormatTime(c.not_before), "|", absl::FormatTime(c.not_after),
+                    ";");
   }
   return key;
 }

@@ -47,8 +47,8 @@ bool Has(const Actions& actions) {
 UniqueFd DevNull() { return UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC)); }
 
 // A pod with a netns and two listeners (IPv4 outbound and HBONE).
-std::shared_ptr<Pod> MakePod(const std::string& ns, const std::string& name,
-                             const std::string& ip, const std::string& spiffe_id) {
+std::shared_ptr<Pod> MakePod(const std::string& ns, const std::string& name, const std::string& ip,
+                             const std::string& spiffe_id) {
   auto pod = std::make_shared<Pod>();
   pod->workload.namespace_name = ns;
   pod->workload.name = name;
