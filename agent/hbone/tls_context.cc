@@ -60,6 +60,7 @@ struct CtxState {
   TlsContext::Role role;
   std::string identity;
   std::string trust_domain;
+  const Clock* clock;  // peers' chains are verified at its time
   mutable VerifiedChains verified;
 };
 
@@ -200,10 +201,11 @@ std::string ChainKey(X509_STORE_CTX* store_ctx) {
 }
 
 // The validity window shared by every certificate of a verified chain.
-bool ChainWindow(X509_STORE_CTX* store_ctx, absl::Time* not_before, absl::Time* not_after) {
+bool ChainWindow(X509_STORE_CTX* store_ctx, absl::Time when, absl::Time* not_before,
+                 absl::Time* not_after) {
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store_ctx);
   if (chain == nullptr || sk_X509_num(chain) == 0) return false;
-  time_t now_t = time(nullptr);
+  time_t now_t = absl::ToTimeT(when);
   bssl::UniquePtr<ASN1_TIME> now(ASN1_TIME_set(nullptr, now_t));
   if (now == nullptr) return false;
   absl::Time now_abs = absl::FromTimeT(now_t);
@@ -228,14 +230,18 @@ int VerifyChain(X509_STORE_CTX* store_ctx, void*) {
   const CtxState* ours = ssl != nullptr ? GetCtxState(ssl) : nullptr;
   ConnState* conn = ssl != nullptr ? GetConnState(ssl) : nullptr;
   if (ours == nullptr || conn == nullptr) return X509_verify_cert(store_ctx);
+  // One time for the remembered chains, the full verification and the window remembered: the
+  // context's clock, so a certificate's expiry is the same event for every check.
+  absl::Time now = ours->clock->Now();
   std::string key = ChainKey(store_ctx);
-  if (!key.empty() && ours->verified.Contains(key, absl::Now())) {
+  if (!key.empty() && ours->verified.Contains(key, now)) {
     return CheckLeaf(ssl, *ours, *conn, X509_STORE_CTX_get0_cert(store_ctx), store_ctx);
   }
+  X509_STORE_CTX_set_time(store_ctx, 0, absl::ToTimeT(now));
   int ok = X509_verify_cert(store_ctx);
   absl::Time not_before, not_after;
   if (ok == 1 && X509_STORE_CTX_get_error(store_ctx) == X509_V_OK && !key.empty() &&
-      ChainWindow(store_ctx, &not_before, &not_after)) {
+      ChainWindow(store_ctx, now, &not_before, &not_after)) {
     ours->verified.Add(std::move(key), not_before, not_after);
   }
   return ok;
@@ -402,7 +408,9 @@ const char* PeerCheckFailureName(PeerCheckFailure failure) {
 absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
                                                                      const tls::CertifiedKey& svid,
                                                                      X509_STORE* roots,
-                                                                     std::string trust_domain) {
+                                                                     std::string trust_domain,
+                                                                     const Clock* clock) {
+  if (clock == nullptr) return absl::InvalidArgumentError("TLS context: no clock");
   if (roots == nullptr) return absl::InvalidArgumentError("TLS context: no trust bundle");
   if (svid.key == nullptr || svid.chain.empty()) {
     return absl::InvalidArgumentError(
@@ -460,7 +468,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
     SSL_CTX_set_select_certificate_cb(c, CheckClientHello);
     SSL_CTX_set_alpn_select_cb(c, SelectAlpn, nullptr);
   }
-  auto* state = new CtxState{role, svid.identity, trust_domain, {}};
+  auto* state = new CtxState{role, svid.identity, trust_domain, clock, {}};
   if (!SSL_CTX_set_ex_data(c, CtxIndex(), state)) {
     delete state;
     return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_set_ex_data");
@@ -527,14 +535,16 @@ absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,
 
 absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(const tls::CertifiedKey& svid,
                                                                     X509_STORE* roots,
-                                                                    std::string trust_domain) {
-  return TlsContext::Create(TlsContext::Role::kServer, svid, roots, std::move(trust_domain));
+                                                                    std::string trust_domain,
+                                                                    const Clock* clock) {
+  return TlsContext::Create(TlsContext::Role::kServer, svid, roots, std::move(trust_domain), clock);
 }
 
 absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(const tls::CertifiedKey& svid,
                                                                     X509_STORE* roots,
-                                                                    std::string trust_domain) {
-  return TlsContext::Create(TlsContext::Role::kClient, svid, roots, std::move(trust_domain));
+                                                                    std::string trust_domain,
+                                                                    const Clock* clock) {
+  return TlsContext::Create(TlsContext::Role::kClient, svid, roots, std::move(trust_domain), clock);
 }
 
 absl::StatusOr<std::string> PeerSpiffeId(const SSL* ssl) {

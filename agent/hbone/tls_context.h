@@ -39,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/common/clock.h"
 #include "agent/tls/cert_manager.h"
 
 namespace ambit::hbone {
@@ -63,11 +64,11 @@ class TlsContext {
   enum class Role { kClient, kServer };
 
   // `svid` is the certificate and key to present (its identity must be a SPIFFE ID of
-  // `trust_domain`); `roots` (a reference is taken; the store is not modified) verifies peers.
-  static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(Role role,
-                                                                  const tls::CertifiedKey& svid,
-                                                                  X509_STORE* roots,
-                                                                  std::string trust_domain);
+  // `trust_domain`); `roots` (a reference is taken; the store is not modified) verifies peers,
+  // at the time `clock` (which must outlive the context) reads.
+  static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(
+      Role role, const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
+      const Clock* clock = &RealClock::Get());
 
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
@@ -111,12 +112,12 @@ class TlsContext {
 };
 
 // TlsContext::Create for each role.
-absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(const tls::CertifiedKey& svid,
-                                                                    X509_STORE* roots,
-                                                                    std::string trust_domain);
-absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(const tls::CertifiedKey& svid,
-                                                                    X509_STORE* roots,
-                                                                    std::string trust_domain);
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(
+    const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
+    const Clock* clock = &RealClock::Get());
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(
+    const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
+    const Clock* clock = &RealClock::Get());
 
 // The SPIFFE ID of the verified peer of a finished handshake on an SSL from a TlsContext: exactly
 // one URI SAN in the leaf, a valid SPIFFE ID, in our trust domain. Errors name both identities.

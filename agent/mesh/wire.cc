@@ -208,6 +208,43 @@ absl::StatusOr<Workload> FromProto(const pb::Workload& in) {
   return w;
 }
 
+absl::Status PodToProto(const Workload& w, pb::Pod* out) {
+  if (w.namespace_name.empty() || w.name.empty()) {
+    return WorkloadError(w.Key(), w.name.empty() ? "name" : "namespace", "missing");
+  }
+  out->set_uid(w.Key());
+  out->set_namespace_(w.namespace_name);
+  out->set_name(w.name);
+  out->set_service_account(w.service_account);
+  if (!w.identity.trust_domain.empty()) out->set_spiffe_id(w.identity.ToString());
+  for (const auto& ip : w.ips) out->add_ips(ip.ToString());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Workload> PodFromProto(const pb::Pod& in) {
+  Workload w;
+  w.namespace_name = in.namespace_();
+  w.name = in.name();
+  w.enrolled_here = true;
+  const std::string key = w.Key();
+  if (in.namespace_().empty() || in.name().empty()) {
+    return WorkloadError(in.uid(), in.name().empty() ? "name" : "namespace", "missing");
+  }
+  // The uid keys every later message about the pod (remove_pod, pong); one that is not the
+  // workload's key would let two pods share it.
+  if (in.uid() != key) {
+    return WorkloadError(key, "uid", absl::StrCat(Quoted(in.uid()), " is not namespace/name"));
+  }
+  w.service_account = in.service_account();
+  if (!in.spiffe_id().empty()) {
+    auto id = identity::ParseSpiffeId(in.spiffe_id());
+    if (!id.ok()) return WorkloadError(key, "spiffe_id", id.status().message());
+    w.identity = *std::move(id);
+  }
+  AMBIT_RETURN_IF_ERROR(ParseIps(in.ips(), &w.ips, "workload", key, "ips"));
+  return w;
+}
+
 absl::Status ToProto(const Service& s, pb::Service* out) {
   out->set_namespace_(s.namespace_name);
   out->set_name(s.name);

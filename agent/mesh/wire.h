@@ -21,6 +21,13 @@ namespace ambit::mesh {
 absl::Status ToProto(const Workload& workload, ambit::dataplane::v1::Workload* out);
 absl::StatusOr<Workload> FromProto(const ambit::dataplane::v1::Workload& in);
 
+// An enrolled pod in add_pod (ambit.dataplane.v1.Pod), its own part: uid (the workload key),
+// names, service account, identity and addresses; the netns cookie and descriptors are the
+// caller's. The SPIFFE ID may be empty (a pod served without an identity); a non-empty one must
+// parse, and so must every address. A mapped workload has enrolled_here set.
+absl::Status PodToProto(const Workload& workload, ambit::dataplane::v1::Pod* out);
+absl::StatusOr<Workload> PodFromProto(const ambit::dataplane::v1::Pod& in);
+
 absl::Status ToProto(const Service& service, ambit::dataplane::v1::Service* out);
 absl::StatusOr<Service> FromProto(const ambit::dataplane::v1::Service& in);
 

@@ -47,7 +47,7 @@ std::string RandomHex(size_t bytes) {
 // the pod's loopback (the redirect's target), so its source is the pod's own address of the
 // destination's family, with the client's port.
 SocketAddress PodSide(const Pod& pod, const SocketAddress& peer, const IpAddress& dst) {
-  for (const auto& ip : pod.ips) {
+  for (const auto& ip : pod.workload.ips) {
     if (ip.is_v4() == dst.is_v4()) return SocketAddress{ip, peer.port};
   }
   return peer;
@@ -99,8 +99,9 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   std::string for_addr = PodSide(*pod, peer, route.target.ip).ToString();
   hbone::ConnectHeaders headers;
   headers.forwarded = absl::StrCat("for=\"", for_addr, "\"");
-  headers.baggage = absl::StrCat("k8s.namespace.name=", pod->namespace_name,
-                                 ",k8s.pod.name=", pod->name, ",service.name=", pod->name);
+  headers.baggage =
+      absl::StrCat("k8s.namespace.name=", pod->workload.namespace_name,
+                   ",k8s.pod.name=", pod->workload.name, ",service.name=", pod->workload.name);
   headers.traceparent = absl::StrCat("00-", RandomHex(16), "-", RandomHex(8), "-01");
   if (route.service != nullptr) {
     absl::StrAppend(&description, " service=", route.service->namespace_name, "/",
@@ -271,8 +272,8 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
 
 FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
   FlowPeer p;
-  p.workload = pod.name;
-  p.namespace_name = pod.namespace_name;
+  p.workload = pod.workload.name;
+  p.namespace_name = pod.workload.namespace_name;
   p.principal = pod.spiffe_id;
   p.address = address;
   return p;
@@ -301,7 +302,7 @@ FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address, std:
 absl::Status CheckDeliveryTarget(const MeshSnapshot& snapshot, const Pod& pod,
                                  const SocketAddress& dst) {
   bool ours = false;
-  for (const auto& ip : pod.ips) ours |= ip == dst.ip;
+  for (const auto& ip : pod.workload.ips) ours |= ip == dst.ip;
   if (!ours) {
     return absl::FailedPreconditionError(
         absl::StrCat("refused: ", dst.ip.ToString(), " is not an address of pod ", pod.uid,
@@ -322,8 +323,8 @@ absl::StatusOr<Upstream> ConnectFromPod(const Worker& worker, const Pod& pod,
   Upstream up;
   const auto& settings = worker.settings();
   int family = dst.ip.family();
-  auto sock =
-      SocketInNetns(pod.netns.get(), settings.host_netns, family, SOCK_STREAM | SOCK_NONBLOCK);
+  auto sock = settings.sockets->SocketInNetns(pod.netns.get(), settings.host_netns, family,
+                                              SOCK_STREAM | SOCK_NONBLOCK);
   if (!sock.ok()) return sock.status();
   int fd = sock->get();
   uint32_t mark = source != nullptr ? settings.delivery_mark : settings.socket_mark;

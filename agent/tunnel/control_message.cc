@@ -96,4 +96,59 @@ absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,
   return snapshot;
 }
 
+namespace {
+
+// Each listener role and where a Pod keeps it; the netns is handled apart.
+struct FdSlot {
+  pb::FdRole role;
+  UniqueFd Pod::*field;
+};
+constexpr FdSlot kPodFds[] = {
+    {pb::FD_ROLE_OUTBOUND_V4, &Pod::outbound_v4},   {pb::FD_ROLE_OUTBOUND_V6, &Pod::outbound_v6},
+    {pb::FD_ROLE_INBOUND_PLAIN_V4, &Pod::plain_v4}, {pb::FD_ROLE_INBOUND_PLAIN_V6, &Pod::plain_v6},
+    {pb::FD_ROLE_HBONE_V4, &Pod::hbone_v4},         {pb::FD_ROLE_HBONE_V6, &Pod::hbone_v6},
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Pod>> DecodePod(const pb::Pod& p, std::vector<UniqueFd> fds) {
+  if (p.fds_size() != static_cast<int>(fds.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("add_pod ", p.uid(), " lists ", p.fds_size(),
+                                                   " fds but carried ", fds.size()));
+  }
+  AMBIT_ASSIGN_OR_RETURN(mesh::Workload workload, mesh::PodFromProto(p));
+  auto pod = std::make_shared<Pod>();
+  pod->uid = workload.Key();
+  if (!workload.identity.trust_domain.empty()) pod->spiffe_id = workload.identity.ToString();
+  pod->workload = std::move(workload);
+  pod->netns_cookie = p.netns_cookie();
+  for (int i = 0; i < p.fds_size(); ++i) {
+    if (p.fds(i) == pb::FD_ROLE_NETNS) {
+      pod->netns = std::move(fds[i]);
+      continue;
+    }
+    for (const FdSlot& slot : kPodFds) {
+      if (slot.role == p.fds(i)) (*pod).*slot.field = std::move(fds[i]);
+    }
+  }
+  if (!pod->netns || !pod->outbound_v4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("add_pod ", p.uid(), " lacks its netns or outbound listener"));
+  }
+  return pod;
+}
+
+absl::Status EncodePod(const Pod& pod, pb::Pod* out, std::vector<int>* fds) {
+  AMBIT_RETURN_IF_ERROR(mesh::PodToProto(pod.workload, out));
+  out->set_netns_cookie(pod.netns_cookie);
+  auto add = [&](const UniqueFd& fd, pb::FdRole role) {
+    if (!fd) return;
+    fds->push_back(fd.get());
+    out->add_fds(role);
+  };
+  add(pod.netns, pb::FD_ROLE_NETNS);
+  for (const FdSlot& slot : kPodFds) add(pod.*slot.field, slot.role);
+  return absl::OkStatus();
+}
+
 }  // namespace ambit::tunnel

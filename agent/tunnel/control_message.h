@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
+#include "agent/tunnel/pod_table.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -36,5 +37,16 @@ absl::StatusOr<ambit::dataplane::v1::StatsSocketRequest> DecodeStatsSocketReques
 absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const ambit::dataplane::v1::SnapshotRef& ref,
                                                 const std::vector<UniqueFd>& fds,
                                                 uint64_t max_bytes);
+
+// The pod an add_pod names, holding the descriptors it carried (`fds`, in the order of
+// `pod.fds`). Errors: InvalidArgument for a pod whose names, identity or addresses do not map
+// (mesh::PodFromProto), for a descriptor count that does not match, and for a pod without its
+// netns or its IPv4 outbound listener. Descriptors of roles this build does not know are closed.
+absl::StatusOr<std::shared_ptr<Pod>> DecodePod(const ambit::dataplane::v1::Pod& pod,
+                                               std::vector<UniqueFd> fds);
+
+// The inverse, for handing a pod back to a new agent: fills `out` and appends the descriptors
+// (borrowed from `pod`) in the order `out->fds` lists them.
+absl::Status EncodePod(const Pod& pod, ambit::dataplane::v1::Pod* out, std::vector<int>* fds);
 
 }  // namespace ambit::tunnel

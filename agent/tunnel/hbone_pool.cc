@@ -238,7 +238,7 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
     return nullptr;
   }
   bool ours = false;
-  for (const auto& ip : pod.ips) ours |= ip == request.destination.ip;
+  for (const auto& ip : pod.workload.ips) ours |= ip == request.destination.ip;
   if (!ours) {
     AMBIT_LOG(kComponent, Warning)
         << description << ": authority " << request.authority << " is not this pod; answered 400";

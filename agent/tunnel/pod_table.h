@@ -11,19 +11,21 @@
 #include "agent/common/ip_address.h"
 #include "agent/common/socket_mark.h"
 #include "agent/common/unique_fd.h"
+#include "agent/mesh/model.h"
+#include "agent/tunnel/pod_sockets.h"
 
 namespace ambit::tunnel {
 
 // One enrolled pod as the data plane knows it, with the descriptors ambitd handed over.
 // Immutable once built; shared by workers through shared_ptr<const Pod>.
 struct Pod {
-  std::string uid;  // namespace/name
-  std::string namespace_name;
-  std::string name;
-  std::string service_account;
-  std::string spiffe_id;
+  // What the pod is (names, service account, identity, addresses), in the mesh model's types: a
+  // new workload field touches the model, its wire mapping (agent/mesh/wire.h) and its reader.
+  mesh::Workload workload;
+  // Computed once from `workload`, because the data path reads them per connection:
+  std::string uid;        // workload.Key(): the pod table's key
+  std::string spiffe_id;  // workload.identity as text; empty for a pod without an identity
   uint64_t netns_cookie = 0;
-  std::vector<IpAddress> ips;
   UniqueFd netns;
   UniqueFd outbound_v4, outbound_v6;
   UniqueFd plain_v4, plain_v6, hbone_v4, hbone_v6;  // inbound, bound to the pod's loopback
@@ -51,6 +53,8 @@ struct DataPlaneSettings {
   // Every time a worker reads (certificate lifetimes, idle timers, flow start and end) comes
   // from this clock (tests substitute their own).
   const Clock* clock = &RealClock::Get();
+  // How sockets are made inside a pod's network namespace (tests substitute their own).
+  const PodSockets* sockets = &KernelPodSockets::Get();
 };
 
 }  // namespace ambit::tunnel

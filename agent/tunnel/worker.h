@@ -82,7 +82,9 @@ class Worker {
   void Stop();
   void Join();
 
-  // Runs fn on the worker's thread. Thread-safe.
+  // Runs fn on the worker's thread. Thread-safe. Lifetime: ~Worker stops and joins the thread
+  // before any member is destroyed, so a task that runs finds the worker whole; tasks still
+  // queued then are destroyed unrun. Whatever `fn` captures must outlive the worker's Join.
   void Post(std::function<void(Worker&)> fn);
 
   // Worker-thread only.

@@ -1,12 +1,15 @@
 // Control messages from ambitd, as the data plane receives them: DecodeAgentMessage (envelope,
 // protocol version, descriptors against the body), then what Tunnel::HandleEnvelope does with
-// each body short of touching descriptors: a snapshot is mapped to the mesh model
+// each body short of real descriptors: a snapshot is mapped to the mesh model
 // (agent/mesh/wire.h; what it accepts must map back to the same model) and becomes a MeshSnapshot
 // (workloads, services, compiled AuthorizationPolicies) that routes and authorizes connections; an
-// add_pod's addresses are parsed and its identity gets a key and a CSR; a csr_response's chain is
-// checked by the CertManager against the request it answers; a trust bundle's roots are loaded.
+// add_pod maps to a mesh::Workload and back and becomes a Pod (DecodePod, with /dev/null as its
+// descriptors), and its identity gets a key and a CSR; a csr_response's chain is checked by the
+// CertManager against the request it answers; a trust bundle's roots are loaded.
 // The same bytes are also read as a stats-socket request (DecodeStatsSocketRequest).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
+
+#include <fcntl.h>
 
 #include <memory>
 #include <string>
@@ -86,16 +89,34 @@ void ExerciseSnapshot(const pb::Snapshot& s) {
   }
 }
 
-void ExerciseAddPod(const pb::Pod& p) {
-  for (const auto& ip : p.ips()) (void)ambit::IpAddress::Parse(ip);
-  if (p.spiffe_id().empty()) return;
+void ExerciseAddPod(const pb::Pod& p, size_t fd_count) {
+  // The pod's mapping to the mesh model: whatever it accepts maps back and reads the same.
+  auto workload = ambit::mesh::PodFromProto(p);
+  if (workload.ok()) {
+    pb::Pod again;
+    FUZZ_REQUIRE(ambit::mesh::PodToProto(*workload, &again).ok());
+    auto reread = ambit::mesh::PodFromProto(again);
+    FUZZ_REQUIRE(reread.ok() && *reread == *workload);
+  } else {
+    FUZZ_REQUIRE(!workload.status().message().empty());
+  }
+  // The pod the tunnel builds, with /dev/null standing in for the descriptors.
+  std::vector<ambit::UniqueFd> fds;
+  for (size_t i = 0; i < fd_count; ++i) fds.emplace_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  auto pod = ambit::tunnel::DecodePod(p, std::move(fds));
+  if (!pod.ok()) {
+    FUZZ_REQUIRE(!pod.status().message().empty());
+    return;
+  }
+  FUZZ_REQUIRE(workload.ok() && (*pod)->uid == workload->Key());
+  if ((*pod)->spiffe_id.empty()) return;
   // The identity reaches the CertManager, which makes a key and a CSR for it.
   ambit::FakeClock clock(absl::FromUnixSeconds(1800000000));
   RecordingSigner signer;
   ambit::tls::CertManager certs(&signer, &clock);
-  certs.AddRef(p.spiffe_id());
+  certs.AddRef((*pod)->spiffe_id);
   certs.Tick();
-  certs.Release(p.spiffe_id());
+  certs.Release((*pod)->spiffe_id);
 }
 
 void ExerciseCsrResponse(const pb::CsrResponse& r) {
@@ -166,7 +187,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case pb::Envelope::kAddPod:
       FUZZ_REQUIRE(static_cast<size_t>(env->add_pod().fds_size()) == fd_count);
-      ExerciseAddPod(env->add_pod());
+      ExerciseAddPod(env->add_pod(), fd_count);
       break;
     case pb::Envelope::kCsrResponse:
       ExerciseCsrResponse(env->csr_response());

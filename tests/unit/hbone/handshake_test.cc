@@ -279,6 +279,29 @@ TEST_F(HandshakeTest, HandshakeTimesOut) {
   EXPECT_EQ((*client)->stats().tls_failures, 1u);
 }
 
+// A context verifies peers at its clock's time, remembered chains included: once the clock
+// passes the peer's notAfter, the chain it verified before is refused, not served from memory.
+TEST_F(HandshakeTest, RememberedChainIsRefusedOnceTheContextClockPassesItsExpiry) {
+  FakeClock clock(absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now())));
+  auto server_ctx = MakeServerContext(server_svid_, pki_->store(), kTrustDomain, &clock);
+  auto client_ctx = MakeClientContext(client_svid_, pki_->store(), kTrustDomain, &clock);
+  ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+  StartServer({}, *server_ctx);
+  ClientEvents first_events;
+  auto first = Dial(kServerId, {}, *client_ctx, &first_events);
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(Run([&] { return first->established() && server_->established == 1; }));
+
+  clock.Set(server_svid_.not_after + absl::Minutes(1));
+  ClientEvents events;
+  auto second = Dial(kServerId, {}, *client_ctx, &events);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(Run([&] { return events.closed; }));
+  EXPECT_FALSE(events.close_status.ok());
+  EXPECT_THAT(events.close_status.message(), HasSubstr("expired")) << events.close_status;
+  EXPECT_EQ(server_->established, 1);
+}
+
 TEST(TlsContextTest, RefusesIdentityOutsideTrustDomain) {
   auto pki = TestPki::Create();
   ASSERT_TRUE(pki.ok());

@@ -36,7 +36,7 @@ TEST(CheckDeliveryTargetTest, OwnAddressesOnlyAndNeverAmbitPorts) {
   std::shared_ptr<const MeshSnapshot> snapshot = *mapped;
   Pod pod;
   pod.uid = "backend/api";
-  pod.ips = {Addr("198.18.0.5", 0).ip, Addr("2001:2::5", 0).ip};
+  pod.workload.ips = {Addr("198.18.0.5", 0).ip, Addr("2001:2::5", 0).ip};
   std::vector<Row> rows = {
       {"app port", Addr("198.18.0.5", 8080), true},
       {"app port v6", Addr("2001:2::5", 8080), true},

@@ -2,9 +2,13 @@
 
 #include "agent/tunnel/control_message.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
 
 namespace ambit::tunnel {
 namespace {
@@ -134,6 +138,99 @@ TEST(DecodeStatsSocketRequestTest, AStatsRequestOfProtocolTwoChangesNoLevel) {
   std::string old_bytes = std::string("\x08\x01", 2) + "\x22\x05" + "debug";
   auto decoded = DecodeStatsSocketRequest(old_bytes);
   EXPECT_EQ(decoded.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+pb::Pod WebPod() {
+  pb::Pod p;
+  p.set_uid("default/web");
+  p.set_namespace_("default");
+  p.set_name("web");
+  p.set_service_account("web-sa");
+  p.set_spiffe_id("spiffe://cluster.local/ns/default/sa/web-sa");
+  p.set_netns_cookie(99);
+  p.add_ips("198.18.0.7");
+  p.add_ips("2001:2::7");
+  p.add_fds(pb::FD_ROLE_NETNS);
+  p.add_fds(pb::FD_ROLE_OUTBOUND_V4);
+  p.add_fds(pb::FD_ROLE_HBONE_V6);
+  return p;
+}
+
+std::vector<UniqueFd> Fds(int n) {
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < n; ++i) fds.emplace_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  return fds;
+}
+
+TEST(DecodePodTest, MapsTheWorkloadAndEveryDescriptorAndHandsBackTheSame) {
+  std::vector<UniqueFd> fds = Fds(3);
+  int netns = fds[0].get(), outbound = fds[1].get(), hbone6 = fds[2].get();
+  auto pod = DecodePod(WebPod(), std::move(fds));
+  ASSERT_TRUE(pod.ok()) << pod.status();
+  const Pod& p = **pod;
+  EXPECT_EQ(p.uid, "default/web");
+  EXPECT_EQ(p.spiffe_id, "spiffe://cluster.local/ns/default/sa/web-sa");
+  EXPECT_EQ(p.workload.service_account, "web-sa");
+  EXPECT_EQ(p.workload.identity.trust_domain, "cluster.local");
+  ASSERT_EQ(p.workload.ips.size(), 2u);
+  EXPECT_EQ(p.workload.ips[1].ToString(), "2001:2::7");
+  EXPECT_TRUE(p.workload.enrolled_here);
+  EXPECT_EQ(p.netns_cookie, 99u);
+  EXPECT_EQ(p.netns.get(), netns);
+  EXPECT_EQ(p.outbound_v4.get(), outbound);
+  EXPECT_EQ(p.hbone_v6.get(), hbone6);
+  EXPECT_FALSE(p.plain_v4);
+
+  pb::Pod back;
+  std::vector<int> sent;
+  ASSERT_TRUE(EncodePod(p, &back, &sent).ok());
+  EXPECT_EQ(back.SerializeAsString(), WebPod().SerializeAsString());
+  EXPECT_EQ(sent, (std::vector<int>{netns, outbound, hbone6}));
+}
+
+TEST(DecodePodTest, APodWithoutIdentityIsServedWithoutOne) {
+  pb::Pod p = WebPod();
+  p.clear_spiffe_id();
+  auto pod = DecodePod(p, Fds(3));
+  ASSERT_TRUE(pod.ok()) << pod.status();
+  EXPECT_EQ((*pod)->spiffe_id, "");
+}
+
+TEST(DecodePodTest, RefusesWhatDoesNotMap) {
+  struct Row {
+    const char* what;
+    void (*change)(pb::Pod*);
+    int fds;
+    const char* error;
+  };
+  const Row rows[] = {
+      {"fd count", [](pb::Pod*) {}, 2, "lists 3 fds but carried 2"},
+      {"uid", [](pb::Pod* p) { p->set_uid("default/other"); }, 3, "uid"},
+      {"name", [](pb::Pod* p) { p->clear_name(); }, 3, "name: missing"},
+      {"address", [](pb::Pod* p) { p->set_ips(0, "198.18.0.300"); }, 3, "ips[0]"},
+      {"identity", [](pb::Pod* p) { p->set_spiffe_id("spiffe://Bad/x"); }, 3, "spiffe_id"},
+      {"no netns",
+       [](pb::Pod* p) {
+         p->clear_fds();
+         p->add_fds(pb::FD_ROLE_OUTBOUND_V4);
+       },
+       1, "lacks its netns or outbound listener"},
+      {"no outbound",
+       [](pb::Pod* p) {
+         p->clear_fds();
+         p->add_fds(pb::FD_ROLE_NETNS);
+       },
+       1, "lacks its netns or outbound listener"},
+  };
+  for (const Row& r : rows) {
+    pb::Pod p = WebPod();
+    r.change(&p);
+    auto pod = DecodePod(p, Fds(r.fds));
+    ASSERT_FALSE(pod.ok()) << r.what;
+    EXPECT_EQ(pod.status().code(), absl::StatusCode::kInvalidArgument) << r.what;
+    EXPECT_TRUE(absl::StrContains(pod.status().message(), r.error))
+        << r.what << ": " << pod.status();
+  }
 }
 
 }  // namespace
