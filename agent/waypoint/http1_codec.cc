@@ -352,9 +352,9 @@ std::optional<HttpError> ValidateRequestFraming(const MessageHead& head) {
       return HttpError{501, "transfer-encoding other than chunked"};
     }
   }
-  if (head.http_minor >= 1 && host != 1) {
-    return HttpError{400, host == 0 ? "no host header" : "repeated host header"};
-  }
+  // HTTP/1.0 may omit Host, but never repeat it: the request goes upstream as HTTP/1.1.
+  if (host > 1) return HttpError{400, "repeated host header"};
+  if (head.http_minor >= 1 && host == 0) return HttpError{400, "no host header"};
   if (head.target.empty() || (head.target[0] != '/' && head.target != "*" &&
                               !absl::StartsWithIgnoreCase(head.target, "http://"))) {
     return HttpError{400, "unsupported request-target form"};

@@ -111,8 +111,8 @@ class CheckDepsTest(unittest.TestCase):
         self.assertViolation("ambit_config (agent/config) links ambit_enroll (enroll)")
 
     def test_new_module_without_a_row(self):
-        os.makedirs(os.path.join(self.root, "agent", "waypoint"))
-        self.assertViolation("agent/waypoint/: module has no row")
+        os.makedirs(os.path.join(self.root, "agent", "unmapped_module"))
+        self.assertViolation("agent/unmapped_module/: module has no row")
 
     def test_row_crossing_sides(self):
         self.edit("docs/ARCHITECTURE.md", "| `hbone` | data | `common`",

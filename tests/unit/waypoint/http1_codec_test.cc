@@ -71,6 +71,7 @@ TEST(Http1CodecTest, RefusesAmbiguousFraming) {
       {"GET / HTTP/1.1\nHost: a\n\n", 400},
       {"GET / HTTP/1.1\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400},
+      {"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400},
       {"GET http:/x HTTP/1.1\r\nHost: a\r\n\r\n", 400},
       {"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505},
       {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405},
