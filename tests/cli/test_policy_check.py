@@ -7,7 +7,11 @@ text trace) and checks the decision, the deciding policy, the ext_authz fields a
 Rows follow Istio's documentation: the AuthorizationPolicy reference (fields, negation, wildcards,
 ordering, dry-run, AUDIT, CUSTOM), the Authorization Policy Conditions table, path normalization,
 and the ambient L4 policy page and istiod's conversion of policies for ztunnel (which fields the
-node tunnel drops). A second class checks bad request files and config problems.
+node tunnel drops). A second class checks bad request files and config problems. A third
+(PolicyCheckJwt) signs tokens at test time (python3-jwt, python3-cryptography) and checks that the
+config's RequestAuthentication is applied to a raw HTTP request: valid, expired, not yet valid,
+wrong audience, wrong key, alg none, HS256 key confusion, missing token, fromHeaders/fromParams/
+fromCookies, --now, and the authn block and explanation of the output.
 
 Run: AMBIT_BUILD_DIR=/work/main/build python3 tests/cli/test_policy_check.py
 Prints `N passed, M failed` last and exits non-zero when a row fails.

@@ -75,7 +75,8 @@ void FuzzToken(const std::string& token) {
   ambit::authz::Workload target;
   target.namespace_name = "foo";
   for (int64_t now : {int64_t{0}, int64_t{1800000000}}) {
-    const AuthnResult r = TheAuthenticator().Authenticate(target, request, absl::FromUnixSeconds(now));
+    const AuthnResult r =
+        TheAuthenticator().Authenticate(target, request, absl::FromUnixSeconds(now));
     if (r.allowed) {
       FUZZ_REQUIRE(r.http_status == 0);
       if (r.auth) {
@@ -104,9 +105,9 @@ void FuzzJwks(const std::string& text) {
     return;
   }
   FUZZ_REQUIRE(!jwks->keys.empty());
-  static constexpr Algorithm kAll[] = {
-      Algorithm::kRs256, Algorithm::kPs384, Algorithm::kEs256, Algorithm::kEs384,
-      Algorithm::kEs512, Algorithm::kHs256, Algorithm::kEdDsa};
+  static constexpr Algorithm kAll[] = {Algorithm::kRs256, Algorithm::kPs384, Algorithm::kEs256,
+                                       Algorithm::kEs384, Algorithm::kEs512, Algorithm::kHs256,
+                                       Algorithm::kEdDsa};
   const std::string signature(132, '\x01');
   for (const Jwk& key : jwks->keys) {
     (void)SubjectPublicKeyInfo(key);

@@ -223,7 +223,7 @@ metadata: {resourceVersion: ""}
                                        "PeerAuthentication foo/legacy"));
 }
 
-TEST(PeerAuthenticationYamlTest, OtherSecurityKindsAreNotSupportedYet) {
+TEST(PeerAuthenticationYamlTest, RequestAuthenticationIsReadAndOldVersionsAreNot) {
   ParsedFile parsed = ParseKubeYaml("security.yaml", R"(
 apiVersion: security.istio.io/v1beta1
 kind: RequestAuthentication
@@ -237,12 +237,10 @@ spec: {}
 )");
   EXPECT_THAT(Only(parsed, /*warnings=*/false), IsEmpty()) << Describe(parsed);
   std::vector<ConfigError> warnings = Only(parsed, /*warnings=*/true);
-  ASSERT_THAT(warnings, SizeIs(2)) << Describe(parsed);
-  EXPECT_EQ(warnings[0].object, "RequestAuthentication foo/jwt");
-  EXPECT_THAT(warnings[0].message, HasSubstr("not supported yet"));
-  EXPECT_EQ(warnings[1].object, "PeerAuthentication foo/ancient");
-  EXPECT_THAT(warnings[1].message, HasSubstr("apiVersion security.istio.io/v1alpha1"));
-  EXPECT_THAT(parsed.objects, IsEmpty());
+  ASSERT_THAT(warnings, SizeIs(1)) << Describe(parsed);
+  EXPECT_EQ(warnings[0].object, "PeerAuthentication foo/ancient");
+  EXPECT_THAT(warnings[0].message, HasSubstr("apiVersion security.istio.io/v1alpha1"));
+  EXPECT_THAT(Ids(parsed), ElementsAre("RequestAuthentication foo/jwt"));
 }
 
 TEST(PeerAuthenticationYamlTest, BadPolicyIsSkippedAndTheOthersApply) {

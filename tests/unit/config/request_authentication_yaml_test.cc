@@ -27,8 +27,8 @@ constexpr char kJwks[] = R"({"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]})";
 
 std::string Ra(const std::string& spec, const std::string& api = "security.istio.io/v1",
                const std::string& name = "jwt") {
-  return absl::StrCat("apiVersion: ", api, "\nkind: RequestAuthentication\nmetadata: {name: ",
-                      name, ", namespace: foo}\nspec:\n", spec);
+  return absl::StrCat("apiVersion: ", api, "\nkind: RequestAuthentication\nmetadata: {name: ", name,
+                      ", namespace: foo}\nspec:\n", spec);
 }
 
 std::vector<RequestAuthentication> All(const ParsedFile& parsed) {
@@ -59,11 +59,13 @@ ConfigError OnlyError(const std::string& yaml) {
 }
 
 TEST(RequestAuthenticationYamlTest, EveryField) {
-  ParsedFile parsed = ParseKubeYaml("ra.yaml", Ra(absl::StrCat(R"(  selector: {matchLabels: {app: web}}
+  ParsedFile parsed =
+      ParseKubeYaml("ra.yaml", Ra(absl::StrCat(R"(  selector: {matchLabels: {app: web}}
   jwtRules:
   - issuer: https://issuer.example.com
     audiences: [api, web]
-    jwks: ')", kJwks, R"('
+    jwks: ')",
+                                               kJwks, R"('
     fromHeaders: [{name: x-jwt, prefix: "Token "}, {name: authorization}]
     fromParams: [t]
     fromCookies: [session]
@@ -122,8 +124,7 @@ TEST(RequestAuthenticationYamlTest, ValidationErrorsNameFileObjectAndField) {
       {"  jwtRules: [{jwksUri: 'https://a/jwks'}]\n", "spec.jwtRules[0].issuer", "is required"},
       {"  jwtRules: [{issuer: ''}]\n", "spec.jwtRules[0].issuer", "must not be empty"},
       {"  jwtRules: [{issuer: 'https://a b'}]\n", "spec.jwtRules[0].issuer", "whitespace"},
-      {"  jwtRules: [{issuer: a, jwks: '{not json'}]\n", "spec.jwtRules[0].jwks",
-       "not valid JSON"},
+      {"  jwtRules: [{issuer: a, jwks: '{not json'}]\n", "spec.jwtRules[0].jwks", "not valid JSON"},
       {"  jwtRules: [{issuer: a, jwks: '{\"keys\":[{\"kty\":\"oct\"}]}'}]\n",
        "spec.jwtRules[0].jwks", "no usable key"},
       {absl::StrCat("  jwtRules: [{issuer: a, jwksUri: 'https://a/jwks', jwks: '", kJwks, "'}]\n"),
@@ -142,12 +143,11 @@ TEST(RequestAuthenticationYamlTest, ValidationErrorsNameFileObjectAndField) {
        "must not be empty"},
       {"  jwtRules: [{issuer: a, outputClaimToHeaders: [{header: x}]}]\n",
        "spec.jwtRules[0].outputClaimToHeaders[0]", "must both be non-empty"},
-      {"  jwtRules: [{issuer: a, timeout: 0s}]\n", "spec.jwtRules[0].timeout",
-       "longer than 0s"},
+      {"  jwtRules: [{issuer: a, timeout: 0s}]\n", "spec.jwtRules[0].timeout", "longer than 0s"},
       {"  jwtRules: [{issuer: a, forwardOriginalToken: maybe}]\n",
        "spec.jwtRules[0].forwardOriginalToken", "true or false"},
-      {"  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Service, name: s}]\n",
-       "spec", "only one of selector"},
+      {"  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Service, name: s}]\n", "spec",
+       "only one of selector"},
       {"  targetRefs: [{kind: Pod, name: p}]\n", "spec.targetRefs[0]", "unsupported target"},
   };
   for (const Case& c : cases) {
