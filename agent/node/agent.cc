@@ -548,6 +548,9 @@ void Agent::SendSnapshot() {
 }
 
 absl::Status Agent::Watch(int fd, std::function<void()> fn) {
+  // A number still listed belongs to a descriptor closed without Unwatch (the kernel dropped it
+  // from the epoll set): the new descriptor replaces it.
+  if (handlers_.contains(fd)) Unwatch(fd);
   auto handler = std::make_unique<FnHandler>(std::move(fn));
   AMBIT_RETURN_IF_ERROR(loop_->Watch(fd, EPOLLIN, handler.get()));
   handlers_[fd] = std::move(handler);

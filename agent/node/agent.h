@@ -198,7 +198,7 @@ class Agent final : private PodHost {
   std::function<void()> reapply_log_levels_;  // run-time log levels, for a new data plane
   std::vector<supervisor::CertificateState> cert_states_;
   TaskQueue completions_;  // results of background work, run on the control thread
-  // Last of the signing members: destroyed first, while signer_ and completions_ still exist.
+  // Its threads post onto completions_ and call signer_: ~Agent joins them first.
   std::unique_ptr<issuance::SigningQueue> signing_;
   enroll::PodNetOptions pod_net_;
   std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();

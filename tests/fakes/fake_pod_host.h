@@ -25,10 +25,10 @@ class FakePodHost final : public PodHost {
 
   // Knobs.
   bool connected = true;
-  std::map<std::string, uint64_t> cookies;             // netns path -> cookie; else made up
-  std::map<std::string, absl::Status> open_errors;     // netns path -> error, until erased
-  std::map<std::string, absl::Status> set_up_errors;   // uid -> error, until erased
-  std::map<std::string, absl::Status> resend_errors;   // uid -> error, until erased
+  std::map<std::string, uint64_t> cookies;            // netns path -> cookie; else made up
+  std::map<std::string, absl::Status> open_errors;    // netns path -> error, until erased
+  std::map<std::string, absl::Status> set_up_errors;  // uid -> error, until erased
+  std::map<std::string, absl::Status> resend_errors;  // uid -> error, until erased
 
   // Record.
   std::vector<std::string> opened;

@@ -105,10 +105,10 @@ TEST_F(EnrollmentPassTest, HandedBackPodIsAdoptedAndAnUnwantedOneReleased) {
   EnrollmentReconciler r({kNode});
   r.SetPinnedSlots({{500, 2}, {600, 3}}, false);
   host_.cookies["/var/run/netns/web"] = 500;
-  r.OnSessionStart({{"default/web", host_.identity, 500, true},
-                    {"default/gone", host_.identity, 600, true}});
-  EXPECT_FALSE(RunEnrollmentPass(r, MakeState({MakePod("web", "198.18.0.1")}), host_, clock_)
-                   .has_value());
+  r.OnSessionStart(
+      {{"default/web", host_.identity, 500, true}, {"default/gone", host_.identity, 600, true}});
+  EXPECT_FALSE(
+      RunEnrollmentPass(r, MakeState({MakePod("web", "198.18.0.1")}), host_, clock_).has_value());
   ASSERT_EQ(host_.set_up.size(), 1u);
   EXPECT_EQ(host_.set_up[0].kind, Kind::kAdopt);
   EXPECT_EQ(host_.set_up[0].slot, 2u);
