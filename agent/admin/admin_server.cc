@@ -34,10 +34,24 @@ pb::ListCertificatesResponse AdminState::Certificates() const {
     absl::MutexLock lock(&mu_);                        \
     return member;                                     \
   }
-AMBIT_ADMIN_VIEW(ListWorkloadsResponse, SetWorkloads, Workloads, workloads_)
 AMBIT_ADMIN_VIEW(ListPoliciesResponse, SetPolicies, Policies, policies_)
 AMBIT_ADMIN_VIEW(ListServicesResponse, SetServices, Services, services_)
 #undef AMBIT_ADMIN_VIEW
+
+void AdminState::SetWorkloads(WorkloadsBuilder builder) {
+  auto shared = std::make_shared<const WorkloadsBuilder>(std::move(builder));
+  absl::MutexLock lock(&mu_);
+  workloads_ = std::move(shared);
+}
+
+pb::ListWorkloadsResponse AdminState::Workloads() const {
+  std::shared_ptr<const WorkloadsBuilder> builder;
+  {
+    absl::MutexLock lock(&mu_);
+    builder = workloads_;
+  }
+  return builder != nullptr && *builder ? (*builder)() : pb::ListWorkloadsResponse();
+}
 
 void AdminState::SetBpf(pb::GetBpfResponse bpf, BpfReader reader) {
   absl::MutexLock lock(&mu_);

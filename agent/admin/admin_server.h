@@ -92,7 +92,11 @@ class AdminState {
  public:
   void SetCertificates(ambit::admin::v1::ListCertificatesResponse certs);
   ambit::admin::v1::ListCertificatesResponse Certificates() const;
-  void SetWorkloads(ambit::admin::v1::ListWorkloadsResponse workloads);
+  // The workloads view is built when asked for, by a builder the control thread publishes over
+  // its immutable state: held prebuilt, one message per pod of the cluster stayed resident
+  // (about 1 KiB a pod). The builder runs on the asking thread.
+  using WorkloadsBuilder = std::function<ambit::admin::v1::ListWorkloadsResponse()>;
+  void SetWorkloads(WorkloadsBuilder builder);
   ambit::admin::v1::ListWorkloadsResponse Workloads() const;
   void SetPolicies(ambit::admin::v1::ListPoliciesResponse policies);
   ambit::admin::v1::ListPoliciesResponse Policies() const;
@@ -113,7 +117,7 @@ class AdminState {
  private:
   mutable absl::Mutex mu_;
   ambit::admin::v1::ListCertificatesResponse certs_ ABSL_GUARDED_BY(mu_);
-  ambit::admin::v1::ListWorkloadsResponse workloads_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const WorkloadsBuilder> workloads_ ABSL_GUARDED_BY(mu_);
   ambit::admin::v1::ListPoliciesResponse policies_ ABSL_GUARDED_BY(mu_);
   ambit::admin::v1::ListServicesResponse services_ ABSL_GUARDED_BY(mu_);
   ambit::admin::v1::GetBpfResponse bpf_ ABSL_GUARDED_BY(mu_);

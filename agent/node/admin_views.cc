@@ -442,56 +442,73 @@ void Agent::PublishViews() {
   PublishBpf();
   const auto peer_authns = security_.PeerAuthenticationList();
 
-  pb::ListWorkloadsResponse workloads;
-  for (const auto& [key, pod] : state_->pods) {
-    auto* w = workloads.add_workloads();
-    w->set_namespace_(pod.namespace_name);
-    w->set_name(pod.name);
-    for (const auto& ip : pod.ips) w->add_ips(ip.ToString());
-    w->set_node(pod.node_name);
-    w->set_identity(state::SpiffeId(state_->mesh, pod));
-    auto e = enrolled_.find(key);
-    if (e != enrolled_.end()) {
-      w->set_role("enrolled");
-      auto* r = w->mutable_redirect();
-      r->set_netns_cookie(e->second.netns_cookie);
-      r->set_slot(e->second.slot);
-      const auto& l = e->second.listeners;
-      if (l.outbound_v4) r->add_listeners("outbound-v4");
-      if (l.outbound_v6) r->add_listeners("outbound-v6");
-      if (l.plain_v4) r->add_listeners("inbound-plain-v4");
-      if (l.plain_v6) r->add_listeners("inbound-plain-v6");
-      if (l.hbone_v4) r->add_listeners("hbone-v4");
-      if (l.hbone_v6) r->add_listeners("hbone-v6");
-    } else if (!pod.netns_path.empty()) {
-      w->set_role(pod.node_name == options_.node_name ? "pending" : "peer");
-    } else {
-      w->set_role("outside");
-    }
-    const auto& failed = enrollment_.failed();
-    if (auto f = failed.find(key); f != failed.end()) w->set_enroll_error(f->second);
-    if (auto c = state_->ip_conflicts.find(key); c != state_->ip_conflicts.end()) {
-      if (w->role() == "pending") w->set_role("refused");
-      w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
-      w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
-                                       " is held by the older Pod ", c->second.holder, " (",
-                                       c->second.holder_file, ", ", c->second.holder_age, ")"));
-    } else if (auto r = enrollment_.refused().find(key); r != enrollment_.refused().end()) {
-      w->set_role("refused");
-      w->set_status("refused: names the node's own network namespace");
-      w->set_enroll_error(r->second);
-    } else if (failed.contains(key)) {
-      w->set_status("enroll failed; retrying");
-    } else {
-      w->set_status("ok");
-    }
-    auto mtls = authz::ResolveMtlsMode(peer_authns, state_->mesh.root_namespace, pod.namespace_name,
-                                       pod.labels, 0);
-    w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
-    w->set_mtls_policy(mtls.policy);
-    w->set_waypoint(Waypoint(*state_, pod));
+  // Built on request from immutable copies: the cluster state is shared, the rest is this
+  // node's (a few entries).
+  struct Redirect {
+    uint64_t netns_cookie;
+    uint32_t slot;
+    std::vector<std::string> listeners;
+  };
+  std::map<std::string, Redirect> redirects;
+  for (const auto& [uid, e] : enrolled_) {
+    Redirect& r = redirects[uid];
+    r.netns_cookie = e.netns_cookie;
+    r.slot = e.slot;
+    const auto& l = e.listeners;
+    if (l.outbound_v4) r.listeners.push_back("outbound-v4");
+    if (l.outbound_v6) r.listeners.push_back("outbound-v6");
+    if (l.plain_v4) r.listeners.push_back("inbound-plain-v4");
+    if (l.plain_v6) r.listeners.push_back("inbound-plain-v6");
+    if (l.hbone_v4) r.listeners.push_back("hbone-v4");
+    if (l.hbone_v6) r.listeners.push_back("hbone-v6");
   }
-  admin_state_->SetWorkloads(std::move(workloads));
+  admin_state_->SetWorkloads([cluster = state_, peer_authns, redirects = std::move(redirects),
+                              failed = enrollment_.failed(), refused = enrollment_.refused(),
+                              node_name = options_.node_name] {
+    pb::ListWorkloadsResponse workloads;
+    for (const auto& [key, pod] : cluster->pods) {
+      auto* w = workloads.add_workloads();
+      w->set_namespace_(pod.namespace_name);
+      w->set_name(pod.name);
+      for (const auto& ip : pod.ips) w->add_ips(ip.ToString());
+      w->set_node(pod.node_name);
+      w->set_identity(state::SpiffeId(cluster->mesh, pod));
+      auto e = redirects.find(key);
+      if (e != redirects.end()) {
+        w->set_role("enrolled");
+        auto* r = w->mutable_redirect();
+        r->set_netns_cookie(e->second.netns_cookie);
+        r->set_slot(e->second.slot);
+        for (const auto& l : e->second.listeners) r->add_listeners(l);
+      } else if (!pod.netns_path.empty()) {
+        w->set_role(pod.node_name == node_name ? "pending" : "peer");
+      } else {
+        w->set_role("outside");
+      }
+      if (auto f = failed.find(key); f != failed.end()) w->set_enroll_error(f->second);
+      if (auto c = cluster->ip_conflicts.find(key); c != cluster->ip_conflicts.end()) {
+        if (w->role() == "pending") w->set_role("refused");
+        w->set_status(absl::StrCat("conflict: ", c->second.Summary()));
+        w->set_enroll_error(absl::StrCat("address ", c->second.ip.ToString(),
+                                         " is held by the older Pod ", c->second.holder, " (",
+                                         c->second.holder_file, ", ", c->second.holder_age, ")"));
+      } else if (auto r = refused.find(key); r != refused.end()) {
+        w->set_role("refused");
+        w->set_status("refused: names the node's own network namespace");
+        w->set_enroll_error(r->second);
+      } else if (failed.contains(key)) {
+        w->set_status("enroll failed; retrying");
+      } else {
+        w->set_status("ok");
+      }
+      auto mtls = authz::ResolveMtlsMode(peer_authns, cluster->mesh.root_namespace,
+                                         pod.namespace_name, pod.labels, 0);
+      w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
+      w->set_mtls_policy(mtls.policy);
+      w->set_waypoint(Waypoint(*cluster, pod));
+    }
+    return workloads;
+  });
 
   pb::ListPoliciesResponse policies;
   const std::string& root = state_->mesh.root_namespace;

@@ -45,6 +45,22 @@ def generation(agent):
     return json.loads(r.stdout)["generation"] if r.returncode == 0 else None
 
 
+def rss_by_mapping(pid):
+    """Resident KiB of a process by kind of mapping: the main heap, anonymous mappings (thread
+    arenas, large blocks) and everything else (code, files, stacks)."""
+    out = {"heap": 0, "anon": 0, "other": 0}
+    kind = "other"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                name = fields[5] if len(fields) > 5 else ""
+                kind = "heap" if name == "[heap]" else "anon" if name == "" else "other"
+            elif fields[0] == "Rss:":
+                out[kind] += int(fields[1])
+    return out
+
+
 def wait(pred, what):
     deadline = time.monotonic() + LIMIT_S
     while time.monotonic() < deadline:
@@ -59,6 +75,8 @@ def main():
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-peers", type=int, default=100_000)
+    ap.add_argument("--smaps", action="store_true",
+                    help="also print each process's RSS by kind of mapping")
     ap.add_argument("--only-peers", type=int, action="append",
                     help="measure only these sizes (repeatable), e.g. --only-peers 100000")
     args = ap.parse_args()
@@ -94,6 +112,9 @@ def main():
             applied_s = time.monotonic() - start
             dp = agent.tunnel_pid()
             rss = (rss_kib(agent.proc.pid), rss_kib(dp))
+            if args.smaps and peers:
+                print(f"  RSS KiB by mapping: ambitd {rss_by_mapping(agent.proc.pid)}, "
+                      f"ambit-tunnel {rss_by_mapping(dp)}", flush=True)
             start = time.monotonic()
             agent.write_config("zz-deny.yaml", deny_port_policy("backend", "bench-deny", 9000))
             wait(lambda: not allowed(), "the DENY taking effect")
