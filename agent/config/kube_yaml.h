@@ -7,8 +7,9 @@
 //    PeerAuthentication (security.istio.io/v1 and v1beta1, validated as istiod does: unknown
 //    spec fields, bad modes and ports, portLevelMtls without a selector are errors) and
 //    AuthorizationPolicy (v1 and v1beta1, validated as istiod's ValidateAuthorizationPolicy, then
-//    authz::Compile; the istio.io/dry-run annotation) are read; other kinds are reported as
-//    warnings and ignored.
+//    authz::Compile; the istio.io/dry-run annotation) and Gateway (gateway.networking.k8s.io/v1
+//    and v1beta1: its class and labels, for waypoints; see state/waypoint.h) are read; other
+//    kinds are reported as warnings and ignored.
 //  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`,
 //    rootNamespace, extensionProviders (envoyExtAuthzHttp/envoyExtAuthzGrpc with Istio's fields)
 //    and pathNormalization.
@@ -42,7 +43,7 @@ std::string YamlTypeName(const YAML::Node& node);
 std::string YamlParseError(const YAML::Exception& e);
 
 using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
-                                  authz::PeerAuthentication, authz::Policy>;
+                                  authz::PeerAuthentication, authz::Policy, state::Gateway>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",

@@ -28,6 +28,7 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
+#include "agent/node/waypoints.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -597,6 +598,7 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   for (const auto& [key, policy] : security_.authorization_policies) {
     snapshot.authorization_policies.push_back(policy);
   }
+  AddWaypoints(*state_, &snapshot);
   return snapshot;
 }
 
