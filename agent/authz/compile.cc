@@ -423,6 +423,9 @@ absl::StatusOr<CompiledPolicy> Compile(const Policy& policy) {
     return Invalid("provider", absl::StrCat("only allowed with action CUSTOM, not ",
                                             ActionName(policy.action)));
   }
+  if (policy.provider_undefined && policy.action != Action::kCustom) {
+    return Invalid("provider", "only a CUSTOM policy can name an undefined provider");
+  }
   auto data = std::make_shared<internal::CompiledPolicyData>();
   data->policy = policy;
   if (policy.rules.has_value()) {

@@ -695,7 +695,8 @@ PolicyEntry MakePolicyEntry(const CompiledPolicy& c) {
   const Policy& p = c.policy();
   return PolicyEntry{.policy = c,
                      .key = p.Key(),
-                     .action = p.action,
+                     // What istiod builds for it: its rules as DENY rules.
+                     .action = p.provider_undefined ? Action::kDeny : p.action,
                      .dry_run = p.dry_run,
                      .http_rules = HasHttpRules(c),
                      .l4_rules = CompileRules(c, Layer::kL4),
@@ -763,6 +764,14 @@ Verdict DenyThenAllow(const Applicable& policies, bool with_dry_run, const FastV
     if (p->action != Action::kDeny || (p->dry_run && !with_dry_run)) continue;
     const int rule = FirstMatchingRule(*p, fv);
     if (rule < 0) continue;
+    if (p->policy.policy().provider_undefined) {
+      return {
+          false, DecisionReason::kDenyMatched, p->key, rule,
+          Matched(absl::StrCat("denied (ext_authz provider ", Quote(p->policy.policy().provider),
+                               " is not defined in extensionProviders, so its rules deny) by "
+                               "CUSTOM policy "),
+                  *p, rule, v)};
+    }
     return {false, DecisionReason::kDenyMatched, p->key, rule,
             Matched("denied by DENY policy ", *p, rule, v)};
   }
@@ -1022,7 +1031,11 @@ Engine::Engine(std::vector<CompiledPolicy> policies, EngineOptions options)
       }
       continue;  // not for the node tunnel
     }
-    if (p.action == Action::kCustom || p.action == Action::kAudit) {
+    if (p.provider_undefined) {
+      warnings_.push_back(absl::StrCat(key, ": ext_authz provider ", Quote(p.provider),
+                                       " is not defined in extensionProviders; the policy's rules "
+                                       "deny what they match, as istiod does"));
+    } else if (p.action == Action::kCustom || p.action == Action::kAudit) {
       warnings_.push_back(absl::StrCat(key, ": ", ActionName(p.action),
                                        " policies are not enforced by the node tunnel (L4); "
                                        "target a waypoint with targetRefs to enforce it at L7"));

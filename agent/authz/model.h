@@ -90,6 +90,10 @@ struct Policy {
   std::string namespace_name;  // metadata.namespace
   Action action = Action::kAllow;
   std::string provider;  // spec.provider.name, CUSTOM only
+  // CUSTOM only: the mesh config defines no ext_authz provider of that name. istiod then turns
+  // the policy's rules into DENY rules, so the engine denies what they match (at L4 with a DENY
+  // rule's L4 part) instead of skipping the policy, which would fail open.
+  bool provider_undefined = false;
   // spec.selector.matchLabels; nullopt when there is no selector. `selector: {}` is an empty map.
   std::optional<std::map<std::string, std::string>> selector;
   std::vector<TargetRef> target_refs;

@@ -37,6 +37,7 @@ void ToProto(const authz::Policy& p, pb::AuthzPolicy* out) {
       break;
   }
   out->set_provider(p.provider);
+  out->set_provider_undefined(p.provider_undefined);
   out->set_has_selector(p.selector.has_value());
   if (p.selector) {
     for (const auto& [k, v] : *p.selector) (*out->mutable_selector())[k] = v;
@@ -116,6 +117,7 @@ absl::StatusOr<authz::Policy> FromProto(const pb::AuthzPolicy& in) {
                            : absl::StrCat("unknown action ", static_cast<int>(in.action()))));
   }
   p.provider = in.provider();
+  p.provider_undefined = in.provider_undefined();
   if (in.has_selector()) {
     p.selector = std::map<std::string, std::string>(in.selector().begin(), in.selector().end());
   }

@@ -93,6 +93,10 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
     if (!table) row.Set("mtlsPolicy", OrNull(w.mtls_policy()));
     row.Set("waypoint",
             table ? Value(w.waypoint().empty() ? "-" : w.waypoint()) : OrNull(w.waypoint()));
+    if (!table) {
+      row.Set("waypointInstanceOf", OrNull(w.waypoint_instance_of()));
+      row.Set("waypointBypassAllowed", w.waypoint_bypass_allowed());
+    }
     row.Set("redirect", redirect);
     row.Set("status", w.status().empty() ? "ok" : w.status());
     if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
@@ -157,7 +161,8 @@ Value ServicesValue(const pb::ListServicesResponse& resp) {
                               {"name", s.name()},
                               {"clusterIps", Strings(s.cluster_ips())},
                               {"ports", ports},
-                              {"endpoints", Strings(s.endpoints())}}));
+                              {"endpoints", Strings(s.endpoints())},
+                              {"waypoint", OrNull(s.waypoint())}}));
   }
   return out;
 }

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/common/unique_fd.h"
+#include "agent/state/waypoint.h"
 
 namespace ambit::config {
 namespace {
@@ -70,23 +71,16 @@ void WarnIgnoredPolicies(LoadResult* result) {
 }
 
 // A CUSTOM AuthorizationPolicy must name an ext_authz provider of the mesh config in force; only
-// known once every file is merged. One that does not is left out, with an error. (istiod instead
-// keeps it and installs a deny-all filter on the workloads it selects; the issue asks for the
-// resource to be rejected like any other invalid one.)
+// known once every file is merged. One that does not stays in force with its rules denying what
+// they match, as istiod converts it: leaving it out would let through exactly the requests its
+// author meant to send to an authorizer.
 void CheckCustomProviders(LoadResult* result) {
   const state::MeshConfig& mesh = result->state.mesh;
-  auto& policies = result->security.authorization_policies;
-  for (auto it = policies.begin(); it != policies.end();) {
-    const authz::Policy& p = it->second;
-    if (p.action != authz::Action::kCustom) {
-      ++it;
-      continue;
-    }
+  for (auto& [key, p] : result->security.authorization_policies) {
+    p.provider_undefined = false;
+    if (p.action != authz::Action::kCustom) continue;
     const state::ExtensionProvider* provider = mesh.FindExtensionProvider(p.provider);
-    if (provider != nullptr && provider->IsExtAuthz()) {
-      ++it;
-      continue;
-    }
+    if (provider != nullptr && provider->IsExtAuthz()) continue;
     std::string message;
     if (provider != nullptr) {
       message = absl::StrCat("'", p.provider, "' is a ", provider->kind_name,
@@ -103,10 +97,20 @@ void CheckCustomProviders(LoadResult* result) {
                         : absl::StrCat("ext_authz providers: ", absl::StrJoin(names, ", ")),
           ")");
     }
-    result->errors.push_back({p.source_file, absl::StrCat("AuthorizationPolicy ", it->first),
-                              "spec.provider.name",
-                              absl::StrCat(message, "; the policy is not applied")});
-    it = policies.erase(it);
+    p.provider_undefined = true;
+    result->errors.push_back(
+        {p.source_file, absl::StrCat("AuthorizationPolicy ", key), "spec.provider.name",
+         absl::StrCat(message, "; its rules deny every request they match until it is defined"),
+         /*warning=*/true});
+  }
+}
+
+// Waypoint bindings that cannot be served as declared (state/waypoint.h); known once every file,
+// and which pods own their addresses, is known.
+void WarnWaypointProblems(LoadResult* result) {
+  for (state::WaypointProblem& p : state::ResolveWaypoints(result->state).problems) {
+    result->errors.push_back({std::move(p.source_file), std::move(p.object), std::move(p.field),
+                              std::move(p.message), /*warning=*/true});
   }
 }
 
@@ -197,6 +201,7 @@ LoadResult DirectoryLoader::Load() {
     WarnIgnoredPolicies(&result);
     CheckCustomProviders(&result);
     ResolvePodAddresses(&result);
+    WarnWaypointProblems(&result);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -295,6 +300,7 @@ LoadResult DirectoryLoader::Load() {
   WarnIgnoredPolicies(&result);
   CheckCustomProviders(&result);
   ResolvePodAddresses(&result);
+  WarnWaypointProblems(&result);
   return result;
 }
 
@@ -378,6 +384,8 @@ void DirectoryLoader::Merge(const std::string& file, const KeptObjects& kept, Lo
             state.namespaces[o.name] = o;
           } else if constexpr (std::is_same_v<T, state::Service>) {
             state.services[o.Key()] = o;
+          } else if constexpr (std::is_same_v<T, state::Gateway>) {
+            state.gateways[o.Key()] = o;
           } else {
             static_assert(std::is_same_v<T, state::MeshConfig>);
             state.mesh = o;

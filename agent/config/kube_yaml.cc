@@ -19,6 +19,7 @@
 #include "agent/authz/compile.h"
 #include "agent/config/validation.h"
 #include "agent/config/yaml_limits.h"
+#include "agent/state/waypoint.h"
 
 namespace ambit::config {
 namespace {
@@ -794,6 +795,7 @@ class FileParser {
     if (security && kind == "PeerAuthentication") return ParsePeerAuthentication(doc, where);
     if (security && kind == "AuthorizationPolicy") return ParseAuthorizationPolicy(doc, where);
     if (security && kind == "RequestAuthentication") return ParseRequestAuthentication(doc, where);
+    if (IsGatewayApiVersion(api_version) && kind == "Gateway") return ParseGateway(doc, where);
     const bool namespaced =
         !PeekString(Get(doc, "metadata").value_or(YAML::Node()), "namespace").empty();
     Reporter r(file_, Identify(kind, doc, where, namespaced).display, &out_->errors);
@@ -902,6 +904,7 @@ class FileParser {
     state::Service svc;
     svc.name = std::move(m.name);
     svc.namespace_name = std::move(m.namespace_name);
+    svc.labels = std::move(m.labels);
     svc.source_file = std::string(file_);
     if (auto spec = GetMap(r, doc, "spec", "")) {
       ParseClusterIps(r, *spec, &svc);
@@ -917,6 +920,50 @@ class FileParser {
       }
     }
     Finish(r, who.id, std::move(svc));
+  }
+
+  static bool IsGatewayApiVersion(std::string_view api_version) {
+    return api_version == "gateway.networking.k8s.io/v1" ||
+           api_version == "gateway.networking.k8s.io/v1beta1";
+  }
+
+  // A Gateway API Gateway: its class and labels decide whether and how it is a waypoint. The rest
+  // of spec (listeners, addresses, infrastructure) belongs to whoever implements the class and
+  // is not checked here.
+  void ParseGateway(const YAML::Node& doc, const std::string& where) {
+    const Identity who = Identify("Gateway", doc, where, true);
+    Reporter r(file_, who.display, &out_->errors);
+    Metadata m = ParseMetadata(r, doc, NameRule::kDns1123Subdomain, /*namespaced=*/true);
+    state::Gateway gw;
+    gw.name = std::move(m.name);
+    gw.namespace_name = std::move(m.namespace_name);
+    gw.labels = std::move(m.labels);
+    gw.source_file = std::string(file_);
+    if (auto spec = GetMap(r, doc, "spec", "")) {
+      if (auto cls = GetString(r, *spec, "gatewayClassName", "spec")) {
+        gw.gateway_class = *cls;
+        if (cls->empty())
+          r.Error(*Get(*spec, "gatewayClassName"), "spec.gatewayClassName", "is empty");
+      } else if (!Get(*spec, "gatewayClassName")) {
+        r.Error(*spec, "spec.gatewayClassName", "is required");
+      }
+    } else if (!Get(doc, "spec")) {
+      r.Error(doc, "spec.gatewayClassName", "is required");
+    }
+    if (gw.gateway_class == state::kWaypointGatewayClass) {
+      if (auto it = gw.labels.find(std::string(state::kWaypointForLabel));
+          it != gw.labels.end() && !state::ParseWaypointTraffic(it->second)) {
+        // A typo must not quietly become the default (service): who meant "all" would find
+        // pod-addressed traffic skipping the waypoint.
+        const YAML::Node meta = Get(doc, "metadata").value_or(doc);
+        r.Error(Get(meta, "labels").value_or(meta),
+                absl::StrCat("metadata.labels[", state::kWaypointForLabel, "]"),
+                absl::StrCat("'", it->second,
+                             "' is not a waypoint traffic type: use service, workload, all or "
+                             "none"));
+      }
+    }
+    Finish(r, who.id, std::move(gw));
   }
 
   // spec.clusterIPs, else spec.clusterIP. "None" (headless) and "" give no address.

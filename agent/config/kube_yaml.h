@@ -7,8 +7,10 @@
 //    PeerAuthentication (security.istio.io/v1 and v1beta1, validated as istiod does: unknown
 //    spec fields, bad modes and ports, portLevelMtls without a selector are errors) and
 //    AuthorizationPolicy (v1 and v1beta1, validated as istiod's ValidateAuthorizationPolicy, then
-//    authz::Compile; the istio.io/dry-run annotation) and RequestAuthentication (v1 and v1beta1,
-//    validated as istiod's ValidateRequestAuthentication; inline jwks parsed) are read; other
+//    authz::Compile; the istio.io/dry-run annotation), RequestAuthentication (v1 and v1beta1,
+//    validated as istiod's ValidateRequestAuthentication; inline jwks parsed) and Gateway
+//    (gateway.networking.k8s.io/v1 and v1beta1: its class and labels, for waypoints; see
+//    state/waypoint.h) are read; other
 //    kinds are reported as warnings and ignored.
 //  - a mesh file (`mesh.yaml` / `mesh.yml`): Istio's MeshConfig, e.g. `trustDomain: example.org`,
 //    rootNamespace, extensionProviders (envoyExtAuthzHttp/envoyExtAuthzGrpc with Istio's fields)
@@ -45,7 +47,8 @@ std::string YamlParseError(const YAML::Exception& e);
 
 using ConfigObject =
     std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
-                 authz::PeerAuthentication, authz::Policy, authn::RequestAuthentication>;
+                 authz::PeerAuthentication, authz::Policy, authn::RequestAuthentication,
+                 state::Gateway>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",

@@ -13,6 +13,8 @@ std::string Workload::Key() const { return absl::StrCat(namespace_name, "/", nam
 
 std::string Service::Key() const { return absl::StrCat(namespace_name, "/", name); }
 
+std::string Waypoint::Key() const { return absl::StrCat(namespace_name, "/", name); }
+
 absl::string_view ProtocolName(Protocol protocol) {
   switch (protocol) {
     case Protocol::kTcp:

@@ -63,6 +63,11 @@ struct Workload {
   // plane's memory grow with the cluster. mtls is set exactly when enrolled_here.
   std::map<std::string, std::string> labels;
   std::optional<MtlsPolicy> mtls;
+  // Waypoint::Key() of the waypoint traffic addressed to this pod goes through; empty: none.
+  // For a workload enrolled here it also means only that waypoint's identities may connect,
+  // unless waypoint_bypass_allowed (set only for workloads enrolled here).
+  std::string waypoint;
+  bool waypoint_bypass_allowed = false;
 
   // "namespace/name": the key services name their endpoints by.
   std::string Key() const;
@@ -92,11 +97,28 @@ struct Service {
   std::vector<IpAddress> cluster_ips;  // empty for a headless service
   std::vector<ServicePort> ports;
   std::vector<std::string> endpoints;  // Workload::Key() of every workload it selects
+  // Waypoint::Key() of the waypoint traffic addressed to a cluster IP goes through; empty: none.
+  std::string waypoint;
 
   // "namespace/name".
   std::string Key() const;
 
   friend bool operator==(const Service&, const Service&) = default;
+};
+
+// A waypoint (Gateway of class istio-waypoint): where traffic bound to it goes, and who it is.
+struct Waypoint {
+  std::string namespace_name;
+  std::string name;
+  // Workload::Key() of its pods, workloads of the same snapshot: their addresses are where
+  // traffic goes (port 15008), their identities the only ones a bound destination accepts.
+  // Empty: no pod yet, and traffic bound to it is refused.
+  std::vector<std::string> instances;
+
+  // "namespace/name".
+  std::string Key() const;
+
+  friend bool operator==(const Waypoint&, const Waypoint&) = default;
 };
 
 // One configuration generation, whole.
@@ -109,6 +131,9 @@ struct Snapshot {
   std::vector<uint16_t> reserved_ports;
   std::vector<Workload> workloads;
   std::vector<Service> services;
+  // Every waypoint a workload or service names, and every waypoint with a pod here: which pods
+  // are waypoints (where ambit-waypoint runs) is read from their instances.
+  std::vector<Waypoint> waypoints;
   // As validated by the agent; the data plane compiles them.
   std::vector<authz::Policy> authorization_policies;
 

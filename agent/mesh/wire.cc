@@ -24,6 +24,10 @@ absl::Status WorkloadError(absl::string_view key, absl::string_view field, absl:
   return absl::InvalidArgumentError(absl::StrCat("workload ", key, ": ", field, ": ", what));
 }
 
+absl::Status WaypointError(absl::string_view key, absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("waypoint ", key, ": ", field, ": ", what));
+}
+
 absl::Status ServiceError(absl::string_view key, absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("service ", key, ": ", field, ": ", what));
 }
@@ -117,6 +121,9 @@ absl::Status ToProto(const Workload& w, pb::Workload* out) {
   if (w.identity.trust_domain.empty()) {
     return WorkloadError(key, "identity", "missing: every workload has a SPIFFE ID");
   }
+  if (w.waypoint_bypass_allowed && !w.enrolled_here) {
+    return WorkloadError(key, "waypoint_bypass_allowed", "set for a workload not enrolled here");
+  }
   if (w.enrolled_here != w.mtls.has_value()) {
     return WorkloadError(key, "mtls",
                          w.enrolled_here ? "missing for a workload enrolled here"
@@ -131,6 +138,8 @@ absl::Status ToProto(const Workload& w, pb::Workload* out) {
   out->set_enrolled_here(w.enrolled_here);
   out->set_in_mesh(w.in_mesh);
   for (const auto& [k, v] : w.labels) (*out->mutable_labels())[k] = v;
+  out->set_waypoint(w.waypoint);
+  out->set_waypoint_bypass_allowed(w.waypoint_bypass_allowed);
   if (w.mtls) {
     auto* m = out->mutable_mtls();
     auto mode = ModeToProto(w.mtls->workload.mode);
@@ -176,6 +185,12 @@ absl::StatusOr<Workload> FromProto(const pb::Workload& in) {
   w.enrolled_here = in.enrolled_here();
   w.in_mesh = in.in_mesh();
   w.labels.insert(in.labels().begin(), in.labels().end());
+  w.waypoint = in.waypoint();
+  if (in.waypoint_bypass_allowed() && !in.enrolled_here()) {
+    // Only the destination's own tunnel decides; a peer's flag would mean nothing here.
+    return WorkloadError(key, "waypoint_bypass_allowed", "set for a workload not enrolled here");
+  }
+  w.waypoint_bypass_allowed = in.waypoint_bypass_allowed();
   if (in.enrolled_here() && !in.has_mtls()) {
     // Without it plaintext to a STRICT workload would be judged by a guess.
     return WorkloadError(key, "mtls", "missing for a workload enrolled here");
@@ -257,6 +272,7 @@ absl::Status ToProto(const Service& s, pb::Service* out) {
     pp->set_protocol(ProtocolToProto(p.protocol));
   }
   for (const auto& e : s.endpoints) out->add_endpoints(e);
+  out->set_waypoint(s.waypoint);
   return absl::OkStatus();
 }
 
@@ -288,6 +304,7 @@ absl::StatusOr<Service> FromProto(const pb::Service& in) {
     s.ports.push_back({*port, *target, *protocol});
   }
   s.endpoints.assign(in.endpoints().begin(), in.endpoints().end());
+  s.waypoint = in.waypoint();
   return s;
 }
 
@@ -300,6 +317,12 @@ absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   out->set_root_namespace(s.root_namespace);
   for (uint16_t port : s.reserved_ports) out->add_reserved_ports(port);
   for (const auto& svc : s.services) AMBIT_RETURN_IF_ERROR(ToProto(svc, out->add_services()));
+  for (const auto& wp : s.waypoints) {
+    auto* p = out->add_waypoints();
+    p->set_namespace_(wp.namespace_name);
+    p->set_name(wp.name);
+    for (const auto& i : wp.instances) p->add_instances(i);
+  }
   for (const auto& policy : s.authorization_policies) {
     authz_wire::ToProto(policy, out->add_authorization_policies());
   }
@@ -354,8 +377,42 @@ class SnapshotBuilder {
       }
       s_.reserved_ports.push_back(*port);
     }
+    // Waypoints before anything names them; their pods are workloads of this snapshot.
+    absl::flat_hash_set<std::string> waypoints;
+    for (const auto& pw : head.waypoints()) {
+      Waypoint wp;
+      wp.namespace_name = pw.namespace_();
+      wp.name = pw.name();
+      const std::string key = wp.Key();
+      if (pw.namespace_().empty() || pw.name().empty()) {
+        return WaypointError(key, pw.name().empty() ? "name" : "namespace", "missing");
+      }
+      for (int i = 0; i < pw.instances_size(); ++i) {
+        if (!keys_.contains(SplitKey(pw.instances(i)))) {
+          return WaypointError(
+              key, absl::StrCat("instances[", i, "]"),
+              absl::StrCat(Quoted(pw.instances(i)), " is not a workload of the snapshot"));
+        }
+        wp.instances.push_back(pw.instances(i));
+      }
+      if (!waypoints.insert(key).second) {
+        return WaypointError(key, "namespace/name", "listed twice");
+      }
+      s_.waypoints.push_back(std::move(wp));
+    }
+    // A binding to a waypoint the data plane does not know could only be guessed at: refuse.
+    for (const auto& w : s_.workloads) {
+      if (!w.waypoint.empty() && !waypoints.contains(w.waypoint)) {
+        return WorkloadError(w.Key(), "waypoint",
+                             absl::StrCat(Quoted(w.waypoint), " is not a waypoint of the snapshot"));
+      }
+    }
     for (const auto& ps : head.services()) {
       AMBIT_ASSIGN_OR_RETURN(Service svc, FromProto(ps));
+      if (!svc.waypoint.empty() && !waypoints.contains(svc.waypoint)) {
+        return ServiceError(svc.Key(), "waypoint",
+                            absl::StrCat(Quoted(svc.waypoint), " is not a waypoint of the snapshot"));
+      }
       for (size_t i = 0; i < svc.endpoints.size(); ++i) {
         if (!keys_.contains(SplitKey(svc.endpoints[i]))) {
           return ServiceError(

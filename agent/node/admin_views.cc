@@ -23,6 +23,7 @@
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
 #include "agent/node/agent.h"
+#include "agent/state/waypoint.h"
 
 namespace ambit::node {
 namespace {
@@ -421,18 +422,9 @@ namespace {
 // Istio's waypoint binding: the pod's istio.io/use-waypoint label, else its namespace's; "none"
 // on the pod opts out of a namespace waypoint. istio.io/use-waypoint-namespace names another
 // namespace for the waypoint.
-std::string Waypoint(const state::ClusterState& state, const state::Pod& pod) {
-  const std::map<std::string, std::string>* labels = &pod.labels;
-  if (!labels->count("istio.io/use-waypoint")) {
-    auto ns = state.namespaces.find(pod.namespace_name);
-    if (ns == state.namespaces.end()) return "";
-    labels = &ns->second.labels;
-  }
-  auto it = labels->find("istio.io/use-waypoint");
-  if (it == labels->end() || it->second.empty() || it->second == "none") return "";
-  auto ns = labels->find("istio.io/use-waypoint-namespace");
-  return absl::StrCat(ns != labels->end() && !ns->second.empty() ? ns->second : pod.namespace_name,
-                      "/", it->second);
+std::string Find(const std::map<std::string, std::string>& map, const std::string& key) {
+  auto it = map.find(key);
+  return it == map.end() ? std::string() : it->second;
 }
 
 }  // namespace
@@ -442,6 +434,8 @@ void Agent::PublishViews() {
   PublishBpf();
   const auto peer_authns = security_.PeerAuthenticationList();
 
+  // The same resolution the data plane's snapshot gets (node/waypoints.h).
+  auto waypoints = std::make_shared<const state::WaypointResolution>(state::ResolveWaypoints(*state_));
   // Built on request from immutable copies: the cluster state is shared, the rest is this
   // node's (a few entries).
   struct Redirect {
@@ -464,7 +458,7 @@ void Agent::PublishViews() {
   }
   admin_state_->SetWorkloads([cluster = state_, peer_authns, redirects = std::move(redirects),
                               failed = enrollment_.failed(), refused = enrollment_.refused(),
-                              node_name = options_.node_name] {
+                              node_name = options_.node_name, waypoints] {
     pb::ListWorkloadsResponse workloads;
     for (const auto& [key, pod] : cluster->pods) {
       auto* w = workloads.add_workloads();
@@ -505,7 +499,9 @@ void Agent::PublishViews() {
                                          pod.namespace_name, pod.labels, 0);
       w->set_mtls_mode(std::string(authz::MtlsModeName(mtls.mode)));
       w->set_mtls_policy(mtls.policy);
-      w->set_waypoint(Waypoint(*cluster, pod));
+      w->set_waypoint(Find(waypoints->workloads, key));
+      w->set_waypoint_instance_of(Find(waypoints->instance_of, key));
+      w->set_waypoint_bypass_allowed(waypoints->bypass_allowed.contains(key));
     }
     return workloads;
   });
@@ -580,6 +576,7 @@ void Agent::PublishViews() {
     for (const auto& [pk, pod] : state_->pods) {
       if (state::Selects(svc, pod) && !state_->HasIpConflict(pk)) out->add_endpoints(pod.Key());
     }
+    out->set_waypoint(Find(waypoints->services, key));
   }
   admin_state_->SetServices(std::move(services));
 

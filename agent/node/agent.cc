@@ -27,6 +27,7 @@
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
 #include "agent/node/enrollment_pass.h"
+#include "agent/node/waypoints.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -522,6 +523,7 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   for (const auto& [key, policy] : security_.authorization_policies) {
     snapshot.authorization_policies.push_back(policy);
   }
+  AddWaypoints(*state_, &snapshot);
   return snapshot;
 }
 

@@ -11,6 +11,8 @@ std::string Pod::Key() const { return absl::StrCat(namespace_name, "/", name); }
 
 std::string Service::Key() const { return absl::StrCat(namespace_name, "/", name); }
 
+std::string Gateway::Key() const { return absl::StrCat(namespace_name, "/", name); }
+
 const ExtensionProvider* MeshConfig::FindExtensionProvider(std::string_view name) const {
   for (const ExtensionProvider& p : extension_providers) {
     if (p.name == name) return &p;

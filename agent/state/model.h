@@ -82,6 +82,7 @@ struct ServicePort {
 struct Service {
   std::string name;
   std::string namespace_name = "default";
+  std::map<std::string, std::string> labels;  // metadata.labels (istio.io/use-waypoint)
   std::vector<ambit::IpAddress> cluster_ips;  // empty for headless services
   std::map<std::string, std::string> selector;
   std::vector<ServicePort> ports;
@@ -90,6 +91,21 @@ struct Service {
   // "namespace/name".
   std::string Key() const;
   friend bool operator==(const Service&, const Service&) = default;
+};
+
+// A Gateway API Gateway (gateway.networking.k8s.io v1 or v1beta1). Only what makes it a waypoint
+// is kept: its class and labels (istio.io/waypoint-for); listeners and addresses are the
+// waypoint's own business. agent/state/waypoint.h says who uses it.
+struct Gateway {
+  std::string name;
+  std::string namespace_name = "default";
+  std::string gateway_class;  // spec.gatewayClassName
+  std::map<std::string, std::string> labels;
+  std::string source_file;
+
+  // "namespace/name".
+  std::string Key() const;
+  friend bool operator==(const Gateway&, const Gateway&) = default;
 };
 
 // MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationRequestBody.
@@ -153,6 +169,7 @@ struct ClusterState {
   std::map<std::string, Pod> pods;              // by Pod::Key()
   std::map<std::string, Namespace> namespaces;  // by name
   std::map<std::string, Service> services;      // by Service::Key()
+  std::map<std::string, Gateway> gateways;      // by Gateway::Key()
 
   // Pods that claim an address an older pod holds, by Pod::Key(): they stay listed (so that
   // `ambitctl workloads` can say why) but own no address, are not enrolled and are not sent to

@@ -66,7 +66,14 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   record.mode = "hbone";
   record.mtls = true;
   record.source = PeerOf(*pod, PodSide(*pod, peer, route.target.ip));
-  record.destination = PeerOf(dst, route.target);  // the route already names the workload
+  if (route.waypoint != nullptr) {
+    // The destination is what was dialled; the waypoint is only the hop.
+    record.destination = PeerOf(*worker.snapshot(), route.target, "");
+    absl::StrAppend(&description, " waypoint=", route.waypoint->key,
+                    " via=", route.hbone_ip.ToString());
+  } else {
+    record.destination = PeerOf(dst, route.target);  // the route already names the workload
+  }
   if (route.service != nullptr) {
     record.destination.service =
         absl::StrCat(route.service->namespace_name, "/", route.service->name);
@@ -85,7 +92,7 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
         FlowEnd{false, "CONNECT", absl::StrCat("no valid certificate for ", pod->spiffe_id)});
     return;
   }
-  SocketAddress hbone{route.target.ip, AMBIT_HBONE_PORT};
+  SocketAddress hbone{route.hbone_ip, AMBIT_HBONE_PORT};
   auto session = worker.pool().Get(*pod, ctx->client, dst_identity, hbone);
   if (!session.ok()) {
     AMBIT_LOG(kComponent, Warning)
@@ -153,7 +160,20 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   }
   std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
                                          " orig_dst=", orig->address.ToString());
-  Route route = worker.snapshot()->Resolve(orig->address, NextPick());
+  Route route = worker.snapshot()->Resolve(orig->address, NextPick(), pod->ips);
+  if (route.kind == Route::Kind::kRefused) {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << route.refused << "; connection reset";
+    CloseWithReset(client);
+    FlowRecord record;
+    record.direction = FlowDirection::kOutbound;
+    record.pod = pod->uid;
+    record.mode = "hbone";
+    record.source = PeerOf(*pod, PodSide(*pod, *peer, orig->address.ip));
+    record.destination = PeerOf(*worker.snapshot(), orig->address, "");
+    record.policy = absl::StrCat("waypoint ", route.waypoint->key);
+    worker.Refuse(std::move(record), FlowEnd{true, "DENY", route.refused});
+    return;
+  }
   if (route.kind == Route::Kind::kHbone) {
     HandleOutboundHbone(worker, pod, std::move(client), *peer, route, std::move(description));
     return;

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "abi/redirect.h"
@@ -43,12 +44,35 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   // strings (workloads_ no longer moves), not a key string per peer, and only when needed.
   absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, const mesh::Workload*>
       by_key;
-  if (!s.services.empty()) {
+  if (!s.services.empty() || !s.waypoints.empty()) {
     by_key.reserve(snap->workloads_.size());
     for (const auto& w : snap->workloads_) by_key[{w.namespace_name, w.name}] = &w;
   }
+  for (const auto& wp : s.waypoints) {
+    auto info = std::make_unique<WaypointInfo>();
+    info->key = wp.Key();
+    for (const absl::string_view key : wp.instances) {
+      const size_t slash = key.find('/');
+      if (slash == absl::string_view::npos) continue;
+      auto it = by_key.find(std::make_pair(key.substr(0, slash), key.substr(slash + 1)));
+      if (it != by_key.end()) info->instances.push_back(it->second);
+    }
+    snap->waypoints_[info->key] = std::move(info);
+  }
+  auto waypoint = [&snap](const std::string& key) -> const WaypointInfo* {
+    if (key.empty()) return nullptr;
+    auto it = snap->waypoints_.find(key);
+    return it == snap->waypoints_.end() ? nullptr : it->second.get();
+  };
+  auto bind = [&snap](const mesh::Workload* w, const WaypointInfo* wp) {
+    if (wp == nullptr || !w->enrolled_here) return;
+    auto& list = snap->bound_to_[w];
+    if (std::find(list.begin(), list.end(), wp) == list.end()) list.push_back(wp);
+  };
+  for (const auto& w : snap->workloads_) bind(&w, waypoint(w.waypoint));
   for (auto& svc : s.services) {
     auto info = std::make_shared<ServiceInfo>();
+    info->waypoint = waypoint(svc.waypoint);
     info->namespace_name = std::move(svc.namespace_name);
     info->name = std::move(svc.name);
     for (const auto& p : svc.ports) {
@@ -59,7 +83,12 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
       const size_t slash = key.find('/');
       if (slash == absl::string_view::npos) continue;
       auto it = by_key.find(std::make_pair(key.substr(0, slash), key.substr(slash + 1)));
-      if (it != by_key.end()) info->endpoints.push_back(it->second);
+      if (it != by_key.end()) {
+        info->endpoints.push_back(it->second);
+        // Istio's advice for a waypoint's workloads (an ALLOW for the waypoint's identity
+        // alone), built in: a service's pod addressed directly would skip its L7 policy.
+        bind(it->second, info->waypoint);
+      }
     }
     info->cluster_ips = std::move(svc.cluster_ips);
     for (const auto& ip : info->cluster_ips) snap->services_[ip] = info;
@@ -110,6 +139,20 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source, const SocketAd
                                                     " is not in configuration snapshot ", version_,
                                                     " (its policies are unknown)"));
   }
+  if (auto bound = bound_to_.find(workload);
+      bound != bound_to_.end() && !workload->waypoint_bypass_allowed) {
+    for (const WaypointInfo* wp : bound->second) {
+      if (wp->IsIdentity(principal)) continue;
+      if (decided_by != nullptr) *decided_by = absl::StrCat("waypoint ", wp->key);
+      return absl::PermissionDeniedError(absl::StrCat(
+          "denied: ", workload->Key(), " uses waypoint ", wp->key,
+          wp->instances.empty() ? ", which has no pod yet" : "",
+          "; only its identity may connect, not ",
+          principal.empty() ? std::string("a plaintext client") : principal,
+          " (bypass refused; the pod annotation ambit.dev/allow-waypoint-bypass: \"true\" allows "
+          "it)"));
+    }
+  }
   if (authz_ == nullptr) {
     // No engine means the configuration could not be turned into one: fail closed.
     if (!authz_errors_.empty()) {
@@ -148,30 +191,103 @@ const mesh::Workload* MeshSnapshot::WorkloadByIp(const IpAddress& ip) const {
   return it == by_ip_.end() ? nullptr : it->second;
 }
 
-Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick) const {
+bool WaypointInfo::IsIdentity(const std::string& principal) const {
+  if (principal.empty()) return false;
+  for (const mesh::Workload* w : instances) {
+    if (w->identity.ToString() == principal) return true;
+  }
+  return false;
+}
+
+namespace {
+
+// Whether the client is one of the waypoint's own pods: its forwarded traffic goes on to the
+// destination, never back to the waypoint (ztunnel's check_from_waypoint).
+bool FromWaypoint(const WaypointInfo& wp, const std::vector<IpAddress>& source_ips) {
+  for (const mesh::Workload* w : wp.instances) {
+    for (const auto& ip : w->ips) {
+      if (std::find(source_ips.begin(), source_ips.end(), ip) != source_ips.end()) return true;
+    }
+  }
+  return false;
+}
+
+// Over HBONE to one of the waypoint's pods, the CONNECT target left as dialled. A waypoint
+// without a pod with an address refuses the connection: sending it straight to the destination
+// would skip the L7 policy it is bound to.
+Route ThroughWaypoint(const WaypointInfo& wp, const SocketAddress& dst, uint64_t pick) {
+  Route route;
+  route.target = dst;
+  route.waypoint = &wp;
+  std::vector<std::pair<const mesh::Workload*, IpAddress>> candidates, other_family;
+  for (const mesh::Workload* w : wp.instances) {
+    for (const auto& ip : w->ips) {
+      (ip.is_v4() == dst.ip.is_v4() ? candidates : other_family).emplace_back(w, ip);
+      if (ip.is_v4() == dst.ip.is_v4()) break;
+    }
+  }
+  if (candidates.empty()) candidates = std::move(other_family);
+  if (candidates.empty()) {
+    route.kind = Route::Kind::kRefused;
+    route.refused = absl::StrCat("destination ", dst.ToString(), " uses waypoint ", wp.key,
+                                 ", which has no pod with an address");
+    return route;
+  }
+  const auto& [workload, ip] = candidates[pick % candidates.size()];
+  route.kind = Route::Kind::kHbone;
+  route.workload = workload;
+  route.hbone_ip = ip;
+  return route;
+}
+
+}  // namespace
+
+Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick,
+                            const std::vector<IpAddress>& source_ips) const {
   Route route;
   route.target = dst;
   if (const mesh::Workload* w = WorkloadByIp(dst.ip); w != nullptr) {
+    if (auto wp = waypoints_.find(w->waypoint);
+        !w->waypoint.empty() && wp != waypoints_.end() && !FromWaypoint(*wp->second, source_ips)) {
+      return ThroughWaypoint(*wp->second, dst, pick);
+    }
     if (w->in_mesh) {
       route.kind = Route::Kind::kHbone;
       route.workload = w;
+      route.hbone_ip = dst.ip;
     }
     return route;
   }
   auto svc = services_.find(dst.ip);
   if (svc == services_.end()) return route;
   const ServiceInfo& s = *svc->second;
+  if (s.waypoint != nullptr && !FromWaypoint(*s.waypoint, source_ips)) {
+    Route via = ThroughWaypoint(*s.waypoint, dst, pick);
+    via.service = &s;
+    return via;
+  }
   auto port = s.target_ports.find(dst.port);
   if (port == s.target_ports.end() || port->second == 0 || s.endpoints.empty()) return route;
   const mesh::Workload* endpoint = s.endpoints[pick % s.endpoints.size()];
   // Same family as the destination the application dialled.
   for (const auto& ip : endpoint->ips) {
     if (ip.is_v4() != dst.ip.is_v4()) continue;
+    const SocketAddress pod_address{ip, port->second};
+    // ztunnel sends this straight to the pod; but the pod's tunnel accepts only its waypoint
+    // (bypass closed), so it goes through the pod's waypoint as pod-addressed traffic.
+    if (auto wp = waypoints_.find(endpoint->waypoint); !endpoint->waypoint.empty() &&
+                                                       wp != waypoints_.end() &&
+                                                       !FromWaypoint(*wp->second, source_ips)) {
+      Route via = ThroughWaypoint(*wp->second, pod_address, pick);
+      via.service = &s;
+      return via;
+    }
     route.service = &s;
-    route.target = SocketAddress{ip, port->second};
+    route.target = pod_address;
     if (endpoint->in_mesh) {
       route.kind = Route::Kind::kHbone;
       route.workload = endpoint;
+      route.hbone_ip = ip;
     }
     return route;
   }

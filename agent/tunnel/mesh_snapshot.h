@@ -21,22 +21,40 @@ class Snapshot;
 
 namespace ambit::tunnel {
 
+// A waypoint with its pods as the snapshot's own workloads.
+struct WaypointInfo {
+  std::string key;  // "namespace/name" of its Gateway
+  std::vector<const mesh::Workload*> instances;
+
+  // Whether `principal` (a verified SPIFFE ID) is one of its pods' identities.
+  bool IsIdentity(const std::string& principal) const;
+};
+
 // The routing view of one Service: ports as a map, endpoints as the snapshot's own workloads.
 struct ServiceInfo {
   std::string namespace_name, name;
   std::vector<IpAddress> cluster_ips;
   std::map<uint16_t, uint16_t> target_ports;  // TCP service port -> pod port
   std::vector<const mesh::Workload*> endpoints;
+  const WaypointInfo* waypoint = nullptr;  // traffic to a cluster IP goes through it
 };
 
 // Where an outbound connection goes.
 struct Route {
-  enum class Kind { kPassthrough, kHbone };
+  // kRefused: the destination uses a waypoint that has no pod to send to (`refused` says so).
+  enum class Kind { kPassthrough, kHbone, kRefused };
   Kind kind = Kind::kPassthrough;
-  SocketAddress target;                      // the pod address (a Service IP is resolved)
-  const mesh::Workload* workload = nullptr;  // set for kHbone
-  const ServiceInfo* service = nullptr;      // set when dst was a Service IP
-  // Both pointers are the snapshot's: valid while the MeshSnapshot that resolved them lives.
+  // The pod address (a Service IP is resolved), or, through a waypoint, the address dialled:
+  // ztunnel's CONNECT target, the service or pod address the waypoint forwards to.
+  SocketAddress target;
+  // Set for kHbone: where the HBONE connection goes (its 15008) and whose identity it proves.
+  // Through a waypoint, the waypoint's pod.
+  const mesh::Workload* workload = nullptr;
+  IpAddress hbone_ip;                      // kHbone: the address of `workload` to dial
+  const ServiceInfo* service = nullptr;    // set when dst was a Service IP
+  const WaypointInfo* waypoint = nullptr;  // set when the traffic goes through a waypoint
+  std::string refused;                     // kRefused: why
+  // The pointers are the snapshot's: valid while the MeshSnapshot that resolved them lives.
 };
 
 // The mesh as of one configuration version: the shared model (agent/mesh) indexed for the data
@@ -67,13 +85,19 @@ class MeshSnapshot {
   // The workload owning `ip`, or nullptr. Valid while this snapshot lives.
   const mesh::Workload* WorkloadByIp(const IpAddress& ip) const;
   // A destination that is a mesh pod (directly or behind a Service IP) goes over HBONE to that
-  // pod; anything else passes through. `pick` spreads connections over a service's endpoints.
-  Route Resolve(const SocketAddress& dst, uint64_t pick) const;
+  // pod; anything else passes through. `pick` spreads connections over a service's endpoints
+  // (and a waypoint's pods). A service (for a cluster IP) or pod (for its own address) that uses
+  // a waypoint is reached over HBONE to the waypoint instead, unless the connection comes from
+  // one of that waypoint's own pods (`source_ips` are the client pod's addresses).
+  Route Resolve(const SocketAddress& dst, uint64_t pick,
+                const std::vector<IpAddress>& source_ips = {}) const;
 
-  // AuthorizationPolicy for a connection arriving at a local workload (L4: what the node tunnel
-  // can know). `principal` is the client's verified SPIFFE ID, empty for plaintext. OK, or
-  // PermissionDenied with the explanation (which policy, which rule). AUDIT and dry-run results
-  // are logged, never enforced.
+  // The waypoint check, then AuthorizationPolicy, for a connection arriving at a local workload
+  // (L4: what the node tunnel can know). A workload that uses a waypoint, or that a service using
+  // one selects, accepts only that waypoint's identities (bypass closed) unless its
+  // waypoint_bypass_allowed; the denial's decided_by is "waypoint <namespace/name>". `principal` is
+  // the client's verified SPIFFE ID, empty for plaintext. OK, or PermissionDenied with the
+  // explanation (which policy, which rule). AUDIT and dry-run results are logged, never enforced.
   absl::Status Authorize(const SocketAddress& source, const SocketAddress& destination,
                          const std::string& principal, std::string* decided_by) const;
   const std::vector<std::string>& authz_errors() const { return authz_errors_; }
@@ -89,6 +113,9 @@ class MeshSnapshot {
   std::vector<mesh::Workload> workloads_;
   absl::flat_hash_map<IpAddress, const mesh::Workload*> by_ip_;
   absl::flat_hash_map<IpAddress, std::shared_ptr<const ServiceInfo>> services_;
+  absl::flat_hash_map<std::string, std::unique_ptr<WaypointInfo>> waypoints_;
+  // Per workload enrolled here: the waypoints traffic to it must come through.
+  absl::flat_hash_map<const mesh::Workload*, std::vector<const WaypointInfo*>> bound_to_;
   std::unique_ptr<authz::Engine> authz_;
   std::vector<std::string> authz_errors_;
   absl::flat_hash_set<uint16_t> reserved_ports_;

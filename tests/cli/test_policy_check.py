@@ -761,12 +761,20 @@ row("custom_then_allow_matching",
     "foo/ext", provider="ext-authz-http", after="allow", mesh=MESH)
 row("custom_grpc_provider", [custom("ext", "ext-authz-grpc", ALL)], l7(), "ext_authz", "foo/ext",
     provider="ext-authz-grpc", after="allow", mesh=MESH)
-row("custom_unknown_provider_rejected", [custom("ext", "nope", ALL)], l7(), "allow", None,
+# A provider extensionProviders does not define: istiod turns the rules into DENY rules, so what
+# they match is denied (at L4 too), never let through.
+row("custom_unknown_provider_denies", [custom("ext", "nope", ALL)], l7(), "deny", "foo/ext",
     mesh=MESH, stderr=["AuthorizationPolicy foo/ext", "spec.provider.name",
-                       "not in the mesh config's extensionProviders"])
-row("custom_tracing_provider_rejected", [custom("ext", "otel", ALL)], l7(), "allow", None,
+                       "not in the mesh config's extensionProviders", "its rules deny"],
+    text=["\"nope\" is not defined in extensionProviders"])
+row("custom_unknown_provider_denies_l4", [custom("ext", "nope", ALL)], l4(), "deny", "foo/ext",
+    mesh=MESH, stderr=["its rules deny"])
+row("custom_unknown_provider_not_matching",
+    [custom("ext", "nope", op(paths=["/admin/*"]))], l7(path="/public"), "allow", None,
+    mesh=MESH, stderr=["its rules deny"])
+row("custom_tracing_provider_denies", [custom("ext", "otel", ALL)], l7(), "deny", "foo/ext",
     mesh=MESH, stderr=["'otel' is a opentelemetry extension provider"])
-row("custom_without_mesh_rejected", [custom("ext", "ext-authz-http", ALL)], l7(), "allow", None,
+row("custom_without_mesh_denies", [custom("ext", "ext-authz-http", ALL)], l7(), "deny", "foo/ext",
     stderr=["defines no envoyExtAuthzHttp"])
 row("custom_with_principals_rejected",
     [custom("ext", "ext-authz-http", src(principals=[SLEEP_P]))], l7(), "allow", None, mesh=MESH,

@@ -1307,3 +1307,47 @@ TEST(RequestTest, DerivesNamespaceAndServiceAccountFromSpiffeId) {
 
 }  // namespace
 }  // namespace ambit::authz
+
+namespace ambit::authz {
+namespace {
+
+// A CUSTOM policy whose provider extensionProviders does not define used to be skipped, which
+// let through what it was written to send to an authorizer. istiod turns its rules into DENY
+// rules; so does the engine, at L4 (the rule's L4 part) and at L7.
+TEST(EngineCustomTest, UndefinedProviderDeniesWhatTheRulesMatch) {
+  Policy selector = Custom("foo/ext", "missing", {To({.ports = {"8080"}, .paths = {"/admin*"}})});
+  selector.provider_undefined = true;
+  Policy at_waypoint = Targets(Custom("foo/ext-wp", "missing", {To({.paths = {"/admin*"}})}),
+                               {GatewayTarget("waypoint")});
+  at_waypoint.provider_undefined = true;
+  auto engine = MakeEngine({selector, at_waypoint});
+
+  Decision l7 = engine->Evaluate(Httpbin(), Http("GET", "/admin/users"));
+  EXPECT_FALSE(l7.allowed);
+  EXPECT_EQ(l7.reason, DecisionReason::kDenyMatched);
+  EXPECT_EQ(l7.policy, "foo/ext");
+  EXPECT_FALSE(l7.ext_authz.has_value());
+  EXPECT_THAT(l7.explanation, HasSubstr("ext_authz provider \"missing\" is not defined"));
+  EXPECT_TRUE(engine->Evaluate(Httpbin(), Http("GET", "/public")).allowed);
+
+  // The node tunnel enforces the L4 part (the port): denied, not skipped.
+  Decision l4 = engine->Evaluate(Httpbin(), Tcp(kSleep, 8080));
+  EXPECT_FALSE(l4.allowed);
+  EXPECT_EQ(l4.policy, "foo/ext");
+  EXPECT_TRUE(engine->Evaluate(Httpbin(), Tcp(kSleep, 9090)).allowed);
+
+  Decision wp = engine->Evaluate(AtWaypoint(), Http("POST", "/admin"));
+  EXPECT_FALSE(wp.allowed);
+  EXPECT_EQ(wp.reason, DecisionReason::kDenyMatched);
+  EXPECT_EQ(wp.policy, "foo/ext-wp");
+  EXPECT_THAT(
+      engine->LoadWarnings(),
+      ::testing::Contains(HasSubstr("foo/ext: ext_authz provider \"missing\" is not defined")));
+
+  Policy allow = Allow("foo/a", {kAnything});
+  allow.provider_undefined = true;
+  EXPECT_FALSE(Compile(allow).ok());
+}
+
+}  // namespace
+}  // namespace ambit::authz

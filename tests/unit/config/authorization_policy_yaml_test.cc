@@ -599,24 +599,37 @@ TEST(AuthorizationPolicyLoaderTest, CustomPolicyMustNameAnExtAuthzProvider) {
                               "---\n" + Custom("not-authz", "zipkin"));
   DirectoryLoader loader(dir.path());
   LoadResult r = loader.Load();
-  EXPECT_THAT(PolicyKeys(r), ElementsAre("foo/known"));
-  std::vector<ConfigError> errors = Only(r, false);
-  ASSERT_THAT(errors, SizeIs(2)) << Describe(r);
-  EXPECT_EQ(errors[0].ToString(),
-            "authz.yaml: AuthorizationPolicy foo/not-authz: field spec.provider.name: 'zipkin' is "
-            "a zipkin extension provider, not an external authorizer (envoyExtAuthzHttp or "
-            "envoyExtAuthzGrpc); the policy is not applied");
-  EXPECT_EQ(errors[1].ToString(),
-            "authz.yaml: AuthorizationPolicy foo/unknown: field spec.provider.name: 'ext-grpc' is "
-            "not in the mesh config's extensionProviders (ext_authz providers: ext-http); the "
-            "policy is not applied");
+  // Kept, and marked: skipping them would let through what their rules send to an authorizer.
+  EXPECT_THAT(PolicyKeys(r), ElementsAre("foo/known", "foo/not-authz", "foo/unknown"));
+  EXPECT_FALSE(r.security.authorization_policies.at("foo/known").provider_undefined);
+  EXPECT_TRUE(r.security.authorization_policies.at("foo/not-authz").provider_undefined);
+  EXPECT_TRUE(r.security.authorization_policies.at("foo/unknown").provider_undefined);
+  EXPECT_THAT(Only(r, false), IsEmpty()) << Describe(r);
+  std::vector<ConfigError> warnings = Only(r, true);
+  ASSERT_THAT(warnings, SizeIs(2)) << Describe(r);
+  EXPECT_EQ(warnings[0].ToString(),
+            "authz.yaml: warning: AuthorizationPolicy foo/not-authz: field spec.provider.name: "
+            "'zipkin' is a zipkin extension provider, not an external authorizer "
+            "(envoyExtAuthzHttp or envoyExtAuthzGrpc); its rules deny every request they match "
+            "until it is defined");
+  EXPECT_EQ(warnings[1].ToString(),
+            "authz.yaml: warning: AuthorizationPolicy foo/unknown: field spec.provider.name: "
+            "'ext-grpc' is "
+            "not in the mesh config's extensionProviders (ext_authz providers: ext-http); its "
+            "rules deny every request they match until it is defined");
 
   // Without a mesh config there is no provider at all.
   dir.Remove("mesh.yaml");
   r = loader.Load();
-  EXPECT_THAT(PolicyKeys(r), IsEmpty());
-  ASSERT_THAT(Only(r, false), SizeIs(3));
-  EXPECT_THAT(Only(r, false)[0].message, HasSubstr("defines no envoyExtAuthzHttp"));
+  EXPECT_THAT(PolicyKeys(r), SizeIs(3));
+  EXPECT_TRUE(r.security.authorization_policies.at("foo/known").provider_undefined);
+  ASSERT_THAT(Only(r, true), SizeIs(3));
+  EXPECT_THAT(Only(r, true)[0].message, HasSubstr("defines no envoyExtAuthzHttp"));
+
+  // Defined again: the policy goes back to its provider.
+  dir.Write("mesh.yaml", kMesh);
+  r = loader.Load();
+  EXPECT_FALSE(r.security.authorization_policies.at("foo/known").provider_undefined);
 }
 
 TEST(AuthorizationPolicyLoaderTest, InvalidEditKeepsTheLastGoodPolicy) {

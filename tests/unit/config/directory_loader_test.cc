@@ -417,3 +417,38 @@ TEST(DirectoryLoaderTest, DuplicatePodIpGoesToTheEarlierCreationTimestamp) {
 
 }  // namespace
 }  // namespace ambit::config
+
+namespace ambit::config {
+namespace {
+
+// A use-waypoint label that cannot be served as written is a warning with the object and label;
+// the Gateway and labels themselves still load.
+TEST(DirectoryLoaderWaypointTest, UnresolvableWaypointLabelsAreWarnings) {
+  TempDir dir;
+  dir.Write("a.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {istio.io/use-waypoint: typo}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: prod}
+spec: {gatewayClassName: istio-waypoint}
+)");
+  DirectoryLoader loader(dir.path());
+  LoadResult r = loader.Load();
+  ASSERT_THAT(r.state.gateways, SizeIs(1));
+  std::vector<std::string> warnings;
+  for (const ConfigError& e : r.errors) {
+    EXPECT_TRUE(e.warning) << e.ToString();
+    warnings.push_back(e.ToString());
+  }
+  EXPECT_THAT(
+      warnings,
+      ElementsAre(HasSubstr("a.yaml: warning: Pod prod/api: field "
+                            "metadata.labels[istio.io/use-waypoint]: Gateway prod/typo is "
+                            "not defined"),
+                  HasSubstr("a.yaml: warning: Gateway prod/waypoint: no pod of namespace prod")));
+}
+
+}  // namespace
+}  // namespace ambit::config

@@ -728,3 +728,86 @@ TEST(KubeYamlTest, DeepNestingInsideTheMeshConfigMapIsNamed) {
 }
 }  // namespace
 }  // namespace ambit::config
+
+namespace ambit::config {
+namespace {
+
+// Waypoints are declared with a Gateway of class istio-waypoint; Services keep their labels
+// (istio.io/use-waypoint).
+TEST(KubeYamlGatewayTest, ParsesGatewaysOfBothVersionsAndServiceLabels) {
+  ParsedFile parsed = ParseKubeYaml("w.yaml", R"(apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: prod
+  labels: {istio.io/waypoint-for: all}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: Gateway
+metadata: {name: ingress}
+spec: {gatewayClassName: istio}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: prod
+  labels: {istio.io/use-waypoint: waypoint}
+spec: {selector: {app: api}, ports: [{port: 80}]}
+)");
+  EXPECT_THAT(Errors(parsed), IsEmpty()) << Describe(parsed);
+  EXPECT_THAT(Warnings(parsed), IsEmpty()) << Describe(parsed);
+  EXPECT_THAT(Ids(parsed),
+              ElementsAre("Gateway prod/waypoint", "Gateway default/ingress", "Service prod/api"));
+  std::vector<state::Gateway> gateways = All<state::Gateway>(parsed);
+  ASSERT_THAT(gateways, SizeIs(2));
+  EXPECT_EQ(gateways[0].gateway_class, "istio-waypoint");
+  EXPECT_THAT(gateways[0].labels, ElementsAre(Pair("istio.io/waypoint-for", "all")));
+  EXPECT_EQ(gateways[0].source_file, "w.yaml");
+  EXPECT_EQ(gateways[1].Key(), "default/ingress");
+  EXPECT_EQ(gateways[1].gateway_class, "istio");
+  EXPECT_THAT(All<state::Service>(parsed)[0].labels,
+              ElementsAre(Pair("istio.io/use-waypoint", "waypoint")));
+}
+
+TEST(KubeYamlGatewayTest, BadGatewaysAreRejectedWithTheirField) {
+  struct Row {
+    const char* yaml;
+    const char* field;
+    const char* message;
+  };
+  for (const Row& row : {
+           Row{"metadata: {name: w}\nspec: {}\n", "spec.gatewayClassName", "is required"},
+           Row{"metadata: {name: w}\n", "spec.gatewayClassName", "is required"},
+           Row{"metadata: {name: w}\nspec: {gatewayClassName: [a]}\n", "spec.gatewayClassName",
+               "must be a string"},
+           Row{"metadata: {name: w, labels: {istio.io/waypoint-for: everything}}\n"
+               "spec: {gatewayClassName: istio-waypoint}\n",
+               "metadata.labels[istio.io/waypoint-for]", "'everything' is not a waypoint traffic"},
+           Row{"metadata: {name: Bad_Name}\nspec: {gatewayClassName: istio-waypoint}\n",
+               "metadata.name", ""},
+       }) {
+    ParsedFile parsed = ParseKubeYaml(
+        "g.yaml",
+        std::string("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n") + row.yaml);
+    SCOPED_TRACE(row.yaml);
+    EXPECT_THAT(parsed.objects, IsEmpty());
+    std::vector<ConfigError> errors = Errors(parsed);
+    ASSERT_THAT(errors, SizeIs(1)) << Describe(parsed);
+    EXPECT_EQ(errors[0].field, row.field);
+    EXPECT_THAT(errors[0].message, HasSubstr(row.message));
+  }
+  // Another class may use any label: only a waypoint reads istio.io/waypoint-for.
+  ParsedFile other = ParseKubeYaml("g.yaml", R"(apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: w, labels: {istio.io/waypoint-for: everything}}
+spec: {gatewayClassName: istio}
+)");
+  EXPECT_THAT(Errors(other), IsEmpty()) << Describe(other);
+}
+
+}  // namespace
+}  // namespace ambit::config

@@ -45,6 +45,8 @@ Workload Enrolled() {
   mtls.ports[8081] = {MtlsMode::kPermissive, "backend/open-8081"};
   mtls.ports[9090] = {MtlsMode::kDisable, "backend/off-9090"};
   w.mtls = mtls;
+  w.waypoint = "backend/waypoint";
+  w.waypoint_bypass_allowed = true;
   return w;
 }
 
@@ -73,7 +75,9 @@ Snapshot Full() {
   svc.cluster_ips = {Ip("198.18.100.1"), Ip("2001:2::100:1")};
   svc.ports = {{80, 8080, Protocol::kTcp}, {53, 5353, Protocol::kUdp}, {7, 0, Protocol::kSctp}};
   svc.endpoints = {"backend/api"};
+  svc.waypoint = "backend/waypoint";
   s.services = {svc};
+  s.waypoints = {Waypoint{"backend", "waypoint", {"frontend/web"}}};
   authz::Policy policy;
   policy.name = "deny-9000";
   policy.namespace_name = "backend";
@@ -111,6 +115,7 @@ TEST(MeshWireTest, RoundTripKeepsEveryField) {
   ExpectEveryFieldSet(proto.workloads(0).mtls().ports(0));
   ExpectEveryFieldSet(proto.services(0));
   ExpectEveryFieldSet(proto.services(0).ports(0));
+  ExpectEveryFieldSet(proto.waypoints(0));
 
   // The wire form of each typed value.
   const auto& w = proto.workloads(0);
@@ -363,6 +368,38 @@ TEST(MeshWireTest, DecodeRefusesBytesThatAreNoSnapshot) {
     EXPECT_NE(out.status().message().find("not a Snapshot message"), std::string::npos)
         << out.status();
   }
+}
+
+// A waypoint reference the data plane cannot resolve would leave it guessing where traffic goes
+// and whom to accept: the whole snapshot is refused instead.
+TEST(MeshWireTest, WaypointReferencesAreChecked) {
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_workloads(0)->set_waypoint("backend/gone"); },
+                 {"workload backend/api", "waypoint", "'backend/gone' is not a waypoint"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_services(0)->set_waypoint("backend/gone"); },
+                 {"service backend/api", "waypoint", "'backend/gone' is not a waypoint"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_waypoints(0)->add_instances("backend/gone"); },
+                 {"waypoint backend/waypoint", "instances[1]", "'backend/gone' is not a workload"});
+  ExpectRejected([](pb::Snapshot* s) { *s->add_waypoints() = s->waypoints(0); },
+                 {"waypoint backend/waypoint", "listed twice"});
+  ExpectRejected([](pb::Snapshot* s) { s->mutable_waypoints(0)->clear_name(); },
+                 {"waypoint backend/", "name", "missing"});
+  // Only the destination's own tunnel may be told to accept a bypass.
+  ExpectRejected(
+      [](pb::Snapshot* s) { s->mutable_workloads(1)->set_waypoint_bypass_allowed(true); },
+      {"workload frontend/web", "waypoint_bypass_allowed", "not enrolled here"});
+
+  // A waypoint without pods is valid: traffic bound to it is refused by the data plane.
+  pb::Snapshot proto;
+  ASSERT_TRUE(ToProto(Full(), &proto).ok());
+  proto.mutable_waypoints(0)->clear_instances();
+  auto out = FromProto(proto);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->waypoints[0].instances.empty());
+
+  Workload peer = Peer();
+  peer.waypoint_bypass_allowed = true;
+  pb::Workload pw;
+  EXPECT_FALSE(ToProto(peer, &pw).ok());
 }
 
 // A peer's PeerAuthentication is not used by this node: it is not kept.

@@ -94,6 +94,128 @@ TEST(MeshSnapshotTest, RoutesByTheTypedModel) {
 
 // What one peer pod (another node's, as LargeConfigTest and bench/config create 100 000 of)
 // costs the data plane while a snapshot is in force: its record and its index entry.
+// backend/api (enrolled here) uses waypoint backend/wp (a pod on another node) for traffic to
+// the pod and, through its service, to 198.18.100.1; frontend/web is an ordinary peer.
+pb::Snapshot WithWaypoint(bool bypass_allowed = false, bool waypoint_has_pod = true) {
+  pb::Snapshot s = Local(pb::MTLS_MODE_PERMISSIVE);
+  s.mutable_workloads(0)->set_waypoint("backend/wp");
+  s.mutable_workloads(0)->set_waypoint_bypass_allowed(bypass_allowed);
+  AddWorkload(&s, "frontend", "web", "198.18.0.6");
+  AddWorkload(&s, "backend", "wp", "198.18.0.9");
+  auto* wp = s.add_waypoints();
+  wp->set_namespace_("backend");
+  wp->set_name("wp");
+  if (waypoint_has_pod) wp->add_instances("backend/wp");
+  auto* svc = s.add_services();
+  svc->set_namespace_("backend");
+  svc->set_name("api");
+  svc->add_cluster_ips("198.18.100.1");
+  auto* tcp = svc->add_ports();
+  tcp->set_port(80);
+  tcp->set_target_port(8080);
+  tcp->set_protocol(pb::SERVICE_PROTOCOL_TCP);
+  svc->add_endpoints("backend/api");
+  svc->set_waypoint("backend/wp");
+  return s;
+}
+
+SocketAddress Addr(const char* ip, uint16_t port) { return {*IpAddress::Parse(ip), port}; }
+
+TEST(MeshSnapshotTest, TrafficToAWaypointBoundDestinationGoesToTheWaypoint) {
+  auto snapshot = MeshSnapshot::FromProto(WithWaypoint());
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  const std::vector<IpAddress> client = {*IpAddress::Parse("198.18.0.6")};
+
+  // Pod-addressed: to the waypoint's 15008 with the waypoint's identity; CONNECT to the pod.
+  Route to_pod = (*snapshot)->Resolve(Addr("198.18.0.5", 8080), 0, client);
+  ASSERT_EQ(to_pod.kind, Route::Kind::kHbone);
+  ASSERT_NE(to_pod.waypoint, nullptr);
+  EXPECT_EQ(to_pod.waypoint->key, "backend/wp");
+  EXPECT_EQ(to_pod.hbone_ip.ToString(), "198.18.0.9");
+  EXPECT_EQ(to_pod.workload->identity.ToString(), "spiffe://cluster.local/ns/backend/sa/wp");
+  EXPECT_EQ(to_pod.target.ToString(), "198.18.0.5:8080");
+
+  // Service-addressed: the CONNECT target stays the cluster IP, as ztunnel sends it.
+  Route to_service = (*snapshot)->Resolve(Addr("198.18.100.1", 80), 0, client);
+  ASSERT_EQ(to_service.kind, Route::Kind::kHbone);
+  EXPECT_EQ(to_service.hbone_ip.ToString(), "198.18.0.9");
+  EXPECT_EQ(to_service.target.ToString(), "198.18.100.1:80");
+  ASSERT_NE(to_service.service, nullptr);
+
+  // From the waypoint itself: straight on to the destination, never back to the waypoint.
+  const std::vector<IpAddress> waypoint = {*IpAddress::Parse("198.18.0.9")};
+  Route onward = (*snapshot)->Resolve(Addr("198.18.0.5", 8080), 0, waypoint);
+  ASSERT_EQ(onward.kind, Route::Kind::kHbone);
+  EXPECT_EQ(onward.waypoint, nullptr);
+  EXPECT_EQ(onward.hbone_ip.ToString(), "198.18.0.5");
+  Route onward_service = (*snapshot)->Resolve(Addr("198.18.100.1", 80), 0, waypoint);
+  EXPECT_EQ(onward_service.waypoint, nullptr);
+  EXPECT_EQ(onward_service.target.ToString(), "198.18.0.5:8080");
+
+  // Unbound destinations are untouched.
+  Route plain = (*snapshot)->Resolve(Addr("198.18.0.6", 9000), 0, client);
+  EXPECT_EQ(plain.waypoint, nullptr);
+  EXPECT_EQ(plain.hbone_ip.ToString(), "198.18.0.6");
+}
+
+TEST(MeshSnapshotTest, WaypointWithoutPodsRefusesInsteadOfGoingDirect) {
+  auto snapshot = MeshSnapshot::FromProto(WithWaypoint(false, /*waypoint_has_pod=*/false));
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  Route r = (*snapshot)->Resolve(Addr("198.18.0.5", 8080), 0, {});
+  EXPECT_EQ(r.kind, Route::Kind::kRefused);
+  EXPECT_NE(r.refused.find("uses waypoint backend/wp, which has no pod"), std::string::npos)
+      << r.refused;
+  std::string decided_by;
+  auto denied = (*snapshot)->Authorize(Addr("198.18.0.6", 4000), Addr("198.18.0.5", 8080),
+                                       "spiffe://cluster.local/ns/frontend/sa/web", &decided_by);
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(denied.message().find("which has no pod yet"), std::string::npos) << denied;
+}
+
+TEST(MeshSnapshotTest, WaypointBoundWorkloadAcceptsOnlyTheWaypoint) {
+  auto snapshot = MeshSnapshot::FromProto(WithWaypoint());
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  const SocketAddress dst = Addr("198.18.0.5", 8080);
+  std::string decided_by;
+  auto bypass = (*snapshot)->Authorize(Addr("198.18.0.6", 4000), dst,
+                                       "spiffe://cluster.local/ns/frontend/sa/web", &decided_by);
+  EXPECT_EQ(bypass.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(decided_by, "waypoint backend/wp");
+  EXPECT_NE(bypass.message().find("uses waypoint backend/wp; only its identity may connect, not "
+                                  "spiffe://cluster.local/ns/frontend/sa/web"),
+            std::string::npos)
+      << bypass;
+  auto plaintext = (*snapshot)->Authorize(Addr("198.18.0.6", 4000), dst, "", nullptr);
+  EXPECT_NE(plaintext.message().find("not a plaintext client"), std::string::npos) << plaintext;
+  EXPECT_TRUE((*snapshot)
+                  ->Authorize(Addr("198.18.0.9", 4000), dst,
+                              "spiffe://cluster.local/ns/backend/sa/wp", &decided_by)
+                  .ok());
+  EXPECT_EQ(decided_by, "default");
+
+  // The opt-out: anyone policy allows may connect.
+  auto open = MeshSnapshot::FromProto(WithWaypoint(/*bypass_allowed=*/true));
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE((*open)
+                  ->Authorize(Addr("198.18.0.6", 4000), dst,
+                              "spiffe://cluster.local/ns/frontend/sa/web", nullptr)
+                  .ok());
+}
+
+// A pod bound only through its service's waypoint is closed too: addressing the pod directly
+// would skip the service's L7 policy.
+TEST(MeshSnapshotTest, ServiceWaypointClosesItsEndpoints) {
+  pb::Snapshot s = WithWaypoint();
+  s.mutable_workloads(0)->clear_waypoint();
+  auto snapshot = MeshSnapshot::FromProto(s);
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  Route direct = (*snapshot)->Resolve(Addr("198.18.0.5", 8080), 0, {});
+  EXPECT_EQ(direct.waypoint, nullptr);  // pod-addressed: no waypoint, as in Istio
+  auto denied = (*snapshot)->Authorize(Addr("198.18.0.6", 4000), Addr("198.18.0.5", 8080),
+                                       "spiffe://cluster.local/ns/frontend/sa/web", nullptr);
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+}
+
 TEST(MeshSnapshotTest, PeerPodsStaySmall) {
   constexpr int kPeers = 20000;
   pb::Snapshot s;

@@ -1,0 +1,216 @@
+"""End to end: waypoints declared the Istio way (a Gateway of class istio-waypoint, the
+istio.io/use-waypoint label) and used by the node tunnels: traffic to a bound pod goes over HBONE
+to the waypoint, and the bound pod's tunnel accepts only the waypoint (bypass closed), unless the
+pod opts out with ambit.dev/allow-waypoint-bypass.
+
+ambit-waypoint does not exist yet. The waypoint's pod `wp` lives on node3, which runs no agent of
+ours; a Python HBONE server (hbone_peer.py, Python ssl + h2) holding a certificate for the
+waypoint's identity (spiffe://cluster.local/ns/backend/sa/waypoint) stands in for the waypoint
+process there: it shows where node1's tunnel sends the traffic and what it asks for, and, as a
+client, what the waypoint's forward to the destination looks like to node2's tunnel.
+
+The two agents are given different views on purpose: node1's configuration does not label b
+(a node that has not caught up, or a tunnel that skips the waypoint), so node1 sends a's traffic
+for b straight to b's node; node2 knows b is bound and must refuse it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import re
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
+import svid  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
+WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
+
+GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: backend
+  labels:
+    istio.io/waypoint-for: all
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+"""
+
+
+def with_labels(pod, labels, annotations=None):
+    """The pod's YAML with extra labels (and annotations)."""
+    text = pod.yaml()
+    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
+    text = text.replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
+    if annotations:
+        extra = "".join(f"    {k}: \"{v}\"\n" for k, v in annotations.items())
+        text = text.replace(f"    ambit.dev/netns: {pod.netns_path}\n",
+                            f"    ambit.dev/netns: {pod.netns_path}\n{extra}")
+    return text
+
+
+class WaypointTest(unittest.TestCase):
+    """a (node1), b and o (node2, both labelled to use backend/waypoint; o opts out of the bypass
+    check), s (node2, labelled in both views: the steering target), wp (node3: the waypoint's
+    pod, served by the stand-in), c (node1, not enrolled: a client outside the tunnels)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.topo = Topology("w")
+        cls.topo.__enter__()
+        t = cls.topo
+        cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+        cls.c = t.add_pod("c", namespace="default", service_account="plain", node="node1")
+        cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
+        cls.o = t.add_pod("o", namespace="backend", service_account="open", node="node2")
+        cls.s = t.add_pod("s", namespace="backend", service_account="steer", node="node2")
+        cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node3")
+        tokens = os.path.join(t.workdir, "tokens")
+        with open(tokens, "w") as f:
+            f.write("t1 node1\nt2 node2\nt3 node3\n")
+        use = {"istio.io/use-waypoint": "waypoint"}
+        common = [cls.a.yaml(), cls.c.yaml().replace(
+            f"    ambit.dev/netns: {cls.c.netns_path}\n", ""),
+            with_labels(cls.s, use),
+            with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}), GATEWAY]
+        node1_view = common + [cls.b.yaml(), cls.o.yaml()]
+        node2_view = common + [with_labels(cls.b, use),
+                               with_labels(cls.o, use, {"ambit.dev/allow-waypoint-bypass": "true"})]
+        cls.n1, cls.n2 = t.add_agent("node1"), t.add_agent("node2")
+        cls.n1.write_config("pods.yaml", "---\n".join(node1_view))
+        cls.n2.write_config("pods.yaml", "---\n".join(node2_view))
+        cls.n1.start("--ca-listen", "127.0.0.1:0", "--ca-tokens", tokens, wait_pods=[cls.a])
+        cls.n2.start(wait_pods=[cls.b, cls.o, cls.s])
+        cls.n1.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
+        for ident in ("backend/sa/api", "backend/sa/open"):
+            cls.n2.wait_log(f"certificate spiffe://cluster.local/ns/{ident} valid")
+        cls.certs = svid.issue(cls.n1, WAYPOINT_ID, "t3", tempfile.mkdtemp(dir=t.workdir))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def ctl(self, agent, *args):
+        r = run(AMBITCTL, *args, "--admin-socket", agent.admin_socket, check=False)
+        self.assertEqual(r.returncode, 0, f"ambitctl {' '.join(args)}: {r.stderr}")
+        return r.stdout
+
+    def server(self, pod, port):
+        srv = pod.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", str(port), "1"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(srv)
+        return srv
+
+    def connect(self, src, dst_ip, port, payload="hello"):
+        r = src.python(CLIENT, dst_ip, port, payload)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def access_log(self, agent, needle):
+        agent.wait_log(needle)
+        return [l for l in agent.logs().splitlines() if needle in l and "decision=" in l][-1]
+
+    def test_cli_shows_the_waypoint_of_each_workload(self):
+        doc = json.loads(self.ctl(self.n2, "workloads", "-o", "json"))
+        by_name = {(w["namespace"], w["name"]): w for w in doc["workloads"]}
+        self.assertEqual(by_name[("backend", "b")]["waypoint"], "backend/waypoint")
+        self.assertFalse(by_name[("backend", "b")]["waypointBypassAllowed"])
+        self.assertTrue(by_name[("backend", "o")]["waypointBypassAllowed"])
+        self.assertEqual(by_name[("backend", "wp")]["waypointInstanceOf"], "backend/waypoint")
+        self.assertIsNone(by_name[("backend", "wp")]["waypoint"])
+        self.assertIsNone(by_name[("default", "a")]["waypoint"])
+        table = self.ctl(self.n2, "workloads")
+        row = [l for l in table.splitlines() if " b " in f" {l} " and "backend" in l][0]
+        self.assertIn("backend/waypoint", row)
+
+    def test_outbound_tunnel_dials_the_waypoint(self):
+        # The stand-in for ambit-waypoint on wp's 15008, with the waypoint's certificate.
+        srv = self.wp.popen(["/usr/bin/python3", os.path.join(HERE, "hbone_peer.py"), "server",
+                             self.certs, self.wp.ip4], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, in_cgroup=False)
+        wait_listening(srv)
+        try:
+            out = self.connect(self.a, self.s.ip4, 7700, "to the waypoint")
+        finally:
+            srv.kill()
+        seen = json.loads(srv.communicate(timeout=10)[0].splitlines()[-1])
+        self.assertIsNotNone(out, self.n1.logs()[-1500:])
+        self.assertEqual(out["reply"], "to the waypoint")  # the stand-in echoes the stream
+        self.assertEqual(seen["method"], "CONNECT")
+        # The CONNECT target stays the destination dialled, as ztunnel sends it.
+        self.assertEqual(seen["authority"], f"{self.s.ip4}:7700")
+        self.assertEqual(seen["client"], ["spiffe://cluster.local/ns/default/sa/web"])
+        line = self.access_log(self.n1, f"dst={self.s.ip4}:7700")
+        self.assertIn("decision=allow", line)
+        self.n1.wait_log(f"waypoint=backend/waypoint via={self.wp.ip4}")
+
+    def test_bypass_from_another_tunnel_is_refused(self):
+        srv = self.server(self.b, 7710)
+        try:
+            out = self.connect(self.a, self.b.ip4, 7710, "bypass")
+        finally:
+            srv.kill()
+        self.assertTrue(out is None or out["reply"] == "", out)
+        self.assertEqual(srv.communicate(timeout=10)[0].strip(), "",
+                         "the pod behind the waypoint received a connection")
+        line = self.access_log(self.n2, f"dst={self.b.ip4}:7710")
+        self.assertIn("decision=deny", line)
+        self.assertIn("backend/waypoint", line)
+        self.assertIn("only its identity may connect, not spiffe://cluster.local/ns/default/sa/web",
+                      line)
+        deadline = time.time() + 15
+        while not re.search(r'ambit_policy_decisions_total\{result="deny"\} [1-9]',
+                            self.n2.metrics()):
+            self.assertLess(time.time(), deadline, "the denial is not counted")
+            time.sleep(0.5)
+
+    def test_plaintext_bypass_is_refused(self):
+        srv = self.server(self.b, 7711)
+        try:
+            r = self.c.python(CLIENT, self.b.ip4, 7711, "plain", in_cgroup=False)
+        finally:
+            srv.kill()
+        self.assertFalse(r.returncode == 0 and "echo:plain" in r.stdout, r.stdout)
+        line = self.access_log(self.n2, f"dst={self.b.ip4}:7711")
+        self.assertIn("decision=deny", line)
+        self.assertIn("not a plaintext client", line)
+
+    def test_opt_out_lets_the_bypass_through(self):
+        srv = self.server(self.o, 7720)
+        out = self.connect(self.a, self.o.ip4, 7720, "opted out")
+        seen = json.loads(srv.communicate(timeout=10)[0].splitlines()[-1])
+        self.assertIsNotNone(out, self.n2.logs()[-1500:])
+        self.assertEqual(out["reply"], "echo:opted out")
+        self.assertEqual(seen["peer"], self.a.ip4)
+
+    def test_waypoint_identity_is_accepted(self):
+        # What the waypoint's forward looks like to b's tunnel: HBONE from wp with its identity.
+        srv = self.server(self.b, 7730)
+        r = self.wp.run(["/usr/bin/python3", os.path.join(HERE, "hbone_peer.py"), "client",
+                         self.certs, self.b.ip4, f"{self.b.ip4}:7730", "via waypoint"],
+                        in_cgroup=False)
+        out = json.loads(r.stdout)
+        self.assertEqual(out["status"], 200, r.stderr)
+        seen = json.loads(srv.communicate(timeout=10)[0].splitlines()[-1])
+        self.assertEqual(seen["peer"], self.wp.ip4)
+        self.assertEqual(seen["bytes"], len("via waypoint"))
+        # Another identity of the mesh on the same path: 401, as ztunnel answers a denial.
+        other = svid.issue(self.n1, "spiffe://cluster.local/ns/default/sa/plain", "t1",
+                           tempfile.mkdtemp(dir=self.topo.workdir))
+        r = self.c.run(["/usr/bin/python3", os.path.join(HERE, "hbone_peer.py"), "client",
+                        other, self.b.ip4, f"{self.b.ip4}:7731", "x"], in_cgroup=False)
+        self.assertEqual(json.loads(r.stdout)["status"], 401, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
