@@ -259,7 +259,7 @@ def control_seeds(ca_key, ca_cert):
     rules { to { ports: "9090" not_ports: "1-100" } } }
   authorization_policies { name: "ext" namespace: "default" action: CUSTOM provider: "ext" has_rules: true rules { } }
 """
-    write(t, "snapshot", b"\x00" + protoc_encode(env, "protocol_version: 3 snapshot {%s}" % snapshot))
+    write(t, "snapshot", b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % snapshot))
     # Each a value the mapping must refuse (agent/mesh/wire.h), one edit away from the valid one.
     for name, old, new in [
             ("snapshot_mode_unspecified", "mode: MTLS_MODE_STRICT", "mode: MTLS_MODE_UNSPECIFIED"),
@@ -280,37 +280,37 @@ def control_seeds(ca_key, ca_cert):
                 '      ports { port: 8081 mode: MTLS_MODE_PERMISSIVE policy: "default/web-8081" }\n'
                 '      ports { port: 9090 mode: MTLS_MODE_DISABLE policy: "default/web-9090" } }', "")
             assert text != snapshot, name
-        write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 3 snapshot {%s}" % text))
+        write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % text))
     # Values this build does not know, as a newer agent could send them: raw numbers.
-    snapshot_bytes = protoc_encode(env, "protocol_version: 3 snapshot {%s}" % snapshot)
+    snapshot_bytes = protoc_encode(env, "protocol_version: 4 snapshot {%s}" % snapshot)
     unknown_mode = snapshot_bytes.replace(b"\x08\x01\x12\x0fdefault/default",
                                           b"\x08\x07\x12\x0fdefault/default")
     assert unknown_mode != snapshot_bytes
     write(t, "snapshot_mode_unknown", b"\x00" + unknown_mode)
     write(t, "add_pod", b"\x03" + protoc_encode(env, """
-protocol_version: 3
+protocol_version: 4
 add_pod { uid: "default/web" namespace: "default" name: "web" service_account: "web"
   netns_cookie: 4096 ips: "198.18.0.10" ips: "2001:2::10" ips: "bogus"
   fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 fds: FD_ROLE_HBONE_V4
   spiffe_id: "spiffe://cluster.local/ns/default/sa/web" }"""))
     # A snapshot_ref whose sealed file (the fuzz target fills it with the envelope's own bytes)
-    # reads back as a Snapshot of version 3: the envelope's protocol_version is field 1 too.
+    # reads back as a Snapshot of version 4: the envelope's protocol_version is field 1 too.
     size = 0
     while True:
-        ref = protoc_encode(env, "protocol_version: 3 snapshot_ref { version: 3 size: %d }" % size)
+        ref = protoc_encode(env, "protocol_version: 4 snapshot_ref { version: 4 size: %d }" % size)
         if len(ref) == size:
             break
         size = len(ref)
     write(t, "snapshot_ref", b"\x01" + ref)
     write(t, "snapshot_ref_wrong_size", b"\x01" + protoc_encode(
-        env, "protocol_version: 3 snapshot_ref { version: 2 size: 4096 }"))
+        env, "protocol_version: 4 snapshot_ref { version: 2 size: 4096 }"))
     write(t, "snapshot_failed", b"\x00" + protoc_encode(
-        env, 'protocol_version: 3 snapshot_failed { version: 9 error: "out of memory" }'))
+        env, 'protocol_version: 4 snapshot_failed { version: 9 error: "out of memory" }'))
     write(t, "maps", b"\x02" + protoc_encode(env, """
-protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
-    write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 3 remove_pod { uid: "default/web" }'))
+protocol_version: 4 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"""))
+    write(t, "remove_pod", b"\x00" + protoc_encode(env, 'protocol_version: 4 remove_pod { uid: "default/web" }'))
     write(t, "wrong_version", b"\x00" + protoc_encode(env, 'protocol_version: 1 remove_pod { uid: "x" }'))
-    write(t, "ping", b"\x00" + protoc_encode(env, "protocol_version: 3 ping { seq: 7 }"))
+    write(t, "ping", b"\x00" + protoc_encode(env, "protocol_version: 4 ping { seq: 7 }"))
     # Stats-socket requests, which the target also decodes (DecodeStatsSocketRequest).
     stats = "ambit.dataplane.v1.StatsSocketRequest"
     write(t, "stats_request", b"\x00" + protoc_encode(stats, "stats { connections: true metrics: true }"))
@@ -320,26 +320,26 @@ protocol_version: 3 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"
         stats, 'log_level { level: "verbose" }'))
     chain = [leaf(ca_key, ca_cert, "spiffe://cluster.local/ns/fuzz/sa/app").decode(),
              pem(ca_cert).decode()]
-    text = "protocol_version: 3 csr_response { request_id: 1 %s }" % " ".join(
+    text = "protocol_version: 4 csr_response { request_id: 1 %s }" % " ".join(
         'chain_pem: "%s"' % c.replace("\n", "\\n") for c in chain)
     write(t, "csr_response", b"\x00" + protoc_encode(env, text))
-    write(t, "csr_error", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_response { request_id: 1 error: "denied" }'))
-    write(t, "trust_bundle", b"\x00" + protoc_encode(env, 'protocol_version: 3 trust_bundle { root_pem: "%s" }' % pem(ca_cert).decode().replace("\n", "\\n")))
+    write(t, "csr_error", b"\x00" + protoc_encode(env, 'protocol_version: 4 csr_response { request_id: 1 error: "denied" }'))
+    write(t, "trust_bundle", b"\x00" + protoc_encode(env, 'protocol_version: 4 trust_bundle { root_pem: "%s" }' % pem(ca_cert).decode().replace("\n", "\\n")))
 
     t = "control_agent"
     c = csr(["spiffe://cluster.local/ns/default/sa/web"]).decode().replace("\n", "\\n")
-    write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
-    write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 3 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
-    write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 3 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
-    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 3 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
-    write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 3 ack { version: 3 }"))
-    write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 3 nack { version: 4 error: "bad policy" }'))
+    write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 4 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
+    write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 4 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
+    write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 4 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
+    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 4 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
+    write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 4 ack { version: 3 }"))
+    write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 4 nack { version: 4 error: "bad policy" }'))
     write(t, "pong", b"\x00" + protoc_encode(env, """
-protocol_version: 3 pong { seq: 7 workers: 2
+protocol_version: 4 pong { seq: 7 workers: 2
   pods { uid: "default/web" listening: 6 workers_accepting: 2 }
   pods { uid: "default/db" listening: 4 workers_accepting: 1 waiting_for_certificate: true } }"""))
     write(t, "certificate_report", b"\x00" + protoc_encode(env, """
-protocol_version: 3 certificate_report {
+protocol_version: 4 certificate_report {
   certificates { identity: "spiffe://cluster.local/ns/default/sa/web" state: "valid" serial_hex: "0a"
     not_before_unix: 1700000000 not_after_unix: 1700086400 issuer: "O = ambit" refs: 2 }
   certificates { identity: "spiffe://cluster.local/ns/default/sa/x" state: "failed" last_error: "refused" } }"""))
