@@ -45,10 +45,9 @@ std::string YamlTypeName(const YAML::Node& node);
 // "not valid YAML: <parser message>".
 std::string YamlParseError(const YAML::Exception& e);
 
-using ConfigObject =
-    std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
-                 authz::PeerAuthentication, authz::Policy, authn::RequestAuthentication,
-                 state::Gateway>;
+using ConfigObject = std::variant<state::Pod, state::Namespace, state::Service, state::MeshConfig,
+                                  authz::PeerAuthentication, authz::Policy,
+                                  authn::RequestAuthentication, state::Gateway>;
 
 struct ParsedObject {
   // What identifies the object across files and reloads: "Pod default/web", "Namespace prod",

@@ -403,15 +403,17 @@ class SnapshotBuilder {
     // A binding to a waypoint the data plane does not know could only be guessed at: refuse.
     for (const auto& w : s_.workloads) {
       if (!w.waypoint.empty() && !waypoints.contains(w.waypoint)) {
-        return WorkloadError(w.Key(), "waypoint",
-                             absl::StrCat(Quoted(w.waypoint), " is not a waypoint of the snapshot"));
+        return WorkloadError(
+            w.Key(), "waypoint",
+            absl::StrCat(Quoted(w.waypoint), " is not a waypoint of the snapshot"));
       }
     }
     for (const auto& ps : head.services()) {
       AMBIT_ASSIGN_OR_RETURN(Service svc, FromProto(ps));
       if (!svc.waypoint.empty() && !waypoints.contains(svc.waypoint)) {
-        return ServiceError(svc.Key(), "waypoint",
-                            absl::StrCat(Quoted(svc.waypoint), " is not a waypoint of the snapshot"));
+        return ServiceError(
+            svc.Key(), "waypoint",
+            absl::StrCat(Quoted(svc.waypoint), " is not a waypoint of the snapshot"));
       }
       for (size_t i = 0; i < svc.endpoints.size(); ++i) {
         if (!keys_.contains(SplitKey(svc.endpoints[i]))) {

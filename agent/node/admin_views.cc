@@ -435,7 +435,8 @@ void Agent::PublishViews() {
   const auto peer_authns = security_.PeerAuthenticationList();
 
   // The same resolution the data plane's snapshot gets (node/waypoints.h).
-  auto waypoints = std::make_shared<const state::WaypointResolution>(state::ResolveWaypoints(*state_));
+  auto waypoints =
+      std::make_shared<const state::WaypointResolution>(state::ResolveWaypoints(*state_));
   // Built on request from immutable copies: the cluster state is shared, the rest is this
   // node's (a few entries).
   struct Redirect {

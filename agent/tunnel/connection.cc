@@ -160,7 +160,7 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
   }
   std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
                                          " orig_dst=", orig->address.ToString());
-  Route route = worker.snapshot()->Resolve(orig->address, NextPick(), pod->ips);
+  Route route = worker.snapshot()->Resolve(orig->address, NextPick(), pod->workload.ips);
   if (route.kind == Route::Kind::kRefused) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << route.refused << "; connection reset";
     CloseWithReset(client);

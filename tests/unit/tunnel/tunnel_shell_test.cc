@@ -3,8 +3,6 @@
 // listeners: hello, hand-back to a second agent, heartbeat answers, removal. No root, no network
 // namespaces (the pods' descriptors are /dev/null), no workers (the agent sends no maps).
 
-#include "agent/tunnel/control.h"
-
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -19,6 +17,7 @@
 
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
+#include "agent/tunnel/control.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 #include "tests/fakes/fake_pod_sockets.h"
 
