@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace ambit::supervisor {
 namespace {
 
@@ -86,13 +88,15 @@ TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
 // says what to do.
 TEST(DecodeDataPlaneMessageTest, RefusesAnOlderDataPlaneSayingWhy) {
   pb::Envelope old;
-  old.set_protocol_version(2);
+  const int older = pb::PROTOCOL_VERSION_CURRENT - 1;
+  old.set_protocol_version(older);
   old.mutable_hello()->set_pid(42);
   auto decoded = DecodeDataPlaneMessage(old.SerializeAsString(), 0);
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(decoded.status().message(),
-            "data plane speaks control protocol 2, this agent 3; restart the data plane");
+            absl::StrCat("data plane speaks control protocol ", older, ", this agent ",
+                         older + 1, "; restart the data plane"));
 }
 
 }  // namespace
