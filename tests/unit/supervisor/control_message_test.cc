@@ -95,8 +95,8 @@ TEST(DecodeDataPlaneMessageTest, RefusesAnOlderDataPlaneSayingWhy) {
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(decoded.status().message(),
-            absl::StrCat("data plane speaks control protocol ", older, ", this agent ",
-                         older + 1, "; restart the data plane"));
+            absl::StrCat("data plane speaks control protocol ", older, ", this agent ", older + 1,
+                         "; restart the data plane"));
 }
 
 }  // namespace
