@@ -55,6 +55,31 @@ std::vector<std::string> IpStrings(const state::Pod& pod) {
   return out;
 }
 
+// The workload fields ambitd knows of every pod from the cluster state: the part add_pod carries
+// and the base of the snapshot's record. InvalidArgument when the pod's SPIFFE ID does not parse:
+// neither record can describe it, so it is not served (fail closed).
+absl::StatusOr<mesh::Workload> PodWorkload(const state::MeshConfig& mesh, const state::Pod& pod) {
+  mesh::Workload w;
+  w.namespace_name = pod.namespace_name;
+  w.name = pod.name;
+  w.service_account = pod.service_account;
+  w.node = pod.node_name;
+  auto id = identity::ParseSpiffeId(state::SpiffeId(mesh, pod));
+  if (!id.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pod ", pod.Key(), " has no valid SPIFFE identity: ", id.status().message()));
+  }
+  w.identity = *std::move(id);
+  w.ips = pod.ips;
+  return w;
+}
+
+// The identity a data plane serves a pod with, as the enrollment reconciler compares it: the
+// SPIFFE ID, or "" for a pod served without one.
+std::string ServedIdentity(const mesh::Workload& workload) {
+  return workload.identity.trust_domain.empty() ? std::string() : workload.identity.ToString();
+}
+
 // The ports of ambit's own HTTP endpoints ("ip:port" or "[ip]:port"; empty: off), which the data
 // plane must never deliver a connection to. The data plane knows 15001/15006/15008 itself.
 std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
@@ -246,8 +271,8 @@ absl::Status Agent::ConnectDataPlane() {
   std::vector<HandedBackInfo> infos;
   for (auto& pod : handed_back) {
     const uint64_t cookie = pod.netns_cookie;
-    infos.push_back(
-        {pod.uid, pod.spiffe_id, cookie, pod.outbound_v4 && pod.plain_v4 && pod.hbone_v4});
+    infos.push_back({pod.workload.Key(), ServedIdentity(pod.workload), cookie,
+                     pod.outbound_v4 && pod.plain_v4 && pod.hbone_v4});
     handed_back_.emplace(cookie, std::move(pod));
   }
   // A fresh data plane knows nothing: every pod enrolled so far is sent.
@@ -430,13 +455,9 @@ void Agent::OnPodRemoved(const std::string& uid) {
 absl::Status Agent::SendPod(EnrolledPod& e) {
   e.sent_at_seq = heartbeat_->next_seq();
   supervisor::PodDescriptor d;
-  d.uid = e.pod.Key();
-  d.namespace_name = e.pod.namespace_name;
-  d.name = e.pod.name;
-  d.service_account = e.pod.service_account;
-  d.spiffe_id = state::SpiffeId(state_->mesh, e.pod);
+  AMBIT_ASSIGN_OR_RETURN(d.workload, PodWorkload(state_->mesh, e.pod));
+  d.workload.enrolled_here = true;
   d.netns_cookie = e.netns_cookie;
-  d.ips = IpStrings(e.pod);
   d.netns = e.netns.get();
   d.outbound_v4 = e.listeners.outbound_v4.get();
   d.outbound_v6 = e.listeners.outbound_v6.get();
@@ -445,7 +466,7 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   d.hbone_v4 = e.listeners.hbone_v4.get();
   d.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(dataplane_->SendAddPod(d));
-  enrollment_.OnSent(d.uid, std::move(d.spiffe_id));
+  enrollment_.OnSent(d.workload.Key(), ServedIdentity(d.workload));
   return absl::OkStatus();
 }
 
@@ -461,18 +482,7 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
     // The data plane indexes workloads by address: a pod that lost its address to an older one
     // must not be there, or connections to the address would expect the wrong identity.
     if (state_->HasIpConflict(key)) continue;
-    mesh::Workload w;
-    w.namespace_name = pod.namespace_name;
-    w.name = pod.name;
-    w.service_account = pod.service_account;
-    w.node = pod.node_name;
-    auto id = identity::ParseSpiffeId(state::SpiffeId(state_->mesh, pod));
-    if (!id.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("pod ", key, " has no valid SPIFFE identity: ", id.status().message()));
-    }
-    w.identity = *std::move(id);
-    w.ips = pod.ips;
+    AMBIT_ASSIGN_OR_RETURN(mesh::Workload w, PodWorkload(state_->mesh, pod));
     w.enrolled_here = enrolled_.count(pod.Key()) > 0;
     // A pod that names its netns is captured by the ambit agent on its own node.
     w.in_mesh = !pod.netns_path.empty();

@@ -1,5 +1,7 @@
 #include "agent/supervisor/control_message.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "agent/common/status.h"
 #include "agent/mesh/wire.h"
@@ -37,6 +39,66 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
                                                      static_cast<int>(env.body_case()),
                                                      " from the data plane"));
   }
+}
+
+absl::Status EncodeAddPod(const PodDescriptor& pod, pb::Pod* out, std::vector<int>* fds) {
+  if (absl::Status s = mesh::PodToProto(pod.workload, out); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("add_pod: ", s.message()));
+  }
+  out->set_netns_cookie(pod.netns_cookie);
+  auto add = [&](int fd, pb::FdRole role) {
+    if (fd < 0) return;
+    fds->push_back(fd);
+    out->add_fds(role);
+  };
+  add(pod.netns, pb::FD_ROLE_NETNS);
+  add(pod.outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
+  add(pod.outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
+  add(pod.plain_v4, pb::FD_ROLE_INBOUND_PLAIN_V4);
+  add(pod.plain_v6, pb::FD_ROLE_INBOUND_PLAIN_V6);
+  add(pod.hbone_v4, pb::FD_ROLE_HBONE_V4);
+  add(pod.hbone_v6, pb::FD_ROLE_HBONE_V6);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HandedBackPod> DecodeHandedBackPod(const pb::Pod& in, std::vector<UniqueFd> fds) {
+  auto workload = mesh::PodFromProto(in);
+  if (!workload.ok()) {
+    return absl::Status(workload.status().code(),
+                        absl::StrCat("handed-back pod: ", workload.status().message()));
+  }
+  HandedBackPod pod;
+  pod.workload = *std::move(workload);
+  pod.netns_cookie = in.netns_cookie();
+  for (int j = 0; j < in.fds_size() && j < static_cast<int>(fds.size()); ++j) {
+    UniqueFd& fd = fds[j];
+    switch (in.fds(j)) {
+      case pb::FD_ROLE_NETNS:
+        pod.netns = std::move(fd);
+        break;
+      case pb::FD_ROLE_OUTBOUND_V4:
+        pod.outbound_v4 = std::move(fd);
+        break;
+      case pb::FD_ROLE_OUTBOUND_V6:
+        pod.outbound_v6 = std::move(fd);
+        break;
+      case pb::FD_ROLE_INBOUND_PLAIN_V4:
+        pod.plain_v4 = std::move(fd);
+        break;
+      case pb::FD_ROLE_INBOUND_PLAIN_V6:
+        pod.plain_v6 = std::move(fd);
+        break;
+      case pb::FD_ROLE_HBONE_V4:
+        pod.hbone_v4 = std::move(fd);
+        break;
+      case pb::FD_ROLE_HBONE_V6:
+        pod.hbone_v6 = std::move(fd);
+        break;
+      default:
+        break;
+    }
+  }
+  return pod;
 }
 
 }  // namespace ambit::supervisor

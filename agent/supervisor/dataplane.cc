@@ -134,42 +134,8 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
   for (uint32_t i = 0; i < hello.first.hello().pod_count(); ++i) {
     AMBIT_ASSIGN_OR_RETURN(auto msg, ReadEnvelope(control_.get(), 5000));
     if (!msg.first.has_add_pod()) return absl::DataLossError("expected a handed-back pod");
-    const auto& p = msg.first.add_pod();
-    HandedBackPod pod;
-    pod.uid = p.uid();
-    pod.namespace_name = p.namespace_();
-    pod.name = p.name();
-    pod.service_account = p.service_account();
-    pod.spiffe_id = p.spiffe_id();
-    pod.netns_cookie = p.netns_cookie();
-    for (int j = 0; j < p.fds_size() && j < static_cast<int>(msg.second.size()); ++j) {
-      UniqueFd& fd = msg.second[j];
-      switch (p.fds(j)) {
-        case pb::FD_ROLE_NETNS:
-          pod.netns = std::move(fd);
-          break;
-        case pb::FD_ROLE_OUTBOUND_V4:
-          pod.outbound_v4 = std::move(fd);
-          break;
-        case pb::FD_ROLE_OUTBOUND_V6:
-          pod.outbound_v6 = std::move(fd);
-          break;
-        case pb::FD_ROLE_INBOUND_PLAIN_V4:
-          pod.plain_v4 = std::move(fd);
-          break;
-        case pb::FD_ROLE_INBOUND_PLAIN_V6:
-          pod.plain_v6 = std::move(fd);
-          break;
-        case pb::FD_ROLE_HBONE_V4:
-          pod.hbone_v4 = std::move(fd);
-          break;
-        case pb::FD_ROLE_HBONE_V6:
-          pod.hbone_v6 = std::move(fd);
-          break;
-        default:
-          break;
-      }
-    }
+    AMBIT_ASSIGN_OR_RETURN(HandedBackPod pod,
+                           DecodeHandedBackPod(msg.first.add_pod(), std::move(msg.second)));
     pods.push_back(std::move(pod));
   }
   return pods;
@@ -321,27 +287,8 @@ absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd) {
 
 absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   auto env = NewEnvelope();
-  auto* p = env.mutable_add_pod();
-  p->set_uid(pod.uid);
-  p->set_namespace_(pod.namespace_name);
-  p->set_name(pod.name);
-  p->set_service_account(pod.service_account);
-  p->set_netns_cookie(pod.netns_cookie);
-  p->set_spiffe_id(pod.spiffe_id);
-  for (const auto& ip : pod.ips) p->add_ips(ip);
   std::vector<int> fds;
-  auto add = [&](int fd, pb::FdRole role) {
-    if (fd < 0) return;
-    fds.push_back(fd);
-    p->add_fds(role);
-  };
-  add(pod.netns, pb::FD_ROLE_NETNS);
-  add(pod.outbound_v4, pb::FD_ROLE_OUTBOUND_V4);
-  add(pod.outbound_v6, pb::FD_ROLE_OUTBOUND_V6);
-  add(pod.plain_v4, pb::FD_ROLE_INBOUND_PLAIN_V4);
-  add(pod.plain_v6, pb::FD_ROLE_INBOUND_PLAIN_V6);
-  add(pod.hbone_v4, pb::FD_ROLE_HBONE_V4);
-  add(pod.hbone_v6, pb::FD_ROLE_HBONE_V6);
+  AMBIT_RETURN_IF_ERROR(EncodeAddPod(pod, env.mutable_add_pod(), &fds));
   return SendEnvelope(control_.get(), env, fds);
 }
 

@@ -22,19 +22,19 @@ class StatsResponse;
 namespace ambit::supervisor {
 
 // A pod the running data plane already serves, handed back with its descriptors when the agent
-// (re)connects.
+// (re)connects. The workload is what the data plane serves the pod as (mesh::PodFromProto:
+// enrolled_here set, identity empty when it serves the pod without one).
 struct HandedBackPod {
-  std::string uid, namespace_name, name, service_account;
-  std::string spiffe_id;  // the identity the data plane serves the pod with
+  mesh::Workload workload;
   uint64_t netns_cookie = 0;
   UniqueFd netns, outbound_v4, outbound_v6, plain_v4, plain_v6, hbone_v4, hbone_v6;
 };
 
-// What the agent tells the data plane about one enrolled pod. Descriptors are borrowed.
+// What the agent tells the data plane about one enrolled pod: its workload (mesh::PodToProto maps
+// it; the key is its uid) and its descriptors, which are borrowed (-1: not sent).
 struct PodDescriptor {
-  std::string uid, namespace_name, name, service_account, spiffe_id;
+  mesh::Workload workload;
   uint64_t netns_cookie = 0;
-  std::vector<std::string> ips;
   int netns = -1, outbound_v4 = -1, outbound_v6 = -1;
   int plain_v4 = -1, plain_v6 = -1, hbone_v4 = -1, hbone_v6 = -1;
 };
@@ -67,7 +67,8 @@ class DataPlane {
   ~DataPlane();
 
   // Attaches to a data plane already serving control_socket, or starts one. Returns the pods a
-  // running data plane handed back (empty for a fresh one).
+  // running data plane handed back (empty for a fresh one); one that does not map is an error
+  // naming the pod and the field, and the session is not used.
   absl::StatusOr<std::vector<HandedBackPod>> Connect();
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   // Returns its PID, or 0 when nothing answered on control_socket.
@@ -105,6 +106,7 @@ class DataPlane {
   absl::Status OnControlReadable();
 
   absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
+  // An error that the workload does not map (agent/mesh/wire.h) means nothing was sent.
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);
   // Sends one configuration generation (in a sealed file). An error that the snapshot does not

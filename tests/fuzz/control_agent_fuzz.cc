@@ -1,8 +1,9 @@
 // Control messages from the data plane, as ambitd receives them: DecodeDataPlaneMessage, then what
 // DataPlane and Agent do with each body: a csr_request's CSR goes to the built-in CA's signer (the
 // agent first checks the identity belongs to a pod enrolled on the node; here every one passes),
-// a certificate report becomes the admin API's view, a heartbeat answer is checked against the
-// pods it lists (the readiness listener check).
+// a certificate report becomes the admin API's view, a handed-back pod becomes the agent's typed
+// record (DecodeHandedBackPod), a heartbeat answer is checked against the pods it lists (the
+// readiness listener check).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
 #include <memory>
@@ -59,9 +60,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                    static_cast<size_t>(env->certificate_report().certificates_size()));
       break;
     }
-    case pb::Envelope::kAddPod:
+    case pb::Envelope::kAddPod: {
       FUZZ_REQUIRE(static_cast<size_t>(env->add_pod().fds_size()) == fd_count);
+      // No real descriptors: the record's mapping is what untrusted bytes reach.
+      auto pod = ambit::supervisor::DecodeHandedBackPod(env->add_pod(), {});
+      if (!pod.ok()) {
+        FUZZ_REQUIRE(pod.status().code() == absl::StatusCode::kInvalidArgument);
+        FUZZ_REQUIRE(!pod.status().message().empty());
+        break;
+      }
+      // What the agent accepts it can describe again, as the same pod.
+      FUZZ_REQUIRE(pod->workload.Key() == env->add_pod().uid());
+      ambit::supervisor::PodDescriptor again;
+      again.workload = pod->workload;
+      again.netns_cookie = pod->netns_cookie;
+      pb::Pod encoded;
+      std::vector<int> fds;
+      FUZZ_REQUIRE(ambit::supervisor::EncodeAddPod(again, &encoded, &fds).ok());
+      auto back = ambit::supervisor::DecodeHandedBackPod(encoded, {});
+      FUZZ_REQUIRE(back.ok() && back->workload == pod->workload);
       break;
+    }
     case pb::Envelope::kPong: {
       ambit::supervisor::PongReport report;
       report.seq = env->pong().seq();

@@ -331,7 +331,8 @@ protocol_version: 4 maps { fds: FD_ROLE_ORIG_DST_MAP fds: FD_ROLE_DELIVER_MAP }"
     write(t, "csr_request", b"\x00" + protoc_encode(env, 'protocol_version: 4 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/web" csr_pem: "%s" }' % c))
     write(t, "csr_request_wrong_identity", b"\x00" + protoc_encode(env, 'protocol_version: 4 csr_request { request_id: 9 identity: "spiffe://cluster.local/ns/default/sa/other" csr_pem: "%s" }' % c))
     write(t, "hello", b"\x00" + protoc_encode(env, "protocol_version: 4 hello { pid: 42 pod_count: 1 snapshot_version: 3 }"))
-    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 4 add_pod { uid: "default/web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
+    write(t, "handed_back_pod", b"\x02" + protoc_encode(env, 'protocol_version: 4 add_pod { uid: "default/web" namespace: "default" name: "web" service_account: "web" spiffe_id: "spiffe://cluster.local/ns/default/sa/web" ips: "198.18.0.10" ips: "2001:2::10" netns_cookie: 77 fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
+    write(t, "handed_back_pod_bad_uid", b"\x02" + protoc_encode(env, 'protocol_version: 4 add_pod { uid: "default/other" namespace: "default" name: "web" fds: FD_ROLE_NETNS fds: FD_ROLE_OUTBOUND_V4 }'))
     write(t, "ack", b"\x00" + protoc_encode(env, "protocol_version: 4 ack { version: 3 }"))
     write(t, "nack", b"\x00" + protoc_encode(env, 'protocol_version: 4 nack { version: 4 error: "bad policy" }'))
     write(t, "pong", b"\x00" + protoc_encode(env, """

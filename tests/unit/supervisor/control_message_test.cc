@@ -1,12 +1,19 @@
-// ambitd's decoding of control packets from the data plane (agent/supervisor/control_message.h).
+// ambitd's decoding of control packets from the data plane and its mapping of the pod records
+// (agent/supervisor/control_message.h).
 
 #include "agent/supervisor/control_message.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/eventfd.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/ip_address.h"
+#include "agent/identity/spiffe_id.h"
 
 namespace ambit::supervisor {
 namespace {
@@ -97,6 +104,142 @@ TEST(DecodeDataPlaneMessageTest, RefusesAnOlderDataPlaneSayingWhy) {
   EXPECT_EQ(decoded.status().message(),
             absl::StrCat("data plane speaks control protocol ", older, ", this agent ", older + 1,
                          "; restart the data plane"));
+}
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+mesh::Workload Web() {
+  mesh::Workload w;
+  w.namespace_name = "default";
+  w.name = "web";
+  w.service_account = "web-sa";
+  w.identity = *identity::ParseSpiffeId("spiffe://cluster.local/ns/default/sa/web-sa");
+  w.ips = {*IpAddress::Parse("198.18.0.10"), *IpAddress::Parse("2001:2::10")};
+  w.enrolled_here = true;
+  return w;
+}
+
+UniqueFd NewFd() { return UniqueFd(eventfd(0, EFD_CLOEXEC)); }
+
+TEST(EncodeAddPodTest, CarriesTheWorkloadCookieAndEachDescriptorWithItsRole) {
+  PodDescriptor d;
+  d.workload = Web();
+  d.netns_cookie = 77;
+  d.netns = 10;
+  d.outbound_v4 = 11;
+  d.plain_v4 = 13;
+  d.hbone_v4 = 15;
+  d.hbone_v6 = 16;  // outbound_v6 and plain_v6 stay -1: not sent
+  pb::Pod p;
+  std::vector<int> fds;
+  ASSERT_TRUE(EncodeAddPod(d, &p, &fds).ok());
+  EXPECT_EQ(p.uid(), "default/web");
+  EXPECT_EQ(p.namespace_(), "default");
+  EXPECT_EQ(p.name(), "web");
+  EXPECT_EQ(p.service_account(), "web-sa");
+  EXPECT_EQ(p.spiffe_id(), "spiffe://cluster.local/ns/default/sa/web-sa");
+  EXPECT_THAT(p.ips(), ElementsAre("198.18.0.10", "2001:2::10"));
+  EXPECT_EQ(p.netns_cookie(), 77u);
+  EXPECT_THAT(fds, ElementsAre(10, 11, 13, 15, 16));
+  EXPECT_THAT(p.fds(),
+              ElementsAre(pb::FD_ROLE_NETNS, pb::FD_ROLE_OUTBOUND_V4, pb::FD_ROLE_INBOUND_PLAIN_V4,
+                          pb::FD_ROLE_HBONE_V4, pb::FD_ROLE_HBONE_V6));
+}
+
+TEST(EncodeAddPodTest, RefusesAWorkloadThatDoesNotMapNamingTheField) {
+  PodDescriptor d;
+  d.workload = Web();
+  d.workload.name.clear();
+  d.netns = 10;
+  pb::Pod p;
+  std::vector<int> fds;
+  absl::Status s = EncodeAddPod(d, &p, &fds);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("add_pod"));
+  EXPECT_THAT(s.message(), HasSubstr("name: missing"));
+  EXPECT_TRUE(fds.empty());
+}
+
+// What the agent sends comes back unchanged when the data plane hands the pod back after an
+// agent restart: one mapping in both directions, so the agent compares like with like.
+TEST(DecodeHandedBackPodTest, ReadsBackWhatTheAgentSentWithTheDescriptorsByRole) {
+  UniqueFd netns = NewFd(), out4 = NewFd(), plain6 = NewFd(), hbone4 = NewFd();
+  ASSERT_TRUE(netns && out4 && plain6 && hbone4);
+  PodDescriptor d;
+  d.workload = Web();
+  d.netns_cookie = 77;
+  d.netns = netns.get();
+  d.outbound_v4 = out4.get();
+  d.plain_v6 = plain6.get();
+  d.hbone_v4 = hbone4.get();
+  pb::Pod p;
+  std::vector<int> sent;
+  ASSERT_TRUE(EncodeAddPod(d, &p, &sent).ok());
+  const int netns_fd = netns.get(), out4_fd = out4.get(), plain6_fd = plain6.get(),
+            hbone4_fd = hbone4.get();
+  std::vector<UniqueFd> fds;
+  fds.push_back(std::move(netns));
+  fds.push_back(std::move(out4));
+  fds.push_back(std::move(plain6));
+  fds.push_back(std::move(hbone4));
+
+  auto pod = DecodeHandedBackPod(p, std::move(fds));
+  ASSERT_TRUE(pod.ok()) << pod.status();
+  EXPECT_EQ(pod->workload, Web());
+  EXPECT_EQ(pod->netns_cookie, 77u);
+  EXPECT_EQ(pod->netns.get(), netns_fd);
+  EXPECT_EQ(pod->outbound_v4.get(), out4_fd);
+  EXPECT_EQ(pod->plain_v6.get(), plain6_fd);
+  EXPECT_EQ(pod->hbone_v4.get(), hbone4_fd);
+  EXPECT_FALSE(pod->outbound_v6.valid());
+  EXPECT_FALSE(pod->plain_v4.valid());
+  EXPECT_FALSE(pod->hbone_v6.valid());
+}
+
+TEST(DecodeHandedBackPodTest, APodServedWithoutAnIdentityHasNone) {
+  pb::Pod p;
+  p.set_uid("default/web");
+  p.set_namespace_("default");
+  p.set_name("web");
+  auto pod = DecodeHandedBackPod(p, {});
+  ASSERT_TRUE(pod.ok()) << pod.status();
+  EXPECT_TRUE(pod->workload.identity.trust_domain.empty());
+  EXPECT_TRUE(pod->workload.enrolled_here);
+}
+
+// A handed-back pod the agent cannot describe is refused, naming the field, rather than adopted
+// with a partial record (the data plane serves it with an identity and addresses the agent would
+// not know).
+TEST(DecodeHandedBackPodTest, RefusesAPodThatDoesNotMapNamingTheField) {
+  struct Row {
+    const char* what;
+    void (*mutate)(pb::Pod*);
+    const char* field;
+  };
+  const Row rows[] = {
+      {"uid not namespace/name", [](pb::Pod* p) { p->set_uid("other"); }, "uid:"},
+      {"no name", [](pb::Pod* p) { p->clear_name(); }, "name: missing"},
+      {"no namespace", [](pb::Pod* p) { p->clear_namespace_(); }, "namespace: missing"},
+      {"bad SPIFFE ID", [](pb::Pod* p) { p->set_spiffe_id("spiffe://UPPER/ns/a"); }, "spiffe_id:"},
+      {"bad address", [](pb::Pod* p) { p->add_ips("198.18.0.300"); }, "ips[2]:"},
+  };
+  for (const Row& row : rows) {
+    PodDescriptor d;
+    d.workload = Web();
+    pb::Pod p;
+    std::vector<int> sent;
+    ASSERT_TRUE(EncodeAddPod(d, &p, &sent).ok());
+    row.mutate(&p);
+    std::vector<UniqueFd> fds;
+    fds.push_back(NewFd());
+    p.add_fds(pb::FD_ROLE_NETNS);
+    auto pod = DecodeHandedBackPod(p, std::move(fds));
+    ASSERT_FALSE(pod.ok()) << row.what;
+    EXPECT_EQ(pod.status().code(), absl::StatusCode::kInvalidArgument) << row.what;
+    EXPECT_THAT(pod.status().message(), HasSubstr("handed-back pod: workload ")) << row.what;
+    EXPECT_THAT(pod.status().message(), HasSubstr(row.field)) << row.what;
+  }
 }
 
 }  // namespace
