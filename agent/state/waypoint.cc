@@ -191,8 +191,11 @@ WaypointResolution ResolveWaypoints(const ClusterState& state) {
   // Every waypoint, used or not, is checked: one without pods is a deployment waiting to happen.
   for (const auto& [key, gw] : state.gateways) {
     if (gw.gateway_class != kWaypointGatewayClass) continue;
+    // A name of its own for the lambda: clang 14 (the fuzz build) cannot capture a structured
+    // binding.
+    const std::string& gateway = key;
     const bool has_pod = std::any_of(out.instance_of.begin(), out.instance_of.end(),
-                                     [&key](const auto& e) { return e.second == key; });
+                                     [&gateway](const auto& e) { return e.second == gateway; });
     if (!has_pod) {
       out.problems.push_back(
           {gw.source_file, absl::StrCat("Gateway ", key), "",
