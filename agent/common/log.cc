@@ -3,7 +3,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <vector>
@@ -90,6 +92,30 @@ Line::~Line() {
                      std::to_string(ts.tv_nsec / 1000000 + 1000).substr(1) + "Z " + Name(level_) +
                      " " + std::string(component_) + ": " + text + "\n";
   (void)!::write(STDERR_FILENO, line.data(), line.size());
+}
+
+std::string FieldValue(std::string_view value) {
+  if (value.empty()) return "-";
+  bool plain = true;
+  for (char c : value) {
+    // c != 0: strchr finds every string's terminator.
+    if (!(isalnum(static_cast<unsigned char>(c)) || (c != '\0' && strchr("./:_@%[]-", c)))) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return std::string(value);
+  std::string out = "\"";
+  for (char c : value) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n' || c == '\r' || c == '\t') {
+      out += ' ';
+    } else {
+      out += (u < 0x20 || u == 0x7f) ? '?' : c;
+    }
+  }
+  return out + "\"";
 }
 
 }  // namespace ambit::log

@@ -36,6 +36,13 @@ class Line {
 
 bool ParseLevel(std::string_view text, Level* level);
 
+// One value of a `key=value` log line (the access logs of ambit-tunnel and ambit-waypoint):
+// "-" when empty; as is when it holds only [A-Za-z0-9./:_@%[]-]; otherwise in double quotes
+// with `"` and `\` escaped, line breaks and tabs as spaces, any other control character as `?`.
+// Values often come from peers (an HBONE authority, a request path): whatever they hold, the line
+// stays one line of printable text that a parser can split.
+std::string FieldValue(std::string_view value);
+
 }  // namespace ambit::log
 
 #define AMBIT_LOG(component, level)                                       \

@@ -1,11 +1,10 @@
 #include "agent/tunnel/flow_stats.h"
 
-#include <cctype>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "agent/common/log.h"
 #include "agent/common/metrics.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -41,25 +40,6 @@ std::vector<std::string> SeriesValues(const FlowRecord& r) {
 }
 
 std::string Address(const FlowPeer& p) { return p.address ? p.address->ToString() : ""; }
-
-// Text values are quoted when they hold anything but [A-Za-z0-9./:_@%[]-] (reasons in words).
-std::string TextValue(const std::string& v) {
-  if (v.empty()) return "-";
-  bool plain = true;
-  for (char c : v) {
-    if (!(isalnum(static_cast<unsigned char>(c)) || strchr("./:_@%[]-", c) != nullptr)) {
-      plain = false;
-      break;
-    }
-  }
-  if (plain) return v;
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += (c == '\n' ? ' ' : c);
-  }
-  return out + "\"";
-}
 
 std::string Workload(const FlowPeer& p) {
   if (p.workload.empty()) return "";
@@ -118,7 +98,7 @@ std::string AccessLogLine(const FlowRecord& r, const FlowEnd& end, absl::Time no
   std::string out;
   for (const Field& f : fields) {
     if (!out.empty()) out += ' ';
-    absl::StrAppend(&out, f.key, "=", TextValue(f.text));
+    absl::StrAppend(&out, f.key, "=", log::FieldValue(f.text));
   }
   return out;
 }

@@ -1,34 +1,9 @@
 #include "agent/waypoint/access_log.h"
 
-#include <cctype>
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
 
 namespace ambit::waypoint {
-namespace {
-
-std::string TextValue(const std::string& v) {
-  if (v.empty()) return "-";
-  bool plain = true;
-  for (char c : v) {
-    if (!(isalnum(static_cast<unsigned char>(c)) || strchr("./:_@%[]-", c) != nullptr)) {
-      plain = false;
-      break;
-    }
-  }
-  if (plain) return v;
-  std::string out = "\"";
-  for (char c : v) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') out += '\\';
-    // A request line is attacker-controlled: keep the log one line of printable text.
-    out += (u < 0x20 || u == 0x7f) ? '?' : c;
-  }
-  return out + "\"";
-}
-
-}  // namespace
 
 std::string AccessLogLine(const RequestLogEntry& e) {
   const std::pair<const char*, std::string> fields[] = {
@@ -52,7 +27,7 @@ std::string AccessLogLine(const RequestLogEntry& e) {
   std::string out;
   for (const auto& [k, v] : fields) {
     if (!out.empty()) out += ' ';
-    absl::StrAppend(&out, k, "=", TextValue(v));
+    absl::StrAppend(&out, k, "=", log::FieldValue(v));
   }
   return out;
 }
