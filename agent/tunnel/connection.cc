@@ -18,6 +18,7 @@
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/tunnel_stream.h"
 
@@ -393,6 +394,10 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
         worker, *pod,
         kind == ListenerKind::kOutbound ? FlowDirection::kOutbound : FlowDirection::kInbound,
         std::move(client));
+    return;
+  }
+  if (worker.settings().l7 != nullptr && kind != ListenerKind::kHbone) {
+    worker.settings().l7->OnAccepted(worker, pod, kind, std::move(client));
     return;
   }
   switch (kind) {

@@ -513,6 +513,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   settings->idle_timeout = options_.idle_timeout;
   settings->failed_stream_burst = options_.failed_stream_burst;
   settings->failed_stream_rate = options_.failed_stream_rate;
+  settings->l7 = options_.l7;
   settings_ = settings;
   for (int i = 0; i < options_.workers; ++i) {
     AMBIT_ASSIGN_OR_RETURN(auto w, Worker::Create(i, settings_));

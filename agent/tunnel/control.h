@@ -43,6 +43,8 @@ struct TunnelOptions {
   const Clock* clock = &RealClock::Get();
   // Sockets in pod network namespaces, listener probes and shutdowns. Must outlive the Tunnel.
   const PodSockets* sockets = &KernelPodSockets::Get();
+  // Set by ambit-waypoint (l7_hook.h): its pods' listeners run the waypoint instead of delivery.
+  std::shared_ptr<InboundHandler> l7;
 };
 
 // The data plane's control thread: a thin shell around Reconciler (reconciler.h). It serves the

@@ -6,6 +6,7 @@
 #include "agent/common/log.h"
 #include "agent/common/socket_util.h"
 #include "agent/tunnel/connection.h"
+#include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/tunnel_stream.h"
 #include "agent/tunnel/worker.h"
 
@@ -236,6 +237,11 @@ hbone::StreamObserver* InboundSessions::OnConnect(hbone::HboneSession& session,
     (void)session.Respond(stream, 503);
     worker_.Refuse(std::move(record), FlowEnd{false, "CONNECT", worker_.fail_closed()});
     return nullptr;
+  }
+  if (worker_.settings().l7 != nullptr) {
+    // A waypoint's pod: the CONNECT names the destination the waypoint forwards to.
+    return worker_.settings().l7->OnConnect(worker_, session, stream, request, e.pod, e.peer,
+                                            std::move(record));
   }
   bool ours = false;
   for (const auto& ip : pod.workload.ips) ours |= ip == request.destination.ip;

@@ -119,6 +119,53 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   return snap;
 }
 
+const WaypointInfo* MeshSnapshot::WaypointOf(const mesh::Workload& pod) const {
+  for (const auto& [key, wp] : waypoints_) {
+    for (const mesh::Workload* w : wp->instances) {
+      if (w->namespace_name == pod.namespace_name && w->name == pod.name) return wp.get();
+    }
+  }
+  return nullptr;
+}
+
+std::optional<authz::Workload> MeshSnapshot::WaypointTarget(const WaypointInfo& wp,
+                                                            const SocketAddress& dst,
+                                                            std::string* why) const {
+  authz::Workload target;
+  authz::WaypointRef ref;
+  const size_t slash = wp.key.find('/');
+  ref.namespace_name = wp.key.substr(0, slash);
+  ref.name = slash == std::string::npos ? wp.key : wp.key.substr(slash + 1);
+  if (auto it = services_.find(dst.ip); it != services_.end()) {
+    const ServiceInfo& svc = *it->second;
+    if (svc.waypoint != &wp) {
+      *why = absl::StrCat("service ", svc.namespace_name, "/", svc.name, " (", dst.ToString(),
+                          ") does not use waypoint ", wp.key);
+      return std::nullopt;
+    }
+    if (!svc.target_ports.contains(dst.port)) {
+      *why = absl::StrCat("port ", dst.port, " is not a TCP port of service ", svc.namespace_name,
+                          "/", svc.name);
+      return std::nullopt;
+    }
+    target.namespace_name = svc.namespace_name;
+    ref.services.push_back({svc.name, svc.namespace_name});
+    target.waypoint = std::move(ref);
+    return target;
+  }
+  const mesh::Workload* w = WorkloadByIp(dst.ip);
+  if (w == nullptr || w->waypoint != wp.key) {
+    *why = absl::StrCat(dst.ip.ToString(), " (",
+                        w == nullptr ? std::string("not in the snapshot") : w->Key(),
+                        ") does not use waypoint ", wp.key);
+    return std::nullopt;
+  }
+  target.namespace_name = w->namespace_name;
+  target.labels = w->labels;
+  target.waypoint = std::move(ref);
+  return target;
+}
+
 MeshSnapshot::~MeshSnapshot() {
   // Below this the memory is small enough to leave to the allocator.
   constexpr size_t kTrimAtWorkloads = 10000;

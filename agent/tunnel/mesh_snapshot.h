@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,17 @@ class MeshSnapshot {
   absl::Status Authorize(const SocketAddress& source, const SocketAddress& destination,
                          const std::string& principal, std::string* decided_by) const;
   const std::vector<std::string>& authz_errors() const { return authz_errors_; }
+  // The compiled policies; null when authz_errors() is not empty (then everything is denied).
+  const authz::Engine* engine() const { return authz_.get(); }
+
+  // ambit-waypoint: the waypoint that `pod` (a local pod) is an instance of, or nullptr.
+  const WaypointInfo* WaypointOf(const mesh::Workload& pod) const;
+  // ambit-waypoint: what a request arriving at waypoint `wp` for `dst` is decided against: the
+  // destination's namespace (and labels), the waypoint, and the service when `dst` is a cluster
+  // IP. nullopt, with `why`, when `dst` does not use `wp`: a waypoint forwards only traffic bound
+  // to it, or any mesh identity could borrow the waypoint's identity to reach anything.
+  std::optional<authz::Workload> WaypointTarget(const WaypointInfo& wp, const SocketAddress& dst,
+                                                std::string* why) const;
 
   // A port of one of ambit's own listeners (15001, 15006, 15008, and the agent's metrics and
   // readiness ports): the data plane never delivers a connection there.

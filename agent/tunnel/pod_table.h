@@ -33,6 +33,8 @@ struct Pod {
 
 enum class ListenerKind { kOutbound, kInboundPlain, kHbone };
 
+class InboundHandler;  // l7_hook.h
+
 const char* ListenerKindName(ListenerKind kind);
 
 // Settings every worker needs; fixed for the process lifetime.
@@ -55,6 +57,9 @@ struct DataPlaneSettings {
   const Clock* clock = &RealClock::Get();
   // How sockets are made inside a pod's network namespace (tests substitute their own).
   const PodSockets* sockets = &KernelPodSockets::Get();
+  // ambit-waypoint only: what runs on its pods' listeners instead of delivery into the pod
+  // (l7_hook.h). Null in ambit-tunnel.
+  std::shared_ptr<InboundHandler> l7;
 };
 
 }  // namespace ambit::tunnel

@@ -1,0 +1,18 @@
+// ambit-waypoint: the L7 waypoint (docs/ARCHITECTURE.md#processes). Started and supervised by
+// ambitd on a node where a waypoint's pod is enrolled; the data-plane shell of ambit-tunnel with
+// the HTTP engine on its pods' HBONE streams (agent/waypointd/l7_handler.h).
+#include <memory>
+
+#include "absl/flags/flag.h"
+#include "agent/main/dataplane_main.h"
+#include "agent/waypointd/l7_handler.h"
+
+int main(int argc, char** argv) {
+  return ambit::DataPlaneMain(
+      argc, argv, "ambit-waypoint", "ambit L7 waypoint; started by ambitd",
+      [](ambit::tunnel::TunnelOptions& options) {
+        ambit::waypointd::WaypointOptions waypoint;
+        options.l7 = std::make_shared<ambit::waypointd::L7Handler>(options.workers, waypoint);
+        return absl::OkStatus();
+      });
+}

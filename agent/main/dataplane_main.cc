@@ -1,0 +1,97 @@
+// The data-plane processes' shared main: ambit-tunnel and ambit-waypoint take the same flags and
+// run the same shell (agent/tunnel/control.h); ambit-waypoint adds its handler for its pods'
+// listeners (docs/ARCHITECTURE.md#processes).
+#include "agent/main/dataplane_main.h"
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "agent/common/allocator.h"
+#include "agent/common/flags.h"
+#include "agent/common/log.h"
+#include "agent/common/socket_mark.h"
+#include "agent/tunnel/control.h"
+
+ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (required)");
+ABSL_FLAG(int, workers, 2, "worker threads");
+ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark,
+          "SO_MARK of every socket the data plane opens");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
+          "how long a pooled HBONE connection with no stream stays open");
+ABSL_FLAG(uint32_t, failed_stream_burst, 200,
+          "HBONE CONNECTs per client connection that may fail or be reset before the answer, "
+          "before the rate limit applies");
+ABSL_FLAG(double, failed_stream_rate, 100,
+          "HBONE CONNECTs per second and client connection that may fail or be reset before the "
+          "answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
+ABSL_FLAG(std::string, access_log_format, "text",
+          "one line per connection when it closes: text (key=value), json, or off");
+ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
+          "largest configuration snapshot accepted; a larger one is refused and the data plane "
+          "refuses new connections until a smaller one arrives");
+
+namespace ambit {
+
+int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
+                  const std::function<absl::Status(tunnel::TunnelOptions&)>& customize) {
+  ambit::FixAllocatorThresholds();
+  absl::SetProgramUsageMessage(usage);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  ambit::log::Level level;
+  if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::cerr << name << ": --log-level must be debug, info, warn or error\n";
+    return 2;
+  }
+  ambit::log::SetLevel("", level);
+  std::string access_log = absl::GetFlag(FLAGS_access_log_format);
+  if (access_log != "text" && access_log != "json" && access_log != "off") {
+    std::cerr << name << ": --access-log-format must be text, json or off\n";
+    return 2;
+  }
+  if (access_log == "off") ambit::log::SetLevel("access", ambit::log::Level::kWarning);
+  ambit::tunnel::TunnelOptions options;
+  options.control_socket = absl::GetFlag(FLAGS_control_socket);
+  options.workers = std::max(1, absl::GetFlag(FLAGS_workers));
+  options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  options.access_log_json = access_log == "json";
+  options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  options.max_snapshot_bytes = absl::GetFlag(FLAGS_max_config_bytes);
+  options.failed_stream_burst = absl::GetFlag(FLAGS_failed_stream_burst);
+  options.failed_stream_rate = absl::GetFlag(FLAGS_failed_stream_rate);
+  if (options.failed_stream_burst < 1 || !(options.failed_stream_rate >= 0)) {
+    std::cerr << name << ": --failed-stream-burst must be at least 1 and "
+                 "--failed-stream-rate at least 0\n";
+    return 2;
+  }
+  if (options.control_socket.empty()) {
+    std::cerr << name << ": --control-socket is required\n";
+    return 2;
+  }
+  if (customize) {
+    if (absl::Status s = customize(options); !s.ok()) {
+      std::cerr << name << ": " << s.message() << "\n";
+      return 2;
+    }
+  }
+  auto tunnel = ambit::tunnel::Tunnel::Create(options);
+  if (!tunnel.ok()) {
+    AMBIT_LOG("tunnel", Error) << "not starting: " << tunnel.status().message();
+    return 1;
+  }
+  auto status = (*tunnel)->Run();
+  if (!status.ok()) {
+    AMBIT_LOG("tunnel", Error) << status.message();
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace ambit

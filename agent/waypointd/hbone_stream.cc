@@ -1,0 +1,235 @@
+#include "agent/waypointd/hbone_stream.h"
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace ambit::waypointd {
+
+struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_this<Core> {
+  EventLoop* loop = nullptr;
+  std::shared_ptr<hbone::HboneSession> session;
+  hbone::StreamId id = -1;
+  Observer* owner = nullptr;  // null once the owner closed: what arrives is dropped
+  // Keeps the core alive while the session may still call it; dropped when the stream ends.
+  std::shared_ptr<Core> self;
+  bool over = false;            // the stream ended (or was never opened)
+  bool client = false;
+  bool connected = false;       // client: 2xx received
+  std::string out;              // taken by Write, not yet by the session
+  bool shut_requested = false;  // END_STREAM after `out`
+  bool shut_sent = false;
+  bool above_high = false;
+  bool read_enabled = true;
+  std::string held;       // from the peer while reading is off, unconsumed
+  bool end_held = false;  // the peer's END_STREAM arrived behind `held`
+  bool delivery_scheduled = false;
+  std::shared_ptr<Counts> counts = std::make_shared<Counts>();
+
+  void Flush() {
+    while (!over && !out.empty()) {
+      const size_t n = session->Write(id, out);
+      if (n == 0) break;
+      out.erase(0, n);
+    }
+    if (!over && out.empty() && shut_requested && !shut_sent) {
+      shut_sent = true;
+      session->CloseWrite(id);
+    }
+  }
+  void End() {
+    over = true;
+    // The session forgets the stream after this callback; the core goes with the last holder.
+    loop->Defer([keep = std::move(self)] {});
+  }
+  void Report(absl::Status status) {
+    Observer* o = owner;
+    owner = nullptr;
+    if (o != nullptr) o->OnError(status);
+  }
+  void Deliver() {
+    delivery_scheduled = false;
+    if (owner == nullptr || !read_enabled) return;
+    if (!held.empty()) {
+      std::string data = std::move(held);
+      held.clear();
+      counts->in += data.size();
+      if (!over) session->Consume(id, data.size());
+      owner->OnData(data);
+    }
+    if (end_held && owner != nullptr && read_enabled && held.empty()) {
+      end_held = false;
+      owner->OnEnd();
+    }
+  }
+  void ScheduleDelivery() {
+    if (delivery_scheduled) return;
+    delivery_scheduled = true;
+    loop->Defer([weak = weak_from_this()] {
+      if (auto c = weak.lock()) c->Deliver();
+    });
+  }
+
+  // hbone::StreamObserver
+  void OnResponse(int status) override {
+    if (status >= 200 && status < 300) {
+      connected = true;
+      Flush();
+      if (owner != nullptr) owner->OnConnected();
+      return;
+    }
+    // Any other status ends the stream without another callback.
+    End();
+    Report(absl::UnavailableError(absl::StrCat("the destination answered CONNECT with ", status)));
+  }
+  void OnData(const uint8_t* data, size_t len) override {
+    if (owner == nullptr) {
+      session->Consume(id, len);  // closed by the owner: drop, keep the window open
+      return;
+    }
+    if (!read_enabled || !held.empty()) {
+      held.append(reinterpret_cast<const char*>(data), len);
+      return;
+    }
+    counts->in += len;
+    session->Consume(id, len);
+    owner->OnData(absl::string_view(reinterpret_cast<const char*>(data), len));
+  }
+  void OnWritable() override {
+    Flush();
+    if (above_high && out.size() < waypoint::kHighWater / 4) {
+      above_high = false;
+      if (owner != nullptr) owner->OnWritable();
+    }
+  }
+  void OnEndStream() override {
+    if (owner == nullptr) return;
+    if (!held.empty() || !read_enabled) {
+      end_held = true;
+      return;
+    }
+    owner->OnEnd();
+  }
+  void OnClosed() override {
+    // Both directions finished; an END_STREAM still held is delivered first.
+    End();
+    if (owner != nullptr && (end_held || !held.empty())) ScheduleDelivery();
+  }
+  void OnReset(uint32_t code) override {
+    End();
+    held.clear();
+    end_held = false;
+    Report(absl::AbortedError(absl::StrCat("HBONE stream reset (HTTP/2 error ", code, ")")));
+  }
+};
+
+std::unique_ptr<HboneStream> HboneStream::Accepted(EventLoop* loop,
+                                                   std::shared_ptr<hbone::HboneSession> session,
+                                                   hbone::StreamId id, std::string peer) {
+  auto core = std::make_shared<Core>();
+  core->loop = loop;
+  core->session = std::move(session);
+  core->id = id;
+  core->connected = true;
+  core->self = core;
+  return std::unique_ptr<HboneStream>(new HboneStream(std::move(core), std::move(peer)));
+}
+
+std::unique_ptr<HboneStream> HboneStream::Open(EventLoop* loop,
+                                               std::shared_ptr<hbone::HboneSession> session,
+                                               absl::string_view authority,
+                                               const hbone::ConnectHeaders& headers,
+                                               Observer* observer, std::string peer) {
+  auto core = std::make_shared<Core>();
+  core->loop = loop;
+  core->session = std::move(session);
+  core->client = true;
+  core->owner = observer;
+  auto id = core->session->Connect(authority, headers, core.get());
+  if (id.ok()) {
+    core->id = *id;
+    core->self = core;
+  } else {
+    core->over = true;
+    loop->Defer([weak = std::weak_ptr<Core>(core), status = id.status()] {
+      if (auto c = weak.lock()) c->Report(status);
+    });
+  }
+  return std::unique_ptr<HboneStream>(new HboneStream(std::move(core), std::move(peer)));
+}
+
+HboneStream::~HboneStream() {
+  // An owner that never closed: the stream must not call into it any more.
+  if (core_->owner != nullptr) Close(true);
+}
+
+hbone::StreamObserver* HboneStream::stream_observer() { return core_.get(); }
+
+void HboneStream::Fail(const absl::Status& status) { FailHandle()(status); }
+
+std::shared_ptr<const HboneStream::Counts> HboneStream::counts() const { return core_->counts; }
+
+std::function<void(const absl::Status&)> HboneStream::FailHandle() {
+  return [weak = std::weak_ptr<Core>(core_)](const absl::Status& status) {
+    auto c = weak.lock();
+    if (!c || c->owner == nullptr) return;
+    if (!c->over) {
+      c->session->Reset(c->id, hbone::kCancel);
+      c->End();
+    }
+    c->loop->Defer([weak, status] {
+      if (auto c = weak.lock()) c->Report(status);
+    });
+  };
+}
+
+void HboneStream::SetObserver(Observer* observer) { core_->owner = observer; }
+
+void HboneStream::Write(absl::string_view data) {
+  Core& c = *core_;
+  if (c.over || c.shut_requested) return;
+  c.counts->out += data.size();
+  c.out.append(data.data(), data.size());
+  // A client stream waits for its 2xx before sending (the session queues nothing for us).
+  if (c.connected) c.Flush();
+  if (c.out.size() > waypoint::kHighWater) c.above_high = true;
+}
+
+size_t HboneStream::buffered() const { return core_->out.size(); }
+
+void HboneStream::SetReadEnabled(bool enabled) {
+  Core& c = *core_;
+  c.read_enabled = enabled;
+  if (enabled && (!c.held.empty() || c.end_held)) c.ScheduleDelivery();
+}
+
+void HboneStream::ShutdownWrite() {
+  Core& c = *core_;
+  c.shut_requested = true;
+  if (c.connected) c.Flush();
+}
+
+void HboneStream::Close(bool abort) {
+  Core& c = *core_;
+  c.owner = nullptr;
+  c.held.clear();
+  if (c.over) return;
+  if (abort || !c.connected) {
+    c.session->Reset(c.id, hbone::kCancel);
+    c.End();
+    return;
+  }
+  // Graceful: what was written, then END_STREAM; the peer's remaining bytes are dropped. Bounded,
+  // so a peer that never ends its side cannot hold the stream forever.
+  c.shut_requested = true;
+  c.Flush();
+  c.loop->RunAfter(kLingerLimit, [weak = std::weak_ptr<Core>(core_)] {
+    auto c = weak.lock();
+    if (!c || c->over) return;
+    c->session->Reset(c->id, hbone::kCancel);
+    c->End();
+  });
+}
+
+}  // namespace ambit::waypointd

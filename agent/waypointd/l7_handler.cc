@@ -1,0 +1,233 @@
+#include "agent/waypointd/l7_handler.h"
+
+#include <atomic>
+#include <utility>
+
+#include "abi/redirect.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "agent/common/log.h"
+#include "agent/common/socket_util.h"
+#include "agent/tunnel/connection.h"
+#include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/mesh_snapshot.h"
+#include "agent/tunnel/tls_contexts.h"
+#include "agent/tunnel/worker.h"
+#include "agent/waypoint/authz_filter.h"
+#include "agent/waypointd/hbone_stream.h"
+
+namespace ambit::waypointd {
+namespace {
+
+constexpr const char* kComponent = "waypoint";
+
+uint64_t NextPick() {
+  static std::atomic<uint64_t> next{0};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+// An upstream that could not be opened: reports the error from the loop, as a failed connect
+// would, and takes nothing.
+class FailedStream final : public waypoint::ByteStream {
+ public:
+  FailedStream(EventLoop* loop, Observer* observer, absl::Status status)
+      : alive_(std::make_shared<bool>(true)) {
+    loop->Defer([alive = std::weak_ptr<bool>(alive_), observer, status = std::move(status)] {
+      if (alive.lock()) observer->OnError(status);
+    });
+  }
+  void SetObserver(Observer*) override {}
+  void Write(absl::string_view) override {}
+  size_t buffered() const override { return 0; }
+  void SetReadEnabled(bool) override {}
+  void ShutdownWrite() override {}
+  void Close(bool) override { alive_.reset(); }
+  std::string Describe() const override { return "refused"; }
+
+ private:
+  std::shared_ptr<bool> alive_;
+};
+
+// Where the waypoint forwards one downstream's requests: over HBONE from the waypoint's pod to
+// the destination's tunnel, resolved against the configuration in force at each connect.
+class HboneUpstream final : public waypoint::UpstreamConnector {
+ public:
+  HboneUpstream(tunnel::Worker& worker, std::shared_ptr<const tunnel::Pod> pod, SocketAddress dst,
+                SocketAddress client)
+      : worker_(worker), pod_(std::move(pod)), dst_(dst), client_(client) {}
+
+  std::unique_ptr<waypoint::ByteStream> Connect(waypoint::ByteStream::Observer* observer) override {
+    EventLoop* loop = &worker_.loop();
+    const auto& snapshot = worker_.snapshot();
+    tunnel::Route route = snapshot->Resolve(dst_, NextPick(), pod_->workload.ips);
+    if (route.kind != tunnel::Route::Kind::kHbone) {
+      // Only mesh workloads use a waypoint; anything else here is a configuration that changed
+      // under the connection. Never sent in plaintext.
+      return std::make_unique<FailedStream>(
+          loop, observer,
+          absl::UnavailableError(route.kind == tunnel::Route::Kind::kRefused
+                                     ? route.refused
+                                     : absl::StrCat(dst_.ToString(), " is not in the mesh")));
+    }
+    const std::string identity = route.workload->identity.ToString();
+    auto contexts = worker_.tls();
+    const tunnel::TlsContexts::Pair* ctx =
+        contexts ? contexts->Find(pod_->spiffe_id) : nullptr;
+    if (ctx == nullptr || !ctx->client) {
+      return std::make_unique<FailedStream>(
+          loop, observer,
+          absl::UnavailableError(absl::StrCat("no valid certificate for ", pod_->spiffe_id)));
+    }
+    auto session = worker_.pool().Get(*pod_, ctx->client, identity,
+                                      SocketAddress{route.hbone_ip, AMBIT_HBONE_PORT});
+    if (!session.ok()) return std::make_unique<FailedStream>(loop, observer, session.status());
+    hbone::ConnectHeaders headers;
+    // The original client, as ztunnel's waypoint hop passes it on.
+    headers.forwarded = absl::StrCat("for=\"", client_.ip.ToString(), "\"");
+    headers.baggage = absl::StrCat("k8s.namespace.name=", pod_->workload.namespace_name,
+                                   ",k8s.pod.name=", pod_->workload.name);
+    return HboneStream::Open(loop, *session, route.target.ToString(), headers, observer,
+                             absl::StrCat(route.target.ToString(), " via ",
+                                          route.hbone_ip.ToString(), " (", identity, ")"));
+  }
+  std::string Describe() const override { return dst_.ToString(); }
+
+ private:
+  tunnel::Worker& worker_;
+  std::shared_ptr<const tunnel::Pod> pod_;
+  SocketAddress dst_;
+  SocketAddress client_;
+};
+
+// One CONNECT through the waypoint, as the worker accounts for it: owns what the HTTP engine
+// reads for this downstream (the context, the policy snapshot, the upstream connector).
+class WaypointFlow final : public tunnel::Flow {
+ public:
+  WaypointFlow(std::string description, std::shared_ptr<const tunnel::MeshSnapshot> snapshot,
+               std::unique_ptr<HboneUpstream> upstream)
+      : tunnel::Flow(std::move(description)),
+        snapshot_(std::move(snapshot)),
+        upstream_(std::move(upstream)) {}
+
+  void Reset(const std::string& reason) override {
+    if (fail_) fail_(absl::AbortedError(reason));
+  }
+  void Bytes(uint64_t* from_client, uint64_t* to_client) const override {
+    *from_client = counts_ ? counts_->in : 0;
+    *to_client = counts_ ? counts_->out : 0;
+  }
+
+  waypoint::ProxyContext ctx;
+  std::shared_ptr<const tunnel::MeshSnapshot> snapshot_;
+  std::unique_ptr<HboneUpstream> upstream_;
+  std::shared_ptr<const HboneStream::Counts> counts_;
+  std::function<void(const absl::Status&)> fail_;
+};
+
+}  // namespace
+
+L7Handler::L7Handler(int workers, WaypointOptions options) : options_(std::move(options)) {
+  for (int i = 0; i < workers; ++i) metrics_.push_back(std::make_unique<waypoint::HttpMetrics>());
+}
+
+hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
+                                            hbone::StreamId stream,
+                                            const hbone::ConnectRequest& request,
+                                            const std::shared_ptr<const tunnel::Pod>& pod,
+                                            const SocketAddress& peer, tunnel::FlowRecord record) {
+  std::shared_ptr<const tunnel::MeshSnapshot> snapshot = worker.snapshot();
+  std::string description =
+      absl::StrCat("waypoint pod=", pod->uid, " src=", peer.ip.ToString(),
+                   " dst=", request.destination.ToString(), " peer=", request.peer_identity);
+  record.destination = tunnel::PeerOf(*snapshot, request.destination, "");
+  auto refuse = [&](int status, const std::string& why) -> hbone::StreamObserver* {
+    AMBIT_LOG(kComponent, Warning) << description << ": " << why << "; answered " << status;
+    (void)session.Respond(stream, status, why);
+    worker.Refuse(std::move(record), tunnel::FlowEnd{false, "CONNECT", why});
+    return nullptr;
+  };
+  const tunnel::WaypointInfo* wp = snapshot->WaypointOf(pod->workload);
+  if (wp == nullptr) {
+    return refuse(503, absl::StrCat("pod ", pod->uid, " is no waypoint's pod in configuration ",
+                                    snapshot->version()));
+  }
+  std::string why;
+  std::optional<authz::Workload> target =
+      snapshot->WaypointTarget(*wp, request.destination, &why);
+  if (!target.has_value()) return refuse(400, why);
+  if (snapshot->engine() == nullptr) {
+    return refuse(503, "the configuration's policies did not compile (fail closed)");
+  }
+  if (auto s = session.Respond(stream, 200); !s.ok()) {
+    return refuse(503, std::string(s.message()));
+  }
+  record.policy = absl::StrCat("waypoint ", wp->key);
+  AMBIT_LOG(kComponent, Debug) << description << " waypoint=" << wp->key;
+
+  auto flow = std::make_unique<WaypointFlow>(
+      description, snapshot,
+      std::make_unique<HboneUpstream>(worker, pod, request.destination, peer));
+  WaypointFlow* raw = flow.get();
+  raw->record() = std::move(record);
+  waypoint::ProxyContext& ctx = raw->ctx;
+  ctx.loop = &worker.loop();
+  ctx.options = options_.proxy;
+  // The engine lives as long as the snapshot the flow holds.
+  std::shared_ptr<const authz::Engine> engine(snapshot, snapshot->engine());
+  ctx.engine = engine;
+  ctx.target = *target;
+  ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(engine, *target));
+  ctx.upstream = raw->upstream_.get();
+  ctx.destination = request.destination;
+  ctx.metrics = metrics_[worker.index()].get();
+  ctx.clock = worker.settings().clock;
+  // Re-decided when the configuration changes: a destination that no longer uses this waypoint
+  // (or a waypoint that is gone) ends its streams.
+  raw->SetRecheck([dst = request.destination, uid = pod->workload](
+                      const tunnel::MeshSnapshot& next) -> absl::Status {
+    const tunnel::WaypointInfo* now = next.WaypointOf(uid);
+    if (now == nullptr) return absl::PermissionDeniedError("no longer a waypoint's pod");
+    std::string why;
+    if (!next.WaypointTarget(*now, dst, &why).has_value()) {
+      return absl::PermissionDeniedError(why);
+    }
+    return absl::OkStatus();
+  });
+
+  auto down = HboneStream::Accepted(&worker.loop(), session.shared_from_this(), stream,
+                                    peer.ToString());
+  hbone::StreamObserver* observer = down->stream_observer();
+  raw->counts_ = down->counts();
+  raw->fail_ = down->FailHandle();
+  worker.Adopt(std::move(flow));
+  waypoint::DownstreamInfo info;
+  info.peer = peer;
+  info.identity = request.peer_identity;
+  waypoint::ServeConnection(&raw->ctx, std::move(down), std::move(info),
+                            [&worker, raw] { worker.Retire(raw); });
+  return observer;
+}
+
+void L7Handler::OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
+                           tunnel::ListenerKind kind, UniqueFd client) {
+  auto peer = PeerAddress(client.get());
+  auto local = LocalAddress(client.get());
+  const bool outbound = kind == tunnel::ListenerKind::kOutbound;
+  const std::string why =
+      outbound ? std::string("a waypoint's pod opens no redirected connections")
+               : std::string("a waypoint takes only HBONE (port 15008)");
+  AMBIT_LOG(kComponent, Warning) << (outbound ? "outbound" : "inbound") << " pod=" << pod->uid
+                                 << " src=" << (peer.ok() ? peer->ToString() : "?")
+                                 << " dst=" << (local.ok() ? local->ToString() : "?") << ": "
+                                 << why << "; connection reset";
+  CloseWithReset(client);
+  tunnel::FlowRecord record;
+  record.direction = outbound ? tunnel::FlowDirection::kOutbound : tunnel::FlowDirection::kInbound;
+  record.pod = pod->uid;
+  record.mode = outbound ? "unknown" : "plaintext";
+  if (peer.ok()) record.source = tunnel::PeerOf(*worker.snapshot(), *peer, "");
+  if (local.ok()) record.destination = tunnel::PeerOf(*pod, *local);
+  worker.Refuse(std::move(record), tunnel::FlowEnd{true, "DENY", why});
+}
+
+}  // namespace ambit::waypointd

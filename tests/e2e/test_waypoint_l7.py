@@ -1,0 +1,183 @@
+"""End to end through a real ambit-waypoint: a (node1) calls b (node2), which uses the waypoint
+backend/waypoint; the waypoint's pod wp (node3) is served by ambit-waypoint. node1's tunnel sends
+a's connection over HBONE to wp, ambit-waypoint parses each HTTP request, applies the
+AuthorizationPolicy attached to the waypoint (targetRefs: its Gateway) and forwards what it allows
+over HBONE, with the waypoint's own identity, to b's tunnel, which accepts it only because it comes
+from the waypoint (bypass closed). Real clients in the pods: curl and Python's http.client.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topology import Topology, build_dir, run, wait_listening  # noqa: E402
+
+AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
+WAYPOINT_BINARY = str(build_dir() / "agent/main/ambit-waypoint")
+WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
+
+GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: backend
+  labels:
+    istio.io/waypoint-for: all
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+"""
+
+POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-paths
+  namespace: backend
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/web"]
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/public/*"]
+"""
+
+# An HTTP/1.1 server that answers every request with what it saw (method, path, one header).
+HTTP_SERVER = r"""
+import http.server, json, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def handle_one(self):
+        body = json.dumps({"method": self.command, "path": self.path,
+                           "client": self.client_address[0]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = handle_one
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET
+s = S(("0.0.0.0", int(sys.argv[1])), H)
+print("listening", flush=True)
+s.serve_forever()
+"""
+
+
+KEEPALIVE_CLIENT = r"""
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+out = []
+for path in ("/public/one", "/private/two", "/public/three"):
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read().decode()
+    out.append([r.status, json.loads(body)["path"] if r.status == 200 else body])
+print(json.dumps(out))
+"""
+
+
+def with_labels(pod, labels):
+    text = pod.yaml()
+    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
+    return text.replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
+
+
+class WaypointL7Test(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.topo = Topology("l7")
+        cls.topo.__enter__()
+        try:
+            cls._set_up()
+        except BaseException:
+            cls.topo.close()
+            raise
+
+    @classmethod
+    def _set_up(cls):
+        t = cls.topo
+        cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+        cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
+        cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node3")
+        use = {"istio.io/use-waypoint": "waypoint"}
+        view = "---\n".join([
+            cls.a.yaml(), with_labels(cls.b, use),
+            with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
+            GATEWAY, POLICY])
+        # The topology's agents share CA material: one trust domain.
+        cls.n1, cls.n2, cls.n3 = t.add_agent("node1"), t.add_agent("node2"), t.add_agent("node3")
+        for n in (cls.n1, cls.n2, cls.n3):
+            n.write_config("pods.yaml", view)
+        cls.n1.start(wait_pods=[cls.a])
+        cls.n2.start(wait_pods=[cls.b])
+        cls.n3.start("--tunnel-binary", WAYPOINT_BINARY, wait_pods=[cls.wp])
+        cls.n1.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
+        cls.n2.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
+        cls.n3.wait_log(f"certificate {WAYPOINT_ID} valid")
+        cls.srv = cls.b.popen(["/usr/bin/python3", "-c", HTTP_SERVER, "8080"],
+                              stdout=__import__("subprocess").PIPE, text=True)
+        cls.srv.stdout.readline()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def curl(self, *args):
+        r = self.a.run(["curl", "-sS", "-m", "10", "-o", "/dev/stdout", "-w", "\n%{http_code}",
+                        *args])
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code or 0), body, r.stderr
+
+    def test_allowed_request_reaches_the_pod_through_the_waypoint(self):
+        code, body, err = self.curl(f"http://{self.b.ip4}:8080/public/index")
+        self.assertEqual(code, 200, err)
+        seen = json.loads(body)
+        self.assertEqual(seen["path"], "/public/index")
+        # b's tunnel delivered it from the waypoint's pod: the waypoint forwarded it.
+        self.assertEqual(seen["client"], self.wp.ip4)
+        self.n3.wait_log("path=/public/index")
+
+    def test_path_rule_denies_with_403(self):
+        code, body, _ = self.curl(f"http://{self.b.ip4}:8080/private")
+        self.assertEqual(code, 403)
+        self.assertEqual(body, "RBAC: access denied")
+
+    def test_method_rule_denies_with_403(self):
+        code, body, _ = self.curl("-X", "DELETE", f"http://{self.b.ip4}:8080/public/x")
+        self.assertEqual(code, 403)
+
+    def test_http2_prior_knowledge(self):
+        code, body, err = self.curl("--http2-prior-knowledge",
+                                    f"http://{self.b.ip4}:8080/public/h2")
+        self.assertEqual(code, 200, err)
+        self.assertEqual(json.loads(body)["path"], "/public/h2")
+
+    def test_keep_alive_requests_decided_one_by_one(self):
+        # One connection, three requests: each is decided on its own, and a denial does not end
+        # the connection.
+        r = self.a.python(KEEPALIVE_CLIENT, self.b.ip4, 8080)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout), [[200, "/public/one"], [403, "RBAC: access denied"],
+                                                [200, "/public/three"]])
+
+if __name__ == "__main__":
+    unittest.main()
