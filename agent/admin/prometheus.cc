@@ -127,7 +127,10 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
     p.Add(metrics::kBpfDrops, {{"reason", d.reason()}}, static_cast<double>(d.count()));
   }
   p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
-  return p.Render();
+  std::string out = p.Render();
+  // The waypoint's HTTP metrics arrive rendered: families of their own, appended as they are.
+  if (stats != nullptr) out += stats->l7_metrics_text();
+  return out;
 }
 
 std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time now) {

@@ -999,6 +999,9 @@ class FileParser {
       port.name = *name;
       r.ErrorIf(ValidateDns1123Label(*name), *Get(n, "name"), field + ".name");
     }
+    if (auto app = GetString(r, n, "appProtocol", field); app && !app->empty()) {
+      port.app_protocol = *app;
+    }
     if (auto number = Get(n, "port")) {
       if (auto p = ParsePortNumber(r, *number, field + ".port")) port.port = *p;
     } else {

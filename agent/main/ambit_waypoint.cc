@@ -8,11 +8,11 @@
 #include "agent/waypointd/l7_handler.h"
 
 int main(int argc, char** argv) {
-  return ambit::DataPlaneMain(
-      argc, argv, "ambit-waypoint", "ambit L7 waypoint; started by ambitd",
-      [](ambit::tunnel::TunnelOptions& options) {
-        ambit::waypointd::WaypointOptions waypoint;
-        options.l7 = std::make_shared<ambit::waypointd::L7Handler>(options.workers, waypoint);
-        return absl::OkStatus();
-      });
+  return ambit::DataPlaneMain(argc, argv, "ambit-waypoint", "ambit L7 waypoint; started by ambitd",
+                              [](ambit::tunnel::TunnelOptions& options) {
+                                ambit::waypointd::WaypointOptions waypoint;
+                                options.l7 =
+                                    std::make_shared<ambit::waypointd::L7Handler>(waypoint);
+                                return absl::OkStatus();
+                              });
 }

@@ -67,7 +67,8 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
   options.failed_stream_burst = absl::GetFlag(FLAGS_failed_stream_burst);
   options.failed_stream_rate = absl::GetFlag(FLAGS_failed_stream_rate);
   if (options.failed_stream_burst < 1 || !(options.failed_stream_rate >= 0)) {
-    std::cerr << name << ": --failed-stream-burst must be at least 1 and "
+    std::cerr << name
+              << ": --failed-stream-burst must be at least 1 and "
                  "--failed-stream-rate at least 0\n";
     return 2;
   }

@@ -1,5 +1,6 @@
 #include "agent/mesh/model.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace ambit::mesh {
@@ -25,6 +26,30 @@ absl::string_view ProtocolName(Protocol protocol) {
       return "SCTP";
   }
   return "UNKNOWN";
+}
+
+absl::string_view AppProtocolName(AppProtocol protocol) {
+  switch (protocol) {
+    case AppProtocol::kDetect:
+      return "detect";
+    case AppProtocol::kHttp:
+      return "http";
+    case AppProtocol::kOpaque:
+      return "opaque";
+  }
+  return "unknown";
+}
+
+AppProtocol SelectAppProtocol(absl::string_view app_protocol, absl::string_view port_name) {
+  std::string declared = absl::AsciiStrToLower(
+      !app_protocol.empty() ? app_protocol : port_name.substr(0, port_name.find('-')));
+  for (absl::string_view http : {"http", "http2", "grpc", "grpc-web", "h2c"}) {
+    if (declared == http) return AppProtocol::kHttp;
+  }
+  for (absl::string_view opaque : {"tcp", "tls", "https", "mongo", "mysql", "redis"}) {
+    if (declared == opaque) return AppProtocol::kOpaque;
+  }
+  return AppProtocol::kDetect;
 }
 
 std::optional<Protocol> ParseProtocol(absl::string_view name) {

@@ -83,10 +83,25 @@ absl::string_view ProtocolName(Protocol protocol);
 // The inverse of ProtocolName; exact. nullopt for anything else.
 std::optional<Protocol> ParseProtocol(absl::string_view name);
 
+// What a waypoint makes of a service port's bytes, from its declared application protocol
+// (Istio's protocol selection: `appProtocol`, else the port name's `<protocol>[-<suffix>]`).
+enum class AppProtocol {
+  kDetect,  // not declared (or not a protocol Istio knows): HTTP/1.x or h2c if the bytes are, else
+            // TCP
+  kHttp,    // http, http2, grpc, grpc-web: parsed as HTTP, decided per request
+  kOpaque,  // tcp, tls, https, mongo, mysql, redis: passed through after the L4 decision
+};
+
+// "detect", "http", "opaque".
+absl::string_view AppProtocolName(AppProtocol protocol);
+// Istio's protocol selection for one port: `app_protocol` if set, else the name's prefix.
+AppProtocol SelectAppProtocol(absl::string_view app_protocol, absl::string_view port_name);
+
 struct ServicePort {
   uint16_t port = 0;
   uint16_t target_port = 0;  // the pod port; 0 when the service names one that cannot be mapped
   Protocol protocol = Protocol::kTcp;
+  AppProtocol app = AppProtocol::kDetect;
 
   friend bool operator==(const ServicePort&, const ServicePort&) = default;
 };

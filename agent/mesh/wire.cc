@@ -91,6 +91,32 @@ absl::StatusOr<Protocol> ProtocolFromProto(int protocol) {
   return absl::InvalidArgumentError(absl::StrCat("unknown protocol ", protocol));
 }
 
+pb::AppProtocol AppProtocolToProto(AppProtocol protocol) {
+  switch (protocol) {
+    case AppProtocol::kDetect:
+      return pb::APP_PROTOCOL_DETECT;
+    case AppProtocol::kHttp:
+      return pb::APP_PROTOCOL_HTTP;
+    case AppProtocol::kOpaque:
+      return pb::APP_PROTOCOL_OPAQUE;
+  }
+  return pb::APP_PROTOCOL_UNSPECIFIED;
+}
+
+absl::StatusOr<AppProtocol> AppProtocolFromProto(int protocol) {
+  switch (protocol) {
+    case pb::APP_PROTOCOL_DETECT:
+      return AppProtocol::kDetect;
+    case pb::APP_PROTOCOL_HTTP:
+      return AppProtocol::kHttp;
+    case pb::APP_PROTOCOL_OPAQUE:
+      return AppProtocol::kOpaque;
+    case pb::APP_PROTOCOL_UNSPECIFIED:
+      return absl::InvalidArgumentError("APP_PROTOCOL_UNSPECIFIED is not an application protocol");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown application protocol ", protocol));
+}
+
 // Addresses travel as text; each must parse.
 template <typename R>
 absl::Status ParseIps(const R& texts, std::vector<IpAddress>* out, absl::string_view owner,
@@ -270,6 +296,7 @@ absl::Status ToProto(const Service& s, pb::Service* out) {
     pp->set_port(p.port);
     pp->set_target_port(p.target_port);
     pp->set_protocol(ProtocolToProto(p.protocol));
+    pp->set_app_protocol(AppProtocolToProto(p.app));
   }
   for (const auto& e : s.endpoints) out->add_endpoints(e);
   out->set_waypoint(s.waypoint);
@@ -301,7 +328,11 @@ absl::StatusOr<Service> FromProto(const pb::Service& in) {
       return ServiceError(key, absl::StrCat("ports[", i, "].protocol"),
                           protocol.status().message());
     }
-    s.ports.push_back({*port, *target, *protocol});
+    auto app = AppProtocolFromProto(p.app_protocol());
+    if (!app.ok()) {
+      return ServiceError(key, absl::StrCat("ports[", i, "].app_protocol"), app.status().message());
+    }
+    s.ports.push_back({*port, *target, *protocol, *app});
   }
   s.endpoints.assign(in.endpoints().begin(), in.endpoints().end());
   s.waypoint = in.waypoint();

@@ -523,7 +523,8 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
                                                        ": protocol '", p.protocol,
                                                        "' is not TCP, UDP or SCTP"));
       }
-      d.ports.push_back({p.port, static_cast<uint16_t>(target), *protocol});
+      d.ports.push_back({p.port, static_cast<uint16_t>(target), *protocol,
+                         mesh::SelectAppProtocol(p.app_protocol, p.name)});
     }
     for (const auto& [pk, pod] : state_->pods) {
       if (state::Selects(svc, pod) && !state_->HasIpConflict(pk)) d.endpoints.push_back(pod.Key());

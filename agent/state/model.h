@@ -74,7 +74,8 @@ struct ServicePort {
   std::string name;
   uint16_t port = 0;
   std::string protocol = "TCP";
-  std::string target_port;  // a port number or a container port name, as text
+  std::string target_port;   // a port number or a container port name, as text
+  std::string app_protocol;  // spec.ports[].appProtocol, as written
 
   friend bool operator==(const ServicePort&, const ServicePort&) = default;
 };

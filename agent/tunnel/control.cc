@@ -21,6 +21,7 @@
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/tunnel/control_message.h"
+#include "agent/tunnel/l7_hook.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -491,6 +492,9 @@ void Tunnel::ServeStats(UniqueFd client) {
       return;
     }
     response.MergeFrom(*parts[i].get());
+  }
+  if (request.metrics() && options_.l7 != nullptr) {
+    response.set_l7_metrics_text(options_.l7->RenderMetrics());
   }
   auto status = WriteFramed(client.get(), response.SerializeAsString(), kStatsTimeout);
   if (!status.ok()) {

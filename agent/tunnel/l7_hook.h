@@ -10,6 +10,7 @@
 // keeps per-worker state apart (Worker::index()).
 
 #include <memory>
+#include <string>
 
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
@@ -37,6 +38,9 @@ class InboundHandler {
   // listener.
   virtual void OnAccepted(Worker& worker, const std::shared_ptr<const Pod>& pod, ListenerKind kind,
                           UniqueFd client) = 0;
+  // Prometheus text of the handler's own metrics (the waypoint's HTTP metrics), for the stats
+  // socket. Called on the control thread.
+  virtual std::string RenderMetrics() const { return ""; }
 };
 
 }  // namespace ambit::tunnel

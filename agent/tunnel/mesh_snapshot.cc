@@ -77,7 +77,9 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
     info->name = std::move(svc.name);
     for (const auto& p : svc.ports) {
       // Connections reaching the data plane are TCP: a UDP or SCTP port routes none of them.
-      if (p.protocol == mesh::Protocol::kTcp) info->target_ports[p.port] = p.target_port;
+      if (p.protocol != mesh::Protocol::kTcp) continue;
+      info->target_ports[p.port] = p.target_port;
+      if (p.app != mesh::AppProtocol::kDetect) info->app_protocols[p.port] = p.app;
     }
     for (const absl::string_view key : svc.endpoints) {
       const size_t slash = key.find('/');
@@ -130,7 +132,9 @@ const WaypointInfo* MeshSnapshot::WaypointOf(const mesh::Workload& pod) const {
 
 std::optional<authz::Workload> MeshSnapshot::WaypointTarget(const WaypointInfo& wp,
                                                             const SocketAddress& dst,
-                                                            std::string* why) const {
+                                                            std::string* why,
+                                                            mesh::AppProtocol* app) const {
+  if (app != nullptr) *app = mesh::AppProtocol::kDetect;
   authz::Workload target;
   authz::WaypointRef ref;
   const size_t slash = wp.key.find('/');
@@ -147,6 +151,10 @@ std::optional<authz::Workload> MeshSnapshot::WaypointTarget(const WaypointInfo& 
       *why = absl::StrCat("port ", dst.port, " is not a TCP port of service ", svc.namespace_name,
                           "/", svc.name);
       return std::nullopt;
+    }
+    if (auto declared = svc.app_protocols.find(dst.port);
+        app != nullptr && declared != svc.app_protocols.end()) {
+      *app = declared->second;
     }
     target.namespace_name = svc.namespace_name;
     ref.services.push_back({svc.name, svc.namespace_name});

@@ -35,7 +35,8 @@ struct WaypointInfo {
 struct ServiceInfo {
   std::string namespace_name, name;
   std::vector<IpAddress> cluster_ips;
-  std::map<uint16_t, uint16_t> target_ports;  // TCP service port -> pod port
+  std::map<uint16_t, uint16_t> target_ports;            // TCP service port -> pod port
+  std::map<uint16_t, mesh::AppProtocol> app_protocols;  // TCP service port -> declared protocol
   std::vector<const mesh::Workload*> endpoints;
   const WaypointInfo* waypoint = nullptr;  // traffic to a cluster IP goes through it
 };
@@ -111,8 +112,11 @@ class MeshSnapshot {
   // destination's namespace (and labels), the waypoint, and the service when `dst` is a cluster
   // IP. nullopt, with `why`, when `dst` does not use `wp`: a waypoint forwards only traffic bound
   // to it, or any mesh identity could borrow the waypoint's identity to reach anything.
+  // `app` (may be null) gets the port's declared application protocol (kDetect when the port is
+  // not declared, as for a pod's own address).
   std::optional<authz::Workload> WaypointTarget(const WaypointInfo& wp, const SocketAddress& dst,
-                                                std::string* why) const;
+                                                std::string* why,
+                                                mesh::AppProtocol* app = nullptr) const;
 
   // A port of one of ambit's own listeners (15001, 15006, 15008, and the agent's metrics and
   // readiness ports): the data plane never delivers a connection there.

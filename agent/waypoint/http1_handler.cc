@@ -146,7 +146,8 @@ class Http1Handler final : public Handler, public Http1Sink {
   }
 
   void Shutdown() override {
-    if (up_) conn_->Retire(std::move(up_));
+    // Between exchanges the upstream connection is idle: closed with a FIN, not a reset.
+    if (up_) conn_->Retire(std::move(up_), /*abort=*/ex_ != nullptr);
   }
 
   // Http1Sink (requests)

@@ -272,7 +272,8 @@ class Http2Handler final : public Handler {
     if (pending_1xx_.count(s->id) > 0) return;
     s->response_done = true;
     if (s->parser) retired_parsers_.push_back(std::move(s->parser));
-    if (s->up) conn_->Retire(std::move(s->up));
+    // The exchange is complete: the stream's upstream connection ends with a FIN.
+    if (s->up) conn_->Retire(std::move(s->up), /*abort=*/false);
     nghttp2_session_resume_data(session_, s->id);
   }
 

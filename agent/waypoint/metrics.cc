@@ -68,6 +68,7 @@ void RenderHistogram(std::string& out, const metrics::Metric& m, int code,
 
 void HttpMetrics::Record(int code, double duration_ms, uint64_t request_bytes,
                          uint64_t response_bytes) {
+  absl::MutexLock lock(&mu_);
   Series& s = by_code_[code];
   ++s.requests;
   Observe(kDurationBuckets, duration_ms, s.duration.counts, s.duration.sum, s.duration.count);
@@ -78,11 +79,13 @@ void HttpMetrics::Record(int code, double duration_ms, uint64_t request_bytes,
 }
 
 uint64_t HttpMetrics::requests(int code) const {
+  absl::MutexLock lock(&mu_);
   auto it = by_code_.find(code);
   return it == by_code_.end() ? 0 : it->second.requests;
 }
 
 std::string HttpMetrics::RenderPrometheus() const {
+  absl::MutexLock lock(&mu_);
   std::string out = Header(metrics::kRequestsTotal);
   for (const auto& [code, s] : by_code_) {
     absl::StrAppend(&out, std::string(metrics::kRequestsTotal.name), "{", Labels(code), "} ",

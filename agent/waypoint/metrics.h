@@ -5,14 +5,17 @@
 // Prometheus text. A registry of its own, separate from ambit-tunnel's counters: the waypoint
 // process exposes it on its own endpoint.
 //
-// Thread-compatible: one registry per worker; a scrape renders on the worker's thread (or sums the
-// workers' renders under their own synchronization).
+// Thread-safe: one registry per process, shared by the workers (one short lock per finished
+// request; a scrape renders under the same lock).
 
 #include <array>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace ambit::waypoint {
 
@@ -36,7 +39,8 @@ class HttpMetrics {
     uint64_t requests = 0;
     Histogram duration, request_bytes, response_bytes;
   };
-  std::map<int, Series> by_code_;
+  mutable absl::Mutex mu_;
+  std::map<int, Series> by_code_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ambit::waypoint

@@ -14,6 +14,31 @@ constexpr size_t kH2PrefaceLen = sizeof(kH2Preface) - 1;
 // How long a closing connection may take to send what it still has queued.
 constexpr absl::Duration kLingerLimit = absl::Seconds(5);
 
+// Whether `data`, the first bytes of a connection, start an HTTP/1.x request: a method token of
+// capital letters, a space, a request target, " HTTP/1." and a digit before the line ends.
+// Envoy's http_inspector decides the same way; it is what makes Istio's protocol detection.
+Sniff SniffHttp1(absl::string_view data) {
+  constexpr size_t kMaxMethod = 20;
+  constexpr size_t kMaxLine = 8192;  // a longer line is HTTP's to refuse (414), not TCP's
+  size_t i = 0;
+  while (i < data.size() && i < kMaxMethod && data[i] >= 'A' && data[i] <= 'Z') ++i;
+  if (i == data.size()) return i <= kMaxMethod ? Sniff::kNeedMore : Sniff::kNotHttp;
+  if (i == 0 || data[i] != ' ') return Sniff::kNotHttp;
+  const size_t eol = data.find('\n', i);
+  if (eol == absl::string_view::npos) {
+    return data.size() < kMaxLine ? Sniff::kNeedMore : Sniff::kHttp;
+  }
+  absl::string_view line = data.substr(0, eol);
+  if (absl::EndsWith(line, "\r")) line.remove_suffix(1);
+  const size_t sp = line.rfind(' ');
+  absl::string_view version = line.substr(sp + 1);
+  if (sp <= i || version.size() != 8 || !absl::StartsWith(version, "HTTP/1.") || version[7] < '0' ||
+      version[7] > '9') {
+    return Sniff::kNotHttp;
+  }
+  return Sniff::kHttp;
+}
+
 std::unique_ptr<Exchange> NewExchange(Connection* conn, absl::string_view protocol,
                                       absl::string_view method, absl::string_view path,
                                       absl::string_view authority, const HeaderList& headers) {
@@ -85,9 +110,10 @@ class ProxyConnectionImpl final : public Connection,
   ProxyContext& ctx() override { return *ctx_; }
   const DownstreamInfo& info() const override { return info_; }
   ByteStream& downstream() override { return *downstream_; }
-  void Retire(std::unique_ptr<ByteStream> stream) override {
+  void Retire(std::unique_ptr<ByteStream> stream, bool abort) override {
     if (!stream) return;
-    stream->Close(true);
+    if (!abort) stream->ShutdownWrite();
+    stream->Close(abort);
     graveyard_.push_back(std::move(stream));
     ScheduleCleanup();
   }
@@ -131,8 +157,19 @@ class ProxyConnectionImpl final : public Connection,
       if (sniff_.compare(0, n, kH2Preface, n) == 0) {
         if (sniff_.size() < kH2PrefaceLen) return;
         handler_ = NewHttp2Handler(this);
-      } else {
+      } else if (!ctx_->options.detect_protocol) {
         handler_ = NewHttp1Handler(this);
+      } else {
+        switch (SniffHttp1(sniff_)) {
+          case Sniff::kNeedMore:
+            return;
+          case Sniff::kHttp:
+            handler_ = NewHttp1Handler(this);
+            break;
+          case Sniff::kNotHttp:
+            handler_ = NewTcpHandler(this);
+            break;
+        }
       }
       std::string buffered = std::move(sniff_);
       handler_->OnDownstreamData(buffered);
@@ -146,6 +183,13 @@ class ProxyConnectionImpl final : public Connection,
   }
   void OnEnd() override {
     if (finished_) return;
+    if (!handler_ && ctx_->options.detect_protocol && !sniff_.empty()) {
+      // Too short to say and the client is done: not an HTTP request, so TCP.
+      handler_ = NewTcpHandler(this);
+      std::string buffered = std::move(sniff_);
+      handler_->OnDownstreamData(buffered);
+      if (finished_) return;
+    }
     if (!handler_) return Finish(false);
     handler_->OnDownstreamEnd();
   }

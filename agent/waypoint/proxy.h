@@ -63,6 +63,10 @@ struct ProxyOptions {
   double stream_open_rate = 100;
   // The port is declared TCP (Service port protocol / appProtocol): no HTTP parsing; L4 policy.
   bool tcp_only = false;
+  // The port's protocol is not declared: bytes that start neither an h2c preface nor an HTTP/1.x
+  // request line are passed through at L4, as TCP (Istio's protocol detection). Otherwise they
+  // are parsed as HTTP/1.x and answered 400 when they are not.
+  bool detect_protocol = false;
 };
 
 // What the engine needs, per worker; outlives every connection.

@@ -26,8 +26,9 @@ class Connection {
   virtual ProxyContext& ctx() = 0;
   virtual const DownstreamInfo& info() const = 0;
   virtual ByteStream& downstream() = 0;
-  // Frees a stream after the current event batch (its callbacks may be on the stack).
-  virtual void Retire(std::unique_ptr<ByteStream> stream) = 0;
+  // Frees a stream after the current event batch (its callbacks may be on the stack): with a
+  // reset, or, for an upstream whose last exchange completed, with a FIN.
+  virtual void Retire(std::unique_ptr<ByteStream> stream, bool abort = true) = 0;
   // Closes everything (abort: with a reset) and ends the connection.
   virtual void Finish(bool abort) = 0;
   // The handler's deadlines changed.
@@ -47,6 +48,10 @@ class Handler {
   // The connection is going away: close upstreams.
   virtual void Shutdown() = 0;
 };
+
+enum class Sniff { kHttp, kNotHttp, kNeedMore };
+// Whether the first bytes of a connection start an HTTP/1.x request (protocol detection).
+Sniff SniffHttp1(absl::string_view data);
 
 std::unique_ptr<Handler> NewHttp1Handler(Connection* conn);
 std::unique_ptr<Handler> NewHttp2Handler(Connection* conn);

@@ -14,7 +14,7 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
   Observer* owner = nullptr;  // null once the owner closed: what arrives is dropped
   // Keeps the core alive while the session may still call it; dropped when the stream ends.
   std::shared_ptr<Core> self;
-  bool over = false;            // the stream ended (or was never opened)
+  bool over = false;  // the stream ended (or was never opened)
   bool client = false;
   bool connected = false;       // client: 2xx received
   std::string out;              // taken by Write, not yet by the session

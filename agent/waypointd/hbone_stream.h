@@ -42,8 +42,8 @@ class HboneStream final : public waypoint::ByteStream {
   static std::unique_ptr<HboneStream> Open(EventLoop* loop,
                                            std::shared_ptr<hbone::HboneSession> session,
                                            absl::string_view authority,
-                                           const hbone::ConnectHeaders& headers,
-                                           Observer* observer, std::string peer);
+                                           const hbone::ConnectHeaders& headers, Observer* observer,
+                                           std::string peer);
   ~HboneStream() override;
 
   hbone::StreamObserver* stream_observer();

@@ -71,8 +71,7 @@ class HboneUpstream final : public waypoint::UpstreamConnector {
     }
     const std::string identity = route.workload->identity.ToString();
     auto contexts = worker_.tls();
-    const tunnel::TlsContexts::Pair* ctx =
-        contexts ? contexts->Find(pod_->spiffe_id) : nullptr;
+    const tunnel::TlsContexts::Pair* ctx = contexts ? contexts->Find(pod_->spiffe_id) : nullptr;
     if (ctx == nullptr || !ctx->client) {
       return std::make_unique<FailedStream>(
           loop, observer,
@@ -126,10 +125,6 @@ class WaypointFlow final : public tunnel::Flow {
 
 }  // namespace
 
-L7Handler::L7Handler(int workers, WaypointOptions options) : options_(std::move(options)) {
-  for (int i = 0; i < workers; ++i) metrics_.push_back(std::make_unique<waypoint::HttpMetrics>());
-}
-
 hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                             hbone::StreamId stream,
                                             const hbone::ConnectRequest& request,
@@ -152,8 +147,9 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
                                     snapshot->version()));
   }
   std::string why;
+  mesh::AppProtocol app = mesh::AppProtocol::kDetect;
   std::optional<authz::Workload> target =
-      snapshot->WaypointTarget(*wp, request.destination, &why);
+      snapshot->WaypointTarget(*wp, request.destination, &why, &app);
   if (!target.has_value()) return refuse(400, why);
   if (snapshot->engine() == nullptr) {
     return refuse(503, "the configuration's policies did not compile (fail closed)");
@@ -172,6 +168,10 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   waypoint::ProxyContext& ctx = raw->ctx;
   ctx.loop = &worker.loop();
   ctx.options = options_.proxy;
+  // Istio's protocol selection: declared opaque ports are TCP, declared HTTP ones HTTP, the rest
+  // is detected from the first bytes.
+  ctx.options.tcp_only = app == mesh::AppProtocol::kOpaque;
+  ctx.options.detect_protocol = app == mesh::AppProtocol::kDetect;
   // The engine lives as long as the snapshot the flow holds.
   std::shared_ptr<const authz::Engine> engine(snapshot, snapshot->engine());
   ctx.engine = engine;
@@ -179,12 +179,12 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(engine, *target));
   ctx.upstream = raw->upstream_.get();
   ctx.destination = request.destination;
-  ctx.metrics = metrics_[worker.index()].get();
+  ctx.metrics = &metrics_;
   ctx.clock = worker.settings().clock;
   // Re-decided when the configuration changes: a destination that no longer uses this waypoint
   // (or a waypoint that is gone) ends its streams.
-  raw->SetRecheck([dst = request.destination, uid = pod->workload](
-                      const tunnel::MeshSnapshot& next) -> absl::Status {
+  raw->SetRecheck([dst = request.destination,
+                   uid = pod->workload](const tunnel::MeshSnapshot& next) -> absl::Status {
     const tunnel::WaypointInfo* now = next.WaypointOf(uid);
     if (now == nullptr) return absl::PermissionDeniedError("no longer a waypoint's pod");
     std::string why;
@@ -194,8 +194,8 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
     return absl::OkStatus();
   });
 
-  auto down = HboneStream::Accepted(&worker.loop(), session.shared_from_this(), stream,
-                                    peer.ToString());
+  auto down =
+      HboneStream::Accepted(&worker.loop(), session.shared_from_this(), stream, peer.ToString());
   hbone::StreamObserver* observer = down->stream_observer();
   raw->counts_ = down->counts();
   raw->fail_ = down->FailHandle();
@@ -213,13 +213,12 @@ void L7Handler::OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const t
   auto peer = PeerAddress(client.get());
   auto local = LocalAddress(client.get());
   const bool outbound = kind == tunnel::ListenerKind::kOutbound;
-  const std::string why =
-      outbound ? std::string("a waypoint's pod opens no redirected connections")
-               : std::string("a waypoint takes only HBONE (port 15008)");
+  const std::string why = outbound ? std::string("a waypoint's pod opens no redirected connections")
+                                   : std::string("a waypoint takes only HBONE (port 15008)");
   AMBIT_LOG(kComponent, Warning) << (outbound ? "outbound" : "inbound") << " pod=" << pod->uid
                                  << " src=" << (peer.ok() ? peer->ToString() : "?")
-                                 << " dst=" << (local.ok() ? local->ToString() : "?") << ": "
-                                 << why << "; connection reset";
+                                 << " dst=" << (local.ok() ? local->ToString() : "?") << ": " << why
+                                 << "; connection reset";
   CloseWithReset(client);
   tunnel::FlowRecord record;
   record.direction = outbound ? tunnel::FlowDirection::kOutbound : tunnel::FlowDirection::kInbound;

@@ -14,7 +14,8 @@
 // metrics) is indexed by Worker::index().
 
 #include <memory>
-#include <vector>
+#include <string>
+#include <utility>
 
 #include "agent/tunnel/l7_hook.h"
 #include "agent/waypoint/metrics.h"
@@ -28,7 +29,7 @@ struct WaypointOptions {
 
 class L7Handler final : public tunnel::InboundHandler {
  public:
-  L7Handler(int workers, WaypointOptions options);
+  explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
 
   hbone::StreamObserver* OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                    hbone::StreamId stream, const hbone::ConnectRequest& request,
@@ -37,12 +38,11 @@ class L7Handler final : public tunnel::InboundHandler {
   void OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
                   tunnel::ListenerKind kind, UniqueFd client) override;
 
-  // Worker-thread only (that worker's registry).
-  waypoint::HttpMetrics& metrics(int worker) { return *metrics_[worker]; }
+  std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
 
  private:
   WaypointOptions options_;
-  std::vector<std::unique_ptr<waypoint::HttpMetrics>> metrics_;
+  waypoint::HttpMetrics metrics_;  // every worker's requests
 };
 
 }  // namespace ambit::waypointd

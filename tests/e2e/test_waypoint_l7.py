@@ -14,7 +14,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import Topology, build_dir, run, wait_listening  # noqa: E402
+from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
+import subprocess  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 WAYPOINT_BINARY = str(build_dir() / "agent/main/ambit-waypoint")
@@ -53,6 +54,59 @@ spec:
     - source:
         principals: ["cluster.local/ns/default/sa/web"]
     to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/public/*"]
+"""
+
+# The service in front of b, bound to the waypoint: port 80 declared HTTP (by name), 7000 declared
+# TCP (appProtocol), 7001 undeclared (detected from the bytes).
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: backend
+  labels:
+    istio.io/use-waypoint: waypoint
+spec:
+  clusterIP: {vip}
+  selector:
+    app: b
+  ports:
+  - name: http-web
+    port: 80
+    targetPort: 8080
+  - name: echo
+    appProtocol: tcp
+    port: 7000
+    targetPort: 7000
+  - name: echo-auto
+    port: 7001
+    targetPort: 7001
+"""
+
+# L4 rules for the TCP ports, attached to the service: apply to traffic addressed to it.
+TCP_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-tcp
+  namespace: backend
+spec:
+  targetRefs:
+  - kind: Service
+    group: ""
+    name: api
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/web"]
+    to:
+    - operation:
+        ports: ["7000", "7001"]
+  - to:
     - operation:
         methods: ["GET"]
         paths: ["/public/*"]
@@ -116,26 +170,34 @@ class WaypointL7Test(unittest.TestCase):
     def _set_up(cls):
         t = cls.topo
         cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+        # m's node has not caught up: it does not know b uses the waypoint and sends m's traffic
+        # straight to b's tunnel (the bypass attempt).
+        cls.m = t.add_pod("m", namespace="default", service_account="web", node="node4")
+        cls.vip = f"198.18.{t.subnet}.200"
         cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
         cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node3")
         use = {"istio.io/use-waypoint": "waypoint"}
         view = "---\n".join([
             cls.a.yaml(), with_labels(cls.b, use),
             with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
-            GATEWAY, POLICY])
+            GATEWAY, POLICY, SERVICE.format(vip=cls.vip), TCP_POLICY])
         # The topology's agents share CA material: one trust domain.
         cls.n1, cls.n2, cls.n3 = t.add_agent("node1"), t.add_agent("node2"), t.add_agent("node3")
         for n in (cls.n1, cls.n2, cls.n3):
             n.write_config("pods.yaml", view)
+        cls.n4 = t.add_agent("node4")
+        cls.n4.write_config("pods.yaml", "---\n".join([cls.m.yaml(), cls.b.yaml()]))
         cls.n1.start(wait_pods=[cls.a])
         cls.n2.start(wait_pods=[cls.b])
         cls.n3.start("--tunnel-binary", WAYPOINT_BINARY, wait_pods=[cls.wp])
+        cls.n4.start(wait_pods=[cls.m])
         cls.n1.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
         cls.n2.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
         cls.n3.wait_log(f"certificate {WAYPOINT_ID} valid")
         cls.srv = cls.b.popen(["/usr/bin/python3", "-c", HTTP_SERVER, "8080"],
                               stdout=__import__("subprocess").PIPE, text=True)
         cls.srv.stdout.readline()
+        cls.n4.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
 
     @classmethod
     def tearDownClass(cls):
@@ -178,6 +240,76 @@ class WaypointL7Test(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout), [[200, "/public/one"], [403, "RBAC: access denied"],
                                                 [200, "/public/three"]])
+
+    def echo_server(self, port):
+        srv = self.b.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", str(port), "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(srv)
+        return srv
+
+    def echo(self, pod, host, port, payload):
+        r = pod.python(CLIENT, host, port, payload)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def test_service_addressed_request_goes_to_an_endpoint(self):
+        code, body, err = self.curl(f"http://{self.vip}/public/svc")
+        self.assertEqual(code, 200, err)
+        self.assertEqual(json.loads(body)["path"], "/public/svc")
+        code, body, _ = self.curl(f"http://{self.vip}/private")
+        self.assertEqual(code, 403)
+
+    def test_declared_tcp_port_passes_at_l4(self):
+        srv = self.echo_server(7000)
+        got = self.echo(self.a, self.vip, 7000, "GET / not-http-at-all")
+        srv.wait(timeout=10)
+        self.assertIsNotNone(got)
+        self.assertEqual(got["reply"], "echo:GET / not-http-at-all")
+
+    def test_undeclared_port_detects_tcp(self):
+        srv = self.echo_server(7001)
+        got = self.echo(self.a, self.vip, 7001, "binary hello")
+        srv.wait(timeout=10)
+        self.assertIsNotNone(got)
+        self.assertEqual(got["reply"], "echo:binary hello")
+
+    def test_bypass_straight_to_the_pods_tunnel_is_refused(self):
+        # m's tunnel dials b's tunnel directly with m's own identity: b accepts only the waypoint.
+        code, _, _ = self.curl_from(self.m, f"http://{self.b.ip4}:8080/public/index")
+        self.assertEqual(code, 0)
+        self.n2.wait_log("uses waypoint backend/waypoint")
+
+    def test_smuggling_is_refused_with_400(self):
+        raw = ("POST /public/x HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /private HTTP/1.1\r\nHost: b\r\n\r\n")
+        r = self.a.python(RAW_CLIENT, self.b.ip4, 8080, raw)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("HTTP/1.1 400"), r.stdout)
+        self.assertNotIn("/private", r.stdout)
+
+    def test_metrics_count_requests_by_code(self):
+        self.curl(f"http://{self.b.ip4}:8080/private/metrics")
+        text = self.n3.metrics()
+        self.assertRegex(text, r'istio_requests_total\{[^}]*response_code="403"[^}]*\} [1-9]')
+
+    def curl_from(self, pod, *args):
+        r = pod.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", *args])
+        return int(r.stdout or 0), r.stdout, r.stderr
+
+
+RAW_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(sys.argv[3].encode())
+s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(data.decode(errors="replace"))
+"""
+
 
 if __name__ == "__main__":
     unittest.main()
