@@ -43,7 +43,7 @@ absl::string_view AppProtocolName(AppProtocol protocol) {
 AppProtocol SelectAppProtocol(absl::string_view app_protocol, absl::string_view port_name) {
   std::string declared = absl::AsciiStrToLower(
       !app_protocol.empty() ? app_protocol : port_name.substr(0, port_name.find('-')));
-  for (absl::string_view http : {"http", "http2", "grpc", "grpc-web", "h2c"}) {
+  for (absl::string_view http : {"http", "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c"}) {
     if (declared == http) return AppProtocol::kHttp;
   }
   for (absl::string_view opaque : {"tcp", "tls", "https", "mongo", "mysql", "redis"}) {

@@ -420,6 +420,7 @@ spec:
     port: 80
     targetPort: 8080
   - name: grpc
+    appProtocol: grpc
     port: 9090
     protocol: TCP
     targetPort: grpc-port
@@ -447,12 +448,12 @@ spec:
   EXPECT_EQ(web.Key(), "prod/web");
   EXPECT_THAT(web.cluster_ips, ElementsAre(Ip("198.19.0.10"), Ip("2001:2:0:1::10")));
   EXPECT_THAT(web.selector, ElementsAre(Pair("app", "web")));
-  EXPECT_THAT(web.ports, ElementsAre(state::ServicePort{"http", 80, "TCP", "8080"},
-                                     state::ServicePort{"grpc", 9090, "TCP", "grpc-port"},
-                                     state::ServicePort{"dns", 53, "UDP", "53"}));
+  EXPECT_THAT(web.ports, ElementsAre(state::ServicePort{"http", 80, "TCP", "8080", ""},
+                                     state::ServicePort{"grpc", 9090, "TCP", "grpc-port", "grpc"},
+                                     state::ServicePort{"dns", 53, "UDP", "53", ""}));
   EXPECT_EQ(web.source_file, "svc.yaml");
   EXPECT_THAT(services[1].cluster_ips, IsEmpty());
-  EXPECT_THAT(services[1].ports, ElementsAre(state::ServicePort{"", 5432, "TCP", "5432"}));
+  EXPECT_THAT(services[1].ports, ElementsAre(state::ServicePort{"", 5432, "TCP", "5432", ""}));
   EXPECT_THAT(services[2].cluster_ips, ElementsAre(Ip("198.19.0.11")));
 }
 

@@ -73,7 +73,9 @@ Snapshot Full() {
   svc.namespace_name = "backend";
   svc.name = "api";
   svc.cluster_ips = {Ip("198.18.100.1"), Ip("2001:2::100:1")};
-  svc.ports = {{80, 8080, Protocol::kTcp}, {53, 5353, Protocol::kUdp}, {7, 0, Protocol::kSctp}};
+  svc.ports = {{80, 8080, Protocol::kTcp, AppProtocol::kHttp},
+               {53, 5353, Protocol::kUdp, AppProtocol::kDetect},
+               {7, 0, Protocol::kSctp, AppProtocol::kOpaque}};
   svc.endpoints = {"backend/api"};
   svc.waypoint = "backend/waypoint";
   s.services = {svc};
@@ -214,6 +216,17 @@ TEST(MeshWireTest, UnknownProtocolOrActionIsAnError) {
             static_cast<pb::ServiceProtocol>(12));
       },
       {"service backend/api", "ports[0].protocol", "unknown protocol 12"});
+  // What a waypoint makes of a port's bytes is never guessed from a value it does not know.
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(0)->set_app_protocol(pb::APP_PROTOCOL_UNSPECIFIED);
+      },
+      {"service backend/api", "ports[0].app_protocol"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_services(0)->mutable_ports(2)->set_app_protocol(static_cast<pb::AppProtocol>(9));
+      },
+      {"service backend/api", "ports[2].app_protocol", "unknown application protocol 9"});
   // A DENY whose action a reader does not know must not become ALLOW.
   ExpectRejected(
       [](pb::Snapshot* s) {
@@ -410,6 +423,19 @@ TEST(MeshWireTest, PeerMtlsIsNotKept) {
   auto out = FromProto(proto);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_FALSE(out->workloads[1].mtls.has_value());
+}
+
+TEST(MeshModelTest, AppProtocolFollowsIstiosProtocolSelection) {
+  // appProtocol wins over the port name; the name counts up to its first '-'.
+  EXPECT_EQ(SelectAppProtocol("", "http-web"), AppProtocol::kHttp);
+  EXPECT_EQ(SelectAppProtocol("", "grpc"), AppProtocol::kHttp);
+  EXPECT_EQ(SelectAppProtocol("HTTP2", "db"), AppProtocol::kHttp);
+  EXPECT_EQ(SelectAppProtocol("tcp", "http-web"), AppProtocol::kOpaque);
+  EXPECT_EQ(SelectAppProtocol("", "mysql"), AppProtocol::kOpaque);
+  EXPECT_EQ(SelectAppProtocol("", "tls-passthrough"), AppProtocol::kOpaque);
+  EXPECT_EQ(SelectAppProtocol("", "web"), AppProtocol::kDetect);
+  EXPECT_EQ(SelectAppProtocol("", ""), AppProtocol::kDetect);
+  EXPECT_EQ(SelectAppProtocol("kubernetes.io/h2c", "x"), AppProtocol::kHttp);
 }
 
 }  // namespace

@@ -68,10 +68,12 @@ TEST(MeshSnapshotTest, RoutesByTheTypedModel) {
   tcp->set_port(80);
   tcp->set_target_port(8080);
   tcp->set_protocol(pb::SERVICE_PROTOCOL_TCP);
+  tcp->set_app_protocol(pb::APP_PROTOCOL_DETECT);
   auto* udp = svc->add_ports();
   udp->set_port(53);
   udp->set_target_port(5353);
   udp->set_protocol(pb::SERVICE_PROTOCOL_UDP);
+  udp->set_app_protocol(pb::APP_PROTOCOL_DETECT);
   svc->add_endpoints("backend/api");
   auto snapshot = MeshSnapshot::FromProto(s);
   ASSERT_TRUE(snapshot.ok()) << snapshot.status();
@@ -114,6 +116,7 @@ pb::Snapshot WithWaypoint(bool bypass_allowed = false, bool waypoint_has_pod = t
   tcp->set_port(80);
   tcp->set_target_port(8080);
   tcp->set_protocol(pb::SERVICE_PROTOCOL_TCP);
+  tcp->set_app_protocol(pb::APP_PROTOCOL_DETECT);
   svc->add_endpoints("backend/api");
   svc->set_waypoint("backend/wp");
   return s;
