@@ -11,10 +11,11 @@ namespace {
 
 constexpr const char* kLog = "waypoint";
 
-// Envoy's response code details for a jwt_authn rejection, "jwt_authn_access_denied{<text>}",
-// with the text's spaces as underscores so the access log keeps one token per field.
+// Envoy's response code details for a jwt_authn rejection, "jwt_authn_access_denied{<text>}"
+// with the text's spaces as underscores (Envoy's form), so the access log keeps one token per
+// field: "jwt_authn_access_denied{Jwt_is_expired}".
 std::string Details(const std::string& body) {
-  std::string text = absl::AsciiStrToLower(body);
+  std::string text = body;
   for (char& c : text) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c))) c = '_';
   }

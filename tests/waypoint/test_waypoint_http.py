@@ -906,7 +906,9 @@ class JwtHttp1Test(JwtTestBase):
                          f'Bearer realm="http://{LOOPBACK}:{self.wp.port}/secure/x", '
                          'error="invalid_token"')
         self.assertEqual(self.upstream.requests, [])
-        self.assertTrue(any("jwt_authn_access_denied" in line for line in self.wp.access_log()))
+        self.assertTrue(wait_for(lambda: any("jwt_authn_access_denied{Jwt_is_expired}" in line
+                                             for line in self.wp.access_log())),
+                        self.wp.access_log())
 
     def test_wrong_audience_is_403(self):
         status, headers, body = http1_get(self.wp.port, "/secure/x",
