@@ -162,9 +162,8 @@ class Channel {
         return WaitFor(fd_.get(), POLLOUT, deadline_, absl::StrCat("in ", what));
       case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0) {
-          return absl::UnavailableError(
-              absl::StrCat(what, ": the connection closed (", errno ? strerror(errno) : "EOF",
-                           ")"));
+          return absl::UnavailableError(absl::StrCat(what, ": the connection closed (",
+                                                     errno ? strerror(errno) : "EOF", ")"));
         }
         [[fallthrough]];
       default: {
@@ -239,8 +238,8 @@ absl::StatusOr<FetchUri> ParseFetchUri(absl::string_view uri) {
   }
   if (host.empty()) return bad("no host");
   for (char c : host) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' &&
-        c != ':' && c != '_') {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != ':' &&
+        c != '_') {
       return bad("the host has characters a host name cannot have");
     }
   }
@@ -362,8 +361,8 @@ absl::StatusOr<std::unique_ptr<HttpsJwksFetcher>> HttpsJwksFetcher::Create(
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
   if (SSL_CTX_load_verify_locations(ctx.get(), options.ca_file.c_str(), nullptr) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot load the CA certificates in ",
-                                                   options.ca_file, ": ", SslErrors()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot load the CA certificates in ", options.ca_file, ": ", SslErrors()));
   }
   return std::unique_ptr<HttpsJwksFetcher>(new HttpsJwksFetcher(std::move(ctx), options));
 }

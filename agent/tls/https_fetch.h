@@ -40,7 +40,7 @@ inline constexpr size_t kMaxJwksBody = 1 << 20;
 // The parts of a jwksUri a fetch needs.
 struct FetchUri {
   bool tls = true;
-  std::string host;       // without brackets for IPv6
+  std::string host;  // without brackets for IPv6
   bool host_is_ip = false;
   uint16_t port = 443;
   std::string target;     // path and query, "/" when empty

@@ -28,8 +28,8 @@ FilterResult AuthnFilter::OnRequest(RequestContext& ctx) {
   authn::AuthnResult r = authenticator_->Authenticate(target_, ctx.request, clock_->Now());
   if (!r.allowed) {
     ctx.details = Details(r.body);
-    AMBIT_LOG(kLog, Debug) << "jwt_authn rejected " << ctx.request.method << " "
-                           << ctx.request.host << ctx.request.path << ": " << r.reason;
+    AMBIT_LOG(kLog, Debug) << "jwt_authn rejected " << ctx.request.method << " " << ctx.request.host
+                           << ctx.request.path << ": " << r.reason;
     HeaderList headers;
     if (!r.www_authenticate.empty()) headers.emplace_back("www-authenticate", r.www_authenticate);
     return FilterResult::Respond(r.http_status, std::move(r.body), std::move(headers));
@@ -39,10 +39,9 @@ FilterResult AuthnFilter::OnRequest(RequestContext& ctx) {
     ctx.request.auth = std::move(r.auth);
   }
   for (authn::HeaderMutation& m : r.header_mutations) {
-    ctx.upstream_header_edits.push_back(
-        HeaderEdit{m.op == authn::HeaderMutation::Op::kRemove ? HeaderEdit::Op::kRemove
-                                                              : HeaderEdit::Op::kSet,
-                   std::move(m.name), std::move(m.value)});
+    ctx.upstream_header_edits.push_back(HeaderEdit{
+        m.op == authn::HeaderMutation::Op::kRemove ? HeaderEdit::Op::kRemove : HeaderEdit::Op::kSet,
+        std::move(m.name), std::move(m.value)});
   }
   return FilterResult::Continue();
 }

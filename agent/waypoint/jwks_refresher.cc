@@ -6,8 +6,7 @@
 
 namespace ambit::waypoint {
 
-JwksRefresher::JwksRefresher(authn::JwksCache* cache, const Clock* clock,
-                             absl::Duration max_sleep)
+JwksRefresher::JwksRefresher(authn::JwksCache* cache, const Clock* clock, absl::Duration max_sleep)
     : cache_(cache), clock_(clock), max_sleep_(max_sleep) {
   thread_ = std::thread([this] { Run(); });
 }
@@ -51,12 +50,11 @@ void JwksRefresher::Run() {
       absl::MutexLock lock(&mu_);
       const absl::Duration wait =
           std::clamp(cache_->NextRefresh() - clock_->Now(), absl::ZeroDuration(), max_sleep_);
-      mu_.AwaitWithTimeout(absl::Condition(
-                               +[](JwksRefresher* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                 return r->stop_ || r->wake_;
-                               },
-                               this),
-                           wait);
+      mu_.AwaitWithTimeout(
+          absl::Condition(
+              +[](JwksRefresher* r) ABSL_NO_THREAD_SAFETY_ANALYSIS { return r->stop_ || r->wake_; },
+              this),
+          wait);
       if (stop_) return;
       wake_ = false;
     }

@@ -38,8 +38,7 @@ class JwksRefresher {
   // The configuration changed: tracks every jwksUri of these policies (with the longest timeout
   // of the rules naming it), stops tracking those no longer named, and wakes the thread so new
   // URIs are fetched now.
-  void SetRules(const std::vector<authn::RequestAuthentication>& policies)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void SetRules(const std::vector<authn::RequestAuthentication>& policies) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Ends the thread and joins it; idempotent.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);

@@ -34,10 +34,11 @@ TEST(ParseFetchUriTest, SchemesHostsPortsAndTargets) {
 }
 
 TEST(ParseFetchUriTest, RefusesWhatIsNotAnHttpUri) {
-  for (const char* bad : {"", "jwks.json", "ftp://h/x", "file:///etc/passwd", "https://", "https:///x",
-                          "https://u:p@h/x", "https://h:0/x", "https://h:65536/x", "https://h:x/",
-                          "https://[::1/x", "https://[zz::1]/x", "https://[::1]x/", "https://h/a b",
-                          "https://h/a\r\nx: y", "https://h\r\n/x", "https://h%2f/x"}) {
+  for (const char* bad :
+       {"", "jwks.json", "ftp://h/x", "file:///etc/passwd", "https://", "https:///x",
+        "https://u:p@h/x", "https://h:0/x", "https://h:65536/x", "https://h:x/", "https://[::1/x",
+        "https://[zz::1]/x", "https://[::1]x/", "https://h/a b", "https://h/a\r\nx: y",
+        "https://h\r\n/x", "https://h%2f/x"}) {
     EXPECT_FALSE(ParseFetchUri(bad).ok()) << bad;
   }
 }
@@ -66,17 +67,16 @@ TEST(ParseHttpResponseTest, FramingsAndStatuses) {
   EXPECT_EQ(body.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(body.status().message().find("404"), std::string::npos);
 
-  body = ParseHttpResponse(
-      "HTTP/1.1 301 Moved\r\nLocation: https://x/y\r\ncontent-length: 0\r\n\r\n");
+  body =
+      ParseHttpResponse("HTTP/1.1 301 Moved\r\nLocation: https://x/y\r\ncontent-length: 0\r\n\r\n");
   EXPECT_NE(body.status().message().find("redirect to \"https://x/y\""), std::string::npos)
       << body.status();
 }
 
 TEST(ParseHttpResponseTest, LimitsAndMalformedInput) {
-  EXPECT_EQ(ParseHttpResponse("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello!", 5)
-                .status()
-                .code(),
-            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(
+      ParseHttpResponse("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello!", 5).status().code(),
+      absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(ParseHttpResponse("HTTP/1.1 200 OK\r\n\r\n123456", 5).status().code(),
             absl::StatusCode::kResourceExhausted);
   // Truncated: content-length promises more than arrives before the close.

@@ -10,8 +10,8 @@ namespace {
 using Op = HeaderEdit::Op;
 
 TEST(ApplyHeaderEditsTest, SetReplacesEveryValueAndRemoveDropsThem) {
-  HeaderList h = {{"authorization", "Bearer x"}, {"x-jwt", "forged"}, {"x-jwt", "again"},
-                  {"accept", "*/*"}};
+  HeaderList h = {
+      {"authorization", "Bearer x"}, {"x-jwt", "forged"}, {"x-jwt", "again"}, {"accept", "*/*"}};
   ApplyHeaderEdits({{Op::kRemove, "authorization", ""},
                     {Op::kRemove, "x-jwt", ""},
                     {Op::kSet, "x-jwt", "payload"},

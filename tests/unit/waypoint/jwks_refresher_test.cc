@@ -97,8 +97,7 @@ TEST(JwksRefresherTest, FetchesNewUrisAtOnceAndDropsRemovedOnes) {
 
 TEST(JwksRefresherTest, RefreshesWhenDue) {
   CountingFetcher fetcher;
-  authn::JwksCache cache(&fetcher, &RealClock::Get(),
-                         {.refresh_interval = absl::Milliseconds(50)});
+  authn::JwksCache cache(&fetcher, &RealClock::Get(), {.refresh_interval = absl::Milliseconds(50)});
   JwksRefresher refresher(&cache, &RealClock::Get());
   refresher.SetRules({Policy({Remote(kUriA)})});
   // Several refreshes, each woken by NextRefresh rather than by the 30 s safety wait.
@@ -115,9 +114,7 @@ TEST(JwksRefresherTest, StopsPromptlyWhenIdle) {
   CountingFetcher fetcher;
   authn::JwksCache cache(&fetcher, &RealClock::Get());
   const absl::Time start = absl::Now();
-  {
-    JwksRefresher refresher(&cache, &RealClock::Get(), absl::Hours(1));
-  }
+  { JwksRefresher refresher(&cache, &RealClock::Get(), absl::Hours(1)); }
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
 }
 
