@@ -56,7 +56,9 @@ absl::StatusOr<UniqueFd> Connect(const FetchUri& u, absl::Time deadline) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_ADDRCONFIG | (u.host_is_ip ? AI_NUMERICHOST : 0);
+  // AI_ADDRCONFIG skips address families the host cannot reach, but an IP literal is taken as
+  // written (loopback-only namespaces would otherwise resolve nothing).
+  hints.ai_flags = u.host_is_ip ? AI_NUMERICHOST : AI_ADDRCONFIG;
   addrinfo* res = nullptr;
   const std::string port = absl::StrCat(u.port);
   if (int rc = getaddrinfo(u.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
@@ -238,8 +240,9 @@ absl::StatusOr<FetchUri> ParseFetchUri(absl::string_view uri) {
   }
   if (host.empty()) return bad("no host");
   for (char c : host) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != ':' &&
-        c != '_') {
+    const bool v6 = u.host_is_ip && c == ':';  // only inside brackets, checked above
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' &&
+        !v6) {
       return bad("the host has characters a host name cannot have");
     }
   }

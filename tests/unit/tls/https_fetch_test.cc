@@ -38,7 +38,7 @@ TEST(ParseFetchUriTest, RefusesWhatIsNotAnHttpUri) {
        {"", "jwks.json", "ftp://h/x", "file:///etc/passwd", "https://", "https:///x",
         "https://u:p@h/x", "https://h:0/x", "https://h:65536/x", "https://h:x/", "https://[::1/x",
         "https://[zz::1]/x", "https://[::1]x/", "https://h/a b", "https://h/a\r\nx: y",
-        "https://h\r\n/x", "https://h%2f/x"}) {
+        "https://h\r\n/x", "https://h%2f/x", "https://::1/x", "https://a:b:443/x"}) {
     EXPECT_FALSE(ParseFetchUri(bad).ok()) << bad;
   }
 }
