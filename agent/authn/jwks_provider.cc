@@ -12,6 +12,18 @@ void JwksCache::Track(const std::string& uri, absl::Duration timeout) {
   entries_[uri].timeout = timeout;
 }
 
+void JwksCache::Untrack(const std::string& uri) {
+  absl::MutexLock lock(&mu_);
+  entries_.erase(uri);
+}
+
+std::vector<std::string> JwksCache::Tracked() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [uri, e] : entries_) out.push_back(uri);
+  return out;
+}
+
 int JwksCache::RefreshDue() {
   std::vector<std::pair<std::string, absl::Duration>> due;
   {
@@ -29,7 +41,9 @@ int JwksCache::RefreshDue() {
         body.ok() ? ParseJwks(*body) : absl::StatusOr<Jwks>(body.status());
     const absl::Time now = clock_->Now();
     absl::MutexLock lock(&mu_);
-    Entry& e = entries_[uri];
+    auto it = entries_.find(uri);
+    if (it == entries_.end()) continue;  // untracked while the fetch ran
+    Entry& e = it->second;
     if (parsed.ok()) {
       e.keys = std::make_shared<const Jwks>(*std::move(parsed));
       e.fetched = now;

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -51,6 +52,11 @@ class JwksCache final : public JwksProvider {
 
   // Starts tracking uri (idempotent); it is fetched by the next RefreshDue.
   void Track(const std::string& uri, absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops tracking uri and drops its key set (a rule that no longer names it must not keep a
+  // fetch going); Get answers null for it from now on. Unknown URIs are ignored.
+  void Untrack(const std::string& uri) ABSL_LOCKS_EXCLUDED(mu_);
+  // The tracked URIs, sorted.
+  std::vector<std::string> Tracked() const ABSL_LOCKS_EXCLUDED(mu_);
   // Fetches every tracked URI whose refresh is due. Returns how many fetches failed.
   int RefreshDue() ABSL_LOCKS_EXCLUDED(mu_);
   // The earliest time a refresh is due (InfiniteFuture when nothing is tracked).

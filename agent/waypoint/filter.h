@@ -22,6 +22,18 @@
 
 namespace ambit::waypoint {
 
+// One change to a request header on its way upstream.
+struct HeaderEdit {
+  enum class Op { kSet, kRemove };
+  Op op = Op::kSet;
+  std::string name;   // lower case
+  std::string value;  // kSet only
+};
+
+// Applies edits to an outgoing header list in order: kRemove drops every header of that name,
+// kSet drops them and appends one with the value.
+void ApplyHeaderEdits(const std::vector<HeaderEdit>& edits, HeaderList& headers);
+
 struct RequestContext {
   authz::Request request;  // layer kL7, filled by the codec before the chain runs
   // Set by the authentication filter for the access log: "<iss>/<sub>" of a valid JWT.
@@ -31,6 +43,11 @@ struct RequestContext {
   // Why the request was answered locally ("rbac_access_denied", "ext_authz_unavailable"...),
   // for the access log's response flags and details.
   std::string details;
+  // Header changes for the forwarded request, applied in order when the request goes upstream
+  // (after the chain allowed it): Envoy's filters edit the request before the router sends it.
+  // Names are lower case; kSet replaces every header of that name. The filters read
+  // `request.headers` as the client sent them.
+  std::vector<HeaderEdit> upstream_header_edits;
 };
 
 // A local answer.

@@ -271,6 +271,7 @@ class Http1Handler final : public Handler, public Http1Sink {
       if (IsHopByHop(k) || NamedInConnection(req_, k)) continue;
       out.emplace_back(k, v);
     }
+    ApplyHeaderEdits(ex_->ctx.upstream_header_edits, out);
     // HTTP/1.0 may omit Host; the request goes upstream as HTTP/1.1, which requires one.
     if (req_.Find("host") == nullptr) {
       out.emplace_back("host", conn_->ctx().upstream->Describe());

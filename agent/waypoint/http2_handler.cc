@@ -542,6 +542,7 @@ class Http2Handler final : public Handler {
       if (IsHopByHop(k)) continue;
       out.emplace_back(k, v);
     }
+    ApplyHeaderEdits(s->ex->ctx.upstream_header_edits, out);
     if (s->request_ended) {
       if (content_length.value_or(0) > 0) {
         return LocalReply(s, 400, std::string(ReasonPhrase(400)), "content_length_mismatch");

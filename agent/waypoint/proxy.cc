@@ -7,6 +7,37 @@
 #include "agent/waypoint/proxy_internal.h"
 
 namespace ambit::waypoint {
+
+namespace {
+
+// A value that would end the header line early (a JWT claim is client-chosen text).
+bool SafeHeaderValue(absl::string_view v) {
+  return v.find_first_of(absl::string_view("\r\n\0", 3)) == absl::string_view::npos;
+}
+
+}  // namespace
+
+void ApplyHeaderEdits(const std::vector<HeaderEdit>& edits, HeaderList& headers) {
+  for (const HeaderEdit& e : edits) {
+    // Framing and routing headers are the proxy's own: an edit must never change how the
+    // upstream splits the byte stream into requests.
+    if (e.name.empty() || e.name[0] == ':' || e.name == "host" || IsHopByHop(e.name)) {
+      AMBIT_LOG("waypoint", Warning) << "ignored an edit of header \"" << e.name
+                                     << "\": framing and host headers are the proxy's";
+      continue;
+    }
+    if (e.op == HeaderEdit::Op::kSet && !SafeHeaderValue(e.value)) {
+      AMBIT_LOG("waypoint", Warning)
+          << "not setting header \"" << e.name << "\": its value holds CR, LF or NUL";
+      // The old value goes anyway: what the filter meant to replace must not pass unchanged.
+    }
+    std::erase_if(headers, [&e](const auto& kv) { return kv.first == e.name; });
+    if (e.op == HeaderEdit::Op::kSet && SafeHeaderValue(e.value)) {
+      headers.emplace_back(e.name, e.value);
+    }
+  }
+}
+
 namespace internal {
 
 constexpr char kH2Preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

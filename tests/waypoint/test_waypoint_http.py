@@ -791,3 +791,385 @@ class TelemetryTest(WaypointTestBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------- JWT (RequestAuthentication)
+
+import datetime  # noqa: E402  (the JWT tests' own imports, kept with them)
+import http.client  # noqa: E402
+import ipaddress  # noqa: E402
+import ssl  # noqa: E402
+
+import jwt as pyjwt  # noqa: E402  (Debian python3-jwt)
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm  # noqa: E402
+
+ISSUER = "https://issuer.test"
+HEADER_ISSUER = "https://header.test"
+AUDIENCE = "ambit-test"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+ROGUE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwks_document():
+    rs = json.loads(RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    rs.update(kid="rs1", alg="RS256", use="sig")
+    es = json.loads(ECAlgorithm.to_jwk(EC_KEY.public_key()))
+    es.update(kid="es1", alg="ES256", use="sig")
+    return json.dumps({"keys": [rs, es]})
+
+
+def token(alg="RS256", key=None, kid=None, **claims):
+    """A token signed now; claims override the defaults (None removes one)."""
+    now = int(time.time())
+    body = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": now, "exp": now + 600}
+    body.update(claims)
+    body = {k: v for k, v in body.items() if v is not None}
+    if key is None:
+        key = RSA_KEY if alg.startswith("RS") else EC_KEY
+    if kid is None:
+        kid = "rs1" if alg.startswith("RS") else "es1"
+    return pyjwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def http1_get(port, path, headers=()):
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path, headers=dict(headers))
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+class JwtTestBase(WaypointTestBase):
+    """An inline JWKS (RS256 and ES256 keys) in a file named by the policy's jwks_file."""
+
+    JWT_POLICY = (
+        "JWT jwt issuer=https://issuer.test audiences=ambit-test jwks_file={jwks} "
+        "claim_to_headers=x-jwt-sub:sub,x-jwt-role:role output_payload_to_header=x-jwt-payload\n"
+        "JWT jwt issuer=https://header.test jwks_file={jwks} from_headers=x-token: "
+        "forward_original_token=true\n" + """
+ALLOW need-jwt request_principals=https://issuer.test/alice,https://header.test/bob paths=/secure/*
+ALLOW by-claim paths=/claims/* when=request.auth.claims[role]:admin
+ALLOW public paths=/public/*
+""")
+
+    def setUp(self):
+        self.jwks = tempfile.NamedTemporaryFile("w", suffix=".jwks", delete=False)
+        self.jwks.write(jwks_document())
+        self.jwks.close()
+        self.addCleanup(os.unlink, self.jwks.name)
+        self.POLICY = self.JWT_POLICY.format(jwks=self.jwks.name)
+        super().setUp()
+
+    def upstream_headers(self):
+        self.assertTrue(self.upstream.requests, "the request did not reach the upstream")
+        return dict(self.upstream.requests[-1]["headers"])
+
+
+class JwtHttp1Test(JwtTestBase):
+    def test_valid_rs256_and_es256_reach_the_upstream_with_claim_headers(self):
+        for alg in ("RS256", "ES256"):
+            status, _, body = http1_get(self.wp.port, "/secure/x",
+                                        [("authorization", "Bearer " + token(alg))])
+            self.assertEqual(status, 200, body)
+            h = self.upstream_headers()
+            self.assertEqual(h.get("x-jwt-sub"), "alice")
+            # forwardOriginalToken false (the default): the token does not go upstream.
+            self.assertNotIn("authorization", h)
+            payload = h["x-jwt-payload"]
+            claims = json.loads(base64_url_decode(payload))
+            self.assertEqual(claims["sub"], "alice")
+        log = self.wp.access_log()
+        self.assertTrue(any("https://issuer.test/alice" in line for line in log), log)
+
+    def test_curl_bearer_token(self):
+        out = subprocess.run(["curl", "-sS", "-H", "Authorization: Bearer " + token(),
+                              "-w", "\n%{http_code}", f"http://{LOOPBACK}:{self.wp.port}/secure/c"],
+                             capture_output=True, timeout=TIMEOUT, check=True).stdout
+        body, code = out.rsplit(b"\n", 1)
+        self.assertEqual(code, b"200", body)
+        self.assertEqual(json.loads(body)["target"], "/secure/c")
+
+    def test_expired_is_401(self):
+        now = int(time.time())
+        status, headers, body = http1_get(
+            self.wp.port, "/secure/x",
+            [("authorization", "Bearer " + token(exp=now - 120, iat=now - 720))])
+        self.assertEqual((status, body), (401, b"Jwt is expired"))
+        self.assertEqual(headers["www-authenticate"],
+                         f'Bearer realm="http://{LOOPBACK}:{self.wp.port}/secure/x", '
+                         'error="invalid_token"')
+        self.assertEqual(self.upstream.requests, [])
+        self.assertTrue(wait_for(lambda: any("jwt_authn_access_denied{Jwt_is_expired}" in line
+                                             for line in self.wp.access_log())),
+                        self.wp.access_log())
+
+    def test_wrong_audience_is_403(self):
+        status, headers, body = http1_get(self.wp.port, "/secure/x",
+                                          [("authorization", "Bearer " + token(aud="other"))])
+        self.assertEqual((status, body), (403, b"Audiences in Jwt are not allowed"))
+        self.assertIn("www-authenticate", headers)
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_wrong_key_is_401(self):
+        status, _, body = http1_get(self.wp.port, "/secure/x",
+                                    [("authorization", "Bearer " + token(key=ROGUE_KEY))])
+        self.assertEqual((status, body), (401, b"Jwt verification fails"))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_missing_token_meets_request_principals_deny(self):
+        status, headers, body = http1_get(self.wp.port, "/secure/x")
+        self.assertEqual((status, body), (403, b"RBAC: access denied"))
+        self.assertNotIn("www-authenticate", headers)
+        # Without a requestPrincipals rule, no token is fine.
+        status, _, _ = http1_get(self.wp.port, "/public/x")
+        self.assertEqual(status, 200)
+
+    def test_access_token_query_parameter(self):
+        t = token("ES256")
+        status, _, body = http1_get(self.wp.port, "/secure/q?access_token=" + t)
+        self.assertEqual(status, 200, body)
+        # Envoy leaves the query alone.
+        self.assertEqual(self.upstream.requests[-1]["target"], "/secure/q?access_token=" + t)
+        status, _, body = http1_get(self.wp.port, "/secure/q?access_token=" + token(aud="x"))
+        self.assertEqual((status, body), (403, b"Audiences in Jwt are not allowed"))
+
+    def test_from_headers_location_forwards_original_token(self):
+        t = token(iss=HEADER_ISSUER, sub="bob", aud=None)
+        status, _, body = http1_get(self.wp.port, "/secure/h", [("x-token", t)])
+        self.assertEqual(status, 200, body)
+        h = self.upstream_headers()
+        self.assertEqual(h.get("x-token"), t)  # forwardOriginalToken: true
+        self.assertNotIn("x-jwt-sub", h)  # that rule outputs no claims
+        # The header rule's token in the Authorization header is read by the first rule only.
+        status, _, body = http1_get(self.wp.port, "/secure/h", [("authorization", "Bearer " + t)])
+        self.assertEqual(status, 401, body)
+
+    def test_claims_reach_the_authorization_policy(self):
+        status, _, _ = http1_get(self.wp.port, "/claims/x",
+                                 [("authorization", "Bearer " + token(role="admin"))])
+        self.assertEqual(status, 200)
+        self.assertEqual(self.upstream_headers().get("x-jwt-role"), "admin")
+        status, _, body = http1_get(self.wp.port, "/claims/x",
+                                    [("authorization", "Bearer " + token(role="user"))])
+        self.assertEqual((status, body), (403, b"RBAC: access denied"))
+
+    def test_client_cannot_forge_claim_headers(self):
+        status, _, _ = http1_get(self.wp.port, "/secure/x",
+                                 [("authorization", "Bearer " + token()),
+                                  ("x-jwt-sub", "mallory"), ("x-jwt-role", "admin")])
+        self.assertEqual(status, 200)
+        h = self.upstream_headers()
+        self.assertEqual(h.get("x-jwt-sub"), "alice")
+        self.assertNotIn("x-jwt-role", h)  # the token has no role claim
+
+    def test_claim_with_line_break_adds_no_upstream_header(self):
+        status, _, body = http1_get(
+            self.wp.port, "/secure/x",
+            [("authorization", "Bearer " + token(role="admin\r\nx-injected: 1"))])
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(self.upstream.requests), 1)
+        h = self.upstream_headers()
+        self.assertNotIn("x-injected", h)
+        self.assertNotIn("x-jwt-role", h)
+        self.assertEqual(h.get("x-jwt-sub"), "alice")
+
+
+def base64_url_decode(text):
+    import base64
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class JwtHttp2Test(JwtTestBase):
+    def test_h2_streams(self):
+        now = int(time.time())
+        res = h2_request(self.wp.port, [
+            ("GET", "/secure/a", [("authorization", "Bearer " + token())], b""),
+            # Expired past Envoy's 60 s clock skew.
+            ("GET", "/secure/b", [("authorization", "Bearer " + token(exp=now - 120))], b""),
+            ("GET", "/secure/c", [("authorization", "Bearer " + token(aud="nope"))], b""),
+            ("GET", "/secure/d", [("authorization", "Bearer " + token(key=ROGUE_KEY))], b""),
+            ("GET", "/secure/e", [], b""),
+            ("GET", "/secure/f?access_token=" + token("ES256"), [], b""),
+            ("GET", "/secure/g", [("x-token", token(iss=HEADER_ISSUER, sub="bob"))], b""),
+        ])
+        self.assertEqual([r[0] for r in res], [200, 401, 403, 401, 403, 200, 200])
+        self.assertEqual([r[2] for r in res[1:5]],
+                         [b"Jwt is expired", b"Audiences in Jwt are not allowed",
+                          b"Jwt verification fails", b"RBAC: access denied"])
+        self.assertTrue(res[1][1]["www-authenticate"].startswith('Bearer realm="http://'))
+        by_target = {r["target"].split("?")[0]: dict(r["headers"]) for r in self.upstream.requests}
+        self.assertEqual(sorted(by_target), ["/secure/a", "/secure/f", "/secure/g"])
+        self.assertEqual(by_target["/secure/a"].get("x-jwt-sub"), "alice")
+        self.assertNotIn("authorization", by_target["/secure/a"])
+        self.assertIn("x-token", by_target["/secure/g"])
+
+    def test_curl_prior_knowledge_strips_the_token(self):
+        out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge",
+                              "-H", "Authorization: Bearer " + token("ES256", role="admin"),
+                              "-w", "\n%{http_version} %{http_code}",
+                              f"http://{LOOPBACK}:{self.wp.port}/claims/z"],
+                             capture_output=True, timeout=TIMEOUT, check=True).stdout
+        body, meta = out.rsplit(b"\n", 1)
+        self.assertEqual(meta, b"2 200", body)
+        got = dict((k, v) for k, v in json.loads(body)["headers"])
+        self.assertEqual(got.get("x-jwt-role"), "admin")
+        self.assertEqual(got.get("x-jwt-sub"), "alice")
+        self.assertNotIn("authorization", got)
+
+
+def _test_ca(tmpdir):
+    """A CA and a server certificate for 127.0.0.1 in tmpdir; returns (ca_file, cert, key)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, pub, signer, ca, sans=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks test CA")])
+    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks")]), ca_name,
+                 key.public_key(), ca_key, False,
+                 [x509.IPAddress(ipaddress.ip_address(LOOPBACK))])
+    paths = [os.path.join(tmpdir, n) for n in ("ca.pem", "server.pem", "server.key")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                                  leaf.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM,
+                                                    serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths
+
+
+class JwksServer:
+    """Serves the test JWKS at /jwks over HTTPS on loopback; counts the fetches."""
+
+    def __init__(self, cert, key):
+        import http.server
+        self.fetches = 0
+        outer = self
+        doc = jwks_document().encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.fetches += 1
+                self.send_response(200 if self.path == "/jwks" else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(doc)))
+                self.end_headers()
+                self.wfile.write(doc)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+            def finish_request(self, request, client_address):
+                request.settimeout(10)
+                try:
+                    request = ctx.wrap_socket(request, server_side=True)
+                except OSError:
+                    return
+                try:
+                    super().finish_request(request, client_address)
+                finally:
+                    request.close()
+
+            def handle_error(self, request, client_address):
+                pass
+
+        self.server = Server((LOOPBACK, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class JwksUriTest(unittest.TestCase):
+    """A jwksUri served over HTTPS by a Python server on loopback, trusted via --jwks-ca-file."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.ca_file, self.cert, self.key = _test_ca(self.tmp.name)
+        self.upstream = Upstream()
+        self.addCleanup(self.upstream.close)
+
+    def harness(self, uri, *args):
+        policy = (f"JWT jwt issuer={ISSUER} audiences={AUDIENCE} jwks_uri={uri} timeout=2s\n"
+                  f"ALLOW need-jwt request_principals={ISSUER}/alice\n")
+        wp = Harness(self.upstream.port, policy, ("--jwks-ca-file", self.ca_file, *args))
+        self.addCleanup(wp.close)
+        return wp
+
+    def get(self, wp):
+        return http1_get(wp.port, "/r", [("authorization", "Bearer " + token())])
+
+    def test_fetched_key_set_then_expired_after_the_server_stops(self):
+        server = JwksServer(self.cert, self.key)
+        self.addCleanup(server.close)
+        wp = self.harness(f"https://{LOOPBACK}:{server.port}/jwks",
+                          "--jwks-refresh-interval", "300ms", "--jwks-retry-interval", "200ms",
+                          "--jwks-max-age", "2s")
+        self.assertTrue(wait_for(lambda: self.get(wp)[0] == 200, timeout=5), self.get(wp))
+        self.assertGreaterEqual(server.fetches, 1)
+        self.assertTrue(wait_for(lambda: server.fetches >= 3, timeout=5))  # refreshed
+        # ES256 from the same fetched set.
+        status, _, _ = http1_get(wp.port, "/r", [("authorization", "Bearer " + token("ES256"))])
+        self.assertEqual(status, 200)
+        server.close()
+        stopped = time.time()
+        # The last good set serves until max_age, then tokens fail as in Istio.
+        self.assertEqual(self.get(wp)[0], 200)
+        self.assertTrue(wait_for(lambda: self.get(wp)[0] == 401, timeout=6))
+        self.assertGreater(time.time() - stopped, 1.0)
+        status, _, body = self.get(wp)
+        self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
+
+    def test_never_fetched_is_401(self):
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        wp = self.harness(f"https://{LOOPBACK}:{port}/jwks")
+        status, _, body = self.get(wp)
+        self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
+        time.sleep(0.5)  # after the failed first fetch too
+        status, _, body = self.get(wp)
+        self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
+
+    def test_untrusted_server_is_never_asked(self):
+        server = JwksServer(self.cert, self.key)
+        self.addCleanup(server.close)
+        # The system roots do not know the test CA: the handshake fails, no request is sent.
+        policy = (f"JWT jwt issuer={ISSUER} jwks_uri=https://{LOOPBACK}:{server.port}/jwks\n")
+        wp = Harness(self.upstream.port, policy, ("--jwks-retry-interval", "100ms"))
+        self.addCleanup(wp.close)
+        time.sleep(1)
+        status, _, body = self.get(wp)
+        self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
+        self.assertEqual(server.fetches, 0)

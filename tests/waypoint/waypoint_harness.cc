@@ -11,6 +11,14 @@
 // (methods, paths, hosts, ports, principals, namespaces, ip_blocks and their not_ forms,
 // provider=NAME for CUSTOM) or `when=<key>:<v1>|<v2>`. Every field lands in one rule; a line
 // without fields is `rules: [{}]`. `#` starts a comment.
+//
+// `JWT name issuer=ISS [field=...]` adds one jwtRule to the RequestAuthentication `name` (lines
+// with the same name add rules to one resource) in the destination's namespace, with no selector:
+// audiences=a,b  jwks_file=PATH (inline jwks read from a file)  jwks_uri=URI  timeout=DURATION
+// from_headers=name:prefix,...  from_params=p,...  from_cookies=c,...
+// output_payload_to_header=H  forward_original_token=true|false  claim_to_headers=H:claim,...
+// A jwks_uri is fetched over HTTPS (agent/tls/https_fetch.h) by a JwksRefresher, trusting
+// --jwks-ca-file (default: the system roots).
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -22,16 +30,21 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "agent/authn/authenticator.h"
+#include "agent/authn/jwks_provider.h"
+#include "agent/authn/signature.h"
 #include "agent/authz/compile.h"
 #include "agent/authz/engine.h"
 #include "agent/common/epoll_loop.h"
@@ -40,7 +53,10 @@
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/common/unique_fd.h"
+#include "agent/tls/https_fetch.h"
+#include "agent/waypoint/authn_filter.h"
 #include "agent/waypoint/authz_filter.h"
+#include "agent/waypoint/jwks_refresher.h"
 #include "agent/waypoint/proxy.h"
 #include "agent/waypoint/socket_stream.h"
 
@@ -58,12 +74,88 @@ ABSL_FLAG(absl::Duration, request_headers_timeout, absl::Seconds(60), "request h
 ABSL_FLAG(absl::Duration, request_timeout, absl::ZeroDuration(), "request timeout (0: off)");
 ABSL_FLAG(uint32_t, stream_open_burst, 200, "HTTP/2 stream-open bucket size");
 ABSL_FLAG(double, stream_open_rate, 100, "HTTP/2 stream-open refill per second");
+ABSL_FLAG(std::string, jwks_ca_file, "",
+          "PEM roots trusted for jwksUri servers (empty: /etc/ssl/certs/ca-certificates.crt)");
+ABSL_FLAG(absl::Duration, jwks_refresh_interval, absl::Minutes(20), "jwksUri refresh interval");
+ABSL_FLAG(absl::Duration, jwks_retry_interval, absl::Seconds(5), "jwksUri retry after a failure");
+ABSL_FLAG(absl::Duration, jwks_max_age, absl::Hours(1), "how long a fetched key set is used");
 
 namespace ambit::waypoint {
 namespace {
 
-absl::StatusOr<std::vector<authz::CompiledPolicy>> LoadPolicies(const std::string& path,
-                                                                const std::string& ns) {
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// One `JWT name issuer=... field=...` line (see the file comment).
+absl::Status ParseJwtLine(const std::vector<std::string>& words, const std::string& ns,
+                          const std::string& where,
+                          std::vector<authn::RequestAuthentication>& out) {
+  authn::RequestAuthentication* ra = nullptr;
+  for (auto& r : out) {
+    if (r.name == words[1]) ra = &r;
+  }
+  if (ra == nullptr) {
+    ra = &out.emplace_back();
+    ra->name = words[1];
+    ra->namespace_name = ns;
+    ra->source_file = where;
+  }
+  authn::JwtRule rule;
+  for (size_t i = 2; i < words.size(); ++i) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(words[i], absl::MaxSplits('=', 1));
+    const std::string& k = kv.first;
+    const std::string& v = kv.second;
+    std::vector<std::string> vals = absl::StrSplit(v, ',', absl::SkipEmpty());
+    if (k == "issuer") {
+      rule.issuer = v;
+    } else if (k == "audiences") {
+      rule.audiences = vals;
+    } else if (k == "jwks_file") {
+      AMBIT_ASSIGN_OR_RETURN(rule.jwks, ReadFile(v));
+    } else if (k == "jwks_uri") {
+      rule.jwks_uri = v;
+    } else if (k == "timeout") {
+      if (!absl::ParseDuration(v, &rule.timeout)) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": bad timeout"));
+      }
+    } else if (k == "from_headers") {
+      for (const std::string& h : vals) {
+        std::pair<std::string, std::string> np = absl::StrSplit(h, absl::MaxSplits(':', 1));
+        // The prefix may end in a space, which the line format cannot hold: '+' stands for it.
+        std::string prefix = np.second;
+        for (char& c : prefix) {
+          if (c == '+') c = ' ';
+        }
+        rule.from_headers.push_back({np.first, prefix});
+      }
+    } else if (k == "from_params") {
+      rule.from_params = vals;
+    } else if (k == "from_cookies") {
+      rule.from_cookies = vals;
+    } else if (k == "output_payload_to_header") {
+      rule.output_payload_to_header = v;
+    } else if (k == "forward_original_token") {
+      rule.forward_original_token = v == "true";
+    } else if (k == "claim_to_headers") {
+      for (const std::string& hc : vals) {
+        std::pair<std::string, std::string> p = absl::StrSplit(hc, absl::MaxSplits(':', 1));
+        rule.output_claim_to_headers.push_back({p.first, p.second});
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown JWT field ", k));
+    }
+  }
+  ra->jwt_rules.push_back(std::move(rule));
+  return absl::OkStatus();
+}
+
+// AuthorizationPolicy lines go to the result, JWT lines to *jwt (ignored when null).
+absl::StatusOr<std::vector<authz::CompiledPolicy>> LoadPolicies(
+    const std::string& path, const std::string& ns,
+    std::vector<authn::RequestAuthentication>* jwt = nullptr) {
   std::vector<authz::CompiledPolicy> out;
   if (path.empty()) return out;
   std::ifstream in(path);
@@ -76,6 +168,11 @@ absl::StatusOr<std::vector<authz::CompiledPolicy>> LoadPolicies(const std::strin
     std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
     if (words.empty()) continue;
     if (words.size() < 2) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": name?"));
+    if (words[0] == "JWT") {
+      if (jwt == nullptr) continue;
+      AMBIT_RETURN_IF_ERROR(ParseJwtLine(words, ns, absl::StrCat(path, ":", n), *jwt));
+      continue;
+    }
     authz::Policy p;
     p.namespace_name = ns;
     p.name = words[1];
@@ -230,7 +327,8 @@ int Main() {
     return 2;
   }
   const std::string ns = absl::GetFlag(FLAGS_namespace_name);
-  auto policies = LoadPolicies(absl::GetFlag(FLAGS_policy), ns);
+  std::vector<authn::RequestAuthentication> jwt_policies;
+  auto policies = LoadPolicies(absl::GetFlag(FLAGS_policy), ns, &jwt_policies);
   if (!policies.ok()) {
     std::cerr << policies.status() << "\n";
     return 2;
@@ -258,7 +356,39 @@ int Main() {
   ctx.options.request_timeout = absl::GetFlag(FLAGS_request_timeout);
   ctx.options.stream_open_burst = absl::GetFlag(FLAGS_stream_open_burst);
   ctx.options.stream_open_rate = absl::GetFlag(FLAGS_stream_open_rate);
-  // The JWT authentication filter goes first once it exists; then L7 authorization.
+  // JWT authentication first (it fills request.auth), then L7 authorization (filter.h).
+  std::unique_ptr<tls::HttpsJwksFetcher> fetcher;
+  std::unique_ptr<authn::JwksCache> jwks_cache;
+  std::unique_ptr<JwksRefresher> refresher;
+  if (!jwt_policies.empty()) {
+    const bool remote = absl::c_any_of(jwt_policies, [](const authn::RequestAuthentication& p) {
+      return absl::c_any_of(p.jwt_rules,
+                            [](const authn::JwtRule& r) { return !r.jwks_uri.empty(); });
+    });
+    if (remote) {
+      auto f = tls::HttpsJwksFetcher::Create({.ca_file = absl::GetFlag(FLAGS_jwks_ca_file)});
+      if (!f.ok()) {
+        std::cerr << f.status() << "\n";
+        return 2;
+      }
+      fetcher = std::move(*f);
+      jwks_cache = std::make_unique<authn::JwksCache>(
+          fetcher.get(), &RealClock::Get(),
+          authn::JwksCacheOptions{.refresh_interval = absl::GetFlag(FLAGS_jwks_refresh_interval),
+                                  .retry_interval = absl::GetFlag(FLAGS_jwks_retry_interval),
+                                  .max_age = absl::GetFlag(FLAGS_jwks_max_age)});
+      refresher = std::make_unique<JwksRefresher>(jwks_cache.get(), &RealClock::Get());
+      refresher->SetRules(jwt_policies);
+    }
+    auto authenticator = authn::Authenticator::Create(
+        jwt_policies, {}, &authn::CryptoSignatureVerifier(), jwks_cache.get());
+    if (!authenticator.ok()) {
+      std::cerr << authenticator.status() << "\n";
+      return 2;
+    }
+    ctx.filters.push_back(std::make_shared<AuthnFilter>(
+        std::shared_ptr<const authn::Authenticator>(std::move(*authenticator)), target, ctx.clock));
+  }
   ctx.filters.push_back(std::make_shared<AuthzFilter>(shared_engine, target));
   ctx.engine = shared_engine;
   ctx.target = target;

@@ -1,4 +1,5 @@
 #include <string>
+#include <vector>
 
 #include "agent/authn/jwks_provider.h"
 #include "gtest/gtest.h"
@@ -60,6 +61,48 @@ TEST(JwksCacheTest, UntrackedUriHasNoKeys) {
   ambit::testing::FakeJwksFetcher fetcher;
   JwksCache cache(&fetcher, &clock);
   EXPECT_EQ(cache.Get("https://x/jwks"), nullptr);
+  EXPECT_EQ(cache.NextRefresh(), absl::InfiniteFuture());
+}
+
+TEST(JwksCacheTest, UntrackDropsTheSetAndStopsRefreshing) {
+  FakeClock clock;
+  ambit::testing::FakeJwksFetcher fetcher;
+  JwksCache cache(&fetcher, &clock);
+  fetcher.documents[kUri] = kJwks;
+  cache.Track(kUri, absl::Seconds(1));
+  cache.Track("https://other.example/jwks", absl::Seconds(1));
+  EXPECT_EQ(cache.RefreshDue(), 1);  // the other one has no document
+  ASSERT_NE(cache.Get(kUri), nullptr);
+  cache.Untrack(kUri);
+  cache.Untrack("https://never.example/jwks");  // unknown: ignored
+  EXPECT_EQ(cache.Get(kUri), nullptr);
+  EXPECT_EQ(cache.Tracked(), std::vector<std::string>{"https://other.example/jwks"});
+  clock.Advance(absl::Hours(1));
+  const int fetches = fetcher.fetches;
+  cache.RefreshDue();
+  EXPECT_EQ(fetcher.fetches, fetches + 1);  // only the one still tracked
+}
+
+// Untracks the URI it is asked for while "fetching" it, as a configuration change racing a
+// refresh would.
+class UntrackingFetcher final : public JwksFetcher {
+ public:
+  absl::StatusOr<std::string> Fetch(const std::string& uri, absl::Duration) override {
+    cache->Untrack(uri);
+    return std::string(kJwks);
+  }
+  JwksCache* cache = nullptr;
+};
+
+TEST(JwksCacheTest, UriUntrackedDuringItsFetchStaysUntracked) {
+  FakeClock clock;
+  UntrackingFetcher fetcher;
+  JwksCache cache(&fetcher, &clock);
+  fetcher.cache = &cache;
+  cache.Track(kUri, absl::Seconds(1));
+  EXPECT_EQ(cache.RefreshDue(), 0);
+  EXPECT_TRUE(cache.Tracked().empty());
+  EXPECT_EQ(cache.Get(kUri), nullptr);
   EXPECT_EQ(cache.NextRefresh(), absl::InfiniteFuture());
 }
 
