@@ -764,7 +764,8 @@ void Agent::OnRetryTimer() {
 void Agent::OnRestartTimer(Process& process) {
   auto status = ConnectProcess(process, /*spawn=*/true);
   if (status.ok()) {
-    Reconcile();  // a pod that waited for this process may now move to it
+    // A pod that waited for this process may now move to it.
+    if (!PlannedMoves().empty()) Reconcile();
     return;
   }
   AMBIT_LOG(kComponent, Error) << "restart " << process.name() << ": " << status.message();
