@@ -381,11 +381,27 @@ void Agent::InitAdminHandlers() {
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
   admin_state_->SetStatsFetcher(
-      [socket = options_.control_socket()](bool connections, bool metrics) {
+      [socket = options_.control_socket(), waypoint_socket = options_.waypoint_control_socket()](
+          bool connections, bool metrics) {
         ambit::dataplane::v1::StatsRequest request;
         request.set_connections(connections);
         request.set_metrics(metrics);
-        return supervisor::DataPlane::FetchStats(socket, request);
+        auto stats = supervisor::DataPlane::FetchStats(socket, request);
+        // The waypoint process's live connections join the tunnel's. Its counters do not: the
+        // same series names would be exported twice.
+        std::error_code ec;
+        if (stats.ok() && connections && std::filesystem::exists(waypoint_socket, ec)) {
+          ambit::dataplane::v1::StatsRequest flows;
+          flows.set_connections(true);
+          auto waypoint = supervisor::DataPlane::FetchStats(waypoint_socket, flows);
+          if (waypoint.ok()) {
+            for (auto& f : *waypoint->mutable_flows()) *stats->add_flows() = std::move(f);
+          } else {
+            AMBIT_LOG("admin", Warning) << "connections of the waypoint data plane left out: "
+                                        << waypoint.status().message();
+          }
+        }
+        return stats;
       });
 }
 

@@ -196,6 +196,38 @@ class WaypointProcessTest(unittest.TestCase):
         self.echo(self.a, self.wp, 7401)  # into wp through the waypoint process's 15008
         self.echo(self.wp, self.a, 7402)  # out of wp through the waypoint process's 15001
 
+    def test_1_connections_of_both_processes_are_listed(self):
+        srv = self.wp.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", "7408", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cli = None
+        try:
+            wait_listening(srv)
+            # Held open (no EOF) while the connections are listed.
+            cli = self.a.popen(["/usr/bin/python3", "-c",
+                                "import socket, sys, time\n"
+                                "s = socket.create_connection((sys.argv[1], 7408), timeout=5)\n"
+                                "s.sendall(b'x')\nprint('open', flush=True)\ntime.sleep(20)\n",
+                                self.wp.ip4], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+            self.assertEqual(cli.stdout.readline().strip(), "open", cli.stderr)
+
+            def both():
+                r = run(AMBITCTL, "connections", "-o", "json", "--admin-socket",
+                        self.n1.admin_socket, check=False)
+                conns = json.loads(r.stdout).get("connections", []) if r.returncode == 0 else []
+                dst = [c for c in conns if c["destination"]["address"] == f"{self.wp.ip4}:7408"]
+                got = {(c["pod"], c["direction"]) for c in dst}
+                return got if got == {("default/a", "outbound"), ("backend/wp", "inbound")} \
+                    else None
+            # a's outbound flow is ambit-tunnel's, wp's inbound flow the waypoint process's.
+            wait_for("both ends of a -> wp in ambitctl connections", both, 10)
+        finally:
+            for p in (cli, srv):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                if p is not None:
+                    p.wait(timeout=10)
+
     def test_2_killed_waypoint_process_is_restarted_and_gets_its_pod_again(self):
         old = wait_for("the waypoint data plane", self.waypoint_pid, 10)
         self.wait_ready()
