@@ -592,8 +592,10 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   const DataPlaneKind to = ProcessFor(uid, waypoint_pods_);
   // Held by the other process: it moves with new listeners (StartMoves), never shared.
   if (e.served_by != DataPlaneKind::kNone && e.served_by != to) return absl::OkStatus();
-  if (to == DataPlaneKind::kWaypoint) EnsureWaypointStarted();
-  if (e.served_by == to) return absl::OkStatus();  // the new process's session sent it
+  if (to == DataPlaneKind::kWaypoint && waypoint_.dp == nullptr) {
+    EnsureWaypointStarted();
+    if (e.served_by == to) return absl::OkStatus();  // its first session sent it
+  }
   Process& p = ProcessOf(to);
   if (!p.connected()) return absl::OkStatus();  // its next session sends it
   e.sent_at_seq = p.heartbeat->next_seq();
@@ -961,8 +963,8 @@ void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
             AMBIT_LOG(kComponent, Warning) << "signing " << identity << " for the " << asker
                                            << " failed: " << chain.status().message();
           } else {
-            AMBIT_LOG(kComponent, Info)
-                << "signed certificate for " << identity << " (" << asker << ")";
+            // The identity ends the line, as log readers count renewals by it.
+            AMBIT_LOG(kComponent, Info) << asker << ": signed certificate for " << identity;
           }
           if (p->connected() && p->dp->pid() == pid) (void)p->dp->SendCsrResponse(id, chain);
         });

@@ -184,11 +184,12 @@ class WaypointProcessTest(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(self.waypoint_socket)).st_mode),
                          0o700)
         logs = self.n1.logs()
-        self.assertIn(f"signed certificate for {WP_ID} (waypoint data plane pid={waypoint})", logs)
-        self.assertIn(f"signed certificate for {WEB_ID} (data plane pid={tunnel})", logs)
+        self.assertIn(f"waypoint data plane pid={waypoint}: signed certificate for {WP_ID}\n", logs)
+        self.assertIn(f"data plane pid={tunnel}: signed certificate for {WEB_ID}\n", logs)
         # Never the other way round: each pod went to one process only.
-        self.assertNotIn(f"signed certificate for {WP_ID} (data plane", logs)
-        self.assertNotIn(f"signed certificate for {WEB_ID} (waypoint data plane", logs)
+        self.assertNotRegex(logs, f"agent: data plane pid=[0-9]+: signed certificate for {WP_ID}\n")
+        self.assertNotIn(f"waypoint data plane pid={waypoint}: signed certificate for {WEB_ID}",
+                         logs)
         certs = self.certs()
         self.assertEqual(certs[WP_ID]["state"], "valid")
         self.assertEqual(certs[WEB_ID]["state"], "valid")
@@ -247,7 +248,7 @@ class WaypointProcessTest(unittest.TestCase):
             os.chmod(self.wrapper, 0o755)
         new = wait_for("a new waypoint data plane", self.waypoint_pid, 15)
         self.assertNotEqual(new, old)
-        self.n1.wait_log(f"signed certificate for {WP_ID} (waypoint data plane pid={new})", 15)
+        self.n1.wait_log(f"waypoint data plane pid={new}: signed certificate for {WP_ID}\n", 15)
         self.assertGreater(self.n1.logs().count(f"signed certificate for {WP_ID}"), signed_before)
         self.wait_ready()
         self.echo(self.a, self.wp, 7403)
@@ -255,11 +256,11 @@ class WaypointProcessTest(unittest.TestCase):
     def test_3_pod_that_stops_being_a_waypoint_pod_moves_to_the_tunnel_and_back(self):
         tunnel = self.n1.tunnel_pid()
         waypoint = wait_for("the waypoint data plane", self.waypoint_pid, 10)
-        by_waypoint = f"signed certificate for {WP_ID} (waypoint data plane pid={waypoint})"
+        by_waypoint = f"waypoint data plane pid={waypoint}: signed certificate for {WP_ID}\n"
         signed = self.n1.logs().count(by_waypoint)
         self.write_config(waypoint_label=False)
         self.n1.wait_log("pod backend/wp moves from the waypoint data plane to the data plane")
-        self.n1.wait_log(f"signed certificate for {WP_ID} (data plane pid={tunnel})", 15)
+        self.n1.wait_log(f"data plane pid={tunnel}: signed certificate for {WP_ID}\n", 15)
         self.echo(self.a, self.wp, 7404)
         self.write_config(waypoint_label=True)
         self.n1.wait_log("pod backend/wp moves from the data plane to the waypoint data plane")
