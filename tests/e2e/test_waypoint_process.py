@@ -13,7 +13,8 @@ down for a while.
   requested by it and a's by ambit-tunnel (ambitd logs which process asked; ambitctl certs lists
   both); traffic between a and wp works both ways. kill -9 of the waypoint process: not ready
   (naming the waypoint data plane) while it cannot start, then restarted, wp sent to the new
-  process, its certificate issued again to it, ready again. wp losing its Gateway label moves it
+  process, its certificate issued again to it, ready again. Stopped (SIGSTOP): not ready, naming
+  its late heartbeat, and ready again once it answers, without a restart. wp losing its Gateway label moves it
   to ambit-tunnel and back. ambitd restarted: both processes keep their PIDs (re-attached, pods
   handed back and adopted) and traffic works. `ambitd --cleanup` leaves neither process.
 - NoWaypointPodTest: a node whose only waypoint pod is on another node starts no waypoint
@@ -252,6 +253,21 @@ class WaypointProcessTest(unittest.TestCase):
         self.assertGreater(self.n1.logs().count(f"signed certificate for {WP_ID}"), signed_before)
         self.wait_ready()
         self.echo(self.a, self.wp, 7403)
+
+    def test_2b_stalled_waypoint_process_makes_the_node_not_ready(self):
+        pid = wait_for("the waypoint data plane", self.waypoint_pid, 10)
+        self.wait_ready()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, body = wait_for("not ready while the waypoint process is stopped",
+                                    lambda: (lambda r: r if r[0] == 503 else None)(ready(self.n1)),
+                                    10)
+            self.assertIn("the waypoint data plane has not answered a heartbeat", body)
+            self.assertNotIn("the data plane has not answered", body)  # the tunnel answers
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.wait_ready()
+        self.assertEqual(self.waypoint_pid(), pid)  # reported, never restarted
 
     def test_3_pod_that_stops_being_a_waypoint_pod_moves_to_the_tunnel_and_back(self):
         tunnel = self.n1.tunnel_pid()
