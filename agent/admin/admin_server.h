@@ -70,6 +70,21 @@ struct NodeHealth {
   // second), and enrolled pods whose listeners the data plane's last heartbeat answer lacks.
   std::vector<std::string> capture_problems;
   std::vector<std::string> listener_problems;
+  // The waypoint data plane (ambit-waypoint), judged only while `needed`: a pod of a waypoint
+  // is enrolled here. The generation fields are as above, for its own session.
+  struct WaypointProcess {
+    bool needed = false;
+    bool connected = false;
+    int pid = 0;
+    uint64_t restarts = 0;
+    absl::Time heartbeat_waiting_since = absl::InfiniteFuture();
+    uint64_t desired_generation = 0;
+    uint64_t applied_generation = 0;
+    absl::Time pending_since = absl::InfiniteFuture();
+    std::string generation_error;
+    bool fail_closed = false;
+  };
+  WaypointProcess waypoint;
 };
 
 // True while the data plane's heartbeat answer is overdue as of `now`.

@@ -154,6 +154,31 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   for (const auto& c : h.capture_problems) problems.push_back(c);
   for (const auto& l : h.listener_problems) problems.push_back(l);
   if (!h.config_loaded) problems.push_back("no configuration loaded yet");
+  if (const NodeHealth::WaypointProcess& w = h.waypoint; w.needed) {
+    if (!w.connected) {
+      problems.push_back(
+          "the waypoint data plane is not connected (waypoint pods are enrolled here)");
+    } else {
+      if (now - w.heartbeat_waiting_since > h.heartbeat_deadline) {
+        problems.push_back(
+            absl::StrCat("the waypoint data plane has not answered a heartbeat for ",
+                         absl::FormatDuration(
+                             absl::Trunc(now - w.heartbeat_waiting_since, absl::Milliseconds(100))),
+                         " (deadline ", absl::FormatDuration(h.heartbeat_deadline),
+                         "): it or one of its worker threads is stalled"));
+      }
+      if (w.desired_generation != w.applied_generation &&
+          (w.fail_closed || now - w.pending_since > kGenerationGrace)) {
+        problems.push_back(absl::StrCat(
+            "configuration generation ", w.desired_generation,
+            " is not applied by the waypoint data plane (it ",
+            w.applied_generation == 0 ? std::string("has none")
+                                      : absl::StrCat("enforces generation ", w.applied_generation),
+            w.generation_error.empty() ? "" : ": ", w.generation_error, ")",
+            w.fail_closed ? "; new connections to waypoint pods are refused" : ""));
+      }
+    }
+  }
   if (h.desired_generation != h.applied_generation &&
       (h.fail_closed || now - h.pending_since > kGenerationGrace)) {
     problems.push_back(absl::StrCat(

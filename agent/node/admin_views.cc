@@ -270,7 +270,8 @@ std::string EffectiveLevel(const std::string& component) {
 // the same name share a level; the data plane's own are tunnel, access, hbone, tls).
 class LogLevels {
  public:
-  explicit LogLevels(std::string control_socket) : control_socket_(std::move(control_socket)) {}
+  explicit LogLevels(std::vector<std::string> control_sockets)
+      : control_sockets_(std::move(control_sockets)) {}
   absl::StatusOr<pb::LogLevelResponse> Handle(const pb::LogLevelRequest& req) {
     if (!req.level().empty()) {
       log::Level level;
@@ -307,25 +308,36 @@ class LogLevels {
 
   // Passes every level changed at run time to a data plane that started after the change (it
   // starts from --log-level). Control thread; the data plane answers at once when it is up.
-  void Reapply() {
+  void Reapply(const std::string& control_socket) {
     std::map<std::string, std::string> changed;
     {
       absl::MutexLock lock(&mu_);
       changed = changed_;
     }
-    for (const auto& [component, level] : changed) Forward(component, level);
+    for (const auto& [component, level] : changed) Send(control_socket, component, level);
   }
 
  private:
+  // To every data-plane process there is. The waypoint process's socket exists once it was
+  // started; one started later gets the level from Reapply.
   void Forward(const std::string& component, const std::string& level) {
-    auto sent = supervisor::DataPlane::SetLogLevel(control_socket_, component, level);
+    for (size_t i = 0; i < control_sockets_.size(); ++i) {
+      std::error_code ec;
+      if (i > 0 && !std::filesystem::exists(control_sockets_[i], ec)) continue;
+      Send(control_sockets_[i], component, level);
+    }
+  }
+  static void Send(const std::string& control_socket, const std::string& component,
+                   const std::string& level) {
+    auto sent = supervisor::DataPlane::SetLogLevel(control_socket, component, level);
     if (!sent.ok()) {
       AMBIT_LOG("admin", Warning) << "log level of " << (component.empty() ? "default" : component)
-                                  << " not passed to the data plane: " << sent.message();
+                                  << " not passed to the data plane at " << control_socket << ": "
+                                  << sent.message();
     }
   }
 
-  const std::string control_socket_;
+  const std::vector<std::string> control_sockets_;
   absl::Mutex mu_;
   std::map<std::string, std::string> changed_ ABSL_GUARDED_BY(mu_);  // component -> level
   std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {
@@ -343,10 +355,10 @@ std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
                                              std::move(engine));
 }
 
-LogLevelHandlers NewLogLevelHandlers(std::string control_socket) {
-  auto levels = std::make_shared<LogLevels>(std::move(control_socket));
+LogLevelHandlers NewLogLevelHandlers(std::vector<std::string> control_sockets) {
+  auto levels = std::make_shared<LogLevels>(std::move(control_sockets));
   return {[levels](const pb::LogLevelRequest& req) { return levels->Handle(req); },
-          [levels] { levels->Reapply(); }};
+          [levels](const std::string& control_socket) { levels->Reapply(control_socket); }};
 }
 
 void Agent::PublishBpf() {
@@ -364,23 +376,41 @@ void Agent::PublishBpf() {
 
 void Agent::InitAdminHandlers() {
   PublishBpf();
-  LogLevelHandlers levels = NewLogLevelHandlers(options_.control_socket());
+  LogLevelHandlers levels =
+      NewLogLevelHandlers({options_.control_socket(), options_.waypoint_control_socket()});
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
   admin_state_->SetStatsFetcher(
-      [socket = options_.control_socket()](bool connections, bool metrics) {
+      [socket = options_.control_socket(), waypoint_socket = options_.waypoint_control_socket()](
+          bool connections, bool metrics) {
         ambit::dataplane::v1::StatsRequest request;
         request.set_connections(connections);
         request.set_metrics(metrics);
-        return supervisor::DataPlane::FetchStats(socket, request);
+        auto stats = supervisor::DataPlane::FetchStats(socket, request);
+        // The waypoint process's live connections join the tunnel's, and its HTTP metrics (its
+        // own families) are appended. Its TCP counters are not: the same series names would be
+        // exported twice.
+        std::error_code ec;
+        if (stats.ok() && std::filesystem::exists(waypoint_socket, ec)) {
+          auto waypoint = supervisor::DataPlane::FetchStats(waypoint_socket, request);
+          if (waypoint.ok()) {
+            for (auto& f : *waypoint->mutable_flows()) *stats->add_flows() = std::move(f);
+            stats->set_l7_metrics_text(waypoint->l7_metrics_text());
+          } else {
+            AMBIT_LOG("admin", Warning) << "the waypoint data plane's connections and metrics "
+                                           "left out: "
+                                        << waypoint.status().message();
+          }
+        }
+        return stats;
       });
 }
 
 void Agent::PublishHealth() {
   admin::NodeHealth h;
   h.bpf_attached = redirector_ != nullptr && !redirector_->Programs().empty();
-  h.dataplane_connected = dataplane_ != nullptr && dataplane_->connected();
-  h.dataplane_restarts = restart_.restarts();
+  h.dataplane_connected = tunnel_.connected();
+  h.dataplane_restarts = tunnel_.restart.restarts();
   for (const auto& [uid, e] : enrolled_) {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
@@ -392,26 +422,54 @@ void Agent::PublishHealth() {
     h.enroll_failing.push_back(
         {uid, error, since != failing_since.end() ? since->second : absl::Now()});
   }
-  if (heartbeat_ != nullptr) {
-    h.heartbeat_waiting_since = heartbeat_->waiting_since();
-    h.heartbeat_deadline = heartbeat_->deadline();
+  if (tunnel_.heartbeat != nullptr) {
+    h.heartbeat_waiting_since = tunnel_.heartbeat->waiting_since();
+    h.heartbeat_deadline = tunnel_.heartbeat->deadline();
   }
   h.capture_problems = capture_problems_;
-  if (dataplane_ != nullptr) h.listener_problems = ListenerProblems();
-  h.config_loaded = generation_.version() > 0;
-  h.desired_generation = generation_.version();
-  h.applied_generation = dataplane_ != nullptr ? dataplane_->acked_version() : 0;
-  health_acked_ = h.applied_generation;
-  health_nacked_ = dataplane_ != nullptr ? dataplane_->nacked_version() : 0;
+  for (const Process* p : {&tunnel_, &waypoint_}) {
+    for (auto& l : ListenerProblems(*p)) h.listener_problems.push_back(std::move(l));
+  }
+  // The tunnel's generation, as before; the waypoint process's is judged below.
+  h.config_loaded = last_version_ > 0;
+  h.desired_generation = tunnel_.generation.version();
+  h.applied_generation = tunnel_.dp != nullptr ? tunnel_.dp->acked_version() : 0;
+  tunnel_.health_acked = h.applied_generation;
+  tunnel_.health_nacked = tunnel_.dp != nullptr ? tunnel_.dp->nacked_version() : 0;
   if (h.desired_generation != h.applied_generation) {
-    h.pending_since = generation_.pending_since();
-    if (generation_.needs_resend()) {
-      h.generation_error = absl::StrCat("not delivered: ", generation_.delivery_error());
+    h.pending_since = tunnel_.generation.pending_since();
+    if (tunnel_.generation.needs_resend()) {
+      h.generation_error = absl::StrCat("not delivered: ", tunnel_.generation.delivery_error());
       h.fail_closed = true;
-    } else if (health_nacked_ != 0) {
-      h.generation_error = absl::StrCat("the data plane refused generation ", health_nacked_, ": ",
-                                        dataplane_->nack_error());
+    } else if (tunnel_.health_nacked != 0) {
+      h.generation_error = absl::StrCat("the data plane refused generation ", tunnel_.health_nacked,
+                                        ": ", tunnel_.dp->nack_error());
       h.fail_closed = true;
+    }
+  }
+  std::vector<std::string> enrolled;
+  for (const auto& [uid, e] : enrolled_) enrolled.push_back(uid);
+  admin::NodeHealth::WaypointProcess& w = h.waypoint;
+  w.needed = WaypointNeeded(enrolled, waypoint_pods_);
+  w.connected = waypoint_.connected();
+  w.pid = waypoint_.dp != nullptr ? waypoint_.dp->pid() : 0;
+  w.restarts = waypoint_.restart.restarts();
+  if (w.connected) {
+    w.heartbeat_waiting_since = waypoint_.heartbeat->waiting_since();
+    w.desired_generation = waypoint_.generation.version();
+    w.applied_generation = waypoint_.dp->acked_version();
+    waypoint_.health_acked = w.applied_generation;
+    waypoint_.health_nacked = waypoint_.dp->nacked_version();
+    if (w.desired_generation != w.applied_generation) {
+      w.pending_since = waypoint_.generation.pending_since();
+      if (waypoint_.generation.needs_resend()) {
+        w.generation_error = absl::StrCat("not delivered: ", waypoint_.generation.delivery_error());
+        w.fail_closed = true;
+      } else if (waypoint_.health_nacked != 0) {
+        w.generation_error = absl::StrCat("it refused generation ", waypoint_.health_nacked, ": ",
+                                          waypoint_.dp->nack_error());
+        w.fail_closed = true;
+      }
     }
   }
   admin_state_->SetHealth(std::move(h));

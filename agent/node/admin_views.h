@@ -27,8 +27,11 @@ std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
 // started after the change). Both thread-safe.
 struct LogLevelHandlers {
   admin::LogLevelHandler handle;
-  std::function<void()> reapply;
+  // Passes the levels changed at run time to the data plane serving this control socket.
+  std::function<void(const std::string& control_socket)> reapply;
 };
-LogLevelHandlers NewLogLevelHandlers(std::string control_socket);
+// The first socket is the tunnel's; the others (the waypoint process's) get a level while their
+// socket exists.
+LogLevelHandlers NewLogLevelHandlers(std::vector<std::string> control_sockets);
 
 }  // namespace ambit::node

@@ -28,6 +28,7 @@
 #include "agent/mesh/model.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/waypoints.h"
+#include "agent/state/waypoint.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -217,7 +218,10 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(
       Watch(signal_fd_.get(), [this] {
         AMBIT_LOG(kComponent, Info)
-            << "agent stopping; data plane pid=" << dataplane_->pid()
+            << "agent stopping; data plane pid=" << tunnel_.dp->pid()
+            << (waypoint_.dp != nullptr
+                    ? absl::StrCat(", waypoint data plane pid=", waypoint_.dp->pid())
+                    : std::string())
             << " and BPF programs stay in place for the next agent (ambitd --cleanup removes)";
         loop_->Stop();
       }));
@@ -233,23 +237,16 @@ absl::Status Agent::Init() {
   }
   AMBIT_RETURN_IF_ERROR(Watch(completions_.fd(), [this] { completions_.Drain(); }));
   ArmHeartbeat();
-  heartbeat_ =
-      std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(), options_.heartbeat_deadline);
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    p->heartbeat = std::make_unique<supervisor::HeartbeatMonitor>(RealClock::Get(),
+                                                                  options_.heartbeat_deadline);
+  }
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
-  std::string binary = options_.tunnel_binary;
-  if (binary.empty()) {
-    binary = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "ambit-tunnel");
-  }
-  dataplane_ = std::make_unique<supervisor::DataPlane>(
-      supervisor::DataPlane::Options{binary, options_.control_socket(), options_.tunnel_args});
-  dataplane_->on_csr_request = [this](supervisor::CsrRequest r) { OnCsrRequest(std::move(r)); };
-  dataplane_->on_certificate_report = [this](std::vector<supervisor::CertificateState> c) {
-    OnCertificateReport(std::move(c));
-  };
-  dataplane_->on_pod_removed = [this](const std::string& uid) { OnPodRemoved(uid); };
-  dataplane_->on_pong = [this](supervisor::PongReport r) { OnPong(std::move(r)); };
-  AMBIT_RETURN_IF_ERROR(ConnectDataPlane());
+  tunnel_.dp = NewDataPlane(tunnel_);
+  AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
+  // Before the first pass, so that its pods are adopted like the tunnel's.
+  AMBIT_RETURN_IF_ERROR(AttachWaypoint());
   Apply(source_->Current());  // publishes the views and the health readiness reads
   if (uint32_t from = redirector_->migrated_from(); from != 0) {
     // Every pod is in this ABI's maps now (or reported as failing): the cgroup hooks can switch.
@@ -263,33 +260,151 @@ absl::Status Agent::Init() {
   return absl::OkStatus();
 }
 
-absl::Status Agent::ConnectDataPlane() {
-  AMBIT_ASSIGN_OR_RETURN(auto handed_back, dataplane_->Connect());
-  restart_.OnStarted(clock_->Now());
-  heartbeat_->Reset(dataplane_->heartbeat_supported());
-  last_pong_.reset();
+std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
+  const bool waypoint = process.kind == DataPlaneKind::kWaypoint;
+  std::string binary = waypoint ? options_.waypoint_binary : options_.tunnel_binary;
+  if (binary.empty()) {
+    binary = (std::filesystem::read_symlink("/proc/self/exe").parent_path() /
+              (waypoint ? "ambit-waypoint" : "ambit-tunnel"));
+  }
+  auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
+      binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
+      options_.tunnel_args, process.name()});
+  // The process objects live as long as the agent; these run on its control thread.
+  Process* p = &process;
+  dp->on_csr_request = [this, p](supervisor::CsrRequest r) { OnCsrRequest(*p, std::move(r)); };
+  dp->on_certificate_report = [this, p](std::vector<supervisor::CertificateState> c) {
+    OnCertificateReport(*p, std::move(c));
+  };
+  dp->on_pod_removed = [this](const std::string& uid) { OnPodRemoved(uid); };
+  dp->on_pong = [this, p](supervisor::PongReport r) { OnPong(*p, std::move(r)); };
+  return dp;
+}
+
+absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
+  AMBIT_ASSIGN_OR_RETURN(auto handed_back, process.dp->Connect(spawn));
+  process.restart.OnStarted(clock_->Now());
+  process.heartbeat->Reset(process.dp->heartbeat_supported());
+  process.last_pong.reset();
   std::vector<HandedBackInfo> infos;
   for (auto& pod : handed_back) {
     const uint64_t cookie = pod.netns_cookie;
     infos.push_back({pod.workload.Key(), ServedIdentity(pod.workload), cookie,
                      pod.outbound_v4 && pod.plain_v4 && pod.hbone_v4});
+    handed_back_from_[pod.workload.Key()] = process.kind;
     handed_back_.emplace(cookie, std::move(pod));
   }
-  // A fresh data plane knows nothing: every pod enrolled so far is sent.
-  const std::vector<std::string> resend = enrollment_.OnSessionStart(std::move(infos));
-  AMBIT_RETURN_IF_ERROR(Watch(dataplane_->pidfd(), [this] { OnDataPlaneExit(); }));
-  AMBIT_RETURN_IF_ERROR(Watch(dataplane_->control_fd(), [this] { OnControlReadable(); }));
+  std::vector<std::string> enrolled;
+  if (process.kind == DataPlaneKind::kTunnel) {
+    enrolled = enrollment_.OnSessionStart(std::move(infos));
+  } else {
+    enrollment_.OnHandedBack(std::move(infos));
+    for (const auto& [uid, e] : enrolled_) enrolled.push_back(uid);
+  }
+  // A fresh process knows nothing: every enrolled pod that belongs to it is sent.
+  const std::vector<std::string> resend = SessionPods(process.kind, enrolled, waypoint_pods_);
+  Process* p = &process;
+  AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
+  AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(
-      dataplane_->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
-  AMBIT_RETURN_IF_ERROR(dataplane_->SendTrustBundle(signer_->TrustBundle()));
-  for (const auto& uid : resend) AMBIT_RETURN_IF_ERROR(SendPod(enrolled_.at(uid)));
-  if (generation_.version() > 0) {
-    generation_.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
+      process.dp->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle()));
+  for (const auto& uid : resend) {
+    if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
+      AMBIT_RETURN_IF_ERROR(SendPod(it->second));
+    }
+  }
+  if (last_version_ > 0) {
+    process.generation.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
     SendSnapshot();
   }
-  if (reapply_log_levels_) reapply_log_levels_();
+  if (reapply_log_levels_) {
+    reapply_log_levels_(process.kind == DataPlaneKind::kWaypoint
+                            ? options_.waypoint_control_socket()
+                            : options_.control_socket());
+  }
   PublishHealth();
   return absl::OkStatus();
+}
+
+absl::Status Agent::AttachWaypoint() {
+  waypoint_.dp = NewDataPlane(waypoint_);
+  absl::Status status = ConnectProcess(waypoint_, /*spawn=*/false);
+  if (status.ok()) return status;
+  if (!absl::IsNotFound(status)) {
+    // A process that cannot be taken over would hold its pods' listeners unsupervised: it is
+    // stopped, and a fresh one starts for the first waypoint pod.
+    AMBIT_LOG(kComponent, Error) << "re-attach waypoint data plane: " << status.message()
+                                 << "; stopping it";
+    Unwatch(waypoint_.dp->pidfd());
+    Unwatch(waypoint_.dp->control_fd());
+    if (waypoint_.dp->pidfd() >= 0) {
+      waypoint_.dp->Stop();
+    } else {
+      (void)supervisor::DataPlane::StopRunning(options_.waypoint_control_socket());
+    }
+  }
+  waypoint_.dp.reset();
+  return absl::OkStatus();
+}
+
+void Agent::EnsureWaypointStarted() {
+  if (waypoint_.dp != nullptr) return;  // running, starting or waiting for its restart
+  std::error_code ec;
+  std::filesystem::create_directories(options_.waypoint_dir(), ec);
+  if (ec) {
+    AMBIT_LOG(kComponent, Error) << "create " << options_.waypoint_dir() << ": " << ec.message();
+  }
+  chmod(options_.waypoint_dir().c_str(), 0700);
+  waypoint_.dp = NewDataPlane(waypoint_);
+  AMBIT_LOG(kComponent, Info) << "starting the waypoint data plane for the waypoint pods "
+                                 "enrolled here";
+  if (absl::Status status = ConnectProcess(waypoint_, /*spawn=*/true); !status.ok()) {
+    AMBIT_LOG(kComponent, Error) << "start waypoint data plane: " << status.message();
+    if (waypoint_.dp->pidfd() >= 0) {
+      OnDataPlaneExit(waypoint_);
+    } else {
+      ArmRestart(waypoint_, waypoint_.restart.OnStartFailed());
+    }
+  }
+}
+
+std::vector<PodMove> Agent::PlannedMoves() const {
+  std::map<std::string, DataPlaneKind> served;
+  for (const auto& [uid, e] : enrolled_) served[uid] = e.served_by;
+  const std::map<DataPlaneKind, bool> reachable = {
+      {DataPlaneKind::kTunnel, tunnel_.connected()},
+      {DataPlaneKind::kWaypoint, waypoint_.dp == nullptr || waypoint_.connected()}};
+  return PlanMoves(served, waypoint_pods_, reachable);
+}
+
+bool Agent::StartMoves() {
+  bool any = false;
+  for (const PodMove& move : PlannedMoves()) {
+    if (move.from == DataPlaneKind::kNone) continue;  // PlacePods sends it
+    // The old process shuts the pod's listeners down when it lets go of them, and a shut-down
+    // listening socket stops listening for every process that holds it: the pod is removed
+    // and enrolled again, with new listeners, once the old process released it.
+    AMBIT_LOG(kComponent, Info) << "pod " << move.uid << " moves from the "
+                                << DataPlaneName(move.from) << " to the " << DataPlaneName(move.to)
+                                << " (enrolled again with new listeners once released)";
+    const bool told = Remove(move.uid);
+    enrollment_.OnRemoved(move.uid, told, clock_->Now());
+    any = true;
+  }
+  return any;
+}
+
+void Agent::PlacePods() {
+  for (const PodMove& move : PlannedMoves()) {
+    if (move.from != DataPlaneKind::kNone) continue;  // StartMoves' work
+    auto it = enrolled_.find(move.uid);
+    if (it == enrolled_.end()) continue;
+    if (absl::Status s = SendPod(it->second); !s.ok()) {
+      AMBIT_LOG(kComponent, Error)
+          << "send pod " << move.uid << " to the " << DataPlaneName(move.to) << ": " << s.message();
+    }
+  }
 }
 
 void Agent::Apply(config::LoadResult result) {
@@ -318,6 +433,10 @@ void Agent::Apply(config::LoadResult result) {
   // Shared with the admin API's checker instead of copied: a large cluster's pods are held once.
   state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
   security_ = std::move(result.security);
+  waypoint_pods_.clear();
+  for (const auto& [pod, gateway] : state::ResolveWaypoints(*state_).instance_of) {
+    waypoint_pods_.insert(pod);
+  }
   if (ca_ != nullptr && ca_->trust_domain() != state_->mesh.trust_domain) {
     const std::string previous = ca_->trust_domain();
     if (absl::Status s = ca_->SetTrustDomain(state_->mesh.trust_domain); !s.ok()) {
@@ -338,12 +457,17 @@ void Agent::Apply(config::LoadResult result) {
 }
 
 void Agent::Reconcile() {
+  StartMoves();
   std::optional<absl::Time> retry_at = RunEnrollmentPass(enrollment_, *state_, *this, *clock_);
+  // A pod the pass adopted from the process it no longer belongs to (handed back after an agent
+  // restart) moves too: the second pass waits for its release and retries.
+  if (StartMoves()) retry_at = RunEnrollmentPass(enrollment_, *state_, *this, *clock_);
   // Enrolled pods keep their kernel objects and take the configuration's view of the pod.
   for (auto& [uid, e] : enrolled_) {
     if (auto it = state_->pods.find(uid); it != state_->pods.end()) e.pod = it->second;
   }
   if (retry_at.has_value()) ArmRetry(*retry_at - clock_->Now());
+  PlacePods();
   SendSnapshot();
   PublishViews();
 }
@@ -393,6 +517,10 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
   } else {
     AMBIT_ASSIGN_OR_RETURN(e.listeners, enroll::CreatePodListeners(e.netns.get(), pod_net_));
   }
+  if (adopted) {
+    auto from = handed_back_from_.find(pod.Key());
+    e.served_by = from != handed_back_from_.end() ? from->second : DataPlaneKind::kTunnel;
+  }
   if (hb != handed_back_.end()) handed_back_.erase(hb);
   AMBIT_RETURN_IF_ERROR(enroll::ConfigurePodRouting(e.netns.get(), pod_net_));
   bpf::InboundListenerFds inbound;
@@ -430,7 +558,9 @@ bool Agent::Remove(const std::string& uid) {
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
   }
-  const bool told = dataplane_->connected() && dataplane_->SendRemovePod(uid).ok();
+  const DataPlaneKind served_by = it->second.served_by;
+  const bool told = served_by != DataPlaneKind::kNone && ProcessOf(served_by).connected() &&
+                    ProcessOf(served_by).dp->SendRemovePod(uid).ok();
   enrolled_.erase(it);
   return told;
 }
@@ -440,12 +570,17 @@ void Agent::RemoveStale(uint64_t netns_cookie, uint32_t slot) {
 }
 
 void Agent::ReleaseHandedBack(const std::string& uid) {
-  if (dataplane_->connected()) (void)dataplane_->SendRemovePod(uid);
+  auto from = handed_back_from_.find(uid);
+  Process& p = ProcessOf(from != handed_back_from_.end() ? from->second : DataPlaneKind::kTunnel);
+  if (p.connected()) (void)p.dp->SendRemovePod(uid);
 }
 
-void Agent::DropHandedBack() { handed_back_.clear(); }
+void Agent::DropHandedBack() {
+  handed_back_.clear();
+  handed_back_from_.clear();
+}
 
-bool Agent::DataPlaneConnected() const { return dataplane_->connected(); }
+bool Agent::DataPlaneConnected() const { return tunnel_.connected(); }
 
 void Agent::OnPodRemoved(const std::string& uid) {
   // A pod waiting for this netns is enrolled now, not at the next retry.
@@ -453,7 +588,17 @@ void Agent::OnPodRemoved(const std::string& uid) {
 }
 
 absl::Status Agent::SendPod(EnrolledPod& e) {
-  e.sent_at_seq = heartbeat_->next_seq();
+  const std::string uid = e.pod.Key();
+  const DataPlaneKind to = ProcessFor(uid, waypoint_pods_);
+  // Held by the other process: it moves with new listeners (StartMoves), never shared.
+  if (e.served_by != DataPlaneKind::kNone && e.served_by != to) return absl::OkStatus();
+  if (to == DataPlaneKind::kWaypoint && waypoint_.dp == nullptr) {
+    EnsureWaypointStarted();
+    if (e.served_by == to) return absl::OkStatus();  // its first session sent it
+  }
+  Process& p = ProcessOf(to);
+  if (!p.connected()) return absl::OkStatus();  // its next session sends it
+  e.sent_at_seq = p.heartbeat->next_seq();
   supervisor::PodDescriptor d;
   AMBIT_ASSIGN_OR_RETURN(d.workload, PodWorkload(state_->mesh, e.pod));
   d.workload.enrolled_here = true;
@@ -465,7 +610,8 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   d.plain_v6 = e.listeners.plain_v6.get();
   d.hbone_v4 = e.listeners.hbone_v4.get();
   d.hbone_v6 = e.listeners.hbone_v6.get();
-  AMBIT_RETURN_IF_ERROR(dataplane_->SendAddPod(d));
+  AMBIT_RETURN_IF_ERROR(p.dp->SendAddPod(d));
+  e.served_by = to;
   enrollment_.OnSent(d.workload.Key(), ServedIdentity(d.workload));
   return absl::OkStatus();
 }
@@ -539,24 +685,31 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
 }
 
 void Agent::SendSnapshot() {
-  if (!dataplane_->connected()) return;
-  const uint64_t version = generation_.Next(dataplane_->acked_version(), clock_->Now());
+  if (!tunnel_.connected() && !waypoint_.connected()) return;
+  // Built once for both processes, under one version.
+  const uint64_t version = ++last_version_;
   auto snapshot = BuildSnapshot(version);
-  auto status = snapshot.ok() ? dataplane_->SendSnapshot(*snapshot) : snapshot.status();
-  generation_.OnSent(status.ok() ? "" : std::string(status.message()));
-  if (!status.ok()) {
-    // The data plane would go on enforcing the previous generation while the admin API shows
+  bool failed = false;
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    if (!p->connected()) continue;
+    p->generation.Track(version, p->dp->acked_version(), clock_->Now());
+    auto status = snapshot.ok() ? p->dp->SendSnapshot(*snapshot) : snapshot.status();
+    p->generation.OnSent(status.ok() ? "" : std::string(status.message()));
+    if (status.ok()) continue;
+    // The process would go on enforcing the previous generation while the admin API shows
     // this one: tell it to refuse new connections instead, and try again shortly.
+    failed = true;
     AMBIT_LOG(kComponent, Error) << "configuration generation " << version
-                                 << " could not be sent to the data plane: "
-                                 << generation_.delivery_error()
-                                 << "; the data plane fails closed until it is";
-    auto told = dataplane_->SendSnapshotFailed(version, generation_.delivery_error());
+                                 << " could not be sent to the " << p->name() << ": "
+                                 << p->generation.delivery_error() << "; the " << p->name()
+                                 << " fails closed until it is";
+    auto told = p->dp->SendSnapshotFailed(version, p->generation.delivery_error());
     if (!told.ok()) {
-      AMBIT_LOG(kComponent, Error) << "tell the data plane to fail closed: " << told.message();
+      AMBIT_LOG(kComponent, Error)
+          << "tell the " << p->name() << " to fail closed: " << told.message();
     }
-    ArmRetry(kRetryInterval);
   }
+  if (failed) ArmRetry(kRetryInterval);
   PublishHealth();
 }
 
@@ -589,9 +742,10 @@ void Agent::ArmRetry(absl::Duration d) {
   });
 }
 
-void Agent::ArmRestart(absl::Duration d) {
-  loop_->RunAfter(d, [this, token = ++restart_timer_] {
-    if (token == restart_timer_) OnRestartTimer();
+void Agent::ArmRestart(Process& process, absl::Duration d) {
+  Process* p = &process;
+  loop_->RunAfter(d, [this, p, token = ++process.restart_timer] {
+    if (token == p->restart_timer) OnRestartTimer(*p);
   });
 }
 
@@ -605,48 +759,56 @@ void Agent::ArmHeartbeat() {
 void Agent::OnRetryTimer() {
   if (enrollment_.has_failures()) {
     Reconcile();  // sends a snapshot too
-  } else if (generation_.needs_resend()) {
+  } else if (tunnel_.generation.needs_resend() || waypoint_.generation.needs_resend()) {
     SendSnapshot();
   }
 }
 
-void Agent::OnRestartTimer() {
-  auto status = ConnectDataPlane();
-  if (status.ok()) return;
-  AMBIT_LOG(kComponent, Error) << "restart data plane: " << status.message();
-  if (dataplane_->pidfd() >= 0) {
-    OnDataPlaneExit();
+void Agent::OnRestartTimer(Process& process) {
+  auto status = ConnectProcess(process, /*spawn=*/true);
+  if (status.ok()) {
+    // A pod that waited for this process may now move to it.
+    if (!PlannedMoves().empty()) Reconcile();
+    return;
+  }
+  AMBIT_LOG(kComponent, Error) << "restart " << process.name() << ": " << status.message();
+  if (process.dp->pidfd() >= 0) {
+    OnDataPlaneExit(process);
   } else {
-    ArmRestart(restart_.OnStartFailed());
+    ArmRestart(process, process.restart.OnStartFailed());
   }
 }
 
-void Agent::OnControlReadable() {
-  if (!dataplane_->connected()) return;
-  if (auto status = dataplane_->OnControlReadable(); !status.ok()) {
+void Agent::OnControlReadable(Process& process) {
+  if (!process.connected()) return;
+  if (auto status = process.dp->OnControlReadable(); !status.ok()) {
     // The process exit (pidfd) drives the restart; here just stop reading.
-    Unwatch(dataplane_->control_fd());
+    Unwatch(process.dp->control_fd());
   }
-  generation_.OnAcked(dataplane_->acked_version());
-  if (dataplane_->acked_version() != health_acked_ ||
-      dataplane_->nacked_version() != health_nacked_) {
+  process.generation.OnAcked(process.dp->acked_version());
+  if (process.dp->acked_version() != process.health_acked ||
+      process.dp->nacked_version() != process.health_nacked) {
     PublishHealth();
   }
 }
 
-void Agent::OnDataPlaneExit() {
-  Unwatch(dataplane_->pidfd());
-  Unwatch(dataplane_->control_fd());
-  pid_t pid = dataplane_->pid();
-  std::string how = dataplane_->Reap();
-  heartbeat_->Reset(false);  // an exited data plane is reported as not connected
-  last_pong_.reset();
-  enrollment_.OnDataPlaneExit();
-  const absl::Duration delay = restart_.OnExit(clock_->Now());
-  AMBIT_LOG(kComponent, Error) << "data plane pid=" << pid << " " << how << "; restart #"
-                               << restart_.restarts() << " in " << absl::FormatDuration(delay)
+void Agent::OnDataPlaneExit(Process& process) {
+  Unwatch(process.dp->pidfd());
+  Unwatch(process.dp->control_fd());
+  pid_t pid = process.dp->pid();
+  std::string how = process.dp->Reap();
+  process.heartbeat->Reset(false);  // an exited data plane is reported as not connected
+  process.last_pong.reset();
+  if (process.kind == DataPlaneKind::kTunnel) enrollment_.OnDataPlaneExit();
+  for (auto& [uid, e] : enrolled_) {
+    if (e.served_by == process.kind) e.served_by = DataPlaneKind::kNone;  // resent on restart
+  }
+  const absl::Duration delay = process.restart.OnExit(clock_->Now());
+  AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid << " " << how << "; restart #"
+                               << process.restart.restarts() << " in "
+                               << absl::FormatDuration(delay)
                                << " (listeners stay open; new connections wait in backlog)";
-  ArmRestart(delay);
+  ArmRestart(process, delay);
   PublishHealth();
 }
 
@@ -656,14 +818,17 @@ absl::Status Agent::Run() {
 }
 
 void Agent::OnHeartbeatTick() {
-  if (dataplane_->connected()) {
-    if (auto seq = heartbeat_->NextPing()) {
-      if (auto status = dataplane_->SendPing(*seq); !status.ok()) {
-        AMBIT_LOG(kComponent, Warning) << "heartbeat " << *seq << ": " << status.message();
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    if (p->connected()) {
+      if (auto seq = p->heartbeat->NextPing()) {
+        if (auto status = p->dp->SendPing(*seq); !status.ok()) {
+          AMBIT_LOG(kComponent, Warning)
+              << p->name() << " heartbeat " << *seq << ": " << status.message();
+        }
       }
     }
+    LogHeartbeatChange(*p);
   }
-  LogHeartbeatChange();
   std::vector<std::string> problems = CheckCapture();
   for (const auto& p : problems) {
     if (std::find(capture_problems_.begin(), capture_problems_.end(), p) ==
@@ -678,26 +843,27 @@ void Agent::OnHeartbeatTick() {
   PublishHealth();
 }
 
-void Agent::OnPong(supervisor::PongReport report) {
-  if (!heartbeat_->OnPong(report.seq)) return;  // not the outstanding one
-  last_pong_ = std::move(report);
-  LogHeartbeatChange();
+void Agent::OnPong(Process& process, supervisor::PongReport report) {
+  if (!process.heartbeat->OnPong(report.seq)) return;  // not the outstanding one
+  process.last_pong = std::move(report);
+  LogHeartbeatChange(process);
   PublishHealth();
 }
 
-void Agent::LogHeartbeatChange() {
-  switch (heartbeat_->TakeChange()) {
+void Agent::LogHeartbeatChange(Process& process) {
+  if (process.dp == nullptr) return;
+  switch (process.heartbeat->TakeChange()) {
     case supervisor::HeartbeatMonitor::Change::kLate:
       AMBIT_LOG(kComponent, Error)
-          << "data plane pid=" << dataplane_->pid() << " has not answered a heartbeat for "
-          << heartbeat_->deadline()
+          << process.name() << " pid=" << process.dp->pid() << " has not answered a heartbeat for "
+          << process.heartbeat->deadline()
           << ": it or one of its worker threads is stalled; not ready until it answers "
              "(it is left running: a pause may end by itself)";
       break;
     case supervisor::HeartbeatMonitor::Change::kAnsweredAgain:
       AMBIT_LOG(kComponent, Warning)
-          << "data plane pid=" << dataplane_->pid() << " answers heartbeats again after "
-          << absl::Trunc(heartbeat_->last_silence(), absl::Milliseconds(100));
+          << process.name() << " pid=" << process.dp->pid() << " answers heartbeats again after "
+          << absl::Trunc(process.heartbeat->last_silence(), absl::Milliseconds(100));
       break;
     case supervisor::HeartbeatMonitor::Change::kNone:
       break;
@@ -714,10 +880,11 @@ std::vector<std::string> Agent::CheckCapture() const {
   return problems;
 }
 
-std::vector<std::string> Agent::ListenerProblems() const {
-  if (!last_pong_.has_value() || !dataplane_->connected()) return {};
+std::vector<std::string> Agent::ListenerProblems(const Process& process) const {
+  if (!process.last_pong.has_value() || !process.connected()) return {};
   std::vector<supervisor::ExpectedListeners> pods;
   for (const auto& [uid, e] : enrolled_) {
+    if (e.served_by != process.kind) continue;  // the other process's, or none yet
     supervisor::ExpectedListeners x{uid, 0, e.sent_at_seq};
     for (const UniqueFd* fd :
          {&e.listeners.outbound_v4, &e.listeners.outbound_v6, &e.listeners.plain_v4,
@@ -726,7 +893,7 @@ std::vector<std::string> Agent::ListenerProblems() const {
     }
     pods.push_back(std::move(x));
   }
-  return supervisor::ListenerProblems(pods, *last_pong_);
+  return supervisor::ListenerProblems(pods, *process.last_pong);
 }
 
 absl::Status Agent::InitCertificates() {
@@ -761,14 +928,14 @@ absl::Status Agent::InitCertificates() {
   return absl::OkStatus();
 }
 
-void Agent::OnCsrRequest(supervisor::CsrRequest request) {
+void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
   // The data plane may only have certificates for pods enrolled here.
   std::set<std::string> identities;
   for (const auto& [uid, e] : enrolled_) identities.insert(state::SpiffeId(state_->mesh, e.pod));
   if (absl::Status entitled = DecideCsr(request.identity, identities); !entitled.ok()) {
     AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity
                                    << ": no enrolled pod on this node has that identity";
-    (void)dataplane_->SendCsrResponse(request.request_id, entitled);
+    (void)process.dp->SendCsrResponse(request.request_id, entitled);
     return;
   }
   // The node's own requests count against the built-in CA's limits like other nodes' do.
@@ -776,36 +943,43 @@ void Agent::OnCsrRequest(supervisor::CsrRequest request) {
     if (absl::Status s = sign_rate_->Admit(options_.node_name); !s.ok()) {
       AMBIT_LOG(kComponent, Warning)
           << "refused CSR for " << request.identity << ": " << s.message();
-      (void)dataplane_->SendCsrResponse(request.request_id, s);
+      (void)process.dp->SendCsrResponse(request.request_id, s);
       return;
     }
   }
   const uint64_t id = request.request_id;
   const std::string identity = request.identity;
-  AMBIT_LOG(kComponent, Debug) << "signing " << identity << " (request " << id << ")";
-  signing_->Submit(identity, std::move(request.csr_pem), options_.cert_ttl,
-                   [this, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
-                     completions_.Post([this, id, identity, chain = std::move(chain)] {
-                       if (!chain.ok()) {
-                         AMBIT_LOG(kComponent, Warning)
-                             << "signing " << identity << " failed: " << chain.status().message();
-                       } else {
-                         AMBIT_LOG(kComponent, Info) << "signed certificate for " << identity;
-                       }
-                       if (dataplane_->connected()) {
-                         (void)dataplane_->SendCsrResponse(id, chain);
-                       }
-                     });
-                   });
+  // The answer goes to the process that asked, while it is the same one: a request id means
+  // nothing to its restarted successor, which asks again.
+  const std::string asker = absl::StrCat(process.name(), " pid=", process.dp->pid());
+  const pid_t pid = process.dp->pid();
+  Process* p = &process;
+  AMBIT_LOG(kComponent, Debug) << "signing " << identity << " (request " << id << " of the "
+                               << asker << ")";
+  signing_->Submit(
+      identity, std::move(request.csr_pem), options_.cert_ttl,
+      [this, p, pid, asker, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
+        completions_.Post([this, p, pid, asker, id, identity, chain = std::move(chain)] {
+          if (!chain.ok()) {
+            AMBIT_LOG(kComponent, Warning) << "signing " << identity << " for the " << asker
+                                           << " failed: " << chain.status().message();
+          } else {
+            // The identity ends the line, as log readers count renewals by it.
+            AMBIT_LOG(kComponent, Info) << asker << ": signed certificate for " << identity;
+          }
+          if (p->connected() && p->dp->pid() == pid) (void)p->dp->SendCsrResponse(id, chain);
+        });
+      });
 }
 
-void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs) {
-  for (const auto& c : ChangedCertificates(cert_states_, certs)) {
+void Agent::OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs) {
+  for (const auto& c : ChangedCertificates(process.certs, certs)) {
     AMBIT_LOG(kComponent, Info) << "certificate " << c.identity << " " << c.state
                                 << (c.serial_hex.empty() ? "" : " serial=" + c.serial_hex)
-                                << (c.last_error.empty() ? "" : ": " + c.last_error);
+                                << (c.last_error.empty() ? "" : ": " + c.last_error) << " ("
+                                << process.name() << ")";
   }
-  cert_states_ = std::move(certs);
+  process.certs = std::move(certs);
   PublishCertificates();
   PublishHealth();
 }
@@ -813,7 +987,13 @@ void Agent::OnCertificateReport(std::vector<supervisor::CertificateState> certs)
 void Agent::PublishCertificates() {
   ambit::admin::v1::ListCertificatesResponse resp;
   resp.set_ca(signer_->Description());
-  for (const auto& c : cert_states_) {
+  // One list: each process holds the certificates of the pods it serves.
+  std::vector<const supervisor::CertificateState*> all;
+  for (const Process* p : {&tunnel_, &waypoint_}) {
+    for (const auto& c : p->certs) all.push_back(&c);
+  }
+  for (const supervisor::CertificateState* cp : all) {
+    const supervisor::CertificateState& c = *cp;
     auto* out = resp.add_certificates();
     out->set_identity(c.identity);
     out->set_state(c.state);
@@ -840,13 +1020,15 @@ void Agent::RollBackFailedStart() {
   if (!lock_.has_value()) return;  // another agent's instance, or nothing touched
   std::vector<std::string> removed;
   if (fresh_pins_) {
-    // The data plane this start may have spawned serves no capture once the pins are gone.
-    if (dataplane_ != nullptr) {
-      if (pid_t pid = dataplane_->Stop(); pid > 0) {
-        removed.push_back(absl::StrCat("data plane pid=", pid));
+    // The data planes this start may have spawned serve no capture once the pins are gone.
+    for (Process* p : {&tunnel_, &waypoint_}) {
+      if (p->dp != nullptr) {
+        if (pid_t pid = p->dp->Stop(); pid > 0) {
+          removed.push_back(absl::StrCat(p->name(), " pid=", pid));
+        }
       }
+      p->dp.reset();
     }
-    dataplane_.reset();
     redirector_.reset();
     auto pins = bpf::Redirector::Cleanup(options_.pin_root());
     if (!pins.ok()) {
@@ -862,6 +1044,7 @@ void Agent::RollBackFailedStart() {
     // instances' ones, which must survive.
     std::filesystem::remove(options_.control_socket(), ec);
     std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
+    std::filesystem::remove_all(options_.waypoint_dir(), ec);
     std::filesystem::remove(options_.resolved_admin_socket(), ec);
     if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
       removed.push_back(options_.resolved_run_dir());
@@ -891,11 +1074,16 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   }
   absl::Status status;
   std::vector<std::string> removed;
-  auto stopped = supervisor::DataPlane::StopRunning(options.control_socket());
-  if (!stopped.ok()) {
-    status.Update(stopped.status());
-  } else if (*stopped > 0) {
-    removed.push_back(absl::StrCat("stopped data plane pid=", *stopped));
+  const std::pair<std::string, std::string> processes[] = {
+      {"data plane", options.control_socket()},
+      {"waypoint data plane", options.waypoint_control_socket()}};
+  for (const auto& [name, socket] : processes) {
+    auto stopped = supervisor::DataPlane::StopRunning(socket);
+    if (!stopped.ok()) {
+      status.Update(stopped.status());
+    } else if (*stopped > 0) {
+      removed.push_back(absl::StrCat("stopped ", name, " pid=", *stopped));
+    }
   }
   auto pins = bpf::Redirector::Cleanup(options.pin_root());
   if (!pins.ok()) {

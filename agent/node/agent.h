@@ -47,6 +47,9 @@ struct AgentOptions {
   std::string bpffs = "/sys/fs/bpf";
   std::string run_dir;        // empty: /run/ambit/<instance>
   std::string tunnel_binary;  // empty: ambit-tunnel next to ambitd
+  // Started for the pods of waypoints enrolled here, with tunnel_args and its own control
+  // socket. Empty: ambit-waypoint next to ambitd.
+  std::string waypoint_binary;
   std::vector<std::string> tunnel_args;
   uint32_t socket_mark = kDefaultSocketMark;
   std::vector<uint16_t> outbound_bypass_ports;
@@ -83,6 +86,9 @@ struct AgentOptions {
     return ca_state_dir.empty() ? "/var/lib/ambit/" + instance : ca_state_dir;
   }
   std::string control_socket() const { return resolved_run_dir() + "/dataplane.sock"; }
+  // In a directory of its own: the data plane's stats socket sits next to its control socket.
+  std::string waypoint_dir() const { return resolved_run_dir() + "/waypoint"; }
+  std::string waypoint_control_socket() const { return waypoint_dir() + "/dataplane.sock"; }
 };
 
 // ambitd's control loop: one thread running an EpollLoop. Watches the configuration, enrolls and
@@ -118,6 +124,28 @@ class Agent final : private PodHost {
     // The heartbeat sequence number current when the pod was last sent to the data plane: an
     // answer to that ping or a later one must list it.
     uint64_t sent_at_seq = 0;
+    // The process that was last sent the pod and holds it (kNone: none does).
+    DataPlaneKind served_by = DataPlaneKind::kNone;
+  };
+
+  // One supervised data-plane process and its session: ambit-tunnel, or ambit-waypoint for the
+  // pods of waypoints. Both get the same configuration generations under the same versions.
+  struct Process {
+    explicit Process(DataPlaneKind k) : kind(k) {}
+    bool connected() const { return dp != nullptr && dp->connected(); }
+    const char* name() const { return DataPlaneName(kind); }
+
+    const DataPlaneKind kind;
+    // Null for the waypoint process until its first pod is to be sent (or one is re-attached).
+    std::unique_ptr<supervisor::DataPlane> dp;
+    RestartBackoff restart;
+    GenerationTracker generation;
+    std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat;
+    std::optional<supervisor::PongReport> last_pong;  // of the current session
+    std::vector<supervisor::CertificateState> certs;  // as it last reported them
+    uint64_t health_acked = 0, health_nacked = 0;     // as last published
+    // Bumped by each arming of its restart timer (see ArmRestart).
+    uint64_t restart_timer = 0;
   };
 
   explicit Agent(AgentOptions options);
@@ -127,8 +155,8 @@ class Agent final : private PodHost {
   // agent manages. An instance that was running keeps its pins and data plane.
   void RollBackFailedStart();
   absl::Status InitCertificates();
-  void OnCsrRequest(supervisor::CsrRequest request);
-  void OnCertificateReport(std::vector<supervisor::CertificateState> certs);
+  void OnCsrRequest(Process& process, supervisor::CsrRequest request);
+  void OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
   // The admin API's views of pods, policies and services, and the `check` snapshot
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
@@ -137,7 +165,23 @@ class Agent final : private PodHost {
   void PublishBpf();  // the programs and where they are attached, for ambitctl bpf
   // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
   void PublishHealth();
-  absl::Status ConnectDataPlane();
+  Process& ProcessOf(DataPlaneKind kind) {
+    return kind == DataPlaneKind::kWaypoint ? waypoint_ : tunnel_;
+  }
+  std::unique_ptr<supervisor::DataPlane> NewDataPlane(Process& process);
+  // Attaches to the process's running data plane or (with `spawn`) starts one, then sends it
+  // the maps, the trust bundle, its pods and the current generation.
+  absl::Status ConnectProcess(Process& process, bool spawn);
+  // A previous agent's waypoint process: re-attached with its pods, or none running.
+  absl::Status AttachWaypoint();
+  // Starts the waypoint process when it was never started (its first pod is to be sent).
+  void EnsureWaypointStarted();
+  // The enrolled pods not held by the process they belong to (ProcessFor).
+  std::vector<PodMove> PlannedMoves() const;
+  // Removes those the other process holds, to be enrolled again for theirs. True if any.
+  bool StartMoves();
+  // Sends those no process holds to theirs.
+  void PlacePods();
   void Apply(config::LoadResult result);
   void Reconcile();
   // PodHost, for RunEnrollmentPass.
@@ -153,29 +197,29 @@ class Agent final : private PodHost {
   bool DataPlaneConnected() const override;
   void OnPodRemoved(const std::string& uid);
   void OnRetryTimer();
-  void OnRestartTimer();
-  void OnControlReadable();
+  void OnRestartTimer(Process& process);
+  void OnControlReadable(Process& process);
   // Watches `fd` on the loop, calling `fn` when it is readable.
   absl::Status Watch(int fd, std::function<void()> fn);
   void Unwatch(int fd);
   // Re-arms the one pending timer of its kind: an earlier arming no longer fires.
   void ArmRetry(absl::Duration d);
-  void ArmRestart(absl::Duration d);
+  void ArmRestart(Process& process, absl::Duration d);
   void ArmHeartbeat();
   absl::Status SendPod(EnrolledPod& pod);
   // Every heartbeat_interval: a ping if none is outstanding, a log line when the data plane
   // turns late or answers again, and a fresh capture check for readiness.
   void OnHeartbeatTick();
-  void OnPong(supervisor::PongReport report);
-  void LogHeartbeatChange();
+  void OnPong(Process& process, supervisor::PongReport report);
+  void LogHeartbeatChange(Process& process);
   std::vector<std::string> CheckCapture() const;
   // Enrolled pods whose listeners the last heartbeat answer shows missing or unserved.
-  std::vector<std::string> ListenerProblems() const;
+  std::vector<std::string> ListenerProblems(const Process& process) const;
   // The configuration the data plane gets as generation `version`: every pod without an address
   // conflict, every service, every AuthorizationPolicy, and mTLS for the pods enrolled here.
   absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
-  void OnDataPlaneExit();
+  void OnDataPlaneExit(Process& process);
 
   AgentOptions options_;
   // Held for the agent's lifetime; first, so that it is released last.
@@ -184,7 +228,12 @@ class Agent final : private PodHost {
   bool fresh_run_dir_ = false;  // Init created the run directory
   std::unique_ptr<bpf::Redirector> redirector_;
   std::unique_ptr<config::ConfigSource> source_;
-  std::unique_ptr<supervisor::DataPlane> dataplane_;
+  Process tunnel_{DataPlaneKind::kTunnel};
+  Process waypoint_{DataPlaneKind::kWaypoint};
+  // The last configuration generation built (sent to every connected process).
+  uint64_t last_version_ = 0;
+  // Pod::Key() of the waypoints' pods (state::WaypointResolution::instance_of), as last loaded.
+  std::set<std::string> waypoint_pods_;
   // The built-in CA (null with an external one): its trust domain follows mesh.yaml.
   std::shared_ptr<ca::CertificateAuthority> ca_;
   // Shared by the data plane's CSRs and other nodes' requests to the CA API.
@@ -195,8 +244,8 @@ class Agent final : private PodHost {
   std::shared_ptr<admin::AdminState> admin_state_;
   std::unique_ptr<admin::AdminServer> admin_server_;
   std::unique_ptr<admin::TelemetryServer> telemetry_;
-  std::function<void()> reapply_log_levels_;  // run-time log levels, for a new data plane
-  std::vector<supervisor::CertificateState> cert_states_;
+  // Run-time log levels, for a new data plane serving the given control socket.
+  std::function<void(const std::string&)> reapply_log_levels_;
   TaskQueue completions_;  // results of background work, run on the control thread
   // Its threads post onto completions_ and call signer_: ~Agent joins them first.
   std::unique_ptr<issuance::SigningQueue> signing_;
@@ -211,20 +260,16 @@ class Agent final : private PodHost {
   std::optional<EnrolledPod> opened_;  // between OpenNetns and SetUp of a pass
   // Listeners of pods the data plane handed back, until the enrollment pass adopts or drops them.
   std::map<uint64_t, supervisor::HandedBackPod> handed_back_;
+  std::map<std::string, DataPlaneKind> handed_back_from_;  // uid -> the process that did
   EnrollmentReconciler enrollment_;
-  GenerationTracker generation_;
-  RestartBackoff restart_;
   std::optional<enroll::NodeNetnsGuard> node_netns_;
-  uint64_t health_acked_ = 0, health_nacked_ = 0;  // as last published
-  std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat_;
-  std::optional<supervisor::PongReport> last_pong_;  // of the current data-plane session
-  std::vector<std::string> capture_problems_;        // as last checked
+  std::vector<std::string> capture_problems_;  // as last checked
   std::unique_ptr<EpollLoop> loop_;
   UniqueFd signal_fd_;
   // One per watched fd; an entry outlives its Watch (EventLoop's rule) until Unwatch.
   std::map<int, std::unique_ptr<EventHandler>> handlers_;
   // Bumped by each arming; a timer that finds its number stale was re-armed and does nothing.
-  uint64_t retry_timer_ = 0, restart_timer_ = 0;
+  uint64_t retry_timer_ = 0;
 };
 
 }  // namespace ambit::node

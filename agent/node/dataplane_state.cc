@@ -4,9 +4,57 @@
 
 namespace ambit::node {
 
-uint64_t GenerationTracker::Next(uint64_t acked, absl::Time now) {
+uint64_t GenerationTracker::Track(uint64_t version, uint64_t acked, absl::Time now) {
   if (version_ == acked || pending_since_ == absl::InfiniteFuture()) pending_since_ = now;
-  return ++version_;
+  version_ = version;
+  return version_;
+}
+
+const char* DataPlaneName(DataPlaneKind kind) {
+  switch (kind) {
+    case DataPlaneKind::kTunnel:
+      return "data plane";
+    case DataPlaneKind::kWaypoint:
+      return "waypoint data plane";
+    case DataPlaneKind::kNone:
+      break;
+  }
+  return "no data plane";
+}
+
+DataPlaneKind ProcessFor(const std::string& uid, const std::set<std::string>& waypoint_pods) {
+  return waypoint_pods.contains(uid) ? DataPlaneKind::kWaypoint : DataPlaneKind::kTunnel;
+}
+
+bool WaypointNeeded(const std::vector<std::string>& enrolled,
+                    const std::set<std::string>& waypoint_pods) {
+  return std::any_of(enrolled.begin(), enrolled.end(), [&waypoint_pods](const std::string& uid) {
+    return waypoint_pods.contains(uid);
+  });
+}
+
+std::vector<PodMove> PlanMoves(const std::map<std::string, DataPlaneKind>& served,
+                               const std::set<std::string>& waypoint_pods,
+                               const std::map<DataPlaneKind, bool>& connected) {
+  std::vector<PodMove> out;
+  for (const auto& [uid, from] : served) {
+    const DataPlaneKind to = ProcessFor(uid, waypoint_pods);
+    if (from == to) continue;
+    auto up = connected.find(to);
+    const bool reachable = up != connected.end() && up->second;
+    if (from == DataPlaneKind::kNone && !reachable) continue;  // its session will send it
+    out.push_back({uid, from, to});
+  }
+  return out;
+}
+
+std::vector<std::string> SessionPods(DataPlaneKind kind, const std::vector<std::string>& enrolled,
+                                     const std::set<std::string>& waypoint_pods) {
+  std::vector<std::string> out;
+  for (const auto& uid : enrolled) {
+    if (ProcessFor(uid, waypoint_pods) == kind) out.push_back(uid);
+  }
+  return out;
 }
 
 absl::Duration RestartBackoff::OnExit(absl::Time now) {

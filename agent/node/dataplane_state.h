@@ -7,6 +7,7 @@
 // every time passed in. Thread-safety: none; one owner thread.
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -24,7 +25,10 @@ class GenerationTracker {
   // A new generation is about to be sent; the data plane has applied `acked`. Returns its version.
   // Waiting started with the first generation the data plane has not applied, and keeps that
   // start while later ones follow.
-  uint64_t Next(uint64_t acked, absl::Time now);
+  uint64_t Next(uint64_t acked, absl::Time now) { return Track(version_ + 1, acked, now); }
+  // The same, for a generation numbered elsewhere: a second data-plane process gets the
+  // generation built for the first, under the same version, and is tracked on its own.
+  uint64_t Track(uint64_t version, uint64_t acked, absl::Time now);
   // The generation could not be sent (""), or was.
   void OnSent(std::string error) { delivery_error_ = std::move(error); }
   // The data plane applied `acked`.
@@ -74,6 +78,43 @@ class RestartBackoff {
   absl::Time started_ = absl::InfinitePast();
   int restarts_ = 0;
 };
+
+// The data-plane processes ambitd supervises. kNone: a pod no process has been sent.
+enum class DataPlaneKind { kNone, kTunnel, kWaypoint };
+const char* DataPlaneName(DataPlaneKind kind);  // "data plane", "waypoint data plane"
+
+// The process an enrolled pod belongs to: a pod of a waypoint (state/waypoint.h's instance_of;
+// `waypoint_pods` are their Pod::Key()) goes to the waypoint process, every other pod to the
+// tunnel. Never both: the listeners are the pod's, and one process accepts on them.
+DataPlaneKind ProcessFor(const std::string& uid, const std::set<std::string>& waypoint_pods);
+
+// Whether the waypoint process is needed: some enrolled pod (`enrolled` uids) belongs to it.
+bool WaypointNeeded(const std::vector<std::string>& enrolled,
+                    const std::set<std::string>& waypoint_pods);
+
+// One pod to move to `to`. From a process (`from` not kNone): removed there and enrolled again
+// with new listeners, since the old process shuts the shared listening sockets down when it
+// lets go; from kNone: add_pod to `to`.
+struct PodMove {
+  std::string uid;
+  DataPlaneKind from = DataPlaneKind::kNone, to = DataPlaneKind::kNone;
+  friend bool operator==(const PodMove&, const PodMove&) = default;
+};
+
+// The enrolled pods (uid -> the process last sent its add_pod, kNone for none) that are not
+// where they belong: a pod that became or stopped being a waypoint's, a pod handed back by the
+// other process after an agent restart, or one not sent anywhere yet. `connected`: whether
+// add_pod to that process would reach it now (the waypoint process also when it was never
+// started: it starts for its first pod). A pod no process holds whose own process is down
+// waits for that process's session, which sends it.
+std::vector<PodMove> PlanMoves(const std::map<std::string, DataPlaneKind>& served,
+                               const std::set<std::string>& waypoint_pods,
+                               const std::map<DataPlaneKind, bool>& connected);
+
+// A session of `kind` began (a fresh or restarted process, or one re-attached): the enrolled
+// pods (`enrolled` uids) to send it, those that belong to it.
+std::vector<std::string> SessionPods(DataPlaneKind kind, const std::vector<std::string>& enrolled,
+                                     const std::set<std::string>& waypoint_pods);
 
 // Whether to sign a CSR of the data plane: only for identities of pods enrolled on this node.
 // `enrolled_identities` are theirs. OK, or PERMISSION_DENIED with the reason.

@@ -161,6 +161,13 @@ std::vector<std::string> EnrollmentReconciler::OnSessionStart(
   return resend;
 }
 
+void EnrollmentReconciler::OnHandedBack(std::vector<HandedBackInfo> handed_back) {
+  for (auto& pod : handed_back) {
+    const uint64_t cookie = pod.netns_cookie;
+    handed_back_.emplace(cookie, std::move(pod));
+  }
+}
+
 bool EnrollmentReconciler::OnPodRemoved(const std::string& uid) {
   auto it = std::find_if(unanswered_.begin(), unanswered_.end(),
                          [&uid](const auto& u) { return u.first == uid; });

@@ -124,6 +124,10 @@ class EnrollmentReconciler {
   // to send again (a fresh data plane knows nothing).
   std::vector<std::string> OnSessionStart(std::vector<HandedBackInfo> handed_back);
   void OnDataPlaneExit() { connected_ = false; }
+  // The waypoint process's session began: the pods it handed back (a previous agent's waypoint
+  // process, re-attached) join those the data plane handed back, and adoption treats them
+  // alike. The data plane's session (its removals, whether it is connected) is not touched.
+  void OnHandedBack(std::vector<HandedBackInfo> handed_back);
   bool connected() const { return connected_; }
 
   // The data plane released a pod it was told to remove. Matched to the oldest unanswered

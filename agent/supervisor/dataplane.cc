@@ -82,15 +82,17 @@ absl::Status DataPlane::Spawn() {
   pid_t pid;
   int rc = posix_spawn(&pid, options_.binary.c_str(), nullptr, &attr, argv.data(), environ);
   posix_spawnattr_destroy(&attr);
-  if (rc != 0) return absl::ErrnoToStatus(rc, absl::StrCat("start data plane ", options_.binary));
+  if (rc != 0)
+    return absl::ErrnoToStatus(rc, absl::StrCat("start ", options_.name, " ", options_.binary));
   pid_ = pid;
   is_child_ = true;
   pidfd_ = UniqueFd(PidfdOpen(pid));
-  AMBIT_LOG(kComponent, Info) << "started data plane " << options_.binary << " pid=" << pid;
+  AMBIT_LOG(kComponent, Info) << "started " << options_.name << " " << options_.binary
+                              << " pid=" << pid;
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
+absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
   control_.Reset();
   // A new session: what the previous one applied or refused says nothing about this one.
   nack_error_.clear();
@@ -98,6 +100,9 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
   if (existing.ok()) {
     control_ = std::move(*existing);
     is_child_ = false;
+  } else if (!spawn) {
+    return absl::NotFoundError(
+        absl::StrCat("no ", options_.name, " serves ", options_.control_socket));
   } else {
     AMBIT_RETURN_IF_ERROR(Spawn());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -108,15 +113,17 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
         break;
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrCat("data plane pid=", pid_, " did not open ",
-                                                        options_.control_socket,
+        return absl::DeadlineExceededError(absl::StrCat(options_.name, " pid=", pid_,
+                                                        " did not open ", options_.control_socket,
                                                         " within 10s; see its log above"));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
   AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(control_.get(), 5000));
-  if (!hello.first.has_hello()) return absl::DataLossError("data plane did not say hello");
+  if (!hello.first.has_hello()) {
+    return absl::DataLossError(absl::StrCat(options_.name, " did not say hello"));
+  }
   heartbeat_supported_ = hello.first.hello().heartbeat();
   if (!heartbeat_supported_) {
     AMBIT_LOG(kComponent, Warning)
@@ -127,8 +134,8 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect() {
     pid_ = hello.first.hello().pid();
     pidfd_ = UniqueFd(PidfdOpen(pid_));
     if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
-    AMBIT_LOG(kComponent, Info) << "re-attached to running data plane pid=" << pid_ << " serving "
-                                << hello.first.hello().pod_count() << " pods";
+    AMBIT_LOG(kComponent, Info) << "re-attached to running " << options_.name << " pid=" << pid_
+                                << " serving " << hello.first.hello().pod_count() << " pods";
   }
   std::vector<HandedBackPod> pods;
   for (uint32_t i = 0; i < hello.first.hello().pod_count(); ++i) {

@@ -53,15 +53,17 @@ struct CertificateState {
   int refs = 0;
 };
 
-// ambitd's side of one data-plane process (ambit-tunnel): starts it in its own session (so it
+// ambitd's side of one data-plane process (ambit-tunnel, or ambit-waypoint, which speaks the
+// same protocol): starts it in its own session (so it
 // outlives an agent restart), re-attaches to one that is already running, watches it through a
 // pidfd, and speaks the control protocol. Not thread-safe; owned by the control thread.
 class DataPlane {
  public:
   struct Options {
-    std::string binary;          // path of ambit-tunnel
+    std::string binary;          // path of ambit-tunnel (or ambit-waypoint)
     std::string control_socket;  // where the data plane listens for the agent
     std::vector<std::string> extra_args;
+    std::string name = "data plane";  // in log lines and errors: which process
   };
   explicit DataPlane(Options options) : options_(std::move(options)) {}
   ~DataPlane();
@@ -69,7 +71,8 @@ class DataPlane {
   // Attaches to a data plane already serving control_socket, or starts one. Returns the pods a
   // running data plane handed back (empty for a fresh one); one that does not map is an error
   // naming the pod and the field, and the session is not used.
-  absl::StatusOr<std::vector<HandedBackPod>> Connect();
+  // With `spawn` false, only attaches: NotFound when nothing serves control_socket.
+  absl::StatusOr<std::vector<HandedBackPod>> Connect(bool spawn = true);
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   // Returns its PID, or 0 when nothing answered on control_socket.
   static absl::StatusOr<pid_t> StopRunning(const std::string& control_socket);

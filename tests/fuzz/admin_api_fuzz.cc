@@ -86,7 +86,7 @@ Fixture& Get() {
         result.security.PeerAuthenticationList(), std::move(*engine)));
     // No data plane listens there: a level change is applied here and its forwarding fails.
     f->state->SetLogLevelHandler(
-        ambit::node::NewLogLevelHandlers("/nonexistent/ambit-fuzz/control.sock").handle);
+        ambit::node::NewLogLevelHandlers({"/nonexistent/ambit-fuzz/control.sock"}).handle);
     f->state->SetStatsFetcher(
         [f](bool, bool) -> absl::StatusOr<ambit::dataplane::v1::StatsResponse> {
           ambit::dataplane::v1::StatsResponse response;

@@ -128,5 +128,78 @@ TEST(ChangedCertificatesTest, ReportsNewIdentitiesStatesAndSerialsOnly) {
   EXPECT_THAT(ChangedCertificates({a}, {later}), IsEmpty());
 }
 
+TEST(GenerationTrackerTest, TrackFollowsAVersionNumberedForAnotherProcess) {
+  FakeClock clock;
+  GenerationTracker g;
+  const absl::Time t1 = clock.Now();
+  // The waypoint process joins at generation 7, built for both processes.
+  EXPECT_EQ(g.Track(7, 0, t1), 7u);
+  EXPECT_EQ(g.version(), 7u);
+  EXPECT_EQ(g.pending_since(), t1);
+  g.OnAcked(6);  // an older one: still waiting
+  EXPECT_EQ(g.pending_since(), t1);
+  g.OnAcked(7);
+  EXPECT_EQ(g.pending_since(), absl::InfiniteFuture());
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ(g.Track(9, 7, clock.Now()), 9u);
+  EXPECT_EQ(g.pending_since(), clock.Now());
+}
+
+TEST(PodPlacementTest, WaypointPodsGoToTheWaypointProcessOthersToTheTunnel) {
+  const std::set<std::string> waypoint_pods = {"ns/wp"};
+  EXPECT_EQ(ProcessFor("ns/wp", waypoint_pods), DataPlaneKind::kWaypoint);
+  EXPECT_EQ(ProcessFor("ns/app", waypoint_pods), DataPlaneKind::kTunnel);
+  EXPECT_EQ(ProcessFor("other/wp", waypoint_pods), DataPlaneKind::kTunnel);
+  EXPECT_STREQ(DataPlaneName(DataPlaneKind::kWaypoint), "waypoint data plane");
+  EXPECT_STREQ(DataPlaneName(DataPlaneKind::kTunnel), "data plane");
+}
+
+TEST(PodPlacementTest, WaypointNeededOnlyWhileAWaypointPodIsEnrolledHere) {
+  EXPECT_FALSE(WaypointNeeded({"ns/app"}, {"ns/wp"}));
+  EXPECT_FALSE(WaypointNeeded({}, {"ns/wp"}));
+  EXPECT_TRUE(WaypointNeeded({"ns/app", "ns/wp"}, {"ns/wp"}));
+  EXPECT_FALSE(WaypointNeeded({"ns/app", "ns/wp"}, {}));
+}
+
+TEST(PodPlacementTest, PodsThatChangedRoleMoveFromTheOldProcessToTheNew) {
+  const std::map<std::string, DataPlaneKind> served = {
+      {"ns/app", DataPlaneKind::kTunnel},   // stays
+      {"ns/wp", DataPlaneKind::kWaypoint},  // stays
+      {"ns/now-wp", DataPlaneKind::kTunnel},
+      {"ns/was-wp", DataPlaneKind::kWaypoint},
+  };
+  const std::map<DataPlaneKind, bool> up = {{DataPlaneKind::kTunnel, true},
+                                            {DataPlaneKind::kWaypoint, true}};
+  EXPECT_THAT(PlanMoves(served, {"ns/wp", "ns/now-wp"}, up),
+              ElementsAre(PodMove{"ns/now-wp", DataPlaneKind::kTunnel, DataPlaneKind::kWaypoint},
+                          PodMove{"ns/was-wp", DataPlaneKind::kWaypoint, DataPlaneKind::kTunnel}));
+}
+
+TEST(PodPlacementTest, APodNoProcessHoldsWaitsForItsProcessSession) {
+  const std::map<std::string, DataPlaneKind> served = {{"ns/app", DataPlaneKind::kNone},
+                                                       {"ns/wp", DataPlaneKind::kNone}};
+  // Both processes down: their sessions send the pods, nothing to do now.
+  EXPECT_THAT(PlanMoves(served, {"ns/wp"},
+                        {{DataPlaneKind::kTunnel, false}, {DataPlaneKind::kWaypoint, false}}),
+              IsEmpty());
+  // The waypoint process can be reached (or started): its pod goes there now.
+  EXPECT_THAT(PlanMoves(served, {"ns/wp"},
+                        {{DataPlaneKind::kTunnel, false}, {DataPlaneKind::kWaypoint, true}}),
+              ElementsAre(PodMove{"ns/wp", DataPlaneKind::kNone, DataPlaneKind::kWaypoint}));
+  // A held pod moves even while its new process is down: the old one must let go, and the new
+  // one's session sends it.
+  EXPECT_THAT(PlanMoves({{"ns/wp", DataPlaneKind::kTunnel}}, {"ns/wp"},
+                        {{DataPlaneKind::kTunnel, true}, {DataPlaneKind::kWaypoint, false}}),
+              ElementsAre(PodMove{"ns/wp", DataPlaneKind::kTunnel, DataPlaneKind::kWaypoint}));
+}
+
+TEST(PodPlacementTest, ASessionGetsOnlyItsOwnPods) {
+  const std::vector<std::string> enrolled = {"ns/a", "ns/wp", "ns/b"};
+  EXPECT_THAT(SessionPods(DataPlaneKind::kTunnel, enrolled, {"ns/wp"}),
+              ElementsAre("ns/a", "ns/b"));
+  EXPECT_THAT(SessionPods(DataPlaneKind::kWaypoint, enrolled, {"ns/wp"}), ElementsAre("ns/wp"));
+  EXPECT_THAT(SessionPods(DataPlaneKind::kWaypoint, enrolled, {}), IsEmpty());
+}
+
 }  // namespace
 }  // namespace ambit::node

@@ -206,6 +206,21 @@ TEST_F(EnrollmentTest, HandedBackPodWithPinnedSlotIsAdoptedWithItsListeners) {
   EXPECT_THAT(finish.release_handed_back, IsEmpty());
 }
 
+TEST_F(EnrollmentTest, WaypointProcessHandBackIsAdoptedAlongsideTheDataPlanes) {
+  r_.SetPinnedSlots({{42, 3}, {43, 4}}, false);
+  auto s = MakeState({MakePod("web", "198.18.0.1"), MakePod("wp", "198.18.0.2")});
+  const std::string identity = "spiffe://cluster.local/ns/default/sa/default";
+  EXPECT_THAT(r_.OnSessionStart({{"default/web", identity, 42, true}}), IsEmpty());
+  r_.OnHandedBack({{"default/wp", identity, 43, true}});
+  EXPECT_TRUE(r_.connected());  // the data plane's session, untouched by the waypoint's
+  r_.Begin(s);
+  EXPECT_EQ(r_.Decide("default/web", 42, clock_.Now()).kind, Decision::kAdopt);
+  Decision d = r_.Decide("default/wp", 43, clock_.Now());
+  EXPECT_EQ(d.kind, Decision::kAdopt);
+  EXPECT_EQ(d.slot, 4u);
+  EXPECT_FALSE(EnrollmentReconciler::MustSend(d, identity));
+}
+
 TEST_F(EnrollmentTest, HandedBackPodMissingAListenerGetsNewOnes) {
   r_.SetPinnedSlots({{42, 3}}, false);
   r_.OnSessionStart({{"default/web", "spiffe://cluster.local/ns/default/sa/default", 42, false}});
