@@ -2,10 +2,14 @@
 // ambitd on a node where a waypoint's pod is enrolled; the data-plane shell of ambit-tunnel with
 // the HTTP engine on its pods' HBONE streams (agent/waypointd/l7_handler.h).
 #include <memory>
+#include <string>
 
 #include "absl/flags/flag.h"
 #include "agent/main/dataplane_main.h"
 #include "agent/waypointd/l7_handler.h"
+
+ABSL_FLAG(std::string, jwks_ca_file, "",
+          "PEM roots jwksUri servers are checked against (default: the system's)");
 
 int main(int argc, char** argv) {
   return ambit::DataPlaneMain(argc, argv, "ambit-waypoint", "ambit L7 waypoint; started by ambitd",

@@ -33,6 +33,8 @@ ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to a
 ABSL_FLAG(std::string, waypoint_binary, "",
           "ambit-waypoint path (default: next to ambitd), started for the pods of waypoints "
           "enrolled on this node with the same arguments as ambit-tunnel");
+ABSL_FLAG(std::string, waypoint_jwks_ca_file, "",
+          "PEM roots ambit-waypoint checks jwksUri servers against (default: the system's)");
 ABSL_FLAG(int, tunnel_workers, 2, "data-plane worker threads");
 ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark, "SO_MARK of ambit's own sockets");
 ABSL_FLAG(std::string, bypass_ports, "", "outbound destination ports never redirected (a,b,c)");
@@ -133,6 +135,9 @@ int main(int argc, char** argv) {
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.waypoint_binary = absl::GetFlag(FLAGS_waypoint_binary);
+  if (!absl::GetFlag(FLAGS_waypoint_jwks_ca_file).empty()) {
+    options.waypoint_args = {"--jwks-ca-file", absl::GetFlag(FLAGS_waypoint_jwks_ca_file)};
+  }
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
   options.tunnel_args = {"--workers",     std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
                          "--socket-mark", std::to_string(options.socket_mark),

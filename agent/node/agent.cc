@@ -267,9 +267,11 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
     binary = (std::filesystem::read_symlink("/proc/self/exe").parent_path() /
               (waypoint ? "ambit-waypoint" : "ambit-tunnel"));
   }
+  std::vector<std::string> args = options_.tunnel_args;
+  if (waypoint) args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
   auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
       binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
-      options_.tunnel_args, process.name()});
+      std::move(args), process.name()});
   // The process objects live as long as the agent; these run on its control thread.
   Process* p = &process;
   dp->on_csr_request = [this, p](supervisor::CsrRequest r) { OnCsrRequest(*p, std::move(r)); };

@@ -51,6 +51,7 @@ struct AgentOptions {
   // socket. Empty: ambit-waypoint next to ambitd.
   std::string waypoint_binary;
   std::vector<std::string> tunnel_args;
+  std::vector<std::string> waypoint_args;  // after tunnel_args, for ambit-waypoint only
   uint32_t socket_mark = kDefaultSocketMark;
   std::vector<uint16_t> outbound_bypass_ports;
   std::vector<uint16_t> inbound_bypass_ports;

@@ -30,6 +30,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   auto snap = std::make_shared<MeshSnapshot>();
   snap->version_ = s.version;
   snap->trust_domain_ = std::move(s.trust_domain);
+  if (!s.root_namespace.empty()) snap->root_namespace_ = s.root_namespace;
   snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
   // The records move in whole (no copy per peer); the index points at them.
   snap->workloads_ = std::move(s.workloads);

@@ -84,6 +84,8 @@ class MeshSnapshot {
 
   uint64_t version() const { return version_; }
   const std::string& trust_domain() const { return trust_domain_; }
+  // MeshConfig rootNamespace ("istio-system" when the snapshot names none).
+  const std::string& root_namespace() const { return root_namespace_; }
   // The workload owning `ip`, or nullptr. Valid while this snapshot lives.
   const mesh::Workload* WorkloadByIp(const IpAddress& ip) const;
   // A destination that is a mesh pod (directly or behind a Service IP) goes over HBONE to that
@@ -125,6 +127,7 @@ class MeshSnapshot {
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
+  std::string root_namespace_ = "istio-system";
   // Never resized after indexing: the index and services point into it.
   std::vector<mesh::Workload> workloads_;
   absl::flat_hash_map<IpAddress, const mesh::Workload*> by_ip_;

@@ -13,6 +13,9 @@
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/worker.h"
+#include "agent/authn/signature.h"
+#include "agent/common/status.h"
+#include "agent/waypoint/authn_filter.h"
 #include "agent/waypoint/authz_filter.h"
 #include "agent/waypointd/hbone_stream.h"
 
@@ -125,6 +128,44 @@ class WaypointFlow final : public tunnel::Flow {
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<L7Handler>> L7Handler::Create(WaypointOptions options) {
+  std::shared_ptr<L7Handler> h(new L7Handler(std::move(options)));
+  h->authn_.resize(std::max(1, h->options_.workers));
+  AMBIT_ASSIGN_OR_RETURN(h->fetcher_,
+                         tls::HttpsJwksFetcher::Create({.ca_file = h->options_.jwks_ca_file}));
+  h->jwks_ = std::make_unique<authn::JwksCache>(h->fetcher_.get(), &RealClock::Get());
+  h->refresher_ = std::make_unique<waypoint::JwksRefresher>(h->jwks_.get(), &RealClock::Get());
+  return h;
+}
+
+L7Handler::~L7Handler() {
+  // The refresher's thread reads the cache and the fetcher: it goes first.
+  if (refresher_) refresher_->Stop();
+}
+
+const L7Handler::Authn& L7Handler::AuthnFor(
+    tunnel::Worker& worker, const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot) {
+  Authn& a = authn_[worker.index()];
+  if (a.snapshot == snapshot) return a;
+  a = Authn{snapshot, nullptr, ""};
+  const auto& policies = snapshot->request_authentications();
+  // One worker tells the refresher about a new configuration; the others find it done.
+  uint64_t seen = rules_version_.load();
+  while (seen < snapshot->version() && !rules_version_.compare_exchange_weak(seen, snapshot->version())) {
+  }
+  if (seen < snapshot->version()) refresher_->SetRules(policies);
+  auto built = authn::Authenticator::Create(policies, {.root_namespace = snapshot->root_namespace()},
+                                            &authn::CryptoSignatureVerifier(), jwks_.get());
+  if (built.ok()) {
+    a.authenticator = std::move(*built);
+  } else {
+    a.error = absl::StrCat("RequestAuthentication could not be loaded: ", built.status().message());
+    AMBIT_LOG(kComponent, Error) << "configuration " << snapshot->version() << ": " << a.error
+                                 << " (every request through the waypoint is refused)";
+  }
+  return a;
+}
+
 hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                             hbone::StreamId stream,
                                             const hbone::ConnectRequest& request,
@@ -154,6 +195,8 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   if (snapshot->engine() == nullptr) {
     return refuse(503, "the configuration's policies did not compile (fail closed)");
   }
+  const Authn& authn = AuthnFor(worker, snapshot);
+  if (authn.authenticator == nullptr) return refuse(503, authn.error);
   if (auto s = session.Respond(stream, 200); !s.ok()) {
     return refuse(503, std::string(s.message()));
   }
@@ -176,6 +219,9 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   std::shared_ptr<const authz::Engine> engine(snapshot, snapshot->engine());
   ctx.engine = engine;
   ctx.target = *target;
+  // JWT authentication first (it fills request.auth), then authorization (filter.h).
+  ctx.filters.push_back(std::make_shared<waypoint::AuthnFilter>(authn.authenticator, *target,
+                                                                worker.settings().clock));
   ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(engine, *target));
   ctx.upstream = raw->upstream_.get();
   ctx.destination = request.destination;

@@ -7,17 +7,26 @@
 // waypoint's own certificate, to the destination's tunnel (a cluster IP is resolved to one of the
 // service's endpoints). The engine decides per request: JWT authentication, then L7
 // AuthorizationPolicy attached to the waypoint (targetRefs to its Gateway or the addressed
-// Service). The pod's outbound and plaintext listeners take nothing: a waypoint is reached only
+// Service). The RequestAuthentications travel in the configuration snapshot; their jwksUri key
+// sets are fetched over HTTPS by one refresher thread (the workers only read the cache). The pod's outbound and plaintext listeners take nothing: a waypoint is reached only
 // over HBONE, and its own connections carry the socket mark the redirect skips.
 //
 // Thread-safety: OnConnect and OnAccepted run on the accepting worker; per-worker state (the HTTP
 // metrics) is indexed by Worker::index().
 
+#include <atomic>
 #include <memory>
+#include <vector>
 #include <string>
 #include <utility>
 
+#include "absl/status/statusor.h"
+#include "agent/authn/authenticator.h"
+#include "agent/authn/jwks_provider.h"
+#include "agent/tls/https_fetch.h"
 #include "agent/tunnel/l7_hook.h"
+#include "agent/tunnel/mesh_snapshot.h"
+#include "agent/waypoint/jwks_refresher.h"
 #include "agent/waypoint/metrics.h"
 #include "agent/waypoint/proxy.h"
 
@@ -25,11 +34,14 @@ namespace ambit::waypointd {
 
 struct WaypointOptions {
   waypoint::ProxyOptions proxy;  // Envoy's default limits and timeouts
+  int workers = 2;
+  std::string jwks_ca_file;  // roots for jwksUri servers; empty: the system's
 };
 
 class L7Handler final : public tunnel::InboundHandler {
  public:
-  explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
+  static absl::StatusOr<std::shared_ptr<L7Handler>> Create(WaypointOptions options);
+  ~L7Handler() override;
 
   hbone::StreamObserver* OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                    hbone::StreamId stream, const hbone::ConnectRequest& request,
@@ -41,8 +53,25 @@ class L7Handler final : public tunnel::InboundHandler {
   std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
 
  private:
+  // A worker's RequestAuthentication, built once per configuration it sees.
+  struct Authn {
+    std::shared_ptr<const tunnel::MeshSnapshot> snapshot;  // what it was built from
+    std::shared_ptr<const authn::Authenticator> authenticator;
+    std::string error;  // why it could not be built: every CONNECT is refused (fail closed)
+  };
+  explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
+  // Worker-thread only (that worker's entry).
+  const Authn& AuthnFor(tunnel::Worker& worker,
+                        const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot);
+
   WaypointOptions options_;
   waypoint::HttpMetrics metrics_;  // every worker's requests
+  std::vector<Authn> authn_;       // by worker index
+  // jwksUri key sets: fetched by the refresher's thread, read by the workers.
+  std::unique_ptr<tls::HttpsJwksFetcher> fetcher_;
+  std::unique_ptr<authn::JwksCache> jwks_;
+  std::unique_ptr<waypoint::JwksRefresher> refresher_;
+  std::atomic<uint64_t> rules_version_{0};  // the configuration the refresher tracks
 };
 
 }  // namespace ambit::waypointd
