@@ -4,6 +4,7 @@
 // written in the resource. The config layer fills and validates them (agent/config/kube_yaml.cc);
 // the Authenticator (authenticator.h) applies them. Thread-compatible value types.
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -33,6 +34,9 @@ struct ClaimToHeader {
 
 // The Envoy default for JWTRule.timeout: how long a jwksUri fetch may take.
 inline constexpr absl::Duration kDefaultJwksFetchTimeout = absl::Seconds(5);
+// Envoy refuses a fetch timeout of 2^32 s or more (HttpUri.timeout): a rule with one would never
+// be served, so the config layer and the control channel refuse it too.
+inline constexpr absl::Duration kJwksFetchTimeoutLimit = absl::Seconds(int64_t{1} << 32);
 
 struct JwtRule {
   std::string issuer;
@@ -47,6 +51,7 @@ struct JwtRule {
   std::string output_payload_to_header;  // empty: none
   bool forward_original_token = false;
   std::vector<ClaimToHeader> output_claim_to_headers;
+  // Longer than 0, shorter than kJwksFetchTimeoutLimit, whole nanoseconds (as on the wire).
   absl::Duration timeout = kDefaultJwksFetchTimeout;
   // Claims besides scope, scp and permission whose string value is split on spaces for matching.
   std::vector<std::string> space_delimited_claims;
@@ -67,5 +72,18 @@ struct RequestAuthentication {
   std::string Key() const { return namespace_name + "/" + name; }
   friend bool operator==(const RequestAuthentication&, const RequestAuthentication&) = default;
 };
+
+// One thing wrong with a target reference: the field it is about ("name", or empty for the
+// reference as a whole) and why.
+struct TargetRefProblem {
+  std::string field;
+  std::string message;
+};
+
+// What keeps `ref` from being a RequestAuthentication's target, as istiod decides: it names its
+// target, which is a Gateway, the istio-waypoint GatewayClass, a core Service or an Istio
+// ServiceEntry. Empty when it may be one. The config layer and the control channel both check
+// with it, so what loads is what travels.
+std::vector<TargetRefProblem> TargetRefProblems(const authz::TargetRef& ref);
 
 }  // namespace ambit::authn

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agent/authn/jose.h"
+#include "agent/authn/model.h"
 #include "agent/authz/compile.h"
 #include "agent/config/validation.h"
 #include "agent/config/yaml_limits.h"
@@ -1592,23 +1593,9 @@ class FileParser {
 
   static void CheckAuthnTargetRef(Reporter& r, const YAML::Node& n, const authz::TargetRef& ref,
                                   const std::string& path) {
-    const bool gateway_api = ref.group == "gateway.networking.k8s.io";
-    if (ref.name.empty()) r.Error(n, path + ".name", "is required");
-    if (gateway_api && ref.kind == "Gateway") return;
-    if (gateway_api && ref.kind == "GatewayClass") {
-      if (ref.name != authz::kWaypointGatewayClass) {
-        r.Error(n, path + ".name",
-                absl::StrCat("'", ref.name, "': only GatewayClass '", authz::kWaypointGatewayClass,
-                             "' can be targeted"));
-      }
-      return;
+    for (const authn::TargetRefProblem& p : authn::TargetRefProblems(ref)) {
+      r.Error(n, p.field.empty() ? path : absl::StrCat(path, ".", p.field), p.message);
     }
-    if ((ref.group.empty() || ref.group == "core") && ref.kind == "Service") return;
-    if (ref.group == "networking.istio.io" && ref.kind == "ServiceEntry") return;
-    r.Error(n, path,
-            absl::StrCat("unsupported target '", ref.group, "/", ref.kind,
-                         "'; supported: gateway.networking.k8s.io Gateway and GatewayClass, core "
-                         "Service, networking.istio.io ServiceEntry"));
   }
 
   // An HTTP header name as istiod's ValidateStrictHTTPHeaderName takes it: an RFC 7230 token.
@@ -1756,10 +1743,18 @@ class FileParser {
       }
     }
     if (auto timeout = GetDuration(r, n, "timeout", path)) {
-      if (*timeout <= absl::ZeroDuration()) {
+      // Whole nanoseconds, as the control channel carries it (a decimal fraction of a second
+      // can convert to a quarter of one).
+      const absl::Duration whole = absl::Trunc(*timeout, absl::Nanoseconds(1));
+      if (whole <= absl::ZeroDuration()) {
         r.Error(*Get(n, "timeout"), path + ".timeout", "must be longer than 0s");
+      } else if (whole >= authn::kJwksFetchTimeoutLimit) {
+        r.Error(*Get(n, "timeout"), path + ".timeout",
+                absl::StrCat("must be shorter than ",
+                             absl::ToInt64Seconds(authn::kJwksFetchTimeoutLimit),
+                             "s (2^32 s, Envoy's limit)"));
       } else {
-        rule.timeout = *timeout;
+        rule.timeout = whole;
       }
     }
     rule.space_delimited_claims = GetStringList(r, n, "spaceDelimitedClaims", path);

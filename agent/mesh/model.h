@@ -1,10 +1,11 @@
 #pragma once
 
 // One typed model of what ambitd tells the data plane about the mesh: every workload (pod) of the
-// cluster, the services that select them, and the PeerAuthentication resolved for the workloads
-// of this node. ambitd fills it from the cluster state; agent/mesh/wire.h is its only mapping to
-// and from the control channel; ambit-tunnel indexes it (agent/tunnel/mesh_snapshot.h). Adding a
-// field means this file, wire.cc and the code that reads it.
+// cluster, the services that select them, the PeerAuthentication resolved for the workloads of
+// this node, and the policies (AuthorizationPolicy, RequestAuthentication) as the agent loaded
+// them. ambitd fills it from the cluster state; agent/mesh/wire.h is its only mapping to and from
+// the control channel; ambit-tunnel indexes it (agent/tunnel/mesh_snapshot.h). Adding a field
+// means this file, wire.cc and the code that reads it.
 //
 // Plain value types (no Protobuf, no I/O): thread-compatible. The data plane keeps one Workload
 // per pod of the cluster, so the record stays small: no derived strings (the key is computed),
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "agent/authn/model.h"
 #include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/common/ip_address.h"
@@ -151,6 +153,10 @@ struct Snapshot {
   std::vector<Waypoint> waypoints;
   // As validated by the agent; the data plane compiles them.
   std::vector<authz::Policy> authorization_policies;
+  // Every RequestAuthentication in force, of every namespace, as validated by the agent: a
+  // waypoint serves many namespaces and authenticates requests with them. The node tunnel keeps
+  // them for it and uses none (it sees no HTTP).
+  std::vector<authn::RequestAuthentication> request_authentications;
 
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };

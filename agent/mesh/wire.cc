@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -30,6 +32,11 @@ absl::Status WaypointError(absl::string_view key, absl::string_view field, absl:
 
 absl::Status ServiceError(absl::string_view key, absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("service ", key, ": ", field, ": ", what));
+}
+
+absl::Status AuthnError(absl::string_view key, absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("RequestAuthentication ", key, ": ", field, ": ", what));
 }
 
 std::string Quoted(absl::string_view text) { return absl::StrCat("'", text, "'"); }
@@ -341,6 +348,182 @@ absl::StatusOr<Service> FromProto(const pb::Service& in) {
 
 namespace {
 
+constexpr int64_t kNanosPerSecond = 1'000'000'000;
+
+// What the config layer refuses when it loads a RequestAuthentication, checked on the model, so
+// that both directions refuse alike and the waypoint never applies a rule the agent could not
+// have loaded (a newer agent's relaxed rule is refused, not guessed at).
+absl::Status CheckRequestAuthentication(const authn::RequestAuthentication& ra) {
+  const std::string key = ra.Key();
+  if (ra.namespace_name.empty() || ra.name.empty()) {
+    return AuthnError(key, ra.name.empty() ? "name" : "namespace", "missing");
+  }
+  if (absl::StrContains(ra.namespace_name, '/')) {
+    // The key "namespace/name" would be ambiguous.
+    return AuthnError(key, "namespace", "contains '/'");
+  }
+  if (ra.selector.has_value() && !ra.target_refs.empty()) {
+    return AuthnError(key, "target_refs", "set together with a selector; only one may be");
+  }
+  for (size_t i = 0; i < ra.target_refs.size(); ++i) {
+    std::vector<authn::TargetRefProblem> problems = authn::TargetRefProblems(ra.target_refs[i]);
+    if (!problems.empty()) {
+      const authn::TargetRefProblem& p = problems.front();
+      return AuthnError(key,
+                        absl::StrCat("target_refs[", i, "]", p.field.empty() ? "" : ".", p.field),
+                        p.message);
+    }
+  }
+  for (size_t i = 0; i < ra.jwt_rules.size(); ++i) {
+    const authn::JwtRule& rule = ra.jwt_rules[i];
+    const std::string path = absl::StrCat("jwt_rules[", i, "]");
+    if (rule.issuer.empty()) return AuthnError(key, path + ".issuer", "missing");
+    if (!rule.jwks.empty() && !rule.jwks_uri.empty()) {
+      return AuthnError(key, path, "jwks and jwks_uri are both set; only one may be");
+    }
+    for (size_t j = 0; j < rule.from_headers.size(); ++j) {
+      if (rule.from_headers[j].name.empty()) {
+        return AuthnError(key, absl::StrCat(path, ".from_headers[", j, "].name"), "missing");
+      }
+    }
+    for (size_t j = 0; j < rule.output_claim_to_headers.size(); ++j) {
+      const authn::ClaimToHeader& c = rule.output_claim_to_headers[j];
+      if (c.header.empty() || c.claim.empty()) {
+        return AuthnError(key,
+                          absl::StrCat(path, ".output_claim_to_headers[", j, "].",
+                                       c.header.empty() ? "header" : "claim"),
+                          "missing");
+      }
+    }
+    if (rule.timeout <= absl::ZeroDuration()) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat(absl::FormatDuration(rule.timeout), " is not longer than 0s"));
+    }
+    if (rule.timeout >= authn::kJwksFetchTimeoutLimit) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat(absl::FormatDuration(rule.timeout), " is not shorter than ",
+                                     absl::ToInt64Seconds(authn::kJwksFetchTimeoutLimit),
+                                     "s (2^32 s, Envoy's limit)"));
+    }
+    if (absl::Trunc(rule.timeout, absl::Nanoseconds(1)) != rule.timeout) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat(absl::FormatDuration(rule.timeout),
+                                     " is not a whole number of nanoseconds"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ToProto(const authn::RequestAuthentication& ra, pb::RequestAuthentication* out) {
+  AMBIT_RETURN_IF_ERROR(CheckRequestAuthentication(ra));
+  out->set_name(ra.name);
+  out->set_namespace_(ra.namespace_name);
+  out->set_has_selector(ra.selector.has_value());
+  if (ra.selector) {
+    for (const auto& [k, v] : *ra.selector) (*out->mutable_selector())[k] = v;
+  }
+  for (const auto& t : ra.target_refs) {
+    auto* r = out->add_target_refs();
+    r->set_group(t.group);
+    r->set_kind(t.kind);
+    r->set_name(t.name);
+  }
+  for (const auto& rule : ra.jwt_rules) {
+    auto* r = out->add_jwt_rules();
+    r->set_issuer(rule.issuer);
+    for (const auto& a : rule.audiences) r->add_audiences(a);
+    r->set_jwks(rule.jwks);
+    r->set_jwks_uri(rule.jwks_uri);
+    for (const auto& h : rule.from_headers) {
+      auto* ph = r->add_from_headers();
+      ph->set_name(h.name);
+      ph->set_prefix(h.prefix);
+    }
+    for (const auto& p : rule.from_params) r->add_from_params(p);
+    for (const auto& c : rule.from_cookies) r->add_from_cookies(c);
+    r->set_output_payload_to_header(rule.output_payload_to_header);
+    r->set_forward_original_token(rule.forward_original_token);
+    for (const auto& c : rule.output_claim_to_headers) {
+      auto* pc = r->add_output_claim_to_headers();
+      pc->set_header(c.header);
+      pc->set_claim(c.claim);
+    }
+    // Checked above: whole nanoseconds below 2^32 s, which an int64 holds.
+    const int64_t nanos = absl::ToInt64Nanoseconds(rule.timeout);
+    r->mutable_timeout()->set_seconds(nanos / kNanosPerSecond);
+    r->mutable_timeout()->set_nanos(static_cast<int32_t>(nanos % kNanosPerSecond));
+    for (const auto& c : rule.space_delimited_claims) r->add_space_delimited_claims(c);
+  }
+  out->set_source_file(ra.source_file);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<authn::RequestAuthentication> FromProto(const pb::RequestAuthentication& in) {
+  authn::RequestAuthentication ra;
+  ra.name = in.name();
+  ra.namespace_name = in.namespace_();
+  const std::string key = ra.Key();
+  if (in.namespace_().empty() || in.name().empty()) {
+    return AuthnError(key, in.name().empty() ? "name" : "namespace", "missing");
+  }
+  if (in.has_selector()) {
+    ra.selector = std::map<std::string, std::string>(in.selector().begin(), in.selector().end());
+  } else if (!in.selector().empty()) {
+    // Read as "no selector", the policy would apply to the whole namespace instead.
+    return AuthnError(key, "selector", "has labels but has_selector is not set");
+  }
+  ra.target_refs.reserve(in.target_refs_size());
+  for (const auto& t : in.target_refs()) ra.target_refs.push_back({t.group(), t.kind(), t.name()});
+  ra.jwt_rules.reserve(in.jwt_rules_size());
+  for (int i = 0; i < in.jwt_rules_size(); ++i) {
+    const pb::JwtRule& r = in.jwt_rules(i);
+    const std::string path = absl::StrCat("jwt_rules[", i, "]");
+    authn::JwtRule rule;
+    rule.issuer = r.issuer();
+    rule.audiences.assign(r.audiences().begin(), r.audiences().end());
+    rule.jwks = r.jwks();
+    rule.jwks_uri = r.jwks_uri();
+    for (const auto& h : r.from_headers()) rule.from_headers.push_back({h.name(), h.prefix()});
+    rule.from_params.assign(r.from_params().begin(), r.from_params().end());
+    rule.from_cookies.assign(r.from_cookies().begin(), r.from_cookies().end());
+    rule.output_payload_to_header = r.output_payload_to_header();
+    rule.forward_original_token = r.forward_original_token();
+    for (const auto& c : r.output_claim_to_headers()) {
+      rule.output_claim_to_headers.push_back({c.header(), c.claim()});
+    }
+    // No default: the agent always sends the timeout it resolved, so a missing one is a peer
+    // that does not speak this mapping.
+    if (!r.has_timeout()) return AuthnError(key, path + ".timeout", "missing");
+    const int64_t seconds = r.timeout().seconds();
+    const int32_t nanos = r.timeout().nanos();
+    if (seconds < 0 || nanos < 0) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat("negative (", seconds, "s ", nanos, "ns)"));
+    }
+    if (nanos >= kNanosPerSecond) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat("nanos ", nanos, " is not below one second"));
+    }
+    if (seconds >= absl::ToInt64Seconds(authn::kJwksFetchTimeoutLimit)) {
+      return AuthnError(key, path + ".timeout",
+                        absl::StrCat(seconds, "s is not shorter than ",
+                                     absl::ToInt64Seconds(authn::kJwksFetchTimeoutLimit),
+                                     "s (2^32 s, Envoy's limit)"));
+    }
+    rule.timeout = absl::Seconds(seconds) + absl::Nanoseconds(nanos);
+    rule.space_delimited_claims.assign(r.space_delimited_claims().begin(),
+                                       r.space_delimited_claims().end());
+    ra.jwt_rules.push_back(std::move(rule));
+  }
+  ra.source_file = in.source_file();
+  AMBIT_RETURN_IF_ERROR(CheckRequestAuthentication(ra));
+  return ra;
+}
+
+namespace {
+
 // Everything of a snapshot but its workloads, which travel and are read one at a time.
 absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   out->set_version(s.version);
@@ -356,6 +539,9 @@ absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   }
   for (const auto& policy : s.authorization_policies) {
     authz_wire::ToProto(policy, out->add_authorization_policies());
+  }
+  for (const auto& ra : s.request_authentications) {
+    AMBIT_RETURN_IF_ERROR(ToProto(ra, out->add_request_authentications()));
   }
   return absl::OkStatus();
 }
@@ -458,6 +644,16 @@ class SnapshotBuilder {
     for (const auto& pp : head.authorization_policies()) {
       AMBIT_ASSIGN_OR_RETURN(authz::Policy policy, authz_wire::FromProto(pp));
       s_.authorization_policies.push_back(std::move(policy));
+    }
+    absl::flat_hash_set<std::string> request_authentications;
+    s_.request_authentications.reserve(head.request_authentications_size());
+    for (const auto& pr : head.request_authentications()) {
+      AMBIT_ASSIGN_OR_RETURN(authn::RequestAuthentication ra, FromProto(pr));
+      // Two with one key would leave the waypoint to pick one of them.
+      if (!request_authentications.insert(ra.Key()).second) {
+        return AuthnError(ra.Key(), "namespace/name", "listed twice");
+      }
+      s_.request_authentications.push_back(std::move(ra));
     }
     return std::move(s_);
   }

@@ -4,9 +4,10 @@
 // ambit.dataplane.v1's Workload, Service and Snapshot messages. Both directions check what they
 // map, and a value one side does not know is an error, never a default: an mTLS mode, protocol or
 // policy action that is UNSPECIFIED or unknown, an address that does not parse, a workload
-// without a SPIFFE identity, an enrolled workload without its PeerAuthentication. The data plane
-// refuses a snapshot with any such error (nack) and fails closed. Errors name the workload or
-// service and the field. Pure functions: thread-safe.
+// without a SPIFFE identity, an enrolled workload without its PeerAuthentication, a
+// RequestAuthentication the agent could not have loaded. The data plane refuses a snapshot with
+// any such error (nack) and fails closed. Errors name the workload, service or policy and the
+// field. Pure functions: thread-safe.
 
 #include <string>
 
@@ -31,9 +32,20 @@ absl::StatusOr<Workload> PodFromProto(const ambit::dataplane::v1::Pod& in);
 absl::Status ToProto(const Service& service, ambit::dataplane::v1::Service* out);
 absl::StatusOr<Service> FromProto(const ambit::dataplane::v1::Service& in);
 
+// A RequestAuthentication as the agent's config layer accepts it (agent/config/kube_yaml.cc),
+// checked the same way in both directions: name and namespace, a selector or target references
+// (istiod's targets: authn::TargetRefProblems), per JWT rule an issuer, not both jwks and
+// jwks_uri, named headers, and a timeout longer than 0 and shorter than
+// authn::kJwksFetchTimeoutLimit in whole nanoseconds (on the wire: set, not negative).
+// Errors read "RequestAuthentication <namespace/name>: <field>: <what>".
+absl::Status ToProto(const authn::RequestAuthentication& policy,
+                     ambit::dataplane::v1::RequestAuthentication* out);
+absl::StatusOr<authn::RequestAuthentication> FromProto(
+    const ambit::dataplane::v1::RequestAuthentication& in);
+
 // Each part as above; also: workload keys and addresses are unique across the snapshot (an
-// address owned twice would make the expected identity ambiguous), and every service endpoint
-// names a workload of the snapshot.
+// address owned twice would make the expected identity ambiguous), every service endpoint
+// names a workload of the snapshot, and each RequestAuthentication is there once.
 absl::Status ToProto(const Snapshot& snapshot, ambit::dataplane::v1::Snapshot* out);
 absl::StatusOr<Snapshot> FromProto(const ambit::dataplane::v1::Snapshot& in);
 

@@ -682,6 +682,8 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   for (const auto& [key, policy] : security_.authorization_policies) {
     snapshot.authorization_policies.push_back(policy);
   }
+  // All of them, whatever namespace: a waypoint serves workloads of many namespaces.
+  snapshot.request_authentications = security_.RequestAuthenticationList();
   AddWaypoints(*state_, &snapshot);
   return snapshot;
 }

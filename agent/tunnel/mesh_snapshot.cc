@@ -32,6 +32,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   snap->trust_domain_ = std::move(s.trust_domain);
   if (!s.root_namespace.empty()) snap->root_namespace_ = s.root_namespace;
   snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
+  snap->request_authentications_ = std::move(s.request_authentications);
   // The records move in whole (no copy per peer); the index points at them.
   snap->workloads_ = std::move(s.workloads);
   snap->workloads_.shrink_to_fit();

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "agent/authn/model.h"
 #include "agent/authz/engine.h"
 #include "agent/common/ip_address.h"
 #include "agent/mesh/model.h"
@@ -124,6 +125,13 @@ class MeshSnapshot {
   // readiness ports): the data plane never delivers a connection there.
   bool IsReservedPort(uint16_t port) const;
 
+  // Every RequestAuthentication of the generation, of every namespace, as the wire mapping
+  // checked them, in the agent's order (by namespace/name). For the waypoint, which
+  // authenticates requests with them; the node tunnel sees no HTTP and uses none.
+  const std::vector<authn::RequestAuthentication>& request_authentications() const {
+    return request_authentications_;
+  }
+
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
@@ -138,6 +146,7 @@ class MeshSnapshot {
   std::unique_ptr<authz::Engine> authz_;
   std::vector<std::string> authz_errors_;
   absl::flat_hash_set<uint16_t> reserved_ports_;
+  std::vector<authn::RequestAuthentication> request_authentications_;
 };
 
 }  // namespace ambit::tunnel

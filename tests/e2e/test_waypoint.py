@@ -47,6 +47,62 @@ spec:
     protocol: HBONE
 """
 
+# JWT rules for the waypoint, every field of a rule used, in two namespaces; with them an
+# AuthorizationPolicy that selects no pod, which `ambitctl policies` lists: the agent has loaded
+# the file once it shows. The inline key is an HMAC secret (any JWKS the agent can parse will do).
+REQUEST_AUTHENTICATIONS = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: backend
+spec:
+  targetRefs:
+  - group: gateway.networking.k8s.io
+    kind: Gateway
+    name: waypoint
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [api, web]
+    jwks: '{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]}'
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    fromParams: [token]
+    fromCookies: [session]
+    outputPayloadToHeader: x-jwt-payload
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+    timeout: 2.5s
+    spaceDelimitedClaims: [roles]
+  - issuer: issuer-b
+    jwksUri: https://issuer.example/jwks
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: a
+  jwtRules:
+  - issuer: issuer-c
+    jwksUri: https://issuer.example/jwks
+    timeout: 0.25s
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: authn-loaded
+  namespace: backend
+spec:
+  selector:
+    matchLabels:
+      app: no-such-pod
+  action: ALLOW
+  rules: [{}]
+"""
+
 
 def with_labels(pod, labels, annotations=None):
     """The pod's YAML with extra labels (and annotations)."""
@@ -192,6 +248,42 @@ class WaypointTest(unittest.TestCase):
         self.assertIsNotNone(out, self.n2.logs()[-1500:])
         self.assertEqual(out["reply"], "echo:opted out")
         self.assertEqual(seen["peer"], self.a.ip4)
+
+    def wait_generation(self, agent, pred, timeout=30):
+        """`ambitctl policies -o json` once pred(it) holds."""
+        deadline = time.time() + timeout
+        while True:
+            doc = json.loads(self.ctl(agent, "policies", "-o", "json"))
+            if pred(doc):
+                return doc
+            self.assertLess(time.time(), deadline,
+                            f"{doc['generation']}\n{agent.logs()[-2000:]}")
+            time.sleep(0.2)
+
+    def test_request_authentications_reach_the_data_plane(self):
+        # RequestAuthentications travel in every generation for the waypoint: the node tunnel
+        # must accept (ack) one carrying them, not refuse it and fail closed.
+        def loaded(doc):
+            g = doc["generation"]
+            names = {(p["namespace"], p["name"]) for p in doc["policies"]}
+            return ("backend", "authn-loaded") in names and g["desired"] == g["applied"]
+
+        self.n2.write_config("authn.yaml", REQUEST_AUTHENTICATIONS)
+        try:
+            doc = self.wait_generation(self.n2, loaded)
+            g = doc["generation"]
+            self.assertFalse(g["failClosed"], g)
+            self.assertFalse([r for r in doc["rejected"] if r["file"] == "authn.yaml"],
+                             doc["rejected"])
+            self.assertIn(f"Configuration generation {g['applied']}, enforced by the data plane",
+                          self.ctl(self.n2, "policies"))
+            logs = self.n2.logs()
+            self.assertNotIn("could not apply configuration generation", logs)
+            self.assertNotIn("could not be sent to the data plane", logs)
+        finally:
+            os.unlink(os.path.join(self.n2.config_dir, "authn.yaml"))
+        self.wait_generation(self.n2, lambda doc: not loaded(doc) and
+                             doc["generation"]["desired"] == doc["generation"]["applied"])
 
     def test_waypoint_identity_is_accepted(self):
         # What the waypoint's forward looks like to b's tunnel: HBONE from wp with its identity.

@@ -2,10 +2,11 @@
 // protocol version, descriptors against the body), then what Tunnel::HandleEnvelope does with
 // each body short of real descriptors: a snapshot is mapped to the mesh model
 // (agent/mesh/wire.h; what it accepts must map back to the same model) and becomes a MeshSnapshot
-// (workloads, services, compiled AuthorizationPolicies) that routes and authorizes connections; an
-// add_pod maps to a mesh::Workload and back and becomes a Pod (DecodePod, with /dev/null as its
-// descriptors), and its identity gets a key and a CSR; a csr_response's chain is checked by the
-// CertManager against the request it answers; a trust bundle's roots are loaded.
+// (workloads, services, compiled AuthorizationPolicies, RequestAuthentications kept for the
+// waypoint) that routes and authorizes connections; an add_pod maps to a mesh::Workload and back
+// and becomes a Pod (DecodePod, with /dev/null as its descriptors), and its identity gets a key
+// and a CSR; a csr_response's chain is checked by the CertManager against the request it
+// answers; a trust bundle's roots are loaded.
 // The same bytes are also read as a stats-socket request (DecodeStatsSocketRequest).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
@@ -60,9 +61,13 @@ void ExerciseSnapshot(const pb::Snapshot& s) {
   FUZZ_REQUIRE(ambit::mesh::EncodeSnapshot(*model, &encoded).ok());
   auto redecoded = ambit::mesh::DecodeSnapshot(encoded);
   FUZZ_REQUIRE(redecoded.ok() && *redecoded == *model);
+  const size_t request_authentications = model->request_authentications.size();
+  FUZZ_REQUIRE(request_authentications == static_cast<size_t>(s.request_authentications_size()));
   std::shared_ptr<const ambit::tunnel::MeshSnapshot> snapshot =
       ambit::tunnel::MeshSnapshot::Create(*std::move(model));
   FUZZ_REQUIRE(snapshot != nullptr);
+  // Kept whole for the waypoint.
+  FUZZ_REQUIRE(snapshot->request_authentications().size() == request_authentications);
   // Route and authorize a connection to every address the snapshot names, from the first one.
   std::vector<ambit::IpAddress> ips;
   for (const auto& w : s.workloads()) {

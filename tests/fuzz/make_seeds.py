@@ -281,6 +281,38 @@ def control_seeds(ca_key, ca_cert):
                 '      ports { port: 9090 mode: MTLS_MODE_DISABLE policy: "default/web-9090" } }', "")
             assert text != snapshot, name
         write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % text))
+    # RequestAuthentications, carried for the waypoint: every field, then one refusal each
+    # (agent/mesh/wire.h), one edit away from the valid one.
+    authn = """
+  request_authentications { name: "jwt" namespace: "default"
+    target_refs { group: "gateway.networking.k8s.io" kind: "Gateway" name: "waypoint" }
+    target_refs { kind: "Service" name: "web" }
+    jwt_rules { issuer: "https://issuer.example" audiences: "web" audiences: "api"
+      jwks: "{\\"keys\\":[{\\"kty\\":\\"oct\\",\\"k\\":\\"c2VjcmV0\\",\\"kid\\":\\"a\\"}]}"
+      from_headers { name: "x-jwt" prefix: "Bearer " } from_params: "token" from_cookies: "session"
+      output_payload_to_header: "x-payload" forward_original_token: true
+      output_claim_to_headers { header: "x-sub" claim: "sub" }
+      timeout { seconds: 2 nanos: 500000000 } space_delimited_claims: "roles" }
+    jwt_rules { issuer: "issuer-b" jwks_uri: "https://issuer.example/jwks" timeout { seconds: 5 } }
+    source_file: "authn.yaml" }
+  request_authentications { name: "jwt" namespace: "frontend" has_selector: true
+    selector { key: "app" value: "web" } jwt_rules { issuer: "issuer-c" timeout { nanos: 1 } } }
+"""
+    with_authn = snapshot + authn
+    write(t, "snapshot_request_authentication",
+          b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % with_authn))
+    for name, old, new in [
+            ("snapshot_authn_no_name", 'name: "jwt" namespace: "default"', 'namespace: "default"'),
+            ("snapshot_authn_no_timeout", " timeout { seconds: 5 }", ""),
+            ("snapshot_authn_negative_timeout", "timeout { seconds: 5 }", "timeout { seconds: -5 }"),
+            ("snapshot_authn_timeout_too_long", "timeout { seconds: 5 }",
+             "timeout { seconds: 4294967296 }"),
+            ("snapshot_authn_bad_target", 'kind: "Gateway"', 'kind: "Pod"'),
+            ("snapshot_authn_no_issuer", 'issuer: "issuer-b" ', ""),
+            ("snapshot_authn_selector_without_flag", "has_selector: true", "")]:
+        assert old in with_authn, name
+        text = with_authn.replace(old, new, 1)
+        write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % text))
     # Values this build does not know, as a newer agent could send them: raw numbers.
     snapshot_bytes = protoc_encode(env, "protocol_version: 4 snapshot {%s}" % snapshot)
     unknown_mode = snapshot_bytes.replace(b"\x08\x01\x12\x0fdefault/default",

@@ -103,6 +103,22 @@ TEST(RequestAuthenticationYamlTest, EveryField) {
   EXPECT_EQ(ra.jwt_rules[1].timeout, absl::Seconds(5));
 }
 
+// The control channel carries whole nanoseconds below 2^32 s; a timeout loads as such, so every
+// rule that loads can travel to the waypoint (a fraction of a nanosecond is dropped).
+TEST(RequestAuthenticationYamlTest, TimeoutLoadsInWholeNanoseconds) {
+  ParsedFile parsed = ParseKubeYaml(
+      "ra.yaml", Ra("  jwtRules: [{issuer: a, timeout: 1.0000000005s}, {issuer: b, timeout: "
+                    "4294967295.5s}]\n"));
+  ASSERT_THAT(parsed.errors, IsEmpty()) << Describe(parsed.errors);
+  ASSERT_THAT(All(parsed), SizeIs(1));
+  const RequestAuthentication ra = All(parsed)[0];
+  EXPECT_EQ(ra.jwt_rules[0].timeout, absl::Seconds(1));
+  const absl::Duration longest = ra.jwt_rules[1].timeout;
+  EXPECT_LT(longest, authn::kJwksFetchTimeoutLimit);
+  EXPECT_GT(longest, authn::kJwksFetchTimeoutLimit - absl::Seconds(1));
+  EXPECT_EQ(absl::Trunc(longest, absl::Nanoseconds(1)), longest);
+}
+
 TEST(RequestAuthenticationYamlTest, V1beta1AndTargetRefs) {
   ParsedFile parsed = ParseKubeYaml(
       "ra.yaml", Ra("  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wp}, "
@@ -144,11 +160,19 @@ TEST(RequestAuthenticationYamlTest, ValidationErrorsNameFileObjectAndField) {
       {"  jwtRules: [{issuer: a, outputClaimToHeaders: [{header: x}]}]\n",
        "spec.jwtRules[0].outputClaimToHeaders[0]", "must both be non-empty"},
       {"  jwtRules: [{issuer: a, timeout: 0s}]\n", "spec.jwtRules[0].timeout", "longer than 0s"},
+      // Below a nanosecond: nothing the control channel could carry.
+      {"  jwtRules: [{issuer: a, timeout: 0.0000000001s}]\n", "spec.jwtRules[0].timeout",
+       "longer than 0s"},
+      {"  jwtRules: [{issuer: a, timeout: 4294967296s}]\n", "spec.jwtRules[0].timeout",
+       "must be shorter than 4294967296s"},
       {"  jwtRules: [{issuer: a, forwardOriginalToken: maybe}]\n",
        "spec.jwtRules[0].forwardOriginalToken", "true or false"},
       {"  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Service, name: s}]\n", "spec",
        "only one of selector"},
       {"  targetRefs: [{kind: Pod, name: p}]\n", "spec.targetRefs[0]", "unsupported target"},
+      {"  targetRefs: [{kind: Service}]\n", "spec.targetRefs[0].name", "is required"},
+      {"  targetRef: {group: gateway.networking.k8s.io, kind: GatewayClass, name: other}\n",
+       "spec.targetRef.name", "only GatewayClass 'istio-waypoint'"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.spec);

@@ -2,11 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/time/time.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -62,6 +66,48 @@ Workload Peer() {
   return w;
 }
 
+// Two RequestAuthentications that together set every field: one by target references, one by
+// selector (a policy has one or the other), each rule with either inline keys or a URI.
+std::vector<authn::RequestAuthentication> RequestAuthentications() {
+  authn::RequestAuthentication by_target;
+  by_target.name = "jwt";
+  by_target.namespace_name = "backend";
+  by_target.target_refs = {{"gateway.networking.k8s.io", "Gateway", "waypoint"},
+                           {"", "Service", "api"},
+                           {"networking.istio.io", "ServiceEntry", "external"},
+                           {"gateway.networking.k8s.io", "GatewayClass", "istio-waypoint"}};
+  authn::JwtRule inline_keys;
+  inline_keys.issuer = "https://issuer.example";
+  inline_keys.audiences = {"api", "web"};
+  inline_keys.jwks = R"({"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]})";
+  inline_keys.from_headers = {{"x-jwt", "Bearer "}, {"x-token", ""}};
+  inline_keys.from_params = {"token", "jwt"};
+  inline_keys.from_cookies = {"session"};
+  inline_keys.output_payload_to_header = "x-jwt-payload";
+  inline_keys.forward_original_token = true;
+  inline_keys.output_claim_to_headers = {{"x-sub", "sub"}, {"x-team", "groups.primary"}};
+  // Not a whole millisecond: the wire keeps nanoseconds.
+  inline_keys.timeout = absl::Milliseconds(2500) + absl::Nanoseconds(7);
+  inline_keys.space_delimited_claims = {"roles", "perms"};
+  authn::JwtRule by_uri;
+  by_uri.issuer = "issuer-b";
+  by_uri.jwks_uri = "https://issuer.example/jwks.json";
+  by_uri.timeout = authn::kJwksFetchTimeoutLimit - absl::Nanoseconds(1);  // the longest
+  by_target.jwt_rules = {inline_keys, by_uri};
+  by_target.source_file = "authn.yaml";
+
+  authn::RequestAuthentication by_selector;
+  by_selector.name = "jwt";
+  by_selector.namespace_name = "frontend";
+  by_selector.selector = std::map<std::string, std::string>{{"app", "web"}, {"tier", "edge"}};
+  authn::JwtRule shortest;
+  shortest.issuer = "issuer-c";
+  shortest.timeout = absl::Nanoseconds(1);
+  by_selector.jwt_rules = {shortest};
+  by_selector.source_file = "frontend/authn.yaml";
+  return {by_target, by_selector};
+}
+
 Snapshot Full() {
   Snapshot s;
   s.version = 42;
@@ -89,6 +135,7 @@ Snapshot Full() {
   policy.rules->front().to.front().ports = {"9000"};
   policy.source_file = "deny.yaml";
   s.authorization_policies = {policy};
+  s.request_authentications = RequestAuthentications();
   return s;
 }
 
@@ -107,6 +154,26 @@ void ExpectEveryFieldSet(const google::protobuf::Message& m) {
   }
 }
 
+// Every field the message type declares is set in one of `messages` at least (for fields that
+// exclude each other, such as a selector and target references).
+void ExpectEveryFieldSetInOne(const std::vector<const google::protobuf::Message*>& messages) {
+  ASSERT_FALSE(messages.empty());
+  const auto* d = messages.front()->GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const auto* f = d->field(i);
+    bool set = false;
+    for (const auto* m : messages) {
+      const auto* r = m->GetReflection();
+      bool here = f->is_repeated() ? r->FieldSize(*m, f) > 0 : r->HasField(*m, f);
+      if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_BOOL && !f->is_repeated()) {
+        here = r->GetBool(*m, f);
+      }
+      set = set || here;
+    }
+    EXPECT_TRUE(set) << d->full_name() << "." << f->name() << " is not mapped";
+  }
+}
+
 TEST(MeshWireTest, RoundTripKeepsEveryField) {
   const Snapshot in = Full();
   pb::Snapshot proto;
@@ -118,6 +185,12 @@ TEST(MeshWireTest, RoundTripKeepsEveryField) {
   ExpectEveryFieldSet(proto.services(0));
   ExpectEveryFieldSet(proto.services(0).ports(0));
   ExpectEveryFieldSet(proto.waypoints(0));
+  ExpectEveryFieldSetInOne({&proto.request_authentications(0), &proto.request_authentications(1)});
+  ExpectEveryFieldSetInOne({&proto.request_authentications(0).jwt_rules(0),
+                            &proto.request_authentications(0).jwt_rules(1)});
+  ExpectEveryFieldSet(proto.request_authentications(0).jwt_rules(0).from_headers(0));
+  ExpectEveryFieldSet(proto.request_authentications(0).jwt_rules(0).output_claim_to_headers(0));
+  ExpectEveryFieldSet(proto.request_authentications(0).target_refs(0));
 
   // The wire form of each typed value.
   const auto& w = proto.workloads(0);
@@ -133,6 +206,13 @@ TEST(MeshWireTest, RoundTripKeepsEveryField) {
   EXPECT_EQ(proto.services(0).ports(1).protocol(), pb::SERVICE_PROTOCOL_UDP);
   EXPECT_EQ(proto.services(0).ports(2).protocol(), pb::SERVICE_PROTOCOL_SCTP);
   EXPECT_EQ(proto.authorization_policies(0).action(), pb::AuthzPolicy::DENY);
+  const auto& rule = proto.request_authentications(0).jwt_rules(0);
+  EXPECT_EQ(rule.timeout().seconds(), 2);
+  EXPECT_EQ(rule.timeout().nanos(), 500'000'007);
+  EXPECT_EQ(proto.request_authentications(0).jwt_rules(1).timeout().seconds(), 4294967295);
+  EXPECT_EQ(proto.request_authentications(0).jwt_rules(1).timeout().nanos(), 999'999'999);
+  EXPECT_FALSE(proto.request_authentications(0).has_selector());
+  EXPECT_TRUE(proto.request_authentications(1).has_selector());
 
   // Through bytes, as the sealed file carries it.
   pb::Snapshot parsed;
@@ -436,6 +516,116 @@ TEST(MeshModelTest, AppProtocolFollowsIstiosProtocolSelection) {
   EXPECT_EQ(SelectAppProtocol("", "web"), AppProtocol::kDetect);
   EXPECT_EQ(SelectAppProtocol("", ""), AppProtocol::kDetect);
   EXPECT_EQ(SelectAppProtocol("kubernetes.io/h2c", "x"), AppProtocol::kHttp);
+}
+
+// A selector written as `{}` selects every workload of the namespace; no selector at all is not
+// the same policy on the wire (has_selector), though both apply namespace-wide today.
+TEST(MeshWireTest, EmptySelectorAndDefaultsRoundTrip) {
+  Snapshot in;
+  in.request_authentications = RequestAuthentications();
+  in.request_authentications[1].selector = std::map<std::string, std::string>{};
+  authn::RequestAuthentication bare;  // no selector, no targets, no rules: istiod accepts it
+  bare.name = "bare";
+  bare.namespace_name = "backend";
+  in.request_authentications.push_back(bare);
+  std::string bytes;
+  ASSERT_TRUE(EncodeSnapshot(in, &bytes).ok());
+  auto out = DecodeSnapshot(bytes);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, in);
+  ASSERT_TRUE(out->request_authentications[1].selector.has_value());
+  EXPECT_TRUE(out->request_authentications[1].selector->empty());
+  EXPECT_FALSE(out->request_authentications[2].selector.has_value());
+}
+
+// Each value the agent's config layer refuses refuses the whole snapshot when it arrives, with
+// the policy and the field named: the waypoint must never authenticate by a rule it guessed at.
+TEST(MeshWireTest, RequestAuthenticationRefusalsNamePolicyAndField) {
+  auto ra = [](pb::Snapshot* s, int i = 0) { return s->mutable_request_authentications(i); };
+  auto rule = [](pb::Snapshot* s, int j = 0) {
+    return s->mutable_request_authentications(0)->mutable_jwt_rules(j);
+  };
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->clear_name(); },
+                 {"RequestAuthentication backend/", ": name: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->clear_namespace_(); },
+                 {"RequestAuthentication /jwt", ": namespace: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->set_namespace_("back/end"); },
+                 {"RequestAuthentication back/end/jwt", "namespace", "contains '/'"});
+  ExpectRejected([&](pb::Snapshot* s) { *s->add_request_authentications() = *ra(s); },
+                 {"RequestAuthentication backend/jwt", "namespace/name", "listed twice"});
+  // Read as "no selector", the labels would be dropped and the policy widened.
+  ExpectRejected([&](pb::Snapshot* s) { ra(s, 1)->set_has_selector(false); },
+                 {"RequestAuthentication frontend/jwt", "selector", "has_selector is not set"});
+  ExpectRejected([&](pb::Snapshot* s) { *ra(s, 1)->add_target_refs() = ra(s)->target_refs(0); },
+                 {"RequestAuthentication frontend/jwt", "target_refs", "together with a selector"});
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->mutable_target_refs(2)->set_kind("Pod"); },
+                 {"RequestAuthentication backend/jwt", "target_refs[2]: unsupported target"});
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->mutable_target_refs(1)->clear_name(); },
+                 {"RequestAuthentication backend/jwt", "target_refs[1].name: is required"});
+  ExpectRejected([&](pb::Snapshot* s) { ra(s)->mutable_target_refs(3)->set_name("other"); },
+                 {"RequestAuthentication backend/jwt", "target_refs[3].name",
+                  "only GatewayClass 'istio-waypoint'"});
+  ExpectRejected([&](pb::Snapshot* s) { rule(s, 1)->clear_issuer(); },
+                 {"RequestAuthentication backend/jwt", "jwt_rules[1].issuer: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { rule(s, 1)->set_jwks(rule(s, 0)->jwks()); },
+                 {"RequestAuthentication backend/jwt", "jwt_rules[1]: jwks and jwks_uri"});
+  ExpectRejected([&](pb::Snapshot* s) { rule(s)->mutable_from_headers(1)->clear_name(); },
+                 {"RequestAuthentication backend/jwt", "jwt_rules[0].from_headers[1].name"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) { rule(s)->mutable_output_claim_to_headers(1)->clear_claim(); },
+      {"RequestAuthentication backend/jwt", "jwt_rules[0].output_claim_to_headers[1].claim"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) { rule(s)->mutable_output_claim_to_headers(0)->clear_header(); },
+      {"RequestAuthentication backend/jwt", "jwt_rules[0].output_claim_to_headers[0].header"});
+}
+
+TEST(MeshWireTest, JwksFetchTimeoutIsSetPositiveAndBounded) {
+  auto timeout = [](pb::Snapshot* s) {
+    return s->mutable_request_authentications(0)->mutable_jwt_rules(0)->mutable_timeout();
+  };
+  const std::string policy = "RequestAuthentication backend/jwt";
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        s->mutable_request_authentications(0)->mutable_jwt_rules(0)->clear_timeout();
+      },
+      {policy, "jwt_rules[0].timeout: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { timeout(s)->set_seconds(-1); },
+                 {policy, "jwt_rules[0].timeout: negative"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) {
+        timeout(s)->set_seconds(0);
+        timeout(s)->set_nanos(-5);
+      },
+      {policy, "jwt_rules[0].timeout: negative"});
+  ExpectRejected([&](pb::Snapshot* s) { timeout(s)->set_nanos(1'000'000'000); },
+                 {policy, "jwt_rules[0].timeout", "not below one second"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) {
+        timeout(s)->set_seconds(0);
+        timeout(s)->set_nanos(0);
+      },
+      {policy, "jwt_rules[0].timeout", "not longer than 0s"});
+  for (int64_t seconds : {int64_t{1} << 32, std::numeric_limits<int64_t>::max()}) {
+    ExpectRejected([&](pb::Snapshot* s) { timeout(s)->set_seconds(seconds); },
+                   {policy, "jwt_rules[0].timeout", "not shorter than 4294967296s"});
+  }
+
+  // The agent cannot send one either: each has no wire form or one the data plane refuses.
+  for (absl::Duration bad : {absl::ZeroDuration(), absl::Seconds(-1), authn::kJwksFetchTimeoutLimit,
+                             absl::InfiniteDuration(), absl::Nanoseconds(1) / 4}) {
+    authn::RequestAuthentication ra = RequestAuthentications()[0];
+    ra.jwt_rules[1].timeout = bad;
+    pb::RequestAuthentication out;
+    absl::Status status = ToProto(ra, &out);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << absl::FormatDuration(bad);
+    EXPECT_NE(status.message().find("RequestAuthentication backend/jwt: jwt_rules[1].timeout"),
+              std::string::npos)
+        << status;
+    Snapshot snapshot;
+    snapshot.request_authentications = {ra};
+    std::string bytes;
+    EXPECT_FALSE(EncodeSnapshot(snapshot, &bytes).ok()) << absl::FormatDuration(bad);
+  }
 }
 
 }  // namespace

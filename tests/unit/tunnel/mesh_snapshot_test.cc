@@ -57,6 +57,43 @@ TEST(MeshSnapshotTest, UnknownMtlsModeRefusesTheSnapshot) {
   }
 }
 
+// The node tunnel keeps every RequestAuthentication of the generation for the waypoint, from the
+// serialized form the sealed file carries, and a bad one refuses the generation.
+TEST(MeshSnapshotTest, KeepsRequestAuthenticationsForTheWaypoint) {
+  pb::Snapshot s = Local(pb::MTLS_MODE_STRICT);
+  for (const char* ns : {"backend", "frontend"}) {
+    auto* ra = s.add_request_authentications();
+    ra->set_name("jwt");
+    ra->set_namespace_(ns);
+    auto* ref = ra->add_target_refs();
+    ref->set_group("gateway.networking.k8s.io");
+    ref->set_kind("Gateway");
+    ref->set_name("waypoint");
+    auto* rule = ra->add_jwt_rules();
+    rule->set_issuer("https://issuer.example");
+    rule->set_jwks_uri("https://issuer.example/jwks");
+    rule->mutable_timeout()->set_seconds(5);
+  }
+  auto snapshot = MeshSnapshot::Decode(s.SerializeAsString());
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  const auto& kept = (*snapshot)->request_authentications();
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[0].Key(), "backend/jwt");
+  EXPECT_EQ(kept[1].Key(), "frontend/jwt");
+  ASSERT_EQ(kept[1].jwt_rules.size(), 1u);
+  EXPECT_EQ(kept[1].jwt_rules[0].jwks_uri, "https://issuer.example/jwks");
+  EXPECT_EQ(kept[1].jwt_rules[0].timeout, absl::Seconds(5));
+  EXPECT_TRUE(MeshSnapshot::Create(mesh::Snapshot{})->request_authentications().empty());
+
+  s.mutable_request_authentications(1)->mutable_jwt_rules(0)->mutable_timeout()->set_seconds(-5);
+  auto refused = MeshSnapshot::Decode(s.SerializeAsString());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find(
+                "RequestAuthentication frontend/jwt: jwt_rules[0].timeout: negative"),
+            std::string::npos)
+      << refused.status();
+}
+
 TEST(MeshSnapshotTest, RoutesByTheTypedModel) {
   pb::Snapshot s = Local(pb::MTLS_MODE_PERMISSIVE);
   AddWorkload(&s, "frontend", "web", "198.18.0.6");
