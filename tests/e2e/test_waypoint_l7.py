@@ -1,5 +1,6 @@
 """End to end through a real ambit-waypoint: a (node1) calls b (node2), which uses the waypoint
-backend/waypoint; the waypoint's pod wp (node3) is served by ambit-waypoint. node1's tunnel sends
+backend/waypoint; the waypoint's pod wp (node3) is served by ambit-waypoint, which node3's ambitd
+starts and supervises for it. node1's tunnel sends
 a's connection over HBONE to wp, ambit-waypoint parses each HTTP request, applies the
 AuthorizationPolicy attached to the waypoint (targetRefs: its Gateway) and forwards what it allows
 over HBONE, with the waypoint's own identity, to b's tunnel, which accepts it only because it comes
@@ -18,7 +19,7 @@ from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  #
 import subprocess  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
-WAYPOINT_BINARY = str(build_dir() / "agent/main/ambit-waypoint")
+ISSUER = "https://issuer.ambit.test"
 WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
 
 GATEWAY = """\
@@ -58,6 +59,80 @@ spec:
         methods: ["GET"]
         paths: ["/public/*"]
 """
+
+# JWT rules attached to the waypoint; the key set is inline (made at test time).
+REQUEST_AUTHN = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: backend
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  jwtRules:
+  - issuer: "{issuer}"
+    audiences: ["api"]
+    jwks: '{jwks}'
+    outputClaimToHeaders:
+    - header: x-jwt-group
+      claim: group
+"""
+
+# /secure/* needs a request principal of the issuer (any valid token); /secure/admin* the group.
+JWT_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: secure-paths
+  namespace: backend
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{issuer}/*"]
+    to:
+    - operation:
+        paths: ["/secure/*"]
+        notPaths: ["/secure/admin*"]
+  - from:
+    - source:
+        requestPrincipals: ["{issuer}/*"]
+    to:
+    - operation:
+        paths: ["/secure/admin*"]
+    when:
+    - key: request.auth.claims[group]
+      values: ["admins"]
+"""
+
+
+def make_keys():
+    """An RSA key for the issuer and another one nobody trusts, and the issuer's JWKS."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bad = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(good.public_key()))
+    jwk.update({"kid": "k1", "alg": "RS256", "use": "sig"})
+    return good, bad, json.dumps({"keys": [jwk]})
+
+
+def token(key, **overrides):
+    import jwt
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "alice", "aud": "api", "iat": now, "exp": now + 600,
+              "group": "users"}
+    claims.update(overrides)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+
 
 # The service in front of b, bound to the waypoint: port 80 declared HTTP (by name), 7000 declared
 # TCP (appProtocol), 7001 undeclared (detected from the bytes).
@@ -119,7 +194,9 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def handle_one(self):
         body = json.dumps({"method": self.command, "path": self.path,
-                           "client": self.client_address[0]}).encode()
+                           "client": self.client_address[0],
+                           "group": self.headers.get("x-jwt-group"),
+                           "authorization": self.headers.get("authorization")}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -176,11 +253,14 @@ class WaypointL7Test(unittest.TestCase):
         cls.vip = f"198.18.{t.subnet}.200"
         cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
         cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node3")
+        cls.key, cls.other_key, jwks = make_keys()
         use = {"istio.io/use-waypoint": "waypoint"}
         view = "---\n".join([
             cls.a.yaml(), with_labels(cls.b, use),
             with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
-            GATEWAY, POLICY, SERVICE.format(vip=cls.vip), TCP_POLICY])
+            GATEWAY, POLICY, SERVICE.format(vip=cls.vip), TCP_POLICY,
+            REQUEST_AUTHN.format(issuer=ISSUER, jwks=jwks),
+            JWT_POLICY.format(issuer=ISSUER)])
         # The topology's agents share CA material: one trust domain.
         cls.n1, cls.n2, cls.n3 = t.add_agent("node1"), t.add_agent("node2"), t.add_agent("node3")
         for n in (cls.n1, cls.n2, cls.n3):
@@ -189,7 +269,7 @@ class WaypointL7Test(unittest.TestCase):
         cls.n4.write_config("pods.yaml", "---\n".join([cls.m.yaml(), cls.b.yaml()]))
         cls.n1.start(wait_pods=[cls.a])
         cls.n2.start(wait_pods=[cls.b])
-        cls.n3.start("--tunnel-binary", WAYPOINT_BINARY, wait_pods=[cls.wp])
+        cls.n3.start(wait_pods=[cls.wp])
         cls.n4.start(wait_pods=[cls.m])
         cls.n1.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
         cls.n2.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
@@ -290,6 +370,60 @@ class WaypointL7Test(unittest.TestCase):
         self.curl(f"http://{self.b.ip4}:8080/private/metrics")
         text = self.n3.metrics()
         self.assertRegex(text, r'istio_requests_total\{[^}]*response_code="403"[^}]*\} [1-9]')
+
+    def test_process_is_started_by_ambitd_for_the_waypoint_pod(self):
+        out = run("pgrep", "-f", "--", f"ambit-waypoint .*--control-socket {self.n3.run_dir}/",
+                  check=False).stdout.split()
+        self.assertEqual(len(out), 1, "one ambit-waypoint for node3's waypoint pod")
+        # node2 has no waypoint pod: no waypoint process there.
+        out = run("pgrep", "-f", "--", f"ambit-waypoint .*--control-socket {self.n2.run_dir}/",
+                  check=False).stdout.split()
+        self.assertEqual(out, [])
+
+    def test_valid_token_passes_and_its_claim_reaches_the_app(self):
+        code, body, err = self.curl("-H", f"authorization: Bearer {token(self.key)}",
+                                    f"http://{self.b.ip4}:8080/secure/data")
+        self.assertEqual(code, 200, err)
+        seen = json.loads(body)
+        self.assertEqual(seen["group"], "users")
+        self.n3.wait_log(f"jwt_principal={ISSUER}/alice")
+
+    def test_missing_token_is_denied_by_the_request_principal_rule(self):
+        code, body, _ = self.curl(f"http://{self.b.ip4}:8080/secure/data")
+        self.assertEqual((code, body), (403, "RBAC: access denied"))
+
+    def test_expired_token_is_401(self):
+        past = int(time.time()) - 3600
+        code, body, _ = self.curl("-H", f"authorization: Bearer "
+                                  f"{token(self.key, iat=past - 60, exp=past)}",
+                                  f"http://{self.b.ip4}:8080/secure/data")
+        self.assertEqual((code, body), (401, "Jwt is expired"))
+
+    def test_wrong_audience_is_403(self):
+        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.key, aud='other')}",
+                                  f"http://{self.b.ip4}:8080/secure/data")
+        self.assertEqual((code, body), (403, "Audiences in Jwt are not allowed"))
+
+    def test_wrong_key_is_401(self):
+        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.other_key)}",
+                                  f"http://{self.b.ip4}:8080/secure/data")
+        self.assertEqual((code, body), (401, "Jwt verification fails"))
+
+    def test_group_claim_rule(self):
+        url = f"http://{self.b.ip4}:8080/secure/admin/x"
+        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.key)}", url)
+        self.assertEqual((code, body), (403, "RBAC: access denied"))
+        code, _, err = self.curl("-H", f"authorization: Bearer {token(self.key, group='admins')}",
+                                 url)
+        self.assertEqual(code, 200, err)
+
+    def test_token_over_http2(self):
+        code, body, err = self.curl("--http2-prior-knowledge", "-H",
+                                    f"authorization: Bearer {token(self.key)}",
+                                    f"http://{self.b.ip4}:8080/secure/h2")
+        self.assertEqual(code, 200, err)
+        code, body, _ = self.curl("--http2-prior-knowledge", f"http://{self.b.ip4}:8080/secure/h2")
+        self.assertEqual(code, 403)
 
     def curl_from(self, pod, *args):
         r = pod.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", *args])
