@@ -13,10 +13,14 @@ ABSL_FLAG(std::string, jwks_ca_file, "",
 
 int main(int argc, char** argv) {
   return ambit::DataPlaneMain(argc, argv, "ambit-waypoint", "ambit L7 waypoint; started by ambitd",
-                              [](ambit::tunnel::TunnelOptions& options) {
+                              [](ambit::tunnel::TunnelOptions& options) -> absl::Status {
                                 ambit::waypointd::WaypointOptions waypoint;
-                                options.l7 =
-                                    std::make_shared<ambit::waypointd::L7Handler>(waypoint);
+                                waypoint.workers = options.workers;
+                                waypoint.jwks_ca_file = absl::GetFlag(FLAGS_jwks_ca_file);
+                                auto handler =
+                                    ambit::waypointd::L7Handler::Create(std::move(waypoint));
+                                if (!handler.ok()) return handler.status();
+                                options.l7 = *std::move(handler);
                                 return absl::OkStatus();
                               });
 }

@@ -268,7 +268,8 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
               (waypoint ? "ambit-waypoint" : "ambit-tunnel"));
   }
   std::vector<std::string> args = options_.tunnel_args;
-  if (waypoint) args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
+  if (waypoint)
+    args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
   auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
       binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
       std::move(args), process.name()});

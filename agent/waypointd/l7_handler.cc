@@ -6,15 +6,15 @@
 #include "abi/redirect.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "agent/authn/signature.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_util.h"
+#include "agent/common/status.h"
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/worker.h"
-#include "agent/authn/signature.h"
-#include "agent/common/status.h"
 #include "agent/waypoint/authn_filter.h"
 #include "agent/waypoint/authz_filter.h"
 #include "agent/waypointd/hbone_stream.h"
@@ -151,11 +151,13 @@ const L7Handler::Authn& L7Handler::AuthnFor(
   const auto& policies = snapshot->request_authentications();
   // One worker tells the refresher about a new configuration; the others find it done.
   uint64_t seen = rules_version_.load();
-  while (seen < snapshot->version() && !rules_version_.compare_exchange_weak(seen, snapshot->version())) {
+  while (seen < snapshot->version() &&
+         !rules_version_.compare_exchange_weak(seen, snapshot->version())) {
   }
   if (seen < snapshot->version()) refresher_->SetRules(policies);
-  auto built = authn::Authenticator::Create(policies, {.root_namespace = snapshot->root_namespace()},
-                                            &authn::CryptoSignatureVerifier(), jwks_.get());
+  auto built =
+      authn::Authenticator::Create(policies, {.root_namespace = snapshot->root_namespace()},
+                                   &authn::CryptoSignatureVerifier(), jwks_.get());
   if (built.ok()) {
     a.authenticator = std::move(*built);
   } else {

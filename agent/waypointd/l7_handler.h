@@ -8,17 +8,18 @@
 // service's endpoints). The engine decides per request: JWT authentication, then L7
 // AuthorizationPolicy attached to the waypoint (targetRefs to its Gateway or the addressed
 // Service). The RequestAuthentications travel in the configuration snapshot; their jwksUri key
-// sets are fetched over HTTPS by one refresher thread (the workers only read the cache). The pod's outbound and plaintext listeners take nothing: a waypoint is reached only
-// over HBONE, and its own connections carry the socket mark the redirect skips.
+// sets are fetched over HTTPS by one refresher thread (the workers only read the cache). The pod's
+// outbound and plaintext listeners take nothing: a waypoint is reached only over HBONE, and its own
+// connections carry the socket mark the redirect skips.
 //
 // Thread-safety: OnConnect and OnAccepted run on the accepting worker; per-worker state (the HTTP
 // metrics) is indexed by Worker::index().
 
 #include <atomic>
 #include <memory>
-#include <vector>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "agent/authn/authenticator.h"
