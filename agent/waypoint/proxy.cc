@@ -63,8 +63,8 @@ Sniff SniffHttp1(absl::string_view data) {
   if (absl::EndsWith(line, "\r")) line.remove_suffix(1);
   const size_t sp = line.rfind(' ');
   absl::string_view version = line.substr(sp + 1);
-  if (sp <= i || version.size() != 8 || !absl::StartsWith(version, "HTTP/1.") || version[7] < '0' ||
-      version[7] > '9') {
+  if (sp <= i + 1 || version.size() != 8 || !absl::StartsWith(version, "HTTP/1.") ||
+      version[7] < '0' || version[7] > '9') {
     return Sniff::kNotHttp;
   }
   return Sniff::kHttp;
