@@ -366,6 +366,20 @@ class WaypointL7Test(unittest.TestCase):
         self.assertTrue(r.stdout.startswith("HTTP/1.1 400"), r.stdout)
         self.assertNotIn("/private", r.stdout)
 
+    def test_python_h2_client_two_streams(self):
+        r = self.a.python(H2_CLIENT, self.b.ip4, 8080, token(self.key))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (one_status, one_body), (two_status, two_body) = json.loads(r.stdout)
+        self.assertEqual(one_status, 200)
+        self.assertEqual(json.loads(one_body)["path"], "/secure/h2-one")
+        self.assertEqual((two_status, two_body), (403, "RBAC: access denied"))
+
+    def test_malformed_request_is_400(self):
+        raw = "GET /public/x HTTP/1.1\r\nHost: b\r\nno colon here\r\n\r\n"
+        r = self.a.python(RAW_CLIENT, self.b.ip4, 8080, raw)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("HTTP/1.1 400"), r.stdout)
+
     def test_metrics_count_requests_by_code(self):
         self.curl(f"http://{self.b.ip4}:8080/private/metrics")
         text = self.n3.metrics()
@@ -429,6 +443,42 @@ class WaypointL7Test(unittest.TestCase):
         r = pod.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", *args])
         return int(r.stdout or 0), r.stdout, r.stderr
 
+
+# One h2c connection (prior knowledge) with Python's h2: two requests on two streams, the answers
+# by stream: [status, body].
+H2_CLIENT = r"""
+import json, socket, sys
+import h2.config, h2.connection, h2.events
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+auth = sys.argv[3]
+streams = {}
+for path in ("/secure/h2-one", "/private/h2-two"):
+    sid = c.get_next_available_stream_id()
+    headers = [(":method", "GET"), (":path", path), (":scheme", "http"),
+               (":authority", sys.argv[1])]
+    if auth:
+        headers.append(("authorization", "Bearer " + auth))
+    c.send_headers(sid, headers, end_stream=True)
+    streams[sid] = [0, b""]
+s.sendall(c.data_to_send())
+done = set()
+while len(done) < len(streams):
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            streams[e.stream_id][0] = int(dict(e.headers)[b":status"])
+        elif isinstance(e, h2.events.DataReceived):
+            streams[e.stream_id][1] += e.data
+            c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, h2.events.StreamEnded):
+            done.add(e.stream_id)
+    s.sendall(c.data_to_send())
+print(json.dumps([[st, body.decode()] for st, body in streams.values()]))
+"""
 
 RAW_CLIENT = r"""
 import socket, sys
