@@ -63,7 +63,7 @@ struct Destination {
   std::optional<IpAddress> dialled_ip;      // what FROM connects to
   uint16_t dialled_port = 0;
   uint16_t pod_port = 0;
-  std::string waypoint;             // the Gateway key the connection goes through; "" none
+  std::string waypoint;              // the Gateway key the connection goes through; "" none
   bool waypoint_of_service = false;  // the service's binding (else the pod's)
   std::string endpoint_note;
 };
@@ -124,18 +124,19 @@ class LiveChecker final : public admin::CheckEvaluator {
     if (!dest.waypoint.empty()) {
       const state::Pod* wp = FirstInstance(dest.waypoint);
       if (wp == nullptr) {
-        HopResult h{false, "deny", absl::StrCat("waypoint ", dest.waypoint),
-                    absl::StrCat("denied: ", dest.service ? dest.service->Key() : dest.pod->Key(),
-                                 " uses waypoint ", dest.waypoint, ", which has no pod (",
-                                 WhyNoPod(dest.waypoint),
-                                 "); the node tunnel refuses the connection")};
+        HopResult h{
+            false, "deny", absl::StrCat("waypoint ", dest.waypoint),
+            absl::StrCat("denied: ", dest.service ? dest.service->Key() : dest.pod->Key(),
+                         " uses waypoint ", dest.waypoint, ", which has no pod (",
+                         WhyNoPod(dest.waypoint), "); the node tunnel refuses the connection")};
         AddHop(&resp, "waypoint", dest.waypoint, h, from_identity);
         AddHop(&resp, "tunnel", dest.pod->Key(), {false, "not_reached", "", ""}, "");
         Finish(&resp, h, /*http_status=*/0);
         resp.set_mtls_mode(std::string(authz::MtlsModeName(MtlsAt(*dest.pod, dest.pod_port).mode)));
-        resp.set_trace(absl::StrCat(Header(h, 0, dest.waypoint), route, "endpoint: ",
-                                    dest.endpoint_note, "\n\nhop 1: waypoint ", dest.waypoint,
-                                    ": ", h.reason, "\nhop 2: the destination's tunnel: not "
+        resp.set_trace(absl::StrCat(Header(h, 0, dest.waypoint), route,
+                                    "endpoint: ", dest.endpoint_note, "\n\nhop 1: waypoint ",
+                                    dest.waypoint, ": ", h.reason,
+                                    "\nhop 2: the destination's tunnel: not "
                                     "reached\n"));
         return resp;
       }
@@ -207,8 +208,7 @@ class LiveChecker final : public admin::CheckEvaluator {
       return resp;
     }
 
-    const int http_status =
-        waypoint_hop ? (tunnel.allowed ? kHttpOk : kHttpUpstreamFailed) : 0;
+    const int http_status = waypoint_hop ? (tunnel.allowed ? kHttpOk : kHttpUpstreamFailed) : 0;
     if (waypoint_hop) resp.set_http_status(http_status);
     HopResult overall = tunnel;
     if (waypoint_hop && tunnel.allowed) {
@@ -230,9 +230,8 @@ class LiveChecker final : public admin::CheckEvaluator {
     } else {
       absl::StrAppend(&hops_text, Indent(l4_text));
     }
-    std::string trace =
-        absl::StrCat(Header(overall, http_status, dest.waypoint), route, "endpoint: ",
-                     dest.endpoint_note, "\n", hops_text);
+    std::string trace = absl::StrCat(Header(overall, http_status, dest.waypoint), route,
+                                     "endpoint: ", dest.endpoint_note, "\n", hops_text);
     if (req.http() && !waypoint_hop) absl::StrAppend(&trace, HttpNotEvaluated(dest, from_identity));
     resp.set_trace(trace);
     return resp;
@@ -342,8 +341,8 @@ class LiveChecker final : public admin::CheckEvaluator {
     }
     if (port == nullptr) {
       return absl::NotFoundError(absl::StrCat(
-          "service ", svc.Key(), " has no TCP port ", req.port(), " (its TCP ports: ",
-          tcp_ports.empty() ? "none" : absl::StrJoin(tcp_ports, ", "),
+          "service ", svc.Key(), " has no TCP port ", req.port(),
+          " (its TCP ports: ", tcp_ports.empty() ? "none" : absl::StrJoin(tcp_ports, ", "),
           "); PORT is the service port for a service"));
     }
     uint32_t target = 0;
@@ -358,9 +357,10 @@ class LiveChecker final : public admin::CheckEvaluator {
     dest.pod_port = static_cast<uint16_t>(target);
     std::vector<const state::Pod*> endpoints = Endpoints(svc);
     if (endpoints.empty()) {
-      return absl::NotFoundError(absl::StrCat(
-          "service ", svc.Key(), " has no endpoint (its selector picks no pod): the connection "
-          "goes to the cluster IP unchanged and nothing answers"));
+      return absl::NotFoundError(
+          absl::StrCat("service ", svc.Key(),
+                       " has no endpoint (its selector picks no pod): the connection "
+                       "goes to the cluster IP unchanged and nothing answers"));
     }
     dest.pod = endpoints.front();
     const std::string svc_wp = Find(config_.waypoints->services, svc.Key());
@@ -433,8 +433,8 @@ class LiveChecker final : public admin::CheckEvaluator {
     if (authenticator_ == nullptr) {
       // The same configuration would give the waypoint no JWT filter: fail closed.
       *http_status = 401;
-      absl::StrAppend(text, "authentication: the RequestAuthentications cannot be used: ",
-                      authn_error_, "\n");
+      absl::StrAppend(
+          text, "authentication: the RequestAuthentications cannot be used: ", authn_error_, "\n");
       auto* a = resp->mutable_authn();
       a->set_result("reject");
       a->set_status(401);
@@ -468,9 +468,8 @@ class LiveChecker final : public admin::CheckEvaluator {
       *http_status = r.http_status;
       absl::StrAppend(text, "AuthorizationPolicy: not evaluated (the request is rejected first)\n");
       return {false, "deny", deciding != nullptr ? deciding->policy : "",
-              absl::StrCat("RequestAuthentication rejects the request: HTTP ", r.http_status,
-                           " \"", r.body, "\"", a->rule().empty() ? "" : ", token ",
-                           a->rule(), ": ", r.reason)};
+              absl::StrCat("RequestAuthentication rejects the request: HTTP ", r.http_status, " \"",
+                           r.body, "\": ", r.reason)};
     }
     if (r.auth.has_value()) request.auth = r.auth;
     const authz::Decision d = config_.engine->Explain(target, request);
@@ -485,11 +484,11 @@ class LiveChecker final : public admin::CheckEvaluator {
         resp->set_after_ext_authz_allow(d.ext_authz->if_allowed.allowed ? "allow" : "deny");
       }
       absl::StrAppend(text, "result: HTTP 403 \"", kRbacDenied, "\"\n");
-      return {false, "deny", d.policy,
-              absl::StrCat("CUSTOM policy ", d.policy, " hands the request to provider \"",
-                           provider,
-                           "\", and the waypoint has no external authorization yet: denied "
-                           "(fail closed)")};
+      return {
+          false, "deny", d.policy,
+          absl::StrCat("CUSTOM policy ", d.policy, " hands the request to provider \"", provider,
+                       "\", and the waypoint has no external authorization yet: denied "
+                       "(fail closed)")};
     }
     if (d.reason == authz::DecisionReason::kBadRequest) {
       *http_status = kHttpBadRequest;
@@ -498,13 +497,12 @@ class LiveChecker final : public admin::CheckEvaluator {
     }
     if (!d.allowed) {
       *http_status = kHttpForbidden;
-      absl::StrAppend(text, "result: HTTP 403 \"", kRbacDenied, "\"",
-                      d.policy.empty() ? "" : absl::StrCat(" (policy ", d.policy),
-                      d.policy.empty() || d.rule_index < 0 ? ""
-                                                           : absl::StrCat(", rule ", d.rule_index),
-                      d.policy.empty() ? "" : ")", "\n");
-      return {false, "deny", d.policy,
-              absl::StrCat("HTTP 403 ", kRbacDenied, ": ", d.explanation)};
+      absl::StrAppend(
+          text, "result: HTTP 403 \"", kRbacDenied, "\"",
+          d.policy.empty() ? "" : absl::StrCat(" (policy ", d.policy),
+          d.policy.empty() || d.rule_index < 0 ? "" : absl::StrCat(", rule ", d.rule_index),
+          d.policy.empty() ? "" : ")", "\n");
+      return {false, "deny", d.policy, absl::StrCat("HTTP 403 ", kRbacDenied, ": ", d.explanation)};
     }
     *http_status = kHttpOk;
     absl::StrAppend(text, "result: forwarded to ", dest.pod->Key(), "\n");
@@ -591,7 +589,8 @@ class LiveChecker final : public admin::CheckEvaluator {
 
   static std::string Header(const HopResult& h, int http_status, const std::string& waypoint) {
     std::string out = absl::StrCat("decision: ", h.decision);
-    if (http_status != 0) absl::StrAppend(&out, " (HTTP ", http_status, " at waypoint ", waypoint, ")");
+    if (http_status != 0)
+      absl::StrAppend(&out, " (HTTP ", http_status, " at waypoint ", waypoint, ")");
     absl::StrAppend(&out, "\npolicy:   ", h.policy.empty() ? "-" : h.policy,
                     "\nreason:   ", h.reason, "\n");
     return out;
@@ -620,8 +619,7 @@ std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(LiveCheckConfig c
   } else {
     error = std::string(authenticator.status().message());
   }
-  return std::make_shared<const LiveChecker>(std::move(config), std::move(owned),
-                                             std::move(error));
+  return std::make_shared<const LiveChecker>(std::move(config), std::move(owned), std::move(error));
 }
 
 }  // namespace ambit::node

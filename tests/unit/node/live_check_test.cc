@@ -24,8 +24,16 @@ using ::testing::SizeIs;
 
 // An RS256 key set and a token it verifies (iss https://issuer.test, sub user-1, exp 1800000000),
 // made once with python3-jwt; the checks pick their time with now_unix_seconds.
-constexpr char kJwks[] = R"({"keys":[{"kty":"RSA","key_ops":["verify"],"n":"v0VbwMDErB7caW1MeS1RHvBVMejLu8yYfSA1ubQEFaByJQmVYTxTJ_KZvQbamBK7xs05Bv-rmTgwU9sHfkOpwS9lrBdzmj-jANaeWVOChUpL9k1GA-iobX_aozwB2w-TJwpBcUvRtb9Z3CmzQ3B7MxWCz2frK5BdBXpQVlT-lKvz1K7eJpiQXOB7MeZlagSAxh5XBVtuQ1VP3J9GILr2aKw15J_U1k9r8rwW3kVskcU7WlYZ_pQOW-bzMnRjzwez-SIyvhNmcYys4jPmPduhikmyqT2cewvNFUXYAFjyp2A_ofs_ANjSoCCXjS9Nm4vgnKKVr2AHdrgUYCR6V9R-nQ","e":"AQAB","kid":"k1","alg":"RS256"}]})";
-constexpr char kToken[] = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0Iiwic3ViIjoidXNlci0xIiwiZXhwIjoxODAwMDAwMDAwLCJpYXQiOjE2MDAwMDAwMDB9.pNYcHuGnWYIU67PKhy_9wlNv6Vr7OmH4uHrCNf-65ypclEPyVTbmlCxelt7VmP-5u13cbQjiQLVpYC615fcf1KOHqqnocF4yd8jfHE2wsN18w24A_crponvzErUPx6R0T6KokbB-og1DMIyhUXY5F8eaqWdRoJR0EheaZOsONyf5oxIeqB5RxSyW1Uf8BWeFWAeezjoYz3gYJvuH5Hs0ebTOeWCIftY30jn0mIdPuujKt-gUpVRrh_K8uOxvT-EVkiE1mqPxfqJ5RWPFkrS1nOlKkjMZVPLMm861dWmX6Y69v_oi2YkhBTHvB1cZME1xxnBVhMGAt1mYdWOPU3iusg";
+constexpr char kJwks[] =
+    R"({"keys":[{"kty":"RSA","key_ops":["verify"],"n":"v0VbwMDErB7caW1MeS1RHvBVMejLu8yYfSA1ubQEFaByJQmVYTxTJ_KZvQbamBK7xs05Bv-rmTgwU9sHfkOpwS9lrBdzmj-jANaeWVOChUpL9k1GA-iobX_aozwB2w-TJwpBcUvRtb9Z3CmzQ3B7MxWCz2frK5BdBXpQVlT-lKvz1K7eJpiQXOB7MeZlagSAxh5XBVtuQ1VP3J9GILr2aKw15J_U1k9r8rwW3kVskcU7WlYZ_pQOW-bzMnRjzwez-SIyvhNmcYys4jPmPduhikmyqT2cewvNFUXYAFjyp2A_ofs_ANjSoCCXjS9Nm4vgnKKVr2AHdrgUYCR6V9R-nQ","e":"AQAB","kid":"k1","alg":"RS256"}]})";
+constexpr char kToken[] =
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0."
+    "eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0Iiwic3ViIjoidXNlci0xIiwiZXhwIjoxODAwMDAwMDAwLCJpYXQiOjE2MD"
+    "AwMDAwMDB9.pNYcHuGnWYIU67PKhy_9wlNv6Vr7OmH4uHrCNf-65ypclEPyVTbmlCxelt7VmP-"
+    "5u13cbQjiQLVpYC615fcf1KOHqqnocF4yd8jfHE2wsN18w24A_crponvzErUPx6R0T6KokbB-"
+    "og1DMIyhUXY5F8eaqWdRoJR0EheaZOsONyf5oxIeqB5RxSyW1Uf8BWeFWAeezjoYz3gYJvuH5Hs0ebTOeWCIftY30jn0mI"
+    "dPuujKt-gUpVRrh_K8uOxvT-EVkiE1mqPxfqJ5RWPFkrS1nOlKkjMZVPLMm861dWmX6Y69v_"
+    "oi2YkhBTHvB1cZME1xxnBVhMGAt1mYdWOPU3iusg";
 constexpr int64_t kBeforeExpiry = 1700000000;
 constexpr int64_t kAfterExpiry = 1900000000;
 constexpr char kWaypointId[] = "spiffe://cluster.local/ns/backend/sa/waypoint";
@@ -36,10 +44,11 @@ std::string Pod(const std::string& ns, const std::string& name, const std::strin
                 const std::string& annotations = "") {
   return absl::StrCat("apiVersion: v1\nkind: Pod\nmetadata:\n  name: ", name, "\n  namespace: ", ns,
                       "\n  labels: {app: ", name, labels.empty() ? "" : ", ", labels,
-                      "}\n  annotations: {", netns ? absl::StrCat("ambit.dev/netns: /run/netns/", name) : "",
+                      "}\n  annotations: {",
+                      netns ? absl::StrCat("ambit.dev/netns: /run/netns/", name) : "",
                       annotations.empty() ? "" : (netns ? ", " : ""), annotations,
-                      "}\nspec: {serviceAccountName: ", sa, ", nodeName: node-b}\nstatus: {podIP: ", ip,
-                      "}\n---\n");
+                      "}\nspec: {serviceAccountName: ", sa,
+                      ", nodeName: node-b}\nstatus: {podIP: ", ip, "}\n---\n");
 }
 
 std::string Config() {
@@ -135,11 +144,11 @@ class LiveCheckTest : public ::testing::Test {
     }
     auto engine = config::BuildAuthzEngine(loaded);
     ASSERT_TRUE(engine.ok()) << engine.status();
-    checker_ = new std::shared_ptr<const admin::CheckEvaluator>(NewCheckEvaluator(
-        {.state = std::make_shared<const state::ClusterState>(loaded.state),
-         .peer_authns = loaded.security.PeerAuthenticationList(),
-         .engine = std::move(*engine),
-         .request_authns = loaded.security.RequestAuthenticationList()}));
+    checker_ = new std::shared_ptr<const admin::CheckEvaluator>(
+        NewCheckEvaluator({.state = std::make_shared<const state::ClusterState>(loaded.state),
+                           .peer_authns = loaded.security.PeerAuthenticationList(),
+                           .engine = std::move(*engine),
+                           .request_authns = loaded.security.RequestAuthenticationList()}));
   }
   static void TearDownTestSuite() { delete checker_; }
 
