@@ -17,6 +17,7 @@
 #include "agent/authn/signature.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/status.h"
+#include "agent/mesh/model.h"
 
 namespace ambit::node {
 namespace {
@@ -545,11 +546,7 @@ class LiveChecker final : public admin::CheckEvaluator {
       }
       const bool no_pod = it == config_.waypoints->instances.end() || it->second.empty();
       if (ok) continue;
-      const std::string reason = absl::StrCat(
-          "denied: ", pod.Key(), " uses waypoint ", w, no_pod ? ", which has no pod yet" : "",
-          "; only its identity may connect, not ", Principal(principal),
-          " (bypass refused; the pod annotation ambit.dev/allow-waypoint-bypass: \"true\" allows "
-          "it)");
+      const std::string reason = mesh::BypassRefusal(pod.Key(), w, no_pod, principal);
       *note = absl::StrCat("waypoint check: ", reason);
       return HopResult{false, "deny", absl::StrCat("waypoint ", w), reason};
     }
