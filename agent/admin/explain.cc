@@ -136,4 +136,42 @@ std::string ExplainText(const authz::Engine& engine, const authz::Workload& targ
   return out.str();
 }
 
+std::string AuthnText(const authn::AuthnResult& r) {
+  std::string out = "authentication (RequestAuthentication):\n";
+  if (r.policies.empty()) {
+    absl::StrAppend(&out, "  no RequestAuthentication applies: the request is not authenticated\n");
+  } else {
+    absl::StrAppend(&out, "  applies: ", absl::StrJoin(r.policies, ", "), "\n");
+  }
+  for (const authn::TokenCheck& c : r.checks) {
+    absl::StrAppend(&out, "  token in ", c.location.ToString());
+    if (!c.policy.empty()) absl::StrAppend(&out, ", rule ", c.policy, " jwtRules[", c.rule, "]");
+    if (!c.issuer.empty()) absl::StrAppend(&out, ", iss ", c.issuer);
+    absl::StrAppend(&out, ": ",
+                    c.status == authn::JwtStatus::kOk ? "valid" : authn::StatusText(c.status));
+    if (!c.detail.empty()) absl::StrAppend(&out, " (", c.detail, ")");
+    absl::StrAppend(&out, "\n");
+  }
+  if (r.allowed) {
+    absl::StrAppend(&out, "  result: allow, ", r.reason, "\n");
+    for (const authn::HeaderMutation& m : r.header_mutations) {
+      absl::StrAppend(
+          &out,
+          "  upstream header: ", m.op == authn::HeaderMutation::Op::kRemove ? "remove " : "set ",
+          m.name, m.op == authn::HeaderMutation::Op::kSet ? absl::StrCat(": ", m.value) : "", "\n");
+    }
+  } else {
+    absl::StrAppend(&out, "  result: reject, HTTP ", r.http_status, " \"", r.body, "\"\n",
+                    "  www-authenticate: ", r.www_authenticate, "\n", "  why: ", r.reason, "\n");
+  }
+  return out;
+}
+
+const authn::TokenCheck* DecidingTokenCheck(const authn::AuthnResult& r) {
+  for (const authn::TokenCheck& c : r.checks) {
+    if ((c.status == authn::JwtStatus::kOk) == r.allowed) return &c;
+  }
+  return r.checks.empty() ? nullptr : &r.checks.front();
+}
+
 }  // namespace ambit::admin

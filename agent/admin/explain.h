@@ -1,11 +1,13 @@
 #pragma once
 
-// How an authorization decision is explained to people, shared by `ambitctl policy check`
-// (offline) and ambitd's answer to `ambitctl check` (live), so both print the same thing.
+// How an authorization (and JWT authentication) decision is explained to people, shared by
+// `ambitctl policy check` (offline) and ambitd's answer to `ambitctl check` (live), so both print
+// the same thing.
 // Pure functions, no I/O; thread-safe.
 
 #include <string>
 
+#include "agent/authn/authenticator.h"
 #include "agent/authz/engine.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/authz/request.h"
@@ -28,5 +30,13 @@ DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecisi
 std::string ExplainText(const authz::Engine& engine, const authz::Workload& target,
                         const authz::Request& request, const authz::Decision& d,
                         const authz::PeerAuthnDecision& mtls);
+
+// What RequestAuthentication did to an L7 request: the policies that apply, each token found
+// (location, rule, issuer, verdict) and the result, several lines.
+std::string AuthnText(const authn::AuthnResult& r);
+
+// The token check that decided `r`: the first that failed when rejected, else the first valid
+// one; nullptr when no token was found.
+const authn::TokenCheck* DecidingTokenCheck(const authn::AuthnResult& r);
 
 }  // namespace ambit::admin

@@ -5,8 +5,8 @@
 // halves of the process split use different ones (docs/ARCHITECTURE.md#process-split): the
 // waypoint links BoringSSL, ambitctl (through gRPC) OpenSSL 3. Their EVP verify APIs are source
 // compatible, so one source, agent/tls/jws_verify.cc, is compiled twice: into ambit_jws_boringssl
-// (data plane) and ambit_jws_openssl (agent/cli). Neither libjwt nor cjose is used: both link
-// OpenSSL and would bring it into the BoringSSL process.
+// (data plane) and ambit_jws_openssl (agent/admin: ambitctl, ambitd). Neither libjwt nor cjose is
+// used: both link OpenSSL and would bring it into the BoringSSL process.
 
 #include "absl/strings/string_view.h"
 #include "agent/authn/jose.h"

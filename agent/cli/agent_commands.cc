@@ -4,14 +4,17 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/cli/admin_client.h"
 #include "agent/cli/commands.h"
+#include "agent/common/status.h"
 
 namespace ambit::cli {
 namespace {
@@ -343,6 +346,99 @@ absl::Status Policies(Context& ctx) {
   return absl::OkStatus();
 }
 
+// The HTTP request of `check`: --method, --path, --header (repeated), --now.
+absl::Status AddHttpFlags(Context& ctx, pb::CheckRequest* req) {
+  for (const char* name : {"method", "path", "header", "now"}) {
+    if (ctx.flag(name).has_value()) req->set_http(true);
+  }
+  if (auto method = ctx.flag("method")) {
+    if (method->empty() || std::any_of(method->begin(), method->end(), [](char c) {
+          return !absl::ascii_isalpha(static_cast<unsigned char>(c)) && c != '-' && c != '_';
+        })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--method '", *method, "' is not an HTTP method, e.g. GET or POST"));
+    }
+    req->set_method(*method);
+  }
+  if (auto path = ctx.flag("path")) {
+    if (path->empty() || ((*path)[0] != '/' && *path != "*")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--path '", *path, "' must start with '/', e.g. /get?x=1"));
+    }
+    req->set_path(*path);
+  }
+  for (const std::string& header : ctx.flag_values("header")) {
+    // ":authority: x" names an HTTP/2 pseudo-header.
+    const size_t colon =
+        header.empty() ? std::string::npos : header.find(':', header.front() == ':' ? 1 : 0);
+    const std::string name = colon == std::string::npos
+                                 ? ""
+                                 : std::string(absl::StripAsciiWhitespace(header.substr(0, colon)));
+    if (name.empty() || name.find_first_of(" \t\r\n") != std::string::npos ||
+        header.find_first_of("\r\n") != std::string::npos ||
+        header.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--header '", header,
+                       "' is not 'name: value', e.g. --header 'authorization: Bearer <jwt>'"));
+    }
+    auto* h = req->add_headers();
+    h->set_name(absl::AsciiStrToLower(name));
+    h->set_value(std::string(absl::StripAsciiWhitespace(header.substr(colon + 1))));
+  }
+  if (ctx.flag("now").has_value()) {
+    AMBIT_ASSIGN_OR_RETURN(absl::Time now, NowFlag(ctx));
+    req->set_now_unix_seconds(absl::ToUnixSeconds(now));
+  }
+  return absl::OkStatus();
+}
+
+// What `check -o json` prints: the decision as `policy check` prints it, then the waypoint, the
+// HTTP answer, authentication and each hop.
+Value CheckValue(const pb::CheckResponse& resp) {
+  admin::DecisionSummary s{resp.decision(), resp.provider(), resp.after_ext_authz_allow(),
+                           resp.policy(),   resp.reason(),   resp.mtls_mode()};
+  Value v = DecisionSummaryValue(s);
+  auto text = [](const std::string& t) { return t.empty() ? Value() : Value(t); };
+  v.Set("source", text(resp.source_principal()));
+  v.Set("destination", text(resp.destination()));
+  v.Set("destinationIp", text(resp.destination_ip()));
+  v.Set("service", text(resp.service()));
+  v.Set("endpoint", text(resp.endpoint_note()));
+  v.Set("waypoint", text(resp.waypoint()));
+  v.Set("httpStatus",
+        resp.http_status() != 0 ? Value(static_cast<int64_t>(resp.http_status())) : Value());
+  if (resp.has_authn()) {
+    const pb::CheckAuthn& a = resp.authn();
+    Value policies = Value::MakeList();
+    for (const auto& p : a.policies()) policies.Append(Value(p));
+    v.Set("authn",
+          Value::Object({
+              {"result", a.result()},
+              {"status", a.status() != 0 ? Value(static_cast<int64_t>(a.status())) : Value()},
+              {"reason", a.reason()},
+              {"principal", text(a.principal())},
+              {"rule", text(a.rule())},
+              {"policies", std::move(policies)},
+          }));
+  } else {
+    v.Set("authn", Value());
+  }
+  Value hops = Value::MakeList();
+  for (const auto& h : resp.hops()) {
+    hops.Append(Value::Object({
+        {"kind", h.kind()},
+        {"name", h.name()},
+        {"decision", h.decision()},
+        {"policy", text(h.policy())},
+        {"reason", h.reason()},
+        {"source", text(h.source_principal())},
+    }));
+  }
+  v.Set("hops", std::move(hops));
+  v.Set("generation", GenerationValue(resp.generation()));
+  return v;
+}
+
 absl::Status Check(Context& ctx) {
   const std::string& from = ctx.args()[0];
   const std::string& to_port = ctx.args()[1];
@@ -360,12 +456,13 @@ absl::Status Check(Context& ctx) {
     return absl::InvalidArgumentError(
         absl::StrCat("FROM '", from, "' is not namespace/pod, e.g. default/web"));
   }
-  auto stub = ConnectAdmin(ctx.admin_socket());
-  if (!stub.ok()) return stub.status();
   pb::CheckRequest req;
   req.set_from(from);
   req.set_to(to);
   req.set_port(port);
+  AMBIT_RETURN_IF_ERROR(AddHttpFlags(ctx, &req));
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
   auto resp = Call(ctx, **stub, &Stub::Check, req);
   if (!resp.ok()) return resp.status();
   if (ctx.output_format() == OutputFormat::kTable) {
@@ -375,11 +472,7 @@ absl::Status Check(Context& ctx) {
     }
     return absl::OkStatus();
   }
-  admin::DecisionSummary s{resp->decision(), resp->provider(), resp->after_ext_authz_allow(),
-                           resp->policy(),   resp->reason(),   resp->mtls_mode()};
-  Value v = DecisionSummaryValue(s);
-  v.Set("generation", GenerationValue(resp->generation()));
-  ctx.Print(v);
+  ctx.Print(CheckValue(*resp));
   return absl::OkStatus();
 }
 
@@ -541,18 +634,36 @@ Command CheckLiveCommand() {
       .name = "check",
       .summary = "Ask the running agent what would happen to a connection now",
       .description =
-          "Evaluates a TCP connection from pod FROM (namespace/pod) to TO:PORT (TO is a pod IP\n"
-          "or namespace/pod) with the policies the agent has in force, at L4 as the node tunnel\n"
-          "does. The source is FROM's SPIFFE identity when FROM is in the mesh, else a\n"
-          "plaintext client. Output as `ambitctl policy check`: a trace for people; -o json\n"
-          "prints {decision, provider, afterExtAuthzAllow, policy, reason, mtls}. Exits 0 for\n"
-          "any decision, 1 when the pods are unknown or the agent cannot be asked.",
+          "Evaluates a connection from pod FROM (namespace/pod) to TO:PORT with the policies\n"
+          "the agent has in force, as the data path would. TO is a pod (IP or namespace/pod) or\n"
+          "a Service (cluster IP or namespace/name; PORT is then the service port, and its\n"
+          "first endpoint by name is evaluated). The source is FROM's SPIFFE identity when FROM\n"
+          "is in the mesh, else a plaintext client.\n"
+          "When the destination uses a waypoint (istio.io/use-waypoint), hop 1 is the waypoint:\n"
+          "RequestAuthentication (JWT: 401/403 with Envoy's text), then the L7\n"
+          "AuthorizationPolicies attached to its Gateway and the addressed Service, for the\n"
+          "request given by --method, --path and --header (default GET /); hop 2 is the\n"
+          "destination's node tunnel, which accepts only the waypoint's identity and applies its\n"
+          "L4 policy. Without a waypoint the node tunnel decides at L4 and sees no HTTP.\n"
+          "Output: a trace for people; -o json prints {decision, provider, afterExtAuthzAllow,\n"
+          "policy, reason, mtls, source, destination, destinationIp, service, endpoint, waypoint,\n"
+          "httpStatus, authn: {result, status, reason, principal, rule, policies}, hops: [{kind,\n"
+          "name, decision, policy, reason, source}], generation}. Exits 0 for any decision, 1\n"
+          "when a pod or service is unknown or the agent cannot be asked.",
       .args_usage = "FROM TO:PORT",
       .examples =
           "ambitctl check default/web backend/api:8080\n"
-          "ambitctl check default/web 198.18.1.7:8080 -o json",
+          "ambitctl check default/web 198.18.1.7:8080 -o json\n"
+          "ambitctl check default/web backend/httpbin:80 --method POST --path '/admin?x=1' \\\n"
+          "    --header \"authorization: Bearer $TOKEN\"",
       .min_args = 2,
       .max_args = 2,
+      .flags = {{"method", '\0', "METHOD", "the HTTP method a waypoint sees (default GET)"},
+                {"path", '\0', "PATH", "the HTTP path with its query (default /)"},
+                {"header", '\0', "'NAME: VALUE'",
+                 "an HTTP header, repeatable; 'authorization: Bearer <jwt>' carries a token"},
+                {"now", '\0', "UNIX_SECONDS",
+                 "the time JWT exp/nbf are checked against (default: now)"}},
       .run = Check,
   };
 }

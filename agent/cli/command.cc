@@ -15,7 +15,8 @@ constexpr char kHelpCommand[] = "help";
 struct Parsed {
   std::vector<const Command*> path;
   std::vector<std::string> positionals;
-  std::map<std::string, std::string> flags;  // by long name; "" for a switch
+  std::map<std::string, std::string> flags;                // by long name; "" for a switch
+  std::map<std::string, std::vector<std::string>> values;  // every value of each flag
   bool help = false;
   std::string usage_error;  // non-empty: exit 2 with usage
 };
@@ -107,6 +108,7 @@ void ParseFlag(const std::vector<std::string>& args, size_t& i, Parsed& p) {
     inline_value = args[++i];
   }
   p.flags[spec->name] = *inline_value;
+  p.values[spec->name].push_back(*inline_value);
 }
 
 Parsed Parse(const Command& root, const std::vector<std::string>& args) {
@@ -169,6 +171,11 @@ std::optional<std::string> Context::flag(absl::string_view name) const {
   auto it = flags_.find(std::string(name));
   if (it == flags_.end()) return std::nullopt;
   return it->second;
+}
+
+std::vector<std::string> Context::flag_values(absl::string_view name) const {
+  auto it = values_.find(std::string(name));
+  return it == values_.end() ? std::vector<std::string>() : it->second;
 }
 
 void Context::Print(const Value& value) { out_ << Render(value, options_.output_format); }
@@ -253,6 +260,7 @@ int RunCli(const Command& root, const std::vector<std::string>& args, std::ostre
     options.admin_socket = it->second;
   }
   Context ctx(std::move(p.positionals), std::move(options), std::move(p.flags), out, err);
+  ctx.set_flag_values(std::move(p.values));
   absl::Status status = cmd.run(ctx);
   out.flush();
   if (!status.ok()) {

@@ -71,6 +71,12 @@ class Context {
   // A flag declared by the command or one of its parents, by long name: its value, "" for a
   // switch that was given, nullopt if absent.
   std::optional<std::string> flag(absl::string_view name) const;
+  // Every value a flag that takes one was given, in order (flag() is the last): for a flag that
+  // may be repeated, such as --header.
+  std::vector<std::string> flag_values(absl::string_view name) const;
+  void set_flag_values(std::map<std::string, std::vector<std::string>> values) {
+    values_ = std::move(values);
+  }
 
   std::ostream& out() { return out_; }
   std::ostream& err() { return err_; }
@@ -86,6 +92,7 @@ class Context {
   std::vector<std::string> args_;
   Options options_;
   std::map<std::string, std::string> flags_;
+  std::map<std::string, std::vector<std::string>> values_;
   std::ostream& out_;
   std::ostream& err_;
   int exit_code_ = kExitOk;

@@ -3,7 +3,9 @@
 // ambitctl's commands. Each top-level command is built by one function in its own file
 // (<name>_command.cc) and listed once in RootCommand (root_command.cc).
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "agent/admin/explain.h"
 #include "agent/cli/command.h"
 #include "agent/cli/output.h"
@@ -37,6 +39,10 @@ Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp);
 
 // What `policy check -o json` and `check -o json` print for a decision.
 Value DecisionSummaryValue(const admin::DecisionSummary& summary);
+
+// The --now flag (UNIX seconds) of `policy check` and `check`: the time JWT exp/nbf are checked
+// against; absl::Now() when absent.
+absl::StatusOr<absl::Time> NowFlag(Context& ctx);
 
 // What `ambitctl id parse` prints for `text`, and whether it is valid.
 Value DescribeSpiffeId(absl::string_view text, bool* valid);

@@ -439,8 +439,6 @@ Value DecisionSummaryValue(const admin::DecisionSummary& s) {
   });
 }
 
-namespace {
-
 absl::StatusOr<absl::Time> NowFlag(Context& ctx) {
   std::optional<std::string> text = ctx.flag("now");
   if (!text || text->empty()) return absl::Now();
@@ -451,6 +449,8 @@ absl::StatusOr<absl::Time> NowFlag(Context& ctx) {
   }
   return absl::FromUnixSeconds(seconds);
 }
+
+namespace {
 
 // A JWT claim as output: JSON types kept.
 Value ClaimOutput(const authz::ClaimValue& c) {
@@ -490,37 +490,6 @@ Value AuthnValue(const authn::AuthnResult& r) {
       {"principal", r.auth ? Value(r.auth->principal) : Value()},
       {"claims", r.auth ? ClaimOutput(r.auth->claims) : Value()},
   });
-}
-
-std::string AuthnText(const authn::AuthnResult& r) {
-  std::string out = "authentication (RequestAuthentication):\n";
-  if (r.policies.empty()) {
-    absl::StrAppend(&out, "  no RequestAuthentication applies: the request is not authenticated\n");
-  } else {
-    absl::StrAppend(&out, "  applies: ", absl::StrJoin(r.policies, ", "), "\n");
-  }
-  for (const authn::TokenCheck& c : r.checks) {
-    absl::StrAppend(&out, "  token in ", c.location.ToString());
-    if (!c.policy.empty()) absl::StrAppend(&out, ", rule ", c.policy, " jwtRules[", c.rule, "]");
-    if (!c.issuer.empty()) absl::StrAppend(&out, ", iss ", c.issuer);
-    absl::StrAppend(&out, ": ",
-                    c.status == authn::JwtStatus::kOk ? "valid" : authn::StatusText(c.status));
-    if (!c.detail.empty()) absl::StrAppend(&out, " (", c.detail, ")");
-    absl::StrAppend(&out, "\n");
-  }
-  if (r.allowed) {
-    absl::StrAppend(&out, "  result: allow, ", r.reason, "\n");
-    for (const authn::HeaderMutation& m : r.header_mutations) {
-      absl::StrAppend(
-          &out,
-          "  upstream header: ", m.op == authn::HeaderMutation::Op::kRemove ? "remove " : "set ",
-          m.name, m.op == authn::HeaderMutation::Op::kSet ? absl::StrCat(": ", m.value) : "", "\n");
-    }
-  } else {
-    absl::StrAppend(&out, "  result: reject, HTTP ", r.http_status, " \"", r.body, "\"\n",
-                    "  www-authenticate: ", r.www_authenticate, "\n", "  why: ", r.reason, "\n");
-  }
-  return out;
 }
 
 absl::Status RunCheck(Context& ctx) {
@@ -585,7 +554,8 @@ absl::Status RunCheck(Context& ctx) {
     } else {
       ctx.out() << admin::ExplainText(*engine, in.target, in.request, d, mtls);
     }
-    if (authn && (!authn->policies.empty() || rejected)) ctx.out() << "\n" << AuthnText(*authn);
+    if (authn && (!authn->policies.empty() || rejected))
+      ctx.out() << "\n" << admin::AuthnText(*authn);
   } else {
     Value out = DecisionSummaryValue(admin::Summarize(d, mtls));
     if (rejected) {

@@ -59,4 +59,13 @@ std::optional<Protocol> ParseProtocol(absl::string_view name) {
   return std::nullopt;
 }
 
+std::string BypassRefusal(absl::string_view workload, absl::string_view waypoint, bool no_pod,
+                          absl::string_view principal) {
+  return absl::StrCat(
+      "denied: ", workload, " uses waypoint ", waypoint, no_pod ? ", which has no pod yet" : "",
+      "; only its identity may connect, not ",
+      principal.empty() ? absl::string_view("a plaintext client") : principal,
+      " (bypass refused; the pod annotation ambit.dev/allow-waypoint-bypass: \"true\" allows it)");
+}
+
 }  // namespace ambit::mesh

@@ -138,6 +138,12 @@ struct Waypoint {
   friend bool operator==(const Waypoint&, const Waypoint&) = default;
 };
 
+// Why the tunnel of `workload` ("namespace/name"), bound to `waypoint` with the bypass closed,
+// refuses `principal` (a verified SPIFFE ID; empty: a plaintext client): the words of the access
+// log and of `ambitctl check`, one text for both.
+std::string BypassRefusal(absl::string_view workload, absl::string_view waypoint, bool no_pod,
+                          absl::string_view principal);
+
 // One configuration generation, whole.
 struct Snapshot {
   uint64_t version = 0;

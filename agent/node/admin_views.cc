@@ -36,82 +36,6 @@ std::string LabelText(const std::map<std::string, std::string>& labels) {
   return absl::StrCat("{", absl::StrJoin(parts, ", "), "}");
 }
 
-// Answers `ambitctl check` against the configuration it was built from.
-class LiveChecker final : public admin::CheckEvaluator {
- public:
-  LiveChecker(std::shared_ptr<const state::ClusterState> state,
-              std::vector<authz::PeerAuthentication> peer_authns,
-              std::shared_ptr<const authz::Engine> engine)
-      : state_(std::move(state)),
-        peer_authns_(std::move(peer_authns)),
-        engine_(std::move(engine)) {}
-
-  absl::StatusOr<pb::CheckResponse> Check(const pb::CheckRequest& req) const override {
-    auto from = state_->pods.find(req.from());
-    if (from == state_->pods.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("no pod ", req.from(), " in the configuration (FROM is namespace/pod)"));
-    }
-    if (req.port() < 1 || req.port() > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat(req.port(), " is not a port (1 to 65535)"));
-    }
-    const state::Pod* to = nullptr;
-    std::optional<IpAddress> to_ip;
-    if (auto ip = IpAddress::Parse(req.to()); ip.ok()) {
-      to_ip = *ip;
-      to = state_->FindPodByIp(*ip);
-      if (to == nullptr) {
-        return absl::NotFoundError(absl::StrCat(
-            "no pod has address ", req.to(),
-            ": a destination outside the mesh is passed through as plain TCP, no policy applies"));
-      }
-    } else {
-      auto it = state_->pods.find(req.to());
-      if (it == state_->pods.end()) {
-        return absl::NotFoundError(absl::StrCat("no pod ", req.to(),
-                                                " in the configuration (TO is a pod IP or "
-                                                "namespace/pod)"));
-      }
-      to = &it->second;
-      if (!to->ips.empty()) to_ip = to->ips.front();
-    }
-    authz::Workload target;
-    target.namespace_name = to->namespace_name;
-    target.labels = to->labels;
-    authz::Request request;
-    request.layer = authz::Layer::kL4;
-    // Only a pod the mesh captures (it names its netns) connects with its SVID.
-    if (!from->second.netns_path.empty()) {
-      request.source_principal = state::SpiffeId(state_->mesh, from->second);
-    }
-    if (!from->second.ips.empty()) request.source_ip = from->second.ips.front();
-    request.destination_ip = to_ip;
-    request.destination_port = static_cast<uint16_t>(req.port());
-    const authz::Decision d = engine_->Explain(target, request);
-    const authz::PeerAuthnDecision mtls =
-        authz::ResolveMtlsMode(peer_authns_, state_->mesh.root_namespace, target.namespace_name,
-                               target.labels, request.destination_port);
-    const admin::DecisionSummary s = admin::Summarize(d, mtls);
-    pb::CheckResponse resp;
-    resp.set_decision(s.decision);
-    resp.set_provider(s.provider);
-    resp.set_after_ext_authz_allow(s.after_ext_authz_allow);
-    resp.set_policy(s.policy);
-    resp.set_reason(s.reason);
-    resp.set_mtls_mode(s.mtls_mode);
-    resp.set_trace(admin::ExplainText(*engine_, target, request, d, mtls));
-    resp.set_source_principal(request.source_principal);
-    resp.set_destination(to->Key());
-    if (to_ip) resp.set_destination_ip(to_ip->ToString());
-    return resp;
-  }
-
- private:
-  const std::shared_ptr<const state::ClusterState> state_;
-  const std::vector<authz::PeerAuthentication> peer_authns_;
-  const std::shared_ptr<const authz::Engine> engine_;
-};
-
 std::string MapTypeName(uint32_t type) {
   switch (type) {
     case BPF_MAP_TYPE_HASH:
@@ -346,14 +270,6 @@ class LogLevels {
 };
 
 }  // namespace
-
-std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(
-    std::shared_ptr<const state::ClusterState> state,
-    std::vector<authz::PeerAuthentication> peer_authns,
-    std::shared_ptr<const authz::Engine> engine) {
-  return std::make_shared<const LiveChecker>(std::move(state), std::move(peer_authns),
-                                             std::move(engine));
-}
 
 LogLevelHandlers NewLogLevelHandlers(std::vector<std::string> control_sockets) {
   auto levels = std::make_shared<LogLevels>(std::move(control_sockets));
@@ -640,7 +556,12 @@ void Agent::PublishViews() {
   admin_state_->SetServices(std::move(services));
 
   if (engine_) {
-    admin_state_->SetCheckEvaluator(NewCheckEvaluator(state_, peer_authns, engine_));
+    admin_state_->SetCheckEvaluator(
+        NewCheckEvaluator({.state = state_,
+                           .peer_authns = peer_authns,
+                           .engine = engine_,
+                           .request_authns = security_.RequestAuthenticationList(),
+                           .waypoints = waypoints}));
   }
   PublishHealth();
 }

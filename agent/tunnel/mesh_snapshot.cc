@@ -201,13 +201,8 @@ absl::Status MeshSnapshot::Authorize(const SocketAddress& source, const SocketAd
     for (const WaypointInfo* wp : bound->second) {
       if (wp->IsIdentity(principal)) continue;
       if (decided_by != nullptr) *decided_by = absl::StrCat("waypoint ", wp->key);
-      return absl::PermissionDeniedError(absl::StrCat(
-          "denied: ", workload->Key(), " uses waypoint ", wp->key,
-          wp->instances.empty() ? ", which has no pod yet" : "",
-          "; only its identity may connect, not ",
-          principal.empty() ? std::string("a plaintext client") : principal,
-          " (bypass refused; the pod annotation ambit.dev/allow-waypoint-bypass: \"true\" allows "
-          "it)"));
+      return absl::PermissionDeniedError(
+          mesh::BypassRefusal(workload->Key(), wp->key, wp->instances.empty(), principal));
     }
   }
   if (authz_ == nullptr) {

@@ -159,27 +159,38 @@ metadata:
         self.assertEqual(doc["generation"]["desired"], doc["generation"]["applied"])
 
     def test_check(self):
+        # backend's namespace label binds b to a waypoint that does not exist: the tunnel refuses
+        # traffic to b before any policy, and check says so (as `workloads` shows the binding).
         denied = self.json("check", "default/a", "backend/b:9001")
         self.assertEqual(denied["decision"], "deny")
-        self.assertEqual(denied["policy"], "backend/no-9001")
+        self.assertEqual(denied["policy"], "waypoint backend/backend-waypoint")
+        self.assertIn("which has no pod (no Gateway backend/backend-waypoint in the configuration)",
+                      denied["reason"])
+        self.assertEqual(denied["waypoint"], "backend/backend-waypoint")
         self.assertEqual(denied["mtls"], {"mode": "STRICT", "plaintext": "reject"})
-        allowed = self.json("check", "default/a", f"{self.b.ip4}:9000")
+        self.assertEqual([h["decision"] for h in denied["hops"]], ["deny", "not_reached"])
+        v6 = self.json("check", "default/a", f"[{self.b.ip6}]:9000")
+        self.assertEqual(v6["policy"], "waypoint backend/backend-waypoint")
+        # default has no waypoint: b -> a is the node tunnel's L4 answer.
+        allowed = self.json("check", "backend/b", f"{self.a.ip4}:9000")
         self.assertEqual(allowed["decision"], "allow")
         self.assertIsNone(allowed["policy"])
-        v6 = self.json("check", "default/a", f"[{self.b.ip6}]:9001")
-        self.assertEqual(v6["policy"], "backend/no-9001")
+        self.assertIsNone(allowed["waypoint"])
+        self.assertEqual([h["kind"] for h in allowed["hops"]], ["tunnel"])
         # The same shape as the offline checker's JSON, plus which configuration generation
-        # decided and whether the data plane enforces it.
-        self.assertEqual(set(denied), {"decision", "provider", "afterExtAuthzAllow", "policy",
-                                       "reason", "mtls", "generation"})
+        # decided and whether the data plane enforces it, and the hops on the way.
+        self.assertLessEqual({"decision", "provider", "afterExtAuthzAllow", "policy", "reason",
+                              "mtls", "generation"}, set(denied))
         g = denied["generation"]
         self.assertEqual(g["desired"], g["applied"])
         self.assertGreater(g["applied"], 0)
         self.assertFalse(g["failClosed"])
         table = self.ctl("check", "default/a", "backend/b:9001").stdout
         self.assertIn("decision: deny", table)
-        self.assertIn("policy:   backend/no-9001", table)
-        self.assertIn("from spiffe://cluster.local/ns/default/sa/web", table)
+        self.assertIn("policy:   waypoint backend/backend-waypoint", table)
+        table = self.ctl("check", "backend/b", "default/a:9000").stdout
+        self.assertIn("decision: allow", table)
+        self.assertIn("from spiffe://cluster.local/ns/backend/sa/api", table)
         r = self.ctl("check", "default/nope", "backend/b:9001", ok=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no pod default/nope", r.stderr)

@@ -14,6 +14,7 @@ The two agents are given different views on purpose: node1's configuration does 
 for b straight to b's node; node2 knows b is bound and must refuse it.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -302,6 +303,189 @@ class WaypointTest(unittest.TestCase):
         r = self.c.run(["/usr/bin/python3", os.path.join(HERE, "hbone_peer.py"), "client",
                         other, self.b.ip4, f"{self.b.ip4}:7731", "x"], in_cgroup=False)
         self.assertEqual(json.loads(r.stdout)["status"], 401, r.stderr)
+
+
+ISSUER = "https://issuer.test"
+NOW = 1800000000
+SERVICE_IP = "198.19.250.10"
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LiveCheckL7Test(unittest.TestCase):
+    """`ambitctl check` asks the running agent about a request through a waypoint: hop 1 at the
+    waypoint (RequestAuthentication with an inline jwks, then AuthorizationPolicy attached by
+    targetRefs to the Gateway or the Service), hop 2 at the destination's tunnel (the waypoint's
+    identity only, then L4 policy). a (node1, enrolled: the agent asked), and on node2 (no agent)
+    wp (the waypoint's pod) and b (behind Service backend/api, which uses the waypoint). Tokens are
+    signed here with python3-jwt (RS256)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import jwt as pyjwt  # python3-jwt
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        cls.pyjwt = pyjwt
+        cls.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pub = cls.key.public_key().public_numbers()
+
+        def be(n):
+            return n.to_bytes((n.bit_length() + 7) // 8, "big")
+        jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256",
+                                     "n": _b64(be(pub.n)), "e": _b64(be(pub.e))}]})
+        cls.topo = Topology("lc")
+        cls.topo.__enter__()
+        t = cls.topo
+        cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+        cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node2")
+        cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
+        gateway_ref = {"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                       "name": "waypoint"}
+        docs = [
+            cls.a.yaml(), cls.b.yaml(), GATEWAY,
+            with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
+            json.dumps({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": "api", "namespace": "backend",
+                                     "labels": {"istio.io/use-waypoint": "waypoint"}},
+                        "spec": {"clusterIP": SERVICE_IP, "selector": {"app": "b"},
+                                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+            json.dumps({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "allow-api", "namespace": "backend"},
+                        "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "api"}],
+                                 "action": "ALLOW",
+                                 "rules": [
+                                     {"to": [{"operation": {"paths": ["/get", "/public*"]}}]},
+                                     {"from": [{"source": {
+                                         "requestPrincipals": [f"{ISSUER}/*"]}}],
+                                      "to": [{"operation": {"paths": ["/private*"]}}]}]}}),
+            json.dumps({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "deny-admin", "namespace": "backend"},
+                        "spec": {"targetRefs": [gateway_ref], "action": "DENY",
+                                 "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}}),
+            json.dumps({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                        "metadata": {"name": "jwt", "namespace": "backend"},
+                        "spec": {"targetRefs": [gateway_ref],
+                                 "jwtRules": [{"issuer": ISSUER, "jwks": jwks}]}}),
+        ]
+        cls.n1 = t.add_agent("node1")
+        cls.n1.write_config("pods.yaml", "---\n".join(d if d.endswith("\n") else d + "\n"
+                                                      for d in docs))
+        cls.n1.start(wait_pods=[cls.a])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def token(self, **claims):
+        payload = {"iss": ISSUER, "sub": "user-1", "exp": NOW + 3600, "iat": NOW - 10}
+        payload.update(claims)
+        return self.pyjwt.encode(payload, self.key, algorithm="RS256", headers={"kid": "k1"})
+
+    def check(self, *args, json_out=True):
+        argv = [AMBITCTL, "check", *args, "--now", str(NOW), "--admin-socket",
+                self.n1.admin_socket]
+        if json_out:
+            argv += ["-o", "json"]
+        r = run(*argv, check=False)
+        self.assertEqual(r.returncode, 0, f"ambitctl {' '.join(args)}: {r.stderr}")
+        return json.loads(r.stdout) if json_out else r.stdout
+
+    def test_l7_allow_through_the_waypoint(self):
+        doc = self.check("default/a", "backend/api:80", "--method", "GET", "--path", "/get?x=1")
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertEqual(doc["httpStatus"], 200)
+        self.assertEqual(doc["waypoint"], "backend/waypoint")
+        self.assertEqual(doc["service"], "backend/api")
+        self.assertEqual(doc["destination"], "backend/b")
+        self.assertEqual(doc["policy"], "backend/allow-api")
+        self.assertEqual([h["kind"] for h in doc["hops"]], ["waypoint", "tunnel"])
+        self.assertEqual(doc["hops"][0]["source"], "spiffe://cluster.local/ns/default/sa/web")
+        self.assertEqual(doc["hops"][1]["source"], WAYPOINT_ID)
+        self.assertEqual(doc["mtls"]["mode"], "PERMISSIVE")  # the existing fields stay
+        text = self.check("default/a", "backend/api:80", "--path", "/get", json_out=False)
+        self.assertTrue(text.startswith("decision: allow (HTTP 200 at waypoint backend/waypoint)"),
+                        text)
+        self.assertIn("hop 1: waypoint backend/waypoint (pod backend/wp", text)
+        self.assertIn(f"hop 2: the tunnel of backend/b, L4, from {WAYPOINT_ID}", text)
+
+    def test_path_deny_names_the_policy(self):
+        doc = self.check("default/a", "backend/api:80", "--path", "/admin/users")
+        self.assertEqual(doc["decision"], "deny")
+        self.assertEqual(doc["httpStatus"], 403)
+        self.assertEqual(doc["policy"], "backend/deny-admin")
+        self.assertEqual(doc["hops"][1]["decision"], "not_reached")
+        text = self.check("default/a", "backend/api:80", "--path", "/admin/users",
+                          json_out=False)
+        self.assertIn("DENY backend/deny-admin: matched (rule 0)", text)
+        self.assertIn('result: HTTP 403 "RBAC: access denied" (policy backend/deny-admin, rule 0)',
+                      text)
+
+    def test_expired_jwt_is_401(self):
+        expired = self.token(exp=NOW - 3600, iat=NOW - 7200)  # past the 60 s clock skew
+        doc = self.check("default/a", "backend/api:80", "--path", "/private", "--header",
+                         f"authorization: Bearer {expired}")
+        self.assertEqual(doc["decision"], "deny")
+        self.assertEqual(doc["httpStatus"], 401)
+        self.assertEqual(doc["authn"]["result"], "reject")
+        self.assertEqual(doc["authn"]["status"], 401)
+        self.assertIn("Jwt is expired", doc["authn"]["reason"])
+        self.assertIn("backend/jwt jwtRules[0]", doc["authn"]["rule"])
+        text = self.check("default/a", "backend/api:80", "--path", "/private", "--header",
+                          f"authorization: Bearer {expired}", json_out=False)
+        self.assertIn('result: reject, HTTP 401 "Jwt is expired"', text)
+        # The same token before it expires opens the requestPrincipals rule.
+        doc = self.check("default/a", "backend/api:80", "--path", "/private", "--header",
+                         f"authorization: Bearer {self.token()}")
+        self.assertEqual(doc["httpStatus"], 200, doc)
+        self.assertEqual(doc["authn"]["principal"], f"{ISSUER}/user-1")
+
+    def test_missing_token_fails_request_principals(self):
+        doc = self.check("default/a", "backend/api:80", "--method", "POST", "--path", "/private")
+        self.assertEqual(doc["decision"], "deny")
+        self.assertEqual(doc["httpStatus"], 403)
+        self.assertEqual(doc["authn"]["result"], "allow")  # no token: unauthenticated
+        self.assertIsNone(doc["authn"]["principal"])
+        text = self.check("default/a", "backend/api:80", "--path", "/private", json_out=False)
+        self.assertIn("requestPrincipals", text)
+        self.assertIn('result: HTTP 403 "RBAC: access denied"', text)
+
+    def test_bypass_only_the_waypoint_identity_is_accepted(self):
+        # b's own address skips the service's waypoint; b's tunnel takes the waypoint alone.
+        doc = self.check("default/a", "backend/b:8080")
+        self.assertEqual(doc["decision"], "deny")
+        self.assertIsNone(doc["waypoint"])
+        self.assertEqual(doc["policy"], "waypoint backend/waypoint")
+        self.assertIn("only its identity may connect, not spiffe://cluster.local/ns/default/sa/web",
+                      doc["reason"])
+        text = self.check("default/a", f"{self.b.ip4}:8080", json_out=False)
+        self.assertIn("bypass refused", text)
+        # The waypoint's own pod is that identity.
+        doc = self.check("backend/wp", "backend/b:8080")
+        self.assertEqual(doc["decision"], "allow", doc)
+        self.assertEqual(doc["source"], WAYPOINT_ID)
+
+    def test_service_addressed_by_cluster_ip(self):
+        doc = self.check("default/a", f"{SERVICE_IP}:80", "--path", "/public/x")
+        self.assertEqual(doc["service"], "backend/api")
+        self.assertEqual(doc["waypoint"], "backend/waypoint")
+        self.assertEqual(doc["destination"], "backend/b")
+        self.assertEqual(doc["destinationIp"], self.b.ip4)
+        self.assertIn("the first of 1 endpoint", doc["endpoint"])
+        self.assertEqual(doc["httpStatus"], 200)
+        r = run(AMBITCTL, "check", "default/a", f"{SERVICE_IP}:81", "--admin-socket",
+                self.n1.admin_socket, check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("has no TCP port 81 (its TCP ports: 80)", r.stderr)
+
+    def test_without_a_waypoint_http_is_not_evaluated(self):
+        text = self.check("default/a", "default/a:8080", "--path", "/admin", json_out=False)
+        self.assertTrue(text.startswith("decision: allow\n"), text)
+        self.assertIn("L7 rules are not evaluated: no waypoint serves default/a", text)
+        r = run(AMBITCTL, "check", "default/a", "backend/api:80", "--header", "no colon",
+                "--admin-socket", self.n1.admin_socket, check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("is not 'name: value'", r.stderr)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ Fixture& Get() {
     auto engine = ambit::config::BuildAuthzEngine(result);
     FUZZ_REQUIRE(engine.ok());
     f->state->SetCheckEvaluator(ambit::node::NewCheckEvaluator(
-        std::make_shared<const ambit::state::ClusterState>(result.state),
-        result.security.PeerAuthenticationList(), std::move(*engine)));
+        {.state = std::make_shared<const ambit::state::ClusterState>(result.state),
+         .peer_authns = result.security.PeerAuthenticationList(),
+         .engine = std::move(*engine),
+         .request_authns = result.security.RequestAuthenticationList()}));
     // No data plane listens there: a level change is applied here and its forwarding fails.
     f->state->SetLogLevelHandler(
         ambit::node::NewLogLevelHandlers({"/nonexistent/ambit-fuzz/control.sock"}).handle);
