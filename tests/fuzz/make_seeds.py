@@ -249,8 +249,8 @@ def control_seeds(ca_key, ca_cert):
   workloads { namespace: "default" name: "sleep" service_account: "sleep"
     ips: "198.18.0.11" node: "node-b" in_mesh: true spiffe_id: "spiffe://cluster.local/ns/default/sa/sleep" }
   services { namespace: "default" name: "web" cluster_ips: "198.18.100.1"
-    ports { port: 80 target_port: 8080 protocol: SERVICE_PROTOCOL_TCP }
-    ports { port: 53 target_port: 5353 protocol: SERVICE_PROTOCOL_UDP } endpoints: "default/web" }
+    ports { port: 80 target_port: 8080 protocol: SERVICE_PROTOCOL_TCP app_protocol: APP_PROTOCOL_HTTP }
+    ports { port: 53 target_port: 5353 protocol: SERVICE_PROTOCOL_UDP app_protocol: APP_PROTOCOL_DETECT } endpoints: "default/web" }
   authorization_policies { name: "allow-sleep" namespace: "default" action: ALLOW
     has_selector: true selector { key: "app" value: "web" } has_rules: true
     rules { from { principals: "cluster.local/ns/default/sa/sleep" ip_blocks: "198.18.0.0/15" }
@@ -268,6 +268,7 @@ def control_seeds(ca_key, ca_cert):
             ("snapshot_enrolled_without_mtls", 'mtls { mode: MTLS_MODE_STRICT policy: "default/default"',
              'labels { mode: MTLS_MODE_STRICT policy: "default/default"'),
             ("snapshot_protocol_unspecified", "protocol: SERVICE_PROTOCOL_UDP", ""),
+            ("snapshot_app_protocol_unspecified", "app_protocol: APP_PROTOCOL_HTTP", ""),
             ("snapshot_action_unspecified", "action: DENY", ""),
             ("snapshot_bad_ip", 'ips: "198.18.0.11"', 'ips: "198.18.0.311"'),
             ("snapshot_shared_ip", 'ips: "198.18.0.11"', 'ips: "198.18.0.10"'),
