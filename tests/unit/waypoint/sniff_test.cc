@@ -15,7 +15,7 @@ TEST(SniffHttp1Test, RequestLinesAreHttp) {
 }
 
 TEST(SniffHttp1Test, OtherBytesAreNot) {
-  EXPECT_EQ(SniffHttp1("hello"), Sniff::kNotHttp);          // lower case: no method
+  EXPECT_EQ(SniffHttp1("hello"), Sniff::kNotHttp);  // lower case: no method
   EXPECT_EQ(SniffHttp1(std::string("\0\x01", 2)), Sniff::kNotHttp);
   EXPECT_EQ(SniffHttp1("GET / HTTP/2.0\r\n"), Sniff::kNotHttp);  // not HTTP/1.x
   EXPECT_EQ(SniffHttp1("GET /\r\n"), Sniff::kNotHttp);           // HTTP/0.9 is not served
