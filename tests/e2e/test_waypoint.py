@@ -25,28 +25,15 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
+from topology import (CLIENT, SERVER, WAYPOINT_GATEWAY, Topology, build_dir, run,  # noqa: E402
+                      wait_listening, with_labels)
 import svid  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
 
-GATEWAY = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: backend
-  labels:
-    istio.io/waypoint-for: all
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-"""
+GATEWAY = WAYPOINT_GATEWAY
 
 # JWT rules for the waypoint, every field of a rule used, in two namespaces; with them an
 # AuthorizationPolicy that selects no pod, which `ambitctl policies` lists: the agent has loaded
@@ -105,16 +92,6 @@ spec:
 """
 
 
-def with_labels(pod, labels, annotations=None):
-    """The pod's YAML with extra labels (and annotations)."""
-    text = pod.yaml()
-    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
-    text = text.replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
-    if annotations:
-        extra = "".join(f"    {k}: \"{v}\"\n" for k, v in annotations.items())
-        text = text.replace(f"    ambit.dev/netns: {pod.netns_path}\n",
-                            f"    ambit.dev/netns: {pod.netns_path}\n{extra}")
-    return text
 
 
 class WaypointTest(unittest.TestCase):

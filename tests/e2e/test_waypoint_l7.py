@@ -15,28 +15,15 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
+from topology import (CLIENT, SERVER, WAYPOINT_GATEWAY, Topology, build_dir, run,  # noqa: E402
+                      wait_listening, with_labels)
 import subprocess  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 ISSUER = "https://issuer.ambit.test"
 WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
 
-GATEWAY = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: backend
-  labels:
-    istio.io/waypoint-for: all
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-"""
+GATEWAY = WAYPOINT_GATEWAY
 
 POLICY = """\
 apiVersion: security.istio.io/v1
@@ -226,10 +213,6 @@ print(json.dumps(out))
 """
 
 
-def with_labels(pod, labels):
-    text = pod.yaml()
-    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
-    return text.replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
 
 
 class WaypointL7Test(unittest.TestCase):

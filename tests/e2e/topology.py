@@ -145,6 +145,37 @@ class Pod:
         ] + ips) + "\n"
 
 
+# A waypoint declared as Istio users declare one: a Gateway of class istio-waypoint that takes
+# both service- and workload-addressed traffic.
+WAYPOINT_GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: backend
+  labels:
+    istio.io/waypoint-for: all
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+"""
+
+
+def with_labels(pod, labels, annotations=None):
+    """The pod's YAML with extra labels (and annotations)."""
+    text = pod.yaml()
+    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
+    text = text.replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
+    if annotations:
+        extra = "".join(f"    {k}: \"{v}\"\n" for k, v in annotations.items())
+        text = text.replace(f"    ambit.dev/netns: {pod.netns_path}\n",
+                            f"    ambit.dev/netns: {pod.netns_path}\n{extra}")
+    return text
+
+
 def strict_peer_authentication(namespace, name="strict"):
     """A namespace-wide STRICT PeerAuthentication, as YAML."""
     return f"""\
