@@ -395,14 +395,18 @@ def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
     expect(explained.returncode == 0 and explained.stdout.startswith("decision: deny") and
            "api-admin" in explained.stdout and "valid" in explained.stdout,
            "the check names the token as valid and the rule that did not match")
+    # The offline check above is the explanation with any ambitctl. An ambitctl whose live
+    # `check` takes HTTP attributes (--method, --path, --header) is asked as well; one whose
+    # `check` is L4 only is not, as it cannot see the request.
     live = run(ctl, "check", "--help", check=False)
     if "--path" in live.stdout + live.stderr:
-        # The running agent explains L7 decisions too: ask node1's, where web runs.
+        # The running agent explains L7 decisions too: ask the waypoint's node, which holds the
+        # policies attached to the Gateway.
         live = run(ctl, "check", "frontend/web", "backend/api:8080", "--method", "GET", "--path",
                    "/api/admin/users", "--header", f"authorization: Bearer {tokens['alice']}",
-                   "--admin-socket", node1.admin_socket, check=False)
+                   "--admin-socket", node3.admin_socket, check=False)
         show("ambitctl check frontend/web backend/api:8080 --method GET --path /api/admin/users "
-             "--header 'authorization: Bearer $ALICE'   (node1's running agent)",
+             "--header 'authorization: Bearer $ALICE'   (node3's running agent)",
              live.stdout + live.stderr)
         expect(live.returncode == 0 and "deny" in live.stdout,
                "the running agent explains the denial too")
