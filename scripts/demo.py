@@ -1,11 +1,13 @@
-"""make demo: two simulated nodes whose pods' TCP is steered by eBPF into ambit, carried over
-mutual TLS (HBONE) between the nodes, and allowed or refused by Istio policies, step by step.
+"""make demo: simulated nodes whose pods' TCP is steered by eBPF into ambit, carried over mutual
+TLS (HBONE) between the nodes, and allowed or refused by Istio policies, step by step: at L4 by
+the node tunnels, then at L7 (JWT, paths, methods) by a waypoint on a third node.
 
 Everything runs in network namespaces this script creates (198.18.0.0/15, 2001:2::/48) and is
 removed at the end, also on failure, Ctrl-C or SIGTERM. Every step checks that it behaved as its
 caption says; the demo exits non-zero if any did not.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -19,6 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from topology import Topology, build_dir, run, strict_peer_authentication  # noqa: E402
 import svid  # noqa: E402
+import jwt as pyjwt  # noqa: E402  (Debian python3-jwt)
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from jwt.algorithms import RSAAlgorithm  # noqa: E402
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
@@ -43,6 +48,123 @@ spec:
 """
 
 STRICT_BACKEND = strict_peer_authentication("backend")
+
+WAYPOINT_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
+WEB_ID = "spiffe://cluster.local/ns/frontend/sa/web"
+GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
+ISSUER = "https://login.demo.example"
+AUDIENCE = "api"
+
+# backend/api is a pod bound to the waypoint by its own label: the Gateway takes workload traffic
+# (istio.io/waypoint-for defaults to service).
+GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: backend
+  labels:
+    istio.io/waypoint-for: workload
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+"""
+
+# Attached to the Gateway: the waypoint validates tokens of one issuer (keys inline, made when
+# the demo starts), then lets GET /api/admin* through for the admins group and the rest of
+# GET /api/* for any valid token; everything else is denied (ALLOW policies apply).
+WAYPOINT_POLICIES = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: login
+  namespace: backend
+spec:
+  targetRefs:
+  - group: gateway.networking.k8s.io
+    kind: Gateway
+    name: waypoint
+  jwtRules:
+  - issuer: {issuer}
+    audiences: [{audience}]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-admin
+  namespace: backend
+spec:
+  targetRefs:
+  - group: gateway.networking.k8s.io
+    kind: Gateway
+    name: waypoint
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{issuer}/*"]
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/api/admin*"]
+    when:
+    - key: request.auth.claims[groups]
+      values: ["admins"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-read
+  namespace: backend
+spec:
+  targetRefs:
+  - group: gateway.networking.k8s.io
+    kind: Gateway
+    name: waypoint
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{issuer}/*"]
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/api/*"]
+        notPaths: ["/api/admin*"]
+"""
+
+# Once api uses the waypoint, the waypoint's identity is the one that connects to api's tunnel;
+# api's own L4 policy admits it (and nothing else reaches api: the bypass is closed).
+ALLOW_WAYPOINT = ALLOW_ONLY_WEB.replace("cluster.local/ns/frontend/sa/web",
+                                        "cluster.local/ns/backend/sa/waypoint")
+
+# backend/api's application: answers every request with what it saw, including where the
+# connection came from and whether an Authorization header reached it.
+APP = r"""
+import http.server, json, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        body = json.dumps({"method": self.command, "path": self.path,
+                           "client": self.client_address[0].removeprefix("::ffff:"),
+                           "authorization": self.headers.get("authorization")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = answer
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+S(("::", 8080), H).serve_forever()
+"""
 
 
 FAILURES = []
@@ -91,6 +213,223 @@ def curl(pod, url, in_cgroup=True):
                  "HTTP %{http_code} from %{remote_ip}:%{remote_port}\\n", url],
                 in_cgroup=in_cgroup)
     return (r.stdout + r.stderr).strip()
+
+
+def http(pod, url, token=None, method="GET"):
+    """(status, body) of one request made by curl in an enrolled pod; status 0 when none came."""
+    headers = ["-H", f"X-Demo: {MARKER}"]
+    if token:
+        headers += ["-H", f"Authorization: Bearer {token}"]
+    r = pod.run(["curl", "-sS", "-m", "5", "-X", method, "-o", "/dev/stdout", "-w",
+                 "\n%{http_code}"] + headers + [url])
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code or 0), (body or r.stderr).strip()
+
+
+def with_labels(pod, labels):
+    extra = "".join(f"    {k}: {v}\n" for k, v in labels.items())
+    return pod.yaml().replace(f"    app: {pod.name}\n", f"    app: {pod.name}\n{extra}")
+
+
+def waypoint_pid(agent):
+    """The PID of the agent's ambit-waypoint (found by its control socket), or None."""
+    out = run("pgrep", "-f", "--", f"--control-socket {agent.run_dir}/waypoint/dataplane.sock",
+              check=False).stdout.split()
+    return int(out[0]) if len(out) == 1 else None
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    """predicate()'s first true value within timeout seconds, else its last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def signing_key():
+    """An RS256 key made for this run, and its public half as the inline JWKS of the
+    RequestAuthentication."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="demo-1", alg="RS256", use="sig")
+    return key, json.dumps({"keys": [jwk]}, separators=(",", ":"))
+
+
+def sign(key, subject, groups, expires_in):
+    now = int(time.time())
+    return pyjwt.encode({"iss": ISSUER, "sub": subject, "aud": AUDIENCE, "groups": groups,
+                         "iat": now - 60, "exp": now + expires_in}, key, algorithm="RS256",
+                        headers={"kid": "demo-1"})
+
+
+def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
+    """The L7 part of the story: a waypoint for backend/api on node3, JWT and path rules, their
+    denials explained, and the bypass around the waypoint refused. Returns the waypoint's pod, its
+    node and the tokens."""
+    step("A waypoint: Gateway backend/waypoint (class istio-waypoint) and its pod "
+         "backend/waypoint-0 on a third node; node3's ambitd runs ambit-waypoint for it, next to "
+         "ambit-tunnel")
+    wp = t.add_pod("waypoint-0", namespace="backend", service_account="waypoint", node="node3")
+    print(f"  node3: pod {wp.namespace}/{wp.name} {wp.ip4:15} {wp.ip6}   labels: "
+          f"{GATEWAY_LABEL}: waypoint")
+    key, jwks = signing_key()
+    policies = WAYPOINT_POLICIES.format(issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
+    view = "---\n".join([web.yaml(), reports.yaml(),
+                         with_labels(api, {"istio.io/use-waypoint": "waypoint"}),
+                         with_labels(wp, {GATEWAY_LABEL: "waypoint"}), GATEWAY]) + "---\n" + plain
+    node3 = t.add_agent("node3")
+    node3.write_config("pods.yaml", view)
+    node3.write_config("peer-authn.yaml", STRICT_BACKEND)  # as every node sees it
+    node3.write_config("waypoint-policies.yaml", policies)
+    show("cat gateway.yaml", GATEWAY)
+    node3.start(wait_pods=[wp])
+    pid = wait_until(lambda: waypoint_pid(node3), 10)
+    ready = wait_until(lambda: f"certificate {WAYPOINT_ID} valid" in node3.logs(), 15)
+    for line in lines(node3, r"started (waypoint )?data plane|enrolled pod|signed certificate"):
+        print("  node3 " + line)
+    ps = run("ps", "-o", "pid,args", "-p", str(pid), check=False).stdout if pid else ""
+    show(f"ps -o pid,args -p {pid}", ps)
+    expect(pid is not None and "agent/main/ambit-waypoint " in ps and pid != node3.tunnel_pid(),
+           "ambitd on node3 runs ambit-waypoint for backend/waypoint-0, a process of its own")
+    expect(ready, f"the waypoint holds a certificate for {WAYPOINT_ID}")
+
+    step("backend/api uses the waypoint (label istio.io/use-waypoint: waypoint), on every node; "
+         "api's L4 policy now admits the waypoint's identity, the only one that reaches it")
+    node2.write_config("authz.yaml", ALLOW_WAYPOINT)
+    show("cat authz.yaml   (node2)", ALLOW_WAYPOINT)
+    for agent in (node1, node2):
+        agent.write_config("pods.yaml", view)
+    tokens = {"alice": sign(key, "alice", ["users"], 3600),
+              "root": sign(key, "root", ["admins"], 3600),
+              "expired": sign(key, "alice", ["users"], -3600)}
+
+    def through_waypoint():
+        code, body = http(web, f"http://{api.ip4}:8080/api/orders", tokens["alice"])
+        return code == 200 and f'"client": "{wp.ip4}"' in body
+    switched = wait_until(through_waypoint, 15, 0.2)
+    workloads = run(ctl, "workloads", "--admin-socket", node1.admin_socket, check=False).stdout
+    show("ambitctl workloads   (node1; the header, api and the waypoint's pod)",
+         "\n".join(l for l in workloads.splitlines()
+                   if l.startswith("NAMESPACE") or re.search(r"\b(api|waypoint-0)\b", l)))
+    expect(switched and re.search(r"\bapi\b.*backend/waypoint", workloads),
+           "node1 sends web's traffic for api to the waypoint")
+
+    step("RequestAuthentication and AuthorizationPolicies attached to the Gateway (targetRefs): "
+         "tokens of one issuer (RS256 key made for this run, JWKS inline); GET /api/admin* for "
+         "the admins group, the rest of GET /api/* for any valid token")
+    shown = policies.replace(jwks, jwks[:40] + "...")
+    show("cat waypoint-policies.yaml   (node3)", shown)
+    print("  tokens signed now with the run's key: $ALICE (groups: [users]), $ROOT (groups: "
+          "[admins]), $EXPIRED (alice's, expired an hour ago)")
+
+    step("curl from frontend/web (node1) to backend/api (node2): node1's tunnel carries it over "
+         "HBONE to the waypoint, which checks the token and the rules per request and forwards "
+         "over HBONE with its own identity")
+    m2, m3 = mark(node2), mark(node3)
+    url = f"http://{api.ip4}:8080"
+    code, body = http(web, f"{url}/api/orders", tokens["alice"])
+    show(f"curl -H 'Authorization: Bearer $ALICE' {url}/api/orders", f"HTTP {code}: {body}")
+    seen = json.loads(body) if code == 200 else {}
+    expect(code == 200 and seen.get("client") == wp.ip4,
+           f"200, and the app saw the request come from the waypoint's pod ({wp.ip4})")
+    expect(code == 200 and seen.get("authorization") is None,
+           "the waypoint took the token off before forwarding (forwardOriginalToken is off)")
+    time.sleep(0.3)
+    for line in lines(node2, r"inbound pod=backend/api", m2)[:1]:
+        print("  node2 " + line)
+    for line in lines(node3, r"access: .*path=/api/orders", m3)[:1]:
+        print("  node3 " + line)
+
+    cases = [
+        ("$EXPIRED", tokens["expired"], "GET", "/api/orders", 401, "Jwt is expired",
+         "an expired token: 401 Jwt is expired"),
+        ("$ALICE", tokens["alice"], "GET", "/api/admin/users", 403, "RBAC: access denied",
+         "a valid token outside the admins group on /api/admin/*: 403 RBAC: access denied"),
+        ("$ROOT", tokens["root"], "GET", "/api/admin/users", 200, None,
+         "an admins token on /api/admin/*: 200"),
+        ("$ALICE", tokens["alice"], "DELETE", "/api/orders", 403, "RBAC: access denied",
+         "a method no rule allows (DELETE): 403"),
+        (None, None, "GET", "/api/orders", 403, "RBAC: access denied",
+         "no token at all: 403 (the rules need a request principal)"),
+    ]
+    for name, token, method, path, want, text, what in cases:
+        code, body = http(web, f"{url}{path}", token, method)
+        auth = f"-H 'Authorization: Bearer {name}' " if name else ""
+        verb = f"-X {method} " if method != "GET" else ""
+        show(f"curl {verb}{auth}{url}{path}", f"HTTP {code}: {body}")
+        expect(code == want and (text is None or body == text), what)
+
+    step("The waypoint's access log (ambit-waypoint writes to ambitd's log on node3) and the "
+         "HTTP metrics on node3's /metrics")
+    time.sleep(0.3)
+    denials = lines(node3, r"access: .*status=403", m3)
+    for line in denials[:2]:
+        print("  node3 " + line)
+    expect(any("path=/api/admin/users" in l and "src_identity=" + WEB_ID in l for l in denials),
+           "the waypoint logged the 403 with the path and web's identity")
+    requests = [l for l in node3.metrics().splitlines() if l.startswith("istio_requests_total{")]
+    show(f"curl -s http://127.0.0.1:{node3.metrics_port}/metrics | grep '^istio_requests_total'",
+         "\n".join(requests))
+    expect(any('response_code="403"' in l for l in requests) and
+           any('response_code="401"' in l for l in requests),
+           'istio_requests_total counts the denials by response_code ("401", "403")')
+
+    step("Why was alice's GET /api/admin/users denied? ambitctl policy check runs the waypoint's "
+         "engine on node3's configuration, token included")
+    request = os.path.join(t.workdir, "l7-request.yaml")
+    with open(request, "w") as f:
+        f.write("enforcement: L7\n"
+                "target: {namespace: backend, labels: {app: api}, "
+                "waypoint: {name: waypoint, namespace: backend}}\n"
+                f"source: {{principal: {WEB_ID}, ip: {web.ip4}}}\n"
+                f"destination: {{ip: {api.ip4}, port: 8080}}\n"
+                "http:\n  method: GET\n  path: /api/admin/users\n"
+                f"  headers: {{authorization: \"Bearer {tokens['alice']}\"}}\n")
+    explained = run(ctl, "policy", "check", "--config", node3.config_dir, "--request", request,
+                    check=False)
+    show("cat l7-request.yaml", open(request).read().replace(tokens["alice"], "$ALICE"))
+    show("ambitctl policy check --config <node3 config> --request l7-request.yaml",
+         explained.stdout + explained.stderr)
+    expect(explained.returncode == 0 and explained.stdout.startswith("decision: deny") and
+           "api-admin" in explained.stdout and "valid" in explained.stdout,
+           "the check names the token as valid and the rule that did not match")
+    # The offline check above is the explanation with any ambitctl. An ambitctl whose live
+    # `check` takes HTTP attributes (--method, --path, --header) is asked as well; one whose
+    # `check` is L4 only is not, as it cannot see the request.
+    live = run(ctl, "check", "--help", check=False)
+    if "--path" in live.stdout + live.stderr:
+        # The running agent explains L7 decisions too: ask the waypoint's node, which holds the
+        # policies attached to the Gateway.
+        live = run(ctl, "check", "frontend/web", "backend/api:8080", "--method", "GET", "--path",
+                   "/api/admin/users", "--header", f"authorization: Bearer {tokens['alice']}",
+                   "--admin-socket", node3.admin_socket, check=False)
+        show("ambitctl check frontend/web backend/api:8080 --method GET --path /api/admin/users "
+             "--header 'authorization: Bearer $ALICE'   (node3's running agent)",
+             live.stdout + live.stderr)
+        expect(live.returncode == 0 and "deny" in live.stdout,
+               "the running agent explains the denial too")
+
+    step("The bypass: a client holding frontend/web's certificate dials api's HBONE port "
+         "directly (Python ssl + h2, from outside the mesh): api's tunnel accepts only the "
+         "waypoint")
+    certdir = svid.issue(node1, WEB_ID, "demo-token", tempfile.mkdtemp(dir=t.workdir))
+    m2 = mark(node2)
+    r = outsider.run(["/usr/bin/python3", str(ROOT / "tests/e2e/hbone_peer.py"), "client",
+                      certdir, api.ip4, f"{api.ip4}:8080",
+                      f"GET /api/orders HTTP/1.1\r\nHost: {api.ip4}\r\n\r\n"],
+                     in_cgroup=False, timeout=30)
+    show(f"hbone_peer.py client <web's SVID> {api.ip4} {api.ip4}:8080 'GET /api/orders ...'",
+         r.stdout + r.stderr)
+    got = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+    time.sleep(0.3)
+    refused = lines(node2, r"uses waypoint backend/waypoint", m2)
+    for line in refused[:1]:
+        print("  node2 " + line)
+    expect(got.get("status") == 401 and got.get("reply") == "" and refused,
+           "api's tunnel answers web's direct CONNECT with 401: it uses waypoint backend/waypoint")
+    return wp, node3, tokens
 
 
 def main():
@@ -156,8 +495,8 @@ def main():
             expect(status == 200, f"{n} is ready (BPF attached, data plane up, certificates)")
 
         step("An HTTP server in backend/api; tcpdump watches the wire between the nodes")
-        server = api.popen(["/usr/bin/python3", "-m", "http.server", "8080", "--bind", "::"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        app_log = open(os.path.join(t.workdir, "api-app.log"), "w")
+        server = api.popen(["/usr/bin/python3", "-c", APP], stdout=app_log, stderr=app_log)
         capture = os.path.join(t.workdir, "wire.pcap")
         dump = subprocess.Popen(["ip", "netns", "exec", t.wire, "tcpdump", "-i", "br0", "-n",
                                  "--immediate-mode", "-U", "-w", capture, "tcp"],
@@ -309,13 +648,17 @@ def main():
                any("response_flags=DENY" in m for m in moved),
                "connection counters moved, denied connections counted with response_flags=DENY")
 
+        wp, node3, tokens = waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1,
+                                           node2)
+
         step("Killing ambit-tunnel on node1: ambitd restarts it; its listeners stayed open, so a "
-             "request made in the gap waits in the backlog and is served")
+             "request made in the gap waits in the backlog and is served (through the waypoint)")
         pid = node1.tunnel_pid()
         os.kill(pid, 9)
-        out = curl(web, f"http://{api.ip4}:8080/")
-        show(f"kill -9 {pid}; curl http://{api.ip4}:8080/", out)
-        expect("HTTP 200" in out, "the request made while the data plane restarted is served")
+        code, body = http(web, f"http://{api.ip4}:8080/api/orders", tokens["alice"])
+        show(f"kill -9 {pid}; curl -H 'Authorization: Bearer $ALICE' "
+             f"http://{api.ip4}:8080/api/orders", f"HTTP {code}: {body}")
+        expect(code == 200, "the request made while the data plane restarted is served")
         for line in lines(node1, r"data plane pid=.*(killed|exited)|started data plane")[-2:]:
             print("  node1 " + line)
 
@@ -324,19 +667,39 @@ def main():
         dump.terminate()
         dump.wait(timeout=5)
         r = run("tcpdump", "-n", "-r", capture, "-A", check=False)
+        with open(capture, "rb") as f:
+            raw = f.read()
         packets = [l for l in r.stdout.splitlines() if " IP" in l and "Flags" in l]
-        web_api = [l for l in packets if web.ip4 in l or web.ip6 in l]
-        requests = [l for l in r.stdout.splitlines() if "GET / HTTP" in l]
-        show("tcpdump -n -r wire.pcap host web   (first lines)", "\n".join(web_api[:6]))
-        other = [l for l in web_api if ".15008 " not in l and ".15008:" not in l]
-        print(f"  {len(web_api)} packets between web and api, {len(web_api) - len(other)} of "
-              f"them to or from port 15008 (HBONE), {len(other)} on any other port")
-        for l in other[:5]:
+
+        def hbone_only(pod):
+            mine = [l for l in packets if pod.ip4 in l or pod.ip6 in l]
+            return mine, [l for l in mine if ".15008 " not in l and ".15008:" not in l]
+        web_pkts, web_other = hbone_only(web)
+        wp_pkts, wp_other = hbone_only(wp)
+        requests = [l for l in r.stdout.splitlines() if re.search(r"[A-Z]+ /\S* HTTP/1", l)]
+        show("tcpdump -n -r wire.pcap host web   (first lines)", "\n".join(web_pkts[:6]))
+        print(f"  {len(web_pkts)} packets to or from web (to api, then to the waypoint), "
+              f"{len(web_pkts) - len(web_other)} of them to or from port 15008 (HBONE), "
+              f"{len(web_other)} on any other port")
+        print(f"  {len(wp_pkts)} packets to or from the waypoint's pod (from web, on to api), "
+              f"{len(wp_pkts) - len(wp_other)} of them to or from port 15008, {len(wp_other)} on "
+              "any other port")
+        for l in (web_other + wp_other)[:5]:
             print("  not HBONE: " + l)
         print(f"  HTTP request lines readable anywhere on the wire: {len(requests)} (only "
               f"default/outsider, outside the mesh, sends plaintext: before STRICT, or reset)")
-        expect(web_api and not other, "every packet between web and api is HBONE (port 15008)")
-        expect(MARKER not in r.stdout, f"the marker web sent ({MARKER}) never appears on the wire")
+        for l in requests[:3]:
+            print("    " + l.strip()[-60:])
+        expect(web_pkts and not web_other, "every packet to or from web is HBONE (port 15008)")
+        expect(wp_pkts and not wp_other,
+               "every packet to or from the waypoint is HBONE (port 15008): both hops are mTLS")
+        expect(not any("/api/" in l for l in requests), "no request through the waypoint is "
+               "readable on the wire")
+        expect(MARKER not in r.stdout and MARKER.encode() not in raw,
+               f"the marker web sent ({MARKER}) never appears on the wire")
+        signatures = [tok.rsplit(".", 1)[1][:24] for tok in tokens.values()]
+        expect(not any(sig in r.stdout or sig.encode() in raw for sig in signatures),
+               "no bearer token appears on the wire")
 
         step("Tearing down: ambitd --cleanup stops each data plane and removes every pin")
         server.kill()

@@ -1,22 +1,25 @@
-"""End to end: ambitd runs and supervises the waypoint data plane (ambit-waypoint) next to
-ambit-tunnel.
+"""End to end: ambitd runs and supervises the waypoint data plane (the real ambit-waypoint) next
+to ambit-tunnel.
 
-ambit-tunnel stands in for ambit-waypoint here (`--waypoint-binary` points at a wrapper that
-execs it) until this test is switched to the real binary: both speak the same control protocol
-and take the same flags, so everything ambitd does with the waypoint process shows the same.
-The wrapper also lets the test keep the waypoint process from starting (mode 000) to hold it
-down for a while.
+`--waypoint-binary` names a wrapper that execs build/agent/main/ambit-waypoint, so the process
+ambitd watches is the real binary (its command line says so); the wrapper only lets the test keep
+the waypoint process from starting (mode 000) to hold it down for a while.
 
 - WaypointProcessTest: node1 enrolls wp (the pod of Gateway backend/waypoint, class
-  istio-waypoint) and a, an ordinary pod. A second data-plane process runs with
-  `--control-socket <run>/waypoint/dataplane.sock` and the tunnel's flags; wp's certificate is
-  requested by it and a's by ambit-tunnel (ambitd logs which process asked; ambitctl certs lists
-  both); traffic between a and wp works both ways. kill -9 of the waypoint process: not ready
-  (naming the waypoint data plane) while it cannot start, then restarted, wp sent to the new
-  process, its certificate issued again to it, ready again. Stopped (SIGSTOP): not ready, naming
-  its late heartbeat, and ready again once it answers, without a restart. wp losing its Gateway label moves it
-  to ambit-tunnel and back. ambitd restarted: both processes keep their PIDs (re-attached, pods
-  handed back and adopted) and traffic works. `ambitd --cleanup` leaves neither process.
+  istio-waypoint), b (bound to that waypoint by istio.io/use-waypoint) and a, an ordinary pod.
+  A second data-plane process runs with `--control-socket <run>/waypoint/dataplane.sock` and the
+  tunnel's flags; wp's certificate is requested by it, a's and b's by ambit-tunnel (ambitd logs
+  which process asked; ambitctl certs lists them). curl a -> b goes through the waypoint process
+  (b's app sees wp's address); raw TCP a -> wp reaches the waypoint's 15008, which refuses a
+  CONNECT to wp itself (400: wp uses no waypoint); wp -> a is reset on wp's 15001 (a waypoint's
+  pod opens no redirected connections); `ambitctl connections` lists the waypoint process's flow
+  of a held a -> b connection. kill -9 of the waypoint process: not ready (naming the waypoint
+  data plane) while it cannot start, then restarted, wp sent to the new process, its certificate
+  issued again to it, ready again, traffic through it again. Stopped (SIGSTOP): not ready, naming
+  its late heartbeat, and ready again once it answers, without a restart. wp losing its Gateway
+  label moves it to ambit-tunnel (ordinary traffic to it works) and back. ambitd restarted: both
+  processes keep their PIDs (re-attached, pods handed back and adopted) and traffic works.
+  `ambitd --cleanup` leaves neither process.
 - NoWaypointPodTest: a node whose only waypoint pod is on another node starts no waypoint
   process (nor its run directory).
 """
@@ -34,23 +37,49 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
-TUNNEL = str(build_dir() / "agent/main/ambit-tunnel")
+WAYPOINT = str(build_dir() / "agent/main/ambit-waypoint")
 WP_ID = "spiffe://cluster.local/ns/backend/sa/waypoint"
 WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
+API_ID = "spiffe://cluster.local/ns/backend/sa/api"
 GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
 
+# b is bound by its own label: the Gateway takes workload traffic (the default is services only).
 GATEWAY = """\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
   name: waypoint
   namespace: backend
+  labels:
+    istio.io/waypoint-for: workload
 spec:
   gatewayClassName: istio-waypoint
   listeners:
   - name: mesh
     port: 15008
     protocol: HBONE
+"""
+
+
+# b's application: answers every request with its path and the address it came from; HTTP/1.1
+# keep-alive, so a client can hold its connection open between requests.
+HTTP_SERVER = r"""
+import http.server, json, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "client": self.client_address[0]}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+s = S(("0.0.0.0", int(sys.argv[1])), H)
+print("listening", flush=True)
+s.serve_forever()
 """
 
 
@@ -113,13 +142,18 @@ class WaypointProcessTest(unittest.TestCase):
             cls.a = t.add_pod("a", namespace="default", service_account="web", node="node1")
             cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint",
                                node="node1")
+            cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node1")
             cls.n1 = t.add_agent("node1")
             cls.wrapper = os.path.join(t.workdir, "ambit-waypoint")
-            write_wrapper(cls.wrapper, TUNNEL)
+            write_wrapper(cls.wrapper, WAYPOINT)
             cls.write_config(waypoint_label=True)
             cls.start_agent()
             cls.n1.wait_log(f"certificate {WP_ID} valid")
             cls.n1.wait_log(f"certificate {WEB_ID} valid")
+            cls.n1.wait_log(f"certificate {API_ID} valid")
+            cls.app = cls.b.popen(["/usr/bin/python3", "-c", HTTP_SERVER, "8080"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_listening(cls.app)
         except Exception:
             cls.topo.close()
             raise
@@ -132,11 +166,12 @@ class WaypointProcessTest(unittest.TestCase):
     def write_config(cls, waypoint_label):
         wp = (with_labels(cls.wp, {GATEWAY_LABEL: "waypoint"}) if waypoint_label
               else cls.wp.yaml())
-        cls.n1.write_config("pods.yaml", "---\n".join([cls.a.yaml(), wp, GATEWAY]))
+        b = with_labels(cls.b, {"istio.io/use-waypoint": "waypoint"})
+        cls.n1.write_config("pods.yaml", "---\n".join([cls.a.yaml(), wp, b, GATEWAY]))
 
     @classmethod
     def start_agent(cls):
-        cls.n1.start("--waypoint-binary", cls.wrapper, wait_pods=[cls.a, cls.wp])
+        cls.n1.start("--waypoint-binary", cls.wrapper, wait_pods=[cls.a, cls.wp, cls.b])
 
     @property
     def waypoint_socket(self):
@@ -172,13 +207,26 @@ class WaypointProcessTest(unittest.TestCase):
                 srv.kill()
             srv.wait(timeout=10)
 
+    def through_waypoint(self, path):
+        """curl a -> b: a's tunnel sends it to wp's 15008, where the waypoint process forwards it
+        to b. Asserts b's app answered and saw the request come from wp."""
+        r = self.a.run(["curl", "-sS", "-m", "10", "-o", "/dev/stdout", "-w", "\n%{http_code}",
+                        f"http://{self.b.ip4}:8080{path}"])
+        body, _, code = r.stdout.rpartition("\n")
+        self.assertEqual(code, "200", f"{r.stderr}\n{self.n1.logs()[-4000:]}")
+        seen = json.loads(body)
+        self.assertEqual(seen["path"], path)
+        self.assertEqual(seen["client"], self.wp.ip4)  # forwarded by the waypoint
+
     def test_1_waypoint_pod_is_served_by_its_own_process(self):
         tunnel = self.n1.tunnel_pid()
         waypoint = wait_for("the waypoint data plane", self.waypoint_pid, 10)
         self.assertIsNotNone(tunnel)
         self.assertNotEqual(tunnel, waypoint)
         argv = cmdline(waypoint)
-        # The tunnel's flags, with its own control socket in its own directory.
+        # The real binary (the wrapper execs it), with the tunnel's flags and its own control
+        # socket in its own directory.
+        self.assertEqual(argv[0], WAYPOINT)
         self.assertIn("--workers", argv)
         self.assertIn("--socket-mark", argv)
         self.assertEqual(argv[argv.index("--control-socket") + 1], self.waypoint_socket)
@@ -187,48 +235,97 @@ class WaypointProcessTest(unittest.TestCase):
         logs = self.n1.logs()
         self.assertIn(f"waypoint data plane pid={waypoint}: signed certificate for {WP_ID}\n", logs)
         self.assertIn(f"data plane pid={tunnel}: signed certificate for {WEB_ID}\n", logs)
+        self.assertIn(f"data plane pid={tunnel}: signed certificate for {API_ID}\n", logs)
         # Never the other way round: each pod went to one process only.
         self.assertNotRegex(logs, f"agent: data plane pid=[0-9]+: signed certificate for {WP_ID}\n")
-        self.assertNotIn(f"waypoint data plane pid={waypoint}: signed certificate for {WEB_ID}",
-                         logs)
+        for identity in (WEB_ID, API_ID):
+            self.assertNotIn(f"waypoint data plane pid={waypoint}: signed certificate for "
+                             f"{identity}", logs)
         certs = self.certs()
-        self.assertEqual(certs[WP_ID]["state"], "valid")
-        self.assertEqual(certs[WEB_ID]["state"], "valid")
+        for identity in (WP_ID, WEB_ID, API_ID):
+            self.assertEqual(certs[identity]["state"], "valid", identity)
         self.wait_ready()
-        self.echo(self.a, self.wp, 7401)  # into wp through the waypoint process's 15008
-        self.echo(self.wp, self.a, 7402)  # out of wp through the waypoint process's 15001
+        self.through_waypoint("/first")
+        self.n1.wait_log("path=/first")  # the waypoint's access log line
 
-    def test_1_connections_of_both_processes_are_listed(self):
-        srv = self.wp.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", "7408", "1"],
+    def test_1_raw_tcp_to_the_waypoint_pod_is_refused_by_the_waypoint(self):
+        # a's tunnel asks wp's 15008 for wp itself: the waypoint serves only destinations that
+        # use it, and wp uses none.
+        mark = len(self.n1.logs())
+        srv = self.wp.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", "7401", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        cli = None
         try:
             wait_listening(srv)
-            # Held open (no EOF) while the connections are listed.
-            cli = self.a.popen(["/usr/bin/python3", "-c",
-                                "import socket, sys, time\n"
-                                "s = socket.create_connection((sys.argv[1], 7408), timeout=5)\n"
-                                "s.sendall(b'x')\nprint('open', flush=True)\ntime.sleep(20)\n",
-                                self.wp.ip4], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-            self.assertEqual(cli.stdout.readline().strip(), "open", cli.stderr)
+            r = self.a.python(CLIENT, self.wp.ip4, 7401, "ping")
+            got = json.loads(r.stdout) if r.returncode == 0 else {}
+            self.assertNotEqual(got.get("reply"), "echo:ping")
+            self.n1.wait_log(f"waypoint pod=backend/wp src={self.a.ip4} "
+                             f"dst={self.wp.ip4}:7401")
+            line = [l for l in self.n1.logs()[mark:].splitlines()
+                    if f"dst={self.wp.ip4}:7401" in l and "answered" in l]
+            self.assertTrue(line and line[0].endswith("; answered 400"), line)
+            self.assertIsNone(srv.poll())  # nothing reached wp's app
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+            srv.wait(timeout=10)
 
-            def both():
+    def test_1_waypoint_pod_opens_no_redirected_connections(self):
+        # wp's connect is steered to its own 15001 like any enrolled pod's; the waypoint process
+        # resets what it accepts there.
+        mark = len(self.n1.logs())
+        srv = self.a.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", "7402", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_listening(srv)
+            r = self.wp.python(CLIENT, self.a.ip4, 7402, "ping")
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertRegex(r.stderr, "Connection reset|Broken pipe")
+            self.n1.wait_log("a waypoint's pod opens no redirected connections; connection reset")
+            self.assertRegex(self.n1.logs()[mark:],
+                             "warn waypoint: outbound pod=backend/wp src=127.0.0.1:[0-9]+ "
+                             "dst=127.0.0.1:15001: a waypoint's pod opens no redirected "
+                             "connections; connection reset")
+            self.assertIsNone(srv.poll())  # nothing reached a
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+            srv.wait(timeout=10)
+
+    def test_1_connections_of_both_processes_are_listed(self):
+        # One keep-alive connection a -> b, held open after its first answer: the waypoint
+        # process holds its downstream (a's CONNECT to wp) and its upstream to b.
+        cli = self.a.popen(["/usr/bin/python3", "-c",
+                            "import http.client, sys, time\n"
+                            "c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=10)\n"
+                            "c.request('GET', '/held')\n"
+                            "print(c.getresponse().read().decode(), flush=True)\n"
+                            "time.sleep(20)\n", self.b.ip4],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = cli.stdout.readline()
+            self.assertEqual(json.loads(first or "{}").get("client"), self.wp.ip4, cli.stderr)
+
+            def listed():
                 r = run(AMBITCTL, "connections", "-o", "json", "--admin-socket",
                         self.n1.admin_socket, check=False)
                 conns = json.loads(r.stdout).get("connections", []) if r.returncode == 0 else []
-                dst = [c for c in conns if c["destination"]["address"] == f"{self.wp.ip4}:7408"]
+                dst = [c for c in conns if c["destination"]["address"] == f"{self.b.ip4}:8080"]
                 got = {(c["pod"], c["direction"]) for c in dst}
-                return got if got == {("default/a", "outbound"), ("backend/wp", "inbound")} \
-                    else None
-            # a's outbound flow is ambit-tunnel's, wp's inbound flow the waypoint process's.
-            wait_for("both ends of a -> wp in ambitctl connections", both, 10)
+                return (got, dst) if ("backend/wp", "inbound") in got and \
+                    ("default/a", "outbound") in got else None
+            got, conns = wait_for("the waypoint's flow of a -> b in ambitctl connections",
+                                  listed, 10)
+            # a's outbound flow is ambit-tunnel's; wp's inbound flow, from a with a's identity,
+            # the waypoint process's.
+            at_wp = [c for c in conns if c["pod"] == "backend/wp"]
+            self.assertEqual(len(at_wp), 1, conns)
+            self.assertEqual(at_wp[0]["source"]["address"].split(":")[0], self.a.ip4, at_wp)
+            self.assertIn(WEB_ID, json.dumps(at_wp[0]))
         finally:
-            for p in (cli, srv):
-                if p is not None and p.poll() is None:
-                    p.kill()
-                if p is not None:
-                    p.wait(timeout=10)
+            if cli.poll() is None:
+                cli.kill()
+            cli.wait(timeout=10)
 
     def test_2_killed_waypoint_process_is_restarted_and_gets_its_pod_again(self):
         old = wait_for("the waypoint data plane", self.waypoint_pid, 10)
@@ -252,7 +349,7 @@ class WaypointProcessTest(unittest.TestCase):
         self.n1.wait_log(f"waypoint data plane pid={new}: signed certificate for {WP_ID}\n", 15)
         self.assertGreater(self.n1.logs().count(f"signed certificate for {WP_ID}"), signed_before)
         self.wait_ready()
-        self.echo(self.a, self.wp, 7403)
+        self.through_waypoint("/after-restart")
 
     def test_2b_stalled_waypoint_process_makes_the_node_not_ready(self):
         pid = wait_for("the waypoint data plane", self.waypoint_pid, 10)
@@ -277,13 +374,13 @@ class WaypointProcessTest(unittest.TestCase):
         self.write_config(waypoint_label=False)
         self.n1.wait_log("pod backend/wp moves from the waypoint data plane to the data plane")
         self.n1.wait_log(f"data plane pid={tunnel}: signed certificate for {WP_ID}\n", 15)
-        self.echo(self.a, self.wp, 7404)
+        self.echo(self.a, self.wp, 7404)  # an ordinary pod now: ambit-tunnel delivers to its app
         self.write_config(waypoint_label=True)
         self.n1.wait_log("pod backend/wp moves from the data plane to the waypoint data plane")
         self.n1.wait_log(by_waypoint, 15, count=signed + 1)
         self.assertEqual(self.waypoint_pid(), waypoint)  # kept, not restarted
         self.wait_ready()
-        self.echo(self.a, self.wp, 7405)
+        self.through_waypoint("/moved-back")
         # New listeners for each move: the process letting go shuts its listeners down, which
         # would leave the other one accepting on a socket that no longer listens.
         self.assertNotIn("listener of backend/wp: Invalid argument", self.n1.logs())
@@ -305,8 +402,7 @@ class WaypointProcessTest(unittest.TestCase):
         self.assertNotIn("started waypoint data plane", after)
         self.assertEqual(self.n1.tunnel_pid(), tunnel)
         self.assertEqual(self.waypoint_pid(), waypoint)
-        self.echo(self.a, self.wp, 7406)
-        self.echo(self.wp, self.a, 7407)
+        self.through_waypoint("/after-agent-restart")
 
     def test_5_cleanup_stops_the_waypoint_process(self):
         waypoint = wait_for("the waypoint data plane", self.waypoint_pid, 10)
@@ -325,11 +421,9 @@ class NoWaypointPodTest(unittest.TestCase):
             a = t.add_pod("a", namespace="default", service_account="web", node="node1")
             wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node2")
             n1 = t.add_agent("node1")
-            wrapper = os.path.join(t.workdir, "ambit-waypoint")
-            write_wrapper(wrapper, TUNNEL)
             n1.write_config("pods.yaml", "---\n".join(
                 [a.yaml(), with_labels(wp, {GATEWAY_LABEL: "waypoint"}), GATEWAY]))
-            n1.start("--waypoint-binary", wrapper, wait_pods=[a])
+            n1.start("--waypoint-binary", WAYPOINT, wait_pods=[a])
             n1.wait_log(f"certificate {WEB_ID} valid")
             wait_for("ambitd ready", lambda: ready(n1)[0] == 200, 15)
             time.sleep(1)
