@@ -19,7 +19,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from topology import Topology, build_dir, run, strict_peer_authentication  # noqa: E402
+from topology import ECHO_HTTP_APP, Topology, build_dir, run, strict_peer_authentication  # noqa: E402
 import svid  # noqa: E402
 import jwt as pyjwt  # noqa: E402  (Debian python3-jwt)
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
@@ -142,29 +142,6 @@ spec:
 ALLOW_WAYPOINT = ALLOW_ONLY_WEB.replace("cluster.local/ns/frontend/sa/web",
                                         "cluster.local/ns/backend/sa/waypoint")
 
-# backend/api's application: answers every request with what it saw, including where the
-# connection came from and whether an Authorization header reached it.
-APP = r"""
-import http.server, json, socket, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self):
-        body = json.dumps({"method": self.command, "path": self.path,
-                           "client": self.client_address[0].removeprefix("::ffff:"),
-                           "authorization": self.headers.get("authorization")}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    do_GET = do_POST = do_DELETE = answer
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-S(("::", 8080), H).serve_forever()
-"""
 
 
 FAILURES = []
@@ -496,7 +473,10 @@ def main():
 
         step("An HTTP server in backend/api; tcpdump watches the wire between the nodes")
         app_log = open(os.path.join(t.workdir, "api-app.log"), "w")
-        server = api.popen(["/usr/bin/python3", "-c", APP], stdout=app_log, stderr=app_log)
+        # backend/api's application answers every request with what it saw, including where the
+        # connection came from and whether an Authorization header reached it.
+        server = api.popen(["/usr/bin/python3", "-c", ECHO_HTTP_APP, "8080"], stdout=app_log,
+                           stderr=app_log)
         capture = os.path.join(t.workdir, "wire.pcap")
         dump = subprocess.Popen(["ip", "netns", "exec", t.wire, "tcpdump", "-i", "br0", "-n",
                                  "--immediate-mode", "-U", "-w", capture, "tcp"],

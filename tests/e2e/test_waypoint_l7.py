@@ -15,8 +15,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import (CLIENT, SERVER, WAYPOINT_GATEWAY, Topology, build_dir, run,  # noqa: E402
-                      wait_listening, with_labels)
+from topology import (CLIENT, ECHO_HTTP_APP, SERVER, WAYPOINT_GATEWAY,  # noqa: E402
+                      Topology, build_dir, run, wait_listening, with_labels)
 import subprocess  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
@@ -174,30 +174,6 @@ spec:
         paths: ["/public/*"]
 """
 
-# An HTTP/1.1 server that answers every request with what it saw (method, path, one header).
-HTTP_SERVER = r"""
-import http.server, json, socket, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def handle_one(self):
-        body = json.dumps({"method": self.command, "path": self.path,
-                           "client": self.client_address[0],
-                           "group": self.headers.get("x-jwt-group"),
-                           "authorization": self.headers.get("authorization")}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    do_GET = do_POST = do_DELETE = handle_one
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET
-s = S(("0.0.0.0", int(sys.argv[1])), H)
-print("listening", flush=True)
-s.serve_forever()
-"""
 
 
 KEEPALIVE_CLIENT = r"""
@@ -257,7 +233,7 @@ class WaypointL7Test(unittest.TestCase):
         cls.n1.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")
         cls.n2.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
         cls.n3.wait_log(f"certificate {WAYPOINT_ID} valid")
-        cls.srv = cls.b.popen(["/usr/bin/python3", "-c", HTTP_SERVER, "8080"],
+        cls.srv = cls.b.popen(["/usr/bin/python3", "-c", ECHO_HTTP_APP, "8080"],
                               stdout=__import__("subprocess").PIPE, text=True)
         cls.srv.stdout.readline()
         cls.n4.wait_log("certificate spiffe://cluster.local/ns/default/sa/web valid")

@@ -145,6 +145,34 @@ class Pod:
         ] + ips) + "\n"
 
 
+# An HTTP/1.1 application (dual-stack, port argv[1]) that answers every request with what it saw:
+# method, path, the client's address, the x-jwt-group and authorization headers. Prints
+# "listening" once it listens.
+ECHO_HTTP_APP = r"""
+import http.server, json, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        body = json.dumps({"method": self.command, "path": self.path,
+                           "client": self.client_address[0].removeprefix("::ffff:"),
+                           "group": self.headers.get("x-jwt-group"),
+                           "authorization": self.headers.get("authorization")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = answer
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+s = S(("::", int(sys.argv[1])), H)
+print("listening", flush=True)
+s.serve_forever()
+"""
+
 # A waypoint declared as Istio users declare one: a Gateway of class istio-waypoint that takes
 # both service- and workload-addressed traffic.
 WAYPOINT_GATEWAY = """\
