@@ -333,6 +333,20 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     result.reason = "no RequestAuthentication applies";
     return result;
   }
+  // The headers the rules write (outputPayloadToHeader, outputClaimToHeaders) are never taken
+  // from the client, whatever the token: a request without one would otherwise carry a forged
+  // claim (x-jwt-group: admins) to an application that trusts the waypoint to have set it.
+  for (const Provider* p : providers) {
+    if (!p->rule->output_payload_to_header.empty()) {
+      result.header_mutations.push_back({HeaderMutation::Op::kRemove,
+                                         absl::AsciiStrToLower(p->rule->output_payload_to_header),
+                                         ""});
+    }
+    for (const ClaimToHeader& c : p->rule->output_claim_to_headers) {
+      result.header_mutations.push_back(
+          {HeaderMutation::Op::kRemove, absl::AsciiStrToLower(c.header), ""});
+    }
+  }
   if (IsCorsPreflight(request)) {
     result.cors_preflight = true;
     result.reason = "CORS preflight request: JWT authentication is skipped";
@@ -470,19 +484,7 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       return result;
     }
     result.checks = winner->checks;
-    // Tokens' headers that a rule reads are replaced by what Envoy sets, never taken from the
-    // client: every rule's output headers are removed first.
-    for (const Provider* p : providers) {
-      if (!p->rule->output_payload_to_header.empty()) {
-        result.header_mutations.push_back({HeaderMutation::Op::kRemove,
-                                           absl::AsciiStrToLower(p->rule->output_payload_to_header),
-                                           ""});
-      }
-      for (const ClaimToHeader& c : p->rule->output_claim_to_headers) {
-        result.header_mutations.push_back(
-            {HeaderMutation::Op::kRemove, absl::AsciiStrToLower(c.header), ""});
-      }
-    }
+    // The output headers were removed above; the valid tokens set them.
     for (size_t i = 0; i < winner->verified.size(); ++i) {
       const auto& [provider, jwt] = winner->verified[i];
       AddMutations(*provider->rule, winner->checks[i].location, jwt, &result.header_mutations);

@@ -361,6 +361,12 @@ class WaypointL7Test(unittest.TestCase):
         self.assertEqual(seen["group"], "users")
         self.n3.wait_log(f"jwt_principal={ISSUER}/alice")
 
+    def test_forged_claim_header_without_token_never_reaches_the_app(self):
+        code, body, err = self.curl("-H", "x-jwt-group: admins",
+                                    f"http://{self.b.ip4}:8080/public/forged")
+        self.assertEqual(code, 200, err)
+        self.assertIsNone(json.loads(body)["group"])
+
     def test_missing_token_is_denied_by_the_request_principal_rule(self):
         code, body, _ = self.curl(f"http://{self.b.ip4}:8080/secure/data")
         self.assertEqual((code, body), (403, "RBAC: access denied"))

@@ -143,6 +143,21 @@ TEST_F(AuthenticatorTest, WrongAudienceIs403) {
   EXPECT_EQ(r.body, "Audiences in Jwt are not allowed");
 }
 
+TEST_F(AuthenticatorTest, OutputHeadersAreNeverTakenFromTheClient) {
+  JwtRule rule = Rule();
+  rule.output_claim_to_headers = {{"x-jwt-group", "group"}};
+  rule.output_payload_to_header = "x-jwt-payload";
+  auto a = Make({rule});
+  // No token: the request goes on unauthenticated, without the headers the client forged.
+  AuthnResult r = Run(*a, Request({{"x-jwt-group", "admins"}, {"x-jwt-payload", "e30"}}));
+  EXPECT_TRUE(r.allowed);
+  EXPECT_FALSE(r.auth.has_value());
+  const authz::HeaderMap out = Authenticator::ApplyMutations(
+      Request({{"x-jwt-group", "admins"}, {"x-jwt-payload", "e30"}}).headers, r.header_mutations);
+  EXPECT_EQ(out.Find("x-jwt-group"), nullptr);
+  EXPECT_EQ(out.Find("x-jwt-payload"), nullptr);
+}
+
 TEST_F(AuthenticatorTest, NoTokenPassesWithoutPrincipal) {
   auto a = Make({Rule()});
   AuthnResult r = Run(*a, Request({{"x-other", "1"}}));
