@@ -32,6 +32,7 @@ packages=(
   libhttp-parser-dev
   # JWT tests (tokens signed at test time)
   python3-jwt
+  ca-certificates
 )
 
 missing=()

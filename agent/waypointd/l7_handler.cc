@@ -51,6 +51,16 @@ class FailedStream final : public waypoint::ByteStream {
   std::shared_ptr<bool> alive_;
 };
 
+// A fetcher for a machine without usable roots: every fetch fails with why.
+class UnavailableFetcher final : public authn::JwksFetcher {
+ public:
+  explicit UnavailableFetcher(absl::Status why) : why_(std::move(why)) {}
+  absl::StatusOr<std::string> Fetch(const std::string&, absl::Duration) override { return why_; }
+
+ private:
+  absl::Status why_;
+};
+
 // Where the waypoint forwards one downstream's requests: over HBONE from the waypoint's pod to
 // the destination's tunnel, resolved against the configuration in force at each connect.
 class HboneUpstream final : public waypoint::UpstreamConnector {
@@ -131,8 +141,20 @@ class WaypointFlow final : public tunnel::Flow {
 absl::StatusOr<std::shared_ptr<L7Handler>> L7Handler::Create(WaypointOptions options) {
   std::shared_ptr<L7Handler> h(new L7Handler(std::move(options)));
   h->authn_.resize(std::max(1, h->options_.workers));
-  AMBIT_ASSIGN_OR_RETURN(h->fetcher_,
-                         tls::HttpsJwksFetcher::Create({.ca_file = h->options_.jwks_ca_file}));
+  auto fetcher = tls::HttpsJwksFetcher::Create({.ca_file = h->options_.jwks_ca_file});
+  if (fetcher.ok()) {
+    h->fetcher_ = std::move(*fetcher);
+  } else if (!h->options_.jwks_ca_file.empty()) {
+    return fetcher.status();  // the operator named roots that do not load: a usage error
+  } else {
+    // No system roots on this machine: jwksUri key sets cannot be fetched, so tokens of those
+    // issuers are rejected (as while a key set is unavailable); everything else is served.
+    AMBIT_LOG(kComponent, Error) << "jwksUri key sets cannot be fetched: "
+                                 << fetcher.status().message()
+                                 << " (tokens of issuers whose rules name a jwksUri are rejected; "
+                                    "--jwks-ca-file names other roots)";
+    h->fetcher_ = std::make_unique<UnavailableFetcher>(fetcher.status());
+  }
   h->jwks_ = std::make_unique<authn::JwksCache>(h->fetcher_.get(), &RealClock::Get());
   h->refresher_ = std::make_unique<waypoint::JwksRefresher>(h->jwks_.get(), &RealClock::Get());
   return h;

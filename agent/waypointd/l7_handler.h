@@ -69,7 +69,7 @@ class L7Handler final : public tunnel::InboundHandler {
   waypoint::HttpMetrics metrics_;  // every worker's requests
   std::vector<Authn> authn_;       // by worker index
   // jwksUri key sets: fetched by the refresher's thread, read by the workers.
-  std::unique_ptr<tls::HttpsJwksFetcher> fetcher_;
+  std::unique_ptr<authn::JwksFetcher> fetcher_;
   std::unique_ptr<authn::JwksCache> jwks_;
   std::unique_ptr<waypoint::JwksRefresher> refresher_;
   std::atomic<uint64_t> rules_version_{0};  // the configuration the refresher tracks
