@@ -19,7 +19,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from topology import ECHO_HTTP_APP, Topology, build_dir, run, strict_peer_authentication  # noqa: E402
+from topology import (ECHO_HTTP_APP, Topology, build_dir, run,  # noqa: E402
+                      strict_peer_authentication, waypoint_gateway)
 import svid  # noqa: E402
 import jwt as pyjwt  # noqa: E402  (Debian python3-jwt)
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
@@ -57,21 +58,7 @@ AUDIENCE = "api"
 
 # backend/api is a pod bound to the waypoint by its own label: the Gateway takes workload traffic
 # (istio.io/waypoint-for defaults to service).
-GATEWAY = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: backend
-  labels:
-    istio.io/waypoint-for: workload
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-"""
+GATEWAY = waypoint_gateway("workload")
 
 # Attached to the Gateway: the waypoint validates tokens of one issuer (keys inline, made when
 # the demo starts), then lets GET /api/admin* through for the admins group and the rest of

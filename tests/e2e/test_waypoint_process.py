@@ -34,7 +34,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import CLIENT, SERVER, Topology, build_dir, run, wait_listening  # noqa: E402
+from topology import (CLIENT, SERVER, Topology, build_dir, run, wait_listening,  # noqa: E402
+                      waypoint_gateway)
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 WAYPOINT = str(build_dir() / "agent/main/ambit-waypoint")
@@ -44,21 +45,7 @@ API_ID = "spiffe://cluster.local/ns/backend/sa/api"
 GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 # b is bound by its own label: the Gateway takes workload traffic (the default is services only).
-GATEWAY = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: backend
-  labels:
-    istio.io/waypoint-for: workload
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-"""
+GATEWAY = waypoint_gateway("workload")
 
 
 # b's application: answers every request with its path and the address it came from; HTTP/1.1

@@ -173,16 +173,17 @@ print("listening", flush=True)
 s.serve_forever()
 """
 
-# A waypoint declared as Istio users declare one: a Gateway of class istio-waypoint that takes
-# both service- and workload-addressed traffic.
-WAYPOINT_GATEWAY = """\
+def waypoint_gateway(waypoint_for="all"):
+    """A waypoint declared as Istio users declare one: backend/waypoint, a Gateway of class
+    istio-waypoint taking `waypoint_for` traffic (service, workload, all)."""
+    return f"""\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
   name: waypoint
   namespace: backend
   labels:
-    istio.io/waypoint-for: all
+    istio.io/waypoint-for: {waypoint_for}
 spec:
   gatewayClassName: istio-waypoint
   listeners:
@@ -190,6 +191,9 @@ spec:
     port: 15008
     protocol: HBONE
 """
+
+
+WAYPOINT_GATEWAY = waypoint_gateway()
 
 
 def with_labels(pod, labels, annotations=None):
