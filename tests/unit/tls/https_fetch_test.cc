@@ -17,20 +17,20 @@ TEST(ParseFetchUriTest, SchemesHostsPortsAndTargets) {
   EXPECT_EQ(u->target, "/.well-known/jwks.json?x=1");
   EXPECT_EQ(u->authority, "issuer.example.com");
 
-  u = ParseFetchUri("HTTP://10.0.0.1:8080");
+  u = ParseFetchUri("HTTP://198.18.0.1:8080");
   ASSERT_TRUE(u.ok()) << u.status();
   EXPECT_FALSE(u->tls);
   EXPECT_TRUE(u->host_is_ip);
   EXPECT_EQ(u->port, 8080);
   EXPECT_EQ(u->target, "/");
 
-  u = ParseFetchUri("https://[2001:db8::1]:8443?q");
+  u = ParseFetchUri("https://[2001:2::1]:8443?q");
   ASSERT_TRUE(u.ok()) << u.status();
-  EXPECT_EQ(u->host, "2001:db8::1");
+  EXPECT_EQ(u->host, "2001:2::1");
   EXPECT_TRUE(u->host_is_ip);
   EXPECT_EQ(u->port, 8443);
   EXPECT_EQ(u->target, "/?q");
-  EXPECT_EQ(u->authority, "[2001:db8::1]:8443");
+  EXPECT_EQ(u->authority, "[2001:2::1]:8443");
 }
 
 TEST(ParseFetchUriTest, RefusesWhatIsNotAnHttpUri) {
