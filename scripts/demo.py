@@ -22,9 +22,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from topology import (ECHO_HTTP_APP, Topology, build_dir, run,  # noqa: E402
                       strict_peer_authentication, waypoint_gateway)
 import svid  # noqa: E402
-import jwt as pyjwt  # noqa: E402  (Debian python3-jwt)
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from jwt.algorithms import RSAAlgorithm  # noqa: E402
+from jwt_issuer import Issuer  # noqa: E402
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
@@ -212,20 +210,6 @@ def wait_until(predicate, timeout, interval=0.1):
         time.sleep(interval)
 
 
-def signing_key():
-    """An RS256 key made for this run, and its public half as the inline JWKS of the
-    RequestAuthentication."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    jwk.update(kid="demo-1", alg="RS256", use="sig")
-    return key, json.dumps({"keys": [jwk]}, separators=(",", ":"))
-
-
-def sign(key, subject, groups, expires_in):
-    now = int(time.time())
-    return pyjwt.encode({"iss": ISSUER, "sub": subject, "aud": AUDIENCE, "groups": groups,
-                         "iat": now - 60, "exp": now + expires_in}, key, algorithm="RS256",
-                        headers={"kid": "demo-1"})
 
 
 def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
@@ -238,7 +222,8 @@ def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
     wp = t.add_pod("waypoint-0", namespace="backend", service_account="waypoint", node="node3")
     print(f"  node3: pod {wp.namespace}/{wp.name} {wp.ip4:15} {wp.ip6}   labels: "
           f"{GATEWAY_LABEL}: waypoint")
-    key, jwks = signing_key()
+    issuer = Issuer(ISSUER, kid="demo-1", aud=AUDIENCE)
+    jwks = issuer.jwks
     policies = WAYPOINT_POLICIES.format(issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
     view = "---\n".join([web.yaml(), reports.yaml(),
                          with_labels(api, {"istio.io/use-waypoint": "waypoint"}),
@@ -265,9 +250,9 @@ def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
     show("cat authz.yaml   (node2)", ALLOW_WAYPOINT)
     for agent in (node1, node2):
         agent.write_config("pods.yaml", view)
-    tokens = {"alice": sign(key, "alice", ["users"], 3600),
-              "root": sign(key, "root", ["admins"], 3600),
-              "expired": sign(key, "alice", ["users"], -3600)}
+    tokens = {"alice": issuer.token(lifetime=3600, sub="alice", groups=["users"]),
+              "root": issuer.token(lifetime=3600, sub="root", groups=["admins"]),
+              "expired": issuer.token(lifetime=-3600, sub="alice", groups=["users"])}
 
     def through_waypoint():
         code, body = http(web, f"http://{api.ip4}:8080/api/orders", tokens["alice"])

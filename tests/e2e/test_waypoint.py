@@ -14,7 +14,6 @@ The two agents are given different views on purpose: node1's configuration does 
 for b straight to b's node; node2 knows b is bound and must refuse it.
 """
 
-import base64
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import (CLIENT, SERVER, WAYPOINT_GATEWAY, Topology, build_dir, run,  # noqa: E402
                       wait_listening, with_labels)
 import svid  # noqa: E402
+from jwt_issuer import Issuer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
@@ -287,9 +287,6 @@ NOW = 1800000000
 SERVICE_IP = "198.19.250.10"
 
 
-def _b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
 
 class LiveCheckL7Test(unittest.TestCase):
     """`ambitctl check` asks the running agent about a request through a waypoint: hop 1 at the
@@ -301,16 +298,8 @@ class LiveCheckL7Test(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        import jwt as pyjwt  # python3-jwt
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        cls.pyjwt = pyjwt
-        cls.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pub = cls.key.public_key().public_numbers()
-
-        def be(n):
-            return n.to_bytes((n.bit_length() + 7) // 8, "big")
-        jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256",
-                                     "n": _b64(be(pub.n)), "e": _b64(be(pub.e))}]})
+        cls.issuer = Issuer(ISSUER, sub="user-1")
+        jwks = cls.issuer.jwks
         cls.topo = Topology("lc")
         cls.topo.__enter__()
         t = cls.topo
@@ -355,9 +344,7 @@ class LiveCheckL7Test(unittest.TestCase):
         cls.topo.close()
 
     def token(self, **claims):
-        payload = {"iss": ISSUER, "sub": "user-1", "exp": NOW + 3600, "iat": NOW - 10}
-        payload.update(claims)
-        return self.pyjwt.encode(payload, self.key, algorithm="RS256", headers={"kid": "k1"})
+        return self.issuer.token(now=NOW, lifetime=3600, **claims)
 
     def check(self, *args, json_out=True):
         argv = [AMBITCTL, "check", *args, "--now", str(NOW), "--admin-socket",

@@ -15,6 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jwt_issuer import Issuer  # noqa: E402
 from topology import (CLIENT, ECHO_HTTP_APP, SERVER, WAYPOINT_GATEWAY,  # noqa: E402
                       Topology, build_dir, run, wait_listening, with_labels)
 import subprocess  # noqa: E402
@@ -101,24 +102,6 @@ spec:
 """
 
 
-def make_keys():
-    """An RSA key for the issuer and another one nobody trusts, and the issuer's JWKS."""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    bad = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(good.public_key()))
-    jwk.update({"kid": "k1", "alg": "RS256", "use": "sig"})
-    return good, bad, json.dumps({"keys": [jwk]})
-
-
-def token(key, **overrides):
-    import jwt
-    now = int(time.time())
-    claims = {"iss": ISSUER, "sub": "alice", "aud": "api", "iat": now, "exp": now + 600,
-              "group": "users"}
-    claims.update(overrides)
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
 
 
 # The service in front of b, bound to the waypoint: port 80 declared HTTP (by name), 7000 declared
@@ -212,13 +195,16 @@ class WaypointL7Test(unittest.TestCase):
         cls.vip = f"198.18.{t.subnet}.200"
         cls.b = t.add_pod("b", namespace="backend", service_account="api", node="node2")
         cls.wp = t.add_pod("wp", namespace="backend", service_account="waypoint", node="node3")
-        cls.key, cls.other_key, jwks = make_keys()
+        # The issuer the RequestAuthentication trusts, and one with its name and key id but
+        # another key: its tokens are forgeries.
+        cls.issuer = Issuer(ISSUER, sub="alice", aud="api", group="users")
+        cls.forger = Issuer(ISSUER, sub="alice", aud="api", group="users")
         use = {"istio.io/use-waypoint": "waypoint"}
         view = "---\n".join([
             cls.a.yaml(), with_labels(cls.b, use),
             with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
             GATEWAY, POLICY, SERVICE.format(vip=cls.vip), TCP_POLICY,
-            REQUEST_AUTHN.format(issuer=ISSUER, jwks=jwks),
+            REQUEST_AUTHN.format(issuer=ISSUER, jwks=cls.issuer.jwks),
             JWT_POLICY.format(issuer=ISSUER)])
         # The topology's agents share CA material: one trust domain.
         cls.n1, cls.n2, cls.n3 = t.add_agent("node1"), t.add_agent("node2"), t.add_agent("node3")
@@ -319,14 +305,15 @@ class WaypointL7Test(unittest.TestCase):
 
     def test_smuggling_is_refused_with_400(self):
         raw = ("POST /public/x HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\n"
-               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /private HTTP/1.1\r\nHost: b\r\n\r\n")
+               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               "GET /private HTTP/1.1\r\nHost: b\r\n\r\n")
         r = self.a.python(RAW_CLIENT, self.b.ip4, 8080, raw)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(r.stdout.startswith("HTTP/1.1 400"), r.stdout)
         self.assertNotIn("/private", r.stdout)
 
     def test_python_h2_client_two_streams(self):
-        r = self.a.python(H2_CLIENT, self.b.ip4, 8080, token(self.key))
+        r = self.a.python(H2_CLIENT, self.b.ip4, 8080, self.issuer.token())
         self.assertEqual(r.returncode, 0, r.stderr)
         (one_status, one_body), (two_status, two_body) = json.loads(r.stdout)
         self.assertEqual(one_status, 200)
@@ -354,7 +341,7 @@ class WaypointL7Test(unittest.TestCase):
         self.assertEqual(out, [])
 
     def test_valid_token_passes_and_its_claim_reaches_the_app(self):
-        code, body, err = self.curl("-H", f"authorization: Bearer {token(self.key)}",
+        code, body, err = self.curl("-H", f"authorization: Bearer {self.issuer.token()}",
                                     f"http://{self.b.ip4}:8080/secure/data")
         self.assertEqual(code, 200, err)
         seen = json.loads(body)
@@ -374,31 +361,32 @@ class WaypointL7Test(unittest.TestCase):
     def test_expired_token_is_401(self):
         past = int(time.time()) - 3600
         code, body, _ = self.curl("-H", f"authorization: Bearer "
-                                  f"{token(self.key, iat=past - 60, exp=past)}",
+                                  f"{self.issuer.token(iat=past - 60, exp=past)}",
                                   f"http://{self.b.ip4}:8080/secure/data")
         self.assertEqual((code, body), (401, "Jwt is expired"))
 
     def test_wrong_audience_is_403(self):
-        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.key, aud='other')}",
+        other = self.issuer.token(aud="other")
+        code, body, _ = self.curl("-H", f"authorization: Bearer {other}",
                                   f"http://{self.b.ip4}:8080/secure/data")
         self.assertEqual((code, body), (403, "Audiences in Jwt are not allowed"))
 
     def test_wrong_key_is_401(self):
-        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.other_key)}",
+        code, body, _ = self.curl("-H", f"authorization: Bearer {self.forger.token()}",
                                   f"http://{self.b.ip4}:8080/secure/data")
         self.assertEqual((code, body), (401, "Jwt verification fails"))
 
     def test_group_claim_rule(self):
         url = f"http://{self.b.ip4}:8080/secure/admin/x"
-        code, body, _ = self.curl("-H", f"authorization: Bearer {token(self.key)}", url)
+        code, body, _ = self.curl("-H", f"authorization: Bearer {self.issuer.token()}", url)
         self.assertEqual((code, body), (403, "RBAC: access denied"))
-        code, _, err = self.curl("-H", f"authorization: Bearer {token(self.key, group='admins')}",
-                                 url)
+        admin = self.issuer.token(group="admins")
+        code, _, err = self.curl("-H", f"authorization: Bearer {admin}", url)
         self.assertEqual(code, 200, err)
 
     def test_token_over_http2(self):
         code, body, err = self.curl("--http2-prior-knowledge", "-H",
-                                    f"authorization: Bearer {token(self.key)}",
+                                    f"authorization: Bearer {self.issuer.token()}",
                                     f"http://{self.b.ip4}:8080/secure/h2")
         self.assertEqual(code, 200, err)
         code, body, _ = self.curl("--http2-prior-knowledge", f"http://{self.b.ip4}:8080/secure/h2")
