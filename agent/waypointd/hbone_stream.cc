@@ -14,8 +14,7 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
   Observer* owner = nullptr;  // null once the owner closed: what arrives is dropped
   // Keeps the core alive while the session may still call it; dropped when the stream ends.
   std::shared_ptr<Core> self;
-  bool over = false;  // the stream ended (or was never opened)
-  bool client = false;
+  bool over = false;            // the stream ended (or was never opened)
   bool connected = false;       // client: 2xx received
   std::string out;              // taken by Write, not yet by the session
   bool shut_requested = false;  // END_STREAM after `out`
@@ -144,7 +143,6 @@ std::unique_ptr<HboneStream> HboneStream::Open(EventLoop* loop,
   auto core = std::make_shared<Core>();
   core->loop = loop;
   core->session = std::move(session);
-  core->client = true;
   core->owner = observer;
   auto id = core->session->Connect(authority, headers, core.get());
   if (id.ok()) {
@@ -165,8 +163,6 @@ HboneStream::~HboneStream() {
 }
 
 hbone::StreamObserver* HboneStream::stream_observer() { return core_.get(); }
-
-void HboneStream::Fail(const absl::Status& status) { FailHandle()(status); }
 
 std::shared_ptr<const HboneStream::Counts> HboneStream::counts() const { return core_->counts; }
 

@@ -47,16 +47,15 @@ class HboneStream final : public waypoint::ByteStream {
   ~HboneStream() override;
 
   hbone::StreamObserver* stream_observer();
-  // Ends the stream with a reset and reports OnError(status) to the owner (from the loop): how a
-  // flow reset from outside (policy change, pod removed) reaches the HTTP engine.
-  void Fail(const absl::Status& status);
   // Byte counts that stay readable after the stream is gone (for the flow's accounting).
   struct Counts {
     uint64_t in = 0;   // from the peer, handed to the owner
     uint64_t out = 0;  // taken by Write
   };
   std::shared_ptr<const Counts> counts() const;
-  // Fail() through a handle that does nothing once the stream is gone.
+  // Ends the stream with a reset and reports OnError(status) to the owner (from the loop): how a
+  // flow reset from outside (policy change, pod removed) reaches the HTTP engine. The handle does
+  // nothing once the stream is gone or its owner closed it.
   std::function<void(const absl::Status&)> FailHandle();
 
   // waypoint::ByteStream

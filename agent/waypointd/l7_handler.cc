@@ -112,14 +112,12 @@ class HboneUpstream final : public waypoint::UpstreamConnector {
 };
 
 // One CONNECT through the waypoint, as the worker accounts for it: owns what the HTTP engine
-// reads for this downstream (the context, the policy snapshot, the upstream connector).
+// reads for this downstream (the context, whose engine keeps its snapshot alive, and the upstream
+// connector).
 class WaypointFlow final : public tunnel::Flow {
  public:
-  WaypointFlow(std::string description, std::shared_ptr<const tunnel::MeshSnapshot> snapshot,
-               std::unique_ptr<HboneUpstream> upstream)
-      : tunnel::Flow(std::move(description)),
-        snapshot_(std::move(snapshot)),
-        upstream_(std::move(upstream)) {}
+  WaypointFlow(std::string description, std::unique_ptr<HboneUpstream> upstream)
+      : tunnel::Flow(std::move(description)), upstream_(std::move(upstream)) {}
 
   void Reset(const std::string& reason) override {
     if (fail_) fail_(absl::AbortedError(reason));
@@ -130,7 +128,6 @@ class WaypointFlow final : public tunnel::Flow {
   }
 
   waypoint::ProxyContext ctx;
-  std::shared_ptr<const tunnel::MeshSnapshot> snapshot_;
   std::unique_ptr<HboneUpstream> upstream_;
   std::shared_ptr<const HboneStream::Counts> counts_;
   std::function<void(const absl::Status&)> fail_;
@@ -165,21 +162,11 @@ L7Handler::~L7Handler() {
   if (refresher_) refresher_->Stop();
 }
 
-const L7Handler::Authn& L7Handler::AuthnFor(
-    tunnel::Worker& worker, const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot) {
-  Authn& a = authn_[worker.index()];
-  if (a.snapshot == snapshot) return a;
-  a = Authn{snapshot, nullptr, ""};
-  const auto& policies = snapshot->request_authentications();
-  // One worker tells the refresher about a new configuration; the others find it done.
-  uint64_t seen = rules_version_.load();
-  while (seen < snapshot->version() &&
-         !rules_version_.compare_exchange_weak(seen, snapshot->version())) {
-  }
-  if (seen < snapshot->version()) refresher_->SetRules(policies);
-  auto built =
-      authn::Authenticator::Create(policies, {.root_namespace = snapshot->root_namespace()},
-                                   &authn::CryptoSignatureVerifier(), jwks_.get());
+L7Handler::Authn L7Handler::Build(const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot) {
+  Authn a{snapshot, nullptr, ""};
+  auto built = authn::Authenticator::Create(snapshot->request_authentications(),
+                                            {.root_namespace = snapshot->root_namespace()},
+                                            &authn::CryptoSignatureVerifier(), jwks_.get());
   if (built.ok()) {
     a.authenticator = std::move(*built);
   } else {
@@ -188,6 +175,24 @@ const L7Handler::Authn& L7Handler::AuthnFor(
                                  << " (every request through the waypoint is refused)";
   }
   return a;
+}
+
+const L7Handler::Authn& L7Handler::AuthnFor(
+    tunnel::Worker& worker, const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot) {
+  Authn& mine = authn_[worker.index()];
+  if (mine.snapshot == snapshot) return mine;
+  absl::MutexLock lock(&mu_);
+  if (current_.snapshot != snapshot) {
+    if (current_.snapshot != nullptr && snapshot->version() < current_.snapshot->version()) {
+      // A worker that has not switched to the newest configuration yet decides by its own.
+      mine = Build(snapshot);
+      return mine;
+    }
+    current_ = Build(snapshot);
+    refresher_->SetRules(snapshot->request_authentications());
+  }
+  mine = current_;
+  return mine;
 }
 
 hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
@@ -228,8 +233,7 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   AMBIT_LOG(kComponent, Debug) << description << " waypoint=" << wp->key;
 
   auto flow = std::make_unique<WaypointFlow>(
-      description, snapshot,
-      std::make_unique<HboneUpstream>(worker, pod, request.destination, peer));
+      description, std::make_unique<HboneUpstream>(worker, pod, request.destination, peer));
   WaypointFlow* raw = flow.get();
   raw->record() = std::move(record);
   waypoint::ProxyContext& ctx = raw->ctx;

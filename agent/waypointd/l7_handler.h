@@ -15,13 +15,14 @@
 // Thread-safety: OnConnect and OnAccepted run on the accepting worker; per-worker state (the HTTP
 // metrics) is indexed by Worker::index().
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/authn/authenticator.h"
 #include "agent/authn/jwks_provider.h"
 #include "agent/tls/https_fetch.h"
@@ -54,25 +55,29 @@ class L7Handler final : public tunnel::InboundHandler {
   std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
 
  private:
-  // A worker's RequestAuthentication, built once per configuration it sees.
+  // The RequestAuthentications of one configuration, built once for every worker.
   struct Authn {
     std::shared_ptr<const tunnel::MeshSnapshot> snapshot;  // what it was built from
     std::shared_ptr<const authn::Authenticator> authenticator;
     std::string error;  // why it could not be built: every CONNECT is refused (fail closed)
   };
   explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
-  // Worker-thread only (that worker's entry).
+  Authn Build(const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot);
+  // The worker's copy when it is for `snapshot` (no lock); otherwise the shared one, built by the
+  // first worker to see the configuration (which also hands its jwksUris to the refresher).
   const Authn& AuthnFor(tunnel::Worker& worker,
-                        const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot);
+                        const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   WaypointOptions options_;
   waypoint::HttpMetrics metrics_;  // every worker's requests
-  std::vector<Authn> authn_;       // by worker index
+  std::vector<Authn> authn_;       // by worker index: each worker's own copy of `current_`
   // jwksUri key sets: fetched by the refresher's thread, read by the workers.
   std::unique_ptr<authn::JwksFetcher> fetcher_;
   std::unique_ptr<authn::JwksCache> jwks_;
   std::unique_ptr<waypoint::JwksRefresher> refresher_;
-  std::atomic<uint64_t> rules_version_{0};  // the configuration the refresher tracks
+  absl::Mutex mu_;
+  Authn current_ ABSL_GUARDED_BY(mu_);  // the newest configuration's
 };
 
 }  // namespace ambit::waypointd
