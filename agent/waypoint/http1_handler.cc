@@ -167,7 +167,12 @@ class Http1Handler final : public Handler, public Http1Sink {
       if (up == nullptr || absl::StrContains(absl::AsciiStrToLower(*up), "h2c"))
         req_.upgrade = false;
     }
-    FilterResult r = RunFilters(conn_->ctx().filters, ex_->ctx);
+    size_t next_filter = 0;
+    FilterResult r = RunFilters(conn_->ctx().filters, ex_->ctx, &next_filter);
+    if (r.pending) {
+      // Not yet held: answered as a failed check (fail closed).
+      r = FilterResult::Respond(403, "ext_authz: asynchronous checks are not supported yet");
+    }
     if (!r.proceed) {
       ex_->log.details = ex_->ctx.details;
       // With the body still to come (or held back by Expect), the connection cannot be reused.

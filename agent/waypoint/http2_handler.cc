@@ -521,7 +521,12 @@ class Http2Handler final : public Handler {
       s->ex->log.flags = "DPE";
       return LocalReply(s, 400, std::string(ReasonPhrase(400)), "missing_path_or_authority");
     }
-    FilterResult r = RunFilters(conn_->ctx().filters, s->ex->ctx);
+    size_t next_filter = 0;
+    FilterResult r = RunFilters(conn_->ctx().filters, s->ex->ctx, &next_filter);
+    if (r.pending) {
+      // Not yet held: answered as a failed check (fail closed).
+      r = FilterResult::Respond(403, "ext_authz: asynchronous checks are not supported yet");
+    }
     if (!r.proceed) {
       return LocalReply(s, r.reply.status, r.reply.body, s->ex->ctx.details, r.reply.headers);
     }

@@ -26,15 +26,16 @@ void ApplyHeaderEdits(const std::vector<HeaderEdit>& edits, HeaderList& headers)
                                      << "\": framing and host headers are the proxy's";
       continue;
     }
-    if (e.op == HeaderEdit::Op::kSet && !SafeHeaderValue(e.value)) {
+    const bool adds = e.op != HeaderEdit::Op::kRemove;
+    if (adds && !SafeHeaderValue(e.value)) {
       AMBIT_LOG("waypoint", Warning)
           << "not setting header \"" << e.name << "\": its value holds CR, LF or NUL";
       // The old value goes anyway: what the filter meant to replace must not pass unchanged.
     }
-    std::erase_if(headers, [&e](const auto& kv) { return kv.first == e.name; });
-    if (e.op == HeaderEdit::Op::kSet && SafeHeaderValue(e.value)) {
-      headers.emplace_back(e.name, e.value);
+    if (e.op != HeaderEdit::Op::kAppend) {
+      std::erase_if(headers, [&e](const auto& kv) { return kv.first == e.name; });
     }
+    if (adds && SafeHeaderValue(e.value)) headers.emplace_back(e.name, e.value);
   }
 }
 
