@@ -2,14 +2,17 @@
 
 // L7 AuthorizationPolicy as a request filter: evaluates the snapshot's engine for the waypoint's
 // destination workload and answers 403 `RBAC: access denied` on deny, as Envoy's RBAC filter
-// does. A CUSTOM policy that matches needs an external authorizer the waypoint does not have yet,
-// so such a request is denied (fail closed) with the provider named in the log.
+// does. A CUSTOM policy that matches asks the provider's client in `authorizers` (Istio's order:
+// CUSTOM, then DENY, then ALLOW) and acts on its answer; without a client for the provider the
+// request is denied (fail closed) with the provider named in the log.
 //
 // Thread-safety: immutable after construction; OnRequest may run on any thread.
 
 #include <memory>
+#include <string>
 
 #include "agent/authz/engine.h"
+#include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/filter.h"
 
 namespace ambit::waypoint {
@@ -18,14 +21,23 @@ inline constexpr char kRbacDeniedBody[] = "RBAC: access denied";
 
 class AuthzFilter final : public RequestFilter {
  public:
-  AuthzFilter(std::shared_ptr<const authz::Engine> engine, authz::Workload target)
-      : engine_(std::move(engine)), target_(std::move(target)) {}
+  // `authorizers` may be null (no provider can be asked); `local_principal` is the waypoint's own
+  // SPIFFE ID, the check's destination principal.
+  AuthzFilter(std::shared_ptr<const authz::Engine> engine, authz::Workload target,
+              std::shared_ptr<AuthorizerSet> authorizers = nullptr,
+              std::string local_principal = "")
+      : engine_(std::move(engine)),
+        target_(std::move(target)),
+        authorizers_(std::move(authorizers)),
+        local_principal_(std::move(local_principal)) {}
   const char* name() const override { return "rbac"; }
   FilterResult OnRequest(RequestContext& ctx) override;
 
  private:
   std::shared_ptr<const authz::Engine> engine_;
   authz::Workload target_;
+  std::shared_ptr<AuthorizerSet> authorizers_;
+  std::string local_principal_;
 };
 
 }  // namespace ambit::waypoint
