@@ -217,6 +217,16 @@ class AsyncHttp1Test(AsyncTestBase):
         self.assertEqual(r.status, 200)
         r.read()
         c.close()
+        # Wanted beyond the input buffer's bound (a head plus 64 KiB): still collected whole.
+        wide = os.urandom(300000)
+        c = http.client.HTTPConnection(LOOPBACK, self.wp.port, timeout=TIMEOUT)
+        c.request("POST", "/wide", body=wide, headers={"x-hold-body": "400000"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        r.read()
+        c.close()
+        h, got = self.upstream_headers("/wide")
+        self.assertEqual((got, h.get("x-held-body-bytes")), (wide, "300000"))
         h, got = self.upstream_headers("/small")
         self.assertEqual(got, b"q" * 700)
         self.assertEqual(h.get("x-held-body-bytes"), "700")
@@ -399,11 +409,16 @@ class AsyncHttp2Test(AsyncTestBase):
 
     def test_bodies_partial_whole_and_too_large(self):
         big = os.urandom(1 << 20)
+        # A body wanted beyond the stream window (64 KiB): collected DATA is acknowledged.
+        wide = os.urandom(150000)
         res = h2_request(self.wp.port, [
             ("POST", "/h2partial", [("x-hold-body", "1024,partial")], big),
             ("POST", "/h2small", [("x-hold-body", "1024")], b"s" * 300),
+            ("POST", "/h2wide", [("x-hold-body", "200000")], wide),
         ])
-        self.assertEqual([r[0] for r in res], [200, 200])
+        self.assertEqual([r[0] for r in res], [200, 200, 200])
+        h, got = self.upstream_headers("/h2wide")
+        self.assertEqual((got, h.get("x-held-body-bytes")), (wide, "150000"))
         # Too large: known from content-length (answered before the body), or from the bytes.
         c = H2Client(self.wp.port)
         try:
@@ -428,7 +443,8 @@ class AsyncHttp2Test(AsyncTestBase):
         self.assertEqual((h.get("x-held-body-bytes"), h.get("x-held-truncated")), ("1024", "1"))
         h, got = self.upstream_headers("/h2small")
         self.assertEqual((got, h.get("x-held-body-bytes")), (b"s" * 300, "300"))
-        self.assertEqual(sorted(self.upstream_targets()), ["/h2after", "/h2partial", "/h2small"])
+        self.assertEqual(sorted(self.upstream_targets()),
+                         ["/h2after", "/h2partial", "/h2small", "/h2wide"])
         self.assertEqual(self.hold_log("started", "/h2toolarge"), [])
 
     def test_reset_during_the_wait_cancels_and_the_connection_goes_on(self):
