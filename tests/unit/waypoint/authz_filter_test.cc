@@ -99,9 +99,8 @@ class AuthzFilterTest : public ::testing::Test {
     auto engine = authz::Engine::Create(std::move(policies));
     EXPECT_TRUE(engine.ok()) << engine.status();
     return std::make_unique<AuthzFilter>(std::shared_ptr<const authz::Engine>(std::move(*engine)),
-                                         authz::Workload{"default", {}, std::nullopt},
-                                         authorizers_, "spiffe://td/ns/default/sa/waypoint",
-                                         &metrics_);
+                                         authz::Workload{"default", {}, std::nullopt}, authorizers_,
+                                         "spiffe://td/ns/default/sa/waypoint", &metrics_);
   }
 
   FakeAuthorizer& AddProvider(const std::string& name, bool fail_open = false,
@@ -284,8 +283,9 @@ TEST_F(AuthzFilterTest, ErrorAnswersStatusOnErrorUnlessFailOpen) {
                       "\"failure_mode_allowed\"} 1"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("ambit_waypoint_ext_authz_duration_milliseconds_count{provider=\"closed\"} 1"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find("ambit_waypoint_ext_authz_duration_milliseconds_count{provider=\"closed\"} 1"),
+      std::string::npos);
 }
 
 TEST_F(AuthzFilterTest, AnOutOfRangeStatusOnErrorIsForbidden) {
@@ -301,8 +301,8 @@ TEST_F(AuthzFilterTest, AnOutOfRangeStatusOnErrorIsForbidden) {
 TEST_F(AuthzFilterTest, AsksForTheBodyWhenTheProviderIncludesIt) {
   authz::ExtAuthzProvider p;
   p.name = "body";
-  p.include_request_body = authz::ExtAuthzBodyOptions{.max_request_bytes = 1024,
-                                                      .allow_partial_message = true};
+  p.include_request_body =
+      authz::ExtAuthzBodyOptions{.max_request_bytes = 1024, .allow_partial_message = true};
   authorizers_->clients["body"] = std::make_unique<FakeAuthorizer>(p);
   FakeAuthorizer& a = *authorizers_->clients["body"];
   auto f = Filter({Policy(authz::Action::kCustom, "ext", "body")});
