@@ -38,13 +38,13 @@ void CheckShape(const ambit::authz::ExtAuthzProvider& p, const AuthzCheckRespons
   if (r.outcome == Outcome::kAllow) {
     for (const HeaderEdit& e : r.upstream_edits) {
       FUZZ_REQUIRE(Clean(e.name, e.value));
-      FUZZ_REQUIRE(ambit::waypoint::internal::HeaderNameMatches(p.headers_to_upstream_on_allow,
-                                                                e.name));
+      FUZZ_REQUIRE(
+          ambit::waypoint::internal::HeaderNameMatches(p.headers_to_upstream_on_allow, e.name));
     }
     for (const HeaderEdit& e : r.downstream_edits) {
       FUZZ_REQUIRE(Clean(e.name, e.value));
-      FUZZ_REQUIRE(ambit::waypoint::internal::HeaderNameMatches(p.headers_to_downstream_on_allow,
-                                                                e.name));
+      FUZZ_REQUIRE(
+          ambit::waypoint::internal::HeaderNameMatches(p.headers_to_downstream_on_allow, e.name));
     }
   } else if (r.outcome == Outcome::kDeny) {
     FUZZ_REQUIRE(r.status >= 201 && r.status <= 499);

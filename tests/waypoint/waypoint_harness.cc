@@ -25,6 +25,13 @@
 // name=P,kind=http|grpc,addr=127.0.0.1:PORT[,timeout=200ms][,fail_open=true][,status_on_error=N]
 // [,path_prefix=/check][,headers=a|b][,add=k:v|k2:v2][,body=MAX[:partial][:bytes]]
 // [,upstream=h|..][,down_deny=h|..][,down_allow=h|..][,unresolved=why]
+//
+// `--hold-filter` adds a filter between authentication and authorization that waits
+// (FilterResult::Wait) as the request's headers say: `x-hold-ms: N` waits N ms on a loop timer,
+// `x-hold-body: MAX[,partial]` asks for the body first (a request with neither goes on at once);
+// then `x-hold-deny: STATUS` answers STATUS `held and denied`, else the request goes on with
+// `x-held-body-bytes` (and `x-held-truncated: 1`) added upstream and `x-held: yes` to the client.
+// It logs `hold started`, `hold done` and `hold cancelled` with the request path.
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -46,8 +53,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "agent/authn/authenticator.h"
@@ -92,6 +99,7 @@ ABSL_FLAG(absl::Duration, jwks_max_age, absl::Hours(1), "how long a fetched key 
 ABSL_FLAG(std::vector<std::string>, ext_authz, {},
           "ext_authz providers (see the file comment); repeatable");
 // ---- end ext_authz providers ----
+ABSL_FLAG(bool, hold_filter, false, "add the test filter that waits (see the file comment)");
 
 namespace ambit::waypoint {
 namespace {
@@ -282,6 +290,86 @@ absl::StatusOr<UniqueFd> Listen(const std::string& addr, uint16_t* port) {
   return fd;
 }
 
+// ---- --hold-filter: an asynchronous filter driven by request headers (see the file comment).
+
+class HoldCheck final : public AsyncCheck {
+ public:
+  struct State {
+    std::string path;
+    bool answered = false;
+  };
+  explicit HoldCheck(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  ~HoldCheck() override {
+    if (!state_->answered) {
+      AMBIT_LOG("hold", Info) << "hold cancelled path=" << state_->path;
+    }
+  }
+
+ private:
+  // The timer holds only a weak_ptr: a cancelled hold is gone when it fires.
+  std::shared_ptr<State> state_;
+};
+
+class HoldFilter final : public RequestFilter {
+ public:
+  explicit HoldFilter(EventLoop* loop) : loop_(loop) {}
+  const char* name() const override { return "hold"; }
+
+  FilterResult OnRequest(RequestContext& ctx) override {
+    const authz::HeaderMap& h = ctx.request.headers;
+    const std::string* ms = h.Find("x-hold-ms");
+    const std::string* body = h.Find("x-hold-body");
+    if (ms == nullptr && body == nullptr) return FilterResult::Continue();
+    int delay_ms = 0;
+    if (ms != nullptr && !absl::SimpleAtoi(*ms, &delay_ms)) delay_ms = 0;
+    Pending p;
+    if (body != nullptr) {
+      std::vector<std::string> parts = absl::StrSplit(*body, ',');
+      BodyWanted want;
+      if (!absl::SimpleAtoi(parts[0], &want.max_bytes)) want.max_bytes = 0;
+      want.allow_partial = parts.size() > 1 && parts[1] == "partial";
+      p.body = want;
+    }
+    int deny = 0;
+    if (const std::string* d = h.Find("x-hold-deny")) {
+      if (!absl::SimpleAtoi(*d, &deny)) deny = 403;
+    }
+    EventLoop* loop = loop_;
+    p.start = [loop, delay_ms, deny](
+                  RequestContext& c,
+                  std::function<void(FilterResult)> done) -> std::unique_ptr<AsyncCheck> {
+      auto state = std::make_shared<HoldCheck::State>();
+      state->path = c.request.path;
+      AMBIT_LOG("hold", Info) << "hold started path=" << state->path
+                              << " body_bytes=" << c.body.size();
+      std::weak_ptr<HoldCheck::State> weak = state;
+      // The context lives as long as the wait; the answer is computed when the timer fires.
+      RequestContext* ctx = &c;
+      loop->RunAfter(absl::Milliseconds(delay_ms), [weak, ctx, deny, done] {
+        auto st = weak.lock();
+        if (!st) return;
+        st->answered = true;
+        AMBIT_LOG("hold", Info) << "hold done path=" << st->path;
+        if (deny > 0) return done(FilterResult::Respond(deny, "held and denied"));
+        ctx->upstream_header_edits.push_back(
+            {HeaderEdit::Op::kSet, "x-held-body-bytes", absl::StrCat(ctx->body.size())});
+        if (ctx->body_truncated) {
+          ctx->upstream_header_edits.push_back({HeaderEdit::Op::kSet, "x-held-truncated", "1"});
+        }
+        ctx->downstream_header_edits.push_back({HeaderEdit::Op::kSet, "x-held", "yes"});
+        done(FilterResult::Continue());
+      });
+      return std::make_unique<HoldCheck>(std::move(state));
+    };
+    return FilterResult::Wait(std::move(p));
+  }
+
+ private:
+  EventLoop* loop_;
+};
+
+// ---- end of --hold-filter
+
 class Acceptor final : public EventHandler {
  public:
   Acceptor(EventLoop* loop, UniqueFd fd, ProxyContext* ctx, std::string identity)
@@ -376,8 +464,8 @@ absl::Status ParseExtAuthz(const std::vector<std::string>& tokens,
     authz::ExtAuthzProvider& p = out.back().first;
     if (k == "kind") {
       if (v != "http" && v != "grpc") return absl::InvalidArgumentError("--ext-authz: kind?");
-      p.kind = v == "http" ? authz::ExtAuthzProvider::Kind::kHttp
-                           : authz::ExtAuthzProvider::Kind::kGrpc;
+      p.kind =
+          v == "http" ? authz::ExtAuthzProvider::Kind::kHttp : authz::ExtAuthzProvider::Kind::kGrpc;
     } else if (k == "addr") {
       AMBIT_ASSIGN_OR_RETURN(SocketAddress a, SocketAddress::Parse(v));
       if (!a.ip.is_loopback()) return absl::InvalidArgumentError("--ext-authz: loopback only");
@@ -541,6 +629,9 @@ int Main() {
     }
     ctx.filters.push_back(std::make_shared<AuthnFilter>(
         std::shared_ptr<const authn::Authenticator>(std::move(*authenticator)), target, ctx.clock));
+  }
+  if (absl::GetFlag(FLAGS_hold_filter)) {
+    ctx.filters.push_back(std::make_shared<HoldFilter>(loop->get()));
   }
   // ---- ext_authz providers ----
   auto authorizers = MakeAuthorizers(loop->get());
