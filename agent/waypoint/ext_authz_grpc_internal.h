@@ -49,8 +49,7 @@ struct GrpcAnswer {
 // `latency` is left for the caller. `request_headers` (the checked request's, when known) decide
 // the ok_response headers whose append_action depends on what is there already (ADD_IF_ABSENT,
 // OVERWRITE_IF_EXISTS); without them those act as an overwrite.
-AuthzCheckResponse MapAnswer(const GrpcAnswer& answer,
-                             const HeaderList* request_headers = nullptr);
+AuthzCheckResponse MapAnswer(const GrpcAnswer& answer, const HeaderList* request_headers = nullptr);
 
 // The verdict from a parsed CheckResponse, as Envoy's gRPC ext_authz client reads it.
 AuthzCheckResponse MapCheckResponse(const envoy::service::auth::v3::CheckResponse& response,

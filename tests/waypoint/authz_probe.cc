@@ -228,8 +228,8 @@ int Main() {
     std::cerr << "authz_probe: --kind is http or grpc\n";
     return 2;
   }
-  p.kind = kind == "grpc" ? authz::ExtAuthzProvider::Kind::kGrpc
-                          : authz::ExtAuthzProvider::Kind::kHttp;
+  p.kind =
+      kind == "grpc" ? authz::ExtAuthzProvider::Kind::kGrpc : authz::ExtAuthzProvider::Kind::kHttp;
   p.service = absl::GetFlag(FLAGS_service);
   p.service_key = "foo/ext-authz";
   p.port = absl::GetFlag(FLAGS_port) != 0 ? absl::GetFlag(FLAGS_port) : addr->port;
@@ -240,8 +240,8 @@ int Main() {
   p.headers_to_downstream_on_deny = absl::GetFlag(FLAGS_downstream_deny_headers);
   p.headers_to_downstream_on_allow = absl::GetFlag(FLAGS_downstream_allow_headers);
   if (absl::GetFlag(FLAGS_include_body)) {
-    p.include_request_body = authz::ExtAuthzBodyOptions{
-        absl::GetFlag(FLAGS_max_request_bytes), false, absl::GetFlag(FLAGS_pack_as_bytes)};
+    p.include_request_body = authz::ExtAuthzBodyOptions{absl::GetFlag(FLAGS_max_request_bytes),
+                                                        false, absl::GetFlag(FLAGS_pack_as_bytes)};
   }
 
   AuthzCheckRequest r;
