@@ -54,7 +54,9 @@ void FillPeer(authv3::AttributeContext::Peer* peer, const std::optional<SocketAd
 
 // RFC 9110 token characters, the only ones a header name may hold.
 bool IsTokenChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || std::strchr("!#$%&'*+-.^_`|~", c);
+  // (strchr finds the terminating NUL too: NUL is no token character.)
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+         (c != '\0' && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
 }
 
 bool ValidHeaderName(absl::string_view name) {

@@ -108,8 +108,8 @@ void Run(const uint8_t* data, size_t size) {
       CheckVerdict(r);
       // For looking at what the seeds reach.
       if (std::getenv("AMBIT_FUZZ_VERBOSE") != nullptr) {
-        std::fprintf(stderr, "check %d: outcome %d status %d: %s\n", i,
-                     static_cast<int>(r.outcome), r.status, r.detail.c_str());
+        std::fprintf(stderr, "check %d: outcome %d status %d: %s\n", i, static_cast<int>(r.outcome),
+                     r.status, r.detail.c_str());
       }
     }));
   }

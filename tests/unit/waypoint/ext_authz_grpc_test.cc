@@ -229,7 +229,8 @@ TEST(GrpcAnswerTest, InvalidHeadersFromTheAuthorizerAreAMalformedAnswer) {
        std::vector<std::pair<std::string, std::string>>{{"x-ok", "a\r\nx-injected: 1"},
                                                         {"bad name", "v"},
                                                         {"", "v"},
-                                                        {"x-nul", std::string("a\0b", 3)}}) {
+                                                        {"x-nul", std::string("a\0b", 3)},
+                                                        {std::string("x-\0nul", 6), "v"}}) {
     authv3::CheckResponse r;
     *r.mutable_ok_response()->add_headers() = Header(key, value);
     AuthzCheckResponse m = MapAnswer(Ok(r));
