@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A gRPC external authorizer for the tests, answering like Istio's sample ext-authz service.
 
-    grpc_authz.py --listen HOST:PORT [--log FILE]
+    grpc_authz.py --listen HOST:PORT [--log FILE] [--max-connection-age-ms MS]
 
 Implements envoy.service.auth.v3.Authorization/Check with python3-grpcio (h2c, no TLS), using
 messages compiled from the repository's protos (proto/envoy/..., proto/google/rpc/...) with
@@ -10,7 +10,8 @@ waypoint read the same field numbers. Prints `listening <port>` once serving (PO
 and appends one JSON line per check to FILE: the CheckRequest as google.protobuf.json_format
 writes it (lowerCamelCase names: attributes.source.address.socketAddress, ...request.http.rawBody
 in base64...), plus "peer" (grpcio's name of the checking connection, "ipv4:127.0.0.1:PORT", so a
-test can count connections).
+test can count connections). --max-connection-age-ms makes grpcio end each connection with a
+GOAWAY after that long (grpc.max_connection_age_ms), for the clients' reconnect tests.
 
 The answer depends on the checked request's `x-ext-authz` header:
   allow       OK; ok_response headers x-ext-authz-check-result: allowed and x-ext-authz-upstream:
@@ -139,6 +140,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="HOST:PORT (PORT 0 picks one)")
     parser.add_argument("--log", help="append one JSON line per check to this file")
+    parser.add_argument("--max-connection-age-ms", type=int, default=0,
+                        help="send GOAWAY on each connection after this long (0: never)")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -153,8 +156,12 @@ def main():
             request_deserializer=pb.CheckRequest.FromString,
             response_serializer=lambda raw: raw)
         # Hanging checks hold a thread each until they are cancelled: room for many.
+        options = [("grpc.so_reuseport", 0)]
+        if args.max_connection_age_ms > 0:
+            options += [("grpc.max_connection_age_ms", args.max_connection_age_ms),
+                        ("grpc.max_connection_age_grace_ms", 1000)]
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=128),
-                             options=[("grpc.so_reuseport", 0)])
+                             options=options)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             "envoy.service.auth.v3.Authorization", {"Check": handler}),))
         bound = server.add_insecure_port(f"{host}:{port}")

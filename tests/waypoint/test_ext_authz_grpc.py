@@ -27,12 +27,12 @@ DENY_BODY = 'denied by ext_authz for not found header "x-ext-authz: allow" in th
 class Authorizer:
     """grpc_authz.py on loopback, logging to a file of its own."""
 
-    def __init__(self, port=0):
+    def __init__(self, port=0, extra=()):
         self.log = tempfile.NamedTemporaryFile(prefix="grpc-authz-", suffix=".jsonl", delete=False)
         self.log.close()
         self.proc = subprocess.Popen(
             ["/usr/bin/python3", AUTHORIZER, "--listen", f"{LOOPBACK}:{port}", "--log",
-             self.log.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             self.log.name, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening "):
             self.stop()
@@ -204,6 +204,34 @@ class GrpcAuthzTest(unittest.TestCase):
             if not proc.stdin.closed:
                 proc.stdin.close()
         self.assertEqual(len(again.entries()), 1)
+
+    def test_reconnects_after_goaway(self):
+        # grpcio ends each connection with a GOAWAY after 300 ms: checks keep flowing on new ones.
+        aging = Authorizer(extra=["--max-connection-age-ms=300"])
+        self.addCleanup(aging.close)
+        proc = subprocess.Popen([PROBE, f"--addr={LOOPBACK}:{aging.port}", "--interactive",
+                                 "--ext_authz=allow", "--timeout=3s"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        answers = []
+        try:
+            answers.append(json.loads(proc.stdout.readline()))
+            for _ in range(8):
+                time.sleep(0.15)
+                proc.stdin.write("allow\n")
+                proc.stdin.flush()
+                answers.append(json.loads(proc.stdout.readline()))
+            proc.stdin.close()
+            self.assertEqual(proc.stdout.readline().strip(), "done")
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            if not proc.stdin.closed:
+                proc.stdin.close()
+        self.assertEqual([a["outcome"] for a in answers], ["allow"] * 9, answers)
+        peers = [e["peer"] for e in aging.entries()]
+        self.assertEqual(len(peers), 9)
+        self.assertGreaterEqual(len(set(peers)), 2, "a new connection after the GOAWAY")
 
     def test_the_check_request_carries_envoys_attributes(self):
         a = self.check("--ext_authz=allow-body", "--method=POST", "--path=/api/v1?x=1",
