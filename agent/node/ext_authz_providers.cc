@@ -34,8 +34,8 @@ absl::Status HeaderNames(absl::string_view field, const std::vector<std::string>
                          std::vector<std::string>* out) {
   for (size_t i = 0; i < in.size(); ++i) {
     if (!IsToken(in[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "]: '", in[i],
-                                                     "' is not an HTTP header name"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "[", i, "]: '", in[i], "' is not an HTTP header name"));
     }
     out->push_back(absl::AsciiStrToLower(in[i]));
   }
@@ -48,9 +48,9 @@ absl::Status FillSettings(const state::ExtensionProvider& p, authz::ExtAuthzProv
   if (p.timeout.has_value()) {
     const absl::Duration t = absl::Trunc(*p.timeout, absl::Nanoseconds(1));
     if (t <= absl::ZeroDuration() || t >= mesh::kExtAuthzTimeoutLimit) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "timeout: ", absl::FormatDuration(*p.timeout), " is not longer than 0s and shorter "
-          "than 2^32 s"));
+      return absl::InvalidArgumentError(absl::StrCat("timeout: ", absl::FormatDuration(*p.timeout),
+                                                     " is not longer than 0s and shorter "
+                                                     "than 2^32 s"));
     }
     out->timeout = t;
   }
@@ -84,8 +84,8 @@ absl::Status FillSettings(const state::ExtensionProvider& p, authz::ExtAuthzProv
   std::set<std::string> added;
   for (const auto& [name, value] : p.include_additional_headers_in_check) {
     if (!IsToken(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("includeAdditionalHeadersInCheck: '", name,
-                                                     "' is not an HTTP header name"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("includeAdditionalHeadersInCheck: '", name, "' is not an HTTP header name"));
     }
     if (HasCrLfNul(value)) {
       return absl::InvalidArgumentError(absl::StrCat("includeAdditionalHeadersInCheck.", name,
@@ -93,8 +93,8 @@ absl::Status FillSettings(const state::ExtensionProvider& p, authz::ExtAuthzProv
     }
     std::string lower = absl::AsciiStrToLower(name);
     if (!added.insert(lower).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "includeAdditionalHeadersInCheck: '", name, "' is named twice (names are case-blind)"));
+      return absl::InvalidArgumentError(absl::StrCat("includeAdditionalHeadersInCheck: '", name,
+                                                     "' is named twice (names are case-blind)"));
     }
     out->include_additional_headers.emplace_back(std::move(lower), value);
   }
@@ -139,15 +139,15 @@ absl::StatusOr<std::string> ResolveProviderService(
     name = std::string(labels[0]);
     ns = std::string(labels[1]);
     if (!ns_part.empty() && ns_part != ns) {
-      return absl::NotFoundError(absl::StrCat(
-          "'", service, "' names namespace ", ns_part, " but hostname ", host,
-          " is a Service of namespace ", ns, " (istiod finds no such service either)"));
+      return absl::NotFoundError(absl::StrCat("'", service, "' names namespace ", ns_part,
+                                              " but hostname ", host, " is a Service of namespace ",
+                                              ns, " (istiod finds no such service either)"));
     }
   } else if (labels.size() == 1 && !labels[0].empty()) {
     if (ns_part.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", service, "' is a bare name: write <name>.<namespace>.svc.", cluster_domain,
-          " or <namespace>/<name>"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", service, "' is a bare name: write <name>.<namespace>.svc.",
+                       cluster_domain, " or <namespace>/<name>"));
     }
     name = std::string(labels[0]);
     ns = std::string(ns_part);
@@ -175,9 +175,12 @@ ExtAuthzProviders ConvertExtAuthzProviders(const state::ClusterState& state,
     // Without a name or a port no policy can name it or nothing can be dialled; the config
     // layer never lets one through, so this is a guard, not a case.
     if (p.name.empty() || p.port == 0 || HasCrLfNul(p.name) || !names.insert(p.name).second) {
-      out.warnings.push_back(absl::StrCat(
-          where, ": skipped (", p.name.empty() ? "no name" : p.port == 0 ? "port 0" :
-          HasCrLfNul(p.name) ? "the name holds CR, LF or NUL" : "the name is listed twice", ")"));
+      out.warnings.push_back(absl::StrCat(where, ": skipped (",
+                                          p.name.empty()       ? "no name"
+                                          : p.port == 0        ? "port 0"
+                                          : HasCrLfNul(p.name) ? "the name holds CR, LF or NUL"
+                                                               : "the name is listed twice",
+                                          ")"));
       continue;
     }
     authz::ExtAuthzProvider e;
@@ -188,8 +191,8 @@ ExtAuthzProviders ConvertExtAuthzProviders(const state::ClusterState& state,
     e.service = HasCrLfNul(p.service) ? std::string() : p.service;
     e.port = p.port;
     absl::Status settings = FillSettings(p, &e);
-    absl::StatusOr<std::string> key = ResolveProviderService(p.service, state.services,
-                                                             cluster_domain);
+    absl::StatusOr<std::string> key =
+        ResolveProviderService(p.service, state.services, cluster_domain);
     if (!settings.ok()) {
       // Unusable as written: only what names and reaches it stays, and every check through it
       // is denied with this reason.
@@ -208,9 +211,8 @@ ExtAuthzProviders ConvertExtAuthzProviders(const state::ClusterState& state,
       e.service_key = *key;
     } else {
       e.unresolved = absl::StrCat("service ", key.status().message());
-      out.warnings.push_back(
-          absl::StrCat(where, ": service: ", key.status().message(),
-                       " (CUSTOM policies naming it deny every request)"));
+      out.warnings.push_back(absl::StrCat(where, ": service: ", key.status().message(),
+                                          " (CUSTOM policies naming it deny every request)"));
     }
     out.providers.push_back(std::move(e));
   }

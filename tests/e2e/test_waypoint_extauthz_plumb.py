@@ -213,8 +213,11 @@ class WaypointExtAuthzPlumbTest(unittest.TestCase):
         checks = self.checks(self.check_log)[before:]
         self.assertEqual([c["path"] for c in checks], ["/ext/allowed", "/ext/denied"])
         self.assertEqual(checks[0]["headers"].get("x-ext-authz"), "allow")
-        # Over HBONE: node2's tunnel delivered the check from the waypoint pod's address.
+        # Over HBONE with the waypoint's certificate: node2's tunnel took the CONNECT from the
+        # waypoint's identity and delivered the check from the waypoint pod's address.
         self.assertTrue(checks[0]["peer"].startswith(self.wp.ip4), checks[0]["peer"])
+        self.n2.wait_log(f"inbound pod=authz/authz src={self.wp.ip4} dst={self.authz.ip4}:8000 "
+                         f"mode=mtls peer={WAYPOINT_ID}")
         # A path no CUSTOM policy covers never reaches the authorizer.
         code, body, err = self.curl(f"http://{self.api_vip}/open")
         self.assertEqual(code, 200, err)
@@ -241,8 +244,10 @@ class WaypointExtAuthzPlumbTest(unittest.TestCase):
         self.assertEqual((code, body), (403, DENY_BODY))
         checks = self.checks(self.plain_log)[before:]
         self.assertEqual([c["path"] for c in checks], ["/plain/x", "/plain/y"])
-        # Plain TCP from the waypoint pod's own address, not the host's.
+        # Plain TCP from the waypoint pod's own address (its network namespace), not the host's;
+        # no tunnel took part (the authorizer's pod is captured by no node).
         self.assertTrue(checks[0]["peer"].startswith(self.wp.ip4), checks[0]["peer"])
+        self.assertNotIn(f"dst={self.plain.ip4}:8000", self.n2.logs())
 
     def test_provider_naming_a_missing_service_denies_and_says_why(self):
         # failOpen does not apply: the configuration is wrong, not the authorizer down.

@@ -130,7 +130,8 @@ TEST(ConvertExtAuthzProvidersTest, UnusableProvidersAreUnresolvedWithWhy) {
   state::ClusterState s = WithServices();
   state::ExtensionProvider missing = Http("missing", "ext-authz.nowhere.svc.cluster.local");
   state::ExtensionProvider big = Http("big", "foo/ext-authz");
-  big.include_request_body_in_check = state::ExtAuthzRequestBody{mesh::kMaxExtAuthzRequestBytes + 1};
+  big.include_request_body_in_check =
+      state::ExtAuthzRequestBody{mesh::kMaxExtAuthzRequestBytes + 1};
   state::ExtensionProvider header = Http("header", "foo/ext-authz");
   header.headers_to_upstream_on_allow = {"ok", "bad header"};
   state::ExtensionProvider value = Http("value", "foo/ext-authz");
@@ -163,8 +164,10 @@ TEST(ConvertExtAuthzProvidersTest, UnusableProvidersAreUnresolvedWithWhy) {
   }
   EXPECT_TRUE(out.providers[3].include_additional_headers.empty());
   ASSERT_EQ(out.warnings.size(), 7u);
-  EXPECT_THAT(out.warnings[0], HasSubstr("extensionProviders missing: service: 'ext-authz.nowhere"));
-  EXPECT_THAT(out.warnings[5], HasSubstr("extensionProviders missing: skipped (the name is listed twice)"));
+  EXPECT_THAT(out.warnings[0],
+              HasSubstr("extensionProviders missing: service: 'ext-authz.nowhere"));
+  EXPECT_THAT(out.warnings[5],
+              HasSubstr("extensionProviders missing: skipped (the name is listed twice)"));
   EXPECT_THAT(out.warnings[6], HasSubstr("extensionProviders noport: skipped (port 0)"));
 
   // A snapshot with all of them encodes: the agent never sends what the data plane refuses.
