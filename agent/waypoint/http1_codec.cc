@@ -370,6 +370,13 @@ std::optional<HttpError> ValidateRequestFraming(const MessageHead& head) {
   return std::nullopt;
 }
 
+bool HasHeader(const HeaderList& headers, absl::string_view lower_name) {
+  for (const auto& kv : headers) {
+    if (kv.first == lower_name) return true;
+  }
+  return false;
+}
+
 bool IsHopByHop(absl::string_view n) {
   return n == "connection" || n == "keep-alive" || n == "proxy-connection" || n == "te" ||
          n == "trailer" || n == "transfer-encoding" || n == "upgrade" || n == "content-length" ||

@@ -140,6 +140,9 @@ std::optional<HttpError> ValidateRequestFraming(const MessageHead& head);
 // headers the serializer writes itself.
 bool IsHopByHop(absl::string_view lower_name);
 
+// True when `headers` has one named `lower_name`.
+bool HasHeader(const HeaderList& headers, absl::string_view lower_name);
+
 // "GET /x HTTP/1.1\r\n" + headers + "\r\n". `headers` is sent as given.
 std::string SerializeRequestHead(absl::string_view method, absl::string_view target,
                                  const HeaderList& headers);

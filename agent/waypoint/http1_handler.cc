@@ -605,7 +605,10 @@ class Http1Handler final : public Handler, public Http1Sink {
     if (!ex_) return;
     if (!details.empty()) ex_->log.details = details;
     ex_->log.status = status;
-    HeaderList h = {{"content-type", "text/plain"}, {"content-length", absl::StrCat(body.size())}};
+    // The answer's own content-type (an authorizer's denial) replaces the default.
+    HeaderList h;
+    if (!HasHeader(extra, "content-type")) h.emplace_back("content-type", "text/plain");
+    h.emplace_back("content-length", absl::StrCat(body.size()));
     for (const auto& kv : extra) h.push_back(kv);
     if (close) h.emplace_back("connection", "close");
     std::string wire = SerializeResponseHead(status, h) + body;

@@ -518,10 +518,10 @@ class Http2Handler final : public Handler {
     }
     if (s->up) conn_->Retire(std::move(s->up));
     if (s->parser) retired_parsers_.push_back(std::move(s->parser));
-    std::vector<std::pair<std::string, std::string>> hs = {
-        {":status", absl::StrCat(status)},
-        {"content-type", "text/plain"},
-        {"content-length", absl::StrCat(body.size())}};
+    std::vector<std::pair<std::string, std::string>> hs = {{":status", absl::StrCat(status)}};
+    // The answer's own content-type (an authorizer's denial) replaces the default.
+    if (!HasHeader(extra, "content-type")) hs.emplace_back("content-type", "text/plain");
+    hs.emplace_back("content-length", absl::StrCat(body.size()));
     for (const auto& kv : extra) hs.push_back(kv);
     s->body = body;
     s->body_pos = 0;

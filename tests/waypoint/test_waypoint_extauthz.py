@@ -150,6 +150,8 @@ class ExtAuthzHttpTest(ExtAuthzTestBase):
         self.assertEqual(status, 418)
         self.assertEqual(header(hs, "x-teapot"), ["yes"])
         self.assertEqual(body, b"short and stout")
+        # The authorizer's content-type replaces the waypoint's default: one header, not two.
+        self.assertEqual(header(hs, "content-type"), ["text/plain"])
         # Envoy rewrites Server: the authorizer's does not reach the client.
         self.assertNotIn("http-authz-test", " ".join(header(hs, "server")))
 
