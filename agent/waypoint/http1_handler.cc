@@ -336,12 +336,22 @@ class Http1Handler final : public Handler, public Http1Sink {
     }
     wait_token_ = std::make_shared<bool>(true);
     std::weak_ptr<bool> guard = wait_token_;
+    in_start_ = true;
     check_ = pending_->start(ex_->ctx, [this, guard](FilterResult r) {
       // The token dies with the wait (cancel, a local answer, the connection's end), so a late
       // answer finds it gone and `this` is never touched after that.
       if (guard.expired()) return;
+      if (in_start_) {
+        // An answer from inside `start` (filter.h forbids it) would re-enter the parser: it
+        // is taken after this batch of events instead.
+        conn_->ctx().loop->Defer([this, guard, r = std::move(r)]() mutable {
+          if (!guard.expired()) OnCheckDone(std::move(r));
+        });
+        return;
+      }
       OnCheckDone(std::move(r));
     });
+    in_start_ = false;
   }
 
   void OnCheckDone(FilterResult r) {
@@ -679,6 +689,7 @@ class Http1Handler final : public Handler, public Http1Sink {
   size_t next_filter_ = 0;            // where the chain resumes
   std::string held_;                  // request body received while waiting (decoded)
   bool continue_sent_ = false;
+  bool in_start_ = false;
 };
 
 }  // namespace

@@ -629,12 +629,22 @@ class Http2Handler final : public Handler {
     }
     s->wait_token = std::make_shared<bool>(true);
     std::weak_ptr<bool> guard = s->wait_token;
+    in_start_ = true;
     s->check = s->pending->start(s->ex->ctx, [this, s, guard](FilterResult r) {
       // The token dies with the wait (cancel, a local answer, the stream's end), so a late
       // answer finds it gone and neither the stream nor this handler is touched after that.
       if (guard.expired()) return;
+      if (in_start_) {
+        // An answer from inside `start` (filter.h forbids it) would re-enter nghttp2's
+        // callbacks: it is taken after this batch of events instead.
+        conn_->ctx().loop->Defer([this, s, guard, r = std::move(r)]() mutable {
+          if (!guard.expired()) OnCheckDone(s, std::move(r));
+        });
+        return;
+      }
       OnCheckDone(s, std::move(r));
     });
+    in_start_ = false;
   }
 
   void OnCheckDone(Stream* s, FilterResult r) {
@@ -726,6 +736,7 @@ class Http2Handler final : public Handler {
   bool finishing_ = false;
   bool dead_ = false;
   bool down_eof_ = false;
+  bool in_start_ = false;  // inside a filter's Pending::start
 };
 
 void Stream::OnData(absl::string_view data) { h->UpstreamData(this, data); }

@@ -163,6 +163,22 @@ class AsyncHttp1Test(AsyncTestBase):
         self.assertTrue(wait_for(lambda: self.access("/wait")))
         self.assertIn("ext_authz=hold:allow:600 upstream=", self.access("/wait")[0])
 
+    def test_an_answer_from_inside_start_is_taken_later(self):
+        # filter.h forbids it; a filter that does it anyway must not re-enter the parser.
+        with socket.create_connection((LOOPBACK, self.wp.port), timeout=TIMEOUT) as s:
+            s.sendall(b"POST /sync HTTP/1.1\r\nHost: svc\r\nx-hold-ms: -1\r\n"
+                      b"Content-Length: 3\r\n\r\nabc"
+                      b"GET /sync2 HTTP/1.1\r\nHost: svc\r\nx-hold-ms: -1\r\n\r\n")
+            first = self._read_buffered(s, b"")
+            second = self._read_buffered(s, first[3])
+        self.assertEqual((first[0], second[0]), (200, 200))
+        self.assertEqual(self.upstream_targets(), ["/sync", "/sync2"])
+        self.assertEqual(self.upstream_headers("/sync")[1], b"abc")
+        res = h2_request(self.wp.port, [("GET", "/sync3", [("x-hold-ms", "-1")], b""),
+                                        ("POST", "/sync4", [("x-hold-ms", "-1")], b"xyz")])
+        self.assertEqual([r[0] for r in res], [200, 200])
+        self.assertEqual(self.upstream_headers("/sync4")[1], b"xyz")
+
     def test_curl_sees_the_downstream_edit(self):
         out = subprocess.run(["curl", "-sS", "--http1.1", "-D", "-", "-H", "x-hold-ms: 50",
                               f"http://{LOOPBACK}:{self.wp.port}/curl"],

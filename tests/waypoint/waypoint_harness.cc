@@ -27,7 +27,8 @@
 // [,upstream=h|..][,down_deny=h|..][,down_allow=h|..][,unresolved=why]
 //
 // `--hold-filter` adds a filter between authentication and authorization that waits
-// (FilterResult::Wait) as the request's headers say: `x-hold-ms: N` waits N ms on a loop timer,
+// (FilterResult::Wait) as the request's headers say: `x-hold-ms: N` waits N ms on a loop timer
+// (N < 0: answers Continue from inside Pending::start, which filter.h forbids),
 // `x-hold-body: MAX[,partial]` asks for the body first (a request with neither goes on at once);
 // then `x-hold-deny: STATUS` answers STATUS `held and denied`, else the request goes on with
 // `x-held-body-bytes` (and `x-held-truncated: 1`) added upstream and `x-held: yes` to the client.
@@ -343,6 +344,13 @@ class HoldFilter final : public RequestFilter {
       state->path = c.request.path;
       AMBIT_LOG("hold", Info) << "hold started path=" << state->path
                               << " body_bytes=" << c.body.size();
+      if (delay_ms < 0) {
+        // Answers from inside `start`, which filter.h forbids: the handlers must cope anyway.
+        state->answered = true;
+        AMBIT_LOG("hold", Info) << "hold done path=" << state->path;
+        done(FilterResult::Continue());
+        return std::make_unique<HoldCheck>(std::move(state));
+      }
       std::weak_ptr<HoldCheck::State> weak = state;
       // The context lives as long as the wait; the answer is computed when the timer fires.
       RequestContext* ctx = &c;
