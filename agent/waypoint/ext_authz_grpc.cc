@@ -16,6 +16,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <list>
@@ -360,6 +361,12 @@ struct Call {
   std::weak_ptr<Connection> conn;
   int32_t stream_id = -1;
   GrpcAnswer answer;
+  // The client's deadline list (in flight only), for the handle to leave it on cancel.
+  GrpcAuthorizerClient* client = nullptr;
+  std::weak_ptr<bool> client_alive;
+  absl::Time deadline;
+  bool tracked = false;
+  std::list<std::shared_ptr<Call>>::iterator tracked_at;
 };
 
 class CallHandle final : public AsyncCheck {
@@ -451,13 +458,9 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
     call->checked_headers = request.headers;
     call->done = std::move(done);
     call->start = clock_->Now();
-    std::weak_ptr<Call> weak = call;
-    loop_->RunAfter(provider_.timeout, [this, weak, alive = std::weak_ptr<bool>(alive_)] {
-      std::shared_ptr<Call> c = weak.lock();
-      if (c == nullptr || c->finished || alive.lock() == nullptr) return;
-      if (auto conn = c->conn.lock()) conn->Reset(c.get());
-      Finish(c, {}, absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout)));
-    });
+    call->client = this;
+    call->client_alive = alive_;
+    Track(call);
     Dispatch(call);
     return std::make_unique<CallHandle>(std::move(call));
   }
@@ -481,11 +484,52 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
     if (current_ != nullptr && !current_->usable() && current_->idle()) Retire(current_.get());
   }
 
+  // Deadlines. Every check of a client has the same timeout, so the checks in flight, in start
+  // order, are also in deadline order: one loop timer at a time, armed for the oldest, serves
+  // them all (a timer per check could not be cancelled and would pile up for the whole timeout,
+  // 600 s by default, whatever the check took).
+  void Track(const std::shared_ptr<Call>& call) {
+    call->deadline = call->start + provider_.timeout;
+    in_flight_.push_back(call);
+    call->tracked_at = std::prev(in_flight_.end());
+    call->tracked = true;
+    ArmTimer();
+  }
+  void Untrack(Call* call) {
+    if (!call->tracked) return;
+    call->tracked = false;
+    in_flight_.erase(call->tracked_at);
+  }
+  void ArmTimer() {
+    if (timer_armed_ || in_flight_.empty()) return;
+    timer_armed_ = true;
+    const std::shared_ptr<Call>& oldest = in_flight_.front();
+    absl::Duration wait = std::max(oldest->deadline - clock_->Now(), absl::ZeroDuration());
+    loop_->RunAfter(
+        wait, [this, alive = std::weak_ptr<bool>(alive_), armed = std::weak_ptr<Call>(oldest)] {
+          if (alive.lock() == nullptr) return;
+          timer_armed_ = false;
+          // The call the timer was armed for has run out of time by the loop's own measure, even
+          // if the injected clock says otherwise; so has everything older still here.
+          std::shared_ptr<Call> target = armed.lock();
+          const absl::Time now = clock_->Now();
+          while (!in_flight_.empty()) {
+            std::shared_ptr<Call> c = in_flight_.front();
+            if (c->deadline > now && !(target != nullptr && target->tracked)) break;
+            if (auto conn = c->conn.lock()) conn->Reset(c.get());
+            Finish(c, {}, absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout)));
+            if (c == target) target = nullptr;
+          }
+          ArmTimer();
+        });
+  }
+
   // Schedules `done` with the answer (or, when `error` is set, with an error saying so).
   void Finish(const std::shared_ptr<Call>& call, AuthzCheckResponse response,
               const std::string& error) {
     if (call->finished) return;
     call->finished = true;
+    Untrack(call.get());
     if (!error.empty()) {
       response = AuthzCheckResponse{};
       response.detail = error;
@@ -529,6 +573,8 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
   std::string timeout_header_;
   std::shared_ptr<Connection> current_;
   std::list<std::shared_ptr<Connection>> connections_;  // current_ and draining ones
+  std::list<std::shared_ptr<Call>> in_flight_;          // by start, so by deadline
+  bool timer_armed_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
@@ -536,6 +582,7 @@ CallHandle::~CallHandle() {
   call_->done = nullptr;
   if (call_->finished) return;
   call_->finished = true;
+  if (call_->client_alive.lock() != nullptr) call_->client->Untrack(call_.get());
   if (auto conn = call_->conn.lock()) conn->Reset(call_.get());
 }
 
