@@ -41,6 +41,10 @@ class InboundHandler {
   // Prometheus text of the handler's own metrics (the waypoint's HTTP metrics), for the stats
   // socket. Called on the control thread.
   virtual std::string RenderMetrics() const { return ""; }
+  // The worker is going: its loop thread has ended, its loop still exists. What the handler
+  // keeps on that loop (the waypoint's authorizer clients) must go now, not when the handler,
+  // which outlives the workers, is destroyed. Called on the thread destroying the worker.
+  virtual void OnWorkerStopped(Worker& /*worker*/) {}
 };
 
 }  // namespace ambit::tunnel

@@ -12,6 +12,7 @@
 #include "agent/common/metrics.h"
 #include "agent/tunnel/connection.h"
 #include "agent/tunnel/hbone_pool.h"
+#include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/session_drain.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
@@ -107,6 +108,7 @@ Worker::~Worker() {
   // Flows first: they reference sessions the pool and inbound set own.
   connections_.clear();
   listeners_.clear();
+  if (settings_ != nullptr && settings_->l7 != nullptr) settings_->l7->OnWorkerStopped(*this);
 }
 
 void Worker::Start() {

@@ -506,6 +506,12 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   return observer;
 }
 
+void L7Handler::OnWorkerStopped(tunnel::Worker& worker) {
+  if (static_cast<size_t>(worker.index()) < authorizers_.size()) {
+    authorizers_[worker.index()].clear();
+  }
+}
+
 void L7Handler::OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
                            tunnel::ListenerKind kind, UniqueFd client) {
   auto peer = PeerAddress(client.get());

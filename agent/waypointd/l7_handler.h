@@ -61,6 +61,8 @@ class L7Handler final : public tunnel::InboundHandler {
                   tunnel::ListenerKind kind, UniqueFd client) override;
 
   std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
+  // Drops the worker's authorizer clients while its loop still exists.
+  void OnWorkerStopped(tunnel::Worker& worker) override;
 
   // The client of `provider` for requests through `pod` on `worker` (the one OnConnect's filters
   // use, so its connections are shared), under the worker's current snapshot. NotFound when the

@@ -260,6 +260,38 @@ class WaypointExtAuthzPlumbTest(unittest.TestCase):
         # Logged once per change, not per snapshot.
         self.assertEqual(self.n3.logs().count("extensionProviders nowhere-ext-authz:"), 1)
 
+    def peer_of(self, log, path, *headers):
+        """The connection the waypoint's check of GET path came over ("host:port")."""
+        before = len(self.checks(log))
+        args = [a for h in headers for a in ("-H", h)]
+        code, _, err = self.curl(*args, f"http://{self.api_vip}{path}")
+        self.assertEqual(code, 200, err)
+        checks = self.checks(log)[before:]
+        self.assertEqual(len(checks), 1, checks)
+        return checks[0]["peer"]
+
+    def test_z_changed_provider_gets_a_new_client_the_others_keep_theirs(self):
+        allow = "x-ext-authz: allow"
+        ext = self.peer_of(self.check_log, "/ext/before", allow)
+        plain = self.peer_of(self.plain_log, "/plain/before", allow)
+        # Every request of a's pooled HBONE session reaches the same waypoint worker, so the same
+        # client: its kept connection answers again.
+        self.assertEqual(self.peer_of(self.check_log, "/ext/again", allow), ext)
+        for n in (self.n1, self.n2, self.n3):
+            n.write_config("mesh.yaml", MESH.replace("    service: authz/ext-authz-plain\n",
+                                                     "    service: authz/ext-authz-plain\n"
+                                                     "    timeout: 5s\n"))
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            now = self.peer_of(self.plain_log, "/plain/after", allow)
+            if now != plain:
+                break
+            time.sleep(0.2)
+        # The changed provider has a new client (a new connection); the unchanged one still
+        # checks over the connection it had.
+        self.assertNotEqual(now, plain)
+        self.assertEqual(self.peer_of(self.check_log, "/ext/after", allow), ext)
+
     def test_zz_ambitd_restart_keeps_ext_authz_working(self):
         self.n3.stop()
         self.n3.start()
