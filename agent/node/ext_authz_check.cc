@@ -92,10 +92,9 @@ ExtAuthzCheck FoldExtAuthzAnswer(const authz::Decision& pending,
   out->set_provider(provider);
   out->set_policy(pending.ext_authz ? pending.ext_authz->policy : pending.policy);
   const std::string if_allowed =
-      pending.ext_authz
-          ? absl::StrCat(pending.ext_authz->if_allowed.allowed ? "allow" : "deny", " (",
-                         pending.ext_authz->if_allowed.explanation, ")")
-          : std::string("?");
+      pending.ext_authz ? absl::StrCat(pending.ext_authz->if_allowed.allowed ? "allow" : "deny",
+                                       " (", pending.ext_authz->if_allowed.explanation, ")")
+                        : std::string("?");
   std::string why_not(not_asked);
   if (why_not.empty() && !answer.ok()) {
     why_not = absl::StrCat("the waypoint could not be asked: ", answer.status().message());
@@ -147,7 +146,8 @@ ExtAuthzCheck FoldExtAuthzAnswer(const authz::Decision& pending,
         h->set_value(value);
       }
       out->set_body(a.deny_body);
-      if (!headers.empty()) absl::StrAppend(&c.text, " (headers: ", absl::StrJoin(headers, ", "), ")");
+      if (!headers.empty())
+        absl::StrAppend(&c.text, " (headers: ", absl::StrJoin(headers, ", "), ")");
       absl::StrAppend(&c.text, "\n");
       if (!a.deny_body.empty()) {
         absl::StrAppend(&c.text, "  body: \"", a.deny_body, a.deny_body_truncated ? "..." : "",

@@ -29,8 +29,8 @@ absl::StatusOr<std::vector<ExtAuthzProbeAnswer::HeaderEdit>> Edits(
         edit.op = Op::kRemove;
         break;
       default:
-        return Malformed(absl::StrCat("header edit of ", e.name(), " has op ",
-                                      static_cast<int>(e.op())));
+        return Malformed(
+            absl::StrCat("header edit of ", e.name(), " has op ", static_cast<int>(e.op())));
     }
     out.push_back(std::move(edit));
   }

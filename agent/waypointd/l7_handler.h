@@ -61,6 +61,12 @@ class L7Handler final : public tunnel::InboundHandler {
                   tunnel::ListenerKind kind, UniqueFd client) override;
 
   std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
+  // `ambitctl check`: asks the provider with the client this worker's requests from the pod use
+  // (ClientFor), bounded by min(provider timeout, `bound`).
+  void ProbeExtAuthz(tunnel::Worker& worker,
+                     const std::vector<std::shared_ptr<const tunnel::Pod>>& pods,
+                     const tunnel::ExtAuthzProbe& probe, absl::Duration bound,
+                     std::function<void(tunnel::ExtAuthzProbeResult)> done) override;
 
   // The client of `provider` for requests through `pod` on `worker` (the one OnConnect's filters
   // use, so its connections are shared), under the worker's current snapshot. NotFound when the

@@ -110,15 +110,15 @@ class ExtAuthzLiveCheckTest : public ::testing::Test {
     auto engine = config::BuildAuthzEngine(*loaded_);
     ASSERT_TRUE(engine.ok()) << engine.status();
     FakeWaypoint* fake = &fake_;
-    checker_ = NewCheckEvaluator(
-        {.state = std::make_shared<const state::ClusterState>(loaded_->state),
-         .peer_authns = loaded_->security.PeerAuthenticationList(),
-         .engine = std::move(*engine),
-         .request_authns = loaded_->security.RequestAuthenticationList(),
-         .ext_authz_prober = [fake](const supervisor::ExtAuthzProbeQuery& q) {
-           fake->queries.push_back(q);
-           return fake->answer;
-         }});
+    checker_ =
+        NewCheckEvaluator({.state = std::make_shared<const state::ClusterState>(loaded_->state),
+                           .peer_authns = loaded_->security.PeerAuthenticationList(),
+                           .engine = std::move(*engine),
+                           .request_authns = loaded_->security.RequestAuthenticationList(),
+                           .ext_authz_prober = [fake](const supervisor::ExtAuthzProbeQuery& q) {
+                             fake->queries.push_back(q);
+                             return fake->answer;
+                           }});
   }
 
   pb::CheckResponse Check(const std::string& path, bool no_ext_authz = false) {
@@ -313,7 +313,8 @@ TEST_F(ExtAuthzLiveCheckTest, NoExtAuthzLeavesTheDecisionUndetermined) {
 }
 
 TEST_F(ExtAuthzLiveCheckTest, WaypointNotReachableLeavesTheDecisionUndetermined) {
-  fake_.answer = absl::UnavailableError("no waypoint data plane (ambit-waypoint) runs on this node");
+  fake_.answer =
+      absl::UnavailableError("no waypoint data plane (ambit-waypoint) runs on this node");
   const pb::CheckResponse r = Check("/ext/x");
   EXPECT_THAT(fake_.queries, SizeIs(1));
   EXPECT_EQ(r.decision(), "undetermined");
