@@ -25,9 +25,10 @@ using Stub = pb::Admin::Stub;
 template <typename Req, typename Resp>
 absl::StatusOr<Resp> Call(Context& ctx, Stub& stub,
                           grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                          const Req& req = Req()) {
+                          const Req& req = Req(),
+                          std::chrono::seconds deadline = std::chrono::seconds(5)) {
   grpc::ClientContext call;
-  call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  call.set_deadline(std::chrono::system_clock::now() + deadline);
   Resp resp;
   grpc::Status status = (stub.*method)(&call, req, &resp);
   if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
@@ -392,6 +393,45 @@ absl::Status AddHttpFlags(Context& ctx, pb::CheckRequest* req) {
   return absl::OkStatus();
 }
 
+Value HeaderEditsValue(const google::protobuf::RepeatedPtrField<pb::CheckHeaderEdit>& edits) {
+  Value out = Value::MakeList();
+  for (const auto& e : edits) {
+    out.Append(Value::Object({{"op", e.op()},
+                              {"name", e.name()},
+                              {"value", e.op() == "remove" ? Value() : Value(e.value())}}));
+  }
+  return out;
+}
+
+// A CUSTOM policy at the waypoint: what its provider answered and what follows.
+Value ExtAuthzValue(const pb::CheckExtAuthz& e) {
+  Value headers = Value::MakeList();
+  for (const auto& h : e.headers()) {
+    headers.Append(Value::Object({{"name", h.name()}, {"value", h.value()}}));
+  }
+  return Value::Object({
+      {"provider", e.provider()},
+      {"policy", OrNull(e.policy())},
+      {"asked", e.asked()},
+      {"notAsked", OrNull(e.not_asked())},
+      {"answer", OrNull(e.answer())},
+      {"status", e.status() != 0 ? Value(static_cast<int64_t>(e.status())) : Value()},
+      {"headers", std::move(headers)},
+      {"body", OrNull(e.body())},
+      {"upstreamEdits", HeaderEditsValue(e.upstream_edits())},
+      {"downstreamEdits", HeaderEditsValue(e.downstream_edits())},
+      {"detail", OrNull(e.detail())},
+      {"latencyMs", e.asked() ? Value(static_cast<double>(e.latency_us()) / 1000.0) : Value()},
+      {"waypointPod", OrNull(e.waypoint_pod())},
+      {"kind", OrNull(e.kind())},
+      {"failOpen", e.fail_open()},
+      {"statusOnError",
+       e.status_on_error() != 0 ? Value(static_cast<int64_t>(e.status_on_error())) : Value()},
+      {"unresolved", OrNull(e.unresolved())},
+      {"result", e.result()},
+  });
+}
+
 // What `check -o json` prints: the decision as `policy check` prints it, then the waypoint, the
 // HTTP answer, authentication and each hop.
 Value CheckValue(const pb::CheckResponse& resp) {
@@ -435,6 +475,7 @@ Value CheckValue(const pb::CheckResponse& resp) {
     }));
   }
   v.Set("hops", std::move(hops));
+  v.Set("extAuthz", resp.has_ext_authz() ? ExtAuthzValue(resp.ext_authz()) : Value());
   v.Set("generation", GenerationValue(resp.generation()));
   return v;
 }
@@ -461,9 +502,12 @@ absl::Status Check(Context& ctx) {
   req.set_to(to);
   req.set_port(port);
   AMBIT_RETURN_IF_ERROR(AddHttpFlags(ctx, &req));
+  req.set_no_ext_authz(ctx.flag("no-ext-authz").has_value());
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
-  auto resp = Call(ctx, **stub, &Stub::Check, req);
+  // Asking the waypoint's ext_authz provider takes up to min(its timeout, 5 s) and the exchange
+  // with the waypoint a little more (supervisor::DataPlane::kProbeWait).
+  auto resp = Call(ctx, **stub, &Stub::Check, req, std::chrono::seconds(15));
   if (!resp.ok()) return resp.status();
   if (ctx.output_format() == OutputFormat::kTable) {
     ctx.out() << resp->trace();
@@ -645,17 +689,30 @@ Command CheckLiveCommand() {
           "request given by --method, --path and --header (default GET /); hop 2 is the\n"
           "destination's node tunnel, which accepts only the waypoint's identity and applies its\n"
           "L4 policy. Without a waypoint the node tunnel decides at L4 and sees no HTTP.\n"
+          "A CUSTOM policy at the waypoint hands the request to an ext_authz provider: the agent\n"
+          "asks the waypoint running on this node to call the provider with this request (a real\n"
+          "check: an authorizer with side effects has them; --no-ext-authz skips it) and shows\n"
+          "what it answered (allow, deny with status, headers and body, or error), how long it\n"
+          "took, and what follows (failOpen, statusOnError, then DENY/ALLOW policy). Not asked\n"
+          "(--no-ext-authz, no waypoint on this node, the waypoint could not ask), the decision "
+          "is\n"
+          "undetermined.\n"
           "Output: a trace for people; -o json prints {decision, provider, afterExtAuthzAllow,\n"
           "policy, reason, mtls, source, destination, destinationIp, service, endpoint, waypoint,\n"
           "httpStatus, authn: {result, status, reason, principal, rule, policies}, hops: [{kind,\n"
-          "name, decision, policy, reason, source}], generation}. Exits 0 for any decision, 1\n"
-          "when a pod or service is unknown or the agent cannot be asked.",
+          "name, decision, policy, reason, source}], extAuthz: {provider, policy, asked,\n"
+          "notAsked, answer, status, headers, body, upstreamEdits, downstreamEdits, detail,\n"
+          "latencyMs, waypointPod, kind, failOpen, statusOnError, unresolved, result},\n"
+          "generation}. Exits 0 for any decision, 1 when a pod or service is unknown or the agent\n"
+          "cannot be asked.",
       .args_usage = "FROM TO:PORT",
       .examples =
           "ambitctl check default/web backend/api:8080\n"
           "ambitctl check default/web 198.18.1.7:8080 -o json\n"
           "ambitctl check default/web backend/httpbin:80 --method POST --path '/admin?x=1' \\\n"
-          "    --header \"authorization: Bearer $TOKEN\"",
+          "    --header \"authorization: Bearer $TOKEN\"\n"
+          "ambitctl check default/web backend/httpbin:80 --header 'x-ext-authz: allow'\n"
+          "ambitctl check default/web backend/httpbin:80 --no-ext-authz",
       .min_args = 2,
       .max_args = 2,
       .flags = {{"method", '\0', "METHOD", "the HTTP method a waypoint sees (default GET)"},
@@ -663,7 +720,10 @@ Command CheckLiveCommand() {
                 {"header", '\0', "'NAME: VALUE'",
                  "an HTTP header, repeatable; 'authorization: Bearer <jwt>' carries a token"},
                 {"now", '\0', "UNIX_SECONDS",
-                 "the time JWT exp/nbf are checked against (default: now)"}},
+                 "the time JWT exp/nbf are checked against (default: now)"},
+                {"no-ext-authz", '\0', "",
+                 "do not call a CUSTOM policy's ext_authz provider (it may have side effects); "
+                 "the decision is then undetermined"}},
       .run = Check,
   };
 }

@@ -396,6 +396,22 @@ namespace {
 // Istio's waypoint binding: the pod's istio.io/use-waypoint label, else its namespace's; "none"
 // on the pod opts out of a namespace waypoint. istio.io/use-waypoint-namespace names another
 // namespace for the waypoint.
+// `ambitctl check`'s question to this node's waypoint data plane; runs on a gRPC thread.
+std::function<
+    absl::StatusOr<supervisor::ExtAuthzProbeAnswer>(const supervisor::ExtAuthzProbeQuery&)>
+ExtAuthzProber(std::string waypoint_socket) {
+  return [waypoint_socket = std::move(waypoint_socket)](const supervisor::ExtAuthzProbeQuery& query)
+             -> absl::StatusOr<supervisor::ExtAuthzProbeAnswer> {
+    std::error_code ec;
+    if (!std::filesystem::exists(waypoint_socket, ec)) {
+      return absl::UnavailableError(
+          "no waypoint data plane (ambit-waypoint) runs on this node: no pod of a waypoint is "
+          "enrolled here");
+    }
+    return supervisor::DataPlane::ProbeExtAuthz(waypoint_socket, query);
+  };
+}
+
 std::string Find(const std::map<std::string, std::string>& map, const std::string& key) {
   auto it = map.find(key);
   return it == map.end() ? std::string() : it->second;
@@ -556,12 +572,13 @@ void Agent::PublishViews() {
   admin_state_->SetServices(std::move(services));
 
   if (engine_) {
-    admin_state_->SetCheckEvaluator(
-        NewCheckEvaluator({.state = state_,
-                           .peer_authns = peer_authns,
-                           .engine = engine_,
-                           .request_authns = security_.RequestAuthenticationList(),
-                           .waypoints = waypoints}));
+    admin_state_->SetCheckEvaluator(NewCheckEvaluator(
+        {.state = state_,
+         .peer_authns = peer_authns,
+         .engine = engine_,
+         .request_authns = security_.RequestAuthenticationList(),
+         .waypoints = waypoints,
+         .ext_authz_prober = ExtAuthzProber(options_.waypoint_control_socket())}));
   }
   PublishHealth();
 }

@@ -18,6 +18,7 @@
 #include "agent/common/ip_address.h"
 #include "agent/common/status.h"
 #include "agent/mesh/model.h"
+#include "agent/node/ext_authz_check.h"
 
 namespace ambit::node {
 namespace {
@@ -478,18 +479,7 @@ class LiveChecker final : public admin::CheckEvaluator {
     absl::StrAppend(text, "authorization (AuthorizationPolicy):\n",
                     Indent(admin::ExplainText(*config_.engine, target, request, d, mtls)));
     if (d.reason == authz::DecisionReason::kExtAuthzRequired) {
-      *http_status = kHttpForbidden;
-      const std::string provider = d.ext_authz ? d.ext_authz->provider : std::string("?");
-      resp->set_provider(provider);
-      if (d.ext_authz) {
-        resp->set_after_ext_authz_allow(d.ext_authz->if_allowed.allowed ? "allow" : "deny");
-      }
-      absl::StrAppend(text, "result: HTTP 403 \"", kRbacDenied, "\"\n");
-      return {
-          false, "deny", d.policy,
-          absl::StrCat("CUSTOM policy ", d.policy, " hands the request to provider \"", provider,
-                       "\", and the waypoint has no external authorization yet: denied "
-                       "(fail closed)")};
+      return ExtAuthzHop(req, request, dest, d, resp, http_status, text);
     }
     if (d.reason == authz::DecisionReason::kBadRequest) {
       *http_status = kHttpBadRequest;
@@ -508,6 +498,64 @@ class LiveChecker final : public admin::CheckEvaluator {
     *http_status = kHttpOk;
     absl::StrAppend(text, "result: forwarded to ", dest.pod->Key(), "\n");
     return {true, "allow", d.policy, d.explanation};
+  }
+
+  // A CUSTOM policy at the waypoint: ask the running waypoint's provider (unless told not to) and
+  // fold its answer in.
+  HopResult ExtAuthzHop(const pb::CheckRequest& req, const authz::Request& request,
+                        const Destination& dest, const authz::Decision& d, pb::CheckResponse* resp,
+                        int* http_status, std::string* text) const {
+    const std::string provider = d.ext_authz ? d.ext_authz->provider : std::string("?");
+    resp->set_provider(provider);
+    if (d.ext_authz) {
+      resp->set_after_ext_authz_allow(d.ext_authz->if_allowed.allowed ? "allow" : "deny");
+    }
+    std::string not_asked;
+    absl::StatusOr<supervisor::ExtAuthzProbeAnswer> answer =
+        absl::UnknownError("the provider was not asked");
+    if (req.no_ext_authz()) {
+      not_asked = "--no-ext-authz";
+    } else if (!config_.ext_authz_prober) {
+      not_asked = "this agent has no waypoint data plane to ask";
+    } else {
+      supervisor::ExtAuthzProbeQuery query;
+      query.waypoint = dest.waypoint;
+      query.provider = provider;
+      query.method = request.method;
+      query.path = request.path;
+      query.host = request.host;
+      for (const auto& h : req.headers()) {
+        const std::string name = absl::AsciiStrToLower(h.name());
+        if (name == "host" || name == ":authority") continue;
+        query.headers.emplace_back(name, h.value());
+      }
+      if (request.source_ip) query.source_address = request.source_ip->ToString();
+      query.source_principal = request.source_principal;
+      if (dest.dialled_ip) {
+        query.destination_address = SocketAddress{*dest.dialled_ip, dest.dialled_port}.ToString();
+      }
+      answer = config_.ext_authz_prober(query);
+    }
+    const ExtAuthzCheck c = FoldExtAuthzAnswer(d, answer, not_asked, resp->mutable_ext_authz());
+    absl::StrAppend(text, c.text);
+    if (!c.determined) {
+      *http_status = 0;
+      absl::StrAppend(text, "result: undetermined\n");
+      return {false, "undetermined", d.policy,
+              absl::StrCat("CUSTOM policy ", d.policy, " hands the request to provider \"",
+                           provider, "\", which was not asked (", resp->ext_authz().not_asked(),
+                           "): the decision is the provider's")};
+    }
+    if (c.http_status != 0) {
+      *http_status = c.http_status;
+      absl::StrAppend(text, "result: HTTP ", c.http_status,
+                      c.body.empty() ? "" : absl::StrCat(" \"", c.body, "\""), "\n");
+      return {false, "deny", c.decision.policy,
+              absl::StrCat("HTTP ", c.http_status, ": ", c.decision.explanation)};
+    }
+    *http_status = kHttpOk;
+    absl::StrAppend(text, "result: forwarded to ", dest.pod->Key(), "\n");
+    return {true, "allow", c.decision.policy, c.decision.explanation};
   }
 
   // The waypoint check of the destination's tunnel (MeshSnapshot::Authorize): a pod bound to a

@@ -13,6 +13,7 @@
 //
 // Immutable once built; Check is thread-safe (gRPC threads).
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "agent/authz/peer_authentication.h"
 #include "agent/state/model.h"
 #include "agent/state/waypoint.h"
+#include "agent/supervisor/ext_authz_probe.h"
 
 namespace ambit::node {
 
@@ -33,10 +35,18 @@ struct LiveCheckConfig {
   std::vector<authn::RequestAuthentication> request_authns = {};
   // The waypoint bindings of `state`; null: resolved here.
   std::shared_ptr<const state::WaypointResolution> waypoints = nullptr;
+  // Asks this node's waypoint data plane (ambit-waypoint) what a CUSTOM policy's provider
+  // answers for the request (thread-safe, bounded: supervisor::DataPlane::ProbeExtAuthz). Null,
+  // an error, or a check with no_ext_authz: the waypoint hop's decision is undetermined.
+  std::function<absl::StatusOr<supervisor::ExtAuthzProbeAnswer>(
+      const supervisor::ExtAuthzProbeQuery&)>
+      ext_authz_prober = nullptr;
 };
 
 // Answers `ambitctl check` against one configuration. JWKS given by jwksUri are not fetched: such
-// tokens are rejected, and the answer says so.
+// tokens are rejected, and the answer says so. A CUSTOM policy at the waypoint is explained by
+// asking the running waypoint (ext_authz_prober) and folding its provider's answer in
+// (ext_authz_check.h).
 std::shared_ptr<const admin::CheckEvaluator> NewCheckEvaluator(LiveCheckConfig config);
 
 }  // namespace ambit::node

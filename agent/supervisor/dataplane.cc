@@ -180,16 +180,16 @@ pid_t DataPlane::Stop() {
 namespace {
 
 // One exchange on the data plane's stats socket: the request out, the raw answer back.
-absl::StatusOr<std::string> AskStatsSocket(
-    const std::string& control_socket, const ambit::dataplane::v1::StatsSocketRequest& request) {
+absl::StatusOr<std::string> AskStatsSocket(const std::string& control_socket,
+                                           const ambit::dataplane::v1::StatsSocketRequest& request,
+                                           absl::Duration timeout = absl::Seconds(5)) {
   auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
   if (!fd.ok()) {
     return absl::UnavailableError(
         absl::StrCat("data plane not reachable: ", fd.status().message()));
   }
-  constexpr absl::Duration kTimeout = absl::Seconds(5);
-  AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), kTimeout));
-  return ReadFramed(fd->get(), 256 << 20, kTimeout);
+  AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), timeout));
+  return ReadFramed(fd->get(), 256 << 20, timeout);
 }
 
 }  // namespace
@@ -204,6 +204,23 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
     return absl::DataLossError("data plane sent a malformed stats answer");
   }
   return response;
+}
+
+absl::StatusOr<ExtAuthzProbeAnswer> DataPlane::ProbeExtAuthz(const std::string& control_socket,
+                                                             const ExtAuthzProbeQuery& query) {
+  ambit::dataplane::v1::StatsSocketRequest request;
+  *request.mutable_ext_authz_probe() = ExtAuthzProbeQueryToProto(query);
+  auto bytes = AskStatsSocket(control_socket, request, kProbeWait);
+  if (!bytes.ok()) {
+    // A data plane that does not know the request closes without an answer.
+    return absl::UnavailableError(
+        absl::StrCat("the waypoint data plane did not answer: ", bytes.status().message()));
+  }
+  ambit::dataplane::v1::ExtAuthzProbeResponse response;
+  if (!response.ParseFromString(*bytes)) {
+    return absl::DataLossError("the waypoint data plane sent a malformed ext_authz answer");
+  }
+  return ExtAuthzProbeAnswerFromProto(response);
 }
 
 absl::Status DataPlane::SetLogLevel(const std::string& control_socket, const std::string& component,

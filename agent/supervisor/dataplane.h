@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
+#include "agent/supervisor/ext_authz_probe.h"
 #include "agent/supervisor/heartbeat.h"
 
 namespace ambit::dataplane::v1 {
@@ -85,6 +86,16 @@ class DataPlane {
   // level. Thread-safe; bounded by a few seconds.
   static absl::Status SetLogLevel(const std::string& control_socket, const std::string& component,
                                   const std::string& level);
+
+  // Asks the waypoint data plane serving control_socket what an ext_authz provider answers for
+  // `query` (an ambit-tunnel, or a waypoint without that pod or provider, says why: the
+  // FailedPrecondition of ExtAuthzProbeAnswerFromProto). Unavailable when nothing serves the
+  // socket or no answer came in time. Thread-safe; bounded by kProbeWait.
+  static absl::StatusOr<ExtAuthzProbeAnswer> ProbeExtAuthz(const std::string& control_socket,
+                                                           const ExtAuthzProbeQuery& query);
+  // The data plane gives up on the authorizer after min(timeout, 5 s) and answers within 1 s
+  // more; this adds what the exchange itself may take.
+  static constexpr absl::Duration kProbeWait = absl::Seconds(8);
 
   bool connected() const { return control_.valid(); }
   pid_t pid() const { return pid_; }

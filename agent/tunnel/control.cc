@@ -31,6 +31,12 @@ namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "tunnel";
 // How long one stats exchange may take, each way, and how long workers have to answer.
 constexpr absl::Duration kStatsTimeout = absl::Seconds(2);
+// An ext_authz probe: the most the waypoint waits for the authorizer (the provider's timeout when
+// shorter), what this thread allows on top for the worker to answer, and how many may be
+// outstanding at once.
+constexpr absl::Duration kProbeBound = absl::Seconds(5);
+constexpr absl::Duration kProbeMargin = absl::Seconds(1);
+constexpr size_t kMaxProbes = 8;
 // How long the workers have to drop a removed pod before the removal is answered anyway.
 constexpr absl::Duration kRemoveTimeout = absl::Seconds(2);
 
@@ -435,11 +441,27 @@ void Tunnel::ServeStats(UniqueFd client) {
   if (!decoded.ok()) {
     AMBIT_LOG(kComponent, Warning) << "stats request: " << decoded.status().message();
     if (decoded.status().code() == absl::StatusCode::kInvalidArgument) {
-      // Said to the asker too: a refused log level must not read as applied.
-      pb::SetLogLevelResponse refused;
-      refused.set_error(std::string(decoded.status().message()));
-      (void)WriteFramed(client.get(), refused.SerializeAsString(), kStatsTimeout);
+      // Said to the asker too: a refused log level must not read as applied, a refused probe
+      // not as an authorizer's error.
+      pb::StatsSocketRequest raw;
+      (void)raw.ParseFromString(*request_bytes);
+      std::string answer;
+      if (raw.has_ext_authz_probe()) {
+        pb::ExtAuthzProbeResponse refused;
+        refused.set_error(std::string(decoded.status().message()));
+        answer = refused.SerializeAsString();
+      } else {
+        pb::SetLogLevelResponse refused;
+        refused.set_error(std::string(decoded.status().message()));
+        answer = refused.SerializeAsString();
+      }
+      (void)WriteFramed(client.get(), answer, kStatsTimeout);
     }
+    return;
+  }
+  if (decoded->has_ext_authz_probe()) {
+    // Checked by DecodeStatsSocketRequest.
+    StartProbe(std::move(client), *ExtAuthzProbeFromProto(decoded->ext_authz_probe()));
     return;
   }
   if (decoded->has_log_level()) {
@@ -499,6 +521,53 @@ void Tunnel::ServeStats(UniqueFd client) {
   auto status = WriteFramed(client.get(), response.SerializeAsString(), kStatsTimeout);
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "stats answer: " << status.message();
+  }
+}
+
+void Tunnel::StartProbe(UniqueFd client, const ExtAuthzProbe& probe) {
+  auto refuse = [&](const std::string& why) {
+    ExtAuthzProbeResult r;
+    r.error = why;
+    (void)WriteFramed(client.get(), ExtAuthzProbeResultToProto(r).SerializeAsString(),
+                      kStatsTimeout);
+  };
+  if (options_.l7 == nullptr) return refuse("this data plane (ambit-tunnel) serves no waypoint");
+  if (workers_.empty()) return refuse("the data plane has not started its workers yet");
+  if (probes_.size() >= kMaxProbes) {
+    return refuse(absl::StrCat(kMaxProbes, " ext_authz probes are already outstanding"));
+  }
+  const uint64_t id = ++next_probe_;
+  probes_.emplace(id, std::move(client));
+  std::vector<std::shared_ptr<const Pod>> pods;
+  for (const auto& [uid, pod] : reconciler_.pods()) pods.push_back(pod);
+  // Any worker will do: each has its own client of every provider; spreading them keeps one
+  // worker's pool from holding every probe.
+  Worker& worker = *workers_[id % workers_.size()];
+  // The result comes back through worker_replies_, drained on this thread; `this` outlives it
+  // because ~Tunnel joins the workers first and discards replies still queued.
+  worker.Post([this, id, pods = std::move(pods), probe, l7 = options_.l7](Worker& w) {
+    l7->ProbeExtAuthz(w, pods, probe, kProbeBound, [this, id](ExtAuthzProbeResult result) {
+      worker_replies_.Post(
+          [this, id, result = std::move(result)]() mutable { AnswerProbe(id, result); });
+    });
+  });
+  loop_->RunAfter(kProbeBound + kProbeMargin, [this, id] {
+    ExtAuthzProbeResult r;
+    r.error = absl::StrCat("the waypoint's worker did not answer within ",
+                           absl::FormatDuration(kProbeBound + kProbeMargin));
+    AnswerProbe(id, r);
+  });
+}
+
+void Tunnel::AnswerProbe(uint64_t id, const ExtAuthzProbeResult& result) {
+  auto it = probes_.find(id);
+  if (it == probes_.end()) return;  // answered already (the result, or the bound)
+  UniqueFd client = std::move(it->second);
+  probes_.erase(it);
+  auto status = WriteFramed(client.get(), ExtAuthzProbeResultToProto(result).SerializeAsString(),
+                            kStatsTimeout);
+  if (!status.ok()) {
+    AMBIT_LOG(kComponent, Warning) << "ext_authz probe answer: " << status.message();
   }
 }
 

@@ -13,6 +13,7 @@
 #include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
+#include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/pod_sockets.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tunnel/reconciler.h"
@@ -90,6 +91,11 @@ class Tunnel {
   void ArmTimer();
   // Answers one request on the stats socket (see StatsSocketRequest in dataplane.proto).
   void ServeStats(UniqueFd client);
+  // An ext_authz probe: handed to one worker's L7 handler; answered on this thread when the
+  // worker's result arrives or the wait bound passes, whichever is first. The control loop never
+  // blocks on it (a hung authorizer must not stall heartbeats).
+  void StartProbe(UniqueFd client, const ExtAuthzProbe& probe);
+  void AnswerProbe(uint64_t id, const ExtAuthzProbeResult& result);
   void StopWorkers();
 
   // Declared first, destroyed last: every member below may be named by work still queued.
@@ -104,7 +110,9 @@ class Tunnel {
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::vector<std::unique_ptr<Worker>> workers_;
   absl::Time timer_at_ = absl::InfiniteFuture();  // the reconciler deadline a timer is armed for
-  TaskQueue worker_replies_;                      // heartbeat replies from the workers
+  TaskQueue worker_replies_;             // heartbeat replies and probe results from the workers
+  std::map<uint64_t, UniqueFd> probes_;  // outstanding ext_authz probes: their askers
+  uint64_t next_probe_ = 0;
 };
 
 }  // namespace ambit::tunnel

@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
+#include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/pod_table.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -25,10 +26,25 @@ absl::StatusOr<ambit::dataplane::v1::Envelope> DecodeAgentMessage(absl::string_v
 
 // Parses one request read from the stats socket. Errors: DataLoss for bytes that are not a
 // StatsSocketRequest, Unimplemented for one that asks nothing (a request of a kind this build
-// does not know reads so), InvalidArgument for a log-level change to an unknown level (the only
-// error the asker is answered, with a SetLogLevelResponse).
+// does not know reads so), InvalidArgument for a log-level change to an unknown level or an
+// ext_authz probe ExtAuthzProbeFromProto refuses (the only errors the asker is answered, with a
+// SetLogLevelResponse or an ExtAuthzProbeResponse).
 absl::StatusOr<ambit::dataplane::v1::StatsSocketRequest> DecodeStatsSocketRequest(
     absl::string_view bytes);
+
+// The most body bytes a probe may carry, and the most of a deny body its answer carries.
+inline constexpr size_t kMaxProbeBody = 16 * 1024;
+inline constexpr size_t kMaxProbeAnswerBody = 4 * 1024;
+
+// The probe an ext_authz_probe asks for. InvalidArgument, naming the field, for: not exactly one of
+// waypoint_pod and waypoint, a name that is not namespace/name, no provider, a method that is no
+// HTTP token, a path not starting with '/', a header name that is not a lower-case token, CR, LF or
+// NUL in any value, an address that does not parse, a body over kMaxProbeBody or without has_body.
+absl::StatusOr<ExtAuthzProbe> ExtAuthzProbeFromProto(
+    const ambit::dataplane::v1::ExtAuthzProbeRequest& request);
+// The answer; a deny body beyond kMaxProbeAnswerBody is cut (deny_body_truncated).
+ambit::dataplane::v1::ExtAuthzProbeResponse ExtAuthzProbeResultToProto(
+    const ExtAuthzProbeResult& result);
 
 // The configuration a snapshot_ref names: its descriptors must be exactly one memfd sealed against
 // writing and resizing, of the announced size and at most max_bytes, holding a Snapshot of the

@@ -9,9 +9,15 @@
 // Thread-safety: called on the worker that accepted the connection or stream; an implementation
 // keeps per-worker state apart (Worker::index()).
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/time/time.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
 #include "agent/hbone/session.h"
@@ -21,6 +27,50 @@
 namespace ambit::tunnel {
 
 class Worker;
+
+// `ambitctl check` asking what an external authorizer answers the waypoint for one request (the
+// stats socket's ext_authz_probe, checked by DecodeStatsSocketRequest).
+struct ExtAuthzProbe {
+  std::string waypoint_pod;  // namespace/name of a pod this process serves; or
+  std::string waypoint;      // namespace/name of its waypoint (any of its pods served here)
+  std::string provider;
+  std::string method;
+  std::string path;
+  std::string host;
+  std::vector<std::pair<std::string, std::string>> headers;  // lower-case names, in order
+  std::optional<SocketAddress> source;
+  std::optional<SocketAddress> destination;
+  std::string source_principal;
+  std::optional<std::string> body;
+};
+
+// What the provider answered, or why it was not asked (`error`: the probe did not run, nothing
+// else is set).
+struct ExtAuthzProbeResult {
+  enum class Outcome { kAllow, kDeny, kError };
+  struct HeaderEdit {
+    enum class Op { kSet, kAppend, kRemove };
+    Op op = Op::kSet;
+    std::string name;
+    std::string value;
+  };
+  std::string error;
+  Outcome outcome = Outcome::kError;
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> deny_headers;
+  std::string deny_body;
+  std::vector<HeaderEdit> upstream_edits;
+  std::vector<HeaderEdit> downstream_edits;
+  std::string detail;
+  absl::Duration latency;
+  // The provider as the waypoint applies it.
+  std::string waypoint_pod;
+  std::string provider_kind;  // http, grpc
+  bool fail_open = false;
+  uint32_t status_on_error = 403;
+  absl::Duration timeout;
+  std::string unresolved;  // non-empty: denied 403 without asking (Outcome::kError)
+};
 
 class InboundHandler {
  public:
@@ -45,6 +95,18 @@ class InboundHandler {
   // keeps on that loop (the waypoint's authorizer clients) must go now, not when the handler,
   // which outlives the workers, is destroyed. Called on the thread destroying the worker.
   virtual void OnWorkerStopped(Worker& /*worker*/) {}
+
+  // Asks `probe.provider` about the probe's request from one of `pods` (those this process
+  // serves), with the client the waypoint's requests use, on `worker`'s thread; gives up after
+  // `bound`. `done` runs exactly once on that thread, unless the worker stops first.
+  virtual void ProbeExtAuthz(Worker& worker, const std::vector<std::shared_ptr<const Pod>>& pods,
+                             const ExtAuthzProbe& probe, absl::Duration bound,
+                             std::function<void(ExtAuthzProbeResult)> done) {
+    (void)worker, (void)pods, (void)probe, (void)bound;
+    ExtAuthzProbeResult r;
+    r.error = "this data plane serves no waypoint";
+    done(std::move(r));
+  }
 };
 
 }  // namespace ambit::tunnel

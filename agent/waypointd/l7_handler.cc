@@ -512,6 +512,131 @@ void L7Handler::OnWorkerStopped(tunnel::Worker& worker) {
   }
 }
 
+namespace {
+
+tunnel::ExtAuthzProbeResult::HeaderEdit ProbeEdit(const waypoint::HeaderEdit& e) {
+  using Op = tunnel::ExtAuthzProbeResult::HeaderEdit::Op;
+  return {e.op == waypoint::HeaderEdit::Op::kSet      ? Op::kSet
+          : e.op == waypoint::HeaderEdit::Op::kAppend ? Op::kAppend
+                                                      : Op::kRemove,
+          e.name, e.value};
+}
+
+// One probe in flight: keeps the client alive for its check, and answers once.
+struct ProbeState {
+  std::shared_ptr<waypoint::AuthorizerClient> client;
+  std::unique_ptr<waypoint::AsyncCheck> check;
+  tunnel::ExtAuthzProbeResult result;
+  std::function<void(tunnel::ExtAuthzProbeResult)> done;
+  bool answered = false;
+
+  void Answer() {
+    if (answered) return;
+    answered = true;
+    done(std::move(result));
+  }
+};
+
+}  // namespace
+
+void L7Handler::ProbeExtAuthz(tunnel::Worker& worker,
+                              const std::vector<std::shared_ptr<const tunnel::Pod>>& pods,
+                              const tunnel::ExtAuthzProbe& probe, absl::Duration bound,
+                              std::function<void(tunnel::ExtAuthzProbeResult)> done) {
+  using Outcome = tunnel::ExtAuthzProbeResult::Outcome;
+  tunnel::ExtAuthzProbeResult result;
+  const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot = worker.snapshot();
+  std::shared_ptr<const tunnel::Pod> pod;
+  for (const auto& p : pods) {
+    const tunnel::WaypointInfo* wp = snapshot->WaypointOf(p->workload);
+    if (wp == nullptr) continue;
+    if (probe.waypoint_pod.empty() ? wp->key == probe.waypoint : p->uid == probe.waypoint_pod) {
+      pod = p;
+      break;
+    }
+  }
+  if (pod == nullptr) {
+    result.error =
+        probe.waypoint_pod.empty()
+            ? absl::StrCat("no pod of waypoint ", probe.waypoint,
+                           " is served by the waypoint data plane on this node")
+            : absl::StrCat("pod ", probe.waypoint_pod, " is no waypoint pod served on this node");
+    return done(std::move(result));
+  }
+  result.waypoint_pod = pod->uid;
+  result.outcome = Outcome::kError;
+  absl::StatusOr<std::shared_ptr<waypoint::AuthorizerClient>> client =
+      ClientFor(worker, pod, probe.provider);
+  if (!client.ok()) {
+    const absl::StatusCode code = client.status().code();
+    if (code == absl::StatusCode::kNotFound || code == absl::StatusCode::kFailedPrecondition) {
+      // No such provider, or its service does not resolve: the filter denies 403 without asking.
+      result.unresolved = std::string(client.status().message());
+    } else {
+      result = tunnel::ExtAuthzProbeResult();
+      result.error = absl::StrCat("the waypoint has no client for ext_authz provider \"",
+                                  probe.provider, "\": ", client.status().message());
+    }
+    return done(std::move(result));
+  }
+  const authz::ExtAuthzProvider& provider = (*client)->provider();
+  result.provider_kind = provider.kind == authz::ExtAuthzProvider::Kind::kGrpc ? "grpc" : "http";
+  result.fail_open = provider.fail_open;
+  result.status_on_error = provider.status_on_error;
+  result.timeout = provider.timeout;
+
+  waypoint::AuthzCheckRequest request;
+  request.method = probe.method;
+  request.path = probe.path;
+  request.host = probe.host;
+  request.protocol = "HTTP/1.1";
+  request.headers = probe.headers;
+  request.source = probe.source;
+  request.destination = probe.destination;
+  request.source_principal = probe.source_principal;
+  request.destination_principal = pod->spiffe_id;
+  request.time = worker.Now();
+  for (const auto& [name, value] : probe.headers) {
+    if (name == "x-request-id") request.request_id = value;
+  }
+  request.body = probe.body;
+
+  auto state = std::make_shared<ProbeState>();
+  state->client = *std::move(client);
+  state->result = std::move(result);
+  state->done = std::move(done);
+  std::weak_ptr<ProbeState> weak = state;
+  state->check = state->client->Check(request, [weak](waypoint::AuthzCheckResponse r) {
+    auto s = weak.lock();
+    if (s == nullptr) return;
+    tunnel::ExtAuthzProbeResult& out = s->result;
+    out.outcome = r.outcome == waypoint::AuthzCheckResponse::Outcome::kAllow  ? Outcome::kAllow
+                  : r.outcome == waypoint::AuthzCheckResponse::Outcome::kDeny ? Outcome::kDeny
+                                                                              : Outcome::kError;
+    out.status = r.status;
+    out.deny_headers = r.deny_headers;
+    out.deny_body = r.deny_body;
+    for (const auto& e : r.upstream_edits) out.upstream_edits.push_back(ProbeEdit(e));
+    for (const auto& e : r.downstream_edits) out.downstream_edits.push_back(ProbeEdit(e));
+    out.detail = r.detail;
+    out.latency = r.latency;
+    s->Answer();
+  });
+  // The timer holds the state (and so the client and the check) until it fires: a check still
+  // running then is cancelled and reported as an error.
+  const absl::Duration wait = std::min(provider.timeout, bound);
+  const absl::Time started = worker.Now();
+  worker.loop().RunAfter(wait, [state, wait, started, &worker] {
+    if (state->answered) return;
+    state->check.reset();
+    state->result.outcome = Outcome::kError;
+    state->result.detail = absl::StrCat("no answer within ", absl::FormatDuration(wait),
+                                        wait < state->result.timeout ? " (the check's bound)" : "");
+    state->result.latency = worker.Now() - started;
+    state->Answer();
+  });
+}
+
 void L7Handler::OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
                            tunnel::ListenerKind kind, UniqueFd client) {
   auto peer = PeerAddress(client.get());

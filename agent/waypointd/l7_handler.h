@@ -64,6 +64,13 @@ class L7Handler final : public tunnel::InboundHandler {
   // Drops the worker's authorizer clients while its loop still exists.
   void OnWorkerStopped(tunnel::Worker& worker) override;
 
+  // `ambitctl check`: asks the provider with the client this worker's requests from the pod use
+  // (ClientFor), bounded by min(provider timeout, `bound`).
+  void ProbeExtAuthz(tunnel::Worker& worker,
+                     const std::vector<std::shared_ptr<const tunnel::Pod>>& pods,
+                     const tunnel::ExtAuthzProbe& probe, absl::Duration bound,
+                     std::function<void(tunnel::ExtAuthzProbeResult)> done) override;
+
   // The client of `provider` for requests through `pod` on `worker` (the one OnConnect's filters
   // use, so its connections are shared), under the worker's current snapshot. NotFound when the
   // snapshot has no such provider; FailedPrecondition when its service is unresolved (the message

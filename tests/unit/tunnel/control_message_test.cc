@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,102 @@ TEST(DecodeStatsSocketRequestTest, RefusesGarbageEmptyRequestsAndUnknownLevels) 
   auto refused = DecodeStatsSocketRequest(change.SerializeAsString());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("verbose"), std::string::npos);
+}
+
+pb::ExtAuthzProbeRequest GoodProbe() {
+  pb::ExtAuthzProbeRequest r;
+  r.set_waypoint("backend/waypoint");
+  r.set_provider("sample-ext-authz-http");
+  r.set_method("GET");
+  r.set_path("/ext?x=1");
+  r.set_host("api.backend.svc.cluster.local");
+  auto* h = r.add_headers();
+  h->set_name("x-ext-authz");
+  h->set_value("allow");
+  r.set_source_address("198.18.0.10");
+  r.set_source_principal("spiffe://cluster.local/ns/default/sa/web");
+  r.set_destination_address("[2001:2::1]:80");
+  return r;
+}
+
+TEST(ExtAuthzProbeTest, DecodesAGoodProbe) {
+  pb::StatsSocketRequest request;
+  *request.mutable_ext_authz_probe() = GoodProbe();
+  ASSERT_TRUE(DecodeStatsSocketRequest(request.SerializeAsString()).ok());
+  auto probe = ExtAuthzProbeFromProto(GoodProbe());
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  EXPECT_EQ(probe->waypoint, "backend/waypoint");
+  EXPECT_EQ(probe->provider, "sample-ext-authz-http");
+  ASSERT_EQ(probe->headers.size(), 1u);
+  EXPECT_EQ(probe->headers[0].second, "allow");
+  ASSERT_TRUE(probe->source.has_value());
+  EXPECT_EQ(probe->source->ip.ToString(), "198.18.0.10");
+  ASSERT_TRUE(probe->destination.has_value());
+  EXPECT_EQ(probe->destination->port, 80);
+  EXPECT_FALSE(probe->body.has_value());
+}
+
+TEST(ExtAuthzProbeTest, RefusesEachBadFieldByName) {
+  struct Case {
+    const char* field;
+    std::function<void(pb::ExtAuthzProbeRequest&)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"waypoint_pod/waypoint", [](auto& r) { r.set_waypoint_pod("backend/wp-0"); }},
+      {"waypoint_pod/waypoint", [](auto& r) { r.clear_waypoint(); }},
+      {"waypoint", [](auto& r) { r.set_waypoint("waypoint"); }},
+      {"waypoint", [](auto& r) { r.set_waypoint("a/b/c"); }},
+      {"provider", [](auto& r) { r.clear_provider(); }},
+      {"method", [](auto& r) { r.set_method("GE T"); }},
+      {"method", [](auto& r) { r.clear_method(); }},
+      {"path", [](auto& r) { r.set_path("ext"); }},
+      {"path", [](auto& r) { r.set_path("/a\r\nx: y"); }},
+      {"host", [](auto& r) { r.set_host(std::string("a\0b", 3)); }},
+      {"headers", [](auto& r) { r.mutable_headers(0)->set_name("X-Ext-Authz"); }},
+      {"headers", [](auto& r) { r.mutable_headers(0)->set_name(""); }},
+      {"headers", [](auto& r) { r.mutable_headers(0)->set_value("a\nb"); }},
+      {"source_address", [](auto& r) { r.set_source_address("nowhere"); }},
+      {"destination_address", [](auto& r) { r.set_destination_address("198.18.0.1:99999"); }},
+      {"body", [](auto& r) { r.set_body("x"); }},
+      {"body",
+       [](auto& r) {
+         r.set_has_body(true);
+         r.set_body(std::string(kMaxProbeBody + 1, 'x'));
+       }},
+  };
+  for (const Case& c : cases) {
+    pb::ExtAuthzProbeRequest r = GoodProbe();
+    c.spoil(r);
+    auto probe = ExtAuthzProbeFromProto(r);
+    EXPECT_EQ(probe.status().code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_TRUE(absl::StrContains(probe.status().message(), c.field)) << probe.status();
+    pb::StatsSocketRequest request;
+    *request.mutable_ext_authz_probe() = r;
+    EXPECT_EQ(DecodeStatsSocketRequest(request.SerializeAsString()).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(ExtAuthzProbeTest, AnswerCutsALongDenyBodyAndNamesEveryEnum) {
+  ExtAuthzProbeResult result;
+  result.outcome = ExtAuthzProbeResult::Outcome::kDeny;
+  result.status = 418;
+  result.deny_body = std::string(kMaxProbeAnswerBody + 10, 'b');
+  result.upstream_edits = {{ExtAuthzProbeResult::HeaderEdit::Op::kAppend, "x-a", "1"}};
+  result.latency = absl::Microseconds(2100);
+  pb::ExtAuthzProbeResponse out = ExtAuthzProbeResultToProto(result);
+  EXPECT_EQ(out.outcome(), pb::EXT_AUTHZ_PROBE_OUTCOME_DENY);
+  EXPECT_EQ(out.status(), 418u);
+  EXPECT_EQ(out.deny_body().size(), kMaxProbeAnswerBody);
+  EXPECT_TRUE(out.deny_body_truncated());
+  EXPECT_EQ(out.upstream_edits(0).op(), pb::PROBE_HEADER_EDIT_OP_APPEND);
+  EXPECT_EQ(out.latency_us(), 2100);
+
+  ExtAuthzProbeResult refused;
+  refused.error = "not a waypoint";
+  out = ExtAuthzProbeResultToProto(refused);
+  EXPECT_EQ(out.error(), "not a waypoint");
+  EXPECT_EQ(out.outcome(), pb::EXT_AUTHZ_PROBE_OUTCOME_UNSPECIFIED);
 }
 
 TEST(DecodeStatsSocketRequestTest, AStatsRequestOfProtocolTwoChangesNoLevel) {

@@ -15,9 +15,12 @@
 #include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "agent/common/framed.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/tunnel/control.h"
+#include "agent/tunnel/l7_hook.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 #include "tests/fakes/fake_pod_sockets.h"
 
@@ -36,6 +39,7 @@ class TunnelShellTest : public ::testing::Test {
     options.control_socket = dir_ + "/dataplane.sock";
     options.workers = 1;
     options.sockets = &sockets_;
+    options.l7 = L7();
     auto tunnel = Tunnel::Create(options);
     ASSERT_TRUE(tunnel.ok()) << tunnel.status();
     tunnel_ = *std::move(tunnel);
@@ -77,6 +81,27 @@ class TunnelShellTest : public ::testing::Test {
     }
     ADD_FAILURE() << "no message with body " << body;
     return std::nullopt;
+  }
+
+  // What runs on the pods' listeners: nothing (ambit-tunnel), or a stand-in for the waypoint.
+  virtual std::shared_ptr<InboundHandler> L7() { return nullptr; }
+
+  // Starts the workers: the map descriptors are /dev/null, which nothing here looks up.
+  void SendMaps(int agent) {
+    UniqueFd a(open("/dev/null", O_RDONLY | O_CLOEXEC)), b(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    pb::Envelope maps;
+    maps.mutable_maps()->add_fds(pb::FD_ROLE_ORIG_DST_MAP);
+    maps.mutable_maps()->add_fds(pb::FD_ROLE_DELIVER_MAP);
+    Send(agent, maps, {a.get(), b.get()});
+  }
+
+  // One exchange on the stats socket; the answer's bytes, or an error.
+  absl::StatusOr<std::string> AskStats(const pb::StatsSocketRequest& request,
+                                       absl::Duration timeout = absl::Seconds(10)) {
+    auto fd = ConnectUnix(StatsSocketFor(dir_ + "/dataplane.sock"), SOCK_STREAM);
+    if (!fd.ok()) return fd.status();
+    if (auto s = WriteFramed(fd->get(), request.SerializeAsString(), timeout); !s.ok()) return s;
+    return ReadFramed(fd->get(), 1 << 20, timeout);
   }
 
   std::string dir_;
@@ -199,6 +224,137 @@ TEST_F(TunnelShellTest, AnAddPodThatDoesNotMapEndsTheSessionNotTheDataPlane) {
   auto hello = Next(next.get(), pb::Envelope::kHello);
   ASSERT_TRUE(hello.has_value());
   EXPECT_EQ(hello->first.hello().pod_count(), 0u);
+}
+
+// A stand-in for the waypoint's handler: answers probes at once, or never.
+class FakeWaypoint final : public InboundHandler {
+ public:
+  hbone::StreamObserver* OnConnect(Worker&, hbone::HboneSession&, hbone::StreamId,
+                                   const hbone::ConnectRequest&, const std::shared_ptr<const Pod>&,
+                                   const SocketAddress&, FlowRecord) override {
+    return nullptr;
+  }
+  void OnAccepted(Worker&, const std::shared_ptr<const Pod>&, ListenerKind, UniqueFd) override {}
+  void ProbeExtAuthz(Worker&, const std::vector<std::shared_ptr<const Pod>>&,
+                     const ExtAuthzProbe& probe, absl::Duration bound,
+                     std::function<void(ExtAuthzProbeResult)> done) override {
+    absl::MutexLock lock(&mu_);
+    probes_.push_back(probe);
+    bound_ = bound;
+    if (hang_) {
+      held_.push_back(std::move(done));  // never answered: the shell's bound must
+      return;
+    }
+    ExtAuthzProbeResult r;
+    r.outcome = ExtAuthzProbeResult::Outcome::kDeny;
+    r.status = 418;
+    r.deny_headers = {{"x-teapot", "yes"}};
+    r.deny_body = "short and stout";
+    r.latency = absl::Microseconds(2100);
+    r.waypoint_pod = "backend/wp";
+    done(std::move(r));
+  }
+
+  absl::Mutex mu_;
+  bool hang_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<ExtAuthzProbe> probes_ ABSL_GUARDED_BY(mu_);
+  absl::Duration bound_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::function<void(ExtAuthzProbeResult)>> held_ ABSL_GUARDED_BY(mu_);
+};
+
+pb::StatsSocketRequest Probe() {
+  pb::StatsSocketRequest request;
+  auto* p = request.mutable_ext_authz_probe();
+  p->set_waypoint("backend/waypoint");
+  p->set_provider("sample-ext-authz-http");
+  p->set_method("GET");
+  p->set_path("/ext");
+  return request;
+}
+
+TEST_F(TunnelShellTest, AnExtAuthzProbeToATunnelSaysItIsNoWaypoint) {
+  auto bytes = AskStats(Probe());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  pb::ExtAuthzProbeResponse answer;
+  ASSERT_TRUE(answer.ParseFromString(*bytes));
+  EXPECT_NE(answer.error().find("serves no waypoint"), std::string::npos) << answer.error();
+}
+
+TEST_F(TunnelShellTest, ABadExtAuthzProbeIsAnsweredWithTheError) {
+  pb::StatsSocketRequest request = Probe();
+  request.mutable_ext_authz_probe()->set_path("no-slash");
+  auto bytes = AskStats(request);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  pb::ExtAuthzProbeResponse answer;
+  ASSERT_TRUE(answer.ParseFromString(*bytes));
+  EXPECT_NE(answer.error().find("path"), std::string::npos) << answer.error();
+}
+
+class TunnelProbeTest : public TunnelShellTest {
+ protected:
+  std::shared_ptr<InboundHandler> L7() override { return fake_; }
+  std::shared_ptr<FakeWaypoint> fake_ = std::make_shared<FakeWaypoint>();
+};
+
+TEST_F(TunnelProbeTest, AProbeRunsOnAWorkerAndItsAnswerComesBack) {
+  UniqueFd agent = Connect();
+  ASSERT_TRUE(Next(agent.get(), pb::Envelope::kHello).has_value());
+  SendMaps(agent.get());
+  // The workers run once the maps are in: a heartbeat says so.
+  pb::Envelope ping;
+  ping.mutable_ping()->set_seq(1);
+  Send(agent.get(), ping);
+  auto pong = Next(agent.get(), pb::Envelope::kPong);
+  ASSERT_TRUE(pong.has_value());
+  ASSERT_EQ(pong->first.pong().workers(), 1u);
+
+  auto bytes = AskStats(Probe());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  pb::ExtAuthzProbeResponse answer;
+  ASSERT_TRUE(answer.ParseFromString(*bytes));
+  EXPECT_EQ(answer.error(), "");
+  EXPECT_EQ(answer.outcome(), pb::EXT_AUTHZ_PROBE_OUTCOME_DENY);
+  EXPECT_EQ(answer.status(), 418u);
+  EXPECT_EQ(answer.deny_body(), "short and stout");
+  EXPECT_EQ(answer.latency_us(), 2100);
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->probes_.size(), 1u);
+  EXPECT_EQ(fake_->probes_[0].waypoint, "backend/waypoint");
+  EXPECT_EQ(fake_->bound_, absl::Seconds(5));
+}
+
+TEST_F(TunnelProbeTest, AProbeNobodyAnswersEndsAtTheBoundAndHeartbeatsGoOnMeanwhile) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->hang_ = true;
+  }
+  UniqueFd agent = Connect();
+  ASSERT_TRUE(Next(agent.get(), pb::Envelope::kHello).has_value());
+  SendMaps(agent.get());
+  absl::StatusOr<std::string> bytes;
+  const absl::Time start = absl::Now();
+  std::thread asker([&] { bytes = AskStats(Probe()); });
+  // While the probe waits, the control thread answers heartbeats at once (it never blocks on a
+  // probe: a hung authorizer must not make the agent restart the waypoint).
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    absl::SleepFor(absl::Milliseconds(500));
+    pb::Envelope ping;
+    ping.mutable_ping()->set_seq(seq);
+    const absl::Time sent = absl::Now();
+    Send(agent.get(), ping);
+    auto pong = Next(agent.get(), pb::Envelope::kPong);
+    ASSERT_TRUE(pong.has_value());
+    EXPECT_EQ(pong->first.pong().seq(), seq);
+    EXPECT_LT(absl::Now() - sent, absl::Seconds(1));
+  }
+  asker.join();
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  pb::ExtAuthzProbeResponse answer;
+  ASSERT_TRUE(answer.ParseFromString(*bytes));
+  EXPECT_NE(answer.error().find("did not answer within 6s"), std::string::npos) << answer.error();
+  EXPECT_GE(took, absl::Seconds(6));
+  EXPECT_LT(took, absl::Seconds(8));
 }
 
 }  // namespace
