@@ -47,6 +47,7 @@ GROUP_TARGETS = {
     "ambit_dataplane_proto": "proto/ambit/dataplane",
     "ambit_admin_grpc": "proto/ambit/admin",
     "istio_ca_grpc": "proto/istio",
+    "envoy_ext_authz_proto": "proto/envoy",
     # Headers only: bpf/abi plus the skeletons generated from bpf/progs.
     "ambit_bpf_skeletons": "bpf/abi",
 }
@@ -137,6 +138,10 @@ def classify_quoted(header):
         return "proto/ambit/admin"
     if header.startswith("istio/"):
         return "proto/istio"
+    if header.startswith("envoy/"):
+        return "proto/envoy"
+    if header.startswith("google/rpc/"):
+        return "proto/google"
     return None
 
 
