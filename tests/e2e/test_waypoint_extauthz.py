@@ -69,20 +69,20 @@ extensionProviders:
   envoyExtAuthzHttp:
     service: {host}
     port: 8000
-    timeout: 500ms
+    timeout: 0.5s
     statusOnError: "503"
     includeRequestHeadersInCheck: ["x-ext-authz"]
 - name: ext-authz-grpc-timeout
   envoyExtAuthzGrpc:
     service: {host}
     port: 9000
-    timeout: 500ms
+    timeout: 0.5s
     statusOnError: "503"
 - name: ext-authz-failopen
   envoyExtAuthzHttp:
     service: {host}
     port: 8000
-    timeout: 500ms
+    timeout: 0.5s
     failOpen: true
     includeRequestHeadersInCheck: ["x-ext-authz"]
 - name: ext-authz-down
