@@ -33,16 +33,12 @@ AuthzCheckRequest Request() {
   r.method = "POST";
   r.path = "/api/items?id=7&x=y";
   r.host = "svc.test:8080";
-  r.headers = {{"host", "svc.test:8080"},
-               {"authorization", "Bearer abc"},
-               {"x-ext-authz", "allow"},
-               {"x-custom-a", "1"},
-               {"cookie", "c=1"},
-               {"content-length", "5"},
+  r.headers = {{"host", "svc.test:8080"},   {"authorization", "Bearer abc"},
+               {"x-ext-authz", "allow"},    {"x-custom-a", "1"},
+               {"cookie", "c=1"},           {"content-length", "5"},
                {"connection", "keep-alive"}};
   return r;
 }
-
 
 TEST(HttpCheckRequestTest, KeepsMethodPathAndHostAndSendsOnlyAllowedHeaders) {
   authz::ExtAuthzProvider p = Provider();
@@ -127,8 +123,7 @@ TEST(HttpAnswerTest, OtherStatusDeniesWithItsHeadersAndBody) {
   EXPECT_EQ(all.status, 418);
   EXPECT_EQ(all.deny_body, "short and stout");
   // Unset headersToDownstreamOnDeny: every header (framing and Server aside).
-  EXPECT_EQ(all.deny_headers,
-            (HeaderList{{"x-teapot", "yes"}, {"www-authenticate", "Basic"}}));
+  EXPECT_EQ(all.deny_headers, (HeaderList{{"x-teapot", "yes"}, {"www-authenticate", "Basic"}}));
 
   p.headers_to_downstream_on_deny = {"x-nothing"};
   AuthzCheckResponse some = ReadHttpAnswer(p, answer, false);
@@ -182,7 +177,9 @@ constexpr char kAllow[] = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
 
 class HttpAuthorizerClientTest : public ::testing::Test {
  protected:
-  void SetUp() override { client_ = NewHttpAuthorizerClient(Provider(), &connector_, &loop_, &clock_); }
+  void SetUp() override {
+    client_ = NewHttpAuthorizerClient(Provider(), &connector_, &loop_, &clock_);
+  }
 
   // Starts a check whose answer lands in `out`.
   std::unique_ptr<AsyncCheck> Start(std::optional<AuthzCheckResponse>* out) {
@@ -269,7 +266,8 @@ TEST_F(HttpAuthorizerClientTest, CancelAfterTheAnswerWasQueuedCallsNothing) {
 TEST_F(HttpAuthorizerClientTest, RefusedAndResetAreErrors) {
   std::optional<AuthzCheckResponse> r;
   auto h = Start(&r);
-  connector_.streams[0]->Error(absl::UnavailableError("connect to 127.0.0.1:9: Connection refused"));
+  connector_.streams[0]->Error(
+      absl::UnavailableError("connect to 127.0.0.1:9: Connection refused"));
   loop_.RunDeferred();
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->outcome, Outcome::kError);
