@@ -282,6 +282,19 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   return observer;
 }
 
+class L7Handler::PodAuthorizers {};
+
+std::shared_ptr<L7Handler::PodAuthorizers> L7Handler::AuthorizersFor(
+    tunnel::Worker&, const std::shared_ptr<const tunnel::Pod>&) {
+  return nullptr;
+}
+
+absl::StatusOr<std::shared_ptr<waypoint::AuthorizerClient>> L7Handler::ClientFor(
+    tunnel::Worker&, const std::shared_ptr<const tunnel::Pod>&, const std::string& provider) {
+  return absl::UnimplementedError(
+      absl::StrCat("ext_authz provider \"", provider, "\": no clients in this waypoint yet"));
+}
+
 void L7Handler::OnAccepted(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
                            tunnel::ListenerKind kind, UniqueFd client) {
   auto peer = PeerAddress(client.get());
