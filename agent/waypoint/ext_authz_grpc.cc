@@ -54,7 +54,9 @@ void FillPeer(authv3::AttributeContext::Peer* peer, const std::optional<SocketAd
 
 // RFC 9110 token characters, the only ones a header name may hold.
 bool IsTokenChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || std::strchr("!#$%&'*+-.^_`|~", c);
+  // (strchr finds the terminating NUL too: NUL is no token character.)
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+         (c != '\0' && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
 }
 
 bool ValidHeaderName(absl::string_view name) {
@@ -655,14 +657,21 @@ int Connection::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id
   if (it == c->calls_.end()) return 0;
   GrpcAnswer& a = it->second->answer;
   if (a.data_too_large) return 0;
-  if (a.data.size() + len > grpc_internal::kMaxResponseMessage + 5) {
+  a.data.append(reinterpret_cast<const char*>(data), len);
+  // Too large as announced by the prefix, or as arrived: stop reading it now.
+  bool too_large = a.data.size() > grpc_internal::kMaxResponseMessage + 5;
+  if (a.data.size() >= 5) {
+    const auto* p = reinterpret_cast<const unsigned char*>(a.data.data());
+    const uint32_t announced =
+        (uint32_t{p[1]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 8) | uint32_t{p[4]};
+    too_large = too_large || announced > grpc_internal::kMaxResponseMessage;
+  }
+  if (too_large) {
     a.data_too_large = true;
     a.data.clear();
     a.data.shrink_to_fit();
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
-    return 0;
   }
-  a.data.append(reinterpret_cast<const char*>(data), len);
   return 0;
 }
 
@@ -690,7 +699,9 @@ void Connection::EndCall(int32_t stream_id, uint32_t error_code) {
     return;
   }
   if (call->answer.data_too_large) {
-    client_->Finish(call, grpc_internal::MapAnswer(call->answer, &call->checked_headers), "");
+    client_->Finish(call, {},
+                    absl::StrCat("malformed answer: larger than ",
+                                 grpc_internal::kMaxResponseMessage, " bytes"));
     return;
   }
   if (error_code != NGHTTP2_NO_ERROR && !call->answer.grpc_status.has_value()) {

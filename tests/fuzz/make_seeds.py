@@ -490,6 +490,75 @@ def waypoint_seeds():
     write(t, "too_many_headers", seed(255, 1, 0, b"", c.data_to_send()[len(PREFACE):]))
 
 
+def ext_authz_grpc_seeds():
+    """Input layout: tests/fuzz/ext_authz_grpc_fuzz.cc (chunk, shape, the authorizer's HTTP/2)."""
+    t = "ext_authz_grpc"
+
+    def check_response(text):
+        out = subprocess.run(
+            ["protoc", "-I" + os.path.join(ROOT, "proto"),
+             "--encode=envoy.service.auth.v3.CheckResponse",
+             "envoy/service/auth/v3/external_auth.proto"],
+            input=text.encode(), capture_output=True, check=True)
+        return out.stdout
+
+    def grpc_frame(msg, flag=0):
+        return bytes([flag]) + struct.pack(">I", len(msg)) + msg
+
+    def server_for(n):
+        cli = client_conn()
+        for i in range(n):
+            cli.send_headers(1 + 2 * i, [(b":method", b"POST"), (b":scheme", b"http"),
+                                         (b":path", b"/envoy.service.auth.v3.Authorization/Check"),
+                                         (b":authority", b"ext-authz:9000"),
+                                         (b"content-type", b"application/grpc")])
+        srv = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            validate_inbound_headers=False))
+        srv.initiate_connection()
+        srv.receive_data(cli.data_to_send())
+        srv.data_to_send()
+        srv.initiate_connection()
+        return srv
+
+    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    allow = check_response(
+        'status {} ok_response { headers { header { key: "x-a" value: "1" } } '
+        'headers { header { key: "x-b" value: "2" } append { value: true } } '
+        'headers_to_remove: "x-remove-me" '
+        'response_headers_to_add { header { key: "x-down" value: "3" } } }')
+    deny = check_response(
+        'status { code: 7 } denied_response { status { code: 418 } '
+        'headers { header { key: "x-teapot" value: "yes" } } body: "short and stout" }')
+    s = server_for(1)
+    s.send_headers(1, head)
+    s.send_data(1, grpc_frame(allow))
+    s.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    write(t, "allow", bytes([255, 0]) + s.data_to_send())
+    s = server_for(2)
+    s.send_headers(1, head)
+    s.send_data(1, grpc_frame(deny)[:4])
+    s.send_data(1, grpc_frame(deny)[4:])
+    s.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    s.send_headers(3, head + [(b"grpc-status", b"14"), (b"grpc-message", b"down%20now")],
+                   end_stream=True)
+    write(t, "deny_and_trailers_only", bytes([7, 1]) + s.data_to_send())
+    s = server_for(4)
+    s.send_headers(1, head)
+    s.send_data(1, grpc_frame(b"\xff\xff\xff"))
+    s.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    s.send_headers(3, [(b":status", b"503")], end_stream=True)
+    s.reset_stream(5, 0x7)  # REFUSED_STREAM: sent again on a new connection
+    s.send_headers(7, head)
+    s.send_data(7, grpc_frame(allow, flag=1))
+    s.close_connection(0, last_stream_id=5)
+    write(t, "garbage_503_refused_goaway", bytes([15, 3]) + s.data_to_send())
+    s = server_for(1)
+    s.send_headers(1, head)
+    s.send_data(1, struct.pack(">BI", 0, 2 << 20))
+    write(t, "announced_too_large", bytes([255, 4]) + s.data_to_send())
+
+
 def main():
     waypoint_seeds()
     server_seeds()
@@ -498,6 +567,7 @@ def main():
     ca_seeds(ca_key, ca_cert)
     control_seeds(ca_key, ca_cert)
     admin_seeds()
+    ext_authz_grpc_seeds()
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ AuthzCheckRequest SampleRequest() {
   r.path = "/api/items?id=7";
   r.host = "productpage.foo.svc.cluster.local";
   r.protocol = "HTTP/2";
-  r.headers = {{"content-type", "text/plain"},
-               {"X-Multi", "a"},
-               {"x-multi", "b"},
-               {"content-length", "5"}};
+  r.headers = {
+      {"content-type", "text/plain"}, {"X-Multi", "a"}, {"x-multi", "b"}, {"content-length", "5"}};
   r.source = *SocketAddress::Parse("198.18.0.10:40000");
   r.destination = *SocketAddress::Parse("[2001:2::20]:8080");
   r.source_principal = "spiffe://cluster.local/ns/foo/sa/sleep";
@@ -93,7 +91,9 @@ TEST(GrpcCheckRequestTest, BodyAsStringOrBytes) {
 }
 
 TEST(GrpcFramingTest, LengthPrefixedUncompressed) {
-  EXPECT_EQ(FrameMessage("abc"), std::string("\0\0\0\0\x03" "abc", 8));
+  EXPECT_EQ(FrameMessage("abc"), std::string("\0\0\0\0\x03"
+                                             "abc",
+                                             8));
   EXPECT_EQ(FrameMessage(std::string(300, 'x')).substr(0, 5), std::string("\0\0\0\x01\x2c", 5));
 }
 
@@ -168,11 +168,12 @@ TEST(GrpcAnswerTest, AllowMapsHeaderOptionsAsEnvoyDocuments) {
   AuthzCheckResponse m = MapAnswer(Ok(r), &request);
   ASSERT_EQ(m.outcome, Outcome::kAllow) << m.detail;
   EXPECT_EQ(m.detail, "gRPC OK");
-  EXPECT_THAT(m.upstream_edits,
-              ElementsAre(FieldsAre(Op::kSet, "x-unset", "1"), FieldsAre(Op::kAppend, "x-append", "2"),
-                          FieldsAre(Op::kSet, "x-replace", "3"), FieldsAre(Op::kSet, "x-ow", "4"),
-                          FieldsAre(Op::kSet, "x-absent", "6"), FieldsAre(Op::kSet, "x-present", "8"),
-                          FieldsAre(Op::kRemove, "authorization", "")));
+  EXPECT_THAT(
+      m.upstream_edits,
+      ElementsAre(FieldsAre(Op::kSet, "x-unset", "1"), FieldsAre(Op::kAppend, "x-append", "2"),
+                  FieldsAre(Op::kSet, "x-replace", "3"), FieldsAre(Op::kSet, "x-ow", "4"),
+                  FieldsAre(Op::kSet, "x-absent", "6"), FieldsAre(Op::kSet, "x-present", "8"),
+                  FieldsAre(Op::kRemove, "authorization", "")));
   EXPECT_THAT(m.downstream_edits, ElementsAre(FieldsAre(Op::kSet, "x-down", "9")));
 }
 
@@ -224,8 +225,12 @@ TEST(GrpcAnswerTest, ErrorResponseIsAnError) {
 }
 
 TEST(GrpcAnswerTest, InvalidHeadersFromTheAuthorizerAreAMalformedAnswer) {
-  for (auto [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"x-ok", "a\r\nx-injected: 1"}, {"bad name", "v"}, {"", "v"}, {"x-nul", std::string("a\0b", 3)}}) {
+  for (auto [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"x-ok", "a\r\nx-injected: 1"},
+                                                        {"bad name", "v"},
+                                                        {"", "v"},
+                                                        {"x-nul", std::string("a\0b", 3)},
+                                                        {std::string("x-\0nul", 6), "v"}}) {
     authv3::CheckResponse r;
     *r.mutable_ok_response()->add_headers() = Header(key, value);
     AuthzCheckResponse m = MapAnswer(Ok(r));
