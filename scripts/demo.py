@@ -1,6 +1,7 @@
 """make demo: simulated nodes whose pods' TCP is steered by eBPF into ambit, carried over mutual
 TLS (HBONE) between the nodes, and allowed or refused by Istio policies, step by step: at L4 by
-the node tunnels, then at L7 (JWT, paths, methods) by a waypoint on a third node.
+the node tunnels, then at L7 (JWT, paths, methods) by a waypoint on a third node, which also asks
+an external authorizer (a CUSTOM policy, Istio's ext_authz) about some paths.
 
 Everything runs in network namespaces this script creates (198.18.0.0/15, 2001:2::/48) and is
 removed at the end, also on failure, Ctrl-C or SIGTERM. Every step checks that it behaved as its
@@ -129,6 +130,58 @@ ALLOW_WAYPOINT = ALLOW_ONLY_WEB.replace("cluster.local/ns/frontend/sa/web",
 
 
 
+# External authorization: Istio's sample HTTP provider, served by the test authorizer
+# (tests/authorizers/http_authz.py, which answers like Istio's sample ext-authz) in pod
+# authz/ext-authz on node2, asked by the waypoint for GET /api/payments*.
+EXT_AUTHZ_MESH = """\
+extensionProviders:
+- name: sample-ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.authz.svc.cluster.local
+    port: 8000
+    timeout: 2s
+    includeRequestHeadersInCheck: ["x-ext-authz"]
+    headersToUpstreamOnAllow: ["x-ext-authz-upstream"]
+    headersToDownstreamOnDeny: ["x-ext-authz-check-result", "content-type"]
+    headersToDownstreamOnAllow: ["x-ext-authz-check-result"]
+"""
+
+EXT_AUTHZ_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: ext-authz
+  namespace: authz
+spec:
+  clusterIP: {vip}
+  selector:
+    app: ext-authz
+  ports:
+  - name: http
+    port: 8000
+    targetPort: 8000
+"""
+
+EXT_AUTHZ_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: payments-ext-authz
+  namespace: backend
+spec:
+  targetRefs:
+  - group: gateway.networking.k8s.io
+    kind: Gateway
+    name: waypoint
+  action: CUSTOM
+  provider:
+    name: sample-ext-authz-http
+  rules:
+  - to:
+    - operation:
+        paths: ["/api/payments*"]
+"""
+
 FAILURES = []
 MARKER = "ambit-demo-plaintext-marker-5e1f"
 
@@ -186,6 +239,22 @@ def http(pod, url, token=None, method="GET"):
                  "\n%{http_code}"] + headers + [url])
     body, _, code = r.stdout.rpartition("\n")
     return int(code or 0), (body or r.stderr).strip()
+
+
+def http_headers(pod, url, headers):
+    """(status, {response headers}, body) of one GET by curl in an enrolled pod."""
+    argv = ["curl", "-sS", "-m", "5", "-D", "/dev/stderr", "-o", "/dev/stdout", "-w",
+            "\n%{http_code}", "-H", f"X-Demo: {MARKER}"]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    r = pod.run(argv + [url])
+    body, _, code = r.stdout.rpartition("\n")
+    got = {}
+    for line in r.stderr.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and not k.startswith(("HTTP/", "curl")):
+            got[k.strip().lower()] = v.strip()
+    return int(code or 0), got, body.strip()
 
 
 def with_labels(pod, labels):
@@ -360,6 +429,8 @@ def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
         expect(live.returncode == 0 and "deny" in live.stdout,
                "the running agent explains the denial too")
 
+    ext_authz_steps(t, web, api, view, (node1, node2, node3), tokens)
+
     step("The bypass: a client holding frontend/web's certificate dials api's HBONE port "
          "directly (Python ssl + h2, from outside the mesh): api's tunnel accepts only the "
          "waypoint")
@@ -379,6 +450,61 @@ def waypoint_steps(t, ctl, web, reports, api, outsider, plain, node1, node2):
     expect(got.get("status") == 401 and got.get("reply") == "" and refused,
            "api's tunnel answers web's direct CONNECT with 401: it uses waypoint backend/waypoint")
     return wp, node3, tokens
+
+
+def ext_authz_steps(t, web, api, view, nodes, tokens):
+    """External authorization: an authorizer pod, a CUSTOM policy on the waypoint, one request it
+    allows and one it denies."""
+    node3 = nodes[2]
+    step("External authorization: mesh.yaml names an HTTP authorizer (Istio's sample "
+         "sample-ext-authz-http, run here by tests/authorizers/http_authz.py in pod "
+         "authz/ext-authz on node2); a CUSTOM policy on the waypoint asks it about "
+         "GET /api/payments*")
+    authz = t.add_pod("ext-authz", namespace="authz", service_account="ext-authz", node="node2")
+    print(f"  node2: pod {authz.namespace}/{authz.name} {authz.ip4:15} {authz.ip6}")
+    vip = f"198.18.{t.subnet}.210"
+    view = "---\n".join([view, authz.yaml(), EXT_AUTHZ_SERVICE.format(vip=vip)])
+    for agent in nodes:
+        agent.write_config("mesh.yaml", EXT_AUTHZ_MESH)
+        agent.write_config("pods.yaml", view)
+    node3.write_config("ext-authz-policy.yaml", EXT_AUTHZ_POLICY)
+    show("cat mesh.yaml", EXT_AUTHZ_MESH)
+    show("cat ext-authz-policy.yaml   (node3)", EXT_AUTHZ_POLICY)
+    log = os.path.join(t.workdir, "ext-authz.jsonl")
+    proc = authz.popen(["/usr/bin/python3", str(ROOT / "tests/authorizers/http_authz.py"),
+                        "--listen", "0.0.0.0:8000", "--log", log],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    listening = proc.stdout.readline().startswith("listening")
+    expect(listening, "the authorizer listens on port 8000 in authz/ext-authz")
+    print("  The authorizer allows a request carrying 'x-ext-authz: allow' and denies any other "
+          "with 403 and its own header and body; the waypoint reaches it over HBONE from its "
+          "pod, like any upstream")
+
+    step("curl through the waypoint to /api/payments: the waypoint asks the authorizer first "
+         "(CUSTOM, then DENY, then ALLOW), then applies the JWT rules as before")
+    url = f"http://{api.ip4}:8080/api/payments"
+    bearer = {"Authorization": f"Bearer {tokens['alice']}"}
+    m3 = mark(node3)
+    allowed = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(
+        http_headers(web, url, {**bearer, "x-ext-authz": "allow"})), 15, 0.3)
+    code, headers, body = allowed or http_headers(web, url, {**bearer, "x-ext-authz": "allow"})
+    show(f"curl -i -H 'Authorization: Bearer $ALICE' -H 'x-ext-authz: allow' {url}",
+         f"HTTP {code}\nx-ext-authz-check-result: {headers.get('x-ext-authz-check-result')}")
+    expect(code == 200 and headers.get("x-ext-authz-check-result") == "allowed",
+           "the authorizer allowed it: 200, and its allow header reached the client")
+    code, headers, body = http_headers(web, url, bearer)
+    show(f"curl -i -H 'Authorization: Bearer $ALICE' {url}",
+         f"HTTP {code}\nx-ext-authz-check-result: {headers.get('x-ext-authz-check-result')}\n"
+         f"\n{body}")
+    expect(code == 403 and headers.get("x-ext-authz-check-result") == "denied" and
+           "x-ext-authz: allow" in body,
+           "the authorizer denied it: its status, header and body reached the client")
+    time.sleep(0.3)
+    for line in lines(node3, r"access: .*path=/api/payments", m3)[-2:]:
+        print("  node3 " + line)
+    expect(any("ext_authz=sample-ext-authz-http:deny" in l
+               for l in lines(node3, r"access: .*path=/api/payments", m3)),
+           "the access log names the provider, its answer and how long it took (ext_authz=)")
 
 
 def main():

@@ -473,6 +473,7 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
                                                                 worker.settings().clock));
   // CUSTOM policies ask the providers' clients of this pod on this worker (shared by its flows,
   // so their connections are reused); the check's destination principal is the waypoint's own.
+  // The checks are counted in the process's HTTP metrics (ambitd's /metrics shows them).
   ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(
       engine, *target, AuthorizersFor(worker, pod)->set(), pod->spiffe_id, &metrics_));
   ctx.upstream = raw->upstream_.get();

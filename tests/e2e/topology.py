@@ -146,17 +146,37 @@ class Pod:
 
 
 # An HTTP/1.1 application (dual-stack, port argv[1]) that answers every request with what it saw:
-# method, path, the client's address, the x-jwt-group and authorization headers. Prints
-# "listening" once it listens.
+# method, path, the client's address, the x-jwt-group and authorization headers; with argv[2]
+# "--headers" also every header (names lower-cased) and the size of the body. It reads a request's
+# body (Content-Length or chunked) before answering, so a keep-alive connection stays in step.
+# Prints "listening" once it listens.
 ECHO_HTTP_APP = r"""
 import http.server, json, socket, sys
+ALL_HEADERS = "--headers" in sys.argv[2:]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def read_body(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("content-length") or 0))
     def answer(self):
-        body = json.dumps({"method": self.command, "path": self.path,
-                           "client": self.client_address[0].removeprefix("::ffff:"),
-                           "group": self.headers.get("x-jwt-group"),
-                           "authorization": self.headers.get("authorization")}).encode()
+        received = self.read_body()
+        seen = {"method": self.command, "path": self.path,
+                "client": self.client_address[0].removeprefix("::ffff:"),
+                "group": self.headers.get("x-jwt-group"),
+                "authorization": self.headers.get("authorization")}
+        if ALL_HEADERS:
+            seen["headers"] = {k.lower(): v for k, v in self.headers.items()}
+            seen["body_bytes"] = len(received)
+        body = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
