@@ -96,6 +96,19 @@ inline constexpr Metric kResponseBytes{"istio_response_bytes",
                                        "Response sizes (headers and body).",
                                        {"reporter", "response_code"}};
 
+// External authorization (CUSTOM policies) from the waypoint, by ext_authz provider.
+inline constexpr Metric kExtAuthzChecks{
+    "ambit_waypoint_ext_authz_checks_total",
+    Type::kCounter,
+    "Checks the waypoint asked of an ext_authz provider, by what came of them (allow, deny, error, "
+    "failure_mode_allowed).",
+    {"provider", "result"}};
+inline constexpr Metric kExtAuthzDuration{
+    "ambit_waypoint_ext_authz_duration_milliseconds",
+    Type::kHistogram,
+    "Time from the start of an ext_authz check to its answer or failure.",
+    {"provider"}};
+
 // ---- ambitd ----
 
 inline constexpr Metric kDataplaneUp{
@@ -144,7 +157,7 @@ inline constexpr Metric kBpfDrops{
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 31> kAll = {
+inline constexpr std::array<const Metric*, 33> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -176,6 +189,8 @@ inline constexpr std::array<const Metric*, 31> kAll = {
     &kRequestDuration,
     &kRequestBytes,
     &kResponseBytes,
+    &kExtAuthzChecks,
+    &kExtAuthzDuration,
 };
 
 // The declaration of a name, or nullptr.

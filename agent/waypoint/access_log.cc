@@ -22,6 +22,7 @@ std::string AccessLogLine(const RequestLogEntry& e) {
       {"src_identity", e.source_identity},
       {"jwt_principal", e.jwt_principal},
       {"policy", e.policy},
+      {"ext_authz", e.ext_authz},
       {"upstream", e.upstream},
   };
   std::string out;

@@ -31,6 +31,8 @@ struct RequestLogEntry {
   std::string source_identity;  // SPIFFE ID of the peer, empty for plaintext
   std::string jwt_principal;
   std::string policy;  // the deciding AuthorizationPolicy
+  // The external authorizer's part: `<provider>:<allow|deny|error|failure_mode_allowed>:<ms>`.
+  std::string ext_authz;
   std::string upstream;
 };
 

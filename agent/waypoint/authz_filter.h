@@ -14,6 +14,7 @@
 #include "agent/authz/engine.h"
 #include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/filter.h"
+#include "agent/waypoint/metrics.h"
 
 namespace ambit::waypoint {
 
@@ -22,22 +23,31 @@ inline constexpr char kRbacDeniedBody[] = "RBAC: access denied";
 class AuthzFilter final : public RequestFilter {
  public:
   // `authorizers` may be null (no provider can be asked); `local_principal` is the waypoint's own
-  // SPIFFE ID, the check's destination principal.
+  // SPIFFE ID, the check's destination principal. `metrics` (may be null; it outlives the filter)
+  // counts the checks by provider and result.
   AuthzFilter(std::shared_ptr<const authz::Engine> engine, authz::Workload target,
               std::shared_ptr<AuthorizerSet> authorizers = nullptr,
-              std::string local_principal = "")
+              std::string local_principal = "", HttpMetrics* metrics = nullptr)
       : engine_(std::move(engine)),
         target_(std::move(target)),
         authorizers_(std::move(authorizers)),
-        local_principal_(std::move(local_principal)) {}
+        local_principal_(std::move(local_principal)),
+        metrics_(metrics) {}
   const char* name() const override { return "rbac"; }
   FilterResult OnRequest(RequestContext& ctx) override;
 
  private:
+  FilterResult AskAuthorizer(authz::Decision d, RequestContext& ctx);
+  // Acts on the authorizer's answer. Static: a pending check may outlive this filter (a new
+  // configuration replaced it), never the request's context.
+  static FilterResult OnAnswer(const authz::Decision& d, const authz::ExtAuthzProvider& p,
+                               AuthzCheckResponse r, RequestContext& ctx, HttpMetrics* metrics);
+
   std::shared_ptr<const authz::Engine> engine_;
   authz::Workload target_;
   std::shared_ptr<AuthorizerSet> authorizers_;
   std::string local_principal_;
+  HttpMetrics* metrics_;
 };
 
 }  // namespace ambit::waypoint

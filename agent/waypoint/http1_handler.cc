@@ -1,6 +1,12 @@
 // The HTTP/1.x side of ProxyConnection: one request at a time (pipelined requests wait in the
 // input buffer, bounded, until the previous response is done), one reused upstream connection.
+//
+// A filter that waits (FilterResult::Wait) holds the current request: nothing goes upstream, the
+// body the filter asked for is collected into its context, and the parser is fed no further than
+// that (plus what arrived with the head), so the input buffer's bound stops reading from the
+// client. The check's answer resumes the chain where it stopped.
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,7 +76,10 @@ class Http1Handler final : public Handler, public Http1Sink {
       }
       return conn_->Finish(false);
     }
-    if (!request_complete_) {
+    if (!request_complete_ || waiting_ != Wait::kNone) {
+      // Also a complete request whose check is still out: nothing went upstream yet, and the
+      // client that would read the answer has left (Envoy resets the stream on a downstream
+      // close).
       ex_->log.flags = "DC";
       FinishExchangeNow();
       return conn_->Finish(true);
@@ -146,6 +155,7 @@ class Http1Handler final : public Handler, public Http1Sink {
   }
 
   void Shutdown() override {
+    EndWait(/*cancel=*/true);
     // Between exchanges the upstream connection is idle: closed with a FIN, not a reset.
     if (up_) conn_->Retire(std::move(up_), /*abort=*/ex_ != nullptr);
   }
@@ -167,32 +177,31 @@ class Http1Handler final : public Handler, public Http1Sink {
       if (up == nullptr || absl::StrContains(absl::AsciiStrToLower(*up), "h2c"))
         req_.upgrade = false;
     }
-    size_t next_filter = 0;
-    FilterResult r = RunFilters(conn_->ctx().filters, ex_->ctx, &next_filter);
-    if (r.pending) {
-      // Not yet held: answered as a failed check (fail closed).
-      r = FilterResult::Respond(403, "ext_authz: asynchronous checks are not supported yet");
-    }
-    if (!r.proceed) {
-      ex_->log.details = ex_->ctx.details;
-      // With the body still to come (or held back by Expect), the connection cannot be reused.
-      const bool body_pending = req_.chunked || req_.content_length.value_or(0) > 0;
-      LocalReply(r.reply.status, r.reply.body, "", body_pending || !req_.keep_alive,
-                 r.reply.headers);
-      return;
-    }
-    Forward();
+    next_filter_ = 0;
+    continue_sent_ = false;
+    held_.clear();
+    OnFilterResult(RunFilters(conn_->ctx().filters, ex_->ctx, &next_filter_));
   }
 
   void OnBody(absl::string_view data) override {
     if (!ex_) return;
     ex_->log.bytes_received += data.size();
+    if (waiting_ != Wait::kNone) {
+      // Held until the check answers; bounded by how far Process feeds the parser.
+      held_.append(data.data(), data.size());
+      if (waiting_ == Wait::kBody) MaybeBodyCollected();
+      return;
+    }
     if (!ex_->forwarded || !up_) return;  // a local answer: the body is dropped
     up_->Write(req_.chunked ? EncodeChunk(data) : std::string(data));
   }
 
   void OnMessageComplete() override {
     request_complete_ = true;
+    if (waiting_ != Wait::kNone) {
+      if (waiting_ == Wait::kBody) MaybeBodyCollected();
+      return;
+    }
     if (ex_ && ex_->forwarded && up_ && req_.chunked) up_->Write(EncodeChunk(""));
     if (ex_ && response_complete_) DoneExchange();
   }
@@ -227,8 +236,17 @@ class Http1Handler final : public Handler, public Http1Sink {
         if (ex_) break;  // the current exchange is not done yet
         parser_.Resume();
       }
+      // While a check is out nothing more is parsed; while its body is collected, no more than
+      // it still needs (so the rest waits in in_, whose bound stops reading).
+      size_t budget = in_.size();
+      if (waiting_ == Wait::kCheck) break;
+      if (waiting_ == Wait::kBody) {
+        const size_t want = static_cast<size_t>(pending_->body->max_bytes) + 1;
+        if (held_.size() >= want) break;
+        budget = std::min(budget, want - held_.size());
+      }
       in_feed_ = true;
-      const size_t n = parser_.Feed(in_);
+      const size_t n = parser_.Feed(absl::string_view(in_).substr(0, budget));
       in_feed_ = false;
       in_.erase(0, n);
       if (parser_.error()) {
@@ -259,6 +277,98 @@ class Http1Handler final : public Handler, public Http1Sink {
   bool UpstreamFull() const { return up_ && up_->buffered() > kHighWater; }
 
   void CheckUpstreamPressure() { conn_->downstream().SetReadEnabled(!UpstreamFull()); }
+
+  // What the chain (or the rest of it, after a wait) decided for the current request.
+  void OnFilterResult(FilterResult r) {
+    if (r.pending) return BeginWait(std::move(r.pending));
+    if (!r.proceed) {
+      ex_->log.details = ex_->ctx.details;
+      // With the body still to come (or held back by Expect), the connection cannot be reused.
+      const bool body_pending =
+          !request_complete_ && (req_.chunked || req_.content_length.value_or(0) > 0);
+      LocalReply(r.reply.status, r.reply.body, "", body_pending || !req_.keep_alive,
+                 r.reply.headers);
+      return;
+    }
+    Forward();
+  }
+
+  void BeginWait(std::shared_ptr<Pending> pending) {
+    pending_ = std::move(pending);
+    const bool has_body = req_.chunked || req_.content_length.value_or(0) > 0;
+    if (!pending_->body || !has_body) return StartCheck();
+    waiting_ = Wait::kBody;
+    const BodyWanted& want = *pending_->body;
+    if (!want.allow_partial && req_.content_length.value_or(0) > want.max_bytes) {
+      return PayloadTooLarge();  // known now: the client need not send it
+    }
+    // The body is wanted before any decision, so the client may send it (RFC 9110 10.1.1).
+    if (req_.expect_continue && req_.http_minor >= 1 && !request_complete_ && !continue_sent_) {
+      continue_sent_ = true;
+      conn_->downstream().Write("HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    MaybeBodyCollected();
+  }
+
+  // The check starts once the body it wants is in: all of it, or (allow_partial) max_bytes and
+  // at least one byte beyond, which is what says the body was cut.
+  void MaybeBodyCollected() {
+    const BodyWanted& want = *pending_->body;
+    if (!request_complete_ && held_.size() <= want.max_bytes) return;
+    if (held_.size() > want.max_bytes && !want.allow_partial) return PayloadTooLarge();
+    ex_->ctx.body = held_.substr(0, want.max_bytes);
+    ex_->ctx.body_truncated = held_.size() > want.max_bytes || !request_complete_;
+    StartCheck();
+  }
+
+  // Envoy's ext_authz with_request_body without allow_partial_message: 413, no check.
+  void PayloadTooLarge() {
+    LocalReply(413, std::string(ReasonPhrase(413)), "request_payload_too_large",
+               !request_complete_ || !req_.keep_alive);
+  }
+
+  void StartCheck() {
+    waiting_ = Wait::kCheck;
+    if (!pending_->start) {
+      // A filter that waits for nothing cannot decide: fail closed.
+      ex_->ctx.details = "filter_without_check";
+      return OnFilterResult(FilterResult::Respond(403, "RBAC: access denied"));
+    }
+    wait_token_ = std::make_shared<bool>(true);
+    std::weak_ptr<bool> guard = wait_token_;
+    check_ = pending_->start(ex_->ctx, [this, guard](FilterResult r) {
+      // The token dies with the wait (cancel, a local answer, the connection's end), so a late
+      // answer finds it gone and `this` is never touched after that.
+      if (guard.expired()) return;
+      OnCheckDone(std::move(r));
+    });
+  }
+
+  void OnCheckDone(FilterResult r) {
+    EndWait(/*cancel=*/false);
+    if (r.proceed && !r.pending) r = RunFilters(conn_->ctx().filters, ex_->ctx, &next_filter_);
+    OnFilterResult(std::move(r));
+    // Outside any downstream event: parse what waited, and let the connection see the new
+    // deadlines (a forwarded request is now bounded by the upstream's).
+    if (!closing_ && !tunnel_) Process();
+    conn_->Rearm();
+  }
+
+  // Ends the current wait, if any. Cancelling destroys the check at once (no `done` after
+  // that); an answered check may be on the stack of its own `done`, so it goes after this
+  // batch of events.
+  void EndWait(bool cancel) {
+    if (waiting_ == Wait::kNone) return;
+    waiting_ = Wait::kNone;
+    wait_token_.reset();
+    pending_.reset();
+    if (cancel) {
+      check_.reset();
+      held_.clear();
+    } else if (check_) {
+      conn_->ctx().loop->Defer([c = std::shared_ptr<AsyncCheck>(std::move(check_))] {});
+    }
+  }
 
   void Forward() {
     ex_->forwarded = true;
@@ -293,9 +403,16 @@ class Http1Handler final : public Handler, public Http1Sink {
     up_->Write(SerializeRequestHead(req_.method, req_.target, out));
     // The waypoint answers 100-continue itself once the request is allowed (the upstream never
     // sees Expect), so a denied client never sends its body.
-    if (req_.expect_continue && req_.http_minor >= 1) {
+    if (req_.expect_continue && req_.http_minor >= 1 && !continue_sent_) {
+      continue_sent_ = true;
       conn_->downstream().Write("HTTP/1.1 100 Continue\r\n\r\n");
     }
+    // The body that arrived while a filter waited, then the rest as it comes (OnBody).
+    if (!held_.empty()) {
+      up_->Write(req_.chunked ? EncodeChunk(held_) : held_);
+      held_.clear();
+    }
+    if (request_complete_ && req_.chunked) up_->Write(EncodeChunk(""));
   }
 
   void OnUpstreamData(absl::string_view data) {
@@ -405,6 +522,7 @@ class Http1Handler final : public Handler, public Http1Sink {
       if (IsHopByHop(k) || NamedInConnection(head, k)) continue;
       out.emplace_back(k, v);
     }
+    ApplyHeaderEdits(ex_->ctx.downstream_header_edits, out);
     const bool no_body =
         req_.method == "HEAD" || head.status == 204 || head.status == 304 || head.status == 101;
     response_chunked_ = false;
@@ -473,6 +591,7 @@ class Http1Handler final : public Handler, public Http1Sink {
   }
 
   void FinishExchangeNow() {
+    EndWait(/*cancel=*/true);
     if (!ex_) return;
     FinishExchange(conn_, *ex_);
     ex_.reset();
@@ -481,6 +600,8 @@ class Http1Handler final : public Handler, public Http1Sink {
   // A response the waypoint writes itself.
   void LocalReply(int status, const std::string& body, const std::string& details, bool close,
                   const HeaderList& extra = {}) {
+    EndWait(/*cancel=*/true);
+    held_.clear();  // a local answer drops the body
     if (!ex_) return;
     if (!details.empty()) ex_->log.details = details;
     ex_->log.status = status;
@@ -546,6 +667,15 @@ class Http1Handler final : public Handler, public Http1Sink {
   std::unique_ptr<Http1Parser> up_parser_;
   std::vector<std::unique_ptr<Http1Parser>> retired_parsers_;
   bool in_feed_ = false;
+  // A filter of the current request waits: for the body it wants, then for its check.
+  enum class Wait { kNone, kBody, kCheck };
+  Wait waiting_ = Wait::kNone;
+  std::shared_ptr<Pending> pending_;
+  std::unique_ptr<AsyncCheck> check_;
+  std::shared_ptr<bool> wait_token_;  // `done` holds a weak_ptr: expired once the wait ended
+  size_t next_filter_ = 0;            // where the chain resumes
+  std::string held_;                  // request body received while waiting (decoded)
+  bool continue_sent_ = false;
 };
 
 }  // namespace

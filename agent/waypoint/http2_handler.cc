@@ -4,6 +4,10 @@
 // holds the client back: DATA is acknowledged (WINDOW_UPDATE) only once the upstream buffer is
 // below the high-water mark, and a response body waits in a bounded per-stream buffer, with the
 // upstream's reads paused while it is full.
+//
+// A filter that waits (FilterResult::Wait) holds its stream alone: the stream's DATA is kept and
+// acknowledged only as far as the body the filter asked for, so the client's stream window bounds
+// the rest; other streams go on. The check's answer resumes the chain where it stopped.
 
 #include <nghttp2/nghttp2.h>
 
@@ -51,6 +55,7 @@ struct Stream final : public ByteStream::Observer, public Http1Sink {
   size_t header_count = 0;
   bool too_large = false;
   bool request_ended = false;
+  bool no_body = false;  // END_STREAM came with the request headers
   bool chunked = false;
   size_t unconsumed = 0;  // DATA bytes not yet acknowledged to the client
   std::unique_ptr<Exchange> ex;
@@ -63,6 +68,14 @@ struct Stream final : public ByteStream::Observer, public Http1Sink {
   bool response_sent = false;  // END_STREAM went out
   std::string body;
   size_t body_pos = 0;
+  // A filter waits: for the body it wants, then for its check (filter.h).
+  enum class Wait { kNone, kBody, kCheck };
+  Wait waiting = Wait::kNone;
+  std::shared_ptr<Pending> pending;
+  std::unique_ptr<AsyncCheck> check;
+  std::shared_ptr<bool> wait_token;  // `done` holds a weak_ptr: expired once the wait ended
+  size_t next_filter = 0;            // where the chain resumes
+  std::string held;                  // DATA received while waiting
 };
 
 class Http2Handler final : public Handler {
@@ -115,6 +128,7 @@ class Http2Handler final : public Handler {
   void OnDownstreamEnd() override {
     down_eof_ = true;
     for (auto& [id, s] : streams_) {
+      EndWait(s.get(), /*cancel=*/true);
       if (s->ex) {
         s->ex->log.flags = "DC";
         FinishExchange(conn_, *s->ex);
@@ -169,6 +183,7 @@ class Http2Handler final : public Handler {
   }
   void Shutdown() override {
     for (auto& [id, s] : streams_) {
+      EndWait(s.get(), /*cancel=*/true);
       if (s->up) conn_->Retire(std::move(s->up));
     }
   }
@@ -260,6 +275,7 @@ class Http2Handler final : public Handler {
       if (k == "content-length" && (head.chunked || s->method == "HEAD")) continue;
       hs.emplace_back(k, v);
     }
+    ApplyHeaderEdits(s->ex->ctx.downstream_header_edits, hs);
     const bool no_body = s->method == "HEAD" || head.status == 204 || head.status == 304;
     SubmitResponse(s, hs, no_body);
   }
@@ -348,11 +364,15 @@ class Http2Handler final : public Handler {
     s->last_activity = self->conn_->Now();
     const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (frame->hd.type == NGHTTP2_HEADERS && !s->ex) {
-      if (end) s->request_ended = true;
+      if (end) s->request_ended = s->no_body = true;
       self->OnRequest(s);
     } else if (end) {
       s->request_ended = true;
-      if (s->up && s->chunked) s->up->Write(EncodeChunk(""));
+      if (s->waiting == Stream::Wait::kBody) {
+        self->MaybeBodyCollected(s);
+      } else if (s->up && s->chunked) {
+        s->up->Write(EncodeChunk(""));
+      }
     }
     return 0;
   }
@@ -374,6 +394,10 @@ class Http2Handler final : public Handler {
                          size_t len, void* user) {
     Http2Handler* self = Self(user);
     Stream* s = self->Find(id);
+    if (s != nullptr && s->ex && s->waiting != Stream::Wait::kNone) {
+      self->HoldData(s, absl::string_view(reinterpret_cast<const char*>(data), len));
+      return 0;
+    }
     if (s == nullptr || !s->ex || !s->ex->forwarded || !s->up) {
       // Nobody wants these bytes: acknowledge them so the connection window does not shrink.
       nghttp2_session_consume(session, id, len);
@@ -398,6 +422,13 @@ class Http2Handler final : public Handler {
     std::unique_ptr<Stream> s = std::move(it->second);
     self->streams_.erase(it);
     self->pending_1xx_.erase(id);
+    self->EndWait(s.get(), /*cancel=*/true);
+    // Bytes held back from the window are the connection's to give back; nghttp2 still knows
+    // the stream inside this callback.
+    if (s->unconsumed > 0) {
+      nghttp2_session_consume(self->session_, id, s->unconsumed);
+      s->unconsumed = 0;
+    }
     // The connection idle timeout counts from the moment no stream is left.
     if (self->streams_.empty()) self->last_activity_ = self->conn_->Now();
     if (s->response_sent) {
@@ -472,6 +503,13 @@ class Http2Handler final : public Handler {
 
   void LocalReply(Stream* s, int status, const std::string& body, const std::string& details,
                   const HeaderList& extra = {}) {
+    EndWait(s, /*cancel=*/true);
+    // The request body is not wanted any more: what was held back is acknowledged.
+    s->held.clear();
+    if (s->unconsumed > 0) {
+      nghttp2_session_consume(session_, s->id, s->unconsumed);
+      s->unconsumed = 0;
+    }
     if (s->ex) {
       s->ex->log.status = status;
       if (!details.empty()) s->ex->log.details = details;
@@ -521,15 +559,112 @@ class Http2Handler final : public Handler {
       s->ex->log.flags = "DPE";
       return LocalReply(s, 400, std::string(ReasonPhrase(400)), "missing_path_or_authority");
     }
-    size_t next_filter = 0;
-    FilterResult r = RunFilters(conn_->ctx().filters, s->ex->ctx, &next_filter);
-    if (r.pending) {
-      // Not yet held: answered as a failed check (fail closed).
-      r = FilterResult::Respond(403, "ext_authz: asynchronous checks are not supported yet");
-    }
+    s->next_filter = 0;
+    OnFilterResult(s, RunFilters(conn_->ctx().filters, s->ex->ctx, &s->next_filter));
+  }
+
+  // What the chain (or the rest of it, after a wait) decided for the stream's request.
+  void OnFilterResult(Stream* s, FilterResult r) {
+    if (r.pending) return BeginWait(s, std::move(r.pending));
     if (!r.proceed) {
       return LocalReply(s, r.reply.status, r.reply.body, s->ex->ctx.details, r.reply.headers);
     }
+    Forward(s);
+  }
+
+  void BeginWait(Stream* s, std::shared_ptr<Pending> pending) {
+    s->pending = std::move(pending);
+    if (!s->pending->body || s->no_body) return StartCheck(s);
+    s->waiting = Stream::Wait::kBody;
+    const BodyWanted& want = *s->pending->body;
+    if (!want.allow_partial) {
+      for (const auto& [k, v] : s->headers) {
+        uint64_t n = 0;
+        if (k == "content-length" && absl::SimpleAtoi(v, &n) && n > want.max_bytes) {
+          return PayloadTooLarge(s);  // known now: the client need not send it
+        }
+      }
+    }
+    MaybeBodyCollected(s);
+  }
+
+  // DATA for a stream whose filter waits. While the body is collected, bytes up to what the
+  // filter wants (max_bytes and one beyond, which says the body was cut) are acknowledged so the
+  // client can send them; the rest stays unacknowledged, bounded by the stream window, until the
+  // request goes upstream or is answered.
+  void HoldData(Stream* s, absl::string_view data) {
+    s->last_activity = conn_->Now();
+    s->ex->log.bytes_received += data.size();
+    size_t accept = 0;
+    if (s->waiting == Stream::Wait::kBody) {
+      const size_t want = static_cast<size_t>(s->pending->body->max_bytes) + 1;
+      if (s->held.size() < want) accept = std::min(data.size(), want - s->held.size());
+    }
+    s->held.append(data.data(), data.size());
+    if (accept > 0) nghttp2_session_consume(session_, s->id, accept);
+    s->unconsumed += data.size() - accept;
+    if (s->waiting == Stream::Wait::kBody) MaybeBodyCollected(s);
+  }
+
+  void MaybeBodyCollected(Stream* s) {
+    const BodyWanted& want = *s->pending->body;
+    if (!s->request_ended && s->held.size() <= want.max_bytes) return;
+    if (s->held.size() > want.max_bytes && !want.allow_partial) return PayloadTooLarge(s);
+    s->ex->ctx.body = s->held.substr(0, want.max_bytes);
+    s->ex->ctx.body_truncated = s->held.size() > want.max_bytes || !s->request_ended;
+    StartCheck(s);
+  }
+
+  // Envoy's ext_authz with_request_body without allow_partial_message: 413, no check.
+  void PayloadTooLarge(Stream* s) {
+    LocalReply(s, 413, std::string(ReasonPhrase(413)), "request_payload_too_large");
+  }
+
+  void StartCheck(Stream* s) {
+    s->waiting = Stream::Wait::kCheck;
+    if (!s->pending->start) {
+      // A filter that waits for nothing cannot decide: fail closed.
+      s->ex->ctx.details = "filter_without_check";
+      return OnFilterResult(s, FilterResult::Respond(403, "RBAC: access denied"));
+    }
+    s->wait_token = std::make_shared<bool>(true);
+    std::weak_ptr<bool> guard = s->wait_token;
+    s->check = s->pending->start(s->ex->ctx, [this, s, guard](FilterResult r) {
+      // The token dies with the wait (cancel, a local answer, the stream's end), so a late
+      // answer finds it gone and neither the stream nor this handler is touched after that.
+      if (guard.expired()) return;
+      OnCheckDone(s, std::move(r));
+    });
+  }
+
+  void OnCheckDone(Stream* s, FilterResult r) {
+    EndWait(s, /*cancel=*/false);
+    if (r.proceed && !r.pending) {
+      r = RunFilters(conn_->ctx().filters, s->ex->ctx, &s->next_filter);
+    }
+    OnFilterResult(s, std::move(r));
+    // Outside any downstream event: send what the answer produced, and let the connection see
+    // the new deadlines.
+    Flush();
+    conn_->Rearm();
+  }
+
+  // Ends the stream's wait, if any. Cancelling destroys the check at once (no `done` after
+  // that); an answered check may be on the stack of its own `done`, so it goes after this batch
+  // of events.
+  void EndWait(Stream* s, bool cancel) {
+    if (s->waiting == Stream::Wait::kNone) return;
+    s->waiting = Stream::Wait::kNone;
+    s->wait_token.reset();
+    s->pending.reset();
+    if (cancel) {
+      s->check.reset();
+    } else if (s->check) {
+      conn_->ctx().loop->Defer([c = std::shared_ptr<AsyncCheck>(std::move(s->check))] {});
+    }
+  }
+
+  void Forward(Stream* s) {
     s->ex->forwarded = true;
     HeaderList out;
     out.emplace_back("host", s->authority);
@@ -548,7 +683,7 @@ class Http2Handler final : public Handler {
       out.emplace_back(k, v);
     }
     ApplyHeaderEdits(s->ex->ctx.upstream_header_edits, out);
-    if (s->request_ended) {
+    if (s->no_body) {
       if (content_length.value_or(0) > 0) {
         return LocalReply(s, 400, std::string(ReasonPhrase(400)), "content_length_mismatch");
       }
@@ -566,6 +701,16 @@ class Http2Handler final : public Handler {
     if (s->method == "HEAD") s->parser->ExpectNoBody();
     s->up = conn_->ctx().upstream->Connect(s);
     s->up->Write(SerializeRequestHead(s->method, s->path, out));
+    // The body that arrived while a filter waited, then the rest as it comes (OnDataChunk).
+    if (!s->held.empty()) {
+      s->up->Write(s->chunked ? EncodeChunk(s->held) : s->held);
+      s->held.clear();
+    }
+    if (s->request_ended && !s->no_body && s->chunked) s->up->Write(EncodeChunk(""));
+    if (s->unconsumed > 0 && s->up->buffered() <= kHighWater) {
+      nghttp2_session_consume(session_, s->id, s->unconsumed);
+      s->unconsumed = 0;
+    }
   }
 
   Connection* conn_;

@@ -44,6 +44,20 @@ std::string Header(const metrics::Metric& m) {
                       std::string(m.name), " ", type, "\n");
 }
 
+// Provider names come from configuration: quoted as the exposition format wants.
+std::string EscapeLabel(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 std::string Labels(int code) {
   return absl::StrCat("reporter=\"waypoint\",response_code=\"", code, "\"");
 }
@@ -78,6 +92,21 @@ void HttpMetrics::Record(int code, double duration_ms, uint64_t request_bytes,
           s.response_bytes.sum, s.response_bytes.count);
 }
 
+void HttpMetrics::RecordExtAuthz(const std::string& provider, const std::string& result,
+                                 double duration_ms) {
+  absl::MutexLock lock(&mu_);
+  ++ext_authz_checks_[{provider, result}];
+  Histogram& h = ext_authz_duration_[provider];
+  Observe(kDurationBuckets, duration_ms, h.counts, h.sum, h.count);
+}
+
+uint64_t HttpMetrics::ext_authz_checks(const std::string& provider,
+                                       const std::string& result) const {
+  absl::MutexLock lock(&mu_);
+  auto it = ext_authz_checks_.find({provider, result});
+  return it == ext_authz_checks_.end() ? 0 : it->second;
+}
+
 uint64_t HttpMetrics::requests(int code) const {
   absl::MutexLock lock(&mu_);
   auto it = by_code_.find(code);
@@ -105,6 +134,25 @@ std::string HttpMetrics::RenderPrometheus() const {
   for (const auto& [code, s] : by_code_) {
     RenderHistogram(out, metrics::kResponseBytes, code, kSizeBuckets, s.response_bytes.counts,
                     s.response_bytes.sum, s.response_bytes.count);
+  }
+  out += Header(metrics::kExtAuthzChecks);
+  for (const auto& [key, n] : ext_authz_checks_) {
+    absl::StrAppend(&out, std::string(metrics::kExtAuthzChecks.name), "{provider=\"",
+                    EscapeLabel(key.first), "\",result=\"", key.second, "\"} ", n, "\n");
+  }
+  out += Header(metrics::kExtAuthzDuration);
+  for (const auto& [provider, h] : ext_authz_duration_) {
+    const std::string labels = absl::StrCat("provider=\"", EscapeLabel(provider), "\"");
+    const std::string name(metrics::kExtAuthzDuration.name);
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < std::size(kDurationBuckets); ++i) {
+      cumulative += h.counts.empty() ? 0 : h.counts[i];
+      absl::StrAppend(&out, name, "_bucket{", labels, ",le=\"", Num(kDurationBuckets[i]), "\"} ",
+                      cumulative, "\n");
+    }
+    absl::StrAppend(&out, name, "_bucket{", labels, ",le=\"+Inf\"} ", h.count, "\n");
+    absl::StrAppend(&out, name, "_sum{", labels, "} ", Num(h.sum), "\n");
+    absl::StrAppend(&out, name, "_count{", labels, "} ", h.count, "\n");
   }
   return out;
 }

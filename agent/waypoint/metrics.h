@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -29,6 +30,10 @@ class HttpMetrics {
 
   uint64_t requests(int response_code) const;
 
+  // One finished ext_authz check: `result` is allow, deny, error or failure_mode_allowed.
+  void RecordExtAuthz(const std::string& provider, const std::string& result, double duration_ms);
+  uint64_t ext_authz_checks(const std::string& provider, const std::string& result) const;
+
  private:
   struct Histogram {
     std::vector<uint64_t> counts;  // per bucket, not cumulative
@@ -41,6 +46,8 @@ class HttpMetrics {
   };
   mutable absl::Mutex mu_;
   std::map<int, Series> by_code_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> ext_authz_checks_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Histogram> ext_authz_duration_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ambit::waypoint

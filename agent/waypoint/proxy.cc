@@ -104,6 +104,7 @@ void FinishExchange(Connection* conn, Exchange& ex) {
   log.duration = conn->Now() - log.start;
   log.jwt_principal = ex.ctx.jwt_principal;
   log.policy = ex.ctx.policy;
+  log.ext_authz = ex.ctx.ext_authz;
   if (log.details.empty()) log.details = ex.ctx.details;
   if (!ex.forwarded) log.upstream.clear();
   const std::string line = AccessLogLine(log);

@@ -19,6 +19,19 @@
 // output_payload_to_header=H  forward_original_token=true|false  claim_to_headers=H:claim,...
 // A jwks_uri is fetched over HTTPS (agent/tls/https_fetch.h) by a JwksRefresher, trusting
 // --jwks-ca-file (default: the system roots).
+//
+// --ext-authz (repeatable, or several in one comma-separated list; each provider starts at its
+// name=): the ext_authz providers CUSTOM lines name, each a client over loopback TCP:
+// name=P,kind=http|grpc,addr=127.0.0.1:PORT[,timeout=200ms][,fail_open=true][,status_on_error=N]
+// [,path_prefix=/check][,headers=a|b][,add=k:v|k2:v2][,body=MAX[:partial][:bytes]]
+// [,upstream=h|..][,down_deny=h|..][,down_allow=h|..][,unresolved=why]
+//
+// `--hold-filter` adds a filter between authentication and authorization that waits
+// (FilterResult::Wait) as the request's headers say: `x-hold-ms: N` waits N ms on a loop timer,
+// `x-hold-body: MAX[,partial]` asks for the body first (a request with neither goes on at once);
+// then `x-hold-deny: STATUS` answers STATUS `held and denied`, else the request goes on with
+// `x-held-body-bytes` (and `x-held-truncated: 1`) added upstream and `x-held: yes` to the client.
+// It logs `hold started`, `hold done` and `hold cancelled` with the request path.
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -31,6 +44,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +53,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
@@ -56,6 +71,7 @@
 #include "agent/tls/https_fetch.h"
 #include "agent/waypoint/authn_filter.h"
 #include "agent/waypoint/authz_filter.h"
+#include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/jwks_refresher.h"
 #include "agent/waypoint/proxy.h"
 #include "agent/waypoint/socket_stream.h"
@@ -79,6 +95,11 @@ ABSL_FLAG(std::string, jwks_ca_file, "",
 ABSL_FLAG(absl::Duration, jwks_refresh_interval, absl::Minutes(20), "jwksUri refresh interval");
 ABSL_FLAG(absl::Duration, jwks_retry_interval, absl::Seconds(5), "jwksUri retry after a failure");
 ABSL_FLAG(absl::Duration, jwks_max_age, absl::Hours(1), "how long a fetched key set is used");
+// ---- ext_authz providers ----
+ABSL_FLAG(std::vector<std::string>, ext_authz, {},
+          "ext_authz providers (see the file comment); repeatable");
+// ---- end ext_authz providers ----
+ABSL_FLAG(bool, hold_filter, false, "add the test filter that waits (see the file comment)");
 
 namespace ambit::waypoint {
 namespace {
@@ -269,6 +290,86 @@ absl::StatusOr<UniqueFd> Listen(const std::string& addr, uint16_t* port) {
   return fd;
 }
 
+// ---- --hold-filter: an asynchronous filter driven by request headers (see the file comment).
+
+class HoldCheck final : public AsyncCheck {
+ public:
+  struct State {
+    std::string path;
+    bool answered = false;
+  };
+  explicit HoldCheck(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  ~HoldCheck() override {
+    if (!state_->answered) {
+      AMBIT_LOG("hold", Info) << "hold cancelled path=" << state_->path;
+    }
+  }
+
+ private:
+  // The timer holds only a weak_ptr: a cancelled hold is gone when it fires.
+  std::shared_ptr<State> state_;
+};
+
+class HoldFilter final : public RequestFilter {
+ public:
+  explicit HoldFilter(EventLoop* loop) : loop_(loop) {}
+  const char* name() const override { return "hold"; }
+
+  FilterResult OnRequest(RequestContext& ctx) override {
+    const authz::HeaderMap& h = ctx.request.headers;
+    const std::string* ms = h.Find("x-hold-ms");
+    const std::string* body = h.Find("x-hold-body");
+    if (ms == nullptr && body == nullptr) return FilterResult::Continue();
+    int delay_ms = 0;
+    if (ms != nullptr && !absl::SimpleAtoi(*ms, &delay_ms)) delay_ms = 0;
+    Pending p;
+    if (body != nullptr) {
+      std::vector<std::string> parts = absl::StrSplit(*body, ',');
+      BodyWanted want;
+      if (!absl::SimpleAtoi(parts[0], &want.max_bytes)) want.max_bytes = 0;
+      want.allow_partial = parts.size() > 1 && parts[1] == "partial";
+      p.body = want;
+    }
+    int deny = 0;
+    if (const std::string* d = h.Find("x-hold-deny")) {
+      if (!absl::SimpleAtoi(*d, &deny)) deny = 403;
+    }
+    EventLoop* loop = loop_;
+    p.start = [loop, delay_ms, deny](
+                  RequestContext& c,
+                  std::function<void(FilterResult)> done) -> std::unique_ptr<AsyncCheck> {
+      auto state = std::make_shared<HoldCheck::State>();
+      state->path = c.request.path;
+      AMBIT_LOG("hold", Info) << "hold started path=" << state->path
+                              << " body_bytes=" << c.body.size();
+      std::weak_ptr<HoldCheck::State> weak = state;
+      // The context lives as long as the wait; the answer is computed when the timer fires.
+      RequestContext* ctx = &c;
+      loop->RunAfter(absl::Milliseconds(delay_ms), [weak, ctx, deny, done] {
+        auto st = weak.lock();
+        if (!st) return;
+        st->answered = true;
+        AMBIT_LOG("hold", Info) << "hold done path=" << st->path;
+        if (deny > 0) return done(FilterResult::Respond(deny, "held and denied"));
+        ctx->upstream_header_edits.push_back(
+            {HeaderEdit::Op::kSet, "x-held-body-bytes", absl::StrCat(ctx->body.size())});
+        if (ctx->body_truncated) {
+          ctx->upstream_header_edits.push_back({HeaderEdit::Op::kSet, "x-held-truncated", "1"});
+        }
+        ctx->downstream_header_edits.push_back({HeaderEdit::Op::kSet, "x-held", "yes"});
+        done(FilterResult::Continue());
+      });
+      return std::make_unique<HoldCheck>(std::move(state));
+    };
+    return FilterResult::Wait(std::move(p));
+  }
+
+ private:
+  EventLoop* loop_;
+};
+
+// ---- end of --hold-filter
+
 class Acceptor final : public EventHandler {
  public:
   Acceptor(EventLoop* loop, UniqueFd fd, ProxyContext* ctx, std::string identity)
@@ -318,6 +419,146 @@ class MetricsServer final : public EventHandler {
   UniqueFd fd_;
   HttpMetrics* metrics_;
 };
+
+// ---- ext_authz providers ----
+
+// The clients of the --ext-authz providers, each over loopback TCP on the harness's loop.
+class HarnessAuthorizers final : public AuthorizerSet {
+ public:
+  AuthorizerClient* Find(const std::string& provider) override {
+    auto it = clients_.find(provider);
+    return it == clients_.end() ? nullptr : it->second.get();
+  }
+  void Add(std::unique_ptr<TcpConnector> connector, std::unique_ptr<AuthorizerClient> client) {
+    const std::string name = client->provider().name;
+    connectors_.push_back(std::move(connector));
+    clients_[name] = std::move(client);
+  }
+
+ private:
+  std::vector<std::unique_ptr<TcpConnector>> connectors_;  // outlive the clients
+  std::map<std::string, std::unique_ptr<AuthorizerClient>> clients_;
+};
+
+std::vector<std::string> PipeList(const std::string& v) {
+  return absl::StrSplit(v, '|', absl::SkipEmpty());
+}
+
+// The --ext-authz tokens (key=value, a provider starting at each name=) as providers with their
+// addresses.
+absl::Status ParseExtAuthz(const std::vector<std::string>& tokens,
+                           std::vector<std::pair<authz::ExtAuthzProvider, SocketAddress>>& out) {
+  for (const std::string& token : tokens) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(token, absl::MaxSplits('=', 1));
+    const std::string& k = kv.first;
+    const std::string& v = kv.second;
+    if (k == "name") {
+      authz::ExtAuthzProvider p;
+      p.name = v;
+      p.service = absl::StrCat("harness/", v);
+      p.service_key = p.service;
+      out.emplace_back(std::move(p), SocketAddress{});
+      continue;
+    }
+    if (out.empty()) return absl::InvalidArgumentError("--ext-authz: name= must come first");
+    authz::ExtAuthzProvider& p = out.back().first;
+    if (k == "kind") {
+      if (v != "http" && v != "grpc") return absl::InvalidArgumentError("--ext-authz: kind?");
+      p.kind =
+          v == "http" ? authz::ExtAuthzProvider::Kind::kHttp : authz::ExtAuthzProvider::Kind::kGrpc;
+    } else if (k == "addr") {
+      AMBIT_ASSIGN_OR_RETURN(SocketAddress a, SocketAddress::Parse(v));
+      if (!a.ip.is_loopback()) return absl::InvalidArgumentError("--ext-authz: loopback only");
+      out.back().second = a;
+      p.port = a.port;
+    } else if (k == "timeout") {
+      if (!absl::ParseDuration(v, &p.timeout)) {
+        return absl::InvalidArgumentError("--ext-authz: bad timeout");
+      }
+    } else if (k == "fail_open") {
+      p.fail_open = v == "true";
+    } else if (k == "status_on_error") {
+      if (!absl::SimpleAtoi(v, &p.status_on_error)) {
+        return absl::InvalidArgumentError("--ext-authz: bad status_on_error");
+      }
+    } else if (k == "path_prefix") {
+      p.path_prefix = v;
+    } else if (k == "headers") {
+      p.include_request_headers = PipeList(v);
+    } else if (k == "add") {
+      for (const std::string& h : PipeList(v)) {
+        std::pair<std::string, std::string> nv = absl::StrSplit(h, absl::MaxSplits(':', 1));
+        p.include_additional_headers.emplace_back(nv.first, nv.second);
+      }
+    } else if (k == "body") {
+      std::vector<std::string> parts = absl::StrSplit(v, ':');
+      authz::ExtAuthzBodyOptions b;
+      if (!absl::SimpleAtoi(parts[0], &b.max_request_bytes)) {
+        return absl::InvalidArgumentError("--ext-authz: bad body max");
+      }
+      for (size_t i = 1; i < parts.size(); ++i) {
+        b.allow_partial_message |= parts[i] == "partial";
+        b.pack_as_bytes |= parts[i] == "bytes";
+      }
+      p.include_request_body = b;
+    } else if (k == "upstream") {
+      p.headers_to_upstream_on_allow = PipeList(v);
+    } else if (k == "down_deny") {
+      p.headers_to_downstream_on_deny = PipeList(v);
+    } else if (k == "down_allow") {
+      p.headers_to_downstream_on_allow = PipeList(v);
+    } else if (k == "unresolved") {
+      p.unresolved = v;
+      p.service_key.clear();
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--ext-authz: unknown field ", k));
+    }
+  }
+  for (const auto& [p, addr] : out) {
+    if (addr.port == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--ext-authz: ", p.name, " needs addr="));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<HarnessAuthorizers>> MakeAuthorizers(EventLoop* loop) {
+  std::vector<std::pair<authz::ExtAuthzProvider, SocketAddress>> providers;
+  AMBIT_RETURN_IF_ERROR(ParseExtAuthz(absl::GetFlag(FLAGS_ext_authz), providers));
+  auto set = std::make_shared<HarnessAuthorizers>();
+  for (auto& [p, addr] : providers) {
+    auto connector = std::make_unique<TcpConnector>(loop, addr);
+    std::unique_ptr<AuthorizerClient> client =
+        p.kind == authz::ExtAuthzProvider::Kind::kHttp
+            ? NewHttpAuthorizerClient(p, connector.get(), loop, &RealClock::Get())
+            : NewGrpcAuthorizerClient(p, connector.get(), loop, &RealClock::Get());
+    set->Add(std::move(connector), std::move(client));
+  }
+  return set;
+}
+
+// Every --ext-authz value on the command line: absl keeps only the last of a repeated flag.
+std::vector<std::string> AllExtAuthzTokens(const std::vector<char*>& args) {
+  std::vector<std::string> tokens;
+  for (size_t i = 1; i < args.size(); ++i) {
+    absl::string_view a = args[i];
+    if (a == "--") break;
+    std::string value;
+    if (absl::StartsWith(a, "--ext_authz=")) {
+      value = std::string(a.substr(12));
+    } else if (a == "--ext_authz" && i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      continue;
+    }
+    for (absl::string_view t : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+      tokens.emplace_back(t);
+    }
+  }
+  return tokens;
+}
+
+// ---- end ext_authz providers ----
 
 int Main() {
   signal(SIGPIPE, SIG_IGN);
@@ -389,7 +630,19 @@ int Main() {
     ctx.filters.push_back(std::make_shared<AuthnFilter>(
         std::shared_ptr<const authn::Authenticator>(std::move(*authenticator)), target, ctx.clock));
   }
-  ctx.filters.push_back(std::make_shared<AuthzFilter>(shared_engine, target));
+  if (absl::GetFlag(FLAGS_hold_filter)) {
+    ctx.filters.push_back(std::make_shared<HoldFilter>(loop->get()));
+  }
+  // ---- ext_authz providers ----
+  auto authorizers = MakeAuthorizers(loop->get());
+  if (!authorizers.ok()) {
+    std::cerr << authorizers.status() << "\n";
+    return 2;
+  }
+  ctx.filters.push_back(std::make_shared<AuthzFilter>(
+      shared_engine, target, *authorizers,
+      absl::StrCat("spiffe://cluster.local/ns/", ns, "/sa/waypoint"), &metrics));
+  // ---- end ext_authz providers ----
   ctx.engine = shared_engine;
   ctx.target = target;
   ctx.upstream = &connector;
@@ -432,5 +685,6 @@ int main(int argc, char** argv) {
   std::vector<std::string> storage;
   std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  absl::SetFlag(&FLAGS_ext_authz, ambit::waypoint::AllExtAuthzTokens(args));
   return ambit::waypoint::Main();
 }

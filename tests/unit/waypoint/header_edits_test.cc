@@ -41,5 +41,23 @@ TEST(ApplyHeaderEditsTest, FramingAndHostAreNotEditable) {
   EXPECT_EQ(h, (HeaderList{{"host", "svc"}, {"content-length", "3"}}));
 }
 
+TEST(ApplyHeaderEditsTest, AppendKeepsEveryValueAndAddsOneInOrder) {
+  // ext_authz's append: the client's values stay, the authorizer's goes after them.
+  HeaderList h = {{"x-tag", "a"}, {"accept", "*/*"}, {"x-tag", "b"}};
+  ApplyHeaderEdits({{Op::kAppend, "x-tag", "c"},
+                    {Op::kAppend, "x-new", "1"},
+                    {Op::kSet, "x-new", "2"},
+                    {Op::kAppend, "x-new", "3"},
+                    {Op::kAppend, "x-bad", "v\r\nx-admin: true"},
+                    {Op::kAppend, "transfer-encoding", "chunked"}},
+                   h);
+  EXPECT_EQ(h, (HeaderList{{"x-tag", "a"},
+                           {"accept", "*/*"},
+                           {"x-tag", "b"},
+                           {"x-tag", "c"},
+                           {"x-new", "2"},
+                           {"x-new", "3"}}));
+}
+
 }  // namespace
 }  // namespace ambit::waypoint
