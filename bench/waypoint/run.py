@@ -11,7 +11,9 @@ Variants (see bench/waypoint/README.md):
   WX     W with a CUSTOM policy: every request checked by an HTTP ext_authz provider (a C++
          authorizer answering 200, so the authorizer is not the bottleneck);
   P      the peer: client -> TLS -> HAProxy (in a pod of its own) -> HTTP -> server pod;
-  Pbase  client -> server pod, plain HTTP, the same pods and bridge as P.
+  Pbase  client -> server pod, plain HTTP, the same pods and bridge as P;
+  Apy    client -> tests/authorizers/http_authz.py (allow), the same pods as Pbase: what a Python
+         authorizer costs per check, beside the C++ one WX uses.
 Load: h2load (nghttp2-client), HTTP/1.1 keep-alive. Closed loop (fixed request count, C
 connections) for requests/s and the proxy process's CPU seconds (/proc/<pid>/stat) for
 requests/s per core; open loop at 1 000 requests/s (h2load --rps) for p50/p90/p99.
@@ -33,17 +35,20 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+PY_AUTHZ = REPO / "tests" / "authorizers" / "http_authz.py"
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 APP_PORT = 8080      # wp_http_server in the server pods
 AUTHZ_PORT = 8000    # wp_http_server as the ext_authz provider
 PEER_PORT = 8443     # HAProxy's TLS listener
+PY_AUTHZ_PORT = 8100  # tests/authorizers/http_authz.py (variant Apy)
 ISSUER = "https://issuer.bench.ambit.test"
 PROVIDER = "bench-ext-authz"
-VARIANTS = ("D", "W", "WJ", "WX", "P", "Pbase")
-PROXIED = {"W": "D", "WJ": "D", "WX": "D", "P": "Pbase"}  # variant -> its no-proxy baseline
+VARIANTS = ("D", "W", "WJ", "WX", "P", "Pbase", "Apy")
+# variant -> its baseline (Apy: the C++ server on the same path)
+PROXIED = {"W": "D", "WJ": "D", "WX": "D", "P": "Pbase", "Apy": "Pbase"}
 PATHS = {"D": "/plain/bench", "W": "/plain/bench", "WJ": "/jwt/bench", "WX": "/ext/bench",
-         "P": "/plain/bench", "Pbase": "/plain/bench"}
+         "P": "/plain/bench", "Pbase": "/plain/bench", "Apy": "/ext/bench"}
 
 FULL = dict(reps=3, conns=16, requests=20000, closed_s=60, rate=1000, rate_s=5, warm=500)
 QUICK = dict(reps=1, conns=8, requests=1000, closed_s=30, rate=1000, rate_s=1, warm=100)
@@ -182,6 +187,7 @@ def machine():
                 model = line.split(":", 1)[1].strip()
                 break
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
             "haproxy": _first_line(["haproxy", "-v"]), "h2load": _first_line(["h2load",
                                                                              "--version"])}
 
@@ -275,6 +281,9 @@ class Bench:
                                         "1"], in_cgroup)
         self._start_listening(self.x, [self.bins["wp_http_server"], "0.0.0.0", str(AUTHZ_PORT),
                                        "1"], True)
+        self.py_authz = self._start_listening(
+            self.d, ["/usr/bin/python3", str(PY_AUTHZ), "--listen", f"0.0.0.0:{PY_AUTHZ_PORT}"],
+            False)
         # The peer proxy, with a certificate made now.
         pem = os.path.join(t.workdir, "haproxy.pem")
         key = os.path.join(t.workdir, "haproxy.key")
@@ -352,6 +361,9 @@ class Bench:
         if v == "P":
             return (self.c, False, f"https://{self.p.ip4}:{PEER_PORT}{path}", [],
                     self.haproxy.pid)
+        if v == "Apy":
+            return (self.c, False, f"http://{self.d.ip4}:{PY_AUTHZ_PORT}{path}",
+                    ["-H", "x-ext-authz: allow"], self.py_authz.pid)
         return self.c, False, f"http://{self.d.ip4}:{APP_PORT}{path}", [], None
 
     def curl(self, v, path=None, headers=()):
@@ -373,6 +385,12 @@ class Bench:
             code, body = self.curl(v)
             if (code, body) != (200, "ok"):
                 raise RuntimeError(f"{v}: expected 200 'ok', got {code} {body!r}")
+        code, _ = self.curl("Apy")
+        if code != 403:
+            raise RuntimeError(f"Apy without x-ext-authz: expected 403, got {code}")
+        code, body = self.curl("Apy", None, ["x-ext-authz: allow"])
+        if code != 200:
+            raise RuntimeError(f"Apy with x-ext-authz: allow: expected 200, got {code} {body!r}")
         code, body = self.curl("WJ", "/jwt/bench")
         if code != 403:
             raise RuntimeError(f"WJ without a token: expected 403, got {code} {body!r}")
@@ -444,9 +462,9 @@ class Bench:
         if span > 0:
             s["rate"].append((len(starts) - 1) / span)
 
-    def run(self):
+    def run(self, only=None):
         self.check_paths()
-        active = [v for v in VARIANTS if v not in self.not_measured]
+        active = [v for v in VARIANTS if v not in self.not_measured and (not only or v in only)]
         for v in active:  # warm-up: HBONE pools, waypoint upstreams, TLS, page cache
             self.h2load(v, ["-c", str(self.cfg["conns"]), "-n", str(self.cfg["warm"])], 60)
         reps = self.cfg["reps"]
@@ -564,7 +582,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI smoke: one repetition, seconds")
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "waypoint.json"))
+    ap.add_argument("--only", default="",
+                    help="time only these variants (comma-separated, e.g. W,WJ: to profile one)")
     args = ap.parse_args()
+    only = [v for v in args.only.split(",") if v]
+    if any(v not in VARIANTS for v in only):
+        ap.error(f"--only takes variants of {','.join(VARIANTS)}")
     build = pathlib.Path(args.build_dir).resolve()
     os.environ["AMBIT_BUILD_DIR"] = str(build)
     from topology import Topology, require_root  # noqa: E402 (reads AMBIT_BUILD_DIR)
@@ -578,6 +601,8 @@ def main():
     for tool, pkg in (("h2load", "nghttp2-client"), ("haproxy", "haproxy")):
         if not shutil.which(tool):
             missing.append(f"{tool} (apt-get install {pkg}, or bash scripts/setup.sh)")
+    if not PY_AUTHZ.exists():
+        missing.append(str(PY_AUTHZ))
     if missing:
         sys.stderr.write("bench/waypoint: missing " + ", ".join(missing) +
                          f"\nbuild first: cmake --build {build} --target ambitd ambit-tunnel "
@@ -596,7 +621,7 @@ def main():
         bench = Bench(topo, cfg, bins, log)
         bench.setup()
         log(f"set up in {time.time() - started:.1f}s (waypoint workers: {bench.workers})")
-        bench.run()
+        bench.run(only)
     summary = summarize(bench.samples)
     tgt = targets(summary, bench.not_measured)
 
@@ -610,6 +635,8 @@ def main():
     print("\nratios (medians):")
     for name, value in ratios(summary):
         print(f"  {name:<32}{value}")
+    print(f"\nload average (1/5/15 min) at start {mach['loadavg']}, at end "
+          f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
     for v, why in bench.not_measured.items():
         print(f"\n{v} not measured: {why}")
     print("\ngoals (issue 15):")
