@@ -8,10 +8,10 @@
 //
 // Each worker thread owns a SO_REUSEPORT listener and an epoll loop. Request bodies framed by
 // Content-Length are read and dropped. A request whose target holds "/deny/" gets `403` with body
-// `denied` (so the benchmark can prove the waypoint asked the authorizer); a chunked request body is answered 501 and the connection
-// closed (neither the load generators nor the waypoint's authorization client send one).
-// Pipelined requests are answered in order. Prints "listening <port>" once every worker's
-// listener is bound. Runs until killed.
+// `denied` (so the benchmark can prove the waypoint asked the authorizer); a chunked request body
+// is answered 501 and the connection closed (neither the load generators nor the waypoint's
+// authorization client send one). Pipelined requests are answered in order. Prints "listening
+// <port>" once every worker's listener is bound. Runs until killed.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -187,11 +187,11 @@ class Worker {
       if (!cl.empty()) body = std::strtoull(std::string(cl).c_str(), nullptr, 10);
       bool close = strcasecmp(std::string(Header(head, "connection")).c_str(), "close") == 0;
       std::string_view target = head.substr(0, head.find("\r\n"));
-      c.out += target.find(" HTTP/") != std::string_view::npos &&
-                       target.substr(0, target.find(" HTTP/")).find("/deny/") !=
-                           std::string_view::npos
-                   ? deny_
-                   : answer_;
+      c.out +=
+          target.find(" HTTP/") != std::string_view::npos &&
+                  target.substr(0, target.find(" HTTP/")).find("/deny/") != std::string_view::npos
+              ? deny_
+              : answer_;
       size_t consumed = end + 4;
       size_t in_buffer = std::min(body, c.in.size() - consumed);
       consumed += in_buffer;
