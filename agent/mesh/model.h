@@ -19,6 +19,7 @@
 
 #include "absl/strings/string_view.h"
 #include "agent/authn/model.h"
+#include "agent/authz/ext_authz.h"
 #include "agent/authz/model.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/common/ip_address.h"
@@ -163,6 +164,10 @@ struct Snapshot {
   // waypoint serves many namespaces and authenticates requests with them. The node tunnel keeps
   // them for it and uses none (it sees no HTTP).
   std::vector<authn::RequestAuthentication> request_authentications;
+  // MeshConfig's ext_authz extensionProviders, each once by name, Istio's defaults filled in and
+  // `service` resolved to a Service of this snapshot (or unresolved, saying why): what a CUSTOM
+  // AuthorizationPolicy names. Only a waypoint asks them.
+  std::vector<authz::ExtAuthzProvider> ext_authz_providers;
 
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };

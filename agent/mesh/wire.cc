@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -414,6 +415,227 @@ absl::Status CheckRequestAuthentication(const authn::RequestAuthentication& ra) 
   return absl::OkStatus();
 }
 
+absl::Status ProviderError(absl::string_view name, absl::string_view field,
+                           absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("ext_authz provider ", name, ": ", field, ": ", what));
+}
+
+// RFC 7230 tchar, upper case excluded: the names are compared as written.
+bool IsLowerToken(absl::string_view name) {
+  if (name.empty()) return false;
+  for (char c : name) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if ((u >= 'a' && u <= 'z') || (u >= '0' && u <= '9')) continue;
+    if (absl::string_view("!#$%&'*+-.^_`|~").find(c) != absl::string_view::npos) continue;
+    return false;
+  }
+  return true;
+}
+
+bool HasCrLfNul(absl::string_view value) {
+  return value.find_first_of(absl::string_view("\r\n\0", 3)) != absl::string_view::npos;
+}
+
+absl::Status CheckHeaderNames(absl::string_view provider, absl::string_view field,
+                              const std::vector<std::string>& names) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (!IsLowerToken(names[i])) {
+      return ProviderError(
+          provider, absl::StrCat(field, "[", i, "]"),
+          absl::StrCat(Quoted(absl::CHexEscape(names[i])), " is not a lower-case header name"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::ExtAuthzKind> KindToProto(authz::ExtAuthzProvider::Kind kind) {
+  switch (kind) {
+    case authz::ExtAuthzProvider::Kind::kHttp:
+      return pb::EXT_AUTHZ_KIND_HTTP;
+    case authz::ExtAuthzProvider::Kind::kGrpc:
+      return pb::EXT_AUTHZ_KIND_GRPC;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown kind ", static_cast<int>(kind)));
+}
+
+absl::StatusOr<authz::ExtAuthzProvider::Kind> KindFromProto(int kind) {
+  switch (kind) {
+    case pb::EXT_AUTHZ_KIND_HTTP:
+      return authz::ExtAuthzProvider::Kind::kHttp;
+    case pb::EXT_AUTHZ_KIND_GRPC:
+      return authz::ExtAuthzProvider::Kind::kGrpc;
+    case pb::EXT_AUTHZ_KIND_UNSPECIFIED:
+      return absl::InvalidArgumentError("EXT_AUTHZ_KIND_UNSPECIFIED is not a kind");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown kind ", kind));
+}
+
+}  // namespace
+
+absl::Status CheckExtAuthzProvider(const authz::ExtAuthzProvider& p) {
+  const std::string& name = p.name;
+  if (name.empty()) return ProviderError("''", "name", "missing");
+  if (HasCrLfNul(name))
+    return ProviderError(Quoted(absl::CHexEscape(name)), "name", "holds CR, LF or NUL");
+  AMBIT_RETURN_IF_ERROR(KindToProto(p.kind).status());
+  if (p.port == 0) return ProviderError(name, "port", "0 is not a port");
+  if (p.status_on_error < 100 || p.status_on_error > 599) {
+    return ProviderError(name, "status_on_error",
+                         absl::StrCat(p.status_on_error, " is not an HTTP status (100..599)"));
+  }
+  if (p.service_key.empty() == p.unresolved.empty()) {
+    return ProviderError(name, "service_key",
+                         p.service_key.empty() ? "missing, and unresolved does not say why"
+                                               : "set together with unresolved; only one may be");
+  }
+  if (!p.service_key.empty()) {
+    const size_t slash = p.service_key.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == p.service_key.size() ||
+        p.service_key.find('/', slash + 1) != std::string::npos) {
+      return ProviderError(
+          name, "service_key",
+          absl::StrCat(Quoted(absl::CHexEscape(p.service_key)), " is not namespace/name"));
+    }
+  }
+  if (p.timeout <= absl::ZeroDuration() || p.timeout >= kExtAuthzTimeoutLimit ||
+      absl::Trunc(p.timeout, absl::Nanoseconds(1)) != p.timeout) {
+    return ProviderError(name, "timeout",
+                         absl::StrCat(absl::FormatDuration(p.timeout),
+                                      " is not a whole number of nanoseconds longer than 0s and "
+                                      "shorter than 2^32 s"));
+  }
+  if (p.include_request_body &&
+      p.include_request_body->max_request_bytes > kMaxExtAuthzRequestBytes) {
+    return ProviderError(name, "include_request_body.max_request_bytes",
+                         absl::StrCat(p.include_request_body->max_request_bytes, " is over ",
+                                      kMaxExtAuthzRequestBytes, " (8 MiB, the waypoint's bound)"));
+  }
+  if (HasCrLfNul(p.path_prefix)) return ProviderError(name, "path_prefix", "holds CR, LF or NUL");
+  if (HasCrLfNul(p.service)) return ProviderError(name, "service", "holds CR, LF or NUL");
+  AMBIT_RETURN_IF_ERROR(
+      CheckHeaderNames(name, "include_request_headers", p.include_request_headers));
+  for (size_t i = 0; i < p.include_additional_headers.size(); ++i) {
+    const auto& [header, value] = p.include_additional_headers[i];
+    const std::string field = absl::StrCat("include_additional_headers[", i, "]");
+    if (!IsLowerToken(header)) {
+      return ProviderError(
+          name, field + ".name",
+          absl::StrCat(Quoted(absl::CHexEscape(header)), " is not a lower-case header name"));
+    }
+    if (HasCrLfNul(value)) return ProviderError(name, field + ".value", "holds CR, LF or NUL");
+  }
+  AMBIT_RETURN_IF_ERROR(
+      CheckHeaderNames(name, "headers_to_upstream_on_allow", p.headers_to_upstream_on_allow));
+  AMBIT_RETURN_IF_ERROR(
+      CheckHeaderNames(name, "headers_to_downstream_on_deny", p.headers_to_downstream_on_deny));
+  AMBIT_RETURN_IF_ERROR(
+      CheckHeaderNames(name, "headers_to_downstream_on_allow", p.headers_to_downstream_on_allow));
+  return absl::OkStatus();
+}
+
+absl::Status ToProto(const authz::ExtAuthzProvider& p, pb::ExtAuthzProvider* out) {
+  AMBIT_RETURN_IF_ERROR(CheckExtAuthzProvider(p));
+  out->set_name(p.name);
+  AMBIT_ASSIGN_OR_RETURN(pb::ExtAuthzKind kind, KindToProto(p.kind));
+  out->set_kind(kind);
+  out->set_service(p.service);
+  out->set_service_key(p.service_key);
+  out->set_unresolved(p.unresolved);
+  out->set_port(p.port);
+  // Checked above: whole nanoseconds below 2^32 s.
+  const int64_t nanos = absl::ToInt64Nanoseconds(p.timeout);
+  out->mutable_timeout()->set_seconds(nanos / kNanosPerSecond);
+  out->mutable_timeout()->set_nanos(static_cast<int32_t>(nanos % kNanosPerSecond));
+  out->set_fail_open(p.fail_open);
+  out->set_status_on_error(p.status_on_error);
+  if (p.include_request_body) {
+    auto* b = out->mutable_include_request_body();
+    b->set_max_request_bytes(p.include_request_body->max_request_bytes);
+    b->set_allow_partial_message(p.include_request_body->allow_partial_message);
+    b->set_pack_as_bytes(p.include_request_body->pack_as_bytes);
+  }
+  out->set_path_prefix(p.path_prefix);
+  for (const auto& h : p.include_request_headers) out->add_include_request_headers(h);
+  for (const auto& [k, v] : p.include_additional_headers) {
+    auto* h = out->add_include_additional_headers();
+    h->set_name(k);
+    h->set_value(v);
+  }
+  for (const auto& h : p.headers_to_upstream_on_allow) out->add_headers_to_upstream_on_allow(h);
+  for (const auto& h : p.headers_to_downstream_on_deny) out->add_headers_to_downstream_on_deny(h);
+  for (const auto& h : p.headers_to_downstream_on_allow) out->add_headers_to_downstream_on_allow(h);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<authz::ExtAuthzProvider> FromProto(const pb::ExtAuthzProvider& in) {
+  authz::ExtAuthzProvider p;
+  p.name = in.name();
+  const std::string name = p.name.empty() ? "''" : p.name;
+  auto kind = KindFromProto(in.kind());
+  if (!kind.ok()) return ProviderError(name, "kind", kind.status().message());
+  p.kind = *kind;
+  p.service = in.service();
+  p.service_key = in.service_key();
+  p.unresolved = in.unresolved();
+  if (in.port() > 65535) {
+    return ProviderError(name, "port", absl::StrCat(in.port(), " is not a port"));
+  }
+  p.port = static_cast<uint16_t>(in.port());
+  // No default: the agent always sends the timeout it resolved.
+  if (!in.has_timeout()) return ProviderError(name, "timeout", "missing");
+  const int64_t seconds = in.timeout().seconds();
+  const int32_t nanos = in.timeout().nanos();
+  if (seconds < 0 || nanos < 0 || nanos >= kNanosPerSecond ||
+      seconds >= absl::ToInt64Seconds(kExtAuthzTimeoutLimit)) {
+    return ProviderError(name, "timeout",
+                         absl::StrCat(seconds, "s ", nanos,
+                                      "ns is not a duration longer than 0s and shorter than "
+                                      "2^32 s"));
+  }
+  p.timeout = absl::Seconds(seconds) + absl::Nanoseconds(nanos);
+  p.fail_open = in.fail_open();
+  p.status_on_error = in.status_on_error();
+  if (in.has_include_request_body()) {
+    const auto& b = in.include_request_body();
+    p.include_request_body = authz::ExtAuthzBodyOptions{
+        b.max_request_bytes(), b.allow_partial_message(), b.pack_as_bytes()};
+  }
+  p.path_prefix = in.path_prefix();
+  p.include_request_headers.assign(in.include_request_headers().begin(),
+                                   in.include_request_headers().end());
+  for (const auto& h : in.include_additional_headers()) {
+    p.include_additional_headers.emplace_back(h.name(), h.value());
+  }
+  p.headers_to_upstream_on_allow.assign(in.headers_to_upstream_on_allow().begin(),
+                                        in.headers_to_upstream_on_allow().end());
+  p.headers_to_downstream_on_deny.assign(in.headers_to_downstream_on_deny().begin(),
+                                         in.headers_to_downstream_on_deny().end());
+  p.headers_to_downstream_on_allow.assign(in.headers_to_downstream_on_allow().begin(),
+                                          in.headers_to_downstream_on_allow().end());
+  AMBIT_RETURN_IF_ERROR(CheckExtAuthzProvider(p));
+  return p;
+}
+
+namespace {
+
+// A snapshot's providers: each once by name, each service_key naming one of its services.
+absl::Status CheckProviderServices(const std::vector<authz::ExtAuthzProvider>& providers,
+                                   const std::vector<Service>& services) {
+  absl::flat_hash_set<std::string> names;
+  absl::flat_hash_set<std::string> keys;
+  for (const auto& s : services) keys.insert(s.Key());
+  for (const auto& p : providers) {
+    if (!names.insert(p.name).second) return ProviderError(p.name, "name", "listed twice");
+    if (!p.service_key.empty() && !keys.contains(p.service_key)) {
+      return ProviderError(
+          p.name, "service_key",
+          absl::StrCat(Quoted(p.service_key), " is not a service of the snapshot"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ToProto(const authn::RequestAuthentication& ra, pb::RequestAuthentication* out) {
@@ -543,6 +765,10 @@ absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   for (const auto& ra : s.request_authentications) {
     AMBIT_RETURN_IF_ERROR(ToProto(ra, out->add_request_authentications()));
   }
+  AMBIT_RETURN_IF_ERROR(CheckProviderServices(s.ext_authz_providers, s.services));
+  for (const auto& p : s.ext_authz_providers) {
+    AMBIT_RETURN_IF_ERROR(ToProto(p, out->add_ext_authz_providers()));
+  }
   return absl::OkStatus();
 }
 
@@ -655,6 +881,12 @@ class SnapshotBuilder {
       }
       s_.request_authentications.push_back(std::move(ra));
     }
+    s_.ext_authz_providers.reserve(head.ext_authz_providers_size());
+    for (const auto& pp : head.ext_authz_providers()) {
+      AMBIT_ASSIGN_OR_RETURN(authz::ExtAuthzProvider p, FromProto(pp));
+      s_.ext_authz_providers.push_back(std::move(p));
+    }
+    AMBIT_RETURN_IF_ERROR(CheckProviderServices(s_.ext_authz_providers, s_.services));
     return std::move(s_);
   }
 

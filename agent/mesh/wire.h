@@ -9,11 +9,14 @@
 // any such error (nack) and fails closed. Errors name the workload, service or policy and the
 // field. Pure functions: thread-safe.
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "agent/authz/ext_authz.h"
 #include "agent/mesh/model.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
@@ -43,9 +46,28 @@ absl::Status ToProto(const authn::RequestAuthentication& policy,
 absl::StatusOr<authn::RequestAuthentication> FromProto(
     const ambit::dataplane::v1::RequestAuthentication& in);
 
+// The most body bytes a provider may send with a check (includeRequestBodyInCheck
+// maxRequestBytes). Envoy has no bound; the waypoint buffers that much per request while it
+// waits for the authorizer, so the agent marks a provider asking for more unresolved.
+inline constexpr uint32_t kMaxExtAuthzRequestBytes = 8u << 20;  // 8 MiB
+// A provider's timeout is longer than 0 and shorter than this (Envoy's Duration limit for
+// timers, as for JWT fetches).
+inline constexpr absl::Duration kExtAuthzTimeoutLimit = absl::Seconds(int64_t{1} << 32);
+
+// An ext_authz provider, checked the same way in both directions: a name, a known kind, a port,
+// status_on_error in 100..599, exactly one of service_key and unresolved, the timeout (above),
+// max_request_bytes at most kMaxExtAuthzRequestBytes, header names that are lower-case RFC 7230
+// tokens and values without CR, LF or NUL, a path prefix without them. Whether service_key names
+// a Service is the snapshot's check. Errors read "ext_authz provider <name>: <field>: <what>".
+absl::Status CheckExtAuthzProvider(const authz::ExtAuthzProvider& provider);
+absl::Status ToProto(const authz::ExtAuthzProvider& provider,
+                     ambit::dataplane::v1::ExtAuthzProvider* out);
+absl::StatusOr<authz::ExtAuthzProvider> FromProto(const ambit::dataplane::v1::ExtAuthzProvider& in);
+
 // Each part as above; also: workload keys and addresses are unique across the snapshot (an
 // address owned twice would make the expected identity ambiguous), every service endpoint
-// names a workload of the snapshot, and each RequestAuthentication is there once.
+// names a workload of the snapshot, each RequestAuthentication is there once, and each ext_authz
+// provider is there once by name, its service_key naming a Service of the snapshot.
 absl::Status ToProto(const Snapshot& snapshot, ambit::dataplane::v1::Snapshot* out);
 absl::StatusOr<Snapshot> FromProto(const ambit::dataplane::v1::Snapshot& in);
 

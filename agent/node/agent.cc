@@ -27,6 +27,7 @@
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
 #include "agent/node/enrollment_pass.h"
+#include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
 #include "agent/state/waypoint.h"
 #include "bpf/abi/redirect.h"
@@ -685,6 +686,14 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   }
   // All of them, whatever namespace: a waypoint serves workloads of many namespaces.
   snapshot.request_authentications = security_.RequestAuthenticationList();
+  // Every Service is in the snapshot already (with its cluster IPs, ports and endpoints), so the
+  // one a provider names is there for the waypoint to dial.
+  ExtAuthzProviders ext_authz = ConvertExtAuthzProviders(*state_);
+  snapshot.ext_authz_providers = std::move(ext_authz.providers);
+  if (ext_authz.warnings != ext_authz_warnings_) {
+    for (const auto& w : ext_authz.warnings) AMBIT_LOG(kComponent, Warning) << "mesh config " << w;
+    ext_authz_warnings_ = std::move(ext_authz.warnings);
+  }
   AddWaypoints(*state_, &snapshot);
   return snapshot;
 }

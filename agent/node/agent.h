@@ -233,6 +233,9 @@ class Agent final : private PodHost {
   Process waypoint_{DataPlaneKind::kWaypoint};
   // The last configuration generation built (sent to every connected process).
   uint64_t last_version_ = 0;
+  // The ext_authz provider warnings last logged: logged again only when they change (a snapshot
+  // is built on every change of anything, the warnings would repeat).
+  mutable std::vector<std::string> ext_authz_warnings_;
   // Pod::Key() of the waypoints' pods (state::WaypointResolution::instance_of), as last loaded.
   std::set<std::string> waypoint_pods_;
   // The built-in CA (null with an external one): its trust domain follows mesh.yaml.

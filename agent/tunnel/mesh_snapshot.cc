@@ -33,6 +33,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   if (!s.root_namespace.empty()) snap->root_namespace_ = s.root_namespace;
   snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
   snap->request_authentications_ = std::move(s.request_authentications);
+  snap->ext_authz_providers_ = std::move(s.ext_authz_providers);
   // The records move in whole (no copy per peer); the index points at them.
   snap->workloads_ = std::move(s.workloads);
   snap->workloads_.shrink_to_fit();
@@ -72,8 +73,17 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
     if (std::find(list.begin(), list.end(), wp) == list.end()) list.push_back(wp);
   };
   for (const auto& w : snap->workloads_) bind(&w, waypoint(w.waypoint));
+  // Only the services providers name are indexed by key: a key string per service would make
+  // every data plane's memory grow with the cluster for the waypoint's few.
+  absl::flat_hash_set<std::string> provider_services;
+  for (const auto& p : snap->ext_authz_providers_) {
+    if (!p.service_key.empty()) provider_services.insert(p.service_key);
+  }
   for (auto& svc : s.services) {
     auto info = std::make_shared<ServiceInfo>();
+    if (!provider_services.empty() && provider_services.contains(svc.Key())) {
+      snap->ext_authz_services_[svc.Key()] = info;
+    }
     info->waypoint = waypoint(svc.waypoint);
     info->namespace_name = std::move(svc.namespace_name);
     info->name = std::move(svc.name);
@@ -349,6 +359,37 @@ Route MeshSnapshot::Resolve(const SocketAddress& dst, uint64_t pick,
 bool MeshSnapshot::IsReservedPort(uint16_t port) const {
   return port == AMBIT_OUTBOUND_PORT || port == AMBIT_INBOUND_PLAIN_PORT ||
          port == AMBIT_HBONE_PORT || reserved_ports_.contains(port);
+}
+
+const authz::ExtAuthzProvider* MeshSnapshot::FindExtAuthzProvider(std::string_view name) const {
+  // A handful at most: a scan beats an index.
+  for (const auto& p : ext_authz_providers_) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+std::optional<SocketAddress> MeshSnapshot::ExtAuthzTarget(const authz::ExtAuthzProvider& provider,
+                                                          std::string* why) const {
+  auto fail = [why](std::string text) -> std::optional<SocketAddress> {
+    if (why != nullptr) *why = std::move(text);
+    return std::nullopt;
+  };
+  if (!provider.unresolved.empty()) return fail(provider.unresolved);
+  auto it = ext_authz_services_.find(provider.service_key);
+  if (it == ext_authz_services_.end()) {
+    return fail(
+        absl::StrCat("service ", provider.service_key, " is not in configuration ", version_));
+  }
+  const ServiceInfo& svc = *it->second;
+  if (svc.cluster_ips.empty()) {
+    return fail(absl::StrCat("service ", provider.service_key,
+                             " is headless (no cluster IP to send checks to)"));
+  }
+  if (!svc.target_ports.contains(provider.port)) {
+    return fail(absl::StrCat("service ", provider.service_key, " has no TCP port ", provider.port));
+  }
+  return SocketAddress{svc.cluster_ips.front(), provider.port};
 }
 
 }  // namespace ambit::tunnel

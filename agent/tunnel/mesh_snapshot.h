@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -14,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "agent/authn/model.h"
 #include "agent/authz/engine.h"
+#include "agent/authz/ext_authz.h"
 #include "agent/common/ip_address.h"
 #include "agent/mesh/model.h"
 
@@ -132,6 +134,19 @@ class MeshSnapshot {
     return request_authentications_;
   }
 
+  // ambit-waypoint: the ext_authz provider called `name` (MeshConfig extensionProviders), or
+  // nullptr. Valid while this snapshot lives.
+  const authz::ExtAuthzProvider* FindExtAuthzProvider(std::string_view name) const;
+  const std::vector<authz::ExtAuthzProvider>& ext_authz_providers() const {
+    return ext_authz_providers_;
+  }
+  // Where checks of `provider` go: its Service's first cluster IP and the provider's port (a TCP
+  // port of the Service), dialled like any connection from the waypoint's pod (Resolve picks an
+  // endpoint). nullopt, with `why` (may be null), when the provider is unresolved, its Service is
+  // headless or lacks the port.
+  std::optional<SocketAddress> ExtAuthzTarget(const authz::ExtAuthzProvider& provider,
+                                              std::string* why = nullptr) const;
+
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
@@ -147,6 +162,9 @@ class MeshSnapshot {
   std::vector<std::string> authz_errors_;
   absl::flat_hash_set<uint16_t> reserved_ports_;
   std::vector<authn::RequestAuthentication> request_authentications_;
+  std::vector<authz::ExtAuthzProvider> ext_authz_providers_;
+  // By Service key, only the services a provider names (headless ones too).
+  absl::flat_hash_map<std::string, std::shared_ptr<const ServiceInfo>> ext_authz_services_;
 };
 
 }  // namespace ambit::tunnel

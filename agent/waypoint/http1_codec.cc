@@ -288,6 +288,14 @@ std::optional<HttpError> ValidateHeadBlock(absl::string_view block, const Http1L
   for (absl::string_view line : absl::StrSplit(block, "\r\n")) {
     if (first) {
       first = false;
+      // The same refusal Feed applies to a head that arrives in pieces, so how the bytes were
+      // split never changes the verdict (http-parser takes controls in a reason phrase).
+      for (char c : line) {
+        const auto u = static_cast<unsigned char>(c);
+        if ((u < 0x20 && c != '\t') || u == 0x7f) {
+          return HttpError{400, "control character in the start line"};
+        }
+      }
       continue;
     }
     if (line.empty()) continue;

@@ -60,6 +60,16 @@ std::unique_ptr<SocketStream> SocketStream::Dial(EventLoop* loop, const SocketAd
   return s;
 }
 
+std::unique_ptr<SocketStream> SocketStream::Connecting(EventLoop* loop, UniqueFd fd,
+                                                       std::string peer, Observer* observer) {
+  auto s = std::unique_ptr<SocketStream>(new SocketStream(loop, std::move(fd), std::move(peer),
+                                                          /*connecting=*/true));
+  s->observer_ = observer;
+  // Writable once connected (at once if it already is): the connect's end is read from SO_ERROR.
+  s->UpdateInterest();
+  return s;
+}
+
 SocketStream::~SocketStream() { Close(); }
 
 void SocketStream::SetObserver(Observer* observer) {

@@ -22,6 +22,10 @@ class SocketStream final : public ByteStream, public EventHandler {
   // A connect in progress; OnConnected or OnError follows.
   static std::unique_ptr<SocketStream> Dial(EventLoop* loop, const SocketAddress& to,
                                             Observer* observer);
+  // A socket the caller made and started connecting (non-blocking; made elsewhere, e.g. inside
+  // a pod's network namespace); OnConnected or OnError follows, also when it is connected already.
+  static std::unique_ptr<SocketStream> Connecting(EventLoop* loop, UniqueFd fd, std::string peer,
+                                                  Observer* observer);
   ~SocketStream() override;
 
   void SetObserver(Observer* observer) override;

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "abi/redirect.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authn/signature.h"
@@ -17,6 +18,7 @@
 #include "agent/tunnel/worker.h"
 #include "agent/waypoint/authn_filter.h"
 #include "agent/waypoint/authz_filter.h"
+#include "agent/waypoint/socket_stream.h"
 #include "agent/waypointd/hbone_stream.h"
 
 namespace ambit::waypointd {
@@ -111,6 +113,143 @@ class HboneUpstream final : public waypoint::UpstreamConnector {
   SocketAddress client_;
 };
 
+// Where one ext_authz provider's checks go from one waypoint pod: the provider's Service
+// (ExtAuthzTarget), resolved at each connect against the worker's configuration in force, like a
+// forwarded request. In the mesh: HBONE with the waypoint pod's certificate to the chosen
+// endpoint's tunnel. Outside it (passthrough): a plain TCP connect from the pod's network
+// namespace, as the tunnel opens passthrough connections. A refused route fails the connect,
+// and with it the check.
+class AuthorizerConnector final : public waypoint::UpstreamConnector {
+ public:
+  AuthorizerConnector(tunnel::Worker& worker, std::weak_ptr<const tunnel::Pod> pod,
+                      std::string provider)
+      : worker_(worker), pod_(std::move(pod)), provider_(std::move(provider)) {}
+
+  std::unique_ptr<waypoint::ByteStream> Connect(waypoint::ByteStream::Observer* observer) override {
+    EventLoop* loop = &worker_.loop();
+    auto fail = [&](std::string why) -> std::unique_ptr<waypoint::ByteStream> {
+      return std::make_unique<FailedStream>(
+          loop, observer,
+          absl::UnavailableError(absl::StrCat("ext_authz provider \"", provider_, "\": ", why)));
+    };
+    std::shared_ptr<const tunnel::Pod> pod = pod_.lock();
+    if (pod == nullptr) return fail("the waypoint's pod is gone");
+    const auto& snapshot = worker_.snapshot();
+    const authz::ExtAuthzProvider* provider = snapshot->FindExtAuthzProvider(provider_);
+    if (provider == nullptr) {
+      return fail(absl::StrCat("not in configuration ", snapshot->version()));
+    }
+    std::string why;
+    std::optional<SocketAddress> target = snapshot->ExtAuthzTarget(*provider, &why);
+    if (!target.has_value()) return fail(why);
+    tunnel::Route route = snapshot->Resolve(*target, NextPick(), pod->workload.ips);
+    switch (route.kind) {
+      case tunnel::Route::Kind::kRefused:
+        return fail(route.refused);
+      case tunnel::Route::Kind::kPassthrough: {
+        auto up = tunnel::ConnectFromPod(worker_, *pod, route.target, /*source=*/nullptr);
+        if (!up.ok()) return fail(std::string(up.status().message()));
+        return waypoint::SocketStream::Connecting(
+            loop, std::move(up->fd), absl::StrCat(route.target.ToString(), " (", provider_, ")"),
+            observer);
+      }
+      case tunnel::Route::Kind::kHbone:
+        break;
+    }
+    const std::string identity = route.workload->identity.ToString();
+    auto contexts = worker_.tls();
+    const tunnel::TlsContexts::Pair* ctx = contexts ? contexts->Find(pod->spiffe_id) : nullptr;
+    if (ctx == nullptr || !ctx->client) {
+      return fail(absl::StrCat("no valid certificate for ", pod->spiffe_id));
+    }
+    auto session = worker_.pool().Get(*pod, ctx->client, identity,
+                                      SocketAddress{route.hbone_ip, AMBIT_HBONE_PORT});
+    if (!session.ok()) return fail(std::string(session.status().message()));
+    hbone::ConnectHeaders headers;
+    headers.baggage = absl::StrCat("k8s.namespace.name=", pod->workload.namespace_name,
+                                   ",k8s.pod.name=", pod->workload.name);
+    return HboneStream::Open(loop, *session, route.target.ToString(), headers, observer,
+                             absl::StrCat(route.target.ToString(), " via ",
+                                          route.hbone_ip.ToString(), " (", identity, ")"));
+  }
+  std::string Describe() const override { return absl::StrCat("ext_authz ", provider_); }
+
+ private:
+  tunnel::Worker& worker_;
+  std::weak_ptr<const tunnel::Pod> pod_;  // the connector may outlive the pod's enrolment
+  std::string provider_;
+};
+
+// One provider's client with the connector it dials through; the client goes first.
+struct ClientHolder {
+  std::unique_ptr<AuthorizerConnector> connector;
+  std::unique_ptr<waypoint::AuthorizerClient> client;
+};
+
+// A check that keeps its client (and the client's connector) alive: a new configuration may
+// replace the client while the check runs, and the check must then still finish or fail
+// cleanly. The check goes first.
+class KeptCheck final : public waypoint::AsyncCheck {
+ public:
+  KeptCheck(std::shared_ptr<waypoint::AuthorizerClient> client,
+            std::unique_ptr<waypoint::AsyncCheck> check)
+      : client_(std::move(client)), check_(std::move(check)) {}
+
+ private:
+  std::shared_ptr<waypoint::AuthorizerClient> client_;
+  std::unique_ptr<waypoint::AsyncCheck> check_;
+};
+
+// What the filters see of a client: each check it starts holds the client.
+class SharedClient final : public waypoint::AuthorizerClient {
+ public:
+  explicit SharedClient(std::shared_ptr<waypoint::AuthorizerClient> inner)
+      : inner_(std::move(inner)) {}
+  std::unique_ptr<waypoint::AsyncCheck> Check(
+      const waypoint::AuthzCheckRequest& request,
+      std::function<void(waypoint::AuthzCheckResponse)> done) override {
+    auto check = inner_->Check(request, std::move(done));
+    if (check == nullptr) return nullptr;
+    return std::make_unique<KeptCheck>(inner_, std::move(check));
+  }
+  const authz::ExtAuthzProvider& provider() const override { return inner_->provider(); }
+
+ private:
+  std::shared_ptr<waypoint::AuthorizerClient> inner_;
+};
+
+// One generation of a pod's clients, by provider name; immutable (a new configuration makes a
+// new set, reusing the unchanged clients), so a flow keeps the set it was accepted with.
+class ClientSet final : public waypoint::AuthorizerSet {
+ public:
+  using Map = absl::flat_hash_map<std::string, std::shared_ptr<SharedClient>>;
+  explicit ClientSet(Map clients) : clients_(std::move(clients)) {}
+  waypoint::AuthorizerClient* Find(const std::string& provider) override {
+    auto it = clients_.find(provider);
+    return it == clients_.end() ? nullptr : it->second.get();
+  }
+  const Map& clients() const { return clients_; }
+
+ private:
+  Map clients_;
+};
+
+std::shared_ptr<SharedClient> NewClient(tunnel::Worker& worker,
+                                        const std::shared_ptr<const tunnel::Pod>& pod,
+                                        const authz::ExtAuthzProvider& provider) {
+  auto holder = std::make_shared<ClientHolder>();
+  holder->connector = std::make_unique<AuthorizerConnector>(worker, pod, provider.name);
+  const Clock* clock = worker.settings().clock;
+  holder->client = provider.kind == authz::ExtAuthzProvider::Kind::kGrpc
+                       ? waypoint::NewGrpcAuthorizerClient(provider, holder->connector.get(),
+                                                           &worker.loop(), clock)
+                       : waypoint::NewHttpAuthorizerClient(provider, holder->connector.get(),
+                                                           &worker.loop(), clock);
+  waypoint::AuthorizerClient* client = holder->client.get();
+  return std::make_shared<SharedClient>(
+      std::shared_ptr<waypoint::AuthorizerClient>(std::move(holder), client));
+}
+
 // One CONNECT through the waypoint, as the worker accounts for it: owns what the HTTP engine
 // reads for this downstream (the context, whose engine keeps its snapshot alive, and the upstream
 // connector).
@@ -138,6 +277,7 @@ class WaypointFlow final : public tunnel::Flow {
 absl::StatusOr<std::shared_ptr<L7Handler>> L7Handler::Create(WaypointOptions options) {
   std::shared_ptr<L7Handler> h(new L7Handler(std::move(options)));
   h->authn_.resize(std::max(1, h->options_.workers));
+  h->authorizers_.resize(h->authn_.size());
   auto fetcher = tls::HttpsJwksFetcher::Create({.ca_file = h->options_.jwks_ca_file});
   if (fetcher.ok()) {
     h->fetcher_ = std::move(*fetcher);
@@ -195,6 +335,87 @@ const L7Handler::Authn& L7Handler::AuthnFor(
   return mine;
 }
 
+// One waypoint pod's authorizer clients on one worker: the set in force and what it was built
+// from. Only its worker's thread touches it.
+class L7Handler::PodAuthorizers {
+ public:
+  explicit PodAuthorizers(std::weak_ptr<const tunnel::Pod> pod) : pod_(std::move(pod)) {}
+
+  bool IsFor(const std::shared_ptr<const tunnel::Pod>& pod) const { return pod_.lock() == pod; }
+  bool Expired() const { return pod_.expired(); }
+
+  // Brings the set up to `snapshot`: a provider whose definition is unchanged keeps its client
+  // (and its open connections); a changed or new one gets a new client; a removed one goes
+  // (checks in flight hold their client until they end).
+  void Sync(tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
+            const tunnel::MeshSnapshot& snapshot) {
+    if (set_ != nullptr && version_ == snapshot.version()) return;
+    ClientSet::Map next;
+    for (const authz::ExtAuthzProvider& p : snapshot.ext_authz_providers()) {
+      std::shared_ptr<SharedClient> client;
+      if (set_ != nullptr) {
+        auto it = set_->clients().find(p.name);
+        if (it != set_->clients().end() && it->second->provider() == p) client = it->second;
+      }
+      if (client == nullptr) {
+        client = NewClient(worker, pod, p);
+        if (!p.unresolved.empty()) {
+          AMBIT_LOG(kComponent, Warning)
+              << "configuration " << snapshot.version() << ": ext_authz provider \"" << p.name
+              << "\" is unresolved: " << p.unresolved
+              << " (CUSTOM policies naming it deny every request)";
+        }
+      }
+      next.emplace(p.name, std::move(client));
+    }
+    set_ = std::make_shared<ClientSet>(std::move(next));
+    version_ = snapshot.version();
+  }
+
+  const std::shared_ptr<ClientSet>& set() const { return set_; }
+
+ private:
+  std::weak_ptr<const tunnel::Pod> pod_;
+  uint64_t version_ = 0;
+  std::shared_ptr<ClientSet> set_;
+};
+
+std::shared_ptr<L7Handler::PodAuthorizers> L7Handler::AuthorizersFor(
+    tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod) {
+  auto& by_pod = authorizers_[worker.index()];
+  auto it = by_pod.find(pod->uid);
+  if (it == by_pod.end() || !it->second->IsFor(pod)) {
+    // A pod seen for the first time, or enrolled again (new network namespace): new clients.
+    // Pods that are gone drop theirs now, so the map stays as small as the pods served.
+    absl::erase_if(by_pod, [](const auto& kv) { return kv.second->Expired(); });
+    it = by_pod.insert_or_assign(pod->uid, std::make_shared<PodAuthorizers>(pod)).first;
+  }
+  it->second->Sync(worker, pod, *worker.snapshot());
+  return it->second;
+}
+
+absl::StatusOr<std::shared_ptr<waypoint::AuthorizerClient>> L7Handler::ClientFor(
+    tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
+    const std::string& provider) {
+  const auto& snapshot = worker.snapshot();
+  const authz::ExtAuthzProvider* p = snapshot->FindExtAuthzProvider(provider);
+  if (p == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no ext_authz provider \"", provider,
+                                            "\" in configuration ", snapshot->version(),
+                                            " (MeshConfig extensionProviders)"));
+  }
+  if (!p->unresolved.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ext_authz provider \"", provider, "\" is unresolved: ", p->unresolved));
+  }
+  std::shared_ptr<PodAuthorizers> pa = AuthorizersFor(worker, pod);
+  auto it = pa->set()->clients().find(provider);
+  if (it == pa->set()->clients().end()) {
+    return absl::InternalError(absl::StrCat("no client for ext_authz provider \"", provider, "\""));
+  }
+  return std::shared_ptr<waypoint::AuthorizerClient>(it->second);
+}
+
 hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                             hbone::StreamId stream,
                                             const hbone::ConnectRequest& request,
@@ -250,7 +471,10 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   // JWT authentication first (it fills request.auth), then authorization (filter.h).
   ctx.filters.push_back(std::make_shared<waypoint::AuthnFilter>(authn.authenticator, *target,
                                                                 worker.settings().clock));
-  ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(engine, *target));
+  // CUSTOM policies ask the providers' clients of this pod on this worker (shared by its flows,
+  // so their connections are reused); the check's destination principal is the waypoint's own.
+  ctx.filters.push_back(std::make_shared<waypoint::AuthzFilter>(
+      engine, *target, AuthorizersFor(worker, pod)->set(), pod->spiffe_id, &metrics_));
   ctx.upstream = raw->upstream_.get();
   ctx.destination = request.destination;
   ctx.metrics = &metrics_;

@@ -12,8 +12,14 @@
 // outbound and plaintext listeners take nothing: a waypoint is reached only over HBONE, and its own
 // connections carry the socket mark the redirect skips.
 //
-// Thread-safety: OnConnect and OnAccepted run on the accepting worker; per-worker state (the HTTP
-// metrics) is indexed by Worker::index().
+// CUSTOM AuthorizationPolicy: the providers (MeshConfig extensionProviders) travel in the snapshot;
+// each worker keeps, per waypoint pod, one authorizer client per provider (connections are reused
+// across requests), rebuilt only for a provider whose definition changes. A check leaves from the
+// waypoint's pod like a forwarded request: over HBONE with the pod's certificate when the
+// authorizer's Service is in the mesh, else a plain TCP connect from the pod's network namespace.
+//
+// Thread-safety: OnConnect, OnAccepted and ClientFor run on the worker given; per-worker state
+// (the authorizer clients) is indexed by Worker::index().
 
 #include <memory>
 #include <string>
@@ -21,6 +27,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/authn/authenticator.h"
@@ -28,6 +35,7 @@
 #include "agent/tls/https_fetch.h"
 #include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/mesh_snapshot.h"
+#include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/jwks_refresher.h"
 #include "agent/waypoint/metrics.h"
 #include "agent/waypoint/proxy.h"
@@ -54,7 +62,21 @@ class L7Handler final : public tunnel::InboundHandler {
 
   std::string RenderMetrics() const override { return metrics_.RenderPrometheus(); }
 
+  // The client of `provider` for requests through `pod` on `worker` (the one OnConnect's filters
+  // use, so its connections are shared), under the worker's current snapshot. NotFound when the
+  // snapshot has no such provider; FailedPrecondition when its service is unresolved (the message
+  // says why). Call on the worker's thread. The client stays valid while the caller holds it, also
+  // after a new snapshot replaces it.
+  absl::StatusOr<std::shared_ptr<waypoint::AuthorizerClient>> ClientFor(
+      tunnel::Worker& worker, const std::shared_ptr<const tunnel::Pod>& pod,
+      const std::string& provider);
+
  private:
+  class PodAuthorizers;  // one waypoint pod's clients on one worker (l7_handler.cc)
+  // The worker's clients for `pod`, brought up to date with the worker's snapshot.
+  std::shared_ptr<PodAuthorizers> AuthorizersFor(tunnel::Worker& worker,
+                                                 const std::shared_ptr<const tunnel::Pod>& pod);
+
   // The RequestAuthentications of one configuration, built once for every worker.
   struct Authn {
     std::shared_ptr<const tunnel::MeshSnapshot> snapshot;  // what it was built from
@@ -72,6 +94,8 @@ class L7Handler final : public tunnel::InboundHandler {
   WaypointOptions options_;
   waypoint::HttpMetrics metrics_;  // every worker's requests
   std::vector<Authn> authn_;       // by worker index: each worker's own copy of `current_`
+  // By worker index, then pod uid: only that worker's thread touches its map.
+  std::vector<absl::flat_hash_map<std::string, std::shared_ptr<PodAuthorizers>>> authorizers_;
   // jwksUri key sets: fetched by the refresher's thread, read by the workers.
   std::unique_ptr<authn::JwksFetcher> fetcher_;
   std::unique_ptr<authn::JwksCache> jwks_;

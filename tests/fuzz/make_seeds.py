@@ -258,6 +258,16 @@ def control_seeds(ca_key, ca_cert):
   authorization_policies { name: "deny-9090" namespace: "default" action: DENY has_rules: true
     rules { to { ports: "9090" not_ports: "1-100" } } }
   authorization_policies { name: "ext" namespace: "default" action: CUSTOM provider: "ext" has_rules: true rules { } }
+  ext_authz_providers { name: "ext" kind: EXT_AUTHZ_KIND_HTTP service: "web.default.svc.cluster.local"
+    service_key: "default/web" port: 80 timeout { seconds: 600 } status_on_error: 403
+    include_request_body { max_request_bytes: 4096 allow_partial_message: true }
+    path_prefix: "/check" include_request_headers: "x-ext-authz"
+    include_additional_headers { name: "x-added" value: "v" }
+    headers_to_upstream_on_allow: "x-up" headers_to_downstream_on_deny: "x-deny"
+    headers_to_downstream_on_allow: "x-down" }
+  ext_authz_providers { name: "grpc" kind: EXT_AUTHZ_KIND_GRPC service: "nowhere.default"
+    unresolved: "names no Service" port: 9000 timeout { nanos: 250000000 } fail_open: true
+    status_on_error: 503 }
 """
     write(t, "snapshot", b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % snapshot))
     # Each a value the mapping must refuse (agent/mesh/wire.h), one edit away from the valid one.
@@ -281,6 +291,25 @@ def control_seeds(ca_key, ca_cert):
                 '      ports { port: 8081 mode: MTLS_MODE_PERMISSIVE policy: "default/web-8081" }\n'
                 '      ports { port: 9090 mode: MTLS_MODE_DISABLE policy: "default/web-9090" } }', "")
             assert text != snapshot, name
+        write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % text))
+    # ext_authz providers, carried for the waypoint: one refusal each (agent/mesh/wire.h).
+    for name, old, new in [
+            ("snapshot_extauthz_kind_unspecified", "kind: EXT_AUTHZ_KIND_GRPC", ""),
+            ("snapshot_extauthz_no_name", 'name: "grpc" ', ""),
+            ("snapshot_extauthz_twice", 'name: "grpc" ', 'name: "ext" '),
+            ("snapshot_extauthz_port_0", "port: 9000 ", ""),
+            ("snapshot_extauthz_status", "status_on_error: 503", "status_on_error: 600"),
+            ("snapshot_extauthz_both", 'unresolved: "names no Service"',
+             'unresolved: "names no Service" service_key: "default/web"'),
+            ("snapshot_extauthz_unknown_service", 'service_key: "default/web"',
+             'service_key: "default/gone"'),
+            ("snapshot_extauthz_header_case", '"x-ext-authz"', '"X-Ext-Authz"'),
+            ("snapshot_extauthz_value_crlf", 'value: "v"', 'value: "v\\r\\nx: y"'),
+            ("snapshot_extauthz_body_too_large", "max_request_bytes: 4096",
+             "max_request_bytes: 8388609"),
+            ("snapshot_extauthz_no_timeout", "timeout { seconds: 600 } ", "")]:
+        assert old in snapshot, name
+        text = snapshot.replace(old, new, 1)
         write(t, name, b"\x00" + protoc_encode(env, "protocol_version: 4 snapshot {%s}" % text))
     # RequestAuthentications, carried for the waypoint: every field, then one refusal each
     # (agent/mesh/wire.h), one edit away from the valid one.

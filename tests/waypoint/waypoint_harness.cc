@@ -31,7 +31,8 @@
 // `x-hold-body: MAX[,partial]` asks for the body first (a request with neither goes on at once);
 // then `x-hold-deny: STATUS` answers STATUS `held and denied`, else the request goes on with
 // `x-held-body-bytes` (and `x-held-truncated: 1`) added upstream and `x-held: yes` to the client.
-// It logs `hold started`, `hold done` and `hold cancelled` with the request path.
+// It logs `hold started`, `hold done` and `hold cancelled` with the request path, and sets the
+// access log's `ext_authz=hold:<allow|deny>:<ms>`.
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -345,11 +346,13 @@ class HoldFilter final : public RequestFilter {
       std::weak_ptr<HoldCheck::State> weak = state;
       // The context lives as long as the wait; the answer is computed when the timer fires.
       RequestContext* ctx = &c;
-      loop->RunAfter(absl::Milliseconds(delay_ms), [weak, ctx, deny, done] {
+      loop->RunAfter(absl::Milliseconds(delay_ms), [weak, ctx, deny, delay_ms, done] {
         auto st = weak.lock();
         if (!st) return;
         st->answered = true;
         AMBIT_LOG("hold", Info) << "hold done path=" << st->path;
+        // In the access log's ext_authz= field, as an authorizer's answer would be.
+        ctx->ext_authz = absl::StrCat("hold:", deny > 0 ? "deny" : "allow", ":", delay_ms);
         if (deny > 0) return done(FilterResult::Respond(deny, "held and denied"));
         ctx->upstream_header_edits.push_back(
             {HeaderEdit::Op::kSet, "x-held-body-bytes", absl::StrCat(ctx->body.size())});

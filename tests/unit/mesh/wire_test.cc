@@ -108,6 +108,34 @@ std::vector<authn::RequestAuthentication> RequestAuthentications() {
   return {by_target, by_selector};
 }
 
+// Two providers: one with every field set (a resolved HTTP one) and an unresolved gRPC one.
+std::vector<authz::ExtAuthzProvider> ExtAuthzProviders() {
+  authz::ExtAuthzProvider http;
+  http.name = "sample-ext-authz-http";
+  http.kind = authz::ExtAuthzProvider::Kind::kHttp;
+  http.service = "backend/api.backend.svc.cluster.local";
+  http.service_key = "backend/api";
+  http.port = 8000;
+  http.timeout = absl::Milliseconds(250) + absl::Nanoseconds(3);
+  http.fail_open = true;
+  http.status_on_error = 503;
+  http.include_request_body = authz::ExtAuthzBodyOptions{4096, true, true};
+  http.path_prefix = "/check";
+  http.include_request_headers = {"x-ext-authz", "cookie"};
+  http.include_additional_headers = {{"x-added", "yes, a value"}, {"x-other", ""}};
+  http.headers_to_upstream_on_allow = {"x-ext-authz-upstream"};
+  http.headers_to_downstream_on_deny = {"x-ext-authz-check-result", "content-type"};
+  http.headers_to_downstream_on_allow = {"x-ext-authz-downstream"};
+  authz::ExtAuthzProvider grpc;
+  grpc.name = "sample-ext-authz-grpc";
+  grpc.kind = authz::ExtAuthzProvider::Kind::kGrpc;
+  grpc.service = "ext-authz-grpc.missing";
+  grpc.unresolved =
+      "service 'ext-authz-grpc.missing' names no Service (looked up missing/ext-authz-grpc)";
+  grpc.port = 9000;
+  return {http, grpc};
+}
+
 Snapshot Full() {
   Snapshot s;
   s.version = 42;
@@ -136,6 +164,7 @@ Snapshot Full() {
   policy.source_file = "deny.yaml";
   s.authorization_policies = {policy};
   s.request_authentications = RequestAuthentications();
+  s.ext_authz_providers = ExtAuthzProviders();
   return s;
 }
 
@@ -191,6 +220,14 @@ TEST(MeshWireTest, RoundTripKeepsEveryField) {
   ExpectEveryFieldSet(proto.request_authentications(0).jwt_rules(0).from_headers(0));
   ExpectEveryFieldSet(proto.request_authentications(0).jwt_rules(0).output_claim_to_headers(0));
   ExpectEveryFieldSet(proto.request_authentications(0).target_refs(0));
+  ExpectEveryFieldSetInOne({&proto.ext_authz_providers(0), &proto.ext_authz_providers(1)});
+  ExpectEveryFieldSet(proto.ext_authz_providers(0).include_request_body());
+  ExpectEveryFieldSet(proto.ext_authz_providers(0).include_additional_headers(0));
+  EXPECT_EQ(proto.ext_authz_providers(0).kind(), pb::EXT_AUTHZ_KIND_HTTP);
+  EXPECT_EQ(proto.ext_authz_providers(1).kind(), pb::EXT_AUTHZ_KIND_GRPC);
+  EXPECT_EQ(proto.ext_authz_providers(0).timeout().nanos(), 250'000'003);
+  EXPECT_EQ(proto.ext_authz_providers(1).timeout().seconds(), 600);  // Istio's default
+  EXPECT_FALSE(proto.ext_authz_providers(1).has_include_request_body());
 
   // The wire form of each typed value.
   const auto& w = proto.workloads(0);
@@ -626,6 +663,107 @@ TEST(MeshWireTest, JwksFetchTimeoutIsSetPositiveAndBounded) {
     std::string bytes;
     EXPECT_FALSE(EncodeSnapshot(snapshot, &bytes).ok()) << absl::FormatDuration(bad);
   }
+}
+
+// A provider the agent could not have sent refuses the whole snapshot, naming provider and field:
+// the waypoint must never ask an authorizer (or skip asking one) by a definition it guessed at.
+TEST(MeshWireTest, ExtAuthzProviderRefusalsNameProviderAndField) {
+  auto p = [](pb::Snapshot* s, int i = 0) { return s->mutable_ext_authz_providers(i); };
+  const std::string http = "ext_authz provider sample-ext-authz-http";
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_kind(pb::EXT_AUTHZ_KIND_UNSPECIFIED); },
+                 {http, "kind: EXT_AUTHZ_KIND_UNSPECIFIED"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_kind(static_cast<pb::ExtAuthzKind>(9)); },
+                 {http, "kind: unknown kind 9"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->clear_name(); },
+                 {"ext_authz provider ''", "name: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s, 1)->set_name(p(s)->name()); },
+                 {http, "name: listed twice"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_port(0); }, {http, "port: 0 is not a port"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_port(65536); }, {http, "port: 65536"});
+  for (uint32_t status : {0u, 99u, 600u, 4294967295u}) {
+    ExpectRejected([&](pb::Snapshot* s) { p(s)->set_status_on_error(status); },
+                   {http, "status_on_error", "100..599"});
+  }
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_unresolved("also this"); },
+                 {http, "service_key: set together with unresolved"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s, 1)->clear_unresolved(); },
+                 {"ext_authz provider sample-ext-authz-grpc", "service_key: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_service_key("backend/nope"); },
+                 {http, "service_key: 'backend/nope' is not a service of the snapshot"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_service_key("api"); },
+                 {http, "service_key", "not namespace/name"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->clear_timeout(); }, {http, "timeout: missing"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->mutable_timeout()->set_seconds(-1); },
+                 {http, "timeout"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) {
+        p(s)->mutable_timeout()->set_seconds(0);
+        p(s)->mutable_timeout()->set_nanos(0);
+      },
+      {http, "timeout", "longer than 0s"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->mutable_timeout()->set_seconds(int64_t{1} << 32); },
+                 {http, "timeout", "shorter than 2^32 s"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) {
+        p(s)->mutable_include_request_body()->set_max_request_bytes(kMaxExtAuthzRequestBytes + 1);
+      },
+      {http, "include_request_body.max_request_bytes", "8388609 is over 8388608"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_include_request_headers(1, "Cookie"); },
+                 {http, "include_request_headers[1]", "'Cookie' is not a lower-case header name"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->add_headers_to_upstream_on_allow(""); },
+                 {http, "headers_to_upstream_on_allow[1]", "is not a lower-case header name"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->set_headers_to_downstream_on_deny(0, "a b"); },
+                 {http, "headers_to_downstream_on_deny[0]"});
+  ExpectRejected([&](pb::Snapshot* s) { p(s)->add_headers_to_downstream_on_allow("x:y"); },
+                 {http, "headers_to_downstream_on_allow[1]"});
+  ExpectRejected(
+      [&](pb::Snapshot* s) { p(s)->mutable_include_additional_headers(0)->set_name("X-Added"); },
+      {http, "include_additional_headers[0].name"});
+  for (const char* bad : {"a\rb", "a\nb", "a\0b"}) {
+    ExpectRejected(
+        [&](pb::Snapshot* s) {
+          p(s)->mutable_include_additional_headers(1)->set_value(std::string(bad, 3));
+        },
+        {http, "include_additional_headers[1].value: holds CR, LF or NUL"});
+    ExpectRejected([&](pb::Snapshot* s) { p(s)->set_path_prefix(std::string(bad, 3)); },
+                   {http, "path_prefix: holds CR, LF or NUL"});
+  }
+
+  // The agent cannot send one either.
+  authz::ExtAuthzProvider bad = ExtAuthzProviders()[0];
+  bad.status_on_error = 42;
+  pb::ExtAuthzProvider out;
+  EXPECT_FALSE(ToProto(bad, &out).ok());
+  Snapshot snapshot = Full();
+  snapshot.ext_authz_providers[0].service_key = "backend/gone";
+  pb::Snapshot proto;
+  absl::Status status = ToProto(snapshot, &proto);
+  EXPECT_NE(status.message().find("'backend/gone' is not a service of the snapshot"),
+            std::string::npos)
+      << status;
+  std::string bytes;
+  EXPECT_FALSE(EncodeSnapshot(snapshot, &bytes).ok());
+  snapshot = Full();
+  snapshot.ext_authz_providers[1].name = snapshot.ext_authz_providers[0].name;
+  EXPECT_FALSE(EncodeSnapshot(snapshot, &bytes).ok());
+}
+
+TEST(MeshWireTest, ExtAuthzProvidersStreamAndRoundTrip) {
+  const Snapshot in = Full();
+  std::string bytes;
+  ASSERT_TRUE(EncodeSnapshot(in, &bytes).ok());
+  auto out = DecodeSnapshot(bytes);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->ext_authz_providers.size(), 2u);
+  EXPECT_EQ(out->ext_authz_providers, in.ext_authz_providers);
+  EXPECT_EQ(out->ext_authz_providers[0].timeout, absl::Milliseconds(250) + absl::Nanoseconds(3));
+  EXPECT_EQ(out->ext_authz_providers[1].timeout, absl::Seconds(600));
+  EXPECT_FALSE(out->ext_authz_providers[1].include_request_body.has_value());
+  // The bound itself is accepted.
+  Snapshot max = in;
+  max.ext_authz_providers[0].include_request_body->max_request_bytes = kMaxExtAuthzRequestBytes;
+  ASSERT_TRUE(EncodeSnapshot(max, &bytes).ok());
+  EXPECT_TRUE(DecodeSnapshot(bytes).ok());
 }
 
 }  // namespace

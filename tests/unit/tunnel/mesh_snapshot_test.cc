@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/common/allocator.h"
+#include "agent/mesh/wire.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -324,6 +325,85 @@ TEST(MeshSnapshotTest, DecodedPeerPodsFitTheirResidentBudget) {
               with >> 10, after >> 10);
   // Its destructor gave the pages back (a worker drops the last reference; no one trims later).
   EXPECT_LT(after, before + (static_cast<size_t>(kPeers) * 1024 / 4));
+}
+
+// The waypoint finds a CUSTOM policy's provider by name and sends its checks to the Service's
+// first cluster IP on the provider's port; what it cannot dial says why.
+TEST(MeshSnapshotTest, ExtAuthzProvidersAndTheirTargets) {
+  mesh::Snapshot s;
+  s.version = 7;
+  mesh::Workload authz;
+  authz.namespace_name = "authz";
+  authz.name = "ext-authz";
+  authz.identity = *identity::ParseSpiffeId("spiffe://cluster.local/ns/authz/sa/ext-authz");
+  authz.ips = {*IpAddress::Parse("198.18.0.9")};
+  s.workloads = {authz};
+  mesh::Service svc;
+  svc.namespace_name = "authz";
+  svc.name = "ext-authz";
+  svc.cluster_ips = {*IpAddress::Parse("198.18.100.9"), *IpAddress::Parse("2001:2::100:9")};
+  svc.ports = {{8000, 8000, mesh::Protocol::kTcp, mesh::AppProtocol::kHttp},
+               {53, 53, mesh::Protocol::kUdp, mesh::AppProtocol::kDetect}};
+  svc.endpoints = {"authz/ext-authz"};
+  mesh::Service headless = svc;
+  headless.name = "headless";
+  headless.cluster_ips.clear();
+  s.services = {svc, headless};
+  authz::ExtAuthzProvider http;
+  http.name = "http";
+  http.service = "ext-authz.authz.svc.cluster.local";
+  http.service_key = "authz/ext-authz";
+  http.port = 8000;
+  authz::ExtAuthzProvider udp = http;
+  udp.name = "udp";
+  udp.port = 53;
+  authz::ExtAuthzProvider nohost = http;
+  nohost.name = "headless";
+  nohost.service_key = "authz/headless";
+  authz::ExtAuthzProvider missing = http;
+  missing.name = "missing";
+  missing.service_key.clear();
+  missing.unresolved = "service 'x.y' names no Service (looked up y/x)";
+  s.ext_authz_providers = {http, udp, nohost, missing};
+  pb::Snapshot proto;
+  ASSERT_TRUE(mesh::ToProto(s, &proto).ok());
+  auto snapshot = MeshSnapshot::Decode(proto.SerializeAsString());
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  const MeshSnapshot& m = **snapshot;
+
+  ASSERT_EQ(m.ext_authz_providers().size(), 4u);
+  EXPECT_EQ(m.FindExtAuthzProvider("nope"), nullptr);
+  const authz::ExtAuthzProvider* p = m.FindExtAuthzProvider("http");
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(*p, http);
+  std::string why;
+  auto target = m.ExtAuthzTarget(*p, &why);
+  ASSERT_TRUE(target.has_value()) << why;
+  EXPECT_EQ(target->ToString(), "198.18.100.9:8000");
+  // What a check leaves for: the Service's endpoint, as any connection to the cluster IP.
+  Route route = m.Resolve(*target, 0);
+  EXPECT_EQ(route.target.ToString(), "198.18.0.9:8000");
+
+  struct Row {
+    const char* provider;
+    const char* why;
+  } rows[] = {
+      {"udp", "service authz/ext-authz has no TCP port 53"},
+      {"headless", "service authz/headless is headless"},
+      {"missing", "names no Service (looked up y/x)"},
+  };
+  for (const Row& row : rows) {
+    const authz::ExtAuthzProvider* q = m.FindExtAuthzProvider(row.provider);
+    ASSERT_NE(q, nullptr) << row.provider;
+    why.clear();
+    EXPECT_FALSE(m.ExtAuthzTarget(*q, &why).has_value()) << row.provider;
+    EXPECT_NE(why.find(row.why), std::string::npos) << row.provider << ": " << why;
+  }
+  // A provider of another configuration, naming a service this one does not index.
+  authz::ExtAuthzProvider stranger = http;
+  stranger.service_key = "authz/other";
+  EXPECT_FALSE(m.ExtAuthzTarget(stranger, &why).has_value());
+  EXPECT_NE(why.find("is not in configuration 7"), std::string::npos) << why;
 }
 
 }  // namespace

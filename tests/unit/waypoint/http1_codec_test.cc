@@ -149,6 +149,22 @@ TEST(Http1CodecTest, UpstreamAmbiguousFramingIs502) {
   EXPECT_EQ(p.error()->status, 502);
 }
 
+// Found by fuzzing the ext_authz client: a control character in a reason phrase was refused
+// when the head came in pieces and accepted when it came whole.
+TEST(Http1CodecTest, ControlsInTheStartLineAreRefusedHoweverTheBytesArrive) {
+  const std::string head = "HTTP/1.1 403 F\x7frbidden\r\ncontent-length: 0\r\n\r\n";
+  for (size_t split : {size_t{0}, size_t{10}, head.size() - 1}) {
+    Recorder r;
+    Http1Parser p(Http1Parser::Kind::kResponse, &r);
+    if (split > 0) p.Feed(head.substr(0, split));
+    if (!p.error()) p.Feed(head.substr(split));
+    EXPECT_TRUE(p.error()) << "split at " << split;
+    EXPECT_TRUE(r.heads.empty());
+  }
+  Recorder req;
+  EXPECT_EQ(ParseRequest("GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", req), 400);
+}
+
 TEST(Http1CodecTest, Serialization) {
   EXPECT_EQ(SerializeRequestHead("GET", "/x", {{"host", "a"}}),
             "GET /x HTTP/1.1\r\nhost: a\r\n\r\n");

@@ -47,6 +47,17 @@ TEST(AccessLogTest, OneLineWithEveryField) {
   EXPECT_NE(line.find("status=403"), std::string::npos);
   EXPECT_NE(line.find("jwt_principal=-"), std::string::npos);
   EXPECT_NE(line.find("policy=ns/p"), std::string::npos);
+  EXPECT_NE(line.find("policy=ns/p ext_authz=- upstream="), std::string::npos) << line;
+}
+
+TEST(AccessLogTest, ExtAuthzFollowsThePolicy) {
+  RequestLogEntry e;
+  e.policy = "ns/ext";
+  e.ext_authz = "sample-ext-authz:deny:12";
+  const std::string line = AccessLogLine(e);
+  EXPECT_NE(line.find("policy=ns/ext ext_authz=sample-ext-authz:deny:12 upstream=-"),
+            std::string::npos)
+      << line;
 }
 
 }  // namespace
