@@ -482,7 +482,7 @@ class Bench:
 
 # (key, label, unit)
 METRICS = [
-    ("rps", f"closed loop", "req/s"),
+    ("rps", "closed loop", "req/s"),
     ("rps_core", "per proxy core", "req/s/core"),
     ("cpu_util", "proxy CPU", "cores"),
     ("p50", "@1000/s p50", "us"),
