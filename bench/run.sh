@@ -17,3 +17,7 @@ mkdir -p bench/results
 # Configuration at scale: file write -> enforcement time and memory at 1k/10k/100k peer pods
 # (bench/config/run.py), against a DENY in an empty configuration. Needs root.
 /usr/bin/python3 bench/config/run.py --build-dir "$build_dir" --json bench/results/config.json
+
+# Waypoint: requests/s per waypoint core and added latency (D, W, WJ, WX) against HAProxy (P,
+# Pbase) on the same topology, interleaved, 3 repetitions (bench/waypoint/README.md). Needs root.
+/usr/bin/python3 bench/waypoint/run.py --build-dir "$build_dir" --json bench/results/waypoint.json

@@ -33,6 +33,8 @@ packages=(
   # JWT tests (tokens signed at test time)
   python3-jwt
   ca-certificates
+  # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
+  nghttp2-client haproxy
 )
 
 missing=()
