@@ -37,12 +37,4 @@ Decision ResolveExtAuthz(Decision pending, const absl::StatusOr<bool>& provider_
   return d;
 }
 
-Decision EvaluateWithExtAuthz(const Engine& engine, const Workload& target, const Request& request,
-                              ExtAuthzClient& client) {
-  Decision d = engine.Evaluate(target, request);
-  if (d.reason != DecisionReason::kExtAuthzRequired) return d;
-  absl::StatusOr<bool> allowed = client.Check(d.ext_authz->provider, request);
-  return ResolveExtAuthz(std::move(d), allowed);
-}
-
 }  // namespace ambit::authz

@@ -2,8 +2,9 @@
 
 // The hook for CUSTOM policies. The engine never calls out: when a CUSTOM policy matches it returns
 // a Decision with reason kExtAuthzRequired, the provider name and the verdict that applies if the
-// provider allows (`ext_authz->if_allowed`). The enforcement point asks the provider (Envoy
-// ext_authz over HTTP or gRPC, a later issue) and folds the answer in with ResolveExtAuthz.
+// provider allows (`ext_authz->if_allowed`). The enforcement point (the waypoint's authorization
+// filter, agent/waypoint/authz_filter.h) asks the provider and folds the answer in with
+// ResolveExtAuthz.
 
 #include <cstdint>
 #include <optional>
@@ -49,7 +50,7 @@ struct ExtAuthzProvider {
   std::optional<ExtAuthzBodyOptions> include_request_body;
   // envoyExtAuthzHttp only. Header names are lower case.
   std::string path_prefix;
-  std::vector<std::string> include_request_headers;  // Envoy allowed_headers (exact names)
+  std::vector<std::string> include_request_headers;  // allowed_headers: exact, pre*, *suf
   std::vector<std::pair<std::string, std::string>> include_additional_headers;  // headers_to_add
   std::vector<std::string> headers_to_upstream_on_allow;    // allowed_upstream_headers
   std::vector<std::string> headers_to_downstream_on_deny;   // allowed_client_headers
@@ -58,21 +59,8 @@ struct ExtAuthzProvider {
   friend bool operator==(const ExtAuthzProvider&, const ExtAuthzProvider&) = default;
 };
 
-// One external authorizer, as named by MeshConfig extensionProviders. Implementations may block;
-// call them off the data-plane hot path or make them asynchronous behind this interface.
-class ExtAuthzClient {
- public:
-  virtual ~ExtAuthzClient() = default;
-  // true: the provider allows; false: it denies; an error: it could not be asked.
-  virtual absl::StatusOr<bool> Check(absl::string_view provider, const Request& request) = 0;
-};
-
 // Folds a provider's answer into a pending decision. A decision that does not need ext_authz is
 // returned unchanged. Fails closed: a provider error denies (Istio's default failOpen: false).
 Decision ResolveExtAuthz(Decision pending, const absl::StatusOr<bool>& provider_allowed);
-
-// Evaluate, then ask `client` when a CUSTOM policy matched.
-Decision EvaluateWithExtAuthz(const Engine& engine, const Workload& target, const Request& request,
-                              ExtAuthzClient& client);
 
 }  // namespace ambit::authz
