@@ -15,6 +15,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "agent/authn/jose.h"
 #include "agent/authn/signature.h"
@@ -50,6 +51,21 @@ PkeyPtr FromSpki(const std::string& der) {
   PkeyPtr key(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
   if (key && p != reinterpret_cast<const unsigned char*>(der.data()) + der.size()) return nullptr;
   return key;
+}
+
+// Parsed keys by their DER, per thread. Parsing an RSA key and setting up its Montgomery form
+// costs more than the verification itself, and a mesh's JWKS keys are few and long-lived. One
+// cache per thread, so the request path takes no lock; cleared when full, so rotating keys cannot
+// grow it. A key is only ever used by the thread that parsed it.
+constexpr size_t kMaxCachedKeys = 64;
+
+EVP_PKEY* CachedKey(const std::string& der) {
+  thread_local std::unordered_map<std::string, PkeyPtr> cache;
+  if (auto it = cache.find(der); it != cache.end()) return it->second.get();
+  PkeyPtr key = FromSpki(der);
+  if (!key) return nullptr;
+  if (cache.size() >= kMaxCachedKeys) cache.clear();
+  return cache.emplace(der, std::move(key)).first->second.get();
 }
 
 bool DigestVerify(EVP_PKEY* key, const EVP_MD* md, bool pss, absl::string_view input,
@@ -109,11 +125,11 @@ class CryptoVerifier final : public SignatureVerifier {
       case Algorithm::kPs384:
       case Algorithm::kPs512: {
         if (key.kty != "RSA") return false;
-        PkeyPtr pkey = FromSpki(SubjectPublicKeyInfo(key));
-        if (!pkey || EVP_PKEY_id(pkey.get()) != EVP_PKEY_RSA) return false;
+        EVP_PKEY* pkey = CachedKey(SubjectPublicKeyInfo(key));
+        if (pkey == nullptr || EVP_PKEY_id(pkey) != EVP_PKEY_RSA) return false;
         const bool pss =
             alg == Algorithm::kPs256 || alg == Algorithm::kPs384 || alg == Algorithm::kPs512;
-        return DigestVerify(pkey.get(), Digest(alg), pss, input, signature);
+        return DigestVerify(pkey, Digest(alg), pss, input, signature);
       }
       case Algorithm::kEs256:
       case Algorithm::kEs384:
@@ -121,9 +137,9 @@ class CryptoVerifier final : public SignatureVerifier {
         if (key.kty != "EC" || key.crv != EcCurve(alg)) return false;
         const std::string der = EcdsaRawToDer(signature, EcHalf(alg));
         if (der.empty()) return false;  // not R||S of this curve's size (DER is refused)
-        PkeyPtr pkey = FromSpki(SubjectPublicKeyInfo(key));
-        if (!pkey || EVP_PKEY_id(pkey.get()) != EVP_PKEY_EC) return false;
-        return DigestVerify(pkey.get(), Digest(alg), false, input, der);
+        EVP_PKEY* pkey = CachedKey(SubjectPublicKeyInfo(key));
+        if (pkey == nullptr || EVP_PKEY_id(pkey) != EVP_PKEY_EC) return false;
+        return DigestVerify(pkey, Digest(alg), false, input, der);
       }
       case Algorithm::kEdDsa: {
         if (key.kty != "OKP" || key.crv != "Ed25519" || key.x.size() != 32) return false;

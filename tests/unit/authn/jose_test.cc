@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 
 #include <string>
+#include <vector>
 
 #include "agent/authn/signature.h"
 #include "gmock/gmock.h"
@@ -71,6 +72,27 @@ INSTANTIATE_TEST_SUITE_P(
                       AlgCase{"HS256", Oct}, AlgCase{"HS384", Oct}, AlgCase{"HS512", Oct},
                       AlgCase{"EdDSA", Ed}),
     [](const ::testing::TestParamInfo<AlgCase>& info) { return std::string(info.param.alg); });
+
+// The verifier keeps parsed keys per thread: a key is found again by its exact bytes only, and
+// more keys than the cache holds (rotation) still verify right.
+TEST(JoseTest, ParsedKeysAreReusedOnlyForTheSameKey) {
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 70; ++i) keys.push_back(P256());
+  for (int round = 0; round < 2; ++round) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const std::string token = keys[i].Token("ES256", kPayload);
+      EXPECT_TRUE(Verifies(keys[i], token, keys[i].Jwk())) << i;
+      EXPECT_FALSE(Verifies(keys[i], token, keys[(i + 1) % keys.size()].Jwk())) << i;
+    }
+  }
+  const TestKey rsa = Rsa();
+  const TestKey other = Rsa();
+  const std::string token = rsa.Token("RS256", kPayload);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(Verifies(rsa, token, rsa.Jwk()));
+    EXPECT_FALSE(Verifies(rsa, token, other.Jwk()));
+  }
+}
 
 TEST(JoseTest, EcdsaDerSignatureIsRefused) {
   const TestKey key = P256();
