@@ -28,3 +28,26 @@ class Issuer:
         payload.update(self.defaults)
         payload.update(claims)
         return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": self.kid})
+
+
+# JWT rules attached to the waypoint `backend/waypoint`, for audience "api", with the key set
+# inline: a template for str.format(issuer=..., jwks=Issuer.jwks).
+WAYPOINT_REQUEST_AUTHN = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: backend
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  jwtRules:
+  - issuer: "{issuer}"
+    audiences: ["api"]
+    jwks: '{jwks}'
+    outputClaimToHeaders:
+    - header: x-jwt-group
+      claim: group
+"""

@@ -26,7 +26,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jwt_issuer import Issuer  # noqa: E402
+from jwt_issuer import WAYPOINT_REQUEST_AUTHN, Issuer  # noqa: E402
 from topology import (ECHO_HTTP_APP, Topology, rss_kib, run, waypoint_gateway,  # noqa: E402
                       with_labels)
 
@@ -204,24 +204,7 @@ spec:
     - operation:
         paths: ["/secure/*"]
 ---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata:
-  name: jwt
-  namespace: backend
-spec:
-  targetRefs:
-  - kind: Gateway
-    group: gateway.networking.k8s.io
-    name: waypoint
-  jwtRules:
-  - issuer: "{issuer}"
-    audiences: ["api"]
-    jwks: '{jwks}'
-    outputClaimToHeaders:
-    - header: x-jwt-group
-      claim: group
-"""
+""" + WAYPOINT_REQUEST_AUTHN
 
 # The backend services, all in front of b and bound to the waypoint: one per provider.
 BACKENDS = [  # (service, last octet of its cluster IP, provider)

@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jwt_issuer import Issuer  # noqa: E402
+from jwt_issuer import WAYPOINT_REQUEST_AUTHN, Issuer  # noqa: E402
 from topology import (CLIENT, ECHO_HTTP_APP, SERVER, WAYPOINT_GATEWAY,  # noqa: E402
                       Topology, build_dir, run, wait_listening, with_labels)
 import subprocess  # noqa: E402
@@ -48,26 +48,6 @@ spec:
         paths: ["/public/*"]
 """
 
-# JWT rules attached to the waypoint; the key set is inline (made at test time).
-REQUEST_AUTHN = """\
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata:
-  name: jwt
-  namespace: backend
-spec:
-  targetRefs:
-  - kind: Gateway
-    group: gateway.networking.k8s.io
-    name: waypoint
-  jwtRules:
-  - issuer: "{issuer}"
-    audiences: ["api"]
-    jwks: '{jwks}'
-    outputClaimToHeaders:
-    - header: x-jwt-group
-      claim: group
-"""
 
 # /secure/* needs a request principal of the issuer (any valid token); /secure/admin* the group.
 JWT_POLICY = """\
@@ -204,7 +184,7 @@ class WaypointL7Test(unittest.TestCase):
             cls.a.yaml(), with_labels(cls.b, use),
             with_labels(cls.wp, {"gateway.networking.k8s.io/gateway-name": "waypoint"}),
             GATEWAY, POLICY, SERVICE.format(vip=cls.vip), TCP_POLICY,
-            REQUEST_AUTHN.format(issuer=ISSUER, jwks=cls.issuer.jwks),
+            WAYPOINT_REQUEST_AUTHN.format(issuer=ISSUER, jwks=cls.issuer.jwks),
             JWT_POLICY.format(issuer=ISSUER)])
         # The topology's agents share CA material: one trust domain.
         cls.n1, cls.n2, cls.n3 = t.add_agent("node1"), t.add_agent("node2"), t.add_agent("node3")
