@@ -1434,7 +1434,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _openapi(self, rest):
         # OpenAPI v3, just enough for kubectl to see that the server validates fields itself
         # (fieldValidation on each PATCH) and that only JSON and merge patches are described,
-        # so it computes strategic merge patches from its own types. No v2.
+        # so it computes strategic merge patches from its own types. OpenAPI v2 without
+        # definitions: older kubectl validates client-side against it and skips types it does
+        # not describe (a 404 there would make its apply fail).
+        if rest == ["v2"]:
+            if "protobuf" in (self.headers.get("Accept") or ""):
+                return self._send(200, _OPENAPI_V2_PB,
+                                  "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+            return self._send(200, {"swagger": "2.0", "info": {
+                "title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]}, "paths": {},
+                "definitions": {}})
         if rest == ["v3"]:
             paths = {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=" + _HASH}}
             for g, vs in GROUPS.items():
@@ -1806,6 +1815,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 _NAMESPACES = _BY_GROUP_PLURAL[("", "namespaces")]
 _HASH = "5F7A6C0E4B1D2C3A8F9E0D1C2B3A4F5E6D7C8B9A0F1E2D3C4B5A6978695A4B3C"
+
+
+def _pb_string(field, value):
+    data = value.encode()
+    return bytes([field << 3 | 2, len(data)]) + data
+
+
+# gnostic's openapi_v2.Document: swagger (1) and info (2: title 1, version 2).
+_OPENAPI_V2_INFO = _pb_string(1, "Kubernetes") + _pb_string(2, SERVER_VERSION["gitVersion"])
+_OPENAPI_V2_PB = _pb_string(1, "2.0") + bytes([2 << 3 | 2, len(_OPENAPI_V2_INFO)]) + \
+    _OPENAPI_V2_INFO
 
 
 def _group_doc(group):
