@@ -1234,6 +1234,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(body, separators=(",", ":")).encode()
         elif isinstance(body, str):
             body = body.encode()
+        self._set_status(code)
         self.send_response(code)
         self.send_header("Audit-Id", self._audit_id)
         self.send_header("Cache-Control", "no-cache, private")
@@ -1244,7 +1245,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _set_status(self, code):
+        # Recorded before the answer leaves, so a client that got it finds it in the log.
         self._status = code
+        if self._record is not None:
+            with self.api._ctl:
+                self._record["status"] = code
 
     def _error(self, e):
         self._send(e.code, e.status(), headers=e.headers)
@@ -1252,6 +1259,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method):
         self._audit_id = str(uuid.uuid4())
         self._status = 0
+        self._record = None
         url = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(url.path)
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
@@ -1271,6 +1279,7 @@ class _Handler(BaseHTTPRequestHandler):
             with api._ctl:
                 api._log.append(record)
                 delay = api._delay
+            self._record = record
             auth = self.headers.get("Authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
             with api._ctl:
@@ -1299,8 +1308,6 @@ class _Handler(BaseHTTPRequestHandler):
             import traceback
             traceback.print_exc()
             self._error(ApiError(500, "InternalError", f"Internal error occurred: {e!r}"))
-        finally:
-            record["status"] = self._status
 
     def _control(self, op, body):
         api = self.api
@@ -1701,13 +1708,13 @@ class _Handler(BaseHTTPRequestHandler):
             if expired is None:
                 store.watchers.add(w)
         try:
+            self._set_status(200)
             self.send_response(200)
             self.send_header("Audit-Id", self._audit_id)
             self.send_header("Cache-Control", "no-cache, private")
             self.send_header("Content-Type", ctx.content_type())
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self._status = 200
             self.close_connection = False
             if expired is not None:
                 self._chunk({"type": "ERROR", "object": expired.status()})

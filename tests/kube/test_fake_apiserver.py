@@ -785,6 +785,172 @@ class WatchProtocolTest(Base):
         self.assertEqual(lines[1]["object"]["rows"][0]["cells"][0], "b")
 
 
+class CurlTest(Base):
+    """curl (libcurl, as the agent's client uses it) against the server."""
+
+    def curl(self, path, *extra, timeout=30):
+        r = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", self.srv.ca,
+                            "--resolve", f"kubernetes.default.svc:{self.srv.port}:127.0.0.1",
+                            "-H", f"Authorization: Bearer {self.srv.token()}",
+                            *extra, f"https://kubernetes.default.svc:{self.srv.port}{path}"],
+                           capture_output=True, text=True, timeout=timeout)
+        return r
+
+    def test_watch_events_arrive_as_they_happen(self):
+        self.srv.apply(pod("a"))
+        w = subprocess.Popen(["curl", "-sS", "-N", "--cacert", self.srv.ca, "-H",
+                              f"Authorization: Bearer {self.srv.token()}",
+                              f"https://127.0.0.1:{self.srv.port}/api/v1/namespaces/default/"
+                              "pods?watch=1&timeoutSeconds=10"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(json.loads(w.stdout.readline())["type"], "ADDED")
+            self.srv.apply(pod("a", labels={"v": "2"}))
+            ev = json.loads(w.stdout.readline())  # before the stream ends: flushed per event
+            self.assertEqual((ev["type"], ev["object"]["metadata"]["labels"]),
+                             ("MODIFIED", {"v": "2"}))
+            self.assertIsNone(w.poll())
+        finally:
+            w.kill()
+            w.wait()
+            w.stdout.close()
+            w.stderr.close()
+
+    def test_server_name_and_http11(self):
+        r = self.curl("/api/v1/namespaces/default", "-w", "\n%{http_version}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body, version = r.stdout.rsplit("\n", 1)
+        self.assertEqual(json.loads(body)["metadata"]["name"], "default")
+        self.assertEqual(version, "1.1")
+        r = self.curl("/api/v1/namespaces/nope")
+        self.assertEqual(r.returncode, 22)
+        self.assertEqual(json.loads(r.stdout)["code"], 404)
+
+
+class InProcessTest(unittest.TestCase):
+    """The same server used from Python in-process (FakeApiServer), as the e2e tests do."""
+
+    def setUp(self):
+        sys.path.insert(0, HERE)
+        self.addCleanup(sys.path.remove, HERE)
+        from fake_apiserver import FakeApiServer
+        self.dir = tempfile.mkdtemp(prefix="fakeapi-inproc-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.srv = FakeApiServer(self.dir, bookmark_interval=0.5)
+        self.port = self.srv.start()
+        self.addCleanup(self.srv.stop)
+
+    def client(self):
+        cfg = kclient.Configuration()
+        kconfig.load_kube_config(config_file=os.path.join(self.dir, "kubeconfig"),
+                                 client_configuration=cfg)
+        api = kclient.ApiClient(cfg)
+        self.addCleanup(api.rest_client.pool_manager.clear)
+        return kclient.CoreV1Api(api)
+
+    def test_controls(self):
+        for f in ("ca.crt", "token", "kubeconfig"):
+            self.assertTrue(os.path.exists(os.path.join(self.dir, f)), f)
+        v1 = self.client()
+        self.srv.apply("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: apps, annotations: {ambit.dev/netns: /run/netns/a}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 198.18.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: apps}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+""")
+        pods = v1.list_namespaced_pod("apps")
+        self.assertEqual([p.metadata.name for p in pods.items], ["a", "b"])
+        self.assertEqual(pods.items[0].status.pod_ip, "198.18.0.5")  # status kept as applied
+        self.assertIsNotNone(self.srv.delete("Pod", "apps", "b"))
+        self.assertIsNone(self.srv.delete("Pod", "apps", "b"))
+        self.assertEqual([p.metadata.name for p in v1.list_namespaced_pod("apps").items], ["a"])
+        reqs = self.srv.requests()
+        self.assertEqual(reqs[0], ("GET", "/api/v1/namespaces/apps/pods", {}))
+        method, path, query = reqs[-1]
+        self.assertEqual((method, path), ("GET", "/api/v1/namespaces/apps/pods"))
+
+        # urllib3 under the client honours Retry-After on a 429 by itself.
+        self.srv.fail_next(1, 429, retry_after=1)
+        self.assertEqual(len(v1.list_namespaced_pod("apps").items), 1)
+        log = self.srv.request_log()[-2:]
+        self.assertEqual([r["status"] for r in log], [429, 200])
+        self.assertGreaterEqual(log[1]["time"] - log[0]["time"], 0.9)
+        self.srv.fail_next(1, 504)
+        with self.assertRaises(ApiException) as e:
+            v1.list_namespaced_pod("apps")
+        self.assertEqual(e.exception.status, 504)
+
+        old = self.srv.token
+        self.srv.rotate_token()
+        with open(os.path.join(self.dir, "token")) as f:
+            self.assertEqual(f.read().strip(), self.srv.token)
+        self.assertNotEqual(old, self.srv.token)
+        with self.assertRaises(ApiException) as e:
+            v1.list_namespaced_pod("apps")  # this client holds the old token
+        self.assertEqual(e.exception.status, 401)
+        self.assertEqual(len(self.client().list_namespaced_pod("apps").items), 1)
+
+    def test_compact_and_stop_end_watches(self):
+        v1 = self.client()
+        self.srv.apply(pod("a"))
+        rv = v1.list_namespaced_pod("default").metadata.resource_version
+        self.srv.apply(pod("b"))
+        self.srv.compact()
+        with self.assertRaises(ApiException) as e:
+            list(kwatch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv,
+                                       timeout_seconds=5))
+        self.assertEqual(e.exception.status, 410)
+        # A watch open when the server stops ends instead of hanging.
+        got, errors = [], []
+
+        def watch():
+            try:
+                for ev in kwatch.Watch().stream(self.client().list_namespaced_pod, "default",
+                                                _request_timeout=(5, 30)):
+                    got.append(ev["type"])
+            except Exception as ex:  # the connection drops: any client error will do
+                errors.append(ex)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(got, ["ADDED", "ADDED"])
+        self.srv.stop()
+        t.join(timeout=10)
+        self.assertFalse(t.is_alive())
+        # The port is free again.
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.close()
+
+    def test_send_initial_events(self):
+        self.srv.apply(pod("a"))
+        rv = self.srv.resource_version()
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10,
+                                        context=ssl.create_default_context(
+                                            cafile=os.path.join(self.dir, "ca.crt")))
+        c.request("GET", "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
+                  "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+                  "&timeoutSeconds=1", headers={"Authorization": f"Bearer {self.srv.token}"})
+        lines = [json.loads(l) for l in c.getresponse().read().splitlines()]
+        c.close()
+        self.assertEqual(lines[0]["type"], "ADDED")
+        self.assertEqual(lines[1]["type"], "BOOKMARK")
+        self.assertEqual(lines[1]["object"]["metadata"]["annotations"],
+                         {"k8s.io/initial-events-end": "true"})
+        self.assertEqual(lines[1]["object"]["metadata"]["resourceVersion"], str(rv))
+
+
 class ScaleTest(Base):
 
     def test_10000_pods(self):
