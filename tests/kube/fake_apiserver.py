@@ -856,6 +856,19 @@ def _new_meta(meta, ns, res):
     return meta
 
 
+def _set_generation(res, new, old):
+    """metadata.generation as custom resources have it: 1 at creation, one more for each change
+    outside metadata and status."""
+    if res.builtin:
+        return
+    if old is None:
+        new["metadata"]["generation"] = 1
+        return
+    gen = old["metadata"].get("generation", 1)
+    body = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
+    new["metadata"]["generation"] = gen + 1 if body(old) != body(new) else gen
+
+
 def _same_content(a, b):
     """Whether an update changes nothing (the real server then writes nothing)."""
     strip = lambda o: {**o, "metadata": {k: v for k, v in o.get("metadata", {}).items()
@@ -1067,6 +1080,7 @@ class FakeApiServer:
         new["apiVersion"] = res.api_version()
         if old is None:
             new["metadata"] = _new_meta(meta, ns, res)
+            _set_generation(res, new, None)
             if res.plural == "namespaces":
                 new.setdefault("status", {"phase": "Active"})
                 new["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = \
@@ -1077,6 +1091,7 @@ class FakeApiServer:
                                resourceVersion=old["metadata"]["resourceVersion"])
         if res.namespaced:
             new["metadata"]["namespace"] = ns
+        _set_generation(res, new, old)
         if _same_content(old, new):
             return old
         return self.store._commit(res, "MODIFIED", new, old)
@@ -1272,6 +1287,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 body = self._body()
             except (ValueError, OSError):
+                self.close_connection = True  # no way to find the next request's start
                 raise bad_request("malformed request body")
             if path.startswith("/__fake/"):
                 self._control(path[len("/__fake/"):], body)
@@ -1349,7 +1365,7 @@ class _Handler(BaseHTTPRequestHandler):
                 out = {}
             elif op == "requests":
                 out = [{k: r[k] for k in ("method", "path", "query", "status", "content_type",
-                                                "time")}
+                                                "accept", "time")}
                        for r in api.request_log()]
             else:
                 raise ApiError(404, "NotFound", f"no control operation {op!r}")
@@ -1365,6 +1381,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, "ok", "text/plain; charset=utf-8")
         if path == "/version":
             return self._send(200, SERVER_VERSION)
+        if path in ("/api", "/apis"):
+            # Aggregated discovery (apidiscovery.k8s.io), which client-go asks for first: every
+            # group, version and resource in one answer.
+            for part in (self.headers.get("Accept") or "").split(","):
+                params = dict(f.strip().split("=", 1) for f in part.split(";")[1:] if "=" in f)
+                if params.get("g") == "apidiscovery.k8s.io" and \
+                        params.get("as") == "APIGroupDiscoveryList" and \
+                        params.get("v") in ("v2", "v2beta1"):
+                    v = params["v"]
+                    return self._send(200, _aggregated_discovery(path == "/api", v),
+                                      f"application/json;g=apidiscovery.k8s.io;v={v};"
+                                      "as=APIGroupDiscoveryList")
         if path == "/api":
             return self._send(200, {"kind": "APIVersions", "versions": ["v1"],
                                     "serverAddressByClientCIDRs": [{
@@ -1505,6 +1533,7 @@ class _Handler(BaseHTTPRequestHandler):
             obj["metadata"] = _new_meta(meta, ctx.ns, res)
             obj["apiVersion"] = res.api_version()
             ctx.defaults_on_create(obj)
+            _set_generation(res, obj, None)
             if ctx.dry_run:
                 return 201, dict(obj, metadata=dict(obj["metadata"],
                                                     resourceVersion=str(ctx.store.rv)))
@@ -1842,6 +1871,37 @@ def _group_doc(group):
             "preferredVersion": {"groupVersion": f"{group}/{vs[0]}", "version": vs[0]}}
 
 
+def _aggregated_discovery(core, version):
+    items = []
+    for group in ([""] if core else list(GROUPS)):
+        versions = ["v1"] if core else GROUPS[group]
+        vs = []
+        for v in versions:
+            resources = []
+            for r in RESOURCES:
+                if r.group != group or v not in r.versions:
+                    continue
+                kind = {"group": group, "version": v, "kind": r.kind}
+                e = {"resource": r.plural, "responseKind": kind,
+                     "scope": "Namespaced" if r.namespaced else "Cluster",
+                     "singularResource": r.singular or r.kind.lower(), "verbs": list(r.verbs)}
+                if r.short_names:
+                    e["shortNames"] = list(r.short_names)
+                if r.categories:
+                    e["categories"] = list(r.categories)
+                if r.status_subresource:
+                    e["subresources"] = [{"subresource": "status", "responseKind": kind,
+                                          "verbs": ["get", "patch", "update"]}]
+                resources.append(e)
+            vs.append({"version": v, "resources": resources, "freshness": "Current"})
+        meta = {"creationTimestamp": None}
+        if group:
+            meta["name"] = group
+        items.append({"metadata": meta, "versions": vs})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}",
+            "metadata": {}, "items": items}
+
+
 def _resource_list(group, version):
     out = []
     for r in RESOURCES:
@@ -2025,6 +2085,7 @@ class _Ctx:
                 new["status"] = old["status"]
             else:
                 new.pop("status", None)
+        _set_generation(self.res, new, old)
         if self.res.plural == "namespaces" and self.sub is None:
             new["metadata"]["labels"] = dict(new["metadata"].get("labels") or {})
             new["metadata"]["labels"]["kubernetes.io/metadata.name"] = self.name

@@ -224,6 +224,31 @@ class KubectlTest(Base):
         self.assertEqual(verbs(rows["pods"]), {"create", "delete", "deletecollection", "get",
                                                "list", "patch", "update", "watch"})
         self.assertEqual(verbs(rows["tokenreviews"]), {"create"})
+        # A client that asks for aggregated discovery (kubectl 1.26+) gets every group from /api
+        # and /apis and needs no per-group document; an older one walks the groups.
+        log = self.srv.requests()
+        aggregated = any("apidiscovery.k8s.io" in r["accept"] for r in log)
+        per_group = [r["path"] for r in log if r["path"] == "/api/v1" or
+                     r["path"].startswith("/apis/")]
+        if aggregated:
+            self.assertEqual(per_group, [])
+        else:
+            self.assertIn("/apis/security.istio.io/v1", per_group)
+        st, hdrs, body = self.srv.request("GET", "/apis", headers={
+            "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+                      "application/json"})
+        self.assertEqual(hdrs["Content-Type"],
+                         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+        self.assertEqual(body["kind"], "APIGroupDiscoveryList")
+        istio = next(i for i in body["items"] if i["metadata"]["name"] == "security.istio.io")
+        self.assertEqual([v["version"] for v in istio["versions"]], ["v1", "v1beta1"])
+        pa = next(r for r in istio["versions"][0]["resources"]
+                  if r["resource"] == "peerauthentications")
+        self.assertEqual((pa["scope"], pa["responseKind"]["kind"], pa["subresources"][0]
+                          ["subresource"]), ("Namespaced", "PeerAuthentication", "status"))
+        st, hdrs, body = self.srv.request("GET", "/apis")
+        self.assertEqual((hdrs["Content-Type"], body["kind"]), ("application/json",
+                                                                "APIGroupList"))
         versions = self.kubectl("api-versions").stdout.split()
         self.assertIn("security.istio.io/v1beta1", versions)
         self.assertIn("security.istio.io/v1", versions)
@@ -783,6 +808,63 @@ class WatchProtocolTest(Base):
         self.assertIn("columnDefinitions", lines[0]["object"])
         self.assertNotIn("columnDefinitions", lines[1]["object"])
         self.assertEqual(lines[1]["object"]["rows"][0]["cells"][0], "b")
+
+
+class MalformedInputTest(Base):
+    """Bad requests get a clear error and leave the server serving."""
+
+    def raw(self, data):
+        import socket
+        with socket.create_connection(("127.0.0.1", self.srv.port), timeout=10) as s:
+            with self.srv.ssl_context().wrap_socket(s, server_hostname="127.0.0.1") as t:
+                t.sendall(data)
+                out = b""
+                while True:
+                    try:
+                        chunk = t.recv(65536)
+                    except (ssl.SSLError, ConnectionError):
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                return out
+
+    def test_bad_requests(self):
+        tok = self.srv.token()
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods", "{not json",
+                                       headers={"Content-Type": "application/json"})
+        self.assertEqual((st, body["reason"]), (400, "BadRequest"))
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods", [1, 2])
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods",
+                                       {"kind": "Service", "metadata": {"name": "x"}})
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods",
+                                       {"kind": "Pod", "metadata": {"name": "Bad_Name"}})
+        self.assertEqual((st, body["reason"], body["details"]["causes"][0]["field"]),
+                         (422, "Invalid", "metadata.name"))
+        st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default/namespaces/x", "{}")
+        self.assertEqual(st, 404)
+        st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default", "{}",
+                                       headers={"Content-Type": "text/plain"})
+        self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
+        st, _, body = self.srv.request("GET", "/api/v1/pods?limit=abc")
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("GET", "/api/v1/pods?watch=1&resourceVersion=abc")
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("GET", "/api/v1/pods",
+                                       headers={"Accept": "application/vnd.kubernetes.protobuf"})
+        self.assertEqual((st, body["reason"]), (406, "NotAcceptable"))
+        st, _, body = self.srv.request("GET", "/apis/nonexistent.io/v1/things")
+        self.assertEqual((st, body["reason"]), (404, "NotFound"))
+        self.assertIn(b"400", self.raw(b"NONSENSE\r\n\r\n").split(b"\r\n")[0])
+        self.assertIn(b" 400 ", self.raw(
+            b"POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            b"Bearer " + tok.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .split(b"\r\n")[0])
+        # Still serving.
+        self.assertEqual(self.srv.request("GET", "/api/v1/pods")[0], 200)
+        self.assertEqual(self.srv.proc.poll(), None)
 
 
 class CurlTest(Base):
