@@ -1102,7 +1102,7 @@ class FakeApiServer:
         if res is None:
             raise ValueError(f"fake apiserver: unknown kind {kind}")
         with self.store.cond:
-            return self._delete_locked(res, namespace or "" if res.namespaced else "", name)
+            return self._delete_locked(res, (namespace or "") if res.namespaced else "", name)
 
     def _delete_locked(self, res, ns, name):
         if res.namespaced and not ns:
@@ -1701,10 +1701,11 @@ class _Handler(BaseHTTPRequestHandler):
         bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
         send_initial = q.get("sendInitialEvents") in ("1", "true", "True")
         try:
-            timeout = float(q["timeoutSeconds"]) if "timeoutSeconds" in q else \
-                api.watch_timeout
+            timeout = float(q.get("timeoutSeconds") or 0)
         except ValueError:
             raise bad_request("timeoutSeconds must be an integer")
+        if timeout <= 0:
+            timeout = api.watch_timeout
         if send_initial and (not bookmarks or q.get("resourceVersionMatch") != "NotOlderThan"):
             raise ApiError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: "
                            "sendInitialEvents: Forbidden: sendInitialEvents requires setting "
@@ -1841,10 +1842,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _peer_gone(sock):
         try:
             r, _, _ = select.select([sock], [], [], 0)
-            if not r:
-                return False
-            # A watch client sends nothing; readable means it closed (or misbehaves).
-            return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+            # A watch client sends nothing while it watches: anything readable is its FIN or its
+            # TLS close_notify, or a protocol error; either way the watch is over.
+            return bool(r)
         except (OSError, ValueError):
             return True
 
@@ -2190,7 +2190,10 @@ class _Ctx:
                     at, objs = store.rv, store.objects[self.res]
             else:
                 at, objs = store.rv, store.objects[self.res]
-            keys = sorted(k for k in objs if k.startswith(prefix))
+            # A copy of the map (not of the objects, which are never changed in place), so the
+            # page is cut from one snapshot while writers go on.
+            objs = {k: o for k, o in objs.items() if k.startswith(prefix)}
+            keys = sorted(objs)
         # Everything below works on a snapshot (objects are never mutated in place).
         full_start = prefix + start
         i = bisect.bisect_left(keys, full_start) if start else 0

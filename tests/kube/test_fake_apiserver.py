@@ -1015,6 +1015,28 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
         s.bind(("127.0.0.1", self.port))
         s.close()
 
+    def test_closed_watch_is_reaped(self):
+        self.srv.apply(pod("a"))
+        ctx = ssl.create_default_context(cafile=os.path.join(self.dir, "ca.crt"))
+        for graceful in (True, False):
+            c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
+            c.request("GET", "/api/v1/pods?watch=1",
+                      headers={"Authorization": f"Bearer {self.srv.token}"})
+            r = c.getresponse()
+            self.assertEqual(json.loads(r.readline())["type"], "ADDED")
+            with self.srv.store.cond:
+                self.assertEqual(len(self.srv.store.watchers), 1)
+            if graceful:
+                c.sock.unwrap()  # TLS close_notify first
+            c.close()
+            deadline = time.monotonic() + 5
+            while True:
+                with self.srv.store.cond:
+                    if not self.srv.store.watchers:
+                        break
+                self.assertLess(time.monotonic(), deadline, "watch outlived its client")
+                time.sleep(0.1)
+
     def test_send_initial_events(self):
         self.srv.apply(pod("a"))
         rv = self.srv.resource_version()
