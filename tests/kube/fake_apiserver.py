@@ -677,6 +677,28 @@ _TABLES = {
 }
 
 
+def _programmed(gw):
+    for c in (gw.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Programmed":
+            return c.get("status", "")
+    return ""
+
+
+# The printer columns of the custom resources' definitions (Istio's and Gateway API's CRDs).
+_CRD_COLUMNS = {
+    "peerauthentications": ([_col("Mode", desc="Defines the mTLS mode used for peer "
+                                  "authentication.")],
+                            lambda o: [((o.get("spec") or {}).get("mtls") or {}).get("mode")]),
+    "authorizationpolicies": ([_col("Action", desc="The operation to take.")],
+                              lambda o: [(o.get("spec") or {}).get("action")]),
+    "gateways": ([_col("Class"), _col("Address"), _col("Programmed")],
+                 lambda o: [(o.get("spec") or {}).get("gatewayClassName"),
+                            ",".join(a.get("value", "") for a in
+                                     (o.get("status") or {}).get("addresses") or []) or None,
+                            _programmed(o) or None]),
+}
+
+
 def table_for(res, objs, list_meta, first=True):
     """A meta.k8s.io/v1 Table of objs, rows carrying PartialObjectMetadata as includeObject's
     default (Metadata) does. Watch events after the first omit the column definitions, as the
@@ -684,10 +706,10 @@ def table_for(res, objs, list_meta, first=True):
     if res.plural in _TABLES:
         cols, row = _TABLES[res.plural]
     elif not res.builtin:
-        # CustomResourceDefinition without printer columns.
-        cols, row = ([_col("Name", fmt="name", desc=_NAME_DESC), _col("Age", "date",
-                                                                        desc=_AGE_DESC)],
-                     lambda o: [o["metadata"]["name"], _age(o)])
+        extra_cols, extra = _CRD_COLUMNS.get(res.plural, ([], lambda o: []))
+        cols = [_col("Name", fmt="name", desc=_NAME_DESC)] + extra_cols + [
+            _col("Age", "date", desc=_AGE_DESC)]
+        row = lambda o: [o["metadata"]["name"]] + extra(o) + [_age(o)]
     else:
         cols, row = ([_col("Name", fmt="name", desc=_NAME_DESC),
                       _col("Created At", "date", desc=_AGE_DESC)],
@@ -1199,15 +1221,16 @@ class FakeApiServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = ""
-    sys_version = ""
     api = None  # FakeApiServer, set by the subclass
 
     def log_message(self, fmt, *args):
         pass
 
-    def version_string(self):
-        return ""
+    def send_response(self, code, message=None):
+        # As kube-apiserver: a Date header and no Server header.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def do_GET(self):
         self._serve("GET")

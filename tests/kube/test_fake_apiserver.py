@@ -300,6 +300,10 @@ spec: {mtls: {mode: STRICT}}
         got = json.loads(self.kubectl("get", "pod", "web", "-n", "shop", "-o", "json").stdout)
         self.assertEqual(got["metadata"]["labels"], {"app": "web", "tier": "front"})
         self.assertEqual(got["spec"]["containers"], [{"name": "app", "image": "nginx"}])
+        # The custom resources' printer columns, as their definitions declare them.
+        out = self.kubectl("get", "pa", "-n", "shop").stdout.splitlines()
+        self.assertEqual(out[0].split(), ["NAME", "MODE", "AGE"])
+        self.assertEqual(out[1].split()[:2], ["strict", "PERMISSIVE"])
         pa = json.loads(self.kubectl("get", "peerauthentications.v1beta1.security.istio.io",
                                      "strict", "-n", "shop", "-o", "json").stdout)
         self.assertEqual(pa["apiVersion"], "security.istio.io/v1beta1")
@@ -317,6 +321,46 @@ spec: {mtls: {mode: STRICT}}
             "GET", "/apis/security.istio.io/v1/namespaces/shop/peerauthentications/strict")
         self.assertEqual(st, 404)
         self.assertEqual(body["reason"], "NotFound")
+
+    def test_server_side_apply_replace_and_patches(self):
+        manifest = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: default}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
+"""
+        r = self.kubectl("apply", "--server-side", "-f", "-", input=manifest)
+        self.assertIn("service/web serverside-applied", r.stdout)
+        ssa = [q for q in self.srv.requests() if q["method"] == "PATCH"]
+        self.assertEqual({q["content_type"] for q in ssa}, {"application/apply-patch+yaml"})
+        self.assertEqual({q["query"]["fieldManager"] for q in ssa}, {"kubectl"})
+        svc = json.loads(self.kubectl("get", "svc", "web", "-o", "json").stdout)
+        self.assertRegex(svc["spec"]["clusterIP"], r"^10\.96\.")  # allocated on create
+        self.kubectl("patch", "ap", "deny", "--type=json",
+                     "-p", '[{"op":"replace","path":"/spec/action","value":"AUDIT"}]')
+        self.kubectl("patch", "ap", "deny", "--type=merge", "-p", '{"metadata":{"labels":'
+                     '{"x":"y"}}}')
+        ap = json.loads(self.kubectl("get", "ap", "deny", "-o", "json").stdout)
+        self.assertEqual((ap["spec"]["action"], ap["metadata"]["labels"]), ("AUDIT", {"x": "y"}))
+        self.assertEqual(ap["metadata"]["generation"], 2)  # the label did not count
+        r = self.kubectl("patch", "ap", "deny", "--type=json",
+                         "-p", '[{"op":"test","path":"/spec/action","value":"DENY"}]', check=False)
+        self.assertNotEqual(r.returncode, 0)
+        # replace is a PUT carrying the resourceVersion read; a stale one conflicts.
+        svc["spec"]["ports"][0]["port"] = 81
+        self.assertIn("service/web replaced",
+                      self.kubectl("replace", "-f", "-", input=json.dumps(svc)).stdout)
+        r = self.kubectl("replace", "-f", "-", input=json.dumps(svc), check=False)
+        self.assertIn("the object has been modified", r.stderr)
+        out = self.kubectl("get", "svc", "web", "--no-headers").stdout.split()
+        self.assertEqual(out[1:5], ["ClusterIP", svc["spec"]["clusterIP"], "<none>", "81/TCP"])
 
     def test_create_in_missing_namespace_fails(self):
         r = self.kubectl("run", "x", "--image=busybox", "-n", "nowhere", check=False)
@@ -581,7 +625,9 @@ class AuthTest(Base):
             st, hdrs, body = self.srv.request("GET", "/api/v1/pods", token=token)
             self.assertEqual(st, 401)
             self.assertEqual(hdrs["Content-Type"], "application/json")
-            self.assertEqual(body, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+            self.assertNotIn("Server", hdrs)
+        self.assertIn("Date", hdrs)
+        self.assertEqual(body, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                     "status": "Failure", "message": "Unauthorized",
                                     "reason": "Unauthorized", "code": 401})
         st, _, _ = self.srv.request("GET", "/api/v1/pods")
