@@ -62,6 +62,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import re
 import secrets
 import select
@@ -865,13 +866,27 @@ class Store:
         self.history_rvs = []
 
 
+def _clone(obj):
+    """A deep copy of plain JSON data; several times faster than copy.deepcopy on it."""
+    return json.loads(json.dumps(obj))
+
+
+_uid_random = random.Random(secrets.randbits(64))
+_uid_lock = threading.Lock()
+
+
+def _uid():
+    with _uid_lock:
+        return str(uuid.UUID(int=_uid_random.getrandbits(128), version=4))
+
+
 def _new_meta(meta, ns, res):
     meta = dict(meta)
     if res.namespaced:
         meta["namespace"] = ns
     else:
         meta.pop("namespace", None)
-    meta["uid"] = str(uuid.uuid4())
+    meta["uid"] = _uid()
     meta["creationTimestamp"] = _timestamp()
     meta.pop("resourceVersion", None)
     meta.pop("deletionTimestamp", None)
@@ -1064,8 +1079,9 @@ class FakeApiServer:
 
     def apply(self, obj):
         """Creates or replaces objects as the test's own hand: a dict, a list of dicts, a
-        `kind: List`, or YAML (one or many documents). Status is kept as given; namespaces need
-        not exist. Returns the stored objects."""
+        `kind: List`, or text: YAML (one or many documents) or JSON (an object, a list, a
+        `kind: List`; much faster for thousands). Status is kept as given; namespaces need not
+        exist. Returns the stored object (a list when given several)."""
         objs = self._objects_of(obj)
         out = []
         with self.store.cond:
@@ -1076,7 +1092,14 @@ class FakeApiServer:
     @staticmethod
     def _objects_of(obj):
         if isinstance(obj, (str, bytes)):
-            obj = [d for d in yaml.load_all(obj, Loader=_YamlLoader) if d]
+            text = obj.decode() if isinstance(obj, bytes) else obj
+            try:
+                # JSON is YAML too, and parses many times faster: bulk loads should use it.
+                obj = json.loads(text) if text.lstrip()[:1] in ("{", "[") else None
+            except ValueError:
+                obj = None
+            if obj is None:
+                obj = [d for d in yaml.load_all(text, Loader=_YamlLoader) if d]
         if isinstance(obj, dict):
             obj = [obj]
         out = []
@@ -1098,7 +1121,7 @@ class FakeApiServer:
         ns = (meta.get("namespace") or "default") if res.namespaced else ""
         key = _key(ns, meta["name"])
         old = self.store.objects[res].get(key)
-        new = {k: v for k, v in copy.deepcopy(o).items()}
+        new = _clone(o)
         new["apiVersion"] = res.api_version()
         if old is None:
             new["metadata"] = _new_meta(meta, ns, res)
@@ -1295,7 +1318,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(e.code, e.status(), headers=e.headers)
 
     def _serve(self, method):
-        self._audit_id = str(uuid.uuid4())
+        self._audit_id = _uid()
         self._status = 0
         self._record = None
         url = urllib.parse.urlsplit(self.path)
