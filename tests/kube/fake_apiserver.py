@@ -1479,6 +1479,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise NOT_FOUND_PATH
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if res.namespaced and ns is None:
+            # Across namespaces there are only list and watch.
+            if name is not None:
+                raise NOT_FOUND_PATH
+            if method not in ("GET", "HEAD"):
+                raise ApiError(405, "MethodNotAllowed",
+                               "the server does not allow this method on the requested resource")
         if len(rest) > 3 or (sub is not None and not (sub == "status" and
                                                       res.status_subresource)):
             raise NOT_FOUND_PATH

@@ -901,6 +901,11 @@ class MalformedInputTest(Base):
         st, _, body = self.srv.request("GET", "/api/v1/pods",
                                        headers={"Accept": "application/vnd.kubernetes.protobuf"})
         self.assertEqual((st, body["reason"]), (406, "NotAcceptable"))
+        st, _, body = self.srv.request("POST", "/api/v1/pods", {"kind": "Pod", "metadata": {
+            "name": "x", "namespace": "default"}})
+        self.assertEqual((st, body["reason"]), (405, "MethodNotAllowed"))
+        st, _, body = self.srv.request("GET", "/api/v1/pods/x")
+        self.assertEqual(st, 404)
         st, _, body = self.srv.request("GET", "/apis/nonexistent.io/v1/things")
         self.assertEqual((st, body["reason"]), (404, "NotFound"))
         self.assertIn(b"400", self.raw(b"NONSENSE\r\n\r\n").split(b"\r\n")[0])
