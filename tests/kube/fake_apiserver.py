@@ -31,6 +31,14 @@ In-process (tests/kube on sys.path):
   from fake_apiserver import FakeApiServer
   srv = FakeApiServer(state_dir); port = srv.start(); srv.apply({...}); ...; srv.stop()
 
+with the same operations as methods: apply(obj_dict_or_yaml), delete(kind, namespace, name),
+compact(), drop_watches(clean=False), set_delay(seconds), fail_next(n, status, retry_after=None),
+rotate_token(), add_token_review(token, username, extra, groups=None, uid=None, audiences=None),
+requests() -> [(method, path, query)]; and for assertions request_log() (with status, Accept,
+Content-Type, time), wait_for_request(predicate, timeout), watches() (the open ones),
+get(kind, namespace, name), resource_version(). Attributes: port, url, token, ca_file,
+token_file, kubeconfig.
+
 What is modelled after kube-apiserver 1.32 and what is not:
 - One global resourceVersion counter over all resources, as etcd's revision. `compact()` makes
   every older resourceVersion unusable: a watch from one gets HTTP 200 and a single ERROR event
@@ -919,8 +927,10 @@ def _same_content(a, b):
 
 class Watch:
 
-    def __init__(self, res):
+    def __init__(self, res, ns="", query=None):
         self.res = res
+        self.ns = ns or ""
+        self.query = query or {}
         self.queue = collections.deque()
         self.drop = False  # end abruptly (no terminating chunk)
         self.stop = False  # end cleanly
@@ -1232,6 +1242,23 @@ class FakeApiServer:
         (time.time()) of each."""
         with self._ctl:
             return [dict(r) for r in self._log]
+
+    def wait_for_request(self, predicate, timeout=10.0):
+        """Waits until a request satisfying predicate(RequestRecord) has arrived; returns it, or
+        None after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for r in self.requests():
+                if predicate(r):
+                    return r
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def watches(self):
+        """The watches open now: (resource plural, namespace or "", query) each."""
+        with self.store.cond:
+            return [(w.res.plural, w.ns, dict(w.query)) for w in self.store.watchers]
 
     def clear_requests(self):
         with self._ctl:
@@ -1764,7 +1791,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "sendInitialEvents: Forbidden: sendInitialEvents requires setting "
                            "resourceVersionMatch to NotOlderThan and allowWatchBookmarks")
         ctx.parse_selectors()
-        w = Watch(ctx.res)
+        w = Watch(ctx.res, ctx.ns, q)
         expired = None
         with store.cond:
             if rv_param not in ("", "0") and not send_initial:

@@ -1075,16 +1075,17 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
                       headers={"Authorization": f"Bearer {self.srv.token}"})
             r = c.getresponse()
             self.assertEqual(json.loads(r.readline())["type"], "ADDED")
-            with self.srv.store.cond:
-                self.assertEqual(len(self.srv.store.watchers), 1)
+            self.assertEqual(self.srv.watches(), [("pods", "", {"watch": "1"})])
+            self.assertEqual(self.srv.wait_for_request(lambda q: "watch" in q.query).path,
+                             "/api/v1/pods")
+            self.assertIsNone(self.srv.wait_for_request(lambda q: q.method == "PUT", 0.2))
             if graceful:
                 c.sock.unwrap()  # TLS close_notify first
             c.close()
             deadline = time.monotonic() + 5
             while True:
-                with self.srv.store.cond:
-                    if not self.srv.store.watchers:
-                        break
+                if not self.srv.watches():
+                    break
                 self.assertLess(time.monotonic(), deadline, "watch outlived its client")
                 time.sleep(0.1)
 
