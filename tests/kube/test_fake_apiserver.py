@@ -856,6 +856,56 @@ class WatchProtocolTest(Base):
         self.assertEqual(lines[1]["object"]["rows"][0]["cells"][0], "b")
 
 
+class StandaloneTest(unittest.TestCase):
+    """The command line: --objects files loaded before serving, a bad one refused."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="fakeapi-cli-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_objects_files(self):
+        a = self.write("a.yaml", """
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+""")
+        b = self.write("b.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            pod("p1", ns="apps"), pod("p2", ns="apps")]}))
+        srv = ServerProcess("--objects", a, "--objects", b)
+        self.addCleanup(srv.close)
+        st, _, body = srv.request("GET", "/api/v1/namespaces/apps/pods")
+        self.assertEqual([p["metadata"]["name"] for p in body["items"]], ["p1", "p2"])
+        self.assertEqual(body["items"][0]["status"]["phase"], "Running")
+        st, _, body = srv.request("GET", "/apis/security.istio.io/v1/peerauthentications")
+        self.assertEqual(body["items"][0]["metadata"]["namespace"], "istio-system")
+        self.assertEqual(body["items"][0]["apiVersion"], "security.istio.io/v1")
+        st, _, ns = srv.request("GET", "/api/v1/namespaces/apps")
+        self.assertEqual(ns["metadata"]["labels"]["istio.io/dataplane-mode"], "ambient")
+        srv.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
+
+    def test_bad_objects_file(self):
+        bad = self.write("bad.yaml", "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n")
+        r = subprocess.run([PYTHON, os.path.join(HERE, "fake_apiserver.py"), "--state-dir",
+                            os.path.join(self.dir, "s"), "--objects", bad],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("listening", r.stdout)
+        self.assertIn("bad.yaml", r.stderr)
+        self.assertIn("Widget", r.stderr)
+
+
 class MalformedInputTest(Base):
     """Bad requests get a clear error and leave the server serving."""
 
