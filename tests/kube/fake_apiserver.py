@@ -1000,6 +1000,7 @@ class FakeApiServer:
         class Httpd(ThreadingHTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = 256  # many agents (re)connecting at once
             address_family = socket.AF_INET6 if ":" in server._host else socket.AF_INET
 
             def finish_request(self, request, client_address):
