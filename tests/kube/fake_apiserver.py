@@ -1122,17 +1122,20 @@ class FakeApiServer:
         return out
 
     def _apply_locked(self, o):
-        res = find_resource(o.get("kind", ""), o.get("apiVersion"))
+        if not isinstance(o, dict):
+            raise ValueError(f"fake apiserver: not an object: {o!r:.80}")
+        res = find_resource(str(o.get("kind", "")), o.get("apiVersion"))
         if res is None or "get" not in res.verbs:
             raise ValueError(f"fake apiserver: no resource for {o.get('apiVersion')} "
                              f"{o.get('kind')}")
-        meta = o.get("metadata") or {}
-        if not meta.get("name"):
+        # Our own copy: the caller may change its dicts afterwards.
+        new = _clone(o)
+        meta = new.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
             raise ValueError("fake apiserver: object without metadata.name")
         ns = (meta.get("namespace") or "default") if res.namespaced else ""
         key = _key(ns, meta["name"])
         old = self.store.objects[res].get(key)
-        new = _clone(o)
         new["apiVersion"] = res.api_version()
         if old is None:
             new["metadata"] = _new_meta(meta, ns, res)
@@ -1640,6 +1643,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _patch(self, ctx, body):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        known = ["application/json-patch+json", "application/merge-patch+json",
+                 "application/apply-patch+yaml"]
+        if ctx.res.builtin:
+            known.append("application/strategic-merge-patch+json")
+        if ctype not in known:
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an "
+                           "unknown format - accepted media types include: " + ", ".join(known))
         try:
             patch = (yaml.load(body, Loader=_YamlLoader) if ctype == "application/apply-patch+yaml"
                      else json.loads(body or b"null"))
@@ -1667,21 +1677,8 @@ class _Handler(BaseHTTPRequestHandler):
                 new = merge_patch(old, patch)
             elif ctype == "application/json-patch+json":
                 new = json_patch(old, patch)
-            elif ctype == "application/strategic-merge-patch+json":
-                if not ctx.res.builtin:
-                    raise ApiError(415, "UnsupportedMediaType",
-                                   "the body of the request was in an unknown format - accepted "
-                                   "media types include: application/json-patch+json, "
-                                   "application/merge-patch+json, application/apply-patch+yaml")
-                new = strategic_merge_patch(old, patch)
             else:
-                raise ApiError(415, "UnsupportedMediaType",
-                               "the body of the request was in an unknown format - accepted media "
-                               "types include: application/json-patch+json, "
-                               "application/merge-patch+json, "
-                               "application/apply-patch+yaml" +
-                               (", application/strategic-merge-patch+json"
-                                if ctx.res.builtin else ""))
+                new = strategic_merge_patch(old, patch)
             if not isinstance(new, dict):
                 raise ApiError(422, "Invalid", "the patch does not leave an object")
             rv = (patch.get("metadata") or {}).get("resourceVersion") \

@@ -944,6 +944,10 @@ class MalformedInputTest(Base):
         st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default", "{}",
                                        headers={"Content-Type": "text/plain"})
         self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
+        st, _, body = self.srv.request(
+            "PATCH", "/apis/security.istio.io/v1/namespaces/default/peerauthentications/x",
+            "{}", headers={"Content-Type": "application/strategic-merge-patch+json"})
+        self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
         st, _, body = self.srv.request("GET", "/api/v1/pods?limit=abc")
         self.assertEqual(st, 400)
         st, _, body = self.srv.request("GET", "/api/v1/pods?watch=1&resourceVersion=abc")
@@ -1049,6 +1053,16 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
 """)
         pods = v1.list_namespaced_pod("apps")
         self.assertEqual([p.metadata.name for p in pods.items], ["a", "b"])
+        # The server keeps its own copy: changing the applied dict changes nothing there, and
+        # applying it again is a change.
+        mine = pod("c", ns="apps")
+        self.srv.apply(mine)
+        rv = self.srv.resource_version()
+        mine["metadata"]["labels"]["v"] = "2"
+        self.assertNotIn("v", self.srv.get("Pod", "apps", "c")["metadata"]["labels"])
+        self.assertEqual(self.srv.apply(mine)["metadata"]["resourceVersion"], str(rv + 1))
+        self.assertEqual(self.srv.apply(mine)["metadata"]["resourceVersion"], str(rv + 1))
+        self.srv.delete("Pod", "apps", "c")
         self.assertEqual(pods.items[0].status.pod_ip, "198.18.0.5")  # status kept as applied
         self.assertIsNotNone(self.srv.delete("Pod", "apps", "b"))
         self.assertIsNone(self.srv.delete("Pod", "apps", "b"))
