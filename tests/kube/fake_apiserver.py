@@ -15,7 +15,8 @@ names 127.0.0.1 and kubernetes.default.svc), DIR/token (a valid bearer token), D
 kubectl) and DIR/control-token. Scenario controls are then `POST /__fake/<op>` with a JSON body
 and `Authorization: Bearer <control-token>`:
 
-  apply          {"object": {...}} | {"objects": [...]} | {"yaml": "..."}   -> {"applied": n}
+  apply          {"object": {...}} | {"objects": [...]} | {"yaml": "..."} | the object(s)
+                                                                           -> {"applied": n}
   delete         {"kind": "Pod", "namespace": "ns", "name": "x"}          -> {"deleted": bool}
   compact        {}                                                        -> {"compacted": rv}
   drop_watches   {}                                                        -> {"dropped": n}
@@ -1413,7 +1414,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise bad_request("control body is not JSON")
         try:
             if op == "apply":
-                if "yaml" in args:
+                if isinstance(args, list) or "kind" in args:
+                    objs = api._objects_of(args)  # the objects themselves
+                elif "yaml" in args:
                     objs = api._objects_of(args["yaml"])
                 else:
                     objs = args.get("objects") or [args["object"]]
