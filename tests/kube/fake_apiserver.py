@@ -1334,6 +1334,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
+        for w in self._warnings:
+            self.send_header("Warning", '299 - "%s"' % w.replace('"', '\\"'))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -1351,6 +1353,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method):
         self._audit_id = _uid()
+        self._warnings = []
         self._status = 0
         self._record = None
         url = urllib.parse.urlsplit(self.path)
@@ -1608,6 +1611,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         ctx.validate(obj)
+        ctx.check_fields(obj, self)
         with ctx.store.cond:
             if res.namespaced and _key("", ctx.ns) not in ctx.store.objects[_NAMESPACES]:
                 raise not_found(_NAMESPACES, ctx.ns)
@@ -1642,6 +1646,7 @@ class _Handler(BaseHTTPRequestHandler):
             rv = meta.get("resourceVersion")
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise ctx.conflict()
+            ctx.check_fields(obj, self)
             return ctx.write(old, obj)
 
     def _patch(self, ctx, body):
@@ -1690,6 +1695,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ctx.conflict()
             new.setdefault("metadata", {})["resourceVersion"] = old["metadata"][
                 "resourceVersion"]
+            ctx.check_fields(new, self)
             return ctx.write(old, new)
 
     def _delete(self, ctx, body):
@@ -2031,6 +2037,17 @@ def _openapi_doc(group, version):
             "paths": paths, "components": {}}
 
 
+_META_FIELDS = {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion",
+                "generation", "creationTimestamp", "deletionTimestamp",
+                "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences",
+                "finalizers", "managedFields"}
+_TOP_FIELDS = {
+    None: {"apiVersion", "kind", "metadata", "spec", "status"},
+    "configmaps": {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"},
+    "endpointslices": {"apiVersion", "kind", "metadata", "addressType", "endpoints", "ports"},
+}
+
+
 class _Ctx:
     """One request against one resource: parsed parameters and the representation asked for."""
 
@@ -2107,6 +2124,29 @@ class _Ctx:
             raise bad_request(f"the API version in the data ({av}) does not match the expected "
                               f"API version ({self.res.api_version(self.version)})")
         return obj
+
+    def check_fields(self, obj, handler):
+        """fieldValidation: unknown top-level or metadata fields are an error under Strict (what
+        kubectl asks for), a Warning header under Warn (the default), nothing under Ignore.
+        Only these two levels: the fake carries no schemas below them."""
+        mode = self.query.get("fieldValidation") or "Warn"
+        if mode not in ("Strict", "Warn", "Ignore"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: '
+                              '"Ignore", "Warn", "Strict"')
+        if mode == "Ignore":
+            return
+        allowed = _TOP_FIELDS.get(self.res.plural, _TOP_FIELDS[None])
+        unknown = [k for k in obj if k not in allowed]
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            unknown += [f"metadata.{k}" for k in meta if k not in _META_FIELDS]
+        if not unknown:
+            return
+        if mode == "Strict":
+            what = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise bad_request(f'{self.res.kind} in version "{self.version}" cannot be handled '
+                              f"as a {self.res.kind}: strict decoding error: {what}")
+        handler._warnings = [f'unknown field "{u}"' for u in unknown]
 
     def validate(self, obj):
         name = obj["metadata"].get("name") or ""

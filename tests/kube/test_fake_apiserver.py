@@ -362,6 +362,25 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
         out = self.kubectl("get", "svc", "web", "--no-headers").stdout.split()
         self.assertEqual(out[1:5], ["ClusterIP", svc["spec"]["clusterIP"], "<none>", "81/TCP"])
 
+    def test_unknown_fields(self):
+        # kubectl 1.27+ asks the server to refuse them (fieldValidation=Strict); older ones get
+        # the server's default, a warning. Either way the user hears of the typo.
+        typo = "apiVersion: v1\nkind: Pod\nmetadata: {name: t}\nspc: {}\n"
+        r = self.kubectl("apply", "-f", "-", input=typo, check=False)
+        self.assertIn('unknown field "spc"', r.stderr)
+        strict = [q for q in self.srv.requests() if q["method"] == "POST"]
+        if strict and strict[-1]["query"].get("fieldValidation") == "Strict":
+            self.assertNotEqual(r.returncode, 0)
+        base = "/api/v1/namespaces/default/pods"
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "u", "nmae": "x"},
+                "spec": {"containers": []}}
+        st, _, out = self.srv.request("POST", base + "?fieldValidation=Strict", body)
+        self.assertEqual((st, out["reason"]), (400, "BadRequest"))
+        self.assertIn('strict decoding error: unknown field "metadata.nmae"', out["message"])
+        st, hdrs, _ = self.srv.request("POST", base, body)
+        self.assertEqual(st, 201)
+        self.assertEqual(hdrs["Warning"], '299 - "unknown field \\"metadata.nmae\\""')
+
     def test_create_in_missing_namespace_fails(self):
         r = self.kubectl("run", "x", "--image=busybox", "-n", "nowhere", check=False)
         self.assertNotEqual(r.returncode, 0)
