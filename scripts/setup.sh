@@ -35,6 +35,9 @@ packages=(
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
+  # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
+  # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
+  nodejs
 )
 
 missing=()
@@ -47,14 +50,14 @@ for p in "${packages[@]}"; do
 done
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+if [ "${#missing[@]}" -ne 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages: ${missing[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "setup: missing packages: ${missing[*]}; run as root (or install them) first" >&2
-  exit 1
-fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+bash "$(dirname "$0")/setup_deploy_tests.sh"
