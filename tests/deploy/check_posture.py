@@ -28,7 +28,7 @@ BIN = "/usr/local/bin"
 
 # Capabilities each container may add (docs/ARCHITECTURE.md#deployment says why each).
 CAPABILITIES = {
-    "ambitd": {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"},
+    "ambitd": {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"},
     "ambit-tunnel": {"NET_ADMIN", "SYS_ADMIN"},
     "ambit-waypoint": {"NET_ADMIN", "SYS_ADMIN"},
     "cleanup": {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"},
@@ -448,6 +448,14 @@ def _ca_problems(objects, ds):
     for a in CA_SERVER_ARGS:
         if a not in sargs:
             problems.append(f"Deployment/ambit-ca: lacks {a}")
+    get = (server.get("readinessProbe") or {}).get("httpGet") or {}
+    if get.get("port") != 15021 or get.get("path") != "/healthz/ready":
+        problems.append("Deployment/ambit-ca: the readiness probe must be GET "
+                        ":15021/healthz/ready")
+    _, config = _mount_for(cpod, server, _flag_value(sargs, "--config-dir") or "")
+    if ((config or {}).get("configMap") or {}).get("name") != "ambit-mesh":
+        problems.append("Deployment/ambit-ca: --config-dir must be the ambit-mesh ConfigMap "
+                        "(the node agents' trust domain)")
     cacerts = _flag_value(sargs, "--cacerts-dir")
     _, volume = _mount_for(cpod, server, cacerts or "")
     if ((volume or {}).get("secret") or {}).get("secretName") != "cacerts":

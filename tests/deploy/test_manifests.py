@@ -253,6 +253,9 @@ class PostureTest(unittest.TestCase):
              lambda o: next(c for c in check_posture._find(o, "Deployment", "ambit-ca")[
                  "spec"]["template"]["spec"]["containers"]
                  if c["name"] == "ambit-ca")["args"].remove("--ca-token-review")),
+            ("ca", "Deployment/ambit-ca: --config-dir must be the ambit-mesh ConfigMap",
+             lambda o: check_posture._find(o, "Deployment", "ambit-ca")["spec"]["template"][
+                 "spec"]["volumes"][1].update(configMap={"name": "other"})),
             ("cleanup", "--force would remove",
              lambda o: container(o, "cleanup", "ambit-cleanup")["args"].append("--force")),
             ("cleanup", "does not mount the host's /run/lock/ambit",
