@@ -12,8 +12,12 @@ Run: AMBIT_BUILD_DIR=build /usr/bin/python3 tests/deploy/test_manifests.py
 
 import copy
 import os
+import subprocess
 import sys
+import tempfile
 import unittest
+
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +82,26 @@ class RenderTest(unittest.TestCase):
                 self.assertEqual(err2, [])
                 self.assertEqual([e for e in err5 if not manifests.DEPRECATION_WARNING.match(e)],
                                  [])
+
+
+    def test_an_images_entry_retargets_every_container(self):
+        # README "Install on a cluster": the operator's own kustomization names the image.
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "kustomization.yaml"), "w") as f:
+                f.write(f"bases:\n- {os.path.relpath(os.path.join(manifests.DEPLOY, 'ca'), tmp)}\n"
+                        "images:\n- name: ambit/ambit\n"
+                        "  newName: registry.example.com/ambit/ambit\n  newTag: \"0.1\"\n")
+            for kubectl in (manifests.system_kubectl(), manifests.DEBIAN_KUBECTL):
+                with self.subTest(kubectl=kubectl):
+                    proc = subprocess.run([kubectl, "kustomize", tmp], capture_output=True,
+                                          text=True, timeout=120)
+                    self.assertEqual(proc.returncode, 0, proc.stderr)
+                    images = set()
+                    for o in yaml.safe_load_all(proc.stdout):
+                        pod = ((o or {}).get("spec", {}).get("template") or {}).get("spec") or {}
+                        for c in pod.get("initContainers", []) + pod.get("containers", []):
+                            images.add(c["image"])
+                    self.assertEqual(images, {"registry.example.com/ambit/ambit:0.1"})
 
 
 class SchemaTest(unittest.TestCase):
