@@ -91,7 +91,9 @@ NODE_AGENT_ARGS = [
     "--node-netns=/host/proc/1/ns/net",
 ]
 CA_NODE_ARGS = [
-    "--ca-address=ambit-ca.ambit-system.svc:15012",
+    # The name the CA's serving certificate carries (agent/issuance/ca_server.h), resolved in
+    # the agent's namespace (ambit-system) by the pod's DNS search path.
+    "--ca-address=ambit-ca:15012",
 ]
 CA_SERVER_ARGS = [
     "--ca-only",
@@ -456,6 +458,10 @@ def _ca_problems(objects, ds):
     if ((config or {}).get("configMap") or {}).get("name") != "ambit-mesh":
         problems.append("Deployment/ambit-ca: --config-dir must be the ambit-mesh ConfigMap "
                         "(the node agents' trust domain)")
+    agent_sa = f"system:serviceaccount:{NAMESPACE}:{pod.get('serviceAccountName')}"
+    if _flag_value(sargs, "--ca-token-users") != agent_sa:
+        problems.append(f"Deployment/ambit-ca: --ca-token-users must be the node agents' "
+                        f"service account alone ({agent_sa})")
     cacerts = _flag_value(sargs, "--cacerts-dir")
     _, volume = _mount_for(cpod, server, cacerts or "")
     if ((volume or {}).get("secret") or {}).get("secretName") != "cacerts":

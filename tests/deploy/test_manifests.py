@@ -280,6 +280,8 @@ class PostureTest(unittest.TestCase):
             ("ca", "Deployment/ambit-ca: --config-dir must be the ambit-mesh ConfigMap",
              lambda o: check_posture._find(o, "Deployment", "ambit-ca")["spec"]["template"][
                  "spec"]["volumes"][1].update(configMap={"name": "other"})),
+            ("ca", "--ca-token-users must be the node agents' service account alone",
+             lambda o: pod(o).update(serviceAccountName="node-agent")),
             ("cleanup", "--force would remove",
              lambda o: container(o, "cleanup", "ambit-cleanup")["args"].append("--force")),
             ("cleanup", "does not mount the host's /run/lock/ambit",
