@@ -37,6 +37,9 @@ packages=(
   nghttp2-client haproxy
   # Kubernetes API tests: the official Python client against tests/kube/fake_apiserver.py
   python3-kubernetes python3-yaml
+  # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
+  # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
+  nodejs
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
@@ -51,14 +54,14 @@ for p in "${packages[@]}"; do
 done
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+if [ "${#missing[@]}" -ne 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages: ${missing[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "setup: missing packages: ${missing[*]}; run as root (or install them) first" >&2
-  exit 1
-fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+bash "$(dirname "$0")/setup_deploy_tests.sh"
