@@ -8,7 +8,7 @@ load or failure.
 Standalone:
 
   /usr/bin/python3 tests/kube/fake_apiserver.py --listen 127.0.0.1:0 --state-dir DIR \
-      [--objects FILE.yaml]... [--bookmark-interval SECONDS]
+      [--objects FILE.yaml]... [--bookmark-interval SECONDS] [--watch-timeout SECONDS]
 
 prints "listening <port>" once it serves, and writes DIR/ca.crt (the CA of its certificate, which
 names 127.0.0.1 and kubernetes.default.svc), DIR/token (a valid bearer token), DIR/kubeconfig (for
@@ -19,13 +19,13 @@ and `Authorization: Bearer <control-token>`:
                                                                            -> {"applied": n}
   delete         {"kind": "Pod", "namespace": "ns", "name": "x"}          -> {"deleted": bool}
   compact        {}                                                        -> {"compacted": rv}
-  drop_watches   {}                                                        -> {"dropped": n}
+  drop_watches   {} (abrupt) | {"clean": true} (as a timeout)              -> {"dropped": n}
   set_delay      {"seconds": 0.5}
   fail_next      {"n": 2, "status": 429, "retry_after": 3}
   rotate_token   {}                                                        -> {"token": "..."}
   add_token_review {"token": ..., "username": ..., "extra": {...}, "groups": [...],
                     "uid": ..., "audiences": [...]}
-  requests       {}                                 -> [{"method", "path", "query", "status"}]
+  requests       {}  -> [{"method", "path", "query", "status", "content_type", "accept", "time"}]
 
 In-process (tests/kube on sys.path):
 
@@ -52,8 +52,14 @@ What is modelled after kube-apiserver 1.32 and what is not:
   `timeoutSeconds` expiry closes the stream.
 - Lists come back in key order (namespace/name), with continue tokens in the real server's format
   and remainingItemCount when no selector filters.
-- Tables (kubectl's server-side printing) for every resource; pods, namespaces and services with
-  their own columns.
+- Discovery both aggregated (apidiscovery.k8s.io/v2, what client-go asks for first) and per
+  group; OpenAPI v3 only as deep as kubectl's apply looks (fieldValidation on each PATCH), v2
+  without definitions. Tables (kubectl's server-side printing) for every resource; pods,
+  namespaces, services, configmaps and the custom resources with their own columns.
+- fieldValidation checks the top level and metadata only (no schemas below them).
+- TokenReview answers from add_token_review(); a token registered without audiences is good for
+  any audience asked, and one asked for no audience gets the API server's
+  (https://kubernetes.default.svc.cluster.local).
 - Namespaces default, kube-system, kube-public and kube-node-lease exist from the start. Creating
   an object through the API in a missing namespace fails as it does with NamespaceLifecycle;
   `apply()` (the test's own hand) does not check.
