@@ -95,11 +95,12 @@ absl::StatusOr<std::string> DecideTokenReview(int http_status, std::string_view 
   if (http_status != 200 && http_status != 201) {
     std::string why;
     if (http_status == 401 || http_status == 403) {
-      why = ": the CA's own credentials were refused (its service account needs create on "
-            "tokenreviews.authentication.k8s.io)";
+      why =
+          ": the CA's own credentials were refused (its service account needs create on "
+          "tokenreviews.authentication.k8s.io)";
     }
-    return absl::UnavailableError(absl::StrCat(
-        "token review failed: the API server answered HTTP ", http_status, why));
+    return absl::UnavailableError(
+        absl::StrCat("token review failed: the API server answered HTTP ", http_status, why));
   }
   nlohmann::json answer = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (answer.is_discarded() || !answer.is_object() || StringAt(answer, "kind") != "TokenReview") {
@@ -109,7 +110,8 @@ absl::StatusOr<std::string> DecideTokenReview(int http_status, std::string_view 
   const nlohmann::json status =
       status_it != answer.end() && status_it->is_object() ? *status_it : nlohmann::json::object();
   auto authenticated = status.find("authenticated");
-  if (authenticated == status.end() || !authenticated->is_boolean() || !authenticated->get<bool>()) {
+  if (authenticated == status.end() || !authenticated->is_boolean() ||
+      !authenticated->get<bool>()) {
     std::string error = StringAt(status, "error");
     return absl::UnauthenticatedError(
         absl::StrCat("the API server did not authenticate the token",
@@ -123,9 +125,8 @@ absl::StatusOr<std::string> DecideTokenReview(int http_status, std::string_view 
     }
   }
   if (!audience_ok) {
-    return absl::UnauthenticatedError(absl::StrCat("the token is not for audience ",
-                                                   policy.audience,
-                                                   " (request a projected token with it)"));
+    return absl::UnauthenticatedError(absl::StrCat(
+        "the token is not for audience ", policy.audience, " (request a projected token with it)"));
   }
   auto user_it = status.find("user");
   const nlohmann::json user =
@@ -133,8 +134,8 @@ absl::StatusOr<std::string> DecideTokenReview(int http_status, std::string_view 
   const std::string username = StringAt(user, "username");
   if (std::find(policy.users.begin(), policy.users.end(), username) == policy.users.end()) {
     return absl::PermissionDeniedError(
-        absl::StrCat("user '", username, "' is not a node agent (allowed: ",
-                     absl::StrJoin(policy.users, ", "), ")"));
+        absl::StrCat("user '", username,
+                     "' is not a node agent (allowed: ", absl::StrJoin(policy.users, ", "), ")"));
   }
   std::vector<std::string> nodes;
   if (auto extra = user.find("extra"); extra != user.end() && extra->is_object()) {
@@ -182,8 +183,8 @@ absl::StatusOr<std::string> TokenReviewAuthenticator::NodeOf(const std::string& 
     return absl::UnavailableError(absl::StrCat(
         "token review failed: the API server is unreachable: ", answer.status().message()));
   }
-  absl::StatusOr<std::string> node = DecideTokenReview(answer->status, answer->body,
-                                                       options_.policy);
+  absl::StatusOr<std::string> node =
+      DecideTokenReview(answer->status, answer->body, options_.policy);
   if (!node.ok() && node.status().code() == absl::StatusCode::kUnavailable) return node;
   Entry entry;
   entry.status = node.status();

@@ -158,8 +158,8 @@ absl::Status CaOnly::Init(CaOnlyInputs inputs) {
                          admin::TelemetryServer::Start(options_.metrics_address,
                                                        options_.readiness_address, admin_state_));
   ArmPublish();
-  AMBIT_LOG(kComponent, Info) << "cluster CA ready: signing with " << ca_->IssuerName()
-                              << " from " << options_.cacerts_dir;
+  AMBIT_LOG(kComponent, Info) << "cluster CA ready: signing with " << ca_->IssuerName() << " from "
+                              << options_.cacerts_dir;
   return absl::OkStatus();
 }
 

@@ -26,13 +26,12 @@ nlohmann::json Answer(bool authenticated = true, const std::string& user = kAgen
   nlohmann::json status = {{"authenticated", authenticated}};
   if (authenticated) {
     status["audiences"] = audiences;
-    status["user"] = {
-        {"username", user},
-        {"uid", "3c8a7d2e"},
-        {"groups", {"system:serviceaccounts", "system:authenticated"}},
-        {"extra",
-         {{"authentication.kubernetes.io/pod-name", {"ambit-x7k2p"}},
-          {"authentication.kubernetes.io/node-name", nodes}}}};
+    status["user"] = {{"username", user},
+                      {"uid", "3c8a7d2e"},
+                      {"groups", {"system:serviceaccounts", "system:authenticated"}},
+                      {"extra",
+                       {{"authentication.kubernetes.io/pod-name", {"ambit-x7k2p"}},
+                        {"authentication.kubernetes.io/node-name", nodes}}}};
   } else {
     status["error"] = "[invalid bearer token, square/go-jose: error in cryptographic primitive]";
   }
@@ -83,8 +82,7 @@ TEST(TokenReviewDecisionTest, Refusals) {
        absl::StatusCode::kUnauthenticated},
       // The review itself failed: nothing is known about the token, and nothing is let in.
       {"CA's own token refused", 401, nlohmann::json::object(), absl::StatusCode::kUnavailable},
-      {"CA not allowed to review", 403, nlohmann::json::object(),
-       absl::StatusCode::kUnavailable},
+      {"CA not allowed to review", 403, nlohmann::json::object(), absl::StatusCode::kUnavailable},
       {"server error", 500, Answer(), absl::StatusCode::kUnavailable},
       {"throttled", 429, Answer(), absl::StatusCode::kUnavailable},
       {"not a TokenReview", 201, nlohmann::json{{"kind", "Status"}},
@@ -233,14 +231,12 @@ TEST(StaticTokenAuthenticatorTest, FileOfTokens) {
     std::ofstream f(path);
     f << "a b c\n";
   }
-  EXPECT_NE(MakeStaticTokenAuthenticator(path).status().message().find(":1:"),
-            std::string::npos);
+  EXPECT_NE(MakeStaticTokenAuthenticator(path).status().message().find(":1:"), std::string::npos);
   {
     std::ofstream f(path);
     f << "# nothing\n";
   }
-  EXPECT_EQ(MakeStaticTokenAuthenticator(path).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeStaticTokenAuthenticator(path).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeStaticTokenAuthenticator("").status().code(), absl::StatusCode::kInvalidArgument);
   std::remove(path.c_str());
 }
