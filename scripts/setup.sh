@@ -35,6 +35,8 @@ packages=(
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
+  # the API-server client (agent/kube), and the Python client its tests compare against
+  libcurl4-openssl-dev python3-kubernetes
 )
 
 missing=()
