@@ -35,7 +35,13 @@ packages=(
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
+  # Kubernetes API tests: the official Python client against tests/kube/fake_apiserver.py
+  python3-kubernetes python3-yaml
+  # the API-server client (agent/kube)
+  libcurl4-openssl-dev
 )
+# ... and kubectl: any on PATH will do; Debian's only when there is none.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 missing=()
 while read -r name status; do
