@@ -677,6 +677,28 @@ _TABLES = {
 }
 
 
+def _programmed(gw):
+    for c in (gw.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Programmed":
+            return c.get("status", "")
+    return ""
+
+
+# The printer columns of the custom resources' definitions (Istio's and Gateway API's CRDs).
+_CRD_COLUMNS = {
+    "peerauthentications": ([_col("Mode", desc="Defines the mTLS mode used for peer "
+                                  "authentication.")],
+                            lambda o: [((o.get("spec") or {}).get("mtls") or {}).get("mode")]),
+    "authorizationpolicies": ([_col("Action", desc="The operation to take.")],
+                              lambda o: [(o.get("spec") or {}).get("action")]),
+    "gateways": ([_col("Class"), _col("Address"), _col("Programmed")],
+                 lambda o: [(o.get("spec") or {}).get("gatewayClassName"),
+                            ",".join(a.get("value", "") for a in
+                                     (o.get("status") or {}).get("addresses") or []) or None,
+                            _programmed(o) or None]),
+}
+
+
 def table_for(res, objs, list_meta, first=True):
     """A meta.k8s.io/v1 Table of objs, rows carrying PartialObjectMetadata as includeObject's
     default (Metadata) does. Watch events after the first omit the column definitions, as the
@@ -684,10 +706,10 @@ def table_for(res, objs, list_meta, first=True):
     if res.plural in _TABLES:
         cols, row = _TABLES[res.plural]
     elif not res.builtin:
-        # CustomResourceDefinition without printer columns.
-        cols, row = ([_col("Name", fmt="name", desc=_NAME_DESC), _col("Age", "date",
-                                                                        desc=_AGE_DESC)],
-                     lambda o: [o["metadata"]["name"], _age(o)])
+        extra_cols, extra = _CRD_COLUMNS.get(res.plural, ([], lambda o: []))
+        cols = [_col("Name", fmt="name", desc=_NAME_DESC)] + extra_cols + [
+            _col("Age", "date", desc=_AGE_DESC)]
+        row = lambda o: [o["metadata"]["name"]] + extra(o) + [_age(o)]
     else:
         cols, row = ([_col("Name", fmt="name", desc=_NAME_DESC),
                       _col("Created At", "date", desc=_AGE_DESC)],
@@ -854,6 +876,19 @@ def _new_meta(meta, ns, res):
     meta.pop("resourceVersion", None)
     meta.pop("deletionTimestamp", None)
     return meta
+
+
+def _set_generation(res, new, old):
+    """metadata.generation as custom resources have it: 1 at creation, one more for each change
+    outside metadata and status."""
+    if res.builtin:
+        return
+    if old is None:
+        new["metadata"]["generation"] = 1
+        return
+    gen = old["metadata"].get("generation", 1)
+    body = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
+    new["metadata"]["generation"] = gen + 1 if body(old) != body(new) else gen
 
 
 def _same_content(a, b):
@@ -1067,6 +1102,7 @@ class FakeApiServer:
         new["apiVersion"] = res.api_version()
         if old is None:
             new["metadata"] = _new_meta(meta, ns, res)
+            _set_generation(res, new, None)
             if res.plural == "namespaces":
                 new.setdefault("status", {"phase": "Active"})
                 new["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = \
@@ -1077,6 +1113,7 @@ class FakeApiServer:
                                resourceVersion=old["metadata"]["resourceVersion"])
         if res.namespaced:
             new["metadata"]["namespace"] = ns
+        _set_generation(res, new, old)
         if _same_content(old, new):
             return old
         return self.store._commit(res, "MODIFIED", new, old)
@@ -1087,7 +1124,7 @@ class FakeApiServer:
         if res is None:
             raise ValueError(f"fake apiserver: unknown kind {kind}")
         with self.store.cond:
-            return self._delete_locked(res, namespace or "" if res.namespaced else "", name)
+            return self._delete_locked(res, (namespace or "") if res.namespaced else "", name)
 
     def _delete_locked(self, res, ns, name):
         if res.namespaced and not ns:
@@ -1184,15 +1221,16 @@ class FakeApiServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = ""
-    sys_version = ""
     api = None  # FakeApiServer, set by the subclass
 
     def log_message(self, fmt, *args):
         pass
 
-    def version_string(self):
-        return ""
+    def send_response(self, code, message=None):
+        # As kube-apiserver: a Date header and no Server header.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def do_GET(self):
         self._serve("GET")
@@ -1234,6 +1272,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(body, separators=(",", ":")).encode()
         elif isinstance(body, str):
             body = body.encode()
+        self._set_status(code)
         self.send_response(code)
         self.send_header("Audit-Id", self._audit_id)
         self.send_header("Cache-Control", "no-cache, private")
@@ -1244,7 +1283,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _set_status(self, code):
+        # Recorded before the answer leaves, so a client that got it finds it in the log.
         self._status = code
+        if self._record is not None:
+            with self.api._ctl:
+                self._record["status"] = code
 
     def _error(self, e):
         self._send(e.code, e.status(), headers=e.headers)
@@ -1252,6 +1297,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method):
         self._audit_id = str(uuid.uuid4())
         self._status = 0
+        self._record = None
         url = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(url.path)
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
@@ -1264,6 +1310,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 body = self._body()
             except (ValueError, OSError):
+                self.close_connection = True  # no way to find the next request's start
                 raise bad_request("malformed request body")
             if path.startswith("/__fake/"):
                 self._control(path[len("/__fake/"):], body)
@@ -1271,6 +1318,7 @@ class _Handler(BaseHTTPRequestHandler):
             with api._ctl:
                 api._log.append(record)
                 delay = api._delay
+            self._record = record
             auth = self.headers.get("Authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
             with api._ctl:
@@ -1299,8 +1347,6 @@ class _Handler(BaseHTTPRequestHandler):
             import traceback
             traceback.print_exc()
             self._error(ApiError(500, "InternalError", f"Internal error occurred: {e!r}"))
-        finally:
-            record["status"] = self._status
 
     def _control(self, op, body):
         api = self.api
@@ -1342,7 +1388,7 @@ class _Handler(BaseHTTPRequestHandler):
                 out = {}
             elif op == "requests":
                 out = [{k: r[k] for k in ("method", "path", "query", "status", "content_type",
-                                                "time")}
+                                                "accept", "time")}
                        for r in api.request_log()]
             else:
                 raise ApiError(404, "NotFound", f"no control operation {op!r}")
@@ -1358,6 +1404,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, "ok", "text/plain; charset=utf-8")
         if path == "/version":
             return self._send(200, SERVER_VERSION)
+        if path in ("/api", "/apis"):
+            # Aggregated discovery (apidiscovery.k8s.io), which client-go asks for first: every
+            # group, version and resource in one answer.
+            for part in (self.headers.get("Accept") or "").split(","):
+                params = dict(f.strip().split("=", 1) for f in part.split(";")[1:] if "=" in f)
+                if params.get("g") == "apidiscovery.k8s.io" and \
+                        params.get("as") == "APIGroupDiscoveryList" and \
+                        params.get("v") in ("v2", "v2beta1"):
+                    v = params["v"]
+                    return self._send(200, _aggregated_discovery(path == "/api", v),
+                                      f"application/json;g=apidiscovery.k8s.io;v={v};"
+                                      "as=APIGroupDiscoveryList")
         if path == "/api":
             return self._send(200, {"kind": "APIVersions", "versions": ["v1"],
                                     "serverAddressByClientCIDRs": [{
@@ -1498,6 +1556,7 @@ class _Handler(BaseHTTPRequestHandler):
             obj["metadata"] = _new_meta(meta, ctx.ns, res)
             obj["apiVersion"] = res.api_version()
             ctx.defaults_on_create(obj)
+            _set_generation(res, obj, None)
             if ctx.dry_run:
                 return 201, dict(obj, metadata=dict(obj["metadata"],
                                                     resourceVersion=str(ctx.store.rv)))
@@ -1665,10 +1724,11 @@ class _Handler(BaseHTTPRequestHandler):
         bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
         send_initial = q.get("sendInitialEvents") in ("1", "true", "True")
         try:
-            timeout = float(q["timeoutSeconds"]) if "timeoutSeconds" in q else \
-                api.watch_timeout
+            timeout = float(q.get("timeoutSeconds") or 0)
         except ValueError:
             raise bad_request("timeoutSeconds must be an integer")
+        if timeout <= 0:
+            timeout = api.watch_timeout
         if send_initial and (not bookmarks or q.get("resourceVersionMatch") != "NotOlderThan"):
             raise ApiError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: "
                            "sendInitialEvents: Forbidden: sendInitialEvents requires setting "
@@ -1701,13 +1761,13 @@ class _Handler(BaseHTTPRequestHandler):
             if expired is None:
                 store.watchers.add(w)
         try:
+            self._set_status(200)
             self.send_response(200)
             self.send_header("Audit-Id", self._audit_id)
             self.send_header("Cache-Control", "no-cache, private")
             self.send_header("Content-Type", ctx.content_type())
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self._status = 200
             self.close_connection = False
             if expired is not None:
                 self._chunk({"type": "ERROR", "object": expired.status()})
@@ -1805,10 +1865,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _peer_gone(sock):
         try:
             r, _, _ = select.select([sock], [], [], 0)
-            if not r:
-                return False
-            # A watch client sends nothing; readable means it closed (or misbehaves).
-            return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+            # A watch client sends nothing while it watches: anything readable is its FIN or its
+            # TLS close_notify, or a protocol error; either way the watch is over.
+            return bool(r)
         except (OSError, ValueError):
             return True
 
@@ -1833,6 +1892,37 @@ def _group_doc(group):
     return {"name": group,
             "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in vs],
             "preferredVersion": {"groupVersion": f"{group}/{vs[0]}", "version": vs[0]}}
+
+
+def _aggregated_discovery(core, version):
+    items = []
+    for group in ([""] if core else list(GROUPS)):
+        versions = ["v1"] if core else GROUPS[group]
+        vs = []
+        for v in versions:
+            resources = []
+            for r in RESOURCES:
+                if r.group != group or v not in r.versions:
+                    continue
+                kind = {"group": group, "version": v, "kind": r.kind}
+                e = {"resource": r.plural, "responseKind": kind,
+                     "scope": "Namespaced" if r.namespaced else "Cluster",
+                     "singularResource": r.singular or r.kind.lower(), "verbs": list(r.verbs)}
+                if r.short_names:
+                    e["shortNames"] = list(r.short_names)
+                if r.categories:
+                    e["categories"] = list(r.categories)
+                if r.status_subresource:
+                    e["subresources"] = [{"subresource": "status", "responseKind": kind,
+                                          "verbs": ["get", "patch", "update"]}]
+                resources.append(e)
+            vs.append({"version": v, "resources": resources, "freshness": "Current"})
+        meta = {"creationTimestamp": None}
+        if group:
+            meta["name"] = group
+        items.append({"metadata": meta, "versions": vs})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}",
+            "metadata": {}, "items": items}
 
 
 def _resource_list(group, version):
@@ -2018,6 +2108,7 @@ class _Ctx:
                 new["status"] = old["status"]
             else:
                 new.pop("status", None)
+        _set_generation(self.res, new, old)
         if self.res.plural == "namespaces" and self.sub is None:
             new["metadata"]["labels"] = dict(new["metadata"].get("labels") or {})
             new["metadata"]["labels"]["kubernetes.io/metadata.name"] = self.name
@@ -2122,7 +2213,10 @@ class _Ctx:
                     at, objs = store.rv, store.objects[self.res]
             else:
                 at, objs = store.rv, store.objects[self.res]
-            keys = sorted(k for k in objs if k.startswith(prefix))
+            # A copy of the map (not of the objects, which are never changed in place), so the
+            # page is cut from one snapshot while writers go on.
+            objs = {k: o for k, o in objs.items() if k.startswith(prefix)}
+            keys = sorted(objs)
         # Everything below works on a snapshot (objects are never mutated in place).
         full_start = prefix + start
         i = bisect.bisect_left(keys, full_start) if start else 0

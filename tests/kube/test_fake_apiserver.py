@@ -224,6 +224,31 @@ class KubectlTest(Base):
         self.assertEqual(verbs(rows["pods"]), {"create", "delete", "deletecollection", "get",
                                                "list", "patch", "update", "watch"})
         self.assertEqual(verbs(rows["tokenreviews"]), {"create"})
+        # A client that asks for aggregated discovery (kubectl 1.26+) gets every group from /api
+        # and /apis and needs no per-group document; an older one walks the groups.
+        log = self.srv.requests()
+        aggregated = any("apidiscovery.k8s.io" in r["accept"] for r in log)
+        per_group = [r["path"] for r in log if r["path"] == "/api/v1" or
+                     r["path"].startswith("/apis/")]
+        if aggregated:
+            self.assertEqual(per_group, [])
+        else:
+            self.assertIn("/apis/security.istio.io/v1", per_group)
+        st, hdrs, body = self.srv.request("GET", "/apis", headers={
+            "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+                      "application/json"})
+        self.assertEqual(hdrs["Content-Type"],
+                         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+        self.assertEqual(body["kind"], "APIGroupDiscoveryList")
+        istio = next(i for i in body["items"] if i["metadata"]["name"] == "security.istio.io")
+        self.assertEqual([v["version"] for v in istio["versions"]], ["v1", "v1beta1"])
+        pa = next(r for r in istio["versions"][0]["resources"]
+                  if r["resource"] == "peerauthentications")
+        self.assertEqual((pa["scope"], pa["responseKind"]["kind"], pa["subresources"][0]
+                          ["subresource"]), ("Namespaced", "PeerAuthentication", "status"))
+        st, hdrs, body = self.srv.request("GET", "/apis")
+        self.assertEqual((hdrs["Content-Type"], body["kind"]), ("application/json",
+                                                                "APIGroupList"))
         versions = self.kubectl("api-versions").stdout.split()
         self.assertIn("security.istio.io/v1beta1", versions)
         self.assertIn("security.istio.io/v1", versions)
@@ -275,6 +300,10 @@ spec: {mtls: {mode: STRICT}}
         got = json.loads(self.kubectl("get", "pod", "web", "-n", "shop", "-o", "json").stdout)
         self.assertEqual(got["metadata"]["labels"], {"app": "web", "tier": "front"})
         self.assertEqual(got["spec"]["containers"], [{"name": "app", "image": "nginx"}])
+        # The custom resources' printer columns, as their definitions declare them.
+        out = self.kubectl("get", "pa", "-n", "shop").stdout.splitlines()
+        self.assertEqual(out[0].split(), ["NAME", "MODE", "AGE"])
+        self.assertEqual(out[1].split()[:2], ["strict", "PERMISSIVE"])
         pa = json.loads(self.kubectl("get", "peerauthentications.v1beta1.security.istio.io",
                                      "strict", "-n", "shop", "-o", "json").stdout)
         self.assertEqual(pa["apiVersion"], "security.istio.io/v1beta1")
@@ -292,6 +321,46 @@ spec: {mtls: {mode: STRICT}}
             "GET", "/apis/security.istio.io/v1/namespaces/shop/peerauthentications/strict")
         self.assertEqual(st, 404)
         self.assertEqual(body["reason"], "NotFound")
+
+    def test_server_side_apply_replace_and_patches(self):
+        manifest = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: default}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
+"""
+        r = self.kubectl("apply", "--server-side", "-f", "-", input=manifest)
+        self.assertIn("service/web serverside-applied", r.stdout)
+        ssa = [q for q in self.srv.requests() if q["method"] == "PATCH"]
+        self.assertEqual({q["content_type"] for q in ssa}, {"application/apply-patch+yaml"})
+        self.assertEqual({q["query"]["fieldManager"] for q in ssa}, {"kubectl"})
+        svc = json.loads(self.kubectl("get", "svc", "web", "-o", "json").stdout)
+        self.assertRegex(svc["spec"]["clusterIP"], r"^10\.96\.")  # allocated on create
+        self.kubectl("patch", "ap", "deny", "--type=json",
+                     "-p", '[{"op":"replace","path":"/spec/action","value":"AUDIT"}]')
+        self.kubectl("patch", "ap", "deny", "--type=merge", "-p", '{"metadata":{"labels":'
+                     '{"x":"y"}}}')
+        ap = json.loads(self.kubectl("get", "ap", "deny", "-o", "json").stdout)
+        self.assertEqual((ap["spec"]["action"], ap["metadata"]["labels"]), ("AUDIT", {"x": "y"}))
+        self.assertEqual(ap["metadata"]["generation"], 2)  # the label did not count
+        r = self.kubectl("patch", "ap", "deny", "--type=json",
+                         "-p", '[{"op":"test","path":"/spec/action","value":"DENY"}]', check=False)
+        self.assertNotEqual(r.returncode, 0)
+        # replace is a PUT carrying the resourceVersion read; a stale one conflicts.
+        svc["spec"]["ports"][0]["port"] = 81
+        self.assertIn("service/web replaced",
+                      self.kubectl("replace", "-f", "-", input=json.dumps(svc)).stdout)
+        r = self.kubectl("replace", "-f", "-", input=json.dumps(svc), check=False)
+        self.assertIn("the object has been modified", r.stderr)
+        out = self.kubectl("get", "svc", "web", "--no-headers").stdout.split()
+        self.assertEqual(out[1:5], ["ClusterIP", svc["spec"]["clusterIP"], "<none>", "81/TCP"])
 
     def test_create_in_missing_namespace_fails(self):
         r = self.kubectl("run", "x", "--image=busybox", "-n", "nowhere", check=False)
@@ -556,7 +625,9 @@ class AuthTest(Base):
             st, hdrs, body = self.srv.request("GET", "/api/v1/pods", token=token)
             self.assertEqual(st, 401)
             self.assertEqual(hdrs["Content-Type"], "application/json")
-            self.assertEqual(body, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+            self.assertNotIn("Server", hdrs)
+        self.assertIn("Date", hdrs)
+        self.assertEqual(body, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                     "status": "Failure", "message": "Unauthorized",
                                     "reason": "Unauthorized", "code": 401})
         st, _, _ = self.srv.request("GET", "/api/v1/pods")
@@ -783,6 +854,251 @@ class WatchProtocolTest(Base):
         self.assertIn("columnDefinitions", lines[0]["object"])
         self.assertNotIn("columnDefinitions", lines[1]["object"])
         self.assertEqual(lines[1]["object"]["rows"][0]["cells"][0], "b")
+
+
+class MalformedInputTest(Base):
+    """Bad requests get a clear error and leave the server serving."""
+
+    def raw(self, data):
+        import socket
+        with socket.create_connection(("127.0.0.1", self.srv.port), timeout=10) as s:
+            with self.srv.ssl_context().wrap_socket(s, server_hostname="127.0.0.1") as t:
+                t.sendall(data)
+                out = b""
+                while True:
+                    try:
+                        chunk = t.recv(65536)
+                    except (ssl.SSLError, ConnectionError):
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                return out
+
+    def test_bad_requests(self):
+        tok = self.srv.token()
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods", "{not json",
+                                       headers={"Content-Type": "application/json"})
+        self.assertEqual((st, body["reason"]), (400, "BadRequest"))
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods", [1, 2])
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods",
+                                       {"kind": "Service", "metadata": {"name": "x"}})
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("POST", "/api/v1/namespaces/default/pods",
+                                       {"kind": "Pod", "metadata": {"name": "Bad_Name"}})
+        self.assertEqual((st, body["reason"], body["details"]["causes"][0]["field"]),
+                         (422, "Invalid", "metadata.name"))
+        st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default/namespaces/x", "{}")
+        self.assertEqual(st, 404)
+        st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default", "{}",
+                                       headers={"Content-Type": "text/plain"})
+        self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
+        st, _, body = self.srv.request("GET", "/api/v1/pods?limit=abc")
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("GET", "/api/v1/pods?watch=1&resourceVersion=abc")
+        self.assertEqual(st, 400)
+        st, _, body = self.srv.request("GET", "/api/v1/pods",
+                                       headers={"Accept": "application/vnd.kubernetes.protobuf"})
+        self.assertEqual((st, body["reason"]), (406, "NotAcceptable"))
+        st, _, body = self.srv.request("GET", "/apis/nonexistent.io/v1/things")
+        self.assertEqual((st, body["reason"]), (404, "NotFound"))
+        self.assertIn(b"400", self.raw(b"NONSENSE\r\n\r\n").split(b"\r\n")[0])
+        self.assertIn(b" 400 ", self.raw(
+            b"POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            b"Bearer " + tok.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .split(b"\r\n")[0])
+        # Still serving.
+        self.assertEqual(self.srv.request("GET", "/api/v1/pods")[0], 200)
+        self.assertEqual(self.srv.proc.poll(), None)
+
+
+class CurlTest(Base):
+    """curl (libcurl, as the agent's client uses it) against the server."""
+
+    def curl(self, path, *extra, timeout=30):
+        r = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", self.srv.ca,
+                            "--resolve", f"kubernetes.default.svc:{self.srv.port}:127.0.0.1",
+                            "-H", f"Authorization: Bearer {self.srv.token()}",
+                            *extra, f"https://kubernetes.default.svc:{self.srv.port}{path}"],
+                           capture_output=True, text=True, timeout=timeout)
+        return r
+
+    def test_watch_events_arrive_as_they_happen(self):
+        self.srv.apply(pod("a"))
+        w = subprocess.Popen(["curl", "-sS", "-N", "--cacert", self.srv.ca, "-H",
+                              f"Authorization: Bearer {self.srv.token()}",
+                              f"https://127.0.0.1:{self.srv.port}/api/v1/namespaces/default/"
+                              "pods?watch=1&timeoutSeconds=10"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(json.loads(w.stdout.readline())["type"], "ADDED")
+            self.srv.apply(pod("a", labels={"v": "2"}))
+            ev = json.loads(w.stdout.readline())  # before the stream ends: flushed per event
+            self.assertEqual((ev["type"], ev["object"]["metadata"]["labels"]),
+                             ("MODIFIED", {"v": "2"}))
+            self.assertIsNone(w.poll())
+        finally:
+            w.kill()
+            w.wait()
+            w.stdout.close()
+            w.stderr.close()
+
+    def test_server_name_and_http11(self):
+        r = self.curl("/api/v1/namespaces/default", "-w", "\n%{http_version}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body, version = r.stdout.rsplit("\n", 1)
+        self.assertEqual(json.loads(body)["metadata"]["name"], "default")
+        self.assertEqual(version, "1.1")
+        r = self.curl("/api/v1/namespaces/nope")
+        self.assertEqual(r.returncode, 22)
+        self.assertEqual(json.loads(r.stdout)["code"], 404)
+
+
+class InProcessTest(unittest.TestCase):
+    """The same server used from Python in-process (FakeApiServer), as the e2e tests do."""
+
+    def setUp(self):
+        sys.path.insert(0, HERE)
+        self.addCleanup(sys.path.remove, HERE)
+        from fake_apiserver import FakeApiServer
+        self.dir = tempfile.mkdtemp(prefix="fakeapi-inproc-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.srv = FakeApiServer(self.dir, bookmark_interval=0.5)
+        self.port = self.srv.start()
+        self.addCleanup(self.srv.stop)
+
+    def client(self):
+        cfg = kclient.Configuration()
+        kconfig.load_kube_config(config_file=os.path.join(self.dir, "kubeconfig"),
+                                 client_configuration=cfg)
+        api = kclient.ApiClient(cfg)
+        self.addCleanup(api.rest_client.pool_manager.clear)
+        return kclient.CoreV1Api(api)
+
+    def test_controls(self):
+        for f in ("ca.crt", "token", "kubeconfig"):
+            self.assertTrue(os.path.exists(os.path.join(self.dir, f)), f)
+        v1 = self.client()
+        self.srv.apply("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: apps, annotations: {ambit.dev/netns: /run/netns/a}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 198.18.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: apps}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+""")
+        pods = v1.list_namespaced_pod("apps")
+        self.assertEqual([p.metadata.name for p in pods.items], ["a", "b"])
+        self.assertEqual(pods.items[0].status.pod_ip, "198.18.0.5")  # status kept as applied
+        self.assertIsNotNone(self.srv.delete("Pod", "apps", "b"))
+        self.assertIsNone(self.srv.delete("Pod", "apps", "b"))
+        self.assertEqual([p.metadata.name for p in v1.list_namespaced_pod("apps").items], ["a"])
+        reqs = self.srv.requests()
+        self.assertEqual(reqs[0], ("GET", "/api/v1/namespaces/apps/pods", {}))
+        method, path, query = reqs[-1]
+        self.assertEqual((method, path), ("GET", "/api/v1/namespaces/apps/pods"))
+
+        # urllib3 under the client honours Retry-After on a 429 by itself.
+        self.srv.fail_next(1, 429, retry_after=1)
+        self.assertEqual(len(v1.list_namespaced_pod("apps").items), 1)
+        log = self.srv.request_log()[-2:]
+        self.assertEqual([r["status"] for r in log], [429, 200])
+        self.assertGreaterEqual(log[1]["time"] - log[0]["time"], 0.9)
+        self.srv.fail_next(1, 504)
+        with self.assertRaises(ApiException) as e:
+            v1.list_namespaced_pod("apps")
+        self.assertEqual(e.exception.status, 504)
+
+        old = self.srv.token
+        self.srv.rotate_token()
+        with open(os.path.join(self.dir, "token")) as f:
+            self.assertEqual(f.read().strip(), self.srv.token)
+        self.assertNotEqual(old, self.srv.token)
+        with self.assertRaises(ApiException) as e:
+            v1.list_namespaced_pod("apps")  # this client holds the old token
+        self.assertEqual(e.exception.status, 401)
+        self.assertEqual(len(self.client().list_namespaced_pod("apps").items), 1)
+
+    def test_compact_and_stop_end_watches(self):
+        v1 = self.client()
+        self.srv.apply(pod("a"))
+        rv = v1.list_namespaced_pod("default").metadata.resource_version
+        self.srv.apply(pod("b"))
+        self.srv.compact()
+        with self.assertRaises(ApiException) as e:
+            list(kwatch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv,
+                                       timeout_seconds=5))
+        self.assertEqual(e.exception.status, 410)
+        # A watch open when the server stops ends instead of hanging.
+        got, errors = [], []
+
+        def watch():
+            try:
+                for ev in kwatch.Watch().stream(self.client().list_namespaced_pod, "default",
+                                                _request_timeout=(5, 30)):
+                    got.append(ev["type"])
+            except Exception as ex:  # the connection drops: any client error will do
+                errors.append(ex)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(got, ["ADDED", "ADDED"])
+        self.srv.stop()
+        t.join(timeout=10)
+        self.assertFalse(t.is_alive())
+        # The port is free again.
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.close()
+
+    def test_closed_watch_is_reaped(self):
+        self.srv.apply(pod("a"))
+        ctx = ssl.create_default_context(cafile=os.path.join(self.dir, "ca.crt"))
+        for graceful in (True, False):
+            c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
+            c.request("GET", "/api/v1/pods?watch=1",
+                      headers={"Authorization": f"Bearer {self.srv.token}"})
+            r = c.getresponse()
+            self.assertEqual(json.loads(r.readline())["type"], "ADDED")
+            with self.srv.store.cond:
+                self.assertEqual(len(self.srv.store.watchers), 1)
+            if graceful:
+                c.sock.unwrap()  # TLS close_notify first
+            c.close()
+            deadline = time.monotonic() + 5
+            while True:
+                with self.srv.store.cond:
+                    if not self.srv.store.watchers:
+                        break
+                self.assertLess(time.monotonic(), deadline, "watch outlived its client")
+                time.sleep(0.1)
+
+    def test_send_initial_events(self):
+        self.srv.apply(pod("a"))
+        rv = self.srv.resource_version()
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10,
+                                        context=ssl.create_default_context(
+                                            cafile=os.path.join(self.dir, "ca.crt")))
+        c.request("GET", "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
+                  "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+                  "&timeoutSeconds=1", headers={"Authorization": f"Bearer {self.srv.token}"})
+        lines = [json.loads(l) for l in c.getresponse().read().splitlines()]
+        c.close()
+        self.assertEqual(lines[0]["type"], "ADDED")
+        self.assertEqual(lines[1]["type"], "BOOKMARK")
+        self.assertEqual(lines[1]["object"]["metadata"]["annotations"],
+                         {"k8s.io/initial-events-end": "true"})
+        self.assertEqual(lines[1]["object"]["metadata"]["resourceVersion"], str(rv))
 
 
 class ScaleTest(Base):
