@@ -35,10 +35,16 @@ packages=(
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
+  # Kubernetes API tests: the official Python client against tests/kube/fake_apiserver.py
+  python3-kubernetes python3-yaml
+  # the API-server client (agent/kube)
+  libcurl4-openssl-dev
   # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
   # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
   nodejs
 )
+# ... and kubectl: any on PATH will do; Debian's only when there is none.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 missing=()
 while read -r name status; do

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -85,6 +86,11 @@ struct NodeHealth {
     bool fail_closed = false;
   };
   WaypointProcess waypoint;
+  // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
+  // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
+  bool ca_only = false;
+  std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
+  uint64_t ca_token_reviews = 0;
 };
 
 // True while the data plane's heartbeat answer is overdue as of `now`.

@@ -96,6 +96,20 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
     }
   }
   NodeHealth h = state.Health();
+  if (h.ca_only) {
+    // No data plane, pods or BPF here: their families would only say zero.
+    for (const auto& [outcome, n] : h.ca_requests) {
+      p.Add(metrics::kCaRequests, {{"outcome", outcome}}, static_cast<double>(n));
+    }
+    p.Add(metrics::kCaTokenReviews, {}, static_cast<double>(h.ca_token_reviews));
+    const auto certs = state.Certificates();
+    for (const auto& r : certs.trust_bundle()) {
+      p.Add(metrics::kTrustRootExpiry, {{"subject", r.subject()}},
+            static_cast<double>(r.not_after().unix_seconds() - absl::ToUnixSeconds(now)));
+    }
+    p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
+    return p.Render();
+  }
   const bool responsive = h.dataplane_connected && !DataPlaneUnresponsive(h, now);
   p.Add(metrics::kDataplaneUp, {}, responsive && stats != nullptr ? 1 : 0);
   p.Add(metrics::kDataplaneResponsive, {}, responsive ? 1 : 0);
@@ -136,6 +150,12 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
 std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time now) {
   std::vector<std::string> problems;
   NodeHealth h = state.Health();
+  if (h.ca_only) {
+    if (!h.config_loaded) {
+      problems.push_back("the pods' placement is not loaded yet: no node's request can be judged");
+    }
+    return problems;
+  }
   if (!h.bpf_attached) problems.push_back("BPF programs are not attached");
   if (!h.dataplane_connected) problems.push_back("the data plane is not connected");
   if (DataPlaneUnresponsive(h, now)) {

@@ -156,8 +156,21 @@ inline constexpr Metric kBpfDrops{
     {"reason"}};
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
+// ---- ambitd --ca-only (the cluster CA) ----
+
+inline constexpr Metric kCaRequests{
+    "ambit_ca_requests_total",
+    Type::kCounter,
+    "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
+    "refused token, or one that could not be checked), denied (identity of no pod on the "
+    "caller's node, or over its rate), invalid (a bad CSR).",
+    {"outcome"}};
+inline constexpr Metric kCaTokenReviews{
+    "ambit_ca_token_reviews_total", Type::kCounter,
+    "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 33> kAll = {
+inline constexpr std::array<const Metric*, 35> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -191,6 +204,8 @@ inline constexpr std::array<const Metric*, 33> kAll = {
     &kResponseBytes,
     &kExtAuthzChecks,
     &kExtAuthzDuration,
+    &kCaRequests,
+    &kCaTokenReviews,
 };
 
 // The declaration of a name, or nullptr.

@@ -16,6 +16,7 @@
 #include "agent/common/socket_mark.h"
 #include "agent/issuance/signer.h"
 #include "agent/node/agent.h"
+#include "agent/node/ca_only.h"
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
           "directory of Kubernetes-shaped YAML (Pods, Namespaces, Services, mesh.yaml); watched");
@@ -53,9 +54,23 @@ ABSL_FLAG(std::string, ca_token_file, "",
           "bearer token file for the external CA (with --ca-address)");
 ABSL_FLAG(std::string, ca_listen, "",
           "serve istio.v1.auth.IstioCertificateService on host:port for other nodes (off by "
-          "default; needs --ca-tokens)");
+          "default; needs --ca-tokens or --ca-token-review)");
 ABSL_FLAG(std::string, ca_tokens, "",
           "file of '<token> <node-name>' lines: which node each CA caller speaks for");
+ABSL_FLAG(bool, ca_only, false,
+          "run as the cluster CA only: serve the CA API on --ca-listen with the --cacerts-dir "
+          "material (required), judging each node's requests by the pods scheduled on it (from "
+          "--kube-api, else --config-dir); no BPF, pods or data plane");
+ABSL_FLAG(bool, ca_token_review, false,
+          "authenticate CA callers' bearer tokens by a TokenReview against the API server of "
+          "--kube-api (the node is the token's authentication.kubernetes.io/node-name), instead "
+          "of --ca-tokens");
+ABSL_FLAG(std::string, ca_token_audience, "ambit-ca",
+          "with --ca-token-review: the audience callers' tokens must be issued for");
+ABSL_FLAG(std::string, ca_token_users, "system:serviceaccount:ambit-system:ambit",
+          "with --ca-token-review: the users (system:serviceaccount:<namespace>:<name>, "
+          "comma-separated) whose tokens may obtain certificates: the node agents' service "
+          "accounts");
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
           "lifetime of workload certificates (at least 1m; renewed at half of it)");
 ABSL_FLAG(std::string, admin_socket, "",
@@ -149,6 +164,21 @@ int main(int argc, char** argv) {
   options.ca_token_file = absl::GetFlag(FLAGS_ca_token_file);
   options.ca_listen = absl::GetFlag(FLAGS_ca_listen);
   options.ca_tokens = absl::GetFlag(FLAGS_ca_tokens);
+  options.ca_only = absl::GetFlag(FLAGS_ca_only);
+  options.ca_token_review = absl::GetFlag(FLAGS_ca_token_review);
+  options.ca_token_audience = absl::GetFlag(FLAGS_ca_token_audience);
+  options.ca_token_users =
+      absl::StrSplit(absl::GetFlag(FLAGS_ca_token_users), ',', absl::SkipEmpty());
+  if (options.ca_token_review) {
+    if (!options.ca_tokens.empty()) {
+      std::cerr << "ambitd: --ca-token-review and --ca-tokens exclude each other\n";
+      return 2;
+    }
+    if (options.ca_token_audience.empty() || options.ca_token_users.empty()) {
+      std::cerr << "ambitd: --ca-token-review needs --ca-token-audience and --ca-token-users\n";
+      return 2;
+    }
+  }
   options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
@@ -200,6 +230,25 @@ int main(int argc, char** argv) {
     auto status = ambit::node::Agent::Cleanup(options, absl::GetFlag(FLAGS_force));
     if (!status.ok()) {
       std::cerr << "ambitd: cleanup: " << status.message() << "\n";
+      return 1;
+    }
+    return 0;
+  }
+
+  if (options.ca_only) {
+    auto inputs = ambit::node::MakeCaOnlyInputs(options);
+    if (!inputs.ok()) {
+      AMBIT_LOG("ca", Error) << "not starting: " << inputs.status().message();
+      return 1;
+    }
+    auto ca = ambit::node::CaOnly::Create(options, std::move(*inputs));
+    if (!ca.ok()) {
+      AMBIT_LOG("ca", Error) << "not starting: " << ca.status().message();
+      return 1;
+    }
+    auto status = (*ca)->Run();
+    if (!status.ok()) {
+      AMBIT_LOG("ca", Error) << status.message();
       return 1;
     }
     return 0;

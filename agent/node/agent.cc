@@ -26,6 +26,7 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/mesh/model.h"
+#include "agent/node/ca_only.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
@@ -451,12 +452,7 @@ void Agent::Apply(config::LoadResult result) {
                                   << state_->mesh.trust_domain << " (was " << previous << ")";
     }
   }
-  std::map<std::string, std::set<std::string>> by_node;
-  for (const auto& [key, pod] : state_->pods) {
-    if (state_->HasIpConflict(key)) continue;  // enrolled nowhere
-    by_node[pod.node_name].insert(state::SpiffeId(state_->mesh, pod));
-  }
-  entitlements_->Update(std::move(by_node));
+  entitlements_->Update(IdentitiesByNode(*state_));
   Reconcile();
 }
 

@@ -64,6 +64,13 @@ struct AgentOptions {
   std::string cacerts_dir;
   std::string ca_address, ca_root_cert, ca_token_file;
   std::string ca_listen, ca_tokens;  // serve the CA API to other nodes
+  // ambitd --ca-only (CaOnly, ca_only.h): the cluster CA alone, no BPF, pods or data plane.
+  bool ca_only = false;
+  // CA callers' bearer tokens checked by a TokenReview against the API server instead of the
+  // ca_tokens file: for this audience, from one of these users (service accounts).
+  bool ca_token_review = false;
+  std::string ca_token_audience = "ambit-ca";
+  std::vector<std::string> ca_token_users;
   absl::Duration cert_ttl = absl::Hours(24);
   std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
