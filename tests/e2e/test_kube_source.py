@@ -231,9 +231,16 @@ class KubeSourceTest(unittest.TestCase):
         self.kube.drop_watches()
         self.kube.apply(policy("only-web", OTHER))
         self.wait_curl(self.web, False, timeout=40)
-        log = self.kube.request_log()
+
+        def retried():
+            log = self.kube.request_log()
+            failed = [r for r in log if r["status"] == 429]
+            if len(failed) == 4 and all(any(r["path"] == f["path"] and r["time"] > f["time"]
+                                            for r in log) for f in failed):
+                return log
+            return None
+        log = wait_until("every 429 retried", retried, timeout=20)
         failed = [r for r in log if r["status"] == 429]
-        self.assertEqual(len(failed), 4, log)
         for f in failed:
             after = [r for r in log if r["path"] == f["path"] and r["time"] > f["time"]]
             self.assertTrue(after, f"no retry of {f['path']}")
