@@ -91,6 +91,16 @@ struct NodeHealth {
   bool ca_only = false;
   std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
   uint64_t ca_token_reviews = 0;
+  // A remote configuration source's resources (--kube-api; empty otherwise), and why it has no
+  // complete configuration yet (readiness fails while that is not empty).
+  struct SourceResource {
+    std::string resource;
+    bool synced = false;
+    uint64_t lists = 0, watch_restarts = 0, errors = 0;
+    absl::Time last_sync = absl::InfinitePast();
+  };
+  std::vector<SourceResource> config_source;
+  std::vector<std::string> config_pending;
 };
 
 // True while the data plane's heartbeat answer is overdue as of `now`.

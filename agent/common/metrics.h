@@ -169,8 +169,36 @@ inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
 
+// ---- ambitd's API-server configuration source (--kube-api), per watched resource. ----
+inline constexpr Metric kKubeSynced{
+    "ambit_kube_synced",
+    Type::kGauge,
+    "1 once the resource's first full list from the API server arrived.",
+    {"resource"}};
+inline constexpr Metric kKubeLists{
+    "ambit_kube_lists_total",
+    Type::kCounter,
+    "Full lists of the resource completed: the first, then one per relist (410 Gone, expired "
+    "watch, undecodable event).",
+    {"resource"}};
+inline constexpr Metric kKubeWatchRestarts{"ambit_kube_watch_restarts_total",
+                                           Type::kCounter,
+                                           "Watches of the resource that ended and were started "
+                                           "again (server timeout, disconnect, error).",
+                                           {"resource"}};
+inline constexpr Metric kKubeErrors{
+    "ambit_kube_errors_total",
+    Type::kCounter,
+    "Failed lists and watches of the resource (connection, TLS, HTTP status, bad event).",
+    {"resource"}};
+inline constexpr Metric kKubeLastSyncAge{
+    "ambit_kube_last_sync_age_seconds",
+    Type::kGauge,
+    "Seconds since the last list, event or bookmark of the resource arrived.",
+    {"resource"}};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 35> kAll = {
+inline constexpr std::array<const Metric*, 40> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -206,6 +234,11 @@ inline constexpr std::array<const Metric*, 35> kAll = {
     &kExtAuthzDuration,
     &kCaRequests,
     &kCaTokenReviews,
+    &kKubeSynced,
+    &kKubeLists,
+    &kKubeWatchRestarts,
+    &kKubeErrors,
+    &kKubeLastSyncAge,
 };
 
 // The declaration of a name, or nullptr.

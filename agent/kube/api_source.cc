@@ -53,9 +53,9 @@ absl::StatusOr<std::unique_ptr<KubeApiSource>> KubeApiSource::Create(
       return absl::ErrnoToStatus(errno, "epoll_ctl for the API server source");
     }
   }
-  auto source = std::unique_ptr<KubeApiSource>(new KubeApiSource(
-      std::move(client), std::move(options), std::move(watcher), std::move(epoll),
-      std::move(event)));
+  auto source = std::unique_ptr<KubeApiSource>(
+      new KubeApiSource(std::move(client), std::move(options), std::move(watcher), std::move(epoll),
+                        std::move(event)));
   for (auto& r : source->reflectors_) {
     Reflector* reflector = r.get();
     KubeApiSource* self = source.get();
@@ -151,11 +151,17 @@ void KubeApiSource::Run(Reflector& r) {
     }
     absl::Status error;
     const absl::Time started = absl::Now();
-    WatchEnd end = WatchOnce(r, &rv, &retry_after, &error);
+    uint64_t events = 0;
+    WatchEnd end = WatchOnce(r, &rv, &retry_after, &error, &events);
     if (cancel_.cancelled()) break;
     {
       absl::MutexLock lock(&r.mu);
       ++r.stats.watch_restarts;
+    }
+    if (events > 0 || absl::Now() - started > absl::Seconds(10)) {
+      // The watch worked for a while: a failure now is a new one, not the same one again.
+      backoff.Reset();
+      failing = false;
     }
     switch (end) {
       case WatchEnd::kClosed:
@@ -163,8 +169,8 @@ void KubeApiSource::Run(Reflector& r) {
         if (absl::Now() - started < absl::Seconds(1) && !Sleep(backoff.Next())) return;
         break;
       case WatchEnd::kExpired:
-        AMBIT_LOG(kComponent, Info) << r.resource.name << ": resourceVersion " << rv
-                                    << " expired; listing again";
+        AMBIT_LOG(kComponent, Info)
+            << r.resource.name << ": resourceVersion " << rv << " expired; listing again";
         need_list = true;
         break;
       case WatchEnd::kFailed:
@@ -283,14 +289,14 @@ absl::Status KubeApiSource::List(Reflector& r, std::string* rv,
 
 KubeApiSource::WatchEnd KubeApiSource::WatchOnce(Reflector& r, std::string* rv,
                                                  std::optional<absl::Duration>* retry_after,
-                                                 absl::Status* error) {
+                                                 absl::Status* error, uint64_t* events) {
   // Between half and all of the configured timeout, so that agents do not re-watch in step.
   thread_local std::mt19937_64 rng(std::random_device{}());
   const int64_t max_s = std::max<int64_t>(1, absl::ToInt64Seconds(options_.watch_timeout));
   const int64_t timeout_s = std::uniform_int_distribution<int64_t>((max_s + 1) / 2, max_s)(rng);
-  const std::string path = absl::StrCat(r.resource.path,
-                                        "?watch=true&allowWatchBookmarks=true&resourceVersion=",
-                                        QueryEscape(*rv), "&timeoutSeconds=", timeout_s);
+  const std::string path = absl::StrCat(
+      r.resource.path, "?watch=true&allowWatchBookmarks=true&resourceVersion=", QueryEscape(*rv),
+      "&timeoutSeconds=", timeout_s);
   bool expired = false;
   auto on_line = [&](absl::string_view line) -> absl::Status {
     AMBIT_ASSIGN_OR_RETURN(WatchEvent event, DecodeWatchEvent(line));
@@ -323,6 +329,7 @@ KubeApiSource::WatchEnd KubeApiSource::WatchOnce(Reflector& r, std::string* rv,
       }
     }
     *rv = std::move(event.resource_version);
+    ++*events;
     if (event.type != EventType::kBookmark) Notify();
     return absl::OkStatus();
   };
@@ -352,12 +359,11 @@ config::LoadResult KubeApiSource::Load() {
     absl::MutexLock lock(&r->mu);
     r->store.Collect(&extra.objects, &extra.errors);
     if (r->absent) {
-      extra.errors.push_back(
-          {std::string(kSourceName), "", "",
-           absl::StrCat("the API server does not serve ", r->resource.path,
-                        " (CustomResourceDefinition not installed): no ", r->resource.kind,
-                        " applies"),
-           /*warning=*/true});
+      extra.errors.push_back({std::string(kSourceName), "", "",
+                              absl::StrCat("the API server does not serve ", r->resource.path,
+                                           " (CustomResourceDefinition not installed): no ",
+                                           r->resource.kind, " applies"),
+                              /*warning=*/true});
     }
   }
   return loader_.Load(&extra);
@@ -388,10 +394,9 @@ std::vector<std::string> KubeApiSource::Pending() const {
   for (const auto& r : reflectors_) {
     absl::MutexLock lock(&r->mu);
     if (r->stats.synced) continue;
-    pending.push_back(absl::StrCat(
-        "waiting for the first list of ", r->resource.name, " from the API server (",
-        client_->config().server, ")",
-        r->last_error.empty() ? "" : absl::StrCat(": ", r->last_error)));
+    pending.push_back(absl::StrCat("waiting for the first list of ", r->resource.name,
+                                   " from the API server (", client_->config().server, ")",
+                                   r->last_error.empty() ? "" : absl::StrCat(": ", r->last_error)));
   }
   return pending;
 }

@@ -71,15 +71,15 @@ class KubeApiSource final : public config::ConfigSource {
   struct Reflector;
 
   KubeApiSource(std::unique_ptr<KubeClient> client, Options options,
-                std::unique_ptr<config::DirectoryWatcher> watcher, UniqueFd epoll,
-                UniqueFd event);
+                std::unique_ptr<config::DirectoryWatcher> watcher, UniqueFd epoll, UniqueFd event);
   void Run(Reflector& r);
   // One full list into r's store; sets *rv. `retry_after` is set from a 429/5xx answer.
   absl::Status List(Reflector& r, std::string* rv, std::optional<absl::Duration>* retry_after);
   // How a watch ended.
   enum class WatchEnd { kClosed, kExpired, kFailed };
+  // *events counts the events and bookmarks it delivered.
   WatchEnd WatchOnce(Reflector& r, std::string* rv, std::optional<absl::Duration>* retry_after,
-                     absl::Status* error);
+                     absl::Status* error, uint64_t* events);
   // Sleeps up to d; false when the source is being destroyed.
   bool Sleep(absl::Duration d);
   void Notify();
