@@ -87,6 +87,16 @@ def exchange(server_pod, client_pod, port):
     return json.loads(r.stdout), json.loads(out.strip().splitlines()[-1])
 
 
+def namespace_holding(name, ip):
+    """A network namespace of the test's own whose (non-loopback) interface holds ip: a veth
+    pair with both ends inside it (this kernel may lack the dummy device)."""
+    run("ip", "netns", "add", name)
+    run("ip", "-n", name, "link", "set", "lo", "up")
+    run("ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+    run("ip", "-n", name, "addr", "add", f"{ip}/32", "dev", "d0")
+    run("ip", "-n", name, "link", "set", "d0", "up")
+
+
 def start_wrapped(agent, wrapper, *extra):
     """Starts the agent's ambitd under `wrapper` (a list ending where ambitd's argv begins)."""
     agent.log = open(agent.log_path, "a")
@@ -110,13 +120,10 @@ class NetnsByIpTest(unittest.TestCase):
             cls.c = t.add_pod("c", namespace="frontend", service_account="client")
             cls.ghost_ip = f"198.18.{t.subnet}.240"
             cls.twin_ip = f"198.18.{t.subnet}.241"
-            # Two namespaces of the test's own holding one address (on a dummy device each).
+            # Two namespaces of the test's own holding one address.
             cls.twins = [f"{t.prefix}-twin{i}" for i in (1, 2)]
             for ns in cls.twins:
-                run("ip", "netns", "add", ns)
-                run("ip", "-n", ns, "link", "add", "d0", "type", "dummy")
-                run("ip", "-n", ns, "addr", "add", f"{cls.twin_ip}/32", "dev", "d0")
-                run("ip", "-n", ns, "link", "set", "d0", "up")
+                namespace_holding(ns, cls.twin_ip)
             cls.ghost_ns = f"{t.prefix}-ghost"
             cls.agent = t.add_agent()
             cls.agent.write_config("pods.yaml", "---\n".join([
@@ -180,11 +187,7 @@ class NetnsByIpTest(unittest.TestCase):
                       w["error"])
         self.assertIn(f"holds IP {self.ghost_ip}", self.agent.logs())
         # Its namespace appears (as a CNI plugin would create it): the next scan finds it.
-        run("ip", "netns", "add", self.ghost_ns)
-        run("ip", "-n", self.ghost_ns, "link", "set", "lo", "up")
-        run("ip", "-n", self.ghost_ns, "link", "add", "d0", "type", "dummy")
-        run("ip", "-n", self.ghost_ns, "addr", "add", f"{self.ghost_ip}/32", "dev", "d0")
-        run("ip", "-n", self.ghost_ns, "link", "set", "d0", "up")
+        namespace_holding(self.ghost_ns, self.ghost_ip)
         self.agent.wait_log(f"enrolled pod default/ghost netns=/var/run/netns/{self.ghost_ns} "
                             "(found by IP)", timeout=20)
         self.assertEqual(workload(self.agent, "default", "ghost")["role"], "enrolled")
@@ -203,11 +206,7 @@ class NodeNetnsByIpTest(unittest.TestCase):
             cls.ok = t.add_pod("ok")
             cls.node_ns = f"{t.prefix}-node"
             cls.node_ip = f"198.18.{t.subnet}.250"
-            run("ip", "netns", "add", cls.node_ns)
-            run("ip", "-n", cls.node_ns, "link", "set", "lo", "up")
-            run("ip", "-n", cls.node_ns, "link", "add", "d0", "type", "dummy")
-            run("ip", "-n", cls.node_ns, "addr", "add", f"{cls.node_ip}/32", "dev", "d0")
-            run("ip", "-n", cls.node_ns, "link", "set", "d0", "up")
+            namespace_holding(cls.node_ns, cls.node_ip)
             cls.agent = t.add_agent()
             cls.agent.write_config("pods.yaml", "---\n".join([
                 labelled(cls.ok, {AMBIENT: "ambient"}),
