@@ -38,7 +38,16 @@ ABSL_FLAG(std::string, instance, "default",
           "/run/ambit/<instance>; lets several agents share one kernel");
 ABSL_FLAG(std::string, cgroup, "",
           "cgroup-v2 directory the redirect programs attach to (default: the cgroup-v2 root)");
-ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf", "bpffs mount point (mounted if absent)");
+ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf",
+          "bpffs mount point (mounted if absent, unless ambitd runs in a container: there it "
+          "must be the host's /sys/fs/bpf)");
+ABSL_FLAG(std::string, host_proc, "/proc",
+          "procfs through which pod sysctls are written from inside each pod's network namespace "
+          "(in a container, where /proc/sys is read-only: the host's /proc mounted read-write, "
+          "e.g. /host/proc)");
+ABSL_FLAG(std::string, netns_dir, "/var/run/netns",
+          "directory of pod network namespace files (where CRI runtimes bind-mount them); a pod "
+          "without the ambit.dev/netns annotation is found there by its IP");
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
 ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
 ABSL_FLAG(std::string, waypoint_binary, "",
@@ -160,6 +169,8 @@ int main(int argc, char** argv) {
   options.instance = absl::GetFlag(FLAGS_instance);
   options.cgroup_path = absl::GetFlag(FLAGS_cgroup);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
+  options.host_proc = absl::GetFlag(FLAGS_host_proc);
+  options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.waypoint_binary = absl::GetFlag(FLAGS_waypoint_binary);

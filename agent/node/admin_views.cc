@@ -472,7 +472,7 @@ void Agent::PublishViews() {
         r->set_netns_cookie(e->second.netns_cookie);
         r->set_slot(e->second.slot);
         for (const auto& l : e->second.listeners) r->add_listeners(l);
-      } else if (!pod.netns_path.empty()) {
+      } else if (state::InMesh(pod, *cluster)) {
         w->set_role(pod.node_name == node_name ? "pending" : "peer");
       } else {
         w->set_role("outside");

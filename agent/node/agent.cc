@@ -19,6 +19,7 @@
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
 #include "agent/ca/certificate_authority.h"
+#include "agent/common/capabilities.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
@@ -37,6 +38,23 @@
 
 namespace ambit::node {
 namespace {
+
+// What ambitd needs for as long as it runs, not only at start: every pod enrolled later gets its
+// own sk_lookup program (loaded, attached to the pod's namespace, its listeners put into the
+// sockmap) and listeners, routing rules and sysctls inside its namespace; and the data plane
+// it spawns (ambit-tunnel, ambit-waypoint) can hold no more than ambitd's permitted set once
+// no_new_privs is set, and needs CAP_SYS_ADMIN and CAP_NET_ADMIN itself. Measured
+// (tests/e2e/test_caps.py): without any one of these, ambitd cannot start or enroll a pod.
+const std::vector<caps::Need>& AgentNeeds() {
+  static const auto* needs = new std::vector<caps::Need>{
+      {CAP_BPF, "create maps, load the redirect and per-pod sk_lookup programs"},
+      {CAP_NET_ADMIN,
+       "load and attach network BPF programs (cgroup, sk_lookup), routing rules and sysctls in "
+       "pod network namespaces"},
+      {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to set them up"},
+  };
+  return *needs;
+}
 
 constexpr const char* kComponent = "agent";
 // Between attempts to send a generation that could not be sent.
@@ -106,6 +124,7 @@ std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)), enrollment_(EnrollmentReconciler::Options{options_.node_name}) {
   pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
+  pod_net_.proc_root = options_.host_proc;
 }
 
 Agent::~Agent() {
@@ -137,6 +156,8 @@ absl::Status Agent::Init() {
     return absl::PermissionDeniedError(
         "ambitd must run as root: it loads BPF programs and enters pod network namespaces");
   }
+  AMBIT_ASSIGN_OR_RETURN(const caps::CapState granted, caps::Current());
+  AMBIT_RETURN_IF_ERROR(caps::CheckNeeds("ambitd", granted.effective, AgentNeeds()));
   // Before anything of the instance is looked at: a second agent must not re-open the first
   // one's links or remove its enrollments.
   AMBIT_ASSIGN_OR_RETURN(lock_, InstanceLock::Acquire(options_.instance));
@@ -152,7 +173,11 @@ absl::Status Agent::Init() {
   if (!node_netns_->unchecked().empty()) {
     AMBIT_LOG(kComponent, Warning) << node_netns_->unchecked();
   }
-  AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs));
+  enroll::NetnsFinder::Options finder;
+  finder.dir = options_.netns_dir;
+  netns_finder_ = std::make_unique<enroll::NetnsFinder>(
+      std::move(finder), enroll::MakeKernelNetnsProbe(), &*node_netns_, clock_);
+  AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs, options_.host_proc));
   if (options_.cgroup_path.empty()) {
     AMBIT_ASSIGN_OR_RETURN(options_.cgroup_path, bpf::FindCgroup2Mount());
   }
@@ -207,6 +232,16 @@ absl::Status Agent::Init() {
   }
   AMBIT_ASSIGN_OR_RETURN(auto pinned_slots, redirector_->EnrolledPods());
   enrollment_.SetPinnedSlots(std::move(pinned_slots), redirector_->migrating());
+
+  // Set-up that only the start needs is done (bpffs, PID 1's namespace for the guard, the cgroup
+  // programs): keep only what later enrollments need, before any thread starts (capabilities
+  // are per thread; the signing, gRPC and HTTP threads start below and inherit the reduced sets).
+  AMBIT_RETURN_IF_ERROR(caps::DropAllExcept(caps::MaskOf(AgentNeeds())));
+  if (auto now = caps::Current(); now.ok()) {
+    AMBIT_LOG(kComponent, Info) << "capabilities after set-up: " << caps::Names(now->effective)
+                                << " (dropped " << caps::Names(granted.effective & ~now->effective)
+                                << "; no_new_privs)";
+  }
 
   if (options_.kube_api.empty()) {
     AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
@@ -509,18 +544,36 @@ absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
   opened_.reset();
   EnrolledPod e;
   e.pod = pod;
-  auto netns = ambit::OpenNetns(pod.netns_path);
-  if (!netns.ok()) {
-    // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
-    return absl::UnavailableError(netns.status().message());
+  if (pod.netns_path.empty()) {
+    // Enrolled by label: the namespace is the one holding the pod's IP. A miss, or two
+    // namespaces holding it, is retried; the node's own namespace is refused.
+    auto found = netns_finder_->Find(pod.ips);
+    if (!found.ok()) {
+      return absl::Status(
+          absl::IsPermissionDenied(found.status()) ? absl::StatusCode::kPermissionDenied
+                                                   : absl::StatusCode::kUnavailable,
+          absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": ", found.status().message()));
+    }
+    e.netns = std::move(found->fd);
+    e.netns_path = std::move(found->path);
+  } else {
+    auto netns = ambit::OpenNetns(pod.netns_path);
+    if (!netns.ok()) {
+      // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
+      return absl::UnavailableError(netns.status().message());
+    }
+    e.netns = *std::move(netns);
+    e.netns_path = pod.netns_path;
   }
-  e.netns = *std::move(netns);
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
-                                               ": field metadata.annotations[",
-                                               std::string(state::kNetnsAnnotation),
-                                               "]: ", pod.netns_path, ": ", s.message()));
+    return absl::Status(s.code(), pod.netns_path.empty()
+                                      ? absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": ",
+                                                     e.netns_path, " (found by IP): ", s.message())
+                                      : absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
+                                                     ": field metadata.annotations[",
+                                                     std::string(state::kNetnsAnnotation),
+                                                     "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
   const uint64_t cookie = e.netns_cookie;
@@ -570,8 +623,9 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
     told = state::SpiffeId(state_->mesh, pod);
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
-                              << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
-                              << " slot=" << e.slot
+                              << " netns=" << e.netns_path
+                              << (pod.netns_path.empty() ? " (found by IP)" : "")
+                              << " netns_cookie=" << e.netns_cookie << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
   enrolled_.insert_or_assign(pod.Key(), std::move(e));
   return told;
@@ -663,8 +717,8 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
     if (state_->HasIpConflict(key)) continue;
     AMBIT_ASSIGN_OR_RETURN(mesh::Workload w, PodWorkload(state_->mesh, pod));
     w.enrolled_here = enrolled_.count(pod.Key()) > 0;
-    // A pod that names its netns is captured by the ambit agent on its own node.
-    w.in_mesh = !pod.netns_path.empty();
+    // Captured by the ambit agent on its own node (named netns, or enrolled by label).
+    w.in_mesh = state::InMesh(pod, *state_);
     if (w.enrolled_here) {
       // Labels select the destination of a policy, always a pod of this node: a peer's would
       // only make the snapshot and the data plane's memory grow with the cluster.

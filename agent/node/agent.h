@@ -22,6 +22,7 @@
 #include "agent/common/unique_fd.h"
 #include "agent/config/error.h"
 #include "agent/config/source.h"
+#include "agent/enroll/netns_finder.h"
 #include "agent/enroll/node_netns.h"
 #include "agent/enroll/pod_net.h"
 #include "agent/issuance/ca_server.h"
@@ -48,6 +49,11 @@ struct AgentOptions {
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
   std::string bpffs = "/sys/fs/bpf";
+  // The procfs pod sysctls are written through (enroll::PodNetOptions::proc_root).
+  std::string host_proc = "/proc";
+  // Where the container runtime keeps pod network namespace files; a pod that does not name its
+  // netns (ambit.dev/netns) is found among them by its IP (enroll::NetnsFinder).
+  std::string netns_dir = "/var/run/netns";
   std::string run_dir;        // empty: /run/ambit/<instance>
   std::string tunnel_binary;  // empty: ambit-tunnel next to ambitd
   // Started for the pods of waypoints enrolled here, with tunnel_args and its own control
@@ -129,6 +135,7 @@ class Agent final : private PodHost {
   struct EnrolledPod {
     state::Pod pod;
     UniqueFd netns;
+    std::string netns_path;  // the annotation's, or the file found by IP
     uint64_t netns_cookie = 0;
     uint32_t slot = 0;
     enroll::PodListeners listeners;
@@ -280,6 +287,8 @@ class Agent final : private PodHost {
   std::map<std::string, DataPlaneKind> handed_back_from_;  // uid -> the process that did
   EnrollmentReconciler enrollment_;
   std::optional<enroll::NodeNetnsGuard> node_netns_;
+  // Finds the namespace of a pod that names none, by its IP under --netns-dir.
+  std::unique_ptr<enroll::NetnsFinder> netns_finder_;
   std::vector<std::string> capture_problems_;  // as last checked
   std::unique_ptr<EpollLoop> loop_;
   UniqueFd signal_fd_;
