@@ -157,7 +157,13 @@ inline constexpr Metric kBpfDrops{
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 33> kAll = {
+// Data plane, per worker.
+inline constexpr Metric kKubeletProbes{
+    "ambit_kubelet_probes_total", Type::kCounter,
+    "Connections from the node's network namespace (kubelet probes) delivered to local pods past "
+    "mTLS and authorization, as Istio exempts kubelet probes."};
+
+inline constexpr std::array<const Metric*, 34> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -191,6 +197,7 @@ inline constexpr std::array<const Metric*, 33> kAll = {
     &kResponseBytes,
     &kExtAuthzChecks,
     &kExtAuthzDuration,
+    &kKubeletProbes,
 };
 
 // The declaration of a name, or nullptr.

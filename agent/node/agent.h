@@ -44,6 +44,8 @@ struct AgentOptions {
   std::string config_dir;
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
+  // The namespace whose connections to enrolled pods are kubelet probes; empty: ambitd's own.
+  std::string node_netns;
   std::string bpffs = "/sys/fs/bpf";
   std::string run_dir;        // empty: /run/ambit/<instance>
   std::string tunnel_binary;  // empty: ambit-tunnel next to ambitd
@@ -185,6 +187,9 @@ class Agent final : private PodHost {
   void PlacePods();
   void Apply(config::LoadResult result);
   void Reconcile();
+  // Tells the BPF programs which network namespace is the node's (--node-netns): its
+  // connections to enrolled pods are kubelet probes.
+  absl::Status SetNodeNetns();
   // PodHost, for RunEnrollmentPass.
   absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;
   absl::StatusOr<std::string> SetUp(const state::Pod& pod,
