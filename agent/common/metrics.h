@@ -197,8 +197,14 @@ inline constexpr Metric kKubeLastSyncAge{
     "Seconds since the last list, event or bookmark of the resource arrived.",
     {"resource"}};
 
+// Data plane, per worker.
+inline constexpr Metric kKubeletProbes{
+    "ambit_kubelet_probes_total", Type::kCounter,
+    "Connections from the node's network namespace (kubelet probes) delivered to local pods past "
+    "mTLS and authorization, as Istio exempts kubelet probes."};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 40> kAll = {
+inline constexpr std::array<const Metric*, 41> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -239,6 +245,7 @@ inline constexpr std::array<const Metric*, 40> kAll = {
     &kKubeWatchRestarts,
     &kKubeErrors,
     &kKubeLastSyncAge,
+    &kKubeletProbes,
 };
 
 // The declaration of a name, or nullptr.

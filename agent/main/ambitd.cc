@@ -116,6 +116,10 @@ ABSL_FLAG(std::string, access_log_format, "text",
           "the data plane's line per closed connection: text, json or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
+ABSL_FLAG(std::string, node_netns, "",
+          "network namespace (a path: /proc/PID/ns/net, /var/run/netns/NAME) whose sockets are "
+          "the node's, kubelet's: their TCP connections to enrolled pods are admitted as kubelet "
+          "probes, past STRICT mTLS and AuthorizationPolicy (default: ambitd's own namespace)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
           "refused while an agent of the instance runs (see --force)");
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
   }
   options.instance = absl::GetFlag(FLAGS_instance);
   options.cgroup_path = absl::GetFlag(FLAGS_cgroup);
+  options.node_netns = absl::GetFlag(FLAGS_node_netns);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
   options.host_proc = absl::GetFlag(FLAGS_host_proc);
   options.netns_dir = absl::GetFlag(FLAGS_netns_dir);

@@ -221,6 +221,7 @@ absl::Status Agent::Init() {
     AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
                                 << " verified_insns=" << p.verified_insns;
   }
+  AMBIT_RETURN_IF_ERROR(SetNodeNetns());
   std::map<uint16_t, uint8_t> ports;
   for (uint16_t p : options_.outbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_OUT;
   for (uint16_t p : options_.inbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_IN;
@@ -379,8 +380,8 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   Process* p = &process;
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
-  AMBIT_RETURN_IF_ERROR(
-      process.dp->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
+      redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
   AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle()));
   for (const auto& uid : resend) {
     if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
@@ -581,6 +582,22 @@ absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
   return cookie;
 }
 
+absl::Status Agent::SetNodeNetns() {
+  const std::string path =
+      options_.node_netns.empty() ? std::string("/proc/self/ns/net") : options_.node_netns;
+  auto netns = ambit::OpenNetns(path);
+  if (!netns.ok()) {
+    return absl::Status(netns.status().code(),
+                        absl::StrCat("--node-netns: ", netns.status().message()));
+  }
+  AMBIT_ASSIGN_OR_RETURN(uint64_t cookie, NetnsCookie(netns->get()));
+  AMBIT_RETURN_IF_ERROR(redirector_->SetNodeNetns(cookie));
+  AMBIT_LOG(kComponent, Info) << "kubelet probes: connections from network namespace " << path
+                              << " (netns_cookie=" << cookie
+                              << ") to enrolled pods pass STRICT mTLS and authorization";
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
                                          const EnrollmentReconciler::Decision& d, bool send) {
   if (!opened_.has_value() || opened_->pod.Key() != pod.Key()) {
@@ -615,6 +632,7 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
   inbound.hbone_v4 = e.listeners.hbone_v4.get();
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
+  AMBIT_RETURN_IF_ERROR(redirector_->SetPodAddresses(e.netns_cookie, pod.ips));
   // A send that fails leaves the BPF entry in place: its listeners close with `e`, and the
   // sk_lookup program drops what finds none (closed, not open) until the retry.
   std::string told;
@@ -634,6 +652,7 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
 absl::StatusOr<std::string> Agent::Resend(const std::string& uid) {
   EnrolledPod& e = enrolled_.at(uid);
   e.pod = state_->pods.at(uid);
+  AMBIT_RETURN_IF_ERROR(redirector_->SetPodAddresses(e.netns_cookie, e.pod.ips));
   AMBIT_RETURN_IF_ERROR(SendPod(e));
   return state::SpiffeId(state_->mesh, e.pod);
 }

@@ -48,6 +48,8 @@ struct AgentOptions {
   std::string kube_api, kube_token_file, kube_ca_file;
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
+  // The namespace whose connections to enrolled pods are kubelet probes; empty: ambitd's own.
+  std::string node_netns;
   std::string bpffs = "/sys/fs/bpf";
   // The procfs pod sysctls are written through (enroll::PodNetOptions::proc_root).
   std::string host_proc = "/proc";
@@ -205,6 +207,9 @@ class Agent final : private PodHost {
   absl::Status FinishMigration();
   bool applied_once_ = false;
   void Reconcile();
+  // Tells the BPF programs which network namespace is the node's (--node-netns): its
+  // connections to enrolled pods are kubelet probes.
+  absl::Status SetNodeNetns();
   // PodHost, for RunEnrollmentPass.
   absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;
   absl::StatusOr<std::string> SetUp(const state::Pod& pod,

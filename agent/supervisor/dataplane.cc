@@ -302,11 +302,12 @@ absl::Status DataPlane::OnControlReadable() {
   return absl::OkStatus();
 }
 
-absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd) {
+absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd, int probes_map_fd) {
   auto env = NewEnvelope();
   env.mutable_maps()->add_fds(pb::FD_ROLE_ORIG_DST_MAP);
   env.mutable_maps()->add_fds(pb::FD_ROLE_DELIVER_MAP);
-  return SendEnvelope(control_.get(), env, {orig_dst_map_fd, deliver_map_fd});
+  env.mutable_maps()->add_fds(pb::FD_ROLE_PROBES_MAP);
+  return SendEnvelope(control_.get(), env, {orig_dst_map_fd, deliver_map_fd, probes_map_fd});
 }
 
 absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {

@@ -119,7 +119,7 @@ class DataPlane {
   // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
 
-  absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
+  absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd, int probes_map_fd);
   // An error that the workload does not map (agent/mesh/wire.h) means nothing was sent.
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);

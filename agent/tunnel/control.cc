@@ -204,15 +204,21 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
   switch (env.body_case()) {
     case pb::Envelope::kMaps: {
       if (!workers_.empty()) return absl::OkStatus();  // same pinned map as before
-      UniqueFd orig_dst, deliver;
+      UniqueFd orig_dst, deliver, probes;
       for (int i = 0; i < env.maps().fds_size() && i < static_cast<int>(fds.size()); ++i) {
         if (env.maps().fds(i) == pb::FD_ROLE_ORIG_DST_MAP) orig_dst = std::move(fds[i]);
         if (env.maps().fds(i) == pb::FD_ROLE_DELIVER_MAP) deliver = std::move(fds[i]);
+        if (env.maps().fds(i) == pb::FD_ROLE_PROBES_MAP) probes = std::move(fds[i]);
       }
       if (!orig_dst || !deliver) {
         return absl::InvalidArgumentError("maps message lacks ambit_orig_dst or ambit_deliver");
       }
-      return StartWorkers(std::move(orig_dst), std::move(deliver));
+      if (!probes) {
+        // An agent from before kubelet probes: every plaintext connection is decided by policy.
+        AMBIT_LOG(kComponent, Warning)
+            << "the agent sent no ambit_probes map: kubelet probes are not told apart";
+      }
+      return StartWorkers(std::move(orig_dst), std::move(deliver), std::move(probes));
     }
     case pb::Envelope::kAddPod: {
       AMBIT_ASSIGN_OR_RETURN(std::shared_ptr<Pod> pod, DecodePod(env.add_pod(), std::move(fds)));
@@ -571,9 +577,11 @@ void Tunnel::AnswerProbe(uint64_t id, const ExtAuthzProbeResult& result) {
   }
 }
 
-absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
+absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map,
+                                  UniqueFd probes_map) {
   orig_dst_map_ = std::move(orig_dst_map);
   deliver_map_ = std::move(deliver_map);
+  probes_map_ = std::move(probes_map);
   auto settings = std::make_shared<DataPlaneSettings>();
   settings->clock = options_.clock;
   settings->sockets = options_.sockets;
@@ -582,6 +590,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   settings->host_netns = host_netns_.get();
   settings->orig_dst_map = orig_dst_map_.get();
   settings->deliver_map = deliver_map_.get();
+  settings->probes_map = probes_map_.get();
   settings->access_log_json = options_.access_log_json;
   settings->idle_timeout = options_.idle_timeout;
   settings->failed_stream_burst = options_.failed_stream_burst;
