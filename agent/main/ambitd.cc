@@ -29,6 +29,12 @@ ABSL_FLAG(std::string, cgroup, "",
           "cgroup-v2 directory the redirect programs attach to (default: the cgroup-v2 root)");
 ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf", "bpffs mount point (mounted if absent)");
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
+ABSL_FLAG(std::string, dataplane, "spawn",
+          "how the data-plane processes run: spawn (ambitd starts ambit-tunnel, and "
+          "ambit-waypoint for waypoint pods, and restarts them) or external (they are started "
+          "apart, e.g. as containers of the DaemonSet pod, with --control-socket "
+          "<run dir>/dataplane.sock and <run dir>/waypoint/dataplane.sock; ambitd connects "
+          "whenever they listen and never starts, restarts or stops them)");
 ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
 ABSL_FLAG(std::string, waypoint_binary, "",
           "ambit-waypoint path (default: next to ambitd), started for the pods of waypoints "
@@ -84,7 +90,9 @@ ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
-          "refused while an agent of the instance runs (see --force)");
+          "refused while an agent of the instance runs (see --force). With "
+          "--dataplane=external the data planes are not stopped (they are not ambitd's): "
+          "what runs is reported and left");
 ABSL_FLAG(bool, force, false,
           "with --cleanup: clean up even while an agent of the instance runs (its capture and "
           "enforcement stop)");
@@ -133,6 +141,12 @@ int main(int argc, char** argv) {
   options.cgroup_path = absl::GetFlag(FLAGS_cgroup);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  const std::string dataplane = absl::GetFlag(FLAGS_dataplane);
+  if (dataplane != "spawn" && dataplane != "external") {
+    std::cerr << "ambitd: --dataplane must be spawn or external, not '" << dataplane << "'\n";
+    return 2;
+  }
+  options.external_dataplane = dataplane == "external";
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.waypoint_binary = absl::GetFlag(FLAGS_waypoint_binary);
   if (!absl::GetFlag(FLAGS_waypoint_jwks_ca_file).empty()) {
