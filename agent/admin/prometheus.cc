@@ -167,7 +167,12 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
     return problems;
   }
   if (!h.bpf_attached) problems.push_back("BPF programs are not attached");
-  if (!h.dataplane_connected) problems.push_back("the data plane is not connected");
+  if (!h.dataplane_connected) {
+    problems.push_back(
+        h.dataplane_missing.empty()
+            ? std::string("the data plane is not connected")
+            : absl::StrCat("the data plane is not connected: ", h.dataplane_missing));
+  }
   if (DataPlaneUnresponsive(h, now)) {
     problems.push_back(absl::StrCat(
         "the data plane has not answered a heartbeat for ",
@@ -188,7 +193,8 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   if (const NodeHealth::WaypointProcess& w = h.waypoint; w.needed) {
     if (!w.connected) {
       problems.push_back(
-          "the waypoint data plane is not connected (waypoint pods are enrolled here)");
+          absl::StrCat("the waypoint data plane is not connected (waypoint pods are enrolled here)",
+                       w.missing.empty() ? "" : ": ", w.missing));
     } else {
       if (now - w.heartbeat_waiting_since > h.heartbeat_deadline) {
         problems.push_back(

@@ -49,6 +49,12 @@ ABSL_FLAG(std::string, netns_dir, "/var/run/netns",
           "directory of pod network namespace files (where CRI runtimes bind-mount them); a pod "
           "without the ambit.dev/netns annotation is found there by its IP");
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
+ABSL_FLAG(std::string, dataplane, "spawn",
+          "how the data-plane processes run: spawn (ambitd starts ambit-tunnel, and "
+          "ambit-waypoint for waypoint pods, and restarts them) or external (they are started "
+          "apart, e.g. as containers of the DaemonSet pod, with --control-socket "
+          "<run dir>/dataplane.sock and <run dir>/waypoint/dataplane.sock; ambitd connects "
+          "whenever they listen and never starts, restarts or stops them)");
 ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
 ABSL_FLAG(std::string, waypoint_binary, "",
           "ambit-waypoint path (default: next to ambitd), started for the pods of waypoints "
@@ -122,7 +128,9 @@ ABSL_FLAG(std::string, node_netns, "",
           "probes, past STRICT mTLS and AuthorizationPolicy (default: ambitd's own namespace)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
-          "refused while an agent of the instance runs (see --force)");
+          "refused while an agent of the instance runs (see --force). With "
+          "--dataplane=external the data planes are not stopped (they are not ambitd's): "
+          "what runs is reported and left");
 ABSL_FLAG(bool, force, false,
           "with --cleanup: clean up even while an agent of the instance runs (its capture and "
           "enforcement stop)");
@@ -177,6 +185,12 @@ int main(int argc, char** argv) {
   options.host_proc = absl::GetFlag(FLAGS_host_proc);
   options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  const std::string dataplane = absl::GetFlag(FLAGS_dataplane);
+  if (dataplane != "spawn" && dataplane != "external") {
+    std::cerr << "ambitd: --dataplane must be spawn or external, not '" << dataplane << "'\n";
+    return 2;
+  }
+  options.external_dataplane = dataplane == "external";
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.waypoint_binary = absl::GetFlag(FLAGS_waypoint_binary);
   if (!absl::GetFlag(FLAGS_waypoint_jwks_ca_file).empty()) {

@@ -125,6 +125,14 @@ Agent::Agent(AgentOptions options)
     : options_(std::move(options)), enrollment_(EnrollmentReconciler::Options{options_.node_name}) {
   pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
   pod_net_.proc_root = options_.host_proc;
+  if (options_.external_dataplane) {
+    // A connect() to a unix socket is cheap, and a data plane the kubelet just restarted should
+    // get its pods back within seconds: the attempts back off to 2 s, not to a restart's 10 s.
+    for (Process* p : {&tunnel_, &waypoint_}) {
+      p->restart = RestartBackoff(
+          RestartBackoff::Options{absl::Milliseconds(100), absl::Seconds(2), absl::Seconds(30)});
+    }
+  }
 }
 
 Agent::~Agent() {
@@ -301,7 +309,15 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   tunnel_.dp = NewDataPlane(tunnel_);
-  AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
+  if (options_.external_dataplane) {
+    // Started apart (its own container): it may come up before or after ambitd. Pods are
+    // enrolled meanwhile; their connections wait in the listeners' backlogs until it does.
+    if (absl::Status s = ConnectProcess(tunnel_, /*spawn=*/false); !s.ok()) {
+      OnConnectFailed(tunnel_, s);
+    }
+  } else {
+    AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
+  }
   // Before the first pass, so that its pods are adopted like the tunnel's.
   AMBIT_RETURN_IF_ERROR(AttachWaypoint());
   if (std::vector<std::string> pending = source_->Pending(); pending.empty()) {
@@ -343,7 +359,7 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
     args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
   auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
       binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
-      std::move(args), process.name()});
+      std::move(args), process.name(), /*watch_pid=*/!options_.external_dataplane});
   // The process objects live as long as the agent; these run on its control thread.
   Process* p = &process;
   dp->on_csr_request = [this, p](supervisor::CsrRequest r) { OnCsrRequest(*p, std::move(r)); };
@@ -358,6 +374,7 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
 absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, process.dp->Connect(spawn));
   process.restart.OnStarted(clock_->Now());
+  process.connect_error.clear();
   process.heartbeat->Reset(process.dp->heartbeat_supported());
   process.last_pong.reset();
   std::vector<HandedBackInfo> infos;
@@ -378,7 +395,10 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   // A fresh process knows nothing: every enrolled pod that belongs to it is sent.
   const std::vector<std::string> resend = SessionPods(process.kind, enrolled, waypoint_pods_);
   Process* p = &process;
-  AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
+  // Started apart, it has no pidfd here: the control socket closing is its exit.
+  if (process.dp->pidfd() >= 0) {
+    AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
+  }
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
       redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
@@ -388,8 +408,13 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
       AMBIT_RETURN_IF_ERROR(SendPod(it->second));
     }
   }
-  if (last_version_ > 0) {
-    process.generation.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
+  // Before the configuration is first loaded nothing is sent: no generation at all is served.
+  // After, even when no generation was built yet (no process was connected to take one: a data
+  // plane started apart may come up after ambitd), this session gets one.
+  if (config_applied_) {
+    if (last_version_ > 0) {
+      process.generation.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
+    }
     SendSnapshot();
   }
   if (reapply_log_levels_) {
@@ -405,6 +430,11 @@ absl::Status Agent::AttachWaypoint() {
   waypoint_.dp = NewDataPlane(waypoint_);
   absl::Status status = ConnectProcess(waypoint_, /*spawn=*/false);
   if (status.ok()) return status;
+  if (options_.external_dataplane && !absl::IsNotFound(status)) {
+    // Not ours to stop: keep trying, as for a session that ended.
+    OnConnectFailed(waypoint_, status);
+    return absl::OkStatus();
+  }
   if (!absl::IsNotFound(status)) {
     // A process that cannot be taken over would hold its pods' listeners unsupervised: it is
     // stopped, and a fresh one starts for the first waypoint pod.
@@ -424,6 +454,16 @@ absl::Status Agent::AttachWaypoint() {
 
 void Agent::EnsureWaypointStarted() {
   if (waypoint_.dp != nullptr) return;  // running, starting or waiting for its restart
+  if (options_.external_dataplane) {
+    waypoint_.dp = NewDataPlane(waypoint_);
+    AMBIT_LOG(kComponent, Info) << "waypoint pods are enrolled here: connecting to the waypoint "
+                                   "data plane (started apart from ambitd) on "
+                                << options_.waypoint_control_socket();
+    if (absl::Status status = ConnectProcess(waypoint_, /*spawn=*/false); !status.ok()) {
+      OnConnectFailed(waypoint_, status);
+    }
+    return;
+  }
   std::error_code ec;
   std::filesystem::create_directories(options_.waypoint_dir(), ec);
   if (ec) {
@@ -493,6 +533,7 @@ void Agent::Apply(config::LoadResult result) {
     engine_ = std::move(*engine);
   }
   load_errors_ = result.errors;
+  config_applied_ = true;
   for (const auto& e : result.errors) {
     if (e.warning) {
       AMBIT_LOG("config", Warning) << e.ToString();
@@ -881,12 +922,17 @@ void Agent::OnRetryTimer() {
 }
 
 void Agent::OnRestartTimer(Process& process) {
-  auto status = ConnectProcess(process, /*spawn=*/true);
+  auto status = ConnectProcess(process, /*spawn=*/!options_.external_dataplane);
   if (status.ok()) {
     // A pod that waited for this process may now move to it.
     if (!PlannedMoves().empty()) Reconcile();
     return;
   }
+  if (options_.external_dataplane) {
+    OnConnectFailed(process, status);
+    return;
+  }
+  process.connect_error = std::string(status.message());
   AMBIT_LOG(kComponent, Error) << "restart " << process.name() << ": " << status.message();
   if (process.dp->pidfd() >= 0) {
     OnDataPlaneExit(process);
@@ -898,6 +944,12 @@ void Agent::OnRestartTimer(Process& process) {
 void Agent::OnControlReadable(Process& process) {
   if (!process.connected()) return;
   if (auto status = process.dp->OnControlReadable(); !status.ok()) {
+    if (process.dp->pidfd() < 0) {
+      // Not watched by PID (started apart): the session ending is all there is to see.
+      AMBIT_LOG(kComponent, Debug) << process.name() << " session: " << status.message();
+      OnDataPlaneExit(process);
+      return;
+    }
     // The process exit (pidfd) drives the restart; here just stop reading.
     Unwatch(process.dp->control_fd());
   }
@@ -909,21 +961,58 @@ void Agent::OnControlReadable(Process& process) {
 }
 
 void Agent::OnDataPlaneExit(Process& process) {
+  const bool watched = process.dp->pidfd() >= 0;
+  pid_t pid = process.dp->pid();
+  EndSession(process);
+  std::string how = watched ? process.dp->Reap() : std::string();
+  if (!watched) process.dp->Disconnect();
+  const absl::Duration delay = process.restart.OnExit(clock_->Now());
+  if (watched) {
+    AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid << " " << how << "; restart #"
+                                 << process.restart.restarts() << " in "
+                                 << absl::FormatDuration(delay)
+                                 << " (listeners stay open; new connections wait in backlog)";
+  } else {
+    process.connect_error = "its control session ended";
+    AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid
+                                 << " (started apart from ambitd) ended its control "
+                                 << "session; reconnecting #" << process.restart.restarts()
+                                 << " in " << absl::FormatDuration(delay)
+                                 << " once it listens again on " << process.dp->control_socket()
+                                 << " (listeners stay open; new connections wait in backlog)";
+  }
+  ArmRestart(process, delay);
+  PublishHealth();
+}
+
+void Agent::EndSession(Process& process) {
   Unwatch(process.dp->pidfd());
   Unwatch(process.dp->control_fd());
-  pid_t pid = process.dp->pid();
-  std::string how = process.dp->Reap();
-  process.heartbeat->Reset(false);  // an exited data plane is reported as not connected
+  process.heartbeat->Reset(false);  // a data plane gone is reported as not connected
   process.last_pong.reset();
   if (process.kind == DataPlaneKind::kTunnel) enrollment_.OnDataPlaneExit();
   for (auto& [uid, e] : enrolled_) {
     if (e.served_by == process.kind) e.served_by = DataPlaneKind::kNone;  // resent on restart
   }
-  const absl::Duration delay = process.restart.OnExit(clock_->Now());
-  AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid << " " << how << "; restart #"
-                               << process.restart.restarts() << " in "
-                               << absl::FormatDuration(delay)
-                               << " (listeners stay open; new connections wait in backlog)";
+}
+
+void Agent::OnConnectFailed(Process& process, const absl::Status& status) {
+  // A session that began and failed half-way (hello, hand-back, a send) ends like any other.
+  EndSession(process);
+  process.dp->Disconnect();
+  const bool first =
+      process.connect_error.empty() || process.connect_error == "its control session ended";
+  process.connect_error = std::string(status.message());
+  const absl::Duration delay = process.restart.OnStartFailed();
+  if (first) {
+    AMBIT_LOG(kComponent, Warning)
+        << process.name() << " not connected: " << status.message()
+        << "; it is started apart from ambitd (--dataplane=external), which connects once it "
+           "listens (retrying every "
+        << absl::FormatDuration(delay) << " and backing off)";
+  } else {
+    AMBIT_LOG(kComponent, Debug) << process.name() << " still not connected: " << status.message();
+  }
   ArmRestart(process, delay);
   PublishHealth();
 }
@@ -1157,12 +1246,19 @@ void Agent::RollBackFailedStart() {
     admin_server_.reset();
     std::error_code ec;
     // Only the entries a start creates: the default run directory is the parent of other
-    // instances' ones, which must survive.
-    std::filesystem::remove(options_.control_socket(), ec);
-    std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
-    std::filesystem::remove_all(options_.waypoint_dir(), ec);
+    // instances' ones, which must survive. A data plane started apart may have come to listen
+    // in the directory meanwhile: its sockets are its own.
+    if (!options_.external_dataplane) {
+      std::filesystem::remove(options_.control_socket(), ec);
+      std::filesystem::remove(options_.control_socket() + ".lock", ec);
+      std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
+      std::filesystem::remove_all(options_.waypoint_dir(), ec);
+    }
     std::filesystem::remove(options_.resolved_admin_socket(), ec);
-    if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
+    if (options_.external_dataplane &&
+        !std::filesystem::is_empty(options_.resolved_run_dir(), ec)) {
+      // Left to the data planes.
+    } else if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
       removed.push_back(options_.resolved_run_dir());
     } else if (ec) {
       AMBIT_LOG(kComponent, Warning) << "failed start: could not remove "
@@ -1190,10 +1286,28 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   }
   absl::Status status;
   std::vector<std::string> removed;
+  // Started apart from ambitd (--dataplane=external), a data plane is another container's
+  // process, in another PID namespace: the PID it names may be some other process here, so it
+  // is not signalled. It is reported, and its sockets stay, so that it can still be reached.
+  std::vector<std::string> left;
   const std::pair<std::string, std::string> processes[] = {
       {"data plane", options.control_socket()},
       {"waypoint data plane", options.waypoint_control_socket()}};
   for (const auto& [name, socket] : processes) {
+    if (options.external_dataplane) {
+      auto running = supervisor::DataPlane::Probe(socket);
+      if (!running.ok()) {
+        left.push_back(absl::StrCat("something on ", socket, " that is not a data plane (",
+                                    running.status().message(), ")"));
+      } else if (running->has_value()) {
+        left.push_back(absl::StrCat(
+            name, " pid=", (*running)->pid, " (its own PID namespace) serving ",
+            (*running)->pod_count, " pods on ", socket,
+            ": started apart from ambitd, so not stopped; with the capture gone it carries no "
+            "new traffic, and it ends with its container"));
+      }
+      continue;
+    }
     auto stopped = supervisor::DataPlane::StopRunning(socket);
     if (!stopped.ok()) {
       status.Update(stopped.status());
@@ -1208,7 +1322,13 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
     removed.push_back(absl::StrCat("removed ", *pins, " BPF pins under ", options.pin_root()));
   }
   std::error_code ec;
-  if (std::filesystem::exists(options.resolved_run_dir(), ec)) {
+  if (!left.empty()) {
+    // Only ambitd's own entry: the data planes' sockets and locks are theirs.
+    if (std::filesystem::remove(options.resolved_admin_socket(), ec)) {
+      removed.push_back(absl::StrCat("removed ", options.resolved_admin_socket()));
+    }
+    left.push_back(absl::StrCat(options.resolved_run_dir(), " (the data planes' sockets)"));
+  } else if (std::filesystem::exists(options.resolved_run_dir(), ec)) {
     std::filesystem::remove_all(options.resolved_run_dir(), ec);
     if (ec) {
       status.Update(absl::InternalError(
@@ -1219,6 +1339,10 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   }
   // The lock file goes with the instance, unless another agent holds it (--force).
   if (lock.ok()) lock->Remove();
+  if (!left.empty()) {
+    AMBIT_LOG(kComponent, Warning)
+        << "cleanup of instance " << options.instance << " left: " << absl::StrJoin(left, "; ");
+  }
   if (removed.empty()) {
     AMBIT_LOG(kComponent, Info) << "nothing to clean up for instance " << options.instance
                                 << ": no data plane, no BPF pins under " << options.pin_root()

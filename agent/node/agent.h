@@ -61,6 +61,11 @@ struct AgentOptions {
   // Started for the pods of waypoints enrolled here, with tunnel_args and its own control
   // socket. Empty: ambit-waypoint next to ambitd.
   std::string waypoint_binary;
+  // --dataplane=external: ambit-tunnel and ambit-waypoint are started apart from ambitd (their
+  // own containers, as the kubelet runs them) and listen on the control sockets below. ambitd
+  // connects whenever they listen, never starts, stops or restarts them, and cannot watch them
+  // by PID (another PID namespace): the control session and the heartbeat say whether they live.
+  bool external_dataplane = false;
   std::vector<std::string> tunnel_args;
   std::vector<std::string> waypoint_args;  // after tunnel_args, for ambit-waypoint only
   uint32_t socket_mark = kDefaultSocketMark;
@@ -166,6 +171,8 @@ class Agent final : private PodHost {
     uint64_t health_acked = 0, health_nacked = 0;     // as last published
     // Bumped by each arming of its restart timer (see ArmRestart).
     uint64_t restart_timer = 0;
+    // Why the last connection attempt failed, while not connected (readiness names it).
+    std::string connect_error;
   };
 
   explicit Agent(AgentOptions options);
@@ -185,6 +192,8 @@ class Agent final : private PodHost {
   void PublishBpf();  // the programs and where they are attached, for ambitctl bpf
   // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
   void PublishHealth();
+  // Readiness's words for a process that is not connected ("" when it is).
+  std::string MissingDataPlane(const Process& process) const;
   Process& ProcessOf(DataPlaneKind kind) {
     return kind == DataPlaneKind::kWaypoint ? waypoint_ : tunnel_;
   }
@@ -246,6 +255,12 @@ class Agent final : private PodHost {
   absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
   void OnDataPlaneExit(Process& process);
+  // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
+  // and which pods the process held (resent on the next session).
+  void EndSession(Process& process);
+  // --dataplane=external: a connection attempt failed (nothing listens yet, or the session
+  // could not start); tries again after the back-off.
+  void OnConnectFailed(Process& process, const absl::Status& status);
 
   AgentOptions options_;
   // Held for the agent's lifetime; first, so that it is released last.
@@ -258,6 +273,9 @@ class Agent final : private PodHost {
   Process waypoint_{DataPlaneKind::kWaypoint};
   // The last configuration generation built (sent to every connected process).
   uint64_t last_version_ = 0;
+  // A configuration was loaded (Apply ran): a data plane connecting from now on gets a generation
+  // even when none was built yet.
+  bool config_applied_ = false;
   // The ext_authz provider warnings last logged: logged again only when they change (a snapshot
   // is built on every change of anything, the warnings would repeat).
   mutable std::vector<std::string> ext_authz_warnings_;

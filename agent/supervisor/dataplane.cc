@@ -96,13 +96,16 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
   control_.Reset();
   // A new session: what the previous one applied or refused says nothing about this one.
   nack_error_.clear();
+  acked_version_ = 0;
+  nacked_version_ = 0;
   auto existing = TryConnect();
   if (existing.ok()) {
     control_ = std::move(*existing);
     is_child_ = false;
   } else if (!spawn) {
-    return absl::NotFoundError(
-        absl::StrCat("no ", options_.name, " serves ", options_.control_socket));
+    return absl::NotFoundError(absl::StrCat("no ", options_.name, " serves ",
+                                            options_.control_socket, " (",
+                                            existing.status().message(), ")"));
   } else {
     AMBIT_RETURN_IF_ERROR(Spawn());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -132,10 +135,17 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
   }
   if (!is_child_) {
     pid_ = hello.first.hello().pid();
-    pidfd_ = UniqueFd(PidfdOpen(pid_));
-    if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
-    AMBIT_LOG(kComponent, Info) << "re-attached to running " << options_.name << " pid=" << pid_
-                                << " serving " << hello.first.hello().pod_count() << " pods";
+    if (options_.watch_pid) {
+      pidfd_ = UniqueFd(PidfdOpen(pid_));
+      if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
+      AMBIT_LOG(kComponent, Info) << "re-attached to running " << options_.name << " pid=" << pid_
+                                  << " serving " << hello.first.hello().pod_count() << " pods";
+    } else {
+      pidfd_.Reset();
+      AMBIT_LOG(kComponent, Info) << "connected to " << options_.name << " pid=" << pid_
+                                  << " (its own PID namespace) on " << options_.control_socket
+                                  << ", serving " << hello.first.hello().pod_count() << " pods";
+    }
   }
   std::vector<HandedBackPod> pods;
   for (uint32_t i = 0; i < hello.first.hello().pod_count(); ++i) {
@@ -161,6 +171,12 @@ std::string DataPlane::Reap() {
   }
   pid_ = -1;
   return how;
+}
+
+void DataPlane::Disconnect() {
+  control_.Reset();
+  pidfd_.Reset();
+  pid_ = -1;
 }
 
 pid_t DataPlane::Stop() {
@@ -238,6 +254,18 @@ absl::Status DataPlane::SetLogLevel(const std::string& control_socket, const std
         absl::StrCat("data plane refused the log level: ", response.error()));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<RunningDataPlane>> DataPlane::Probe(
+    const std::string& control_socket) {
+  auto fd = ConnectUnix(control_socket, SOCK_SEQPACKET);
+  if (!fd.ok()) return std::nullopt;  // nothing listens there
+  AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(fd->get(), 5000));
+  if (!hello.first.has_hello()) {
+    return absl::DataLossError(absl::StrCat("what serves ", control_socket, " did not say hello"));
+  }
+  return RunningDataPlane{static_cast<pid_t>(hello.first.hello().pid()),
+                          hello.first.hello().pod_count()};
 }
 
 absl::StatusOr<pid_t> DataPlane::StopRunning(const std::string& control_socket) {

@@ -100,6 +100,9 @@ class Tunnel {
 
   // Declared first, destroyed last: every member below may be named by work still queued.
   TunnelOptions options_;
+  // <control socket>.lock, locked for the process's life: one data plane per control socket.
+  // Released after the destructor unlinked the sockets, so a successor never loses its own.
+  UniqueFd socket_lock_;
   std::unique_ptr<EpollLoop> loop_;
   Reconciler reconciler_;
   UniqueFd stats_fd_;   // <run dir>/dataplane-stats.sock
