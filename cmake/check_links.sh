@@ -5,6 +5,14 @@ bin=$1 side=$2
 libs=$(ldd "$bin")
 case "$side" in
   data-plane)
+    # libcurl: the API-server client (agent/kube) is control-side; in a data-plane process it
+    # would also bring OpenSSL or another TLS library beside BoringSSL.
+    if grep -Eq '/libcurl' <<<"$libs"; then
+      echo "error: data-plane binary $(basename "$bin") loads libcurl" \
+        "(docs/ARCHITECTURE.md#process-split):" >&2
+      grep -E '/libcurl' <<<"$libs" >&2
+      rm -f "$bin"; exit 1
+    fi
     if grep -Eq 'libgrpc|libgpr\.|/libssl\.so\.3|/libcrypto\.so\.3' <<<"$libs"; then
       echo "error: data-plane binary $(basename "$bin") loads gRPC or OpenSSL" \
         "(docs/ARCHITECTURE.md#process-split):" >&2

@@ -41,6 +41,8 @@ SIDES = ("any", "control", "data", "split")
 GRPC_LIBS = re.compile(r"^(PkgConfig::GRPCPP|gRPC::.*|grpc\+\+.*|grpc|gpr)$")
 OPENSSL_LIBS = re.compile(r"^(OpenSSL::.*|ssl|crypto)$")
 BORINGSSL_LIBS = re.compile(r"^boringssl$")
+# libcurl (the API-server client, agent/kube): control side only, like gRPC.
+CURL_LIBS = re.compile(r"^(CURL::libcurl|PkgConfig::CURL|curl)$")
 
 # ambit targets defined outside agent/, and the header group each stands for.
 GROUP_TARGETS = {
@@ -152,6 +154,8 @@ def classify_angle(header):
         return "lib:nghttp2"
     if header.startswith("openssl/"):
         return "lib:tls"
+    if header.startswith("curl/"):
+        return "lib:curl"
     return None
 
 
@@ -169,7 +173,7 @@ def source_files(root, top):
 
 def file_side(kind, rules):
     if kind.startswith("lib:"):
-        return {"lib:grpc": "control", "lib:nghttp2": "data"}.get(kind)
+        return {"lib:grpc": "control", "lib:curl": "control", "lib:nghttp2": "data"}.get(kind)
     side = rules.side.get(kind)
     return side if side in ("control", "data") else None
 
@@ -201,7 +205,8 @@ def check_includes(root, rules, errors):
                                       "code never depends on tests/ or bench/")
                     elif kind.startswith("lib:"):
                         my_side = rules.side.get(module)
-                        ok = {"lib:grpc": ("control", "split"), "lib:nghttp2": ("data", "split"),
+                        ok = {"lib:grpc": ("control", "split"), "lib:curl": ("control", "split"),
+                              "lib:nghttp2": ("data", "split"),
                               "lib:tls": ("control", "data", "split")}[kind]
                         if my_side is not None and my_side not in ok:
                             errors.append(f"{where}: agent/{module} ({my_side}) includes <{header}>"
@@ -319,6 +324,7 @@ def check_links(root, rules, errors):
         grpc = sorted(l for l in libs if GRPC_LIBS.match(l))
         openssl = sorted(l for l in libs if OPENSSL_LIBS.match(l))
         boring = sorted(l for l in libs if BORINGSSL_LIBS.match(l))
+        curl = sorted(l for l in libs if CURL_LIBS.match(l))
 
         def path(lib):
             return " -> ".join(libs[lib] + [lib])
@@ -334,6 +340,9 @@ def check_links(root, rules, errors):
             bad.append(f"is control-plane code but links {path(boring[0])}")
         elif side == "any" and (boring or grpc or openssl):
             bad.append(f"is usable by both processes but links {path((boring or grpc or openssl)[0])}")
+        if curl and side in ("data", "any"):
+            bad.append(f"is {'data-plane code' if side == 'data' else 'usable by both processes'} "
+                       f"but links libcurl ({path(curl[0])}): the API-server client is control-side")
         for b in bad:
             errors.append(f"{t.where}: target {name} {b}")
         if t.module is None or t.module not in rules.allowed:

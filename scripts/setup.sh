@@ -37,6 +37,8 @@ packages=(
   nghttp2-client haproxy
   # Kubernetes API tests: the official Python client against tests/kube/fake_apiserver.py
   python3-kubernetes python3-yaml
+  # the API-server client (agent/kube)
+  libcurl4-openssl-dev
   # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
   # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
   nodejs

@@ -97,6 +97,16 @@ void AdminState::SetStatsFetcher(StatsFetcher fetcher) {
   stats_fetcher_ = std::move(fetcher);
 }
 
+void AdminState::SetReadinessChecker(ReadinessChecker checker) {
+  absl::MutexLock lock(&mu_);
+  readiness_checker_ = std::move(checker);
+}
+
+AdminState::ReadinessChecker AdminState::readiness_checker() const {
+  absl::MutexLock lock(&mu_);
+  return readiness_checker_;
+}
+
 StatsFetcher AdminState::stats_fetcher() const {
   absl::MutexLock lock(&mu_);
   return stats_fetcher_;
@@ -221,6 +231,37 @@ class AdminServer::Service final : public pb::Admin::Service {
     auto stats = fetch(true, false);
     if (!stats.ok()) return ToGrpc(stats.status());
     *resp = ConnectionsFromStats(*stats, req->pod(), absl::Now());
+    return grpc::Status::OK;
+  }
+  grpc::Status GetStatus(grpc::ServerContext*, const pb::GetStatusRequest*,
+                         pb::GetStatusResponse* resp) override {
+    const absl::Time now = absl::Now();
+    AdminState::ReadinessChecker readiness = state_->readiness_checker();
+    if (!readiness) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
+    std::vector<std::string> problems = readiness(now);
+    resp->set_ready(problems.empty());
+    for (auto& p : problems) resp->add_problems(std::move(p));
+    const NodeHealth h = state_->Health();
+    pb::DataPlaneStatus* tunnel = resp->add_data_planes();
+    tunnel->set_name("ambit-tunnel");
+    tunnel->set_mode(h.dataplane_mode);
+    tunnel->set_socket(h.dataplane_socket);
+    tunnel->set_needed(true);
+    tunnel->set_connected(h.dataplane_connected);
+    tunnel->set_pid(h.dataplane_pid);
+    tunnel->set_restarts(h.dataplane_restarts);
+    tunnel->set_problem(h.dataplane_missing);
+    pb::DataPlaneStatus* waypoint = resp->add_data_planes();
+    waypoint->set_name("ambit-waypoint");
+    waypoint->set_mode(h.dataplane_mode);
+    waypoint->set_socket(h.waypoint.socket);
+    waypoint->set_needed(h.waypoint.needed);
+    waypoint->set_connected(h.waypoint.connected);
+    waypoint->set_pid(h.waypoint.pid);
+    waypoint->set_restarts(h.waypoint.restarts);
+    // Not connected while not needed is no problem: it is connected to once it is.
+    if (h.waypoint.needed) waypoint->set_problem(h.waypoint.missing);
+    *resp->mutable_generation() = GenerationOf(h, now);
     return grpc::Status::OK;
   }
 

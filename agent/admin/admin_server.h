@@ -1,6 +1,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -45,7 +46,15 @@ using StatsFetcher = std::function<absl::StatusOr<ambit::dataplane::v1::StatsRes
 struct NodeHealth {
   bool bpf_attached = false;
   bool dataplane_connected = false;
+  // While not connected: which process is missing and why, as readiness and `ambitctl status`
+  // say it (the binary, how it is started, the socket nothing serves, the last error).
+  std::string dataplane_missing;
   uint64_t dataplane_restarts = 0;
+  // How the data planes are run: "spawn" (started and restarted by ambitd) or "external"
+  // (started apart from ambitd; it only connects), and the control sockets they serve.
+  std::string dataplane_mode = "spawn";
+  std::string dataplane_socket;
+  int dataplane_pid = 0;  // as the data plane reports it (its own PID namespace when external)
   // Every enrolled pod (namespace/name) and the identity it needs a certificate for.
   std::vector<std::pair<std::string, std::string>> enrolled;
   int enroll_failures = 0;  // pods this node should enroll but could not
@@ -75,6 +84,8 @@ struct NodeHealth {
   struct WaypointProcess {
     bool needed = false;
     bool connected = false;
+    std::string missing;  // as dataplane_missing, for this process
+    std::string socket;
     int pid = 0;
     uint64_t restarts = 0;
     absl::Time heartbeat_waiting_since = absl::InfiniteFuture();
@@ -85,6 +96,21 @@ struct NodeHealth {
     bool fail_closed = false;
   };
   WaypointProcess waypoint;
+  // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
+  // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
+  bool ca_only = false;
+  std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
+  uint64_t ca_token_reviews = 0;
+  // A remote configuration source's resources (--kube-api; empty otherwise), and why it has no
+  // complete configuration yet (readiness fails while that is not empty).
+  struct SourceResource {
+    std::string resource;
+    bool synced = false;
+    uint64_t lists = 0, watch_restarts = 0, errors = 0;
+    absl::Time last_sync = absl::InfinitePast();
+  };
+  std::vector<SourceResource> config_source;
+  std::vector<std::string> config_pending;
 };
 
 // True while the data plane's heartbeat answer is overdue as of `now`.
@@ -128,6 +154,11 @@ class AdminState {
   StatsFetcher stats_fetcher() const;
   void SetHealth(NodeHealth health);
   NodeHealth Health() const;
+  // Readiness's reasons as of a time (ReadinessProblems, in ambit_telemetry, which builds on this
+  // library): set once by ambitd, for `ambitctl status`.
+  using ReadinessChecker = std::function<std::vector<std::string>(absl::Time)>;
+  void SetReadinessChecker(ReadinessChecker checker);
+  ReadinessChecker readiness_checker() const;
 
  private:
   mutable absl::Mutex mu_;
@@ -141,6 +172,7 @@ class AdminState {
   LogLevelHandler log_level_handler_ ABSL_GUARDED_BY(mu_);
   StatsFetcher stats_fetcher_ ABSL_GUARDED_BY(mu_);
   NodeHealth health_ ABSL_GUARDED_BY(mu_);
+  ReadinessChecker readiness_checker_ ABSL_GUARDED_BY(mu_);
 };
 
 // The connections a stats answer lists, as `ambitctl connections` shows them; `pod` (namespace/

@@ -96,6 +96,20 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
     }
   }
   NodeHealth h = state.Health();
+  if (h.ca_only) {
+    // No data plane, pods or BPF here: their families would only say zero.
+    for (const auto& [outcome, n] : h.ca_requests) {
+      p.Add(metrics::kCaRequests, {{"outcome", outcome}}, static_cast<double>(n));
+    }
+    p.Add(metrics::kCaTokenReviews, {}, static_cast<double>(h.ca_token_reviews));
+    const auto certs = state.Certificates();
+    for (const auto& r : certs.trust_bundle()) {
+      p.Add(metrics::kTrustRootExpiry, {{"subject", r.subject()}},
+            static_cast<double>(r.not_after().unix_seconds() - absl::ToUnixSeconds(now)));
+    }
+    p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
+    return p.Render();
+  }
   const bool responsive = h.dataplane_connected && !DataPlaneUnresponsive(h, now);
   p.Add(metrics::kDataplaneUp, {}, responsive && stats != nullptr ? 1 : 0);
   p.Add(metrics::kDataplaneResponsive, {}, responsive ? 1 : 0);
@@ -126,6 +140,16 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
   for (const auto& d : bpf.drops()) {
     p.Add(metrics::kBpfDrops, {{"reason", d.reason()}}, static_cast<double>(d.count()));
   }
+  for (const NodeHealth::SourceResource& r : h.config_source) {
+    const Labels labels = {{"resource", r.resource}};
+    p.Add(metrics::kKubeSynced, labels, r.synced ? 1 : 0);
+    p.Add(metrics::kKubeLists, labels, static_cast<double>(r.lists));
+    p.Add(metrics::kKubeWatchRestarts, labels, static_cast<double>(r.watch_restarts));
+    p.Add(metrics::kKubeErrors, labels, static_cast<double>(r.errors));
+    if (r.last_sync != absl::InfinitePast()) {
+      p.Add(metrics::kKubeLastSyncAge, labels, absl::ToDoubleSeconds(now - r.last_sync));
+    }
+  }
   p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
   std::string out = p.Render();
   // The waypoint's HTTP metrics arrive rendered: families of their own, appended as they are.
@@ -136,8 +160,19 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
 std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time now) {
   std::vector<std::string> problems;
   NodeHealth h = state.Health();
+  if (h.ca_only) {
+    if (!h.config_loaded) {
+      problems.push_back("the pods' placement is not loaded yet: no node's request can be judged");
+    }
+    return problems;
+  }
   if (!h.bpf_attached) problems.push_back("BPF programs are not attached");
-  if (!h.dataplane_connected) problems.push_back("the data plane is not connected");
+  if (!h.dataplane_connected) {
+    problems.push_back(
+        h.dataplane_missing.empty()
+            ? std::string("the data plane is not connected")
+            : absl::StrCat("the data plane is not connected: ", h.dataplane_missing));
+  }
   if (DataPlaneUnresponsive(h, now)) {
     problems.push_back(absl::StrCat(
         "the data plane has not answered a heartbeat for ",
@@ -154,10 +189,12 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   for (const auto& c : h.capture_problems) problems.push_back(c);
   for (const auto& l : h.listener_problems) problems.push_back(l);
   if (!h.config_loaded) problems.push_back("no configuration loaded yet");
+  for (const auto& p : h.config_pending) problems.push_back(p);
   if (const NodeHealth::WaypointProcess& w = h.waypoint; w.needed) {
     if (!w.connected) {
       problems.push_back(
-          "the waypoint data plane is not connected (waypoint pods are enrolled here)");
+          absl::StrCat("the waypoint data plane is not connected (waypoint pods are enrolled here)",
+                       w.missing.empty() ? "" : ": ", w.missing));
     } else {
       if (now - w.heartbeat_waiting_since > h.heartbeat_deadline) {
         problems.push_back(

@@ -42,6 +42,16 @@ ambit_tuple_key TupleKey(const SocketAddress& src, const SocketAddress& dst) {
 }
 }  // namespace
 
+absl::StatusOr<bool> TakeKubeletProbe(int map_fd, const SocketAddress& src,
+                                      const SocketAddress& dst) {
+  if (map_fd < 0) return false;
+  ambit_tuple_key key = TupleKey(src, dst);
+  uint64_t node_netns_cookie = 0;
+  if (bpf_map_lookup_and_delete_elem(map_fd, &key, &node_netns_cookie) == 0) return true;
+  if (errno == ENOENT) return false;
+  return absl::ErrnoToStatus(errno, "read ambit_probes");
+}
+
 absl::Status AllowDelivery(int map_fd, const SocketAddress& src, const SocketAddress& dst) {
   ambit_tuple_key key = TupleKey(src, dst);
   uint8_t one = 1;

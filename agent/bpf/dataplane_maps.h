@@ -18,6 +18,12 @@ struct OriginalDestination {
 absl::StatusOr<OriginalDestination> TakeOriginalDestination(int map_fd, uint64_t netns_cookie,
                                                             const SocketAddress& client);
 
+// True when the connection src -> dst (as the pod sees it) was opened by a socket of the node's
+// network namespace to the pod, as sockops recorded it in ambit_probes: a kubelet probe. Takes
+// the entry, so a tuple admits one connection. map_fd -1 (an agent without the map): false.
+absl::StatusOr<bool> TakeKubeletProbe(int map_fd, const SocketAddress& src,
+                                      const SocketAddress& dst);
+
 // Lists a connection the data plane is about to open to an application inside a pod, so the
 // pod's sk_lookup program lets its SYN through to the application instead of steering it back
 // to ambit. Forget it as soon as the connect completes: a stale entry would let a later

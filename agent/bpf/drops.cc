@@ -23,11 +23,15 @@ constexpr DropReason kReasons[] = {
      "inbound SYN dropped: the pod has no ambit listener of its family and kind"},
     {"sk_assign_failed", "sk_lookup",
      "inbound SYN dropped: the kernel refused to hand it to the pod's ambit listener"},
+    {"probe_update_failed", "sockops",
+     "node connection to a pod not recorded in ambit_probes; the tunnel treats it as any "
+     "plaintext"},
 };
 static_assert(std::size(kReasons) == AMBIT_DROP_REASONS,
               "one entry per enum ambit_drop_reason in bpf/abi/redirect.h");
 static_assert(AMBIT_DROP_CONNECT_NO_STORAGE == 0 && AMBIT_DROP_ORIG_DST_UPDATE == 1 &&
-                  AMBIT_DROP_NO_LISTENER == 2 && AMBIT_DROP_SK_ASSIGN == 3,
+                  AMBIT_DROP_NO_LISTENER == 2 && AMBIT_DROP_SK_ASSIGN == 3 &&
+                  AMBIT_DROP_PROBE_UPDATE == 4,
               "kReasons follows the enum's order");
 
 }  // namespace

@@ -28,9 +28,71 @@ absl::StatusOr<std::string> FindCgroup2Mount(const std::string& mounts_file) {
       "'mount -t cgroup2 none /sys/fs/cgroup' or boot with systemd.unified_cgroup_hierarchy=1");
 }
 
-absl::Status EnsureBpffs(const std::string& dir) {
+namespace {
+
+// The inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h), fixed
+// since Linux 3.8 (PID) and 4.6 (cgroup).
+constexpr uint64_t kInitPidNsIno = 0xEFFFFFFCU;
+constexpr uint64_t kInitCgroupNsIno = 0xEFFFFFFBU;
+
+absl::StatusOr<NsId> StatNs(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  return NsId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+}  // namespace
+
+NamespaceFacts ReadNamespaceFacts(const std::string& host_proc) {
+  NamespaceFacts f;
+  if (auto own = StatNs("/proc/self/ns/mnt"); own.ok()) f.own_mnt = *own;
+  auto init = StatNs(host_proc + "/1/ns/mnt");
+  if (init.ok()) {
+    f.host_init_mnt = *init;
+  } else {
+    f.host_init_mnt_error = std::string(init.status().message());
+  }
+  if (auto pid = StatNs("/proc/self/ns/pid"); pid.ok()) f.own_pid_ino = pid->ino;
+  if (auto cg = StatNs("/proc/self/ns/cgroup"); cg.ok()) f.own_cgroup_ino = cg->ino;
+  return f;
+}
+
+// The question is whether a mount made here is the host's: only then do pins outlive ambitd.
+// The direct answer is whether ambitd's mount namespace is that of the host's PID 1 (through the
+// host's procfs: in a DaemonSet /proc is the container's own, whose PID 1 is the container's
+// init, so --host-proc names the host's). A container without hostPID cannot see the host's
+// PID 1 through its own /proc, and opening another process's ns files may be refused (ptrace
+// rules), so two signs that need no access to any other process back it up: a PID namespace or
+// a cgroup namespace other than the initial one is what container runtimes create (the cgroup
+// one on every cgroup-v2 host), and a process in one is in a container, whose mounts are its own.
+// Any one of the three is enough to refuse; none of them can say "host" wrongly for a container
+// that has its own mount namespace and its own PID or cgroup namespace.
+std::optional<std::string> PrivateMountReason(const NamespaceFacts& f) {
+  if (f.host_init_mnt.has_value() && !(*f.host_init_mnt == f.own_mnt)) {
+    return "its mount namespace is not that of the host's PID 1";
+  }
+  if (f.own_pid_ino != 0 && f.own_pid_ino != kInitPidNsIno) {
+    return "it runs in a PID namespace other than the host's (a container)";
+  }
+  if (f.own_cgroup_ino != 0 && f.own_cgroup_ino != kInitCgroupNsIno) {
+    return "it runs in a cgroup namespace other than the host's (a container)";
+  }
+  return std::nullopt;
+}
+
+absl::Status EnsureBpffs(const std::string& dir, const std::string& host_proc) {
   struct statfs st;
   if (statfs(dir.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC) return absl::OkStatus();
+  if (auto reason = PrivateMountReason(ReadNamespaceFacts(host_proc))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--bpffs ", dir, " is not a bpffs mount, and ambitd will not mount one there: ", *reason,
+        ", so the mount would be private to it and every pin would die with it (enrolled pods "
+        "would lose capture and enforcement when ambitd restarts); mount the host's /sys/fs/bpf "
+        "at ",
+        dir,
+        " instead (in Kubernetes: a hostPath volume with mountPropagation: "
+        "Bidirectional)"));
+  }
   if (mount("bpf", dir.c_str(), "bpf", 0, "mode=0700") < 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("mount bpffs at ", dir));
   }

@@ -100,6 +100,33 @@ ProgramInfo Describe(int prog_fd, std::string attached_to) {
   return out;
 }
 
+// Deletes every ambit_pod_addrs entry of the pod except those in `keep`.
+absl::Status ForgetPodAddresses(int map_fd, uint64_t netns_cookie,
+                                const std::vector<IpAddress>& keep) {
+  std::vector<ambit_addr_key> stale;
+  ambit_addr_key key{}, next{};
+  ambit_addr_key* prev = nullptr;
+  while (bpf_map_get_next_key(map_fd, prev, &next) == 0) {
+    uint64_t owner = 0;
+    if (bpf_map_lookup_elem(map_fd, &next, &owner) == 0 && owner == netns_cookie &&
+        std::none_of(keep.begin(), keep.end(), [&](const IpAddress& ip) {
+          return std::memcmp(ip.bytes().data(), next.addr, 16) == 0;
+        })) {
+      stale.push_back(next);
+    }
+    key = next;
+    prev = &key;
+  }
+  for (const auto& k : stale) {
+    if (bpf_map_delete_elem(map_fd, &k) < 0 && errno != ENOENT) {
+      return absl::ErrnoToStatus(errno,
+                                 absl::StrCat("remove ", IpAddress::FromBytes(k.addr).ToString(),
+                                              " from ambit_pod_addrs"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string VersionedPinRoot(const std::string& instance_dir) {
@@ -132,7 +159,7 @@ struct Redirector::State {
   RedirectConfig config;
   std::string pin_root;
   Skeleton<ambit_redirect> skel;
-  UniqueFd pods_map, listeners_map, ports_map, cidrs_map, drops_map;
+  UniqueFd pods_map, listeners_map, ports_map, cidrs_map, drops_map, node_map, pod_addrs_map;
   std::vector<LinkPtr> links;
   std::vector<std::string> link_pins;  // the pin of each of `links`
   std::vector<ProgramInfo> programs;
@@ -281,11 +308,15 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   s.ports_map = dup_map(s.skel->maps.ambit_ports);
   s.cidrs_map = dup_map(s.skel->maps.ambit_cidrs);
   s.drops_map = dup_map(s.skel->maps.ambit_drops);
+  s.node_map = dup_map(s.skel->maps.ambit_node);
+  s.pod_addrs_map = dup_map(s.skel->maps.ambit_pod_addrs);
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
   UniqueFd deliver = dup_map(s.skel->maps.ambit_deliver);
+  UniqueFd probes = dup_map(s.skel->maps.ambit_probes);
   auto redirector = std::unique_ptr<Redirector>(new Redirector(std::move(state)));
   redirector->orig_dst_map_ = std::move(orig);
   redirector->deliver_map_ = std::move(deliver);
+  redirector->probes_map_ = std::move(probes);
   redirector->reused_links_ = reused;
   return redirector;
 }
@@ -460,6 +491,7 @@ absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
   if (bpf_map_delete_elem(s.pods_map.get(), &netns_cookie) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, "remove pod from ambit_pods"));
   }
+  status.Update(ForgetPodAddresses(s.pod_addrs_map.get(), netns_cookie, {}));
   std::string pin = absl::StrCat(s.pin_root, "/pods/", netns_cookie);
   if (unlink(pin.c_str()) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, absl::StrCat("unpin ", pin)));
@@ -474,6 +506,29 @@ absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
     }
   }
   return status;
+}
+
+absl::Status Redirector::SetPodAddresses(uint64_t netns_cookie, const std::vector<IpAddress>& ips) {
+  int fd = state_->pod_addrs_map.get();
+  for (const auto& ip : ips) {
+    ambit_addr_key key{};
+    std::memcpy(key.addr, ip.bytes().data(), 16);
+    if (bpf_map_update_elem(fd, &key, &netns_cookie, BPF_ANY) < 0) {
+      return absl::ErrnoToStatus(
+          errno, absl::StrCat("add pod address ", ip.ToString(), " to ambit_pod_addrs"));
+    }
+  }
+  return ForgetPodAddresses(fd, netns_cookie, ips);
+}
+
+absl::Status Redirector::SetNodeNetns(uint64_t netns_cookie) {
+  uint32_t zero = 0;
+  ambit_node_config node{};
+  node.node_netns_cookie = netns_cookie;
+  if (bpf_map_update_elem(state_->node_map.get(), &zero, &node, BPF_ANY) < 0) {
+    return absl::ErrnoToStatus(errno, "write the node netns cookie to ambit_node");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::map<uint64_t, uint32_t>> Redirector::EnrolledPods() const {

@@ -71,6 +71,12 @@ class Redirector {
   // turns on outbound redirection), and an sk_lookup link on its netns (re-used if pinned).
   absl::Status EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,
                          const InboundListenerFds& listeners);
+  // Makes the pod's addresses known to sockops, so that connections from the node's network
+  // namespace to them are recorded as kubelet probes; forgets the pod's addresses not in `ips`.
+  absl::Status SetPodAddresses(uint64_t netns_cookie, const std::vector<IpAddress>& ips);
+  // The network namespace whose connections to enrolled pods are kubelet probes (ambit_node);
+  // 0 records none.
+  absl::Status SetNodeNetns(uint64_t netns_cookie);
   // Stops steering; connections already redirected are not touched.
   absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot);
   // Pods enrolled by this or an earlier run: netns cookie -> slot.
@@ -98,6 +104,7 @@ class Redirector {
 
   int orig_dst_map_fd() const { return orig_dst_map_.get(); }
   int deliver_map_fd() const { return deliver_map_.get(); }
+  int probes_map_fd() const { return probes_map_.get(); }
   // True when the cgroup links were found pinned and re-used.
   bool reused_links() const { return reused_links_; }
   std::vector<ProgramInfo> Programs() const;
@@ -117,6 +124,7 @@ class Redirector {
   std::unique_ptr<State> state_;
   UniqueFd orig_dst_map_;
   UniqueFd deliver_map_;
+  UniqueFd probes_map_;
   bool reused_links_ = false;
 };
 

@@ -546,6 +546,34 @@ absl::Status Bpf(Context& ctx) {
   return absl::OkStatus();
 }
 
+absl::Status Status(Context& ctx) {
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  auto resp = Call(ctx, **stub, &Stub::GetStatus);
+  if (!resp.ok()) return resp.status();
+  Value problems = Value::MakeList();
+  for (const auto& p : resp->problems()) problems.Append(p);
+  Value planes = Value::MakeList();
+  for (const auto& d : resp->data_planes()) {
+    planes.Append(Value::Object({{"name", d.name()},
+                                 {"mode", d.mode()},
+                                 {"needed", d.needed()},
+                                 {"connected", d.connected()},
+                                 {"pid", d.pid() != 0 ? Value(d.pid()) : Value()},
+                                 {"restarts", d.restarts()},
+                                 {"socket", d.socket()},
+                                 {"problem", d.problem().empty() ? Value() : Value(d.problem())}}));
+  }
+  Value v = Value::Object({{"ready", resp->ready()},
+                           {"problems", std::move(problems)},
+                           {"dataPlanes", std::move(planes)},
+                           {"generation", GenerationValue(resp->generation())}});
+  ctx.Print(v);
+  // Scripts and probes can ask "is it ready" by the exit status alone.
+  if (!resp->ready()) ctx.set_exit_code(kExitFailure);
+  return absl::OkStatus();
+}
+
 absl::Status Services(Context& ctx) {
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
@@ -740,6 +768,23 @@ Command BpfCommand() {
           "reason means.",
       .examples = "ambitctl bpf\nambitctl bpf -o json",
       .run = Bpf,
+  };
+}
+
+Command StatusCommand() {
+  return Command{
+      .name = "status",
+      .summary = "Is the node ready, and if not why; the data-plane processes",
+      .description =
+          "Says whether the agent is ready (what /healthz/ready answers) with each reason when\n"
+          "it is not, then each data-plane process: how it runs (spawn: started and restarted\n"
+          "by ambitd; external: started apart from ambitd, e.g. as its own container, which\n"
+          "ambitd only connects to), the control socket it serves, whether it is connected,\n"
+          "its PID (in its own PID namespace when external) and, when it is missing, why.\n"
+          "ambit-waypoint is needed only while a waypoint's pod is enrolled on the node. Exits\n"
+          "1 when the node is not ready.",
+      .examples = "ambitctl status\nambitctl status -o json",
+      .run = Status,
   };
 }
 

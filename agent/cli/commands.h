@@ -31,6 +31,7 @@ Command PoliciesCommand();
 Command CheckLiveCommand();
 Command BpfCommand();
 Command ServicesCommand();
+Command StatusCommand();
 Command LogCommand();
 Command ConfigDumpCommand();
 

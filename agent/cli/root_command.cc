@@ -16,7 +16,8 @@ Command RootCommand() {
           "ambitctl version",
       .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
                       ConnectionsCommand(), IdCommand(), LogCommand(), PoliciesCommand(),
-                      PolicyCommand(), ServicesCommand(), VersionCommand(), WorkloadsCommand()},
+                      PolicyCommand(), ServicesCommand(), StatusCommand(), VersionCommand(),
+                      WorkloadsCommand()},
   };
 }
 

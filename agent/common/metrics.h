@@ -156,8 +156,55 @@ inline constexpr Metric kBpfDrops{
     {"reason"}};
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
+// ---- ambitd --ca-only (the cluster CA) ----
+
+inline constexpr Metric kCaRequests{
+    "ambit_ca_requests_total",
+    Type::kCounter,
+    "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
+    "refused token, or one that could not be checked), denied (identity of no pod on the "
+    "caller's node, or over its rate), invalid (a bad CSR).",
+    {"outcome"}};
+inline constexpr Metric kCaTokenReviews{
+    "ambit_ca_token_reviews_total", Type::kCounter,
+    "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
+
+// ---- ambitd's API-server configuration source (--kube-api), per watched resource. ----
+inline constexpr Metric kKubeSynced{
+    "ambit_kube_synced",
+    Type::kGauge,
+    "1 once the resource's first full list from the API server arrived.",
+    {"resource"}};
+inline constexpr Metric kKubeLists{
+    "ambit_kube_lists_total",
+    Type::kCounter,
+    "Full lists of the resource completed: the first, then one per relist (410 Gone, expired "
+    "watch, undecodable event).",
+    {"resource"}};
+inline constexpr Metric kKubeWatchRestarts{"ambit_kube_watch_restarts_total",
+                                           Type::kCounter,
+                                           "Watches of the resource that ended and were started "
+                                           "again (server timeout, disconnect, error).",
+                                           {"resource"}};
+inline constexpr Metric kKubeErrors{
+    "ambit_kube_errors_total",
+    Type::kCounter,
+    "Failed lists and watches of the resource (connection, TLS, HTTP status, bad event).",
+    {"resource"}};
+inline constexpr Metric kKubeLastSyncAge{
+    "ambit_kube_last_sync_age_seconds",
+    Type::kGauge,
+    "Seconds since the last list, event or bookmark of the resource arrived.",
+    {"resource"}};
+
+// Data plane, per worker.
+inline constexpr Metric kKubeletProbes{
+    "ambit_kubelet_probes_total", Type::kCounter,
+    "Connections from the node's network namespace (kubelet probes) delivered to local pods past "
+    "mTLS and authorization, as Istio exempts kubelet probes."};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 33> kAll = {
+inline constexpr std::array<const Metric*, 41> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -191,6 +238,14 @@ inline constexpr std::array<const Metric*, 33> kAll = {
     &kResponseBytes,
     &kExtAuthzChecks,
     &kExtAuthzDuration,
+    &kCaRequests,
+    &kCaTokenReviews,
+    &kKubeSynced,
+    &kKubeLists,
+    &kKubeWatchRestarts,
+    &kKubeErrors,
+    &kKubeLastSyncAge,
+    &kKubeletProbes,
 };
 
 // The declaration of a name, or nullptr.

@@ -177,7 +177,7 @@ void DirectoryLoader::ResolvePodAddresses(LoadResult* result) {
   }
 }
 
-LoadResult DirectoryLoader::Load() {
+LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
   namespace fs = std::filesystem;
   LoadResult result;
   std::map<std::string, std::string> owners;  // object id -> file it is taken from
@@ -198,10 +198,7 @@ LoadResult DirectoryLoader::Load() {
          absl::StrCat("cannot read the config directory: ", ec.message(),
                       files_.empty() ? "" : "; the last loaded configuration stays in force")});
     for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
-    WarnIgnoredPolicies(&result);
-    CheckCustomProviders(&result);
-    ResolvePodAddresses(&result);
-    WarnWaypointProblems(&result);
+    Finish(extra, &result, &owners);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -297,11 +294,22 @@ LoadResult DirectoryLoader::Load() {
                                                              result.errors.begin() + errors_end)};
     }
   }
-  WarnIgnoredPolicies(&result);
-  CheckCustomProviders(&result);
-  ResolvePodAddresses(&result);
-  WarnWaypointProblems(&result);
+  Finish(extra, &result, &owners);
   return result;
+}
+
+void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result,
+                             std::map<std::string, std::string>* owners) {
+  if (extra != nullptr) {
+    std::move(extra->errors.begin(), extra->errors.end(), std::back_inserter(result->errors));
+    extra->errors.clear();
+    Merge(extra->name, Pack(std::move(extra->objects)), result, owners);
+    extra->objects.clear();
+  }
+  WarnIgnoredPolicies(result);
+  CheckCustomProviders(result);
+  ResolvePodAddresses(result);
+  WarnWaypointProblems(result);
 }
 
 namespace {

@@ -35,13 +35,25 @@ bool IsConfigFileName(std::string_view name);
 // The most a config directory may hold, all files together: about 8 times a 100 000-pod cluster.
 inline constexpr uint64_t kMaxConfigBytes = uint64_t{256} << 20;
 
+// Objects from outside the directory (the API server's), merged after every file as one more
+// source named `name`: an object defined in a file too is an error naming both, and the file's
+// is used. Checks that need every object (address conflicts, CUSTOM providers, waypoints) run on
+// the merged whole.
+struct ExternalObjects {
+  std::string name;                             // "apiserver": errors and source_file say it
+  std::map<std::string, ConfigObject> objects;  // by ParsedObject::id
+  std::vector<ConfigError> errors;              // reported after the files' own
+};
+
 class DirectoryLoader {
  public:
   // clock stamps when a pod is first seen; it must outlive the loader.
   explicit DirectoryLoader(std::string dir, const Clock* clock = &RealClock::Get(),
                            uint64_t max_config_bytes = kMaxConfigBytes);
 
-  LoadResult Load();
+  LoadResult Load() { return Load(nullptr); }
+  // The same, merged with `extra` (see ExternalObjects).
+  LoadResult Load(ExternalObjects* extra);
   const std::string& dir() const { return dir_; }
 
  private:
@@ -59,6 +71,9 @@ class DirectoryLoader {
 
   void Merge(const std::string& file, const KeptObjects& kept, LoadResult* result,
              std::map<std::string, std::string>* owners) const;
+  // Merges `extra`, then runs the checks that need every object.
+  void Finish(ExternalObjects* extra, LoadResult* result,
+              std::map<std::string, std::string>* owners);
 
   // What identifies one version of a file without reading it: a rewrite (in place or by
   // rename) changes the inode, the size or a timestamp.

@@ -57,9 +57,13 @@ absl::StatusOr<NodeNetnsGuard> NodeNetnsGuard::ForThisProcess() {
 absl::Status NodeNetnsGuard::Check(int netns_fd) const {
   auto id = IdentifyNetns(netns_fd);
   if (!id.ok()) return id.status();
+  return Check(*id);
+}
+
+absl::Status NodeNetnsGuard::Check(const NetnsIdentity& id) const {
   std::vector<std::string> matches;
   for (const NetnsIdentity& f : forbidden_) {
-    if (f == *id) matches.push_back(f.what);
+    if (f == id) matches.push_back(f.what);
   }
   if (matches.empty()) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(

@@ -49,6 +49,8 @@ class NodeNetnsGuard {
   // OK when netns_fd is none of the forbidden namespaces; otherwise PermissionDenied saying which
   // one it is (both, when the agent runs in the host's namespace).
   absl::Status Check(int netns_fd) const;
+  // The same for a namespace already identified.
+  absl::Status Check(const NetnsIdentity& id) const;
 
  private:
   std::vector<NetnsIdentity> forbidden_;

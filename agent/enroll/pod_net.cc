@@ -59,18 +59,30 @@ absl::StatusOr<UniqueFd> Listen(int family, const char* addr, uint16_t port, boo
 }
 
 // IPv6 is usable in the calling thread's namespace (not compiled out, not disabled on lo).
-bool HasIpv6() {
+bool HasIpv6(const std::string& proc_root) {
   UniqueFd probe(socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!probe) return false;
-  UniqueFd fd(open("/proc/sys/net/ipv6/conf/lo/disable_ipv6", O_RDONLY | O_CLOEXEC));
+  const std::string path = proc_root + "/sys/net/ipv6/conf/lo/disable_ipv6";
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   char c = '1';
   return fd && read(fd.get(), &c, 1) == 1 && c == '0';
 }
 
-absl::Status WriteSysctl(const char* path, const char* value) {
-  UniqueFd fd(open(path, O_WRONLY | O_CLOEXEC));
+// `name` is relative to <proc_root>/sys, e.g. "net/ipv4/tcp_fwmark_accept".
+absl::Status WriteSysctl(const std::string& proc_root, const char* name, const char* value) {
+  const std::string path = absl::StrCat(proc_root, "/sys/", name);
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd || write(fd.get(), value, strlen(value)) < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("write ", path, " in pod network namespace"));
+    const int err = errno;
+    std::string hint;
+    if (err == EROFS) {
+      hint =
+          absl::StrCat(" (", proc_root,
+                       "/sys is mounted read-only, as in a container: mount the host's /proc "
+                       "read-write elsewhere, e.g. /host/proc, and pass --host-proc=/host/proc)");
+    }
+    return absl::ErrnoToStatus(err,
+                               absl::StrCat("write ", path, " in pod network namespace", hint));
   }
   return absl::OkStatus();
 }
@@ -129,7 +141,7 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
     AMBIT_ASSIGN_OR_RETURN(out.outbound_v4,
                            Listen(AF_INET, "127.0.0.1", AMBIT_OUTBOUND_PORT, false, options.backlog,
                                   "outbound listener 127.0.0.1:15001"));
-    if (HasIpv6()) {
+    if (HasIpv6(options.proc_root)) {
       AMBIT_ASSIGN_OR_RETURN(out.outbound_v6,
                              Listen(AF_INET6, "::1", AMBIT_OUTBOUND_PORT, true, options.backlog,
                                     "outbound listener [::1]:15001"));
@@ -157,19 +169,19 @@ absl::StatusOr<PodListeners> CreatePodListeners(int netns_fd, const PodNetOption
 
 absl::Status ConfigurePodRouting(int netns_fd, const PodNetOptions& options) {
   return RunInNetns(netns_fd, [&]() -> absl::Status {
-    AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"));
+    AMBIT_RETURN_IF_ERROR(WriteSysctl(options.proc_root, "net/ipv4/tcp_fwmark_accept", "1"));
     // The kernel's own answer to a delivery SYN that finds no listener (a RST) must carry the
     // SYN's mark too, or it is routed out of the pod towards the client's real address and the
     // data plane's connect() retries for tens of seconds instead of failing at once.
-    AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv4/fwmark_reflect", "1"));
+    AMBIT_RETURN_IF_ERROR(WriteSysctl(options.proc_root, "net/ipv4/fwmark_reflect", "1"));
     std::unique_ptr<nl_sock, NlSockDeleter> sock(nl_socket_alloc());
     if (!sock) return absl::ResourceExhaustedError("allocate netlink socket");
     int err = nl_connect(sock.get(), NETLINK_ROUTE);
     if (err < 0) return NlError(err, "connect rtnetlink");
     AMBIT_RETURN_IF_ERROR(AddRuleAndRoute(sock.get(), AF_INET, options));
     // IPv6 may be disabled in the pod; then there is nothing to route.
-    if (HasIpv6()) {
-      AMBIT_RETURN_IF_ERROR(WriteSysctl("/proc/sys/net/ipv6/fwmark_reflect", "1"));
+    if (HasIpv6(options.proc_root)) {
+      AMBIT_RETURN_IF_ERROR(WriteSysctl(options.proc_root, "net/ipv6/fwmark_reflect", "1"));
       AMBIT_RETURN_IF_ERROR(AddRuleAndRoute(sock.get(), AF_INET6, options));
     }
     return absl::OkStatus();

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "agent/common/socket_mark.h"
@@ -28,6 +29,11 @@ struct PodNetOptions {
   uint32_t route_table = 133;  // table holding "local 0/0 dev lo" for marked replies
   uint32_t rule_priority = 32000;
   int backlog = 4096;
+  // The procfs pod sysctls are written through. A container's own /proc/sys is mounted
+  // read-only, so in a DaemonSet the host's /proc is mounted elsewhere (/host/proc) and named
+  // here. The files are opened from a thread inside the pod's namespace, which is what makes
+  // /proc/sys/net show that namespace's values, whichever procfs mount they are reached through.
+  std::string proc_root = "/proc";
 };
 
 // Creates the listeners inside the namespace. Fails with a message naming the listener when the

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "agent/ca/certificate_authority.h"
 #include "agent/common/log.h"
+#include "agent/common/status.h"
 #include "istio/v1/auth/ca.grpc.pb.h"
 
 namespace ambit::issuance {
@@ -38,29 +39,6 @@ struct ExtsFree {
 struct NamesFree {
   void operator()(GENERAL_NAMES* n) const { GENERAL_NAMES_free(n); }
 };
-
-absl::StatusOr<std::map<std::string, std::string>> LoadTokens(const std::string& path) {
-  std::map<std::string, std::string> tokens;
-  if (path.empty()) return tokens;
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read CA tokens file ", path));
-  std::string line;
-  int n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    std::string_view body = line;
-    body = body.substr(0, body.find('#'));
-    std::vector<std::string> f =
-        absl::StrSplit(std::string(body), absl::ByAnyChar(" \t"), absl::SkipEmpty());
-    if (f.empty()) continue;
-    if (f.size() != 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", n, ": expected '<token> <node-name>'"));
-    }
-    tokens[f[0]] = f[1];
-  }
-  return tokens;
-}
 
 }  // namespace
 
@@ -129,11 +107,17 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
  public:
   Service(std::shared_ptr<const ca::CertificateAuthority> ca,
           std::shared_ptr<const Entitlements> entitlements,
-          std::map<std::string, std::string> tokens, std::shared_ptr<SigningRateLimiter> rate)
+          std::shared_ptr<CallerAuthenticator> authenticator,
+          std::shared_ptr<SigningRateLimiter> rate)
       : ca_(std::move(ca)),
         entitlements_(std::move(entitlements)),
-        tokens_(std::move(tokens)),
+        authenticator_(std::move(authenticator)),
         rate_(std::move(rate)) {}
+
+  std::map<std::string, uint64_t> Counts() const {
+    absl::MutexLock lock(&mu_);
+    return counts_;
+  }
 
   grpc::Status CreateCertificate(grpc::ServerContext* ctx,
                                  const istio::v1::auth::IstioCertificateRequest* req,
@@ -141,9 +125,14 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     std::string peer = ctx->peer();
     auto node = Authenticate(*ctx);
     if (!node.ok()) {
+      Count("unauthenticated");
       AMBIT_LOG(kComponent, Warning)
           << "CreateCertificate from " << peer << ": " << node.status().message();
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(node.status().message()));
+      // UNAVAILABLE (the token could not be checked) stays: the caller should retry, not give up.
+      const grpc::StatusCode code = node.status().code() == absl::StatusCode::kUnavailable
+                                        ? grpc::StatusCode::UNAVAILABLE
+                                        : grpc::StatusCode::UNAUTHENTICATED;
+      return grpc::Status(code, std::string(node.status().message()));
     }
     auto uris = RequestedUris(req->csr());
     if (!uris.ok()) return Refuse(peer, *node, uris.status());
@@ -166,6 +155,7 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     auto chain = ca_->Sign(req->csr(), identity, absl::Seconds(req->validity_duration()));
     if (!chain.ok()) return Refuse(peer, *node, chain.status());
     for (auto& pem : *chain) resp->add_cert_chain(pem);
+    Count("issued");
     AMBIT_LOG(kComponent, Info) << "issued " << identity << " to node " << *node << " (" << peer
                                 << ")";
     return grpc::Status::OK;
@@ -178,15 +168,21 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
       std::string value(it->second.data(), it->second.size());
       if (!absl::StartsWithIgnoreCase(value, "bearer ")) continue;
       std::string token(absl::StripAsciiWhitespace(value.substr(7)));
-      auto t = tokens_.find(token);
-      if (t != tokens_.end()) return t->second;
-      return absl::UnauthenticatedError("unknown bearer token");
+      return authenticator_->NodeOf(token);
     }
     return absl::UnauthenticatedError("no 'authorization: Bearer <token>' metadata");
   }
 
-  static grpc::Status Refuse(const std::string& peer, const std::string& node,
-                             const absl::Status& why) {
+  void Count(const char* outcome) {
+    absl::MutexLock lock(&mu_);
+    ++counts_[outcome];
+  }
+
+  grpc::Status Refuse(const std::string& peer, const std::string& node, const absl::Status& why) {
+    Count(why.code() == absl::StatusCode::kPermissionDenied ||
+                  why.code() == absl::StatusCode::kResourceExhausted
+              ? "denied"
+              : "invalid");
     AMBIT_LOG(kComponent, Warning)
         << "refused CreateCertificate from node " << node << " (" << peer << "): " << why.message();
     return grpc::Status(static_cast<grpc::StatusCode>(why.code()), std::string(why.message()));
@@ -194,18 +190,18 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
 
   std::shared_ptr<const ca::CertificateAuthority> ca_;
   std::shared_ptr<const Entitlements> entitlements_;
-  std::map<std::string, std::string> tokens_;
+  std::shared_ptr<CallerAuthenticator> authenticator_;
   std::shared_ptr<SigningRateLimiter> rate_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, uint64_t> counts_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
     const CaServerOptions& options, std::shared_ptr<const ca::CertificateAuthority> ca,
     std::shared_ptr<const Entitlements> entitlements, std::shared_ptr<SigningRateLimiter> rate) {
-  auto tokens = LoadTokens(options.tokens_file);
-  if (!tokens.ok()) return tokens.status();
-  if (tokens->empty()) {
-    return absl::InvalidArgumentError(
-        "--ca-listen needs --ca-tokens: without tokens no caller could be authenticated");
+  std::shared_ptr<CallerAuthenticator> authenticator = options.authenticator;
+  if (authenticator == nullptr) {
+    AMBIT_ASSIGN_OR_RETURN(authenticator, MakeStaticTokenAuthenticator(options.tokens_file));
   }
   // Clients check the name they dial against the certificate: the listen host must be in it.
   std::vector<std::string> names = options.serving_names;
@@ -219,7 +215,7 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
   ssl.pem_key_cert_pairs.push_back({serving->second, serving->first});
   auto server = std::unique_ptr<CaServer>(new CaServer());
   server->service_ =
-      std::make_unique<Service>(ca, std::move(entitlements), std::move(*tokens), std::move(rate));
+      std::make_unique<Service>(ca, std::move(entitlements), authenticator, std::move(rate));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::SslServerCredentials(ssl), &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxCsrBytes + 4096));
@@ -230,9 +226,12 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
   }
   AMBIT_LOG(kComponent, Info) << "serving istio.v1.auth.IstioCertificateService on "
                               << options.listen << " with a certificate for "
-                              << absl::StrJoin(names, ", ") << " (port " << server->port_ << ")";
+                              << absl::StrJoin(names, ", ") << "; callers by "
+                              << authenticator->Description() << " (port " << server->port_ << ")";
   return server;
 }
+
+std::map<std::string, uint64_t> CaServer::Counts() const { return service_->Counts(); }
 
 CaServer::~CaServer() {
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));

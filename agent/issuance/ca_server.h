@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/issuance/caller_auth.h"
 #include "agent/issuance/rate_limit.h"
 
 namespace grpc {
@@ -36,6 +37,8 @@ class Entitlements {
 struct CaServerOptions {
   std::string listen;       // host:port or [v6]:port; port 0 picks a free one
   std::string tokens_file;  // lines "<token> <node-name>"; '#' starts a comment
+  // Who callers are; null: the static tokens of tokens_file.
+  std::shared_ptr<CallerAuthenticator> authenticator;
   // Names in the serving certificate, besides the listen host (an IP SAN for an address, a DNS
   // SAN for a name; a wildcard address adds nothing), which clients dialling it check.
   std::vector<std::string> serving_names = {"ambit-ca", "localhost"};
@@ -46,11 +49,12 @@ struct CaServerOptions {
 std::string ListenHost(const std::string& listen);
 
 // Serves istio.v1.auth.IstioCertificateService/CreateCertificate over gRPC with TLS, as istiod
-// does. A caller authenticates with "authorization: Bearer <token>"; its token names its node,
-// and it may only obtain identities of pods on that node. Malformed or oversized CSRs are
-// INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer unchecked. A node over its
-// signing rate (`rate`, shared with other users of the same CA; null: unlimited) gets
-// RESOURCE_EXHAUSTED saying when to retry.
+// does. A caller authenticates with "authorization: Bearer <token>"; its token names its node
+// (CallerAuthenticator: a static file, or a TokenReview), and it may only obtain identities of
+// pods on that node. A token that cannot be checked now (API server down) is refused UNAVAILABLE.
+// Malformed or oversized CSRs are INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer
+// unchecked. A node over its signing rate (`rate`, shared with other users of the same CA; null:
+// unlimited) gets RESOURCE_EXHAUSTED saying when to retry.
 class CaServer {
  public:
   static absl::StatusOr<std::unique_ptr<CaServer>> Start(
@@ -59,6 +63,9 @@ class CaServer {
       std::shared_ptr<SigningRateLimiter> rate = nullptr);
   ~CaServer();
   int port() const { return port_; }
+  // Requests answered so far by outcome, for /metrics: "issued", "unauthenticated" (no or a bad
+  // token, or it could not be checked), "denied" (not entitled, rate), "invalid" (bad CSR).
+  std::map<std::string, uint64_t> Counts() const;
 
  private:
   class Service;

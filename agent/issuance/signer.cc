@@ -21,6 +21,15 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
   return ss.str();
 }
 
+absl::StatusOr<std::string> ReadToken(const std::string& path) {
+  auto t = ReadFile(path, "CA token file");
+  if (!t.ok()) return t.status();
+  std::string token(absl::StripAsciiWhitespace(*t));
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat("CA token file ", path, " is empty"));
+  return token;
+}
+
 class LocalSigner final : public Signer {
  public:
   explicit LocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca) : ca_(std::move(ca)) {}
@@ -40,8 +49,8 @@ class LocalSigner final : public Signer {
 
 class RemoteSigner final : public Signer {
  public:
-  RemoteSigner(RemoteCaOptions options, std::string roots, std::string token)
-      : options_(std::move(options)), roots_(std::move(roots)), token_(std::move(token)) {
+  RemoteSigner(RemoteCaOptions options, std::string roots)
+      : options_(std::move(options)), roots_(std::move(roots)) {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = roots_;
     grpc::ChannelArguments args;
@@ -63,7 +72,17 @@ class RemoteSigner final : public Signer {
     // Waits (within the deadline) for a reconnect instead of failing while the channel is in
     // back-off.
     ctx.set_wait_for_ready(true);
-    if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+    if (!options_.token_file.empty()) {
+      // Read for every call: a projected service-account token is rotated by the kubelet, and
+      // the CA refuses one that expired.
+      auto token = ReadToken(options_.token_file);
+      if (!token.ok()) {
+        return absl::UnavailableError(absl::StrCat("cannot ask external CA ", options_.address,
+                                                   " for ", identity, ": ",
+                                                   token.status().message()));
+      }
+      ctx.AddMetadata("authorization", "Bearer " + *token);
+    }
     istio::v1::auth::IstioCertificateRequest req;
     req.set_csr(csr_pem);
     req.set_validity_duration(absl::ToInt64Seconds(ttl));
@@ -93,7 +112,6 @@ class RemoteSigner final : public Signer {
  private:
   RemoteCaOptions options_;
   std::string roots_;
-  std::string token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<istio::v1::auth::IstioCertificateService::Stub> stub_;
 };
@@ -139,13 +157,12 @@ absl::StatusOr<std::unique_ptr<Signer>> MakeRemoteSigner(const RemoteCaOptions& 
     return absl::InvalidArgumentError(
         absl::StrCat(options.root_cert_file, ": no PEM certificate found (--ca-root-cert)"));
   }
-  std::string token;
   if (!options.token_file.empty()) {
-    auto t = ReadFile(options.token_file, "CA token file");
-    if (!t.ok()) return t.status();
-    token = std::string(absl::StripAsciiWhitespace(*t));
+    // At start as well, so that a wrong path stops ambitd instead of failing every request.
+    auto token = ReadToken(options.token_file);
+    if (!token.ok()) return token.status();
   }
-  return std::unique_ptr<Signer>(new RemoteSigner(options, std::move(*roots), std::move(token)));
+  return std::unique_ptr<Signer>(new RemoteSigner(options, std::move(*roots)));
 }
 
 }  // namespace ambit::issuance

@@ -16,9 +16,20 @@
 #include "agent/common/socket_mark.h"
 #include "agent/issuance/signer.h"
 #include "agent/node/agent.h"
+#include "agent/node/ca_only.h"
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
           "directory of Kubernetes-shaped YAML (Pods, Namespaces, Services, mesh.yaml); watched");
+ABSL_FLAG(std::string, kube_api, "",
+          "also read the configuration from the Kubernetes API server: 'in-cluster' (server from "
+          "$KUBERNETES_SERVICE_HOST/PORT, the pod's service-account token and CA) or an https URL; "
+          "empty: only --config-dir (which is still read, e.g. for mesh.yaml)");
+ABSL_FLAG(std::string, kube_token_file, "",
+          "bearer token file for --kube-api, re-read when it changes (default: "
+          "/var/run/secrets/kubernetes.io/serviceaccount/token)");
+ABSL_FLAG(std::string, kube_ca_file, "",
+          "PEM roots the API server's certificate must chain to (default: "
+          "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)");
 ABSL_FLAG(std::string, node_name, "",
           "this node's name (spec.nodeName of local pods); "
           "default: $NODE_NAME, else the host name");
@@ -27,8 +38,23 @@ ABSL_FLAG(std::string, instance, "default",
           "/run/ambit/<instance>; lets several agents share one kernel");
 ABSL_FLAG(std::string, cgroup, "",
           "cgroup-v2 directory the redirect programs attach to (default: the cgroup-v2 root)");
-ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf", "bpffs mount point (mounted if absent)");
+ABSL_FLAG(std::string, bpffs, "/sys/fs/bpf",
+          "bpffs mount point (mounted if absent, unless ambitd runs in a container: there it "
+          "must be the host's /sys/fs/bpf)");
+ABSL_FLAG(std::string, host_proc, "/proc",
+          "procfs through which pod sysctls are written from inside each pod's network namespace "
+          "(in a container, where /proc/sys is read-only: the host's /proc mounted read-write, "
+          "e.g. /host/proc)");
+ABSL_FLAG(std::string, netns_dir, "/var/run/netns",
+          "directory of pod network namespace files (where CRI runtimes bind-mount them); a pod "
+          "without the ambit.dev/netns annotation is found there by its IP");
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
+ABSL_FLAG(std::string, dataplane, "spawn",
+          "how the data-plane processes run: spawn (ambitd starts ambit-tunnel, and "
+          "ambit-waypoint for waypoint pods, and restarts them) or external (they are started "
+          "apart, e.g. as containers of the DaemonSet pod, with --control-socket "
+          "<run dir>/dataplane.sock and <run dir>/waypoint/dataplane.sock; ambitd connects "
+          "whenever they listen and never starts, restarts or stops them)");
 ABSL_FLAG(std::string, tunnel_binary, "", "ambit-tunnel path (default: next to ambitd)");
 ABSL_FLAG(std::string, waypoint_binary, "",
           "ambit-waypoint path (default: next to ambitd), started for the pods of waypoints "
@@ -53,9 +79,23 @@ ABSL_FLAG(std::string, ca_token_file, "",
           "bearer token file for the external CA (with --ca-address)");
 ABSL_FLAG(std::string, ca_listen, "",
           "serve istio.v1.auth.IstioCertificateService on host:port for other nodes (off by "
-          "default; needs --ca-tokens)");
+          "default; needs --ca-tokens or --ca-token-review)");
 ABSL_FLAG(std::string, ca_tokens, "",
           "file of '<token> <node-name>' lines: which node each CA caller speaks for");
+ABSL_FLAG(bool, ca_only, false,
+          "run as the cluster CA only: serve the CA API on --ca-listen with the --cacerts-dir "
+          "material (required), judging each node's requests by the pods scheduled on it (from "
+          "--kube-api, else --config-dir); no BPF, pods or data plane");
+ABSL_FLAG(bool, ca_token_review, false,
+          "authenticate CA callers' bearer tokens by a TokenReview against the API server of "
+          "--kube-api (the node is the token's authentication.kubernetes.io/node-name), instead "
+          "of --ca-tokens");
+ABSL_FLAG(std::string, ca_token_audience, "ambit-ca",
+          "with --ca-token-review: the audience callers' tokens must be issued for");
+ABSL_FLAG(std::string, ca_token_users, "system:serviceaccount:ambit-system:ambit",
+          "with --ca-token-review: the users (system:serviceaccount:<namespace>:<name>, "
+          "comma-separated) whose tokens may obtain certificates: the node agents' service "
+          "accounts");
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
           "lifetime of workload certificates (at least 1m; renewed at half of it)");
 ABSL_FLAG(std::string, admin_socket, "",
@@ -82,9 +122,15 @@ ABSL_FLAG(std::string, access_log_format, "text",
           "the data plane's line per closed connection: text, json or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
+ABSL_FLAG(std::string, node_netns, "",
+          "network namespace (a path: /proc/PID/ns/net, /var/run/netns/NAME) whose sockets are "
+          "the node's, kubelet's: their TCP connections to enrolled pods are admitted as kubelet "
+          "probes, past STRICT mTLS and AuthorizationPolicy (default: ambitd's own namespace)");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
-          "refused while an agent of the instance runs (see --force)");
+          "refused while an agent of the instance runs (see --force). With "
+          "--dataplane=external the data planes are not stopped (they are not ambitd's): "
+          "what runs is reported and left");
 ABSL_FLAG(bool, force, false,
           "with --cleanup: clean up even while an agent of the instance runs (its capture and "
           "enforcement stop)");
@@ -120,6 +166,9 @@ int main(int argc, char** argv) {
 
   ambit::node::AgentOptions options;
   options.config_dir = absl::GetFlag(FLAGS_config_dir);
+  options.kube_api = absl::GetFlag(FLAGS_kube_api);
+  options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
+  options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
   options.node_name = absl::GetFlag(FLAGS_node_name);
   if (options.node_name.empty() && getenv("NODE_NAME") != nullptr) {
     options.node_name = getenv("NODE_NAME");
@@ -131,8 +180,17 @@ int main(int argc, char** argv) {
   }
   options.instance = absl::GetFlag(FLAGS_instance);
   options.cgroup_path = absl::GetFlag(FLAGS_cgroup);
+  options.node_netns = absl::GetFlag(FLAGS_node_netns);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
+  options.host_proc = absl::GetFlag(FLAGS_host_proc);
+  options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  const std::string dataplane = absl::GetFlag(FLAGS_dataplane);
+  if (dataplane != "spawn" && dataplane != "external") {
+    std::cerr << "ambitd: --dataplane must be spawn or external, not '" << dataplane << "'\n";
+    return 2;
+  }
+  options.external_dataplane = dataplane == "external";
   options.tunnel_binary = absl::GetFlag(FLAGS_tunnel_binary);
   options.waypoint_binary = absl::GetFlag(FLAGS_waypoint_binary);
   if (!absl::GetFlag(FLAGS_waypoint_jwks_ca_file).empty()) {
@@ -149,6 +207,21 @@ int main(int argc, char** argv) {
   options.ca_token_file = absl::GetFlag(FLAGS_ca_token_file);
   options.ca_listen = absl::GetFlag(FLAGS_ca_listen);
   options.ca_tokens = absl::GetFlag(FLAGS_ca_tokens);
+  options.ca_only = absl::GetFlag(FLAGS_ca_only);
+  options.ca_token_review = absl::GetFlag(FLAGS_ca_token_review);
+  options.ca_token_audience = absl::GetFlag(FLAGS_ca_token_audience);
+  options.ca_token_users =
+      absl::StrSplit(absl::GetFlag(FLAGS_ca_token_users), ',', absl::SkipEmpty());
+  if (options.ca_token_review) {
+    if (!options.ca_tokens.empty()) {
+      std::cerr << "ambitd: --ca-token-review and --ca-tokens exclude each other\n";
+      return 2;
+    }
+    if (options.ca_token_audience.empty() || options.ca_token_users.empty()) {
+      std::cerr << "ambitd: --ca-token-review needs --ca-token-audience and --ca-token-users\n";
+      return 2;
+    }
+  }
   options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
@@ -200,6 +273,25 @@ int main(int argc, char** argv) {
     auto status = ambit::node::Agent::Cleanup(options, absl::GetFlag(FLAGS_force));
     if (!status.ok()) {
       std::cerr << "ambitd: cleanup: " << status.message() << "\n";
+      return 1;
+    }
+    return 0;
+  }
+
+  if (options.ca_only) {
+    auto inputs = ambit::node::MakeCaOnlyInputs(options);
+    if (!inputs.ok()) {
+      AMBIT_LOG("ca", Error) << "not starting: " << inputs.status().message();
+      return 1;
+    }
+    auto ca = ambit::node::CaOnly::Create(options, std::move(*inputs));
+    if (!ca.ok()) {
+      AMBIT_LOG("ca", Error) << "not starting: " << ca.status().message();
+      return 1;
+    }
+    auto status = (*ca)->Run();
+    if (!status.ok()) {
+      AMBIT_LOG("ca", Error) << status.message();
       return 1;
     }
     return 0;

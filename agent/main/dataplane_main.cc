@@ -12,6 +12,7 @@
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
 #include "agent/common/allocator.h"
+#include "agent/common/capabilities.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_mark.h"
@@ -37,6 +38,21 @@ ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "refuses new connections until a smaller one arrives");
 
 namespace ambit {
+namespace {
+
+// Everything a data-plane process does with privilege happens on its workers, for as long as it
+// runs: opening sockets inside pods (setns) and marking them (SO_MARK on every socket,
+// IP_TRANSPARENT on delivery sockets). Its BPF map use (look-ups and deletes on maps ambitd
+// passed it) needs no capability. Measured by tests/e2e/test_caps.py.
+const std::vector<caps::Need>& DataPlaneNeeds() {
+  static const auto* needs = new std::vector<caps::Need>{
+      {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to open sockets there"},
+      {CAP_NET_ADMIN, "SO_MARK on its sockets and IP_TRANSPARENT on delivery sockets"},
+  };
+  return *needs;
+}
+
+}  // namespace
 
 int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
                   const std::function<absl::Status(tunnel::TunnelOptions&)>& customize) {
@@ -75,6 +91,16 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
   if (options.control_socket.empty()) {
     std::cerr << name << ": --control-socket is required\n";
     return 2;
+  }
+  // Before any thread starts (the workers inherit the reduced sets): nothing the process does
+  // later needs more, and a process parsing untrusted TLS and HTTP should hold no more.
+  auto granted = caps::Current();
+  absl::Status caps_ok = granted.ok() ? caps::CheckNeeds(name, granted->effective, DataPlaneNeeds())
+                                      : granted.status();
+  if (caps_ok.ok()) caps_ok = caps::DropAllExcept(caps::MaskOf(DataPlaneNeeds()));
+  if (!caps_ok.ok()) {
+    AMBIT_LOG("tunnel", Error) << "not starting: " << caps_ok.message();
+    return 1;
   }
   if (customize) {
     if (absl::Status s = customize(options); !s.ok()) {

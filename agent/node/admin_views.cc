@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/admin/explain.h"
+#include "agent/admin/prometheus.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/drops.h"
 #include "agent/common/log.h"
@@ -292,6 +293,10 @@ void Agent::PublishBpf() {
 
 void Agent::InitAdminHandlers() {
   PublishBpf();
+  // Kept inside the state it reads: valid as long as the state is.
+  admin::AdminState* state = admin_state_.get();
+  admin_state_->SetReadinessChecker(
+      [state](absl::Time now) { return admin::ReadinessProblems(*state, now); });
   LogLevelHandlers levels =
       NewLogLevelHandlers({options_.control_socket(), options_.waypoint_control_socket()});
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
@@ -322,11 +327,30 @@ void Agent::InitAdminHandlers() {
       });
 }
 
+std::string Agent::MissingDataPlane(const Process& process) const {
+  if (process.connected()) return "";
+  const bool waypoint = process.kind == DataPlaneKind::kWaypoint;
+  const char* binary = waypoint ? "ambit-waypoint" : "ambit-tunnel";
+  if (options_.external_dataplane) {
+    return absl::StrCat(
+        binary, " is started apart from ambitd (--dataplane=external) and is not connected on ",
+        waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
+        process.connect_error.empty() ? "" : ": ", process.connect_error);
+  }
+  if (process.dp == nullptr) return absl::StrCat(binary, " is not started yet");
+  return absl::StrCat(binary, " (started by ambitd) exited and is being restarted",
+                      process.connect_error.empty() ? "" : ": ", process.connect_error);
+}
+
 void Agent::PublishHealth() {
   admin::NodeHealth h;
   h.bpf_attached = redirector_ != nullptr && !redirector_->Programs().empty();
   h.dataplane_connected = tunnel_.connected();
+  h.dataplane_missing = MissingDataPlane(tunnel_);
   h.dataplane_restarts = tunnel_.restart.restarts();
+  h.dataplane_mode = options_.external_dataplane ? "external" : "spawn";
+  h.dataplane_socket = options_.control_socket();
+  h.dataplane_pid = tunnel_.connected() ? tunnel_.dp->pid() : 0;
   for (const auto& [uid, e] : enrolled_) {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
@@ -347,7 +371,14 @@ void Agent::PublishHealth() {
     for (auto& l : ListenerProblems(*p)) h.listener_problems.push_back(std::move(l));
   }
   // The tunnel's generation, as before; the waypoint process's is judged below.
-  h.config_loaded = last_version_ > 0;
+  h.config_loaded = config_applied_;
+  if (source_ != nullptr) {
+    h.config_pending = source_->Pending();
+    for (const config::SourceResourceStats& s : source_->Stats()) {
+      h.config_source.push_back(
+          {s.resource, s.synced, s.lists, s.watch_restarts, s.errors, s.last_sync});
+    }
+  }
   h.desired_generation = tunnel_.generation.version();
   h.applied_generation = tunnel_.dp != nullptr ? tunnel_.dp->acked_version() : 0;
   tunnel_.health_acked = h.applied_generation;
@@ -368,7 +399,9 @@ void Agent::PublishHealth() {
   admin::NodeHealth::WaypointProcess& w = h.waypoint;
   w.needed = WaypointNeeded(enrolled, waypoint_pods_);
   w.connected = waypoint_.connected();
-  w.pid = waypoint_.dp != nullptr ? waypoint_.dp->pid() : 0;
+  w.missing = MissingDataPlane(waypoint_);
+  w.socket = options_.waypoint_control_socket();
+  w.pid = waypoint_.connected() ? waypoint_.dp->pid() : 0;
   w.restarts = waypoint_.restart.restarts();
   if (w.connected) {
     w.heartbeat_waiting_since = waypoint_.heartbeat->waiting_since();
@@ -465,7 +498,7 @@ void Agent::PublishViews() {
         r->set_netns_cookie(e->second.netns_cookie);
         r->set_slot(e->second.slot);
         for (const auto& l : e->second.listeners) r->add_listeners(l);
-      } else if (!pod.netns_path.empty()) {
+      } else if (state::InMesh(pod, *cluster)) {
         w->set_role(pod.node_name == node_name ? "pending" : "peer");
       } else {
         w->set_role("outside");

@@ -19,13 +19,17 @@
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
 #include "agent/ca/certificate_authority.h"
+#include "agent/common/capabilities.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
+#include "agent/kube/api_source.h"
+#include "agent/kube/client.h"
 #include "agent/mesh/model.h"
+#include "agent/node/ca_only.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
@@ -34,6 +38,23 @@
 
 namespace ambit::node {
 namespace {
+
+// What ambitd needs for as long as it runs, not only at start: every pod enrolled later gets its
+// own sk_lookup program (loaded, attached to the pod's namespace, its listeners put into the
+// sockmap) and listeners, routing rules and sysctls inside its namespace; and the data plane
+// it spawns (ambit-tunnel, ambit-waypoint) can hold no more than ambitd's permitted set once
+// no_new_privs is set, and needs CAP_SYS_ADMIN and CAP_NET_ADMIN itself. Measured
+// (tests/e2e/test_caps.py): without any one of these, ambitd cannot start or enroll a pod.
+const std::vector<caps::Need>& AgentNeeds() {
+  static const auto* needs = new std::vector<caps::Need>{
+      {CAP_BPF, "create maps, load the redirect and per-pod sk_lookup programs"},
+      {CAP_NET_ADMIN,
+       "load and attach network BPF programs (cgroup, sk_lookup), routing rules and sysctls in "
+       "pod network namespaces"},
+      {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to set them up"},
+  };
+  return *needs;
+}
 
 constexpr const char* kComponent = "agent";
 // Between attempts to send a generation that could not be sent.
@@ -103,6 +124,15 @@ std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)), enrollment_(EnrollmentReconciler::Options{options_.node_name}) {
   pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
+  pod_net_.proc_root = options_.host_proc;
+  if (options_.external_dataplane) {
+    // A connect() to a unix socket is cheap, and a data plane the kubelet just restarted should
+    // get its pods back within seconds: the attempts back off to 2 s, not to a restart's 10 s.
+    for (Process* p : {&tunnel_, &waypoint_}) {
+      p->restart = RestartBackoff(
+          RestartBackoff::Options{absl::Milliseconds(100), absl::Seconds(2), absl::Seconds(30)});
+    }
+  }
 }
 
 Agent::~Agent() {
@@ -134,6 +164,8 @@ absl::Status Agent::Init() {
     return absl::PermissionDeniedError(
         "ambitd must run as root: it loads BPF programs and enters pod network namespaces");
   }
+  AMBIT_ASSIGN_OR_RETURN(const caps::CapState granted, caps::Current());
+  AMBIT_RETURN_IF_ERROR(caps::CheckNeeds("ambitd", granted.effective, AgentNeeds()));
   // Before anything of the instance is looked at: a second agent must not re-open the first
   // one's links or remove its enrollments.
   AMBIT_ASSIGN_OR_RETURN(lock_, InstanceLock::Acquire(options_.instance));
@@ -149,7 +181,11 @@ absl::Status Agent::Init() {
   if (!node_netns_->unchecked().empty()) {
     AMBIT_LOG(kComponent, Warning) << node_netns_->unchecked();
   }
-  AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs));
+  enroll::NetnsFinder::Options finder;
+  finder.dir = options_.netns_dir;
+  netns_finder_ = std::make_unique<enroll::NetnsFinder>(
+      std::move(finder), enroll::MakeKernelNetnsProbe(), &*node_netns_, clock_);
+  AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs, options_.host_proc));
   if (options_.cgroup_path.empty()) {
     AMBIT_ASSIGN_OR_RETURN(options_.cgroup_path, bpf::FindCgroup2Mount());
   }
@@ -193,6 +229,7 @@ absl::Status Agent::Init() {
     AMBIT_LOG(kComponent, Info) << "bpf program " << p.name << " id=" << p.id
                                 << " verified_insns=" << p.verified_insns;
   }
+  AMBIT_RETURN_IF_ERROR(SetNodeNetns());
   std::map<uint16_t, uint8_t> ports;
   for (uint16_t p : options_.outbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_OUT;
   for (uint16_t p : options_.inbound_bypass_ports) ports[p] |= AMBIT_PORT_BYPASS_IN;
@@ -205,7 +242,30 @@ absl::Status Agent::Init() {
   AMBIT_ASSIGN_OR_RETURN(auto pinned_slots, redirector_->EnrolledPods());
   enrollment_.SetPinnedSlots(std::move(pinned_slots), redirector_->migrating());
 
-  AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
+  // Set-up that only the start needs is done (bpffs, PID 1's namespace for the guard, the cgroup
+  // programs): keep only what later enrollments need, before any thread starts (capabilities
+  // are per thread; the signing, gRPC and HTTP threads start below and inherit the reduced sets).
+  AMBIT_RETURN_IF_ERROR(caps::DropAllExcept(caps::MaskOf(AgentNeeds())));
+  if (auto now = caps::Current(); now.ok()) {
+    AMBIT_LOG(kComponent, Info) << "capabilities after set-up: " << caps::Names(now->effective)
+                                << " (dropped " << caps::Names(granted.effective & ~now->effective)
+                                << "; no_new_privs)";
+  }
+
+  if (options_.kube_api.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
+  } else {
+    AMBIT_ASSIGN_OR_RETURN(kube::KubeConfig kube_config,
+                           kube::KubeConfig::FromFlags(options_.kube_api, options_.kube_token_file,
+                                                       options_.kube_ca_file));
+    AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<kube::KubeClient> client,
+                           kube::KubeClient::Create(kube_config));
+    kube::KubeApiSource::Options source_options;
+    source_options.config_dir = options_.config_dir;
+    AMBIT_ASSIGN_OR_RETURN(source_, kube::KubeApiSource::Create(std::move(client), source_options));
+    AMBIT_LOG(kComponent, Info) << "reading the configuration from the API server at "
+                                << kube_config.server << " and from " << options_.config_dir;
+  }
 
   AMBIT_ASSIGN_OR_RETURN(loop_, EpollLoop::Create());
   sigset_t mask;
@@ -233,7 +293,11 @@ absl::Status Agent::Init() {
         // glibc keeps the heap a large configuration used; hand it back, so a node whose
         // configuration shrank shrinks too.
         malloc_trim(0);
+        if (absl::Status s = FinishMigration(); !s.ok()) {
+          AMBIT_LOG(kComponent, Error) << "finishing the BPF pin migration: " << s;
+        }
       }
+      PublishHealth();  // the source's sync state and counters
     }));
   }
   AMBIT_RETURN_IF_ERROR(Watch(completions_.fd(), [this] { completions_.Drain(); }));
@@ -245,19 +309,41 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(InitCertificates());
 
   tunnel_.dp = NewDataPlane(tunnel_);
-  AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
+  if (options_.external_dataplane) {
+    // Started apart (its own container): it may come up before or after ambitd. Pods are
+    // enrolled meanwhile; their connections wait in the listeners' backlogs until it does.
+    if (absl::Status s = ConnectProcess(tunnel_, /*spawn=*/false); !s.ok()) {
+      OnConnectFailed(tunnel_, s);
+    }
+  } else {
+    AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
+  }
   // Before the first pass, so that its pods are adopted like the tunnel's.
   AMBIT_RETURN_IF_ERROR(AttachWaypoint());
-  Apply(source_->Current());  // publishes the views and the health readiness reads
+  if (std::vector<std::string> pending = source_->Pending(); pending.empty()) {
+    Apply(source_->Current());  // publishes the views and the health readiness reads
+    AMBIT_RETURN_IF_ERROR(FinishMigration());
+  } else {
+    // A partial configuration would remove every pod it lacks: nothing is applied (and enrolled
+    // pods stay as they are) until the source has all of it; readiness says what is missing.
+    for (const std::string& p : pending) AMBIT_LOG(kComponent, Info) << p;
+    PublishHealth();
+  }
+  AMBIT_ASSIGN_OR_RETURN(telemetry_,
+                         admin::TelemetryServer::Start(options_.metrics_address,
+                                                       options_.readiness_address, admin_state_));
+  return absl::OkStatus();
+}
+
+absl::Status Agent::FinishMigration() {
+  if (applied_once_) return absl::OkStatus();
+  applied_once_ = true;
   if (uint32_t from = redirector_->migrated_from(); from != 0) {
     // Every pod is in this ABI's maps now (or reported as failing): the cgroup hooks can switch.
     AMBIT_RETURN_IF_ERROR(redirector_->FinishMigration());
     AMBIT_LOG(kComponent, Info) << "migrated BPF pins from ABI v" << from << " to v"
                                 << AMBIT_ABI_VERSION << "; removed the old pins";
   }
-  AMBIT_ASSIGN_OR_RETURN(telemetry_,
-                         admin::TelemetryServer::Start(options_.metrics_address,
-                                                       options_.readiness_address, admin_state_));
   return absl::OkStatus();
 }
 
@@ -273,7 +359,7 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
     args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
   auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
       binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
-      std::move(args), process.name()});
+      std::move(args), process.name(), /*watch_pid=*/!options_.external_dataplane});
   // The process objects live as long as the agent; these run on its control thread.
   Process* p = &process;
   dp->on_csr_request = [this, p](supervisor::CsrRequest r) { OnCsrRequest(*p, std::move(r)); };
@@ -288,6 +374,7 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
 absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   AMBIT_ASSIGN_OR_RETURN(auto handed_back, process.dp->Connect(spawn));
   process.restart.OnStarted(clock_->Now());
+  process.connect_error.clear();
   process.heartbeat->Reset(process.dp->heartbeat_supported());
   process.last_pong.reset();
   std::vector<HandedBackInfo> infos;
@@ -308,18 +395,26 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   // A fresh process knows nothing: every enrolled pod that belongs to it is sent.
   const std::vector<std::string> resend = SessionPods(process.kind, enrolled, waypoint_pods_);
   Process* p = &process;
-  AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
+  // Started apart, it has no pidfd here: the control socket closing is its exit.
+  if (process.dp->pidfd() >= 0) {
+    AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
+  }
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
-  AMBIT_RETURN_IF_ERROR(
-      process.dp->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd()));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
+      redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
   AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle()));
   for (const auto& uid : resend) {
     if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
       AMBIT_RETURN_IF_ERROR(SendPod(it->second));
     }
   }
-  if (last_version_ > 0) {
-    process.generation.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
+  // Before the configuration is first loaded nothing is sent: no generation at all is served.
+  // After, even when no generation was built yet (no process was connected to take one: a data
+  // plane started apart may come up after ambitd), this session gets one.
+  if (config_applied_) {
+    if (last_version_ > 0) {
+      process.generation.OnSessionStart(clock_->Now());  // a new session has applied nothing yet
+    }
     SendSnapshot();
   }
   if (reapply_log_levels_) {
@@ -335,6 +430,11 @@ absl::Status Agent::AttachWaypoint() {
   waypoint_.dp = NewDataPlane(waypoint_);
   absl::Status status = ConnectProcess(waypoint_, /*spawn=*/false);
   if (status.ok()) return status;
+  if (options_.external_dataplane && !absl::IsNotFound(status)) {
+    // Not ours to stop: keep trying, as for a session that ended.
+    OnConnectFailed(waypoint_, status);
+    return absl::OkStatus();
+  }
   if (!absl::IsNotFound(status)) {
     // A process that cannot be taken over would hold its pods' listeners unsupervised: it is
     // stopped, and a fresh one starts for the first waypoint pod.
@@ -354,6 +454,16 @@ absl::Status Agent::AttachWaypoint() {
 
 void Agent::EnsureWaypointStarted() {
   if (waypoint_.dp != nullptr) return;  // running, starting or waiting for its restart
+  if (options_.external_dataplane) {
+    waypoint_.dp = NewDataPlane(waypoint_);
+    AMBIT_LOG(kComponent, Info) << "waypoint pods are enrolled here: connecting to the waypoint "
+                                   "data plane (started apart from ambitd) on "
+                                << options_.waypoint_control_socket();
+    if (absl::Status status = ConnectProcess(waypoint_, /*spawn=*/false); !status.ok()) {
+      OnConnectFailed(waypoint_, status);
+    }
+    return;
+  }
   std::error_code ec;
   std::filesystem::create_directories(options_.waypoint_dir(), ec);
   if (ec) {
@@ -423,6 +533,7 @@ void Agent::Apply(config::LoadResult result) {
     engine_ = std::move(*engine);
   }
   load_errors_ = result.errors;
+  config_applied_ = true;
   for (const auto& e : result.errors) {
     if (e.warning) {
       AMBIT_LOG("config", Warning) << e.ToString();
@@ -451,12 +562,7 @@ void Agent::Apply(config::LoadResult result) {
                                   << state_->mesh.trust_domain << " (was " << previous << ")";
     }
   }
-  std::map<std::string, std::set<std::string>> by_node;
-  for (const auto& [key, pod] : state_->pods) {
-    if (state_->HasIpConflict(key)) continue;  // enrolled nowhere
-    by_node[pod.node_name].insert(state::SpiffeId(state_->mesh, pod));
-  }
-  entitlements_->Update(std::move(by_node));
+  entitlements_->Update(IdentitiesByNode(*state_));
   Reconcile();
 }
 
@@ -480,23 +586,57 @@ absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
   opened_.reset();
   EnrolledPod e;
   e.pod = pod;
-  auto netns = ambit::OpenNetns(pod.netns_path);
-  if (!netns.ok()) {
-    // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
-    return absl::UnavailableError(netns.status().message());
+  if (pod.netns_path.empty()) {
+    // Enrolled by label: the namespace is the one holding the pod's IP. A miss, or two
+    // namespaces holding it, is retried; the node's own namespace is refused.
+    auto found = netns_finder_->Find(pod.ips);
+    if (!found.ok()) {
+      return absl::Status(
+          absl::IsPermissionDenied(found.status()) ? absl::StatusCode::kPermissionDenied
+                                                   : absl::StatusCode::kUnavailable,
+          absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": ", found.status().message()));
+    }
+    e.netns = std::move(found->fd);
+    e.netns_path = std::move(found->path);
+  } else {
+    auto netns = ambit::OpenNetns(pod.netns_path);
+    if (!netns.ok()) {
+      // Refusal is the guard's verdict alone: a path that cannot be opened now is retried.
+      return absl::UnavailableError(netns.status().message());
+    }
+    e.netns = *std::move(netns);
+    e.netns_path = pod.netns_path;
   }
-  e.netns = *std::move(netns);
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
-                                               ": field metadata.annotations[",
-                                               std::string(state::kNetnsAnnotation),
-                                               "]: ", pod.netns_path, ": ", s.message()));
+    return absl::Status(s.code(), pod.netns_path.empty()
+                                      ? absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": ",
+                                                     e.netns_path, " (found by IP): ", s.message())
+                                      : absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
+                                                     ": field metadata.annotations[",
+                                                     std::string(state::kNetnsAnnotation),
+                                                     "]: ", pod.netns_path, ": ", s.message()));
   }
   AMBIT_ASSIGN_OR_RETURN(e.netns_cookie, NetnsCookie(e.netns.get()));
   const uint64_t cookie = e.netns_cookie;
   opened_ = std::move(e);
   return cookie;
+}
+
+absl::Status Agent::SetNodeNetns() {
+  const std::string path =
+      options_.node_netns.empty() ? std::string("/proc/self/ns/net") : options_.node_netns;
+  auto netns = ambit::OpenNetns(path);
+  if (!netns.ok()) {
+    return absl::Status(netns.status().code(),
+                        absl::StrCat("--node-netns: ", netns.status().message()));
+  }
+  AMBIT_ASSIGN_OR_RETURN(uint64_t cookie, NetnsCookie(netns->get()));
+  AMBIT_RETURN_IF_ERROR(redirector_->SetNodeNetns(cookie));
+  AMBIT_LOG(kComponent, Info) << "kubelet probes: connections from network namespace " << path
+                              << " (netns_cookie=" << cookie
+                              << ") to enrolled pods pass STRICT mTLS and authorization";
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
@@ -533,6 +673,7 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
   inbound.hbone_v4 = e.listeners.hbone_v4.get();
   inbound.hbone_v6 = e.listeners.hbone_v6.get();
   AMBIT_RETURN_IF_ERROR(redirector_->EnrollPod(e.netns_cookie, e.slot, e.netns.get(), inbound));
+  AMBIT_RETURN_IF_ERROR(redirector_->SetPodAddresses(e.netns_cookie, pod.ips));
   // A send that fails leaves the BPF entry in place: its listeners close with `e`, and the
   // sk_lookup program drops what finds none (closed, not open) until the retry.
   std::string told;
@@ -541,8 +682,9 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
     told = state::SpiffeId(state_->mesh, pod);
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
-                              << " netns=" << pod.netns_path << " netns_cookie=" << e.netns_cookie
-                              << " slot=" << e.slot
+                              << " netns=" << e.netns_path
+                              << (pod.netns_path.empty() ? " (found by IP)" : "")
+                              << " netns_cookie=" << e.netns_cookie << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
   enrolled_.insert_or_assign(pod.Key(), std::move(e));
   return told;
@@ -551,6 +693,7 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
 absl::StatusOr<std::string> Agent::Resend(const std::string& uid) {
   EnrolledPod& e = enrolled_.at(uid);
   e.pod = state_->pods.at(uid);
+  AMBIT_RETURN_IF_ERROR(redirector_->SetPodAddresses(e.netns_cookie, e.pod.ips));
   AMBIT_RETURN_IF_ERROR(SendPod(e));
   return state::SpiffeId(state_->mesh, e.pod);
 }
@@ -634,8 +777,8 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
     if (state_->HasIpConflict(key)) continue;
     AMBIT_ASSIGN_OR_RETURN(mesh::Workload w, PodWorkload(state_->mesh, pod));
     w.enrolled_here = enrolled_.count(pod.Key()) > 0;
-    // A pod that names its netns is captured by the ambit agent on its own node.
-    w.in_mesh = !pod.netns_path.empty();
+    // Captured by the ambit agent on its own node (named netns, or enrolled by label).
+    w.in_mesh = state::InMesh(pod, *state_);
     if (w.enrolled_here) {
       // Labels select the destination of a policy, always a pod of this node: a peer's would
       // only make the snapshot and the data plane's memory grow with the cluster.
@@ -779,12 +922,17 @@ void Agent::OnRetryTimer() {
 }
 
 void Agent::OnRestartTimer(Process& process) {
-  auto status = ConnectProcess(process, /*spawn=*/true);
+  auto status = ConnectProcess(process, /*spawn=*/!options_.external_dataplane);
   if (status.ok()) {
     // A pod that waited for this process may now move to it.
     if (!PlannedMoves().empty()) Reconcile();
     return;
   }
+  if (options_.external_dataplane) {
+    OnConnectFailed(process, status);
+    return;
+  }
+  process.connect_error = std::string(status.message());
   AMBIT_LOG(kComponent, Error) << "restart " << process.name() << ": " << status.message();
   if (process.dp->pidfd() >= 0) {
     OnDataPlaneExit(process);
@@ -796,6 +944,12 @@ void Agent::OnRestartTimer(Process& process) {
 void Agent::OnControlReadable(Process& process) {
   if (!process.connected()) return;
   if (auto status = process.dp->OnControlReadable(); !status.ok()) {
+    if (process.dp->pidfd() < 0) {
+      // Not watched by PID (started apart): the session ending is all there is to see.
+      AMBIT_LOG(kComponent, Debug) << process.name() << " session: " << status.message();
+      OnDataPlaneExit(process);
+      return;
+    }
     // The process exit (pidfd) drives the restart; here just stop reading.
     Unwatch(process.dp->control_fd());
   }
@@ -807,21 +961,58 @@ void Agent::OnControlReadable(Process& process) {
 }
 
 void Agent::OnDataPlaneExit(Process& process) {
+  const bool watched = process.dp->pidfd() >= 0;
+  pid_t pid = process.dp->pid();
+  EndSession(process);
+  std::string how = watched ? process.dp->Reap() : std::string();
+  if (!watched) process.dp->Disconnect();
+  const absl::Duration delay = process.restart.OnExit(clock_->Now());
+  if (watched) {
+    AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid << " " << how << "; restart #"
+                                 << process.restart.restarts() << " in "
+                                 << absl::FormatDuration(delay)
+                                 << " (listeners stay open; new connections wait in backlog)";
+  } else {
+    process.connect_error = "its control session ended";
+    AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid
+                                 << " (started apart from ambitd) ended its control "
+                                 << "session; reconnecting #" << process.restart.restarts()
+                                 << " in " << absl::FormatDuration(delay)
+                                 << " once it listens again on " << process.dp->control_socket()
+                                 << " (listeners stay open; new connections wait in backlog)";
+  }
+  ArmRestart(process, delay);
+  PublishHealth();
+}
+
+void Agent::EndSession(Process& process) {
   Unwatch(process.dp->pidfd());
   Unwatch(process.dp->control_fd());
-  pid_t pid = process.dp->pid();
-  std::string how = process.dp->Reap();
-  process.heartbeat->Reset(false);  // an exited data plane is reported as not connected
+  process.heartbeat->Reset(false);  // a data plane gone is reported as not connected
   process.last_pong.reset();
   if (process.kind == DataPlaneKind::kTunnel) enrollment_.OnDataPlaneExit();
   for (auto& [uid, e] : enrolled_) {
     if (e.served_by == process.kind) e.served_by = DataPlaneKind::kNone;  // resent on restart
   }
-  const absl::Duration delay = process.restart.OnExit(clock_->Now());
-  AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << pid << " " << how << "; restart #"
-                               << process.restart.restarts() << " in "
-                               << absl::FormatDuration(delay)
-                               << " (listeners stay open; new connections wait in backlog)";
+}
+
+void Agent::OnConnectFailed(Process& process, const absl::Status& status) {
+  // A session that began and failed half-way (hello, hand-back, a send) ends like any other.
+  EndSession(process);
+  process.dp->Disconnect();
+  const bool first =
+      process.connect_error.empty() || process.connect_error == "its control session ended";
+  process.connect_error = std::string(status.message());
+  const absl::Duration delay = process.restart.OnStartFailed();
+  if (first) {
+    AMBIT_LOG(kComponent, Warning)
+        << process.name() << " not connected: " << status.message()
+        << "; it is started apart from ambitd (--dataplane=external), which connects once it "
+           "listens (retrying every "
+        << absl::FormatDuration(delay) << " and backing off)";
+  } else {
+    AMBIT_LOG(kComponent, Debug) << process.name() << " still not connected: " << status.message();
+  }
   ArmRestart(process, delay);
   PublishHealth();
 }
@@ -1055,12 +1246,19 @@ void Agent::RollBackFailedStart() {
     admin_server_.reset();
     std::error_code ec;
     // Only the entries a start creates: the default run directory is the parent of other
-    // instances' ones, which must survive.
-    std::filesystem::remove(options_.control_socket(), ec);
-    std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
-    std::filesystem::remove_all(options_.waypoint_dir(), ec);
+    // instances' ones, which must survive. A data plane started apart may have come to listen
+    // in the directory meanwhile: its sockets are its own.
+    if (!options_.external_dataplane) {
+      std::filesystem::remove(options_.control_socket(), ec);
+      std::filesystem::remove(options_.control_socket() + ".lock", ec);
+      std::filesystem::remove(StatsSocketFor(options_.control_socket()), ec);
+      std::filesystem::remove_all(options_.waypoint_dir(), ec);
+    }
     std::filesystem::remove(options_.resolved_admin_socket(), ec);
-    if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
+    if (options_.external_dataplane &&
+        !std::filesystem::is_empty(options_.resolved_run_dir(), ec)) {
+      // Left to the data planes.
+    } else if (std::filesystem::remove(options_.resolved_run_dir(), ec)) {
       removed.push_back(options_.resolved_run_dir());
     } else if (ec) {
       AMBIT_LOG(kComponent, Warning) << "failed start: could not remove "
@@ -1088,10 +1286,28 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   }
   absl::Status status;
   std::vector<std::string> removed;
+  // Started apart from ambitd (--dataplane=external), a data plane is another container's
+  // process, in another PID namespace: the PID it names may be some other process here, so it
+  // is not signalled. It is reported, and its sockets stay, so that it can still be reached.
+  std::vector<std::string> left;
   const std::pair<std::string, std::string> processes[] = {
       {"data plane", options.control_socket()},
       {"waypoint data plane", options.waypoint_control_socket()}};
   for (const auto& [name, socket] : processes) {
+    if (options.external_dataplane) {
+      auto running = supervisor::DataPlane::Probe(socket);
+      if (!running.ok()) {
+        left.push_back(absl::StrCat("something on ", socket, " that is not a data plane (",
+                                    running.status().message(), ")"));
+      } else if (running->has_value()) {
+        left.push_back(absl::StrCat(
+            name, " pid=", (*running)->pid, " (its own PID namespace) serving ",
+            (*running)->pod_count, " pods on ", socket,
+            ": started apart from ambitd, so not stopped; with the capture gone it carries no "
+            "new traffic, and it ends with its container"));
+      }
+      continue;
+    }
     auto stopped = supervisor::DataPlane::StopRunning(socket);
     if (!stopped.ok()) {
       status.Update(stopped.status());
@@ -1106,7 +1322,13 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
     removed.push_back(absl::StrCat("removed ", *pins, " BPF pins under ", options.pin_root()));
   }
   std::error_code ec;
-  if (std::filesystem::exists(options.resolved_run_dir(), ec)) {
+  if (!left.empty()) {
+    // Only ambitd's own entry: the data planes' sockets and locks are theirs.
+    if (std::filesystem::remove(options.resolved_admin_socket(), ec)) {
+      removed.push_back(absl::StrCat("removed ", options.resolved_admin_socket()));
+    }
+    left.push_back(absl::StrCat(options.resolved_run_dir(), " (the data planes' sockets)"));
+  } else if (std::filesystem::exists(options.resolved_run_dir(), ec)) {
     std::filesystem::remove_all(options.resolved_run_dir(), ec);
     if (ec) {
       status.Update(absl::InternalError(
@@ -1117,6 +1339,10 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   }
   // The lock file goes with the instance, unless another agent holds it (--force).
   if (lock.ok()) lock->Remove();
+  if (!left.empty()) {
+    AMBIT_LOG(kComponent, Warning)
+        << "cleanup of instance " << options.instance << " left: " << absl::StrJoin(left, "; ");
+  }
   if (removed.empty()) {
     AMBIT_LOG(kComponent, Info) << "nothing to clean up for instance " << options.instance
                                 << ": no data plane, no BPF pins under " << options.pin_root()

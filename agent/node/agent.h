@@ -22,6 +22,7 @@
 #include "agent/common/unique_fd.h"
 #include "agent/config/error.h"
 #include "agent/config/source.h"
+#include "agent/enroll/netns_finder.h"
 #include "agent/enroll/node_netns.h"
 #include "agent/enroll/pod_net.h"
 #include "agent/issuance/ca_server.h"
@@ -42,14 +43,29 @@ namespace ambit::node {
 struct AgentOptions {
   std::string node_name;
   std::string config_dir;
+  // The Kubernetes API server as a second configuration source (empty: off): "in-cluster" or an
+  // https URL; token and CA files default to the service account's (kube::KubeConfig).
+  std::string kube_api, kube_token_file, kube_ca_file;
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
+  // The namespace whose connections to enrolled pods are kubelet probes; empty: ambitd's own.
+  std::string node_netns;
   std::string bpffs = "/sys/fs/bpf";
+  // The procfs pod sysctls are written through (enroll::PodNetOptions::proc_root).
+  std::string host_proc = "/proc";
+  // Where the container runtime keeps pod network namespace files; a pod that does not name its
+  // netns (ambit.dev/netns) is found among them by its IP (enroll::NetnsFinder).
+  std::string netns_dir = "/var/run/netns";
   std::string run_dir;        // empty: /run/ambit/<instance>
   std::string tunnel_binary;  // empty: ambit-tunnel next to ambitd
   // Started for the pods of waypoints enrolled here, with tunnel_args and its own control
   // socket. Empty: ambit-waypoint next to ambitd.
   std::string waypoint_binary;
+  // --dataplane=external: ambit-tunnel and ambit-waypoint are started apart from ambitd (their
+  // own containers, as the kubelet runs them) and listen on the control sockets below. ambitd
+  // connects whenever they listen, never starts, stops or restarts them, and cannot watch them
+  // by PID (another PID namespace): the control session and the heartbeat say whether they live.
+  bool external_dataplane = false;
   std::vector<std::string> tunnel_args;
   std::vector<std::string> waypoint_args;  // after tunnel_args, for ambit-waypoint only
   uint32_t socket_mark = kDefaultSocketMark;
@@ -64,6 +80,13 @@ struct AgentOptions {
   std::string cacerts_dir;
   std::string ca_address, ca_root_cert, ca_token_file;
   std::string ca_listen, ca_tokens;  // serve the CA API to other nodes
+  // ambitd --ca-only (CaOnly, ca_only.h): the cluster CA alone, no BPF, pods or data plane.
+  bool ca_only = false;
+  // CA callers' bearer tokens checked by a TokenReview against the API server instead of the
+  // ca_tokens file: for this audience, from one of these users (service accounts).
+  bool ca_token_review = false;
+  std::string ca_token_audience = "ambit-ca";
+  std::vector<std::string> ca_token_users;
   absl::Duration cert_ttl = absl::Hours(24);
   std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
@@ -119,6 +142,7 @@ class Agent final : private PodHost {
   struct EnrolledPod {
     state::Pod pod;
     UniqueFd netns;
+    std::string netns_path;  // the annotation's, or the file found by IP
     uint64_t netns_cookie = 0;
     uint32_t slot = 0;
     enroll::PodListeners listeners;
@@ -147,6 +171,8 @@ class Agent final : private PodHost {
     uint64_t health_acked = 0, health_nacked = 0;     // as last published
     // Bumped by each arming of its restart timer (see ArmRestart).
     uint64_t restart_timer = 0;
+    // Why the last connection attempt failed, while not connected (readiness names it).
+    std::string connect_error;
   };
 
   explicit Agent(AgentOptions options);
@@ -166,6 +192,8 @@ class Agent final : private PodHost {
   void PublishBpf();  // the programs and where they are attached, for ambitctl bpf
   // Readiness inputs and ambitd's own metrics (admin::NodeHealth).
   void PublishHealth();
+  // Readiness's words for a process that is not connected ("" when it is).
+  std::string MissingDataPlane(const Process& process) const;
   Process& ProcessOf(DataPlaneKind kind) {
     return kind == DataPlaneKind::kWaypoint ? waypoint_ : tunnel_;
   }
@@ -184,7 +212,13 @@ class Agent final : private PodHost {
   // Sends those no process holds to theirs.
   void PlacePods();
   void Apply(config::LoadResult result);
+  // After the first configuration is applied: a pin migration that waited for it ends.
+  absl::Status FinishMigration();
+  bool applied_once_ = false;
   void Reconcile();
+  // Tells the BPF programs which network namespace is the node's (--node-netns): its
+  // connections to enrolled pods are kubelet probes.
+  absl::Status SetNodeNetns();
   // PodHost, for RunEnrollmentPass.
   absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;
   absl::StatusOr<std::string> SetUp(const state::Pod& pod,
@@ -221,6 +255,12 @@ class Agent final : private PodHost {
   absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
   void OnDataPlaneExit(Process& process);
+  // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
+  // and which pods the process held (resent on the next session).
+  void EndSession(Process& process);
+  // --dataplane=external: a connection attempt failed (nothing listens yet, or the session
+  // could not start); tries again after the back-off.
+  void OnConnectFailed(Process& process, const absl::Status& status);
 
   AgentOptions options_;
   // Held for the agent's lifetime; first, so that it is released last.
@@ -233,6 +273,9 @@ class Agent final : private PodHost {
   Process waypoint_{DataPlaneKind::kWaypoint};
   // The last configuration generation built (sent to every connected process).
   uint64_t last_version_ = 0;
+  // A configuration was loaded (Apply ran): a data plane connecting from now on gets a generation
+  // even when none was built yet.
+  bool config_applied_ = false;
   // The ext_authz provider warnings last logged: logged again only when they change (a snapshot
   // is built on every change of anything, the warnings would repeat).
   mutable std::vector<std::string> ext_authz_warnings_;
@@ -267,6 +310,8 @@ class Agent final : private PodHost {
   std::map<std::string, DataPlaneKind> handed_back_from_;  // uid -> the process that did
   EnrollmentReconciler enrollment_;
   std::optional<enroll::NodeNetnsGuard> node_netns_;
+  // Finds the namespace of a pod that names none, by its IP under --netns-dir.
+  std::unique_ptr<enroll::NetnsFinder> netns_finder_;
   std::vector<std::string> capture_problems_;  // as last checked
   std::unique_ptr<EpollLoop> loop_;
   UniqueFd signal_fd_;

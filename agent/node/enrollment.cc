@@ -17,13 +17,16 @@ EnrollmentReconciler::Plan EnrollmentReconciler::Begin(const state::ClusterState
   std::map<std::string, const state::Pod*> desired;
   for (const auto& [uid, pod] : state.pods) {
     // A pod whose address an older pod holds is not enrolled (the loader reported it).
-    if (state::IsEnrolled(pod, options_.node_name) && !state.HasIpConflict(uid)) {
+    if (state::IsEnrolled(pod, state, options_.node_name) && !state.HasIpConflict(uid)) {
       desired[pod.Key()] = &pod;
     }
   }
   for (const auto& [uid, e] : enrolled_) {
     auto it = desired.find(uid);
-    if (it == desired.end() || it->second->netns_path != e.netns_path) plan.remove.push_back(uid);
+    if (it == desired.end() || it->second->netns_path != e.netns_path ||
+        (e.netns_path.empty() && it->second->ips != e.ips)) {
+      plan.remove.push_back(uid);
+    }
   }
   previous_failures_ = std::move(failing_since_);
   failing_since_.clear();

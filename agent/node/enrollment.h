@@ -44,6 +44,9 @@ struct EnrolledInfo {
   uint64_t netns_cookie = 0;
   uint32_t slot = 0;
   std::string spiffe_id;  // the identity the data plane was last told
+  // The addresses it was enrolled with. A pod found by IP (no netns_path) whose addresses
+  // change is in another namespace now (re-created): it is enrolled again.
+  std::vector<ambit::IpAddress> ips;
 };
 
 class EnrollmentReconciler {

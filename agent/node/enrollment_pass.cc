@@ -55,14 +55,15 @@ std::optional<absl::Time> RunEnrollmentPass(EnrollmentReconciler& reconciler,
         auto told = host.SetUp(*pod, d, send);
         status = told.status();
         if (told.ok()) {
-          reconciler.OnEnrolled(uid,
-                                {pod->netns_path, *cookie, d.slot, send ? *told : d.spiffe_id});
+          reconciler.OnEnrolled(
+              uid, {pod->netns_path, *cookie, d.slot, send ? *told : d.spiffe_id, pod->ips});
         }
       }
     }
     if (!status.ok()) {
       reconciler.OnEnrollFailed(uid, std::string(status.message()), clock.Now());
-      AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns " << pod->netns_path
+      AMBIT_LOG(kComponent, Error) << "enroll pod " << uid << " (netns "
+                                   << (pod->netns_path.empty() ? "by IP" : pod->netns_path)
                                    << "): " << status.message() << "; retrying";
     }
   }

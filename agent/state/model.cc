@@ -84,8 +84,18 @@ void ResolveIpConflicts(ClusterState* state) {
   }
 }
 
-bool IsEnrolled(const Pod& pod, std::string_view node_name) {
-  return !node_name.empty() && pod.node_name == node_name && !pod.netns_path.empty();
+bool InMesh(const Pod& pod, const ClusterState& state) {
+  if (!pod.netns_path.empty()) return true;
+  const std::string label(kDataplaneModeLabel);
+  if (auto own = pod.labels.find(label); own != pod.labels.end()) return own->second == "ambient";
+  auto ns = state.namespaces.find(pod.namespace_name);
+  if (ns == state.namespaces.end()) return false;
+  auto mode = ns->second.labels.find(label);
+  return mode != ns->second.labels.end() && mode->second == "ambient";
+}
+
+bool IsEnrolled(const Pod& pod, const ClusterState& state, std::string_view node_name) {
+  return !node_name.empty() && pod.node_name == node_name && InMesh(pod, state);
 }
 
 std::string SpiffeId(const MeshConfig& mesh, const Pod& pod) {

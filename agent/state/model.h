@@ -18,6 +18,9 @@ namespace ambit::state {
 
 // The annotation that names an enrolled pod's network namespace, e.g. /var/run/netns/web-1.
 inline constexpr std::string_view kNetnsAnnotation = "ambit.dev/netns";
+// Istio ambient's enrollment label, on a pod or its namespace: "ambient" captures, "none" on a
+// pod opts it out of its namespace's choice.
+inline constexpr std::string_view kDataplaneModeLabel = "istio.io/dataplane-mode";
 
 struct Pod {
   std::string name;
@@ -186,8 +189,15 @@ struct ClusterState {
   friend bool operator==(const ClusterState&, const ClusterState&) = default;
 };
 
-// True when the pod runs on node_name and names its network namespace (ambit.dev/netns).
-bool IsEnrolled(const Pod& pod, std::string_view node_name);
+// Whether ambit captures the pod on its node: it names its network namespace (ambit.dev/netns),
+// or Istio's label enrolls it as in ambient mode (istio.io/dataplane-mode=ambient on the pod, or
+// on its namespace while the pod's own label is not "none"). In a cluster the API server's pods
+// name no namespace, so the label is how they join; their namespace is found by IP
+// (enroll::NetnsFinder). A hostNetwork pod's IP is the node's, which the finder refuses.
+bool InMesh(const Pod& pod, const ClusterState& state);
+
+// True when the pod runs on node_name and is InMesh.
+bool IsEnrolled(const Pod& pod, const ClusterState& state, std::string_view node_name);
 
 // Gives every address to one pod: pods are taken oldest first (IsOlder), and a pod that claims an
 // address an older pod already holds gets none of its addresses; it is recorded in

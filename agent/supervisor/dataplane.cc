@@ -96,13 +96,16 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
   control_.Reset();
   // A new session: what the previous one applied or refused says nothing about this one.
   nack_error_.clear();
+  acked_version_ = 0;
+  nacked_version_ = 0;
   auto existing = TryConnect();
   if (existing.ok()) {
     control_ = std::move(*existing);
     is_child_ = false;
   } else if (!spawn) {
-    return absl::NotFoundError(
-        absl::StrCat("no ", options_.name, " serves ", options_.control_socket));
+    return absl::NotFoundError(absl::StrCat("no ", options_.name, " serves ",
+                                            options_.control_socket, " (",
+                                            existing.status().message(), ")"));
   } else {
     AMBIT_RETURN_IF_ERROR(Spawn());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -132,10 +135,17 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
   }
   if (!is_child_) {
     pid_ = hello.first.hello().pid();
-    pidfd_ = UniqueFd(PidfdOpen(pid_));
-    if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
-    AMBIT_LOG(kComponent, Info) << "re-attached to running " << options_.name << " pid=" << pid_
-                                << " serving " << hello.first.hello().pod_count() << " pods";
+    if (options_.watch_pid) {
+      pidfd_ = UniqueFd(PidfdOpen(pid_));
+      if (!pidfd_) return absl::ErrnoToStatus(errno, "pidfd_open of the running data plane");
+      AMBIT_LOG(kComponent, Info) << "re-attached to running " << options_.name << " pid=" << pid_
+                                  << " serving " << hello.first.hello().pod_count() << " pods";
+    } else {
+      pidfd_.Reset();
+      AMBIT_LOG(kComponent, Info) << "connected to " << options_.name << " pid=" << pid_
+                                  << " (its own PID namespace) on " << options_.control_socket
+                                  << ", serving " << hello.first.hello().pod_count() << " pods";
+    }
   }
   std::vector<HandedBackPod> pods;
   for (uint32_t i = 0; i < hello.first.hello().pod_count(); ++i) {
@@ -161,6 +171,12 @@ std::string DataPlane::Reap() {
   }
   pid_ = -1;
   return how;
+}
+
+void DataPlane::Disconnect() {
+  control_.Reset();
+  pidfd_.Reset();
+  pid_ = -1;
 }
 
 pid_t DataPlane::Stop() {
@@ -240,6 +256,18 @@ absl::Status DataPlane::SetLogLevel(const std::string& control_socket, const std
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::optional<RunningDataPlane>> DataPlane::Probe(
+    const std::string& control_socket) {
+  auto fd = ConnectUnix(control_socket, SOCK_SEQPACKET);
+  if (!fd.ok()) return std::nullopt;  // nothing listens there
+  AMBIT_ASSIGN_OR_RETURN(auto hello, ReadEnvelope(fd->get(), 5000));
+  if (!hello.first.has_hello()) {
+    return absl::DataLossError(absl::StrCat("what serves ", control_socket, " did not say hello"));
+  }
+  return RunningDataPlane{static_cast<pid_t>(hello.first.hello().pid()),
+                          hello.first.hello().pod_count()};
+}
+
 absl::StatusOr<pid_t> DataPlane::StopRunning(const std::string& control_socket) {
   DataPlane probe(Options{"", control_socket, {}});
   auto fd = probe.TryConnect();
@@ -302,11 +330,12 @@ absl::Status DataPlane::OnControlReadable() {
   return absl::OkStatus();
 }
 
-absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd) {
+absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd, int probes_map_fd) {
   auto env = NewEnvelope();
   env.mutable_maps()->add_fds(pb::FD_ROLE_ORIG_DST_MAP);
   env.mutable_maps()->add_fds(pb::FD_ROLE_DELIVER_MAP);
-  return SendEnvelope(control_.get(), env, {orig_dst_map_fd, deliver_map_fd});
+  env.mutable_maps()->add_fds(pb::FD_ROLE_PROBES_MAP);
+  return SendEnvelope(control_.get(), env, {orig_dst_map_fd, deliver_map_fd, probes_map_fd});
 }
 
 absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {

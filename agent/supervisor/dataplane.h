@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,10 +55,18 @@ struct CertificateState {
   int refs = 0;
 };
 
+// A data plane found serving a control socket (DataPlane::Probe).
+struct RunningDataPlane {
+  pid_t pid = 0;  // as it reports it: in its own PID namespace, which may not be ours
+  uint32_t pod_count = 0;
+};
+
 // ambitd's side of one data-plane process (ambit-tunnel, or ambit-waypoint, which speaks the
 // same protocol): starts it in its own session (so it
 // outlives an agent restart), re-attaches to one that is already running, watches it through a
-// pidfd, and speaks the control protocol. Not thread-safe; owned by the control thread.
+// pidfd, and speaks the control protocol. A data plane started apart from ambitd (its own
+// container: another PID namespace) is only connected to (watch_pid false): its PID means nothing
+// here, so the session alone says whether it lives. Not thread-safe; owned by the control thread.
 class DataPlane {
  public:
   struct Options {
@@ -65,6 +74,9 @@ class DataPlane {
     std::string control_socket;  // where the data plane listens for the agent
     std::vector<std::string> extra_args;
     std::string name = "data plane";  // in log lines and errors: which process
+    // Watch the process through a pidfd of the PID its hello names. False for a data plane in
+    // another PID namespace, where that PID may be some other process of ours.
+    bool watch_pid = true;
   };
   explicit DataPlane(Options options) : options_(std::move(options)) {}
   ~DataPlane();
@@ -74,6 +86,10 @@ class DataPlane {
   // naming the pod and the field, and the session is not used.
   // With `spawn` false, only attaches: NotFound when nothing serves control_socket.
   absl::StatusOr<std::vector<HandedBackPod>> Connect(bool spawn = true);
+  // Which data plane serves control_socket, without stopping it; nullopt when nothing answers
+  // there (no socket file, or one nobody listens on). Connecting ends the session of an agent
+  // connected to it (the data plane keeps serving), so only for when no agent runs.
+  static absl::StatusOr<std::optional<RunningDataPlane>> Probe(const std::string& control_socket);
   // Sends SIGTERM to a running data plane found through control_socket, and waits for it.
   // Returns its PID, or 0 when nothing answered on control_socket.
   static absl::StatusOr<pid_t> StopRunning(const std::string& control_socket);
@@ -98,11 +114,16 @@ class DataPlane {
   static constexpr absl::Duration kProbeWait = absl::Seconds(8);
 
   bool connected() const { return control_.valid(); }
+  const std::string& control_socket() const { return options_.control_socket; }
+  // Its PID (in its own PID namespace when started apart); -1 when not connected.
   pid_t pid() const { return pid_; }
   int pidfd() const { return pidfd_.get(); }
   int control_fd() const { return control_.get(); }
   // Reaps the exited process; returns a description of how it ended.
   std::string Reap();
+  // Ends the session with a data plane it does not watch by PID (its control socket closed or
+  // failed): nothing to reap, it is gone from here.
+  void Disconnect();
   // Ends the data plane this object connected to (SIGTERM, SIGKILL after 5s) and reaps it if
   // it is our child; returns its PID, or 0 when none was connected.
   pid_t Stop();
@@ -119,7 +140,7 @@ class DataPlane {
   // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
 
-  absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd);
+  absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd, int probes_map_fd);
   // An error that the workload does not map (agent/mesh/wire.h) means nothing was sent.
   absl::Status SendAddPod(const PodDescriptor& pod);
   absl::Status SendRemovePod(const std::string& uid);

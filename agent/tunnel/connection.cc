@@ -289,6 +289,57 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
 }
 
+// A connection the node's network namespace opened to this pod (sockops recorded its tuple in
+// ambit_probes, see docs/ARCHITECTURE.md#kubelet-probes): delivered to the pod past
+// PeerAuthentication and AuthorizationPolicy, as Istio exempts kubelet probes, and only to the
+// pod's own address and the port dialled. False when the connection is not one (the entry is
+// taken, so it admits this connection only).
+bool HandleKubeletProbe(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd& client) {
+  const int map_fd = worker.settings().probes_map;
+  if (map_fd < 0) return false;
+  auto peer = PeerAddress(client.get());
+  auto local = LocalAddress(client.get());
+  if (!peer.ok() || !local.ok()) return false;
+  auto probe = bpf::TakeKubeletProbe(map_fd, *peer, *local);
+  if (!probe.ok()) {
+    // Fail closed: decided as any plaintext.
+    AMBIT_LOG(kComponent, Warning) << "inbound pod=" << pod->uid << " src=" << peer->ToString()
+                                   << ": " << probe.status().message();
+    return false;
+  }
+  if (!*probe) return false;
+  std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
+                                         " dst=", local->ToString(), " mode=kubelet-probe");
+  FlowRecord record;
+  record.direction = FlowDirection::kInbound;
+  record.pod = pod->uid;
+  record.mode = kKubeletProbe;
+  record.policy = kKubeletProbe;
+  record.source = PeerOf(*worker.snapshot(), *peer, "");
+  record.destination = PeerOf(*pod, *local);
+  if (auto target = CheckDeliveryTarget(*worker.snapshot(), *pod, *local); !target.ok()) {
+    AMBIT_LOG(kComponent, Warning)
+        << description << ": " << target.message() << "; connection reset";
+    CloseWithReset(client);
+    worker.Refuse(std::move(record), FlowEnd{false, "CONNECT", std::string(target.message())});
+    return true;
+  }
+  worker.counters().kubelet_probes++;
+  AMBIT_LOG(kComponent, Info) << description;
+  auto conn = std::make_unique<Connection>(worker, description, std::move(client));
+  conn->record() = std::move(record);
+  Connection* raw = conn.get();
+  worker.Adopt(std::move(conn));
+  auto upstream = ConnectFromPod(worker, *pod, *local, &*peer);
+  if (!upstream.ok()) {
+    raw->Abort(std::string(upstream.status().message()));
+    return true;
+  }
+  raw->SetDeliveryEntry(*upstream->delivery_source, *local);
+  raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
+  return true;
+}
+
 }  // namespace
 
 FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
@@ -396,6 +447,8 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
         std::move(client));
     return;
   }
+  // Before the waypoint's own handling too: a waypoint's pod is probed like any other.
+  if (kind == ListenerKind::kInboundPlain && HandleKubeletProbe(worker, pod, client)) return;
   if (worker.settings().l7 != nullptr && kind != ListenerKind::kHbone) {
     worker.settings().l7->OnAccepted(worker, pod, kind, std::move(client));
     return;

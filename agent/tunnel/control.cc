@@ -5,13 +5,17 @@
 #include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <future>
 #include <type_traits>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/clock.h"
 #include "agent/common/framed.h"
@@ -46,6 +50,53 @@ pb::Envelope NewEnvelope() {
   return env;
 }
 
+// Makes the control socket's directory (mode 0700) when it is missing: a data plane started apart
+// from ambitd (its own container sharing the run directory) may come up first, and the
+// waypoint's socket lives in a directory of its own.
+absl::Status MakeSocketDirectory(const std::string& socket_path) {
+  const std::filesystem::path dir = std::filesystem::path(socket_path).parent_path();
+  std::error_code ec;
+  if (dir.empty() || std::filesystem::is_directory(dir, ec)) return absl::OkStatus();
+  const mode_t old = umask(0077);
+  std::filesystem::create_directories(dir, ec);
+  umask(old);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat("create the directory of --control-socket ",
+                                                    dir.string(), ": ", ec.message()));
+  }
+  AMBIT_LOG(kComponent, Info) << "created " << dir.string();
+  return absl::OkStatus();
+}
+
+// Locks <socket_path>.lock for this process's life. Binding the socket removes whatever file is
+// at the path: that must be a dead predecessor's (a container restarted after a kill leaves
+// one), never a live data plane's, whose agent and pods would be cut off. While another data
+// plane holds the lock this waits for it to exit (SIGTERM still ends the wait).
+absl::StatusOr<UniqueFd> ClaimControlSocket(const std::string& socket_path) {
+  const std::string lock_path = socket_path + ".lock";
+  UniqueFd fd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("open ", lock_path));
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+    if (errno != EWOULDBLOCK) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
+    char holder[32] = {};
+    (void)!pread(fd.get(), holder, sizeof holder - 1, 0);
+    AMBIT_LOG(kComponent, Warning)
+        << "another data plane (pid " << absl::StripAsciiWhitespace(holder)
+        << " in its PID namespace) serves " << socket_path
+        << "; waiting for it to exit before taking the socket over";
+    while (flock(fd.get(), LOCK_EX) < 0) {
+      if (errno != EINTR) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
+    }
+    AMBIT_LOG(kComponent, Info) << "the previous data plane on " << socket_path
+                                << " exited; taking the socket over";
+  }
+  const std::string pid = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd.get(), 0) < 0 || pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("write ", lock_path));
+  }
+  return fd;
+}
+
 }  // namespace
 
 // One descriptor the control loop watches for input, and what to do when it is readable.
@@ -71,6 +122,8 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   if (!t->host_netns_) return absl::ErrnoToStatus(errno, "open /proc/self/ns/net");
   AMBIT_ASSIGN_OR_RETURN(t->loop_, EpollLoop::Create());
 
+  AMBIT_RETURN_IF_ERROR(MakeSocketDirectory(options.control_socket));
+  AMBIT_ASSIGN_OR_RETURN(t->socket_lock_, ClaimControlSocket(options.control_socket));
   AMBIT_ASSIGN_OR_RETURN(t->listen_fd_, ListenUnix(options.control_socket, SOCK_SEQPACKET));
   AMBIT_ASSIGN_OR_RETURN(t->stats_fd_,
                          ListenUnix(StatsSocketFor(options.control_socket), SOCK_STREAM));
@@ -204,15 +257,21 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
   switch (env.body_case()) {
     case pb::Envelope::kMaps: {
       if (!workers_.empty()) return absl::OkStatus();  // same pinned map as before
-      UniqueFd orig_dst, deliver;
+      UniqueFd orig_dst, deliver, probes;
       for (int i = 0; i < env.maps().fds_size() && i < static_cast<int>(fds.size()); ++i) {
         if (env.maps().fds(i) == pb::FD_ROLE_ORIG_DST_MAP) orig_dst = std::move(fds[i]);
         if (env.maps().fds(i) == pb::FD_ROLE_DELIVER_MAP) deliver = std::move(fds[i]);
+        if (env.maps().fds(i) == pb::FD_ROLE_PROBES_MAP) probes = std::move(fds[i]);
       }
       if (!orig_dst || !deliver) {
         return absl::InvalidArgumentError("maps message lacks ambit_orig_dst or ambit_deliver");
       }
-      return StartWorkers(std::move(orig_dst), std::move(deliver));
+      if (!probes) {
+        // An agent from before kubelet probes: every plaintext connection is decided by policy.
+        AMBIT_LOG(kComponent, Warning)
+            << "the agent sent no ambit_probes map: kubelet probes are not told apart";
+      }
+      return StartWorkers(std::move(orig_dst), std::move(deliver), std::move(probes));
     }
     case pb::Envelope::kAddPod: {
       AMBIT_ASSIGN_OR_RETURN(std::shared_ptr<Pod> pod, DecodePod(env.add_pod(), std::move(fds)));
@@ -571,9 +630,11 @@ void Tunnel::AnswerProbe(uint64_t id, const ExtAuthzProbeResult& result) {
   }
 }
 
-absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
+absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map,
+                                  UniqueFd probes_map) {
   orig_dst_map_ = std::move(orig_dst_map);
   deliver_map_ = std::move(deliver_map);
+  probes_map_ = std::move(probes_map);
   auto settings = std::make_shared<DataPlaneSettings>();
   settings->clock = options_.clock;
   settings->sockets = options_.sockets;
@@ -582,6 +643,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map) {
   settings->host_netns = host_netns_.get();
   settings->orig_dst_map = orig_dst_map_.get();
   settings->deliver_map = deliver_map_.get();
+  settings->probes_map = probes_map_.get();
   settings->access_log_json = options_.access_log_json;
   settings->idle_timeout = options_.idle_timeout;
   settings->failed_stream_burst = options_.failed_stream_burst;

@@ -76,7 +76,7 @@ class Tunnel {
   absl::Status HandleEnvelope(const dataplane::v1::Envelope& env, std::vector<UniqueFd> fds);
   absl::Status Send(const dataplane::v1::Envelope& env, const std::vector<int>& fds);
   void DropController(const std::string& why);
-  absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map);
+  absl::Status StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map, UniqueFd probes_map);
   // Carries out the reconciler's actions in order. Fails only on a control-channel send that
   // must end the session.
   absl::Status Execute(Actions actions);
@@ -100,11 +100,15 @@ class Tunnel {
 
   // Declared first, destroyed last: every member below may be named by work still queued.
   TunnelOptions options_;
+  // <control socket>.lock, locked for the process's life: one data plane per control socket.
+  // Released after the destructor unlinked the sockets, so a successor never loses its own.
+  UniqueFd socket_lock_;
   std::unique_ptr<EpollLoop> loop_;
   Reconciler reconciler_;
   UniqueFd stats_fd_;   // <run dir>/dataplane-stats.sock
   absl::Time started_;  // read from options_.clock by Create
-  UniqueFd listen_fd_, controller_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_;
+  UniqueFd listen_fd_, controller_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_,
+      probes_map_;
   std::vector<std::unique_ptr<FdWatch>> watches_;  // listen, signal, stats, worker replies
   std::unique_ptr<FdWatch> controller_watch_;
   std::shared_ptr<const DataPlaneSettings> settings_;

@@ -27,8 +27,11 @@ std::string ServiceHost(const std::string& ns_name) {
 }
 
 std::vector<std::string> SeriesValues(const FlowRecord& r) {
+  // A kubelet probe has no workload or identity of its own; Istio's metrics show it as coming
+  // from no workload, ambit's name it.
+  const bool probe = r.mode == kKubeletProbe;
   return {r.direction == FlowDirection::kOutbound ? "source" : "destination",
-          OrUnknown(r.source.workload),
+          probe ? std::string(kKubeletProbe) : OrUnknown(r.source.workload),
           OrUnknown(r.source.namespace_name),
           OrUnknown(r.source.principal),
           OrUnknown(r.destination.workload),

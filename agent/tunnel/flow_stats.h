@@ -17,6 +17,10 @@ class FlowStat;
 
 namespace ambit::tunnel {
 
+// The mode, policy and source workload of a connection from the node's network namespace that
+// was delivered as a kubelet probe, in access logs and metrics.
+inline constexpr char kKubeletProbe[] = "kubelet probe";
+
 // One end of a connection as metrics, access logs and `ambitctl connections` name it.
 struct FlowPeer {
   std::string workload;  // pod name; empty when not a known workload
@@ -34,7 +38,7 @@ struct FlowRecord {
   uint64_t id = 0;  // unique within the data plane process; set by Worker::Adopt
   FlowDirection direction = FlowDirection::kOutbound;
   std::string pod;   // the local pod, namespace/name
-  std::string mode;  // hbone, passthrough, plaintext
+  std::string mode;  // hbone, passthrough, plaintext, kubelet probe (kKubeletProbe)
   bool mtls = false;
   FlowPeer source, destination;
   std::string policy;  // the policy that decided (namespace/name), "default", or empty

@@ -44,6 +44,7 @@ struct DataPlaneSettings {
   int host_netns = -1;    // fd of the data plane's own network namespace
   int orig_dst_map = -1;  // fd of the pinned ambit_orig_dst map
   int deliver_map = -1;   // fd of the pinned ambit_deliver map
+  int probes_map = -1;    // fd of the pinned ambit_probes map; -1: no kubelet probe is admitted
   size_t relay_buffer = 64 * 1024;
   size_t max_streams_per_connection = 100;          // then a new HBONE connection opens
   absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this

@@ -358,6 +358,7 @@ void Worker::CollectStats(bool connections, bool metrics,
             it == drained_.end() ? 0 : it->second);
   }
   counter(metrics::kPlaintextRefused, {}, counters_.plaintext_refused);
+  counter(metrics::kKubeletProbes, {}, counters_.kubelet_probes);
   counter(metrics::kClosedByPolicy, {}, counters_.closed_by_policy);
   counter(metrics::kConnectionsRefused, {{"reason", "configuration_not_applied"}},
           counters_.refused_fail_closed);

@@ -116,6 +116,7 @@ class Worker {
     uint64_t closed_by_policy = 0;
     uint64_t denied = 0;
     uint64_t refused_fail_closed = 0;  // new connections refused while fail_closed() is set
+    uint64_t kubelet_probes = 0;       // node connections delivered as kubelet probes
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }

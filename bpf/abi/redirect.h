@@ -22,12 +22,14 @@
  * is the unversioned layout directly under <bpffs>/ambit/<instance>/. Bump on any change to
  * this file that alters a pinned object, or to the set of pinned maps.
  */
-#define AMBIT_ABI_VERSION 2
+#define AMBIT_ABI_VERSION 3 /* 3: ambit_node, ambit_pod_addrs, ambit_probes; a fifth drop reason */
 
 #define AMBIT_MAX_PODS 1024
 #define AMBIT_MAX_ORIG_DST 65536
 #define AMBIT_MAX_CIDRS 256
 #define AMBIT_MAX_DELIVER 16384
+#define AMBIT_MAX_POD_ADDRS 4096 /* a pod has an address per family, some have more */
+#define AMBIT_MAX_PROBES 16384 /* kubelet connections being set up or open at once */
 
 /* Listener kinds in ambit_listen_v2. */
 enum ambit_listener_kind {
@@ -61,7 +63,10 @@ enum ambit_drop_reason {
 	AMBIT_DROP_NO_LISTENER = 2,
 	/* sk_lookup: bpf_sk_assign refused the pod's listener; SYN dropped. */
 	AMBIT_DROP_SK_ASSIGN = 3,
-	AMBIT_DROP_REASONS = 4,
+	/* sockops: a node connection to a pod could not be recorded in ambit_probes; the tunnel
+	 * treats it as any plaintext (STRICT refuses it). */
+	AMBIT_DROP_PROBE_UPDATE = 4,
+	AMBIT_DROP_REASONS = 5,
 };
 
 /* ambit_ports values: which directions skip redirection for a port. */
@@ -102,6 +107,26 @@ struct ambit_tuple_key {
 	__u16 src_port; /* host byte order */
 	__u16 dst_port; /* host byte order */
 };
+
+/* ambit_node value (one entry, key 0): node-wide settings ambitd writes at start. */
+struct ambit_node_config {
+	/* Cookie of the node's network namespace (kubelet's, --node-netns): its TCP connections to
+	 * enrolled pods' addresses are recorded in ambit_probes. 0: none recorded. */
+	__u64 node_netns_cookie;
+};
+
+/* ambit_pod_addrs key: one address of an enrolled pod (the value is the pod's netns cookie). */
+struct ambit_addr_key {
+	__u8 addr[16]; /* IPv4-mapped for IPv4 */
+};
+
+/*
+ * ambit_probes: a connection a socket of the node's network namespace opened to an enrolled pod,
+ * keyed by struct ambit_tuple_key as the pod sees it (src: the node socket's address and port,
+ * dst: the pod's address and port); the value is the node netns cookie. Written by sockops when
+ * the source port is chosen, deleted when that socket closes, and taken (read and deleted) by
+ * the data plane when it accepts the connection on the pod's plaintext listener.
+ */
 
 /* ambit_cidrs key: an LPM prefix over the 16-byte mapped address. */
 struct ambit_cidr_key {

@@ -64,4 +64,22 @@ static __always_inline int ambit_inbound_kind(__u32 ingress_ifindex,
 	return local_port == AMBIT_HBONE_PORT ? AMBIT_LISTENER_HBONE : AMBIT_LISTENER_PLAIN;
 }
 
+/*
+ * Whether a TCP connection a socket opened from network namespace netns_cookie, with the
+ * addresses and ports in tuple (src: the socket's own), is a kubelet probe to record in
+ * ambit_probes: the socket is in the node's network namespace and dials an enrolled pod's
+ * address. 1 or 0.
+ */
+static __always_inline int ambit_is_node_probe(__u64 netns_cookie, const struct ambit_tuple_key *tuple)
+{
+	__u32 zero = 0;
+	struct ambit_node_config *node = bpf_map_lookup_elem(&ambit_node, &zero);
+	struct ambit_addr_key dst;
+
+	if (!node || node->node_netns_cookie == 0 || node->node_netns_cookie != netns_cookie)
+		return 0;
+	__builtin_memcpy(dst.addr, tuple->dst_addr, 16);
+	return bpf_map_lookup_elem(&ambit_pod_addrs, &dst) != NULL;
+}
+
 #endif /* AMBIT_BPF_LIB_DECISION_H */

@@ -76,6 +76,33 @@ struct {
 	__type(value, __u64);
 } ambit_listen_v2 SEC(".maps");
 
+/* key 0 -> struct ambit_node_config; written by ambitd at start (--node-netns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ambit_node_config);
+} ambit_node SEC(".maps");
+
+/* address of an enrolled pod -> its netns cookie; written by ambitd on enroll/remove. Only
+ * connections from the node to these addresses are recorded as kubelet probes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AMBIT_MAX_POD_ADDRS);
+	__type(key, struct ambit_addr_key);
+	__type(value, __u64);
+} ambit_pod_addrs SEC(".maps");
+
+/* node connections to pods (tuple -> node netns cookie): written by sockops, deleted by sockops
+ * when the node's socket closes and by the data plane when it accepts the connection. LRU, so a
+ * flood of node connections evicts old entries instead of failing new ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AMBIT_MAX_PROBES);
+	__type(key, struct ambit_tuple_key);
+	__type(value, __u64);
+} ambit_probes SEC(".maps");
+
 /* enum ambit_drop_reason -> times a program failed closed for that reason, per CPU; written by
  * every program, read and summed by ambitd (ambitctl bpf, ambit_bpf_drops_total). */
 struct {

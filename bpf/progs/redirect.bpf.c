@@ -2,7 +2,8 @@
 /*
  * Outbound redirection for enrolled pods: connect4/6 send TCP to the tunnel's listener inside the
  * pod's own netns and remember the original destination; sockops publishes it under the
- * connection's source address for the tunnel; getpeername4/6 show the application what it dialled.
+ * connection's source address for the tunnel, and records the node's connections to enrolled pods
+ * (kubelet probes, ambit_probes); getpeername4/6 show the application what it dialled.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -106,22 +107,74 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The connection of skops's socket as its peer sees it: src is this socket's end. */
+static __always_inline void ambit_sockops_tuple(struct bpf_sock_ops *skops, struct ambit_tuple_key *tuple)
+{
+	if (skops->family == AF_INET) {
+		ambit_addr_from_v4(tuple->src_addr, skops->local_ip4);
+		ambit_addr_from_v4(tuple->dst_addr, skops->remote_ip4);
+	} else {
+		__u32 l6[4] = {AMBIT_CTX_READ(skops->local_ip6[0]), AMBIT_CTX_READ(skops->local_ip6[1]),
+			       AMBIT_CTX_READ(skops->local_ip6[2]), AMBIT_CTX_READ(skops->local_ip6[3])};
+		__u32 r6[4] = {AMBIT_CTX_READ(skops->remote_ip6[0]), AMBIT_CTX_READ(skops->remote_ip6[1]),
+			       AMBIT_CTX_READ(skops->remote_ip6[2]), AMBIT_CTX_READ(skops->remote_ip6[3])};
+		ambit_addr_from_v6(tuple->src_addr, l6);
+		ambit_addr_from_v6(tuple->dst_addr, r6);
+	}
+	tuple->src_port = (__u16)skops->local_port;
+	tuple->dst_port = (__u16)bpf_ntohl(AMBIT_CTX_READ(skops->remote_port));
+}
+
+/*
+ * A connection from the node's network namespace to an enrolled pod (a kubelet probe): recorded
+ * in ambit_probes under its tuple for the pod's tunnel, and watched so that the entry goes when
+ * the socket closes (a later connection reusing the tuple is not the node's unless it records
+ * itself again).
+ */
+static __always_inline void ambit_record_probe(struct bpf_sock_ops *skops, __u64 cookie)
+{
+	struct ambit_tuple_key tuple = {};
+
+	ambit_sockops_tuple(skops, &tuple);
+	if (!ambit_is_node_probe(cookie, &tuple))
+		return;
+	if (bpf_map_update_elem(&ambit_probes, &tuple, &cookie, BPF_ANY)) {
+		ambit_count_drop(AMBIT_DROP_PROBE_UPDATE);
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(skops, AMBIT_CTX_READ(skops->bpf_sock_ops_cb_flags) |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 SEC("sockops")
 int ambit_sockops(struct bpf_sock_ops *skops)
 {
 	struct ambit_conn_key key = {};
 	struct ambit_sockaddr *dst;
 	struct bpf_sock *sk;
+	__u32 op = skops->op;
 
-	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		/* Only sockets ambit_record_probe watches get here. */
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			struct ambit_tuple_key tuple = {};
+
+			ambit_sockops_tuple(skops, &tuple);
+			bpf_map_delete_elem(&ambit_probes, &tuple);
+		}
+		return 1;
+	}
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
 		return 1;
-	dst = bpf_sk_storage_get(&ambit_sk_dst, sk, 0, 0);
-	if (!dst)
-		return 1;
 	key.netns_cookie = bpf_get_netns_cookie(skops);
+	dst = bpf_sk_storage_get(&ambit_sk_dst, sk, 0, 0);
+	if (!dst) {
+		ambit_record_probe(skops, key.netns_cookie);
+		return 1;
+	}
 	if (skops->family == AF_INET) {
 		ambit_addr_from_v4(key.src_addr, skops->local_ip4);
 	} else {

@@ -1,29 +1,40 @@
 // Redirect decisions (bpf/lib/decision.h) and the real sk_lookup program, run in the kernel through
-// BPF_PROG_TEST_RUN. Nothing is pinned or attached: every object here has its own maps.
+// BPF_PROG_TEST_RUN, and the real sockops program on real sockets in a throw-away cgroup. Nothing
+// is pinned: every object here has its own maps.
 //
 // Needs root. Without it every test fails with a message; none skips (STYLE.md, Tests).
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/bpf.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "abi/redirect.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/dataplane_maps.h"
+#include "agent/bpf/kernel.h"
 #include "agent/bpf/skeleton.h"
+#include "agent/common/netns.h"
 #include "agent/common/unique_fd.h"
 #include "decision_test_abi.h"
 #include "gtest/gtest.h"
@@ -125,6 +136,32 @@ class DecisionTest : public BpfTest {
     ctx.in.dst.port = port;
     ctx.in.dst.family = IsV4(addr) ? AF_INET : AF_INET6;
     auto verdict = RunDecision(skel()->progs.ambit_test_outbound, &ctx, sizeof(ctx));
+    EXPECT_TRUE(verdict.ok()) << verdict.status();
+    return verdict.ok() ? *verdict : -100;
+  }
+
+  void SetNodeNetns(uint64_t cookie) {
+    uint32_t zero = 0;
+    ambit_node_config node{};
+    node.node_netns_cookie = cookie;
+    ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_node), &zero, &node, BPF_ANY), 0)
+        << "ambit_node: " << strerror(errno);
+  }
+  void AddPodAddress(const std::string& addr, uint64_t pod_cookie) {
+    ambit_addr_key key{};
+    std::memcpy(key.addr, Addr(addr).b, 16);
+    ASSERT_EQ(
+        bpf_map_update_elem(bpf_map__fd(skel()->maps.ambit_pod_addrs), &key, &pod_cookie, BPF_ANY),
+        0)
+        << "ambit_pod_addrs " << addr << ": " << strerror(errno);
+  }
+
+  // ambit_is_node_probe for a connection a socket of netns `cookie` opens.
+  int Probe(uint64_t cookie, const ambit_tuple_key& tuple) {
+    union ambit_test_probe_ctx ctx {};
+    ctx.in.netns_cookie = cookie;
+    ctx.in.tuple = tuple;
+    auto verdict = RunDecision(skel()->progs.ambit_test_probe, &ctx, sizeof(ctx));
     EXPECT_TRUE(verdict.ok()) << verdict.status();
     return verdict.ok() ? *verdict : -100;
   }
@@ -276,6 +313,46 @@ TEST_F(DecisionTest, InboundPortBypassIsPerDirection) {
   };
   for (const auto& r : rows) {
     EXPECT_EQ(Kind(r.ifindex, r.tuple), r.kind) << r.what;
+  }
+}
+
+struct ProbeRow {
+  std::string what;
+  uint64_t netns_cookie;
+  ambit_tuple_key tuple;
+  int probe;
+};
+
+constexpr uint64_t kNodeNetns = 4096;
+constexpr uint64_t kPodNetns = 8192;
+
+TEST_F(DecisionTest, NothingIsAProbeWithoutANodeNetns) {
+  AddPodAddress("198.18.0.5", kPodNetns);
+  for (uint64_t cookie : {uint64_t{0}, kNodeNetns}) {
+    EXPECT_EQ(Probe(cookie, Tuple("198.18.0.1", 40000, "198.18.0.5", 8080)), 0) << cookie;
+  }
+}
+
+TEST_F(DecisionTest, ProbeIsTheNodeNetnsDiallingAnEnrolledPodAddress) {
+  SetNodeNetns(kNodeNetns);
+  AddPodAddress("198.18.0.5", kPodNetns);
+  AddPodAddress("2001:2::5", kPodNetns);
+  std::vector<ProbeRow> rows = {
+      {"node to pod", kNodeNetns, Tuple("198.18.0.1", 40000, "198.18.0.5", 8080), 1},
+      {"node to pod v6", kNodeNetns, Tuple("2001:2::1", 40000, "2001:2::5", 8080), 1},
+      {"node to pod, any port", kNodeNetns, Tuple("198.18.0.1", 40001, "198.18.0.5", 15008), 1},
+      {"node to pod from another address", kNodeNetns,
+       Tuple("198.18.0.9", 40000, "198.18.0.5", 8080), 1},
+      {"node to an address of no pod", kNodeNetns, Tuple("198.18.0.1", 40000, "198.18.0.6", 8080),
+       0},
+      {"node to a neighbour of the pod's v6", kNodeNetns,
+       Tuple("2001:2::1", 40000, "2001:2::6", 8080), 0},
+      {"pod netns to pod", kPodNetns, Tuple("198.18.0.1", 40000, "198.18.0.5", 8080), 0},
+      {"another netns to pod", kNodeNetns + 1, Tuple("198.18.0.1", 40000, "198.18.0.5", 8080), 0},
+      {"no netns cookie", 0, Tuple("198.18.0.1", 40000, "198.18.0.5", 8080), 0},
+  };
+  for (const auto& r : rows) {
+    EXPECT_EQ(Probe(r.netns_cookie, r.tuple), r.probe) << r.what;
   }
 }
 
@@ -623,6 +700,271 @@ TEST_F(HookTestRunTest, SockopsHasNoTestRunOnThisKernel) {
   ctx.family = AF_INET;
   EXPECT_EQ(TestRunErrno(skel()->progs.ambit_sockops, ctx), kEnotsupp)
       << "BPF_PROG_TEST_RUN now runs sockops programs; test ambit_sockops here";
+}
+
+// ---- sockops on real sockets: the node's connections to pods (kubelet probes) ----
+//
+// sockops has no test run (above), so here the production program is attached to a throw-away
+// cgroup that holds this test process for the test's duration, and real TCP connections over
+// loopback (and in a throw-away network namespace) go through it. "Pod addresses" are loopback
+// addresses put into ambit_pod_addrs; the "node" is this process's network namespace.
+
+// A socket address of either family, for connect/bind.
+socklen_t Sockaddr(const std::string& ip, uint16_t port, sockaddr_storage* ss) {
+  *ss = {};
+  if (IsV4(ip)) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
+    return sizeof(*sin);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(port);
+  inet_pton(AF_INET6, ip.c_str(), &sin6->sin6_addr);
+  return sizeof(*sin6);
+}
+
+SocketAddress ToSocketAddress(const sockaddr_storage& ss) {
+  SocketAddress out;
+  if (ss.ss_family == AF_INET) {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    Addr16 a;
+    a.b[10] = a.b[11] = 0xff;
+    std::memcpy(a.b + 12, &sin->sin_addr, 4);
+    out.ip = IpAddress::FromBytes(a.b);
+    out.port = ntohs(sin->sin_port);
+  } else {
+    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    out.ip = IpAddress::FromBytes(sin6->sin6_addr.s6_addr);
+    out.port = ntohs(sin6->sin6_port);
+  }
+  return out;
+}
+
+// One TCP connection from a fresh socket to a listener, and its tuple as the listener sees it.
+struct Dialled {
+  UniqueFd client, server;
+  ambit_tuple_key tuple{};
+  SocketAddress src, dst;
+};
+
+class SockopsProbeTest : public BpfTest {
+ protected:
+  void SetUp() override {
+    BpfTest::SetUp();
+    if (HasFatalFailure()) return;
+    auto mount = FindCgroup2Mount();
+    ASSERT_TRUE(mount.ok()) << mount.status();
+    mount_ = *mount;
+    auto own = OwnCgroupPath(mount_);
+    ASSERT_TRUE(own.ok()) << own.status();
+    original_ = *own;
+    cgroup_ = absl::StrCat(mount_, "/ambit-bpftest-", getpid());
+    ASSERT_EQ(mkdir(cgroup_.c_str(), 0755), 0) << cgroup_ << ": " << strerror(errno);
+    UniqueFd cg(open(cgroup_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_TRUE(cg.valid()) << strerror(errno);
+    auto skel = Skeleton<ambit_redirect>::Open();
+    ASSERT_TRUE(skel.ok()) << skel.status();
+    ASSERT_TRUE(skel->Load().ok()) << "load redirect.bpf.c (verifier log above)";
+    skel_.emplace(std::move(*skel));
+    link_.reset(bpf_program__attach_cgroup(skel_->get()->progs.ambit_sockops, cg.get()));
+    ASSERT_NE(link_, nullptr) << "attach sockops: " << strerror(errno);
+    ASSERT_TRUE(MoveTo(cgroup_));
+    moved_ = true;
+    auto self = OpenNetns("/proc/self/ns/net");
+    ASSERT_TRUE(self.ok()) << self.status();
+    auto cookie = NetnsCookie(self->get());
+    ASSERT_TRUE(cookie.ok()) << cookie.status();
+    own_netns_ = *cookie;
+  }
+
+  void TearDown() override {
+    if (moved_) {
+      EXPECT_TRUE(MoveTo(original_));
+    }
+    link_.reset();
+    if (!cgroup_.empty()) rmdir(cgroup_.c_str());
+  }
+
+  static bool MoveTo(const std::string& cgroup) {
+    std::ofstream procs(cgroup + "/cgroup.procs");
+    procs << getpid() << std::endl;
+    return procs.good();
+  }
+
+  int map(bpf_map* m) { return bpf_map__fd(m); }
+  ambit_redirect* skel() { return skel_->get(); }
+
+  void SetNodeNetns(uint64_t cookie) {
+    uint32_t zero = 0;
+    ambit_node_config node{};
+    node.node_netns_cookie = cookie;
+    ASSERT_EQ(bpf_map_update_elem(map(skel()->maps.ambit_node), &zero, &node, BPF_ANY), 0)
+        << strerror(errno);
+  }
+  void AddPodAddress(const std::string& addr) {
+    ambit_addr_key key{};
+    std::memcpy(key.addr, Addr(addr).b, 16);
+    uint64_t pod = kPodNetns;
+    ASSERT_EQ(bpf_map_update_elem(map(skel()->maps.ambit_pod_addrs), &key, &pod, BPF_ANY), 0)
+        << strerror(errno);
+  }
+
+  // Listens on ip, connects to it from a new socket and accepts.
+  static Dialled Dial(const std::string& ip) {
+    Dialled d;
+    int family = IsV4(ip) ? AF_INET : AF_INET6;
+    UniqueFd listener(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_storage ss;
+    socklen_t len = Sockaddr(ip, 0, &ss);
+    EXPECT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&ss), len), 0) << strerror(errno);
+    EXPECT_EQ(listen(listener.get(), 4), 0) << strerror(errno);
+    len = sizeof ss;
+    getsockname(listener.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+    d.client = UniqueFd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    EXPECT_EQ(connect(d.client.get(), reinterpret_cast<sockaddr*>(&ss), len), 0)
+        << "connect " << ip << ": " << strerror(errno);
+    d.server = UniqueFd(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    EXPECT_TRUE(d.server.valid()) << strerror(errno);
+    sockaddr_storage peer, local;
+    socklen_t plen = sizeof peer, llen = sizeof local;
+    getpeername(d.server.get(), reinterpret_cast<sockaddr*>(&peer), &plen);
+    getsockname(d.server.get(), reinterpret_cast<sockaddr*>(&local), &llen);
+    d.src = ToSocketAddress(peer);
+    d.dst = ToSocketAddress(local);
+    std::memcpy(d.tuple.src_addr, d.src.ip.bytes().data(), 16);
+    std::memcpy(d.tuple.dst_addr, d.dst.ip.bytes().data(), 16);
+    d.tuple.src_port = d.src.port;
+    d.tuple.dst_port = d.dst.port;
+    return d;
+  }
+
+  // The ambit_probes entry of a tuple: the node netns cookie, or nullopt.
+  std::optional<uint64_t> Recorded(const ambit_tuple_key& tuple) {
+    uint64_t value = 0;
+    if (bpf_map_lookup_elem(map(skel()->maps.ambit_probes), &tuple, &value) != 0) {
+      EXPECT_EQ(errno, ENOENT) << strerror(errno);
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  // Closing the client ends in TCP_CLOSE only after the peer's FIN; an abortive close (RST) gets
+  // there at once.
+  static void CloseNow(UniqueFd& fd) {
+    linger l{1, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    fd.Reset();
+  }
+
+  std::string mount_, original_, cgroup_;
+  bool moved_ = false;
+  LinkPtr link_;
+  uint64_t own_netns_ = 0;
+
+ private:
+  std::optional<Skeleton<ambit_redirect>> skel_;
+};
+
+TEST_F(SockopsProbeTest, RecordsTheNodesConnectionToAPodUntilItCloses) {
+  SetNodeNetns(own_netns_);
+  AddPodAddress("127.0.0.2");
+  AddPodAddress("::1");
+  for (const std::string ip : {"127.0.0.2", "::1"}) {
+    Dialled d = Dial(ip);
+    auto value = Recorded(d.tuple);
+    ASSERT_TRUE(value.has_value())
+        << ip << ": no ambit_probes entry for " << d.src.ToString() << " -> " << d.dst.ToString();
+    EXPECT_EQ(*value, own_netns_) << ip;
+    // The reverse direction (the accepted socket) is no connection the node opened.
+    ambit_tuple_key reverse{};
+    std::memcpy(reverse.src_addr, d.tuple.dst_addr, 16);
+    std::memcpy(reverse.dst_addr, d.tuple.src_addr, 16);
+    reverse.src_port = d.tuple.dst_port;
+    reverse.dst_port = d.tuple.src_port;
+    EXPECT_FALSE(Recorded(reverse).has_value()) << ip;
+    CloseNow(d.client);
+    EXPECT_FALSE(Recorded(d.tuple).has_value())
+        << ip
+        << ": the entry outlived the node's socket, so a later connection with the same "
+           "tuple would pass as a probe";
+  }
+}
+
+TEST_F(SockopsProbeTest, TheDataPlaneTakesAnEntryOnce) {
+  SetNodeNetns(own_netns_);
+  AddPodAddress("127.0.0.2");
+  Dialled d = Dial("127.0.0.2");
+  int probes = map(skel()->maps.ambit_probes);
+  auto first = TakeKubeletProbe(probes, d.src, d.dst);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(*first);
+  auto second = TakeKubeletProbe(probes, d.src, d.dst);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(*second) << "one recorded connection admitted twice";
+  SocketAddress other_pod = d.dst;
+  other_pod.port = static_cast<uint16_t>(d.dst.port + 1);
+  auto other = TakeKubeletProbe(probes, d.src, other_pod);
+  ASSERT_TRUE(other.ok());
+  EXPECT_FALSE(*other);
+  auto none = TakeKubeletProbe(-1, d.src, d.dst);
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(*none) << "without the map nothing is a probe";
+}
+
+TEST_F(SockopsProbeTest, RecordsNothingToAnAddressOfNoPod) {
+  SetNodeNetns(own_netns_);
+  AddPodAddress("127.0.0.2");
+  Dialled d = Dial("127.0.0.3");
+  EXPECT_FALSE(Recorded(d.tuple).has_value());
+}
+
+TEST_F(SockopsProbeTest, RecordsNothingWhenThisIsNotTheNodeNetns) {
+  SetNodeNetns(own_netns_ + 1);
+  AddPodAddress("127.0.0.2");
+  Dialled d = Dial("127.0.0.2");
+  EXPECT_FALSE(Recorded(d.tuple).has_value());
+}
+
+TEST_F(SockopsProbeTest, RecordsNothingWithoutANodeNetns) {
+  AddPodAddress("127.0.0.2");
+  Dialled d = Dial("127.0.0.2");
+  EXPECT_FALSE(Recorded(d.tuple).has_value());
+}
+
+// A process in the attach cgroup but in another network namespace (a pod's, say) dials the same
+// pod address: not the node.
+TEST_F(SockopsProbeTest, RecordsNothingFromAnotherNetnsInTheCgroup) {
+  SetNodeNetns(own_netns_);
+  AddPodAddress("127.0.0.2");
+  std::optional<Dialled> dialled;
+  std::string error;
+  std::thread t([&] {
+    // unshare(CLONE_NEWNET) moves only this thread; its namespace dies with it.
+    if (unshare(CLONE_NEWNET) != 0) {
+      error = absl::StrCat("unshare(CLONE_NEWNET): ", strerror(errno));
+      return;
+    }
+    UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) {
+      error = absl::StrCat("SIOCGIFFLAGS lo: ", strerror(errno));
+      return;
+    }
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) {
+      error = absl::StrCat("SIOCSIFFLAGS lo up: ", strerror(errno));
+      return;
+    }
+    dialled = Dial("127.0.0.2");
+  });
+  t.join();
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_TRUE(dialled.has_value());
+  EXPECT_FALSE(Recorded(dialled->tuple).has_value());
 }
 
 // ---- Verifier cost of the production programs ----

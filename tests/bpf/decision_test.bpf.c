@@ -13,6 +13,7 @@
 
 _Static_assert(sizeof(union ambit_test_outbound_ctx) == AMBIT_TEST_OUTBOUND_WORDS * 8, "ctx size");
 _Static_assert(sizeof(union ambit_test_inbound_ctx) == AMBIT_TEST_INBOUND_WORDS * 8, "ctx size");
+_Static_assert(sizeof(union ambit_test_probe_ctx) == AMBIT_TEST_PROBE_WORDS * 8, "ctx size");
 
 SEC("raw_tp")
 int ambit_test_outbound(__u64 *ctx)
@@ -32,6 +33,16 @@ int ambit_test_inbound(__u64 *ctx)
 	for (int i = 0; i < AMBIT_TEST_INBOUND_WORDS; i++)
 		c.words[i] = ctx[i];
 	return AMBIT_TEST_RET_BIAS + ambit_inbound_kind(c.in.ingress_ifindex, &c.in.tuple);
+}
+
+SEC("raw_tp")
+int ambit_test_probe(__u64 *ctx)
+{
+	union ambit_test_probe_ctx c;
+
+	for (int i = 0; i < AMBIT_TEST_PROBE_WORDS; i++)
+		c.words[i] = ctx[i];
+	return AMBIT_TEST_RET_BIAS + ambit_is_node_probe(c.in.netns_cookie, &c.in.tuple);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

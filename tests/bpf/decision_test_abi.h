@@ -37,6 +37,17 @@ union ambit_test_inbound_ctx {
 	__u64 words[AMBIT_TEST_INBOUND_WORDS];
 };
 
+/* ambit_test_probe runs ambit_is_node_probe(in.netns_cookie, &in.tuple): retval = bias + (0 or
+ * 1). */
+#define AMBIT_TEST_PROBE_WORDS 6
+union ambit_test_probe_ctx {
+	struct {
+		__u64 netns_cookie;
+		struct ambit_tuple_key tuple;
+	} in;
+	__u64 words[AMBIT_TEST_PROBE_WORDS];
+};
+
 /* Added to every verdict so that -1 stays positive and a verdict of 0 is told apart from a
  * program that returned 0 for any other reason. */
 #define AMBIT_TEST_RET_BIAS 1000

@@ -28,10 +28,10 @@ BIN = "/usr/local/bin"
 
 # Capabilities each container may add (docs/ARCHITECTURE.md#deployment says why each).
 CAPABILITIES = {
-    "ambitd": {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"},
+    "ambitd": {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"},
     "ambit-tunnel": {"NET_ADMIN", "SYS_ADMIN"},
     "ambit-waypoint": {"NET_ADMIN", "SYS_ADMIN"},
-    "cleanup": {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"},
+    "cleanup": {"BPF", "NET_ADMIN", "SYS_ADMIN"},
     "ambit-ca": set(),
     "done": set(),
 }

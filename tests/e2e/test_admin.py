@@ -211,7 +211,7 @@ metadata:
         self.assertIsNone(doc["dropsError"])
         drops = {d["reason"]: d for d in doc["drops"]}
         self.assertEqual(set(drops), {"connect_no_storage", "orig_dst_update_failed",
-                                      "no_listener", "sk_assign_failed"})
+                                      "no_listener", "sk_assign_failed", "probe_update_failed"})
         for d in drops.values():
             self.assertGreaterEqual(d["count"], 0)
             self.assertTrue(d["meaning"] and d["program"], d)

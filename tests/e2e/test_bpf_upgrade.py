@@ -47,6 +47,10 @@ OTHER_DEFINITION = {
 }
 
 
+# The maps ABI 3 added for kubelet probes (docs/ARCHITECTURE.md#kubelet-probes).
+PROBE_MAPS = ("ambit_node", "ambit_pod_addrs", "ambit_probes")
+
+
 def make_previous_abi(agent, layout, other_definition=()):
     """Moves the agent's pins to where a previous ABI kept them; returns that root. The maps
     named in other_definition are replaced by maps of another size, which the new agent
@@ -61,8 +65,9 @@ def make_previous_abi(agent, layout, other_definition=()):
     else:
         old = os.path.join(agent.instance_dir, "v1")
         os.rename(current, old)
-    # The previous ambit had no drop counters.
-    os.unlink(os.path.join(old, "ambit_drops"))
+    # The previous ambit had no drop counters and recorded no kubelet probes.
+    for name in ("ambit_drops",) + PROBE_MAPS:
+        os.unlink(os.path.join(old, name))
     for name in other_definition:
         os.unlink(os.path.join(old, name))
         run("bpftool", "map", "create", os.path.join(old, name), *OTHER_DEFINITION[name])
@@ -121,7 +126,7 @@ class BpfUpgradeTest(unittest.TestCase):
             migration = re.findall(r"maps adopted as they are: (\S*); maps started empty: (\S+)",
                                    agent.logs())[-1]
             adopted_maps, fresh_maps = set(migration[0].split(",")), set(migration[1].split(","))
-            self.assertEqual(fresh_maps, {"ambit_drops", *other_definition})
+            self.assertEqual(fresh_maps, {"ambit_drops", *PROBE_MAPS, *other_definition})
             self.assertIn("ambit_orig_dst", adopted_maps)
             self.assertFalse(adopted_maps & fresh_maps)
             # Maps started empty are filled from the agent's own state: its one pod, and the
@@ -129,6 +134,7 @@ class BpfUpgradeTest(unittest.TestCase):
             entries = map_entries(agent)
             self.assertEqual(entries["ambit_pods"], 1)
             self.assertEqual(entries["ambit_listen_v2"], 4)
+            self.assertEqual(entries["ambit_pod_addrs"], 2)  # the pod's IPv4 and IPv6
             # This ABI's pins in place, the same set as before (the link of the pod included),
             # and nothing of the old ABI left.
             self.assertEqual(pinned(agent.pin_root), current)

@@ -193,7 +193,8 @@ class RedirectTest(unittest.TestCase):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))
         pin = f"{self.agent.pin_root}/ambit_listen_v2"
         self.assertEqual(set(self.drops()), {"connect_no_storage", "orig_dst_update_failed",
-                                             "no_listener", "sk_assign_failed"})
+                                             "no_listener", "sk_assign_failed",
+                                             "probe_update_failed"})
         for ip in (self.d.ip4, self.d.ip6):
             before = self.drops()
             srv = start_server(self.d, "::" if ":" in ip else "0.0.0.0", 7070)
@@ -214,7 +215,8 @@ class RedirectTest(unittest.TestCase):
             # The drop is counted, under its own reason and no other.
             after = self.drops()
             self.assertGreaterEqual(after["no_listener"], before["no_listener"] + 1, ip)
-            for reason in ("connect_no_storage", "orig_dst_update_failed", "sk_assign_failed"):
+            for reason in ("connect_no_storage", "orig_dst_update_failed", "sk_assign_failed",
+                           "probe_update_failed"):
                 self.assertEqual(after[reason], before[reason], f"{reason} with {ip}")
 
     def test_processes_outside_enrolled_pods_are_not_redirected(self):

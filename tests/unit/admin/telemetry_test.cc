@@ -60,6 +60,34 @@ TEST(Readiness, ReadyWhenAttachedConnectedAndEveryPodHasAValidCertificate) {
             "pod default/db: no certificate for spiffe://cluster.local/ns/default/sa/db yet");
 }
 
+TEST(Readiness, NamesTheMissingDataPlaneAndWhy) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.dataplane_connected = false;
+  h.dataplane_missing =
+      "ambit-tunnel is started apart from ambitd (--dataplane=external) and is not connected on "
+      "/run/ambit/dataplane.sock: its control session ended";
+  // Not needed: a waypoint process that is not there is no problem.
+  h.waypoint.missing = "ambit-waypoint is started apart from ambitd";
+  state->SetHealth(h);
+  auto problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0],
+            "the data plane is not connected: ambit-tunnel is started apart from ambitd "
+            "(--dataplane=external) and is not connected on /run/ambit/dataplane.sock: its "
+            "control session ended");
+
+  h.dataplane_connected = true;
+  h.waypoint.needed = true;
+  state->SetHealth(h);
+  problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0],
+            "the waypoint data plane is not connected (waypoint pods are enrolled here): "
+            "ambit-waypoint is started apart from ambitd");
+}
+
 TEST(Readiness, AnExpiredCertificateIsNotReady) {
   absl::Time now = absl::FromUnixSeconds(1800000000);
   auto state = HealthyNode(now);

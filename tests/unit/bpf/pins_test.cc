@@ -79,6 +79,7 @@ TEST(DropReasonsTest, OneNamedAndExplainedEntryPerReason) {
   }
   EXPECT_EQ(std::string(reasons[AMBIT_DROP_NO_LISTENER].name), "no_listener");
   EXPECT_EQ(std::string(reasons[AMBIT_DROP_CONNECT_NO_STORAGE].name), "connect_no_storage");
+  EXPECT_EQ(std::string(reasons[AMBIT_DROP_PROBE_UPDATE].name), "probe_update_failed");
 }
 
 }  // namespace

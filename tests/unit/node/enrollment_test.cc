@@ -53,8 +53,9 @@ std::vector<Decision> EnrollAll(EnrollmentReconciler& r, const state::ClusterSta
     if (d.kind == Decision::kWait) {
       r.OnEnrollFailed(pod.Key(), d.error, now);
     } else {
-      r.OnEnrolled(pod.Key(), {pod.netns_path, cookies.at(i), d.slot,
-                               r.connected() ? state::SpiffeId(s.mesh, pod) : d.spiffe_id});
+      r.OnEnrolled(pod.Key(),
+                   {pod.netns_path, cookies.at(i), d.slot,
+                    r.connected() ? state::SpiffeId(s.mesh, pod) : d.spiffe_id, pod.ips});
     }
     out.push_back(std::move(d));
   }
@@ -152,6 +153,25 @@ TEST_F(EnrollmentTest, NewNetnsPathIsARemovalAndAnEnrollment) {
   EXPECT_THAT(Keys(plan.enroll), ElementsAre("default/web"));
 }
 
+TEST_F(EnrollmentTest, PodsEnrolledByLabelAreFoundByIpAndReEnrolledWhenTheirIpChanges) {
+  auto web = MakePod("web", "198.18.0.1");
+  web.netns_path.clear();
+  web.labels["istio.io/dataplane-mode"] = "ambient";
+  EnrollAll(r_, MakeState({web}), {1}, clock_.Now());
+  ASSERT_TRUE(r_.enrolled().contains("default/web"));
+  // Unchanged: nothing to do.
+  auto same = r_.Begin(MakeState({web}));
+  EXPECT_THAT(same.remove, IsEmpty());
+  EXPECT_THAT(same.enroll, IsEmpty());
+  r_.EndPass(clock_.Now());
+  // Re-created under the same name with a new address: another namespace, enrolled anew.
+  auto recreated = web;
+  recreated.ips = {*IpAddress::Parse("198.18.0.9")};
+  auto plan = r_.Begin(MakeState({recreated}));
+  EXPECT_THAT(plan.remove, ElementsAre("default/web"));
+  EXPECT_THAT(Keys(plan.enroll), ElementsAre("default/web"));
+}
+
 TEST_F(EnrollmentTest, SlotsAreReusedAndPinnedSlotsAreNotHandedOut) {
   r_.SetPinnedSlots({{100, 0}}, false);
   auto s = MakeState({MakePod("a", "198.18.0.1"), MakePod("b", "198.18.0.2")});
@@ -200,7 +220,8 @@ TEST_F(EnrollmentTest, HandedBackPodWithPinnedSlotIsAdoptedWithItsListeners) {
   EXPECT_EQ(d.slot, 3u);
   EXPECT_FALSE(EnrollmentReconciler::MustSend(d, identity));  // the data plane serves it already
   EXPECT_TRUE(EnrollmentReconciler::MustSend(d, "spiffe://new.example/ns/default/sa/default"));
-  r_.OnEnrolled("default/web", {s.pods.begin()->second.netns_path, 42, d.slot, d.spiffe_id});
+  r_.OnEnrolled("default/web", {s.pods.begin()->second.netns_path, 42, d.slot, d.spiffe_id,
+                                s.pods.begin()->second.ips});
   auto finish = r_.EndPass(clock_.Now());
   EXPECT_THAT(finish.stale_slots, IsEmpty());
   EXPECT_THAT(finish.release_handed_back, IsEmpty());

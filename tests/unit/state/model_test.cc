@@ -58,16 +58,45 @@ TEST(ModelTest, FindPodByIpMatchesEitherFamily) {
 }
 
 TEST(ModelTest, IsEnrolledNeedsThisNodeAndANetns) {
+  ClusterState state;
   Pod pod = MakePod("default", "web");
   pod.node_name = "node-a";
-  EXPECT_FALSE(IsEnrolled(pod, "node-a"));  // no netns annotation
+  EXPECT_FALSE(IsEnrolled(pod, state, "node-a"));  // no netns annotation
   pod.netns_path = "/var/run/netns/web";
-  EXPECT_TRUE(IsEnrolled(pod, "node-a"));
-  EXPECT_FALSE(IsEnrolled(pod, "node-b"));
-  EXPECT_FALSE(IsEnrolled(pod, ""));
+  EXPECT_TRUE(IsEnrolled(pod, state, "node-a"));
+  EXPECT_FALSE(IsEnrolled(pod, state, "node-b"));
+  EXPECT_FALSE(IsEnrolled(pod, state, ""));
   pod.node_name.clear();
-  EXPECT_FALSE(IsEnrolled(pod, "node-a"));
-  EXPECT_FALSE(IsEnrolled(pod, ""));  // unscheduled pods never match an empty node name
+  EXPECT_FALSE(IsEnrolled(pod, state, "node-a"));
+  EXPECT_FALSE(IsEnrolled(pod, state, ""));  // unscheduled pods never match an empty node name
+}
+
+TEST(ModelTest, AmbientLabelEnrollsAPodWithoutNetnsAnnotation) {
+  ClusterState state;
+  Pod pod = MakePod("default", "web");
+  pod.node_name = "node-a";
+  EXPECT_FALSE(InMesh(pod, state));
+  pod.labels["istio.io/dataplane-mode"] = "ambient";
+  EXPECT_TRUE(InMesh(pod, state));
+  EXPECT_TRUE(IsEnrolled(pod, state, "node-a"));
+  EXPECT_FALSE(IsEnrolled(pod, state, "node-b"));
+  pod.labels["istio.io/dataplane-mode"] = "sidecar";
+  EXPECT_FALSE(InMesh(pod, state));
+}
+
+TEST(ModelTest, NamespaceAmbientLabelEnrollsItsPodsUnlessAPodOptsOut) {
+  ClusterState state;
+  Namespace ns;
+  ns.name = "default";
+  ns.labels["istio.io/dataplane-mode"] = "ambient";
+  state.namespaces["default"] = ns;
+  Pod pod = MakePod("default", "web");
+  EXPECT_TRUE(InMesh(pod, state));
+  EXPECT_FALSE(InMesh(MakePod("other", "web"), state));  // another namespace
+  pod.labels["istio.io/dataplane-mode"] = "none";
+  EXPECT_FALSE(InMesh(pod, state));
+  pod.netns_path = "/var/run/netns/web";  // a named netns is captured whatever the labels say
+  EXPECT_TRUE(InMesh(pod, state));
 }
 
 TEST(ModelTest, SpiffeIdUsesTrustDomainNamespaceAndServiceAccount) {

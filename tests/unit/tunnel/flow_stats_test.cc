@@ -133,6 +133,27 @@ TEST(FlowMetrics, RefusedConnectionsCloseUnderTheirFlagWithoutMovingBytes) {
   EXPECT_TRUE(saw_deny);
 }
 
+TEST(FlowMetrics, KubeletProbesAreNamedInTheLogAndTheSeries) {
+  FlowRecord r = Inbound();
+  r.mode = kKubeletProbe;
+  r.policy = kKubeletProbe;
+  r.mtls = false;
+  r.source = {"", "", "", "", *SocketAddress::Parse("198.18.0.250:41000")};
+  std::string line = AccessLogLine(r, FlowEnd{}, r.start, false);
+  EXPECT_TRUE(absl::StrContains(line, "mode=\"kubelet probe\" src=198.18.0.250:41000")) << line;
+  EXPECT_TRUE(absl::StrContains(line, "policy=\"kubelet probe\"")) << line;
+  FlowMetrics m;
+  m.Opened(r);
+  pb::StatsResponse out;
+  m.AppendTo({}, &out);
+  ASSERT_EQ(out.tcp_size(), 1);
+  auto labels = Labels(out.tcp(0));
+  EXPECT_EQ(labels["source_workload"], "kubelet probe");
+  EXPECT_EQ(labels["source_principal"], "unknown");
+  EXPECT_EQ(labels["destination_workload"], "api");
+  EXPECT_EQ(labels["connection_security_policy"], "none");
+}
+
 TEST(FlowMetrics, ConnectionsListIdentitiesAndBytes) {
   pb::FlowStat f;
   FlowRecord r = Inbound();
