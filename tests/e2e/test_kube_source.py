@@ -225,6 +225,25 @@ class KubeSourceTest(unittest.TestCase):
         self.wait_curl(self.web, False, timeout=30)
         self.kube.set_delay(0)
 
+    def test_restart_applies_nothing_before_the_initial_sync(self):
+        self.assertFalse(self.curl(self.other))
+        self.agent.stop()
+        self.kube.set_delay(4.0)
+        try:
+            self.agent.start("--kube-api", self.kube.url, "--kube-token-file",
+                             self.kube.token_file, "--kube-ca-file", self.kube.ca_file)
+            status, body = wait_until("readiness endpoint up", self._try_ready, 15)
+            self.assertEqual(status, 503, body)
+            self.assertIn("waiting for the first list of", body)
+            # The pods stay enrolled under the policy in force: an empty (partial) configuration
+            # would have un-enrolled them and let `other` through in plaintext.
+            self.assertFalse(self.curl(self.other))
+            self.assertTrue(self.curl(self.web))
+            self.assertIn("waiting for the first list of", self._try_ready()[1])
+        finally:
+            self.kube.set_delay(0)
+        wait_until("ready again", lambda: (self._try_ready() or (0,))[0] == 200, 30)
+
     def test_429_retry_after_is_honoured(self):
         self.kube.clear_requests()
         self.kube.fail_next(4, 429, retry_after=2)

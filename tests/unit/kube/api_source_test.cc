@@ -14,8 +14,8 @@
 namespace ambit::kube {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::FakeApiServerProcess;
+using ::testing::HasSubstr;
 
 constexpr char kPolicy[] = R"({"object": {"apiVersion": "security.istio.io/v1",
   "kind": "AuthorizationPolicy", "metadata": {"name": "p", "namespace": "prod"},
@@ -95,7 +95,8 @@ TEST_F(KubeApiSourceTest, EventsAndTheLastGoodRule) {
     return r.security.authorization_policies.count("prod/p") > 0;
   });
   server_.Control("apply", PolicyJson("EXPLODE"));
-  config::LoadResult r = WaitFor(*source, [](const config::LoadResult& r) { return r.HasErrors(); });
+  config::LoadResult r =
+      WaitFor(*source, [](const config::LoadResult& r) { return r.HasErrors(); });
   ASSERT_TRUE(r.security.authorization_policies.count("prod/p"));
   EXPECT_EQ(r.security.authorization_policies.at("prod/p").action, authz::Action::kDeny);
   std::vector<std::string> errors;

@@ -15,8 +15,8 @@
 namespace ambit::kube {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::FakeApiServerProcess;
+using ::testing::HasSubstr;
 
 class KubeClientTest : public ::testing::Test {
  protected:
@@ -145,7 +145,8 @@ TEST_F(KubeClientTest, WatchLineOverTheLimitEndsTheWatch) {
   server_.Control("apply", R"({"object": {"apiVersion": "v1", "kind": "Namespace",
       "metadata": {"name": "big", "labels": {"x": ")" +
                                std::string(2000, 'a').substr(0, 63) + R"("},
-      "annotations": {"y": ")" + std::string(3000, 'b') + R"("}}}})");
+      "annotations": {"y": ")" +
+                               std::string(3000, 'b') + R"("}}}})");
   auto r = client->Watch(
       "/api/v1/namespaces?watch=true", [](absl::string_view) { return absl::OkStatus(); },
       absl::Seconds(30));

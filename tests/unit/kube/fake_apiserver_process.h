@@ -35,9 +35,9 @@ class FakeApiServerProcess {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     const std::string script = std::string(AMBIT_SOURCE_DIR) + "/tests/kube/fake_apiserver.py";
-    const char* argv[] = {"/usr/bin/python3",   script.c_str(), "--listen", "127.0.0.1:0",
-                          "--state-dir",        dir_.c_str(),   "--bookmark-interval",
-                          "1",                  nullptr};
+    const char* argv[] = {
+        "/usr/bin/python3", script.c_str(),        "--listen", "127.0.0.1:0", "--state-dir",
+        dir_.c_str(),       "--bookmark-interval", "1",        nullptr};
     if (posix_spawn(&pid_, argv[0], &actions, nullptr, const_cast<char**>(argv), environ) != 0) {
       pid_ = -1;
     }
