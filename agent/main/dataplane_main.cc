@@ -43,7 +43,10 @@ namespace {
 // Everything a data-plane process does with privilege happens on its workers, for as long as it
 // runs: opening sockets inside pods (setns) and marking them (SO_MARK on every socket,
 // IP_TRANSPARENT on delivery sockets). Its BPF map use (look-ups and deletes on maps ambitd
-// passed it) needs no capability. Measured by tests/e2e/test_caps.py.
+// passed it) needs no capability. Measured (tests/e2e/test_caps.py): without CAP_NET_ADMIN
+// every connection fails at "SO_MARK on upstream socket: Operation not permitted", without
+// CAP_SYS_ADMIN at "setns into pod network namespace". (On Linux 5.17+ CAP_NET_RAW would do for
+// SO_MARK and IP_TRANSPARENT; 5.15 and 5.16, which ambit supports, want CAP_NET_ADMIN.)
 const std::vector<caps::Need>& DataPlaneNeeds() {
   static const auto* needs = new std::vector<caps::Need>{
       {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to open sockets there"},

@@ -39,19 +39,21 @@
 namespace ambit::node {
 namespace {
 
-// What ambitd needs for as long as it runs, not only at start: every pod enrolled later gets its
-// own sk_lookup program (loaded, attached to the pod's namespace, its listeners put into the
-// sockmap) and listeners, routing rules and sysctls inside its namespace; and the data plane
-// it spawns (ambit-tunnel, ambit-waypoint) can hold no more than ambitd's permitted set once
-// no_new_privs is set, and needs CAP_SYS_ADMIN and CAP_NET_ADMIN itself. Measured
-// (tests/e2e/test_caps.py): without any one of these, ambitd cannot start or enroll a pod.
+// What ambitd needs for as long as it runs, not only at start: every pod enrolled later gets
+// listeners, an ip rule and route and sysctls inside its namespace (setns: CAP_SYS_ADMIN;
+// netlink: CAP_NET_ADMIN) and its own sk_lookup program, loaded, attached to its namespace and
+// given its listeners in the sockmap. The data plane ambitd spawns can hold no more than ambitd's
+// permitted set once no_new_privs is set, and needs these two itself. No CAP_BPF or CAP_PERFMON:
+// the kernel lets CAP_SYS_ADMIN do everything they allow (bpf_capable(), kept for backward
+// compatibility), and CAP_SYS_ADMIN is needed for setns anyway; granted, they are dropped with
+// the rest. Measured (tests/e2e/test_caps.py): without either of the two, pods cannot be set up
+// ("setns ... Operation not permitted", "add fwmark rule ... Operation not permitted").
 const std::vector<caps::Need>& AgentNeeds() {
   static const auto* needs = new std::vector<caps::Need>{
-      {CAP_BPF, "create maps, load the redirect and per-pod sk_lookup programs"},
       {CAP_NET_ADMIN,
-       "load and attach network BPF programs (cgroup, sk_lookup), routing rules and sysctls in "
-       "pod network namespaces"},
-      {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to set them up"},
+       "routing rules and sysctls in pod network namespaces, network BPF programs (cgroup, "
+       "sk_lookup)"},
+      {CAP_SYS_ADMIN, "enter pod network namespaces (setns) to set them up; BPF maps and programs"},
   };
   return *needs;
 }
