@@ -327,6 +327,13 @@ class KubeletProbeTest(unittest.TestCase):
                          False, "kubelet probe with ambitd's own namespace as the node's")
         self.assertEqual(self.seen(self.a), [])
 
+    def test_a_node_netns_that_cannot_be_opened_stops_ambitd(self):
+        self.agent.stop()
+        proc = self.agent.start("--node-netns", f"/var/run/netns/{self.topo.prefix}-nothing")
+        self.assertNotEqual(proc.wait(timeout=30), 0)
+        self.assertIn("--node-netns: ", self.agent.logs())
+        self.assertIn(f"{self.topo.prefix}-nothing", self.agent.logs())
+
 
 if __name__ == "__main__":
     unittest.main()
