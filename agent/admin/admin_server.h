@@ -89,6 +89,7 @@ struct NodeHealth {
   // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
   // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
   bool ca_only = false;
+  std::vector<std::string> ca_pending;          // why the placement is not loaded yet
   std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
   uint64_t ca_token_reviews = 0;
 };

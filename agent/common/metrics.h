@@ -163,7 +163,8 @@ inline constexpr Metric kCaRequests{
     Type::kCounter,
     "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
     "refused token, or one that could not be checked), denied (identity of no pod on the "
-    "caller's node, or over its rate), invalid (a bad CSR).",
+    "caller's node, or over its rate), unavailable (the pods' placement not loaded yet), invalid "
+    "(a bad CSR).",
     {"outcome"}};
 inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,

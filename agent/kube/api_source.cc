@@ -53,9 +53,9 @@ absl::StatusOr<std::unique_ptr<KubeApiSource>> KubeApiSource::Create(
       return absl::ErrnoToStatus(errno, "epoll_ctl for the API server source");
     }
   }
-  auto source = std::unique_ptr<KubeApiSource>(new KubeApiSource(
-      std::move(client), std::move(options), std::move(watcher), std::move(epoll),
-      std::move(event)));
+  auto source = std::unique_ptr<KubeApiSource>(
+      new KubeApiSource(std::move(client), std::move(options), std::move(watcher), std::move(epoll),
+                        std::move(event)));
   for (auto& r : source->reflectors_) {
     Reflector* reflector = r.get();
     KubeApiSource* self = source.get();
@@ -163,8 +163,8 @@ void KubeApiSource::Run(Reflector& r) {
         if (absl::Now() - started < absl::Seconds(1) && !Sleep(backoff.Next())) return;
         break;
       case WatchEnd::kExpired:
-        AMBIT_LOG(kComponent, Info) << r.resource.name << ": resourceVersion " << rv
-                                    << " expired; listing again";
+        AMBIT_LOG(kComponent, Info)
+            << r.resource.name << ": resourceVersion " << rv << " expired; listing again";
         need_list = true;
         break;
       case WatchEnd::kFailed:
@@ -288,9 +288,9 @@ KubeApiSource::WatchEnd KubeApiSource::WatchOnce(Reflector& r, std::string* rv,
   thread_local std::mt19937_64 rng(std::random_device{}());
   const int64_t max_s = std::max<int64_t>(1, absl::ToInt64Seconds(options_.watch_timeout));
   const int64_t timeout_s = std::uniform_int_distribution<int64_t>((max_s + 1) / 2, max_s)(rng);
-  const std::string path = absl::StrCat(r.resource.path,
-                                        "?watch=true&allowWatchBookmarks=true&resourceVersion=",
-                                        QueryEscape(*rv), "&timeoutSeconds=", timeout_s);
+  const std::string path = absl::StrCat(
+      r.resource.path, "?watch=true&allowWatchBookmarks=true&resourceVersion=", QueryEscape(*rv),
+      "&timeoutSeconds=", timeout_s);
   bool expired = false;
   auto on_line = [&](absl::string_view line) -> absl::Status {
     AMBIT_ASSIGN_OR_RETURN(WatchEvent event, DecodeWatchEvent(line));
@@ -352,12 +352,11 @@ config::LoadResult KubeApiSource::Load() {
     absl::MutexLock lock(&r->mu);
     r->store.Collect(&extra.objects, &extra.errors);
     if (r->absent) {
-      extra.errors.push_back(
-          {std::string(kSourceName), "", "",
-           absl::StrCat("the API server does not serve ", r->resource.path,
-                        " (CustomResourceDefinition not installed): no ", r->resource.kind,
-                        " applies"),
-           /*warning=*/true});
+      extra.errors.push_back({std::string(kSourceName), "", "",
+                              absl::StrCat("the API server does not serve ", r->resource.path,
+                                           " (CustomResourceDefinition not installed): no ",
+                                           r->resource.kind, " applies"),
+                              /*warning=*/true});
     }
   }
   return loader_.Load(&extra);
@@ -388,10 +387,9 @@ std::vector<std::string> KubeApiSource::Pending() const {
   for (const auto& r : reflectors_) {
     absl::MutexLock lock(&r->mu);
     if (r->stats.synced) continue;
-    pending.push_back(absl::StrCat(
-        "waiting for the first list of ", r->resource.name, " from the API server (",
-        client_->config().server, ")",
-        r->last_error.empty() ? "" : absl::StrCat(": ", r->last_error)));
+    pending.push_back(absl::StrCat("waiting for the first list of ", r->resource.name,
+                                   " from the API server (", client_->config().server, ")",
+                                   r->last_error.empty() ? "" : absl::StrCat(": ", r->last_error)));
   }
   return pending;
 }

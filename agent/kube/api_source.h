@@ -71,8 +71,7 @@ class KubeApiSource final : public config::ConfigSource {
   struct Reflector;
 
   KubeApiSource(std::unique_ptr<KubeClient> client, Options options,
-                std::unique_ptr<config::DirectoryWatcher> watcher, UniqueFd epoll,
-                UniqueFd event);
+                std::unique_ptr<config::DirectoryWatcher> watcher, UniqueFd epoll, UniqueFd event);
   void Run(Reflector& r);
   // One full list into r's store; sets *rv. `retry_after` is set from a 429/5xx answer.
   absl::Status List(Reflector& r, std::string* rv, std::optional<absl::Duration>* retry_after);

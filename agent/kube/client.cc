@@ -98,9 +98,8 @@ absl::StatusOr<KubeConfig> KubeConfig::InCluster(absl::string_view sa_dir) {
   std::string h = host;
   if (h.find(':') != std::string::npos && h.front() != '[') h = absl::StrCat("[", h, "]");
   std::string dir(sa_dir);
-  AMBIT_ASSIGN_OR_RETURN(KubeConfig config,
-                         ForServer(absl::StrCat("https://", h, ":", port), dir + "/token",
-                                   dir + "/ca.crt"));
+  AMBIT_ASSIGN_OR_RETURN(KubeConfig config, ForServer(absl::StrCat("https://", h, ":", port),
+                                                      dir + "/token", dir + "/ca.crt"));
   if (auto ns = ReadSmallFile(dir + "/namespace", "namespace file"); ns.ok()) {
     config.namespace_name = std::string(absl::StripAsciiWhitespace(*ns));
   }
@@ -111,9 +110,10 @@ absl::StatusOr<KubeConfig> KubeConfig::ForServer(absl::string_view url, std::str
                                                  std::string ca_file) {
   absl::string_view rest = url;
   if (!absl::ConsumePrefix(&rest, "https://")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "API server URL '", url, "' is not https://host[:port]: the bearer token must not travel "
-                                 "in clear"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("API server URL '", url,
+                     "' is not https://host[:port]: the bearer token must not travel "
+                     "in clear"));
   }
   while (absl::ConsumeSuffix(&rest, "/")) {
   }
@@ -210,8 +210,8 @@ struct KubeClient::Call {
     }
     if (on_line == nullptr || !streaming) {
       if (response.body.size() + data.size() > options->max_body_bytes) {
-        abort = absl::ResourceExhaustedError(absl::StrCat(
-            "the API server's answer is larger than ", options->max_body_bytes, " bytes"));
+        abort = absl::ResourceExhaustedError(absl::StrCat("the API server's answer is larger than ",
+                                                          options->max_body_bytes, " bytes"));
         return false;
       }
       response.body.append(data.data(), data.size());
@@ -256,8 +256,7 @@ KubeClient::KubeClient(KubeConfig config, Options options)
 
 KubeClient::~KubeClient() = default;
 
-absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config,
-                                                               Options options) {
+absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config, Options options) {
   AMBIT_RETURN_IF_ERROR(GlobalInit());
   curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
   if (info == nullptr || (info->features & CURL_VERSION_SSL) == 0) {
@@ -313,8 +312,9 @@ absl::StatusOr<KubeResponse> KubeClient::Watch(
 }
 
 absl::StatusOr<KubeResponse> KubeClient::WithToken(
-    absl::string_view method, absl::string_view path, absl::string_view body, absl::Duration deadline,
-    const std::function<absl::Status(absl::string_view)>* on_line, Cancellation* cancel) {
+    absl::string_view method, absl::string_view path, absl::string_view body,
+    absl::Duration deadline, const std::function<absl::Status(absl::string_view)>* on_line,
+    Cancellation* cancel) {
   AMBIT_ASSIGN_OR_RETURN(std::string token, CurrentToken(false));
   AMBIT_ASSIGN_OR_RETURN(KubeResponse response,
                          Perform(method, path, body, deadline, on_line, cancel, token));
@@ -325,9 +325,9 @@ absl::StatusOr<KubeResponse> KubeClient::WithToken(
 }
 
 absl::StatusOr<KubeResponse> KubeClient::Perform(
-    absl::string_view method, absl::string_view path, absl::string_view body, absl::Duration deadline,
-    const std::function<absl::Status(absl::string_view)>* on_line, Cancellation* cancel,
-    const std::string& token) {
+    absl::string_view method, absl::string_view path, absl::string_view body,
+    absl::Duration deadline, const std::function<absl::Status(absl::string_view)>* on_line,
+    Cancellation* cancel, const std::string& token) {
   if (path.empty() || path.front() != '/') {
     return absl::InvalidArgumentError(absl::StrCat("API path '", path, "' does not start with /"));
   }
@@ -430,9 +430,8 @@ absl::StatusOr<KubeResponse> KubeClient::Perform(
         return absl::DeadlineExceededError(message);
       case CURLE_PEER_FAILED_VERIFICATION:
       case CURLE_SSL_CACERT_BADFILE:
-        return absl::UnavailableError(
-            absl::StrCat(message, " (the server's certificate does not verify against ",
-                         config_.ca_file, ")"));
+        return absl::UnavailableError(absl::StrCat(
+            message, " (the server's certificate does not verify against ", config_.ca_file, ")"));
       default:
         return absl::UnavailableError(message);
     }

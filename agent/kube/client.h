@@ -18,13 +18,13 @@
 #include <memory>
 #include <set>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -130,10 +130,10 @@ class KubeClient {
   KubeClient(KubeConfig config, Options options);
   // The current token: re-read when the file's identity, size or mtime changed, or when `force`.
   absl::StatusOr<std::string> CurrentToken(bool force);
-  absl::StatusOr<KubeResponse> Perform(absl::string_view method, absl::string_view path,
-                                       absl::string_view body, absl::Duration deadline,
-                                       const std::function<absl::Status(absl::string_view)>* on_line,
-                                       Cancellation* cancel, const std::string& token);
+  absl::StatusOr<KubeResponse> Perform(
+      absl::string_view method, absl::string_view path, absl::string_view body,
+      absl::Duration deadline, const std::function<absl::Status(absl::string_view)>* on_line,
+      Cancellation* cancel, const std::string& token);
   absl::StatusOr<KubeResponse> WithToken(
       absl::string_view method, absl::string_view path, absl::string_view body,
       absl::Duration deadline, const std::function<absl::Status(absl::string_view)>* on_line,

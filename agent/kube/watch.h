@@ -8,11 +8,11 @@
 #include <optional>
 #include <random>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <variant>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "agent/config/error.h"
 #include "agent/config/kube_yaml.h"

@@ -20,6 +20,16 @@
 
 ABSL_FLAG(std::string, config_dir, "/etc/ambit/config",
           "directory of Kubernetes-shaped YAML (Pods, Namespaces, Services, mesh.yaml); watched");
+ABSL_FLAG(std::string, kube_api, "",
+          "also read the configuration from the Kubernetes API server: 'in-cluster' (server from "
+          "$KUBERNETES_SERVICE_HOST/PORT, the pod's service-account token and CA) or an https URL; "
+          "empty: only --config-dir (which is still read, e.g. for mesh.yaml)");
+ABSL_FLAG(std::string, kube_token_file, "",
+          "bearer token file for --kube-api, re-read when it changes (default: "
+          "/var/run/secrets/kubernetes.io/serviceaccount/token)");
+ABSL_FLAG(std::string, kube_ca_file, "",
+          "PEM roots the API server's certificate must chain to (default: "
+          "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)");
 ABSL_FLAG(std::string, node_name, "",
           "this node's name (spec.nodeName of local pods); "
           "default: $NODE_NAME, else the host name");
@@ -135,6 +145,9 @@ int main(int argc, char** argv) {
 
   ambit::node::AgentOptions options;
   options.config_dir = absl::GetFlag(FLAGS_config_dir);
+  options.kube_api = absl::GetFlag(FLAGS_kube_api);
+  options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
+  options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
   options.node_name = absl::GetFlag(FLAGS_node_name);
   if (options.node_name.empty() && getenv("NODE_NAME") != nullptr) {
     options.node_name = getenv("NODE_NAME");

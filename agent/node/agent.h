@@ -42,6 +42,9 @@ namespace ambit::node {
 struct AgentOptions {
   std::string node_name;
   std::string config_dir;
+  // The Kubernetes API server as a second configuration source (empty: off): "in-cluster" or an
+  // https URL; token and CA files default to the service account's (kube::KubeConfig).
+  std::string kube_api, kube_token_file, kube_ca_file;
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
   std::string bpffs = "/sys/fs/bpf";

@@ -38,6 +38,10 @@ struct CaOnlyInputs {
 };
 absl::StatusOr<CaOnlyInputs> MakeCaOnlyInputs(const AgentOptions& options);
 
+// --ca-token-review: callers' tokens reviewed by the API server of --kube-api.
+absl::StatusOr<std::shared_ptr<issuance::CallerAuthenticator>> MakeTokenReviewAuthenticator(
+    const AgentOptions& options);
+
 // The CA's control thread: an EpollLoop over the signalfd and the configuration source; the CA
 // API server's threads sign (CaServer). Not thread-safe: everything here runs on Run()'s thread.
 // Refuses to start without cacerts material: a root generated per CA replica would split the

@@ -128,8 +128,9 @@ TEST(BackoffTest, NeverShorterThanRetryAfter) {
 nlohmann::json Policy(const std::string& name, const std::string& action) {
   return nlohmann::json::parse(R"({"apiVersion":"security.istio.io/v1",)"
                                R"("metadata":{"name":")" +
-                               name + R"(","namespace":"prod","resourceVersion":"3"},)"
-                                      R"("spec":{"action":")" +
+                               name +
+                               R"(","namespace":"prod","resourceVersion":"3"},)"
+                               R"("spec":{"action":")" +
                                action + R"(","rules":[{}]}})");
 }
 
