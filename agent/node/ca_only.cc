@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -121,10 +122,16 @@ absl::StatusOr<CaOnlyInputs> MakeCaOnlyInputs(const AgentOptions& options) {
                               ", and no empty one could be made in /tmp; mount mesh.yaml there"));
     }
     o.config_dir = tmpl;
+    inputs.scratch_dir = tmpl;
     AMBIT_LOG(kComponent, Info) << "no configuration directory " << options.config_dir
                                 << ": pods from the API server, default mesh settings";
   }
-  AMBIT_ASSIGN_OR_RETURN(inputs.source, kube::KubeApiSource::Create(std::move(client), o));
+  auto source = kube::KubeApiSource::Create(std::move(client), o);
+  if (!source.ok()) {
+    if (!inputs.scratch_dir.empty()) rmdir(inputs.scratch_dir.c_str());
+    return source.status();
+  }
+  inputs.source = std::move(*source);
   return inputs;
 }
 
@@ -141,9 +148,12 @@ CaOnly::~CaOnly() {
   telemetry_.reset();
   loop_.reset();
   handlers_.clear();
+  source_.reset();  // its watcher watches the scratch directory
+  if (!scratch_dir_.empty()) rmdir(scratch_dir_.c_str());
 }
 
 absl::Status CaOnly::Init(CaOnlyInputs inputs) {
+  scratch_dir_ = std::move(inputs.scratch_dir);  // removed by ~CaOnly, also after a failed start
   if (options_.ca_listen.empty()) {
     return absl::InvalidArgumentError("--ca-only needs --ca-listen (where to serve the CA API)");
   }

@@ -164,6 +164,10 @@ class ClusterCa:
                 metadata=md, timeout=timeout)
 
 
+def scratch_dirs():
+    return {d for d in os.listdir("/tmp") if d.startswith("ambit-ca-config.")}
+
+
 def ambitctl(agent, *args):
     return run(str(build_dir() / "agent/cli/ambitctl"), *args, "--admin-socket",
                agent.admin_socket, check=False)
@@ -417,6 +421,7 @@ class CaTokenReviewTest(ClusterCaCase):
         # The CA's first request, its pod list, is refused with a Retry-After: for that long the
         # CA knows no placement.
         api.fail_next(1, 503, retry_after=8)
+        scratch_before = scratch_dirs()
         self.addCleanup(api.stop)
         self.ca = ClusterCa(self.topo, self.cacerts, "--ca-token-review",
                             "--kube-api", f"https://127.0.0.1:{api.port}",
@@ -434,6 +439,9 @@ class CaTokenReviewTest(ClusterCaCase):
         self.ca.wait_log("placement: 1 pods", timeout=40)
         self.assertEqual(self.ca.http_get(self.ca.readiness_port, "/healthz/ready")[0], 200)
         self.assertTrue(self.ca.create(WEB, "tok-node1").cert_chain)
+        self.assertEqual(self.ca.stop(), 0)
+        # The empty directory standing in for the absent configuration directory went with it.
+        self.assertEqual(scratch_dirs(), scratch_before)
 
 
 if __name__ == "__main__":
