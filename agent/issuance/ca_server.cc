@@ -236,8 +236,8 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
   }
   AMBIT_LOG(kComponent, Info) << "serving istio.v1.auth.IstioCertificateService on "
                               << options.listen << " with a certificate for "
-                              << absl::StrJoin(names, ", ") << "; callers by "
-                              << authenticator->Description() << " (port " << server->port_ << ")";
+                              << absl::StrJoin(names, ", ") << " (port " << server->port_ << ")";
+  AMBIT_LOG(kComponent, Info) << "CA API callers authenticated by " << authenticator->Description();
   return server;
 }
 
