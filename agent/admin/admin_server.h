@@ -86,6 +86,16 @@ struct NodeHealth {
     bool fail_closed = false;
   };
   WaypointProcess waypoint;
+  // A remote configuration source's resources (--kube-api; empty otherwise), and why it has no
+  // complete configuration yet (readiness fails while that is not empty).
+  struct SourceResource {
+    std::string resource;
+    bool synced = false;
+    uint64_t lists = 0, watch_restarts = 0, errors = 0;
+    absl::Time last_sync = absl::InfinitePast();
+  };
+  std::vector<SourceResource> config_source;
+  std::vector<std::string> config_pending;
   // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
   // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
   bool ca_only = false;

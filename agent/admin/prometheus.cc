@@ -140,6 +140,16 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
   for (const auto& d : bpf.drops()) {
     p.Add(metrics::kBpfDrops, {{"reason", d.reason()}}, static_cast<double>(d.count()));
   }
+  for (const NodeHealth::SourceResource& r : h.config_source) {
+    const Labels labels = {{"resource", r.resource}};
+    p.Add(metrics::kKubeSynced, labels, r.synced ? 1 : 0);
+    p.Add(metrics::kKubeLists, labels, static_cast<double>(r.lists));
+    p.Add(metrics::kKubeWatchRestarts, labels, static_cast<double>(r.watch_restarts));
+    p.Add(metrics::kKubeErrors, labels, static_cast<double>(r.errors));
+    if (r.last_sync != absl::InfinitePast()) {
+      p.Add(metrics::kKubeLastSyncAge, labels, absl::ToDoubleSeconds(now - r.last_sync));
+    }
+  }
   p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
   std::string out = p.Render();
   // The waypoint's HTTP metrics arrive rendered: families of their own, appended as they are.
@@ -175,6 +185,7 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   for (const auto& c : h.capture_problems) problems.push_back(c);
   for (const auto& l : h.listener_problems) problems.push_back(l);
   if (!h.config_loaded) problems.push_back("no configuration loaded yet");
+  for (const auto& p : h.config_pending) problems.push_back(p);
   if (const NodeHealth::WaypointProcess& w = h.waypoint; w.needed) {
     if (!w.connected) {
       problems.push_back(

@@ -156,6 +156,34 @@ inline constexpr Metric kBpfDrops{
     {"reason"}};
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
+// ---- ambitd's API-server configuration source (--kube-api), per watched resource. ----
+inline constexpr Metric kKubeSynced{
+    "ambit_kube_synced",
+    Type::kGauge,
+    "1 once the resource's first full list from the API server arrived.",
+    {"resource"}};
+inline constexpr Metric kKubeLists{
+    "ambit_kube_lists_total",
+    Type::kCounter,
+    "Full lists of the resource completed: the first, then one per relist (410 Gone, expired "
+    "watch, undecodable event).",
+    {"resource"}};
+inline constexpr Metric kKubeWatchRestarts{"ambit_kube_watch_restarts_total",
+                                           Type::kCounter,
+                                           "Watches of the resource that ended and were started "
+                                           "again (server timeout, disconnect, error).",
+                                           {"resource"}};
+inline constexpr Metric kKubeErrors{
+    "ambit_kube_errors_total",
+    Type::kCounter,
+    "Failed lists and watches of the resource (connection, TLS, HTTP status, bad event).",
+    {"resource"}};
+inline constexpr Metric kKubeLastSyncAge{
+    "ambit_kube_last_sync_age_seconds",
+    Type::kGauge,
+    "Seconds since the last list, event or bookmark of the resource arrived.",
+    {"resource"}};
+
 // ---- ambitd --ca-only (the cluster CA) ----
 
 inline constexpr Metric kCaRequests{
@@ -171,7 +199,7 @@ inline constexpr Metric kCaTokenReviews{
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 35> kAll = {
+inline constexpr std::array<const Metric*, 40> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -205,6 +233,11 @@ inline constexpr std::array<const Metric*, 35> kAll = {
     &kResponseBytes,
     &kExtAuthzChecks,
     &kExtAuthzDuration,
+    &kKubeSynced,
+    &kKubeLists,
+    &kKubeWatchRestarts,
+    &kKubeErrors,
+    &kKubeLastSyncAge,
     &kCaRequests,
     &kCaTokenReviews,
 };

@@ -151,11 +151,17 @@ void KubeApiSource::Run(Reflector& r) {
     }
     absl::Status error;
     const absl::Time started = absl::Now();
-    WatchEnd end = WatchOnce(r, &rv, &retry_after, &error);
+    uint64_t events = 0;
+    WatchEnd end = WatchOnce(r, &rv, &retry_after, &error, &events);
     if (cancel_.cancelled()) break;
     {
       absl::MutexLock lock(&r.mu);
       ++r.stats.watch_restarts;
+    }
+    if (events > 0 || absl::Now() - started > absl::Seconds(10)) {
+      // The watch worked for a while: a failure now is a new one, not the same one again.
+      backoff.Reset();
+      failing = false;
     }
     switch (end) {
       case WatchEnd::kClosed:
@@ -283,7 +289,7 @@ absl::Status KubeApiSource::List(Reflector& r, std::string* rv,
 
 KubeApiSource::WatchEnd KubeApiSource::WatchOnce(Reflector& r, std::string* rv,
                                                  std::optional<absl::Duration>* retry_after,
-                                                 absl::Status* error) {
+                                                 absl::Status* error, uint64_t* events) {
   // Between half and all of the configured timeout, so that agents do not re-watch in step.
   thread_local std::mt19937_64 rng(std::random_device{}());
   const int64_t max_s = std::max<int64_t>(1, absl::ToInt64Seconds(options_.watch_timeout));
@@ -323,6 +329,7 @@ KubeApiSource::WatchEnd KubeApiSource::WatchOnce(Reflector& r, std::string* rv,
       }
     }
     *rv = std::move(event.resource_version);
+    ++*events;
     if (event.type != EventType::kBookmark) Notify();
     return absl::OkStatus();
   };

@@ -77,8 +77,9 @@ class KubeApiSource final : public config::ConfigSource {
   absl::Status List(Reflector& r, std::string* rv, std::optional<absl::Duration>* retry_after);
   // How a watch ended.
   enum class WatchEnd { kClosed, kExpired, kFailed };
+  // *events counts the events and bookmarks it delivered.
   WatchEnd WatchOnce(Reflector& r, std::string* rv, std::optional<absl::Duration>* retry_after,
-                     absl::Status* error);
+                     absl::Status* error, uint64_t* events);
   // Sleeps up to d; false when the source is being destroyed.
   bool Sleep(absl::Duration d);
   void Notify();

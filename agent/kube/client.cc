@@ -265,7 +265,9 @@ absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config
   auto client = std::unique_ptr<KubeClient>(new KubeClient(std::move(config), std::move(options)));
   // Fail at start-up on a missing token or CA rather than at the first request.
   AMBIT_RETURN_IF_ERROR(client->CurrentToken(false).status());
-  AMBIT_RETURN_IF_ERROR(ReadSmallFile(client->config_.ca_file, "CA file").status());
+  UniqueFd ca(::open(client->config_.ca_file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ca)
+    return absl::ErrnoToStatus(errno, absl::StrCat("open CA file ", client->config_.ca_file));
   return client;
 }
 

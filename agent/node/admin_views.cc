@@ -348,6 +348,13 @@ void Agent::PublishHealth() {
   }
   // The tunnel's generation, as before; the waypoint process's is judged below.
   h.config_loaded = last_version_ > 0;
+  if (source_ != nullptr) {
+    h.config_pending = source_->Pending();
+    for (const config::SourceResourceStats& s : source_->Stats()) {
+      h.config_source.push_back(
+          {s.resource, s.synced, s.lists, s.watch_restarts, s.errors, s.last_sync});
+    }
+  }
   h.desired_generation = tunnel_.generation.version();
   h.applied_generation = tunnel_.dp != nullptr ? tunnel_.dp->acked_version() : 0;
   tunnel_.health_acked = h.applied_generation;

@@ -25,6 +25,8 @@
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
 #include "agent/issuance/pem_info.h"
+#include "agent/kube/api_source.h"
+#include "agent/kube/client.h"
 #include "agent/mesh/model.h"
 #include "agent/node/ca_only.h"
 #include "agent/node/enrollment_pass.h"
@@ -206,7 +208,20 @@ absl::Status Agent::Init() {
   AMBIT_ASSIGN_OR_RETURN(auto pinned_slots, redirector_->EnrolledPods());
   enrollment_.SetPinnedSlots(std::move(pinned_slots), redirector_->migrating());
 
-  AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
+  if (options_.kube_api.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
+  } else {
+    AMBIT_ASSIGN_OR_RETURN(kube::KubeConfig kube_config,
+                           kube::KubeConfig::FromFlags(options_.kube_api, options_.kube_token_file,
+                                                       options_.kube_ca_file));
+    AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<kube::KubeClient> client,
+                           kube::KubeClient::Create(kube_config));
+    kube::KubeApiSource::Options source_options;
+    source_options.config_dir = options_.config_dir;
+    AMBIT_ASSIGN_OR_RETURN(source_, kube::KubeApiSource::Create(std::move(client), source_options));
+    AMBIT_LOG(kComponent, Info) << "reading the configuration from the API server at "
+                                << kube_config.server << " and from " << options_.config_dir;
+  }
 
   AMBIT_ASSIGN_OR_RETURN(loop_, EpollLoop::Create());
   sigset_t mask;
@@ -234,7 +249,11 @@ absl::Status Agent::Init() {
         // glibc keeps the heap a large configuration used; hand it back, so a node whose
         // configuration shrank shrinks too.
         malloc_trim(0);
+        if (absl::Status s = FinishMigration(); !s.ok()) {
+          AMBIT_LOG(kComponent, Error) << "finishing the BPF pin migration: " << s;
+        }
       }
+      PublishHealth();  // the source's sync state and counters
     }));
   }
   AMBIT_RETURN_IF_ERROR(Watch(completions_.fd(), [this] { completions_.Drain(); }));
@@ -249,16 +268,30 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(ConnectProcess(tunnel_, /*spawn=*/true));
   // Before the first pass, so that its pods are adopted like the tunnel's.
   AMBIT_RETURN_IF_ERROR(AttachWaypoint());
-  Apply(source_->Current());  // publishes the views and the health readiness reads
+  if (std::vector<std::string> pending = source_->Pending(); pending.empty()) {
+    Apply(source_->Current());  // publishes the views and the health readiness reads
+    AMBIT_RETURN_IF_ERROR(FinishMigration());
+  } else {
+    // A partial configuration would remove every pod it lacks: nothing is applied (and enrolled
+    // pods stay as they are) until the source has all of it; readiness says what is missing.
+    for (const std::string& p : pending) AMBIT_LOG(kComponent, Info) << p;
+    PublishHealth();
+  }
+  AMBIT_ASSIGN_OR_RETURN(telemetry_,
+                         admin::TelemetryServer::Start(options_.metrics_address,
+                                                       options_.readiness_address, admin_state_));
+  return absl::OkStatus();
+}
+
+absl::Status Agent::FinishMigration() {
+  if (applied_once_) return absl::OkStatus();
+  applied_once_ = true;
   if (uint32_t from = redirector_->migrated_from(); from != 0) {
     // Every pod is in this ABI's maps now (or reported as failing): the cgroup hooks can switch.
     AMBIT_RETURN_IF_ERROR(redirector_->FinishMigration());
     AMBIT_LOG(kComponent, Info) << "migrated BPF pins from ABI v" << from << " to v"
                                 << AMBIT_ABI_VERSION << "; removed the old pins";
   }
-  AMBIT_ASSIGN_OR_RETURN(telemetry_,
-                         admin::TelemetryServer::Start(options_.metrics_address,
-                                                       options_.readiness_address, admin_state_));
   return absl::OkStatus();
 }
 

@@ -194,6 +194,9 @@ class Agent final : private PodHost {
   // Sends those no process holds to theirs.
   void PlacePods();
   void Apply(config::LoadResult result);
+  // After the first configuration is applied: a pin migration that waited for it ends.
+  absl::Status FinishMigration();
+  bool applied_once_ = false;
   void Reconcile();
   // PodHost, for RunEnrollmentPass.
   absl::StatusOr<uint64_t> OpenNetns(const state::Pod& pod) override;

@@ -92,6 +92,17 @@ class CheckDepsTest(unittest.TestCase):
         self.assertViolation("target ambit_hbone", "links BoringSSL",
                              "ambit_admin_grpc -> PkgConfig::GRPCPP")
 
+    def test_data_target_links_curl_through_kube(self):
+        # The API-server client is control-side: libcurl must never reach the tunnel.
+        self.edit("agent/tunnel/CMakeLists.txt", "PRIVATE nlohmann_json::nlohmann_json",
+                  "PRIVATE nlohmann_json::nlohmann_json ambit_kube")
+        self.assertViolation("target ambit_tunnel", "links libcurl",
+                             "ambit_kube -> CURL::libcurl")
+
+    def test_data_plane_includes_curl(self):
+        self.append("agent/tunnel/worker.cc", "\n#include <curl/curl.h>\n")
+        self.assertViolation("agent/tunnel/worker.cc:", "includes <curl/curl.h>")
+
     def test_control_target_links_boringssl_transitively(self):
         self.edit("agent/supervisor/CMakeLists.txt",
                   "target_link_libraries(ambit_supervisor PUBLIC",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The process-split check (cmake/check_links.sh) must reject a data-plane binary that loads gRPC
-# or OpenSSL and a control-plane binary that loads BoringSSL, and accept the real binaries.
+# The process-split check (cmake/check_links.sh) must reject a data-plane binary that loads gRPC,
+# OpenSSL or libcurl and a control-plane binary that loads BoringSSL, and accept the real binaries.
 set -euo pipefail
 build=$1
 check=$(dirname "$0")/../../cmake/check_links.sh
@@ -19,13 +19,25 @@ grpc=$(ls /usr/lib/*/libgrpc++.so.1* | head -1)
 boring=$(ls /usr/lib/*/android/libssl.so | head -1)
 expect reject "$grpc" data-plane
 expect reject "$boring" control-plane
+# libcurl (agent/kube, the API-server client) is control-side only: a binary that loads it is
+# refused for that reason (not only for the OpenSSL libcurl brings along).
+printf 'int main(void) { return 0; }\n' >"$tmp/main.c"
+cc "$tmp/main.c" -o "$tmp/with_curl" -Wl,--no-as-needed -lcurl
+if out=$("$check" "$tmp/with_curl" data-plane 2>&1); then
+  echo "FAIL: data-plane binary loading libcurl -> ok, want reject"; fail=$((fail + 1))
+elif grep -q "loads libcurl" <<<"$out"; then
+  echo "ok: data-plane binary loading libcurl -> reject"; pass=$((pass + 1))
+else
+  echo "FAIL: data-plane binary loading libcurl rejected, but not for libcurl: $out"
+  fail=$((fail + 1))
+fi
 expect ok "$build/agent/main/ambit-tunnel" data-plane
 expect ok "$build/agent/main/ambitd" control-plane
 # The fuzz targets (tests/fuzz) stay on their side too: the HBONE and tunnel ones never link gRPC.
 for t in hbone_server hbone_client control_tunnel; do
   expect ok "$build/tests/fuzz/fuzz_$t" data-plane
 done
-for t in control_agent ca admin_api config_yaml spiffe_id; do
+for t in control_agent ca admin_api config_yaml spiffe_id kube_watch_event; do
   expect ok "$build/tests/fuzz/fuzz_$t" control-plane
 done
 echo "$pass passed, $fail failed"

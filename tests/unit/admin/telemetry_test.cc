@@ -123,6 +123,39 @@ TEST(Readiness, CaptureAndListenerProblemsAreReasons) {
   EXPECT_EQ(problems[1], "pod default/web: the data plane holds 2 of 6 listeners");
 }
 
+TEST(Readiness, AConfigurationSourceStillSyncingIsAReason) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.config_pending = {
+      "waiting for the first list of pods from the API server (https://x): HTTP 503"};
+  state->SetHealth(h);
+  auto problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0], h.config_pending[0]);
+}
+
+TEST(Telemetry, TheApiServerSourceIsRenderedPerResource) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = HealthyNode(now);
+  NodeHealth h = state->Health();
+  h.config_source = {{"pods", true, 2, 5, 1, now - absl::Seconds(3)},
+                     {"gateways", false, 0, 0, 4, absl::InfinitePast()}};
+  state->SetHealth(h);
+  std::string text = RenderMetrics(nullptr, *state, now);
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_synced{resource=\"pods\"} 1\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_synced{resource=\"gateways\"} 0\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_lists_total{resource=\"pods\"} 2\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_watch_restarts_total{resource=\"pods\"} 5\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_errors_total{resource=\"gateways\"} 4\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "ambit_kube_last_sync_age_seconds{resource=\"pods\"} 3\n"))
+      << text;
+  // Never synced: no age at all rather than a huge one.
+  EXPECT_FALSE(absl::StrContains(text, "ambit_kube_last_sync_age_seconds{resource=\"gateways\"}"));
+}
+
 TEST(Telemetry, AStalledDataPlaneIsNotAskedForCounters) {
   absl::Time now = absl::Now();
   auto state = HealthyNode(now);

@@ -78,6 +78,38 @@ TEST(DirectoryLoaderTest, ReadsConfigFilesAndSkipsTheRest) {
   EXPECT_EQ(r.state.mesh, state::MeshConfig());
 }
 
+TEST(DirectoryLoaderTest, ExternalObjectsMergeAfterTheFiles) {
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("a", "198.18.0.1"));
+  DirectoryLoader loader(dir.path());
+  auto pod = [](const std::string& name, const std::string& ip) {
+    state::Pod p;
+    p.name = name;
+    p.ips = {*IpAddress::Parse(ip)};
+    p.source_file = "apiserver";
+    p.creation_time = absl::FromUnixSeconds(1);  // older than anything a file holds
+    return p;
+  };
+  ExternalObjects extra;
+  extra.name = "apiserver";
+  extra.objects.emplace("Pod default/a", pod("a", "198.18.0.9"));  // also in pods.yaml
+  extra.objects.emplace("Pod default/b", pod("b", "198.18.0.2"));
+  extra.errors.push_back({"apiserver", "AuthorizationPolicy x/y", "spec.action", "bad"});
+  LoadResult r = loader.Load(&extra);
+  EXPECT_THAT(PodKeys(r), ElementsAre("default/a", "default/b"));
+  EXPECT_EQ(r.state.pods.at("default/a").source_file, "pods.yaml");  // the file's wins
+  EXPECT_EQ(r.state.pods.at("default/b").source_file, "apiserver");
+  std::string errors = Describe(r);
+  EXPECT_THAT(errors, HasSubstr("apiserver: AuthorizationPolicy x/y: field spec.action: bad"));
+  EXPECT_THAT(errors, HasSubstr("apiserver: Pod default/a: is also defined in pods.yaml"));
+  // Address conflicts are settled over both sources together.
+  ExternalObjects clash;
+  clash.name = "apiserver";
+  clash.objects.emplace("Pod default/c", pod("c", "198.18.0.1"));
+  r = loader.Load(&clash);
+  EXPECT_TRUE(r.state.ip_conflicts.count("default/a")) << Describe(r);
+}
+
 TEST(DirectoryLoaderTest, FollowsSymlinksLikeAConfigMapMount) {
   TempDir dir;
   ASSERT_EQ(::mkdir(dir.PathOf("..2024_01_01").c_str(), 0755), 0);

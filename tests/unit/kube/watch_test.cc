@@ -180,6 +180,26 @@ TEST(ObjectStoreTest, InvalidUpdateKeepsTheLastGoodVersionWithAnErrorNamingIt) {
             authz::Action::kAllow);
 }
 
+TEST(ObjectStoreTest, ServerWrittenFieldsAreAccepted) {
+  // What a real API server adds to an Istio object: status, generation, timestamps, managed
+  // fields, kubectl's last-applied annotation.
+  ObjectStore store(ResourceNamed("authorizationpolicies"));
+  nlohmann::json p = Policy("allow", "ALLOW");
+  p["metadata"]["generation"] = 3;
+  p["metadata"]["uid"] = "0d6c";
+  p["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z";
+  p["metadata"]["managedFields"] = nlohmann::json::parse(
+      R"([{"manager":"kubectl","operation":"Update","fieldsType":"FieldsV1","fieldsV1":{}}])");
+  p["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "{}";
+  p["status"] = nlohmann::json::parse(R"({"conditions":[],"observedGeneration":"3"})");
+  store.Upsert(p);
+  std::map<std::string, config::ConfigObject> objects;
+  std::vector<config::ConfigError> errors;
+  store.Collect(&objects, &errors);
+  EXPECT_EQ(objects.count("AuthorizationPolicy prod/allow"), 1u);
+  for (const auto& e : errors) EXPECT_TRUE(e.warning) << e.ToString();
+}
+
 TEST(ObjectStoreTest, InvalidNewObjectIsLeftOut) {
   ObjectStore store(ResourceNamed("authorizationpolicies"));
   store.Upsert(Policy("bad", "EXPLODE"));
