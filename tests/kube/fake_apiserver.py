@@ -8,28 +8,37 @@ load or failure.
 Standalone:
 
   /usr/bin/python3 tests/kube/fake_apiserver.py --listen 127.0.0.1:0 --state-dir DIR \
-      [--objects FILE.yaml]... [--bookmark-interval SECONDS]
+      [--objects FILE.yaml]... [--bookmark-interval SECONDS] [--watch-timeout SECONDS]
 
 prints "listening <port>" once it serves, and writes DIR/ca.crt (the CA of its certificate, which
 names 127.0.0.1 and kubernetes.default.svc), DIR/token (a valid bearer token), DIR/kubeconfig (for
 kubectl) and DIR/control-token. Scenario controls are then `POST /__fake/<op>` with a JSON body
 and `Authorization: Bearer <control-token>`:
 
-  apply          {"object": {...}} | {"objects": [...]} | {"yaml": "..."}   -> {"applied": n}
+  apply          {"object": {...}} | {"objects": [...]} | {"yaml": "..."} | the object(s)
+                                                                           -> {"applied": n}
   delete         {"kind": "Pod", "namespace": "ns", "name": "x"}          -> {"deleted": bool}
   compact        {}                                                        -> {"compacted": rv}
-  drop_watches   {}                                                        -> {"dropped": n}
+  drop_watches   {} (abrupt) | {"clean": true} (as a timeout)              -> {"dropped": n}
   set_delay      {"seconds": 0.5}
   fail_next      {"n": 2, "status": 429, "retry_after": 3}
   rotate_token   {}                                                        -> {"token": "..."}
   add_token_review {"token": ..., "username": ..., "extra": {...}, "groups": [...],
                     "uid": ..., "audiences": [...]}
-  requests       {}                                 -> [{"method", "path", "query", "status"}]
+  requests       {}  -> [{"method", "path", "query", "status", "content_type", "accept", "time"}]
 
 In-process (tests/kube on sys.path):
 
   from fake_apiserver import FakeApiServer
   srv = FakeApiServer(state_dir); port = srv.start(); srv.apply({...}); ...; srv.stop()
+
+with the same operations as methods: apply(obj_dict_or_yaml), delete(kind, namespace, name),
+compact(), drop_watches(clean=False), set_delay(seconds), fail_next(n, status, retry_after=None),
+rotate_token(), add_token_review(token, username, extra, groups=None, uid=None, audiences=None),
+requests() -> [(method, path, query)]; and for assertions request_log() (with status, Accept,
+Content-Type, time), wait_for_request(predicate, timeout), watches() (the open ones),
+get(kind, namespace, name), resource_version(). Attributes: port, url, token, ca_file,
+token_file, kubeconfig.
 
 What is modelled after kube-apiserver 1.32 and what is not:
 - One global resourceVersion counter over all resources, as etcd's revision. `compact()` makes
@@ -43,8 +52,14 @@ What is modelled after kube-apiserver 1.32 and what is not:
   `timeoutSeconds` expiry closes the stream.
 - Lists come back in key order (namespace/name), with continue tokens in the real server's format
   and remainingItemCount when no selector filters.
-- Tables (kubectl's server-side printing) for every resource; pods, namespaces and services with
-  their own columns.
+- Discovery both aggregated (apidiscovery.k8s.io/v2, what client-go asks for first) and per
+  group; OpenAPI v3 only as deep as kubectl's apply looks (fieldValidation on each PATCH), v2
+  without definitions. Tables (kubectl's server-side printing) for every resource; pods,
+  namespaces, services, configmaps and the custom resources with their own columns.
+- fieldValidation checks the top level and metadata only (no schemas below them).
+- TokenReview answers from add_token_review(); a token registered without audiences is good for
+  any audience asked, and one asked for no audience gets the API server's
+  (https://kubernetes.default.svc.cluster.local).
 - Namespaces default, kube-system, kube-public and kube-node-lease exist from the start. Creating
   an object through the API in a missing namespace fails as it does with NamespaceLifecycle;
   `apply()` (the test's own hand) does not check.
@@ -62,6 +77,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import re
 import secrets
 import select
@@ -865,13 +881,27 @@ class Store:
         self.history_rvs = []
 
 
+def _clone(obj):
+    """A deep copy of plain JSON data; several times faster than copy.deepcopy on it."""
+    return json.loads(json.dumps(obj))
+
+
+_uid_random = random.Random(secrets.randbits(64))
+_uid_lock = threading.Lock()
+
+
+def _uid():
+    with _uid_lock:
+        return str(uuid.UUID(int=_uid_random.getrandbits(128), version=4))
+
+
 def _new_meta(meta, ns, res):
     meta = dict(meta)
     if res.namespaced:
         meta["namespace"] = ns
     else:
         meta.pop("namespace", None)
-    meta["uid"] = str(uuid.uuid4())
+    meta["uid"] = _uid()
     meta["creationTimestamp"] = _timestamp()
     meta.pop("resourceVersion", None)
     meta.pop("deletionTimestamp", None)
@@ -904,8 +934,10 @@ def _same_content(a, b):
 
 class Watch:
 
-    def __init__(self, res):
+    def __init__(self, res, ns="", query=None):
         self.res = res
+        self.ns = ns or ""
+        self.query = query or {}
         self.queue = collections.deque()
         self.drop = False  # end abruptly (no terminating chunk)
         self.stop = False  # end cleanly
@@ -975,6 +1007,7 @@ class FakeApiServer:
         class Httpd(ThreadingHTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = 256  # many agents (re)connecting at once
             address_family = socket.AF_INET6 if ":" in server._host else socket.AF_INET
 
             def finish_request(self, request, client_address):
@@ -1064,8 +1097,9 @@ class FakeApiServer:
 
     def apply(self, obj):
         """Creates or replaces objects as the test's own hand: a dict, a list of dicts, a
-        `kind: List`, or YAML (one or many documents). Status is kept as given; namespaces need
-        not exist. Returns the stored objects."""
+        `kind: List`, or text: YAML (one or many documents) or JSON (an object, a list, a
+        `kind: List`; much faster for thousands). Status is kept as given; namespaces need not
+        exist. Returns the stored object (a list when given several)."""
         objs = self._objects_of(obj)
         out = []
         with self.store.cond:
@@ -1076,7 +1110,14 @@ class FakeApiServer:
     @staticmethod
     def _objects_of(obj):
         if isinstance(obj, (str, bytes)):
-            obj = [d for d in yaml.load_all(obj, Loader=_YamlLoader) if d]
+            text = obj.decode() if isinstance(obj, bytes) else obj
+            try:
+                # JSON is YAML too, and parses many times faster: bulk loads should use it.
+                obj = json.loads(text) if text.lstrip()[:1] in ("{", "[") else None
+            except ValueError:
+                obj = None
+            if obj is None:
+                obj = [d for d in yaml.load_all(text, Loader=_YamlLoader) if d]
         if isinstance(obj, dict):
             obj = [obj]
         out = []
@@ -1088,17 +1129,20 @@ class FakeApiServer:
         return out
 
     def _apply_locked(self, o):
-        res = find_resource(o.get("kind", ""), o.get("apiVersion"))
+        if not isinstance(o, dict):
+            raise ValueError(f"fake apiserver: not an object: {o!r:.80}")
+        res = find_resource(str(o.get("kind", "")), o.get("apiVersion"))
         if res is None or "get" not in res.verbs:
             raise ValueError(f"fake apiserver: no resource for {o.get('apiVersion')} "
                              f"{o.get('kind')}")
-        meta = o.get("metadata") or {}
-        if not meta.get("name"):
+        # Our own copy: the caller may change its dicts afterwards.
+        new = _clone(o)
+        meta = new.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
             raise ValueError("fake apiserver: object without metadata.name")
         ns = (meta.get("namespace") or "default") if res.namespaced else ""
         key = _key(ns, meta["name"])
         old = self.store.objects[res].get(key)
-        new = {k: v for k, v in copy.deepcopy(o).items()}
         new["apiVersion"] = res.api_version()
         if old is None:
             new["metadata"] = _new_meta(meta, ns, res)
@@ -1210,6 +1254,23 @@ class FakeApiServer:
         with self._ctl:
             return [dict(r) for r in self._log]
 
+    def wait_for_request(self, predicate, timeout=10.0):
+        """Waits until a request satisfying predicate(RequestRecord) has arrived; returns it, or
+        None after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for r in self.requests():
+                if predicate(r):
+                    return r
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def watches(self):
+        """The watches open now: (resource plural, namespace or "", query) each."""
+        with self.store.cond:
+            return [(w.res.plural, w.ns, dict(w.query)) for w in self.store.watchers]
+
     def clear_requests(self):
         with self._ctl:
             self._log.clear()
@@ -1279,6 +1340,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
+        for w in self._warnings:
+            self.send_header("Warning", '299 - "%s"' % w.replace('"', '\\"'))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -1295,7 +1358,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(e.code, e.status(), headers=e.headers)
 
     def _serve(self, method):
-        self._audit_id = str(uuid.uuid4())
+        self._audit_id = _uid()
+        self._warnings = []
         self._status = 0
         self._record = None
         url = urllib.parse.urlsplit(self.path)
@@ -1359,7 +1423,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise bad_request("control body is not JSON")
         try:
             if op == "apply":
-                if "yaml" in args:
+                if isinstance(args, list) or "kind" in args:
+                    objs = api._objects_of(args)  # the objects themselves
+                elif "yaml" in args:
                     objs = api._objects_of(args["yaml"])
                 else:
                     objs = args.get("objects") or [args["object"]]
@@ -1456,6 +1522,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise NOT_FOUND_PATH
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if res.namespaced and ns is None:
+            # Across namespaces there are only list and watch.
+            if name is not None:
+                raise NOT_FOUND_PATH
+            if method not in ("GET", "HEAD"):
+                raise ApiError(405, "MethodNotAllowed",
+                               "the server does not allow this method on the requested resource")
         if len(rest) > 3 or (sub is not None and not (sub == "status" and
                                                       res.status_subresource)):
             raise NOT_FOUND_PATH
@@ -1544,6 +1617,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         ctx.validate(obj)
+        ctx.check_fields(obj, self)
         with ctx.store.cond:
             if res.namespaced and _key("", ctx.ns) not in ctx.store.objects[_NAMESPACES]:
                 raise not_found(_NAMESPACES, ctx.ns)
@@ -1578,10 +1652,18 @@ class _Handler(BaseHTTPRequestHandler):
             rv = meta.get("resourceVersion")
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise ctx.conflict()
+            ctx.check_fields(obj, self)
             return ctx.write(old, obj)
 
     def _patch(self, ctx, body):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        known = ["application/json-patch+json", "application/merge-patch+json",
+                 "application/apply-patch+yaml"]
+        if ctx.res.builtin:
+            known.append("application/strategic-merge-patch+json")
+        if ctype not in known:
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an "
+                           "unknown format - accepted media types include: " + ", ".join(known))
         try:
             patch = (yaml.load(body, Loader=_YamlLoader) if ctype == "application/apply-patch+yaml"
                      else json.loads(body or b"null"))
@@ -1609,21 +1691,8 @@ class _Handler(BaseHTTPRequestHandler):
                 new = merge_patch(old, patch)
             elif ctype == "application/json-patch+json":
                 new = json_patch(old, patch)
-            elif ctype == "application/strategic-merge-patch+json":
-                if not ctx.res.builtin:
-                    raise ApiError(415, "UnsupportedMediaType",
-                                   "the body of the request was in an unknown format - accepted "
-                                   "media types include: application/json-patch+json, "
-                                   "application/merge-patch+json, application/apply-patch+yaml")
-                new = strategic_merge_patch(old, patch)
             else:
-                raise ApiError(415, "UnsupportedMediaType",
-                               "the body of the request was in an unknown format - accepted media "
-                               "types include: application/json-patch+json, "
-                               "application/merge-patch+json, "
-                               "application/apply-patch+yaml" +
-                               (", application/strategic-merge-patch+json"
-                                if ctx.res.builtin else ""))
+                new = strategic_merge_patch(old, patch)
             if not isinstance(new, dict):
                 raise ApiError(422, "Invalid", "the patch does not leave an object")
             rv = (patch.get("metadata") or {}).get("resourceVersion") \
@@ -1632,6 +1701,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ctx.conflict()
             new.setdefault("metadata", {})["resourceVersion"] = old["metadata"][
                 "resourceVersion"]
+            ctx.check_fields(new, self)
             return ctx.write(old, new)
 
     def _delete(self, ctx, body):
@@ -1734,7 +1804,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "sendInitialEvents: Forbidden: sendInitialEvents requires setting "
                            "resourceVersionMatch to NotOlderThan and allowWatchBookmarks")
         ctx.parse_selectors()
-        w = Watch(ctx.res)
+        w = Watch(ctx.res, ctx.ns, q)
         expired = None
         with store.cond:
             if rv_param not in ("", "0") and not send_initial:
@@ -1973,6 +2043,17 @@ def _openapi_doc(group, version):
             "paths": paths, "components": {}}
 
 
+_META_FIELDS = {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion",
+                "generation", "creationTimestamp", "deletionTimestamp",
+                "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences",
+                "finalizers", "managedFields"}
+_TOP_FIELDS = {
+    None: {"apiVersion", "kind", "metadata", "spec", "status"},
+    "configmaps": {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"},
+    "endpointslices": {"apiVersion", "kind", "metadata", "addressType", "endpoints", "ports"},
+}
+
+
 class _Ctx:
     """One request against one resource: parsed parameters and the representation asked for."""
 
@@ -2049,6 +2130,29 @@ class _Ctx:
             raise bad_request(f"the API version in the data ({av}) does not match the expected "
                               f"API version ({self.res.api_version(self.version)})")
         return obj
+
+    def check_fields(self, obj, handler):
+        """fieldValidation: unknown top-level or metadata fields are an error under Strict (what
+        kubectl asks for), a Warning header under Warn (the default), nothing under Ignore.
+        Only these two levels: the fake carries no schemas below them."""
+        mode = self.query.get("fieldValidation") or "Warn"
+        if mode not in ("Strict", "Warn", "Ignore"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: '
+                              '"Ignore", "Warn", "Strict"')
+        if mode == "Ignore":
+            return
+        allowed = _TOP_FIELDS.get(self.res.plural, _TOP_FIELDS[None])
+        unknown = [k for k in obj if k not in allowed]
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            unknown += [f"metadata.{k}" for k in meta if k not in _META_FIELDS]
+        if not unknown:
+            return
+        if mode == "Strict":
+            what = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise bad_request(f'{self.res.kind} in version "{self.version}" cannot be handled '
+                              f"as a {self.res.kind}: strict decoding error: {what}")
+        handler._warnings = [f'unknown field "{u}"' for u in unknown]
 
     def validate(self, obj):
         name = obj["metadata"].get("name") or ""

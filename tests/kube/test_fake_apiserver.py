@@ -362,6 +362,25 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
         out = self.kubectl("get", "svc", "web", "--no-headers").stdout.split()
         self.assertEqual(out[1:5], ["ClusterIP", svc["spec"]["clusterIP"], "<none>", "81/TCP"])
 
+    def test_unknown_fields(self):
+        # kubectl 1.27+ asks the server to refuse them (fieldValidation=Strict); older ones get
+        # the server's default, a warning. Either way the user hears of the typo.
+        typo = "apiVersion: v1\nkind: Pod\nmetadata: {name: t}\nspc: {}\n"
+        r = self.kubectl("apply", "-f", "-", input=typo, check=False)
+        self.assertIn('unknown field "spc"', r.stderr)
+        strict = [q for q in self.srv.requests() if q["method"] == "POST"]
+        if strict and strict[-1]["query"].get("fieldValidation") == "Strict":
+            self.assertNotEqual(r.returncode, 0)
+        base = "/api/v1/namespaces/default/pods"
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "u", "nmae": "x"},
+                "spec": {"containers": []}}
+        st, _, out = self.srv.request("POST", base + "?fieldValidation=Strict", body)
+        self.assertEqual((st, out["reason"]), (400, "BadRequest"))
+        self.assertIn('strict decoding error: unknown field "metadata.nmae"', out["message"])
+        st, hdrs, _ = self.srv.request("POST", base, body)
+        self.assertEqual(st, 201)
+        self.assertEqual(hdrs["Warning"], '299 - "unknown field \\"metadata.nmae\\""')
+
     def test_create_in_missing_namespace_fails(self):
         r = self.kubectl("run", "x", "--image=busybox", "-n", "nowhere", check=False)
         self.assertNotEqual(r.returncode, 0)
@@ -856,6 +875,59 @@ class WatchProtocolTest(Base):
         self.assertEqual(lines[1]["object"]["rows"][0]["cells"][0], "b")
 
 
+class StandaloneTest(unittest.TestCase):
+    """The command line: --objects files loaded before serving, a bad one refused."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="fakeapi-cli-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_objects_files(self):
+        a = self.write("a.yaml", """
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+""")
+        b = self.write("b.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            pod("p1", ns="apps"), pod("p2", ns="apps")]}))
+        srv = ServerProcess("--objects", a, "--objects", b)
+        self.addCleanup(srv.close)
+        srv.control("apply", **pod("p3", ns="apps"))
+        srv.control("apply", yaml="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+        self.assertEqual(srv.request("GET", "/api/v1/namespaces/default/configmaps/c")[0], 200)
+        st, _, body = srv.request("GET", "/api/v1/namespaces/apps/pods")
+        self.assertEqual([p["metadata"]["name"] for p in body["items"]], ["p1", "p2", "p3"])
+        self.assertEqual(body["items"][0]["status"]["phase"], "Running")
+        st, _, body = srv.request("GET", "/apis/security.istio.io/v1/peerauthentications")
+        self.assertEqual(body["items"][0]["metadata"]["namespace"], "istio-system")
+        self.assertEqual(body["items"][0]["apiVersion"], "security.istio.io/v1")
+        st, _, ns = srv.request("GET", "/api/v1/namespaces/apps")
+        self.assertEqual(ns["metadata"]["labels"]["istio.io/dataplane-mode"], "ambient")
+        srv.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
+
+    def test_bad_objects_file(self):
+        bad = self.write("bad.yaml", "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n")
+        r = subprocess.run([PYTHON, os.path.join(HERE, "fake_apiserver.py"), "--state-dir",
+                            os.path.join(self.dir, "s"), "--objects", bad],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("listening", r.stdout)
+        self.assertIn("bad.yaml", r.stderr)
+        self.assertIn("Widget", r.stderr)
+
+
 class MalformedInputTest(Base):
     """Bad requests get a clear error and leave the server serving."""
 
@@ -894,6 +966,10 @@ class MalformedInputTest(Base):
         st, _, body = self.srv.request("PATCH", "/api/v1/namespaces/default", "{}",
                                        headers={"Content-Type": "text/plain"})
         self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
+        st, _, body = self.srv.request(
+            "PATCH", "/apis/security.istio.io/v1/namespaces/default/peerauthentications/x",
+            "{}", headers={"Content-Type": "application/strategic-merge-patch+json"})
+        self.assertEqual((st, body["reason"]), (415, "UnsupportedMediaType"))
         st, _, body = self.srv.request("GET", "/api/v1/pods?limit=abc")
         self.assertEqual(st, 400)
         st, _, body = self.srv.request("GET", "/api/v1/pods?watch=1&resourceVersion=abc")
@@ -901,6 +977,11 @@ class MalformedInputTest(Base):
         st, _, body = self.srv.request("GET", "/api/v1/pods",
                                        headers={"Accept": "application/vnd.kubernetes.protobuf"})
         self.assertEqual((st, body["reason"]), (406, "NotAcceptable"))
+        st, _, body = self.srv.request("POST", "/api/v1/pods", {"kind": "Pod", "metadata": {
+            "name": "x", "namespace": "default"}})
+        self.assertEqual((st, body["reason"]), (405, "MethodNotAllowed"))
+        st, _, body = self.srv.request("GET", "/api/v1/pods/x")
+        self.assertEqual(st, 404)
         st, _, body = self.srv.request("GET", "/apis/nonexistent.io/v1/things")
         self.assertEqual((st, body["reason"]), (404, "NotFound"))
         self.assertIn(b"400", self.raw(b"NONSENSE\r\n\r\n").split(b"\r\n")[0])
@@ -994,6 +1075,16 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
 """)
         pods = v1.list_namespaced_pod("apps")
         self.assertEqual([p.metadata.name for p in pods.items], ["a", "b"])
+        # The server keeps its own copy: changing the applied dict changes nothing there, and
+        # applying it again is a change.
+        mine = pod("c", ns="apps")
+        self.srv.apply(mine)
+        rv = self.srv.resource_version()
+        mine["metadata"]["labels"]["v"] = "2"
+        self.assertNotIn("v", self.srv.get("Pod", "apps", "c")["metadata"]["labels"])
+        self.assertEqual(self.srv.apply(mine)["metadata"]["resourceVersion"], str(rv + 1))
+        self.assertEqual(self.srv.apply(mine)["metadata"]["resourceVersion"], str(rv + 1))
+        self.srv.delete("Pod", "apps", "c")
         self.assertEqual(pods.items[0].status.pod_ip, "198.18.0.5")  # status kept as applied
         self.assertIsNotNone(self.srv.delete("Pod", "apps", "b"))
         self.assertIsNone(self.srv.delete("Pod", "apps", "b"))
@@ -1070,16 +1161,17 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
                       headers={"Authorization": f"Bearer {self.srv.token}"})
             r = c.getresponse()
             self.assertEqual(json.loads(r.readline())["type"], "ADDED")
-            with self.srv.store.cond:
-                self.assertEqual(len(self.srv.store.watchers), 1)
+            self.assertEqual(self.srv.watches(), [("pods", "", {"watch": "1"})])
+            self.assertEqual(self.srv.wait_for_request(lambda q: "watch" in q.query).path,
+                             "/api/v1/pods")
+            self.assertIsNone(self.srv.wait_for_request(lambda q: q.method == "PUT", 0.2))
             if graceful:
                 c.sock.unwrap()  # TLS close_notify first
             c.close()
             deadline = time.monotonic() + 5
             while True:
-                with self.srv.store.cond:
-                    if not self.srv.store.watchers:
-                        break
+                if not self.srv.watches():
+                    break
                 self.assertLess(time.monotonic(), deadline, "watch outlived its client")
                 time.sleep(0.1)
 
@@ -1102,6 +1194,43 @@ spec: {nodeName: n2, containers: [{name: c, image: i}]}
 
 
 class ScaleTest(Base):
+
+    def test_watchers_during_bulk_load(self):
+        """Ten node agents' watches (spec.nodeName) while 10 000 pods arrive: each sees exactly
+        its node's pods, in resourceVersion order."""
+        _, _, lst = self.srv.request("GET", "/api/v1/pods")
+        rv = lst["metadata"]["resourceVersion"]
+        readers = [ChunkedReader(self.srv, "/api/v1/pods?watch=1&fieldSelector=spec.nodeName%3D"
+                                 f"node-{n}&resourceVersion={rv}&timeoutSeconds=60")
+                   for n in range(10)]
+        for r in readers:
+            self.addCleanup(r.close)
+        got = [[] for _ in readers]
+
+        def read(i):
+            while len(got[i]) < 200:
+                ev = readers[i].next()
+                if ev is None:
+                    return
+                got[i].append(ev)
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        start = time.monotonic()
+        self.srv.control("apply", objects=[pod(f"pod-{i:05d}", ns=f"ns-{i % 10}",
+                                               node=f"node-{i % 50}") for i in range(10000)])
+        for t in threads:
+            t.join(timeout=60)
+        elapsed = time.monotonic() - start
+        print(f"\n10 watchers, 10000 pods: all events in {elapsed:.2f}s", file=sys.stderr)
+        for n, evs in enumerate(got):
+            self.assertEqual(len(evs), 200, f"node-{n}")
+            self.assertTrue(all(e["type"] == "ADDED" and
+                                e["object"]["spec"]["nodeName"] == f"node-{n}" for e in evs))
+            rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in evs]
+            self.assertEqual(rvs, sorted(rvs))
+        self.assertLess(elapsed, 30)
 
     def test_10000_pods(self):
         pods = [pod(f"pod-{i:05d}", ns=f"ns-{i % 10}", node=f"node-{i % 50}",
