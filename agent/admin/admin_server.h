@@ -96,11 +96,6 @@ struct NodeHealth {
     bool fail_closed = false;
   };
   WaypointProcess waypoint;
-  // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
-  // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
-  bool ca_only = false;
-  std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
-  uint64_t ca_token_reviews = 0;
   // A remote configuration source's resources (--kube-api; empty otherwise), and why it has no
   // complete configuration yet (readiness fails while that is not empty).
   struct SourceResource {
@@ -111,6 +106,12 @@ struct NodeHealth {
   };
   std::vector<SourceResource> config_source;
   std::vector<std::string> config_pending;
+  // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
+  // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.
+  bool ca_only = false;
+  std::vector<std::string> ca_pending;          // why the placement is not loaded yet
+  std::map<std::string, uint64_t> ca_requests;  // CreateCertificate answers by outcome
+  uint64_t ca_token_reviews = 0;
 };
 
 // True while the data plane's heartbeat answer is overdue as of `now`.

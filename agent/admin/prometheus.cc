@@ -163,6 +163,7 @@ std::vector<std::string> ReadinessProblems(const AdminState& state, absl::Time n
   if (h.ca_only) {
     if (!h.config_loaded) {
       problems.push_back("the pods' placement is not loaded yet: no node's request can be judged");
+      for (const auto& p : h.ca_pending) problems.push_back(p);
     }
     return problems;
   }

@@ -156,19 +156,6 @@ inline constexpr Metric kBpfDrops{
     {"reason"}};
 inline constexpr Metric kReady{"ambit_ready", Type::kGauge, "1 when /healthz/ready answers 200."};
 
-// ---- ambitd --ca-only (the cluster CA) ----
-
-inline constexpr Metric kCaRequests{
-    "ambit_ca_requests_total",
-    Type::kCounter,
-    "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
-    "refused token, or one that could not be checked), denied (identity of no pod on the "
-    "caller's node, or over its rate), invalid (a bad CSR).",
-    {"outcome"}};
-inline constexpr Metric kCaTokenReviews{
-    "ambit_ca_token_reviews_total", Type::kCounter,
-    "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
-
 // ---- ambitd's API-server configuration source (--kube-api), per watched resource. ----
 inline constexpr Metric kKubeSynced{
     "ambit_kube_synced",
@@ -202,6 +189,20 @@ inline constexpr Metric kKubeletProbes{
     "ambit_kubelet_probes_total", Type::kCounter,
     "Connections from the node's network namespace (kubelet probes) delivered to local pods past "
     "mTLS and authorization, as Istio exempts kubelet probes."};
+
+// ---- ambitd --ca-only (the cluster CA) ----
+
+inline constexpr Metric kCaRequests{
+    "ambit_ca_requests_total",
+    Type::kCounter,
+    "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
+    "refused token, or one that could not be checked), denied (identity of no pod on the "
+    "caller's node, or over its rate), unavailable (the pods' placement not loaded yet), invalid "
+    "(a bad CSR).",
+    {"outcome"}};
+inline constexpr Metric kCaTokenReviews{
+    "ambit_ca_token_reviews_total", Type::kCounter,
+    "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
 
 // Every declaration, in the order /metrics lists the families.
 inline constexpr std::array<const Metric*, 41> kAll = {
@@ -238,14 +239,14 @@ inline constexpr std::array<const Metric*, 41> kAll = {
     &kResponseBytes,
     &kExtAuthzChecks,
     &kExtAuthzDuration,
-    &kCaRequests,
-    &kCaTokenReviews,
     &kKubeSynced,
     &kKubeLists,
     &kKubeWatchRestarts,
     &kKubeErrors,
     &kKubeLastSyncAge,
     &kKubeletProbes,
+    &kCaRequests,
+    &kCaTokenReviews,
 };
 
 // The declaration of a name, or nullptr.

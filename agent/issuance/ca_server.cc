@@ -62,10 +62,15 @@ std::string ListenHost(const std::string& listen) {
 void Entitlements::Update(std::map<std::string, std::set<std::string>> identities_by_node) {
   absl::MutexLock lock(&mu_);
   by_node_ = std::move(identities_by_node);
+  loaded_ = true;
 }
 
 absl::Status Entitlements::Check(const std::string& node, const std::string& identity) const {
   absl::MutexLock lock(&mu_);
+  if (!loaded_) {
+    return absl::UnavailableError(
+        "the CA has not loaded which pods run on which node yet; retry shortly");
+  }
   auto it = by_node_.find(node);
   if (it == by_node_.end() || !it->second.count(identity)) {
     return absl::PermissionDeniedError(absl::StrCat("node ", node, " may not obtain ", identity,
@@ -128,10 +133,13 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
       Count("unauthenticated");
       AMBIT_LOG(kComponent, Warning)
           << "CreateCertificate from " << peer << ": " << node.status().message();
-      // UNAVAILABLE (the token could not be checked) stays: the caller should retry, not give up.
-      const grpc::StatusCode code = node.status().code() == absl::StatusCode::kUnavailable
-                                        ? grpc::StatusCode::UNAVAILABLE
-                                        : grpc::StatusCode::UNAUTHENTICATED;
+      // UNAVAILABLE (the token could not be checked) stays: the caller should retry, not give
+      // up. PERMISSION_DENIED (a genuine token of someone who is no node agent) stays too.
+      const absl::StatusCode why = node.status().code();
+      const grpc::StatusCode code =
+          why == absl::StatusCode::kUnavailable        ? grpc::StatusCode::UNAVAILABLE
+          : why == absl::StatusCode::kPermissionDenied ? grpc::StatusCode::PERMISSION_DENIED
+                                                       : grpc::StatusCode::UNAUTHENTICATED;
       return grpc::Status(code, std::string(node.status().message()));
     }
     auto uris = RequestedUris(req->csr());
@@ -179,10 +187,12 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
   }
 
   grpc::Status Refuse(const std::string& peer, const std::string& node, const absl::Status& why) {
-    Count(why.code() == absl::StatusCode::kPermissionDenied ||
-                  why.code() == absl::StatusCode::kResourceExhausted
+    const absl::StatusCode code = why.code();
+    Count(code == absl::StatusCode::kPermissionDenied ||
+                  code == absl::StatusCode::kResourceExhausted
               ? "denied"
-              : "invalid");
+          : code == absl::StatusCode::kUnavailable ? "unavailable"
+                                                   : "invalid");
     AMBIT_LOG(kComponent, Warning)
         << "refused CreateCertificate from node " << node << " (" << peer << "): " << why.message();
     return grpc::Status(static_cast<grpc::StatusCode>(why.code()), std::string(why.message()));
@@ -226,8 +236,8 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
   }
   AMBIT_LOG(kComponent, Info) << "serving istio.v1.auth.IstioCertificateService on "
                               << options.listen << " with a certificate for "
-                              << absl::StrJoin(names, ", ") << "; callers by "
-                              << authenticator->Description() << " (port " << server->port_ << ")";
+                              << absl::StrJoin(names, ", ") << " (port " << server->port_ << ")";
+  AMBIT_LOG(kComponent, Info) << "CA API callers authenticated by " << authenticator->Description();
   return server;
 }
 

@@ -26,12 +26,14 @@ namespace ambit::issuance {
 class Entitlements {
  public:
   void Update(std::map<std::string, std::set<std::string>> identities_by_node);
-  // OK, or PERMISSION_DENIED naming the node and identity.
+  // OK, or PERMISSION_DENIED naming the node and identity; UNAVAILABLE before the first Update
+  // (the pods' placement is not known yet, so nothing can be judged).
   absl::Status Check(const std::string& node, const std::string& identity) const;
 
  private:
   mutable absl::Mutex mu_;
   std::map<std::string, std::set<std::string>> by_node_ ABSL_GUARDED_BY(mu_);
+  bool loaded_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 struct CaServerOptions {
@@ -64,7 +66,8 @@ class CaServer {
   ~CaServer();
   int port() const { return port_; }
   // Requests answered so far by outcome, for /metrics: "issued", "unauthenticated" (no or a bad
-  // token, or it could not be checked), "denied" (not entitled, rate), "invalid" (bad CSR).
+  // token, or it could not be checked), "denied" (not entitled, rate), "unavailable" (the
+  // placement not loaded yet), "invalid" (bad CSR).
   std::map<std::string, uint64_t> Counts() const;
 
  private:

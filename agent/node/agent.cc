@@ -1121,6 +1121,9 @@ absl::Status Agent::InitCertificates() {
       issuance::CaServerOptions server;
       server.listen = options_.ca_listen;
       server.tokens_file = options_.ca_tokens;
+      if (options_.ca_token_review) {
+        AMBIT_ASSIGN_OR_RETURN(server.authenticator, MakeTokenReviewAuthenticator(options_));
+      }
       AMBIT_ASSIGN_OR_RETURN(ca_server_,
                              issuance::CaServer::Start(server, ca_, entitlements_, sign_rate_));
     }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -10,6 +11,9 @@
 #include "agent/common/log.h"
 #include "agent/common/status.h"
 #include "agent/issuance/pem_info.h"
+#include "agent/kube/api_source.h"
+#include "agent/kube/client.h"
+#include "agent/kube/watch.h"
 
 namespace ambit::node {
 namespace {
@@ -17,6 +21,9 @@ namespace {
 constexpr const char* kComponent = "ca";
 // How often the CA's counters reach /metrics.
 constexpr absl::Duration kPublishInterval = absl::Seconds(1);
+constexpr char kTokenReviewPath[] = "/apis/authentication.k8s.io/v1/tokenreviews";
+// A review answers in milliseconds; a caller (a node's signing thread) waits at most 10 s.
+constexpr absl::Duration kTokenReviewDeadline = absl::Seconds(5);
 
 class FnHandler final : public EventHandler {
  public:
@@ -55,14 +62,76 @@ void BlockStopSignals() {
   sigprocmask(SIG_BLOCK, &mask, nullptr);
 }
 
+absl::StatusOr<std::shared_ptr<issuance::CallerAuthenticator>> MakeTokenReviewAuthenticator(
+    const AgentOptions& options) {
+  if (options.kube_api.empty()) {
+    return absl::InvalidArgumentError(
+        "--ca-token-review needs --kube-api: the API server that reviews callers' tokens");
+  }
+  AMBIT_ASSIGN_OR_RETURN(
+      kube::KubeConfig config,
+      kube::KubeConfig::FromFlags(options.kube_api, options.kube_token_file, options.kube_ca_file));
+  AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<kube::KubeClient> created,
+                         kube::KubeClient::Create(std::move(config)));
+  std::shared_ptr<kube::KubeClient> client = std::move(created);
+  issuance::TokenReviewOptions review;
+  review.policy.audience = options.ca_token_audience;
+  review.policy.users = options.ca_token_users;
+  // The client is thread-safe (a connection per call): CA request threads review concurrently.
+  auto transport = [client](const std::string& body) -> absl::StatusOr<issuance::HttpAnswer> {
+    AMBIT_ASSIGN_OR_RETURN(kube::KubeResponse response,
+                           client->Request("POST", kTokenReviewPath, body, kTokenReviewDeadline));
+    return issuance::HttpAnswer{static_cast<int>(response.status), std::move(response.body)};
+  };
+  return std::make_shared<issuance::TokenReviewAuthenticator>(std::move(review),
+                                                              std::move(transport));
+}
+
 absl::StatusOr<CaOnlyInputs> MakeCaOnlyInputs(const AgentOptions& options) {
   BlockStopSignals();
   CaOnlyInputs inputs;
   if (options.ca_token_review) {
-    return absl::UnimplementedError(
-        "--ca-token-review needs the API server client (--kube-api), not built into this ambitd");
+    AMBIT_ASSIGN_OR_RETURN(inputs.authenticator, MakeTokenReviewAuthenticator(options));
   }
-  AMBIT_ASSIGN_OR_RETURN(inputs.source, config::MakeDirectorySource(options.config_dir));
+  if (options.kube_api.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(inputs.source, config::MakeDirectorySource(options.config_dir));
+    return inputs;
+  }
+  AMBIT_ASSIGN_OR_RETURN(
+      kube::KubeConfig config,
+      kube::KubeConfig::FromFlags(options.kube_api, options.kube_token_file, options.kube_ca_file));
+  AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<kube::KubeClient> client,
+                         kube::KubeClient::Create(std::move(config)));
+  kube::KubeApiSource::Options o;
+  // Which node runs which pod is all the CA needs (its RBAC allows no more); mesh.yaml (the
+  // trust domain) comes from the configuration directory when there is one.
+  o.resources.clear();
+  for (const kube::Resource& r : kube::WatchedResources()) {
+    if (r.name == "pods") o.resources.push_back(r);
+  }
+  std::error_code ec;
+  if (std::filesystem::is_directory(options.config_dir, ec)) {
+    o.config_dir = options.config_dir;
+  } else {
+    // Nothing to read there: an empty directory of the CA's own stands in (the trust domain is
+    // then the default, cluster.local).
+    char tmpl[] = "/tmp/ambit-ca-config.XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      return absl::ErrnoToStatus(
+          errno, absl::StrCat("no configuration directory ", options.config_dir,
+                              ", and no empty one could be made in /tmp; mount mesh.yaml there"));
+    }
+    o.config_dir = tmpl;
+    inputs.scratch_dir = tmpl;
+    AMBIT_LOG(kComponent, Info) << "no configuration directory " << options.config_dir
+                                << ": pods from the API server, default mesh settings";
+  }
+  auto source = kube::KubeApiSource::Create(std::move(client), o);
+  if (!source.ok()) {
+    if (!inputs.scratch_dir.empty()) rmdir(inputs.scratch_dir.c_str());
+    return source.status();
+  }
+  inputs.source = std::move(*source);
   return inputs;
 }
 
@@ -79,9 +148,12 @@ CaOnly::~CaOnly() {
   telemetry_.reset();
   loop_.reset();
   handlers_.clear();
+  source_.reset();  // its watcher watches the scratch directory
+  if (!scratch_dir_.empty()) rmdir(scratch_dir_.c_str());
 }
 
 absl::Status CaOnly::Init(CaOnlyInputs inputs) {
+  scratch_dir_ = std::move(inputs.scratch_dir);  // removed by ~CaOnly, also after a failed start
   if (options_.ca_listen.empty()) {
     return absl::InvalidArgumentError("--ca-only needs --ca-listen (where to serve the CA API)");
   }
@@ -132,8 +204,9 @@ absl::Status CaOnly::Init(CaOnlyInputs inputs) {
     }));
   }
 
-  // The placement first: a request answered before it would be refused for no reason.
-  Apply(source_->Current());
+  // The placement first when it is there; until then requests are refused as not yet judgeable
+  // (Entitlements), and readiness says what is missing.
+  if (source_->Pending().empty()) Apply(source_->Current());
 
   issuance::CaServerOptions server;
   server.listen = options_.ca_listen;
@@ -199,6 +272,7 @@ void CaOnly::PublishHealth() {
   admin::NodeHealth h;
   h.ca_only = true;
   h.config_loaded = loaded_;
+  if (!loaded_) h.ca_pending = source_->Pending();
   if (server_ != nullptr) h.ca_requests = server_->Counts();
   if (auto* review = dynamic_cast<issuance::TokenReviewAuthenticator*>(authenticator_.get())) {
     h.ca_token_reviews = review->reviews();

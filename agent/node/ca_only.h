@@ -35,8 +35,15 @@ std::map<std::string, std::set<std::string>> IdentitiesByNode(const state::Clust
 struct CaOnlyInputs {
   std::unique_ptr<config::ConfigSource> source;
   std::shared_ptr<issuance::CallerAuthenticator> authenticator;  // null: --ca-tokens
+  // An empty directory made to stand in for a missing configuration directory; removed by the
+  // CaOnly that takes it.
+  std::string scratch_dir;
 };
 absl::StatusOr<CaOnlyInputs> MakeCaOnlyInputs(const AgentOptions& options);
+
+// --ca-token-review: callers' tokens reviewed by the API server of --kube-api.
+absl::StatusOr<std::shared_ptr<issuance::CallerAuthenticator>> MakeTokenReviewAuthenticator(
+    const AgentOptions& options);
 
 // The CA's control thread: an EpollLoop over the signalfd and the configuration source; the CA
 // API server's threads sign (CaServer). Not thread-safe: everything here runs on Run()'s thread.
@@ -59,6 +66,7 @@ class CaOnly {
   void ArmPublish();
 
   AgentOptions options_;
+  std::string scratch_dir_;
   std::unique_ptr<config::ConfigSource> source_;
   std::shared_ptr<ca::CertificateAuthority> ca_;
   std::shared_ptr<issuance::Entitlements> entitlements_ =

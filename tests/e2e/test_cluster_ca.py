@@ -16,6 +16,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kube"))
+from fake_apiserver import FakeApiServer  # noqa: E402
 from topology import (CLIENT, SERVER, Topology, build_dir, free_port, run,  # noqa: E402
                       strict_peer_authentication, wait_listening)
 import svid  # noqa: E402
@@ -28,6 +30,9 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 
 WEB = "spiffe://cluster.local/ns/default/sa/web"
 API = "spiffe://cluster.local/ns/backend/sa/api"
+# The node agents' service account, as deploy/ names it; ambitd's --ca-token-users default.
+AGENT_USER = "system:serviceaccount:ambit-system:ambit"
+NODE_EXTRA = "authentication.kubernetes.io/node-name"
 
 
 def make_cacerts(directory):
@@ -157,6 +162,10 @@ class ClusterCa:
                 ca_pb2.IstioCertificateRequest(
                     csr=csr.public_bytes(serialization.Encoding.PEM).decode()),
                 metadata=md, timeout=timeout)
+
+
+def scratch_dirs():
+    return {d for d in os.listdir("/tmp") if d.startswith("ambit-ca-config.")}
 
 
 def ambitctl(agent, *args):
@@ -325,6 +334,114 @@ class CaOnlyDirectoryTest(ClusterCaCase):
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn("--ca-only needs --cacerts-dir", r.stdout + r.stderr)
             self.assertIn("would split the mesh", r.stdout + r.stderr)
+
+
+class CaTokenReviewTest(ClusterCaCase):
+    """The cluster CA as deploy/ca runs it: pods' placement from the API server, callers'
+    projected service-account tokens checked by a TokenReview (the test API server answering),
+    and no configuration directory."""
+
+    def test_token_review(self):
+        state = os.path.join(self.topo.workdir, "apiserver")
+        api = FakeApiServer(state)
+        api_port = api.start()
+        self.addCleanup(api.stop)
+        api.apply("---\n".join(p.yaml() for p in (self.a, self.b)))
+        for token, node in (("tok-node1", "node1"), ("tok-node2", "node2")):
+            api.add_token_review(token, AGENT_USER, {NODE_EXTRA: [node]}, audiences=["ambit-ca"])
+        # Tokens the API server knows, each wrong in one way for the CA.
+        api.add_token_review("tok-wrong-audience", AGENT_USER, {NODE_EXTRA: ["node1"]},
+                             audiences=["https://kubernetes.default.svc.cluster.local"])
+        api.add_token_review("tok-app", "system:serviceaccount:default:web",
+                             {NODE_EXTRA: ["node1"]}, audiences=["ambit-ca"])
+        api.add_token_review("tok-unbound", AGENT_USER, {}, audiences=["ambit-ca"])
+        api.add_token_review("tok-late", AGENT_USER, {NODE_EXTRA: ["node2"]},
+                             audiences=["ambit-ca"])
+        self.ca = ClusterCa(self.topo, self.cacerts, "--ca-token-review",
+                            "--kube-api", f"https://127.0.0.1:{api_port}",
+                            "--kube-token-file", os.path.join(state, "token"),
+                            "--kube-ca-file", os.path.join(state, "ca.crt"),
+                            "--config-dir", os.path.join(self.topo.workdir, "absent")).start()
+        self.ca.wait_log("placement: 2 pods, 2 identities on 2 nodes")
+        self.assertEqual(self.ca.http_get(self.ca.readiness_port, "/healthz/ready")[0], 200)
+        # The CA watches pods only: its ClusterRole allows nothing else.
+        listed = {r.path for r in api.requests() if r.method == "GET"}
+        self.assertEqual(listed, {"/api/v1/pods"}, listed)
+
+        n1, n2 = self.start_nodes({"node1": "tok-node1", "node2": "tok-node2"})
+        self.assert_cross_node_mtls(n1, n2)
+        reviews = [r for r in api.requests()
+                   if r.method == "POST" and r.path == "/apis/authentication.k8s.io/v1/tokenreviews"]
+        self.assertTrue(reviews, "no TokenReview reached the API server")
+
+        # node1's own token, for an identity of a pod on node2.
+        details = self.assert_grpc_code(grpc.StatusCode.PERMISSION_DENIED,
+                                        lambda: self.ca.create(API, "tok-node1"))
+        self.assertIn(f"node node1 may not obtain {API}", details)
+        self.assertTrue(self.ca.create(API, "tok-node2").cert_chain)
+        refusals = {
+            "tok-wrong-audience": (grpc.StatusCode.UNAUTHENTICATED, "audiences"),
+            "never-issued": (grpc.StatusCode.UNAUTHENTICATED, "did not authenticate the token"),
+            "tok-app": (grpc.StatusCode.PERMISSION_DENIED,
+                        "'system:serviceaccount:default:web' is not a node agent"),
+            "tok-unbound": (grpc.StatusCode.UNAUTHENTICATED, "pod-bound"),
+        }
+        for token, (code, text) in refusals.items():
+            details = self.assert_grpc_code(code, lambda: self.ca.create(WEB, token))
+            self.assertIn(text, details, token)
+        self.assert_grpc_code(grpc.StatusCode.UNAUTHENTICATED, lambda: self.ca.create(WEB, None))
+        # Decisions are kept briefly: asking again with the same tokens reviews nothing more.
+        before = len([r for r in api.requests() if r.method == "POST"])
+        self.assertTrue(self.ca.create(API, "tok-node2").cert_chain)
+        self.assert_grpc_code(grpc.StatusCode.PERMISSION_DENIED,
+                              lambda: self.ca.create(WEB, "tok-app"))
+        self.assertEqual(len([r for r in api.requests() if r.method == "POST"]), before)
+        self.ca.wait_metrics("ambit_ca_token_reviews_total")
+        # The token never appears in the CA's log, whatever became of it.
+        for token in ("tok-node1", "tok-node2", "tok-wrong-audience", "tok-app", "never-issued"):
+            self.assertNotIn(token, self.ca.logs())
+
+        # The API server gone: a token the CA has not reviewed yet is refused, saying why, and
+        # the caller is told to retry (UNAVAILABLE), never let in.
+        api.stop()
+        details = self.assert_grpc_code(grpc.StatusCode.UNAVAILABLE,
+                                        lambda: self.ca.create(API, "tok-late"))
+        self.assertIn("token review failed", details)
+        self.assertNotIn(f"issued {API} to node node2 (ipv4:127.0.0.1", self.ca.logs()[-400:])
+        self.ca.wait_metrics('ambit_ca_requests_total{outcome="unauthenticated"} 7')
+        self.assertEqual(self.ca.stop(), 0)
+
+    def test_nothing_signed_before_the_pods_are_listed(self):
+        state = os.path.join(self.topo.workdir, "apiserver")
+        api = FakeApiServer(state)
+        api.start()
+        api.add_token_review("tok-node1", AGENT_USER, {NODE_EXTRA: ["node1"]},
+                             audiences=["ambit-ca"])
+        api.apply(self.a.yaml())
+        # The CA's first request, its pod list, is refused with a Retry-After: for that long the
+        # CA knows no placement.
+        api.fail_next(1, 503, retry_after=8)
+        scratch_before = scratch_dirs()
+        self.addCleanup(api.stop)
+        self.ca = ClusterCa(self.topo, self.cacerts, "--ca-token-review",
+                            "--kube-api", f"https://127.0.0.1:{api.port}",
+                            "--kube-token-file", os.path.join(state, "token"),
+                            "--kube-ca-file", os.path.join(state, "ca.crt"),
+                            "--config-dir", os.path.join(self.topo.workdir, "absent")).start()
+        status, body = self.ca.http_get(self.ca.readiness_port, "/healthz/ready")
+        self.assertEqual(status, 503, body)
+        self.assertIn("placement is not loaded yet", body)
+        self.assertIn("waiting for the first list of pods", body)
+        # The token itself is fine (reviews still pass); the request cannot be judged yet.
+        details = self.assert_grpc_code(grpc.StatusCode.UNAVAILABLE,
+                                        lambda: self.ca.create(WEB, "tok-node1"))
+        self.assertIn("not loaded which pods run on which node", details)
+        self.ca.wait_log("placement: 1 pods", timeout=40)
+        self.assertEqual(self.ca.http_get(self.ca.readiness_port, "/healthz/ready")[0], 200)
+        self.assertTrue(self.ca.create(WEB, "tok-node1").cert_chain)
+        self.assertEqual(self.ca.stop(), 0)
+        # The empty directory standing in for the absent configuration directory went with it.
+        self.assertEqual(scratch_dirs(), scratch_before)
 
 
 if __name__ == "__main__":

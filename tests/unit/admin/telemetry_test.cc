@@ -362,5 +362,34 @@ TEST(Telemetry, AnUndeclaredDataPlaneCounterIsStillRendered) {
             "ambit_plaintext_refused_total 1\n");
 }
 
+// ambitd --ca-only: no BPF, data plane or pods, so their reasons and families would only mislead.
+TEST(CaOnly, ReadyOncePlacementIsLoadedAndOnlyCaFamiliesAreRendered) {
+  absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto state = std::make_shared<AdminState>();
+  NodeHealth h;
+  h.ca_only = true;
+  h.ca_pending = {"waiting for the first list of pods from the API server (https://x): HTTP 503"};
+  state->SetHealth(h);
+  auto problems = ReadinessProblems(*state, now);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_TRUE(absl::StrContains(problems[0], "placement is not loaded")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1], "first list of pods")) << problems[1];
+  EXPECT_TRUE(absl::StrContains(RenderMetrics(nullptr, *state, now), "ambit_ready 0\n"));
+
+  h.config_loaded = true;
+  h.ca_pending.clear();
+  h.ca_requests = {{"issued", 3}, {"denied", 1}};
+  h.ca_token_reviews = 2;
+  state->SetHealth(h);
+  EXPECT_TRUE(ReadinessProblems(*state, now).empty());
+  const std::string body = RenderMetrics(nullptr, *state, now);
+  EXPECT_TRUE(absl::StrContains(body, "ambit_ca_requests_total{outcome=\"issued\"} 3\n")) << body;
+  EXPECT_TRUE(absl::StrContains(body, "ambit_ca_requests_total{outcome=\"denied\"} 1\n"));
+  EXPECT_TRUE(absl::StrContains(body, "ambit_ca_token_reviews_total 2\n"));
+  EXPECT_TRUE(absl::StrContains(body, "ambit_ready 1\n"));
+  EXPECT_FALSE(absl::StrContains(body, "ambit_dataplane_up")) << body;
+  EXPECT_FALSE(absl::StrContains(body, "ambit_enrolled_pods")) << body;
+}
+
 }  // namespace
 }  // namespace ambit::admin
