@@ -91,7 +91,7 @@ absl::Status EnsureBpffs(const std::string& dir, const std::string& host_proc) {
         "at ",
         dir,
         " instead (in Kubernetes: a hostPath volume with mountPropagation: "
-        "Bidirectional)"));
+        "HostToContainer)"));
   }
   if (mount("bpf", dir.c_str(), "bpf", 0, "mode=0700") < 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("mount bpffs at ", dir));

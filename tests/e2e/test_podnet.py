@@ -332,7 +332,7 @@ class BpffsContainerTest(unittest.TestCase):
                       line)
         self.assertIn("mount the host's /sys/fs/bpf", line)
         self.assertIn("hostPath", line)
-        self.assertIn("Bidirectional", line)
+        self.assertIn("HostToContainer", line)
         # Nothing of the instance was left behind.
         self.assertFalse(os.path.exists(self.agent.pin_root))
         return line
