@@ -23,6 +23,7 @@
 #include "agent/bpf/drops.h"
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
+#include "agent/issuance/pem_info.h"
 #include "agent/node/agent.h"
 #include "agent/state/waypoint.h"
 
@@ -614,6 +615,19 @@ void Agent::PublishViews() {
          .ext_authz_prober = ExtAuthzProber(options_.waypoint_control_socket())}));
   }
   PublishHealth();
+}
+
+void AddTrustBundle(const std::vector<std::string>& roots,
+                    ambit::admin::v1::ListCertificatesResponse* certificates) {
+  for (const auto& pem : roots) {
+    auto info = issuance::DescribeCertificate(pem);
+    if (!info.ok()) continue;
+    auto* root = certificates->add_trust_bundle();
+    root->set_subject(info->subject);
+    root->set_serial(info->serial_hex);
+    root->mutable_not_after()->set_unix_seconds(absl::ToUnixSeconds(info->not_after));
+    root->set_sha256_fingerprint(info->sha256_fingerprint);
+  }
 }
 
 }  // namespace ambit::node

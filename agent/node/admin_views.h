@@ -29,4 +29,9 @@ struct LogLevelHandlers {
 // socket exists.
 LogLevelHandlers NewLogLevelHandlers(std::vector<std::string> control_sockets);
 
+// Appends the roots (PEM) to `certificates`' trust bundle as `ambitctl certs` shows them; one that
+// does not parse is left out. Shared by the node agent and `ambitd --ca-only`.
+void AddTrustBundle(const std::vector<std::string>& roots,
+                    ambit::admin::v1::ListCertificatesResponse* certificates);
+
 }  // namespace ambit::node

@@ -25,10 +25,10 @@
 #include "agent/common/netns.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
-#include "agent/issuance/pem_info.h"
 #include "agent/kube/api_source.h"
 #include "agent/kube/client.h"
 #include "agent/mesh/model.h"
+#include "agent/node/admin_views.h"
 #include "agent/node/ca_only.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/ext_authz_providers.h"
@@ -1214,15 +1214,7 @@ void Agent::PublishCertificates() {
     out->set_last_error(c.last_error);
     out->set_pods(c.refs);
   }
-  for (const auto& pem : signer_->TrustBundle()) {
-    auto info = issuance::DescribeCertificate(pem);
-    if (!info.ok()) continue;
-    auto* root = resp.add_trust_bundle();
-    root->set_subject(info->subject);
-    root->set_serial(info->serial_hex);
-    root->mutable_not_after()->set_unix_seconds(absl::ToUnixSeconds(info->not_after));
-    root->set_sha256_fingerprint(info->sha256_fingerprint);
-  }
+  AddTrustBundle(signer_->TrustBundle(), &resp);
   admin_state_->SetCertificates(std::move(resp));
 }
 

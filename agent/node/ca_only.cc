@@ -10,10 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
-#include "agent/issuance/pem_info.h"
 #include "agent/kube/api_source.h"
 #include "agent/kube/client.h"
 #include "agent/kube/watch.h"
+#include "agent/node/admin_views.h"
 
 namespace ambit::node {
 namespace {
@@ -216,15 +216,7 @@ absl::Status CaOnly::Init(CaOnlyInputs inputs) {
 
   ambit::admin::v1::ListCertificatesResponse certs;
   certs.set_ca(absl::StrCat("cluster CA (", ca_->IssuerName(), ")"));
-  for (const auto& pem : ca_->TrustBundle()) {
-    auto info = issuance::DescribeCertificate(pem);
-    if (!info.ok()) continue;
-    auto* root = certs.add_trust_bundle();
-    root->set_subject(info->subject);
-    root->set_serial(info->serial_hex);
-    root->mutable_not_after()->set_unix_seconds(absl::ToUnixSeconds(info->not_after));
-    root->set_sha256_fingerprint(info->sha256_fingerprint);
-  }
+  AddTrustBundle(ca_->TrustBundle(), &certs);
   admin_state_->SetCertificates(std::move(certs));
   PublishHealth();
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
