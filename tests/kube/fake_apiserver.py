@@ -832,7 +832,9 @@ class Store:
         self.history = []  # Event, in rv order, since the last compaction
         self.history_rvs = []
         self.watchers = set()
-        self.cluster_ip = 10 << 24 | 96 << 16 | 1  # 10.96.0.1 is kubernetes.default
+        # Service clusterIPs are allocated from 198.19.240.1 up (test addresses only, in
+        # 198.18.0.0/15; a real cluster would use its service CIDR).
+        self.cluster_ip = int(ipaddress.IPv4Address("198.19.240.1"))
 
     # --- called with self.cond held ---
     def _commit(self, res, type_, obj, old):

@@ -25,10 +25,10 @@ class KubeClientTest : public ::testing::Test {
 };
 
 TEST(KubeConfigTest, OnlyHttpsUrls) {
-  EXPECT_TRUE(KubeConfig::ForServer("https://10.0.0.1:6443/", "t", "c").ok());
-  EXPECT_EQ(KubeConfig::ForServer("https://10.0.0.1:6443/", "t", "c")->server,
-            "https://10.0.0.1:6443");
-  EXPECT_FALSE(KubeConfig::ForServer("http://10.0.0.1:6443", "t", "c").ok());
+  EXPECT_TRUE(KubeConfig::ForServer("https://198.18.0.1:6443/", "t", "c").ok());
+  EXPECT_EQ(KubeConfig::ForServer("https://198.18.0.1:6443/", "t", "c")->server,
+            "https://198.18.0.1:6443");
+  EXPECT_FALSE(KubeConfig::ForServer("http://198.18.0.1:6443", "t", "c").ok());
   EXPECT_FALSE(KubeConfig::ForServer("https://", "t", "c").ok());
   EXPECT_FALSE(KubeConfig::ForServer("https://a/b", "t", "c").ok());
   EXPECT_FALSE(KubeConfig::ForServer("https://user@a", "t", "c").ok());
