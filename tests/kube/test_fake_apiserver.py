@@ -342,7 +342,7 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
         self.assertEqual({q["content_type"] for q in ssa}, {"application/apply-patch+yaml"})
         self.assertEqual({q["query"]["fieldManager"] for q in ssa}, {"kubectl"})
         svc = json.loads(self.kubectl("get", "svc", "web", "-o", "json").stdout)
-        self.assertRegex(svc["spec"]["clusterIP"], r"^10\.96\.")  # allocated on create
+        self.assertRegex(svc["spec"]["clusterIP"], r"^198\.19\.240\.")  # allocated on create
         self.kubectl("patch", "ap", "deny", "--type=json",
                      "-p", '[{"op":"replace","path":"/spec/action","value":"AUDIT"}]')
         self.kubectl("patch", "ap", "deny", "--type=merge", "-p", '{"metadata":{"labels":'
@@ -1234,7 +1234,7 @@ class ScaleTest(Base):
 
     def test_10000_pods(self):
         pods = [pod(f"pod-{i:05d}", ns=f"ns-{i % 10}", node=f"node-{i % 50}",
-                    ip=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(10000)]
+                    ip=f"198.{18 + i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(10000)]
         start = time.monotonic()
         self.srv.control("apply", objects=pods)
         applied = time.monotonic() - start
