@@ -27,7 +27,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topology import Topology, run, strict_peer_authentication  # noqa: E402
+from topology import Topology, remove_cgroup, run, strict_peer_authentication  # noqa: E402
 from test_telemetry import parse_metrics, total  # noqa: E402
 
 HTTP_PORT = 8080
@@ -125,7 +125,7 @@ class KubeletProbeTest(unittest.TestCase):
         # the cgroup-v2 root where ambitd attaches in a cluster.
         self.kubelet_cgroup = os.path.join(self.agent.cgroup, "kubelet")
         os.makedirs(self.kubelet_cgroup)
-        self.addCleanup(self.remove_cgroup, self.kubelet_cgroup)
+        self.addCleanup(remove_cgroup, self.kubelet_cgroup)
         self.topo.write_pods(self.agent, [self.a, self.d])
         self.agent.write_config("policy.yaml", strict_peer_authentication("backend") + "---\n" +
                                 strict_peer_authentication("locked") + "---\n" + DENY_ALL)
@@ -140,17 +140,6 @@ class KubeletProbeTest(unittest.TestCase):
             self.assertIn(b"listening", os.read(app.stdout.fileno(), 100))
             self.apps[pod.name] = app
             self.app_lines[pod.name] = []
-
-    @staticmethod
-    def remove_cgroup(path):
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)
 
     # ---- who sends ----
 

@@ -395,6 +395,18 @@ class Agent:
         return int(out[0]) if out else None
 
 
+def remove_cgroup(path):
+    """Removes a cgroup directory the test created, waiting up to 5 s for its processes to go."""
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)  # processes we killed may still be exiting
+
+
 class Topology:
     """with Topology() as t: a = t.add_pod("a"); ..."""
 
@@ -486,14 +498,7 @@ class Topology:
 
     @staticmethod
     def _remove_cgroup(path):
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)  # processes we killed may still be exiting
+        remove_cgroup(path)
 
 
 # Small programs run inside pods. They print one JSON line.
