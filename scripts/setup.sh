@@ -42,6 +42,8 @@ packages=(
   # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
   # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
   nodejs
+  # istio-cni's in-pod rules in the e2e tests (tests/inpod): iptables-restore, nft backend
+  iptables
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

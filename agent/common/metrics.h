@@ -190,6 +190,14 @@ inline constexpr Metric kKubeletProbes{
     "Connections from the node's network namespace (kubelet probes) delivered to local pods past "
     "mTLS and authorization, as Istio exempts kubelet probes."};
 
+// Data plane, per worker.
+inline constexpr Metric kNatOriginalDst{
+    "ambit_nat_original_destination_total",
+    Type::kCounter,
+    "Connections whose destination came from SO_ORIGINAL_DST: netfilter (istio-cni's in-pod "
+    "rules) REDIRECTed them to the plaintext-inbound (15006) or outbound (15001) listener.",
+    {"direction"}};
+
 // ---- ambitd --ca-only (the cluster CA) ----
 
 inline constexpr Metric kCaRequests{
@@ -205,7 +213,7 @@ inline constexpr Metric kCaTokenReviews{
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 41> kAll = {
+inline constexpr std::array<const Metric*, 42> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -247,6 +255,7 @@ inline constexpr std::array<const Metric*, 41> kAll = {
     &kKubeletProbes,
     &kCaRequests,
     &kCaTokenReviews,
+    &kNatOriginalDst,
 };
 
 // The declaration of a name, or nullptr.

@@ -13,6 +13,7 @@
 #include "agent/common/allocator.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
+#include "agent/common/probe_source.h"
 #include "agent/common/socket_mark.h"
 #include "agent/issuance/signer.h"
 #include "agent/node/agent.h"
@@ -63,6 +64,12 @@ ABSL_FLAG(std::string, waypoint_jwks_ca_file, "",
           "PEM roots ambit-waypoint checks jwksUri servers against (default: the system's)");
 ABSL_FLAG(int, tunnel_workers, 2, "data-plane worker threads");
 ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark, "SO_MARK of ambit's own sockets");
+ABSL_FLAG(
+    std::string, kubelet_probe_source, "",
+    "comma-separated addresses (one per family) from which plaintext to a pod, arriving from "
+    "outside the pod's network namespace, is a kubelet probe (istio-cni SNATs probes to "
+    "169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff); empty: none. It trusts an "
+    "address: set it only where istio-cni's host rules SNAT probes; passed to the data plane");
 ABSL_FLAG(std::string, bypass_ports, "", "outbound destination ports never redirected (a,b,c)");
 ABSL_FLAG(std::string, inbound_bypass_ports, "", "inbound ports never redirected (a,b,c)");
 ABSL_FLAG(std::string, bypass_cidrs, "", "outbound destination CIDRs never redirected");
@@ -197,6 +204,15 @@ int main(int argc, char** argv) {
     options.waypoint_args = {"--jwks-ca-file", absl::GetFlag(FLAGS_waypoint_jwks_ca_file)};
   }
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  if (absl::Status mark_ok = ambit::CheckSocketMark(options.socket_mark); !mark_ok.ok()) {
+    std::cerr << "ambitd: " << mark_ok.message() << "\n";
+    return 2;
+  }
+  const std::string probe_sources = absl::GetFlag(FLAGS_kubelet_probe_source);
+  if (auto parsed = ambit::ParseKubeletProbeSources(probe_sources); !parsed.ok()) {
+    std::cerr << "ambitd: --kubelet-probe-source: " << parsed.status().message() << "\n";
+    return 2;
+  }
   options.tunnel_args = {"--workers",     std::to_string(absl::GetFlag(FLAGS_tunnel_workers)),
                          "--socket-mark", std::to_string(options.socket_mark),
                          "--log-level",   absl::GetFlag(FLAGS_log_level)};
@@ -233,6 +249,10 @@ int main(int argc, char** argv) {
     std::cerr << "ambitd: --dataplane-heartbeat-interval must be at least 10ms and at most "
                  "--dataplane-heartbeat-deadline\n";
     return 2;
+  }
+  if (!probe_sources.empty()) {
+    options.tunnel_args.push_back("--kubelet-probe-source");
+    options.tunnel_args.push_back(probe_sources);
   }
   options.tunnel_args.push_back("--idle-timeout");
   options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));

@@ -15,6 +15,7 @@
 #include "agent/common/capabilities.h"
 #include "agent/common/flags.h"
 #include "agent/common/log.h"
+#include "agent/common/probe_source.h"
 #include "agent/common/socket_mark.h"
 #include "agent/tunnel/control.h"
 
@@ -22,6 +23,10 @@ ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (requ
 ABSL_FLAG(int, workers, 2, "worker threads");
 ABSL_FLAG(uint32_t, socket_mark, ambit::kDefaultSocketMark,
           "SO_MARK of every socket the data plane opens");
+ABSL_FLAG(std::string, kubelet_probe_source, "",
+          "comma-separated addresses (one per family) from which plaintext to a pod, arriving from "
+          "outside the pod's network namespace, is a kubelet probe; empty: none (ambitd passes "
+          "its own)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(30),
           "how long a pooled HBONE connection with no stream stays open");
@@ -80,6 +85,16 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
   options.control_socket = absl::GetFlag(FLAGS_control_socket);
   options.workers = std::max(1, absl::GetFlag(FLAGS_workers));
   options.socket_mark = absl::GetFlag(FLAGS_socket_mark);
+  if (absl::Status mark_ok = ambit::CheckSocketMark(options.socket_mark); !mark_ok.ok()) {
+    std::cerr << name << ": " << mark_ok.message() << "\n";
+    return 2;
+  }
+  auto probe_sources = ambit::ParseKubeletProbeSources(absl::GetFlag(FLAGS_kubelet_probe_source));
+  if (!probe_sources.ok()) {
+    std::cerr << name << ": --kubelet-probe-source: " << probe_sources.status().message() << "\n";
+    return 2;
+  }
+  options.kubelet_probe_sources = *std::move(probe_sources);
   options.access_log_json = access_log == "json";
   options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   options.max_snapshot_bytes = absl::GetFlag(FLAGS_max_config_bytes);

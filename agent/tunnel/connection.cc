@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "abi/redirect.h"
@@ -19,6 +20,7 @@
 #include "agent/common/status.h"
 #include "agent/tunnel/hbone_pool.h"
 #include "agent/tunnel/l7_hook.h"
+#include "agent/tunnel/original_dst.h"
 #include "agent/tunnel/tls_contexts.h"
 #include "agent/tunnel/tunnel_stream.h"
 
@@ -146,12 +148,40 @@ void RefuseFailClosed(Worker& worker, const Pod& pod, FlowDirection direction, U
   worker.Refuse(std::move(record), FlowEnd{false, "CONNECT", worker.fail_closed()});
 }
 
+struct Destination {
+  SocketAddress address;
+  bool from_nat = false;  // SO_ORIGINAL_DST, not ambit_orig_dst
+};
+
+// Where an outbound connection was going: the entry sockops recorded for it, else (a socket
+// BPF did not redirect, that netfilter REDIRECTed here) conntrack's original destination,
+// never one that leads back to this pod's listeners (DecideOutboundNatDestination).
+absl::StatusOr<Destination> OutboundDestination(Worker& worker, const Pod& pod, int fd,
+                                                const SocketAddress& peer) {
+  auto recorded =
+      bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod.netns_cookie, peer);
+  if (recorded.ok()) return Destination{recorded->address, false};
+  if (!absl::IsNotFound(recorded.status())) return recorded.status();
+  auto local = LocalAddress(fd);
+  if (!local.ok()) return local.status();
+  auto nat = NatOriginalDestination(fd);
+  if (!nat.ok()) return nat.status();
+  const MeshSnapshot& snapshot = *worker.snapshot();
+  auto decided = DecideOutboundNatDestination(
+      *local, *nat, pod.workload.ips, [&](uint16_t port) { return snapshot.IsReservedPort(port); });
+  if (!decided.ok()) {
+    return absl::Status(decided.status().code(), absl::StrCat(recorded.status().message(), "; ",
+                                                              decided.status().message()));
+  }
+  worker.counters().nat_original_dst_outbound++;
+  return Destination{*decided, true};
+}
+
 // IPv4 peers of a dual-stack listener show up IPv4-mapped; IpAddress already normalises that.
 void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
   auto peer = PeerAddress(client.get());
   if (!peer.ok()) return;
-  auto orig =
-      bpf::TakeOriginalDestination(worker.settings().orig_dst_map, pod->netns_cookie, *peer);
+  auto orig = OutboundDestination(worker, *pod, client.get(), *peer);
   if (!orig.ok()) {
     // Fail closed: without the original destination there is nowhere safe to send the bytes.
     AMBIT_LOG(kComponent, Warning) << "outbound pod=" << pod->uid << " src=" << peer->ToString()
@@ -160,7 +190,8 @@ void HandleOutbound(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd cli
     return;
   }
   std::string description = absl::StrCat("outbound pod=", pod->uid, " src=", peer->ToString(),
-                                         " orig_dst=", orig->address.ToString());
+                                         " orig_dst=", orig->address.ToString(),
+                                         orig->from_nat ? " (SO_ORIGINAL_DST)" : "");
   Route route = worker.snapshot()->Resolve(orig->address, NextPick(), pod->workload.ips);
   if (route.kind == Route::Kind::kRefused) {
     AMBIT_LOG(kComponent, Warning) << description << ": " << route.refused << "; connection reset";
@@ -225,12 +256,54 @@ absl::Status PlaintextAllowed(const MeshSnapshot& snapshot, const SocketAddress&
   return absl::OkStatus();
 }
 
-void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client) {
+// Where a connection the plaintext-inbound listener accepted was going: its own destination
+// (sk_lookup steered it), or, when netfilter REDIRECTed it to 15006, conntrack's original one.
+// Nullopt when refused (a connection dialled to 15006 itself), which this answers and logs.
+std::optional<Destination> InboundDestinationOf(Worker& worker, const Pod& pod, UniqueFd& client) {
   auto peer = PeerAddress(client.get());
   auto local = LocalAddress(client.get());
-  if (!peer.ok() || !local.ok()) return;
+  if (!peer.ok() || !local.ok()) {
+    CloseWithReset(client);
+    return std::nullopt;
+  }
+  std::optional<SocketAddress> nat;
+  if (local->port == AMBIT_INBOUND_PLAIN_PORT) {
+    auto asked = NatOriginalDestination(client.get());
+    if (asked.ok()) {
+      nat = *asked;
+    } else {
+      AMBIT_LOG(kComponent, Warning) << "inbound pod=" << pod.uid << " src=" << peer->ToString()
+                                     << ": " << asked.status().message();
+    }
+  }
+  auto decided = DecideInboundDestination(*local, nat);
+  if (!decided.ok()) {
+    AMBIT_LOG(kComponent, Warning)
+        << "inbound pod=" << pod.uid << " src=" << peer->ToString() << " dst=" << local->ToString()
+        << ": " << decided.status().message() << "; connection reset";
+    CloseWithReset(client);
+    FlowRecord record;
+    record.direction = FlowDirection::kInbound;
+    record.pod = pod.uid;
+    record.mode = "plaintext";
+    record.source = PeerOf(*worker.snapshot(), *peer, "");
+    record.destination = PeerOf(pod, *local);
+    worker.Refuse(std::move(record),
+                  FlowEnd{false, "CONNECT", std::string(decided.status().message())});
+    return std::nullopt;
+  }
+  if (decided->from_nat) worker.counters().nat_original_dst_inbound++;
+  return Destination{decided->address, decided->from_nat};
+}
+
+void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd client,
+                        const Destination& destination) {
+  auto peer = PeerAddress(client.get());
+  if (!peer.ok()) return;
+  const SocketAddress* local = &destination.address;
   std::string description =
-      absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(), " dst=", local->ToString());
+      absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(), " dst=", local->ToString(),
+                   destination.from_nat ? " (SO_ORIGINAL_DST)" : "");
   FlowRecord record;
   record.direction = FlowDirection::kInbound;
   record.pod = pod->uid;
@@ -289,27 +362,60 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   raw->StartRelay(std::move(upstream->fd), upstream->in_progress);
 }
 
+// Whether `source` is one of --kubelet-probe-source's addresses and not an address of the pod's
+// own network namespace: the node SNATs its probes to that address before they enter the pod,
+// and a process inside the pod that holds the address (so could connect from it over lo) is no
+// probe. Asked of the kernel by binding a socket in the pod's namespace to it: only a local
+// address binds.
+bool IsKubeletProbeSource(Worker& worker, const Pod& pod, const IpAddress& source) {
+  const auto& sources = worker.settings().kubelet_probe_sources;
+  if (std::find(sources.begin(), sources.end(), source) == sources.end()) return false;
+  const auto& settings = worker.settings();
+  auto sock = settings.sockets->SocketInNetns(pod.netns.get(), settings.host_netns, source.family(),
+                                              SOCK_STREAM);
+  if (!sock.ok()) {
+    AMBIT_LOG(kComponent, Warning)
+        << "inbound pod=" << pod.uid << " src=" << source.ToString()
+        << ": cannot check the probe source: " << sock.status().message();
+    return false;  // fail closed: decided as any plaintext
+  }
+  sockaddr_storage ss;
+  socklen_t len = SocketAddress{source, 0}.ToSockaddr(&ss);
+  if (bind(sock->get(), reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno == EADDRNOTAVAIL) {
+    return true;
+  }
+  AMBIT_LOG(kComponent, Warning) << "inbound pod=" << pod.uid << " src=" << source.ToString()
+                                 << ": the kubelet probe source is an address of the pod's own "
+                                    "network namespace; not a probe";
+  return false;
+}
+
 // A connection the node's network namespace opened to this pod (sockops recorded its tuple in
 // ambit_probes, see docs/ARCHITECTURE.md#kubelet-probes): delivered to the pod past
 // PeerAuthentication and AuthorizationPolicy, as Istio exempts kubelet probes, and only to the
 // pod's own address and the port dialled. False when the connection is not one (the entry is
 // taken, so it admits this connection only).
-bool HandleKubeletProbe(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd& client) {
-  const int map_fd = worker.settings().probes_map;
-  if (map_fd < 0) return false;
+bool HandleKubeletProbe(Worker& worker, const std::shared_ptr<const Pod>& pod, UniqueFd& client,
+                        const Destination& destination) {
   auto peer = PeerAddress(client.get());
-  auto local = LocalAddress(client.get());
-  if (!peer.ok() || !local.ok()) return false;
-  auto probe = bpf::TakeKubeletProbe(map_fd, *peer, *local);
-  if (!probe.ok()) {
-    // Fail closed: decided as any plaintext.
-    AMBIT_LOG(kComponent, Warning) << "inbound pod=" << pod->uid << " src=" << peer->ToString()
-                                   << ": " << probe.status().message();
-    return false;
+  if (!peer.ok()) return false;
+  const SocketAddress* local = &destination.address;
+  const char* how = nullptr;
+  if (const int map_fd = worker.settings().probes_map; map_fd >= 0) {
+    auto probe = bpf::TakeKubeletProbe(map_fd, *peer, *local);
+    if (!probe.ok()) {
+      // Fail closed: decided as any plaintext.
+      AMBIT_LOG(kComponent, Warning) << "inbound pod=" << pod->uid << " src=" << peer->ToString()
+                                     << ": " << probe.status().message();
+    } else if (*probe) {
+      how = "node socket";
+    }
   }
-  if (!*probe) return false;
-  std::string description = absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(),
-                                         " dst=", local->ToString(), " mode=kubelet-probe");
+  if (how == nullptr && IsKubeletProbeSource(worker, *pod, peer->ip)) how = "probe source";
+  if (how == nullptr) return false;
+  std::string description =
+      absl::StrCat("inbound pod=", pod->uid, " src=", peer->ToString(), " dst=", local->ToString(),
+                   " mode=kubelet-probe by=", how);
   FlowRecord record;
   record.direction = FlowDirection::kInbound;
   record.pod = pod->uid;
@@ -447,8 +553,13 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
         std::move(client));
     return;
   }
-  // Before the waypoint's own handling too: a waypoint's pod is probed like any other.
-  if (kind == ListenerKind::kInboundPlain && HandleKubeletProbe(worker, pod, client)) return;
+  std::optional<Destination> inbound;
+  if (kind == ListenerKind::kInboundPlain) {
+    inbound = InboundDestinationOf(worker, *pod, client);
+    if (!inbound.has_value()) return;
+    // Before the waypoint's own handling too: a waypoint's pod is probed like any other.
+    if (HandleKubeletProbe(worker, pod, client, *inbound)) return;
+  }
   if (worker.settings().l7 != nullptr && kind != ListenerKind::kHbone) {
     worker.settings().l7->OnAccepted(worker, pod, kind, std::move(client));
     return;
@@ -458,7 +569,7 @@ void HandleAccepted(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind
       HandleOutbound(worker, std::move(pod), std::move(client));
       return;
     case ListenerKind::kInboundPlain:
-      HandleInboundPlain(worker, std::move(pod), std::move(client));
+      HandleInboundPlain(worker, std::move(pod), std::move(client), *inbound);
       return;
     case ListenerKind::kHbone:
       worker.inbound().Accept(std::move(pod), std::move(client));

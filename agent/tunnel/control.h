@@ -31,6 +31,10 @@ struct TunnelOptions {
   std::string control_socket;  // unix SOCK_SEQPACKET path ambitd connects to
   int workers = 2;
   uint32_t socket_mark = kDefaultSocketMark;
+  // Plaintext from exactly one of these addresses, arriving from outside the pod's network
+  // namespace, is a kubelet probe (istio-cni SNATs probes to 169.254.7.127 on the node).
+  // Empty unless the operator says so: it trusts an address (docs/ARCHITECTURE.md#istio-cni-rules).
+  std::vector<IpAddress> kubelet_probe_sources;
   bool access_log_json = false;
   absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
   // The largest configuration snapshot mapped; above it the snapshot is refused (fail closed).

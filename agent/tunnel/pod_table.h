@@ -45,6 +45,9 @@ struct DataPlaneSettings {
   int orig_dst_map = -1;  // fd of the pinned ambit_orig_dst map
   int deliver_map = -1;   // fd of the pinned ambit_deliver map
   int probes_map = -1;    // fd of the pinned ambit_probes map; -1: no kubelet probe is admitted
+  // Plaintext from one of these addresses, from outside the pod's network namespace, is a
+  // kubelet probe (TunnelOptions::kubelet_probe_sources). Usually empty.
+  std::vector<IpAddress> kubelet_probe_sources;
   size_t relay_buffer = 64 * 1024;
   size_t max_streams_per_connection = 100;          // then a new HBONE connection opens
   absl::Duration idle_timeout = absl::Seconds(30);  // idle HBONE connections close after this

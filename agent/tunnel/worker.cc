@@ -359,6 +359,9 @@ void Worker::CollectStats(bool connections, bool metrics,
   }
   counter(metrics::kPlaintextRefused, {}, counters_.plaintext_refused);
   counter(metrics::kKubeletProbes, {}, counters_.kubelet_probes);
+  counter(metrics::kNatOriginalDst, {{"direction", "inbound"}}, counters_.nat_original_dst_inbound);
+  counter(metrics::kNatOriginalDst, {{"direction", "outbound"}},
+          counters_.nat_original_dst_outbound);
   counter(metrics::kClosedByPolicy, {}, counters_.closed_by_policy);
   counter(metrics::kConnectionsRefused, {{"reason", "configuration_not_applied"}},
           counters_.refused_fail_closed);

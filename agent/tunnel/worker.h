@@ -117,6 +117,10 @@ class Worker {
     uint64_t denied = 0;
     uint64_t refused_fail_closed = 0;  // new connections refused while fail_closed() is set
     uint64_t kubelet_probes = 0;       // node connections delivered as kubelet probes
+    // Connections whose destination came from SO_ORIGINAL_DST (netfilter REDIRECTed them to a
+    // listener, original_dst.h), inbound (15006) and outbound (15001).
+    uint64_t nat_original_dst_inbound = 0;
+    uint64_t nat_original_dst_outbound = 0;
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }
