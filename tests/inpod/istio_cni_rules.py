@@ -41,11 +41,11 @@ PROBE_SNAT_V6 = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 DNS_CAPTURE_PORT = 15053
 
 
-def rules(family, dns_capture=True):
+def rules(family, dns_capture=True, probe_v4=PROBE_SNAT_V4, probe_v6=PROBE_SNAT_V6):
     """The iptables-restore input istio-cni writes for one family (4 or 6), as in the golden
-    files."""
+    files. probe_v4/probe_v6: its HOST_PROBE_SNAT_ADDRESS / HOST_PROBE_V6_SNAT_ADDRESS."""
     local = "127.0.0.1/32" if family == 4 else "::1/128"
-    probe = PROBE_SNAT_V4 if family == 4 else PROBE_SNAT_V6
+    probe = probe_v4 if family == 4 else probe_v6
     mark = f"0x{INPOD_MARK:x}/0x{INPOD_MASK:x}"
     tproxy = f"0x{TPROXY_MARK:x}/0x{INPOD_MASK:x}"
     out = [
@@ -108,7 +108,7 @@ def _lo_has_ipv6(netns):
     return r.returncode == 0 and r.stdout.strip() == "0"
 
 
-def apply(netns, ipv6=True, dns_capture=True):
+def apply(netns, ipv6=True, dns_capture=True, probe_v4=PROBE_SNAT_V4, probe_v6=PROBE_SNAT_V6):
     """What istio-cni does in an ambient pod's namespace: the loopback route, the mark rule,
     then the rule sets (`--noflush`, as istio-cni restores into a pod's existing tables)."""
     families = [4] + ([6] if ipv6 else [])
@@ -126,7 +126,7 @@ def apply(netns, ipv6=True, dns_capture=True):
             raise AssertionError(f"ip rule add in {netns}: {r.stderr.strip()}")
     for family in families:
         restore = "iptables-restore" if family == 4 else "ip6tables-restore"
-        _run(netns, restore, "--noflush", input=rules(family, dns_capture))
+        _run(netns, restore, "--noflush", input=rules(family, dns_capture, probe_v4, probe_v6))
 
 
 _DELETE = [
@@ -161,17 +161,21 @@ def installed(netns, family=4):
     return _run(netns, tool).stdout
 
 
-def host_probe_snat(netns, pod_ips):
+def host_probe_snat(netns, pod_ips, snat_v4=PROBE_SNAT_V4, snat_v6=PROBE_SNAT_V6):
     """istio-cni's host rule (hostprobe.golden) in the namespace standing for the node: TCP from
     a local socket to a pod address is SNATed to the probe address. Istio matches the pod
     addresses with the ipset istio-inpod-probes-v4/v6; plain `-d` rules per address match the
-    same packets here without ipset."""
+    same packets here without ipset. Called again, it adds the addresses to the chain."""
     for family in (4, 6):
         ips = [ip for ip in pod_ips if (":" in ip) == (family == 6)]
         if not ips:
             continue
-        snat = PROBE_SNAT_V4 if family == 4 else PROBE_SNAT_V6
-        lines = ["* nat", "-N ISTIO_POSTRT", "-I POSTROUTING 1 -j ISTIO_POSTRT"]
+        snat = snat_v4 if family == 4 else snat_v6
+        tool = "iptables" if family == 4 else "ip6tables"
+        exists = _run(netns, tool, "-t", "nat", "-S", "ISTIO_POSTRT", check=False).returncode == 0
+        lines = ["* nat"]
+        if not exists:
+            lines += ["-N ISTIO_POSTRT", "-I POSTROUTING 1 -j ISTIO_POSTRT"]
         lines += [f"-A ISTIO_POSTRT -m owner --socket-exists -p tcp -d {ip} "
                   f"-j SNAT --to-source {snat}" for ip in ips]
         lines.append("COMMIT")
