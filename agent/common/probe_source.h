@@ -22,8 +22,7 @@ inline absl::StatusOr<std::vector<IpAddress>> ParseKubeletProbeSources(absl::str
     if (!ip.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("'", part, "' is not an IP address"));
     }
-    if (ip->is_loopback() || *ip == IpAddress() ||
-        (ip->is_v4() && ip->v4().s_addr == 0)) {
+    if (ip->is_loopback() || *ip == IpAddress() || (ip->is_v4() && ip->v4().s_addr == 0)) {
       return absl::InvalidArgumentError(
           absl::StrCat(part, " cannot be a probe source (loopback or unspecified)"));
     }

@@ -54,9 +54,9 @@ absl::StatusOr<InboundDestination> DecideInboundDestination(
         "delivery target"));
   }
   if (nat_original->port == AMBIT_INBOUND_PLAIN_PORT) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refused: original destination ", nat_original->ToString(),
-        " is the plaintext-inbound port itself; delivering it would loop"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: original destination ", nat_original->ToString(),
+                     " is the plaintext-inbound port itself; delivering it would loop"));
   }
   return InboundDestination{*nat_original, true};
 }
@@ -75,9 +75,9 @@ absl::StatusOr<SocketAddress> DecideOutboundNatDestination(
                      " is the outbound listener itself; sending it there would loop"));
   }
   if (orig.ip.is_loopback()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refused: NAT original destination ", orig.ToString(),
-        " is a loopback address, which only the pod itself serves (not redirected)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: NAT original destination ", orig.ToString(),
+                     " is a loopback address, which only the pod itself serves (not redirected)"));
   }
   if (reserved_port(orig.port)) {
     for (const IpAddress& ip : pod_ips) {

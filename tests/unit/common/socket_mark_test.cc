@@ -36,8 +36,8 @@ TEST(KubeletProbeSourceTest, ParsesOneAddressPerFamily) {
 }
 
 TEST(KubeletProbeSourceTest, RefusesWhatWouldTrustTooMuch) {
-  for (const char* bad : {"nonsense", "169.254.7.127,169.254.7.128", "127.0.0.1", "::1",
-                          "0.0.0.0", "::", "169.254.7.127/32"}) {
+  for (const char* bad : {"nonsense", "169.254.7.127,169.254.7.128", "127.0.0.1", "::1", "0.0.0.0",
+                          "::", "169.254.7.127/32"}) {
     SCOPED_TRACE(bad);
     EXPECT_FALSE(ParseKubeletProbeSources(bad).ok());
   }

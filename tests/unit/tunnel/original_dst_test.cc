@@ -66,7 +66,7 @@ TEST(OriginalDstTest, InboundDestinationTable) {
 }
 
 struct OutboundRow {
-  const char* nat;  // nullptr: no conntrack entry
+  const char* nat;   // nullptr: no conntrack entry
   const char* want;  // "": refused
   absl::StatusCode code = absl::StatusCode::kOk;
 };
