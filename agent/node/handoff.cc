@@ -27,9 +27,7 @@ constexpr size_t kMaxField = 256;
 
 }  // namespace
 
-std::string HandOffSocketFor(const std::string& run_dir) {
-  return run_dir + "/agent-handoff.sock";
-}
+std::string HandOffSocketFor(const std::string& run_dir) { return run_dir + "/agent-handoff.sock"; }
 
 const char* BuildVersion() { return AMBIT_BUILD_VERSION; }
 
@@ -44,21 +42,21 @@ TakeOverRequest ThisAgent(const std::string& instance) {
 
 absl::StatusOr<TakeOverRequest> ParseTakeOverRequest(const std::string& bytes) {
   if (bytes.size() > kMaxRequestBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("hand-off request of ", bytes.size(), " bytes (at most ", kMaxRequestBytes,
-                     ")"));
+    return absl::InvalidArgumentError(absl::StrCat("hand-off request of ", bytes.size(),
+                                                   " bytes (at most ", kMaxRequestBytes, ")"));
   }
   pb::HandOff message;
   if (!message.ParseFromString(bytes)) {
-    return absl::InvalidArgumentError("hand-off packet does not parse as ambit.dataplane.v1.HandOff");
+    return absl::InvalidArgumentError(
+        "hand-off packet does not parse as ambit.dataplane.v1.HandOff");
   }
   if (!message.has_request()) {
     return absl::InvalidArgumentError("hand-off packet is no TakeOverRequest");
   }
   const pb::TakeOverRequest& in = message.request();
   if (in.version() != pb::HAND_OFF_VERSION_1) {
-    return absl::InvalidArgumentError(absl::StrCat("hand-off version ", in.version(),
-                                                   " is not one this agent speaks (1)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("hand-off version ", in.version(), " is not one this agent speaks (1)"));
   }
   if (in.pid() <= 0 || in.pid() > (int64_t{1} << 22)) {
     return absl::InvalidArgumentError(absl::StrCat("hand-off request names pid ", in.pid()));

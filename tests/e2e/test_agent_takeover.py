@@ -75,6 +75,10 @@ print(json.dumps({"sent": sent, "good": good, "err": err}), flush=True)
 """
 
 
+def log_step(what):
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+
+
 def take_over_argv(agent, *extra):
     return agent.argv(*extra, "--take-over")
 
@@ -101,9 +105,11 @@ class TakeOverBase:
                 t.start()
                 t.wait_listening()
                 self.tunnels[agent.node] = t
+        log_step("starting the agents")
         n.start(self.MODE)
         for agent in (n.n1, n.n2):
             self.wait_ready(agent)
+        log_step("agents ready")
 
     def wait_ready(self, agent, timeout=30):
         try:
@@ -122,8 +128,11 @@ class TakeOverBase:
             p = self.nodes.a.popen(["/usr/bin/python3", "-c", STREAM, self.nodes.b.ip4, str(port),
                                     f"held{i}", stop],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            self.assertEqual(p.stdout.readline().strip(), "connected", p.stderr.read())
             streams.append(p)
+            line = p.stdout.readline().strip()
+            if line != "connected":
+                p.wait(timeout=15)
+                raise AssertionError(f"held connection {i} did not connect: {p.stderr.read()}")
         return streams
 
     def test_take_over(self):
@@ -155,6 +164,10 @@ class TakeOverBase:
             new_proc = subprocess.Popen(take_over_argv(old, *self.MODE), stdout=log,
                                         stderr=subprocess.STDOUT)
         n.topo.procs.append(new_proc)
+        # From here the topology stops and cleans up through the new agent (the old one is
+        # killed with the topology's processes should the test fail before its SIGTERM).
+        old.proc = new_proc
+        log_step(f"second agent started, pid {new_proc.pid}")
 
         def new_logs():
             with open(new_log_path) as f:
@@ -169,6 +182,7 @@ class TakeOverBase:
         except AssertionError as e:
             raise AssertionError(f"{e}: {ready(old)}\n{new_logs()[-4000:]}") from None
         took = time.time() - t0
+        log_step(f"new agent ready after {took:.2f}s")
         # The old agent handed over, to the new one's PID, and idles.
         wait_for("the old agent's hand-off line",
                  lambda: f"handed over the instance to agent pid {new_proc.pid} " in old.logs(),
@@ -197,15 +211,19 @@ class TakeOverBase:
         # SIGTERM: the old agent exits 0 and touches nothing.
         old_proc.send_signal(signal.SIGTERM)
         self.assertEqual(old_proc.wait(timeout=10), 0, old.logs()[-3000:])
+        # Its last words (in spawn mode the tunnel it started logs into the same file).
         after = old.logs()[len(old_log):]
-        tail = after[after.index("handed over the instance"):].splitlines()
-        self.assertEqual(len(tail), 2, tail)
-        self.assertIn("after the hand-off; exiting", tail[1])
+        tail = [l for l in after[after.index("handed over the instance"):].splitlines()
+                if " agent: " in l]
+        self.assertEqual(len(tail), 1, tail)
+        self.assertIn("after the hand-off; exiting", tail[0])
+        self.assertNotIn(" agent: ", after[after.index("after the hand-off; exiting"):])
         time.sleep(1.0)
         self.assertTrue(n.probe(port)["ok"], "a new connection failed after the old agent exited")
         self.assertEqual(ready(old)[0], 200)
         self.assertTrue(os.path.isdir(old.pin_root), "the old agent removed the pins")
 
+        log_step("old agent exited")
         with open(stop, "w"):
             pass
         _, err = load.communicate(timeout=30)
@@ -228,8 +246,6 @@ class TakeOverBase:
         self.assertTrue([l for l in lines if re.search(r"\.15008[ :]", l)], "no HBONE captured")
         self.assertEqual([l for l in lines if not re.search(r"\.15008[ :]", l)], [],
                          "traffic on the wire outside HBONE")
-        # From here the topology stops and cleans up through the new agent.
-        old.proc = new_proc
         sys.stderr.write(f"take-over ({self.NAME}): ready after {took:.2f}s, {len(records)} new "
                          f"connections ({len(during)} during it), none failed\n")
 
