@@ -65,8 +65,7 @@ TEST(HandOffTest, RefusesWhatIsNoRequest) {
     auto r = ParseTakeOverRequest(c.bytes);
     ASSERT_FALSE(r.ok()) << c.name;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
-    EXPECT_NE(r.status().message().find(c.why), std::string::npos)
-        << c.name << ": " << r.status();
+    EXPECT_NE(r.status().message().find(c.why), std::string::npos) << c.name << ": " << r.status();
   }
 }
 
@@ -134,15 +133,15 @@ TEST_F(HandOffSocketTest, RefusalCarriesTheReason) {
   auto listener = ListenUnix(path_, SOCK_SEQPACKET);
   ASSERT_TRUE(listener.ok()) << listener.status();
   std::thread server = ServeOne(std::move(*listener), [](int conn, const TakeOverRequest&) {
-    (void)SendTakeOverAnswer(conn, /*stepped_aside=*/false, "already stepping aside for pid 9",
-                             -1);
+    (void)SendTakeOverAnswer(conn, /*stepped_aside=*/false, "already stepping aside for pid 9", -1);
   });
   auto aside = RequestTakeOver(path_, ThisAgent("default"), absl::Seconds(5));
   server.join();
   ASSERT_FALSE(aside.ok());
   EXPECT_EQ(aside.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(aside.status().message().find("refused the take-over: already stepping aside for pid 9"),
-            std::string::npos)
+  EXPECT_NE(
+      aside.status().message().find("refused the take-over: already stepping aside for pid 9"),
+      std::string::npos)
       << aside.status();
 }
 
@@ -157,8 +156,7 @@ TEST_F(HandOffSocketTest, NobodyServingIsUnavailable) {
   ASSERT_TRUE(std::filesystem::exists(path_));
   auto stale = RequestTakeOver(path_, ThisAgent("default"), absl::Seconds(1));
   EXPECT_EQ(stale.status().code(), absl::StatusCode::kUnavailable) << stale.status();
-  EXPECT_NE(stale.status().message().find("no agent serves the hand-off socket"),
-            std::string::npos)
+  EXPECT_NE(stale.status().message().find("no agent serves the hand-off socket"), std::string::npos)
       << stale.status();
 }
 
