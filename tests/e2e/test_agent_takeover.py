@@ -75,6 +75,11 @@ print(json.dumps({"sent": sent, "good": good, "err": err}), flush=True)
 """
 
 
+def read_file(path):
+    with open(path) as f:
+        return f.read()
+
+
 def log_step(what):
     sys.stderr.write(f"{time.strftime('%H:%M:%S')} {what}\n")
 
@@ -295,6 +300,51 @@ class TakeOverRefusalTest(unittest.TestCase):
         self.assertIsNone(n.n1.proc.poll())
         self.assertEqual(listener_pids(sock), {n.n1.proc.pid})
         wait_for("still ready", lambda: ready(n.n1)[0] == 200, 20)
+
+    def test_two_take_overs_at_once(self):
+        """Two new agents ask at the same moment: one takes over; the other is refused or finds
+        the instance taken (and exits 1 saying so), or takes over from the winner in turn. Never
+        two agents active at once; every agent that stepped aside exits 0 on SIGTERM."""
+        n = self.nodes
+        agent = n.n1
+        agent.start(wait_pods=[n.a])
+        wait_for("ready", lambda: ready(agent)[0] == 200, 30)
+        first = agent.proc
+        procs, logs = [], []
+        for i in range(2):
+            path = os.path.join(n.topo.workdir, f"ambitd-two-{i}.log")
+            with open(path, "w") as log:
+                p = subprocess.Popen(take_over_argv(agent), stdout=log, stderr=subprocess.STDOUT)
+            n.topo.procs.append(p)
+            procs.append(p)
+            logs.append(path)
+        sock = os.path.join(agent.run_dir, "agent-handoff.sock")
+        # Settled: the admin socket and the hand-off socket served by one of the two.
+        wait_for("one new agent serving", lambda: len(listener_pids(agent.admin_socket)) == 1 and
+                 listener_pids(agent.admin_socket) <= {p.pid for p in procs} and
+                 listener_pids(sock) == listener_pids(agent.admin_socket), 30)
+        wait_for("ready", lambda: ready(agent)[0] == 200, 30)
+        time.sleep(1.0)
+        active = listener_pids(agent.admin_socket).pop()
+        agent.proc = next(p for p in procs if p.pid == active)  # cleaned up through it
+        self.assertIn(f"handed over the instance to agent pid ", read_file(agent.log_path))
+        self.assertIsNone(first.poll(), "the first agent exited before SIGTERM")
+        other = next(p for p in procs if p.pid != active)
+        other_log = read_file(logs[procs.index(other)])
+        log_step("the other new agent " + ("stepped aside in turn" if other.poll() is None else
+                                           f"exited: {other_log.strip().splitlines()[-1]}"))
+        if other.poll() is None:
+            # It took over first and then stepped aside for the winner.
+            self.assertIn(f"handed over the instance to agent pid {active} ", other_log)
+            other.send_signal(signal.SIGTERM)
+            self.assertEqual(other.wait(timeout=10), 0, other_log)
+        else:
+            self.assertEqual(other.returncode, 1, other_log)
+            self.assertRegex(other_log, r"already stepping aside for pid|--take-over failed")
+        first.send_signal(signal.SIGTERM)
+        self.assertEqual(first.wait(timeout=10), 0)
+        self.assertEqual(listener_pids(agent.admin_socket), {active})
+        wait_for("still ready", lambda: ready(agent)[0] == 200, 20)
 
     def test_lock_holder_without_hand_off_and_stale_socket(self):
         import fcntl
