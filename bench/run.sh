@@ -21,3 +21,8 @@ mkdir -p bench/results
 # Waypoint: requests/s per waypoint core and added latency (D, W, WJ, WX) against HAProxy (P,
 # Pbase) on the same topology, interleaved, 3 repetitions (bench/waypoint/README.md). Needs root.
 /usr/bin/python3 bench/waypoint/run.py --build-dir "$build_dir" --json bench/results/waypoint.json
+
+# Upgrades: connections lost per agent take-over and per data-plane roll (goal 0), new
+# connections failed or delayed meanwhile, against a plain data-plane restart
+# (bench/upgrade/README.md). Needs root.
+/usr/bin/python3 bench/upgrade/run.py --build-dir "$build_dir" --json bench/results/upgrade.json

@@ -133,6 +133,11 @@ ABSL_FLAG(std::string, node_netns, "",
           "network namespace (a path: /proc/PID/ns/net, /var/run/netns/NAME) whose sockets are "
           "the node's, kubelet's: their TCP connections to enrolled pods are admitted as kubelet "
           "probes, past STRICT mTLS and AuthorizationPolicy (default: ambitd's own namespace)");
+ABSL_FLAG(bool, take_over, false,
+          "when another ambitd of the instance runs, ask it over <run dir>/agent-handoff.sock to "
+          "step aside and take over (an upgrade with both on the node) instead of refusing");
+ABSL_FLAG(absl::Duration, take_over_timeout, absl::Seconds(30),
+          "with --take-over: how long to wait for the running agent to step aside");
 ABSL_FLAG(bool, cleanup, false,
           "stop the instance's data plane, detach and unpin its BPF programs and maps, and exit; "
           "refused while an agent of the instance runs (see --force). With "
@@ -244,6 +249,8 @@ int main(int argc, char** argv) {
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);
   options.heartbeat_interval = absl::GetFlag(FLAGS_dataplane_heartbeat_interval);
   options.heartbeat_deadline = absl::GetFlag(FLAGS_dataplane_heartbeat_deadline);
+  options.take_over = absl::GetFlag(FLAGS_take_over);
+  options.take_over_timeout = absl::GetFlag(FLAGS_take_over_timeout);
   if (options.heartbeat_interval < absl::Milliseconds(10) ||
       options.heartbeat_deadline < options.heartbeat_interval) {
     std::cerr << "ambitd: --dataplane-heartbeat-interval must be at least 10ms and at most "
@@ -323,6 +330,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto status = (*agent)->Run();
+  if (auto handoff = (*agent)->TakeHandOff()) {
+    // Destroying the agent is the stepping aside: threads joined, listeners and data-plane
+    // sessions closed, the data planes, pins and pods left to the new agent.
+    agent->reset();
+    return ambit::node::Agent::StepAside(std::move(*handoff));
+  }
   if (!status.ok()) {
     AMBIT_LOG("agent", Error) << status.message();
     return 1;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +24,8 @@
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/netns.h"
+#include "agent/common/seqpacket.h"
+#include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
 #include "agent/kube/api_source.h"
@@ -149,6 +152,9 @@ Agent::~Agent() {
   // and state they would touch.
   loop_.reset();
   handlers_.clear();
+  // Only the holder of the instance lock serves the hand-off socket, and it is still held here
+  // (or about to be handed over with the answer): the path is ours to remove.
+  if (handoff_listener_) unlink(options_.handoff_socket().c_str());
 }
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
@@ -170,7 +176,7 @@ absl::Status Agent::Init() {
   AMBIT_RETURN_IF_ERROR(caps::CheckNeeds("ambitd", granted.effective, AgentNeeds()));
   // Before anything of the instance is looked at: a second agent must not re-open the first
   // one's links or remove its enrollments.
-  AMBIT_ASSIGN_OR_RETURN(lock_, InstanceLock::Acquire(options_.instance));
+  AMBIT_ASSIGN_OR_RETURN(lock_, TakeInstanceLock());
   fresh_pins_ = !bpf::Redirector::HasPinnedLinks(options_.pin_root());
   fresh_run_dir_ = !std::filesystem::exists(options_.resolved_run_dir());
   std::vector<std::string> missing = bpf::MissingKernelFeatures();
@@ -334,6 +340,8 @@ absl::Status Agent::Init() {
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
                          admin::TelemetryServer::Start(options_.metrics_address,
                                                        options_.readiness_address, admin_state_));
+  // Last: a new agent that asks this one to step aside finds it fully started.
+  AMBIT_RETURN_IF_ERROR(ServeHandOff());
   return absl::OkStatus();
 }
 
@@ -1022,6 +1030,163 @@ void Agent::OnConnectFailed(Process& process, const absl::Status& status) {
 absl::Status Agent::Run() {
   loop_->Run();
   return absl::OkStatus();
+}
+
+absl::StatusOr<InstanceLock> Agent::TakeInstanceLock() {
+  absl::StatusOr<InstanceLock> lock = InstanceLock::Acquire(options_.instance);
+  if (lock.ok() || lock.status().code() != absl::StatusCode::kFailedPrecondition) return lock;
+  if (!options_.take_over) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(lock.status().message(),
+                     " (ambitd --take-over asks a running agent to step aside: an upgrade)"));
+  }
+  const std::string socket = options_.handoff_socket();
+  AMBIT_LOG(kComponent, Info) << lock.status().message() << "; --take-over: asking it to step "
+                              << "aside over " << socket;
+  absl::StatusOr<SteppedAside> aside =
+      RequestTakeOver(socket, ThisAgent(options_.instance), options_.take_over_timeout);
+  if (!aside.ok()) {
+    // Nobody answers: the holder may have exited since (a stale socket file stays behind), or
+    // it is an agent that offers no hand-off (an older build) or `ambitd --cleanup`.
+    if (aside.status().code() == absl::StatusCode::kUnavailable) {
+      if (auto again = InstanceLock::Acquire(options_.instance); again.ok()) {
+        AMBIT_LOG(kComponent, Info) << "the agent that held the instance is gone ("
+                                    << aside.status().message() << "); starting";
+        return again;
+      }
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        lock.status().message(), "; --take-over failed: ", aside.status().message(),
+        aside.status().code() == absl::StatusCode::kUnavailable
+            ? " (an agent without the hand-off, e.g. an older build, must be stopped first)"
+            : ""));
+  }
+  AMBIT_LOG(kComponent, Info) << "agent pid " << aside->pid << " (build " << aside->build
+                              << ", BPF ABI v" << aside->bpf_abi
+                              << ") stepped aside; taking over the instance as build "
+                              << BuildVersion() << ", BPF ABI v" << AMBIT_ABI_VERSION
+                              << (aside->bpf_abi != AMBIT_ABI_VERSION
+                                      ? " (the pins migrate as on any restart)"
+                                      : "");
+  if (aside->lock) {
+    absl::StatusOr<InstanceLock> adopted =
+        InstanceLock::Adopt(options_.instance, std::move(aside->lock));
+    if (adopted.ok()) return adopted;
+    AMBIT_LOG(kComponent, Warning)
+        << "the handed-over instance lock: " << adopted.status() << "; taking it anew";
+  }
+  // Without the descriptor (or with one that did not hold): the old agent released the lock
+  // before answering, so it is free unless a third process took it meanwhile.
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    lock = InstanceLock::Acquire(options_.instance);
+    if (lock.ok() || lock.status().code() != absl::StatusCode::kFailedPrecondition) return lock;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return lock;
+}
+
+absl::Status Agent::ServeHandOff() {
+  AMBIT_ASSIGN_OR_RETURN(handoff_listener_, ListenUnix(options_.handoff_socket(), SOCK_SEQPACKET));
+  return Watch(handoff_listener_.get(), [this] { OnHandOffConnection(); });
+}
+
+void Agent::OnHandOffConnection() {
+  UniqueFd conn(accept4(handoff_listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!conn) return;
+  // Root only (the socket is 0600 in a 0700 directory); checked again on the connection.
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != 0) {
+    AMBIT_LOG(kComponent, Warning) << "hand-off connection from uid " << cred.uid << " refused";
+    return;
+  }
+  // At most a few at once: a request is one packet sent right after connecting.
+  if (handoff_conns_.size() >= 4) return;
+  const int fd = conn.get();
+  if (!Watch(fd, [this, fd] { OnHandOffRequest(fd); }).ok()) return;
+  const uint64_t id = ++handoff_conn_ids_;
+  handoff_conns_[fd] = HandOffConn{std::move(conn), id};
+  // One that sends nothing is closed; a later connection reusing the number is not.
+  loop_->RunAfter(absl::Seconds(5), [this, fd, id] {
+    auto it = handoff_conns_.find(fd);
+    if (it != handoff_conns_.end() && it->second.id == id) CloseHandOffConnection(fd);
+  });
+}
+
+void Agent::CloseHandOffConnection(int fd) {
+  Unwatch(fd);
+  handoff_conns_.erase(fd);
+}
+
+void Agent::OnHandOffRequest(int fd) {
+  auto it = handoff_conns_.find(fd);
+  if (it == handoff_conns_.end()) return;
+  absl::StatusOr<Packet> packet = ReceivePacket(fd);
+  if (!packet.ok()) {
+    CloseHandOffConnection(fd);
+    return;
+  }
+  absl::StatusOr<TakeOverRequest> request = ParseTakeOverRequest(packet->data);
+  std::string refused;
+  if (!request.ok()) {
+    refused = std::string(request.status().message());
+  } else if (request->instance != options_.instance) {
+    refused = absl::StrCat("this agent serves instance '", options_.instance, "', not '",
+                           request->instance, "'");
+  } else if (handoff_) {
+    refused = absl::StrCat("already stepping aside for pid ", handoff_->request.pid);
+  }
+  if (!refused.empty()) {
+    AMBIT_LOG(kComponent, Warning) << "take-over request refused: " << refused;
+    (void)SendTakeOverAnswer(fd, /*stepped_aside=*/false, refused, -1);
+    CloseHandOffConnection(fd);
+    return;
+  }
+  AMBIT_LOG(kComponent, Info) << "agent pid " << request->pid << " (build " << request->build
+                              << ", BPF ABI v" << request->bpf_abi
+                              << ") takes over the instance: stepping aside";
+  Unwatch(fd);
+  HandOff handoff;
+  handoff.conn = std::move(it->second.fd);
+  handoff_conns_.erase(it);
+  handoff.request = *std::move(request);
+  handoff_ = std::move(handoff);
+  // Nothing more runs on the loop: no enrollment, configuration, CSR or heartbeat after this.
+  loop_->Stop();
+}
+
+std::optional<Agent::HandOff> Agent::TakeHandOff() {
+  if (!handoff_) return std::nullopt;
+  HandOff out = std::move(*handoff_);
+  handoff_.reset();
+  out.lock = std::move(lock_);
+  lock_.reset();
+  return out;
+}
+
+int Agent::StepAside(HandOff handoff) {
+  const int lock_fd = handoff.lock ? handoff.lock->fd() : -1;
+  if (absl::Status s = SendTakeOverAnswer(handoff.conn.get(), /*stepped_aside=*/true, "", lock_fd);
+      !s.ok()) {
+    // The new agent is gone: it did not get the lock's descriptor, and ours closes below, so
+    // the lock is free for whichever agent starts next.
+    AMBIT_LOG(kComponent, Warning) << "answering the take-over: " << s;
+  }
+  handoff.lock.reset();
+  handoff.conn.Reset();
+  AMBIT_LOG(kComponent, Info) << "handed over the instance to agent pid " << handoff.request.pid
+                              << " (build " << handoff.request.build
+                              << "); idle until SIGTERM, touching nothing";
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  int sig = 0;
+  while (sigwait(&mask, &sig) != 0) {
+  }
+  AMBIT_LOG(kComponent, Info) << "signal " << sig << " after the hand-off; exiting";
+  return 0;
 }
 
 void Agent::OnHeartbeatTick() {

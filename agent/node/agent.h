@@ -33,6 +33,7 @@
 #include "agent/node/dataplane_state.h"
 #include "agent/node/enrollment.h"
 #include "agent/node/enrollment_pass.h"
+#include "agent/node/handoff.h"
 #include "agent/node/instance_lock.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -96,6 +97,11 @@ struct AgentOptions {
   // re-checks that the capture programs and pins are in place.
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration heartbeat_deadline = absl::Seconds(3);
+  // --take-over: when another agent holds the instance lock, ask it over its hand-off socket
+  // to step aside (an upgrade with both pods on the node) instead of refusing to start; wait
+  // this long for its answer.
+  bool take_over = false;
+  absl::Duration take_over_timeout = absl::Seconds(30);
 
   // The instance's BPF directory; each ABI version pins in its own v<N> below it.
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
@@ -113,6 +119,7 @@ struct AgentOptions {
   // In a directory of its own: the data plane's stats socket sits next to its control socket.
   std::string waypoint_dir() const { return resolved_run_dir() + "/waypoint"; }
   std::string waypoint_control_socket() const { return waypoint_dir() + "/dataplane.sock"; }
+  std::string handoff_socket() const { return HandOffSocketFor(resolved_run_dir()); }
 };
 
 // ambitd's control loop: one thread running an EpollLoop. Watches the configuration, enrolls and
@@ -135,6 +142,21 @@ class Agent final : private PodHost {
   // Stops the data plane, detaches and unpins every BPF object of the instance, and logs what
   // it found to remove. Refused while an agent of the instance runs, unless force.
   static absl::Status Cleanup(const AgentOptions& options, bool force);
+
+  // A new agent of the instance asked this one to step aside (ambitd --take-over): Run returned,
+  // and this is what the answer needs once the agent is destroyed, which is the stepping aside
+  // itself (threads joined, listeners and data-plane sessions closed, nothing of the instance
+  // touched). Empty when Run ended on a signal.
+  struct HandOff {
+    UniqueFd conn;  // to the new agent, to answer on
+    TakeOverRequest request;
+    std::optional<InstanceLock> lock;  // handed over with the answer
+  };
+  std::optional<HandOff> TakeHandOff();
+  // After the agent that made `handoff` is gone: answers the new agent, handing it the instance
+  // lock, logs to which PID the instance went, and idles until SIGTERM or SIGINT, touching
+  // nothing (the data planes, pins and pods are the new agent's). Returns the exit code, 0.
+  static int StepAside(HandOff handoff);
 
  private:
   // The kernel objects of an enrolled pod; what the reconciler decides with is in
@@ -231,6 +253,12 @@ class Agent final : private PodHost {
   void DropHandedBack() override;
   bool DataPlaneConnected() const override;
   void OnPodRemoved(const std::string& uid);
+  // The instance lock: taken, or with --take-over handed over by the running agent.
+  absl::StatusOr<InstanceLock> TakeInstanceLock();
+  absl::Status ServeHandOff();
+  void OnHandOffConnection();
+  void OnHandOffRequest(int fd);
+  void CloseHandOffConnection(int fd);
   void OnRetryTimer();
   void OnRestartTimer(Process& process);
   void OnControlReadable(Process& process);
@@ -319,6 +347,16 @@ class Agent final : private PodHost {
   std::map<int, std::unique_ptr<EventHandler>> handlers_;
   // Bumped by each arming; a timer that finds its number stale was re-armed and does nothing.
   uint64_t retry_timer_ = 0;
+  // <run dir>/agent-handoff.sock, and the connections on it that sent no request yet.
+  UniqueFd handoff_listener_;
+  struct HandOffConn {
+    UniqueFd fd;
+    uint64_t id = 0;
+  };
+  std::map<int, HandOffConn> handoff_conns_;
+  uint64_t handoff_conn_ids_ = 0;
+  // Set when a new agent asked this one to step aside; Run returns.
+  std::optional<HandOff> handoff_;
 };
 
 }  // namespace ambit::node

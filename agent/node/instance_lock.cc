@@ -94,6 +94,31 @@ absl::StatusOr<InstanceLock> InstanceLock::Acquire(const std::string& instance) 
   return InstanceLock(std::move(path), std::move(fd));
 }
 
+absl::StatusOr<InstanceLock> InstanceLock::Adopt(const std::string& instance, UniqueFd fd) {
+  if (!ValidInstanceName(instance)) {
+    return absl::InvalidArgumentError(absl::StrCat("--instance '", instance, "' is not valid"));
+  }
+  std::string path = PathFor(instance);
+  struct stat held, current;
+  if (!fd || fstat(fd.get(), &held) < 0 || !S_ISREG(held.st_mode) ||
+      stat(path.c_str(), &current) < 0 || held.st_dev != current.st_dev ||
+      held.st_ino != current.st_ino) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the descriptor handed over is not the instance lock ", path, " (removed meanwhile?)"));
+  }
+  // Succeeds at once when the descriptor shares the holder's open file description, which
+  // then holds the lock for us; fails if it is some other open of the file.
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("lock handed-over ", path));
+  }
+  std::string pid = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd.get(), 0) < 0 ||
+      pwrite(fd.get(), pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("write pid to lock file ", path));
+  }
+  return InstanceLock(std::move(path), std::move(fd));
+}
+
 void InstanceLock::Remove() {
   // Unlinked before the descriptor closes: whoever opened the old file re-checks and retries.
   unlink(path_.c_str());

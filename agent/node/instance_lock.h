@@ -26,11 +26,17 @@ class InstanceLock {
   // Takes the lock without waiting. FailedPrecondition naming the holder's PID when another
   // process has it; InvalidArgument for an instance name that cannot be a file name.
   static absl::StatusOr<InstanceLock> Acquire(const std::string& instance);
+  // Holds the lock through a descriptor of it that its previous holder handed over (ambitd
+  // --take-over): the flock belongs to the open file description, so whoever shares it holds
+  // the lock. Checked to be the instance's lock file and locked; the file then names this PID.
+  static absl::StatusOr<InstanceLock> Adopt(const std::string& instance, UniqueFd fd);
 
   InstanceLock(InstanceLock&&) = default;
   InstanceLock& operator=(InstanceLock&&) = default;
 
   const std::string& path() const { return path_; }
+  // The descriptor holding the lock, for handing it to the next agent (ambitd --take-over).
+  int fd() const { return fd_.get(); }
   // Releases the lock and removes its file (the instance is gone: --cleanup).
   void Remove();
 

@@ -12,7 +12,8 @@ plant a fault in a copy of the real objects and see it named. The rules:
 - the node agent's DaemonSet: system-node-critical, tolerating every taint, RollingUpdate with
   maxSurge 1 and maxUnavailable 0, Prometheus annotations on 15020, a readiness probe on 15021
   `/healthz/ready` on ambitd only, the three containers with the contract's flags and the mounts
-  those flags name, the field-ref environment, a grace period for draining;
+  those flags name (--take-over among them), the field-ref environment, a grace period that
+  outlasts the data planes' drain (--dataplane-drain-grace) by DRAIN_MARGIN, no preStop hook;
 - RBAC: the node agent's ClusterRole is exactly NODE_RULES, the CA's exactly CA_RULES, and
   nothing else has a role;
 - each kustomization holds exactly the objects EXPECTED names for it, plus its own checks
@@ -23,6 +24,8 @@ plant a fault in a copy of the real objects and see it named. The rules:
 import re
 
 IMAGE = "ambit/ambit"
+# Seconds between the end of the data planes' drain and the kubelet's SIGKILL.
+DRAIN_MARGIN = 10
 NAMESPACE = "ambit-system"
 BIN = "/usr/local/bin"
 
@@ -85,6 +88,8 @@ CA_RULES = {("authentication.k8s.io", "tokenreviews", "create")} | {
 
 NODE_AGENT_ARGS = [
     "--dataplane=external",
+    # An upgrade's new pod takes over from the old one instead of waiting for its lock.
+    "--take-over",
     "--run-dir=/var/run/ambit",
     "--host-proc=/host/proc",
     "--netns-dir=/var/run/netns",
@@ -250,6 +255,21 @@ def node_agent_problems(ds):
     grace = pod.get("terminationGracePeriodSeconds")
     if not isinstance(grace, int) or not 30 <= grace <= 120:
         problems.append(f"{where}: terminationGracePeriodSeconds {grace} is not 30..120 s")
+    # The old pod's data planes drain for up to --dataplane-drain-grace (ambitd's, 30 s unless
+    # set) after SIGTERM; the kubelet's SIGKILL must come later, with a margin.
+    drain = 30
+    for c in pod.get("containers") or []:
+        if c.get("name") == "ambitd":
+            m = re.fullmatch(r"(\d+)s", _flag_value(c.get("args") or [],
+                                                    "--dataplane-drain-grace") or "30s")
+            drain = int(m.group(1)) if m else drain
+    if isinstance(grace, int) and grace < drain + DRAIN_MARGIN:
+        problems.append(f"{where}: terminationGracePeriodSeconds {grace} leaves the drain "
+                        f"({drain} s) less than {DRAIN_MARGIN} s of margin")
+    for c in pod.get("containers") or []:
+        if ((c.get("lifecycle") or {}).get("preStop")) is not None:
+            problems.append(f"{where}: {c.get('name')} has a preStop hook: SIGTERM starts the "
+                            "drain and nothing may end it early")
     annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
     if annotations.get("prometheus.io/scrape") != "true" or \
             annotations.get("prometheus.io/port") != "15020":

@@ -238,6 +238,13 @@ class PostureTest(unittest.TestCase):
                  {"prometheus.io/port": "15021"})),
             ("overlays/apiserver", "env INSTANCE_IP",
              lambda o: container(o, "ambitd")["env"].pop()),
+            ("overlays/apiserver", "ambitd lacks --take-over",
+             lambda o: container(o, "ambitd")["args"].remove("--take-over")),
+            ("overlays/apiserver", "leaves the drain (30 s) less than 10 s of margin",
+             lambda o: pod(o).update(terminationGracePeriodSeconds=30)),
+            ("overlays/apiserver", "ambit-tunnel has a preStop hook",
+             lambda o: container(o, "ambit-tunnel").update(
+                 lifecycle={"preStop": {"exec": {"command": ["sleep", "5"]}}})),
             ("overlays/apiserver", "ambitd lacks --dataplane=external",
              lambda o: container(o, "ambitd")["args"].remove("--dataplane=external")),
             ("overlays/apiserver", "--cgroup=/sys/fs/cgroup is not a mount of the host's",
