@@ -376,6 +376,17 @@ class InpodRulesTest(unittest.TestCase):
                     run("ip", "netns", "exec", netns, tool, "-t", "nat", "-F", "ISTIO_POSTRT",
                         check=False)
 
+    def test_flags_that_would_trust_too_much_or_mark_nothing_stop_ambitd(self):
+        for flags, message in (
+                (("--kubelet-probe-source", "127.0.0.1"), "--kubelet-probe-source: 127.0.0.1"),
+                (("--kubelet-probe-source", "198.19.7.127,198.19.7.128"), "more than one IPv4"),
+                (("--kubelet-probe-source", "nonsense"), "'nonsense' is not an IP address"),
+                (("--socket-mark", "0"), "--socket-mark must be neither 0 nor 0x1000"),
+                (("--socket-mark", "4096"), "--socket-mark must be neither 0 nor 0x1000")):
+            r = subprocess.run(self.n1.argv(*flags), capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 2, f"{flags}: {r.stdout}{r.stderr}")
+            self.assertIn(message, r.stderr, flags)
+
 
 if __name__ == "__main__":
     unittest.main()
