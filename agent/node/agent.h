@@ -189,7 +189,8 @@ class Agent final : private PodHost {
       std::map<std::string, uint64_t> sent_at_seq;  // pods sent to it: the heartbeat seq then
       uint64_t sent_version = 0;                    // the generation it was sent
       absl::Time since;
-      bool spawned = false;  // started by ambitd for `ambitctl dataplane roll`
+      bool spawned = false;    // started by ambitd for `ambitctl dataplane roll`
+      bool promoting = false;  // serves: promoted after the current batch of events
     };
     std::unique_ptr<Standby> standby;
     // Predecessors still draining: reaped through their pidfd when started by ambitd; started

@@ -186,7 +186,14 @@ void Agent::CheckStandby(Process& process) {
     AMBIT_LOG(kComponent, Debug) << process.name() << " standby not serving yet: " << problems[0];
     return;
   }
-  PromoteStandby(process);
+  // Not from here: this runs inside the standby's own callback (its pong or certificate
+  // report), which the promotion replaces. After this batch of events, if still standing by.
+  if (s.promoting) return;
+  s.promoting = true;
+  Process* p = &process;
+  loop_->Defer([this, p] {
+    if (p->standby != nullptr && p->standby->promoting && p->connected()) PromoteStandby(*p);
+  });
 }
 
 void Agent::PromoteStandby(Process& process) {

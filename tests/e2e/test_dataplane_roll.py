@@ -30,6 +30,7 @@ wp (the pod of Gateway backend/waypoint, served by node2's ambit-waypoint). Echo
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,13 @@ class RollNodes:
             raise
 
     def close(self):
+        # AMBIT_E2E_LOG_DIR keeps the agents' and data planes' logs of a run for reading later.
+        keep = os.environ.get("AMBIT_E2E_LOG_DIR")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for f in os.listdir(self.topo.workdir):
+                if f.endswith(".log"):
+                    shutil.copy(os.path.join(self.topo.workdir, f), keep)
         self.topo.close()
 
     def hold(self, src, host, port):

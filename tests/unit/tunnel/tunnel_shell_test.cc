@@ -388,8 +388,7 @@ TEST_F(TunnelShellTest, StandbyTakesTheSocketOverFromADrainedPrimary) {
   EXPECT_TRUE(hello->first.hello().drain());
   EXPECT_EQ(hello->first.hello().pod_count(), 0u);
   // Its stats socket is apart from the primary's.
-  auto next_stats = ConnectUnix(StatsSocketFor(socket + ".next"), SOCK_STREAM);
-  EXPECT_TRUE(next_stats.ok()) << next_stats.status();
+  EXPECT_EQ(access(StatsSocketFor(socket + ".next").c_str(), F_OK), 0);
 
   // The primary is told to drain: with nothing held it exits, after giving up the path.
   UniqueFd primary = Connect();
