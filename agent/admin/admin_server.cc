@@ -82,6 +82,16 @@ std::shared_ptr<const CheckEvaluator> AdminState::checker() const {
   return checker_;
 }
 
+void AdminState::SetRollHandler(RollHandler handler) {
+  absl::MutexLock lock(&mu_);
+  roll_handler_ = std::move(handler);
+}
+
+RollHandler AdminState::roll_handler() const {
+  absl::MutexLock lock(&mu_);
+  return roll_handler_;
+}
+
 void AdminState::SetLogLevelHandler(LogLevelHandler handler) {
   absl::MutexLock lock(&mu_);
   log_level_handler_ = std::move(handler);
@@ -224,6 +234,19 @@ class AdminServer::Service final : public pb::Admin::Service {
     *resp = std::move(*result);
     return grpc::Status::OK;
   }
+  grpc::Status RollDataPlane(grpc::ServerContext*, const pb::RollDataPlaneRequest* req,
+                             pb::RollDataPlaneResponse* resp) override {
+    RollHandler handler = state_->roll_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
+    if (!req->process().empty() && req->process() != "tunnel" && req->process() != "waypoint") {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "process must be tunnel or waypoint, not \"" + req->process() + "\"");
+    }
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
   grpc::Status ListConnections(grpc::ServerContext*, const pb::ListConnectionsRequest* req,
                                pb::ListConnectionsResponse* resp) override {
     StatsFetcher fetch = state_->stats_fetcher();
@@ -251,6 +274,8 @@ class AdminServer::Service final : public pb::Admin::Service {
     tunnel->set_pid(h.dataplane_pid);
     tunnel->set_restarts(h.dataplane_restarts);
     tunnel->set_problem(h.dataplane_missing);
+    tunnel->set_roll(h.dataplane_roll);
+    for (int pid : h.dataplane_draining) tunnel->add_draining_pids(pid);
     pb::DataPlaneStatus* waypoint = resp->add_data_planes();
     waypoint->set_name("ambit-waypoint");
     waypoint->set_mode(h.dataplane_mode);
@@ -259,6 +284,8 @@ class AdminServer::Service final : public pb::Admin::Service {
     waypoint->set_connected(h.waypoint.connected);
     waypoint->set_pid(h.waypoint.pid);
     waypoint->set_restarts(h.waypoint.restarts);
+    waypoint->set_roll(h.waypoint.roll);
+    for (int pid : h.waypoint.draining) waypoint->add_draining_pids(pid);
     // Not connected while not needed is no problem: it is connected to once it is.
     if (h.waypoint.needed) waypoint->set_problem(h.waypoint.missing);
     *resp->mutable_generation() = GenerationOf(h, now);

@@ -42,6 +42,12 @@ using LogLevelHandler = std::function<absl::StatusOr<ambit::admin::v1::LogLevelR
 using StatsFetcher = std::function<absl::StatusOr<ambit::dataplane::v1::StatsResponse>(
     bool connections, bool metrics)>;
 
+// Rolls a data-plane process (ambitctl dataplane roll): blocks until the roll ends (the
+// successor serves, or it was abandoned) or a bound passes. Thread-safe: runs on gRPC threads
+// and posts the work to the control thread.
+using RollHandler = std::function<absl::StatusOr<ambit::admin::v1::RollDataPlaneResponse>(
+    const ambit::admin::v1::RollDataPlaneRequest&)>;
+
 // What readiness and ambitd's own metrics need, published by the control thread.
 struct NodeHealth {
   bool bpf_attached = false;
@@ -54,7 +60,9 @@ struct NodeHealth {
   // (started apart from ambitd; it only connects), and the control sockets they serve.
   std::string dataplane_mode = "spawn";
   std::string dataplane_socket;
-  int dataplane_pid = 0;  // as the data plane reports it (its own PID namespace when external)
+  int dataplane_pid = 0;       // as the data plane reports it (its own PID namespace when external)
+  std::string dataplane_roll;  // DataPlaneStatus.roll
+  std::vector<int> dataplane_draining;  // DataPlaneStatus.draining_pids
   // Every enrolled pod (namespace/name) and the identity it needs a certificate for.
   std::vector<std::pair<std::string, std::string>> enrolled;
   int enroll_failures = 0;  // pods this node should enroll but could not
@@ -87,6 +95,8 @@ struct NodeHealth {
     std::string missing;  // as dataplane_missing, for this process
     std::string socket;
     int pid = 0;
+    std::string roll;
+    std::vector<int> draining;
     uint64_t restarts = 0;
     absl::Time heartbeat_waiting_since = absl::InfiniteFuture();
     uint64_t desired_generation = 0;
@@ -151,6 +161,8 @@ class AdminState {
   std::shared_ptr<const CheckEvaluator> checker() const;
   void SetLogLevelHandler(LogLevelHandler handler);
   LogLevelHandler log_level_handler() const;
+  void SetRollHandler(RollHandler handler);
+  RollHandler roll_handler() const;
   void SetStatsFetcher(StatsFetcher fetcher);
   StatsFetcher stats_fetcher() const;
   void SetHealth(NodeHealth health);
@@ -172,6 +184,7 @@ class AdminState {
   std::shared_ptr<const CheckEvaluator> checker_ ABSL_GUARDED_BY(mu_);
   LogLevelHandler log_level_handler_ ABSL_GUARDED_BY(mu_);
   StatsFetcher stats_fetcher_ ABSL_GUARDED_BY(mu_);
+  RollHandler roll_handler_ ABSL_GUARDED_BY(mu_);
   NodeHealth health_ ABSL_GUARDED_BY(mu_);
   ReadinessChecker readiness_checker_ ABSL_GUARDED_BY(mu_);
 };

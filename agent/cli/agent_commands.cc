@@ -546,6 +546,36 @@ absl::Status Bpf(Context& ctx) {
   return absl::OkStatus();
 }
 
+Value DrainingValue(const pb::DataPlaneStatus& d) {
+  if (d.draining_pids().empty()) return Value();
+  Value pids = Value::MakeList();
+  for (int pid : d.draining_pids()) pids.Append(Value(pid));
+  return pids;
+}
+
+absl::Status RollDataPlane(Context& ctx) {
+  pb::RollDataPlaneRequest req;
+  req.set_process(ctx.args().empty() ? "tunnel" : ctx.args()[0]);
+  if (req.process() != "tunnel" && req.process() != "waypoint") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", req.process(), "\": the process to roll is tunnel or waypoint"));
+  }
+  auto stub = ConnectAdmin(ctx.admin_socket());
+  if (!stub.ok()) return stub.status();
+  // The roll ends when the successor serves or is abandoned (ambitd bounds it).
+  auto resp = Call(ctx, **stub, &Stub::RollDataPlane, req, std::chrono::seconds(90));
+  if (!resp.ok()) return resp.status();
+  if (ctx.output_format() == OutputFormat::kTable) {
+    ctx.out() << resp->message() << "\n";
+    return absl::OkStatus();
+  }
+  ctx.Print(Value::Object({{"mode", resp->mode()},
+                           {"oldPid", resp->old_pid() != 0 ? Value(resp->old_pid()) : Value()},
+                           {"newPid", resp->new_pid() != 0 ? Value(resp->new_pid()) : Value()},
+                           {"message", resp->message()}}));
+  return absl::OkStatus();
+}
+
 absl::Status Status(Context& ctx) {
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
@@ -562,7 +592,9 @@ absl::Status Status(Context& ctx) {
                                  {"pid", d.pid() != 0 ? Value(d.pid()) : Value()},
                                  {"restarts", d.restarts()},
                                  {"socket", d.socket()},
-                                 {"problem", d.problem().empty() ? Value() : Value(d.problem())}}));
+                                 {"problem", d.problem().empty() ? Value() : Value(d.problem())},
+                                 {"roll", d.roll().empty() ? Value() : Value(d.roll())},
+                                 {"drainingPids", DrainingValue(d)}}));
   }
   Value v = Value::Object({{"ready", resp->ready()},
                            {"problems", std::move(problems)},
@@ -785,6 +817,31 @@ Command StatusCommand() {
           "1 when the node is not ready.",
       .examples = "ambitctl status\nambitctl status -o json",
       .run = Status,
+  };
+}
+
+Command DataPlaneCommand() {
+  return Command{
+      .name = "dataplane",
+      .summary = "Drive the data-plane processes (ambit-tunnel, ambit-waypoint)",
+      .subcommands = {Command{
+          .name = "roll",
+          .summary = "Replace a data-plane process without dropping or refusing a connection",
+          .description =
+              "Starts a new process of the data plane (tunnel, the default, or waypoint) from\n"
+              "the binary on disk, with the same arguments and control socket. It stands by on\n"
+              "<control socket>.next and gets every pod, the trust bundle and the configuration;\n"
+              "once it serves every pod (certificates present, every listener watched), the old\n"
+              "process is drained (--dataplane-drain-grace): it stops accepting, sends GOAWAY on\n"
+              "its HBONE sessions and exits when its last connection ends or at the deadline.\n"
+              "A successor that does not serve in time is stopped and the old process keeps\n"
+              "serving. Waits for the roll to end. With --dataplane=external a roll is a new\n"
+              "container on the same socket: this says so and shows what runs.",
+          .args_usage = "[tunnel|waypoint]",
+          .examples = "ambitctl dataplane roll\nambitctl dataplane roll waypoint -o json",
+          .max_args = 1,
+          .run = RollDataPlane,
+      }},
   };
 }
 

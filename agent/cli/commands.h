@@ -27,6 +27,7 @@ Command VersionCommand();
 // Commands that ask the running agent (agent_commands.cc).
 Command WorkloadsCommand();
 Command ConnectionsCommand();
+Command DataPlaneCommand();
 Command PoliciesCommand();
 Command CheckLiveCommand();
 Command BpfCommand();

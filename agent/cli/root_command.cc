@@ -15,9 +15,9 @@ Command RootCommand() {
           "ambitctl policy check --config ./config --request req.yaml\n"
           "ambitctl version",
       .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
-                      ConnectionsCommand(), IdCommand(), LogCommand(), PoliciesCommand(),
-                      PolicyCommand(), ServicesCommand(), StatusCommand(), VersionCommand(),
-                      WorkloadsCommand()},
+                      ConnectionsCommand(), DataPlaneCommand(), IdCommand(), LogCommand(),
+                      PoliciesCommand(), PolicyCommand(), ServicesCommand(), StatusCommand(),
+                      VersionCommand(), WorkloadsCommand()},
   };
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -88,6 +89,11 @@ absl::StatusOr<std::string> ReadFramed(int fd, size_t max_bytes, absl::Duration 
 }
 
 std::string StatsSocketFor(const std::string& control_socket) {
+  constexpr absl::string_view kNext = ".next";
+  if (absl::EndsWith(control_socket, kNext)) {
+    return StatsSocketFor(control_socket.substr(0, control_socket.size() - kNext.size())) +
+           std::string(kNext);
+  }
   auto slash = control_socket.rfind('/');
   std::string dir = slash == std::string::npos ? "." : control_socket.substr(0, slash);
   return dir + "/dataplane-stats.sock";

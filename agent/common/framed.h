@@ -14,7 +14,8 @@ namespace ambit {
 absl::Status WriteFramed(int fd, const std::string& message, absl::Duration timeout);
 absl::StatusOr<std::string> ReadFramed(int fd, size_t max_bytes, absl::Duration timeout);
 
-// The data plane's stats socket, beside its control socket.
+// The data plane's stats socket, beside its control socket; a roll's standby (control socket
+// <path>.next) has <stats socket>.next.
 std::string StatsSocketFor(const std::string& control_socket);
 
 }  // namespace ambit

@@ -117,6 +117,13 @@ ABSL_FLAG(absl::Duration, dataplane_heartbeat_interval, absl::Seconds(1),
 ABSL_FLAG(absl::Duration, dataplane_heartbeat_deadline, absl::Seconds(3),
           "an unanswered heartbeat older than this makes /healthz/ready answer 503 (the data "
           "plane is reported, not restarted)");
+ABSL_FLAG(absl::Duration, dataplane_drain_grace, absl::Seconds(30),
+          "on a data-plane roll, how long the old process may keep its live connections after "
+          "its successor serves (it exits earlier once the last one ends)");
+ABSL_FLAG(absl::Duration, dataplane_standby_timeout, absl::Seconds(30),
+          "on a data-plane roll, how long the successor may take to serve every pod (its "
+          "certificates issued, every listener watched) before it is abandoned and the old "
+          "process keeps serving");
 ABSL_FLAG(absl::Duration, hbone_idle_timeout, absl::Seconds(30),
           "how long the data plane keeps a pooled HBONE connection with no stream");
 ABSL_FLAG(uint32_t, hbone_failed_stream_burst, 200,
@@ -260,6 +267,16 @@ int main(int argc, char** argv) {
   if (!probe_sources.empty()) {
     options.tunnel_args.push_back("--kubelet-probe-source");
     options.tunnel_args.push_back(probe_sources);
+  }
+  options.drain_grace = absl::GetFlag(FLAGS_dataplane_drain_grace);
+  if (options.drain_grace < absl::ZeroDuration() || options.drain_grace > absl::Hours(24)) {
+    std::cerr << "ambitd: --dataplane-drain-grace must be between 0s and 24h\n";
+    return 2;
+  }
+  options.standby_timeout = absl::GetFlag(FLAGS_dataplane_standby_timeout);
+  if (options.standby_timeout < absl::Seconds(1) || options.standby_timeout > absl::Minutes(10)) {
+    std::cerr << "ambitd: --dataplane-standby-timeout must be between 1s and 10m\n";
+    return 2;
   }
   options.tunnel_args.push_back("--idle-timeout");
   options.tunnel_args.push_back(absl::FormatDuration(absl::GetFlag(FLAGS_hbone_idle_timeout)));

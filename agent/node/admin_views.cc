@@ -21,6 +21,7 @@
 #include "agent/admin/prometheus.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/drops.h"
+#include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/config/load_result.h"
 #include "agent/issuance/pem_info.h"
@@ -31,6 +32,22 @@ namespace ambit::node {
 namespace {
 
 namespace pb = ::ambit::admin::v1;
+
+// The stats sockets of data planes draining after a roll, next to these control sockets.
+std::vector<std::string> DrainingStatsSockets(const std::vector<std::string>& control_sockets) {
+  std::vector<std::string> out;
+  for (const std::string& socket : control_sockets) {
+    const std::filesystem::path stats = StatsSocketFor(socket);
+    const std::string prefix = stats.filename().string() + ".draining-";
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(stats.parent_path(), ec)) {
+      if (entry.path().filename().string().rfind(prefix, 0) == 0) {
+        out.push_back(entry.path().string());
+      }
+    }
+  }
+  return out;
+}
 
 std::string LabelText(const std::map<std::string, std::string>& labels) {
   std::vector<std::string> parts;
@@ -302,6 +319,7 @@ void Agent::InitAdminHandlers() {
       NewLogLevelHandlers({options_.control_socket(), options_.waypoint_control_socket()});
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
+  InitRollHandler();
   admin_state_->SetStatsFetcher(
       [socket = options_.control_socket(), waypoint_socket = options_.waypoint_control_socket()](
           bool connections, bool metrics) {
@@ -309,6 +327,15 @@ void Agent::InitAdminHandlers() {
         request.set_connections(connections);
         request.set_metrics(metrics);
         auto stats = supervisor::DataPlane::FetchStats(socket, request);
+        // A predecessor still draining after a roll: its connections are live too. It moved its
+        // stats socket aside (<stats socket>.draining-<pid>) for its successor's.
+        if (stats.ok()) {
+          for (const std::string& aside : DrainingStatsSockets({socket, waypoint_socket})) {
+            auto old = supervisor::DataPlane::FetchStatsAt(aside, request);
+            if (!old.ok()) continue;  // exited meanwhile
+            for (auto& f : *old->mutable_flows()) *stats->add_flows() = std::move(f);
+          }
+        }
         // The waypoint process's live connections join the tunnel's, and its HTTP metrics (its
         // own families) are appended. Its TCP counters are not: the same series names would be
         // exported twice.
@@ -352,6 +379,10 @@ void Agent::PublishHealth() {
   h.dataplane_mode = options_.external_dataplane ? "external" : "spawn";
   h.dataplane_socket = options_.control_socket();
   h.dataplane_pid = tunnel_.connected() ? tunnel_.dp->pid() : 0;
+  h.dataplane_roll = tunnel_.roll;
+  for (const auto& d : tunnel_.draining) h.dataplane_draining.push_back(d.pid);
+  h.waypoint.roll = waypoint_.roll;
+  for (const auto& d : waypoint_.draining) h.waypoint.draining.push_back(d.pid);
   for (const auto& [uid, e] : enrolled_) {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }

@@ -357,7 +357,7 @@ absl::Status Agent::FinishMigration() {
   return absl::OkStatus();
 }
 
-std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
+std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process, bool standby) {
   const bool waypoint = process.kind == DataPlaneKind::kWaypoint;
   std::string binary = waypoint ? options_.waypoint_binary : options_.tunnel_binary;
   if (binary.empty()) {
@@ -367,12 +367,18 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process) {
   std::vector<std::string> args = options_.tunnel_args;
   if (waypoint)
     args.insert(args.end(), options_.waypoint_args.begin(), options_.waypoint_args.end());
+  const std::string socket = ControlSocketOf(process);
   auto dp = std::make_unique<supervisor::DataPlane>(supervisor::DataPlane::Options{
-      binary, waypoint ? options_.waypoint_control_socket() : options_.control_socket(),
-      std::move(args), process.name(), /*watch_pid=*/!options_.external_dataplane});
+      binary, socket, std::move(args),
+      standby ? absl::StrCat(process.name(), " (standby)") : std::string(process.name()),
+      /*watch_pid=*/!options_.external_dataplane,
+      /*connect_socket=*/standby ? socket + ".next" : "", /*tag=*/++next_dataplane_tag_});
   // The process objects live as long as the agent; these run on its control thread.
   Process* p = &process;
-  dp->on_csr_request = [this, p](supervisor::CsrRequest r) { OnCsrRequest(*p, std::move(r)); };
+  supervisor::DataPlane* raw = dp.get();
+  dp->on_csr_request = [this, p, raw](supervisor::CsrRequest r) {
+    OnCsrRequest(*p, *raw, std::move(r));
+  };
   dp->on_certificate_report = [this, p](std::vector<supervisor::CertificateState> c) {
     OnCertificateReport(*p, std::move(c));
   };
@@ -718,6 +724,11 @@ bool Agent::Remove(const std::string& uid) {
   const DataPlaneKind served_by = it->second.served_by;
   const bool told = served_by != DataPlaneKind::kNone && ProcessOf(served_by).connected() &&
                     ProcessOf(served_by).dp->SendRemovePod(uid).ok();
+  if (served_by != DataPlaneKind::kNone && ProcessOf(served_by).standby != nullptr) {
+    Process& p = ProcessOf(served_by);
+    p.standby->sent_at_seq.erase(uid);
+    (void)p.standby->dp->SendRemovePod(uid);
+  }
   enrolled_.erase(it);
   return told;
 }
@@ -756,6 +767,20 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   Process& p = ProcessOf(to);
   if (!p.connected()) return absl::OkStatus();  // its next session sends it
   e.sent_at_seq = p.heartbeat->next_seq();
+  AMBIT_ASSIGN_OR_RETURN(mesh::Workload workload, SendPodTo(*p.dp, e));
+  if (p.standby != nullptr) {
+    // A roll under way: the successor serves what the primary does.
+    p.standby->sent_at_seq[uid] = p.standby->heartbeat->next_seq();
+    if (auto s = SendPodTo(*p.standby->dp, e); !s.ok()) {
+      AbandonStandby(p, absl::StrCat("pod ", uid, " not sent: ", s.status().message()));
+    }
+  }
+  e.served_by = to;
+  enrollment_.OnSent(workload.Key(), ServedIdentity(workload));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<mesh::Workload> Agent::SendPodTo(supervisor::DataPlane& dp, const EnrolledPod& e) {
   supervisor::PodDescriptor d;
   AMBIT_ASSIGN_OR_RETURN(d.workload, PodWorkload(state_->mesh, e.pod));
   d.workload.enrolled_here = true;
@@ -767,10 +792,8 @@ absl::Status Agent::SendPod(EnrolledPod& e) {
   d.plain_v6 = e.listeners.plain_v6.get();
   d.hbone_v4 = e.listeners.hbone_v4.get();
   d.hbone_v6 = e.listeners.hbone_v6.get();
-  AMBIT_RETURN_IF_ERROR(p.dp->SendAddPod(d));
-  e.served_by = to;
-  enrollment_.OnSent(d.workload.Key(), ServedIdentity(d.workload));
-  return absl::OkStatus();
+  AMBIT_RETURN_IF_ERROR(dp.SendAddPod(d));
+  return d.workload;
 }
 
 absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
@@ -876,6 +899,14 @@ void Agent::SendSnapshot() {
           << "tell the " << p->name() << " to fail closed: " << told.message();
     }
   }
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    if (p->standby == nullptr || !snapshot.ok()) continue;
+    if (absl::Status s = p->standby->dp->SendSnapshot(*snapshot); !s.ok()) {
+      AbandonStandby(*p, absl::StrCat("generation ", version, " not sent: ", s.message()));
+    } else {
+      p->standby->sent_version = version;
+    }
+  }
   if (failed) ArmRetry(kRetryInterval);
   PublishHealth();
 }
@@ -971,6 +1002,10 @@ void Agent::OnControlReadable(Process& process) {
 }
 
 void Agent::OnDataPlaneExit(Process& process) {
+  // The primary gone mid-roll: the restart takes its place as always. A standby of ours goes (it
+  // could not be promoted without the primary's drain); one started apart takes the socket over
+  // once the lock is free and is connected to as the restarted process.
+  AbandonStandby(process, "was left: the primary it was to replace ended");
   const bool watched = process.dp->pidfd() >= 0;
   pid_t pid = process.dp->pid();
   EndSession(process);
@@ -1190,6 +1225,7 @@ int Agent::StepAside(HandOff handoff) {
 }
 
 void Agent::OnHeartbeatTick() {
+  for (Process* p : {&tunnel_, &waypoint_}) RollTick(*p);
   for (Process* p : {&tunnel_, &waypoint_}) {
     if (p->connected()) {
       if (auto seq = p->heartbeat->NextPing()) {
@@ -1303,14 +1339,15 @@ absl::Status Agent::InitCertificates() {
   return absl::OkStatus();
 }
 
-void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
+void Agent::OnCsrRequest(Process& process, supervisor::DataPlane& dp,
+                         supervisor::CsrRequest request) {
   // The data plane may only have certificates for pods enrolled here.
   std::set<std::string> identities;
   for (const auto& [uid, e] : enrolled_) identities.insert(state::SpiffeId(state_->mesh, e.pod));
   if (absl::Status entitled = DecideCsr(request.identity, identities); !entitled.ok()) {
     AMBIT_LOG(kComponent, Warning) << "refused CSR for " << request.identity
                                    << ": no enrolled pod on this node has that identity";
-    (void)process.dp->SendCsrResponse(request.request_id, entitled);
+    (void)dp.SendCsrResponse(request.request_id, entitled);
     return;
   }
   // The node's own requests count against the built-in CA's limits like other nodes' do.
@@ -1318,7 +1355,7 @@ void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
     if (absl::Status s = sign_rate_->Admit(options_.node_name); !s.ok()) {
       AMBIT_LOG(kComponent, Warning)
           << "refused CSR for " << request.identity << ": " << s.message();
-      (void)process.dp->SendCsrResponse(request.request_id, s);
+      (void)dp.SendCsrResponse(request.request_id, s);
       return;
     }
   }
@@ -1326,15 +1363,17 @@ void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
   const std::string identity = request.identity;
   // The answer goes to the process that asked, while it is the same one: a request id means
   // nothing to its restarted successor, which asks again.
-  const std::string asker = absl::StrCat(process.name(), " pid=", process.dp->pid());
-  const pid_t pid = process.dp->pid();
+  const std::string asker = absl::StrCat(process.name(), " pid=", dp.pid());
+  // The primary and a standby may both ask during a roll (and, in their own PID namespaces,
+  // both be pid 1): the answer finds its asker by the object's tag, whichever role it has now.
+  const uint64_t tag = dp.tag();
   Process* p = &process;
   AMBIT_LOG(kComponent, Debug) << "signing " << identity << " (request " << id << " of the "
                                << asker << ")";
   signing_->Submit(
       identity, std::move(request.csr_pem), options_.cert_ttl,
-      [this, p, pid, asker, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
-        completions_.Post([this, p, pid, asker, id, identity, chain = std::move(chain)] {
+      [this, p, tag, asker, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
+        completions_.Post([this, p, tag, asker, id, identity, chain = std::move(chain)] {
           if (!chain.ok()) {
             AMBIT_LOG(kComponent, Warning) << "signing " << identity << " for the " << asker
                                            << " failed: " << chain.status().message();
@@ -1342,7 +1381,12 @@ void Agent::OnCsrRequest(Process& process, supervisor::CsrRequest request) {
             // The identity ends the line, as log readers count renewals by it.
             AMBIT_LOG(kComponent, Info) << asker << ": signed certificate for " << identity;
           }
-          if (p->connected() && p->dp->pid() == pid) (void)p->dp->SendCsrResponse(id, chain);
+          for (supervisor::DataPlane* to :
+               {p->dp.get(), p->standby ? p->standby->dp.get() : nullptr}) {
+            if (to != nullptr && to->tag() == tag && to->connected()) {
+              (void)to->SendCsrResponse(id, chain);
+            }
+          }
         });
       });
 }

@@ -102,6 +102,11 @@ struct AgentOptions {
   // this long for its answer.
   bool take_over = false;
   absl::Duration take_over_timeout = absl::Seconds(30);
+  // A roll (docs/ARCHITECTURE.md#restarts): how long the drained predecessor may keep its
+  // connections (Drain.grace_seconds), and how long a standby may take to serve every pod
+  // before it is abandoned (the predecessor keeps serving throughout).
+  absl::Duration drain_grace = absl::Seconds(30);
+  absl::Duration standby_timeout = absl::Seconds(30);
 
   // The instance's BPF directory; each ABI version pins in its own v<N> below it.
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
@@ -195,6 +200,34 @@ class Agent final : private PodHost {
     uint64_t restart_timer = 0;
     // Why the last connection attempt failed, while not connected (readiness names it).
     std::string connect_error;
+
+    // A roll under way: the successor standing by on <control socket>.next, given everything
+    // the primary has; promoted once it serves every pod (roll.cc).
+    struct Standby {
+      std::unique_ptr<supervisor::DataPlane> dp;
+      std::unique_ptr<supervisor::HeartbeatMonitor> heartbeat;
+      std::optional<supervisor::PongReport> last_pong;
+      std::vector<supervisor::CertificateState> certs;
+      std::map<std::string, uint64_t> sent_at_seq;  // pods sent to it: the heartbeat seq then
+      uint64_t sent_version = 0;                    // the generation it was sent
+      absl::Time since;
+      bool spawned = false;    // started by ambitd for `ambitctl dataplane roll`
+      bool promoting = false;  // serves: promoted after the current batch of events
+    };
+    std::unique_ptr<Standby> standby;
+    // Predecessors still draining: reaped through their pidfd when started by ambitd; started
+    // apart, forgotten after the grace.
+    struct Draining {
+      std::unique_ptr<supervisor::DataPlane> dp;
+      pid_t pid = 0;
+      absl::Time until;
+    };
+    std::vector<Draining> draining;
+    std::string roll;  // what the current or last roll did (ambitctl status)
+    // A standby started apart that was abandoned is not connected to again before this.
+    absl::Time standby_retry_after = absl::InfinitePast();
+    // `ambitctl dataplane roll` callers waiting for the roll to end.
+    std::vector<std::function<void(absl::StatusOr<admin::v1::RollDataPlaneResponse>)>> roll_waiters;
   };
 
   explicit Agent(AgentOptions options);
@@ -204,7 +237,8 @@ class Agent final : private PodHost {
   // agent manages. An instance that was running keeps its pins and data plane.
   void RollBackFailedStart();
   absl::Status InitCertificates();
-  void OnCsrRequest(Process& process, supervisor::CsrRequest request);
+  // `dp` is the process's primary or its standby: the answer goes to that one, if still there.
+  void OnCsrRequest(Process& process, supervisor::DataPlane& dp, supervisor::CsrRequest request);
   void OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
   // The admin API's views of pods, policies and services, and the `check` snapshot
@@ -219,7 +253,9 @@ class Agent final : private PodHost {
   Process& ProcessOf(DataPlaneKind kind) {
     return kind == DataPlaneKind::kWaypoint ? waypoint_ : tunnel_;
   }
-  std::unique_ptr<supervisor::DataPlane> NewDataPlane(Process& process);
+  // A standby (a roll's successor) is started like the primary and connected to on
+  // <control socket>.next.
+  std::unique_ptr<supervisor::DataPlane> NewDataPlane(Process& process, bool standby = false);
   // Attaches to the process's running data plane or (with `spawn`) starts one, then sends it
   // the maps, the trust bundle, its pods and the current generation.
   absl::Status ConnectProcess(Process& process, bool spawn);
@@ -283,6 +319,27 @@ class Agent final : private PodHost {
   absl::StatusOr<mesh::Snapshot> BuildSnapshot(uint64_t version) const;
   void SendSnapshot();
   void OnDataPlaneExit(Process& process);
+  // Rolls (roll.cc). StartRoll connects to (or, with `spawn`, starts) a standby and sends it
+  // what the primary has; the standby's pongs and certificate reports drive CheckStandby, which
+  // promotes it once it serves; AbandonStandby gives up on it with the primary untouched.
+  absl::Status StartRoll(Process& process, bool spawn);
+  void CheckStandby(Process& process);
+  void PromoteStandby(Process& process);
+  void AbandonStandby(Process& process, const std::string& why);
+  void OnStandbyReadable(Process& process);
+  void OnDrainedExit(Process& process, int pidfd);
+  // Every heartbeat tick: pings standbys, abandons late ones, notices one that appeared on
+  // <control socket>.next by itself, forgets predecessors past their grace.
+  void RollTick(Process& process);
+  void FinishRoll(Process& process, absl::StatusOr<admin::v1::RollDataPlaneResponse> result);
+  // Sends the pod with its descriptors to `dp` (a primary or a standby); returns what it was
+  // sent as.
+  absl::StatusOr<mesh::Workload> SendPodTo(supervisor::DataPlane& dp, const EnrolledPod& e);
+  std::string ControlSocketOf(const Process& process) const {
+    return process.kind == DataPlaneKind::kWaypoint ? options_.waypoint_control_socket()
+                                                    : options_.control_socket();
+  }
+  void InitRollHandler();
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);
@@ -357,6 +414,7 @@ class Agent final : private PodHost {
   uint64_t handoff_conn_ids_ = 0;
   // Set when a new agent asked this one to step aside; Run returns.
   std::optional<HandOff> handoff_;
+  uint64_t next_dataplane_tag_ = 0;  // supervisor::DataPlane::Options::tag
 };
 
 }  // namespace ambit::node

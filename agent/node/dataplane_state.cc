@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+
 namespace ambit::node {
 
 uint64_t GenerationTracker::Track(uint64_t version, uint64_t acked, absl::Time now) {
@@ -86,6 +88,46 @@ std::vector<supervisor::CertificateState> ChangedCertificates(
     if (!same) out.push_back(c);
   }
   return out;
+}
+
+}  // namespace ambit::node
+
+namespace ambit::node {
+
+std::vector<std::string> StandbyProblems(const std::vector<supervisor::ExpectedListeners>& pods,
+                                         const std::vector<std::string>& identities,
+                                         const supervisor::PongReport& pong,
+                                         const std::vector<supervisor::CertificateState>& certs,
+                                         uint64_t sent_version, uint64_t acked_version,
+                                         int64_t now_unix) {
+  std::vector<std::string> problems = supervisor::ListenerProblems(pods, pong);
+  for (const auto& x : pods) {
+    if (x.sent_at_seq > pong.seq) {
+      // Sent after the ping this answers: not judged by it, and so not known to serve yet.
+      problems.push_back(absl::StrCat("pod ", x.uid, ": not yet in a heartbeat answer"));
+      continue;
+    }
+    for (const auto& p : pong.pods) {
+      if (p.uid == x.uid && p.waiting_for_certificate) {
+        problems.push_back(absl::StrCat("pod ", x.uid, ": waiting for its certificate"));
+      }
+    }
+  }
+  for (const auto& identity : identities) {
+    if (identity.empty()) continue;
+    bool valid = false;
+    for (const auto& c : certs) {
+      if (c.identity == identity && (c.state == "valid" || c.state == "renewing") &&
+          c.not_after_unix > now_unix) {
+        valid = true;
+      }
+    }
+    if (!valid) problems.push_back(absl::StrCat("no valid certificate for ", identity));
+  }
+  if (sent_version > 0 && acked_version < sent_version) {
+    problems.push_back(absl::StrCat("configuration generation ", sent_version, " not applied"));
+  }
+  return problems;
 }
 
 }  // namespace ambit::node

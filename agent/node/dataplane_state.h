@@ -127,4 +127,17 @@ std::vector<supervisor::CertificateState> ChangedCertificates(
     const std::vector<supervisor::CertificateState>& before,
     const std::vector<supervisor::CertificateState>& now);
 
+// Why a roll's standby does not serve yet, one line each; empty once it does and the primary
+// may drain. It serves when its last heartbeat answer shows every pod sent to it listening and
+// watched by every worker (`pods`, as for the primary's readiness), it holds a valid certificate
+// for every identity of those pods (`identities`: a pod's 10 s wait for its certificate ending
+// would otherwise pass for serving, and its mTLS connections would be refused), and it applied
+// the generation it was sent (`sent_version`; 0: none was built yet). Pure.
+std::vector<std::string> StandbyProblems(const std::vector<supervisor::ExpectedListeners>& pods,
+                                         const std::vector<std::string>& identities,
+                                         const supervisor::PongReport& pong,
+                                         const std::vector<supervisor::CertificateState>& certs,
+                                         uint64_t sent_version, uint64_t acked_version,
+                                         int64_t now_unix);
+
 }  // namespace ambit::node

@@ -62,7 +62,7 @@ int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 
 DataPlane::~DataPlane() = default;
 
 absl::StatusOr<UniqueFd> DataPlane::TryConnect() {
-  return ConnectUnix(options_.control_socket, SOCK_SEQPACKET);
+  return ConnectUnix(connect_socket(), SOCK_SEQPACKET);
 }
 
 absl::Status DataPlane::Spawn() {
@@ -103,9 +103,8 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
     control_ = std::move(*existing);
     is_child_ = false;
   } else if (!spawn) {
-    return absl::NotFoundError(absl::StrCat("no ", options_.name, " serves ",
-                                            options_.control_socket, " (",
-                                            existing.status().message(), ")"));
+    return absl::NotFoundError(absl::StrCat("no ", options_.name, " serves ", connect_socket(),
+                                            " (", existing.status().message(), ")"));
   } else {
     AMBIT_RETURN_IF_ERROR(Spawn());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -115,9 +114,16 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
         control_ = std::move(*fd);
         break;
       }
+      pollfd exited{pidfd_.get(), POLLIN, 0};
+      if (pidfd_ && poll(&exited, 1, 0) == 1) {
+        // Gone before it listened (a bad flag, a crash at start): no point waiting on.
+        return absl::UnavailableError(absl::StrCat(options_.name, " pid=", pid_,
+                                                   " exited before it listened on ",
+                                                   connect_socket(), "; see its log above"));
+      }
       if (std::chrono::steady_clock::now() > deadline) {
         return absl::DeadlineExceededError(absl::StrCat(options_.name, " pid=", pid_,
-                                                        " did not open ", options_.control_socket,
+                                                        " did not open ", connect_socket(),
                                                         " within 10s; see its log above"));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -128,6 +134,7 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
     return absl::DataLossError(absl::StrCat(options_.name, " did not say hello"));
   }
   heartbeat_supported_ = hello.first.hello().heartbeat();
+  drain_supported_ = hello.first.hello().drain();
   if (!heartbeat_supported_) {
     AMBIT_LOG(kComponent, Warning)
         << "the data plane does not answer heartbeats (an earlier build); readiness cannot "
@@ -143,7 +150,7 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
     } else {
       pidfd_.Reset();
       AMBIT_LOG(kComponent, Info) << "connected to " << options_.name << " pid=" << pid_
-                                  << " (its own PID namespace) on " << options_.control_socket
+                                  << " (its own PID namespace) on " << connect_socket()
                                   << ", serving " << hello.first.hello().pod_count() << " pods";
     }
   }
@@ -196,16 +203,22 @@ pid_t DataPlane::Stop() {
 namespace {
 
 // One exchange on the data plane's stats socket: the request out, the raw answer back.
-absl::StatusOr<std::string> AskStatsSocket(const std::string& control_socket,
-                                           const ambit::dataplane::v1::StatsSocketRequest& request,
-                                           absl::Duration timeout = absl::Seconds(5)) {
-  auto fd = ConnectUnix(StatsSocketFor(control_socket), SOCK_STREAM);
+absl::StatusOr<std::string> AskStatsPath(const std::string& stats_socket,
+                                         const ambit::dataplane::v1::StatsSocketRequest& request,
+                                         absl::Duration timeout) {
+  auto fd = ConnectUnix(stats_socket, SOCK_STREAM);
   if (!fd.ok()) {
     return absl::UnavailableError(
         absl::StrCat("data plane not reachable: ", fd.status().message()));
   }
   AMBIT_RETURN_IF_ERROR(WriteFramed(fd->get(), request.SerializeAsString(), timeout));
   return ReadFramed(fd->get(), 256 << 20, timeout);
+}
+
+absl::StatusOr<std::string> AskStatsSocket(const std::string& control_socket,
+                                           const ambit::dataplane::v1::StatsSocketRequest& request,
+                                           absl::Duration timeout = absl::Seconds(5)) {
+  return AskStatsPath(StatsSocketFor(control_socket), request, timeout);
 }
 
 }  // namespace
@@ -215,6 +228,18 @@ absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStats(
   ambit::dataplane::v1::StatsSocketRequest wrapped;
   *wrapped.mutable_stats() = request;
   AMBIT_ASSIGN_OR_RETURN(std::string bytes, AskStatsSocket(control_socket, wrapped));
+  ambit::dataplane::v1::StatsResponse response;
+  if (!response.ParseFromString(bytes)) {
+    return absl::DataLossError("data plane sent a malformed stats answer");
+  }
+  return response;
+}
+
+absl::StatusOr<ambit::dataplane::v1::StatsResponse> DataPlane::FetchStatsAt(
+    const std::string& stats_socket, const ambit::dataplane::v1::StatsRequest& request) {
+  ambit::dataplane::v1::StatsSocketRequest wrapped;
+  *wrapped.mutable_stats() = request;
+  AMBIT_ASSIGN_OR_RETURN(std::string bytes, AskStatsPath(stats_socket, wrapped, absl::Seconds(5)));
   ambit::dataplane::v1::StatsResponse response;
   if (!response.ParseFromString(bytes)) {
     return absl::DataLossError("data plane sent a malformed stats answer");
@@ -343,6 +368,13 @@ absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   std::vector<int> fds;
   AMBIT_RETURN_IF_ERROR(EncodeAddPod(pod, env.mutable_add_pod(), &fds));
   return SendEnvelope(control_.get(), env, fds);
+}
+
+absl::Status DataPlane::SendDrain(absl::Duration grace) {
+  auto env = NewEnvelope();
+  env.mutable_drain()->set_grace_seconds(
+      static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Seconds(grace))));
+  return SendEnvelope(control_.get(), env, {});
 }
 
 absl::Status DataPlane::SendPing(uint64_t seq) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
 #include "agent/supervisor/ext_authz_probe.h"
@@ -77,6 +78,12 @@ class DataPlane {
     // Watch the process through a pidfd of the PID its hello names. False for a data plane in
     // another PID namespace, where that PID may be some other process of ours.
     bool watch_pid = true;
+    // Where to connect, when not control_socket: a roll's successor is started with the same
+    // --control-socket and stands by on <control socket>.next until it is promoted.
+    std::string connect_socket = {};
+    // The owner's number for this object: an answer computed later goes to it only if the
+    // session it was asked on is still this object's.
+    uint64_t tag = 0;
   };
   explicit DataPlane(Options options) : options_(std::move(options)) {}
   ~DataPlane();
@@ -97,6 +104,9 @@ class DataPlane {
   // its stats socket. Thread-safe (its own connection per call); bounded by a few seconds.
   static absl::StatusOr<ambit::dataplane::v1::StatsResponse> FetchStats(
       const std::string& control_socket, const ambit::dataplane::v1::StatsRequest& request);
+  // The same, from a stats socket path as is (a draining data plane's, moved aside).
+  static absl::StatusOr<ambit::dataplane::v1::StatsResponse> FetchStatsAt(
+      const std::string& stats_socket, const ambit::dataplane::v1::StatsRequest& request);
   // Sets the log level of `component` ("" = the default) in the data plane serving
   // control_socket, through its stats socket. InvalidArgument when the data plane refuses the
   // level. Thread-safe; bounded by a few seconds.
@@ -136,6 +146,18 @@ class DataPlane {
   std::function<void(PongReport)> on_pong;
   // The data plane of this session answers pings (its hello said so).
   bool heartbeat_supported() const { return heartbeat_supported_; }
+  // It drains on Drain (its hello said so): a roll can hand its pods to a successor.
+  bool drain_supported() const { return drain_supported_; }
+  // Tells the data plane that its successor serves: it drains (see Drain in dataplane.proto).
+  absl::Status SendDrain(absl::Duration grace);
+  // After SendDrain: ends the session, keeping the pidfd (if any) to reap the process when it
+  // exits. Nothing is signalled.
+  void CloseSession() { control_.Reset(); }
+  uint64_t tag() const { return options_.tag; }
+  // The path this object connects to.
+  const std::string& connect_socket() const {
+    return options_.connect_socket.empty() ? options_.control_socket : options_.connect_socket;
+  }
   absl::Status SendPing(uint64_t seq);
   // Reads one message; an error means the session is over.
   absl::Status OnControlReadable();
@@ -170,6 +192,7 @@ class DataPlane {
   bool is_child_ = false;
   uint64_t acked_version_ = 0;
   bool heartbeat_supported_ = false;
+  bool drain_supported_ = false;
   uint64_t nacked_version_ = 0;
   std::string nack_error_;
 };

@@ -68,34 +68,89 @@ absl::Status MakeSocketDirectory(const std::string& socket_path) {
   return absl::OkStatus();
 }
 
-// Locks <socket_path>.lock for this process's life. Binding the socket removes whatever file is
-// at the path: that must be a dead predecessor's (a container restarted after a kill leaves
-// one), never a live data plane's, whose agent and pods would be cut off. While another data
-// plane holds the lock this waits for it to exit (SIGTERM still ends the wait).
-absl::StatusOr<UniqueFd> ClaimControlSocket(const std::string& socket_path) {
+absl::Status WritePid(int fd, const std::string& path) {
+  const std::string pid = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd, 0) < 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("write ", path));
+  }
+  return absl::OkStatus();
+}
+
+std::string HolderOf(int fd) {
+  char holder[32] = {};
+  (void)!pread(fd, holder, sizeof holder - 1, 0);
+  return std::string(absl::StripAsciiWhitespace(holder));
+}
+
+// What a starting data plane serves: the control socket (it holds <socket>.lock), or, while
+// another serves it, <socket>.next as the standby of a roll (it holds <socket>.next.lock and
+// keeps <socket>.lock open to take it when it frees).
+struct ControlClaim {
+  bool standby = false;
+  UniqueFd lock;          // primary: <socket>.lock, locked
+  UniqueFd primary_lock;  // standby: <socket>.lock, not locked
+  UniqueFd next_lock;     // standby: <socket>.next.lock, locked
+};
+
+// Binding a socket removes whatever file is at its path: that must be a dead predecessor's (a
+// container restarted after a kill leaves one), never a live data plane's, whose agent and pods
+// would be cut off. So each path is bound only under its lock. A third data plane, finding both
+// locks held, waits for <socket>.lock as before rolls existed (SIGTERM still ends the wait).
+absl::StatusOr<ControlClaim> ClaimControlSocket(const std::string& socket_path) {
   const std::string lock_path = socket_path + ".lock";
+  ControlClaim claim;
   UniqueFd fd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("open ", lock_path));
-  if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
-    if (errno != EWOULDBLOCK) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
-    char holder[32] = {};
-    (void)!pread(fd.get(), holder, sizeof holder - 1, 0);
-    AMBIT_LOG(kComponent, Warning)
-        << "another data plane (pid " << absl::StripAsciiWhitespace(holder)
-        << " in its PID namespace) serves " << socket_path
-        << "; waiting for it to exit before taking the socket over";
-    while (flock(fd.get(), LOCK_EX) < 0) {
-      if (errno != EINTR) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
-    }
-    AMBIT_LOG(kComponent, Info) << "the previous data plane on " << socket_path
-                                << " exited; taking the socket over";
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) == 0) {
+    AMBIT_RETURN_IF_ERROR(WritePid(fd.get(), lock_path));
+    claim.lock = std::move(fd);
+    return claim;
   }
-  const std::string pid = absl::StrCat(getpid(), "\n");
-  if (ftruncate(fd.get(), 0) < 0 || pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("write ", lock_path));
+  if (errno != EWOULDBLOCK) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
+  const std::string holder = HolderOf(fd.get());
+  const std::string next_lock_path = socket_path + ".next.lock";
+  UniqueFd next(open(next_lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!next) return absl::ErrnoToStatus(errno, absl::StrCat("open ", next_lock_path));
+  if (flock(next.get(), LOCK_EX | LOCK_NB) == 0) {
+    AMBIT_RETURN_IF_ERROR(WritePid(next.get(), next_lock_path));
+    AMBIT_LOG(kComponent, Info) << "another data plane (pid " << holder
+                                << " in its PID namespace) serves " << socket_path
+                                << "; standing by on " << socket_path
+                                << ".next for a roll (the agent drains the other one once this "
+                                   "one serves every pod)";
+    claim.standby = true;
+    claim.primary_lock = std::move(fd);
+    claim.next_lock = std::move(next);
+    return claim;
   }
-  return fd;
+  if (errno != EWOULDBLOCK) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("lock ", next_lock_path));
+  }
+  AMBIT_LOG(kComponent, Warning)
+      << "another data plane (pid " << holder << " in its PID namespace) serves " << socket_path
+      << " and another (pid " << HolderOf(next.get())
+      << ") stands by on its .next; waiting for the first to exit before taking the socket over";
+  next.Reset();
+  while (flock(fd.get(), LOCK_EX) < 0) {
+    if (errno != EINTR) return absl::ErrnoToStatus(errno, absl::StrCat("lock ", lock_path));
+  }
+  AMBIT_LOG(kComponent, Info) << "the previous data plane on " << socket_path
+                              << " exited; taking the socket over";
+  AMBIT_RETURN_IF_ERROR(WritePid(fd.get(), lock_path));
+  claim.lock = std::move(fd);
+  return claim;
 }
+
+// Where a standby's stats socket is, and where a draining data plane moves its own: apart from
+// the path its successor binds, so `ambitctl connections` still reaches the connections the old
+// process holds while they finish.
+std::string StandbyStatsPath(const std::string& control_socket) {
+  return StatsSocketFor(control_socket + ".next");
+}
+
+// How often a standby tries the primary's lock, and a draining data plane counts what is left.
+constexpr absl::Duration kPromotePoll = absl::Milliseconds(50);
+constexpr absl::Duration kDrainPoll = absl::Milliseconds(200);
 
 }  // namespace
 
@@ -123,10 +178,11 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
   AMBIT_ASSIGN_OR_RETURN(t->loop_, EpollLoop::Create());
 
   AMBIT_RETURN_IF_ERROR(MakeSocketDirectory(options.control_socket));
-  AMBIT_ASSIGN_OR_RETURN(t->socket_lock_, ClaimControlSocket(options.control_socket));
-  AMBIT_ASSIGN_OR_RETURN(t->listen_fd_, ListenUnix(options.control_socket, SOCK_SEQPACKET));
-  AMBIT_ASSIGN_OR_RETURN(t->stats_fd_,
-                         ListenUnix(StatsSocketFor(options.control_socket), SOCK_STREAM));
+  AMBIT_ASSIGN_OR_RETURN(ControlClaim claim, ClaimControlSocket(options.control_socket));
+  t->standby_ = claim.standby;
+  t->socket_lock_ = std::move(claim.lock);
+  t->primary_lock_ = std::move(claim.primary_lock);
+  t->next_lock_ = std::move(claim.next_lock);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -147,18 +203,33 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
     return absl::OkStatus();
   };
   AMBIT_RETURN_IF_ERROR(watch(t->signal_fd_.get(), [raw] {
+    signalfd_siginfo info;
+    (void)!read(raw->signal_fd_.get(), &info, sizeof info);
+    if (raw->draining_) {
+      // The kubelet sends SIGTERM when the old pod is deleted, right as the roll drains it:
+      // the grace is what the connections were promised, and terminationGracePeriodSeconds
+      // bounds it from outside anyway.
+      AMBIT_LOG(kComponent, Info) << "signal while draining: exiting at the latest at "
+                                  << absl::FormatTime(raw->drain_deadline_)
+                                  << " (the grace is not cut short)";
+      return;
+    }
     AMBIT_LOG(kComponent, Info) << "data plane stopping on signal";
     raw->loop_->Stop();
   }));
-  AMBIT_RETURN_IF_ERROR(watch(t->listen_fd_.get(), [raw] {
+  raw->listen_watch_ = std::make_unique<FdWatch>([raw] {
     UniqueFd fd(accept4(raw->listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (fd) raw->OnControllerConnected(std::move(fd));
     raw->AfterEvent();
-  }));
-  AMBIT_RETURN_IF_ERROR(watch(t->stats_fd_.get(), [raw] {
+  });
+  raw->stats_watch_ = std::make_unique<FdWatch>([raw] {
     UniqueFd fd(accept4(raw->stats_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (fd) raw->ServeStats(std::move(fd));
-  }));
+  });
+  const std::string& path = options.control_socket;
+  AMBIT_RETURN_IF_ERROR(raw->ServeControlPath(t->standby_ ? path + ".next" : path));
+  AMBIT_RETURN_IF_ERROR(
+      raw->ServeStatsPath(t->standby_ ? StandbyStatsPath(path) : StatsSocketFor(path)));
   AMBIT_RETURN_IF_ERROR(watch(t->worker_replies_.fd(), [raw] {
     raw->worker_replies_.Drain();
     raw->AfterEvent();
@@ -169,8 +240,149 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
 
 Tunnel::~Tunnel() {
   StopWorkers();
-  if (listen_fd_) unlink(options_.control_socket.c_str());
-  if (stats_fd_) unlink(StatsSocketFor(options_.control_socket).c_str());
+  // Only paths still ours: a draining process gave the control path up (its successor's now)
+  // and moved its stats socket aside.
+  if (listen_fd_) unlink(listen_path_.c_str());
+  if (stats_fd_) unlink(stats_path_.c_str());
+}
+
+absl::Status Tunnel::ServeControlPath(const std::string& path) {
+  AMBIT_ASSIGN_OR_RETURN(UniqueFd fd, ListenUnix(path, SOCK_SEQPACKET));
+  if (listen_fd_) loop_->Unwatch(listen_fd_.get());
+  listen_fd_ = std::move(fd);
+  listen_path_ = path;
+  return loop_->Watch(listen_fd_.get(), EPOLLIN, listen_watch_.get());
+}
+
+absl::Status Tunnel::ServeStatsPath(const std::string& path) {
+  AMBIT_ASSIGN_OR_RETURN(UniqueFd fd, ListenUnix(path, SOCK_STREAM));
+  if (stats_fd_) loop_->Unwatch(stats_fd_.get());
+  stats_fd_ = std::move(fd);
+  stats_path_ = path;
+  return loop_->Watch(stats_fd_.get(), EPOLLIN, stats_watch_.get());
+}
+
+void Tunnel::TryPromote() {
+  if (!standby_ || draining_) return;
+  if (flock(primary_lock_.get(), LOCK_EX | LOCK_NB) < 0) {
+    if (errno != EWOULDBLOCK) {
+      AMBIT_LOG(kComponent, Error)
+          << "lock " << options_.control_socket << ".lock: " << strerror(errno) << "; trying again";
+    }
+    loop_->RunAfter(kPromotePoll, [this] { TryPromote(); });
+    return;
+  }
+  if (absl::Status s = Promote(); !s.ok()) {
+    // Holding the lock without the path would keep a successor off it for nothing.
+    AMBIT_LOG(kComponent, Error) << "taking over " << options_.control_socket << ": " << s.message()
+                                 << "; stopping";
+    loop_->Stop();
+  }
+}
+
+absl::Status Tunnel::Promote() {
+  const std::string& path = options_.control_socket;
+  socket_lock_ = std::move(primary_lock_);
+  standby_ = false;
+  AMBIT_RETURN_IF_ERROR(WritePid(socket_lock_.get(), path + ".lock"));
+  // The agent's session on .next is a connected socket of its own: re-binding the paths leaves
+  // it untouched. The paths move first, the .next lock goes last, so a later standby never
+  // finds .next free while this process still answers there.
+  const std::string old_listen = listen_path_, old_stats = stats_path_;
+  AMBIT_RETURN_IF_ERROR(ServeControlPath(path));
+  AMBIT_RETURN_IF_ERROR(ServeStatsPath(StatsSocketFor(path)));
+  unlink(old_listen.c_str());
+  unlink(old_stats.c_str());
+  next_lock_.Reset();
+  AMBIT_LOG(kComponent, Info) << "the previous data plane on " << path
+                              << " drained or exited; taking the socket over: this standby (pid "
+                              << getpid() << ") is the primary now"
+                              << (controller_ ? " (the agent's session carries on)" : "");
+  return absl::OkStatus();
+}
+
+void Tunnel::Drain(absl::Duration grace) {
+  if (draining_) {
+    AMBIT_LOG(kComponent, Info) << "drain requested again; the deadline stays at "
+                                << absl::FormatTime(drain_deadline_);
+    return;
+  }
+  draining_ = true;
+  drain_deadline_ = options_.clock->Now() + grace;
+  PostToWorkers([](Worker& worker) { worker.Drain(); });
+  // The control path goes before the lock: whoever takes the lock next binds the path, and an
+  // unlink after that would remove the successor's socket.
+  if (listen_fd_) {
+    loop_->Unwatch(listen_fd_.get());
+    unlink(listen_path_.c_str());
+    listen_fd_.Reset();
+  }
+  // The stats socket moves aside (rename keeps the bound socket reachable under the new name),
+  // so the successor binds its own at the usual path and the agent still reads this one's
+  // connections while they finish.
+  const std::string aside =
+      absl::StrCat(StatsSocketFor(options_.control_socket), ".draining-", getpid());
+  if (stats_fd_ && rename(stats_path_.c_str(), aside.c_str()) == 0) {
+    stats_path_ = aside;
+  } else if (stats_fd_) {
+    AMBIT_LOG(kComponent, Warning)
+        << "move the stats socket aside to " << aside << ": " << strerror(errno) << "; closing it";
+    loop_->Unwatch(stats_fd_.get());
+    unlink(stats_path_.c_str());
+    stats_fd_.Reset();
+  }
+  if (standby_) {
+    // Drained before it was promoted: give up .next as well.
+    primary_lock_.Reset();
+    next_lock_.Reset();
+    standby_ = false;
+  }
+  socket_lock_.Reset();
+  // Certificates are not renewed from here on (the agent's session ends): they stay valid for
+  // far longer than any grace (renewal at half of a lifetime of hours), and the workers check
+  // their notAfter as always.
+  AMBIT_LOG(kComponent, Info) << "draining for a successor: stopped accepting on every pod "
+                                 "listener, GOAWAY on every HBONE session, released "
+                              << options_.control_socket << " and its lock; stats on " << aside
+                              << "; exiting when the last connection ends or in "
+                              << absl::FormatDuration(grace);
+  CheckDrained();
+}
+
+void Tunnel::CheckDrained() {
+  if (drain_check_pending_) return;
+  drain_check_pending_ = true;
+  struct Count {
+    size_t remaining = 0;
+    size_t connections = 0;
+  };
+  auto count = std::make_shared<Count>();
+  count->remaining = workers_.size();
+  auto decide = [this, count] {
+    drain_check_pending_ = false;
+    const bool over = options_.clock->Now() >= drain_deadline_;
+    if (count->connections == 0) {
+      AMBIT_LOG(kComponent, Info) << "drained: the last connection ended; exiting";
+      loop_->Stop();
+    } else if (over) {
+      AMBIT_LOG(kComponent, Warning) << "drain grace over: closing " << count->connections
+                                     << " connection(s) still open; exiting";
+      loop_->Stop();
+    } else {
+      loop_->RunAfter(std::min(kDrainPoll, drain_deadline_ - options_.clock->Now()),
+                      [this] { CheckDrained(); });
+    }
+  };
+  if (workers_.empty()) return decide();
+  // Through every worker's queue (after its Drain), back on this thread as a heartbeat is.
+  for (auto& w : workers_) {
+    w->Post([this, count, decide](Worker& worker) {
+      worker_replies_.Post([count, decide, n = worker.connection_count()] {
+        count->connections += n;
+        if (--count->remaining == 0) decide();
+      });
+    });
+  }
 }
 
 void Tunnel::StopWorkers() {
@@ -182,7 +394,8 @@ void Tunnel::StopWorkers() {
 
 absl::Status Tunnel::Run() {
   AMBIT_LOG(kComponent, Info) << "data plane pid=" << getpid() << " waiting for the agent on "
-                              << options_.control_socket;
+                              << listen_path_;
+  if (standby_) TryPromote();
   AfterEvent();
   loop_->Run();
   return absl::OkStatus();
@@ -303,6 +516,9 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       return Execute(reconciler_.CsrAnswered(
           r.request_id(), std::vector<std::string>(r.chain_pem().begin(), r.chain_pem().end())));
     }
+    case pb::Envelope::kDrain:
+      Drain(absl::Seconds(env.drain().grace_seconds()));
+      return absl::OkStatus();
     case pb::Envelope::kTrustBundle:
       return Execute(reconciler_.TrustBundle(std::vector<std::string>(
           env.trust_bundle().root_pem().begin(), env.trust_bundle().root_pem().end())));
@@ -337,6 +553,7 @@ absl::Status Tunnel::ExecuteOne(Action& a) {
           hello.mutable_hello()->set_pod_count(act.pod_count);
           hello.mutable_hello()->set_snapshot_version(act.snapshot_version);
           hello.mutable_hello()->set_heartbeat(true);
+          hello.mutable_hello()->set_drain(true);
           return Send(hello, {});
         } else if constexpr (std::is_same_v<T, action::SendHandBack>) {
           pb::Envelope env = NewEnvelope();

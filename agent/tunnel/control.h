@@ -101,19 +101,41 @@ class Tunnel {
   void StartProbe(UniqueFd client, const ExtAuthzProbe& probe);
   void AnswerProbe(uint64_t id, const ExtAuthzProbeResult& result);
   void StopWorkers();
+  // The data-plane roll (docs/ARCHITECTURE.md#restarts). A standby serves its agent on
+  // <control socket>.next; once the primary's lock frees, it takes the lock and the path.
+  void TryPromote();
+  absl::Status Promote();
+  // Drain{grace}: stop accepting, GOAWAY, hand the socket paths and the lock to the successor,
+  // and exit when the last connection ends or at the deadline.
+  void Drain(absl::Duration grace);
+  void CheckDrained();
+  // Binds `path` as the control socket (or the stats socket) and watches it; the previous one,
+  // if any, is unwatched and closed (its path is the caller's to unlink).
+  absl::Status ServeControlPath(const std::string& path);
+  absl::Status ServeStatsPath(const std::string& path);
 
   // Declared first, destroyed last: every member below may be named by work still queued.
   TunnelOptions options_;
   // <control socket>.lock, locked for the process's life: one data plane per control socket.
   // Released after the destructor unlinked the sockets, so a successor never loses its own.
   UniqueFd socket_lock_;
+  // A standby's: <control socket>.lock, open but not locked (polled until the primary frees
+  // it), and <control socket>.next.lock, locked while this process serves <control socket>.next.
+  UniqueFd primary_lock_, next_lock_;
+  bool standby_ = false;
+  std::string listen_path_;  // where listen_fd_ is bound: the control socket, or its .next
+  std::string stats_path_;   // where stats_fd_ is bound (moved aside while draining)
+  bool draining_ = false;
+  absl::Time drain_deadline_ = absl::InfiniteFuture();
+  bool drain_check_pending_ = false;
   std::unique_ptr<EpollLoop> loop_;
   Reconciler reconciler_;
   UniqueFd stats_fd_;   // <run dir>/dataplane-stats.sock
   absl::Time started_;  // read from options_.clock by Create
   UniqueFd listen_fd_, controller_, signal_fd_, host_netns_, orig_dst_map_, deliver_map_,
       probes_map_;
-  std::vector<std::unique_ptr<FdWatch>> watches_;  // listen, signal, stats, worker replies
+  std::vector<std::unique_ptr<FdWatch>> watches_;  // signal, worker replies
+  std::unique_ptr<FdWatch> listen_watch_, stats_watch_;
   std::unique_ptr<FdWatch> controller_watch_;
   std::shared_ptr<const DataPlaneSettings> settings_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -40,6 +40,13 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
     case pb::Envelope::kSnapshotFailed:
     case pb::Envelope::kCsrResponse:
     case pb::Envelope::kTrustBundle:
+    case pb::Envelope::kDrain:
+      if (env.drain().grace_seconds() > kMaxDrainGraceSeconds) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("drain grace of ", env.drain().grace_seconds(),
+                         " s is above the limit of ", kMaxDrainGraceSeconds, " s"));
+      }
+      [[fallthrough]];
     case pb::Envelope::kPing:
       if (fd_count != 0) {
         return absl::InvalidArgumentError(

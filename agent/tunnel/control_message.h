@@ -18,6 +18,10 @@
 
 namespace ambit::tunnel {
 
+// The longest drain a data plane accepts: a day. Longer is a mistake (the process would outlive
+// its certificates' renewal); the pod's terminationGracePeriodSeconds bounds it anyway.
+inline constexpr uint32_t kMaxDrainGraceSeconds = 86400;
+
 // Parses one packet from the agent that came with `fd_count` descriptors (SCM_RIGHTS). Errors:
 // DataLoss for bytes that are not an Envelope, FailedPrecondition for another protocol version,
 // InvalidArgument for a body the agent never sends or descriptors that do not match the body.

@@ -18,6 +18,8 @@ const char* DrainReasonName(DrainReason reason) {
       return "not_trusted";
     case DrainReason::kRemoved:
       return "removed";
+    case DrainReason::kUpgrade:
+      return "upgrade";
     case DrainReason::kNoCertificate:
       return "no_certificate";
   }

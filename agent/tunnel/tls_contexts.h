@@ -18,6 +18,7 @@ enum class DrainReason {
   kNotTrusted,        // the trust bundle no longer covers our certificate
   kRemoved,           // the identity has no local pod any more
   kNoCertificate,     // no usable certificate for the identity (see the log for why)
+  kUpgrade,           // this process is draining: a successor serves (a data-plane roll)
 };
 // The metric label: "expired", "peer_expired", ...
 const char* DrainReasonName(DrainReason reason);

@@ -42,9 +42,10 @@ class Worker::ListenerHandler : public EventHandler {
   ListenerHandler(Worker& worker, std::shared_ptr<const Pod> pod, ListenerKind kind, int fd)
       : worker_(worker), pod_(std::move(pod)), kind_(kind), fd_(fd) {}
   int fd() const { return fd_; }
-  void OnEvents(uint32_t) override {
-    // Bounded so one busy listener cannot starve the worker's connections.
-    for (int i = 0; i < 64; ++i) {
+  void OnEvents(uint32_t) override { AcceptUpTo(64); }
+  // Bounded so one busy listener cannot starve the worker's connections.
+  void AcceptUpTo(int limit) {
+    for (int i = 0; i < limit; ++i) {
       int c = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (c < 0) {
         if (errno != EAGAIN && errno != ECONNABORTED && errno != EINTR) {
@@ -134,6 +135,8 @@ std::unordered_map<std::string, uint32_t> Worker::WatchedListeners() const {
 }
 
 void Worker::AddPod(std::shared_ptr<const Pod> pod) {
+  // A draining process accepts nothing new: its successor serves the pod.
+  if (draining_) return;
   DropListeners(pod->uid);
   auto& list = listeners_[pod->uid];
   auto add = [&](const UniqueFd& fd, ListenerKind kind) {
@@ -179,6 +182,47 @@ void Worker::RemovePod(const std::string& uid, std::function<void()> done) {
   // What was released above is freed by deferred calls of this batch; deferred calls queued by
   // those run in the next pass, so `done` goes one pass later still.
   loop_->Defer([this, done = std::move(done)]() mutable { loop_->Defer(std::move(done)); });
+}
+
+void Worker::Drain() {
+  if (draining_) return;
+  draining_ = true;
+  // Every worker of every process watching a listener waits on it with EPOLLEXCLUSIVE: a wake-up
+  // for a connection already queued may have gone to this worker alone. Taking what is queued
+  // before unwatching means no connection waits for a later SYN to wake the successor; from the
+  // unwatch on, only the successor's workers are woken. What is taken here is served to its
+  // end like any live connection. Bounded: a flood is the successor's to take.
+  size_t listeners = 0;
+  for (auto& [uid, list] : listeners_) {
+    for (auto& l : list) {
+      l->AcceptUpTo(1024);
+      ++listeners;
+    }
+  }
+  std::vector<std::string> uids;
+  for (const auto& [uid, list] : listeners_) uids.push_back(uid);
+  // Unwatched only: the descriptors stay open until the last flow of the pod lets go of it
+  // (closing them then is harmless), and they are never shut down, which would stop them for
+  // the successor too.
+  for (const auto& uid : uids) DropListeners(uid);
+  DrainSessions(DrainReason::kUpgrade, "the data plane drains for its successor");
+  AMBIT_LOG(kComponent, Info) << "worker " << index_ << ": draining: stopped accepting on "
+                              << listeners << " listener(s); " << connections_.size()
+                              << " live connection(s) run on";
+}
+
+void Worker::DrainSessions(DrainReason reason, const std::string& detail) {
+  std::vector<SessionEntry> sessions = pool_->Sessions();
+  for (auto& e : inbound_->Sessions()) sessions.push_back(std::move(e));
+  for (const SessionEntry& e : sessions) {
+    hbone::HboneSession& s = *e.session;
+    if (s.closed() || s.shutting_down()) continue;
+    ++drained_[reason];
+    AMBIT_LOG(kComponent, Info) << "HBONE " << e.description << ": draining ("
+                                << DrainReasonName(reason) << "): " << detail << "; "
+                                << s.active_streams() << " open stream(s) finish";
+    s.Shutdown();
+  }
 }
 
 void Worker::DropListeners(const std::string& uid) {
@@ -352,7 +396,8 @@ void Worker::CollectStats(bool connections, bool metrics,
   counter(metrics::kHboneStreamsOpened, {}, h.streams_opened);
   for (DrainReason reason :
        {DrainReason::kExpired, DrainReason::kPeerExpired, DrainReason::kOutOfTrustDomain,
-        DrainReason::kNotTrusted, DrainReason::kRemoved, DrainReason::kNoCertificate}) {
+        DrainReason::kNotTrusted, DrainReason::kRemoved, DrainReason::kNoCertificate,
+        DrainReason::kUpgrade}) {
     auto it = drained_.find(reason);
     counter(metrics::kHboneSessionsDrained, {{"reason", DrainReasonName(reason)}},
             it == drained_.end() ? 0 : it->second);

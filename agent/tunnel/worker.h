@@ -135,6 +135,12 @@ class Worker {
   // connections. Their last references to the pod, and so to its listener descriptors, go after
   // the current batch of events; `done` (if set) runs after that.
   void RemovePod(const std::string& uid, std::function<void()> done = nullptr);
+  // A successor serves every pod (a data-plane roll): stops accepting on every pod listener
+  // (takes what is already queued first, so no connection is left waiting for a wake-up that
+  // went to this worker), sends GOAWAY on every HBONE session (reason upgrade) and ignores pods
+  // added from now on. Live flows run on to their end. Worker-thread only.
+  void Drain();
+  bool draining() const { return draining_; }
   // The listeners this worker watches, by pod uid (a heartbeat reports them). Worker-thread only.
   std::unordered_map<std::string, uint32_t> WatchedListeners() const;
   EventLoop& loop() { return *loop_; }
@@ -156,6 +162,8 @@ class Worker {
   class TaskHandler;
   // Stops watching the pod's listeners (replaced or removed); its connections are untouched.
   void DropListeners(const std::string& uid);
+  // GOAWAY on every live session for `reason`, counted once per session.
+  void DrainSessions(DrainReason reason, const std::string& detail);
   Worker(int index, std::shared_ptr<const DataPlaneSettings> settings,
          std::unique_ptr<EpollLoop> loop);
 
@@ -173,6 +181,7 @@ class Worker {
   uint64_t next_flow_ = 1;
   std::shared_ptr<const TlsContexts> tls_;
   std::string fail_closed_;
+  bool draining_ = false;
   hbone::HboneStats hbone_stats_;
   // Sessions drained for their certificates, by DrainReason.
   std::map<DrainReason, uint64_t> drained_;

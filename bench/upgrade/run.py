@@ -12,8 +12,8 @@ and during it (from its start to 1 s after it ended). Upgrades:
 - take-over: a second ambitd of node1's instance with --take-over; the old one is sent SIGTERM once
   the new one is ready (the DaemonSet's order);
 - roll: `ambitctl dataplane roll` (the data-plane hand-over), when this build's ambitctl has it;
-- restart: SIGTERM to node1's ambit-tunnel, which ambitd restarts: the baseline, which loses every
-  connection the old process held.
+- restart: SIGKILL to node1's ambit-tunnel (ending at once, as a crash or a restart without the
+  roll), which ambitd restarts: the baseline, which loses every connection the old process held.
 
 Goal: 0 connections lost and 0 new connections failed per take-over and per roll. Needs root.
 Bounded: each round at most ROUND_LIMIT_S, each wait at most 30 s, at most --rate x round time new
@@ -181,6 +181,7 @@ class Bench:
         log.close()
         self.nodes.topo.procs.append(new)
         a.proc = new  # the topology stops and cleans up through the new agent
+        a.log_path = log.name
         wait("the old agent stepped aside", lambda: "stepped aside" in open(log.name).read() or
              new.poll() is not None)
         if new.poll() is not None:
@@ -196,10 +197,26 @@ class Bench:
             raise RuntimeError(f"ambitctl dataplane roll: {r.stdout} {r.stderr}")
         self.wait_ready()
 
+    def serving_tunnel(self):
+        """The PID of the ambit-tunnel node1's agent is connected to (ambitctl status)."""
+        r = self.ambitctl("status", "-o", "json", timeout=20)
+        try:
+            planes = json.loads(r.stdout).get("dataPlanes", [])
+        except ValueError:
+            return None
+        pids = [d.get("pid") for d in planes if d.get("name") == "ambit-tunnel" and
+                d.get("connected")]
+        return pids[0] if pids else None
+
     def restart(self):
-        pid = self.agent.tunnel_pid()
-        os.kill(pid, signal.SIGTERM)
-        wait("a new ambit-tunnel", lambda: self.agent.tunnel_pid() not in (None, pid))
+        # SIGKILL: the process ends at once, as in a crash or a restart without the roll (SIGTERM
+        # would drain it).
+        pid = self.serving_tunnel()
+        if not pid:
+            raise RuntimeError("no connected ambit-tunnel on node1")
+        os.kill(pid, signal.SIGKILL)
+        wait("a new ambit-tunnel", lambda: self.serving_tunnel() not in (None, pid),
+             timeout=WAIT_S)
         self.wait_ready()
 
     def round(self, kind, upgrade):
@@ -277,15 +294,20 @@ def main():
             kinds.append(("roll", bench.roll))
         else:
             not_measured["roll"] = "this build's ambitctl has no `dataplane roll`"
-        kinds.append(("restart", bench.restart))
-        for rep in range(args.repetitions):
-            for kind, fn in kinds:  # interleaved: drift affects every kind alike
-                r = bench.round(kind, fn)
-                r["repetition"] = rep
-                results.append(r)
-                sys.stderr.write(f"{kind} #{rep}: lost {r['lost']}/{r['held']}, new failed "
-                                 f"{r['new_failed_during']}/{r['new_during']} during "
-                                 f"({r['upgrade_s']:.2f}s)\n")
+        # The baseline's rounds first: a data plane SIGKILLed after a roll was seen restarted as
+        # a standby that never served (bench/upgrade/README.md), which would stop the run.
+        plan = [(rep, "restart", bench.restart) for rep in range(args.repetitions)]
+        plan += [(rep, kind, fn) for rep in range(args.repetitions) for kind, fn in kinds]
+        for rep, kind, fn in plan:  # upgrades interleaved: drift affects each alike
+            r = bench.round(kind, fn)
+            r["repetition"] = rep
+            results.append(r)
+            sys.stderr.write(f"{kind} #{rep}: lost {r['lost']}/{r['held']}, new failed "
+                             f"{r['new_failed_during']}/{r['new_during']} during "
+                             f"({r['upgrade_s']:.2f}s)\n")
+    except Exception:
+        sys.stderr.write(f"node1's agent log, last lines:\n{bench.agent.logs()[-4000:]}\n")
+        raise
     finally:
         bench.close()
 

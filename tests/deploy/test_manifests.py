@@ -242,6 +242,10 @@ class PostureTest(unittest.TestCase):
              lambda o: container(o, "ambitd")["args"].remove("--take-over")),
             ("overlays/apiserver", "leaves the drain (30 s) less than 10 s of margin",
              lambda o: pod(o).update(terminationGracePeriodSeconds=30)),
+            ("overlays/apiserver", "leaves the drain (40 s) less than 10 s of margin",
+             lambda o: container(o, "ambitd")["args"].__setitem__(
+                 container(o, "ambitd")["args"].index("--dataplane-drain-grace=30s"),
+                 "--dataplane-drain-grace=40s")),
             ("overlays/apiserver", "ambit-tunnel has a preStop hook",
              lambda o: container(o, "ambit-tunnel").update(
                  lifecycle={"preStop": {"exec": {"command": ["sleep", "5"]}}})),

@@ -7,7 +7,8 @@ starts, restarts or stops them.
 
 - DataPlaneAloneTest (no agent): a data plane creates its socket's directory (mode 0700); waits for
   nobody; starts over the stale socket file a killed predecessor left; and while another data
-  plane serves the socket it waits for it to exit instead of taking the socket away from it.
+  plane serves the socket it stands by on <socket>.next (a roll's successor) and takes the socket
+  over only once the first is gone, never taking it away from it.
 - ExternalDataPlaneTest: two nodes (tests/e2e/topology.py), a on node1 calls b on node2.
   node1's tunnel starts first and waits, unconnected, then its ambitd; node2's ambitd starts
   first (readiness 503 naming ambit-tunnel and its socket, `ambitctl status` too; no data plane
@@ -170,8 +171,8 @@ class DataPlaneAloneTest(unittest.TestCase):
         self.assertFalse(first.exited(), first.logs())
         self.assertIn("waiting for the agent", first.logs())
 
-        # A second data plane on the same socket while the first lives: it waits, and the
-        # socket stays the first one's.
+        # A second data plane on the same socket while the first lives: it stands by on
+        # <socket>.next (a roll's successor), and the socket stays the first one's.
         second = self.tunnel("second")
         second.start()
         wait_for("the second data plane waiting",
@@ -179,12 +180,14 @@ class DataPlaneAloneTest(unittest.TestCase):
         time.sleep(1)
         self.assertFalse(second.exited(), second.logs())
         self.assertEqual(listener_pids(first.socket), {first.proc.pid})
+        self.assertEqual(listener_pids(first.socket + ".next"), {second.proc.pid})
 
         # The first killed: its socket file stays behind, and the waiting one takes over.
         first.kill()
         second.wait_listening()
         self.assertEqual(listener_pids(first.socket), {second.proc.pid})
-        self.assertIn("exited; taking the socket over", second.logs())
+        self.assertIn("taking the socket over", second.logs())
+        self.assertFalse(os.path.exists(first.socket + ".next"), "the standby left .next behind")
 
         # A killed data plane's stale socket file does not keep a restarted one from starting.
         second.kill()

@@ -203,3 +203,53 @@ TEST(PodPlacementTest, ASessionGetsOnlyItsOwnPods) {
 
 }  // namespace
 }  // namespace ambit::node
+
+namespace ambit::node {
+namespace {
+
+supervisor::PongReport Pong(uint64_t seq, std::vector<supervisor::PodListenerReport> pods) {
+  supervisor::PongReport pong;
+  pong.seq = seq;
+  pong.workers = 2;
+  pong.pods = std::move(pods);
+  return pong;
+}
+
+supervisor::CertificateState Cert(std::string identity, std::string state, int64_t not_after) {
+  supervisor::CertificateState c;
+  c.identity = std::move(identity);
+  c.state = std::move(state);
+  c.not_after_unix = not_after;
+  return c;
+}
+
+constexpr char kWeb[] = "spiffe://cluster.local/ns/default/sa/web";
+
+TEST(StandbyProblemsTest, ServesOnceListenersCertificatesAndGenerationAreAllThere) {
+  const std::vector<supervisor::ExpectedListeners> pods = {{"default/web", 6, 3}};
+  const std::vector<std::string> ids = {kWeb};
+  const auto serving = Pong(3, {{"default/web", 6, 2, false}});
+  const std::vector<supervisor::CertificateState> valid = {Cert(kWeb, "valid", 2000)};
+  EXPECT_THAT(StandbyProblems(pods, ids, serving, valid, 7, 7, 1000), ::testing::IsEmpty());
+
+  // Each missing piece alone keeps the primary serving.
+  EXPECT_THAT(StandbyProblems(pods, ids, Pong(2, {}), valid, 7, 7, 1000),
+              ::testing::ElementsAre(::testing::HasSubstr("not yet in a heartbeat answer")));
+  EXPECT_FALSE(
+      StandbyProblems(pods, ids, Pong(3, {{"default/web", 6, 1, false}}), valid, 7, 7, 1000)
+          .empty());
+  EXPECT_THAT(StandbyProblems(pods, ids, Pong(3, {{"default/web", 6, 2, true}}), valid, 7, 7, 1000),
+              ::testing::Contains(::testing::HasSubstr("waiting for its certificate")));
+  // A pod served after its 10 s wait without a certificate does not count as serving.
+  EXPECT_THAT(StandbyProblems(pods, ids, serving, {}, 7, 7, 1000),
+              ::testing::ElementsAre(::testing::HasSubstr("no valid certificate")));
+  EXPECT_FALSE(StandbyProblems(pods, ids, serving, {Cert(kWeb, "pending", 0)}, 7, 7, 1000).empty());
+  EXPECT_FALSE(StandbyProblems(pods, ids, serving, {Cert(kWeb, "valid", 999)}, 7, 7, 1000).empty());
+  EXPECT_THAT(StandbyProblems(pods, ids, serving, valid, 7, 6, 1000),
+              ::testing::ElementsAre(::testing::HasSubstr("generation 7 not applied")));
+  // No generation built yet: nothing to wait for there.
+  EXPECT_THAT(StandbyProblems(pods, ids, serving, valid, 0, 0, 1000), ::testing::IsEmpty());
+}
+
+}  // namespace
+}  // namespace ambit::node

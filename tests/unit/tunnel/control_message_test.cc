@@ -104,6 +104,24 @@ TEST(DecodeAgentMessageTest, AcceptsAHeartbeatWithoutDescriptors) {
   EXPECT_EQ(DecodeAgentMessage(Bytes(pong), 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(DecodeAgentMessageTest, DrainTakesNoDescriptorsAndABoundedGrace) {
+  pb::Envelope drain = Current();
+  drain.mutable_drain()->set_grace_seconds(30);
+  auto decoded = DecodeAgentMessage(Bytes(drain), 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->drain().grace_seconds(), 30u);
+  // Zero: exit once nothing is left, at once if nothing is.
+  drain.mutable_drain()->set_grace_seconds(0);
+  EXPECT_TRUE(DecodeAgentMessage(Bytes(drain), 0).ok());
+  drain.mutable_drain()->set_grace_seconds(kMaxDrainGraceSeconds);
+  EXPECT_TRUE(DecodeAgentMessage(Bytes(drain), 0).ok());
+  EXPECT_FALSE(DecodeAgentMessage(Bytes(drain), 1).ok());
+  drain.mutable_drain()->set_grace_seconds(kMaxDrainGraceSeconds + 1);
+  auto refused = DecodeAgentMessage(Bytes(drain), 0);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "drain grace"));
+}
+
 TEST(DecodeStatsSocketRequestTest, TellsAStatsRequestFromALogLevelChange) {
   pb::StatsSocketRequest stats;
   stats.mutable_stats()->set_connections(true);

@@ -9,12 +9,14 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/common/framed.h"
 #include "agent/common/seqpacket.h"
@@ -355,6 +357,75 @@ TEST_F(TunnelProbeTest, AProbeNobodyAnswersEndsAtTheBoundAndHeartbeatsGoOnMeanwh
   EXPECT_NE(answer.error().find("did not answer within 6s"), std::string::npos) << answer.error();
   EXPECT_GE(took, absl::Seconds(6));
   EXPECT_LT(took, absl::Seconds(8));
+}
+
+// A roll on the data plane's side: a second data plane on the same control socket stands by on
+// <socket>.next and serves an agent there; Drain makes the first give the socket up, and the
+// standby takes it over with that agent's session intact. No workers: the drained one has no
+// connection left and exits at once.
+TEST_F(TunnelShellTest, StandbyTakesTheSocketOverFromADrainedPrimary) {
+  const std::string socket = dir_ + "/dataplane.sock";
+  TunnelOptions options;
+  options.control_socket = socket;
+  options.workers = 1;
+  options.sockets = &sockets_;
+  auto created = Tunnel::Create(options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Tunnel> standby = *std::move(created);
+  std::thread standby_thread([&] { (void)standby->Run(); });
+  auto stop_standby = absl::MakeCleanup([&] {
+    standby->Stop();
+    standby_thread.join();
+  });
+
+  // The agent's second session, on .next; the standby announces drain like the primary does.
+  auto next = ConnectUnix(socket + ".next", SOCK_SEQPACKET);
+  ASSERT_TRUE(next.ok()) << next.status();
+  timeval tv{5, 0};
+  setsockopt(next->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto hello = Next(next->get(), pb::Envelope::kHello);
+  ASSERT_TRUE(hello.has_value());
+  EXPECT_TRUE(hello->first.hello().drain());
+  EXPECT_EQ(hello->first.hello().pod_count(), 0u);
+  // Its stats socket is apart from the primary's.
+  EXPECT_EQ(access(StatsSocketFor(socket + ".next").c_str(), F_OK), 0);
+
+  // The primary is told to drain: with nothing held it exits, after giving up the path.
+  UniqueFd primary = Connect();
+  ASSERT_TRUE(primary);
+  ASSERT_TRUE(Next(primary.get(), pb::Envelope::kHello).has_value());
+  pb::Envelope drain;
+  drain.mutable_drain()->set_grace_seconds(5);
+  Send(primary.get(), drain);
+  thread_.join();  // Run returned: the drained data plane exits on its own
+
+  // The standby is the primary now: .next is gone, the control path and stats socket are its.
+  for (int i = 0; i < 100 && access((socket + ".next").c_str(), F_OK) == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_NE(access((socket + ".next").c_str(), F_OK), 0) << "the standby still serves .next";
+  EXPECT_EQ(access((socket + ".next.lock").c_str(), F_OK), 0);  // the lock file stays, unlocked
+  // The agent's session on .next carries on: a heartbeat is answered on it.
+  pb::Envelope ping;
+  ping.mutable_ping()->set_seq(4);
+  Send(next->get(), ping);
+  auto pong = Next(next->get(), pb::Envelope::kPong);
+  ASSERT_TRUE(pong.has_value());
+  EXPECT_EQ(pong->first.pong().seq(), 4u);
+  pb::StatsSocketRequest request;
+  request.mutable_stats();
+  auto stats = AskStats(request);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  // A new session on the control path reaches the promoted standby.
+  UniqueFd again = Connect();
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(Next(again.get(), pb::Envelope::kHello).has_value());
+  // The drained one left no socket behind when it went: its moved-aside stats socket included.
+  tunnel_.reset();
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    EXPECT_EQ(entry.path().filename().string().find("draining"), std::string::npos) << entry.path();
+  }
 }
 
 }  // namespace
