@@ -156,7 +156,13 @@ std::string EncodeHello() {
 
 std::string EncodeAck(std::string_view error) {
   pb::WorkloadResponse resp;
-  resp.mutable_ack()->set_error(std::string(error.substr(0, kMaxAckErrorBytes)));
+  // A proto3 string must be UTF-8: anything but printable ASCII (an error may quote what a
+  // peer sent) goes out as '?'.
+  std::string text(error.substr(0, kMaxAckErrorBytes));
+  for (char& c : text) {
+    if (c < 0x20 || c > 0x7e) c = '?';
+  }
+  resp.mutable_ack()->set_error(std::move(text));
   return resp.SerializeAsString();
 }
 

@@ -32,10 +32,6 @@ absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
 
 }  // namespace
 
-const char* SourceName(Source source) {
-  return source == Source::kIstioCni ? "istio-cni" : "ambit-cni";
-}
-
 // One connection, either side's. Owned by its endpoint through a shared_ptr; answers and timers
 // hold weak_ptrs, so one that arrives after the session closed sends nothing.
 class Session final : public EventHandler, public std::enable_shared_from_this<Session> {

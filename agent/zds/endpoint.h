@@ -30,12 +30,6 @@
 
 namespace ambit::zds {
 
-// Who handed a workload over: ambit-cni through --zds-listen, istio-cni through --zds-connect.
-enum class Source { kAmbitCni = 0, kIstioCni = 1 };
-inline constexpr size_t kSourceCount = 2;
-// "ambit-cni", "istio-cni": the `source` label of ambit_zds_sessions.
-const char* SourceName(Source source);
-
 // Called once with the answer to a request ("" = done). Safe to call after the session closed
 // (then nothing is sent) and from any code running on the loop's thread.
 using Answer = std::function<void(std::string error)>;

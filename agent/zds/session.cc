@@ -4,6 +4,10 @@
 
 namespace ambit::zds {
 
+const char* SourceName(Source source) {
+  return source == Source::kIstioCni ? "istio-cni" : "ambit-cni";
+}
+
 SessionState::Step SessionState::OnRequest(Request::Type type, const std::string& uid,
                                            const std::set<std::string>& known) {
   Step step;

@@ -24,6 +24,12 @@
 
 namespace ambit::zds {
 
+// Who handed a workload over: ambit-cni through --zds-listen, istio-cni through --zds-connect.
+enum class Source { kAmbitCni = 0, kIstioCni = 1 };
+inline constexpr size_t kSourceCount = 2;
+// "ambit-cni", "istio-cni": the `source` label of ambit_zds_sessions.
+const char* SourceName(Source source);
+
 enum class SessionKind { kIncremental, kSnapshot };
 
 class SessionState {
