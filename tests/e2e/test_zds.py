@@ -7,7 +7,8 @@ plug-in on ambitd's --zds-listen socket.
 
 - IstioCniTest: two nodes (a on node1, b on node2), each ambitd connected to its own fake
   istio-cni. The snapshot hands both pods over; pods without the ambient label count as in the
-  mesh (istio-cni sends only ambient pods). A connection made right after the ack is captured:
+  mesh (istio-cni sends only ambient pods; a has no label, b has it so that a's node knows b is
+  in the mesh). A connection made right after the ack is captured:
   a -> b arrives with a's address, over HBONE only (tcpdump on the wire, no plaintext).
   `ambitctl workloads` says how the netns was found. A del removes the pod; the proxy's session
   dropped and a new snapshot without the pod removes it; a pod the configuration lacks is acked
@@ -101,16 +102,24 @@ class IstioCniTest(unittest.TestCase):
         cls.n1, cls.n2 = t.add_agent("node1"), t.add_agent("node2")
         empty = os.path.join(t.workdir, "no-netns")
         os.makedirs(empty)
-        pods = zds_yaml(cls.a) + "---\n" + zds_yaml(cls.b)
+        # a has no ambient label: handed over by istio-cni, it is in the mesh all the same. b
+        # carries it, as every ambient pod does: that is how a's node knows b is in the mesh.
+        pods = zds_yaml(cls.a) + "---\n" + zds_yaml(cls.b, {"istio.io/dataplane-mode": "ambient"})
         cls.cni = {}
         for agent in (cls.n1, cls.n2):
             agent.write_config("pods.yaml", pods)
             path = os.path.join(t.workdir, f"ztunnel-{agent.node}.sock")
             cls.cni[agent.node] = zds.FakeIstioCni(path)
             agent.start("--netns-dir", empty, "--zds-connect", path, "--zds-ack-timeout", "2s")
+            # One after the other: the first generates the CA both sign with.
+            agent.wait_log("readiness on", 30)
         for agent, pod in ((cls.n1, cls.a), (cls.n2, cls.b)):
             fake = cls.cni[agent.node]
-            fake.accept()
+            try:
+                fake.accept(timeout=40)
+            except OSError as e:
+                raise AssertionError(f"{agent.node}'s ambitd did not connect to istio-cni: "
+                                     f"{e}\n{agent.logs()[-3000:]}")
             fake.pods[f"uid-{pod.name}"] = (pod.name, pod.namespace, pod.service_account,
                                           pod.netns_path)
             answers, snap = fake.send_snapshot()
@@ -141,7 +150,8 @@ class IstioCniTest(unittest.TestCase):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_listening(server)
         r = self.a.python(CLIENT, self.b.ip4, 8080, MARKER)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.returncode, 0, f"{r.stderr}\nnode1:\n{self.n1.logs()[-3000:]}\n"
+                                          f"node2:\n{self.n2.logs()[-3000:]}")
         self.assertEqual(json.loads(r.stdout)["reply"], f"echo:{MARKER}")
         seen = json.loads(server.stdout.readline())
         self.assertEqual(seen["peer"], self.a.ip4)  # authorized, delivered with a's address
