@@ -91,8 +91,8 @@ void Agent::OnAdd(zds::Source source, zds::Request request, zds::Answer answer) 
   if (addresses.ok()) {
     w.addresses = *std::move(addresses);
   } else {
-    AMBIT_LOG(kComponent, Warning) << "pod " << key << ": reading its namespace's addresses: "
-                                   << addresses.status().message();
+    AMBIT_LOG(kComponent, Warning)
+        << "pod " << key << ": reading its namespace's addresses: " << addresses.status().message();
   }
   w.netns = std::move(request.netns);
   if (absl::Status s = zds_.Add(std::move(w)); !s.ok()) {
@@ -216,8 +216,7 @@ void Agent::ResolveZdsAcks() {
       continue;
     }
     if (!error.empty() && !final) {
-      error = absl::StrCat(error, " (after ", absl::FormatDuration(options_.zds_ack_timeout),
-                           ")");
+      error = absl::StrCat(error, " (after ", absl::FormatDuration(options_.zds_ack_timeout), ")");
     }
     if (!error.empty()) {
       AMBIT_LOG(kComponent, Warning) << "ack " << it->first << ": " << error;

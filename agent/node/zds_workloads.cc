@@ -17,9 +17,10 @@ std::string ZdsNetnsSource(zds::Source source) {
 absl::Status ZdsWorkloads::Add(ZdsWorkload w) {
   auto it = by_uid_.find(w.uid);
   if (it == by_uid_.end() && by_uid_.size() >= kMaxWorkloads) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the agent holds ", kMaxWorkloads, " ZDS workloads already (the most it "
-                     "takes); ", w.uid, " refused"));
+    return absl::ResourceExhaustedError(absl::StrCat("the agent holds ", kMaxWorkloads,
+                                                     " ZDS workloads already (the most it "
+                                                     "takes); ",
+                                                     w.uid, " refused"));
   }
   if (it != by_uid_.end()) {
     w.generation = it->second.netns_cookie == w.netns_cookie ? it->second.generation

@@ -178,9 +178,19 @@ class IstioCniTest(unittest.TestCase):
         self.assertEqual(fake.pod_deleted("uid-b"), "")
         wait_for("b removed", lambda: not enrolled(self.n2, "backend/b"), 10)
         self.n2.wait_log("removed pod backend/b")
-        # Handed over again: enrolled again, acked once captured.
+        # Handed over again: acked once captured, so a connection made right after the ack
+        # reaches b through its tunnel (an uncaptured b has no 15008 listener: the SYN would be
+        # refused).
+        server = self.b.popen(["/usr/bin/python3", "-u", "-c", SERVER, "0.0.0.0", "8081"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(server)
         self.assertEqual(fake.pod_added("uid-b", "b", "backend", self.b.netns_path, "api"), "")
+        r = self.a.python(CLIENT, self.b.ip4, 8081, "right-after-the-ack")
+        self.assertEqual(r.returncode, 0, f"{r.stderr}\n{self.n2.logs()[-3000:]}")
+        self.assertEqual(json.loads(r.stdout)["reply"], "echo:right-after-the-ack")
+        self.assertEqual(json.loads(server.stdout.readline())["peer"], self.a.ip4)
         self.assertTrue(enrolled(self.n2, "backend/b"))
+        self.assertRegex(self.n2.logs(), r"inbound.*dst_workload=backend/b|hbone pod=backend/b")
 
     def test_4_reconnect_with_a_snapshot_missing_a_pod_removes_it(self):
         fake = self.cni["node1"]
