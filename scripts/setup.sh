@@ -32,6 +32,8 @@ packages=(
   libhttp-parser-dev
   # JWT tests (tokens signed at test time)
   python3-jwt
+  # ZDS tests: Istio's ZDS messages from Python (tests/zds/fake_istio_cni.py)
+  python3-protobuf
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
