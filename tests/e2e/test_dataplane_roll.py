@@ -13,10 +13,12 @@ wp (the pod of Gateway backend/waypoint, served by node2's ambit-waypoint). Echo
     keep-alive connection a -> d through the waypoint) and clients open new connections in a
     bounded loop (a -> b, b -> c over IPv6, a -> d through the waypoint). Every held connection
     keeps working with its bytes intact, every new connection succeeds, the new process serves
-    (a new PID, the old one listed as draining), the old one exits with status 0 once its last
-    connection closed, and tcpdump on the wire shows none of the clients' plaintext.
-  - A connection held open past --dataplane-drain-grace: the old process exits at the deadline
-    and says how many connections it closed.
+    (a new PID, the old one listed as draining, its connections still in `ambitctl
+    connections`), the old one exits with status 0 once its last connection closed, and tcpdump
+    on the wire shows none of the clients' plaintext.
+  - A connection held open past --dataplane-drain-grace: SIGTERM meanwhile does not cut the
+    grace short; the old process exits at the deadline and says how many connections it
+    closed.
   - A successor that refuses its configuration (the tunnel wrapper adds --max-config-bytes 1
     while a flag file exists) is abandoned at once and stopped; one that exits before it serves
     (the wrapper stops itself before it execs the tunnel, the test kills it) is abandoned. Either
@@ -337,6 +339,11 @@ class SpawnRollTest(unittest.TestCase):
         self.assertEqual(status["pid"], new)
         self.assertEqual(status.get("drainingPids"), [old], status)
         self.assertTrue(alive(old), "the old process left before its connections closed")
+        if process == "tunnel":
+            # The draining process's connections are still listed (its stats socket moved
+            # aside): the five held ones at least, though the new process holds none of them.
+            conns = json.loads(ambitctl(agent, "connections", "-o", "json").stdout)
+            self.assertGreaterEqual(len(conns["connections"]), len(holds), conns)
         for i in range(3):
             exchange(holds, f"{MARKER}-during{i}")
             n.http_exchange(web, f"during{i}")
@@ -395,6 +402,12 @@ class SpawnRollTest(unittest.TestCase):
         rolled = time.time()
         new = json.loads(r.stdout)["newPid"]
         exchange([held], f"{MARKER}-still")  # served by the draining process
+        # The kubelet's SIGTERM (the old pod deleted) does not cut the grace short.
+        os.kill(old, signal.SIGTERM)
+        agent.wait_log("signal while draining: exiting at the latest at", 5)
+        time.sleep(0.5)
+        self.assertTrue(alive(old), "SIGTERM cut the drain short")
+        exchange([held], f"{MARKER}-after-sigterm")
         wait_for(f"old tunnel {old} exiting at the deadline", lambda: not alive(old), GRACE + 5,
                  0.05)
         took = time.time() - rolled
