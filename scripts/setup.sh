@@ -42,6 +42,10 @@ packages=(
   # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
   # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
   nodejs
+  # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni)
+  containernetworking-plugins
+  # the tests' ZDS peer (tests/cni): messages from protoc --python_out
+  python3-protobuf
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
