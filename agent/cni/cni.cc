@@ -79,8 +79,7 @@ absl::StatusOr<std::optional<PodRef>> ParseCniArgs(absl::string_view args) {
   return pod;
 }
 
-absl::StatusOr<Invocation> ParseEnvironment(
-    const std::function<const char*(const char*)>& getenv) {
+absl::StatusOr<Invocation> ParseEnvironment(const std::function<const char*(const char*)>& getenv) {
   auto get = [&](const char* name) -> std::optional<std::string> {
     const char* v = getenv(name);
     if (v == nullptr) return std::nullopt;
@@ -199,12 +198,11 @@ absl::StatusOr<NetConf> ParseNetConf(absl::string_view text) {
                        "stdin: \"timeout\" must be a number of seconds");
     }
     double seconds = it->get<double>();
-    if (!std::isfinite(seconds) || seconds <= 0 ||
-        seconds > absl::ToDoubleSeconds(kMaxTimeout)) {
-      return CniStatus(kErrInvalidConfig, absl::StatusCode::kInvalidArgument,
-                       absl::StrCat("stdin: \"timeout\" ", it->dump(),
-                                    " out of range (0 < seconds <= ",
-                                    absl::ToInt64Seconds(kMaxTimeout), ")"));
+    if (!std::isfinite(seconds) || seconds <= 0 || seconds > absl::ToDoubleSeconds(kMaxTimeout)) {
+      return CniStatus(
+          kErrInvalidConfig, absl::StatusCode::kInvalidArgument,
+          absl::StrCat("stdin: \"timeout\" ", it->dump(),
+                       " out of range (0 < seconds <= ", absl::ToInt64Seconds(kMaxTimeout), ")"));
     }
     conf.timeout = absl::Seconds(seconds);
   }
@@ -260,8 +258,8 @@ absl::StatusOr<std::string> AddAnswer(const NetConf& conf) {
 std::string ErrorAnswer(absl::string_view cni_version, const absl::Status& status,
                         absl::string_view details) {
   Json out;
-  out["cniVersion"] = Supported(cni_version) ? std::string(cni_version)
-                                             : std::string(kLatestVersion);
+  out["cniVersion"] =
+      Supported(cni_version) ? std::string(cni_version) : std::string(kLatestVersion);
   out["code"] = CniCode(status);
   out["msg"] = std::string(status.message());
   if (!details.empty()) out["details"] = std::string(details);

@@ -8,11 +8,11 @@
 #include <functional>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 
@@ -65,8 +65,7 @@ struct Invocation {
 };
 
 // Reads the environment through getenv (nullptr = unset). Errors name the variable; code 4.
-absl::StatusOr<Invocation> ParseEnvironment(
-    const std::function<const char*(const char*)>& getenv);
+absl::StatusOr<Invocation> ParseEnvironment(const std::function<const char*(const char*)>& getenv);
 
 // CNI_ARGS: `K=V` pairs separated by `;` (libcni's format; `IgnoreUnknown` and unknown keys
 // are accepted and ignored).

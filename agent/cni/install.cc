@@ -39,8 +39,7 @@ absl::StatusOr<Json> ParseObject(absl::string_view text, absl::string_view file)
         absl::StrCat(file, ": not valid JSON; left untouched (fix or remove it, then retry)"));
   }
   if (!j.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": not a JSON object; left untouched"));
+    return absl::InvalidArgumentError(absl::StrCat(file, ": not a JSON object; left untouched"));
   }
   return j;
 }
@@ -54,8 +53,8 @@ absl::Status CheckPlugins(const Json& j, absl::string_view file) {
   for (size_t i = 0; i < it->size(); ++i) {
     const Json& p = (*it)[i];
     if (!p.is_object() || !p.contains("type") || !p["type"].is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file, ": \"plugins\"[", i, "] has no \"type\" string; left untouched"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": \"plugins\"[", i, "] has no \"type\" string; left untouched"));
     }
   }
   return absl::OkStatus();
@@ -220,8 +219,9 @@ absl::StatusOr<std::string> ConfToConflist(absl::string_view text, absl::string_
   }
   if (IsOurs(j)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(file, ": the primary network configuration is ambit-cni alone; ambit-cni "
-                           "must be chained after the plug-in that creates the interface"));
+        absl::StrCat(file,
+                     ": the primary network configuration is ambit-cni alone; ambit-cni "
+                     "must be chained after the plug-in that creates the interface"));
   }
   Json out = Json::object();
   for (const char* key : {"cniVersion", "name"}) {

@@ -9,9 +9,9 @@
 
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
 namespace ambit::cni {
@@ -56,6 +56,7 @@ struct Removed {
   std::string text;
   std::string file;
 };
-absl::StatusOr<std::optional<Removed>> WithoutPlugin(absl::string_view text, absl::string_view file);
+absl::StatusOr<std::optional<Removed>> WithoutPlugin(absl::string_view text,
+                                                     absl::string_view file);
 
 }  // namespace ambit::cni

@@ -7,7 +7,8 @@ namespace {
 
 std::string PodName(const PodRef& pod) { return absl::StrCat(pod.namespace_name, "/", pod.name); }
 
-Outcome Fail(absl::string_view version, const absl::Status& status, absl::string_view details = "") {
+Outcome Fail(absl::string_view version, const absl::Status& status,
+             absl::string_view details = "") {
   return Outcome{ErrorAnswer(version, status, details),
                  absl::StrCat("ambit-cni: ", status.message()), 1};
 }
@@ -41,10 +42,9 @@ Outcome Add(const Invocation& inv, const NetConf& conf, PodHandOff& handoff, abs
     }
     return Fail(conf.cni_version, added, details);
   }
-  return Outcome{*std::move(answer),
-                 absl::StrCat("ambit-cni: pod ", PodName(pod), " (", pod.uid,
-                              ") captured by ambitd"),
-                 0};
+  return Outcome{
+      *std::move(answer),
+      absl::StrCat("ambit-cni: pod ", PodName(pod), " (", pod.uid, ") captured by ambitd"), 0};
 }
 
 Outcome Del(const Invocation& inv, const NetConf& conf, PodHandOff& handoff, absl::Time now) {

@@ -49,9 +49,9 @@ class Session {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.size() >= sizeof addr.sun_path) {
-      return CniStatus(kErrInvalidConfig, absl::StatusCode::kInvalidArgument,
-                       absl::StrCat("zdsSocket: ", path, ": longer than ",
-                                    sizeof addr.sun_path - 1, " bytes"));
+      return CniStatus(
+          kErrInvalidConfig, absl::StatusCode::kInvalidArgument,
+          absl::StrCat("zdsSocket: ", path, ": longer than ", sizeof addr.sun_path - 1, " bytes"));
     }
     memcpy(addr.sun_path, path.data(), path.size());
     UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
@@ -85,8 +85,7 @@ class Session {
     SetSendTimeout(fd_.get(), deadline);
     absl::Status sent = SendPacket(fd_.get(), bytes, fds);
     if (!sent.ok()) {
-      return TryAgain(absl::StrCat("zdsSocket: ", path_, ": sending ", what, ": ",
-                                   sent.message()));
+      return TryAgain(absl::StrCat("zdsSocket: ", path_, ": sending ", what, ": ", sent.message()));
     }
     absl::StatusOr<std::string> answer = Receive(absl::StrCat("the answer to ", what), deadline);
     if (!answer.ok()) return answer.status();
@@ -155,9 +154,9 @@ absl::Status ZdsHandOff::Add(const std::string& socket, const PodRef& pod, int n
   add->set_uid(pod.uid);
   add->mutable_workload_info()->set_name(pod.name);
   add->mutable_workload_info()->set_namespace_(pod.namespace_name);
-  return session->Exchange(
-      request, {netns_fd},
-      absl::StrCat("AddWorkload for pod ", pod.namespace_name, "/", pod.name), deadline);
+  return session->Exchange(request, {netns_fd},
+                           absl::StrCat("AddWorkload for pod ", pod.namespace_name, "/", pod.name),
+                           deadline);
 }
 
 absl::Status ZdsHandOff::Del(const std::string& socket, const std::string& uid,

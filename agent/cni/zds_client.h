@@ -14,8 +14,7 @@ class ZdsHandOff : public PodHandOff {
   absl::StatusOr<UniqueFd> OpenNetns(const std::string& path) override;
   absl::Status Add(const std::string& socket, const PodRef& pod, int netns_fd,
                    absl::Time deadline) override;
-  absl::Status Del(const std::string& socket, const std::string& uid,
-                   absl::Time deadline) override;
+  absl::Status Del(const std::string& socket, const std::string& uid, absl::Time deadline) override;
   absl::Status Probe(const std::string& socket, absl::Time deadline) override;
 };
 

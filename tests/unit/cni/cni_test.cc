@@ -117,8 +117,8 @@ TEST(NetConfTest, ErrorsNameTheKeyAndCarryTheSpecCode) {
        "\"timeout\""},
       {R"({"cniVersion":"1.0.0","name":"n","type":"t","zdsSocket":"rel"})", kErrInvalidConfig,
        "\"zdsSocket\""},
-      {R"({"cniVersion":"1.0.0","name":"n","type":"t","excludeNamespaces":"a"})",
-       kErrInvalidConfig, "\"excludeNamespaces\""},
+      {R"({"cniVersion":"1.0.0","name":"n","type":"t","excludeNamespaces":"a"})", kErrInvalidConfig,
+       "\"excludeNamespaces\""},
       {R"({"cniVersion":"1.0.0","name":"n","type":"t","excludeNamespaces":["a",1]})",
        kErrInvalidConfig, "\"excludeNamespaces\"[1]"},
       {R"({"cniVersion":"1.0.0","name":"n","type":"t","prevResult":[]})", kErrInvalidConfig,
@@ -167,8 +167,8 @@ TEST(AnswersTest, ErrorObjectHasTheSpecsShape) {
   EXPECT_EQ(e, Json::parse(R"({"cniVersion":"0.4.0","code":11,"msg":"try later",
                                "details":"details here"})"));
   // Invalid UTF-8 in a message is replaced, never a crash.
-  Json bad = Json::parse(ErrorAnswer("x", CniStatus(7, absl::StatusCode::kInvalidArgument,
-                                                    std::string("\xff\xfe", 2))));
+  Json bad = Json::parse(ErrorAnswer(
+      "x", CniStatus(7, absl::StatusCode::kInvalidArgument, std::string("\xff\xfe", 2))));
   EXPECT_EQ(bad["cniVersion"], "1.0.0");
   EXPECT_EQ(bad["code"], 7);
 }

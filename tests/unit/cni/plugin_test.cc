@@ -61,7 +61,7 @@ std::map<std::string, std::string> PodEnv(const char* command) {
 }
 
 Outcome Invoke(const std::map<std::string, std::string>& env, absl::string_view stdin_text,
-            FakeHandOff& handoff) {
+               FakeHandOff& handoff) {
   return RunCommand(
       [&env](const char* name) -> const char* {
         auto it = env.find(name);
