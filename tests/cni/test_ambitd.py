@@ -3,6 +3,10 @@
 namespace, which plays the node (its br0 is the pods' bridge), so pods get their interface and
 address the way a runtime gives them; ambitd runs as in every e2e test.
 
+- CaptureTest: ambitd serving ZDS on its default socket (<run dir>/zds.sock), --netns-dir an
+  empty directory so that nothing but the plug-in can hand it a namespace: a pod created through
+  the chain is captured before ADD returns (its first connection, made the moment ADD returned,
+  crosses the wire as HBONE only: tcpdump sees 15008 and no plaintext), and DEL removes it.
 - PreexistingPodTest: pods created before ambitd starts, by the chain without ambit-cni, are
   found at start-up by their IP under --netns-dir and carry traffic over mTLS; with ambitd down,
   ADD through the full chain fails (try again later) and the runtime's clean-up leaves the pod
@@ -12,7 +16,9 @@ Root: namespaces, BPF, cgroups; everything is removed by the topology, also on f
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,7 +27,13 @@ sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 import libcni  # noqa: E402
 from test_cni import PLUGINS, ambit_cni_binary, pod_addresses  # noqa: E402
 from test_podnet import AMBIENT, exchange, labelled, workload  # noqa: E402
-from topology import Pod, Topology, run  # noqa: E402
+from topology import CLIENT, SERVER, Pod, Topology, run, wait_listening  # noqa: E402
+
+
+def pod_yaml(pod):
+    """The pod as the API server has it: labelled into the mesh, its uid, no namespace path."""
+    return labelled(pod, {AMBIENT: "ambient"}).replace(
+        "metadata:\n", f"metadata:\n  uid: uid-{pod.name}\n", 1)
 
 
 class ChainNode:
@@ -62,6 +74,73 @@ class ChainNode:
 
     def add(self, pod, conflist):
         return self.runtime.add(conflist, f"sandbox-{pod.name}", pod.netns_path, self.args(pod))
+
+
+class CaptureTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.topo = Topology("cnc")
+        cls.topo.__enter__()
+        try:
+            cls.node = ChainNode(cls.topo)
+            cls.a = cls.node.new_pod("a", service_account="web")
+            cls.b = cls.node.new_pod("b", service_account="client")
+            cls.agent = cls.topo.add_agent()
+            cls.agent.write_config("pods.yaml", "---\n".join(pod_yaml(p) for p in (cls.a, cls.b)))
+            no_netns = os.path.join(cls.topo.workdir, "no-netns")
+            os.makedirs(no_netns)
+            cls.agent.start("--netns-dir", no_netns)
+            cls.socket = os.path.join(cls.agent.run_dir, "zds.sock")
+            cls.agent.wait_log("ZDS: ambit-cni hands pods over at")
+            cls.conflist = cls.node.conflist(zds_socket=cls.socket, timeout=10)
+            cls.node.add(cls.a, cls.conflist)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.topo.close()
+
+    def test_pod_is_captured_before_add_returns(self):
+        marker = "AMBIT-CNI-MARKER-5d1e"
+        srv = self.a.popen(["/usr/bin/python3", "-c", SERVER, "0.0.0.0", "8080", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(srv)
+        pcap = os.path.join(self.topo.workdir, "wire.pcap")
+        dump = subprocess.Popen(["ip", "netns", "exec", self.topo.wire, "tcpdump", "-i", "br0",
+                                 "-n", "-U", "--immediate-mode", "-s", "0", "-w", pcap,
+                                 f"host {self.a.ip4} and host {self.b.ip4}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.topo.procs.append(dump)
+        time.sleep(1.0)  # tcpdump needs a moment before it captures
+        result = self.node.add(self.b, self.conflist)
+        # The moment ADD returned, as the runtime would start the pod's containers.
+        r = self.b.python(CLIENT, self.a.ip4, 8080, marker)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["reply"], f"echo:{marker}")
+        out, _ = srv.communicate(timeout=10)
+        self.assertEqual(json.loads(out.strip().splitlines()[-1])["peer"], self.b.ip4)
+        time.sleep(0.5)
+        dump.terminate()
+        dump.wait(timeout=5)
+        with open(pcap, "rb") as f:
+            raw = f.read()
+        lines = [l for l in run("tcpdump", "-n", "-r", pcap, "-q").stdout.splitlines()
+                 if " IP " in l]
+        self.assertTrue(lines, "nothing captured")
+        for line in lines:
+            self.assertRegex(line, r"\.15008[ :]", f"non-HBONE packet on the wire: {line}")
+        self.assertNotIn(marker.encode(), raw)
+        logs = self.agent.logs()
+        self.assertIn("handed over pod default/b uid=uid-b", logs)
+        self.assertNotIn("(found by IP)", logs)
+        self.agent.wait_log(f"inbound pod=default/a src={self.b.ip4} dst={self.a.ip4}:8080 "
+                            f"mode=mtls peer=spiffe://cluster.local/ns/default/sa/client")
+        # DEL: ambitd hears the pod is gone; the chain's clean-up follows.
+        self.node.runtime.delete(self.conflist, "sandbox-b", self.b.netns_path,
+                                 self.node.args(self.b), result)
+        self.agent.wait_log("removed pod default/b")
 
 
 class PreexistingPodTest(unittest.TestCase):
