@@ -6,7 +6,8 @@ address the way a runtime gives them; ambitd runs as in every e2e test.
 - CaptureTest: ambitd serving ZDS on its default socket (<run dir>/zds.sock), --netns-dir an
   empty directory so that nothing but the plug-in can hand it a namespace: a pod created through
   the chain is captured before ADD returns (its first connection, made the moment ADD returned,
-  crosses the wire as HBONE only: tcpdump sees 15008 and no plaintext), and DEL removes it.
+  crosses the wire as HBONE only: tcpdump sees 15008 and no plaintext), and DEL removes it; once
+  ambitd has stopped, ADD fails at once (try again later) and the pod gets no interface.
 - PreexistingPodTest: pods created before ambitd starts, by the chain without ambit-cni, are
   found at start-up by their IP under --netns-dir and carry traffic over mTLS; with ambitd down,
   ADD through the full chain fails (try again later) and the runtime's clean-up leaves the pod
@@ -141,6 +142,20 @@ class CaptureTest(unittest.TestCase):
         self.node.runtime.delete(self.conflist, "sandbox-b", self.b.netns_path,
                                  self.node.args(self.b), result)
         self.agent.wait_log("removed pod default/b")
+
+    def test_then_add_fails_once_ambitd_stopped(self):
+        # Runs after the capture test (name order): ambitd stops; its socket is gone or refuses.
+        self.agent.stop()
+        pod = self.node.new_pod("c")
+        start = time.monotonic()
+        with self.assertRaises(libcni.CniError) as ctx:
+            self.node.add(pod, self.conflist)
+        self.assertLess(time.monotonic() - start, 10, "ADD waited although nobody listens")
+        err = ctx.exception
+        self.assertEqual(err.plugin, "ambit-cni")
+        self.assertEqual(err.error["code"], 11, err.error)
+        self.assertIn(f"zdsSocket: {self.socket}: connect", err.error["msg"])
+        self.assertNotIn(pod.ip4, pod_addresses(pod.netns))
 
 
 class PreexistingPodTest(unittest.TestCase):
