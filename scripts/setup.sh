@@ -32,6 +32,8 @@ packages=(
   libhttp-parser-dev
   # JWT tests (tokens signed at test time)
   python3-jwt
+  # ZDS tests: Istio's ZDS messages from Python (tests/zds/fake_istio_cni.py)
+  python3-protobuf
   ca-certificates
   # waypoint benchmark: the load generator (h2load) and the peer L7 proxy
   nghttp2-client haproxy
@@ -42,10 +44,9 @@ packages=(
   # deploy/ manifest tests (tests/deploy): node runs the offline schema checks; npm and the
   # pinned npm packages, and Debian's kubectl 1.20, come from scripts/setup_deploy_tests.sh
   nodejs
-  # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni)
+  # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni);
+  # their ZDS peer uses python3-protobuf, above
   containernetworking-plugins
-  # the tests' ZDS peer (tests/cni): messages from protoc --python_out
-  python3-protobuf
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

@@ -105,6 +105,10 @@ struct NodeHealth {
     absl::Time last_sync = absl::InfinitePast();
   };
   std::vector<SourceResource> config_source;
+  // ZDS (--zds-listen, --zds-connect): sessions open by source (both sources listed when
+  // enabled), requests answered by (type, outcome).
+  std::map<std::string, uint64_t> zds_sessions;
+  std::map<std::pair<std::string, std::string>, uint64_t> zds_requests;
   std::vector<std::string> config_pending;
   // ambitd --ca-only: the cluster CA, no node agent. Readiness and metrics then speak of the CA
   // alone: its API serving, the pods' placement (which node may obtain which identity) loaded.

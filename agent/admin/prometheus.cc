@@ -150,6 +150,13 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
       p.Add(metrics::kKubeLastSyncAge, labels, absl::ToDoubleSeconds(now - r.last_sync));
     }
   }
+  for (const auto& [source, count] : h.zds_sessions) {
+    p.Add(metrics::kZdsSessions, {{"source", source}}, static_cast<double>(count));
+  }
+  for (const auto& [key, count] : h.zds_requests) {
+    p.Add(metrics::kZdsRequests, {{"type", key.first}, {"outcome", key.second}},
+          static_cast<double>(count));
+  }
   p.Add(metrics::kReady, {}, ReadinessProblems(state, now).empty() ? 1 : 0);
   std::string out = p.Render();
   // The waypoint's HTTP metrics arrive rendered: families of their own, appended as they are.

@@ -78,10 +78,12 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
       if (table) {
         redirect =
             absl::StrCat("cookie=", w.redirect().netns_cookie(), " slot=", w.redirect().slot(),
-                         " listeners=", absl::StrJoin(w.redirect().listeners(), ","));
+                         " listeners=", absl::StrJoin(w.redirect().listeners(), ","),
+                         " netns=", w.redirect().netns_source());
       } else {
         redirect = Value::Object({{"netnsCookie", w.redirect().netns_cookie()},
                                   {"slot", w.redirect().slot()},
+                                  {"netnsSource", w.redirect().netns_source()},
                                   {"listeners", Strings(w.redirect().listeners())}});
       }
     }

@@ -204,8 +204,21 @@ inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
 
+// ---- ambitd's ZDS sockets (--zds-listen: ambit-cni; --zds-connect: istio-cni). ----
+inline constexpr Metric kZdsSessions{"ambit_zds_sessions",
+                                     Type::kGauge,
+                                     "ZDS sessions open, by who hands pods over: ambit-cni "
+                                     "(--zds-listen) or istio-cni (--zds-connect).",
+                                     {"source"}};
+inline constexpr Metric kZdsRequests{
+    "ambit_zds_requests_total",
+    Type::kCounter,
+    "ZDS requests answered, by type (add, keep, del, snapshot_sent; invalid for a packet that "
+    "does not decode) and outcome (ok, error: acked with an error, invalid).",
+    {"type", "outcome"}};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 41> kAll = {
+inline constexpr std::array<const Metric*, 43> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -247,6 +260,8 @@ inline constexpr std::array<const Metric*, 41> kAll = {
     &kKubeletProbes,
     &kCaRequests,
     &kCaTokenReviews,
+    &kZdsSessions,
+    &kZdsRequests,
 };
 
 // The declaration of a name, or nullptr.

@@ -49,6 +49,16 @@ ABSL_FLAG(std::string, netns_dir, "/var/run/netns",
           "directory of pod network namespace files (where CRI runtimes bind-mount them); a pod "
           "without the ambit.dev/netns annotation is found there by its IP");
 ABSL_FLAG(std::string, run_dir, "", "runtime directory (default /run/ambit/<instance>)");
+ABSL_FLAG(std::string, zds_listen, "<run dir>/zds.sock",
+          "SOCK_SEQPACKET socket (mode 0600) where ambit-cni hands over each new pod's network "
+          "namespace over Istio's ZDS protocol, ambitd acking once the pod is captured; empty: "
+          "off");
+ABSL_FLAG(std::string, zds_connect, "",
+          "istio-cni's ZDS socket (its default: /var/run/ztunnel/ztunnel.sock), connected to as "
+          "ztunnel does, so istio-cni's node agent enrolls pods; empty: off");
+ABSL_FLAG(absl::Duration, zds_ack_timeout, absl::Seconds(10),
+          "how long a ZDS add waits for its pod to be captured (or to appear in the "
+          "configuration) before it is acked with the reason it is not");
 ABSL_FLAG(std::string, dataplane, "spawn",
           "how the data-plane processes run: spawn (ambitd starts ambit-tunnel, and "
           "ambit-waypoint for waypoint pods, and restarts them) or external (they are started "
@@ -185,6 +195,18 @@ int main(int argc, char** argv) {
   options.host_proc = absl::GetFlag(FLAGS_host_proc);
   options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  // The default names the run directory, known only once --run-dir and --instance are read.
+  if (const std::string zds_listen = absl::GetFlag(FLAGS_zds_listen);
+      zds_listen != "<run dir>/zds.sock") {
+    options.zds_listen = zds_listen;
+  }
+  options.zds_connect = absl::GetFlag(FLAGS_zds_connect);
+  options.zds_ack_timeout = absl::GetFlag(FLAGS_zds_ack_timeout);
+  if (options.zds_ack_timeout < absl::Milliseconds(100) ||
+      options.zds_ack_timeout > absl::Minutes(5)) {
+    std::cerr << "ambitd: --zds-ack-timeout must be between 100ms and 5m\n";
+    return 2;
+  }
   const std::string dataplane = absl::GetFlag(FLAGS_dataplane);
   if (dataplane != "spawn" && dataplane != "external") {
     std::cerr << "ambitd: --dataplane must be spawn or external, not '" << dataplane << "'\n";

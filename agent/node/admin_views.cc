@@ -355,6 +355,15 @@ void Agent::PublishHealth() {
   for (const auto& [uid, e] : enrolled_) {
     h.enrolled.emplace_back(uid, state::SpiffeId(state_->mesh, e.pod));
   }
+  if (zds_server_ != nullptr) {
+    h.zds_sessions[zds::SourceName(zds::Source::kAmbitCni)] =
+        zds_stats_.sessions[static_cast<size_t>(zds::Source::kAmbitCni)];
+  }
+  if (zds_client_ != nullptr) {
+    h.zds_sessions[zds::SourceName(zds::Source::kIstioCni)] =
+        zds_stats_.sessions[static_cast<size_t>(zds::Source::kIstioCni)];
+  }
+  h.zds_requests = zds_stats_.requests;
   const auto& failed = enrollment_.failed();
   const auto& failing_since = enrollment_.failing_since();
   h.enroll_failures = static_cast<int>(failed.size());
@@ -466,6 +475,7 @@ void Agent::PublishViews() {
   struct Redirect {
     uint64_t netns_cookie;
     uint32_t slot;
+    std::string netns_source;
     std::vector<std::string> listeners;
   };
   std::map<std::string, Redirect> redirects;
@@ -473,6 +483,7 @@ void Agent::PublishViews() {
     Redirect& r = redirects[uid];
     r.netns_cookie = e.netns_cookie;
     r.slot = e.slot;
+    r.netns_source = e.netns_source;
     const auto& l = e.listeners;
     if (l.outbound_v4) r.listeners.push_back("outbound-v4");
     if (l.outbound_v6) r.listeners.push_back("outbound-v6");
@@ -498,6 +509,7 @@ void Agent::PublishViews() {
         auto* r = w->mutable_redirect();
         r->set_netns_cookie(e->second.netns_cookie);
         r->set_slot(e->second.slot);
+        r->set_netns_source(e->second.netns_source);
         for (const auto& l : e->second.listeners) r->add_listeners(l);
       } else if (state::InMesh(pod, *cluster)) {
         w->set_role(pod.node_name == node_name ? "pending" : "peer");

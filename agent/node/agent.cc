@@ -1,6 +1,7 @@
 #include "agent/node/agent.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -145,6 +146,9 @@ Agent::~Agent() {
   ca_server_.reset();
   admin_server_.reset();
   telemetry_.reset();
+  // Their sessions unwatch their sockets on the loop.
+  zds_server_.reset();
+  zds_client_.reset();
   // Pending timers name this agent; they are dropped unrun with the loop, before the handlers
   // and state they would touch.
   loop_.reset();
@@ -187,6 +191,7 @@ absl::Status Agent::Init() {
   finder.dir = options_.netns_dir;
   netns_finder_ = std::make_unique<enroll::NetnsFinder>(
       std::move(finder), enroll::MakeKernelNetnsProbe(), &*node_netns_, clock_);
+  netns_probe_ = enroll::MakeKernelNetnsProbe();
   AMBIT_RETURN_IF_ERROR(bpf::EnsureBpffs(options_.bpffs, options_.host_proc));
   if (options_.cgroup_path.empty()) {
     AMBIT_ASSIGN_OR_RETURN(options_.cgroup_path, bpf::FindCgroup2Mount());
@@ -331,6 +336,8 @@ absl::Status Agent::Init() {
     for (const std::string& p : pending) AMBIT_LOG(kComponent, Info) << p;
     PublishHealth();
   }
+  // After the first configuration (when the source had it), so an add finds its pod at once.
+  AMBIT_RETURN_IF_ERROR(StartZds());
   AMBIT_ASSIGN_OR_RETURN(telemetry_,
                          admin::TelemetryServer::Start(options_.metrics_address,
                                                        options_.readiness_address, admin_state_));
@@ -548,7 +555,8 @@ void Agent::Apply(config::LoadResult result) {
     }
   }
   // Shared with the admin API's checker instead of copied: a large cluster's pods are held once.
-  state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
+  config_state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
+  state_ = WithZds();
   security_ = std::move(result.security);
   waypoint_pods_.clear();
   for (const auto& [pod, gateway] : state::ResolveWaypoints(*state_).instance_of) {
@@ -566,6 +574,7 @@ void Agent::Apply(config::LoadResult result) {
   }
   entitlements_->Update(IdentitiesByNode(*state_));
   Reconcile();
+  ResolveZdsAcks();
 }
 
 void Agent::Reconcile() {
@@ -576,7 +585,21 @@ void Agent::Reconcile() {
   if (StartMoves()) retry_at = RunEnrollmentPass(enrollment_, *state_, *this, *clock_);
   // Enrolled pods keep their kernel objects and take the configuration's view of the pod.
   for (auto& [uid, e] : enrolled_) {
-    if (auto it = state_->pods.find(uid); it != state_->pods.end()) e.pod = it->second;
+    auto it = state_->pods.find(uid);
+    if (it == state_->pods.end()) continue;
+    // A pod handed over by ZDS before its object had addresses was enrolled with its
+    // namespace's; the object's replace them (the pod keeps its listeners and connections).
+    const bool new_ips = e.pod.ips != it->second.ips && e.netns_path.starts_with("zds:");
+    e.pod = it->second;
+    if (new_ips) {
+      absl::Status st = redirector_->SetPodAddresses(e.netns_cookie, e.pod.ips);
+      if (st.ok() && e.served_by != DataPlaneKind::kNone) st = SendPod(e);
+      if (!st.ok()) {
+        AMBIT_LOG(kComponent, Error)
+            << "pod " << uid << " addresses " << absl::StrJoin(IpStrings(e.pod), ",") << ": "
+            << st.message();
+      }
+    }
   }
   if (retry_at.has_value()) ArmRetry(*retry_at - clock_->Now());
   PlacePods();
@@ -588,7 +611,16 @@ absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
   opened_.reset();
   EnrolledPod e;
   e.pod = pod;
-  if (pod.netns_path.empty()) {
+  const ZdsWorkload* handed = zds_.ByMarker(pod.netns_path);
+  if (handed != nullptr) {
+    // Handed over by the CNI side: its descriptor, never a path (the pod may have none).
+    UniqueFd dup(fcntl(handed->netns.get(), F_DUPFD_CLOEXEC, 0));
+    if (!dup) return absl::ErrnoToStatus(errno, absl::StrCat("dup the netns of pod ", pod.Key()));
+    e.netns = std::move(dup);
+    e.netns_path = pod.netns_path;
+    e.netns_source = ZdsNetnsSource(handed->source);
+  } else if (pod.netns_path.empty()) {
+    e.netns_source = "by IP";
     // Enrolled by label: the namespace is the one holding the pod's IP. A miss, or two
     // namespaces holding it, is retried; the node's own namespace is refused.
     auto found = netns_finder_->Find(pod.ips);
@@ -608,9 +640,17 @@ absl::StatusOr<uint64_t> Agent::OpenNetns(const state::Pod& pod) {
     }
     e.netns = *std::move(netns);
     e.netns_path = pod.netns_path;
+    e.netns_source = "annotation";
   }
   // Checked on the descriptor that is used from here on, so no path trick can swap it.
   if (absl::Status s = node_netns_->Check(e.netns.get()); !s.ok()) {
+    if (handed != nullptr) {
+      return absl::Status(s.code(),
+                          absl::StrCat(pod.source_file, ": Pod ", pod.Key(),
+                                       ": the "
+                                       "network namespace handed over by ",
+                                       zds::SourceName(handed->source), ": ", s.message()));
+    }
     return absl::Status(s.code(), pod.netns_path.empty()
                                       ? absl::StrCat(pod.source_file, ": Pod ", pod.Key(), ": ",
                                                      e.netns_path, " (found by IP): ", s.message())
@@ -684,8 +724,7 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
     told = state::SpiffeId(state_->mesh, pod);
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
-                              << " netns=" << e.netns_path
-                              << (pod.netns_path.empty() ? " (found by IP)" : "")
+                              << " netns=" << e.netns_path << " (" << e.netns_source << ")"
                               << " netns_cookie=" << e.netns_cookie << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
   enrolled_.insert_or_assign(pod.Key(), std::move(e));

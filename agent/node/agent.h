@@ -34,9 +34,11 @@
 #include "agent/node/enrollment.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/instance_lock.h"
+#include "agent/node/zds_workloads.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
 #include "agent/supervisor/heartbeat.h"
+#include "agent/zds/endpoint.h"
 
 namespace ambit::node {
 
@@ -97,6 +99,15 @@ struct AgentOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration heartbeat_deadline = absl::Seconds(3);
 
+  // ZDS (docs/ARCHITECTURE.md#zds), ambitd in ztunnel's role. zds_listen: the SOCK_SEQPACKET
+  // socket ambit-cni connects to for each CNI call (nullopt: <run dir>/zds.sock; empty: off).
+  // zds_connect: istio-cni's node agent's socket, connected to as ztunnel does (empty: off).
+  std::optional<std::string> zds_listen;
+  std::string zds_connect;
+  // How long an add waits for its pod to be captured (or to appear in the configuration)
+  // before it is acked with the reason it is not.
+  absl::Duration zds_ack_timeout = absl::Seconds(10);
+
   // The instance's BPF directory; each ABI version pins in its own v<N> below it.
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
@@ -110,6 +121,9 @@ struct AgentOptions {
     return ca_state_dir.empty() ? "/var/lib/ambit/" + instance : ca_state_dir;
   }
   std::string control_socket() const { return resolved_run_dir() + "/dataplane.sock"; }
+  std::string resolved_zds_listen() const {
+    return zds_listen.has_value() ? *zds_listen : resolved_run_dir() + "/zds.sock";
+  }
   // In a directory of its own: the data plane's stats socket sits next to its control socket.
   std::string waypoint_dir() const { return resolved_run_dir() + "/waypoint"; }
   std::string waypoint_control_socket() const { return waypoint_dir() + "/dataplane.sock"; }
@@ -125,7 +139,7 @@ struct AgentOptions {
 // into the agent or read what it publishes. The destructor stops and joins them first, then
 // drops the loop with its pending timers, and only then are the members they touch destroyed,
 // whatever order the members are declared in.
-class Agent final : private PodHost {
+class Agent final : private PodHost, private zds::WorkloadSink {
  public:
   static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
   ~Agent() override;
@@ -142,7 +156,10 @@ class Agent final : private PodHost {
   struct EnrolledPod {
     state::Pod pod;
     UniqueFd netns;
-    std::string netns_path;  // the annotation's, or the file found by IP
+    std::string netns_path;  // the annotation's, the file found by IP, or a ZDS marker
+    // How the namespace was found, for ambitctl workloads: "annotation", "by IP", or
+    // ZdsNetnsSource ("ZDS from ambit-cni", "ZDS from istio-cni").
+    std::string netns_source;
     uint64_t netns_cookie = 0;
     uint32_t slot = 0;
     enroll::PodListeners listeners;
@@ -231,6 +248,23 @@ class Agent final : private PodHost {
   void DropHandedBack() override;
   bool DataPlaneConnected() const override;
   void OnPodRemoved(const std::string& uid);
+  // ZDS (zds::WorkloadSink): workloads handed over by ambit-cni or istio-cni.
+  void OnAdd(zds::Source source, zds::Request request, zds::Answer answer) override;
+  std::string OnKeep(zds::Source source, const std::string& uid) override;
+  std::string OnDel(zds::Source source, const std::string& uid) override;
+  void OnSnapshotSent(zds::Source source, const std::vector<std::string>& remove) override;
+  std::set<std::string> Known(zds::Source source) const override;
+  absl::Status StartZds();
+  // The configuration as loaded with the ZDS workloads applied (ZdsWorkloads::Apply); adds
+  // waiting for a pod that is gone are answered.
+  std::shared_ptr<const state::ClusterState> WithZds();
+  // After the ZDS workloads changed: the state is rebuilt and enrollment runs.
+  void ZdsChanged();
+  // Answers the adds whose pod is now captured, refused, not in the mesh, or past its deadline.
+  void ResolveZdsAcks();
+  // Why a waiting add's pod is not captured yet ("" when it is captured or needs no capture);
+  // sets *final when the answer cannot change (acked at once).
+  std::string ZdsAckError(const std::string& uid, bool* final) const;
   void OnRetryTimer();
   void OnRestartTimer(Process& process);
   void OnControlReadable(Process& process);
@@ -298,6 +332,21 @@ class Agent final : private PodHost {
   std::unique_ptr<issuance::SigningQueue> signing_;
   enroll::PodNetOptions pod_net_;
   std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();
+  // The configuration as loaded, before the ZDS workloads are applied to it (state_ is both).
+  std::shared_ptr<const state::ClusterState> config_state_ = state_;
+  // ZDS (docs/ARCHITECTURE.md#zds): the workloads handed over, the sockets, and the adds waiting
+  // for their pod to be captured (by uid; one per uid, a newer add answers the older one).
+  ZdsWorkloads zds_;
+  zds::Stats zds_stats_;
+  std::unique_ptr<zds::ZdsServer> zds_server_;
+  std::unique_ptr<zds::ZdsClient> zds_client_;
+  struct PendingAck {
+    zds::Answer answer;
+    absl::Time deadline;
+  };
+  std::map<std::string, PendingAck> zds_pending_;
+  // Reads a handed namespace's addresses (a pod whose object has none yet).
+  std::unique_ptr<enroll::NetnsProbe> netns_probe_;
   config::SecurityConfig security_;
   std::shared_ptr<const authz::Engine> engine_;   // for the admin API; the last one that built
   std::vector<config::ConfigError> load_errors_;  // of the last load, for the admin API
