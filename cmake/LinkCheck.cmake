@@ -13,3 +13,11 @@ function(ambit_control_plane_binary target)
     COMMAND ${CMAKE_SOURCE_DIR}/cmake/check_links.sh $<TARGET_FILE:${target}> control-plane
     VERBATIM)
 endfunction()
+
+# The CNI plug-in (ambit-cni): run by the container runtime for every pod, so it loads neither
+# TLS library, nor gRPC, nor libcurl.
+function(ambit_cni_plugin_binary target)
+  add_custom_command(TARGET ${target} POST_BUILD
+    COMMAND ${CMAKE_SOURCE_DIR}/cmake/check_links.sh $<TARGET_FILE:${target}> cni-plugin
+    VERBATIM)
+endfunction()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# check_links.sh BINARY data-plane|control-plane
+# check_links.sh BINARY data-plane|control-plane|cni-plugin
 set -euo pipefail
 bin=$1 side=$2
 libs=$(ldd "$bin")
@@ -24,6 +24,14 @@ case "$side" in
       echo "error: control-plane binary $(basename "$bin") loads BoringSSL" \
         "(docs/ARCHITECTURE.md#process-split):" >&2
       grep '/android/' <<<"$libs" >&2
+      rm -f "$bin"; exit 1
+    fi ;;
+  cni-plugin)
+    # ambit-cni: Protobuf, nlohmann-json and abseil; neither TLS library, gRPC nor libcurl.
+    if grep -Eq '/android/|libgrpc|libgpr\.|/libssl\.so|/libcrypto\.so|/libcurl' <<<"$libs"; then
+      echo "error: CNI plug-in $(basename "$bin") loads gRPC, libcurl or a TLS library" \
+        "(docs/ARCHITECTURE.md#process-split):" >&2
+      grep -E '/android/|libgrpc|libgpr\.|/libssl\.so|/libcrypto\.so|/libcurl' <<<"$libs" >&2
       rm -f "$bin"; exit 1
     fi ;;
   *) echo "check_links.sh: unknown side $side" >&2; exit 2 ;;

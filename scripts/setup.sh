@@ -46,6 +46,9 @@ packages=(
   nodejs
   # istio-cni's in-pod rules in the e2e tests (tests/inpod): iptables-restore, nft backend
   iptables
+  # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni);
+  # their ZDS peer uses python3-protobuf, above
+  containernetworking-plugins
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

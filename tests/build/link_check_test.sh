@@ -31,6 +31,15 @@ else
   echo "FAIL: data-plane binary loading libcurl rejected, but not for libcurl: $out"
   fail=$((fail + 1))
 fi
+# The CNI plug-in (ambit-cni) loads neither TLS library, nor gRPC, nor libcurl.
+expect reject "$grpc" cni-plugin
+expect reject "$boring" cni-plugin
+# (the check above removed the probe it refused: build it again)
+cc "$tmp/main.c" -o "$tmp/with_curl" -Wl,--no-as-needed -lcurl
+expect reject "$tmp/with_curl" cni-plugin
+expect reject "$(ls /usr/lib/*/libssl.so.3 | head -1)" cni-plugin
+expect ok "$build/agent/main/ambit-cni" cni-plugin
+expect ok "$build/tests/fuzz/fuzz_cni_config" cni-plugin
 expect ok "$build/agent/main/ambit-tunnel" data-plane
 expect ok "$build/agent/main/ambitd" control-plane
 # The fuzz targets (tests/fuzz) stay on their side too: the HBONE and tunnel ones never link gRPC.

@@ -35,6 +35,9 @@ CAPABILITIES = {
     "ambit-tunnel": {"NET_ADMIN", "SYS_ADMIN"},
     "ambit-waypoint": {"NET_ADMIN", "SYS_ADMIN"},
     "cleanup": {"BPF", "NET_ADMIN", "SYS_ADMIN"},
+    # ambit-cni --install / --uninstall: root owns the CNI directories; no capability needed.
+    "install-cni": set(),
+    "uninstall-cni": set(),
     "ambit-ca": set(),
     "done": set(),
 }
@@ -43,6 +46,8 @@ COMMANDS = {
     "ambit-tunnel": [f"{BIN}/ambit-tunnel"],
     "ambit-waypoint": [f"{BIN}/ambit-waypoint"],
     "cleanup": [f"{BIN}/ambitd"],
+    "install-cni": [f"{BIN}/ambit-cni"],
+    "uninstall-cni": [f"{BIN}/ambit-cni"],
     "ambit-ca": [f"{BIN}/ambitd"],
     "done": ["/bin/sleep", "infinity"],
 }
@@ -58,6 +63,9 @@ HOST_PATHS = {
     "/var/run/netns": ("DirectoryOrCreate", set()),
     "/proc": ("Directory", {"ambitd"}),  # pod sysctls, written from inside each pod's netns
     "/etc/ambit/config": ("Directory", set()),
+    # The node's CNI plug-ins and network configuration (deploy/cni, deploy/cleanup).
+    "/opt/cni/bin": ("DirectoryOrCreate", {"install-cni", "uninstall-cni"}),
+    "/etc/cni/net.d": ("DirectoryOrCreate", {"install-cni", "uninstall-cni"}),
 }
 # Mounts that must follow the host's later mounts into the container.
 HOST_TO_CONTAINER = {"/sys/fs/bpf", "/var/run/netns"}
@@ -125,6 +133,7 @@ EXPECTED = {
     "overlays/apiserver": _COMMON | _RBAC,
     "ca": _COMMON | _RBAC | _CA,
     "cleanup": {("DaemonSet", "ambit-cleanup")},
+    "cni": _COMMON | _RBAC,
 }
 
 
@@ -276,10 +285,11 @@ def node_agent_problems(ds):
         problems.append(f"{where}: pod annotations must have prometheus.io/scrape \"true\" and "
                         "prometheus.io/port \"15020\"")
     containers = {c.get("name"): c for c in pod.get("containers") or []}
+    inits = [c.get("name") for c in pod.get("initContainers") or []]
     if sorted(containers) != ["ambit-tunnel", "ambit-waypoint", "ambitd"] or \
-            pod.get("initContainers"):
-        problems.append(f"{where}: containers must be ambitd, ambit-tunnel and ambit-waypoint "
-                        f"(are {sorted(containers)})")
+            inits not in ([], ["install-cni"]):
+        problems.append(f"{where}: containers must be ambitd, ambit-tunnel and ambit-waypoint, "
+                        f"after at most install-cni (are {sorted(containers)}, init {inits})")
         return problems
     ambitd = containers["ambitd"]
     args = ambitd.get("args") or []
@@ -405,9 +415,55 @@ def kustomization_problems(objects, kustomization):
             problems.append(f"deploy/{kustomization}: ambitd must run with --kube-api=in-cluster")
         if kustomization == "ca":
             problems.extend(_ca_problems(objects, ds))
+        if kustomization == "cni":
+            if kube_api != "in-cluster":
+                problems.append("deploy/cni: ambitd must run with --kube-api=in-cluster")
+            problems.extend(_cni_problems(ds, "install-cni", "--install"))
     cleanup = _find(objects, "DaemonSet", "ambit-cleanup")
     if cleanup is not None:
         problems.extend(_cleanup_problems(cleanup))
+        problems.extend(_cni_problems(cleanup, "uninstall-cni", "--uninstall"))
+    return problems
+
+
+def _cni_problems(ds, name, mode):
+    """ambit-cni's init container: its mode, and its directory flags naming the host's CNI
+    directories; --install also points the plug-in at ambitd's ZDS socket on the host."""
+    where = f"DaemonSet/{ds['metadata']['name']}"
+    pod = _pod_spec(ds)
+    inits = [c.get("name") for c in pod.get("initContainers") or []]
+    if name not in inits:
+        return [f"{where}: no init container {name}"]
+    if inits.index(name) != 0:
+        problems = [f"{where}: {name} must be the first init container"]
+    else:
+        problems = []
+    c = _containers_by_name(ds)[name]
+    args = c.get("args") or []
+    if mode not in args:
+        problems.append(f"{where}: {name} lacks {mode}")
+    for flag, host in (("--cni-bin-dir", "/opt/cni/bin"), ("--cni-conf-dir", "/etc/cni/net.d")):
+        path = _flag_value(args, flag)
+        _, volume = _mount_for(pod, c, path or "")
+        if _host_path(volume) != host:
+            problems.append(f"{where}: {name}'s {flag}={path} is not a mount of the host's {host}")
+    if mode == "--install":
+        socket = _flag_value(args, "--zds-socket")
+        ambitd = _containers_by_name(ds).get("ambitd") or {}
+        run_dir = _flag_value(ambitd.get("args") or [], "--run-dir")
+        _, run_volume = _mount_for(pod, ambitd, run_dir or "")
+        want = f"{_host_path(run_volume)}/zds.sock"
+        if socket != want:
+            problems.append(f"{where}: {name}'s --zds-socket={socket} is not ambitd's ZDS socket "
+                            f"as the node sees it ({want})")
+        excluded = (_flag_value(args, "--exclude-namespaces") or "kube-system").split(",")
+        if NAMESPACE not in excluded:
+            problems.append(f"{where}: {name} must exclude {NAMESPACE} (the agent's own pod "
+                            "cannot wait for the agent)")
+        listen = _flag_value(ambitd.get("args") or [], "--zds-listen")
+        if listen is not None and listen != f"{run_dir}/zds.sock":
+            problems.append(f"{where}: ambitd's --zds-listen={listen} is not where {name} "
+                            f"points the plug-in ({run_dir}/zds.sock)")
     return problems
 
 

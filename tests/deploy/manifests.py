@@ -30,6 +30,7 @@ BINARIES = {
     "ambitd": os.path.join(BUILD_DIR, "agent", "main", "ambitd"),
     "ambit-tunnel": os.path.join(BUILD_DIR, "agent", "main", "ambit-tunnel"),
     "ambit-waypoint": os.path.join(BUILD_DIR, "agent", "main", "ambit-waypoint"),
+    "ambit-cni": os.path.join(BUILD_DIR, "agent", "main", "ambit-cni"),
 }
 # What newer kubectl says about fields kustomize v2 needs (the tree is written for both).
 DEPRECATION_WARNING = re.compile(

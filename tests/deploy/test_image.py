@@ -113,7 +113,8 @@ class ImageTest(unittest.TestCase):
 
     def test_copies_the_binaries_the_manifests_run(self):
         names = sorted(os.path.basename(b) for b in self.binaries)
-        self.assertEqual(names, ["ambit-tunnel", "ambit-waypoint", "ambitctl", "ambitd"])
+        self.assertEqual(names,
+                         ["ambit-cni", "ambit-tunnel", "ambit-waypoint", "ambitctl", "ambitd"])
         for b in self.binaries:
             self.assertTrue(os.access(b, os.X_OK), f"{b} is not built")
         self.assertIn("FROM debian:12", self.text)

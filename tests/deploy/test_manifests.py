@@ -297,6 +297,25 @@ class PostureTest(unittest.TestCase):
              lambda o: container(o, "cleanup", "ambit-cleanup")["args"].append("--force")),
             ("cleanup", "does not mount the host's /run/lock/ambit",
              lambda o: volume(o, "lock", "ambit-cleanup").update(hostPath=None, emptyDir={})),
+            ("cni", "is not ambitd's ZDS socket as the node sees it",
+             lambda o: container(o, "install-cni")["args"].__setitem__(
+                 3, "--zds-socket=/tmp/zds.sock")),
+            ("cni", "--cni-conf-dir=/host/etc/cni/net.d is not a mount of the host's",
+             lambda o: volume(o, "cni-conf").update(hostPath={"path": "/etc/cni",
+                                                              "type": "DirectoryOrCreate"})),
+            ("cni", "adds capabilities ['SYS_ADMIN']",
+             lambda o: container(o, "install-cni")["securityContext"]["capabilities"].update(
+                 add=["SYS_ADMIN"])),
+            ("cni", "ambitd's --zds-listen=/tmp/other.sock is not where",
+             lambda o: container(o, "ambitd")["args"].append("--zds-listen=/tmp/other.sock")),
+            ("cni", "install-cni must exclude ambit-system",
+             lambda o: container(o, "install-cni")["args"].__setitem__(
+                 5, "--exclude-namespaces=kube-system")),
+            ("cleanup", "ambit-cleanup: uninstall-cni lacks --uninstall",
+             lambda o: container(o, "uninstall-cni", "ambit-cleanup")["args"].remove(
+                 "--uninstall")),
+            ("base/node", "after at most install-cni",
+             lambda o: pod(o).update(initContainers=[{"name": "other"}])),
         ]
         for k, expect, plant in faults:
             with self.subTest(kustomization=k, fault=expect):
