@@ -196,6 +196,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_redirect>::Open());
   skel->rodata->ambit_mark = config.socket_mark;
   skel->rodata->ambit_delivery_mark = config.delivery_mark;
+  skel->rodata->ambit_prev_delivery_mark = config.previous_delivery_mark;
   skel->rodata->ambit_agent_cgroup = config.agent_cgroup_id;
   std::vector<std::string> adopted, fresh;
   std::vector<std::pair<bpf_map*, std::string>> pin_after_load;

@@ -32,6 +32,13 @@ inline constexpr uint32_t kDeliveryMarkBit = 0x1000;
 // (CheckSocketMark refuses the one mark that would leave none).
 constexpr uint32_t DeliveryMark(uint32_t socket_mark) { return socket_mark ^ kDeliveryMarkBit; }
 
+// The delivery mark of data planes built before DeliveryMark flipped bit 12 (mark + 1). An
+// upgrade keeps the old data plane serving (and then draining) for a while under the new agent,
+// so the agent still treats this mark as ambit's own: the BPF programs never redirect a socket
+// carrying it, and every pod routes replies to it back to the data plane. Without that, an old
+// data plane's new delivery into a pod would be redirected to the pod's own 15001 listener.
+constexpr uint32_t PreviousDeliveryMark(uint32_t socket_mark) { return socket_mark + 1; }
+
 // A --socket-mark both processes can use: not 0 (an unmarked socket is the application's) and
 // not kDeliveryMarkBit alone (its delivery mark would be 0).
 inline absl::Status CheckSocketMark(uint32_t socket_mark) {

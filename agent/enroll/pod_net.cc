@@ -104,16 +104,25 @@ absl::Status NlError(int err, const std::string& what) {
   return absl::InternalError(absl::StrCat(what, " in pod network namespace: ", nl_geterror(err)));
 }
 
-absl::Status AddRuleAndRoute(nl_sock* sock, int family, const PodNetOptions& o) {
+absl::Status AddMarkRule(nl_sock* sock, int family, const PodNetOptions& o, uint32_t mark) {
   std::unique_ptr<rtnl_rule, RuleDeleter> rule(rtnl_rule_alloc());
   rtnl_rule_set_family(rule.get(), family);
   rtnl_rule_set_prio(rule.get(), o.rule_priority);
-  rtnl_rule_set_mark(rule.get(), o.delivery_mark);
+  rtnl_rule_set_mark(rule.get(), mark);
   rtnl_rule_set_mask(rule.get(), 0xffffffff);
   rtnl_rule_set_table(rule.get(), o.route_table);
   rtnl_rule_set_action(rule.get(), FR_ACT_TO_TBL);
   int err = rtnl_rule_add(sock, rule.get(), NLM_F_CREATE | NLM_F_EXCL);
   if (err < 0 && err != -NLE_EXIST) return NlError(err, "add fwmark rule");
+  return absl::OkStatus();
+}
+
+absl::Status AddRuleAndRoute(nl_sock* sock, int family, const PodNetOptions& o) {
+  AMBIT_RETURN_IF_ERROR(AddMarkRule(sock, family, o, o.delivery_mark));
+  if (o.previous_delivery_mark != 0 && o.previous_delivery_mark != o.delivery_mark) {
+    AMBIT_RETURN_IF_ERROR(AddMarkRule(sock, family, o, o.previous_delivery_mark));
+  }
+  int err = 0;
 
   uint8_t zero[16] = {};
   std::unique_ptr<nl_addr, AddrDeleter> dst(

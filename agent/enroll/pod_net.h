@@ -26,6 +26,9 @@ struct PodListeners {
 struct PodNetOptions {
   // SO_MARK of the data plane's inbound delivery sockets.
   uint32_t delivery_mark = DeliveryMark(kDefaultSocketMark);
+  // The delivery mark of an earlier build's data plane, routed the same way while one may still
+  // serve the pod during an upgrade (0: none).
+  uint32_t previous_delivery_mark = PreviousDeliveryMark(kDefaultSocketMark);
   uint32_t route_table = 133;  // table holding "local 0/0 dev lo" for marked replies
   uint32_t rule_priority = 32000;
   int backlog = 4096;

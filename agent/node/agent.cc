@@ -130,6 +130,7 @@ std::vector<uint16_t> OwnEndpointPorts(const AgentOptions& options) {
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)), enrollment_(EnrollmentReconciler::Options{options_.node_name}) {
   pod_net_.delivery_mark = DeliveryMark(options_.socket_mark);
+  pod_net_.previous_delivery_mark = PreviousDeliveryMark(options_.socket_mark);
   pod_net_.proc_root = options_.host_proc;
   if (options_.external_dataplane) {
     // A connect() to a unix socket is cheap, and a data plane the kubelet just restarted should
@@ -215,6 +216,7 @@ absl::Status Agent::Init() {
   rc.cgroup_path = options_.cgroup_path;
   rc.socket_mark = options_.socket_mark;
   rc.delivery_mark = DeliveryMark(options_.socket_mark);
+  rc.previous_delivery_mark = PreviousDeliveryMark(options_.socket_mark);
   // Processes directly in the agent's own cgroup are the agent; never when that is the root,
   // which would exempt every process placed there.
   auto mount = bpf::FindCgroup2Mount();

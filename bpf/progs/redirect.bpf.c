@@ -16,6 +16,8 @@
  * mark, because the pod routes replies to delivery sockets back to the tunnel by that mark). */
 const volatile __u32 ambit_mark = 0;
 const volatile __u32 ambit_delivery_mark = 0;
+/* The delivery mark of data planes of earlier builds, which may still drain during an upgrade. */
+const volatile __u32 ambit_prev_delivery_mark = 0;
 /* cgroup id of the agent's processes (0: none). */
 const volatile __u64 ambit_agent_cgroup = 0;
 const volatile __u16 ambit_outbound_port = AMBIT_OUTBOUND_PORT;
@@ -24,7 +26,8 @@ static __always_inline int ambit_is_agent(struct bpf_sock *sk)
 {
 	__u32 mark = sk->mark;
 
-	if (mark != 0 && (mark == ambit_mark || mark == ambit_delivery_mark))
+	if (mark != 0 && (mark == ambit_mark || mark == ambit_delivery_mark ||
+			  mark == ambit_prev_delivery_mark))
 		return 1;
 	return ambit_agent_cgroup != 0 && bpf_get_current_cgroup_id() == ambit_agent_cgroup;
 }

@@ -19,6 +19,13 @@ TEST(SocketMarkTest, DeliveryMarkKeepsTheLow12BitsAndDiffers) {
   }
 }
 
+TEST(SocketMarkTest, PreviousDeliveryMarkIsTheEarlierBuildsOne) {
+  // Data planes built before the bit-12 delivery mark used mark + 1; the agent keeps routing
+  // and exempting it while such a data plane drains during an upgrade.
+  EXPECT_EQ(PreviousDeliveryMark(kDefaultSocketMark), 0x53au);
+  EXPECT_NE(PreviousDeliveryMark(kDefaultSocketMark), DeliveryMark(kDefaultSocketMark));
+}
+
 TEST(SocketMarkTest, MarksWithoutADistinctNonZeroDeliveryMarkAreRefused) {
   EXPECT_FALSE(CheckSocketMark(0).ok());
   EXPECT_FALSE(CheckSocketMark(0x1000).ok());  // its delivery mark would be 0
