@@ -280,7 +280,7 @@ std::optional<Destination> InboundDestinationOf(Worker& worker, const Pod& pod, 
   if (!decided.ok()) {
     AMBIT_LOG(kComponent, Warning)
         << "inbound pod=" << pod.uid << " src=" << peer->ToString() << " dst=" << local->ToString()
-        << ": " << decided.status().message() << "; connection reset";
+        << " mode=plaintext: " << decided.status().message() << "; connection reset";
     CloseWithReset(client);
     FlowRecord record;
     record.direction = FlowDirection::kInbound;

@@ -47,16 +47,19 @@ absl::StatusOr<std::optional<SocketAddress>> NatOriginalDestination(int fd) {
 absl::StatusOr<InboundDestination> DecideInboundDestination(
     const SocketAddress& local, const std::optional<SocketAddress>& nat_original) {
   if (local.port != AMBIT_INBOUND_PLAIN_PORT) return InboundDestination{local, false};
+  // Worded as CheckDeliveryTarget words any of ambit's ports, with why this one is final.
   if (!nat_original.has_value()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refused: ", local.ToString(),
-        " was dialled itself (no NAT original destination): the plaintext-inbound port is no "
-        "delivery target"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: port ", local.port,
+                     " is one of ambit's own listeners, never a delivery target (dialled "
+                     "itself: no NAT original destination)"));
   }
   if (nat_original->port == AMBIT_INBOUND_PLAIN_PORT) {
     return absl::FailedPreconditionError(
-        absl::StrCat("refused: original destination ", nat_original->ToString(),
-                     " is the plaintext-inbound port itself; delivering it would loop"));
+        absl::StrCat("refused: port ", local.port,
+                     " is one of ambit's own listeners, never a delivery target (its NAT original "
+                     "destination ",
+                     nat_original->ToString(), " is that port too; delivering it would loop)"));
   }
   return InboundDestination{*nat_original, true};
 }

@@ -272,8 +272,9 @@ class InpodRulesTest(unittest.TestCase):
         for ip in (self.b.ip4, self.b.ip6):
             self.assert_refused(self.c, ip, 15006, in_cgroup=False, what=f"c -> b {ip}:15006")
         self.assertEqual(len(self.wait_log(
-            self.n2, r"inbound pod=backend/b src=\S+ dst=\S+:15006: refused: original destination "
-            r"\S+ is the plaintext-inbound port itself", 2)), 2, self.logs())
+            self.n2, r"inbound pod=backend/b src=\S+ dst=\S+:15006 mode=plaintext: refused: port "
+            r"15006 is one of ambit's own listeners, never a delivery target \(its NAT original "
+            r"destination \S+ is that port too", 2)), 2, self.logs())
         self.assertEqual(self.nat_count(self.n2, "inbound"), before)
 
     def test_outbound_redirected_to_15001_without_bpf_record(self):
