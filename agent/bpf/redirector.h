@@ -16,9 +16,9 @@ struct RedirectConfig {
   // <bpffs>/ambit/<instance>: this build pins under its v<AMBIT_ABI_VERSION> subdirectory, and
   // migrates from any other version's pins found here.
   std::string instance_dir;
-  std::string cgroup_path;       // cgroup-v2 directory the programs attach to
-  uint32_t socket_mark = 0;      // SO_MARK of ambit's outbound sockets: never redirected
-  uint32_t delivery_mark = 0;    // SO_MARK of ambit's inbound delivery sockets: same
+  std::string cgroup_path;     // cgroup-v2 directory the programs attach to
+  uint32_t socket_mark = 0;    // SO_MARK of ambit's outbound sockets: never redirected
+  uint32_t delivery_mark = 0;  // SO_MARK of ambit's inbound delivery sockets: same
   // SO_MARK of an earlier build's delivery sockets (PreviousDeliveryMark): same
   uint32_t previous_delivery_mark = 0;
   uint64_t agent_cgroup_id = 0;  // processes directly in this cgroup are never redirected
