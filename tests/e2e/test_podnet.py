@@ -154,7 +154,7 @@ class NetnsByIpTest(unittest.TestCase):
     def test_pods_without_annotation_are_found_by_ip(self):
         logs = self.agent.logs()
         for pod, ns in ((self.a, "default"), (self.c, "frontend")):
-            self.assertIn(f"enrolled pod {ns}/{pod.name} netns={pod.netns_path} (by IP)",
+            self.assertIn(f"enrolled pod {ns}/{pod.name} netns={pod.netns_path} (found by IP)",
                           logs)
             w = workload(self.agent, ns, pod.name)
             self.assertEqual(w["role"], "enrolled", w)
@@ -189,7 +189,7 @@ class NetnsByIpTest(unittest.TestCase):
         # Its namespace appears (as a CNI plugin would create it): the next scan finds it.
         namespace_holding(self.ghost_ns, self.ghost_ip)
         self.agent.wait_log(f"enrolled pod default/ghost netns=/var/run/netns/{self.ghost_ns} "
-                            "(by IP)", timeout=20)
+                            "(found by IP)", timeout=20)
         self.assertEqual(workload(self.agent, "default", "ghost")["role"], "enrolled")
 
 
