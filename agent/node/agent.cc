@@ -740,7 +740,10 @@ absl::StatusOr<std::string> Agent::SetUp(const state::Pod& pod,
     told = state::SpiffeId(state_->mesh, pod);
   }
   AMBIT_LOG(kComponent, Info) << (adopted ? "adopted" : "enrolled") << " pod " << pod.Key()
-                              << " netns=" << e.netns_path << " (" << e.netns_source << ")"
+                              << " netns=" << e.netns_path
+                              << (e.netns_source == "annotation" ? std::string()
+                                  : e.netns_source == "by IP"    ? std::string(" (found by IP)")
+                                                                 : " (" + e.netns_source + ")")
                               << " netns_cookie=" << e.netns_cookie << " slot=" << e.slot
                               << " ips=" << absl::StrJoin(IpStrings(pod), ",");
   enrolled_.insert_or_assign(pod.Key(), std::move(e));
