@@ -135,7 +135,7 @@ class CaptureTest(unittest.TestCase):
         self.assertNotIn(marker.encode(), raw)
         logs = self.agent.logs()
         self.assertIn("handed over pod default/b uid=uid-b", logs)
-        self.assertNotIn("(by IP)", logs)
+        self.assertNotIn("(found by IP)", logs)
         self.agent.wait_log(f"inbound pod=default/a src={self.b.ip4} dst={self.a.ip4}:8080 "
                             f"mode=mtls peer=spiffe://cluster.local/ns/default/sa/client")
         # DEL: ambitd hears the pod is gone; the chain's clean-up follows.
@@ -187,7 +187,7 @@ class PreexistingPodTest(unittest.TestCase):
     def test_pods_from_before_are_found_by_ip_and_use_mtls(self):
         logs = self.agent.logs()
         for pod in (self.a, self.c):
-            self.assertIn(f"enrolled pod default/{pod.name} netns={pod.netns_path} (by IP)",
+            self.assertIn(f"enrolled pod default/{pod.name} netns={pod.netns_path} (found by IP)",
                           logs)
             self.assertEqual(workload(self.agent, "default", pod.name)["role"], "enrolled")
         reply, seen = exchange(self.a, self.c, 8080)
