@@ -740,6 +740,43 @@ def main():
         for line in lines(node1, r"data plane pid=.*(killed|exited)|started data plane")[-2:]:
             print("  node1 " + line)
 
+        step("Upgrading ambit-tunnel on node2 without dropping a connection: ambitctl dataplane "
+             "roll starts a new process beside the old one; once it holds certificates and "
+             "accepts on every pod's listeners, the old one stops accepting and drains. A "
+             "keep-alive connection held across the roll keeps working; a new one succeeds")
+        keeper = web.popen(["/usr/bin/python3", "-c",
+                            "import http.client,sys\n"
+                            f"c=http.client.HTTPConnection('{api.ip4}',8080,timeout=15)\n"
+                            "def get():\n"
+                            "  c.request('GET','/api/orders',headers={'Authorization':"
+                            f"'Bearer {tokens['alice']}'}})\n"
+                            "  r=c.getresponse(); r.read(); return r.status\n"
+                            "print(get(),flush=True); sys.stdin.readline(); "
+                            "print(get(),flush=True)\n"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        before = keeper.stdout.readline().strip()
+        old_pid = node2.tunnel_pid()
+        r = run(ctl, "dataplane", "roll", "tunnel", "--admin-socket", node2.admin_socket,
+                check=False)
+        show("ambitctl dataplane roll tunnel   (node2)", r.stdout + r.stderr)
+        keeper.stdin.write("\n")
+        keeper.stdin.flush()
+        after = keeper.stdout.readline().strip()
+        keeper.wait(timeout=20)
+        code, body = http(web, f"http://{api.ip4}:8080/api/orders", tokens["alice"])
+        show("the held connection: request before the roll, request after it",
+             f"HTTP {before}, then HTTP {after} on the same connection; a new connection: "
+             f"HTTP {code}")
+        expect(r.returncode == 0, "the roll completed")
+        expect(before == "200" and after == "200",
+               "the connection held across the roll kept working")
+        expect(code == 200, "a connection opened after the roll is served by the new process")
+        for line in lines(node2, r"roll|drain")[-3:]:
+            print("  node2 " + line)
+        expect(wait_until(lambda: old_pid is not None and
+                          not os.path.exists(f"/proc/{old_pid}"), 40),
+               f"the old ambit-tunnel (pid {old_pid}) exited once its connections ended")
+
         step("What crossed the wire (tcpdump on the bridge between the nodes)")
         time.sleep(0.5)
         dump.terminate()
