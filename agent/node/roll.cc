@@ -214,6 +214,7 @@ void Agent::PromoteStandby(Process& process) {
   }
   // The successor takes the primary's place; its callbacks already find their asker by tag.
   process.dp = std::move(s->dp);
+  process.dp->BecomePrimary(process.name());
   Process* p = &process;
   process.dp->on_certificate_report = [this, p](std::vector<supervisor::CertificateState> c) {
     OnCertificateReport(*p, std::move(c));
@@ -232,6 +233,10 @@ void Agent::PromoteStandby(Process& process) {
   (void)Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); });
   process.generation.OnAcked(process.dp->acked_version());
   const absl::Time now = clock_->Now();
+  // Its run starts now: a promoted process that keeps dying backs off like any other primary,
+  // not on the strength of its predecessor's long run.
+  process.restart.OnStarted(now);
+  process.connect_error.clear();
   if (!drains) {
     // An earlier build that cannot drain is replaced as on a restart: its connections end.
     AMBIT_LOG(kComponent, Warning) << process.name() << " pid=" << old_pid

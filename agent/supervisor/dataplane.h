@@ -154,6 +154,14 @@ class DataPlane {
   // exits. Nothing is signalled.
   void CloseSession() { control_.Reset(); }
   uint64_t tag() const { return options_.tag; }
+  // A promoted standby is the primary from now on: it took <control socket> over when its
+  // predecessor drained, and a standby's .next path is gone with the promotion. So a reconnect
+  // or a restart after it exits goes to control_socket, as for a primary started normally; left
+  // on .next, a restart would spawn a primary on control_socket and wait for it on .next in vain.
+  void BecomePrimary(std::string name) {
+    options_.connect_socket.clear();
+    options_.name = std::move(name);
+  }
   // The path this object connects to.
   const std::string& connect_socket() const {
     return options_.connect_socket.empty() ? options_.control_socket : options_.connect_socket;

@@ -23,10 +23,15 @@ wp (the pod of Gateway backend/waypoint, served by node2's ambit-waypoint). Echo
     while a flag file exists) is abandoned at once and stopped; one that exits before it serves
     (the wrapper stops itself before it execs the tunnel, the test kills it) is abandoned. Either
     way the primary keeps its PID, is never restarted, and serves held and new connections.
+  - The promoted process is a primary like any other: SIGKILLed after a roll (its predecessor
+    gone, or still draining a held connection), ambitd restarts a primary on the control socket
+    within seconds (not a standby waiting on <socket>.next), readiness is 200 again and new
+    connections are served; the held connection of the draining predecessor keeps working.
 - ExternalRollTest (--dataplane=external on node1): the test starts node1's tunnel itself; a
   second one started on the same control socket stands by on <socket>.next, ambitd rolls to it
   by itself, the first drains (held connections keep working, new ones succeed) and exits 0 once
-  its connections closed.
+  its connections closed. Then the promoted one is SIGKILLed and a fresh tunnel started on the
+  control socket: ambitd connects to it as to a primary (not on <socket>.next).
 """
 
 import json
@@ -42,7 +47,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from apps import echo_loop, exchange  # noqa: E402
 from test_dataplane_external import DataPlaneProcess  # noqa: E402
-from test_faults import ECHO, HOLD, stop_capture  # noqa: E402
+from test_faults import ECHO, HOLD, ready_status, stop_capture  # noqa: E402
 from topology import (ECHO_HTTP_APP, Topology, build_dir, run, wait_listening,  # noqa: E402
                       waypoint_gateway, with_labels)
 
@@ -487,6 +492,74 @@ class SpawnRollTest(unittest.TestCase):
         self.check_primary_kept(agent, primary)
         self.assertNotIn(f"pid={primary} exited", agent.logs())
 
+    def roll_then_kill_promoted(self, held):
+        """Rolls node1's tunnel and SIGKILLs the promoted process once it has taken the control
+        socket over. ambitd restarts a primary like after any crash: quickly, on the control
+        socket, answering heartbeats and serving. Returns (old pid, killed pid, restarted pid)."""
+        n = self.nodes
+        agent = n.n1
+        sock = os.path.join(agent.run_dir, "dataplane.sock")
+        old = plane(agent, "ambit-tunnel")["pid"]
+        restarts = int(plane(agent, "ambit-tunnel").get("restarts", 0))
+        r = ambitctl(agent, "dataplane", "roll", "-o", "json")
+        self.assertEqual(r.returncode, 0, f"{r.stdout}{r.stderr}\n{agent.logs()[-4000:]}")
+        new = json.loads(r.stdout)["newPid"]
+        self.assertNotEqual(new, old)
+        agent.wait_log(f"this standby (pid {new}) is the primary now", 10)
+        if held is None:
+            wait_for(f"old tunnel {old} exiting", lambda: not alive(old), GRACE + 5, 0.05)
+        else:
+            self.assertTrue(alive(old), "the old process left while a connection was open")
+        os.kill(new, signal.SIGKILL)
+        killed = time.time()
+        restarted = wait_for(
+            "a restarted primary tunnel",
+            lambda: (lambda d: d["pid"] if d.get("connected") and d.get("pid") not in (0, old, new)
+                     else None)(plane(agent, "ambit-tunnel")), 5, 0.05)
+        took = time.time() - killed
+        self.assertTrue(alive(restarted))
+        logs = agent.logs()
+        self.assertIn(f"pid={new} killed by signal 9; restart #", logs)
+        self.assertNotIn(f"pid={restarted} did not open", logs)
+        self.assertNotIn(".sock.next within", logs)
+        self.assertNotIn(f"(standby) pid={restarted}", logs)
+        status = plane(agent, "ambit-tunnel")
+        self.assertEqual(int(status.get("restarts", 0)), restarts + 1, status)
+        self.assertEqual(status.get("socket"), sock, status)
+        # It serves the control socket itself and holds its lock; nothing stands by on .next.
+        self.assertFalse(os.path.exists(sock + ".next"), "a standby socket after the restart")
+        with open(sock + ".lock") as f:
+            self.assertEqual(int(f.read().split()[0]), restarted)
+        # Ready again: the restarted process got its pods and configuration and answers pings.
+        wait_for("readiness 200 after the restart", lambda: ready_status(agent) == 200, 15)
+        fresh = n.hold(n.a, n.b.ip4, 7700)
+        exchange([fresh], f"{MARKER}-after-kill")
+        close_holds([fresh])
+        # Still ready after several heartbeat rounds, and still the same process.
+        time.sleep(3)
+        self.assertEqual(ready_status(agent), 200, agent.logs()[-3000:])
+        self.assertEqual(plane(agent, "ambit-tunnel")["pid"], restarted)
+        print(f"\nroll {old} -> {new}; {new} killed; primary {restarted} serving after "
+              f"{took:.2f}s")
+        return old, new, restarted
+
+    def test_7_promoted_tunnel_killed_is_restarted_as_primary(self):
+        self.roll_then_kill_promoted(held=None)
+
+    def test_8_promoted_tunnel_killed_while_predecessor_drains(self):
+        n = self.nodes
+        held = n.hold(n.a, n.b.ip6, 7700)
+        exchange([held], f"{MARKER}-before")
+        old, _, restarted = self.roll_then_kill_promoted(held)
+        # The draining predecessor still carries the held connection, untouched by the restart.
+        self.assertTrue(alive(old))
+        exchange([held], f"{MARKER}-still-draining")
+        self.assertEqual(plane(n.n1, "ambit-tunnel").get("drainingPids"), [old])
+        close_holds([held])
+        wait_for(f"old tunnel {old} exiting", lambda: not alive(old), GRACE + 5, 0.05)
+        n.n1.wait_log(f"pid={old} exited with status 0", 5)
+        self.assertEqual(plane(n.n1, "ambit-tunnel")["pid"], restarted)
+
 
 class ExternalRollTest(unittest.TestCase):
 
@@ -536,6 +609,37 @@ class ExternalRollTest(unittest.TestCase):
         self.assertEqual(plane(agent, "ambit-tunnel")["pid"], second.proc.pid)
         last = n.tunnel_holds()
         exchange(last, f"{MARKER}-next")
+        close_holds(last)
+
+
+    def test_promoted_killed_then_fresh_one_is_connected_as_primary(self):
+        n = self.nodes
+        agent = n.n1
+        first = n.tunnel1
+        second = DataPlaneProcess(n.topo.procs, TUNNEL, first.socket,
+                                  os.path.join(n.topo.workdir, "tunnel1-second.log"))
+        second.start()
+        agent.wait_log("rolled at ", 30)
+        wait_for("the second tunnel promoted", lambda: "taking the socket over" in second.logs(),
+                 15, 0.05)
+        first.proc.wait(timeout=GRACE + 5)
+        self.assertEqual(plane(agent, "ambit-tunnel")["pid"], second.proc.pid)
+        # The promoted one ends (its container killed); the kubelet starts a fresh one, which
+        # finds the lock free and serves the control socket itself: ambitd connects there.
+        second.kill()
+        agent.wait_log("ended its control session", 5)
+        third = DataPlaneProcess(n.topo.procs, TUNNEL, first.socket,
+                                 os.path.join(n.topo.workdir, "tunnel1-third.log"))
+        third.start()
+        third.wait_listening()
+        self.assertNotIn("standing by on", third.logs())
+        wait_for("ambitd connected to the fresh tunnel",
+                 lambda: (lambda d: d.get("connected") and d.get("pid") == third.proc.pid)(
+                     plane(agent, "ambit-tunnel")), 10, 0.05)
+        wait_for("readiness 200 with the fresh tunnel", lambda: ready_status(agent) == 200, 15)
+        self.assertFalse(os.path.exists(first.socket + ".next"))
+        last = n.tunnel_holds()
+        exchange(last, f"{MARKER}-third")
         close_holds(last)
 
 
