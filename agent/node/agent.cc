@@ -1494,6 +1494,9 @@ void Agent::RollBackFailedStart() {
   }
   if (fresh_run_dir_) {
     admin_server_.reset();
+    // The ZDS endpoints unlink their socket as they go; the run directory is removed below.
+    zds_server_.reset();
+    zds_client_.reset();
     std::error_code ec;
     // Only the entries a start creates: the default run directory is the parent of other
     // instances' ones, which must survive. A data plane started apart may have come to listen
