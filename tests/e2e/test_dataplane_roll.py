@@ -77,7 +77,8 @@ for line in sys.stdin:
 """
 
 # New HTTP connections one after another until the stop file exists or SECONDS pass: one JSON
-# line per connection to OUT, {"t0", "t1", "err"}; err null when 200 came back with the path.
+# line per connection to OUT, {"t0", "t1", "err"}; err null when 200 came back with the path,
+# else the error with the status and the start of the body that came back.
 HTTP_LOOP = r"""
 import http.client, json, os, sys, time
 host, port, seconds, stop, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -86,17 +87,21 @@ seq = 0
 with open(out, "w", buffering=1) as f:
     while time.time() < deadline and not os.path.exists(stop) and seq < 2000:
         seq += 1
-        t0, err = time.time(), None
+        t0, err, status, raw = time.time(), None, None, b""
         try:
             c = http.client.HTTPConnection(host, port, timeout=10)
             c.request("GET", f"/loop-{seq}")
             r = c.getresponse()
-            body = json.loads(r.read())
+            status, raw = r.status, r.read()
+            body = json.loads(raw)
             if r.status != 200 or body["path"] != f"/loop-{seq}":
                 err = f"status {r.status}"
             c.close()
         except Exception as e:
-            err = type(e).__name__
+            err = f"{type(e).__name__}: {e}"
+        if err is not None:
+            # What came back, so a failure says whether the proxy or the app answered.
+            err += f" (status {status}, body {raw[:300]!r})"
         f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
         time.sleep(0.05)
 """
