@@ -203,9 +203,14 @@ inline constexpr Metric kCaRequests{
 inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
+inline constexpr Metric kHboneConnectRetries{
+    "ambit_hbone_connect_retries_total", Type::kCounter,
+    "HBONE CONNECTs the peer refused unprocessed (REFUSED_STREAM, or above the last stream id of "
+    "its GOAWAY, e.g. a data plane draining for its successor) and opened again on another "
+    "connection, once each."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 41> kAll = {
+inline constexpr std::array<const Metric*, 42> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -247,6 +252,7 @@ inline constexpr std::array<const Metric*, 41> kAll = {
     &kKubeletProbes,
     &kCaRequests,
     &kCaTokenReviews,
+    &kHboneConnectRetries,
 };
 
 // The declaration of a name, or nullptr.

@@ -117,6 +117,7 @@ class Worker {
     uint64_t denied = 0;
     uint64_t refused_fail_closed = 0;  // new connections refused while fail_closed() is set
     uint64_t kubelet_probes = 0;       // node connections delivered as kubelet probes
+    uint64_t connect_retries = 0;      // refused CONNECTs opened again on another session
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }
