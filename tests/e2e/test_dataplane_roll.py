@@ -257,21 +257,24 @@ class RollNodes:
         if got != ["200", f"/{MARKER}-{word}", self.wp.ip4]:
             raise AssertionError(f"held HTTP connection broke at {word!r}: {got}")
 
-    def loops(self, name, seconds=90, interval=0.05):
-        """Clients opening new connections until the stop file appears (bounded in time)."""
+    def loops(self, name, seconds=90, interval=0.05, parallel=1):
+        """Clients opening new connections until the stop file appears (bounded in time);
+        `parallel` copies of each."""
         stop = os.path.join(self.topo.workdir, f"stop-{name}")
         runs = []
-        for src, host, port in ((self.a, self.b.ip4, 7700), (self.b, self.c.ip6, 7701)):
-            out = os.path.join(self.topo.workdir, f"loop-{name}-{src.name}.jsonl")
-            proc = src.popen(echo_loop(host, port, seconds, f"{MARKER}-{name}", out, stop=stop,
-                                       interval=interval, timeout=5, max_connections=3000),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(parallel):
+            for src, host, port in ((self.a, self.b.ip4, 7700), (self.b, self.c.ip6, 7701)):
+                out = os.path.join(self.topo.workdir, f"loop-{name}-{src.name}-{i}.jsonl")
+                proc = src.popen(echo_loop(host, port, seconds, f"{MARKER}-{name}", out,
+                                           stop=stop, interval=interval, timeout=5,
+                                           max_connections=3000),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                runs.append((proc, out))
+            out = os.path.join(self.topo.workdir, f"loop-{name}-http-{i}.jsonl")
+            proc = self.a.popen(["/usr/bin/python3", "-c", HTTP_LOOP, self.d.ip4, "8080",
+                                 str(seconds), stop, out, str(interval)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             runs.append((proc, out))
-        out = os.path.join(self.topo.workdir, f"loop-{name}-http.jsonl")
-        proc = self.a.popen(["/usr/bin/python3", "-c", HTTP_LOOP, self.d.ip4, "8080",
-                             str(seconds), stop, out, str(interval)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        runs.append((proc, out))
         return stop, runs
 
     @staticmethod
@@ -568,17 +571,19 @@ class SpawnRollTest(unittest.TestCase):
 
     def test_9_no_request_lost_to_goaway_over_repeated_rolls(self):
         """Short requests back to back, through the waypoint (a -> d: its upstream to node2's
-        tunnel) and tunnel to tunnel (a -> b, b -> c), while node2's tunnel, node1's and node2's
-        again are rolled: a CONNECT the draining process refuses unprocessed (above its GOAWAY's
+        tunnel) and tunnel to tunnel (a -> b, b -> c), while node2's tunnel and node1's are rolled
+        in turn: a CONNECT the draining process refuses unprocessed (above its GOAWAY's
         last stream id, or REFUSED_STREAM) is opened again on a new connection, never answered
-        with an error. Bounded: four rolls, at most 3000 connections per client, 120 s."""
+        with an error. Four clients of each kind at once, so streams are being opened on every
+        session when its GOAWAY goes out. Bounded: six rolls, at most 3000 connections per
+        client, 120 s."""
         n = self.nodes
         before = {a.node: a.logs().count("opened again on another HBONE connection")
                   for a in (n.n1, n.n2)}
-        stop, runs = n.loops("repeat", seconds=120, interval=0.005)
+        stop, runs = n.loops("repeat", seconds=120, interval=0.0, parallel=4)
         try:
             time.sleep(1)
-            for agent in (n.n2, n.n1, n.n2, n.n1):
+            for agent in (n.n2, n.n1, n.n2, n.n2, n.n1, n.n2):
                 old = plane(agent, "ambit-tunnel")["pid"]
                 r = ambitctl(agent, "dataplane", "roll", "tunnel", "-o", "json")
                 self.assertEqual(r.returncode, 0, f"{r.stdout}{r.stderr}\n{agent.logs()[-4000:]}")
