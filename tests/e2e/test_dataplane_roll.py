@@ -27,6 +27,10 @@ wp (the pod of Gateway backend/waypoint, served by node2's ambit-waypoint). Echo
     gone, or still draining a held connection), ambitd restarts a primary on the control socket
     within seconds (not a standby waiting on <socket>.next), readiness is 200 again and new
     connections are served; the held connection of the draining predecessor keeps working.
+  - Four clients of each kind open new connections back to back (through the waypoint and
+    tunnel to tunnel) while node2's and node1's tunnels are rolled six times: CONNECTs that
+    cross a drained process's GOAWAY are opened again, so no request gets a 503 or a reset; a
+    failed request is reported with its status and body.
 - ExternalRollTest (--dataplane=external on node1): the test starts node1's tunnel itself; a
   second one started on the same control socket stands by on <socket>.next, ambitd rolls to it
   by itself, the first drains (held connections keep working, new ones succeed) and exits 0 once
