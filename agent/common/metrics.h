@@ -211,6 +211,11 @@ inline constexpr Metric kCaRequests{
 inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,
     "TokenReviews the CA sent to the API server (callers' tokens not answered from its cache)."};
+inline constexpr Metric kHboneConnectRetries{
+    "ambit_hbone_connect_retries_total", Type::kCounter,
+    "HBONE CONNECTs the peer refused unprocessed (REFUSED_STREAM, or above the last stream id of "
+    "its GOAWAY, e.g. a data plane draining for its successor) and opened again on another "
+    "connection, once each."};
 
 // ---- ambitd's ZDS sockets (--zds-listen: ambit-cni; --zds-connect: istio-cni). ----
 inline constexpr Metric kZdsSessions{"ambit_zds_sessions",
@@ -226,7 +231,7 @@ inline constexpr Metric kZdsRequests{
     {"type", "outcome"}};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 44> kAll = {
+inline constexpr std::array<const Metric*, 45> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -271,6 +276,7 @@ inline constexpr std::array<const Metric*, 44> kAll = {
     &kNatOriginalDst,
     &kZdsSessions,
     &kZdsRequests,
+    &kHboneConnectRetries,
 };
 
 // The declaration of a name, or nullptr.

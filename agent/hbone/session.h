@@ -82,6 +82,16 @@ inline constexpr uint32_t kCancel = 0x8;
 inline constexpr uint32_t kConnectError = 0xa;  // the tunnelled TCP connection failed
 inline constexpr uint32_t kEnhanceYourCalm = 0xb;
 
+// Whether a client CONNECT that ended with `error_code` is opened again on a fresh session.
+// REFUSED_STREAM (RST_STREAM from the peer, or a stream above the last-stream-id of the peer's
+// GOAWAY, which nghttp2 reports with that code) means the peer never processed the stream
+// (RFC 9113 section 8.7), e.g. a data plane draining for its successor. Only before any response
+// (a stream that got one was processed) and only once (a peer that keeps refusing is answered
+// with the error). Pure, for the unit test.
+inline bool RetryRefusedConnect(uint32_t error_code, bool got_response, bool retried) {
+  return error_code == kRefusedStream && !got_response && !retried;
+}
+
 // Misbehaviour and activity counters. May be shared by all sessions of one loop (one worker):
 // pass the same object in SessionOptions::stats. Loop thread only.
 struct HboneStats {

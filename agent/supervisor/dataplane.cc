@@ -180,6 +180,15 @@ std::string DataPlane::Reap() {
   return how;
 }
 
+void DataPlane::CloseSession() {
+  if (!control_) return;
+  shutdown(control_.get(), SHUT_RD);
+  char byte;  // each recv takes one whole message; the rest of it is discarded
+  while (recv(control_.get(), &byte, sizeof byte, MSG_DONTWAIT) > 0) {
+  }
+  control_.Reset();
+}
+
 void DataPlane::Disconnect() {
   control_.Reset();
   pidfd_.Reset();

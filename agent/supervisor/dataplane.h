@@ -152,7 +152,11 @@ class DataPlane {
   absl::Status SendDrain(absl::Duration grace);
   // After SendDrain: ends the session, keeping the pidfd (if any) to reap the process when it
   // exits. Nothing is signalled.
-  void CloseSession() { control_.Reset(); }
+  // Ends the control session so that the data plane still reads what was sent last (a Drain):
+  // a unix socket closed with unread messages fails the peer's next recv with ECONNRESET, which
+  // drops what is queued for it. So reading stops first (nothing more can arrive), what arrived
+  // is discarded, and only then the socket closes.
+  void CloseSession();
   uint64_t tag() const { return options_.tag; }
   // A promoted standby is the primary from now on: it took <control socket> over when its
   // predecessor drained, and a standby's .next path is gone with the promotion. So a reconnect

@@ -122,7 +122,12 @@ void HandleOutboundHbone(Worker& worker, const std::shared_ptr<const Pod>& pod, 
   TunnelStream* raw = flow.get();
   flow->record() = std::move(record);
   worker.Adopt(std::move(flow));
-  auto status = raw->Open(*session, route.target.ToString(), headers);
+  // A CONNECT refused unprocessed (the peer draining for its successor) goes to a session that
+  // can take it, a new one when the refusing one was the only one.
+  auto reopen = [&worker, pod, client_ctx = ctx->client, dst_identity, hbone] {
+    return worker.pool().Get(*pod, client_ctx, dst_identity, hbone);
+  };
+  auto status = raw->Open(*session, route.target.ToString(), headers, std::move(reopen));
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning)
         << description << ": " << status.message() << "; connection reset";

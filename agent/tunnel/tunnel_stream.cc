@@ -28,12 +28,42 @@ TunnelStream::~TunnelStream() {
 }
 
 absl::Status TunnelStream::Open(std::shared_ptr<hbone::HboneSession> session,
-                                absl::string_view authority, const hbone::ConnectHeaders& headers) {
+                                absl::string_view authority, const hbone::ConnectHeaders& headers,
+                                SessionSource reopen) {
   session_ = std::move(session);
   auto id = session_->Connect(authority, headers, this);
   if (!id.ok()) return id.status();
   id_ = *id;
+  authority_ = std::string(authority);
+  headers_ = headers;
+  reopen_ = std::move(reopen);
   return absl::OkStatus();
+}
+
+bool TunnelStream::Reopen(uint32_t error_code) {
+  // Safe to send again as it is: the socket is read only once the 200 came (StartRelay), so the
+  // refused stream carried no byte of the client's, and the peer processed nothing of it.
+  auto session = reopen_();
+  if (!session.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description() << ": CONNECT refused (code " << error_code
+                                   << "), no session to retry on: " << session.status().message();
+    return false;
+  }
+  // The refused stream's session may be ending inside this very callback: let go of it only
+  // after this batch of events.
+  worker_.loop().Defer([old = std::move(session_)] {});
+  session_ = *std::move(session);
+  auto id = session_->Connect(authority_, headers_, this);
+  if (!id.ok()) {
+    AMBIT_LOG(kComponent, Warning) << description() << ": CONNECT refused (code " << error_code
+                                   << "), retry failed: " << id.status().message();
+    return false;
+  }
+  id_ = *id;
+  stream_over_ = false;
+  AMBIT_LOG(kComponent, Info) << description() << ": CONNECT refused unprocessed (code "
+                              << error_code << "); opened again on another HBONE connection";
+  return true;
 }
 
 void TunnelStream::Accept(std::shared_ptr<hbone::HboneSession> session, hbone::StreamId id,
@@ -67,6 +97,7 @@ void TunnelStream::StartRelay() {
 }
 
 void TunnelStream::OnResponse(int status) {
+  got_response_ = true;
   if (done_) return;
   if (status / 100 == 2) {
     AMBIT_LOG(kComponent, Debug) << description() << " tunnel up";
@@ -124,6 +155,11 @@ void TunnelStream::OnClosed() {
 void TunnelStream::OnReset(uint32_t error_code) {
   stream_over_ = true;
   if (done_) return;
+  if (reopen_ && hbone::RetryRefusedConnect(error_code, got_response_, retried_)) {
+    retried_ = true;
+    worker_.counters().connect_retries++;
+    if (Reopen(error_code)) return;
+  }
   if (connecting_) {
     connecting_ = false;
   }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "agent/common/event_loop.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/unique_fd.h"
@@ -23,9 +24,13 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   TunnelStream(Worker& worker, std::string description, UniqueFd socket);
   ~TunnelStream() override;
 
-  // Outbound: opens the CONNECT on `session`; relaying starts on a 200.
+  // Where a refused CONNECT is opened again (a session that can take one more stream).
+  using SessionSource = std::function<absl::StatusOr<std::shared_ptr<hbone::HboneSession>>()>;
+  // Outbound: opens the CONNECT on `session`; relaying starts on a 200. A CONNECT the peer
+  // refuses unprocessed before answering (hbone::RetryRefusedConnect) is opened once more on a
+  // session from `reopen`, when given.
   absl::Status Open(std::shared_ptr<hbone::HboneSession> session, absl::string_view authority,
-                    const hbone::ConnectHeaders& headers);
+                    const hbone::ConnectHeaders& headers, SessionSource reopen = {});
   // Inbound: the stream exists; the socket is connecting to the application. Answers 200 once
   // the connect succeeds (503 if it fails), then relays.
   void Accept(std::shared_ptr<hbone::HboneSession> session, hbone::StreamId id,
@@ -58,6 +63,8 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   void Fail(const std::string& reason, bool reset_stream);
   void Done();
   void ForgetDelivery();
+  // The CONNECT again, on a session from reopen_; false when there is none or it fails.
+  bool Reopen(uint32_t error_code);
 
   Worker& worker_;
   UniqueFd socket_;
@@ -80,6 +87,12 @@ class TunnelStream final : public Flow, public hbone::StreamObserver, public Eve
   size_t to_socket_off_ = 0;
   uint64_t sent_ = 0, received_ = 0;
   std::optional<std::pair<SocketAddress, SocketAddress>> delivery_;
+  // Outbound: what a retry of a refused CONNECT needs.
+  std::string authority_;
+  hbone::ConnectHeaders headers_;
+  SessionSource reopen_;
+  bool got_response_ = false;
+  bool retried_ = false;
 };
 
 }  // namespace ambit::tunnel

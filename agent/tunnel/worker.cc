@@ -410,6 +410,7 @@ void Worker::CollectStats(bool connections, bool metrics,
   counter(metrics::kClosedByPolicy, {}, counters_.closed_by_policy);
   counter(metrics::kConnectionsRefused, {{"reason", "configuration_not_applied"}},
           counters_.refused_fail_closed);
+  counter(metrics::kHboneConnectRetries, {}, counters_.connect_retries);
 }
 
 }  // namespace ambit::tunnel

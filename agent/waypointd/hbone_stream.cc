@@ -25,6 +25,27 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
   bool end_held = false;  // the peer's END_STREAM arrived behind `held`
   bool delivery_scheduled = false;
   std::shared_ptr<Counts> counts = std::make_shared<Counts>();
+  // Client: what a retry of a refused CONNECT needs.
+  std::string authority;
+  hbone::ConnectHeaders headers;
+  SessionSource reopen;
+  bool retried = false;
+
+  // The CONNECT again, on a session from `reopen`; false when there is none or it fails. Safe to
+  // send again as it is: what the owner wrote before the 2xx waits in `out` (Write flushes only
+  // once connected), so the refused stream carried none of it and the peer processed nothing.
+  bool Reopen() {
+    auto fresh = reopen();
+    if (!fresh.ok()) return false;
+    // The refused stream's session may be ending inside this very callback: let go of it only
+    // after this batch of events.
+    loop->Defer([old = std::move(session)] {});
+    session = *std::move(fresh);
+    auto next = session->Connect(authority, headers, this);
+    if (!next.ok()) return false;
+    id = *next;
+    return true;
+  }
 
   void Flush() {
     while (!over && !out.empty()) {
@@ -116,6 +137,10 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
     if (owner != nullptr && (end_held || !held.empty())) ScheduleDelivery();
   }
   void OnReset(uint32_t code) override {
+    if (reopen && owner != nullptr && hbone::RetryRefusedConnect(code, connected, retried)) {
+      retried = true;
+      if (Reopen()) return;
+    }
     End();
     held.clear();
     end_held = false;
@@ -139,7 +164,8 @@ std::unique_ptr<HboneStream> HboneStream::Open(EventLoop* loop,
                                                std::shared_ptr<hbone::HboneSession> session,
                                                absl::string_view authority,
                                                const hbone::ConnectHeaders& headers,
-                                               Observer* observer, std::string peer) {
+                                               Observer* observer, std::string peer,
+                                               SessionSource reopen) {
   auto core = std::make_shared<Core>();
   core->loop = loop;
   core->session = std::move(session);
@@ -148,6 +174,9 @@ std::unique_ptr<HboneStream> HboneStream::Open(EventLoop* loop,
   if (id.ok()) {
     core->id = *id;
     core->self = core;
+    core->authority = std::string(authority);
+    core->headers = headers;
+    core->reopen = std::move(reopen);
   } else {
     core->over = true;
     loop->Defer([weak = std::weak_ptr<Core>(core), status = id.status()] {

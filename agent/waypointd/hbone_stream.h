@@ -23,6 +23,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/common/event_loop.h"
 #include "agent/hbone/session.h"
@@ -37,13 +38,17 @@ class HboneStream final : public waypoint::ByteStream {
   static std::unique_ptr<HboneStream> Accepted(EventLoop* loop,
                                                std::shared_ptr<hbone::HboneSession> session,
                                                hbone::StreamId id, std::string peer);
+  // Where a refused CONNECT is opened again (a session that can take one more stream).
+  using SessionSource = std::function<absl::StatusOr<std::shared_ptr<hbone::HboneSession>>()>;
   // Client side: opens a CONNECT to `authority` on `session`; `observer` gets OnConnected on a
-  // 2xx answer and OnError otherwise (also when the CONNECT cannot be sent: from the loop).
+  // 2xx answer and OnError otherwise (also when the CONNECT cannot be sent: from the loop). A
+  // CONNECT the peer refuses unprocessed before answering (hbone::RetryRefusedConnect) is opened
+  // once more on a session from `reopen`, when given, unseen by the observer.
   static std::unique_ptr<HboneStream> Open(EventLoop* loop,
                                            std::shared_ptr<hbone::HboneSession> session,
                                            absl::string_view authority,
                                            const hbone::ConnectHeaders& headers, Observer* observer,
-                                           std::string peer);
+                                           std::string peer, SessionSource reopen = {});
   ~HboneStream() override;
 
   hbone::StreamObserver* stream_observer();

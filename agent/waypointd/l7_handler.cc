@@ -53,6 +53,22 @@ class FailedStream final : public waypoint::ByteStream {
   std::shared_ptr<bool> alive_;
 };
 
+// Where an upstream CONNECT the destination refused unprocessed (its data plane draining for a
+// successor) is opened again: a pooled session that can take it, else a new one. Counted per
+// retry; refused once the source pod is gone.
+HboneStream::SessionSource Reopener(tunnel::Worker& worker, std::weak_ptr<const tunnel::Pod> pod,
+                                    std::shared_ptr<const hbone::TlsContext> client_ctx,
+                                    std::string identity, SocketAddress hbone) {
+  return [&worker, pod = std::move(pod), client_ctx = std::move(client_ctx),
+          identity = std::move(identity),
+          hbone]() -> absl::StatusOr<std::shared_ptr<hbone::HboneSession>> {
+    auto src = pod.lock();
+    if (!src) return absl::UnavailableError("the source pod is no longer enrolled");
+    worker.counters().connect_retries++;
+    return worker.pool().Get(*src, client_ctx, identity, hbone);
+  };
+}
+
 // A fetcher for a machine without usable roots: every fetch fails with why.
 class UnavailableFetcher final : public authn::JwksFetcher {
  public:
@@ -102,7 +118,9 @@ class HboneUpstream final : public waypoint::UpstreamConnector {
                                    ",k8s.pod.name=", pod_->workload.name);
     return HboneStream::Open(loop, *session, route.target.ToString(), headers, observer,
                              absl::StrCat(route.target.ToString(), " via ",
-                                          route.hbone_ip.ToString(), " (", identity, ")"));
+                                          route.hbone_ip.ToString(), " (", identity, ")"),
+                             Reopener(worker_, pod_, ctx->client, identity,
+                                      SocketAddress{route.hbone_ip, AMBIT_HBONE_PORT}));
   }
   std::string Describe() const override { return dst_.ToString(); }
 
@@ -170,7 +188,9 @@ class AuthorizerConnector final : public waypoint::UpstreamConnector {
                                    ",k8s.pod.name=", pod->workload.name);
     return HboneStream::Open(loop, *session, route.target.ToString(), headers, observer,
                              absl::StrCat(route.target.ToString(), " via ",
-                                          route.hbone_ip.ToString(), " (", identity, ")"));
+                                          route.hbone_ip.ToString(), " (", identity, ")"),
+                             Reopener(worker_, pod, ctx->client, identity,
+                                      SocketAddress{route.hbone_ip, AMBIT_HBONE_PORT}));
   }
   std::string Describe() const override { return absl::StrCat("ext_authz ", provider_); }
 

@@ -27,6 +27,10 @@ wp (the pod of Gateway backend/waypoint, served by node2's ambit-waypoint). Echo
     gone, or still draining a held connection), ambitd restarts a primary on the control socket
     within seconds (not a standby waiting on <socket>.next), readiness is 200 again and new
     connections are served; the held connection of the draining predecessor keeps working.
+  - Four clients of each kind open new connections back to back (through the waypoint and
+    tunnel to tunnel) while node2's and node1's tunnels are rolled six times: CONNECTs that
+    cross a drained process's GOAWAY are opened again, so no request gets a 503 or a reset; a
+    failed request is reported with its status and body.
 - ExternalRollTest (--dataplane=external on node1): the test starts node1's tunnel itself; a
   second one started on the same control socket stands by on <socket>.next, ambitd rolls to it
   by itself, the first drains (held connections keep working, new ones succeed) and exits 0 once
@@ -77,28 +81,34 @@ for line in sys.stdin:
 """
 
 # New HTTP connections one after another until the stop file exists or SECONDS pass: one JSON
-# line per connection to OUT, {"t0", "t1", "err"}; err null when 200 came back with the path.
+# line per connection to OUT, {"t0", "t1", "err"}; err null when 200 came back with the path,
+# else the error with the status and the start of the body that came back.
 HTTP_LOOP = r"""
 import http.client, json, os, sys, time
 host, port, seconds, stop, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+interval = float(sys.argv[6]) if len(sys.argv) > 6 else 0.05
 deadline = time.time() + seconds
 seq = 0
 with open(out, "w", buffering=1) as f:
     while time.time() < deadline and not os.path.exists(stop) and seq < 2000:
         seq += 1
-        t0, err = time.time(), None
+        t0, err, status, raw = time.time(), None, None, b""
         try:
             c = http.client.HTTPConnection(host, port, timeout=10)
             c.request("GET", f"/loop-{seq}")
             r = c.getresponse()
-            body = json.loads(r.read())
+            status, raw = r.status, r.read()
+            body = json.loads(raw)
             if r.status != 200 or body["path"] != f"/loop-{seq}":
                 err = f"status {r.status}"
             c.close()
         except Exception as e:
-            err = type(e).__name__
+            err = f"{type(e).__name__}: {e}"
+        if err is not None:
+            # What came back, so a failure says whether the proxy or the app answered.
+            err += f" (status {status}, body {raw[:300]!r})"
         f.write(json.dumps({"t0": t0, "t1": time.time(), "err": err}) + "\n")
-        time.sleep(0.05)
+        time.sleep(interval)
 """
 
 
@@ -251,21 +261,24 @@ class RollNodes:
         if got != ["200", f"/{MARKER}-{word}", self.wp.ip4]:
             raise AssertionError(f"held HTTP connection broke at {word!r}: {got}")
 
-    def loops(self, name, seconds=90):
-        """Clients opening new connections until the stop file appears (bounded in time)."""
+    def loops(self, name, seconds=90, interval=0.05, parallel=1):
+        """Clients opening new connections until the stop file appears (bounded in time);
+        `parallel` copies of each."""
         stop = os.path.join(self.topo.workdir, f"stop-{name}")
         runs = []
-        for src, host, port in ((self.a, self.b.ip4, 7700), (self.b, self.c.ip6, 7701)):
-            out = os.path.join(self.topo.workdir, f"loop-{name}-{src.name}.jsonl")
-            proc = src.popen(echo_loop(host, port, seconds, f"{MARKER}-{name}", out, stop=stop,
-                                       interval=0.05, timeout=5),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(parallel):
+            for src, host, port in ((self.a, self.b.ip4, 7700), (self.b, self.c.ip6, 7701)):
+                out = os.path.join(self.topo.workdir, f"loop-{name}-{src.name}-{i}.jsonl")
+                proc = src.popen(echo_loop(host, port, seconds, f"{MARKER}-{name}", out,
+                                           stop=stop, interval=interval, timeout=5,
+                                           max_connections=3000),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                runs.append((proc, out))
+            out = os.path.join(self.topo.workdir, f"loop-{name}-http-{i}.jsonl")
+            proc = self.a.popen(["/usr/bin/python3", "-c", HTTP_LOOP, self.d.ip4, "8080",
+                                 str(seconds), stop, out, str(interval)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             runs.append((proc, out))
-        out = os.path.join(self.topo.workdir, f"loop-{name}-http.jsonl")
-        proc = self.a.popen(["/usr/bin/python3", "-c", HTTP_LOOP, self.d.ip4, "8080",
-                             str(seconds), stop, out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        runs.append((proc, out))
         return stop, runs
 
     @staticmethod
@@ -559,6 +572,38 @@ class SpawnRollTest(unittest.TestCase):
         wait_for(f"old tunnel {old} exiting", lambda: not alive(old), GRACE + 5, 0.05)
         n.n1.wait_log(f"pid={old} exited with status 0", 5)
         self.assertEqual(plane(n.n1, "ambit-tunnel")["pid"], restarted)
+
+    def test_9_no_request_lost_to_goaway_over_repeated_rolls(self):
+        """Short requests back to back, through the waypoint (a -> d: its upstream to node2's
+        tunnel) and tunnel to tunnel (a -> b, b -> c), while node2's tunnel and node1's are rolled
+        in turn: a CONNECT the draining process refuses unprocessed (above its GOAWAY's
+        last stream id, or REFUSED_STREAM) is opened again on a new connection, never answered
+        with an error. Four clients of each kind at once, so streams are being opened on every
+        session when its GOAWAY goes out. Bounded: six rolls, at most 3000 connections per
+        client, 120 s."""
+        n = self.nodes
+        before = {a.node: a.logs().count("opened again on another HBONE connection")
+                  for a in (n.n1, n.n2)}
+        stop, runs = n.loops("repeat", seconds=120, interval=0.0, parallel=4)
+        try:
+            time.sleep(1)
+            for agent in (n.n2, n.n1, n.n2, n.n2, n.n1, n.n2):
+                old = plane(agent, "ambit-tunnel")["pid"]
+                r = ambitctl(agent, "dataplane", "roll", "tunnel", "-o", "json")
+                self.assertEqual(r.returncode, 0, f"{r.stdout}{r.stderr}\n{agent.logs()[-4000:]}")
+                self.assertNotEqual(json.loads(r.stdout)["newPid"], old)
+                # Only short connections: the old process leaves as soon as the ones it had end.
+                wait_for(f"old tunnel {old} of {agent.node} exiting", lambda: not alive(old),
+                         GRACE + 5, 0.05)
+                time.sleep(0.5)
+        finally:
+            records = n.stop_loops(stop, runs)
+        self.assert_loops_all_served(records, "repeated rolls")
+        served = sum(len(v) for v in records.values())
+        retried = {a.node: a.logs().count("opened again on another HBONE connection") -
+                   before[a.node] for a in (n.n1, n.n2)}
+        print(f"\nrepeated rolls: {served} new connections, none failed; tunnel CONNECTs "
+              f"retried after a refusal: {retried}")
 
 
 class ExternalRollTest(unittest.TestCase):

@@ -523,5 +523,31 @@ TEST_F(SessionTest, ManySessionsShareStats) {
   EXPECT_EQ(server_->stats.sessions_established, 2u);
 }
 
+// Which ended CONNECTs are opened again on another session: only one the peer refused unprocessed
+// (REFUSED_STREAM: RST_STREAM, or above its GOAWAY's last stream id), before any response, once.
+TEST(RetryRefusedConnectTest, OnlyRefusedUnansweredStreamsOnce) {
+  struct Row {
+    uint32_t code;
+    bool got_response;
+    bool retried;
+    bool retry;
+  };
+  const Row rows[] = {
+      {kRefusedStream, false, false, true},   // refused by GOAWAY or RST_STREAM: not processed
+      {kRefusedStream, false, true, false},   // refused again: the error goes to the client
+      {kRefusedStream, true, false, false},   // answered: processed
+      {kCancel, false, false, false},         // the peer gave up on it: may have been processed
+      {kConnectError, false, false, false},   // the session died
+      {kNoError, false, false, false},        //
+      {kProtocolError, false, false, false},  //
+      {kInternalError, false, false, false},  //
+      {kEnhanceYourCalm, false, false, false},
+  };
+  for (const Row& r : rows) {
+    EXPECT_EQ(RetryRefusedConnect(r.code, r.got_response, r.retried), r.retry)
+        << "code " << r.code << " got_response " << r.got_response << " retried " << r.retried;
+  }
+}
+
 }  // namespace
 }  // namespace ambit::hbone::testing
