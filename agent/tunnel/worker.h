@@ -121,7 +121,7 @@ class Worker {
     // listener, original_dst.h), inbound (15006) and outbound (15001).
     uint64_t nat_original_dst_inbound = 0;
     uint64_t nat_original_dst_outbound = 0;
-    uint64_t connect_retries = 0;      // refused CONNECTs opened again on another session
+    uint64_t connect_retries = 0;  // refused CONNECTs opened again on another session
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }
