@@ -36,6 +36,8 @@ constexpr size_t kKeepOutputBuffer = 32 << 10;
 // released rather than kept (idle streams hold no buffer).
 constexpr size_t kKeepRingAfterPop = 16 << 10;
 constexpr size_t kHeaderFieldOverhead = 32;  // RFC 9113 section 6.5.2
+// The payload of the PING a server sends with its shutdown notice (Shutdown()).
+constexpr uint8_t kDrainPing[8] = {'a', 'm', 'b', 'i', 't', 'g', 'o', 'a'};
 
 absl::string_view View(const uint8_t* p, size_t n) {
   return absl::string_view(reinterpret_cast<const char*>(p), n);
@@ -263,6 +265,14 @@ struct Nghttp2Callbacks {
       case NGHTTP2_GOAWAY:
         s->goaway_received_ = true;
         s->goaway_received_code_ = frame->goaway.error_code;
+        return 0;
+      case NGHTTP2_PING:
+        // The client answered the PING sent after our shutdown notice: every stream it opened
+        // before it saw the notice came before this ack and has been processed.
+        if (!s->client_ && s->drain_ping_outstanding_ && (frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+            std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof(kDrainPing)) == 0) {
+          s->SendFinalGoaway();
+        }
         return 0;
       case NGHTTP2_HEADERS:
       case NGHTTP2_DATA:
@@ -1160,6 +1170,13 @@ void HboneSession::Close(absl::Status status) {
   }
   wire_out_.clear();
   wire_off_ = 0;
+  if (status.ok()) {
+    // Unread bytes at close() make the kernel answer with RST, which can overtake the GOAWAY and
+    // close_notify still queued: read (and drop) what the peer sent first. Bounded.
+    char scratch[4096];
+    for (int i = 0; i < 16 && recv(fd_.get(), scratch, sizeof scratch, MSG_DONTWAIT) > 0; ++i) {
+    }
+  }
   loop_->Unwatch(fd_.get());
   fd_.Reset();
   ERR_clear_error();
@@ -1404,9 +1421,35 @@ void HboneSession::Shutdown() {
     RunIo([&] { Close(absl::CancelledError("HBONE session shut down before the handshake")); });
     return;
   }
-  int32_t last = client_ ? 0 : nghttp2_session_get_last_proc_stream_id(h2_);
-  if (!client_) goaway_last_stream_ = last;
-  nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, nullptr, 0);
+  if (client_) {
+    nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+    ScheduleFlush();
+    return;
+  }
+  // A single GOAWAY naming the last stream processed races every CONNECT already on its way:
+  // under load some arrive after it and are refused, and a client that hit a write error before
+  // reading the GOAWAY sees a reset rather than a refusal it may retry. The notice stops new
+  // streams without refusing any; the PING's ack marks the point after which none can arrive.
+  if (nghttp2_submit_shutdown_notice(h2_) != 0 ||
+      nghttp2_submit_ping(h2_, NGHTTP2_FLAG_NONE, kDrainPing) != 0) {
+    SendFinalGoaway();
+    return;
+  }
+  drain_ping_outstanding_ = true;
+  std::weak_ptr<HboneSession> weak = weak_from_this();
+  loop_->RunAfter(options_.drain_notice_timeout, [weak] {
+    std::shared_ptr<HboneSession> s = weak.lock();
+    if (s == nullptr || s->state_ != State::kOpen) return;
+    s->RunIo([&] { s->SendFinalGoaway(); });
+  });
+  ScheduleFlush();
+}
+
+void HboneSession::SendFinalGoaway() {
+  drain_ping_outstanding_ = false;
+  if (client_ || state_ != State::kOpen || goaway_last_stream_ >= 0) return;
+  goaway_last_stream_ = nghttp2_session_get_last_proc_stream_id(h2_);
+  nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, goaway_last_stream_, NGHTTP2_NO_ERROR, nullptr, 0);
   ScheduleFlush();
 }
 

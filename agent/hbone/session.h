@@ -134,6 +134,9 @@ struct SessionOptions {
   uint32_t stream_open_burst = 200;
   double stream_open_rate = 100;
   absl::Duration handshake_timeout = absl::Seconds(10);
+  // Server, Shutdown(): how long the client has to answer the PING sent with the shutdown notice
+  // before the final GOAWAY goes out anyway (see Shutdown()).
+  absl::Duration drain_notice_timeout = absl::Seconds(2);
   HboneStats* stats = nullptr;  // null: the session counts on its own
   // Refills the stream-open bucket; tests move a fake one by hand. Must outlive the session.
   const Clock* clock = &RealClock::Get();
@@ -266,9 +269,12 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   // `n` bytes from OnData were delivered: reopen the stream's flow-control window by that much.
   void Consume(StreamId stream, size_t n);
   // GOAWAY(NO_ERROR): no new streams; the session closes (OnSessionClosed(OK)) once the open
-  // streams end. A server's GOAWAY names the last stream it accepted; a CONNECT the client sent
-  // before it saw the GOAWAY is refused with RST_STREAM(REFUSED_STREAM) and never reaches the
-  // delegate.
+  // streams end. A server goes away in two steps (RFC 9113 section 6.8): a shutdown notice
+  // (GOAWAY with the largest stream id) and a PING, then, once the PING's ack shows the client
+  // has seen the notice (or after drain_notice_timeout), the final GOAWAY naming the last stream
+  // it accepted. So a CONNECT that crossed the notice on the wire is still served; one that
+  // arrives after the final GOAWAY (a client that never acked) is refused with
+  // RST_STREAM(REFUSED_STREAM) and never reaches the delegate.
   void Shutdown();
   // Shutdown() was called: this side ends the session.
   bool shutting_down() const { return shutdown_; }
@@ -332,6 +338,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   void Forget(StreamId id);
   void HandleRequest(Stream& s);
   void RefuseLateStreams();
+  // Server: the second step of Shutdown(), once.
+  void SendFinalGoaway();
   bool TakeStreamToken();  // server: false when the client opened too many failing streams
   void SendFinalResponse(Stream& s, int status, absl::string_view reason = {});
   int AttachBody(Stream& s, int status);  // a 2xx response whose body is the stream
@@ -374,6 +382,7 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   // nghttp2 ignored after the GOAWAY left wait in late_streams_ for their RST_STREAM, sent once
   // the frames being parsed are done (before that nghttp2 still calls them idle).
   StreamId goaway_last_stream_ = -1;
+  bool drain_ping_outstanding_ = false;  // server: the notice's PING awaits its ack
   StreamId last_refused_late_ = 0;
   std::vector<StreamId> late_streams_;
   bool goaway_received_ = false;

@@ -358,28 +358,31 @@ TEST_F(SessionTest, ServerGoingAwayResetsStreamsItNeverSaw) {
   EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
 }
 
-// A stream the client opened before it saw the server's GOAWAY is refused with
-// RST_STREAM(REFUSED_STREAM) (safe to retry elsewhere), never handed to the server's delegate,
-// while the stream the GOAWAY covers still finishes.
-TEST_F(SessionTest, ServerGoingAwayRefusesStreamsOpenedAfterIt) {
+// The server goes away in two steps: a CONNECT that crossed its shutdown notice on the wire is
+// still served (nothing is refused, so nothing needs a retry), no new stream is opened after the
+// client saw the notice, and the session ends cleanly once both streams finish.
+TEST_F(SessionTest, ServerGoingAwayServesStreamsThatCrossedTheNotice) {
   StartServer();
   auto client = Dial();
   TestStream* first = Open(*client);
   ASSERT_TRUE(Run([&] { return first->status == 200; }));
   ASSERT_EQ(server_->requests.size(), 1u);
-  // Both in one turn of the loop: the CONNECT crosses the GOAWAY on the wire.
+  // Both in one turn of the loop: the CONNECT crosses the notice on the wire.
   server_->sessions[0]->Shutdown();
   TestStream* late = Open(*client);
-  ASSERT_TRUE(Run([&] { return late->done(); }));
-  EXPECT_EQ(late->reset, kRefusedStream);
-  EXPECT_EQ(late->status, 0);
-  EXPECT_EQ(server_->requests.size(), 1u);
-  EXPECT_GE(server_->stats.refused_streams, 1u);
-  EXPECT_FALSE(client->can_open_stream());
-  first->Send("", true);
-  server_->streams[0]->Send("", true);
+  ASSERT_TRUE(Run([&] { return late->status == 200; }));
+  EXPECT_FALSE(late->reset.has_value());
+  EXPECT_EQ(server_->requests.size(), 2u);
+  EXPECT_EQ(server_->stats.refused_streams, 0u);
+  ASSERT_TRUE(Run([&] { return !client->can_open_stream(); }));
+  EXPECT_FALSE(client->Connect("127.0.0.1:1", {}, first).ok());
+  for (TestStream* s : {first, late}) s->Send("", true);
+  for (auto& s : server_->streams) s->Send("", true);
   ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
   EXPECT_TRUE(first->closed);
+  EXPECT_TRUE(late->closed);
+  EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
+  EXPECT_TRUE(server_->closed[0].ok()) << server_->closed[0];
 }
 
 // Expiry of the peer's certificate is known to both sides once the handshake is done.
