@@ -35,8 +35,22 @@ absl::string_view DecisionWord(const authz::Decision& d) {
 
 }  // namespace
 
-DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecision& mtls) {
+bool RefusedByStrict(const authz::Request& request, const authz::PeerAuthnDecision& mtls) {
+  return request.layer == authz::Layer::kL4 && request.source_principal.empty() &&
+         mtls.mode == authz::MtlsMode::kStrict;
+}
+
+DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecision& mtls,
+                          const authz::Request& request) {
   DecisionSummary s;
+  s.mtls_mode = std::string(authz::MtlsModeName(mtls.mode));
+  if (RefusedByStrict(request, mtls)) {
+    s.refused_by_strict = true;
+    s.decision = "deny";
+    s.reason = absl::StrCat("STRICT mTLS refuses this plaintext client before authorization (",
+                            mtls.reason, ")");
+    return s;
+  }
   const bool ext = d.reason == authz::DecisionReason::kExtAuthzRequired && d.ext_authz;
   s.decision = std::string(DecisionWord(d));
   if (ext) {
@@ -45,7 +59,6 @@ DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecisi
   }
   s.policy = d.policy;
   s.reason = d.explanation;
-  s.mtls_mode = std::string(authz::MtlsModeName(mtls.mode));
   return s;
 }
 
@@ -53,7 +66,13 @@ std::string ExplainText(const authz::Engine& engine, const authz::Workload& targ
                         const authz::Request& request, const authz::Decision& d,
                         const authz::PeerAuthnDecision& mtls) {
   std::ostringstream out;
-  out << "decision: " << DecisionWord(d);
+  if (RefusedByStrict(request, mtls)) {
+    // The effective decision leads; what the policies alone would decide follows.
+    out << "decision: deny (STRICT mTLS refuses this plaintext client before authorization)\n"
+        << "policies: " << DecisionWord(d) << " (if the client used mTLS)";
+  } else {
+    out << "decision: " << DecisionWord(d);
+  }
   if (d.ext_authz.has_value()) {
     out << " (provider \"" << d.ext_authz->provider
         << "\" decides; if it allows: " << (d.ext_authz->if_allowed.allowed ? "allow" : "deny")

@@ -22,9 +22,17 @@ struct DecisionSummary {
   std::string policy;                 // "ns/name" that decided; "" for none
   std::string reason;
   std::string mtls_mode;  // STRICT, PERMISSIVE, DISABLE
+  // A plaintext client of a STRICT port: refused before any policy, so decision is deny.
+  bool refused_by_strict = false;
 };
 
-DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecision& mtls);
+// Whether the request comes from a plaintext client (no principal) at L4 to a port whose mTLS
+// mode is STRICT: the tunnel refuses it before authorization is evaluated.
+bool RefusedByStrict(const authz::Request& request, const authz::PeerAuthnDecision& mtls);
+
+// The decision as enforced: the policies' decision, or deny when STRICT refuses the client first.
+DecisionSummary Summarize(const authz::Decision& d, const authz::PeerAuthnDecision& mtls,
+                          const authz::Request& request);
 
 // The decision and a trace of every policy that applies, several lines, for the table output.
 std::string ExplainText(const authz::Engine& engine, const authz::Workload& target,

@@ -439,6 +439,8 @@ Value ExtAuthzValue(const pb::CheckExtAuthz& e) {
 Value CheckValue(const pb::CheckResponse& resp) {
   admin::DecisionSummary s{resp.decision(), resp.provider(), resp.after_ext_authz_allow(),
                            resp.policy(),   resp.reason(),   resp.mtls_mode()};
+  s.refused_by_strict =
+      resp.source_principal().empty() && resp.mtls_mode() == "STRICT" && resp.decision() == "deny";
   Value v = DecisionSummaryValue(s);
   auto text = [](const std::string& t) { return t.empty() ? Value() : Value(t); };
   v.Set("source", text(resp.source_principal()));
@@ -511,6 +513,9 @@ absl::Status Check(Context& ctx) {
   // with the waypoint a little more (supervisor::DataPlane::kProbeWait).
   auto resp = Call(ctx, **stub, &Stub::Check, req, std::chrono::seconds(15));
   if (!resp.ok()) return resp.status();
+  if (ctx.flag("exit-code").has_value() && resp->decision() == "deny") {
+    ctx.set_exit_code(kExitFailure);
+  }
   if (ctx.output_format() == OutputFormat::kTable) {
     ctx.out() << resp->trace();
     if (resp->generation().desired() != resp->generation().applied()) {
@@ -765,8 +770,10 @@ Command CheckLiveCommand() {
           "name, decision, policy, reason, source}], extAuthz: {provider, policy, asked,\n"
           "notAsked, answer, status, headers, body, upstreamEdits, downstreamEdits, detail,\n"
           "latencyMs, waypointPod, kind, failOpen, statusOnError, unresolved, result},\n"
-          "generation}. Exits 0 for any decision, 1 when a pod or service is unknown or the agent\n"
-          "cannot be asked.",
+          "generation}. A plaintext client of a STRICT port is denied (STRICT refuses it before\n"
+          "any policy; mtls.refusedPlaintextSource says so). Exits 0 for any decision (with\n"
+          "--exit-code: 1 on deny), 1 when a pod or service is unknown or the agent cannot be\n"
+          "asked.",
       .args_usage = "FROM TO:PORT",
       .examples =
           "ambitctl check default/web backend/api:8080\n"
@@ -785,7 +792,9 @@ Command CheckLiveCommand() {
                  "the time JWT exp/nbf are checked against (default: now)"},
                 {"no-ext-authz", '\0', "",
                  "do not call a CUSTOM policy's ext_authz provider (it may have side effects); "
-                 "the decision is then undetermined"}},
+                 "the decision is then undetermined"},
+                {"exit-code", '\0', "",
+                 "exit 1 when the decision is deny (undetermined ext_authz exits 0)"}},
       .run = Check,
   };
 }

@@ -435,7 +435,8 @@ Value DecisionSummaryValue(const admin::DecisionSummary& s) {
       {"policy", s.policy.empty() ? Value() : Value(s.policy)},
       {"reason", s.reason},
       {"mtls", Value::Object({{"mode", s.mtls_mode},
-                              {"plaintext", s.mtls_mode == "STRICT" ? "reject" : "accept"}})},
+                              {"plaintext", s.mtls_mode == "STRICT" ? "reject" : "accept"},
+                              {"refusedPlaintextSource", s.refused_by_strict}})},
   });
 }
 
@@ -546,6 +547,10 @@ absl::Status RunCheck(Context& ctx) {
   const bool rejected = authn.has_value() && !authn->allowed;
 
   const authz::Decision d = engine->Explain(in.target, in.request);
+  const admin::DecisionSummary summary = admin::Summarize(d, mtls, in.request);
+  if (ctx.flag("exit-code").has_value() && (rejected || summary.decision == "deny")) {
+    ctx.set_exit_code(kExitFailure);
+  }
   if (ctx.output_format() == OutputFormat::kTable) {
     // The decision line comes first, as without RequestAuthentication.
     if (rejected) {
@@ -557,7 +562,7 @@ absl::Status RunCheck(Context& ctx) {
     if (authn && (!authn->policies.empty() || rejected))
       ctx.out() << "\n" << admin::AuthnText(*authn);
   } else {
-    Value out = DecisionSummaryValue(admin::Summarize(d, mtls));
+    Value out = DecisionSummaryValue(summary);
     if (rejected) {
       out.Set("decision", "deny");
       out.Set("provider", Value());
@@ -588,8 +593,9 @@ Command CheckCommand() {
           "rejected).\n"
           "decision is allow, deny, or ext_authz when a CUSTOM policy hands the request to an\n"
           "external authorizer (afterExtAuthzAllow: the decision if it allows). Problems in DIR\n"
-          "are printed as warnings and the valid resources still apply. Exits 0 for any decision,\n"
-          "1 when FILE or DIR cannot be used.\n"
+          "are printed as warnings and the valid resources still apply. A plaintext client of a\n"
+          "STRICT port is denied (STRICT refuses it before any policy). Exits 0 for any decision\n"
+          "(with --exit-code: 1 on deny), 1 when FILE or DIR cannot be used.\n"
           "\n"
           "FILE (YAML):\n"
           "  enforcement: L4            # L4 (default) = the node tunnel; L7 = an HTTP proxy\n"
@@ -611,7 +617,9 @@ Command CheckCommand() {
       .flags = {{"config", '\0', "DIR", "the config directory, as ambitd reads it (required)"},
                 {"request", '\0', "FILE", "the request to check, YAML (required)"},
                 {"now", '\0', "UNIX_SECONDS",
-                 "the time JWT exp/nbf are checked against (default: now)"}},
+                 "the time JWT exp/nbf are checked against (default: now)"},
+                {"exit-code", '\0', "",
+                 "exit 1 when the decision is deny (undetermined ext_authz exits 0)"}},
       .run = RunCheck,
   };
 }

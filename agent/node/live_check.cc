@@ -183,12 +183,11 @@ class LiveChecker final : public admin::CheckEvaluator {
     HopResult tunnel;
     std::string l4_text;
     const authz::Decision d = config_.engine->Explain(target, request);
-    const admin::DecisionSummary s = admin::Summarize(d, mtls);
+    const admin::DecisionSummary s = admin::Summarize(d, mtls, request);
     if (bypass.has_value()) {
       tunnel = *bypass;
     } else {
-      tunnel = {d.allowed && d.reason != authz::DecisionReason::kExtAuthzRequired, s.decision,
-                s.policy, s.reason};
+      tunnel = {s.decision == "allow", s.decision, s.policy, s.reason};
     }
     l4_text = admin::ExplainText(*config_.engine, target, request, d, mtls);
     AddHop(&resp, "tunnel", dest.pod->Key(), tunnel, tunnel_principal);

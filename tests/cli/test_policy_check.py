@@ -817,9 +817,11 @@ row("mtls_workload_selector_other", [], l4(), "allow", None, mtls=("STRICT", "re
     peers=[pa("default", "STRICT"), pa("other", "DISABLE", selector={"app": "other"})])
 row("mtls_unset_inherits", [], l4(), "allow", None, mtls=("STRICT", "reject"),
     peers=[pa("default", "STRICT"), pa("httpbin", "UNSET", selector={"app": "httpbin"})])
-row("mtls_plaintext_strict_note", [allow("a", ALL)], l4(principal=None), "allow", "foo/a",
+row("mtls_plaintext_strict_note", [allow("a", ALL)], l4(principal=None), "deny", None,
     mtls=("STRICT", "reject"), peers=[pa("default", "STRICT")],
-    text=["refused by STRICT mTLS before authorization"])
+    text=["decision: deny (STRICT mTLS refuses this plaintext client before authorization)",
+          "policies: allow (if the client used mTLS)",
+          "refused by STRICT mTLS before authorization"])
 row("mtls_v1beta1", [], l4(), "allow", None, mtls=("STRICT", "reject"),
     peers=[pa("default", "STRICT", api="security.istio.io/v1beta1")])
 row("mtls_with_deny", [deny("d", src(namespaces=["bar"]))], l4(), "deny", "foo/d",
@@ -891,7 +893,11 @@ class PolicyCheckTable(unittest.TestCase):
             self.assertEqual(doc["afterExtAuthzAllow"], r.after, out)
             self.assertIsInstance(doc["reason"], str)
             self.assertTrue(doc["reason"], out)
-            self.assertEqual(doc["mtls"], {"mode": r.mtls[0], "plaintext": r.mtls[1]}, out)
+            # STRICT refuses a plaintext client at L4 before any policy: the decision is deny.
+            refused = (r.mtls[0] == "STRICT" and r.request.get("enforcement") == "L4" and
+                       "principal" not in r.request.get("source", {}))
+            self.assertEqual(doc["mtls"], {"mode": r.mtls[0], "plaintext": r.mtls[1],
+                                           "refusedPlaintextSource": refused}, out)
             if r.request.get("enforcement") != "L7" or "auth" in r.request:
                 self.assertIsNone(doc["authn"], out)  # nothing to authenticate
             else:
@@ -907,6 +913,11 @@ class PolicyCheckTable(unittest.TestCase):
             self.assertTrue(text.startswith(f"decision: {r.decision}"), text)
             for s in r.text:
                 self.assertIn(s, text)
+            # For scripts: 1 on deny, 0 otherwise, same output.
+            code, text2, err = ambitctl("policy", "check", "--config", cfg, "--request", req,
+                                        "--exit-code")
+            self.assertEqual(code, 1 if r.decision == "deny" else 0, err)
+            self.assertEqual(text2, text)
 
 
 def _make_test(r):

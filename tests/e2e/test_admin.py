@@ -167,7 +167,8 @@ metadata:
         self.assertIn("which has no pod (no Gateway backend/backend-waypoint in the configuration)",
                       denied["reason"])
         self.assertEqual(denied["waypoint"], "backend/backend-waypoint")
-        self.assertEqual(denied["mtls"], {"mode": "STRICT", "plaintext": "reject"})
+        self.assertEqual(denied["mtls"], {"mode": "STRICT", "plaintext": "reject",
+                                          "refusedPlaintextSource": False})
         self.assertEqual([h["decision"] for h in denied["hops"]], ["deny", "not_reached"])
         v6 = self.json("check", "default/a", f"[{self.b.ip6}]:9000")
         self.assertEqual(v6["policy"], "waypoint backend/backend-waypoint")
@@ -191,6 +192,11 @@ metadata:
         table = self.ctl("check", "backend/b", "default/a:9000").stdout
         self.assertIn("decision: allow", table)
         self.assertIn("from spiffe://cluster.local/ns/backend/sa/api", table)
+        # For scripts: --exit-code exits 1 on deny, 0 on allow.
+        self.assertEqual(self.ctl("check", "default/a", "backend/b:9001", "--exit-code",
+                                  ok=False).returncode, 1)
+        self.assertEqual(self.ctl("check", "backend/b", "default/a:9000", "--exit-code",
+                                  ok=False).returncode, 0)
         r = self.ctl("check", "default/nope", "backend/b:9001", ok=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no pod default/nope", r.stderr)

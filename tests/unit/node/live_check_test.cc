@@ -84,6 +84,13 @@ spec:
   selector: {tier: open}
   ports: [{name: http, port: 80, targetPort: 8080}]
 ---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a-strict-7000, namespace: default}
+spec:
+  selector: {matchLabels: {app: a}}
+  portLevelMtls: {"7000": {mode: STRICT}}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: plain, namespace: default}
@@ -325,6 +332,21 @@ TEST_F(LiveCheckTest, PlaintextClientSkipsTheWaypointAndIsRefused) {
   EXPECT_THAT(r.waypoint(), IsEmpty());
   EXPECT_EQ(r.decision(), "deny");
   EXPECT_THAT(r.reason(), HasSubstr("not a plaintext client"));
+}
+
+// A plaintext client of a STRICT port is refused before any policy: the decision as enforced
+// leads, the policies' own answer follows in the trace.
+TEST_F(LiveCheckTest, PlaintextClientOfAStrictPortIsDenied) {
+  const pb::CheckResponse r = Check(Req("default/x", "default/a", 7000));
+  EXPECT_EQ(r.decision(), "deny");
+  EXPECT_EQ(r.mtls_mode(), "STRICT");
+  EXPECT_THAT(r.reason(), HasSubstr("STRICT mTLS refuses this plaintext client"));
+  EXPECT_THAT(r.trace(), ::testing::StartsWith("decision: deny (STRICT mTLS refuses"));
+  EXPECT_THAT(r.trace(), HasSubstr("policies: allow (if the client used mTLS)"));
+  // Another port of the same pod is PERMISSIVE: plaintext passes.
+  EXPECT_EQ(Check(Req("default/x", "default/a", 8080)).decision(), "allow");
+  // With mTLS the STRICT port is the policies' answer.
+  EXPECT_EQ(Check(Req("backend/b", "default/a", 7000)).decision(), "allow");
 }
 
 TEST_F(LiveCheckTest, BadDestinationsAreClearErrors) {
