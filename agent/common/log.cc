@@ -65,6 +65,13 @@ bool Enabled(std::string_view component, Level level) {
   return static_cast<int>(level) >= default_level.load(std::memory_order_relaxed);
 }
 
+bool IsKnownComponent(std::string_view component) {
+  for (std::string_view c : kComponents) {
+    if (c == component) return true;
+  }
+  return false;
+}
+
 bool ParseLevel(std::string_view text, Level* level) {
   if (text == "debug")
     *level = Level::kDebug;

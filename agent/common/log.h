@@ -36,6 +36,14 @@ class Line {
 
 bool ParseLevel(std::string_view text, Level* level);
 
+// Every component a line is logged under, in ambitd and in both data-plane processes: what
+// `ambitctl log --component` accepts. tests/build/log_components_test.py fails when the tree logs
+// under a name that is not listed here.
+inline constexpr std::string_view kComponents[] = {
+    "access", "admin",      "agent",     "authz", "bpf",    "ca",       "config", "hbone",
+    "kube",   "supervisor", "telemetry", "tls",   "tunnel", "waypoint", "zds"};
+bool IsKnownComponent(std::string_view component);
+
 // One value of a `key=value` log line (the access logs of ambit-tunnel and ambit-waypoint):
 // "-" when empty; as is when it holds only [A-Za-z0-9./:_@%[]-]; otherwise in double quotes
 // with `"` and `\` escaped, line breaks and tabs as spaces, any other control character as `?`.

@@ -216,6 +216,13 @@ class LogLevels {
   explicit LogLevels(std::vector<std::string> control_sockets)
       : control_sockets_(std::move(control_sockets)) {}
   absl::StatusOr<pb::LogLevelResponse> Handle(const pb::LogLevelRequest& req) {
+    if (!req.component().empty() && !log::IsKnownComponent(req.component())) {
+      // A typo would otherwise set a level nothing logs under, and say it worked.
+      std::vector<std::string> names(std::begin(log::kComponents), std::end(log::kComponents));
+      return absl::InvalidArgumentError(absl::StrCat("unknown log component '", req.component(),
+                                                     "'; components: default, ",
+                                                     absl::StrJoin(names, ", ")));
+    }
     if (!req.level().empty()) {
       log::Level level;
       if (!log::ParseLevel(req.level(), &level)) {
@@ -283,9 +290,8 @@ class LogLevels {
   const std::vector<std::string> control_sockets_;
   absl::Mutex mu_;
   std::map<std::string, std::string> changed_ ABSL_GUARDED_BY(mu_);  // component -> level
-  std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {
-      "access", "admin", "agent", "authz",  "bpf",        "ca",
-      "config", "hbone", "tls",   "tunnel", "supervisor", "telemetry"};
+  std::set<std::string> components_ ABSL_GUARDED_BY(mu_) = {std::begin(log::kComponents),
+                                                            std::end(log::kComponents)};
 };
 
 }  // namespace

@@ -264,6 +264,12 @@ metadata:
         r = self.ctl("log", "--level", "loud", ok=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("not a log level", r.stderr)
+        # A misspelled component is refused, with the names that exist; nothing changes.
+        r = self.ctl("log", "--level", "debug", "--component", "authzz", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("unknown log component 'authzz'", r.stderr)
+        self.assertIn("authz", r.stderr.split("components:")[1])
+        self.assertNotIn("authzz", {l["component"] for l in self.json("log")["levels"]})
         self.assertIn("COMPONENT", self.ctl("log").stdout.splitlines()[0])
 
     def test_config_dump(self):
