@@ -11,6 +11,11 @@ with certificates from the fake istiod's root), a pod the CA places on another n
 and the refusal shows in `ambitctl certs` and the log, and the CA's roots are read from a file
 that changes under ambitd (a rotation: a new root is trusted, serves TLS and signs).
 
+ConfigMapRootsTest: the roots from istiod's istio-ca-root-cert ConfigMap through the API server
+(tests/kube/fake_apiserver.py stands in for kube-apiserver): nothing is asked of the CA before the
+ConfigMap exists, certificates follow once it does, and a rotation written to it reaches the
+data plane's trust bundle.
+
 OwnCaImpersonationTest: `ambitd --ca-only` asked with ImpersonatedIdentity by a grpcio client
 on node2's behalf: node2's pod is issued, node1's refused, and malformed or contradicting
 requests are refused with their own outcome labels in /metrics.
@@ -27,9 +32,12 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "ca"))
+sys.path.insert(0, os.path.join(HERE, "..", "kube"))
 from topology import (ECHO_HTTP_APP, Topology, build_dir, run,  # noqa: E402
                       strict_peer_authentication, wait_listening)
 from test_cluster_ca import ClusterCa, make_cacerts  # noqa: E402
+from fake_apiserver import FakeApiServer  # noqa: E402
+import yaml  # noqa: E402
 
 import grpc  # noqa: E402
 from cryptography import x509  # noqa: E402
@@ -269,6 +277,71 @@ class IstiodCaTest(unittest.TestCase):
         os.rename(self.istiod.root_file + ".tmp", self.istiod.root_file)
         n1.wait_log("certificate 1 of 1 does not parse; the last good roots stay in force", 10)
         self.assertEqual(len(certs_of(n1)["trustBundle"]), 2)
+
+
+class ConfigMapRootsTest(unittest.TestCase):
+    def test_roots_from_the_configmap(self):
+        with Topology("cmroots") as t:
+            a = t.add_pod("a", namespace="default", service_account="web", node="node1")
+            istiod = FakeIstiod(t)
+            istiod.write_table({
+                "trusted_node_accounts": [f"{AGENT_NS}/{AGENT_SA}"],
+                "tokens": {"token-node1": {"namespace": AGENT_NS, "service_account": AGENT_SA,
+                                           "pod_name": "ambit-node1",
+                                           "pod_uid": "uid-ambit-node1"}},
+                "pods": [{"namespace": AGENT_NS, "name": "ambit-node1", "uid": "uid-ambit-node1",
+                          "service_account": AGENT_SA, "node": "node1"},
+                         {"namespace": "default", "name": "a", "uid": "uid-a",
+                          "service_account": "web", "node": "node1"}]})
+            istiod.start()
+            kube = FakeApiServer(os.path.join(t.workdir, "apiserver"))
+            kube.start()
+            self.addCleanup(kube.stop)
+            for ns in ("default", AGENT_NS):
+                kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            kube.apply(yaml.safe_load(a.yaml()))
+            agent = t.add_agent("node1")
+            agent.write_config("mesh.yaml", "trustDomain: cluster.local\n")
+            token = os.path.join(t.workdir, "istio-token")
+            with open(token, "w") as f:
+                f.write("token-node1\n")
+            agent.start("--kube-api", kube.url, "--kube-token-file", kube.token_file,
+                        "--kube-ca-file", kube.ca_file, "--ca-address",
+                        f"localhost:{istiod.port}", "--ca-root-configmap",
+                        f"{AGENT_NS}/istio-ca-root-cert", "--ca-token-file", token,
+                        wait_pods=[a])
+            # No ConfigMap yet: no roots, so nothing goes to the CA and the pod has no certificate.
+            try:
+                failed = wait_for("web's failure without roots",
+                                  lambda: (lambda c: c if c and c["error"] else None)(
+                                      cert(agent, WEB)), 30, 0.2)
+            except AssertionError as e:
+                raise AssertionError(f"{e}: {certs_of(agent)}\n{agent.logs()[-4000:]}") from None
+            self.assertIn(f"no roots for the external CA from ConfigMap {AGENT_NS}/"
+                          "istio-ca-root-cert", failed["error"])
+            self.assertEqual(istiod.decisions(), [])
+            self.assertEqual(certs_of(agent)["trustBundle"], [])
+
+            def publish():
+                kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "istio-ca-root-cert", "namespace": AGENT_NS},
+                            "data": {"root-cert.pem": istiod.roots().decode()}})
+
+            publish()
+            wait_for("web valid", lambda: (lambda c: c and c["state"] == "valid")(
+                cert(agent, WEB)), 60, 0.2)
+            self.assertEqual([r["sha256Fingerprint"].replace(":", "").upper()
+                              for r in certs_of(agent)["trustBundle"]],
+                             fingerprints(istiod.roots()))
+            self.assertEqual(istiod.decisions()[-1]["identity"], WEB)
+
+            istiod.proc.send_signal(signal.SIGHUP)
+            wait_for("two roots", lambda: len(fingerprints(istiod.roots())) == 2, 10)
+            publish()
+            agent.wait_log("trust bundle changed (1 -> 2 root(s))", 20)
+            self.assertEqual(sorted(r["sha256Fingerprint"].replace(":", "").upper()
+                                    for r in certs_of(agent)["trustBundle"]),
+                             sorted(fingerprints(istiod.roots())))
 
 
 class OwnCaImpersonationTest(unittest.TestCase):
