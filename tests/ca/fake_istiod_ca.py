@@ -24,6 +24,9 @@ authenticate/kubeauth/kube_jwt.go, security/pkg/k8s/tokenreview/k8sauthn.go):
 - The answer is [leaf, root]: one PEM certificate per element, each ending in a newline, the root
   last, as istiod's self-signed CA answers.
 
+With `"impersonation_supported": false` in the table it ignores ImpersonatedIdentity, as an
+istiod from before the key existed does, and certifies the caller.
+
 The table (`--config`, JSON) is read again whenever the file changes, so a test moves pods and
 tokens as a cluster would. The CA's root is made at start; SIGHUP rotates it as istiod's
 self-signed CA does: a new root signs from then on and serves TLS, and `root-cert.pem` in the
@@ -270,7 +273,7 @@ class IstiodCa:
             sans = [f"spiffe://{td}/ns/{caller['namespace']}/sa/{caller['service_account']}"]
             field = request.metadata.fields.get(IMPERSONATED)
             identity = field.string_value if field is not None else ""
-            if identity:
+            if identity and doc.get("impersonation_supported", True):
                 entry["impersonated"] = identity
                 entry["node"] = authorize_impersonation(doc, caller, identity)
                 sans = [identity]

@@ -8,7 +8,8 @@ trusted to impersonate (CA_TRUSTED_NODE_ACCOUNTS), and an identity is certified 
 one of its pods is scheduled on, as the CA's own view of the cluster says. Pods get certificates
 for their own identities, curl reaches a STRICT pod on the other node through the mesh (mTLS
 with certificates from the fake istiod's root), a pod the CA places on another node is refused
-and the refusal shows in `ambitctl certs` and the log, and the CA's roots are read from a file
+and the refusal shows in `ambitctl certs` and the log, a leaf for another identity (a CA that
+ignores the impersonation) is refused, and the CA's roots are read from a file
 that changes under ambitd (a rotation: a new root is trusted, serves TLS and signs).
 
 ConfigMapRootsTest: the roots from istiod's istio-ca-root-cert ConfigMap through the API server
@@ -234,6 +235,21 @@ class IstiodCaTest(unittest.TestCase):
                                    "service_account": "cart", "node": "node1"})
         self.istiod.write_table(self.table)
         self.wait_state(n1, CART, "valid", 120)
+
+    def test_a_leaf_for_another_identity_is_refused(self):
+        # A CA that ignores ImpersonatedIdentity (istiod before the key existed) certifies the
+        # caller, the node agent's service account: ambitd must not hand that to the pod.
+        self.table["impersonation_supported"] = False
+        self.istiod.write_table(self.table)
+        n1 = self.start_agent("node1", [self.a, self.b], [self.a])
+        failed = wait_for("web's refusal", lambda: (lambda c: c if c and c["error"] else None)(
+            cert(n1, WEB)), 30, 0.2)
+        self.assertNotEqual(failed["state"], "valid")
+        agent_id = f"spiffe://cluster.local/ns/{AGENT_NS}/sa/{AGENT_SA}"
+        self.assertIn(f"answered the request for {WEB} wrongly: the leaf certificate is for "
+                      f"{agent_id}, not exactly {WEB}", failed["error"])
+        n1.wait_log(f"signing {WEB} for the ")
+        self.assertEqual(self.istiod.decisions()[0]["identity"], agent_id)
 
     def test_roots_from_the_file_are_rotated(self):
         web2 = self.topo.add_pod("d", namespace="default", service_account="web2", node="node1")
