@@ -41,6 +41,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -73,7 +74,12 @@ def ca_stubs():
                     f"--grpc_python_out={outdir}", "istio/v1/auth/ca.proto"]) != 0:
         raise RuntimeError("protoc failed for istio/v1/auth/ca.proto")
     sys.path.insert(0, outdir)
-    from istio.v1.auth import ca_pb2, ca_pb2_grpc
+    try:
+        from istio.v1.auth import ca_pb2, ca_pb2_grpc
+    finally:
+        # Imported modules live on without their files.
+        sys.path.remove(outdir)
+        shutil.rmtree(outdir, ignore_errors=True)
     return ca_pb2, ca_pb2_grpc
 
 
