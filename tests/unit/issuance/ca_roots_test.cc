@@ -90,7 +90,8 @@ TEST(RootCertHolderTest, UnavailableUntilTheFirstGoodRoots) {
   holder.Failed(absl::NotFoundError("ConfigMap a/b not found"));
   auto none = holder.Current();
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(none.status().message().find("ConfigMap a/b not found"), std::string::npos) << none.status();
+  EXPECT_NE(none.status().message().find("ConfigMap a/b not found"), std::string::npos)
+      << none.status();
   EXPECT_NE(none.status().message().find("nothing is sent to the CA"), std::string::npos);
   EXPECT_FALSE(holder.Offer("", "ConfigMap a/b key root-cert.pem").ok());
   EXPECT_EQ(holder.Current().status().code(), absl::StatusCode::kUnavailable);
