@@ -204,9 +204,11 @@ inline constexpr Metric kCaRequests{
     "ambit_ca_requests_total",
     Type::kCounter,
     "CreateCertificate calls the CA answered, by outcome: issued, unauthenticated (no token, a "
-    "refused token, or one that could not be checked), denied (identity of no pod on the "
-    "caller's node, or over its rate), unavailable (the pods' placement not loaded yet), invalid "
-    "(a bad CSR).",
+    "refused token, one that could not be checked, or another cluster's), denied (identity of "
+    "no pod on the caller's node, or over its rate), unavailable (the pods' placement not "
+    "loaded yet), invalid (a bad CSR), impersonation_denied (an ImpersonatedIdentity of no pod "
+    "on the caller's node), impersonation_invalid (an ImpersonatedIdentity that is no Istio "
+    "identity or not the CSR's).",
     {"outcome"}};
 inline constexpr Metric kCaTokenReviews{
     "ambit_ca_token_reviews_total", Type::kCounter,

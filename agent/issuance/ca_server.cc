@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -17,6 +18,7 @@
 #include "agent/ca/certificate_authority.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
+#include "agent/issuance/impersonation.h"
 #include "istio/v1/auth/ca.grpc.pb.h"
 
 namespace ambit::issuance {
@@ -113,11 +115,12 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
   Service(std::shared_ptr<const ca::CertificateAuthority> ca,
           std::shared_ptr<const Entitlements> entitlements,
           std::shared_ptr<CallerAuthenticator> authenticator,
-          std::shared_ptr<SigningRateLimiter> rate)
+          std::shared_ptr<SigningRateLimiter> rate, std::string cluster_id)
       : ca_(std::move(ca)),
         entitlements_(std::move(entitlements)),
         authenticator_(std::move(authenticator)),
-        rate_(std::move(rate)) {}
+        rate_(std::move(rate)),
+        cluster_id_(std::move(cluster_id)) {}
 
   std::map<std::string, uint64_t> Counts() const {
     absl::MutexLock lock(&mu_);
@@ -128,7 +131,10 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
                                  const istio::v1::auth::IstioCertificateRequest* req,
                                  istio::v1::auth::IstioCertificateResponse* resp) override {
     std::string peer = ctx->peer();
-    auto node = Authenticate(*ctx);
+    // As istiod: a caller from another cluster has a token this cluster cannot review.
+    const absl::Status cluster = CheckClusterId(ClaimedCluster(*ctx), cluster_id_);
+    absl::StatusOr<std::string> node =
+        cluster.ok() ? Authenticate(*ctx) : absl::StatusOr<std::string>(cluster);
     if (!node.ok()) {
       Count("unauthenticated");
       AMBIT_LOG(kComponent, Warning)
@@ -142,17 +148,27 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
                                                        : grpc::StatusCode::UNAUTHENTICATED;
       return grpc::Status(code, std::string(node.status().message()));
     }
+    // A node agent asking on a pod's behalf (ztunnel's way with istiod) names the pod's identity
+    // in the metadata; every caller is a node agent (its token says which node), so the rule is
+    // the same either way: only identities of pods scheduled on the caller's node.
+    auto impersonated = ImpersonatedIdentity(req->metadata());
+    if (!impersonated.ok()) {
+      return Refuse(peer, *node, impersonated.status(), "impersonation_invalid");
+    }
+    const bool impersonating = impersonated->has_value();
     auto uris = RequestedUris(req->csr());
     if (!uris.ok()) return Refuse(peer, *node, uris.status());
-    if (uris->size() != 1) {
-      return Refuse(
-          peer, *node,
-          absl::InvalidArgumentError(absl::StrCat(
-              "csr must ask for exactly one URI (a SPIFFE ID); it asks for ", uris->size())));
+    auto requested = RequestedIdentity(*impersonated, *uris);
+    if (!requested.ok()) {
+      return Refuse(peer, *node, requested.status(),
+                    impersonating && uris->size() == 1 ? "impersonation_invalid" : nullptr);
     }
-    const std::string& identity = (*uris)[0];
+    const std::string& identity = *requested;
     if (auto allowed = entitlements_->Check(*node, identity); !allowed.ok()) {
-      return Refuse(peer, *node, allowed);
+      return Refuse(peer, *node, allowed,
+                    impersonating && allowed.code() == absl::StatusCode::kPermissionDenied
+                        ? "impersonation_denied"
+                        : nullptr);
     }
     // After the cheap checks, so that refused requests cost the node none of its rate.
     if (rate_ != nullptr) {
@@ -165,7 +181,7 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     for (auto& pem : *chain) resp->add_cert_chain(pem);
     Count("issued");
     AMBIT_LOG(kComponent, Info) << "issued " << identity << " to node " << *node << " (" << peer
-                                << ")";
+                                << (impersonating ? ", impersonated" : "") << ")";
     return grpc::Status::OK;
   }
 
@@ -181,14 +197,25 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
     return absl::UnauthenticatedError("no 'authorization: Bearer <token>' metadata");
   }
 
+  // The "clusterid" metadata the caller sent; empty when none or several (istiod reads those as
+  // no claim).
+  static std::string ClaimedCluster(const grpc::ServerContext& ctx) {
+    auto range = ctx.client_metadata().equal_range(kClusterIdHeader);
+    if (range.first == range.second || std::next(range.first) != range.second) return "";
+    return std::string(range.first->second.data(), range.first->second.size());
+  }
+
   void Count(const char* outcome) {
     absl::MutexLock lock(&mu_);
     ++counts_[outcome];
   }
 
-  grpc::Status Refuse(const std::string& peer, const std::string& node, const absl::Status& why) {
+  // `outcome` null: by the status code.
+  grpc::Status Refuse(const std::string& peer, const std::string& node, const absl::Status& why,
+                      const char* outcome = nullptr) {
     const absl::StatusCode code = why.code();
-    Count(code == absl::StatusCode::kPermissionDenied ||
+    Count(outcome != nullptr ? outcome
+          : code == absl::StatusCode::kPermissionDenied ||
                   code == absl::StatusCode::kResourceExhausted
               ? "denied"
           : code == absl::StatusCode::kUnavailable ? "unavailable"
@@ -202,6 +229,7 @@ class CaServer::Service final : public istio::v1::auth::IstioCertificateService:
   std::shared_ptr<const Entitlements> entitlements_;
   std::shared_ptr<CallerAuthenticator> authenticator_;
   std::shared_ptr<SigningRateLimiter> rate_;
+  const std::string cluster_id_;
   mutable absl::Mutex mu_;
   std::map<std::string, uint64_t> counts_ ABSL_GUARDED_BY(mu_);
 };
@@ -224,8 +252,8 @@ absl::StatusOr<std::unique_ptr<CaServer>> CaServer::Start(
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({serving->second, serving->first});
   auto server = std::unique_ptr<CaServer>(new CaServer());
-  server->service_ =
-      std::make_unique<Service>(ca, std::move(entitlements), authenticator, std::move(rate));
+  server->service_ = std::make_unique<Service>(ca, std::move(entitlements), authenticator,
+                                               std::move(rate), options.cluster_id);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::SslServerCredentials(ssl), &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxCsrBytes + 4096));

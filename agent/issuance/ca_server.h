@@ -44,6 +44,9 @@ struct CaServerOptions {
   // Names in the serving certificate, besides the listen host (an IP SAN for an address, a DNS
   // SAN for a name; a wildcard address adds nothing), which clients dialling it check.
   std::vector<std::string> serving_names = {"ambit-ca", "localhost"};
+  // The cluster this CA serves: a caller whose "clusterid" metadata names another is refused
+  // UNAUTHENTICATED, as istiod refuses a cluster it has no API server for.
+  std::string cluster_id = "Kubernetes";
 };
 
 // The host part of a listen address ("10.0.0.1:15012" -> "10.0.0.1", "[::1]:0" -> "::1"), or ""
@@ -53,10 +56,13 @@ std::string ListenHost(const std::string& listen);
 // Serves istio.v1.auth.IstioCertificateService/CreateCertificate over gRPC with TLS, as istiod
 // does. A caller authenticates with "authorization: Bearer <token>"; its token names its node
 // (CallerAuthenticator: a static file, or a TokenReview), and it may only obtain identities of
-// pods on that node. A token that cannot be checked now (API server down) is refused UNAVAILABLE.
-// Malformed or oversized CSRs are INVALID_ARGUMENT / RESOURCE_EXHAUSTED and never reach the signer
-// unchecked. A node over its signing rate (`rate`, shared with other users of the same CA; null:
-// unlimited) gets RESOURCE_EXHAUSTED saying when to retry.
+// pods on that node. The identity is the CSR's one URI SAN, or the request metadata's
+// ImpersonatedIdentity (impersonation.h), which must then be an Istio identity and equal the
+// CSR's SAN: ztunnel's requests are served like ambit's own. A token that cannot be checked now
+// (API server down) is refused UNAVAILABLE. Malformed or oversized CSRs are INVALID_ARGUMENT /
+// RESOURCE_EXHAUSTED and never reach the signer unchecked. A node over its signing rate (`rate`,
+// shared with other users of the same CA; null: unlimited) gets RESOURCE_EXHAUSTED saying when to
+// retry.
 class CaServer {
  public:
   static absl::StatusOr<std::unique_ptr<CaServer>> Start(
@@ -66,8 +72,10 @@ class CaServer {
   ~CaServer();
   int port() const { return port_; }
   // Requests answered so far by outcome, for /metrics: "issued", "unauthenticated" (no or a bad
-  // token, or it could not be checked), "denied" (not entitled, rate), "unavailable" (the
-  // placement not loaded yet), "invalid" (bad CSR).
+  // token, or it could not be checked, or another cluster's), "denied" (not entitled, rate),
+  // "unavailable" (the placement not loaded yet), "invalid" (bad CSR), "impersonation_denied"
+  // (an impersonated identity of no pod on the caller's node), "impersonation_invalid" (an
+  // impersonated identity that is no Istio identity, or not the CSR's).
   std::map<std::string, uint64_t> Counts() const;
 
  private:

@@ -13,6 +13,8 @@ class CertificateAuthority;
 
 namespace ambit::issuance {
 
+class RootCertSource;
+
 // Where this node's workload certificates come from: the built-in CA or an external one speaking
 // Istio's CA API. Thread-safe. Sign may block (a network round trip); call it off the control
 // thread.
@@ -41,11 +43,22 @@ absl::Status CheckCertTtl(absl::Duration ttl);
 std::unique_ptr<Signer> MakeLocalSigner(std::shared_ptr<const ca::CertificateAuthority> ca);
 
 struct RemoteCaOptions {
-  std::string address;         // host:port of an Istio-compatible CA
-  std::string root_cert_file;  // PEM roots: to verify the CA's TLS and as the trust bundle
-  std::string token_file;      // bearer token sent as "authorization: Bearer <token>"
+  std::string address;  // host:port of an Istio-compatible CA
+  // PEM roots: to verify the CA's TLS and as the trust bundle; re-read when the file changes.
+  // Unused when `roots` is set.
+  std::string root_cert_file;
+  std::string token_file;  // bearer token sent as "authorization: Bearer <token>"
   absl::Duration timeout = absl::Seconds(10);
+  // Sent as "clusterid" metadata with every call, as ztunnel sends its CLUSTER_ID: istiod picks
+  // the cluster whose API server reviews the token by it. Empty: not sent.
+  std::string cluster_id = "Kubernetes";
+  // Where the roots come from instead of root_cert_file (istiod's ConfigMap).
+  std::shared_ptr<RootCertSource> roots;
 };
+// An external CA, asked as ztunnel asks istiod: every CreateCertificate names the identity in
+// the request's metadata (ImpersonatedIdentity), so the CA certifies the pod's identity and not
+// the caller's own; the leaf that comes back must be for exactly that identity. The TLS channel
+// is rebuilt when the roots change; without roots no call is made (UNAVAILABLE).
 absl::StatusOr<std::unique_ptr<Signer>> MakeRemoteSigner(const RemoteCaOptions& options);
 
 // Splits a PEM bundle into its certificates.

@@ -91,7 +91,9 @@ ABSL_FLAG(std::string, cacerts_dir, "",
           "root-cert.pem, cert-chain.pem); the built-in CA signs with it");
 ABSL_FLAG(std::string, ca_address, "",
           "external Istio-compatible CA (host:port) instead of the built-in one");
-ABSL_FLAG(std::string, ca_root_cert, "", "PEM roots of the external CA (with --ca-address)");
+ABSL_FLAG(std::string, ca_root_cert, "",
+          "PEM roots of the external CA (with --ca-address), read again whenever the file "
+          "changes (a mounted ConfigMap, a root rotation)");
 ABSL_FLAG(std::string, ca_token_file, "",
           "bearer token file for the external CA (with --ca-address)");
 ABSL_FLAG(std::string, ca_listen, "",
@@ -113,6 +115,13 @@ ABSL_FLAG(std::string, ca_token_users, "system:serviceaccount:ambit-system:ambit
           "with --ca-token-review: the users (system:serviceaccount:<namespace>:<name>, "
           "comma-separated) whose tokens may obtain certificates: the node agents' service "
           "accounts");
+ABSL_FLAG(std::string, cluster_id, "Kubernetes",
+          "Istio's name of this cluster (CLUSTER_ID): sent to an external CA as 'clusterid' "
+          "metadata, and the only cluster whose callers the CA API (--ca-listen) accepts");
+ABSL_FLAG(std::string, ca_root_configmap, "",
+          "with --ca-address and --kube-api: read the CA's roots from this ConfigMap "
+          "(NAMESPACE/NAME, key root-cert.pem; istiod's istio-ca-root-cert) instead of "
+          "--ca-root-cert, re-read every 5s");
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
           "lifetime of workload certificates (at least 1m; renewed at half of it)");
 ABSL_FLAG(std::string, admin_socket, "",
@@ -260,6 +269,8 @@ int main(int argc, char** argv) {
   options.ca_only = absl::GetFlag(FLAGS_ca_only);
   options.ca_token_review = absl::GetFlag(FLAGS_ca_token_review);
   options.ca_token_audience = absl::GetFlag(FLAGS_ca_token_audience);
+  options.cluster_id = absl::GetFlag(FLAGS_cluster_id);
+  options.ca_root_configmap = absl::GetFlag(FLAGS_ca_root_configmap);
   options.ca_token_users =
       absl::StrSplit(absl::GetFlag(FLAGS_ca_token_users), ',', absl::SkipEmpty());
   if (options.ca_token_review) {
@@ -315,8 +326,15 @@ int main(int argc, char** argv) {
               << ttl.message() << "\n";
     return 2;
   }
-  if (!options.ca_address.empty() && options.ca_root_cert.empty()) {
-    std::cerr << "ambitd: --ca-address needs --ca-root-cert (the roots to trust)\n";
+  if (!options.ca_address.empty() &&
+      options.ca_root_cert.empty() == options.ca_root_configmap.empty()) {
+    std::cerr << "ambitd: --ca-address needs one of --ca-root-cert and --ca-root-configmap (the "
+                 "roots to trust)\n";
+    return 2;
+  }
+  if (!options.ca_root_configmap.empty() &&
+      (options.ca_address.empty() || options.kube_api.empty())) {
+    std::cerr << "ambitd: --ca-root-configmap needs --ca-address and --kube-api\n";
     return 2;
   }
   if (!ParsePorts(absl::GetFlag(FLAGS_bypass_ports), "bypass-ports",

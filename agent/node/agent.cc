@@ -34,6 +34,7 @@
 #include "agent/mesh/model.h"
 #include "agent/node/admin_views.h"
 #include "agent/node/ca_only.h"
+#include "agent/node/ca_root_configmap.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
@@ -427,7 +428,7 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
       redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
-  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle()));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(trust_bundle_));
   for (const auto& uid : resend) {
     if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
       AMBIT_RETURN_IF_ERROR(SendPod(it->second));
@@ -1292,7 +1293,25 @@ void Agent::OnHeartbeatTick() {
     AMBIT_LOG(kComponent, Info) << "capture check: every program and pin is in place again";
   }
   capture_problems_ = std::move(problems);
+  ResendTrustBundleIfChanged();
   PublishHealth();
+}
+
+void Agent::ResendTrustBundleIfChanged() {
+  std::vector<std::string> roots = signer_->TrustBundle();
+  if (roots == trust_bundle_) return;
+  AMBIT_LOG(kComponent, Info) << "trust bundle changed (" << trust_bundle_.size() << " -> "
+                              << roots.size() << " root(s)); sending it to the data planes";
+  trust_bundle_ = std::move(roots);
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    for (supervisor::DataPlane* dp : {p->dp.get(), p->standby ? p->standby->dp.get() : nullptr}) {
+      if (dp == nullptr || !dp->connected()) continue;
+      if (absl::Status sent = dp->SendTrustBundle(trust_bundle_); !sent.ok()) {
+        AMBIT_LOG(kComponent, Warning) << p->name() << ": trust bundle: " << sent.message();
+      }
+    }
+  }
+  PublishCertificates();
 }
 
 void Agent::OnPong(Process& process, supervisor::PongReport report) {
@@ -1352,9 +1371,22 @@ absl::Status Agent::InitCertificates() {
   entitlements_ = std::make_shared<issuance::Entitlements>();
   admin_state_ = std::make_shared<admin::AdminState>();
   if (!options_.ca_address.empty()) {
-    AMBIT_ASSIGN_OR_RETURN(
-        signer_, issuance::MakeRemoteSigner(
-                     {options_.ca_address, options_.ca_root_cert, options_.ca_token_file}));
+    issuance::RemoteCaOptions remote;
+    remote.address = options_.ca_address;
+    remote.root_cert_file = options_.ca_root_cert;
+    remote.token_file = options_.ca_token_file;
+    remote.cluster_id = options_.cluster_id;
+    if (!options_.ca_root_configmap.empty()) {
+      AMBIT_ASSIGN_OR_RETURN(ConfigMapRef ref, ParseConfigMapRef(options_.ca_root_configmap));
+      AMBIT_ASSIGN_OR_RETURN(
+          kube::KubeConfig kube_config,
+          kube::KubeConfig::FromFlags(options_.kube_api, options_.kube_token_file,
+                                      options_.kube_ca_file));
+      AMBIT_ASSIGN_OR_RETURN(std::unique_ptr<kube::KubeClient> client,
+                             kube::KubeClient::Create(kube_config));
+      remote.roots = ConfigMapRootSource::Start(std::move(client), std::move(ref));
+    }
+    AMBIT_ASSIGN_OR_RETURN(signer_, issuance::MakeRemoteSigner(remote));
   } else {
     ca::CaOptions o;
     o.state_dir = options_.resolved_ca_state_dir();
@@ -1366,6 +1398,7 @@ absl::Status Agent::InitCertificates() {
       issuance::CaServerOptions server;
       server.listen = options_.ca_listen;
       server.tokens_file = options_.ca_tokens;
+      server.cluster_id = options_.cluster_id;
       if (options_.ca_token_review) {
         AMBIT_ASSIGN_OR_RETURN(server.authenticator, MakeTokenReviewAuthenticator(options_));
       }
@@ -1374,6 +1407,7 @@ absl::Status Agent::InitCertificates() {
     }
     signer_ = issuance::MakeLocalSigner(ca_);
   }
+  trust_bundle_ = signer_->TrustBundle();
   signing_ = std::make_unique<issuance::SigningQueue>(signer_.get(), kMaxSigningInFlight);
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
   PublishCertificates();
@@ -1467,7 +1501,7 @@ void Agent::PublishCertificates() {
     out->set_last_error(c.last_error);
     out->set_pods(c.refs);
   }
-  AddTrustBundle(signer_->TrustBundle(), &resp);
+  AddTrustBundle(trust_bundle_, &resp);
   admin_state_->SetCertificates(std::move(resp));
 }
 

@@ -90,6 +90,12 @@ struct AgentOptions {
   bool ca_token_review = false;
   std::string ca_token_audience = "ambit-ca";
   std::vector<std::string> ca_token_users;
+  // Istio's cluster name: sent to an external CA as "clusterid" and the cluster the CA API
+  // serves (issuance/impersonation.h).
+  std::string cluster_id = "Kubernetes";
+  // The external CA's roots from a ConfigMap through kube_api ("NAMESPACE/NAME", key
+  // root-cert.pem; istiod's istio-ca-root-cert), instead of the ca_root_cert file.
+  std::string ca_root_configmap;
   absl::Duration cert_ttl = absl::Hours(24);
   std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
@@ -258,6 +264,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void OnCsrRequest(Process& process, supervisor::DataPlane& dp, supervisor::CsrRequest request);
   void OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
+  // An external CA's roots changed (a rotation): every connected data plane gets the new trust
+  // bundle, and the admin API shows it. Called every heartbeat tick.
+  void ResendTrustBundleIfChanged();
   // The admin API's views of pods, policies and services, and the `check` snapshot
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
   void PublishViews();
@@ -405,6 +414,7 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Shared by the data plane's CSRs and other nodes' requests to the CA API.
   std::shared_ptr<issuance::SigningRateLimiter> sign_rate_;
   std::unique_ptr<issuance::Signer> signer_;
+  std::vector<std::string> trust_bundle_;  // as last sent to the data planes
   std::shared_ptr<issuance::Entitlements> entitlements_;
   std::unique_ptr<issuance::CaServer> ca_server_;
   std::shared_ptr<admin::AdminState> admin_state_;

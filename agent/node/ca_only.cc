@@ -210,6 +210,7 @@ absl::Status CaOnly::Init(CaOnlyInputs inputs) {
 
   issuance::CaServerOptions server;
   server.listen = options_.ca_listen;
+  server.cluster_id = options_.cluster_id;
   server.tokens_file = options_.ca_tokens;
   server.authenticator = authenticator_;
   AMBIT_ASSIGN_OR_RETURN(server_, issuance::CaServer::Start(server, ca_, entitlements_, rate_));

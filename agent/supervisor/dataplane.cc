@@ -437,7 +437,10 @@ absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
 
 absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots) {
   auto env = NewEnvelope();
-  for (const auto& pem : roots) env.mutable_trust_bundle()->add_root_pem(pem);
+  // Set even when empty (an external CA whose roots are not known yet): an envelope with no
+  // message set is a protocol error that ends the session.
+  auto* bundle = env.mutable_trust_bundle();
+  for (const auto& pem : roots) bundle->add_root_pem(pem);
   return SendEnvelope(control_.get(), env, {});
 }
 

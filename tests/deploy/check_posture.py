@@ -134,6 +134,7 @@ EXPECTED = {
     "ca": _COMMON | _RBAC | _CA,
     "cleanup": {("DaemonSet", "ambit-cleanup")},
     "cni": _COMMON | _RBAC,
+    "istiod": _COMMON | _RBAC,
 }
 
 
@@ -411,10 +412,12 @@ def kustomization_problems(objects, kustomization):
             if _host_path(volume) != "/etc/ambit/config":
                 problems.append("deploy/overlays/config-dir: --config-dir is not the host's "
                                 "/etc/ambit/config")
-        if kustomization in ("overlays/apiserver", "ca") and kube_api != "in-cluster":
+        if kustomization in ("overlays/apiserver", "ca", "istiod") and kube_api != "in-cluster":
             problems.append(f"deploy/{kustomization}: ambitd must run with --kube-api=in-cluster")
         if kustomization == "ca":
             problems.extend(_ca_problems(objects, ds))
+        if kustomization == "istiod":
+            problems.extend(_istiod_problems(ds))
         if kustomization == "cni":
             if kube_api != "in-cluster":
                 problems.append("deploy/cni: ambitd must run with --kube-api=in-cluster")
@@ -485,6 +488,32 @@ def _podmonitor_problems(objects, ds):
     endpoints = (pm.get("spec") or {}).get("podMetricsEndpoints") or []
     if [ports.get(e.get("port")) for e in endpoints] != [15020]:
         problems.append("PodMonitor/ambit: must scrape exactly ambitd's port 15020")
+    return problems
+
+
+def _istiod_problems(ds):
+    """deploy/istiod: istiod's CA address, a projected token of audience istio-ca, and the roots
+    from istiod's istio-ca-root-cert ConfigMap (docs/ARCHITECTURE.md#ca-api)."""
+    problems = []
+    pod = _pod_spec(ds)
+    ambitd = _containers_by_name(ds)["ambitd"]
+    args = ambitd.get("args") or []
+    if not (_flag_value(args, "--ca-address") or "").endswith(":15012"):
+        problems.append("DaemonSet/ambit: --ca-address must be istiod's CA port 15012")
+    token = _flag_value(args, "--ca-token-file") or ""
+    _, volume = _mount_for(pod, ambitd, token.rsplit("/", 1)[0])
+    sources = ((volume or {}).get("projected") or {}).get("sources") or []
+    tokens = [s.get("serviceAccountToken") for s in sources if s.get("serviceAccountToken")]
+    if not token or not tokens or tokens[0].get("audience") != "istio-ca" or \
+            tokens[0].get("path") != token.rsplit("/", 1)[1]:
+        problems.append(f"DaemonSet/ambit: --ca-token-file={token} is not a projected "
+                        "service-account token of audience istio-ca")
+    root = _flag_value(args, "--ca-root-cert") or ""
+    _, volume = _mount_for(pod, ambitd, root.rsplit("/", 1)[0])
+    if not root.endswith("/root-cert.pem") or \
+            ((volume or {}).get("configMap") or {}).get("name") != "istio-ca-root-cert":
+        problems.append(f"DaemonSet/ambit: --ca-root-cert={root} must be root-cert.pem of the "
+                        "istio-ca-root-cert ConfigMap")
     return problems
 
 

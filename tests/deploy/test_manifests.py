@@ -293,6 +293,11 @@ class PostureTest(unittest.TestCase):
                  "spec"]["volumes"][1].update(configMap={"name": "other"})),
             ("ca", "--ca-token-users must be the node agents' service account alone",
              lambda o: pod(o).update(serviceAccountName="node-agent")),
+            ("istiod", "projected service-account token of audience istio-ca",
+             lambda o: volume(o, "istio-token")["projected"]["sources"][0][
+                 "serviceAccountToken"].update(audience="ambit-ca")),
+            ("istiod", "must be root-cert.pem of the istio-ca-root-cert ConfigMap",
+             lambda o: volume(o, "istiod-ca-root").update(configMap={"name": "ambit-ca-root"})),
             ("cleanup", "--force would remove",
              lambda o: container(o, "cleanup", "ambit-cleanup")["args"].append("--force")),
             ("cleanup", "does not mount the host's /run/lock/ambit",

@@ -1,9 +1,11 @@
 // PEM and CSRs at the CA (control plane, OpenSSL 3): what the Istio CA API and the data plane's
 // CSRs hand to it, and what operators hand it as files.
 // Input: [mode (byte % 3)] then
-//   0: a CSR PEM: RequestedUris (what CaServer checks against the caller's node) and
-//      CertificateAuthority::Sign for the URI it asks for;
-//   1: a PEM bundle: SplitPemCertificates, DescribeCertificate (ambitctl certs), ParseCertificates;
+//   0: a CSR PEM: RequestedUris (what CaServer checks against the caller's node), RequestedIdentity
+//      with the URI asked for as the ImpersonatedIdentity too, and CertificateAuthority::Sign for
+//      the URI it asks for;
+//   1: a PEM bundle: SplitPemCertificates, DescribeCertificate (ambitctl certs), ParseCertificates,
+//      ValidateRoots (an external CA's roots file or ConfigMap);
 //   2: an Istio cacerts directory: three sized parts (ca-cert.pem, ca-key.pem, root-cert.pem) and
 //      the rest (cert-chain.pem), loaded by CertificateAuthority::Create.
 // Properties: no crash or leak; a signed chain is leaf first, for exactly the URI asked, and each
@@ -19,7 +21,9 @@
 #include "agent/ca/certificate_authority.h"
 #include "agent/ca/openssl_util.h"
 #include "agent/common/log.h"
+#include "agent/issuance/ca_roots.h"
 #include "agent/issuance/ca_server.h"
+#include "agent/issuance/impersonation.h"
 #include "agent/issuance/pem_info.h"
 #include "agent/issuance/signer.h"
 #include "tests/fuzz/ca_fixture.h"
@@ -32,6 +36,10 @@ void SignCsr(absl::string_view csr) {
   auto uris = ambit::issuance::RequestedUris(pem);
   std::string identity = "spiffe://cluster.local/ns/fuzz/sa/app";
   if (uris.ok() && !uris->empty()) identity = uris->front();
+  if (uris.ok()) {
+    auto requested = ambit::issuance::RequestedIdentity(identity, *uris);
+    FUZZ_REQUIRE(!requested.ok() || *requested == identity);
+  }
   auto chain = ambit::fuzz::SharedCa()->Sign(pem, identity, absl::Hours(1));
   if (!chain.ok()) {
     FUZZ_REQUIRE(!chain.status().message().empty());
@@ -50,6 +58,8 @@ void DescribeBundle(absl::string_view bundle) {
   (void)ambit::issuance::DescribeCertificate(pem);
   (void)ambit::ca::internal::ParseCertificates(pem, "fuzz.pem");
   (void)ambit::ca::internal::ParsePrivateKey(pem, "fuzz-key.pem");
+  auto roots = ambit::issuance::ValidateRoots(pem, "fuzz.pem");
+  FUZZ_REQUIRE(!roots.ok() || !ambit::issuance::SplitPemCertificates(*roots).empty());
 }
 
 void LoadCacerts(ambit::fuzz::Input& in) {
