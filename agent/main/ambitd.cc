@@ -31,6 +31,19 @@ ABSL_FLAG(std::string, kube_token_file, "",
 ABSL_FLAG(std::string, kube_ca_file, "",
           "PEM roots the API server's certificate must chain to (default: "
           "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)");
+ABSL_FLAG(std::string, xds_address, "",
+          "read workloads, services and authorization from istiod's xDS instead (host:port, e.g. "
+          "istiod.istio-system.svc:15012): delta ADS for istio.workload.Address and "
+          "istio.security.Authorization, as ztunnel; --config-dir still gives mesh.yaml. Not "
+          "with --kube-api");
+ABSL_FLAG(std::string, xds_root_cert, "",
+          "PEM roots istiod's certificate must chain to (required with --xds-address), e.g. the "
+          "istio-ca-root-cert ConfigMap's root-cert.pem");
+ABSL_FLAG(std::string, xds_token_file, "",
+          "bearer token file for --xds-address, re-read for every connection (a projected "
+          "service-account token of audience istio-ca); empty: no token");
+ABSL_FLAG(std::string, cluster_id, "Kubernetes",
+          "the cluster id sent to istiod (clusterid header, CLUSTER_ID metadata)");
 ABSL_FLAG(std::string, node_name, "",
           "this node's name (spec.nodeName of local pods); "
           "default: $NODE_NAME, else the host name");
@@ -198,6 +211,21 @@ int main(int argc, char** argv) {
   options.kube_api = absl::GetFlag(FLAGS_kube_api);
   options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
   options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
+  options.xds_address = absl::GetFlag(FLAGS_xds_address);
+  options.xds_root_cert = absl::GetFlag(FLAGS_xds_root_cert);
+  options.xds_token_file = absl::GetFlag(FLAGS_xds_token_file);
+  options.xds_cluster_id = absl::GetFlag(FLAGS_cluster_id);
+  if (!options.xds_address.empty() && !options.kube_api.empty()) {
+    std::cerr << "ambitd: --xds-address and --kube-api are two sources of the same objects; "
+                 "give one\n";
+    return 2;
+  }
+  // The node identity istiod sees, from the pod's environment as ztunnel reads it.
+  for (auto [var, field] : {std::pair{"POD_NAME", &options.xds_pod_name},
+                            std::pair{"POD_NAMESPACE", &options.xds_pod_namespace},
+                            std::pair{"INSTANCE_IP", &options.xds_instance_ip}}) {
+    if (const char* v = getenv(var); v != nullptr) *field = v;
+  }
   options.node_name = absl::GetFlag(FLAGS_node_name);
   if (options.node_name.empty() && getenv("NODE_NAME") != nullptr) {
     options.node_name = getenv("NODE_NAME");
