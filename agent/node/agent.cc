@@ -31,7 +31,6 @@
 #include "agent/identity/spiffe_id.h"
 #include "agent/kube/api_source.h"
 #include "agent/kube/client.h"
-#include "agent/xds/xds_source.h"
 #include "agent/mesh/model.h"
 #include "agent/node/admin_views.h"
 #include "agent/node/ca_only.h"
@@ -39,6 +38,7 @@
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
 #include "agent/state/waypoint.h"
+#include "agent/xds/xds_source.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {

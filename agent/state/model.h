@@ -35,9 +35,9 @@ struct Pod {
   std::string workload_name;
   std::string canonical_service;
   std::string canonical_revision;
-  std::vector<ambit::IpAddress> ips;        // status.podIPs[].ip, else status.podIP
-  std::string netns_path;                   // annotation ambit.dev/netns, empty if absent
-  std::string source_file;                  // the file (or source) the pod came from
+  std::vector<ambit::IpAddress> ips;  // status.podIPs[].ip, else status.podIP
+  std::string netns_path;             // annotation ambit.dev/netns, empty if absent
+  std::string source_file;            // the file (or source) the pod came from
   // metadata.creationTimestamp; nullopt when absent (hand-written manifests usually have none).
   std::optional<absl::Time> creation_time;
   // When this agent first saw the pod, and in which load of the configuration (set by the config

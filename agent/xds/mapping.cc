@@ -22,9 +22,9 @@ namespace iw = ::istio::workload;
 namespace is = ::istio::security;
 
 absl::Status Refuse(absl::string_view object, absl::string_view field, absl::string_view message) {
-  return absl::InvalidArgumentError(
-      field.empty() ? absl::StrCat(object, ": ", message)
-                    : absl::StrCat(object, ": field ", field, ": ", message));
+  return absl::InvalidArgumentError(field.empty()
+                                        ? absl::StrCat(object, ": ", message)
+                                        : absl::StrCat(object, ": field ", field, ": ", message));
 }
 
 absl::StatusOr<IpAddress> AddressOf(absl::string_view bytes, absl::string_view object,
@@ -39,8 +39,7 @@ absl::StatusOr<IpAddress> AddressOf(absl::string_view bytes, absl::string_view o
     std::memcpy(&a, bytes.data(), 16);
     return IpAddress::FromV6(a);
   }
-  return Refuse(object, field,
-                absl::StrCat("an address is 4 or 16 bytes, not ", bytes.size()));
+  return Refuse(object, field, absl::StrCat("an address is 4 or 16 bytes, not ", bytes.size()));
 }
 
 // The Istio string-pattern syntax the model keeps ("*", "p*", "*s", exact).
@@ -51,7 +50,8 @@ absl::StatusOr<std::string> PatternOf(const is::StringMatch& m, absl::string_vie
       // The model reads a leading or trailing '*' as a wildcard; istiod never sends one as exact.
       if (absl::StartsWith(m.exact(), "*") || absl::EndsWith(m.exact(), "*")) {
         return Refuse(object, field,
-                      absl::StrCat("exact '", m.exact(), "' starts or ends with '*', which would "
+                      absl::StrCat("exact '", m.exact(),
+                                   "' starts or ends with '*', which would "
                                    "match as a wildcard"));
       }
       return m.exact();
@@ -106,8 +106,9 @@ std::vector<std::string> ServiceAccounts(
     const google::protobuf::RepeatedPtrField<is::ServiceAccountMatch>& list) {
   std::vector<std::string> out;
   for (const auto& sa : list) {
-    out.push_back(sa.namespace_().empty() ? sa.serviceaccount()
-                                          : absl::StrCat(sa.namespace_(), "/", sa.serviceaccount()));
+    out.push_back(sa.namespace_().empty()
+                      ? sa.serviceaccount()
+                      : absl::StrCat(sa.namespace_(), "/", sa.serviceaccount()));
   }
   return out;
 }
@@ -177,8 +178,8 @@ absl::StatusOr<std::vector<authz::Condition>> ConditionsOf(const is::Match& m,
   AMBIT_ASSIGN_OR_RETURN(auto sip,
                          Cidrs(m.source_ips(), object, absl::StrCat(field, ".source_ips")));
   add("source.ip", std::move(sip), false);
-  AMBIT_ASSIGN_OR_RETURN(
-      auto not_sip, Cidrs(m.not_source_ips(), object, absl::StrCat(field, ".not_source_ips")));
+  AMBIT_ASSIGN_OR_RETURN(auto not_sip,
+                         Cidrs(m.not_source_ips(), object, absl::StrCat(field, ".not_source_ips")));
   add("source.ip", std::move(not_sip), true);
   AMBIT_ASSIGN_OR_RETURN(
       auto dip, Cidrs(m.destination_ips(), object, absl::StrCat(field, ".destination_ips")));
@@ -207,8 +208,9 @@ absl::StatusOr<std::vector<authz::Rule>> RulesOf(const is::Rule& rule, absl::str
     for (int m = 0; m < clause.matches_size(); ++m) {
       const is::Match& match = clause.matches(m);
       if (match.extensions_size() > 0) {
-        return Refuse(object, absl::StrCat(cf, ".matches[", m, "].extensions"),
-                      absl::StrCat("extension '", match.extensions(0).name(), "' is not supported"));
+        return Refuse(
+            object, absl::StrCat(cf, ".matches[", m, "].extensions"),
+            absl::StrCat("extension '", match.extensions(0).name(), "' is not supported"));
       }
       const bool src = HasSourceFields(match), port = HasPortFields(match),
                  dip = HasDestinationIpFields(match);
@@ -220,9 +222,8 @@ absl::StatusOr<std::vector<authz::Rule>> RulesOf(const is::Rule& rule, absl::str
     if (sources && !from_used) {
       std::vector<authz::Source> from;
       for (int m = 0; m < clause.matches_size(); ++m) {
-        AMBIT_ASSIGN_OR_RETURN(
-            authz::Source s,
-            SourceOf(clause.matches(m), object, absl::StrCat(cf, ".matches[", m, "]")));
+        AMBIT_ASSIGN_OR_RETURN(authz::Source s, SourceOf(clause.matches(m), object,
+                                                         absl::StrCat(cf, ".matches[", m, "]")));
         from.push_back(std::move(s));
       }
       for (authz::Rule& r : acc) r.from = from;
@@ -241,9 +242,8 @@ absl::StatusOr<std::vector<authz::Rule>> RulesOf(const is::Rule& rule, absl::str
     }
     std::vector<std::vector<authz::Condition>> alternatives;
     for (int m = 0; m < clause.matches_size(); ++m) {
-      AMBIT_ASSIGN_OR_RETURN(
-          auto conds,
-          ConditionsOf(clause.matches(m), object, absl::StrCat(cf, ".matches[", m, "]")));
+      AMBIT_ASSIGN_OR_RETURN(auto conds, ConditionsOf(clause.matches(m), object,
+                                                      absl::StrCat(cf, ".matches[", m, "]")));
       alternatives.push_back(std::move(conds));
     }
     if (acc.size() * alternatives.size() > kMaxRulesPerPolicy) {
@@ -269,7 +269,8 @@ absl::StatusOr<std::vector<authz::Rule>> RulesOf(const is::Rule& rule, absl::str
 absl::Status MapWaypoint(const iw::GatewayAddress& waypoint, absl::string_view object,
                          absl::string_view field, std::map<std::string, std::string>* labels,
                          Mapped* out) {
-  if (waypoint.destination_case() == iw::GatewayAddress::DESTINATION_NOT_SET) return absl::OkStatus();
+  if (waypoint.destination_case() == iw::GatewayAddress::DESTINATION_NOT_SET)
+    return absl::OkStatus();
   if (waypoint.destination_case() != iw::GatewayAddress::kHostname) {
     return Refuse(object, absl::StrCat(field, ".address"),
                   "a waypoint given by address is not supported (ambit binds waypoints by "
@@ -306,8 +307,7 @@ absl::StatusOr<Mapped> MapWorkload(const iw::Workload& w, const MapContext& ctx)
                                ctx.trust_domain, "' (mesh.yaml trustDomain)"));
   }
   if (!iw::TunnelProtocol_IsValid(w.tunnel_protocol())) {
-    return Refuse(object, "tunnel_protocol",
-                  absl::StrCat("unknown value ", w.tunnel_protocol()));
+    return Refuse(object, "tunnel_protocol", absl::StrCat("unknown value ", w.tunnel_protocol()));
   }
   if (!iw::NetworkMode_IsValid(w.network_mode())) {
     return Refuse(object, "network_mode", absl::StrCat("unknown value ", w.network_mode()));
@@ -419,8 +419,8 @@ absl::StatusOr<Mapped> MapService(const iw::Service& s, const MapContext&) {
     port.port = static_cast<uint16_t>(p.service_port());
     port.name = absl::StrCat("port-", p.service_port());
     port.target_port = absl::StrCat(p.target_port() == 0 ? p.service_port() : p.target_port());
-    AMBIT_ASSIGN_OR_RETURN(port.app_protocol,
-                           AppProtocolName(p.app_protocol(), object, absl::StrCat(f, ".app_protocol")));
+    AMBIT_ASSIGN_OR_RETURN(port.app_protocol, AppProtocolName(p.app_protocol(), object,
+                                                              absl::StrCat(f, ".app_protocol")));
     svc.ports.push_back(std::move(port));
   }
   AMBIT_RETURN_IF_ERROR(MapWaypoint(s.waypoint(), object, "waypoint", &svc.labels, &out));
@@ -487,7 +487,8 @@ absl::StatusOr<Mapped> MapAuthorization(const is::Authorization& a, const MapCon
       }
       break;
     case is::WORKLOAD_SELECTOR:
-      p.selector = std::map<std::string, std::string>{{PolicyLabel(a.namespace_(), a.name()), "true"}};
+      p.selector =
+          std::map<std::string, std::string>{{PolicyLabel(a.namespace_(), a.name()), "true"}};
       break;
     default:
       return Refuse(object, "scope", absl::StrCat("unknown value ", a.scope()));

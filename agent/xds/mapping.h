@@ -28,10 +28,10 @@
 // version. Pure functions, thread-safe.
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "agent/config/kube_yaml.h"
 #include "istio/security/authorization.pb.h"
 #include "istio/workload/workload.pb.h"
@@ -57,7 +57,7 @@ inline constexpr size_t kMaxRulesPerPolicy = 256;
 
 // What the mapping needs from the mesh configuration (mesh.yaml, from --config-dir).
 struct MapContext {
-  std::string trust_domain = "cluster.local";  // a workload of another is refused
+  std::string trust_domain = "cluster.local";   // a workload of another is refused
   std::string root_namespace = "istio-system";  // where GLOBAL policies apply from
 
   friend bool operator==(const MapContext&, const MapContext&) = default;

@@ -172,16 +172,15 @@ void Session::Collect(std::map<std::string, config::ConfigObject>* objects,
         if (o.id.starts_with("Gateway ") && objects->at(o.id) == o.object) continue;
         errors->push_back({source, o.id, "",
                            absl::StrCat("resource '", name, "' maps to the same object as '",
-                                        at->second, "'; the one of '", at->second,
-                                        "' is used")});
+                                        at->second, "'; the one of '", at->second, "' is used")});
       }
     }
     for (const auto& [name, error] : type.refused) {
-      errors->push_back({source, "", "",
-                         absl::StrCat(error,
-                                      type.held.contains(name)
-                                          ? " (refused; its last good version stays in force)"
-                                          : " (refused)")});
+      errors->push_back(
+          {source, "", "",
+           absl::StrCat(error, type.held.contains(name)
+                                   ? " (refused; its last good version stays in force)"
+                                   : " (refused)")});
     }
   }
   for (const auto& [key, error] : unmappable_) {

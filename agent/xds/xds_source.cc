@@ -1,5 +1,6 @@
 #include "agent/xds/xds_source.h"
 
+#include <grpcpp/grpcpp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -9,8 +10,6 @@
 #include <random>
 #include <sstream>
 #include <utility>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -61,8 +60,7 @@ absl::StatusOr<std::unique_ptr<XdsSource>> XdsSource::Create(Options options) {
     return absl::InvalidArgumentError(
         "--xds-root-cert is required with --xds-address: istiod is only trusted over TLS");
   }
-  AMBIT_ASSIGN_OR_RETURN(std::string roots,
-                         ReadFile(options.root_cert_file, "--xds-root-cert"));
+  AMBIT_ASSIGN_OR_RETURN(std::string roots, ReadFile(options.root_cert_file, "--xds-root-cert"));
   if (roots.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("--xds-root-cert ", options.root_cert_file, " holds no PEM certificate"));
@@ -81,8 +79,9 @@ absl::StatusOr<std::unique_ptr<XdsSource>> XdsSource::Create(Options options) {
       return absl::ErrnoToStatus(errno, "epoll_ctl for the xDS source");
     }
   }
-  auto source = std::unique_ptr<XdsSource>(new XdsSource(
-      std::move(options), std::move(roots), std::move(watcher), std::move(epoll), std::move(event)));
+  auto source = std::unique_ptr<XdsSource>(new XdsSource(std::move(options), std::move(roots),
+                                                         std::move(watcher), std::move(epoll),
+                                                         std::move(event)));
   // The mesh config decides what a resource maps to (and so what is NACKed): read it first.
   {
     config::LoadResult dir = source->loader_.Load();
@@ -184,8 +183,7 @@ bool XdsSource::RunStream(absl::Status* error) {
       *error = token.status();
       return false;
     }
-    ctx.AddMetadata("authorization",
-                    absl::StrCat("Bearer ", absl::StripAsciiWhitespace(*token)));
+    ctx.AddMetadata("authorization", absl::StrCat("Bearer ", absl::StripAsciiWhitespace(*token)));
   }
   ctx.AddMetadata("clusterid", options_.cluster_id);
   std::vector<dv3::DeltaDiscoveryRequest> initial;
@@ -199,9 +197,8 @@ bool XdsSource::RunStream(absl::Status* error) {
   bool delivered = false;
   bool ok = true;
   for (const auto& req : initial) {
-    AMBIT_LOG(kComponent, Info) << "subscribing to " << req.type_url() << " at "
-                                << options_.address << " ("
-                                << req.initial_resource_versions_size()
+    AMBIT_LOG(kComponent, Info) << "subscribing to " << req.type_url() << " at " << options_.address
+                                << " (" << req.initial_resource_versions_size()
                                 << " resources held)";
     if (!stream->Write(req)) {
       ok = false;
@@ -224,14 +221,13 @@ bool XdsSource::RunStream(absl::Status* error) {
       last_error_.clear();
     }
     if (outcome.nack) {
-      AMBIT_LOG(kComponent, Warning) << "NACK " << response.type_url() << " nonce "
-                                     << response.nonce() << ": "
-                                     << outcome.reply.error_detail().message();
+      AMBIT_LOG(kComponent, Warning)
+          << "NACK " << response.type_url() << " nonce " << response.nonce() << ": "
+          << outcome.reply.error_detail().message();
     } else {
-      AMBIT_LOG(kComponent, Debug) << "ACK " << response.type_url() << " nonce "
-                                   << response.nonce() << " (" << response.resources_size()
-                                   << " resources, " << response.removed_resources_size()
-                                   << " removed)";
+      AMBIT_LOG(kComponent, Debug) << "ACK " << response.type_url() << " nonce " << response.nonce()
+                                   << " (" << response.resources_size() << " resources, "
+                                   << response.removed_resources_size() << " removed)";
     }
     Notify();
     if (!stream->Write(outcome.reply)) break;

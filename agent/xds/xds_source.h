@@ -48,8 +48,8 @@ namespace ambit::xds {
 class XdsSource final : public config::ConfigSource {
  public:
   struct Options {
-    std::string config_dir;  // also read, merged before istiod's objects
-    std::string address;     // host:port of istiod's xDS (15012)
+    std::string config_dir;      // also read, merged before istiod's objects
+    std::string address;         // host:port of istiod's xDS (15012)
     std::string root_cert_file;  // PEM roots istiod's certificate must chain to; required
     std::string token_file;      // bearer token (audience istio-ca); empty: none sent
     std::string cluster_id = "Kubernetes";
@@ -57,7 +57,7 @@ class XdsSource final : public config::ConfigSource {
     std::string node_name;
     std::string pod_name;
     std::string pod_namespace;
-    std::string instance_ip;  // empty: 1.1.1.1, ztunnel's default
+    std::string instance_ip;              // empty: 1.1.1.1, ztunnel's default
     size_t max_message_bytes = 64 << 20;  // one response
     size_t max_resources = 500000;        // per type
     absl::Duration backoff_initial = absl::Milliseconds(200);

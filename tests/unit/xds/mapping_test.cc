@@ -132,8 +132,7 @@ TEST(MapWorkloadTest, RefusesWhatCannotBeMappedFaithfully) {
          w->mutable_waypoint()->mutable_address()->set_address(V4("198.18.0.9"));
        },
        "field waypoint.address: a waypoint given by address is not supported"},
-      {"network gateway",
-       [](iw::Workload* w) { w->mutable_network_gateway()->mutable_hostname(); },
+      {"network gateway", [](iw::Workload* w) { w->mutable_network_gateway()->mutable_hostname(); },
        "field network_gateway"},
       {"bad policy name", [](iw::Workload* w) { w->add_authorization_policies("nameonly"); },
        "field authorization_policies[1]: 'nameonly' is not <namespace>/<name>"},
@@ -371,8 +370,7 @@ TEST(MapAuthorizationTest, Refuses) {
          ip->set_length(33);
        },
        "field rules[0].clauses[0].matches[0].not_source_ips[0].length: 33 is longer than 32"},
-      {"extension",
-       [](is::Authorization* a) { a->add_extensions()->set_name("x.y"); },
+      {"extension", [](is::Authorization* a) { a->add_extensions()->set_name("x.y"); },
        "field extensions: extension 'x.y' is not supported"},
       {"wildcard exact",
        [](is::Authorization* a) {

@@ -121,9 +121,10 @@ TEST(SessionTest, NacksABadResourceAndKeepsItsLastGoodVersion) {
   EXPECT_THAT(o.reply.error_detail().message(),
               HasSubstr("Authorization backend/only-web: field action: unknown value 5"));
   // The good resource of the same response applied; the bad one kept version 1.
-  EXPECT_THAT(s.resources(kAuthz),
-              UnorderedElementsAre(Pair("backend/only-web", testing::Field(&Session::Held::version, "1")),
-                                   Pair("backend/other", testing::Field(&Session::Held::version, "3"))));
+  EXPECT_THAT(
+      s.resources(kAuthz),
+      UnorderedElementsAre(Pair("backend/only-web", testing::Field(&Session::Held::version, "1")),
+                           Pair("backend/other", testing::Field(&Session::Held::version, "3"))));
   std::map<std::string, config::ConfigObject> objects;
   std::vector<config::ConfigError> errors;
   s.Collect(&objects, &errors);
