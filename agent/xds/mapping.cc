@@ -315,6 +315,16 @@ absl::StatusOr<Mapped> MapWorkload(const iw::Workload& w, const MapContext& ctx)
   if (!iw::WorkloadStatus_IsValid(w.status())) {
     return Refuse(object, "status", absl::StrCat("unknown value ", w.status()));
   }
+  if (!iw::WorkloadType_IsValid(w.workload_type())) {
+    return Refuse(object, "workload_type", absl::StrCat("unknown value ", w.workload_type()));
+  }
+  if (w.application_tunnel().protocol() != iw::ApplicationTunnel::NONE) {
+    // The application expects every connection behind a PROXY header ambit does not write.
+    return Refuse(object, "application_tunnel.protocol",
+                  iw::ApplicationTunnel::Protocol_IsValid(w.application_tunnel().protocol())
+                      ? "application tunnels (PROXY protocol) are not supported"
+                      : absl::StrCat("unknown value ", w.application_tunnel().protocol()));
+  }
   if (w.has_network_gateway()) {
     return Refuse(object, "network_gateway",
                   "workloads behind a network gateway (multi-network) are not supported");
@@ -392,6 +402,19 @@ absl::StatusOr<Mapped> MapService(const iw::Service& s, const MapContext&) {
   }
   if (!iw::IPFamilies_IsValid(s.ip_families())) {
     return Refuse(object, "ip_families", absl::StrCat("unknown value ", s.ip_families()));
+  }
+  if (s.has_load_balancing()) {
+    const iw::LoadBalancing& lb = s.load_balancing();
+    if (!iw::LoadBalancing::Mode_IsValid(lb.mode()) ||
+        !iw::LoadBalancing::HealthPolicy_IsValid(lb.health_policy())) {
+      return Refuse(object, "load_balancing", "unknown mode or health policy value");
+    }
+    for (int i = 0; i < lb.routing_preference_size(); ++i) {
+      if (!iw::LoadBalancing::Scope_IsValid(lb.routing_preference(i))) {
+        return Refuse(object, absl::StrCat("load_balancing.routing_preference[", i, "]"),
+                      absl::StrCat("unknown value ", lb.routing_preference(i)));
+      }
+    }
   }
   Mapped out;
   state::Service svc;

@@ -132,6 +132,15 @@ TEST(MapWorkloadTest, RefusesWhatCannotBeMappedFaithfully) {
          w->mutable_waypoint()->mutable_address()->set_address(V4("198.18.0.9"));
        },
        "field waypoint.address: a waypoint given by address is not supported"},
+      {"application tunnel",
+       [](iw::Workload* w) {
+         w->mutable_application_tunnel()->set_protocol(iw::ApplicationTunnel::PROXY);
+       },
+       "field application_tunnel.protocol: application tunnels (PROXY protocol) are not "
+       "supported"},
+      {"unknown workload type",
+       [](iw::Workload* w) { w->set_workload_type(static_cast<iw::WorkloadType>(8)); },
+       "field workload_type: unknown value 8"},
       {"network gateway", [](iw::Workload* w) { w->mutable_network_gateway()->mutable_hostname(); },
        "field network_gateway"},
       {"bad policy name", [](iw::Workload* w) { w->add_authorization_policies("nameonly"); },
