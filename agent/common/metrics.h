@@ -233,7 +233,7 @@ inline constexpr Metric kZdsRequests{
 // ---- ambitd's istiod xDS source (--xds-address). ----
 inline constexpr Metric kXdsConnected{
     "ambit_xds_connected", Type::kGauge,
-    "1 while the delta ADS stream to istiod is open (its subscriptions sent)."};
+    "1 while the delta ADS stream to istiod is open and istiod has answered on it."};
 inline constexpr Metric kXdsResources{"ambit_xds_resources",
                                       Type::kGauge,
                                       "Resources of the type held from istiod (refused ones count "

@@ -129,7 +129,8 @@ bool XdsSource::Sleep(absl::Duration d) {
 void XdsSource::Run() {
   std::mt19937_64 rng(std::random_device{}());
   absl::Duration backoff = options_.backoff_initial;
-  bool failing = false;  // logged once per run of failures
+  bool failing = false;  // in a run of failures: only a new error is logged
+  std::string logged;
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -153,11 +154,12 @@ void XdsSource::Run() {
     const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(backoff));
     const absl::Duration delay =
         absl::Milliseconds(std::uniform_int_distribution<int64_t>((ms + 1) / 2, ms)(rng));
-    if (!failing) {
-      AMBIT_LOG(kComponent, Warning)
-          << "stream to " << options_.address << " ended: "
-          << (error.ok() ? std::string("closed by the server") : std::string(error.message()))
-          << "; reconnecting in " << delay << " (with back-off)";
+    const std::string why =
+        error.ok() ? std::string("closed by the server") : std::string(error.message());
+    if (!failing || why != logged) {
+      AMBIT_LOG(kComponent, Warning) << "stream to " << options_.address << " ended: " << why
+                                     << "; reconnecting in " << delay << " (with back-off)";
+      logged = why;
     }
     failing = true;
     backoff = std::min(backoff * 2, options_.backoff_max);
@@ -207,7 +209,6 @@ bool XdsSource::RunStream(absl::Status* error) {
   }
   if (ok) {
     absl::MutexLock lock(&mu_);
-    connected_ = true;
     ++connects_;
   }
   dv3::DeltaDiscoveryResponse response;
@@ -217,6 +218,7 @@ bool XdsSource::RunStream(absl::Status* error) {
     {
       absl::MutexLock lock(&mu_);
       outcome = session_.Handle(response);
+      connected_ = true;  // istiod answered: the stream is up, not just sent
       last_response_ = absl::Now();
       last_error_.clear();
     }

@@ -213,6 +213,26 @@ class XdsSourceTest(unittest.TestCase):
         self.assertTrue(self.curl(self.web, self.api))
         self.assertFalse(self.curl(self.other, self.api))
 
+    def test_abusive_responses_are_nacked_and_change_nothing(self):
+        start = len(self.istiod.requests())
+        # Bytes that are no Authorization, an Any of the wrong type, a type never subscribed to.
+        self.istiod.push_raw(fi.AUTHORIZATION, {
+            "backend/garbage": ("1", fi.AUTHORIZATION, b"\xff\xff\xff"),
+            "backend/wrong": ("1", fi.ADDRESS, b""),
+        })
+        self.istiod.push_raw("type.googleapis.com/envoy.config.cluster.v3.Cluster", {})
+        nacks = wait_until("three NACKs", lambda: (lambda n: n if len(n) >= 2 else None)(
+            [r for r in self.istiod.requests()[start:] if r["error_detail"]]))
+        details = " | ".join(r["error_detail"] for r in nacks)
+        self.assertIn("Authorization backend/garbage", details)
+        self.assertIn("not a valid istio.security.Authorization", details)
+        self.assertIn("resource 'backend/wrong': holds a 'type.googleapis.com/istio.workload."
+                      "Address'", details)
+        self.assertIn("was not subscribed to", details)
+        self.assertTrue(self.curl(self.web, self.api))
+        self.assertFalse(self.curl(self.other, self.api))
+        self.assertEqual(self.agent.ready()[0], 200)
+
     def test_strict_peer_authentication_as_istiod_converts_it(self):
         self.assertTrue(self.curl(self.plain, self.other))
         self.istiod.set(fi.authorization(
@@ -263,6 +283,21 @@ class XdsSourceTest(unittest.TestCase):
         self.wait_curl(self.web, self.api, False)
         self.istiod.remove(fi.AUTHORIZATION, "backend/deny-web")
         self.wait_curl(self.web, self.api, True)
+
+    def test_rejected_token_keeps_the_configuration(self):
+        self.istiod.token = "rotated"
+        try:
+            self.istiod.drop_streams()
+            self.agent.wait_log("authentication failure", timeout=20)
+            # istiod refuses us: the last configuration stays in force, and ready (both types
+            # arrived before).
+            self.assertTrue(self.curl(self.web, self.api))
+            self.assertFalse(self.curl(self.other, self.api))
+            self.assertEqual(self.metric("ambit_xds_connected"), 0.0)
+        finally:
+            self.istiod.token = "xds-secret"
+        # The token file is read again for the next connection.
+        wait_until("reconnected", lambda: self.metric("ambit_xds_connected") == 1.0, 60)
 
     def test_workload_metadata_and_metrics(self):
         doc = json.loads(self.ctl("workloads", "-o", "json").stdout)
