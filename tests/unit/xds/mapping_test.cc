@@ -218,7 +218,8 @@ authz::Decision Judge(const is::Authorization& a, const std::string& principal,
   EXPECT_TRUE(compiled.ok());
   auto engine = authz::Engine::Create({*compiled}, {});
   EXPECT_TRUE(engine.ok());
-  authz::Workload target{.namespace_name = "backend"};
+  authz::Workload target;
+  target.namespace_name = "backend";
   if (selected) target.labels[PolicyLabel("backend", "p")] = "true";
   authz::Request r;
   r.source_principal = principal.empty() ? "" : "spiffe://" + principal;
