@@ -398,7 +398,7 @@ void Agent::PublishHealth() {
   h.zds_requests = zds_stats_.requests;
   if (const auto* xds = dynamic_cast<const xds::XdsSource*>(source_.get()); xds != nullptr) {
     xds::XdsSource::StreamCounters c = xds->counters();
-    NodeHealth::Xds& x = h.xds.emplace();
+    admin::NodeHealth::Xds& x = h.xds.emplace();
     x.connected = c.connected;
     x.reconnects = c.connects > 0 ? c.connects - 1 : 0;
     for (const auto& t : c.types) x.types.push_back({t.type_url, t.resources, t.acks, t.nacks});
