@@ -26,10 +26,12 @@ returns every request received, decoded (node id and metadata, type, initial_res
 nonce, error_detail, the stream it came on and the metadata of that stream).
 """
 
+import atexit
 import concurrent.futures
 import importlib
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,7 @@ def protos():
     global _pb
     if _pb is None:
         out = tempfile.mkdtemp(prefix="fake-istiod-pb-")
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
         subprocess.run(["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}"] + PROTOS, check=True)
         sys.path.insert(0, out)
         _pb = (importlib.import_module("envoy.service.discovery.v3.discovery_pb2"),
