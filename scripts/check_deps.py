@@ -50,6 +50,7 @@ GROUP_TARGETS = {
     "ambit_admin_grpc": "proto/ambit/admin",
     "istio_ca_grpc": "proto/istio",
     "istio_zds_proto": "proto/istio",
+    "istio_xds_grpc": "proto/istio",
     "envoy_ext_authz_proto": "proto/envoy",
     # Headers only: bpf/abi plus the skeletons generated from bpf/progs.
     "ambit_bpf_skeletons": "bpf/abi",

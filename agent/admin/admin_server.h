@@ -3,6 +3,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -115,6 +116,17 @@ struct NodeHealth {
     absl::Time last_sync = absl::InfinitePast();
   };
   std::vector<SourceResource> config_source;
+  // istiod's xDS source (--xds-address); nullopt with another source.
+  struct XdsType {
+    std::string type_url;
+    uint64_t resources = 0, acks = 0, nacks = 0;
+  };
+  struct Xds {
+    bool connected = false;
+    uint64_t reconnects = 0;
+    std::vector<XdsType> types;
+  };
+  std::optional<Xds> xds;
   // ZDS (--zds-listen, --zds-connect): sessions open by source (both sources listed when
   // enabled), requests answered by (type, outcome).
   std::map<std::string, uint64_t> zds_sessions;

@@ -150,6 +150,16 @@ std::string RenderMetrics(const ambit::dataplane::v1::StatsResponse* stats, cons
       p.Add(metrics::kKubeLastSyncAge, labels, absl::ToDoubleSeconds(now - r.last_sync));
     }
   }
+  if (h.xds.has_value()) {
+    p.Add(metrics::kXdsConnected, {}, h.xds->connected ? 1 : 0);
+    p.Add(metrics::kXdsReconnects, {}, static_cast<double>(h.xds->reconnects));
+    for (const NodeHealth::XdsType& t : h.xds->types) {
+      const Labels labels = {{"type_url", t.type_url}};
+      p.Add(metrics::kXdsResources, labels, static_cast<double>(t.resources));
+      p.Add(metrics::kXdsAcks, labels, static_cast<double>(t.acks));
+      p.Add(metrics::kXdsNacks, labels, static_cast<double>(t.nacks));
+    }
+  }
   for (const auto& [source, count] : h.zds_sessions) {
     p.Add(metrics::kZdsSessions, {{"source", source}}, static_cast<double>(count));
   }

@@ -232,8 +232,31 @@ inline constexpr Metric kZdsRequests{
     "does not decode) and outcome (ok, error: acked with an error, invalid).",
     {"type", "outcome"}};
 
+// ---- ambitd's istiod xDS source (--xds-address). ----
+inline constexpr Metric kXdsConnected{
+    "ambit_xds_connected", Type::kGauge,
+    "1 while the delta ADS stream to istiod is open and istiod has answered on it."};
+inline constexpr Metric kXdsResources{"ambit_xds_resources",
+                                      Type::kGauge,
+                                      "Resources of the type held from istiod (refused ones count "
+                                      "with their last good version).",
+                                      {"type_url"}};
+inline constexpr Metric kXdsAcks{"ambit_xds_acks_total",
+                                 Type::kCounter,
+                                 "istiod's responses of the type acknowledged (every resource "
+                                 "applied).",
+                                 {"type_url"}};
+inline constexpr Metric kXdsNacks{"ambit_xds_nacks_total",
+                                  Type::kCounter,
+                                  "istiod's responses of the type refused in part or whole (NACK "
+                                  "with error_detail; the log names each resource and field).",
+                                  {"type_url"}};
+inline constexpr Metric kXdsReconnects{
+    "ambit_xds_reconnects_total", Type::kCounter,
+    "Delta ADS streams to istiod opened again after one ended or failed."};
+
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 45> kAll = {
+inline constexpr std::array<const Metric*, 50> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -279,6 +302,11 @@ inline constexpr std::array<const Metric*, 45> kAll = {
     &kZdsSessions,
     &kZdsRequests,
     &kHboneConnectRetries,
+    &kXdsConnected,
+    &kXdsResources,
+    &kXdsAcks,
+    &kXdsNacks,
+    &kXdsReconnects,
 };
 
 // The declaration of a name, or nullptr.

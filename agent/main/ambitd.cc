@@ -31,6 +31,17 @@ ABSL_FLAG(std::string, kube_token_file, "",
 ABSL_FLAG(std::string, kube_ca_file, "",
           "PEM roots the API server's certificate must chain to (default: "
           "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)");
+ABSL_FLAG(std::string, xds_address, "",
+          "read workloads, services and authorization from istiod's xDS instead (host:port, e.g. "
+          "istiod.istio-system.svc:15012): delta ADS for istio.workload.Address and "
+          "istio.security.Authorization, as ztunnel; --config-dir still gives mesh.yaml. Not "
+          "with --kube-api");
+ABSL_FLAG(std::string, xds_root_cert, "",
+          "PEM roots istiod's certificate must chain to (required with --xds-address), e.g. the "
+          "istio-ca-root-cert ConfigMap's root-cert.pem");
+ABSL_FLAG(std::string, xds_token_file, "",
+          "bearer token file for --xds-address, re-read for every connection (a projected "
+          "service-account token of audience istio-ca); empty: no token");
 ABSL_FLAG(std::string, node_name, "",
           "this node's name (spec.nodeName of local pods); "
           "default: $NODE_NAME, else the host name");
@@ -117,7 +128,8 @@ ABSL_FLAG(std::string, ca_token_users, "system:serviceaccount:ambit-system:ambit
           "accounts");
 ABSL_FLAG(std::string, cluster_id, "Kubernetes",
           "Istio's name of this cluster (CLUSTER_ID): sent to an external CA as 'clusterid' "
-          "metadata, and the only cluster whose callers the CA API (--ca-listen) accepts");
+          "metadata and to istiod's xDS (clusterid header, CLUSTER_ID node metadata), and the "
+          "only cluster whose callers the CA API (--ca-listen) accepts");
 ABSL_FLAG(std::string, ca_root_configmap, "",
           "with --ca-address and --kube-api: read the CA's roots from this ConfigMap "
           "(NAMESPACE/NAME, key root-cert.pem; istiod's istio-ca-root-cert) instead of "
@@ -207,6 +219,21 @@ int main(int argc, char** argv) {
   options.kube_api = absl::GetFlag(FLAGS_kube_api);
   options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
   options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
+  options.xds_address = absl::GetFlag(FLAGS_xds_address);
+  options.xds_root_cert = absl::GetFlag(FLAGS_xds_root_cert);
+  options.xds_token_file = absl::GetFlag(FLAGS_xds_token_file);
+  options.xds_cluster_id = absl::GetFlag(FLAGS_cluster_id);
+  if (!options.xds_address.empty() && !options.kube_api.empty()) {
+    std::cerr << "ambitd: --xds-address and --kube-api are two sources of the same objects; "
+                 "give one\n";
+    return 2;
+  }
+  // The node identity istiod sees, from the pod's environment as ztunnel reads it.
+  for (auto [var, field] : {std::pair{"POD_NAME", &options.xds_pod_name},
+                            std::pair{"POD_NAMESPACE", &options.xds_pod_namespace},
+                            std::pair{"INSTANCE_IP", &options.xds_instance_ip}}) {
+    if (const char* v = getenv(var); v != nullptr) *field = v;
+  }
   options.node_name = absl::GetFlag(FLAGS_node_name);
   if (options.node_name.empty() && getenv("NODE_NAME") != nullptr) {
     options.node_name = getenv("NODE_NAME");

@@ -27,6 +27,7 @@
 #include "agent/issuance/pem_info.h"
 #include "agent/node/agent.h"
 #include "agent/state/waypoint.h"
+#include "agent/xds/xds_source.h"
 
 namespace ambit::node {
 namespace {
@@ -401,6 +402,13 @@ void Agent::PublishHealth() {
         zds_stats_.sessions[static_cast<size_t>(zds::Source::kIstioCni)];
   }
   h.zds_requests = zds_stats_.requests;
+  if (const auto* xds = dynamic_cast<const xds::XdsSource*>(source_.get()); xds != nullptr) {
+    xds::XdsSource::StreamCounters c = xds->counters();
+    admin::NodeHealth::Xds& x = h.xds.emplace();
+    x.connected = c.connected;
+    x.reconnects = c.connects > 0 ? c.connects - 1 : 0;
+    for (const auto& t : c.types) x.types.push_back({t.type_url, t.resources, t.acks, t.nacks});
+  }
   const auto& failed = enrollment_.failed();
   const auto& failing_since = enrollment_.failing_since();
   h.enroll_failures = static_cast<int>(failed.size());

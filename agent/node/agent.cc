@@ -39,6 +39,7 @@
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
 #include "agent/state/waypoint.h"
+#include "agent/xds/xds_source.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -268,7 +269,21 @@ absl::Status Agent::Init() {
                                 << "; no_new_privs)";
   }
 
-  if (options_.kube_api.empty()) {
+  if (!options_.xds_address.empty()) {
+    xds::XdsSource::Options xds_options;
+    xds_options.config_dir = options_.config_dir;
+    xds_options.address = options_.xds_address;
+    xds_options.root_cert_file = options_.xds_root_cert;
+    xds_options.token_file = options_.xds_token_file;
+    xds_options.cluster_id = options_.xds_cluster_id;
+    xds_options.node_name = options_.node_name;
+    xds_options.pod_name = options_.xds_pod_name;
+    xds_options.pod_namespace = options_.xds_pod_namespace;
+    xds_options.instance_ip = options_.xds_instance_ip;
+    AMBIT_ASSIGN_OR_RETURN(source_, xds::XdsSource::Create(std::move(xds_options)));
+    AMBIT_LOG(kComponent, Info) << "reading the configuration from istiod's xDS at "
+                                << options_.xds_address << " and from " << options_.config_dir;
+  } else if (options_.kube_api.empty()) {
     AMBIT_ASSIGN_OR_RETURN(source_, config::MakeDirectorySource(options_.config_dir));
   } else {
     AMBIT_ASSIGN_OR_RETURN(kube::KubeConfig kube_config,

@@ -240,8 +240,10 @@ class LiveChecker final : public admin::CheckEvaluator {
 
  private:
   std::string Identity(const state::Pod& pod) const {
-    // Only a pod the mesh captures (it names its netns) connects with its SVID.
-    return pod.netns_path.empty() ? std::string() : state::SpiffeId(config_.state->mesh, pod);
+    // Only a pod the mesh captures connects with its SVID: one that names its netns, or that
+    // Istio's label puts in the mesh (the API server's and istiod's pods, found by IP).
+    const bool captured = !pod.netns_path.empty() || state::InMesh(pod, *config_.state);
+    return captured ? state::SpiffeId(config_.state->mesh, pod) : std::string();
   }
 
   authz::PeerAuthnDecision MtlsAt(const state::Pod& pod, uint16_t port) const {

@@ -31,6 +31,9 @@ Pod Full() {
                    {"long", std::string(300, 'x')}};
   p.service_account = "bookinfo-productpage";
   p.node_name = "node-a";
+  p.workload_name = "productpage-v1";
+  p.canonical_service = "productpage";
+  p.canonical_revision = "v1";
   p.ips = {Ip("198.18.0.5"), Ip("2001:2::5")};
   p.netns_path = "/var/run/netns/pp";
   p.source_file = "bookinfo.yaml";
