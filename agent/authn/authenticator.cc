@@ -432,10 +432,18 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     }
     children.push_back(std::move(child));
   }
+  const ChildOutcome* winner = nullptr;
+  for (const ChildOutcome& c : children) {
+    if (c.status == JwtStatus::kOk) {
+      winner = &c;
+      break;
+    }
+  }
   // allow_missing: every token at any location, each under the provider of its issuer among
-  // those reading that location; no token at all passes.
+  // those reading that location; no token at all passes. Only needed when no provider's own
+  // child passed: the first child that passes decides, and its checks are the explanation.
   ChildOutcome allow_missing;
-  {
+  if (winner == nullptr) {
     std::vector<FoundToken> all;
     for (const Provider* provider : providers) {
       for (const TokenLocation& loc : provider->locations) {
@@ -486,16 +494,8 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       }
       allow_missing.verified.emplace_back(chosen, std::move(jwt));
     }
+    if (allow_missing.status == JwtStatus::kOk) winner = &allow_missing;
   }
-
-  const ChildOutcome* winner = nullptr;
-  for (const ChildOutcome& c : children) {
-    if (c.status == JwtStatus::kOk) {
-      winner = &c;
-      break;
-    }
-  }
-  if (winner == nullptr && allow_missing.status == JwtStatus::kOk) winner = &allow_missing;
 
   // Explanations show every token once: the allow_missing pass looked at all of them.
   result.checks = allow_missing.checks;
