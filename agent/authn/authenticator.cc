@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "agent/authn/jwt_cache.h"
 
 namespace ambit::authn {
 
@@ -322,7 +323,8 @@ struct FoundToken {
 }  // namespace
 
 AuthnResult Authenticator::Authenticate(const authz::Workload& target,
-                                        const authz::Request& request, absl::Time now) const {
+                                        const authz::Request& request, absl::Time now,
+                                        VerifiedJwtCache* cache) const {
   AuthnResult result;
   const std::vector<const Provider*> providers = Applicable(target);
   for (const Provider* p : providers) {
@@ -354,25 +356,38 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
   }
   const int64_t now_s = absl::ToUnixSeconds(now);
 
-  // Verifies one token under one provider, in Envoy's order of checks.
-  auto verify = [&](const Provider& provider, const FoundToken& found, Jwt* jwt,
-                    TokenCheck* check) -> JwtStatus {
+  // Verifies one token under one provider, in Envoy's order of checks. A token the cache saw
+  // verify under the provider's current key set skips the parse and the signature; the rule's
+  // and the clock's checks run again either way (jwt_cache.h).
+  auto verify = [&](const Provider& provider, const FoundToken& found,
+                    std::shared_ptr<const Jwt>* out, TokenCheck* check) -> JwtStatus {
     check->location = found.location;
     check->policy = provider.policy->Key();
     check->rule = provider.index;
-    JwtStatus s = ParseJwt(found.token, jwt);
-    if (s != JwtStatus::kOk) return s;
+    std::shared_ptr<const Jwks> keys = provider.inline_keys;
+    if (keys == nullptr && remote_ != nullptr) keys = remote_->Get(provider.rule->jwks_uri);
+    const VerifiedJwtCache::Entry* cached =
+        cache != nullptr && keys != nullptr ? cache->Find(found.token, keys.get(), now_s) : nullptr;
+    std::shared_ptr<const Jwt> jwt;
+    if (cached != nullptr) {
+      jwt = cached->jwt;
+    } else {
+      auto parsed = std::make_shared<Jwt>();
+      if (JwtStatus s = ParseJwt(found.token, parsed.get()); s != JwtStatus::kOk) return s;
+      jwt = std::move(parsed);
+    }
+    *out = jwt;
     check->issuer = jwt->iss;
     if (jwt->iss != provider.rule->issuer) return JwtStatus::kUnknownIssuer;
-    if ((s = CheckTime(*jwt, now_s)) != JwtStatus::kOk) return s;
+    if (JwtStatus s = CheckTime(*jwt, now_s); s != JwtStatus::kOk) return s;
     if (!AudienceAllowed(*jwt, provider.rule->audiences)) return JwtStatus::kAudienceNotAllowed;
-    std::shared_ptr<const Jwks> keys = provider.inline_keys;
     if (keys == nullptr) {
-      keys = remote_ != nullptr ? remote_->Get(provider.rule->jwks_uri) : nullptr;
-      if (keys == nullptr) {
-        check->detail = absl::StrCat("no key set from ", provider.rule->jwks_uri, " yet");
-        return JwtStatus::kJwksFetchFail;
-      }
+      check->detail = absl::StrCat("no key set from ", provider.rule->jwks_uri, " yet");
+      return JwtStatus::kJwksFetchFail;
+    }
+    if (cached != nullptr) {
+      check->detail = cached->detail;
+      return JwtStatus::kOk;
     }
     bool matched = false;
     for (const Jwk& key : keys->keys) {
@@ -382,6 +397,7 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       if (verifier_->Verify(key, jwt->alg, jwt->signing_input, jwt->signature)) {
         check->detail = key.kid.empty() ? "signature verified"
                                         : absl::StrCat("signature verified with kid ", key.kid);
+        if (cache != nullptr) cache->Insert(jwt, keys, check->detail, now_s);
         return JwtStatus::kOk;
       }
     }
@@ -391,7 +407,7 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
   struct ChildOutcome {
     JwtStatus status = JwtStatus::kMissing;
     std::vector<TokenCheck> checks;
-    std::vector<std::pair<const Provider*, Jwt>> verified;
+    std::vector<std::pair<const Provider*, std::shared_ptr<const Jwt>>> verified;
   };
 
   // One child of the requirement per provider: the tokens at its own locations, all valid under
@@ -402,7 +418,7 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     for (const TokenLocation& loc : provider->locations) {
       std::optional<std::string> token = Extract(request, loc);
       if (!token) continue;
-      Jwt jwt;
+      std::shared_ptr<const Jwt> jwt;
       TokenCheck check;
       const JwtStatus s = verify(*provider, {loc, *token}, &jwt, &check);
       check.status = s;
@@ -416,10 +432,18 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     }
     children.push_back(std::move(child));
   }
+  const ChildOutcome* winner = nullptr;
+  for (const ChildOutcome& c : children) {
+    if (c.status == JwtStatus::kOk) {
+      winner = &c;
+      break;
+    }
+  }
   // allow_missing: every token at any location, each under the provider of its issuer among
-  // those reading that location; no token at all passes.
+  // those reading that location; no token at all passes. Only needed when no provider's own
+  // child passed: the first child that passes decides, and its checks are the explanation.
   ChildOutcome allow_missing;
-  {
+  if (winner == nullptr) {
     std::vector<FoundToken> all;
     for (const Provider* provider : providers) {
       for (const TokenLocation& loc : provider->locations) {
@@ -432,12 +456,19 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     }
     allow_missing.status = JwtStatus::kOk;
     for (const FoundToken& found : all) {
-      Jwt probe;
-      const JwtStatus parsed = ParseJwt(found.token, &probe);
+      // Which provider: the issuer decides, so the token is parsed (or found parsed) first.
+      std::shared_ptr<const Jwt> probe =
+          cache != nullptr ? cache->FindParsed(found.token, now_s) : nullptr;
+      JwtStatus parsed = JwtStatus::kOk;
+      if (probe == nullptr) {
+        auto fresh = std::make_shared<Jwt>();
+        parsed = ParseJwt(found.token, fresh.get());
+        probe = std::move(fresh);
+      }
       const Provider* chosen = nullptr;
       if (parsed == JwtStatus::kOk) {
         for (const Provider* provider : providers) {
-          if (provider->rule->issuer == probe.iss &&
+          if (provider->rule->issuer == probe->iss &&
               std::find(provider->locations.begin(), provider->locations.end(), found.location) !=
                   provider->locations.end()) {
             chosen = provider;
@@ -448,9 +479,9 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       TokenCheck check;
       check.location = found.location;
       JwtStatus s = parsed;
-      Jwt jwt;
+      std::shared_ptr<const Jwt> jwt;
       if (parsed == JwtStatus::kOk && chosen == nullptr) {
-        check.issuer = probe.iss;
+        check.issuer = probe->iss;
         s = JwtStatus::kUnknownIssuer;
       } else if (chosen != nullptr) {
         s = verify(*chosen, found, &jwt, &check);
@@ -463,16 +494,8 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
       }
       allow_missing.verified.emplace_back(chosen, std::move(jwt));
     }
+    if (allow_missing.status == JwtStatus::kOk) winner = &allow_missing;
   }
-
-  const ChildOutcome* winner = nullptr;
-  for (const ChildOutcome& c : children) {
-    if (c.status == JwtStatus::kOk) {
-      winner = &c;
-      break;
-    }
-  }
-  if (winner == nullptr && allow_missing.status == JwtStatus::kOk) winner = &allow_missing;
 
   // Explanations show every token once: the allow_missing pass looked at all of them.
   result.checks = allow_missing.checks;
@@ -487,9 +510,10 @@ AuthnResult Authenticator::Authenticate(const authz::Workload& target,
     // The output headers were removed above; the valid tokens set them.
     for (size_t i = 0; i < winner->verified.size(); ++i) {
       const auto& [provider, jwt] = winner->verified[i];
-      AddMutations(*provider->rule, winner->checks[i].location, jwt, &result.header_mutations);
+      AddMutations(*provider->rule, winner->checks[i].location, *jwt, &result.header_mutations);
     }
-    const auto& [provider, jwt] = winner->verified.front();
+    const auto& [provider, jwt_ptr] = winner->verified.front();
+    const Jwt& jwt = *jwt_ptr;
     authz::JwtAuth auth;
     auth.principal = absl::StrCat(jwt.iss, "/", jwt.sub);
     auth.audiences = jwt.audiences;

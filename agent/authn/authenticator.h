@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "agent/authn/jose.h"
 #include "agent/authn/jwks_provider.h"
+#include "agent/authn/jwt_cache.h"
 #include "agent/authn/model.h"
 #include "agent/authn/signature.h"
 #include "agent/authz/engine.h"
@@ -99,9 +100,11 @@ class Authenticator {
       std::vector<RequestAuthentication> policies, AuthenticatorOptions options,
       const SignatureVerifier* verifier, const JwksProvider* remote);
 
-  // now: the time exp and nbf are checked against.
+  // now: the time exp and nbf are checked against. cache (optional, the calling thread's own):
+  // tokens already verified under a provider's current key set skip the parse and the signature
+  // check; the result is the same with or without it (jwt_cache.h).
   AuthnResult Authenticate(const authz::Workload& target, const authz::Request& request,
-                           absl::Time now) const;
+                           absl::Time now, VerifiedJwtCache* cache = nullptr) const;
 
   // The policies that apply to target, by key.
   std::vector<std::string> ApplicablePolicies(const authz::Workload& target) const;

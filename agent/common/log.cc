@@ -12,6 +12,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/common/log_line.h"
 
 namespace ambit::log {
 namespace {
@@ -86,18 +87,25 @@ bool ParseLevel(std::string_view text, Level* level) {
   return true;
 }
 
-Line::~Line() {
+std::string FormatLine(std::string_view component, Level level, std::string_view text) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
   char stamp[40];
-  strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::string text = out_.str();
+  const size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+  char millis[16];
+  snprintf(millis, sizeof millis, ".%03dZ ", static_cast<int>(ts.tv_nsec / 1000000) % 1000);
+  std::string line;
+  line.reserve(n + 6 + 6 + component.size() + 2 + text.size() + 1);
+  line.append(stamp, n).append(millis).append(Name(level)).append(" ");
+  line.append(component).append(": ").append(text).append("\n");
+  return line;
+}
+
+Line::~Line() {
   // One write per line so lines from several threads never interleave.
-  std::string line = std::string(stamp) + "." +
-                     std::to_string(ts.tv_nsec / 1000000 + 1000).substr(1) + "Z " + Name(level_) +
-                     " " + std::string(component_) + ": " + text + "\n";
+  const std::string line = FormatLine(component_, level_, out_.str());
   (void)!::write(STDERR_FILENO, line.data(), line.size());
 }
 

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/common/allocator.h"
 #include "agent/common/capabilities.h"
@@ -120,6 +121,12 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
     AMBIT_LOG("tunnel", Error) << "not starting: " << caps_ok.message();
     return 1;
   }
+#ifdef NDEBUG
+  // Debian builds abseil without NDEBUG, which leaves Mutex deadlock detection on: every Lock
+  // then also takes one process-wide lock to update the lock-order graph, so workers that never
+  // share a mutex still contend. A debug build of ambit keeps it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   if (customize) {
     if (absl::Status s = customize(options); !s.ok()) {
       std::cerr << name << ": " << s.message() << "\n";

@@ -25,7 +25,8 @@ std::string Details(const std::string& body) {
 }  // namespace
 
 FilterResult AuthnFilter::OnRequest(RequestContext& ctx) {
-  authn::AuthnResult r = authenticator_->Authenticate(target_, ctx.request, clock_->Now());
+  authn::AuthnResult r =
+      authenticator_->Authenticate(target_, ctx.request, clock_->Now(), cache_.get());
   if (!r.allowed) {
     ctx.details = Details(r.body);
     AMBIT_LOG(kLog, Debug) << "jwt_authn rejected " << ctx.request.method << " " << ctx.request.host

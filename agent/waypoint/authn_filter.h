@@ -10,12 +10,14 @@
 //     proxy applies to the forwarded request.
 // Exp and nbf are checked against the clock the proxy gives the filter (ProxyContext::clock).
 //
-// Thread-safety: immutable after construction; OnRequest may run on any thread (the
-// Authenticator and its JwksProvider are thread-safe).
+// Thread-safety: OnRequest may run on any thread (the Authenticator and its JwksProvider are
+// thread-safe) unless a cache of verified tokens is given: that one belongs to one worker, and so
+// do the filters sharing it.
 
 #include <memory>
 
 #include "agent/authn/authenticator.h"
+#include "agent/authn/jwt_cache.h"
 #include "agent/authz/request.h"
 #include "agent/common/clock.h"
 #include "agent/waypoint/filter.h"
@@ -24,10 +26,13 @@ namespace ambit::waypoint {
 
 class AuthnFilter final : public RequestFilter {
  public:
-  // clock must outlive the filter.
+  // clock must outlive the filter. cache: the worker's verified tokens (null: none).
   AuthnFilter(std::shared_ptr<const authn::Authenticator> authenticator, authz::Workload target,
-              const Clock* clock)
-      : authenticator_(std::move(authenticator)), target_(std::move(target)), clock_(clock) {}
+              const Clock* clock, std::shared_ptr<authn::VerifiedJwtCache> cache = nullptr)
+      : authenticator_(std::move(authenticator)),
+        target_(std::move(target)),
+        clock_(clock),
+        cache_(std::move(cache)) {}
   const char* name() const override { return "jwt_authn"; }
   FilterResult OnRequest(RequestContext& ctx) override;
 
@@ -35,6 +40,7 @@ class AuthnFilter final : public RequestFilter {
   std::shared_ptr<const authn::Authenticator> authenticator_;
   authz::Workload target_;
   const Clock* clock_;
+  std::shared_ptr<authn::VerifiedJwtCache> cache_;
 };
 
 }  // namespace ambit::waypoint

@@ -1,5 +1,7 @@
 #include "agent/waypointd/l7_handler.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <utility>
 
@@ -9,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/authn/signature.h"
 #include "agent/common/log.h"
+#include "agent/common/log_line.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
 #include "agent/tunnel/connection.h"
@@ -25,6 +28,7 @@ namespace ambit::waypointd {
 namespace {
 
 constexpr const char* kComponent = "waypoint";
+constexpr const char* kAccessLog = "access";  // the component proxy.cc logs requests under
 
 uint64_t NextPick() {
   static std::atomic<uint64_t> next{0};
@@ -298,6 +302,8 @@ absl::StatusOr<std::shared_ptr<L7Handler>> L7Handler::Create(WaypointOptions opt
   std::shared_ptr<L7Handler> h(new L7Handler(std::move(options)));
   h->authn_.resize(std::max(1, h->options_.workers));
   h->authorizers_.resize(h->authn_.size());
+  h->per_worker_.resize(h->authn_.size());
+  for (PerWorker& w : h->per_worker_) w.jwt_cache = std::make_shared<authn::VerifiedJwtCache>();
   auto fetcher = tls::HttpsJwksFetcher::Create({.ca_file = h->options_.jwks_ca_file});
   if (fetcher.ok()) {
     h->fetcher_ = std::move(*fetcher);
@@ -489,8 +495,9 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   ctx.engine = engine;
   ctx.target = *target;
   // JWT authentication first (it fills request.auth), then authorization (filter.h).
-  ctx.filters.push_back(std::make_shared<waypoint::AuthnFilter>(authn.authenticator, *target,
-                                                                worker.settings().clock));
+  PerWorker& mine = per_worker_[worker.index()];
+  ctx.filters.push_back(std::make_shared<waypoint::AuthnFilter>(
+      authn.authenticator, *target, worker.settings().clock, mine.jwt_cache));
   // CUSTOM policies ask the providers' clients of this pod on this worker (shared by its flows,
   // so their connections are reused); the check's destination principal is the waypoint's own.
   // The checks are counted in the process's HTTP metrics (ambitd's /metrics shows them).
@@ -500,6 +507,18 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   ctx.destination = request.destination;
   ctx.metrics = &metrics_;
   ctx.clock = worker.settings().clock;
+  if (mine.access_log == nullptr) {
+    mine.access_log = waypoint::AccessLogBuffer::Create(STDERR_FILENO, &worker.loop());
+  }
+  ctx.access_log =
+      [weak = std::weak_ptr<waypoint::AccessLogBuffer>(mine.access_log)](const std::string& line) {
+        if (!log::Enabled(kAccessLog, log::Level::kInfo)) return;
+        if (auto buffer = weak.lock()) {
+          buffer->Append(log::FormatLine(kAccessLog, log::Level::kInfo, line));
+        } else {
+          AMBIT_LOG(kAccessLog, Info) << line;  // the worker is stopping
+        }
+      };
   // Re-decided when the configuration changes: a destination that no longer uses this waypoint
   // (or a waypoint that is gone) ends its streams.
   raw->SetRecheck([dst = request.destination,
@@ -530,6 +549,11 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
 void L7Handler::OnWorkerStopped(tunnel::Worker& worker) {
   if (static_cast<size_t>(worker.index()) < authorizers_.size()) {
     authorizers_[worker.index()].clear();
+  }
+  if (static_cast<size_t>(worker.index()) < per_worker_.size()) {
+    // Its flows are gone: every line they will write is buffered. Written now, and the buffer
+    // goes with the loop its timer was armed on.
+    per_worker_[worker.index()].access_log.reset();
   }
 }
 

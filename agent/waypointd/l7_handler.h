@@ -18,8 +18,12 @@
 // waypoint's pod like a forwarded request: over HBONE with the pod's certificate when the
 // authorizer's Service is in the mesh, else a plain TCP connect from the pod's network namespace.
 //
+// Per worker, as the hot path takes no locks: the authorizer clients, a cache of verified JWTs
+// (authn/jwt_cache.h) and the access log's batch (waypoint/access_log_buffer.h; written by size,
+// within 50 ms, and when the worker stops).
+//
 // Thread-safety: OnConnect, OnAccepted and ClientFor run on the worker given; per-worker state
-// (the authorizer clients) is indexed by Worker::index().
+// is indexed by Worker::index().
 
 #include <memory>
 #include <string>
@@ -32,9 +36,11 @@
 #include "absl/synchronization/mutex.h"
 #include "agent/authn/authenticator.h"
 #include "agent/authn/jwks_provider.h"
+#include "agent/authn/jwt_cache.h"
 #include "agent/tls/https_fetch.h"
 #include "agent/tunnel/l7_hook.h"
 #include "agent/tunnel/mesh_snapshot.h"
+#include "agent/waypoint/access_log_buffer.h"
 #include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/jwks_refresher.h"
 #include "agent/waypoint/metrics.h"
@@ -103,6 +109,14 @@ class L7Handler final : public tunnel::InboundHandler {
   WaypointOptions options_;
   waypoint::HttpMetrics metrics_;  // every worker's requests
   std::vector<Authn> authn_;       // by worker index: each worker's own copy of `current_`
+  // By worker index, only that worker's thread touches its entry: tokens verified on that
+  // worker (kept across configurations: an entry matches only the key set it verified under),
+  // and its access-log lines waiting for their batch's write (made on its first flow).
+  struct PerWorker {
+    std::shared_ptr<authn::VerifiedJwtCache> jwt_cache;
+    std::shared_ptr<waypoint::AccessLogBuffer> access_log;
+  };
+  std::vector<PerWorker> per_worker_;
   // By worker index, then pod uid: only that worker's thread touches its map.
   std::vector<absl::flat_hash_map<std::string, std::shared_ptr<PodAuthorizers>>> authorizers_;
   // jwksUri key sets: fetched by the refresher's thread, read by the workers.

@@ -69,10 +69,32 @@ class AuthenticatorTest : public ::testing::Test {
     return r;
   }
 
+  // Every request of every test is also authenticated through the fixture's cache of verified
+  // tokens, which lives as long as the test (across authenticators, clocks and key sets), twice:
+  // a miss that fills it, then a hit. Each must decide exactly as the uncached call does.
   AuthnResult Run(const Authenticator& a, const authz::Request& r, int64_t now = kNow) {
     authz::Workload w;
     w.namespace_name = "foo";
-    return a.Authenticate(w, r, absl::FromUnixSeconds(now));
+    AuthnResult plain = a.Authenticate(w, r, absl::FromUnixSeconds(now));
+    for (int pass = 0; pass < 2; ++pass) {
+      AuthnResult cached = a.Authenticate(w, r, absl::FromUnixSeconds(now), &cache_);
+      ExpectSame(plain, cached, pass);
+    }
+    return plain;
+  }
+
+  static void ExpectSame(const AuthnResult& want, const AuthnResult& got, int pass) {
+    SCOPED_TRACE(::testing::Message() << "with the cache, pass " << pass);
+    EXPECT_EQ(got.allowed, want.allowed);
+    EXPECT_EQ(got.http_status, want.http_status);
+    EXPECT_EQ(got.status, want.status);
+    EXPECT_EQ(got.body, want.body);
+    EXPECT_EQ(got.www_authenticate, want.www_authenticate);
+    EXPECT_EQ(got.auth, want.auth);
+    EXPECT_EQ(got.header_mutations, want.header_mutations);
+    EXPECT_EQ(got.policies, want.policies);
+    EXPECT_EQ(got.checks, want.checks);
+    EXPECT_EQ(got.reason, want.reason);
   }
 
   AuthnResult Bearer(const Authenticator& a, const std::string& token, int64_t now = kNow) {
@@ -81,6 +103,7 @@ class AuthenticatorTest : public ::testing::Test {
 
   static TestKey* rsa_;
   static TestKey* ec_;
+  VerifiedJwtCache cache_;
 };
 
 TestKey* AuthenticatorTest::rsa_ = nullptr;
@@ -395,6 +418,122 @@ TEST_F(AuthenticatorTest, JwksUriRejectsWhileUnavailable) {
   // Without a provider such rules always reject.
   auto b = Make({rule});
   EXPECT_EQ(Bearer(*b, token).body, "Jwks remote fetch is failed");
+}
+
+// A verifier that counts its calls, to see what the cache skips.
+class CountingVerifier final : public SignatureVerifier {
+ public:
+  bool Verify(const Jwk& key, Algorithm alg, absl::string_view input,
+              absl::string_view signature) const override {
+    ++calls;
+    return CryptoSignatureVerifier().Verify(key, alg, input, signature);
+  }
+  mutable int calls = 0;
+};
+
+TEST_F(AuthenticatorTest, CacheVerifiesATokenOnceAndStillChecksTheClock) {
+  CountingVerifier verifier;
+  RequestAuthentication ra;
+  ra.name = "jwt";
+  ra.namespace_name = "foo";
+  ra.jwt_rules = {Rule()};
+  auto a = Authenticator::Create({ra}, {}, &verifier, nullptr);
+  ASSERT_TRUE(a.ok());
+  authz::Workload w;
+  w.namespace_name = "foo";
+  const std::string token = rsa_->Token(
+      "RS256",
+      absl::StrCat(R"({"iss":")", kIssuer, R"(","sub":"u","aud":"api","exp":)", kNow + 10, "}"));
+  const authz::Request req = Request({{"authorization", "Bearer " + token}});
+  VerifiedJwtCache cache;
+  // Uncached, the signature is verified on every request (once: the provider's own pass
+  // decides, the allow_missing pass is not run).
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE((*a)->Authenticate(w, req, absl::FromUnixSeconds(kNow)).allowed);
+  }
+  EXPECT_EQ(verifier.calls, 5);
+  verifier.calls = 0;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE((*a)->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache).allowed);
+  }
+  EXPECT_EQ(verifier.calls, 1);
+  EXPECT_EQ(cache.size(), 1u);
+  // Past exp (and the skew), the cached token is refused as the authenticator refuses it.
+  AuthnResult r = (*a)->Authenticate(w, req, absl::FromUnixSeconds(kNow + 71), &cache);
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.body, "Jwt is expired");
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST_F(AuthenticatorTest, CachedTokenIsCheckedAgainstTheRulesInForce) {
+  // Rules reading one jwksUri share its key set object, so a token verified under one rule is a
+  // cache hit under the others: their issuer and audiences must still decide.
+  FakeClock clock;
+  ambit::testing::FakeJwksFetcher fetcher;
+  JwksCache keys(&fetcher, &clock);
+  JwtRule rule = Rule();
+  rule.jwks.clear();
+  rule.jwks_uri = "https://issuer.example.com/jwks";
+  keys.Track(rule.jwks_uri, rule.timeout);
+  fetcher.documents[rule.jwks_uri] = JwksOf({rsa_->Jwk("rsa-1", "RS256")});
+  ASSERT_EQ(keys.RefreshDue(), 0);
+  VerifiedJwtCache cache;
+  authz::Workload w;
+  w.namespace_name = "foo";
+  const authz::Request req =
+      Request({{"authorization", "Bearer " + rsa_->Token("RS256", Payload(), "rsa-1")}});
+  ASSERT_TRUE(
+      Make({rule}, &keys)->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache).allowed);
+  ASSERT_EQ(cache.size(), 1u);
+  const uint64_t hits = cache.hits();
+  JwtRule other_aud = rule;
+  other_aud.audiences = {"web"};
+  AuthnResult r =
+      Make({other_aud}, &keys)->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache);
+  EXPECT_EQ(r.http_status, 403);
+  EXPECT_EQ(r.body, "Audiences in Jwt are not allowed");
+  JwtRule other_issuer = rule;
+  other_issuer.issuer = kOtherIssuer;
+  r = Make({other_issuer}, &keys)->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache);
+  EXPECT_EQ(r.body, "Jwt issuer is not configured");
+  // Those answers came from the cached parse: the cache was used, and still refused.
+  EXPECT_GT(cache.hits(), hits);
+  // An inline key set that no longer holds the key (rotated out in a new configuration).
+  JwtRule rotated = Rule();
+  rotated.jwks = JwksOf({TestKey::Rsa().Jwk("rsa-1", "RS256")});
+  r = Make({rotated})->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache);
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.body, "Jwt verification fails");
+}
+
+TEST_F(AuthenticatorTest, CachedTokenIsRefusedAfterAJwksUriRotation) {
+  FakeClock clock;
+  ambit::testing::FakeJwksFetcher fetcher;
+  JwksCache keys(&fetcher, &clock);
+  JwtRule rule = Rule();
+  rule.jwks.clear();
+  rule.jwks_uri = "https://issuer.example.com/jwks";
+  auto a = Make({rule}, &keys);
+  keys.Track(rule.jwks_uri, rule.timeout);
+  fetcher.documents[rule.jwks_uri] = JwksOf({rsa_->Jwk("rsa-1", "RS256")});
+  ASSERT_EQ(keys.RefreshDue(), 0);
+  VerifiedJwtCache cache;
+  authz::Workload w;
+  w.namespace_name = "foo";
+  const authz::Request req =
+      Request({{"authorization", "Bearer " + rsa_->Token("RS256", Payload(), "rsa-1")}});
+  ASSERT_TRUE(a->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache).allowed);
+  // The issuer rotates: the old key is gone from the set fetched next.
+  fetcher.documents[rule.jwks_uri] = JwksOf({TestKey::Rsa().Jwk("rsa-2", "RS256")});
+  clock.Advance(absl::Minutes(21));
+  ASSERT_EQ(keys.RefreshDue(), 0);
+  AuthnResult r = a->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache);
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.body, "Jwks doesn't have key to match kid or alg from Jwt");
+  // And while the key set is unavailable, the cache does not stand in for it.
+  keys.Untrack(rule.jwks_uri);
+  r = a->Authenticate(w, req, absl::FromUnixSeconds(kNow), &cache);
+  EXPECT_EQ(r.body, "Jwks remote fetch is failed");
 }
 
 }  // namespace
