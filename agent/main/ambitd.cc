@@ -143,7 +143,11 @@ ABSL_FLAG(double, hbone_failed_stream_rate, 100,
           "HBONE CONNECTs per second and client connection that may fail or be reset before "
           "the answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
 ABSL_FLAG(std::string, access_log_format, "text",
-          "the data plane's line per closed connection: text, json or off");
+          "the data plane's line per closed connection: text, json, ztunnel (ztunnel's key "
+          "names, key=value), ztunnel-json or off");
+ABSL_FLAG(std::string, cluster_id, "Kubernetes",
+          "the cluster's name in Istio's telemetry labels (source_cluster, destination_cluster) "
+          "and the config dump, as istiod's CLUSTER_ID");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
 ABSL_FLAG(std::string, node_netns, "",
@@ -212,6 +216,7 @@ int main(int argc, char** argv) {
   options.node_netns = absl::GetFlag(FLAGS_node_netns);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
   options.host_proc = absl::GetFlag(FLAGS_host_proc);
+  options.cluster_id = absl::GetFlag(FLAGS_cluster_id);
   options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   // The default names the run directory, known only once --run-dir and --instance are read.

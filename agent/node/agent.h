@@ -46,6 +46,8 @@ namespace ambit::node {
 struct AgentOptions {
   std::string node_name;
   std::string config_dir;
+  // Istio's cluster name in telemetry labels and the config dump (--cluster-id).
+  std::string cluster_id = "Kubernetes";
   // The Kubernetes API server as a second configuration source (empty: off): "in-cluster" or an
   // https URL; token and CA files default to the service account's (kube::KubeConfig).
   std::string kube_api, kube_token_file, kube_ca_file;
@@ -374,6 +376,8 @@ class Agent final : private PodHost, private zds::WorkloadSink {
                                                     : options_.control_socket();
   }
   void InitRollHandler();
+  // Answers GetConfigDump (agent/node/config_dump.cc).
+  void InitConfigDumpHandler();
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);

@@ -30,9 +30,14 @@ struct Pod {
   std::map<std::string, std::string> annotations;
   std::string service_account = "default";  // spec.serviceAccountName (or spec.serviceAccount)
   std::string node_name;                    // spec.nodeName
-  std::vector<ambit::IpAddress> ips;        // status.podIPs[].ip, else status.podIP
-  std::string netns_path;                   // annotation ambit.dev/netns, empty if absent
-  std::string source_file;                  // the file (or source) the pod came from
+  // Istio's workload metadata (telemetry labels): the owner as Istio names it (a Deployment's
+  // name, not the pod's), and the canonical service and revision. Empty: not known.
+  std::string workload_name;
+  std::string canonical_service;
+  std::string canonical_revision;
+  std::vector<ambit::IpAddress> ips;  // status.podIPs[].ip, else status.podIP
+  std::string netns_path;             // annotation ambit.dev/netns, empty if absent
+  std::string source_file;            // the file (or source) the pod came from
   // metadata.creationTimestamp; nullopt when absent (hand-written manifests usually have none).
   std::optional<absl::Time> creation_time;
   // When this agent first saw the pod, and in which load of the configuration (set by the config

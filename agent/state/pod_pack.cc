@@ -125,6 +125,9 @@ void PodPack::Add(const Pod& pod) {
   PutMap(pod.annotations, &bytes_);
   PutString(pod.service_account, &bytes_);
   PutString(pod.node_name, &bytes_);
+  PutString(pod.workload_name, &bytes_);
+  PutString(pod.canonical_service, &bytes_);
+  PutString(pod.canonical_revision, &bytes_);
   PutVarint(pod.ips.size(), &bytes_);
   for (const auto& ip : pod.ips) {
     bytes_.append(reinterpret_cast<const char*>(ip.bytes().data()), ip.bytes().size());
@@ -146,6 +149,9 @@ bool PodPack::Reader::Next(Pod* pod) {
   GetMap(&rest_, &pod->annotations);
   pod->service_account = GetString(&rest_);
   pod->node_name = GetString(&rest_);
+  pod->workload_name = GetString(&rest_);
+  pod->canonical_service = GetString(&rest_);
+  pod->canonical_revision = GetString(&rest_);
   pod->ips.clear();
   const uint64_t ips = GetVarint(&rest_);
   pod->ips.reserve(ips);

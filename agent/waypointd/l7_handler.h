@@ -21,6 +21,7 @@
 // Thread-safety: OnConnect, OnAccepted and ClientFor run on the worker given; per-worker state
 // (the authorizer clients) is indexed by Worker::index().
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -93,6 +94,13 @@ class L7Handler final : public tunnel::InboundHandler {
     std::string error;  // why it could not be built: every CONNECT is refused (fail closed)
   };
   explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
+  // Istio's labels of the requests of one downstream connection to `destination` (the source
+  // and destination workloads, the Service, principals, cluster); forgets the series of
+  // workloads gone from `snapshot` first, once per configuration version.
+  waypoint::HttpMetrics::RequestLabels RequestLabels(const tunnel::MeshSnapshot& snapshot,
+                                                     const tunnel::Pod& pod,
+                                                     const tunnel::FlowRecord& record,
+                                                     const SocketAddress& destination);
   Authn Build(const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot);
   // The worker's copy when it is for `snapshot` (no lock); otherwise the shared one, built by the
   // first worker to see the configuration (which also hands its jwksUris to the refresher).
@@ -101,8 +109,9 @@ class L7Handler final : public tunnel::InboundHandler {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   WaypointOptions options_;
-  waypoint::HttpMetrics metrics_;  // every worker's requests
-  std::vector<Authn> authn_;       // by worker index: each worker's own copy of `current_`
+  waypoint::HttpMetrics metrics_;            // every worker's requests
+  std::atomic<uint64_t> pruned_version_{0};  // the configuration metrics_ was last pruned for
+  std::vector<Authn> authn_;  // by worker index: each worker's own copy of `current_`
   // By worker index, then pod uid: only that worker's thread touches its map.
   std::vector<absl::flat_hash_map<std::string, std::shared_ptr<PodAuthorizers>>> authorizers_;
   // jwksUri key sets: fetched by the refresher's thread, read by the workers.
