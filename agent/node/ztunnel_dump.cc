@@ -1,10 +1,9 @@
 #include "agent/node/ztunnel_dump.h"
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -72,7 +71,9 @@ json Ports(const std::vector<std::string>& values) {
 json Cidrs(const std::vector<std::string>& values) {
   json out = json::array();
   for (const auto& v : values) {
-    out.push_back(absl::StrContains(v, '/') ? v : absl::StrCat(v, absl::StrContains(v, ':') ? "/128" : "/32"));
+    out.push_back(absl::StrContains(v, '/')
+                      ? v
+                      : absl::StrCat(v, absl::StrContains(v, ':') ? "/128" : "/32"));
   }
   return out;
 }
@@ -222,8 +223,8 @@ std::string ZtunnelConfigDump(const ZtunnelDumpInputs& in) {
   for (const auto& w : s.workloads) by_key[w.Key()] = &w;
   for (const auto& svc : s.services) {
     for (const auto& e : svc.endpoints) {
-      services_of[e].push_back(absl::StrCat(svc.namespace_name, "/",
-                                            Hostname(svc.namespace_name, svc.name)));
+      services_of[e].push_back(
+          absl::StrCat(svc.namespace_name, "/", Hostname(svc.namespace_name, svc.name)));
     }
   }
 

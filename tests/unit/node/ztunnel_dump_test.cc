@@ -65,8 +65,8 @@ mesh::Snapshot Snapshot() {
 TEST(ZtunnelDumpTest, WorkloadsServicesAndPoliciesInZtunnelsShapes) {
   mesh::Snapshot s = Snapshot();
   ZtunnelDumpInputs in{&s};
-  in.certificates.push_back({"spiffe://cluster.local/ns/backend/sa/api", "valid", "0a1b",
-                             1800000000, 1800086400, ""});
+  in.certificates.push_back(
+      {"spiffe://cluster.local/ns/backend/sa/api", "valid", "0a1b", 1800000000, 1800086400, ""});
   in.certificates.push_back(
       {"spiffe://cluster.local/ns/backend/sa/db", "failed", "", 0, 0, "CA unreachable"});
   in.roots.push_back({"01", 1900000000});
@@ -82,9 +82,8 @@ TEST(ZtunnelDumpTest, WorkloadsServicesAndPoliciesInZtunnelsShapes) {
   EXPECT_EQ(w["workloadName"], "api");
   EXPECT_EQ(w["canonicalRevision"], "v2");
   EXPECT_EQ(w["clusterId"], "east");
-  EXPECT_EQ(w["waypoint"],
-            json({{"destination", "backend/waypoint.backend.svc.cluster.local"},
-                  {"hboneMtlsPort", 15008}}));
+  EXPECT_EQ(w["waypoint"], json({{"destination", "backend/waypoint.backend.svc.cluster.local"},
+                                 {"hboneMtlsPort", 15008}}));
   EXPECT_EQ(w["services"], json::array({"backend/api.backend.svc.cluster.local"}));
 
   ASSERT_EQ(d["services"].size(), 1u);
@@ -92,11 +91,10 @@ TEST(ZtunnelDumpTest, WorkloadsServicesAndPoliciesInZtunnelsShapes) {
   EXPECT_EQ(svc["vips"], json::array({"/198.18.100.1"}));
   EXPECT_EQ(svc["ports"], json({{"80", 8080}}));  // TCP ports only
   // An endpoint naming no workload of the snapshot is left out.
-  EXPECT_EQ(svc["endpoints"],
-            json({{"east//Pod/backend/api-6b9f7c4d8-kq2zp",
-                   {{"workloadUid", "east//Pod/backend/api-6b9f7c4d8-kq2zp"},
-                    {"port", {{"80", 8080}}},
-                    {"status", "Healthy"}}}}));
+  EXPECT_EQ(svc["endpoints"], json({{"east//Pod/backend/api-6b9f7c4d8-kq2zp",
+                                     {{"workloadUid", "east//Pod/backend/api-6b9f7c4d8-kq2zp"},
+                                      {"port", {{"80", 8080}}},
+                                      {"status", "Healthy"}}}}));
 
   // AUDIT is not sent to ztunnel; the rest sorted by namespace/name.
   ASSERT_EQ(d["policies"].size(), 2u);
@@ -104,14 +102,14 @@ TEST(ZtunnelDumpTest, WorkloadsServicesAndPoliciesInZtunnelsShapes) {
   EXPECT_EQ(allow["scope"], "WorkloadSelector");
   EXPECT_EQ(allow["action"], "Allow");
   const json want_rules = json::array({json::array({
-      json::array({{{"namespaces", {{{"Prefix", "front"}}, {{"Suffix", "end"}}}},
-                    {"serviceAccounts",
-                     {{{"namespace", "other"}, {"serviceAccount", "sa1"}},
-                      {{"namespace", "backend"}, {"serviceAccount", "sa2"}}}},
-                    {"principals",
-                     {{{"Exact", "cluster.local/ns/default/sa/web"}},
-                      {{"Presence", json::array()}}}},
-                    {"sourceIps", {"198.18.0.0/16", "198.18.0.9/32"}}}}),
+      json::array(
+          {{{"namespaces", {{{"Prefix", "front"}}, {{"Suffix", "end"}}}},
+            {"serviceAccounts",
+             {{{"namespace", "other"}, {"serviceAccount", "sa1"}},
+              {{"namespace", "backend"}, {"serviceAccount", "sa2"}}}},
+            {"principals",
+             {{{"Exact", "cluster.local/ns/default/sa/web"}}, {{"Presence", json::array()}}}},
+            {"sourceIps", {"198.18.0.0/16", "198.18.0.9/32"}}}}),
       json::array({{{"destinationPorts", {8080}}, {"notDestinationPorts", {9090}}}}),
       json::array({{{"destinationPorts", {8080}}}}),
   })});
