@@ -92,6 +92,16 @@ RollHandler AdminState::roll_handler() const {
   return roll_handler_;
 }
 
+void AdminState::SetConfigDumpHandler(ConfigDumpHandler handler) {
+  absl::MutexLock lock(&mu_);
+  config_dump_handler_ = std::move(handler);
+}
+
+ConfigDumpHandler AdminState::config_dump_handler() const {
+  absl::MutexLock lock(&mu_);
+  return config_dump_handler_;
+}
+
 void AdminState::SetLogLevelHandler(LogLevelHandler handler) {
   absl::MutexLock lock(&mu_);
   log_level_handler_ = std::move(handler);
@@ -242,6 +252,19 @@ class AdminServer::Service final : public pb::Admin::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "process must be tunnel or waypoint, not \"" + req->process() + "\"");
     }
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetConfigDump(grpc::ServerContext*, const pb::GetConfigDumpRequest* req,
+                             pb::GetConfigDumpResponse* resp) override {
+    if (req->format() != "ztunnel") {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "format must be ztunnel, not \"" + req->format() + "\"");
+    }
+    ConfigDumpHandler handler = state_->config_dump_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
     auto result = handler(*req);
     if (!result.ok()) return ToGrpc(result.status());
     *resp = std::move(*result);

@@ -48,6 +48,10 @@ using StatsFetcher = std::function<absl::StatusOr<ambit::dataplane::v1::StatsRes
 // and posts the work to the control thread.
 using RollHandler = std::function<absl::StatusOr<ambit::admin::v1::RollDataPlaneResponse>(
     const ambit::admin::v1::RollDataPlaneRequest&)>;
+// Builds the configuration dump (ambitctl config-dump) from what is in force; the format is
+// checked before. Thread-safe: runs on gRPC threads and may wait for the control thread.
+using ConfigDumpHandler = std::function<absl::StatusOr<ambit::admin::v1::GetConfigDumpResponse>(
+    const ambit::admin::v1::GetConfigDumpRequest&)>;
 
 // What readiness and ambitd's own metrics need, published by the control thread.
 struct NodeHealth {
@@ -179,6 +183,8 @@ class AdminState {
   LogLevelHandler log_level_handler() const;
   void SetRollHandler(RollHandler handler);
   RollHandler roll_handler() const;
+  void SetConfigDumpHandler(ConfigDumpHandler handler);
+  ConfigDumpHandler config_dump_handler() const;
   void SetStatsFetcher(StatsFetcher fetcher);
   StatsFetcher stats_fetcher() const;
   void SetHealth(NodeHealth health);
@@ -201,6 +207,7 @@ class AdminState {
   LogLevelHandler log_level_handler_ ABSL_GUARDED_BY(mu_);
   StatsFetcher stats_fetcher_ ABSL_GUARDED_BY(mu_);
   RollHandler roll_handler_ ABSL_GUARDED_BY(mu_);
+  ConfigDumpHandler config_dump_handler_ ABSL_GUARDED_BY(mu_);
   NodeHealth health_ ABSL_GUARDED_BY(mu_);
   ReadinessChecker readiness_checker_ ABSL_GUARDED_BY(mu_);
 };

@@ -650,9 +650,23 @@ absl::Status Log(Context& ctx) {
 }
 
 absl::Status ConfigDump(Context& ctx) {
+  const std::string format = ctx.flag("format").value_or("ambit");
+  if (format != "ambit" && format != "ztunnel") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format must be ambit or ztunnel, not \"", format, "\""));
+  }
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   Stub& s = **stub;
+  if (format == "ztunnel") {
+    // ambitd builds it: the layout needs the configuration generation itself, not the views.
+    pb::GetConfigDumpRequest req;
+    req.set_format(format);
+    auto dump = Call(ctx, s, &Stub::GetConfigDump, req, std::chrono::seconds(30));
+    if (!dump.ok()) return dump.status();
+    ctx.out() << dump->json() << "\n";
+    return absl::OkStatus();
+  }
   auto certs = Call(ctx, s, &Stub::ListCertificates);
   if (!certs.ok()) return certs.status();
   auto workloads = Call(ctx, s, &Stub::ListWorkloads);
@@ -895,8 +909,12 @@ Command ConfigDumpCommand() {
       .description =
           "Workloads, services, policies (and rejected resources), certificates, BPF programs\n"
           "and maps, log levels and live connections, as one JSON document (YAML with -o\n"
-          "yaml). When the data plane cannot be asked, connections holds the reason.",
-      .examples = "ambitctl config-dump > dump.json",
+          "yaml). When the data plane cannot be asked, connections holds the reason.\n"
+          "With --format ztunnel: the configuration in force in the layout of ztunnel's\n"
+          "/config_dump (workloads, services, policies, certificates; no key material), for\n"
+          "tools that read ztunnel's dumps.",
+      .examples = "ambitctl config-dump > dump.json\nambitctl config-dump --format ztunnel",
+      .flags = {{"format", '\0', "F", "ambit (default) or ztunnel: ztunnel's /config_dump layout"}},
       .run = ConfigDump,
   };
 }

@@ -21,6 +21,7 @@
 #include "agent/config/validation.h"
 #include "agent/config/yaml_limits.h"
 #include "agent/state/waypoint.h"
+#include "agent/state/workload_meta.h"
 
 namespace ambit::config {
 namespace {
@@ -352,6 +353,55 @@ std::optional<bool> GetBool(Reporter& r, const YAML::Node& map, std::string_view
   }
   r.Error(*v, Join(path, key), absl::StrCat("must be true or false, not ", YamlTypeName(*v)));
   return std::nullopt;
+}
+
+// Istio's workload metadata of a pod (telemetry labels): the workload name from
+// metadata.generateName and the controller among metadata.ownerReferences, the canonical service
+// and revision from its labels. A malformed entry is a warning naming its field and is ignored:
+// what only names the pod in metrics never takes it out of the mesh.
+void FillWorkloadMeta(Reporter& r, const YAML::Node& doc, state::Pod* pod) {
+  std::string generate_name;
+  std::vector<state::OwnerReference> owners;
+  const YAML::Node meta = Get(doc, "metadata").value_or(YAML::Node());
+  auto scalar = [&](const YAML::Node& map, std::string_view key,
+                    const std::string& path) -> std::string {
+    auto v = Get(map, key);
+    if (!v) return "";
+    if (!v->IsScalar()) {
+      r.Warning(*v, Join(path, key),
+                absl::StrCat("must be a string, not ", YamlTypeName(*v), "; ignored"));
+      return "";
+    }
+    return v->Scalar();
+  };
+  if (meta.IsMap()) {
+    generate_name = scalar(meta, "generateName", "metadata");
+    if (auto refs = Get(meta, "ownerReferences"); refs && !refs->IsSequence()) {
+      r.Warning(*refs, "metadata.ownerReferences",
+                absl::StrCat("must be a list, not ", YamlTypeName(*refs), "; ignored"));
+    } else if (refs) {
+      for (size_t i = 0; i < refs->size(); ++i) {
+        const YAML::Node ref = (*refs)[i];
+        const std::string path = absl::StrCat("metadata.ownerReferences[", i, "]");
+        if (!ref.IsMap()) {
+          r.Warning(ref, path, absl::StrCat("must be a map, not ", YamlTypeName(ref), "; ignored"));
+          continue;
+        }
+        state::OwnerReference o{scalar(ref, "kind", path), scalar(ref, "name", path)};
+        const std::string controller = scalar(ref, "controller", path);
+        o.controller = controller == "true" || controller == "True" || controller == "TRUE";
+        if (o.controller && (o.kind.empty() || o.name.empty())) {
+          r.Warning(ref, absl::StrCat(path, o.kind.empty() ? ".kind" : ".name"),
+                    "is required for a controller reference; the reference is ignored");
+          continue;
+        }
+        owners.push_back(std::move(o));
+      }
+    }
+  }
+  pod->workload_name = state::WorkloadName(pod->name, generate_name, owners, pod->labels);
+  pod->canonical_service = state::CanonicalService(pod->labels, pod->workload_name);
+  pod->canonical_revision = state::CanonicalRevision(pod->labels);
 }
 
 // A protobuf Duration in its JSON form: decimal seconds with an "s" suffix ("10s", "0.25s").
@@ -828,6 +878,7 @@ class FileParser {
     pod.labels = std::move(m.labels);
     pod.annotations = std::move(m.annotations);
     pod.source_file = std::string(file_);
+    FillWorkloadMeta(r, doc, &pod);
     if (absl::Time created = ParseCreationTimestamp(r, doc); created != absl::InfinitePast()) {
       pod.creation_time = created;
     }

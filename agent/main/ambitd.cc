@@ -128,8 +128,9 @@ ABSL_FLAG(std::string, ca_token_users, "system:serviceaccount:ambit-system:ambit
           "accounts");
 ABSL_FLAG(std::string, cluster_id, "Kubernetes",
           "Istio's name of this cluster (CLUSTER_ID): sent to an external CA as 'clusterid' "
-          "metadata and to istiod's xDS (clusterid header, CLUSTER_ID node metadata), and the "
-          "only cluster whose callers the CA API (--ca-listen) accepts");
+          "metadata and to istiod's xDS (clusterid header, CLUSTER_ID node metadata), the "
+          "cluster in Istio's telemetry labels (source_cluster, destination_cluster) and the "
+          "config dump, and the only cluster whose callers the CA API (--ca-listen) accepts");
 ABSL_FLAG(std::string, ca_root_configmap, "",
           "with --ca-address and --kube-api: read the CA's roots from this ConfigMap "
           "(NAMESPACE/NAME, key root-cert.pem; istiod's istio-ca-root-cert) instead of "
@@ -164,7 +165,8 @@ ABSL_FLAG(double, hbone_failed_stream_rate, 100,
           "HBONE CONNECTs per second and client connection that may fail or be reset before "
           "the answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
 ABSL_FLAG(std::string, access_log_format, "text",
-          "the data plane's line per closed connection: text, json or off");
+          "the data plane's line per closed connection: text, json, ztunnel (ztunnel's key "
+          "names, key=value), ztunnel-json or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot the data plane accepts (it fails closed above it)");
 ABSL_FLAG(std::string, node_netns, "",
@@ -248,6 +250,7 @@ int main(int argc, char** argv) {
   options.node_netns = absl::GetFlag(FLAGS_node_netns);
   options.bpffs = absl::GetFlag(FLAGS_bpffs);
   options.host_proc = absl::GetFlag(FLAGS_host_proc);
+  options.cluster_id = absl::GetFlag(FLAGS_cluster_id);
   options.netns_dir = absl::GetFlag(FLAGS_netns_dir);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   // The default names the run directory, known only once --run-dir and --instance are read.
@@ -296,7 +299,6 @@ int main(int argc, char** argv) {
   options.ca_only = absl::GetFlag(FLAGS_ca_only);
   options.ca_token_review = absl::GetFlag(FLAGS_ca_token_review);
   options.ca_token_audience = absl::GetFlag(FLAGS_ca_token_audience);
-  options.cluster_id = absl::GetFlag(FLAGS_cluster_id);
   options.ca_root_configmap = absl::GetFlag(FLAGS_ca_root_configmap);
   options.ca_token_users =
       absl::StrSplit(absl::GetFlag(FLAGS_ca_token_users), ',', absl::SkipEmpty());

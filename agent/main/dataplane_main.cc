@@ -19,6 +19,7 @@
 #include "agent/common/probe_source.h"
 #include "agent/common/socket_mark.h"
 #include "agent/tunnel/control.h"
+#include "agent/tunnel/flow_stats.h"
 
 ABSL_FLAG(std::string, control_socket, "", "unix socket ambitd connects to (required)");
 ABSL_FLAG(int, workers, 2, "worker threads");
@@ -38,7 +39,8 @@ ABSL_FLAG(double, failed_stream_rate, 100,
           "HBONE CONNECTs per second and client connection that may fail or be reset before the "
           "answer (beyond: GOAWAY ENHANCE_YOUR_CALM)");
 ABSL_FLAG(std::string, access_log_format, "text",
-          "one line per connection when it closes: text (key=value), json, or off");
+          "one line per connection when it closes: text (key=value), json, ztunnel (ztunnel's "
+          "keys, key=value), ztunnel-json, or off");
 ABSL_FLAG(uint64_t, max_config_bytes, uint64_t{1} << 30,
           "largest configuration snapshot accepted; a larger one is refused and the data plane "
           "refuses new connections until a smaller one arrives");
@@ -77,8 +79,9 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
   }
   ambit::log::SetLevel("", level);
   std::string access_log = absl::GetFlag(FLAGS_access_log_format);
-  if (access_log != "text" && access_log != "json" && access_log != "off") {
-    std::cerr << name << ": --access-log-format must be text, json or off\n";
+  auto access_log_format = ambit::tunnel::ParseAccessLogFormat(access_log);
+  if (!access_log_format && access_log != "off") {
+    std::cerr << name << ": --access-log-format must be text, json, ztunnel, ztunnel-json or off\n";
     return 2;
   }
   if (access_log == "off") ambit::log::SetLevel("access", ambit::log::Level::kWarning);
@@ -96,7 +99,7 @@ int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
     return 2;
   }
   options.kubelet_probe_sources = *std::move(probe_sources);
-  options.access_log_json = access_log == "json";
+  options.access_log_format = access_log_format.value_or(ambit::tunnel::AccessLogFormat::kText);
   options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   options.max_snapshot_bytes = absl::GetFlag(FLAGS_max_config_bytes);
   options.failed_stream_burst = absl::GetFlag(FLAGS_failed_stream_burst);

@@ -57,6 +57,11 @@ struct Workload {
   std::string name;
   std::string service_account;
   std::string node;
+  // Istio's workload metadata (state::Pod's), for every workload, peers too: metrics and access
+  // logs name a flow's source and destination by them. Empty: not known ("unknown" in metrics).
+  std::string workload_name;
+  std::string canonical_service;
+  std::string canonical_revision;
   identity::SpiffeId identity;  // what its certificate proves; the HBONE client checks it
   std::vector<IpAddress> ips;
   bool enrolled_here = false;  // served by this node's data plane
@@ -150,6 +155,9 @@ struct Snapshot {
   uint64_t version = 0;
   std::string trust_domain;
   std::string root_namespace;
+  // The cluster's name in Istio's telemetry (source_cluster, destination_cluster): ambitd's
+  // --cluster-id. Empty: "unknown".
+  std::string cluster_id;
   // Ports of ambit's own listeners besides 15001, 15006 and 15008 (metrics, readiness): the data
   // plane never delivers a connection to any of them.
   std::vector<uint16_t> reserved_ports;

@@ -167,6 +167,9 @@ absl::Status ToProto(const Workload& w, pb::Workload* out) {
   out->set_name(w.name);
   out->set_service_account(w.service_account);
   out->set_node(w.node);
+  out->set_workload_name(w.workload_name);
+  out->set_canonical_service(w.canonical_service);
+  out->set_canonical_revision(w.canonical_revision);
   out->set_spiffe_id(w.identity.ToString());
   for (const auto& ip : w.ips) out->add_ips(ip.ToString());
   out->set_enrolled_here(w.enrolled_here);
@@ -215,6 +218,9 @@ absl::StatusOr<Workload> FromProto(const pb::Workload& in) {
   w.identity = *std::move(id);
   w.service_account = in.service_account();
   w.node = in.node();
+  w.workload_name = in.workload_name();
+  w.canonical_service = in.canonical_service();
+  w.canonical_revision = in.canonical_revision();
   AMBIT_RETURN_IF_ERROR(ParseIps(in.ips(), &w.ips, "workload", key, "ips"));
   w.enrolled_here = in.enrolled_here();
   w.in_mesh = in.in_mesh();
@@ -265,6 +271,9 @@ absl::Status PodToProto(const Workload& w, pb::Pod* out) {
   out->set_namespace_(w.namespace_name);
   out->set_name(w.name);
   out->set_service_account(w.service_account);
+  out->set_workload_name(w.workload_name);
+  out->set_canonical_service(w.canonical_service);
+  out->set_canonical_revision(w.canonical_revision);
   if (!w.identity.trust_domain.empty()) out->set_spiffe_id(w.identity.ToString());
   for (const auto& ip : w.ips) out->add_ips(ip.ToString());
   return absl::OkStatus();
@@ -285,6 +294,9 @@ absl::StatusOr<Workload> PodFromProto(const pb::Pod& in) {
     return WorkloadError(key, "uid", absl::StrCat(Quoted(in.uid()), " is not namespace/name"));
   }
   w.service_account = in.service_account();
+  w.workload_name = in.workload_name();
+  w.canonical_service = in.canonical_service();
+  w.canonical_revision = in.canonical_revision();
   if (!in.spiffe_id().empty()) {
     auto id = identity::ParseSpiffeId(in.spiffe_id());
     if (!id.ok()) return WorkloadError(key, "spiffe_id", id.status().message());
@@ -751,6 +763,7 @@ absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   out->set_version(s.version);
   out->set_trust_domain(s.trust_domain);
   out->set_root_namespace(s.root_namespace);
+  out->set_cluster_id(s.cluster_id);
   for (uint16_t port : s.reserved_ports) out->add_reserved_ports(port);
   for (const auto& svc : s.services) AMBIT_RETURN_IF_ERROR(ToProto(svc, out->add_services()));
   for (const auto& wp : s.waypoints) {
@@ -812,6 +825,7 @@ class SnapshotBuilder {
     s_.version = head.version();
     s_.trust_domain = head.trust_domain();
     s_.root_namespace = head.root_namespace();
+    s_.cluster_id = head.cluster_id();
     for (int i = 0; i < head.reserved_ports_size(); ++i) {
       auto port = Port(head.reserved_ports(i), /*zero_allowed=*/false);
       if (!port.ok()) {

@@ -327,6 +327,7 @@ void Agent::InitAdminHandlers() {
   admin_state_->SetLogLevelHandler(std::move(levels.handle));
   reapply_log_levels_ = std::move(levels.reapply);
   InitRollHandler();
+  InitConfigDumpHandler();
   admin_state_->SetStatsFetcher(
       [socket = options_.control_socket(), waypoint_socket = options_.waypoint_control_socket()](
           bool connections, bool metrics) {

@@ -40,6 +40,7 @@
 #include "agent/node/waypoints.h"
 #include "agent/state/waypoint.h"
 #include "agent/xds/xds_source.h"
+#include "agent/state/workload_meta.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
@@ -95,6 +96,13 @@ absl::StatusOr<mesh::Workload> PodWorkload(const state::MeshConfig& mesh, const 
   w.name = pod.name;
   w.service_account = pod.service_account;
   w.node = pod.node_name;
+  // A source that left them empty (a pod known only by name) gets Istio's defaults.
+  w.workload_name = pod.workload_name.empty() ? pod.name : pod.workload_name;
+  w.canonical_service = pod.canonical_service.empty()
+                            ? state::CanonicalService(pod.labels, w.workload_name)
+                            : pod.canonical_service;
+  w.canonical_revision = pod.canonical_revision.empty() ? state::CanonicalRevision(pod.labels)
+                                                        : pod.canonical_revision;
   auto id = identity::ParseSpiffeId(state::SpiffeId(mesh, pod));
   if (!id.ok()) {
     return absl::InvalidArgumentError(
@@ -861,6 +869,7 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   snapshot.version = version;
   snapshot.trust_domain = state_->mesh.trust_domain;
   snapshot.root_namespace = state_->mesh.root_namespace;
+  snapshot.cluster_id = options_.cluster_id;
   snapshot.reserved_ports = OwnEndpointPorts(options_);
   const auto peer_authentications = security_.PeerAuthenticationList();
   snapshot.workloads.reserve(state_->pods.size());

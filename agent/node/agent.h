@@ -95,8 +95,9 @@ struct AgentOptions {
   bool ca_token_review = false;
   std::string ca_token_audience = "ambit-ca";
   std::vector<std::string> ca_token_users;
-  // Istio's cluster name: sent to an external CA as "clusterid" and the cluster the CA API
-  // serves (issuance/impersonation.h).
+  // Istio's cluster name (--cluster-id): sent to an external CA as "clusterid", the cluster the
+  // CA API serves (issuance/impersonation.h), and the cluster in telemetry labels and the config
+  // dump.
   std::string cluster_id = "Kubernetes";
   // The external CA's roots from a ConfigMap through kube_api ("NAMESPACE/NAME", key
   // root-cert.pem; istiod's istio-ca-root-cert), instead of the ca_root_cert file.
@@ -388,6 +389,8 @@ class Agent final : private PodHost, private zds::WorkloadSink {
                                                     : options_.control_socket();
   }
   void InitRollHandler();
+  // Answers GetConfigDump (agent/node/config_dump.cc).
+  void InitConfigDumpHandler();
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);

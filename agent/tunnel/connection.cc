@@ -459,6 +459,9 @@ FlowPeer PeerOf(const Pod& pod, const SocketAddress& address) {
   p.namespace_name = pod.workload.namespace_name;
   p.principal = pod.spiffe_id;
   p.address = address;
+  p.workload_name = pod.workload.workload_name;
+  p.canonical_service = pod.workload.canonical_service;
+  p.canonical_revision = pod.workload.canonical_revision;
   return p;
 }
 
@@ -468,6 +471,9 @@ FlowPeer PeerOf(const mesh::Workload& workload, const SocketAddress& address) {
   p.namespace_name = workload.namespace_name;
   p.principal = workload.identity.ToString();
   p.address = address;
+  p.workload_name = workload.workload_name;
+  p.canonical_service = workload.canonical_service;
+  p.canonical_revision = workload.canonical_revision;
   return p;
 }
 
@@ -478,6 +484,9 @@ FlowPeer PeerOf(const MeshSnapshot& snapshot, const SocketAddress& address, std:
   if (const mesh::Workload* w = snapshot.WorkloadByIp(address.ip)) {
     p.workload = w->name;
     p.namespace_name = w->namespace_name;
+    p.workload_name = w->workload_name;
+    p.canonical_service = w->canonical_service;
+    p.canonical_revision = w->canonical_revision;
   }
   return p;
 }

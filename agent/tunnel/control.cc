@@ -862,7 +862,7 @@ absl::Status Tunnel::StartWorkers(UniqueFd orig_dst_map, UniqueFd deliver_map,
   settings->deliver_map = deliver_map_.get();
   settings->probes_map = probes_map_.get();
   settings->kubelet_probe_sources = options_.kubelet_probe_sources;
-  settings->access_log_json = options_.access_log_json;
+  settings->access_log_format = options_.access_log_format;
   settings->idle_timeout = options_.idle_timeout;
   settings->failed_stream_burst = options_.failed_stream_burst;
   settings->failed_stream_rate = options_.failed_stream_rate;

@@ -35,7 +35,7 @@ struct TunnelOptions {
   // namespace, is a kubelet probe (istio-cni SNATs probes to 169.254.7.127 on the node).
   // Empty unless the operator says so: it trusts an address (docs/ARCHITECTURE.md#istio-cni-rules).
   std::vector<IpAddress> kubelet_probe_sources;
-  bool access_log_json = false;
+  AccessLogFormat access_log_format = AccessLogFormat::kText;
   absl::Duration idle_timeout = absl::Seconds(30);  // pooled HBONE connections without streams
   // The largest configuration snapshot mapped; above it the snapshot is refused (fail closed).
   // The default is about 100 times what 100 000 peer pods and 10 000 policies take.

@@ -31,6 +31,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   snap->version_ = s.version;
   snap->trust_domain_ = std::move(s.trust_domain);
   if (!s.root_namespace.empty()) snap->root_namespace_ = s.root_namespace;
+  snap->cluster_id_ = s.cluster_id;
   snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
   snap->request_authentications_ = std::move(s.request_authentications);
   snap->ext_authz_providers_ = std::move(s.ext_authz_providers);
@@ -99,6 +100,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
       auto it = by_key.find(std::make_pair(key.substr(0, slash), key.substr(slash + 1)));
       if (it != by_key.end()) {
         info->endpoints.push_back(it->second);
+        if (it->second->enrolled_here) snap->local_services_[it->second].push_back(info);
         // Istio's advice for a waypoint's workloads (an ALLOW for the waypoint's identity
         // alone), built in: a service's pod addressed directly would skip its L7 policy.
         bind(it->second, info->waypoint);
@@ -390,6 +392,18 @@ std::optional<SocketAddress> MeshSnapshot::ExtAuthzTarget(const authz::ExtAuthzP
     return fail(absl::StrCat("service ", provider.service_key, " has no TCP port ", provider.port));
   }
   return SocketAddress{svc.cluster_ips.front(), provider.port};
+}
+
+const ServiceInfo* MeshSnapshot::InboundService(const mesh::Workload& workload,
+                                                uint16_t port) const {
+  auto it = local_services_.find(&workload);
+  if (it == local_services_.end()) return nullptr;
+  for (const auto& svc : it->second) {
+    for (const auto& [service_port, target] : svc->target_ports) {
+      if (target == port) return svc.get();
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace ambit::tunnel

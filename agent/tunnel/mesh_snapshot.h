@@ -89,6 +89,14 @@ class MeshSnapshot {
   const std::string& trust_domain() const { return trust_domain_; }
   // MeshConfig rootNamespace ("istio-system" when the snapshot names none).
   const std::string& root_namespace() const { return root_namespace_; }
+  // Istio's cluster name for telemetry labels; empty: not known.
+  const std::string& cluster_id() const { return cluster_id_; }
+  // The Service an inbound connection to `workload` (enrolled here) on pod port `port` was
+  // for, as ztunnel guesses it for its destination_service label: the first of the workload's
+  // services with a TCP port mapped to `port`. nullptr when none.
+  const ServiceInfo* InboundService(const mesh::Workload& workload, uint16_t port) const;
+  // Every workload of the snapshot.
+  const std::vector<mesh::Workload>& workloads() const { return workloads_; }
   // The workload owning `ip`, or nullptr. Valid while this snapshot lives.
   const mesh::Workload* WorkloadByIp(const IpAddress& ip) const;
   // A destination that is a mesh pod (directly or behind a Service IP) goes over HBONE to that
@@ -151,11 +159,15 @@ class MeshSnapshot {
   uint64_t version_ = 0;
   std::string trust_domain_;
   std::string root_namespace_ = "istio-system";
+  std::string cluster_id_;
   // Never resized after indexing: the index and services point into it.
   std::vector<mesh::Workload> workloads_;
   absl::flat_hash_map<IpAddress, const mesh::Workload*> by_ip_;
   absl::flat_hash_map<IpAddress, std::shared_ptr<const ServiceInfo>> services_;
   absl::flat_hash_map<std::string, std::unique_ptr<WaypointInfo>> waypoints_;
+  // Per workload enrolled here: the services selecting it (InboundService).
+  absl::flat_hash_map<const mesh::Workload*, std::vector<std::shared_ptr<const ServiceInfo>>>
+      local_services_;
   // Per workload enrolled here: the waypoints traffic to it must come through.
   absl::flat_hash_map<const mesh::Workload*, std::vector<const WaypointInfo*>> bound_to_;
   std::unique_ptr<authz::Engine> authz_;

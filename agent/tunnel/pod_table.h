@@ -12,6 +12,7 @@
 #include "agent/common/socket_mark.h"
 #include "agent/common/unique_fd.h"
 #include "agent/mesh/model.h"
+#include "agent/tunnel/flow_stats.h"
 #include "agent/tunnel/pod_sockets.h"
 
 namespace ambit::tunnel {
@@ -55,7 +56,7 @@ struct DataPlaneSettings {
   // hbone::SessionOptions::stream_open_burst); then per second; beyond, ENHANCE_YOUR_CALM.
   uint32_t failed_stream_burst = 200;
   double failed_stream_rate = 100;
-  bool access_log_json = false;  // access-log lines as JSON objects instead of key=value text
+  AccessLogFormat access_log_format = AccessLogFormat::kText;
   // Every time a worker reads (certificate lifetimes, idle timers, flow start and end) comes
   // from this clock (tests substitute their own).
   const Clock* clock = &RealClock::Get();

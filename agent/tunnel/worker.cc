@@ -238,6 +238,7 @@ void Worker::DropListeners(const std::string& uid) {
 
 void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
   snapshot_ = std::move(snapshot);
+  metrics_.Prune(snapshot_->workloads());
   std::vector<Flow*> live;
   for (const auto& [raw, flow] : connections_) live.push_back(raw);
   for (Flow* f : live) {
@@ -323,8 +324,24 @@ void Worker::Retire(Flow* flow) {
   metrics_.Closed(flow->record_, end);
   // AMBIT_LOG builds the line only when the access log is on.
   AMBIT_LOG(kAccessLog, Info) << AccessLogLine(flow->record_, end, Now(),
-                                               settings_->access_log_json);
+                                               settings_->access_log_format);
   loop_->Defer([this, flow] { connections_.erase(flow); });
+}
+
+void Worker::NameInboundService(FlowRecord& record) const {
+  if (!snapshot_) return;
+  record.cluster = snapshot_->cluster_id();
+  // Inbound, only the pod address is known: the service is guessed from the port, as ztunnel
+  // does for its destination_service label.
+  if (record.direction != FlowDirection::kInbound || !record.destination.service.empty() ||
+      !record.destination.address) {
+    return;
+  }
+  const mesh::Workload* w = snapshot_->WorkloadByIp(record.destination.address->ip);
+  if (w == nullptr) return;
+  if (const ServiceInfo* svc = snapshot_->InboundService(*w, record.destination.address->port)) {
+    record.destination.service = absl::StrCat(svc->namespace_name, "/", svc->name);
+  }
 }
 
 void Worker::Adopt(std::unique_ptr<Flow> flow) {
@@ -332,15 +349,17 @@ void Worker::Adopt(std::unique_ptr<Flow> flow) {
   // Ids are unique in the process: the worker's index in the top bits.
   raw->record_.id = (static_cast<uint64_t>(index_) << 48) | next_flow_++;
   raw->record_.start = Now();
+  NameInboundService(raw->record_);
   metrics_.Opened(raw->record_);
   connections_.emplace(raw, std::move(flow));
 }
 
 void Worker::Refuse(FlowRecord record, FlowEnd end) {
   record.start = Now();
+  NameInboundService(record);
   metrics_.Refused(record, end);
   AMBIT_LOG(kAccessLog, Info) << AccessLogLine(record, end, record.start,
-                                               settings_->access_log_json);
+                                               settings_->access_log_format);
 }
 
 void Worker::CollectStats(bool connections, bool metrics,

@@ -157,6 +157,8 @@ class Worker {
   size_t connection_count() const { return connections_.size(); }
   // Takes ownership of a flow whose record() is filled: gives it an id and counts it opened.
   void Adopt(std::unique_ptr<Flow> flow);
+  // The snapshot's cluster, and an inbound flow's service guessed from its port.
+  void NameInboundService(FlowRecord& record) const;
 
  private:
   class ListenerHandler;

@@ -58,32 +58,43 @@ std::string EscapeLabel(const std::string& v) {
   return out;
 }
 
-std::string Labels(int code) {
-  return absl::StrCat("reporter=\"waypoint\",response_code=\"", code, "\"");
+std::string Labels(const std::string& text, int code) {
+  return absl::StrCat("reporter=\"waypoint\",", text, text.empty() ? "" : ",", "response_code=\"",
+                      code, "\"");
 }
 
 template <size_t N>
-void RenderHistogram(std::string& out, const metrics::Metric& m, int code,
-                     const double (&bounds)[N], const std::vector<uint64_t>& counts, double sum,
-                     uint64_t count) {
+void RenderHistogram(std::string& out, const metrics::Metric& m, const std::string& labels,
+                     int code, const double (&bounds)[N], const std::vector<uint64_t>& counts,
+                     double sum, uint64_t count) {
   uint64_t cumulative = 0;
   for (size_t i = 0; i < N; ++i) {
     cumulative += counts.empty() ? 0 : counts[i];
-    absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"", Num(bounds[i]),
-                    "\"} ", cumulative, "\n");
+    absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(labels, code), ",le=\"",
+                    Num(bounds[i]), "\"} ", cumulative, "\n");
   }
-  absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(code), ",le=\"+Inf\"} ", count,
-                  "\n");
-  absl::StrAppend(&out, std::string(m.name), "_sum{", Labels(code), "} ", Num(sum), "\n");
-  absl::StrAppend(&out, std::string(m.name), "_count{", Labels(code), "} ", count, "\n");
+  absl::StrAppend(&out, std::string(m.name), "_bucket{", Labels(labels, code), ",le=\"+Inf\"} ",
+                  count, "\n");
+  absl::StrAppend(&out, std::string(m.name), "_sum{", Labels(labels, code), "} ", Num(sum), "\n");
+  absl::StrAppend(&out, std::string(m.name), "_count{", Labels(labels, code), "} ", count, "\n");
 }
 
 }  // namespace
 
-void HttpMetrics::Record(int code, double duration_ms, uint64_t request_bytes,
-                         uint64_t response_bytes) {
+void HttpMetrics::Record(const RequestLabels& labels, int code, double duration_ms,
+                         uint64_t request_bytes, uint64_t response_bytes) {
   absl::MutexLock lock(&mu_);
-  Series& s = by_code_[code];
+  auto it = by_labels_.find(labels.text);
+  if (it == by_labels_.end()) {
+    // Bounded: past the limit a request is counted under the set without workload labels.
+    const bool full = by_labels_.size() >= kMaxLabelSets;
+    it = by_labels_.try_emplace(full ? std::string() : labels.text).first;
+    if (!full) {
+      it->second.source = labels.source;
+      it->second.destination = labels.destination;
+    }
+  }
+  Series& s = it->second.by_code[code];
   ++s.requests;
   Observe(kDurationBuckets, duration_ms, s.duration.counts, s.duration.sum, s.duration.count);
   Observe(kSizeBuckets, static_cast<double>(request_bytes), s.request_bytes.counts,
@@ -109,31 +120,79 @@ uint64_t HttpMetrics::ext_authz_checks(const std::string& provider,
 
 uint64_t HttpMetrics::requests(int code) const {
   absl::MutexLock lock(&mu_);
-  auto it = by_code_.find(code);
-  return it == by_code_.end() ? 0 : it->second.requests;
+  uint64_t n = 0;
+  for (const auto& [text, set] : by_labels_) {
+    if (auto it = set.by_code.find(code); it != set.by_code.end()) n += it->second.requests;
+  }
+  return n;
+}
+
+std::string HttpMetrics::RenderLabels(
+    const std::vector<std::pair<std::string, std::string>>& labels) {
+  std::string out;
+  for (const auto& [name, value] : labels) {
+    if (!out.empty()) out += ',';
+    absl::StrAppend(&out, name, "=\"", EscapeLabel(value), "\"");
+  }
+  return out;
+}
+
+std::vector<std::string> HttpMetrics::Workloads() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [text, set] : by_labels_) {
+    if (!set.source.empty()) out.push_back(set.source);
+    if (!set.destination.empty()) out.push_back(set.destination);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+void HttpMetrics::Forget(const std::vector<std::string>& gone) {
+  if (gone.empty()) return;
+  absl::MutexLock lock(&mu_);
+  for (auto it = by_labels_.begin(); it != by_labels_.end();) {
+    auto named = [&](const std::string& k) {
+      return !k.empty() && std::find(gone.begin(), gone.end(), k) != gone.end();
+    };
+    if (named(it->second.source) || named(it->second.destination)) {
+      it = by_labels_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 std::string HttpMetrics::RenderPrometheus() const {
   absl::MutexLock lock(&mu_);
   std::string out = Header(metrics::kRequestsTotal);
-  for (const auto& [code, s] : by_code_) {
-    absl::StrAppend(&out, std::string(metrics::kRequestsTotal.name), "{", Labels(code), "} ",
-                    s.requests, "\n");
+  for (const auto& [text, set] : by_labels_) {
+    for (const auto& [code, s] : set.by_code) {
+      absl::StrAppend(&out, std::string(metrics::kRequestsTotal.name), "{", Labels(text, code),
+                      "} ", s.requests, "\n");
+    }
   }
   out += Header(metrics::kRequestDuration);
-  for (const auto& [code, s] : by_code_) {
-    RenderHistogram(out, metrics::kRequestDuration, code, kDurationBuckets, s.duration.counts,
-                    s.duration.sum, s.duration.count);
+  for (const auto& [text, set] : by_labels_) {
+    for (const auto& [code, s] : set.by_code) {
+      RenderHistogram(out, metrics::kRequestDuration, text, code, kDurationBuckets,
+                      s.duration.counts, s.duration.sum, s.duration.count);
+    }
   }
   out += Header(metrics::kRequestBytes);
-  for (const auto& [code, s] : by_code_) {
-    RenderHistogram(out, metrics::kRequestBytes, code, kSizeBuckets, s.request_bytes.counts,
-                    s.request_bytes.sum, s.request_bytes.count);
+  for (const auto& [text, set] : by_labels_) {
+    for (const auto& [code, s] : set.by_code) {
+      RenderHistogram(out, metrics::kRequestBytes, text, code, kSizeBuckets, s.request_bytes.counts,
+                      s.request_bytes.sum, s.request_bytes.count);
+    }
   }
   out += Header(metrics::kResponseBytes);
-  for (const auto& [code, s] : by_code_) {
-    RenderHistogram(out, metrics::kResponseBytes, code, kSizeBuckets, s.response_bytes.counts,
-                    s.response_bytes.sum, s.response_bytes.count);
+  for (const auto& [text, set] : by_labels_) {
+    for (const auto& [code, s] : set.by_code) {
+      RenderHistogram(out, metrics::kResponseBytes, text, code, kSizeBuckets,
+                      s.response_bytes.counts, s.response_bytes.sum, s.response_bytes.count);
+    }
   }
   out += Header(metrics::kExtAuthzChecks);
   for (const auto& [key, n] : ext_authz_checks_) {

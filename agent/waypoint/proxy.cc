@@ -114,8 +114,9 @@ void FinishExchange(Connection* conn, Exchange& ex) {
     AMBIT_LOG("access", Info) << line;
   }
   if (conn->ctx().metrics != nullptr && log.protocol != "tcp") {
-    conn->ctx().metrics->Record(log.status, absl::ToDoubleMilliseconds(log.duration),
-                                log.bytes_received, log.bytes_sent);
+    conn->ctx().metrics->Record(conn->ctx().request_labels, log.status,
+                                absl::ToDoubleMilliseconds(log.duration), log.bytes_received,
+                                log.bytes_sent);
   }
 }
 

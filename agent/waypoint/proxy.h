@@ -81,6 +81,8 @@ struct ProxyContext {
   // The destination the requests address (for policy and logs).
   std::optional<SocketAddress> destination;
   HttpMetrics* metrics = nullptr;
+  // Istio's labels of this connection's requests in `metrics`.
+  HttpMetrics::RequestLabels request_labels;
   const Clock* clock = &RealClock::Get();
   // Receives every access-log line; default: the "access" log component.
   std::function<void(const std::string&)> access_log;

@@ -7,6 +7,7 @@
 
 #include "abi/redirect.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "agent/authn/signature.h"
@@ -442,6 +443,47 @@ absl::StatusOr<std::shared_ptr<waypoint::AuthorizerClient>> L7Handler::ClientFor
   return std::shared_ptr<waypoint::AuthorizerClient>(it->second);
 }
 
+waypoint::HttpMetrics::RequestLabels L7Handler::RequestLabels(const tunnel::MeshSnapshot& snapshot,
+                                                              const tunnel::Pod& pod,
+                                                              const tunnel::FlowRecord& record,
+                                                              const SocketAddress& destination) {
+  // The series of workloads that left the configuration go, once per configuration version.
+  const uint64_t version = snapshot.version();
+  if (pruned_version_.exchange(version) != version) {
+    std::vector<std::string> gone = metrics_.Workloads();
+    absl::flat_hash_set<std::string> present;
+    std::string key;
+    for (const mesh::Workload& w : snapshot.workloads()) {
+      key.assign(w.namespace_name);
+      key += '/';
+      key += w.workload_name.empty() ? w.name : w.workload_name;
+      present.insert(key);
+    }
+    std::erase_if(gone, [&](const std::string& k) { return present.contains(k); });
+    metrics_.Forget(gone);
+  }
+  // The destination as Istio's waypoint names it: the Service dialled (a cluster IP), and the
+  // workload when it is known for every request of the connection (a pod address, or a
+  // Service with one endpoint; the waypoint picks an endpoint per request otherwise).
+  tunnel::FlowRecord r = record;
+  tunnel::Route route = snapshot.Resolve(destination, 0, pod.workload.ips);
+  if (route.service != nullptr) {
+    r.destination.service = absl::StrCat(route.service->namespace_name, "/", route.service->name);
+    if (route.service->endpoints.size() == 1) {
+      r.destination = tunnel::PeerOf(*route.service->endpoints[0], route.target);
+      r.destination.service = absl::StrCat(route.service->namespace_name, "/", route.service->name);
+    }
+  }
+  r.cluster = snapshot.cluster_id();
+  std::vector<std::pair<std::string, std::string>> labels = tunnel::IstioLabels(r);
+  labels.erase(labels.begin());  // the reporter: the waypoint's own
+  for (auto& [name, value] : labels) {
+    if (name == "request_protocol") value = "http";
+  }
+  return {waypoint::HttpMetrics::RenderLabels(labels), tunnel::WorkloadKey(r.source),
+          tunnel::WorkloadKey(r.destination)};
+}
+
 hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::HboneSession& session,
                                             hbone::StreamId stream,
                                             const hbone::ConnectRequest& request,
@@ -506,6 +548,7 @@ hbone::StreamObserver* L7Handler::OnConnect(tunnel::Worker& worker, hbone::Hbone
   ctx.upstream = raw->upstream_.get();
   ctx.destination = request.destination;
   ctx.metrics = &metrics_;
+  ctx.request_labels = RequestLabels(*snapshot, *pod, raw->record(), request.destination);
   ctx.clock = worker.settings().clock;
   if (mine.access_log == nullptr) {
     mine.access_log = waypoint::AccessLogBuffer::Create(STDERR_FILENO, &worker.loop());

@@ -25,6 +25,7 @@
 // Thread-safety: OnConnect, OnAccepted and ClientFor run on the worker given; per-worker state
 // is indexed by Worker::index().
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -99,6 +100,13 @@ class L7Handler final : public tunnel::InboundHandler {
     std::string error;  // why it could not be built: every CONNECT is refused (fail closed)
   };
   explicit L7Handler(WaypointOptions options) : options_(std::move(options)) {}
+  // Istio's labels of the requests of one downstream connection to `destination` (the source
+  // and destination workloads, the Service, principals, cluster); forgets the series of
+  // workloads gone from `snapshot` first, once per configuration version.
+  waypoint::HttpMetrics::RequestLabels RequestLabels(const tunnel::MeshSnapshot& snapshot,
+                                                     const tunnel::Pod& pod,
+                                                     const tunnel::FlowRecord& record,
+                                                     const SocketAddress& destination);
   Authn Build(const std::shared_ptr<const tunnel::MeshSnapshot>& snapshot);
   // The worker's copy when it is for `snapshot` (no lock); otherwise the shared one, built by the
   // first worker to see the configuration (which also hands its jwksUris to the refresher).
@@ -107,8 +115,9 @@ class L7Handler final : public tunnel::InboundHandler {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   WaypointOptions options_;
-  waypoint::HttpMetrics metrics_;  // every worker's requests
-  std::vector<Authn> authn_;       // by worker index: each worker's own copy of `current_`
+  waypoint::HttpMetrics metrics_;            // every worker's requests
+  std::atomic<uint64_t> pruned_version_{0};  // the configuration metrics_ was last pruned for
+  std::vector<Authn> authn_;  // by worker index: each worker's own copy of `current_`
   // By worker index, only that worker's thread touches its entry: tokens verified on that
   // worker (kept across configurations: an entry matches only the key set it verified under),
   // and its access-log lines waiting for their batch's write (made on its first flow).

@@ -136,6 +136,78 @@ status:
   EXPECT_THAT(pods[1].labels, IsEmpty());
 }
 
+TEST(KubeYamlTest, PodWorkloadMetadataFromOwnerReferencesAndLabels) {
+  ParsedFile parsed = ParseKubeYaml("pods.yaml", R"(
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-5d4f8b7c9-x2x7q
+  generateName: web-5d4f8b7c9-
+  namespace: prod
+  labels:
+    app: web
+    version: v2
+    pod-template-hash: 5d4f8b7c9
+  ownerReferences:
+  - apiVersion: apps/v1
+    kind: ReplicaSet
+    name: web-5d4f8b7c9
+    uid: 1b2c
+    controller: true
+    blockOwnerDeletion: true
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: solo
+)");
+  EXPECT_THAT(parsed.errors, IsEmpty()) << Describe(parsed);
+  auto pods = All<state::Pod>(parsed);
+  ASSERT_THAT(pods, SizeIs(2));
+  EXPECT_EQ(pods[0].workload_name, "web");
+  EXPECT_EQ(pods[0].canonical_service, "web");
+  EXPECT_EQ(pods[0].canonical_revision, "v2");
+  EXPECT_EQ(pods[1].workload_name, "solo");
+  EXPECT_EQ(pods[1].canonical_service, "solo");
+  EXPECT_EQ(pods[1].canonical_revision, "latest");
+}
+
+TEST(KubeYamlTest, MalformedOwnerReferencesAreWarningsAndThePodStays) {
+  ParsedFile parsed = ParseKubeYaml("pods.yaml", R"(
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-abcde
+  generateName: web-
+  ownerReferences:
+  - kind: [ReplicaSet]
+    name: web
+    controller: true
+  - just-a-string
+  - kind: StatefulSet
+    controller: true
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: other
+  ownerReferences: {kind: ReplicaSet}
+)");
+  EXPECT_THAT(Errors(parsed), IsEmpty()) << Describe(parsed);
+  auto warnings = Warnings(parsed);
+  ASSERT_THAT(warnings, SizeIs(5)) << Describe(parsed);
+  EXPECT_EQ(warnings[0].field, "metadata.ownerReferences[0].kind");
+  EXPECT_EQ(warnings[1].field, "metadata.ownerReferences[0].kind");
+  EXPECT_EQ(warnings[2].field, "metadata.ownerReferences[1]");
+  EXPECT_EQ(warnings[3].field, "metadata.ownerReferences[2].name");
+  EXPECT_EQ(warnings[4].field, "metadata.ownerReferences");
+  EXPECT_THAT(warnings[4].message, HasSubstr("must be a list"));
+  auto pods = All<state::Pod>(parsed);
+  ASSERT_THAT(pods, SizeIs(2));
+  EXPECT_EQ(pods[0].workload_name, "web-abcde");  // no usable controller: the pod's name
+  EXPECT_EQ(pods[1].workload_name, "other");
+}
+
 TEST(KubeYamlTest, MultiDocumentFileWithEmptyDocuments) {
   ParsedFile parsed = ParseKubeYaml("all.yaml", R"(---
 apiVersion: v1

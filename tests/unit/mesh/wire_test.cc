@@ -39,6 +39,9 @@ Workload Enrolled() {
   w.name = "api";
   w.service_account = "api-sa";
   w.node = "node-a";
+  w.workload_name = "api";
+  w.canonical_service = "api-svc";
+  w.canonical_revision = "v2";
   w.identity = Id("spiffe://cluster.local/ns/backend/sa/api-sa");
   w.ips = {Ip("198.18.0.5"), Ip("2001:2::5")};
   w.enrolled_here = true;
@@ -141,6 +144,7 @@ Snapshot Full() {
   s.version = 42;
   s.trust_domain = "cluster.local";
   s.root_namespace = "istio-system";
+  s.cluster_id = "east";
   s.reserved_ports = {15020, 15021};
   s.workloads = {Enrolled(), Peer()};
   Service svc;

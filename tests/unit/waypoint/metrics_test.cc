@@ -60,5 +60,28 @@ TEST(AccessLogTest, ExtAuthzFollowsThePolicy) {
       << line;
 }
 
+TEST(HttpMetricsTest, IstioLabelsPerConnectionAndForgottenWorkloads) {
+  HttpMetrics m;
+  HttpMetrics::RequestLabels web{
+      HttpMetrics::RenderLabels({{"source_workload", "web"}, {"destination_service", "a\"b"}}),
+      "default/web", "backend/api"};
+  HttpMetrics::RequestLabels db{HttpMetrics::RenderLabels({{"source_workload", "db"}}),
+                                "backend/db", ""};
+  m.Record(web, 200, 1.0, 10, 20);
+  m.Record(db, 200, 1.0, 10, 20);
+  EXPECT_EQ(m.requests(200), 2u);
+  std::string text = m.RenderPrometheus();
+  EXPECT_NE(text.find("istio_requests_total{reporter=\"waypoint\",source_workload=\"web\","
+                      "destination_service=\"a\\\"b\",response_code=\"200\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(m.Workloads(), (std::vector<std::string>{"backend/api", "backend/db", "default/web"}));
+  m.Forget({"backend/db"});
+  text = m.RenderPrometheus();
+  EXPECT_EQ(text.find("source_workload=\"db\""), std::string::npos) << text;
+  EXPECT_NE(text.find("source_workload=\"web\""), std::string::npos) << text;
+  EXPECT_EQ(m.requests(200), 1u);
+}
+
 }  // namespace
 }  // namespace ambit::waypoint
