@@ -39,8 +39,8 @@
 #include "agent/node/ext_authz_providers.h"
 #include "agent/node/waypoints.h"
 #include "agent/state/waypoint.h"
-#include "agent/xds/xds_source.h"
 #include "agent/state/workload_meta.h"
+#include "agent/xds/xds_source.h"
 #include "bpf/abi/redirect.h"
 
 namespace ambit::node {
