@@ -427,7 +427,7 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
       redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
-  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle()));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(signer_->TrustBundle(), Crls()));
   for (const auto& uid : resend) {
     if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
       AMBIT_RETURN_IF_ERROR(SendPod(it->second));
@@ -844,6 +844,10 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   mesh::Snapshot snapshot;
   snapshot.version = version;
   snapshot.trust_domain = state_->mesh.trust_domain;
+  for (const std::string& alias : state_->mesh.trust_domain_aliases) {
+    // trustDomain may name one of its aliases (mid-migration): it is the trust domain then.
+    if (alias != snapshot.trust_domain) snapshot.trust_domain_aliases.push_back(alias);
+  }
   snapshot.root_namespace = state_->mesh.root_namespace;
   snapshot.reserved_ports = OwnEndpointPorts(options_);
   const auto peer_authentications = security_.PeerAuthenticationList();
@@ -1268,7 +1272,24 @@ int Agent::StepAside(HandOff handoff) {
   return 0;
 }
 
+const std::vector<std::string>& Agent::Crls() const {
+  static const std::vector<std::string> kNone;
+  return crl_watch_ != nullptr ? crl_watch_->pems() : kNone;
+}
+
+void Agent::PollCrlFile() {
+  if (crl_watch_ == nullptr || !crl_watch_->Poll(signer_->TrustBundle())) return;
+  // The CRLs travel with the roots: every connected process gets the new set at once.
+  for (Process* p : {&tunnel_, &waypoint_}) {
+    if (!p->connected()) continue;
+    if (absl::Status s = p->dp->SendTrustBundle(signer_->TrustBundle(), Crls()); !s.ok()) {
+      AMBIT_LOG(kComponent, Warning) << p->name() << ": sending the CRLs: " << s.message();
+    }
+  }
+}
+
 void Agent::OnHeartbeatTick() {
+  PollCrlFile();
   for (Process* p : {&tunnel_, &waypoint_}) RollTick(*p);
   for (Process* p : {&tunnel_, &waypoint_}) {
     if (p->connected()) {
@@ -1376,6 +1397,10 @@ absl::Status Agent::InitCertificates() {
   }
   signing_ = std::make_unique<issuance::SigningQueue>(signer_.get(), kMaxSigningInFlight);
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
+  if (!options_.crl_file.empty()) {
+    crl_watch_ = std::make_unique<CrlWatch>(options_.crl_file);
+    crl_watch_->Poll(signer_->TrustBundle());
+  }
   PublishCertificates();
   InitAdminHandlers();
   AMBIT_ASSIGN_OR_RETURN(admin_server_,

@@ -30,6 +30,7 @@
 #include "agent/issuance/signer.h"
 #include "agent/issuance/signing_queue.h"
 #include "agent/mesh/model.h"
+#include "agent/node/crl_watch.h"
 #include "agent/node/dataplane_state.h"
 #include "agent/node/enrollment.h"
 #include "agent/node/enrollment_pass.h"
@@ -91,6 +92,8 @@ struct AgentOptions {
   std::string ca_token_audience = "ambit-ca";
   std::vector<std::string> ca_token_users;
   absl::Duration cert_ttl = absl::Hours(24);
+  // --crl-file: PEM CRLs for the trust bundle, followed as it changes (CrlWatch); empty: none.
+  std::string crl_file;
   std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
   std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
@@ -343,6 +346,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Every heartbeat_interval: a ping if none is outstanding, a log line when the data plane
   // turns late or answers again, and a fresh capture check for readiness.
   void OnHeartbeatTick();
+  // --crl-file: re-read on each heartbeat tick; a changed good file goes to the data planes.
+  void PollCrlFile();
+  const std::vector<std::string>& Crls() const;
   void OnPong(Process& process, supervisor::PongReport report);
   void LogHeartbeatChange(Process& process);
   std::vector<std::string> CheckCapture() const;
@@ -405,6 +411,7 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Shared by the data plane's CSRs and other nodes' requests to the CA API.
   std::shared_ptr<issuance::SigningRateLimiter> sign_rate_;
   std::unique_ptr<issuance::Signer> signer_;
+  std::unique_ptr<CrlWatch> crl_watch_;  // --crl-file; null without it
   std::shared_ptr<issuance::Entitlements> entitlements_;
   std::unique_ptr<issuance::CaServer> ca_server_;
   std::shared_ptr<admin::AdminState> admin_state_;

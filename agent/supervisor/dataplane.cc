@@ -435,9 +435,11 @@ absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
   return SendEnvelope(control_.get(), env, {});
 }
 
-absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots) {
+absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots,
+                                        const std::vector<std::string>& crls) {
   auto env = NewEnvelope();
   for (const auto& pem : roots) env.mutable_trust_bundle()->add_root_pem(pem);
+  for (const auto& pem : crls) env.mutable_trust_bundle()->add_crl_pem(pem);
   return SendEnvelope(control_.get(), env, {});
 }
 

@@ -87,6 +87,8 @@ class MeshSnapshot {
 
   uint64_t version() const { return version_; }
   const std::string& trust_domain() const { return trust_domain_; }
+  // MeshConfig trustDomainAliases: HBONE peers of these trust domains are accepted.
+  const std::vector<std::string>& trust_domain_aliases() const { return trust_domain_aliases_; }
   // MeshConfig rootNamespace ("istio-system" when the snapshot names none).
   const std::string& root_namespace() const { return root_namespace_; }
   // The workload owning `ip`, or nullptr. Valid while this snapshot lives.
@@ -150,6 +152,7 @@ class MeshSnapshot {
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
+  std::vector<std::string> trust_domain_aliases_;
   std::string root_namespace_ = "istio-system";
   // Never resized after indexing: the index and services point into it.
   std::vector<mesh::Workload> workloads_;
