@@ -135,13 +135,12 @@ class TrustDomainAliasTest(unittest.TestCase):
         self.assertTrue(r.stdout.startswith("decision: allow"), r.stdout)
         self.assertIn(f'"{self.OLD}/ns/default/sa/web"', r.stdout)
 
-        # Without the alias the old domain is another mesh: refused at the handshake.
+        # Without the alias the old domain is another mesh: its identity no longer matches a
+        # principal of this one (an established session is not re-checked for its trust domain,
+        # so the refusal may come from the policy rather than the handshake).
         n.n2.write_config("authz.yaml", allow_policy("backend", ["cluster.local/ns/default/sa/web"]))
         n.n2.write_config("mesh.yaml", f"trustDomain: {self.NEW}\n")
         n.wait_probe(False)
-        faults.wait_for("wrong trust domain logged",
-                        lambda: f'peer {web_old} is in trust domain "{self.OLD}"' in n.n2.logs(),
-                        10)
 
 
 class CrlTest(unittest.TestCase):
