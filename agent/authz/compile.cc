@@ -1,5 +1,6 @@
 #include "agent/authz/compile.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -125,15 +126,43 @@ absl::StatusOr<ServiceAccountPattern> ParseServiceAccount(absl::string_view path
   return ServiceAccountPattern{std::string(parts[0]), std::string(parts[1])};
 }
 
+// istiod's CheckTrustDomainValues: exact, "prefix*", "*suffix" or "*". A '/' is refused in
+// conditions too (istiod checks it only in trustDomains): no trust domain holds one, and the
+// matcher istiod generates would then compare path segments, not the trust domain.
+absl::Status CheckTrustDomain(absl::string_view path, absl::string_view text) {
+  const size_t stars = std::count(text.begin(), text.end(), '*');
+  if (stars > 1) {
+    return Invalid(path, absl::StrCat("'", text, "': at most one wildcard '*' is allowed"));
+  }
+  if (stars == 1 && text != "*" && !absl::StartsWith(text, "*") && !absl::EndsWith(text, "*")) {
+    return Invalid(path, absl::StrCat("'", text,
+                                      "': a wildcard '*' is only allowed at the start or end "
+                                      "of a trust domain"));
+  }
+  if (absl::StrContains(text, "/")) {
+    return Invalid(path, absl::StrCat("'", text, "': a trust domain must not contain '/'"));
+  }
+  return absl::OkStatus();
+}
+
 bool IsIpAttr(Attr attr) {
   return attr == Attr::kSourceIp || attr == Attr::kRemoteIp || attr == Attr::kDestinationIp;
 }
+
+// istiod's bounds on serviceAccounts and source.serviceAccount (the CRD's MaxItems and
+// MaxLength): configuration size stays bounded.
+constexpr size_t kMaxServiceAccounts = 16;
+constexpr size_t kMaxServiceAccountLength = 320;
 
 // Parses `values` (found at `path`) into a field of attribute `attr`. Empty lists are not fields:
 // the caller skips them.
 absl::StatusOr<Field> BuildField(Attr attr, bool negated, absl::string_view name, std::string label,
                                  const std::vector<std::string>& values, absl::string_view path,
                                  absl::string_view policy_namespace, bool is_condition) {
+  if (attr == Attr::kSourceServiceAccount && values.size() > kMaxServiceAccounts) {
+    return Invalid(path, absl::StrCat("has ", values.size(), " values; istiod allows at most ",
+                                      kMaxServiceAccounts));
+  }
   Field f;
   f.attr = attr;
   f.negated = negated;
@@ -159,7 +188,14 @@ absl::StatusOr<Field> BuildField(Attr attr, bool negated, absl::string_view name
       f.paths.push_back(std::move(p));
     } else if (attr == Attr::kRequestPrincipal) {
       f.request_principals.push_back(ParseRequestPrincipal(v));
+    } else if (attr == Attr::kSourceTrustDomain) {
+      AMBIT_RETURN_IF_ERROR(CheckTrustDomain(vpath, v));
+      f.strings.push_back(StringPattern::Parse(v));
     } else if (attr == Attr::kSourceServiceAccount) {
+      if (v.size() > kMaxServiceAccountLength) {
+        return Invalid(vpath, absl::StrCat("is longer than ", kMaxServiceAccountLength,
+                                           " characters (istiod's limit)"));
+      }
       AMBIT_ASSIGN_OR_RETURN(ServiceAccountPattern sa,
                              ParseServiceAccount(vpath, v, policy_namespace));
       f.service_accounts.push_back(std::move(sa));
@@ -231,6 +267,9 @@ absl::StatusOr<Clause> BuildSource(const Source& s, absl::string_view rule_path,
       {"notIpBlocks", Attr::kSourceIp, true, "source.ip", &s.not_ip_blocks},
       {"remoteIpBlocks", Attr::kRemoteIp, false, "remote.ip", &s.remote_ip_blocks},
       {"notRemoteIpBlocks", Attr::kRemoteIp, true, "remote.ip", &s.not_remote_ip_blocks},
+      {"trustDomains", Attr::kSourceTrustDomain, false, "source.trustDomain", &s.trust_domains},
+      {"notTrustDomains", Attr::kSourceTrustDomain, true, "source.trustDomain",
+       &s.not_trust_domains},
   };
   return BuildClause(absl::StrCat("from[", j, "]"), prefix, specs, policy_namespace);
 }
@@ -288,6 +327,8 @@ absl::StatusOr<ConditionKey> ParseConditionKey(absl::string_view path, absl::str
       {"remote.ip", Attr::kRemoteIp},
       {"source.namespace", Attr::kSourceNamespace},
       {"source.principal", Attr::kSourcePrincipal},
+      {"source.serviceAccount", Attr::kSourceServiceAccount},
+      {"source.trustDomain", Attr::kSourceTrustDomain},
       {"request.auth.principal", Attr::kRequestPrincipal},
       {"request.auth.audiences", Attr::kRequestAudiences},
       {"request.auth.presenter", Attr::kRequestPresenter},

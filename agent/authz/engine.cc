@@ -69,6 +69,8 @@ struct View {
   Layer layer;
   bool has_principal = false;
   absl::string_view principal;  // without "spiffe://"
+  // The principal up to its first '/': Istio's trust-domain matchers need that '/'.
+  std::optional<absl::string_view> trust_domain;
   std::optional<PeerView> peer;
   std::optional<IpAddress> remote_ip;
   std::optional<std::string> path;  // normalized (L7)
@@ -86,6 +88,9 @@ View MakeView(const Request& r, std::optional<std::string> path) {
   if (absl::ConsumePrefix(&principal, "spiffe://") && !principal.empty()) {
     v.has_principal = true;
     v.principal = principal;
+    if (size_t slash = principal.find('/'); slash != absl::string_view::npos) {
+      v.trust_domain = principal.substr(0, slash);
+    }
   }
   v.peer = ParsePeer(r.source_principal);
   v.remote_ip = r.remote_ip.has_value() ? r.remote_ip : r.source_ip;
@@ -231,6 +236,18 @@ bool AnyValueMatches(const Field& f, const View& v) {
         }
       }
       return false;
+    case Attr::kSourceTrustDomain:
+      // istiod's matchers: "*" is any spiffe:// principal; the others read the segment between
+      // "spiffe://" and the next '/', so a wildcard never crosses it.
+      for (const StringPattern& p : f.strings) {
+        if (p.kind == StringPattern::Kind::kPresence
+                ? v.has_principal
+                : v.trust_domain.has_value() && !v.trust_domain->empty() &&
+                      p.Matches(*v.trust_domain)) {
+          return true;
+        }
+      }
+      return false;
     case Attr::kSourceIp:
       return AnyCidr(f.cidrs, r.source_ip);
     case Attr::kRemoteIp:
@@ -297,6 +314,10 @@ std::string DescribeActual(const Field& f, const View& v) {
             f.label, " ",
             Quote(absl::StrCat(v.peer->namespace_name, "/", v.peer->service_account)));
       }
+      return absl::StrCat(
+          f.label, r.source_principal.empty() ? " (none: plaintext)" : " (none: not a SPIFFE ID)");
+    case Attr::kSourceTrustDomain:
+      if (v.trust_domain.has_value()) return absl::StrCat(f.label, " ", Quote(*v.trust_domain));
       return absl::StrCat(
           f.label, r.source_principal.empty() ? " (none: plaintext)" : " (none: not a SPIFFE ID)");
     case Attr::kSourceIp:
@@ -996,6 +1017,17 @@ absl::string_view DecisionReasonName(DecisionReason reason) {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<CompiledPolicy> policies,
                                                        EngineOptions options) {
+  for (CompiledPolicy& c : policies) {
+    Policy migrated = options.trust_domains.Migrate(c.policy());
+    if (migrated == c.policy()) continue;
+    absl::StatusOr<CompiledPolicy> recompiled = Compile(migrated);
+    if (!recompiled.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AuthorizationPolicy ", c.Key(),
+                       " with trustDomainAliases applied: ", recompiled.status().message()));
+    }
+    c = *std::move(recompiled);
+  }
   std::sort(policies.begin(), policies.end(), [](const CompiledPolicy& a, const CompiledPolicy& b) {
     const Policy& x = a.policy();
     const Policy& y = b.policy();

@@ -20,8 +20,9 @@
 // L4 reduction (as istiod converts policies for ztunnel): an ALLOW rule that uses any HTTP
 // attribute is dropped (it can never allow); a DENY rule keeps its L4 fields, and a from/to/when
 // entry made only of HTTP attributes never matches. The L4 attributes are principals, namespaces,
-// serviceAccounts, ipBlocks, ports and the conditions source.ip, source.namespace,
-// source.principal, destination.ip, destination.port (all with their not* forms).
+// serviceAccounts, trustDomains, ipBlocks, ports and the conditions source.ip, source.namespace,
+// source.principal, source.serviceAccount, source.trustDomain, destination.ip, destination.port
+// (all with their not* forms).
 
 #include <map>
 #include <memory>
@@ -35,12 +36,16 @@
 #include "agent/authz/model.h"
 #include "agent/authz/path.h"
 #include "agent/authz/request.h"
+#include "agent/authz/trust_domain.h"
 
 namespace ambit::authz {
 
 struct EngineOptions {
   std::string root_namespace = "istio-system";                      // MeshConfig rootNamespace
   PathNormalization path_normalization = PathNormalization::kBase;  // MeshConfig pathNormalization
+  // MeshConfig trustDomain and trustDomainAliases: Create migrates every policy's principals and
+  // trust domains through it, as istiod does (trust_domain.h).
+  TrustDomainBundle trust_domains = {};
 };
 
 struct ServiceRef {
@@ -137,7 +142,8 @@ struct Decision {
 
 class Engine {
  public:
-  // Fails on two policies with the same namespace/name.
+  // Fails on two policies with the same namespace/name. Policies are migrated through
+  // options.trust_domains first (a migrated policy is compiled again).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::vector<CompiledPolicy> policies,
                                                         EngineOptions options = {});
 

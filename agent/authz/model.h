@@ -39,6 +39,10 @@ struct Source {
   std::vector<std::string> not_ip_blocks = {};
   std::vector<std::string> remote_ip_blocks = {};
   std::vector<std::string> not_remote_ip_blocks = {};
+  // The trust domain of the peer's SPIFFE ID: exact, "prefix*", "*suffix" or "*" (presence); a
+  // wildcard stays within the trust-domain segment.
+  std::vector<std::string> trust_domains = {};
+  std::vector<std::string> not_trust_domains = {};
 
   friend bool operator==(const Source&, const Source&) = default;
 };

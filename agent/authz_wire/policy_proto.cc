@@ -66,6 +66,8 @@ void ToProto(const authz::Policy& p, pb::AuthzPolicy* out) {
         Fill(s.not_ip_blocks, f->mutable_not_ip_blocks());
         Fill(s.remote_ip_blocks, f->mutable_remote_ip_blocks());
         Fill(s.not_remote_ip_blocks, f->mutable_not_remote_ip_blocks());
+        Fill(s.trust_domains, f->mutable_trust_domains());
+        Fill(s.not_trust_domains, f->mutable_not_trust_domains());
       }
       for (const auto& o : rule.to) {
         auto* t = r->add_to();
@@ -131,7 +133,8 @@ absl::StatusOr<authz::Policy> FromProto(const pb::AuthzPolicy& in) {
             Vec(f.principals()), Vec(f.not_principals()), Vec(f.request_principals()),
             Vec(f.not_request_principals()), Vec(f.namespaces()), Vec(f.not_namespaces()),
             Vec(f.service_accounts()), Vec(f.not_service_accounts()), Vec(f.ip_blocks()),
-            Vec(f.not_ip_blocks()), Vec(f.remote_ip_blocks()), Vec(f.not_remote_ip_blocks())});
+            Vec(f.not_ip_blocks()), Vec(f.remote_ip_blocks()), Vec(f.not_remote_ip_blocks()),
+            Vec(f.trust_domains()), Vec(f.not_trust_domains())});
       }
       for (const auto& t : r.to()) {
         rule.to.push_back(authz::Operation{

@@ -83,7 +83,6 @@ const std::set<std::string_view>& KnownMeshFields() {
       "tcpKeepalive",
       "thriftConfig",
       "tlsDefaults",
-      "trustDomainAliases",
       "verifyCertificateAtClient",
   };
   return *kFields;
@@ -647,6 +646,43 @@ void ParseExtensionProviders(Reporter& r, const YAML::Node& list, const std::str
   }
 }
 
+// Every policy principal is expanded once per trust domain of the bundle, so the list is
+// bounded; a migration has a handful.
+constexpr size_t kMaxTrustDomainAliases = 32;
+
+// meshConfig.trustDomainAliases (`list`): a bad alias is reported with its index, which rejects
+// the MeshConfig (the last good one stays).
+void ParseTrustDomainAliases(Reporter& r, const YAML::Node& list, const std::string& field,
+                             state::MeshConfig* mesh) {
+  if (!list.IsSequence()) {
+    r.Error(list, field, absl::StrCat("must be a list of trust domains, not ", YamlTypeName(list)));
+    return;
+  }
+  if (list.size() > kMaxTrustDomainAliases) {
+    r.Error(list, field,
+            absl::StrCat("has ", list.size(), " aliases; at most ", kMaxTrustDomainAliases,
+                         " are supported"));
+    return;
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node item = list[i];
+    const std::string item_field = absl::StrCat(field, "[", i, "]");
+    if (!item.IsScalar()) {
+      r.Error(item.IsNull() ? list : item, item_field,
+              absl::StrCat("must be a string, not ", YamlTypeName(item)));
+      continue;
+    }
+    const std::string& alias = item.Scalar();
+    absl::Status s = ValidateTrustDomain(alias);
+    r.ErrorIf(s, item, item_field);
+    if (!s.ok()) continue;
+    auto& aliases = mesh->trust_domain_aliases;
+    if (std::find(aliases.begin(), aliases.end(), alias) == aliases.end()) {
+      aliases.push_back(alias);
+    }
+  }
+}
+
 // Reads the MeshConfig fields of node (a map) into mesh. path prefixes field names in errors.
 void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
                      state::MeshConfig* mesh) {
@@ -682,6 +718,8 @@ void ParseMeshFields(Reporter& r, const YAML::Node& node, std::string_view path,
         r.ErrorIf(s, it->second, field);
         if (s.ok()) mesh->root_namespace = value;
       }
+    } else if (key == "trustDomainAliases") {
+      if (!it->second.IsNull()) ParseTrustDomainAliases(r, it->second, field, mesh);
     } else if (key == "extensionProviders") {
       if (!it->second.IsNull()) ParseExtensionProviders(r, it->second, field, mesh);
     } else if (key == "pathNormalization") {
@@ -1518,7 +1556,8 @@ class FileParser {
         c.not_values = GetStringList(r, e, "notValues", entry);
         // istiod: CUSTOM does not support conditions on the peer or JWT identity.
         if (custom && (c.key == "source.namespace" || c.key == "source.serviceAccount" ||
-                       c.key == "source.principal" || absl::StartsWith(c.key, "request.auth."))) {
+                       c.key == "source.trustDomain" || c.key == "source.principal" ||
+                       absl::StartsWith(c.key, "request.auth."))) {
           r.Error(*Get(e, "key"), entry + ".key",
                   absl::StrCat("'", c.key, "' is not supported with action CUSTOM (as in istiod)"));
         }
@@ -1530,11 +1569,12 @@ class FileParser {
 
   static authz::Source ParseSource(Reporter& r, const YAML::Node& n, const std::string& path,
                                    bool custom) {
-    RejectUnknownFields(r, n, path,
-                        {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
-                         "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
-                         "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"},
-                        "see the Source fields of Istio's AuthorizationPolicy reference");
+    RejectUnknownFields(
+        r, n, path,
+        {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
+         "notNamespaces", "serviceAccounts", "notServiceAccounts", "ipBlocks", "notIpBlocks",
+         "remoteIpBlocks", "notRemoteIpBlocks", "trustDomains", "notTrustDomains"},
+        "see the Source fields of Istio's AuthorizationPolicy reference");
     authz::Source s;
     const struct {
       const char* name;
@@ -1553,6 +1593,8 @@ class FileParser {
         {"notIpBlocks", &s.not_ip_blocks, true},
         {"remoteIpBlocks", &s.remote_ip_blocks, true},
         {"notRemoteIpBlocks", &s.not_remote_ip_blocks, true},
+        {"trustDomains", &s.trust_domains, false},
+        {"notTrustDomains", &s.not_trust_domains, false},
     };
     for (const auto& f : kFields) {
       *f.values = GetStringList(r, n, f.name, path);

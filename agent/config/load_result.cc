@@ -11,6 +11,8 @@ bool LoadResult::HasErrors() const {
 authz::EngineOptions AuthzEngineOptions(const state::MeshConfig& mesh) {
   authz::EngineOptions options;
   options.root_namespace = mesh.root_namespace;
+  options.trust_domains =
+      authz::TrustDomainBundle::Of(mesh.trust_domain, mesh.trust_domain_aliases);
   const std::string& n = mesh.path_normalization;
   if (n == "NONE") {
     options.path_normalization = authz::PathNormalization::kNone;

@@ -24,7 +24,8 @@ struct LoadResult {
   friend bool operator==(const LoadResult&, const LoadResult&) = default;
 };
 
-// The engine options the mesh config sets: rootNamespace and pathNormalization.
+// The engine options the mesh config sets: rootNamespace, pathNormalization, trustDomain and
+// trustDomainAliases.
 authz::EngineOptions AuthzEngineOptions(const state::MeshConfig& mesh);
 
 // An authorization engine for the AuthorizationPolicies of `result`, under its mesh config.

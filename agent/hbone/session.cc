@@ -16,10 +16,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/common/status.h"
+#include "agent/identity/spiffe_id.h"
 #include "agent/tls/keys.h"
 
 namespace ambit::hbone {
 namespace {
+
+// Two SPIFFE IDs with the same path: one workload in two trust domains of a migration.
+bool SameWorkloadPath(absl::string_view a, absl::string_view b) {
+  absl::StatusOr<identity::SpiffeId> x = identity::ParseSpiffeId(a);
+  absl::StatusOr<identity::SpiffeId> y = identity::ParseSpiffeId(b);
+  return x.ok() && y.ok() && !x->path.empty() && x->path == y->path;
+}
 
 // Framed bytes gathered before SSL_write: many 16 KiB records per call, bounded memory.
 constexpr size_t kOutBatch = 256 << 10;
@@ -878,6 +886,9 @@ void HboneSession::HandshakeFailed(int ssl_error) {
     case PeerCheckFailure::kIdentityMismatch:
       ++stats_->identity_mismatch;
       break;
+    case PeerCheckFailure::kRevoked:
+      ++stats_->revoked_peer;
+      break;
     case PeerCheckFailure::kNoAlpn:
       ++stats_->no_alpn;
       break;
@@ -911,7 +922,9 @@ void HboneSession::HandshakeDone() {
     Close(peer.status());
     return;
   }
-  if (client_ && *peer != expected_peer_) {  // the verifier already refused this; belt and braces
+  // The verifier already refused a mismatch; belt and braces. PeerIdentity checked the trust
+  // domain (ours or an alias), so a differing string must at least be the same workload path.
+  if (client_ && *peer != expected_peer_ && !SameWorkloadPath(expected_peer_, *peer)) {
     ++stats_->identity_mismatch;
     Close(absl::PermissionDeniedError(
         absl::StrCat("server identity mismatch: expected ", expected_peer_, ", got ", *peer)));

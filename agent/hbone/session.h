@@ -100,6 +100,7 @@ struct HboneStats {
   uint64_t no_client_cert = 0;       // server: client sent no certificate
   uint64_t untrusted_peer = 0;       // chain not verified, no valid SVID, other trust domain
   uint64_t identity_mismatch = 0;    // client: server is not who we expected
+  uint64_t revoked_peer = 0;         // a certificate of the peer's chain is in a CRL
   uint64_t no_alpn = 0;              // peer without h2
   uint64_t bad_cipher = 0;           // negotiated or offered suites not AES-GCM
   uint64_t protocol_errors = 0;      // sessions ended by an HTTP/2 error of the peer

@@ -5,9 +5,11 @@
 #include <openssl/tls1.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -18,6 +20,7 @@
 #include "absl/time/time.h"
 #include "agent/common/status.h"
 #include "agent/identity/spiffe_id.h"
+#include "agent/tls/crl.h"
 #include "agent/tls/keys.h"
 
 namespace ambit::hbone {
@@ -60,6 +63,8 @@ struct CtxState {
   TlsContext::Role role;
   std::string identity;
   std::string trust_domain;
+  // MeshConfig trustDomainAliases: peers of these trust domains are accepted as ours.
+  std::vector<std::string> trust_domain_aliases;
   const Clock* clock;  // peers' chains are verified at its time
   mutable VerifiedChains verified;
 };
@@ -113,6 +118,25 @@ const SSL_CIPHER* NegotiatedCipher(const SSL* ssl) {
   return cipher != nullptr ? cipher : SSL_get_current_cipher(ssl);
 }
 
+bool IsOurTrustDomain(const CtxState& ours, absl::string_view trust_domain) {
+  return trust_domain == ours.trust_domain ||
+         std::find(ours.trust_domain_aliases.begin(), ours.trust_domain_aliases.end(),
+                   trust_domain) != ours.trust_domain_aliases.end();
+}
+
+// Whether the server's `got` is the `expected` identity. During a trust-domain migration the
+// server may hold its identity in another trust domain of the bundle than the one we computed
+// (our trustDomain): the same path in a trust domain of ours is the same workload, as Istio
+// treats the aliases.
+bool IsExpectedPeer(const CtxState& ours, absl::string_view expected, absl::string_view got) {
+  if (expected == got) return true;
+  if (ours.trust_domain_aliases.empty()) return false;
+  absl::StatusOr<identity::SpiffeId> want = identity::ParseSpiffeId(expected);
+  absl::StatusOr<identity::SpiffeId> have = identity::ParseSpiffeId(got);
+  return want.ok() && have.ok() && want->path == have->path &&
+         IsOurTrustDomain(ours, want->trust_domain) && IsOurTrustDomain(ours, have->trust_domain);
+}
+
 // The SPIFFE ID of a peer leaf whose chain has been verified, checked against our context.
 absl::StatusOr<std::string> LeafIdentity(X509* leaf, const CtxState& ours,
                                          PeerCheckFailure* failure) {
@@ -139,7 +163,7 @@ absl::StatusOr<std::string> LeafIdentity(X509* leaf, const CtxState& ours,
     return absl::PermissionDeniedError(absl::StrCat(
         "peer ", uri, " presented a CA certificate as its leaf (we are ", ours.identity, ")"));
   }
-  if (id->trust_domain != ours.trust_domain) {
+  if (!IsOurTrustDomain(ours, id->trust_domain)) {
     *failure = PeerCheckFailure::kWrongTrustDomain;
     return absl::PermissionDeniedError(absl::StrCat("peer ", uri, " is in trust domain \"",
                                                     id->trust_domain, "\", not ours (we are ",
@@ -163,6 +187,21 @@ int VerifyPeer(int ok, X509_STORE_CTX* store_ctx) {
   int depth = X509_STORE_CTX_get_error_depth(store_ctx);
   if (!ok) {
     int err = X509_STORE_CTX_get_error(store_ctx);
+    // ztunnel's CRL policy (tls/crl.h): an issuer without a CRL, or a CRL past nextUpdate, passes.
+    if (tls::CrlTolerated(err)) return 1;
+    if (err == X509_V_ERR_CERT_REVOKED) {
+      X509* revoked = X509_STORE_CTX_get_current_cert(store_ctx);
+      X509* leaf = X509_STORE_CTX_get0_cert(store_ctx);
+      absl::StatusOr<tls::RequestedNames> names = tls::CertSubjectAltNames(leaf);
+      std::string peer =
+          names.ok() && names->uris.size() == 1 ? names->uris[0] : std::string("(no SPIFFE ID)");
+      Refuse(ssl, PeerCheckFailure::kRevoked,
+             absl::StrCat("peer ", peer, " presented a revoked certificate: serial ",
+                          revoked != nullptr ? tls::SerialHex(revoked) : "(unknown)",
+                          depth == 0 ? " (its own)" : absl::StrCat(" (chain depth ", depth, ")"),
+                          " is listed in a CRL of the trust bundle (we are ", ours->identity, ")"));
+      return 0;
+    }
     Refuse(ssl, PeerCheckFailure::kUntrusted,
            absl::StrCat("peer certificate chain does not verify against the trust bundle (we are ",
                         ours->identity, "): ", X509_verify_cert_error_string(err), " at depth ",
@@ -267,7 +306,7 @@ int CheckLeaf(SSL* ssl, const CtxState& ours, const ConnState& conn, X509* leaf,
   PeerCheckFailure failure;
   absl::StatusOr<std::string> id = LeafIdentity(leaf, ours, &failure);
   if (!id.ok()) return refuse(failure, std::string(id.status().message()));
-  if (ours.role == TlsContext::Role::kClient && *id != conn.expected_peer) {
+  if (ours.role == TlsContext::Role::kClient && !IsExpectedPeer(ours, conn.expected_peer, *id)) {
     return refuse(PeerCheckFailure::kIdentityMismatch,
                   absl::StrCat("server identity mismatch: expected ", conn.expected_peer, ", got ",
                                *id, " (we are ", ours.identity, ")"));
@@ -401,15 +440,15 @@ const char* PeerCheckFailureName(PeerCheckFailure failure) {
       return "cipher";
     case PeerCheckFailure::kVersion:
       return "version";
+    case PeerCheckFailure::kRevoked:
+      return "revoked";
   }
   return "unknown";
 }
 
-absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
-                                                                     const tls::CertifiedKey& svid,
-                                                                     X509_STORE* roots,
-                                                                     std::string trust_domain,
-                                                                     const Clock* clock) {
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
+    Role role, const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
+    const Clock* clock, std::vector<std::string> trust_domain_aliases) {
   if (clock == nullptr) return absl::InvalidArgumentError("TLS context: no clock");
   if (roots == nullptr) return absl::InvalidArgumentError("TLS context: no trust bundle");
   if (svid.key == nullptr || svid.chain.empty()) {
@@ -417,6 +456,9 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
         absl::StrCat("TLS context for ", svid.identity, ": no key or certificate"));
   }
   AMBIT_RETURN_IF_ERROR(identity::ValidateTrustDomain(trust_domain));
+  for (const std::string& alias : trust_domain_aliases) {
+    AMBIT_RETURN_IF_ERROR(identity::ValidateTrustDomain(alias));
+  }
   AMBIT_ASSIGN_OR_RETURN(identity::SpiffeId own, identity::ParseSpiffeId(svid.identity));
   if (own.trust_domain != trust_domain) {
     return absl::InvalidArgumentError(absl::StrCat("TLS context: our identity ", svid.identity,
@@ -468,7 +510,8 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
     SSL_CTX_set_select_certificate_cb(c, CheckClientHello);
     SSL_CTX_set_alpn_select_cb(c, SelectAlpn, nullptr);
   }
-  auto* state = new CtxState{role, svid.identity, trust_domain, clock, {}};
+  auto* state =
+      new CtxState{role, svid.identity, trust_domain, std::move(trust_domain_aliases), clock, {}};
   if (!SSL_CTX_set_ex_data(c, CtxIndex(), state)) {
     delete state;
     return tls::SslError(absl::StatusCode::kInternal, "SSL_CTX_set_ex_data");
@@ -499,6 +542,10 @@ absl::Status TlsContext::CoveredBy(const TlsContext& other, absl::Time now) cons
     return tls::SslError(absl::StatusCode::kInternal, "preparing a certificate check");
   }
   X509_STORE_CTX_set_time(verify.get(), 0, absl::ToTimeT(now));
+  // The same CRL policy as for peers: an issuer without a CRL does not make our chain unusable.
+  X509_STORE_CTX_set_verify_cb(verify.get(), [](int ok, X509_STORE_CTX* c) {
+    return ok != 0 || tls::CrlTolerated(X509_STORE_CTX_get_error(c)) ? 1 : 0;
+  });
   if (X509_verify_cert(verify.get()) != 1) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the certificate of ", identity_, " no longer verifies against the trust bundle: ",
@@ -533,18 +580,18 @@ absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,
   return ssl;
 }
 
-absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(const tls::CertifiedKey& svid,
-                                                                    X509_STORE* roots,
-                                                                    std::string trust_domain,
-                                                                    const Clock* clock) {
-  return TlsContext::Create(TlsContext::Role::kServer, svid, roots, std::move(trust_domain), clock);
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(
+    const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain, const Clock* clock,
+    std::vector<std::string> trust_domain_aliases) {
+  return TlsContext::Create(TlsContext::Role::kServer, svid, roots, std::move(trust_domain), clock,
+                            std::move(trust_domain_aliases));
 }
 
-absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(const tls::CertifiedKey& svid,
-                                                                    X509_STORE* roots,
-                                                                    std::string trust_domain,
-                                                                    const Clock* clock) {
-  return TlsContext::Create(TlsContext::Role::kClient, svid, roots, std::move(trust_domain), clock);
+absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(
+    const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain, const Clock* clock,
+    std::vector<std::string> trust_domain_aliases) {
+  return TlsContext::Create(TlsContext::Role::kClient, svid, roots, std::move(trust_domain), clock,
+                            std::move(trust_domain_aliases));
 }
 
 absl::StatusOr<std::string> PeerSpiffeId(const SSL* ssl) {

@@ -35,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -56,6 +57,7 @@ enum class PeerCheckFailure {
   kNoAlpn,            // the peer did not offer / select "h2"
   kCipher,            // the negotiated suite is not AES-GCM
   kVersion,           // server: the client offers no TLS 1.3 (counted as a TLS failure)
+  kRevoked,           // a certificate of the chain is revoked by a CRL of the trust bundle
 };
 const char* PeerCheckFailureName(PeerCheckFailure failure);
 
@@ -65,10 +67,12 @@ class TlsContext {
 
   // `svid` is the certificate and key to present (its identity must be a SPIFFE ID of
   // `trust_domain`); `roots` (a reference is taken; the store is not modified) verifies peers,
-  // at the time `clock` (which must outlive the context) reads.
+  // at the time `clock` (which must outlive the context) reads. Peers must be in `trust_domain`
+  // or one of `trust_domain_aliases` (MeshConfig trustDomainAliases); a client also takes the
+  // identity it expects in any of those trust domains (same path), as during a migration.
   static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(
       Role role, const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
-      const Clock* clock = &RealClock::Get());
+      const Clock* clock = &RealClock::Get(), std::vector<std::string> trust_domain_aliases = {});
 
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
@@ -114,10 +118,10 @@ class TlsContext {
 // TlsContext::Create for each role.
 absl::StatusOr<std::shared_ptr<const TlsContext>> MakeServerContext(
     const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
-    const Clock* clock = &RealClock::Get());
+    const Clock* clock = &RealClock::Get(), std::vector<std::string> trust_domain_aliases = {});
 absl::StatusOr<std::shared_ptr<const TlsContext>> MakeClientContext(
     const tls::CertifiedKey& svid, X509_STORE* roots, std::string trust_domain,
-    const Clock* clock = &RealClock::Get());
+    const Clock* clock = &RealClock::Get(), std::vector<std::string> trust_domain_aliases = {});
 
 // The SPIFFE ID of the verified peer of a finished handshake on an SSL from a TlsContext: exactly
 // one URI SAN in the leaf, a valid SPIFFE ID, in our trust domain. Errors name both identities.

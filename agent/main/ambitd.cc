@@ -137,6 +137,9 @@ ABSL_FLAG(std::string, ca_root_configmap, "",
           "--ca-root-cert, re-read every 5s");
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
           "lifetime of workload certificates (at least 1m; renewed at half of it)");
+ABSL_FLAG(std::string, crl_file, "",
+          "PEM certificate revocation lists for the trust bundle (one or more); re-read when it "
+          "changes; HBONE peers presenting a revoked certificate are refused at the handshake");
 ABSL_FLAG(std::string, admin_socket, "",
           "admin API unix socket (default /run/ambit/admin.sock, or under --run-dir)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
@@ -313,6 +316,7 @@ int main(int argc, char** argv) {
     }
   }
   options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
+  options.crl_file = absl::GetFlag(FLAGS_crl_file);
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);

@@ -154,6 +154,9 @@ std::string BypassRefusal(absl::string_view workload, absl::string_view waypoint
 struct Snapshot {
   uint64_t version = 0;
   std::string trust_domain;
+  // MeshConfig trustDomainAliases: HBONE peers of these trust domains are accepted (their chain
+  // must still verify against the bundle) and policies match them as the mesh's own.
+  std::vector<std::string> trust_domain_aliases;
   std::string root_namespace;
   // The cluster's name in Istio's telemetry (source_cluster, destination_cluster): ambitd's
   // --cluster-id. Empty: "unknown".

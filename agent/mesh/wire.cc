@@ -1,5 +1,6 @@
 #include "agent/mesh/wire.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -15,6 +16,7 @@
 #include "absl/time/time.h"
 #include "agent/authz_wire/policy_proto.h"
 #include "agent/common/status.h"
+#include "agent/identity/spiffe_id.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 
@@ -764,6 +766,7 @@ absl::Status HeadToProto(const Snapshot& s, pb::Snapshot* out) {
   out->set_trust_domain(s.trust_domain);
   out->set_root_namespace(s.root_namespace);
   out->set_cluster_id(s.cluster_id);
+  for (const auto& alias : s.trust_domain_aliases) out->add_trust_domain_aliases(alias);
   for (uint16_t port : s.reserved_ports) out->add_reserved_ports(port);
   for (const auto& svc : s.services) AMBIT_RETURN_IF_ERROR(ToProto(svc, out->add_services()));
   for (const auto& wp : s.waypoints) {
@@ -826,6 +829,26 @@ class SnapshotBuilder {
     s_.trust_domain = head.trust_domain();
     s_.root_namespace = head.root_namespace();
     s_.cluster_id = head.cluster_id();
+    // An alias widens who the tunnel accepts: anything not a plain trust domain is refused.
+    if (head.trust_domain_aliases_size() > kMaxTrustDomainAliases) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trust_domain_aliases: ", head.trust_domain_aliases_size(),
+                       " aliases; at most ", kMaxTrustDomainAliases));
+    }
+    for (int i = 0; i < head.trust_domain_aliases_size(); ++i) {
+      const std::string& alias = head.trust_domain_aliases(i);
+      absl::Status valid = identity::ValidateTrustDomain(alias);
+      if (valid.ok() && (alias == s_.trust_domain ||
+                         std::find(s_.trust_domain_aliases.begin(), s_.trust_domain_aliases.end(),
+                                   alias) != s_.trust_domain_aliases.end())) {
+        valid = absl::InvalidArgumentError(absl::StrCat("'", alias, "' is listed twice"));
+      }
+      if (!valid.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trust_domain_aliases[", i, "]: ", valid.message()));
+      }
+      s_.trust_domain_aliases.push_back(alias);
+    }
     for (int i = 0; i < head.reserved_ports_size(); ++i) {
       auto port = Port(head.reserved_ports(i), /*zero_allowed=*/false);
       if (!port.ok()) {

@@ -46,6 +46,9 @@ absl::Status ToProto(const authn::RequestAuthentication& policy,
 absl::StatusOr<authn::RequestAuthentication> FromProto(
     const ambit::dataplane::v1::RequestAuthentication& in);
 
+// The most trustDomainAliases a snapshot carries (the agent's parser has the same bound): every
+// policy principal is matched once per trust domain.
+inline constexpr int kMaxTrustDomainAliases = 32;
 // The most body bytes a provider may send with a check (includeRequestBodyInCheck
 // maxRequestBytes). Envoy has no bound; the waypoint buffers that much per request while it
 // waits for the authorizer, so the agent marks a provider asking for more unresolved.

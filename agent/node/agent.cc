@@ -451,7 +451,7 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
       redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
-  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(trust_bundle_));
+  AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(trust_bundle_, Crls()));
   for (const auto& uid : resend) {
     if (auto it = enrolled_.find(uid); it != enrolled_.end()) {
       AMBIT_RETURN_IF_ERROR(SendPod(it->second));
@@ -868,6 +868,10 @@ absl::StatusOr<mesh::Snapshot> Agent::BuildSnapshot(uint64_t version) const {
   mesh::Snapshot snapshot;
   snapshot.version = version;
   snapshot.trust_domain = state_->mesh.trust_domain;
+  for (const std::string& alias : state_->mesh.trust_domain_aliases) {
+    // trustDomain may name one of its aliases (mid-migration): it is the trust domain then.
+    if (alias != snapshot.trust_domain) snapshot.trust_domain_aliases.push_back(alias);
+  }
   snapshot.root_namespace = state_->mesh.root_namespace;
   snapshot.cluster_id = options_.cluster_id;
   snapshot.reserved_ports = OwnEndpointPorts(options_);
@@ -1293,6 +1297,11 @@ int Agent::StepAside(HandOff handoff) {
   return 0;
 }
 
+const std::vector<std::string>& Agent::Crls() const {
+  static const std::vector<std::string> kNone;
+  return crl_watch_ != nullptr ? crl_watch_->pems() : kNone;
+}
+
 void Agent::OnHeartbeatTick() {
   for (Process* p : {&tunnel_, &waypoint_}) RollTick(*p);
   for (Process* p : {&tunnel_, &waypoint_}) {
@@ -1323,19 +1332,25 @@ void Agent::OnHeartbeatTick() {
 
 void Agent::ResendTrustBundleIfChanged() {
   std::vector<std::string> roots = signer_->TrustBundle();
-  if (roots == trust_bundle_) return;
-  AMBIT_LOG(kComponent, Info) << "trust bundle changed (" << trust_bundle_.size() << " -> "
-                              << roots.size() << " root(s)); sending it to the data planes";
+  const bool roots_changed = roots != trust_bundle_;
+  // --crl-file, re-read when it changed and checked against the roots; the CRLs travel with the
+  // roots, so either change sends both to every connected process at once.
+  const bool crls_changed = crl_watch_ != nullptr && crl_watch_->Poll(roots);
+  if (!roots_changed && !crls_changed) return;
+  if (roots_changed) {
+    AMBIT_LOG(kComponent, Info) << "trust bundle changed (" << trust_bundle_.size() << " -> "
+                                << roots.size() << " root(s)); sending it to the data planes";
+  }
   trust_bundle_ = std::move(roots);
   for (Process* p : {&tunnel_, &waypoint_}) {
     for (supervisor::DataPlane* dp : {p->dp.get(), p->standby ? p->standby->dp.get() : nullptr}) {
       if (dp == nullptr || !dp->connected()) continue;
-      if (absl::Status sent = dp->SendTrustBundle(trust_bundle_); !sent.ok()) {
+      if (absl::Status sent = dp->SendTrustBundle(trust_bundle_, Crls()); !sent.ok()) {
         AMBIT_LOG(kComponent, Warning) << p->name() << ": trust bundle: " << sent.message();
       }
     }
   }
-  PublishCertificates();
+  if (roots_changed) PublishCertificates();
 }
 
 void Agent::OnPong(Process& process, supervisor::PongReport report) {
@@ -1434,6 +1449,10 @@ absl::Status Agent::InitCertificates() {
   trust_bundle_ = signer_->TrustBundle();
   signing_ = std::make_unique<issuance::SigningQueue>(signer_.get(), kMaxSigningInFlight);
   AMBIT_LOG(kComponent, Info) << "certificates from " << signer_->Description();
+  if (!options_.crl_file.empty()) {
+    crl_watch_ = std::make_unique<CrlWatch>(options_.crl_file);
+    crl_watch_->Poll(trust_bundle_);
+  }
   PublishCertificates();
   InitAdminHandlers();
   AMBIT_ASSIGN_OR_RETURN(admin_server_,

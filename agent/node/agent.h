@@ -30,6 +30,7 @@
 #include "agent/issuance/signer.h"
 #include "agent/issuance/signing_queue.h"
 #include "agent/mesh/model.h"
+#include "agent/node/crl_watch.h"
 #include "agent/node/dataplane_state.h"
 #include "agent/node/enrollment.h"
 #include "agent/node/enrollment_pass.h"
@@ -103,6 +104,8 @@ struct AgentOptions {
   // root-cert.pem; istiod's istio-ca-root-cert), instead of the ca_root_cert file.
   std::string ca_root_configmap;
   absl::Duration cert_ttl = absl::Hours(24);
+  // --crl-file: PEM CRLs for the trust bundle, followed as it changes (CrlWatch); empty: none.
+  std::string crl_file;
   std::string admin_socket;                         // empty: <run dir>/admin.sock
   std::string metrics_address = "0.0.0.0:15020";    // Prometheus /metrics; empty: off
   std::string readiness_address = "0.0.0.0:15021";  // /healthz/ready; empty: off
@@ -270,8 +273,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void OnCsrRequest(Process& process, supervisor::DataPlane& dp, supervisor::CsrRequest request);
   void OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
-  // An external CA's roots changed (a rotation): every connected data plane gets the new trust
-  // bundle, and the admin API shows it. Called every heartbeat tick.
+  // An external CA's roots changed (a rotation) or the --crl-file did: every connected data plane
+  // gets the new trust bundle with the CRLs, and the admin API shows the roots. Called every
+  // heartbeat tick.
   void ResendTrustBundleIfChanged();
   // The admin API's views of pods, policies and services, and the `check` snapshot
   // (admin_views.cc). Called whenever the configuration or the enrollment changes.
@@ -358,6 +362,8 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Every heartbeat_interval: a ping if none is outstanding, a log line when the data plane
   // turns late or answers again, and a fresh capture check for readiness.
   void OnHeartbeatTick();
+  // --crl-file: re-read on each heartbeat tick; a changed good file goes to the data planes.
+  const std::vector<std::string>& Crls() const;
   void OnPong(Process& process, supervisor::PongReport report);
   void LogHeartbeatChange(Process& process);
   std::vector<std::string> CheckCapture() const;
@@ -423,6 +429,7 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   std::shared_ptr<issuance::SigningRateLimiter> sign_rate_;
   std::unique_ptr<issuance::Signer> signer_;
   std::vector<std::string> trust_bundle_;  // as last sent to the data planes
+  std::unique_ptr<CrlWatch> crl_watch_;    // --crl-file; null without it
   std::shared_ptr<issuance::Entitlements> entitlements_;
   std::unique_ptr<issuance::CaServer> ca_server_;
   std::shared_ptr<admin::AdminState> admin_state_;

@@ -117,7 +117,7 @@ absl::Status Agent::StartRoll(Process& process, bool spawn) {
   }
   absl::Status sent = s.dp->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(),
                                      redirector_->probes_map_fd());
-  if (sent.ok()) sent = s.dp->SendTrustBundle(trust_bundle_);
+  if (sent.ok()) sent = s.dp->SendTrustBundle(trust_bundle_, Crls());
   // Every pod the primary serves, with the same listener descriptors: both processes accept on
   // the same sockets until the primary drains.
   for (const auto& [uid, e] : enrolled_) {

@@ -161,6 +161,9 @@ struct ExtensionProvider {
 // The subset of Istio's MeshConfig that ambit uses.
 struct MeshConfig {
   std::string trust_domain = "cluster.local";
+  // trustDomainAliases: trust domains whose identities count as this mesh's (a migration from
+  // or to another trust domain). Validated, without duplicates, in file order.
+  std::vector<std::string> trust_domain_aliases;
   std::string root_namespace = "istio-system";
   std::vector<ExtensionProvider> extension_providers;  // extensionProviders, in file order
   // pathNormalization.normalization: "" (Istio's default, BASE), "NONE", "BASE", "MERGE_SLASHES"

@@ -435,12 +435,14 @@ absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
   return SendEnvelope(control_.get(), env, {});
 }
 
-absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots) {
+absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots,
+                                        const std::vector<std::string>& crls) {
   auto env = NewEnvelope();
   // Set even when empty (an external CA whose roots are not known yet): an envelope with no
   // message set is a protocol error that ends the session.
   auto* bundle = env.mutable_trust_bundle();
   for (const auto& pem : roots) bundle->add_root_pem(pem);
+  for (const auto& pem : crls) bundle->add_crl_pem(pem);
   return SendEnvelope(control_.get(), env, {});
 }
 

@@ -186,7 +186,9 @@ class DataPlane {
   absl::Status SendSnapshotFailed(uint64_t version, const std::string& error);
   absl::Status SendCsrResponse(uint64_t request_id,
                                const absl::StatusOr<std::vector<std::string>>& chain);
-  absl::Status SendTrustBundle(const std::vector<std::string>& roots);
+  // `crls`: PEM CRLs of --crl-file, enforced with the roots.
+  absl::Status SendTrustBundle(const std::vector<std::string>& roots,
+                               const std::vector<std::string>& crls = {});
   // The newest configuration generation the data plane acknowledged in this session; 0 if none.
   uint64_t acked_version() const { return acked_version_; }
   // The newest generation it refused, while no later one has been acknowledged; 0 if none.

@@ -520,8 +520,11 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       Drain(absl::Seconds(env.drain().grace_seconds()));
       return absl::OkStatus();
     case pb::Envelope::kTrustBundle:
-      return Execute(reconciler_.TrustBundle(std::vector<std::string>(
-          env.trust_bundle().root_pem().begin(), env.trust_bundle().root_pem().end())));
+      return Execute(
+          reconciler_.TrustBundle(std::vector<std::string>(env.trust_bundle().root_pem().begin(),
+                                                           env.trust_bundle().root_pem().end()),
+                                  std::vector<std::string>(env.trust_bundle().crl_pem().begin(),
+                                                           env.trust_bundle().crl_pem().end())));
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));

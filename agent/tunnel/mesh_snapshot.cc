@@ -30,6 +30,7 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   auto snap = std::make_shared<MeshSnapshot>();
   snap->version_ = s.version;
   snap->trust_domain_ = std::move(s.trust_domain);
+  snap->trust_domain_aliases_ = std::move(s.trust_domain_aliases);
   if (!s.root_namespace.empty()) snap->root_namespace_ = s.root_namespace;
   snap->cluster_id_ = s.cluster_id;
   snap->reserved_ports_.insert(s.reserved_ports.begin(), s.reserved_ports.end());
@@ -126,6 +127,11 @@ std::shared_ptr<const MeshSnapshot> MeshSnapshot::Create(mesh::Snapshot s) {
   if (!snap->authz_errors_.empty()) return snap;
   authz::EngineOptions options;
   if (!s.root_namespace.empty()) options.root_namespace = s.root_namespace;
+  // As the agent's engine (config::AuthzEngineOptions): an empty trust domain is Istio's default.
+  options.trust_domains = authz::TrustDomainBundle::Of(snap->trust_domain_.empty()
+                                                           ? authz::kClusterLocalTrustDomain
+                                                           : absl::string_view(snap->trust_domain_),
+                                                       snap->trust_domain_aliases_);
   auto engine = authz::Engine::Create(std::move(compiled), options);
   if (engine.ok()) {
     snap->authz_ = std::move(*engine);

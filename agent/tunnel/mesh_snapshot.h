@@ -87,6 +87,8 @@ class MeshSnapshot {
 
   uint64_t version() const { return version_; }
   const std::string& trust_domain() const { return trust_domain_; }
+  // MeshConfig trustDomainAliases: HBONE peers of these trust domains are accepted.
+  const std::vector<std::string>& trust_domain_aliases() const { return trust_domain_aliases_; }
   // MeshConfig rootNamespace ("istio-system" when the snapshot names none).
   const std::string& root_namespace() const { return root_namespace_; }
   // Istio's cluster name for telemetry labels; empty: not known.
@@ -158,6 +160,7 @@ class MeshSnapshot {
  private:
   uint64_t version_ = 0;
   std::string trust_domain_;
+  std::vector<std::string> trust_domain_aliases_;
   std::string root_namespace_ = "istio-system";
   std::string cluster_id_;
   // Never resized after indexing: the index and services point into it.

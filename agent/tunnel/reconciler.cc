@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "agent/common/log.h"
 #include "agent/hbone/tls_context.h"
 #include "agent/identity/spiffe_id.h"
@@ -33,11 +34,10 @@ std::string ReportKey(const std::vector<tls::CertStatus>& statuses) {
 
 }  // namespace
 
-std::shared_ptr<const TlsContexts> BuildTlsContexts(const tls::CertManager& certs,
-                                                    const std::vector<tls::CertStatus>& statuses,
-                                                    const std::vector<std::string>& trust_bundle,
-                                                    const std::string& configured_domain,
-                                                    const Clock* clock) {
+std::shared_ptr<const TlsContexts> BuildTlsContexts(
+    const tls::CertManager& certs, const std::vector<tls::CertStatus>& statuses,
+    const std::vector<std::string>& trust_bundle, const std::string& configured_domain,
+    const Clock* clock, const std::vector<std::string>& aliases, const tls::CrlSet* crls) {
   auto contexts = std::make_shared<TlsContexts>();
   bssl::UniquePtr<X509_STORE> store;
   std::string store_error = "no trust bundle from the agent yet";
@@ -45,6 +45,10 @@ std::shared_ptr<const TlsContexts> BuildTlsContexts(const tls::CertManager& cert
     auto bundle = tls::TrustBundle::Create(trust_bundle);
     if (bundle.ok()) {
       auto s = (*bundle)->NewStore();
+      // Revocation is part of trust: a store whose CRLs could not be added verifies nobody.
+      if (s.ok() && crls != nullptr) {
+        if (absl::Status added = crls->AddTo(s->get()); !added.ok()) s = added;
+      }
       if (s.ok()) {
         store = std::move(*s);
       } else {
@@ -70,8 +74,8 @@ std::shared_ptr<const TlsContexts> BuildTlsContexts(const tls::CertManager& cert
       contexts->SetMissing(c.identity, DrainReason::kNotTrusted, store_error);
       continue;
     }
-    auto client = hbone::MakeClientContext(*key, store.get(), trust_domain, clock);
-    auto server = hbone::MakeServerContext(*key, store.get(), trust_domain, clock);
+    auto client = hbone::MakeClientContext(*key, store.get(), trust_domain, clock, aliases);
+    auto server = hbone::MakeServerContext(*key, store.get(), trust_domain, clock, aliases);
     if (!client.ok() || !server.ok()) {
       // An identity outside the configured trust domain is the common case (the trust domain
       // changed); sessions established with it must learn that, not just "no certificate".
@@ -239,9 +243,36 @@ void Reconciler::RequestSigning(uint64_t request_id, const std::string& identity
   out_.push_back(action::SendCsr{request_id, identity, csr_pem});
 }
 
-Actions Reconciler::TrustBundle(std::vector<std::string> root_pems) {
+Actions Reconciler::TrustBundle(std::vector<std::string> root_pems,
+                                std::vector<std::string> crl_pems) {
   trust_bundle_ = std::move(root_pems);
   AMBIT_LOG(kComponent, Info) << "trust bundle: " << trust_bundle_.size() << " root(s)";
+  if (crl_pems.empty()) {
+    if (crls_ != nullptr) {
+      AMBIT_LOG(kComponent, Info) << "CRLs: none in force any more";
+    }
+    crls_ = nullptr;
+    crl_pems_.clear();
+    return Take();
+  }
+  if (crl_pems == crl_pems_) return Take();
+  absl::StatusOr<std::unique_ptr<tls::TrustBundle>> bundle =
+      tls::TrustBundle::Create(trust_bundle_);
+  absl::StatusOr<std::shared_ptr<const tls::CrlSet>> parsed =
+      bundle.ok() ? tls::CrlSet::Parse(crl_pems, **bundle)
+                  : absl::StatusOr<std::shared_ptr<const tls::CrlSet>>(bundle.status());
+  if (!parsed.ok()) {
+    AMBIT_LOG(kComponent, Error) << "CRLs from the agent refused: " << parsed.status().message()
+                                 << (crls_ != nullptr ? "; the last good ones stay in force"
+                                                      : "; no CRL in force");
+    return Take();
+  }
+  crls_ = *std::move(parsed);
+  crl_pems_ = std::move(crl_pems);
+  size_t revoked = 0;
+  for (const tls::CrlInfo& info : crls_->infos()) revoked += info.revoked;
+  AMBIT_LOG(kComponent, Info) << "CRLs: " << crls_->size() << " in force, " << revoked
+                              << " revoked certificate(s)";
   return Take();
 }
 
@@ -283,7 +314,8 @@ Actions Reconciler::HeartbeatAnswered(
 void Reconciler::UpdateTlsContexts() {
   std::string signature =
       absl::StrCat(snapshot_->trust_domain().size(), ":", snapshot_->trust_domain(), "|",
-                   TrustBundleKey(trust_bundle_), "|");
+                   absl::StrJoin(snapshot_->trust_domain_aliases(), ","), "|",
+                   TrustBundleKey(trust_bundle_), "|", TrustBundleKey(crl_pems_), "|");
   auto statuses = certs_->Statuses();
   for (const auto& c : statuses) {
     absl::StrAppend(&signature, c.identity, "=", c.serial_hex, "/", tls::CertStateName(c.state),
@@ -291,7 +323,8 @@ void Reconciler::UpdateTlsContexts() {
   }
   if (signature == tls_signature_) return;
   tls_signature_ = std::move(signature);
-  tls_ = BuildTlsContexts(*certs_, statuses, trust_bundle_, snapshot_->trust_domain(), clock_);
+  tls_ = BuildTlsContexts(*certs_, statuses, trust_bundle_, snapshot_->trust_domain(), clock_,
+                          snapshot_->trust_domain_aliases(), crls_.get());
   out_.push_back(action::InstallTls{tls_});
 }
 

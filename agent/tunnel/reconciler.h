@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
 #include "agent/tls/cert_manager.h"
+#include "agent/tls/crl.h"
 #include "agent/tunnel/control_rules.h"
 #include "agent/tunnel/mesh_snapshot.h"
 #include "agent/tunnel/pod_sockets.h"
@@ -109,12 +110,16 @@ using Actions = std::vector<Action>;
 
 // Builds the TLS contexts of every identity in `statuses` from the certificates `certs` serves
 // and `trust_bundle` (PEM roots), for `trust_domain` (empty: cluster.local). An identity without a
-// usable certificate, trust bundle or context gets a `missing` entry saying why.
+// usable certificate, trust bundle or context gets a `missing` entry saying why. Peers of
+// `aliases` (MeshConfig trustDomainAliases) are accepted as of `trust_domain`; `crls` (may be
+// null) are enforced on every peer's chain.
 std::shared_ptr<const TlsContexts> BuildTlsContexts(const tls::CertManager& certs,
                                                     const std::vector<tls::CertStatus>& statuses,
                                                     const std::vector<std::string>& trust_bundle,
                                                     const std::string& trust_domain,
-                                                    const Clock* clock);
+                                                    const Clock* clock,
+                                                    const std::vector<std::string>& aliases = {},
+                                                    const tls::CrlSet* crls = nullptr);
 
 class Reconciler final : private tls::CsrSigner {
  public:
@@ -149,7 +154,9 @@ class Reconciler final : private tls::CsrSigner {
   Actions CsrAnswered(uint64_t request_id, absl::StatusOr<std::vector<std::string>> chain_pem);
   // A SendCsr could not be sent: counted as a failed request at the next Tick.
   void CsrNotSent(uint64_t request_id, absl::Status status);
-  Actions TrustBundle(std::vector<std::string> root_pems);
+  // `crl_pems`: the agent's --crl-file CRLs. They are checked against the roots here; CRLs that
+  // fail keep the last good ones in force (logged), as the agent keeps the last good file.
+  Actions TrustBundle(std::vector<std::string> root_pems, std::vector<std::string> crl_pems = {});
   Actions Ping(uint64_t seq);
   // The workers' answers to AskWorkers (`watched`: per worker that answered, its listeners by
   // pod uid). Nothing for a previous session's question: the agent that asked is gone.
@@ -206,7 +213,9 @@ class Reconciler final : private tls::CsrSigner {
   std::vector<std::pair<uint64_t, absl::Status>> failed_csrs_;
   std::string last_report_;  // key of the last certificate report sent this session
   std::vector<std::string> trust_bundle_;
-  std::string tls_signature_;  // what the current TLS contexts were built from
+  std::vector<std::string> crl_pems_;        // as accepted, for the TLS signature
+  std::shared_ptr<const tls::CrlSet> crls_;  // null: no CRL in force
+  std::string tls_signature_;                // what the current TLS contexts were built from
   std::shared_ptr<const TlsContexts> tls_;
 };
 

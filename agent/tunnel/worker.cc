@@ -390,11 +390,9 @@ void Worker::CollectStats(bool connections, bool metrics,
   const hbone::HboneStats& h = hbone_stats_;
   counter(metrics::kHboneHandshakes, {{"result", "ok"}}, h.sessions_established);
   const std::pair<const char*, uint64_t> failures[] = {
-      {"tls_error", h.tls_failures},
-      {"no_client_certificate", h.no_client_cert},
-      {"untrusted_peer", h.untrusted_peer},
-      {"identity_mismatch", h.identity_mismatch},
-      {"no_alpn_h2", h.no_alpn},
+      {"tls_error", h.tls_failures},           {"no_client_certificate", h.no_client_cert},
+      {"untrusted_peer", h.untrusted_peer},    {"identity_mismatch", h.identity_mismatch},
+      {"certificate_revoked", h.revoked_peer}, {"no_alpn_h2", h.no_alpn},
       {"cipher_not_allowed", h.bad_cipher},
   };
   for (const auto& [reason, n] : failures) {

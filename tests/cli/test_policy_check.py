@@ -852,6 +852,47 @@ row("unparseable_file_others_apply", [deny("d", ALL)], l4(), "deny", "foo/d",
 row("duplicate_policy_first_file_wins", [deny("d", ALL)], l4(), "deny", "foo/d",
     files={"zz-dup.yaml": allow("d", ALL)}, stderr=["is also defined in policies.yaml"])
 
+# L. Trust domains (Istio 1.30 trustDomains / notTrustDomains, the source.trustDomain and
+# source.serviceAccount conditions) and meshConfig trustDomainAliases (istiod's trust-domain
+# migration: principals and trust domains expanded over the bundle; cluster.local is local).
+OLD_SLEEP = "spiffe://old.example/ns/bar/sa/sleep"
+MIGRATING = "trustDomain: new.example\ntrustDomainAliases: [old.example]\n"
+row("trust_domains_allow", [allow("td", src(trustDomains=["cluster.local"]))], l4(), "allow",
+    "foo/td", text=['source.trustDomain "cluster.local" matched trustDomains ["cluster.local"]'])
+row("trust_domains_other", [allow("td", src(trustDomains=["other.example"]))], l4(), "deny", None,
+    text=['source.trustDomain "cluster.local" did not match trustDomains ["other.example"]'])
+row("trust_domains_suffix_in_segment", [allow("td", src(trustDomains=["*.local"]))], l4(),
+    "allow", "foo/td")
+row("trust_domains_wildcard_not_past_segment", [allow("td", src(trustDomains=["*sleep"]))], l4(),
+    "deny", None)
+row("trust_domains_presence_plaintext", [allow("td", src(trustDomains=["*"]))], l4(principal=None),
+    "deny", None, text=["source.trustDomain (none: plaintext)"])
+row("not_trust_domains_deny", [deny("td", src(notTrustDomains=["cluster.local"]))],
+    l4(principal="spiffe://evil.example/ns/bar/sa/sleep"), "deny", "foo/td",
+    text=['source.trustDomain "evil.example" matched none of notTrustDomains'])
+row("condition_trust_domain", [deny("td", when("source.trustDomain", ["cluster.*"]))], l7(),
+    "deny", "foo/td")
+row("condition_service_account", [allow("sa", when("source.serviceAccount", ["bar/sleep"]))],
+    l4(), "allow", "foo/sa", text=['source.serviceAccount "bar/sleep" matched values'])
+row("condition_service_account_short", [allow("sa", when("source.serviceAccount", ["sleep"]))],
+    l4(), "deny", None)
+row("bad_trust_domain_pattern_skipped", [deny("bad", src(trustDomains=["a*b"])), allow("good", ALL)],
+    l4(), "allow", "foo/good",
+    stderr=["AuthorizationPolicy foo/bad", "spec.rules[0].from[0].source.trustDomains[0]",
+            "only allowed at the start or end of a trust domain"])
+row("alias_principal_matches_old_domain",
+    [allow("sleep", src(principals=["new.example/ns/bar/sa/sleep"]))], l4(principal=OLD_SLEEP),
+    "allow", "foo/sleep", mesh=MIGRATING,
+    text=['"new.example/ns/bar/sa/sleep", "old.example/ns/bar/sa/sleep"'])
+row("alias_cluster_local_principal", [allow("sleep", src(principals=[SLEEP_P]))],
+    l4(principal=OLD_SLEEP), "allow", "foo/sleep", mesh=MIGRATING)
+row("cluster_local_principal_is_the_local_domain", [allow("sleep", src(principals=[SLEEP_P]))],
+    l4(), "deny", None, mesh="trustDomain: new.example\n")
+row("alias_trust_domains", [deny("td", src(trustDomains=["new.example"]))],
+    l4(principal=OLD_SLEEP), "deny", "foo/td", mesh=MIGRATING)
+row("no_alias_no_match", [allow("sleep", src(principals=["new.example/ns/bar/sa/sleep"]))],
+    l4(principal=OLD_SLEEP), "deny", None, mesh="trustDomain: new.example\n")
+
 
 # ---- The runner --------------------------------------------------------------------------------
 

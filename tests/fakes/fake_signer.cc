@@ -4,6 +4,7 @@
 #include <openssl/bn.h>
 #include <openssl/nid.h>
 #include <openssl/obj.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include <utility>
@@ -193,6 +194,49 @@ FakeCsrSigner::Request FakeCsrSigner::TakeNext() {
   Request request = std::move(queue_.front());
   queue_.pop_front();
   return request;
+}
+
+absl::StatusOr<std::string> TestCa::CrlPem(const std::vector<const X509*>& revoked,
+                                           absl::Time this_update,
+                                           std::optional<absl::Time> next_update,
+                                           EVP_PKEY* signer) const {
+  bssl::UniquePtr<X509_CRL> crl(X509_CRL_new());
+  if (crl == nullptr || !X509_CRL_set_version(crl.get(), X509_CRL_VERSION_2) ||
+      !X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(root_.get()))) {
+    return SslError(absl::StatusCode::kInternal, "starting a CRL");
+  }
+  bssl::UniquePtr<ASN1_TIME> last(ASN1_TIME_set(nullptr, absl::ToTimeT(this_update)));
+  if (last == nullptr || !X509_CRL_set1_lastUpdate(crl.get(), last.get())) {
+    return SslError(absl::StatusCode::kInternal, "CRL thisUpdate");
+  }
+  if (next_update.has_value()) {
+    bssl::UniquePtr<ASN1_TIME> next(ASN1_TIME_set(nullptr, absl::ToTimeT(*next_update)));
+    if (next == nullptr || !X509_CRL_set1_nextUpdate(crl.get(), next.get())) {
+      return SslError(absl::StatusCode::kInternal, "CRL nextUpdate");
+    }
+  }
+  for (const X509* cert : revoked) {
+    bssl::UniquePtr<X509_REVOKED> entry(X509_REVOKED_new());
+    if (entry == nullptr ||
+        !X509_REVOKED_set_serialNumber(entry.get(), X509_get0_serialNumber(cert)) ||
+        !X509_REVOKED_set_revocationDate(entry.get(), last.get()) ||
+        !X509_CRL_add0_revoked(crl.get(), entry.get())) {
+      return SslError(absl::StatusCode::kInternal, "CRL entry");
+    }
+    entry.release();  // owned by the CRL now
+  }
+  if (!X509_CRL_sort(crl.get()) ||
+      !X509_CRL_sign(crl.get(), signer != nullptr ? signer : key_.get(), EVP_sha256())) {
+    return SslError(absl::StatusCode::kInternal, "signing a CRL");
+  }
+  bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  if (bio == nullptr || !PEM_write_bio_X509_CRL(bio.get(), crl.get())) {
+    return SslError(absl::StatusCode::kInternal, "writing a CRL");
+  }
+  const uint8_t* data = nullptr;
+  size_t len = 0;
+  BIO_mem_contents(bio.get(), &data, &len);
+  return std::string(reinterpret_cast<const char*>(data), len);
 }
 
 }  // namespace ambit::tls::testing

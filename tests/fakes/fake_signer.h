@@ -57,6 +57,12 @@ class TestCa {
   X509* root() const { return root_.get(); }
   const std::string& root_pem() const { return root_pem_; }
 
+  // A PEM CRL of this root revoking `revoked` (their serials), thisUpdate `this_update`,
+  // nextUpdate `next_update` (none when nullopt), signed with `signer` (null: the root's key).
+  absl::StatusOr<std::string> CrlPem(const std::vector<const X509*>& revoked,
+                                     absl::Time this_update, std::optional<absl::Time> next_update,
+                                     EVP_PKEY* signer = nullptr) const;
+
  private:
   TestCa(const Clock* clock, bssl::UniquePtr<EVP_PKEY> key, bssl::UniquePtr<X509> root,
          std::string root_pem)

@@ -66,6 +66,7 @@ bool IsL4Attr(Attr attr) {
     case Attr::kSourcePrincipal:
     case Attr::kSourceNamespace:
     case Attr::kSourceServiceAccount:
+    case Attr::kSourceTrustDomain:
     case Attr::kSourceIp:
     case Attr::kDestinationIp:
     case Attr::kDestinationPort:

@@ -16,7 +16,8 @@ namespace ambit::authz::internal {
 enum class Attr {
   kSourcePrincipal,       // principals, source.principal
   kSourceNamespace,       // namespaces, source.namespace
-  kSourceServiceAccount,  // serviceAccounts
+  kSourceServiceAccount,  // serviceAccounts, source.serviceAccount
+  kSourceTrustDomain,     // trustDomains, source.trustDomain
   kSourceIp,              // ipBlocks, source.ip
   kRemoteIp,              // remoteIpBlocks, remote.ip
   kDestinationIp,         // destination.ip

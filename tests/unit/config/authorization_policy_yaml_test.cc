@@ -4,6 +4,8 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -307,6 +309,27 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"EmptyConditionValue",
                 "  rules:\n  - when:\n    - {key: \"request.headers[x]\", notValues: [\"\"]}\n",
                 "spec.rules[0].when[0].notValues[0]", "empty value"},
+        BadCase{"TrustDomainMiddleWildcard",
+                "  rules:\n  - from:\n    - source: {trustDomains: [\"a*b\"]}\n",
+                "spec.rules[0].from[0].source.trustDomains[0]",
+                "only allowed at the start or end of a trust domain"},
+        BadCase{"NotTrustDomainSlash",
+                "  rules:\n  - from:\n    - source: {notTrustDomains: [ok, \"td/ns\"]}\n",
+                "spec.rules[0].from[0].source.notTrustDomains[1]", "must not contain '/'"},
+        BadCase{"ConditionTrustDomainTwoWildcards",
+                "  rules:\n  - when:\n    - {key: source.trustDomain, values: [\"*a*\"]}\n",
+                "spec.rules[0].when[0].values[0]", "at most one wildcard"},
+        BadCase{"ConditionServiceAccountWildcard",
+                "  rules:\n  - when:\n    - {key: source.serviceAccount, values: [\"ns/*\"]}\n",
+                "spec.rules[0].when[0].values[0]", "wildcards are not allowed"},
+        BadCase{"CustomTrustDomains",
+                "  action: CUSTOM\n  provider: {name: x}\n  rules:\n  - from:\n    - source: "
+                "{trustDomains: [a]}\n",
+                "spec.rules[0].from[0].source.trustDomains", "not supported with action CUSTOM"},
+        BadCase{"CustomTrustDomainCondition",
+                "  action: CUSTOM\n  provider: {name: x}\n  rules:\n  - when:\n    - {key: "
+                "source.trustDomain, values: [a]}\n",
+                "spec.rules[0].when[0].key", "not supported with action CUSTOM"},
         BadCase{"EmptySource", "  rules:\n  - from:\n    - source: {}\n",
                 "spec.rules[0].from[0].source", "must not be empty"},
         BadCase{"EmptyOperation", "  rules:\n  - to:\n    - operation: {}\n",
@@ -681,6 +704,99 @@ spec: {action: DENY, rules: [{}]}
   authz::Decision d = (*engine)->Evaluate(InNamespace("anywhere"), req);
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.policy, "mesh-root/deny-all");
+}
+
+TEST(AuthorizationPolicyYamlTest, ParsesTrustDomainsAndIdentityConditions) {
+  ParsedFile parsed = ParseKubeYaml("authz.yaml", Ap(R"(  rules:
+  - from:
+    - source:
+        trustDomains: ["cluster.local", "*.example"]
+        notTrustDomains: ["bad*"]
+    when:
+    - key: source.trustDomain
+      values: ["cluster.local"]
+    - key: source.serviceAccount
+      notValues: ["bar/sleep", "sleep"]
+)"));
+  ASSERT_THAT(parsed.errors, IsEmpty()) << Describe(parsed);
+  std::vector<Policy> policies = Policies(parsed);
+  ASSERT_THAT(policies, SizeIs(1));
+  const Rule& rule = (*policies[0].rules)[0];
+  ASSERT_THAT(rule.from, SizeIs(1));
+  EXPECT_THAT(rule.from[0].trust_domains, ElementsAre("cluster.local", "*.example"));
+  EXPECT_THAT(rule.from[0].not_trust_domains, ElementsAre("bad*"));
+  EXPECT_EQ(rule.when[0], (Condition{"source.trustDomain", {"cluster.local"}, {}}));
+  EXPECT_EQ(rule.when[1], (Condition{"source.serviceAccount", {}, {"bar/sleep", "sleep"}}));
+}
+
+TEST(TrustDomainAliasesYamlTest, ParsedInOrderWithoutDuplicates) {
+  ParsedFile parsed =
+      ParseMeshYaml("mesh.yaml",
+                    "trustDomain: new.example\ntrustDomainAliases: [old.example, cluster.local, "
+                    "old.example]\n");
+  ASSERT_THAT(parsed.errors, IsEmpty()) << Describe(parsed);
+  ASSERT_THAT(parsed.objects, SizeIs(1));
+  const auto& mesh = std::get<state::MeshConfig>(parsed.objects[0].object);
+  EXPECT_THAT(mesh.trust_domain_aliases, ElementsAre("old.example", "cluster.local"));
+  authz::EngineOptions options = AuthzEngineOptions(mesh);
+  EXPECT_THAT(options.trust_domains.trust_domains,
+              ElementsAre("new.example", "old.example", "cluster.local"));
+}
+
+TEST(TrustDomainAliasesYamlTest, BadAliasRejectsTheMeshConfigNamingIt) {
+  for (const auto& [yaml, field, message] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"trustDomainAliases: [ok.example, Bad/Domain]\n", "trustDomainAliases[1]",
+            "valid SPIFFE trust domain"},
+           {"trustDomainAliases: [ok.example, {a: b}]\n", "trustDomainAliases[1]",
+            "must be a string"},
+           {"trustDomainAliases: old.example\n", "trustDomainAliases", "must be a list"},
+           {"trustDomainAliases: [" + std::string(256, 'a') + "]\n", "trustDomainAliases[0]",
+            "valid SPIFFE trust domain"},
+       }) {
+    ParsedFile parsed = ParseMeshYaml("mesh.yaml", yaml);
+    std::vector<ConfigError> errors = Only(parsed, false);
+    ASSERT_THAT(errors, SizeIs(1)) << yaml << Describe(parsed);
+    EXPECT_EQ(errors[0].object, "MeshConfig");
+    EXPECT_EQ(errors[0].field, field) << errors[0].ToString();
+    EXPECT_THAT(errors[0].message, HasSubstr(message)) << errors[0].ToString();
+    EXPECT_THAT(parsed.objects, IsEmpty());
+  }
+  std::string many = "trustDomainAliases: [";
+  for (int i = 0; i < 33; ++i) many += "td" + std::to_string(i) + ".example, ";
+  many += "]\n";
+  ParsedFile parsed = ParseMeshYaml("mesh.yaml", many);
+  ASSERT_THAT(Only(parsed, false), SizeIs(1)) << Describe(parsed);
+  EXPECT_THAT(parsed.errors[0].message, HasSubstr("at most 32"));
+}
+
+TEST(AuthorizationPolicyLoaderTest, EngineMigratesPrincipalsThroughTrustDomainAliases) {
+  TempDir dir;
+  dir.Write("mesh.yaml", "trustDomain: new.example\ntrustDomainAliases: [old.example]\n");
+  dir.Write("authz.yaml", R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: foo}
+spec:
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/bar/sa/sleep"]}
+)");
+  DirectoryLoader loader(dir.path());
+  LoadResult r = loader.Load();
+  ASSERT_THAT(r.errors, IsEmpty()) << Describe(r);
+  auto engine = BuildAuthzEngine(r);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  for (const auto& [principal, allowed] : std::vector<std::pair<std::string, bool>>{
+           {"spiffe://old.example/ns/bar/sa/sleep", true},
+           {"spiffe://new.example/ns/bar/sa/sleep", true},
+           {"spiffe://cluster.local/ns/bar/sa/sleep", false},
+           {"spiffe://other.example/ns/bar/sa/sleep", false},
+       }) {
+    authz::Request req;
+    req.source_principal = principal;
+    req.destination_port = 80;
+    EXPECT_EQ((*engine)->Evaluate(InNamespace("foo"), req).allowed, allowed) << principal;
+  }
 }
 
 }  // namespace

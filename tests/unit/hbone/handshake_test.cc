@@ -9,8 +9,10 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "agent/hbone/session.h"
 #include "agent/hbone/tls_context.h"
+#include "agent/tls/crl.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/hbone/hbone_fixture.h"
@@ -139,6 +141,113 @@ TEST_F(HandshakeTest, ServerRefusesClientOfAnotherTrustDomain) {
   EXPECT_THAT(server_->closed[0].message(),
               AllOf(HasSubstr(foreign), HasSubstr(kServerId), HasSubstr("trust domain")));
   EXPECT_FALSE((*raw)->error().empty());
+}
+
+// MeshConfig trustDomainAliases: a client whose SVID is in an alias trust domain (same root) is
+// accepted, and named with its own SPIFFE ID; any other trust domain is still refused.
+TEST_F(HandshakeTest, ServerAcceptsClientOfAnAliasTrustDomain) {
+  auto ctx = MakeServerContext(server_svid_, pki_->store(), kTrustDomain, &RealClock::Get(),
+                               {"old.example"});
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  StartServer({}, *ctx);
+  const std::string old_id = "spiffe://old.example/ns/default/sa/client";
+  auto svid = pki_->Mint(old_id);
+  ASSERT_TRUE(svid.ok());
+  auto client_ctx = MakeClientContext(*svid, pki_->store(), "old.example", &RealClock::Get(),
+                                      {std::string(kTrustDomain)});
+  ASSERT_TRUE(client_ctx.ok()) << client_ctx.status();
+  // The client computed the server's identity in its own trust domain: the same path in a trust
+  // domain of its bundle is the same workload.
+  auto client = Dial("spiffe://old.example/ns/default/sa/server", {}, *client_ctx);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(Run([&] { return client->established() && server_->established == 1; }));
+  EXPECT_EQ(client->peer_identity(), kServerId);
+  ASSERT_EQ(server_->sessions.size(), 1u);
+  EXPECT_EQ(server_->sessions[0]->peer_identity(), old_id);
+
+  const std::string foreign = "spiffe://evil.example/ns/default/sa/client";
+  auto evil = pki_->Mint(kClientId, foreign);
+  ASSERT_TRUE(evil.ok());
+  RawTlsClient::Options options;
+  options.svid = &*evil;
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_THAT(server_->closed[0].message(), AllOf(HasSubstr(foreign), HasSubstr("trust domain")));
+}
+
+// The alias does not loosen the path: another workload in the alias trust domain is a mismatch.
+TEST_F(HandshakeTest, ClientWithAliasesStillRefusesAnotherWorkload) {
+  StartServer();
+  auto client_ctx = MakeClientContext(client_svid_, pki_->store(), kTrustDomain, &RealClock::Get(),
+                                      {"old.example"});
+  ASSERT_TRUE(client_ctx.ok());
+  const std::string expected = "spiffe://old.example/ns/default/sa/somebody-else";
+  auto client = Dial(expected, {}, *client_ctx);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_THAT(client_events_.close_status.message(),
+              AllOf(HasSubstr("server identity mismatch"), HasSubstr(expected)));
+  // Nor does a trust domain outside the bundle pass for ours.
+  auto other = MakeClientContext(client_svid_, pki_->store(), kTrustDomain, &RealClock::Get(),
+                                 {"old.example"});
+  ASSERT_TRUE(other.ok());
+  ClientEvents events;
+  auto client2 = Dial("spiffe://evil.example/ns/default/sa/server", {}, *other, &events);
+  ASSERT_NE(client2, nullptr);
+  ASSERT_TRUE(Run([&] { return events.closed && server_->closed.size() == 2; }));
+  EXPECT_THAT(events.close_status.message(), HasSubstr("server identity mismatch"));
+}
+
+TEST(TlsContextTest, RefusesAnInvalidAlias) {
+  auto pki = TestPki::Create();
+  ASSERT_TRUE(pki.ok());
+  auto svid = (*pki)->Mint(kServerId);
+  ASSERT_TRUE(svid.ok());
+  auto ctx =
+      MakeServerContext(*svid, (*pki)->store(), kTrustDomain, &RealClock::Get(), {"Bad/Alias"});
+  EXPECT_EQ(ctx.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --crl-file: a client whose certificate serial is in a CRL of the trust bundle is refused at
+// the handshake, the refusal names its SPIFFE ID and serial and is counted; another client of
+// the same root still gets in.
+TEST_F(HandshakeTest, ServerRefusesClientWithARevokedCertificate) {
+  const absl::Time now = absl::Now();
+  auto crl = pki_->ca().CrlPem({client_svid_.chain[0].get()}, now - absl::Minutes(1),
+                               now + absl::Hours(1));
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  auto crls = tls::CrlSet::Parse({*crl}, pki_->bundle());
+  ASSERT_TRUE(crls.ok()) << crls.status();
+  auto store = pki_->bundle().NewStore();
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*crls)->AddTo(store->get()).ok());
+  auto ctx = MakeServerContext(server_svid_, store->get(), kTrustDomain);
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  StartServer({}, *ctx);
+
+  RawTlsClient::Options options;
+  options.svid = &client_svid_;
+  auto raw = RawTlsClient::Create(loop_.get(), server_->port(), options);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_TRUE(Run([&] { return (*raw)->finished() && server_->closed.size() == 1; }));
+  EXPECT_EQ(server_->stats.revoked_peer, 1u);
+  EXPECT_EQ(server_->stats.untrusted_peer, 0u);
+  EXPECT_THAT(server_->closed[0].message(),
+              AllOf(HasSubstr(kClientId), HasSubstr(client_svid_.serial_hex), HasSubstr("revoked"),
+                    HasSubstr("(its own)")));
+  EXPECT_FALSE((*raw)->error().empty());
+
+  // A client of the same root whose serial is not listed is served.
+  auto other = pki_->Mint("spiffe://cluster.local/ns/default/sa/other");
+  ASSERT_TRUE(other.ok());
+  auto other_ctx = MakeClientContext(*other, pki_->store(), kTrustDomain);
+  ASSERT_TRUE(other_ctx.ok());
+  auto client = Dial(kServerId, {}, *other_ctx);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(Run([&] { return client->established() && server_->established == 1; }));
+  // Our own chain is still covered by a store whose CRLs do not list it (issuer with a CRL).
+  EXPECT_TRUE((*other_ctx)->CoveredBy(**ctx, absl::Now()).ok());
 }
 
 TEST_F(HandshakeTest, ServerRefusesClientFromUntrustedRoot) {

@@ -42,6 +42,8 @@ class TestPki {
                                          std::optional<std::string> uri = std::nullopt);
   X509_STORE* store() const { return store_.get(); }
   const std::string& root_pem() const { return ca_->root_pem(); }
+  const tls::testing::TestCa& ca() const { return *ca_; }
+  const tls::TrustBundle& bundle() const { return *bundle_; }
 
  private:
   std::unique_ptr<tls::testing::TestCa> ca_;

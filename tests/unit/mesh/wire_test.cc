@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
@@ -166,7 +167,28 @@ Snapshot Full() {
   policy.rules->front().to.push_back(authz::Operation{});
   policy.rules->front().to.front().ports = {"9000"};
   policy.source_file = "deny.yaml";
-  s.authorization_policies = {policy};
+  // Every source field, for the mapping's completeness (never compiled here).
+  authz::Policy sources;
+  sources.name = "every-source-field";
+  sources.namespace_name = "backend";
+  sources.rules = std::vector<authz::Rule>{authz::Rule{.from = {authz::Source{
+                                                           .principals = {"a/ns/b/sa/c"},
+                                                           .not_principals = {"d"},
+                                                           .request_principals = {"iss/sub"},
+                                                           .not_request_principals = {"x/y"},
+                                                           .namespaces = {"ns"},
+                                                           .not_namespaces = {"other"},
+                                                           .service_accounts = {"ns/sa"},
+                                                           .not_service_accounts = {"sa"},
+                                                           .ip_blocks = {"198.18.0.0/16"},
+                                                           .not_ip_blocks = {"198.18.1.1"},
+                                                           .remote_ip_blocks = {"198.19.0.0/16"},
+                                                           .not_remote_ip_blocks = {"2001:2::1"},
+                                                           .trust_domains = {"*.example"},
+                                                           .not_trust_domains = {"bad*"},
+                                                       }}}};
+  s.authorization_policies = {policy, sources};
+  s.trust_domain_aliases = {"old.example", "older.example"};
   s.request_authentications = RequestAuthentications();
   s.ext_authz_providers = ExtAuthzProviders();
   return s;
@@ -218,6 +240,7 @@ TEST(MeshWireTest, RoundTripKeepsEveryField) {
   ExpectEveryFieldSet(proto.services(0));
   ExpectEveryFieldSet(proto.services(0).ports(0));
   ExpectEveryFieldSet(proto.waypoints(0));
+  ExpectEveryFieldSet(proto.authorization_policies(1).rules(0).from(0));
   ExpectEveryFieldSetInOne({&proto.request_authentications(0), &proto.request_authentications(1)});
   ExpectEveryFieldSetInOne({&proto.request_authentications(0).jwt_rules(0),
                             &proto.request_authentications(0).jwt_rules(1)});
@@ -296,6 +319,25 @@ void ExpectRejected(const std::function<void(pb::Snapshot*)>& mutate,
           << "'" << out.status().message() << "' lacks '" << text << "'";
     }
   }
+}
+
+// An alias widens whom the tunnel accepts: only plain trust domains, each once, pass.
+TEST(MeshWireTest, TrustDomainAliasesAreChecked) {
+  ExpectRejected([](pb::Snapshot* s) { s->set_trust_domain_aliases(1, "Old.example"); },
+                 {"trust_domain_aliases[1]", "'O'"});
+  ExpectRejected([](pb::Snapshot* s) { s->set_trust_domain_aliases(1, ""); },
+                 {"trust_domain_aliases[1]"});
+  ExpectRejected([](pb::Snapshot* s) { s->set_trust_domain_aliases(1, "old.example"); },
+                 {"trust_domain_aliases[1]", "'old.example' is listed twice"});
+  ExpectRejected([](pb::Snapshot* s) { s->add_trust_domain_aliases("cluster.local"); },
+                 {"trust_domain_aliases[2]", "listed twice"});
+  ExpectRejected(
+      [](pb::Snapshot* s) {
+        for (int i = 0; i < kMaxTrustDomainAliases; ++i) {
+          s->add_trust_domain_aliases(absl::StrCat("td", i, ".example"));
+        }
+      },
+      {"trust_domain_aliases: 34 aliases; at most 32"});
 }
 
 // A mode one side does not know (a renamed or newer enum value) used to read as PERMISSIVE, so a
