@@ -1427,7 +1427,7 @@ void HboneSession::Consume(StreamId stream, size_t n) {
   ScheduleFlush();
 }
 
-void HboneSession::Shutdown() {
+void HboneSession::Shutdown(GoAway mode) {
   if (state_ == State::kClosed || shutdown_) return;
   shutdown_ = true;
   if (state_ != State::kOpen) {
@@ -1443,7 +1443,7 @@ void HboneSession::Shutdown() {
   // under load some arrive after it and are refused, and a client that hit a write error before
   // reading the GOAWAY sees a reset rather than a refusal it may retry. The notice stops new
   // streams without refusing any; the PING's ack marks the point after which none can arrive.
-  if (nghttp2_submit_shutdown_notice(h2_) != 0 ||
+  if (mode == GoAway::kNow || nghttp2_submit_shutdown_notice(h2_) != 0 ||
       nghttp2_submit_ping(h2_, NGHTTP2_FLAG_NONE, kDrainPing) != 0) {
     SendFinalGoaway();
     return;

@@ -269,14 +269,23 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   void Reset(StreamId stream, uint32_t error_code = kCancel);
   // `n` bytes from OnData were delivered: reopen the stream's flow-control window by that much.
   void Consume(StreamId stream, size_t n);
+  // How a server stops taking streams (a client always sends one GOAWAY).
+  enum class GoAway {
+    // Two steps (RFC 9113 section 6.8): a shutdown notice (GOAWAY with the largest stream id)
+    // and a PING, then, once the PING's ack shows the client has seen the notice (or after
+    // drain_notice_timeout), the final GOAWAY naming the last stream accepted. A CONNECT that
+    // crossed the notice on the wire is still served. For a session that may still serve
+    // (a data plane handing over to its successor, an idle session).
+    kAfterNotice,
+    // One GOAWAY naming the last stream processed: every later stream is refused at once. For a
+    // session that must take nothing more (its peer's or its own credentials are no longer
+    // good, its pod is gone).
+    kNow,
+  };
   // GOAWAY(NO_ERROR): no new streams; the session closes (OnSessionClosed(OK)) once the open
-  // streams end. A server goes away in two steps (RFC 9113 section 6.8): a shutdown notice
-  // (GOAWAY with the largest stream id) and a PING, then, once the PING's ack shows the client
-  // has seen the notice (or after drain_notice_timeout), the final GOAWAY naming the last stream
-  // it accepted. So a CONNECT that crossed the notice on the wire is still served; one that
-  // arrives after the final GOAWAY (a client that never acked) is refused with
-  // RST_STREAM(REFUSED_STREAM) and never reaches the delegate.
-  void Shutdown();
+  // streams end. A CONNECT the server did not accept is refused with
+  // RST_STREAM(REFUSED_STREAM) and never reaches the delegate (safe to retry).
+  void Shutdown(GoAway mode = GoAway::kAfterNotice);
   // Shutdown() was called: this side ends the session.
   bool shutting_down() const { return shutdown_; }
   // The peer sent GOAWAY: it takes no new streams from us.

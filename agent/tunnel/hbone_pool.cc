@@ -207,7 +207,8 @@ size_t InboundSessions::DropPod(const std::string& uid) {
     doomed.push_back(std::move(it->second.session));
     it = sessions_.erase(it);
   }
-  for (const auto& s : doomed) s->Shutdown();
+  // The pod is gone: nothing more is accepted, and the session does not outlive this turn.
+  for (const auto& s : doomed) s->Shutdown(hbone::HboneSession::GoAway::kNow);
   size_t n = doomed.size();
   if (n > 0) worker_.loop().Defer([doomed = std::move(doomed)] {});
   return n;

@@ -292,7 +292,7 @@ void Worker::CheckSessionCredentials() {
         << "HBONE " << e.description << ": draining (" << DrainReasonName(decision.reason)
         << "): " << decision.detail << "; " << s.active_streams()
         << " open stream(s) finish, new streams are refused";
-    s.Shutdown();
+    s.Shutdown(hbone::HboneSession::GoAway::kNow);
   }
   if (next == absl::InfiniteFuture() || next >= expiry_timer_at_) return;
   expiry_timer_at_ = next;

@@ -385,6 +385,30 @@ TEST_F(SessionTest, ServerGoingAwayServesStreamsThatCrossedTheNotice) {
   EXPECT_TRUE(server_->closed[0].ok()) << server_->closed[0];
 }
 
+// GoAway::kNow (credentials no longer good): a stream the client opened before it saw the
+// server's GOAWAY is refused with RST_STREAM(REFUSED_STREAM) (safe to retry elsewhere), never
+// handed to the server's delegate, while the stream the GOAWAY covers still finishes.
+TEST_F(SessionTest, ServerGoingAwayRefusesStreamsOpenedAfterIt) {
+  StartServer();
+  auto client = Dial();
+  TestStream* first = Open(*client);
+  ASSERT_TRUE(Run([&] { return first->status == 200; }));
+  ASSERT_EQ(server_->requests.size(), 1u);
+  // Both in one turn of the loop: the CONNECT crosses the GOAWAY on the wire.
+  server_->sessions[0]->Shutdown(HboneSession::GoAway::kNow);
+  TestStream* late = Open(*client);
+  ASSERT_TRUE(Run([&] { return late->done(); }));
+  EXPECT_EQ(late->reset, kRefusedStream);
+  EXPECT_EQ(late->status, 0);
+  EXPECT_EQ(server_->requests.size(), 1u);
+  EXPECT_GE(server_->stats.refused_streams, 1u);
+  EXPECT_FALSE(client->can_open_stream());
+  first->Send("", true);
+  server_->streams[0]->Send("", true);
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_TRUE(first->closed);
+}
+
 // Expiry of the peer's certificate is known to both sides once the handshake is done.
 TEST_F(SessionTest, PeerCertificateNotAfterIsKnown) {
   StartServer();
