@@ -53,6 +53,18 @@ using RollHandler = std::function<absl::StatusOr<ambit::admin::v1::RollDataPlane
 using ConfigDumpHandler = std::function<absl::StatusOr<ambit::admin::v1::GetConfigDumpResponse>(
     const ambit::admin::v1::GetConfigDumpRequest&)>;
 
+// istiod's xDS source in NodeHealth (outside it: clang cannot default-construct a nested class
+// with member initializers inside std::optional while the enclosing class is incomplete).
+struct XdsTypeHealth {
+  std::string type_url;
+  uint64_t resources = 0, acks = 0, nacks = 0;
+};
+struct XdsHealth {
+  bool connected = false;
+  uint64_t reconnects = 0;
+  std::vector<XdsTypeHealth> types;
+};
+
 // What readiness and ambitd's own metrics need, published by the control thread.
 struct NodeHealth {
   bool bpf_attached = false;
@@ -121,15 +133,8 @@ struct NodeHealth {
   };
   std::vector<SourceResource> config_source;
   // istiod's xDS source (--xds-address); nullopt with another source.
-  struct XdsType {
-    std::string type_url;
-    uint64_t resources = 0, acks = 0, nacks = 0;
-  };
-  struct Xds {
-    bool connected = false;
-    uint64_t reconnects = 0;
-    std::vector<XdsType> types;
-  };
+  using XdsType = XdsTypeHealth;
+  using Xds = XdsHealth;
   std::optional<Xds> xds;
   // ZDS (--zds-listen, --zds-connect): sessions open by source (both sources listed when
   // enabled), requests answered by (type, outcome).

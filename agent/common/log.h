@@ -40,8 +40,8 @@ bool ParseLevel(std::string_view text, Level* level);
 // `ambitctl log --component` accepts. tests/build/log_components_test.py fails when the tree logs
 // under a name that is not listed here.
 inline constexpr std::string_view kComponents[] = {
-    "access", "admin", "agent",      "authz",     "bpf", "ca",     "config",   "crl", "hbone",
-    "kube",   "xds",   "supervisor", "telemetry", "tls", "tunnel", "waypoint", "zds"};
+    "access", "admin",      "agent",     "authz", "bpf",    "ca",       "config", "hbone",
+    "kube",   "supervisor", "telemetry", "tls",   "tunnel", "waypoint", "zds"};
 bool IsKnownComponent(std::string_view component);
 
 // One value of a `key=value` log line (the access logs of ambit-tunnel and ambit-waypoint):

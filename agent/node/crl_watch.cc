@@ -12,7 +12,7 @@
 namespace ambit::node {
 namespace {
 
-constexpr const char* kComponent = "crl";
+constexpr const char* kComponent = "ca";  // CA material: the CRLs of the trust bundle
 
 // The whole file, bounded; NotFound when it is absent.
 absl::StatusOr<std::string> Read(const std::string& path) {

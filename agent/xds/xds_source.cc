@@ -22,7 +22,7 @@ namespace {
 
 namespace dv3 = ::envoy::service::discovery::v3;
 
-constexpr const char* kComponent = "xds";
+constexpr const char* kComponent = "config";  // a configuration source, as the directory
 // A stream this long is taken as healthy: a failure after it starts the back-off over.
 constexpr absl::Duration kHealthyStream = absl::Seconds(10);
 
