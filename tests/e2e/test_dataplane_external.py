@@ -87,10 +87,7 @@ def pids_with(arg):
 
 def ready(agent):
     """(status, body) of readiness; (None, "") while nothing listens yet."""
-    try:
-        return agent.ready()
-    except OSError:
-        return (None, "")
+    return agent.try_ready((None, ""))
 
 
 def status(agent):

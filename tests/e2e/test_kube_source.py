@@ -89,22 +89,15 @@ class KubeSourceTest(unittest.TestCase):
         cls.kube.set_delay(2.0)
         cls.agent.start("--kube-api", cls.kube.url, "--kube-token-file", cls.kube.token_file,
                         "--kube-ca-file", cls.kube.ca_file)
-        cls.early_ready = wait_until("readiness endpoint up", lambda: cls._try_ready(), 15)
+        cls.early_ready = wait_until("readiness endpoint up", cls.agent.try_ready, 15)
         cls.kube.set_delay(0)
         cls.agent.wait_log(f"pod {cls.api.namespace}/{cls.api.name} ", timeout=30)
         cls.agent.wait_log(f"pod {cls.web.namespace}/{cls.web.name} ", timeout=30)
         cls.late_ready = wait_until("ready", lambda: (lambda r: r if r[0] == 200 else None)(
-            cls._try_ready()), 30)
+            cls.agent.try_ready()), 30)
         cls.app = cls.api.popen(["/usr/bin/python3", "-u", "-c", ECHO_HTTP_APP, "8080"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert b"listening" in cls.app.stdout.readline()
-
-    @classmethod
-    def _try_ready(cls):
-        try:
-            return cls.agent.ready()
-        except OSError:
-            return None
 
     @classmethod
     def tearDownClass(cls):
@@ -232,17 +225,17 @@ class KubeSourceTest(unittest.TestCase):
         try:
             self.agent.start("--kube-api", self.kube.url, "--kube-token-file",
                              self.kube.token_file, "--kube-ca-file", self.kube.ca_file)
-            status, body = wait_until("readiness endpoint up", self._try_ready, 15)
+            status, body = wait_until("readiness endpoint up", self.agent.try_ready, 15)
             self.assertEqual(status, 503, body)
             self.assertIn("waiting for the first list of", body)
             # The pods stay enrolled under the policy in force: an empty (partial) configuration
             # would have un-enrolled them and let `other` through in plaintext.
             self.assertFalse(self.curl(self.other))
             self.assertTrue(self.curl(self.web))
-            self.assertIn("waiting for the first list of", self._try_ready()[1])
+            self.assertIn("waiting for the first list of", self.agent.try_ready()[1])
         finally:
             self.kube.set_delay(0)
-        wait_until("ready again", lambda: (self._try_ready() or (0,))[0] == 200, 30)
+        wait_until("ready again", lambda: (self.agent.try_ready() or (0,))[0] == 200, 30)
 
     def test_429_retry_after_is_honoured(self):
         self.kube.clear_requests()

@@ -105,10 +105,8 @@ def alive(pid):
 
 
 def ready(agent):
-    try:
-        return agent.ready()
-    except OSError:
-        return (None, "")
+    """(status, body) of readiness; (None, "") while nothing listens yet."""
+    return agent.try_ready((None, ""))
 
 
 def write_wrapper(path, target):

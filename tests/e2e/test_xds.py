@@ -90,27 +90,20 @@ class XdsSourceTest(unittest.TestCase):
                         "--xds-token-file", cls.istiod.token_file, "--cluster-id", "test-cluster")
         wait_until("Address acknowledged", lambda: any(
             r["type_url"] == fi.ADDRESS and r["response_nonce"] for r in cls.istiod.requests()))
-        cls.early_ready = wait_until("readiness endpoint", cls._try_ready, 15)
+        cls.early_ready = wait_until("readiness endpoint", cls.agent.try_ready, 15)
         time.sleep(1)
-        cls.still_early = cls._try_ready()
+        cls.still_early = cls.agent.try_ready()
         cls.istiod.release(fi.AUTHORIZATION)
         for pod in (cls.web, cls.other, cls.api):
             cls.agent.wait_log(f"pod {pod.namespace}/{pod.name} ", timeout=30)
         cls.late_ready = wait_until("ready", lambda: (lambda r: r if r and r[0] == 200 else None)(
-            cls._try_ready()), 30)
+            cls.agent.try_ready()), 30)
         cls.apps = []
         for pod in (cls.api, cls.other):
             app = pod.popen(["/usr/bin/python3", "-u", "-c", ECHO_HTTP_APP, "8080"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert b"listening" in app.stdout.readline()
             cls.apps.append(app)
-
-    @classmethod
-    def _try_ready(cls):
-        try:
-            return cls.agent.ready()
-        except OSError:
-            return None
 
     @classmethod
     def tearDownClass(cls):

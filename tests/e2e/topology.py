@@ -339,6 +339,13 @@ class Agent:
     def ready(self):
         return self.http_get(self.readiness_port, "/healthz/ready")
 
+    def try_ready(self, default=None):
+        """ready(), or `default` while nothing listens on the readiness port yet."""
+        try:
+            return self.ready()
+        except OSError:
+            return default
+
     def start(self, *extra, wait_pods=()):
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.argv(*extra), stdout=self.log, stderr=subprocess.STDOUT)
