@@ -227,7 +227,6 @@ int main(int argc, char** argv) {
   options.xds_address = absl::GetFlag(FLAGS_xds_address);
   options.xds_root_cert = absl::GetFlag(FLAGS_xds_root_cert);
   options.xds_token_file = absl::GetFlag(FLAGS_xds_token_file);
-  options.xds_cluster_id = absl::GetFlag(FLAGS_cluster_id);
   if (!options.xds_address.empty() && !options.kube_api.empty()) {
     std::cerr << "ambitd: --xds-address and --kube-api are two sources of the same objects; "
                  "give one\n";

@@ -283,7 +283,7 @@ absl::Status Agent::Init() {
     xds_options.address = options_.xds_address;
     xds_options.root_cert_file = options_.xds_root_cert;
     xds_options.token_file = options_.xds_token_file;
-    xds_options.cluster_id = options_.xds_cluster_id;
+    xds_options.cluster_id = options_.cluster_id;
     xds_options.node_name = options_.node_name;
     xds_options.pod_name = options_.xds_pod_name;
     xds_options.pod_namespace = options_.xds_pod_namespace;

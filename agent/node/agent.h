@@ -51,9 +51,9 @@ struct AgentOptions {
   // https URL; token and CA files default to the service account's (kube::KubeConfig).
   std::string kube_api, kube_token_file, kube_ca_file;
   // istiod's xDS as the configuration source instead (empty: off): host:port, the PEM roots its
-  // certificate must chain to, a bearer token file (audience istio-ca), the cluster id, and the
+  // certificate must chain to, a bearer token file (audience istio-ca), and the
   // node identity ztunnel reports (xds::XdsSource::Options).
-  std::string xds_address, xds_root_cert, xds_token_file, xds_cluster_id = "Kubernetes";
+  std::string xds_address, xds_root_cert, xds_token_file;
   std::string xds_pod_name, xds_pod_namespace, xds_instance_ip;
   std::string instance = "default";
   std::string cgroup_path;  // attach point; empty: the cgroup-v2 root
