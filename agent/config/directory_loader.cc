@@ -155,13 +155,15 @@ void DirectoryLoader::ResolvePodAddresses(LoadResult* result) {
   state::ClusterState& state = result->state;
   const absl::Time now = clock_->Now();
   ++loads_;
-  std::map<std::string, Sight> seen;
+  absl::flat_hash_map<uint64_t, Sight> seen;
+  seen.reserve(state.pods.size());
   for (auto& [key, pod] : state.pods) {
-    auto old = first_seen_.find(key);
+    const uint64_t hash = absl::Hash<std::string>()(key);
+    auto old = first_seen_.find(hash);
     const Sight sight = old != first_seen_.end() ? old->second : Sight{now, loads_};
     pod.first_seen = sight.time;
     pod.first_seen_load = sight.load;
-    seen.emplace(key, sight);
+    seen.emplace(hash, sight);
   }
   first_seen_ = std::move(seen);
   state::ResolveIpConflicts(&state);
@@ -205,7 +207,12 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
 
   // Forget deleted files.
   for (auto f = files_.begin(); f != files_.end();) {
-    f = std::binary_search(names.begin(), names.end(), f->first) ? std::next(f) : files_.erase(f);
+    if (std::binary_search(names.begin(), names.end(), f->first)) {
+      ++f;
+    } else {
+      f = files_.erase(f);
+      ++version_;
+    }
   }
 
   for (auto p = parsed_.begin(); p != parsed_.end();) {
@@ -285,7 +292,10 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
       }
     }
     size_t errors_end = result.errors.size();  // Merge's own errors are made anew each load
-    current = Pack(std::move(next));
+    if (KeptObjects packed = Pack(std::move(next)); !(packed == current)) {
+      current = std::move(packed);
+      ++version_;
+    }
     Merge(name, current, &result, &owners);
     // Remembered only when the file parsed cleanly as a whole and nothing of an earlier version
     // was kept: then the same bytes always give the same objects and errors.
@@ -300,12 +310,18 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
 
 void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result,
                              std::map<std::string, std::string>* owners) {
+  KeptObjects packed;
   if (extra != nullptr) {
     std::move(extra->errors.begin(), extra->errors.end(), std::back_inserter(result->errors));
     extra->errors.clear();
-    Merge(extra->name, Pack(std::move(extra->objects)), result, owners);
+    packed = Pack(std::move(extra->objects));
     extra->objects.clear();
   }
+  if (!(packed == extra_kept_)) {
+    extra_kept_ = std::move(packed);
+    ++version_;
+  }
+  if (extra != nullptr) Merge(extra->name, extra_kept_, result, owners);
   WarnIgnoredPolicies(result);
   CheckCustomProviders(result);
   ResolvePodAddresses(result);

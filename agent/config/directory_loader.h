@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/time/time.h"
 #include "agent/common/clock.h"
 #include "agent/config/kube_yaml.h"
@@ -56,6 +58,17 @@ class DirectoryLoader {
   LoadResult Load(ExternalObjects* extra);
   const std::string& dir() const { return dir_; }
 
+  // What tells two loads' results apart without keeping a copy of either (a copy is a large
+  // cluster's pods once more): the loader's version, bumped by every load in which the objects in
+  // force may have changed (a file's or `extra`'s objects differ, a file came or went), and the
+  // errors. Equal stamps: equal results.
+  struct ResultStamp {
+    uint64_t version = 0;
+    std::vector<ConfigError> errors;
+    friend bool operator==(const ResultStamp&, const ResultStamp&) = default;
+  };
+  ResultStamp StampOf(const LoadResult& result) const { return {version_, result.errors}; }
+
  private:
   // The objects of one file that are currently in force, by ParsedObject::id.
   using FileObjects = std::map<std::string, ConfigObject>;
@@ -65,6 +78,7 @@ class DirectoryLoader {
     FileObjects objects;  // every kind but Pod
     state::PodPack pods;
     bool empty() const { return objects.empty() && pods.empty(); }
+    friend bool operator==(const KeptObjects&, const KeptObjects&) = default;
   };
   static KeptObjects Pack(FileObjects objects);
   static FileObjects Unpack(const KeptObjects& kept);
@@ -100,8 +114,14 @@ class DirectoryLoader {
     absl::Time time;
     uint64_t load;
   };
-  std::map<std::string, Sight> first_seen_;  // by Pod::Key(), pods of the last load only
+  // By a hash of Pod::Key(), pods of the last load only. A hash, not the key: this is held for
+  // every pod of the cluster, and two pods sharing a 64-bit hash (about one chance in 10^9 at
+  // 100 000 pods) would only share a first sighting, which orders nothing but the rare address
+  // conflict between them.
+  absl::flat_hash_map<uint64_t, Sight> first_seen_;
   uint64_t loads_ = 0;
+  uint64_t version_ = 0;    // see ResultStamp
+  KeptObjects extra_kept_;  // `extra`'s objects in the last load
 };
 
 }  // namespace ambit::config

@@ -14,15 +14,17 @@ absl::StatusOr<std::unique_ptr<DirectorySource>> DirectorySource::Create(const s
 std::optional<LoadResult> DirectorySource::Poll() {
   if (!watcher_->Drain()) return std::nullopt;
   LoadResult result = loader_.Load();
-  if (last_ && *last_ == result) return std::nullopt;
-  last_ = result;
+  auto stamp = loader_.StampOf(result);
+  if (last_ && *last_ == stamp) return std::nullopt;
+  last_ = std::move(stamp);
   return result;
 }
 
 LoadResult DirectorySource::Current() {
   watcher_->Drain();  // this load covers whatever was pending
-  last_ = loader_.Load();
-  return *last_;
+  LoadResult result = loader_.Load();
+  last_ = loader_.StampOf(result);
+  return result;
 }
 
 absl::StatusOr<std::unique_ptr<ConfigSource>> MakeDirectorySource(const std::string& dir) {

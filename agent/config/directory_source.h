@@ -27,7 +27,8 @@ class DirectorySource final : public ConfigSource {
 
   DirectoryLoader loader_;
   std::unique_ptr<DirectoryWatcher> watcher_;
-  std::optional<LoadResult> last_;  // what the owner last received
+  // What the owner last received, by its stamp (not a copy of a large cluster).
+  std::optional<DirectoryLoader::ResultStamp> last_;
 };
 
 }  // namespace ambit::config

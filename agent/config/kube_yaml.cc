@@ -972,6 +972,11 @@ class FileParser {
         }
       }
     }
+    // Only the annotations ambit reads later are kept (the netns one is netns_path now): a pod of
+    // a real cluster carries many (kubectl's, Prometheus', the CNI's), and the agent holds one
+    // pod for every peer of the cluster.
+    std::erase_if(pod.annotations,
+                  [](const auto& kv) { return kv.first != state::kWaypointBypassAnnotation; });
     Finish(r, who.id, std::move(pod));
   }
 

@@ -96,7 +96,8 @@ class KubeApiSource final : public config::ConfigSource {
   Cancellation cancel_;
   absl::Mutex stop_mu_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
-  std::optional<config::LoadResult> last_;  // what the owner last received
+  // What the owner last received, by its stamp (not a copy of a large cluster).
+  std::optional<config::DirectoryLoader::ResultStamp> last_;
 };
 
 }  // namespace ambit::kube

@@ -594,9 +594,11 @@ void Agent::Apply(config::LoadResult result) {
                                  << (conflict ? "" : " (object skipped; last good version kept)");
     }
   }
-  // Shared with the admin API's checker instead of copied: a large cluster's pods are held once.
-  config_state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
-  state_ = WithZds();
+  // The ZDS workloads applied in place, then shared with the admin API's checker instead of
+  // copied: a large cluster's pods are held once.
+  zds_originals_.clear();
+  ApplyZds(&result.state, &zds_originals_);
+  state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
   security_ = std::move(result.security);
   waypoint_pods_.clear();
   for (const auto& [pod, gateway] : state::ResolveWaypoints(*state_).instance_of) {

@@ -338,9 +338,13 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void OnSnapshotSent(zds::Source source, const std::vector<std::string>& remove) override;
   std::set<std::string> Known(zds::Source source) const override;
   absl::Status StartZds();
-  // The configuration as loaded with the ZDS workloads applied (ZdsWorkloads::Apply); adds
-  // waiting for a pod that is gone are answered.
-  std::shared_ptr<const state::ClusterState> WithZds();
+  // Applies the ZDS workloads to `state` (the configuration as loaded) in place
+  // (ZdsWorkloads::ApplyInPlace, the configuration's versions of changed pods into *originals);
+  // adds waiting for a pod that is gone are answered.
+  void ApplyZds(state::ClusterState* state, std::map<std::string, state::Pod>* originals);
+  // The pod as the configuration has it, before the ZDS workloads were applied; nullptr if the
+  // configuration has no such pod.
+  const state::Pod* ConfigPod(const std::string& key) const;
   // After the ZDS workloads changed: the state is rebuilt and enrollment runs.
   void ZdsChanged();
   // Answers the adds whose pod is now captured, refused, not in the mesh, or past its deadline.
@@ -442,8 +446,10 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   std::unique_ptr<issuance::SigningQueue> signing_;
   enroll::PodNetOptions pod_net_;
   std::shared_ptr<const state::ClusterState> state_ = std::make_shared<const state::ClusterState>();
-  // The configuration as loaded, before the ZDS workloads are applied to it (state_ is both).
-  std::shared_ptr<const state::ClusterState> config_state_ = state_;
+  // state_ is the configuration as loaded with the ZDS workloads applied to it in place: a large
+  // cluster's pods are held once. This keeps the configuration's version of each pod the ZDS
+  // workloads changed (by namespace/name), a few per node, so the overlay can be applied anew.
+  std::map<std::string, state::Pod> zds_originals_;
   // ZDS (docs/ARCHITECTURE.md#zds): the workloads handed over, the sockets, and the adds waiting
   // for their pod to be captured (by uid; one per uid, a newer add answers the older one).
   ZdsWorkloads zds_;

@@ -35,10 +35,9 @@ absl::Status Agent::StartZds() {
   return absl::OkStatus();
 }
 
-std::shared_ptr<const state::ClusterState> Agent::WithZds() {
+void Agent::ApplyZds(state::ClusterState* state, std::map<std::string, state::Pod>* originals) {
   std::vector<std::string> gone;
-  auto out = std::make_shared<const state::ClusterState>(
-      zds_.Apply(*config_state_, options_.node_name, &gone));
+  zds_.ApplyInPlace(state, options_.node_name, &gone, originals);
   for (const std::string& uid : gone) {
     AMBIT_LOG(kComponent, Info) << "ZDS workload " << uid << " dropped: its pod left the "
                                 << "configuration";
@@ -48,15 +47,26 @@ std::shared_ptr<const state::ClusterState> Agent::WithZds() {
       answer(absl::StrCat("the pod of ", uid, " left the configuration before it was captured"));
     }
   }
-  return out;
+}
+
+const state::Pod* Agent::ConfigPod(const std::string& key) const {
+  if (auto o = zds_originals_.find(key); o != zds_originals_.end()) return &o->second;
+  auto p = state_->pods.find(key);
+  return p == state_->pods.end() ? nullptr : &p->second;
 }
 
 void Agent::ZdsChanged() {
-  auto next = WithZds();
+  // A copy of the pods on a ZDS event (a pod added to or removed from this node), never on a
+  // configuration load.
+  state::ClusterState next = *state_;
+  std::map<std::string, state::Pod> originals = zds_originals_;
+  ZdsWorkloads::Restore(&next, &originals);
+  ApplyZds(&next, &originals);
+  zds_originals_ = std::move(originals);
   // An add that hands the namespace a pod already has (a CNI side repeating itself) changes
   // nothing: no enrollment pass, no new configuration generation.
-  if (*next != *state_) {
-    state_ = std::move(next);
+  if (next != *state_) {
+    state_ = std::make_shared<const state::ClusterState>(std::move(next));
     entitlements_->Update(IdentitiesByNode(*state_));
     Reconcile();
   }
@@ -169,14 +179,14 @@ std::string Agent::ZdsAckError(const std::string& uid, bool* final) const {
     return absl::StrCat(uid, " is no longer handed over");
   }
   const std::string key = w->Key();
-  auto conf = config_state_->pods.find(key);
-  if (conf == config_state_->pods.end()) {
+  const state::Pod* conf = ConfigPod(key);
+  if (conf == nullptr) {
     return absl::StrCat("pod ", key, " (uid ", uid, ") is not in the configuration of node ",
                         options_.node_name);
   }
-  if (!conf->second.node_name.empty() && conf->second.node_name != options_.node_name) {
+  if (!conf->node_name.empty() && conf->node_name != options_.node_name) {
     *final = true;
-    return absl::StrCat("pod ", key, " is scheduled on node ", conf->second.node_name, ", not ",
+    return absl::StrCat("pod ", key, " is scheduled on node ", conf->node_name, ", not ",
                         options_.node_name);
   }
   const state::Pod& pod = state_->pods.at(key);

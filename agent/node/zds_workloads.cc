@@ -79,8 +79,17 @@ std::set<std::string> ZdsWorkloads::UidsOf(zds::Source source) const {
 state::ClusterState ZdsWorkloads::Apply(const state::ClusterState& config,
                                         const std::string& node_name,
                                         std::vector<std::string>* gone) {
+  state::ClusterState out = config;
+  std::map<std::string, state::Pod> originals;
+  ApplyInPlace(&out, node_name, gone, &originals);
+  return out;
+}
+
+void ZdsWorkloads::ApplyInPlace(state::ClusterState* state, const std::string& node_name,
+                                std::vector<std::string>* gone,
+                                std::map<std::string, state::Pod>* originals) {
   for (auto it = by_uid_.begin(); it != by_uid_.end();) {
-    const bool in_config = config.pods.contains(it->second.Key());
+    const bool in_config = state->pods.contains(it->second.Key());
     if (in_config) seen_.insert(it->first);
     if (!in_config && seen_.contains(it->first)) {
       if (gone != nullptr) gone->push_back(it->first);
@@ -92,25 +101,36 @@ state::ClusterState ZdsWorkloads::Apply(const state::ClusterState& config,
     ++it;
   }
   // A pod the configuration no longer has needs no mark of its removal.
-  std::erase_if(removed_, [&](const std::string& key) { return !config.pods.contains(key); });
-  state::ClusterState out = config;
+  std::erase_if(removed_, [&](const std::string& key) { return !state->pods.contains(key); });
+  // The configuration's version, kept before the first change to the pod.
+  auto changing = [&](const std::string& key, state::Pod& pod) -> state::Pod& {
+    originals->try_emplace(key, pod);
+    return pod;
+  };
   for (const std::string& key : removed_) {
-    state::Pod& pod = out.pods.at(key);
+    state::Pod& pod = changing(key, state->pods.at(key));
     pod.netns_path.clear();
     pod.labels[std::string(state::kDataplaneModeLabel)] = "none";
   }
   for (const auto& [key, uid] : uid_by_key_) {
-    auto p = out.pods.find(key);
-    if (p == out.pods.end()) continue;
+    auto p = state->pods.find(key);
+    if (p == state->pods.end()) continue;
     const ZdsWorkload& w = by_uid_.at(uid);
     state::Pod& pod = p->second;
-    if (w.source != zds::Source::kIstioCni && !state::InMesh(pod, config)) continue;
+    // Namespaces are never changed here, so InMesh sees the configuration's namespace labels.
+    if (w.source != zds::Source::kIstioCni && !state::InMesh(pod, *state)) continue;
     if (!pod.node_name.empty() && pod.node_name != node_name) continue;
+    changing(key, pod);
     pod.node_name = node_name;
     pod.netns_path = w.Marker();
     if (pod.ips.empty()) pod.ips = w.addresses;
   }
-  return out;
+}
+
+void ZdsWorkloads::Restore(state::ClusterState* state,
+                           std::map<std::string, state::Pod>* originals) {
+  for (auto& [key, pod] : *originals) state->pods.insert_or_assign(key, std::move(pod));
+  originals->clear();
 }
 
 }  // namespace ambit::node

@@ -70,6 +70,14 @@ class ZdsWorkloads {
   // uids are returned, descriptors closed).
   state::ClusterState Apply(const state::ClusterState& config, const std::string& node_name,
                             std::vector<std::string>* gone);
+  // The same, applied to `state` in place (no copy of a large cluster's pods): before a pod is
+  // changed, the configuration's version of it goes into *originals (by namespace/name), which
+  // Restore puts back.
+  void ApplyInPlace(state::ClusterState* state, const std::string& node_name,
+                    std::vector<std::string>* gone, std::map<std::string, state::Pod>* originals);
+  // Undoes ApplyInPlace: the configuration's versions of the changed pods go back into `state`;
+  // *originals is emptied.
+  static void Restore(state::ClusterState* state, std::map<std::string, state::Pod>* originals);
 
  private:
   std::map<std::string, ZdsWorkload> by_uid_;

@@ -27,6 +27,7 @@ struct Pod {
   std::string namespace_name = "default";
   std::string uid;  // metadata.uid, may be empty
   std::map<std::string, std::string> labels;
+  // Only the annotations ambit reads (kWaypointBypassAnnotation); the parser drops the rest.
   std::map<std::string, std::string> annotations;
   std::string service_account = "default";  // spec.serviceAccountName (or spec.serviceAccount)
   std::string node_name;                    // spec.nodeName

@@ -25,6 +25,11 @@ class PodPack {
   bool empty() const { return count_ == 0; }
   size_t bytes() const { return bytes_.capacity(); }
 
+  // The same pods, field for field, in the same order.
+  friend bool operator==(const PodPack& a, const PodPack& b) {
+    return a.count_ == b.count_ && a.bytes_ == b.bytes_;
+  }
+
   // Reads the pods back, in the order added: equal (==) to what was added.
   class Reader {
    public:

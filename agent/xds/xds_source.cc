@@ -278,8 +278,9 @@ std::optional<config::LoadResult> XdsSource::Poll() {
   if (!xds_changed && !dir_changed) return std::nullopt;
   if (!Pending().empty()) return std::nullopt;
   config::LoadResult result = Load();
-  if (last_ && *last_ == result) return std::nullopt;
-  last_ = result;
+  auto stamp = loader_.StampOf(result);
+  if (last_ && *last_ == stamp) return std::nullopt;
+  last_ = std::move(stamp);
   return result;
 }
 
@@ -287,8 +288,9 @@ config::LoadResult XdsSource::Current() {
   uint64_t count;
   [[maybe_unused]] ssize_t n = ::read(event_.get(), &count, sizeof count);
   watcher_->Drain();
-  last_ = Load();
-  return *last_;
+  config::LoadResult result = Load();
+  last_ = loader_.StampOf(result);
+  return result;
 }
 
 std::vector<std::string> XdsSource::Pending() const {

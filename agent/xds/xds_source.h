@@ -118,7 +118,8 @@ class XdsSource final : public config::ConfigSource {
   absl::Time last_response_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
   std::thread thread_;
-  std::optional<config::LoadResult> last_;  // what the owner last received
+  // What the owner last received, by its stamp (not a copy of a large cluster).
+  std::optional<config::DirectoryLoader::ResultStamp> last_;
 };
 
 }  // namespace ambit::xds

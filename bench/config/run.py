@@ -79,6 +79,9 @@ def main():
                     help="also print each process's RSS by kind of mapping")
     ap.add_argument("--only-peers", type=int, action="append",
                     help="measure only these sizes (repeatable), e.g. --only-peers 100000")
+    ap.add_argument("--policies", type=int,
+                    help="write this many DENY policies at every size instead of one per ten "
+                         "peers (0: what the peer pods alone cost)")
     args = ap.parse_args()
     os.environ["AMBIT_BUILD_DIR"] = os.path.abspath(args.build_dir)
     rows = []
@@ -144,6 +147,8 @@ def main():
         for peers, policies in SIZES:
             if peers > args.max_peers or (args.only_peers and peers not in args.only_peers):
                 continue
+            if args.policies is not None:
+                policies = args.policies
             r = measure(peers, policies)
             r["deny_ratio_to_baseline"] = r["deny_enforced_s"] / baseline if baseline else None
             per_pod = {k: (r["rss_kib"][k] - base_rss[k]) * 1024 / peers for k in base_rss}

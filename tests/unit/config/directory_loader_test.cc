@@ -359,6 +359,61 @@ TEST(DirectoryLoaderTest, FileRewrittenInPlaceWithTheSameSizeIsReadAgain) {
   EXPECT_EQ(loader.Load().state.pods.at("default/web").ips[0].ToString(), "198.18.0.7");
 }
 
+TEST(DirectoryLoaderTest, ResultStampsTellChangedLoadsApartWithoutACopy) {
+  // Sources hand their owner only a load whose stamp differs from the last one delivered, so
+  // equal stamps must mean equal results and every real change must change the stamp.
+  TempDir dir;
+  dir.Write("pods.yaml", Pod("web", "198.18.0.1"));
+  DirectoryLoader loader(dir.path());
+  LoadResult first = loader.Load();
+  const auto stamp = loader.StampOf(first);
+  LoadResult again = loader.Load();
+  EXPECT_EQ(loader.StampOf(again), stamp);
+  EXPECT_EQ(again, first);
+  // Rewritten with the same objects (a new inode, read again): same objects, same stamp.
+  dir.WriteAtomically("pods.yaml", Pod("web", "198.18.0.1"));
+  EXPECT_EQ(loader.StampOf(loader.Load()), stamp);
+  // Each kind of change moves it: an object changed, a file added, a file removed, an error.
+  dir.Write("pods.yaml", Pod("web", "198.18.0.2"));
+  const auto changed = loader.StampOf(loader.Load());
+  EXPECT_NE(changed, stamp);
+  dir.Write("more.yaml", Pod("api", "198.18.0.3"));
+  const auto added = loader.StampOf(loader.Load());
+  EXPECT_NE(added, changed);
+  dir.Remove("more.yaml");
+  const auto removed = loader.StampOf(loader.Load());
+  EXPECT_NE(removed, added);
+  dir.Write("bad.yaml", Pod("bad", "not-an-ip"));
+  EXPECT_NE(loader.StampOf(loader.Load()), removed);
+  // Objects from outside the directory count too.
+  ExternalObjects extra;
+  extra.name = "apiserver";
+  state::Pod p;
+  p.name = "ext";
+  p.ips = {*IpAddress::Parse("198.18.0.4")};
+  extra.objects.emplace("Pod default/ext", p);
+  ExternalObjects same = extra;
+  const auto with_extra = loader.StampOf(loader.Load(&extra));
+  EXPECT_EQ(loader.StampOf(loader.Load(&same)), with_extra);
+  EXPECT_NE(loader.StampOf(loader.Load()), with_extra);
+}
+
+TEST(DirectoryLoaderTest, PodsKeepOnlyTheAnnotationsAmbitReads) {
+  TempDir dir;
+  dir.Write("pods.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n"
+            "    ambit.dev/netns: /var/run/netns/web\n"
+            "    ambit.dev/allow-waypoint-bypass: \"true\"\n"
+            "    kubectl.kubernetes.io/restartedAt: \"2026-12-07T10:00:00Z\"\n"
+            "    prometheus.io/scrape: \"true\"\nstatus:\n  podIP: 198.18.0.1\n");
+  DirectoryLoader loader(dir.path());
+  LoadResult r = loader.Load();
+  const state::Pod& pod = r.state.pods.at("default/web");
+  EXPECT_EQ(pod.netns_path, "/var/run/netns/web");
+  EXPECT_THAT(pod.annotations, ElementsAre(std::pair<const std::string, std::string>(
+                                   "ambit.dev/allow-waypoint-bypass", "true")));
+}
+
 TEST(DirectoryLoaderTest, TotalSizeCapSkipsLaterFilesAndKeepsTheirLastGoodObjects) {
   TempDir dir;
   const std::string a = Pod("a", "198.18.0.1"), b = Pod("b", "198.18.0.2");

@@ -95,9 +95,10 @@ status:
   EXPECT_EQ(pod.uid, "6f0c1c5e-1111-2222-3333-444455556666");
   EXPECT_THAT(pod.labels,
               UnorderedElementsAre(Pair("app", "web"), Pair("app.kubernetes.io/version", "1.2")));
-  EXPECT_THAT(pod.annotations,
-              UnorderedElementsAre(Pair("ambit.dev/netns", "/var/run/netns/web-0"),
-                                   Pair("example.com/note", "free text: anything goes")));
+  // Annotations are checked, then only those ambit reads later are kept; the netns one is
+  // netns_path.
+  EXPECT_THAT(pod.annotations, IsEmpty());
+  EXPECT_EQ(pod.netns_path, "/var/run/netns/web-0");
   EXPECT_EQ(pod.service_account, "web-sa");
   EXPECT_EQ(pod.node_name, "node-a");
   EXPECT_THAT(pod.ips, ElementsAre(Ip("198.18.0.10"), Ip("2001:2::10")));

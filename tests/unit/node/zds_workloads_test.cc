@@ -176,5 +176,33 @@ TEST_F(ZdsWorkloadsTest, BoundedAndSourcesApart) {
   EXPECT_EQ(zds_.UidsOf(zds::Source::kIstioCni).size(), ZdsWorkloads::kMaxWorkloads / 2);
 }
 
+TEST_F(ZdsWorkloadsTest, InPlaceApplyKeepsOnlyTheChangedPodsAndRestoresTheConfiguration) {
+  // The agent holds the configuration's pods once: the overlay changes the state in place and
+  // keeps the configuration's version of what it changed, which Restore puts back exactly.
+  const auto config = MakeState({MakePod("web", "", /*ambient=*/true), MakePod("gone", "", true),
+                                 MakePod("peer", "198.18.0.9")});
+  ASSERT_TRUE(zds_.Add(Handed("u1", "web", zds::Source::kAmbitCni)).ok());
+  ASSERT_TRUE(zds_.Add(Handed("u2", "gone", zds::Source::kAmbitCni, 8, "198.18.9.8")).ok());
+  state::ClusterState state = config;
+  std::map<std::string, state::Pod> originals;
+  zds_.ApplyInPlace(&state, kNode, nullptr, &originals);
+  EXPECT_EQ(state, Apply(config));  // the same as the copying form
+  EXPECT_THAT(originals, ::testing::SizeIs(2));
+  EXPECT_EQ(originals.at("default/web"), config.pods.at("default/web"));
+  EXPECT_FALSE(originals.contains("default/peer"));  // untouched pods are not copied
+  EXPECT_EQ(state.pods.at("default/web").netns_path, zds_.ByUid("u1")->Marker());
+
+  // A workload removed: the configuration restored, the overlay applied anew.
+  ASSERT_TRUE(zds_.Remove("u2"));
+  ZdsWorkloads::Restore(&state, &originals);
+  EXPECT_EQ(state, config);
+  EXPECT_THAT(originals, IsEmpty());
+  zds_.ApplyInPlace(&state, kNode, nullptr, &originals);
+  EXPECT_EQ(state.pods.at("default/gone").labels.at("istio.io/dataplane-mode"), "none");
+  EXPECT_EQ(originals.at("default/gone"), config.pods.at("default/gone"));
+  ZdsWorkloads::Restore(&state, &originals);
+  EXPECT_EQ(state, config);
+}
+
 }  // namespace
 }  // namespace ambit::node
