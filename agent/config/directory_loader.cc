@@ -182,7 +182,7 @@ void DirectoryLoader::ResolvePodAddresses(LoadResult* result) {
 LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
   namespace fs = std::filesystem;
   LoadResult result;
-  std::map<std::string, std::string> owners;  // object id -> file it is taken from
+  Scratch scratch;
 
   std::vector<std::string> names;
   std::error_code ec;
@@ -199,8 +199,8 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
         {dir_, "", "",
          absl::StrCat("cannot read the config directory: ", ec.message(),
                       files_.empty() ? "" : "; the last loaded configuration stays in force")});
-    for (const auto& [file, objects] : files_) Merge(file, objects, &result, &owners);
-    Finish(extra, &result, &owners);
+    for (const auto& [file, objects] : files_) Merge(file, objects, &result, &scratch);
+    Finish(extra, &result, &scratch);
     return result;
   }
   std::sort(names.begin(), names.end());
@@ -240,7 +240,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
                           "to ",
                           total, "; split the configuration across nodes or remove unused objects",
                           current.empty() ? "" : "; its last good objects stay in force")});
-        Merge(name, current, &result, &owners);
+        Merge(name, current, &result, &scratch);
         continue;
       }
     }
@@ -248,7 +248,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
         stat_ok && cached != parsed_.end() && cached->second.stamp == stamp) {
       result.errors.insert(result.errors.end(), cached->second.errors.begin(),
                            cached->second.errors.end());
-      Merge(name, current, &result, &owners);
+      Merge(name, current, &result, &scratch);
       continue;
     }
     parsed_.erase(name);
@@ -259,7 +259,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
           {name, "", "",
            absl::StrCat("cannot read: ", content.status().message(),
                         current.empty() ? "" : "; its last good objects stay in force")});
-      Merge(name, current, &result, &owners);
+      Merge(name, current, &result, &scratch);
       continue;
     }
     ParsedFile parsed = ParseInOwnArena(name, *content);
@@ -270,7 +270,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
                                  "the file's last good objects stay in force until it is fixed",
                                  /*warning=*/true});
       }
-      Merge(name, current, &result, &owners);
+      Merge(name, current, &result, &scratch);
       continue;
     }
     FileObjects next;
@@ -296,7 +296,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
       current = std::move(packed);
       ++version_;
     }
-    Merge(name, current, &result, &owners);
+    Merge(name, current, &result, &scratch);
     // Remembered only when the file parsed cleanly as a whole and nothing of an earlier version
     // was kept: then the same bytes always give the same objects and errors.
     if (stat_ok && parsed.rejected_ids.empty()) {
@@ -304,12 +304,12 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
                                                              result.errors.begin() + errors_end)};
     }
   }
-  Finish(extra, &result, &owners);
+  Finish(extra, &result, &scratch);
   return result;
 }
 
 void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result,
-                             std::map<std::string, std::string>* owners) {
+                             Scratch* scratch) {
   KeptObjects packed;
   if (extra != nullptr) {
     std::move(extra->errors.begin(), extra->errors.end(), std::back_inserter(result->errors));
@@ -321,7 +321,7 @@ void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result,
     extra_kept_ = std::move(packed);
     ++version_;
   }
-  if (extra != nullptr) Merge(extra->name, extra_kept_, result, owners);
+  if (extra != nullptr) Merge(extra->name, extra_kept_, result, scratch);
   WarnIgnoredPolicies(result);
   CheckCustomProviders(result);
   ResolvePodAddresses(result);
@@ -361,7 +361,7 @@ DirectoryLoader::FileObjects DirectoryLoader::Unpack(const KeptObjects& kept) {
 }
 
 void DirectoryLoader::Merge(const std::string& file, const KeptObjects& kept, LoadResult* result,
-                            std::map<std::string, std::string>* owners) const {
+                            Scratch* scratch) const {
   state::ClusterState& state = result->state;
   SecurityConfig& security = result->security;
   // The pods go where their ids sort among the other objects, so that errors come in id order.
@@ -372,13 +372,14 @@ void DirectoryLoader::Merge(const std::string& file, const KeptObjects& kept, Lo
     state::Pod pod;
     while (reader.Next(&pod)) {
       std::string id = PodId(pod);
-      auto [owner, inserted] = owners->emplace(id, file);
+      auto [owner, inserted] = scratch->owners.emplace(id, file);
       if (!inserted) {
         result->errors.push_back({file, id, "",
                                   absl::StrCat("is also defined in ", owner->second,
                                                "; the one in ", owner->second, " is used")});
         continue;
       }
+      pod.labels.Intern(&scratch->labels);
       std::string key = pod.Key();
       state.pods.insert_or_assign(std::move(key), std::move(pod));
       pod = state::Pod();
@@ -386,7 +387,7 @@ void DirectoryLoader::Merge(const std::string& file, const KeptObjects& kept, Lo
   };
   for (const auto& [id, object] : kept.objects) {
     if (!pods_merged && absl::string_view(id) > kPodIdPrefix) merge_pods();
-    auto [owner, inserted] = owners->emplace(id, file);
+    auto [owner, inserted] = scratch->owners.emplace(id, file);
     if (!inserted) {
       result->errors.push_back({file, id, "",
                                 absl::StrCat("is also defined in ", owner->second, "; the one in ",

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory_resource>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,11 +84,20 @@ class DirectoryLoader {
   static KeptObjects Pack(FileObjects objects);
   static FileObjects Unpack(const KeptObjects& kept);
 
+  // What one load's merge keeps on the side. The owners (object id -> the file it is taken from)
+  // are in an arena of their own: allocated between the pods of the state being built, they
+  // would leave a hole beside every pod once freed (about 150 bytes of resident memory a pod, in
+  // a process holding 100 000).
+  struct Scratch {
+    std::pmr::monotonic_buffer_resource arena;
+    std::pmr::map<std::pmr::string, std::pmr::string> owners{&arena};
+    state::LabelPool labels;  // pods with equal labels share one map
+  };
   void Merge(const std::string& file, const KeptObjects& kept, LoadResult* result,
-             std::map<std::string, std::string>* owners) const;
+             Scratch* scratch) const;
   // Merges `extra`, then runs the checks that need every object.
   void Finish(ExternalObjects* extra, LoadResult* result,
-              std::map<std::string, std::string>* owners);
+              Scratch* scratch);
 
   // What identifies one version of a file without reading it: a rewrite (in place or by
   // rename) changes the inode, the size or a timestamp.

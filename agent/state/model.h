@@ -13,6 +13,7 @@
 
 #include "absl/time/time.h"
 #include "agent/common/ip_address.h"
+#include "agent/state/labels.h"
 
 namespace ambit::state {
 
@@ -26,7 +27,7 @@ struct Pod {
   std::string name;
   std::string namespace_name = "default";
   std::string uid;  // metadata.uid, may be empty
-  std::map<std::string, std::string> labels;
+  SharedLabels labels;  // shared with every pod of the configuration that has the same ones
   // Only the annotations ambit reads (kWaypointBypassAnnotation); the parser drops the rest.
   std::map<std::string, std::string> annotations;
   std::string service_account = "default";  // spec.serviceAccountName (or spec.serviceAccount)

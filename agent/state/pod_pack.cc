@@ -145,7 +145,9 @@ bool PodPack::Reader::Next(Pod* pod) {
   pod->name = GetString(&rest_);
   pod->namespace_name = GetString(&rest_);
   pod->uid = GetString(&rest_);
-  GetMap(&rest_, &pod->labels);
+  std::map<std::string, std::string> labels;
+  GetMap(&rest_, &labels);
+  pod->labels = std::move(labels);
   GetMap(&rest_, &pod->annotations);
   pod->service_account = GetString(&rest_);
   pod->node_name = GetString(&rest_);
