@@ -308,8 +308,7 @@ LoadResult DirectoryLoader::Load(ExternalObjects* extra) {
   return result;
 }
 
-void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result,
-                             Scratch* scratch) {
+void DirectoryLoader::Finish(ExternalObjects* extra, LoadResult* result, Scratch* scratch) {
   KeptObjects packed;
   if (extra != nullptr) {
     std::move(extra->errors.begin(), extra->errors.end(), std::back_inserter(result->errors));

@@ -96,8 +96,7 @@ class DirectoryLoader {
   void Merge(const std::string& file, const KeptObjects& kept, LoadResult* result,
              Scratch* scratch) const;
   // Merges `extra`, then runs the checks that need every object.
-  void Finish(ExternalObjects* extra, LoadResult* result,
-              Scratch* scratch);
+  void Finish(ExternalObjects* extra, LoadResult* result, Scratch* scratch);
 
   // What identifies one version of a file without reading it: a rewrite (in place or by
   // rename) changes the inode, the size or a timestamp.

@@ -26,7 +26,7 @@ inline constexpr std::string_view kDataplaneModeLabel = "istio.io/dataplane-mode
 struct Pod {
   std::string name;
   std::string namespace_name = "default";
-  std::string uid;  // metadata.uid, may be empty
+  std::string uid;      // metadata.uid, may be empty
   SharedLabels labels;  // shared with every pod of the configuration that has the same ones
   // Only the annotations ambit reads (kWaypointBypassAnnotation); the parser drops the rest.
   std::map<std::string, std::string> annotations;
