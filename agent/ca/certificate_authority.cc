@@ -627,8 +627,7 @@ absl::StatusOr<std::unique_ptr<SigningMaterial>> LoadOrGenerateRoot(const CaOpti
         "the CA needs a state directory for its root (or a cacerts directory); none was given");
   }
   // The default, /var/lib/ambit/<instance>, has a parent a fresh machine does not have yet.
-  if (const auto parent = std::filesystem::path(options.state_dir).parent_path();
-      !parent.empty()) {
+  if (const auto parent = std::filesystem::path(options.state_dir).parent_path(); !parent.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(parent, ec);
     if (ec) {
