@@ -173,6 +173,17 @@ TEST(LintTest, PolicyNamespaceAndSourcesNoWorkloadHas) {
   EXPECT_EQ(by["AuthorizationPolicy backend/callers"].size(), 3u);
 }
 
+// The parser drops the annotations ambit does not read, except those Lint warns about.
+TEST(LintTest, AnnotationsTheParserKeepsForLint) {
+  EXPECT_TRUE(LintFlagsPodAnnotation("ambit.dev/netsn", "/x"));
+  EXPECT_TRUE(LintFlagsPodAnnotation("istio.io/dataplane-mode", "ambient"));  // a label
+  EXPECT_TRUE(LintFlagsPodAnnotation("ambient.istio.io/bypass-inbound-capture", "true"));
+  EXPECT_FALSE(LintFlagsPodAnnotation("ambit.dev/netns", "/x"));
+  EXPECT_FALSE(LintFlagsPodAnnotation("example.com/note", "free text"));
+  EXPECT_FALSE(LintFlagsPodAnnotation("kubectl.kubernetes.io/last-applied-configuration", "{}"));
+  EXPECT_FALSE(LintFlagsPodAnnotation("ambient.istio.io/redirection", "enabled"));
+}
+
 TEST(RepeatFilterTest, EachWarningOnceWhileItLasts) {
   RepeatFilter f;
   EXPECT_TRUE(f.First("a"));
