@@ -162,8 +162,9 @@ pb::ListConnectionsResponse ConnectionsFromStats(const ambit::dataplane::v1::Sta
     end(f.source(), c->mutable_source());
     end(f.destination(), c->mutable_destination());
     c->set_policy(f.policy());
-    c->set_bytes_sent(f.bytes_from_client());
-    c->set_bytes_received(f.bytes_to_client());
+    // Istio's definition, as the access log and istio_tcp_*_bytes_total (proto comment).
+    c->set_bytes_sent(f.bytes_to_client());
+    c->set_bytes_received(f.bytes_from_client());
     c->set_age_ms(std::max<int64_t>(0, absl::ToUnixMillis(now) - f.start_unix_ms()));
   }
   std::sort(out.mutable_connections()->begin(), out.mutable_connections()->end(),

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <initializer_list>
 #include <utility>
 
@@ -624,6 +625,15 @@ absl::StatusOr<std::unique_ptr<SigningMaterial>> LoadOrGenerateRoot(const CaOpti
   if (options.state_dir.empty()) {
     return absl::InvalidArgumentError(
         "the CA needs a state directory for its root (or a cacerts directory); none was given");
+  }
+  // The default, /var/lib/ambit/<instance>, has a parent a fresh machine does not have yet.
+  if (const auto parent = std::filesystem::path(options.state_dir).parent_path(); !parent.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+    if (ec) {
+      return absl::ErrnoToStatus(
+          ec.value(), absl::StrCat("create the parent of state directory ", options.state_dir));
+    }
   }
   if (::mkdir(options.state_dir.c_str(), 0700) < 0 && errno != EEXIST) {
     return absl::ErrnoToStatus(errno, absl::StrCat("create state directory ", options.state_dir));

@@ -104,7 +104,13 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
       row.Set("waypointBypassAllowed", w.waypoint_bypass_allowed());
     }
     row.Set("redirect", redirect);
-    row.Set("status", w.status().empty() ? "ok" : w.status());
+    std::string status = w.status().empty() ? "ok" : w.status();
+    if (table && w.warnings_size() > 0) {
+      absl::StrAppend(&status, " (", w.warnings_size(),
+                      w.warnings_size() == 1 ? " warning" : " warnings", ")");
+    }
+    row.Set("status", status);
+    if (!table) row.Set("warnings", Strings(w.warnings()));
     if (!table || !w.enroll_error().empty()) row.Set("error", OrNull(w.enroll_error()));
     out.Append(std::move(row));
   }
@@ -312,6 +318,14 @@ absl::Status Workloads(Context& ctx) {
   }
   if (table) {
     ctx.Print(WorkloadsValue(*resp, true));
+    bool heading = false;
+    for (const auto& w : resp->workloads()) {
+      for (const auto& text : w.warnings()) {
+        if (!heading) ctx.out() << "\nWarnings:\n";
+        heading = true;
+        ctx.out() << w.namespace_() << "/" << w.name() << ": " << text << "\n";
+      }
+    }
     ctx.out() << "\n" << GenerationLine(resp->generation());
   } else {
     ctx.Print(Value::Object({{"workloads", WorkloadsValue(*resp, false)},

@@ -18,6 +18,7 @@
 #include "agent/authn/jose.h"
 #include "agent/authn/model.h"
 #include "agent/authz/compile.h"
+#include "agent/config/lint.h"
 #include "agent/config/validation.h"
 #include "agent/config/yaml_limits.h"
 #include "agent/state/waypoint.h"
@@ -975,8 +976,11 @@ class FileParser {
     // Only the annotations ambit reads later are kept (the netns one is netns_path now): a pod of
     // a real cluster carries many (kubectl's, Prometheus', the CNI's), and the agent holds one
     // pod for every peer of the cluster.
-    std::erase_if(pod.annotations,
-                  [](const auto& kv) { return kv.first != state::kWaypointBypassAnnotation; });
+    // Kept too: what config::Lint will warn about (a misspelled ambit.dev/netns, ...).
+    std::erase_if(pod.annotations, [](const auto& kv) {
+      return kv.first != state::kWaypointBypassAnnotation &&
+             !LintFlagsPodAnnotation(kv.first, kv.second);
+    });
     Finish(r, who.id, std::move(pod));
   }
 

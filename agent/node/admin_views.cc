@@ -540,7 +540,8 @@ void Agent::PublishViews() {
   }
   admin_state_->SetWorkloads([cluster = state_, peer_authns, redirects = std::move(redirects),
                               failed = enrollment_.failed(), refused = enrollment_.refused(),
-                              node_name = options_.node_name, waypoints] {
+                              node_name = options_.node_name, waypoints,
+                              object_warnings = object_warnings_] {
     pb::ListWorkloadsResponse workloads;
     for (const auto& [key, pod] : cluster->pods) {
       auto* w = workloads.add_workloads();
@@ -585,10 +586,19 @@ void Agent::PublishViews() {
       w->set_waypoint(Find(waypoints->workloads, key));
       w->set_waypoint_instance_of(Find(waypoints->instance_of, key));
       w->set_waypoint_bypass_allowed(waypoints->bypass_allowed.contains(key));
+      if (auto f = object_warnings.find(absl::StrCat("Pod ", key)); f != object_warnings.end()) {
+        for (const auto& m : f->second) w->add_warnings(m);
+      }
     }
     return workloads;
   });
 
+  // config::Lint's notes on a policy, each naming it, as the engine's load warnings do.
+  auto add_object_warnings = [this](const std::string& object, pb::PolicyEntry* out) {
+    auto f = object_warnings_.find(object);
+    if (f == object_warnings_.end()) return;
+    for (const auto& m : f->second) out->add_warnings(absl::StrCat(object, ": ", m));
+  };
   pb::ListPoliciesResponse policies;
   const std::string& root = state_->mesh.root_namespace;
   for (const auto& [key, p] : security_.authorization_policies) {
@@ -614,6 +624,7 @@ void Agent::PublishViews() {
         if (absl::StartsWith(w, key + ":")) out->add_warnings(w);
       }
     }
+    add_object_warnings(absl::StrCat("AuthorizationPolicy ", key), out);
   }
   for (const auto& [key, p] : security_.peer_authentications) {
     auto* out = policies.add_policies();
@@ -630,6 +641,7 @@ void Agent::PublishViews() {
       out->add_port_level(absl::StrCat(port, "=", authz::MtlsModeName(mode)));
     }
     out->set_source_file(p.source_file);
+    add_object_warnings(absl::StrCat("PeerAuthentication ", key), out);
   }
   for (const auto& e : load_errors_) {
     auto* out = policies.add_problems();

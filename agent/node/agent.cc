@@ -28,6 +28,7 @@
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
+#include "agent/config/change_summary.h"
 #include "agent/identity/spiffe_id.h"
 #include "agent/kube/api_source.h"
 #include "agent/kube/client.h"
@@ -586,10 +587,14 @@ void Agent::Apply(config::LoadResult result) {
   }
   load_errors_ = result.errors;
   config_applied_ = true;
+  std::set<std::string> error_files;
   for (const auto& e : result.errors) {
     if (e.warning) {
-      AMBIT_LOG("config", Warning) << e.ToString();
+      if (const std::string text = e.ToString(); config_warnings_.First(text)) {
+        AMBIT_LOG("config", Warning) << text;
+      }
     } else {
+      error_files.insert(e.file);
       // An address conflict leaves the pod listed but not enrolled, as its message says.
       const bool conflict = e.field == "status.podIPs" && e.object.starts_with("Pod ") &&
                             result.state.HasIpConflict(e.object.substr(4));
@@ -597,12 +602,39 @@ void Agent::Apply(config::LoadResult result) {
                                  << (conflict ? "" : " (object skipped; last good version kept)");
     }
   }
+  // After fixing a typo, the last word about a file must not stay the old error.
+  for (const std::string& file : files_with_errors_) {
+    if (!error_files.contains(file)) {
+      AMBIT_LOG("config", Info) << file << ": no error now (the last one reported is resolved)";
+    }
+  }
+  files_with_errors_ = std::move(error_files);
+  const size_t error_count = std::count_if(result.errors.begin(), result.errors.end(),
+                                           [](const config::ConfigError& e) { return !e.warning; });
+  const std::shared_ptr<const state::ClusterState> before = state_;
+  const config::SecurityConfig before_security = std::move(security_);
   // The ZDS workloads applied in place, then shared with the admin API's checker instead of
   // copied: a large cluster's pods are held once.
   zds_originals_.clear();
   ApplyZds(&result.state, &zds_originals_);
   state_ = std::make_shared<const state::ClusterState>(std::move(result.state));
   security_ = std::move(result.security);
+  // Valid, but probably not what was meant (config/lint.h): with the pods as enrolled (ZDS gives
+  // a handed-over pod its addresses).
+  config::Findings findings = config::Lint(*state_, security_, options_.node_name);
+  for (const auto* list : {&findings.workloads, &findings.policies}) {
+    for (const auto& e : *list) {
+      if (const std::string text = e.ToString(); config_warnings_.First(text)) {
+        AMBIT_LOG("config", Warning) << text;
+      }
+    }
+  }
+  config_warnings_.EndLoad();
+  object_warnings_ = config::Findings::ByObject(findings.workloads);
+  object_warnings_.merge(config::Findings::ByObject(findings.policies));
+  load_errors_.insert(load_errors_.end(), findings.workloads.begin(), findings.workloads.end());
+  const config::ChangeSummary changes =
+      config::SummarizeChanges(*before, before_security, *state_, security_);
   waypoint_pods_.clear();
   for (const auto& [pod, gateway] : state::ResolveWaypoints(*state_).instance_of) {
     waypoint_pods_.insert(pod);
@@ -618,7 +650,19 @@ void Agent::Apply(config::LoadResult result) {
     }
   }
   entitlements_->Update(IdentitiesByNode(*state_));
+  const uint64_t version_before = last_version_;
   Reconcile();
+  AMBIT_LOG("config", Info) << "configuration applied"
+                            << (last_version_ != version_before
+                                    ? absl::StrCat(" as generation ", last_version_)
+                                    : std::string(" (sent to the data plane once it connects)"))
+                            << ": " << changes.text
+                            << (error_count == 0
+                                    ? std::string()
+                                    : absl::StrCat("; ", error_count,
+                                                   error_count == 1 ? " error" : " errors",
+                                                   " above (objects skipped or kept at their "
+                                                   "last good version)"));
   ResolveZdsAcks();
 }
 

@@ -21,6 +21,7 @@
 #include "agent/common/task_queue.h"
 #include "agent/common/unique_fd.h"
 #include "agent/config/error.h"
+#include "agent/config/lint.h"
 #include "agent/config/source.h"
 #include "agent/enroll/netns_finder.h"
 #include "agent/enroll/node_netns.h"
@@ -467,6 +468,12 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   std::shared_ptr<const authz::Engine> engine_;   // for the admin API; the last one that built
   std::vector<config::ConfigError> load_errors_;  // of the last load, for the admin API
   std::set<std::string> logged_authz_warnings_;
+  // Configuration warnings are logged once while they last, not on every load.
+  config::RepeatFilter config_warnings_;
+  // config::Lint's findings of the last load by object ("Pod ns/name"), for the admin views.
+  std::map<std::string, std::vector<std::string>> object_warnings_;
+  // Files the last load reported an error in, to say so once one is fixed.
+  std::set<std::string> files_with_errors_;
   const Clock* clock_ = &RealClock::Get();
   std::map<std::string, EnrolledPod> enrolled_;
   std::optional<EnrolledPod> opened_;  // between OpenNetns and SetUp of a pass

@@ -100,7 +100,8 @@ std::string Workload(const FlowPeer& p) {
 
 // One line with ztunnel's keys, as its access log writes "connection complete" (src/proxy/
 // metrics.rs): identities only for mutual TLS, absent values left out, bytes from the local
-// workload's point of view (the reporter's: bytes_sent is what the pod sent), the duration as
+// workload's point of view (bytes_sent is what the pod sent: ztunnel "unflips" Istio's counters
+// for the source reporter in this line only, istio/istio#32399), the duration as
 // "<n>ms". Text quotes string values as ztunnel's tracing output does; JSON adds ztunnel's
 // level, scope and message.
 std::string ZtunnelLine(const FlowRecord& r, const FlowEnd& end, absl::Time now, bool json) {
@@ -210,8 +211,12 @@ std::string AccessLogLine(const FlowRecord& r, const FlowEnd& end, absl::Time no
       {"security", r.mtls ? "mutual_tls" : "none"},
       {"decision", end.denied ? "deny" : "allow"},
       {"policy", r.policy},
-      {"bytes_sent", absl::StrCat(end.bytes_from_client), count(end.bytes_from_client)},
-      {"bytes_received", absl::StrCat(end.bytes_to_client), count(end.bytes_to_client)},
+      // Istio's definition, the one istio_tcp_{sent,received}_bytes_total use for both
+      // reporters (and Envoy's %BYTES_SENT%/%BYTES_RECEIVED%): received is what came from the
+      // client (the request direction), sent what went back to it. One definition, so a line and
+      // the counters of its reporter always agree.
+      {"bytes_sent", absl::StrCat(end.bytes_to_client), count(end.bytes_to_client)},
+      {"bytes_received", absl::StrCat(end.bytes_from_client), count(end.bytes_from_client)},
       {"duration", absl::StrCat(duration_ms, "ms"), duration_ms, "duration_ms"},
       {"flags", end.flags},
       {"error", end.reason},

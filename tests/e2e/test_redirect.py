@@ -340,7 +340,8 @@ class ConfigTest(unittest.TestCase):
         # version stays enrolled.
         bad = self.b.yaml().replace(f"ip: {self.b.ip4}", "ip: 198.18.999.1")
         self.agent.write_config("pods.yaml", self.a.yaml() + "---\n" + bad)
-        self.agent.wait_log("Pod default/b")
+        # The error itself: "Pod default/b" alone is in the first load's "applied" line too.
+        self.agent.wait_log("Pod default/b: field status.podIPs[0].ip")
         log = self.agent.logs()
         self.assertRegex(log, r"pods\.yaml.*Pod default/b.*status\.podIPs\[0\]\.ip")
         self.assertNotIn("removed pod", log)

@@ -181,8 +181,8 @@ class TelemetryTest(unittest.TestCase):
             self.assertEqual(c["source"]["identity"], WEB)
             self.assertEqual(c["destination"]["workload"], "backend/b")
             self.assertEqual(c["destination"]["identity"], API)
-            self.assertEqual(c["bytesSent"], n + 16)
-            self.assertEqual(c["bytesReceived"], m)
+            self.assertEqual(c["bytesReceived"], n + 16)
+            self.assertEqual(c["bytesSent"], m)
             self.assertGreaterEqual(c["ageMs"], 0)
 
             out = json.loads(self.ctl(self.n2, "connections", "--pod", "backend/b",
@@ -195,8 +195,8 @@ class TelemetryTest(unittest.TestCase):
             self.assertEqual(c["source"]["workload"], "default/a")
             self.assertEqual(c["destination"]["address"], f"{self.b.ip4}:7000")
             self.assertEqual(c["policy"], "default")
-            self.assertEqual(c["bytesSent"], n + 16)
-            self.assertEqual(c["bytesReceived"], m)
+            self.assertEqual(c["bytesReceived"], n + 16)
+            self.assertEqual(c["bytesSent"], m)
             # A pod with no connections: an empty list, not an error.
             none = json.loads(self.ctl(self.n2, "connections", "--pod", "default/a", "-o",
                                        "json"))
@@ -270,8 +270,9 @@ class TelemetryTest(unittest.TestCase):
         self.assertEqual(entry["security"], "mutual_tls")
         self.assertEqual(entry["decision"], "allow")
         self.assertEqual(entry["policy"], "default")
-        self.assertEqual(entry["bytes_sent"], n + 16)
-        self.assertEqual(entry["bytes_received"], m)
+        # The same definition as the counters above: received is what the client sent.
+        self.assertEqual(entry["bytes_received"], n + 16)
+        self.assertEqual(entry["bytes_sent"], m)
         self.assertGreaterEqual(entry["duration_ms"], 0)
         self.assertNotIn("PRIVATE KEY", self.n1.logs() + self.n2.logs())
 

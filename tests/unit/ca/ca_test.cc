@@ -129,6 +129,15 @@ class CaTest : public ::testing::Test {
   FakeClock clock_{WholeSecondsNow()};
 };
 
+// The default state directory, /var/lib/ambit/<instance>, has a parent a fresh machine lacks.
+TEST_F(CaTest, CreatesTheStateDirectorysMissingParents) {
+  CaOptions options = Options();
+  options.state_dir = dir_.PathOf("var/lib/ambit/quickstart");
+  auto ca = CertificateAuthority::Create(options);
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  EXPECT_TRUE(std::filesystem::exists(dir_.PathOf("var/lib/ambit/quickstart/ca/root-key.pem")));
+}
+
 TEST_F(CaTest, GeneratesRootOnceAndReloadsIt) {
   auto first = NewCa();
   ASSERT_NE(first, nullptr);

@@ -46,8 +46,8 @@ TEST(AccessLog, TextLineNamesBothEndsBytesAndDecision) {
             "src_workload=frontend/web src_identity=spiffe://cluster.local/ns/frontend/sa/web "
             "dst=198.18.0.5:8080 dst_workload=backend/api "
             "dst_identity=spiffe://cluster.local/ns/backend/sa/api dst_service=- "
-            "security=mutual_tls decision=allow policy=backend/api-callers bytes_sent=100 "
-            "bytes_received=2000 duration=250ms flags=- error=-");
+            "security=mutual_tls decision=allow policy=backend/api-callers bytes_sent=2000 "
+            "bytes_received=100 duration=250ms flags=- error=-");
 }
 
 TEST(AccessLog, ReasonsAreQuotedAndStayOnOneLine) {
@@ -68,8 +68,8 @@ TEST(AccessLog, JsonLineIsOneObjectWithNumbers) {
   auto j = nlohmann::json::parse(line);
   EXPECT_EQ(j["decision"], "deny");
   EXPECT_EQ(j["flags"], "DENY");
-  EXPECT_EQ(j["bytes_sent"], 5);
-  EXPECT_EQ(j["bytes_received"], 0);
+  EXPECT_EQ(j["bytes_sent"], 0);  // nothing went back to the client
+  EXPECT_EQ(j["bytes_received"], 5);
   EXPECT_EQ(j["duration_ms"], 1000);
   EXPECT_EQ(j["src_identity"], "spiffe://cluster.local/ns/frontend/sa/web");
   EXPECT_FALSE(j.contains("dst_service"));  // empty fields are left out
