@@ -152,6 +152,11 @@ metadata:
         doc = self.json("version")
         self.assertEqual(doc["agentVersion"], doc["clientVersion"])  # built together
         self.assertEqual(doc["agentSocket"], self.agent.admin_socket)
+        # The environment names the agent when no flag does.
+        r = run(AMBITCTL, "version", "-o", "json", check=False,
+                env={**os.environ, "AMBIT_ADMIN_SOCKET": self.agent.admin_socket})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["agentVersion"], doc["clientVersion"])
 
     def test_workloads(self):
         doc = self.json("workloads")

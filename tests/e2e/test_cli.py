@@ -245,6 +245,25 @@ class CliTest(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("bash, zsh or fish", err)
 
+    def test_instance_names_the_socket_ambitd_uses(self):
+        # No agent of that instance runs: the error names the socket ambitd would have made.
+        for args, env in ((["--instance", "ambit-test-none"], {}),
+                          ([], {"AMBIT_INSTANCE": "ambit-test-none"}),
+                          (["--instance", "ambit-test-none"], {"AMBIT_INSTANCE": "other"})):
+            with self.subTest(args=args, env=env):
+                proc = subprocess.run([AMBITCTL, "status", *args], capture_output=True,
+                                      text=True, timeout=30, check=False,
+                                      env={**os.environ, **env})
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertIn("no admin socket at /run/ambit/ambit-test-none/admin.sock",
+                              proc.stderr)
+        proc = subprocess.run([AMBITCTL, "status"], capture_output=True, text=True, timeout=30,
+                              check=False, env={**os.environ, "AMBIT_ADMIN_SOCKET": "/tmp/x.sock"})
+        self.assertIn("no admin socket at /tmp/x.sock", proc.stderr)
+        code, _, err = ambitctl("status", "--instance", "../etc")
+        self.assertEqual(code, 2)
+        self.assertIn("--instance '../etc' is not an instance name", err)
+
     def test_admin_socket_flag_is_accepted(self):
         code, _, err = ambitctl("--admin-socket", "/tmp/ambit-test.sock", "version", "--client")
         self.assertEqual(code, 0, err)
