@@ -264,12 +264,12 @@ absl::Status CheckLeaf(const std::vector<bssl::UniquePtr<X509>>& chain, EVP_PKEY
   AMBIT_ASSIGN_OR_RETURN(CertInfo info, DescribeCert(leaf));
   if (now < info.not_before) {
     return absl::FailedPreconditionError(absl::StrCat("leaf certificate is not valid before ",
-                                                      absl::FormatTime(info.not_before), " (now ",
-                                                      absl::FormatTime(now), "); check clocks"));
+                                                      FormatTimestamp(info.not_before), " (now ",
+                                                      FormatTimestamp(now), "); check clocks"));
   }
   if (now >= info.not_after) {
     return absl::FailedPreconditionError(
-        absl::StrCat("leaf certificate expired at ", absl::FormatTime(info.not_after)));
+        absl::StrCat("leaf certificate expired at ", FormatTimestamp(info.not_after)));
   }
   return absl::OkStatus();
 }
