@@ -49,6 +49,8 @@ packages=(
   # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni);
   # their ZDS peer uses python3-protobuf, above
   containernetworking-plugins
+  # ambitctl completion tests: its zsh and fish scripts checked by the shells themselves
+  zsh fish
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

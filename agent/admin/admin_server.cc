@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
+#include "agent/common/version.h"
 #include "ambit/admin/v1/admin.grpc.pb.h"
 
 namespace ambit::admin {
@@ -287,6 +288,7 @@ class AdminServer::Service final : public pb::Admin::Service {
     if (!readiness) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
     std::vector<std::string> problems = readiness(now);
     resp->set_ready(problems.empty());
+    resp->set_agent_version(std::string(Version()));
     for (auto& p : problems) resp->add_problems(std::move(p));
     const NodeHealth h = state_->Health();
     pb::DataPlaneStatus* tunnel = resp->add_data_planes();

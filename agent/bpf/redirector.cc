@@ -87,13 +87,16 @@ absl::Status PinFd(int fd, const std::string& path) {
   return absl::OkStatus();
 }
 
-ProgramInfo Describe(int prog_fd, std::string attached_to) {
+ProgramInfo Describe(const bpf_program* prog, std::string attached_to) {
   bpf_prog_info info{};
   uint32_t len = sizeof info;
   ProgramInfo out;
   out.attached_to = std::move(attached_to);
-  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) == 0) {
-    out.name = info.name;
+  // The kernel keeps 15 characters of a name (BPF_OBJ_NAME_LEN: "ambit_getpeerna"); the object
+  // file has the whole function name, as in bpf/progs and as bpftool shows it from BTF.
+  if (const char* name = bpf_program__name(prog); name != nullptr) out.name = name;
+  if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) {
+    if (out.name.empty()) out.name = info.name;
     out.id = info.id;
     out.verified_insns = info.verified_insns;
   }
@@ -297,7 +300,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
         return absl::ErrnoToStatus(errno, absl::StrCat("pin link ", pin));
       }
     }
-    s.programs.push_back(Describe(bpf_program__fd(p.prog), "cgroup " + config.cgroup_path));
+    s.programs.push_back(Describe(p.prog, "cgroup " + config.cgroup_path));
     if (link) {
       s.links.push_back(std::move(link));
       s.link_pins.push_back(pin);
@@ -475,8 +478,7 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
     }
   }
   if (s.programs.size() < 6) {
-    s.programs.push_back(
-        Describe(bpf_program__fd(skel->progs.ambit_sk_lookup), "netns of each enrolled pod"));
+    s.programs.push_back(Describe(skel->progs.ambit_sk_lookup, "netns of each enrolled pod"));
   }
 
   ambit_pod_info info{slot, 0};

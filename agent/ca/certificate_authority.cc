@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/ca/openssl_util.h"
+#include "agent/common/formats.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
 
@@ -298,7 +299,7 @@ absl::StatusOr<std::pair<absl::Time, absl::Time>> LeafValidity(const SigningMate
   if (now >= m.not_after) {
     return absl::FailedPreconditionError(
         absl::StrCat("the CA's signing certificate (", m.issuer_name, ") expired at ",
-                     absl::FormatTime(m.not_after), "; replace it"));
+                     FormatTimestamp(m.not_after), "; replace it"));
   }
   return std::make_pair(now - kClockSkew, std::min(now + lifetime, m.not_after));
 }
@@ -683,7 +684,7 @@ absl::StatusOr<std::unique_ptr<SigningMaterial>> LoadOrGenerateRoot(const CaOpti
   AMBIT_ASSIGN_OR_RETURN(auto m, NewMaterial(std::move(cert), std::move(key)));
   if (now >= m->not_after) {
     return absl::FailedPreconditionError(absl::StrCat(
-        cert_path, ": the root expired at ", absl::FormatTime(m->not_after), "; remove ", dir,
+        cert_path, ": the root expired at ", FormatTimestamp(m->not_after), "; remove ", dir,
         " to generate a new one (peers must then trust the new root)"));
   }
   m->chain_pem.push_back(root_pem);

@@ -56,12 +56,12 @@ absl::Status ProbeSocket(const std::string& socket_path) {
     case ENOTDIR:
       return absl::UnavailableError(absl::StrCat(
           "ambitd is not running here (no admin socket at ", socket_path,
-          "); start it, or point --admin-socket at the socket of the instance you want"));
+          "); start it, or pick the agent with --instance NAME or --admin-socket PATH"));
     case ECONNREFUSED:
       return absl::UnavailableError(absl::StrCat(
           "ambitd is not running here (", socket_path,
           " exists but nothing listens on it: a stopped agent left it behind); start ambitd, or "
-          "point --admin-socket at the socket of the instance you want"));
+          "pick the agent with --instance NAME or --admin-socket PATH"));
     default:
       return absl::ErrnoToStatus(err,
                                  absl::StrCat("connect to ambitd's admin socket ", socket_path));

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "agent/cli/admin_client.h"
 #include "agent/cli/commands.h"
+#include "agent/cli/filters.h"
 #include "agent/common/status.h"
 
 namespace ambit::cli {
@@ -70,7 +71,7 @@ std::string GenerationLine(const pb::ConfigGeneration& g) {
 }
 
 // The views. `table`: one line per row, nested parts flattened into text.
-Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
+Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table, bool wide = false) {
   Value out = Value::MakeList();
   for (const auto& w : resp.workloads()) {
     Value redirect;
@@ -97,11 +98,14 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
         {"mtls", w.mtls_mode()},
     });
     if (!table) row.Set("mtlsPolicy", OrNull(w.mtls_policy()));
+    if (wide) row.Set("mtls policy", w.mtls_policy().empty() ? "-" : w.mtls_policy());
     row.Set("waypoint",
             table ? Value(w.waypoint().empty() ? "-" : w.waypoint()) : OrNull(w.waypoint()));
     if (!table) {
       row.Set("waypointInstanceOf", OrNull(w.waypoint_instance_of()));
       row.Set("waypointBypassAllowed", w.waypoint_bypass_allowed());
+    } else if (wide) {
+      row.Set("waypoint of", w.waypoint_instance_of().empty() ? "-" : w.waypoint_instance_of());
     }
     row.Set("redirect", redirect);
     std::string status = w.status().empty() ? "ok" : w.status();
@@ -117,7 +121,7 @@ Value WorkloadsValue(const pb::ListWorkloadsResponse& resp, bool table) {
   return out;
 }
 
-Value PoliciesValue(const pb::ListPoliciesResponse& resp, bool table) {
+Value PoliciesValue(const pb::ListPoliciesResponse& resp, bool table, bool wide = false) {
   Value policies = Value::MakeList();
   for (const auto& p : resp.policies()) {
     Value row = Value::Object({
@@ -135,6 +139,10 @@ Value PoliciesValue(const pb::ListPoliciesResponse& resp, bool table) {
       row.Set("warnings", Strings(p.warnings()));
     } else {
       row.Set("warnings", static_cast<int64_t>(p.warnings_size()));
+      if (wide) {
+        row.Set("provider", p.provider().empty() ? "-" : p.provider());
+        row.Set("source", p.source_file().empty() ? "-" : p.source_file());
+      }
     }
     policies.Append(std::move(row));
   }
@@ -245,13 +253,13 @@ Value EndValue(const pb::ConnectionEnd& e, bool table) {
                         {"service", OrNull(e.service())}});
 }
 
-Value ConnectionsValue(const pb::ListConnectionsResponse& resp, bool table) {
+Value ConnectionsValue(const pb::ListConnectionsResponse& resp, bool table, bool wide = false) {
   Value out = Value::MakeList();
   for (const auto& c : resp.connections()) {
     if (table) {
       // The identity shown is the peer's: who the local pod talks to, as mTLS proved it.
       const pb::ConnectionEnd& peer = c.direction() == "outbound" ? c.destination() : c.source();
-      out.Append(Value::Object({
+      Value row = Value::Object({
           {"pod", c.pod()},
           {"direction", c.direction()},
           {"source", EndValue(c.source(), true)},
@@ -262,7 +270,17 @@ Value ConnectionsValue(const pb::ListConnectionsResponse& resp, bool table) {
           {"sent", c.bytes_sent()},
           {"received", c.bytes_received()},
           {"age", Age(c.age_ms())},
-      }));
+      });
+      if (wide) {
+        // The local pod's own identity and the addresses, which the narrow table leaves out.
+        const pb::ConnectionEnd& local = c.direction() == "outbound" ? c.source() : c.destination();
+        row.Set("id", absl::StrCat(c.id()));
+        row.Set("mode", c.mode());
+        row.Set("local identity", local.identity().empty() ? "-" : local.identity());
+        row.Set("source address", c.source().address());
+        row.Set("destination address", c.destination().address());
+      }
+      out.Append(std::move(row));
       continue;
     }
     out.Append(Value::Object({
@@ -291,33 +309,46 @@ absl::Status Connections(Context& ctx) {
     }
     req.set_pod(*pod);
   }
+  AMBIT_ASSIGN_OR_RETURN(const RowFilter filter, RowFilter::FromFlags(ctx));
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   auto resp = Call(ctx, **stub, &Stub::ListConnections, req);
   if (!resp.ok()) return resp.status();
+  // A connection is in the namespace of its local pod; it has the addresses of both ends.
+  KeepIf(resp->mutable_connections(), [&filter](const pb::Connection& c) {
+    return filter.QualifiedName(c.pod()) &&
+           filter.Address({c.source().address(), c.destination().address()});
+  });
   const bool table = ctx.output_format() == OutputFormat::kTable;
   if (table && resp->connections().empty()) {
-    ctx.out() << (req.pod().empty() ? "No live connections.\n"
-                                    : absl::StrCat("No live connections of ", req.pod(), ".\n"));
+    ctx.out() << "No live connections" << (req.pod().empty() ? "" : absl::StrCat(" of ", req.pod()))
+              << (filter.active() ? absl::StrCat(" ", filter.Describe()) : "") << ".\n";
     return absl::OkStatus();
   }
-  ctx.Print(table ? ConnectionsValue(*resp, true)
+  ctx.Print(table ? ConnectionsValue(*resp, true, ctx.wide())
                   : Value::Object({{"connections", ConnectionsValue(*resp, false)}}));
   return absl::OkStatus();
 }
 
 absl::Status Workloads(Context& ctx) {
+  AMBIT_ASSIGN_OR_RETURN(const RowFilter filter, RowFilter::FromFlags(ctx));
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   auto resp = Call(ctx, **stub, &Stub::ListWorkloads);
   if (!resp.ok()) return resp.status();
+  KeepIf(resp->mutable_workloads(), [&filter](const pb::Workload& w) {
+    return filter.Namespace(w.namespace_()) && filter.Address(StringList(w.ips()));
+  });
   const bool table = ctx.output_format() == OutputFormat::kTable;
   if (table && resp->workloads().empty()) {
-    ctx.out() << "No workloads in the configuration.\n" << GenerationLine(resp->generation());
+    ctx.out() << (filter.active()
+                      ? absl::StrCat("No workloads ", filter.Describe(), " in the configuration.\n")
+                      : "No workloads in the configuration.\n")
+              << GenerationLine(resp->generation());
     return absl::OkStatus();
   }
   if (table) {
-    ctx.Print(WorkloadsValue(*resp, true));
+    ctx.Print(WorkloadsValue(*resp, true, ctx.wide()));
     bool heading = false;
     for (const auto& w : resp->workloads()) {
       for (const auto& text : w.warnings()) {
@@ -335,19 +366,24 @@ absl::Status Workloads(Context& ctx) {
 }
 
 absl::Status Policies(Context& ctx) {
+  AMBIT_ASSIGN_OR_RETURN(const RowFilter filter, RowFilter::FromFlags(ctx));
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   auto resp = Call(ctx, **stub, &Stub::ListPolicies);
   if (!resp.ok()) return resp.status();
+  // Rejected resources stay listed whatever the filter: each is a configuration error to fix.
+  KeepIf(resp->mutable_policies(),
+         [&filter](const pb::PolicyEntry& p) { return filter.Namespace(p.namespace_()); });
   const bool table = ctx.output_format() == OutputFormat::kTable;
-  Value v = PoliciesValue(*resp, table);
+  Value v = PoliciesValue(*resp, table, ctx.wide());
   if (!table) {
     v.Set("generation", GenerationValue(resp->generation()));
     ctx.Print(v);
     return absl::OkStatus();
   }
   if (v.Find("policies")->as_list().empty()) {
-    ctx.out() << "No AuthorizationPolicy or PeerAuthentication in force.\n";
+    ctx.out() << "No AuthorizationPolicy or PeerAuthentication"
+              << (filter.active() ? absl::StrCat(" ", filter.Describe()) : "") << " in force.\n";
   } else {
     ctx.Print(*v.Find("policies"));
   }
@@ -628,13 +664,18 @@ absl::Status Status(Context& ctx) {
 }
 
 absl::Status Services(Context& ctx) {
+  AMBIT_ASSIGN_OR_RETURN(const RowFilter filter, RowFilter::FromFlags(ctx));
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   auto resp = Call(ctx, **stub, &Stub::ListServices);
   if (!resp.ok()) return resp.status();
+  KeepIf(resp->mutable_services(), [&filter](const pb::Service& s) {
+    return filter.Namespace(s.namespace_()) && filter.Address(StringList(s.cluster_ips()));
+  });
   if (ctx.output_format() == OutputFormat::kTable) {
     if (resp->services().empty()) {
-      ctx.out() << "No services in the configuration.\n";
+      ctx.out() << "No services" << (filter.active() ? absl::StrCat(" ", filter.Describe()) : "")
+                << " in the configuration.\n";
     } else {
       ctx.Print(ServicesValue(*resp));
     }
@@ -730,7 +771,10 @@ Command WorkloadsCommand() {
           "earlier metadata.creationTimestamp, else the one the agent saw first, then by\n"
           "namespace/name), \"refused: ...\" (it names the node's own network namespace) or\n"
           "\"enroll failed; retrying\".",
-      .examples = "ambitctl workloads\nambitctl workloads -o json",
+      .examples =
+          "ambitctl workloads\nambitctl workloads -n default -o wide\n"
+          "ambitctl workloads --address 198.18.1.7\nambitctl workloads -o json",
+      .flags = NamespaceAndAddressFlags(),
       .run = Workloads,
   };
 }
@@ -749,7 +793,10 @@ Command ConnectionsCommand() {
       .examples =
           "ambitctl connections\nambitctl connections --pod default/web\n"
           "ambitctl connections -o json",
-      .flags = {{"pod", '\0', "NS/NAME", "only connections of this local pod"}},
+      .flags = {{"pod", '\0', "NS/NAME", "only connections of this local pod"},
+                {"namespace", 'n', "NS", "only connections of local pods in this namespace"},
+                {"all-namespaces", 'A', "", "connections of every namespace (the default)"},
+                {"address", '\0', "IP", "only connections with this address at either end"}},
       .run = Connections,
   };
 }
@@ -763,7 +810,9 @@ Command PoliciesCommand() {
           "with its scope (mesh-wide, namespace, selector or targetRefs), dry-run, and what\n"
           "the node tunnel (L4) will not enforce as written; then the resources the last\n"
           "configuration load rejected, with their errors (they are not in force).",
-      .examples = "ambitctl policies\nambitctl policies -o json",
+      .examples =
+          "ambitctl policies\nambitctl policies -n backend -o wide\nambitctl policies -o json",
+      .flags = NamespaceFlags(),
       .run = Policies,
   };
 }
@@ -891,7 +940,11 @@ Command ServicesCommand() {
       .description =
           "Lists every Service in the configuration with its cluster IPs, ports (port->target\n"
           "/protocol) and the pods its selector picks.",
-      .examples = "ambitctl services\nambitctl services -o json",
+      .examples =
+          "ambitctl services\nambitctl services -n backend\nambitctl services --address "
+          "10.96.0.10\n"
+          "ambitctl services -o json",
+      .flags = NamespaceAndAddressFlags(),
       .run = Services,
   };
 }

@@ -3,14 +3,17 @@
 #include "absl/time/time.h"
 #include "agent/cli/admin_client.h"
 #include "agent/cli/commands.h"
+#include "agent/cli/filters.h"
+#include "agent/common/formats.h"
+#include "agent/common/status.h"
+#include "agent/identity/spiffe_id.h"
 
 namespace ambit::cli {
 namespace {
 
 std::string Rfc3339(int64_t unix_seconds) {
   if (unix_seconds == 0) return "";
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(unix_seconds),
-                          absl::UTCTimeZone());
+  return FormatTimestamp(absl::FromUnixSeconds(unix_seconds));
 }
 
 }  // namespace
@@ -21,7 +24,7 @@ Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp) 
     certs.Append(Value::Object({
         {"identity", c.identity()},
         {"state", c.state()},
-        {"serial", c.serial()},
+        {"serial", FormatSerial(c.serial())},
         {"notBefore", Rfc3339(c.not_before().unix_seconds())},
         {"notAfter", Rfc3339(c.not_after().unix_seconds())},
         {"issuer", c.issuer()},
@@ -33,7 +36,7 @@ Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp) 
   for (const auto& r : resp.trust_bundle()) {
     roots.Append(Value::Object({
         {"subject", r.subject()},
-        {"serial", r.serial()},
+        {"serial", FormatSerial(r.serial())},
         {"notAfter", Rfc3339(r.not_after().unix_seconds())},
         {"sha256Fingerprint", r.sha256_fingerprint()},
     }));
@@ -43,7 +46,16 @@ Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp) 
 
 namespace {
 
+// The namespace of an identity of Istio's form (spiffe://td/ns/NS/sa/SA); "" for any other.
+std::string IdentityNamespace(const std::string& identity) {
+  auto id = identity::ParseSpiffeId(identity);
+  if (!id.ok()) return "";
+  auto istio = identity::AsIstioIdentity(*id);
+  return istio.has_value() ? istio->namespace_name : "";
+}
+
 absl::Status ListCertificates(Context& ctx) {
+  AMBIT_ASSIGN_OR_RETURN(const RowFilter filter, RowFilter::FromFlags(ctx));
   auto stub = ConnectAdmin(ctx.admin_socket());
   if (!stub.ok()) return stub.status();
   grpc::ClientContext call;
@@ -51,6 +63,9 @@ absl::Status ListCertificates(Context& ctx) {
   ambit::admin::v1::ListCertificatesResponse resp;
   grpc::Status status = (*stub)->ListCertificates(&call, {}, &resp);
   if (!status.ok()) return AdminCallError(ctx.admin_socket(), status);
+  KeepIf(resp.mutable_certificates(), [&filter](const ambit::admin::v1::Certificate& c) {
+    return filter.Namespace(IdentityNamespace(c.identity()));
+  });
 
   Value doc = CertificatesValue(resp);
   const Value& certs = *doc.Find("certificates");
@@ -58,7 +73,9 @@ absl::Status ListCertificates(Context& ctx) {
   if (ctx.output_format() == OutputFormat::kTable) {
     // Two tables for people: the workload certificates, then the roots they chain to.
     if (certs.as_list().empty()) {
-      ctx.out() << "No workload certificates (no enrolled pods).\n";
+      ctx.out() << (filter.active() ? absl::StrCat("No workload certificates of identities ",
+                                                   filter.Describe(), ".\n")
+                                    : "No workload certificates (no enrolled pods).\n");
     } else {
       ctx.Print(certs);
     }
@@ -81,7 +98,8 @@ Command CertsCommand() {
           "valid, renewing, expired or failed; serial; validity; issuer; pods using it) and\n"
           "the roots in the trust bundle. Private keys never leave the data plane and are\n"
           "never shown.",
-      .examples = "ambitctl certs\nambitctl certs -o json",
+      .examples = "ambitctl certs\nambitctl certs -n default\nambitctl certs -o json",
+      .flags = NamespaceFlags(),
       .run = ListCertificates,
   };
 }

@@ -1,11 +1,13 @@
 #include "agent/cli/command.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "agent/common/instance_paths.h"
 
 namespace ambit::cli {
 namespace {
@@ -152,6 +154,14 @@ Parsed Parse(const Command& root, const std::vector<std::string>& args) {
   if (auto it = p.flags.find("admin-socket"); it != p.flags.end() && it->second.empty()) {
     p.usage_error = "--admin-socket needs a non-empty path";
   }
+  if (p.flags.count("admin-socket") > 0 && p.flags.count("instance") > 0) {
+    p.usage_error = "--admin-socket and --instance both name the agent to ask; give one";
+  }
+  if (auto it = p.flags.find("instance"); it != p.flags.end() && !ValidInstanceName(it->second)) {
+    p.usage_error = absl::StrCat("--instance '", it->second,
+                                 "' is not an instance name (1-64 of A-Z a-z 0-9 . _ -, not "
+                                 "starting with '.')");
+  }
   return p;
 }
 
@@ -159,9 +169,18 @@ Parsed Parse(const Command& root, const std::vector<std::string>& args) {
 
 const std::vector<FlagSpec>& GlobalFlags() {
   static const auto* const kFlags = new std::vector<FlagSpec>{
-      {"output", 'o', "FORMAT", "output format: table, json or yaml (default table)"},
+      {"output", 'o', "FORMAT",
+       "output format: table, wide (a table with more columns), json or yaml (default table)"},
+      {"instance", '\0', "NAME",
+       absl::StrCat(
+           "the agent instance to ask on this node (ambitd --instance NAME): its socket is ",
+           AdminSocketIn(InstanceRunDir("NAME")), ", ",
+           AdminSocketIn(InstanceRunDir(kDefaultInstance)), " for ", kDefaultInstance,
+           ", the default (env ", kInstanceEnv, ")")},
       {"admin-socket", '\0', "PATH",
-       absl::StrCat("ambitd's admin API socket (default ", kDefaultAdminSocket, ")")},
+       absl::StrCat("ambitd's admin API socket, for an agent started with --run-dir or "
+                    "--admin-socket (env ",
+                    kAdminSocketEnv, "; default: the instance's)")},
       {"help", 'h', "", "show help for the command"},
   };
   return *kFlags;
@@ -179,6 +198,30 @@ std::vector<std::string> Context::flag_values(absl::string_view name) const {
 }
 
 void Context::Print(const Value& value) { out_ << Render(value, options_.output_format); }
+
+std::optional<std::string> ProcessEnv(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+absl::StatusOr<std::string> ResolveAdminSocket(
+    const std::optional<std::string>& admin_socket_flag,
+    const std::optional<std::string>& instance_flag,
+    const std::function<std::optional<std::string>(const char*)>& getenv) {
+  if (admin_socket_flag.has_value()) return *admin_socket_flag;
+  if (instance_flag.has_value()) return AdminSocketIn(InstanceRunDir(*instance_flag));
+  if (auto socket = getenv(kAdminSocketEnv)) return *socket;
+  if (auto instance = getenv(kInstanceEnv)) {
+    if (!ValidInstanceName(*instance)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kInstanceEnv, "='", *instance,
+          "' is not an instance name (1-64 of A-Z a-z 0-9 . _ -, not starting with '.')"));
+    }
+    return AdminSocketIn(InstanceRunDir(*instance));
+  }
+  return AdminSocketIn(InstanceRunDir(kDefaultInstance));
+}
 
 std::string HelpText(const std::vector<const Command*>& path) {
   const Command& cmd = *path.back();
@@ -256,9 +299,16 @@ int RunCli(const Command& root, const std::vector<std::string>& args, std::ostre
   if (auto it = p.flags.find("output"); it != p.flags.end()) {
     options.output_format = *ParseOutputFormat(it->second);  // validated by Parse
   }
-  if (auto it = p.flags.find("admin-socket"); it != p.flags.end()) {
-    options.admin_socket = it->second;
+  auto flag = [&p](const char* name) -> std::optional<std::string> {
+    auto it = p.flags.find(name);
+    return it == p.flags.end() ? std::nullopt : std::make_optional(it->second);
+  };
+  auto socket = ResolveAdminSocket(flag("admin-socket"), flag("instance"), ProcessEnv);
+  if (!socket.ok()) {
+    err << cmd_path << ": " << socket.status().message() << "\n";
+    return kExitUsage;
   }
+  options.admin_socket = *std::move(socket);
   Context ctx(std::move(p.positionals), std::move(options), std::move(p.flags), out, err);
   ctx.set_flag_values(std::move(p.values));
   absl::Status status = cmd.run(ctx);

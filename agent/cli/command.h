@@ -26,13 +26,18 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/cli/output.h"
 
 namespace ambit::cli {
 
 inline constexpr char kProgramName[] = "ambitctl";
-inline constexpr char kDefaultAdminSocket[] = "/run/ambit/admin.sock";
+// Which agent ambitctl asks, when neither --instance nor --admin-socket says: the environment's
+// AMBIT_ADMIN_SOCKET, then AMBIT_INSTANCE, then the default instance's socket. A flag beats the
+// environment; a socket beats an instance.
+inline constexpr char kInstanceEnv[] = "AMBIT_INSTANCE";
+inline constexpr char kAdminSocketEnv[] = "AMBIT_ADMIN_SOCKET";
 
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
@@ -52,7 +57,7 @@ class Context {
  public:
   struct Options {
     OutputFormat output_format = OutputFormat::kTable;
-    std::string admin_socket = kDefaultAdminSocket;
+    std::string admin_socket;  // resolved by RunCli: flags, environment, default instance
   };
 
   Context(std::vector<std::string> args, Options options, std::map<std::string, std::string> flags,
@@ -65,7 +70,12 @@ class Context {
 
   // Positional arguments after the command path; their count is within the command's bounds.
   const std::vector<std::string>& args() const { return args_; }
-  OutputFormat output_format() const { return options_.output_format; }
+  // kTable for -o wide too (a wide table is a table); wide() says whether more columns were asked.
+  OutputFormat output_format() const {
+    return options_.output_format == OutputFormat::kWide ? OutputFormat::kTable
+                                                         : options_.output_format;
+  }
+  bool wide() const { return options_.output_format == OutputFormat::kWide; }
   // ambitd's admin API socket, for commands that talk to the agent.
   const std::string& admin_socket() const { return options_.admin_socket; }
   // A flag declared by the command or one of its parents, by long name: its value, "" for a
@@ -116,8 +126,20 @@ struct Command {
   Handler run = {};
 };
 
-// Flags every command accepts: -o/--output, --admin-socket, -h/--help.
+// Flags every command accepts: -o/--output, --instance, --admin-socket, -h/--help.
 const std::vector<FlagSpec>& GlobalFlags();
+
+// The admin socket ambitctl asks: --admin-socket, else --instance's (the rule ambitd creates it
+// by, agent/common/instance_paths.h), else AMBIT_ADMIN_SOCKET, else AMBIT_INSTANCE's, else the
+// default instance's. `getenv` is the environment (injectable for tests). InvalidArgument for an
+// invalid instance name or both flags at once.
+absl::StatusOr<std::string> ResolveAdminSocket(
+    const std::optional<std::string>& admin_socket_flag,
+    const std::optional<std::string>& instance_flag,
+    const std::function<std::optional<std::string>(const char*)>& getenv);
+
+// The environment as ResolveAdminSocket reads it; an empty variable counts as unset.
+std::optional<std::string> ProcessEnv(const char* name);
 
 // The --help text of the command reached by `path` (root first).
 std::string HelpText(const std::vector<const Command*>& path);

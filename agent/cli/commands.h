@@ -24,6 +24,10 @@ Command CertsCommand();
 Command PolicyCommand();
 // `ambitctl version`.
 Command VersionCommand();
+// `ambitctl completion bash|zsh|fish` (completion_command.cc).
+Command CompletionCommand();
+// The completion script for `shell` (bash, zsh or fish) of the tree under `root`.
+absl::StatusOr<std::string> CompletionScript(const Command& root, absl::string_view shell);
 // Commands that ask the running agent (agent_commands.cc).
 Command WorkloadsCommand();
 Command ConnectionsCommand();
@@ -49,7 +53,7 @@ absl::StatusOr<absl::Time> NowFlag(Context& ctx);
 // What `ambitctl id parse` prints for `text`, and whether it is valid.
 Value DescribeSpiffeId(absl::string_view text, bool* valid);
 
-// The ambitctl release, set at build time (-DAMBIT_VERSION=...).
+// The ambitctl release (agent/common/version.h).
 absl::string_view Version();
 
 }  // namespace ambit::cli

@@ -96,8 +96,9 @@ absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name) {
   if (name == "table") return OutputFormat::kTable;
   if (name == "json") return OutputFormat::kJson;
   if (name == "yaml") return OutputFormat::kYaml;
+  if (name == "wide") return OutputFormat::kWide;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown output format '", name, "': use table, json or yaml"));
+      absl::StrCat("unknown output format '", name, "': use table, wide, json or yaml"));
 }
 
 namespace {
@@ -386,6 +387,7 @@ std::string RenderYaml(const Value& value) {
 std::string Render(const Value& value, OutputFormat format) {
   switch (format) {
     case OutputFormat::kTable:
+    case OutputFormat::kWide:
       return RenderTable(value);
     case OutputFormat::kJson:
       return RenderJson(value);

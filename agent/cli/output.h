@@ -71,9 +71,10 @@ class Value {
   std::variant<std::monostate, bool, int64_t, double, std::string, List, Map> v_;
 };
 
-enum class OutputFormat { kTable, kJson, kYaml };
+// kWide is a table with more columns (kubectl's -o wide); commands choose which.
+enum class OutputFormat { kTable, kJson, kYaml, kWide };
 
-// "table", "json" or "yaml"; InvalidArgument naming the accepted values otherwise.
+// "table", "wide", "json" or "yaml"; InvalidArgument naming the accepted values otherwise.
 absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name);
 
 // For people. A list of maps becomes a table: one column per key (in first-seen order), headers

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/common/formats.h"
 
 namespace ambit::issuance {
 namespace {
@@ -30,13 +31,18 @@ absl::StatusOr<CertificateInfo> DescribeCertificate(const std::string& pem) {
   std::unique_ptr<X509, X509Free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (!cert) return absl::InvalidArgumentError("not a PEM certificate");
   CertificateInfo info;
-  std::unique_ptr<char, OpenSslFree> subject(
-      X509_NAME_oneline(X509_get_subject_name(cert.get()), nullptr, 0));
-  if (subject) info.subject = subject.get();
+  // OpenSSL's one-line form, as the data plane and the CA print names (agent/common/formats.h).
+  std::unique_ptr<BIO, BioFree> name(BIO_new(BIO_s_mem()));
+  if (name != nullptr && X509_NAME_print_ex(name.get(), X509_get_subject_name(cert.get()), 0,
+                                            XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+    char* data = nullptr;
+    const long len = BIO_get_mem_data(name.get(), &data);
+    if (len > 0) info.subject.assign(data, static_cast<size_t>(len));
+  }
   std::unique_ptr<BIGNUM, BnFree> bn(
       ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr));
   std::unique_ptr<char, OpenSslFree> hex(bn ? BN_bn2hex(bn.get()) : nullptr);
-  if (hex) info.serial_hex = hex.get();
+  if (hex) info.serial_hex = FormatSerial(hex.get());
   struct tm tm {};
   if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm) == 1) {
     info.not_after = absl::FromTM(tm, absl::UTCTimeZone());

@@ -11,15 +11,13 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/cni/cni.h"
 #include "agent/cni/install.h"
 #include "agent/cni/plugin.h"
 #include "agent/cni/zds_client.h"
-#include "agent/common/flags.h"
+#include "agent/common/daemon_flags.h"
 
 ABSL_FLAG(bool, install, false,
           "copy this binary into --cni-bin-dir as ambit-cni and chain it last in the primary "
@@ -98,12 +96,10 @@ int RunInstall(bool install) {
 
 int main(int argc, char** argv) {
   if (argc > 1) {
-    absl::SetProgramUsageMessage(
-        "ambit-cni: the chained CNI plug-in of ambit (run by the container runtime), or "
+    ambit::ParseDaemonFlags(
+        argc, argv, "ambit-cni",
+        "the chained CNI plug-in of ambit (run by the container runtime), or "
         "ambit-cni --install | --uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]");
-    std::vector<std::string> storage;
-    std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, storage);
-    absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
     if (absl::GetFlag(FLAGS_install) && absl::GetFlag(FLAGS_uninstall)) {
       fprintf(stderr, "ambit-cni: --install and --uninstall exclude each other\n");
       return 2;

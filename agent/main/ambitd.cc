@@ -4,14 +4,12 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "agent/common/allocator.h"
-#include "agent/common/flags.h"
+#include "agent/common/daemon_flags.h"
 #include "agent/common/log.h"
 #include "agent/common/probe_source.h"
 #include "agent/common/socket_mark.h"
@@ -140,8 +138,10 @@ ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
 ABSL_FLAG(std::string, crl_file, "",
           "PEM certificate revocation lists for the trust bundle (one or more); re-read when it "
           "changes; HBONE peers presenting a revoked certificate are refused at the handshake");
-ABSL_FLAG(std::string, admin_socket, "",
-          "admin API unix socket (default /run/ambit/admin.sock, or under --run-dir)");
+ABSL_FLAG(
+    std::string, admin_socket, "",
+    "admin API unix socket (default <run dir>/admin.sock: /run/ambit/admin.sock for the default "
+    "instance, /run/ambit/<instance>/admin.sock for another)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:15020",
           "ip:port of the Prometheus endpoint (/metrics); empty: off");
 ABSL_FLAG(std::string, readiness_address, "0.0.0.0:15021",
@@ -208,10 +208,8 @@ bool ParsePorts(const std::string& text, const char* flag, std::vector<uint16_t>
 
 int main(int argc, char** argv) {
   ambit::FixAllocatorThresholds();
-  absl::SetProgramUsageMessage("ambit node agent. Usage: ambitd --config-dir DIR [flags]");
-  std::vector<std::string> arg_storage;
-  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  ambit::ParseDaemonFlags(argc, argv, "ambitd",
+                          "the ambit node agent. Usage: ambitd --config-dir DIR [flags]");
   ambit::log::Level level;
   if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     std::cerr << "ambitd: --log-level must be debug, info, warn or error\n";

@@ -8,13 +8,11 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/common/allocator.h"
 #include "agent/common/capabilities.h"
-#include "agent/common/flags.h"
+#include "agent/common/daemon_flags.h"
 #include "agent/common/log.h"
 #include "agent/common/probe_source.h"
 #include "agent/common/socket_mark.h"
@@ -68,10 +66,7 @@ const std::vector<caps::Need>& DataPlaneNeeds() {
 int DataPlaneMain(int argc, char** argv, const char* name, const char* usage,
                   const std::function<absl::Status(tunnel::TunnelOptions&)>& customize) {
   ambit::FixAllocatorThresholds();
-  absl::SetProgramUsageMessage(usage);
-  std::vector<std::string> arg_storage;
-  std::vector<char*> args = ambit::DashedFlagsToAbsl(argc, argv, arg_storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  ambit::ParseDaemonFlags(argc, argv, name, usage);
   ambit::log::Level level;
   if (!ambit::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     std::cerr << name << ": --log-level must be debug, info, warn or error\n";

@@ -16,6 +16,7 @@
 #include "agent/authz/engine.h"
 #include "agent/bpf/redirector.h"
 #include "agent/common/epoll_loop.h"
+#include "agent/common/instance_paths.h"
 #include "agent/common/ip_address.h"
 #include "agent/common/socket_mark.h"
 #include "agent/common/task_queue.h"
@@ -139,10 +140,10 @@ struct AgentOptions {
   std::string pin_root() const { return bpffs + "/ambit/" + instance; }
   std::string resolved_run_dir() const {
     if (!run_dir.empty()) return run_dir;
-    return instance == "default" ? "/run/ambit" : "/run/ambit/" + instance;
+    return InstanceRunDir(instance);
   }
   std::string resolved_admin_socket() const {
-    return admin_socket.empty() ? resolved_run_dir() + "/admin.sock" : admin_socket;
+    return admin_socket.empty() ? AdminSocketIn(resolved_run_dir()) : admin_socket;
   }
   std::string resolved_ca_state_dir() const {
     return ca_state_dir.empty() ? "/var/lib/ambit/" + instance : ca_state_dir;

@@ -60,7 +60,12 @@ std::vector<std::string> SessionPods(DataPlaneKind kind, const std::vector<std::
 }
 
 absl::Duration RestartBackoff::OnExit(absl::Time now) {
-  if (now - started_ > options_.healthy_run) next_ = options_.initial;
+  // Only a run that came up (OnStarted) and lasted earns a quick restart. A process that dies
+  // before it comes up has no run to measure: it backs off, whatever an earlier run achieved.
+  if (started_ != absl::InfinitePast() && now - started_ > options_.healthy_run) {
+    next_ = options_.initial;
+  }
+  started_ = absl::InfinitePast();
   ++restarts_;
   return Take();
 }

@@ -63,8 +63,10 @@ class RestartBackoff {
   RestartBackoff() : RestartBackoff(Options{}) {}
   explicit RestartBackoff(Options options) : options_(options), next_(options.initial) {}
 
+  // The data plane came up (its control session began).
   void OnStarted(absl::Time now) { started_ = now; }
-  // The data plane exited: the delay before the restart.
+  // The data plane exited: the delay before the restart. Back to `initial` only when it had come
+  // up and stayed up for `healthy_run`.
   absl::Duration OnExit(absl::Time now);
   // A start failed before a process existed to exit: the delay before the next attempt.
   absl::Duration OnStartFailed() { return Take(); }

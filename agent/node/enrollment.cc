@@ -135,8 +135,16 @@ EnrollmentReconciler::Finish EnrollmentReconciler::EndPass(absl::Time now) {
   }
   handed_back_.clear();
   if (!failed_.empty()) {
+    // The pod failing the shortest time sets the pace; each waits about as long as it has been
+    // failing (2 s, 2 s, 4 s, 8 s, ... up to retry_max): a doubling back-off with no counter.
+    absl::Time at = absl::InfiniteFuture();
+    for (const auto& [uid, error] : failed_) {
+      auto since = failing_since_.find(uid);
+      const absl::Duration failing =
+          since == failing_since_.end() ? absl::ZeroDuration() : now - since->second;
+      at = std::min(at, now + std::clamp(failing, options_.retry_interval, options_.retry_max));
+    }
     // A pod waiting for a release retries when the release is due at the latest.
-    absl::Time at = now + options_.retry_interval;
     for (auto it = releasing_.begin(); it != releasing_.end();) {
       if (it->second.deadline <= now) {  // no longer holds anything back
         it = releasing_.erase(it);

@@ -53,7 +53,10 @@ class EnrollmentReconciler {
  public:
   struct Options {
     std::string node_name;
-    // Between attempts for a pod whose enrollment failed.
+    // Between attempts for a pod whose enrollment failed (its network namespace not there yet,
+    // the data plane still releasing it, ...): retry_interval at first, then as long as the pod
+    // has been failing, up to retry_max, so a pod that stays broken is not retried (and logged)
+    // every two seconds for ever. A configuration change or a released netns retries at once.
     absl::Duration retry_interval = absl::Seconds(2);
     // How long a removed pod's netns waits for the data plane's pod_removed before it is
     // enrolled again regardless (the data plane answers within about two seconds).
@@ -61,6 +64,8 @@ class EnrollmentReconciler {
     // Removals the data plane has not answered, kept to match late answers (a data plane
     // that never answers must not grow this without bound).
     size_t max_unanswered_removals = 4096;
+    // The longest wait between attempts for a failing pod (see retry_interval).
+    absl::Duration retry_max = absl::Seconds(30);
   };
 
   explicit EnrollmentReconciler(Options options) : options_(std::move(options)) {}

@@ -9,12 +9,9 @@
 #include "absl/time/clock.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
+#include "agent/common/version.h"
 #include "ambit/dataplane/v1/handoff.pb.h"
 #include "bpf/abi/redirect.h"
-
-#ifndef AMBIT_BUILD_VERSION
-#define AMBIT_BUILD_VERSION "unknown"
-#endif
 
 namespace ambit::node {
 namespace {
@@ -29,7 +26,7 @@ constexpr size_t kMaxField = 256;
 
 std::string HandOffSocketFor(const std::string& run_dir) { return run_dir + "/agent-handoff.sock"; }
 
-const char* BuildVersion() { return AMBIT_BUILD_VERSION; }
+std::string BuildVersion() { return std::string(Version()); }
 
 TakeOverRequest ThisAgent(const std::string& instance) {
   TakeOverRequest r;

@@ -21,8 +21,8 @@ namespace ambit::node {
 // <run dir>/agent-handoff.sock.
 std::string HandOffSocketFor(const std::string& run_dir);
 
-// This build, as a take-over names it in logs ("git describe" at configure time).
-const char* BuildVersion();
+// This build, as a take-over names it in logs (agent/common/version.h).
+std::string BuildVersion();
 
 // What a new agent says about itself.
 struct TakeOverRequest {

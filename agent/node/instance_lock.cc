@@ -13,19 +13,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/common/instance_paths.h"
 
 namespace ambit::node {
 namespace {
 
 constexpr const char* kLockDir = "/run/lock/ambit";
-
-bool ValidInstanceName(const std::string& name) {
-  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
-  for (char c : name) {
-    if (!absl::ascii_isalnum(c) && c != '-' && c != '_' && c != '.') return false;
-  }
-  return true;
-}
 
 // The PID the holder wrote, or 0. The holder writes it right after it took the lock, so a
 // refusal that races with that write waits a moment for it.

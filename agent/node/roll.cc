@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/common/formats.h"
 #include "agent/common/log.h"
 #include "agent/node/agent.h"
 #include "agent/node/dataplane_state.h"
@@ -134,11 +135,10 @@ absl::Status Agent::StartRoll(Process& process, bool spawn) {
   }
   if (!sent.ok()) return fail(sent);
   if (reapply_log_levels_) reapply_log_levels_(socket + ".next");
-  process.roll =
-      absl::StrCat("standby pid ", s.dp->pid(), " ",
-                   spawn ? "started by ambitd" : "appeared on " + socket + ".next", " at ",
-                   absl::FormatTime("%H:%M:%S", clock_->Now(), absl::UTCTimeZone()),
-                   ": waiting for it to serve ", s.sent_at_seq.size(), " pod(s)");
+  process.roll = absl::StrCat("standby pid ", s.dp->pid(), " ",
+                              spawn ? "started by ambitd" : "appeared on " + socket + ".next",
+                              " at ", FormatTimestamp(clock_->Now()), ": waiting for it to serve ",
+                              s.sent_at_seq.size(), " pod(s)");
   AMBIT_LOG(kComponent, Info) << process.name() << " roll: " << process.roll << " (primary pid "
                               << process.dp->pid() << " serves meanwhile)";
   PublishHealth();
@@ -256,8 +256,7 @@ void Agent::PromoteStandby(Process& process) {
     process.draining.push_back(std::move(d));
   }
   process.roll = absl::StrCat(
-      "rolled at ", absl::FormatTime("%H:%M:%S", now, absl::UTCTimeZone()), ": pid ",
-      process.dp->pid(), " serves; pid ", old_pid,
+      "rolled at ", FormatTimestamp(now), ": pid ", process.dp->pid(), " serves; pid ", old_pid,
       drains ? absl::StrCat(" drains for up to ", absl::FormatDuration(options_.drain_grace))
              : " was stopped");
   AMBIT_LOG(kComponent, Info) << process.name() << " " << process.roll;
@@ -285,10 +284,9 @@ void Agent::AbandonStandby(Process& process, const std::string& why) {
     // cannot serve is not re-sent everything every second.
     process.standby_retry_after = clock_->Now() + options_.standby_timeout;
   }
-  process.roll = absl::StrCat("roll abandoned at ",
-                              absl::FormatTime("%H:%M:%S", clock_->Now(), absl::UTCTimeZone()),
-                              ": standby pid ", pid, " ", why, "; pid ",
-                              process.connected() ? process.dp->pid() : 0, " keeps serving");
+  process.roll =
+      absl::StrCat("roll abandoned at ", FormatTimestamp(clock_->Now()), ": standby pid ", pid, " ",
+                   why, "; pid ", process.connected() ? process.dp->pid() : 0, " keeps serving");
   AMBIT_LOG(kComponent, Error) << process.name() << " " << process.roll;
   FinishRoll(process, absl::UnavailableError(process.roll));
   PublishHealth();

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/formats.h"
 #include "agent/common/log.h"
 #include "agent/tls/keys.h"
 
@@ -171,8 +172,8 @@ void CertManager::OnSigned(uint64_t request_id,
   const double fraction = std::clamp(options_.renew_at + JitterFraction(), 0.0, 1.0);
   entry.renew_time = std::max(usable_from + usable * fraction, now + options_.min_renew_delay);
   AMBIT_LOG(kLog, Info) << "certificate for " << identity << " serial " << info->serial_hex
-                        << " valid until " << absl::FormatTime(info->not_after) << ", renewing at "
-                        << absl::FormatTime(entry.renew_time);
+                        << " valid until " << FormatTimestamp(info->not_after) << ", renewing at "
+                        << FormatTimestamp(entry.renew_time);
 }
 
 void CertManager::Tick() {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/formats.h"
 #include "agent/common/status.h"
 #include "agent/tls/keys.h"
 #include "agent/tls/trust_bundle.h"
@@ -158,7 +159,7 @@ std::string SerialHex(const X509* cert) {
   bssl::UniquePtr<BIGNUM> serial(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
   if (serial == nullptr) return "(unreadable)";
   bssl::UniquePtr<char> hex(BN_bn2hex(serial.get()));
-  return hex == nullptr ? "(unreadable)" : std::string(hex.get());
+  return hex == nullptr ? "(unreadable)" : FormatSerial(hex.get());
 }
 
 }  // namespace ambit::tls

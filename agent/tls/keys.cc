@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "agent/common/formats.h"
 #include "agent/common/status.h"
 
 namespace ambit::tls {
@@ -263,12 +264,12 @@ absl::Status CheckLeaf(const std::vector<bssl::UniquePtr<X509>>& chain, EVP_PKEY
   AMBIT_ASSIGN_OR_RETURN(CertInfo info, DescribeCert(leaf));
   if (now < info.not_before) {
     return absl::FailedPreconditionError(absl::StrCat("leaf certificate is not valid before ",
-                                                      absl::FormatTime(info.not_before), " (now ",
-                                                      absl::FormatTime(now), "); check clocks"));
+                                                      FormatTimestamp(info.not_before), " (now ",
+                                                      FormatTimestamp(now), "); check clocks"));
   }
   if (now >= info.not_after) {
     return absl::FailedPreconditionError(
-        absl::StrCat("leaf certificate expired at ", absl::FormatTime(info.not_after)));
+        absl::StrCat("leaf certificate expired at ", FormatTimestamp(info.not_after)));
   }
   return absl::OkStatus();
 }
@@ -304,7 +305,7 @@ absl::StatusOr<CertInfo> DescribeCert(const X509* cert) {
   }
   bssl::UniquePtr<char> hex(BN_bn2hex(serial.get()));
   if (hex == nullptr) return SslError(absl::StatusCode::kInternal, "printing serial number");
-  info.serial_hex = hex.get();
+  info.serial_hex = FormatSerial(hex.get());
   AMBIT_ASSIGN_OR_RETURN(info.not_before, Asn1TimeToAbsl(X509_get0_notBefore(cert)));
   AMBIT_ASSIGN_OR_RETURN(info.not_after, Asn1TimeToAbsl(X509_get0_notAfter(cert)));
   AMBIT_ASSIGN_OR_RETURN(info.subject, NameOneLine(X509_get_subject_name(cert)));

@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/clock.h"
+#include "agent/common/formats.h"
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/metrics.h"
@@ -210,7 +211,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Create(const TunnelOptions& opti
       // the grace is what the connections were promised, and terminationGracePeriodSeconds
       // bounds it from outside anyway.
       AMBIT_LOG(kComponent, Info) << "signal while draining: exiting at the latest at "
-                                  << absl::FormatTime(raw->drain_deadline_)
+                                  << FormatTimestamp(raw->drain_deadline_)
                                   << " (the grace is not cut short)";
       return;
     }
@@ -304,7 +305,7 @@ absl::Status Tunnel::Promote() {
 void Tunnel::Drain(absl::Duration grace) {
   if (draining_) {
     AMBIT_LOG(kComponent, Info) << "drain requested again; the deadline stays at "
-                                << absl::FormatTime(drain_deadline_);
+                                << FormatTimestamp(drain_deadline_);
     return;
   }
   draining_ = true;

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/formats.h"
 #include "agent/common/log.h"
 #include "agent/common/socket_util.h"
 #include "agent/tunnel/connection.h"
@@ -28,7 +29,7 @@ absl::StatusOr<std::shared_ptr<hbone::HboneSession>> HbonePool::Get(
   if (worker_.Now() >= client_ctx->not_after()) {
     return absl::UnavailableError(absl::StrCat("the certificate of ", client_ctx->identity(),
                                                " expired at ",
-                                               absl::FormatTime(client_ctx->not_after())));
+                                               FormatTimestamp(client_ctx->not_after())));
   }
   Key key{src.uid, dst_identity, dst};
   auto& list = pools_[key];
@@ -160,7 +161,7 @@ void InboundSessions::Accept(std::shared_ptr<const Pod> pod, UniqueFd fd) {
   std::string why = contexts ? contexts->WhyMissing(pod->spiffe_id) : "no certificates yet";
   if (ctx != nullptr && ctx->server && worker_.Now() >= ctx->server->not_after()) {
     // Expired a moment ago; the main thread's next contexts will say so too.
-    why = absl::StrCat("certificate expired at ", absl::FormatTime(ctx->server->not_after()));
+    why = absl::StrCat("certificate expired at ", FormatTimestamp(ctx->server->not_after()));
     ctx = nullptr;
   }
   if (ctx == nullptr || !ctx->server) {

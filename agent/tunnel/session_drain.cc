@@ -1,6 +1,7 @@
 #include "agent/tunnel/session_drain.h"
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/formats.h"
 
 namespace ambit::tunnel {
 
@@ -62,11 +63,11 @@ DrainDecision DecideDrain(const hbone::TlsContext& local, absl::Time peer_not_af
                           const TlsContexts* current, absl::Time now) {
   if (now >= local.not_after()) {
     return {DrainReason::kExpired, absl::StrCat("certificate of ", local.identity(), " expired at ",
-                                                absl::FormatTime(local.not_after()))};
+                                                FormatTimestamp(local.not_after()))};
   }
   if (now >= peer_not_after) {
     return {DrainReason::kPeerExpired,
-            absl::StrCat("peer certificate expired at ", absl::FormatTime(peer_not_after))};
+            absl::StrCat("peer certificate expired at ", FormatTimestamp(peer_not_after))};
   }
   return DecideContextDrain(local, current, now);
 }

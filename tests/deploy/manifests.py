@@ -163,11 +163,12 @@ def field_problems(labelled):
 
 
 def help_flags(binary):
-    """The flags `binary --helpfull` lists, with dashes (absl prints underscores)."""
+    """The flags `binary --helpfull` lists, with dashes (as the binaries print them; a name with
+    underscores, as abseil itself would print it, is read with dashes too)."""
     proc = subprocess.run([binary, "--helpfull"], capture_output=True, text=True, timeout=60)
     text = proc.stdout + proc.stderr
     flags = {m.group(1).replace("_", "-")
-             for m in re.finditer(r"^\s+--([A-Za-z0-9_]+) \(", text, re.MULTILINE)}
+             for m in re.finditer(r"^\s+--([A-Za-z0-9_-]+) \(", text, re.MULTILINE)}
     if not flags:
         raise RuntimeError(f"{binary} --helpfull listed no flags: {text[:500]}")
     return flags

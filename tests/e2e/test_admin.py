@@ -6,6 +6,7 @@ is run in JSON form with its content checked against the topology, and in table 
 headers; and against a socket where no agent runs.
 """
 
+import ipaddress
 import json
 import os
 import sys
@@ -99,6 +100,63 @@ metadata:
             if w["namespace"] == namespace and w["name"] == name:
                 return w
         self.fail(f"no workload {namespace}/{name} in {doc}")
+
+    def test_filters_and_wide(self):
+        def names(doc, key="workloads"):
+            return sorted(f"{w['namespace']}/{w['name']}" for w in doc[key])
+        everything = names(self.json("workloads"))
+        self.assertIn("default/a", everything)
+        self.assertIn("backend/b", everything)
+        self.assertEqual(names(self.json("workloads", "-A")), everything)
+        self.assertEqual(names(self.json("workloads", "-n", "backend")),
+                         [n for n in everything if n.startswith("backend/")])
+        self.assertEqual(names(self.json("workloads", "--namespace=default")),
+                         [n for n in everything if n.startswith("default/")])
+        # An address in any spelling, v4 or v6, picks the one pod that has it.
+        self.assertEqual(names(self.json("workloads", "--address", self.b.ip4)), ["backend/b"])
+        self.assertEqual(names(self.json("workloads", "--address",
+                                         ipaddress.ip_address(self.a.ip6).exploded)),
+                         ["default/a"])
+        self.assertEqual(self.ctl("workloads", "-n", "nowhere").stdout.splitlines()[0],
+                         "No workloads in namespace nowhere in the configuration.")
+        services = self.json("services", "-n", "backend")["services"]
+        self.assertEqual([s["name"] for s in services], ["api"])
+        self.assertEqual(self.json("services", "-n", "default")["services"], [])
+        self.assertEqual(
+            [s["name"] for s in self.json("services", "--address",
+                                          f"198.18.{self.topo.subnet}.200")["services"]], ["api"])
+        policies = self.json("policies", "-n", "backend")["policies"]
+        self.assertTrue(policies)
+        self.assertEqual({p["namespace"] for p in policies}, {"backend"})
+        certs = self.json("certs", "-n", "backend")["certificates"]
+        self.assertEqual([c["identity"] for c in certs], ["spiffe://cluster.local/ns/backend/sa/api"])
+        # Certificates in the one format: RFC 3339 with milliseconds, serials as openssl's.
+        self.assertRegex(certs[0]["notAfter"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertRegex(certs[0]["serial"], r"^([0-9A-F]{2})+$")
+        # -o wide: the table's columns and more.
+        narrow = self.ctl("workloads").stdout.splitlines()[0]
+        wide = self.ctl("workloads", "-o", "wide").stdout.splitlines()[0]
+        self.assertIn("MTLS POLICY", wide)
+        self.assertNotIn("MTLS POLICY", narrow)
+        wide_policies = self.ctl("policies", "-o", "wide").stdout.splitlines()[0]
+        self.assertIn("SOURCE", wide_policies)
+        # Bad selections are refused with the flag named.
+        r = self.ctl("workloads", "-n", "x", "-A", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("exclude each other", r.stderr)
+        r = self.ctl("workloads", "--address", "web", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--address 'web' is not an IP address", r.stderr)
+
+    def test_version_asks_the_agent(self):
+        doc = self.json("version")
+        self.assertEqual(doc["agentVersion"], doc["clientVersion"])  # built together
+        self.assertEqual(doc["agentSocket"], self.agent.admin_socket)
+        # The environment names the agent when no flag does.
+        r = run(AMBITCTL, "version", "-o", "json", check=False,
+                env={**os.environ, "AMBIT_ADMIN_SOCKET": self.agent.admin_socket})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["agentVersion"], doc["clientVersion"])
 
     def test_workloads(self):
         doc = self.json("workloads")

@@ -32,7 +32,7 @@ PORT = 7930
 
 def not_after(agent):
     (cert,) = faults.certs(agent)
-    return datetime.datetime.strptime(cert["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(
+    return datetime.datetime.strptime(cert["notAfter"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc).timestamp()
 
 

@@ -127,12 +127,25 @@ class CliTest(unittest.TestCase):
         self.assertIn("Error:  trust domain contains invalid character 'B' at position 9", out)
 
     def test_version(self):
-        code, out, err = ambitctl("version", "-o", "json")
+        code, out, err = ambitctl("version", "--client", "-o", "json")
         self.assertEqual(code, 0, err)
         self.assertRegex(json.loads(out)["clientVersion"], r"^\d+\.\d+\.\d+")
-        code, out, _ = ambitctl("version")
+        self.assertNotIn("agentVersion", json.loads(out))
+        code, out, _ = ambitctl("version", "--client")
         self.assertEqual(code, 0)
         self.assertTrue(out.startswith("Client version:"), out)
+
+    def test_version_without_an_agent(self):
+        # The client's version is printed, then the failure to ask the agent: exit 1.
+        missing = "/tmp/ambit-test-no-agent.sock"
+        code, out, err = ambitctl("version", "--admin-socket", missing, "-o", "json")
+        self.assertEqual(code, 1, err)
+        doc = json.loads(out)
+        self.assertRegex(doc["clientVersion"], r"^\d+\.\d+\.\d+")
+        self.assertIsNone(doc["agentVersion"])
+        self.assertEqual(doc["agentSocket"], missing)
+        self.assertIn("ambitd is not running here", doc["agentError"])
+        self.assertIn(missing, err)
 
     def test_help_on_every_level(self):
         for args in (["--help"], ["-h"], ["help"], ["id", "--help"], ["help", "id"],
@@ -147,7 +160,7 @@ class CliTest(unittest.TestCase):
         _, top, _ = ambitctl("--help")
         self.assertIn("ambitctl <command> [flags]", top)
         self.assertRegex(top, r"\n  id +Work with SPIFFE IDs\n")
-        self.assertRegex(top, r"\n  version +Print the ambitctl version\n")
+        self.assertRegex(top, r"\n  version +Print the ambitctl and ambitd versions\n")
         _, leaf, _ = ambitctl("id", "parse", "--help")
         self.assertIn("ambitctl id parse ID [flags]", leaf)
         self.assertIn("-o, --output FORMAT", leaf)
@@ -173,10 +186,88 @@ class CliTest(unittest.TestCase):
                 self.assertIn(message, err)
                 self.assertIn("Usage:\n", err)
 
+    def complete_bash(self, line):
+        """What bash completes for `line` (the word under the cursor is the last, maybe ""),
+        with the script `ambitctl completion bash` prints sourced as a user would."""
+        words = line.split(" ")
+        script = (f'source <("{AMBITCTL}" completion bash) || exit 3\n'
+                  f'COMP_WORDS=({" ".join(repr(w) for w in words)}); '
+                  f'COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT={len(line)}\n'
+                  '_ambitctl; printf "%s\\n" "${COMPREPLY[@]}"\n'
+                  'complete -p ambitctl >&2\n')
+        proc = subprocess.run(["bash", "--norc", "--noprofile", "-c", script],
+                              capture_output=True, text=True, timeout=30, check=False)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("complete -F _ambitctl ambitctl", proc.stderr)
+        return [w for w in proc.stdout.split("\n") if w]
+
+    def test_bash_completion(self):
+        self.assertEqual(self.complete_bash("ambitctl wor"), ["workloads"])
+        self.assertEqual(sorted(self.complete_bash("ambitctl c")),
+                         ["certs", "check", "completion", "config-dump", "connections"])
+        # A command's own flags and the global ones; the command is found past other flags.
+        self.assertEqual(sorted(self.complete_bash("ambitctl -o json workloads --a")),
+                         ["--address", "--admin-socket", "--all-namespaces"])
+        self.assertEqual(sorted(self.complete_bash("ambitctl check --no")), ["--no-ext-authz", "--now"])
+        self.assertEqual(self.complete_bash("ambitctl dataplane r"), ["roll"])
+        self.assertEqual(sorted(self.complete_bash("ambitctl workloads -o ")),
+                         ["json", "table", "wide", "yaml"])
+        # A flag's value is not taken for a command: `--instance roll` stays at the root.
+        self.assertEqual(self.complete_bash("ambitctl --instance dataplane wor"), ["workloads"])
+        self.assertEqual(self.complete_bash("ambitctl id parse --xyz"), [])
+
+    def test_zsh_and_fish_completion_parse(self):
+        for shell, check in (("zsh", ["zsh", "-n"]), ("fish", ["fish", "--no-execute"])):
+            with self.subTest(shell=shell):
+                code, out, err = ambitctl("completion", shell)
+                self.assertEqual(code, 0, err)
+                self.assertIn("workloads", out)
+                proc = subprocess.run(check, input=out, capture_output=True, text=True,
+                                      timeout=30, check=False)
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+        # zsh: loaded into a completion system, the function completes a command.
+        code, script, _ = ambitctl("completion", "zsh")
+        probe = (script + "\nwords=(ambitctl dataplane r); CURRENT=3; PREFIX=r\n"
+                 "compadd() { shift; print -l -- \"$@\"; }\n_ambitctl\n")
+        proc = subprocess.run(["zsh", "-f", "-c", probe], capture_output=True, text=True,
+                              timeout=30, check=False)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("roll", proc.stdout.split())
+        # fish: the completions it would offer.
+        proc = subprocess.run(["fish", "--no-config", "-c",
+                               f"{AMBITCTL} completion fish | source; "
+                               "complete -C 'ambitctl dataplane '; complete -C 'ambitctl wor'"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("roll", proc.stdout.split())
+        self.assertIn("workloads", proc.stdout.split())
+        code, _, err = ambitctl("completion", "tcsh")
+        self.assertEqual(code, 1)
+        self.assertIn("bash, zsh or fish", err)
+
+    def test_instance_names_the_socket_ambitd_uses(self):
+        # No agent of that instance runs: the error names the socket ambitd would have made.
+        for args, env in ((["--instance", "ambit-test-none"], {}),
+                          ([], {"AMBIT_INSTANCE": "ambit-test-none"}),
+                          (["--instance", "ambit-test-none"], {"AMBIT_INSTANCE": "other"})):
+            with self.subTest(args=args, env=env):
+                proc = subprocess.run([AMBITCTL, "status", *args], capture_output=True,
+                                      text=True, timeout=30, check=False,
+                                      env={**os.environ, **env})
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertIn("no admin socket at /run/ambit/ambit-test-none/admin.sock",
+                              proc.stderr)
+        proc = subprocess.run([AMBITCTL, "status"], capture_output=True, text=True, timeout=30,
+                              check=False, env={**os.environ, "AMBIT_ADMIN_SOCKET": "/tmp/x.sock"})
+        self.assertIn("no admin socket at /tmp/x.sock", proc.stderr)
+        code, _, err = ambitctl("status", "--instance", "../etc")
+        self.assertEqual(code, 2)
+        self.assertIn("--instance '../etc' is not an instance name", err)
+
     def test_admin_socket_flag_is_accepted(self):
-        code, _, err = ambitctl("--admin-socket", "/tmp/ambit-test.sock", "version")
+        code, _, err = ambitctl("--admin-socket", "/tmp/ambit-test.sock", "version", "--client")
         self.assertEqual(code, 0, err)
-        code, _, err = ambitctl("version", "--admin-socket=/tmp/ambit-test.sock")
+        code, _, err = ambitctl("version", "--client", "--admin-socket=/tmp/ambit-test.sock")
         self.assertEqual(code, 0, err)
 
 

@@ -504,7 +504,7 @@ class CaOutageTest(unittest.TestCase):
         for agent in (n.n1, n.n2):
             (cert,) = certs(agent)
             expiry[agent.node] = datetime.datetime.strptime(
-                cert["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                cert["notAfter"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
                     tzinfo=datetime.timezone.utc).timestamp()
         expires = min(expiry.values())
         self.assertLess(expires - t_stop, self.TTL_SECONDS + 1, expiry)

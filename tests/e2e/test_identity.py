@@ -51,7 +51,7 @@ def make_csr(uris=(), dns=()):
 
 
 def parse_time(text):
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def ambitctl(agent, *args):

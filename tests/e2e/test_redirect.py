@@ -189,6 +189,15 @@ class RedirectTest(unittest.TestCase):
             self.assertGreaterEqual(n, counts[reason], reason)
         return counts
 
+    def test_bpf_program_names_are_whole(self):
+        # The kernel keeps 15 characters of a program name ("ambit_getpeerna"); ambitctl shows
+        # the function's name as bpf/progs has it.
+        r = run(str(build_dir() / "agent/cli/ambitctl"), "bpf", "-o", "json", "--admin-socket",
+                self.agent.admin_socket)
+        names = {p["name"] for p in json.loads(r.stdout)["programs"]}
+        self.assertEqual(names, {"ambit_connect4", "ambit_connect6", "ambit_sockops",
+                                 "ambit_getpeername4", "ambit_getpeername6", "ambit_sk_lookup"})
+
     def test_missing_listener_drops_syn(self):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))
         pin = f"{self.agent.pin_root}/ambit_listen_v2"

@@ -1,5 +1,7 @@
 #include "agent/cli/command.h"
 
+#include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -100,7 +102,7 @@ TEST(RunCliTest, UsageErrorsExitTwoWithUsageOnStderr) {
       {{"grp", "-u", "echo", "x"}, "tool grp: unknown flag '-u'"},
       {{"grp", "echo", "x", "-o"}, "tool grp echo: flag --output needs a value (FORMAT)"},
       {{"grp", "echo", "x", "-o", "xml"},
-       "tool grp echo: -o/--output: unknown output format 'xml': use table, json or yaml"},
+       "tool grp echo: -o/--output: unknown output format 'xml': use table, wide, json or yaml"},
       {{"grp", "echo", "x", "--upper=1"}, "tool grp echo: flag --upper takes no value"},
       {{"grp", "echo", "x", "--admin-socket="},
        "tool grp echo: --admin-socket needs a non-empty path"},
@@ -193,9 +195,80 @@ TEST(AmbitctlTest, IdParseTable) {
 }
 
 TEST(AmbitctlTest, Version) {
-  Result r = Invoke(RootCommand(), {"version", "-o", "json"});
+  Result r = Invoke(RootCommand(), {"version", "--client", "-o", "json"});
   EXPECT_EQ(r.code, kExitOk);
   EXPECT_EQ(r.out, absl::StrCat("{\n  \"clientVersion\": \"", Version(), "\"\n}\n"));
+}
+
+TEST(AmbitctlTest, VersionWithoutAnAgentPrintsTheClientsAndFails) {
+  Result r = Invoke(RootCommand(), {"version", "--admin-socket", "/nonexistent/admin.sock"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("Client version:  ", Version(), "\n")));
+  EXPECT_THAT(r.err, HasSubstr("no admin socket at /nonexistent/admin.sock"));
+}
+
+// Which agent is asked: a flag beats the environment, a socket beats an instance, and an
+// instance's socket is where ambitd puts it (agent/common/instance_paths.h).
+TEST(ResolveAdminSocketTest, FlagsThenEnvironmentThenDefault) {
+  using Env = std::map<std::string, std::string>;
+  struct Row {
+    std::optional<std::string> socket_flag, instance_flag;
+    Env env;
+    std::string want;
+  };
+  const std::vector<Row> rows = {
+      {std::nullopt, std::nullopt, {}, "/run/ambit/admin.sock"},
+      {std::nullopt, "default", {}, "/run/ambit/admin.sock"},
+      {std::nullopt, "blue", {}, "/run/ambit/blue/admin.sock"},
+      {"/tmp/a.sock", std::nullopt, {}, "/tmp/a.sock"},
+      {std::nullopt, std::nullopt, {{"AMBIT_INSTANCE", "green"}}, "/run/ambit/green/admin.sock"},
+      {std::nullopt, std::nullopt, {{"AMBIT_ADMIN_SOCKET", "/tmp/e.sock"}}, "/tmp/e.sock"},
+      {std::nullopt,
+       std::nullopt,
+       {{"AMBIT_ADMIN_SOCKET", "/tmp/e.sock"}, {"AMBIT_INSTANCE", "green"}},
+       "/tmp/e.sock"},
+      {std::nullopt, "blue", {{"AMBIT_INSTANCE", "green"}}, "/run/ambit/blue/admin.sock"},
+      {std::nullopt, "blue", {{"AMBIT_ADMIN_SOCKET", "/tmp/e.sock"}}, "/run/ambit/blue/admin.sock"},
+      {"/tmp/a.sock", std::nullopt, {{"AMBIT_INSTANCE", "green"}}, "/tmp/a.sock"},
+  };
+  for (const Row& row : rows) {
+    auto env = [&row](const char* name) -> std::optional<std::string> {
+      auto it = row.env.find(name);
+      return it == row.env.end() ? std::nullopt : std::make_optional(it->second);
+    };
+    auto got = ResolveAdminSocket(row.socket_flag, row.instance_flag, env);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, row.want) << row.socket_flag.value_or("-") << " "
+                              << row.instance_flag.value_or("-");
+  }
+  auto bad = ResolveAdminSocket(std::nullopt, std::nullopt, [](const char* name) {
+    return std::string(name) == "AMBIT_INSTANCE" ? std::make_optional<std::string>("../x")
+                                                 : std::nullopt;
+  });
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("AMBIT_INSTANCE='../x'"));
+}
+
+TEST(RunCliTest, InstanceFlagAndItsErrors) {
+  std::string seen;
+  const Command root = TestTree(&seen);
+  Result r = Invoke(root, {"grp", "echo", "x", "--instance", "blue"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(seen, HasSubstr("socket=/run/ambit/blue/admin.sock"));
+  r = Invoke(root, {"grp", "echo", "x", "--instance", "a/b"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_THAT(r.err, HasSubstr("--instance 'a/b' is not an instance name"));
+  r = Invoke(root, {"grp", "echo", "x", "--instance", "blue", "--admin-socket", "/tmp/s"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_THAT(r.err, HasSubstr("--admin-socket and --instance both name the agent"));
+}
+
+TEST(RunCliTest, WideIsATableWithMoreColumns) {
+  std::string seen;
+  const Command root = TestTree(&seen);
+  Result r = Invoke(root, {"grp", "echo", "x", "-o", "wide"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(seen, HasSubstr("format=0"));  // handlers that know no wide columns print a table
 }
 
 }  // namespace

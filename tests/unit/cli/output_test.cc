@@ -49,9 +49,10 @@ TEST(ParseOutputFormatTest, AcceptsKnownNames) {
   EXPECT_EQ(*ParseOutputFormat("table"), OutputFormat::kTable);
   EXPECT_EQ(*ParseOutputFormat("json"), OutputFormat::kJson);
   EXPECT_EQ(*ParseOutputFormat("yaml"), OutputFormat::kYaml);
+  EXPECT_EQ(*ParseOutputFormat("wide"), OutputFormat::kWide);
   auto bad = ParseOutputFormat("xml");
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().message(), "unknown output format 'xml': use table, json or yaml");
+  EXPECT_EQ(bad.status().message(), "unknown output format 'xml': use table, wide, json or yaml");
 }
 
 TEST(RenderJsonTest, NestedValuesInOrder) {

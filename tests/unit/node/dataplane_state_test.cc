@@ -85,6 +85,37 @@ TEST(RestartBackoffTest, LongRunEarnsAQuickRestart) {
   EXPECT_EQ(b.OnExit(clock.Now()), absl::Milliseconds(100));
 }
 
+// A data plane that exits before it comes up (a bad flag, a crash at start-up) never called
+// OnStarted: it must back off, not be restarted every 100 ms.
+TEST(RestartBackoffTest, DyingBeforeComingUpBacksOff) {
+  FakeClock clock;
+  RestartBackoff b;
+  std::vector<absl::Duration> delays;
+  for (int i = 0; i < 5; ++i) {
+    clock.Advance(absl::Seconds(1));
+    delays.push_back(b.OnExit(clock.Now()));
+  }
+  EXPECT_THAT(delays,
+              ElementsAre(absl::Milliseconds(100), absl::Milliseconds(200), absl::Milliseconds(400),
+                          absl::Milliseconds(800), absl::Milliseconds(1600)));
+}
+
+// A long run earns one quick restart; the run's start does not make every later crash quick.
+TEST(RestartBackoffTest, AnEarlierLongRunDoesNotResetLaterCrashes) {
+  FakeClock clock;
+  RestartBackoff b;
+  b.OnStarted(clock.Now());
+  clock.Advance(absl::Minutes(1));
+  EXPECT_EQ(b.OnExit(clock.Now()), absl::Milliseconds(100));
+  std::vector<absl::Duration> delays;
+  for (int i = 0; i < 3; ++i) {
+    clock.Advance(absl::Seconds(1));  // dies again before it comes up
+    delays.push_back(b.OnExit(clock.Now()));
+  }
+  EXPECT_THAT(delays, ElementsAre(absl::Milliseconds(200), absl::Milliseconds(400),
+                                  absl::Milliseconds(800)));
+}
+
 TEST(RestartBackoffTest, FailedStartsBackOffWithoutCountingRestarts) {
   RestartBackoff b;
   EXPECT_EQ(b.OnStartFailed(), absl::Milliseconds(100));

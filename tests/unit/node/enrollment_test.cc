@@ -108,6 +108,33 @@ TEST_F(EnrollmentTest, FailedEnrollmentRetriesAfterTheIntervalAndKeepsItsFirstFa
   EXPECT_FALSE(r_.EndPass(clock_.Now()).retry_at.has_value());
 }
 
+// A pod whose network namespace never appears is retried less and less often, up to the cap: not
+// every two seconds for ever.
+TEST_F(EnrollmentTest, RetriesOfAPodThatKeepsFailingBackOffToTheCap) {
+  auto s = MakeState({MakePod("web", "198.18.0.1")});
+  std::vector<absl::Duration> waits;
+  for (int i = 0; i < 8; ++i) {
+    auto plan = r_.Begin(s);
+    ASSERT_THAT(Keys(plan.enroll), ElementsAre("default/web"));
+    r_.OnEnrollFailed("default/web", "netns /var/run/netns/web not found", clock_.Now());
+    auto finish = r_.EndPass(clock_.Now());
+    ASSERT_TRUE(finish.retry_at.has_value());
+    waits.push_back(*finish.retry_at - clock_.Now());
+    clock_.Advance(waits.back());
+  }
+  EXPECT_THAT(waits, ElementsAre(absl::Seconds(2), absl::Seconds(2), absl::Seconds(4),
+                                 absl::Seconds(8), absl::Seconds(16), absl::Seconds(30),
+                                 absl::Seconds(30), absl::Seconds(30)));
+
+  // A second pod failing since now sets the pace again: it is retried after 2 s.
+  s = MakeState({MakePod("web", "198.18.0.1"), MakePod("api", "198.18.0.2")});
+  auto plan = r_.Begin(s);
+  ASSERT_EQ(plan.enroll.size(), 2u);
+  r_.OnEnrollFailed("default/web", "netns /var/run/netns/web not found", clock_.Now());
+  r_.OnEnrollFailed("default/api", "netns /var/run/netns/api not found", clock_.Now());
+  EXPECT_EQ(*r_.EndPass(clock_.Now()).retry_at, clock_.Now() + absl::Seconds(2));
+}
+
 TEST_F(EnrollmentTest, PodRemovedWhileItsEnrollmentFailsIsNotRetried) {
   auto plan = r_.Begin(MakeState({MakePod("web", "198.18.0.1")}));
   r_.OnEnrollFailed("default/web", "netns not found", clock_.Now());

@@ -190,7 +190,8 @@ TEST(CrlSetTest, BoundsTheInput) {
   EXPECT_THAT(huge.status().message(), HasSubstr("bytes of PEM"));
 }
 
-TEST(CrlSetTest, SerialHexIsLowerCaseHex) {
+// The serial a refusal names is spelled as the certificate's own (and as ambitctl certs shows it).
+TEST(CrlSetTest, SerialHexIsTheCertificatesSpelling) {
   Pki pki = MakePki("crl root");
   auto leaf = Leaf(*pki.ca, "spiffe://cluster.local/ns/a/sa/x");
   auto info = DescribeCert(leaf.get());

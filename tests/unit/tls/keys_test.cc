@@ -180,8 +180,10 @@ TEST(KeysTest, DescribesCertificates) {
   EXPECT_EQ(info->issuer, "O = cluster.local, CN = describe root");
   EXPECT_EQ(info->subject, "");
   EXPECT_FALSE(info->serial_hex.empty());
-  EXPECT_EQ(info->serial_hex.find_first_not_of("0123456789abcdef"), std::string::npos)
+  // As openssl prints serials (agent/common/formats.h): uppercase hex, whole bytes.
+  EXPECT_EQ(info->serial_hex.find_first_not_of("0123456789ABCDEF"), std::string::npos)
       << info->serial_hex;
+  EXPECT_EQ(info->serial_hex.size() % 2, 0u) << info->serial_hex;
 
   auto root = DescribeCert(ca->root());
   ASSERT_TRUE(root.ok()) << root.status();
