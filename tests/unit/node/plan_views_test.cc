@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <variant>
 
 #include "agent/config/kube_yaml.h"
 #include "agent/node/policy_diff.h"
@@ -149,6 +150,30 @@ TEST(PolicyDiffTest, ClosesFlipsAndLints) {
   std::set<std::string> kinds;
   for (const auto& finding : out->findings()) kinds.insert(finding.kind());
   EXPECT_EQ(kinds, (std::set<std::string>{"spiffe-prefix", "unknown-namespace"}));
+}
+
+TEST(PolicyDiffTest, AnEmptyDirectoryOpensWhatAnAllowClosedAndBadFilesAreProblems) {
+  auto current = config::ParseKubeYaml("in-force.yaml", kOnlyWeb);
+  ASSERT_EQ(current.objects.size(), 1u);
+  PolicyDiffInputs in{.cluster = Cluster()};
+  const auto& policy = std::get<authz::Policy>(current.objects[0].object);
+  in.current.authorization_policies[policy.Key()] = policy;
+  pb::PolicyDiffRequest req;
+  auto* f = req.add_files();
+  f->set_name("broken.yaml");
+  f->set_content(
+      "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+      "metadata: {name: x, namespace: backend}\nspec: {action: BOGUS}\n");
+  auto out = PolicyDiff(in, {}, req);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->authorization_policies(), 0);
+  ASSERT_EQ(out->flipped_size(), 1);
+  EXPECT_EQ(out->flipped(0).before(), "default-deny");
+  EXPECT_EQ(out->flipped(0).after(), "default-allow");
+  ASSERT_GE(out->problems_size(), 1);
+  EXPECT_EQ(out->problems(0).file(), "broken.yaml");
+  EXPECT_NE(out->problems(0).text().find("BOGUS"), std::string::npos);
+  EXPECT_TRUE(out->findings().empty());  // findings are about the new set only
 }
 
 TEST(PolicyDiffTest, RefusesWhatIsOverTheBound) {
