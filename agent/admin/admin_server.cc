@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/common/version.h"
@@ -37,6 +38,7 @@ pb::ListCertificatesResponse AdminState::Certificates() const {
   }
 AMBIT_ADMIN_VIEW(ListPoliciesResponse, SetPolicies, Policies, policies_)
 AMBIT_ADMIN_VIEW(ListServicesResponse, SetServices, Services, services_)
+AMBIT_ADMIN_VIEW(CertificatePemResponse, SetCertificateChains, CertificateChains, chains_)
 #undef AMBIT_ADMIN_VIEW
 
 void AdminState::SetWorkloads(WorkloadsBuilder builder) {
@@ -101,6 +103,26 @@ void AdminState::SetConfigDumpHandler(ConfigDumpHandler handler) {
 ConfigDumpHandler AdminState::config_dump_handler() const {
   absl::MutexLock lock(&mu_);
   return config_dump_handler_;
+}
+
+void AdminState::SetStrictReadinessHandler(StrictReadinessHandler handler) {
+  absl::MutexLock lock(&mu_);
+  strict_readiness_handler_ = std::move(handler);
+}
+
+StrictReadinessHandler AdminState::strict_readiness_handler() const {
+  absl::MutexLock lock(&mu_);
+  return strict_readiness_handler_;
+}
+
+void AdminState::SetPolicyDiffHandler(PolicyDiffHandler handler) {
+  absl::MutexLock lock(&mu_);
+  policy_diff_handler_ = std::move(handler);
+}
+
+PolicyDiffHandler AdminState::policy_diff_handler() const {
+  absl::MutexLock lock(&mu_);
+  return policy_diff_handler_;
 }
 
 void AdminState::SetLogLevelHandler(LogLevelHandler handler) {
@@ -315,6 +337,69 @@ class AdminServer::Service final : public pb::Admin::Service {
     // Not connected while not needed is no problem: it is connected to once it is.
     if (h.waypoint.needed) waypoint->set_problem(h.waypoint.missing);
     *resp->mutable_generation() = GenerationOf(h, now);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CertificatePem(grpc::ServerContext*, const pb::CertificatePemRequest* req,
+                              pb::CertificatePemResponse* resp) override {
+    pb::CertificatePemResponse all = state_->CertificateChains();
+    if (req->identity().empty()) {
+      *resp = std::move(all);
+      return grpc::Status::OK;
+    }
+    std::string known;
+    for (const auto& c : all.chains()) {
+      if (c.identity() == req->identity()) {
+        *resp->add_chains() = c;
+        return grpc::Status::OK;
+      }
+      absl::StrAppend(&known, known.empty() ? "" : ", ", c.identity());
+    }
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("no certificate for ", req->identity(), " on this node (",
+                                     known.empty() ? "none yet" : "have: " + known, ")"));
+  }
+
+  grpc::Status StrictReadiness(grpc::ServerContext*, const pb::StrictReadinessRequest* req,
+                               pb::StrictReadinessResponse* resp) override {
+    // Names as Kubernetes allows them (DNS-1123 labels and subdomains): anything else matches no
+    // pod, and would only be echoed back.
+    auto valid = [](const std::string& s, size_t max) {
+      if (s.empty() || s.size() > max) return false;
+      for (char c : s) {
+        if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '-' || c == '.')) {
+          return false;
+        }
+      }
+      return true;
+    };
+    if (!valid(req->namespace_(), 63)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "namespace must be a Kubernetes namespace name (lower case, digits, "
+                          "'-'; at most 63 characters)");
+    }
+    if (!req->name().empty() && !valid(req->name(), 253)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "name must be a Kubernetes pod name (lower case, digits, '-', '.'; at "
+                          "most 253 characters)");
+    }
+    StrictReadinessHandler handler = state_->strict_readiness_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    *resp->mutable_generation() = GenerationOf(state_->Health(), absl::Now());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PolicyDiff(grpc::ServerContext*, const pb::PolicyDiffRequest* req,
+                          pb::PolicyDiffResponse* resp) override {
+    PolicyDiffHandler handler = state_->policy_diff_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    *resp->mutable_generation() = GenerationOf(state_->Health(), absl::Now());
     return grpc::Status::OK;
   }
 

@@ -53,6 +53,18 @@ using RollHandler = std::function<absl::StatusOr<ambit::admin::v1::RollDataPlane
 using ConfigDumpHandler = std::function<absl::StatusOr<ambit::admin::v1::GetConfigDumpResponse>(
     const ambit::admin::v1::GetConfigDumpRequest&)>;
 
+// Answers `ambitctl strict-readiness` from the data plane's plaintext clients and the
+// configuration in force (the request is checked before). Thread-safe: runs on gRPC threads and
+// may wait for the control thread.
+using StrictReadinessHandler =
+    std::function<absl::StatusOr<ambit::admin::v1::StrictReadinessResponse>(
+        const ambit::admin::v1::StrictReadinessRequest&)>;
+
+// Answers `ambitctl policy diff`; checks the request's bounds (policy_diff_limits.h) itself.
+// Thread-safe, as above.
+using PolicyDiffHandler = std::function<absl::StatusOr<ambit::admin::v1::PolicyDiffResponse>(
+    const ambit::admin::v1::PolicyDiffRequest&)>;
+
 // istiod's xDS source in NodeHealth (outside it: clang cannot default-construct a nested class
 // with member initializers inside std::optional while the enclosing class is incomplete).
 struct XdsTypeHealth {
@@ -169,6 +181,9 @@ class AdminState {
  public:
   void SetCertificates(ambit::admin::v1::ListCertificatesResponse certs);
   ambit::admin::v1::ListCertificatesResponse Certificates() const;
+  // Every identity's chain as the data planes present it (certs --pem), ordered by identity.
+  void SetCertificateChains(ambit::admin::v1::CertificatePemResponse chains);
+  ambit::admin::v1::CertificatePemResponse CertificateChains() const;
   // The workloads view is built when asked for, by a builder the control thread publishes over
   // its immutable state: held prebuilt, one message per pod of the cluster stayed resident
   // (about 1 KiB a pod). The builder runs on the asking thread.
@@ -190,6 +205,10 @@ class AdminState {
   RollHandler roll_handler() const;
   void SetConfigDumpHandler(ConfigDumpHandler handler);
   ConfigDumpHandler config_dump_handler() const;
+  void SetStrictReadinessHandler(StrictReadinessHandler handler);
+  StrictReadinessHandler strict_readiness_handler() const;
+  void SetPolicyDiffHandler(PolicyDiffHandler handler);
+  PolicyDiffHandler policy_diff_handler() const;
   void SetStatsFetcher(StatsFetcher fetcher);
   StatsFetcher stats_fetcher() const;
   void SetHealth(NodeHealth health);
@@ -203,6 +222,7 @@ class AdminState {
  private:
   mutable absl::Mutex mu_;
   ambit::admin::v1::ListCertificatesResponse certs_ ABSL_GUARDED_BY(mu_);
+  ambit::admin::v1::CertificatePemResponse chains_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const WorkloadsBuilder> workloads_ ABSL_GUARDED_BY(mu_);
   ambit::admin::v1::ListPoliciesResponse policies_ ABSL_GUARDED_BY(mu_);
   ambit::admin::v1::ListServicesResponse services_ ABSL_GUARDED_BY(mu_);
@@ -213,6 +233,8 @@ class AdminState {
   StatsFetcher stats_fetcher_ ABSL_GUARDED_BY(mu_);
   RollHandler roll_handler_ ABSL_GUARDED_BY(mu_);
   ConfigDumpHandler config_dump_handler_ ABSL_GUARDED_BY(mu_);
+  StrictReadinessHandler strict_readiness_handler_ ABSL_GUARDED_BY(mu_);
+  PolicyDiffHandler policy_diff_handler_ ABSL_GUARDED_BY(mu_);
   NodeHealth health_ ABSL_GUARDED_BY(mu_);
   ReadinessChecker readiness_checker_ ABSL_GUARDED_BY(mu_);
 };

@@ -39,6 +39,10 @@ Command ServicesCommand();
 Command StatusCommand();
 Command LogCommand();
 Command ConfigDumpCommand();
+// Previews of a change (plan_commands.cc).
+Command StrictReadinessCommand();
+// `ambitctl policy diff`, a subcommand of `policy`.
+Command PolicyDiffCommand();
 
 // What `certs -o json` prints: {ca, certificates, trustBundle}.
 Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp);

@@ -631,7 +631,7 @@ Command PolicyCommand() {
       .name = "policy",
       .summary = "Check Istio authorization policies",
       .description = "Work with Istio AuthorizationPolicy and PeerAuthentication resources.",
-      .subcommands = {CheckCommand()},
+      .subcommands = {CheckCommand(), PolicyDiffCommand()},
   };
 }
 

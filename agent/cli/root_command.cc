@@ -17,7 +17,8 @@ Command RootCommand() {
       .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
                       ConnectionsCommand(), DataPlaneCommand(), IdCommand(), LogCommand(),
                       PoliciesCommand(), PolicyCommand(), ServicesCommand(), StatusCommand(),
-                      VersionCommand(), WorkloadsCommand(), CompletionCommand()},
+                      VersionCommand(), WorkloadsCommand(), CompletionCommand(),
+                      StrictReadinessCommand()},
   };
 }
 

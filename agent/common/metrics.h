@@ -254,9 +254,26 @@ inline constexpr Metric kXdsNacks{"ambit_xds_nacks_total",
 inline constexpr Metric kXdsReconnects{
     "ambit_xds_reconnects_total", Type::kCounter,
     "Delta ADS streams to istiod opened again after one ended or failed."};
+// Plaintext clients of local pods (agent/tunnel/plaintext_clients.h), for STRICT readiness. Label
+// sets are bounded by the data plane's tables (sources per worker, pod-port pairs per worker).
+inline constexpr Metric kPlaintextClients{
+    "ambit_plaintext_clients",
+    Type::kGauge,
+    "Distinct plaintext source addresses recently seen per local pod and port (refused ones "
+    "included): who STRICT would refuse.",
+    {"pod", "port"}};
+inline constexpr Metric kPlaintextConnections{
+    "ambit_plaintext_connections_total",
+    Type::kCounter,
+    "Plaintext connections decided by PeerAuthentication per local pod and port (STRICT refusals "
+    "included); port \"other\" past the data plane's bound.",
+    {"pod", "port"}};
+inline constexpr Metric kPlaintextClientsEvicted{
+    "ambit_plaintext_clients_evicted_total", Type::kCounter,
+    "Plaintext sources dropped from the data plane's bounded table to make room for new ones."};
 
 // Every declaration, in the order /metrics lists the families.
-inline constexpr std::array<const Metric*, 50> kAll = {
+inline constexpr std::array<const Metric*, 53> kAll = {
     &kTcpOpened,
     &kTcpClosed,
     &kTcpSentBytes,
@@ -307,6 +324,9 @@ inline constexpr std::array<const Metric*, 50> kAll = {
     &kXdsAcks,
     &kXdsNacks,
     &kXdsReconnects,
+    &kPlaintextClients,
+    &kPlaintextConnections,
+    &kPlaintextClientsEvicted,
 };
 
 // The declaration of a name, or nullptr.

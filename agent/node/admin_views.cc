@@ -328,6 +328,7 @@ void Agent::InitAdminHandlers() {
   reapply_log_levels_ = std::move(levels.reapply);
   InitRollHandler();
   InitConfigDumpHandler();
+  InitPlanHandlers();
   admin_state_->SetStatsFetcher(
       [socket = options_.control_socket(), waypoint_socket = options_.waypoint_control_socket()](
           bool connections, bool metrics) {

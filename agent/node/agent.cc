@@ -30,6 +30,7 @@
 #include "agent/common/status.h"
 #include "agent/config/change_summary.h"
 #include "agent/identity/spiffe_id.h"
+#include "agent/issuance/pem_info.h"
 #include "agent/kube/api_source.h"
 #include "agent/kube/client.h"
 #include "agent/mesh/model.h"
@@ -1575,6 +1576,7 @@ void Agent::OnCertificateReport(Process& process, std::vector<supervisor::Certif
 
 void Agent::PublishCertificates() {
   ambit::admin::v1::ListCertificatesResponse resp;
+  ambit::admin::v1::CertificatePemResponse chains;
   resp.set_ca(signer_->Description());
   // One list: each process holds the certificates of the pods it serves.
   std::vector<const supervisor::CertificateState*> all;
@@ -1592,9 +1594,20 @@ void Agent::PublishCertificates() {
     out->set_issuer(c.issuer);
     out->set_last_error(c.last_error);
     out->set_pods(c.refs);
+    if (c.chain_pem.empty()) continue;
+    // The leaf comes first: its fingerprint is what `openssl s_client` against 15008 shows.
+    auto leaf = issuance::DescribeCertificate(c.chain_pem);
+    if (leaf.ok()) out->set_sha256_fingerprint(leaf->sha256_fingerprint);
+    auto* chain = chains.add_chains();
+    chain->set_identity(c.identity);
+    chain->set_chain_pem(c.chain_pem);
+    chain->set_sha256_fingerprint(out->sha256_fingerprint());
   }
+  std::sort(chains.mutable_chains()->begin(), chains.mutable_chains()->end(),
+            [](const auto& a, const auto& b) { return a.identity() < b.identity(); });
   AddTrustBundle(trust_bundle_, &resp);
   admin_state_->SetCertificates(std::move(resp));
+  admin_state_->SetCertificateChains(std::move(chains));
 }
 
 void Agent::RollBackFailedStart() {

@@ -403,6 +403,7 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void InitRollHandler();
   // Answers GetConfigDump (agent/node/config_dump.cc).
   void InitConfigDumpHandler();
+  void InitPlanHandlers();  // plan_handlers.cc: StrictReadiness, PolicyDiff
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);

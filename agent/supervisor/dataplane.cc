@@ -344,7 +344,7 @@ absl::Status DataPlane::OnControlReadable() {
     std::vector<CertificateState> certs;
     for (const auto& c : msg.first.certificate_report().certificates()) {
       certs.push_back({c.identity(), c.state(), c.serial_hex(), c.issuer(), c.last_error(),
-                       c.not_before_unix(), c.not_after_unix(), c.refs()});
+                       c.not_before_unix(), c.not_after_unix(), c.refs(), c.chain_pem()});
     }
     if (on_certificate_report) on_certificate_report(std::move(certs));
   } else if (msg.first.has_pod_removed()) {

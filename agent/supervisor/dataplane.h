@@ -54,6 +54,7 @@ struct CertificateState {
   std::string identity, state, serial_hex, issuer, last_error;
   int64_t not_before_unix = 0, not_after_unix = 0;
   int refs = 0;
+  std::string chain_pem = {};  // leaf first, as presented on 15008
 };
 
 // A data plane found serving a control socket (DataPlane::Probe).

@@ -240,6 +240,7 @@ std::vector<CertStatus> CertManager::Statuses() const {
       status.issuer = entry.current->issuer;
       status.not_before = entry.current->not_before;
       status.not_after = entry.current->not_after;
+      for (const auto& cert : entry.current->chain) status.chain_pem += CertToPem(cert.get());
     }
     out.push_back(std::move(status));
   }

@@ -56,6 +56,9 @@ struct CertStatus {
   absl::Time not_after;
   std::string last_error;  // why the last request failed; cleared on success
   int refs = 0;            // local pods with this identity
+  // The chain served on 15008 (leaf first, as the signer returned it), PEM. Public: what any peer
+  // is shown in the handshake; `ambitctl certs --pem` prints it.
+  std::string chain_pem;
 };
 
 // Sends a CSR to whoever signs (ambitd over IPC in production). The answer arrives later through

@@ -325,6 +325,14 @@ void HandleInboundPlain(Worker& worker, std::shared_ptr<const Pod> pod, UniqueFd
   }
   std::string mode;
   auto allowed = PlaintextAllowed(*worker.snapshot(), *local, &mode, &record.policy);
+  // Seen by PeerAuthentication, whatever the answer: who a STRICT port refuses, and who it would.
+  // The source as `ambitctl connections` names it: namespace/pod.
+  worker.plaintext_clients().Record(
+      pod->uid, local->port, peer->ip,
+      record.source.workload.empty()
+          ? ""
+          : absl::StrCat(record.source.namespace_name, "/", record.source.workload),
+      !allowed.ok(), worker.Now());
   if (!allowed.ok()) {
     worker.counters().plaintext_refused++;
     worker.metrics().Decision(false);

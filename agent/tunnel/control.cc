@@ -27,6 +27,7 @@
 #include "agent/common/status.h"
 #include "agent/tunnel/control_message.h"
 #include "agent/tunnel/l7_hook.h"
+#include "agent/tunnel/plaintext_clients.h"
 #include "ambit/dataplane/v1/dataplane.pb.h"
 
 namespace ambit::tunnel {
@@ -598,6 +599,7 @@ absl::Status Tunnel::ExecuteOne(Action& a) {
             s->set_issuer(c.issuer);
             s->set_last_error(c.last_error);
             s->set_refs(c.refs);
+            s->set_chain_pem(c.chain_pem);
             if (c.not_before != absl::InfinitePast()) {
               s->set_not_before_unix(absl::ToUnixSeconds(c.not_before));
             }
@@ -780,6 +782,10 @@ void Tunnel::ServeStats(UniqueFd client) {
     w->Post([promise, request](Worker& worker) {
       auto part = std::make_shared<pb::StatsResponse>();
       worker.CollectStats(request.connections(), request.metrics(), part.get());
+      // The gauge of distinct sources is counted over all workers' entries at once below.
+      if (request.plaintext_clients() || request.metrics()) {
+        worker.CollectPlaintextClients(request.metrics(), part.get());
+      }
       promise->set_value(std::move(part));
     });
   }
@@ -795,6 +801,8 @@ void Tunnel::ServeStats(UniqueFd client) {
     }
     response.MergeFrom(*parts[i].get());
   }
+  MergePlaintextClients(request.metrics(), &response);
+  if (!request.plaintext_clients()) response.clear_plaintext_clients();
   if (request.metrics() && options_.l7 != nullptr) {
     response.set_l7_metrics_text(options_.l7->RenderMetrics());
   }

@@ -171,6 +171,7 @@ void Worker::RemovePod(const std::string& uid, std::function<void()> done) {
     f->SetEnd("-", reason);
     f->Reset(reason);
   }
+  plaintext_clients_.ForgetPod(uid);
   size_t pooled = pool_->DropPod(uid);
   size_t inbound = inbound_->DropPod(uid);
   if (!live.empty() || pooled > 0 || inbound > 0) {

@@ -21,6 +21,7 @@
 #include "agent/hbone/session.h"
 #include "agent/tunnel/flow_stats.h"
 #include "agent/tunnel/mesh_snapshot.h"
+#include "agent/tunnel/plaintext_clients.h"
 #include "agent/tunnel/pod_table.h"
 #include "agent/tunnel/tls_contexts.h"
 
@@ -125,10 +126,16 @@ class Worker {
   };
   Counters& counters() { return counters_; }
   FlowMetrics& metrics() { return metrics_; }
+  // Plaintext clients of this worker's pods (STRICT readiness). Worker-thread only.
+  PlaintextClients& plaintext_clients() { return plaintext_clients_; }
   // A connection refused before any byte was relayed: counted and access-logged.
   void Refuse(FlowRecord record, FlowEnd end);
   // Fills the parts of a stats answer this worker holds. Worker-thread only.
   void CollectStats(bool connections, bool metrics, ambit::dataplane::v1::StatsResponse* out);
+  // Adds this worker's plaintext clients (and, with `metrics`, their counters). Worker-thread only.
+  void CollectPlaintextClients(bool metrics, ambit::dataplane::v1::StatsResponse* out) const {
+    plaintext_clients_.AppendTo(metrics, out);
+  }
   // Never null: an empty snapshot until the first configuration arrives.
   const std::shared_ptr<const MeshSnapshot>& snapshot() const { return snapshot_; }
   // Drops everything this worker holds for the pod: stops accepting on its listeners, resets
@@ -181,6 +188,7 @@ class Worker {
   std::unordered_map<Flow*, std::unique_ptr<Flow>> connections_;
   Counters counters_;
   FlowMetrics metrics_;
+  PlaintextClients plaintext_clients_;
   uint64_t next_flow_ = 1;
   std::shared_ptr<const TlsContexts> tls_;
   std::string fail_closed_;

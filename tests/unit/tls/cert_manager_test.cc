@@ -124,6 +124,14 @@ TEST_F(CertManagerTest, PendingThenValid) {
   EXPECT_EQ(status.not_after, cert->not_after);
   EXPECT_EQ(status.refs, 1);
   EXPECT_EQ(status.last_error, "");
+  // The chain as presented (leaf first), public: never the key.
+  auto reported = ParsePemChain(status.chain_pem);
+  ASSERT_TRUE(reported.ok()) << reported.status();
+  ASSERT_EQ(reported->size(), cert->chain.size());
+  for (size_t i = 0; i < cert->chain.size(); ++i) {
+    EXPECT_EQ(X509_cmp((*reported)[i].get(), cert->chain[i].get()), 0) << i;
+  }
+  EXPECT_EQ(status.chain_pem.find("PRIVATE KEY"), std::string::npos);
 }
 
 TEST_F(CertManagerTest, SynchronousSignerIsValidAtOnce) {
