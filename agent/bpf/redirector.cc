@@ -13,8 +13,10 @@
 #include "abi/redirect.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "agent/bpf/kernel.h"
 #include "agent/bpf/skeleton.h"
+#include "agent/bpf/wire.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
 #include "bpf/bpf.h"
@@ -160,6 +162,7 @@ struct Redirector::State {
   std::string pin_root;
   Skeleton<ambit_redirect> skel;
   UniqueFd pods_map, listeners_map, ports_map, cidrs_map, drops_map, node_map, pod_addrs_map;
+  UniqueFd wire_map;  // ambit_wire: not the redirect object's, pinned beside its maps
   std::vector<LinkPtr> links;
   std::vector<std::string> link_pins;  // the pin of each of `links`
   std::vector<ProgramInfo> programs;
@@ -311,6 +314,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   s.drops_map = dup_map(s.skel->maps.ambit_drops);
   s.node_map = dup_map(s.skel->maps.ambit_node);
   s.pod_addrs_map = dup_map(s.skel->maps.ambit_pod_addrs);
+  AMBIT_ASSIGN_OR_RETURN(s.wire_map, OpenWireMap(pin_root));
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
   UniqueFd deliver = dup_map(s.skel->maps.ambit_deliver);
   UniqueFd probes = dup_map(s.skel->maps.ambit_probes);
@@ -372,6 +376,7 @@ std::vector<std::string> Redirector::adopted_maps() const { return state_->adopt
 std::vector<std::string> Redirector::fresh_maps() const { return state_->fresh_maps; }
 const std::string& Redirector::pin_root() const { return state_->pin_root; }
 int Redirector::drops_map_fd() const { return state_->drops_map.get(); }
+int Redirector::wire_map_fd() const { return state_->wire_map.get(); }
 
 bool Redirector::HasPinnedLinks(const std::string& instance_dir) {
   auto has_links = [](const std::string& root) {
@@ -479,6 +484,11 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
         Describe(bpf_program__fd(skel->progs.ambit_sk_lookup), "netns of each enrolled pod"));
   }
 
+  AMBIT_ASSIGN_OR_RETURN(std::vector<std::string> interfaces,
+                         AttachWire(s.pin_root, netns_fd, netns_cookie));
+  AMBIT_LOG(kComponent, Debug) << "wire accounting on " << absl::StrJoin(interfaces, ",")
+                               << " of netns_cookie=" << netns_cookie;
+
   ambit_pod_info info{slot, 0};
   if (bpf_map_update_elem(s.pods_map.get(), &netns_cookie, &info, BPF_ANY) < 0) {
     return absl::ErrnoToStatus(errno, "add pod to ambit_pods");
@@ -486,9 +496,13 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
   return absl::OkStatus();
 }
 
-absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
+absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot, int netns_fd) {
   auto& s = *state_;
   absl::Status status;
+  if (netns_fd >= 0) status.Update(DetachWire(netns_fd));
+  if (auto forgot = ForgetWire(s.wire_map.get(), netns_cookie); !forgot.ok()) {
+    status.Update(forgot.status());
+  }
   if (bpf_map_delete_elem(s.pods_map.get(), &netns_cookie) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, "remove pod from ambit_pods"));
   }
@@ -618,6 +632,10 @@ std::vector<std::string> Redirector::VerifyCapture() const {
       problems.push_back(
           absl::StrCat("map pin ", pin, " is gone: the next ambitd start would lose its entries"));
     }
+  }
+  if (!Exists(WireMapPin(s.pin_root))) {
+    problems.push_back(absl::StrCat("map pin ", WireMapPin(s.pin_root),
+                                    " is gone: the next ambitd start would lose its entries"));
   }
   return problems;
 }

@@ -33,6 +33,7 @@
 #include "agent/node/crl_watch.h"
 #include "agent/node/dataplane_state.h"
 #include "agent/node/enrollment.h"
+#include "agent/node/wire_report.h"
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/handoff.h"
 #include "agent/node/instance_lock.h"
@@ -397,6 +398,11 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void InitRollHandler();
   // Answers GetConfigDump (agent/node/config_dump.cc).
   void InitConfigDumpHandler();
+  // Answers VerifyMtls, and folds the wire-accounting map into wire_ledger_ every kWireBucket
+  // (agent/node/verify_mtls.cc).
+  void InitVerifyMtlsHandler();
+  void FoldWire(bool force);
+  absl::StatusOr<admin::v1::VerifyMtlsResponse> VerifyMtls(const admin::v1::VerifyMtlsRequest& req);
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);
@@ -489,6 +495,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Set when a new agent asked this one to step aside; Run returns.
   std::optional<HandOff> handoff_;
   uint64_t next_dataplane_tag_ = 0;  // supervisor::DataPlane::Options::tag
+  // ambitctl verify mtls: the wire-accounting history, and when the map was last read.
+  WireLedger wire_ledger_;
+  absl::Time wire_read_at_ = absl::InfinitePast();
 };
 
 }  // namespace ambit::node
