@@ -42,15 +42,15 @@ absl::Status CheckVerifyMtlsRequest(const pb::VerifyMtlsRequest& req) {
     const absl::string_view pod = req.pod();
     if (slash == absl::string_view::npos || !KubeNameOk(pod.substr(0, slash), 63) ||
         !KubeNameOk(pod.substr(slash + 1), 253)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("VerifyMtlsRequest.pod: \"", absl::CHexEscape(pod.substr(0, 300)),
-                       "\" is not namespace/name"));
+      return absl::InvalidArgumentError(absl::StrCat("VerifyMtlsRequest.pod: \"",
+                                                     absl::CHexEscape(pod.substr(0, 300)),
+                                                     "\" is not namespace/name"));
     }
   }
   if (req.since_seconds() < 0 || req.since_seconds() > 86400) {
-    return absl::InvalidArgumentError(absl::StrCat("VerifyMtlsRequest.since_seconds: ",
-                                                   req.since_seconds(),
-                                                   " is outside 0..86400 (0: everything counted)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("VerifyMtlsRequest.since_seconds: ", req.since_seconds(),
+                     " is outside 0..86400 (0: everything counted)"));
   }
   return absl::OkStatus();
 }

@@ -62,11 +62,10 @@ absl::StatusOr<std::vector<Interface>> WireInterfaces() {
     }
     if (req.ifr_hwaddr.sa_family != ARPHRD_ETHER) {
       if (!up) continue;
-      return absl::FailedPreconditionError(
-          absl::StrCat("interface ", i->if_name, " is up and not Ethernet (link type ",
-                       req.ifr_hwaddr.sa_family,
-                       "): wire accounting parses Ethernet frames only, and would count nothing "
-                       "that crosses it"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "interface ", i->if_name, " is up and not Ethernet (link type ", req.ifr_hwaddr.sa_family,
+          "): wire accounting parses Ethernet frames only, and would count nothing "
+          "that crosses it"));
     }
     out.push_back({i->if_index, i->if_name});
   }
@@ -80,12 +79,12 @@ absl::Status AttachOne(const Interface& itf, bpf_tc_attach_point point, int prog
   if (err != 0 && err != -EEXIST) {
     return absl::ErrnoToStatus(-err, absl::StrCat("create the clsact qdisc on ", itf.name));
   }
-  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog_fd, .flags = BPF_TC_F_REPLACE,
-              .handle = kTcHandle, .priority = kTcPriority);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog_fd, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
+              .priority = kTcPriority);
   err = bpf_tc_attach(&hook, &opts);
   if (err != 0) {
-    return absl::ErrnoToStatus(-err,
-                               absl::StrCat("attach wire accounting to ", itf.name, " ", hook_name));
+    return absl::ErrnoToStatus(
+        -err, absl::StrCat("attach wire accounting to ", itf.name, " ", hook_name));
   }
   return absl::OkStatus();
 }
@@ -144,8 +143,7 @@ absl::Status DetachWire(int netns_fd) {
         LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
         int err = bpf_tc_detach(&hook, &opts);
         if (err != 0 && err != -ENOENT && err != -EINVAL) {
-          return absl::ErrnoToStatus(-err,
-                                     absl::StrCat("detach wire accounting from ", itf.name));
+          return absl::ErrnoToStatus(-err, absl::StrCat("detach wire accounting from ", itf.name));
         }
       }
     }

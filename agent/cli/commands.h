@@ -35,6 +35,8 @@ Command ServicesCommand();
 Command StatusCommand();
 Command LogCommand();
 Command ConfigDumpCommand();
+// `ambitctl verify mtls` (verify_command.cc).
+Command VerifyCommand();
 
 // What `certs -o json` prints: {ca, certificates, trustBundle}.
 Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp);

@@ -17,7 +17,7 @@ Command RootCommand() {
       .subcommands = {BpfCommand(), CertsCommand(), CheckLiveCommand(), ConfigDumpCommand(),
                       ConnectionsCommand(), DataPlaneCommand(), IdCommand(), LogCommand(),
                       PoliciesCommand(), PolicyCommand(), ServicesCommand(), StatusCommand(),
-                      VersionCommand(), WorkloadsCommand()},
+                      VersionCommand(), WorkloadsCommand(), VerifyCommand()},
   };
 }
 

@@ -33,7 +33,8 @@ absl::StatusOr<admin::v1::VerifyMtlsResponse> Agent::VerifyMtls(
   WireReportInput in;
   WireTotals window;
   if (req.since_seconds() > 0) {
-    AMBIT_ASSIGN_OR_RETURN(auto since, wire_ledger_.Since(now - absl::Seconds(req.since_seconds())));
+    AMBIT_ASSIGN_OR_RETURN(auto since,
+                           wire_ledger_.Since(now - absl::Seconds(req.since_seconds())));
     window = std::move(since.first);
     in.totals = &window;
     in.window_start = since.second;

@@ -79,7 +79,8 @@ void WireLedger::Fold(absl::Time now, const std::vector<bpf::WireEntry>& read) {
 
 void WireLedger::ForgetPod(uint64_t netns_cookie) {
   auto drop = [netns_cookie](WireTotals& m) {
-    std::erase_if(m, [netns_cookie](const auto& kv) { return kv.first.netns_cookie == netns_cookie; });
+    std::erase_if(m,
+                  [netns_cookie](const auto& kv) { return kv.first.netns_cookie == netns_cookie; });
   };
   drop(last_read_);
   drop(totals_);
@@ -117,7 +118,8 @@ std::string WireProtocolName(uint8_t proto) {
 
 std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
   // (cookie) -> flows keyed without the direction.
-  using FlowKey = std::tuple<IpAddress, uint8_t, uint16_t, bool, bool>;  // peer proto port local mtls
+  using FlowKey =
+      std::tuple<IpAddress, uint8_t, uint16_t, bool, bool>;  // peer proto port local mtls
   std::map<uint64_t, std::map<FlowKey, WireFlowReport>> by_pod;
   for (const auto& [cookie, pod] : in.pods) {
     if (!in.pod_filter.empty() && pod->Key() != in.pod_filter) continue;
@@ -162,9 +164,9 @@ std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
       f.verdict = "plaintext";
       std::string where = absl::StrCat(f.port_is_local ? r.pod : peer_name, " port ", f.port, "/",
                                        WireProtocolName(f.proto));
-      std::string line = absl::StrCat("plaintext between ", r.pod, " and ", peer_name, " on ",
-                                      where, ": ", f.out.bytes, " bytes out, ", f.in.bytes,
-                                      " bytes in");
+      std::string line =
+          absl::StrCat("plaintext between ", r.pod, " and ", peer_name, " on ", where, ": ",
+                       f.out.bytes, " bytes out, ", f.in.bytes, " bytes in");
       if (f.port_is_local && f.proto == IPPROTO_TCP && in.mtls_at) {
         const authz::PeerAuthnDecision mode = in.mtls_at(pod, f.port);
         f.mtls_mode = std::string(authz::MtlsModeName(mode.mode));
@@ -183,11 +185,10 @@ std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
           }
           f.verdict = "plaintext-under-strict";
           r.plaintext_under_strict = true;
-          line = absl::StrCat("plaintext from ", peer_name, " to ", where,
-                              " was answered, and STRICT (",
-                              mode.policy.empty() ? "default" : mode.policy,
-                              ") applies there now: ", f.in.payload, " payload bytes in, ",
-                              f.out.payload, " out");
+          line = absl::StrCat(
+              "plaintext from ", peer_name, " to ", where, " was answered, and STRICT (",
+              mode.policy.empty() ? "default" : mode.policy, ") applies there now: ", f.in.payload,
+              " payload bytes in, ", f.out.payload, " out");
         } else {
           line += absl::StrCat(" (", f.mtls_mode, ")");
         }
@@ -204,7 +205,8 @@ std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
                                         since, " was mTLS (", p.first, " bytes)"));
     }
     if (flows.empty()) {
-      r.verdicts.push_back(absl::StrCat("no traffic crossed ", r.pod, "'s interfaces since ", since));
+      r.verdicts.push_back(
+          absl::StrCat("no traffic crossed ", r.pod, "'s interfaces since ", since));
     }
     out.push_back(std::move(r));
   }

@@ -110,7 +110,7 @@ struct PodWireReport {
 struct WireReportInput {
   const WireTotals* totals = nullptr;
   absl::Time window_start;
-  bool window_starts_earlier = false;  // counts from before window_start are included
+  bool window_starts_earlier = false;          // counts from before window_start are included
   std::map<uint64_t, const state::Pod*> pods;  // enrolled pods by netns cookie
   std::function<const state::Pod*(const IpAddress&)> peer_pod;
   std::function<authz::PeerAuthnDecision(const state::Pod&, uint16_t port)> mtls_at;

@@ -10,9 +10,9 @@
  *
  * tc programs cannot read their network namespace's cookie on every kernel ambit supports, so
  * the agent loads one instance per pod with the cookie in pod_cookie, as with sk_lookup.
- * Parsing is bounded and has no loops: Ethernet, then one IPv4 or IPv6 header (IPv6 extension
- * headers are not walked: such a packet counts under its next-header value, port 0), then the
- * first 14 bytes of TCP or 4 of UDP.
+ * Parsing is bounded and has no loops: Ethernet, then one IPv4 or IPv6 header (of IPv6's
+ * extension headers only a first hop-by-hop header is stepped over; behind any other, a packet
+ * counts under that header's value, port 0), then the first 14 bytes of TCP or 4 of UDP.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -28,6 +28,7 @@
 
 const volatile __u64 pod_cookie = 0;
 
+#define AMBIT_IPPROTO_HOPOPTS 0
 #define AMBIT_IPPROTO_ICMPV6 58
 #define AMBIT_TCP_FIN 0x01
 #define AMBIT_TCP_SYN 0x02
@@ -83,6 +84,16 @@ static __always_inline int ambit_wire_account(struct __sk_buff *skb, int egress)
 			return TC_ACT_UNSPEC;
 		ip_hlen = sizeof(ip6);
 		proto = ip6.nexthdr;
+		if (proto == AMBIT_IPPROTO_HOPOPTS) {
+			/* One step only: MLD reports (ICMPv6 behind hop-by-hop options) are control
+			 * traffic like the rest of ICMPv6. */
+			__u8 hop[2]; /* next header, length in 8-byte units after the first 8 */
+
+			if (bpf_skb_load_bytes(skb, l3_off + ip_hlen, hop, sizeof(hop)) < 0)
+				return TC_ACT_UNSPEC;
+			proto = hop[0];
+			ip_hlen += ((__u32)hop[1] + 1) * 8;
+		}
 		ambit_addr_from_v6(key.peer_addr,
 				   egress ? ip6.daddr.in6_u.u6_addr32 : ip6.saddr.in6_u.u6_addr32);
 	} else {
