@@ -125,8 +125,9 @@ absl::Status VerifyMtls(Context& ctx) {
     ctx.Print(rows);
   }
   for (const pb::PodWire& p : resp.pods()) {
-    ctx.out() << "\n" << p.pod() << ": " << p.encrypted_bytes() << " bytes mTLS, "
-              << p.plaintext_bytes() << " bytes plaintext\n";
+    ctx.out() << "\n"
+              << p.pod() << ": " << p.encrypted_bytes() << " bytes mTLS, " << p.plaintext_bytes()
+              << " bytes plaintext\n";
     for (const std::string& v : p.verdicts()) ctx.out() << "  " << v << "\n";
   }
   if (resp.pods().empty()) ctx.out() << "\nNo pod is enrolled on this node.\n";
