@@ -149,8 +149,9 @@ Command VerifyCommand() {
           .description =
               "What crossed each enrolled pod's network interfaces, as ambitd's BPF accounting\n"
               "counted it: TCP on port 15008 (HBONE) is mTLS, any other TCP, UDP or IP protocol\n"
-              "is plaintext (ICMP is not counted). Per pod and peer: bytes and packets each way,\n"
-              "connection attempts (SYNs), resets, and for plaintext its port, and a verdict.\n"
+              "is plaintext (ICMP and IGMP are not counted). Per pod and peer: bytes and\n"
+              "packets each way, connection attempts (SYNs), resets, for plaintext its port,\n"
+              "and a verdict.\n"
               "A plaintext attempt STRICT refused (the tunnel reset it and sent nothing back) is\n"
               "listed as refused: it crossed the wire, but no byte reached the application.\n"
               "Exit status 1 when plaintext the pod answered reached a port where STRICT\n"

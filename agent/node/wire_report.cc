@@ -144,16 +144,17 @@ std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
     const state::Pod& pod = *in.pods.at(cookie);
     PodWireReport r;
     r.pod = pod.Key();
-    // Per peer: bytes, and whether any were plaintext.
-    std::map<IpAddress, std::pair<uint64_t, bool>> peers;
+    // Per peer (its pod, else its address: a pod's IPv4 and IPv6 are one peer): bytes, and
+    // whether any were plaintext.
+    std::map<std::string, std::pair<uint64_t, bool>> peers;
     for (auto& [fk, f] : flows) {
       if (const state::Pod* p = in.peer_pod ? in.peer_pod(f.peer) : nullptr) {
         f.peer_workload = p->Key();
       }
       const uint64_t bytes = f.out.bytes + f.in.bytes;
-      auto& peer = peers[f.peer];
-      peer.first += bytes;
       const std::string peer_name = f.peer_workload.empty() ? f.peer.ToString() : f.peer_workload;
+      auto& peer = peers[peer_name];
+      peer.first += bytes;
       if (f.mtls) {
         r.encrypted_bytes += bytes;
         f.verdict = "mtls";
@@ -197,11 +198,9 @@ std::vector<PodWireReport> BuildWireReport(const WireReportInput& in) {
       r.flows.push_back(std::move(f));
       r.verdicts.push_back(std::move(line));
     }
-    for (const auto& [ip, p] : peers) {
+    for (const auto& [peer_name, p] : peers) {
       if (p.second) continue;
-      const state::Pod* peer = in.peer_pod ? in.peer_pod(ip) : nullptr;
-      r.verdicts.push_back(absl::StrCat("every byte between ", r.pod, " and ",
-                                        peer != nullptr ? peer->Key() : ip.ToString(), " since ",
+      r.verdicts.push_back(absl::StrCat("every byte between ", r.pod, " and ", peer_name, " since ",
                                         since, " was mTLS (", p.first, " bytes)"));
     }
     if (flows.empty()) {

@@ -4,9 +4,10 @@
  * and egress hooks of each of the pod's Ethernet interfaces, inside its network namespace, so
  * they see every packet crossing the namespace boundary whichever process sent it (the tunnel's
  * in-pod sockets, the application's own). TCP with 15008 on either side is HBONE (mTLS); any
- * other TCP or UDP, and any other IP protocol but ICMP, is plaintext. ICMP and ICMPv6 are not
- * counted: they carry no application data, and neighbour discovery would otherwise make every
- * IPv6 pod "send plaintext". The programs never change a packet's fate (TC_ACT_UNSPEC).
+ * other TCP or UDP, and any other IP protocol, is plaintext, but ICMP, ICMPv6 and IGMP are
+ * not counted: they carry no application data, and neighbour discovery and multicast membership
+ * reports would otherwise make every pod "send plaintext". The programs never change a
+ * packet's fate (TC_ACT_UNSPEC).
  *
  * tc programs cannot read their network namespace's cookie on every kernel ambit supports, so
  * the agent loads one instance per pod with the cookie in pod_cookie, as with sk_lookup.
@@ -99,7 +100,7 @@ static __always_inline int ambit_wire_account(struct __sk_buff *skb, int egress)
 	} else {
 		return TC_ACT_UNSPEC; /* ARP and other non-IP frames carry no application data */
 	}
-	if (proto == IPPROTO_ICMP || proto == AMBIT_IPPROTO_ICMPV6)
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_IGMP || proto == AMBIT_IPPROTO_ICMPV6)
 		return TC_ACT_UNSPEC;
 	l4_off = l3_off + ip_hlen;
 	if (first_fragment && proto == IPPROTO_TCP) {

@@ -149,9 +149,10 @@ TEST_F(WireProgramTest, PlaintextKeysOnTheServicePortAndItsSide) {
   }
 }
 
-TEST_F(WireProgramTest, UdpIsPlaintextIcmpAndMldAreNotCounted) {
+TEST_F(WireProgramTest, UdpIsPlaintextIcmpIgmpAndMldAreNotCounted) {
   Run(true, V4("198.18.0.2", "198.18.0.53", IPPROTO_UDP, Udp(40000, 53), 30));
   Run(true, V4("198.18.0.2", "198.18.0.3", IPPROTO_ICMP, std::vector<uint8_t>(8, 0), 56));
+  Run(true, V4("0.0.0.0", "224.0.0.22", IPPROTO_IGMP, std::vector<uint8_t>(8, 0), 0));
   Run(true, V6("2001:2::2", "ff02::1:ff00:3", IPPROTO_ICMPV6, std::vector<uint8_t>(24, 0), 0));
   // MLD: ICMPv6 behind a hop-by-hop header (next header 58, length 0: 8 bytes).
   std::vector<uint8_t> hop = {IPPROTO_ICMPV6, 0, 5, 2, 0, 0, 1, 0};
