@@ -178,6 +178,8 @@ struct Redirector::State {
   };
   std::vector<PendingLink> pending_links;
   bool migration_done = false;
+  bool wire_described = false;       // the wire programs are in `programs`
+  bool sk_lookup_described = false;  // and the sk_lookup program
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -479,13 +481,22 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
       return absl::ErrnoToStatus(errno, absl::StrCat("pin link ", pin));
     }
   }
-  if (s.programs.size() < 6) {
+  if (!s.sk_lookup_described) {
+    s.sk_lookup_described = true;
     s.programs.push_back(
         Describe(bpf_program__fd(skel->progs.ambit_sk_lookup), "netns of each enrolled pod"));
   }
 
-  AMBIT_ASSIGN_OR_RETURN(std::vector<std::string> interfaces,
-                         AttachWire(s.pin_root, netns_fd, netns_cookie));
+  AMBIT_ASSIGN_OR_RETURN(WireAttachment wire, AttachWire(s.pin_root, netns_fd, netns_cookie));
+  const std::vector<std::string>& interfaces = wire.interfaces;
+  if (!s.wire_described) {
+    // One line per program for ambitctl bpf, as for sk_lookup: every pod runs its own instance.
+    s.programs.push_back(
+        Describe(wire.ingress_fd, "clsact ingress of each enrolled pod's interfaces"));
+    s.programs.push_back(
+        Describe(wire.egress_fd, "clsact egress of each enrolled pod's interfaces"));
+    s.wire_described = true;
+  }
   AMBIT_LOG(kComponent, Debug) << "wire accounting on " << absl::StrJoin(interfaces, ",")
                                << " of netns_cookie=" << netns_cookie;
 

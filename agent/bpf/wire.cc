@@ -109,8 +109,8 @@ absl::StatusOr<UniqueFd> OpenWireMap(const std::string& pin_root) {
   return fd;
 }
 
-absl::StatusOr<std::vector<std::string>> AttachWire(const std::string& pin_root, int netns_fd,
-                                                    uint64_t netns_cookie) {
+absl::StatusOr<WireAttachment> AttachWire(const std::string& pin_root, int netns_fd,
+                                          uint64_t netns_cookie) {
   AMBIT_ASSIGN_OR_RETURN(auto skel, Skeleton<ambit_wire>::Open());
   skel->rodata->pod_cookie = netns_cookie;
   if (bpf_map__set_pin_path(skel->maps.ambit_wire, WireMapPin(pin_root).c_str()) != 0) {
@@ -130,7 +130,12 @@ absl::StatusOr<std::vector<std::string>> AttachWire(const std::string& pin_root,
     }
     return absl::OkStatus();
   }));
-  return attached;
+  WireAttachment out;
+  out.interfaces = std::move(attached);
+  out.ingress_fd = ingress;
+  out.egress_fd = egress;
+  out.holder = std::make_shared<Skeleton<ambit_wire>>(std::move(skel));
+  return out;
 }
 
 absl::Status DetachWire(int netns_fd) {

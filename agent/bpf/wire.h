@@ -7,6 +7,7 @@
 // them from its control thread.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,8 +29,15 @@ absl::StatusOr<UniqueFd> OpenWireMap(const std::string& pin_root);
 // (a restarted agent, an upgrade). Returns the interfaces it attached to. An interface that is not
 // Ethernet (the program parses an Ethernet header) is an error naming it: counting nothing for
 // it would let `verify mtls` call plaintext on it encrypted.
-absl::StatusOr<std::vector<std::string>> AttachWire(const std::string& pin_root, int netns_fd,
-                                                    uint64_t netns_cookie);
+struct WireAttachment {
+  std::vector<std::string> interfaces;
+  // The programs, for a description (ambitctl bpf); valid until the next AttachWire call.
+  int ingress_fd = -1, egress_fd = -1;
+  // Keeps the descriptors above open; the filters hold the programs themselves.
+  std::shared_ptr<void> holder;
+};
+absl::StatusOr<WireAttachment> AttachWire(const std::string& pin_root, int netns_fd,
+                                          uint64_t netns_cookie);
 
 // Removes ambit's filters from the interfaces of netns_fd (the pod left the mesh but its network
 // namespace lives on). A gone namespace took its filters with it.

@@ -135,6 +135,14 @@ class VerifyMtlsTest(unittest.TestCase):
         api = self.pod(self.verify(self.n2, "--pod", "backend/api"), "backend/api")
         from_web = [f for f in api["flows"] if f["workload"] == "default/web"]
         self.assertTrue(from_web and all(f["mtls"] and f["portIsLocal"] for f in from_web), api)
+        # ambitctl bpf lists the programs and the map.
+        bpf = json.loads(ambitctl(self.n1, "bpf", "-o", "json").stdout)
+        attached = {p["name"]: p["attachedTo"] for p in bpf["programs"]}
+        self.assertEqual(attached.get("ambit_wire_ingr"),
+                         "clsact ingress of each enrolled pod's interfaces")
+        maps = {m["name"]: m for m in bpf["maps"]}
+        self.assertEqual(maps["ambit_wire"]["type"], "lru_percpu_hash")
+        self.assertGreater(maps["ambit_wire"]["entries"], 0)
         # The table says the same for people.
         table = run(str(build_dir() / "agent/cli/ambitctl"), "verify", "mtls", "--admin-socket",
                     self.n1.admin_socket, check=False)
