@@ -816,6 +816,41 @@ def main():
         expect(not any(sig in r.stdout or sig.encode() in raw for sig in signatures),
                "no bearer token appears on the wire")
 
+        step("ambitctl verify mtls beside the capture: ambitd's eBPF accounting on every pod's "
+             "interfaces counts the same packets tcpdump saw, mTLS or plaintext")
+        r2 = run(ctl, "verify", "mtls", "--pod", "backend/api", "--admin-socket",
+                 node2.admin_socket, check=False)
+        show("ambitctl verify mtls --pod backend/api   (node2)", r2.stdout + r2.stderr)
+        doc2 = json.loads(run(ctl, "verify", "mtls", "--pod", "backend/api", "-o", "json",
+                              "--admin-socket", node2.admin_socket, check=False).stdout)
+        api_flows = doc2["pods"][0]["flows"] if doc2["pods"] else []
+        plain = [f for f in api_flows if f["peer"] == outsider.ip4 and not f["mtls"]]
+        # tcpdump's side: the outsider's connection attempts to api, and anything of web's
+        # that is not on 15008.
+        syn_re = re.compile(rf"{re.escape(outsider.ip4)}\.\d+ > {re.escape(api.ip4)}\.8080: "
+                            r"Flags \[S\]")
+        pcap_syns = len([l for l in r.stdout.splitlines() if syn_re.search(l)])
+        bpf_syns = sum(f["connectionsIn"] for f in plain if f["port"] == 8080)
+        print(f"  the outsider's plaintext connection attempts to api:8080: tcpdump {pcap_syns}, "
+              f"ambitctl verify mtls {bpf_syns}")
+        expect(pcap_syns > 0 and plain and pcap_syns == bpf_syns,
+               "the outsider's plaintext to api:8080 shows in both, with the same number of "
+               "connection attempts")
+        answered = any(f["verdict"] == "plaintext-under-strict" for f in plain)
+        expect(r2.returncode == (1 if answered else 0),
+               "verify mtls exits 1 exactly when plaintext api answered is on a port STRICT "
+               f"now covers (exit {r2.returncode}; answered plaintext: {answered})")
+        r1 = run(ctl, "verify", "mtls", "--pod", "frontend/web", "-o", "json", "--admin-socket",
+                 node1.admin_socket, check=False)
+        web_doc = json.loads(r1.stdout)["pods"][0]
+        show("ambitctl verify mtls --pod frontend/web   (node1; verdicts)",
+             "\n".join(web_doc["verdicts"]))
+        to_api = [f for f in web_doc["flows"] if f["peer"] in (api.ip4, api.ip6)]
+        expect(r1.returncode == 0 and to_api and all(f["mtls"] for f in to_api) and
+               web_doc["plaintextBytes"] == 0 and web_pkts and not web_other,
+               "web's traffic is all mTLS in both: verify mtls counts no plaintext byte, tcpdump "
+               "no packet off 15008")
+
         step("Tearing down: ambitd --cleanup stops each data plane and removes every pin")
         server.kill()
     print("done: namespaces, cgroups, BPF pins and processes removed")

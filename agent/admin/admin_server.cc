@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
 #include "agent/common/version.h"
@@ -20,6 +21,39 @@ namespace pb = ::ambit::admin::v1;
 void AdminState::SetCertificates(pb::ListCertificatesResponse certs) {
   absl::MutexLock lock(&mu_);
   certs_ = std::move(certs);
+}
+
+namespace {
+
+// A Kubernetes namespace (a DNS label) or object name (a DNS subdomain), loosely: the
+// characters and the length; the agent then looks the pod up.
+bool KubeNameOk(absl::string_view s, size_t max) {
+  if (s.empty() || s.size() > max) return false;
+  for (char c : s) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '-' && c != '.') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status CheckVerifyMtlsRequest(const pb::VerifyMtlsRequest& req) {
+  if (!req.pod().empty()) {
+    const size_t slash = req.pod().find('/');
+    const absl::string_view pod = req.pod();
+    if (slash == absl::string_view::npos || !KubeNameOk(pod.substr(0, slash), 63) ||
+        !KubeNameOk(pod.substr(slash + 1), 253)) {
+      return absl::InvalidArgumentError(absl::StrCat("VerifyMtlsRequest.pod: \"",
+                                                     absl::CHexEscape(pod.substr(0, 300)),
+                                                     "\" is not namespace/name"));
+    }
+  }
+  if (req.since_seconds() < 0 || req.since_seconds() > 86400) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("VerifyMtlsRequest.since_seconds: ", req.since_seconds(),
+                     " is outside 0..86400 (0: everything counted)"));
+  }
+  return absl::OkStatus();
 }
 
 pb::ListCertificatesResponse AdminState::Certificates() const {
@@ -98,6 +132,16 @@ RollHandler AdminState::roll_handler() const {
 void AdminState::SetConfigDumpHandler(ConfigDumpHandler handler) {
   absl::MutexLock lock(&mu_);
   config_dump_handler_ = std::move(handler);
+}
+
+void AdminState::SetVerifyMtlsHandler(VerifyMtlsHandler handler) {
+  absl::MutexLock lock(&mu_);
+  verify_mtls_handler_ = std::move(handler);
+}
+
+VerifyMtlsHandler AdminState::verify_mtls_handler() const {
+  absl::MutexLock lock(&mu_);
+  return verify_mtls_handler_;
 }
 
 ConfigDumpHandler AdminState::config_dump_handler() const {
@@ -288,6 +332,16 @@ class AdminServer::Service final : public pb::Admin::Service {
                           "format must be ztunnel, not \"" + req->format() + "\"");
     }
     ConfigDumpHandler handler = state_->config_dump_handler();
+    if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
+    auto result = handler(*req);
+    if (!result.ok()) return ToGrpc(result.status());
+    *resp = std::move(*result);
+    return grpc::Status::OK;
+  }
+  grpc::Status VerifyMtls(grpc::ServerContext*, const pb::VerifyMtlsRequest* req,
+                          pb::VerifyMtlsResponse* resp) override {
+    if (absl::Status bad = CheckVerifyMtlsRequest(*req); !bad.ok()) return ToGrpc(bad);
+    VerifyMtlsHandler handler = state_->verify_mtls_handler();
     if (!handler) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent is starting");
     auto result = handler(*req);
     if (!result.ok()) return ToGrpc(result.status());

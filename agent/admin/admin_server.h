@@ -64,6 +64,10 @@ using StrictReadinessHandler =
 // Thread-safe, as above.
 using PolicyDiffHandler = std::function<absl::StatusOr<ambit::admin::v1::PolicyDiffResponse>(
     const ambit::admin::v1::PolicyDiffRequest&)>;
+// Answers `ambitctl verify mtls` from the wire-accounting map (agent/node/verify_mtls.cc); the
+// request is checked before. Thread-safe: runs on gRPC threads and waits for the control thread.
+using VerifyMtlsHandler = std::function<absl::StatusOr<ambit::admin::v1::VerifyMtlsResponse>(
+    const ambit::admin::v1::VerifyMtlsRequest&)>;
 
 // istiod's xDS source in NodeHealth (outside it: clang cannot default-construct a nested class
 // with member initializers inside std::optional while the enclosing class is incomplete).
@@ -209,6 +213,8 @@ class AdminState {
   StrictReadinessHandler strict_readiness_handler() const;
   void SetPolicyDiffHandler(PolicyDiffHandler handler);
   PolicyDiffHandler policy_diff_handler() const;
+  void SetVerifyMtlsHandler(VerifyMtlsHandler handler);
+  VerifyMtlsHandler verify_mtls_handler() const;
   void SetStatsFetcher(StatsFetcher fetcher);
   StatsFetcher stats_fetcher() const;
   void SetHealth(NodeHealth health);
@@ -235,6 +241,7 @@ class AdminState {
   ConfigDumpHandler config_dump_handler_ ABSL_GUARDED_BY(mu_);
   StrictReadinessHandler strict_readiness_handler_ ABSL_GUARDED_BY(mu_);
   PolicyDiffHandler policy_diff_handler_ ABSL_GUARDED_BY(mu_);
+  VerifyMtlsHandler verify_mtls_handler_ ABSL_GUARDED_BY(mu_);
   NodeHealth health_ ABSL_GUARDED_BY(mu_);
   ReadinessChecker readiness_checker_ ABSL_GUARDED_BY(mu_);
 };
@@ -243,6 +250,11 @@ class AdminState {
 // name) keeps only that local pod's.
 ambit::admin::v1::ListConnectionsResponse ConnectionsFromStats(
     const ambit::dataplane::v1::StatsResponse& stats, const std::string& pod, absl::Time now);
+
+// A VerifyMtls request's own checks, before any state is read: `pod` is "" or namespace/name
+// (each a DNS label or subdomain, as Kubernetes allows), since_seconds is 0..86400 (a day; the
+// history kept is shorter, and the agent says so). InvalidArgument naming the field otherwise.
+absl::Status CheckVerifyMtlsRequest(const ambit::admin::v1::VerifyMtlsRequest& req);
 
 // ambitd's admin API on a unix socket only root can open (mode 0600). No TCP listener.
 class AdminServer {

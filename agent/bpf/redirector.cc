@@ -13,8 +13,10 @@
 #include "abi/redirect.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "agent/bpf/kernel.h"
 #include "agent/bpf/skeleton.h"
+#include "agent/bpf/wire.h"
 #include "agent/common/log.h"
 #include "agent/common/status.h"
 #include "bpf/bpf.h"
@@ -87,20 +89,26 @@ absl::Status PinFd(int fd, const std::string& path) {
   return absl::OkStatus();
 }
 
-ProgramInfo Describe(const bpf_program* prog, std::string attached_to) {
+// The program behind `fd`, named `name` (the kernel's own name when empty).
+ProgramInfo Describe(int fd, std::string attached_to, std::string name) {
   bpf_prog_info info{};
   uint32_t len = sizeof info;
   ProgramInfo out;
   out.attached_to = std::move(attached_to);
-  // The kernel keeps 15 characters of a name (BPF_OBJ_NAME_LEN: "ambit_getpeerna"); the object
-  // file has the whole function name, as in bpf/progs and as bpftool shows it from BTF.
-  if (const char* name = bpf_program__name(prog); name != nullptr) out.name = name;
-  if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) {
+  out.name = std::move(name);
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) {
     if (out.name.empty()) out.name = info.name;
     out.id = info.id;
     out.verified_insns = info.verified_insns;
   }
   return out;
+}
+
+ProgramInfo Describe(const bpf_program* prog, std::string attached_to) {
+  // The kernel keeps 15 characters of a name (BPF_OBJ_NAME_LEN: "ambit_getpeerna"); the object
+  // file has the whole function name, as in bpf/progs and as bpftool shows it from BTF.
+  const char* name = bpf_program__name(prog);
+  return Describe(bpf_program__fd(prog), std::move(attached_to), name != nullptr ? name : "");
 }
 
 // Deletes every ambit_pod_addrs entry of the pod except those in `keep`.
@@ -163,6 +171,7 @@ struct Redirector::State {
   std::string pin_root;
   Skeleton<ambit_redirect> skel;
   UniqueFd pods_map, listeners_map, ports_map, cidrs_map, drops_map, node_map, pod_addrs_map;
+  UniqueFd wire_map;  // ambit_wire: not the redirect object's, pinned beside its maps
   std::vector<LinkPtr> links;
   std::vector<std::string> link_pins;  // the pin of each of `links`
   std::vector<ProgramInfo> programs;
@@ -178,6 +187,8 @@ struct Redirector::State {
   };
   std::vector<PendingLink> pending_links;
   bool migration_done = false;
+  bool wire_described = false;       // the wire programs are in `programs`
+  bool sk_lookup_described = false;  // and the sk_lookup program
 };
 
 Redirector::Redirector(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -314,6 +325,7 @@ absl::StatusOr<std::unique_ptr<Redirector>> Redirector::Open(const RedirectConfi
   s.drops_map = dup_map(s.skel->maps.ambit_drops);
   s.node_map = dup_map(s.skel->maps.ambit_node);
   s.pod_addrs_map = dup_map(s.skel->maps.ambit_pod_addrs);
+  AMBIT_ASSIGN_OR_RETURN(s.wire_map, OpenWireMap(pin_root));
   UniqueFd orig = dup_map(s.skel->maps.ambit_orig_dst);
   UniqueFd deliver = dup_map(s.skel->maps.ambit_deliver);
   UniqueFd probes = dup_map(s.skel->maps.ambit_probes);
@@ -375,6 +387,7 @@ std::vector<std::string> Redirector::adopted_maps() const { return state_->adopt
 std::vector<std::string> Redirector::fresh_maps() const { return state_->fresh_maps; }
 const std::string& Redirector::pin_root() const { return state_->pin_root; }
 int Redirector::drops_map_fd() const { return state_->drops_map.get(); }
+int Redirector::wire_map_fd() const { return state_->wire_map.get(); }
 
 bool Redirector::HasPinnedLinks(const std::string& instance_dir) {
   auto has_links = [](const std::string& root) {
@@ -477,9 +490,25 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
       return absl::ErrnoToStatus(errno, absl::StrCat("pin link ", pin));
     }
   }
-  if (s.programs.size() < 6) {
+  if (!s.sk_lookup_described) {
+    s.sk_lookup_described = true;
     s.programs.push_back(Describe(skel->progs.ambit_sk_lookup, "netns of each enrolled pod"));
   }
+
+  AMBIT_ASSIGN_OR_RETURN(WireAttachment wire, AttachWire(s.pin_root, netns_fd, netns_cookie));
+  const std::vector<std::string>& interfaces = wire.interfaces;
+  if (!s.wire_described) {
+    // One line per program for ambitctl bpf, as for sk_lookup: every pod runs its own instance.
+    s.programs.push_back(
+        Describe(wire.ingress_fd, "clsact ingress of each enrolled pod's interfaces",
+                 "ambit_wire_ingress"));
+    s.programs.push_back(
+        Describe(wire.egress_fd, "clsact egress of each enrolled pod's interfaces",
+                 "ambit_wire_egress"));
+    s.wire_described = true;
+  }
+  AMBIT_LOG(kComponent, Debug) << "wire accounting on " << absl::StrJoin(interfaces, ",")
+                               << " of netns_cookie=" << netns_cookie;
 
   ambit_pod_info info{slot, 0};
   if (bpf_map_update_elem(s.pods_map.get(), &netns_cookie, &info, BPF_ANY) < 0) {
@@ -488,9 +517,13 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
   return absl::OkStatus();
 }
 
-absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot) {
+absl::Status Redirector::RemovePod(uint64_t netns_cookie, uint32_t slot, int netns_fd) {
   auto& s = *state_;
   absl::Status status;
+  if (netns_fd >= 0) status.Update(DetachWire(netns_fd));
+  if (auto forgot = ForgetWire(s.wire_map.get(), netns_cookie); !forgot.ok()) {
+    status.Update(forgot.status());
+  }
   if (bpf_map_delete_elem(s.pods_map.get(), &netns_cookie) < 0 && errno != ENOENT) {
     status.Update(absl::ErrnoToStatus(errno, "remove pod from ambit_pods"));
   }
@@ -620,6 +653,10 @@ std::vector<std::string> Redirector::VerifyCapture() const {
       problems.push_back(
           absl::StrCat("map pin ", pin, " is gone: the next ambitd start would lose its entries"));
     }
+  }
+  if (!Exists(WireMapPin(s.pin_root))) {
+    problems.push_back(absl::StrCat("map pin ", WireMapPin(s.pin_root),
+                                    " is gone: the next ambitd start would lose its entries"));
   }
   return problems;
 }

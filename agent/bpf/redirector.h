@@ -70,7 +70,8 @@ class Redirector {
   ~Redirector();
 
   // Steers the pod's traffic: inbound listeners into the sockmap, the pod into ambit_pods (which
-  // turns on outbound redirection), and an sk_lookup link on its netns (re-used if pinned).
+  // turns on outbound redirection), and an sk_lookup link on its netns (re-used if pinned). Also
+  // puts the wire-accounting tc programs on the pod's interfaces (AttachWire).
   absl::Status EnrollPod(uint64_t netns_cookie, uint32_t slot, int netns_fd,
                          const InboundListenerFds& listeners);
   // Makes the pod's addresses known to sockops, so that connections from the node's network
@@ -79,8 +80,9 @@ class Redirector {
   // The network namespace whose connections to enrolled pods are kubelet probes (ambit_node);
   // 0 records none.
   absl::Status SetNodeNetns(uint64_t netns_cookie);
-  // Stops steering; connections already redirected are not touched.
-  absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot);
+  // Stops steering; connections already redirected are not touched. The pod's wire-accounting
+  // entries go too, and, given its still-open network namespace, its tc filters.
+  absl::Status RemovePod(uint64_t netns_cookie, uint32_t slot, int netns_fd = -1);
   // Pods enrolled by this or an earlier run: netns cookie -> slot.
   absl::StatusOr<std::map<uint64_t, uint32_t>> EnrolledPods() const;
 
@@ -103,6 +105,9 @@ class Redirector {
 
   absl::Status SetPortFlags(uint16_t port, uint8_t flags);
   absl::Status AddBypassCidr(const Cidr& cidr);
+
+  // The pinned ambit_wire map (per-CPU wire accounting, ambitctl verify mtls; agent/bpf/wire.h).
+  int wire_map_fd() const;
 
   int orig_dst_map_fd() const { return orig_dst_map_.get(); }
   int deliver_map_fd() const { return deliver_map_.get(); }

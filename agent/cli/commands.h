@@ -43,6 +43,8 @@ Command ConfigDumpCommand();
 Command StrictReadinessCommand();
 // `ambitctl policy diff`, a subcommand of `policy`.
 Command PolicyDiffCommand();
+// `ambitctl verify mtls` (verify_command.cc).
+Command VerifyCommand();
 
 // What `certs -o json` prints: {ca, certificates, trustBundle}.
 Value CertificatesValue(const ambit::admin::v1::ListCertificatesResponse& resp);

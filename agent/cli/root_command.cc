@@ -18,7 +18,7 @@ Command RootCommand() {
                       ConnectionsCommand(), DataPlaneCommand(), IdCommand(), LogCommand(),
                       PoliciesCommand(), PolicyCommand(), ServicesCommand(), StatusCommand(),
                       VersionCommand(), WorkloadsCommand(), CompletionCommand(),
-                      StrictReadinessCommand()},
+                      StrictReadinessCommand(), VerifyCommand()},
   };
 }
 

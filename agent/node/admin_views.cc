@@ -76,6 +76,8 @@ std::string MapTypeName(uint32_t type) {
       return "percpu_hash";
     case BPF_MAP_TYPE_PERCPU_ARRAY:
       return "percpu_array";
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+      return "lru_percpu_hash";
     case BPF_MAP_TYPE_RINGBUF:
       return "ringbuf";
     default:

@@ -835,7 +835,8 @@ absl::StatusOr<std::string> Agent::Resend(const std::string& uid) {
 bool Agent::Remove(const std::string& uid) {
   auto it = enrolled_.find(uid);
   if (it == enrolled_.end()) return false;
-  auto status = redirector_->RemovePod(it->second.netns_cookie, it->second.slot);
+  auto status =
+      redirector_->RemovePod(it->second.netns_cookie, it->second.slot, it->second.netns.get());
   if (!status.ok()) {
     AMBIT_LOG(kComponent, Warning) << "remove pod " << uid << ": " << status.message();
   }
@@ -847,12 +848,14 @@ bool Agent::Remove(const std::string& uid) {
     p.standby->sent_at_seq.erase(uid);
     (void)p.standby->dp->SendRemovePod(uid);
   }
+  wire_ledger_.ForgetPod(it->second.netns_cookie);
   enrolled_.erase(it);
   return told;
 }
 
 void Agent::RemoveStale(uint64_t netns_cookie, uint32_t slot) {
   (void)redirector_->RemovePod(netns_cookie, slot);
+  wire_ledger_.ForgetPod(netns_cookie);
 }
 
 void Agent::ReleaseHandedBack(const std::string& uid) {
@@ -1353,6 +1356,7 @@ const std::vector<std::string>& Agent::Crls() const {
 }
 
 void Agent::OnHeartbeatTick() {
+  FoldWire(/*force=*/false);
   for (Process* p : {&tunnel_, &waypoint_}) RollTick(*p);
   for (Process* p : {&tunnel_, &waypoint_}) {
     if (p->connected()) {
@@ -1505,6 +1509,7 @@ absl::Status Agent::InitCertificates() {
   }
   PublishCertificates();
   InitAdminHandlers();
+  InitVerifyMtlsHandler();
   AMBIT_ASSIGN_OR_RETURN(admin_server_,
                          admin::AdminServer::Start(options_.resolved_admin_socket(), admin_state_));
   return absl::OkStatus();

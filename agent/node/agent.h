@@ -38,6 +38,7 @@
 #include "agent/node/enrollment_pass.h"
 #include "agent/node/handoff.h"
 #include "agent/node/instance_lock.h"
+#include "agent/node/wire_report.h"
 #include "agent/node/zds_workloads.h"
 #include "agent/state/model.h"
 #include "agent/supervisor/dataplane.h"
@@ -404,6 +405,11 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Answers GetConfigDump (agent/node/config_dump.cc).
   void InitConfigDumpHandler();
   void InitPlanHandlers();  // plan_handlers.cc: StrictReadiness, PolicyDiff
+  // Answers VerifyMtls, and folds the wire-accounting map into wire_ledger_ every kWireBucket
+  // (agent/node/verify_mtls.cc).
+  void InitVerifyMtlsHandler();
+  void FoldWire(bool force);
+  absl::StatusOr<admin::v1::VerifyMtlsResponse> VerifyMtls(const admin::v1::VerifyMtlsRequest& req);
   // What the end of a data-plane session undoes, however it ended: the watches, the heartbeat,
   // and which pods the process held (resent on the next session).
   void EndSession(Process& process);
@@ -504,6 +510,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   // Set when a new agent asked this one to step aside; Run returns.
   std::optional<HandOff> handoff_;
   uint64_t next_dataplane_tag_ = 0;  // supervisor::DataPlane::Options::tag
+  // ambitctl verify mtls: the wire-accounting history, and when the map was last read.
+  WireLedger wire_ledger_;
+  absl::Time wire_read_at_ = absl::InfinitePast();
 };
 
 }  // namespace ambit::node

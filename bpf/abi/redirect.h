@@ -22,7 +22,9 @@
  * is the unversioned layout directly under <bpffs>/ambit/<instance>/. Bump on any change to
  * this file that alters a pinned object, or to the set of pinned maps.
  */
-#define AMBIT_ABI_VERSION 3 /* 3: ambit_node, ambit_pod_addrs, ambit_probes; a fifth drop reason */
+/* 3: ambit_node, ambit_pod_addrs, ambit_probes; a fifth drop reason. 4: ambit_wire (abi/wire.h)
+ * and the tc accounting programs on each enrolled pod's interfaces. */
+#define AMBIT_ABI_VERSION 4
 
 #define AMBIT_MAX_PODS 1024
 #define AMBIT_MAX_ORIG_DST 65536

@@ -420,6 +420,10 @@ def admin_seeds():
     write(t, "log_read", req(1, "LogLevelRequest", ''))
     write(t, "log_set", req(1, "LogLevelRequest", 'component: "hbone" level: "debug"'))
     write(t, "log_bad", req(1, "LogLevelRequest", 'component: "" level: "loud"'))
+    write(t, "verify_all", req(3, "VerifyMtlsRequest", ''))
+    write(t, "verify_pod_since", req(3, "VerifyMtlsRequest", 'pod: "default/web" since_seconds: 30'))
+    write(t, "verify_bad_pod", req(3, "VerifyMtlsRequest", 'pod: "Default/we b" since_seconds: -5'))
+    write(t, "verify_too_old", req(3, "VerifyMtlsRequest", 'since_seconds: 86400'))
     stats = protoc_encode("ambit.dataplane.v1.StatsResponse", """
 flows { id: 1 direction: "outbound" pod: "default/sleep" mode: "hbone" mtls: true
   source { workload: "sleep" namespace: "default" principal: "spiffe://cluster.local/ns/default/sa/sleep" address: "198.18.0.11:43210" }
