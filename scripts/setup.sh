@@ -49,6 +49,8 @@ packages=(
   # ambit-cni tests (tests/cni): the reference plug-ins (bridge, host-local in /usr/lib/cni);
   # their ZDS peer uses python3-protobuf, above
   containernetworking-plugins
+  # bench/sweep: the SVG charts of the sweeps (matplotlib, Agg backend: no display needed)
+  python3-matplotlib
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
