@@ -189,7 +189,10 @@ def agent_footprint(agent, service_accounts, namespace, ready=None, timeout=120,
         have = want & set(cert.findall(agent.logs()))
         if len(have) == len(want) and (ready is None or ready()):
             break
-        if time.time() > deadline or agent.proc.poll() is not None:
+        if agent.proc.poll() is not None:
+            raise RuntimeError(f"{agent.node}: ambitd exited ({agent.proc.returncode}) with "
+                               f"{len(have)}/{len(want)} certificates:\n{agent.logs()[-2000:]}")
+        if time.time() > deadline:
             raise RuntimeError(f"{agent.node}: {len(have)}/{len(want)} pods got a certificate "
                                f"within {timeout}s:\n{agent.logs()[-2000:]}")
         time.sleep(0.1)

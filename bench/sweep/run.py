@@ -46,17 +46,19 @@ COLORS = {"T": "tab:blue", "B1": "tab:gray", "P": "tab:orange"}
 
 # Full run (`make bench-sweep`): the issue's ranges. The smoke run: one tiny point of each.
 FULL = {
-    "pods": dict(points=[10, 50, 100, 300], reps=2),
-    "peers": dict(points=[1_000, 10_000, 100_000], reps=1),
+    # 200: where between 100 and 300 the cost changes (bench/README.md).
+    "pods": dict(points=[10, 50, 100, 200, 300], reps=2, ready_s=60),
+    "peers": dict(points=[1_000, 10_000, 100_000], reps=2, ready_s=300),
     "policies": dict(points=[10, 100, 1_000, 10_000], reps=3),
     "conns": dict(points=[1_000, 2_000, 5_000, 10_000, 20_000, 50_000], reps=1),
-    # Offered rates start, start*factor, ... until every variant passed its knee.
-    "load": dict(start=1_000, factor=2.0, max_points=9, reps=2, seconds=3.0, connections=4,
-                 max_s=900),
+    # Offered rates start, start*factor, ... until every variant passed its knee (factor sqrt(2):
+    # the knee to within 41%, at 2 points per doubling).
+    "load": dict(start=2_000, factor=2 ** 0.5, max_points=14, reps=2, seconds=3.0,
+                 connections=4, max_s=900),
 }
 SMOKE = {
-    "pods": dict(points=[3], reps=1),
-    "peers": dict(points=[100], reps=1),
+    "pods": dict(points=[3], reps=1, ready_s=60),
+    "peers": dict(points=[100], reps=1, ready_s=60),
     "policies": dict(points=[10], reps=1),
     "conns": dict(points=[50], reps=1),
     "load": dict(start=200, factor=2.0, max_points=1, reps=1, seconds=0.5, connections=2,
@@ -68,7 +70,6 @@ ACHIEVED_SHARE = 0.9
 P99_BLOWUP = 10.0
 P99_FLOOR_US = 10_000.0
 FD_SPARE = 512  # what a process holds besides the connections (listeners, sessions, libraries)
-READY_TIMEOUT_S = 300
 # Series drawn per chart; --check counts the SVG groups whose id starts with "series-".
 SERIES = {"pods": 4, "peers": 4, "policies": 2, "conns": 6, "load": 6}
 
@@ -164,7 +165,7 @@ def retire(d, topo, agent):
     d.topology.remove_cgroup(agent.cgroup)
 
 
-def footprint_rep(d, topo, node, enrolled, peers):
+def footprint_rep(d, topo, node, enrolled, peers, ready_s):
     """A fresh agent with `enrolled` pods (and `peers` peer pods) in its configuration from the
     start: time to ready (every pod's certificate, /healthz/ready 200, the configuration
     generation applied) and its idle memory."""
@@ -182,7 +183,7 @@ def footprint_rep(d, topo, node, enrolled, peers):
 
     try:
         out = d.net.agent_footprint(agent, [p.service_account for p in enrolled],
-                                    enrolled[0].namespace, ready=ready, timeout=READY_TIMEOUT_S)
+                                    enrolled[0].namespace, ready=ready, timeout=ready_s)
     finally:
         retire(d, topo, agent)
     s = out["samples"]
@@ -205,10 +206,18 @@ def sweep_footprint(d, cfg, kind):
             reps = []
             for r in range(cfg["reps"]):
                 t0 = time.time()
-                if kind == "pods":
-                    reps.append(footprint_rep(d, topo, f"e{n}r{r}", pool[:n], 0))
-                else:
-                    reps.append(footprint_rep(d, topo, f"q{n}r{r}", pool, n))
+                try:
+                    if kind == "pods":
+                        reps.append(footprint_rep(d, topo, f"e{n}r{r}", pool[:n], 0,
+                                                  cfg["ready_s"]))
+                    else:
+                        reps.append(footprint_rep(d, topo, f"q{n}r{r}", pool, n,
+                                                  cfg["ready_s"]))
+                except RuntimeError as e:
+                    # A size the agent does not reach is a result too: kept, not drawn.
+                    reps.append({"error": str(e)[-3000:]})
+                    log(f"{kind} {n} rep {r + 1} FAILED: {str(e)[:300]}")
+                    continue
                 log(f"{kind} {n} rep {r + 1}: ready in {reps[-1]['ready_s']:.1f}s, RSS ambitd "
                     f"{reps[-1]['ambitd_rss_mb']:.1f} MB, tunnel {reps[-1]['tunnel_rss_mb']:.1f} "
                     f"MB ({time.time() - t0:.0f}s)")
@@ -257,10 +266,13 @@ def conns_fit(limit):
     return {"T": limit - FD_SPARE, "B1": (limit - FD_SPARE) // 2, "P": (limit - FD_SPARE) // 2}
 
 
-def conns_point(out):
+def conns_point(out, base_kib):
+    """RSS is counted from `base_kib`, the variant's processes before its first point: the
+    points rise, so each reuses the heap the smaller one before it left resident, and its own
+    before/after difference would count only the connections added since."""
     procs = out["processes"]
-    return {"rss_mb": sum(p["rss_after_kib"] - p["rss_before_kib"] for p in procs.values()) / 1024,
-            "rss_kib_per_conn": sum(p["kib_per_conn"] for p in procs.values()),
+    rss = sum(p["rss_after_kib"] for p in procs.values()) - base_kib
+    return {"rss_mb": rss / 1024, "rss_kib_per_conn": rss / out["connections"],
             "kernel_mb": out["kernel"]["kib_per_conn"] * out["connections"] / 1024,
             "kernel_kib_per_conn": out["kernel"]["kib_per_conn"],
             "slab_kib_per_conn": out["kernel"]["slab_kib_per_conn"],
@@ -273,7 +285,7 @@ CONN_KEYS = ("rss_mb", "rss_kib_per_conn", "kernel_mb", "kernel_kib_per_conn",
 
 def sweep_conns(bench, cfg, limit):
     fit = conns_fit(limit)
-    points = []
+    points, base = [], {}
     for n in cfg["points"]:
         for v in VARIANTS:
             x = min(n, fit[v])
@@ -283,12 +295,15 @@ def sweep_conns(bench, cfg, limit):
             reps = []
             for r in range(cfg["reps"]):
                 t0 = time.time()
-                reps.append(conns_point(bench.idle_memory(v)))
+                out = bench.idle_memory(v)
+                base.setdefault(v, sum(p["rss_before_kib"] for p in out["processes"].values()))
+                reps.append(conns_point(out, base[v]))
                 log(f"conns {v} {x} rep {r + 1}: RSS +{reps[-1]['rss_mb']:.1f} MB, kernel "
                     f"+{reps[-1]['kernel_mb']:.1f} MB ({time.time() - t0:.0f}s)")
             points.append({"x": x, "variant": v, "reps": reps,
                            "median": medians(reps, CONN_KEYS)})
     return {"points": points, "fd_limit": limit, "max_connections": fit,
+            "rss_baseline_kib": base,
             "kernel_memory": "slab (/proc/slabinfo: objects x size, every cache; what "
                              "/proc/meminfo's Slab counts, without partly used pages) + TCP "
                              "buffer pages (/proc/net/sockstat TCP mem), after - before"}
@@ -395,7 +410,20 @@ TITLES = {
 
 def machine_label(doc):
     m = doc["machine"]
-    return f"{m['nproc']} cores ({m['cpu']}), {doc['mode']} run"
+    load = doc.get("loadavg")
+    busy = f", load average {load['start']:.1f} -> {load['end']:.1f}" if load else ""
+    return f"{m['nproc']} cores ({m['cpu']}), {doc['mode']} run{busy}"
+
+
+def rounded(x):
+    """Floats to 4 significant digits (the noise is larger): a smaller file to commit."""
+    if isinstance(x, float):
+        return float(f"{x:.4g}")
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    return x
 
 
 def series(ax, doc, key, label, gid, pick=None, color=None, style="o-", scale=1.0):
@@ -404,15 +432,15 @@ def series(ax, doc, key, label, gid, pick=None, color=None, style="o-", scale=1.
     pts = [p for p in pts if p["median"].get(key) is not None]
     xs = [p["x"] for p in pts]
     ys = [p["median"][key] * scale for p in pts]
-    lo = [min(r[key] for r in p["reps"]) * scale for p in pts]
-    hi = [max(r[key] for r in p["reps"]) * scale for p in pts]
+    lo = [min(r[key] for r in p["reps"] if key in r) * scale for p in pts]
+    hi = [max(r[key] for r in p["reps"] if key in r) * scale for p in pts]
     ax.plot(xs, ys, style, label=label, gid=gid, color=color, markersize=4)
     if any(h != low for h, low in zip(hi, lo)):
         ax.fill_between(xs, lo, hi, alpha=0.2, color=ax.get_lines()[-1].get_color(), lw=0)
     return xs, ys
 
 
-def plot(doc, path):
+def plot(doc, path, fmt="svg"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -434,8 +462,9 @@ def plot(doc, path):
         b.set_ylabel("time to ready (s)")
         for ax in axes:
             ax.set_xlabel(f"{what} (count)")
-            if name == "peers":
+            if name == "peers":  # 3 decades: log-log, where a slope of 1 is linear growth
                 ax.set_xscale("log")
+                ax.set_yscale("log")
     elif name == "policies":
         series(a, doc, "applied_s", "N policies written, until applied",
                "series-policies-applied")
@@ -454,8 +483,10 @@ def plot(doc, path):
             series(b, doc, "kernel_mb", v, f"series-conns-kernel-{v}", pick, COLORS[v])
         a.set_ylabel("data-plane RSS growth (MB)")
         b.set_ylabel("kernel memory growth (MB)\nslab + TCP buffer pages")
-        for ax in axes:
+        for ax in axes:  # T's RSS is two orders below B1's and P's: log-log shows all three
             ax.set_xlabel("concurrent idle connections (count)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
     elif name == "load":
         offered = sorted({p["x"] for p in doc["points"]})
         a.plot(offered, offered, ":", color="lightgray", label="achieved = offered")
@@ -475,9 +506,10 @@ def plot(doc, path):
     for ax in fig.get_axes():
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+        ax.minorticks_off()  # on log axes, dozens of unlabelled ticks: size, not information
     fig.suptitle(f"{TITLES[name]}\n{machine_label(doc)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="svg", metadata={"Date": None})
+    fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
     plt.close(fig)
 
 
@@ -554,26 +586,30 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    def write(name, result, t0):
+    def write(name, result, t0, load0):
+        # The load average says how much else ran on the machine meanwhile (it is shared).
         doc = {"sweep": name, "machine": mach, "mode": "smoke" if args.smoke else "full",
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "seconds": round(time.time() - t0, 1), "config": cfgs[name], **result}
+               "seconds": round(time.time() - t0, 1),
+               "loadavg": {"start": load0, "end": os.getloadavg()[0]}, "config": cfgs[name],
+               **result}
+        doc = rounded(doc)
         path = out_dir / f"sweep-{name}.json"
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         plot(doc, out_dir / f"sweep-{name}.svg")
         log(f"{name}: wrote {path} and its .svg ({doc['seconds']:.0f}s)")
 
     for name in ("pods", "peers"):
         if name in wanted:
-            t0 = time.time()
-            write(name, sweep_footprint(d, cfgs[name], name), t0)
+            t0, load0 = time.time(), os.getloadavg()[0]
+            write(name, sweep_footprint(d, cfgs[name], name), t0, load0)
     if "policies" in wanted:
-        t0 = time.time()
-        write("policies", sweep_policies(d, cfgs["policies"]), t0)
+        t0, load0 = time.time(), os.getloadavg()[0]
+        write("policies", sweep_policies(d, cfgs["policies"]), t0, load0)
     if {"conns", "load"} & set(wanted):
-        t0 = time.time()
+        t0, load0 = time.time(), os.getloadavg()[0]
         for name, result in net_sweeps(d, cfgs, wanted).items():
-            write(name, result, t0)
+            write(name, result, t0, load0)
     log(f"done in {time.time() - started:.0f}s")
     return 0
 
