@@ -460,6 +460,11 @@ def plot(doc, path, fmt="svg"):
         a.set_ylabel("memory (MB)")
         series(b, doc, "ready_s", "start to ready", f"series-{name}-ready", color="tab:green")
         b.set_ylabel("time to ready (s)")
+        failed = [p["x"] for p in doc["points"] if all("error" in r for r in p["reps"])]
+        for i, x in enumerate(failed):  # sizes the agent never got ready at: shown, not hidden
+            for ax in axes:
+                ax.axvline(x, ls="--", color="tab:red", alpha=0.6,
+                           label=None if i else f"not ready within {doc['config']['ready_s']} s")
         for ax in axes:
             ax.set_xlabel(f"{what} (count)")
             if name == "peers":  # 3 decades: log-log, where a slope of 1 is linear growth
