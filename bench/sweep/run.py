@@ -123,7 +123,8 @@ def bare_pods(d, topo, n, node, namespace):
         pod.ip6 = f"2001:2:1::{j:x}"
         d.topology.run("ip", "netns", "add", pod.netns)
         topo.pods[pod.name] = pod  # from here on, topo.close() deletes it
-        for cmd in (["link", "set", "lo", "up"], ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"],
+        for cmd in (["link", "set", "lo", "up"],
+                    ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"],
                     ["link", "set", "eth0p", "up"],
                     ["addr", "add", f"{pod.ip4}/32", "dev", "eth0"],
                     ["-6", "addr", "add", f"{pod.ip6}/128", "dev", "eth0", "nodad"],
@@ -573,7 +574,8 @@ def main():
                                         "agent/cli/ambitctl", "bench/net/net_rr",
                                         "bench/net/net_relay", "bench/net/net_tls")
                if not (build / p).exists()]
-    missing += [f"{t} (bash scripts/setup.sh)" for t in ("iperf3", "stunnel4") if not shutil.which(t)]
+    missing += [f"{t} (bash scripts/setup.sh)" for t in ("iperf3", "stunnel4")
+                if not shutil.which(t)]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
