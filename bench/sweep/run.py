@@ -533,6 +533,11 @@ def check(out_dir, names):
         pts = doc.get("points") or []
         if not pts or any(not p.get("reps") or "median" not in p for p in pts):
             problems.append(f"{j}: no points, or a point without repetitions or medians")
+        # A failed repetition is a result in a full run (the chart marks it); here it fails.
+        for p in pts:
+            for r in p.get("reps", []):
+                if "error" in r:
+                    problems.append(f"{j}: point {p['x']} failed: {r['error'][:500]}")
         try:
             root = ET.parse(s).getroot()
         except (OSError, ET.ParseError) as e:
