@@ -85,5 +85,12 @@ soak: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target ambitd ambit-tunnel
 	/usr/bin/python3 bench/soak/soak.py --build-dir $(BUILD_DIR)
 
+# How cost grows (bench/README.md), not in CI: every sweep (bench/sweep/run.py), one JSON and one
+# SVG chart each in bench/results/. Needs root; about 25 minutes on 2 cores.
+.PHONY: bench-sweep
+bench-sweep: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target ambitd ambit-tunnel ambitctl net_rr net_relay net_tls
+	nice -n 10 /usr/bin/python3 bench/sweep/run.py --build-dir $(BUILD_DIR)
+
 clean:
 	rm -rf build build-asan build-fuzz

@@ -51,6 +51,8 @@ packages=(
   containernetworking-plugins
   # ambitctl completion tests: its zsh and fish scripts checked by the shells themselves
   zsh fish
+  # bench/sweep: the SVG charts of the sweeps (matplotlib, Agg backend: no display needed)
+  python3-matplotlib
 )
 # ... and kubectl: any on PATH will do; Debian's only when there is none.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

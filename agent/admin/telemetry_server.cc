@@ -57,8 +57,10 @@ absl::StatusOr<MHD_Daemon*> Serve(const std::string& address, Endpoint* endpoint
   sockaddr_storage ss;
   parsed->ToSockaddr(&ss);
   // A thread per connection: a scrape waiting on the data plane never holds up another one.
-  unsigned flags =
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+  // poll(), not select(): an agent with a few hundred pods holds more than FD_SETSIZE (1 024)
+  // descriptors, and select() cannot take a listener or connection numbered above that.
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
+                   MHD_USE_ERROR_LOG;
   if (!parsed->ip.is_v4()) flags |= MHD_USE_IPv6;
   MHD_Daemon* d = MHD_start_daemon(flags, parsed->port, nullptr, nullptr, &Handle, endpoint,
                                    MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&ss),

@@ -45,6 +45,17 @@ def generation(agent):
     return json.loads(r.stdout)["generation"] if r.returncode == 0 else None
 
 
+def scale_policies(agent):
+    """How many of scale_config's DENY policies ambitd lists (None while it does not answer)."""
+    r = subprocess.run([str(build_dir() / "agent/cli/ambitctl"), "policies", "-o", "json",
+                        "--admin-socket", agent.admin_socket], capture_output=True, text=True,
+                       timeout=120, check=False)
+    if r.returncode != 0:
+        return None
+    return sum(1 for p in json.loads(r.stdout)["policies"]
+               if p["namespace"].startswith("scale-") and p["name"].startswith("deny-"))
+
+
 def rss_by_mapping(pid):
     """Resident KiB of a process by kind of mapping: the main heap, anonymous mappings (thread
     arenas, large blocks) and everything else (code, files, stacks)."""
@@ -70,6 +81,69 @@ def wait(pred, what):
     raise SystemExit(f"bench: {what} did not happen within {LIMIT_S}s")
 
 
+class ConfigBench:
+    """One simulated node in `topo`: web calls api (port 9000) over HBONE through the real
+    tunnel. measure() is one repetition at one size; bench/sweep/run.py imports this too."""
+
+    def __init__(self, topo, smaps=False):
+        self.topo, self.smaps = topo, smaps
+        self.web = topo.add_pod("web", namespace="frontend", service_account="web")
+        self.api = topo.add_pod("api", namespace="backend", service_account="api")
+        self.agent = topo.add_agent("node1")
+        topo.write_pods(self.agent, [self.web, self.api])
+        self.agent.start(wait_pods=[self.web, self.api])
+        self.agent.wait_log("certificate spiffe://cluster.local/ns/frontend/sa/web valid")
+        self.agent.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
+        self.server = self.api.popen(["/usr/bin/python3", "-u", "-c", MULTI_SERVER, "9000"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        assert b"listening" in os.read(self.server.stdout.fileno(), 100)
+
+    def allowed(self):
+        return self.web.python(PROBE, self.api.ip4).stdout.strip() == "ok"
+
+    def in_sync(self):
+        g = generation(self.agent)
+        return g is not None and g["desired"] == g["applied"]
+
+    def measure(self, peers, policies):
+        """Writes `peers` peer pods and `policies` DENY policies (time until the data plane
+        acknowledges that generation), then one DENY for api's port (time until web's next
+        connection is refused), then removes everything (RSS once it shrank back)."""
+        agent = self.agent
+        wait(self.allowed, "the first connection")
+        wait(self.in_sync, "a settled configuration")
+        start = time.monotonic()
+        scaled = peers or policies
+        size = write_scale_config(agent, peers, policies) if scaled else 0
+        before = generation(agent)["applied"]
+        if peers:
+            wait(lambda: self.in_sync() and generation(agent)["applied"] > before, "apply")
+        elif policies:
+            # Policies that select no pod of this node leave the data plane's generation as it
+            # was: they are applied once ambitd lists them all.
+            wait(lambda: scale_policies(agent) == policies and self.in_sync(), "apply")
+        applied_s = time.monotonic() - start
+        dp = agent.tunnel_pid()
+        rss = (rss_kib(agent.proc.pid), rss_kib(dp))
+        if self.smaps and scaled:
+            print(f"  RSS KiB by mapping: ambitd {rss_by_mapping(agent.proc.pid)}, "
+                  f"ambit-tunnel {rss_by_mapping(dp)}", flush=True)
+        start = time.monotonic()
+        agent.write_config("zz-deny.yaml", deny_port_policy("backend", "bench-deny", 9000))
+        wait(lambda: not self.allowed(), "the DENY taking effect")
+        enforced_s = time.monotonic() - start
+        os.unlink(os.path.join(agent.config_dir, "zz-deny.yaml"))
+        remove_scale_config(agent)
+        wait(self.allowed, "the configuration shrinking back")
+        wait(self.in_sync, "the shrunk configuration applied")
+        time.sleep(1)
+        after = (rss_kib(agent.proc.pid), rss_kib(agent.tunnel_pid()))
+        return {"peers": peers, "policies": policies, "config_bytes": size,
+                "applied_s": applied_s, "deny_enforced_s": enforced_s,
+                "rss_kib": {"ambitd": rss[0], "ambit-tunnel": rss[1]},
+                "rss_after_shrink_kib": {"ambitd": after[0], "ambit-tunnel": after[1]}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default="build")
@@ -86,53 +160,8 @@ def main():
     os.environ["AMBIT_BUILD_DIR"] = os.path.abspath(args.build_dir)
     rows = []
     with Topology("cfg") as t:
-        web = t.add_pod("web", namespace="frontend", service_account="web")
-        api = t.add_pod("api", namespace="backend", service_account="api")
-        agent = t.add_agent("node1")
-        t.write_pods(agent, [web, api])
-        agent.start(wait_pods=[web, api])
-        agent.wait_log("certificate spiffe://cluster.local/ns/frontend/sa/web valid")
-        agent.wait_log("certificate spiffe://cluster.local/ns/backend/sa/api valid")
-        server = api.popen(["/usr/bin/python3", "-u", "-c", MULTI_SERVER, "9000"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        assert b"listening" in os.read(server.stdout.fileno(), 100)
-
-        def allowed():
-            return web.python(PROBE, api.ip4).stdout.strip() == "ok"
-
-        def in_sync():
-            g = generation(agent)
-            return g is not None and g["desired"] == g["applied"]
-
-        def measure(peers, policies):
-            wait(allowed, "the first connection")
-            wait(in_sync, "a settled configuration")
-            start = time.monotonic()
-            size = write_scale_config(agent, peers, policies) if peers else 0
-            before = generation(agent)["applied"]
-            if peers:
-                wait(lambda: in_sync() and generation(agent)["applied"] > before, "apply")
-            applied_s = time.monotonic() - start
-            dp = agent.tunnel_pid()
-            rss = (rss_kib(agent.proc.pid), rss_kib(dp))
-            if args.smaps and peers:
-                print(f"  RSS KiB by mapping: ambitd {rss_by_mapping(agent.proc.pid)}, "
-                      f"ambit-tunnel {rss_by_mapping(dp)}", flush=True)
-            start = time.monotonic()
-            agent.write_config("zz-deny.yaml", deny_port_policy("backend", "bench-deny", 9000))
-            wait(lambda: not allowed(), "the DENY taking effect")
-            enforced_s = time.monotonic() - start
-            os.unlink(os.path.join(agent.config_dir, "zz-deny.yaml"))
-            remove_scale_config(agent)
-            wait(allowed, "the configuration shrinking back")
-            wait(in_sync, "the shrunk configuration applied")
-            time.sleep(1)
-            after = (rss_kib(agent.proc.pid), rss_kib(agent.tunnel_pid()))
-            return {"peers": peers, "policies": policies, "config_bytes": size,
-                    "applied_s": applied_s, "deny_enforced_s": enforced_s,
-                    "rss_kib": {"ambitd": rss[0], "ambit-tunnel": rss[1]},
-                    "rss_after_shrink_kib": {"ambitd": after[0], "ambit-tunnel": after[1]}}
-
+        bench = ConfigBench(t, smaps=args.smaps)
+        measure = bench.measure
         base = [measure(0, 0) for _ in range(3)]
         baseline = statistics.median(r["deny_enforced_s"] for r in base)
         base_rss = base[-1]["rss_kib"]
@@ -160,7 +189,7 @@ def main():
                   f"{per_pod['ambit-tunnel']:>13.0f} "
                   f"{r['rss_after_shrink_kib']['ambitd']:>9} KiB "
                   f"{r['rss_after_shrink_kib']['ambit-tunnel']:>9} KiB", flush=True)
-        server.kill()
+        bench.server.kill()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"baseline_deny_s": baseline, "baseline": base, "sizes": rows}, f, indent=2)

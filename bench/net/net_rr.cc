@@ -10,7 +10,14 @@
 //   net_rr idle  HOST PORT COUNT SECONDS        COUNT connections, one round trip each, then
 //                                               prints "ready" and holds them until stdin
 //                                               closes or SECONDS pass
+//   net_rr load  HOST PORT SIZE RATE SECONDS CONNS
+//                                               open loop: SIZE-byte requests at RATE/s over
+//                                               CONNS pipelined connections, sent on schedule
+//                                               whether or not earlier answers came back;
+//                                               prints the achieved rate and the latency from
+//                                               each request's scheduled time
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,7 +35,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/net/tool_util.h"
@@ -267,6 +276,149 @@ int Idle(const char* host, const char* port, long count, double hold_s) {
   return 0;
 }
 
+// The open-loop sender behind the sweeps' saturation curve (bench/sweep). Unlike `rate`, which
+// waits for each answer before the next request, a slow path here builds a queue instead of
+// slowing the sender (wrk2's model): past saturation the achieved rate falls below the offered
+// one and the latency, counted from each request's scheduled time, grows with the queue.
+// Requests are identical, so a connection only counts the bytes it still owes and the scheduled
+// times of the requests whose answers are outstanding (answers come back in order).
+struct LoadConn {
+  explicit LoadConn(UniqueFd f) : fd(std::move(f)) {}
+  UniqueFd fd;
+  size_t unsent = 0;        // request bytes scheduled but not yet written
+  size_t partial = 0;       // bytes of the current answer read so far
+  std::deque<int64_t> due;  // scheduled times of the requests awaiting an answer
+  bool want_out = false;    // EPOLLOUT registered (the socket buffer was full)
+};
+
+int OpenLoad(const char* host, const char* port, size_t size, double rate, double seconds,
+             int nconns) {
+  if (size == 0 || rate <= 0 || seconds <= 0 || nconns <= 0 || nconns > 1024) {
+    std::fprintf(stderr, "net_rr load: SIZE, RATE, SECONDS > 0 and 0 < CONNS <= 1024\n");
+    return 2;
+  }
+  const sockaddr_in a = Address(host, port);
+  std::vector<LoadConn> conns;
+  conns.reserve(static_cast<size_t>(nconns));
+  std::vector<char> out(64 * 1024, 'x'), in(64 * 1024);
+  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+  for (size_t k = 0; k < static_cast<size_t>(nconns); ++k) {
+    conns.emplace_back(Connect(a));
+    int fd = conns[k].fd.get();
+    for (int i = 0; i < 10; ++i) {  // warm-up: caches, pools, TCP windows
+      WriteAll(fd, out.data(), std::min(size, out.size()));
+      ReadExactly(fd, in.data(), std::min(size, in.size()));
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.u64 = k;
+    if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &e) < 0) Die("epoll_ctl");
+  }
+  const long count = std::max(1L, static_cast<long>(rate * seconds));
+  const int64_t start = NowNs() + 1000000;
+  auto due_of = [&](long i) {
+    return start + static_cast<int64_t>(static_cast<double>(i) * 1e9 / rate);
+  };
+  // Bounded: answers still missing this long after the last scheduled send count as lost.
+  const int64_t drain_ns = static_cast<int64_t>(std::max(2.0, seconds) * 1e9);
+  std::vector<int64_t> ns;
+  ns.reserve(static_cast<size_t>(count));
+  long sent = 0;
+  int64_t last_answer = start;
+  auto flush = [&](LoadConn& c, size_t k) {
+    while (c.unsent > 0) {
+      ssize_t w = write(c.fd.get(), out.data(), std::min(c.unsent, out.size()));
+      if (w > 0) {
+        c.unsent -= static_cast<size_t>(w);
+      } else if (w < 0 && errno == EINTR) {
+        continue;
+      } else if (w < 0 && errno == EAGAIN) {
+        break;
+      } else {
+        Die("write");
+      }
+    }
+    bool want = c.unsent > 0;
+    if (want != c.want_out) {
+      epoll_event e{};
+      e.events = want ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
+      e.data.u64 = k;
+      epoll_ctl(ep.get(), EPOLL_CTL_MOD, c.fd.get(), &e);
+      c.want_out = want;
+    }
+  };
+  std::vector<epoll_event> events(static_cast<size_t>(nconns));
+  size_t outstanding = 0;
+  for (;;) {
+    int64_t now = NowNs();
+    for (; sent < count && due_of(sent) <= now; ++sent) {
+      size_t k = static_cast<size_t>(sent % nconns);
+      conns[k].unsent += size;
+      conns[k].due.push_back(due_of(sent));
+      ++outstanding;
+    }
+    for (size_t k = 0; k < conns.size(); ++k) {
+      if (conns[k].unsent > 0 && !conns[k].want_out) flush(conns[k], k);
+    }
+    if (sent == count && outstanding == 0) break;
+    const int64_t end = due_of(count - 1) + drain_ns;
+    if (now >= end) break;
+    int64_t wait = sent < count ? due_of(sent) - now : end - now;
+    timespec ts{static_cast<time_t>(wait / 1000000000), static_cast<long>(wait % 1000000000)};
+    int n = epoll_pwait2(ep.get(), events.data(), static_cast<int>(events.size()), &ts, nullptr);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) Die("epoll_pwait2");
+    for (int i = 0; i < n; ++i) {
+      size_t k = events[i].data.u64;
+      LoadConn& c = conns[k];
+      if (events[i].events & EPOLLOUT) flush(c, k);
+      if (!(events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) continue;
+      for (;;) {
+        ssize_t r = read(c.fd.get(), in.data(), in.size());
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno == EAGAIN) break;
+        if (r < 0) Die("read");
+        if (r == 0) {
+          errno = ECONNRESET;
+          Die("read: peer closed");
+        }
+        c.partial += static_cast<size_t>(r);
+        const int64_t t = NowNs();
+        while (c.partial >= size && !c.due.empty()) {
+          c.partial -= size;
+          ns.push_back(t - c.due.front());
+          c.due.pop_front();
+          --outstanding;
+          last_answer = t;
+        }
+      }
+    }
+  }
+  const size_t completed = ns.size();
+  // A request never answered counts with the time it has waited so far: a stall stays visible.
+  const int64_t stop = NowNs();
+  for (auto& c : conns) {
+    for (int64_t d : c.due) ns.push_back(stop - d);
+  }
+  const double elapsed =
+      std::max(static_cast<double>(last_answer - start), static_cast<double>(count) * 1e9 / rate) /
+      1e9;
+  std::sort(ns.begin(), ns.end());
+  auto pct = [&](double q) {
+    if (ns.empty()) return 0.0;
+    size_t i = std::min(ns.size() - 1, static_cast<size_t>(q * static_cast<double>(ns.size())));
+    return static_cast<double>(ns[i]) / 1000.0;
+  };
+  std::printf(
+      "{\"mode\": \"load\", \"offered_per_s\": %.1f, \"connections\": %d, \"sent\": %ld, "
+      "\"completed\": %zu, \"lost\": %zu, \"seconds\": %.3f, \"achieved_per_s\": %.1f, "
+      "\"p50_us\": %.2f, \"p90_us\": %.2f, \"p99_us\": %.2f, \"max_us\": %.2f}\n",
+      rate, nconns, sent, completed, ns.size() - completed, elapsed,
+      static_cast<double>(completed) / elapsed, pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -283,9 +435,12 @@ int main(int argc, char** argv) {
                      std::atof(argv[6]));
   if (mode == "idle" && argc == 6)
     return Idle(argv[2], argv[3], std::atol(argv[4]), std::atof(argv[5]));
+  if (mode == "load" && argc == 8)
+    return OpenLoad(argv[2], argv[3], std::strtoul(argv[4], nullptr, 10), std::atof(argv[5]),
+                    std::atof(argv[6]), std::atoi(argv[7]));
   std::fprintf(stderr,
                "usage: net_rr server PORT | rr HOST PORT SIZE COUNT SECONDS | "
                "crr HOST PORT COUNT SECONDS | rate HOST PORT SIZE RATE SECONDS | "
-               "idle HOST PORT COUNT SECONDS\n");
+               "idle HOST PORT COUNT SECONDS | load HOST PORT SIZE RATE SECONDS CONNS\n");
   return 2;
 }

@@ -174,6 +174,49 @@ def machine():
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
+def agent_footprint(agent, service_accounts, namespace, ready=None, timeout=120, samples=3):
+    """Starts `agent` (its configuration already written) and waits until every service account
+    in `namespace` has a valid certificate and `ready()` (if given) holds: the time to ready.
+    Then, idle (start-up work done), samples the RSS, anonymous RSS and PSS of its ambitd and
+    ambit-tunnel `samples` times. bench/sweep/run.py calls this too."""
+    want = set(service_accounts)
+    t0 = time.time()
+    agent.start()
+    cert = re.compile(rf"certificate spiffe://cluster\.local/ns/{re.escape(namespace)}/sa/(\S+) "
+                      r"valid serial")
+    deadline = time.time() + timeout
+    while True:
+        have = want & set(cert.findall(agent.logs()))
+        if len(have) == len(want) and (ready is None or ready()):
+            break
+        if agent.proc.poll() is not None:
+            raise RuntimeError(f"{agent.node}: ambitd exited ({agent.proc.returncode}) with "
+                               f"{len(have)}/{len(want)} certificates:\n{agent.logs()[-2000:]}")
+        if time.time() > deadline:
+            raise RuntimeError(f"{agent.node}: {len(have)}/{len(want)} pods got a certificate "
+                               f"within {timeout}s:\n{agent.logs()[-2000:]}")
+        time.sleep(0.1)
+    ready_s = time.time() - t0
+    tunnel = None
+    for _ in range(100):
+        tunnel = agent.tunnel_pid()
+        if tunnel:
+            break
+        time.sleep(0.05)
+    if not tunnel:
+        raise RuntimeError(f"no ambit-tunnel process for {agent.node}")
+    time.sleep(2.0)  # idle: start-up work done
+    rows = []
+    for i in range(samples):
+        if i:
+            time.sleep(0.5)
+        pid = agent.proc.pid
+        rows.append({"ambitd_kib": rss_kib(pid), "tunnel_kib": rss_kib(tunnel),
+                     "ambitd_anon_kib": rss_anon_kib(pid), "tunnel_anon_kib": rss_anon_kib(tunnel),
+                     "ambitd_pss_kib": pss_kib(pid), "tunnel_pss_kib": pss_kib(tunnel)})
+    return {"ready_s": ready_s, "tunnel_pid": tunnel, "samples": rows}
+
+
 class Bench:
     def __init__(self, topo, cfg, bins, log, svid):
         self.topo, self.cfg, self.bins, self.log, self.svid = topo, cfg, bins, log, svid
@@ -486,38 +529,14 @@ class Bench:
                           node="node3") for i in range(n)]
         n3 = t.add_agent("node3")
         n3.write_config("pods.yaml", "---\n".join(p.yaml() for p in pods))
-        t0 = time.time()
-        n3.start()
-        cert = re.compile(r"certificate (spiffe://cluster\.local/ns/idle/sa/sa\d+) valid serial")
-        deadline = time.time() + 120
-        while len(set(cert.findall(n3.logs()))) < n:
-            if time.time() > deadline or n3.proc.poll() is not None:
-                raise RuntimeError(f"node3: {len(set(cert.findall(n3.logs())))}/{n} pods got "
-                                   f"a certificate:\n{n3.logs()[-2000:]}")
-            time.sleep(0.1)
-        ready_s = time.time() - t0
-        tunnel = None
-        for _ in range(100):
-            tunnel = n3.tunnel_pid()
-            if tunnel:
-                break
-            time.sleep(0.05)
-        if not tunnel:
-            raise RuntimeError("no ambit-tunnel process for node3")
-        time.sleep(2.0)  # idle: start-up work done
-        rows = []
-        for _ in range(3):
-            rows.append({"ambitd_kib": rss_kib(n3.proc.pid), "tunnel_kib": rss_kib(tunnel),
-                         "ambitd_anon_kib": rss_anon_kib(n3.proc.pid),
-                         "tunnel_anon_kib": rss_anon_kib(tunnel),
-                         "ambitd_pss_kib": pss_kib(n3.proc.pid), "tunnel_pss_kib": pss_kib(tunnel)})
+        out = agent_footprint(n3, [p.service_account for p in pods], "idle")
+        for row in out["samples"]:
             self.samples["T"]["pods_rss"].append(
-                (rows[-1]["ambitd_kib"] + rows[-1]["tunnel_kib"]) * 1024 / 1e6)
+                (row["ambitd_kib"] + row["tunnel_kib"]) * 1024 / 1e6)
             self.samples["T"]["pods_pss"].append(
-                (rows[-1]["ambitd_pss_kib"] + rows[-1]["tunnel_pss_kib"]) * 1024 / 1e6)
-            time.sleep(0.5)
+                (row["ambitd_pss_kib"] + row["tunnel_pss_kib"]) * 1024 / 1e6)
         n3.stop()  # its data plane and pods go with the topology
-        return {"pods": n, "identities": n, "ready_s": ready_s, "samples": rows}
+        return {"pods": n, "identities": n, "ready_s": out["ready_s"], "samples": out["samples"]}
 
     def run(self):
         self.b0_through_ambit = self.check_b0_path()

@@ -1,4 +1,12 @@
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
@@ -279,6 +287,51 @@ TEST(Telemetry, ABadListenAddressIsAClearError) {
                                 "metrics: bad listen address "
                                 "\"not-an-address\""))
       << server.status();
+}
+
+// An agent with a few hundred enrolled pods holds more than FD_SETSIZE descriptors (bench/sweep
+// found ambitd refusing to start with 300: "Listen socket descriptor (2150) is not less than
+// FD_SETSIZE"). The endpoints must listen and answer with descriptors numbered above it.
+TEST(Telemetry, ServesWithDescriptorsAboveFdSetSize) {
+  constexpr int kHeld = 1100;
+  rlimit rl{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  ASSERT_GE(rl.rlim_max, rlim_t{kHeld + 64}) << "the hard descriptor limit is too low to test";
+  rlimit saved = rl;
+  rl.rlim_cur = rl.rlim_max;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  std::vector<int> held;
+  for (int i = 0; i < kHeld; ++i) held.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_GT(held.back(), 1024);
+
+  // A free loopback port (the server takes a fixed one).
+  int probe = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(probe, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(getsockname(probe, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  close(probe);
+  const std::string address = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+
+  auto server = TelemetryServer::Start("", address, HealthyNode(absl::Now()));
+  ASSERT_TRUE(server.ok()) << server.status();
+  int c = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GT(c, 1024);
+  ASSERT_EQ(connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string request = "GET /healthz/ready HTTP/1.0\r\n\r\n";
+  ASSERT_EQ(write(c, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  std::string response;
+  char buf[4096];
+  for (ssize_t n; (n = read(c, buf, sizeof buf)) > 0;) response.append(buf, static_cast<size_t>(n));
+  close(c);
+  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.0 200") ||
+              absl::StartsWith(response, "HTTP/1.1 200"))
+      << response;
+  server->reset();
+  for (int fd : held) close(fd);
+  setrlimit(RLIMIT_NOFILE, &saved);
 }
 
 // Every family on the page comes from one declaration (agent/common/metrics.h), with the label
