@@ -350,7 +350,7 @@ absl::StatusOr<Mapped> MapWorkload(const iw::Workload& w, const MapContext& ctx)
   if (w.tunnel_protocol() == iw::HBONE && w.network_mode() != iw::HOST_NETWORK) {
     pod.labels[std::string(state::kDataplaneModeLabel)] = "ambient";
   }
-  AMBIT_RETURN_IF_ERROR(MapWaypoint(w.waypoint(), object, "waypoint", &pod.labels, &out));
+  AMBIT_RETURN_IF_ERROR(MapWaypoint(w.waypoint(), object, "waypoint", &pod.labels.Mutable(), &out));
   for (int i = 0; i < w.authorization_policies_size(); ++i) {
     std::vector<absl::string_view> parts =
         absl::StrSplit(w.authorization_policies(i), absl::MaxSplits('/', 1));
