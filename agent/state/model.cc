@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/common/formats.h"
 
 namespace ambit::state {
 
@@ -34,12 +35,11 @@ absl::Time Age(const Pod& pod) { return pod.creation_time.value_or(pod.first_see
 
 std::string AgeText(const Pod& pod) {
   if (pod.creation_time) {
-    return absl::StrCat("created ", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *pod.creation_time,
-                                                     absl::UTCTimeZone()));
+    return absl::StrCat("created ", FormatTimestamp(*pod.creation_time));
   }
   if (pod.first_seen == absl::InfinitePast()) return "no creationTimestamp";
   return absl::StrCat("no creationTimestamp; first seen by this agent ",
-                      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", pod.first_seen, absl::UTCTimeZone()));
+                      FormatTimestamp(pod.first_seen));
 }
 
 }  // namespace

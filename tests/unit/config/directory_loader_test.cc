@@ -495,7 +495,7 @@ TEST(DirectoryLoaderTest, DuplicatePodIpGoesToTheEarlierCreationTimestamp) {
   EXPECT_EQ(Errors(r)[0].file, "a.yaml");
   EXPECT_EQ(Errors(r)[0].object, "Pod default/new");
   EXPECT_THAT(Errors(r)[0].message, HasSubstr("Pod default/old (b.yaml)"));
-  EXPECT_THAT(Errors(r)[0].message, HasSubstr("created 2026-01-01T00:00:00Z"));
+  EXPECT_THAT(Errors(r)[0].message, HasSubstr("created 2026-01-01T00:00:00.000Z"));
   // The loser gets none of its addresses, not even the one nobody else claims.
   EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("2001:2::1").value()), nullptr);
   EXPECT_EQ(r.state.FindPodByIp(IpAddress::Parse("198.18.0.5").value())->name, "old");
