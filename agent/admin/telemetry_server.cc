@@ -57,8 +57,10 @@ absl::StatusOr<MHD_Daemon*> Serve(const std::string& address, Endpoint* endpoint
   sockaddr_storage ss;
   parsed->ToSockaddr(&ss);
   // A thread per connection: a scrape waiting on the data plane never holds up another one.
-  unsigned flags =
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+  // poll(), not select(): ambitd holds 7 descriptors per enrolled pod, and with ~140 pods the
+  // listener's number passes FD_SETSIZE (1024), where select-based MHD refused to start.
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_THREAD_PER_CONNECTION |
+                   MHD_USE_ERROR_LOG;
   if (!parsed->ip.is_v4()) flags |= MHD_USE_IPv6;
   MHD_Daemon* d = MHD_start_daemon(flags, parsed->port, nullptr, nullptr, &Handle, endpoint,
                                    MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&ss),

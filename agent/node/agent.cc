@@ -421,7 +421,7 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process, boo
   dp->on_write_interest = [this, raw](bool want) { SetWriteInterest(*raw, want); };
   dp->on_overflow = [this, p, tag = raw->tag()] {
     // Runs inside a send, which its caller may make while iterating pods: handled after it.
-    loop_->Defer([this, p, tag] { OnControlOverflow(*p, tag); });
+    if (loop_ != nullptr) loop_->Defer([this, p, tag] { OnControlOverflow(*p, tag); });
   };
   return dp;
 }
@@ -1012,7 +1012,7 @@ absl::Status Agent::WatchControl(supervisor::DataPlane& dp, std::function<void()
 void Agent::SetWriteInterest(supervisor::DataPlane& dp, bool want) {
   // Not watched (yet, or any more): WatchControl applies it, or the session is over.
   auto it = handlers_.find(dp.control_fd());
-  if (dp.control_fd() < 0 || it == handlers_.end()) return;
+  if (loop_ == nullptr || dp.control_fd() < 0 || it == handlers_.end()) return;
   if (absl::Status s =
           loop_->Modify(dp.control_fd(), EPOLLIN | (want ? EPOLLOUT : 0u), it->second.get());
       !s.ok()) {

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import Topology, build_dir, run  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
-PODS = 150
+# AMBIT_MANY_PODS: another count, e.g. to find where a build stops coping.
+PODS = int(os.environ.get("AMBIT_MANY_PODS", "150"))
 READY_WITHIN_S = 90
 
 
@@ -65,7 +66,7 @@ class ManyPodsTest(unittest.TestCase):
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         print(f"  ready with {len(have)} certificates {elapsed:.1f}s after start", flush=True)
-        self.assertEqual(status, 200, f"not ready after {READY_WITHIN_S}s: {body}\n"
+        self.assertEqual(status, 200, f"not ready after {READY_WITHIN_S}s: {body[:2000]}\n"
                          f"{self.agent.logs()[-3000:]}")
         self.assertEqual(have, want, f"{len(want - have)} identities without a certificate")
         logs = self.agent.logs()
