@@ -10,11 +10,11 @@
 
 namespace ambit {
 
-absl::Status SendPacket(int sock, const std::string& data, const std::vector<int>& fds) {
-  if (data.size() > kMaxPacketBytes || fds.size() > kMaxPacketFds) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("control message too large: ", data.size(), " bytes, ", fds.size(), " fds"));
-  }
+namespace {
+
+// 0 when sent, else the errno of sendmsg (EAGAIN: `flags` has MSG_DONTWAIT and the send buffer
+// is full; nothing was sent).
+int SendPacketWithFlags(int sock, const std::string& data, const std::vector<int>& fds, int flags) {
   iovec iov{const_cast<char*>(data.data()), data.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -31,11 +31,37 @@ absl::Status SendPacket(int sock, const std::string& data, const std::vector<int
     memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
   }
   while (true) {
-    ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    if (n >= 0) return absl::OkStatus();
+    ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
+    if (n >= 0) return 0;
     if (errno == EINTR) continue;
-    return absl::ErrnoToStatus(errno, "sendmsg on control channel");
+    return errno;
   }
+}
+
+absl::Status CheckPacketSize(const std::string& data, const std::vector<int>& fds) {
+  if (data.size() > kMaxPacketBytes || fds.size() > kMaxPacketFds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("control message too large: ", data.size(), " bytes, ", fds.size(), " fds"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SendPacket(int sock, const std::string& data, const std::vector<int>& fds) {
+  if (absl::Status s = CheckPacketSize(data, fds); !s.ok()) return s;
+  if (int err = SendPacketWithFlags(sock, data, fds, 0); err != 0) {
+    return absl::ErrnoToStatus(err, "sendmsg on control channel");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> TrySendPacket(int sock, const std::string& data, const std::vector<int>& fds) {
+  if (absl::Status s = CheckPacketSize(data, fds); !s.ok()) return s;
+  int err = SendPacketWithFlags(sock, data, fds, MSG_DONTWAIT);
+  if (err == 0) return true;
+  if (err == EAGAIN || err == EWOULDBLOCK) return false;
+  return absl::ErrnoToStatus(err, "sendmsg on control channel");
 }
 
 absl::StatusOr<Packet> ReceivePacket(int sock) {

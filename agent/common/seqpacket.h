@@ -23,6 +23,11 @@ inline constexpr size_t kMaxPacketFds = 250;
 // sockets only. Thread-compatible.
 absl::Status SendPacket(int sock, const std::string& data, const std::vector<int>& fds);
 
+// Sends one packet without waiting (MSG_DONTWAIT, on a blocking socket too): false when the
+// socket's send buffer is full and nothing was sent, so the caller can keep the packet and try
+// again once the socket is writable. The packet goes whole or not at all (SOCK_SEQPACKET).
+absl::StatusOr<bool> TrySendPacket(int sock, const std::string& data, const std::vector<int>& fds);
+
 // Receives one packet. kUnavailable on orderly close by the peer; kResourceExhausted and
 // kDataLoss for truncated data or descriptors (received fds are closed, nothing leaks).
 absl::StatusOr<Packet> ReceivePacket(int sock);

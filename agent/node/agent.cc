@@ -422,6 +422,12 @@ std::unique_ptr<supervisor::DataPlane> Agent::NewDataPlane(Process& process, boo
   };
   dp->on_pod_removed = [this](const std::string& uid) { OnPodRemoved(uid); };
   dp->on_pong = [this, p](supervisor::PongReport r) { OnPong(*p, std::move(r)); };
+  // The data plane object owns these, so `raw` outlives every call.
+  dp->on_write_interest = [this, raw](bool want) { SetWriteInterest(*raw, want); };
+  dp->on_overflow = [this, p, tag = raw->tag()] {
+    // Runs inside a send, which its caller may make while iterating pods: handled after it.
+    if (loop_ != nullptr) loop_->Defer([this, p, tag] { OnControlOverflow(*p, tag); });
+  };
   return dp;
 }
 
@@ -453,7 +459,7 @@ absl::Status Agent::ConnectProcess(Process& process, bool spawn) {
   if (process.dp->pidfd() >= 0) {
     AMBIT_RETURN_IF_ERROR(Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); }));
   }
-  AMBIT_RETURN_IF_ERROR(Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); }));
+  AMBIT_RETURN_IF_ERROR(WatchControl(*process.dp, [this, p] { OnControlReadable(*p); }));
   AMBIT_RETURN_IF_ERROR(process.dp->SendMaps(
       redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(), redirector_->probes_map_fd()));
   AMBIT_RETURN_IF_ERROR(process.dp->SendTrustBundle(trust_bundle_, Crls()));
@@ -1045,6 +1051,43 @@ absl::Status Agent::Watch(int fd, std::function<void()> fn) {
   AMBIT_RETURN_IF_ERROR(loop_->Watch(fd, EPOLLIN, handler.get()));
   handlers_[fd] = std::move(handler);
   return absl::OkStatus();
+}
+
+absl::Status Agent::WatchControl(supervisor::DataPlane& dp, std::function<void()> fn) {
+  AMBIT_RETURN_IF_ERROR(Watch(dp.control_fd(), std::move(fn)));
+  // Re-watched with messages still queued (a promoted standby): they still wait for EPOLLOUT.
+  if (dp.wants_write()) SetWriteInterest(dp, true);
+  return absl::OkStatus();
+}
+
+void Agent::SetWriteInterest(supervisor::DataPlane& dp, bool want) {
+  // Not watched (yet, or any more): WatchControl applies it, or the session is over.
+  auto it = handlers_.find(dp.control_fd());
+  if (loop_ == nullptr || dp.control_fd() < 0 || it == handlers_.end()) return;
+  if (absl::Status s =
+          loop_->Modify(dp.control_fd(), EPOLLIN | (want ? EPOLLOUT : 0u), it->second.get());
+      !s.ok()) {
+    AMBIT_LOG(kComponent, Error) << "control channel write watch: " << s.message();
+  }
+}
+
+void Agent::OnControlOverflow(Process& process, uint64_t tag) {
+  if (process.standby != nullptr && process.standby->dp->tag() == tag) {
+    AbandonStandby(process, "it stopped reading its control channel");
+    return;
+  }
+  if (process.dp == nullptr || process.dp->tag() != tag || !process.connected()) return;
+  if (process.dp->pidfd() < 0) {
+    // Started apart: ending the session is all there is; it is reconnected to as always.
+    OnDataPlaneExit(process);
+    return;
+  }
+  // Ours: its exit (pidfd) restarts it as any data plane that died, backed off and counted.
+  AMBIT_LOG(kComponent, Error) << process.name() << " pid=" << process.dp->pid()
+                               << " is killed to be restarted: it stopped reading its control "
+                                  "channel";
+  Unwatch(process.dp->control_fd());
+  process.dp->Kill();
 }
 
 void Agent::Unwatch(int fd) {

@@ -358,6 +358,12 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   void OnRetryTimer();
   void OnRestartTimer(Process& process);
   void OnControlReadable(Process& process);
+  // Watches a data plane's control socket: readable, and writable while sends wait (see
+  // supervisor::DataPlane::kMaxQueuedBytes).
+  absl::Status WatchControl(supervisor::DataPlane& dp, std::function<void()> fn);
+  void SetWriteInterest(supervisor::DataPlane& dp, bool want);
+  // The data plane with this tag stopped reading its control channel: its session ends.
+  void OnControlOverflow(Process& process, uint64_t tag);
   // Watches `fd` on the loop, calling `fn` when it is readable.
   absl::Status Watch(int fd, std::function<void()> fn);
   void Unwatch(int fd);

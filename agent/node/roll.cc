@@ -113,7 +113,7 @@ absl::Status Agent::StartRoll(Process& process, bool spawn) {
       return fail(w);
     }
   }
-  if (absl::Status w = Watch(s.dp->control_fd(), [this, p] { OnStandbyReadable(*p); }); !w.ok()) {
+  if (absl::Status w = WatchControl(*s.dp, [this, p] { OnStandbyReadable(*p); }); !w.ok()) {
     return fail(w);
   }
   absl::Status sent = s.dp->SendMaps(redirector_->orig_dst_map_fd(), redirector_->deliver_map_fd(),
@@ -230,7 +230,7 @@ void Agent::PromoteStandby(Process& process) {
   if (process.dp->pidfd() >= 0) {
     (void)Watch(process.dp->pidfd(), [this, p] { OnDataPlaneExit(*p); });
   }
-  (void)Watch(process.dp->control_fd(), [this, p] { OnControlReadable(*p); });
+  (void)WatchControl(*process.dp, [this, p] { OnControlReadable(*p); });
   process.generation.OnAcked(process.dp->acked_version());
   const absl::Time now = clock_->Now();
   // Its run starts now: a promoted process that keeps dying backs off like any other primary,

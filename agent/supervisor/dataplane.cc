@@ -1,6 +1,7 @@
 #include "agent/supervisor/dataplane.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -37,12 +38,6 @@ pb::Envelope NewEnvelope() {
   return env;
 }
 
-absl::Status SendEnvelope(int fd, const pb::Envelope& env, const std::vector<int>& fds) {
-  std::string bytes;
-  env.SerializeToString(&bytes);
-  return SendPacket(fd, bytes, fds);
-}
-
 // Blocks for one message, at most timeout_ms.
 absl::StatusOr<std::pair<pb::Envelope, std::vector<UniqueFd>>> ReadEnvelope(int fd,
                                                                             int timeout_ms) {
@@ -60,6 +55,67 @@ int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 
 }  // namespace
 
 DataPlane::~DataPlane() = default;
+
+absl::Status DataPlane::Send(const std::string& bytes, const std::vector<int>& fds) {
+  if (!control_)
+    return absl::FailedPreconditionError(absl::StrCat(options_.name, " not connected"));
+  if (overflowed_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(options_.name, " stopped reading its control channel"));
+  }
+  if (out_.empty()) {
+    AMBIT_ASSIGN_OR_RETURN(bool sent, TrySendPacket(control_.get(), bytes, fds));
+    if (sent) return absl::OkStatus();
+  }
+  if (out_.size() + 1 > kMaxQueuedMessages || out_bytes_ + bytes.size() > kMaxQueuedBytes) {
+    overflowed_ = true;
+    AMBIT_LOG(kComponent, Error) << options_.name << " pid=" << pid_
+                                 << " stopped reading its control channel: " << out_.size()
+                                 << " messages (" << out_bytes_
+                                 << " bytes) wait to be sent; ending the session";
+    if (on_overflow) on_overflow();
+    return absl::ResourceExhaustedError(
+        absl::StrCat(options_.name, " stopped reading its control channel"));
+  }
+  Outgoing msg;
+  msg.bytes = bytes;
+  for (int fd : fds) {
+    UniqueFd copy(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (!copy) return absl::ErrnoToStatus(errno, "duplicate a descriptor to send later");
+    msg.fds.push_back(std::move(copy));
+  }
+  out_bytes_ += msg.bytes.size();
+  out_.push_back(std::move(msg));
+  if (out_.size() == 1 && on_write_interest) on_write_interest(true);
+  return absl::OkStatus();
+}
+
+absl::Status DataPlane::Flush() {
+  const bool had = !out_.empty();
+  while (!out_.empty()) {
+    Outgoing& msg = out_.front();
+    std::vector<int> fds;
+    for (const auto& fd : msg.fds) fds.push_back(fd.get());
+    AMBIT_ASSIGN_OR_RETURN(bool sent, TrySendPacket(control_.get(), msg.bytes, fds));
+    if (!sent) return absl::OkStatus();  // still full: EPOLLOUT again
+    out_bytes_ -= msg.bytes.size();
+    out_.pop_front();
+  }
+  if (had && on_write_interest) on_write_interest(false);
+  return absl::OkStatus();
+}
+
+void DataPlane::DropQueue() {
+  const bool had = !out_.empty();
+  out_.clear();
+  out_bytes_ = 0;
+  overflowed_ = false;
+  if (had && on_write_interest) on_write_interest(false);
+}
+
+void DataPlane::Kill() {
+  if (pidfd_) syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+}
 
 absl::StatusOr<UniqueFd> DataPlane::TryConnect() {
   return ConnectUnix(connect_socket(), SOCK_SEQPACKET);
@@ -93,6 +149,7 @@ absl::Status DataPlane::Spawn() {
 }
 
 absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
+  DropQueue();
   control_.Reset();
   // A new session: what the previous one applied or refused says nothing about this one.
   nack_error_.clear();
@@ -166,6 +223,7 @@ absl::StatusOr<std::vector<HandedBackPod>> DataPlane::Connect(bool spawn) {
 }
 
 std::string DataPlane::Reap() {
+  DropQueue();
   control_.Reset();
   pidfd_.Reset();
   std::string how = "exited";
@@ -182,6 +240,24 @@ std::string DataPlane::Reap() {
 
 void DataPlane::CloseSession() {
   if (!control_) return;
+  // What is still queued (the Drain itself, often) goes first, for at most a second; what the
+  // data plane sends meanwhile is read and discarded, so it cannot block us both.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (!out_.empty() && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{control_.get(), POLLIN | POLLOUT, 0};
+    if (poll(&p, 1, 100) < 0 && errno != EINTR) break;
+    if (p.revents & (POLLERR | POLLHUP)) break;
+    if (p.revents & POLLIN) {
+      char byte;
+      (void)recv(control_.get(), &byte, sizeof byte, MSG_DONTWAIT);
+    }
+    if ((p.revents & POLLOUT) && !Flush().ok()) break;
+  }
+  if (!out_.empty()) {
+    AMBIT_LOG(kComponent, Warning) << options_.name << ": " << out_.size()
+                                   << " control messages not sent before the session closed";
+  }
+  DropQueue();
   shutdown(control_.get(), SHUT_RD);
   char byte;  // each recv takes one whole message; the rest of it is discarded
   while (recv(control_.get(), &byte, sizeof byte, MSG_DONTWAIT) > 0) {
@@ -190,6 +266,7 @@ void DataPlane::CloseSession() {
 }
 
 void DataPlane::Disconnect() {
+  DropQueue();
   control_.Reset();
   pidfd_.Reset();
   pid_ = -1;
@@ -198,6 +275,7 @@ void DataPlane::Disconnect() {
 pid_t DataPlane::Stop() {
   if (!pidfd_) return 0;
   pid_t pid = pid_;
+  DropQueue();
   control_.Reset();
   syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGTERM, nullptr, 0);
   pollfd p{pidfd_.get(), POLLIN, 0};
@@ -323,6 +401,11 @@ absl::StatusOr<pid_t> DataPlane::StopRunning(const std::string& control_socket) 
 }
 
 absl::Status DataPlane::OnControlReadable() {
+  if (!control_)
+    return absl::FailedPreconditionError(absl::StrCat(options_.name, " not connected"));
+  AMBIT_RETURN_IF_ERROR(Flush());
+  pollfd readable{control_.get(), POLLIN, 0};
+  if (poll(&readable, 1, 0) == 0) return absl::OkStatus();  // woken to write only
   AMBIT_ASSIGN_OR_RETURN(auto msg, ReadEnvelope(control_.get(), 0));
   if (msg.first.has_ack()) {
     acked_version_ = msg.first.ack().version();
@@ -369,33 +452,33 @@ absl::Status DataPlane::SendMaps(int orig_dst_map_fd, int deliver_map_fd, int pr
   env.mutable_maps()->add_fds(pb::FD_ROLE_ORIG_DST_MAP);
   env.mutable_maps()->add_fds(pb::FD_ROLE_DELIVER_MAP);
   env.mutable_maps()->add_fds(pb::FD_ROLE_PROBES_MAP);
-  return SendEnvelope(control_.get(), env, {orig_dst_map_fd, deliver_map_fd, probes_map_fd});
+  return Send(env.SerializeAsString(), {orig_dst_map_fd, deliver_map_fd, probes_map_fd});
 }
 
 absl::Status DataPlane::SendAddPod(const PodDescriptor& pod) {
   auto env = NewEnvelope();
   std::vector<int> fds;
   AMBIT_RETURN_IF_ERROR(EncodeAddPod(pod, env.mutable_add_pod(), &fds));
-  return SendEnvelope(control_.get(), env, fds);
+  return Send(env.SerializeAsString(), fds);
 }
 
 absl::Status DataPlane::SendDrain(absl::Duration grace) {
   auto env = NewEnvelope();
   env.mutable_drain()->set_grace_seconds(
       static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Seconds(grace))));
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 absl::Status DataPlane::SendPing(uint64_t seq) {
   auto env = NewEnvelope();
   env.mutable_ping()->set_seq(seq);
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 absl::Status DataPlane::SendRemovePod(const std::string& uid) {
   auto env = NewEnvelope();
   env.mutable_remove_pod()->set_uid(uid);
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 absl::Status DataPlane::SendSnapshot(const mesh::Snapshot& snapshot) {
@@ -412,14 +495,14 @@ absl::Status DataPlane::SendSnapshot(const mesh::Snapshot& snapshot) {
   auto ref = NewEnvelope();
   ref.mutable_snapshot_ref()->set_version(version);
   ref.mutable_snapshot_ref()->set_size(bytes.size());
-  return SendEnvelope(control_.get(), ref, {file.get()});
+  return Send(ref.SerializeAsString(), {file.get()});
 }
 
 absl::Status DataPlane::SendSnapshotFailed(uint64_t version, const std::string& error) {
   auto env = NewEnvelope();
   env.mutable_snapshot_failed()->set_version(version);
   env.mutable_snapshot_failed()->set_error(error);
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
@@ -432,7 +515,7 @@ absl::Status DataPlane::SendCsrResponse(uint64_t request_id,
   } else {
     r->set_error(std::string(chain.status().message()));
   }
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots,
@@ -443,7 +526,7 @@ absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots,
   auto* bundle = env.mutable_trust_bundle();
   for (const auto& pem : roots) bundle->add_root_pem(pem);
   for (const auto& pem : crls) bundle->add_crl_pem(pem);
-  return SendEnvelope(control_.get(), env, {});
+  return Send(env.SerializeAsString(), {});
 }
 
 }  // namespace ambit::supervisor

@@ -2,7 +2,9 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -124,6 +126,29 @@ class DataPlane {
   // more; this adds what the exchange itself may take.
   static constexpr absl::Duration kProbeWait = absl::Seconds(8);
 
+  // The agent's sends never wait on the data plane: a message the control socket cannot take now
+  // is queued (whole, in order, its descriptors duplicated) and written once the socket is
+  // writable, while the agent keeps reading. The data plane sends too (CSRs, reports), and both
+  // sides blocking in sendmsg() on full buffers was a deadlock: with ~120 pods asking for
+  // certificates at once, the agent's answers and the data plane's requests filled both
+  // directions and neither read again. The queue is bounded: a data plane that stops reading
+  // must not grow the agent without limit; past either bound nothing more is queued, every send
+  // fails, and on_overflow runs once so the owner ends the session.
+  static constexpr size_t kMaxQueuedBytes = 64 << 20;
+  static constexpr size_t kMaxQueuedMessages = 1 << 16;
+  // Called with true when messages start waiting for the socket to become writable and with
+  // false when the queue is empty again (written, or dropped with the session): the owner then
+  // watches the control fd for EPOLLOUT and calls OnControlReadable on it.
+  std::function<void(bool)> on_write_interest;
+  // The queue went past a bound (once per session; see above).
+  std::function<void()> on_overflow;
+  bool wants_write() const { return !out_.empty(); }
+  size_t queued_messages() const { return out_.size(); }
+  size_t queued_bytes() const { return out_bytes_; }
+  // Sends SIGKILL to a data plane watched through its pidfd (no-op otherwise): one that stopped
+  // reading its control channel cannot be asked to drain. Its exit (pidfd) drives the restart.
+  void Kill();
+
   bool connected() const { return control_.valid(); }
   const std::string& control_socket() const { return options_.control_socket; }
   // Its PID (in its own PID namespace when started apart); -1 when not connected.
@@ -172,7 +197,8 @@ class DataPlane {
     return options_.connect_socket.empty() ? options_.control_socket : options_.connect_socket;
   }
   absl::Status SendPing(uint64_t seq);
-  // Reads one message; an error means the session is over.
+  // Writes what is queued, as far as the socket takes it, then reads one message if one is
+  // there (so it serves EPOLLOUT as well as EPOLLIN); an error means the session is over.
   absl::Status OnControlReadable();
 
   absl::Status SendMaps(int orig_dst_map_fd, int deliver_map_fd, int probes_map_fd);
@@ -199,6 +225,20 @@ class DataPlane {
  private:
   absl::StatusOr<UniqueFd> TryConnect();
   absl::Status Spawn();
+  // Sends at once or queues (see kMaxQueuedBytes); the fds are borrowed.
+  absl::Status Send(const std::string& bytes, const std::vector<int>& fds);
+  // Writes queued messages until the socket is full or the queue is empty.
+  absl::Status Flush();
+  // Forgets what is queued (the session is over).
+  void DropQueue();
+
+  struct Outgoing {
+    std::string bytes;
+    std::vector<UniqueFd> fds;  // duplicates: the caller's may be closed before this is sent
+  };
+  std::deque<Outgoing> out_;
+  size_t out_bytes_ = 0;
+  bool overflowed_ = false;
 
   Options options_;
   UniqueFd control_;

@@ -120,6 +120,11 @@ Actions Reconciler::Disconnected() {
     failed_csrs_.emplace_back(id, absl::UnavailableError("agent went away before answering"));
   }
   outstanding_csrs_.clear();
+  for (const auto& held : held_csrs_) {
+    failed_csrs_.emplace_back(held.request_id,
+                              absl::UnavailableError("agent went away before it was sent"));
+  }
+  held_csrs_.clear();
   return Take();
 }
 
@@ -224,12 +229,21 @@ Actions Reconciler::CsrAnswered(uint64_t request_id,
                                 absl::StatusOr<std::vector<std::string>> chain_pem) {
   if (!outstanding_csrs_.erase(request_id)) return Take();  // superseded
   certs_->OnSigned(request_id, std::move(chain_pem));
+  ReleaseHeldCsrs();
   return Take();
 }
 
 void Reconciler::CsrNotSent(uint64_t request_id, absl::Status status) {
   outstanding_csrs_.erase(request_id);
   failed_csrs_.emplace_back(request_id, std::move(status));
+}
+
+void Reconciler::ReleaseHeldCsrs() {
+  while (connected_ && !held_csrs_.empty() && outstanding_csrs_.size() < kMaxOutstandingCsrs) {
+    outstanding_csrs_.insert(held_csrs_.front().request_id);
+    out_.push_back(std::move(held_csrs_.front()));
+    held_csrs_.pop_front();
+  }
 }
 
 void Reconciler::RequestSigning(uint64_t request_id, const std::string& identity,
@@ -239,8 +253,13 @@ void Reconciler::RequestSigning(uint64_t request_id, const std::string& identity
                               absl::UnavailableError("no agent connected to sign the CSR"));
     return;
   }
-  outstanding_csrs_.insert(request_id);
-  out_.push_back(action::SendCsr{request_id, identity, csr_pem});
+  // Paced: a node whose pods all start at once (or all renew at once) would otherwise put every
+  // CSR on the control channel in one burst, and ambitd would queue every answer at once while
+  // its signer (4 at a time) works through them. The rest wait here, in order.
+  // A newer CSR for an identity still held replaces it (the manager gave up on the older one).
+  std::erase_if(held_csrs_, [&](const action::SendCsr& h) { return h.identity == identity; });
+  held_csrs_.push_back(action::SendCsr{request_id, identity, csr_pem});
+  ReleaseHeldCsrs();
 }
 
 Actions Reconciler::TrustBundle(std::vector<std::string> root_pems,
@@ -371,6 +390,7 @@ Actions Reconciler::Tick() {
     auto failed = std::exchange(failed_csrs_, {});
     for (auto& [id, status] : failed) certs_->OnSigned(id, status);
   }
+  ReleaseHeldCsrs();  // room left by CSRs that could not be sent
   certs_->Tick();
   UpdateTlsContexts();
   ServePendingPods();

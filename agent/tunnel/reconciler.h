@@ -12,6 +12,7 @@
 // Thread-safety: single-threaded (the data plane's control thread).
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -129,6 +130,10 @@ class Reconciler final : private tls::CsrSigner {
   Reconciler(const Reconciler&) = delete;
   Reconciler& operator=(const Reconciler&) = delete;
 
+  // CSRs sent and not answered yet, at most; the rest are held in order (see RequestSigning).
+  // Four times what ambitd signs at once, so its signer never idles waiting for the next CSR.
+  static constexpr size_t kMaxOutstandingCsrs = 16;
+
   // An agent connected (replacing any previous one): hello, then every pod handed back.
   Actions Connected();
   // The agent went away: CSRs it did not answer are retried by the certificate manager.
@@ -186,6 +191,8 @@ class Reconciler final : private tls::CsrSigner {
   // tls::CsrSigner: the CSR becomes a SendCsr action (or a failure, with no agent to sign).
   void RequestSigning(uint64_t request_id, const std::string& identity,
                       const std::string& csr_pem) override;
+  // Sends held CSRs while fewer than kMaxOutstandingCsrs wait for an answer.
+  void ReleaseHeldCsrs();
   void FailClosed(uint64_t version, const std::string& why);
   void UpdateTlsContexts();
   void ServePendingPods();
@@ -209,6 +216,8 @@ class Reconciler final : private tls::CsrSigner {
   uint64_t snapshots_rejected_ = 0;
   std::shared_ptr<const MeshSnapshot> snapshot_ = std::make_shared<const MeshSnapshot>();
   std::set<uint64_t> outstanding_csrs_;
+  // CSRs beyond kMaxOutstandingCsrs wait here, in order, until answers come back.
+  std::deque<action::SendCsr> held_csrs_;
   // Requests that could not be sent: failed at the next Tick, never re-entrantly.
   std::vector<std::pair<uint64_t, absl::Status>> failed_csrs_;
   std::string last_report_;  // key of the last certificate report sent this session

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <variant>
@@ -309,6 +310,68 @@ TEST_F(ReconcilerTest, HeartbeatBeforeTheWorkersStartIsAnsweredAtOnce) {
 }
 
 // --- certificates and pod adoption --------------------------------------------------------------
+
+// Pods that all start at once send their CSRs paced: at most kMaxOutstandingCsrs unanswered, the
+// next one as each answer arrives, in order, until every pod is served.
+TEST_F(ReconcilerTest, ManyCsrsArePacedAndAllAnswered) {
+  constexpr int kPods = 40;
+  std::vector<std::string> ips;
+  for (int i = 0; i < kPods; ++i) ips.push_back(absl::StrCat("198.18.0.", i + 10));
+  Ready(ips);
+  Actions pending;
+  for (int i = 0; i < kPods; ++i) {
+    for (auto& a : r_->AddPod(MakePod("many", absl::StrCat("p", i), ips[i],
+                                      absl::StrCat("spiffe://cluster.local/ns/many/sa/sa", i)))) {
+      pending.push_back(std::move(a));
+    }
+  }
+  std::set<std::string> asked;
+  size_t outstanding = All<action::SendCsr>(pending).size();
+  EXPECT_EQ(outstanding, Reconciler::kMaxOutstandingCsrs);
+  int rounds = 0;
+  while (!All<action::SendCsr>(pending).empty() && ++rounds < 100) {
+    // Answered one at a time: each answer lets exactly one held CSR go.
+    auto csrs = All<action::SendCsr>(pending);
+    Actions next;
+    for (auto& csr : csrs) {
+      EXPECT_TRUE(asked.insert(csr.identity).second) << "asked twice: " << csr.identity;
+    }
+    for (size_t i = 0; i < csrs.size(); ++i) {
+      Actions one;
+      one.push_back(csrs[i]);
+      Actions caused = SignAll(one);
+      auto released = All<action::SendCsr>(caused);
+      EXPECT_LE(released.size(), 1u);
+      for (auto& a : caused) next.push_back(std::move(a));
+    }
+    pending = std::move(next);
+  }
+  EXPECT_EQ(asked.size(), static_cast<size_t>(kPods));
+  for (int i = 0; i < kPods; ++i) {
+    EXPECT_FALSE(r_->waiting_for_certificate(absl::StrCat("many/p", i))) << i;
+  }
+}
+
+// CSRs still held when the agent goes away fail like the unanswered ones (the certificate
+// manager retries them) instead of going to the next agent under a stale session.
+TEST_F(ReconcilerTest, HeldCsrsFailWhenTheAgentGoesAway) {
+  constexpr int kPods = Reconciler::kMaxOutstandingCsrs + 4;
+  std::vector<std::string> ips;
+  for (int i = 0; i < kPods; ++i) ips.push_back(absl::StrCat("198.18.0.", i + 10));
+  Ready(ips);
+  size_t sent = 0;
+  for (int i = 0; i < kPods; ++i) {
+    sent += All<action::SendCsr>(
+                r_->AddPod(MakePod("many", absl::StrCat("p", i), ips[i],
+                                   absl::StrCat("spiffe://cluster.local/ns/many/sa/sa", i))))
+                .size();
+  }
+  EXPECT_EQ(sent, Reconciler::kMaxOutstandingCsrs);
+  r_->Disconnected();
+  r_->Connected();
+  // Nothing held is sent on the new session by itself: the manager's retries ask again.
+  EXPECT_TRUE(All<action::SendCsr>(r_->WorkersStarted()).empty());
+}
 
 TEST_F(ReconcilerTest, PodIsServedOnceItsCertificateIsValid) {
   Ready();
