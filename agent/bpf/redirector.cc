@@ -499,12 +499,10 @@ absl::Status Redirector::EnrollPod(uint64_t netns_cookie, uint32_t slot, int net
   const std::vector<std::string>& interfaces = wire.interfaces;
   if (!s.wire_described) {
     // One line per program for ambitctl bpf, as for sk_lookup: every pod runs its own instance.
-    s.programs.push_back(
-        Describe(wire.ingress_fd, "clsact ingress of each enrolled pod's interfaces",
-                 "ambit_wire_ingress"));
-    s.programs.push_back(
-        Describe(wire.egress_fd, "clsact egress of each enrolled pod's interfaces",
-                 "ambit_wire_egress"));
+    s.programs.push_back(Describe(
+        wire.ingress_fd, "clsact ingress of each enrolled pod's interfaces", "ambit_wire_ingress"));
+    s.programs.push_back(Describe(wire.egress_fd, "clsact egress of each enrolled pod's interfaces",
+                                  "ambit_wire_egress"));
     s.wire_described = true;
   }
   AMBIT_LOG(kComponent, Debug) << "wire accounting on " << absl::StrJoin(interfaces, ",")
