@@ -165,7 +165,7 @@ TEST(ModelTest, ResolveIpConflictsKeepsTheOlderPodWhateverTheKeys) {
   EXPECT_EQ(c.ip, Ip("198.18.0.5"));
   EXPECT_EQ(c.holder, "default/z-holder");
   EXPECT_EQ(c.holder_file, "pods.yaml");
-  EXPECT_EQ(c.holder_age, "created 1970-01-01T00:16:40Z");
+  EXPECT_EQ(c.holder_age, "created 1970-01-01T00:16:40.000Z");
   EXPECT_EQ(c.Summary(), "IP 198.18.0.5 held by default/z-holder");
   EXPECT_EQ(state.FindPodByIp(Ip("198.18.0.5"))->name, "z-holder");
   EXPECT_EQ(state.FindPodByIp(Ip("198.18.0.6")), nullptr);
@@ -193,7 +193,7 @@ TEST(ModelTest, ResolveIpConflictsWithThreeClaimantsLeavesOutBothYoungerOnes) {
   EXPECT_EQ(state.ip_conflicts.at("default/a").holder, "default/b");
   EXPECT_EQ(state.ip_conflicts.at("default/c").holder, "default/b");
   EXPECT_THAT(state.ip_conflicts.at("default/c").holder_age,
-              ::testing::HasSubstr("first seen by this agent 1970-01-01T00:16:40Z"));
+              ::testing::HasSubstr("first seen by this agent 1970-01-01T00:16:40.000Z"));
 }
 
 }  // namespace
