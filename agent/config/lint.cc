@@ -215,7 +215,10 @@ void LintPolicies(const state::ClusterState& state, const SecurityConfig& securi
   for (const auto& [key, pa] : security.peer_authentications) {
     check_namespace(pa.namespace_name, pa.source_file, absl::StrCat("PeerAuthentication ", key));
   }
-  for (const auto& [key, p] : security.authorization_policies) {
+  for (const auto& entry : security.authorization_policies) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in the lambda below.
+    const std::string& key = entry.first;
+    const authz::Policy& p = entry.second;
     const std::string object = absl::StrCat("AuthorizationPolicy ", key);
     check_namespace(p.namespace_name, p.source_file, object);
     if (!p.rules.has_value()) continue;
