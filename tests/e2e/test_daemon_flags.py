@@ -21,8 +21,8 @@ DAEMONS = {
 }
 AMBITCTL = os.path.join(BUILD_DIR, "agent", "cli", "ambitctl")
 VERSION = re.compile(r"^\d+\.\d+\.\d+(\+\S+)?$")
-# Flags of other tools the README shows next to ours (kubectl, istioctl).
-OTHER_TOOLS = {"from-file", "set"}
+# Flags of other tools the README shows next to ours (kubectl's; curl's in the quick start).
+OTHER_TOOLS = {"from-file", "set", "retry", "retry-all-errors"}
 # Every daemon's help and version flags (agent/common/daemon_flags.h; the tests above run them).
 USAGE_FLAGS = {"help", "helpshort", "helpfull", "version", "only-check-args"}
 

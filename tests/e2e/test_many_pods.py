@@ -1,10 +1,12 @@
 """End to end: many pods, each with its own service account, enrolled on one node at once.
 
-- ManyPodsTest: 150 pods on node1, 150 identities. Every pod gets its certificate and the agent
+- ManyPodsTest: 125 pods on node1, 125 identities. Every pod gets its certificate and the agent
   is ready within a bound. With both ends of the control channel sending with blocking
   sendmsg(), ambitd answering CSRs and ambit-tunnel still sending them filled both directions
   from about 118 pods on: neither read again, no pod got a certificate and the agent was never
-  ready.
+  ready (125 reproduced it every time). Not more: past the CA's burst of 100 signatures a node,
+  the rest come at 5 a second and each refused CSR backs off exponentially, so at 150 a few
+  identities may wait past the bound for reasons that are not the channel's.
 """
 
 import json
@@ -18,7 +20,7 @@ from topology import Topology, build_dir, run  # noqa: E402
 
 AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 # AMBIT_MANY_PODS: another count, e.g. to find where a build stops coping.
-PODS = int(os.environ.get("AMBIT_MANY_PODS", "150"))
+PODS = int(os.environ.get("AMBIT_MANY_PODS", "125"))
 READY_WITHIN_S = 90
 
 

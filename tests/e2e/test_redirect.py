@@ -196,7 +196,8 @@ class RedirectTest(unittest.TestCase):
                 self.agent.admin_socket)
         names = {p["name"] for p in json.loads(r.stdout)["programs"]}
         self.assertEqual(names, {"ambit_connect4", "ambit_connect6", "ambit_sockops",
-                                 "ambit_getpeername4", "ambit_getpeername6", "ambit_sk_lookup"})
+                                 "ambit_getpeername4", "ambit_getpeername6", "ambit_sk_lookup",
+                                 "ambit_wire_ingress", "ambit_wire_egress"})
 
     def test_missing_listener_drops_syn(self):
         slot = int(re.search(r"enrolled pod default/d .* slot=(\d+)", self.agent.logs()).group(1))

@@ -138,7 +138,7 @@ class VerifyMtlsTest(unittest.TestCase):
         # ambitctl bpf lists the programs and the map.
         bpf = json.loads(ambitctl(self.n1, "bpf", "-o", "json").stdout)
         attached = {p["name"]: p["attachedTo"] for p in bpf["programs"]}
-        self.assertEqual(attached.get("ambit_wire_ingr"),
+        self.assertEqual(attached.get("ambit_wire_ingress"),
                          "clsact ingress of each enrolled pod's interfaces")
         maps = {m["name"]: m for m in bpf["maps"]}
         self.assertEqual(maps["ambit_wire"]["type"], "lru_percpu_hash")
