@@ -120,13 +120,17 @@ void ReadExactly(int fd, char* p, size_t n) {
   }
 }
 
+// The q-quantile of sorted nanosecond samples, in microseconds (0 when there are none).
+double PercentileUs(const std::vector<int64_t>& sorted_ns, double q) {
+  if (sorted_ns.empty()) return 0.0;
+  size_t i = std::min(sorted_ns.size() - 1,
+                      static_cast<size_t>(q * static_cast<double>(sorted_ns.size())));
+  return static_cast<double>(sorted_ns[i]) / 1000.0;
+}
+
 void PrintPercentiles(const char* mode, std::vector<int64_t>& ns, double seconds) {
   std::sort(ns.begin(), ns.end());
-  auto pct = [&](double q) {
-    if (ns.empty()) return 0.0;
-    size_t i = std::min(ns.size() - 1, static_cast<size_t>(q * static_cast<double>(ns.size())));
-    return static_cast<double>(ns[i]) / 1000.0;
-  };
+  auto pct = [&](double q) { return PercentileUs(ns, q); };
   std::printf(
       "{\"mode\": \"%s\", \"count\": %zu, \"seconds\": %.3f, \"p50_us\": %.2f, "
       "\"p90_us\": %.2f, \"p99_us\": %.2f, \"max_us\": %.2f}\n",
@@ -405,11 +409,7 @@ int OpenLoad(const char* host, const char* port, size_t size, double rate, doubl
       std::max(static_cast<double>(last_answer - start), static_cast<double>(count) * 1e9 / rate) /
       1e9;
   std::sort(ns.begin(), ns.end());
-  auto pct = [&](double q) {
-    if (ns.empty()) return 0.0;
-    size_t i = std::min(ns.size() - 1, static_cast<size_t>(q * static_cast<double>(ns.size())));
-    return static_cast<double>(ns[i]) / 1000.0;
-  };
+  auto pct = [&](double q) { return PercentileUs(ns, q); };
   std::printf(
       "{\"mode\": \"load\", \"offered_per_s\": %.1f, \"connections\": %d, \"sent\": %ld, "
       "\"completed\": %zu, \"lost\": %zu, \"seconds\": %.3f, \"achieved_per_s\": %.1f, "
