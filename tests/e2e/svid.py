@@ -1,7 +1,9 @@
 """Obtains SVIDs from an agent's CA API the way an outside client would (grpcio, stubs generated
 from our proto, keys from Python's cryptography), for tests that need a peer we did not write."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -20,6 +22,8 @@ def ca_stubs():
         from grpc_tools import protoc
         import grpc_tools
         outdir = tempfile.mkdtemp(prefix="ambit-stubs-")
+        # The modules stay loaded once imported; their files go with the test process.
+        atexit.register(shutil.rmtree, outdir, ignore_errors=True)
         include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
         if protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={outdir}",
                         f"--grpc_python_out={outdir}", "istio/v1/auth/ca.proto"]) != 0:
