@@ -139,7 +139,15 @@ absl::StatusOr<int> ThreadCount() {
 }
 
 absl::Status DropAllExcept(CapMask keep) {
+  // A thread already joined can still be counted for a moment: the kernel wakes its joiner
+  // (clearing the thread's TID word) before it takes the exiting task out of the thread group.
+  // Set-up joins short-lived threads (a setns() helper, the configuration parser) just before
+  // this check, so a count above one is read again for up to 200 ms before it is believed.
   auto threads = ThreadCount();
+  for (int i = 0; i < 200 && threads.ok() && *threads != 1; ++i) {
+    usleep(1000);
+    threads = ThreadCount();
+  }
   if (!threads.ok()) return threads.status();
   if (*threads != 1) {
     return absl::FailedPreconditionError(absl::StrCat(
