@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -154,6 +155,67 @@ absl::Status DetachWire(int netns_fd) {
     }
     return absl::OkStatus();
   });
+}
+
+namespace {
+
+// Whether the program with this id uses the map with that id.
+bool ProgramUsesMap(uint32_t prog_id, uint32_t map_id) {
+  UniqueFd prog(bpf_prog_get_fd_by_id(prog_id));
+  if (!prog) return false;  // gone meanwhile
+  uint32_t ids[8] = {};
+  bpf_prog_info info{};
+  info.nr_map_ids = sizeof ids / sizeof ids[0];
+  info.map_ids = reinterpret_cast<uint64_t>(ids);
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(prog.get(), &info, &len) != 0) return false;
+  const uint32_t n = std::min<uint32_t>(info.nr_map_ids, sizeof ids / sizeof ids[0]);
+  for (uint32_t i = 0; i < n; ++i) {
+    if (ids[i] == map_id) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::StatusOr<uint32_t> PinnedMapId(const std::string& path) {
+  UniqueFd fd(bpf_obj_get(path.c_str()));
+  if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("open ", path));
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("read the map pinned at ", path));
+  }
+  return info.id;
+}
+
+absl::StatusOr<int> DetachWireOfMap(int netns_fd, uint32_t map_id) {
+  int removed = 0;
+  absl::Status status = RunInNetns(netns_fd, [&]() -> absl::Status {
+    // Every interface, whatever its type or state: a filter is looked for, not attached.
+    std::unique_ptr<struct if_nameindex, IfNameIndexDeleter> list(if_nameindex());
+    if (!list) return absl::ErrnoToStatus(errno, "list the network interfaces");
+    for (struct if_nameindex* i = list.get(); i->if_index != 0; ++i) {
+      for (bpf_tc_attach_point point : {BPF_TC_INGRESS, BPF_TC_EGRESS}) {
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(i->if_index),
+                    .attach_point = point);
+        LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
+        if (bpf_tc_query(&hook, &query) != 0) continue;        // no clsact, or no filter of ambit's
+        if (!ProgramUsesMap(query.prog_id, map_id)) continue;  // another instance's
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
+        int err = bpf_tc_detach(&hook, &opts);
+        if (err == 0) {
+          ++removed;
+        } else if (err != -ENOENT) {
+          return absl::ErrnoToStatus(-err,
+                                     absl::StrCat("detach wire accounting from ", i->if_name));
+        }
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return removed;
 }
 
 absl::StatusOr<std::vector<WireEntry>> ReadWire(int map_fd) {

@@ -43,6 +43,14 @@ absl::StatusOr<WireAttachment> AttachWire(const std::string& pin_root, int netns
 // namespace lives on). A gone namespace took its filters with it.
 absl::Status DetachWire(int netns_fd);
 
+// For `ambitd --cleanup`, which knows no pod list: removes ambit's filters from every interface of
+// netns_fd whose program counts into the map with id map_id (one instance's ambit_wire), and
+// leaves alone those of other instances. Returns how many filters it removed.
+absl::StatusOr<int> DetachWireOfMap(int netns_fd, uint32_t map_id);
+
+// The kernel id of the map pinned at path; NotFound when nothing is pinned there.
+absl::StatusOr<uint32_t> PinnedMapId(const std::string& path);
+
 // One ambit_wire entry with its per-CPU counters summed.
 struct WireEntry {
   uint64_t netns_cookie = 0;

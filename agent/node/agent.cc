@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/bpf/kernel.h"
+#include "agent/bpf/wire.h"
 #include "agent/ca/certificate_authority.h"
 #include "agent/common/capabilities.h"
 #include "agent/common/framed.h"
@@ -1711,6 +1712,66 @@ void Agent::RollBackFailedStart() {
   }
 }
 
+namespace {
+
+// The network namespaces on the node, each once: those bind-mounted in netns_dir and those of
+// every process under proc (a pod's namespace may have no mount, a bare namespace no process).
+std::vector<UniqueFd> NodeNetworkNamespaces(const AgentOptions& options) {
+  std::vector<std::string> candidates;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(options.netns_dir, ec)) {
+    candidates.push_back(e.path().string());
+  }
+  for (const auto& e : std::filesystem::directory_iterator(options.host_proc, ec)) {
+    uint32_t pid = 0;
+    if (absl::SimpleAtoi(e.path().filename().string(), &pid)) {
+      candidates.push_back(absl::StrCat(e.path().string(), "/ns/net"));
+    }
+  }
+  std::set<std::pair<dev_t, ino_t>> seen;
+  std::vector<UniqueFd> out;
+  for (const std::string& path : candidates) {
+    UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    if (!fd || fstat(fd.get(), &st) != 0) continue;  // the process ended meanwhile
+    if (seen.insert({st.st_dev, st.st_ino}).second) out.push_back(std::move(fd));
+  }
+  return out;
+}
+
+// Removes the wire-accounting filters whose programs count into this instance's ambit_wire
+// maps (one per ABI version pinned under pin_root), wherever they are: the filters are not
+// pinned, so removing the pins alone would leave them counting into an orphaned map for as
+// long as each pod runs. Returns what it did, for the cleanup's report; an error is logged.
+std::string DetachInstanceWireFilters(const AgentOptions& options) {
+  std::vector<uint32_t> map_ids;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(options.pin_root(), ec)) {
+    auto id = bpf::PinnedMapId(bpf::WireMapPin(e.path().string()));
+    if (id.ok()) map_ids.push_back(*id);
+  }
+  if (map_ids.empty()) return "";
+  int filters = 0, namespaces = 0;
+  for (const UniqueFd& netns : NodeNetworkNamespaces(options)) {
+    int here = 0;
+    for (uint32_t map_id : map_ids) {
+      auto removed = bpf::DetachWireOfMap(netns.get(), map_id);
+      if (!removed.ok()) {
+        AMBIT_LOG(kComponent, Warning) << "cleanup: " << removed.status().message();
+        continue;
+      }
+      here += *removed;
+    }
+    filters += here;
+    if (here > 0) ++namespaces;
+  }
+  if (filters == 0) return "";
+  return absl::StrCat("removed ", filters, " wire-accounting filters in ", namespaces,
+                      " network namespaces");
+}
+
+}  // namespace
+
 absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
   // Held while cleaning, so that no agent starts half-way through.
   auto lock = InstanceLock::Acquire(options.instance);
@@ -1754,6 +1815,10 @@ absl::Status Agent::Cleanup(const AgentOptions& options, bool force) {
     } else if (*stopped > 0) {
       removed.push_back(absl::StrCat("stopped ", name, " pid=", *stopped));
     }
+  }
+  // Before the pins go: the pinned maps tell this instance's filters from another's.
+  if (std::string wire = DetachInstanceWireFilters(options); !wire.empty()) {
+    removed.push_back(std::move(wire));
   }
   auto pins = bpf::Redirector::Cleanup(options.pin_root());
   if (!pins.ok()) {

@@ -259,6 +259,29 @@ class VerifyMtlsTest(unittest.TestCase):
         doc = self.verify(self.n1)
         self.assertEqual([p["pod"] for p in doc["pods"]], [])
 
+    def test_a_cleanup_removes_the_instances_filters_only(self):
+        def filters(pod):
+            return "".join(run("ip", "netns", "exec", pod.netns, "tc", "filter", "show", "dev",
+                               "eth0", hook).stdout for hook in ("ingress", "egress"))
+
+        # web back on node1 (test_9 removed it), so that node1's instance has filters too.
+        self.n1.write_config("pods.yaml", self.pods_yaml)
+        deadline = time.time() + 10
+        while filters(self.web).count("handle 0xa3b1") < 2:
+            self.assertLess(time.time(), deadline, filters(self.web))
+            time.sleep(0.2)
+        self.assertEqual(filters(self.api).count("handle 0xa3b1"), 2, filters(self.api))
+        # node2's agent stops and its instance is cleaned up: api's namespace lives on.
+        self.n2.stop()
+        self.assertEqual(filters(self.api).count("handle 0xa3b1"), 2, "removed by a mere stop")
+        r = run(*self.n2.argv("--cleanup"), check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout + r.stderr,
+                         r"removed 2 wire-accounting filters in 1 network namespaces")
+        self.assertNotIn("ambit_wire", filters(self.api))
+        # node1's filters are another instance's: left in place.
+        self.assertEqual(filters(self.web).count("handle 0xa3b1"), 2, filters(self.web))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -3,6 +3,7 @@
 // loads a BPF program); the map is the program's own, never pinned.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <gtest/gtest.h>
 #include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
 #include <netinet/in.h>
@@ -12,8 +13,6 @@
 #include <map>
 #include <tuple>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "agent/bpf/skeleton.h"
 #include "bpf/abi/wire.h"
@@ -58,8 +57,7 @@ void Tcp(Packet* p, uint16_t sport, uint16_t dport, uint8_t flags, size_t payloa
   p->bytes.insert(p->bytes.end(), payload, 'x');
 }
 
-Packet Ipv4(const char* src, const char* dst, uint8_t proto, size_t l4_len,
-            uint16_t frag_off = 0) {
+Packet Ipv4(const char* src, const char* dst, uint8_t proto, size_t l4_len, uint16_t frag_off = 0) {
   Packet p;
   Ethernet(&p, ETH_P_IP);
   uint8_t ip[20] = {0x45, 0};
@@ -89,7 +87,8 @@ Packet Ipv6(const char* src, const char* dst, uint8_t next, size_t after_len) {
   return p;
 }
 
-using Key = std::tuple<std::vector<uint8_t>, uint16_t, uint8_t, uint8_t>;  // peer, port, proto, flags
+using Key =
+    std::tuple<std::vector<uint8_t>, uint16_t, uint8_t, uint8_t>;  // peer, port, proto, flags
 
 std::vector<uint8_t> Mapped4(const char* a) {
   std::vector<uint8_t> out(16, 0);
@@ -192,11 +191,10 @@ TEST_F(WireProgramTest, PlaintextIsKeyedByTheServicePort) {
   Run(true, reply);
   auto counts = Counts();
   ASSERT_EQ(counts.size(), 2u);
-  const auto& got =
-      counts.at(Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP, AMBIT_WIRE_LOCAL_PORT));
+  const auto& got = counts.at(Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP, AMBIT_WIRE_LOCAL_PORT));
   EXPECT_EQ(got.payload, 5u);
-  const auto& sent = counts.at(Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP,
-                                   AMBIT_WIRE_EGRESS | AMBIT_WIRE_LOCAL_PORT));
+  const auto& sent = counts.at(
+      Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP, AMBIT_WIRE_EGRESS | AMBIT_WIRE_LOCAL_PORT));
   EXPECT_EQ(sent.resets, 1u);
 }
 
