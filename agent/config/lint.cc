@@ -193,8 +193,11 @@ std::string PrincipalWorkload(absl::string_view principal) {
   return absl::StrCat(parts[2], "/", parts[4]);
 }
 
-void LintPolicies(const state::ClusterState& state, const SecurityConfig& security,
-                  std::vector<ConfigError>* out) {
+}  // namespace
+
+std::vector<PolicyFinding> LintPolicyFindings(const state::ClusterState& state,
+                                              const SecurityConfig& security) {
+  std::vector<PolicyFinding> out;
   const std::string& root = state.mesh.root_namespace;
   std::set<std::string, std::less<>> namespaces, accounts;  // accounts: "namespace/sa"
   for (const auto& [name, ns] : state.namespaces) namespaces.insert(name);
@@ -203,20 +206,23 @@ void LintPolicies(const state::ClusterState& state, const SecurityConfig& securi
     namespaces.insert(pod.namespace_name);
     accounts.insert(absl::StrCat(pod.namespace_name, "/", pod.service_account));
   }
+  auto add = [&](const std::string& file, const std::string& object, std::string field,
+                 const char* kind, std::string message) {
+    out.push_back({{file, object, std::move(field), std::move(message), /*warning=*/true}, kind});
+  };
   auto check_namespace = [&](const std::string& ns, const std::string& file,
                              const std::string& object) {
     if (ns == root || namespaces.contains(ns)) return;
-    out->push_back({file, object, "metadata.namespace",
-                    absl::StrCat("namespace ", ns,
-                                 " has no Namespace object, pod or service in the configuration: "
-                                 "the policy applies to nothing (a misspelled namespace?)"),
-                    /*warning=*/true});
+    add(file, object, "metadata.namespace", kUnknownNamespace,
+        absl::StrCat("namespace ", ns,
+                     " has no Namespace object, pod or service in the configuration: the "
+                     "policy applies to nothing (a misspelled namespace?)"));
   };
   for (const auto& [key, pa] : security.peer_authentications) {
     check_namespace(pa.namespace_name, pa.source_file, absl::StrCat("PeerAuthentication ", key));
   }
   for (const auto& entry : security.authorization_policies) {
-    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in the lambda below.
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
     const std::string& key = entry.first;
     const authz::Policy& p = entry.second;
     const std::string object = absl::StrCat("AuthorizationPolicy ", key);
@@ -227,45 +233,67 @@ void LintPolicies(const state::ClusterState& state, const SecurityConfig& securi
       for (size_t f = 0; f < rule.from.size(); ++f) {
         const authz::Source& s = rule.from[f];
         const std::string field = absl::StrCat("spec.rules[", r, "].from[", f, "].source.");
-        auto warn = [&](absl::string_view list, size_t i, std::string message) {
-          out->push_back({p.source_file, object, absl::StrCat(field, list, "[", i, "]"),
-                          std::move(message), /*warning=*/true});
+        auto warn = [&](absl::string_view list, size_t i, const char* kind, std::string message) {
+          add(p.source_file, object, absl::StrCat(field, list, "[", i, "]"), kind,
+              std::move(message));
         };
-        // Wildcards ("*", "prefix*", "*suffix") are left alone: they may match workloads to come.
-        for (size_t i = 0; i < s.principals.size(); ++i) {
-          const std::string& principal = s.principals[i];
-          if (absl::StrContains(principal, '*')) continue;
-          const std::string workload = PrincipalWorkload(principal);
-          if (workload.empty() || accounts.contains(workload)) continue;
-          warn("principals", i,
-               absl::StrCat("'", principal,
-                            "': no known workload has this identity (no pod in namespace ",
-                            workload.substr(0, workload.find('/')), " runs as service account ",
-                            workload.substr(workload.find('/') + 1), ")"));
+        // Each list and its negation: a value that matches nothing makes a notX condition
+        // always true, which is as likely a mistake. Wildcards ("*", "prefix*", "*suffix") are
+        // left alone: they may match workloads to come.
+        const std::pair<const char*, const std::vector<std::string>*> principals[] = {
+            {"principals", &s.principals}, {"notPrincipals", &s.not_principals}};
+        for (const auto& [list, values] : principals) {
+          for (size_t i = 0; i < values->size(); ++i) {
+            const std::string& principal = (*values)[i];
+            if (absl::StartsWith(principal, "spiffe://")) {
+              warn(list, i, kSpiffePrefix,
+                   absl::StrCat("'", principal,
+                                "' starts with spiffe://, which Istio principals never do "
+                                "(write '",
+                                principal.substr(9), "'): it never matches"));
+              continue;
+            }
+            if (absl::StrContains(principal, '*')) continue;
+            const std::string workload = PrincipalWorkload(principal);
+            if (workload.empty() || accounts.contains(workload)) continue;
+            warn(list, i, kUnknownServiceAccount,
+                 absl::StrCat("'", principal,
+                              "': no known workload has this identity (no pod in namespace ",
+                              workload.substr(0, workload.find('/')), " runs as service account ",
+                              workload.substr(workload.find('/') + 1), ")"));
+          }
         }
-        for (size_t i = 0; i < s.namespaces.size(); ++i) {
-          const std::string& ns = s.namespaces[i];
-          if (absl::StrContains(ns, '*') || namespaces.contains(ns)) continue;
-          warn("namespaces", i,
-               absl::StrCat("'", ns,
-                            "': no Namespace object, pod or service in the "
-                            "configuration has this namespace"));
+        const std::pair<const char*, const std::vector<std::string>*> nss[] = {
+            {"namespaces", &s.namespaces}, {"notNamespaces", &s.not_namespaces}};
+        for (const auto& [list, values] : nss) {
+          for (size_t i = 0; i < values->size(); ++i) {
+            const std::string& ns = (*values)[i];
+            if (absl::StrContains(ns, '*') || namespaces.contains(ns)) continue;
+            warn(list, i, kUnknownNamespace,
+                 absl::StrCat("'", ns,
+                              "': no Namespace object, pod or service in the "
+                              "configuration has this namespace"));
+          }
         }
-        for (size_t i = 0; i < s.service_accounts.size(); ++i) {
-          const std::string& sa = s.service_accounts[i];
-          if (absl::StrContains(sa, '*')) continue;
-          const std::string account =
-              absl::StrContains(sa, '/') ? sa : absl::StrCat(p.namespace_name, "/", sa);
-          if (accounts.contains(account)) continue;
-          warn("serviceAccounts", i,
-               absl::StrCat("'", sa, "': no known workload runs as service account ", account));
+        const std::pair<const char*, const std::vector<std::string>*> sas[] = {
+            {"serviceAccounts", &s.service_accounts},
+            {"notServiceAccounts", &s.not_service_accounts}};
+        for (const auto& [list, values] : sas) {
+          for (size_t i = 0; i < values->size(); ++i) {
+            const std::string& sa = (*values)[i];
+            if (absl::StrContains(sa, '*')) continue;
+            const std::string account =
+                absl::StrContains(sa, '/') ? sa : absl::StrCat(p.namespace_name, "/", sa);
+            if (accounts.contains(account)) continue;
+            warn(list, i, kUnknownServiceAccount,
+                 absl::StrCat("'", sa, "': no known workload runs as service account ", account));
+          }
         }
       }
     }
   }
+  return out;
 }
-
-}  // namespace
 
 const std::set<std::string, std::less<>>& KnownPodLabels() {
   static const auto* keys = new std::set<std::string, std::less<>>{
@@ -311,7 +339,9 @@ Findings Lint(const state::ClusterState& state, const SecurityConfig& security,
               std::string_view node_name) {
   Findings f;
   LintPods(state, node_name, &f.workloads);
-  LintPolicies(state, security, &f.policies);
+  for (PolicyFinding& finding : LintPolicyFindings(state, security)) {
+    f.policies.push_back(std::move(finding.error));
+  }
   return f;
 }
 

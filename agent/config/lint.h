@@ -34,6 +34,17 @@ struct Findings {
 Findings Lint(const state::ClusterState& state, const SecurityConfig& security,
               std::string_view node_name);
 
+// The policy half of Lint, each finding with its kind (ambitctl policy diff lists them by kind).
+inline constexpr char kUnknownNamespace[] = "unknown-namespace";
+inline constexpr char kUnknownServiceAccount[] = "unknown-service-account";
+inline constexpr char kSpiffePrefix[] = "spiffe-prefix";
+struct PolicyFinding {
+  ConfigError error;  // a warning: file, object ("AuthorizationPolicy ns/name"), field, message
+  const char* kind;   // one of the above
+};
+std::vector<PolicyFinding> LintPolicyFindings(const state::ClusterState& state,
+                                              const SecurityConfig& security);
+
 // The keys ambit reads, by where it reads them; README "Istio labels and annotations" lists them.
 const std::set<std::string, std::less<>>& KnownPodLabels();
 const std::set<std::string, std::less<>>& KnownPodAnnotations();

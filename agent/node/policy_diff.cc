@@ -13,6 +13,7 @@
 #include "agent/authz/engine.h"
 #include "agent/authz/peer_authentication.h"
 #include "agent/config/kube_yaml.h"
+#include "agent/config/lint.h"
 #include "agent/config/load_result.h"
 
 namespace ambit::node {
@@ -44,87 +45,37 @@ std::vector<std::string> AllowPolicies(const authz::Engine& engine, const state:
   return out;
 }
 
-void Finding(pb::PolicyDiffResponse* out, const authz::Policy& p, const char* kind,
-             std::string message) {
+void Finding(pb::PolicyDiffResponse* out, const std::string& object, const std::string& file,
+             const char* kind, std::string message) {
   auto* f = out->add_findings();
-  f->set_policy(absl::StrCat("AuthorizationPolicy ", p.Key()));
-  f->set_file(p.source_file);
+  f->set_policy(object);
+  f->set_file(file);
   f->set_kind(kind);
   f->set_message(std::move(message));
 }
 
-// Rules that can never match at the node, by what they name.
+// Rules that can never match at the node: HTTP fields the node cannot see (the engine's load
+// warnings), then what config::Lint says of the policies (sources no known workload has,
+// spiffe:// written in principals, namespaces nothing lives in).
 void Lint(const config::SecurityConfig& next, const authz::Engine& engine,
           const state::ClusterState& cluster, pb::PolicyDiffResponse* out) {
-  std::set<std::string> namespaces;
-  std::set<std::pair<std::string, std::string>> accounts;  // (namespace, service account)
-  for (const auto& [name, ns] : cluster.namespaces) namespaces.insert(name);
-  for (const auto& [key, pod] : cluster.pods) {
-    namespaces.insert(pod.namespace_name);
-    accounts.emplace(pod.namespace_name, pod.service_account);
-  }
   std::map<std::string, std::vector<std::string>> warnings;  // by policy key
   for (const auto& w : engine.LoadWarnings()) {
     warnings[std::string(w.substr(0, w.find(": ")))].push_back(w);
   }
-  auto exact = [](const std::string& v) { return !v.empty() && !absl::StrContains(v, "*"); };
   for (const auto& [key, p] : next.authorization_policies) {
     // Bound to a waypoint (targetRefs): the waypoint sees HTTP, so HTTP fields are fine.
-    if (p.target_refs.empty()) {
-      for (const auto& w : warnings[key]) {
-        if (absl::StrContains(w, "cannot see HTTP attributes")) {
-          Finding(out, p, "http-without-waypoint", w);
-        }
+    if (!p.target_refs.empty()) continue;
+    for (const auto& w : warnings[key]) {
+      if (absl::StrContains(w, "cannot see HTTP attributes")) {
+        Finding(out, absl::StrCat("AuthorizationPolicy ", key), p.source_file,
+                "http-without-waypoint", w);
       }
     }
-    if (!p.rules.has_value()) continue;
-    for (size_t r = 0; r < p.rules->size(); ++r) {
-      for (const auto& from : (*p.rules)[r].from) {
-        const std::string where = absl::StrCat("rules[", r, "].from.source");
-        for (const auto* list : {&from.principals, &from.not_principals}) {
-          for (const auto& principal : *list) {
-            if (absl::StartsWith(principal, "spiffe://")) {
-              Finding(out, p, "spiffe-prefix",
-                      absl::StrCat(where, ": principal \"", principal,
-                                   "\" starts with spiffe://, which Istio principals never do "
-                                   "(write \"",
-                                   principal.substr(9), "\"): it never matches"));
-              continue;
-            }
-            // <trust domain>/ns/<namespace>/sa/<service account>
-            std::vector<std::string> parts = absl::StrSplit(principal, '/');
-            if (parts.size() == 5 && parts[1] == "ns" && parts[3] == "sa" && exact(parts[2]) &&
-                exact(parts[4]) && !accounts.contains({parts[2], parts[4]})) {
-              Finding(out, p, "unknown-service-account",
-                      absl::StrCat(where, ": principal \"", principal, "\" names service account ",
-                                   parts[2], "/", parts[4], ", which no known pod runs as"));
-            }
-          }
-        }
-        for (const auto* list : {&from.namespaces, &from.not_namespaces}) {
-          for (const auto& ns : *list) {
-            if (exact(ns) && !namespaces.contains(ns)) {
-              Finding(out, p, "unknown-namespace",
-                      absl::StrCat(where, ": namespace \"", ns,
-                                   "\" has no known pod and no Namespace object"));
-            }
-          }
-        }
-        for (const auto* list : {&from.service_accounts, &from.not_service_accounts}) {
-          for (const auto& sa : *list) {
-            std::pair<std::string, std::string> account =
-                absl::StrContains(sa, "/") ? std::pair<std::string, std::string>(
-                                                 absl::StrSplit(sa, absl::MaxSplits('/', 1)))
-                                           : std::make_pair(p.namespace_name, sa);
-            if (exact(account.first) && exact(account.second) && !accounts.contains(account)) {
-              Finding(out, p, "unknown-service-account",
-                      absl::StrCat(where, ": service account \"", sa, "\" is run by no known pod (",
-                                   account.first, "/", account.second, ")"));
-            }
-          }
-        }
-      }
-    }
+  }
+  for (config::PolicyFinding& f : config::LintPolicyFindings(cluster, next)) {
+    Finding(out, f.error.object, f.error.file, f.kind,
+            absl::StrCat(f.error.field, ": ", f.error.message));
   }
 }
 

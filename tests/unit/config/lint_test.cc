@@ -10,6 +10,7 @@
 namespace ambit::config {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -171,6 +172,37 @@ TEST(LintTest, PolicyNamespaceAndSourcesNoWorkloadHas) {
           HasSubstr("AuthorizationPolicy bakend/callers: field metadata.namespace")));
   auto by = Findings::ByObject(Lint(s, sec, "node1").policies);
   EXPECT_EQ(by["AuthorizationPolicy backend/callers"].size(), 3u);
+}
+
+TEST(LintTest, NegatedListsAndSpiffePrincipalsWithTheirKinds) {
+  auto s = WithPods({MakePod("frontend", "web"), MakePod("backend", "api")});
+  SecurityConfig sec;
+  authz::Source src;
+  src.principals = {"spiffe://cluster.local/ns/frontend/sa/web"};
+  src.not_principals = {"cluster.local/ns/frontend/sa/web", "cluster.local/ns/ops/sa/robot"};
+  src.not_namespaces = {"frontend", "kube-sytem"};
+  src.not_service_accounts = {"frontend/ghost"};
+  auto p = AllowFrom("backend", src);
+  sec.authorization_policies[p.Key()] = p;
+
+  std::vector<std::pair<std::string, std::string>> got;  // field, kind
+  for (const PolicyFinding& f : LintPolicyFindings(s, sec)) {
+    EXPECT_TRUE(f.error.warning);
+    EXPECT_EQ(f.error.object, "AuthorizationPolicy backend/callers");
+    got.emplace_back(f.error.field, f.kind);
+  }
+  const std::string at = "spec.rules[0].from[0].source.";
+  EXPECT_THAT(
+      got,
+      ElementsAre(std::pair(at + "principals[0]", std::string(kSpiffePrefix)),
+                  std::pair(at + "notPrincipals[1]", std::string(kUnknownServiceAccount)),
+                  std::pair(at + "notNamespaces[1]", std::string(kUnknownNamespace)),
+                  std::pair(at + "notServiceAccounts[0]", std::string(kUnknownServiceAccount))));
+  // The spiffe:// principal says what to write instead, and only that.
+  EXPECT_THAT(Texts(Lint(s, sec, "node1").policies),
+              Contains(HasSubstr("'spiffe://cluster.local/ns/frontend/sa/web' starts with "
+                                 "spiffe://, which Istio principals never do (write "
+                                 "'cluster.local/ns/frontend/sa/web'): it never matches")));
 }
 
 // The parser drops the annotations ambit does not read, except those Lint warns about.
