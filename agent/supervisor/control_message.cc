@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/common/sealed_file.h"
 #include "agent/common/status.h"
 #include "agent/mesh/wire.h"
 
@@ -19,6 +20,17 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
         return absl::InvalidArgumentError(absl::StrCat("handed-back pod ", env.add_pod().uid(),
                                                        " lists ", env.add_pod().fds_size(),
                                                        " fds but carried ", fd_count));
+      }
+      return env;
+    case pb::Envelope::kCertificateReportRef:
+      if (fd_count != 1) {
+        return absl::InvalidArgumentError(absl::StrCat("certificate_report_ref carried ", fd_count,
+                                                       " fds; it takes its one sealed file"));
+      }
+      if (env.certificate_report_ref().size() > kMaxCertificateReportBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("certificate_report_ref of ", env.certificate_report_ref().size(),
+                         " bytes is above the limit of ", kMaxCertificateReportBytes));
       }
       return env;
     case pb::Envelope::kHello:
@@ -39,6 +51,16 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
                                                      static_cast<int>(env.body_case()),
                                                      " from the data plane"));
   }
+}
+
+absl::StatusOr<pb::CertificateReport> ReadCertificateReportFile(int fd, uint64_t size) {
+  AMBIT_ASSIGN_OR_RETURN(SealedMapping file,
+                         SealedMapping::Map(fd, size, kMaxCertificateReportBytes));
+  pb::CertificateReport report;
+  if (!report.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
+    return absl::DataLossError("certificate_report_ref: the file is not a CertificateReport");
+  }
+  return report;
 }
 
 absl::Status EncodeAddPod(const PodDescriptor& pod, pb::Pod* out, std::vector<int>* fds) {

@@ -6,6 +6,7 @@
 // own (tests/fuzz/control_agent). Pure; thread-safe.
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +23,15 @@ namespace ambit::supervisor {
 // InvalidArgument for a body the data plane never sends or descriptors that do not match it.
 absl::StatusOr<ambit::dataplane::v1::Envelope> DecodeDataPlaneMessage(absl::string_view bytes,
                                                                       size_t fd_count);
+
+// Largest certificate report the agent reads from a certificate_report_ref's file.
+inline constexpr uint64_t kMaxCertificateReportBytes = 64 << 20;
+
+// The CertificateReport in a certificate_report_ref's sealed file (announced `size` bytes).
+// FailedPrecondition for a file that is not a sealed memfd, InvalidArgument for another size,
+// ResourceExhausted above kMaxCertificateReportBytes, DataLoss for bytes that do not parse.
+absl::StatusOr<ambit::dataplane::v1::CertificateReport> ReadCertificateReportFile(int fd,
+                                                                                  uint64_t size);
 
 // add_pod for `pod`: its workload through mesh::PodToProto, the netns cookie, and the role of
 // each descriptor it sends, appended to `fds` in the same order. InvalidArgument naming the

@@ -423,9 +423,18 @@ absl::Status DataPlane::OnControlReadable() {
   } else if (msg.first.has_csr_request()) {
     const auto& r = msg.first.csr_request();
     if (on_csr_request) on_csr_request({r.request_id(), r.identity(), r.csr_pem()});
-  } else if (msg.first.has_certificate_report()) {
+  } else if (msg.first.has_certificate_report() || msg.first.has_certificate_report_ref()) {
+    pb::CertificateReport from_file;
+    if (msg.first.has_certificate_report_ref()) {
+      // Checked by DecodeDataPlaneMessage: exactly one descriptor, a size within the limit.
+      AMBIT_ASSIGN_OR_RETURN(from_file,
+                             ReadCertificateReportFile(msg.second[0].get(),
+                                                       msg.first.certificate_report_ref().size()));
+    }
+    const pb::CertificateReport& report =
+        msg.first.has_certificate_report() ? msg.first.certificate_report() : from_file;
     std::vector<CertificateState> certs;
-    for (const auto& c : msg.first.certificate_report().certificates()) {
+    for (const auto& c : report.certificates()) {
       certs.push_back({c.identity(), c.state(), c.serial_hex(), c.issuer(), c.last_error(),
                        c.not_before_unix(), c.not_after_unix(), c.refs(), c.chain_pem()});
     }

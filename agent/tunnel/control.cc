@@ -22,6 +22,7 @@
 #include "agent/common/framed.h"
 #include "agent/common/log.h"
 #include "agent/common/metrics.h"
+#include "agent/common/sealed_file.h"
 #include "agent/common/seqpacket.h"
 #include "agent/common/socket_util.h"
 #include "agent/common/status.h"
@@ -45,6 +46,9 @@ constexpr absl::Duration kProbeMargin = absl::Seconds(1);
 constexpr size_t kMaxProbes = 8;
 // How long the workers have to drop a removed pod before the removal is answered anyway.
 constexpr absl::Duration kRemoveTimeout = absl::Seconds(2);
+// A certificate report above this goes in a sealed file (CertificateReportRef): well under the
+// control socket's send buffer (about 208 KiB by default), which bounds one message.
+constexpr size_t kInlineCertificateReportBytes = 64 << 10;
 
 pb::Envelope NewEnvelope() {
   pb::Envelope env;
@@ -607,7 +611,26 @@ absl::Status Tunnel::ExecuteOne(Action& a) {
               s->set_not_after_unix(absl::ToUnixSeconds(c.not_after));
             }
           }
-          (void)Send(report, {});
+          if (report.ByteSizeLong() <= kInlineCertificateReportBytes) {
+            (void)Send(report, {});
+            return absl::OkStatus();
+          }
+          // Past what one control message carries (each status holds its chain): the report
+          // goes in a sealed file, as the agent's snapshots come.
+          std::string bytes;
+          r->SerializeToString(&bytes);
+          auto file = CreateSealedFile("ambit-cert-report", bytes);
+          if (!file.ok()) {
+            AMBIT_LOG(kComponent, Warning) << "certificate report of " << act.certificates.size()
+                                           << " identities not sent: " << file.status().message();
+            return absl::OkStatus();
+          }
+          pb::Envelope ref = NewEnvelope();
+          ref.mutable_certificate_report_ref()->set_size(bytes.size());
+          if (absl::Status s = Send(ref, {file->get()}); !s.ok()) {
+            AMBIT_LOG(kComponent, Warning) << "certificate report of " << act.certificates.size()
+                                           << " identities not sent: " << s.message();
+          }
           return absl::OkStatus();
         } else if constexpr (std::is_same_v<T, action::SendPong>) {
           pb::Envelope env = NewEnvelope();

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/ip_address.h"
+#include "agent/common/sealed_file.h"
 #include "agent/identity/spiffe_id.h"
 
 namespace ambit::supervisor {
@@ -64,6 +65,45 @@ TEST(DecodeDataPlaneMessageTest, AcceptsAHeartbeatAnswerWithoutDescriptors) {
   ping.mutable_ping()->set_seq(1);
   EXPECT_EQ(DecodeDataPlaneMessage(ping.SerializeAsString(), 0).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A report too large for one control message comes in a sealed file; the message carries that
+// one descriptor and the size, both checked before the file is read.
+TEST(CertificateReportRefTest, OneSealedFileOfTheAnnouncedSizeWithinTheLimit) {
+  pb::CertificateReport report;
+  for (int i = 0; i < 300; ++i) {
+    auto* c = report.add_certificates();
+    c->set_identity(absl::StrCat("spiffe://cluster.local/ns/many/sa/sa", i));
+    c->set_state("valid");
+    c->set_chain_pem(std::string(1500, 'C'));
+  }
+  const std::string bytes = report.SerializeAsString();
+  ASSERT_GT(bytes.size(), 300u * 1500);
+  pb::Envelope ref = Current();
+  ref.mutable_certificate_report_ref()->set_size(bytes.size());
+  EXPECT_TRUE(DecodeDataPlaneMessage(ref.SerializeAsString(), 1).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 0).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 2).ok());
+  pb::Envelope huge = Current();
+  huge.mutable_certificate_report_ref()->set_size(kMaxCertificateReportBytes + 1);
+  EXPECT_EQ(DecodeDataPlaneMessage(huge.SerializeAsString(), 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  auto file = CreateSealedFile("test-report", bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto read = ReadCertificateReportFile(file->get(), bytes.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->certificates_size(), 300);
+  EXPECT_EQ(read->certificates(299).identity(), "spiffe://cluster.local/ns/many/sa/sa299");
+  // Another size than announced, bytes that are no report, a file that is not sealed.
+  EXPECT_EQ(ReadCertificateReportFile(file->get(), bytes.size() - 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto garbage = CreateSealedFile("test-garbage", "\xff\xff\xff\xff");
+  ASSERT_TRUE(garbage.ok());
+  EXPECT_EQ(ReadCertificateReportFile(garbage->get(), 4).status().code(),
+            absl::StatusCode::kDataLoss);
+  UniqueFd plain(eventfd(0, EFD_CLOEXEC));
+  EXPECT_FALSE(ReadCertificateReportFile(plain.get(), 8).ok());
 }
 
 TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
