@@ -41,13 +41,17 @@ void SigningRateLimiter::ForgetIdleNodes(absl::Time now) {
   }
 }
 
-absl::Status SigningRateLimiter::Admit(const std::string& node) {
+absl::Status SigningRateLimiter::Admit(const std::string& node, absl::Duration* retry_after) {
   const absl::Time now = clock_->Now();
+  absl::Duration unused;
+  if (retry_after == nullptr) retry_after = &unused;
+  *retry_after = absl::ZeroDuration();
   absl::MutexLock lock(&mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end()) {
     if (nodes_.size() >= options_.max_nodes) ForgetIdleNodes(now);
     if (nodes_.size() >= options_.max_nodes) {
+      *retry_after = absl::InfiniteDuration();
       return absl::ResourceExhaustedError(
           absl::StrCat("certificate signing rate limit: ", nodes_.size(),
                        " nodes are signing at their limit; retry later"));
@@ -58,16 +62,18 @@ absl::Status SigningRateLimiter::Admit(const std::string& node) {
   Refill(mine, options_.node_rate, options_.node_burst, now);
   Refill(total_, options_.total_rate, options_.total_burst, now);
   if (mine.tokens < 1) {
+    *retry_after = UntilNextToken(mine.tokens, options_.node_rate);
     return absl::ResourceExhaustedError(
         absl::StrCat("certificate signing rate limit for node ", node, " (", options_.node_rate,
                      " per second, bursts of ", options_.node_burst, ") reached; retry in ",
-                     absl::FormatDuration(UntilNextToken(mine.tokens, options_.node_rate))));
+                     absl::FormatDuration(*retry_after)));
   }
   if (total_.tokens < 1) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "certificate signing rate limit of the CA (", options_.total_rate,
-        " per second for all nodes, bursts of ", options_.total_burst, ") reached; retry in ",
-        absl::FormatDuration(UntilNextToken(total_.tokens, options_.total_rate))));
+    *retry_after = UntilNextToken(total_.tokens, options_.total_rate);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("certificate signing rate limit of the CA (", options_.total_rate,
+                     " per second for all nodes, bursts of ", options_.total_burst,
+                     ") reached; retry in ", absl::FormatDuration(*retry_after)));
   }
   mine.tokens -= 1;
   total_.tokens -= 1;

@@ -37,8 +37,10 @@ class SigningRateLimiter {
   explicit SigningRateLimiter(const Clock* clock, SigningRateOptions options = {});
 
   // OK and one token taken from both buckets, or RESOURCE_EXHAUSTED (nothing taken) naming the
-  // bucket that is empty and when to try again. Callers treat that as retryable.
-  absl::Status Admit(const std::string& node);
+  // bucket that is empty and when to try again, which also goes to *retry_after when given
+  // (InfiniteDuration when no token will come: a zero rate, or every node slot busy). Callers
+  // treat that as retryable.
+  absl::Status Admit(const std::string& node, absl::Duration* retry_after = nullptr);
 
  private:
   struct Bucket {

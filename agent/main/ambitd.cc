@@ -135,6 +135,11 @@ ABSL_FLAG(std::string, ca_root_configmap, "",
           "--ca-root-cert, re-read every 5s");
 ABSL_FLAG(absl::Duration, cert_ttl, absl::Hours(24),
           "lifetime of workload certificates (at least 1m; renewed at half of it)");
+ABSL_FLAG(double, ca_node_burst, 100,
+          "the built-in or cluster CA: certificates each node may get at once (1 to 100000)");
+ABSL_FLAG(double, ca_node_rate, 5,
+          "the built-in or cluster CA: certificates a second each node may get past its burst "
+          "(0.01 to 10000); a node's own requests wait for it in order");
 ABSL_FLAG(std::string, crl_file, "",
           "PEM certificate revocation lists for the trust bundle (one or more); re-read when it "
           "changes; HBONE peers presenting a revoked certificate are refused at the handshake");
@@ -314,6 +319,16 @@ int main(int argc, char** argv) {
   }
   options.cert_ttl = absl::GetFlag(FLAGS_cert_ttl);
   options.crl_file = absl::GetFlag(FLAGS_crl_file);
+  options.ca_node_burst = absl::GetFlag(FLAGS_ca_node_burst);
+  options.ca_node_rate = absl::GetFlag(FLAGS_ca_node_rate);
+  if (!(options.ca_node_burst >= 1 && options.ca_node_burst <= 100000)) {
+    std::cerr << "ambitd: --ca-node-burst must be between 1 and 100000\n";
+    return 2;
+  }
+  if (!(options.ca_node_rate >= 0.01 && options.ca_node_rate <= 10000)) {
+    std::cerr << "ambitd: --ca-node-rate must be between 0.01 and 10000\n";
+    return 2;
+  }
   options.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.readiness_address = absl::GetFlag(FLAGS_readiness_address);

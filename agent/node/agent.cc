@@ -73,6 +73,28 @@ constexpr const char* kComponent = "agent";
 constexpr absl::Duration kRetryInterval = absl::Seconds(2);
 // Sign calls at once: a CA that hangs holds up this many identities at most, not all of them.
 constexpr int kMaxSigningInFlight = 4;
+// The data planes' requests that may wait for the built-in CA's rate at once (each data plane
+// keeps at most 16 in flight; a roll doubles that).
+constexpr size_t kMaxDeferredCsrs = 1024;
+// How long a request may wait for a CA's rate before it is answered with the refusal: under the
+// data plane's own 1-minute deadline for an answer.
+constexpr absl::Duration kMaxCsrWait = absl::Seconds(45);
+
+// How long a CA that refused for its rate asks to wait: the "retry in <duration>" of ambit's
+// cluster CA when the message has one (within 100 ms to 30 s), else 1 s.
+absl::Duration RetryHint(absl::string_view message) {
+  constexpr absl::string_view kMarker = "retry in ";
+  size_t at = message.find(kMarker);
+  absl::Duration d;
+  if (at != absl::string_view::npos) {
+    absl::string_view rest = message.substr(at + kMarker.size());
+    rest = rest.substr(0, rest.find_first_of(" ;,)"));
+    if (absl::ParseDuration(rest, &d)) {
+      return std::clamp(d, absl::Milliseconds(100), absl::Seconds(30));
+    }
+  }
+  return absl::Seconds(1);
+}
 
 // Runs a function when its fd is readable.
 class FnHandler final : public EventHandler {
@@ -1530,7 +1552,10 @@ absl::Status Agent::InitCertificates() {
     o.cacerts_dir = options_.cacerts_dir;
     o.default_leaf_ttl = options_.cert_ttl;
     AMBIT_ASSIGN_OR_RETURN(ca_, ca::CertificateAuthority::Create(o));
-    sign_rate_ = std::make_shared<issuance::SigningRateLimiter>(&RealClock::Get());
+    issuance::SigningRateOptions rate;
+    rate.node_burst = options_.ca_node_burst;
+    rate.node_rate = options_.ca_node_rate;
+    sign_rate_ = std::make_shared<issuance::SigningRateLimiter>(&RealClock::Get(), rate);
     if (!options_.ca_listen.empty()) {
       issuance::CaServerOptions server;
       server.listen = options_.ca_listen;
@@ -1570,30 +1595,127 @@ void Agent::OnCsrRequest(Process& process, supervisor::DataPlane& dp,
     (void)dp.SendCsrResponse(request.request_id, entitled);
     return;
   }
-  // The node's own requests count against the built-in CA's limits like other nodes' do.
+  // The node's own requests count against the built-in CA's limits like other nodes' do. Past
+  // the burst they wait here for tokens, oldest first, rather than fail: a failed request backs
+  // off per identity (doubling up to minutes), so a node starting with more identities than the
+  // burst would get the last of them long after the rate allowed. The data plane bounds its
+  // requests in flight, so the wait is bounded too; a request still waiting when its asker's
+  // deadline passes is answered late and ignored there, and asked again.
   if (sign_rate_ != nullptr) {
-    if (absl::Status s = sign_rate_->Admit(options_.node_name); !s.ok()) {
-      AMBIT_LOG(kComponent, Warning)
-          << "refused CSR for " << request.identity << ": " << s.message();
-      (void)dp.SendCsrResponse(request.request_id, s);
+    absl::Duration retry_after;
+    absl::Status admitted = deferred_csrs_.empty()
+                                ? sign_rate_->Admit(options_.node_name, &retry_after)
+                                : absl::ResourceExhaustedError("requests are waiting");
+    if (!admitted.ok()) {
+      if (retry_after == absl::InfiniteDuration() || deferred_csrs_.size() >= kMaxDeferredCsrs) {
+        AMBIT_LOG(kComponent, Warning)
+            << "refused CSR for " << request.identity << ": " << admitted.message()
+            << (deferred_csrs_.size() >= kMaxDeferredCsrs ? " (and the wait is full)" : "");
+        (void)dp.SendCsrResponse(request.request_id, admitted);
+        return;
+      }
+      if (deferred_csrs_.empty()) {
+        AMBIT_LOG(kComponent, Info)
+            << "CSR for " << request.identity << " waits: " << admitted.message()
+            << " (requests wait in order, each signed as the rate allows)";
+      }
+      const absl::Time now = clock_->Now();
+      DeferCsr({&process, dp.tag(), std::move(request), now, now, admitted}, retry_after);
       return;
     }
   }
+  SignCsr(process, dp.tag(), std::move(request), clock_->Now());
+}
+
+void Agent::DeferCsr(DeferredCsr csr, absl::Duration wait) {
+  deferred_csrs_.push_back(std::move(csr));
+  ArmDeferredCsrs(wait);
+}
+
+void Agent::ArmDeferredCsrs(absl::Duration wait) {
+  if (deferred_csr_timer_) return;
+  deferred_csr_timer_ = true;
+  loop_->RunAfter(wait, [this] {
+    deferred_csr_timer_ = false;
+    DrainDeferredCsrs();
+  });
+}
+
+void Agent::DrainDeferredCsrs() {
+  std::set<std::string> identities;
+  for (const auto& [uid, e] : enrolled_) identities.insert(state::SpiffeId(state_->mesh, e.pod));
+  while (!deferred_csrs_.empty()) {
+    DeferredCsr& next = deferred_csrs_.front();
+    Process& p = *next.process;
+    supervisor::DataPlane* asker = nullptr;
+    for (supervisor::DataPlane* dp : {p.dp.get(), p.standby ? p.standby->dp.get() : nullptr}) {
+      if (dp != nullptr && dp->tag() == next.tag && dp->connected()) asker = dp;
+    }
+    // Asked by a session that is gone (its successor asks again), or for a pod that left.
+    if (asker == nullptr || !DecideCsr(next.request.identity, identities).ok()) {
+      deferred_csrs_.pop_front();
+      continue;
+    }
+    const absl::Time now = clock_->Now();
+    // Answered with the refusal before the data plane's own deadline for the request passes
+    // (it would ask again meanwhile, and this signature would be wasted).
+    if (now - next.queued > kMaxCsrWait) {
+      AMBIT_LOG(kComponent, Warning) << "CSR for " << next.request.identity << " waited "
+                                     << absl::FormatDuration(now - next.queued)
+                                     << " for the CA's rate: " << next.refusal.message();
+      (void)asker->SendCsrResponse(next.request.request_id, next.refusal);
+      deferred_csrs_.pop_front();
+      continue;
+    }
+    if (next.not_before > now) return ArmDeferredCsrs(next.not_before - now);
+    if (sign_rate_ != nullptr) {
+      absl::Duration retry_after;
+      if (absl::Status s = sign_rate_->Admit(options_.node_name, &retry_after); !s.ok()) {
+        return ArmDeferredCsrs(retry_after == absl::InfiniteDuration() ? absl::Seconds(1)
+                                                                       : retry_after);
+      }
+    }
+    DeferredCsr taken = std::move(next);
+    deferred_csrs_.pop_front();
+    SignCsr(p, taken.tag, std::move(taken.request), taken.queued);
+  }
+}
+
+void Agent::SignCsr(Process& process, uint64_t tag, supervisor::CsrRequest request,
+                    absl::Time asked) {
   const uint64_t id = request.request_id;
   const std::string identity = request.identity;
   // The answer goes to the process that asked, while it is the same one: a request id means
   // nothing to its restarted successor, which asks again.
-  const std::string asker = absl::StrCat(process.name(), " pid=", dp.pid());
+  std::string asker = process.name();
+  for (supervisor::DataPlane* dp :
+       {process.dp.get(), process.standby ? process.standby->dp.get() : nullptr}) {
+    if (dp != nullptr && dp->tag() == tag) asker = absl::StrCat(process.name(), " pid=", dp->pid());
+  }
   // The primary and a standby may both ask during a roll (and, in their own PID namespaces,
   // both be pid 1): the answer finds its asker by the object's tag, whichever role it has now.
-  const uint64_t tag = dp.tag();
   Process* p = &process;
   AMBIT_LOG(kComponent, Debug) << "signing " << identity << " (request " << id << " of the "
                                << asker << ")";
+  // Kept for a remote CA's rate-limit refusal, after which the same request is asked again.
+  auto retry = std::make_shared<supervisor::CsrRequest>(request);
   signing_->Submit(
       identity, std::move(request.csr_pem), options_.cert_ttl,
-      [this, p, tag, asker, id, identity](absl::StatusOr<std::vector<std::string>> chain) {
-        completions_.Post([this, p, tag, asker, id, identity, chain = std::move(chain)] {
+      [this, p, tag, asker, id, identity, retry,
+       asked](absl::StatusOr<std::vector<std::string>> chain) {
+        completions_.Post([this, p, tag, asker, id, identity, retry, asked,
+                           chain = std::move(chain)] {
+          if (!chain.ok() && absl::IsResourceExhausted(chain.status()) && sign_rate_ == nullptr &&
+              deferred_csrs_.size() < kMaxDeferredCsrs && clock_->Now() - asked < kMaxCsrWait) {
+            // The remote CA's rate limit: wait for it here, as for the built-in CA's.
+            const absl::Duration wait = RetryHint(chain.status().message());
+            AMBIT_LOG(kComponent, Info)
+                << "CSR for " << identity << " waits " << absl::FormatDuration(wait)
+                << ": the CA answered " << chain.status().message();
+            DeferCsr({p, tag, std::move(*retry), asked, clock_->Now() + wait, chain.status()},
+                     wait);
+            return;
+          }
           if (!chain.ok()) {
             AMBIT_LOG(kComponent, Warning) << "signing " << identity << " for the " << asker
                                            << " failed: " << chain.status().message();

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -107,6 +108,10 @@ struct AgentOptions {
   // root-cert.pem; istiod's istio-ca-root-cert), instead of the ca_root_cert file.
   std::string ca_root_configmap;
   absl::Duration cert_ttl = absl::Hours(24);
+  // The built-in or cluster CA's signing rate for each node: a burst, then so many a second
+  // (--ca-node-burst, --ca-node-rate). A node's own data planes wait for it (back-pressure).
+  double ca_node_burst = 100;
+  double ca_node_rate = 5;
   // --crl-file: PEM CRLs for the trust bundle, followed as it changes (CrlWatch); empty: none.
   std::string crl_file;
   std::string admin_socket;                         // empty: <run dir>/admin.sock
@@ -274,6 +279,24 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   absl::Status InitCertificates();
   // `dp` is the process's primary or its standby: the answer goes to that one, if still there.
   void OnCsrRequest(Process& process, supervisor::DataPlane& dp, supervisor::CsrRequest request);
+  // Signs an entitled request (the rate already admitted it); the answer goes to the asker with
+  // `tag`, if it is still there.
+  // `asked`: when the data plane asked (a request waits at most kMaxCsrWait for a CA's rate).
+  void SignCsr(Process& process, uint64_t tag, supervisor::CsrRequest request, absl::Time asked);
+  // Requests that a CA's rate limit held back (the built-in CA's, before signing, or a remote
+  // CA's RESOURCE_EXHAUSTED), in arrival order, taken up as the rate allows: back-pressure, so
+  // the data plane keeps waiting instead of backing off per identity.
+  struct DeferredCsr {
+    Process* process;
+    uint64_t tag;  // of the asking session (primary or standby)
+    supervisor::CsrRequest request;
+    absl::Time queued;      // first deferred
+    absl::Time not_before;  // a remote CA's wait
+    absl::Status refusal;   // the answer if it waits too long
+  };
+  void DeferCsr(DeferredCsr csr, absl::Duration wait);
+  void ArmDeferredCsrs(absl::Duration wait);
+  void DrainDeferredCsrs();
   void OnCertificateReport(Process& process, std::vector<supervisor::CertificateState> certs);
   void PublishCertificates();
   // An external CA's roots changed (a rotation) or the --crl-file did: every connected data plane
@@ -505,6 +528,8 @@ class Agent final : private PodHost, private zds::WorkloadSink {
   std::map<int, std::unique_ptr<EventHandler>> handlers_;
   // Bumped by each arming; a timer that finds its number stale was re-armed and does nothing.
   uint64_t retry_timer_ = 0;
+  std::deque<DeferredCsr> deferred_csrs_;
+  bool deferred_csr_timer_ = false;  // a drain is scheduled
   // <run dir>/agent-handoff.sock, and the connections on it that sent no request yet.
   UniqueFd handoff_listener_;
   struct HandOffConn {

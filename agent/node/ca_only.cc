@@ -177,7 +177,10 @@ absl::Status CaOnly::Init(CaOnlyInputs inputs) {
   o.state_dir = options_.resolved_ca_state_dir();
   o.default_leaf_ttl = options_.cert_ttl;
   AMBIT_ASSIGN_OR_RETURN(ca_, ca::CertificateAuthority::Create(o));
-  rate_ = std::make_shared<issuance::SigningRateLimiter>(&RealClock::Get());
+  issuance::SigningRateOptions rate;
+  rate.node_burst = options_.ca_node_burst;
+  rate.node_rate = options_.ca_node_rate;
+  rate_ = std::make_shared<issuance::SigningRateLimiter>(&RealClock::Get(), rate);
 
   AMBIT_ASSIGN_OR_RETURN(loop_, EpollLoop::Create());
   sigset_t mask;

@@ -252,11 +252,11 @@ class CaOnlyDirectoryTest(ClusterCaCase):
     """The CA reads the pods' placement from a configuration directory and its callers' tokens
     from a static file."""
 
-    def start_ca(self, *args):
+    def start_ca(self, *args, pods=()):
         ca_config = os.path.join(self.topo.workdir, "config-ca")
         os.makedirs(ca_config)
         with open(os.path.join(ca_config, "pods.yaml"), "w") as f:
-            f.write("---\n".join(p.yaml() for p in (self.a, self.b)))
+            f.write("---\n".join(p.yaml() for p in (self.a, self.b) + tuple(pods)))
         tokens = os.path.join(self.topo.workdir, "ca-tokens")
         with open(tokens, "w") as f:
             f.write("n1secret node1\nn2secret node2\nn2rotated node2\n")
@@ -290,6 +290,32 @@ class CaOnlyDirectoryTest(ClusterCaCase):
         self.assertTrue(self.ca.create("spiffe://cluster.local/ns/shop/sa/cart", "n2secret"))
         self.assertEqual(self.ca.stop(), 0)
         self.assertIn("CA stopping", self.ca.logs())
+
+    def test_a_node_past_the_cas_rate_waits_for_it(self):
+        # Five identities on node2 against a CA that gives a node 1 certificate at once and 2 a
+        # second: refused requests wait in node2's ambitd for the CA's "retry in" and are asked
+        # again, in order, instead of each backing off in the data plane.
+        more = [self.topo.add_pod(f"r{i}", namespace="rated", service_account=f"sa{i}",
+                                  node="node2") for i in range(4)]
+        self.start_ca("--ca-node-burst", "1", "--ca-node-rate", "2", pods=more)
+        agent = self.topo.add_agent("node2")
+        self.topo.write_pods(agent, [self.b] + more)
+        token_file = os.path.join(self.topo.workdir, "token-node2")
+        with open(token_file, "w") as f:
+            f.write("n2secret\n")
+        started = time.time()
+        agent.start("--ca-address", f"localhost:{self.ca.port}", "--ca-root-cert", self.root,
+                    "--ca-token-file", token_file, wait_pods=[self.b])
+        for identity in [API] + [f"spiffe://cluster.local/ns/rated/sa/sa{i}" for i in range(4)]:
+            wait_valid(agent, identity, timeout=30)
+        elapsed = time.time() - started
+        logs = agent.logs()
+        self.assertIn("the CA answered", logs)
+        self.assertRegex(logs, r"waits \d+(\.\d+)?m?s: the CA answered")
+        self.assertNotIn("certificate request failed", logs)
+        # 4 past the burst at 2 a second: about 2 s, far from a per-identity doubling back-off.
+        self.assertLess(elapsed, 20, logs[-3000:])
+        self.assertIn("rate limit for node node2", self.ca.logs() + logs)
 
     def test_node_token_file_is_read_for_every_request(self):
         self.start_ca()

@@ -35,8 +35,13 @@ TEST(SigningRateLimiterTest, NodeGetsItsBurstThenItsRate) {
   EXPECT_THAT(refused.message(), HasSubstr("node node1"));
   EXPECT_THAT(refused.message(), HasSubstr("retry in 500ms"));
 
+  absl::Duration retry_after;
+  EXPECT_FALSE(limiter.Admit("node1", &retry_after).ok());
+  EXPECT_EQ(retry_after, absl::Milliseconds(500));  // the same wait as the message's, to act on
+
   clock.Advance(absl::Milliseconds(499));
-  EXPECT_FALSE(limiter.Admit("node1").ok());
+  EXPECT_FALSE(limiter.Admit("node1", &retry_after).ok());
+  EXPECT_EQ(retry_after, absl::Milliseconds(1));
   clock.Advance(absl::Milliseconds(1));
   EXPECT_TRUE(limiter.Admit("node1").ok());
   EXPECT_FALSE(limiter.Admit("node1").ok());
@@ -88,9 +93,12 @@ TEST(SigningRateLimiterTest, ForgetsIdleNodesWhenFull) {
   EXPECT_TRUE(limiter.Admit("b").ok());
   // Both are below a full bucket: a third node is refused, not given a fresh bucket at the
   // expense of tracking.
-  EXPECT_FALSE(limiter.Admit("c").ok());
-  clock.Advance(absl::Seconds(1));  // a and b are full again: forgotten
-  EXPECT_TRUE(limiter.Admit("c").ok());
+  absl::Duration retry_after;
+  EXPECT_FALSE(limiter.Admit("c", &retry_after).ok());
+  EXPECT_EQ(retry_after, absl::InfiniteDuration());  // no token of its own will come
+  clock.Advance(absl::Seconds(1));                   // a and b are full again: forgotten
+  EXPECT_TRUE(limiter.Admit("c", &retry_after).ok());
+  EXPECT_EQ(retry_after, absl::ZeroDuration());
 }
 
 }  // namespace
