@@ -31,6 +31,9 @@ namespace {
 
 namespace pb = ::ambit::dataplane::v1;
 constexpr const char* kComponent = "supervisor";
+// A trust bundle above this goes in a sealed file (TrustBundleRef): well under the control
+// socket's send buffer (about 208 KiB by default), which bounds one message.
+constexpr size_t kInlineTrustBundleBytes = 64 << 10;
 
 pb::Envelope NewEnvelope() {
   pb::Envelope env;
@@ -535,7 +538,14 @@ absl::Status DataPlane::SendTrustBundle(const std::vector<std::string>& roots,
   auto* bundle = env.mutable_trust_bundle();
   for (const auto& pem : roots) bundle->add_root_pem(pem);
   for (const auto& pem : crls) bundle->add_crl_pem(pem);
-  return Send(env.SerializeAsString(), {});
+  if (bundle->ByteSizeLong() <= kInlineTrustBundleBytes) return Send(env.SerializeAsString(), {});
+  // CRLs of many revoked certificates pass what one control message carries: the bundle goes in
+  // a sealed file, as snapshots do.
+  AMBIT_ASSIGN_OR_RETURN(UniqueFd file,
+                         CreateSealedFile("ambit-trust-bundle", bundle->SerializeAsString()));
+  auto ref = NewEnvelope();
+  ref.mutable_trust_bundle_ref()->set_size(bundle->ByteSizeLong());
+  return Send(ref.SerializeAsString(), {file.get()});
 }
 
 }  // namespace ambit::supervisor

@@ -526,11 +526,20 @@ absl::Status Tunnel::HandleEnvelope(const pb::Envelope& env, std::vector<UniqueF
       Drain(absl::Seconds(env.drain().grace_seconds()));
       return absl::OkStatus();
     case pb::Envelope::kTrustBundle:
-      return Execute(
-          reconciler_.TrustBundle(std::vector<std::string>(env.trust_bundle().root_pem().begin(),
-                                                           env.trust_bundle().root_pem().end()),
-                                  std::vector<std::string>(env.trust_bundle().crl_pem().begin(),
-                                                           env.trust_bundle().crl_pem().end())));
+    case pb::Envelope::kTrustBundleRef: {
+      pb::TrustBundle from_file;
+      if (env.has_trust_bundle_ref()) {
+        // The count and size were checked by DecodeAgentMessage. A file that cannot be read
+        // ends the session (the agent connects again and resends), as any malformed message
+        // does: the last good bundle stays in force meanwhile.
+        AMBIT_ASSIGN_OR_RETURN(from_file,
+                               ReadTrustBundleFile(fds[0].get(), env.trust_bundle_ref().size()));
+      }
+      const pb::TrustBundle& bundle = env.has_trust_bundle() ? env.trust_bundle() : from_file;
+      return Execute(reconciler_.TrustBundle(
+          std::vector<std::string>(bundle.root_pem().begin(), bundle.root_pem().end()),
+          std::vector<std::string>(bundle.crl_pem().begin(), bundle.crl_pem().end())));
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unexpected control message ", static_cast<int>(env.body_case())));

@@ -31,6 +31,17 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
                                                        " fds but carried ", fd_count));
       }
       return env;
+    case pb::Envelope::kTrustBundleRef:
+      if (fd_count != 1) {
+        return absl::InvalidArgumentError(absl::StrCat("trust_bundle_ref carried ", fd_count,
+                                                       " fds; it takes its one sealed file"));
+      }
+      if (env.trust_bundle_ref().size() > kMaxTrustBundleBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trust_bundle_ref of ", env.trust_bundle_ref().size(),
+                         " bytes is above the limit of ", kMaxTrustBundleBytes));
+      }
+      return env;
     case pb::Envelope::kSnapshotRef:
       // Its one sealed file is checked where the snapshot is applied: a wrong count there is
       // refused (nacked) and fails closed instead of ending the control session.
@@ -236,6 +247,15 @@ pb::ExtAuthzProbeResponse ExtAuthzProbeResultToProto(const ExtAuthzProbeResult& 
   out.set_timeout_ms(absl::ToInt64Milliseconds(result.timeout));
   out.set_unresolved(result.unresolved);
   return out;
+}
+
+absl::StatusOr<pb::TrustBundle> ReadTrustBundleFile(int fd, uint64_t size) {
+  AMBIT_ASSIGN_OR_RETURN(SealedMapping file, SealedMapping::Map(fd, size, kMaxTrustBundleBytes));
+  pb::TrustBundle bundle;
+  if (!bundle.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
+    return absl::DataLossError("trust_bundle_ref: the file is not a TrustBundle");
+  }
+  return bundle;
 }
 
 absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,

@@ -50,6 +50,14 @@ absl::StatusOr<ExtAuthzProbe> ExtAuthzProbeFromProto(
 ambit::dataplane::v1::ExtAuthzProbeResponse ExtAuthzProbeResultToProto(
     const ExtAuthzProbeResult& result);
 
+// Largest trust bundle the data plane reads from a trust_bundle_ref's file.
+inline constexpr uint64_t kMaxTrustBundleBytes = 64 << 20;
+
+// The TrustBundle in a trust_bundle_ref's sealed file (announced `size` bytes): FailedPrecondition
+// for a file that is not a sealed memfd, InvalidArgument for another size, ResourceExhausted above
+// kMaxTrustBundleBytes, DataLoss for bytes that do not parse.
+absl::StatusOr<ambit::dataplane::v1::TrustBundle> ReadTrustBundleFile(int fd, uint64_t size);
+
 // The configuration a snapshot_ref names: its descriptors must be exactly one memfd sealed against
 // writing and resizing, of the announced size and at most max_bytes, holding a Snapshot of the
 // announced version, mapped to the mesh model (mesh::DecodeSnapshot, its checks included). Any

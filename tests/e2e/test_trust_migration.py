@@ -185,8 +185,13 @@ class CrlTest(unittest.TestCase):
         n.wait_probe(True, "c")
         (serial,) = [c["serial"] for c in faults.certs(n.n1) if c["identity"] == web]
 
-        self.write_crl(self.sign_crl([int(serial, 16)]))
-        n.n2.wait_log("CRLs: 1 in force, 1 revoked certificate(s)", 15)
+        # With 6 000 other revoked serials: the bundle (about 300 KB of PEM) is more than one
+        # control message carries, so it reaches the data planes in a sealed file.
+        fillers = [(1 << 120) + i for i in range(6000)]
+        crl = self.sign_crl([int(serial, 16)] + fillers)
+        self.assertGreater(len(crl), 256 * 1024)
+        self.write_crl(crl)
+        n.n2.wait_log("CRLs: 1 in force, 6001 revoked certificate(s)", 15)
         n.wait_probe(False, "a")
         for _ in range(5):
             self.assertTrue(n.probe("c")["ok"], "a pod whose certificate is not revoked is served")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "agent/common/sealed_file.h"
 
 namespace ambit::tunnel {
 namespace {
@@ -89,6 +90,35 @@ TEST(DecodeAgentMessageTest, DescriptorsMustMatchTheBody) {
   pb::Envelope remove = Current();
   remove.mutable_remove_pod()->set_uid("default/web");
   EXPECT_FALSE(DecodeAgentMessage(Bytes(remove), 1).ok());
+}
+
+// A trust bundle too large for one control message (CRLs) comes in a sealed file: one
+// descriptor, a size within the limit, bytes that parse.
+TEST(DecodeAgentMessageTest, TrustBundleRefTakesOneSealedFile) {
+  pb::TrustBundle bundle;
+  bundle.add_root_pem("-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n");
+  bundle.add_crl_pem(std::string(300 << 10, 'R'));
+  const std::string bytes = bundle.SerializeAsString();
+  pb::Envelope ref = Current();
+  ref.mutable_trust_bundle_ref()->set_size(bytes.size());
+  EXPECT_TRUE(DecodeAgentMessage(Bytes(ref), 1).ok());
+  EXPECT_FALSE(DecodeAgentMessage(Bytes(ref), 0).ok());
+  EXPECT_FALSE(DecodeAgentMessage(Bytes(ref), 2).ok());
+  pb::Envelope huge = Current();
+  huge.mutable_trust_bundle_ref()->set_size(kMaxTrustBundleBytes + 1);
+  EXPECT_EQ(DecodeAgentMessage(Bytes(huge), 1).status().code(), absl::StatusCode::kInvalidArgument);
+
+  auto file = CreateSealedFile("test-bundle", bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto read = ReadTrustBundleFile(file->get(), bytes.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->root_pem_size(), 1);
+  EXPECT_EQ(read->crl_pem(0).size(), size_t{300 << 10});
+  EXPECT_EQ(ReadTrustBundleFile(file->get(), bytes.size() + 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto garbage = CreateSealedFile("test-garbage", "\xff\xff\xff\xff");
+  ASSERT_TRUE(garbage.ok());
+  EXPECT_EQ(ReadTrustBundleFile(garbage->get(), 4).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(DecodeAgentMessageTest, AcceptsAHeartbeatWithoutDescriptors) {
