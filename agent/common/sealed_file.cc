@@ -18,6 +18,19 @@ constexpr int kRequiredSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW;
 
 }  // namespace
 
+absl::Status CheckSealedFileRef(absl::string_view what, size_t fd_count, uint64_t size,
+                                uint64_t max_size) {
+  if (fd_count != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " carried ", fd_count, " fds; it takes its one sealed file"));
+  }
+  if (size > max_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " of ", size, " bytes is above the limit of ", max_size));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<UniqueFd> CreateSealedFile(const char* name, absl::string_view bytes) {
   UniqueFd fd(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return absl::ErrnoToStatus(errno, absl::StrCat("memfd_create ", name));

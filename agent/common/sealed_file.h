@@ -18,6 +18,12 @@ namespace ambit {
 // A memfd named `name` (visible in /proc/PID/fd) holding exactly `bytes`, sealed. CLOEXEC.
 absl::StatusOr<UniqueFd> CreateSealedFile(const char* name, absl::string_view bytes);
 
+// The checks of a control message that announces a sealed file, made when it is decoded: exactly
+// one descriptor came with it, and the announced size is at most max_size. InvalidArgument naming
+// `what` (the message) otherwise.
+absl::Status CheckSealedFileRef(absl::string_view what, size_t fd_count, uint64_t size,
+                                uint64_t max_size);
+
 // A read-only private mapping of a sealed file; unmapped on destruction. Move-only.
 class SealedMapping {
  public:

@@ -11,7 +11,9 @@ namespace {
 // When one more token will be there.
 absl::Duration UntilNextToken(double tokens, double rate) {
   if (rate <= 0) return absl::InfiniteDuration();
-  return absl::Milliseconds(std::ceil((1 - tokens) / rate * 1000));
+  // Less a microsecond before rounding up: the refill's floating-point error (0.998 tokens read
+  // as 0.99799...) would otherwise add a whole millisecond.
+  return absl::Milliseconds(std::ceil((1 - tokens) / rate * 1000 - 1e-3));
 }
 
 }  // namespace

@@ -23,15 +23,9 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
       }
       return env;
     case pb::Envelope::kCertificateReportRef:
-      if (fd_count != 1) {
-        return absl::InvalidArgumentError(absl::StrCat("certificate_report_ref carried ", fd_count,
-                                                       " fds; it takes its one sealed file"));
-      }
-      if (env.certificate_report_ref().size() > kMaxCertificateReportBytes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("certificate_report_ref of ", env.certificate_report_ref().size(),
-                         " bytes is above the limit of ", kMaxCertificateReportBytes));
-      }
+      AMBIT_RETURN_IF_ERROR(CheckSealedFileRef("certificate_report_ref", fd_count,
+                                               env.certificate_report_ref().size(),
+                                               kMaxCertificateReportBytes));
       return env;
     case pb::Envelope::kHello:
     case pb::Envelope::kAck:

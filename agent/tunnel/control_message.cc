@@ -32,15 +32,8 @@ absl::StatusOr<pb::Envelope> DecodeAgentMessage(absl::string_view bytes, size_t 
       }
       return env;
     case pb::Envelope::kTrustBundleRef:
-      if (fd_count != 1) {
-        return absl::InvalidArgumentError(absl::StrCat("trust_bundle_ref carried ", fd_count,
-                                                       " fds; it takes its one sealed file"));
-      }
-      if (env.trust_bundle_ref().size() > kMaxTrustBundleBytes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("trust_bundle_ref of ", env.trust_bundle_ref().size(),
-                         " bytes is above the limit of ", kMaxTrustBundleBytes));
-      }
+      AMBIT_RETURN_IF_ERROR(CheckSealedFileRef(
+          "trust_bundle_ref", fd_count, env.trust_bundle_ref().size(), kMaxTrustBundleBytes));
       return env;
     case pb::Envelope::kSnapshotRef:
       // Its one sealed file is checked where the snapshot is applied: a wrong count there is

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "agent/bpf/skeleton.h"
+#include "agent/bpf/wire.h"
 #include "bpf/abi/wire.h"
 #include "wire.skel.h"
 
@@ -87,21 +88,7 @@ Packet Ipv6(const char* src, const char* dst, uint8_t next, size_t after_len) {
   return p;
 }
 
-using Key =
-    std::tuple<std::vector<uint8_t>, uint16_t, uint8_t, uint8_t>;  // peer, port, proto, flags
-
-std::vector<uint8_t> Mapped4(const char* a) {
-  std::vector<uint8_t> out(16, 0);
-  out[10] = out[11] = 0xff;
-  inet_pton(AF_INET, a, out.data() + 12);
-  return out;
-}
-
-std::vector<uint8_t> V6(const char* a) {
-  std::vector<uint8_t> out(16, 0);
-  inet_pton(AF_INET6, a, out.data());
-  return out;
-}
+using Key = std::tuple<std::string, uint16_t, uint8_t, uint8_t>;  // peer, port, proto, flags
 
 class WireProgramTest : public ::testing::Test {
  protected:
@@ -128,29 +115,17 @@ class WireProgramTest : public ::testing::Test {
     EXPECT_EQ(static_cast<int>(opts.retval), TC_ACT_UNSPEC) << "the program changed a fate";
   }
 
-  // Every key, its per-CPU counters summed.
-  std::map<Key, ambit_wire_value> Counts() {
-    std::map<Key, ambit_wire_value> out;
-    const int fd = bpf_map__fd((*skel_)->maps.ambit_wire);
-    const int cpus = libbpf_num_possible_cpus();
-    std::vector<ambit_wire_value> values(cpus);
-    ambit_wire_key key{}, next{};
-    const void* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-      key = next;
-      prev = &key;
-      if (bpf_map_lookup_elem(fd, &key, values.data()) != 0) continue;
-      EXPECT_EQ(key.netns_cookie, kCookie);
-      ambit_wire_value sum{};
-      for (const auto& v : values) {
-        sum.bytes += v.bytes;
-        sum.packets += v.packets;
-        sum.payload += v.payload;
-        sum.syns += v.syns;
-        sum.resets += v.resets;
-      }
-      out[Key(std::vector<uint8_t>(key.peer_addr, key.peer_addr + 16), key.port, key.proto,
-              key.flags)] = sum;
+  // Every key, its per-CPU counters summed, as the agent reads them (bpf::ReadWire).
+  std::map<Key, WireEntry> Counts() {
+    auto entries = ReadWire(bpf_map__fd((*skel_)->maps.ambit_wire));
+    EXPECT_TRUE(entries.ok()) << entries.status();
+    std::map<Key, WireEntry> out;
+    for (const WireEntry& e : entries.value_or(std::vector<WireEntry>{})) {
+      EXPECT_EQ(e.netns_cookie, kCookie);
+      const uint8_t flags = (e.egress ? AMBIT_WIRE_EGRESS : 0) |
+                            (e.local_port ? AMBIT_WIRE_LOCAL_PORT : 0) |
+                            (e.mtls ? AMBIT_WIRE_MTLS : 0);
+      out[Key(e.peer.ToString(), e.port, e.proto, flags)] = e;
     }
     return out;
   }
@@ -168,14 +143,14 @@ TEST_F(WireProgramTest, HboneEitherWayIsMtlsUnderPort15008) {
   Run(false, in);
   auto counts = Counts();
   ASSERT_EQ(counts.size(), 2u);
-  const auto& dial = counts.at(
-      Key(Mapped4("198.18.0.2"), 15008, IPPROTO_TCP, AMBIT_WIRE_EGRESS | AMBIT_WIRE_MTLS));
+  const auto& dial =
+      counts.at(Key("198.18.0.2", 15008, IPPROTO_TCP, AMBIT_WIRE_EGRESS | AMBIT_WIRE_MTLS));
   EXPECT_EQ(dial.bytes, 52u);
   EXPECT_EQ(dial.packets, 1u);
   EXPECT_EQ(dial.payload, 0u);
   EXPECT_EQ(dial.syns, 1u);
-  const auto& served = counts.at(
-      Key(Mapped4("198.18.0.3"), 15008, IPPROTO_TCP, AMBIT_WIRE_MTLS | AMBIT_WIRE_LOCAL_PORT));
+  const auto& served =
+      counts.at(Key("198.18.0.3", 15008, IPPROTO_TCP, AMBIT_WIRE_MTLS | AMBIT_WIRE_LOCAL_PORT));
   EXPECT_EQ(served.bytes, 152u);
   EXPECT_EQ(served.payload, 100u);
   EXPECT_EQ(served.syns, 0u);
@@ -191,10 +166,10 @@ TEST_F(WireProgramTest, PlaintextIsKeyedByTheServicePort) {
   Run(true, reply);
   auto counts = Counts();
   ASSERT_EQ(counts.size(), 2u);
-  const auto& got = counts.at(Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP, AMBIT_WIRE_LOCAL_PORT));
+  const auto& got = counts.at(Key("198.18.0.9", 8080, IPPROTO_TCP, AMBIT_WIRE_LOCAL_PORT));
   EXPECT_EQ(got.payload, 5u);
-  const auto& sent = counts.at(
-      Key(Mapped4("198.18.0.9"), 8080, IPPROTO_TCP, AMBIT_WIRE_EGRESS | AMBIT_WIRE_LOCAL_PORT));
+  const auto& sent =
+      counts.at(Key("198.18.0.9", 8080, IPPROTO_TCP, AMBIT_WIRE_EGRESS | AMBIT_WIRE_LOCAL_PORT));
   EXPECT_EQ(sent.resets, 1u);
 }
 
@@ -223,7 +198,7 @@ TEST_F(WireProgramTest, Ipv6UdpBehindHopByHopIsPlaintext) {
   auto counts = Counts();
   ASSERT_EQ(counts.size(), 1u);
   const auto& [key, v] = *counts.begin();
-  EXPECT_EQ(key, Key(V6("2001:2::2"), 53, IPPROTO_UDP, AMBIT_WIRE_EGRESS));
+  EXPECT_EQ(key, Key("2001:2::2", 53, IPPROTO_UDP, AMBIT_WIRE_EGRESS));
   EXPECT_EQ(v.bytes, 40u + 8 + 8 + 4);
   EXPECT_EQ(v.payload, 4u);
 }
@@ -258,7 +233,7 @@ TEST_F(WireProgramTest, LaterFragmentsCountUnderPortZero) {
   auto counts = Counts();
   ASSERT_EQ(counts.size(), 1u);
   const auto& [key, v] = *counts.begin();
-  EXPECT_EQ(key, Key(Mapped4("198.18.0.9"), 0, IPPROTO_UDP, 0));
+  EXPECT_EQ(key, Key("198.18.0.9", 0, IPPROTO_UDP, 0));
   EXPECT_EQ(v.bytes, 120u);
   EXPECT_EQ(v.payload, 0u);
 }
