@@ -9,8 +9,10 @@ ack, "silent" (never answers), "close" (closes the session unanswered). `peer.he
 "v1", "none" (sends nothing first), "garbage" or "v0" to test the plug-in's checks."""
 
 import array
+import atexit
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +29,8 @@ def zds_pb2():
     global _zds
     if _zds is None:
         out = tempfile.mkdtemp(prefix="ambit-zds-py-")
+        # Imported below, then needed no more: removed when the test process exits.
+        atexit.register(shutil.rmtree, out, True)
         subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={out}",
                         f"{ROOT}/proto/istio/zds/zds.proto"], check=True)
         sys.path.insert(0, out)
