@@ -150,6 +150,9 @@ def main():
     out_dir = tempfile.mkdtemp(prefix="grpc-authz-")
     try:
         pb, base_pb = compile_protos(out_dir)
+        # Loaded: the generated files are needed no more, and a test that kills this process
+        # (SIGKILL skips the `finally` below) would leave them behind.
+        shutil.rmtree(out_dir, ignore_errors=True)
         authorizer = Authorizer(pb, base_pb, args.log)
         handler = grpc.unary_unary_rpc_method_handler(
             authorizer.check,

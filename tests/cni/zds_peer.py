@@ -9,7 +9,6 @@ ack, "silent" (never answers), "close" (closes the session unanswered). `peer.he
 "v1", "none" (sends nothing first), "garbage" or "v0" to test the plug-in's checks."""
 
 import array
-import atexit
 import importlib
 import os
 import shutil
@@ -29,12 +28,12 @@ def zds_pb2():
     global _zds
     if _zds is None:
         out = tempfile.mkdtemp(prefix="ambit-zds-py-")
-        # Imported below, then needed no more: removed when the test process exits.
-        atexit.register(shutil.rmtree, out, True)
         subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={out}",
                         f"{ROOT}/proto/istio/zds/zds.proto"], check=True)
         sys.path.insert(0, out)
         _zds = importlib.import_module("istio.zds.zds_pb2")
+        # Loaded: the generated files are needed no more.
+        shutil.rmtree(out, ignore_errors=True)
     return _zds
 
 

@@ -431,6 +431,8 @@ assert protoc.main(["protoc", "-I" + root, "--python_out=" + out, "--grpc_python
                     "ambit/admin/v1/admin.proto"]) == 0
 sys.path.insert(0, out)
 from ambit.admin.v1 import admin_pb2, admin_pb2_grpc
+import shutil
+shutil.rmtree(out, ignore_errors=True)  # loaded: the generated files are needed no more
 req = admin_pb2.PolicyDiffRequest(
     files=[admin_pb2.PolicyFile(name=f"f{i}.yaml", content=b"# x\n") for i in range(1001)])
 with grpc.insecure_channel("unix:" + sys.argv[1]) as ch:

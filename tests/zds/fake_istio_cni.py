@@ -19,6 +19,7 @@ buffer for answers, a deadline on every answer (istio-cni's is 5 s; ours is a pa
 import array
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def pb():
                         str(PROTO_ROOT / "istio/zds/zds.proto")], check=True)
         sys.path.insert(0, out)
         from istio.zds import zds_pb2  # noqa: E402
+        # Loaded: the generated files are needed no more.
+        shutil.rmtree(out, ignore_errors=True)
         _pb = zds_pb2
     return _pb
 
