@@ -39,6 +39,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_json import write_result  # noqa: E402
 from topology import rss_kib  # noqa: E402
 
 IPERF_PORT = 5201
@@ -766,10 +768,7 @@ def main():
               "results": summary, "cpu_s_per_gb": cpu, "start_rss_kib": bench.start_rss,
               "handshakes": bench.hs_runs, "idle_pooled_tls": bench.tls_idle,
               "idle": bench.idle, "enrolled_pods": bench.pods, "targets": tgt}
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.json)
     return 0
 
 

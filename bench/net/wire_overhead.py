@@ -28,6 +28,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_json import write_result  # noqa: E402
 IPERF_PORT = 5201
 GOAL = 0.02  # at most 2% less throughput with the accounting attached
 HANDLE, PRIO = "0xa3b1", "1"
@@ -179,10 +181,7 @@ def main():
               "program_ns_per_run": per_run, "program_ms_per_gb": ms_per_gb,
               "goal": GOAL, "met": cost < GOAL, "reps": args.reps, "seconds": args.seconds,
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.json)
     return 0
 
 

@@ -37,6 +37,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PY_AUTHZ = REPO / "tests" / "authorizers" / "http_authz.py"
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_json import write_result  # noqa: E402
 
 APP_PORT = 8080      # wp_http_server in the server pods
 AUTHZ_PORT = 8000    # wp_http_server as the ext_authz provider
@@ -650,10 +652,7 @@ def main():
               "waypoint_workers": bench.workers, "results": summary,
               "not_measured": bench.not_measured, "ratios": dict(ratios(summary)),
               "targets": tgt}
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.json)
     return 0
 
 
