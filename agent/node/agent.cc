@@ -1627,6 +1627,14 @@ void Agent::OnCsrRequest(Process& process, supervisor::DataPlane& dp,
   SignCsr(process, dp.tag(), std::move(request), clock_->Now());
 }
 
+supervisor::DataPlane* Agent::SessionWithTag(const Process& process, uint64_t tag) {
+  for (supervisor::DataPlane* dp :
+       {process.dp.get(), process.standby ? process.standby->dp.get() : nullptr}) {
+    if (dp != nullptr && dp->tag() == tag) return dp;
+  }
+  return nullptr;
+}
+
 void Agent::DeferCsr(DeferredCsr csr, absl::Duration wait) {
   deferred_csrs_.push_back(std::move(csr));
   ArmDeferredCsrs(wait);
@@ -1647,12 +1655,10 @@ void Agent::DrainDeferredCsrs() {
   while (!deferred_csrs_.empty()) {
     DeferredCsr& next = deferred_csrs_.front();
     Process& p = *next.process;
-    supervisor::DataPlane* asker = nullptr;
-    for (supervisor::DataPlane* dp : {p.dp.get(), p.standby ? p.standby->dp.get() : nullptr}) {
-      if (dp != nullptr && dp->tag() == next.tag && dp->connected()) asker = dp;
-    }
+    supervisor::DataPlane* asker = SessionWithTag(p, next.tag);
     // Asked by a session that is gone (its successor asks again), or for a pod that left.
-    if (asker == nullptr || !DecideCsr(next.request.identity, identities).ok()) {
+    if (asker == nullptr || !asker->connected() ||
+        !DecideCsr(next.request.identity, identities).ok()) {
       deferred_csrs_.pop_front();
       continue;
     }
@@ -1687,11 +1693,10 @@ void Agent::SignCsr(Process& process, uint64_t tag, supervisor::CsrRequest reque
   const std::string identity = request.identity;
   // The answer goes to the process that asked, while it is the same one: a request id means
   // nothing to its restarted successor, which asks again.
-  std::string asker = process.name();
-  for (supervisor::DataPlane* dp :
-       {process.dp.get(), process.standby ? process.standby->dp.get() : nullptr}) {
-    if (dp != nullptr && dp->tag() == tag) asker = absl::StrCat(process.name(), " pid=", dp->pid());
-  }
+  const supervisor::DataPlane* session = SessionWithTag(process, tag);
+  const std::string asker = session == nullptr
+                                ? std::string(process.name())
+                                : absl::StrCat(process.name(), " pid=", session->pid());
   // The primary and a standby may both ask during a roll (and, in their own PID namespaces,
   // both be pid 1): the answer finds its asker by the object's tag, whichever role it has now.
   Process* p = &process;
@@ -1723,11 +1728,9 @@ void Agent::SignCsr(Process& process, uint64_t tag, supervisor::CsrRequest reque
             // The identity ends the line, as log readers count renewals by it.
             AMBIT_LOG(kComponent, Info) << asker << ": signed certificate for " << identity;
           }
-          for (supervisor::DataPlane* to :
-               {p->dp.get(), p->standby ? p->standby->dp.get() : nullptr}) {
-            if (to != nullptr && to->tag() == tag && to->connected()) {
-              (void)to->SendCsrResponse(id, chain);
-            }
+          if (supervisor::DataPlane* to = SessionWithTag(*p, tag);
+              to != nullptr && to->connected()) {
+            (void)to->SendCsrResponse(id, chain);
           }
         });
       });

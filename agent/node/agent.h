@@ -294,6 +294,9 @@ class Agent final : private PodHost, private zds::WorkloadSink {
     absl::Time not_before;  // a remote CA's wait
     absl::Status refusal;   // the answer if it waits too long
   };
+  // The process's primary or standby session with this tag (DataPlane::tag), or null: a request
+  // is answered by the session that asked, whichever role it has by then.
+  static supervisor::DataPlane* SessionWithTag(const Process& process, uint64_t tag);
   void DeferCsr(DeferredCsr csr, absl::Duration wait);
   void ArmDeferredCsrs(absl::Duration wait);
   void DrainDeferredCsrs();
