@@ -58,7 +58,8 @@ inline constexpr Metric kHboneSessionsDrained{
     "ambit_hbone_sessions_drained_total",
     Type::kCounter,
     "HBONE connections that stopped taking new streams because a certificate expired or is no "
-    "longer accepted, or because the data plane drains for its successor (upgrade), by reason.",
+    "longer accepted, or because the data plane drains for its successor (upgrade), or that "
+    "were closed at once because the peer is no longer trusted (peer_not_trusted), by reason.",
     {"reason"}};
 inline constexpr Metric kPlaintextRefused{
     "ambit_plaintext_refused_total", Type::kCounter,

@@ -936,6 +936,11 @@ void HboneSession::HandshakeDone() {
   ++stats_->sessions_established;
   UpdateInterest();
   delegate_->OnEstablished(*this);
+  if (state_ == State::kOpen && shutdown_when_open_) {
+    shutdown_when_open_ = false;
+    shutdown_ = false;
+    Shutdown(GoAway::kAfterNotice);
+  }
   // The last handshake read may have pulled application records into BoringSSL's buffer, where
   // epoll cannot see them.
   if (state_ == State::kOpen) DoRead();
@@ -1431,7 +1436,14 @@ void HboneSession::Shutdown(GoAway mode) {
   if (state_ == State::kClosed || shutdown_) return;
   shutdown_ = true;
   if (state_ != State::kOpen) {
-    RunIo([&] { Close(absl::CancelledError("HBONE session shut down before the handshake")); });
+    if (mode == GoAway::kNow) {
+      RunIo([&] { Close(absl::CancelledError("HBONE session shut down before the handshake")); });
+      return;
+    }
+    // A data plane draining for its successor still serves what it took: a connection it took
+    // from a listener's queue, or opened for one, is finished and then drained like an open one.
+    // Closing it here would reset a connection it had accepted. The handshake timeout bounds it.
+    shutdown_when_open_ = true;
     return;
   }
   if (client_) {
@@ -1456,6 +1468,12 @@ void HboneSession::Shutdown(GoAway mode) {
     s->RunIo([&] { s->SendFinalGoaway(); });
   });
   ScheduleFlush();
+}
+
+void HboneSession::Abort(absl::Status why) {
+  if (state_ == State::kClosed) return;
+  if (why.ok()) why = absl::AbortedError("HBONE session aborted");
+  RunIo([&] { Close(std::move(why)); });
 }
 
 void HboneSession::SendFinalGoaway() {

@@ -284,8 +284,14 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   };
   // GOAWAY(NO_ERROR): no new streams; the session closes (OnSessionClosed(OK)) once the open
   // streams end. A CONNECT the server did not accept is refused with
-  // RST_STREAM(REFUSED_STREAM) and never reaches the delegate (safe to retry).
+  // RST_STREAM(REFUSED_STREAM) and never reaches the delegate (safe to retry). Before the
+  // handshake is done, kNow closes the session at once; kAfterNotice lets it finish (a client's
+  // CONNECTs already queued on it are sent) and goes away as above once it is open.
   void Shutdown(GoAway mode = GoAway::kAfterNotice);
+  // Closes the connection at once: open streams get OnReset(kConnectError) (their connections
+  // are reset), then the delegate OnSessionClosed(`why`). For a peer that must not be served a
+  // moment longer (its certificate was revoked since the handshake). No-op once closed.
+  void Abort(absl::Status why);
   // Shutdown() was called: this side ends the session.
   bool shutting_down() const { return shutdown_; }
   // The peer sent GOAWAY: it takes no new streams from us.
@@ -386,6 +392,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   bool flush_scheduled_ = false;
   bool idle_pending_ = false;
   bool shutdown_ = false;
+  // Shutdown(kAfterNotice) came before the handshake finished: it runs once the session is open.
+  bool shutdown_when_open_ = false;
   bool fatal_ = false;  // nghttp2 returned a fatal error; GOAWAY is best effort
   bool goaway_sent_ = false;
   // Server, after Shutdown: the last stream our GOAWAY accepted; later ones are refused. Streams

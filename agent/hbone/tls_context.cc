@@ -554,6 +554,51 @@ absl::Status TlsContext::CoveredBy(const TlsContext& other, absl::Time now) cons
   return absl::OkStatus();
 }
 
+absl::Status TlsContext::AcceptsPeerOf(const SSL* ssl, absl::Time now, bool* revoked) const {
+  if (revoked != nullptr) *revoked = false;
+  const CtxState* ours = static_cast<const CtxState*>(SSL_CTX_get_ex_data(ctx_.get(), CtxIndex()));
+  if (ours == nullptr) return absl::InternalError("TLS context without its state");
+  // The session keeps the chain the peer sent (leaf first) after the handshake.
+  STACK_OF(X509)* sent = SSL_get_peer_full_cert_chain(ssl);
+  if (sent == nullptr || sk_X509_num(sent) == 0) {
+    return absl::FailedPreconditionError("the session holds no peer certificate to check");
+  }
+  X509* leaf = sk_X509_value(sent, 0);
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx_.get());
+  bssl::UniquePtr<X509_STORE_CTX> verify(X509_STORE_CTX_new());
+  if (store == nullptr || verify == nullptr ||
+      !X509_STORE_CTX_init(verify.get(), store, leaf, sent)) {
+    return tls::SslError(absl::StatusCode::kInternal, "preparing a certificate check");
+  }
+  X509_STORE_CTX_set_time(verify.get(), 0, absl::ToTimeT(now));
+  // The handshake's CRL policy: an issuer without a CRL, or a CRL past nextUpdate, passes.
+  X509_STORE_CTX_set_verify_cb(verify.get(), [](int ok, X509_STORE_CTX* c) {
+    return ok != 0 || tls::CrlTolerated(X509_STORE_CTX_get_error(c)) ? 1 : 0;
+  });
+  absl::StatusOr<tls::RequestedNames> names = tls::CertSubjectAltNames(leaf);
+  const std::string peer =
+      names.ok() && names->uris.size() == 1 ? names->uris[0] : std::string("(no SPIFFE ID)");
+  if (X509_verify_cert(verify.get()) != 1) {
+    int err = X509_STORE_CTX_get_error(verify.get());
+    if (err == X509_V_ERR_CERT_REVOKED) {
+      if (revoked != nullptr) *revoked = true;
+      X509* listed = X509_STORE_CTX_get_current_cert(verify.get());
+      int depth = X509_STORE_CTX_get_error_depth(verify.get());
+      return absl::PermissionDeniedError(
+          absl::StrCat("peer ", peer, " holds a revoked certificate: serial ",
+                       listed != nullptr ? tls::SerialHex(listed) : "(unknown)",
+                       depth == 0 ? " (its own)" : absl::StrCat(" (chain depth ", depth, ")"),
+                       " is listed in a CRL of the trust bundle (we are ", identity_, ")"));
+    }
+    return absl::PermissionDeniedError(
+        absl::StrCat("peer ", peer, " no longer verifies against the trust bundle (we are ",
+                     identity_, "): ", X509_verify_cert_error_string(err)));
+  }
+  PeerCheckFailure failure;
+  absl::StatusOr<std::string> id = LeafIdentity(leaf, *ours, &failure);
+  return id.ok() ? absl::OkStatus() : id.status();
+}
+
 absl::StatusOr<bssl::UniquePtr<SSL>> TlsContext::NewSsl(int fd,
                                                         const std::string& expected_peer) const {
   if (role_ == Role::kClient && expected_peer.empty()) {

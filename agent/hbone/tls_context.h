@@ -88,6 +88,12 @@ class TlsContext {
   // OK if our certificate chain still verifies against `other`'s trust bundle at `now`: a session
   // made with this context stays acceptable to peers after the bundle changed. Says why not.
   absl::Status CoveredBy(const TlsContext& other, absl::Time now) const;
+  // OK if the peer that finished a handshake on `ssl` (made by any TlsContext) would still be
+  // accepted by this context at `now`: its chain verifies against this context's trust bundle,
+  // CRLs included, and its SPIFFE ID is in a trust domain of ours. For sessions established
+  // before the bundle, its CRLs or the trust-domain aliases changed. Says why not; `revoked` is
+  // set when a certificate of the chain is listed in a CRL.
+  absl::Status AcceptsPeerOf(const SSL* ssl, absl::Time now, bool* revoked = nullptr) const;
 
   // An SSL for one connection on `fd`, in connect (client) or accept (server) state.
   // `expected_peer` (client: required) is the SPIFFE ID the server must present; a server

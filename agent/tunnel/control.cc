@@ -350,7 +350,7 @@ void Tunnel::Drain(absl::Duration grace) {
   AMBIT_LOG(kComponent, Info) << "draining for a successor: stopped accepting on every pod "
                                  "listener, GOAWAY on every HBONE session, released "
                               << options_.control_socket << " and its lock; stats on " << aside
-                              << "; exiting when the last connection ends or in "
+                              << "; exiting when the last connection and HBONE session end or in "
                               << absl::FormatDuration(grace);
   CheckDrained();
 }
@@ -361,32 +361,41 @@ void Tunnel::CheckDrained() {
   struct Count {
     size_t remaining = 0;
     size_t connections = 0;
+    size_t sessions = 0;  // HBONE sessions not yet closed
   };
   auto count = std::make_shared<Count>();
   count->remaining = workers_.size();
-  auto decide = [this, count] {
-    drain_check_pending_ = false;
-    const bool over = options_.clock->Now() >= drain_deadline_;
-    if (count->connections == 0) {
-      AMBIT_LOG(kComponent, Info) << "drained: the last connection ended; exiting";
-      loop_->Stop();
-    } else if (over) {
-      AMBIT_LOG(kComponent, Warning) << "drain grace over: closing " << count->connections
-                                     << " connection(s) still open; exiting";
-      loop_->Stop();
-    } else {
-      loop_->RunAfter(std::min(kDrainPoll, drain_deadline_ - options_.clock->Now()),
-                      [this] { CheckDrained(); });
-    }
-  };
+  auto decide =
+      [this, count] {
+        drain_check_pending_ = false;
+        const bool over = options_.clock->Now() >= drain_deadline_;
+        // Sessions too: one still in its shutdown notice may carry a CONNECT on its way to us,
+        // which an exit would answer with a TCP reset instead of serving it (or refusing it, for a
+        // retry).
+        if (count->connections == 0 && count->sessions == 0) {
+          AMBIT_LOG(kComponent, Info)
+              << "drained: the last connection and HBONE session ended; exiting";
+          loop_->Stop();
+        } else if (over) {
+          AMBIT_LOG(kComponent, Warning)
+              << "drain grace over: closing " << count->connections << " connection(s) and "
+              << count->sessions << " HBONE session(s) still open; exiting";
+          loop_->Stop();
+        } else {
+          loop_->RunAfter(std::min(kDrainPoll, drain_deadline_ - options_.clock->Now()),
+                          [this] { CheckDrained(); });
+        }
+      };
   if (workers_.empty()) return decide();
   // Through every worker's queue (after its Drain), back on this thread as a heartbeat is.
   for (auto& w : workers_) {
     w->Post([this, count, decide](Worker& worker) {
-      worker_replies_.Post([count, decide, n = worker.connection_count()] {
-        count->connections += n;
-        if (--count->remaining == 0) decide();
-      });
+      worker_replies_.Post(
+          [count, decide, n = worker.connection_count(), sessions = worker.session_count()] {
+            count->connections += n;
+            count->sessions += sessions;
+            if (--count->remaining == 0) decide();
+          });
     });
   }
 }

@@ -106,7 +106,7 @@ class Tunnel {
   void TryPromote();
   absl::Status Promote();
   // Drain{grace}: stop accepting, GOAWAY, hand the socket paths and the lock to the successor,
-  // and exit when the last connection ends or at the deadline.
+  // and exit when the last connection and HBONE session end or at the deadline.
   void Drain(absl::Duration grace);
   void CheckDrained();
   // Binds `path` as the control socket (or the stats socket) and watches it; the previous one,

@@ -100,6 +100,18 @@ size_t HbonePool::DropPod(const std::string& src_uid) {
 
 void HbonePool::OnIdle(hbone::HboneSession& session) {
   if (keys_.find(&session) == keys_.end()) return;
+  if (worker_.draining()) {
+    // A process draining for its successor exits once its last session has closed: a session
+    // it opened while draining (for a connection it had taken, or a CONNECT opened again after
+    // a refusal) goes as soon as it is idle, not after the idle timeout. Deferred: this runs
+    // inside the session's own I/O.
+    std::weak_ptr<hbone::HboneSession> weak = session.shared_from_this();
+    worker_.loop().Defer([weak] {
+      auto s = weak.lock();
+      if (s != nullptr && !s->closed() && s->active_streams() == 0) s->Shutdown();
+    });
+    return;
+  }
   IdleState& state = idle_[&session];
   state.since = worker_.Now();
   if (state.armed) return;  // the pending timer measures from `since`

@@ -94,6 +94,7 @@ class InboundSessions final : public hbone::SessionDelegate {
   // is done) and lets go of the pod; their streams must have been reset already. Returns how many.
   size_t DropPod(const std::string& uid);
   std::vector<SessionEntry> Sessions() const;
+  size_t sessions() const { return sessions_.size(); }
 
   void OnEstablished(hbone::HboneSession& session) override;
   hbone::StreamObserver* OnConnect(hbone::HboneSession& session, hbone::StreamId stream,

@@ -23,6 +23,8 @@ const char* DrainReasonName(DrainReason reason) {
       return "upgrade";
     case DrainReason::kNoCertificate:
       return "no_certificate";
+    case DrainReason::kPeerNotTrusted:
+      return "peer_not_trusted";
   }
   return "?";
 }
@@ -57,6 +59,16 @@ DrainDecision DecideContextDrain(const hbone::TlsContext& local, const TlsContex
     return {DrainReason::kNotTrusted, std::string(covered.message())};
   }
   return {};
+}
+
+const hbone::TlsContext* ReplacementContext(const hbone::TlsContext& local,
+                                            const TlsContexts* current) {
+  if (current == nullptr) return nullptr;
+  const TlsContexts::Pair* pair = current->Find(local.identity());
+  if (pair == nullptr) return nullptr;
+  const auto& now_ctx =
+      local.role() == hbone::TlsContext::Role::kClient ? pair->client : pair->server;
+  return now_ctx == nullptr || now_ctx.get() == &local ? nullptr : now_ctx.get();
 }
 
 DrainDecision DecideDrain(const hbone::TlsContext& local, absl::Time peer_not_after,

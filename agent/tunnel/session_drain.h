@@ -32,6 +32,14 @@ struct DrainDecision {
 DrainDecision DecideContextDrain(const hbone::TlsContext& local, const TlsContexts* current,
                                  absl::Time now);
 
+// The context now in force for `local`'s identity and role when it is another one than `local`
+// (renewed certificate, changed trust bundle, CRLs or trust-domain aliases); null when `local`
+// is still current or the identity has none. A session established with `local` has its peer
+// checked again against it (TlsContext::AcceptsPeerOf): a peer revoked since the handshake must
+// not keep a session open.
+const hbone::TlsContext* ReplacementContext(const hbone::TlsContext& local,
+                                            const TlsContexts* current);
+
 // The whole decision for one session: our certificate's notAfter, the peer's
 // (`peer_not_after`, absl::InfiniteFuture() if unknown), then DecideContextDrain.
 DrainDecision DecideDrain(const hbone::TlsContext& local, absl::Time peer_not_after,

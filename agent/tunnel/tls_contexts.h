@@ -19,6 +19,7 @@ enum class DrainReason {
   kRemoved,           // the identity has no local pod any more
   kNoCertificate,     // no usable certificate for the identity (see the log for why)
   kUpgrade,           // this process is draining: a successor serves (a data-plane roll)
+  kPeerNotTrusted,    // the peer's certificate is revoked or no longer verifies: closed at once
 };
 // The metric label: "expired", "peer_expired", ...
 const char* DrainReasonName(DrainReason reason);

@@ -3,9 +3,14 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
@@ -185,6 +190,8 @@ void Worker::RemovePod(const std::string& uid, std::function<void()> done) {
   loop_->Defer([this, done = std::move(done)]() mutable { loop_->Defer(std::move(done)); });
 }
 
+size_t Worker::session_count() const { return pool_->sessions() + inbound_->sessions(); }
+
 void Worker::Drain() {
   if (draining_) return;
   draining_ = true;
@@ -267,12 +274,51 @@ void Worker::CheckSessionCredentials() {
   // The context part of the decision is the same for every session of one context, and may
   // verify a chain: decided once per context.
   std::map<const hbone::TlsContext*, DrainDecision> by_context;
+  // The peer check, once per context now in force and chain the peer sent (peer certificates
+  // are shared through one CRYPTO_BUFFER pool, so equal chains are equal pointers).
+  std::map<std::pair<const hbone::TlsContext*, std::vector<const CRYPTO_BUFFER*>>,
+           std::pair<absl::Status, bool>>
+      by_peer;
   absl::Time next = absl::InfiniteFuture();
   for (const SessionEntry& e : sessions) {
     hbone::HboneSession& s = *e.session;
-    // Already ending (idle, removed pod, or the peer's GOAWAY): nothing new goes to it.
-    if (s.closed() || s.shutting_down() || s.goaway_received()) continue;
+    if (s.closed()) continue;
     const hbone::TlsContext& local = s.tls_context();
+    // A peer no longer trusted (revoked by a CRL since the handshake, its root or trust domain
+    // gone from the bundle) is cut off at once, also while the session drains: the peer decides
+    // what it sends, so only this side can enforce the revocation on a session it keeps open.
+    if (const hbone::TlsContext* now_ctx = ReplacementContext(local, tls_.get());
+        now_ctx != nullptr && s.established() && s.ssl() != nullptr &&
+        now < s.peer_not_after()) {  // an expired peer drains gracefully below
+      std::vector<const CRYPTO_BUFFER*> chain;
+      if (const STACK_OF(CRYPTO_BUFFER)* sent = SSL_get0_peer_certificates(s.ssl())) {
+        for (size_t i = 0; i < sk_CRYPTO_BUFFER_num(sent); ++i) {
+          chain.push_back(sk_CRYPTO_BUFFER_value(sent, i));
+        }
+      }
+      auto key = std::make_pair(now_ctx, std::move(chain));
+      auto it = by_peer.find(key);
+      if (it == by_peer.end()) {
+        bool revoked = false;
+        absl::Status accepted = now_ctx->AcceptsPeerOf(s.ssl(), now, &revoked);
+        it = by_peer.emplace(std::move(key), std::make_pair(std::move(accepted), revoked)).first;
+      }
+      const auto& [accepted, revoked] = it->second;
+      if (!accepted.ok()) {
+        ++drained_[DrainReason::kPeerNotTrusted];
+        AMBIT_LOG(kComponent, Warning)
+            << "HBONE " << e.description << ": closed ("
+            << DrainReasonName(DrainReason::kPeerNotTrusted) << "): " << accepted.message() << "; "
+            << s.active_streams() << " open stream(s) reset";
+        s.Abort(absl::PermissionDeniedError(
+            absl::StrCat(revoked ? "peer certificate revoked since the handshake: "
+                                 : "peer no longer trusted since the handshake: ",
+                         accepted.message())));
+        continue;
+      }
+    }
+    // Already ending (idle, removed pod, or the peer's GOAWAY): nothing new goes to it.
+    if (s.shutting_down() || s.goaway_received()) continue;
     DrainDecision decision = DecideDrain(local, s.peer_not_after(), nullptr, now);
     if (!decision.drain()) {
       auto it = by_context.find(&local);
@@ -415,7 +461,7 @@ void Worker::CollectStats(bool connections, bool metrics,
   for (DrainReason reason :
        {DrainReason::kExpired, DrainReason::kPeerExpired, DrainReason::kOutOfTrustDomain,
         DrainReason::kNotTrusted, DrainReason::kRemoved, DrainReason::kNoCertificate,
-        DrainReason::kUpgrade}) {
+        DrainReason::kUpgrade, DrainReason::kPeerNotTrusted}) {
     auto it = drained_.find(reason);
     counter(metrics::kHboneSessionsDrained, {{"reason", DrainReasonName(reason)}},
             it == drained_.end() ? 0 : it->second);

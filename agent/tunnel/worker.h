@@ -162,6 +162,9 @@ class Worker {
   const DataPlaneSettings& settings() const { return *settings_; }
   int index() const { return index_; }
   size_t connection_count() const { return connections_.size(); }
+  // HBONE sessions not yet closed, outbound (pooled) and inbound: a draining process waits for
+  // them too, so a session still in its shutdown notice is not cut off by the exit.
+  size_t session_count() const;
   // Takes ownership of a flow whose record() is filled: gives it an id and counts it opened.
   void Adopt(std::unique_ptr<Flow> flow);
   // The snapshot's cluster, and an inbound flow's service guessed from its port.

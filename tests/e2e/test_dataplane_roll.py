@@ -336,7 +336,7 @@ class SpawnRollTest(unittest.TestCase):
         binary = "ambit-waypoint" if process == "waypoint" else "ambit-tunnel"
         old = plane(agent, binary)["pid"]
         self.assertTrue(old and alive(old), f"{binary} of {agent.node} not running")
-        drained_lines = agent.logs().count("drained: the last connection ended; exiting")
+        drained_lines = agent.logs().count("drained: the last connection and HBONE session ended; exiting")
         holds = n.tunnel_holds()
         web = n.http_hold()
         dump, pcap = n.capture(name)
@@ -378,7 +378,7 @@ class SpawnRollTest(unittest.TestCase):
         agent.wait_log(f"pid={old} exited with status 0", 5)
         self.assertLess(took, GRACE - 2, "the old process waited for the grace, not its "
                                          "connections")
-        agent.wait_log("drained: the last connection ended; exiting", 5, count=drained_lines + 1)
+        agent.wait_log("drained: the last connection and HBONE session ended; exiting", 5, count=drained_lines + 1)
         lines, raw = stop_capture(dump, pcap)
         self.assertNotIn(MARKER.encode(), raw, "plaintext on the wire")
         self.assertTrue([l for l in lines if re.search(r"\.15008[ :]", l)], "no HBONE captured")
@@ -430,7 +430,9 @@ class SpawnRollTest(unittest.TestCase):
                  0.05)
         took = time.time() - rolled
         self.assertGreater(took, GRACE - 1.5, "exited before the grace with a connection open")
-        agent.wait_log("drain grace over: closing 1 connection(s) still open; exiting", 5)
+        # The held connection and the one pooled HBONE session that carries it.
+        agent.wait_log("drain grace over: closing 1 connection(s) and 1 HBONE session(s) still "
+                       "open; exiting", 5)
         agent.wait_log(f"pid={old} exited with status 0", 5)
         held.stdin.close()
         held.wait(timeout=10)
@@ -651,7 +653,7 @@ class ExternalRollTest(unittest.TestCase):
         close_holds(holds)
         first.proc.wait(timeout=GRACE + 5)
         self.assertEqual(first.proc.returncode, 0, first.logs())
-        self.assertIn("drained: the last connection ended; exiting", first.logs())
+        self.assertIn("drained: the last connection and HBONE session ended; exiting", first.logs())
         lines, raw = stop_capture(dump, pcap)
         self.assertNotIn(MARKER.encode(), raw, "plaintext on the wire")
         for loop, recs in records.items():

@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import unittest
@@ -88,6 +89,40 @@ class Nodes:
         return faults.wait_for(f"{client} -> b {'served' if ok else 'refused'}",
                                lambda: self.probe(client)["ok"] == ok, timeout, 0.2)
 
+    def hold(self, client="a"):
+        """A connection to b's echo held open (faults.HOLD), checked with one round trip."""
+        p = self.clients[client].popen(["/usr/bin/python3", "-u", "-c", faults.HOLD, self.b.ip4,
+                                        str(PORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True)
+        self.topo.procs.append(p)
+        self.assertion(p.stdout.readline().strip() == "connected", "held connection not made")
+        p.stdin.write("held-1\n")
+        p.stdin.flush()
+        got = p.stdout.readline().strip()
+        self.assertion(got == "held-1", f"held connection did not echo: {got!r}")
+        return p
+
+    @staticmethod
+    def assertion(ok, message):
+        if not ok:
+            raise AssertionError(message)
+
+    def assert_held_broken(self, held):
+        """The held connection was reset: its next round trip fails."""
+        held.stdin.write("held-2\n")
+        held.stdin.flush()
+        got = held.stdout.readline().strip()
+        self.assertion(got in ("closed", "ConnectionResetError", "BrokenPipeError"),
+                       f"the held connection still works: {got!r}")
+
+    @staticmethod
+    def wait_cut_off(agent):
+        """The log line of a session closed because its peer is no longer trusted."""
+        return faults.wait_for(
+            "a session of a peer no longer trusted closed",
+            lambda: [l for l in agent.logs().splitlines() if "closed (peer_not_trusted)" in l],
+            15)[0]
+
     def close(self):
         self.topo.close()
 
@@ -136,10 +171,16 @@ class TrustDomainAliasTest(unittest.TestCase):
         self.assertIn(f'"{self.OLD}/ns/default/sa/web"', r.stdout)
 
         # Without the alias the old domain is another mesh: its identity no longer matches a
-        # principal of this one (an established session is not re-checked for its trust domain,
-        # so the refusal may come from the policy rather than the handshake).
+        # principal of this one, and node2 no longer accepts it at all: the session that carries
+        # a held connection is closed at once (node1 still lists node2's domain as an alias, so
+        # only node2 can end it).
+        held = n.hold()
         n.n2.write_config("authz.yaml", allow_policy("backend", ["cluster.local/ns/default/sa/web"]))
         n.n2.write_config("mesh.yaml", f"trustDomain: {self.NEW}\n")
+        line = n.wait_cut_off(n.n2)
+        self.assertIn(web_old, line)
+        self.assertIn("trust domain", line)
+        n.assert_held_broken(held)
         n.wait_probe(False)
 
 
@@ -215,6 +256,43 @@ class CrlTest(unittest.TestCase):
         n.wait_probe(True, "a", timeout=20)
         self.assertGreaterEqual(len(re.findall(r"--crl-file \S+: 0 CRL\(s\)", n.n2.logs())), 2)
         n.n2.wait_log("CRLs: none in force any more", 10)
+
+    def test_open_session_of_a_peer_revoked_since_is_cut_off_by_the_server(self):
+        """node1 is started without the CRL (a node that ignores revocation, as one whose key was
+        stolen would): node2 alone must end the HBONE session web keeps open, resetting the
+        connection it carries, and then refuse web at the handshake. other is still served."""
+        n = self.n
+        self.write_crl("")
+        n.n1.start(wait_pods=list(n.clients.values()))
+        n.n2.start("--crl-file", self.crl_path, wait_pods=[n.b])
+        web = f"{faults.TRUST}/ns/default/sa/web"
+        n.n1.wait_log(f"certificate {web} valid", 30)
+        n.n2.wait_log(f"certificate {faults.TRUST}/ns/backend/sa/api valid", 30)
+        n.echo()
+        n.wait_probe(True, "a")
+        n.wait_probe(True, "c")
+        held = n.hold("a")
+        held_other = n.hold("c")
+        (serial,) = [c["serial"] for c in faults.certs(n.n1) if c["identity"] == web]
+        self.write_crl(self.sign_crl([int(serial, 16)]))
+        n.n2.wait_log("CRLs: 1 in force, 1 revoked certificate(s)", 15)
+        line = n.wait_cut_off(n.n2)
+        self.assertIn(web, line)
+        self.assertIn(serial.lower(), line.lower())
+        self.assertIn("revoked", line)
+        n.assert_held_broken(held)
+        held_other.stdin.write("other-2\n")
+        held_other.stdin.flush()
+        self.assertEqual(held_other.stdout.readline().strip(), "other-2",
+                         "the session of a peer that is not revoked was cut off too")
+        n.wait_probe(False, "a")
+        self.assertTrue(n.probe("c")["ok"])
+        self.assertGreaterEqual(
+            metric(n.n2, "ambit_hbone_sessions_drained_total", 'reason="peer_not_trusted"'), 1)
+        # node1 never heard of the CRL: the refusal is node2's, at the handshake.
+        self.assertNotIn("CRLs: 1 in force", n.n1.logs())
+        faults.wait_for("handshake refusal logged",
+                        lambda: "presented a revoked certificate" in n.n2.logs(), 10)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,81 @@ TEST_F(HandshakeTest, ServerRefusesClientWithARevokedCertificate) {
   EXPECT_TRUE((*other_ctx)->CoveredBy(**ctx, absl::Now()).ok());
 }
 
+// A session outlives the trust it was made with: a CRL that lists the client's certificate, or
+// a bundle without the client's trust domain as an alias, arrives as a new context. The new
+// context checks the peer of the established session again and says why it would refuse it now;
+// the unchanged bundle still accepts it.
+TEST_F(HandshakeTest, PeerOfAnEstablishedSessionIsCheckedAgainstANewContext) {
+  auto with_alias = MakeServerContext(server_svid_, pki_->store(), kTrustDomain, &RealClock::Get(),
+                                      {"old.example"});
+  ASSERT_TRUE(with_alias.ok()) << with_alias.status();
+  StartServer({}, *with_alias);
+  auto client = Dial();
+  ASSERT_NE(client, nullptr);
+  const std::string old_id = "spiffe://old.example/ns/default/sa/client";
+  auto old_svid = pki_->Mint(old_id);
+  ASSERT_TRUE(old_svid.ok());
+  auto old_ctx = MakeClientContext(*old_svid, pki_->store(), "old.example", &RealClock::Get(),
+                                   {std::string(kTrustDomain)});
+  ASSERT_TRUE(old_ctx.ok()) << old_ctx.status();
+  ClientEvents old_events;
+  auto old_client = Dial(kServerId, {}, *old_ctx, &old_events);
+  ASSERT_NE(old_client, nullptr);
+  ASSERT_TRUE(Run([&] { return server_->established == 2; }));
+  ASSERT_EQ(server_->sessions.size(), 2u);
+  const SSL* ours = nullptr;
+  const SSL* migrating = nullptr;
+  for (const auto& s : server_->sessions) {
+    (s->peer_identity() == kClientId ? ours : migrating) = s->ssl();
+  }
+  ASSERT_NE(ours, nullptr);
+  ASSERT_NE(migrating, nullptr);
+  const absl::Time now = absl::Now();
+  EXPECT_TRUE((*with_alias)->AcceptsPeerOf(ours, now).ok());
+  EXPECT_TRUE((*with_alias)->AcceptsPeerOf(migrating, now).ok());
+
+  // The client's certificate is revoked: the new context refuses it, by serial; the other peer
+  // is still accepted.
+  auto crl = pki_->ca().CrlPem({client_svid_.chain[0].get()}, now - absl::Minutes(1),
+                               now + absl::Hours(1));
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  auto crls = tls::CrlSet::Parse({*crl}, pki_->bundle());
+  ASSERT_TRUE(crls.ok()) << crls.status();
+  auto store = pki_->bundle().NewStore();
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*crls)->AddTo(store->get()).ok());
+  auto revoking = MakeServerContext(server_svid_, store->get(), kTrustDomain, &RealClock::Get(),
+                                    {"old.example"});
+  ASSERT_TRUE(revoking.ok()) << revoking.status();
+  bool revoked = false;
+  absl::Status refused = (*revoking)->AcceptsPeerOf(ours, now, &revoked);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(revoked);
+  EXPECT_THAT(refused.message(), AllOf(HasSubstr(kClientId), HasSubstr(client_svid_.serial_hex),
+                                       HasSubstr("revoked")));
+  EXPECT_TRUE((*revoking)->AcceptsPeerOf(migrating, now, &revoked).ok());
+  EXPECT_FALSE(revoked);
+
+  // The alias is gone: the migrating peer's trust domain is not ours any more.
+  auto without_alias = MakeServerContext(server_svid_, pki_->store(), kTrustDomain);
+  ASSERT_TRUE(without_alias.ok());
+  refused = (*without_alias)->AcceptsPeerOf(migrating, now, &revoked);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_FALSE(revoked);
+  EXPECT_THAT(refused.message(), AllOf(HasSubstr(old_id), HasSubstr("trust domain")));
+  EXPECT_TRUE((*without_alias)->AcceptsPeerOf(ours, now).ok());
+
+  // Another root altogether: the chain does not verify.
+  auto other_pki = TestPki::Create();
+  ASSERT_TRUE(other_pki.ok());
+  auto foreign = MakeServerContext(server_svid_, (*other_pki)->store(), kTrustDomain);
+  ASSERT_TRUE(foreign.ok());
+  refused = (*foreign)->AcceptsPeerOf(ours, now, &revoked);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_FALSE(revoked);
+  EXPECT_THAT(refused.message(), HasSubstr("no longer verifies"));
+}
+
 TEST_F(HandshakeTest, ServerRefusesClientFromUntrustedRoot) {
   StartServer();
   auto other = TestPki::Create("another root");

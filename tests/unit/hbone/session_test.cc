@@ -409,6 +409,62 @@ TEST_F(SessionTest, ServerGoingAwayRefusesStreamsOpenedAfterIt) {
   EXPECT_TRUE(first->closed);
 }
 
+// A data plane draining for its successor shuts down every session, also one still in its
+// handshake: a connection it had just taken from a listener's queue, or had just opened for a
+// connection it took. A client session keeps the CONNECT already queued on it: the handshake
+// finishes, the CONNECT is answered and served to its end, and then the session closes cleanly.
+TEST_F(SessionTest, ClientShutDownBeforeItsHandshakeServesWhatWasQueued) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string("pong"); });
+  auto client = Dial();
+  TestStream* queued = Open(*client);
+  ASSERT_FALSE(client->established());
+  client->Shutdown();
+  EXPECT_FALSE(client->closed());
+  EXPECT_FALSE(client->can_open_stream());
+  ASSERT_TRUE(Run([&] { return queued->end_stream; }));
+  EXPECT_EQ(queued->status, 200);
+  EXPECT_EQ(queued->received, "pong");
+  EXPECT_FALSE(queued->reset.has_value());
+  queued->Send("", true);
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
+  EXPECT_TRUE(server_->closed[0].ok()) << server_->closed[0];
+}
+
+// The server side of the same: a session still in its handshake when the server drains is not
+// cut off (its client would see a reset for the CONNECT it is about to send). Once open it gets
+// the shutdown notice: a CONNECT that crossed it is served, none is opened after it.
+TEST_F(SessionTest, ServerShutDownBeforeItsHandshakeServesThenGoesAway) {
+  StartServer();
+  auto client = Dial();
+  ASSERT_TRUE(Run([&] { return server_->sessions.size() == 1; }));
+  ASSERT_FALSE(server_->sessions[0]->established());
+  server_->sessions[0]->Shutdown();
+  EXPECT_FALSE(server_->sessions[0]->closed());
+  TestStream* first = Open(*client);
+  ASSERT_TRUE(Run([&] { return first->done() || first->status != 0; }));
+  EXPECT_EQ(first->status, 200);
+  EXPECT_FALSE(first->reset.has_value());
+  ASSERT_TRUE(Run([&] { return !client->can_open_stream(); }));
+  first->Send("", true);
+  server_->streams[0]->Send("", true);
+  ASSERT_TRUE(Run([&] { return client_events_.closed && server_->closed.size() == 1; }));
+  EXPECT_TRUE(first->closed);
+  EXPECT_TRUE(client_events_.close_status.ok()) << client_events_.close_status;
+  EXPECT_TRUE(server_->closed[0].ok()) << server_->closed[0];
+}
+
+// kNow before the handshake (credentials no longer good) still closes at once.
+TEST_F(SessionTest, ShutdownNowBeforeTheHandshakeCloses) {
+  StartServer();
+  auto client = Dial();
+  TestStream* queued = Open(*client);
+  client->Shutdown(HboneSession::GoAway::kNow);
+  EXPECT_TRUE(client->closed());
+  EXPECT_EQ(queued->reset, kConnectError);
+}
+
 // Expiry of the peer's certificate is known to both sides once the handshake is done.
 TEST_F(SessionTest, PeerCertificateNotAfterIsKnown) {
   StartServer();
