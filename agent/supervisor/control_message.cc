@@ -27,6 +27,10 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
                                                env.certificate_report_ref().size(),
                                                kMaxCertificateReportBytes));
       return env;
+    case pb::Envelope::kPongRef:
+      AMBIT_RETURN_IF_ERROR(
+          CheckSealedFileRef("pong_ref", fd_count, env.pong_ref().size(), kMaxPongBytes));
+      return env;
     case pb::Envelope::kHello:
     case pb::Envelope::kAck:
     case pb::Envelope::kNack:
@@ -55,6 +59,15 @@ absl::StatusOr<pb::CertificateReport> ReadCertificateReportFile(int fd, uint64_t
     return absl::DataLossError("certificate_report_ref: the file is not a CertificateReport");
   }
   return report;
+}
+
+absl::StatusOr<pb::Pong> ReadPongFile(int fd, uint64_t size) {
+  AMBIT_ASSIGN_OR_RETURN(SealedMapping file, SealedMapping::Map(fd, size, kMaxPongBytes));
+  pb::Pong pong;
+  if (!pong.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
+    return absl::DataLossError("pong_ref: the file is not a Pong");
+  }
+  return pong;
 }
 
 absl::Status EncodeAddPod(const PodDescriptor& pod, pb::Pod* out, std::vector<int>* fds) {

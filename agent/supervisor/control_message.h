@@ -33,6 +33,13 @@ inline constexpr uint64_t kMaxCertificateReportBytes = 64 << 20;
 absl::StatusOr<ambit::dataplane::v1::CertificateReport> ReadCertificateReportFile(int fd,
                                                                                   uint64_t size);
 
+// Largest heartbeat answer the agent reads from a pong_ref's file.
+inline constexpr uint64_t kMaxPongBytes = 16 << 20;
+
+// The Pong in a pong_ref's sealed file (announced `size` bytes); errors as
+// ReadCertificateReportFile's, ResourceExhausted above kMaxPongBytes.
+absl::StatusOr<ambit::dataplane::v1::Pong> ReadPongFile(int fd, uint64_t size);
+
 // add_pod for `pod`: its workload through mesh::PodToProto, the netns cookie, and the role of
 // each descriptor it sends, appended to `fds` in the same order. InvalidArgument naming the
 // workload and the field when the workload does not map; `out` and `fds` are then not to be sent.

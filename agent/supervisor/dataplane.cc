@@ -445,8 +445,14 @@ absl::Status DataPlane::OnControlReadable() {
   } else if (msg.first.has_pod_removed()) {
     AMBIT_LOG(kComponent, Debug) << "data plane released pod " << msg.first.pod_removed().uid();
     if (on_pod_removed) on_pod_removed(msg.first.pod_removed().uid());
-  } else if (msg.first.has_pong()) {
-    const auto& p = msg.first.pong();
+  } else if (msg.first.has_pong() || msg.first.has_pong_ref()) {
+    pb::Pong from_file;
+    if (msg.first.has_pong_ref()) {
+      // Checked by DecodeDataPlaneMessage: exactly one descriptor, a size within the limit.
+      AMBIT_ASSIGN_OR_RETURN(from_file,
+                             ReadPongFile(msg.second[0].get(), msg.first.pong_ref().size()));
+    }
+    const pb::Pong& p = msg.first.has_pong() ? msg.first.pong() : from_file;
     PongReport report;
     report.seq = p.seq();
     report.workers = p.workers();

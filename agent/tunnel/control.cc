@@ -49,6 +49,10 @@ constexpr absl::Duration kRemoveTimeout = absl::Seconds(2);
 // A certificate report above this goes in a sealed file (CertificateReportRef): well under the
 // control socket's send buffer (about 208 KiB by default), which bounds one message.
 constexpr size_t kInlineCertificateReportBytes = 64 << 10;
+// A heartbeat answer above this goes in a sealed file (PongRef): it lists every pod by uid (up to
+// 317 bytes), so a node with many pods of long names would pass the socket's limit, the answer
+// would be lost and the agent would take the data plane for hung.
+constexpr size_t kInlinePongBytes = 32 << 10;
 
 pb::Envelope NewEnvelope() {
   pb::Envelope env;
@@ -662,7 +666,28 @@ absl::Status Tunnel::ExecuteOne(Action& a) {
             p->set_workers_accepting(health.workers_accepting);
             p->set_waiting_for_certificate(health.waiting_for_certificate);
           }
-          auto status = Send(env, {});
+          absl::Status status;
+          if (env.ByteSizeLong() <= kInlinePongBytes) {
+            status = Send(env, {});
+          } else {
+            std::string bytes;
+            pong->SerializeToString(&bytes);
+            auto file = CreateSealedFile("ambit-pong", bytes);
+            if (file.ok()) {
+              pb::Envelope ref = NewEnvelope();
+              ref.mutable_pong_ref()->set_size(bytes.size());
+              status = Send(ref, {file->get()});
+            } else {
+              status = file.status();
+            }
+            if (status.ok() && !pong_in_file_logged_) {
+              pong_in_file_logged_ = true;
+              AMBIT_LOG(kComponent, Info)
+                  << "heartbeat answers list " << act.pods.size() << " pods in " << bytes.size()
+                  << " bytes: sent in a sealed file while over " << (kInlinePongBytes >> 10)
+                  << " KiB";
+            }
+          }
           if (!status.ok()) {
             AMBIT_LOG(kComponent, Warning)
                 << "heartbeat answer " << act.seq << ": " << status.message();

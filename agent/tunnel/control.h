@@ -128,6 +128,7 @@ class Tunnel {
   bool draining_ = false;
   absl::Time drain_deadline_ = absl::InfiniteFuture();
   bool drain_check_pending_ = false;
+  bool pong_in_file_logged_ = false;  // the first heartbeat answer sent in a sealed file
   std::unique_ptr<EpollLoop> loop_;
   Reconciler reconciler_;
   UniqueFd stats_fd_;   // <run dir>/dataplane-stats.sock

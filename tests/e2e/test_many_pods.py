@@ -7,11 +7,13 @@
   ready (125 reproduced it every time). Past the built-in CA's burst of 100 signatures a node,
   the rest come at 5 a second: they wait in ambitd for the rate, in order, and none is refused
   (refused, each backed off per identity, doubling, and a few of 150 were still waiting past
-  the bound).
+  the bound). The pods have long names (about 230 bytes of uid), so the data plane's heartbeat
+  answers, which list every pod, go in a sealed file instead of inline.
 """
 
 import json
 import os
+import re
 import sys
 import time
 import unittest
@@ -23,6 +25,9 @@ AMBITCTL = str(build_dir() / "agent/cli/ambitctl")
 # AMBIT_MANY_PODS: another count, e.g. to find where a build stops coping.
 PODS = int(os.environ.get("AMBIT_MANY_PODS", "200"))
 READY_WITHIN_S = 90
+# A DNS-1123 subdomain: dot-separated labels of at most 63 bytes each ("p199-" and the first one
+# too), 228 bytes in all.
+LONG = ".".join(["l" * 55] * 4)
 
 
 class ManyPodsTest(unittest.TestCase):
@@ -33,8 +38,10 @@ class ManyPodsTest(unittest.TestCase):
         cls.topo.__enter__()
         try:
             started = time.monotonic()
-            cls.pods = [cls.topo.add_pod(f"p{i}", namespace="many", service_account=f"sa{i}")
-                        for i in range(PODS)]
+            # Long names (a pod name may have 253 bytes): the heartbeat answer lists every pod
+            # by uid, and at about 230 bytes each it is over what goes inline.
+            cls.pods = [cls.topo.add_pod(f"p{i}-{LONG}", namespace="many",
+                                         service_account=f"sa{i}") for i in range(PODS)]
             print(f"\n  {PODS} pods created in {time.monotonic() - started:.1f}s", flush=True)
             cls.agent = cls.topo.add_agent("node1")
             cls.topo.write_pods(cls.agent, cls.pods)
@@ -81,6 +88,11 @@ class ManyPodsTest(unittest.TestCase):
         self.assertNotIn("certificate request failed", logs)
         for i in (0, PODS // 2, PODS - 1):
             self.assertIn(f"certificate spiffe://cluster.local/ns/many/sa/sa{i} valid", logs)
+        # The heartbeat answers (every pod's uid) came in a sealed file, and every one arrived:
+        # the agent is ready, and none was lost.
+        if PODS >= 150:
+            self.assertIn(f"heartbeat answers list {PODS} pods in", logs)
+        self.assertIsNone(re.search(r"heartbeat answer \d+:", logs))
 
 
 if __name__ == "__main__":

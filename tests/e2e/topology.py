@@ -133,7 +133,7 @@ class Pod:
             f"  name: {self.name}",
             f"  namespace: {self.namespace}",
             "  labels:",
-            f"    app: {self.name}",
+            f"    app: {self.name[:63].rstrip('-.')}",  # a label value is at most 63 bytes
             "  annotations:",
             f"    ambit.dev/netns: {self.netns_path}",
             "spec:",

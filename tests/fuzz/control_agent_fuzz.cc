@@ -3,7 +3,8 @@
 // agent first checks the identity belongs to a pod enrolled on the node; here every one passes),
 // a certificate report becomes the admin API's view, a handed-back pod becomes the agent's typed
 // record (DecodeHandedBackPod), a heartbeat answer is checked against the pods it lists (the
-// readiness listener check).
+// readiness listener check), also when it comes in a sealed file (pong_ref: the file holds the
+// input's own bytes, parsed as a Pong).
 // Input: [descriptor count (byte % 4)] [Envelope bytes].
 
 #include <memory>
@@ -12,6 +13,7 @@
 
 #include "absl/time/time.h"
 #include "agent/common/log.h"
+#include "agent/common/sealed_file.h"
 #include "agent/issuance/ca_server.h"
 #include "agent/issuance/signer.h"
 #include "agent/supervisor/control_message.h"
@@ -33,7 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       ambit::issuance::MakeLocalSigner(ambit::fuzz::SharedCa());
   ambit::fuzz::Input in(data, size);
   size_t fd_count = in.Byte() % 4;
-  auto env = ambit::supervisor::DecodeDataPlaneMessage(in.Rest(), fd_count);
+  const std::string message(in.Rest());
+  auto env = ambit::supervisor::DecodeDataPlaneMessage(message, fd_count);
   if (!env.ok()) {
     FUZZ_REQUIRE(!env.status().message().empty());
     return 0;
@@ -81,12 +84,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_REQUIRE(back.ok() && back->workload == pod->workload);
       break;
     }
+    case pb::Envelope::kPongRef:
     case pb::Envelope::kPong: {
+      pb::Pong from_file;
+      if (env->has_pong_ref()) {
+        // The sealed file's bytes are the input's own: a Pong, or what the parse must refuse.
+        auto file = ambit::CreateSealedFile("fuzz-pong", message);
+        FUZZ_REQUIRE(file.ok());
+        auto read = ambit::supervisor::ReadPongFile(file->get(), message.size());
+        if (!read.ok()) {
+          FUZZ_REQUIRE(read.status().code() == absl::StatusCode::kDataLoss ||
+                       read.status().code() == absl::StatusCode::kInvalidArgument);
+          break;
+        }
+        from_file = *std::move(read);
+        // Another size than the file's is refused, never read past or short.
+        FUZZ_REQUIRE(!ambit::supervisor::ReadPongFile(file->get(), message.size() + 1).ok());
+      }
+      const pb::Pong& pong = env->has_pong() ? env->pong() : from_file;
       ambit::supervisor::PongReport report;
-      report.seq = env->pong().seq();
-      report.workers = env->pong().workers();
+      report.seq = pong.seq();
+      report.workers = pong.workers();
       std::vector<ambit::supervisor::ExpectedListeners> expected;
-      for (const auto& p : env->pong().pods()) {
+      for (const auto& p : pong.pods()) {
         report.pods.push_back(
             {p.uid(), p.listening(), p.workers_accepting(), p.waiting_for_certificate()});
         expected.push_back({p.uid(), 6, report.seq});

@@ -106,6 +106,46 @@ TEST(CertificateReportRefTest, OneSealedFileOfTheAnnouncedSizeWithinTheLimit) {
   EXPECT_FALSE(ReadCertificateReportFile(plain.get(), 8).ok());
 }
 
+// A heartbeat answer for 1 024 pods of the longest uids (a 63-byte namespace, a 253-byte name)
+// is over 300 KiB, more than one control message carries: it comes in a sealed file.
+TEST(DecodeDataPlaneMessageTest, PongInASealedFile) {
+  pb::Pong pong;
+  pong.set_seq(7);
+  pong.set_workers(2);
+  for (int i = 0; i < 1024; ++i) {
+    auto* p = pong.add_pods();
+    p->set_uid(absl::StrCat(std::string(63, 'n'), "/", std::string(249, 'p'), i + 1000));
+    p->set_listening(6);
+    p->set_workers_accepting(2);
+  }
+  const std::string bytes = pong.SerializeAsString();
+  ASSERT_GT(bytes.size(), 300u << 10);
+  pb::Envelope ref = Current();
+  ref.mutable_pong_ref()->set_size(bytes.size());
+  EXPECT_TRUE(DecodeDataPlaneMessage(ref.SerializeAsString(), 1).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 0).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 2).ok());
+  pb::Envelope huge = Current();
+  huge.mutable_pong_ref()->set_size(kMaxPongBytes + 1);
+  EXPECT_EQ(DecodeDataPlaneMessage(huge.SerializeAsString(), 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  auto file = CreateSealedFile("test-pong", bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto read = ReadPongFile(file->get(), bytes.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->seq(), 7u);
+  ASSERT_EQ(read->pods_size(), 1024);
+  EXPECT_EQ(read->pods(1023).uid(), pong.pods(1023).uid());
+  EXPECT_EQ(ReadPongFile(file->get(), bytes.size() + 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto garbage = CreateSealedFile("test-garbage", "\xff\xff\xff\xff");
+  ASSERT_TRUE(garbage.ok());
+  EXPECT_EQ(ReadPongFile(garbage->get(), 4).status().code(), absl::StatusCode::kDataLoss);
+  UniqueFd plain(eventfd(0, EFD_CLOEXEC));
+  EXPECT_FALSE(ReadPongFile(plain.get(), 8).ok());
+}
+
 TEST(DecodeDataPlaneMessageTest, RefusesWhatTheDataPlaneNeverSends) {
   EXPECT_EQ(DecodeDataPlaneMessage("\x0a\xff", 0).status().code(), absl::StatusCode::kDataLoss);
 
