@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "agent/common/unique_fd.h"
 
@@ -49,5 +50,21 @@ class SealedMapping {
   void* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// The message of type `Message` (a Protobuf message; only its ParseFromArray is used, so this
+// module needs no Protobuf) in a sealed file announced as `size` bytes, at most `max_size`:
+// SealedMapping::Map's errors, DataLoss "`what`: the file is not a `type_name`" for bytes that
+// do not parse.
+template <typename Message>
+absl::StatusOr<Message> ReadSealedMessage(int fd, uint64_t size, uint64_t max_size,
+                                          absl::string_view what, absl::string_view type_name) {
+  absl::StatusOr<SealedMapping> file = SealedMapping::Map(fd, size, max_size);
+  if (!file.ok()) return file.status();
+  Message message;
+  if (!message.ParseFromArray(file->bytes().data(), static_cast<int>(file->bytes().size()))) {
+    return absl::DataLossError(absl::StrCat(what, ": the file is not a ", type_name));
+  }
+  return message;
+}
 
 }  // namespace ambit

@@ -52,22 +52,12 @@ absl::StatusOr<pb::Envelope> DecodeDataPlaneMessage(absl::string_view bytes, siz
 }
 
 absl::StatusOr<pb::CertificateReport> ReadCertificateReportFile(int fd, uint64_t size) {
-  AMBIT_ASSIGN_OR_RETURN(SealedMapping file,
-                         SealedMapping::Map(fd, size, kMaxCertificateReportBytes));
-  pb::CertificateReport report;
-  if (!report.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
-    return absl::DataLossError("certificate_report_ref: the file is not a CertificateReport");
-  }
-  return report;
+  return ReadSealedMessage<pb::CertificateReport>(fd, size, kMaxCertificateReportBytes,
+                                                  "certificate_report_ref", "CertificateReport");
 }
 
 absl::StatusOr<pb::Pong> ReadPongFile(int fd, uint64_t size) {
-  AMBIT_ASSIGN_OR_RETURN(SealedMapping file, SealedMapping::Map(fd, size, kMaxPongBytes));
-  pb::Pong pong;
-  if (!pong.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
-    return absl::DataLossError("pong_ref: the file is not a Pong");
-  }
-  return pong;
+  return ReadSealedMessage<pb::Pong>(fd, size, kMaxPongBytes, "pong_ref", "Pong");
 }
 
 absl::Status EncodeAddPod(const PodDescriptor& pod, pb::Pod* out, std::vector<int>* fds) {

@@ -243,12 +243,8 @@ pb::ExtAuthzProbeResponse ExtAuthzProbeResultToProto(const ExtAuthzProbeResult& 
 }
 
 absl::StatusOr<pb::TrustBundle> ReadTrustBundleFile(int fd, uint64_t size) {
-  AMBIT_ASSIGN_OR_RETURN(SealedMapping file, SealedMapping::Map(fd, size, kMaxTrustBundleBytes));
-  pb::TrustBundle bundle;
-  if (!bundle.ParseFromArray(file.bytes().data(), static_cast<int>(file.bytes().size()))) {
-    return absl::DataLossError("trust_bundle_ref: the file is not a TrustBundle");
-  }
-  return bundle;
+  return ReadSealedMessage<pb::TrustBundle>(fd, size, kMaxTrustBundleBytes, "trust_bundle_ref",
+                                            "TrustBundle");
 }
 
 absl::StatusOr<mesh::Snapshot> ReadSnapshotFile(const pb::SnapshotRef& ref,

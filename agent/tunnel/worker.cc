@@ -263,10 +263,10 @@ void Worker::SetSnapshot(std::shared_ptr<const MeshSnapshot> snapshot) {
 
 void Worker::SetTls(std::shared_ptr<const TlsContexts> tls) {
   tls_ = std::move(tls);
-  CheckSessionCredentials();
+  CheckSessionCredentials(/*recheck_peers=*/true);
 }
 
-void Worker::CheckSessionCredentials() {
+void Worker::CheckSessionCredentials(bool recheck_peers) {
   const absl::Time now = Now();
   // Draining may close a session at once (and so change the maps being walked): collect first.
   std::vector<SessionEntry> sessions = pool_->Sessions();
@@ -287,7 +287,8 @@ void Worker::CheckSessionCredentials() {
     // A peer no longer trusted (revoked by a CRL since the handshake, its root or trust domain
     // gone from the bundle) is cut off at once, also while the session drains: the peer decides
     // what it sends, so only this side can enforce the revocation on a session it keeps open.
-    if (const hbone::TlsContext* now_ctx = ReplacementContext(local, tls_.get());
+    if (const hbone::TlsContext* now_ctx =
+            recheck_peers ? ReplacementContext(local, tls_.get()) : nullptr;
         now_ctx != nullptr && s.established() && s.ssl() != nullptr &&
         now < s.peer_not_after()) {  // an expired peer drains gracefully below
       std::vector<const CRYPTO_BUFFER*> chain;
@@ -353,13 +354,18 @@ void Worker::CheckSessionCredentials() {
 
 void Worker::WatchSessionExpiry(const hbone::HboneSession& session) {
   absl::Time deadline = CredentialDeadline(session.tls_context(), session.peer_not_after());
-  if (deadline >= expiry_timer_at_ || check_deferred_) return;
+  // A handshake that began before new contexts arrived finished under the old ones (a CRL it
+  // did not yet know): its peer is checked against the new ones like every older session's.
+  if (ReplacementContext(session.tls_context(), tls_.get()) != nullptr) recheck_peers_ = true;
+  if ((deadline >= expiry_timer_at_ && !recheck_peers_) || check_deferred_) return;
   // Deferred: draining from inside the session's own OnEstablished would re-enter it. One check
   // covers every session established in this batch.
   check_deferred_ = true;
   loop_->Defer([this] {
     check_deferred_ = false;
-    CheckSessionCredentials();
+    const bool recheck = recheck_peers_;
+    recheck_peers_ = false;
+    CheckSessionCredentials(recheck);
   });
 }
 

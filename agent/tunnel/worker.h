@@ -107,7 +107,10 @@ class Worker {
   // expired, or whose own was replaced by one peers would not accept (session_drain.h): GOAWAY,
   // open streams finish, new streams refused. Logged and counted once per session. Then arms a
   // timer for the next certificate expiry among the sessions left.
-  void CheckSessionCredentials();
+  // `recheck_peers` (new contexts arrived): also verify again the peer of each session whose
+  // context was replaced; a peer no longer accepted is cut off at once. Only then: nothing else
+  // changes that verdict, and a chain verification is too dear for every pass.
+  void CheckSessionCredentials(bool recheck_peers = false);
   // A session was established: its certificates' expiry may come before the armed timer.
   void WatchSessionExpiry(const hbone::HboneSession& session);
   absl::Time Now() const { return settings_->clock->Now(); }
@@ -201,6 +204,7 @@ class Worker {
   std::map<DrainReason, uint64_t> drained_;
   absl::Time expiry_timer_at_ = absl::InfiniteFuture();  // when the armed expiry timer fires
   bool check_deferred_ = false;  // a CheckSessionCredentials is queued for this batch
+  bool recheck_peers_ = false;   // ... and a session of this batch has a replaced context
   std::unique_ptr<HbonePool> pool_;
   std::unique_ptr<InboundSessions> inbound_;
 };

@@ -23,7 +23,21 @@ namespace {
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-class HandshakeTest : public HboneFixture {};
+class HandshakeTest : public HboneFixture {
+ protected:
+  // The test PKI's roots with a CRL (from a minute before `now` for an hour) listing `revoked`.
+  bssl::UniquePtr<X509_STORE> StoreRevoking(X509* revoked, absl::Time now) {
+    auto crl = pki_->ca().CrlPem({revoked}, now - absl::Minutes(1), now + absl::Hours(1));
+    EXPECT_TRUE(crl.ok()) << crl.status();
+    if (!crl.ok()) return nullptr;
+    auto crls = tls::CrlSet::Parse({*crl}, pki_->bundle());
+    EXPECT_TRUE(crls.ok()) << crls.status();
+    auto store = pki_->bundle().NewStore();
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!crls.ok() || !store.ok() || !(*crls)->AddTo(store->get()).ok()) return nullptr;
+    return *std::move(store);
+  }
+};
 
 TEST_F(HandshakeTest, MutualTls13WithAlpnH2AndSpiffeIds) {
   StartServer();
@@ -213,16 +227,9 @@ TEST(TlsContextTest, RefusesAnInvalidAlias) {
 // the handshake, the refusal names its SPIFFE ID and serial and is counted; another client of
 // the same root still gets in.
 TEST_F(HandshakeTest, ServerRefusesClientWithARevokedCertificate) {
-  const absl::Time now = absl::Now();
-  auto crl = pki_->ca().CrlPem({client_svid_.chain[0].get()}, now - absl::Minutes(1),
-                               now + absl::Hours(1));
-  ASSERT_TRUE(crl.ok()) << crl.status();
-  auto crls = tls::CrlSet::Parse({*crl}, pki_->bundle());
-  ASSERT_TRUE(crls.ok()) << crls.status();
-  auto store = pki_->bundle().NewStore();
-  ASSERT_TRUE(store.ok());
-  ASSERT_TRUE((*crls)->AddTo(store->get()).ok());
-  auto ctx = MakeServerContext(server_svid_, store->get(), kTrustDomain);
+  bssl::UniquePtr<X509_STORE> store = StoreRevoking(client_svid_.chain[0].get(), absl::Now());
+  ASSERT_NE(store, nullptr);
+  auto ctx = MakeServerContext(server_svid_, store.get(), kTrustDomain);
   ASSERT_TRUE(ctx.ok()) << ctx.status();
   StartServer({}, *ctx);
 
@@ -285,15 +292,9 @@ TEST_F(HandshakeTest, PeerOfAnEstablishedSessionIsCheckedAgainstANewContext) {
 
   // The client's certificate is revoked: the new context refuses it, by serial; the other peer
   // is still accepted.
-  auto crl = pki_->ca().CrlPem({client_svid_.chain[0].get()}, now - absl::Minutes(1),
-                               now + absl::Hours(1));
-  ASSERT_TRUE(crl.ok()) << crl.status();
-  auto crls = tls::CrlSet::Parse({*crl}, pki_->bundle());
-  ASSERT_TRUE(crls.ok()) << crls.status();
-  auto store = pki_->bundle().NewStore();
-  ASSERT_TRUE(store.ok());
-  ASSERT_TRUE((*crls)->AddTo(store->get()).ok());
-  auto revoking = MakeServerContext(server_svid_, store->get(), kTrustDomain, &RealClock::Get(),
+  bssl::UniquePtr<X509_STORE> store = StoreRevoking(client_svid_.chain[0].get(), now);
+  ASSERT_NE(store, nullptr);
+  auto revoking = MakeServerContext(server_svid_, store.get(), kTrustDomain, &RealClock::Get(),
                                     {"old.example"});
   ASSERT_TRUE(revoking.ok()) << revoking.status();
   bool revoked = false;
