@@ -127,7 +127,7 @@ def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or during the read
         return False
 
 
@@ -491,9 +491,12 @@ class SpawnRollTest(unittest.TestCase):
 
         def stopped_standby():
             for pid in run("pgrep", "-f", "--", n.wrapper, check=False).stdout.split():
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                        return int(pid)
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                            return int(pid)
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
             return None
         standby = wait_for("the successor started", stopped_standby, 10, 0.05)
         os.unlink(n.stop_flag)
