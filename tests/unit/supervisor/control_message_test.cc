@@ -27,6 +27,21 @@ pb::Envelope Current() {
   return env;
 }
 
+// A message announcing a sealed file (`set_size` fills its size): decoded with exactly one
+// descriptor, refused with none or two, and refused above `max_size`.
+void ExpectSealedFileRefChecked(void (*set_size)(pb::Envelope*, uint64_t), uint64_t size,
+                                uint64_t max_size) {
+  pb::Envelope ref = Current();
+  set_size(&ref, size);
+  EXPECT_TRUE(DecodeDataPlaneMessage(ref.SerializeAsString(), 1).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 0).ok());
+  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 2).ok());
+  pb::Envelope huge = Current();
+  set_size(&huge, max_size + 1);
+  EXPECT_EQ(DecodeDataPlaneMessage(huge.SerializeAsString(), 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DecodeDataPlaneMessageTest, AcceptsEachDataPlaneMessage) {
   pb::Envelope hello = Current();
   hello.mutable_hello()->set_pod_count(1);
@@ -79,15 +94,11 @@ TEST(CertificateReportRefTest, OneSealedFileOfTheAnnouncedSizeWithinTheLimit) {
   }
   const std::string bytes = report.SerializeAsString();
   ASSERT_GT(bytes.size(), 300u * 1500);
-  pb::Envelope ref = Current();
-  ref.mutable_certificate_report_ref()->set_size(bytes.size());
-  EXPECT_TRUE(DecodeDataPlaneMessage(ref.SerializeAsString(), 1).ok());
-  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 0).ok());
-  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 2).ok());
-  pb::Envelope huge = Current();
-  huge.mutable_certificate_report_ref()->set_size(kMaxCertificateReportBytes + 1);
-  EXPECT_EQ(DecodeDataPlaneMessage(huge.SerializeAsString(), 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  ExpectSealedFileRefChecked(
+      [](pb::Envelope* env, uint64_t size) {
+        env->mutable_certificate_report_ref()->set_size(size);
+      },
+      bytes.size(), kMaxCertificateReportBytes);
 
   auto file = CreateSealedFile("test-report", bytes);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -120,15 +131,9 @@ TEST(DecodeDataPlaneMessageTest, PongInASealedFile) {
   }
   const std::string bytes = pong.SerializeAsString();
   ASSERT_GT(bytes.size(), 300u << 10);
-  pb::Envelope ref = Current();
-  ref.mutable_pong_ref()->set_size(bytes.size());
-  EXPECT_TRUE(DecodeDataPlaneMessage(ref.SerializeAsString(), 1).ok());
-  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 0).ok());
-  EXPECT_FALSE(DecodeDataPlaneMessage(ref.SerializeAsString(), 2).ok());
-  pb::Envelope huge = Current();
-  huge.mutable_pong_ref()->set_size(kMaxPongBytes + 1);
-  EXPECT_EQ(DecodeDataPlaneMessage(huge.SerializeAsString(), 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  ExpectSealedFileRefChecked(
+      [](pb::Envelope* env, uint64_t size) { env->mutable_pong_ref()->set_size(size); },
+      bytes.size(), kMaxPongBytes);
 
   auto file = CreateSealedFile("test-pong", bytes);
   ASSERT_TRUE(file.ok()) << file.status();
