@@ -40,6 +40,13 @@ constexpr size_t kWireBatch = 256 << 10;
 // Output buffers grown past this are released after a flush that sent less than this (the
 // session is not streaming bulk any more).
 constexpr size_t kKeepOutputBuffer = 32 << 10;
+constexpr uint32_t kSmallFlushesBeforeRelease = 64;
+// A DATA payload at least this large goes from the stream's ring to TLS directly (after the
+// queued frames and enough of it to fill their last TLS record), not through out_: on a bulk
+// stream that copy was the largest memmove of the sending side. Smaller ones are copied, so a
+// small frame still shares one TLS record with its header and with the frames queued before it.
+constexpr size_t kDirectPayload = 16 << 10;
+constexpr size_t kTlsRecordPayload = 16 << 10;  // the most plaintext a TLS record carries
 // A pop smaller than this leaves a stream that is not streaming bulk: its emptied send ring is
 // released rather than kept (idle streams hold no buffer).
 constexpr size_t kKeepRingAfterPop = 16 << 10;
@@ -78,18 +85,29 @@ class ByteRing {
     return take;
   }
 
-  // Moves the first `n` (<= size()) bytes to the end of `out`. Emptied by a small pop, the
-  // storage is released: a stream between small messages, or idle, holds none.
+  // Moves the first `n` (<= size()) bytes to the end of `out`.
   void PopTo(std::string* out, size_t n) {
     if (n == 0) return;
     size_t first = std::min(n, cap_ - head_);
     out->append(reinterpret_cast<const char*>(buf_.get() + head_), first);
     out->append(reinterpret_cast<const char*>(buf_.get()), n - first);
+    Drop(n, n);
+  }
+
+  // The first contiguous piece of the first `n` (<= size()) bytes: read it, then Drop() it.
+  std::pair<const uint8_t*, size_t> Front(size_t n) const {
+    return {buf_.get() + head_, std::min(n, cap_ - head_)};
+  }
+
+  // Forgets the first `n` (<= size()) bytes, part of a pop of `pop` bytes in all. Emptied by a
+  // small pop, the storage is released: a stream between small messages, or idle, holds none.
+  void Drop(size_t n, size_t pop) {
+    if (n == 0) return;
     head_ = (head_ + n) % cap_;
     size_ -= n;
     if (size_ == 0) {
       head_ = 0;
-      if (n < kKeepRingAfterPop) Release();
+      if (pop < kKeepRingAfterPop) Release();
     }
   }
 
@@ -102,7 +120,7 @@ class ByteRing {
  private:
   void Grow(size_t need, size_t limit) {
     size_t cap = std::min(limit, std::max({need, cap_ * 2, size_t{16} << 10}));
-    auto buf = std::make_unique<uint8_t[]>(cap);
+    auto buf = std::make_unique_for_overwrite<uint8_t[]>(cap);
     size_t first = std::min(size_, cap_ - head_);
     if (size_ > 0) {
       std::memcpy(buf.get(), buf_.get() + head_, first);
@@ -135,10 +153,10 @@ class ReadBufferLease {
     if (!shared_.busy) {
       shared_.busy = true;
       leased_ = true;
-      if (!shared_.buf) shared_.buf = std::make_unique<uint8_t[]>(kReadChunk);
+      if (!shared_.buf) shared_.buf = std::make_unique_for_overwrite<uint8_t[]>(kReadChunk);
       data_ = shared_.buf.get();
     } else {
-      own_ = std::make_unique<uint8_t[]>(kReadChunk);
+      own_ = std::make_unique_for_overwrite<uint8_t[]>(kReadChunk);
       data_ = own_.get();
     }
   }
@@ -449,11 +467,43 @@ struct Nghttp2Callbacks {
     if (st == nullptr || st->buffered() < length) return NGHTTP2_ERR_CALLBACK_FAILURE;
     s->out_.append(reinterpret_cast<const char*>(framehd), 9);
     size_t padlen = frame->data.padlen;  // we never pad, but the frame format allows it
-    if (padlen > 0) s->out_.push_back(static_cast<char>(padlen - 1));
-    st->send.PopTo(&s->out_, length);
-    if (padlen > 1) s->out_.append(padlen - 1, '\0');
-    // Return to Flush once a batch is gathered, to write it before framing more.
-    return s->out_.size() - s->out_off_ >= kOutBatch ? NGHTTP2_ERR_PAUSE : 0;
+    if (padlen > 0 || length < kDirectPayload || s->write_blocked_) {
+      if (padlen > 0) s->out_.push_back(static_cast<char>(padlen - 1));
+      st->send.PopTo(&s->out_, length);
+      if (padlen > 1) s->out_.append(padlen - 1, '\0');
+      // Return to Flush once a batch is gathered, to write it before framing more.
+      return s->out_.size() - s->out_off_ >= kOutBatch ? NGHTTP2_ERR_PAUSE : 0;
+    }
+    // Bulk: the queued frames (this header last) and enough payload to fill their last TLS
+    // record go through out_; the rest goes from the ring to TLS piece by piece. What TLS does
+    // not take (socket full, or failed) is queued in out_ after all, in order, for Flush.
+    const size_t payload = length;
+    size_t queued = s->out_.size() - s->out_off_;
+    size_t fill =
+        std::min(length, (kTlsRecordPayload - queued % kTlsRecordPayload) % kTlsRecordPayload);
+    st->send.PopTo(&s->out_, fill);
+    length -= fill;
+    queued += fill;
+    size_t took = s->WriteFromCallback(
+        reinterpret_cast<const uint8_t*>(s->out_.data()) + s->out_off_, queued);
+    s->out_off_ += took;
+    bool stopped = took < queued;
+    if (!stopped) {  // TLS holds none of it: out_ does not grow over the frames of one flush
+      s->out_.clear();
+      s->out_off_ = 0;
+    }
+    while (!stopped && length > 0) {
+      auto [data, n] = st->send.Front(length);
+      took = s->WriteFromCallback(data, n);
+      st->send.Drop(took, payload);
+      length -= took;
+      stopped = took < n;
+    }
+    if (stopped) {
+      st->send.PopTo(&s->out_, length);
+      return NGHTTP2_ERR_PAUSE;  // back to Flush, which waits for EPOLLOUT or reports the error
+    }
+    return 0;
   }
 };
 
@@ -494,6 +544,11 @@ struct WireBio {
     if (s->wire_off_ >= kWireBatch) {  // never drained: keep the buffer bounded
       s->wire_out_.erase(0, s->wire_off_);
       s->wire_off_ = 0;
+    }
+    // Grown at once to a full batch and its last record, not by doubling (each step a copy).
+    if (s->wire_out_.size() + len > s->wire_out_.capacity() &&
+        s->wire_out_.size() + len > kKeepOutputBuffer) {
+      s->wire_out_.reserve(kWireBatch + kTlsRecordPayload + 256);
     }
     s->wire_out_.append(data, static_cast<size_t>(len));
     return len;
@@ -1040,7 +1095,7 @@ void HboneSession::Nghttp2Fatal(int rv, absl::string_view where) {
   Close(std::move(status));
 }
 
-bool HboneSession::SendWire() {
+bool HboneSession::TrySendWire() {
   while (wire_off_ < wire_out_.size()) {
     ssize_t n =
         send(fd_.get(), wire_out_.data() + wire_off_, wire_out_.size() - wire_off_, MSG_NOSIGNAL);
@@ -1050,12 +1105,7 @@ bool HboneSession::SendWire() {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      write_blocked_ = true;
-      return true;
-    }
-    ++stats_->tls_failures;
-    Close(absl::ErrnoToStatus(errno, absl::StrCat("writing to HBONE peer ", PeerName())));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) write_blocked_ = true;
     return false;
   }
   wire_out_.clear();
@@ -1063,8 +1113,39 @@ bool HboneSession::SendWire() {
   return true;
 }
 
+bool HboneSession::SendWire() {
+  if (TrySendWire() || errno == EAGAIN || errno == EWOULDBLOCK) return true;  // sent, or full
+  ++stats_->tls_failures;
+  Close(absl::ErrnoToStatus(errno, absl::StrCat("writing to HBONE peer ", PeerName())));
+  return false;
+}
+
+size_t HboneSession::WriteFromCallback(const uint8_t* data, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ERR_clear_error();
+    int w = transport_->Write(data + done, static_cast<int>(std::min<size_t>(n - done, 1 << 30)));
+    if (w > 0) {
+      done += static_cast<size_t>(w);  // one record at a time (SSL_MODE_ENABLE_PARTIAL_WRITE)
+      continue;
+    }
+    // A full wire batch asks to be sent first; anything else (a full socket, a failure) stops
+    // here, and the same bytes are written again from out_ (SSL_MODE_ACCEPT_MOVING_...).
+    if (transport_->Error(w) != SSL_ERROR_WANT_WRITE || !TrySendWire()) break;
+  }
+  return done;
+}
+
 void HboneSession::ReleaseIdleBuffers(size_t sent) {
-  if (sent >= kKeepOutputBuffer) return;  // streaming: keep them
+  // A bulk stream's flushes alternate between large ones and small ones (a WINDOW_UPDATE read
+  // while its ring was empty): releasing on every small one regrew the buffers, copying and
+  // mapping 256 KiB again, several times a millisecond. Kept until the session has no streams or
+  // has flushed only small amounts for a while.
+  if (sent >= kKeepOutputBuffer) {
+    small_flushes_ = 0;
+    return;
+  }
+  if (++small_flushes_ < kSmallFlushesBeforeRelease && !streams_.empty()) return;
   if (out_off_ == out_.size() && out_.capacity() > kKeepOutputBuffer) {
     std::string().swap(out_);
     out_off_ = 0;

@@ -342,6 +342,13 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   void DoRead();
   void Flush();
   bool SendWire();  // false if a send error closed the session
+  // SendWire without closing (for nghttp2 callbacks, which must not see the session closed
+  // under them): false if the socket is full or failed; the next Flush reports a failure.
+  bool TrySendWire();
+  // Hands `n` bytes to TLS from inside a DATA frame's send (nghttp2's callback), sending full
+  // wire batches on the way; returns how many TLS took: fewer when the socket is full or failed
+  // (the caller queues the rest in out_, which Flush writes and which reports any failure).
+  size_t WriteFromCallback(const uint8_t* data, size_t n);
   void ReleaseIdleBuffers(size_t sent);
   bool NotifyWritable();  // true if any observer was told
   void CheckDone();
@@ -385,8 +392,9 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t wire_off_ = 0;
   std::string wire_in_;  // read ahead of BoringSSL's record-header reads (see WireBio::Read)
   size_t wire_in_off_ = 0;
-  bool wire_drained_ = false;  // a short read emptied the socket since the last epoll event
-  size_t wire_sent_ = 0;       // bytes sent, ever (for ReleaseIdleBuffers)
+  bool wire_drained_ = false;   // a short read emptied the socket since the last epoll event
+  size_t wire_sent_ = 0;        // bytes sent, ever (for ReleaseIdleBuffers)
+  uint32_t small_flushes_ = 0;  // flushes in a row that sent little (for ReleaseIdleBuffers)
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)
   bool flush_scheduled_ = false;

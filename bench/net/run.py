@@ -405,6 +405,37 @@ class Bench:
         self.cpu[variant].append({k: (after[k] - before[k]) / gb for k in before} if gb else {})
         return gbps
 
+    def profile_bulk(self, variant, out_dir):
+        """One single-stream bulk run of `variant` with `perf record --call-graph dwarf` on each side's
+        processes (one perf per side), then what each side's CPU went on (see PROFILE_GROUPS)."""
+        os.makedirs(out_dir, exist_ok=True)
+        recs = {}
+        for side, pids in self.procs(variant).items():
+            if not side.startswith(("ambit-tunnel", "relay", "stunnel")):
+                continue
+            data = os.path.join(out_dir, f"{variant}-{side.replace(' ', '-')}.data")
+            recs[side] = (data, subprocess.Popen(
+                ["perf", "record", "-q", "--call-graph", "dwarf,16384", "-F", "499", "-o", data, "-p",
+                 ",".join(str(p) for p in pids)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        time.sleep(0.5)  # perf attached before the first byte
+        try:
+            gbps = self.bulk1(variant)
+        finally:
+            for _, proc in recs.values():
+                proc.send_signal(2)  # SIGINT: perf writes its file and exits
+            for _, proc in recs.values():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        report = {"variant": variant, "gbps": gbps, "cpu_s_per_gb": self.cpu[variant][-1],
+                  "sides": {}}
+        for side, (data, _) in recs.items():
+            report["sides"][side] = profile_groups(data)
+        return report
+
     def run_once(self, variant):
         dead = [p.args for p in self.servers if p.poll() is not None]
         if dead:
@@ -571,6 +602,71 @@ class Bench:
         self.log(f"{self.cfg['pods']} enrolled pods: {time.time() - t0:.1f}s")
 
 
+# What a side's CPU goes on, as shares of its samples (inclusive: a sample counts towards every
+# group whose symbol is on its stack, so groups may overlap; "self" groups count the leaf only).
+PROFILE_GROUPS = [
+    # (label, "children" = symbol anywhere on the stack | "self" = leaf symbol or DSO, patterns)
+    ("read() of a socket, in the kernel", "children", ("ksys_read", "__sys_recvfrom")),
+    ("send() / write() to a socket, in the kernel", "children", ("__sys_sendto", "ksys_write")),
+    ("receiving stack run inline (softirq, any syscall)", "children", ("handle_softirqs",
+                                                                        "__do_softirq")),
+    ("the VM's interrupt enable (pvm_irq_enable, leaf)", "self", ("pvm_irq_enable",)),
+    ("epoll_wait", "children", ("__x64_sys_epoll_wait", "do_epoll_wait")),
+    ("SSL_write (sealing, records to the wire buffer)", "children", ("SSL_write",)),
+    ("SSL_read (socket reads, opening)", "children", ("SSL_read",)),
+    ("libcrypto: AES-GCM and the rest (leaf)", "self", ("libcrypto",)),
+    ("memmove / memcpy in user space (leaf)", "self", ("__memmove", "__memcpy")),
+    ("copy to / from user in the kernel (leaf)", "self", ("copy_user", "_copy_to_iter",
+                                                          "_copy_from_iter")),
+    ("nghttp2 (leaf)", "self", ("libnghttp2",)),
+    ("libssl (leaf)", "self", ("libssl",)),
+]
+
+
+def profile_groups(data):
+    """Shares of a perf.data file's samples per PROFILE_GROUPS entry."""
+    def report(*args):
+        r = subprocess.run(["perf", "report", "-i", data, "--stdio", "-q", "-g", "none",
+                            "--percent-limit", "0.05", *args],
+                           capture_output=True, text=True, timeout=300)
+        rows = []
+        for line in r.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(?:([\d.]+)%\s+)?(.*)$", line)
+            if m:
+                rows.append((float(m.group(1)), float(m.group(2) or 0), m.group(3)))
+        return rows
+
+    children = report("--children", "--sort", "sym")
+    leaf_sym = report("--no-children", "--sort", "sym")
+    leaf_dso = report("--no-children", "--sort", "dso")
+    out = {}
+    for label, kind, pats in PROFILE_GROUPS:
+        if kind == "children":
+            # The largest inclusive share among the patterns (a syscall and its wrapper nest).
+            out[label] = max([c for c, _, name in children if any(p in name for p in pats)],
+                             default=0.0)
+        else:
+            rows = leaf_dso if pats[0].startswith("lib") else leaf_sym
+            out[label] = sum(c for c, _, name in rows if any(p in name for p in pats))
+    out["top leaf symbols"] = [(round(c, 1), name.strip()) for c, _, name in leaf_sym[:12]]
+    return out
+
+
+def print_profiles(profiles, mach, cfg):
+    print(f"machine: {mach['nproc']} x {mach['cpu']}, kernel {mach['kernel']}; one "
+          f"{cfg['bulk_s']} s single-stream bulk run per variant under perf record --call-graph dwarf (499 Hz)")
+    for r in profiles:
+        print(f"\n{r['variant']}: {r['gbps']:.2f} Gbit/s; CPU s/GB: " +
+              ", ".join(f"{k} {x:.3f}" for k, x in r["cpu_s_per_gb"].items()))
+        sides = list(r["sides"])
+        print(f"  {'share of the side samples, %':<52}" + "".join(f"{s:>22}" for s in sides))
+        for label, *_ in PROFILE_GROUPS:
+            print(f"  {label:<52}" + "".join(f"{r['sides'][s][label]:>22.1f}" for s in sides))
+        for s in sides:
+            print(f"  top leaf symbols, {s}: " +
+                  "; ".join(f"{name} {c}" for c, name in r["sides"][s]["top leaf symbols"][:8]))
+
+
 def summarize(samples):
     out = {}
     for v in VARIANTS:
@@ -662,6 +758,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI smoke: one repetition, seconds")
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "net.json"))
+    ap.add_argument("--profile", metavar="DIR",
+                    help="instead of the suite: one single-stream bulk run per variant B1, P "
+                         "and T under perf record (DWARF call graphs), and where each side's CPU goes "
+                         "(perf.data files kept in DIR)")
     args = ap.parse_args()
     build = pathlib.Path(args.build_dir).resolve()
     os.environ["AMBIT_BUILD_DIR"] = str(build)
@@ -708,13 +808,25 @@ def main():
         with Topology("bn") as topo:
             bench = Bench(topo, cfg, bins, log, svid)
             bench.setup()
-            bench.run()
+            if args.profile:
+                profiles = []
+                for v in ("B1", "P", "T"):
+                    bench.iperf(v, 1)  # warm-up: the HBONE pool, page cache, ARP
+                    profiles.append(bench.profile_bulk(v, args.profile))
+                    log(f"profiled {v}")
+            else:
+                bench.run()
     finally:
         # svid.py generates its gRPC stubs into a temporary directory on sys.path.
         for p in sys.path:
             if p.startswith(os.path.join(tempfile.gettempdir(), "ambit-stubs-")) and \
                     p not in stubs:
                 shutil.rmtree(p, ignore_errors=True)
+    if args.profile:
+        print_profiles(profiles, mach, cfg)
+        write_result({"machine": mach, "config": cfg, "profiles": profiles},
+                     os.path.join(args.profile, "profile.json"))
+        return 0
     summary = summarize(bench.samples)
     cpu = {v: {k: statistics.median(run[k] for run in bench.cpu[v])
                for k in (bench.cpu[v][0] if bench.cpu[v] else {})} for v in VARIANTS}
