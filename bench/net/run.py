@@ -30,6 +30,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import select
 import statistics
 import subprocess
@@ -117,6 +118,24 @@ def pss_kib(pid):
     except OSError:
         pass
     return 0
+
+
+def top_mappings(pid, n=10):
+    """The `n` largest contributors to a process's RSS, by mapped file (or [heap] / [anon]):
+    [name, RSS KiB, PSS KiB]."""
+    agg, name = {}, None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 5 and "-" in parts[0] and ":" in parts[3]:
+                    name = os.path.basename(parts[5]) if len(parts) >= 6 else "[anon]"
+                    agg.setdefault(name, [0, 0])
+                elif parts and parts[0] in ("Rss:", "Pss:") and name is not None:
+                    agg[name][0 if parts[0] == "Rss:" else 1] += int(parts[1])
+    except OSError:
+        return []
+    return sorted(([k, *v] for k, v in agg.items()), key=lambda r: -r[1])[:n]
 
 
 def fd_count(pid):
@@ -556,7 +575,17 @@ class Bench:
 
     def pods_memory(self):
         """A third agent with cfg['pods'] enrolled pods (one service account each, so one SVID
-        each: the costly case), idle: RSS of its ambitd + ambit-tunnel."""
+        each: the costly case), idle: RSS and PSS of its ambitd + ambit-tunnel. The other two
+        agents and their data planes are stopped first: a node runs one agent, and theirs would
+        share its library pages and so divide its PSS by three."""
+        for node, agent in (("node1", self.n1), ("node2", self.n2)):
+            agent.cleanup()
+            pid = self.tunnels[node]
+            deadline = time.time() + 10
+            while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
         t, n = self.topo, self.cfg["pods"]
         pods = [t.add_pod(f"p{i:03d}", namespace="idle", service_account=f"sa{i:03d}",
                           node="node3") for i in range(n)]
@@ -568,8 +597,10 @@ class Bench:
                 (row["ambitd_kib"] + row["tunnel_kib"]) * 1024 / 1e6)
             self.samples["T"]["pods_pss"].append(
                 (row["ambitd_pss_kib"] + row["tunnel_pss_kib"]) * 1024 / 1e6)
+        maps = {"ambitd": top_mappings(n3.proc.pid), "ambit-tunnel": top_mappings(out["tunnel_pid"])}
         n3.stop()  # its data plane and pods go with the topology
-        return {"pods": n, "identities": n, "ready_s": out["ready_s"], "samples": out["samples"]}
+        return {"pods": n, "identities": n, "ready_s": out["ready_s"], "samples": out["samples"],
+                "mappings": maps}
 
     def run(self):
         self.b0_through_ambit = self.check_b0_path()
@@ -866,7 +897,10 @@ def main():
           f"(ready in {p['ready_s']:.1f}s), RSS (anonymous / PSS):\n"
           f"  ambitd {last['ambitd_kib']} KiB ({last['ambitd_anon_kib']} / "
           f"{last['ambitd_pss_kib']}), ambit-tunnel {last['tunnel_kib']} KiB "
-          f"({last['tunnel_anon_kib']} / {last['tunnel_pss_kib']})")
+          f"({last['tunnel_anon_kib']} / {last['tunnel_pss_kib']}); the other agents stopped")
+    for proc, rows in p.get("mappings", {}).items():
+        print(f"  largest in {proc} (RSS / PSS KiB): " +
+              ", ".join(f"{name} {rss}/{pss}" for name, rss, pss in rows))
     print("\ngoals:")
     for row in tgt:
         print(f"  {row['status']:<13}{row['target']:<60}{row['value']}")
