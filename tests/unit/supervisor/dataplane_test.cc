@@ -274,6 +274,7 @@ TEST_F(ControlPeerTest, QueueIsBoundedForAPeerThatNeverReads) {
   dp.Disconnect();
   EXPECT_EQ(dp.queued_messages(), 0u);
   done = true;
+  peer_thread_.join();  // here, while `done` is alive: TearDown's join would race its scope
 }
 
 }  // namespace
