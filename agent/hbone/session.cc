@@ -41,6 +41,7 @@ constexpr size_t kWireBatch = 256 << 10;
 // session is not streaming bulk any more).
 constexpr size_t kKeepOutputBuffer = 32 << 10;
 constexpr uint32_t kSmallFlushesBeforeRelease = 64;
+constexpr absl::Duration kHeldBuffersCheck = absl::Seconds(1);
 // A DATA payload at least this large goes from the stream's ring to TLS directly (after the
 // queued frames and enough of it to fill their last TLS record), not through out_: on a bulk
 // stream that copy was the largest memmove of the sending side. Smaller ones are copied, so a
@@ -1139,13 +1140,19 @@ size_t HboneSession::WriteFromCallback(const uint8_t* data, size_t n) {
 void HboneSession::ReleaseIdleBuffers(size_t sent) {
   // A bulk stream's flushes alternate between large ones and small ones (a WINDOW_UPDATE read
   // while its ring was empty): releasing on every small one regrew the buffers, copying and
-  // mapping 256 KiB again, several times a millisecond. Kept until the session has no streams or
-  // has flushed only small amounts for a while.
+  // mapping 256 KiB again, several times a millisecond. Kept until the session has no streams,
+  // has flushed only small amounts for a while, or sent little for a second (a stream that went
+  // quiet after bulk makes no flushes at all).
   if (sent >= kKeepOutputBuffer) {
     small_flushes_ = 0;
+    WatchHeldBuffers();
     return;
   }
   if (++small_flushes_ < kSmallFlushesBeforeRelease && !streams_.empty()) return;
+  ReleaseOutputBuffers();
+}
+
+void HboneSession::ReleaseOutputBuffers() {
   if (out_off_ == out_.size() && out_.capacity() > kKeepOutputBuffer) {
     std::string().swap(out_);
     out_off_ = 0;
@@ -1154,6 +1161,24 @@ void HboneSession::ReleaseIdleBuffers(size_t sent) {
     std::string().swap(wire_out_);
     wire_off_ = 0;
   }
+}
+
+void HboneSession::WatchHeldBuffers() {
+  if (buffers_watched_) return;
+  buffers_watched_ = true;
+  const size_t mark = wire_sent_;
+  std::weak_ptr<HboneSession> weak = weak_from_this();
+  loop_->RunAfter(kHeldBuffersCheck, [weak, mark] {
+    std::shared_ptr<HboneSession> s = weak.lock();
+    if (s == nullptr) return;
+    s->buffers_watched_ = false;
+    if (s->state_ != State::kOpen) return;
+    if (s->wire_sent_ - mark >= kKeepOutputBuffer) {
+      s->WatchHeldBuffers();  // still streaming
+      return;
+    }
+    s->ReleaseOutputBuffers();
+  });
 }
 
 void HboneSession::Flush() {

@@ -314,6 +314,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   bool can_open_stream() const;
   // Bytes queued by Write on `stream` and not yet framed.
   size_t buffered(StreamId stream) const;
+  // Bytes the session's own output buffers (frames, TLS records) hold allocated.
+  size_t output_buffer_bytes() const { return out_.capacity() + wire_out_.capacity(); }
   const HboneStats& stats() const { return *stats_; }
 
   void OnEvents(uint32_t epoll_events) override;
@@ -350,6 +352,10 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   // (the caller queues the rest in out_, which Flush writes and which reports any failure).
   size_t WriteFromCallback(const uint8_t* data, size_t n);
   void ReleaseIdleBuffers(size_t sent);
+  void ReleaseOutputBuffers();
+  // While output buffers are kept for a streaming session: a timer that releases them once the
+  // session sent little for a while.
+  void WatchHeldBuffers();
   bool NotifyWritable();  // true if any observer was told
   void CheckDone();
   void UpdateInterest();
@@ -392,9 +398,10 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t wire_off_ = 0;
   std::string wire_in_;  // read ahead of BoringSSL's record-header reads (see WireBio::Read)
   size_t wire_in_off_ = 0;
-  bool wire_drained_ = false;   // a short read emptied the socket since the last epoll event
-  size_t wire_sent_ = 0;        // bytes sent, ever (for ReleaseIdleBuffers)
-  uint32_t small_flushes_ = 0;  // flushes in a row that sent little (for ReleaseIdleBuffers)
+  bool wire_drained_ = false;     // a short read emptied the socket since the last epoll event
+  size_t wire_sent_ = 0;          // bytes sent, ever (for ReleaseIdleBuffers)
+  uint32_t small_flushes_ = 0;    // flushes in a row that sent little (for ReleaseIdleBuffers)
+  bool buffers_watched_ = false;  // a WatchHeldBuffers timer is pending
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)
   bool flush_scheduled_ = false;

@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -129,6 +130,28 @@ TEST_F(SessionTest, BulkThroughAFullSocketArrivesIntactOnEveryStream) {
     ASSERT_GE(i, 0) << s->received.size() << " bytes on a server stream";
     EXPECT_EQ(Sha256Hex(s->received), Sha256Hex(ups[i])) << "stream " << i;
   }
+}
+
+// A streaming session keeps its output buffers (releasing them between bursts regrew them
+// several times a millisecond); once its stream goes quiet, still open, they are released.
+TEST_F(SessionTest, OutputBuffersOfAQuietStreamAreReleased) {
+  StartServer();
+  ServeWith([](uint16_t) { return std::string(); }, /*close=*/false);
+  auto client = Dial();
+  TestStream* stream = Open(*client);
+  ASSERT_TRUE(Run([&] { return stream->status == 200; }));
+  const std::string bulk = RandomBytes(8 * kMiB, 40);
+  stream->Send(bulk, /*then_close=*/false);
+  size_t most = 0;
+  ASSERT_TRUE(Run([&] {
+    most = std::max(most, client->output_buffer_bytes());
+    return !server_->streams.empty() && server_->streams[0]->received.size() == bulk.size();
+  }));
+  EXPECT_GT(most, size_t{64} << 10);
+  Run([] { return false; }, absl::Milliseconds(2500));
+  EXPECT_LE(client->output_buffer_bytes(), size_t{64} << 10);
+  EXPECT_EQ(client->active_streams(), 1u);
+  EXPECT_EQ(Sha256Hex(server_->streams[0]->received), Sha256Hex(bulk));
 }
 
 TEST_F(SessionTest, ClientHalfClosesFirstServerKeepsSending) {
