@@ -36,10 +36,16 @@ if [ "$mode" = apply ]; then
   echo "format: ${#files[@]} files formatted"
   exit 0
 fi
+# One clang-format per file (any failure, a crash included, marks the file), as many at once as
+# there are cores: one after the other, 500 files took a minute on 2 cores. Each file that fails
+# is printed whole by one printf, so parallel runs cannot interleave inside a name.
 bad=()
-for f in "${files[@]}"; do
-  "$clang_format" --style=file --dry-run -Werror "$f" >/dev/null 2>&1 || bad+=("$f")
-done
+if [ "${#files[@]}" -gt 0 ]; then
+  mapfile -t bad < <(printf '%s\0' "${files[@]}" |
+    xargs -0 -r -n 32 -P "$(nproc)" sh -c \
+      'for f; do "$0" --style=file --dry-run -Werror "$f" >/dev/null 2>&1 || printf "%s\n" "$f"; done' \
+      "$clang_format" | sort)
+fi
 if [ "${#bad[@]}" -gt 0 ]; then
   printf 'not formatted: %s\n' "${bad[@]}" >&2
   echo "format: ${#bad[@]} of ${#files[@]} files are not formatted; \`make format\` fixes them" >&2
