@@ -26,8 +26,9 @@ packages=(
   # tests and demo
   googletest libgtest-dev libgmock-dev iproute2 tcpdump python3 curl socat openssl
   ncat procps python3-grpcio python3-grpc-tools python3-cryptography python3-h2
-  # benchmarks (stunnel4: the mutual-TLS tunnel pair of bench/net's variant P)
-  iperf3 stunnel4
+  # benchmarks (stunnel4: the mutual-TLS tunnel pair of bench/net's variant P; perf: its
+  # --profile)
+  iperf3 stunnel4 linux-perf
   # waypoint HTTP/1 parser (nodejs http-parser; Debian 12 has no llhttp)
   libhttp-parser-dev
   # JWT tests (tokens signed at test time)

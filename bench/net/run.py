@@ -425,8 +425,9 @@ class Bench:
         return gbps
 
     def profile_bulk(self, variant, out_dir):
-        """One single-stream bulk run of `variant` with `perf record --call-graph dwarf` on each side's
-        processes (one perf per side), then what each side's CPU went on (see PROFILE_GROUPS)."""
+        """One single-stream bulk run of `variant` with `perf record --call-graph dwarf` on each
+        side's processes (one perf per side), then what each side's CPU went on (see
+        PROFILE_GROUPS)."""
         os.makedirs(out_dir, exist_ok=True)
         recs = {}
         for side, pids in self.procs(variant).items():
@@ -434,8 +435,8 @@ class Bench:
                 continue
             data = os.path.join(out_dir, f"{variant}-{side.replace(' ', '-')}.data")
             recs[side] = (data, subprocess.Popen(
-                ["perf", "record", "-q", "--call-graph", "dwarf,16384", "-F", "499", "-o", data, "-p",
-                 ",".join(str(p) for p in pids)],
+                ["perf", "record", "-q", "--call-graph", "dwarf,16384", "-F", "499", "-o", data,
+                 "-p", ",".join(str(p) for p in pids)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         time.sleep(0.5)  # perf attached before the first byte
         try:
@@ -597,7 +598,8 @@ class Bench:
                 (row["ambitd_kib"] + row["tunnel_kib"]) * 1024 / 1e6)
             self.samples["T"]["pods_pss"].append(
                 (row["ambitd_pss_kib"] + row["tunnel_pss_kib"]) * 1024 / 1e6)
-        maps = {"ambitd": top_mappings(n3.proc.pid), "ambit-tunnel": top_mappings(out["tunnel_pid"])}
+        maps = {"ambitd": top_mappings(n3.proc.pid),
+                "ambit-tunnel": top_mappings(out["tunnel_pid"])}
         n3.stop()  # its data plane and pods go with the topology
         return {"pods": n, "identities": n, "ready_s": out["ready_s"], "samples": out["samples"],
                 "mappings": maps}
@@ -685,7 +687,8 @@ def profile_groups(data):
 
 def print_profiles(profiles, mach, cfg):
     print(f"machine: {mach['nproc']} x {mach['cpu']}, kernel {mach['kernel']}; one "
-          f"{cfg['bulk_s']} s single-stream bulk run per variant under perf record --call-graph dwarf (499 Hz)")
+          f"{cfg['bulk_s']} s single-stream bulk run per variant under perf record "
+          "--call-graph dwarf (499 Hz)")
     for r in profiles:
         print(f"\n{r['variant']}: {r['gbps']:.2f} Gbit/s; CPU s/GB: " +
               ", ".join(f"{k} {x:.3f}" for k, x in r["cpu_s_per_gb"].items()))
@@ -791,7 +794,8 @@ def main():
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "net.json"))
     ap.add_argument("--profile", metavar="DIR",
                     help="instead of the suite: one single-stream bulk run per variant B1, P "
-                         "and T under perf record (DWARF call graphs), and where each side's CPU goes "
+                         "and T under perf record (DWARF call graphs), and where each side's CPU "
+                         "goes "
                          "(perf.data files kept in DIR)")
     args = ap.parse_args()
     build = pathlib.Path(args.build_dir).resolve()
@@ -810,7 +814,10 @@ def main():
             "net_tls": build / "bench/net/net_tls",
             "ambitd": build / "agent/main/ambitd", "ambit-tunnel": build / "agent/main/ambit-tunnel"}
     missing = [str(p) for p in bins.values() if not p.exists()]
-    for tool, pkg in (("iperf3", "iperf3"), ("stunnel4", "stunnel4")):
+    tools = (("iperf3", "iperf3"), ("stunnel4", "stunnel4"))
+    if args.profile:
+        tools += (("perf", "linux-perf"),)
+    for tool, pkg in tools:
         if not shutil.which(tool):
             missing.append(f"{tool} (apt-get install {pkg}, or bash scripts/setup.sh)")
     if missing:
