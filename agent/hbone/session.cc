@@ -86,14 +86,16 @@ class ByteRing {
     return take;
   }
 
-  // Moves the first `n` (<= size()) bytes to the end of `out`.
-  void PopTo(std::string* out, size_t n) {
+  // Moves the first `n` (<= size()) bytes to the end of `out`, as part of a pop of `pop` bytes
+  // in all (see Drop).
+  void PopTo(std::string* out, size_t n, size_t pop) {
     if (n == 0) return;
     size_t first = std::min(n, cap_ - head_);
     out->append(reinterpret_cast<const char*>(buf_.get() + head_), first);
     out->append(reinterpret_cast<const char*>(buf_.get()), n - first);
-    Drop(n, n);
+    Drop(n, pop);
   }
+  void PopTo(std::string* out, size_t n) { PopTo(out, n, n); }
 
   // The first contiguous piece of the first `n` (<= size()) bytes: read it, then Drop() it.
   std::pair<const uint8_t*, size_t> Front(size_t n) const {
@@ -482,7 +484,7 @@ struct Nghttp2Callbacks {
     size_t queued = s->out_.size() - s->out_off_;
     size_t fill =
         std::min(length, (kTlsRecordPayload - queued % kTlsRecordPayload) % kTlsRecordPayload);
-    st->send.PopTo(&s->out_, fill);
+    st->send.PopTo(&s->out_, fill, payload);
     length -= fill;
     queued += fill;
     size_t took = s->WriteFromCallback(
@@ -500,8 +502,8 @@ struct Nghttp2Callbacks {
       length -= took;
       stopped = took < n;
     }
-    if (stopped) {
-      st->send.PopTo(&s->out_, length);
+    if (stopped) {  // (a bulk pop all the same: the ring is kept, not regrown)
+      st->send.PopTo(&s->out_, length, payload);
       return NGHTTP2_ERR_PAUSE;  // back to Flush, which waits for EPOLLOUT or reports the error
     }
     return 0;
