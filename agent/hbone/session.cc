@@ -40,7 +40,6 @@ constexpr size_t kWireBatch = 256 << 10;
 // Output buffers grown past this are released after a flush that sent less than this (the
 // session is not streaming bulk any more).
 constexpr size_t kKeepOutputBuffer = 32 << 10;
-constexpr uint32_t kSmallFlushesBeforeRelease = 64;
 constexpr absl::Duration kHeldBuffersCheck = absl::Seconds(1);
 // A DATA payload at least this large goes from the stream's ring to TLS directly (after the
 // queued frames and enough of it to fill their last TLS record), not through out_: on a bulk
@@ -1142,16 +1141,14 @@ size_t HboneSession::WriteFromCallback(const uint8_t* data, size_t n) {
 void HboneSession::ReleaseIdleBuffers(size_t sent) {
   // A bulk stream's flushes alternate between large ones and small ones (a WINDOW_UPDATE read
   // while its ring was empty): releasing on every small one regrew the buffers, copying and
-  // mapping 256 KiB again, several times a millisecond. Kept until the session has no streams,
-  // has flushed only small amounts for a while, or sent little for a second (a stream that went
-  // quiet after bulk makes no flushes at all).
+  // mapping 256 KiB again, several times a millisecond. So a session that made a large flush
+  // keeps them until a second passes without one (WatchHeldBuffers), or it has no streams.
   if (sent >= kKeepOutputBuffer) {
-    small_flushes_ = 0;
+    large_flush_ = true;
     WatchHeldBuffers();
     return;
   }
-  if (++small_flushes_ < kSmallFlushesBeforeRelease && !streams_.empty()) return;
-  ReleaseOutputBuffers();
+  if (streams_.empty()) ReleaseOutputBuffers();
 }
 
 void HboneSession::ReleaseOutputBuffers() {
@@ -1168,14 +1165,14 @@ void HboneSession::ReleaseOutputBuffers() {
 void HboneSession::WatchHeldBuffers() {
   if (buffers_watched_) return;
   buffers_watched_ = true;
-  const size_t mark = wire_sent_;
+  large_flush_ = false;
   std::weak_ptr<HboneSession> weak = weak_from_this();
-  loop_->RunAfter(kHeldBuffersCheck, [weak, mark] {
+  loop_->RunAfter(kHeldBuffersCheck, [weak] {
     std::shared_ptr<HboneSession> s = weak.lock();
     if (s == nullptr) return;
     s->buffers_watched_ = false;
     if (s->state_ != State::kOpen) return;
-    if (s->wire_sent_ - mark >= kKeepOutputBuffer) {
+    if (s->large_flush_) {
       s->WatchHeldBuffers();  // still streaming
       return;
     }

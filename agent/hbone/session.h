@@ -353,8 +353,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t WriteFromCallback(const uint8_t* data, size_t n);
   void ReleaseIdleBuffers(size_t sent);
   void ReleaseOutputBuffers();
-  // While output buffers are kept for a streaming session: a timer that releases them once the
-  // session sent little for a while.
+  // While output buffers are kept for a streaming session: a timer that releases them after a
+  // second without a large flush.
   void WatchHeldBuffers();
   bool NotifyWritable();  // true if any observer was told
   void CheckDone();
@@ -400,8 +400,8 @@ class HboneSession final : public EventHandler, public std::enable_shared_from_t
   size_t wire_in_off_ = 0;
   bool wire_drained_ = false;     // a short read emptied the socket since the last epoll event
   size_t wire_sent_ = 0;          // bytes sent, ever (for ReleaseIdleBuffers)
-  uint32_t small_flushes_ = 0;    // flushes in a row that sent little (for ReleaseIdleBuffers)
   bool buffers_watched_ = false;  // a WatchHeldBuffers timer is pending
+  bool large_flush_ = false;      // a flush sent kKeepOutputBuffer or more since that timer began
   bool in_io_ = false;
   bool dirty_ = false;  // something to flush (set while in_io_)
   bool flush_scheduled_ = false;

@@ -437,7 +437,7 @@ class Bench:
             recs[side] = (data, subprocess.Popen(
                 ["perf", "record", "-q", "--call-graph", "dwarf,16384", "-F", "499", "-o", data,
                  "-p", ",".join(str(p) for p in pids)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                stdout=subprocess.DEVNULL))  # its errors reach the bench's stderr
         time.sleep(0.5)  # perf attached before the first byte
         try:
             gbps = self.bulk1(variant)
