@@ -299,7 +299,7 @@ std::vector<std::string> Authenticator::ApplicablePolicies(const authz::Workload
 
 authz::HeaderMap Authenticator::ApplyMutations(const authz::HeaderMap& headers,
                                                const std::vector<HeaderMutation>& mutations) {
-  std::map<std::string, std::string> entries = headers.entries();
+  authz::HeaderMap::Entries entries = headers.entries();
   for (const HeaderMutation& m : mutations) {
     if (m.op == HeaderMutation::Op::kRemove) {
       entries.erase(m.name);

@@ -1,5 +1,6 @@
 #include "agent/authz/request.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -115,7 +116,9 @@ void HeaderMap::Add(absl::string_view name, absl::string_view value) {
 }
 
 const std::string* HeaderMap::Find(absl::string_view name) const {
-  auto it = headers_.find(absl::AsciiStrToLower(name));
+  // Callers mostly ask for lower-case names: those are looked up without a copy.
+  const bool lower = std::none_of(name.begin(), name.end(), absl::ascii_isupper);
+  auto it = lower ? headers_.find(name) : headers_.find(absl::AsciiStrToLower(name));
   return it == headers_.end() ? nullptr : &it->second;
 }
 

@@ -5,6 +5,7 @@
 // reads them. Thread-compatible.
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <optional>
@@ -71,12 +72,13 @@ class HeaderMap {
   void Add(absl::string_view name, absl::string_view value);
   // Null when absent.
   const std::string* Find(absl::string_view name) const;
-  const std::map<std::string, std::string>& entries() const { return headers_; }
+  using Entries = std::map<std::string, std::string, std::less<>>;
+  const Entries& entries() const { return headers_; }
 
   friend bool operator==(const HeaderMap&, const HeaderMap&) = default;
 
  private:
-  std::map<std::string, std::string> headers_;
+  Entries headers_;  // names lower-cased
 };
 
 // spiffe://<trust domain>/ns/<namespace>/sa/<service account>.

@@ -3,6 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
@@ -109,28 +110,53 @@ Line::~Line() {
   (void)!::write(STDERR_FILENO, line.data(), line.size());
 }
 
-std::string FieldValue(std::string_view value) {
-  if (value.empty()) return "-";
+namespace {
+
+// The characters a value may hold unquoted: [A-Za-z0-9./:_@%[]-].
+constexpr std::array<bool, 256> kPlain = [] {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c) t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
+  for (char c : std::string_view("./:_@%[]-")) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
+
+}  // namespace
+
+void AppendFieldValue(std::string* out, std::string_view value) {
+  if (value.empty()) {
+    out->push_back('-');
+    return;
+  }
   bool plain = true;
   for (char c : value) {
-    // c != 0: strchr finds every string's terminator.
-    if (!(isalnum(static_cast<unsigned char>(c)) || (c != '\0' && strchr("./:_@%[]-", c)))) {
+    if (!kPlain[static_cast<unsigned char>(c)]) {
       plain = false;
       break;
     }
   }
-  if (plain) return std::string(value);
-  std::string out = "\"";
+  if (plain) {
+    out->append(value);
+    return;
+  }
+  out->push_back('"');
   for (char c : value) {
     const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') out += '\\';
+    if (c == '"' || c == '\\') out->push_back('\\');
     if (c == '\n' || c == '\r' || c == '\t') {
-      out += ' ';
+      out->push_back(' ');
     } else {
-      out += (u < 0x20 || u == 0x7f) ? '?' : c;
+      out->push_back((u < 0x20 || u == 0x7f) ? '?' : c);
     }
   }
-  return out + "\"";
+  out->push_back('"');
+}
+
+std::string FieldValue(std::string_view value) {
+  std::string out;
+  AppendFieldValue(&out, value);
+  return out;
 }
 
 }  // namespace ambit::log

@@ -50,6 +50,8 @@ bool IsKnownComponent(std::string_view component);
 // Values often come from peers (an HBONE authority, a request path): whatever they hold, the line
 // stays one line of printable text that a parser can split.
 std::string FieldValue(std::string_view value);
+// The same, appended to `out` (no temporary: for lines built per request).
+void AppendFieldValue(std::string* out, std::string_view value);
 
 }  // namespace ambit::log
 

@@ -121,7 +121,12 @@ class ByteRing {
 
  private:
   void Grow(size_t need, size_t limit) {
-    size_t cap = std::min(limit, std::max({need, cap_ * 2, size_t{16} << 10}));
+    // A first small write (a request head, an ext_authz check) gets a small ring: glibc serves
+    // it from its per-thread cache, where 16 KiB, allocated and released for every message of a
+    // request/response stream, went through the arena and consolidated it each time. The next
+    // growth goes to 16 KiB at once.
+    size_t floor = cap_ == 0 && need <= kSmallRing ? kSmallRing : size_t{16} << 10;
+    size_t cap = std::min(limit, std::max({need, cap_ * 2, floor}));
     auto buf = std::make_unique_for_overwrite<uint8_t[]>(cap);
     size_t first = std::min(size_, cap_ - head_);
     if (size_ > 0) {
@@ -137,6 +142,9 @@ class ByteRing {
     buf_.reset();
     cap_ = 0;
   }
+
+  // At most the largest size glibc's per-thread cache holds (1032 bytes on 64-bit).
+  static constexpr size_t kSmallRing = 1024;
 
   std::unique_ptr<uint8_t[]> buf_;
   size_t cap_ = 0;

@@ -80,13 +80,15 @@ FilterResult AuthzFilter::AskAuthorizer(authz::Decision d, RequestContext& ctx) 
   }
   const bool with_body = pending.body.has_value();
   // The set keeps the client alive while a check is out; the filter itself may be gone by then.
+  // `start` runs at most once (filter.h): what it holds moves on to the answer's callback.
   pending.start = [decision = std::move(d), client, authorizers = authorizers_, with_body,
-                   local_principal = local_principal_,
-                   metrics = metrics_](RequestContext& c, std::function<void(FilterResult)> done) {
+                   local_principal = local_principal_, metrics = metrics_](
+                      RequestContext& c, std::function<void(FilterResult)> done) mutable {
     RequestContext* rc = &c;  // destroying the handle first cancels `done`: see filter.h
     return client->Check(
         CheckRequestFor(c, local_principal, with_body),
-        [decision, client, authorizers, rc, metrics, done = std::move(done)](AuthzCheckResponse r) {
+        [decision = std::move(decision), client, authorizers = std::move(authorizers), rc, metrics,
+         done = std::move(done)](AuthzCheckResponse r) {
           done(OnAnswer(decision, client->provider(), std::move(r), *rc, metrics));
         });
   };

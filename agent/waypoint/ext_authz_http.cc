@@ -5,7 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <map>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -66,7 +66,12 @@ std::string BuildHttpCheckRequest(const authz::ExtAuthzProvider& provider,
   HeaderList headers;
   headers.emplace_back("host", request.host);
   for (const auto& [k, v] : request.headers) {
-    const std::string name = absl::AsciiStrToLower(k);
+    std::string lowered;  // names mostly come lower-cased already: no copy for those
+    absl::string_view name = k;
+    if (std::any_of(k.begin(), k.end(), absl::ascii_isupper)) {
+      lowered = absl::AsciiStrToLower(k);
+      name = lowered;
+    }
     if (NeverCopied(name) || !SafeValue(v)) continue;
     // Envoy always allows Authorization (besides Host, method, path and Content-Length, which the
     // check request carries as its own).
@@ -246,29 +251,21 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     }
     // Streams may still be on the stack of a callback that led here: freed after this pass.
     loop_->Defer([conns = std::move(conns_)] {});
-    auto ops = std::move(ops_);
-    for (auto& [id, op] : ops) Deliver(op, internal_error("the authorizer client was shut down"));
+    auto ops = std::move(in_flight_);
+    for (auto& op : ops) {
+      op->tracked = false;
+      Deliver(op, internal_error("the authorizer client was shut down"));
+    }
   }
 
   std::unique_ptr<AsyncCheck> Check(const AuthzCheckRequest& request,
                                     std::function<void(AuthzCheckResponse)> done) override {
     auto op = std::make_shared<Op>();
-    op->id = next_id_++;
     op->wire = internal::BuildHttpCheckRequest(provider_, request);
     op->head = request.method == "HEAD";
     op->done = std::move(done);
     op->start = clock_->Now();
-    ops_[op->id] = op;
-    std::weak_ptr<bool> alive = alive_;
-    std::weak_ptr<Op> weak_op = op;
-    loop_->RunAfter(provider_.timeout, [this, alive, weak_op] {
-      if (!alive.lock()) return;
-      std::shared_ptr<Op> o = weak_op.lock();
-      if (!o || o->finished) return;
-      if (o->conn != nullptr) Retire(o->conn, /*abort=*/true);
-      Finish(o, internal_error(
-                    absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout))));
-    });
+    Track(op);
     Start(op);
     return std::make_unique<Handle>(this, alive_, op);
   }
@@ -279,11 +276,13 @@ class HttpAuthorizerClient final : public AuthorizerClient {
   struct Conn;
 
   struct Op {
-    uint64_t id = 0;
     std::string wire;
     bool head = false;
     std::function<void(AuthzCheckResponse)> done;
     absl::Time start;
+    absl::Time deadline;
+    std::list<std::shared_ptr<Op>>::iterator tracked_at;  // in in_flight_, while tracked
+    bool tracked = false;
     Conn* conn = nullptr;
     bool retried = false;
     bool finished = false;
@@ -409,8 +408,49 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     Finish(op, internal_error(std::move(why)));
   }
 
+  // Deadlines. Every check of a client has the same timeout, so the checks in flight, in start
+  // order, are also in deadline order: one loop timer at a time, armed for the oldest, serves
+  // them all. A timer per check could not be cancelled: each would stay in the loop for the
+  // whole timeout (600 s by default), holding its check's memory, whatever the check took.
+  void Track(const std::shared_ptr<Op>& op) {
+    op->deadline = op->start + provider_.timeout;
+    in_flight_.push_back(op);
+    op->tracked_at = std::prev(in_flight_.end());
+    op->tracked = true;
+    ArmTimer();
+  }
+  void Untrack(Op* op) {
+    if (!op->tracked) return;
+    op->tracked = false;
+    in_flight_.erase(op->tracked_at);
+  }
+  void ArmTimer() {
+    if (timer_armed_ || in_flight_.empty()) return;
+    timer_armed_ = true;
+    const std::shared_ptr<Op>& oldest = in_flight_.front();
+    absl::Duration wait = std::max(oldest->deadline - clock_->Now(), absl::ZeroDuration());
+    loop_->RunAfter(
+        wait, [this, alive = std::weak_ptr<bool>(alive_), armed = std::weak_ptr<Op>(oldest)] {
+          if (alive.lock() == nullptr) return;
+          timer_armed_ = false;
+          // The check the timer was armed for has run out of time by the loop's own measure, even
+          // if the injected clock says otherwise; so has every older one still here.
+          std::shared_ptr<Op> target = armed.lock();
+          const absl::Time now = clock_->Now();
+          while (!in_flight_.empty()) {
+            std::shared_ptr<Op> o = in_flight_.front();
+            if (o->deadline > now && !(target != nullptr && target->tracked)) break;
+            if (o->conn != nullptr) Retire(o->conn, /*abort=*/true);
+            Finish(o, internal_error(
+                          absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout))));
+            if (o == target) target = nullptr;
+          }
+          ArmTimer();
+        });
+  }
+
   void Cancel(const std::shared_ptr<Op>& op) {
-    ops_.erase(op->id);
+    Untrack(op.get());
     op->finished = true;
     // An answer may still come on its connection: it cannot carry the next check.
     if (op->conn != nullptr) Retire(op->conn, /*abort=*/true);
@@ -439,7 +479,7 @@ class HttpAuthorizerClient final : public AuthorizerClient {
   void Finish(const std::shared_ptr<Op>& op, AuthzCheckResponse r) {
     if (op->finished) return;
     op->finished = true;
-    ops_.erase(op->id);
+    Untrack(op.get());
     if (op->conn != nullptr) {
       op->conn->op.reset();
       op->conn = nullptr;
@@ -467,8 +507,8 @@ class HttpAuthorizerClient final : public AuthorizerClient {
   UpstreamConnector* connector_;
   EventLoop* loop_;
   const Clock* clock_;
-  uint64_t next_id_ = 1;
-  std::map<uint64_t, std::shared_ptr<Op>> ops_;
+  std::list<std::shared_ptr<Op>> in_flight_;  // unfinished checks, oldest first
+  bool timer_armed_ = false;
   std::vector<std::shared_ptr<Conn>> conns_;
   std::vector<Conn*> idle_;  // most recently used last
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

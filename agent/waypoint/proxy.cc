@@ -93,9 +93,9 @@ std::unique_ptr<Exchange> NewExchange(Connection* conn, absl::string_view protoc
   log.method = r.method;
   log.authority = r.host;
   log.path = r.path;
-  log.source = conn->info().peer ? conn->info().peer->ToString() : "";
+  log.source = conn->SourceText();
   log.source_identity = r.source_principal;
-  log.upstream = conn->ctx().upstream ? conn->ctx().upstream->Describe() : "";
+  log.upstream = conn->UpstreamText();
   return ex;
 }
 

@@ -3,6 +3,7 @@
 // Shared pieces of the HTTP/1, HTTP/2 and TCP handlers of proxy.cc. Internal to the module.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,22 @@ class Connection {
   // The handler's deadlines changed.
   virtual void Rearm() = 0;
   absl::Time Now() { return ctx().clock->Now(); }
+  // The access log's fields that are the same for every request of the connection, formatted
+  // at its first request.
+  const std::string& SourceText() {
+    if (!source_text_) source_text_ = info().peer ? info().peer->ToString() : std::string();
+    return *source_text_;
+  }
+  const std::string& UpstreamText() {
+    if (!upstream_text_) {
+      upstream_text_ = ctx().upstream ? ctx().upstream->Describe() : std::string();
+    }
+    return *upstream_text_;
+  }
+
+ private:
+  std::optional<std::string> source_text_;
+  std::optional<std::string> upstream_text_;
 };
 
 class Handler {

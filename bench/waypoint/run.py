@@ -13,7 +13,9 @@ Variants (see bench/waypoint/README.md):
   P      the peer: client -> TLS -> HAProxy (in a pod of its own) -> HTTP -> server pod;
   Pbase  client -> server pod, plain HTTP, the same pods and bridge as P;
   Apy    client -> tests/authorizers/http_authz.py (allow), the same pods as Pbase: what a Python
-         authorizer costs per check, beside the C++ one WX uses.
+         authorizer costs per check, beside the C++ one WX uses;
+  R      client -> HAProxy relaying TCP (no TLS, no HTTP) -> server pod: what one more process on
+         the path costs with no protocol work at all, the floor under P's and W's added latency.
 Load: h2load (nghttp2-client), HTTP/1.1 keep-alive. Closed loop (fixed request count, C
 connections) for requests/s and the proxy process's CPU seconds (/proc/<pid>/stat) for
 requests/s per core; open loop at 1 000 requests/s (h2load --rps) for p50/p90/p99.
@@ -44,13 +46,14 @@ APP_PORT = 8080      # wp_http_server in the server pods
 AUTHZ_PORT = 8000    # wp_http_server as the ext_authz provider
 PEER_PORT = 8443     # HAProxy's TLS listener
 PY_AUTHZ_PORT = 8100  # tests/authorizers/http_authz.py (variant Apy)
+RELAY_PORT = 8081    # HAProxy's plain TCP relay (variant R)
 ISSUER = "https://issuer.bench.ambit.test"
 PROVIDER = "bench-ext-authz"
-VARIANTS = ("D", "W", "WJ", "WX", "P", "Pbase", "Apy")
+VARIANTS = ("D", "W", "WJ", "WX", "P", "Pbase", "Apy", "R")
 # variant -> its baseline (Apy: the C++ server on the same path)
-PROXIED = {"W": "D", "WJ": "D", "WX": "D", "P": "Pbase", "Apy": "Pbase"}
+PROXIED = {"W": "D", "WJ": "D", "WX": "D", "P": "Pbase", "Apy": "Pbase", "R": "Pbase"}
 PATHS = {"D": "/plain/bench", "W": "/plain/bench", "WJ": "/jwt/bench", "WX": "/ext/bench",
-         "P": "/plain/bench", "Pbase": "/plain/bench", "Apy": "/ext/bench"}
+         "P": "/plain/bench", "Pbase": "/plain/bench", "Apy": "/ext/bench", "R": "/plain/bench"}
 
 FULL = dict(reps=3, conns=16, requests=20000, closed_s=60, rate=1000, rate_s=5, warm=500)
 QUICK = dict(reps=1, conns=8, requests=1000, closed_s=30, rate=1000, rate_s=1, warm=100)
@@ -147,7 +150,7 @@ spec:
 # HAProxy: one process, as many threads as the waypoint has workers, TLS 1.3 with AES-GCM
 # (the mesh's suites) and an ECDSA P-256 certificate (like an SVID), HTTP/1.1 keep-alive on both
 # sides with server connections reused, no logging (the waypoint's access log is on, which
-# favours the peer).
+# favours the peer). A second frontend relays plain TCP to the same server (variant R).
 HAPROXY_CFG = """\
 global
   nbthread {threads}
@@ -171,6 +174,15 @@ frontend bench
 
 backend app
   server app {server}:{server_port} maxconn 1000
+
+frontend relay
+  mode tcp
+  bind {ip}:{relay_port}
+  default_backend relay_app
+
+backend relay_app
+  mode tcp
+  server app {server}:{server_port}
 """
 
 
@@ -298,7 +310,8 @@ class Bench:
         cfg_path = os.path.join(t.workdir, "haproxy.cfg")
         with open(cfg_path, "w") as f:
             f.write(HAPROXY_CFG.format(threads=self.workers, ip=self.p.ip4, port=PEER_PORT,
-                                       pem=pem, server=self.d.ip4, server_port=APP_PORT))
+                                       pem=pem, server=self.d.ip4, server_port=APP_PORT,
+                                       relay_port=RELAY_PORT))
         check = subprocess.run(["haproxy", "-c", "-q", "-f", cfg_path], capture_output=True,
                                text=True)
         if check.returncode != 0:
@@ -363,6 +376,9 @@ class Bench:
         if v == "P":
             return (self.c, False, f"https://{self.p.ip4}:{PEER_PORT}{path}", [],
                     self.haproxy.pid)
+        if v == "R":
+            return (self.c, False, f"http://{self.p.ip4}:{RELAY_PORT}{path}", [],
+                    self.haproxy.pid)
         if v == "Apy":
             return (self.c, False, f"http://{self.d.ip4}:{PY_AUTHZ_PORT}{path}",
                     ["-H", "x-ext-authz: allow"], self.py_authz.pid)
@@ -383,7 +399,7 @@ class Bench:
         """Each variant answers what it should before it is timed: a misconfigured path fails
         the run instead of timing 403s. WX is marked not measured when the waypoint does not
         ask the authorizer."""
-        for v in ("D", "W", "P", "Pbase"):
+        for v in ("D", "W", "P", "Pbase", "R"):
             code, body = self.curl(v)
             if (code, body) != (200, "ok"):
                 raise RuntimeError(f"{v}: expected 200 'ok', got {code} {body!r}")
@@ -644,6 +660,10 @@ def main():
     print("\ngoals (issue 15):")
     for row in tgt:
         print(f"  {row['status']:<13}{row['target']:<50}{row['value']}")
+    r, base = med(summary, "R", "p50"), med(summary, "Pbase", "p50")
+    if r is not None and base is not None:
+        print(f"  (the floor on this machine: one more process on the path with no protocol "
+              f"work, R-Pbase, adds {r - base:+.1f} us p50)")
     print(f"\n(peer: {mach['haproxy']}; load: {mach['h2load']}; total "
           f"{time.time() - started:.0f}s)")
 

@@ -245,6 +245,47 @@ TEST_F(HttpAuthorizerClientTest, TimeoutIsAnErrorAndDropsTheConnection) {
   EXPECT_EQ(r->outcome, Outcome::kError);
 }
 
+TEST_F(HttpAuthorizerClientTest, AnsweredChecksLeaveNoTimersBehind) {
+  // One loop timer serves every check in flight; answered checks hold none (a timer per check
+  // stayed armed for the whole timeout, 600 s by default, with the check's memory).
+  for (int i = 0; i < 1000; ++i) {
+    std::optional<AuthzCheckResponse> r;
+    auto h = Start(&r);
+    connector_.streams.back()->Data(kAllow);
+    loop_.RunDeferred();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->outcome, Outcome::kAllow);
+  }
+  EXPECT_LE(loop_.pending_timers(), 1u);
+  EXPECT_EQ(connector_.streams.size(), 1u);
+}
+
+TEST_F(HttpAuthorizerClientTest, EachCheckTimesOutAtItsOwnDeadline) {
+  std::optional<AuthzCheckResponse> a, b, c;
+  auto ha = Start(&a);
+  loop_.Advance(absl::Milliseconds(50));
+  auto hb = Start(&b);
+  loop_.Advance(absl::Milliseconds(50));
+  auto hc = Start(&c);
+  connector_.streams[0]->Data(kAllow);  // the oldest is answered: b's deadline comes next
+  loop_.RunDeferred();
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->outcome, Outcome::kAllow);
+  loop_.Advance(absl::Milliseconds(99));  // t = 199 ms
+  EXPECT_FALSE(b.has_value());
+  loop_.Advance(absl::Milliseconds(1));  // t = 200 ms: nothing was due at 200 but a's timer
+  EXPECT_FALSE(b.has_value());
+  loop_.Advance(absl::Milliseconds(50));  // t = 250 ms: b's deadline
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->outcome, Outcome::kError);
+  EXPECT_FALSE(c.has_value());
+  loop_.Advance(absl::Milliseconds(50));  // t = 300 ms: c's
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->outcome, Outcome::kError);
+  EXPECT_NE(c->detail.find("timeout"), std::string::npos) << c->detail;
+  EXPECT_EQ(loop_.pending_timers(), 0u);
+}
+
 TEST_F(HttpAuthorizerClientTest, CancelCallsNothingAndDropsTheConnection) {
   bool called = false;
   auto h = client_->Check(Request(), [&called](AuthzCheckResponse) { called = true; });

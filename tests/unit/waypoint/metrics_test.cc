@@ -50,6 +50,35 @@ TEST(AccessLogTest, OneLineWithEveryField) {
   EXPECT_NE(line.find("policy=ns/p ext_authz=- upstream="), std::string::npos) << line;
 }
 
+TEST(AccessLogTest, ExactLineWithMillisecondsAcrossSeconds) {
+  RequestLogEntry e;
+  e.protocol = "HTTP/1.1";
+  e.method = "GET";
+  e.authority = "svc:80";
+  e.path = "/x";
+  e.status = 200;
+  e.duration = absl::Milliseconds(12);
+  e.bytes_received = 75;
+  e.bytes_sent = 120;
+  e.source = "198.18.0.1:40000";
+  e.source_identity = "spiffe://cluster.local/ns/default/sa/client";
+  e.upstream = "198.18.0.2:8080";
+  const std::string rest =
+      " protocol=HTTP/1.1 method=GET authority=svc:80 path=/x status=200 flags=- details=- "
+      "duration=12ms bytes_received=75 bytes_sent=120 src=198.18.0.1:40000 "
+      "src_identity=spiffe://cluster.local/ns/default/sa/client jwt_principal=- policy=- "
+      "ext_authz=- upstream=198.18.0.2:8080";
+  // The second's text is cached: lines within one second, then the next, then an older one.
+  e.start = absl::FromUnixMillis(1800000000250);
+  EXPECT_EQ(AccessLogLine(e), "start=2027-01-15T08:00:00.250Z" + rest);
+  e.start = absl::FromUnixMillis(1800000000007);
+  EXPECT_EQ(AccessLogLine(e), "start=2027-01-15T08:00:00.007Z" + rest);
+  e.start = absl::FromUnixMillis(1800000001999) + absl::Microseconds(999);
+  EXPECT_EQ(AccessLogLine(e), "start=2027-01-15T08:00:01.999Z" + rest);
+  e.start = absl::FromUnixMillis(-1);
+  EXPECT_EQ(AccessLogLine(e), "start=1969-12-31T23:59:59.999Z" + rest);
+}
+
 TEST(AccessLogTest, ExtAuthzFollowsThePolicy) {
   RequestLogEntry e;
   e.policy = "ns/ext";
