@@ -1,11 +1,76 @@
 #include "agent/waypointd/hbone_stream.h"
 
+#include <cstdint>
+#include <list>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
 namespace ambit::waypointd {
+namespace {
+
+// Streams closed gracefully whose other side has not ended yet, on this thread's loop, oldest
+// first. They all wait kLingerLimit, counted in ticks of one loop timer that runs only while some
+// stream lingers. A timer per close (loop timers cannot be cancelled) stayed in the loop for the
+// whole limit with the stream's memory, however soon the stream ended: at a few thousand closes a
+// second, a hundred thousand timers.
+class LingerQueue {
+ public:
+  using Entry = std::pair<uint64_t, std::weak_ptr<HboneStream::Core>>;  // (expiry tick, stream)
+  using Handle = std::list<Entry>::iterator;
+
+  // This thread's queue, or null when it serves another loop still (tests run several loops on
+  // one thread): the caller then arms a timer of its own.
+  static LingerQueue* For(EventLoop* loop) {
+    LingerQueue& queue = ThisThread();
+    if (queue.loop_ != loop) {
+      if (!queue.entries_.empty()) return nullptr;
+      queue.loop_ = loop;
+      queue.armed_ = false;
+      ++queue.generation_;  // a timer armed on the previous loop finds itself stale
+    }
+    return &queue;
+  }
+
+  static LingerQueue& ThisThread() {
+    thread_local LingerQueue queue;
+    return queue;
+  }
+
+  Handle Add(std::weak_ptr<HboneStream::Core> core) {
+    // Added between two ticks: the limit's ticks and one more is the limit to a tick more.
+    const auto ticks = static_cast<uint64_t>(absl::ToInt64Seconds(kLingerLimit));
+    entries_.emplace_back(tick_ + ticks + 1, std::move(core));
+    Arm();
+    return std::prev(entries_.end());
+  }
+  void Remove(Handle h) { entries_.erase(h); }
+
+ private:
+  static constexpr absl::Duration kTick = absl::Seconds(1);
+
+  void Arm() {
+    if (armed_ || entries_.empty()) return;
+    armed_ = true;
+    loop_->RunAfter(kTick, [this, gen = generation_] {
+      if (gen != generation_) return;
+      armed_ = false;
+      ++tick_;
+      Expire();
+      Arm();
+    });
+  }
+  void Expire();
+
+  EventLoop* loop_ = nullptr;
+  std::list<Entry> entries_;
+  uint64_t tick_ = 0;
+  uint64_t generation_ = 0;
+  bool armed_ = false;
+};
+
+}  // namespace
 
 struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_this<Core> {
   EventLoop* loop = nullptr;
@@ -30,6 +95,9 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
   hbone::ConnectHeaders headers;
   SessionSource reopen;
   bool retried = false;
+  // While closed gracefully and not over: the loop thread's LingerQueue and the entry there.
+  LingerQueue* lingering = nullptr;
+  LingerQueue::Handle linger_at;
 
   // The CONNECT again, on a session from `reopen`; false when there is none or it fails. Safe to
   // send again as it is: what the owner wrote before the 2xx waits in `out` (Write flushes only
@@ -60,6 +128,12 @@ struct HboneStream::Core final : hbone::StreamObserver, std::enable_shared_from_
   }
   void End() {
     over = true;
+    if (lingering != nullptr) {
+      // Only on the thread whose queue holds the entry (a core ended from elsewhere, as a
+      // process stops, leaves it to expire there).
+      if (lingering == &LingerQueue::ThisThread()) lingering->Remove(linger_at);
+      lingering = nullptr;
+    }
     // The session forgets the stream after this callback; the core goes with the last holder.
     loop->Defer([keep = std::move(self)] {});
   }
@@ -249,6 +323,12 @@ void HboneStream::Close(bool abort) {
   // so a peer that never ends its side cannot hold the stream forever.
   c.shut_requested = true;
   c.Flush();
+  if (c.over || c.lingering != nullptr) return;
+  if (LingerQueue* q = LingerQueue::For(c.loop)) {
+    c.linger_at = q->Add(core_);
+    c.lingering = q;
+    return;
+  }
   c.loop->RunAfter(kLingerLimit, [weak = std::weak_ptr<Core>(core_)] {
     auto c = weak.lock();
     if (!c || c->over) return;
@@ -256,5 +336,21 @@ void HboneStream::Close(bool abort) {
     c->End();
   });
 }
+
+namespace {
+
+void LingerQueue::Expire() {
+  while (!entries_.empty() && entries_.front().first <= tick_) {
+    std::shared_ptr<HboneStream::Core> c = entries_.front().second.lock();
+    entries_.pop_front();
+    if (c == nullptr) continue;
+    c->lingering = nullptr;
+    if (c->over) continue;
+    c->session->Reset(c->id, hbone::kCancel);
+    c->End();
+  }
+}
+
+}  // namespace
 
 }  // namespace ambit::waypointd
