@@ -32,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/waypoint/deadline_list.h"
 #include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/ext_authz_grpc_internal.h"
 
@@ -364,9 +365,7 @@ struct Call {
   // The client's deadline list (in flight only), for the handle to leave it on cancel.
   GrpcAuthorizerClient* client = nullptr;
   std::weak_ptr<bool> client_alive;
-  absl::Time deadline;
-  bool tracked = false;
-  std::list<std::shared_ptr<Call>>::iterator tracked_at;
+  DeadlineList<Call>::Entry deadline_entry;
 };
 
 class CallHandle final : public AsyncCheck {
@@ -460,7 +459,7 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
     call->start = clock_->Now();
     call->client = this;
     call->client_alive = alive_;
-    Track(call);
+    deadlines_.Add(call, call->start);
     Dispatch(call);
     return std::make_unique<CallHandle>(std::move(call));
   }
@@ -484,45 +483,8 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
     if (current_ != nullptr && !current_->usable() && current_->idle()) Retire(current_.get());
   }
 
-  // Deadlines. Every check of a client has the same timeout, so the checks in flight, in start
-  // order, are also in deadline order: one loop timer at a time, armed for the oldest, serves
-  // them all (a timer per check could not be cancelled and would pile up for the whole timeout,
-  // 600 s by default, whatever the check took).
-  void Track(const std::shared_ptr<Call>& call) {
-    call->deadline = call->start + provider_.timeout;
-    in_flight_.push_back(call);
-    call->tracked_at = std::prev(in_flight_.end());
-    call->tracked = true;
-    ArmTimer();
-  }
-  void Untrack(Call* call) {
-    if (!call->tracked) return;
-    call->tracked = false;
-    in_flight_.erase(call->tracked_at);
-  }
-  void ArmTimer() {
-    if (timer_armed_ || in_flight_.empty()) return;
-    timer_armed_ = true;
-    const std::shared_ptr<Call>& oldest = in_flight_.front();
-    absl::Duration wait = std::max(oldest->deadline - clock_->Now(), absl::ZeroDuration());
-    loop_->RunAfter(
-        wait, [this, alive = std::weak_ptr<bool>(alive_), armed = std::weak_ptr<Call>(oldest)] {
-          if (alive.lock() == nullptr) return;
-          timer_armed_ = false;
-          // The call the timer was armed for has run out of time by the loop's own measure, even
-          // if the injected clock says otherwise; so has everything older still here.
-          std::shared_ptr<Call> target = armed.lock();
-          const absl::Time now = clock_->Now();
-          while (!in_flight_.empty()) {
-            std::shared_ptr<Call> c = in_flight_.front();
-            if (c->deadline > now && !(target != nullptr && target->tracked)) break;
-            if (auto conn = c->conn.lock()) conn->Reset(c.get());
-            Finish(c, {}, absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout)));
-            if (c == target) target = nullptr;
-          }
-          ArmTimer();
-        });
-  }
+  // Leaves the deadline list (a cancelled check).
+  void Untrack(Call* call) { deadlines_.Remove(call); }
 
   // Schedules `done` with the answer (or, when `error` is set, with an error saying so).
   void Finish(const std::shared_ptr<Call>& call, AuthzCheckResponse response,
@@ -573,9 +535,12 @@ class GrpcAuthorizerClient final : public AuthorizerClient {
   std::string timeout_header_;
   std::shared_ptr<Connection> current_;
   std::list<std::shared_ptr<Connection>> connections_;  // current_ and draining ones
-  std::list<std::shared_ptr<Call>> in_flight_;          // by start, so by deadline
-  bool timer_armed_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  DeadlineList<Call> deadlines_{
+      loop_, clock_, provider_.timeout, [this](const std::shared_ptr<Call>& c) {
+        if (auto conn = c->conn.lock()) conn->Reset(c.get());
+        Finish(c, {}, absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout)));
+      }};
 };
 
 CallHandle::~CallHandle() {

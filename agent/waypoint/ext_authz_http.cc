@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
+#include "agent/waypoint/deadline_list.h"
 #include "agent/waypoint/ext_authz_client.h"
 #include "agent/waypoint/ext_authz_http_internal.h"
 
@@ -251,9 +251,7 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     }
     // Streams may still be on the stack of a callback that led here: freed after this pass.
     loop_->Defer([conns = std::move(conns_)] {});
-    auto ops = std::move(in_flight_);
-    for (auto& op : ops) {
-      op->tracked = false;
+    for (auto& op : deadlines_.TakeAll()) {
       Deliver(op, internal_error("the authorizer client was shut down"));
     }
   }
@@ -265,7 +263,7 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     op->head = request.method == "HEAD";
     op->done = std::move(done);
     op->start = clock_->Now();
-    Track(op);
+    deadlines_.Add(op, op->start);
     Start(op);
     return std::make_unique<Handle>(this, alive_, op);
   }
@@ -280,9 +278,7 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     bool head = false;
     std::function<void(AuthzCheckResponse)> done;
     absl::Time start;
-    absl::Time deadline;
-    std::list<std::shared_ptr<Op>>::iterator tracked_at;  // in in_flight_, while tracked
-    bool tracked = false;
+    DeadlineList<Op>::Entry deadline_entry;
     Conn* conn = nullptr;
     bool retried = false;
     bool finished = false;
@@ -408,49 +404,8 @@ class HttpAuthorizerClient final : public AuthorizerClient {
     Finish(op, internal_error(std::move(why)));
   }
 
-  // Deadlines. Every check of a client has the same timeout, so the checks in flight, in start
-  // order, are also in deadline order: one loop timer at a time, armed for the oldest, serves
-  // them all. A timer per check could not be cancelled: each would stay in the loop for the
-  // whole timeout (600 s by default), holding its check's memory, whatever the check took.
-  void Track(const std::shared_ptr<Op>& op) {
-    op->deadline = op->start + provider_.timeout;
-    in_flight_.push_back(op);
-    op->tracked_at = std::prev(in_flight_.end());
-    op->tracked = true;
-    ArmTimer();
-  }
-  void Untrack(Op* op) {
-    if (!op->tracked) return;
-    op->tracked = false;
-    in_flight_.erase(op->tracked_at);
-  }
-  void ArmTimer() {
-    if (timer_armed_ || in_flight_.empty()) return;
-    timer_armed_ = true;
-    const std::shared_ptr<Op>& oldest = in_flight_.front();
-    absl::Duration wait = std::max(oldest->deadline - clock_->Now(), absl::ZeroDuration());
-    loop_->RunAfter(
-        wait, [this, alive = std::weak_ptr<bool>(alive_), armed = std::weak_ptr<Op>(oldest)] {
-          if (alive.lock() == nullptr) return;
-          timer_armed_ = false;
-          // The check the timer was armed for has run out of time by the loop's own measure, even
-          // if the injected clock says otherwise; so has every older one still here.
-          std::shared_ptr<Op> target = armed.lock();
-          const absl::Time now = clock_->Now();
-          while (!in_flight_.empty()) {
-            std::shared_ptr<Op> o = in_flight_.front();
-            if (o->deadline > now && !(target != nullptr && target->tracked)) break;
-            if (o->conn != nullptr) Retire(o->conn, /*abort=*/true);
-            Finish(o, internal_error(
-                          absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout))));
-            if (o == target) target = nullptr;
-          }
-          ArmTimer();
-        });
-  }
-
   void Cancel(const std::shared_ptr<Op>& op) {
-    Untrack(op.get());
+    deadlines_.Remove(op.get());
     op->finished = true;
     // An answer may still come on its connection: it cannot carry the next check.
     if (op->conn != nullptr) Retire(op->conn, /*abort=*/true);
@@ -479,7 +434,7 @@ class HttpAuthorizerClient final : public AuthorizerClient {
   void Finish(const std::shared_ptr<Op>& op, AuthzCheckResponse r) {
     if (op->finished) return;
     op->finished = true;
-    Untrack(op.get());
+    deadlines_.Remove(op.get());
     if (op->conn != nullptr) {
       op->conn->op.reset();
       op->conn = nullptr;
@@ -507,8 +462,13 @@ class HttpAuthorizerClient final : public AuthorizerClient {
   UpstreamConnector* connector_;
   EventLoop* loop_;
   const Clock* clock_;
-  std::list<std::shared_ptr<Op>> in_flight_;  // unfinished checks, oldest first
-  bool timer_armed_ = false;
+  // Unfinished checks, oldest first.
+  DeadlineList<Op> deadlines_{
+      loop_, clock_, provider_.timeout, [this](const std::shared_ptr<Op>& o) {
+        if (o->conn != nullptr) Retire(o->conn, /*abort=*/true);
+        Finish(o, internal_error(
+                      absl::StrCat("timeout after ", absl::FormatDuration(provider_.timeout))));
+      }};
   std::vector<std::shared_ptr<Conn>> conns_;
   std::vector<Conn*> idle_;  // most recently used last
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
