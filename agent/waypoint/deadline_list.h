@@ -69,26 +69,27 @@ class DeadlineList {
     const std::shared_ptr<T>& oldest = items_.front();
     const absl::Duration wait =
         std::max(oldest->deadline_entry.deadline - clock_->Now(), absl::ZeroDuration());
-    loop_->RunAfter(wait, [this, alive = std::weak_ptr<bool>(alive_),
-                           armed = std::weak_ptr<T>(oldest)] {
-      if (alive.lock() == nullptr) return;
-      armed_ = false;
-      // The check the timer was armed for has run out of time by the loop's own measure, even if
-      // the injected clock says otherwise; so has every older one still here.
-      std::shared_ptr<T> target = armed.lock();
-      const absl::Time now = clock_->Now();
-      while (!items_.empty()) {
-        std::shared_ptr<T> item = items_.front();
-        if (item->deadline_entry.deadline > now &&
-            !(target != nullptr && target->deadline_entry.tracked)) {
-          break;
-        }
-        Remove(item.get());
-        expire_(item);
-        if (item == target) target = nullptr;
-      }
-      Arm();
-    });
+    loop_->RunAfter(wait,
+                    [this, alive = std::weak_ptr<bool>(alive_), armed = std::weak_ptr<T>(oldest)] {
+                      if (alive.lock() == nullptr) return;
+                      armed_ = false;
+                      // The check the timer was armed for has run out of time by the loop's own
+                      // measure, even if the injected clock says otherwise; so has every older one
+                      // still here.
+                      std::shared_ptr<T> target = armed.lock();
+                      const absl::Time now = clock_->Now();
+                      while (!items_.empty()) {
+                        std::shared_ptr<T> item = items_.front();
+                        if (item->deadline_entry.deadline > now &&
+                            !(target != nullptr && target->deadline_entry.tracked)) {
+                          break;
+                        }
+                        Remove(item.get());
+                        expire_(item);
+                        if (item == target) target = nullptr;
+                      }
+                      Arm();
+                    });
   }
 
   EventLoop* loop_;
