@@ -40,8 +40,8 @@ class HboneStreamLingerTest : public HboneFixture {
                                 "127.0.0.1:15008");
     ASSERT_TRUE(Run([&] { return recorder_.connected; }));
     stream_->Write("hello");
-    ASSERT_TRUE(Run([&] { return !server_->streams.empty() &&
-                                 server_->streams[0]->received == "hello"; }));
+    ASSERT_TRUE(
+        Run([&] { return !server_->streams.empty() && server_->streams[0]->received == "hello"; }));
   }
 
   std::shared_ptr<hbone::HboneSession> session_;
