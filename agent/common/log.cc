@@ -4,9 +4,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <cctype>
-#include <cstdio>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <vector>
@@ -88,18 +85,38 @@ bool ParseLevel(std::string_view text, Level* level) {
   return true;
 }
 
+void AppendTimestamp(std::string* out, int64_t unix_millis) {
+  thread_local int64_t cached_second = INT64_MIN;
+  thread_local char cached[32];
+  thread_local size_t cached_len = 0;
+  // Floor division: a time before 1970 belongs to the second that began before it.
+  const int64_t second = unix_millis / 1000 - (unix_millis % 1000 < 0 ? 1 : 0);
+  if (second != cached_second) {
+    const time_t t = static_cast<time_t>(second);
+    struct tm tm;
+    if (static_cast<int64_t>(t) != second || gmtime_r(&t, &tm) == nullptr) {
+      out->push_back('-');
+      return;
+    }
+    cached_len = strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
+    cached_second = second;
+  }
+  const int64_t frac = unix_millis - second * 1000;
+  out->append(cached, cached_len);
+  out->push_back('.');
+  out->push_back(static_cast<char>('0' + frac / 100));
+  out->push_back(static_cast<char>('0' + frac / 10 % 10));
+  out->push_back(static_cast<char>('0' + frac % 10));
+  out->push_back('Z');
+}
+
 std::string FormatLine(std::string_view component, Level level, std::string_view text) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  char stamp[40];
-  const size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  char millis[16];
-  snprintf(millis, sizeof millis, ".%03dZ ", static_cast<int>(ts.tv_nsec / 1000000) % 1000);
   std::string line;
-  line.reserve(n + 6 + 6 + component.size() + 2 + text.size() + 1);
-  line.append(stamp, n).append(millis).append(Name(level)).append(" ");
+  line.reserve(24 + 1 + 6 + component.size() + 2 + text.size() + 1);
+  AppendTimestamp(&line, static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000);
+  line.append(" ").append(Name(level)).append(" ");
   line.append(component).append(": ").append(text).append("\n");
   return line;
 }

@@ -37,8 +37,8 @@ constexpr size_t kOutBatch = 256 << 10;
 constexpr size_t kReadChunk = 128 << 10;
 // TLS records gathered by WireBio before it asks to send them.
 constexpr size_t kWireBatch = 256 << 10;
-// Output buffers grown past this are released after a flush that sent less than this (the
-// session is not streaming bulk any more).
+// Output buffers grown past this are kept while the session streams bulk: a flush at least this
+// large within the last kHeldBuffersCheck (ReleaseIdleBuffers).
 constexpr size_t kKeepOutputBuffer = 32 << 10;
 constexpr absl::Duration kHeldBuffersCheck = absl::Seconds(1);
 // A DATA payload at least this large goes from the stream's ring to TLS directly (after the

@@ -1,13 +1,31 @@
-// The access logs' value quoting (agent/common/log.h).
+// The access logs' value quoting and timestamps (agent/common/log.h, log_line.h).
 
 #include "agent/common/log.h"
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
+
+#include "agent/common/log_line.h"
 
 namespace ambit::log {
 namespace {
+
+TEST(TimestampTest, MillisecondsUtcAcrossSecondsAndAtTheExtremes) {
+  auto stamp = [](int64_t ms) {
+    std::string out;
+    AppendTimestamp(&out, ms);
+    return out;
+  };
+  EXPECT_EQ(stamp(1800000000250), "2027-01-15T08:00:00.250Z");
+  EXPECT_EQ(stamp(1800000000007), "2027-01-15T08:00:00.007Z");  // the same second, cached
+  EXPECT_EQ(stamp(1800000001999), "2027-01-15T08:00:01.999Z");
+  EXPECT_EQ(stamp(-1), "1969-12-31T23:59:59.999Z");
+  // What absl::InfiniteFuture() and InfinitePast() become: still a timestamp, no overflow.
+  EXPECT_EQ(stamp(INT64_MAX), "292278994-08-17T07:12:55.807Z");
+  EXPECT_EQ(stamp(INT64_MIN), "-292275055-05-16T16:47:04.192Z");
+}
 
 TEST(FieldValueTest, EmptyIsADash) { EXPECT_EQ(FieldValue(""), "-"); }
 
