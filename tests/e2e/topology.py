@@ -273,12 +273,40 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_HANDED_OUT_PORTS = set()
+
+
 def free_port():
-    """A loopback TCP port nothing listens on right now."""
+    """A loopback TCP port nothing listens on right now, never the same one twice in a run.
+
+    Binding to port 0 and closing may give the same port to two calls in a row (an agent's
+    metrics and readiness ports once were one port), and a port from the ephemeral range may be
+    taken as the source port of any connection before the agent listens on it. So: a random
+    port below the ephemeral range, one this process has not handed out, that binds now."""
+    import random
     import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, ephemeral_low - 1
+    for _ in range(1000):
+        port = random.randint(low, high) if high > low else 0
+        # 15000-15099 are the mesh's own fixed ports (15008, 15001, 15006, 15020, ...).
+        if port in _HANDED_OUT_PORTS or 15000 <= port < 15100:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port in _HANDED_OUT_PORTS:
+            continue
+        _HANDED_OUT_PORTS.add(port)
+        return port
+    raise AssertionError("no free loopback port after 1000 tries")
 
 
 class Agent:
