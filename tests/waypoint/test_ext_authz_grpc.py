@@ -68,11 +68,16 @@ def run_probe(port, *args, timeout=30):
     return sorted((json.loads(line) for line in lines[:-1]), key=lambda a: a["seq"])
 
 
-def free_port():
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+_REFUSING = []
+
+
+def closed_port():
+    """A loopback port that refuses connections: bound, never listened on, and kept bound for the
+    rest of the run, so nothing else can be given it meanwhile."""
+    s = socket.socket()
+    s.bind((LOOPBACK, 0))
+    _REFUSING.append(s)
+    return s.getsockname()[1]
 
 
 class GrpcAuthzTest(unittest.TestCase):
@@ -158,7 +163,7 @@ class GrpcAuthzTest(unittest.TestCase):
         self.assertIn("told to fail", a["detail"])
 
     def test_a_refused_connection_is_an_error(self):
-        answers = run_probe(free_port(), "--ext_authz=allow", "--count=3", "--concurrency=3")
+        answers = run_probe(closed_port(), "--ext_authz=allow", "--count=3", "--concurrency=3")
         self.assertEqual([a["outcome"] for a in answers], ["error"] * 3, answers)
         for a in answers:
             self.assertTrue(a["detail"].startswith("connection refused"), a)

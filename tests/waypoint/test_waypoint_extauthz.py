@@ -58,11 +58,16 @@ class Authorizer:
         os.unlink(self.log)
 
 
+_REFUSING = []
+
+
 def closed_port():
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A loopback port that refuses connections: bound, never listened on, and kept bound for the
+    rest of the run, so nothing else (the waypoint's own listener) can be given it meanwhile."""
+    s = socket.socket()
+    s.bind((LOOPBACK, 0))
+    _REFUSING.append(s)
+    return s.getsockname()[1]
 
 
 def curl(port, path, headers=(), method=None, data=None, http2=False):

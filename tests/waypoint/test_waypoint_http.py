@@ -482,10 +482,10 @@ CUSTOM ext-check provider=opa paths=/ext/*
 
     def test_upstream_down_is_503(self):
         self.upstream.close()
-        with socket.socket() as probe:  # a port nobody listens on
-            probe.bind((LOOPBACK, 0))
-            port = probe.getsockname()[1]
-        wp = Harness(port)
+        refusing = socket.socket()  # bound, never listened on: refuses, and stays ours
+        self.addCleanup(refusing.close)
+        refusing.bind((LOOPBACK, 0))
+        wp = Harness(refusing.getsockname()[1])
         try:
             out = raw_exchange(wp.port, b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", timeout=3)
             self.assertEqual(status_of(out), 503)
@@ -1154,10 +1154,10 @@ class JwksUriTest(unittest.TestCase):
         self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
 
     def test_never_fetched_is_401(self):
-        with socket.socket() as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-        wp = self.harness(f"https://{LOOPBACK}:{port}/jwks")
+        refusing = socket.socket()  # bound, never listened on: refuses, and stays ours
+        self.addCleanup(refusing.close)
+        refusing.bind((LOOPBACK, 0))
+        wp = self.harness(f"https://{LOOPBACK}:{refusing.getsockname()[1]}/jwks")
         status, _, body = self.get(wp)
         self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
         time.sleep(0.5)  # after the failed first fetch too
