@@ -10,11 +10,12 @@ header and logs each CheckRequest it received, so these tests check both ends.
 import base64
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
+
+from test_waypoint_http import refusing_port
 
 BUILD = os.environ.get("AMBIT_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 PROBE = os.path.join(BUILD, "tests/waypoint/authz_probe")
@@ -66,18 +67,6 @@ def run_probe(port, *args, timeout=30):
     lines = out.stdout.splitlines()
     assert lines and lines[-1] == "done", out
     return sorted((json.loads(line) for line in lines[:-1]), key=lambda a: a["seq"])
-
-
-_REFUSING = []
-
-
-def closed_port():
-    """A loopback port that refuses connections: bound, never listened on, and kept bound for the
-    rest of the run, so nothing else can be given it meanwhile."""
-    s = socket.socket()
-    s.bind((LOOPBACK, 0))
-    _REFUSING.append(s)
-    return s.getsockname()[1]
 
 
 class GrpcAuthzTest(unittest.TestCase):
@@ -163,7 +152,7 @@ class GrpcAuthzTest(unittest.TestCase):
         self.assertIn("told to fail", a["detail"])
 
     def test_a_refused_connection_is_an_error(self):
-        answers = run_probe(closed_port(), "--ext_authz=allow", "--count=3", "--concurrency=3")
+        answers = run_probe(refusing_port(self), "--ext_authz=allow", "--count=3", "--concurrency=3")
         self.assertEqual([a["outcome"] for a in answers], ["error"] * 3, answers)
         for a in answers:
             self.assertTrue(a["detail"].startswith("connection refused"), a)

@@ -11,13 +11,13 @@ the authorizer saw: curl, Python http.client and the h2 library.
 import http.client
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
 
-from test_waypoint_http import LOOPBACK, TIMEOUT, Harness, Upstream, h2_request, wait_for
+from test_waypoint_http import (LOOPBACK, TIMEOUT, Harness, Upstream, h2_request,
+                                refusing_port, wait_for)
 
 AUTHORIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "../authorizers/http_authz.py")
@@ -56,18 +56,6 @@ class Authorizer:
     def close(self):
         self.stop()
         os.unlink(self.log)
-
-
-_REFUSING = []
-
-
-def closed_port():
-    """A loopback port that refuses connections: bound, never listened on, and kept bound for the
-    rest of the run, so nothing else (the waypoint's own listener) can be given it meanwhile."""
-    s = socket.socket()
-    s.bind((LOOPBACK, 0))
-    _REFUSING.append(s)
-    return s.getsockname()[1]
 
 
 def curl(port, path, headers=(), method=None, data=None, http2=False):
@@ -312,7 +300,7 @@ class ExtAuthzFailureTest(ExtAuthzTestBase):
         self.assertEqual([r["target"] for r in self.upstream.requests], ["/open/r"])
 
     def test_refused_from_the_start(self):
-        port = closed_port()
+        port = refusing_port(self)
         wp = Harness(self.upstream.port, self.POLICY,
                      ["--ext-authz", f"name=closed,kind=http,addr={LOOPBACK}:{port}",
                       "--ext-authz", f"name=open,kind=http,addr={LOOPBACK}:{port},fail_open=true"])

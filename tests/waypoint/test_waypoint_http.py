@@ -248,6 +248,16 @@ def raw_exchange(port, data, timeout=5, until_close=True):
         return out
 
 
+def refusing_port(test):
+    """A loopback port that refuses connections for the rest of `test`: bound, never listened on,
+    and kept bound, so nothing else (the waypoint's own listener) can be given it meanwhile, as a
+    port bound and released could be."""
+    s = socket.socket()
+    test.addCleanup(s.close)
+    s.bind((LOOPBACK, 0))
+    return s.getsockname()[1]
+
+
 def wait_for(predicate, timeout=5):
     deadline = time.time() + timeout
     while time.time() < deadline and not predicate():
@@ -482,10 +492,7 @@ CUSTOM ext-check provider=opa paths=/ext/*
 
     def test_upstream_down_is_503(self):
         self.upstream.close()
-        refusing = socket.socket()  # bound, never listened on: refuses, and stays ours
-        self.addCleanup(refusing.close)
-        refusing.bind((LOOPBACK, 0))
-        wp = Harness(refusing.getsockname()[1])
+        wp = Harness(refusing_port(self))
         try:
             out = raw_exchange(wp.port, b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", timeout=3)
             self.assertEqual(status_of(out), 503)
@@ -1154,10 +1161,7 @@ class JwksUriTest(unittest.TestCase):
         self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
 
     def test_never_fetched_is_401(self):
-        refusing = socket.socket()  # bound, never listened on: refuses, and stays ours
-        self.addCleanup(refusing.close)
-        refusing.bind((LOOPBACK, 0))
-        wp = self.harness(f"https://{LOOPBACK}:{refusing.getsockname()[1]}/jwks")
+        wp = self.harness(f"https://{LOOPBACK}:{refusing_port(self)}/jwks")
         status, _, body = self.get(wp)
         self.assertEqual((status, body), (401, b"Jwks remote fetch is failed"))
         time.sleep(0.5)  # after the failed first fetch too
