@@ -115,10 +115,15 @@ void HeaderMap::Add(absl::string_view name, absl::string_view value) {
   if (!inserted) absl::StrAppend(&it->second, ",", value);
 }
 
+absl::string_view AsciiLowerView(absl::string_view name, std::string* storage) {
+  if (std::none_of(name.begin(), name.end(), absl::ascii_isupper)) return name;
+  *storage = absl::AsciiStrToLower(name);
+  return *storage;
+}
+
 const std::string* HeaderMap::Find(absl::string_view name) const {
-  // Callers mostly ask for lower-case names: those are looked up without a copy.
-  const bool lower = std::none_of(name.begin(), name.end(), absl::ascii_isupper);
-  auto it = lower ? headers_.find(name) : headers_.find(absl::AsciiStrToLower(name));
+  std::string lowered;
+  auto it = headers_.find(AsciiLowerView(name, &lowered));
   return it == headers_.end() ? nullptr : &it->second;
 }
 

@@ -62,6 +62,10 @@ class ClaimValue {
   Object object_;
 };
 
+// `name` in ASCII lower case: `name` itself when it already is (header names mostly are), else
+// a lower-cased copy kept in `*storage`.
+absl::string_view AsciiLowerView(absl::string_view name, std::string* storage);
+
 // HTTP request headers. Names are case-insensitive (stored in lower case); a repeated header is
 // merged into one value joined by "," as Istio does before authorization.
 class HeaderMap {

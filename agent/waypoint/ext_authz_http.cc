@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "agent/authz/request.h"
 #include "agent/common/log.h"
 #include "agent/waypoint/deadline_list.h"
 #include "agent/waypoint/ext_authz_client.h"
@@ -66,12 +67,8 @@ std::string BuildHttpCheckRequest(const authz::ExtAuthzProvider& provider,
   HeaderList headers;
   headers.emplace_back("host", request.host);
   for (const auto& [k, v] : request.headers) {
-    std::string lowered;  // names mostly come lower-cased already: no copy for those
-    absl::string_view name = k;
-    if (std::any_of(k.begin(), k.end(), absl::ascii_isupper)) {
-      lowered = absl::AsciiStrToLower(k);
-      name = lowered;
-    }
+    std::string lowered;
+    const absl::string_view name = authz::AsciiLowerView(k, &lowered);
     if (NeverCopied(name) || !SafeValue(v)) continue;
     // Envoy always allows Authorization (besides Host, method, path and Content-Length, which the
     // check request carries as its own).

@@ -1347,5 +1347,23 @@ TEST(EngineCustomTest, UndefinedProviderDeniesWhatTheRulesMatch) {
   EXPECT_FALSE(Compile(allow).ok());
 }
 
+TEST(HeaderMapTest, NamesAreCaseInsensitiveAndLowerCaseOnesAreNotCopied) {
+  HeaderMap h;
+  h.Add("X-Team", "a");
+  h.Add("x-team", "b");
+  ASSERT_NE(h.Find("x-team"), nullptr);
+  EXPECT_EQ(*h.Find("x-team"), "a,b");
+  ASSERT_NE(h.Find("X-TEAM"), nullptr);
+  EXPECT_EQ(*h.Find("X-TEAM"), "a,b");
+  EXPECT_EQ(h.Find("x-other"), nullptr);
+
+  std::string storage;
+  const std::string lower = "x-team";
+  EXPECT_EQ(AsciiLowerView(lower, &storage).data(), lower.data());
+  EXPECT_TRUE(storage.empty());
+  EXPECT_EQ(AsciiLowerView("X-Team", &storage), "x-team");
+  EXPECT_EQ(storage, "x-team");
+}
+
 }  // namespace
 }  // namespace ambit::authz
